@@ -1,0 +1,199 @@
+"""Benchmark of the sequenced log: producer -> sequencer -> replicator(s) -> subscriber.
+
+Method. Every process is a real `seqex` process (deploy.local.LogCluster); the subscriber is
+this process. Records carry 64-byte payloads (102 bytes with the record header).
+* Ceiling: raw pyzmq PUSH -> PULL between two processes with the same 102-byte records, one
+  per message and 256 per message, measured in the same run; every log figure is also given
+  as a ratio to the batched ceiling.
+* Throughput: one producer sends N records as fast as its window allows (batches of 1024);
+  records/s = N / (time from the first delivery to the last at the subscriber).
+* Latency: open-loop. The producer schedules record i at start + i/rate and stamps that
+  scheduled time into the payload; latency = delivery time - scheduled time, so queueing in
+  the producer counts. The first 10% is warm-up and not counted. p50 / p99 / p99.9.
+* Result hash: sha256 of the canonical (source, first, last) runs of producer records
+  delivered, ticks left out; any loss, duplicate or reordering changes it.
+
+Run: python bench/bench_mq.py [--quick] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import itertools
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import zmq
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from deploy.local import LogCluster  # noqa: E402
+from deploy.procs import tcp  # noqa: E402
+from mq.record import decode, pack, source_runs  # noqa: E402
+from mq.subscriber import Subscriber  # noqa: E402
+
+PAYLOAD = 64
+RECORD = 38 + PAYLOAD
+
+
+# -- raw ceiling -----------------------------------------------------------------------
+def _push(addr: str, n: int, per_msg: int) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.connect(addr)
+    msg = pack(1, 1, 16, [b"\0" * PAYLOAD] * per_msg)
+    for _ in range(n // per_msg):
+        sock.send(msg)
+    sock.close(linger=-1)
+    ctx.term()
+
+
+def raw_ceiling(addr: str, n: int, per_msg: int) -> float:
+    ctx = zmq.Context.instance()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 1000)
+    pull.bind(addr)
+    child = subprocess.Popen([sys.executable, __file__, "_push", addr, str(n), str(per_msg)])
+    msgs = n // per_msg
+    pull.recv()
+    t0 = time.perf_counter()
+    for _ in range(msgs - 1):
+        pull.recv(copy=False)
+    elapsed = time.perf_counter() - t0
+    child.wait()
+    pull.close(0)
+    return (msgs - 1) * per_msg / elapsed
+
+
+# -- the log ---------------------------------------------------------------------------
+def _endpoints(kind: str, root: str):
+    if kind == "tcp":
+        return tcp
+    counter = itertools.count()
+    return lambda: f"ipc://{root}/e{next(counter)}.ipc"
+
+
+def _canonical_runs(runs_in, acc: list) -> None:
+    for src, a, b, _seq in runs_in:
+        if src == 0:
+            continue
+        if acc and acc[-1][0] == src and acc[-1][2] + 1 == a:
+            acc[-1][2] = b
+        else:
+            acc.append([src, a, b])
+
+
+def log_throughput(transport: str, replicas: int, durability: str, n: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
+        cluster = LogCluster(root, "in.bench", replicators=replicas, policy="first",
+                             durability=durability, endpoint=_endpoints(transport, root))
+        with cluster:
+            cluster.start()
+            sub = Subscriber("in.bench", cluster.pub_addr, cluster.rep_addrs)
+            sub.poll(50)
+            cluster.group.spawn("producer", [
+                "produce", "--sequencer", cluster.prod_addr, "--source", "1", "--count", str(n),
+                "--batch", "1024", "--window", "500000", "--payload-bytes", str(PAYLOAD)])
+            got = 0
+            runs: list = []
+            t_first = t_last = 0.0
+            deadline = time.monotonic() + 300
+            while got < n and time.monotonic() < deadline:
+                for _f, _l, frame in sub.poll(200):
+                    rr = source_runs(frame)
+                    k = sum(b - a + 1 for s, a, b, _ in rr if s)
+                    if k and not got:
+                        t_first = time.perf_counter()
+                    got += k
+                    _canonical_runs(rr, runs)
+                    t_last = time.perf_counter()
+            sub.close()
+        digest = hashlib.sha256(json.dumps(runs).encode()).hexdigest()[:16]
+    return {"records": got, "rate": got / (t_last - t_first) if t_last > t_first else 0.0,
+            "hash": digest}
+
+
+def log_latency(transport: str, rate: int, seconds: float) -> dict:
+    n = int(rate * seconds)
+    prefix = struct.Struct("<QQ")
+    with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
+        cluster = LogCluster(root, "in.bench", replicators=1, policy="first", durability="os",
+                             endpoint=_endpoints(transport, root))
+        with cluster:
+            cluster.start()
+            sub = Subscriber("in.bench", cluster.pub_addr, cluster.rep_addrs)
+            sub.poll(50)
+            cluster.group.spawn("producer", [
+                "produce", "--sequencer", cluster.prod_addr, "--source", "1", "--count", str(n),
+                "--rate", str(rate), "--batch", "256", "--payload-bytes", str(PAYLOAD)])
+            lat = []
+            runs: list = []
+            deadline = time.monotonic() + seconds * 4 + 30
+            while len(lat) < n and time.monotonic() < deadline:
+                for _f, _l, frame in sub.poll(200):
+                    now = time.time_ns()
+                    _canonical_runs(source_runs(frame), runs)
+                    for rec in decode(frame):
+                        if rec[2]:
+                            lat.append(now - prefix.unpack_from(rec[6])[1])
+            sub.close()
+    lat = sorted(lat[n // 10:])
+    q = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] / 1000  # noqa: E731
+    return {"records": n, "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999),
+            "hash": hashlib.sha256(json.dumps(runs).encode()).hexdigest()[:16]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller runs, one transport")
+    ap.add_argument("--repeat", type=int, default=1, help="median of this many runs")
+    a = ap.parse_args()
+    gc.disable()
+    n = 300_000 if a.quick else 2_000_000
+    transports = ["ipc"] if a.quick else ["ipc", "tcp"]
+    results = []
+
+    def med(fn, *args):
+        runs = [fn(*args) for _ in range(a.repeat)]
+        runs.sort(key=lambda r: r.get("rate", r.get("p99_us", 0)))
+        return runs[len(runs) // 2]
+
+    for transport in transports:
+        with tempfile.TemporaryDirectory() as root:
+            ep = _endpoints(transport, root)
+            c1 = statistics.median(raw_ceiling(ep(), 200_000, 1) for _ in range(a.repeat))
+            c256 = statistics.median(raw_ceiling(ep(), 4_000_000, 256)
+                                     for _ in range(a.repeat))
+        print(f"[{transport}] raw PUSH->PULL {RECORD} B records: {c1:,.0f}/s one per message, "
+              f"{c256:,.0f}/s 256 per message", flush=True)
+        results.append({"transport": transport, "what": "raw_ceiling", "per_msg1": c1,
+                        "per_msg256": c256})
+        for replicas, durability in ((1, "os"), (2, "os"), (1, "fsync"), (2, "fsync")):
+            r = med(log_throughput, transport, replicas, durability, n)
+            print(f"[{transport}] log, policy first, {replicas} replicator(s), {durability:5}: "
+                  f"{r['rate']:>12,.0f} records/s  ratio to batched ceiling {r['rate'] / c256:.3f}"
+                  f"  ({r['records']} records, hash {r['hash']})", flush=True)
+            results.append({"transport": transport, "what": "throughput", "replicas": replicas,
+                            "durability": durability, **r, "ratio": r["rate"] / c256})
+    for rate in (10_000, 50_000):
+        r = med(log_latency, "tcp", rate, 3 if a.quick else 8)
+        print(f"[tcp] open-loop latency at {rate:,}/s: p50 {r['p50_us']:.0f} us  p99 "
+              f"{r['p99_us']:.0f} us  p99.9 {r['p999_us']:.0f} us  (hash {r['hash']})",
+              flush=True)
+        results.append({"transport": "tcp", "what": "latency", "rate": rate, **r})
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_push":
+        _push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()

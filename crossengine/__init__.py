@@ -1,0 +1,1 @@
+"""CrossEngine: one order book per symbol, price-time priority (DESIGN.md §4)."""

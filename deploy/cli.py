@@ -1,0 +1,304 @@
+"""`seqex`: the one command of the exchange core.
+
+Process verbs (what a supervisor starts): ``replicator``, ``sequencer``.
+Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
+``replay`` (print any range of a stream), ``ping``, ``stop``.
+``demo``: a local log cluster on loopback with live figures (the main job for now).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+
+SRC_PAYLOAD = "<QQ"  # produce's payload prefix: (source_seq, send time ns), then padding
+
+
+def _pin() -> None:
+    cpu = os.environ.get("SEQEX_CPU")
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {int(cpu) % (os.cpu_count() or 1)})
+        except OSError as exc:
+            logging.warning("could not pin to cpu %s: %s", cpu, exc)
+
+
+def cmd_replicator(a: argparse.Namespace) -> int:
+    from replicator.server import main
+    main(a.data, a.bind, a.durability)
+    return 0
+
+
+def cmd_sequencer(a: argparse.Namespace) -> int:
+    from mq.sequencer import main
+    main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms)
+    return 0
+
+
+def cmd_produce(a: argparse.Namespace) -> int:
+    """Send --count records of --payload-bytes as source --source and append every
+    acknowledged run to --acks as 'ss_first ss_last seq_first' lines.
+
+    With --rate R the load is open-loop: record i is due at start + i/R, its payload carries
+    that scheduled time (not the moment it left), and whatever is due goes out as one batch
+    of at most --batch; so queueing anywhere shows up as latency. Without --rate, batches of
+    --batch go out as fast as the --window of unacknowledged records allows."""
+    import struct
+
+    from mq.producer import Producer
+    prefix = struct.Struct(SRC_PAYLOAD)
+    # --resend-from: a producer restarted with a persisted outbox resends it unchanged
+    # from that number; the sequencer drops what it already holds.
+    prod = Producer(a.source, a.sequencer, max_inflight=a.window, next_ss=a.resend_from)
+    prod.connect(a.timeout)
+    acks = open(a.acks, "a") if a.acks else None
+    pad = b"\0" * max(0, a.payload_bytes - prefix.size)
+    first_ss = prod.next_ss
+    if first_ss > a.count:
+        print(f"source {a.source}: all {a.count} records already sequenced", flush=True)
+    start_ns = time.time_ns()
+    step_ns = 1_000_000_000 / a.rate if a.rate else 0.0
+
+    def record_acks(runs: list) -> None:
+        if acks and runs:
+            acks.write("".join(f"{x} {y} {'-' if s is None else s}\n" for x, y, s in runs))
+            acks.flush()
+
+    ss = first_ss
+    while ss <= a.count:
+        if prod.unacked >= a.window:
+            record_acks(prod.poll(1))
+            continue
+        if a.rate:
+            now = time.time_ns()
+            due = min(a.count, first_ss + int((now - start_ns) / step_ns))
+            if due < ss:
+                # Sleep until the next record is due: never spin, the core is shared.
+                wait_s = (start_ns + (ss - first_ss) * step_ns - now) / 1e9
+                if wait_s >= 0.002:
+                    record_acks(prod.poll(int(wait_s * 1000) - 1))
+                else:
+                    time.sleep(max(0.0, wait_s))
+                    record_acks(prod.poll(0))
+                continue
+            n = min(a.batch, due - ss + 1)
+            payloads = [prefix.pack(i, int(start_ns + (i - first_ss) * step_ns)) + pad
+                        for i in range(ss, ss + n)]
+        else:
+            n = min(a.batch, a.count - ss + 1)
+            now = time.time_ns()
+            payloads = [prefix.pack(i, now) + pad for i in range(ss, ss + n)]
+        prod.submit(a.kind, payloads)
+        ss += n
+        record_acks(prod.poll(0))
+    record_acks(prod.flush(a.timeout))
+    print(f"source {a.source}: {a.count} records acknowledged", flush=True)
+    return 0
+
+
+def cmd_tail(a: argparse.Namespace) -> int:
+    """Print records, or with --out append 'seq source source_seq kind' lines to a file and,
+    after a crash, resume right after the last complete line (exactly once, in order)."""
+    from mq.record import decode
+    from mq.subscriber import Subscriber
+    next_seq = a.from_seq
+    out = None
+    if a.out:
+        next_seq = _resume_point(a.out)
+        out = open(a.out, "a")
+    sub = Subscriber(a.stream, a.pub, a.replicator, next_seq)
+    running = [True]
+    signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
+    while running[0] and (a.to is None or sub.next_seq <= a.to):
+        for _first, _last, frame in sub.poll(200):
+            recs = decode(frame)
+            if out:
+                out.write("".join(f"{r[0]} {r[2]} {r[3]} {r[5]}\n" for r in recs))
+                out.flush()
+            else:
+                for r in recs:
+                    print(f"{r[0]} ts={r[1]} src={r[2]}:{r[3]} kind={r[5]} len={len(r[6])}")
+    sub.close()
+    return 0
+
+
+def _resume_point(path: str) -> int:
+    """1 + the seq of the last complete line; a torn last line is cut off."""
+    if not os.path.exists(path):
+        return 1
+    with open(path, "rb+") as f:
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        f.truncate(end)
+        lines = data[:end].splitlines()
+    return int(lines[-1].split()[0]) + 1 if lines else 1
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from mq.control import replay
+    from mq.record import decode
+    for frame in replay(a.replicator, a.stream, a.from_seq, a.to):
+        for seq, ts, src, ss, epoch, kind, payload in decode(frame):
+            if a.json:
+                print(json.dumps({"seq": seq, "ts_ns": ts, "source": src, "source_seq": ss,
+                                  "epoch": epoch, "kind": kind, "payload": payload.hex()}))
+            else:
+                print(f"{seq:>10} {ts} {src:>5}:{ss:<10} e{epoch} kind={kind} {payload[:24].hex()}")
+    return 0
+
+
+def cmd_ping(a: argparse.Namespace) -> int:
+    from mq.control import ping
+    stats = ping(a.addr, a.timeout)
+    if stats is None:
+        print(f"{a.addr}: no answer", file=sys.stderr)
+        return 1
+    print(json.dumps(stats, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    from mq import wire
+    from mq.control import call
+    call(a.addr, wire.STOP, timeout_s=a.timeout)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Two replicators, a sequencer (quorum), three producers and a live subscriber on
+    loopback; prints throughput, end-to-end latency and the log position every second."""
+    import struct
+
+    from deploy.procs import Group, tcp
+    from mq.control import ping, wait_until
+    from mq.record import decode
+    from mq.subscriber import Subscriber
+
+    data = a.data or tempfile.mkdtemp(prefix="seqex-demo-")
+    reps = [tcp(), tcp()]
+    prod_addr, pub_addr = tcp(), tcp()
+    stream = "in.demo"
+    prefix = struct.Struct(SRC_PAYLOAD)
+    print(f"seqex demo: data and logs in {data}")
+    with Group(os.path.join(data, "logs")) as group:
+        for i, addr in enumerate(reps):
+            group.spawn(f"replicator{i}", ["replicator", "--data", os.path.join(data, f"r{i}"),
+                                           "--bind", addr])
+        for addr in reps:
+            wait_until(lambda addr=addr: ping(addr), 30, f"replicator {addr}")
+        group.spawn("sequencer", ["sequencer", "--stream", stream, "--producers", prod_addr,
+                                  "--pub", pub_addr, "--policy", "quorum",
+                                  *sum((["--replicator", r] for r in reps), [])])
+        wait_until(lambda: ping(prod_addr), 30, "the sequencer")
+        sub = Subscriber(stream, pub_addr, reps)
+        per_source = a.rate // 3
+        count = per_source * a.seconds
+        for src in (1, 2, 3):
+            group.spawn(f"producer{src}", ["produce", "--sequencer", prod_addr,
+                                           "--source", str(src), "--count", str(count),
+                                           "--rate", str(per_source), "--batch", "16"])
+        print(f"{'t':>4} {'seq':>10} {'records/s':>10} {'p50 us':>8} {'p99 us':>8} {'ticks':>6}")
+        t0 = time.monotonic()
+        next_report = t0 + 1
+        lat: list[int] = []
+        n = ticks = 0
+        while time.monotonic() - t0 < a.seconds + 2:
+            for _f, _l, frame in sub.poll(100):
+                now = time.time_ns()
+                for r in decode(frame):
+                    if r[2] == 0:
+                        ticks += 1
+                    else:
+                        lat.append(now - prefix.unpack_from(r[6])[1])
+                        n += 1
+            if time.monotonic() >= next_report:
+                lat.sort()
+                p50 = lat[len(lat) // 2] / 1000 if lat else 0
+                p99 = lat[int(len(lat) * 0.99)] / 1000 if lat else 0
+                print(f"{time.monotonic() - t0:4.0f} {sub.next_seq - 1:>10} {n:>10} "
+                      f"{p50:8.0f} {p99:8.0f} {ticks:>6}", flush=True)
+                lat, n, ticks = [], 0, 0
+                next_report += 1
+        sub.close()
+        print(f"log holds {sub.next_seq - 1} records; replay them with:\n"
+              f"  seqex replay {stream} --replicator {reps[0]} --from 1 --to 20")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("SEQEX_LOG", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    p = argparse.ArgumentParser(prog="seqex", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("replicator", help="run a replicator process")
+    s.add_argument("--data", required=True, help="LMDB directory")
+    s.add_argument("--bind", required=True, help="ZeroMQ endpoint, e.g. tcp://127.0.0.1:7001")
+    s.add_argument("--durability", choices=["os", "fsync"], default="os")
+    s.set_defaults(fn=cmd_replicator)
+
+    s = sub.add_parser("sequencer", help="run the sequencer master of one stream")
+    s.add_argument("--stream", required=True)
+    s.add_argument("--producers", required=True, help="endpoint producers connect to")
+    s.add_argument("--pub", required=True, help="endpoint subscribers connect to")
+    s.add_argument("--replicator", action="append", required=True, help="repeat per replicator")
+    s.add_argument("--policy", choices=["first", "quorum", "all"], default="quorum")
+    s.add_argument("--tick-ms", type=int, default=100)
+    s.set_defaults(fn=cmd_sequencer)
+
+    s = sub.add_parser("produce", help="send records into a stream")
+    s.add_argument("--sequencer", required=True)
+    s.add_argument("--source", type=int, required=True)
+    s.add_argument("--count", type=int, required=True)
+    s.add_argument("--rate", type=int, default=0)
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--window", type=int, default=100_000)
+    s.add_argument("--kind", type=int, default=16)
+    s.add_argument("--payload-bytes", type=int, default=64)
+    s.add_argument("--acks", help="append acknowledged runs to this file")
+    s.add_argument("--resend-from", type=int, help="resend from this source_seq on")
+    s.add_argument("--timeout", type=float, default=120)
+    s.set_defaults(fn=cmd_produce)
+
+    s = sub.add_parser("tail", help="follow a stream (exactly once, resumable with --out)")
+    s.add_argument("stream")
+    s.add_argument("--pub", required=True)
+    s.add_argument("--replicator", action="append", required=True)
+    s.add_argument("--from", dest="from_seq", type=int, default=1)
+    s.add_argument("--to", type=int)
+    s.add_argument("--out")
+    s.set_defaults(fn=cmd_tail)
+
+    s = sub.add_parser("replay", help="print records of a stream from a replicator")
+    s.add_argument("stream")
+    s.add_argument("--replicator", required=True)
+    s.add_argument("--from", dest="from_seq", type=int, default=1)
+    s.add_argument("--to", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_replay)
+
+    for verb, fn in (("ping", cmd_ping), ("stop", cmd_stop)):
+        s = sub.add_parser(verb, help=f"{verb} a seqex server")
+        s.add_argument("addr")
+        s.add_argument("--timeout", type=float, default=2.0)
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("demo", help="run a local log cluster with live figures")
+    s.add_argument("--seconds", type=int, default=10)
+    s.add_argument("--rate", type=int, default=30_000, help="records/s offered in total")
+    s.add_argument("--data", help="directory for data and logs (default: a new temp dir)")
+    s.set_defaults(fn=cmd_demo)
+
+    args = p.parse_args(argv)
+    _pin()
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

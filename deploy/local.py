@@ -1,0 +1,85 @@
+"""A log cluster on this machine: replicators and the sequencer of one stream, as real
+`seqex` processes on loopback. The demo, the process tests and the benchmarks use it."""
+from __future__ import annotations
+
+import os
+
+from deploy.procs import Group, Proc, tcp
+from mq.control import ping, wait_until
+from replicator.store import Store
+
+
+class LogCluster:
+    def __init__(self, root: str, stream: str = "in.test", replicators: int = 2,
+                 policy: str = "quorum", durability: str = "os", tick_ms: int = 100,
+                 endpoint=tcp, cpus: list[int] | None = None):
+        self.root = root
+        self.stream = stream
+        self.policy = policy
+        self.durability = durability
+        self.tick_ms = tick_ms
+        self.group = Group(os.path.join(root, "logs"))
+        self.rep_addrs = [endpoint() for _ in range(replicators)]
+        self.prod_addr = endpoint()
+        self.pub_addr = endpoint()
+        self.cpus = cpus
+        self.replicators: list[Proc] = []
+        self.sequencer: Proc | None = None
+
+    def data_dir(self, i: int) -> str:
+        return os.path.join(self.root, f"replicator{i}")
+
+    def _cpu(self, i: int) -> int | None:
+        return self.cpus[i % len(self.cpus)] if self.cpus else None
+
+    def start(self, timeout_s: float = 60) -> LogCluster:
+        for i, addr in enumerate(self.rep_addrs):
+            self.replicators.append(self.group.spawn(
+                f"replicator{i}", ["replicator", "--data", self.data_dir(i), "--bind", addr,
+                                   "--durability", self.durability], cpu=self._cpu(i + 1)))
+        for addr in self.rep_addrs:
+            wait_until(lambda addr=addr: ping(addr), timeout_s, f"replicator {addr}")
+        self.start_sequencer(timeout_s)
+        return self
+
+    def start_sequencer(self, timeout_s: float = 60) -> Proc:
+        args = ["sequencer", "--stream", self.stream, "--producers", self.prod_addr,
+                "--pub", self.pub_addr, "--policy", self.policy, "--tick-ms", str(self.tick_ms)]
+        for addr in self.rep_addrs:
+            args += ["--replicator", addr]
+        self.sequencer = self.group.spawn("sequencer", args, cpu=self._cpu(0))
+        wait_until(lambda: (ping(self.prod_addr) or {}).get("epoch"), timeout_s, "the sequencer")
+        return self.sequencer
+
+    def restart_replicator(self, i: int, timeout_s: float = 60) -> None:
+        self.replicators[i].start()
+        wait_until(lambda: ping(self.rep_addrs[i]), timeout_s, f"replicator {i}")
+
+    def status(self) -> dict:
+        return ping(self.prod_addr) or {}
+
+    def drain(self, timeout_s: float = 60) -> None:
+        """Stop the sequencer once every replicator holds all it sequenced."""
+        from mq import wire
+        from mq.control import call
+        call(self.prod_addr, wire.STOP, timeout_s=5)
+        self.sequencer.wait(timeout_s)
+
+    def stop(self) -> None:
+        self.group.stop_all()
+
+    def read_logs(self) -> list[tuple[int, bytes]]:
+        """(last, bytes of 1..last) of every replicator; call after stop()."""
+        out = []
+        for i in range(len(self.rep_addrs)):
+            store = Store(self.data_dir(i), map_size=1 << 30)
+            log = store.stream(self.stream)
+            out.append((log.last, log.read(1)))
+            store.close()
+        return out
+
+    def __enter__(self) -> LogCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

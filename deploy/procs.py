@@ -1,0 +1,102 @@
+"""Child processes of seqex: spawn with a log file, stop politely, kill, clean up.
+
+Used by `seqex demo`, the process tests and the benchmarks, so that all of them start the
+real `seqex` processes the same way and never leave one behind.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import closing
+
+_issued: set[int] = set()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago and that this process has not
+    handed out before (the kernel may offer a just-closed port again)."""
+    while True:
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _issued:
+            _issued.add(port)
+            return port
+
+
+def tcp() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+class Proc:
+    """One `python -m deploy.cli ...` child, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], log_dir: str, cpu: int | None = None):
+        self.name = name
+        self.args = args
+        self.log_path = os.path.join(log_dir, f"{name}.log")
+        self.cpu = cpu
+        self.popen: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.cpu is not None:
+            env["SEQEX_CPU"] = str(self.cpu)
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen([sys.executable, "-m", "deploy.cli", *self.args],
+                                          stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash every part of seqex must survive."""
+        if self.alive:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        if self.alive:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.returncode if self.popen else None
+
+    def wait(self, timeout_s: float) -> int:
+        return self.popen.wait(timeout_s)
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+class Group:
+    """Processes started together and stopped together, even when a test fails."""
+
+    def __init__(self, log_dir: str):
+        self.log_dir = log_dir
+        os.makedirs(log_dir, exist_ok=True)
+        self.procs: list[Proc] = []
+
+    def spawn(self, name: str, args: list[str], cpu: int | None = None) -> Proc:
+        proc = Proc(name, args, self.log_dir, cpu)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def __enter__(self) -> Group:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()

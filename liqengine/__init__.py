@@ -1,0 +1,1 @@
+"""LiqEngine: liquidation, the insurance fund and auto-deleveraging (DESIGN.md §4)."""

@@ -1,0 +1,298 @@
+# cython: language_level=3
+"""Record and frame codec: the per-record work of the log, in one C loop per frame.
+
+A *record* is a 38-byte little-endian header followed by its payload:
+
+    off size field
+     0  u64  seq         position in the stream, 1-based, gapless (0 before sequencing)
+     8  u64  ts_ns       sequencer time, ns since the Unix epoch (0 before sequencing)
+    16  u64  source_seq  contiguous per-source number chosen by the producer, 1-based
+    24  u32  source      producer id (0 = the sequencer itself: Tick records)
+    28  u32  epoch       master incarnation that stamped the record (0 before sequencing)
+    32  u16  kind        record type, opaque to mq/ except KIND_TICK
+    34  u32  length      payload bytes, at most MAX_PAYLOAD
+    38  ...  payload
+
+A *frame* is records laid end to end, nothing else: any run of whole records of a frame is a
+frame again, so stored frames can be cut at any record for replay.
+
+Contract: every function validates every length against the buffer before reading, raises
+FrameError (never crashes, never reads out of bounds) on a malformed buffer, and allocates
+one Python object per call, not one per record, except decode().
+"""
+from libc.string cimport memcpy
+from libc.stdint cimport uint64_t, uint32_t, uint16_t
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+import sys
+
+if sys.byteorder != "little":
+    raise ImportError("mq._frame assumes a little-endian host")
+
+cdef enum:
+    HDR = 38
+
+HEADER_SIZE = HDR
+MAX_PAYLOAD = 1 << 20          # 1 MiB: one record never needs more
+MAX_FRAME = 64 << 20           # 64 MiB: bounds every allocation driven by the network
+KIND_TICK = 1                  # the sequencer's idle time record; empty payload
+
+
+class FrameError(ValueError):
+    """A buffer that is not a well-formed frame (truncated, oversized, inconsistent)."""
+
+
+cdef inline uint64_t rd64(const unsigned char* p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+cdef inline uint32_t rd32(const unsigned char* p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+cdef inline uint16_t rd16(const unsigned char* p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+cdef inline void wr64(unsigned char* p, uint64_t v) noexcept nogil:
+    memcpy(p, &v, 8)
+
+cdef inline void wr32(unsigned char* p, uint32_t v) noexcept nogil:
+    memcpy(p, &v, 4)
+
+cdef inline void wr16(unsigned char* p, uint16_t v) noexcept nogil:
+    memcpy(p, &v, 2)
+
+
+cdef Py_ssize_t _next(const unsigned char* p, Py_ssize_t off, Py_ssize_t n) except -1:
+    """Offset of the record after the one at `off`, after checking it fits in n bytes."""
+    cdef uint32_t length
+    if n - off < HDR:
+        raise FrameError(f"truncated record header at offset {off}: {n - off} of {HDR} bytes")
+    length = rd32(p + off + 34)
+    if length > MAX_PAYLOAD:
+        raise FrameError(f"record at offset {off} claims {length} payload bytes (max {MAX_PAYLOAD})")
+    if n - off - HDR < <Py_ssize_t>length:
+        raise FrameError(f"truncated payload at offset {off}: {n - off - HDR} of {length} bytes")
+    return off + HDR + length
+
+
+def scan(const unsigned char[::1] buf):
+    """Validate a sequenced frame; return (count, seq_first, seq_last).
+
+    Checks that every record fits and that seq numbers are contiguous and start above 0.
+    """
+    cdef Py_ssize_t n = buf.shape[0], off = 0, nxt
+    cdef const unsigned char* p
+    cdef uint64_t first = 0, seq
+    cdef Py_ssize_t count = 0
+    if n == 0:
+        raise FrameError("empty frame")
+    if n > MAX_FRAME:
+        raise FrameError(f"frame of {n} bytes exceeds {MAX_FRAME}")
+    p = &buf[0]
+    while off < n:
+        nxt = _next(p, off, n)  # validates the record before any field is read
+        seq = rd64(p + off)
+        if count == 0:
+            if seq == 0:
+                raise FrameError("record seq 0 in a sequenced frame")
+            first = seq
+        elif seq != first + <uint64_t>count:
+            raise FrameError(f"seq {seq} at record {count} breaks contiguity after {first + count - 1}")
+        off = nxt
+        count += 1
+    return count, first, first + <uint64_t>count - 1
+
+
+def scan_producer(const unsigned char[::1] buf):
+    """Validate a producer batch; return (source, source_seq_first, count).
+
+    A producer batch holds records of one source with contiguous source_seq from 1 up.
+    """
+    cdef Py_ssize_t n = buf.shape[0], off = 0, count = 0, nxt
+    cdef const unsigned char* p
+    cdef uint64_t ss_first = 0, ss
+    cdef uint32_t source = 0, src
+    if n == 0:
+        raise FrameError("empty batch")
+    if n > MAX_FRAME:
+        raise FrameError(f"batch of {n} bytes exceeds {MAX_FRAME}")
+    p = &buf[0]
+    while off < n:
+        nxt = _next(p, off, n)
+        ss = rd64(p + off + 16)
+        src = rd32(p + off + 24)
+        if count == 0:
+            if ss == 0:
+                raise FrameError("source_seq 0 is not a valid producer number")
+            if src == 0:
+                raise FrameError("source 0 is reserved for the sequencer")
+            ss_first = ss
+            source = src
+        elif src != source:
+            raise FrameError(f"batch mixes sources {source} and {src}")
+        elif ss != ss_first + <uint64_t>count:
+            raise FrameError(f"source_seq {ss} at record {count} breaks contiguity")
+        off = nxt
+        count += 1
+    return source, ss_first, count
+
+
+def offset_of(const unsigned char[::1] buf, Py_ssize_t index):
+    """Byte offset of record number `index` (0-based) of a validated frame; len(buf) past the end."""
+    cdef Py_ssize_t n = buf.shape[0], off = 0, i = 0
+    if index < 0:
+        raise FrameError("negative record index")
+    if n == 0:
+        return 0
+    while off < n and i < index:
+        off = _next(&buf[0], off, n)
+        i += 1
+    return off
+
+
+def stamp(const unsigned char[::1] buf, Py_ssize_t skip, uint64_t seq_first,
+          uint64_t ts_ns, uint32_t epoch):
+    """Return a copy of records[skip:] of a validated producer batch, stamped with
+    seq = seq_first, seq_first + 1, ..., the time and the epoch. One allocation."""
+    cdef Py_ssize_t n = buf.shape[0], start, off, nxt
+    cdef uint64_t seq = seq_first
+    cdef bytes out
+    cdef unsigned char* q
+    start = offset_of(buf, skip)
+    out = PyBytes_FromStringAndSize(NULL, n - start)
+    q = <unsigned char*>PyBytes_AS_STRING(out)
+    if n - start:
+        memcpy(q, &buf[start], n - start)
+    off = 0
+    while off < n - start:
+        nxt = _next(q, off, n - start)
+        wr64(q + off, seq)
+        wr64(q + off + 8, ts_ns)
+        wr32(q + off + 28, epoch)
+        seq += 1
+        off = nxt
+    return out
+
+
+def source_runs(const unsigned char[::1] buf):
+    """[(source, ss_first, ss_last, seq_first), ...]: maximal runs of one source with
+    contiguous source_seq in a sequenced frame, in frame order."""
+    cdef Py_ssize_t n = buf.shape[0], off = 0, nxt
+    cdef const unsigned char* p
+    cdef uint32_t src, run_src = 0
+    cdef uint64_t ss, seq, run_first = 0, run_last = 0, run_seq = 0
+    cdef bint open_run = False
+    out = []
+    if n == 0:
+        return out
+    p = &buf[0]
+    while off < n:
+        nxt = _next(p, off, n)
+        seq = rd64(p + off)
+        ss = rd64(p + off + 16)
+        src = rd32(p + off + 24)
+        if open_run and src == run_src and ss == run_last + 1:
+            run_last = ss
+        else:
+            if open_run:
+                out.append((run_src, run_first, run_last, run_seq))
+            run_src, run_first, run_last, run_seq = src, ss, ss, seq
+            open_run = True
+        off = nxt
+    out.append((run_src, run_first, run_last, run_seq))
+    return out
+
+
+def decode(const unsigned char[::1] buf):
+    """List of (seq, ts_ns, source, source_seq, epoch, kind, payload) tuples."""
+    cdef Py_ssize_t n = buf.shape[0], off = 0, nxt
+    cdef const unsigned char* p
+    out = []
+    if n == 0:
+        return out
+    p = &buf[0]
+    while off < n:
+        nxt = _next(p, off, n)
+        out.append((rd64(p + off), rd64(p + off + 8), rd32(p + off + 24), rd64(p + off + 16),
+                    rd32(p + off + 28), rd16(p + off + 32),
+                    PyBytes_FromStringAndSize(<const char*>(p + off + HDR), nxt - off - HDR)))
+        off = nxt
+    return out
+
+
+def encode(records):
+    """Frame from (seq, ts_ns, source, source_seq, epoch, kind, payload) tuples."""
+    cdef Py_ssize_t total = 0, off = 0, plen
+    cdef unsigned char* q
+    cdef bytes out
+    cdef const unsigned char[::1] pv
+    recs = list(records)
+    for r in recs:
+        plen = len(r[6])
+        if plen > MAX_PAYLOAD:
+            raise FrameError(f"payload of {plen} bytes exceeds {MAX_PAYLOAD}")
+        total += HDR + plen
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = <unsigned char*>PyBytes_AS_STRING(out)
+    for r in recs:
+        seq, ts_ns, source, source_seq, epoch, kind, payload = r
+        plen = len(payload)
+        wr64(q + off, seq)
+        wr64(q + off + 8, ts_ns)
+        wr64(q + off + 16, source_seq)
+        wr32(q + off + 24, source)
+        wr32(q + off + 28, epoch)
+        wr16(q + off + 32, kind)
+        wr32(q + off + 34, <uint32_t>plen)
+        if plen:
+            pv = payload
+            memcpy(q + off + HDR, &pv[0], plen)
+        off += HDR + plen
+    return out
+
+
+def pack(uint32_t source, uint64_t source_seq_first, uint16_t kind, payloads):
+    """A producer batch: payloads numbered source_seq_first, +1, ... (seq, ts, epoch 0)."""
+    cdef Py_ssize_t total = 0, off = 0, plen
+    cdef uint64_t ss = source_seq_first
+    cdef unsigned char* q
+    cdef bytes out
+    cdef const unsigned char[::1] pv
+    if source == 0:
+        raise FrameError("source 0 is reserved for the sequencer")
+    if source_seq_first == 0:
+        raise FrameError("source_seq starts at 1")
+    for payload in payloads:
+        plen = len(payload)
+        if plen > MAX_PAYLOAD:
+            raise FrameError(f"payload of {plen} bytes exceeds {MAX_PAYLOAD}")
+        total += HDR + plen
+    if total > MAX_FRAME:
+        raise FrameError(f"batch of {total} bytes exceeds {MAX_FRAME}")
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = <unsigned char*>PyBytes_AS_STRING(out)
+    for payload in payloads:
+        plen = len(payload)
+        wr64(q + off, 0)
+        wr64(q + off + 8, 0)
+        wr64(q + off + 16, ss)
+        wr32(q + off + 24, source)
+        wr32(q + off + 28, 0)
+        wr16(q + off + 32, kind)
+        wr32(q + off + 34, <uint32_t>plen)
+        if plen:
+            pv = payload
+            memcpy(q + off + HDR, &pv[0], plen)
+        off += HDR + plen
+        ss += 1
+    return out
+
+
+def tick(uint64_t seq, uint64_t ts_ns, uint64_t source_seq, uint32_t epoch):
+    """One sequenced Tick record (source 0, empty payload)."""
+    return encode([(seq, ts_ns, 0, source_seq, epoch, KIND_TICK, b"")])

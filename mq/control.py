@@ -1,0 +1,74 @@
+"""One-shot requests to any seqex server (PING, STOP, STATE, REPLAY): tools and tests."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from mq import wire
+from mq.record import scan
+
+
+def call(addr: str, kind: bytes, body: dict[str, Any] | None = None,
+         timeout_s: float = 2.0) -> tuple[bytes, dict[str, Any], list[bytes]]:
+    """Send one request and wait for its answer: (kind, body, further parts).
+    Raises TimeoutError when the server does not answer in time."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(addr)
+        sock.send_multipart([kind, wire.pack(body or {})])
+        if not sock.poll(int(timeout_s * 1000)):
+            raise TimeoutError(f"{addr} did not answer {kind.decode()} in {timeout_s} s")
+        msg = sock.recv_multipart()
+        return msg[0], wire.unpack(msg[1]), msg[2:]
+    finally:
+        sock.close(0)
+
+
+def ping(addr: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
+    """The server's statistics, or None if it does not answer."""
+    try:
+        kind, body, _ = call(addr, wire.PING, timeout_s=timeout_s)
+    except TimeoutError:
+        return None
+    return body if kind == wire.PONG else None
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    """Poll predicate until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def replay(addr: str, stream: str, seq_from: int = 1, seq_to: int | None = None,
+           timeout_s: float = 10.0) -> Iterator[bytes]:
+    """Frames of stream seq_from..seq_to (None: to what the replicator holds now)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(addr)
+    try:
+        seq = seq_from
+        while seq_to is None or seq <= seq_to:
+            sock.send_multipart([wire.REPLAY, wire.pack(
+                {"stream": stream, "from": seq, "to": seq_to, "max_bytes": 4 << 20})])
+            if not sock.poll(int(timeout_s * 1000)):
+                raise TimeoutError(f"{addr} did not answer REPLAY from {seq}")
+            msg = sock.recv_multipart()
+            if msg[0] != wire.RECORDS:
+                raise RuntimeError(f"{addr} answered {msg[0]!r}: {wire.unpack(msg[1])}")
+            if not msg[2]:
+                return
+            _n, _first, last = scan(msg[2])
+            yield msg[2]
+            seq = last + 1
+    finally:
+        sock.close(0)

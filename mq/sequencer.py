@@ -1,0 +1,491 @@
+"""The sequencer master of one stream: merges producers into one gapless, replicated order.
+
+Inputs: producer batches on a ROUTER socket (mq.producer), replies of the replicators.
+Outputs: APPEND frames to every replicator, committed frames on a PUB socket (topic =
+stream name + NUL), ACK / REFUSE / WELCOME to producers.
+
+Invariants:
+* seq is gapless from 1 and never reused: a starting master resumes after the highest seq
+  any reachable replicator holds, with an epoch above every epoch they have seen.
+* A producer record is sequenced at most once: each source's next expected source_seq is
+  part of the log's metadata (persisted by the replicators with each frame), so it
+  survives restarts. A batch below it is a duplicate (acked again, with its seqs when the
+  master still knows them); one above it is refused with the expected number.
+* Nothing reaches the PUB socket or a producer ACK before the ack policy holds for it:
+  "first" (one replicator), "quorum" (a majority) or "all". Frames go out in seq order.
+* No fixed batching delay: each turn of the loop sequences everything that is waiting into
+  one frame, so a lone record leaves at once and records batch by themselves under load.
+* When nothing was sequenced for tick_ms, a Tick record carries the time to the engines.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import signal
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from mq import wire
+from mq.record import FrameError, scan, scan_producer, source_runs, stamp, tick, trim
+
+log = logging.getLogger("seqex.sequencer")
+
+POLICIES = ("first", "quorum", "all")
+MAX_DRAIN = 1024             # producer messages taken per turn of the loop
+MAX_FRAME_BYTES = 4 << 20    # a sequenced frame is cut at this size
+MAX_INFLIGHT = 1 << 20       # records sent to one replicator and not yet acknowledged
+RESEND_AFTER_S = 1.0         # unacknowledged for this long: go back and resend
+RECENT_RUNS = 4096           # per source: (ss_first, ss_last, seq_first) kept for re-acks
+
+
+class SequencerStale(RuntimeError):
+    """A replicator has seen a higher epoch: another master owns the stream."""
+
+
+@dataclass
+class Link:
+    """The master's view of one replicator."""
+    addr: str
+    sock: zmq.Socket
+    acked: int = 0            # highest contiguous seq it acknowledged
+    sent: int = 0             # highest seq sent to it
+    known: bool = False       # it answered STATE (or an APPEND) since the master started
+    progress_at: float = field(default_factory=time.monotonic)
+    divergent: bool = False   # it refused our bytes as a conflict; its acks do not count
+
+
+class Window:
+    """Recent frames in seq order, for resending to replicators that fell behind."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.firsts: list[int] = []
+        self.frames: list[tuple[int, int, bytes]] = []
+        self.start = 0
+        self.bytes = 0
+
+    def add(self, first: int, last: int, frame: bytes) -> None:
+        self.firsts.append(first)
+        self.frames.append((first, last, frame))
+        self.bytes += len(frame)
+        while self.bytes > self.max_bytes and self.start < len(self.frames) - 1:
+            self.bytes -= len(self.frames[self.start][2])
+            self.start += 1
+        if self.start > 4096 and self.start * 2 > len(self.frames):
+            del self.firsts[:self.start], self.frames[:self.start]
+            self.start = 0
+
+    def lowest(self) -> int:
+        return self.frames[self.start][0] if self.start < len(self.frames) else 0
+
+    def frame_from(self, seq: int) -> tuple[int, int, bytes] | None:
+        """The records from seq to the end of the frame holding seq, or None if evicted."""
+        i = bisect.bisect_right(self.firsts, seq, lo=self.start) - 1
+        if i < self.start:
+            return None
+        first, last, frame = self.frames[i]
+        if seq > last:
+            return None
+        return seq, last, trim(frame, first, seq)
+
+
+class Sequencer:
+    def __init__(self, stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
+                 policy: str = "first", tick_ms: int = 100, window_bytes: int = 256 << 20,
+                 startup_grace_s: float = 2.0):
+        if policy not in POLICIES:
+            raise ValueError(f"ack policy must be one of {POLICIES}, not {policy!r}")
+        if not replicators:
+            raise ValueError("a sequencer needs at least one replicator")
+        self.stream = stream
+        self.topic = stream.encode() + b"\0"
+        self.policy = policy
+        self.tick_ns = tick_ms * 1_000_000
+        self.startup_grace_s = startup_grace_s
+        self.ctx = zmq.Context.instance()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        self.router.setsockopt(zmq.SNDHWM, 100_000)
+        self.router.bind(producer_bind)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(pub_bind)
+        self.producer_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.links: list[Link] = []
+        for addr in replicators:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, 10_000)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+            sock.connect(addr)
+            self.links.append(Link(addr, sock))
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        for link in self.links:
+            self.poller.register(link.sock, zmq.POLLIN)
+        self.window = Window(window_bytes)
+        self.epoch = 0
+        self.next_seq = 1
+        self.committed = 0
+        self.ts_ns = 0
+        self.next_ss: dict[int, int] = {}     # per source: next source_seq to sequence
+        self.durable_ss: dict[int, int] = {}  # per source: next source_seq not yet committed
+        self.recent: dict[int, deque[tuple[int, int, int]]] = defaultdict(
+            lambda: deque(maxlen=RECENT_RUNS))
+        # frames sequenced but not yet forwarded: (first, last, frame, producer acks)
+        self.pending: deque[tuple[int, int, bytes, list[tuple]]] = deque()
+        self.last_activity_ns = 0
+        self.running = True
+        self.drain_until = 0.0      # set by stop(): draining until this monotonic time
+        self.stats = {"sequenced": 0, "frames": 0, "duplicates": 0, "refused": 0,
+                      "ticks": 0, "bad_batches": 0}
+
+    # -- start-up -----------------------------------------------------------------------
+    def recover(self, deadline_s: float = 60.0) -> None:
+        """Learn the last seq, epoch and producer positions from the replicators."""
+        need = {"first": 1, "quorum": len(self.links) // 2 + 1, "all": len(self.links)}[self.policy]
+        states: dict[int, dict] = {}
+        started = time.monotonic()
+        ask_at = 0.0
+        while True:
+            now = time.monotonic()
+            if len(states) == len(self.links):
+                break
+            if len(states) >= need and now - started >= self.startup_grace_s:
+                break
+            if now - started > deadline_s:
+                raise TimeoutError(f"{self.stream}: {len(states)} of {need} replicators answered")
+            if now >= ask_at:
+                for i, link in enumerate(self.links):
+                    if i not in states:
+                        self._try_send(link, [wire.STATE, wire.pack({"stream": self.stream})])
+                ask_at = now + 0.5
+            for sock, _ in self.poller.poll(100):
+                for i, link in enumerate(self.links):
+                    if sock is link.sock:
+                        msg = sock.recv_multipart()
+                        if msg[0] == wire.STATE:
+                            states[i] = wire.unpack(msg[1])
+        best_i = max(states, key=lambda i: states[i]["last"])
+        best = states[best_i]
+        last = best["last"]
+        self.epoch = max(s["epoch"] for s in states.values()) + 1
+        self.next_seq = last + 1
+        self.committed = last
+        self.ts_ns = best["ts"]
+        for s in states.values():
+            for src, nxt, _seq in s["sources"]:
+                self.next_ss[src] = max(self.next_ss.get(src, 1), nxt)
+        self.durable_ss = dict(self.next_ss)  # what the log holds at start-up is adopted
+        for i, s in states.items():
+            self.links[i].acked = self.links[i].sent = s["last"]
+            self.links[i].known = True
+        lowest = min(s["last"] for s in states.values())
+        self._load_tail(self.links[best_i], max(1, min(lowest + 1, last - 10_000 + 1)), last)
+        log.info("%s: epoch %d resumes after seq %d (%d of %d replicators, lowest at %d)",
+                 self.stream, self.epoch, last, len(states), len(self.links), lowest)
+
+    def _load_tail(self, link: Link, seq_from: int, seq_to: int) -> None:
+        """Seed the resend window (and the re-ack memory) from the most advanced replicator."""
+        seq = seq_from
+        while seq <= seq_to:
+            link.sock.send_multipart([wire.REPLAY, wire.pack(
+                {"stream": self.stream, "from": seq, "to": seq_to, "max_bytes": 4 << 20})])
+            if not link.sock.poll(10_000):
+                raise TimeoutError(f"{self.stream}: replay of the tail from {link.addr} timed out")
+            msg = link.sock.recv_multipart()
+            if msg[0] != wire.RECORDS or not msg[2]:
+                raise RuntimeError(f"{self.stream}: {link.addr} could not replay from {seq}")
+            _n, first, last = scan(msg[2])
+            if first != seq:
+                raise RuntimeError(f"{self.stream}: replay from {seq} began at {first}")
+            self.window.add(first, last, msg[2])
+            for src, ss_first, ss_last, seq_first in source_runs(msg[2]):
+                self.recent[src].append((ss_first, ss_last, seq_first))
+            seq = last + 1
+
+    # -- the loop -----------------------------------------------------------------------
+    def serve(self) -> None:
+        log.info("%s: producers on %s, subscribers on %s, policy %s", self.stream,
+                 self.producer_endpoint, self.pub_endpoint, self.policy)
+        self.last_activity_ns = time.time_ns()
+        while self.running:
+            wait_ms = max(0, (self.last_activity_ns + self.tick_ns - time.time_ns()) // 1_000_000)
+            events = dict(self.poller.poll(min(wait_ms, 100)))
+            if self.router in events:
+                if self.drain_until:
+                    self._answer_control_only()
+                else:
+                    self._sequence_waiting()
+            for link in self.links:
+                if link.sock in events:
+                    self._on_replies(link)
+            now_ns = time.time_ns()
+            if now_ns - self.last_activity_ns >= self.tick_ns and not self.drain_until:
+                self._emit_tick(now_ns)
+            self._pump_all()
+            self._forward()
+            if self.drain_until and (self._all_replicated() or time.monotonic() > self.drain_until):
+                self.running = False
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Take no new input, wait (bounded) until every replicator holds everything, exit."""
+        self.drain_until = time.monotonic() + timeout_s
+
+    def _all_replicated(self) -> bool:
+        top = self.next_seq - 1
+        return not self.pending and all(lk.acked >= top for lk in self.links if lk.known)
+
+    def _answer_control_only(self) -> None:
+        """While draining, producers get no new seqs; they resend to the next master."""
+        for _ in range(MAX_DRAIN):
+            try:
+                msg = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(msg) >= 3 and msg[1] in (wire.PING, wire.STOP):
+                self._control(msg[0], msg[1], wire.unpack(msg[2]))
+
+    def _now(self) -> int:
+        """Sequencer time: wall clock, never below the last stamped time."""
+        self.ts_ns = max(self.ts_ns, time.time_ns())
+        return self.ts_ns
+
+    def _sequence_waiting(self) -> None:
+        parts: list[bytes] = []
+        acks: list[tuple] = []
+        size = 0
+        first = self.next_seq
+        ts_ns = self._now()
+        for _ in range(MAX_DRAIN):
+            try:
+                msg = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(msg) < 3:
+                continue
+            ident, kind = msg[0], msg[1]
+            try:
+                if kind == wire.DATA and len(msg) == 4:
+                    piece = self._sequence_batch(ident, msg[3], ts_ns, acks)
+                    if piece:
+                        parts.append(piece)
+                        size += len(piece)
+                        if size >= MAX_FRAME_BYTES:
+                            self._commit_frame(first, parts, acks)
+                            parts, acks, size, first = [], [], 0, self.next_seq
+                else:
+                    self._control(ident, kind, wire.unpack(msg[2]))
+            except (FrameError, wire.WireError) as exc:
+                self.stats["bad_batches"] += 1
+                self._reply(ident, wire.ERROR, {"error": str(exc)})
+        if parts:
+            self._commit_frame(first, parts, acks)
+
+    def _sequence_batch(self, ident: bytes, batch: bytes, ts_ns: int, acks: list) -> bytes:
+        src, ss_first, count = scan_producer(batch)
+        ss_last = ss_first + count - 1
+        expected = self.next_ss.get(src, 1)
+        if ss_first > expected:
+            self.stats["refused"] += 1
+            self._reply(ident, wire.REFUSE, {"src": src, "next": expected})
+            return b""
+        if ss_last < expected:
+            # A duplicate. Only what is committed may be acknowledged; the rest is acked
+            # when its frame commits.
+            self.stats["duplicates"] += count
+            durable = self.durable_ss.get(src, 1)
+            self._reply(ident, wire.ACK, {"src": src, "next": durable, "runs": self._known_runs(
+                src, ss_first, min(ss_last, durable - 1))})
+            return b""
+        skip = expected - ss_first
+        seq_first = self.next_seq
+        piece = stamp(batch, skip, seq_first, ts_ns, self.epoch)
+        self.next_seq += count - skip
+        self.next_ss[src] = ss_last + 1
+        self.recent[src].append((expected, ss_last, seq_first))
+        runs = self._known_runs(src, ss_first, expected - 1) if skip else []
+        runs.append([expected, ss_last, seq_first])
+        acks.append((ident, src, ss_last + 1, runs))
+        self.stats["sequenced"] += count - skip
+        self.stats["duplicates"] += skip
+        return piece
+
+    def _known_runs(self, src: int, lo: int, hi: int) -> list[list]:
+        """[[ss_first, ss_last, seq_first]] for the part of lo..hi still remembered."""
+        out = []
+        for ss_first, ss_last, seq_first in self.recent.get(src, ()):
+            a, b = max(lo, ss_first), min(hi, ss_last)
+            if a <= b:
+                out.append([a, b, seq_first + (a - ss_first)])
+        return out
+
+    def _commit_frame(self, first: int, parts: list[bytes], acks: list) -> None:
+        frame = parts[0] if len(parts) == 1 else b"".join(parts)
+        last = self.next_seq - 1
+        self.window.add(first, last, frame)
+        self.pending.append((first, last, frame, acks))
+        self.stats["frames"] += 1
+        self.last_activity_ns = time.time_ns()
+        self._pump_all()
+
+    def _emit_tick(self, now_ns: int) -> None:
+        ss = self.next_ss.get(0, 1)
+        frame = tick(self.next_seq, self._now(), ss, self.epoch)
+        self.next_ss[0] = ss + 1
+        self.next_seq += 1
+        self.stats["ticks"] += 1
+        self._commit_frame(self.next_seq - 1, [frame], [])
+        self.last_activity_ns = now_ns
+
+    # -- replication --------------------------------------------------------------------
+    def _pump_all(self) -> None:
+        now = time.monotonic()
+        for link in self.links:
+            if link.sent > link.acked and now - link.progress_at > RESEND_AFTER_S:
+                link.sent = link.acked  # acknowledgements stalled: go back and resend
+                link.progress_at = now
+            self._pump(link)
+
+    def _pump(self, link: Link) -> None:
+        """Send this replicator what it lacks, oldest first, within the in-flight limit."""
+        top = self.next_seq - 1
+        while link.known and link.sent < top and link.sent - link.acked < MAX_INFLIGHT:
+            piece = self.window.frame_from(link.sent + 1)
+            if piece is None:
+                log.warning("%s: %s is behind the resend window (at %d, window from %d)",
+                            self.stream, link.addr, link.sent, self.window.lowest())
+                link.known = False
+                return
+            first, last, frame = piece
+            body = wire.pack({"stream": self.stream, "epoch": self.epoch,
+                              "first": first, "last": last})
+            if not self._try_send(link, [wire.APPEND, body, frame]):
+                return
+            if link.sent == link.acked:
+                link.progress_at = time.monotonic()
+            link.sent = last
+
+    def _try_send(self, link: Link, msg: list[bytes]) -> bool:
+        try:
+            link.sock.send_multipart(msg, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _on_replies(self, link: Link) -> None:
+        while True:
+            try:
+                msg = link.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[0] == wire.APPENDED:
+                body = wire.unpack(msg[1])
+                if body["epoch"] > self.epoch:
+                    raise SequencerStale(f"{self.stream}: {link.addr} has seen epoch "
+                                         f"{body['epoch']} > {self.epoch}; this master is fenced")
+                if body["last"] > link.acked:
+                    link.progress_at = time.monotonic()
+                if body["ok"]:
+                    link.acked = max(link.acked, body["last"])
+                elif body["reason"] == "gap":
+                    link.acked = link.sent = body["last"]  # it lost what was in flight
+                    link.progress_at = time.monotonic()
+                elif body["reason"] == "conflict":
+                    link.divergent = True
+                    log.error("%s: %s holds different bytes at seq %d", self.stream,
+                              link.addr, body["seq"])
+                link.known = True
+            elif msg[0] == wire.STATE:
+                body = wire.unpack(msg[1])
+                link.acked = link.sent = body["last"]
+                link.known = True
+            elif msg[0] == wire.ERROR:
+                log.error("%s: %s answered %s", self.stream, link.addr, wire.unpack(msg[1]))
+
+    def _commit_point(self) -> int:
+        acks = sorted((lk.acked for lk in self.links if not lk.divergent), reverse=True)
+        if not acks:
+            return self.committed
+        if self.policy == "first":
+            return acks[0]
+        if self.policy == "quorum":
+            need = len(self.links) // 2 + 1
+            return acks[need - 1] if len(acks) >= need else self.committed
+        return acks[-1] if len(acks) == len(self.links) else self.committed
+
+    def _forward(self) -> None:
+        point = self._commit_point()
+        if point > self.committed:
+            self.committed = point
+        acks_by: dict[tuple[bytes, int], tuple[int, list]] = {}
+        while self.pending and self.pending[0][1] <= self.committed:
+            _first, _last, frame, acks = self.pending.popleft()
+            self.pub.send_multipart([self.topic, frame], copy=False)
+            for ident, src, nxt, runs in acks:
+                self.durable_ss[src] = max(self.durable_ss.get(src, 1), nxt)
+                entry = acks_by.setdefault((ident, src), (nxt, []))
+                acks_by[(ident, src)] = (max(entry[0], nxt), entry[1] + runs)
+        for (ident, src), (nxt, runs) in acks_by.items():
+            self._reply(ident, wire.ACK, {"src": src, "next": nxt, "runs": runs})
+
+    # -- control ------------------------------------------------------------------------
+    def _control(self, ident: bytes, kind: bytes, body: dict) -> None:
+        if kind == wire.HELLO:
+            src = wire.field(body, "src", int)
+            self._reply(ident, wire.WELCOME, {"src": src, "next": self.next_ss.get(src, 1),
+                                              "durable": self.durable_ss.get(src, 1),
+                                              "epoch": self.epoch})
+        elif kind == wire.PING:
+            self._reply(ident, wire.PONG, self.status())
+        elif kind == wire.STOP:
+            self.stop()
+            self._reply(ident, wire.PONG, {"role": "sequencer", "stopping": True})
+        else:
+            raise wire.WireError(f"unknown message kind {kind[:32]!r}")
+
+    def status(self) -> dict[str, Any]:
+        return {"role": "sequencer", "stream": self.stream, "epoch": self.epoch,
+                "last": self.next_seq - 1, "committed": self.committed,
+                "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known,
+                                 "divergent": lk.divergent} for lk in self.links],
+                **self.stats}
+
+    def _reply(self, ident: bytes, kind: bytes, body: dict) -> None:
+        try:
+            self.router.send_multipart([ident, kind, wire.pack(body)], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # producers resend what stays unacknowledged
+
+    def close(self) -> None:
+        for sock in [self.router, self.pub] + [lk.sock for lk in self.links]:
+            sock.close(0)
+
+
+def main(stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
+         policy: str = "first", tick_ms: int = 100) -> None:
+    seq = Sequencer(stream, producer_bind, pub_bind, replicators, policy, tick_ms)
+
+    def stop(_sig: int, _frame: Any) -> None:
+        seq.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    seq.recover()
+    print(f"sequencer ready {seq.producer_endpoint} {seq.pub_endpoint} epoch {seq.epoch}",
+          flush=True)
+    try:
+        seq.serve()
+    finally:
+        seq.close()

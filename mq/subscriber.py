@@ -1,0 +1,180 @@
+"""Subscriber client: every record of a stream from any seq, exactly once, in order.
+
+The live feed is a ZeroMQ SUB socket, which drops silently at its high-water mark and misses
+what was published before it joined. So the subscriber never trusts it to be complete: it
+subscribes first, replays from a replicator from the wanted seq until that replicator has
+nothing more, then takes live frames, trimming the part it already delivered; a live frame
+that starts beyond the next wanted seq is a gap, filled by replay before the frame is used.
+The sequencer's idle Ticks make a lost tail visible within one tick interval.
+
+``poll`` returns frames ``(first, last, frame)`` whose seqs continue exactly where the
+previous call ended; a consumer that persists ``next_seq`` with its own state resumes from
+there after a crash.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from mq import wire
+from mq.record import FrameError, scan, trim
+
+log = logging.getLogger("seqex.subscriber")
+
+REPLAY_CHUNK = 4 << 20
+REPLAY_TIMEOUT_S = 1.0
+SILENCE_PROBE_S = 1.0   # live feed silent this long (ten idle ticks): ask a replicator
+
+
+class Subscriber:
+    def __init__(self, stream: str, pub_addr: str, replicators: list[str], next_seq: int = 1,
+                 rcvhwm: int = 100_000):
+        if next_seq < 1:
+            raise ValueError("seqs start at 1")
+        if not replicators:
+            raise ValueError("a subscriber needs a replicator to replay from")
+        self.stream = stream
+        self.next_seq = next_seq
+        self.ctx = zmq.Context.instance()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, rcvhwm)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\0")
+        self.sub.connect(pub_addr)
+        self.replicas: list[zmq.Socket] = []
+        for addr in replicators:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+            sock.connect(addr)
+            self.replicas.append(sock)
+        self.replica_i = 0
+        self.replaying = True       # catching up from a replicator
+        self.target: int | None = None  # replay must reach this seq (None: until the end)
+        self.held: tuple[int, int, bytes] | None = None  # live frame waiting for a gap fill
+        self.req = 0
+        self.inflight_at = 0.0      # when the outstanding replay request left
+        self.heard_at = time.monotonic()  # last live frame, or last probe
+        self.stats = {"live_frames": 0, "replayed_frames": 0, "gaps": 0, "bad_frames": 0}
+
+    # -- replay ------------------------------------------------------------------------
+    def _ask(self) -> None:
+        self.req += 1
+        self.inflight_at = time.monotonic()
+        body = {"stream": self.stream, "from": self.next_seq, "to": self.target,
+                "max_bytes": REPLAY_CHUNK, "req": self.req}
+        try:
+            self.replicas[self.replica_i].send_multipart([wire.REPLAY, wire.pack(body)],
+                                                         zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # not connected: the timeout moves on to another replicator
+
+    def _replay_step(self, timeout_ms: int, out: list) -> None:
+        """One request/answer of replay; moves to live when caught up."""
+        sock = self.replicas[self.replica_i]
+        if not self.inflight_at:
+            self._ask()
+        if not sock.poll(timeout_ms):
+            if time.monotonic() - self.inflight_at > REPLAY_TIMEOUT_S:
+                self.replica_i = (self.replica_i + 1) % len(self.replicas)
+                self.inflight_at = 0.0
+            return
+        msg = sock.recv_multipart()
+        if msg[0] != wire.RECORDS or len(msg) != 3:
+            return
+        body = wire.unpack(msg[1])
+        if body.get("req") != self.req:
+            return  # the answer to a request that timed out
+        self.inflight_at = 0.0
+        frame = msg[2]
+        if frame:
+            _n, first, last = scan(frame)
+            if first != self.next_seq:
+                raise RuntimeError(f"{self.stream}: replay from {self.next_seq} began at {first}")
+            self._deliver(first, last, frame, out)
+            self.stats["replayed_frames"] += 1
+        if self.target is None:
+            if not frame:
+                self.replaying = False  # this replicator has nothing more: go live
+        elif self.next_seq > self.target:
+            self.replaying, self.target = False, None
+        elif not frame:
+            # This replicator does not hold the gap yet (ack policy "first"): try another,
+            # after a short pause so that a lagging set of replicators is not spun on.
+            self.replica_i = (self.replica_i + 1) % len(self.replicas)
+            time.sleep(0.005)
+
+    # -- live ---------------------------------------------------------------------------
+    def _live_step(self, timeout_ms: int, out: list) -> None:
+        if self.held is not None:
+            first, last, frame = self.held
+            self.held = None
+            self._take(first, last, frame, out)
+            if self.replaying:
+                return
+        if not self.sub.poll(timeout_ms):
+            if time.monotonic() - self.heard_at > SILENCE_PROBE_S:
+                # The feed is silent (master down, or its last frames dropped): replay
+                # whatever the replicators hold beyond next_seq.
+                self.heard_at = time.monotonic()
+                self.replaying, self.target, self.inflight_at = True, None, 0.0
+            return
+        self.heard_at = time.monotonic()
+        for _ in range(1024):
+            try:
+                msg = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(msg) != 2:
+                self.stats["bad_frames"] += 1
+                continue
+            try:
+                _n, first, last = scan(msg[1])
+            except FrameError as exc:
+                self.stats["bad_frames"] += 1
+                log.error("%s: dropped a malformed live frame: %s", self.stream, exc)
+                continue
+            self.stats["live_frames"] += 1
+            self._take(first, last, msg[1], out)
+            if self.replaying:
+                return
+
+    def _take(self, first: int, last: int, frame: bytes, out: list) -> None:
+        if last < self.next_seq:
+            return
+        if first > self.next_seq:
+            self.stats["gaps"] += 1
+            self.held = (first, last, frame)
+            self.replaying, self.target = True, first - 1
+            self.inflight_at = 0.0
+            return
+        self._deliver(first, last, frame, out)
+
+    def _deliver(self, first: int, last: int, frame: bytes, out: list) -> None:
+        if first < self.next_seq:
+            frame = trim(frame, first, self.next_seq)
+            first = self.next_seq
+        out.append((first, last, frame))
+        self.next_seq = last + 1
+
+    def poll(self, timeout_ms: int = 100) -> list[tuple[int, int, bytes]]:
+        """Frames that continue the stream exactly where the last call ended (maybe none)."""
+        out: list[tuple[int, int, bytes]] = []
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not out:
+            left = max(0, int((deadline - time.monotonic()) * 1000))
+            if self.replaying:
+                self._replay_step(min(left, 50), out)
+            else:
+                self._live_step(left, out)
+            if time.monotonic() >= deadline:
+                break
+        return out
+
+    def close(self) -> None:
+        self.sub.close(0)
+        for sock in self.replicas:
+            sock.close(0)

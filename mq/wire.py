@@ -1,0 +1,65 @@
+"""Control messages of the log: one ZeroMQ multipart message each.
+
+Layout: ``[kind, body]`` or ``[kind, body, records]`` where ``kind`` is one of the byte
+strings below, ``body`` a msgpack map with short string keys, and ``records`` a frame of
+the record codec (mq._frame). ROUTER sockets see the peer identity in front.
+
+Contract: ``unpack`` never raises anything but WireError on bytes from the network, and
+bounds what it allocates; a peer that sends garbage gets an ERROR reply or is ignored.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+# producer <-> sequencer
+HELLO = b"HELLO"        # producer: {src}                    -> WELCOME
+WELCOME = b"WELCOME"    # sequencer: {src, next, durable, epoch}: next source_seq it expects,
+                        # and the first one not yet committed (all below are in the log)
+DATA = b"DATA"          # producer: {} + records (one source, contiguous source_seq)
+ACK = b"ACK"            # sequencer: {src, next, runs: [[ss_first, ss_last, seq_first]]}: every
+                        # source_seq below next is committed; runs name the seqs it knows
+REFUSE = b"REFUSE"      # sequencer: {src, next}             resend from next
+# master <-> replicator
+STATE = b"STATE"        # master: {stream} -> {stream, last, epoch, ts, sources: [[src, ss, seq]]}
+APPEND = b"APPEND"      # master: {stream, epoch, first, last} + records
+APPENDED = b"APPENDED"  # replicator: {stream, last, epoch, ok, reason?, seq?}
+# anyone <-> replicator
+REPLAY = b"REPLAY"      # {stream, from, to, max_bytes, req} -> RECORDS
+RECORDS = b"RECORDS"    # {stream, from, last, req} + records (possibly empty)
+# anyone <-> any server
+PING = b"PING"          # {} -> PONG {role, ...stats}
+PONG = b"PONG"
+STOP = b"STOP"          # {} -> PONG, then the process exits cleanly
+ERROR = b"ERROR"        # {error}
+
+MAX_BODY = 1 << 20      # a control body is small; anything larger is an attack or a bug
+
+
+class WireError(ValueError):
+    """A control message that cannot be parsed."""
+
+
+def pack(body: dict[str, Any]) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview) -> dict[str, Any]:
+    if len(data) > MAX_BODY:
+        raise WireError(f"control body of {len(data)} bytes exceeds {MAX_BODY}")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"undecodable control body: {exc}") from None
+    if not isinstance(body, dict):
+        raise WireError("control body is not a map")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """body[name], checked for presence and type (bool is not accepted as int)."""
+    value = body.get(name)
+    if value is None or not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise WireError(f"field {name!r} missing or not {kind}")
+    return value

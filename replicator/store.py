@@ -1,0 +1,213 @@
+"""LMDB storage of streams: the durable half of the log.
+
+One LMDB environment holds any number of streams. Per stream:
+
+* ``log:<stream>``: key = first seq of a frame (u64 big-endian), value = the frame (records
+  with contiguous seqs). Frames are appended; the frame that holds seq S is the one with the
+  greatest key <= S, found with one cursor seek, so no separate index is needed.
+* ``meta:<stream>``: ``last`` (u64, highest contiguous seq held), ``epoch`` (highest master
+  epoch seen; lower ones are refused), ``ts`` (ts_ns of the last record) and one key per
+  producer source, ``s`` + u32 big-endian -> (next expected source_seq, seq of the last
+  record of that source), which is what lets a restarted master recognise duplicates.
+
+Everything a frame changes is written in one transaction, so a crash leaves either the whole
+frame or none of it. Invariants: the log of a stream is gapless from 1 to ``last``; a seq is
+never overwritten with different bytes.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+import lmdb
+
+from mq.record import FrameError, decode, offset_of, scan, source_runs
+
+U64 = struct.Struct(">Q")
+U32 = struct.Struct(">I")
+SRC = struct.Struct(">QQ")
+DURABILITIES = ("fsync", "os")
+
+
+@dataclass
+class AppendResult:
+    ok: bool
+    last: int
+    epoch: int
+    reason: str = ""       # "", "fenced", "gap", "conflict"
+    seq: int = 0           # the first conflicting seq for reason "conflict"
+
+
+class StreamLog:
+    """One stream inside a Store. Not thread-safe; one writer (the replicator loop)."""
+
+    def __init__(self, store: Store, name: str, txn: lmdb.Transaction | None = None):
+        """Open (creating if new) the stream; inside `txn` when a write is under way, since
+        LMDB allows one write transaction at a time and opening a database needs one."""
+        if not name or len(name) > 200 or not name.isprintable():
+            raise ValueError(f"bad stream name {name!r}")
+        self.store = store
+        self.name = name
+        env = store.env
+        self.log_db = env.open_db(f"log:{name}".encode(), txn=txn)
+        self.meta_db = env.open_db(f"meta:{name}".encode(), txn=txn)
+        if txn is None:
+            with env.begin() as own:
+                self._load(own)
+        else:
+            self._load(txn)
+
+    def _load(self, txn: lmdb.Transaction) -> None:
+        self.last = self._meta_u64(txn, b"last")
+        self.epoch = self._meta_u64(txn, b"epoch")
+        self.ts_ns = self._meta_u64(txn, b"ts")
+
+    def _meta_u64(self, txn: lmdb.Transaction, key: bytes) -> int:
+        raw = txn.get(key, db=self.meta_db)
+        return U64.unpack(raw)[0] if raw else 0
+
+    # -- writing ------------------------------------------------------------------------
+    def append(self, txn: lmdb.Transaction, epoch: int, frame: bytes) -> AppendResult:
+        """Append a sequenced frame inside the caller's write transaction.
+
+        A frame that overlaps what is held must match it byte for byte on the overlap (a
+        master re-sending after a lost ack); only the new part is stored. A frame of a lower
+        epoch than any seen is refused ("fenced"), one that leaves a gap is refused ("gap").
+        """
+        if epoch < self.epoch:
+            return AppendResult(False, self.last, self.epoch, "fenced")
+        count, first, last = scan(frame)  # raises FrameError on a malformed frame
+        if first > self.last + 1:
+            return AppendResult(False, self.last, max(self.epoch, epoch), "gap")
+        if first <= self.last:
+            overlap_to = min(last, self.last)
+            held = self.read(first, overlap_to, txn=txn)
+            cut = offset_of(frame, overlap_to - first + 1)
+            if held != frame[:cut]:
+                return AppendResult(False, self.last, self.epoch, "conflict",
+                                    self._first_difference(first, held, frame[:cut]))
+            frame = frame[cut:]
+            first = overlap_to + 1
+        if epoch > self.epoch:
+            txn.put(b"epoch", U64.pack(epoch), db=self.meta_db)
+            self.epoch = epoch
+        if frame:
+            self._put_frame(txn, first, last, frame)
+        return AppendResult(True, self.last, self.epoch)
+
+    def _put_frame(self, txn: lmdb.Transaction, first: int, last: int, frame: bytes) -> None:
+        if not txn.put(U64.pack(first), frame, db=self.log_db, append=True):
+            raise RuntimeError(f"{self.name}: frame at {first} not appended")
+        for src, ss_first, ss_last, seq_first in source_runs(frame):
+            seq_last = seq_first + (ss_last - ss_first)
+            txn.put(b"s" + U32.pack(src), SRC.pack(ss_last + 1, seq_last), db=self.meta_db)
+        ts = int.from_bytes(frame[offset_of(frame, last - first) + 8:][:8], "little")
+        txn.put(b"last", U64.pack(last), db=self.meta_db)
+        txn.put(b"ts", U64.pack(ts), db=self.meta_db)
+        self.last = last
+        self.ts_ns = ts
+
+    @staticmethod
+    def _first_difference(first: int, a: bytes, b: bytes) -> int:
+        # Both cover the same seqs, so they hold as many records.
+        for ra, rb in zip(decode(a), decode(b), strict=False):
+            if ra != rb:
+                return ra[0]
+        return first
+
+    # -- reading ------------------------------------------------------------------------
+    def read(self, seq_from: int, seq_to: int | None = None, max_bytes: int = 1 << 62,
+             txn: lmdb.Transaction | None = None) -> bytes:
+        """Records seq_from..seq_to (inclusive; None = to the end) as one frame, stopping
+        after the first frame boundary past max_bytes. Empty when seq_from > last."""
+        if seq_to is None or seq_to > self.last:
+            seq_to = self.last
+        if seq_from < 1:
+            seq_from = 1
+        if seq_from > seq_to:
+            return b""
+        own = txn is None
+        if own:
+            txn = self.store.env.begin(buffers=False)
+        try:
+            cur = txn.cursor(db=self.log_db)
+            if not cur.set_range(U64.pack(seq_from)) or U64.unpack(cur.key())[0] != seq_from:
+                if not cur.prev() and not cur.last():
+                    return b""
+            parts: list[bytes] = []
+            size = 0
+            while True:
+                first = U64.unpack(cur.key())[0]
+                frame = cur.value()
+                _count, _f, last = scan(frame)
+                lo = offset_of(frame, seq_from - first) if seq_from > first else 0
+                hi = offset_of(frame, seq_to - first + 1) if seq_to < last else len(frame)
+                piece = frame[lo:hi]
+                parts.append(piece)
+                size += len(piece)
+                if last >= seq_to or size >= max_bytes or not cur.next():
+                    break
+            return b"".join(parts)
+        finally:
+            if own:
+                txn.abort()
+
+    def sources(self) -> list[tuple[int, int, int]]:
+        """[(source, next expected source_seq, seq of its last record)], by source."""
+        out = []
+        with self.store.env.begin() as txn:
+            cur = txn.cursor(db=self.meta_db)
+            if cur.set_range(b"s"):
+                for key, value in cur:
+                    if not key.startswith(b"s") or len(key) != 5:
+                        break
+                    nxt, seq = SRC.unpack(value)
+                    out.append((U32.unpack(key[1:])[0], nxt, seq))
+        return out
+
+
+class Store:
+    """An LMDB environment holding streams. durability: "fsync" (survives power loss) or
+    "os" (survives any process crash; the kernel writes the pages back)."""
+
+    def __init__(self, path: str, durability: str = "os", map_size: int = 64 << 30,
+                 max_streams: int = 500):
+        if durability not in DURABILITIES:
+            raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")
+        os.makedirs(path, exist_ok=True)
+        sync = durability == "fsync"
+        self.durability = durability
+        self.env = lmdb.open(path, map_size=map_size, max_dbs=2 * max_streams + 2,
+                             sync=sync, metasync=sync, writemap=False, map_async=False,
+                             max_readers=256, lock=True)
+        self.streams: dict[str, StreamLog] = {}
+
+    def stream(self, name: str, txn: lmdb.Transaction | None = None) -> StreamLog:
+        log = self.streams.get(name)
+        if log is None:
+            log = self.streams[name] = StreamLog(self, name, txn)
+        return log
+
+    def write(self) -> lmdb.Transaction:
+        return self.env.begin(write=True)
+
+    def append(self, stream: str, epoch: int, frame: bytes) -> AppendResult:
+        """Append in a transaction of its own (tests and tools; the server groups frames)."""
+        txn = self.write()
+        log = self.stream(stream, txn)
+        last, ep, ts = log.last, log.epoch, log.ts_ns
+        try:
+            result = log.append(txn, epoch, frame)
+        except BaseException:
+            txn.abort()
+            log.last, log.epoch, log.ts_ns = last, ep, ts
+            raise
+        txn.commit()
+        return result
+
+    def close(self) -> None:
+        self.env.close()
+
+
+__all__ = ["AppendResult", "DURABILITIES", "FrameError", "Store", "StreamLog"]

@@ -1,0 +1,107 @@
+"""The record codec agrees byte for byte with an independent struct encoder, and every
+malformed frame is refused with FrameError, naming what is wrong."""
+import struct
+
+import pytest
+
+from mq.record import (
+    HEADER_SIZE,
+    KIND_TICK,
+    RECORD_HEADER,
+    FrameError,
+    decode,
+    encode,
+    offset_of,
+    pack,
+    records,
+    scan,
+    scan_producer,
+    source_runs,
+    stamp,
+    tick,
+    trim,
+)
+
+
+def mirror(recs):
+    """Independent encoder: seq, ts, source_seq, source, epoch, kind, length + payload."""
+    out = b""
+    for seq, ts, src, ss, epoch, kind, payload in recs:
+        out += struct.pack("<QQQIIHI", seq, ts, ss, src, epoch, kind, len(payload)) + payload
+    return out
+
+
+RECS = [(5, 1_700_000_000_000_000_000, 3, 9, 2, 16, b"hello"),
+        (6, 1_700_000_000_000_000_001, 0, 1, 2, KIND_TICK, b""),
+        (7, 1_700_000_000_000_000_002, 4, 1, 2, 17, bytes(range(256)))]
+
+
+def test_header_layout_is_38_bytes():
+    assert HEADER_SIZE == RECORD_HEADER.size == 38
+
+
+def test_encode_matches_struct_mirror():
+    assert encode(RECS) == mirror(RECS)
+    assert decode(mirror(RECS)) == RECS
+
+
+def test_scan_reports_count_and_range():
+    assert scan(encode(RECS)) == (3, 5, 7)
+
+
+def test_pack_then_stamp_assigns_contiguous_seqs_time_and_epoch():
+    batch = pack(7, 10, 16, [b"a", b"bb", b"ccc"])
+    assert scan_producer(batch) == (7, 10, 3)
+    stamped = stamp(batch, 1, 100, 555, 3)
+    assert records(stamped) == [(100, 555, 7, 11, 3, 16, b"bb"), (101, 555, 7, 12, 3, 16, b"ccc")]
+    assert stamp(batch, 3, 100, 555, 3) == b""
+
+
+def test_source_runs_split_on_source_change():
+    frame = encode([(1, 0, 7, 1, 1, 16, b""), (2, 0, 7, 2, 1, 16, b""), (3, 0, 8, 5, 1, 16, b""),
+                    (4, 0, 7, 3, 1, 16, b"")])
+    assert source_runs(frame) == [(7, 1, 2, 1), (8, 5, 5, 3), (7, 3, 3, 4)]
+
+
+def test_trim_and_offset_of():
+    frame = encode(RECS)
+    assert scan(trim(frame, 5, 6)) == (2, 6, 7)
+    assert scan(trim(frame, 5, 6, 6)) == (1, 6, 6)
+    assert offset_of(frame, 0) == 0
+    assert offset_of(frame, 3) == len(frame)
+
+
+def test_tick_is_source_zero_with_empty_payload():
+    assert records(tick(9, 10, 4, 2)) == [(9, 10, 0, 4, 2, KIND_TICK, b"")]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b"", "empty"),
+    (b"\x01" * 10, "truncated record header"),
+    (mirror(RECS)[:-1], "truncated payload"),
+    (mirror([(1, 0, 1, 1, 0, 1, b"")]) + b"\x00", "truncated record header"),
+    (mirror([(0, 0, 1, 1, 0, 1, b"")]), "seq 0"),
+    (mirror([(1, 0, 1, 1, 0, 1, b""), (3, 0, 1, 2, 0, 1, b"")]), "contiguity"),
+    (struct.pack("<QQQIIHI", 1, 0, 1, 1, 0, 1, 0xFFFFFFFF), "claims"),
+])
+def test_scan_refuses_malformed_frames(bad, message):
+    with pytest.raises(FrameError, match=message):
+        scan(bad)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (mirror([(0, 0, 0, 1, 0, 1, b"")]), "source 0"),
+    (mirror([(0, 0, 1, 0, 0, 1, b"")]), "source_seq 0"),
+    (mirror([(0, 0, 1, 1, 0, 1, b""), (0, 0, 2, 3, 0, 1, b"")]), "mixes sources"),
+    (mirror([(0, 0, 1, 1, 0, 1, b""), (0, 0, 1, 3, 0, 1, b"")]), "contiguity"),
+])
+def test_scan_producer_refuses_bad_batches(bad, message):
+    with pytest.raises(FrameError, match=message):
+        scan_producer(bad)
+
+
+def test_pack_refuses_reserved_source_and_zero_seq():
+    with pytest.raises(FrameError):
+        pack(0, 1, 1, [b""])
+    with pytest.raises(FrameError):
+        pack(1, 0, 1, [b""])

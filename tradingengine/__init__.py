@@ -1,0 +1,1 @@
+"""TradingEngine: accounts, risk, positions, margin and funding (DESIGN.md §4)."""
