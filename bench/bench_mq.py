@@ -9,7 +9,9 @@ this process. Records carry 64-byte payloads (102 bytes with the record header).
   records/s = N / (time from the first delivery to the last at the subscriber).
 * Latency: open-loop. The producer schedules record i at start + i/rate and stamps that
   scheduled time into the payload; latency = delivery time - scheduled time, so queueing in
-  the producer counts. The first 10% is warm-up and not counted. p50 / p99 / p99.9.
+  the producer counts. The first 10% is warm-up and not counted. p50 / p99 / p99.9. The
+  baseline is the same four hops (producer -> master -> replicator -> master -> subscriber)
+  relayed by raw pyzmq processes doing no work, with the same open-loop producer.
 * Result hash: sha256 of the canonical (source, first, last) runs of producer records
   delivered, ticks left out; any loss, duplicate or reordering changes it.
 
@@ -71,6 +73,79 @@ def raw_ceiling(addr: str, n: int, per_msg: int) -> float:
     child.wait()
     pull.close(0)
     return (msgs - 1) * per_msg / elapsed
+
+
+def _relay_a(pull_addr: str, b_addr: str, pub_addr: str) -> None:
+    """Raw stand-in for the sequencer: PULL -> DEALER (to B), DEALER replies -> PUB."""
+    ctx = zmq.Context()
+    pull, dealer, pub = ctx.socket(zmq.PULL), ctx.socket(zmq.DEALER), ctx.socket(zmq.PUB)
+    pull.bind(pull_addr)
+    dealer.connect(b_addr)
+    pub.bind(pub_addr)
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    poller.register(dealer, zmq.POLLIN)
+    while True:
+        events = dict(poller.poll(1000))
+        if pull in events:
+            dealer.send(pull.recv())
+        if dealer in events:
+            pub.send(dealer.recv())
+
+
+def _relay_b(addr: str) -> None:
+    """Raw stand-in for the replicator: echo."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(addr)
+    while True:
+        router.send_multipart(router.recv_multipart())
+
+
+def _open_loop_push(addr: str, n: int, rate: int) -> None:
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(addr)
+    time.sleep(0.5)
+    start, step = time.time_ns(), 1e9 / rate
+    for i in range(n):
+        due = start + i * step
+        wait = (due - time.time_ns()) / 1e9
+        if wait > 0:
+            time.sleep(wait)
+        push.send(struct.pack("<Q", int(due)) + b"\0" * (RECORD - 8))
+    time.sleep(2)
+
+
+def raw_hops_latency(rate: int, seconds: float) -> dict:
+    """The same four hops as the log (producer -> master -> replicator -> master ->
+    subscriber) with raw pyzmq and no work at all: the latency floor of this machine."""
+    n = int(rate * seconds)
+    a_in, b, pub = tcp(), tcp(), tcp()
+    procs = [subprocess.Popen([sys.executable, __file__, "_relay_b", b]),
+             subprocess.Popen([sys.executable, __file__, "_relay_a", a_in, b, pub])]
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(pub)
+    time.sleep(0.3)
+    procs.append(subprocess.Popen([sys.executable, __file__, "_push", "-", str(n), str(rate),
+                                   a_in]))
+    lat = []
+    try:
+        while len(lat) < n and sub.poll(5000):
+            lat.append(time.time_ns() - struct.unpack_from("<Q", sub.recv())[0])
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        sub.close(0)
+    return _percentiles(lat, n)
+
+
+def _percentiles(lat: list[int], n: int) -> dict:
+    lat = sorted(lat[n // 10:])
+    q = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] / 1000  # noqa: E731
+    return {"records": len(lat), "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999)}
 
 
 # -- the log ---------------------------------------------------------------------------
@@ -145,9 +220,7 @@ def log_latency(transport: str, rate: int, seconds: float) -> dict:
                         if rec[2]:
                             lat.append(now - prefix.unpack_from(rec[6])[1])
             sub.close()
-    lat = sorted(lat[n // 10:])
-    q = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] / 1000  # noqa: E731
-    return {"records": n, "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999),
+    return {**_percentiles(lat, n),
             "hash": hashlib.sha256(json.dumps(runs).encode()).hexdigest()[:16]}
 
 
@@ -183,17 +256,28 @@ def main() -> None:
                   f"  ({r['records']} records, hash {r['hash']})", flush=True)
             results.append({"transport": transport, "what": "throughput", "replicas": replicas,
                             "durability": durability, **r, "ratio": r["rate"] / c256})
+    seconds = 3 if a.quick else 8
     for rate in (10_000, 50_000):
-        r = med(log_latency, "tcp", rate, 3 if a.quick else 8)
+        raw = med(raw_hops_latency, rate, seconds)
+        r = med(log_latency, "tcp", rate, seconds)
         print(f"[tcp] open-loop latency at {rate:,}/s: p50 {r['p50_us']:.0f} us  p99 "
-              f"{r['p99_us']:.0f} us  p99.9 {r['p999_us']:.0f} us  (hash {r['hash']})",
-              flush=True)
-        results.append({"transport": "tcp", "what": "latency", "rate": rate, **r})
+              f"{r['p99_us']:.0f} us  p99.9 {r['p999_us']:.0f} us  (hash {r['hash']}); raw "
+              f"four-hop floor p50 {raw['p50_us']:.0f} p99 {raw['p99_us']:.0f} p99.9 "
+              f"{raw['p999_us']:.0f} us; p99 ratio {r['p99_us'] / raw['p99_us']:.2f}", flush=True)
+        results.append({"transport": "tcp", "what": "latency", "rate": rate, **r,
+                        "raw_floor": raw, "p99_ratio": r["p99_us"] / raw["p99_us"]})
     print(json.dumps(results))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_push":
-        _push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        if sys.argv[2] == "-":
+            _open_loop_push(sys.argv[5], int(sys.argv[3]), int(sys.argv[4]))
+        else:
+            _push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_relay_a":
+        _relay_a(*sys.argv[2:5])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_relay_b":
+        _relay_b(sys.argv[2])
     else:
         main()

@@ -89,7 +89,8 @@ class Producer:
             if first <= self.sent_upto:  # resend from inside a batch
                 batch = batch[offset_of(batch, self.sent_upto + 1 - first):]
             try:
-                self.sock.send_multipart([wire.DATA, b"\x80", batch], zmq.NOBLOCK, copy=False)
+                self.sock.send_multipart([wire.DATA, b"\x80", batch], zmq.NOBLOCK,
+                                         copy=len(batch) < 65536)
             except zmq.Again:
                 return
             if self.sent_upto < self.acked_next:

@@ -40,6 +40,7 @@ MAX_FRAME_BYTES = 4 << 20    # a sequenced frame is cut at this size
 MAX_INFLIGHT = 1 << 20       # records sent to one replicator and not yet acknowledged
 RESEND_AFTER_S = 1.0         # unacknowledged for this long: go back and resend
 RECENT_RUNS = 4096           # per source: (ss_first, ss_last, seq_first) kept for re-acks
+ZERO_COPY_MIN = 64 << 10     # below this a copy is cheaper than pyzmq's zero-copy tracking
 
 
 class SequencerStale(RuntimeError):
@@ -379,7 +380,7 @@ class Sequencer:
 
     def _try_send(self, link: Link, msg: list[bytes]) -> bool:
         try:
-            link.sock.send_multipart(msg, zmq.NOBLOCK, copy=False)
+            link.sock.send_multipart(msg, zmq.NOBLOCK, copy=len(msg[-1]) < ZERO_COPY_MIN)
             return True
         except zmq.Again:
             return False
@@ -432,7 +433,7 @@ class Sequencer:
         acks_by: dict[tuple[bytes, int], tuple[int, list]] = {}
         while self.pending and self.pending[0][1] <= self.committed:
             _first, _last, frame, acks = self.pending.popleft()
-            self.pub.send_multipart([self.topic, frame], copy=False)
+            self.pub.send_multipart([self.topic, frame], copy=len(frame) < ZERO_COPY_MIN)
             for ident, src, nxt, runs in acks:
                 self.durable_ss[src] = max(self.durable_ss.get(src, 1), nxt)
                 entry = acks_by.setdefault((ident, src), (nxt, []))

@@ -1,0 +1,146 @@
+"""The CrossEngine's binary codec: commands in (record payloads), events out.
+
+Every layout of the CrossEngine lives here, as a ``struct.Struct`` whose size is checked at
+import; the compiled engine (crossengine/engine.pyx) writes the same bytes and a test compares
+the two byte for byte. Enumerations carry FIX values as in PROTOCOL.md (Side '1' buy '2' sell,
+OrdType '1' market '2' limit, TimeInForce '1' GTC '3' IOC '4' FOK), so that the gateway copies
+fields. Little-endian, packed.
+
+Input record kinds and payloads:
+    NEW_ORDER    <QqQIBBBBB  client_order_id, price, qty_lots, account, side, ord_type, tif,
+                             flags (bit0 reduce-only, bit1 post-only), stp mode
+    CANCEL       <QQI        order_id (0: by client order id), client_order_id, account
+    AMEND        <QQIqQ      order_id (0: by client order id), client_order_id, account,
+                             new price (0: unchanged), new total qty (0: unchanged; FIX semantics)
+    CANCEL_ALL   <IB         account, side (0 both)
+    MASS_CANCEL, HALT, RESUME: empty
+    KIND_TICK (mq): ignored, an empty output.
+
+Output: one record per input record, same seq; its payload is the events of that command,
+each starting with its u8 type (EVENT_STRUCTS below). Level-2 deltas come last, one per
+price level the command changed, in the order the levels were first touched.
+"""
+from __future__ import annotations
+
+import struct
+
+# -- input kinds (record.kind) ---------------------------------------------------------------
+KIND_TICK = 1
+NEW_ORDER = 32
+CANCEL = 33
+AMEND = 34
+CANCEL_ALL = 35
+MASS_CANCEL = 36
+HALT = 37
+RESUME = 38
+
+NEW_ORDER_S = struct.Struct("<QqQIBBBBB")
+CANCEL_S = struct.Struct("<QQI")
+AMEND_S = struct.Struct("<QQIqQ")
+CANCEL_ALL_S = struct.Struct("<IB")
+COMMAND_STRUCTS = {NEW_ORDER: NEW_ORDER_S, CANCEL: CANCEL_S, AMEND: AMEND_S,
+                   CANCEL_ALL: CANCEL_ALL_S, MASS_CANCEL: None, HALT: None, RESUME: None}
+
+# -- enumerations (FIX values) ----------------------------------------------------------------
+BUY, SELL = ord("1"), ord("2")
+MARKET, LIMIT = ord("1"), ord("2")
+GTC, IOC, FOK = ord("1"), ord("3"), ord("4")
+FLAG_REDUCE_ONLY, FLAG_POST_ONLY = 1, 2
+STP_NONE, STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_CANCEL_BOTH, STP_DECREMENT = 0, 1, 2, 3, 4
+
+# -- events -----------------------------------------------------------------------------------
+EV_ACCEPTED = 1   # <BQQIBBqQBB  order_id, client_order_id, account, side, ord_type, price, qty, tif, flags
+EV_REJECTED = 2   # <BQIHQ       client_order_id, account, code, order_id (0 when none)
+EV_TRADE = 3      # <BQQQIIqQBQQBB trade_id, maker order, taker order, maker account, taker account,
+                  #              price, qty, aggressor side, maker leaves, taker leaves,
+                  #              maker flags, taker flags
+EV_CANCELLED = 4  # <BQQIQB      order_id, client_order_id, account, qty cancelled, reason
+EV_AMENDED = 5    # <BQQIqQQB    order_id, client_order_id, account, price, leaves, total qty,
+                  #              kept priority (1) or not (0)
+EV_EXPIRED = 6    # <BQQIQB      like CANCELLED: the unfilled rest of a market / IOC / FOK order
+EV_LEVEL = 7      # <BBqQI       side, price, new level total (0: level gone), orders at the level
+EV_HALTED = 8     # <B
+EV_RESUMED = 9    # <B
+
+EVENT_STRUCTS = {
+    EV_ACCEPTED: struct.Struct("<BQQIBBqQBB"),
+    EV_REJECTED: struct.Struct("<BQIHQ"),
+    EV_TRADE: struct.Struct("<BQQQIIqQBQQBB"),
+    EV_CANCELLED: struct.Struct("<BQQIQB"),
+    EV_AMENDED: struct.Struct("<BQQIqQQB"),
+    EV_EXPIRED: struct.Struct("<BQQIQB"),
+    EV_LEVEL: struct.Struct("<BBqQI"),
+    EV_HALTED: struct.Struct("<B"),
+    EV_RESUMED: struct.Struct("<B"),
+}
+EVENT_SIZES = {k: s.size for k, s in EVENT_STRUCTS.items()}
+_EXPECTED_SIZES = {EV_ACCEPTED: 41, EV_REJECTED: 23, EV_TRADE: 70, EV_CANCELLED: 30,
+                   EV_AMENDED: 46, EV_EXPIRED: 30, EV_LEVEL: 22, EV_HALTED: 1, EV_RESUMED: 1}
+if EVENT_SIZES != _EXPECTED_SIZES or NEW_ORDER_S.size != 33 or CANCEL_S.size != 20 \
+        or AMEND_S.size != 36 or CANCEL_ALL_S.size != 5:
+    raise ImportError("crossengine codec layouts changed size: update engine.pyx and the docs")
+
+EVENT_NAMES = {EV_ACCEPTED: "OrderAccepted", EV_REJECTED: "OrderRejected", EV_TRADE: "Trade",
+               EV_CANCELLED: "OrderCancelled", EV_AMENDED: "OrderAmended",
+               EV_EXPIRED: "OrderExpired", EV_LEVEL: "LevelChanged", EV_HALTED: "SymbolHalted",
+               EV_RESUMED: "SymbolResumed"}
+
+# -- cancel reasons (PROTOCOL.md ExecutionReport Reason for ExecType '4' / 'C') --------------
+REASON_CLIENT = 0
+REASON_MASS_CANCEL = 1
+REASON_IOC_REMAINDER = 3
+REASON_SELF_TRADE = 4
+
+# -- reject codes: 3xxx, named as sentences, never reused -------------------------------------
+REJECT_CODES = {
+    3001: "price_not_on_tick",
+    3002: "price_out_of_range",
+    3003: "qty_below_min",
+    3004: "qty_above_max",
+    3005: "order_unknown",
+    3006: "post_only_would_take",
+    3007: "fok_not_fillable",
+    3008: "symbol_halted",
+    3009: "client_order_id_in_use",
+    3010: "side_invalid",
+    3011: "order_type_invalid",
+    3012: "time_in_force_invalid",
+    3013: "stp_mode_invalid",
+    3014: "amend_qty_not_above_filled",
+    3015: "command_malformed",
+    3016: "book_full",
+    3017: "amend_nothing_to_change",
+}
+CODES = {name: code for code, name in REJECT_CODES.items()}
+
+
+def new_order(client_order_id: int, side: int, price: int, qty: int, account: int,
+              ord_type: int = LIMIT, tif: int = GTC, flags: int = 0, stp: int = STP_NONE) -> bytes:
+    return NEW_ORDER_S.pack(client_order_id, price, qty, account, side, ord_type, tif, flags, stp)
+
+
+def cancel(order_id: int = 0, client_order_id: int = 0, account: int = 0) -> bytes:
+    return CANCEL_S.pack(order_id, client_order_id, account)
+
+
+def amend(order_id: int = 0, client_order_id: int = 0, account: int = 0, price: int = 0,
+          qty: int = 0) -> bytes:
+    return AMEND_S.pack(order_id, client_order_id, account, price, qty)
+
+
+def cancel_all(account: int, side: int = 0) -> bytes:
+    return CANCEL_ALL_S.pack(account, side)
+
+
+def decode_events(payload: bytes) -> list[tuple]:
+    """[(type, *fields)] of one output payload; raises ValueError on a malformed one."""
+    out = []
+    off = 0
+    while off < len(payload):
+        kind = payload[off]
+        s = EVENT_STRUCTS.get(kind)
+        if s is None or off + s.size > len(payload):
+            raise ValueError(f"malformed event at offset {off} (type {kind})")
+        out.append(s.unpack_from(payload, off))
+        off += s.size
+    return out
