@@ -22,6 +22,7 @@ DIRECTIVES = {
 
 EXTENSIONS = [
     Extension("mq._frame", ["mq/_frame.pyx"], extra_compile_args=["-O2"]),
+    Extension("crossengine.engine", ["crossengine/engine.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(

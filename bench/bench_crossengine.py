@@ -1,0 +1,197 @@
+"""Benchmark of the CrossEngine against the pure-Python reference on the same flow.
+
+Method. A seeded flow of operations on one symbol is generated up front (not timed), with a
+generator engine that tracks which orders are live, so that cancels and amends name real
+orders. It is encoded as sequenced mq frames of 1,024 records, as a replica receives them. The
+Cython engine applies the frames (`apply_frame`, one call per frame); the reference applies
+the same commands one by one. Both run in this process, GC off, after a warm-up. Each reports
+ops/s; the hash is sha256 over every Trade event in order, and both must give the same one.
+
+Flows:
+* `core`: 55% limit orders around a drifting mid (10% of them aggressive), 35% cancels of
+  live orders, 10% market / IOC; a few thousand resting orders over about 100 levels a side.
+* `mixed`: 35% limit (a third post-only), 20% cancels, 15% amends, 10% FOK, 10% IOC,
+  10% market.
+
+Run: python bench/bench_crossengine.py [--ops 1000000] [--repeat 3] [--flow core|mixed|all]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import os
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from crossengine import codec as c  # noqa: E402
+from crossengine.engine import CrossEngine  # noqa: E402
+from crossengine.reference import ReferenceEngine  # noqa: E402
+from mq.record import HEADER_SIZE, encode, offset_of  # noqa: E402
+
+FRAME = 1024
+TRADE = c.EVENT_STRUCTS[c.EV_TRADE]
+
+
+def generate(flow: str, ops: int, seed: int) -> list[tuple[int, bytes]]:
+    rng = random.Random(seed)
+    gen = CrossEngine(max_qty=1_000_000)
+    live: list[tuple[int, int, int]] = []   # (order_id, account, client id)
+    where: dict[int, int] = {}              # order_id -> index in live
+    mid = 100_000
+    cl_id = 0
+    out: list[tuple[int, bytes]] = []
+
+    def drop(oid: int) -> None:
+        i = where.pop(oid, None)
+        if i is not None:
+            last = live.pop()
+            if i < len(live):
+                live[i] = last
+                where[last[0]] = i
+
+    for _ in range(ops):
+        mid += rng.choice((-1, 0, 0, 1))
+        r = rng.random()
+        account = rng.randint(1, 200)
+        cl_id += 1
+        side = c.BUY if rng.random() < 0.5 else c.SELL
+        sign = -1 if side == c.BUY else 1
+        if flow == "core":
+            if r < 0.55:
+                off = -rng.randint(1, 3) if rng.random() < 0.10 else rng.randint(0, 100)
+                cmd = (c.NEW_ORDER, c.new_order(cl_id, side, mid + sign * off,
+                                                rng.randint(1, 50), account))
+            elif r < 0.90 and live:
+                oid, acct, _ = live[rng.randrange(len(live))]
+                cmd = (c.CANCEL, c.cancel(order_id=oid, account=acct))
+            else:
+                cmd = (c.NEW_ORDER, c.new_order(cl_id, side, mid - sign * 5, rng.randint(1, 80),
+                                                account, c.MARKET if r < 0.95 else c.LIMIT,
+                                                c.IOC))
+        else:
+            if r < 0.35:
+                post = rng.random() < 0.33
+                off = rng.randint(1, 100) if post else (
+                    -rng.randint(1, 3) if rng.random() < 0.1 else rng.randint(0, 100))
+                cmd = (c.NEW_ORDER, c.new_order(cl_id, side, mid + sign * off, rng.randint(1, 50),
+                                                account, flags=c.FLAG_POST_ONLY if post else 0))
+            elif r < 0.55 and live:
+                oid, acct, _ = live[rng.randrange(len(live))]
+                cmd = (c.CANCEL, c.cancel(order_id=oid, account=acct))
+            elif r < 0.70 and live:
+                oid, acct, _ = live[rng.randrange(len(live))]
+                if rng.random() < 0.5:
+                    cmd = (c.AMEND, c.amend(order_id=oid, account=acct, qty=rng.randint(1, 60)))
+                else:
+                    cmd = (c.AMEND, c.amend(order_id=oid, account=acct,
+                                            price=mid + rng.randint(-100, 100)))
+            elif r < 0.80:
+                cmd = (c.NEW_ORDER, c.new_order(cl_id, side, mid - sign * rng.randint(0, 10),
+                                                rng.randint(1, 200), account, tif=c.FOK))
+            elif r < 0.90:
+                cmd = (c.NEW_ORDER, c.new_order(cl_id, side, mid - sign * 3, rng.randint(1, 80),
+                                                account, tif=c.IOC))
+            else:
+                cmd = (c.NEW_ORDER, c.new_order(cl_id, side, 0, rng.randint(1, 80), account,
+                                                c.MARKET, c.IOC))
+        out.append(cmd)
+        for ev in c.decode_events(gen.apply(0, 0, *cmd)):
+            t = ev[0]
+            if t == c.EV_ACCEPTED:
+                pending = ev
+            elif t == c.EV_TRADE and ev[9] == 0:
+                drop(ev[2])
+            elif t in (c.EV_CANCELLED, c.EV_EXPIRED):
+                drop(ev[1])
+        if cmd[0] == c.NEW_ORDER and out and ev_rested(gen, cmd):
+            oid = pending[1]
+            where[oid] = len(live)
+            live.append((oid, pending[3], pending[2]))
+    return out
+
+
+def ev_rested(gen: CrossEngine, cmd: tuple[int, bytes]) -> bool:
+    """Whether the last NEW_ORDER left an order in the book (its client id is live)."""
+    cl_id, _p, _q, account, *_ = c.NEW_ORDER_S.unpack(cmd[1])
+    probe = gen.apply(0, 0, c.AMEND, c.amend(client_order_id=cl_id, account=account))
+    # An amend that changes nothing is refused with amend_nothing_to_change iff the order lives.
+    return c.decode_events(probe)[0][3] == c.CODES["amend_nothing_to_change"]
+
+
+def frames(cmds: list[tuple[int, bytes]]) -> list[bytes]:
+    out = []
+    for i in range(0, len(cmds), FRAME):
+        out.append(encode([(i + k + 1, 1_700_000_000_000_000_000 + i + k, 1, i + k + 1, 1, kind,
+                            payload) for k, (kind, payload) in enumerate(cmds[i:i + FRAME])]))
+    return out
+
+
+def fills_hash_of_events(chunks) -> str:
+    h = hashlib.sha256()
+    for payload in chunks:
+        for ev in c.decode_events(payload):
+            if ev[0] == c.EV_TRADE:
+                h.update(TRADE.pack(*ev))
+    return h.hexdigest()[:16]
+
+
+def payloads_of_frames(out_frames: list[bytes]):
+    for frame in out_frames:
+        off = 0
+        while off < len(frame):
+            nxt = offset_of(frame[off:], 1) + off
+            yield frame[off + HEADER_SIZE:nxt]
+            off = nxt
+
+
+def run_engine(fr: list[bytes]) -> tuple[float, list[bytes], bytes]:
+    eng = CrossEngine(max_qty=1_000_000)
+    t0 = time.perf_counter()
+    outs = [eng.apply_frame(f) for f in fr]
+    return time.perf_counter() - t0, outs, eng.state_hash()
+
+
+def run_reference(cmds: list[tuple[int, bytes]]) -> tuple[float, list[bytes], bytes]:
+    ref = ReferenceEngine(max_qty=1_000_000)
+    apply = ref.apply
+    t0 = time.perf_counter()
+    outs = [apply(i, 0, kind, payload) for i, (kind, payload) in enumerate(cmds)]
+    return time.perf_counter() - t0, outs, ref.state_hash()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ops", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--flow", default="all", choices=["core", "mixed", "all"])
+    ap.add_argument("--seed", type=int, default=7)
+    a = ap.parse_args()
+    for flow in (["core", "mixed"] if a.flow == "all" else [a.flow]):
+        cmds = generate(flow, a.ops, a.seed)
+        fr = frames(cmds)
+        gc.collect()
+        gc.disable()
+        run_engine(fr[:20])  # warm-up
+        eng_runs = [run_engine(fr) for _ in range(a.repeat)]
+        ref_s, ref_out, ref_state = run_reference(cmds)
+        gc.enable()
+        eng_s = statistics.median(r[0] for r in eng_runs)
+        eng_hash = fills_hash_of_events(payloads_of_frames(eng_runs[0][1]))
+        ref_hash = fills_hash_of_events(ref_out)
+        trades = sum(1 for p in ref_out for ev in c.decode_events(p) if ev[0] == c.EV_TRADE)
+        same = eng_hash == ref_hash and eng_runs[0][2] == ref_state
+        print(f"[{flow}] {a.ops:,} ops, {trades:,} trades: engine {a.ops / eng_s:,.0f} ops/s "
+              f"(median of {a.repeat}), reference {a.ops / ref_s:,.0f} ops/s, ratio "
+              f"{ref_s / eng_s:.1f}x; fills hash engine {eng_hash} reference {ref_hash}; "
+              f"state {'identical' if same else 'DIFFERENT'}", flush=True)
+        if not same:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

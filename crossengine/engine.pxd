@@ -1,0 +1,65 @@
+# cython: language_level=3
+"""C layout of the CrossEngine (the design in data). Indices are int32 into pools; -1 = none."""
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+
+
+cdef struct Order:
+    int64_t price            # price units, > 0, a multiple of tick_size
+    uint64_t leaves          # lots still open, > 0 while in the book
+    uint64_t filled          # lots filled so far (amend keeps it: total = leaves + filled)
+    uint64_t order_id        # symbol_id << 40 | counter; never 0
+    uint64_t client_order_id # the client's id, unique per account among live orders
+    uint32_t account
+    uint8_t side             # '1' buy, '2' sell
+    uint8_t flags            # bit0 reduce-only (passed through), bit1 post-only
+    uint8_t stp              # self-trade prevention mode, 0..4
+    uint8_t live             # 1 while in the book; 0 in the free list
+    int32_t level            # index into the level pool
+    int32_t prev             # FIFO neighbours within the level
+    int32_t next             # (also the free-list link when not live)
+    int32_t all_prev         # all live orders in order-id order (mass cancel)
+    int32_t all_next
+    int32_t acct_prev        # this account's live orders in order-id order (cancel all)
+    int32_t acct_next
+
+
+cdef struct Level:
+    int64_t price
+    uint64_t total           # sum of leaves of its orders
+    uint32_t count           # number of orders
+    uint8_t side
+    int32_t head             # oldest order (matched first)
+    int32_t tail             # newest order
+    int32_t next_free        # free-list link
+    uint64_t mark            # command number that last listed it as touched
+
+
+cdef struct Slot:
+    uint64_t k1              # key part 1 (order id, client order id, or account)
+    uint64_t k2              # key part 2 (account for the client map, else 0)
+    int32_t v1               # value (order index, or account list head)
+    int32_t v2               # second value (account list tail)
+    uint8_t used
+
+
+cdef struct Table:
+    Slot* slots
+    uint64_t mask            # capacity - 1 (capacity is a power of two)
+    uint64_t size
+
+
+cdef struct Touched:
+    int64_t price
+    uint8_t side
+
+
+cdef struct Buf:
+    unsigned char* data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef struct Side:
+    int32_t* levels          # level indices sorted so that the best price is last
+    int32_t n
+    int32_t cap

@@ -1,0 +1,1173 @@
+# cython: language_level=3
+"""The CrossEngine: one order book of one symbol, price-time priority, in C structs.
+
+A pure state machine (DESIGN.md §4): ``apply`` / ``apply_frame`` take sequenced records and
+return output records; no clock, no I/O, no randomness, integer arithmetic only. The same
+records give the same output bytes and the same ``state_hash()`` in any process. Business
+rejections are events with 3xxx codes; a broken invariant raises.
+
+Semantics are those of crossengine/reference.py (the oracle; its docstring lists the rules),
+byte for byte. Layouts are those of crossengine/codec.py.
+
+Hot path: a whole frame of records is applied in one call; orders live in a preallocated pool
+with a free list, price levels in a pool with FIFO links, each side's levels in an array sorted
+so that the best price is last (taking the best level is O(1), a new level is a binary search
+and a memmove), order ids and client ids in open-addressing hash tables. No Python object is
+created per record except the one bytes object per frame that holds all outputs.
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
+from libc.string cimport memcpy, memmove, memset
+
+from crossengine.engine cimport Buf, Level, Order, Side, Slot, Table, Touched
+
+import hashlib
+import struct
+
+from crossengine import codec as _codec
+from mq.record import scan as _scan_frame
+
+cdef enum:
+    HDR = 38                 # mq record header
+    BUY = 49
+    SELL = 50
+    MARKET = 49
+    LIMIT = 50
+    GTC = 49
+    IOC = 51
+    FOK = 52
+    F_REDUCE = 1
+    F_POST = 2
+    STP_NONE = 0
+    STP_NEWEST = 1
+    STP_OLDEST = 2
+    STP_BOTH = 3
+    STP_DEC = 4
+    K_TICK = 1
+    K_NEW = 32
+    K_CANCEL = 33
+    K_AMEND = 34
+    K_CANCEL_ALL = 35
+    K_MASS = 36
+    K_HALT = 37
+    K_RESUME = 38
+    EV_ACCEPTED = 1
+    EV_REJECTED = 2
+    EV_TRADE = 3
+    EV_CANCELLED = 4
+    EV_AMENDED = 5
+    EV_EXPIRED = 6
+    EV_LEVEL = 7
+    EV_HALTED = 8
+    EV_RESUMED = 9
+    R_CLIENT = 0
+    R_MASS = 1
+    R_IOC = 3
+    R_STP = 4
+    R_ADMIN = 5
+    C_NOT_ON_TICK = 3001
+    C_PRICE_RANGE = 3002
+    C_QTY_MIN = 3003
+    C_QTY_MAX = 3004
+    C_UNKNOWN = 3005
+    C_POST_TAKES = 3006
+    C_FOK = 3007
+    C_HALTED = 3008
+    C_CLID_IN_USE = 3009
+    C_SIDE = 3010
+    C_ORD_TYPE = 3011
+    C_TIF = 3012
+    C_STP = 3013
+    C_AMEND_FILLED = 3014
+    C_MALFORMED = 3015
+    C_BOOK_FULL = 3016
+    C_AMEND_NOTHING = 3017
+    SNAP_ORDER = 47
+
+# The compiled constants must be the codec's: a drift would be a silent protocol break.
+_mine = {"BUY": BUY, "SELL": SELL, "MARKET": MARKET, "LIMIT": LIMIT, "GTC": GTC, "IOC": IOC,
+         "FOK": FOK, "NEW_ORDER": K_NEW, "CANCEL": K_CANCEL, "AMEND": K_AMEND,
+         "CANCEL_ALL": K_CANCEL_ALL, "MASS_CANCEL": K_MASS, "HALT": K_HALT, "RESUME": K_RESUME,
+         "EV_TRADE": EV_TRADE, "EV_LEVEL": EV_LEVEL, "EV_EXPIRED": EV_EXPIRED}
+for _name, _value in _mine.items():
+    if getattr(_codec, _name) != _value:
+        raise ImportError(f"crossengine.engine: {_name} differs from crossengine.codec")
+for _code, _sname in _codec.REJECT_CODES.items():
+    if _sname == "book_full" and _code != C_BOOK_FULL:
+        raise ImportError("crossengine.engine: reject codes differ from crossengine.codec")
+
+SNAP_HEADER = struct.Struct("<4sHIqQQqQQQBQ")
+MAGIC = b"SQCE"
+VERSION = 1
+
+
+# -- little helpers ---------------------------------------------------------------------------
+cdef inline uint64_t rd64(const unsigned char* p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+cdef inline int64_t rdi64(const unsigned char* p) noexcept nogil:
+    cdef int64_t v
+    memcpy(&v, p, 8)
+    return v
+
+cdef inline uint32_t rd32(const unsigned char* p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+cdef inline uint16_t rd16(const unsigned char* p) noexcept nogil:
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+cdef inline void w64(unsigned char* p, uint64_t v) noexcept nogil:
+    memcpy(p, &v, 8)
+
+cdef inline void wi64(unsigned char* p, int64_t v) noexcept nogil:
+    memcpy(p, &v, 8)
+
+cdef inline void w32(unsigned char* p, uint32_t v) noexcept nogil:
+    memcpy(p, &v, 4)
+
+cdef inline void w16(unsigned char* p, uint16_t v) noexcept nogil:
+    memcpy(p, &v, 2)
+
+cdef inline int side_index(uint8_t side) noexcept nogil:
+    return 0 if side == BUY else 1
+
+cdef inline int64_t side_key(int s, int64_t price) noexcept nogil:
+    # Sorted ascending by key, best last: bids by price, asks by -price.
+    return price if s == 0 else -price
+
+
+# -- hash table: open addressing, linear probing, backward-shift deletion ----------------------
+@cython.overflowcheck(False)
+cdef inline uint64_t mix(uint64_t k1, uint64_t k2) noexcept nogil:
+    # splitmix64 finaliser over both key parts; unsigned arithmetic wraps by design.
+    cdef uint64_t z = k1 * <uint64_t>0x9E3779B97F4A7C15 + k2 * <uint64_t>0xC2B2AE3D27D4EB4F
+    z ^= z >> 30
+    z *= <uint64_t>0xBF58476D1CE4E5B9
+    z ^= z >> 27
+    z *= <uint64_t>0x94D049BB133111EB
+    z ^= z >> 31
+    return z
+
+cdef int table_init(Table* t, uint64_t cap) except -1:
+    t.slots = <Slot*>calloc(cap, sizeof(Slot))
+    if t.slots == NULL:
+        raise MemoryError()
+    t.mask = cap - 1
+    t.size = 0
+    return 0
+
+cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
+    cdef uint64_t i = mix(k1, k2) & t.mask
+    while t.slots[i].used:
+        if t.slots[i].k1 == k1 and t.slots[i].k2 == k2:
+            return <int64_t>i
+        i = (i + 1) & t.mask
+    return -1
+
+cdef int table_grow(Table* t) except -1:
+    cdef Slot* old = t.slots
+    cdef uint64_t old_cap = t.mask + 1, i, j
+    t.slots = <Slot*>calloc(old_cap * 2, sizeof(Slot))
+    if t.slots == NULL:
+        t.slots = old
+        raise MemoryError()
+    t.mask = old_cap * 2 - 1
+    for i in range(old_cap):
+        if old[i].used:
+            j = mix(old[i].k1, old[i].k2) & t.mask
+            while t.slots[j].used:
+                j = (j + 1) & t.mask
+            t.slots[j] = old[i]
+    free(old)
+    return 0
+
+cdef int table_put(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
+    cdef int64_t found = table_find(t, k1, k2)
+    cdef uint64_t i
+    if found >= 0:
+        t.slots[found].v1 = v1
+        t.slots[found].v2 = v2
+        return 0
+    if (t.size + 1) * 2 > t.mask + 1:
+        table_grow(t)
+    i = mix(k1, k2) & t.mask
+    while t.slots[i].used:
+        i = (i + 1) & t.mask
+    t.slots[i].k1 = k1
+    t.slots[i].k2 = k2
+    t.slots[i].v1 = v1
+    t.slots[i].v2 = v2
+    t.slots[i].used = 1
+    t.size += 1
+    return 0
+
+cdef int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
+    cdef int64_t found = table_find(t, k1, k2)
+    cdef uint64_t i, j, home
+    if found < 0:
+        raise RuntimeError(f"crossengine: index lost key ({k1}, {k2})")
+    i = <uint64_t>found
+    j = i
+    while True:
+        j = (j + 1) & t.mask
+        if not t.slots[j].used:
+            break
+        home = mix(t.slots[j].k1, t.slots[j].k2) & t.mask
+        # Leave slot j where it is if its home lies cyclically in (i, j].
+        if (i <= j and i < home and home <= j) or (i > j and (i < home or home <= j)):
+            continue
+        t.slots[i] = t.slots[j]
+        i = j
+    t.slots[i].used = 0
+    t.size -= 1
+    return 0
+
+
+# -- output buffer ----------------------------------------------------------------------------
+cdef int buf_reserve(Buf* b, Py_ssize_t n) except -1:
+    cdef Py_ssize_t cap
+    cdef unsigned char* data
+    if b.len + n <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 4096
+    while cap < b.len + n:
+        cap *= 2
+    data = <unsigned char*>realloc(b.data, cap)
+    if data == NULL:
+        raise MemoryError()
+    b.data = data
+    b.cap = cap
+    return 0
+
+
+cdef struct IdIdx:
+    uint64_t order_id
+    int32_t idx
+
+cdef int cmp_id(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t x = (<IdIdx*>a).order_id, y = (<IdIdx*>b).order_id
+    return -1 if x < y else (1 if x > y else 0)
+
+
+@cython.final
+cdef class CrossEngine:
+    """Pure: the same records give the same outputs and state_hash(). No clock, I/O or randomness."""
+    cdef readonly uint32_t symbol_id
+    cdef readonly int64_t tick_size
+    cdef readonly uint64_t min_qty
+    cdef readonly uint64_t max_qty
+    cdef readonly int64_t max_price
+    cdef readonly uint64_t max_orders
+    cdef uint64_t order_counter
+    cdef uint64_t trade_id
+    cdef uint64_t command_no
+    cdef bint halted
+    cdef Order* orders
+    cdef int32_t orders_cap
+    cdef int32_t free_order
+    cdef int32_t n_live
+    cdef Level* levels
+    cdef int32_t levels_cap
+    cdef int32_t free_level
+    cdef Side sides[2]
+    cdef Table by_id
+    cdef Table by_client
+    cdef Table by_account
+    cdef int32_t all_head
+    cdef int32_t all_tail
+    cdef Touched* touched
+    cdef int32_t n_touched
+    cdef int32_t touched_cap
+    cdef Buf out
+
+    def __cinit__(self, uint32_t symbol_id=1, int64_t tick_size=1, uint64_t min_qty=1,
+                  uint64_t max_qty=1_000_000_000, int64_t max_price=1 << 62,
+                  uint64_t max_orders=10_000_000, int32_t capacity=1 << 16):
+        if symbol_id == 0 or symbol_id >= (1 << 24):
+            raise ValueError("symbol_id must be in 1 .. 2**24-1")
+        if tick_size <= 0 or max_price <= 0 or max_price > (1 << 62) or min_qty == 0:
+            raise ValueError("tick_size, max_price and min_qty must be positive (max_price <= 2**62)")
+        if max_orders == 0 or max_orders >= (1 << 31) or max_qty < min_qty \
+                or max_qty >= (1 << 62) // max_orders:
+            # every level total and every FOK sum stays below 2**63
+            raise ValueError("max_orders * max_qty must stay below 2**62 (and max_orders < 2**31)")
+        self.symbol_id = symbol_id
+        self.tick_size = tick_size
+        self.min_qty = min_qty
+        self.max_qty = max_qty
+        self.max_price = max_price
+        self.max_orders = max_orders
+        self.free_order = -1
+        self.free_level = -1
+        self.all_head = -1
+        self.all_tail = -1
+        capacity = max(capacity, 16)
+        self.orders = <Order*>malloc(capacity * sizeof(Order))
+        self.levels = <Level*>malloc(capacity * sizeof(Level))
+        self.touched = <Touched*>malloc(64 * sizeof(Touched))
+        for s in range(2):
+            self.sides[s].levels = <int32_t*>malloc(1024 * sizeof(int32_t))
+            self.sides[s].n = 0
+            self.sides[s].cap = 1024
+        if not (self.orders and self.levels and self.touched and self.sides[0].levels
+                and self.sides[1].levels):
+            raise MemoryError()
+        self.orders_cap = 0
+        self._grow_orders(capacity)
+        self.levels_cap = 0
+        self._grow_levels(capacity)
+        self.touched_cap = 64
+        table_init(&self.by_id, 1 << 17)
+        table_init(&self.by_client, 1 << 17)
+        table_init(&self.by_account, 1 << 10)
+
+    def __dealloc__(self):
+        free(self.orders)
+        free(self.levels)
+        free(self.touched)
+        free(self.sides[0].levels)
+        free(self.sides[1].levels)
+        free(self.by_id.slots)
+        free(self.by_client.slots)
+        free(self.by_account.slots)
+        free(self.out.data)
+
+    # -- pools ------------------------------------------------------------------------------
+    cdef int _grow_orders(self, int32_t cap) except -1:
+        cdef Order* p
+        cdef int32_t i
+        if self.orders_cap:
+            p = <Order*>realloc(self.orders, cap * sizeof(Order))
+            if p == NULL:
+                raise MemoryError()
+            self.orders = p
+        for i in range(cap - 1, self.orders_cap - 1, -1):
+            self.orders[i].live = 0
+            self.orders[i].next = self.free_order
+            self.free_order = i
+        self.orders_cap = cap
+        return 0
+
+    cdef int _grow_levels(self, int32_t cap) except -1:
+        cdef Level* p
+        cdef int32_t i
+        if self.levels_cap:
+            p = <Level*>realloc(self.levels, cap * sizeof(Level))
+            if p == NULL:
+                raise MemoryError()
+            self.levels = p
+        for i in range(cap - 1, self.levels_cap - 1, -1):
+            self.levels[i].next_free = self.free_level
+            self.free_level = i
+        self.levels_cap = cap
+        return 0
+
+    cdef int32_t _alloc_order(self) except -1:
+        cdef int32_t i
+        if self.free_order < 0:
+            self._grow_orders(self.orders_cap * 2)
+        i = self.free_order
+        self.free_order = self.orders[i].next
+        memset(&self.orders[i], 0, sizeof(Order))
+        return i
+
+    cdef inline void _free_order(self, int32_t i) noexcept:
+        self.orders[i].live = 0
+        self.orders[i].next = self.free_order
+        self.free_order = i
+
+    # -- levels -----------------------------------------------------------------------------
+    cdef int32_t _find_pos(self, int s, int64_t price) noexcept:
+        """Index in the side array of the first level whose key is >= key(price)."""
+        cdef int64_t key = side_key(s, price)
+        cdef int32_t lo = 0, hi = self.sides[s].n, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if side_key(s, self.levels[self.sides[s].levels[mid]].price) < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    cdef int32_t _find_level(self, int s, int64_t price) noexcept:
+        cdef int32_t pos
+        cdef Side* sd = &self.sides[s]
+        if sd.n and self.levels[sd.levels[sd.n - 1]].price == price:
+            return sd.levels[sd.n - 1]
+        pos = self._find_pos(s, price)
+        if pos < sd.n and self.levels[sd.levels[pos]].price == price:
+            return sd.levels[pos]
+        return -1
+
+    cdef int32_t _new_level(self, int s, int64_t price, bint append) except -1:
+        cdef int32_t lv, pos, k
+        cdef Side* sd = &self.sides[s]
+        cdef int32_t* grown
+        if self.free_level < 0:
+            self._grow_levels(self.levels_cap * 2)
+        lv = self.free_level
+        self.free_level = self.levels[lv].next_free
+        self.levels[lv].price = price
+        self.levels[lv].total = 0
+        self.levels[lv].count = 0
+        self.levels[lv].side = BUY if s == 0 else SELL
+        self.levels[lv].head = -1
+        self.levels[lv].tail = -1
+        self.levels[lv].mark = 0
+        if sd.n == sd.cap:
+            grown = <int32_t*>realloc(sd.levels, sd.cap * 2 * sizeof(int32_t))
+            if grown == NULL:
+                raise MemoryError()
+            sd.levels = grown
+            sd.cap *= 2
+        pos = sd.n if append else self._find_pos(s, price)
+        if pos < sd.n:
+            memmove(&sd.levels[pos + 1], &sd.levels[pos], (sd.n - pos) * sizeof(int32_t))
+        sd.levels[pos] = lv
+        sd.n += 1
+        # A level at this price may have been listed as touched earlier in this command.
+        for k in range(self.n_touched):
+            if self.touched[k].price == price and self.touched[k].side == self.levels[lv].side:
+                self.levels[lv].mark = self.command_no
+                break
+        return lv
+
+    cdef void _drop_level(self, int s, int32_t lv) noexcept:
+        cdef Side* sd = &self.sides[s]
+        cdef int32_t pos
+        if sd.levels[sd.n - 1] == lv:
+            sd.n -= 1
+        else:
+            pos = self._find_pos(s, self.levels[lv].price)
+            memmove(&sd.levels[pos], &sd.levels[pos + 1], (sd.n - pos - 1) * sizeof(int32_t))
+            sd.n -= 1
+        self.levels[lv].next_free = self.free_level
+        self.free_level = lv
+
+    cdef int _touch(self, int32_t lv) except -1:
+        cdef Touched* grown
+        if self.levels[lv].mark == self.command_no:
+            return 0
+        self.levels[lv].mark = self.command_no
+        if self.n_touched == self.touched_cap:
+            grown = <Touched*>realloc(self.touched, self.touched_cap * 2 * sizeof(Touched))
+            if grown == NULL:
+                raise MemoryError()
+            self.touched = grown
+            self.touched_cap *= 2
+        self.touched[self.n_touched].price = self.levels[lv].price
+        self.touched[self.n_touched].side = self.levels[lv].side
+        self.n_touched += 1
+        return 0
+
+    # -- book links -------------------------------------------------------------------------
+    cdef int _book_link(self, int32_t i, bint append_level) except -1:
+        """Put order i at the tail of its price level (creating the level)."""
+        cdef int s = side_index(self.orders[i].side)
+        cdef int32_t lv = self._find_level(s, self.orders[i].price)
+        if lv < 0:
+            lv = self._new_level(s, self.orders[i].price, append_level)
+        cdef Order* o = &self.orders[i]
+        cdef Level* L = &self.levels[lv]
+        o.level = lv
+        o.prev = L.tail
+        o.next = -1
+        if L.tail >= 0:
+            self.orders[L.tail].next = i
+        else:
+            L.head = i
+        L.tail = i
+        L.total += o.leaves
+        L.count += 1
+        o.live = 1
+        self._touch(lv)
+        return 0
+
+    cdef int _book_unlink(self, int32_t i) except -1:
+        cdef Order* o = &self.orders[i]
+        cdef int32_t lv = o.level
+        cdef Level* L = &self.levels[lv]
+        self._touch(lv)
+        if o.prev >= 0:
+            self.orders[o.prev].next = o.next
+        else:
+            L.head = o.next
+        if o.next >= 0:
+            self.orders[o.next].prev = o.prev
+        else:
+            L.tail = o.prev
+        L.total -= o.leaves
+        L.count -= 1
+        if L.count == 0:
+            self._drop_level(side_index(o.side), lv)
+        return 0
+
+    cdef int _index_link(self, int32_t i) except -1:
+        """Enter order i in the id maps and at the tail of the id-ordered lists."""
+        cdef Order* o = &self.orders[i]
+        cdef int64_t a
+        cdef int32_t tail
+        table_put(&self.by_id, o.order_id, 0, i, 0)
+        table_put(&self.by_client, o.client_order_id, o.account, i, 0)
+        o.all_prev = self.all_tail
+        o.all_next = -1
+        if self.all_tail >= 0:
+            self.orders[self.all_tail].all_next = i
+        else:
+            self.all_head = i
+        self.all_tail = i
+        a = table_find(&self.by_account, o.account, 0)
+        if a < 0 or self.by_account.slots[a].v1 < 0:
+            o.acct_prev = -1
+            o.acct_next = -1
+            table_put(&self.by_account, o.account, 0, i, i)
+        else:
+            tail = self.by_account.slots[a].v2
+            o.acct_prev = tail
+            o.acct_next = -1
+            self.orders[tail].acct_next = i
+            self.by_account.slots[a].v2 = i
+        self.n_live += 1
+        return 0
+
+    cdef int _index_unlink(self, int32_t i) except -1:
+        cdef Order* o = &self.orders[i]
+        cdef int64_t a
+        table_del(&self.by_id, o.order_id, 0)
+        table_del(&self.by_client, o.client_order_id, o.account)
+        if o.all_prev >= 0:
+            self.orders[o.all_prev].all_next = o.all_next
+        else:
+            self.all_head = o.all_next
+        if o.all_next >= 0:
+            self.orders[o.all_next].all_prev = o.all_prev
+        else:
+            self.all_tail = o.all_prev
+        a = table_find(&self.by_account, o.account, 0)
+        if a < 0:
+            raise RuntimeError("crossengine: account list lost")
+        if o.acct_prev >= 0:
+            self.orders[o.acct_prev].acct_next = o.acct_next
+        else:
+            self.by_account.slots[a].v1 = o.acct_next
+        if o.acct_next >= 0:
+            self.orders[o.acct_next].acct_prev = o.acct_prev
+        else:
+            self.by_account.slots[a].v2 = o.acct_prev
+        self.n_live -= 1
+        return 0
+
+    cdef int _remove(self, int32_t i) except -1:
+        self._book_unlink(i)
+        self._index_unlink(i)
+        self._free_order(i)
+        return 0
+
+    # -- events -----------------------------------------------------------------------------
+    cdef int _ev_rejected(self, uint64_t cl_id, uint32_t account, uint16_t code,
+                          uint64_t order_id) except -1:
+        buf_reserve(&self.out, 23)
+        cdef unsigned char* p = self.out.data + self.out.len
+        p[0] = EV_REJECTED
+        w64(p + 1, cl_id)
+        w32(p + 9, account)
+        w16(p + 13, code)
+        w64(p + 15, order_id)
+        self.out.len += 23
+        return 0
+
+    cdef int _ev_accepted(self, int32_t i, uint8_t ord_type, uint64_t qty, uint8_t tif) except -1:
+        buf_reserve(&self.out, 41)
+        cdef unsigned char* p = self.out.data + self.out.len
+        cdef Order* o = &self.orders[i]
+        p[0] = EV_ACCEPTED
+        w64(p + 1, o.order_id)
+        w64(p + 9, o.client_order_id)
+        w32(p + 17, o.account)
+        p[21] = o.side
+        p[22] = ord_type
+        wi64(p + 23, o.price)
+        w64(p + 31, qty)
+        p[39] = tif
+        p[40] = o.flags
+        self.out.len += 41
+        return 0
+
+    cdef int _ev_cancel(self, uint8_t kind, int32_t i, uint64_t qty, uint8_t reason) except -1:
+        buf_reserve(&self.out, 30)
+        cdef unsigned char* p = self.out.data + self.out.len
+        cdef Order* o = &self.orders[i]
+        p[0] = kind
+        w64(p + 1, o.order_id)
+        w64(p + 9, o.client_order_id)
+        w32(p + 17, o.account)
+        w64(p + 21, qty)
+        p[29] = reason
+        self.out.len += 30
+        return 0
+
+    cdef int _ev_amended(self, int32_t i, uint64_t total, uint8_t kept) except -1:
+        buf_reserve(&self.out, 46)
+        cdef unsigned char* p = self.out.data + self.out.len
+        cdef Order* o = &self.orders[i]
+        p[0] = EV_AMENDED
+        w64(p + 1, o.order_id)
+        w64(p + 9, o.client_order_id)
+        w32(p + 17, o.account)
+        wi64(p + 21, o.price)
+        w64(p + 29, o.leaves)
+        w64(p + 37, total)
+        p[45] = kept
+        self.out.len += 46
+        return 0
+
+    cdef int _ev_trade(self, int32_t m, int32_t t, uint64_t q) except -1:
+        buf_reserve(&self.out, 68)
+        cdef unsigned char* p = self.out.data + self.out.len
+        cdef Order* mk = &self.orders[m]
+        cdef Order* tk = &self.orders[t]
+        p[0] = EV_TRADE
+        w64(p + 1, self.trade_id)
+        w64(p + 9, mk.order_id)
+        w64(p + 17, tk.order_id)
+        w32(p + 25, mk.account)
+        w32(p + 29, tk.account)
+        wi64(p + 33, mk.price)
+        w64(p + 41, q)
+        p[49] = tk.side
+        w64(p + 50, mk.leaves)
+        w64(p + 58, tk.leaves)
+        p[66] = mk.flags
+        p[67] = tk.flags
+        self.out.len += 68
+        return 0
+
+    cdef int _ev_byte(self, uint8_t kind) except -1:
+        buf_reserve(&self.out, 1)
+        self.out.data[self.out.len] = kind
+        self.out.len += 1
+        return 0
+
+    cdef int _level_events(self) except -1:
+        cdef int32_t k, lv
+        cdef int s
+        cdef unsigned char* p
+        buf_reserve(&self.out, 22 * self.n_touched)
+        for k in range(self.n_touched):
+            s = side_index(self.touched[k].side)
+            lv = self._find_level(s, self.touched[k].price)
+            p = self.out.data + self.out.len
+            p[0] = EV_LEVEL
+            p[1] = self.touched[k].side
+            wi64(p + 2, self.touched[k].price)
+            if lv >= 0:
+                w64(p + 10, self.levels[lv].total)
+                w32(p + 18, self.levels[lv].count)
+            else:
+                w64(p + 10, 0)
+                w32(p + 18, 0)
+            self.out.len += 22
+        self.n_touched = 0
+        return 0
+
+    # -- matching ---------------------------------------------------------------------------
+    cdef inline bint _crosses(self, uint8_t side, int64_t price, int64_t best, bint market) noexcept:
+        if market:
+            return True
+        return best <= price if side == BUY else best >= price
+
+    cdef bint _fok_fillable(self, uint8_t side, int64_t price, bint market, uint64_t qty,
+                            uint32_t account, uint8_t stp) noexcept:
+        cdef int opp = 1 - side_index(side)
+        cdef Side* sd = &self.sides[opp]
+        cdef int32_t k, i, lv
+        cdef uint64_t got = 0
+        k = sd.n - 1
+        while k >= 0:
+            lv = sd.levels[k]
+            if not self._crosses(side, price, self.levels[lv].price, market):
+                break
+            i = self.levels[lv].head
+            while i >= 0:
+                if self.orders[i].account == account and stp != STP_NONE:
+                    if stp != STP_OLDEST:
+                        return got >= qty
+                else:
+                    got += self.orders[i].leaves
+                    if got >= qty:
+                        return True
+                i = self.orders[i].next
+            k -= 1
+        return got >= qty
+
+    cdef int _match(self, int32_t t, bint market) except -1:
+        """Match order t (not in the book) against the opposite side."""
+        cdef uint8_t side = self.orders[t].side
+        cdef int opp = 1 - side_index(side)
+        cdef Side* sd = &self.sides[opp]
+        cdef int32_t lv, m
+        cdef uint64_t q
+        cdef uint8_t stp = self.orders[t].stp
+        cdef uint32_t account = self.orders[t].account
+        cdef int64_t price = self.orders[t].price
+        cdef Level* L
+        while self.orders[t].leaves:
+            if sd.n == 0:
+                break
+            lv = sd.levels[sd.n - 1]
+            if not self._crosses(side, price, self.levels[lv].price, market):
+                break
+            m = self.levels[lv].head
+            if stp != STP_NONE and self.orders[m].account == account:
+                if stp == STP_NEWEST:
+                    self._ev_cancel(EV_CANCELLED, t, self.orders[t].leaves, R_STP)
+                    self.orders[t].leaves = 0
+                elif stp == STP_OLDEST:
+                    self._ev_cancel(EV_CANCELLED, m, self.orders[m].leaves, R_STP)
+                    self._remove(m)
+                elif stp == STP_BOTH:
+                    self._ev_cancel(EV_CANCELLED, m, self.orders[m].leaves, R_STP)
+                    self._remove(m)
+                    self._ev_cancel(EV_CANCELLED, t, self.orders[t].leaves, R_STP)
+                    self.orders[t].leaves = 0
+                else:
+                    q = min(self.orders[m].leaves, self.orders[t].leaves)
+                    self._ev_cancel(EV_CANCELLED, m, q, R_STP)
+                    self._ev_cancel(EV_CANCELLED, t, q, R_STP)
+                    self.orders[t].leaves -= q
+                    if self.orders[m].leaves == q:
+                        self._remove(m)
+                    else:
+                        self.orders[m].leaves -= q
+                        self.levels[lv].total -= q
+                        self._touch(lv)
+                continue
+            q = min(self.orders[m].leaves, self.orders[t].leaves)
+            self.trade_id += 1
+            self.orders[m].leaves -= q
+            self.orders[m].filled += q
+            self.orders[t].leaves -= q
+            self.orders[t].filled += q
+            L = &self.levels[lv]
+            L.total -= q
+            self._ev_trade(m, t, q)
+            if self.orders[m].leaves == 0:
+                # _remove takes the maker's leaves (now 0) off the level total
+                self._remove(m)
+            else:
+                self._touch(lv)
+        return 0
+
+    # -- commands ---------------------------------------------------------------------------
+    cdef uint16_t _price_code(self, int64_t price) noexcept:
+        if price <= 0 or price > self.max_price:
+            return C_PRICE_RANGE
+        if price % self.tick_size:
+            return C_NOT_ON_TICK
+        return 0
+
+    cdef int _new_order(self, const unsigned char* p) except -1:
+        cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
+        cdef int64_t price = rdi64(p + 8)
+        cdef uint32_t account = rd32(p + 24)
+        cdef uint8_t side = p[28], ord_type = p[29], tif = p[30], flags = p[31], stp = p[32]
+        cdef bint market = ord_type == MARKET
+        cdef uint16_t code = 0
+        cdef int32_t t, best_lv
+        cdef int opp
+        if self.halted:
+            code = C_HALTED
+        elif side != BUY and side != SELL:
+            code = C_SIDE
+        elif ord_type != MARKET and ord_type != LIMIT:
+            code = C_ORD_TYPE
+        elif tif != GTC and tif != IOC and tif != FOK:
+            code = C_TIF
+        elif stp > STP_DEC:
+            code = C_STP
+        elif flags & ~(F_REDUCE | F_POST):
+            code = C_MALFORMED
+        elif not market and self._price_code(price):
+            code = self._price_code(price)
+        elif qty < self.min_qty:
+            code = C_QTY_MIN
+        elif qty > self.max_qty:
+            code = C_QTY_MAX
+        elif flags & F_POST and (market or tif != GTC):
+            code = C_TIF
+        elif table_find(&self.by_client, cl_id, account) >= 0:
+            code = C_CLID_IN_USE
+        elif <uint64_t>self.n_live >= self.max_orders:
+            code = C_BOOK_FULL
+        if code:
+            return self._ev_rejected(cl_id, account, code, 0)
+        if market:
+            price = 0
+        opp = 1 - side_index(side)
+        if flags & F_POST and self.sides[opp].n:
+            best_lv = self.sides[opp].levels[self.sides[opp].n - 1]
+            if self._crosses(side, price, self.levels[best_lv].price, False):
+                return self._ev_rejected(cl_id, account, C_POST_TAKES, 0)
+        if tif == FOK and not self._fok_fillable(side, price, market, qty, account, stp):
+            return self._ev_rejected(cl_id, account, C_FOK, 0)
+        self.order_counter += 1
+        t = self._alloc_order()
+        self.orders[t].order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
+        self.orders[t].client_order_id = cl_id
+        self.orders[t].account = account
+        self.orders[t].side = side
+        self.orders[t].price = price
+        self.orders[t].leaves = qty
+        self.orders[t].filled = 0
+        self.orders[t].flags = flags
+        self.orders[t].stp = stp
+        self._ev_accepted(t, ord_type, qty, tif)
+        self._match(t, market)
+        if self.orders[t].leaves:
+            if not market and tif == GTC:
+                self._book_link(t, False)
+                self._index_link(t)
+                return 0
+            self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_IOC)
+        self._free_order(t)
+        return 0
+
+    cdef int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
+        cdef int64_t s
+        cdef int32_t i
+        if order_id:
+            s = table_find(&self.by_id, order_id, 0)
+            if s < 0:
+                return -1
+            i = self.by_id.slots[s].v1
+            if account and self.orders[i].account != account:
+                return -1
+            return i
+        s = table_find(&self.by_client, cl_id, account)
+        return self.by_client.slots[s].v1 if s >= 0 else -1
+
+    cdef int _cancel(self, const unsigned char* p) except -1:
+        cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8)
+        cdef uint32_t account = rd32(p + 16)
+        cdef int32_t i = self._find(order_id, cl_id, account)
+        if i < 0:
+            return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
+        self._ev_cancel(EV_CANCELLED, i, self.orders[i].leaves, R_CLIENT)
+        self._remove(i)
+        return 0
+
+    cdef int _amend(self, const unsigned char* p) except -1:
+        cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8), qty = rd64(p + 28)
+        cdef uint32_t account = rd32(p + 16)
+        cdef int64_t price = rdi64(p + 20)
+        cdef int32_t i, best_lv
+        cdef uint64_t total, new_total, new_leaves
+        cdef int64_t new_price
+        cdef uint16_t code
+        cdef int opp
+        if self.halted:
+            return self._ev_rejected(cl_id, account, C_HALTED, order_id)
+        i = self._find(order_id, cl_id, account)
+        if i < 0:
+            return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
+        new_price = price if price else self.orders[i].price
+        total = self.orders[i].leaves + self.orders[i].filled
+        new_total = qty if qty else total
+        code = self._price_code(new_price)
+        if not code:
+            if new_total > self.max_qty:
+                code = C_QTY_MAX
+            elif new_total < self.min_qty:
+                code = C_QTY_MIN
+            elif new_total <= self.orders[i].filled:
+                code = C_AMEND_FILLED
+            elif new_price == self.orders[i].price and new_total == total:
+                code = C_AMEND_NOTHING
+        opp = 1 - side_index(self.orders[i].side)
+        if not code and self.orders[i].flags & F_POST and self.sides[opp].n:
+            best_lv = self.sides[opp].levels[self.sides[opp].n - 1]
+            if self._crosses(self.orders[i].side, new_price, self.levels[best_lv].price, False):
+                code = C_POST_TAKES
+        if code:
+            return self._ev_rejected(self.orders[i].client_order_id, self.orders[i].account, code,
+                                     self.orders[i].order_id)
+        new_leaves = new_total - self.orders[i].filled
+        if new_price == self.orders[i].price and new_leaves < self.orders[i].leaves:
+            self.levels[self.orders[i].level].total -= self.orders[i].leaves - new_leaves
+            self.orders[i].leaves = new_leaves
+            self._touch(self.orders[i].level)
+            return self._ev_amended(i, new_total, 1)
+        self._book_unlink(i)
+        self.orders[i].price = new_price
+        self.orders[i].leaves = new_leaves
+        self._ev_amended(i, new_total, 0)
+        self._match(i, False)
+        if self.orders[i].leaves:
+            self._book_link(i, False)
+        else:
+            self._index_unlink(i)
+            self._free_order(i)
+        return 0
+
+    cdef int _cancel_all(self, uint32_t account, uint8_t side, bint everyone) except -1:
+        cdef int32_t i, nxt
+        cdef int64_t a
+        if everyone:
+            i = self.all_head
+        else:
+            if side != 0 and side != BUY and side != SELL:
+                return self._ev_rejected(0, account, C_SIDE, 0)
+            a = table_find(&self.by_account, account, 0)
+            i = self.by_account.slots[a].v1 if a >= 0 else -1
+        while i >= 0:
+            nxt = self.orders[i].all_next if everyone else self.orders[i].acct_next
+            if everyone or side == 0 or self.orders[i].side == side:
+                self._ev_cancel(EV_CANCELLED, i, self.orders[i].leaves,
+                                R_ADMIN if everyone else R_MASS)
+                self._remove(i)
+            i = nxt
+        return 0
+
+    cdef int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n) except -1:
+        self.command_no += 1
+        self.n_touched = 0
+        if kind == K_NEW:
+            if n != 33:
+                return self._ev_rejected(0, 0, C_MALFORMED, 0)
+            self._new_order(p)
+        elif kind == K_CANCEL:
+            if n != 20:
+                return self._ev_rejected(0, 0, C_MALFORMED, 0)
+            self._cancel(p)
+        elif kind == K_AMEND:
+            if n != 36:
+                return self._ev_rejected(0, 0, C_MALFORMED, 0)
+            self._amend(p)
+        elif kind == K_CANCEL_ALL:
+            if n != 5:
+                return self._ev_rejected(0, 0, C_MALFORMED, 0)
+            self._cancel_all(rd32(p), p[4], False)
+        elif kind == K_MASS:
+            if n != 0:
+                return self._ev_rejected(0, 0, C_MALFORMED, 0)
+            self._cancel_all(0, 0, True)
+        elif kind == K_HALT or kind == K_RESUME:
+            if n != 0:
+                return self._ev_rejected(0, 0, C_MALFORMED, 0)
+            self.halted = kind == K_HALT
+            return self._ev_byte(EV_HALTED if kind == K_HALT else EV_RESUMED)
+        elif kind == K_TICK:
+            return 0
+        else:
+            return self._ev_rejected(0, 0, C_MALFORMED, 0)
+        return self._level_events()
+
+    # -- the public face --------------------------------------------------------------------
+    def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload):
+        """The events (bytes) of one command."""
+        cdef Py_ssize_t n = payload.shape[0]
+        cdef const unsigned char* p = &payload[0] if n else <const unsigned char*>b""
+        self.out.len = 0
+        self._dispatch(kind, p, n)
+        return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+
+    def apply_frame(self, const unsigned char[::1] frame):
+        """Apply every record of a sequenced frame; return the output frame: one record per
+        input record, same seq, ts, source, source_seq, epoch and kind, payload = events."""
+        cdef Py_ssize_t n = frame.shape[0], off = 0, start
+        cdef uint32_t length
+        cdef const unsigned char* p
+        _scan_frame(frame)  # validates every length before the loop trusts them
+        self.out.len = 0
+        if n == 0:
+            return b""
+        p = &frame[0]
+        while off < n:
+            length = rd32(p + off + 34)
+            buf_reserve(&self.out, HDR)
+            start = self.out.len
+            memcpy(self.out.data + start, p + off, HDR)
+            self.out.len += HDR
+            self._dispatch(rd16(p + off + 32), p + off + HDR, length)
+            w32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
+            off += HDR + length
+        return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+
+    def __len__(self):
+        return self.n_live
+
+    def book(self, int depth=0):
+        """{'bids': [(price, total, count)], 'asks': [...]}, best first (for tools and tests)."""
+        out = {}
+        cdef int s
+        cdef int32_t k, lv
+        for s, name in ((0, "bids"), (1, "asks")):
+            rows = []
+            k = self.sides[s].n - 1
+            while k >= 0 and (depth == 0 or len(rows) < depth):
+                lv = self.sides[s].levels[k]
+                rows.append((self.levels[lv].price, self.levels[lv].total, self.levels[lv].count))
+                k -= 1
+            out[name] = rows
+        return out
+
+    # -- state ------------------------------------------------------------------------------
+    def snapshot(self):
+        """Canonical bytes (crossengine.reference.ReferenceEngine.snapshot has the same)."""
+        head = SNAP_HEADER.pack(MAGIC, VERSION, self.symbol_id, self.tick_size, self.min_qty,
+                                self.max_qty, self.max_price, self.max_orders, self.order_counter,
+                                self.trade_id, int(self.halted), self.n_live)
+        cdef Py_ssize_t hl = len(head), off
+        cdef bytes data = PyBytes_FromStringAndSize(NULL, hl + <Py_ssize_t>self.n_live * SNAP_ORDER)
+        cdef unsigned char* q = <unsigned char*>PyBytes_AS_STRING(data)
+        cdef int s
+        cdef int32_t k, i
+        cdef Order* o
+        memcpy(q, <const char*>head, hl)
+        off = hl
+        for s in range(2):
+            k = self.sides[s].n - 1
+            while k >= 0:
+                i = self.levels[self.sides[s].levels[k]].head
+                while i >= 0:
+                    o = &self.orders[i]
+                    w64(q + off, o.order_id)
+                    w64(q + off + 8, o.client_order_id)
+                    w32(q + off + 16, o.account)
+                    q[off + 20] = o.side
+                    wi64(q + off + 21, o.price)
+                    w64(q + off + 29, o.leaves)
+                    w64(q + off + 37, o.filled)
+                    q[off + 45] = o.flags
+                    q[off + 46] = o.stp
+                    off += SNAP_ORDER
+                    i = o.next
+                k -= 1
+        if off != len(data):
+            raise RuntimeError("crossengine: live order count disagrees with the book")
+        return data
+
+    @classmethod
+    def restore(cls, data):
+        cdef const unsigned char[::1] view = data
+        (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, counter,
+         trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
+        if magic != MAGIC or version != VERSION:
+            raise ValueError("not a CrossEngine snapshot of this version")
+        if len(data) != SNAP_HEADER.size + n * SNAP_ORDER:
+            raise ValueError("CrossEngine snapshot has the wrong length")
+        cdef CrossEngine eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders,
+                                   max(16, min(n, 1 << 30)))
+        eng.order_counter = counter
+        eng.trade_id = trade_id
+        eng.halted = bool(halted)
+        cdef Py_ssize_t off = SNAP_HEADER.size, k
+        cdef int32_t i, lo, hi, tmp
+        cdef const unsigned char* p = &view[0]
+        cdef IdIdx* ids = <IdIdx*>malloc(max(1, n) * sizeof(IdIdx))
+        if ids == NULL:
+            raise MemoryError()
+        try:
+            for k in range(n):
+                i = eng._alloc_order()
+                eng.orders[i].order_id = rd64(p + off)
+                eng.orders[i].client_order_id = rd64(p + off + 8)
+                eng.orders[i].account = rd32(p + off + 16)
+                eng.orders[i].side = p[off + 20]
+                eng.orders[i].price = rdi64(p + off + 21)
+                eng.orders[i].leaves = rd64(p + off + 29)
+                eng.orders[i].filled = rd64(p + off + 37)
+                eng.orders[i].flags = p[off + 45]
+                eng.orders[i].stp = p[off + 46]
+                if eng.orders[i].side != BUY and eng.orders[i].side != SELL:
+                    raise ValueError("CrossEngine snapshot holds an order with no side")
+                # Levels arrive best first: append, and reverse each side at the end.
+                eng._book_link(i, True)
+                ids[k].order_id = eng.orders[i].order_id
+                ids[k].idx = i
+                off += SNAP_ORDER
+            for s in range(2):
+                lo, hi = 0, eng.sides[s].n - 1
+                while lo < hi:
+                    tmp = eng.sides[s].levels[lo]
+                    eng.sides[s].levels[lo] = eng.sides[s].levels[hi]
+                    eng.sides[s].levels[hi] = tmp
+                    lo += 1
+                    hi -= 1
+            qsort(ids, n, sizeof(IdIdx), cmp_id)
+            for k in range(n):
+                eng._index_link(ids[k].idx)
+        finally:
+            free(ids)
+        eng.n_touched = 0
+        eng.check_invariants()
+        return eng
+
+    def state_hash(self):
+        return hashlib.sha256(self.snapshot()).digest()
+
+    def check_invariants(self):
+        """Raise RuntimeError unless: the book is not crossed; levels are strictly ordered;
+        each level's total and count equal the sums of its orders; every live order is in
+        exactly one level, in the id map and the client map exactly once, and in the id-ordered
+        lists in increasing id order."""
+        cdef int s
+        cdef int32_t k, lv, i, prev_i, seen = 0
+        cdef uint64_t total, last_id
+        cdef uint32_t count
+        cdef int64_t s_idx
+        for s in range(2):
+            for k in range(self.sides[s].n):
+                lv = self.sides[s].levels[k]
+                if k and side_key(s, self.levels[self.sides[s].levels[k - 1]].price) >= \
+                        side_key(s, self.levels[lv].price):
+                    raise RuntimeError("crossengine: levels out of order")
+                total = 0
+                count = 0
+                prev_i = -1
+                i = self.levels[lv].head
+                while i >= 0:
+                    if not self.orders[i].live or self.orders[i].level != lv \
+                            or self.orders[i].prev != prev_i or self.orders[i].leaves == 0:
+                        raise RuntimeError("crossengine: broken level links")
+                    s_idx = table_find(&self.by_id, self.orders[i].order_id, 0)
+                    if s_idx < 0 or self.by_id.slots[s_idx].v1 != i:
+                        raise RuntimeError("crossengine: order missing from the id map")
+                    s_idx = table_find(&self.by_client, self.orders[i].client_order_id,
+                                       self.orders[i].account)
+                    if s_idx < 0 or self.by_client.slots[s_idx].v1 != i:
+                        raise RuntimeError("crossengine: order missing from the client map")
+                    total += self.orders[i].leaves
+                    count += 1
+                    prev_i = i
+                    i = self.orders[i].next
+                if self.levels[lv].tail != prev_i or total != self.levels[lv].total \
+                        or count != self.levels[lv].count or count == 0:
+                    raise RuntimeError(f"crossengine: level {self.levels[lv].price} totals wrong")
+                seen += count
+        if self.sides[0].n and self.sides[1].n and \
+                self.levels[self.sides[0].levels[self.sides[0].n - 1]].price >= \
+                self.levels[self.sides[1].levels[self.sides[1].n - 1]].price:
+            raise RuntimeError("crossengine: the book is crossed")
+        if seen != self.n_live or self.by_id.size != <uint64_t>seen \
+                or self.by_client.size != <uint64_t>seen:
+            raise RuntimeError("crossengine: live orders and indexes disagree")
+        i = self.all_head
+        k = 0
+        last_id = 0
+        while i >= 0:
+            if self.orders[i].order_id <= last_id:
+                raise RuntimeError("crossengine: id-ordered list out of order")
+            last_id = self.orders[i].order_id
+            k += 1
+            i = self.orders[i].all_next
+        if k != seen:
+            raise RuntimeError("crossengine: id-ordered list has the wrong length")

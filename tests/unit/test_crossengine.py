@@ -1,0 +1,280 @@
+"""The CrossEngine's rules, case by case, on the compiled engine and on the reference alike:
+price-time priority, self-trade prevention, FOK, post-only, amend priority, market orders,
+halts, cancels, rejects with their codes, and bad input answered by events, never exceptions."""
+import struct
+
+import pytest
+
+from crossengine import codec as c
+from crossengine.engine import CrossEngine
+from crossengine.reference import ReferenceEngine
+
+ENGINES = [CrossEngine, ReferenceEngine]
+ID = 1 << 40  # order ids of symbol 1 are 1 << 40 | n
+
+
+def run(eng, kind, payload=b""):
+    return c.decode_events(eng.apply(0, 0, kind, payload))
+
+
+def names(events):
+    return [c.EVENT_NAMES[e[0]] for e in events]
+
+
+def new(eng, cl, side, price, qty, acct=1, **kw):
+    return run(eng, c.NEW_ORDER, c.new_order(cl, side, price, qty, acct, **kw))
+
+
+def rejected_code(events):
+    assert events[0][0] == c.EV_REJECTED, names(events)
+    return c.REJECT_CODES[events[0][3]]
+
+
+@pytest.fixture(params=ENGINES, ids=["engine", "reference"])
+def eng(request):
+    return request.param(tick_size=5, min_qty=1, max_qty=1000, max_price=100_000)
+
+
+def test_price_then_time_priority(eng):
+    new(eng, 1, c.SELL, 105, 5, acct=1)
+    new(eng, 2, c.SELL, 100, 5, acct=2)
+    new(eng, 3, c.SELL, 100, 5, acct=3)
+    ev = new(eng, 4, c.BUY, 105, 12, acct=9)
+    trades = [e for e in ev if e[0] == c.EV_TRADE]
+    # best price first (100), oldest first within it (order 2 then 3), then 105
+    assert [(t[2], t[6], t[7]) for t in trades] == [(ID | 2, 100, 5), (ID | 3, 100, 5),
+                                                    (ID | 1, 105, 2)]
+    assert trades[-1][9] == 3 and trades[-1][10] == 0  # maker leaves 3, taker leaves 0
+    levels = [e for e in ev if e[0] == c.EV_LEVEL]
+    assert [(lv[2], lv[3], lv[4]) for lv in levels] == [(100, 0, 0), (105, 3, 1)]
+
+
+def test_resting_remainder_and_level_delta(eng):
+    ev = new(eng, 1, c.BUY, 100, 7)
+    assert names(ev) == ["OrderAccepted", "LevelChanged"]
+    assert ev[1][1:] == (c.BUY, 100, 7, 1)
+    ev = new(eng, 2, c.SELL, 100, 3, acct=2)
+    assert names(ev) == ["OrderAccepted", "Trade", "LevelChanged"]
+    assert ev[2][1:] == (c.BUY, 100, 4, 1)
+
+
+def test_market_orders_never_rest(eng):
+    new(eng, 1, c.SELL, 100, 2, acct=2)
+    ev = new(eng, 2, c.BUY, 0, 5, ord_type=c.MARKET, tif=c.GTC)
+    assert names(ev) == ["OrderAccepted", "Trade", "OrderExpired", "LevelChanged"]
+    assert ev[2][4:] == (3, c.REASON_IOC_REMAINDER)
+    assert len(eng.snapshot()) == len(type(eng)().snapshot())  # empty book again
+
+
+def test_ioc_remainder_expires(eng):
+    ev = new(eng, 1, c.BUY, 100, 5, tif=c.IOC)
+    assert names(ev) == ["OrderAccepted", "OrderExpired"]
+
+
+def test_fok_all_or_nothing(eng):
+    new(eng, 1, c.SELL, 100, 3, acct=2)
+    new(eng, 2, c.SELL, 105, 3, acct=2)
+    assert rejected_code(new(eng, 3, c.BUY, 105, 7, tif=c.FOK)) == "fok_not_fillable"
+    assert rejected_code(new(eng, 4, c.BUY, 100, 4, tif=c.FOK)) == "fok_not_fillable"
+    ev = new(eng, 5, c.BUY, 105, 6, tif=c.FOK)
+    assert names(ev).count("Trade") == 2 and "OrderExpired" not in names(ev)
+
+
+def test_fok_counts_self_trade_as_a_stop(eng):
+    new(eng, 1, c.SELL, 100, 3, acct=1)
+    new(eng, 2, c.SELL, 100, 3, acct=2)
+    ev = new(eng, 3, c.BUY, 100, 3, acct=1, tif=c.FOK, stp=c.STP_CANCEL_NEWEST)
+    assert rejected_code(ev) == "fok_not_fillable"
+    ev = new(eng, 4, c.BUY, 100, 3, acct=1, tif=c.FOK, stp=c.STP_CANCEL_OLDEST)
+    assert names(ev) == ["OrderAccepted", "OrderCancelled", "Trade", "LevelChanged"]
+
+
+def test_post_only_never_takes(eng):
+    new(eng, 1, c.SELL, 100, 3, acct=2)
+    assert rejected_code(new(eng, 2, c.BUY, 100, 1, flags=c.FLAG_POST_ONLY)) == \
+        "post_only_would_take"
+    assert names(new(eng, 3, c.BUY, 95, 1, flags=c.FLAG_POST_ONLY)) == \
+        ["OrderAccepted", "LevelChanged"]
+    assert rejected_code(new(eng, 4, c.BUY, 95, 1, tif=c.IOC, flags=c.FLAG_POST_ONLY)) == \
+        "time_in_force_invalid"
+    # an amend of a post-only order into the book is refused and leaves it unchanged
+    ev = run(eng, c.AMEND, c.amend(client_order_id=3, account=1, price=100))
+    assert rejected_code(ev) == "post_only_would_take"
+
+
+@pytest.mark.parametrize("mode, expect", [
+    (c.STP_CANCEL_NEWEST, ["OrderAccepted", "OrderCancelled"]),  # the book is untouched
+    (c.STP_CANCEL_OLDEST, ["OrderAccepted", "OrderCancelled", "Trade", "LevelChanged"]),
+    (c.STP_CANCEL_BOTH, ["OrderAccepted", "OrderCancelled", "OrderCancelled", "LevelChanged"]),
+    (c.STP_DECREMENT, ["OrderAccepted", "OrderCancelled", "OrderCancelled", "Trade",
+                       "LevelChanged"]),
+    (c.STP_NONE, ["OrderAccepted", "Trade", "Trade", "LevelChanged"]),
+])
+def test_self_trade_prevention_modes(eng, mode, expect):
+    new(eng, 1, c.SELL, 100, 2, acct=1)  # own order first in time
+    new(eng, 2, c.SELL, 100, 5, acct=2)
+    ev = new(eng, 3, c.BUY, 100, 4, acct=1, stp=mode)
+    assert names(ev) == expect
+    for e in ev:
+        if e[0] == c.EV_CANCELLED:
+            assert e[5] == c.REASON_SELF_TRADE
+
+
+def test_decrement_and_cancel_reduces_both(eng):
+    new(eng, 1, c.SELL, 100, 5, acct=1)
+    ev = new(eng, 2, c.BUY, 100, 3, acct=1, stp=c.STP_DECREMENT)
+    cancels = [(e[1], e[4]) for e in ev if e[0] == c.EV_CANCELLED]
+    assert cancels == [(ID | 1, 3), (ID | 2, 3)]
+    assert [e for e in ev if e[0] == c.EV_LEVEL][0][3:] == (2, 1)
+
+
+def test_amend_priority_rules(eng):
+    new(eng, 1, c.BUY, 100, 10, acct=1)
+    new(eng, 2, c.BUY, 100, 10, acct=2)
+    ev = run(eng, c.AMEND, c.amend(client_order_id=1, account=1, qty=6))
+    assert ev[0][0] == c.EV_AMENDED and ev[0][7] == 1  # reduction keeps priority
+    ev = new(eng, 3, c.SELL, 100, 7, acct=3)
+    assert [(t[2], t[7]) for t in ev if t[0] == c.EV_TRADE] == [(ID | 1, 6), (ID | 2, 1)]
+    ev = run(eng, c.AMEND, c.amend(client_order_id=2, account=2, qty=20))
+    assert ev[0][7] == 0  # an increase loses priority
+    assert ev[0][5:7] == (19, 20)  # leaves 19 of a new total of 20 (1 already filled)
+
+
+def test_amend_that_crosses_fills_like_a_new_order(eng):
+    new(eng, 1, c.SELL, 105, 4, acct=2)
+    new(eng, 2, c.BUY, 100, 10, acct=1)
+    ev = run(eng, c.AMEND, c.amend(client_order_id=2, account=1, price=105))
+    assert names(ev) == ["OrderAmended", "Trade", "LevelChanged", "LevelChanged", "LevelChanged"]
+    assert ev[1][7] == 4 and ev[1][10] == 6
+    # old level emptied, the sell level consumed, the rest now resting at 105
+    assert [e[1:] for e in ev[2:]] == [(c.BUY, 100, 0, 0), (c.SELL, 105, 0, 0), (c.BUY, 105, 6, 1)]
+
+
+def test_amend_rejects(eng):
+    new(eng, 1, c.BUY, 100, 10)
+    new(eng, 2, c.SELL, 100, 4, acct=2)
+    amend = lambda **kw: rejected_code(run(eng, c.AMEND, c.amend(  # noqa: E731
+        client_order_id=1, account=1, **kw)))
+    assert amend(qty=4) == "amend_qty_not_above_filled"
+    assert amend(price=101) == "price_not_on_tick"
+    assert amend(qty=2000) == "qty_above_max"
+    assert amend() == "amend_nothing_to_change"
+    assert rejected_code(run(eng, c.AMEND, c.amend(order_id=999))) == "order_unknown"
+
+
+def test_cancel_by_id_and_by_client_id(eng):
+    new(eng, 7, c.BUY, 100, 10, acct=3)
+    new(eng, 8, c.BUY, 100, 10, acct=3)
+    assert names(run(eng, c.CANCEL, c.cancel(order_id=ID | 1, account=4))) == ["OrderRejected"]
+    ev = run(eng, c.CANCEL, c.cancel(order_id=ID | 1, account=3))
+    assert names(ev) == ["OrderCancelled", "LevelChanged"] and ev[0][4:] == (10, 0)
+    ev = run(eng, c.CANCEL, c.cancel(client_order_id=8, account=3))
+    assert ev[1][1:] == (c.BUY, 100, 0, 0)
+    assert rejected_code(run(eng, c.CANCEL, c.cancel(client_order_id=8, account=3))) == \
+        "order_unknown"
+
+
+def test_client_order_id_unique_among_live_orders(eng):
+    new(eng, 1, c.BUY, 100, 1)
+    assert rejected_code(new(eng, 1, c.BUY, 95, 1)) == "client_order_id_in_use"
+    assert names(new(eng, 1, c.BUY, 95, 1, acct=2))[0] == "OrderAccepted"
+
+
+def test_cancel_all_and_mass_cancel_in_id_order(eng):
+    new(eng, 1, c.BUY, 100, 1, acct=1)
+    new(eng, 2, c.SELL, 200, 1, acct=1)
+    new(eng, 3, c.BUY, 95, 1, acct=2)
+    new(eng, 4, c.BUY, 90, 1, acct=1)
+    ev = run(eng, c.CANCEL_ALL, c.cancel_all(1, c.BUY))
+    assert [e[1] for e in ev if e[0] == c.EV_CANCELLED] == [ID | 1, ID | 4]
+    assert all(e[5] == c.REASON_MASS_CANCEL for e in ev if e[0] == c.EV_CANCELLED)
+    ev = run(eng, c.MASS_CANCEL)
+    assert [e[1] for e in ev if e[0] == c.EV_CANCELLED] == [ID | 2, ID | 3]
+    assert rejected_code(run(eng, c.CANCEL_ALL, c.cancel_all(1, 7))) == "side_invalid"
+
+
+def test_halt_refuses_orders_and_amends_but_allows_cancels(eng):
+    new(eng, 1, c.BUY, 100, 1)
+    assert names(run(eng, c.HALT)) == ["SymbolHalted"]
+    assert rejected_code(new(eng, 2, c.BUY, 100, 1)) == "symbol_halted"
+    assert rejected_code(run(eng, c.AMEND, c.amend(client_order_id=1, account=1, qty=5))) == \
+        "symbol_halted"
+    assert names(run(eng, c.CANCEL, c.cancel(client_order_id=1, account=1)))[0] == \
+        "OrderCancelled"
+    assert names(run(eng, c.RESUME)) == ["SymbolResumed"]
+    assert names(new(eng, 3, c.BUY, 100, 1))[0] == "OrderAccepted"
+
+
+@pytest.mark.parametrize("fields, code", [
+    (dict(side=ord("3")), "side_invalid"),
+    (dict(ord_type=ord("9")), "order_type_invalid"),
+    (dict(tif=ord("0")), "time_in_force_invalid"),
+    (dict(stp=5), "stp_mode_invalid"),
+    (dict(flags=4), "command_malformed"),
+    (dict(price=0), "price_out_of_range"),
+    (dict(price=-5), "price_out_of_range"),
+    (dict(price=100_005), "price_out_of_range"),
+    (dict(price=101), "price_not_on_tick"),
+    (dict(qty=0), "qty_below_min"),
+    (dict(qty=1001), "qty_above_max"),
+])
+def test_new_order_rejects(eng, fields, code):
+    args = dict(client_order_id=1, side=c.BUY, price=100, qty=1, account=1)
+    args.update(fields)
+    assert rejected_code(run(eng, c.NEW_ORDER, c.new_order(**args))) == code
+
+
+@pytest.mark.parametrize("kind, payload", [
+    (c.NEW_ORDER, b"short"), (c.CANCEL, b""), (c.AMEND, b"\0" * 37), (c.CANCEL_ALL, b"\0"),
+    (c.MASS_CANCEL, b"x"), (c.HALT, b"x"), (999, b""), (0, b"\xff" * 64),
+])
+def test_malformed_commands_are_rejected_not_raised(eng, kind, payload):
+    assert rejected_code(run(eng, kind, payload)) == "command_malformed"
+
+
+def test_tick_records_give_empty_output(eng):
+    assert eng.apply(1, 0, c.KIND_TICK, b"") == b""
+
+
+def test_book_full_is_a_reject():
+    for cls in ENGINES:
+        eng = cls(max_orders=2)
+        new(eng, 1, c.BUY, 100, 1)
+        new(eng, 2, c.BUY, 100, 1)
+        assert rejected_code(new(eng, 3, c.BUY, 100, 1)) == "book_full"
+
+
+def test_bad_configuration_is_refused():
+    with pytest.raises(ValueError):
+        CrossEngine(symbol_id=0)
+    with pytest.raises(ValueError):
+        CrossEngine(max_qty=1 << 40, max_orders=1 << 30)
+
+
+def test_engine_events_match_struct_mirror():
+    """Field offsets of the compiled writers against hand-written struct formats."""
+    eng = CrossEngine()
+    out = eng.apply(0, 0, c.NEW_ORDER, struct.pack("<QqQIBBBBB", 11, 100, 5, 3, 49, 50, 49, 1, 0))
+    assert out == struct.pack("<BQQIBBqQBB", 1, ID | 1, 11, 3, 49, 50, 100, 5, 49, 1) + \
+        struct.pack("<BBqQI", 7, 49, 100, 5, 1)
+    out = eng.apply(0, 0, c.NEW_ORDER, struct.pack("<QqQIBBBBB", 12, 100, 2, 4, 50, 50, 49, 0, 0))
+    assert out == struct.pack("<BQQIBBqQBB", 1, ID | 2, 12, 4, 50, 50, 100, 2, 49, 0) + \
+        struct.pack("<BQQQIIqQBQQBB", 3, 1, ID | 1, ID | 2, 3, 4, 100, 2, 50, 3, 0, 1, 0) + \
+        struct.pack("<BBqQI", 7, 49, 100, 3, 1)
+    out = eng.apply(0, 0, c.CANCEL, struct.pack("<QQI", 0, 11, 3))
+    assert out == struct.pack("<BQQIQB", 4, ID | 1, 11, 3, 3, 0) + \
+        struct.pack("<BBqQI", 7, 49, 100, 0, 0)
+    out = eng.apply(0, 0, c.CANCEL, struct.pack("<QQI", 0, 11, 3))
+    assert out == struct.pack("<BQIHQ", 2, 11, 3, 3005, 0)
+
+
+def test_apply_frame_mirrors_each_input_record():
+    from mq.record import decode, encode
+    eng, ref = CrossEngine(), ReferenceEngine()
+    cmds = [(c.NEW_ORDER, c.new_order(1, c.BUY, 100, 5, 1)), (c.KIND_TICK, b""),
+            (c.NEW_ORDER, c.new_order(2, c.SELL, 100, 3, 2)), (77, b"?")]
+    frame = encode([(10 + i, 99 + i, 5, 20 + i, 2, k, p) for i, (k, p) in enumerate(cmds)])
+    out = decode(eng.apply_frame(frame))
+    assert [r[:6] for r in out] == [(10 + i, 99 + i, 5, 20 + i, 2, k)
+                                    for i, (k, _p) in enumerate(cmds)]
+    assert [r[6] for r in out] == [ref.apply(0, 0, k, p) for k, p in cmds]
