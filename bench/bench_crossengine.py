@@ -3,8 +3,9 @@
 Method. A seeded flow of operations on one symbol is generated up front (not timed), with a
 generator engine that tracks which orders are live, so that cancels and amends name real
 orders. It is encoded as sequenced mq frames of 1,024 records, as a replica receives them. The
-Cython engine applies the frames (`apply_frame`, one call per frame); the reference applies
-the same commands one by one. Both run in this process, GC off, after a warm-up. Each reports
+Cython engine applies the frames (`apply_frame`, one call per frame), handing each output frame
+on before the next, as a replica does; the outputs for the hash come from one more, untimed
+run. The reference applies the same commands one by one. Both run in this process, GC off, after a warm-up. Each reports
 ops/s; the hash is sha256 over every Trade event in order, and both must give the same one.
 
 Flows:
@@ -149,10 +150,18 @@ def payloads_of_frames(out_frames: list[bytes]):
             off = nxt
 
 
-def run_engine(fr: list[bytes]) -> tuple[float, list[bytes], bytes]:
+def run_engine(fr: list[bytes], keep: bool = False) -> tuple[float, list[bytes], bytes]:
+    """Timed as a replica runs: each output frame is handed on (here: dropped) before the next
+    frame is applied. keep=True collects the outputs for the fills hash, untimed."""
     eng = CrossEngine(max_qty=1_000_000)
+    outs: list[bytes] = []
+    apply = eng.apply_frame
     t0 = time.perf_counter()
-    outs = [eng.apply_frame(f) for f in fr]
+    if keep:
+        outs = [apply(f) for f in fr]
+    else:
+        for f in fr:
+            apply(f)
     return time.perf_counter() - t0, outs, eng.state_hash()
 
 
@@ -164,13 +173,52 @@ def run_reference(cmds: list[tuple[int, bytes]]) -> tuple[float, list[bytes], by
     return time.perf_counter() - t0, outs, ref.state_hash()
 
 
+def snapshot_bench(orders: int, repeat: int) -> None:
+    """Snapshot and restore of a book of `orders` resting orders over 20,000 levels a side."""
+    rng = random.Random(11)
+    cmds = []
+    for i in range(orders):
+        side = c.BUY if i % 2 else c.SELL
+        price = 1_000_000 - rng.randint(1, 20_000) if side == c.BUY else \
+            1_000_000 + rng.randint(0, 19_999)
+        cmds.append((c.NEW_ORDER, c.new_order(i + 1, side, price, rng.randint(1, 100),
+                                              rng.randint(1, 5000))))
+    eng = CrossEngine(max_qty=1_000_000, capacity=orders + 16)
+    for f in frames(cmds):
+        eng.apply_frame(f)
+    if len(eng) != orders:
+        raise SystemExit(f"expected {orders} resting orders, the book holds {len(eng)}")
+    snaps, restores, checked = [], [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        data = eng.snapshot()
+        snaps.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        back = CrossEngine.restore(data, check=False)
+        restores.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        back = CrossEngine.restore(data)
+        checked.append(time.perf_counter() - t0)
+    same = back.state_hash() == eng.state_hash()
+    ms = lambda xs: statistics.median(xs) * 1000  # noqa: E731
+    print(f"[snapshot] {orders:,} resting orders, {len(data) / 1e6:.1f} MB: snapshot "
+          f"{ms(snaps):.0f} ms, restore {ms(restores):.0f} ms, restore with invariant check "
+          f"{ms(checked):.0f} ms (medians of {repeat}); state hash "
+          f"{eng.state_hash().hex()[:16]} {'identical after restore' if same else 'DIFFERENT'}",
+          flush=True)
+    if not same:
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ops", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--flow", default="all", choices=["core", "mixed", "all"])
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--snapshot-orders", type=int, default=1_000_000)
     a = ap.parse_args()
+    snapshot_bench(a.snapshot_orders, a.repeat)
     for flow in (["core", "mixed"] if a.flow == "all" else [a.flow]):
         cmds = generate(flow, a.ops, a.seed)
         fr = frames(cmds)
@@ -181,10 +229,11 @@ def main() -> None:
         ref_s, ref_out, ref_state = run_reference(cmds)
         gc.enable()
         eng_s = statistics.median(r[0] for r in eng_runs)
-        eng_hash = fills_hash_of_events(payloads_of_frames(eng_runs[0][1]))
+        _t, kept, kept_state = run_engine(fr, keep=True)
+        eng_hash = fills_hash_of_events(payloads_of_frames(kept))
         ref_hash = fills_hash_of_events(ref_out)
         trades = sum(1 for p in ref_out for ev in c.decode_events(p) if ev[0] == c.EV_TRADE)
-        same = eng_hash == ref_hash and eng_runs[0][2] == ref_state
+        same = eng_hash == ref_hash and eng_runs[0][2] == ref_state == kept_state
         print(f"[{flow}] {a.ops:,} ops, {trades:,} trades: engine {a.ops / eng_s:,.0f} ops/s "
               f"(median of {a.repeat}), reference {a.ops / ref_s:,.0f} ops/s, ratio "
               f"{ref_s / eng_s:.1f}x; fills hash engine {eng_hash} reference {ref_hash}; "

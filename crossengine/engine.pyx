@@ -191,11 +191,15 @@ cdef int table_grow(Table* t) except -1:
 
 cdef int table_put(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
     cdef int64_t found = table_find(t, k1, k2)
-    cdef uint64_t i
     if found >= 0:
         t.slots[found].v1 = v1
         t.slots[found].v2 = v2
         return 0
+    return table_add(t, k1, k2, v1, v2)
+
+cdef int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
+    """Insert a key the caller knows is absent (no lookup first)."""
+    cdef uint64_t i
     if (t.size + 1) * 2 > t.mask + 1:
         table_grow(t)
     i = mix(k1, k2) & t.mask
@@ -290,7 +294,8 @@ cdef class CrossEngine:
 
     def __cinit__(self, uint32_t symbol_id=1, int64_t tick_size=1, uint64_t min_qty=1,
                   uint64_t max_qty=1_000_000_000, int64_t max_price=1 << 62,
-                  uint64_t max_orders=10_000_000, int32_t capacity=1 << 16):
+                  uint64_t max_orders=10_000_000, int32_t capacity=1 << 16,
+                  int32_t level_capacity=1 << 12):
         if symbol_id == 0 or symbol_id >= (1 << 24):
             raise ValueError("symbol_id must be in 1 .. 2**24-1")
         if tick_size <= 0 or max_price <= 0 or max_price > (1 << 62) or min_qty == 0:
@@ -311,7 +316,8 @@ cdef class CrossEngine:
         self.all_tail = -1
         capacity = max(capacity, 16)
         self.orders = <Order*>malloc(capacity * sizeof(Order))
-        self.levels = <Level*>malloc(capacity * sizeof(Level))
+        level_capacity = max(level_capacity, 16)
+        self.levels = <Level*>malloc(level_capacity * sizeof(Level))
         self.touched = <Touched*>malloc(64 * sizeof(Touched))
         for s in range(2):
             self.sides[s].levels = <int32_t*>malloc(1024 * sizeof(int32_t))
@@ -323,7 +329,7 @@ cdef class CrossEngine:
         self.orders_cap = 0
         self._grow_orders(capacity)
         self.levels_cap = 0
-        self._grow_levels(capacity)
+        self._grow_levels(level_capacity)
         self.touched_cap = 64
         table_init(&self.by_id, 1 << 17)
         table_init(&self.by_client, 1 << 17)
@@ -383,6 +389,18 @@ cdef class CrossEngine:
         self.orders[i].live = 0
         self.orders[i].next = self.free_order
         self.free_order = i
+
+    cdef int _reserve_index(self, uint64_t n) except -1:
+        """Size the order indexes for n orders at once (restore), instead of growing by doubling."""
+        cdef uint64_t cap = 1 << 17
+        while cap < 2 * n + 2:
+            cap <<= 1
+        if cap > self.by_id.mask + 1:
+            free(self.by_id.slots)
+            table_init(&self.by_id, cap)
+            free(self.by_client.slots)
+            table_init(&self.by_client, cap)
+        return 0
 
     # -- levels -----------------------------------------------------------------------------
     cdef int32_t _find_pos(self, int s, int64_t price) noexcept:
@@ -515,8 +533,9 @@ cdef class CrossEngine:
         cdef Order* o = &self.orders[i]
         cdef int64_t a
         cdef int32_t tail
-        table_put(&self.by_id, o.order_id, 0, i, 0)
-        table_put(&self.by_client, o.client_order_id, o.account, i, 0)
+        # Both keys are new: ids are never reused, and a client id in use was refused.
+        table_add(&self.by_id, o.order_id, 0, i, 0)
+        table_add(&self.by_client, o.client_order_id, o.account, i, 0)
         o.all_prev = self.all_tail
         o.all_next = -1
         if self.all_tail >= 0:
@@ -528,7 +547,11 @@ cdef class CrossEngine:
         if a < 0 or self.by_account.slots[a].v1 < 0:
             o.acct_prev = -1
             o.acct_next = -1
-            table_put(&self.by_account, o.account, 0, i, i)
+            if a < 0:
+                table_add(&self.by_account, o.account, 0, i, i)
+            else:
+                self.by_account.slots[a].v1 = i
+                self.by_account.slots[a].v2 = i
         else:
             tail = self.by_account.slots[a].v2
             o.acct_prev = tail
@@ -1056,7 +1079,9 @@ cdef class CrossEngine:
         return data
 
     @classmethod
-    def restore(cls, data):
+    def restore(cls, data, bint check=True):
+        """The engine a snapshot describes. With check (the default) the rebuilt book is
+        verified by check_invariants() before it is returned."""
         cdef const unsigned char[::1] view = data
         (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, counter,
          trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
@@ -1069,6 +1094,7 @@ cdef class CrossEngine:
         eng.order_counter = counter
         eng.trade_id = trade_id
         eng.halted = bool(halted)
+        eng._reserve_index(n)
         cdef Py_ssize_t off = SNAP_HEADER.size, k
         cdef int32_t i, lo, hi, tmp
         cdef const unsigned char* p = &view[0]
@@ -1108,7 +1134,8 @@ cdef class CrossEngine:
         finally:
             free(ids)
         eng.n_touched = 0
-        eng.check_invariants()
+        if check:
+            eng.check_invariants()
         return eng
 
     def state_hash(self):
