@@ -296,3 +296,24 @@ def pack(uint32_t source, uint64_t source_seq_first, uint16_t kind, payloads):
 def tick(uint64_t seq, uint64_t ts_ns, uint64_t source_seq, uint32_t epoch):
     """One sequenced Tick record (source 0, empty payload)."""
     return encode([(seq, ts_ns, 0, source_seq, epoch, KIND_TICK, b"")])
+
+
+def epoch_runs(const unsigned char[::1] buf):
+    """[(epoch, first_seq), ...]: where each run of one epoch starts in a sequenced frame."""
+    cdef Py_ssize_t n = buf.shape[0], off = 0, nxt
+    cdef const unsigned char* p
+    cdef uint32_t epoch, cur = 0
+    cdef bint started = False
+    out = []
+    if n == 0:
+        return out
+    p = &buf[0]
+    while off < n:
+        nxt = _next(p, off, n)
+        epoch = rd32(p + off + 28)
+        if not started or epoch != cur:
+            out.append((epoch, rd64(p + off)))
+            cur = epoch
+            started = True
+        off = nxt
+    return out

@@ -18,6 +18,7 @@ try:
         FrameError,
         decode,
         encode,
+        epoch_runs,
         offset_of,
         pack,
         scan,
@@ -58,5 +59,5 @@ def trim(frame: bytes, first: int, want_from: int, want_to: int | None = None) -
 
 
 __all__ = ["HEADER_SIZE", "KIND_TICK", "MAX_FRAME", "MAX_PAYLOAD", "RECORD_HEADER", "FrameError",
-           "Record", "decode", "encode", "offset_of", "pack", "records", "scan", "scan_producer",
+           "Record", "decode", "encode", "epoch_runs", "offset_of", "pack", "records", "scan", "scan_producer",
            "source_runs", "stamp", "tick", "trim"]

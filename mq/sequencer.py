@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from mq import wire
+from mq import replication, wire
 from mq.record import FrameError, scan, scan_producer, source_runs, stamp, tick, trim
 
 log = logging.getLogger("seqex.sequencer")
@@ -57,6 +57,7 @@ class Link:
     known: bool = False       # it answered STATE (or an APPEND) since the master started
     progress_at: float = field(default_factory=time.monotonic)
     divergent: bool = False   # it refused our bytes as a conflict; its acks do not count
+    commit_sent: int = 0      # the commit point it was last told
 
 
 class Window:
@@ -138,7 +139,12 @@ class Sequencer:
         self.window = Window(window_bytes)
         self.epoch = 0
         self.next_seq = 1
+        self.first_own_seq = 1       # acks count towards commit from this seq on
         self.committed = 0
+        self.history: list[tuple[int, int]] = []  # [(epoch, first seq)] of this master's log
+        self.durable_after_first_commit: dict[int, int] | None = None
+        self.probe_at = 0.0
+        self.commit_note_at = 0.0
         self.ts_ns = 0
         self.next_ss: dict[int, int] = {}     # per source: next source_seq to sequence
         self.durable_ss: dict[int, int] = {}  # per source: next source_seq not yet committed
@@ -154,55 +160,100 @@ class Sequencer:
 
     # -- start-up -----------------------------------------------------------------------
     def recover(self, deadline_s: float = 60.0) -> None:
-        """Learn the last seq, epoch and producer positions from the replicators."""
-        need = {"first": 1, "quorum": len(self.links) // 2 + 1, "all": len(self.links)}[self.policy]
-        states: dict[int, dict] = {}
+        """Take over the stream: learn the replicators' states, claim an epoch above every
+        epoch they have seen (which fences any older master), adopt the best log, truncate
+        the divergent uncommitted tails of the others, and resume after the best log's end."""
+        need = replication.needed(self.policy, len(self.links))
+        deadline = time.monotonic() + deadline_s
+        while True:
+            states = self._gather(wire.STATE, lambda: {"stream": self.stream}, need, deadline)
+            epoch = max(st["epoch"] for st in states.values()) + 1
+            claimed = self._gather(wire.CLAIM, lambda e=epoch: {"stream": self.stream, "epoch": e},
+                                   need, deadline, min_epoch=epoch)
+            if all(st["ok"] for st in claimed.values()):
+                break
+            log.warning("%s: epoch %d was overtaken by another master; trying again",
+                        self.stream, epoch)
+        self.epoch = epoch
+        order = sorted(claimed)
+        best = claimed[order[replication.best_log([claimed[i] for i in order])]]
+        last = best["last"]
+        self.history = [tuple(h) for h in best["history"]] + [(epoch, last + 1)]
+        self.next_seq = self.first_own_seq = last + 1
+        self.committed = max(st["commit"] for st in claimed.values())
+        self.ts_ns = best["ts"]
+        # The best log's source table describes exactly the adopted log. It counts as
+        # durable (WELCOME.durable) only once this epoch's first record commits.
+        self.next_ss = {src: nxt for src, nxt, _seq in best["sources"]}
+        self.durable_after_first_commit = dict(self.next_ss)
+        lowest = last
+        for i in order:
+            lowest = min(lowest, self._reconcile(self.links[i], claimed[i]))
+        self._load_tail(self.links[self._index_of(best, claimed)],
+                        max(1, min(lowest + 1, last - 10_000 + 1)), last)
+        log.info("%s: epoch %d resumes after seq %d (commit %d; %d of %d replicators, lowest "
+                 "agreeing at %d)", self.stream, self.epoch, last, self.committed,
+                 len(claimed), len(self.links), lowest)
+
+    @staticmethod
+    def _index_of(best: dict, claimed: dict[int, dict]) -> int:
+        return next(i for i, st in claimed.items() if st is best)
+
+    def _gather(self, kind: bytes, body: Any, need: int, deadline: float,
+                min_epoch: int = 0) -> dict[int, dict]:
+        """Ask every replicator; return the answers of all of them, or of at least `need`
+        once the start-up grace has passed."""
+        answers: dict[int, dict] = {}
         started = time.monotonic()
         ask_at = 0.0
-        while True:
+        while len(answers) < len(self.links):
             now = time.monotonic()
-            if len(states) == len(self.links):
+            if len(answers) >= need and now - started >= self.startup_grace_s:
                 break
-            if len(states) >= need and now - started >= self.startup_grace_s:
-                break
-            if now - started > deadline_s:
-                raise TimeoutError(f"{self.stream}: {len(states)} of {need} replicators answered")
+            if now > deadline:
+                raise TimeoutError(f"{self.stream}: {len(answers)} of {need} replicators answered")
             if now >= ask_at:
                 for i, link in enumerate(self.links):
-                    if i not in states:
-                        self._try_send(link, [wire.STATE, wire.pack({"stream": self.stream})])
+                    if i not in answers:
+                        self._try_send(link, [kind, wire.pack(body())])
                 ask_at = now + 0.5
             for sock, _ in self.poller.poll(100):
                 for i, link in enumerate(self.links):
                     if sock is link.sock:
                         msg = sock.recv_multipart()
-                        if msg[0] == wire.STATE:
-                            states[i] = wire.unpack(msg[1])
-        best_i = max(states, key=lambda i: states[i]["last"])
-        best = states[best_i]
-        last = best["last"]
-        self.epoch = max(s["epoch"] for s in states.values()) + 1
-        self.next_seq = last + 1
-        self.committed = last
-        self.ts_ns = best["ts"]
-        for s in states.values():
-            for src, nxt, _seq in s["sources"]:
-                self.next_ss[src] = max(self.next_ss.get(src, 1), nxt)
-        self.durable_ss = dict(self.next_ss)  # what the log holds at start-up is adopted
-        for i, s in states.items():
-            self.links[i].acked = self.links[i].sent = s["last"]
-            self.links[i].known = True
-        lowest = min(s["last"] for s in states.values())
-        self._load_tail(self.links[best_i], max(1, min(lowest + 1, last - 10_000 + 1)), last)
-        log.info("%s: epoch %d resumes after seq %d (%d of %d replicators, lowest at %d)",
-                 self.stream, self.epoch, last, len(states), len(self.links), lowest)
+                        if msg[0] != wire.STATE:
+                            continue
+                        st = wire.unpack(msg[1])
+                        # a late answer to an earlier question does not count
+                        if st.get("stream") == self.stream and (
+                                st["epoch"] >= min_epoch or not st["ok"]):
+                            answers[i] = st
+        return answers
+
+    def _reconcile(self, link: Link, st: dict) -> int:
+        """Bring a replicator's view in line with this master's log: the seq up to which it
+        agrees; a divergent tail beyond it (never committed) is truncated. Returns that seq."""
+        top = self.next_seq - 1
+        agreed = min(replication.common_prefix(st["history"], st["last"], self.history, top),
+                     st["last"])
+        if agreed < st["last"]:
+            log.warning("%s: %s holds a divergent tail %d..%d; truncating it", self.stream,
+                        link.addr, agreed + 1, st["last"])
+            self._try_send(link, [wire.TRUNCATE, wire.pack(
+                {"stream": self.stream, "epoch": self.epoch, "after": agreed})])
+        link.acked = link.sent = agreed
+        link.known = True
+        link.divergent = False
+        link.progress_at = time.monotonic()
+        return agreed
 
     def _load_tail(self, link: Link, seq_from: int, seq_to: int) -> None:
         """Seed the resend window (and the re-ack memory) from the most advanced replicator."""
         seq = seq_from
         while seq <= seq_to:
             link.sock.send_multipart([wire.REPLAY, wire.pack(
-                {"stream": self.stream, "from": seq, "to": seq_to, "max_bytes": 4 << 20})])
+                {"stream": self.stream, "from": seq, "to": seq_to, "max_bytes": 4 << 20,
+                 "uncommitted": True})])
             if not link.sock.poll(10_000):
                 raise TimeoutError(f"{self.stream}: replay of the tail from {link.addr} timed out")
             msg = link.sock.recv_multipart()
@@ -220,7 +271,8 @@ class Sequencer:
     def serve(self) -> None:
         log.info("%s: producers on %s, subscribers on %s, policy %s", self.stream,
                  self.producer_endpoint, self.pub_endpoint, self.policy)
-        self.last_activity_ns = time.time_ns()
+        # A first record of this epoch at once: when it commits, so does the adopted tail.
+        self._emit_tick(time.time_ns())
         while self.running:
             wait_ms = max(0, (self.last_activity_ns + self.tick_ns - time.time_ns()) // 1_000_000)
             events = dict(self.poller.poll(min(wait_ms, 100)))
@@ -353,6 +405,14 @@ class Sequencer:
     # -- replication --------------------------------------------------------------------
     def _pump_all(self) -> None:
         now = time.monotonic()
+        if now >= self.probe_at:
+            # A replicator that was down, or fell behind the window, is claimed again and
+            # reconciled when it answers.
+            self.probe_at = now + 0.5
+            for link in self.links:
+                if not link.known:
+                    self._try_send(link, [wire.CLAIM, wire.pack(
+                        {"stream": self.stream, "epoch": self.epoch})])
         for link in self.links:
             if link.sent > link.acked and now - link.progress_at > RESEND_AFTER_S:
                 link.sent = link.acked  # acknowledgements stalled: go back and resend
@@ -371,9 +431,10 @@ class Sequencer:
                 return
             first, last, frame = piece
             body = wire.pack({"stream": self.stream, "epoch": self.epoch,
-                              "first": first, "last": last})
+                              "first": first, "last": last, "commit": self.committed})
             if not self._try_send(link, [wire.APPEND, body, frame]):
                 return
+            link.commit_sent = self.committed
             if link.sent == link.acked:
                 link.progress_at = time.monotonic()
             link.sent = last
@@ -410,26 +471,32 @@ class Sequencer:
                 link.known = True
             elif msg[0] == wire.STATE:
                 body = wire.unpack(msg[1])
-                link.acked = link.sent = body["last"]
-                link.known = True
+                if body.get("stream") != self.stream or link.known:
+                    continue
+                if not body["ok"] or body["epoch"] > self.epoch:
+                    raise SequencerStale(f"{self.stream}: {link.addr} has seen epoch "
+                                         f"{body['epoch']} > {self.epoch}; this master is fenced")
+                if body["epoch"] == self.epoch:
+                    self._reconcile(link, body)
             elif msg[0] == wire.ERROR:
                 log.error("%s: %s answered %s", self.stream, link.addr, wire.unpack(msg[1]))
 
     def _commit_point(self) -> int:
-        acks = sorted((lk.acked for lk in self.links if not lk.divergent), reverse=True)
-        if not acks:
-            return self.committed
-        if self.policy == "first":
-            return acks[0]
-        if self.policy == "quorum":
-            need = len(self.links) // 2 + 1
-            return acks[need - 1] if len(acks) >= need else self.committed
-        return acks[-1] if len(acks) == len(self.links) else self.committed
+        point = replication.commit_point(
+            [lk.acked for lk in self.links if lk.known and not lk.divergent],
+            len(self.links), self.policy)
+        if point < self.first_own_seq:
+            return self.committed  # only a record of this epoch commits what came before
+        return max(point, self.committed)
 
     def _forward(self) -> None:
         point = self._commit_point()
         if point > self.committed:
             self.committed = point
+            if self.durable_after_first_commit is not None:
+                for src, nxt in self.durable_after_first_commit.items():
+                    self.durable_ss[src] = max(self.durable_ss.get(src, 1), nxt)
+                self.durable_after_first_commit = None
         acks_by: dict[tuple[bytes, int], tuple[int, list]] = {}
         while self.pending and self.pending[0][1] <= self.committed:
             _first, _last, frame, acks = self.pending.popleft()
@@ -440,6 +507,17 @@ class Sequencer:
                 acks_by[(ident, src)] = (max(entry[0], nxt), entry[1] + runs)
         for (ident, src), (nxt, runs) in acks_by.items():
             self._reply(ident, wire.ACK, {"src": src, "next": nxt, "runs": runs})
+        now = time.monotonic()
+        if now >= self.commit_note_at:
+            # Replicators serve replay up to the commit point; tell them when it moved and no
+            # APPEND carried it (at most every 5 ms).
+            self.commit_note_at = now + 0.005
+            for link in self.links:
+                if link.known and link.commit_sent < self.committed:
+                    if self._try_send(link, [wire.COMMIT, wire.pack(
+                            {"stream": self.stream, "epoch": self.epoch,
+                             "commit": self.committed})]):
+                        link.commit_sent = self.committed
 
     # -- control ------------------------------------------------------------------------
     def _control(self, ident: bytes, kind: bytes, body: dict) -> None:

@@ -58,7 +58,9 @@ class Subscriber:
         self.req = 0
         self.inflight_at = 0.0      # when the outstanding replay request left
         self.heard_at = time.monotonic()  # last live frame, or last probe
-        self.stats = {"live_frames": 0, "replayed_frames": 0, "gaps": 0, "bad_frames": 0}
+        self.live_epoch = 0         # highest master epoch seen on the live feed
+        self.stats = {"live_frames": 0, "replayed_frames": 0, "gaps": 0, "bad_frames": 0,
+                      "fenced_frames": 0}
 
     # -- replay ------------------------------------------------------------------------
     def _ask(self) -> None:
@@ -138,6 +140,11 @@ class Subscriber:
                 log.error("%s: dropped a malformed live frame: %s", self.stream, exc)
                 continue
             self.stats["live_frames"] += 1
+            epoch = int.from_bytes(msg[1][28:32], "little")
+            if epoch < self.live_epoch:
+                self.stats["fenced_frames"] += 1  # a stale master's: a newer one took over
+                continue
+            self.live_epoch = epoch
             self._take(first, last, msg[1], out)
             if self.replaying:
                 return

@@ -22,11 +22,17 @@ ACK = b"ACK"            # sequencer: {src, next, runs: [[ss_first, ss_last, seq_
                         # source_seq below next is committed; runs name the seqs it knows
 REFUSE = b"REFUSE"      # sequencer: {src, next}             resend from next
 # master <-> replicator
-STATE = b"STATE"        # master: {stream} -> {stream, last, epoch, ts, sources: [[src, ss, seq]]}
-APPEND = b"APPEND"      # master: {stream, epoch, first, last} + records
+STATE = b"STATE"        # master: {stream} -> {stream, last, epoch, ts, commit, last_epoch,
+                        #   history: [[epoch, first seq]], sources: [[src, ss, seq]], ok}
+CLAIM = b"CLAIM"        # master: {stream, epoch} -> STATE with ok: false if a higher epoch
+                        # was seen; from then on the replicator refuses lower epochs
+APPEND = b"APPEND"      # master: {stream, epoch, first, last, commit} + records
+TRUNCATE = b"TRUNCATE"  # master: {stream, epoch, after} -> APPENDED
+COMMIT = b"COMMIT"      # master: {stream, epoch, commit}: the commit point moved (no answer)
 APPENDED = b"APPENDED"  # replicator: {stream, last, epoch, ok, reason?, seq?}
 # anyone <-> replicator
-REPLAY = b"REPLAY"      # {stream, from, to, max_bytes, req} -> RECORDS
+REPLAY = b"REPLAY"      # {stream, from, to, max_bytes, req, uncommitted?} -> RECORDS; only
+                        # committed records unless uncommitted (masters, peer catch-up)
 RECORDS = b"RECORDS"    # {stream, from, last, req} + records (possibly empty)
 # anyone <-> any server
 PING = b"PING"          # {} -> PONG {role, ...stats}

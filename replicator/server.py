@@ -8,7 +8,9 @@ One ROUTER socket answers:
   held. Refusals: "fenced" (epoch below one already seen), "gap" (the frame does not
   extend the log; the master resends from ``last`` + 1), "conflict" (different bytes at a
   seq already held; never overwritten).
-* STATE {stream} -> {stream, last, epoch, ts, sources}: what a starting master needs.
+* STATE {stream} -> the log's state (last, epoch, commit, epoch history, sources); CLAIM
+  {stream, epoch} -> the same, after persisting the epoch: a new master fences the old one.
+* TRUNCATE {stream, epoch, after}: drop a divergent uncommitted tail (never below commit).
 * REPLAY {stream, from, to, max_bytes, req} -> RECORDS {stream, from, last, req} + frame:
   pull-based, one bounded chunk per request, so a slow reader costs no server memory.
 * PING -> PONG with statistics; STOP -> PONG, then a clean exit.
@@ -69,13 +71,19 @@ class Replicator:
         self.store.close()
 
     def handle(self, batch: list[list[bytes]]) -> None:
-        """Appends of the batch share one transaction; their acks go out after commit."""
+        """Consecutive writes of the batch share one transaction (group commit); their acks go
+        out after the commit. A read or control message first commits what came before it, so
+        it sees everything acknowledged and replies keep their order."""
         replies: list[list[bytes]] = []
         txn = None
         for msg in batch:
             if len(msg) < 3:
                 continue  # no identity and kind: nothing to answer
             ident, kind = msg[0], msg[1]
+            if txn is not None and kind not in (wire.APPEND, wire.CLAIM, wire.TRUNCATE,
+                                                wire.COMMIT):
+                self._commit(txn, replies)
+                txn, replies = None, []
             try:
                 body = wire.unpack(msg[2])
                 if kind == wire.APPEND:
@@ -84,14 +92,32 @@ class Replicator:
                     if txn is None:
                         txn = self.store.write()
                     replies.append([ident, wire.APPENDED, self._append(txn, body, msg[3])])
+                elif kind == wire.COMMIT:
+                    if txn is None:
+                        txn = self.store.write()
+                    log_ = self.store.stream(wire.field(body, "stream", str), txn)
+                    if wire.field(body, "epoch", int) >= log_.epoch:
+                        log_.set_commit(txn, wire.field(body, "commit", int))
+                elif kind in (wire.CLAIM, wire.TRUNCATE):
+                    if txn is None:
+                        txn = self.store.write()
+                    replies.append([ident, *self._master_change(txn, kind, body)])
                 else:
                     replies.append([ident, *self._control(kind, body)])
             except (wire.WireError, FrameError, ValueError) as exc:
                 self.stats["errors"] += 1
                 replies.append([ident, wire.ERROR, wire.pack({"error": str(exc)})])
         if txn is not None:
-            txn.commit()
-            self.stats["commits"] += 1
+            self._commit(txn, replies)
+        else:
+            self._send(replies)
+
+    def _commit(self, txn: Any, replies: list[list[bytes]]) -> None:
+        txn.commit()
+        self.stats["commits"] += 1
+        self._send(replies)
+
+    def _send(self, replies: list[list[bytes]]) -> None:
         for reply in replies:
             try:
                 self.sock.send_multipart(reply, zmq.NOBLOCK)
@@ -104,6 +130,9 @@ class Replicator:
         log_ = self.store.stream(stream, txn)
         before = log_.last
         result = log_.append(txn, epoch, frame)
+        commit = body.get("commit")
+        if result.ok and isinstance(commit, int) and not isinstance(commit, bool):
+            log_.set_commit(txn, commit)
         if not result.ok:
             self.stats["refused"] += 1
             if result.reason == "conflict":
@@ -112,6 +141,25 @@ class Replicator:
         return wire.pack({"stream": stream, "ok": result.ok, "last": result.last,
                           "epoch": result.epoch, "reason": result.reason, "seq": result.seq})
 
+    def _master_change(self, txn: Any, kind: bytes, body: dict) -> list[bytes]:
+        stream = wire.field(body, "stream", str)
+        epoch = wire.field(body, "epoch", int)
+        log_ = self.store.stream(stream, txn)
+        if kind == wire.CLAIM:
+            ok = log_.claim(txn, epoch)
+            if not ok:
+                self.stats["refused"] += 1
+            return [wire.STATE, wire.pack({**log_.state(), "ok": ok})]
+        result = log_.truncate(txn, epoch, wire.field(body, "after", int))
+        if result.ok:
+            log.info("%s: truncated after seq %d for epoch %d", stream, log_.last, epoch)
+        else:
+            self.stats["refused"] += 1
+            log.error("%s: refused to truncate after %d: %s", stream, body["after"], result.reason)
+        return [wire.APPENDED, wire.pack({"stream": stream, "ok": result.ok, "last": result.last,
+                                          "epoch": result.epoch, "reason": result.reason,
+                                          "seq": result.seq})]
+
     def _control(self, kind: bytes, body: dict) -> list[bytes]:
         if kind == wire.REPLAY:
             stream = wire.field(body, "stream", str)
@@ -119,19 +167,20 @@ class Replicator:
             seq_to = body.get("to")
             max_bytes = min(int(body.get("max_bytes") or MAX_REPLAY_BYTES), MAX_REPLAY_BYTES)
             log_ = self.store.stream(stream)
-            frame = log_.read(seq_from, seq_to if isinstance(seq_to, int) else None, max_bytes)
+            top = log_.last if body.get("uncommitted") is True else log_.commit
+            if not isinstance(seq_to, int) or seq_to > top:
+                seq_to = top
+            frame = log_.read(seq_from, seq_to, max_bytes)
             self.stats["replayed_bytes"] += len(frame)
             return [wire.RECORDS, wire.pack({"stream": stream, "from": seq_from,
-                                             "last": log_.last, "epoch": log_.epoch,
-                                             "req": body.get("req")}), frame]
+                                             "last": log_.last, "commit": log_.commit,
+                                             "epoch": log_.epoch, "req": body.get("req")}),
+                    frame]
         if kind == wire.STATE:
             stream = wire.field(body, "stream", str)
-            log_ = self.store.stream(stream)
-            return [wire.STATE, wire.pack({"stream": stream, "last": log_.last,
-                                           "epoch": log_.epoch, "ts": log_.ts_ns,
-                                           "sources": log_.sources()})]
+            return [wire.STATE, wire.pack({**self.store.stream(stream).state(), "ok": True})]
         if kind == wire.PING:
-            streams = {n: {"last": s.last, "epoch": s.epoch}
+            streams = {n: {"last": s.last, "epoch": s.epoch, "commit": s.commit}
                        for n, s in sorted(self.store.streams.items())}
             return [wire.PONG, wire.pack({"role": "replicator", "streams": streams,
                                           **self.stats})]

@@ -6,9 +6,11 @@ One LMDB environment holds any number of streams. Per stream:
   with contiguous seqs). Frames are appended; the frame that holds seq S is the one with the
   greatest key <= S, found with one cursor seek, so no separate index is needed.
 * ``meta:<stream>``: ``last`` (u64, highest contiguous seq held), ``epoch`` (highest master
-  epoch seen; lower ones are refused), ``ts`` (ts_ns of the last record) and one key per
-  producer source, ``s`` + u32 big-endian -> (next expected source_seq, seq of the last
-  record of that source), which is what lets a restarted master recognise duplicates.
+  epoch seen or claimed; lower ones are refused), ``ts`` (ts_ns of the last record),
+  ``commit`` (highest seq the master said is committed), one key per producer source,
+  ``s`` + u32 big-endian -> (next expected source_seq, seq of the last record of that source),
+  which is what lets a restarted master recognise duplicates, and the epoch history,
+  ``h`` + u64 big-endian first seq -> u32 epoch: where each epoch's records begin in this log.
 
 Everything a frame changes is written in one transaction, so a crash leaves either the whole
 frame or none of it. Invariants: the log of a stream is gapless from 1 to ``last``; a seq is
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 import lmdb
 
-from mq.record import FrameError, decode, offset_of, scan, source_runs
+from mq.record import FrameError, decode, epoch_runs, offset_of, scan, source_runs
 
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
@@ -35,8 +37,8 @@ class AppendResult:
     ok: bool
     last: int
     epoch: int
-    reason: str = ""       # "", "fenced", "gap", "conflict"
-    seq: int = 0           # the first conflicting seq for reason "conflict"
+    reason: str = ""       # "", "fenced", "gap", "conflict", "committed"
+    seq: int = 0           # the first conflicting seq ("conflict"), the commit point ("committed")
 
 
 class StreamLog:
@@ -62,6 +64,84 @@ class StreamLog:
         self.last = self._meta_u64(txn, b"last")
         self.epoch = self._meta_u64(txn, b"epoch")
         self.ts_ns = self._meta_u64(txn, b"ts")
+        self.commit = self._meta_u64(txn, b"commit")
+        self.history: list[tuple[int, int]] = []  # [(epoch, first seq)], by seq
+        cur = txn.cursor(db=self.meta_db)
+        if cur.set_range(b"h"):
+            for key, value in cur:
+                if not key.startswith(b"h") or len(key) != 9:
+                    break
+                self.history.append((U32.unpack(value)[0], U64.unpack(key[1:])[0]))
+
+    @property
+    def last_epoch(self) -> int:
+        """Epoch of the last record held (0 for an empty log)."""
+        return self.history[-1][0] if self.history and self.last else 0
+
+    def state(self) -> dict:
+        """What a starting master needs to know of this log."""
+        return {"stream": self.name, "last": self.last, "epoch": self.epoch, "ts": self.ts_ns,
+                "commit": self.commit, "last_epoch": self.last_epoch,
+                "history": [list(h) for h in self.history], "sources": self.sources()}
+
+    def claim(self, txn: lmdb.Transaction, epoch: int) -> bool:
+        """A new master claims `epoch`: from now on lower epochs are refused. False if a
+        higher epoch was already seen (the claimant is stale)."""
+        if epoch < self.epoch:
+            return False
+        if epoch > self.epoch:
+            txn.put(b"epoch", U64.pack(epoch), db=self.meta_db)
+            self.epoch = epoch
+        return True
+
+    def set_commit(self, txn: lmdb.Transaction, commit: int) -> None:
+        commit = min(commit, self.last)
+        if commit > self.commit:
+            txn.put(b"commit", U64.pack(commit), db=self.meta_db)
+            self.commit = commit
+
+    def truncate(self, txn: lmdb.Transaction, epoch: int, after: int) -> AppendResult:
+        """Drop every record above `after`: the divergent, never committed tail that a new
+        master found by comparing epoch histories. Refused for a stale master, and refused
+        below the commit point: a committed record is never removed."""
+        if epoch < self.epoch:
+            return AppendResult(False, self.last, self.epoch, "fenced")
+        if after < self.commit:
+            return AppendResult(False, self.last, self.epoch, "committed", self.commit)
+        if after >= self.last:
+            return AppendResult(True, self.last, self.epoch)
+        dropped = self.read(after + 1, self.last, txn=txn)
+        cur = txn.cursor(db=self.log_db)
+        cur.set_range(U64.pack(after + 1))
+        if not cur.key() or U64.unpack(cur.key())[0] != after + 1:
+            cur.prev()  # the frame that holds after + 1 starts below it: keep its head
+            first = U64.unpack(cur.key())[0]
+            frame = cur.value()
+            keep = frame[:offset_of(frame, after + 1 - first)]
+            txn.put(cur.key(), keep, db=self.log_db)
+            cur.next()
+        while cur.key() and U64.unpack(cur.key())[0] > after:
+            if not cur.delete():
+                break
+        lowest: dict[int, int] = {}
+        for src, ss_first, _ss_last, _seq in source_runs(dropped):
+            lowest[src] = min(lowest.get(src, ss_first), ss_first)
+        for src, ss in sorted(lowest.items()):
+            txn.put(b"s" + U32.pack(src), SRC.pack(ss, 0), db=self.meta_db)
+        for _epoch, first in [h for h in self.history if h[1] > after]:
+            txn.delete(b"h" + U64.pack(first), db=self.meta_db)
+        self.history = [h for h in self.history if h[1] <= after]
+        self.last = after
+        txn.put(b"last", U64.pack(after), db=self.meta_db)
+        ts = 0
+        if after:
+            ts = decode(self.read(after, after, txn=txn))[0][1]
+        txn.put(b"ts", U64.pack(ts), db=self.meta_db)
+        self.ts_ns = ts
+        if epoch > self.epoch:
+            txn.put(b"epoch", U64.pack(epoch), db=self.meta_db)
+            self.epoch = epoch
+        return AppendResult(True, self.last, self.epoch)
 
     def _meta_u64(self, txn: lmdb.Transaction, key: bytes) -> int:
         raw = txn.get(key, db=self.meta_db)
@@ -102,6 +182,10 @@ class StreamLog:
         for src, ss_first, ss_last, seq_first in source_runs(frame):
             seq_last = seq_first + (ss_last - ss_first)
             txn.put(b"s" + U32.pack(src), SRC.pack(ss_last + 1, seq_last), db=self.meta_db)
+        for epoch, seq in epoch_runs(frame):
+            if not self.history or self.history[-1][0] != epoch:
+                self.history.append((epoch, seq))
+                txn.put(b"h" + U64.pack(seq), U32.pack(epoch), db=self.meta_db)
         ts = int.from_bytes(frame[offset_of(frame, last - first) + 8:][:8], "little")
         txn.put(b"last", U64.pack(last), db=self.meta_db)
         txn.put(b"ts", U64.pack(ts), db=self.meta_db)
@@ -194,14 +278,19 @@ class Store:
 
     def append(self, stream: str, epoch: int, frame: bytes) -> AppendResult:
         """Append in a transaction of its own (tests and tools; the server groups frames)."""
+        return self.change(stream, lambda log, txn: log.append(txn, epoch, frame))
+
+    def change(self, stream: str, fn) -> AppendResult:
+        """Run fn(log, txn) in a transaction of its own; on an exception nothing changes,
+        on disk or in memory."""
         txn = self.write()
         log = self.stream(stream, txn)
-        last, ep, ts = log.last, log.epoch, log.ts_ns
         try:
-            result = log.append(txn, epoch, frame)
+            result = fn(log, txn)
         except BaseException:
             txn.abort()
-            log.last, log.epoch, log.ts_ns = last, ep, ts
+            with self.env.begin() as fresh:
+                log._load(fresh)
             raise
         txn.commit()
         return result

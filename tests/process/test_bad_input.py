@@ -9,7 +9,7 @@ import zmq
 
 from deploy.local import LogCluster
 from mq import wire
-from mq.control import ping, replay
+from mq.control import ping, replay, wait_until
 from mq.producer import Producer
 from mq.record import decode, encode, pack
 
@@ -55,7 +55,11 @@ def test_log_processes_survive_garbage(tmp_path):
         prod.submit(16, [b"r%d" % i for i in range(100)])
         prod.flush()
         prod.close()
-        recs = [r for f in replay(cluster.rep_addrs[0], cluster.stream) for r in decode(f)]
-        assert [r[6] for r in recs if r[2] == 1] == [b"r%d" % i for i in range(100)]
+        def replayed():
+            recs = [r for f in replay(cluster.rep_addrs[0], cluster.stream) for r in decode(f)]
+            return [r[6] for r in recs if r[2] == 1]
+        # replay serves committed records; the replicator learns the commit point shortly
+        wait_until(lambda: len(replayed()) >= 100, 30, "the records to be replayable")
+        assert replayed() == [b"r%d" % i for i in range(100)]
         for proc in cluster.replicators + [cluster.sequencer]:
             assert proc.alive, proc.log()[-2000:]
