@@ -19,6 +19,7 @@ class LogCluster:
         self.durability = durability
         self.tick_ms = tick_ms
         self.group = Group(os.path.join(root, "logs"))
+        self._endpoint = endpoint
         self.rep_addrs = [endpoint() for _ in range(replicators)]
         self.prod_addr = endpoint()
         self.pub_addr = endpoint()
@@ -42,12 +43,17 @@ class LogCluster:
         self.start_sequencer(timeout_s)
         return self
 
-    def start_sequencer(self, timeout_s: float = 60) -> Proc:
+    def start_sequencer(self, timeout_s: float = 60, new_endpoints: bool = False,
+                        name: str = "sequencer") -> Proc:
+        """Start a master. new_endpoints: on fresh addresses, as a standby on another host
+        would be, while the old master may still hold the old ones."""
+        if new_endpoints:
+            self.prod_addr, self.pub_addr = self._endpoint(), self._endpoint()
         args = ["sequencer", "--stream", self.stream, "--producers", self.prod_addr,
                 "--pub", self.pub_addr, "--policy", self.policy, "--tick-ms", str(self.tick_ms)]
         for addr in self.rep_addrs:
             args += ["--replicator", addr]
-        self.sequencer = self.group.spawn("sequencer", args, cpu=self._cpu(0))
+        self.sequencer = self.group.spawn(name, args, cpu=self._cpu(0))
         wait_until(lambda: (ping(self.prod_addr) or {}).get("epoch"), timeout_s, "the sequencer")
         return self.sequencer
 

@@ -464,10 +464,13 @@ class Sequencer:
                 elif body["reason"] == "gap":
                     link.acked = link.sent = body["last"]  # it lost what was in flight
                     link.progress_at = time.monotonic()
-                elif body["reason"] == "conflict":
-                    link.divergent = True
-                    log.error("%s: %s holds different bytes at seq %d", self.stream,
-                              link.addr, body["seq"])
+                elif body["reason"] in ("conflict", "committed"):
+                    # It holds other bytes where this master writes (a tail it kept from an
+                    # older epoch): claim it again and reconcile; until then its acks do not
+                    # count.
+                    link.known = False
+                    log.warning("%s: %s refused seq %d (%s); reconciling it", self.stream,
+                                link.addr, body["seq"], body["reason"])
                 link.known = True
             elif msg[0] == wire.STATE:
                 body = wire.unpack(msg[1])
