@@ -30,7 +30,7 @@ def _pin() -> None:
 
 def cmd_replicator(a: argparse.Namespace) -> int:
     from replicator.server import main
-    main(a.data, a.bind, a.durability)
+    main(a.data, a.bind, a.durability, a.peer)
     return 0
 
 
@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", required=True, help="LMDB directory")
     s.add_argument("--bind", required=True, help="ZeroMQ endpoint, e.g. tcp://127.0.0.1:7001")
     s.add_argument("--durability", choices=["os", "fsync"], default="os")
+    s.add_argument("--peer", action="append", default=[],
+                   help="another replicator, for catch-up and comparison (repeat)")
     s.set_defaults(fn=cmd_replicator)
 
     s = sub.add_parser("sequencer", help="run the sequencer master of one stream")

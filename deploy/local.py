@@ -12,7 +12,7 @@ from replicator.store import Store
 class LogCluster:
     def __init__(self, root: str, stream: str = "in.test", replicators: int = 2,
                  policy: str = "quorum", durability: str = "os", tick_ms: int = 100,
-                 endpoint=tcp, cpus: list[int] | None = None):
+                 endpoint=tcp, cpus: list[int] | None = None, peers: bool = True):
         self.root = root
         self.stream = stream
         self.policy = policy
@@ -24,6 +24,7 @@ class LogCluster:
         self.prod_addr = endpoint()
         self.pub_addr = endpoint()
         self.cpus = cpus
+        self.peers = peers
         self.replicators: list[Proc] = []
         self.sequencer: Proc | None = None
 
@@ -35,9 +36,11 @@ class LogCluster:
 
     def start(self, timeout_s: float = 60) -> LogCluster:
         for i, addr in enumerate(self.rep_addrs):
+            peers = sum((["--peer", p] for p in self.rep_addrs if p != addr and self.peers), [])
             self.replicators.append(self.group.spawn(
                 f"replicator{i}", ["replicator", "--data", self.data_dir(i), "--bind", addr,
-                                   "--durability", self.durability], cpu=self._cpu(i + 1)))
+                                   "--durability", self.durability, *peers],
+                cpu=self._cpu(i + 1)))
         for addr in self.rep_addrs:
             wait_until(lambda addr=addr: ping(addr), timeout_s, f"replicator {addr}")
         self.start_sequencer(timeout_s)

@@ -297,8 +297,10 @@ class Sequencer:
         self.drain_until = time.monotonic() + timeout_s
 
     def _all_replicated(self) -> bool:
+        """Every known replicator holds everything and has been told it is committed."""
         top = self.next_seq - 1
-        return not self.pending and all(lk.acked >= top for lk in self.links if lk.known)
+        return not self.pending and self.committed >= top and all(
+            lk.acked >= top and lk.commit_sent >= top for lk in self.links if lk.known)
 
     def _answer_control_only(self) -> None:
         """While draining, producers get no new seqs; they resend to the next master."""

@@ -33,7 +33,8 @@ APPENDED = b"APPENDED"  # replicator: {stream, last, epoch, ok, reason?, seq?}
 # anyone <-> replicator
 REPLAY = b"REPLAY"      # {stream, from, to, max_bytes, req, uncommitted?} -> RECORDS; only
                         # committed records unless uncommitted (masters, peer catch-up)
-RECORDS = b"RECORDS"    # {stream, from, last, req} + records (possibly empty)
+RECORDS = b"RECORDS"    # {stream, from, last, commit, req} + records (possibly empty)
+DIGEST = b"DIGEST"      # {stream, from, to} -> {stream, from, to, digest}: committed range only
 # anyone <-> any server
 PING = b"PING"          # {} -> PONG {role, ...stats}
 PONG = b"PONG"

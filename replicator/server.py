@@ -13,7 +13,11 @@ One ROUTER socket answers:
 * TRUNCATE {stream, epoch, after}: drop a divergent uncommitted tail (never below commit).
 * REPLAY {stream, from, to, max_bytes, req} -> RECORDS {stream, from, last, req} + frame:
   pull-based, one bounded chunk per request, so a slow reader costs no server memory.
+* DIGEST {stream, from, to} -> a digest of a committed range (peers compare logs with it).
 * PING -> PONG with statistics; STOP -> PONG, then a clean exit.
+
+With --peer addresses it also catches up from, compares with, and repairs from its peers
+(replicator/peers.py).
 
 A malformed message gets ERROR and changes nothing; the process never dies of bad input.
 """
@@ -28,7 +32,8 @@ import zmq
 
 from mq import wire
 from mq.record import FrameError
-from replicator.store import Store
+from replicator.peers import Peers, digest
+from replicator.store import CorruptFrame, Store
 
 log = logging.getLogger("seqex.replicator")
 
@@ -38,7 +43,7 @@ MAX_REPLAY_BYTES = 16 << 20   # cap of one RECORDS chunk
 
 class Replicator:
     def __init__(self, data_dir: str, bind: str, durability: str = "os",
-                 map_size: int = 64 << 30):
+                 map_size: int = 64 << 30, peers: list[str] | None = None):
         self.store = Store(data_dir, durability, map_size=map_size)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -52,21 +57,29 @@ class Replicator:
         self.bind = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.running = True
         self.stats = {"appended_records": 0, "commits": 0, "replayed_bytes": 0,
-                      "refused": 0, "errors": 0}
+                      "refused": 0, "errors": 0, "caught_up_records": 0, "compared_records": 0,
+                      "divergent_ranges": 0, "repaired_records": 0, "damaged_reads": 0}
+        self.peers = Peers(self.store, peers or [], self.ctx, self.stats)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.peers.register(self.poller)
 
     # -- the loop -----------------------------------------------------------------------
     def serve(self) -> None:
         log.info("replicator listening on %s (durability %s)", self.bind, self.store.durability)
         while self.running:
-            if not self.sock.poll(200):
-                continue
-            batch = []
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self.sock.recv_multipart(zmq.NOBLOCK, copy=True))
-                except zmq.Again:
-                    break
-            self.handle(batch)
+            events = dict(self.poller.poll(200))
+            if self.sock in events:
+                batch = []
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self.sock.recv_multipart(zmq.NOBLOCK, copy=True))
+                    except zmq.Again:
+                        break
+                self.handle(batch)
+            self.peers.on_events(events)
+            self.peers.tick()
+        self.peers.close()
         self.sock.close(0)
         self.store.close()
 
@@ -104,6 +117,10 @@ class Replicator:
                     replies.append([ident, *self._master_change(txn, kind, body)])
                 else:
                     replies.append([ident, *self._control(kind, body)])
+            except CorruptFrame as exc:
+                self.stats["damaged_reads"] += 1
+                log.error("%s", exc)
+                replies.append([ident, wire.ERROR, wire.pack({"error": str(exc)})])
             except (wire.WireError, FrameError, ValueError) as exc:
                 self.stats["errors"] += 1
                 replies.append([ident, wire.ERROR, wire.pack({"error": str(exc)})])
@@ -137,6 +154,8 @@ class Replicator:
             self.stats["refused"] += 1
             if result.reason == "conflict":
                 log.error("%s: refused different bytes at seq %d", stream, result.seq)
+            elif result.reason == "gap":
+                self.peers.behind(stream, wire.field(body, "first", int) - 1)
         self.stats["appended_records"] += result.last - before
         return wire.pack({"stream": stream, "ok": result.ok, "last": result.last,
                           "epoch": result.epoch, "reason": result.reason, "seq": result.seq})
@@ -176,6 +195,14 @@ class Replicator:
                                              "last": log_.last, "commit": log_.commit,
                                              "epoch": log_.epoch, "req": body.get("req")}),
                     frame]
+        if kind == wire.DIGEST:
+            stream = wire.field(body, "stream", str)
+            seq_from, seq_to = wire.field(body, "from", int), wire.field(body, "to", int)
+            log_ = self.store.stream(stream)
+            answer = {"stream": stream, "from": seq_from, "to": seq_to, "digest": ""}
+            if 1 <= seq_from <= seq_to <= log_.commit and seq_to - seq_from < 1_000_000:
+                answer["digest"] = digest(log_.read(seq_from, seq_to))
+            return [wire.DIGEST, wire.pack(answer)]
         if kind == wire.STATE:
             stream = wire.field(body, "stream", str)
             return [wire.STATE, wire.pack({**self.store.stream(stream).state(), "ok": True})]
@@ -190,8 +217,8 @@ class Replicator:
         raise wire.WireError(f"unknown message kind {kind[:32]!r}")
 
 
-def main(data_dir: str, bind: str, durability: str = "os") -> None:
-    server = Replicator(data_dir, bind, durability)
+def main(data_dir: str, bind: str, durability: str = "os", peers: list[str] | None = None) -> None:
+    server = Replicator(data_dir, bind, durability, peers=peers)
 
     def stop(_sig: int, _frame: Any) -> None:
         server.running = False

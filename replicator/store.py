@@ -2,9 +2,11 @@
 
 One LMDB environment holds any number of streams. Per stream:
 
-* ``log:<stream>``: key = first seq of a frame (u64 big-endian), value = the frame (records
-  with contiguous seqs). Frames are appended; the frame that holds seq S is the one with the
-  greatest key <= S, found with one cursor seek, so no separate index is needed.
+* ``log:<stream>``: key = first seq of a frame (u64 big-endian), value = CRC-32 of the frame
+  (u32 little-endian) then the frame (records with contiguous seqs). Frames are appended; the
+  frame that holds seq S is the one with the greatest key <= S, found with one cursor seek, so
+  no separate index is needed. Every read checks the CRC: a damaged frame raises CorruptFrame
+  instead of being served, and the replicator repairs it from a peer.
 * ``meta:<stream>``: ``last`` (u64, highest contiguous seq held), ``epoch`` (highest master
   epoch seen or claimed; lower ones are refused), ``ts`` (ts_ns of the last record),
   ``commit`` (highest seq the master said is committed), one key per producer source,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 
 import lmdb
@@ -116,9 +119,9 @@ class StreamLog:
         if not cur.key() or U64.unpack(cur.key())[0] != after + 1:
             cur.prev()  # the frame that holds after + 1 starts below it: keep its head
             first = U64.unpack(cur.key())[0]
-            frame = cur.value()
+            frame = self._frame(cur)
             keep = frame[:offset_of(frame, after + 1 - first)]
-            txn.put(cur.key(), keep, db=self.log_db)
+            txn.put(cur.key(), _sealed(keep), db=self.log_db)
             cur.next()
         while cur.key() and U64.unpack(cur.key())[0] > after:
             if not cur.delete():
@@ -177,7 +180,7 @@ class StreamLog:
         return AppendResult(True, self.last, self.epoch)
 
     def _put_frame(self, txn: lmdb.Transaction, first: int, last: int, frame: bytes) -> None:
-        if not txn.put(U64.pack(first), frame, db=self.log_db, append=True):
+        if not txn.put(U64.pack(first), _sealed(frame), db=self.log_db, append=True):
             raise RuntimeError(f"{self.name}: frame at {first} not appended")
         for src, ss_first, ss_last, seq_first in source_runs(frame):
             seq_last = seq_first + (ss_last - ss_first)
@@ -223,7 +226,7 @@ class StreamLog:
             size = 0
             while True:
                 first = U64.unpack(cur.key())[0]
-                frame = cur.value()
+                frame = self._frame(cur)
                 _count, _f, last = scan(frame)
                 lo = offset_of(frame, seq_from - first) if seq_from > first else 0
                 hi = offset_of(frame, seq_to - first + 1) if seq_to < last else len(frame)
@@ -237,6 +240,60 @@ class StreamLog:
             if own:
                 txn.abort()
 
+    def _frame(self, cur: lmdb.Cursor) -> bytes:
+        value = cur.value()
+        frame = value[4:]
+        if len(value) < 4 or zlib.crc32(frame) != int.from_bytes(value[:4], "little"):
+            raise CorruptFrame(self.name, U64.unpack(cur.key())[0])
+        return frame
+
+    def scrub(self, seq_from: int, max_frames: int = 256) -> tuple[int, int | None]:
+        """Check the CRC of up to max_frames frames from the one holding seq_from. Returns
+        (the seq to continue from, 0 when the end was reached; the first seq of a damaged
+        frame or None)."""
+        with self.store.env.begin() as txn:
+            cur = txn.cursor(db=self.log_db)
+            if not cur.set_range(U64.pack(max(1, seq_from))):
+                return 0, None
+            for _ in range(max_frames):
+                try:
+                    frame = self._frame(cur)
+                except CorruptFrame as exc:
+                    return exc.seq, exc.seq
+                _n, _first, last = scan(frame)
+                if not cur.next():
+                    return 0, None
+            return U64.unpack(cur.key())[0], None
+
+    def replace(self, txn: lmdb.Transaction, frame: bytes) -> None:
+        """Overwrite the records a frame covers with its (verified good) bytes: the repair of
+        a damaged or divergent committed range from peers. The seqs held do not change."""
+        _n, first, last = scan(frame)
+        if first < 1 or last > self.last:
+            raise ValueError(f"{self.name}: repair {first}..{last} outside 1..{self.last}")
+        cur = txn.cursor(db=self.log_db)
+        if not cur.set_range(U64.pack(first)) or U64.unpack(cur.key())[0] != first:
+            cur.prev()
+        pieces = []
+        while cur.key() and U64.unpack(cur.key())[0] <= last:
+            start = U64.unpack(cur.key())[0]
+            value = cur.value()[4:]  # damaged frames are cut by record bounds, not trusted
+            try:
+                _c, _f, end = scan(value)
+            except FrameError:
+                end = None
+            if start < first:
+                pieces.append((start, value[:offset_of(value, first - start)]))
+            if end is not None and end > last:
+                pieces.append((last + 1, value[offset_of(value, last + 1 - start):]))
+            elif end is None:
+                raise ValueError(f"{self.name}: a damaged frame at {start} reaches past the "
+                                 f"repaired range; repair from {start}")
+            cur.delete()
+        pieces.append((first, frame))
+        for start, piece in sorted(pieces):
+            txn.put(U64.pack(start), _sealed(piece), db=self.log_db)
+
     def sources(self) -> list[tuple[int, int, int]]:
         """[(source, next expected source_seq, seq of its last record)], by source."""
         out = []
@@ -249,6 +306,19 @@ class StreamLog:
                     nxt, seq = SRC.unpack(value)
                     out.append((U32.unpack(key[1:])[0], nxt, seq))
         return out
+
+
+class CorruptFrame(RuntimeError):
+    """A stored frame whose CRC does not match: damaged on disk."""
+
+    def __init__(self, stream: str, seq: int):
+        super().__init__(f"{stream}: the frame stored at seq {seq} is damaged")
+        self.stream = stream
+        self.seq = seq
+
+
+def _sealed(frame: bytes) -> bytes:
+    return zlib.crc32(frame).to_bytes(4, "little") + frame
 
 
 class Store:
@@ -295,8 +365,13 @@ class Store:
         txn.commit()
         return result
 
+    def names(self) -> list[str]:
+        """Streams held in this environment, including ones not opened yet."""
+        with self.env.begin() as txn:
+            return sorted(k[4:].decode() for k, _ in txn.cursor() if k.startswith(b"log:"))
+
     def close(self) -> None:
         self.env.close()
 
 
-__all__ = ["AppendResult", "DURABILITIES", "FrameError", "Store", "StreamLog"]
+__all__ = ["AppendResult", "CorruptFrame", "DURABILITIES", "FrameError", "Store", "StreamLog"]
