@@ -1,6 +1,6 @@
 """`seqex`: the one command of the exchange core.
 
-Process verbs (what a supervisor starts): ``replicator``, ``sequencer``.
+Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirror``.
 Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
 ``replay`` (print any range of a stream), ``ping``, ``stop``.
 ``demo``: a local log cluster on loopback with live figures (the main job for now).
@@ -37,6 +37,12 @@ def cmd_replicator(a: argparse.Namespace) -> int:
 def cmd_sequencer(a: argparse.Namespace) -> int:
     from mq.sequencer import main
     main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms)
+    return 0
+
+
+def cmd_mirror(a: argparse.Namespace) -> int:
+    from mq.mirror import main
+    main(a.stream, a.inputs, a.pub, a.replicator, a.policy, a.from_seq)
     return 0
 
 
@@ -253,6 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--policy", choices=["first", "quorum", "all"], default="quorum")
     s.add_argument("--tick-ms", type=int, default=100)
     s.set_defaults(fn=cmd_sequencer)
+
+    s = sub.add_parser("mirror", help="run the mirror master of an out.* stream")
+    s.add_argument("--stream", required=True)
+    s.add_argument("--inputs", required=True, help="endpoint the hot engine replicas send to")
+    s.add_argument("--pub", required=True, help="endpoint subscribers connect to")
+    s.add_argument("--replicator", action="append", default=[], help="repeat per replicator")
+    s.add_argument("--policy", choices=["none", "first", "quorum", "all"], default="none")
+    s.add_argument("--from-seq", type=int, default=1,
+                   help="with policy none: the first seq of the stream this mirror serves")
+    s.set_defaults(fn=cmd_mirror)
 
     s = sub.add_parser("produce", help="send records into a stream")
     s.add_argument("--sequencer", required=True)

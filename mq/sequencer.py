@@ -67,22 +67,38 @@ class Window:
         self.max_bytes = max_bytes
         self.firsts: list[int] = []
         self.frames: list[tuple[int, int, bytes]] = []
+        self.tags: list[str] = []  # who produced each frame (mirror streams)
         self.start = 0
         self.bytes = 0
 
-    def add(self, first: int, last: int, frame: bytes) -> None:
+    def add(self, first: int, last: int, frame: bytes, tag: str = "") -> None:
         self.firsts.append(first)
         self.frames.append((first, last, frame))
+        self.tags.append(tag)
         self.bytes += len(frame)
         while self.bytes > self.max_bytes and self.start < len(self.frames) - 1:
             self.bytes -= len(self.frames[self.start][2])
             self.start += 1
         if self.start > 4096 and self.start * 2 > len(self.frames):
-            del self.firsts[:self.start], self.frames[:self.start]
+            del self.firsts[:self.start], self.frames[:self.start], self.tags[:self.start]
             self.start = 0
 
     def lowest(self) -> int:
         return self.frames[self.start][0] if self.start < len(self.frames) else 0
+
+    def read(self, seq_from: int, seq_to: int) -> tuple[bytes, list[str]] | None:
+        """Records seq_from..seq_to and the tags of the frames they came from; None if any of
+        them left the window."""
+        i = bisect.bisect_right(self.firsts, seq_from, lo=self.start) - 1
+        if i < self.start:
+            return None
+        parts, tags = [], []
+        while i < len(self.frames) and self.frames[i][0] <= seq_to:
+            first, last, frame = self.frames[i]
+            parts.append(trim(frame, first, max(seq_from, first), min(seq_to, last)))
+            tags.append(self.tags[i])
+            i += 1
+        return b"".join(parts), tags
 
     def frame_from(self, seq: int) -> tuple[int, int, bytes] | None:
         """The records from seq to the end of the frame holding seq, or None if evicted."""
@@ -96,13 +112,15 @@ class Window:
 
 
 class Sequencer:
+    policies = POLICIES
+
     def __init__(self, stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
                  policy: str = "first", tick_ms: int = 100, window_bytes: int = 256 << 20,
                  startup_grace_s: float = 2.0):
-        if policy not in POLICIES:
-            raise ValueError(f"ack policy must be one of {POLICIES}, not {policy!r}")
-        if not replicators:
-            raise ValueError("a sequencer needs at least one replicator")
+        if policy not in self.policies:
+            raise ValueError(f"ack policy must be one of {self.policies}, not {policy!r}")
+        if not replicators and policy != "none":
+            raise ValueError(f"ack policy {policy!r} needs at least one replicator")
         self.stream = stream
         self.topic = stream.encode() + b"\0"
         self.policy = policy
