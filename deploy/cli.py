@@ -36,7 +36,7 @@ def cmd_replicator(a: argparse.Namespace) -> int:
 
 def cmd_sequencer(a: argparse.Namespace) -> int:
     from mq.sequencer import main
-    main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms)
+    main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms, a.upstream)
     return 0
 
 
@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--replicator", action="append", required=True, help="repeat per replicator")
     s.add_argument("--policy", choices=["first", "quorum", "all"], default="quorum")
     s.add_argument("--tick-ms", type=int, default=100)
+    s.add_argument("--upstream", action="append", default=[], help=(
+        "take another stream as a source (repeat): 'stream=NAME,source=ID,pub=ADDR,"
+        "replicators=ADDR|ADDR,kinds=K|K'"))
     s.set_defaults(fn=cmd_sequencer)
 
     s = sub.add_parser("mirror", help="run the mirror master of an out.* stream")

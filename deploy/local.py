@@ -12,7 +12,8 @@ from replicator.store import Store
 class LogCluster:
     def __init__(self, root: str, stream: str = "in.test", replicators: int = 2,
                  policy: str = "quorum", durability: str = "os", tick_ms: int = 100,
-                 endpoint=tcp, cpus: list[int] | None = None, peers: bool = True):
+                 endpoint=tcp, cpus: list[int] | None = None, peers: bool = True,
+                 sequencer_args: list[str] | None = None):
         self.root = root
         self.stream = stream
         self.policy = policy
@@ -25,6 +26,7 @@ class LogCluster:
         self.pub_addr = endpoint()
         self.cpus = cpus
         self.peers = peers
+        self.sequencer_args = sequencer_args or []
         self.replicators: list[Proc] = []
         self.sequencer: Proc | None = None
 
@@ -56,7 +58,7 @@ class LogCluster:
                 "--pub", self.pub_addr, "--policy", self.policy, "--tick-ms", str(self.tick_ms)]
         for addr in self.rep_addrs:
             args += ["--replicator", addr]
-        self.sequencer = self.group.spawn(name, args, cpu=self._cpu(0))
+        self.sequencer = self.group.spawn(name, args + self.sequencer_args, cpu=self._cpu(0))
         wait_until(lambda: (ping(self.prod_addr) or {}).get("epoch"), timeout_s, "the sequencer")
         return self.sequencer
 

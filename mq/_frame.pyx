@@ -317,3 +317,58 @@ def epoch_runs(const unsigned char[::1] buf):
             started = True
         off = nxt
     return out
+
+
+def rebase(const unsigned char[::1] buf, uint32_t source, const unsigned char[::1] kinds):
+    """Records of a sequenced frame from another stream, as a producer batch of `source`:
+    source_seq = their seq in that stream (so the position there is the dedup state),
+    seq/ts/epoch cleared, kind and payload kept. `kinds` is a bitmap of 8,192 bytes (bit k set:
+    take kind k) or empty (take every kind except Ticks)."""
+    cdef Py_ssize_t n = buf.shape[0], off = 0, nxt, total = 0, w = 0
+    cdef const unsigned char* p
+    cdef unsigned char* q
+    cdef uint16_t kind
+    cdef bint all_kinds = kinds.shape[0] == 0
+    cdef bytes out
+    if source == 0:
+        raise FrameError("source 0 is reserved for the sequencer")
+    if not all_kinds and kinds.shape[0] != 8192:
+        raise ValueError("kinds must be empty or a bitmap of 8192 bytes")
+    if n == 0:
+        return b""
+    p = &buf[0]
+    while off < n:  # first pass: validate and size
+        nxt = _next(p, off, n)
+        kind = rd16(p + off + 32)
+        if kind != KIND_TICK and (all_kinds or (kinds[kind >> 3] >> (kind & 7)) & 1):
+            total += nxt - off
+        off = nxt
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = <unsigned char*>PyBytes_AS_STRING(out)
+    off = 0
+    while off < n:
+        nxt = _next(p, off, n)
+        kind = rd16(p + off + 32)
+        if kind != KIND_TICK and (all_kinds or (kinds[kind >> 3] >> (kind & 7)) & 1):
+            memcpy(q + w, p + off, nxt - off)
+            wr64(q + w + 16, rd64(p + off))  # source_seq = seq upstream
+            wr64(q + w, 0)
+            wr64(q + w + 8, 0)
+            wr32(q + w + 24, source)
+            wr32(q + w + 28, 0)
+            w += nxt - off
+        off = nxt
+    return out
+
+
+def kinds_bitmap(kinds):
+    """The bitmap rebase() takes, from an iterable of kinds (empty: every kind)."""
+    kinds = list(kinds)
+    if not kinds:
+        return b""
+    bits = bytearray(8192)
+    for k in kinds:
+        if not 0 <= k < 65536:
+            raise ValueError(f"kind {k} out of range")
+        bits[k >> 3] |= 1 << (k & 7)
+    return bytes(bits)

@@ -19,8 +19,10 @@ try:
         decode,
         encode,
         epoch_runs,
+        kinds_bitmap,
         offset_of,
         pack,
+        rebase,
         scan,
         scan_producer,
         source_runs,
@@ -59,5 +61,5 @@ def trim(frame: bytes, first: int, want_from: int, want_to: int | None = None) -
 
 
 __all__ = ["HEADER_SIZE", "KIND_TICK", "MAX_FRAME", "MAX_PAYLOAD", "RECORD_HEADER", "FrameError",
-           "Record", "decode", "encode", "epoch_runs", "offset_of", "pack", "records", "scan", "scan_producer",
+           "Record", "decode", "encode", "epoch_runs", "kinds_bitmap", "offset_of", "pack", "rebase", "records", "scan", "scan_producer",
            "source_runs", "stamp", "tick", "trim"]

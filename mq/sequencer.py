@@ -30,7 +30,18 @@ from typing import Any
 import zmq
 
 from mq import replication, wire
-from mq.record import FrameError, scan, scan_producer, source_runs, stamp, tick, trim
+from mq.record import (
+    FrameError,
+    kinds_bitmap,
+    rebase,
+    scan,
+    scan_producer,
+    source_runs,
+    stamp,
+    tick,
+    trim,
+)
+from mq.subscriber import Subscriber
 
 log = logging.getLogger("seqex.sequencer")
 
@@ -41,6 +52,34 @@ MAX_INFLIGHT = 1 << 20       # records sent to one replicator and not yet acknow
 RESEND_AFTER_S = 1.0         # unacknowledged for this long: go back and resend
 RECENT_RUNS = 4096           # per source: (ss_first, ss_last, seq_first) kept for re-acks
 ZERO_COPY_MIN = 64 << 10     # below this a copy is cheaper than pyzmq's zero-copy tracking
+
+
+@dataclass
+class Upstream:
+    """Another stream taken as a source: its records whose kind passes the filter, each with
+    source_seq = its seq in that stream, so that the position there is this stream's dedup
+    state (persisted by the replicators with every frame) and survives restarts."""
+    stream: str
+    source: int
+    pub: str
+    replicators: list[str]
+    kinds: list[int]
+    sub: Any = None       # the Subscriber, once the master knows where to start
+    bitmap: bytes = b""   # kinds as rebase() takes them
+
+    @classmethod
+    def parse(cls, spec: str) -> Upstream:
+        """'stream=out.te.0,source=1001,pub=tcp://h:p,replicators=tcp://a|tcp://b,kinds=32|33'"""
+        try:
+            fields = dict(part.split("=", 1) for part in spec.split(","))
+            up = cls(fields["stream"], int(fields["source"]), fields["pub"],
+                     fields["replicators"].split("|"),
+                     [int(k) for k in fields.get("kinds", "").split("|") if k])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"bad upstream spec {spec!r}: {exc}") from None
+        if not 0 < up.source < 1 << 32:
+            raise ValueError(f"bad upstream spec {spec!r}: source must be in 1 .. 2**32-1")
+        return up
 
 
 class SequencerStale(RuntimeError):
@@ -116,7 +155,7 @@ class Sequencer:
 
     def __init__(self, stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
                  policy: str = "first", tick_ms: int = 100, window_bytes: int = 256 << 20,
-                 startup_grace_s: float = 2.0):
+                 startup_grace_s: float = 2.0, upstreams: list[Upstream] | None = None):
         if policy not in self.policies:
             raise ValueError(f"ack policy must be one of {self.policies}, not {policy!r}")
         if not replicators and policy != "none":
@@ -155,6 +194,10 @@ class Sequencer:
         for link in self.links:
             self.poller.register(link.sock, zmq.POLLIN)
         self.window = Window(window_bytes)
+        self.upstreams = upstreams or []
+        self.taken: dict[int, int] = {}  # per upstream source: records taken by this master
+        for up in self.upstreams:
+            up.bitmap = kinds_bitmap(up.kinds)
         self.epoch = 0
         self.next_seq = 1
         self.first_own_seq = 1       # acks count towards commit from this seq on
@@ -291,6 +334,7 @@ class Sequencer:
                  self.producer_endpoint, self.pub_endpoint, self.policy)
         # A first record of this epoch at once: when it commits, so does the adopted tail.
         self._emit_tick(time.time_ns())
+        self._open_upstreams()
         while self.running:
             wait_ms = max(0, (self.last_activity_ns + self.tick_ns - time.time_ns()) // 1_000_000)
             events = dict(self.poller.poll(min(wait_ms, 100)))
@@ -299,6 +343,8 @@ class Sequencer:
                     self._answer_control_only()
                 else:
                     self._sequence_waiting()
+            if self.upstreams and not self.drain_until:
+                self._take_upstreams()
             for link in self.links:
                 if link.sock in events:
                     self._on_replies(link)
@@ -394,6 +440,39 @@ class Sequencer:
         self.stats["sequenced"] += count - skip
         self.stats["duplicates"] += skip
         return piece
+
+    def _open_upstreams(self) -> None:
+        for up in self.upstreams:
+            start = self.next_ss.get(up.source, 1)
+            up.sub = Subscriber(up.stream, up.pub, up.replicators, next_seq=start)
+            self.poller.register(up.sub.sub, zmq.POLLIN)
+            for sock in up.sub.replicas:
+                self.poller.register(sock, zmq.POLLIN)
+            log.info("%s: takes %s from seq %d as source %d (kinds %s)", self.stream,
+                     up.stream, start, up.source, up.kinds or "all")
+
+    def _take_upstreams(self) -> None:
+        parts: list[bytes] = []
+        first = self.next_seq
+        ts_ns = self._now()
+        for up in self.upstreams:
+            for _f, _last, frame in up.sub.poll(0):
+                batch = rebase(frame, up.source, up.bitmap)
+                if batch:
+                    _n, ss_first, count = scan_producer_loose(batch)
+                    if ss_first < self.next_ss.get(up.source, 1):
+                        raise RuntimeError(f"{self.stream}: {up.stream} went back to {ss_first}")
+                    parts.append(stamp(batch, 0, self.next_seq, ts_ns, self.epoch))
+                    self.next_seq += count
+                    self.next_ss[up.source] = self._last_ss(batch) + 1
+                    self.stats["sequenced"] += count
+                    self.taken[up.source] = self.taken.get(up.source, 0) + count
+        if parts:
+            self._commit_frame(first, parts, [])
+
+    @staticmethod
+    def _last_ss(batch: bytes) -> int:
+        return source_runs(batch)[-1][2]
 
     def _known_runs(self, src: int, lo: int, hi: int) -> list[list]:
         """[[ss_first, ss_last, seq_first]] for the part of lo..hi still remembered."""
@@ -562,6 +641,10 @@ class Sequencer:
                 "last": self.next_seq - 1, "committed": self.committed,
                 "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known,
                                  "divergent": lk.divergent} for lk in self.links],
+                "upstreams": {up.stream: {"source": up.source,
+                                          "next": self.next_ss.get(up.source, 1),
+                                          "taken": self.taken.get(up.source, 0)}
+                              for up in self.upstreams},
                 **self.stats}
 
     def _reply(self, ident: bytes, kind: bytes, body: dict) -> None:
@@ -575,9 +658,17 @@ class Sequencer:
             sock.close(0)
 
 
+def scan_producer_loose(batch: bytes) -> tuple[int, int, int]:
+    """(source, first source_seq, count) of a rebased batch, whose source_seqs increase but
+    may skip (records the filter left out)."""
+    runs = source_runs(batch)
+    return runs[0][0], runs[0][1], sum(b - a + 1 for _s, a, b, _q in runs)
+
+
 def main(stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
-         policy: str = "first", tick_ms: int = 100) -> None:
-    seq = Sequencer(stream, producer_bind, pub_bind, replicators, policy, tick_ms)
+         policy: str = "first", tick_ms: int = 100, upstreams: list[str] | None = None) -> None:
+    seq = Sequencer(stream, producer_bind, pub_bind, replicators, policy, tick_ms,
+                    upstreams=[Upstream.parse(u) for u in upstreams or []])
 
     def stop(_sig: int, _frame: Any) -> None:
         seq.stop()
