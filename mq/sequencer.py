@@ -274,11 +274,12 @@ class Sequencer:
             if now > deadline:
                 raise TimeoutError(f"{self.stream}: {len(answers)} of {need} replicators answered")
             if now >= ask_at:
+                # Sends fail until a connection is up (IMMEDIATE): ask often, it is cheap.
                 for i, link in enumerate(self.links):
                     if i not in answers:
                         self._try_send(link, [kind, wire.pack(body())])
-                ask_at = now + 0.5
-            for sock, _ in self.poller.poll(100):
+                ask_at = now + 0.02
+            for sock, _ in self.poller.poll(20):
                 for i, link in enumerate(self.links):
                     if sock is link.sock:
                         msg = sock.recv_multipart()

@@ -98,10 +98,11 @@ class Peers:
             self._fetch(stream, 0, upto)
 
     # -- catch-up ---------------------------------------------------------------------------
-    def _fetch(self, stream: str, peer: int, upto: int | None = None) -> None:
+    def _fetch(self, stream: str, peer: int, upto: int | None = None,
+               start: int | None = None) -> None:
         log_ = self.store.stream(stream)
-        body = {"stream": stream, "from": log_.last + 1, "to": upto, "max_bytes": FETCH_BYTES,
-                "req": "fetch"}
+        body = {"stream": stream, "from": start or log_.last + 1, "to": upto,
+                "max_bytes": FETCH_BYTES, "req": "fetch"}
         if self._send(peer, [wire.REPLAY, wire.pack(body)]):
             self.fetching[stream] = (peer, time.monotonic())
 
@@ -113,12 +114,15 @@ class Peers:
         _n, first, last = scan(frame)
         if first != log_.last + 1:
             return  # the master filled it meanwhile
+        if body.get("commit", 0) > last:
+            # More is committed there: ask for the next chunk before writing this one, so
+            # that the peer reads while this replicator writes.
+            self._fetch(stream, peer, start=last + 1)
         result = self.store.change(stream, lambda lg, txn: lg.append(txn, lg.epoch, frame))
         if result.ok:
             self.stats["caught_up_records"] += last - first + 1
-            if body.get("commit", 0) > log_.last:
-                self._fetch(stream, peer)  # more is committed there: next chunk at once
         else:
+            self.fetching.pop(stream, None)
             log.warning("%s: records fetched from %s refused: %s", stream, self.addrs[peer],
                         result.reason)
 
