@@ -22,6 +22,7 @@ from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcpy, memmove, memset
 
 from crossengine.engine cimport Buf, Level, Order, Side, Slot, Table, Touched
+from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
 
 import hashlib
 import struct
@@ -104,38 +105,6 @@ VERSION = 1
 
 
 # -- little helpers ---------------------------------------------------------------------------
-cdef inline uint64_t rd64(const unsigned char* p) noexcept nogil:
-    cdef uint64_t v
-    memcpy(&v, p, 8)
-    return v
-
-cdef inline int64_t rdi64(const unsigned char* p) noexcept nogil:
-    cdef int64_t v
-    memcpy(&v, p, 8)
-    return v
-
-cdef inline uint32_t rd32(const unsigned char* p) noexcept nogil:
-    cdef uint32_t v
-    memcpy(&v, p, 4)
-    return v
-
-cdef inline uint16_t rd16(const unsigned char* p) noexcept nogil:
-    cdef uint16_t v
-    memcpy(&v, p, 2)
-    return v
-
-cdef inline void w64(unsigned char* p, uint64_t v) noexcept nogil:
-    memcpy(p, &v, 8)
-
-cdef inline void wi64(unsigned char* p, int64_t v) noexcept nogil:
-    memcpy(p, &v, 8)
-
-cdef inline void w32(unsigned char* p, uint32_t v) noexcept nogil:
-    memcpy(p, &v, 4)
-
-cdef inline void w16(unsigned char* p, uint16_t v) noexcept nogil:
-    memcpy(p, &v, 2)
-
 cdef inline int side_index(uint8_t side) noexcept nogil:
     return 0 if side == BUY else 1
 
@@ -600,10 +569,10 @@ cdef class CrossEngine:
         buf_reserve(&self.out, 23)
         cdef unsigned char* p = self.out.data + self.out.len
         p[0] = EV_REJECTED
-        w64(p + 1, cl_id)
-        w32(p + 9, account)
-        w16(p + 13, code)
-        w64(p + 15, order_id)
+        wr64(p + 1, cl_id)
+        wr32(p + 9, account)
+        wr16(p + 13, code)
+        wr64(p + 15, order_id)
         self.out.len += 23
         return 0
 
@@ -612,13 +581,13 @@ cdef class CrossEngine:
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* o = &self.orders[i]
         p[0] = EV_ACCEPTED
-        w64(p + 1, o.order_id)
-        w64(p + 9, o.client_order_id)
-        w32(p + 17, o.account)
+        wr64(p + 1, o.order_id)
+        wr64(p + 9, o.client_order_id)
+        wr32(p + 17, o.account)
         p[21] = o.side
         p[22] = ord_type
-        wi64(p + 23, o.price)
-        w64(p + 31, qty)
+        wri64(p + 23, o.price)
+        wr64(p + 31, qty)
         p[39] = tif
         p[40] = o.flags
         self.out.len += 41
@@ -629,10 +598,10 @@ cdef class CrossEngine:
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* o = &self.orders[i]
         p[0] = kind
-        w64(p + 1, o.order_id)
-        w64(p + 9, o.client_order_id)
-        w32(p + 17, o.account)
-        w64(p + 21, qty)
+        wr64(p + 1, o.order_id)
+        wr64(p + 9, o.client_order_id)
+        wr32(p + 17, o.account)
+        wr64(p + 21, qty)
         p[29] = reason
         self.out.len += 30
         return 0
@@ -642,12 +611,12 @@ cdef class CrossEngine:
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* o = &self.orders[i]
         p[0] = EV_AMENDED
-        w64(p + 1, o.order_id)
-        w64(p + 9, o.client_order_id)
-        w32(p + 17, o.account)
-        wi64(p + 21, o.price)
-        w64(p + 29, o.leaves)
-        w64(p + 37, total)
+        wr64(p + 1, o.order_id)
+        wr64(p + 9, o.client_order_id)
+        wr32(p + 17, o.account)
+        wri64(p + 21, o.price)
+        wr64(p + 29, o.leaves)
+        wr64(p + 37, total)
         p[45] = kept
         self.out.len += 46
         return 0
@@ -658,16 +627,16 @@ cdef class CrossEngine:
         cdef Order* mk = &self.orders[m]
         cdef Order* tk = &self.orders[t]
         p[0] = EV_TRADE
-        w64(p + 1, self.trade_id)
-        w64(p + 9, mk.order_id)
-        w64(p + 17, tk.order_id)
-        w32(p + 25, mk.account)
-        w32(p + 29, tk.account)
-        wi64(p + 33, mk.price)
-        w64(p + 41, q)
+        wr64(p + 1, self.trade_id)
+        wr64(p + 9, mk.order_id)
+        wr64(p + 17, tk.order_id)
+        wr32(p + 25, mk.account)
+        wr32(p + 29, tk.account)
+        wri64(p + 33, mk.price)
+        wr64(p + 41, q)
         p[49] = tk.side
-        w64(p + 50, mk.leaves)
-        w64(p + 58, tk.leaves)
+        wr64(p + 50, mk.leaves)
+        wr64(p + 58, tk.leaves)
         p[66] = mk.flags
         p[67] = tk.flags
         self.out.len += 68
@@ -690,13 +659,13 @@ cdef class CrossEngine:
             p = self.out.data + self.out.len
             p[0] = EV_LEVEL
             p[1] = self.touched[k].side
-            wi64(p + 2, self.touched[k].price)
+            wri64(p + 2, self.touched[k].price)
             if lv >= 0:
-                w64(p + 10, self.levels[lv].total)
-                w32(p + 18, self.levels[lv].count)
+                wr64(p + 10, self.levels[lv].total)
+                wr32(p + 18, self.levels[lv].count)
             else:
-                w64(p + 10, 0)
-                w32(p + 18, 0)
+                wr64(p + 10, 0)
+                wr32(p + 18, 0)
             self.out.len += 22
         self.n_touched = 0
         return 0
@@ -1020,7 +989,7 @@ cdef class CrossEngine:
             memcpy(self.out.data + start, p + off, HDR)
             self.out.len += HDR
             self._dispatch(rd16(p + off + 32), p + off + HDR, length)
-            w32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
+            wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
             off += HDR + length
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
@@ -1062,13 +1031,13 @@ cdef class CrossEngine:
                 i = self.levels[self.sides[s].levels[k]].head
                 while i >= 0:
                     o = &self.orders[i]
-                    w64(q + off, o.order_id)
-                    w64(q + off + 8, o.client_order_id)
-                    w32(q + off + 16, o.account)
+                    wr64(q + off, o.order_id)
+                    wr64(q + off + 8, o.client_order_id)
+                    wr32(q + off + 16, o.account)
                     q[off + 20] = o.side
-                    wi64(q + off + 21, o.price)
-                    w64(q + off + 29, o.leaves)
-                    w64(q + off + 37, o.filled)
+                    wri64(q + off + 21, o.price)
+                    wr64(q + off + 29, o.leaves)
+                    wr64(q + off + 37, o.filled)
                     q[off + 45] = o.flags
                     q[off + 46] = o.stp
                     off += SNAP_ORDER

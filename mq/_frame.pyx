@@ -24,6 +24,8 @@ from libc.string cimport memcpy
 from libc.stdint cimport uint64_t, uint32_t, uint16_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
+from mq.bytesio cimport rd16, rd32, rd64, wr16, wr32, wr64
+
 import sys
 
 if sys.byteorder != "little":
@@ -40,31 +42,6 @@ KIND_TICK = 1                  # the sequencer's idle time record; empty payload
 
 class FrameError(ValueError):
     """A buffer that is not a well-formed frame (truncated, oversized, inconsistent)."""
-
-
-cdef inline uint64_t rd64(const unsigned char* p) noexcept nogil:
-    cdef uint64_t v
-    memcpy(&v, p, 8)
-    return v
-
-cdef inline uint32_t rd32(const unsigned char* p) noexcept nogil:
-    cdef uint32_t v
-    memcpy(&v, p, 4)
-    return v
-
-cdef inline uint16_t rd16(const unsigned char* p) noexcept nogil:
-    cdef uint16_t v
-    memcpy(&v, p, 2)
-    return v
-
-cdef inline void wr64(unsigned char* p, uint64_t v) noexcept nogil:
-    memcpy(p, &v, 8)
-
-cdef inline void wr32(unsigned char* p, uint32_t v) noexcept nogil:
-    memcpy(p, &v, 4)
-
-cdef inline void wr16(unsigned char* p, uint16_t v) noexcept nogil:
-    memcpy(p, &v, 2)
 
 
 cdef Py_ssize_t _next(const unsigned char* p, Py_ssize_t off, Py_ssize_t n) except -1:

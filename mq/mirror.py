@@ -21,7 +21,6 @@ The mirror stamps nothing: its records are the engines' bytes, so copies compare
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections import deque
 from typing import Any
@@ -30,7 +29,7 @@ import zmq
 
 from mq import wire
 from mq.record import FrameError, decode, scan, trim
-from mq.sequencer import MAX_DRAIN, POLICIES, Sequencer
+from mq.sequencer import MAX_DRAIN, POLICIES, Sequencer, run
 
 log = logging.getLogger("seqex.mirror")
 
@@ -149,17 +148,4 @@ class Mirror(Sequencer):
 
 def main(stream: str, inputs_bind: str, pub_bind: str, replicators: list[str],
          policy: str = "none", from_seq: int = 1) -> None:
-    mirror = Mirror(stream, inputs_bind, pub_bind, replicators, policy, from_seq=from_seq)
-
-    def stop(_sig: int, _frame: Any) -> None:
-        mirror.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    mirror.recover()
-    print(f"mirror ready {mirror.producer_endpoint} {mirror.pub_endpoint} epoch {mirror.epoch}",
-          flush=True)
-    try:
-        mirror.serve()
-    finally:
-        mirror.close()
+    run(Mirror(stream, inputs_bind, pub_bind, replicators, policy, from_seq=from_seq), "mirror")

@@ -19,7 +19,7 @@ from collections import deque
 
 import zmq
 
-from mq import wire
+from mq import sockets, wire
 from mq.record import offset_of, pack
 
 
@@ -30,15 +30,9 @@ class Producer:
             raise ValueError("source must be in 1 .. 2**32-1 (0 is the sequencer's)")
         self.source = source
         self.addr = addr
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, f"p{source}-{uuid.uuid4().hex[:12]}".encode())
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
-        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
-        self.sock.connect(addr)
+        # A fixed identity for the socket's life: acks still reach it after a reconnect.
+        self.sock = sockets.dealer(addr,
+                                   routing_id=f"p{source}-{uuid.uuid4().hex[:12]}".encode())
         self.max_inflight = max_inflight
         self.resend_after_s = resend_after_s
         self.next_ss = next_ss          # next source_seq to assign (None until WELCOME)

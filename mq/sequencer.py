@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from mq import replication, wire
+from mq import replication, sockets, wire
 from mq.record import (
     FrameError,
     kinds_bitmap,
@@ -166,12 +166,7 @@ class Sequencer:
         self.tick_ns = tick_ms * 1_000_000
         self.startup_grace_s = startup_grace_s
         self.ctx = zmq.Context.instance()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.RCVHWM, 100_000)
-        self.router.setsockopt(zmq.SNDHWM, 100_000)
-        self.router.bind(producer_bind)
+        self.router = sockets.router(producer_bind)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -180,15 +175,7 @@ class Sequencer:
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.links: list[Link] = []
         for addr in replicators:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.setsockopt(zmq.SNDHWM, 10_000)
-            sock.setsockopt(zmq.RCVHWM, 100_000)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
-            sock.connect(addr)
-            self.links.append(Link(addr, sock))
+            self.links.append(Link(addr, sockets.dealer(addr, immediate=True, sndhwm=10_000)))
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         for link in self.links:
@@ -668,18 +655,18 @@ def scan_producer_loose(batch: bytes) -> tuple[int, int, int]:
 
 def main(stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
          policy: str = "first", tick_ms: int = 100, upstreams: list[str] | None = None) -> None:
-    seq = Sequencer(stream, producer_bind, pub_bind, replicators, policy, tick_ms,
-                    upstreams=[Upstream.parse(u) for u in upstreams or []])
+    run(Sequencer(stream, producer_bind, pub_bind, replicators, policy, tick_ms,
+                  upstreams=[Upstream.parse(u) for u in upstreams or []]), "sequencer")
 
-    def stop(_sig: int, _frame: Any) -> None:
-        seq.stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    seq.recover()
-    print(f"sequencer ready {seq.producer_endpoint} {seq.pub_endpoint} epoch {seq.epoch}",
+def run(master: Sequencer, role: str) -> None:
+    """Recover, serve until SIGTERM / SIGINT / STOP (a drain), close."""
+    signal.signal(signal.SIGTERM, lambda *_: master.stop())
+    signal.signal(signal.SIGINT, lambda *_: master.stop())
+    master.recover()
+    print(f"{role} ready {master.producer_endpoint} {master.pub_endpoint} epoch {master.epoch}",
           flush=True)
     try:
-        seq.serve()
+        master.serve()
     finally:
-        seq.close()
+        master.close()

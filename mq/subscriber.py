@@ -18,7 +18,7 @@ import time
 
 import zmq
 
-from mq import wire
+from mq import sockets, wire
 from mq.record import FrameError, scan, trim
 
 log = logging.getLogger("seqex.subscriber")
@@ -45,12 +45,7 @@ class Subscriber:
         self.sub.connect(pub_addr)
         self.replicas: list[zmq.Socket] = []
         for addr in replicators:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
-            sock.connect(addr)
-            self.replicas.append(sock)
+            self.replicas.append(sockets.dealer(addr))
         self.replica_i = 0
         self.replaying = True       # catching up from a replicator
         self.target: int | None = None  # replay must reach this seq (None: until the end)

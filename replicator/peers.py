@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from mq import wire
+from mq import sockets, wire
 from mq.record import FrameError, scan
 from replicator.store import CorruptFrame, Store
 
@@ -40,18 +40,12 @@ def digest(data: bytes) -> str:
 
 
 class Peers:
-    def __init__(self, store: Store, addrs: list[str], ctx: zmq.Context, stats: dict):
+    def __init__(self, store: Store, addrs: list[str], stats: dict):
         self.store = store
         self.stats = stats
         self.socks: list[zmq.Socket] = []
         for addr in addrs:
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            sock.connect(addr)
-            self.socks.append(sock)
+            self.socks.append(sockets.dealer(addr, immediate=True))
         self.addrs = addrs
         self.check_at = 0.0
         self.fetching: dict[str, tuple[int, float]] = {}  # stream -> (peer, asked at)

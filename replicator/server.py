@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from mq import wire
+from mq import sockets, wire
 from mq.record import FrameError
 from replicator.peers import Peers, digest
 from replicator.store import CorruptFrame, Store
@@ -46,20 +46,13 @@ class Replicator:
                  map_size: int = 64 << 30, peers: list[str] | None = None):
         self.store = Store(data_dir, durability, map_size=map_size)
         self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        self.sock.setsockopt(zmq.SNDHWM, 100_000)
-        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
-        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
-        self.sock.bind(bind)
+        self.sock = sockets.router(bind)
         self.bind = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.running = True
         self.stats = {"appended_records": 0, "commits": 0, "replayed_bytes": 0,
                       "refused": 0, "errors": 0, "caught_up_records": 0, "compared_records": 0,
                       "divergent_ranges": 0, "repaired_records": 0, "damaged_reads": 0}
-        self.peers = Peers(self.store, peers or [], self.ctx, self.stats)
+        self.peers = Peers(self.store, peers or [], self.stats)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.peers.register(self.poller)
