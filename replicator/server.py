@@ -45,7 +45,6 @@ class Replicator:
     def __init__(self, data_dir: str, bind: str, durability: str = "os",
                  map_size: int = 64 << 30, peers: list[str] | None = None):
         self.store = Store(data_dir, durability, map_size=map_size)
-        self.ctx = zmq.Context.instance()
         self.sock = sockets.router(bind)
         self.bind = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.running = True
