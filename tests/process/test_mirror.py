@@ -48,7 +48,12 @@ def test_mirror_keeps_first_copies_and_raises_divergence(tmp_path, policy):
             socks[name].connect(inputs)
         a = outputs("A")
         order = {"A": [a[1], a[0], *a[2:]], "B": outputs("B"), "C": outputs("C")}
-        for name in "ABC":
+        # A's copies must arrive first: frames on different connections are fair-queued, so
+        # B and C send only once the mirror has accepted all of A's.
+        for frame in order["A"]:
+            socks["A"].send_multipart([wire.DATA, wire.pack({"replica": "A"}), frame])
+        wait_until(lambda: (ping(inputs) or {}).get("accepted") == N, 60, "A's outputs")
+        for name in "BC":
             for frame in order[name]:
                 socks[name].send_multipart([wire.DATA, wire.pack({"replica": name}), frame])
         status = wait_until(lambda: (lambda st: st if st and st["copies_compared"] >= 2 * N
