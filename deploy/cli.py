@@ -1,6 +1,7 @@
 """`seqex`: the one command of the exchange core.
 
-Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirror``.
+Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirror``,
+``replica``.
 Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
 ``replay`` (print any range of a stream), ``ping``, ``stop``.
 ``demo``: a local log cluster on loopback with live figures (the main job for now).
@@ -37,6 +38,12 @@ def cmd_replicator(a: argparse.Namespace) -> int:
 def cmd_sequencer(a: argparse.Namespace) -> int:
     from mq.sequencer import main
     main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms, a.upstream)
+    return 0
+
+
+def cmd_replica(a: argparse.Namespace) -> int:
+    from mq.replica import main
+    main(a)
     return 0
 
 
@@ -262,6 +269,22 @@ def main(argv: list[str] | None = None) -> int:
         "take another stream as a source (repeat): 'stream=NAME,source=ID,pub=ADDR,"
         "replicators=ADDR|ADDR,kinds=K|K'"))
     s.set_defaults(fn=cmd_sequencer)
+
+    s = sub.add_parser("replica", help="run an engine replica (hot or warm) on its in stream")
+    s.add_argument("--name", required=True)
+    s.add_argument("--engine", default="crossengine")
+    s.add_argument("--stream", required=True, help="the input stream, e.g. in.ce.BTCUSDT")
+    s.add_argument("--pub", required=True, help="the input stream's live feed")
+    s.add_argument("--replicator", action="append", required=True)
+    s.add_argument("--control", required=True, help="endpoint for PING/HASH/PROMOTE/STOP")
+    s.add_argument("--role", choices=["hot", "warm"], default="hot")
+    s.add_argument("--mirror", help="the out stream's mirror master (inputs endpoint)")
+    s.add_argument("--snapshots", help="this replica's snapshot directory")
+    s.add_argument("--shared-snapshots", help="a snapshot directory shared by the replicas")
+    s.add_argument("--snapshot-every", type=int, default=100_000)
+    s.add_argument("--snapshot-s", type=float, default=30.0)
+    s.add_argument("--keep", type=int, default=3)
+    s.set_defaults(fn=cmd_replica)
 
     s = sub.add_parser("mirror", help="run the mirror master of an out.* stream")
     s.add_argument("--stream", required=True)

@@ -39,6 +39,8 @@ DIGEST = b"DIGEST"      # {stream, from, to} -> {stream, from, to, digest}: comm
 PING = b"PING"          # {} -> PONG {role, ...stats}
 PONG = b"PONG"
 STOP = b"STOP"          # {} -> PONG, then the process exits cleanly
+HASH = b"HASH"          # replica: {} -> PONG {seq, hash}: the engine's state hash at seq
+PROMOTE = b"PROMOTE"    # replica: {} -> PONG {role, resent_from}: a warm replica becomes hot
 ERROR = b"ERROR"        # {error}
 
 MAX_BODY = 1 << 20      # a control body is small; anything larger is an attack or a bug
