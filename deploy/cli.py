@@ -152,9 +152,58 @@ def _resume_point(path: str) -> int:
     return int(lines[-1].split()[0]) + 1 if lines else 1
 
 
+def cmd_up(a: argparse.Namespace) -> int:
+    from deploy import topology
+    from deploy.supervisor import Supervisor
+    topo = topology.load(a.topology, a.data, a.base_port)
+    print(f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}")
+    Supervisor(topo, a.host).up()
+    return 0
+
+
+def cmd_down(a: argparse.Namespace) -> int:
+    from deploy.supervisor import down
+    return down(a.data)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from deploy.supervisor import print_table, read_state, status_rows
+    topo, _pid = read_state(a.data)
+    print_table(status_rows(topo))
+    return 0
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    """One order into in.ce.SYMBOL; prints the seq it was sequenced at."""
+    from crossengine import codec
+    from deploy.supervisor import read_state
+    from mq.producer import Producer
+    topo, _pid = read_state(a.data)
+    if a.symbol not in topo.symbols:
+        raise SystemExit(f"unknown symbol {a.symbol}; the topology has {sorted(topo.symbols)}")
+    side = {"buy": codec.BUY, "sell": codec.SELL}[a.side]
+    ord_type = codec.MARKET if a.market else codec.LIMIT
+    tif = {"gtc": codec.GTC, "ioc": codec.IOC, "fok": codec.FOK}[a.tif]
+    payload = codec.new_order(a.client_order_id or time.time_ns() % 10**12, side,
+                              0 if a.market else a.price, a.qty, a.account, ord_type, tif)
+    prod = Producer(a.source, topo.symbols[a.symbol]["producers"])
+    prod.connect(10)
+    prod.submit(codec.NEW_ORDER, [payload])
+    for ss_first, _ss_last, seq in prod.flush(10):
+        print(f"order sequenced in {topo.symbols[a.symbol]['in']} at seq {seq} "
+              f"(source {a.source}:{ss_first})")
+    return 0
+
+
 def cmd_replay(a: argparse.Namespace) -> int:
     from mq.control import replay
     from mq.record import decode
+    if a.replicator is None:
+        from deploy.supervisor import read_state
+        topo, _pid = read_state(a.data)
+        a.replicator = topo.replicator_addrs()[0]
+    if a.rebuild:
+        return _rebuild(a)
     for frame in replay(a.replicator, a.stream, a.from_seq, a.to):
         for seq, ts, src, ss, epoch, kind, payload in decode(frame):
             if a.json:
@@ -162,6 +211,35 @@ def cmd_replay(a: argparse.Namespace) -> int:
                                   "epoch": epoch, "kind": kind, "payload": payload.hex()}))
             else:
                 print(f"{seq:>10} {ts} {src:>5}:{ss:<10} e{epoch} kind={kind} {payload[:24].hex()}")
+    return 0
+
+
+def _rebuild(a: argparse.Namespace) -> int:
+    """Apply the stream from seq 1 to a fresh engine; print the state hash at the last seq."""
+    from crossengine.engine import CrossEngine
+    from mq.control import replay
+    from mq.record import scan
+    if not a.stream.startswith("in.ce."):
+        raise SystemExit("--rebuild knows the CrossEngine streams (in.ce.SYMBOL)")
+    config = {}
+    if a.data:
+        try:
+            from deploy.supervisor import read_state
+            topo, _pid = read_state(a.data)
+            config = topo.symbols.get(a.stream[len("in.ce."):], {}).get("engine", {})
+        except SystemExit:
+            pass
+    eng = CrossEngine(**config)
+    last, started = 0, time.monotonic()
+    for frame in replay(a.replicator, a.stream, 1, a.to):
+        eng.apply_frame(frame)
+        last = scan(frame)[2]
+        if sys.stderr.isatty():
+            print(f"\r  rebuilt up to seq {last:,}", end="", file=sys.stderr)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(json.dumps({"stream": a.stream, "seq": last, "state_hash": eng.state_hash().hex(),
+                      "seconds": round(time.monotonic() - started, 3)}))
     return 0
 
 
@@ -273,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("replica", help="run an engine replica (hot or warm) on its in stream")
     s.add_argument("--name", required=True)
     s.add_argument("--engine", default="crossengine")
+    s.add_argument("--engine-config", default="{}", help="JSON: the engine's parameters")
     s.add_argument("--stream", required=True, help="the input stream, e.g. in.ce.BTCUSDT")
     s.add_argument("--pub", required=True, help="the input stream's live feed")
     s.add_argument("--replicator", action="append", required=True)
@@ -321,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("replay", help="print records of a stream from a replicator")
     s.add_argument("stream")
-    s.add_argument("--replicator", required=True)
+    s.add_argument("--replicator", help="default: the first replicator of the running cluster")
+    s.add_argument("--data", default="seqex-data")
+    s.add_argument("--rebuild", action="store_true",
+                   help="rebuild the engine from the log and print its state hash")
     s.add_argument("--from", dest="from_seq", type=int, default=1)
     s.add_argument("--to", type=int)
     s.add_argument("--json", action="store_true")
@@ -332,6 +414,33 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("addr")
         s.add_argument("--timeout", type=float, default=2.0)
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("up", help="start and supervise this host's processes")
+    s.add_argument("--topology", help="TOML file (default: one machine over loopback)")
+    s.add_argument("--data", help="data directory (default: the topology's, ./seqex-data)")
+    s.add_argument("--base-port", type=int, help="first port (default: the topology's)")
+    s.add_argument("--host", help="start only this host's processes")
+    s.set_defaults(fn=cmd_up)
+
+    for verb, fn, text in (("down", cmd_down, "stop a running `seqex up`"),
+                           ("status", cmd_status, "the table of processes")):
+        s = sub.add_parser(verb, help=text)
+        s.add_argument("--data", default="seqex-data")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("submit", help="put one order into in.ce.SYMBOL")
+    s.add_argument("--data", default="seqex-data")
+    s.add_argument("--symbol", default="BTCUSDT")
+    s.add_argument("--side", choices=["buy", "sell"], required=True)
+    s.add_argument("--price", type=int, default=0, help="price in ticks")
+    s.add_argument("--qty", type=int, required=True, help="quantity in lots")
+    s.add_argument("--account", type=int, default=1)
+    s.add_argument("--market", action="store_true")
+    s.add_argument("--tif", choices=["gtc", "ioc", "fok"], default="gtc")
+    s.add_argument("--client-order-id", type=int)
+    s.add_argument("--source", type=int, default=900_000 + os.getpid() % 100_000,
+                   help="producer source id (each submitting client needs its own)")
+    s.set_defaults(fn=cmd_submit)
 
     s = sub.add_parser("demo", help="run a local log cluster with live figures")
     s.add_argument("--seconds", type=int, default=10)

@@ -247,9 +247,10 @@ def read_snapshot(path: str) -> tuple[int, bytes] | None:
 
 
 def main(a: Any) -> None:
+    import json
     host = ReplicaHost(a.name, a.engine, a.stream, a.pub, a.replicator, a.control, a.role,
                        a.mirror, a.snapshots, a.shared_snapshots, a.snapshot_every,
-                       a.snapshot_s, a.keep)
+                       a.snapshot_s, a.keep, json.loads(a.engine_config))
     signal.signal(signal.SIGTERM, lambda *_: setattr(host, "running", False))
     signal.signal(signal.SIGINT, lambda *_: setattr(host, "running", False))
     print(f"replica ready {host.control_endpoint} {host.role} from {host.seq + 1}", flush=True)
