@@ -20,7 +20,7 @@ from collections import deque
 import zmq
 
 from mq import sockets, wire
-from mq.record import offset_of, pack
+from mq.record import encode, offset_of, pack
 
 
 class Producer:
@@ -65,6 +65,19 @@ class Producer:
         first = self.next_ss
         batch = pack(self.source, first, kind, payloads)
         last = first + len(payloads) - 1
+        self.next_ss = last + 1
+        self.outbox.append((first, last, batch))
+        self._pump()
+        return first, last
+
+    def submit_many(self, records: list[tuple[int, bytes]]) -> tuple[int, int]:
+        """Queue (kind, payload) pairs of any kinds as one batch; returns their range."""
+        if self.next_ss is None:
+            raise RuntimeError("connect() first: the producer does not know its position")
+        first = self.next_ss
+        batch = encode([(0, 0, self.source, first + i, 0, kind, payload)
+                        for i, (kind, payload) in enumerate(records)])
+        last = first + len(records) - 1
         self.next_ss = last + 1
         self.outbox.append((first, last, batch))
         self._pump()

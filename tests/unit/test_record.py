@@ -105,3 +105,9 @@ def test_pack_refuses_reserved_source_and_zero_seq():
         pack(0, 1, 1, [b""])
     with pytest.raises(FrameError):
         pack(1, 0, 1, [b""])
+
+
+def test_a_mixed_kind_producer_batch_is_valid():
+    from mq.record import scan_producer
+    batch = encode([(0, 0, 5, 7 + i, 0, 32 + i % 3, b"p%d" % i) for i in range(6)])
+    assert scan_producer(batch) == (5, 7, 6)
