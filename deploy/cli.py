@@ -175,23 +175,16 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def cmd_submit(a: argparse.Namespace) -> int:
     """One order into in.ce.SYMBOL; prints the seq it was sequenced at."""
-    from crossengine import codec
-    from deploy.supervisor import read_state
-    from mq.producer import Producer
-    topo, _pid = read_state(a.data)
-    if a.symbol not in topo.symbols:
-        raise SystemExit(f"unknown symbol {a.symbol}; the topology has {sorted(topo.symbols)}")
-    side = {"buy": codec.BUY, "sell": codec.SELL}[a.side]
-    ord_type = codec.MARKET if a.market else codec.LIMIT
-    tif = {"gtc": codec.GTC, "ioc": codec.IOC, "fok": codec.FOK}[a.tif]
-    payload = codec.new_order(a.client_order_id or time.time_ns() % 10**12, side,
-                              0 if a.market else a.price, a.qty, a.account, ord_type, tif)
-    prod = Producer(a.source, topo.symbols[a.symbol]["producers"])
-    prod.connect(10)
-    prod.submit(codec.NEW_ORDER, [payload])
-    for ss_first, _ss_last, seq in prod.flush(10):
-        print(f"order sequenced in {topo.symbols[a.symbol]['in']} at seq {seq} "
-              f"(source {a.source}:{ss_first})")
+    from deploy.api import Cluster
+    cluster = Cluster(a.data, a.source)
+    try:
+        seq = cluster.submit(a.symbol, a.side, a.qty, a.price, a.account, a.market, a.tif,
+                             a.client_order_id)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    finally:
+        cluster.close()
+    print(f"order sequenced in in.ce.{a.symbol} at seq {seq}")
     return 0
 
 
@@ -204,7 +197,11 @@ def cmd_replay(a: argparse.Namespace) -> int:
         a.replicator = topo.replicator_addrs()[0]
     if a.rebuild:
         return _rebuild(a)
+    from mq.record import scan
+    progress = sys.stderr.isatty() and not sys.stdout.isatty()
     for frame in replay(a.replicator, a.stream, a.from_seq, a.to):
+        if progress:  # output goes to a file or pipe: show how far it got
+            print(f"\r  replayed up to seq {scan(frame)[2]:,}", end="", file=sys.stderr)
         for seq, ts, src, ss, epoch, kind, payload in decode(frame):
             if a.json:
                 print(json.dumps({"seq": seq, "ts_ns": ts, "source": src, "source_seq": ss,
@@ -438,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--market", action="store_true")
     s.add_argument("--tif", choices=["gtc", "ioc", "fok"], default="gtc")
     s.add_argument("--client-order-id", type=int)
-    s.add_argument("--source", type=int, default=900_000 + os.getpid() % 100_000,
-                   help="producer source id (each submitting client needs its own)")
+    s.add_argument("--source", type=int,
+                   help="producer source id (default: from the pid; each client needs its own)")
     s.set_defaults(fn=cmd_submit)
 
     s = sub.add_parser("demo", help="run a local log cluster with live figures")

@@ -96,7 +96,12 @@ def test_up_status_rebuild_down(tmp_path):
                 victim = pids_of(data, "ce.BTCUSDT.hot1")
                 assert len(victim) == 1
                 os.kill(victim[0], signal.SIGKILL)
+        sub_ = seqex("submit", "--data", data, "--side", "buy", "--price", "1000", "--qty", "2",
+                     "--account", "3")
+        assert sub_.returncode == 0 and "at seq" in sub_.stdout, sub_.stdout + sub_.stderr
+        submitted = int(sub_.stdout.split("at seq")[1].split()[0])
         last = wait_until(lambda: ping(sym["producers"]), 10, "the sequencer")["last"]
+        assert 0 < submitted <= last
         hot1 = topo.by_name("ce.BTCUSDT.hot1").control
         wait_until(lambda: (ping(hot1) or {}).get("seq", 0) >= last, 120,
                    "the killed replica to be restarted and catch up")
