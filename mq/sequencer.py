@@ -224,7 +224,8 @@ class Sequencer:
                         self.stream, epoch)
         self.epoch = epoch
         order = sorted(claimed)
-        best = claimed[order[replication.best_log([claimed[i] for i in order])]]
+        best_i = order[replication.best_log([claimed[i] for i in order])]
+        best = claimed[best_i]
         last = best["last"]
         self.history = [tuple(h) for h in best["history"]] + [(epoch, last + 1)]
         self.next_seq = self.first_own_seq = last + 1
@@ -237,15 +238,11 @@ class Sequencer:
         lowest = last
         for i in order:
             lowest = min(lowest, self._reconcile(self.links[i], claimed[i]))
-        self._load_tail(self.links[self._index_of(best, claimed)],
+        self._load_tail(self.links[best_i],
                         max(1, min(lowest + 1, last - 10_000 + 1)), last)
         log.info("%s: epoch %d resumes after seq %d (commit %d; %d of %d replicators, lowest "
                  "agreeing at %d)", self.stream, self.epoch, last, self.committed,
                  len(claimed), len(self.links), lowest)
-
-    @staticmethod
-    def _index_of(best: dict, claimed: dict[int, dict]) -> int:
-        return next(i for i, st in claimed.items() if st is best)
 
     def _gather(self, kind: bytes, body: Any, need: int, deadline: float,
                 min_epoch: int = 0) -> dict[int, dict]:
