@@ -50,6 +50,7 @@ cdef struct Table:
 
 cdef struct Touched:
     int64_t price
+    int32_t level            # the level it was when touched (used while still live there)
     uint8_t side
 
 
@@ -61,5 +62,7 @@ cdef struct Buf:
 
 cdef struct Side:
     int32_t* levels          # level indices sorted so that the best price is last
+    int64_t* keys            # their sort keys (price for bids, -price for asks), side by side:
+                             # the binary search reads one contiguous array
     int32_t n
     int32_t cap

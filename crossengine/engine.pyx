@@ -290,10 +290,11 @@ cdef class CrossEngine:
         self.touched = <Touched*>malloc(64 * sizeof(Touched))
         for s in range(2):
             self.sides[s].levels = <int32_t*>malloc(1024 * sizeof(int32_t))
+            self.sides[s].keys = <int64_t*>malloc(1024 * sizeof(int64_t))
             self.sides[s].n = 0
             self.sides[s].cap = 1024
         if not (self.orders and self.levels and self.touched and self.sides[0].levels
-                and self.sides[1].levels):
+                and self.sides[1].levels and self.sides[0].keys and self.sides[1].keys):
             raise MemoryError()
         self.orders_cap = 0
         self._grow_orders(capacity)
@@ -310,6 +311,8 @@ cdef class CrossEngine:
         free(self.touched)
         free(self.sides[0].levels)
         free(self.sides[1].levels)
+        free(self.sides[0].keys)
+        free(self.sides[1].keys)
         free(self.by_id.slots)
         free(self.by_client.slots)
         free(self.by_account.slots)
@@ -376,9 +379,10 @@ cdef class CrossEngine:
         """Index in the side array of the first level whose key is >= key(price)."""
         cdef int64_t key = side_key(s, price)
         cdef int32_t lo = 0, hi = self.sides[s].n, mid
+        cdef int64_t* keys = self.sides[s].keys
         while lo < hi:
             mid = (lo + hi) >> 1
-            if side_key(s, self.levels[self.sides[s].levels[mid]].price) < key:
+            if keys[mid] < key:
                 lo = mid + 1
             else:
                 hi = mid
@@ -398,6 +402,7 @@ cdef class CrossEngine:
         cdef int32_t lv, pos, k
         cdef Side* sd = &self.sides[s]
         cdef int32_t* grown
+        cdef int64_t* grown_keys
         if self.free_level < 0:
             self._grow_levels(self.levels_cap * 2)
         lv = self.free_level
@@ -414,11 +419,17 @@ cdef class CrossEngine:
             if grown == NULL:
                 raise MemoryError()
             sd.levels = grown
+            grown_keys = <int64_t*>realloc(sd.keys, sd.cap * 2 * sizeof(int64_t))
+            if grown_keys == NULL:
+                raise MemoryError()
+            sd.keys = grown_keys
             sd.cap *= 2
         pos = sd.n if append else self._find_pos(s, price)
         if pos < sd.n:
             memmove(&sd.levels[pos + 1], &sd.levels[pos], (sd.n - pos) * sizeof(int32_t))
+            memmove(&sd.keys[pos + 1], &sd.keys[pos], (sd.n - pos) * sizeof(int64_t))
         sd.levels[pos] = lv
+        sd.keys[pos] = side_key(s, price)
         sd.n += 1
         # A level at this price may have been listed as touched earlier in this command.
         for k in range(self.n_touched):
@@ -435,6 +446,7 @@ cdef class CrossEngine:
         else:
             pos = self._find_pos(s, self.levels[lv].price)
             memmove(&sd.levels[pos], &sd.levels[pos + 1], (sd.n - pos - 1) * sizeof(int32_t))
+            memmove(&sd.keys[pos], &sd.keys[pos + 1], (sd.n - pos - 1) * sizeof(int64_t))
             sd.n -= 1
         self.levels[lv].next_free = self.free_level
         self.free_level = lv
@@ -452,6 +464,7 @@ cdef class CrossEngine:
             self.touched_cap *= 2
         self.touched[self.n_touched].price = self.levels[lv].price
         self.touched[self.n_touched].side = self.levels[lv].side
+        self.touched[self.n_touched].level = lv
         self.n_touched += 1
         return 0
 
@@ -655,7 +668,12 @@ cdef class CrossEngine:
         buf_reserve(&self.out, 22 * self.n_touched)
         for k in range(self.n_touched):
             s = side_index(self.touched[k].side)
-            lv = self._find_level(s, self.touched[k].price)
+            lv = self.touched[k].level
+            # Still the live level of that side and price? Else (emptied, or its slot reused)
+            # look the price up: the level may be gone, or another one may stand there now.
+            if not (self.levels[lv].count and self.levels[lv].price == self.touched[k].price
+                    and self.levels[lv].side == self.touched[k].side):
+                lv = self._find_level(s, self.touched[k].price)
             p = self.out.data + self.out.len
             p[0] = EV_LEVEL
             p[1] = self.touched[k].side
@@ -1066,6 +1084,7 @@ cdef class CrossEngine:
         eng._reserve_index(n)
         cdef Py_ssize_t off = SNAP_HEADER.size, k
         cdef int32_t i, lo, hi, tmp
+        cdef int64_t tmp_key
         cdef const unsigned char* p = &view[0]
         cdef IdIdx* ids = <IdIdx*>malloc(max(1, n) * sizeof(IdIdx))
         if ids == NULL:
@@ -1095,6 +1114,9 @@ cdef class CrossEngine:
                     tmp = eng.sides[s].levels[lo]
                     eng.sides[s].levels[lo] = eng.sides[s].levels[hi]
                     eng.sides[s].levels[hi] = tmp
+                    tmp_key = eng.sides[s].keys[lo]
+                    eng.sides[s].keys[lo] = eng.sides[s].keys[hi]
+                    eng.sides[s].keys[hi] = tmp_key
                     lo += 1
                     hi -= 1
             qsort(ids, n, sizeof(IdIdx), cmp_id)
@@ -1126,6 +1148,8 @@ cdef class CrossEngine:
                 if k and side_key(s, self.levels[self.sides[s].levels[k - 1]].price) >= \
                         side_key(s, self.levels[lv].price):
                     raise RuntimeError("crossengine: levels out of order")
+                if self.sides[s].keys[k] != side_key(s, self.levels[lv].price):
+                    raise RuntimeError("crossengine: a level's search key is stale")
                 total = 0
                 count = 0
                 prev_i = -1
