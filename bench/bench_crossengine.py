@@ -173,8 +173,8 @@ def run_reference(cmds: list[tuple[int, bytes]]) -> tuple[float, list[bytes], by
     return time.perf_counter() - t0, outs, ref.state_hash()
 
 
-def snapshot_bench(orders: int, repeat: int) -> None:
-    """Snapshot and restore of a book of `orders` resting orders over 20,000 levels a side."""
+def resting_book(orders: int) -> list[tuple[int, bytes]]:
+    """NewOrders that all rest: buys below 1,000,000, sells from it, 20,000 levels a side."""
     rng = random.Random(11)
     cmds = []
     for i in range(orders):
@@ -183,6 +183,12 @@ def snapshot_bench(orders: int, repeat: int) -> None:
             1_000_000 + rng.randint(0, 19_999)
         cmds.append((c.NEW_ORDER, c.new_order(i + 1, side, price, rng.randint(1, 100),
                                               rng.randint(1, 5000))))
+    return cmds
+
+
+def snapshot_bench(orders: int, repeat: int) -> None:
+    """Snapshot and restore of a book of `orders` resting orders over 20,000 levels a side."""
+    cmds = resting_book(orders)
     eng = CrossEngine(max_qty=1_000_000, capacity=orders + 16)
     for f in frames(cmds):
         eng.apply_frame(f)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -31,8 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.bench_crossengine import resting_book  # noqa: E402
 from bench.bench_mq import raw_ceiling  # noqa: E402
-from crossengine import codec as c  # noqa: E402
 from crossengine.engine import CrossEngine  # noqa: E402
 from deploy.local import LogCluster  # noqa: E402
 from deploy.procs import tcp  # noqa: E402
@@ -45,18 +44,6 @@ from mq.subscriber import Subscriber  # noqa: E402
 from tests.property.test_crossengine_determinism import flow  # noqa: E402
 
 ENGINE = {"max_qty": 1_000_000}
-
-
-def book_orders(n: int) -> list[tuple[int, bytes]]:
-    rng = random.Random(11)
-    out = []
-    for i in range(n):
-        side = c.BUY if i % 2 else c.SELL
-        price = 1_000_000 - rng.randint(1, 20_000) if side == c.BUY else \
-            1_000_000 + rng.randint(0, 19_999)
-        out.append((c.NEW_ORDER, c.new_order(i + 1, side, price, rng.randint(1, 100),
-                                             rng.randint(1, 5000))))
-    return out
 
 
 def feed(prod: Producer, cmds: list[tuple[int, bytes]], window: int = 200_000) -> None:
@@ -74,7 +61,7 @@ def recovery(resting: int, tail: int) -> dict:
             cluster.start()
             prod = Producer(1, cluster.prod_addr, max_inflight=400_000)
             prod.connect()
-            feed(prod, book_orders(resting))
+            feed(prod, resting_book(resting))
             snap_seq = cluster.status()["last"]
             feed(prod, [(k, p) for f in flow(tail, seed=5) for r in decode(f)
                         for k, p in [(r[5], r[6])]])

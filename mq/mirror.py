@@ -25,11 +25,9 @@ import time
 from collections import deque
 from typing import Any
 
-import zmq
-
 from mq import wire
 from mq.record import FrameError, decode, scan, trim
-from mq.sequencer import MAX_DRAIN, POLICIES, Sequencer, run
+from mq.sequencer import POLICIES, Sequencer, run
 
 log = logging.getLogger("seqex.mirror")
 
@@ -69,14 +67,7 @@ class Mirror(Sequencer):
 
     # -- input ------------------------------------------------------------------------------
     def _sequence_waiting(self) -> None:
-        for _ in range(MAX_DRAIN):
-            try:
-                msg = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if len(msg) < 3:
-                continue
-            ident, kind = msg[0], msg[1]
+        for ident, kind, msg in self._waiting():
             try:
                 body = wire.unpack(msg[2])
                 if kind == wire.DATA and len(msg) == 4:

@@ -353,13 +353,20 @@ class Sequencer:
 
     def _answer_control_only(self) -> None:
         """While draining, producers get no new seqs; they resend to the next master."""
+        for ident, kind, msg in self._waiting():
+            if kind in (wire.PING, wire.STOP):
+                self._control(ident, kind, wire.unpack(msg[2]))
+
+    def _waiting(self) -> Any:
+        """Up to MAX_DRAIN messages waiting on the producer socket, as (ident, kind, parts);
+        messages too short to carry a kind are dropped."""
         for _ in range(MAX_DRAIN):
             try:
                 msg = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(msg) >= 3 and msg[1] in (wire.PING, wire.STOP):
-                self._control(msg[0], msg[1], wire.unpack(msg[2]))
+            if len(msg) >= 3:
+                yield msg[0], msg[1], msg
 
     def _now(self) -> int:
         """Sequencer time: wall clock, never below the last stamped time."""
@@ -372,14 +379,7 @@ class Sequencer:
         size = 0
         first = self.next_seq
         ts_ns = self._now()
-        for _ in range(MAX_DRAIN):
-            try:
-                msg = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if len(msg) < 3:
-                continue
-            ident, kind = msg[0], msg[1]
+        for ident, kind, msg in self._waiting():
             try:
                 if kind == wire.DATA and len(msg) == 4:
                     piece = self._sequence_batch(ident, msg[3], ts_ns, acks)
