@@ -262,28 +262,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
     loopback; prints throughput, end-to-end latency and the log position every second."""
     import struct
 
-    from deploy.procs import Group, tcp
-    from mq.control import ping, wait_until
+    from deploy.local import LogCluster
     from mq.record import decode
     from mq.subscriber import Subscriber
 
     data = a.data or tempfile.mkdtemp(prefix="seqex-demo-")
-    reps = [tcp(), tcp()]
-    prod_addr, pub_addr = tcp(), tcp()
     stream = "in.demo"
     prefix = struct.Struct(SRC_PAYLOAD)
     print(f"seqex demo: data and logs in {data}")
-    with Group(os.path.join(data, "logs")) as group:
-        for i, addr in enumerate(reps):
-            group.spawn(f"replicator{i}", ["replicator", "--data", os.path.join(data, f"r{i}"),
-                                           "--bind", addr])
-        for addr in reps:
-            wait_until(lambda addr=addr: ping(addr), 30, f"replicator {addr}")
-        group.spawn("sequencer", ["sequencer", "--stream", stream, "--producers", prod_addr,
-                                  "--pub", pub_addr, "--policy", "quorum",
-                                  *sum((["--replicator", r] for r in reps), [])])
-        wait_until(lambda: ping(prod_addr), 30, "the sequencer")
-        sub = Subscriber(stream, pub_addr, reps)
+    with LogCluster(data, stream, replicators=2, policy="quorum") as cluster:
+        cluster.start()
+        group, reps, prod_addr = cluster.group, cluster.rep_addrs, cluster.prod_addr
+        sub = Subscriber(stream, cluster.pub_addr, reps)
         per_source = a.rate // 3
         count = per_source * a.seconds
         for src in (1, 2, 3):

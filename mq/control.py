@@ -5,9 +5,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import zmq
-
-from mq import wire
+from mq import sockets, wire
 from mq.record import scan
 
 
@@ -15,10 +13,8 @@ def call(addr: str, kind: bytes, body: dict[str, Any] | None = None,
          timeout_s: float = 2.0) -> tuple[bytes, dict[str, Any], list[bytes]]:
     """Send one request and wait for its answer: (kind, body, further parts).
     Raises TimeoutError when the server does not answer in time."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = sockets.dealer(addr, heartbeat=False)
     try:
-        sock.connect(addr)
         sock.send_multipart([kind, wire.pack(body or {})])
         if not sock.poll(int(timeout_s * 1000)):
             raise TimeoutError(f"{addr} did not answer {kind.decode()} in {timeout_s} s")
@@ -52,9 +48,7 @@ def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 
 def replay(addr: str, stream: str, seq_from: int = 1, seq_to: int | None = None,
            timeout_s: float = 10.0) -> Iterator[bytes]:
     """Frames of stream seq_from..seq_to (None: to what the replicator holds now)."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(addr)
+    sock = sockets.dealer(addr, heartbeat=False)
     try:
         seq = seq_from
         while seq_to is None or seq <= seq_to:

@@ -21,7 +21,6 @@ The mirror stamps nothing: its records are the engines' bytes, so copies compare
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from typing import Any
 
@@ -93,21 +92,22 @@ class Mirror(Sequencer):
             self._hold(first, last, frame, replica, ident)
             return
         self._take(first, last, frame, replica, ident)
-        while self.next_seq in self.held or any(f < self.next_seq for f in self.held):
-            for f in sorted(self.held):
-                if f <= self.next_seq:
-                    h_last, h_frame, h_replica, h_ident = self.held.pop(f)
-                    self.held_bytes -= len(h_frame)
-                    self._accept(h_ident, h_replica, h_frame)
-                    break
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Take held frames that now start at or below the next seq, lowest first."""
+        while self.held:
+            f = min(self.held)
+            if f > self.next_seq:
+                return
+            _last, frame, replica, ident = self.held.pop(f)
+            self.held_bytes -= len(frame)
+            self._accept(ident, replica, frame)
 
     def _take(self, first: int, last: int, frame: bytes, replica: str, ident: bytes) -> None:
-        self.window.add(first, last, frame, replica)
-        self.pending.append((first, last, frame, [(ident, 0, last + 1, [])]))
         self.next_seq = last + 1
         self.stats["accepted"] += last - first + 1
-        self.stats["frames"] += 1
-        self.last_activity_ns = time.time_ns()
+        self._commit_frame(first, [frame], [(ident, 0, last + 1, [])], tag=replica)
 
     def _hold(self, first: int, last: int, frame: bytes, replica: str, ident: bytes) -> None:
         if first in self.held or self.held_bytes + len(frame) > MAX_HELD_BYTES:

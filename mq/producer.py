@@ -88,9 +88,13 @@ class Producer:
         return (self.next_ss or self.acked_next) - self.acked_next
 
     def _pump(self) -> None:
-        for first, last, batch in self.outbox:
-            if last <= self.sent_upto:
-                continue
+        # The outbox is in source_seq order, so the unsent batches are a suffix: find its
+        # start from the right instead of walking the whole outbox on every call.
+        start = len(self.outbox)
+        while start and self.outbox[start - 1][1] > self.sent_upto:
+            start -= 1
+        for k in range(start, len(self.outbox)):
+            first, last, batch = self.outbox[k]
             if self.sent_upto - self.acked_next + 1 >= self.max_inflight:
                 return
             if first <= self.sent_upto:  # resend from inside a batch

@@ -95,7 +95,6 @@ class Link:
     sent: int = 0             # highest seq sent to it
     known: bool = False       # it answered STATE (or an APPEND) since the master started
     progress_at: float = field(default_factory=time.monotonic)
-    divergent: bool = False   # it refused our bytes as a conflict; its acks do not count
     commit_sent: int = 0      # the commit point it was last told
 
 
@@ -289,7 +288,6 @@ class Sequencer:
                 {"stream": self.stream, "epoch": self.epoch, "after": agreed})])
         link.acked = link.sent = agreed
         link.known = True
-        link.divergent = False
         link.progress_at = time.monotonic()
         return agreed
 
@@ -444,20 +442,18 @@ class Sequencer:
             for _f, _last, frame in up.sub.poll(0):
                 batch = rebase(frame, up.source, up.bitmap)
                 if batch:
-                    _n, ss_first, count = scan_producer_loose(batch)
-                    if ss_first < self.next_ss.get(up.source, 1):
-                        raise RuntimeError(f"{self.stream}: {up.stream} went back to {ss_first}")
+                    # source_seqs increase but may skip (records the filter left out)
+                    runs = source_runs(batch)
+                    count = sum(b - a + 1 for _s, a, b, _q in runs)
+                    if runs[0][1] < self.next_ss.get(up.source, 1):
+                        raise RuntimeError(f"{self.stream}: {up.stream} went back to {runs[0][1]}")
                     parts.append(stamp(batch, 0, self.next_seq, ts_ns, self.epoch))
                     self.next_seq += count
-                    self.next_ss[up.source] = self._last_ss(batch) + 1
+                    self.next_ss[up.source] = runs[-1][2] + 1
                     self.stats["sequenced"] += count
                     self.taken[up.source] = self.taken.get(up.source, 0) + count
         if parts:
             self._commit_frame(first, parts, [])
-
-    @staticmethod
-    def _last_ss(batch: bytes) -> int:
-        return source_runs(batch)[-1][2]
 
     def _known_runs(self, src: int, lo: int, hi: int) -> list[list]:
         """[[ss_first, ss_last, seq_first]] for the part of lo..hi still remembered."""
@@ -468,10 +464,12 @@ class Sequencer:
                 out.append([a, b, seq_first + (a - ss_first)])
         return out
 
-    def _commit_frame(self, first: int, parts: list[bytes], acks: list) -> None:
+    def _commit_frame(self, first: int, parts: list[bytes], acks: list, tag: str = "") -> None:
+        """Frame first..next_seq-1 from parts: keep it for resends, replicate it, and queue
+        it to be forwarded (and its producers acked) once committed."""
         frame = parts[0] if len(parts) == 1 else b"".join(parts)
         last = self.next_seq - 1
-        self.window.add(first, last, frame)
+        self.window.add(first, last, frame, tag)
         self.pending.append((first, last, frame, acks))
         self.stats["frames"] += 1
         self.last_activity_ns = time.time_ns()
@@ -570,7 +568,7 @@ class Sequencer:
 
     def _commit_point(self) -> int:
         point = replication.commit_point(
-            [lk.acked for lk in self.links if lk.known and not lk.divergent],
+            [lk.acked for lk in self.links if lk.known],
             len(self.links), self.policy)
         if point < self.first_own_seq:
             return self.committed  # only a record of this epoch commits what came before
@@ -624,8 +622,8 @@ class Sequencer:
     def status(self) -> dict[str, Any]:
         return {"role": "sequencer", "stream": self.stream, "epoch": self.epoch,
                 "last": self.next_seq - 1, "committed": self.committed,
-                "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known,
-                                 "divergent": lk.divergent} for lk in self.links],
+                "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known}
+                                for lk in self.links],
                 "upstreams": {up.stream: {"source": up.source,
                                           "next": self.next_ss.get(up.source, 1),
                                           "taken": self.taken.get(up.source, 0)}
@@ -641,13 +639,6 @@ class Sequencer:
     def close(self) -> None:
         for sock in [self.router, self.pub] + [lk.sock for lk in self.links]:
             sock.close(0)
-
-
-def scan_producer_loose(batch: bytes) -> tuple[int, int, int]:
-    """(source, first source_seq, count) of a rebased batch, whose source_seqs increase but
-    may skip (records the filter left out)."""
-    runs = source_runs(batch)
-    return runs[0][0], runs[0][1], sum(b - a + 1 for _s, a, b, _q in runs)
 
 
 def main(stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
