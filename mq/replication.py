@@ -8,7 +8,10 @@ Facts the rules rest on (docs/log.md, "Failover"):
   once. Along any replicator's log, epochs never decrease.
 * Log matching: if two logs hold a record of the same epoch at the same seq, they hold the same
   records up to that seq. A replicator only appends onto a prefix of its master's log: gaps are
-  refused, overlaps are compared byte for byte, and a divergent tail is truncated first.
+  refused, overlaps are compared byte for byte, the record just before an APPEND must be of the
+  epoch the master holds there (Raft's previous-entry check: without it, an APPEND that
+  outruns a lost or late TRUNCATE lands on a divergent record), and a divergent tail is
+  truncated first.
 * A master counts acknowledgements towards its commit point only from its first own-epoch
   record on. An older-epoch record it re-sends becomes committed when a record of its own epoch
   after it is held by the policy's number of replicators (Raft's rule, against the case of
@@ -62,6 +65,16 @@ def common_prefix(hist_a: Sequence[Sequence[int]], last_a: int,
             if lo <= hi:
                 agreed = max(agreed, hi)
     return agreed
+
+
+def epoch_at(history: Sequence[Sequence[int]], seq: int) -> int:
+    """The epoch of the record at ``seq`` in a log with this history (0 before the first)."""
+    epoch = 0
+    for e, first in history:
+        if first > seq:
+            break
+        epoch = e
+    return epoch if seq >= 1 else 0
 
 
 def best_log(states: Sequence[dict]) -> int:

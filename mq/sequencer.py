@@ -151,6 +151,7 @@ class Window:
 
 class Sequencer:
     policies = POLICIES
+    stamps_epochs = True   # every record carries this master's epoch (APPENDs name the previous)
 
     def __init__(self, stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
                  policy: str = "first", tick_ms: int = 100, window_bytes: int = 256 << 20,
@@ -512,8 +513,11 @@ class Sequencer:
                 link.known = False
                 return
             first, last, frame = piece
-            body = wire.pack({"stream": self.stream, "epoch": self.epoch,
-                              "first": first, "last": last, "commit": self.committed})
+            fields = {"stream": self.stream, "epoch": self.epoch, "first": first,
+                      "last": last, "commit": self.committed}
+            if self.stamps_epochs:   # the records before `first` carry this log's epochs
+                fields["prev_epoch"] = replication.epoch_at(self.history, first - 1)
+            body = wire.pack(fields)
             if not self._try_send(link, [wire.APPEND, body, frame]):
                 return
             link.commit_sent = self.committed

@@ -138,7 +138,9 @@ class Replicator:
         epoch = wire.field(body, "epoch", int)
         log_ = self.store.stream(stream, txn)
         before = log_.last
-        result = log_.append(txn, epoch, frame)
+        prev = body.get("prev_epoch")
+        result = log_.append(txn, epoch, frame,
+                             prev if isinstance(prev, int) and not isinstance(prev, bool) else None)
         commit = body.get("commit")
         if result.ok and isinstance(commit, int) and not isinstance(commit, bool):
             log_.set_commit(txn, commit)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import lmdb
 
 from mq.record import FrameError, decode, epoch_runs, offset_of, scan, source_runs
+from mq.replication import epoch_at
 
 U64 = struct.Struct(">Q")
 U32 = struct.Struct(">I")
@@ -151,18 +152,25 @@ class StreamLog:
         return U64.unpack(raw)[0] if raw else 0
 
     # -- writing ------------------------------------------------------------------------
-    def append(self, txn: lmdb.Transaction, epoch: int, frame: bytes) -> AppendResult:
+    def append(self, txn: lmdb.Transaction, epoch: int, frame: bytes,
+               prev_epoch: int | None = None) -> AppendResult:
         """Append a sequenced frame inside the caller's write transaction.
 
         A frame that overlaps what is held must match it byte for byte on the overlap (a
         master re-sending after a lost ack); only the new part is stored. A frame of a lower
         epoch than any seen is refused ("fenced"), one that leaves a gap is refused ("gap").
+        With ``prev_epoch`` (the epoch of the record before the frame in the master's log), a
+        frame whose predecessor here is of another epoch is refused ("conflict"): this log
+        diverged there and must be truncated first (Raft's previous-entry check).
         """
         if epoch < self.epoch:
             return AppendResult(False, self.last, self.epoch, "fenced")
         count, first, last = scan(frame)  # raises FrameError on a malformed frame
         if first > self.last + 1:
             return AppendResult(False, self.last, max(self.epoch, epoch), "gap")
+        if prev_epoch is not None and first > 1 \
+                and epoch_at(self.history, first - 1) != prev_epoch:
+            return AppendResult(False, self.last, self.epoch, "conflict", first - 1)
         if first <= self.last:
             overlap_to = min(last, self.last)
             held = self.read(first, overlap_to, txn=txn)

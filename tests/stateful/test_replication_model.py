@@ -50,11 +50,14 @@ class Rep:
         return {"last": len(self.log), "epoch": self.epoch, "commit": self.commit,
                 "last_epoch": self.log[-1][0] if self.log else 0, "history": self.history()}
 
-    def append(self, epoch: int, first: int, records: list, commit: int) -> tuple:
+    def append(self, epoch: int, first: int, records: list, commit: int,
+               prev_epoch: int | None) -> tuple:
         if epoch < self.epoch:
             return ("fenced", self.epoch)
         if first > len(self.log) + 1:
             return ("gap", len(self.log))
+        if prev_epoch is not None and first > 1 and self.log[first - 2][0] != prev_epoch:
+            return ("conflict", len(self.log))
         for k, rec in enumerate(records):
             seq = first + k
             if seq <= len(self.log):
@@ -99,6 +102,7 @@ class Replication(RuleBasedStateMachine):
 
     # -- masters ------------------------------------------------------------------------
     own_epoch_rule = True  # commit counts only from the master's first own-epoch record
+    prev_check = True      # an APPEND names the epoch of the record before it (Raft)
 
     @rule(data=st.data())
     def start_master(self, data):
@@ -142,8 +146,9 @@ class Replication(RuleBasedStateMachine):
         separately: a replicator can acknowledge an older-epoch record on its own."""
         if m.known.get(i):
             for seq in range(m.acked[i] + 1, len(m.log) + 1):
+                prev = m.log[seq - 2][0] if seq > 1 and self.prev_check else None
                 self.net.append((i, ("append", m, m.epoch, seq, [m.log[seq - 1]],
-                                     m.committed)))
+                                     m.committed, prev)))
 
     @rule(data=st.data())
     def master_appends(self, data):
@@ -212,8 +217,8 @@ class Replication(RuleBasedStateMachine):
         if not rep.up:
             return
         if msg[0] == "append":
-            _, m, epoch, first, records, commit = msg
-            status, value = rep.append(epoch, first, records, commit)
+            _, m, epoch, first, records, commit, prev = msg
+            status, value = rep.append(epoch, first, records, commit, prev)
         else:
             _, m, epoch, after = msg
             status, value = rep.truncate(epoch, after)
@@ -281,7 +286,7 @@ def test_first_loses_a_record_when_master_and_its_only_acker_are_lost():
     """Under "first", the record is acknowledged on one replica's word; lose that replica
     together with the master and the next master resumes without it."""
     reps = [Rep() for _ in range(3)]
-    reps[0].append(1, 1, [(1, "a")], 0)  # only replicator 0 acknowledged: committed under first
+    reps[0].append(1, 1, [(1, "a")], 0, None)  # only replicator 0 acknowledged: committed under first
     acknowledged = {1: (1, "a")}
     reps[0].up = False  # master and replicator 0 are lost together
     chosen = [1, 2]
@@ -335,3 +340,45 @@ def test_figure_8_loses_a_record_without_the_own_epoch_rule():
         assert "would lose acknowledged seq 1" in str(exc)
     else:
         raise AssertionError("counting old-epoch acks should have lost seq 1")
+
+
+def _append_outruns_truncate(prev_check: bool) -> Replication:
+    """Found by the quorum model above. M1 (epoch 1) writes v1 to replicator 2 only; M2
+    (epoch 2) commits v2 at seq 1 on replicators 0 and 1. M3 (epoch 3) adopts [v2] from
+    replicators 0 and 2 and sends replicator 2 a TRUNCATE (its v1 diverges) and then seq 1
+    and 2. If seq 2 arrives while the TRUNCATE is late (or lost on a reconnect), replicator 2
+    holds [v1, v3]: its last record has the highest epoch, so a master recovering from
+    replicators 0 and 2 would adopt it and lose the committed v2."""
+    model = Replication()
+    model.prev_check = prev_check
+    m1 = model.start([0, 2])
+    m2 = model.start([0, 1])
+    _deliver(model, m1, 0)                  # fenced: replicator 0 is at epoch 2
+    _deliver(model, m1, 2)                  # v1 at seq 1 on replicator 2
+    _deliver(model, m2, 0)
+    _deliver(model, m2, 1)
+    _deliver(model, m2, None, "ack")
+    _deliver(model, m2, None, "ack")
+    assert model.acknowledged == {1: (2, "v2")}
+    m3 = model.start([0, 2])
+    k = next(k for k, (dest, msg) in enumerate(model.net)
+             if dest == 2 and msg[0] == "append" and msg[1] is m3 and msg[3] == 2)
+    model.deliver_at(k)                     # seq 2 before the TRUNCATE and seq 1
+    return model
+
+
+def test_an_append_that_outruns_a_truncate_is_refused_by_the_previous_epoch_check():
+    model = _append_outruns_truncate(prev_check=True)
+    assert model.reps[2].log == [(1, "v1")]
+    model.acknowledged_records_survive_any_failover()
+
+
+def test_without_the_previous_epoch_check_a_committed_record_is_lost():
+    model = _append_outruns_truncate(prev_check=False)
+    assert model.reps[2].log == [(1, "v1"), (3, "v3")]
+    try:
+        model.acknowledged_records_survive_any_failover()
+    except AssertionError as exc:
+        assert "would lose acknowledged seq 1" in str(exc)
+    else:
+        raise AssertionError("the append should have landed on the divergent record")

@@ -88,3 +88,12 @@ def test_bad_durability_and_stream_names_are_refused(tmp_path):
     with pytest.raises(ValueError):
         s.stream("")
     s.close()
+
+
+def test_append_onto_a_record_of_another_epoch_is_refused(store):
+    """Raft's previous-entry check: the master names the epoch of the record before its frame;
+    a replicator holding a record of another epoch there diverged and must truncate first."""
+    store.append("s", 1, frame(1, 2, epoch=1))
+    r = store.change("s", lambda log, txn: log.append(txn, 3, frame(3, 1, epoch=3), 2))
+    assert (r.ok, r.reason, r.seq) == (False, "conflict", 2)
+    assert store.change("s", lambda log, txn: log.append(txn, 3, frame(3, 1, epoch=3), 1)).ok
