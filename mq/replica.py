@@ -49,7 +49,14 @@ def _crossengine(config: dict) -> Any:
     return CrossEngine(**config), CrossEngine.restore
 
 
-ENGINES = {"crossengine": _crossengine}
+def _tradingengine(config: dict) -> Any:
+    from tradingengine.engine import TradingEngine, spec_from_dict
+    specs = [spec_from_dict(s) for s in config.get("specs", [])]
+    engine = TradingEngine(specs, config.get("shard", 0), config.get("n_shards", 1))
+    return engine, TradingEngine.restore
+
+
+ENGINES = {"crossengine": _crossengine, "tradingengine": _tradingengine}
 
 
 class ReplicaHost:

@@ -1,0 +1,1311 @@
+"""The TradingEngine: a deterministic state machine for one shard of accounts (DESIGN.md §4-5).
+
+Contract. ``apply(seq, ts_ns, kind, payload) -> bytes`` takes one record of the shard's in
+stream (client requests, CrossEngine results, mark prices, funding inputs, transfers, ticks;
+see tradingengine/codec.py) and returns the events it caused; ``apply_frame`` does the same for
+a whole mq frame, one output record per input record. No clock (time is the record's
+``ts_ns``), no I/O, no randomness, integers only, and every iteration whose order reaches the
+output is over sorted keys. Business rejections are events with 2xxx codes; a broken invariant
+(the audit above all) raises ``EngineHalted`` and the process dies, as DESIGN.md §4 wants.
+
+What it keeps, per account (``account % n_shards == shard``): the wallet balance, per symbol a
+position (signed size, signed entry cost, margin, leverage, cross or isolated mode), open and
+conditional orders with the margin each reserves, and a dead-man's switch. Per shard: marks,
+last prices, funding state, the fee pool, the dust account, deposits and withdrawals, the
+transfer ids seen, and two system accounts: *clearing*, which holds the other side of every
+trade whose counterparty lives in another shard (so each shard balances on its own), and
+*liquidation*, which takes over positions handed to the LiqEngine and covers deficits.
+
+The audit (after every mark price and every funding): the sum over all accounts, the system
+ones included, of balance plus position value at mark minus cost, plus the fee pool and the
+dust, equals deposits minus withdrawals, to the minor unit; and every symbol's positions sum
+to zero. The formulas are in tradingengine/margin.py and docs/tradingengine.md.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import msgpack
+
+from mq.record import decode, encode
+from tradingengine import codec as c
+from tradingengine.margin import (
+    PPM,
+    X100,
+    ContractSpec,
+    Tier,
+    bankruptcy_price,
+    cost_removed,
+    fee,
+    funding_payment,
+    funding_rate,
+    liquidation_price,
+    maintenance,
+    order_cost,
+    position_margin,
+)
+
+SNAPSHOT_VERSION = 1
+MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
+MAX_OPEN_ORDERS = 200         # per account, conditional ones included
+DEFAULT_LEVERAGE_X100 = 1_000
+CLEARING_ID = -1              # system accounts: never a u32, so never a client's
+LIQUIDATION_ID = -2
+
+UNTRIGGERED, PENDING_NEW, OPEN = 0, 1, 2
+NO_PENDING, PENDING_CANCEL, PENDING_AMEND = 0, 1, 2
+
+_ER = c.EVENT_STRUCTS[c.EXEC_REPORT].pack
+_CE_CMD = c.EVENT_STRUCTS[c.CE_COMMAND].pack
+_CE_NEW = c.CE_NEW_ORDER_S.pack
+_CE_CANCEL = c.CE_CANCEL_S.pack
+_CE_AMEND = c.CE_AMEND_S.pack
+_NEW_ORDER = c.NEW_ORDER_S.unpack_from
+_CE_EVENTS = c.CE_EVENT_STRUCTS
+_CE_TRADE = c.CE_EVENT_STRUCTS[c.CE_TRADE].unpack_from
+_CE_CMD_SIZE = c.EVENT_STRUCTS[c.CE_COMMAND].size
+_CE_NEW_SIZE = c.CE_NEW_ORDER_S.size
+_PACK = {k: s.pack for k, s in c.EVENT_STRUCTS.items()}
+_CODE = c.CODES
+
+
+class EngineHalted(RuntimeError):
+    """A broken invariant: the engine must not go on (the audit above all)."""
+
+
+class Order:
+    __slots__ = ("order_id", "account", "symbol", "client_order_id", "side", "ord_type", "tif",
+                 "flags", "price", "qty", "leaves", "cum", "margin", "state", "pending",
+                 "trigger_price", "trigger_kind", "trigger_by", "reason")
+
+    def __init__(self, order_id: int, account: int, symbol: int, client_order_id: int,
+                 side: int, ord_type: int, tif: int, flags: int, price: int, qty: int) -> None:
+        self.order_id = order_id          # the engine's id; the CrossEngine's client_order_id
+        self.account = account
+        self.symbol = symbol
+        self.client_order_id = client_order_id
+        self.side = side                  # c.BUY / c.SELL
+        self.ord_type = ord_type
+        self.tif = tif
+        self.flags = flags
+        self.price = price                # ticks; a market order's is its band edge
+        self.qty = qty                    # total lots
+        self.leaves = qty                 # lots still open
+        self.cum = 0                      # lots filled
+        self.margin = 0                   # minor units reserved now
+        self.state = PENDING_NEW
+        self.pending = NO_PENDING         # a cancel or amend sent and not yet answered
+        self.trigger_price = 0
+        self.trigger_kind = c.TRIGGER_NONE
+        self.trigger_by = c.BY_MARK
+        self.reason = 0                   # why the engine sent a cancel (its report says so)
+
+    def row(self) -> list:
+        return [self.order_id, self.account, self.symbol, self.client_order_id, self.side,
+                self.ord_type, self.tif, self.flags, self.price, self.qty, self.leaves,
+                self.cum, self.margin, self.state, self.pending, self.trigger_price,
+                self.trigger_kind, self.trigger_by, self.reason]
+
+    @classmethod
+    def from_row(cls, row: list) -> Order:
+        o = cls(*row[:10])
+        (o.leaves, o.cum, o.margin, o.state, o.pending, o.trigger_price, o.trigger_kind,
+         o.trigger_by, o.reason) = row[10:]
+        return o
+
+
+class Position:
+    __slots__ = ("size", "cost", "margin", "extra", "leverage_x100", "mode", "realised",
+                 "buy_leaves", "sell_leaves", "reduce_only")
+
+    def __init__(self, leverage_x100: int) -> None:
+        self.size = 0              # lots, > 0 long, < 0 short
+        self.cost = 0              # signed entry value, minor units
+        self.margin = 0            # held for the position: requirement + extra
+        self.extra = 0             # isolated margin added by the trader (>= 0)
+        self.leverage_x100 = leverage_x100
+        self.mode = c.CROSS
+        self.realised = 0          # lifetime realised PnL (fees and funding apart)
+        self.buy_leaves = 0        # lots of live (not conditional) buy orders: derived
+        self.sell_leaves = 0
+        self.reduce_only = 0       # live reduce-only orders: derived
+
+    def row(self) -> list:
+        return [self.size, self.cost, self.margin, self.extra, self.leverage_x100, self.mode,
+                self.realised]
+
+
+class Account:
+    __slots__ = ("account_id", "balance", "order_margin", "position_margin", "positions",
+                 "orders", "by_client", "dms_timeout_ms", "dms_deadline")
+
+    def __init__(self, account_id: int) -> None:
+        self.account_id = account_id
+        self.balance = 0                        # wallet: deposits - withdrawals + PnL - fees ...
+        self.order_margin = 0                   # sum of its orders' reservations: derived
+        self.position_margin = 0                # sum of its positions' margins: derived
+        self.positions: dict[int, Position] = {}
+        self.orders: dict[int, Order] = {}      # by order id (ascending: ids only grow)
+        self.by_client: dict[int, Order] = {}   # live orders by client order id
+        self.dms_timeout_ms = 0
+        self.dms_deadline = 0                   # ts_ns at which every order is cancelled
+
+
+class TradingEngine:
+    """Pure: the same records give the same outputs and state_hash(). See the module doc."""
+
+    def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1) -> None:
+        if not 0 <= shard < n_shards:
+            raise ValueError(f"shard {shard} not in 0 .. {n_shards - 1}")
+        self.shard = shard
+        self.n_shards = n_shards
+        self.specs: dict[int, ContractSpec] = {s.symbol: s for s in sorted(specs, key=_sym)}
+        if len(self.specs) != len(specs):
+            raise ValueError("two contract specs share a symbol")
+        self.accounts: dict[int, Account] = {}
+        self.clearing = Account(CLEARING_ID)
+        self.liquidation = Account(LIQUIDATION_ID)
+        self.marks: dict[int, int] = {}
+        self.last_prices: dict[int, int] = {}
+        self.funding_inputs: dict[int, tuple[int, int]] = {}
+        self.next_funding: dict[int, int] = {}
+        self.transfers: dict[int, None] = {}     # transfer ids seen (a dict: never a set)
+        self.next_order_id = 1
+        self.fee_pool = 0
+        self.dust = 0
+        self.deposits = 0
+        self.withdrawals = 0
+        self.seq = 0
+        self.ts_ns = 0
+        # derived indexes, rebuilt by restore()
+        self.orders: dict[int, Order] = {}
+        self.ce_orders: dict[int, dict[int, Order]] = {s: {} for s in self.specs}
+        self.ce_ids: dict[int, int] = {}          # order id -> CrossEngine order id
+        self.conditional: dict[int, dict[int, Order]] = {s: {} for s in self.specs}
+        self.holders: dict[int, dict[int, None]] = {s: {} for s in self.specs}
+        self.dms: dict[int, int] = {}             # account -> deadline
+        self._timer_next = 0
+        self._out: list[bytes] = []
+        self._handlers = {
+            c.NEW_ORDER: self._new_order, c.CANCEL: self._cancel, c.AMEND: self._amend,
+            c.CANCEL_ALL: self._cancel_all, c.SET_LEVERAGE: self._set_leverage,
+            c.SET_MARGIN_MODE: self._set_margin_mode, c.ADJUST_MARGIN: self._adjust_margin,
+            c.DEPOSIT: self._deposit, c.WITHDRAW: self._withdraw, c.MARK_PRICE: self._mark,
+            c.FUNDING_INPUTS: self._funding_inputs, c.DEAD_MANS_SWITCH: self._dead_mans_switch,
+            c.CE_EVENTS: self._ce_events,
+        }
+
+    # -- the state machine contract --------------------------------------------------------------
+
+    def apply(self, seq: int, ts_ns: int, kind: int, payload: bytes) -> bytes:
+        if seq <= self.seq:
+            raise EngineHalted(f"record {seq} after {self.seq}: the log went backwards")
+        self.seq = seq
+        if ts_ns > self.ts_ns:
+            self.ts_ns = ts_ns    # sequenced time never runs backwards inside the engine
+        out = self._out = []
+        if self.ts_ns >= self._timer_next and self._timer_next:
+            self._fire_timers()
+        handler = self._handlers.get(kind)
+        if handler is not None:
+            s = c.COMMAND_STRUCTS[kind]
+            if len(payload) < s.size or (kind != c.CE_EVENTS and len(payload) != s.size):
+                self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
+            else:
+                handler(payload)
+        elif kind != c.KIND_TICK:
+            self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
+        return b"".join(out)
+
+    def apply_frame(self, frame: bytes) -> bytes:
+        """Apply every record of a sequenced frame; one output record per input record, with
+        the same header fields and the events as payload."""
+        apply = self.apply
+        return encode([(seq, ts, src, src_seq, epoch, kind, apply(seq, ts, kind, payload))
+                       for seq, ts, src, src_seq, epoch, kind, payload in decode(frame)])
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _mine(self, account_id: int) -> bool:
+        return account_id % self.n_shards == self.shard
+
+    def _position(self, acct: Account, symbol: int) -> Position:
+        pos = acct.positions.get(symbol)
+        if pos is None:
+            spec = self.specs[symbol]
+            pos = acct.positions[symbol] = Position(min(DEFAULT_LEVERAGE_X100,
+                                                        spec.tiers[0].max_leverage_x100))
+        return pos
+
+    def _reject_request(self, kind: int, code: int, account: int, symbol: int, ref: int) -> None:
+        self._out.append(_PACK[c.REQUEST_REJECTED](c.REQUEST_REJECTED, code, kind,
+                                                   account & 0xFFFFFFFF, symbol & 0xFFFFFFFF,
+                                                   ref & 0xFFFFFFFFFFFFFFFF))
+
+    def _er(self, o: Order, exec_type: int, last_px: int = 0, last_qty: int = 0, paid: int = 0,
+            code: int = 0, liquidity: int = 0, status: int = 0) -> None:
+        if not status:
+            if o.state == UNTRIGGERED:
+                status = c.STATUS_UNTRIGGERED
+            elif o.leaves == 0 and o.cum == o.qty:
+                status = c.STATUS_FILLED
+            elif o.cum:
+                status = c.STATUS_PARTIAL
+            else:
+                status = c.STATUS_NEW
+        self._out.append(_ER(c.EXEC_REPORT, exec_type, status, o.account, o.symbol,
+                             o.client_order_id, o.order_id, o.side, o.ord_type, o.price, o.qty,
+                             last_px, last_qty, o.leaves, o.cum, paid, code, liquidity))
+
+    def _reject_order(self, coid: int, account: int, symbol: int, side: int, ord_type: int,
+                      price: int, qty: int, code: int) -> None:
+        self._out.append(_ER(c.EXEC_REPORT, c.EXEC_REJECTED, c.STATUS_REJECTED,
+                             account & 0xFFFFFFFF, symbol & 0xFFFFFFFF, coid, 0, side & 0xFF,
+                             ord_type & 0xFF, price, qty, 0, 0, 0, 0, 0, code, 0))
+
+    def _account_status(self, acct: Account) -> None:
+        self._out.append(_PACK[c.ACCOUNT](c.ACCOUNT, acct.account_id, acct.balance,
+                                          self._available(acct), acct.order_margin,
+                                          acct.position_margin))
+
+    def _position_status(self, acct: Account, symbol: int) -> None:
+        pos = acct.positions[symbol]
+        spec = self.specs[symbol]
+        if pos.size:
+            base = pos.margin if pos.mode == c.ISOLATED else self._cross_base(acct, symbol)
+            liq = liquidation_price(pos.size, pos.cost, base, spec)
+            bk = bankruptcy_price(pos.size, pos.cost, base, spec)
+        else:
+            liq = bk = 0
+        self._out.append(_PACK[c.POSITION](c.POSITION, acct.account_id, symbol, pos.size,
+                                           pos.cost, pos.margin, liq, bk, pos.realised,
+                                           pos.leverage_x100, pos.mode))
+
+    def _cross_upnl(self, acct: Account, skip: int = 0) -> int:
+        total = 0
+        marks = self.marks
+        for sym, pos in acct.positions.items():
+            if pos.size and pos.mode == c.CROSS and sym != skip:
+                total += pos.size * marks[sym] * self.specs[sym].value - pos.cost
+        return total
+
+    def _available(self, acct: Account) -> int:
+        """Balance not held by positions or orders; unrealised cross losses count, gains do
+        not (a gain is not money until it is realised)."""
+        free = acct.balance - acct.order_margin - acct.position_margin
+        if acct.position_margin:
+            upnl = self._cross_upnl(acct)
+            if upnl < 0:
+                free += upnl
+        return free
+
+    def _cross_base(self, acct: Account, symbol: int, orders_excluded: int = 0) -> int:
+        """The money behind a cross position in ``symbol``: the balance less what isolated
+        positions and orders hold, plus the other cross positions' losses (not their gains)."""
+        iso = 0
+        for pos in acct.positions.values():
+            if pos.mode == c.ISOLATED:
+                iso += pos.margin
+        other = self._cross_upnl(acct, skip=symbol)
+        return (acct.balance - iso - (acct.order_margin - orders_excluded)
+                + (other if other < 0 else 0))
+
+    def _set_margin(self, acct: Account, pos: Position, spec: ContractSpec) -> None:
+        """Hold the requirement of the position at its leverage plus the isolated extra."""
+        new = position_margin(pos.size, pos.cost, spec, pos.leverage_x100) + pos.extra
+        acct.position_margin += new - pos.margin
+        pos.margin = new
+
+    # -- orders --------------------------------------------------------------------------------
+
+    def _new_order(self, payload: bytes) -> None:
+        (coid, account, symbol, price, qty, trig_px, side, ord_type, tif, flags, trig_kind,
+         trig_by) = _NEW_ORDER(payload)
+        code = 0
+        acct = self.accounts.get(account)
+        spec = self.specs.get(symbol)
+        if not self._mine(account):
+            code = 2002
+        elif acct is None:
+            code = 2003
+        elif spec is None:
+            code = 2004
+        elif side != c.BUY and side != c.SELL:
+            code = 2005
+        elif ord_type != c.LIMIT and ord_type != c.MARKET:
+            code = 2006
+        elif tif != c.GTC and tif != c.IOC and tif != c.FOK:
+            code = 2007
+        elif ord_type == c.LIMIT and not 0 < price <= spec.max_price \
+                or ord_type == c.MARKET and price != 0:
+            code = 2008
+        elif not 0 < qty <= spec.max_qty:
+            code = 2009
+        elif flags & c.FLAG_POST_ONLY and (ord_type != c.LIMIT or tif != c.GTC):
+            code = 2028
+        elif flags & ~(c.FLAG_REDUCE_ONLY | c.FLAG_POST_ONLY):
+            code = 2001
+        elif coid in acct.by_client:
+            code = 2015
+        elif len(acct.orders) >= MAX_OPEN_ORDERS:
+            code = 2027
+        elif symbol not in self.marks:
+            code = 2010
+        if code:
+            self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
+            return
+        o = Order(self.next_order_id, account, symbol, coid, side, ord_type, tif, flags, price,
+                  qty)
+        if trig_kind != c.TRIGGER_NONE or trig_px:
+            code = self._conditional(o, trig_px, trig_kind, trig_by, spec)
+            if code:
+                self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
+                return
+            self.next_order_id += 1
+            o.state = UNTRIGGERED
+            acct.orders[o.order_id] = o
+            acct.by_client[coid] = o
+            self.orders[o.order_id] = o
+            self.conditional[symbol][o.order_id] = o
+            self.holders[symbol][account] = None
+            self._er(o, c.EXEC_NEW)
+            return
+        code = self._risk_and_send(acct, o, spec)
+        if code:
+            self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
+            return
+        self.next_order_id += 1
+        acct.orders[o.order_id] = o
+        acct.by_client[coid] = o
+        self.orders[o.order_id] = o
+
+    def _conditional(self, o: Order, trig_px: int, kind: int, by: int,
+                     spec: ContractSpec) -> int:
+        if kind not in (c.TRIGGER_STOP, c.TRIGGER_TAKE_PROFIT) or by not in (c.BY_MARK, c.BY_LAST) \
+                or not 0 < trig_px <= spec.max_price:
+            return 2018
+        ref = self._reference(o.symbol, by)
+        o.trigger_price, o.trigger_kind, o.trigger_by = trig_px, kind, by
+        if _fires(o, ref):
+            return 2019
+        return 0
+
+    def _reference(self, symbol: int, by: int) -> int:
+        if by == c.BY_LAST:
+            last = self.last_prices.get(symbol)
+            if last is not None:
+                return last
+        return self.marks[symbol]
+
+    def _risk_and_send(self, acct: Account, o: Order, spec: ContractSpec) -> int:
+        """The pre-trade check of a live order; on success reserve its margin and send it to
+        the CrossEngine. Returns a reject code or 0."""
+        symbol = o.symbol
+        mark = self.marks[symbol]
+        buy = o.side == c.BUY
+        band = mark * spec.band_ppm // PPM
+        if o.ord_type == c.MARKET:
+            # a market order goes out as an IOC limit at the band edge (price protection) and
+            # reserves margin at that price
+            o.price = mark + band if buy else max(mark - band, 1)
+        elif (o.price > mark + band) if buy else (o.price < mark - band):
+            return 2011
+        pos = acct.positions.get(symbol)
+        if pos is None:
+            pos = self._position(acct, symbol)
+        size = pos.size
+        if buy:
+            same = pos.buy_leaves
+            reducible = -size - same if size < 0 else 0
+        else:
+            same = pos.sell_leaves
+            reducible = size - same if size > 0 else 0
+        qty = o.leaves
+        if o.flags & c.FLAG_REDUCE_ONLY:
+            if reducible <= 0:
+                return 2014
+            if qty > reducible:
+                o.qty = o.leaves = qty = reducible     # cut to what it can reduce
+            cost = 0
+        else:
+            opening = qty - reducible if reducible > 0 else qty
+            if opening > 0:
+                worst = (size + same + qty) if buy else (same + qty - size)
+                tier = spec.tier(worst * (o.price if o.price > mark else mark) * spec.value)
+                if tier is None or pos.leverage_x100 > tier.max_leverage_x100:
+                    return 2013
+                cost = order_cost(opening, o.price, buy, mark, spec, pos.leverage_x100)
+                if cost > self._available(acct):
+                    return 2012
+            else:
+                cost = 0
+        o.margin = cost
+        acct.order_margin += cost
+        if buy:
+            pos.buy_leaves += qty
+        else:
+            pos.sell_leaves += qty
+        if o.flags & c.FLAG_REDUCE_ONLY:
+            pos.reduce_only += 1
+        self.holders[symbol][acct.account_id] = None
+        tif = c.IOC if o.ord_type == c.MARKET and o.tif == c.GTC else o.tif
+        self._out.append(_CE_CMD(c.CE_COMMAND, symbol, c.CE_NEW_ORDER, _CE_NEW_SIZE)
+                         + _CE_NEW(o.order_id, o.price, qty, acct.account_id, o.side, c.LIMIT,
+                                   tif, o.flags & c.FLAG_POST_ONLY, 0))
+        return 0
+
+    def _send_cancel(self, o: Order, reason: int) -> None:
+        o.pending = PENDING_CANCEL
+        o.reason = reason
+        payload = _CE_CANCEL(0, o.order_id, o.account)
+        self._out.append(_CE_CMD(c.CE_COMMAND, o.symbol, c.CE_CANCEL, len(payload)) + payload)
+
+    def _send_amend(self, o: Order, price: int, total_qty: int) -> None:
+        o.pending = PENDING_AMEND
+        payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
+        self._out.append(_CE_CMD(c.CE_COMMAND, o.symbol, c.CE_AMEND, len(payload)) + payload)
+
+    def _drop(self, acct: Account, o: Order) -> None:
+        """Forget a finished order and release what it still holds."""
+        acct.order_margin -= o.margin
+        o.margin = 0
+        if o.state != UNTRIGGERED:
+            pos = acct.positions[o.symbol]
+            if o.side == c.BUY:
+                pos.buy_leaves -= o.leaves
+            else:
+                pos.sell_leaves -= o.leaves
+            if o.flags & c.FLAG_REDUCE_ONLY:
+                pos.reduce_only -= 1
+            ce_id = self.ce_ids.pop(o.order_id, 0)
+            if ce_id:
+                del self.ce_orders[o.symbol][ce_id]
+        else:
+            del self.conditional[o.symbol][o.order_id]
+        del acct.orders[o.order_id]
+        del self.orders[o.order_id]
+        if acct.by_client.get(o.client_order_id) is o:
+            del acct.by_client[o.client_order_id]
+
+    def _cancel(self, payload: bytes) -> None:
+        coid, orig, account = c.CANCEL_S.unpack(payload)
+        acct = self.accounts.get(account) if self._mine(account) else None
+        o = acct.by_client.get(orig) if acct is not None else None
+        if o is None:
+            self._cancel_rejected(account, coid, orig, 2016, 1)
+        elif o.pending == PENDING_CANCEL:
+            self._cancel_rejected(account, coid, orig, 2017, 1)
+        elif o.state == UNTRIGGERED:
+            self._drop(acct, o)
+            self._er(o, c.EXEC_CANCELED, code=c.REASON_CLIENT, status=c.STATUS_CANCELED)
+        else:
+            self._send_cancel(o, c.REASON_CLIENT)
+
+    def _cancel_rejected(self, account: int, coid: int, orig: int, code: int, to: int) -> None:
+        self._out.append(_PACK[c.CANCEL_REJECTED](c.CANCEL_REJECTED, account & 0xFFFFFFFF, coid,
+                                                  orig, code, to))
+
+    def _amend(self, payload: bytes) -> None:
+        coid, orig, account, price, qty = c.AMEND_S.unpack(payload)
+        acct = self.accounts.get(account) if self._mine(account) else None
+        o = acct.by_client.get(orig) if acct is not None else None
+        if o is None:
+            self._cancel_rejected(account, coid, orig, 2016, 2)
+            return
+        spec = self.specs[o.symbol]
+        new_price = price or o.price
+        new_qty = qty or o.qty
+        code = 0
+        if o.pending:
+            code = 2017
+        elif price and (o.ord_type == c.MARKET or not 0 < price <= spec.max_price):
+            code = 2008
+        elif qty and not o.cum < qty <= spec.max_qty:
+            code = 2009
+        elif new_price == o.price and new_qty == o.qty:
+            code = 2029
+        if not code and o.state == UNTRIGGERED:
+            o.price, o.qty, o.leaves = new_price, new_qty, new_qty
+            self._er(o, c.EXEC_REPLACED)
+            return
+        if not code:
+            mark = self.marks[o.symbol]
+            band = mark * spec.band_ppm // PPM
+            buy = o.side == c.BUY
+            if (new_price > mark + band) if buy else (new_price < mark - band):
+                code = 2011
+        if not code and not o.flags & c.FLAG_REDUCE_ONLY:
+            need = self._order_cost(acct, o, new_price, new_qty - o.cum)
+            if need > o.margin:
+                if need - o.margin > self._available(acct):
+                    code = 2012
+                else:   # hold the larger reservation until the CrossEngine answers
+                    acct.order_margin += need - o.margin
+                    o.margin = need
+        if code:
+            self._cancel_rejected(account, coid, orig, code, 2)
+            return
+        self._send_amend(o, new_price, new_qty)
+
+    def _order_cost(self, acct: Account, o: Order, price: int, leaves: int) -> int:
+        """What ``o`` would reserve with ``leaves`` at ``price`` next to the position now (its
+        own leaves not counted as reducing ahead of it)."""
+        pos = acct.positions[o.symbol]
+        spec = self.specs[o.symbol]
+        buy = o.side == c.BUY
+        if buy:
+            ahead = pos.buy_leaves - o.leaves
+            reducible = -pos.size - ahead if pos.size < 0 else 0
+        else:
+            ahead = pos.sell_leaves - o.leaves
+            reducible = pos.size - ahead if pos.size > 0 else 0
+        opening = leaves - reducible if reducible > 0 else leaves
+        return order_cost(opening, price, buy, self.marks[o.symbol], spec, pos.leverage_x100)
+
+    def _cancel_all(self, payload: bytes) -> None:
+        coid, account, symbol, side = c.CANCEL_ALL_S.unpack(payload)
+        acct = self.accounts.get(account) if self._mine(account) else None
+        if acct is None:
+            self._reject_request(c.CANCEL_ALL, 2003 if self._mine(account) else 2002, account,
+                                 symbol, coid)
+            return
+        if symbol and symbol not in self.specs:
+            self._reject_request(c.CANCEL_ALL, 2004, account, symbol, coid)
+            return
+        self._cancel_orders(acct, symbol, side, c.REASON_MASS_CANCEL)
+
+    def _cancel_orders(self, acct: Account, symbol: int, side: int, reason: int) -> int:
+        """Cancel the account's orders (in one symbol, on one side, when given); conditional
+        ones at once, live ones through the CrossEngine. Returns how many."""
+        n = 0
+        for o in list(acct.orders.values()):
+            if (symbol and o.symbol != symbol) or (side and o.side != side):
+                continue
+            if o.state == UNTRIGGERED:
+                self._drop(acct, o)
+                self._er(o, c.EXEC_CANCELED, code=reason, status=c.STATUS_CANCELED)
+                n += 1
+            elif o.pending != PENDING_CANCEL:
+                self._send_cancel(o, reason)
+                n += 1
+        return n
+
+    # -- account settings and transfers -------------------------------------------------------
+
+    def _settings_target(self, kind: int, account: int, symbol: int) -> Account | None:
+        code = 0
+        acct = self.accounts.get(account)
+        if not self._mine(account):
+            code = 2002
+        elif acct is None:
+            code = 2003
+        elif symbol not in self.specs:
+            code = 2004
+        if code:
+            self._reject_request(kind, code, account, symbol, 0)
+            return None
+        return acct
+
+    def _set_leverage(self, payload: bytes) -> None:
+        account, symbol, lev = c.SET_LEVERAGE_S.unpack(payload)
+        acct = self._settings_target(c.SET_LEVERAGE, account, symbol)
+        if acct is None:
+            return
+        spec = self.specs[symbol]
+        pos = self._position(acct, symbol)
+        mark = self.marks.get(symbol, 0)
+        exposure = max(abs(pos.size), pos.buy_leaves + pos.size, pos.sell_leaves - pos.size)
+        tier = spec.tier(exposure * mark * spec.value)
+        if not X100 <= lev <= spec.max_leverage_x100 or tier is None \
+                or lev > tier.max_leverage_x100:
+            self._reject_request(c.SET_LEVERAGE, 2020, account, symbol, lev)
+            return
+        before = pos.margin
+        need = position_margin(pos.size, pos.cost, spec, lev) + pos.extra
+        if need > before and need - before > self._available(acct):
+            self._reject_request(c.SET_LEVERAGE, 2021, account, symbol, lev)
+            return
+        pos.leverage_x100 = lev
+        self._set_margin(acct, pos, spec)
+        self._position_status(acct, symbol)
+        self._account_status(acct)
+
+    def _set_margin_mode(self, payload: bytes) -> None:
+        account, symbol, mode = c.SET_MARGIN_MODE_S.unpack(payload)
+        acct = self._settings_target(c.SET_MARGIN_MODE, account, symbol)
+        if acct is None:
+            return
+        if mode not in (c.CROSS, c.ISOLATED):
+            self._reject_request(c.SET_MARGIN_MODE, 2001, account, symbol, mode)
+            return
+        pos = self._position(acct, symbol)
+        if pos.size or any(o.symbol == symbol for o in acct.orders.values()):
+            self._reject_request(c.SET_MARGIN_MODE, 2022, account, symbol, mode)
+            return
+        pos.mode = mode
+        self._position_status(acct, symbol)
+
+    def _adjust_margin(self, payload: bytes) -> None:
+        account, symbol, amount = c.ADJUST_MARGIN_S.unpack(payload)
+        acct = self._settings_target(c.ADJUST_MARGIN, account, symbol)
+        if acct is None:
+            return
+        pos = acct.positions.get(symbol)
+        code = 0
+        if pos is None or pos.mode != c.ISOLATED or pos.size == 0:
+            code = 2025
+        elif amount == 0:
+            code = 2023
+        elif amount > 0 and amount > self._available(acct):
+            code = 2012
+        elif amount < 0 and -amount > pos.extra:
+            code = 2026
+        if code:
+            self._reject_request(c.ADJUST_MARGIN, code, account, symbol, amount & (2**64 - 1))
+            return
+        pos.extra += amount
+        self._set_margin(acct, pos, self.specs[symbol])
+        self._position_status(acct, symbol)
+        self._account_status(acct)
+
+    def _deposit(self, payload: bytes) -> None:
+        transfer_id, account, amount = c.TRANSFER_S.unpack(payload)
+        if transfer_id in self.transfers:
+            return                       # a repeated transfer id is a no-op
+        code = 0
+        acct = self.accounts.get(account)
+        if not self._mine(account):
+            code = 2002
+        elif amount <= 0 or amount >= MAX_MONEY:
+            code = 2023
+        elif acct is not None and acct.balance + amount >= MAX_MONEY:
+            code = 2030
+        self.transfers[transfer_id] = None   # answered once, rejected or not
+        if code:
+            self._reject_request(c.DEPOSIT, code, account, 0, transfer_id)
+            return
+        if acct is None:
+            acct = self.accounts[account] = Account(account)
+        acct.balance += amount
+        self.deposits += amount
+        self._out.append(_PACK[c.TRANSFER](c.TRANSFER, transfer_id, account, amount,
+                                           acct.balance, c.DEPOSIT))
+        self._account_status(acct)
+
+    def _withdraw(self, payload: bytes) -> None:
+        transfer_id, account, amount = c.TRANSFER_S.unpack(payload)
+        if transfer_id in self.transfers:
+            return
+        code = 0
+        acct = self.accounts.get(account)
+        if not self._mine(account):
+            code = 2002
+        elif acct is None:
+            code = 2003
+        elif amount <= 0 or amount >= MAX_MONEY:
+            code = 2023
+        elif amount > self._available(acct):
+            code = 2024
+        self.transfers[transfer_id] = None
+        if code:
+            self._reject_request(c.WITHDRAW, code, account, 0, transfer_id)
+            return
+        acct.balance -= amount
+        self.withdrawals += amount
+        self._out.append(_PACK[c.TRANSFER](c.TRANSFER, transfer_id, account, amount,
+                                           acct.balance, c.WITHDRAW))
+        self._account_status(acct)
+
+    def _dead_mans_switch(self, payload: bytes) -> None:
+        account, timeout_ms = c.DEAD_MANS_SWITCH_S.unpack(payload)
+        acct = self.accounts.get(account)
+        code = 2002 if not self._mine(account) else 2003 if acct is None else 0
+        if not code and timeout_ms > 1 << 40:
+            code = 2001
+        if code or acct is None:
+            self._reject_request(c.DEAD_MANS_SWITCH, code, account, 0, timeout_ms)
+            return
+        acct.dms_timeout_ms = timeout_ms
+        if timeout_ms:
+            acct.dms_deadline = self.ts_ns + timeout_ms * 1_000_000
+            self.dms[account] = acct.dms_deadline
+        else:
+            acct.dms_deadline = 0
+            self.dms.pop(account, None)
+        self._reset_timer()
+
+    # -- prices, funding and timers ------------------------------------------------------------
+
+    def _funding_inputs(self, payload: bytes) -> None:
+        symbol, premium, interest = c.FUNDING_INPUTS_S.unpack(payload)
+        if symbol not in self.specs:
+            self._reject_request(c.FUNDING_INPUTS, 2004, 0, symbol, 0)
+            return
+        self.funding_inputs[symbol] = (premium, interest)
+
+    def _mark(self, payload: bytes) -> None:
+        symbol, price = c.MARK_PRICE_S.unpack(payload)
+        spec = self.specs.get(symbol)
+        if spec is None or not 0 < price <= spec.max_price:
+            self._reject_request(c.MARK_PRICE, 2004 if spec is None else 2008, 0, symbol, 0)
+            return
+        self.marks[symbol] = price
+        if symbol not in self.next_funding:
+            interval = spec.funding_interval_ns
+            self.next_funding[symbol] = (self.ts_ns // interval + 1) * interval
+            self._reset_timer()
+        self._trigger(symbol, c.BY_MARK, price)
+        self._check_maintenance(symbol, spec, price)
+        self.audit()
+
+    def _reset_timer(self) -> None:
+        candidates = [t for t in self.next_funding.values()] + [t for t in self.dms.values()]
+        self._timer_next = min(candidates) if candidates else 0
+
+    def _fire_timers(self) -> None:
+        now = self.ts_ns
+        for account in sorted(a for a, t in self.dms.items() if t <= now):
+            acct = self.accounts[account]
+            del self.dms[account]
+            acct.dms_deadline = 0
+            n = self._cancel_orders(acct, 0, 0, c.REASON_DEAD_MANS_SWITCH)
+            self._out.append(_PACK[c.DEAD_MANS_SWITCH_FIRED](c.DEAD_MANS_SWITCH_FIRED, account,
+                                                             n))
+        for symbol in sorted(s for s, t in self.next_funding.items() if t <= now):
+            interval = self.specs[symbol].funding_interval_ns
+            while self.next_funding[symbol] <= now:
+                self._settle_funding(symbol)
+                self.next_funding[symbol] += interval
+        self._reset_timer()
+
+    def _settle_funding(self, symbol: int) -> None:
+        spec = self.specs[symbol]
+        mark = self.marks[symbol]
+        premium, interest = self.funding_inputs.get(symbol, (0, 0))
+        rate = funding_rate(premium, interest, spec.funding_cap_ppm)
+        paid = received = 0
+        if rate:
+            holders = [self.accounts[a] for a in sorted(self.holders[symbol])]
+            for acct in holders + [self.clearing, self.liquidation]:
+                pos = acct.positions.get(symbol)
+                if pos is None or pos.size == 0:
+                    continue
+                amount = funding_payment(pos.size, mark, spec.value, rate)
+                if amount == 0:
+                    continue
+                acct.balance -= amount
+                if amount > 0:
+                    paid += amount
+                else:
+                    received -= amount
+                if acct.account_id < 0:
+                    continue
+                if pos.mode == c.ISOLATED:   # isolated funding moves that position's margin
+                    pos.extra = max(0, pos.extra - amount)
+                    self._set_margin(acct, pos, spec)
+                self._out.append(_PACK[c.FUNDING](c.FUNDING, acct.account_id, symbol, rate,
+                                                  amount))
+                self._cover_deficit(acct)
+        self.dust += paid - received
+        self._out.append(_PACK[c.FUNDING_SETTLED](c.FUNDING_SETTLED, symbol, rate, mark, paid,
+                                                  received, paid - received))
+        self.audit()
+
+    def _trigger(self, symbol: int, by: int, price: int) -> None:
+        waiting = self.conditional[symbol]
+        if not waiting:
+            return
+        fired = [o for o in waiting.values() if o.trigger_by == by and _fires(o, price)]
+        for o in sorted(fired, key=_order_id):
+            acct = self.accounts[o.account]
+            del waiting[o.order_id]
+            o.state = PENDING_NEW
+            o.leaves = o.qty
+            self._er(o, c.EXEC_TRIGGERED)
+            code = self._risk_and_send(acct, o, self.specs[symbol])
+            if code:
+                o.state = UNTRIGGERED           # so that _drop finds it nowhere live
+                waiting[o.order_id] = o
+                self._drop(acct, o)
+                self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
+
+    # -- maintenance and liquidation -------------------------------------------------------
+
+    def _check_maintenance(self, symbol: int, spec: ContractSpec, mark: int) -> None:
+        for account in sorted(self.holders[symbol]):
+            acct = self.accounts[account]
+            pos = acct.positions.get(symbol)
+            if pos is None or pos.size == 0:
+                continue
+            if pos.mode == c.ISOLATED:
+                equity = pos.margin + pos.size * mark * spec.value - pos.cost
+                if equity > maintenance(pos.size, mark, spec):
+                    continue
+                self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
+                self._hand_off(acct, symbol, pos, spec, pos.margin)
+                continue
+            need = 0
+            for sym, p in acct.positions.items():
+                if p.size and p.mode == c.CROSS:
+                    need += maintenance(p.size, self.marks[sym], self.specs[sym])
+            held = sum(o.margin for o in acct.orders.values() if o.symbol == symbol)
+            base = self._cross_base(acct, symbol, orders_excluded=held)
+            equity = base + pos.size * mark * spec.value - pos.cost
+            other = self._cross_upnl(acct, skip=symbol)
+            if other > 0:
+                equity += other    # gains elsewhere keep a cross account alive
+            if equity - held > need:
+                continue
+            self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
+            if equity > need:
+                continue             # the cancels release enough
+            self._hand_off(acct, symbol, pos, spec, base)
+
+    def _hand_off(self, acct: Account, symbol: int, pos: Position, spec: ContractSpec,
+                  base: int) -> None:
+        """Close the position at its bankruptcy price into the liquidation account; the
+        money behind it that is left (the fee reserve and rounding) goes with it."""
+        size = pos.size
+        price = bankruptcy_price(size, pos.cost, base, spec, for_handoff=True)
+        value = size * price * spec.value
+        realised = value - pos.cost
+        residue = base + realised
+        acct.balance += realised - residue
+        pos.realised += realised
+        pos.size = 0
+        pos.cost = 0
+        pos.extra = 0
+        self._set_margin(acct, pos, spec)
+        self._book(self.liquidation, symbol, size, price, spec)
+        self.liquidation.balance += residue
+        self._out.append(_PACK[c.LIQUIDATION](c.LIQUIDATION, acct.account_id, symbol, size,
+                                              price, value, residue))
+        self._cover_deficit(acct)
+        self._position_status(acct, symbol)
+        self._account_status(acct)
+
+    def _cover_deficit(self, acct: Account) -> None:
+        """A balance never stays below zero: the liquidation account (the insurance fund's
+        side of the books) takes the deficit."""
+        if acct.balance < 0:
+            deficit = -acct.balance
+            acct.balance = 0
+            self.liquidation.balance -= deficit
+            self._out.append(_PACK[c.DEFICIT_COVERED](c.DEFICIT_COVERED, acct.account_id,
+                                                      deficit))
+
+    # -- CrossEngine results -------------------------------------------------------------------
+
+    def _ce_events(self, payload: bytes) -> None:
+        symbol = c.CE_EVENTS_S.unpack_from(payload)[0]
+        spec = self.specs.get(symbol)
+        if spec is None:
+            self._reject_request(c.CE_EVENTS, 2004, 0, symbol, 0)
+            return
+        off = 4
+        n = len(payload)
+        # validate the whole payload before acting on any of it
+        while off < n:
+            s = _CE_EVENTS.get(payload[off])
+            if s is None or off + s.size > n:
+                raise EngineHalted(f"malformed CrossEngine events for symbol {symbol} at {off}")
+            off += s.size
+        off = 4
+        traded = False
+        while off < n:
+            kind = payload[off]
+            s = _CE_EVENTS[kind]
+            if kind == c.CE_TRADE:
+                self._trade(symbol, spec, _CE_TRADE(payload, off))
+                traded = True
+            elif kind == c.CE_ACCEPTED:
+                self._accepted(symbol, s.unpack_from(payload, off))
+            elif kind == c.CE_CANCELLED or kind == c.CE_EXPIRED:
+                self._cancelled(symbol, s.unpack_from(payload, off))
+            elif kind == c.CE_REJECTED:
+                self._ce_rejected(symbol, s.unpack_from(payload, off))
+            elif kind == c.CE_AMENDED:
+                self._amended(symbol, s.unpack_from(payload, off))
+            off += s.size
+        if traded:
+            self._trigger(symbol, c.BY_LAST, self.last_prices[symbol])
+
+    def _own_order(self, account: int, order_id: int) -> tuple[Account | None, Order | None]:
+        if not self._mine(account):
+            return None, None
+        o = self.orders.get(order_id)
+        if o is None or o.account != account:
+            return self.accounts.get(account), None
+        return self.accounts[account], o
+
+    def _accepted(self, symbol: int, ev: tuple) -> None:
+        _, ce_id, coid, account = ev[:4]
+        acct, o = self._own_order(account, coid)
+        if o is None or o.state != PENDING_NEW:
+            return
+        o.state = OPEN
+        self.ce_ids[o.order_id] = ce_id
+        self.ce_orders[symbol][ce_id] = o
+        self._er(o, c.EXEC_NEW)
+
+    def _ce_rejected(self, symbol: int, ev: tuple) -> None:
+        _, coid, account, code, _ce_id = ev
+        acct, o = self._own_order(account, coid)
+        if o is None:
+            return
+        if o.state == PENDING_NEW:
+            # the CrossEngine answers commands in order: while the order is not yet accepted,
+            # a reject is the reject of the order itself (a later cancel's reject then finds
+            # no order and is ignored)
+            self._drop(acct, o)
+            self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
+            return
+        to = 2 if o.pending == PENDING_AMEND else 1
+        if o.pending == PENDING_AMEND:
+            self._fit_margin(acct, o)
+        o.pending = NO_PENDING
+        self._cancel_rejected(account, 0, o.client_order_id, code, to)
+
+    def _fit_margin(self, acct: Account, o: Order) -> None:
+        """After an amend, hold what the order needs now, never more than it held."""
+        if o.flags & c.FLAG_REDUCE_ONLY:
+            need = 0
+        else:
+            need = min(o.margin, self._order_cost(acct, o, o.price, o.leaves))
+        acct.order_margin += need - o.margin
+        o.margin = need
+
+    def _cancelled(self, symbol: int, ev: tuple) -> None:
+        kind, ce_id, coid, account, qty, reason = ev
+        acct, o = self._own_order(account, coid)
+        if o is None:
+            return
+        if o.pending == PENDING_CANCEL and kind == c.CE_CANCELLED:
+            reason = o.reason     # the engine's reason, not the CrossEngine's "client"
+        o.pending = NO_PENDING
+        if qty >= o.leaves:
+            self._drop(acct, o)
+            o.leaves = 0
+        else:   # never happens with this CrossEngine (it cancels whole orders); kept exact
+            release = o.margin * qty // o.leaves
+            o.margin -= release
+            acct.order_margin -= release
+            o.leaves -= qty
+            pos = acct.positions[symbol]
+            if o.side == c.BUY:
+                pos.buy_leaves -= qty
+            else:
+                pos.sell_leaves -= qty
+        exec_type = c.EXEC_EXPIRED if kind == c.CE_EXPIRED else c.EXEC_CANCELED
+        self._er(o, exec_type, code=reason,
+                 status=c.STATUS_EXPIRED if kind == c.CE_EXPIRED else c.STATUS_CANCELED)
+
+    def _amended(self, symbol: int, ev: tuple) -> None:
+        _, ce_id, coid, account, price, leaves, total, _kept = ev
+        acct, o = self._own_order(account, coid)
+        if o is None:
+            return
+        pos = acct.positions[symbol]
+        if o.side == c.BUY:
+            pos.buy_leaves += leaves - o.leaves
+        else:
+            pos.sell_leaves += leaves - o.leaves
+        o.price, o.leaves, o.qty = price, leaves, total
+        o.pending = NO_PENDING
+        self._fit_margin(acct, o)
+        self._er(o, c.EXEC_REPLACED)
+
+    def _trade(self, symbol: int, spec: ContractSpec, ev: tuple) -> None:
+        (_, _trade_id, maker_ce, taker_ce, maker_acct, taker_acct, price, qty, aggressor,
+         _ml, _tl, _mf, _tf) = ev
+        self.last_prices[symbol] = price
+        maker_side = c.SELL if aggressor == c.BUY else c.BUY
+        ce_orders = self.ce_orders[symbol]
+        for account, ce_id, side, maker in ((maker_acct, maker_ce, maker_side, True),
+                                            (taker_acct, taker_ce, aggressor, False)):
+            signed = qty if side == c.BUY else -qty
+            acct = self.accounts.get(account) if self._mine(account) else None
+            if acct is None:
+                # the counterparty lives in another shard (or is not an account of this
+                # engine): clearing takes this side, so the shard's books balance alone
+                self._book(self.clearing, symbol, signed, price, spec)
+                continue
+            o = ce_orders.get(ce_id)
+            if o is not None and o.account != account:
+                o = None
+            self._fill(acct, o, symbol, spec, signed, price, maker)
+
+    def _fill(self, acct: Account, o: Order | None, symbol: int, spec: ContractSpec,
+              signed: int, price: int, maker: bool) -> None:
+        qty = signed if signed > 0 else -signed
+        pos = self._position(acct, symbol)
+        if o is not None:
+            if qty > o.leaves:
+                raise EngineHalted(f"order {o.order_id} filled {qty} with {o.leaves} left")
+            release = o.margin if qty == o.leaves else o.margin * qty // o.leaves
+            o.margin -= release
+            acct.order_margin -= release
+            o.leaves -= qty
+            o.cum += qty
+            if signed > 0:
+                pos.buy_leaves -= qty
+            else:
+                pos.sell_leaves -= qty
+        notional = qty * price * spec.value
+        paid = fee(notional, spec.maker_fee_ppm if maker else spec.taker_fee_ppm)
+        acct.balance -= paid
+        self.fee_pool += paid
+        self._book(acct, symbol, signed, price, spec)
+        if o is not None:
+            self._er(o, c.EXEC_TRADE, price, qty, paid, 0, 1 if maker else 2)
+            if o.leaves == 0:
+                self._drop(acct, o)
+        self._cover_deficit(acct)
+        self._cut_reduce_only(acct, symbol, pos)
+        self.holders[symbol][acct.account_id] = None
+        self._position_status(acct, symbol)
+        self._account_status(acct)
+
+    def _book(self, acct: Account, symbol: int, signed: int, price: int,
+              spec: ContractSpec) -> None:
+        """Apply a trade of ``signed`` lots at ``price`` to a position: realise the part that
+        closes (its share of the cost leaves with it), open the rest at ``price``."""
+        pos = acct.positions.get(symbol)
+        if pos is None:
+            pos = self._position(acct, symbol)
+        size = pos.size
+        value = spec.value
+        if size and (size > 0) != (signed > 0):
+            qty = signed if signed > 0 else -signed
+            held = size if size > 0 else -size
+            close = qty if qty < held else held
+            removed = cost_removed(size, pos.cost, close)
+            closed = close if size > 0 else -close
+            realised = closed * price * value - removed
+            if pos.extra and close:
+                pos.extra -= pos.extra * close // held if close < held else pos.extra
+            pos.size = size - closed
+            pos.cost -= removed
+            pos.realised += realised
+            acct.balance += realised
+            signed += closed          # what is left opens the other way
+        if signed:
+            pos.size += signed
+            pos.cost += signed * price * value
+        if acct.account_id >= 0:
+            self._set_margin(acct, pos, spec)
+
+    def _cut_reduce_only(self, acct: Account, symbol: int, pos: Position) -> None:
+        """Resting reduce-only orders never add up to more than the position they reduce:
+        the newest are cut down or cancelled, and those that would now increase it go."""
+        if not pos.reduce_only:
+            return
+        size = pos.size
+        room = size if size > 0 else -size
+        reducing_side = c.SELL if size > 0 else c.BUY
+        ro = [o for o in acct.orders.values()
+              if o.symbol == symbol and o.flags & c.FLAG_REDUCE_ONLY and o.state != UNTRIGGERED
+              and o.pending != PENDING_CANCEL]
+        if not ro:
+            return
+        total = 0
+        for o in ro:
+            if size == 0 or o.side != reducing_side:
+                self._send_cancel(o, c.REASON_REDUCE_ONLY)
+            else:
+                total += o.leaves
+        excess = total - room
+        for o in sorted(ro, key=_order_id, reverse=True):
+            if excess <= 0:
+                break
+            if o.pending == PENDING_CANCEL or size == 0 or o.side != reducing_side:
+                continue
+            if o.leaves <= excess:
+                excess -= o.leaves
+                self._send_cancel(o, c.REASON_REDUCE_ONLY)
+            else:
+                self._send_amend(o, o.price, o.cum + o.leaves - excess)
+                excess = 0
+
+    # -- the audit, snapshots and the state hash ----------------------------------------------
+
+    def audit(self) -> None:
+        """Check the books balance to the minor unit; raise EngineHalted with a report if not."""
+        marks = self.marks
+        total = self.fee_pool + self.dust
+        net: dict[int, int] = {}
+        for acct in [*self.accounts.values(), self.clearing, self.liquidation]:
+            total += acct.balance
+            for sym, pos in acct.positions.items():
+                if pos.size or pos.cost:
+                    total += pos.size * marks.get(sym, 0) * self.specs[sym].value - pos.cost
+                    net[sym] = net.get(sym, 0) + pos.size
+        expected = self.deposits - self.withdrawals
+        unbalanced = sorted(s for s, n in net.items() if n)
+        if total != expected or unbalanced:
+            raise EngineHalted(self._audit_report(total, expected, unbalanced))
+
+    def _audit_report(self, total: int, expected: int, unbalanced: list[int]) -> str:
+        lines = [f"audit failed at seq {self.seq}: books {total} != deposits - withdrawals "
+                 f"{expected} (difference {total - expected}); symbols whose positions do not "
+                 f"net to zero: {unbalanced}"]
+        for acct in sorted(self.accounts.values(), key=lambda a: a.account_id):
+            if acct.balance < 0:
+                lines.append(f"  account {acct.account_id}: negative balance {acct.balance}")
+            for sym in sorted(acct.positions):
+                pos = acct.positions[sym]
+                if pos.size == 0 and pos.cost:
+                    lines.append(f"  account {acct.account_id} symbol {sym}: no size but cost "
+                                 f"{pos.cost}")
+        return "\n".join(lines)
+
+    def check_invariants(self) -> None:
+        """Every derived figure equals what the state implies; no client balance is negative.
+        For tests and the checked replica; raises EngineHalted."""
+        if self.dust < 0 or self.fee_pool < 0:
+            raise EngineHalted(f"dust {self.dust} or fee pool {self.fee_pool} below zero: a "
+                               "rounding favoured a trader")
+        for acct in self.accounts.values():
+            if acct.balance < 0:
+                raise EngineHalted(f"account {acct.account_id} balance {acct.balance} < 0")
+            if acct.order_margin != sum(o.margin for o in acct.orders.values()):
+                raise EngineHalted(f"account {acct.account_id}: order margin drifted")
+            if acct.position_margin != sum(p.margin for p in acct.positions.values()):
+                raise EngineHalted(f"account {acct.account_id}: position margin drifted")
+            for sym, pos in acct.positions.items():
+                live = [o for o in acct.orders.values()
+                        if o.symbol == sym and o.state != UNTRIGGERED]
+                if pos.buy_leaves != sum(o.leaves for o in live if o.side == c.BUY) \
+                        or pos.sell_leaves != sum(o.leaves for o in live if o.side == c.SELL):
+                    raise EngineHalted(f"account {acct.account_id} symbol {sym}: leaves drifted")
+                if pos.reduce_only != sum(1 for o in live if o.flags & c.FLAG_REDUCE_ONLY):
+                    raise EngineHalted(f"account {acct.account_id} symbol {sym}: reduce-only "
+                                       "count drifted")
+                if pos.size == 0 and (pos.cost or pos.margin):
+                    raise EngineHalted(f"account {acct.account_id} symbol {sym}: flat position "
+                                       f"with cost {pos.cost} margin {pos.margin}")
+            for o in acct.orders.values():
+                if o.margin < 0 or o.leaves <= 0 and o.state != UNTRIGGERED:
+                    raise EngineHalted(f"order {o.order_id}: margin {o.margin} leaves {o.leaves}")
+        self.audit()
+
+    def _state(self) -> list:
+        def account_row(a: Account) -> list:
+            return [a.account_id, a.balance, a.dms_timeout_ms, a.dms_deadline,
+                    [[s, *a.positions[s].row()] for s in sorted(a.positions)],
+                    [a.orders[i].row() for i in sorted(a.orders)]]
+        return [
+            SNAPSHOT_VERSION, self.shard, self.n_shards, self.seq, self.ts_ns,
+            [_spec_row(s) for s in self.specs.values()],
+            self.next_order_id, self.fee_pool, self.dust, self.deposits, self.withdrawals,
+            sorted(self.marks.items()), sorted(self.last_prices.items()),
+            sorted([s, p, i] for s, (p, i) in self.funding_inputs.items()),
+            sorted(self.next_funding.items()), sorted(self.transfers),
+            sorted(self.ce_ids.items()),
+            [account_row(self.accounts[a]) for a in sorted(self.accounts)],
+            account_row(self.clearing), account_row(self.liquidation),
+        ]
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb(self._state(), use_bin_type=True)
+
+    def state_hash(self) -> bytes:
+        return hashlib.sha256(self.snapshot()).digest()
+
+    @classmethod
+    def restore(cls, data: bytes) -> TradingEngine:
+        state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if state[0] != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
+        (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,
+         withdrawals, marks, last_prices, funding_inputs, next_funding, transfers, ce_ids,
+         accounts, clearing, liquidation) = state
+        eng = cls([_spec_from_row(r) for r in specs], shard, n_shards)
+        eng.seq, eng.ts_ns, eng.next_order_id = seq, ts_ns, next_order_id
+        eng.fee_pool, eng.dust, eng.deposits, eng.withdrawals = fee_pool, dust, deposits, withdrawals
+        eng.marks = dict(marks)
+        eng.last_prices = dict(last_prices)
+        eng.funding_inputs = {s: (p, i) for s, p, i in funding_inputs}
+        eng.next_funding = dict(next_funding)
+        eng.transfers = dict.fromkeys(transfers)
+        eng.ce_ids = dict(ce_ids)
+        for row in accounts:
+            acct = eng._account_from_row(row)
+            eng.accounts[acct.account_id] = acct
+        eng.clearing = eng._account_from_row(clearing)
+        eng.liquidation = eng._account_from_row(liquidation)
+        eng._reset_timer()
+        eng.check_invariants()
+        return eng
+
+    def _account_from_row(self, row: list) -> Account:
+        account_id, balance, dms_timeout_ms, dms_deadline, positions, orders = row
+        acct = Account(account_id)
+        acct.balance = balance
+        acct.dms_timeout_ms, acct.dms_deadline = dms_timeout_ms, dms_deadline
+        if dms_deadline:
+            self.dms[account_id] = dms_deadline
+        for sym, size, cost, margin, extra, lev, mode, realised in positions:
+            pos = acct.positions[sym] = Position(lev)
+            pos.size, pos.cost, pos.margin, pos.extra, pos.mode = size, cost, margin, extra, mode
+            pos.realised = realised
+            acct.position_margin += margin
+            if size and account_id >= 0:
+                self.holders[sym][account_id] = None
+        for r in orders:
+            o = Order.from_row(r)
+            acct.orders[o.order_id] = o
+            acct.by_client[o.client_order_id] = o
+            acct.order_margin += o.margin
+            self.orders[o.order_id] = o
+            self.holders[o.symbol][account_id] = None
+            if o.state == UNTRIGGERED:
+                self.conditional[o.symbol][o.order_id] = o
+            else:
+                pos = acct.positions[o.symbol]
+                if o.side == c.BUY:
+                    pos.buy_leaves += o.leaves
+                else:
+                    pos.sell_leaves += o.leaves
+                if o.flags & c.FLAG_REDUCE_ONLY:
+                    pos.reduce_only += 1
+                ce_id = self.ce_ids.get(o.order_id)
+                if ce_id:
+                    self.ce_orders[o.symbol][ce_id] = o
+        return acct
+
+
+def _fires(o: Order, price: int) -> bool:
+    """A stop buys when the price rises to it and sells when it falls to it; a take-profit
+    the other way round."""
+    up = (o.trigger_kind == c.TRIGGER_STOP) == (o.side == c.BUY)
+    return price >= o.trigger_price if up else price <= o.trigger_price
+
+
+def _order_id(o: Order) -> int:
+    return o.order_id
+
+
+def _sym(s: ContractSpec) -> int:
+    return s.symbol
+
+
+def _spec_row(s: ContractSpec) -> list:
+    return [s.symbol, s.value, s.max_leverage_x100,
+            [[t.limit, t.mmr_ppm, t.mm_amount, t.max_leverage_x100] for t in s.tiers],
+            s.maker_fee_ppm, s.taker_fee_ppm, s.funding_interval_ns, s.band_ppm,
+            s.funding_cap_ppm, s.max_qty, s.max_price, s.tick, s.lot]
+
+
+def _spec_from_row(r: list) -> ContractSpec:
+    return ContractSpec(r[0], r[1], r[2], tuple(Tier(*t) for t in r[3]), *r[4:])
+
+
+def spec_from_dict(d: dict) -> ContractSpec:
+    """A contract spec from a topology table (deploy/ and tests)."""
+    tiers = tuple(Tier(**t) for t in d["tiers"])
+    return ContractSpec(**{**d, "tiers": tiers})
+
+
+__all__ = ["CLEARING_ID", "LIQUIDATION_ID", "Account", "EngineHalted", "Order", "Position",
+           "TradingEngine", "spec_from_dict"]

@@ -1,0 +1,67 @@
+"""The naive TradingEngine: the same rules with no running totals and no indexes.
+
+Every figure the engine keeps incrementally is recomputed here from the orders and positions
+themselves at each use (order margin, position margin, the leaves on each side, the number of
+reduce-only orders), the maintenance check scans every account instead of the symbol's
+holders, and orders are found by scanning instead of through the CrossEngine id index. Its
+outputs and state must equal the engine's byte for byte (tests/stateful drive both in
+lockstep), which checks the bookkeeping; it is also the baseline of bench/bench_tradingengine.py.
+"""
+from __future__ import annotations
+
+from tradingengine import codec as c
+from tradingengine.engine import (
+    UNTRIGGERED,
+    Account,
+    Order,
+    Position,
+    TradingEngine,
+)
+from tradingengine.margin import ContractSpec
+
+
+class ReferenceEngine(TradingEngine):
+    def _sums(self, acct: Account) -> None:
+        """Recompute the derived figures of an account before any rule reads them."""
+        acct.order_margin = sum(o.margin for o in acct.orders.values())
+        acct.position_margin = sum(p.margin for p in acct.positions.values())
+        for sym, pos in acct.positions.items():
+            live = [o for o in acct.orders.values() if o.symbol == sym and o.state != UNTRIGGERED]
+            pos.buy_leaves = sum(o.leaves for o in live if o.side == c.BUY)
+            pos.sell_leaves = sum(o.leaves for o in live if o.side == c.SELL)
+            pos.reduce_only = sum(1 for o in live if o.flags & c.FLAG_REDUCE_ONLY)
+
+    def _available(self, acct: Account) -> int:
+        self._sums(acct)
+        upnl = 0
+        for sym, pos in acct.positions.items():
+            if pos.size and pos.mode == c.CROSS:
+                upnl += pos.size * self.marks[sym] * self.specs[sym].value - pos.cost
+        return (acct.balance - sum(o.margin for o in acct.orders.values())
+                - sum(p.margin for p in acct.positions.values()) + min(0, upnl))
+
+    def _risk_and_send(self, acct: Account, o: Order, spec: ContractSpec) -> int:
+        self._sums(acct)
+        return super()._risk_and_send(acct, o, spec)
+
+    def _cut_reduce_only(self, acct: Account, symbol: int, pos: Position) -> None:
+        self._sums(acct)
+        super()._cut_reduce_only(acct, symbol, pos)
+
+    def _check_maintenance(self, symbol: int, spec: ContractSpec, mark: int) -> None:
+        # every account, not the symbol's holders
+        self.holders[symbol] = {a: None for a in sorted(self.accounts)
+                                if symbol in self.accounts[a].positions}
+        for acct in self.accounts.values():
+            self._sums(acct)
+        super()._check_maintenance(symbol, spec, mark)
+
+    def _trade(self, symbol: int, spec: ContractSpec, ev: tuple) -> None:
+        # find the orders by scanning for their CrossEngine ids, not through the index
+        index = self.ce_orders[symbol]
+        index.clear()
+        for order_id, ce_id in self.ce_ids.items():
+            o = self.orders[order_id]
+            if o.symbol == symbol:
+                index[ce_id] = o
+        super()._trade(symbol, spec, ev)
