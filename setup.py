@@ -23,6 +23,8 @@ DIRECTIVES = {
 EXTENSIONS = [
     Extension("mq._frame", ["mq/_frame.pyx"], extra_compile_args=["-O2"]),
     Extension("crossengine.engine", ["crossengine/engine.pyx"], extra_compile_args=["-O2"]),
+    # plain Python compiled with its augmenting engine.pxd (typed state classes)
+    Extension("tradingengine.engine", ["tradingengine/engine.py"], extra_compile_args=["-O2"]),
 ]
 
 setup(

@@ -20,10 +20,17 @@ The audit (after every mark price and every funding): the sum over all accounts,
 ones included, of balance plus position value at mark minus cost, plus the fee pool and the
 dust, equals deposits minus withdrawals, to the minor unit; and every symbol's positions sum
 to zero. The formulas are in tradingengine/margin.py and docs/tradingengine.md.
+
+Build. This file is plain Python, and Cython compiles it (setup.py) with engine.pxd, which
+makes Order, Position, Account and TradingEngine ``cdef class``es with typed attributes; the
+annotations of the hot locals (``pos: Position``) type them too. Money stays in Python ints,
+so nothing can overflow. The same source run by the interpreter is the engine the determinism
+tests compare the compiled one with; imported as ``tradingengine.engine`` it must be compiled.
 """
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import msgpack
 
@@ -45,6 +52,15 @@ from tradingengine.margin import (
     position_margin,
 )
 
+try:
+    import cython
+    _COMPILED = cython.compiled
+except ImportError:   # no Cython at run time: this is the interpreted source
+    _COMPILED = False
+if __name__ == "tradingengine.engine" and not _COMPILED:
+    raise ImportError("tradingengine.engine is not compiled: build it with `pip install -e .` "
+                      "(or `python setup.py build_ext --inplace`)")
+
 SNAPSHOT_VERSION = 1
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
 MAX_OPEN_ORDERS = 200         # per account, conditional ones included
@@ -57,7 +73,6 @@ NO_PENDING, PENDING_CANCEL, PENDING_AMEND = 0, 1, 2
 
 _ER = c.EVENT_STRUCTS[c.EXEC_REPORT].pack
 _CE_CMD = c.EVENT_STRUCTS[c.CE_COMMAND].pack
-_CE_NEW = c.CE_NEW_ORDER_S.pack
 _CE_CANCEL = c.CE_CANCEL_S.pack
 _CE_AMEND = c.CE_AMEND_S.pack
 _NEW_ORDER = c.NEW_ORDER_S.unpack_from
@@ -67,6 +82,14 @@ _CE_CMD_SIZE = c.EVENT_STRUCTS[c.CE_COMMAND].size
 _CE_NEW_SIZE = c.CE_NEW_ORDER_S.size
 _PACK = {k: s.pack for k, s in c.EVENT_STRUCTS.items()}
 _CODE = c.CODES
+# the CrossEngineCommand header and a NewOrder in one struct: the pre-trade check's output
+_CE_NEW_CMD = struct.Struct("<BIHH" + c.CE_NEW_ORDER_S.format[1:]).pack
+# enumerations as module constants: the hot paths read them without an attribute lookup
+BUY, SELL, LIMIT, MARKET = c.BUY, c.SELL, c.LIMIT, c.MARKET
+GTC, IOC, FOK = c.GTC, c.IOC, c.FOK
+REDUCE_ONLY, POST_ONLY = c.FLAG_REDUCE_ONLY, c.FLAG_POST_ONLY
+CE_COMMAND, CE_NEW_ORDER = c.CE_COMMAND, c.CE_NEW_ORDER
+_SIZES = {k: s.size for k, s in c.COMMAND_STRUCTS.items()}
 
 
 class EngineHalted(RuntimeError):
@@ -186,6 +209,7 @@ class TradingEngine:
         self.dms: dict[int, int] = {}             # account -> deadline
         self._timer_next = 0
         self._out: list[bytes] = []
+        self._touched: dict[tuple[int, int], Account] = {}   # APO status owed, in order
         self._handlers = {
             c.NEW_ORDER: self._new_order, c.CANCEL: self._cancel, c.AMEND: self._amend,
             c.CANCEL_ALL: self._cancel_all, c.SET_LEVERAGE: self._set_leverage,
@@ -208,8 +232,8 @@ class TradingEngine:
             self._fire_timers()
         handler = self._handlers.get(kind)
         if handler is not None:
-            s = c.COMMAND_STRUCTS[kind]
-            if len(payload) < s.size or (kind != c.CE_EVENTS and len(payload) != s.size):
+            size = _SIZES[kind]
+            if len(payload) != size and (kind != c.CE_EVENTS or len(payload) < size):
                 self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
             else:
                 handler(payload)
@@ -230,7 +254,7 @@ class TradingEngine:
         return account_id % self.n_shards == self.shard
 
     def _position(self, acct: Account, symbol: int) -> Position:
-        pos = acct.positions.get(symbol)
+        pos: Position = acct.positions.get(symbol)
         if pos is None:
             spec = self.specs[symbol]
             pos = acct.positions[symbol] = Position(min(DEFAULT_LEVERAGE_X100,
@@ -282,6 +306,7 @@ class TradingEngine:
                                            pos.leverage_x100, pos.mode))
 
     def _cross_upnl(self, acct: Account, skip: int = 0) -> int:
+        pos: Position
         total = 0
         marks = self.marks
         for sym, pos in acct.positions.items():
@@ -322,28 +347,28 @@ class TradingEngine:
         (coid, account, symbol, price, qty, trig_px, side, ord_type, tif, flags, trig_kind,
          trig_by) = _NEW_ORDER(payload)
         code = 0
-        acct = self.accounts.get(account)
+        acct: Account = self.accounts.get(account)
         spec = self.specs.get(symbol)
-        if not self._mine(account):
+        if account % self.n_shards != self.shard:
             code = 2002
         elif acct is None:
             code = 2003
         elif spec is None:
             code = 2004
-        elif side != c.BUY and side != c.SELL:
+        elif side != BUY and side != SELL:
             code = 2005
-        elif ord_type != c.LIMIT and ord_type != c.MARKET:
+        elif ord_type != LIMIT and ord_type != MARKET:
             code = 2006
-        elif tif != c.GTC and tif != c.IOC and tif != c.FOK:
+        elif tif != GTC and tif != IOC and tif != FOK:
             code = 2007
-        elif ord_type == c.LIMIT and not 0 < price <= spec.max_price \
-                or ord_type == c.MARKET and price != 0:
+        elif ord_type == LIMIT and not 0 < price <= spec.max_price \
+                or ord_type == MARKET and price != 0:
             code = 2008
         elif not 0 < qty <= spec.max_qty:
             code = 2009
-        elif flags & c.FLAG_POST_ONLY and (ord_type != c.LIMIT or tif != c.GTC):
+        elif flags & POST_ONLY and (ord_type != LIMIT or tif != GTC):
             code = 2028
-        elif flags & ~(c.FLAG_REDUCE_ONLY | c.FLAG_POST_ONLY):
+        elif flags & ~(REDUCE_ONLY | POST_ONLY):
             code = 2001
         elif coid in acct.by_client:
             code = 2015
@@ -354,9 +379,9 @@ class TradingEngine:
         if code:
             self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
             return
-        o = Order(self.next_order_id, account, symbol, coid, side, ord_type, tif, flags, price,
-                  qty)
-        if trig_kind != c.TRIGGER_NONE or trig_px:
+        o: Order = Order(self.next_order_id, account, symbol, coid, side, ord_type, tif, flags,
+                         price, qty)
+        if trig_kind or trig_px:
             code = self._conditional(o, trig_px, trig_kind, trig_by, spec)
             if code:
                 self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
@@ -402,15 +427,15 @@ class TradingEngine:
         the CrossEngine. Returns a reject code or 0."""
         symbol = o.symbol
         mark = self.marks[symbol]
-        buy = o.side == c.BUY
+        buy = o.side == BUY
         band = mark * spec.band_ppm // PPM
-        if o.ord_type == c.MARKET:
+        if o.ord_type == MARKET:
             # a market order goes out as an IOC limit at the band edge (price protection) and
             # reserves margin at that price
             o.price = mark + band if buy else max(mark - band, 1)
         elif (o.price > mark + band) if buy else (o.price < mark - band):
             return 2011
-        pos = acct.positions.get(symbol)
+        pos: Position = acct.positions.get(symbol)
         if pos is None:
             pos = self._position(acct, symbol)
         size = pos.size
@@ -421,7 +446,8 @@ class TradingEngine:
             same = pos.sell_leaves
             reducible = size - same if size > 0 else 0
         qty = o.leaves
-        if o.flags & c.FLAG_REDUCE_ONLY:
+        flags = o.flags
+        if flags & REDUCE_ONLY:
             if reducible <= 0:
                 return 2014
             if qty > reducible:
@@ -431,10 +457,14 @@ class TradingEngine:
             opening = qty - reducible if reducible > 0 else qty
             if opening > 0:
                 worst = (size + same + qty) if buy else (same + qty - size)
-                tier = spec.tier(worst * (o.price if o.price > mark else mark) * spec.value)
-                if tier is None or pos.leverage_x100 > tier.max_leverage_x100:
+                exposure = worst * (o.price if o.price > mark else mark) * spec.value
+                tier = spec.tiers[0]
+                if exposure > tier.limit:
+                    tier = spec.tier(exposure)
+                lev = pos.leverage_x100
+                if tier is None or lev > tier.max_leverage_x100:
                     return 2013
-                cost = order_cost(opening, o.price, buy, mark, spec, pos.leverage_x100)
+                cost = order_cost(opening, o.price, buy, mark, spec, lev)
                 if cost > self._available(acct):
                     return 2012
             else:
@@ -445,13 +475,12 @@ class TradingEngine:
             pos.buy_leaves += qty
         else:
             pos.sell_leaves += qty
-        if o.flags & c.FLAG_REDUCE_ONLY:
+        if flags & REDUCE_ONLY:
             pos.reduce_only += 1
         self.holders[symbol][acct.account_id] = None
-        tif = c.IOC if o.ord_type == c.MARKET and o.tif == c.GTC else o.tif
-        self._out.append(_CE_CMD(c.CE_COMMAND, symbol, c.CE_NEW_ORDER, _CE_NEW_SIZE)
-                         + _CE_NEW(o.order_id, o.price, qty, acct.account_id, o.side, c.LIMIT,
-                                   tif, o.flags & c.FLAG_POST_ONLY, 0))
+        tif = IOC if o.ord_type == MARKET and o.tif == GTC else o.tif
+        self._out.append(_CE_NEW_CMD(CE_COMMAND, symbol, CE_NEW_ORDER, _CE_NEW_SIZE, o.order_id, o.price, qty,
+                                     acct.account_id, o.side, LIMIT, tif, flags & POST_ONLY, 0))
         return 0
 
     def _send_cancel(self, o: Order, reason: int) -> None:
@@ -479,7 +508,7 @@ class TradingEngine:
                 pos.reduce_only -= 1
             ce_id = self.ce_ids.pop(o.order_id, 0)
             if ce_id:
-                del self.ce_orders[o.symbol][ce_id]
+                self.ce_orders[o.symbol].pop(ce_id, None)
         else:
             del self.conditional[o.symbol][o.order_id]
         del acct.orders[o.order_id]
@@ -818,16 +847,15 @@ class TradingEngine:
         fired = [o for o in waiting.values() if o.trigger_by == by and _fires(o, price)]
         for o in sorted(fired, key=_order_id):
             acct = self.accounts[o.account]
-            del waiting[o.order_id]
-            o.state = PENDING_NEW
-            o.leaves = o.qty
-            self._er(o, c.EXEC_TRIGGERED)
+            self._er(o, c.EXEC_TRIGGERED, status=c.STATUS_NEW)
+            # checked as a new order: still conditional, so its own leaves are not counted
             code = self._risk_and_send(acct, o, self.specs[symbol])
             if code:
-                o.state = UNTRIGGERED           # so that _drop finds it nowhere live
-                waiting[o.order_id] = o
                 self._drop(acct, o)
                 self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
+            else:
+                del waiting[o.order_id]
+                o.state = PENDING_NEW
 
     # -- maintenance and liquidation -------------------------------------------------------
 
@@ -912,6 +940,7 @@ class TradingEngine:
             off += s.size
         off = 4
         traded = False
+        touched = self._touched = {}
         while off < n:
             kind = payload[off]
             s = _CE_EVENTS[kind]
@@ -927,6 +956,13 @@ class TradingEngine:
             elif kind == c.CE_AMENDED:
                 self._amended(symbol, s.unpack_from(payload, off))
             off += s.size
+        # one position and account status per account the record touched, after its fills
+        seen: dict[int, Account] = {}
+        for (_, sym), acct in touched.items():
+            self._position_status(acct, sym)
+            seen[acct.account_id] = acct
+        for acct in seen.values():
+            self._account_status(acct)
         if traded:
             self._trigger(symbol, c.BY_LAST, self.last_prices[symbol])
 
@@ -939,6 +975,7 @@ class TradingEngine:
         return self.accounts[account], o
 
     def _accepted(self, symbol: int, ev: tuple) -> None:
+        o: Order
         _, ce_id, coid, account = ev[:4]
         acct, o = self._own_order(account, coid)
         if o is None or o.state != PENDING_NEW:
@@ -1018,6 +1055,8 @@ class TradingEngine:
     def _trade(self, symbol: int, spec: ContractSpec, ev: tuple) -> None:
         (_, _trade_id, maker_ce, taker_ce, maker_acct, taker_acct, price, qty, aggressor,
          _ml, _tl, _mf, _tf) = ev
+        acct: Account
+        o: Order
         self.last_prices[symbol] = price
         maker_side = c.SELL if aggressor == c.BUY else c.BUY
         ce_orders = self.ce_orders[symbol]
@@ -1035,10 +1074,11 @@ class TradingEngine:
                 o = None
             self._fill(acct, o, symbol, spec, signed, price, maker)
 
-    def _fill(self, acct: Account, o: Order | None, symbol: int, spec: ContractSpec,
+    def _fill(self, acct: Account, o: Order, symbol: int, spec: ContractSpec,
               signed: int, price: int, maker: bool) -> None:
+        """``o`` is None for a fill of an order this engine does not know."""
         qty = signed if signed > 0 else -signed
-        pos = self._position(acct, symbol)
+        pos: Position = self._position(acct, symbol)
         if o is not None:
             if qty > o.leaves:
                 raise EngineHalted(f"order {o.order_id} filled {qty} with {o.leaves} left")
@@ -1063,14 +1103,13 @@ class TradingEngine:
         self._cover_deficit(acct)
         self._cut_reduce_only(acct, symbol, pos)
         self.holders[symbol][acct.account_id] = None
-        self._position_status(acct, symbol)
-        self._account_status(acct)
+        self._touched[(acct.account_id, symbol)] = acct
 
     def _book(self, acct: Account, symbol: int, signed: int, price: int,
               spec: ContractSpec) -> None:
         """Apply a trade of ``signed`` lots at ``price`` to a position: realise the part that
         closes (its share of the cost leaves with it), open the rest at ``price``."""
-        pos = acct.positions.get(symbol)
+        pos: Position = acct.positions.get(symbol)
         if pos is None:
             pos = self._position(acct, symbol)
         size = pos.size
@@ -1162,9 +1201,10 @@ class TradingEngine:
     def check_invariants(self) -> None:
         """Every derived figure equals what the state implies; no client balance is negative.
         For tests and the checked replica; raises EngineHalted."""
-        if self.dust < 0 or self.fee_pool < 0:
-            raise EngineHalted(f"dust {self.dust} or fee pool {self.fee_pool} below zero: a "
-                               "rounding favoured a trader")
+        # (a shard's fee pool may go below zero: its makers' rebates on trades whose takers
+        # pay their fee in another shard; over all shards it never does)
+        if self.dust < 0:
+            raise EngineHalted(f"dust {self.dust} below zero: a rounding favoured a trader")
         for acct in self.accounts.values():
             if acct.balance < 0:
                 raise EngineHalted(f"account {acct.account_id} balance {acct.balance} < 0")

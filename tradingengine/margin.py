@@ -133,12 +133,15 @@ def order_cost(qty: int, price: int, buy: bool, mark: int, spec: ContractSpec,
     only the opening part."""
     if qty <= 0:
         return 0
+    # the sum of initial_margin(), the premium, fee() and bankruptcy_close_fee(), written out:
+    # this is the pre-trade check's hot path (each term rounded up, as those functions do)
     notional = qty * price * spec.value
-    premium = qty * (price - mark) * spec.value if buy else qty * (mark - price) * spec.value
-    return (initial_margin(notional, leverage_x100) + max(0, premium)
-            + fee(notional, spec.taker_fee_ppm)
-            + bankruptcy_close_fee(qty, price, buy, spec.value, leverage_x100,
-                                   spec.taker_fee_ppm))
+    premium = (price - mark if buy else mark - price) * qty * spec.value
+    taker = spec.taker_fee_ppm
+    lev_term = leverage_x100 - X100 if buy else leverage_x100 + X100
+    return (-((-notional * X100) // leverage_x100) + (premium if premium > 0 else 0)
+            - ((-notional * taker) // PPM)
+            - ((-notional * lev_term * taker) // (leverage_x100 * PPM)))
 
 
 def position_margin(size: int, cost: int, spec: ContractSpec, leverage_x100: int) -> int:

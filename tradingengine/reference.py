@@ -57,11 +57,13 @@ class ReferenceEngine(TradingEngine):
         super()._check_maintenance(symbol, spec, mark)
 
     def _trade(self, symbol: int, spec: ContractSpec, ev: tuple) -> None:
-        # find the orders by scanning for their CrossEngine ids, not through the index
-        index = self.ce_orders[symbol]
-        index.clear()
-        for order_id, ce_id in self.ce_ids.items():
-            o = self.orders[order_id]
-            if o.symbol == symbol:
-                index[ce_id] = o
+        # find the orders by scanning the two accounts' orders, not through the index
+        index: dict[int, Order] = {}
+        self.ce_orders[symbol] = index
+        for account in (ev[4], ev[5]):
+            acct = self.accounts.get(account)
+            for o in acct.orders.values() if acct is not None else ():
+                ce_id = self.ce_ids.get(o.order_id)
+                if ce_id and o.symbol == symbol:
+                    index[ce_id] = o
         super()._trade(symbol, spec, ev)

@@ -11,7 +11,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUITES = ["tests/unit/test_record.py", "tests/unit/test_crossengine.py",
           "tests/property/test_record_props.py", "tests/property/test_crossengine_determinism.py",
-          "tests/stateful"]
+          "tests/stateful", "tests/unit/test_tradingengine.py",
+          "tests/property/test_tradingengine_determinism.py"]
 
 
 @pytest.mark.timeout(900)

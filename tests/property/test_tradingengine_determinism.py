@@ -1,9 +1,12 @@
 """Determinism of the TradingEngine: the same input log gives the same outputs and state hash,
 whether applied twice, from a snapshot plus the rest of the log, record by record or as mq
-frames (as a replica host applies it, hot or warm alike).
+frames (as a replica host applies it, hot or warm alike), by the compiled engine or by its
+source run by the interpreter, and by the naive reference.
 
 Method: a seeded random flow on a venue of real CrossEngines (tests/tradingvenue.py) records
 every record the TradingEngine applied; the log is then replayed into fresh engines."""
+import importlib.util
+import pathlib
 import random
 
 import pytest
@@ -71,3 +74,17 @@ def test_the_naive_reference_gives_the_same_bytes(run):
     ref, ref_outs = replay(run.log, ReferenceEngine(two_specs(), shard=0, n_shards=2))
     assert ref_outs == outs
     assert ref.state_hash() == te.state_hash()
+
+
+def test_the_compiled_engine_equals_its_interpreted_source(run):
+    import tradingengine.engine as compiled
+    assert not compiled.__file__.endswith(".py"), "tradingengine.engine is not compiled"
+    path = pathlib.Path(compiled.__file__).with_name("engine.py")
+    spec = importlib.util.spec_from_file_location("tradingengine_interpreted", path)
+    source = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(source)
+    assert not source._COMPILED
+    te, outs = replay(run.log)
+    interpreted, source_outs = replay(run.log, source.TradingEngine(two_specs(), 0, 2))
+    assert source_outs == outs
+    assert interpreted.state_hash() == te.state_hash()

@@ -164,8 +164,9 @@ def test_cross_account_cancels_orders_first_and_survives_if_that_is_enough():
     v.order(1, 1, c.BUY, 40_000, 500)            # long 500 at 0.4, 40 USDT initial margin
     v.order(2, 1, c.BUY, 36_500, 20)             # holds 1.46 USDT of order margin
     out = v.mark(1, 31_510)
-    # equity 45 - 44.45 + 1.46 held by the order = 2.01 > maintenance 1.5755 only with the
-    # order gone: the order is cancelled and the position stays
+    # equity 45 - 500 * (0.4 - 0.3151) = 2.55, of which the order holds 1.46: 1.09 is below
+    # maintenance 1% * 500 * 0.3151 = 1.5755, 2.55 is above it. The order is cancelled and
+    # the position stays.
     assert [e[1] for e in events_of(out, c.EXEC_REPORT)] == [c.EXEC_CANCELED]
     assert not events_of(out, c.LIQUIDATION)
     out = v.mark(1, 31_200)

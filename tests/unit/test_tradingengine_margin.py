@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from tradingengine.margin import (
     ContractSpec,
     Tier,
+    bankruptcy_close_fee,
     bankruptcy_price,
     cost_removed,
     div_ceil,
@@ -161,3 +162,16 @@ def test_spec_refuses_nonsense():
         ContractSpec(1, 1, 5_000, (Tier(10**6, 10_000, 0, 5_000),), -700, 600, HOUR, 100_000)
     with pytest.raises(ValueError):
         ContractSpec(1, 10**9, 5_000, (Tier(10**6, 10_000, 0, 5_000),), 0, 0, HOUR, 100_000)
+
+
+@given(st.integers(1, 10**6), st.integers(1, 10**9), st.booleans(), st.integers(1, 10**9),
+       st.integers(100, 10_000), st.integers(0, 10_000))
+def test_order_cost_is_the_sum_of_its_terms(qty, price, buy, mark, lev, taker):
+    """order_cost() writes its terms out for speed; it must equal the functions it inlines."""
+    s = ContractSpec(1, 3, 10_000, (Tier(10**18, 500, 0, 10_000),), 0, taker, HOUR, 100_000,
+                     max_qty=10**6, max_price=10**9)
+    notional = qty * price * 3
+    premium = (price - mark if buy else mark - price) * qty * 3
+    expected = (initial_margin(notional, lev) + max(0, premium) + fee(notional, taker)
+                + bankruptcy_close_fee(qty, price, buy, 3, lev, taker))
+    assert order_cost(qty, price, buy, mark, s, lev) == expected
