@@ -16,6 +16,7 @@ from tradingengine.margin import ContractSpec, Tier
 
 SECOND = 1_000_000_000
 HOUR = 3600 * SECOND
+TIMELESS_FUNDING_NS = 10 * 365 * 24 * HOUR   # boundaries in 2020 and 2030: none in a test
 
 
 def spec(symbol: int = 1, value: int = 1000, max_leverage_x100: int = 10_000,
@@ -103,15 +104,15 @@ def events_of(events: list[tuple], kind: int) -> list[tuple]:
     return [e for e in events if e[0] == kind]
 
 
-def two_specs() -> list[ContractSpec]:
+def two_specs(funding_interval_ns: int = HOUR) -> list[ContractSpec]:
     """Two contracts unlike each other: fees with a maker rebate and without, two tiers each,
-    an hourly and an 8-hourly funding interval."""
+    an hourly and an 8-hourly funding interval (or the one given for both)."""
     return [
         spec(1, value=100, max_leverage_x100=5_000, maker_fee_ppm=-100, taker_fee_ppm=500,
-             funding_interval_ns=HOUR, band_ppm=50_000,
+             funding_interval_ns=funding_interval_ns, band_ppm=50_000,
              tiers=(Tier(2 * 10**11, 10_000, 0, 5_000), Tier(10**13, 20_000, 2 * 10**9, 2_500))),
         spec(2, value=7, max_leverage_x100=2_000, maker_fee_ppm=200, taker_fee_ppm=700,
-             funding_interval_ns=8 * HOUR, band_ppm=100_000,
+             funding_interval_ns=max(8 * HOUR, funding_interval_ns), band_ppm=100_000,
              tiers=(Tier(10**11, 25_000, 0, 2_000), Tier(10**13, 40_000, 1_500_000_000, 1_000))),
     ]
 
@@ -119,8 +120,9 @@ def two_specs() -> list[ContractSpec]:
 MID = {1: 10_000, 2: 50_000}
 
 
-def random_step(v: Venue, rng, accounts: list[int], foreign: list[int]) -> None:
-    """One random action on a venue: the flows of the determinism tests and the benchmark.
+def random_step(v: Venue, rng, accounts: list[int], foreign: list[int],
+                dead_mans_switch: bool = True) -> None:
+    """One random action on a venue: the flows of the determinism and process tests.
     ``foreign`` accounts belong to other shards: their orders go straight to the CrossEngine,
     as another shard's would, and reach this shard only as trades."""
     te = v.te
@@ -187,7 +189,7 @@ def random_step(v: Venue, rng, accounts: list[int], foreign: list[int]) -> None:
         v.apply(c.SET_MARGIN_MODE, c.set_margin_mode(acct, sym, rng.choice((0, 1))))
     elif r < 0.94:
         v.apply(c.ADJUST_MARGIN, c.adjust_margin(acct, sym, rng.randrange(-10**8, 10**8)))
-    elif r < 0.96:
+    elif r < 0.96 and dead_mans_switch:
         v.apply(c.DEAD_MANS_SWITCH, c.dead_mans_switch(acct, rng.choice((0, 500, 60_000))))
     elif r < 0.97:
         v.apply(c.CANCEL_ALL, c.cancel_all(rng.randrange(1, 10**9), acct, rng.choice((0, sym))))
@@ -198,19 +200,22 @@ def random_step(v: Venue, rng, accounts: list[int], foreign: list[int]) -> None:
 
 
 def random_venue(seed: int, steps: int, auto: bool = False, check: bool = False,
-                 engine: type = TradingEngine) -> Venue:
+                 engine: type = TradingEngine, timeless: bool = False) -> Venue:
     """A shard 0 of 2 driven by ``steps`` random actions from ``seed``; every result delivered
-    at the end."""
+    at the end. ``timeless``: no dead-man's switch and a funding interval of ten years, so the
+    outcome does not depend on the records' times (the process tests' sequencer stamps its own
+    and the recorded CrossEngine results must still fit)."""
     import random
     rng = random.Random(seed)
-    v = Venue(two_specs(), shard=0, n_shards=2, auto=auto, check=check, engine=engine)
+    specs = two_specs(TIMELESS_FUNDING_NS if timeless else HOUR)
+    v = Venue(specs, shard=0, n_shards=2, auto=auto, check=check, engine=engine)
     accounts = [2, 4, 6, 8, 10, 12]
     for a in accounts:
         v.deposit(a, rng.randrange(10**9, 10**11))
     v.mark(1, MID[1])
     v.mark(2, MID[2])
     for _ in range(steps):
-        random_step(v, rng, accounts, [1, 3, 5])
+        random_step(v, rng, accounts, [1, 3, 5], dead_mans_switch=not timeless)
     v.deliver()
     return v
 

@@ -563,6 +563,13 @@ class TradingEngine:
             buy = o.side == c.BUY
             if (new_price > mark + band) if buy else (new_price < mark - band):
                 code = 2011
+        if not code and o.flags & c.FLAG_REDUCE_ONLY and new_qty - o.cum > o.leaves:
+            # a reduce-only order may grow only into what the position still lets it reduce
+            pos = acct.positions[o.symbol]
+            ahead = (pos.sell_leaves if o.side == c.SELL else pos.buy_leaves) - o.leaves
+            room = (pos.size if o.side == c.SELL else -pos.size) - ahead
+            if new_qty - o.cum > room:
+                code = 2014
         if not code and not o.flags & c.FLAG_REDUCE_ONLY:
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
             if need > o.margin:
@@ -1074,7 +1081,7 @@ class TradingEngine:
                 o = None
             self._fill(acct, o, symbol, spec, signed, price, maker)
 
-    def _fill(self, acct: Account, o: Order, symbol: int, spec: ContractSpec,
+    def _fill(self, acct: Account, o: Order | None, symbol: int, spec: ContractSpec,
               signed: int, price: int, maker: bool) -> None:
         """``o`` is None for a fill of an order this engine does not know."""
         qty = signed if signed > 0 else -signed

@@ -1,8 +1,14 @@
 """Long crash campaigns (slow: SEQEX_SLOW=1 python -m pytest -m slow): the log's SIGKILL test,
-master failover and the replica scenarios over many seeds, each seed a fresh cluster."""
+master failover and the CrossEngine and TradingEngine replica scenarios over many seeds, each
+seed a fresh cluster."""
 import pytest
 
-from tests.process import test_failover, test_log_processes, test_replicas
+from tests.process import (
+    test_failover,
+    test_log_processes,
+    test_replicas,
+    test_tradingengine_replicas,
+)
 
 SEEDS = range(100, 120)
 
@@ -32,3 +38,11 @@ def test_failover_campaign(tmp_path, monkeypatch, seed):
 def test_replica_campaign(tmp_path, monkeypatch, seed, scenario):
     monkeypatch.setattr(test_replicas, "SEED", seed)
     test_replicas.test_crossengine_replicas_on_the_log(tmp_path, scenario)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tradingengine_replica_campaign(tmp_path, monkeypatch, seed):
+    monkeypatch.setattr(test_tradingengine_replicas, "SEED", seed)
+    test_tradingengine_replicas.test_tradingengine_replica_recovers_after_sigkill(tmp_path)

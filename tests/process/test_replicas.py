@@ -36,13 +36,13 @@ def commands() -> list[tuple[int, bytes]]:
 
 
 def start_replica(cluster: LogCluster, name: str, role: str, mirror: str, tmp: str,
-                  control: str) -> object:
+                  control: str, engine_args: tuple[str, ...] = ()) -> object:
     return cluster.group.spawn(name, [
         "replica", "--name", name, "--stream", cluster.stream, "--pub", cluster.pub_addr,
         *sum((["--replicator", a] for a in cluster.rep_addrs), []), "--control", control,
         "--role", role, *(["--mirror", mirror] if mirror else []),
         "--snapshots", os.path.join(tmp, "snap", name), "--shared-snapshots",
-        os.path.join(tmp, "snap", "warm"), "--snapshot-every", "2000"])
+        os.path.join(tmp, "snap", "warm"), "--snapshot-every", "2000", *engine_args])
 
 
 def feed(cluster: LogCluster, cmds: list[tuple[int, bytes]], upto: int, prod: Producer) -> None:
@@ -57,16 +57,17 @@ def feed(cluster: LogCluster, cmds: list[tuple[int, bytes]], upto: int, prod: Pr
         i = j
 
 
-def reference_outputs(cluster: LogCluster, last: int) -> list[bytes]:
-    eng = CrossEngine()
+def reference_outputs(cluster: LogCluster, last: int, eng: object = None) -> list[bytes]:
+    """Outputs of a fresh engine (a CrossEngine unless given) applying the in stream's log."""
+    eng = eng if eng is not None else CrossEngine()
     out = []
     for frame in replay(cluster.rep_addrs[0], cluster.stream, 1, last):
         out.extend(r[6] for r in decode(eng.apply_frame(frame)))
     return out
 
 
-def read_out(pub: str, reps: list[str], last: int) -> list[tuple]:
-    sub = Subscriber("out.ce.T", pub, reps)
+def read_out(pub: str, reps: list[str], last: int, stream: str = "out.ce.T") -> list[tuple]:
+    sub = Subscriber(stream, pub, reps)
     got: list[tuple] = []
     deadline = time.monotonic() + 60
     while not got or got[-1][0] < last:

@@ -305,3 +305,29 @@ def test_snapshot_restores_the_same_state():
     te2 = TradingEngine.restore(v.te.snapshot())
     assert te2.state_hash() == v.te.state_hash()
     assert te2.snapshot() == v.te.snapshot()
+
+
+def test_a_reduce_only_order_cannot_be_amended_beyond_the_position():
+    v = phemex()
+    v.order(1, 2, c.SELL, 40_000, 100)
+    v.order(1, 1, c.BUY, 40_000, 100)                          # long 100
+    v.order(2, 1, c.SELL, 42_000, 60, flags=c.FLAG_REDUCE_ONLY)
+    v.order(3, 1, c.SELL, 43_000, 30, flags=c.FLAG_REDUCE_ONLY)
+    out = v.apply(c.AMEND, c.amend(4, 2, 1, qty=71))           # 71 + 30 > 100
+    assert codes(out, c.CANCEL_REJECTED) == [c.CODES["reduce_only_would_increase"]]
+    out = v.apply(c.AMEND, c.amend(5, 2, 1, qty=70))
+    assert [e[1] for e in events_of(out, c.EXEC_REPORT)] == [c.EXEC_REPLACED]
+
+
+def test_a_fill_of_an_order_the_engine_does_not_know_is_booked():
+    """A CrossEngine trade naming an account of this shard but an order this engine never sent
+    (another system's): the position, fees and audit still hold."""
+    v = Venue([spec()], shard=0, n_shards=2)
+    v.deposit(2, 10**12)
+    v.mark(1, 10_000)
+    trade = c.CE_EVENT_STRUCTS[c.CE_TRADE].pack(c.CE_TRADE, 1, 77, 78, 2, 3, 10_000, 4, c.BUY,
+                                                0, 0, 0, 0)
+    out = v.apply(c.CE_EVENTS, c.ce_events(1, trade))
+    assert v.position(2).size == -4 and v.te.clearing.positions[1].size == 4
+    assert events_of(out, c.POSITION) and not events_of(out, c.EXEC_REPORT)
+    v.te.audit()
