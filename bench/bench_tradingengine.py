@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import importlib.util
 import os
 import random
 import statistics
@@ -41,7 +40,7 @@ from crossengine.engine import CrossEngine  # noqa: E402
 from tradingengine import codec as c  # noqa: E402
 from tradingengine.engine import TradingEngine  # noqa: E402
 from tradingengine.margin import ContractSpec, Tier  # noqa: E402
-from tradingengine.reference import ReferenceEngine  # noqa: E402
+from tradingengine.reference import ReferenceEngine, interpreted  # noqa: E402
 
 SEED = 20261122
 HOUR = 3600 * 10**9
@@ -141,16 +140,6 @@ def crossengine_results(outs: list[bytes]) -> tuple[list[tuple[int, bytes]], int
     return records, legs
 
 
-def interpreted_engine() -> type:
-    """TradingEngine from tradingengine/engine.py run by the interpreter."""
-    import tradingengine.engine as compiled
-    path = os.path.join(os.path.dirname(compiled.__file__), "engine.py")
-    spec = importlib.util.spec_from_file_location("tradingengine_interpreted", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TradingEngine
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=200_000)
@@ -162,7 +151,7 @@ def main() -> None:
     seq0 = len(setup)
 
     engines = {"engine": TradingEngine, "reference": ReferenceEngine,
-               "interpreted": interpreted_engine()}
+               "interpreted": interpreted()}
     figures: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
     hashes = {}
     results: list[tuple[int, bytes]] = []

@@ -33,10 +33,10 @@ def spec(symbol: int = 1, value: int = 1000, max_leverage_x100: int = 10_000,
 class Venue:
     def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1,
                  auto: bool = True, check: bool = True, engine: type = TradingEngine,
-                 shadow: type | None = None) -> None:
+                 shadows: tuple[type, ...] = ()) -> None:
         self.te = engine(specs, shard, n_shards)
-        # a second engine fed the same records in lockstep: its outputs must be the same bytes
-        self.shadow = shadow(specs, shard, n_shards) if shadow else None
+        # engines fed the same records in lockstep: their outputs must be the same bytes
+        self.shadows = [cls(specs, shard, n_shards) for cls in shadows]
         self.ces = {s.symbol: CrossEngine(symbol_id=s.symbol, max_price=s.max_price,
                                           max_qty=s.max_qty) for s in specs}
         self.ce_seq = dict.fromkeys(self.ces, 0)
@@ -54,9 +54,9 @@ class Venue:
         self.seq += 1
         self.log.append((self.seq, self.ts_ns, kind, payload))
         raw = self.te.apply(self.seq, self.ts_ns, kind, payload)
-        if self.shadow is not None:
-            assert self.shadow.apply(self.seq, self.ts_ns, kind, payload) == raw, \
-                f"the shadow engine's output differs at record {self.seq}"
+        for shadow in self.shadows:
+            assert shadow.apply(self.seq, self.ts_ns, kind, payload) == raw, \
+                f"{type(shadow).__module__}'s output differs at record {self.seq}"
         events = c.decode_events(raw)
         if self.check:
             self.te.check_invariants()
@@ -221,3 +221,4 @@ def random_venue(seed: int, steps: int, auto: bool = False, check: bool = False,
 
 
 _CE_NEW = c.CE_NEW_ORDER_S.pack
+

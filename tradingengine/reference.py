@@ -1,4 +1,6 @@
-"""The naive TradingEngine: the same rules with no running totals and no indexes.
+"""The reference TradingEngines: the naive one, and the engine's source run by the interpreter.
+
+ReferenceEngine has the same rules with no running totals and no indexes.
 
 Every figure the engine keeps incrementally is recomputed here from the orders and positions
 themselves at each use (order margin, position margin, the leaves on each side, the number of
@@ -6,8 +8,15 @@ reduce-only orders), the maintenance check scans every account instead of the sy
 holders, and orders are found by scanning instead of through the CrossEngine id index. Its
 outputs and state must equal the engine's byte for byte (tests/stateful drive both in
 lockstep), which checks the bookkeeping; it is also the baseline of bench/bench_tradingengine.py.
+
+``interpreted()`` loads tradingengine/engine.py as plain Python under another module name: the
+same source that Cython compiles, run by the interpreter, which the tests hold to the compiled
+engine's bytes and the benchmark uses as its second baseline.
 """
 from __future__ import annotations
+
+import importlib.util
+import pathlib
 
 from tradingengine import codec as c
 from tradingengine.engine import (
@@ -67,3 +76,17 @@ class ReferenceEngine(TradingEngine):
                 if ce_id and o.symbol == symbol:
                     index[ce_id] = o
         super()._trade(symbol, spec, ev)
+
+
+def interpreted() -> type:
+    """TradingEngine from tradingengine/engine.py run by the interpreter, not compiled."""
+    import tradingengine.engine as compiled
+    if compiled.__file__.endswith(".py"):
+        raise ImportError("tradingengine.engine is not compiled: pip install -e .")
+    path = pathlib.Path(compiled.__file__).with_name("engine.py")
+    spec = importlib.util.spec_from_file_location("tradingengine_interpreted", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if module._COMPILED:
+        raise ImportError(f"{path} did not load as the interpreted source")
+    return module.TradingEngine

@@ -5,8 +5,6 @@ source run by the interpreter, and by the naive reference.
 
 Method: a seeded random flow on a venue of real CrossEngines (tests/tradingvenue.py) records
 every record the TradingEngine applied; the log is then replayed into fresh engines."""
-import importlib.util
-import pathlib
 import random
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from mq.record import decode, encode
 from tests.tradingvenue import random_venue, two_specs
 from tradingengine.engine import TradingEngine
-from tradingengine.reference import ReferenceEngine
+from tradingengine.reference import ReferenceEngine, interpreted
 
 SEED = 20261122
 STEPS = 2_500
@@ -77,14 +75,7 @@ def test_the_naive_reference_gives_the_same_bytes(run):
 
 
 def test_the_compiled_engine_equals_its_interpreted_source(run):
-    import tradingengine.engine as compiled
-    assert not compiled.__file__.endswith(".py"), "tradingengine.engine is not compiled"
-    path = pathlib.Path(compiled.__file__).with_name("engine.py")
-    spec = importlib.util.spec_from_file_location("tradingengine_interpreted", path)
-    source = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(source)
-    assert not source._COMPILED
     te, outs = replay(run.log)
-    interpreted, source_outs = replay(run.log, source.TradingEngine(two_specs(), 0, 2))
+    source, source_outs = replay(run.log, interpreted()(two_specs(), 0, 2))
     assert source_outs == outs
-    assert interpreted.state_hash() == te.state_hash()
+    assert source.state_hash() == te.state_hash()
