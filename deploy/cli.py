@@ -212,21 +212,24 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
 
 def _rebuild(a: argparse.Namespace) -> int:
-    """Apply the stream from seq 1 to a fresh engine; print the state hash at the last seq."""
-    from crossengine.engine import CrossEngine
+    """Apply the stream from seq 1 to a fresh engine; print the state hash at the last seq
+    (and, for an engine that keeps books, that its audit balances there)."""
     from mq.control import replay
     from mq.record import scan
-    if not a.stream.startswith("in.ce."):
-        raise SystemExit("--rebuild knows the CrossEngine streams (in.ce.SYMBOL)")
-    config = {}
-    if a.data:
+    from mq.replica import ENGINES
+    engine = a.engine or {"in.ce.": "crossengine", "in.te.": "tradingengine"}.get(a.stream[:6])
+    if engine not in ENGINES:
+        raise SystemExit(f"--rebuild: name the engine of {a.stream} with --engine "
+                         f"({', '.join(sorted(ENGINES))})")
+    config = json.loads(a.engine_config) if a.engine_config else {}
+    if not config and engine == "crossengine" and a.data:
         try:
             from deploy.supervisor import read_state
             topo, _pid = read_state(a.data)
             config = topo.symbols.get(a.stream[len("in.ce."):], {}).get("engine", {})
         except SystemExit:
             pass
-    eng = CrossEngine(**config)
+    eng, _restore = ENGINES[engine](config)
     last, started = 0, time.monotonic()
     for frame in replay(a.replicator, a.stream, 1, a.to):
         eng.apply_frame(frame)
@@ -235,8 +238,12 @@ def _rebuild(a: argparse.Namespace) -> int:
             print(f"\r  rebuilt up to seq {last:,}", end="", file=sys.stderr)
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    print(json.dumps({"stream": a.stream, "seq": last, "state_hash": eng.state_hash().hex(),
-                      "seconds": round(time.monotonic() - started, 3)}))
+    result = {"stream": a.stream, "seq": last, "state_hash": eng.state_hash().hex(),
+              "seconds": round(time.monotonic() - started, 3)}
+    if hasattr(eng, "audit"):
+        eng.audit()     # raises with its report if the books do not balance
+        result["audit"] = "balanced"
+    print(json.dumps(result))
     return 0
 
 
@@ -391,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data", default="seqex-data")
     s.add_argument("--rebuild", action="store_true",
                    help="rebuild the engine from the log and print its state hash")
+    s.add_argument("--engine", help="with --rebuild: the engine (default: by the stream's name)")
+    s.add_argument("--engine-config", help="with --rebuild: JSON of the engine's parameters "
+                   "(a TradingEngine's specs, shard and n_shards)")
     s.add_argument("--from", dest="from_seq", type=int, default=1)
     s.add_argument("--to", type=int)
     s.add_argument("--json", action="store_true")
