@@ -61,7 +61,7 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
     raise ImportError("tradingengine.engine is not compiled: build it with `pip install -e .` "
                       "(or `python setup.py build_ext --inplace`)")
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
 MAX_OPEN_ORDERS = 200         # per account, conditional ones included
 DEFAULT_LEVERAGE_X100 = 1_000
@@ -159,12 +159,24 @@ class Position:
 
 
 class Account:
+    """A wallet with its own ledger: at every moment
+    balance == transferred - fees_paid - funding_paid - liquidated + covered + realised PnL
+    of its positions, which lets a failed audit name the accounts whose books are off."""
     __slots__ = ("account_id", "balance", "order_margin", "position_margin", "positions",
-                 "orders", "by_client", "dms_timeout_ms", "dms_deadline")
+                 "orders", "by_client", "dms_timeout_ms", "dms_deadline", "transferred",
+                 "fees_paid", "funding_paid", "liquidated", "covered")
 
     def __init__(self, account_id: int) -> None:
         self.account_id = account_id
         self.balance = 0                        # wallet: deposits - withdrawals + PnL - fees ...
+        self.transferred = 0                    # deposits - withdrawals
+        self.fees_paid = 0                      # trading fees (rebates negative)
+        self.funding_paid = 0                   # funding paid (received negative)
+        self.liquidated = 0                     # margin residue moved to liquidation (the
+                                                # liquidation account's own is what it received,
+                                                # negative)
+        self.covered = 0                        # deficits the liquidation account covered
+                                                # (its own: what it paid, negative)
         self.order_margin = 0                   # sum of its orders' reservations: derived
         self.position_margin = 0                # sum of its positions' margins: derived
         self.positions: dict[int, Position] = {}
@@ -723,6 +735,7 @@ class TradingEngine:
         if acct is None:
             acct = self.accounts[account] = Account(account)
         acct.balance += amount
+        acct.transferred += amount
         self.deposits += amount
         self._out.append(_PACK[c.TRANSFER](c.TRANSFER, transfer_id, account, amount,
                                            acct.balance, c.DEPOSIT))
@@ -747,6 +760,7 @@ class TradingEngine:
             self._reject_request(c.WITHDRAW, code, account, 0, transfer_id)
             return
         acct.balance -= amount
+        acct.transferred -= amount
         self.withdrawals += amount
         self._out.append(_PACK[c.TRANSFER](c.TRANSFER, transfer_id, account, amount,
                                            acct.balance, c.WITHDRAW))
@@ -830,6 +844,7 @@ class TradingEngine:
                 if amount == 0:
                     continue
                 acct.balance -= amount
+                acct.funding_paid += amount
                 if amount > 0:
                     paid += amount
                 else:
@@ -906,6 +921,7 @@ class TradingEngine:
         realised = value - pos.cost
         residue = base + realised
         acct.balance += realised - residue
+        acct.liquidated += residue
         pos.realised += realised
         pos.size = 0
         pos.cost = 0
@@ -913,6 +929,7 @@ class TradingEngine:
         self._set_margin(acct, pos, spec)
         self._book(self.liquidation, symbol, size, price, spec)
         self.liquidation.balance += residue
+        self.liquidation.liquidated -= residue
         self._out.append(_PACK[c.LIQUIDATION](c.LIQUIDATION, acct.account_id, symbol, size,
                                               price, value, residue))
         self._cover_deficit(acct)
@@ -925,7 +942,9 @@ class TradingEngine:
         if acct.balance < 0:
             deficit = -acct.balance
             acct.balance = 0
+            acct.covered += deficit
             self.liquidation.balance -= deficit
+            self.liquidation.covered -= deficit
             self._out.append(_PACK[c.DEFICIT_COVERED](c.DEFICIT_COVERED, acct.account_id,
                                                       deficit))
 
@@ -1101,6 +1120,7 @@ class TradingEngine:
         notional = qty * price * spec.value
         paid = fee(notional, spec.maker_fee_ppm if maker else spec.taker_fee_ppm)
         acct.balance -= paid
+        acct.fees_paid += paid
         self.fee_pool += paid
         self._book(acct, symbol, signed, price, spec)
         if o is not None:
@@ -1188,20 +1208,30 @@ class TradingEngine:
                     net[sym] = net.get(sym, 0) + pos.size
         expected = self.deposits - self.withdrawals
         unbalanced = sorted(s for s, n in net.items() if n)
-        if total != expected or unbalanced:
-            raise EngineHalted(self._audit_report(total, expected, unbalanced))
+        off = [a for a in self._all_accounts() if a.balance != _ledger(a)]
+        if total != expected or unbalanced or off:
+            raise EngineHalted(self._audit_report(total, expected, unbalanced, off))
 
-    def _audit_report(self, total: int, expected: int, unbalanced: list[int]) -> str:
-        lines = [f"audit failed at seq {self.seq}: books {total} != deposits - withdrawals "
+    def _all_accounts(self) -> list[Account]:
+        return [self.accounts[a] for a in sorted(self.accounts)] + [self.clearing,
+                                                                    self.liquidation]
+
+    def _audit_report(self, total: int, expected: int, unbalanced: list[int],
+                      off: list[Account]) -> str:
+        lines = [f"audit failed at seq {self.seq}: books {total} vs deposits - withdrawals "
                  f"{expected} (difference {total - expected}); symbols whose positions do not "
-                 f"net to zero: {unbalanced}"]
-        for acct in sorted(self.accounts.values(), key=lambda a: a.account_id):
-            if acct.balance < 0:
-                lines.append(f"  account {acct.account_id}: negative balance {acct.balance}")
-            for sym in sorted(acct.positions):
-                pos = acct.positions[sym]
+                 f"net to zero: {unbalanced}; accounts whose balance is not their ledger: "
+                 f"{[a.account_id for a in off]}"]
+        for a in off:
+            lines.append(f"  account {a.account_id}: balance {a.balance}, ledger {_ledger(a)} "
+                         f"(transferred {a.transferred}, fees {a.fees_paid}, funding "
+                         f"{a.funding_paid}, liquidated {a.liquidated}, covered {a.covered}, "
+                         f"realised {sum(p.realised for p in a.positions.values())})")
+        for a in self._all_accounts():
+            for sym in sorted(a.positions):
+                pos = a.positions[sym]
                 if pos.size == 0 and pos.cost:
-                    lines.append(f"  account {acct.account_id} symbol {sym}: no size but cost "
+                    lines.append(f"  account {a.account_id} symbol {sym}: no size but cost "
                                  f"{pos.cost}")
         return "\n".join(lines)
 
@@ -1239,6 +1269,7 @@ class TradingEngine:
     def _state(self) -> list:
         def account_row(a: Account) -> list:
             return [a.account_id, a.balance, a.dms_timeout_ms, a.dms_deadline,
+                    [a.transferred, a.fees_paid, a.funding_paid, a.liquidated, a.covered],
                     [[s, *a.positions[s].row()] for s in sorted(a.positions)],
                     [a.orders[i].row() for i in sorted(a.orders)]]
         return [
@@ -1286,9 +1317,11 @@ class TradingEngine:
         return eng
 
     def _account_from_row(self, row: list) -> Account:
-        account_id, balance, dms_timeout_ms, dms_deadline, positions, orders = row
+        account_id, balance, dms_timeout_ms, dms_deadline, ledger, positions, orders = row
         acct = Account(account_id)
         acct.balance = balance
+        (acct.transferred, acct.fees_paid, acct.funding_paid, acct.liquidated,
+         acct.covered) = ledger
         acct.dms_timeout_ms, acct.dms_deadline = dms_timeout_ms, dms_deadline
         if dms_deadline:
             self.dms[account_id] = dms_deadline
@@ -1320,6 +1353,12 @@ class TradingEngine:
                 if ce_id:
                     self.ce_orders[o.symbol][ce_id] = o
         return acct
+
+
+def _ledger(a: Account) -> int:
+    """What an account's balance must be, from its own history."""
+    return (a.transferred - a.fees_paid - a.funding_paid - a.liquidated + a.covered
+            + sum(p.realised for p in a.positions.values()))
 
 
 def _fires(o: Order, price: int) -> bool:

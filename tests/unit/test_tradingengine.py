@@ -279,12 +279,21 @@ def test_leverage_above_the_tier_is_refused():
     assert codes(out, c.REQUEST_REJECTED) == [c.CODES["leverage_invalid"]]
 
 
-def test_a_broken_audit_halts_with_a_report():
+def test_a_broken_audit_halts_with_a_report_naming_the_accounts():
     v = phemex()
     v.order(1, 2, c.SELL, 40_000, 10)
     v.order(1, 1, c.BUY, 40_000, 10)
     v.te.accounts[1].balance += 1          # money from nowhere
-    with pytest.raises(EngineHalted, match="difference 1"):
+    with pytest.raises(EngineHalted, match=r"difference 1\b.*not their ledger: \[1\]"):
+        v.mark(1, 40_100)
+
+
+def test_money_moved_between_accounts_still_names_both():
+    """The sum balances, but two accounts' balances no longer match their own histories."""
+    v = phemex()
+    v.te.accounts[1].balance -= 5
+    v.te.accounts[2].balance += 5
+    with pytest.raises(EngineHalted, match=r"difference 0\b.*not their ledger: \[1, 2\]"):
         v.mark(1, 40_100)
 
 
