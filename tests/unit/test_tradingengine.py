@@ -340,3 +340,24 @@ def test_a_fill_of_an_order_the_engine_does_not_know_is_booked():
     assert v.position(2).size == -4 and v.te.clearing.positions[1].size == 4
     assert events_of(out, c.POSITION) and not events_of(out, c.EXEC_REPORT)
     v.te.audit()
+
+
+def test_a_loss_beyond_the_balance_is_covered_by_the_liquidation_account():
+    """Long 100 at 10,000 (10x) on 1.02 USDT; the mark falls 7% (still above maintenance) and
+    the account sells at 8,400, inside the band: the loss exceeds its balance. The balance
+    stops at zero, the liquidation account takes the deficit, and the books balance."""
+    v = Venue([spec()])
+    v.deposit(1, 102_000_000)
+    v.deposit(2, 10**12)
+    v.mark(1, 10_000)
+    v.order(1, 2, c.SELL, 10_000, 100)
+    v.order(1, 1, c.BUY, 10_000, 100)
+    assert not events_of(v.mark(1, 9_300), c.LIQUIDATION)
+    v.order(2, 2, c.BUY, 8_400, 100)
+    out = v.order(2, 1, c.SELL, 8_400, 100)
+    (covered,) = events_of(out, c.DEFICIT_COVERED)
+    balance = 102_000_000 - 600_000 - 160_000_000 - 504_000     # fees, the realised loss
+    assert covered[1:] == (1, -balance)
+    assert v.te.accounts[1].balance == 0
+    assert v.te.liquidation.balance == balance
+    v.te.audit()
