@@ -322,7 +322,9 @@ class TradingEngine:
         total = 0
         marks = self.marks
         for sym, pos in acct.positions.items():
-            if pos.size and pos.mode == c.CROSS and sym != skip:
+            # a position in a symbol with no mark yet (a fill of an order this engine did not
+            # send) is valued at its entry: no unrealised PnL
+            if pos.size and pos.mode == c.CROSS and sym != skip and sym in marks:
                 total += pos.size * marks[sym] * self.specs[sym].value - pos.cost
         return total
 
@@ -897,7 +899,8 @@ class TradingEngine:
             need = 0
             for sym, p in acct.positions.items():
                 if p.size and p.mode == c.CROSS:
-                    need += maintenance(p.size, self.marks[sym], self.specs[sym])
+                    mark_or_entry = self.marks.get(sym) or abs(p.cost) // abs(p.size)
+                    need += maintenance(p.size, mark_or_entry, self.specs[sym])
             held = sum(o.margin for o in acct.orders.values() if o.symbol == symbol)
             base = self._cross_base(acct, symbol, orders_excluded=held)
             equity = base + pos.size * mark * spec.value - pos.cost

@@ -44,7 +44,7 @@ class ReferenceEngine(TradingEngine):
         self._sums(acct)
         upnl = 0
         for sym, pos in acct.positions.items():
-            if pos.size and pos.mode == c.CROSS:
+            if pos.size and pos.mode == c.CROSS and sym in self.marks:
                 upnl += pos.size * self.marks[sym] * self.specs[sym].value - pos.cost
         return (acct.balance - sum(o.margin for o in acct.orders.values())
                 - sum(p.margin for p in acct.positions.values()) + min(0, upnl))

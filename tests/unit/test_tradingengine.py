@@ -3,7 +3,7 @@
 liquidation, funding, conditional orders, the dead-man's switch, shards, the audit."""
 import pytest
 
-from tests.tradingvenue import HOUR, SECOND, Venue, events_of, spec
+from tests.tradingvenue import HOUR, SECOND, Venue, events_of, spec, two_specs
 from tradingengine import codec as c
 from tradingengine.engine import LIQUIDATION_ID, EngineHalted, TradingEngine
 from tradingengine.margin import Tier, order_cost
@@ -361,3 +361,22 @@ def test_a_loss_beyond_the_balance_is_covered_by_the_liquidation_account():
     assert v.te.accounts[1].balance == 0
     assert v.te.liquidation.balance == balance
     v.te.audit()
+
+
+def test_a_fill_in_a_symbol_without_a_mark_is_valued_at_its_entry():
+    """A CrossEngine trade can reach an account in a symbol whose mark has not arrived yet: the
+    position is booked, valued at its entry until a mark comes, and nothing raises."""
+    v = Venue(two_specs(), shard=0, n_shards=2)
+    v.deposit(2, 10**12)
+    v.deposit(4, 10**12)
+    v.mark(1, 10_000)
+    v.order(1, 4, c.SELL, 10_000, 5)
+    v.order(1, 2, c.BUY, 10_000, 5)                 # a position in symbol 1
+    trade = c.CE_EVENT_STRUCTS[c.CE_TRADE].pack(c.CE_TRADE, 1, 77, 78, 2, 3, 50_000, 4, c.BUY,
+                                                0, 0, 0, 0)
+    v.apply(c.CE_EVENTS, c.ce_events(2, trade))     # symbol 2 has no mark yet
+    assert v.position(2, 2).size == -4
+    v.mark(1, 9_000)                                # the cross check sees both positions
+    v.apply(c.WITHDRAW, c.transfer(99, 2, 1))
+    v.mark(2, 50_000)
+    v.te.check_invariants()
