@@ -95,6 +95,17 @@ class TradingFlow(RuleBasedStateMachine):
         self.v.deliver()
         self.v.order(self._coid(), account, side, price, qty, symbol)
 
+    @rule(maker=st.sampled_from([2, 4, 3]), taker=st.sampled_from([6, 8, 1]), symbol=SYMBOLS,
+          off_pct=st.integers(-3, 3), qty=st.integers(1, 50), aggressor=SIDES)
+    def stray_trade(self, maker, taker, symbol, off_pct, qty, aggressor):
+        """A CrossEngine trade of orders this engine never sent (another system's), for
+        accounts of this shard or not: booked without an order, the books still balance."""
+        mark = self._mark(symbol)
+        trade = c.CE_EVENT_STRUCTS[c.CE_TRADE].pack(
+            c.CE_TRADE, self._coid(), 10**12 + self._coid(), 10**12 + self._coid(), maker, taker,
+            max(1, mark + mark * off_pct // 100), qty, aggressor, 0, 0, 0, 0)
+        self.v.apply(c.CE_EVENTS, c.ce_events(symbol, trade))
+
     @rule(account=ACCOUNTS, pick=st.integers(0, 10**6))
     def cancel(self, account, pick):
         orders = list(self.v.te.accounts[account].orders.values())
