@@ -9,6 +9,8 @@ tests can interleave requests with results in flight, as the real streams do.
 """
 from __future__ import annotations
 
+import random
+
 from crossengine.engine import CrossEngine
 from tradingengine import codec as c
 from tradingengine.engine import TradingEngine
@@ -205,7 +207,6 @@ def random_venue(seed: int, steps: int, auto: bool = False, check: bool = False,
     at the end. ``timeless``: no dead-man's switch and a funding interval of ten years, so the
     outcome does not depend on the records' times (the process tests' sequencer stamps its own
     and the recorded CrossEngine results must still fit)."""
-    import random
     rng = random.Random(seed)
     specs = two_specs(TIMELESS_FUNDING_NS if timeless else HOUR)
     v = Venue(specs, shard=0, n_shards=2, auto=auto, check=check, engine=engine)

@@ -1,7 +1,7 @@
 cdef class Order:
     cdef public object order_id, account, symbol, client_order_id, side, ord_type, tif, flags
     cdef public object price, qty, leaves, cum, margin, state, pending
-    cdef public object trigger_price, trigger_kind, trigger_by, reason
+    cdef public object trigger_price, trigger_kind, trigger_by, reason, ce_id
 
 cdef class Position:
     cdef public object size, cost, margin, extra, leverage_x100, mode, realised
@@ -17,7 +17,7 @@ cdef class TradingEngine:
     cdef public object shard, n_shards, next_order_id, fee_pool, dust, deposits, withdrawals
     cdef public object seq, ts_ns, _timer_next
     cdef public dict specs, accounts, marks, last_prices, funding_inputs, next_funding
-    cdef public dict transfers, orders, ce_orders, ce_ids, conditional, holders, dms
+    cdef public dict transfers, orders, ce_orders, conditional, holders, dms
     cdef public dict _touched, _handlers
     cdef public list _out
     cdef public Account clearing, liquidation

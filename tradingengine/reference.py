@@ -72,9 +72,8 @@ class ReferenceEngine(TradingEngine):
         for account in (ev[4], ev[5]):
             acct = self.accounts.get(account)
             for o in acct.orders.values() if acct is not None else ():
-                ce_id = self.ce_ids.get(o.order_id)
-                if ce_id and o.symbol == symbol:
-                    index[ce_id] = o
+                if o.ce_id and o.symbol == symbol:
+                    index[o.ce_id] = o
         super()._trade(symbol, spec, ev)
 
 

@@ -79,6 +79,62 @@ def read_out(pub: str, reps: list[str], last: int, stream: str = "out.ce.T") -> 
     return got
 
 
+def run_replicas(cluster: LogCluster, tmp: str, out_stream: str, cmds: list[tuple[int, bytes]],
+                 kill_at: int, scenario: str = "restart_hot",
+                 engine_args: tuple[str, ...] = ()) -> tuple[int, str, list[tuple]]:
+    """The replica scenario on a started cluster: the mirror of ``out_stream`` and 2 hot + 1
+    warm replicas; ``cmds`` fed up to ``kill_at``, then restart_hot (hotA killed with SIGKILL,
+    more fed, hotA restarted) or promote_warm (both hot killed, more fed, the warm promoted);
+    the rest fed and applied by every live replica. Checks one state hash among them, a
+    restart from a snapshot, no divergence and an out stream with no gap and no duplicate.
+    Returns (last seq, the state hash, the out stream's records)."""
+    mirror_in, mirror_pub = tcp(), tcp()
+    cluster.group.spawn("mirror", ["mirror", "--stream", out_stream, "--inputs", mirror_in,
+                                   "--pub", mirror_pub, "--policy", "first",
+                                   "--replicator", cluster.rep_addrs[0]])
+    wait_until(lambda: ping(mirror_in), 30, "the mirror")
+    controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
+    procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
+                              controls[n], engine_args) for n in controls}
+    for n, addr in controls.items():
+        wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
+    prod = Producer(1, cluster.prod_addr)
+    prod.connect()
+    feed(cluster, cmds, kill_at, prod)
+    prod.flush(120)
+    if scenario == "restart_hot":
+        procs["hotA"].kill()
+        feed(cluster, cmds, len(cmds) * 3 // 4, prod)
+        procs["hotA"].start()
+    else:
+        procs["hotA"].kill()
+        procs["hotB"].kill()
+        feed(cluster, cmds, len(cmds) * 3 // 4, prod)
+        prod.flush(120)
+        _k, answer, _ = call(controls["warm"], wire.PROMOTE, timeout_s=30)
+        assert answer.get("role") == "hot", answer
+    feed(cluster, cmds, len(cmds), prod)
+    prod.flush(120)
+    last = cluster.status()["last"]
+    live = [n for n in controls if procs[n].alive]
+    for n in live:
+        wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq", 0) >= last, 120,
+                   f"{n} to apply up to {last}")
+    cluster.drain()
+    last = max(ping(controls[n])["seq"] for n in live)
+    for n in live:
+        wait_until(lambda n=n: ping(controls[n])["seq"] == last, 60, f"{n} at {last}")
+    hashes = {n: call(controls[n], wire.HASH)[1] for n in live}
+    assert len({h["hash"] for h in hashes.values()}) == 1, hashes
+    if scenario == "restart_hot":
+        assert ping(controls["hotA"])["restored_from"] > 0  # from a snapshot, then replay
+    got = read_out(mirror_pub, cluster.rep_addrs, last, stream=out_stream)
+    status = ping(mirror_in)
+    assert status["divergences"] == 0, status["alarms"]
+    assert [r[0] for r in got] == list(range(1, last + 1))  # no gap, no duplicate
+    return last, next(iter(hashes.values()))["hash"], got
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("scenario", ["restart_hot", "promote_warm"])
 def test_crossengine_replicas_on_the_log(tmp_path, scenario):
@@ -86,51 +142,7 @@ def test_crossengine_replicas_on_the_log(tmp_path, scenario):
     kill_at = rng.randint(COMMANDS // 4, COMMANDS // 2)
     print(f"seed {SEED}: {scenario}, kill at command {kill_at}")
     tmp = str(tmp_path)
-    cmds = commands()
     with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
         cluster.start()
-        mirror_in, mirror_pub = tcp(), tcp()
-        cluster.group.spawn("mirror", ["mirror", "--stream", "out.ce.T", "--inputs", mirror_in,
-                                       "--pub", mirror_pub, "--policy", "first",
-                                       "--replicator", cluster.rep_addrs[0]])
-        wait_until(lambda: ping(mirror_in), 30, "the mirror")
-        controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
-        procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
-                                  controls[n]) for n in controls}
-        for n, addr in controls.items():
-            wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
-        prod = Producer(1, cluster.prod_addr)
-        prod.connect()
-        feed(cluster, cmds, kill_at, prod)
-        prod.flush(120)
-        if scenario == "restart_hot":
-            procs["hotA"].kill()
-            feed(cluster, cmds, COMMANDS * 3 // 4, prod)
-            procs["hotA"].start()
-        else:
-            procs["hotA"].kill()
-            procs["hotB"].kill()
-            feed(cluster, cmds, COMMANDS * 3 // 4, prod)
-            prod.flush(120)
-            _k, answer, _ = call(controls["warm"], wire.PROMOTE, timeout_s=30)
-            assert answer.get("role") == "hot", answer
-        feed(cluster, cmds, COMMANDS, prod)
-        prod.flush(120)
-        last = cluster.status()["last"]
-        live = [n for n in controls if procs[n].alive]
-        for n in live:
-            wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq", 0) >= last, 120,
-                       f"{n} to apply up to {last}")
-        cluster.drain()
-        last = max(ping(controls[n])["seq"] for n in live)
-        for n in live:
-            wait_until(lambda n=n: ping(controls[n])["seq"] == last, 60, f"{n} at {last}")
-        hashes = {n: call(controls[n], wire.HASH)[1] for n in live}
-        assert len({h["hash"] for h in hashes.values()}) == 1, hashes
-        if scenario == "restart_hot":
-            assert ping(controls["hotA"])["restored_from"] > 0  # from a snapshot, then replay
-        got = read_out(mirror_pub, cluster.rep_addrs, last)
-        status = ping(mirror_in)
-        assert status["divergences"] == 0, status["alarms"]
-        assert [r[0] for r in got] == list(range(1, last + 1))  # no gap, no duplicate
+        last, _hash, got = run_replicas(cluster, tmp, "out.ce.T", commands(), kill_at, scenario)
         assert [r[6] for r in got] == reference_outputs(cluster, last)
