@@ -8,6 +8,8 @@ record, not only at marks), every derived figure (order and position margin, lea
 reduce-only counts) equals what the state implies, no client balance is negative (a deficit
 only ever moves to the liquidation account), and nothing raises: rejects are events. A
 snapshot taken at any step restores to the same hash and carries on identically."""
+import os
+
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -187,7 +189,9 @@ class TradingFlow(RuleBasedStateMachine):
             self.v.te.check_invariants()
 
 
-TradingFlow.TestCase.settings = settings(max_examples=60, stateful_step_count=50,
+# SEQEX_EXAMPLES=3000 for a long run (the default keeps the suite fast)
+TradingFlow.TestCase.settings = settings(max_examples=int(os.environ.get("SEQEX_EXAMPLES", "60")),
+                                         stateful_step_count=50,
                                          deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
 test_trading_flow = TradingFlow.TestCase
