@@ -1,13 +1,35 @@
-"""Shared fixtures. Slow campaigns run only with SEQEX_SLOW=1 (or an explicit -m slow)."""
+"""Shared fixtures and gates.
+
+Three kinds of test are left out of the default run (the README's test command), each behind a
+marker and an environment variable; `.ci/run` runs all three as steps of their own:
+
+- `slow`: soak and crash campaigns (SEQEX_SLOW=1, or `-m slow`);
+- `checked_build`: the suites again against the checked Cython build (SEQEX_CHECKED_BUILD=1);
+- `fresh_venv`: the README's test command in a new virtual environment (SEQEX_FRESH_VENV=1).
+
+The campaigns draw their seeds from SEQEX_SEED, or from the clock when it is unset; the header
+of every run prints the seed, so a failure can be replayed with SEQEX_SEED=N.
+"""
 import os
 
 import pytest
 
+from tests.seed import SEED
+
+GATES = {"slow": "SEQEX_SLOW", "checked_build": "SEQEX_CHECKED_BUILD",
+         "fresh_venv": "SEQEX_FRESH_VENV"}
+
+
+def pytest_report_header(config):
+    return f"seqex campaign seed: SEQEX_SEED={SEED}"
+
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("SEQEX_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow campaign: set SEQEX_SLOW=1 to run")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    selected = config.getoption("-m") or ""
+    for mark, env in GATES.items():
+        if os.environ.get(env) == "1" or (mark in selected and f"not {mark}" not in selected):
+            continue
+        skip = pytest.mark.skip(reason=f"{mark}: set {env}=1 (or -m {mark}) to run")
+        for item in items:
+            if mark in item.keywords:
+                item.add_marker(skip)

@@ -1,6 +1,12 @@
 """Long crash campaigns (slow: SEQEX_SLOW=1 python -m pytest -m slow): the log's SIGKILL test,
 master failover and the CrossEngine and TradingEngine replica scenarios over many seeds, each
-seed a fresh cluster."""
+seed a fresh cluster.
+
+Seeds come from SEQEX_SEED (or the clock; the run's header prints it) and
+SEQEX_CAMPAIGN_COUNT of them run per campaign (20 unless set), so every run explores new kill
+points and a failure is replayed with the seed in its test id."""
+import os
+
 import pytest
 
 from tests.process import (
@@ -9,8 +15,9 @@ from tests.process import (
     test_replicas,
     test_tradingengine_replicas,
 )
+from tests.seed import SEED
 
-SEEDS = range(100, 120)
+SEEDS = [SEED + k for k in range(int(os.environ.get("SEQEX_CAMPAIGN_COUNT", "20")))]
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The checked build (bounds, wraparound and overflow checks compiled in) passes the codec and
 CrossEngine suites too: the tree is copied, built with SEQEX_CHECKED=1 in place, and the suites
-run in a child pytest against that copy."""
+run in a child pytest against that copy. It is a step of its own in `.ci/run`
+(SEQEX_CHECKED_BUILD=1), since the second build takes most of a minute."""
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ SUITES = ["tests/unit/test_record.py", "tests/unit/test_crossengine.py",
           "tests/property/test_tradingengine_determinism.py"]
 
 
+@pytest.mark.checked_build
 @pytest.mark.timeout(900)
 def test_checked_build_passes_the_suites(tmp_path):
     copy = tmp_path / "seqex"
