@@ -1,0 +1,475 @@
+"""The real master and the real replicator, explored by hypothesis over a simulated network.
+
+What runs: the sequencer's own decision code (mq.sequencer.SequencerCore on mq.master.Master:
+recovery, claim, adoption, reconciliation, resends, conflict handling, commit point, dedup,
+stamping, time, backpressure), and the replicator's own request handling
+(replicator.server.Replicator.handle on replicator.store.Store, on a temporary LMDB directory).
+Only the sockets are replaced: every message is put on a simulated network that loses,
+reorders and duplicates messages. Masters crash (a dead master's messages may still arrive) and
+new ones start; replicators crash (keeping what LMDB committed) and restart; time passes, and
+the wall clock steps back and jumps forward.
+
+Invariants, checked after every step, under "quorum" and "all":
+* no forwarded record is lost: whichever `need` replicators a future master recovers from, the
+  log it adopts holds every forwarded record at its seq; a seq is never forwarded with two
+  different records;
+* a producer acknowledgement is true: every source_seq below an ACK's `next` is in the log a
+  future master adopts, and every seq an ACK names holds that record;
+* no two replicators hold different records at a seq at or below both their commit points;
+* no record of a producer is in any replicator's log twice;
+* along every replicator's log, ts_ns never goes backwards and moves by at most max_step;
+* backpressure: a live master's uncommitted bytes stay below its bound plus one batch, and its
+  resend window holds every uncommitted record.
+A replicator that missed a failover may hold, above its commit point, a tail that no master
+acknowledged and that differs from the new master's log; the new master truncates it when it
+reaches that replicator (docs/log.md, "Failover").
+"""
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import uuid
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from mq import replication, wire
+from mq.master import SequencerStale
+from mq.record import decode, pack
+from mq.sequencer import SequencedClock, SequencerCore
+from replicator.server import Replicator
+
+N = 3
+STREAM = "in.model"
+MAX_STEP_NS = 1_000_000_000
+MAX_UNCOMMITTED = 600          # bytes: a few records, so that backpressure engages
+BATCH_MAX = 3                  # records of one producer batch
+PAYLOAD = 8                    # bytes of one record's payload
+
+
+class ModelReplicator(Replicator):
+    """The real replicator; its replies go onto the simulated network."""
+
+    def __init__(self, path: str, model: Model, i: int):
+        super().__init__(path, f"inproc://model-rep-{uuid.uuid4().hex}", map_size=1 << 24)
+        self.model = model
+        self.i = i
+        # The stream is opened at start, as a read: a replicator whose first request for a
+        # stream is a CLAIM fails in LMDB (the database opened inside the CLAIM's write
+        # transaction is not usable by the read that builds the answer). The master sends a
+        # STATE before every CLAIM for that reason, but this network may reorder them.
+        self.store.stream(STREAM)
+
+    def _send(self, replies: list[list[bytes]]) -> None:
+        for reply in replies:
+            self.model.net.append(("master", reply[0], self.i, reply[1:]))
+
+    def shut(self) -> None:
+        self.peers.close()
+        self.sock.close(0)
+        self.store.close()
+
+
+class ModelMaster(SequencerCore):
+    """The real sequencer core; its messages go onto the simulated network."""
+
+    def __init__(self, model: Model, ident: bytes):
+        super().__init__(STREAM, [f"rep{i}" for i in range(N)], model.policy, tick_ms=100,
+                         max_uncommitted_bytes=MAX_UNCOMMITTED, startup_grace_s=0.5,
+                         clock=SequencedClock(MAX_STEP_NS, wall=model.wall_ns,
+                                              mono=model.mono_ns),
+                         mono=model.mono)
+        self.model = model
+        self.ident = ident
+        self.alive = True
+        self.ready = False
+        self.producer_replies: list[tuple[bytes, dict]] = []
+
+    def _try_send(self, link, msg):
+        self.model.net.append(("rep", self.ident, self.links.index(link), list(msg)))
+        return True
+
+    def _publish(self, frame):
+        self.model.on_published(frame)
+
+    def _reply(self, ident, kind, body):
+        self.model.on_producer_reply(kind, body)
+
+    def _peer_alive(self, ident):
+        return True
+
+
+class Model(RuleBasedStateMachine):
+    policy = "quorum"
+
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="seqex-model-")
+        self.reps: list[ModelReplicator | None] = [self._open(i) for i in range(N)]
+        self.masters: dict[bytes, ModelMaster] = {}
+        self.net: list[tuple] = []
+        self.t = 1000.0                  # monotonic seconds
+        self.wall_offset_ns = 1_700_000_000 * 10**9
+        self.published: dict[int, tuple] = {}
+        self.produced = 0                # source 1: source_seqs 1..produced were created
+        self.acked_next = 1              # source 1: every source_seq below it was ACKed
+        self.acked_seqs: dict[int, int] = {}   # source_seq -> seq, from ACK runs
+
+    def teardown(self):
+        for rep in self.reps:
+            if rep is not None:
+                rep.shut()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _open(self, i: int) -> ModelReplicator:
+        return ModelReplicator(f"{self.dir}/r{i}", self, i)
+
+    # -- clocks ---------------------------------------------------------------------------
+    def mono(self) -> float:
+        return self.t
+
+    def mono_ns(self) -> int:
+        return int(self.t * 1e9)
+
+    def wall_ns(self) -> int:
+        return self.wall_offset_ns + int(self.t * 1e9)
+
+    @rule(dt=st.sampled_from([0.01, 0.3, 0.6, 1.5, 3.0]))
+    def time_passes(self, dt):
+        self.t += dt
+
+    @rule(step_s=st.sampled_from([-3600, -2, 5, 3600]))
+    def wall_clock_steps(self, step_s):
+        self.wall_offset_ns += step_s * 10**9
+
+    # -- masters ----------------------------------------------------------------------------
+    def live(self) -> list[ModelMaster]:
+        return [m for m in self.masters.values() if m.alive]
+
+    @initialize()
+    def first_master(self):
+        self.start_master()
+        self.settle(self.masters[b"m0"], 4)
+
+    @precondition(lambda self: len(self.live()) < 2)
+    @rule()
+    def start_master(self):
+        ident = b"m%d" % len(self.masters)
+        m = self.masters[ident] = ModelMaster(self, ident)
+        m.begin_recovery(deadline_s=30.0)
+        self._guard(m, m.recovery_step)
+
+    def _guard(self, m: ModelMaster, fn, *args) -> None:
+        """Run a master's code; a fenced or timed-out master dies, as the process would."""
+        try:
+            fn(*args)
+        except (SequencerStale, TimeoutError):
+            m.alive = False
+
+    @rule(data=st.data())
+    def master_works(self, data):
+        """The loop's periodic work: recovery while starting, then probes, resends, commit."""
+        live = self.live()
+        if not live:
+            return
+        self.master_work(data.draw(st.sampled_from(live)))
+
+    def master_work(self, m: ModelMaster) -> None:
+        if not m.ready:
+            def step():
+                if m.recovery_step():
+                    m.ready = True
+                    m._emit_tick(self.mono_ns())
+            self._guard(m, step)
+        else:
+            self._guard(m, m._pump_all)
+            self._guard(m, m._forward)
+
+    @rule(data=st.data(), rounds=st.integers(1, 8))
+    def master_settles(self, data, rounds):
+        """A master works and its messages (both ways) are delivered in order, for a few
+        rounds: how recoveries and commits get done among the faults of the other rules."""
+        live = self.live()
+        if not live:
+            return
+        self.settle(data.draw(st.sampled_from(live)), rounds)
+
+    def settle(self, m: ModelMaster, rounds: int) -> None:
+        for _ in range(rounds):
+            if not m.alive:
+                return
+            self.master_work(m)
+            mine = [n for n in self.net if n[1] == m.ident]
+            self.net = [n for n in self.net if n[1] != m.ident]
+            for n in mine:
+                self.net.append(n)
+                self.deliver_at(len(self.net) - 1)
+            for n in [n for n in self.net if n[1] == m.ident]:  # the replies
+                self.net.remove(n)
+                self.net.append(n)
+                self.deliver_at(len(self.net) - 1)
+            self.t += 0.1
+
+    @rule(data=st.data(), counts=st.lists(st.integers(1, BATCH_MAX), min_size=1, max_size=4))
+    def producer_sends(self, data, counts):
+        """Source 1 sends batches in one turn: its next records, or resends from an earlier
+        number (duplicates, or beyond what the master expects)."""
+        ready = [m for m in self.live() if m.ready]
+        if not ready:
+            return
+        m = data.draw(st.sampled_from(ready))
+        messages = []
+        for count in counts:
+            if self.produced and data.draw(st.booleans()):
+                first = data.draw(st.integers(1, self.produced))
+            else:
+                first = self.produced + 1
+            last = first + count - 1
+            self.produced = max(self.produced, last)
+            batch = pack(1, first, 32, [b"%08d" % ss for ss in range(first, last + 1)])
+            messages.append((b"p1", wire.DATA, [b"p1", wire.DATA, b"\x80", batch]))
+        self._guard(m, m.sequence_turn, messages)
+
+    @rule(data=st.data())
+    def master_ticks(self, data):
+        ready = [m for m in self.live() if m.ready]
+        if ready:
+            m = data.draw(st.sampled_from(ready))
+            if m.tick_due(self.mono_ns()):
+                self._guard(m, m._emit_tick, self.mono_ns())
+
+    @rule(data=st.data())
+    def master_crashes(self, data):
+        live = self.live()
+        if live:
+            data.draw(st.sampled_from(live)).alive = False
+
+    # -- replicators ------------------------------------------------------------------------
+    @rule(i=st.integers(0, N - 1))
+    def replicator_crashes(self, i):
+        if self.reps[i] is not None:
+            self.reps[i].shut()
+            self.reps[i] = None
+            self.net = [n for n in self.net if not (n[0] == "rep" and n[2] == i)]
+
+    @rule(i=st.integers(0, N - 1))
+    def replicator_restarts(self, i):
+        if self.reps[i] is None:
+            self.reps[i] = self._open(i)
+
+    @rule()
+    def faults_heal(self):
+        """Liveness: once every replicator is up and the network delivers in order, the newest
+        master commits everything it sequenced and every replicator ends with its log (a
+        refusal as a conflict is reconciled; nothing stalls for good)."""
+        for i in range(N):
+            self.replicator_restarts(i)
+        self.net.clear()
+        live = self.live()
+        m = live[-1] if live else None
+        if m is None or not m.ready:
+            if m is None:
+                self.start_master()
+                m = self.live()[-1]
+        for _ in range(80):
+            self.settle(m, 1)
+            if not m.alive:
+                return  # fenced by a newer claim that was in flight: nothing to prove here
+            if m.ready and m.committed == m.next_seq - 1 and all(
+                    lk.known and lk.acked == m.next_seq - 1 for lk in m.links):
+                break
+        assert m.ready, f"the master did not recover: {m.recovery}"
+        top = m.next_seq - 1
+        assert m.committed == top and all(lk.known and lk.acked == top for lk in m.links), (
+            f"stalled: committed {m.committed} of {top}; links "
+            f"{[(lk.known, lk.acked) for lk in m.links]}")
+        logs = [x[0] for x in self.logs()]
+        assert all(len(log) >= m.next_seq - 1 for log in logs)
+        assert logs[0][:m.next_seq - 1] == logs[1][:m.next_seq - 1] == logs[2][:m.next_seq - 1]
+
+    # -- the network ------------------------------------------------------------------------
+    @precondition(lambda self: self.net)
+    @rule(data=st.data())
+    def deliver(self, data):
+        self.deliver_at(data.draw(st.integers(0, len(self.net) - 1)))
+
+    def deliver_at(self, k: int) -> None:
+        where, ident, i, parts = self.net.pop(k)
+        if where == "rep":
+            rep = self.reps[i]
+            if rep is not None:
+                rep.handle([[ident, *parts]])
+            return
+        m = self.masters.get(ident)
+        if m is not None and m.alive:
+            self._guard(m, m._on_reply, m.links[i], parts)
+
+    @precondition(lambda self: self.net)
+    @rule(k=st.integers(0, 10_000))
+    def lose(self, k):
+        self.net.pop(k % len(self.net))
+
+    @precondition(lambda self: self.net)
+    @rule(k=st.integers(0, 10_000))
+    def duplicate(self, k):
+        self.net.append(self.net[k % len(self.net)])
+
+    # -- what the outside world saw ---------------------------------------------------------
+    def on_published(self, frame: bytes) -> None:
+        for rec in decode(frame):
+            old = self.published.setdefault(rec[0], rec)
+            assert old == rec, f"seq {rec[0]} forwarded as {old} and as {rec}"
+
+    def on_producer_reply(self, kind: bytes, body: dict) -> None:
+        if kind == wire.ACK:
+            self.acked_next = max(self.acked_next, body["next"])
+            for ss_first, ss_last, seq_first in body["runs"]:
+                for k in range(ss_last - ss_first + 1):
+                    seq = self.acked_seqs.setdefault(ss_first + k, seq_first + k)
+                    assert seq == seq_first + k, f"source_seq {ss_first + k} acked at two seqs"
+
+    # -- invariants -------------------------------------------------------------------------
+    def logs(self) -> list[tuple[list, int] | None]:
+        out = []
+        for rep in self.reps:
+            if rep is None:
+                out.append(None)
+                continue
+            log = rep.store.stream(STREAM)
+            out.append((decode(log.read(1)) if log.last else [], log.commit))
+        return out
+
+    def states(self) -> list[dict | None]:
+        return [None if rep is None else rep.store.stream(STREAM).state() for rep in self.reps]
+
+    @invariant()
+    def forwarded_and_acknowledged_records_survive_any_failover(self):
+        need = replication.needed(self.policy, N)
+        logs = self.logs()
+        # a crashed replicator keeps its log: read it from disk for the check
+        for i in range(N):
+            if logs[i] is None:
+                rep = self._open(i)
+                log = rep.store.stream(STREAM)
+                logs[i] = (decode(log.read(1)) if log.last else [], log.commit)
+                rep.shut()
+        states = []
+        for recs, _commit in logs:
+            history: list[list[int]] = []
+            for r in recs:
+                if not history or history[-1][0] != r[4]:
+                    history.append([r[4], r[0]])
+            states.append({"last": len(recs), "last_epoch": recs[-1][4] if recs else 0,
+                           "history": history})
+        for size in range(need, N + 1):
+            for subset in itertools.combinations(range(N), size):
+                adopted = logs[subset[replication.best_log([states[i] for i in subset])]][0]
+                for seq, rec in self.published.items():
+                    assert len(adopted) >= seq and adopted[seq - 1] == rec, (
+                        f"a master recovering from {subset} would lose forwarded seq {seq}")
+                ss_held = {r[3]: r[0] for r in adopted if r[2] == 1}
+                for ss in range(1, self.acked_next):
+                    assert ss in ss_held, (
+                        f"a master recovering from {subset} would lose acked source_seq {ss}")
+                for ss, seq in self.acked_seqs.items():
+                    assert ss_held.get(ss) == seq, f"acked source_seq {ss} is not at seq {seq}"
+
+    @invariant()
+    def committed_prefixes_agree_and_logs_are_sound(self):
+        logs = [x for x in self.logs() if x is not None]
+        for (a, ca), (b, cb) in itertools.combinations(logs, 2):
+            top = min(ca, cb, len(a), len(b))
+            assert a[:top] == b[:top], "two replicators differ at or below their commit points"
+        for recs, _commit in logs:
+            seen = set()
+            for prev, rec in zip(recs, recs[1:], strict=False):
+                assert prev[1] <= rec[1] <= prev[1] + MAX_STEP_NS, (
+                    f"ts goes from {prev[1]} to {rec[1]} at seq {rec[0]}")
+            for r in recs:
+                if r[2] == 1:
+                    assert r[3] not in seen, f"source_seq {r[3]} sequenced twice"
+                    seen.add(r[3])
+
+    @invariant()
+    def backpressure_bounds_what_is_uncommitted(self):
+        batch_bytes = BATCH_MAX * (38 + PAYLOAD) + 38  # one batch and a Tick
+        for m in self.live():
+            if not m.ready:
+                continue
+            assert m.pending_bytes < m.max_uncommitted_bytes + batch_bytes
+            for seq in range(m.committed + 1, m.next_seq):
+                assert m.window.frame_from(seq) is not None, f"uncommitted seq {seq} evicted"
+
+
+class ModelAll(Model):
+    policy = "all"
+
+
+TestQuorum = Model.TestCase
+TestQuorum.settings = settings(max_examples=150, stateful_step_count=100, deadline=None)
+TestAll = ModelAll.TestCase
+TestAll.settings = settings(max_examples=60, stateful_step_count=100, deadline=None)
+
+
+def _drive(model: Model, m: ModelMaster, rounds: int, drop=lambda entry: False) -> None:
+    """Let m work and deliver every message in order, dropping those `drop` picks."""
+    for _ in range(rounds):
+        model.master_work(m)
+        while model.net:
+            entry = model.net.pop(0)
+            if not drop(entry):
+                model.net.insert(0, entry)
+                model.deliver_at(0)
+        model.t += 0.1
+
+
+def test_a_conflict_is_reconciled_and_the_replicator_catches_up():
+    """A replicator keeps an older epoch's record where the new master writes its own, and the
+    TRUNCATE that would remove it is lost: the master's APPEND is refused as a conflict. The
+    master claims and reconciles that replicator again (common prefix, TRUNCATE, resend), and
+    the replicator ends with the master's log. Before the fix, the master kept the replicator
+    as reconciled, resent into the conflict every second, and never counted it again."""
+    model = Model()
+    try:
+        model.first_master()
+        m1 = model.masters[b"m0"]
+        assert m1.ready and m1.committed == 1
+        batch = pack(1, 1, 32, [b"%08d" % 1])
+        m1.sequence_turn([(b"p1", wire.DATA, [b"p1", wire.DATA, b"\x80", batch])])
+        # the record reaches replicator 2 only; then the master dies
+        for entry in [e for e in model.net if e[0] == "rep" and e[2] != 2]:
+            model.net.remove(entry)
+        _drive(model, m1, 1)
+        m1.alive = False
+        assert model.reps[2].store.stream(STREAM).last == 2
+        model.replicator_crashes(2)
+        model.start_master()
+        m2 = model.masters[b"m1"]
+        _drive(model, m2, 20)
+        assert m2.ready and m2.committed == 2
+        model.replicator_restarts(2)
+        lost = []
+
+        def drop_first_truncate(entry):
+            if entry[0] == "rep" and entry[3][0] == wire.TRUNCATE and not lost:
+                lost.append(entry)
+                return True
+            return False
+        _drive(model, m2, 40, drop_first_truncate)
+        assert lost, "the master should have truncated replicator 2's tail"
+        top = m2.next_seq - 1
+        assert all(lk.known and lk.acked == top for lk in m2.links), \
+            [(lk.known, lk.acked) for lk in m2.links]
+        logs = [x[0] for x in model.logs()]
+        assert logs[0] == logs[1] == logs[2]
+        assert logs[2][1][4] == m2.epoch  # the older epoch's record is gone
+    finally:
+        model.teardown()
