@@ -473,3 +473,56 @@ def test_a_conflict_is_reconciled_and_the_replicator_catches_up():
         assert logs[2][1][4] == m2.epoch  # the older epoch's record is gone
     finally:
         model.teardown()
+
+
+def test_a_gap_answer_does_not_count_a_stale_tail_as_acknowledged():
+    """Replicator 2 comes back holding records 2..4 of an older epoch. The master reconciles it
+    (agreed up to 1) but the TRUNCATE and the APPENDs of 2..5 are lost; the APPEND of 6 is
+    refused as a gap with last = 4. Those 4 records are not the master's: its ack for that
+    replicator must stay at 1 (before the fix it jumped to 4, so under quorum it could commit
+    seqs 2..4 on one real copy and one stale one)."""
+    model = Model()
+    try:
+        model.first_master()
+        m1 = model.masters[b"m0"]
+        for ss in (1, 2, 3):
+            m1.sequence_turn([(b"p1", wire.DATA, [b"p1", wire.DATA, b"\x80",
+                                                  pack(1, ss, 32, [b"%08d" % ss])])])
+        for entry in [e for e in model.net if e[0] == "rep" and e[2] != 2]:
+            model.net.remove(entry)
+        _drive(model, m1, 1)
+        m1.alive = False
+        assert model.reps[2].store.stream(STREAM).last == 4
+        model.replicator_crashes(2)
+        model.start_master()
+        m2 = model.masters[b"m1"]
+        _drive(model, m2, 20)
+        for ss in (1, 2, 3, 4):   # the new master's own records 3..6, one frame each
+            m2.sequence_turn([(b"p1", wire.DATA, [b"p1", wire.DATA, b"\x80",
+                                                  pack(1, ss, 32, [b"%08d" % ss])])])
+        _drive(model, m2, 2)
+        top = m2.next_seq - 1
+        assert top == 6
+        model.replicator_restarts(2)
+        seen: list[tuple[bool, int]] = []
+        on_appended = m2._on_appended
+
+        def watch(link, body):
+            on_appended(link, body)
+            if link is m2.links[2]:
+                seen.append((link.known, link.acked))
+        m2._on_appended = watch
+
+        def drop(entry):
+            if entry[0] != "rep" or entry[2] != 2:
+                return False
+            kind = entry[3][0]
+            return kind == wire.TRUNCATE or (
+                kind == wire.APPEND and wire.unpack(entry[3][1])["first"] < top)
+        _drive(model, m2, 8, drop)
+        assert seen, "replicator 2 never answered"
+        assert all(acked <= 1 for known, acked in seen if known), seen
+        _drive(model, m2, 40)
+        assert all(lk.known and lk.acked == m2.next_seq - 1 for lk in m2.links)
+    finally:
+        model.teardown()
