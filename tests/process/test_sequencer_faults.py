@@ -10,6 +10,8 @@
    source_clash; once the first is gone, the second takes the source over.
 4. The replicators have seen the last u32 epoch: the master refuses to start, with the
    operator's next step and exit status 78, instead of crash-looping.
+5. A new master while one replicator is empty reads only the tail it needs, not the whole
+   log, and the stream goes on.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import pytest
 from deploy.local import LogCluster
 from deploy.procs import tcp
 from mq import sockets, wire
-from mq.control import ping, wait_until
+from mq.control import ping, replay, wait_until
 from mq.master import MAX_EPOCH
 from mq.producer import Producer
 from mq.record import decode, encode
@@ -172,3 +174,32 @@ def test_a_master_refuses_an_epoch_beyond_u32_with_the_next_step(tmp_path):
         stats = ping(rep)
         assert stats["streams"][STREAM]["epoch"] == MAX_EPOCH  # nothing beyond it was claimed
     assert os.path.exists(cluster.data_dir(0))
+
+
+@pytest.mark.timeout(300)
+def test_an_empty_replicator_does_not_make_a_new_master_read_the_whole_log(tmp_path):
+    """Counted on the replicators' side (bytes they replayed), so that the figure does not
+    depend on the master's own account. No peers: nothing else replays."""
+    count = 40_000
+    with LogCluster(str(tmp_path), replicators=3, policy="quorum", peers=False) as cluster:
+        cluster.start()
+        prod = Producer(1, cluster.prod_addr)
+        prod.connect()
+        submit(prod, count, batch=500, payload=8)
+        prod.flush(120)
+        log_bytes = 0
+        for frame in replay(cluster.rep_addrs[0], STREAM):
+            log_bytes += len(frame)
+        cluster.sequencer.kill()
+        cluster.replicators[2].kill()
+        shutil.rmtree(cluster.data_dir(2))
+        cluster.restart_replicator(2)
+        before = sum(ping(a)["replayed_bytes"] for a in cluster.rep_addrs)
+        cluster.start_sequencer()
+        assert cluster.status()["last"] > count
+        read = sum(ping(a)["replayed_bytes"] for a in cluster.rep_addrs) - before
+        # before the fix: the whole log, because replicator 2 agreed up to seq 0
+        assert read < log_bytes // 2, (read, log_bytes)
+        submit(prod, 500, batch=50, payload=8)
+        prod.flush(60)
+        prod.close()
