@@ -77,9 +77,11 @@ class Link:
 class Window:
     """Recent frames in seq order, for resending to replicators that fell behind.
 
-    ``add(..., keep_from=S)`` never evicts a frame holding a seq >= S: the master passes its
-    first uncommitted seq, so the window may exceed max_bytes only by uncommitted frames, which
-    backpressure bounds."""
+    ``add(..., keep_from=S)`` does not evict a frame holding a seq >= S: the master passes its
+    first uncommitted seq, so the window exceeds max_bytes only by uncommitted frames, which
+    the sequencer's backpressure bounds well below it. A master without backpressure (a mirror)
+    still has its memory bounded: beyond twice max_bytes the oldest frame goes even when
+    uncommitted, and is counted in ``evicted_uncommitted``."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -88,6 +90,7 @@ class Window:
         self.tags: list[str] = []  # who produced each frame (mirror streams)
         self.start = 0
         self.bytes = 0
+        self.evicted_uncommitted = 0
 
     def add(self, first: int, last: int, frame: bytes, tag: str = "",
             keep_from: int | None = None) -> None:
@@ -97,7 +100,9 @@ class Window:
         self.bytes += len(frame)
         while self.bytes > self.max_bytes and self.start < len(self.frames) - 1:
             if keep_from is not None and self.frames[self.start][1] >= keep_from:
-                break  # an uncommitted frame stays until it commits
+                if self.bytes <= 2 * self.max_bytes:
+                    break  # an uncommitted frame stays until it commits
+                self.evicted_uncommitted += 1
             self.bytes -= len(self.frames[self.start][2])
             self.start += 1
         if self.start > 4096 and self.start * 2 > len(self.frames):

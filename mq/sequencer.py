@@ -333,6 +333,7 @@ class SequencerCore(Master):
                 "last": self.next_seq - 1, "committed": self.committed, "ts_ns": self.ts_ns,
                 "uncommitted_bytes": self.pending_bytes,
                 "max_uncommitted_bytes": self.max_uncommitted_bytes,
+                "evicted_uncommitted": self.window.evicted_uncommitted,
                 "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known}
                                 for lk in self.links],
                 **self.stats}

@@ -238,12 +238,21 @@ def test_the_uncommitted_tail_is_read_however_long():
 # -- backpressure and the window ----------------------------------------------------------------
 
 def test_the_window_never_evicts_an_uncommitted_frame():
-    window = Window(100)
+    window = Window(250)
     for seq in range(1, 11):
         window.add(seq, seq, b"x" * 40, keep_from=3)
     assert window.lowest() == 3 and window.frame_from(3) is not None
     window.add(11, 11, b"x" * 40, keep_from=11)
-    assert window.lowest() == 10
+    assert window.lowest() == 6 and window.bytes <= 250
+    assert window.evicted_uncommitted == 0
+
+
+def test_a_window_without_backpressure_still_has_a_memory_bound():
+    """A master that does not push back (a mirror) keeps at most twice the window."""
+    window = Window(100)
+    for seq in range(1, 21):
+        window.add(seq, seq, b"x" * 40, keep_from=1)
+    assert window.bytes <= 200 and window.evicted_uncommitted > 0
 
 
 def test_backpressure_refuses_new_batches_once_the_uncommitted_bound_is_reached():
