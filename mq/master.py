@@ -72,6 +72,7 @@ class Link:
     progress_at: float = 0.0  # when its acks last moved (or a resend began)
     commit_sent: int = 0      # the commit point it was last told
     behind: bool = False      # it lacks records that left the resend window (logged once)
+    alarm_at: float = 0.0     # the next time a refusal that needs the operator is logged
 
 
 class Window:
@@ -450,6 +451,17 @@ class Master:
             # until it is claimed and reconciled again, which starts at once.
             link.known = False
             self.probe_at = 0.0
+            if reason == "committed":
+                # It refuses to truncate below its commit point: its committed log differs
+                # from this master's, which no reconciliation can settle.
+                now = self.mono()
+                if now >= link.alarm_at:
+                    link.alarm_at = now + 10.0
+                    log.error("%s: %s holds committed records up to %s that differ from this "
+                              "master's log; it is left out. Next step: stop that replicator, "
+                              "move its data directory aside and start it empty, so that its "
+                              "peers rebuild it", self.stream, link.addr, body.get("seq"))
+                return
             log.warning("%s: %s refused seq %s (%s); reconciling it", self.stream,
                         link.addr, body.get("seq", last), reason)
 

@@ -348,3 +348,36 @@ def test_frames_carry_the_records_in_order():
     ack_all(core)
     n, first, last = scan(core.published[0])
     assert (n, first, last) == (5, 1, 5)
+
+
+def test_a_refused_truncate_below_the_commit_point_is_an_alarm_with_the_next_step(caplog):
+    """A replicator whose committed records differ from the master's log cannot be reconciled:
+    it is left out (its acks stop counting) and the log says what the operator does."""
+    core = Core()
+    recover(core, [state()] * 3)
+    core._on_reply(core.links[1], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "last": 5, "epoch": core.epoch, "reason": "committed",
+         "seq": 5})])
+    assert not core.links[1].known
+    assert "Next step" in caplog.text
+
+
+def test_conflict_makes_the_master_claim_the_replicator_again_at_once():
+    core = Core()
+    recover(core, [state(epoch=4)] * 3)
+    core._emit_tick(core.fake.mono_ns)
+    core.take(wire.APPEND)
+    core.take(wire.STATE)
+    core.take(wire.CLAIM)
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "last": 1, "epoch": core.epoch, "reason": "conflict",
+         "seq": 1})])
+    assert not core.links[2].known
+    core._pump_all()
+    claims = core.take(wire.CLAIM)
+    assert [i for i, _b, _m in claims] == [2]
+    # its answer: it holds seq 1 of epoch 1 (another master's); the master's seq 1 is its own
+    core._on_reply(core.links[2], state(1, core.epoch, 0, [(3, 1)]))
+    assert core.links[2].known and core.links[2].acked == 0
+    truncates = core.take(wire.TRUNCATE)
+    assert [(i, b["after"]) for i, b, _m in truncates] == [(2, 0)]
