@@ -331,6 +331,10 @@ class Master:
         # durable (WELCOME.durable) only once this epoch's first record commits.
         self.next_ss = {src: nxt for src, nxt, _seq in best["sources"]}
         self.durable_after_first_commit = dict(self.next_ss)
+        # what an earlier attempt at recovery read is forgotten: this one reads afresh
+        self.window = Window(self.window.max_bytes)
+        self.recent.clear()
+        self.stats["tail_records"] = 0
         for i in order:
             self._reconcile(self.links[i], claimed[i])
         # What the master must hold to resend: the uncommitted tail (records at or below a

@@ -381,3 +381,30 @@ def test_conflict_makes_the_master_claim_the_replicator_again_at_once():
     assert core.links[2].known and core.links[2].acked == 0
     truncates = core.take(wire.TRUNCATE)
     assert [(i, b["after"]) for i, b, _m in truncates] == [(2, 0)]
+
+
+def test_a_recovery_that_starts_over_reads_the_tail_afresh():
+    """The replicator whose log was adopted answers the tail REPLAY with nothing (it lost
+    what it claimed to hold): the master starts over, and its window holds each frame once."""
+    full = state(100, 1, 50, [(1, 1)], ts=5)
+    core = Core()
+    core.begin_recovery()
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], full)
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], state(100, core.recovery.epoch, 50, [(1, 1)], ts=5))
+    core.recovery_step()
+    (i, body, _m), = core.take(wire.REPLAY)
+    core._on_reply(core.links[i], [wire.RECORDS, wire.pack(
+        {"stream": STREAM, "from": body["from"], "req": body["req"]}), records(1, 10)])
+    core.recovery_step()
+    (i, body, _m), = core.take(wire.REPLAY)
+    core._on_reply(core.links[i], [wire.RECORDS, wire.pack(
+        {"stream": STREAM, "from": body["from"], "req": body["req"]}), b""])
+    assert core.recovery.phase == "state"
+    core.sent.clear()
+    recover(core, [full] * 3, tail=records(1, 100))
+    assert core.window.firsts == sorted(set(core.window.firsts))
+    assert core.stats["tail_records"] == 100 and core.next_seq == 101
