@@ -314,9 +314,16 @@ class SequencerCore(Master):
             if not 0 < src < 1 << 32:
                 raise wire.WireError(f"source {src} outside 1 .. 2**32-1")
             if self._may_use(ident, src):
-                self._reply(ident, wire.WELCOME, {"src": src, "next": self.next_ss.get(src, 1),
-                                                  "durable": self.durable_ss.get(src, 1),
-                                                  "epoch": self.epoch})
+                durable = self.durable_ss.get(src, 1)
+                welcome = {"src": src, "next": self.next_ss.get(src, 1), "durable": durable,
+                           "epoch": self.epoch}
+                unacked = body.get("from")
+                if isinstance(unacked, int) and not isinstance(unacked, bool) and unacked > 0:
+                    # The producer's first unacknowledged number: WELCOME names the seqs of
+                    # what it acknowledges (as far as they are remembered), so that a client
+                    # learns the seq of every record even across a failover.
+                    welcome["runs"] = self.recent[src].known(unacked, durable - 1)
+                self._reply(ident, wire.WELCOME, welcome)
         elif kind == wire.PING:
             self._reply(ident, wire.PONG, self.status())
         elif kind == wire.STOP:

@@ -14,9 +14,12 @@ from typing import Any
 import msgpack
 
 # producer <-> sequencer
-HELLO = b"HELLO"        # producer: {src}                    -> WELCOME
-WELCOME = b"WELCOME"    # sequencer: {src, next, durable, epoch}: next source_seq it expects,
-                        # and the first one not yet committed (all below are in the log)
+HELLO = b"HELLO"        # producer: {src, from?}             -> WELCOME
+WELCOME = b"WELCOME"    # sequencer: {src, next, durable, epoch, runs?}: next source_seq it
+                        # expects, and the first one not yet committed (all below are in the
+                        # log); with HELLO.from (the producer's first unacknowledged number),
+                        # runs [[ss_first, ss_last, seq_first]] name the seqs of from..durable-1
+                        # that the master remembers
 DATA = b"DATA"          # producer: {} + records (one source, contiguous source_seq)
 ACK = b"ACK"            # sequencer: {src, next, runs: [[ss_first, ss_last, seq_first]]}: every
                         # source_seq below next is committed; runs name the seqs it knows

@@ -408,3 +408,20 @@ def test_a_recovery_that_starts_over_reads_the_tail_afresh():
     recover(core, [full] * 3, tail=records(1, 100))
     assert core.window.firsts == sorted(set(core.window.firsts))
     assert core.stats["tail_records"] == 100 and core.next_seq == 101
+
+
+def test_welcome_names_the_seqs_of_what_it_acknowledges_after_a_failover():
+    """A new master knows the seqs of the tail it read; a producer that says where its
+    acknowledgements stopped (HELLO.from) learns them in WELCOME instead of seq -1."""
+    tail = encode([(s, 5, 1, s - 10, 1, 32, b"x") for s in range(11, 21)])
+    core = Core()
+    recover(core, [state(20, 1, 20, [(1, 1)], ts=5, sources=[(1, 11, 20)])] * 3,
+            tail=records(1, 10) + tail)
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    core.sequence_turn([(b"p", wire.HELLO, [b"p", wire.HELLO, wire.pack({"src": 1, "from": 7})])])
+    _i, kind, body = core.replies[-1]
+    assert kind == wire.WELCOME and body["durable"] == 11
+    assert body["runs"] == [[7, 10, 17]]
+    core.sequence_turn([(b"p", wire.HELLO, [b"p", wire.HELLO, wire.pack({"src": 1})])])
+    assert "runs" not in core.replies[-1][2]
