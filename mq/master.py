@@ -1,4 +1,4 @@
-"""The master of a stream toward its replicators, as decisions without sockets.
+"""The master of a stream toward its replicators: decisions without sockets, and the shell.
 
 A master claims the stream, adopts the best log, reconciles every replicator with it, sends
 each replicator what it lacks, computes the commit point, and forwards committed frames in seq
@@ -10,6 +10,9 @@ through three hooks that the shell implements:
 * ``_try_send(link, parts) -> bool``: one message to a replicator (False: not sent now);
 * ``_publish(frame)``: a committed frame to the subscribers;
 * ``_reply(ident, kind, body)``: a message to a producer.
+
+``MasterShell`` is that shell: the ZeroMQ sockets, the loop, the drain on STOP; a role is a
+shell around a core (mq.sequencer.Sequencer = MasterShell + SequencerCore).
 
 Time is ``self.mono()`` (seconds, monotonic), injectable. The model test
 (tests/stateful/test_replication_model.py) runs this code, with the real replicator, over a
@@ -35,7 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mq import replication, wire
+import zmq
+
+from mq import replication, sockets, wire
 from mq.record import scan, source_runs, trim
 
 log = logging.getLogger("seqex.master")
@@ -51,6 +56,8 @@ TAIL_ASK_S = 2.0               # a tail REPLAY unanswered for this long is asked
 TAIL_RECORDS = 10_000          # a new master reads at least this many records of the tail
 TAIL_MAX_BYTES = 4 << 20       # one tail REPLAY chunk
 RECENT_RUNS = 4096             # per source: (ss_first, ss_last, seq_first) kept for re-acks
+MAX_DRAIN = 1024               # producer messages taken per turn of the shell's loop
+ZERO_COPY_MIN = 64 << 10       # below this a copy is cheaper than pyzmq's zero-copy tracking
 
 
 class SequencerStale(RuntimeError):
@@ -238,6 +245,7 @@ class Master:
         self.pending: deque[tuple[int, int, bytes, list[tuple]]] = deque()
         self.pending_bytes = 0
         self.recovery: Recovery | None = None
+        self.last_activity_ns = 0    # monotonic ns of the last record sequenced
         self.stats = {"sequenced": 0, "frames": 0, "duplicates": 0, "refused": 0,
                       "ticks": 0, "bad_batches": 0, "reconciled": 0, "tail_records": 0,
                       "busy": 0, "clashes": 0}
@@ -251,6 +259,25 @@ class Master:
 
     def _reply(self, ident: bytes, kind: bytes, body: dict) -> None:
         raise NotImplementedError
+
+    # -- role hooks (a role without Ticks, sources or backpressure needs none of them) -------
+    def _open_sources(self) -> None:
+        """Start taking input other than the producer socket."""
+
+    def _take_sources(self) -> None:
+        """Take what that other input has (once a turn)."""
+
+    def tick_interval_ns(self) -> int:
+        return 1 << 62
+
+    def tick_due(self, now_ns: int) -> bool:
+        return False
+
+    def _emit_tick(self, now_ns: int) -> None:
+        """Sequence a record of this epoch (a role that stamps records does)."""
+
+    def busy(self, unframed: int = 0) -> bool:
+        return False
 
     # -- start-up: learn, claim, adopt, reconcile, read the tail ---------------------------
     def begin_recovery(self, deadline_s: float = 60.0) -> None:
@@ -525,7 +552,8 @@ class Master:
         self._pump_all()
 
     def _note_activity(self) -> None:
-        """Something was sequenced (the sequencer times its idle Ticks from here)."""
+        """Something was sequenced (idle Ticks are timed from here)."""
+        self.last_activity_ns = int(self.mono() * 1e9)
 
     @property
     def uncommitted_bytes(self) -> int:
@@ -575,3 +603,142 @@ class Master:
         top = self.next_seq - 1
         return not self.pending and self.committed >= top and all(
             lk.acked >= top and lk.commit_sent >= top for lk in self.links if lk.known)
+
+
+class MasterShell:
+    """The process around a master's decisions: the sockets, the loop, the drain on STOP.
+
+    A role is a shell and a core: ``class Sequencer(MasterShell, SequencerCore)``. The shell
+    implements the core's I/O hooks on ZeroMQ sockets and calls, each turn of its loop, the
+    role's hooks: ``_sequence_waiting()`` (input on the producer socket), ``_take_sources()``
+    (other input), ``tick_due(now_ns)`` / ``_emit_tick(now_ns)``, ``busy()``."""
+
+    def _open_sockets(self, producer_bind: str, pub_bind: str) -> None:
+        self.topic = self.stream.encode() + b"\0"
+        self.ctx = zmq.Context.instance()
+        self.router = sockets.router(producer_bind)
+        # Sends to a producer connection that is gone fail instead of vanishing: that is how
+        # the master tells whether a source's owner is still alive.
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(pub_bind)
+        self.producer_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        for link in self.links:
+            link.sock = sockets.dealer(link.addr, immediate=True, sndhwm=10_000)
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        for link in self.links:
+            self.poller.register(link.sock, zmq.POLLIN)
+        self.running = True
+        self.drain_until = 0.0      # set by stop(): draining until this monotonic time
+
+    def _sequence_waiting(self) -> None:
+        self.sequence_turn(self._waiting())
+
+    # -- I/O hooks ----------------------------------------------------------------------
+    def _try_send(self, link: Link, msg: list[bytes]) -> bool:
+        try:
+            link.sock.send_multipart(msg, zmq.NOBLOCK, copy=len(msg[-1]) < ZERO_COPY_MIN)
+            return True
+        except zmq.Again:
+            return False
+
+    def _publish(self, frame: bytes) -> None:
+        self.pub.send_multipart([self.topic, frame], copy=len(frame) < ZERO_COPY_MIN)
+
+    def _reply(self, ident: bytes, kind: bytes, body: dict) -> None:
+        try:
+            self.router.send_multipart([ident, kind, wire.pack(body)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # full or gone: producers resend what stays unacknowledged
+
+    def _peer_alive(self, ident: bytes) -> bool:
+        try:
+            self.router.send_multipart([ident, wire.PONG, wire.pack({"role": "sequencer"})],
+                                       zmq.NOBLOCK)
+        except zmq.Again:
+            return True   # connected, its queue is full
+        except zmq.ZMQError:
+            return False  # EHOSTUNREACH: no such connection any more
+        return True
+
+    # -- start-up -----------------------------------------------------------------------
+    def recover(self, deadline_s: float = 60.0) -> None:
+        """Take over the stream (mq.master: learn, claim an epoch above every epoch seen,
+        adopt the best log, reconcile the others, read the tail the master needs)."""
+        self.begin_recovery(deadline_s)
+        while not self.recovery_step():
+            for sock, _ in self.poller.poll(20):
+                for link in self.links:
+                    if sock is link.sock:
+                        self._on_replies(link)
+
+    # -- the loop -----------------------------------------------------------------------
+    def serve(self) -> None:
+        log.info("%s: producers on %s, subscribers on %s, policy %s", self.stream,
+                 self.producer_endpoint, self.pub_endpoint, self.policy)
+        # A first record of this epoch at once: when it commits, so does the adopted tail.
+        self._emit_tick(time.monotonic_ns())
+        self._open_sources()
+        while self.running:
+            now_ns = time.monotonic_ns()
+            wait_ms = (self.last_activity_ns + self.tick_interval_ns() - now_ns) // 1_000_000
+            if wait_ms <= 0 and self.pending:
+                wait_ms = 10  # a Tick is due but waits for the stream to commit
+            events = dict(self.poller.poll(min(max(wait_ms, 0), 100)))
+            if self.router in events:
+                if self.drain_until:
+                    self._answer_control_only()
+                else:
+                    self._sequence_waiting()
+            if not self.drain_until and not self.busy():
+                self._take_sources()
+            for link in self.links:
+                if link.sock in events:
+                    self._on_replies(link)
+            now_ns = time.monotonic_ns()
+            if not self.drain_until and self.tick_due(now_ns):
+                self._emit_tick(now_ns)
+            self._pump_all()
+            self._forward()
+            if self.drain_until and (self._all_replicated() or time.monotonic() > self.drain_until):
+                self.running = False
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Take no new input, wait (bounded) until every replicator holds everything, exit."""
+        self.drain_until = time.monotonic() + timeout_s
+
+    def _answer_control_only(self) -> None:
+        """While draining, producers get no new seqs; they resend to the next master."""
+        for ident, kind, msg in self._waiting():
+            if kind in (wire.PING, wire.STOP):
+                try:
+                    self._control(ident, kind, wire.unpack(msg[2]))
+                except wire.WireError as exc:
+                    self._reply(ident, wire.ERROR, {"error": str(exc)})
+
+    def _waiting(self) -> Any:
+        """Up to MAX_DRAIN messages waiting on the producer socket, as (ident, kind, parts);
+        messages too short to carry a kind are dropped."""
+        for _ in range(MAX_DRAIN):
+            try:
+                msg = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(msg) >= 3:
+                yield msg[0], msg[1], msg
+
+    def _on_replies(self, link: Link) -> None:
+        while True:
+            try:
+                msg = link.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_reply(link, msg)
+
+    def close(self) -> None:
+        for sock in [self.router, self.pub] + [lk.sock for lk in self.links]:
+            sock.close(0)

@@ -39,6 +39,7 @@ import zmq
 
 from mq import sockets, wire
 from mq.master import (  # noqa: F401  (re-exported: mq.mirror and mq.replica import them)
+    MAX_DRAIN,
     MAX_FRAME_BYTES,
     MAX_INFLIGHT,
     POLICIES,
@@ -47,8 +48,10 @@ from mq.master import (  # noqa: F401  (re-exported: mq.mirror and mq.replica im
     EpochExhausted,
     Link,
     Master,
+    MasterShell,
     SequencerStale,
     Window,
+    ZERO_COPY_MIN,
 )
 from mq.record import (
     FrameError,
@@ -63,8 +66,6 @@ from mq.subscriber import Subscriber
 
 log = logging.getLogger("seqex.sequencer")
 
-MAX_DRAIN = 1024             # producer messages taken per turn of the loop
-ZERO_COPY_MIN = 64 << 10     # below this a copy is cheaper than pyzmq's zero-copy tracking
 MAX_STEP_NS = 1_000_000_000  # sequenced time moves by at most this from one record to the next
 EX_CONFIG = 78               # exit status of a master that must not be restarted as it is
 
@@ -164,14 +165,10 @@ class SequencerCore(Master):
         self.clock = clock or SequencedClock()
         self.upstream_sources: set[int] = set()
         self.owners: dict[int, bytes] = {}   # per source: the producer connection using it
-        self.last_activity_ns = 0            # monotonic ns of the last record sequenced
         self._turn_ts = 0                    # ts of the records of the current turn
 
     def _peer_alive(self, ident: bytes) -> bool:
         raise NotImplementedError
-
-    def _note_activity(self) -> None:
-        self.last_activity_ns = int(self.mono() * 1e9)
 
     def _adopt(self, r) -> None:
         super()._adopt(r)
@@ -346,8 +343,8 @@ class SequencerCore(Master):
                 **self.stats}
 
 
-class Sequencer(SequencerCore):
-    """The shell: sockets, the loop, signals."""
+class Sequencer(MasterShell, SequencerCore):
+    """The sequencer process: the shell of mq.master around SequencerCore, and upstreams."""
 
     def __init__(self, stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
                  policy: str = "first", tick_ms: int = 100, window_bytes: int = 256 << 20,
@@ -356,137 +353,21 @@ class Sequencer(SequencerCore):
         super().__init__(stream, replicators, policy, tick_ms, window_bytes,
                          max_uncommitted_bytes, startup_grace_s,
                          clock=SequencedClock(max_step_ms * 1_000_000))
-        self.topic = stream.encode() + b"\0"
-        self.ctx = zmq.Context.instance()
-        self.router = sockets.router(producer_bind)
-        # Sends to a producer connection that is gone fail instead of vanishing: that is how
-        # the master tells whether a source's owner is still alive.
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, 100_000)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.bind(pub_bind)
-        self.producer_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        for link in self.links:
-            link.sock = sockets.dealer(link.addr, immediate=True, sndhwm=10_000)
-        self.poller = zmq.Poller()
-        self.poller.register(self.router, zmq.POLLIN)
-        for link in self.links:
-            self.poller.register(link.sock, zmq.POLLIN)
+        self._open_sockets(producer_bind, pub_bind)
         self.upstreams = upstreams or []
         self.taken: dict[int, int] = {}  # per upstream source: records taken by this master
         for up in self.upstreams:
             up.bitmap = kinds_bitmap(up.kinds)
             self.upstream_sources.add(up.source)
-        self.running = True
-        self.drain_until = 0.0      # set by stop(): draining until this monotonic time
-
-    # -- I/O hooks ----------------------------------------------------------------------
-    def _try_send(self, link: Link, msg: list[bytes]) -> bool:
-        try:
-            link.sock.send_multipart(msg, zmq.NOBLOCK, copy=len(msg[-1]) < ZERO_COPY_MIN)
-            return True
-        except zmq.Again:
-            return False
-
-    def _publish(self, frame: bytes) -> None:
-        self.pub.send_multipart([self.topic, frame], copy=len(frame) < ZERO_COPY_MIN)
-
-    def _reply(self, ident: bytes, kind: bytes, body: dict) -> None:
-        try:
-            self.router.send_multipart([ident, kind, wire.pack(body)], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # full or gone: producers resend what stays unacknowledged
-
-    def _peer_alive(self, ident: bytes) -> bool:
-        try:
-            self.router.send_multipart([ident, wire.PONG, wire.pack({"role": "sequencer"})],
-                                       zmq.NOBLOCK)
-        except zmq.Again:
-            return True   # connected, its queue is full
-        except zmq.ZMQError:
-            return False  # EHOSTUNREACH: no such connection any more
-        return True
-
-    # -- start-up -----------------------------------------------------------------------
-    def recover(self, deadline_s: float = 60.0) -> None:
-        """Take over the stream (mq.master: learn, claim an epoch above every epoch seen,
-        adopt the best log, reconcile the others, read the tail the master needs)."""
-        self.begin_recovery(deadline_s)
-        while not self.recovery_step():
-            for sock, _ in self.poller.poll(20):
-                for link in self.links:
-                    if sock is link.sock:
-                        self._on_replies(link)
-
-    # -- the loop -----------------------------------------------------------------------
-    def serve(self) -> None:
-        log.info("%s: producers on %s, subscribers on %s, policy %s", self.stream,
-                 self.producer_endpoint, self.pub_endpoint, self.policy)
-        # A first record of this epoch at once: when it commits, so does the adopted tail.
-        self._emit_tick(time.monotonic_ns())
-        self._open_upstreams()
-        while self.running:
-            now_ns = time.monotonic_ns()
-            wait_ms = (self.last_activity_ns + self.tick_interval_ns() - now_ns) // 1_000_000
-            if wait_ms <= 0 and self.pending:
-                wait_ms = 10  # a Tick is due but waits for the stream to commit
-            events = dict(self.poller.poll(min(max(wait_ms, 0), 100)))
-            if self.router in events:
-                if self.drain_until:
-                    self._answer_control_only()
-                else:
-                    self._sequence_waiting()
-            if self.upstreams and not self.drain_until and not self.busy():
-                self._take_upstreams()
-            for link in self.links:
-                if link.sock in events:
-                    self._on_replies(link)
-            now_ns = time.monotonic_ns()
-            if not self.drain_until and self.tick_due(now_ns):
-                self._emit_tick(now_ns)
-            self._pump_all()
-            self._forward()
-            if self.drain_until and (self._all_replicated() or time.monotonic() > self.drain_until):
-                self.running = False
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Take no new input, wait (bounded) until every replicator holds everything, exit."""
-        self.drain_until = time.monotonic() + timeout_s
-
-    def _answer_control_only(self) -> None:
-        """While draining, producers get no new seqs; they resend to the next master."""
-        for ident, kind, msg in self._waiting():
-            if kind in (wire.PING, wire.STOP):
-                try:
-                    self._control(ident, kind, wire.unpack(msg[2]))
-                except wire.WireError as exc:
-                    self._reply(ident, wire.ERROR, {"error": str(exc)})
-
-    def _waiting(self) -> Any:
-        """Up to MAX_DRAIN messages waiting on the producer socket, as (ident, kind, parts);
-        messages too short to carry a kind are dropped."""
-        for _ in range(MAX_DRAIN):
-            try:
-                msg = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(msg) >= 3:
-                yield msg[0], msg[1], msg
-
-    def _sequence_waiting(self) -> None:
-        self.sequence_turn(self._waiting())
-
-    def _on_replies(self, link: Link) -> None:
-        while True:
-            try:
-                msg = link.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._on_reply(link, msg)
 
     # -- upstream streams ---------------------------------------------------------------
+    def _open_sources(self) -> None:
+        self._open_upstreams()
+
+    def _take_sources(self) -> None:
+        if self.upstreams:
+            self._take_upstreams()
+
     def _open_upstreams(self) -> None:
         for up in self.upstreams:
             start = self.next_ss.get(up.source, 1)
@@ -524,10 +405,6 @@ class Sequencer(SequencerCore):
                                           "next": self.next_ss.get(up.source, 1),
                                           "taken": self.taken.get(up.source, 0)}
                               for up in self.upstreams}}
-
-    def close(self) -> None:
-        for sock in [self.router, self.pub] + [lk.sock for lk in self.links]:
-            sock.close(0)
 
 
 def main(stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
