@@ -25,8 +25,9 @@ Invariants:
   reconciled again (common prefix, TRUNCATE of a divergent tail, resend from there).
 * Only records of this master's epoch commit what came before them (Raft's rule).
 * Nothing is forwarded, nor acknowledged to a producer, before the ack policy holds for it.
-* The resend window never evicts an uncommitted frame; the sequencer keeps the uncommitted
-  bytes below ``max_uncommitted_bytes`` by refusing new input (backpressure).
+* The resend window does not evict an uncommitted frame (short of twice its size, a memory
+  bound for a role without backpressure); the sequencer keeps the uncommitted bytes below
+  ``max_uncommitted_bytes`` by refusing new input (backpressure), far below the window.
 """
 from __future__ import annotations
 
