@@ -37,7 +37,9 @@ def cmd_replicator(a: argparse.Namespace) -> int:
 
 def cmd_sequencer(a: argparse.Namespace) -> int:
     from mq.sequencer import main
-    main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms, a.upstream)
+    main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms, a.upstream,
+         window_bytes=a.window_bytes, max_uncommitted_bytes=a.max_uncommitted_bytes,
+         max_step_ms=a.max_step_ms)
     return 0
 
 
@@ -337,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--replicator", action="append", required=True, help="repeat per replicator")
     s.add_argument("--policy", choices=["first", "quorum", "all"], default="quorum")
     s.add_argument("--tick-ms", type=int, default=100)
+    s.add_argument("--window-bytes", type=int, default=256 << 20,
+                   help="recent frames kept to resend to replicators")
+    s.add_argument("--max-uncommitted-bytes", type=int, default=None,
+                   help="backpressure: refuse new batches beyond this (default window/4)")
+    s.add_argument("--max-step-ms", type=int, default=1000,
+                   help="sequenced time moves by at most this from one record to the next")
     s.add_argument("--upstream", action="append", default=[], help=(
         "take another stream as a source (repeat): 'stream=NAME,source=ID,pub=ADDR,"
         "replicators=ADDR|ADDR,kinds=K|K'"))

@@ -14,13 +14,18 @@ from typing import Any
 import msgpack
 
 # producer <-> sequencer
-HELLO = b"HELLO"        # producer: {src}                    -> WELCOME
-WELCOME = b"WELCOME"    # sequencer: {src, next, durable, epoch}: next source_seq it expects,
-                        # and the first one not yet committed (all below are in the log)
+HELLO = b"HELLO"        # producer: {src, from?}             -> WELCOME
+WELCOME = b"WELCOME"    # sequencer: {src, next, durable, epoch, runs?}: next source_seq it
+                        # expects, and the first one not yet committed (all below are in the
+                        # log); with HELLO.from (the producer's first unacknowledged number),
+                        # runs [[ss_first, ss_last, seq_first]] name the seqs of from..durable-1
+                        # that the master remembers
 DATA = b"DATA"          # producer: {} + records (one source, contiguous source_seq)
 ACK = b"ACK"            # sequencer: {src, next, runs: [[ss_first, ss_last, seq_first]]}: every
                         # source_seq below next is committed; runs name the seqs it knows
-REFUSE = b"REFUSE"      # sequencer: {src, next}             resend from next
+REFUSE = b"REFUSE"      # sequencer: {src, next, busy?}      resend from next; busy: true when
+                        # the stream's uncommitted bound is reached (backpressure): nothing of
+                        # the batch was sequenced or acknowledged, resend it later
 # master <-> replicator
 STATE = b"STATE"        # master: {stream} -> {stream, last, epoch, ts, commit, last_epoch,
                         #   history: [[epoch, first seq]], sources: [[src, ss, seq]], ok}
@@ -41,7 +46,8 @@ PONG = b"PONG"
 STOP = b"STOP"          # {} -> PONG, then the process exits cleanly
 HASH = b"HASH"          # replica: {} -> PONG {seq, hash}: the engine's state hash at seq
 PROMOTE = b"PROMOTE"    # replica: {} -> PONG {role, resent_from}: a warm replica becomes hot
-ERROR = b"ERROR"        # {error}
+ERROR = b"ERROR"        # {error, reason?, src?}: reason "source_clash" when another live
+                        # producer connection holds the source id
 
 MAX_BODY = 1 << 20      # a control body is small; anything larger is an attack or a bug
 

@@ -6,6 +6,7 @@
    to it, resending everything from their first record; the old master is then thawed
    (SIGCONT): every write it attempts is refused, it stops, and the log holds nothing of its
    after the takeover.
+Along the log, across every takeover, ts never goes back and moves by at most the step bound.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ def check_exactly_once(cluster: LogCluster, tmp: str, sources: list[int], count:
     assert [r[0] for r in recs] == list(range(1, len(recs) + 1))
     epochs = [r[4] for r in recs]
     assert epochs == sorted(epochs), "epochs go down along the log"
+    stamps = [r[1] for r in recs]
+    assert all(0 <= b - a <= 1_000_000_000 for a, b in zip(stamps, stamps[1:], strict=False)), \
+        "ts goes back, or jumps by more than the step bound, along the log (across failover)"
     seen: dict[tuple[int, int], int] = {}
     for seq, _ts, src, ss, *_ in recs:
         if src:

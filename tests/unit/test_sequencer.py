@@ -1,0 +1,427 @@
+"""The sequencer's decisions, without sockets (mq.sequencer.SequencerCore, mq.master.Master).
+
+Each test builds a core whose I/O hooks record what it sends, feeds it replies by hand, and
+checks one rule: the sequenced clock, the epoch width, how much of the tail a new master reads,
+backpressure and the resend window, cheap duplicates, and source ownership.
+"""
+from __future__ import annotations
+
+import pytest
+
+from mq import wire
+from mq.master import MAX_EPOCH, EpochExhausted, Window
+from mq.record import decode, encode, pack, scan
+from mq.sequencer import SequencedClock, SequencerCore
+
+STREAM = "in.unit"
+SEC = 1_000_000_000
+
+
+class FakeClock:
+    def __init__(self, wall_ns: int = 1_700_000_000 * SEC):
+        self.wall_ns = wall_ns
+        self.mono_ns = 10 * SEC
+
+    def advance(self, ns: int) -> None:
+        self.wall_ns += ns
+        self.mono_ns += ns
+
+
+class Core(SequencerCore):
+    def __init__(self, replicators: int = 3, policy: str = "quorum", clock: FakeClock | None = None,
+                 **kw):
+        self.fake = clock or FakeClock()
+        super().__init__(STREAM, [f"r{i}" for i in range(replicators)], policy,
+                         clock=SequencedClock(kw.pop("max_step_ns", SEC),
+                                              wall=lambda: self.fake.wall_ns,
+                                              mono=lambda: self.fake.mono_ns),
+                         mono=lambda: self.fake.mono_ns / 1e9, startup_grace_s=0.0, **kw)
+        self.sent: list[tuple[int, list[bytes]]] = []
+        self.published: list[bytes] = []
+        self.replies: list[tuple[bytes, bytes, dict]] = []
+        self.alive: set[bytes] = set()
+
+    def _try_send(self, link, msg):
+        self.sent.append((self.links.index(link), msg))
+        return True
+
+    def _publish(self, frame):
+        self.published.append(frame)
+
+    def _reply(self, ident, kind, body):
+        self.replies.append((ident, kind, body))
+
+    def _peer_alive(self, ident):
+        return ident in self.alive
+
+    def take(self, kind: bytes) -> list[tuple[int, dict, list[bytes]]]:
+        out = [(i, wire.unpack(m[1]), m) for i, m in self.sent if m[0] == kind]
+        self.sent = [(i, m) for i, m in self.sent if m[0] != kind]
+        return out
+
+
+def state(last=0, epoch=0, commit=0, history=(), ts=0, sources=(), ok=True) -> list[bytes]:
+    body = {"stream": STREAM, "last": last, "epoch": epoch, "commit": commit, "ts": ts,
+            "last_epoch": history[-1][0] if history and last else 0,
+            "history": [list(h) for h in history], "sources": [list(s) for s in sources],
+            "ok": ok}
+    return [wire.STATE, wire.pack(body)]
+
+
+def recover(core: Core, states: list[list[bytes]], tail: bytes = b"") -> None:
+    """Run a recovery where replicator i answers states[i] (its CLAIM with the claimed epoch)."""
+    core.begin_recovery()
+    core.recovery_step()
+    for i, st in enumerate(states):
+        core._on_reply(core.links[i], st)
+    core.recovery_step()  # -> claim
+    for i, st in enumerate(states):
+        body = wire.unpack(st[1])
+        body["epoch"] = core.recovery.epoch
+        core._on_reply(core.links[i], [wire.STATE, wire.pack(body)])
+    while not core.recovery_step():
+        for i, body, _m in core.take(wire.REPLAY):
+            seq_to = body["to"]
+            frame = b"".join(f for f in [tail] if f)
+            recs = [r for r in decode(frame) if body["from"] <= r[0] <= seq_to]
+            core._on_reply(core.links[i], [wire.RECORDS, wire.pack(
+                {"stream": STREAM, "from": body["from"], "req": body["req"]}), encode(recs)])
+
+
+def records(first: int, last: int, epoch: int = 1, ts: int = 1) -> bytes:
+    return encode([(s, ts, 9, s, epoch, 32, b"x" * 10) for s in range(first, last + 1)])
+
+
+def ack_all(core: Core) -> None:
+    """Every replicator acknowledges everything sent to it."""
+    for i, body, _m in core.take(wire.APPEND):
+        core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
+            {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
+    core._forward()
+
+
+def data(src: int, first: int, count: int, ident: bytes = b"p") -> tuple:
+    batch = pack(src, first, 32, [b"%08d" % ss for ss in range(first, first + count)])
+    return (ident, wire.DATA, [ident, wire.DATA, b"\x80", batch])
+
+
+# -- the sequenced clock ----------------------------------------------------------------------
+
+def test_clock_follows_the_wall_clock_when_it_behaves():
+    fake = FakeClock()
+    clock = SequencedClock(SEC, wall=lambda: fake.wall_ns, mono=lambda: fake.mono_ns)
+    first = clock.now()
+    assert first == fake.wall_ns
+    fake.advance(100_000_000)
+    assert clock.now() == fake.wall_ns
+
+
+def test_clock_keeps_moving_when_the_wall_clock_steps_back():
+    """A step back of an hour neither stops time (Ticks, funding and the dead-man's switch go
+    on, at half speed at least) nor makes it go backwards."""
+    fake = FakeClock()
+    clock = SequencedClock(SEC, wall=lambda: fake.wall_ns, mono=lambda: fake.mono_ns)
+    stamps = [clock.now()]
+    fake.wall_ns -= 3600 * SEC
+    for _ in range(50):
+        fake.advance(100_000_000)
+        stamps.append(clock.now())
+    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert all(50_000_000 <= s <= 100_000_000 for s in steps), steps
+
+
+def test_clock_bounds_a_forward_jump_to_one_step_a_record():
+    """A jump of a day moves each record by at most max_step: no record crosses two funding
+    intervals; time catches up with the wall clock record by record."""
+    fake = FakeClock()
+    clock = SequencedClock(SEC, wall=lambda: fake.wall_ns, mono=lambda: fake.mono_ns)
+    last = clock.now()
+    fake.wall_ns += 86_400 * SEC
+    for _ in range(10):
+        fake.advance(1_000_000)
+        now = clock.now()
+        assert now - last == SEC
+        last = now
+    assert clock.lag_ns() > 0
+
+
+def test_clock_resumes_after_the_last_record_of_the_adopted_log():
+    """A new master whose wall clock is behind the log's last ts starts just after it, and one
+    whose wall clock is far ahead starts at most max_step after it."""
+    fake = FakeClock()
+    clock = SequencedClock(SEC, wall=lambda: fake.wall_ns, mono=lambda: fake.mono_ns)
+    clock.resume(fake.wall_ns + 3600 * SEC)
+    assert clock.now() == fake.wall_ns + 3600 * SEC + 1
+    clock = SequencedClock(SEC, wall=lambda: fake.wall_ns, mono=lambda: fake.mono_ns)
+    clock.resume(fake.wall_ns - 3600 * SEC)
+    assert clock.now() == fake.wall_ns - 3600 * SEC + SEC
+
+
+def test_ticks_go_on_and_stamps_never_go_back_when_the_wall_clock_steps_back():
+    """Driven through the core: after the wall clock steps back an hour, idle Ticks are still
+    due every tick_ms (they are timed on the monotonic clock) and carry increasing times."""
+    core = Core()
+    recover(core, [state(), state(), state()])
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    core.fake.wall_ns -= 3600 * SEC
+    for _ in range(5):
+        core.fake.mono_ns += 100_000_000
+        assert core.tick_due(core.fake.mono_ns)
+        core._emit_tick(core.fake.mono_ns)
+        ack_all(core)
+    ts = [r[1] for f in core.published for r in decode(f)]
+    assert len(ts) == 6 and ts == sorted(set(ts))
+
+
+def test_a_lagging_clock_ticks_ten_times_as_often_until_it_caught_up():
+    """A master that takes over a log stamped 5 s ago (the stream was down) moves time by one
+    step a record, ticking every tick_ms / 10 until sequenced time reached the wall clock."""
+    core = Core()
+    assert core.tick_interval_ns() == core.tick_ns  # a new stream has nothing to catch up
+    recover(core, [state(ts=core.fake.wall_ns - 5 * SEC, last=0)] * 3)
+    assert core.tick_interval_ns() == core.tick_ns // 10
+    stamps = []
+    for _ in range(8):
+        core._emit_tick(core.fake.mono_ns)
+        stamps.append(core.ts_ns)
+        core.fake.advance(core.tick_interval_ns())
+    assert core.tick_interval_ns() == core.tick_ns
+    assert all(0 < b - a <= SEC for a, b in zip(stamps, stamps[1:], strict=False))
+
+
+# -- epochs ----------------------------------------------------------------------------------
+
+def test_the_last_u32_epoch_is_claimed():
+    core = Core()
+    recover(core, [state(epoch=MAX_EPOCH - 1)] * 3)
+    assert core.epoch == MAX_EPOCH
+
+
+def test_an_epoch_beyond_u32_is_refused_with_the_next_step_and_nothing_is_claimed():
+    """Before the fix the master claimed 2**32 and then died of OverflowError on every record,
+    for good, since the replicators had persisted the epoch."""
+    core = Core()
+    core.begin_recovery()
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], state(epoch=MAX_EPOCH))
+    core.take(wire.STATE)
+    with pytest.raises(EpochExhausted, match="Next step"):
+        core.recovery_step()
+    assert not core.take(wire.CLAIM)
+
+
+# -- the tail a new master reads ---------------------------------------------------------------
+
+def test_an_empty_replicator_does_not_make_recovery_read_the_whole_log():
+    """Two replicators hold 1..50,000 (committed up to 49,990), the third is empty. The new
+    master reads only the uncommitted tail and the last TAIL_RECORDS records from the most
+    advanced replicator, not the log from seq 1 (before the fix: all 50,000)."""
+    last = 50_000
+    full = state(last, 1, 49_990, [(1, 1)], ts=5)
+    core = Core()
+    recover(core, [state(), full, full], tail=records(1, last))
+    assert core.stats["tail_records"] == core.tail_records
+    assert core.window.lowest() == last - core.tail_records + 1
+    assert core.next_seq == last + 1
+
+
+def test_the_uncommitted_tail_is_read_however_long():
+    last = 30_000
+    full = state(last, 1, 5_000, [(1, 1)], ts=5)
+    core = Core()
+    recover(core, [full, full, state()], tail=records(1, last))
+    assert core.stats["tail_records"] == last - 5_000
+
+
+# -- backpressure and the window ----------------------------------------------------------------
+
+def test_the_window_never_evicts_an_uncommitted_frame():
+    window = Window(250)
+    for seq in range(1, 11):
+        window.add(seq, seq, b"x" * 40, keep_from=3)
+    assert window.lowest() == 3 and window.frame_from(3) is not None
+    window.add(11, 11, b"x" * 40, keep_from=11)
+    assert window.lowest() == 6 and window.bytes <= 250
+    assert window.evicted_uncommitted == 0
+
+
+def test_a_window_without_backpressure_still_has_a_memory_bound():
+    """A master that does not push back (a mirror) keeps at most twice the window."""
+    window = Window(100)
+    for seq in range(1, 21):
+        window.add(seq, seq, b"x" * 40, keep_from=1)
+    assert window.bytes <= 200 and window.evicted_uncommitted > 0
+
+
+def test_backpressure_refuses_new_batches_once_the_uncommitted_bound_is_reached():
+    """With one replicator of three down under "all", nothing commits: the core sequences up
+    to the bound, then refuses (REFUSE busy, nothing acknowledged) instead of letting the
+    uncommitted bytes, and the window, grow; once the replicator is back, it sequences again."""
+    core = Core(policy="all", window_bytes=9 << 20, max_uncommitted_bytes=4000)
+    recover(core, [state()] * 3)
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    for _ in range(40):
+        core.sequence_turn([data(1, core.next_ss.get(1, 1), 10)])
+        for i, body, _m in core.take(wire.APPEND):
+            if i != 2:   # replicator 2 is down
+                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
+                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
+        core._forward()
+    assert core.stats["busy"] > 0
+    assert core.pending_bytes < 4000 + 10 * 60
+    refusals = [b for _i, k, b in core.replies if k == wire.REFUSE]
+    assert refusals and all(b["busy"] for b in refusals)
+    assert not [b for _i, k, b in core.replies if k == wire.ACK]
+    nxt = refusals[-1]["next"]
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": True, "last": core.next_seq - 1, "epoch": core.epoch})])
+    core.links[2].sent = core.next_seq - 1
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": True, "last": core.next_seq - 1, "epoch": core.epoch})])
+    core._forward()
+    assert core.pending_bytes == 0
+    core.sequence_turn([data(1, nxt, 10)])
+    assert core.next_ss[1] == nxt + 10
+
+
+# -- duplicates --------------------------------------------------------------------------------
+
+def test_a_resent_outbox_gets_one_ack_a_turn():
+    """A producer that resends 500 batches it already had sequenced gets one ACK for all of
+    them in that turn, with every seq, and nothing is sequenced again."""
+    core = Core()
+    recover(core, [state()] * 3)
+    for k in range(500):
+        core.sequence_turn([data(1, 1 + 4 * k, 4)])
+    ack_all(core)
+    core.replies.clear()
+    last = core.next_seq
+    core.sequence_turn([data(1, 1 + 4 * k, 4) for k in range(500)])
+    assert core.next_seq == last
+    acks = [b for _i, kind, b in core.replies if kind == wire.ACK]
+    assert len(acks) == 1 and acks[0]["next"] == 2001
+    covered = sum(b - a + 1 for a, b, _s in acks[0]["runs"])
+    assert covered == 2000
+
+
+def test_recent_runs_are_found_without_walking_every_run():
+    from mq.master import RecentRuns
+    runs = RecentRuns()
+    for k in range(4096):
+        runs.append(1 + 2 * k, 2 + 2 * k, 100 + 2 * k)
+    assert runs.known(4001, 4004) == [[4001, 4002, 4100], [4003, 4004, 4102]]
+    assert runs.known(9000, 9001) == []
+
+
+# -- source ownership --------------------------------------------------------------------------
+
+def test_a_second_live_connection_for_a_source_is_refused_with_a_reason():
+    core = Core()
+    recover(core, [state()] * 3)
+    core.alive = {b"first"}
+    core.sequence_turn([(b"first", wire.HELLO, [b"first", wire.HELLO, wire.pack({"src": 5})])])
+    core.sequence_turn([(b"second", wire.HELLO, [b"second", wire.HELLO, wire.pack({"src": 5})]),
+                        data(5, 1, 3, ident=b"second")])
+    errors = [b for ident, k, b in core.replies if k == wire.ERROR and ident == b"second"]
+    assert len(errors) == 2 and all(e["reason"] == "source_clash" and e["src"] == 5
+                                    for e in errors)
+    assert core.next_ss.get(5, 1) == 1, "nothing of the clashing connection is sequenced"
+    core.alive = {b"second"}   # the first connection is gone: the newcomer takes over
+    core.sequence_turn([data(5, 1, 3, ident=b"second")])
+    assert core.next_ss[5] == 4
+
+
+def test_hello_with_a_source_out_of_range_gets_an_error():
+    core = Core()
+    recover(core, [state()] * 3)
+    core.sequence_turn([(b"p", wire.HELLO, [b"p", wire.HELLO, wire.pack({"src": 1 << 32})])])
+    assert core.replies[-1][1] == wire.ERROR
+
+
+def test_frames_carry_the_records_in_order():
+    core = Core()
+    recover(core, [state()] * 3)
+    core.sequence_turn([data(1, 1, 3), data(2, 1, 2)])
+    ack_all(core)
+    n, first, last = scan(core.published[0])
+    assert (n, first, last) == (5, 1, 5)
+
+
+def test_a_refused_truncate_below_the_commit_point_is_an_alarm_with_the_next_step(caplog):
+    """A replicator whose committed records differ from the master's log cannot be reconciled:
+    it is left out (its acks stop counting) and the log says what the operator does."""
+    core = Core()
+    recover(core, [state()] * 3)
+    core._on_reply(core.links[1], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "last": 5, "epoch": core.epoch, "reason": "committed",
+         "seq": 5})])
+    assert not core.links[1].known
+    assert "Next step" in caplog.text
+
+
+def test_conflict_makes_the_master_claim_the_replicator_again_at_once():
+    core = Core()
+    recover(core, [state(epoch=4)] * 3)
+    core._emit_tick(core.fake.mono_ns)
+    core.take(wire.APPEND)
+    core.take(wire.STATE)
+    core.take(wire.CLAIM)
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "last": 1, "epoch": core.epoch, "reason": "conflict",
+         "seq": 1})])
+    assert not core.links[2].known
+    core._pump_all()
+    claims = core.take(wire.CLAIM)
+    assert [i for i, _b, _m in claims] == [2]
+    # its answer: it holds seq 1 of epoch 1 (another master's); the master's seq 1 is its own
+    core._on_reply(core.links[2], state(1, core.epoch, 0, [(3, 1)]))
+    assert core.links[2].known and core.links[2].acked == 0
+    truncates = core.take(wire.TRUNCATE)
+    assert [(i, b["after"]) for i, b, _m in truncates] == [(2, 0)]
+
+
+def test_a_recovery_that_starts_over_reads_the_tail_afresh():
+    """The replicator whose log was adopted answers the tail REPLAY with nothing (it lost
+    what it claimed to hold): the master starts over, and its window holds each frame once."""
+    full = state(100, 1, 50, [(1, 1)], ts=5)
+    core = Core()
+    core.begin_recovery()
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], full)
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], state(100, core.recovery.epoch, 50, [(1, 1)], ts=5))
+    core.recovery_step()
+    (i, body, _m), = core.take(wire.REPLAY)
+    core._on_reply(core.links[i], [wire.RECORDS, wire.pack(
+        {"stream": STREAM, "from": body["from"], "req": body["req"]}), records(1, 10)])
+    core.recovery_step()
+    (i, body, _m), = core.take(wire.REPLAY)
+    core._on_reply(core.links[i], [wire.RECORDS, wire.pack(
+        {"stream": STREAM, "from": body["from"], "req": body["req"]}), b""])
+    assert core.recovery.phase == "state"
+    core.sent.clear()
+    recover(core, [full] * 3, tail=records(1, 100))
+    assert core.window.firsts == sorted(set(core.window.firsts))
+    assert core.stats["tail_records"] == 100 and core.next_seq == 101
+
+
+def test_welcome_names_the_seqs_of_what_it_acknowledges_after_a_failover():
+    """A new master knows the seqs of the tail it read; a producer that says where its
+    acknowledgements stopped (HELLO.from) learns them in WELCOME instead of seq -1."""
+    tail = encode([(s, 5, 1, s - 10, 1, 32, b"x") for s in range(11, 21)])
+    core = Core()
+    recover(core, [state(20, 1, 20, [(1, 1)], ts=5, sources=[(1, 11, 20)])] * 3,
+            tail=records(1, 10) + tail)
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    core.sequence_turn([(b"p", wire.HELLO, [b"p", wire.HELLO, wire.pack({"src": 1, "from": 7})])])
+    _i, kind, body = core.replies[-1]
+    assert kind == wire.WELCOME and body["durable"] == 11
+    assert body["runs"] == [[7, 10, 17]]
+    core.sequence_turn([(b"p", wire.HELLO, [b"p", wire.HELLO, wire.pack({"src": 1})])])
+    assert "runs" not in core.replies[-1][2]
