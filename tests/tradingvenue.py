@@ -35,10 +35,12 @@ def spec(symbol: int = 1, value: int = 1000, max_leverage_x100: int = 10_000,
 class Venue:
     def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1,
                  auto: bool = True, check: bool = True, engine: type = TradingEngine,
-                 shadows: tuple[type, ...] = ()) -> None:
+                 shadows: tuple[type, ...] = (), output_budget: int | None = None) -> None:
         self.te = engine(specs, shard, n_shards)
         # engines fed the same records in lockstep: their outputs must be the same bytes
         self.shadows = [cls(specs, shard, n_shards) for cls in shadows]
+        self.output_budget = output_budget
+        self.set_budget(self.te)
         self.ces = {s.symbol: CrossEngine(symbol_id=s.symbol, max_price=s.max_price,
                                           max_qty=s.max_qty) for s in specs}
         self.ce_seq = dict.fromkeys(self.ces, 0)
@@ -48,6 +50,13 @@ class Venue:
         self.check = check
         self.pending: list[bytes] = []     # CE_EVENTS payloads not yet delivered
         self.log: list[tuple[int, int, int, bytes]] = []   # every record the TE applied
+
+    def set_budget(self, te) -> None:
+        """Give ``te`` (and the shadows) the venue's output budget, if it has one: a low one
+        makes every sweep run one unit a record."""
+        if self.output_budget is not None:
+            for engine in [te, *self.shadows]:
+                engine.output_budget = self.output_budget
 
     def apply(self, kind: int, payload: bytes, dt_ns: int = 1_000) -> list[tuple]:
         """One record into the TradingEngine; its CE commands go to the CrossEngines. Returns

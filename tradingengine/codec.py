@@ -20,7 +20,9 @@ Input record kinds (KIND_TICK = 1 is the sequencer's idle tick: time only):
     SET_LEVERAGE       <III          account, symbol, leverage x100
     SET_MARGIN_MODE    <IIB          account, symbol, mode (0 cross, 1 isolated)
     ADJUST_MARGIN      <IIq          account, symbol, amount (> 0 add, < 0 remove; isolated)
-    DEPOSIT, WITHDRAW  <QIq          transfer id (unique; a repeat is a no-op), account, amount
+    DEPOSIT, WITHDRAW  <QIq          transfer id (unique; a repeat within the window is a
+                                     no-op, an id at or below the expired ones is refused),
+                                     account, amount
     MARK_PRICE         <Iq           symbol, mark price
     FUNDING_INPUTS     <Iii          symbol, premium index ppm, interest rate ppm
     DEAD_MANS_SWITCH   <IQ           account, timeout ms (0 disarms); re-sent to refresh
@@ -213,6 +215,7 @@ REJECT_CODES = {
     2028: "post_only_not_limit",
     2029: "amend_nothing_to_change",
     2030: "account_balance_limit",
+    2031: "transfer_id_expired",
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 
