@@ -49,6 +49,10 @@ class Venue:
         self.auto = auto
         self.check = check
         self.pending: list[bytes] = []     # CE_EVENTS payloads not yet delivered
+        # transfer ids grow, as the engine wants them to (an id at or below one it forgot is
+        # refused); repeats are of recent ids, which it still remembers
+        self.transfer_counter = 1_000_000
+        self.recent_transfers: list[int] = []
         self.log: list[tuple[int, int, int, bytes]] = []   # every record the TE applied
 
     def set_budget(self, te) -> None:
@@ -96,8 +100,13 @@ class Venue:
         return events
 
     # -- shorthands ----------------------------------------------------------------------------
+    def next_transfer_id(self) -> int:
+        self.transfer_counter += 1
+        self.recent_transfers = [*self.recent_transfers[-2:], self.transfer_counter]
+        return self.transfer_counter
+
     def deposit(self, account: int, amount: int, transfer_id: int | None = None) -> list[tuple]:
-        return self.apply(c.DEPOSIT, c.transfer(transfer_id or self.seq + 1_000_000, account,
+        return self.apply(c.DEPOSIT, c.transfer(transfer_id or self.next_transfer_id(), account,
                                                 amount))
 
     def mark(self, symbol: int, price: int, dt_ns: int = 1_000) -> list[tuple]:
@@ -190,9 +199,13 @@ def random_step(v: Venue, rng, accounts: list[int], foreign: list[int],
         v.apply(c.FUNDING_INPUTS, c.funding_inputs(sym, rng.randrange(-3000, 3000),
                                                    rng.randrange(-500, 1000)))
     elif r < 0.84:
-        v.deposit(acct, rng.randrange(1, 10**9), transfer_id=rng.randrange(1, 400))
+        # now and then a repeat of a recent id (a no-op), else a new one: the outcome does not
+        # depend on the records' times (an id older than the engine's window is never reused)
+        again = v.recent_transfers and rng.random() < 0.3
+        tid = rng.choice(v.recent_transfers) if again else v.next_transfer_id()
+        v.deposit(acct, rng.randrange(1, 10**9), transfer_id=tid)
     elif r < 0.87:
-        v.apply(c.WITHDRAW, c.transfer(rng.randrange(1, 10**6), acct, rng.randrange(1, 10**9)))
+        v.apply(c.WITHDRAW, c.transfer(v.next_transfer_id(), acct, rng.randrange(1, 10**9)))
     elif r < 0.90:
         v.apply(c.SET_LEVERAGE, c.set_leverage(acct, sym, rng.choice((100, 300, 1000, 2000,
                                                                      5000, 9999))))

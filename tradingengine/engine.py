@@ -1552,7 +1552,7 @@ class TradingEngine:
             sorted(self.marks.items()), sorted(self.last_prices.items()),
             sorted([s, p, i] for s, (p, i) in self.funding_inputs.items()),
             sorted(self.next_funding.items()),
-            sorted([ts, tid] for tid, ts in self.transfers.items()), self.transfer_floor,
+            [self.transfer_floor, sorted([ts, tid] for tid, ts in self.transfers.items())],
             [account_row(self.accounts[a]) for a in sorted(self.accounts)],
             account_row(self.clearing), account_row(self.liquidation),
             [list(sw) for sw in self.sweeps],
@@ -1570,8 +1570,8 @@ class TradingEngine:
         if state[0] != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
         (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,
-         withdrawals, marks, last_prices, funding_inputs, next_funding, transfers,
-         transfer_floor, accounts, clearing, liquidation, sweeps) = state
+         withdrawals, marks, last_prices, funding_inputs, next_funding,
+         (transfer_floor, transfers), accounts, clearing, liquidation, sweeps) = state
         eng = cls([_spec_from_row(r) for r in specs], shard, n_shards)
         eng.seq, eng.ts_ns, eng.next_order_id = seq, ts_ns, next_order_id
         eng.fee_pool, eng.dust, eng.deposits, eng.withdrawals = fee_pool, dust, deposits, withdrawals
