@@ -275,3 +275,31 @@ def test_deferred_funding_pays_on_the_sizes_at_the_boundary():
     assert events_of(events, c.FUNDING_SETTLED)[0][4:] == (44, 42, 2)
     assert v.te.dust == 2
     v.te.check_invariants()
+
+
+def test_a_crossengine_record_at_max_fills_fits():
+    """One taker of this shard sweeps CE_MAX_FILLS + 1 makers, each a different account of
+    this shard: the CrossEngine stops at CE_MAX_FILLS and the engine's output for that record
+    (two reports per fill, a status pair per account) stays within the command bound."""
+    v = Venue([spec()], check=False)       # checked once, at the end
+    makers = c.CE_MAX_FILLS + 1
+    for a in range(1, makers + 2):
+        v.deposit(a, 10**12)
+    v.mark(1, 10_000)
+    for a in range(1, makers + 1):
+        v.order(1, a, c.SELL, 10_000 + a // 2, 1)
+    taker = makers + 1
+    v.auto = False
+    v.order(1, taker, c.BUY, 10_900, makers + 5)
+    (payload,) = v.pending
+    v.pending.clear()
+    out = v.te.apply(v.seq + 1, v.ts_ns + 1, c.CE_EVENTS, payload)
+    v.seq += 1
+    events = c.decode_events(fits(out))
+    trades = [e for e in events_of(events, c.EXEC_REPORT) if e[1] == c.EXEC_TRADE]
+    assert len(trades) == 2 * c.CE_MAX_FILLS
+    expired = [e for e in events_of(events, c.EXEC_REPORT) if e[1] == c.EXEC_EXPIRED]
+    assert [(e[5], e[16]) for e in expired] == [(1, c.REASON_MATCH_LIMIT)]
+    assert len(out) <= BOUND["command"]
+    assert len(events_of(events, c.ACCOUNT)) == c.CE_MAX_FILLS + 1
+    v.te.check_invariants()
