@@ -73,6 +73,7 @@ class ReferenceEngine:
         self.halted = False
         self.orders: dict[int, Order] = {}
         self.by_client: dict[tuple[int, int], int] = {}
+        self.resting: dict[int, int] = {}   # account -> its orders in the book
         # price -> FIFO list of order ids; prices kept sorted ascending per side
         self.levels = {c.BUY: {}, c.SELL: {}}
         self.prices = {c.BUY: [], c.SELL: []}
@@ -95,6 +96,7 @@ class ReferenceEngine:
             bisect.insort(self.prices[o.side], o.price)
         lv[o.price].append(o.order_id)
         self.orders[o.order_id] = o
+        self.resting[o.account] = self.resting.get(o.account, 0) + 1
         self.by_client[(o.account, o.client_order_id)] = o.order_id
         self._touch(touched, o.side, o.price)
 
@@ -107,6 +109,7 @@ class ReferenceEngine:
             self.prices[o.side].remove(o.price)
         del self.orders[o.order_id]
         del self.by_client[(o.account, o.client_order_id)]
+        self.resting[o.account] -= 1
         self._touch(touched, o.side, o.price)
 
     @staticmethod
@@ -192,8 +195,8 @@ class ReferenceEngine:
             code = c.CODES["book_full"]
         elif self.order_counter >= c.ORDER_COUNTER_MAX:
             code = c.CODES["order_ids_exhausted"]
-        elif not market and tif == c.GTC and sum(
-                1 for o in self.orders.values() if o.account == account) >= self.max_account_orders:
+        elif not market and tif == c.GTC and \
+                self.resting.get(account, 0) >= self.max_account_orders:
             code = c.CODES["account_order_limit"]
         if code:
             return self._reject(cl_id, account, code)
