@@ -169,6 +169,30 @@ def worst_case_sizes(max_fills: int = MAX_FILLS_LIMIT,
     }
 
 
+# -- snapshots of an older version ------------------------------------------------------------
+SNAP_HEADER_V1 = struct.Struct("<4sHIqQQqQQQBQ")      # before max_fills / max_account_orders
+SNAP_HEADER_V2 = struct.Struct("<4sHIqQQqQIIQQBQ")
+
+
+def upgrade_snapshot(data: bytes) -> bytes:
+    """A version 1 snapshot as version 2: the bounds it predates get their defaults (or, for
+    an account already resting more than the default, its count, up to the hard limit); any
+    other snapshot unchanged. Replicas restart from snapshots written before an upgrade."""
+    if len(data) < SNAP_HEADER_V1.size or bytes(data[:6]) != b"SQCE\x01\x00":
+        return data
+    (magic, _v, symbol_id, tick, min_qty, max_qty, max_price, max_orders, counter, trade_id,
+     halted, n) = SNAP_HEADER_V1.unpack_from(data)
+    orders = bytes(data[SNAP_HEADER_V1.size:])
+    per_account: dict[int, int] = {}
+    for k in range(n):
+        account = int.from_bytes(orders[k * 47 + 16:k * 47 + 20], "little")
+        per_account[account] = per_account.get(account, 0) + 1
+    limit = min(MAX_ACCOUNT_ORDERS_LIMIT, max([DEFAULT_ACCOUNT_ORDERS, *per_account.values()]))
+    return SNAP_HEADER_V2.pack(magic, 2, symbol_id, tick, min_qty, max_qty, max_price,
+                               max_orders, MAX_FILLS_LIMIT, limit, counter, trade_id, halted,
+                               n) + orders
+
+
 WORST_CASE_OUTPUT = max(worst_case_sizes().values())
 if WORST_CASE_OUTPUT + CE_EVENTS_PREFIX > MAX_PAYLOAD * OUTPUT_MARGIN:
     raise ImportError(f"crossengine: a command can output {WORST_CASE_OUTPUT} bytes, over "

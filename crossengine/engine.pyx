@@ -1160,7 +1160,9 @@ cdef class CrossEngine:
     @classmethod
     def restore(cls, data, bint check=True):
         """The engine a snapshot describes. With check (the default) the rebuilt book is
-        verified by check_invariants() before it is returned."""
+        verified by check_invariants() before it is returned. A version 1 snapshot is
+        upgraded first (codec.upgrade_snapshot)."""
+        data = _codec.upgrade_snapshot(data)
         cdef const unsigned char[::1] view = data
         if len(data) < SNAP_HEADER.size:
             raise ValueError("CrossEngine snapshot is too short")

@@ -426,6 +426,7 @@ class ReferenceEngine:
 
     @classmethod
     def restore(cls, data: bytes) -> ReferenceEngine:
+        data = c.upgrade_snapshot(data)
         (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, max_fills,
          max_account_orders, counter, trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
         if magic != MAGIC or version != VERSION:

@@ -1567,6 +1567,11 @@ class TradingEngine:
     @classmethod
     def restore(cls, data: bytes) -> TradingEngine:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if state[0] == 3:
+            # written before transfer ids expired and sweeps existed: its transfer ids count
+            # as seen at the snapshot's time, and no sweep is in progress
+            state = [SNAPSHOT_VERSION, *state[1:15], [0, sorted([state[4], t] for t in state[15])],
+                     *state[16:], []]
         if state[0] != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
         (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,

@@ -447,3 +447,21 @@ def test_sweep_through_many_makers_fits_a_record(makers):
     assert len(out) <= c.worst_case_sizes()[c.NEW_ORDER]
     _record_roundtrip(c.NEW_ORDER, out)
     eng.check_invariants()
+
+
+def test_a_version_1_snapshot_restores_with_the_default_bounds():
+    """Snapshots written before the bounds existed (version 1) still restore: max_fills gets
+    its default, max_account_orders its default or the largest account's count."""
+    from crossengine.reference import SNAP_HEADER
+    eng = CrossEngine()
+    for i in range(5):
+        new(eng, i + 1, c.BUY, 100 - i, 1, acct=3)
+    v2 = eng.snapshot()
+    head = list(SNAP_HEADER.unpack_from(v2))
+    v1 = c.SNAP_HEADER_V1.pack(head[0], 1, *head[2:8], *head[10:]) + v2[SNAP_HEADER.size:]
+    for cls in ENGINES:
+        back = cls.restore(v1)
+        assert back.snapshot() == v2
+        assert (back.max_fills, back.max_account_orders) == (c.MAX_FILLS_LIMIT,
+                                                             c.DEFAULT_ACCOUNT_ORDERS)
+    assert c.upgrade_snapshot(v2) is v2

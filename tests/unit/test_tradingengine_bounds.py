@@ -303,3 +303,17 @@ def test_a_crossengine_record_at_max_fills_fits():
     assert len(out) <= BOUND["command"]
     assert len(events_of(events, c.ACCOUNT)) == c.CE_MAX_FILLS + 1
     v.te.check_invariants()
+
+
+def test_a_version_3_snapshot_restores():
+    """Snapshots written before transfer expiry and sweeps (version 3) still restore: their
+    transfer ids count as seen at the snapshot's time."""
+    import msgpack
+    v = Venue([spec()])
+    v.deposit(7, 500, transfer_id=42)
+    state = v.te._state()
+    floor, transfers = state[15]
+    old = [3, *state[1:15], [t for _ts, t in transfers], *state[16:19]]
+    back = TradingEngine.restore(msgpack.packb(old, use_bin_type=True))
+    assert back.snapshot() == v.te.snapshot()
+    assert back.transfers == {42: v.te.ts_ns} and floor == 0
