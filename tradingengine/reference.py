@@ -5,9 +5,10 @@ ReferenceEngine has the same rules with no running totals and no indexes.
 Every figure the engine keeps incrementally is recomputed here from the orders and positions
 themselves at each use (order margin, position margin, the leaves on each side, the number of
 reduce-only orders), the maintenance check and funding scan every account for positions
-instead of keeping the symbol's holders, and orders are found by scanning instead of through the CrossEngine id index. Its
-outputs and state must equal the engine's byte for byte (tests/stateful drive both in
-lockstep), which checks the bookkeeping; it is also the baseline of bench/bench_tradingengine.py.
+instead of keeping the symbol's holders, and orders are found by scanning instead of through
+the CrossEngine id index (for trades and mass cancels). Its outputs and state must equal the
+engine's byte for byte (tests/stateful drive both in lockstep), which checks the bookkeeping;
+it is also the baseline of bench/bench_tradingengine.py.
 
 ``interpreted()`` loads tradingengine/engine.py as plain Python under another module name: the
 same source that Cython compiles, run by the interpreter, which the tests hold to the compiled
