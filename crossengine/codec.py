@@ -18,7 +18,16 @@ Input record kinds and payloads:
 
 Output: one record per input record, same seq; its payload is the events of that command,
 each starting with its u8 type (EVENT_STRUCTS below). Level-2 deltas come last, one per
-price level the command changed, in the order the levels were first touched.
+price level the command changed, in the order the levels were first touched (none after a
+MassCancel: its one MassCancelled event says the whole book is gone).
+
+Bounds. Every output must fit one record (mq MAX_PAYLOAD) with room to spare, so one command
+does a bounded amount of work: a taker matches at most ``max_fills`` makers (the rest of it
+expires, reason 6), an account rests at most ``max_account_orders`` orders, and CancelAll /
+MassCancel answer with one MassCancelled event whatever they cancel. ``worst_case_sizes``
+gives the largest output of each command kind from these bounds; the check below proves at
+import that the largest fits MAX_PAYLOAD less the TradingEngine's 4-byte CE_EVENTS prefix,
+with a margin.
 """
 from __future__ import annotations
 
@@ -61,6 +70,10 @@ EV_EXPIRED = 6    # <BQQIQB      like CANCELLED: the unfilled rest of a market /
 EV_LEVEL = 7      # <BBqQI       side, price, new level total (0: level gone), orders at the level
 EV_HALTED = 8     # <B
 EV_RESUMED = 9    # <B
+EV_MASS_CANCELLED = 10  # <BBIBBQQ scope (1 one account, 2 the whole book), account (0 for the
+                        #          book), side (0 both), reason, orders cancelled, the highest
+                        #          order id the engine had assigned (every cancelled order's id
+                        #          is at or below it)
 
 EVENT_STRUCTS = {
     EV_ACCEPTED: struct.Struct("<BQQIBBqQBB"),
@@ -72,10 +85,12 @@ EVENT_STRUCTS = {
     EV_LEVEL: struct.Struct("<BBqQI"),
     EV_HALTED: struct.Struct("<B"),
     EV_RESUMED: struct.Struct("<B"),
+    EV_MASS_CANCELLED: struct.Struct("<BBIBBQQ"),
 }
 EVENT_SIZES = {k: s.size for k, s in EVENT_STRUCTS.items()}
 _EXPECTED_SIZES = {EV_ACCEPTED: 41, EV_REJECTED: 23, EV_TRADE: 68, EV_CANCELLED: 30,
-                   EV_AMENDED: 46, EV_EXPIRED: 30, EV_LEVEL: 22, EV_HALTED: 1, EV_RESUMED: 1}
+                   EV_AMENDED: 46, EV_EXPIRED: 30, EV_LEVEL: 22, EV_HALTED: 1, EV_RESUMED: 1,
+                   EV_MASS_CANCELLED: 24}
 if EVENT_SIZES != _EXPECTED_SIZES or NEW_ORDER_S.size != 33 or CANCEL_S.size != 20 \
         or AMEND_S.size != 36 or CANCEL_ALL_S.size != 5:
     raise ImportError("crossengine codec layouts changed size: update engine.pyx and the docs")
@@ -83,13 +98,16 @@ if EVENT_SIZES != _EXPECTED_SIZES or NEW_ORDER_S.size != 33 or CANCEL_S.size != 
 EVENT_NAMES = {EV_ACCEPTED: "OrderAccepted", EV_REJECTED: "OrderRejected", EV_TRADE: "Trade",
                EV_CANCELLED: "OrderCancelled", EV_AMENDED: "OrderAmended",
                EV_EXPIRED: "OrderExpired", EV_LEVEL: "LevelChanged", EV_HALTED: "SymbolHalted",
-               EV_RESUMED: "SymbolResumed"}
+               EV_RESUMED: "SymbolResumed", EV_MASS_CANCELLED: "MassCancelled"}
+SCOPE_ACCOUNT, SCOPE_BOOK = 1, 2
 
 # -- cancel reasons (PROTOCOL.md ExecutionReport Reason for ExecType '4' / 'C') --------------
 REASON_CLIENT = 0
 REASON_MASS_CANCEL = 1
 REASON_IOC_REMAINDER = 3
 REASON_SELF_TRADE = 4
+REASON_ADMIN = 5
+REASON_MATCH_LIMIT = 6     # the taker reached max_fills: its rest expires
 
 # -- reject codes: 3xxx, named as sentences, never reused -------------------------------------
 REJECT_CODES = {
@@ -110,8 +128,75 @@ REJECT_CODES = {
     3015: "command_malformed",
     3016: "book_full",
     3017: "amend_nothing_to_change",
+    3018: "account_order_limit",
+    3019: "order_ids_exhausted",
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
+
+# -- bounds of one command's work, and so of its output ---------------------------------------
+MAX_FILLS_LIMIT = 1000            # max_fills is configured in 1 .. this (the default)
+MAX_ACCOUNT_ORDERS_LIMIT = 20_000  # max_account_orders in 1 .. this
+DEFAULT_ACCOUNT_ORDERS = 10_000
+ORDER_COUNTER_MAX = (1 << 40) - 1  # order ids are symbol_id << 40 | n, n in 1 .. this
+MAX_PAYLOAD = 1 << 20             # mq.record.MAX_PAYLOAD (a test checks they agree)
+CE_EVENTS_PREFIX = 4              # the TradingEngine's in record: <I symbol> + this payload
+OUTPUT_MARGIN = 0.5               # the worst case stays below half of what a record holds
+
+
+def worst_case_sizes(max_fills: int = MAX_FILLS_LIMIT,
+                     max_account_orders: int = MAX_ACCOUNT_ORDERS_LIMIT) -> dict[int, int]:
+    """The largest output payload, in bytes, of each command kind.
+
+    A matching step is one maker met: a trade (68) or a self-trade prevention step (at most two
+    cancels, 60); a taker takes at most ``max_fills`` steps. It touches one level each step,
+    plus its own (where it rests) and, for an amend, the level it left. It ends with at most
+    one event of its own (an expiry, 30). CancelAll touches at most the levels of the
+    account's resting orders; MassCancel lists no level (the book is empty after it).
+    """
+    size = EVENT_SIZES
+    step = max(size[EV_TRADE], 2 * size[EV_CANCELLED])
+    matching = max_fills * step + size[EV_EXPIRED] + (max_fills + 2) * size[EV_LEVEL]
+    return {
+        NEW_ORDER: max(size[EV_REJECTED], size[EV_ACCEPTED] + matching),
+        CANCEL: max(size[EV_REJECTED], size[EV_CANCELLED] + size[EV_LEVEL]),
+        AMEND: max(size[EV_REJECTED], size[EV_AMENDED] + matching),
+        CANCEL_ALL: max(size[EV_REJECTED],
+                        size[EV_MASS_CANCELLED] + max_account_orders * size[EV_LEVEL]),
+        MASS_CANCEL: max(size[EV_REJECTED], size[EV_MASS_CANCELLED]),
+        HALT: max(size[EV_REJECTED], size[EV_HALTED]),
+        RESUME: max(size[EV_REJECTED], size[EV_RESUMED]),
+        KIND_TICK: 0,
+    }
+
+
+# -- snapshots of an older version ------------------------------------------------------------
+SNAP_HEADER_V1 = struct.Struct("<4sHIqQQqQQQBQ")      # before max_fills / max_account_orders
+SNAP_HEADER_V2 = struct.Struct("<4sHIqQQqQIIQQBQ")
+
+
+def upgrade_snapshot(data: bytes) -> bytes:
+    """A version 1 snapshot as version 2: the bounds it predates get their defaults (or, for
+    an account already resting more than the default, its count, up to the hard limit); any
+    other snapshot unchanged. Replicas restart from snapshots written before an upgrade."""
+    if len(data) < SNAP_HEADER_V1.size or bytes(data[:6]) != b"SQCE\x01\x00":
+        return data
+    (magic, _v, symbol_id, tick, min_qty, max_qty, max_price, max_orders, counter, trade_id,
+     halted, n) = SNAP_HEADER_V1.unpack_from(data)
+    orders = bytes(data[SNAP_HEADER_V1.size:])
+    per_account: dict[int, int] = {}
+    for k in range(n):
+        account = int.from_bytes(orders[k * 47 + 16:k * 47 + 20], "little")
+        per_account[account] = per_account.get(account, 0) + 1
+    limit = min(MAX_ACCOUNT_ORDERS_LIMIT, max([DEFAULT_ACCOUNT_ORDERS, *per_account.values()]))
+    return SNAP_HEADER_V2.pack(magic, 2, symbol_id, tick, min_qty, max_qty, max_price,
+                               max_orders, MAX_FILLS_LIMIT, limit, counter, trade_id, halted,
+                               n) + orders
+
+
+WORST_CASE_OUTPUT = max(worst_case_sizes().values())
+if WORST_CASE_OUTPUT + CE_EVENTS_PREFIX > MAX_PAYLOAD * OUTPUT_MARGIN:
+    raise ImportError(f"crossengine: a command can output {WORST_CASE_OUTPUT} bytes, over "
+                      f"{OUTPUT_MARGIN:.0%} of a record's {MAX_PAYLOAD}: lower the bounds")
 
 
 def new_order(client_order_id: int, side: int, price: int, qty: int, account: int,

@@ -7,7 +7,7 @@ cdef struct Order:
     int64_t price            # price units, > 0, a multiple of tick_size
     uint64_t leaves          # lots still open, > 0 while in the book
     uint64_t filled          # lots filled so far (amend keeps it: total = leaves + filled)
-    uint64_t order_id        # symbol_id << 40 | counter; never 0
+    uint64_t order_id        # symbol_id << 40 | counter, counter in 1 .. 2**40-1; never 0
     uint64_t client_order_id # the client's id, unique per account among live orders
     uint32_t account
     uint8_t side             # '1' buy, '2' sell
@@ -39,6 +39,7 @@ cdef struct Slot:
     uint64_t k2              # key part 2 (account for the client map, else 0)
     int32_t v1               # value (order index, or account list head)
     int32_t v2               # second value (account list tail)
+    uint32_t n               # the account's resting orders (account map only; else 0)
     uint8_t used
 
 

@@ -9,6 +9,10 @@ rejections are events with 3xxx codes; a broken invariant raises.
 Semantics are those of crossengine/reference.py (the oracle; its docstring lists the rules),
 byte for byte. Layouts are those of crossengine/codec.py.
 
+Bounded output: a taker meets at most ``max_fills`` makers, an account rests at most
+``max_account_orders`` orders, CancelAll and MassCancel answer with one event, and the order
+counter stops at 2**40 - 1; so every output fits one record (codec.worst_case_sizes).
+
 Hot path: a whole frame of records is applied in one call; orders live in a preallocated pool
 with a free list, price levels in a pool with FIFO links, each side's levels in an array sorted
 so that the best price is last (taking the best level is O(1), a new level is a binary search
@@ -63,11 +67,15 @@ cdef enum:
     EV_LEVEL = 7
     EV_HALTED = 8
     EV_RESUMED = 9
+    EV_MASS = 10
+    SCOPE_ACCOUNT = 1
+    SCOPE_BOOK = 2
     R_CLIENT = 0
     R_MASS = 1
     R_IOC = 3
     R_STP = 4
     R_ADMIN = 5
+    R_MATCH_LIMIT = 6
     C_NOT_ON_TICK = 3001
     C_PRICE_RANGE = 3002
     C_QTY_MIN = 3003
@@ -85,23 +93,45 @@ cdef enum:
     C_MALFORMED = 3015
     C_BOOK_FULL = 3016
     C_AMEND_NOTHING = 3017
+    C_ACCOUNT_LIMIT = 3018
+    C_IDS_EXHAUSTED = 3019
     SNAP_ORDER = 47
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
 _mine = {"BUY": BUY, "SELL": SELL, "MARKET": MARKET, "LIMIT": LIMIT, "GTC": GTC, "IOC": IOC,
          "FOK": FOK, "NEW_ORDER": K_NEW, "CANCEL": K_CANCEL, "AMEND": K_AMEND,
          "CANCEL_ALL": K_CANCEL_ALL, "MASS_CANCEL": K_MASS, "HALT": K_HALT, "RESUME": K_RESUME,
-         "EV_TRADE": EV_TRADE, "EV_LEVEL": EV_LEVEL, "EV_EXPIRED": EV_EXPIRED}
+         "EV_ACCEPTED": EV_ACCEPTED, "EV_REJECTED": EV_REJECTED, "EV_TRADE": EV_TRADE,
+         "EV_CANCELLED": EV_CANCELLED, "EV_AMENDED": EV_AMENDED, "EV_EXPIRED": EV_EXPIRED,
+         "EV_LEVEL": EV_LEVEL, "EV_HALTED": EV_HALTED, "EV_RESUMED": EV_RESUMED,
+         "EV_MASS_CANCELLED": EV_MASS, "SCOPE_ACCOUNT": SCOPE_ACCOUNT, "SCOPE_BOOK": SCOPE_BOOK,
+         "REASON_CLIENT": R_CLIENT, "REASON_MASS_CANCEL": R_MASS, "REASON_IOC_REMAINDER": R_IOC,
+         "REASON_SELF_TRADE": R_STP, "REASON_ADMIN": R_ADMIN,
+         "REASON_MATCH_LIMIT": R_MATCH_LIMIT}
 for _name, _value in _mine.items():
     if getattr(_codec, _name) != _value:
         raise ImportError(f"crossengine.engine: {_name} differs from crossengine.codec")
-for _code, _sname in _codec.REJECT_CODES.items():
-    if _sname == "book_full" and _code != C_BOOK_FULL:
-        raise ImportError("crossengine.engine: reject codes differ from crossengine.codec")
+_my_codes = {C_NOT_ON_TICK: "price_not_on_tick", C_PRICE_RANGE: "price_out_of_range",
+             C_QTY_MIN: "qty_below_min", C_QTY_MAX: "qty_above_max", C_UNKNOWN: "order_unknown",
+             C_POST_TAKES: "post_only_would_take", C_FOK: "fok_not_fillable",
+             C_HALTED: "symbol_halted", C_CLID_IN_USE: "client_order_id_in_use",
+             C_SIDE: "side_invalid", C_ORD_TYPE: "order_type_invalid",
+             C_TIF: "time_in_force_invalid", C_STP: "stp_mode_invalid",
+             C_AMEND_FILLED: "amend_qty_not_above_filled", C_MALFORMED: "command_malformed",
+             C_BOOK_FULL: "book_full", C_AMEND_NOTHING: "amend_nothing_to_change",
+             C_ACCOUNT_LIMIT: "account_order_limit", C_IDS_EXHAUSTED: "order_ids_exhausted"}
+if _my_codes != _codec.REJECT_CODES:
+    raise ImportError("crossengine.engine: reject codes differ from crossengine.codec")
+# a layout whose size differs from the codec's would shift every event after it
+_my_sizes = {EV_ACCEPTED: 41, EV_REJECTED: 23, EV_TRADE: 68, EV_CANCELLED: 30, EV_AMENDED: 46,
+             EV_EXPIRED: 30, EV_LEVEL: 22, EV_HALTED: 1, EV_RESUMED: 1, EV_MASS: 24}
+if _my_sizes != _codec.EVENT_SIZES:
+    raise ImportError("crossengine.engine: event sizes differ from crossengine.codec")
 
-SNAP_HEADER = struct.Struct("<4sHIqQQqQQQBQ")
+SNAP_HEADER = struct.Struct("<4sHIqQQqQIIQQBQ")
 MAGIC = b"SQCE"
-VERSION = 1
+VERSION = 2
+cdef uint64_t COUNTER_MAX = _codec.ORDER_COUNTER_MAX
 
 
 # -- little helpers ---------------------------------------------------------------------------
@@ -178,6 +208,7 @@ cdef int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) e
     t.slots[i].k2 = k2
     t.slots[i].v1 = v1
     t.slots[i].v2 = v2
+    t.slots[i].n = 0
     t.slots[i].used = 1
     t.size += 1
     return 0
@@ -239,6 +270,8 @@ cdef class CrossEngine:
     cdef readonly uint64_t max_qty
     cdef readonly int64_t max_price
     cdef readonly uint64_t max_orders
+    cdef readonly uint32_t max_fills            # matching steps one taker may take
+    cdef readonly uint32_t max_account_orders   # resting orders one account may have
     cdef uint64_t order_counter
     cdef uint64_t trade_id
     cdef uint64_t command_no
@@ -264,7 +297,8 @@ cdef class CrossEngine:
     def __cinit__(self, uint32_t symbol_id=1, int64_t tick_size=1, uint64_t min_qty=1,
                   uint64_t max_qty=1_000_000_000, int64_t max_price=1 << 62,
                   uint64_t max_orders=10_000_000, int32_t capacity=1 << 16,
-                  int32_t level_capacity=1 << 12):
+                  int32_t level_capacity=1 << 12, uint32_t max_fills=_codec.MAX_FILLS_LIMIT,
+                  uint32_t max_account_orders=_codec.DEFAULT_ACCOUNT_ORDERS):
         if symbol_id == 0 or symbol_id >= (1 << 24):
             raise ValueError("symbol_id must be in 1 .. 2**24-1")
         if tick_size <= 0 or max_price <= 0 or max_price > (1 << 62) or min_qty == 0:
@@ -273,6 +307,13 @@ cdef class CrossEngine:
                 or max_qty >= (1 << 62) // max_orders:
             # every level total and every FOK sum stays below 2**63
             raise ValueError("max_orders * max_qty must stay below 2**62 (and max_orders < 2**31)")
+        if not 1 <= max_fills <= _codec.MAX_FILLS_LIMIT \
+                or not 1 <= max_account_orders <= _codec.MAX_ACCOUNT_ORDERS_LIMIT:
+            # the bounds that keep every output within one record (codec.worst_case_sizes)
+            raise ValueError(f"max_fills must be in 1 .. {_codec.MAX_FILLS_LIMIT} and "
+                             f"max_account_orders in 1 .. {_codec.MAX_ACCOUNT_ORDERS_LIMIT}")
+        self.max_fills = max_fills
+        self.max_account_orders = max_account_orders
         self.symbol_id = symbol_id
         self.tick_size = tick_size
         self.min_qty = min_qty
@@ -531,6 +572,7 @@ cdef class CrossEngine:
             o.acct_next = -1
             if a < 0:
                 table_add(&self.by_account, o.account, 0, i, i)
+                a = table_find(&self.by_account, o.account, 0)
             else:
                 self.by_account.slots[a].v1 = i
                 self.by_account.slots[a].v2 = i
@@ -540,6 +582,7 @@ cdef class CrossEngine:
             o.acct_next = -1
             self.orders[tail].acct_next = i
             self.by_account.slots[a].v2 = i
+        self.by_account.slots[a].n += 1
         self.n_live += 1
         return 0
 
@@ -567,6 +610,7 @@ cdef class CrossEngine:
             self.orders[o.acct_next].acct_prev = o.acct_prev
         else:
             self.by_account.slots[a].v2 = o.acct_prev
+        self.by_account.slots[a].n -= 1
         self.n_live -= 1
         return 0
 
@@ -655,6 +699,20 @@ cdef class CrossEngine:
         self.out.len += 68
         return 0
 
+    cdef int _ev_mass(self, uint8_t scope, uint32_t account, uint8_t side, uint8_t reason,
+                      uint64_t count) except -1:
+        buf_reserve(&self.out, 24)
+        cdef unsigned char* p = self.out.data + self.out.len
+        p[0] = EV_MASS
+        p[1] = scope
+        wr32(p + 2, account)
+        p[6] = side
+        p[7] = reason
+        wr64(p + 8, count)
+        wr64(p + 16, (<uint64_t>self.symbol_id << 40) | self.order_counter)
+        self.out.len += 24
+        return 0
+
     cdef int _ev_byte(self, uint8_t kind) except -1:
         buf_reserve(&self.out, 1)
         self.out.data[self.out.len] = kind
@@ -700,6 +758,7 @@ cdef class CrossEngine:
         cdef Side* sd = &self.sides[opp]
         cdef int32_t k, i, lv
         cdef uint64_t got = 0
+        cdef uint32_t steps = 0
         k = sd.n - 1
         while k >= 0:
             lv = sd.levels[k]
@@ -707,6 +766,10 @@ cdef class CrossEngine:
                 break
             i = self.levels[lv].head
             while i >= 0:
+                # matching would stop at max_fills makers: a FOK must fill within them
+                if steps >= self.max_fills:
+                    return False
+                steps += 1
                 if self.orders[i].account == account and stp != STP_NONE:
                     if stp != STP_OLDEST:
                         return got >= qty
@@ -719,7 +782,8 @@ cdef class CrossEngine:
         return got >= qty
 
     cdef int _match(self, int32_t t, bint market) except -1:
-        """Match order t (not in the book) against the opposite side."""
+        """Match order t (not in the book) against the opposite side. Returns 1 when it
+        stopped at max_fills makers with more of the book still crossing it, else 0."""
         cdef uint8_t side = self.orders[t].side
         cdef int opp = 1 - side_index(side)
         cdef Side* sd = &self.sides[opp]
@@ -728,6 +792,7 @@ cdef class CrossEngine:
         cdef uint8_t stp = self.orders[t].stp
         cdef uint32_t account = self.orders[t].account
         cdef int64_t price = self.orders[t].price
+        cdef uint32_t steps = 0
         cdef Level* L
         while self.orders[t].leaves:
             if sd.n == 0:
@@ -735,6 +800,9 @@ cdef class CrossEngine:
             lv = sd.levels[sd.n - 1]
             if not self._crosses(side, price, self.levels[lv].price, market):
                 break
+            if steps >= self.max_fills:
+                return 1
+            steps += 1
             m = self.levels[lv].head
             if stp != STP_NONE and self.orders[m].account == account:
                 if stp == STP_NEWEST:
@@ -792,7 +860,9 @@ cdef class CrossEngine:
         cdef bint market = ord_type == MARKET
         cdef uint16_t code = 0
         cdef int32_t t, best_lv
+        cdef int64_t a
         cdef int opp
+        cdef bint limited
         if self.halted:
             code = C_HALTED
         elif side != BUY and side != SELL:
@@ -817,6 +887,13 @@ cdef class CrossEngine:
             code = C_CLID_IN_USE
         elif <uint64_t>self.n_live >= self.max_orders:
             code = C_BOOK_FULL
+        elif self.order_counter >= COUNTER_MAX:
+            code = C_IDS_EXHAUSTED
+        elif not market and tif == GTC:
+            # only an order that may rest counts against the account's limit
+            a = table_find(&self.by_account, account, 0)
+            if a >= 0 and self.by_account.slots[a].n >= self.max_account_orders:
+                code = C_ACCOUNT_LIMIT
         if code:
             return self._ev_rejected(cl_id, account, code, 0)
         if market:
@@ -840,13 +917,16 @@ cdef class CrossEngine:
         self.orders[t].flags = flags
         self.orders[t].stp = stp
         self._ev_accepted(t, ord_type, qty, tif)
-        self._match(t, market)
+        limited = self._match(t, market)
         if self.orders[t].leaves:
-            if not market and tif == GTC:
+            if limited:
+                self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_MATCH_LIMIT)
+            elif not market and tif == GTC:
                 self._book_link(t, False)
                 self._index_link(t)
                 return 0
-            self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_IOC)
+            else:
+                self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_IOC)
         self._free_order(t)
         return 0
 
@@ -919,7 +999,10 @@ cdef class CrossEngine:
         self.orders[i].price = new_price
         self.orders[i].leaves = new_leaves
         self._ev_amended(i, new_total, 0)
-        self._match(i, False)
+        if self._match(i, False) and self.orders[i].leaves:
+            # stopped at max_fills with the book still crossing it: it cannot rest
+            self._ev_cancel(EV_EXPIRED, i, self.orders[i].leaves, R_MATCH_LIMIT)
+            self.orders[i].leaves = 0
         if self.orders[i].leaves:
             self._book_link(i, False)
         else:
@@ -928,8 +1011,13 @@ cdef class CrossEngine:
         return 0
 
     cdef int _cancel_all(self, uint32_t account, uint8_t side, bint everyone) except -1:
+        """One MassCancelled event, whatever the count: the TradingEngine knows which of its
+        orders it covers (those accepted with ids up to the event's last id). CancelAll then
+        lists the levels it changed (at most max_account_orders); MassCancel lists none, the
+        book being empty after it."""
         cdef int32_t i, nxt
         cdef int64_t a
+        cdef uint64_t count = 0
         if everyone:
             i = self.all_head
         else:
@@ -940,10 +1028,13 @@ cdef class CrossEngine:
         while i >= 0:
             nxt = self.orders[i].all_next if everyone else self.orders[i].acct_next
             if everyone or side == 0 or self.orders[i].side == side:
-                self._ev_cancel(EV_CANCELLED, i, self.orders[i].leaves,
-                                R_ADMIN if everyone else R_MASS)
                 self._remove(i)
+                count += 1
             i = nxt
+        self._ev_mass(SCOPE_BOOK if everyone else SCOPE_ACCOUNT, 0 if everyone else account,
+                      side, R_ADMIN if everyone else R_MASS, count)
+        if everyone:
+            self.n_touched = 0
         return 0
 
     cdef int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n) except -1:
@@ -1033,7 +1124,8 @@ cdef class CrossEngine:
     def snapshot(self):
         """Canonical bytes (crossengine.reference.ReferenceEngine.snapshot has the same)."""
         head = SNAP_HEADER.pack(MAGIC, VERSION, self.symbol_id, self.tick_size, self.min_qty,
-                                self.max_qty, self.max_price, self.max_orders, self.order_counter,
+                                self.max_qty, self.max_price, self.max_orders, self.max_fills,
+                                self.max_account_orders, self.order_counter,
                                 self.trade_id, int(self.halted), self.n_live)
         cdef Py_ssize_t hl = len(head), off
         cdef bytes data = PyBytes_FromStringAndSize(NULL, hl + <Py_ssize_t>self.n_live * SNAP_ORDER)
@@ -1068,16 +1160,23 @@ cdef class CrossEngine:
     @classmethod
     def restore(cls, data, bint check=True):
         """The engine a snapshot describes. With check (the default) the rebuilt book is
-        verified by check_invariants() before it is returned."""
+        verified by check_invariants() before it is returned. A version 1 snapshot is
+        upgraded first (codec.upgrade_snapshot)."""
+        data = _codec.upgrade_snapshot(data)
         cdef const unsigned char[::1] view = data
-        (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, counter,
-         trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
+        if len(data) < SNAP_HEADER.size:
+            raise ValueError("CrossEngine snapshot is too short")
+        (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, max_fills,
+         max_account_orders, counter, trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
         if magic != MAGIC or version != VERSION:
             raise ValueError("not a CrossEngine snapshot of this version")
         if len(data) != SNAP_HEADER.size + n * SNAP_ORDER:
             raise ValueError("CrossEngine snapshot has the wrong length")
+        if counter > _codec.ORDER_COUNTER_MAX:
+            raise ValueError("CrossEngine snapshot has an order counter past the id space")
         cdef CrossEngine eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders,
-                                   max(16, min(n, 1 << 30)))
+                                   max(16, min(n, 1 << 30)), 1 << 12, max_fills,
+                                   max_account_orders)
         eng.order_counter = counter
         eng.trade_id = trade_id
         eng.halted = bool(halted)
@@ -1191,3 +1290,21 @@ cdef class CrossEngine:
             i = self.orders[i].all_next
         if k != seen:
             raise RuntimeError("crossengine: id-ordered list has the wrong length")
+        cdef uint64_t slot
+        cdef uint32_t n_acct
+        k = 0
+        for slot in range(self.by_account.mask + 1):
+            if not self.by_account.slots[slot].used:
+                continue
+            n_acct = 0
+            i = self.by_account.slots[slot].v1
+            while i >= 0:
+                if self.orders[i].account != self.by_account.slots[slot].k1:
+                    raise RuntimeError("crossengine: an order in another account's list")
+                n_acct += 1
+                i = self.orders[i].acct_next
+            if n_acct != self.by_account.slots[slot].n:
+                raise RuntimeError("crossengine: an account's order count is wrong")
+            k += n_acct
+        if k != seen:
+            raise RuntimeError("crossengine: account lists and live orders disagree")

@@ -19,6 +19,12 @@ Rules (docs/crossengine.md has the worked cases):
 * Amend: a pure reduction of quantity at the same price keeps priority; anything else
   takes the order out and enters it again at the tail, matching first if it crosses.
 * Level-2 deltas are emitted last, one per level the command changed, in first-touch order.
+* Bounds: a taker meets at most max_fills makers (a trade or a self-trade step each); if more
+  of the book still crosses it then, its rest expires (reason 6), whatever its time in force,
+  and a FOK counts as fillable only within those makers. An account rests at most
+  max_account_orders orders (a GTC limit order beyond is refused). CancelAll and MassCancel
+  answer with one MassCancelled event and the count; MassCancel lists no level.
+* Order ids run out at symbol_id << 40 | (2**40 - 1): NewOrder is refused after that.
 """
 from __future__ import annotations
 
@@ -29,11 +35,11 @@ from dataclasses import dataclass
 
 from crossengine import codec as c
 
-SNAP_HEADER = struct.Struct("<4sHIqQQqQQQBQ")
+SNAP_HEADER = struct.Struct("<4sHIqQQqQIIQQBQ")
 SNAP_ORDER = struct.Struct("<QQIBqQQBB")
 MAGIC = b"SQCE"
-VERSION = 1
-REASON_ADMIN = 5
+VERSION = 2
+REASON_ADMIN = c.REASON_ADMIN
 
 
 @dataclass
@@ -51,18 +57,23 @@ class Order:
 
 class ReferenceEngine:
     def __init__(self, symbol_id: int = 1, tick_size: int = 1, min_qty: int = 1,
-                 max_qty: int = 10**9, max_price: int = 2**62, max_orders: int = 10_000_000):
+                 max_qty: int = 10**9, max_price: int = 2**62, max_orders: int = 10_000_000,
+                 max_fills: int = c.MAX_FILLS_LIMIT,
+                 max_account_orders: int = c.DEFAULT_ACCOUNT_ORDERS):
         self.symbol_id = symbol_id
         self.tick_size = tick_size
         self.min_qty = min_qty
         self.max_qty = max_qty
         self.max_price = max_price
         self.max_orders = max_orders
+        self.max_fills = max_fills
+        self.max_account_orders = max_account_orders
         self.order_counter = 0
         self.trade_id = 0
         self.halted = False
         self.orders: dict[int, Order] = {}
         self.by_client: dict[tuple[int, int], int] = {}
+        self.resting: dict[int, int] = {}   # account -> its orders in the book
         # price -> FIFO list of order ids; prices kept sorted ascending per side
         self.levels = {c.BUY: {}, c.SELL: {}}
         self.prices = {c.BUY: [], c.SELL: []}
@@ -85,6 +96,7 @@ class ReferenceEngine:
             bisect.insort(self.prices[o.side], o.price)
         lv[o.price].append(o.order_id)
         self.orders[o.order_id] = o
+        self.resting[o.account] = self.resting.get(o.account, 0) + 1
         self.by_client[(o.account, o.client_order_id)] = o.order_id
         self._touch(touched, o.side, o.price)
 
@@ -97,6 +109,7 @@ class ReferenceEngine:
             self.prices[o.side].remove(o.price)
         del self.orders[o.order_id]
         del self.by_client[(o.account, o.client_order_id)]
+        self.resting[o.account] -= 1
         self._touch(touched, o.side, o.price)
 
     @staticmethod
@@ -180,6 +193,11 @@ class ReferenceEngine:
             code = c.CODES["client_order_id_in_use"]
         elif len(self.orders) >= self.max_orders:
             code = c.CODES["book_full"]
+        elif self.order_counter >= c.ORDER_COUNTER_MAX:
+            code = c.CODES["order_ids_exhausted"]
+        elif not market and tif == c.GTC and \
+                self.resting.get(account, 0) >= self.max_account_orders:
+            code = c.CODES["account_order_limit"]
         if code:
             return self._reject(cl_id, account, code)
         if market:
@@ -195,9 +213,12 @@ class ReferenceEngine:
                                                   ord_type, price, qty, tif, flags)
         taker = Order(order_id, cl_id, account, side, price, qty, 0, flags, stp)
         touched: list = []
-        out += self._match(taker, market, touched)
+        events, limited = self._match(taker, market, touched)
+        out += events
         if taker.leaves:
-            if not market and tif == c.GTC:
+            if limited:
+                out += self._cancelled(c.EV_EXPIRED, taker, taker.leaves, c.REASON_MATCH_LIMIT)
+            elif not market and tif == c.GTC:
                 self._add(taker, touched)
             else:
                 out += self._cancelled(c.EV_EXPIRED, taker, taker.leaves, c.REASON_IOC_REMAINDER)
@@ -206,10 +227,14 @@ class ReferenceEngine:
     def _fok_fillable(self, side, price, market, qty, account, stp) -> bool:
         opposite = c.SELL if side == c.BUY else c.BUY
         got = 0
+        steps = 0
         for lp in self._level_order_prices(opposite):
             if not self._crosses(side, price, lp, market):
                 break
             for oid in self.levels[opposite][lp]:
+                if steps == self.max_fills:
+                    return False
+                steps += 1
                 o = self.orders[oid]
                 if o.account == account and stp != c.STP_NONE:
                     if stp == c.STP_CANCEL_OLDEST:
@@ -220,16 +245,21 @@ class ReferenceEngine:
                     return True
         return got >= qty
 
-    def _match(self, taker: Order, market: bool, touched: list) -> bytes:
+    def _match(self, taker: Order, market: bool, touched: list) -> tuple[bytes, bool]:
         """Match the taker against the book; taker.leaves is what is left. A taker
-        cancelled by self-trade prevention ends with leaves 0."""
+        cancelled by self-trade prevention ends with leaves 0. The flag says it stopped at
+        max_fills makers with the book still crossing it."""
         out = b""
+        steps = 0
         opposite = c.SELL if taker.side == c.BUY else c.BUY
         trade_s = c.EVENT_STRUCTS[c.EV_TRADE]
         while taker.leaves:
             best = self._best(opposite)
             if not self._crosses(taker.side, taker.price, best, market):
                 break
+            if steps == self.max_fills:
+                return out, True
+            steps += 1
             maker = self.orders[self.levels[opposite][best][0]]
             if maker.account == taker.account and taker.stp != c.STP_NONE:
                 mode = taker.stp
@@ -268,7 +298,7 @@ class ReferenceEngine:
                 self._remove(maker, touched)
             else:
                 self._touch(touched, maker.side, maker.price)
-        return out
+        return out, False
 
     def _find(self, order_id: int, cl_id: int, account: int) -> Order | None:
         if order_id:
@@ -326,8 +356,12 @@ class ReferenceEngine:
         o.leaves = new_leaves
         out = amended.pack(c.EV_AMENDED, o.order_id, o.client_order_id, o.account, o.price,
                            o.leaves, new_total, 0)
-        out += self._match(o, False, touched)
-        if o.leaves:
+        events, limited = self._match(o, False, touched)
+        out += events
+        if o.leaves and limited:
+            # stopped at max_fills with the book still crossing it: it cannot rest
+            out += self._cancelled(c.EV_EXPIRED, o, o.leaves, c.REASON_MATCH_LIMIT)
+        elif o.leaves:
             self._add(o, touched)
         return out + self._level_events(touched)
 
@@ -335,22 +369,25 @@ class ReferenceEngine:
         if side not in (0, c.BUY, c.SELL):
             return self._reject(0, account, c.CODES["side_invalid"])
         touched: list = []
-        out = b""
+        n = 0
         for oid in sorted(self.orders):
             o = self.orders[oid]
             if o.account == account and side in (0, o.side):
                 self._remove(o, touched)
-                out += self._cancelled(c.EV_CANCELLED, o, o.leaves, c.REASON_MASS_CANCEL)
-        return out + self._level_events(touched)
+                n += 1
+        return self._mass_event(c.SCOPE_ACCOUNT, account, side, c.REASON_MASS_CANCEL, n) + \
+            self._level_events(touched)
 
     def _mass_cancel(self) -> bytes:
-        touched: list = []
-        out = b""
+        n = len(self.orders)
         for oid in sorted(self.orders):
-            o = self.orders[oid]
-            self._remove(o, touched)
-            out += self._cancelled(c.EV_CANCELLED, o, o.leaves, REASON_ADMIN)
-        return out + self._level_events(touched)
+            self._remove(self.orders[oid], [])
+        return self._mass_event(c.SCOPE_BOOK, 0, 0, REASON_ADMIN, n)
+
+    def _mass_event(self, scope: int, account: int, side: int, reason: int, n: int) -> bytes:
+        last_id = (self.symbol_id << 40) | self.order_counter
+        return c.EVENT_STRUCTS[c.EV_MASS_CANCELLED].pack(c.EV_MASS_CANCELLED, scope, account,
+                                                         side, reason, n, last_id)
 
     def _halt(self) -> bytes:
         self.halted = True
@@ -360,12 +397,22 @@ class ReferenceEngine:
         self.halted = False
         return bytes([c.EV_RESUMED])
 
+    def book(self, depth: int = 0) -> dict[str, list[tuple[int, int, int]]]:
+        """{'bids': [(price, total, count)], 'asks': [...]}, best first (as the engine's)."""
+        out = {}
+        for side, name in ((c.BUY, "bids"), (c.SELL, "asks")):
+            rows = [(p, sum(self.orders[i].leaves for i in self.levels[side][p]),
+                     len(self.levels[side][p])) for p in self._level_order_prices(side)]
+            out[name] = rows[:depth] if depth else rows
+        return out
+
     # -- state ----------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Canonical: config, counters, then orders side by side (buys then sells), levels
         best first, each level in time priority."""
         parts = [SNAP_HEADER.pack(MAGIC, VERSION, self.symbol_id, self.tick_size, self.min_qty,
                                   self.max_qty, self.max_price, self.max_orders,
+                                  self.max_fills, self.max_account_orders,
                                   self.order_counter, self.trade_id, int(self.halted),
                                   len(self.orders))]
         for side in (c.BUY, c.SELL):
@@ -379,11 +426,13 @@ class ReferenceEngine:
 
     @classmethod
     def restore(cls, data: bytes) -> ReferenceEngine:
-        (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, counter,
-         trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
+        data = c.upgrade_snapshot(data)
+        (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, max_fills,
+         max_account_orders, counter, trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
         if magic != MAGIC or version != VERSION:
             raise ValueError("not a CrossEngine snapshot of this version")
-        eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders)
+        eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders, max_fills,
+                  max_account_orders)
         eng.order_counter, eng.trade_id, eng.halted = counter, trade_id, bool(halted)
         off = SNAP_HEADER.size
         for _ in range(n):

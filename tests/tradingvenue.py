@@ -35,10 +35,12 @@ def spec(symbol: int = 1, value: int = 1000, max_leverage_x100: int = 10_000,
 class Venue:
     def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1,
                  auto: bool = True, check: bool = True, engine: type = TradingEngine,
-                 shadows: tuple[type, ...] = ()) -> None:
+                 shadows: tuple[type, ...] = (), output_budget: int | None = None) -> None:
         self.te = engine(specs, shard, n_shards)
         # engines fed the same records in lockstep: their outputs must be the same bytes
         self.shadows = [cls(specs, shard, n_shards) for cls in shadows]
+        self.output_budget = output_budget
+        self.set_budget(self.te)
         self.ces = {s.symbol: CrossEngine(symbol_id=s.symbol, max_price=s.max_price,
                                           max_qty=s.max_qty) for s in specs}
         self.ce_seq = dict.fromkeys(self.ces, 0)
@@ -47,7 +49,18 @@ class Venue:
         self.auto = auto
         self.check = check
         self.pending: list[bytes] = []     # CE_EVENTS payloads not yet delivered
+        # transfer ids grow, as the engine wants them to (an id at or below one it forgot is
+        # refused); repeats are of recent ids, which it still remembers
+        self.transfer_counter = 1_000_000
+        self.recent_transfers: list[int] = []
         self.log: list[tuple[int, int, int, bytes]] = []   # every record the TE applied
+
+    def set_budget(self, te) -> None:
+        """Give ``te`` (and the shadows) the venue's output budget, if it has one: a low one
+        makes every sweep run one unit a record."""
+        if self.output_budget is not None:
+            for engine in [te, *self.shadows]:
+                engine.output_budget = self.output_budget
 
     def apply(self, kind: int, payload: bytes, dt_ns: int = 1_000) -> list[tuple]:
         """One record into the TradingEngine; its CE commands go to the CrossEngines. Returns
@@ -87,8 +100,13 @@ class Venue:
         return events
 
     # -- shorthands ----------------------------------------------------------------------------
+    def next_transfer_id(self) -> int:
+        self.transfer_counter += 1
+        self.recent_transfers = [*self.recent_transfers[-2:], self.transfer_counter]
+        return self.transfer_counter
+
     def deposit(self, account: int, amount: int, transfer_id: int | None = None) -> list[tuple]:
-        return self.apply(c.DEPOSIT, c.transfer(transfer_id or self.seq + 1_000_000, account,
+        return self.apply(c.DEPOSIT, c.transfer(transfer_id or self.next_transfer_id(), account,
                                                 amount))
 
     def mark(self, symbol: int, price: int, dt_ns: int = 1_000) -> list[tuple]:
@@ -181,9 +199,13 @@ def random_step(v: Venue, rng, accounts: list[int], foreign: list[int],
         v.apply(c.FUNDING_INPUTS, c.funding_inputs(sym, rng.randrange(-3000, 3000),
                                                    rng.randrange(-500, 1000)))
     elif r < 0.84:
-        v.deposit(acct, rng.randrange(1, 10**9), transfer_id=rng.randrange(1, 400))
+        # now and then a repeat of a recent id (a no-op), else a new one: the outcome does not
+        # depend on the records' times (an id older than the engine's window is never reused)
+        again = v.recent_transfers and rng.random() < 0.3
+        tid = rng.choice(v.recent_transfers) if again else v.next_transfer_id()
+        v.deposit(acct, rng.randrange(1, 10**9), transfer_id=tid)
     elif r < 0.87:
-        v.apply(c.WITHDRAW, c.transfer(rng.randrange(1, 10**6), acct, rng.randrange(1, 10**9)))
+        v.apply(c.WITHDRAW, c.transfer(v.next_transfer_id(), acct, rng.randrange(1, 10**9)))
     elif r < 0.90:
         v.apply(c.SET_LEVERAGE, c.set_leverage(acct, sym, rng.choice((100, 300, 1000, 2000,
                                                                      5000, 9999))))

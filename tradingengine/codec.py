@@ -20,7 +20,9 @@ Input record kinds (KIND_TICK = 1 is the sequencer's idle tick: time only):
     SET_LEVERAGE       <III          account, symbol, leverage x100
     SET_MARGIN_MODE    <IIB          account, symbol, mode (0 cross, 1 isolated)
     ADJUST_MARGIN      <IIq          account, symbol, amount (> 0 add, < 0 remove; isolated)
-    DEPOSIT, WITHDRAW  <QIq          transfer id (unique; a repeat is a no-op), account, amount
+    DEPOSIT, WITHDRAW  <QIq          transfer id (unique; a repeat within the window is a
+                                     no-op, an id at or below the expired ones is refused),
+                                     account, amount
     MARK_PRICE         <Iq           symbol, mark price
     FUNDING_INPUTS     <Iii          symbol, premium index ppm, interest rate ppm
     DEAD_MANS_SWITCH   <IQ           account, timeout ms (0 disarms); re-sent to refresh
@@ -97,6 +99,7 @@ STATUS_UNTRIGGERED = ord("A")   # a stop or take-profit waiting for its price
 # cancel reasons (PROTOCOL.md ExecutionReport Reason for ExecType '4' / 'C'), plus engine ones
 REASON_CLIENT, REASON_MASS_CANCEL, REASON_IOC_REMAINDER = 0, 1, 3
 REASON_SELF_TRADE, REASON_ADMIN = 4, 5
+REASON_MATCH_LIMIT = 6          # the CrossEngine stopped the order at its max fills: rest expired
 REASON_REDUCE_ONLY = 7          # cut down or cancelled because the position shrank
 REASON_LIQUIDATION = 8          # cancelled because the account reached maintenance
 REASON_DEAD_MANS_SWITCH = 9
@@ -159,6 +162,9 @@ CE_AMEND_S = struct.Struct("<QQIqQ")           # order_id, client_order_id, acco
 CE_CANCEL_ALL_S = struct.Struct("<IB")         # account, side
 CE_ACCEPTED, CE_REJECTED, CE_TRADE, CE_CANCELLED = 1, 2, 3, 4
 CE_AMENDED, CE_EXPIRED, CE_LEVEL, CE_HALTED, CE_RESUMED = 5, 6, 7, 8, 9
+CE_MASS_CANCELLED = 10         # scope, account, side, reason, count, last order id assigned
+CE_SCOPE_ACCOUNT, CE_SCOPE_BOOK = 1, 2
+CE_MAX_FILLS = 1000            # the CrossEngine's MAX_FILLS_LIMIT: makers one taker meets
 CE_EVENT_STRUCTS = {
     CE_ACCEPTED: struct.Struct("<BQQIBBqQBB"),
     CE_REJECTED: struct.Struct("<BQIHQ"),
@@ -169,6 +175,7 @@ CE_EVENT_STRUCTS = {
     CE_LEVEL: struct.Struct("<BBqQI"),
     CE_HALTED: struct.Struct("<B"),
     CE_RESUMED: struct.Struct("<B"),
+    CE_MASS_CANCELLED: struct.Struct("<BBIBBQQ"),
 }
 
 if ({k: s.size for k, s in EVENT_STRUCTS.items()} != _EXPECTED
@@ -208,6 +215,7 @@ REJECT_CODES = {
     2028: "post_only_not_limit",
     2029: "amend_nothing_to_change",
     2030: "account_balance_limit",
+    2031: "transfer_id_expired",
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 

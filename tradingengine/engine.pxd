@@ -15,10 +15,11 @@ cdef class Account:
 
 cdef class TradingEngine:
     cdef public object shard, n_shards, next_order_id, fee_pool, dust, deposits, withdrawals
-    cdef public object seq, ts_ns, _timer_next
+    cdef public object seq, ts_ns, _timer_next, transfer_floor, _transfer_queue
+    cdef public object _size, _sized, _unit_done, output_budget
     cdef public dict specs, accounts, marks, last_prices, funding_inputs, next_funding
     cdef public dict transfers, orders, ce_orders, conditional, holders, dms
     cdef public dict _touched, _handlers
-    cdef public list _out
+    cdef public list _out, sweeps
     cdef public Account clearing, liquidation
     cdef dict __dict__

@@ -16,6 +16,16 @@ transfer ids seen, and two system accounts: *clearing*, which holds the other si
 trade whose counterparty lives in another shard (so each shard balances on its own), and
 *liquidation*, which takes over positions handed to the LiqEngine and covers deficits.
 
+Bounded output. Every output must fit one record (mq MAX_PAYLOAD). A command's own work is
+bounded (an account holds at most MAX_OPEN_ORDERS orders; a CrossEngine record carries at most
+CE_MAX_FILLS matching steps). Work that fans out over a whole symbol or shard (triggered
+orders, the maintenance check, funding, a book-wide mass cancel, reduce-only cuts, expired
+dead-man's switches) runs as *sweeps*: a queue in the state, worked through unit by unit (one
+account or one order) while the record's output is under OUTPUT_BUDGET, and resumed at the
+next record where it stopped. At least one unit runs per record, so a sweep always ends.
+``worst_case_output`` sums the bounds; the module refuses to import if it exceeds half of
+MAX_PAYLOAD.
+
 The audit (after every mark price and every funding): the sum over all accounts, the system
 ones included, of balance plus position value at mark minus cost, plus the fee pool and the
 dust, equals deposits minus withdrawals, to the minor unit; and every symbol's positions sum
@@ -31,10 +41,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections import deque
 
 import msgpack
 
-from mq.record import decode, encode
+from mq.record import MAX_PAYLOAD, decode, encode
 from tradingengine import codec as c
 from tradingengine.margin import (
     PPM,
@@ -61,15 +72,24 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
     raise ImportError("tradingengine.engine is not compiled: build it with `pip install -e .` "
                       "(or `python setup.py build_ext --inplace`)")
 
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
 MAX_OPEN_ORDERS = 200         # per account, conditional ones included
+OUTPUT_BUDGET = 128 << 10     # bytes of output after which a record defers sweep units
+TRANSFER_ID_WINDOW_NS = 24 * 3600 * 10**9   # a transfer id is remembered this long (ts_ns)
 DEFAULT_LEVERAGE_X100 = 1_000
 CLEARING_ID = -1              # system accounts: never a u32, so never a client's
 LIQUIDATION_ID = -2
 
 UNTRIGGERED, PENDING_NEW, OPEN = 0, 1, 2
 NO_PENDING, PENDING_CANCEL, PENDING_AMEND = 0, 1, 2
+# sweeps: [kind, symbol, cursor, ...]; the cursor is the next account (or order) id to visit
+SWEEP_TRIGGER = 1        # [1, symbol, next order id, by, price, last order id]
+SWEEP_MAINTENANCE = 2    # [2, symbol, next account]
+SWEEP_FUNDING = 3        # [3, symbol, next entry, rate, mark, paid, received, [[account,
+                         #  size at the boundary], ...]] (the system accounts last)
+SWEEP_MASS_CANCELLED = 4  # [4, symbol, next CrossEngine id, last CrossEngine id, reason]
+SWEEP_REDUCE_ONLY = 5    # [5, symbol, account]
 
 _ER = c.EVENT_STRUCTS[c.EXEC_REPORT].pack
 _CE_CMD = c.EVENT_STRUCTS[c.CE_COMMAND].pack
@@ -90,6 +110,49 @@ GTC, IOC, FOK = c.GTC, c.IOC, c.FOK
 REDUCE_ONLY, POST_ONLY = c.FLAG_REDUCE_ONLY, c.FLAG_POST_ONLY
 CE_COMMAND, CE_NEW_ORDER = c.CE_COMMAND, c.CE_NEW_ORDER
 _SIZES = {k: s.size for k, s in c.COMMAND_STRUCTS.items()}
+
+
+def worst_case_output() -> dict[str, int]:
+    """The largest output payload, in bytes, of one record, from the bounds (the module doc).
+
+    ``units``: the largest output of one unit of a sweep (or one expired dead-man's switch),
+    which is the liquidation of an account at MAX_OPEN_ORDERS (every order a conditional one,
+    cancelled with an execution report each). ``commands``: the largest output of a command's
+    own work; a CrossEngine record is the largest, CE_MAX_FILLS steps that each report a fill
+    (or a self-trade cancel) to both sides and cover a deficit for each, the taker's own
+    acceptance and expiry, and a status pair per account it touched. ``record``: due timers
+    and sweeps before the command run up to OUTPUT_BUDGET plus one unit, the command adds its
+    own, and one more unit may follow.
+    """
+    size = {k: s.size for k, s in c.EVENT_STRUCTS.items()}
+    er = size[c.EXEC_REPORT]
+    cmd = size[c.CE_COMMAND]
+    cancel_one = max(er, cmd + c.CE_CANCEL_S.size)
+    units = {
+        "liquidation": MAX_OPEN_ORDERS * cancel_one + size[c.LIQUIDATION]
+        + size[c.DEFICIT_COVERED] + size[c.POSITION] + size[c.ACCOUNT],
+        "dead_mans_switch": MAX_OPEN_ORDERS * cancel_one + size[c.DEAD_MANS_SWITCH_FIRED],
+        "funding": size[c.FUNDING] + size[c.DEFICIT_COVERED] + size[c.FUNDING_SETTLED],
+        "trigger": er + max(er, cmd + c.CE_NEW_ORDER_S.size),
+        "mass_cancelled": er,
+        "reduce_only": MAX_OPEN_ORDERS * (cmd + c.CE_AMEND_S.size),
+    }
+    fills = c.CE_MAX_FILLS
+    commands = {
+        "cancel_all": MAX_OPEN_ORDERS * cancel_one,
+        "ce_events": max(fills * (2 * er + 2 * size[c.DEFICIT_COVERED]) + 2 * er
+                         + (fills + 1) * (size[c.POSITION] + size[c.ACCOUNT]),
+                         MAX_OPEN_ORDERS * er),
+        "other": 2 * er + size[c.POSITION] + size[c.ACCOUNT] + size[c.TRANSFER],
+    }
+    unit = max(units.values())
+    return {"unit": unit, "command": max(commands.values()),
+            "record": OUTPUT_BUDGET + unit + max(commands.values()) + unit}
+
+
+if worst_case_output()["record"] > MAX_PAYLOAD // 2:
+    raise ImportError(f"tradingengine: one record can output {worst_case_output()['record']} "
+                      f"bytes, over half of {MAX_PAYLOAD}: lower the bounds")
 
 
 class EngineHalted(RuntimeError):
@@ -205,7 +268,16 @@ class TradingEngine:
         self.last_prices: dict[int, int] = {}
         self.funding_inputs: dict[int, tuple[int, int]] = {}
         self.next_funding: dict[int, int] = {}
-        self.transfers: dict[int, None] = {}     # transfer ids seen (a dict: never a set)
+        # transfer ids answered in the last TRANSFER_ID_WINDOW_NS -> ts_ns first seen (a dict:
+        # never a set), the same in the order seen, and the highest id that expired: an id at
+        # or below it is refused (it may be a replay of one forgotten)
+        self.transfers: dict[int, int] = {}
+        self._transfer_queue: deque = deque()
+        self.transfer_floor = 0
+        self.sweeps: list[list] = []              # deferred fan-out work, oldest first
+        # configuration, not state: OUTPUT_BUDGET in production; tests set it low (0: one
+        # sweep unit a record) to drive every sweep through its deferred path
+        self.output_budget = OUTPUT_BUDGET
         self.next_order_id = 1
         self.fee_pool = 0
         self.dust = 0
@@ -217,10 +289,14 @@ class TradingEngine:
         self.orders: dict[int, Order] = {}
         self.ce_orders: dict[int, dict[int, Order]] = {s: {} for s in self.specs}
         self.conditional: dict[int, dict[int, Order]] = {s: {} for s in self.specs}
+        # accounts with a position (size != 0) per symbol; flat ones leave it
         self.holders: dict[int, dict[int, None]] = {s: {} for s in self.specs}
         self.dms: dict[int, int] = {}             # account -> deadline
         self._timer_next = 0
         self._out: list[bytes] = []
+        self._size = 0          # bytes in self._out[:self._sized]
+        self._sized = 0
+        self._unit_done = False  # a sweep unit ran in this record
         self._touched: dict[tuple[int, int], Account] = {}   # APO status owed, in order
         self._handlers = {
             c.NEW_ORDER: self._new_order, c.CANCEL: self._cancel, c.AMEND: self._amend,
@@ -240,8 +316,12 @@ class TradingEngine:
         if ts_ns > self.ts_ns:
             self.ts_ns = ts_ns    # sequenced time never runs backwards inside the engine
         out = self._out = []
+        self._size = self._sized = 0
+        self._unit_done = False
         if self.ts_ns >= self._timer_next and self._timer_next:
             self._fire_timers()
+        if self.sweeps:
+            self._run_sweeps()
         handler = self._handlers.get(kind)
         if handler is not None:
             size = _SIZES[kind]
@@ -251,6 +331,8 @@ class TradingEngine:
                 handler(payload)
         elif kind != c.KIND_TICK:
             self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
+        if self.sweeps:
+            self._run_sweeps()
         return b"".join(out)
 
     def apply_frame(self, frame: bytes) -> bytes:
@@ -259,6 +341,50 @@ class TradingEngine:
         apply = self.apply
         return encode([(seq, ts, src, src_seq, epoch, kind, apply(seq, ts, kind, payload))
                        for seq, ts, src, src_seq, epoch, kind, payload in decode(frame)])
+
+    # -- sweeps: fan-out work within the output budget ---------------------------------------------
+
+    def _over_budget(self) -> bool:
+        out = self._out
+        n = len(out)
+        if n != self._sized:
+            size = self._size
+            for i in range(self._sized, n):
+                size += len(out[i])
+            self._size = size
+            self._sized = n
+        return self._size >= self.output_budget
+
+    def _may_go_on(self) -> bool:
+        """Whether one more unit of fan-out work runs in this record: the first always does
+        (so every sweep ends), the others while the output is under OUTPUT_BUDGET."""
+        if not self._unit_done:
+            self._unit_done = True
+            return True
+        return not self._over_budget()
+
+    def _run_sweeps(self) -> None:
+        sweeps = self.sweeps
+        while sweeps:
+            sw = sweeps[0]
+            kind = sw[0]
+            if kind == SWEEP_TRIGGER:
+                done = self._sweep_trigger(sw)
+            elif kind == SWEEP_MAINTENANCE:
+                done = self._sweep_maintenance(sw)
+            elif kind == SWEEP_FUNDING:
+                done = self._sweep_funding(sw)
+            elif kind == SWEEP_MASS_CANCELLED:
+                done = self._sweep_mass_cancelled(sw)
+            elif kind == SWEEP_REDUCE_ONLY:
+                done = self._sweep_reduce_only(sw)
+            else:
+                raise EngineHalted(f"unknown sweep {sw}")
+            if not done:
+                return
+            if sweeps[0] is not sw:
+                raise EngineHalted("the sweep queue changed under its running sweep")
+            sweeps.pop(0)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -415,7 +541,6 @@ class TradingEngine:
             acct.by_client[coid] = o
             self.orders[o.order_id] = o
             self.conditional[symbol][o.order_id] = o
-            self.holders[symbol][account] = None
             self._er(o, c.EXEC_NEW)
             return
         code = self._risk_and_send(acct, o, spec)
@@ -500,7 +625,6 @@ class TradingEngine:
             pos.sell_leaves += qty
         if flags & REDUCE_ONLY:
             pos.reduce_only += 1
-        self.holders[symbol][acct.account_id] = None
         tif = IOC if o.ord_type == MARKET and o.tif == GTC else o.tif
         self._out.append(_CE_NEW_CMD(CE_COMMAND, symbol, CE_NEW_ORDER, _CE_NEW_SIZE, o.order_id, o.price, qty,
                                      acct.account_id, o.side, LIMIT, tif, flags & POST_ONLY, 0))
@@ -720,10 +844,30 @@ class TradingEngine:
         self._position_status(acct, symbol)
         self._account_status(acct)
 
+    def _transfer_seen(self, kind: int, transfer_id: int, account: int) -> bool:
+        """True when the transfer must not be applied: its id was answered within the window
+        (a repeat: no output), or it is at or below the highest id forgotten (refused:
+        it may be a replay of a transfer older than the window)."""
+        cutoff = self.ts_ns - TRANSFER_ID_WINDOW_NS
+        queue = self._transfer_queue
+        while queue and queue[0][0] <= cutoff:
+            _ts, old = queue.popleft()
+            del self.transfers[old]
+            if old > self.transfer_floor:
+                self.transfer_floor = old
+        if transfer_id in self.transfers:
+            return True
+        if transfer_id <= self.transfer_floor:
+            self._reject_request(kind, 2031, account, 0, transfer_id)
+            return True
+        self.transfers[transfer_id] = self.ts_ns    # answered once, rejected or not
+        queue.append((self.ts_ns, transfer_id))
+        return False
+
     def _deposit(self, payload: bytes) -> None:
         transfer_id, account, amount = c.TRANSFER_S.unpack(payload)
-        if transfer_id in self.transfers:
-            return                       # a repeated transfer id is a no-op
+        if self._transfer_seen(c.DEPOSIT, transfer_id, account):
+            return
         code = 0
         acct = self.accounts.get(account)
         if not self._mine(account):
@@ -732,7 +876,6 @@ class TradingEngine:
             code = 2023
         elif acct is not None and acct.balance + amount >= MAX_MONEY:
             code = 2030
-        self.transfers[transfer_id] = None   # answered once, rejected or not
         if code:
             self._reject_request(c.DEPOSIT, code, account, 0, transfer_id)
             return
@@ -747,7 +890,7 @@ class TradingEngine:
 
     def _withdraw(self, payload: bytes) -> None:
         transfer_id, account, amount = c.TRANSFER_S.unpack(payload)
-        if transfer_id in self.transfers:
+        if self._transfer_seen(c.WITHDRAW, transfer_id, account):
             return
         acct, code = self._account_or_code(account)
         if code:
@@ -756,7 +899,6 @@ class TradingEngine:
             code = 2023
         elif amount > self._available(acct):
             code = 2024
-        self.transfers[transfer_id] = None
         if code:
             self._reject_request(c.WITHDRAW, code, account, 0, transfer_id)
             return
@@ -815,6 +957,8 @@ class TradingEngine:
     def _fire_timers(self) -> None:
         now = self.ts_ns
         for account in sorted(a for a, t in self.dms.items() if t <= now):
+            if not self._may_go_on():
+                break            # the rest are still due: they fire at the next record
             acct = self.accounts[account]
             del self.dms[account]
             acct.dms_deadline = 0
@@ -829,45 +973,90 @@ class TradingEngine:
         self._reset_timer()
 
     def _settle_funding(self, symbol: int) -> None:
+        """Settle one funding interval: a sweep over the positions held at the boundary
+        (the holders', then the system accounts'), at this mark and rate, then
+        FundingSettled and the audit. Paying on the sizes at the boundary, whenever each
+        account's turn comes, keeps the payments netting to the dust alone."""
         spec = self.specs[symbol]
         mark = self.marks[symbol]
         premium, interest = self.funding_inputs.get(symbol, (0, 0))
         rate = funding_rate(premium, interest, spec.funding_cap_ppm)
-        paid = received = 0
         if rate:
-            holders = [self.accounts[a] for a in sorted(self.holders[symbol])]
-            for acct in holders + [self.clearing, self.liquidation]:
+            entries = [[a, self.accounts[a].positions[symbol].size]
+                       for a in sorted(self.holders[symbol])]
+            for acct in (self.clearing, self.liquidation):
                 pos = acct.positions.get(symbol)
-                if pos is None or pos.size == 0:
-                    continue
-                amount = funding_payment(pos.size, mark, spec.value, rate)
-                if amount == 0:
-                    continue
-                acct.balance -= amount
-                acct.funding_paid += amount
-                if amount > 0:
-                    paid += amount
-                else:
-                    received -= amount
-                if acct.account_id < 0:
-                    continue
-                if pos.mode == c.ISOLATED:   # isolated funding moves that position's margin
-                    pos.extra = max(0, pos.extra - amount)
-                    self._set_margin(acct, pos, spec)
-                self._out.append(_PACK[c.FUNDING](c.FUNDING, acct.account_id, symbol, rate,
-                                                  amount))
-                self._cover_deficit(acct)
+                if pos is not None and pos.size:
+                    entries.append([acct.account_id, pos.size])
+            self.sweeps.append([SWEEP_FUNDING, symbol, 0, rate, mark, 0, 0, entries])
+            return
+        self._out.append(_PACK[c.FUNDING_SETTLED](c.FUNDING_SETTLED, symbol, 0, mark, 0, 0, 0))
+        self.audit()
+
+    def _sweep_funding(self, sw: list) -> bool:
+        _, symbol, cursor, rate, mark, paid, received, entries = sw
+        spec = self.specs[symbol]
+        for k in range(cursor, len(entries)):
+            account, size = entries[k]
+            if account >= 0 and not self._may_go_on():
+                sw[2] = k
+                return False
+            if account == CLEARING_ID:
+                acct = self.clearing
+            elif account == LIQUIDATION_ID:
+                acct = self.liquidation
+            else:
+                acct = self.accounts[account]
+            amount = self._pay_funding(acct, symbol, spec, rate, mark, size)
+            if amount > 0:
+                paid += amount
+            else:
+                received -= amount
+            sw[5], sw[6] = paid, received     # in flight: the audit counts it
+        sw[5] = sw[6] = 0
         self.dust += paid - received
         self._out.append(_PACK[c.FUNDING_SETTLED](c.FUNDING_SETTLED, symbol, rate, mark, paid,
                                                   received, paid - received))
         self.audit()
+        return True
+
+    def _pay_funding(self, acct: Account, symbol: int, spec: ContractSpec, rate: int,
+                     mark: int, size: int) -> int:
+        """One account's funding on its position of ``size`` at the boundary. What the sweep
+        has taken in and paid out so far is in flight in the sweep (the audit counts it)
+        until it ends."""
+        pos = acct.positions[symbol]
+        amount = funding_payment(size, mark, spec.value, rate)
+        if amount == 0:
+            return 0
+        acct.balance -= amount
+        acct.funding_paid += amount
+        if acct.account_id < 0:
+            return amount
+        if pos.mode == c.ISOLATED:   # isolated funding moves that position's margin
+            pos.extra = max(0, pos.extra - amount)
+            self._set_margin(acct, pos, spec)
+        self._out.append(_PACK[c.FUNDING](c.FUNDING, acct.account_id, symbol, rate, amount))
+        self._cover_deficit(acct)
+        return amount
 
     def _trigger(self, symbol: int, by: int, price: int) -> None:
-        waiting = self.conditional[symbol]
-        if not waiting:
+        """Fire the conditional orders that ``price`` reaches: a sweep, in order id order,
+        over the orders that exist now (later ones were checked against a newer price)."""
+        if not self.conditional[symbol]:
             return
-        fired = [o for o in waiting.values() if o.trigger_by == by and _fires(o, price)]
-        for o in sorted(fired, key=_order_id):
+        self.sweeps.append([SWEEP_TRIGGER, symbol, 0, by, price, self.next_order_id - 1])
+
+    def _sweep_trigger(self, sw: list) -> bool:
+        _, symbol, cursor, by, price, last = sw
+        waiting = self.conditional[symbol]
+        fired = sorted(i for i, o in waiting.items()
+                       if cursor <= i <= last and o.trigger_by == by and _fires(o, price))
+        for order_id in fired:
+            if not self._may_go_on():
+                sw[2] = order_id
+                return False
+            o = waiting[order_id]
             acct = self.accounts[o.account]
             self._er(o, c.EXEC_TRIGGERED, status=c.STATUS_NEW)
             # checked as a new order: still conditional, so its own leaves are not counted
@@ -878,39 +1067,61 @@ class TradingEngine:
             else:
                 del waiting[o.order_id]
                 o.state = PENDING_NEW
+        return True
 
     # -- maintenance and liquidation -------------------------------------------------------
 
     def _check_maintenance(self, symbol: int, spec: ContractSpec, mark: int) -> None:
-        for account in sorted(self.holders[symbol]):
-            acct = self.accounts[account]
-            pos = acct.positions.get(symbol)
-            if pos is None or pos.size == 0:
-                continue
-            if pos.mode == c.ISOLATED:
-                equity = pos.margin + pos.size * mark * spec.value - pos.cost
-                if equity > maintenance(pos.size, mark, spec):
-                    continue
-                self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
-                self._hand_off(acct, symbol, pos, spec, pos.margin)
-                continue
-            need = 0
-            for sym, p in acct.positions.items():
-                if p.size and p.mode == c.CROSS:
-                    mark_or_entry = self.marks.get(sym) or abs(p.cost) // abs(p.size)
-                    need += maintenance(p.size, mark_or_entry, self.specs[sym])
-            held = sum(o.margin for o in acct.orders.values() if o.symbol == symbol)
-            base = self._cross_base(acct, symbol, orders_excluded=held)
-            equity = base + pos.size * mark * spec.value - pos.cost
-            other = self._cross_upnl(acct, skip=symbol)
-            if other > 0:
-                equity += other    # gains elsewhere keep a cross account alive
-            if equity - held > need:
-                continue
+        """Check every holder of ``symbol`` at the new mark: a sweep. One still going for
+        this symbol (at an older mark) starts over at the end of the queue."""
+        sweeps = self.sweeps
+        for i, sw in enumerate(sweeps):
+            if sw[0] == SWEEP_MAINTENANCE and sw[1] == symbol:
+                del sweeps[i]
+                break
+        sweeps.append([SWEEP_MAINTENANCE, symbol, -1])
+
+    def _sweep_maintenance(self, sw: list) -> bool:
+        symbol = sw[1]
+        spec = self.specs[symbol]
+        mark = self.marks[symbol]
+        for account in sorted(a for a in self.holders[symbol] if a >= sw[2]):
+            if not self._may_go_on():
+                sw[2] = account
+                return False
+            self._maintain(self.accounts[account], symbol, spec, mark)
+        return True
+
+    def _maintain(self, acct: Account, symbol: int, spec: ContractSpec, mark: int) -> None:
+        """Cancel the orders of an account below maintenance, and hand its position to
+        liquidation if that is not enough."""
+        pos = acct.positions.get(symbol)
+        if pos is None or pos.size == 0:
+            return
+        if pos.mode == c.ISOLATED:
+            equity = pos.margin + pos.size * mark * spec.value - pos.cost
+            if equity > maintenance(pos.size, mark, spec):
+                return
             self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
-            if equity > need:
-                continue             # the cancels release enough
-            self._hand_off(acct, symbol, pos, spec, base)
+            self._hand_off(acct, symbol, pos, spec, pos.margin)
+            return
+        need = 0
+        for sym, p in acct.positions.items():
+            if p.size and p.mode == c.CROSS:
+                mark_or_entry = self.marks.get(sym) or abs(p.cost) // abs(p.size)
+                need += maintenance(p.size, mark_or_entry, self.specs[sym])
+        held = sum(o.margin for o in acct.orders.values() if o.symbol == symbol)
+        base = self._cross_base(acct, symbol, orders_excluded=held)
+        equity = base + pos.size * mark * spec.value - pos.cost
+        other = self._cross_upnl(acct, skip=symbol)
+        if other > 0:
+            equity += other    # gains elsewhere keep a cross account alive
+        if equity - held > need:
+            return
+        self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
+        if equity > need:
+            return               # the cancels release enough
+        self._hand_off(acct, symbol, pos, spec, base)
 
     def _hand_off(self, acct: Account, symbol: int, pos: Position, spec: ContractSpec,
                   base: int) -> None:
@@ -927,6 +1138,7 @@ class TradingEngine:
         pos.size = 0
         pos.cost = 0
         pos.extra = 0
+        self.holders[symbol].pop(acct.account_id, None)
         self._set_margin(acct, pos, spec)
         self._book(self.liquidation, symbol, size, price, spec)
         self.liquidation.balance += residue
@@ -982,6 +1194,8 @@ class TradingEngine:
                 self._ce_rejected(symbol, s.unpack_from(payload, off))
             elif kind == c.CE_AMENDED:
                 self._amended(symbol, s.unpack_from(payload, off))
+            elif kind == c.CE_MASS_CANCELLED:
+                self._mass_cancelled(symbol, s.unpack_from(payload, off))
             off += s.size
         # one position and account status per account the record touched, after its fills
         seen: dict[int, Account] = {}
@@ -990,6 +1204,10 @@ class TradingEngine:
             seen[acct.account_id] = acct
         for acct in seen.values():
             self._account_status(acct)
+        # resting reduce-only orders follow the new positions (a sweep: one unit an account)
+        for (account, sym), acct in touched.items():
+            if acct.positions[sym].reduce_only:
+                self._queue_reduce_only(sym, account)
         if traded:
             self._trigger(symbol, c.BY_LAST, self.last_prices[symbol])
 
@@ -1039,11 +1257,60 @@ class TradingEngine:
         acct.order_margin += need - o.margin
         o.margin = need
 
+    def _mass_cancelled(self, symbol: int, ev: tuple) -> None:
+        """The CrossEngine cancelled every order of an account (on a side), or of the whole
+        book, in one event: the orders it covers are those it had accepted (CrossEngine ids
+        up to the event's last id) and still lived, which this engine knows, since it has
+        applied every earlier CrossEngine event of the symbol."""
+        _, scope, account, side, reason, _count, last_ce_id = ev
+        if scope == c.CE_SCOPE_BOOK:
+            if self.ce_orders[symbol]:
+                self.sweeps.append([SWEEP_MASS_CANCELLED, symbol, 0, last_ce_id, reason])
+            return
+        acct = self.accounts.get(account) if self._mine(account) else None
+        if acct is None:
+            return
+        covered = [o for o in acct.orders.values()
+                   if o.symbol == symbol and o.ce_id and o.ce_id <= last_ce_id
+                   and (side == 0 or o.side == side)]
+        for o in covered:          # at most MAX_OPEN_ORDERS
+            self._cancel_done(acct, o, symbol, c.CE_CANCELLED, o.leaves, reason)
+
+    def _sweep_mass_cancelled(self, sw: list) -> bool:
+        _, symbol, cursor, last_ce_id, reason = sw
+        orders = self.ce_orders[symbol]
+        for ce_id in sorted(i for i in orders if cursor <= i <= last_ce_id):
+            if not self._may_go_on():
+                sw[2] = ce_id
+                return False
+            o = orders[ce_id]
+            self._cancel_done(self.accounts[o.account], o, symbol, c.CE_CANCELLED, o.leaves,
+                              reason)
+        return True
+
+    def _queue_reduce_only(self, symbol: int, account: int) -> None:
+        for sw in self.sweeps:
+            if sw[0] == SWEEP_REDUCE_ONLY and sw[1] == symbol and sw[2] == account:
+                return
+        self.sweeps.append([SWEEP_REDUCE_ONLY, symbol, account])
+
+    def _sweep_reduce_only(self, sw: list) -> bool:
+        if not self._may_go_on():
+            return False
+        acct = self.accounts.get(sw[2])
+        if acct is not None:
+            self._cut_reduce_only(acct, sw[1], acct.positions[sw[1]])
+        return True
+
     def _cancelled(self, symbol: int, ev: tuple) -> None:
         kind, ce_id, coid, account, qty, reason = ev
         acct, o = self._own_order(account, coid)
         if o is None:
             return
+        self._cancel_done(acct, o, symbol, kind, qty, reason)
+
+    def _cancel_done(self, acct: Account, o: Order, symbol: int, kind: int, qty: int,
+                     reason: int) -> None:
         if o.pending == PENDING_CANCEL and kind == c.CE_CANCELLED:
             reason = o.reason     # the engine's reason, not the CrossEngine's "client"
         o.pending = NO_PENDING
@@ -1129,8 +1396,6 @@ class TradingEngine:
             if o.leaves == 0:
                 self._drop(acct, o)
         self._cover_deficit(acct)
-        self._cut_reduce_only(acct, symbol, pos)
-        self.holders[symbol][acct.account_id] = None
         self._touched[(acct.account_id, symbol)] = acct
 
     def _book(self, acct: Account, symbol: int, signed: int, price: int,
@@ -1161,6 +1426,10 @@ class TradingEngine:
             pos.cost += signed * price * value
         if acct.account_id >= 0:
             self._set_margin(acct, pos, spec)
+            if pos.size:
+                self.holders[symbol][acct.account_id] = None
+            else:
+                self.holders[symbol].pop(acct.account_id, None)
 
     def _cut_reduce_only(self, acct: Account, symbol: int, pos: Position) -> None:
         """Resting reduce-only orders never add up to more than the position they reduce:
@@ -1200,6 +1469,9 @@ class TradingEngine:
         """Check the books balance to the minor unit; raise EngineHalted with a report if not."""
         marks = self.marks
         total = self.fee_pool + self.dust
+        for sw in self.sweeps:
+            if sw[0] == SWEEP_FUNDING:
+                total += sw[5] - sw[6]      # funding taken in and not yet paid out, or back
         net: dict[int, int] = {}
         for acct in [*self.accounts.values(), self.clearing, self.liquidation]:
             total += acct.balance
@@ -1279,9 +1551,11 @@ class TradingEngine:
             self.next_order_id, self.fee_pool, self.dust, self.deposits, self.withdrawals,
             sorted(self.marks.items()), sorted(self.last_prices.items()),
             sorted([s, p, i] for s, (p, i) in self.funding_inputs.items()),
-            sorted(self.next_funding.items()), sorted(self.transfers),
+            sorted(self.next_funding.items()),
+            [self.transfer_floor, sorted([ts, tid] for tid, ts in self.transfers.items())],
             [account_row(self.accounts[a]) for a in sorted(self.accounts)],
             account_row(self.clearing), account_row(self.liquidation),
+            [list(sw) for sw in self.sweeps],
         ]
 
     def snapshot(self) -> bytes:
@@ -1293,11 +1567,16 @@ class TradingEngine:
     @classmethod
     def restore(cls, data: bytes) -> TradingEngine:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if state[0] == 3:
+            # written before transfer ids expired and sweeps existed: its transfer ids count
+            # as seen at the snapshot's time, and no sweep is in progress
+            state = [SNAPSHOT_VERSION, *state[1:15], [0, sorted([state[4], t] for t in state[15])],
+                     *state[16:], []]
         if state[0] != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
         (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,
-         withdrawals, marks, last_prices, funding_inputs, next_funding, transfers,
-         accounts, clearing, liquidation) = state
+         withdrawals, marks, last_prices, funding_inputs, next_funding,
+         (transfer_floor, transfers), accounts, clearing, liquidation, sweeps) = state
         eng = cls([_spec_from_row(r) for r in specs], shard, n_shards)
         eng.seq, eng.ts_ns, eng.next_order_id = seq, ts_ns, next_order_id
         eng.fee_pool, eng.dust, eng.deposits, eng.withdrawals = fee_pool, dust, deposits, withdrawals
@@ -1305,7 +1584,11 @@ class TradingEngine:
         eng.last_prices = dict(last_prices)
         eng.funding_inputs = {s: (p, i) for s, p, i in funding_inputs}
         eng.next_funding = dict(next_funding)
-        eng.transfers = dict.fromkeys(transfers)
+        for ts, tid in transfers:
+            eng.transfers[tid] = ts
+            eng._transfer_queue.append((ts, tid))
+        eng.transfer_floor = transfer_floor
+        eng.sweeps = [list(sw) for sw in sweeps]
         for row in accounts:
             acct = eng._account_from_row(row)
             eng.accounts[acct.account_id] = acct
@@ -1337,7 +1620,6 @@ class TradingEngine:
             acct.by_client[o.client_order_id] = o
             acct.order_margin += o.margin
             self.orders[o.order_id] = o
-            self.holders[o.symbol][account_id] = None
             if o.state == UNTRIGGERED:
                 self.conditional[o.symbol][o.order_id] = o
             else:

@@ -4,10 +4,11 @@ ReferenceEngine has the same rules with no running totals and no indexes.
 
 Every figure the engine keeps incrementally is recomputed here from the orders and positions
 themselves at each use (order margin, position margin, the leaves on each side, the number of
-reduce-only orders), the maintenance check scans every account instead of the symbol's
-holders, and orders are found by scanning instead of through the CrossEngine id index. Its
-outputs and state must equal the engine's byte for byte (tests/stateful drive both in
-lockstep), which checks the bookkeeping; it is also the baseline of bench/bench_tradingengine.py.
+reduce-only orders), the maintenance check and funding scan every account for positions
+instead of keeping the symbol's holders, and orders are found by scanning instead of through
+the CrossEngine id index (for trades and mass cancels). Its outputs and state must equal the
+engine's byte for byte (tests/stateful drive both in lockstep), which checks the bookkeeping;
+it is also the baseline of bench/bench_tradingengine.py.
 
 ``interpreted()`` loads tradingengine/engine.py as plain Python under another module name: the
 same source that Cython compiles, run by the interpreter, which the tests hold to the compiled
@@ -57,13 +58,35 @@ class ReferenceEngine(TradingEngine):
         self._sums(acct)
         super()._cut_reduce_only(acct, symbol, pos)
 
-    def _check_maintenance(self, symbol: int, spec: ContractSpec, mark: int) -> None:
-        # every account, not the symbol's holders
-        self.holders[symbol] = {a: None for a in sorted(self.accounts)
-                                if symbol in self.accounts[a].positions}
+    def _scan_holders(self, symbol: int) -> None:
+        """The holders of a symbol found by scanning every account, not kept up to date."""
+        self.holders[symbol] = {
+            a: None for a in sorted(self.accounts)
+            if symbol in self.accounts[a].positions and self.accounts[a].positions[symbol].size}
+
+    def _sweep_maintenance(self, sw: list) -> bool:
+        self._scan_holders(sw[1])
         for acct in self.accounts.values():
             self._sums(acct)
-        super()._check_maintenance(symbol, spec, mark)
+        return super()._sweep_maintenance(sw)
+
+    def _settle_funding(self, symbol: int) -> None:
+        self._scan_holders(symbol)
+        super()._settle_funding(symbol)
+
+    def _scan_ce_orders(self, symbol: int) -> None:
+        """The orders the CrossEngine accepted, found by scanning every account."""
+        self.ce_orders[symbol] = {
+            o.ce_id: o for a in sorted(self.accounts) for o in self.accounts[a].orders.values()
+            if o.ce_id and o.symbol == symbol}
+
+    def _mass_cancelled(self, symbol: int, ev: tuple) -> None:
+        self._scan_ce_orders(symbol)
+        super()._mass_cancelled(symbol, ev)
+
+    def _sweep_mass_cancelled(self, sw: list) -> bool:
+        self._scan_ce_orders(sw[1])
+        return super()._sweep_mass_cancelled(sw)
 
     def _trade(self, symbol: int, spec: ContractSpec, ev: tuple) -> None:
         # find the orders by scanning the two accounts' orders, not through the index

@@ -14,7 +14,9 @@ prices = st.integers(18, 22).map(lambda p: p * 5)  # a few levels, so orders mee
 qtys = st.integers(1, 12)
 client_ids = st.integers(1, 25)
 sides = st.sampled_from([c.BUY, c.SELL])
-CONFIG = dict(tick_size=5, min_qty=1, max_qty=40, max_price=1000, max_orders=60)
+# small bounds, so that matching stops at max_fills and accounts reach their order limit often
+CONFIG = dict(tick_size=5, min_qty=1, max_qty=40, max_price=1000, max_orders=60, max_fills=4,
+              max_account_orders=8)
 
 
 class Lockstep(RuleBasedStateMachine):

@@ -27,10 +27,12 @@ SIDES = st.sampled_from([c.BUY, c.SELL])
 
 
 class TradingFlow(RuleBasedStateMachine):
-    @initialize(balances=st.lists(st.integers(10**8, 10**10), min_size=4, max_size=4))
-    def setup(self, balances):
+    @initialize(balances=st.lists(st.integers(10**8, 10**10), min_size=4, max_size=4),
+                budget=st.sampled_from([None, None, 0, 400]))
+    def setup(self, balances, budget):
+        # a budget of 0 (or 400 bytes) defers every fan-out to later records, one unit each
         self.v = Venue(two_specs(), shard=0, n_shards=2, auto=False, check=True,
-                       shadows=(ReferenceEngine, INTERPRETED))
+                       shadows=(ReferenceEngine, INTERPRETED), output_budget=budget)
         for account, amount in zip([2, 4, 6, 8], balances, strict=True):
             self.v.deposit(account, amount)
         self.v.mark(1, MID[1])
@@ -124,6 +126,19 @@ class TradingFlow(RuleBasedStateMachine):
         self.v.apply(c.AMEND, c.amend(self._coid(), o.client_order_id, account,
                                       max(1, o.price + dp), max(1, o.qty + dq)))
 
+    @rule(account=st.sampled_from([2, 4, 6, 8, 1, 3]), symbol=SYMBOLS,
+          side=st.sampled_from([0, c.BUY, c.SELL]), whole_book=st.booleans())
+    def crossengine_mass_cancel(self, account, symbol, side, whole_book):
+        """A CancelAll or MassCancel sent to the CrossEngine by another system (an operator):
+        one event, which this engine resolves to its own orders."""
+        self.v.ce_seq[symbol] += 1
+        if whole_book:
+            out = self.v.ces[symbol].apply(self.v.ce_seq[symbol], self.v.ts_ns, 36, b"")
+        else:
+            out = self.v.ces[symbol].apply(self.v.ce_seq[symbol], self.v.ts_ns, c.CE_CANCEL_ALL,
+                                           c.CE_CANCEL_ALL_S.pack(account, side))
+        self.v.pending.append(c.ce_events(symbol, out))
+
     @rule(account=ACCOUNTS, symbol=st.sampled_from([0, 1, 2]))
     def cancel_all(self, account, symbol):
         self.v.apply(c.CANCEL_ALL, c.cancel_all(self._coid(), account, symbol))
@@ -180,6 +195,7 @@ class TradingFlow(RuleBasedStateMachine):
         restored = TradingEngine.restore(te.snapshot())
         assert restored.state_hash() == te.state_hash()
         assert all(s.state_hash() == te.state_hash() for s in self.v.shadows)
+        self.v.set_budget(restored)
         self.v.te = restored
 
     @invariant()

@@ -180,17 +180,107 @@ def test_client_order_id_unique_among_live_orders(eng):
     assert names(new(eng, 1, c.BUY, 95, 1, acct=2))[0] == "OrderAccepted"
 
 
-def test_cancel_all_and_mass_cancel_in_id_order(eng):
+def test_cancel_all_and_mass_cancel_answer_with_one_event(eng):
     new(eng, 1, c.BUY, 100, 1, acct=1)
     new(eng, 2, c.SELL, 200, 1, acct=1)
     new(eng, 3, c.BUY, 95, 1, acct=2)
     new(eng, 4, c.BUY, 90, 1, acct=1)
     ev = run(eng, c.CANCEL_ALL, c.cancel_all(1, c.BUY))
-    assert [e[1] for e in ev if e[0] == c.EV_CANCELLED] == [ID | 1, ID | 4]
-    assert all(e[5] == c.REASON_MASS_CANCEL for e in ev if e[0] == c.EV_CANCELLED)
+    # scope, account, side, reason, count, the last order id assigned
+    assert ev[0] == (c.EV_MASS_CANCELLED, c.SCOPE_ACCOUNT, 1, c.BUY, c.REASON_MASS_CANCEL, 2,
+                     ID | 4)
+    assert [e[1:] for e in ev[1:]] == [(c.BUY, 100, 0, 0), (c.BUY, 90, 0, 0)]  # id order
     ev = run(eng, c.MASS_CANCEL)
-    assert [e[1] for e in ev if e[0] == c.EV_CANCELLED] == [ID | 2, ID | 3]
+    assert ev == [(c.EV_MASS_CANCELLED, c.SCOPE_BOOK, 0, 0, c.REASON_ADMIN, 2, ID | 4)]
+    assert eng.book() == {"bids": [], "asks": []}
     assert rejected_code(run(eng, c.CANCEL_ALL, c.cancel_all(1, 7))) == "side_invalid"
+    assert run(eng, c.CANCEL_ALL, c.cancel_all(1)) == [
+        (c.EV_MASS_CANCELLED, c.SCOPE_ACCOUNT, 1, 0, c.REASON_MASS_CANCEL, 0, ID | 4)]
+
+
+def test_sweep_stops_at_max_fills_and_the_rest_expires():
+    """At max_fills makers the taker stops if more of the book still crosses it, and its rest
+    expires with reason 6 whatever its time in force; exactly at the limit it behaves as
+    before (fills, or rests when nothing crosses any more)."""
+    for cls in ENGINES:
+        eng = cls(max_fills=3)
+        for i in range(5):
+            new(eng, i + 1, c.SELL, 100 + i, 1, acct=2)
+        ev = new(eng, 10, c.BUY, 102, 3)           # exactly 3 makers: filled
+        assert names(ev).count("Trade") == 3 and "OrderExpired" not in names(ev)
+        new(eng, 11, c.SELL, 100, 1, acct=2)
+        new(eng, 12, c.SELL, 100, 1, acct=2)
+        new(eng, 13, c.SELL, 100, 1, acct=2)
+        ev = new(eng, 14, c.BUY, 100, 5)           # 3 makers, then nothing crosses: rests
+        assert names(ev).count("Trade") == 3 and names(ev)[-1] == "LevelChanged"
+        assert eng.book()["bids"] == [(100, 2, 1)]
+        run(eng, c.CANCEL, c.cancel(client_order_id=14, account=1))
+        for i in range(5):
+            new(eng, 20 + i, c.SELL, 200 + i, 1, acct=2)
+        ev = new(eng, 30, c.BUY, 210, 5)           # one past the limit: 3 fills, 2 expire
+        assert names(ev).count("Trade") == 3
+        expired = [e for e in ev if e[0] == c.EV_EXPIRED]
+        assert [(e[4], e[5]) for e in expired] == [(2, c.REASON_MATCH_LIMIT)]
+        assert eng.book() == {"bids": [], "asks": [(200 + i, 1, 1) for i in range(1, 5)]}
+        # a FOK that needs more makers than the limit is not fillable; within it, it fills
+        assert rejected_code(new(eng, 41, c.BUY, 210, 4, tif=c.FOK)) == "fok_not_fillable"
+        assert names(new(eng, 42, c.BUY, 210, 3, tif=c.FOK)).count("Trade") == 3
+
+
+def test_amend_that_sweeps_past_max_fills_expires():
+    for cls in ENGINES:
+        eng = cls(max_fills=2)
+        for i in range(3):
+            new(eng, i + 1, c.SELL, 100 + i, 1, acct=2)
+        new(eng, 9, c.BUY, 90, 5)
+        ev = run(eng, c.AMEND, c.amend(client_order_id=9, account=1, price=110))
+        assert names(ev)[:4] == ["OrderAmended", "Trade", "Trade", "OrderExpired"]
+        assert ev[3][4:] == (3, c.REASON_MATCH_LIMIT)
+        assert eng.book() == {"bids": [], "asks": [(102, 1, 1)]}
+        assert rejected_code(run(eng, c.CANCEL, c.cancel(client_order_id=9, account=1))) == \
+            "order_unknown"
+        eng.check_invariants() if cls is CrossEngine else None
+
+
+def test_account_order_limit_at_the_limit_and_one_past():
+    for cls in ENGINES:
+        eng = cls(max_account_orders=3)
+        for i in range(3):
+            assert names(new(eng, i + 1, c.BUY, 100 - 5 * i, 1))[0] == "OrderAccepted"
+        assert rejected_code(new(eng, 4, c.BUY, 50, 1)) == "account_order_limit"
+        assert c.CODES["account_order_limit"] == 3018
+        # an order that cannot rest does not count against the limit; other accounts are free
+        assert names(new(eng, 5, c.BUY, 50, 1, tif=c.IOC))[0] == "OrderAccepted"
+        assert names(new(eng, 6, c.BUY, 50, 1, acct=2))[0] == "OrderAccepted"
+        run(eng, c.CANCEL, c.cancel(client_order_id=1, account=1))
+        assert names(new(eng, 7, c.BUY, 50, 1))[0] == "OrderAccepted"
+        back = type(eng).restore(eng.snapshot())   # the count is rebuilt by restore
+        assert rejected_code(new(back, 8, c.BUY, 50, 1)) == "account_order_limit"
+
+
+def _with_counter(snapshot: bytes, counter: int) -> bytes:
+    from crossengine.reference import SNAP_HEADER
+    head = list(SNAP_HEADER.unpack_from(snapshot))
+    head[10] = counter
+    return SNAP_HEADER.pack(*head) + snapshot[SNAP_HEADER.size:]
+
+
+def test_order_ids_refused_at_the_end_of_the_id_space():
+    """Order ids are symbol_id << 40 | n: the last n is 2**40 - 1; past it NewOrder is refused
+    (order_ids_exhausted) instead of aliasing the next symbol's ids."""
+    assert c.ORDER_COUNTER_MAX == (1 << 40) - 1
+    for cls in ENGINES:
+        eng = cls.restore(_with_counter(cls(symbol_id=7).snapshot(), c.ORDER_COUNTER_MAX - 1))
+        ev = new(eng, 1, c.BUY, 100, 1)
+        assert ev[0][1] == (7 << 40) | c.ORDER_COUNTER_MAX     # the last id
+        assert rejected_code(new(eng, 2, c.BUY, 100, 1)) == "order_ids_exhausted"
+        assert rejected_code(new(eng, 3, c.SELL, 100, 1, tif=c.IOC)) == "order_ids_exhausted"
+        # what rests still works: it can be cancelled, amended and traded against by nobody
+        assert names(run(eng, c.CANCEL, c.cancel(client_order_id=1, account=1)))[0] == \
+            "OrderCancelled"
+        assert eng.snapshot() == cls.restore(eng.snapshot()).snapshot()
+    with pytest.raises(ValueError):
+        CrossEngine.restore(_with_counter(CrossEngine().snapshot(), 1 << 40))
 
 
 def test_halt_refuses_orders_and_amends_but_allows_cancels(eng):
@@ -247,6 +337,11 @@ def test_book_full_is_a_reject():
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError):
         CrossEngine(symbol_id=0)
+    for kw in (dict(max_fills=0), dict(max_fills=c.MAX_FILLS_LIMIT + 1),
+               dict(max_account_orders=0),
+               dict(max_account_orders=c.MAX_ACCOUNT_ORDERS_LIMIT + 1)):
+        with pytest.raises(ValueError):
+            CrossEngine(**kw)
     with pytest.raises(ValueError):
         CrossEngine(max_qty=1 << 40, max_orders=1 << 30)
 
@@ -278,3 +373,95 @@ def test_apply_frame_mirrors_each_input_record():
     assert [r[:6] for r in out] == [(10 + i, 99 + i, 5, 20 + i, 2, k)
                                     for i, (k, _p) in enumerate(cmds)]
     assert [r[6] for r in out] == [ref.apply(0, 0, k, p) for k, p in cmds]
+
+
+# -- every output fits one record: the bounds at the limit and one past it --------------------
+
+def _record_roundtrip(kind: int, payload: bytes) -> None:
+    """The output goes through the mq codec as out.ce.SYM carries it, and on as the
+    TradingEngine's CE_EVENTS record (4 bytes more); FrameError would stop the stream."""
+    from mq.record import MAX_PAYLOAD, encode, scan
+    assert len(payload) + c.CE_EVENTS_PREFIX <= MAX_PAYLOAD
+    scan(encode([(1, 1, 1, 1, 1, kind, payload)]))
+    scan(encode([(1, 1, 1, 1, 1, 76, b"\0" * 4 + payload)]))
+
+
+def test_worst_case_output_fits_a_record_with_margin():
+    from mq.record import MAX_PAYLOAD
+    assert c.MAX_PAYLOAD == MAX_PAYLOAD
+    worst = c.worst_case_sizes()
+    assert set(worst) == set(c.COMMAND_STRUCTS) | {c.KIND_TICK}
+    assert max(worst.values()) + c.CE_EVENTS_PREFIX <= MAX_PAYLOAD // 2
+    # the formula at the configured limits is what the import-time check used
+    assert c.WORST_CASE_OUTPUT == max(worst.values())
+
+
+def test_mass_cancel_of_a_huge_book_is_one_event():
+    """40,000 resting orders once gave a 1.2 MB output that no record could carry."""
+    eng = CrossEngine(capacity=1 << 16)
+    cmds = [c.new_order(i, c.BUY if i % 2 else c.SELL,
+                        (50_000 - i) if i % 2 else (60_000 + i), 1, 1 + i % 8)
+            for i in range(40_000)]
+    for p in cmds:
+        eng.apply(0, 0, c.NEW_ORDER, p)
+    assert len(eng) == 40_000
+    out = eng.apply(0, 0, c.MASS_CANCEL, b"")
+    assert c.decode_events(out) == [(c.EV_MASS_CANCELLED, c.SCOPE_BOOK, 0, 0, c.REASON_ADMIN,
+                                     40_000, ID | 40_000)]
+    _record_roundtrip(c.MASS_CANCEL, out)
+    assert len(eng) == 0
+    eng.check_invariants()
+
+
+def test_cancel_all_of_an_account_at_its_limit_is_the_worst_case():
+    """An account at max_account_orders, each order on its own level: CancelAll lists every
+    level, which is exactly the worst case the bound computes; one order more is refused."""
+    limit = c.MAX_ACCOUNT_ORDERS_LIMIT
+    eng = CrossEngine(max_account_orders=limit)
+    for i in range(limit):
+        assert eng.apply(0, 0, c.NEW_ORDER, c.new_order(i, c.BUY, 100_000 - i, 1, 5))[0] == \
+            c.EV_ACCEPTED
+    assert rejected_code(new(eng, limit, c.BUY, 1, 1, acct=5)) == "account_order_limit"
+    out = eng.apply(0, 0, c.CANCEL_ALL, c.cancel_all(5))
+    assert len(out) == c.worst_case_sizes(max_account_orders=limit)[c.CANCEL_ALL]
+    _record_roundtrip(c.CANCEL_ALL, out)
+    eng.check_invariants()
+
+
+@pytest.mark.parametrize("makers", [c.MAX_FILLS_LIMIT, c.MAX_FILLS_LIMIT + 1, 15_000])
+def test_sweep_through_many_makers_fits_a_record(makers):
+    """A taker that crosses `makers` single-lot orders, each on its own level: at most
+    max_fills of them trade, the output stays within the computed worst case and encodes."""
+    eng = CrossEngine()
+    for i in range(makers):
+        eng.apply(0, 0, c.NEW_ORDER, c.new_order(i, c.SELL, 1_000 + i, 1, 100 + i % 5_000))
+    out = eng.apply(0, 0, c.NEW_ORDER, c.new_order(1, c.BUY, 10**6, makers + 5, 9))
+    ev = c.decode_events(out)
+    trades = sum(1 for e in ev if e[0] == c.EV_TRADE)
+    assert trades == min(makers, c.MAX_FILLS_LIMIT)
+    expired = [e for e in ev if e[0] == c.EV_EXPIRED]
+    if makers > c.MAX_FILLS_LIMIT:
+        assert [(e[4], e[5]) for e in expired] == [(makers + 5 - trades, c.REASON_MATCH_LIMIT)]
+    else:   # the book is used up: the rest of the GTC order rests
+        assert expired == [] and eng.book()["bids"] == [(10**6, 5, 1)]
+    assert len(out) <= c.worst_case_sizes()[c.NEW_ORDER]
+    _record_roundtrip(c.NEW_ORDER, out)
+    eng.check_invariants()
+
+
+def test_a_version_1_snapshot_restores_with_the_default_bounds():
+    """Snapshots written before the bounds existed (version 1) still restore: max_fills gets
+    its default, max_account_orders its default or the largest account's count."""
+    from crossengine.reference import SNAP_HEADER
+    eng = CrossEngine()
+    for i in range(5):
+        new(eng, i + 1, c.BUY, 100 - i, 1, acct=3)
+    v2 = eng.snapshot()
+    head = list(SNAP_HEADER.unpack_from(v2))
+    v1 = c.SNAP_HEADER_V1.pack(head[0], 1, *head[2:8], *head[10:]) + v2[SNAP_HEADER.size:]
+    for cls in ENGINES:
+        back = cls.restore(v1)
+        assert back.snapshot() == v2
+        assert (back.max_fills, back.max_account_orders) == (c.MAX_FILLS_LIMIT,
+                                                             c.DEFAULT_ACCOUNT_ORDERS)
+    assert c.upgrade_snapshot(v2) is v2
