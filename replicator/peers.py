@@ -35,7 +35,7 @@ import zmq
 
 from mq import sockets, wire
 from mq.record import FrameError, scan
-from replicator.store import U32_MAX, U64_MAX, CorruptFrame, Store
+from replicator.store import U32_MAX, U64_MAX, CorruptFrame, Store, is_write_failure
 
 log = logging.getLogger("seqex.replicator.peers")
 
@@ -132,7 +132,9 @@ class Peers:
                         self._on_answer(i, msg)
                     except (wire.WireError, FrameError, ValueError, KeyError, TypeError) as exc:
                         log.error("bad answer from peer %s: %s", self.addrs[i], exc)
-                    except (lmdb.DiskError, lmdb.MapFullError) as exc:
+                    except lmdb.Error as exc:
+                        if not is_write_failure(exc):
+                            raise
                         self.fetching.clear()  # asked again once there is room
                         self.on_disk_full(exc)
 
@@ -186,8 +188,13 @@ class Peers:
             # More is committed there: ask for the next chunk before writing this one, so
             # that the peer reads while this replicator writes.
             self._fetch(stream, peer, start=last + 1)
-        result = self.store.change(
-            stream, lambda lg, txn: lg.append(txn, lg.epoch, frame, prev_epoch))
+        def append(lg, txn):
+            result = lg.append(txn, lg.epoch, frame, prev_epoch)
+            if result.ok:  # a peer serves committed records only: they are committed here too
+                lg.set_commit(txn, last)
+            return result
+
+        result = self.store.change(stream, append)
         if result.ok:
             self.stats["caught_up_records"] += last - first + 1
             return

@@ -57,6 +57,7 @@ from replicator.store import (
     Store,
     StreamLog,
     check_stream_name,
+    is_write_failure,
 )
 
 log = logging.getLogger("seqex.replicator")
@@ -67,8 +68,8 @@ MAX_DIGEST_RECORDS = 1_000_000
 MAX_DIGEST_BYTES = 64 << 20
 MAX_REQ_CHARS = 64            # a REPLAY's `req` tag is echoed back; it stays small
 MAX_ERROR_CHARS = 1000
-DISK_ERRORS = (lmdb.DiskError, lmdb.MapFullError)
 DISK_RETRY_S = 1.0
+FULL_BELOW_BYTES = 64 << 20   # a failed write with less room than this is reported as "disk full"
 WRITES = (wire.APPEND, wire.CLAIM, wire.TRUNCATE, wire.COMMIT)
 READS = (wire.REPLAY, wire.DIGEST, wire.STATE, wire.PING, wire.STOP)
 
@@ -216,9 +217,12 @@ class Replicator:
         now = time.monotonic()
         if self.disk_full_since is None:
             self.disk_full_since = now
-            log.error("disk full at %s: %d bytes free; writes are refused and not acknowledged"
-                      " (the masters hold back), retried every %.0f s, resumed when there is "
-                      "room (%s: %s)", self.data_dir, self._free_bytes(), DISK_RETRY_S,
+            free = self._free_bytes()
+            what = "disk full" if free < FULL_BELOW_BYTES or isinstance(exc, lmdb.DiskError) \
+                else "write failed"
+            log.error("%s at %s: %d bytes free; writes are refused and not acknowledged (the "
+                      "masters hold back), retried every %.0f s, resumed when one succeeds "
+                      "(%s: %s)", what, self.data_dir, free, DISK_RETRY_S,
                       type(exc).__name__, exc)
         self.write_retry_at = now + DISK_RETRY_S
 
@@ -294,7 +298,9 @@ class Replicator:
                         txn = self.store.write()
                     try:
                         reply = self._write(txn, kind, req)
-                    except DISK_ERRORS as exc:
+                    except lmdb.Error as exc:
+                        if not is_write_failure(exc):
+                            raise
                         txn.abort()
                         txn, replies = None, []  # nothing of this transaction is acknowledged
                         self.store.forget()
@@ -321,8 +327,11 @@ class Replicator:
 
     def _commit(self, txn: Any, replies: list[list[bytes]]) -> None:
         try:
-            txn.commit()
-        except DISK_ERRORS as exc:
+            self._persist(txn)
+        except lmdb.Error as exc:
+            txn.abort()  # LMDB has ended it already; this makes sure
+            if not is_write_failure(exc):
+                raise
             # Nothing was persisted: the acks are not sent, the masters resend.
             self.store.forget()
             self._disk_full(exc)
@@ -330,6 +339,11 @@ class Replicator:
         self.stats["commits"] += 1
         self._wrote()
         self._send(replies)
+
+    @staticmethod
+    def _persist(txn: Any) -> None:
+        """Commit a group (one place, so that tests can make the disk fail)."""
+        txn.commit()
 
     def _send(self, replies: list[list[bytes]]) -> None:
         for reply in replies:
@@ -460,7 +474,9 @@ def main(data_dir: str, bind: str, durability: str = "os", peers: list[str] | No
             server = Replicator(data_dir, bind, durability, peers=peers,
                                 max_streams=max_streams)
             break
-        except DISK_ERRORS as exc:
+        except lmdb.Error as exc:
+            if not is_write_failure(exc):
+                raise
             # Not even the lock file fits: wait for room rather than crash-loop.
             if not noted:
                 st = os.statvfs(data_dir) if os.path.isdir(data_dir) else None

@@ -55,6 +55,12 @@ class AppendResult:
     seq: int = 0           # the first conflicting seq ("conflict"), the commit point ("committed")
 
 
+def is_write_failure(exc: BaseException) -> bool:
+    """A write the file system refused: full (ENOSPC, often reported by LMDB as a short write,
+    EIO), over quota, or the map full. An operating error: refuse, retry, never crash."""
+    return isinstance(exc, (lmdb.DiskError, lmdb.MapFullError)) or type(exc) is lmdb.Error
+
+
 class StreamLimit(ValueError):
     """The store already holds as many streams as it may; a new one is refused."""
 
@@ -532,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["AppendResult", "CorruptFrame", "DURABILITIES", "FrameError", "Store", "StreamDamaged",
-           "StreamLimit", "StreamLog", "check_epoch", "check_stream_name", "reset_epoch"]
+           "StreamLimit", "StreamLog", "check_epoch", "check_stream_name", "is_write_failure", "reset_epoch"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

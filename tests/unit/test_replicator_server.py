@@ -1,0 +1,91 @@
+"""The replicator's handling of operating faults, driven in-process with injected failures.
+
+* A full disk: a failing commit persists and acknowledges nothing, leaves no stream or
+  in-memory state behind, is logged once, makes the next writes refused with "disk_full"
+  without trying, and writing resumes by itself once a retry succeeds.
+* A damaged file found while serving (LMDB raises MDB_CORRUPTED): the file is quarantined
+  and the replicator goes on, empty, instead of dying.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import lmdb
+import pytest
+
+from mq import wire
+from mq.record import encode
+from replicator.server import Replicator
+
+
+def frame(first, n, epoch=1):
+    return encode([(s, s, 1, s, epoch, 16, b"r") for s in range(first, first + n)])
+
+
+def append(stream, first, n):
+    return [b"peer", wire.APPEND, wire.pack({"stream": stream, "epoch": 1}), frame(first, n)]
+
+
+@pytest.fixture
+def rep(tmp_path):
+    r = Replicator(str(tmp_path / "rep"), "inproc://rep", check=False)
+    r.sent = []
+    r._send = lambda replies: r.sent.extend(replies)
+    yield r
+    r.sock.close(0)
+    r.store.close()
+
+
+def answers(rep):
+    out = [(m[1], wire.unpack(m[2])) for m in rep.sent]
+    rep.sent.clear()
+    return out
+
+
+def test_a_full_disk_refuses_writes_and_resumes_by_itself(rep, caplog, monkeypatch):
+    rep.handle([append("in.a", 1, 3)])
+    assert answers(rep)[0][1]["ok"]
+    full = {"on": True}
+
+    def persist(txn):
+        if full["on"]:
+            raise lmdb.DiskError("mdb_txn_commit: No space left on device")
+        txn.commit()
+    monkeypatch.setattr(rep, "_persist", persist)
+    caplog.set_level(logging.ERROR, "seqex.replicator")
+    rep.handle([append("in.a", 4, 2), append("in.new", 1, 1)])
+    assert answers(rep) == []                          # nothing acknowledged
+    assert rep.store.find("in.a").last == 3 and rep.store.find("in.new") is None
+    rep.handle([append("in.a", 4, 2)])                 # refused at once, not tried
+    [(kind, body)] = answers(rep)
+    assert (kind, body["ok"], body["reason"], body["last"]) == (wire.APPENDED, False,
+                                                                "disk_full", 3)
+    assert rep.stats["disk_full_refusals"] == 1
+    rep.handle([append("in.a", 4, 2)])
+    assert answers(rep)[0][1]["reason"] == "disk_full"
+    assert sum("disk full at" in r.getMessage() for r in caplog.records) == 1
+    full["on"] = False
+    rep.write_retry_at = 0.0                           # the retry second has passed
+    rep.handle([append("in.a", 4, 2)])
+    [(kind, body)] = answers(rep)
+    assert body["ok"] and body["last"] == 5
+    assert rep.disk_full_since is None
+
+
+def test_corruption_found_while_serving_quarantines_the_file(rep, caplog):
+    rep.handle([append("in.a", 1, 3)])
+    calls = {"n": 0}
+
+    def turn():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise lmdb.CorruptedError("mdb_cursor_get: MDB_CORRUPTED")
+        rep.running = False
+    rep._turn = turn
+    caplog.set_level(logging.ERROR, "seqex.replicator")
+    rep.serve()
+    assert rep.stats["quarantined"] == 1
+    assert glob.glob(os.path.join(rep.data_dir, "data.mdb.corrupt-*"))
+    assert any("LMDB file corrupt at" in r.getMessage() for r in caplog.records)
