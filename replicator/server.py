@@ -290,7 +290,7 @@ class Replicator:
                         replies.append([ident, *self._read(kind, req)])
                         continue
                     if self._refusing_writes():
-                        reply = self._refuse_full(kind, req)
+                        reply = self._refuse_full(kind, req, txn)
                         if reply:
                             replies.append([ident, *reply])
                         continue
@@ -377,14 +377,14 @@ class Replicator:
             raise
         return reply
 
-    def _refuse_full(self, kind: bytes, req: dict) -> list[bytes] | None:
+    def _refuse_full(self, kind: bytes, req: dict, txn: Any = None) -> list[bytes] | None:
         self.stats["disk_full_refusals"] += 1
         if kind == wire.COMMIT:
             return None
         if kind == wire.CLAIM:
             return [wire.ERROR, wire.pack({"error": f"disk full at {self.data_dir}: the claim "
                                                     f"is not persisted"})]
-        log_ = self.store.find(req["stream"])
+        log_ = self.store.find(req["stream"], txn)
         return [wire.APPENDED, wire.pack({
             "stream": req["stream"], "ok": False, "last": log_.last if log_ else 0,
             "epoch": log_.epoch if log_ else 0, "reason": "disk_full", "seq": 0})]

@@ -89,3 +89,32 @@ def test_corruption_found_while_serving_quarantines_the_file(rep, caplog):
     assert rep.stats["quarantined"] == 1
     assert glob.glob(os.path.join(rep.data_dir, "data.mdb.corrupt-*"))
     assert any("LMDB file corrupt at" in r.getMessage() for r in caplog.records)
+
+
+def test_the_integrity_check_tells_frame_damage_from_structural_damage(tmp_path):
+    """Frame bytes changed: usable, the frames named (peers repair them). LMDB's own pages
+    changed: not usable (quarantine). A missing file: usable (a new replicator)."""
+    from replicator import integrity
+    from replicator.store import Store
+    assert integrity.check(str(tmp_path / "none")) == (True, "")
+    path = str(tmp_path / "rep")
+    store = Store(path, map_size=1 << 26)
+    for i in range(200):
+        store.append("in.a", 1, frame(1 + 5 * i, 5))
+    log = store.stream("in.a")
+    with store.env.begin(write=True) as txn:
+        cur = txn.cursor(db=log.log_db)
+        assert cur.first()
+        value = bytearray(cur.value())
+        value[-1] ^= 0xFF
+        txn.put(cur.key(), bytes(value), db=log.log_db)
+    store.close()
+    usable, detail = integrity.check(path)
+    assert usable and "in.a@1" in detail
+    with open(os.path.join(path, "data.mdb"), "r+b") as f:
+        f.seek(2 * 4096)
+        f.write(b"\xa5" * (8 * 4096))   # the first pages after the two meta pages
+    usable, detail = integrity.check(path)
+    assert not usable and detail
+    moved = integrity.quarantine(path)
+    assert os.path.exists(moved) and not os.path.exists(os.path.join(path, "data.mdb"))
