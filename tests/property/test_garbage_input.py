@@ -231,3 +231,95 @@ def test_structured_garbage_never_kills_the_replicator(tmp_path):
 @pytest.mark.timeout(3600)
 def test_structured_garbage_campaign(tmp_path):
     campaign(tmp_path, int(os.environ.get("SEQEX_GARBAGE_COUNT", "100000")))
+
+
+# -- the masters' input sockets: the sequencer's producers, the mirror's hot replicas ---------
+MASTER_FIELDS: dict[bytes, dict[str, tuple[str, bool]]] = {
+    wire.HELLO: {"src": ("u32", True)},
+    wire.DATA: {"replica": ("req", False)},
+    wire.PING: {},
+}
+
+
+def master_garbage(rng: random.Random) -> list[bytes]:
+    """A message for a sequencer's or mirror's input socket: HELLO, DATA or PING with fields
+    and batches of wrong types, sizes and ranges. Well formed STOPs are left out (a STOP is
+    a legitimate command there); so are well formed batches, which would be sequenced."""
+    roll = rng.random()
+    if roll < 0.1:
+        kind = rng.choice([wire.HELLO, wire.DATA, wire.PING, wire.STOP, b"NOPE", b""])
+        return rng.choice([[kind], [kind, b"\xc1"], [kind, msgpack.packb([1])],
+                           [kind, rng.randbytes(30)]])
+    kind = rng.choice(list(MASTER_FIELDS))
+    body: dict = {"src": rng.choice([1, 2, U32])} if kind == wire.HELLO else {}
+    for name, (fk, required) in MASTER_FIELDS[kind].items():
+        if rng.random() < 0.7:
+            body[name] = bad_value(rng, fk, required)
+    try:
+        packed = msgpack.packb(body, use_bin_type=True)
+    except (OverflowError, ValueError, TypeError):
+        packed = b"\xc1"
+    if kind != wire.DATA:
+        return [kind, packed] + ([rng.randbytes(8)] if rng.random() < 0.1 else [])
+    good = encode([(0, 0, 5, s, 0, 16, b"p") for s in range(1, 4)])
+    bad = rng.choice([good[:-1], good[:20], rng.randbytes(rng.randrange(1, 200)), b"",
+                      good + b"\x01", good[:16] + b"\x00" * 8 + good[24:],   # source_seq 0
+                      good[:24] + b"\x00" * 4 + good[28:],                   # source 0
+                      b"\xff" * 38])
+    return [kind, packed, bad]
+
+
+def master_campaign(addr: str, seed: int, count: int) -> None:
+    rng = random.Random(seed)
+    sock = sockets.dealer(addr, heartbeat=False)
+    try:
+        for i in range(count):
+            sock.send_multipart(master_garbage(rng))
+            if i % 200 == 199:   # let it keep up; answers are drained and ignored
+                while sock.poll(0):
+                    sock.recv_multipart()
+        sock.send_multipart([wire.PING, wire.pack({})])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sock.poll(1000) and sock.recv_multipart()[0] == wire.PONG:
+                return
+        raise AssertionError(f"seed {seed}: {addr} stopped answering")
+    finally:
+        sock.close(0)
+
+
+@pytest.mark.timeout(300)
+def test_structured_garbage_never_kills_the_sequencer_or_the_mirror(tmp_path):
+    """The same generator aimed at the masters' input sockets; afterwards the sequencer
+    still sequences a real producer's records and the mirror still answers."""
+    masters_campaign(tmp_path, 1_000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_structured_garbage_campaign_on_the_masters(tmp_path):
+    masters_campaign(tmp_path, int(os.environ.get("SEQEX_GARBAGE_COUNT", "100000")))
+
+
+def masters_campaign(tmp_path, count: int) -> None:
+    from deploy.local import LogCluster
+    from mq.producer import Producer
+    seed = seed_from_env()
+    print(f"master garbage campaign seed {seed} (replay with SEQEX_SEED={seed})")
+    with LogCluster(str(tmp_path), replicators=1, policy="first") as cluster:
+        cluster.start()
+        inputs, pub = tcp(), tcp()
+        mirror = cluster.group.spawn("mirror", [
+            "mirror", "--stream", "out.ce.G", "--inputs", inputs, "--pub", pub,
+            "--policy", "first", "--replicator", cluster.rep_addrs[0]])
+        wait_until(lambda: ping(inputs), 60, "the mirror")
+        for addr in (cluster.prod_addr, inputs):
+            master_campaign(addr, seed, count)
+        prod = Producer(1, cluster.prod_addr)
+        prod.connect()
+        prod.submit(16, [b"after %d" % i for i in range(50)])
+        prod.flush()
+        prod.close()
+        assert ping(cluster.prod_addr)["last"] >= 50, f"seed {seed}"
+        for proc in [cluster.sequencer, mirror, *cluster.replicators]:
+            assert proc.alive, f"seed {seed}: {proc.name}: " + proc.log()[-3000:]
