@@ -132,6 +132,8 @@ class Peers:
                         self._on_answer(i, msg)
                     except (wire.WireError, FrameError, ValueError, KeyError, TypeError) as exc:
                         log.error("bad answer from peer %s: %s", self.addrs[i], exc)
+                    except CorruptFrame as exc:  # the comparison finds and repairs it
+                        log.error("%s", exc)
                     except lmdb.Error as exc:
                         if not is_write_failure(exc):
                             raise
@@ -150,7 +152,9 @@ class Peers:
             return
         self.check_at = now + CHECK_EVERY_S
         self._ask_all([wire.PING, wire.pack({})])
-        for stream in sorted(self.store.streams):
+        for stream, log_ in sorted(self.store.streams.items()):
+            if log_.damaged:
+                continue  # refused until the operator repairs it
             self._ask_all([wire.STATE, wire.pack({"stream": stream})])
             self._start_compare(stream, now)
 

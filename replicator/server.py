@@ -295,6 +295,8 @@ class Replicator:
                             replies.append([ident, *reply])
                         continue
                     if txn is None:
+                        self._send(replies)  # the answers to reads so far stand alone
+                        replies = []
                         txn = self.store.write()
                     try:
                         reply = self._write(txn, kind, req)

@@ -8,6 +8,7 @@ one field, reads of streams that do not exist (which must create nothing), the s
 one past it across a restart, and an out-of-range epoch left on disk by an older version.
 The structure-aware random campaign is tests/property/test_garbage_input.py."""
 import random
+import time
 
 import pytest
 import zmq
@@ -90,9 +91,10 @@ def _answers(addr: str, msgs: list[list[bytes]], timeout_s: float = 30) -> list[
         sock.close()
 
 
-def _replicator(tmp_path, group, name="replicator"):
+def _replicator(tmp_path, group, name="replicator", extra=()):
     addr = tcp()
-    proc = group.spawn(name, ["replicator", "--data", str(tmp_path / name), "--bind", addr])
+    proc = group.spawn(name, ["replicator", "--data", str(tmp_path / name), "--bind", addr,
+                              *extra])
     wait_until(lambda: ping(addr), 60, "the replicator")
     return proc, addr
 
@@ -180,7 +182,9 @@ def test_a_persisted_epoch_out_of_range_is_refused_without_a_crash_loop(tmp_path
     store.close()
     group = Group(str(tmp_path / "logs"))
     try:
-        proc, addr = _replicator(tmp_path, group)
+        # With a peer (absent here), so that the peer loop walks the streams too.
+        proc, addr = _replicator(tmp_path, group, extra=["--peer", tcp()])
+        started = time.monotonic()
         stats = ping(addr)
         assert stats["damaged_streams"] == ["in.bad"] and list(stats["streams"]) == ["in.good"]
         bad, good = _answers(addr, [[wire.STATE, wire.pack({"stream": "in.bad"})],
@@ -188,6 +192,8 @@ def test_a_persisted_epoch_out_of_range_is_refused_without_a_crash_loop(tmp_path
         assert bad[0] == wire.ERROR and "--reset-epoch in.bad" in wire.unpack(bad[1])["error"]
         assert good[0] == wire.STATE and wire.unpack(good[1])["last"] == 1
         assert "does not fit in 32 bits" in proc.log()
-        assert proc.alive
+        wait_until(lambda: ping(addr)["commits"] >= 0 and time.monotonic() > started + 2.5, 10,
+                   "two peer rounds")
+        assert proc.alive, proc.log()[-3000:]
     finally:
         group.stop_all()
