@@ -436,6 +436,25 @@ class Store:
         self.streams: dict[str, StreamLog] = {}
         self.known: set[str] = set()
         self.forget()
+        self._drop_empty()
+
+    def _drop_empty(self) -> None:
+        """Remove streams that hold nothing and never had an epoch claimed: reads of unknown
+        names created such streams in older versions, and they would count against the
+        limit. Nothing is lost: an unknown stream answers exactly as an empty one."""
+        empty = sorted(n for n, lg in self.streams.items()
+                       if not lg.damaged and lg.last == 0 and lg.epoch == 0 and lg.commit == 0
+                       and not lg.history and not lg.sources())
+        if not empty:
+            return
+        with self.env.begin(write=True) as txn:
+            for name in empty:
+                txn.drop(self.streams[name].log_db, delete=True)
+                txn.drop(self.streams[name].meta_db, delete=True)
+        logging.getLogger("seqex.replicator").warning(
+            "removed %d empty streams (nothing held, no epoch claimed): %s", len(empty),
+            ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
+        self.forget()
 
     def forget(self) -> None:
         """Drop every open stream and reload what is on disk: after a write transaction was
@@ -538,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["AppendResult", "CorruptFrame", "DURABILITIES", "FrameError", "Store", "StreamDamaged",
-           "StreamLimit", "StreamLog", "check_epoch", "check_stream_name", "is_write_failure", "reset_epoch"]
+           "StreamLimit", "StreamLog", "check_epoch", "check_stream_name", "is_write_failure",
+           "reset_epoch"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

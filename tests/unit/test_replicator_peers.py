@@ -10,6 +10,8 @@ followed by the newer records.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mq import wire
@@ -50,8 +52,9 @@ class Relay:
 
 @pytest.fixture
 def pair(tmp_path):
-    me = Replicator(str(tmp_path / "me"), "inproc://me", check=False)
-    peer = Replicator(str(tmp_path / "peer"), "inproc://peer", check=False)
+    tag = f"{tmp_path.name}-{os.getpid()}"   # inproc names are freed lazily: never reuse one
+    me = Replicator(str(tmp_path / "me"), f"inproc://me-{tag}", check=False)
+    peer = Replicator(str(tmp_path / "peer"), f"inproc://peer-{tag}", check=False)
     yield me, peer
     for r in (me, peer):
         r.peers.socks = []

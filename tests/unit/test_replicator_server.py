@@ -30,7 +30,8 @@ def append(stream, first, n):
 
 @pytest.fixture
 def rep(tmp_path):
-    r = Replicator(str(tmp_path / "rep"), "inproc://rep", check=False)
+    tag = f"{tmp_path.name}-{os.getpid()}"   # inproc names are freed lazily: never reuse one
+    r = Replicator(str(tmp_path / "rep"), f"inproc://rep-{tag}", check=False)
     r.sent = []
     r._send = lambda replies: r.sent.extend(replies)
     yield r

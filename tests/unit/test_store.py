@@ -200,3 +200,20 @@ def test_replacing_a_range_keeps_the_epoch_history_true(store):
     assert log.history == [(1, 1), (2, 4)]
     assert [r[4] for r in decode(log.read(1))] == [1, 1, 1, 2, 2, 2, 2, 2, 2, 2]
 
+
+
+def test_empty_streams_left_by_reads_are_removed_at_open(tmp_path):
+    """Older versions created a stream for every read of an unknown name; such streams hold
+    nothing and had no epoch claimed, and are removed when the store opens, so that they do
+    not count against the limit. A claimed but empty stream stays."""
+    path = str(tmp_path / "lmdb")
+    s = Store(path, map_size=1 << 26, max_streams=4)
+    for name in ("out.ce.NOPE1", "out.ce.NOPE2", "out.ce.NOPE3"):
+        s.stream(name)
+    s.change("claimed", lambda log, txn: log.claim(txn, 1))
+    s.close()
+    s = Store(path, map_size=1 << 26, max_streams=4)
+    assert s.names() == ["claimed"]
+    for i in range(3):
+        assert s.append(f"new{i}", 1, frame(1, 1)).ok
+    s.close()
