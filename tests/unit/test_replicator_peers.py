@@ -100,6 +100,27 @@ def test_the_periodic_state_check_also_replaces_a_stale_tail(pair):
     assert held(me) == held(peer)
 
 
+def test_a_log_spliced_earlier_is_found_and_replaced(pair):
+    """A log spliced before catch-up checked epochs (stale 6..10 of epoch 1, then 11..20 of
+    epoch 2) holds the peer's epoch at its last seq, so epochs compared at one seq agree; the
+    histories do not, and the spliced part above the commit point is replaced."""
+    me, peer = pair
+    for rep in (me, peer):
+        rep.store.append(STREAM, 1, frame(1, 5, epoch=1))
+        rep.store.change(STREAM, lambda lg, txn: lg.set_commit(txn, 5))
+    peer.store.append(STREAM, 2, frame(6, 15, epoch=2, tag=b"new"))
+    peer.store.change(STREAM, lambda lg, txn: lg.set_commit(txn, 20))
+    me.store.append(STREAM, 1, frame(6, 5, epoch=1, tag=b"stale"))
+    spliced = peer.store.find(STREAM).read(11, 20)
+    me.store.append(STREAM, 2, spliced)
+    assert me.store.find(STREAM).history == [(1, 1), (2, 11)]
+    relay = Relay(me, peer)
+    relay.queue.append([wire.STATE, wire.pack({"stream": STREAM})])
+    relay.run()
+    assert held(me) == held(peer)
+    assert me.store.find(STREAM).history == [(1, 1), (2, 6)]
+
+
 def test_a_stale_tail_below_the_own_commit_point_is_reported_not_truncated(pair):
     """A record this replicator holds as committed is never removed, even when a peer
     disagrees: that is a broken invariant, reported for the operator."""
