@@ -1,0 +1,155 @@
+"""The out stream heals after a fault of its mirror under load (real processes on 127.0.0.1).
+
+in.ce.T -> 2 hot + 1 warm CrossEngine replicas -> out.ce.T (mirror, policy first). Orders go
+in open-loop at about RATE a second. Mid-run the mirror is frozen (SIGSTOP) for FREEZE_S, as a
+slow restart on a busy host leaves it, then killed with SIGKILL and started again, while the
+load goes on. Frames the hot replicas sent into the dead connection, and frames the old mirror
+took but never committed, are gone: the new mirror must get them again from the replicas.
+
+Proves: out.ce.T catches up with in.ce.T within a generous deadline, holds every seq once and
+in order, equals byte for byte a fresh engine's outputs over the in stream's log, the mirror
+saw no divergence, and the live replicas end with one state hash.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+from deploy.local import LogCluster
+from deploy.procs import tcp
+from mq import wire
+from mq.control import call, ping, wait_until
+from mq.producer import Producer
+from tests.process.test_replicas import commands, read_out, reference_outputs, start_replica
+
+SEED = int(os.environ.get("SEQEX_SEED", "20261122"))
+RATE = int(os.environ.get("SEQEX_MIRROR_RATE", "2500"))   # orders a second, open-loop
+SECONDS = 12
+FREEZE_S = 3.0
+
+
+def feed_open_loop(prod: Producer, cmds: list[tuple[int, bytes]], rate: int,
+                   stop: threading.Event) -> None:
+    """Submit cmds on a fixed schedule (command i due at start + i/rate), whatever is due as
+    one batch, so that a stall downstream never slows the offered load."""
+    start = time.monotonic()
+    i = prod.next_ss - 1
+    while i < len(cmds) and not stop.is_set():
+        due = min(len(cmds), int((time.monotonic() - start) * rate))
+        while i < due:
+            j = min(due, i + 256)
+            prod.submit_many(cmds[i:j])
+            i = j
+        prod.poll(5)
+    while prod.outbox and not stop.is_set():
+        prod.poll(50)
+
+
+@pytest.mark.timeout(600)
+def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path):
+    rng = random.Random(f"{SEED}-mirror-faults")
+    freeze_at_s = rng.uniform(2.0, 4.0)
+    print(f"seed {SEED}: {RATE} orders/s for {SECONDS} s; mirror frozen at {freeze_at_s:.2f} s "
+          f"for {FREEZE_S} s, then SIGKILL and restart")
+    tmp = str(tmp_path)
+    cmds = (commands() * (RATE * SECONDS // 12_000 + 1))[:RATE * SECONDS]
+    with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
+        cluster.start()
+        mirror_in, mirror_pub = tcp(), tcp()
+        mirror = cluster.group.spawn("mirror", [
+            "mirror", "--stream", "out.ce.T", "--inputs", mirror_in, "--pub", mirror_pub,
+            "--policy", "first", "--replicator", cluster.rep_addrs[0]])
+        wait_until(lambda: ping(mirror_in), 30, "the mirror")
+        controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
+        procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
+                                  controls[n]) for n in controls}
+        for n, addr in controls.items():
+            wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
+        prod = Producer(1, cluster.prod_addr)
+        prod.connect()
+        stop = threading.Event()
+        feeder = threading.Thread(target=feed_open_loop, args=(prod, cmds, RATE, stop))
+        started = time.monotonic()
+        feeder.start()
+        try:
+            time.sleep(freeze_at_s)
+            before = ping(mirror_in)["last"]
+            os.kill(mirror.popen.pid, signal.SIGSTOP)
+            time.sleep(FREEZE_S)
+            mirror.kill()   # SIGKILL reaches a stopped process
+            mirror.start()
+            wait_until(lambda: ping(mirror_in), 60, "the restarted mirror")
+            print(f"mirror frozen at out seq {before}; restarted at "
+                  f"{time.monotonic() - started:.1f} s")
+            feeder.join(SECONDS * 20)
+            assert not feeder.is_alive(), "the producer could not place its orders"
+        finally:
+            stop.set()
+            feeder.join(30)
+        prod.flush(120)
+        # Stop the in stream (no more ticks); then the out stream must reach its end.
+        cluster.drain()
+        last = ping(cluster.rep_addrs[0])["streams"]["in.ce.T"]["last"]
+        t0 = time.monotonic()
+        try:
+            wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= last, 120,
+                       f"out.ce.T to catch up with in.ce.T at {last}")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; the mirror: {ping(mirror_in)}") from None
+        print(f"out.ce.T caught up at {last} {time.monotonic() - t0:.1f} s after the load ended")
+        for n in controls:
+            wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq") == last, 60, f"{n} at {last}")
+        hashes = {n: call(controls[n], wire.HASH)[1]["hash"] for n in controls}
+        assert len(set(hashes.values())) == 1, hashes
+        status = ping(mirror_in)
+        assert status["divergences"] == 0, status["alarms"]
+        got = read_out(mirror_pub, cluster.rep_addrs, last)
+        assert [r[0] for r in got] == list(range(1, last + 1))  # no gap, no duplicate
+        assert [r[6] for r in got] == reference_outputs(cluster, last)
+        prod.close()
+
+
+@pytest.mark.timeout(300)
+def test_restarted_mirror_gets_what_it_lacks_at_idle_from_a_lone_hot_replica(tmp_path):
+    """A mirror without replicators (policy none) is killed once it holds every output, and
+    comes back empty (from seq 1). No new input arrives (no ticks: tick_ms is ten minutes), so
+    only the replica's probe can tell it what the mirror lacks: the lone hot replica resends
+    its kept outputs and the out stream is whole again."""
+    tmp = str(tmp_path)
+    cmds = commands()[:3000]
+    with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first",
+                    tick_ms=600_000) as cluster:
+        cluster.start()
+        mirror_in, mirror_pub = tcp(), tcp()
+        mirror = cluster.group.spawn("mirror", [
+            "mirror", "--stream", "out.ce.T", "--inputs", mirror_in, "--pub", mirror_pub,
+            "--policy", "none"])
+        wait_until(lambda: ping(mirror_in), 30, "the mirror")
+        control = tcp()
+        start_replica(cluster, "hotA", "hot", mirror_in, tmp, control)
+        wait_until(lambda: ping(control), 30, "the replica")
+        prod = Producer(1, cluster.prod_addr)
+        prod.connect()
+        for i in range(0, len(cmds), 200):
+            prod.submit_many(cmds[i:i + 200])
+        prod.flush(120)
+        last = cluster.status()["last"]
+        wait_until(lambda: (ping(mirror_in) or {}).get("last") == last, 60, f"the out stream at {last}")
+        mirror.kill()
+        mirror.start()
+        wait_until(lambda: ping(mirror_in), 30, "the restarted mirror")
+        try:
+            wait_until(lambda: (ping(mirror_in) or {}).get("last") == last, 60,
+                       f"the restarted mirror to get 1..{last} again")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; the mirror: {ping(mirror_in)}; "
+                                 f"the replica: {ping(control)}") from None
+        status = ping(mirror_in)
+        assert status["divergences"] == 0 and status["held_now"] == 0
+        assert ping(control)["resends"] >= 1
+        prod.close()
