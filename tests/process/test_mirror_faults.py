@@ -3,7 +3,7 @@
 in.ce.T -> 2 hot + 1 warm CrossEngine replicas -> out.ce.T (mirror, policy first). Orders go
 in open-loop at about RATE a second. Mid-run the mirror is frozen (SIGSTOP) for FREEZE_S, as a
 slow restart on a busy host leaves it, then killed with SIGKILL and started again, while the
-load goes on. Frames the hot replicas sent into the dead connection, and frames the old mirror
+load goes on (variants below). Frames the hot replicas sent into the dead connection, and frames the old mirror
 took but never committed, are gone: the new mirror must get them again from the replicas.
 
 Proves: out.ce.T catches up with in.ce.T within a generous deadline, holds every seq once and
@@ -51,25 +51,38 @@ def feed_open_loop(prod: Producer, cmds: list[tuple[int, bytes]], rate: int,
 
 
 @pytest.mark.timeout(600)
-def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path):
-    rng = random.Random(f"{SEED}-mirror-faults")
+@pytest.mark.parametrize("scenario", ["two_hot", "one_hot", "promote_warm", "uncommitted"])
+def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, scenario):
+    """two_hot: both hot replicas run throughout. one_hot: one hot replica was killed before
+    the load, so the other alone must resend what was lost. promote_warm: once the mirror is
+    back, both hot replicas are killed and the warm one is promoted: it resends from the
+    mirror's commit point, far back (the mirror once died of RecursionError there).
+    uncommitted: instead of the mirror, the out stream's replicator is frozen, so the mirror
+    takes and acknowledges frames it cannot commit; then it is killed and restarted: it lacks
+    what the replicas were told it had, and asks for it when their next frames arrive."""
+    rng = random.Random(f"{SEED}-mirror-faults-{scenario}")
     freeze_at_s = rng.uniform(2.0, 4.0)
-    print(f"seed {SEED}: {RATE} orders/s for {SECONDS} s; mirror frozen at {freeze_at_s:.2f} s "
-          f"for {FREEZE_S} s, then SIGKILL and restart")
+    print(f"seed {SEED}: {scenario}, {RATE} orders/s for {SECONDS} s; mirror frozen at "
+          f"{freeze_at_s:.2f} s for {FREEZE_S} s, then SIGKILL and restart")
     tmp = str(tmp_path)
     cmds = (commands() * (RATE * SECONDS // 12_000 + 1))[:RATE * SECONDS]
     with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
         cluster.start()
-        mirror_in, mirror_pub = tcp(), tcp()
+        mirror_in, mirror_pub, out_rep = tcp(), tcp(), tcp()
+        out_replicator = cluster.group.spawn("out-replicator", [
+            "replicator", "--data", os.path.join(tmp, "out-replicator"), "--bind", out_rep])
+        wait_until(lambda: ping(out_rep), 30, "the out stream's replicator")
         mirror = cluster.group.spawn("mirror", [
             "mirror", "--stream", "out.ce.T", "--inputs", mirror_in, "--pub", mirror_pub,
-            "--policy", "first", "--replicator", cluster.rep_addrs[0]])
+            "--policy", "first", "--replicator", out_rep])
         wait_until(lambda: ping(mirror_in), 30, "the mirror")
         controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
         procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
                                   controls[n]) for n in controls}
         for n, addr in controls.items():
             wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
+        if scenario == "one_hot":
+            procs["hotB"].kill()
         prod = Producer(1, cluster.prod_addr)
         prod.connect()
         stop = threading.Event()
@@ -79,13 +92,31 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path):
         try:
             time.sleep(freeze_at_s)
             before = ping(mirror_in)["last"]
-            os.kill(mirror.popen.pid, signal.SIGSTOP)
+            frozen = out_replicator if scenario == "uncommitted" else mirror
+            os.kill(frozen.popen.pid, signal.SIGSTOP)
             time.sleep(FREEZE_S)
+            if scenario == "uncommitted":
+                status = ping(mirror_in)
+                print(f"mirror took up to {status['last']}, committed {status['committed']}")
             mirror.kill()   # SIGKILL reaches a stopped process
+            if scenario == "uncommitted":
+                os.kill(frozen.popen.pid, signal.SIGCONT)
             mirror.start()
             wait_until(lambda: ping(mirror_in), 60, "the restarted mirror")
+            restarted = time.monotonic()
+            target = cluster.status()["last"]
             print(f"mirror frozen at out seq {before}; restarted at "
-                  f"{time.monotonic() - started:.1f} s")
+                  f"{restarted - started:.1f} s, in.ce.T then at {target}")
+            if scenario == "promote_warm":
+                procs["hotA"].kill()
+                procs["hotB"].kill()
+                _k, answer, _ = call(controls["warm"], wire.PROMOTE, timeout_s=30)
+                assert answer.get("role") == "hot", answer
+                print(f"warm promoted, resending from {answer['resent_from']}")
+            wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= target, 120,
+                       f"out.ce.T to pass {target}")
+            print(f"out.ce.T passed {target} {time.monotonic() - restarted:.2f} s after the "
+                  f"mirror answered again (load going on)")
             feeder.join(SECONDS * 20)
             assert not feeder.is_alive(), "the producer could not place its orders"
         finally:
@@ -102,15 +133,19 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path):
         except TimeoutError as exc:
             raise AssertionError(f"{exc}; the mirror: {ping(mirror_in)}") from None
         print(f"out.ce.T caught up at {last} {time.monotonic() - t0:.1f} s after the load ended")
-        for n in controls:
+        live = [n for n in controls if procs[n].alive]
+        for n in live:
             wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq") == last, 60, f"{n} at {last}")
-        hashes = {n: call(controls[n], wire.HASH)[1]["hash"] for n in controls}
+        hashes = {n: call(controls[n], wire.HASH)[1]["hash"] for n in live}
         assert len(set(hashes.values())) == 1, hashes
         status = ping(mirror_in)
         assert status["divergences"] == 0, status["alarms"]
-        got = read_out(mirror_pub, cluster.rep_addrs, last)
+        got = read_out(mirror_pub, [out_rep], last)
         assert [r[0] for r in got] == list(range(1, last + 1))  # no gap, no duplicate
         assert [r[6] for r in got] == reference_outputs(cluster, last)
+        print(f"mirror: held {status['held_frames']} frames, dropped {status['dropped_held']}, "
+              f"gaps reported {status['gaps_reported']}; replicas: "
+              + ", ".join(f"{n} resends {ping(controls[n])['resends']}" for n in live))
         prod.close()
 
 
