@@ -65,6 +65,7 @@ SNAP_MAGIC = b"SQXSNAP"                   # then one version byte
 SNAP_VERSION = b"1"
 
 MAX_SEND_BYTES = 4 << 20   # outputs sent to the mirror per turn of the loop
+MIRROR_SNDHWM = 1000       # output frames queued in the socket to the mirror, at most
 RESEND_MIN_S = 0.5         # the mirror's answers stalled this long: rewind and resend ...
 RESEND_MAX_S = 8.0         # ... backing off (doubling, with jitter) up to this
 PROBE_S = 1.0              # the mirror silent this long: ask where it stands
@@ -97,7 +98,7 @@ class ReplicaHost:
         self.snap_offset = _stagger(name, snapshot_every) if role == "hot" else 0
         self._writer: threading.Thread | None = None
         self.mirror_addr = mirror
-        self.mirror = sockets.dealer(mirror, immediate=True) if role == "hot" else None
+        self.mirror = _mirror_socket(mirror) if role == "hot" else None
         self.control = sockets.router(control_bind)
         self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
         self.outputs = Window(output_window_bytes)
@@ -312,7 +313,7 @@ class ReplicaHost:
         start = status["committed"] + 1
         if start <= self.seq and self.outputs.frame_from(start) is None:
             raise RuntimeError(f"{self.name}: outputs from {start} are no longer kept")
-        self.mirror = sockets.dealer(self.mirror_addr, immediate=True)
+        self.mirror = _mirror_socket(self.mirror_addr)
         self.sent_upto = self.mirror_has = start - 1
         self.progress_at = self.heard_at = time.monotonic()
         self.role = "hot"
@@ -350,6 +351,13 @@ class ReplicaHost:
                 "stream": self.stream, "seq": self.seq, "lag": max(0, self.head - self.seq),
                 "rate": round(self.rate), "snapshot_seq": self.snap_seq,
                 "sent_upto": self.sent_upto, "mirror_has": self.mirror_has, **self.stats}
+
+
+def _mirror_socket(addr: str) -> zmq.Socket:
+    """To the mirror: sends fail while it is not connected (IMMEDIATE), and few frames queue
+    for it (MIRROR_SNDHWM), since the outputs window, not the socket, keeps what is unsent.
+    A frozen mirror then costs a bounded queue, not 100,000 copies of output frames."""
+    return sockets.dealer(addr, immediate=True, sndhwm=MIRROR_SNDHWM)
 
 
 def _stagger(name: str, every: int) -> int:
