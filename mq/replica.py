@@ -17,8 +17,9 @@
   apply loop, and both hot replicas would stall in the same frame (a hot replica restarts
   from the shared warm snapshots instead). With ``hot_snapshots`` a hot replica writes them
   too, at seqs offset by a fraction of ``snapshot_every`` taken from its name, so that two
-  hot replicas never stall together. In every role only the serialization runs on the loop;
-  hashing, writing and fsync run on a background thread. A file is written atomically
+  hot replicas never stall together. A promoted warm replica keeps writing them (it may be
+  the only writer of the shared directory). In every role only the serialization runs on the
+  loop; hashing, writing and fsync run on a background thread. A file is written atomically
   (temporary file, fsync, rename) as ``<stream>-<seq>.snap``: magic and version, seq, SHA-256
   of the state, length, state. The last ``keep`` are kept.
 * Start-up: the newest snapshot that passes every check (magic, version, seq equal to the
@@ -93,7 +94,9 @@ class ReplicaHost:
         self.engine, self._restore = engine, restore
         self.snapshot_dir, self.shared_dir = snapshot_dir, shared_snapshot_dir
         self.snapshot_every, self.snapshot_s, self.keep = snapshot_every, snapshot_s, keep
-        self.hot_snapshots = hot_snapshots
+        # fixed at start: a promoted warm replica keeps writing them (it may be the only one
+        # that writes the shared directory the hot replicas restart from)
+        self.writes_snapshots = bool(snapshot_dir) and (role == "warm" or hot_snapshots)
         # hot replicas snapshot at staggered seqs: (seq + offset) crosses a multiple of every
         self.snap_offset = _stagger(name, snapshot_every) if role == "hot" else 0
         self._writer: threading.Thread | None = None
@@ -153,11 +156,8 @@ class ReplicaHost:
         if paths:
             log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
 
-    def _snapshots_on(self) -> bool:
-        return bool(self.snapshot_dir) and (self.role == "warm" or self.hot_snapshots)
-
     def _maybe_snapshot(self) -> None:
-        if not self._snapshots_on() or self.seq <= self.snap_seq:
+        if not self.writes_snapshots or self.seq <= self.snap_seq:
             return
         off, every = self.snap_offset, self.snapshot_every
         due = ((self.seq + off) // every > (self.snap_seq + off) // every

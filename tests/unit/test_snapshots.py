@@ -187,3 +187,15 @@ def test_hot_snapshots_when_asked_are_staggered_by_name(tmp_path):
 
 def test_snapshot_header_layout():
     assert SNAP_HEADER.size == struct.calcsize("<8sQ32sQ") == 56
+
+
+def test_a_promoted_warm_replica_keeps_writing_snapshots(tmp_path):
+    h = host(tmp_path, role="warm", snapshot_every=10)
+    try:
+        h.role = "hot"   # what promote() does to the role, without a mirror to ask
+        h.seq = 25
+        h._maybe_snapshot()
+        h.wait_snapshot()
+        assert len(snaps(tmp_path)) == 1
+    finally:
+        close(h)
