@@ -401,7 +401,8 @@ def write_snapshot(directory: str, stream: str, seq: int, state: bytes, keep: in
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    for old in sorted(glob.glob(os.path.join(directory, f"{stream}-*.snap")), key=_snap_seq)[:-keep]:
+    kept = sorted(glob.glob(os.path.join(directory, f"{stream}-*.snap")), key=_snap_seq)
+    for old in kept[:-keep]:
         _remove(old)
     return path
 

@@ -3,8 +3,9 @@
 in.ce.T -> 2 hot + 1 warm CrossEngine replicas -> out.ce.T (mirror, policy first). Orders go
 in open-loop at about RATE a second. Mid-run the mirror is frozen (SIGSTOP) for FREEZE_S, as a
 slow restart on a busy host leaves it, then killed with SIGKILL and started again, while the
-load goes on (variants below). Frames the hot replicas sent into the dead connection, and frames the old mirror
-took but never committed, are gone: the new mirror must get them again from the replicas.
+load goes on (variants below). Frames the hot replicas sent into the dead connection, and
+frames the old mirror took but never committed, are gone: the new mirror must get them again
+from the replicas. A slow campaign runs the variants over ten seeds.
 
 Proves: out.ce.T catches up with in.ce.T within a generous deadline, holds every seq once and
 in order, equals byte for byte a fresh engine's outputs over the in stream's log, the mirror
@@ -135,11 +136,14 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, s
         print(f"out.ce.T caught up at {last} {time.monotonic() - t0:.1f} s after the load ended")
         live = [n for n in controls if procs[n].alive]
         for n in live:
-            wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq") == last, 60, f"{n} at {last}")
+            wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq") == last, 60,
+                       f"{n} at {last}")
         hashes = {n: call(controls[n], wire.HASH)[1]["hash"] for n in live}
         assert len(set(hashes.values())) == 1, hashes
         status = ping(mirror_in)
         assert status["divergences"] == 0, status["alarms"]
+        if scenario == "uncommitted":   # it said it was behind, from where, and when it healed
+            assert "behind for" in mirror.log() and "caught up" in mirror.log(), mirror.log()
         got = read_out(mirror_pub, [out_rep], last)
         assert [r[0] for r in got] == list(range(1, last + 1))  # no gap, no duplicate
         assert [r[6] for r in got] == reference_outputs(cluster, last)
@@ -174,7 +178,8 @@ def test_restarted_mirror_gets_what_it_lacks_at_idle_from_a_lone_hot_replica(tmp
             prod.submit_many(cmds[i:i + 200])
         prod.flush(120)
         last = cluster.status()["last"]
-        wait_until(lambda: (ping(mirror_in) or {}).get("last") == last, 60, f"the out stream at {last}")
+        wait_until(lambda: (ping(mirror_in) or {}).get("last") == last, 60,
+                   f"the out stream at {last}")
         mirror.kill()
         mirror.start()
         wait_until(lambda: ping(mirror_in), 30, "the restarted mirror")
@@ -188,3 +193,13 @@ def test_restarted_mirror_gets_what_it_lacks_at_idle_from_a_lone_hot_replica(tmp
         assert status["divergences"] == 0 and status["held_now"] == 0
         assert ping(control)["resends"] >= 1
         prod.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", range(100, 110))
+@pytest.mark.parametrize("scenario", ["two_hot", "one_hot", "promote_warm", "uncommitted"])
+def test_mirror_fault_campaign(tmp_path, monkeypatch, seed, scenario):
+    """The mirror fault scenarios over many seeds (freeze points), each a fresh cluster."""
+    monkeypatch.setattr(__import__(__name__, fromlist=["SEED"]), "SEED", seed)
+    test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, scenario)

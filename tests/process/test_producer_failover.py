@@ -31,7 +31,8 @@ def test_acks_carry_the_real_seqs_across_a_sequencer_failover(tmp_path):
     tmp = str(tmp_path)
     with LogCluster(tmp, policy="quorum") as cluster:
         cluster.start()
-        producers = [cluster.group.spawn(f"producer{s}", producer_args(cluster, tmp, s, COUNT, RATE))
+        producers = [cluster.group.spawn(f"producer{s}",
+                                         producer_args(cluster, tmp, s, COUNT, RATE))
                      for s in (1, 2)]
         wait_until(lambda: cluster.status().get("last", 0) >= kill_at, 120, f"seq {kill_at}")
         cluster.sequencer.kill()

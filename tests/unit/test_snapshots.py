@@ -93,7 +93,8 @@ def host(tmp_path, role: str = "warm", **kw) -> ReplicaHost:
     return ReplicaHost(kw.pop("name", "r1"), Fake(), Fake.restore, "in.ce.X", "tcp://127.0.0.1:9",
                        ["tcp://127.0.0.1:9"], "tcp://127.0.0.1:*", role=role,
                        mirror="tcp://127.0.0.1:9" if role == "hot" else None,
-                       snapshot_dir=str(tmp_path / "own"), shared_snapshot_dir=str(tmp_path / "shared"),
+                       snapshot_dir=str(tmp_path / "own"),
+                       shared_snapshot_dir=str(tmp_path / "shared"),
                        **kw)
 
 

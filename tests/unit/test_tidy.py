@@ -55,7 +55,8 @@ def _imports(path: pathlib.Path) -> list[tuple[int, str]]:
             out += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             out.append((node.lineno, node.module))
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", ""))
+        elif (isinstance(node, ast.Call)
+              and getattr(node.func, "attr", getattr(node.func, "id", ""))
               in ("import_module", "__import__") and node.args
               and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             out.append((node.lineno, node.args[0].value))
