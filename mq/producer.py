@@ -268,7 +268,8 @@ class Producer:
             if kind == wire.WELCOME and self.next_ss is None:   # the answer to connect()
                 self.epoch, self.next_ss = body["epoch"], nxt
                 self.acked_next = body["durable"]
-                self.reported = self.sent_upto = self.acked_next - 1
+                # records below nxt, if any, are an earlier incarnation's: not reported here
+                self.reported = self.sent_upto = nxt - 1
                 self.progress_at = time.monotonic()
                 return
             to = max(nxt, self.acked_next)   # resend what the master lacks

@@ -196,3 +196,24 @@ def test_seqs_is_an_idempotent_wait(master):
     with pytest.raises(ValueError):
         prod.seqs(4, 4)
     prod.close()
+
+
+def test_an_earlier_incarnations_records_are_not_reported_or_asked_for(master):
+    """The source's records 1..5 are in the log but uncommitted (an earlier producer process
+    sent them); this producer starts at 6 and is told only about its own records."""
+    prod = Producer(SRC, master.addr)
+    prod._hello()
+    master.recv()
+    master.welcome(6, 1)
+    prod._receive(5000)
+    assert prod.next_ss == 6
+    prod.submit(16, [b"a", b"b"])
+    assert [m[1][1] for m in master.drain() if m[0] == wire.DATA] == [6]
+    master.send(wire.ACK, {"src": SRC, "next": 8, "runs": [[6, 7, 40]]})
+    got = []
+    deadline = time.monotonic() + 5
+    while prod.outbox and time.monotonic() < deadline:
+        got += prod.poll(20)
+    assert got == [(6, 7, 40)] and prod.stats["seq_queries"] == 0
+    assert [m for m in master.drain() if m[0] == wire.DATA] == []
+    prod.close()
