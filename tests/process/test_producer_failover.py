@@ -57,3 +57,12 @@ def test_acks_carry_the_real_seqs_across_a_sequencer_failover(tmp_path):
             f"source {src}: acknowledged runs do not cover 1..{COUNT} exactly once"
         assert reported == sorted(reported), f"source {src}: runs out of order"
         assert unknown == 0, f"source {src}: {unknown} records acknowledged without their seq"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", range(100, 110))
+def test_producer_failover_campaign(tmp_path, monkeypatch, seed):
+    """The failover above at ten kill points, each a fresh cluster."""
+    monkeypatch.setattr(__import__(__name__, fromlist=["SEED"]), "SEED", seed)
+    test_acks_carry_the_real_seqs_across_a_sequencer_failover(tmp_path)
