@@ -285,11 +285,13 @@ class Producer:
             if nxt > (self.next_ss or 1):
                 raise RuntimeError(f"source {self.source}: the master expects {nxt}, beyond "
                                    f"{self.next_ss}: another producer uses this source id")
+            if self.asking >= self.acked_next:
+                to = min(to, self.asking)   # still asking for these records' seqs: resend them
             now = time.monotonic()
             # Several in-flight batches past a gap are each refused with the same number:
-            # rewind once for them, not once each.
-            if self.sent_upto != to - 1 and (self.rewound != to
-                                             or now - self.rewound_at > self.backoff_s):
+            # rewind once for them, not once each. A WELCOME answers one HELLO: always act on it.
+            if self.sent_upto != to - 1 and (kind == wire.WELCOME or self.rewound != to
+                                             or now - self.rewound_at > self.resend_after_s):
                 self.stats["resent_batches"] += 1
                 self.sent_upto = to - 1
                 self.rewound, self.rewound_at = to, now

@@ -217,3 +217,36 @@ def test_an_earlier_incarnations_records_are_not_reported_or_asked_for(master):
     assert got == [(6, 7, 40)] and prod.stats["seq_queries"] == 0
     assert [m for m in master.drain() if m[0] == wire.DATA] == []
     prod.close()
+
+
+def test_asking_for_seqs_survives_refusals_and_repeated_welcomes(master):
+    """While it asks for the seqs of 11..20, a REFUSE (the master expects 21) must not make it
+    skip them, and each WELCOME that answers a stall probe rewinds it again, however long the
+    backoff has grown (a WELCOME once was deduplicated against the growing backoff, and the
+    producer hung)."""
+    prod = connected(master, resend_after_s=0.1)
+    prod.submit(16, [b"r"] * 10)
+    prod.submit(16, [b"r"] * 10)                 # source_seqs 1..20
+    master.drain()
+    master.send(wire.ACK, {"src": SRC, "next": 21, "runs": [[1, 10, 100]]})
+    got: list = []
+    assert resent_from(master, prod, got) == 11   # it asks for 11..20
+    master.send(wire.REFUSE, {"src": SRC, "next": 21})
+    assert resent_from(master, prod, got) == 11   # not from 21
+    # the master stays silent: every stall probe's WELCOME brings another resend from 11
+    for _ in range(3):
+        deadline = time.monotonic() + 5
+        while True:
+            got += prod.poll(10)
+            hellos = [m for m in master.drain(0.01) if m[0] == wire.HELLO]
+            if hellos:
+                break
+            assert time.monotonic() < deadline, "no stall probe"
+        master.welcome(21, 21)
+        assert resent_from(master, prod, got) == 11
+    master.send(wire.ACK, {"src": SRC, "next": 21, "runs": [[11, 20, 300]]})
+    deadline = time.monotonic() + 5
+    while prod.outbox and time.monotonic() < deadline:
+        got += prod.poll(20)
+    assert got == [(1, 10, 100), (11, 20, 300)]
+    prod.close()
