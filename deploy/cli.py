@@ -44,7 +44,7 @@ def cmd_sequencer(a: argparse.Namespace) -> int:
 
 
 def cmd_replica(a: argparse.Namespace) -> int:
-    from mq.replica import main
+    from deploy.engines import replica_main as main
     main(a)
     return 0
 
@@ -218,7 +218,7 @@ def _rebuild(a: argparse.Namespace) -> int:
     (and, for an engine that keeps books, that its audit balances there)."""
     from mq.control import replay
     from mq.record import scan
-    from mq.replica import ENGINES
+    from deploy.engines import ENGINES
     engine = a.engine or {"in.ce.": "crossengine", "in.te.": "tradingengine"}.get(a.stream[:6])
     if engine not in ENGINES:
         raise SystemExit(f"--rebuild: name the engine of {a.stream} with --engine "
