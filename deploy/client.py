@@ -388,7 +388,13 @@ class Client:
         prod = self.producers[symbol]
         pending = self.pending[symbol]
         if pending:
-            for ss_first, ss_last, seq in prod.poll(0 if self.by_seq[symbol] else timeout_ms):
+            try:
+                acked = prod.poll(0 if self.by_seq[symbol] else timeout_ms)
+            except RuntimeError as exc:
+                if "another producer uses this source id" in str(exc):
+                    raise SourceClash(str(exc)) from None
+                raise
+            for ss_first, ss_last, seq in acked:
                 for k in range(ss_last - ss_first + 1):
                     t = pending.get(ss_first + k)
                     if t is not None and seq is not None:

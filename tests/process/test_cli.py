@@ -415,6 +415,24 @@ def test_a_retry_after_a_timeout_never_duplicates_and_seqs_are_found(cluster):
         assert lost.seq == outcome.seq
 
 
+def test_a_producer_sharing_the_clients_source_is_detected(cluster):
+    """A producer outside the client's lock (`seqex produce`) takes the client's source id
+    after the client connected: the client's next order is acknowledged as a duplicate of
+    the other's record, and the client says so (SourceClash) instead of reporting an outcome
+    that is not its own."""
+    from deploy.client import Client, SourceClash
+    data, _up = cluster
+    topo, _pid = read_state(data)
+    with Client(data, source=4_000_000_001) as client:
+        client._producer("BTCUSDT")                      # connected: WELCOME next = 1
+        out = seqex("produce", "--sequencer", topo.symbols["BTCUSDT"]["producers"],
+                    "--source", "4000000001", "--count", "3", "--kind", "32",
+                    "--payload-bytes", "33")
+        assert out.returncode == 0, out.stderr
+        with pytest.raises(SourceClash, match="another producer uses source 4000000001"):
+            client.submit("BTCUSDT", "buy", "0.001", "1", account=12, timeout_s=30)
+
+
 def test_a_second_up_on_a_running_data_dir_exits_2_and_leaves_the_first_intact(cluster):
     data, up = cluster
     state = os.path.join(data, "seqex.json")

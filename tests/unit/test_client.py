@@ -160,3 +160,20 @@ def test_the_sequencers_error_replies_reach_the_caller(data):
                 c._raise_refusals(prod)
         finally:
             prod.close()
+
+
+def test_the_producers_clash_alarm_becomes_source_clash(data):
+    class Clashing:
+        acked_next = 1
+        errors: list = []
+
+        def poll(self, timeout_ms):
+            raise RuntimeError("source 5: the master expects 9, beyond 3: another producer "
+                               "uses this source id")
+
+    with cl.Client(data) as c:
+        c.producers["BTCUSDT"] = Clashing()
+        c.pending["BTCUSDT"], c.by_seq["BTCUSDT"] = {3: ticket(c)}, {}
+        with pytest.raises(cl.SourceClash, match="another producer uses this source id"):
+            c._pump("BTCUSDT", 0)
+        c.producers.clear()
