@@ -266,8 +266,11 @@ def test_submit_prints_the_outcome_in_contract_units(cluster):
 
 def test_replay_json_decodes_every_record_and_filters(cluster):
     data, _up = cluster
-    seqex("submit", "--data", data, "--side", "sell", "--price", "200", "--qty", "0.001",
-          "--account", "7")
+    out = seqex("submit", "--data", data, "--side", "sell", "--price", "200", "--qty", "0.001",
+                "--account", "7")
+    seq = int(out.stdout.split("at seq")[1].split()[0])
+    wait_committed(data, "in.ce.BTCUSDT", seq)
+    wait_committed(data, "out.ce.BTCUSDT", seq)
     for stream in ("in.ce.BTCUSDT", "out.ce.BTCUSDT"):
         out = seqex("replay", stream, "--data", data, "--json")
         assert out.returncode == 0, out.stderr
@@ -366,6 +369,7 @@ def test_two_api_clients_10000_orders_each_all_sequenced_and_answered(cluster, t
     # at the seqs the clients were told (a source id is free again once its client closed,
     # so earlier tests' orders may carry the same source, before these).
     topo, _pid = read_state(data)
+    wait_committed(data, "in.ce.BTCUSDT", max(seqs))
     logged = {(r[2], r[3]): r[0] for f in replay(topo.replicator_addrs()[0], "in.ce.BTCUSDT",
                                                  min(seqs))
               for r in decode(f) if r[2] in sources}
@@ -402,6 +406,7 @@ def test_a_retry_after_a_timeout_never_duplicates_and_seqs_are_found(cluster):
         assert outcome.seq > first.seq and outcome.client_order_id == 777_001
         assert client.submit("BTCUSDT", "sell", "0.001", "300.5", account=11,
                              client_order_id=777_001).seq != outcome.seq  # a new order now
+        wait_committed(data, "in.ce.BTCUSDT", outcome.seq)
         mine = [(r[0], r[3]) for f in replay(topo.replicator_addrs()[0], "in.ce.BTCUSDT",
                                              first.seq) for r in decode(f)
                 if r[2] == client.source]
@@ -464,12 +469,17 @@ def test_a_process_that_keeps_dying_is_backed_off_then_given_up(cluster):
     assert len(victim) == 1
     host, port = spec.control[len("tcp://"):].rsplit(":", 1)
     stranger = socket.socket()
+    # The supervisor is frozen while the stranger takes the port, so that no restart can
+    # win the race for it.
+    up.popen.send_signal(signal.SIGSTOP)
     try:
         os.kill(victim[0], signal.SIGKILL)
-        wait_until(lambda: not ping(spec.control, 0.2), 30, "hot1 to die")
         stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         wait_until(lambda: _try_bind(stranger, host, int(port)), 30, "the port to be free")
         stranger.listen()
+    finally:
+        up.popen.send_signal(signal.SIGCONT)
+    try:
         wait_until(lambda: "giving up on it" in up.log(), 60, "the supervisor to give up")
         log = up.log()
         assert "restarting in 0.1 s (failure 1 of 2)" in log
@@ -484,6 +494,20 @@ def test_a_process_that_keeps_dying_is_backed_off_then_given_up(cluster):
         assert up.alive and ping(topo.by_name("ce.BTCUSDT.hot0").control)
     finally:
         stranger.close()
+
+
+def wait_committed(data: str, stream: str, seq: int) -> None:
+    """Until every replicator knows seq as committed (replay serves committed records only,
+    and a replicator learns the commit point a moment after the producer's ack)."""
+    topo, _pid = read_state(data)
+
+    def done() -> bool:
+        for addr in topo.replicator_addrs():
+            st = (ping(addr) or {}).get("streams", {}).get(stream, {})
+            if st.get("commit", 0) < seq:
+                return False
+        return True
+    wait_until(done, 60, f"seq {seq} of {stream} to be committed at every replicator")
 
 
 def pids_with(text: str) -> list[int]:
