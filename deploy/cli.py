@@ -135,7 +135,8 @@ def cmd_tail(a: argparse.Namespace) -> int:
     # A durable subscriber (--out) is a machine's: it waits for its stream without a word,
     # through replicator restarts. A person's tail checks the stream first.
     end = None if a.out else view.end()
-    if end is not None and next_seq > end + 1:
+    ahead = end is not None and next_seq > end + 1
+    if ahead:
         # Following a stream that has not reached --from yet: say so, and wait a bounded time.
         print(f"seqex tail: {a.stream} holds seqs up to {end}; waiting up to {a.wait:g} s for "
               f"seq {next_seq} (--wait)", file=sys.stderr, flush=True)
@@ -148,7 +149,7 @@ def cmd_tail(a: argparse.Namespace) -> int:
         while running[0] and (a.to is None or sub.next_seq <= a.to) \
                 and (a.count is None or printed < a.count):
             frames = sub.poll(200)
-            if not frames and sub.next_seq == next_seq and end is not None \
+            if ahead and not frames and sub.next_seq == next_seq \
                     and time.monotonic() - started > a.wait:
                 raise UsageError(f"no seq {next_seq} of {a.stream} within {a.wait:g} s "
                                  f"(the stream ended at {view.end()})")
@@ -212,11 +213,13 @@ class _StreamView:
         from mq.control import ping
         known = self.topo is not None and self.topo.symbol_of_stream(self.a.stream) is not None
         ends, answered = [], 0
-        for addr in self.replicators:
+        for addr in list(self.replicators):
             st = ping(addr, timeout_s=2.0)
             if st is None:
                 continue
             answered += 1
+            if answered == 1:   # read from one that answers
+                self.replicators = [addr] + [r for r in self.replicators if r != addr]
             s = st.get("streams", {}).get(self.a.stream)
             if s is not None:
                 ends.append(int(s.get("commit") or 0))

@@ -217,6 +217,7 @@ class Client:
         self.pending: dict[str, dict[int, Ticket]] = {}   # symbol -> source_seq -> ticket
         self.by_seq: dict[str, dict[int, Ticket]] = {}    # symbol -> seq -> ticket (no outcome)
         self.by_coid: dict[int, Ticket] = {}
+        self.floor: dict[str, tuple[int, int]] = {}       # symbol -> (source_seq, seq) highest
 
     # -- source ids ------------------------------------------------------------------------
     def _lock_source(self, source: int | None) -> int:
@@ -411,11 +412,16 @@ class Client:
         t.seq = seq
         self.pending[t.symbol].pop(t.source_seq, None)
         self.by_seq[t.symbol][seq] = t
+        # A source's records are sequenced in source_seq order: the highest one known
+        # bounds where later ones can be.
+        if t.source_seq > self.floor.get(t.symbol, (0, 0))[0]:
+            self.floor[t.symbol] = (t.source_seq, seq)
 
     def _find_seqs(self, symbol: str, lost: list[Ticket]) -> None:
         s = self.topo.symbols[symbol]
         want = {t.source_seq: t for t in lost}
-        start = self.start_seq.get(symbol, 0) + 1
+        floor_ss, floor_seq = self.floor.get(symbol, (0, 0))
+        start = (floor_seq if floor_ss < min(want) else self.start_seq.get(symbol, 0)) + 1
         for addr in self.topo.replicator_addrs():
             try:
                 for frame in replay(addr, s["in"], max(1, start)):
