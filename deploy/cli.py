@@ -474,13 +474,13 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-_ENDPOINT = re.compile(r"tcp://(\*|[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):(\d{1,5})"
-                       r"|ipc://[^\0]{1,100}|inproc://[^\0]{1,100}")
+_ENDPOINT = re.compile(r"tcp://(\*|[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):(\d{1,5}|\*)"
+                       r"|ipc://[^\0]{1,255}|inproc://[^\0]{1,255}")
 
 
 def endpoint(text: str) -> str:
     m = _ENDPOINT.fullmatch(text)
-    if not m or (m.group(2) is not None and not 1 <= int(m.group(2)) <= 65535):
+    if not m or (m.group(2) not in (None, "*") and not 1 <= int(m.group(2)) <= 65535):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an endpoint like tcp://127.0.0.1:7001 (port 1 .. 65535)")
     return text
