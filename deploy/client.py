@@ -11,8 +11,9 @@ Contract:
   ``<data>/clients/source-N.lock``, held for the client's life; so two clients on this
   machine never share one, and a crashed client's id is free again at once. An explicit
   ``source=`` is locked the same way, and refused if another client holds it. A clash with a
-  producer outside these locks (another host, `seqex produce`) is detected when the result at
-  an acknowledged seq is not this client's order, and raises SourceClash.
+  producer outside these locks (another host, `seqex produce`) raises SourceClash: the
+  sequencer refuses a second live connection on one source (ERROR source_clash), and a
+  result at an acknowledged seq that is not this client's order is caught here too.
 - **Client order ids** are ``source * 2**32 + source_seq`` unless given: unique across clients
   (distinct sources) and across one source's lifetimes (source_seq never repeats).
 - **Units.** ``qty`` and ``price`` are in the contract's units (int, str or Decimal; never a
@@ -186,20 +187,40 @@ def to_steps(name: str, v: object, step: Decimal, unit: str, hi: int, lo: int = 
 
 
 class _Producer(Producer):
-    """The producer, keeping the sequencer's ERROR replies, which the base class drops."""
+    """The producer, keeping the sequencer's ERROR replies (which the base class drops) and
+    stopping connect() at the first one, e.g. a source clash."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.errors: list[str] = []
+        self.errors: list[dict] = []
 
     def _on_message(self, msg: list[bytes], acked: list) -> None:
         if len(msg) >= 2 and msg[0] == wire.ERROR:
             try:
-                self.errors.append(str(wire.unpack(msg[1]).get("error")))
+                body = wire.unpack(msg[1])
             except wire.WireError:
-                self.errors.append("an undecodable ERROR")
+                body = {"error": "an undecodable ERROR"}
+            if body.get("src", self.source) == self.source:
+                self.errors.append(body)
             return
         super()._on_message(msg, acked)
+
+    def connect(self, timeout_s: float = 30.0, clash_grace_s: float = 2.0) -> None:
+        """As Producer.connect, but a refusal ends it. A source clash is retried for
+        clash_grace_s first: the previous holder of this client's lock may have closed its
+        connection a moment ago, before the sequencer noticed."""
+        started = time.monotonic()
+        while self.next_ss is None:
+            now = time.monotonic()
+            if self.errors:
+                if not (all(e.get("reason") == "source_clash" for e in self.errors)
+                        and now - started < clash_grace_s):
+                    return
+                self.errors.clear()
+            if now - started > timeout_s:
+                raise TimeoutError(f"no WELCOME from {self.addr}")
+            self._hello()
+            self.poll(200)
 
 
 class Client:
@@ -268,11 +289,15 @@ class Client:
             prod = _Producer(self.source, s["producers"])
             try:
                 prod.connect(self.connect_timeout_s)
+                self._raise_refusals(prod)
             except TimeoutError:
                 prod.close()
                 raise ClientError(f"the sequencer of {s['in']} at {s['producers']} did not "
                                   f"welcome source {self.source} in "
                                   f"{self.connect_timeout_s} s") from None
+            except ClientError:
+                prod.close()
+                raise
             self.producers[symbol] = prod
             self.pending[symbol] = {}
             self.by_seq[symbol] = {}
@@ -383,7 +408,9 @@ class Client:
     def _raise_refusals(self, prod: _Producer) -> None:
         if prod.errors:
             err = prod.errors.pop(0)
-            raise Refused(f"the sequencer at {prod.addr} refused source {self.source}: {err}")
+            kind = SourceClash if err.get("reason") == "source_clash" else Refused
+            raise kind(f"the sequencer at {prod.addr} refused source {self.source}: "
+                       f"{err.get('error')}")
 
     def _pump(self, symbol: str, timeout_ms: int) -> None:
         prod = self.producers[symbol]

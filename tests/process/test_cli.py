@@ -420,22 +420,30 @@ def test_a_retry_after_a_timeout_never_duplicates_and_seqs_are_found(cluster):
         assert lost.seq == outcome.seq
 
 
-def test_a_producer_sharing_the_clients_source_is_detected(cluster):
-    """A producer outside the client's lock (`seqex produce`) takes the client's source id
-    after the client connected: the client's next order is acknowledged as a duplicate of
-    the other's record, and the client says so (SourceClash) instead of reporting an outcome
-    that is not its own."""
+def test_a_producer_sharing_the_clients_source_is_detected(cluster, tmp_path):
+    """A producer outside the client's lock (`seqex produce`) holds the source id the client
+    asks for: the sequencer refuses the second live connection on one source, and the client
+    says so at once (SourceClash, with the sequencer's reason) instead of waiting, or
+    reporting another producer's outcome as its own."""
     from deploy.client import Client, SourceClash
     data, _up = cluster
     topo, _pid = read_state(data)
-    with Client(data, source=4_000_000_001) as client:
-        client._producer("BTCUSDT")                      # connected: WELCOME next = 1
-        out = seqex("produce", "--sequencer", topo.symbols["BTCUSDT"]["producers"],
-                    "--source", "4000000001", "--count", "3", "--kind", "32",
-                    "--payload-bytes", "33")
-        assert out.returncode == 0, out.stderr
-        with pytest.raises(SourceClash, match="another producer uses source 4000000001"):
-            client.submit("BTCUSDT", "buy", "0.001", "1", account=12, timeout_s=30)
+    sym = topo.symbols["BTCUSDT"]
+    start = ping(sym["producers"])["committed"]
+    with Group(str(tmp_path)) as group:
+        other = group.spawn("other", ["produce", "--sequencer", sym["producers"], "--source",
+                                      "4000000001", "--count", "1000000", "--rate", "500"])
+
+        def other_is_in() -> bool:
+            return any(r[2] == 4_000_000_001 for f in replay(topo.replicator_addrs()[0],
+                                                             sym["in"], start + 1)
+                       for r in decode(f))
+        wait_until(other_is_in, 60, "the other producer's records in the log")
+        with Client(data, source=4_000_000_001) as client:
+            with pytest.raises(SourceClash, match="refused source 4000000001: .*in use by "
+                                                  "another live producer connection"):
+                client.submit("BTCUSDT", "buy", "0.001", "1", account=12, timeout_s=30)
+        other.kill()
 
 
 def test_a_second_up_on_a_running_data_dir_exits_2_and_leaves_the_first_intact(cluster):
