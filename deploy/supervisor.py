@@ -23,7 +23,6 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 
 from deploy.procs import Group, Proc

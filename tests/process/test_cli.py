@@ -214,8 +214,8 @@ def test_every_verb_refuses_bad_input_with_one_line_and_status_2(tmp_path):
             failures.append(f"seqex {' '.join(args)} {env or ''}: {exc}")
     assert not failures, "\n".join(failures)
     verbs = {c[0][0] for c in cases if c[0]}
-    assert verbs >= {"replicator", "sequencer", "replica", "mirror", "tail", "replay", "ping", "stop", "up", "down",
-                     "status", "submit", "produce", "demo"}
+    assert verbs >= {"replicator", "sequencer", "replica", "mirror", "tail", "replay", "ping",
+                     "stop", "up", "down", "status", "submit", "produce", "demo"}
 
 
 # -- one cluster --------------------------------------------------------------------------------

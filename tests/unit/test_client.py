@@ -118,8 +118,9 @@ def test_outcomes_are_typed_in_contract_units(data):
                  codec.GTC, 0)
         o = c._outcome(t, out_record(c, acc), units)
         assert o == cl.Accepted(40, 77, t.client_order_id, Decimal("100.5"), Decimal("0.005"))
-        trade = lambda p, q, tid: ev(codec.EV_TRADE, tid, 5, 77, 1, 2, p, q, codec.BUY, 0, 0,  # noqa: E731
-                                     0, 0)
+
+        def trade(price: int, qty: int, trade_id: int) -> bytes:
+            return ev(codec.EV_TRADE, trade_id, 5, 77, 1, 2, price, qty, codec.BUY, 0, 0, 0, 0)
         o = c._outcome(t, out_record(c, acc + trade(200, 2, 1) + trade(201, 1, 2)), units)
         assert isinstance(o, cl.Filled) and o.qty == Decimal("0.003")
         assert o.price == (Decimal("100") * 2 + Decimal("100.5")) / 3
