@@ -270,9 +270,31 @@ def gave_up(data_dir: str) -> dict[str, str]:
         return {}
 
 
+def lock_holder(data_dir: str) -> int | None:
+    """The pid of the supervisor holding the data directory's lock, or None."""
+    try:
+        fd = os.open(os.path.join(os.path.abspath(data_dir), LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else None
+    finally:
+        os.close(fd)   # also releases a probe lock taken above
+    return None
+
+
 def down(data_dir: str, timeout_s: float = 60) -> int:
-    _topo, pid = read_state(data_dir, check_alive=False)
     state = os.path.join(os.path.abspath(data_dir), STATE_FILE)
+    try:
+        _topo, pid = read_state(data_dir, check_alive=False)
+    except NotUp:
+        # Still starting (no state file yet), but the lock names its supervisor.
+        pid = lock_holder(data_dir)
+        if pid is None:
+            raise
     if not _running(pid):
         os.remove(state)
         print(f"the supervisor (pid {pid}) was gone; removed its state file")
@@ -282,7 +304,8 @@ def down(data_dir: str, timeout_s: float = 60) -> int:
     while time.monotonic() < deadline:
         # The supervisor removes its state file last; an exited one may linger as a zombie
         # until its parent reaps it, which still answers kill(pid, 0).
-        if not os.path.exists(state) or not _running(pid):
+        if not _running(pid) or (not os.path.exists(state)
+                                 and lock_holder(data_dir) != pid):
             print("seqex is down")
             return 0
         time.sleep(0.1)

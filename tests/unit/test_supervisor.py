@@ -143,3 +143,28 @@ def test_down_clears_a_stale_state_file(tmp_path, capsys):
                                                       "supervisor": 2 ** 22 + 7}))
     assert sv.down(str(tmp_path)) == 0
     assert not (tmp_path / "seqex.json").exists() and "was gone" in capsys.readouterr().out
+
+
+def test_down_stops_a_supervisor_that_is_still_starting(tmp_path, capsys):
+    """No seqex.json yet, but the lock names the supervisor: down stops it."""
+    import subprocess
+    import sys
+    import time
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom deploy.supervisor import lock_data_dir\n"
+        f"lock_data_dir({str(tmp_path)!r})\nopen({str(ready)!r}, 'w').close()\n"
+        "time.sleep(120)\n")], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sv.lock_holder(str(tmp_path)) == holder.pid
+        assert sv.down(str(tmp_path)) == 0
+        assert holder.wait(30) == -15 and "seqex is down" in capsys.readouterr().out
+        assert sv.lock_holder(str(tmp_path)) is None
+        with pytest.raises(sv.NotUp):
+            sv.down(str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
