@@ -759,6 +759,13 @@ def main(argv: list[str] | None = None) -> int:
         verb = f"seqex {args.verb}"
         _pin()
         return args.fn(args)
+    except BrokenPipeError:
+        # The reader went away (`seqex replay ... | head`): stop quietly, as tools do.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):   # stdout is not a file (embedded use)
+            pass
+        return 0
     except (UsageError, TopologyError, SupervisorError, NotUp, ClientError) as exc:
         return _fail(verb, str(exc))
     except ValueError as exc:   # the client's and codecs' checks of values

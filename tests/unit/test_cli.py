@@ -83,3 +83,11 @@ def test_operating_errors_are_one_line(monkeypatch, capsys, tmp_path):
     assert cli.main(["ping", "tcp://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("seqex ping: internal error: KeyError") and err.count("\n") == 1
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(monkeypatch, capsys):
+    def fn(_a):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(cli, "cmd_ping", fn)
+    assert cli.main(["ping", "tcp://127.0.0.1:9"]) == 0
+    assert capsys.readouterr().err == ""
