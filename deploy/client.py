@@ -28,6 +28,8 @@ Contract:
   ``wait`` gives up (OutcomeTimeout, which carries the tickets), calling ``wait`` again with
   the same tickets is the retry: it never creates a second order. ``submit`` with a
   client_order_id that this client has in flight returns that order's outcome too.
+- **Threads.** One client belongs to one thread (its sockets are ZeroMQ's); give each thread
+  or process its own client, and each gets its own source id.
 - **Seqs.** Every acknowledged order gets its real seq. A master that took over acknowledges
   earlier records without seqs (WELCOME); the client then finds them in the in stream by
   (source, source_seq).
