@@ -70,10 +70,13 @@ STP = {ce.STP_NONE: "none", ce.STP_CANCEL_NEWEST: "cancel_newest",
        ce.STP_CANCEL_OLDEST: "cancel_oldest", ce.STP_CANCEL_BOTH: "cancel_both",
        ce.STP_DECREMENT: "decrement"}
 CE_REASONS = {ce.REASON_CLIENT: "client", ce.REASON_MASS_CANCEL: "mass_cancel",
-              ce.REASON_IOC_REMAINDER: "ioc_remainder", ce.REASON_SELF_TRADE: "self_trade"}
+              ce.REASON_IOC_REMAINDER: "ioc_remainder", ce.REASON_SELF_TRADE: "self_trade",
+              ce.REASON_ADMIN: "admin", ce.REASON_MATCH_LIMIT: "match_limit"}
+SCOPES = {ce.SCOPE_ACCOUNT: "account", ce.SCOPE_BOOK: "book"}
 TE_REASONS = {te.REASON_CLIENT: "client", te.REASON_MASS_CANCEL: "mass_cancel",
               te.REASON_IOC_REMAINDER: "ioc_remainder", te.REASON_SELF_TRADE: "self_trade",
-              te.REASON_ADMIN: "admin", te.REASON_REDUCE_ONLY: "reduce_only",
+              te.REASON_ADMIN: "admin", te.REASON_MATCH_LIMIT: "match_limit",
+              te.REASON_REDUCE_ONLY: "reduce_only",
               te.REASON_LIQUIDATION: "liquidation",
               te.REASON_DEAD_MANS_SWITCH: "dead_mans_switch"}
 EXEC_TYPES = {te.EXEC_NEW: "new", te.EXEC_CANCELED: "canceled", te.EXEC_REPLACED: "replaced",
@@ -110,6 +113,8 @@ REJECT_TEXT = {
     3015: "the command is malformed",
     3016: "the order book is full",
     3017: "the amendment changes nothing",
+    3018: "the account has as many resting orders as the symbol allows",
+    3019: "the symbol has given out every order id it can",
     2001: "the request is malformed",
     2002: "the account belongs to another shard",
     2003: "the account is unknown (deposit first)",
@@ -140,6 +145,7 @@ REJECT_TEXT = {
     2028: "post-only applies to limit orders only",
     2029: "the amendment changes nothing",
     2030: "the account balance would exceed its limit",
+    2031: "the transfer id is at or below ids that have expired",
 }
 
 
@@ -170,7 +176,7 @@ def _flags(v: int) -> list[str]:
 # Shown as: p = price (0 means none), P = price (0 is a price), q = qty in lots, z = signed size
 # in lots, m = money in minor units, s = side, o = order type, t = tif, f = flags, x = stp,
 # r = CrossEngine reason, R = TradingEngine reason or code, c = reject code, y = symbol,
-# and any other letter: the integer as it is.
+# G = mass-cancel scope, and any other letter: the integer as it is.
 CE_COMMANDS = {
     ce.NEW_ORDER: ("NewOrder", ce.NEW_ORDER_S,
                    "client_order_id price qty account side ord_type tif flags stp", "ipqisotfx"),
@@ -195,6 +201,8 @@ CE_EVENTS = {
     ce.EV_LEVEL: ("side price qty orders", "sPqi"),
     ce.EV_HALTED: ("", ""),
     ce.EV_RESUMED: ("", ""),
+    ce.EV_MASS_CANCELLED: ("scope account side reason orders_cancelled last_order_id",
+                           "Gisrii"),
 }
 TE_COMMANDS = {
     te.NEW_ORDER: ("client_order_id account symbol price qty trigger_price side ord_type tif "
@@ -322,6 +330,8 @@ def _show(names: str, shows: str, values: tuple, units: Units,
             out[name] = _word(RESPONSE_TO, v)
         elif how == "b":
             out[name] = bool(v)
+        elif how == "G":
+            out[name] = _word(SCOPES, v)
         elif how == "K":
             out[name] = te.COMMAND_NAMES.get(v, v)
         else:
