@@ -562,8 +562,10 @@ def _log_level() -> int | str:
                      f"got {os.environ['SEQEX_LOG']!r}")
 
 
+ENGINE_NAMES = ("crossengine", "tradingengine")   # mq.replica.ENGINES (a test compares them)
+
+
 def parser() -> Parser:
-    from mq.replica import ENGINES
     p = Parser(prog="seqex", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True, parser_class=Parser)
@@ -599,7 +601,7 @@ def parser() -> Parser:
 
     s = sub.add_parser("replica", help="run an engine replica (hot or warm) on its in stream")
     s.add_argument("--name", required=True)
-    s.add_argument("--engine", choices=sorted(ENGINES), default="crossengine")
+    s.add_argument("--engine", choices=ENGINE_NAMES, default="crossengine")
     s.add_argument("--engine-config", default="{}", type=json_object,
                    help="JSON: the engine's parameters")
     s.add_argument("--stream", required=True, type=stream_name,
@@ -740,16 +742,22 @@ def parser() -> Parser:
     return p
 
 
+def _one_of(exc: BaseException, *names: str) -> bool:
+    """Whether exc is an instance of one of the classes 'module.Class'. A module that was
+    never imported cannot have raised: main() imports nothing just to classify an error."""
+    for name in names:
+        module, _, cls = name.rpartition(".")
+        kind = getattr(sys.modules.get(module), cls, None)
+        if kind is not None and isinstance(exc, kind):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one verb. Every failure the user can act on (bad input, nothing running, a peer
     that does not answer) is one line on stderr and exit status 2, never a traceback. A bug
     in a client verb is one line and exit status 1 (SEQEX_LOG=debug shows its traceback); a
     process verb's bug keeps its traceback for the log, as a broken invariant must."""
-    import zmq
-
-    from deploy.client import ClientError
-    from deploy.supervisor import NotUp, SupervisorError
-    from deploy.topology import TopologyError
     verb = "seqex"
     try:
         level = _log_level()
@@ -766,22 +774,24 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):   # stdout is not a file (embedded use)
             pass
         return 0
-    except (UsageError, TopologyError, SupervisorError, NotUp, ClientError) as exc:
-        return _fail(verb, str(exc))
-    except ValueError as exc:   # the client's and codecs' checks of values
-        if verb.split()[-1] in PROCESS_VERBS:
-            raise
-        return _fail(verb, str(exc))
-    except TimeoutError as exc:
-        return _fail(verb, str(exc) or "timed out")
-    except zmq.ZMQError as exc:
-        return _fail(verb, f"ZeroMQ: {exc}")
-    except OSError as exc:
-        return _fail(verb, f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}")
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if verb.split()[-1] in PROCESS_VERBS or logging.getLogger().level <= logging.DEBUG:
+        process_verb = verb.split()[-1] in PROCESS_VERBS
+        if isinstance(exc, UsageError) or _one_of(
+                exc, "deploy.topology.TopologyError", "deploy.supervisor.SupervisorError",
+                "deploy.supervisor.NotUp", "deploy.client.ClientError"):
+            return _fail(verb, str(exc))
+        if _one_of(exc, "zmq.ZMQError"):
+            return _fail(verb, f"ZeroMQ: {exc}")
+        if isinstance(exc, TimeoutError):
+            return _fail(verb, str(exc) or "timed out")
+        if isinstance(exc, OSError):
+            return _fail(verb, f"{exc.strerror or exc}"
+                               f"{f': {exc.filename}' if exc.filename else ''}")
+        if isinstance(exc, ValueError) and not process_verb:
+            return _fail(verb, str(exc))   # the client's and the codecs' checks of values
+        if process_verb or logging.getLogger().level <= logging.DEBUG:
             raise
         print(f"{verb}: internal error: {type(exc).__name__}: {exc} (SEQEX_LOG=debug shows "
               "the traceback)", file=sys.stderr)

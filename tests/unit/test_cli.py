@@ -91,3 +91,8 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_ping", fn)
     assert cli.main(["ping", "tcp://127.0.0.1:9"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_engine_names_are_the_replica_hosts():
+    from mq.replica import ENGINES
+    assert tuple(sorted(ENGINES)) == cli.ENGINE_NAMES
