@@ -587,7 +587,8 @@ def parser() -> Parser:
     s.add_argument("--replicator", action="append", required=True, type=endpoint,
                    help="repeat per replicator")
     s.add_argument("--policy", choices=["first", "quorum", "all"], default="quorum")
-    s.add_argument("--tick-ms", type=int_range(1, 60_000), default=100)
+    s.add_argument("--tick-ms", type=int_range(1, 3_600_000), default=100,
+                   help="idle Tick interval, ms (at most an hour)")
     s.add_argument("--window-bytes", type=int_range(1), default=256 << 20,
                    help="recent frames kept to resend to replicators")
     s.add_argument("--max-uncommitted-bytes", type=int_range(1), default=None,

@@ -189,14 +189,14 @@ def to_steps(name: str, v: object, step: Decimal, unit: str, hi: int, lo: int = 
 
 
 class _Producer(Producer):
-    """The producer, keeping the sequencer's ERROR replies (which the base class drops) and
-    stopping connect() at the first one, e.g. a source clash."""
+    """The producer, keeping the sequencer's ERROR replies as they come (to tell a source clash
+    from other refusals) and stopping connect() at the first one."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.errors: list[dict] = []
 
-    def _on_message(self, msg: list[bytes], acked: list) -> None:
+    def _on_message(self, msg: list[bytes]) -> None:
         if len(msg) >= 2 and msg[0] == wire.ERROR:
             try:
                 body = wire.unpack(msg[1])
@@ -205,7 +205,7 @@ class _Producer(Producer):
             if body.get("src", self.source) == self.source:
                 self.errors.append(body)
             return
-        super()._on_message(msg, acked)
+        super()._on_message(msg)
 
     def connect(self, timeout_s: float = 30.0, clash_grace_s: float = 2.0) -> None:
         """As Producer.connect, but a refusal ends it. A source clash is retried for

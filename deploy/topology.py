@@ -238,7 +238,7 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
                 or not 1 <= base_port <= 65535:
             raise TopologyError(f"--base-port must be a port in 1 .. 65535, got {base_port}")
         out["base_port"] = base_port
-    out["tick_ms"] = ck.integer("cluster", None, cluster, "tick_ms", 100, 1, 60_000)
+    out["tick_ms"] = ck.integer("cluster", None, cluster, "tick_ms", 100, 1, 3_600_000)
     cores = cluster.get("cores", [])
     if not isinstance(cores, list) or any(isinstance(c, bool) or not isinstance(c, int)
                                           or not 0 <= c < 4096 for c in cores):

@@ -84,6 +84,7 @@ class Producer:
         self.resend_after_s = resend_after_s
         self.backoff_s = resend_after_s  # the current wait before a stall probe
         self.next_ss = next_ss          # next source_seq to assign (None until WELCOME)
+        self.replaying = next_ss is not None   # resending a persisted outbox from next_ss
         self.acked_next = next_ss or 1  # every source_seq below it is committed
         self.reported = self.acked_next - 1  # every source_seq up to it was returned by poll
         self.sent_upto = (next_ss or 1) - 1
@@ -283,8 +284,14 @@ class Producer:
             else:
                 self.stats["refused"] += 1
             if nxt > (self.next_ss or 1):
-                raise RuntimeError(f"source {self.source}: the master expects {nxt}, beyond "
-                                   f"{self.next_ss}: another producer uses this source id")
+                if not self.replaying:
+                    raise RuntimeError(f"source {self.source}: the master expects {nxt}, "
+                                       f"beyond {self.next_ss}: another producer uses this "
+                                       "source id")
+                # A producer replaying its persisted outbox (next_ss given) is still behind
+                # its earlier incarnation: send on from where it stands; the master answers
+                # the duplicates with acks.
+                to = min(to, self.next_ss)
             if self.asking >= self.acked_next:
                 to = min(to, self.asking)   # still asking for these records' seqs: resend them
             now = time.monotonic()
