@@ -94,5 +94,5 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(monkeypatch, capsys):
 
 
 def test_the_engine_names_are_the_replica_hosts():
-    from mq.replica import ENGINES
+    from deploy.engines import ENGINES
     assert tuple(sorted(ENGINES)) == cli.ENGINE_NAMES

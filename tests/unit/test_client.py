@@ -155,14 +155,13 @@ def test_the_sequencers_error_replies_reach_the_caller(data):
     with cl.Client(data) as c:
         prod = cl._Producer(c.source, "tcp://127.0.0.1:9")
         try:
-            prod._on_message([wire.ERROR, wire.pack({"error": "batch of 9 MB exceeds 8 MB"})],
-                             [])
-            prod._on_message([wire.ERROR, wire.pack({"error": "not ours", "src": 1})], [])
+            prod._on_message([wire.ERROR, wire.pack({"error": "batch of 9 MB exceeds 8 MB"})])
+            prod._on_message([wire.ERROR, wire.pack({"error": "not ours", "src": 1})])
             with pytest.raises(cl.Refused, match="refused source .*: batch of 9 MB"):
                 c._raise_refusals(prod)
             c._raise_refusals(prod)   # another source's ERROR is not this client's
             prod._on_message([wire.ERROR, wire.pack({"error": "in use", "src": c.source,
-                                                     "reason": "source_clash"})], [])
+                                                     "reason": "source_clash"})])
             prod.connect(5, clash_grace_s=0)   # stops at the first ERROR, does not wait
             with pytest.raises(cl.SourceClash, match="refused source .*: in use"):
                 c._raise_refusals(prod)
