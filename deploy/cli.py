@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="seqex", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
+    from deploy import keys
+    keys.register(p, sub)   # --keys/--key/--insecure and `seqex keys` (docs/security.md)
 
     s = sub.add_parser("replicator", help="run a replicator process")
     s.add_argument("--data", required=True, help="LMDB directory")
@@ -454,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(fn=cmd_demo)
 
     args = p.parse_args(argv)
+    keys.setup(args)
     _pin()
     return args.fn(args)
 
