@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from mq import sockets, wire
+from mq import auth, sockets, wire
 from mq.record import FrameError
 from replicator.peers import Peers, digest
 from replicator.store import CorruptFrame, Store
@@ -50,7 +50,8 @@ class Replicator:
         self.running = True
         self.stats = {"appended_records": 0, "commits": 0, "replayed_bytes": 0,
                       "refused": 0, "errors": 0, "caught_up_records": 0, "compared_records": 0,
-                      "divergent_ranges": 0, "repaired_records": 0, "damaged_reads": 0}
+                      "divergent_ranges": 0, "repaired_records": 0, "damaged_reads": 0,
+                      "unauthorized": 0}
         self.peers = Peers(self.store, peers or [], self.stats)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -62,29 +63,36 @@ class Replicator:
         while self.running:
             events = dict(self.poller.poll(200))
             if self.sock in events:
-                batch = []
+                batch, peers = [], []
                 while len(batch) < MAX_BATCH:
                     try:
-                        batch.append(self.sock.recv_multipart(zmq.NOBLOCK, copy=True))
+                        peer, msg = auth.recv_multipart(self.sock, zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                self.handle(batch)
+                    batch.append(msg)
+                    peers.append(peer)
+                self.handle(batch, peers)
             self.peers.on_events(events)
             self.peers.tick()
         self.peers.close()
         self.sock.close(0)
         self.store.close()
 
-    def handle(self, batch: list[list[bytes]]) -> None:
+    def handle(self, batch: list[list[bytes]], peers: list[str | None] | None = None) -> None:
         """Consecutive writes of the batch share one transaction (group commit); their acks go
         out after the commit. A read or control message first commits what came before it, so
-        it sees everything acknowledged and replies keep their order."""
+        it sees everything acknowledged and replies keep their order. peers: the
+        authenticated key of each message's sender (mq.auth), checked against its role
+        before anything is written."""
         replies: list[list[bytes]] = []
         txn = None
-        for msg in batch:
+        for i, msg in enumerate(batch):
             if len(msg) < 3:
                 continue  # no identity and kind: nothing to answer
             ident, kind = msg[0], msg[1]
+            if peers is not None and (refusal := self._refusal(peers[i], kind, msg[2])):
+                replies.append([ident, wire.ERROR, wire.pack(refusal)])
+                continue
             if txn is not None and kind not in (wire.APPEND, wire.CLAIM, wire.TRUNCATE,
                                                 wire.COMMIT):
                 self._commit(txn, replies)
@@ -120,6 +128,24 @@ class Replicator:
             self._commit(txn, replies)
         else:
             self._send(replies)
+
+    def _refusal(self, peer: str | None, kind: bytes, raw: bytes) -> dict | None:
+        """The ERROR body for a message its sender's role does not allow, else None."""
+        if auth.insecure():
+            return None
+        stream = None
+        if kind in (wire.APPEND, wire.COMMIT, wire.TRUNCATE, wire.CLAIM):
+            try:
+                stream = wire.unpack(raw).get("stream")
+            except wire.WireError:
+                stream = None
+        reason = auth.replicator_refusal(peer, kind, stream if isinstance(stream, str) else None)
+        if reason is None:
+            return None
+        self.stats["unauthorized"] += 1
+        what = f"{kind[:16].decode('ascii', 'replace')} {stream or ''}".strip()
+        auth.note_refusal(peer, reason, what)
+        return auth.refused_body(reason, what)
 
     def _commit(self, txn: Any, replies: list[list[bytes]]) -> None:
         txn.commit()
@@ -204,7 +230,7 @@ class Replicator:
             streams = {n: {"last": s.last, "epoch": s.epoch, "commit": s.commit}
                        for n, s in sorted(self.store.streams.items())}
             return [wire.PONG, wire.pack({"role": "replicator", "streams": streams,
-                                          **self.stats})]
+                                          "refusals": auth.refusal_stats(), **self.stats})]
         if kind == wire.STOP:
             self.running = False
             return [wire.PONG, wire.pack({"role": "replicator", "stopping": True})]
