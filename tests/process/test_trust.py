@@ -247,3 +247,37 @@ def test_the_operator_and_registered_producers_are_served(cluster):
     mirror = topo.by_name("mirror.BTCUSDT").control
     wait_until(lambda: ping(mirror)["committed"] >= seq, 60, "the order's output")
     assert ping(mirror)["divergences"] == 0
+
+
+def test_halt_from_a_client_source_is_sequenced_but_refused_by_the_engine(cluster):
+    """A registered producer may write its own source id, but HALT from it is not the
+    operator's: the CrossEngine refuses it (the source is in the record), and so would every
+    replica and every rebuild. The operator's HALT, through the operator's key and source,
+    halts."""
+    topo, keys_dir = cluster
+    seq_addr = topo.by_name("sequencer.BTCUSDT").control
+
+    def produce(who: str, src: int, kind: int) -> int:
+        auth.configure_identity(identity(keys_dir, who))
+        try:
+            prod = Producer(src, seq_addr)
+            prod.connect(30)
+            prod.submit(kind, [b""])
+            runs = prod.flush(30)
+            prod.close()
+        finally:
+            auth.configure_identity(identity(keys_dir, "operator"))
+        return runs[-1][2]
+
+    def events_at(seq: int) -> list[tuple]:
+        def stored() -> bytes:
+            _k, _b, parts = call(replicators(topo)[0], wire.REPLAY,
+                                 {"stream": OUT, "from": seq, "to": seq})
+            return parts[0]
+        frame = wait_until(stored, 60, f"the output of seq {seq} in {OUT}")
+        return c.decode_events(decode(frame)[0][6])
+
+    refused = events_at(produce("gateway", ATTACKER_SOURCE, c.HALT))
+    assert refused[0][0] == c.EV_REJECTED and refused[0][3] == c.CODES["source_not_operator"]
+    assert events_at(produce("operator", OPERATOR_SOURCE, c.HALT)) == [(c.EV_HALTED,)]
+    assert events_at(produce("operator", OPERATOR_SOURCE, c.RESUME)) == [(c.EV_RESUMED,)]
