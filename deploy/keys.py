@@ -121,6 +121,30 @@ def generate(topo, keys_dir: str | None = None, producers: dict[str, list[int]] 
     return keys_dir
 
 
+def for_log_cluster(cluster, keys_dir: str,
+                    producers: dict[str, list[int]] | None = None) -> auth.Trust:
+    """Keys and policy for a deploy.local.LogCluster (one stream: replicators ``replicator<i>``
+    and its ``sequencer``), as the process tests and benchmarks start it."""
+    names = [f"replicator{i}" for i in range(len(cluster.rep_addrs))] + ["sequencer", OPERATOR]
+    for name in names + sorted(producers or {}):
+        write_keypair(keys_dir, name)
+
+    def key(name: str) -> str:
+        return auth.load_public(keys_dir, name).decode()
+
+    peers = {key(f"replicator{i}"): auth.Peer(f"replicator{i}")
+             for i in range(len(cluster.rep_addrs))}
+    peers[key("sequencer")] = auth.Peer("sequencer", masters=frozenset([cluster.stream]))
+    for name, srcs in sorted((producers or {}).items()):
+        peers[key(name)] = auth.Peer(name, sources=frozenset(srcs))
+    servers = {a: key(f"replicator{i}") for i, a in enumerate(cluster.rep_addrs)}
+    servers[cluster.prod_addr] = servers[cluster.pub_addr] = key("sequencer")
+    trust = auth.Trust(frozenset([key(OPERATOR)]), peers, servers)
+    with open(os.path.join(keys_dir, auth.TRUST_FILE), "w", encoding="utf-8") as f:
+        json.dump(trust.to_dict(), f, indent=1)
+    return trust
+
+
 def ensure(topo, keys_dir: str | None = None) -> str:
     """On first start (no trust.json, or a key missing), generate; otherwise keep all."""
     keys_dir = keys_dir or keys_dir_of(topo.data_dir)
