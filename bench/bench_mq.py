@@ -180,8 +180,7 @@ def _secured(root: str, curve: bool) -> dict:
 
 
 def _producer_key(cluster: LogCluster) -> list[str]:
-    return ["--keys", cluster.keys_dir, "--key", "producer"] if cluster.keys_dir \
-        else ["--insecure"]
+    return cluster.key_args("producer") or ["--insecure"]
 
 
 def log_throughput(transport: str, replicas: int, durability: str, n: int,

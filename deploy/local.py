@@ -39,7 +39,7 @@ class LogCluster:
             from deploy.keys import for_log_cluster
             for_log_cluster(self, keys_dir, producers)
 
-    def _key(self, name: str) -> list[str]:
+    def key_args(self, name: str) -> list[str]:
         """The global options that give process `name` its identity (none without keys)."""
         return ["--keys", self.keys_dir, "--key", name] if self.keys_dir else []
 
@@ -53,7 +53,7 @@ class LogCluster:
         for i, addr in enumerate(self.rep_addrs):
             peers = sum((["--peer", p] for p in self.rep_addrs if p != addr and self.peers), [])
             self.replicators.append(self.group.spawn(
-                f"replicator{i}", [*self._key(f"replicator{i}"), "replicator",
+                f"replicator{i}", [*self.key_args(f"replicator{i}"), "replicator",
                                    "--data", self.data_dir(i), "--bind", addr,
                                    "--durability", self.durability, *peers],
                 cpu=self._cpu(i + 1)))
@@ -68,7 +68,7 @@ class LogCluster:
         would be, while the old master may still hold the old ones."""
         if new_endpoints:
             self.prod_addr, self.pub_addr = self._endpoint(), self._endpoint()
-        args = [*self._key("sequencer"), "sequencer", "--stream", self.stream,
+        args = [*self.key_args("sequencer"), "sequencer", "--stream", self.stream,
                 "--producers", self.prod_addr,
                 "--pub", self.pub_addr, "--policy", self.policy, "--tick-ms", str(self.tick_ms)]
         for addr in self.rep_addrs:
