@@ -15,13 +15,18 @@ import time
 
 from crossengine import codec
 from deploy.supervisor import read_state
+from mq import auth
 from mq.producer import Producer
+from mq.sources import OPERATOR_SOURCE_MIN
 
 
 class Cluster:
     def __init__(self, data_dir: str = "seqex-data", source: int | None = None):
         self.topo, _pid = read_state(data_dir)
-        self.source = source or 900_000 + os.getpid() % 100_000
+        # With CURVE on, only the operator writes in.ce directly (mq/auth.py): take a source
+        # id of the operator's range, one per process.
+        self.source = source or (900_000 + os.getpid() % 100_000 if auth.insecure()
+                                 else OPERATOR_SOURCE_MIN + os.getpid() % 0xFFFE)
         self.producers: dict[str, Producer] = {}
 
     def _producer(self, symbol: str) -> Producer:

@@ -32,6 +32,7 @@ from mq import auth
 
 OPERATOR = "operator"
 PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica")
+OPERATOR_TOOLS = ("status", "replay", "submit", "down", "ping", "stop")  # the operator's key
 
 
 def keys_dir_of(data_dir: str) -> str:
@@ -185,12 +186,23 @@ def register(parser: argparse.ArgumentParser, sub) -> None:
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Take the identity the options name, or say loudly that CURVE is off."""
-    if getattr(args, "keys", None):
+    """Take the identity the options name, or say loudly that CURVE is off. An operator
+    tool (OPERATOR_TOOLS) without --keys takes the operator key of its data directory
+    (--data, else ./seqex-data) when that directory has keys."""
+    verb = getattr(args, "verb", None)
+    keys_dir = getattr(args, "keys", None)
+    if not keys_dir and not args.insecure and verb in OPERATOR_TOOLS:
+        found = keys_dir_of(getattr(args, "data", None) or "seqex-data")
+        if os.path.exists(os.path.join(found, auth.TRUST_FILE)):
+            keys_dir = found
+    if keys_dir:
         if args.insecure:
             raise SystemExit("seqex: --keys and --insecure exclude each other")
-        auth.configure(args.keys, args.key or OPERATOR)
-    elif getattr(args, "verb", None) in PROCESS_VERBS:
+        try:
+            auth.configure(keys_dir, args.key or OPERATOR)
+        except auth.KeyFileError as exc:
+            raise SystemExit(f"seqex: {exc}") from None
+    elif verb in PROCESS_VERBS:
         print(auth.INSECURE_WARNING if args.insecure else
               auth.INSECURE_WARNING + " (no --keys given; pass --insecure to say so)",
               file=sys.stderr, flush=True)
