@@ -165,6 +165,22 @@ def secure(topo, keys_dir: str | None = None):
     return dataclasses.replace(topo, procs=procs)
 
 
+def prepare_up(topo, generate_missing: bool = True):
+    """What `seqex up` does before it starts a process: the keys (generated on first start
+    when generate_missing, as for the default topology; a topology of several hosts must
+    have them from `seqex keys`, run once and copied, or the hosts' keys would differ), this
+    supervisor the operator (it pings the processes), and every process started with its
+    identity. Returns the topology to start."""
+    keys_dir = keys_dir_of(topo.data_dir)
+    if generate_missing:
+        ensure(topo, keys_dir)
+    elif not os.path.exists(os.path.join(keys_dir, auth.TRUST_FILE)):
+        raise SystemExit(f"seqex up: no keys in {keys_dir}; run `seqex keys --topology FILE` "
+                         f"once and copy the keys directory to every host (docs/security.md)")
+    auth.configure(keys_dir, OPERATOR)
+    return secure(topo, keys_dir)
+
+
 # -- the command line ----------------------------------------------------------------------
 def register(parser: argparse.ArgumentParser, sub) -> None:
     """The global options (before the verb) and the `keys` verb."""

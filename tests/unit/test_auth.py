@@ -202,3 +202,14 @@ def test_a_client_needs_the_servers_key():
     auth.configure_identity(_ident("me", auth.Trust()))
     with pytest.raises(auth.KeyFileError, match="no server key"):
         sockets.dealer(tcp())
+
+
+def test_prepare_up_generates_on_first_start_and_takes_the_operator_key(tmp_path):
+    topo = topology.load(None, str(tmp_path))
+    started = keys.prepare_up(topo)
+    keys_dir = keys.keys_dir_of(str(tmp_path))
+    assert auth.identity().public == auth.load_public(keys_dir, "operator")
+    assert all(p.args[:2] == ["--keys", keys_dir] for p in started.procs)
+    auth.reset()
+    with pytest.raises(SystemExit, match="no keys"):
+        keys.prepare_up(topology.load(None, str(tmp_path / "other")), generate_missing=False)
