@@ -323,6 +323,13 @@ def feed_refusal(peer: str | None, stream: str) -> str | None:
     return None if p is not None and stream in p.feeds else "not_replica"
 
 
+def peer_name(peer: str | None) -> str | None:
+    """The policy's name of an authenticated key (None when insecure): what alarms and logs
+    name, since a name a peer writes in its own message proves nothing."""
+    ident = _identity
+    return ident.trust.name(peer) if ident is not None and peer is not None else None
+
+
 def note_refusal(peer: str | None, reason: str, what: str = "") -> None:
     """Count a refused message; log the peer's refusals at most once a minute."""
     key = peer or "?"

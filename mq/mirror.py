@@ -76,7 +76,7 @@ class Mirror(Sequencer):
                     if self._refused(ident, auth.feed_refusal(self.current_peer, self.stream),
                                      "DATA"):
                         continue
-                    name = body.get("replica")
+                    name = auth.peer_name(self.current_peer) or body.get("replica")
                     self._accept(ident, str(name)[:64] if name else ident.hex(), msg[3])
                 else:
                     self._control(ident, kind, body)

@@ -213,7 +213,8 @@ class ReplicaHost:
     def status(self) -> dict:
         return {"role": "replica", "name": self.name, "replica_role": self.role,
                 "stream": self.stream, "seq": self.seq, "lag": max(0, self.head - self.seq),
-                "rate": round(self.rate), "snapshot_seq": self.snap_seq, **self.stats}
+                "rate": round(self.rate), "snapshot_seq": self.snap_seq,
+                "refusals": auth.refusal_stats(), **self.stats}
 
 
 def _snap_seq(path: str) -> int:

@@ -355,7 +355,7 @@ class SequencerCore(Master):
                 "evicted_uncommitted": self.window.evicted_uncommitted,
                 "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known}
                                 for lk in self.links],
-                **self.stats}
+                "refusals": auth.refusal_stats(), **self.stats}
 
 
 class Sequencer(MasterShell, SequencerCore):

@@ -281,3 +281,18 @@ def test_halt_from_a_client_source_is_sequenced_but_refused_by_the_engine(cluste
     assert refused[0][0] == c.EV_REJECTED and refused[0][3] == c.CODES["source_not_operator"]
     assert events_at(produce("operator", OPERATOR_SOURCE, c.HALT)) == [(c.EV_HALTED,)]
     assert events_at(produce("operator", OPERATOR_SOURCE, c.RESUME)) == [(c.EV_RESUMED,)]
+
+
+def test_a_divergence_alarm_names_the_key_not_the_name_in_the_message(cluster):
+    """A stolen replica key may feed its mirror (that is its role), but the alarm its forged
+    copy raises names the key's owner, not the replica it claims to be in the message.
+    (Runs last: it leaves a divergence alarm behind.)"""
+    topo, keys_dir = cluster
+    mirror = topo.by_name("mirror.BTCUSDT").control
+    seq = ping(mirror)["committed"]
+    frame = encode([(seq, 1, 7, 1, 1, c.NEW_ORDER, b"forged copy")])
+    sock = sockets.dealer(mirror, curve=identity(keys_dir, "ce.BTCUSDT.hot0"), heartbeat=False)
+    sock.send_multipart([wire.DATA, wire.pack({"replica": "ce.BTCUSDT.hot1"}), frame])
+    alarms = wait_until(lambda: ping(mirror)["alarms"], 30, "the divergence alarm")
+    sock.close(0)
+    assert alarms[-1]["seq"] == seq and alarms[-1]["divergent"] == "ce.BTCUSDT.hot0", alarms
