@@ -51,10 +51,13 @@ RECORD = 38 + PAYLOAD
 
 
 # -- raw ceiling -----------------------------------------------------------------------
-def _push(addr: str, n: int, per_msg: int) -> None:
+def _push(addr: str, n: int, per_msg: int, curve: list[str] | None = None) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 1000)
+    if curve:  # client public, client secret, server public (z85)
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = \
+            (k.encode() for k in curve)
     sock.connect(addr)
     msg = pack(1, 1, 16, [b"\0" * PAYLOAD] * per_msg)
     for _ in range(n // per_msg):
@@ -63,12 +66,22 @@ def _push(addr: str, n: int, per_msg: int) -> None:
     ctx.term()
 
 
-def raw_ceiling(addr: str, n: int, per_msg: int) -> float:
+def raw_ceiling(addr: str, n: int, per_msg: int, curve: bool = False) -> float:
+    """Records/s from a PUSH process to this PULL; curve: both ends CURVE (no ZAP handler:
+    the cost of the encryption alone)."""
     ctx = zmq.Context.instance()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 1000)
+    keys: list[str] = []
+    if curve:
+        server_pub, server_sec = zmq.curve_keypair()
+        client_pub, client_sec = zmq.curve_keypair()
+        pull.curve_publickey, pull.curve_secretkey = server_pub, server_sec
+        pull.curve_server = True
+        keys = [client_pub.decode(), client_sec.decode(), server_pub.decode()]
     pull.bind(addr)
-    child = subprocess.Popen([sys.executable, __file__, "_push", addr, str(n), str(per_msg)])
+    child = subprocess.Popen([sys.executable, __file__, "_push", addr, str(n), str(per_msg),
+                              *keys])
     msgs = n // per_msg
     pull.recv()
     t0 = time.perf_counter()
@@ -253,6 +266,19 @@ def log_latency(transport: str, rate: int, seconds: float, curve: bool = False) 
 
 def curve_cost(a: argparse.Namespace, n: int, results: list) -> None:
     """Throughput and latency without and with CURVE, alternating (median of --repeat)."""
+    raw: dict[tuple[bool, int], list] = {}
+    for _ in range(a.repeat):
+        for per_msg in (1, 256):
+            for curve in (False, True):
+                raw.setdefault((curve, per_msg), []).append(
+                    raw_ceiling(tcp(), 200_000 if per_msg == 1 else 4_000_000, per_msg, curve))
+    for per_msg in (1, 256):
+        off = statistics.median(raw[(False, per_msg)])
+        on = statistics.median(raw[(True, per_msg)])
+        print(f"[tcp] CURVE cost, raw PUSH->PULL, {per_msg} record(s) per message: {off:,.0f} "
+              f"records/s without, {on:,.0f} with: ratio {on / off:.3f}", flush=True)
+        results.append({"transport": "tcp", "what": "curve_cost_raw", "per_msg": per_msg,
+                        "off": off, "on": on, "ratio": on / off})
     tp: dict[bool, list] = {False: [], True: []}
     lat: dict[bool, list] = {False: [], True: []}
     seconds = 3 if a.quick else 8
@@ -333,7 +359,7 @@ if __name__ == "__main__":
         if sys.argv[2] == "-":
             _open_loop_push(sys.argv[5], int(sys.argv[3]), int(sys.argv[4]))
         else:
-            _push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+            _push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:8] or None)
     elif len(sys.argv) > 1 and sys.argv[1] == "_relay_a":
         _relay_a(*sys.argv[2:5])
     elif len(sys.argv) > 1 and sys.argv[1] == "_relay_b":
