@@ -14,10 +14,11 @@ this process. Records carry 64-byte payloads (102 bytes with the record header).
   relayed by raw pyzmq processes doing no work, with the same open-loop producer.
 * Result hash: sha256 of the canonical (source, first, last) runs of producer records
   delivered, ticks left out; any loss, duplicate or reordering changes it.
-* CURVE cost: the throughput run (tcp, one replicator, os) and the latency run at 10,000/s,
-  each without CURVE (--insecure, as the other figures) and with CURVE on every socket
-  (mq/auth.py: every process its own key, the roles checked on every message), alternating
-  in the same run; the ratio secure / insecure is the cost. The hashes must match.
+* CURVE cost: the raw PUSH -> PULL pair (1 and 256 records per message), the throughput run
+  (tcp, one replicator, os) and the latency run at 10,000/s, each without CURVE (as the other
+  figures) and with CURVE (raw: encryption only; log: every process its own key, the ZAP
+  authenticator, the roles checked on every message), alternating in the same run; the ratio
+  secure / insecure is the cost. The hashes must match. `--curve-only` runs just these.
 
 Run: python bench/bench_mq.py [--quick] [--repeat 3]
 """
