@@ -2,8 +2,9 @@
 
 Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirror``,
 ``replica``.
+Cluster verbs: ``up``, ``down``, ``status``, ``submit`` (one order and its outcome).
 Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
-``replay`` (print any range of a stream), ``ping``, ``stop``.
+``replay`` (any range of a stream, decoded), ``ping``, ``stop``.
 ``demo``: a local log cluster on loopback with live figures (the main job for now).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -44,7 +46,7 @@ def cmd_sequencer(a: argparse.Namespace) -> int:
 
 
 def cmd_replica(a: argparse.Namespace) -> int:
-    from mq.replica import main
+    from deploy.engines import replica_main as main
     main(a)
     return 0
 
@@ -117,29 +119,137 @@ def cmd_produce(a: argparse.Namespace) -> int:
 
 
 def cmd_tail(a: argparse.Namespace) -> int:
-    """Print records, or with --out append 'seq source source_seq kind' lines to a file and,
-    after a crash, resume right after the last complete line (exactly once, in order)."""
+    """Follow a stream from --from: decoded lines (or --json), up to seq --to or --count
+    records; with --out, append 'seq source source_seq kind' lines to a file and, after a
+    crash, resume right after the last complete line (exactly once, in order)."""
     from mq.record import decode
     from mq.subscriber import Subscriber
+    view = _StreamView(a)
     next_seq = a.from_seq
     out = None
     if a.out:
         next_seq = _resume_point(a.out)
         out = open(a.out, "a")
-    sub = Subscriber(a.stream, a.pub, a.replicator, next_seq)
+    if a.to is not None and next_seq > a.to:
+        raise UsageError(f"--from {next_seq} is beyond --to {a.to}")
+    # A durable subscriber (--out) is a machine's: it waits for its stream without a word,
+    # through replicator restarts. A person's tail checks the stream first.
+    end = None if a.out else view.end()
+    ahead = end is not None and next_seq > end + 1
+    if ahead:
+        # Following a stream that has not reached --from yet: say so, and wait a bounded time.
+        print(f"seqex tail: {a.stream} holds seqs up to {end}; waiting up to {a.wait:g} s for "
+              f"seq {next_seq} (--wait)", file=sys.stderr, flush=True)
+    sub = Subscriber(a.stream, view.pub, view.replicators, next_seq)
     running = [True]
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
-    while running[0] and (a.to is None or sub.next_seq <= a.to):
-        for _first, _last, frame in sub.poll(200):
-            recs = decode(frame)
-            if out:
-                out.write("".join(f"{r[0]} {r[2]} {r[3]} {r[5]}\n" for r in recs))
-                out.flush()
-            else:
+    printed = 0
+    started = time.monotonic()
+    try:
+        while running[0] and (a.to is None or sub.next_seq <= a.to) \
+                and (a.count is None or printed < a.count):
+            frames = sub.poll(200)
+            if ahead and not frames and sub.next_seq == next_seq \
+                    and time.monotonic() - started > a.wait:
+                raise UsageError(f"no seq {next_seq} of {a.stream} within {a.wait:g} s "
+                                 f"(the stream ended at {view.end()})")
+            for _first, _last, frame in frames:
+                recs = decode(frame)
+                if a.to is not None:
+                    recs = [r for r in recs if r[0] <= a.to]
+                if out:
+                    out.write("".join(f"{r[0]} {r[2]} {r[3]} {r[5]}\n" for r in recs))
+                    out.flush()
+                    printed += len(recs)
+                    continue
                 for r in recs:
-                    print(f"{r[0]} ts={r[1]} src={r[2]}:{r[3]} kind={r[5]} len={len(r[6])}")
-    sub.close()
+                    if a.count is not None and printed >= a.count:
+                        break
+                    if view.show(r):
+                        printed += 1
+    finally:
+        sub.close()
     return 0
+
+
+class _StreamView:
+    """A stream as the tools see it: where to read it (from --pub/--replicator, or from the
+    running cluster's seqex.json), and how to print its records (decoded, filtered)."""
+
+    def __init__(self, a: argparse.Namespace, need_pub: bool = True):
+        from deploy import decode
+        self.a = a
+        self.decode = decode
+        self.topo = None
+        self.replicators = list(a.replicator or [])
+        self.pub = getattr(a, "pub", None)
+        if not self.replicators or (need_pub and not self.pub):
+            from deploy.supervisor import read_state
+            self.topo, _pid = read_state(a.data)
+        by_id: dict = {}
+        units = None
+        if self.topo is not None:
+            by_id = decode.units_of(self.topo.symbols)
+            sym = self.topo.symbol_of_stream(a.stream)
+            if sym is not None:
+                units = by_id.get(sym["symbol_id"])
+            self.replicators = self.replicators or self.topo.replicator_addrs()
+            if need_pub and not self.pub:
+                if sym is None:
+                    raise UsageError(self._unknown())
+                self.pub = sym["pub"] if a.stream == sym["in"] else sym["out_pub"]
+        self.by_id, self.units = by_id, units
+        self.filters = {"kind": getattr(a, "kind", None), "account": getattr(a, "account", None),
+                        "order": getattr(a, "order", None)}
+
+    def _unknown(self) -> str:
+        names = sorted(n for s in self.topo.symbols.values() for n in (s["in"], s["out"]))
+        return (f"unknown stream {self.a.stream!r}: the cluster in {self.a.data} has "
+                f"{', '.join(names)}")
+
+    def end(self) -> int | None:
+        """The highest committed seq any replicator holds, or None when the stream is one
+        they do not store (not replicated). UsageError for a stream nobody knows."""
+        from mq.control import ping
+        known = self.topo is not None and self.topo.symbol_of_stream(self.a.stream) is not None
+        ends, answered = [], 0
+        for addr in list(self.replicators):
+            st = ping(addr, timeout_s=2.0)
+            if st is None:
+                continue
+            answered += 1
+            if answered == 1:   # read from one that answers
+                self.replicators = [addr] + [r for r in self.replicators if r != addr]
+            s = st.get("streams", {}).get(self.a.stream)
+            if s is not None:
+                ends.append(int(s.get("commit") or 0))
+        if not answered:
+            raise UsageError(f"no replicator answers ({', '.join(self.replicators)}): is the "
+                             "cluster up? (`seqex status`)")
+        if ends:
+            return max(ends)
+        if known:
+            return None if self._not_replicated() else 0
+        if self.topo is not None:
+            raise UsageError(self._unknown())
+        raise UsageError(f"unknown stream {self.a.stream!r}: no replicator at "
+                         f"{', '.join(self.replicators)} holds it")
+
+    def _not_replicated(self) -> bool:
+        sym = self.topo.symbol_of_stream(self.a.stream)
+        mirror = next((p for p in self.topo.procs if p.role == "mirror"
+                       and p.stream == self.a.stream), None)
+        return sym is not None and mirror is not None and "none" in mirror.args
+
+    def show(self, rec: tuple) -> bool:
+        """Print one record if the filters keep it; whether it was printed."""
+        if not self.a.ticks and self.decode.is_tick(rec):
+            return False
+        d = self.decode.decode_record(self.a.stream, rec, self.by_id, self.units)
+        if not self.decode.matches(d, **self.filters):
+            return False
+        print(json.dumps(d) if self.a.json else self.decode.line(d), flush=self.a.flush)
+        return True
 
 
 def _resume_point(path: str) -> int:
@@ -158,8 +268,9 @@ def cmd_up(a: argparse.Namespace) -> int:
     from deploy import topology
     from deploy.supervisor import Supervisor
     topo = topology.load(a.topology, a.data, a.base_port)
-    print(f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}")
-    Supervisor(topo, a.host).up()
+    Supervisor(topo, a.host, max_restarts=a.max_restarts, backoff_base_s=a.restart_backoff,
+               title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}"
+               ).up(a.ready_timeout)
     return 0
 
 
@@ -169,71 +280,99 @@ def cmd_down(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from deploy.supervisor import print_table, read_state, status_rows
+    from deploy.supervisor import gave_up, print_table, read_state, status_rows
     topo, _pid = read_state(a.data)
-    print_table(status_rows(topo))
+    given_up = gave_up(a.data)
+    print_table(status_rows(topo, given_up))
+    for why in given_up.values():
+        print(f"  {why}")
     return 0
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    """One order into in.ce.SYMBOL; prints the seq it was sequenced at."""
-    from deploy.api import Cluster
-    cluster = Cluster(a.data, a.source)
-    try:
-        seq = cluster.submit(a.symbol, a.side, a.qty, a.price, a.account, a.market, a.tif,
-                             a.client_order_id)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-    finally:
-        cluster.close()
-    print(f"order sequenced in in.ce.{a.symbol} at seq {seq}")
+    """One order into in.ce.SYMBOL; prints its outcome from out.ce.SYMBOL: accepted (resting),
+    filled (price and quantity), expired, or rejected with the reason in words (on stderr,
+    exit status 2). Prices and quantities are in the contract's units."""
+    from deploy.client import Client, Rejected, describe
+    if a.market and a.price is not None:
+        raise UsageError("a market order takes no --price")
+    if not a.market and a.price is None:
+        raise UsageError("--price is required for a limit order (or give --market)")
+    with Client(a.data, a.source) as client:
+        tif = a.tif or ("ioc" if a.market else "gtc")
+        outcome = client.submit(a.symbol, a.side, a.qty, a.price, a.account, a.market, tif,
+                                a.client_order_id, timeout_s=a.timeout)
+    if isinstance(outcome, Rejected):
+        raise UsageError(f"order {describe(outcome, a.symbol)}")
+    print(describe(outcome, a.symbol))
     return 0
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
     from mq.control import replay
-    from mq.record import decode
-    if a.replicator is None:
-        from deploy.supervisor import read_state
-        topo, _pid = read_state(a.data)
-        a.replicator = topo.replicator_addrs()[0]
+    from mq.record import decode, scan
     if a.rebuild:
         return _rebuild(a)
-    from mq.record import scan
+    if a.to is not None and a.from_seq > a.to:
+        raise UsageError(f"--from {a.from_seq} is beyond --to {a.to}")
+    view = _StreamView(a, need_pub=False)
+    end = view.end()
+    if end is not None and a.from_seq > end:
+        raise UsageError(f"--from {a.from_seq} is beyond the end of {a.stream} (the last "
+                         f"committed seq is {end})")
     progress = sys.stderr.isatty() and not sys.stdout.isatty()
-    for frame in replay(a.replicator, a.stream, a.from_seq, a.to):
+    for frame in replay(view.replicators[0], a.stream, a.from_seq, a.to):
         if progress:  # output goes to a file or pipe: show how far it got
             print(f"\r  replayed up to seq {scan(frame)[2]:,}", end="", file=sys.stderr)
-        for seq, ts, src, ss, epoch, kind, payload in decode(frame):
-            if a.json:
-                print(json.dumps({"seq": seq, "ts_ns": ts, "source": src, "source_seq": ss,
-                                  "epoch": epoch, "kind": kind, "payload": payload.hex()}))
-            else:
-                print(f"{seq:>10} {ts} {src:>5}:{ss:<10} e{epoch} kind={kind} {payload[:24].hex()}")
+        for rec in decode(frame):
+            view.show(rec)
+    if progress:
+        print(file=sys.stderr)
     return 0
 
 
 def _rebuild(a: argparse.Namespace) -> int:
     """Apply the stream from seq 1 to a fresh engine; print the state hash at the last seq
-    (and, for an engine that keeps books, that its audit balances there)."""
+    (and, for an engine that keeps books, that its audit balances there). The engine's
+    configuration comes from --engine-config or from the running cluster's seqex.json, never
+    from a default: another configuration gives another hash."""
     from mq.control import replay
     from mq.record import scan
-    from mq.replica import ENGINES
+    from deploy.engines import ENGINES
     engine = a.engine or {"in.ce.": "crossengine", "in.te.": "tradingengine"}.get(a.stream[:6])
     if engine not in ENGINES:
-        raise SystemExit(f"--rebuild: name the engine of {a.stream} with --engine "
+        raise UsageError(f"--rebuild: name the engine of {a.stream} with --engine "
                          f"({', '.join(sorted(ENGINES))})")
-    config = json.loads(a.engine_config) if a.engine_config else {}
-    if not config and engine == "crossengine" and a.data:
+    topo = None
+    if a.engine_config:
         try:
-            from deploy.supervisor import read_state
+            config = json.loads(a.engine_config)
+        except ValueError as exc:
+            raise UsageError(f"--engine-config is not JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise UsageError("--engine-config must be a JSON object")
+    else:
+        from deploy.supervisor import NotUp, read_state
+        try:
             topo, _pid = read_state(a.data)
-            config = topo.symbols.get(a.stream[len("in.ce."):], {}).get("engine", {})
-        except SystemExit:
-            pass
-    eng, _restore = ENGINES[engine](config)
+        except NotUp as exc:
+            raise UsageError(f"--rebuild needs the engine's configuration: {exc}; or give "
+                             "--engine-config") from None
+        sym = topo.symbol_of_stream(a.stream)
+        if sym is None or engine != "crossengine":
+            raise UsageError(f"--rebuild: the cluster in {a.data} has no configuration for "
+                             f"{a.stream}; give --engine-config")
+        config = sym["engine"]
+    replicator = a.replicator or (topo.replicator_addrs()[0] if topo else None)
+    if replicator is None:
+        from deploy.supervisor import read_state
+        replicator = read_state(a.data)[0].replicator_addrs()[0]
+    try:
+        eng, _restore = ENGINES[engine](config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UsageError(f"--engine-config does not fit the {engine}: {exc}") from None
     last, started = 0, time.monotonic()
-    for frame in replay(a.replicator, a.stream, 1, a.to):
+    for frame in replay(replicator, a.stream, 1, a.to):
         eng.apply_frame(frame)
         last = scan(frame)[2]
         if sys.stderr.isatty():
@@ -253,8 +392,8 @@ def cmd_ping(a: argparse.Namespace) -> int:
     from mq.control import ping
     stats = ping(a.addr, a.timeout)
     if stats is None:
-        print(f"{a.addr}: no answer", file=sys.stderr)
-        return 1
+        raise UsageError(f"{a.addr} did not answer PING in {a.timeout:g} s: nothing seqex "
+                         "runs there?")
     print(json.dumps(stats, indent=2, sort_keys=True))
     return 0
 
@@ -262,7 +401,11 @@ def cmd_ping(a: argparse.Namespace) -> int:
 def cmd_stop(a: argparse.Namespace) -> int:
     from mq import wire
     from mq.control import call
-    call(a.addr, wire.STOP, timeout_s=a.timeout)
+    try:
+        call(a.addr, wire.STOP, timeout_s=a.timeout)
+    except TimeoutError:
+        raise UsageError(f"{a.addr} did not answer STOP in {a.timeout:g} s: nothing seqex "
+                         "runs there?") from None
     return 0
 
 
@@ -317,116 +460,254 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("SEQEX_LOG", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    p = argparse.ArgumentParser(prog="seqex", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="verb", required=True)
+# -- argument types: each refuses bad input with one line --------------------------------------
+
+class UsageError(Exception):
+    """Bad input or a state the user can fix: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors as one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: {message} (--help for usage)", file=sys.stderr)
+        sys.exit(2)
+
+
+_ENDPOINT = re.compile(r"tcp://(\*|[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]):(\d{1,5}|\*)"
+                       r"|ipc://[^\0]{1,255}|inproc://[^\0]{1,255}")
+
+
+def endpoint(text: str) -> str:
+    m = _ENDPOINT.fullmatch(text)
+    if not m or (m.group(2) not in (None, "*") and not 1 <= int(m.group(2)) <= 65535):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an endpoint like tcp://127.0.0.1:7001 (port 1 .. 65535)")
+    return text
+
+
+def int_range(lo: int, hi: int | None = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"{v} is out of range {lo} .. {hi if hi is not None else 'any'}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0 .. 86400 s)")
+    return v
+
+
+def stream_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a stream name like in.ce.BTCUSDT")
+    return text
+
+
+def decimal_arg(text: str) -> str:
+    from decimal import Decimal, InvalidOperation
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not d.is_finite():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    if d < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return text
+
+
+def json_object(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return text
+
+
+def upstream_spec(text: str) -> str:
+    from mq.sequencer import Upstream
+    try:
+        Upstream.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+SOURCE = int_range(1, (1 << 32) - 1)
+SEQ = int_range(1, (1 << 64) - 1)
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror")
+
+
+def _log_level() -> int | str:
+    text = os.environ.get("SEQEX_LOG", "INFO").strip().upper()
+    if text in LEVELS:
+        return text
+    raise UsageError(f"SEQEX_LOG must be one of {', '.join(x.lower() for x in LEVELS)}, "
+                     f"got {os.environ['SEQEX_LOG']!r}")
+
+
+ENGINE_NAMES = ("crossengine", "tradingengine")   # mq.replica.ENGINES (a test compares them)
+
+
+def parser() -> Parser:
+    p = Parser(prog="seqex", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True, parser_class=Parser)
     from deploy import keys
     keys.register(p, sub)   # --keys/--key/--insecure and `seqex keys` (docs/security.md)
 
     s = sub.add_parser("replicator", help="run a replicator process")
     s.add_argument("--data", required=True, help="LMDB directory")
-    s.add_argument("--bind", required=True, help="ZeroMQ endpoint, e.g. tcp://127.0.0.1:7001")
+    s.add_argument("--bind", required=True, type=endpoint,
+                   help="ZeroMQ endpoint, e.g. tcp://127.0.0.1:7001")
     s.add_argument("--durability", choices=["os", "fsync"], default="os")
-    s.add_argument("--peer", action="append", default=[],
+    s.add_argument("--peer", action="append", default=[], type=endpoint,
                    help="another replicator, for catch-up and comparison (repeat)")
     s.set_defaults(fn=cmd_replicator)
 
     s = sub.add_parser("sequencer", help="run the sequencer master of one stream")
-    s.add_argument("--stream", required=True)
-    s.add_argument("--producers", required=True, help="endpoint producers connect to")
-    s.add_argument("--pub", required=True, help="endpoint subscribers connect to")
-    s.add_argument("--replicator", action="append", required=True, help="repeat per replicator")
+    s.add_argument("--stream", required=True, type=stream_name)
+    s.add_argument("--producers", required=True, type=endpoint,
+                   help="endpoint producers connect to")
+    s.add_argument("--pub", required=True, type=endpoint, help="endpoint subscribers connect to")
+    s.add_argument("--replicator", action="append", required=True, type=endpoint,
+                   help="repeat per replicator")
     s.add_argument("--policy", choices=["first", "quorum", "all"], default="quorum")
-    s.add_argument("--tick-ms", type=int, default=100)
-    s.add_argument("--window-bytes", type=int, default=256 << 20,
+    s.add_argument("--tick-ms", type=int_range(1, 60_000), default=100)
+    s.add_argument("--window-bytes", type=int_range(1), default=256 << 20,
                    help="recent frames kept to resend to replicators")
-    s.add_argument("--max-uncommitted-bytes", type=int, default=None,
+    s.add_argument("--max-uncommitted-bytes", type=int_range(1), default=None,
                    help="backpressure: refuse new batches beyond this (default window/4)")
-    s.add_argument("--max-step-ms", type=int, default=1000,
+    s.add_argument("--max-step-ms", type=int_range(1), default=1000,
                    help="sequenced time moves by at most this from one record to the next")
-    s.add_argument("--upstream", action="append", default=[], help=(
+    s.add_argument("--upstream", action="append", default=[], type=upstream_spec, help=(
         "take another stream as a source (repeat): 'stream=NAME,source=ID,pub=ADDR,"
         "replicators=ADDR|ADDR,kinds=K|K'"))
     s.set_defaults(fn=cmd_sequencer)
 
     s = sub.add_parser("replica", help="run an engine replica (hot or warm) on its in stream")
     s.add_argument("--name", required=True)
-    s.add_argument("--engine", default="crossengine")
-    s.add_argument("--engine-config", default="{}", help="JSON: the engine's parameters")
-    s.add_argument("--stream", required=True, help="the input stream, e.g. in.ce.BTCUSDT")
-    s.add_argument("--pub", required=True, help="the input stream's live feed")
-    s.add_argument("--replicator", action="append", required=True)
-    s.add_argument("--control", required=True, help="endpoint for PING/HASH/PROMOTE/STOP")
+    s.add_argument("--engine", choices=ENGINE_NAMES, default="crossengine")
+    s.add_argument("--engine-config", default="{}", type=json_object,
+                   help="JSON: the engine's parameters")
+    s.add_argument("--stream", required=True, type=stream_name,
+                   help="the input stream, e.g. in.ce.BTCUSDT")
+    s.add_argument("--pub", required=True, type=endpoint, help="the input stream's live feed")
+    s.add_argument("--replicator", action="append", required=True, type=endpoint)
+    s.add_argument("--control", required=True, type=endpoint,
+                   help="endpoint for PING/HASH/PROMOTE/STOP")
     s.add_argument("--role", choices=["hot", "warm"], default="hot")
-    s.add_argument("--mirror", help="the out stream's mirror master (inputs endpoint)")
+    s.add_argument("--mirror", type=endpoint,
+                   help="the out stream's mirror master (inputs endpoint)")
     s.add_argument("--snapshots", help="this replica's snapshot directory")
     s.add_argument("--shared-snapshots", help="a snapshot directory shared by the replicas")
-    s.add_argument("--snapshot-every", type=int, default=100_000)
-    s.add_argument("--snapshot-s", type=float, default=30.0)
-    s.add_argument("--keep", type=int, default=3)
+    s.add_argument("--snapshot-every", type=int_range(1), default=100_000)
+    s.add_argument("--snapshot-s", type=seconds, default=30.0)
+    s.add_argument("--keep", type=int_range(1, 1000), default=3)
     s.set_defaults(fn=cmd_replica)
 
     s = sub.add_parser("mirror", help="run the mirror master of an out.* stream")
-    s.add_argument("--stream", required=True)
-    s.add_argument("--inputs", required=True, help="endpoint the hot engine replicas send to")
-    s.add_argument("--pub", required=True, help="endpoint subscribers connect to")
-    s.add_argument("--replicator", action="append", default=[], help="repeat per replicator")
+    s.add_argument("--stream", required=True, type=stream_name)
+    s.add_argument("--inputs", required=True, type=endpoint,
+                   help="endpoint the hot engine replicas send to")
+    s.add_argument("--pub", required=True, type=endpoint, help="endpoint subscribers connect to")
+    s.add_argument("--replicator", action="append", default=[], type=endpoint,
+                   help="repeat per replicator")
     s.add_argument("--policy", choices=["none", "first", "quorum", "all"], default="none")
-    s.add_argument("--from-seq", type=int, default=1,
+    s.add_argument("--from-seq", type=SEQ, default=1,
                    help="with policy none: the first seq of the stream this mirror serves")
     s.set_defaults(fn=cmd_mirror)
 
     s = sub.add_parser("produce", help="send records into a stream")
-    s.add_argument("--sequencer", required=True)
-    s.add_argument("--source", type=int, required=True)
-    s.add_argument("--count", type=int, required=True)
-    s.add_argument("--rate", type=int, default=0)
-    s.add_argument("--batch", type=int, default=64)
-    s.add_argument("--window", type=int, default=100_000)
-    s.add_argument("--kind", type=int, default=16)
-    s.add_argument("--payload-bytes", type=int, default=64)
+    s.add_argument("--sequencer", required=True, type=endpoint)
+    s.add_argument("--source", type=SOURCE, required=True)
+    s.add_argument("--count", type=int_range(0, 1 << 40), required=True)
+    s.add_argument("--rate", type=int_range(0, 10**8), default=0)
+    s.add_argument("--batch", type=int_range(1, 65_536), default=64)
+    s.add_argument("--window", type=int_range(1, 1 << 30), default=100_000)
+    s.add_argument("--kind", type=int_range(2, 65_535), default=16)
+    s.add_argument("--payload-bytes", type=int_range(0, 1 << 20), default=64)
     s.add_argument("--acks", help="append acknowledged runs to this file")
-    s.add_argument("--resend-from", type=int, help="resend from this source_seq on")
-    s.add_argument("--timeout", type=float, default=120)
+    s.add_argument("--resend-from", type=SEQ, help="resend from this source_seq on")
+    s.add_argument("--timeout", type=seconds, default=120)
     s.set_defaults(fn=cmd_produce)
 
-    s = sub.add_parser("tail", help="follow a stream (exactly once, resumable with --out)")
-    s.add_argument("stream")
-    s.add_argument("--pub", required=True)
-    s.add_argument("--replicator", action="append", required=True)
-    s.add_argument("--from", dest="from_seq", type=int, default=1)
-    s.add_argument("--to", type=int)
-    s.add_argument("--out")
-    s.set_defaults(fn=cmd_tail)
+    def view_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--json", action="store_true", help="one JSON object per record")
+        s.add_argument("--ticks", action="store_true", help="show the idle Ticks too")
+        s.add_argument("--kind", help="only records with this command or event "
+                       "(e.g. NewOrder, Trade, OrderRejected; any case) or kind number")
+        s.add_argument("--account", type=int_range(0, (1 << 32) - 1),
+                       help="only records that name this account")
+        s.add_argument("--order", type=int_range(0, (1 << 64) - 1),
+                       help="only records that name this order id or client order id")
+        s.add_argument("--data", default="seqex-data",
+                       help="the running cluster's data directory (addresses, tick sizes)")
+        s.set_defaults(flush=False)
 
-    s = sub.add_parser("replay", help="print records of a stream from a replicator")
-    s.add_argument("stream")
-    s.add_argument("--replicator", help="default: the first replicator of the running cluster")
-    s.add_argument("--data", default="seqex-data")
+    s = sub.add_parser("tail", help="follow a stream, decoded (exactly once; --out resumes)")
+    s.add_argument("stream", type=stream_name)
+    s.add_argument("--pub", type=endpoint, help="default: from the running cluster")
+    s.add_argument("--replicator", action="append", type=endpoint,
+                   help="default: the running cluster's replicators")
+    s.add_argument("--from", dest="from_seq", type=SEQ, default=1)
+    s.add_argument("--to", type=SEQ, help="stop after this seq")
+    s.add_argument("--count", type=int_range(1), help="stop after this many records shown")
+    s.add_argument("--wait", type=seconds, default=30.0,
+                   help="how long to wait for --from when the stream has not reached it")
+    s.add_argument("--out", help="append 'seq source source_seq kind' lines to this file")
+    view_args(s)
+    s.set_defaults(fn=cmd_tail, flush=True)
+
+    s = sub.add_parser("replay", help="print records of a stream from a replicator, decoded")
+    s.add_argument("stream", type=stream_name)
+    s.add_argument("--replicator", type=endpoint,
+                   help="default: the first replicator of the running cluster")
     s.add_argument("--rebuild", action="store_true",
                    help="rebuild the engine from the log and print its state hash")
     s.add_argument("--engine", help="with --rebuild: the engine (default: by the stream's name)")
-    s.add_argument("--engine-config", help="with --rebuild: JSON of the engine's parameters "
+    s.add_argument("--engine-config", type=json_object,
+                   help="with --rebuild: JSON of the engine's parameters "
                    "(a TradingEngine's specs, shard and n_shards)")
-    s.add_argument("--from", dest="from_seq", type=int, default=1)
-    s.add_argument("--to", type=int)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--from", dest="from_seq", type=SEQ, default=1)
+    s.add_argument("--to", type=SEQ)
+    view_args(s)
     s.set_defaults(fn=cmd_replay)
 
     for verb, fn in (("ping", cmd_ping), ("stop", cmd_stop)):
         s = sub.add_parser(verb, help=f"{verb} a seqex server")
-        s.add_argument("addr")
-        s.add_argument("--timeout", type=float, default=2.0)
+        s.add_argument("addr", type=endpoint)
+        s.add_argument("--timeout", type=seconds, default=2.0)
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("up", help="start and supervise this host's processes")
     s.add_argument("--topology", help="TOML file (default: one machine over loopback)")
     s.add_argument("--data", help="data directory (default: the topology's, ./seqex-data)")
-    s.add_argument("--base-port", type=int, help="first port (default: the topology's)")
+    s.add_argument("--base-port", type=int_range(1, 65535),
+                   help="first port (default: the topology's)")
     s.add_argument("--host", help="start only this host's processes")
+    s.add_argument("--max-restarts", type=int_range(0, 1000), default=8,
+                   help="quick deaths in a row before the supervisor gives up on a process")
+    s.add_argument("--restart-backoff", type=seconds, default=0.5,
+                   help="the first restart delay; it doubles per quick death, up to 30 s")
+    s.add_argument("--ready-timeout", type=seconds, default=60.0,
+                   help="how long each process may take to answer at start")
     s.set_defaults(fn=cmd_up)
 
     for verb, fn, text in (("down", cmd_down, "stop a running `seqex up`"),
@@ -435,30 +716,95 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--data", default="seqex-data")
         s.set_defaults(fn=fn)
 
-    s = sub.add_parser("submit", help="put one order into in.ce.SYMBOL")
+    s = sub.add_parser("submit", help="put one order into in.ce.SYMBOL and print its outcome")
     s.add_argument("--data", default="seqex-data")
     s.add_argument("--symbol", default="BTCUSDT")
-    s.add_argument("--side", choices=["buy", "sell"], required=True)
-    s.add_argument("--price", type=int, default=0, help="price in ticks")
-    s.add_argument("--qty", type=int, required=True, help="quantity in lots")
-    s.add_argument("--account", type=int, default=1)
+    s.add_argument("--side", type=str.lower, choices=["buy", "sell"], required=True)
+    s.add_argument("--price", type=decimal_arg,
+                   help="limit price in the contract's units (a multiple of its tick size)")
+    s.add_argument("--qty", type=decimal_arg, required=True,
+                   help="quantity in the contract's units (a multiple of its lot size)")
+    s.add_argument("--account", type=int_range(1, (1 << 32) - 1), default=1)
     s.add_argument("--market", action="store_true")
-    s.add_argument("--tif", choices=["gtc", "ioc", "fok"], default="gtc")
-    s.add_argument("--client-order-id", type=int)
-    s.add_argument("--source", type=int,
-                   help="producer source id (default: from the pid; each client needs its own)")
+    s.add_argument("--tif", type=str.lower, choices=["gtc", "ioc", "fok"],
+                   help="time in force (default: gtc for a limit order, ioc for a market one)")
+    s.add_argument("--client-order-id", type=int_range(1, (1 << 64) - 1))
+    s.add_argument("--source", type=SOURCE,
+                   help="producer source id (default: a free one, locked for this client)")
+    s.add_argument("--timeout", type=seconds, default=10.0,
+                   help="how long to wait for the outcome")
     s.set_defaults(fn=cmd_submit)
 
     s = sub.add_parser("demo", help="run a local log cluster with live figures")
-    s.add_argument("--seconds", type=int, default=10)
-    s.add_argument("--rate", type=int, default=30_000, help="records/s offered in total")
+    s.add_argument("--seconds", type=int_range(1, 86_400), default=10)
+    s.add_argument("--rate", type=int_range(3, 10**7), default=30_000,
+                   help="records/s offered in total")
     s.add_argument("--data", help="directory for data and logs (default: a new temp dir)")
     s.set_defaults(fn=cmd_demo)
+    return p
 
-    args = p.parse_args(argv)
-    keys.setup(args)
-    _pin()
-    return args.fn(args)
+
+def _one_of(exc: BaseException, *names: str) -> bool:
+    """Whether exc is an instance of one of the classes 'module.Class'. A module that was
+    never imported cannot have raised: main() imports nothing just to classify an error."""
+    for name in names:
+        module, _, cls = name.rpartition(".")
+        kind = getattr(sys.modules.get(module), cls, None)
+        if kind is not None and isinstance(exc, kind):
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Every failure the user can act on (bad input, nothing running, a peer
+    that does not answer) is one line on stderr and exit status 2, never a traceback. A bug
+    in a client verb is one line and exit status 1 (SEQEX_LOG=debug shows its traceback); a
+    process verb's bug keeps its traceback for the log, as a broken invariant must."""
+    verb = "seqex"
+    try:
+        level = _log_level()
+        logging.basicConfig(level=level,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        args = parser().parse_args(argv)
+        verb = f"seqex {args.verb}"
+        from deploy import keys
+        keys.setup(args)
+        _pin()
+        return args.fn(args)
+    except BrokenPipeError:
+        # The reader went away (`seqex replay ... | head`): stop quietly, as tools do.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):   # stdout is not a file (embedded use)
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        process_verb = verb.split()[-1] in PROCESS_VERBS
+        if isinstance(exc, UsageError) or _one_of(
+                exc, "deploy.topology.TopologyError", "deploy.supervisor.SupervisorError",
+                "deploy.supervisor.NotUp", "deploy.client.ClientError"):
+            return _fail(verb, str(exc))
+        if _one_of(exc, "zmq.ZMQError"):
+            return _fail(verb, f"ZeroMQ: {exc}")
+        if isinstance(exc, TimeoutError):
+            return _fail(verb, str(exc) or "timed out")
+        if isinstance(exc, OSError):
+            return _fail(verb, f"{exc.strerror or exc}"
+                               f"{f': {exc.filename}' if exc.filename else ''}")
+        if isinstance(exc, ValueError) and not process_verb:
+            return _fail(verb, str(exc))   # the client's and the codecs' checks of values
+        if process_verb or logging.getLogger().level <= logging.DEBUG:
+            raise
+        print(f"{verb}: internal error: {type(exc).__name__}: {exc} (SEQEX_LOG=debug shows "
+              "the traceback)", file=sys.stderr)
+        return 1
+
+
+def _fail(verb: str, message: str) -> int:
+    print(f"{verb}: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,70 +1,231 @@
 """`seqex up` / `down` / `status`: run this host's part of a topology and watch over it.
 
-`up` starts every process of this host in plan order (each waits for the ones before it to
-answer), writes ``<data_dir>/seqex.json`` (the plan, with the supervisor's pid), then checks
-its processes every half second: a process that died is started again, and it recovers by
-itself (a replicator from LMDB and its peers, a master by claiming a new epoch, a replica from
-its newest snapshot plus replay). Ctrl-C, SIGTERM or `seqex down` stop everything in reverse
-order and remove the state file. Logs: ``<data_dir>/logs/<process>.log``.
+`up` takes the data directory's lock (``<data_dir>/seqex.lock``, an exclusive ``flock`` held
+for the supervisor's life), so a second `up` on the same directory exits at once with one line
+and touches nothing. It checks that this host's ports are free, starts every process in plan
+order (each waits for the ones before it to answer; one that exits or stays silent stops the
+start with its log's last line), writes ``<data_dir>/seqex.json`` atomically (the plan, with
+the supervisor's pid), then checks its processes every half second.
+
+A process that died is started again and recovers by itself (a replicator from LMDB and its
+peers, a master by claiming a new epoch, a replica from its newest snapshot plus replay).
+Restarts back off exponentially: a process that dies within ``STABLE_S`` of its start waits
+0.5 s, 1 s, 2 s ... (at most 30 s) before the next try; after ``max_restarts`` such failures in
+a row the supervisor gives up on it, prints why (the last line of its log) and records it in
+seqex.json, where `seqex status` shows it. The rest keeps running. Ctrl-C, SIGTERM or `seqex
+down` stop everything in reverse order and remove the state file.
+Logs: ``<data_dir>/logs/<process>.log``.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
-import sys
+import socket
 import time
 
 from deploy.procs import Group, Proc
 from deploy.topology import Topology
-from mq.control import ping, wait_until
+from mq.control import ping
 
 STATE_FILE = "seqex.json"
+LOCK_FILE = "seqex.lock"
+STABLE_S = 30.0          # a process that ran this long has recovered: its backoff resets
+BACKOFF_CAP_S = 30.0
+
+
+class SupervisorError(Exception):
+    """`up` cannot start or go on; the message is the operator's one line."""
+
+
+class NotUp(Exception):
+    """No running cluster in this data directory."""
+
+
+def backoff_s(failures: int, base_s: float = 0.5, cap_s: float = BACKOFF_CAP_S) -> float:
+    """The wait before restart number `failures` (1, 2, ...) of a process that keeps dying:
+    base, 2 base, 4 base, ..., at most cap."""
+    return min(cap_s, base_s * (2 ** max(0, failures - 1)))
+
+
+def last_line(path: str) -> str:
+    """The last non-empty line of a log (what a crashed process said last)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = [x for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1].strip()[:300] if lines else "(empty log)"
+
+
+def lock_data_dir(data_dir: str) -> int:
+    """Take the data directory's lock, or raise SupervisorError naming who holds it."""
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SupervisorError(f"seqex is already up in {data_dir} (supervisor pid {holder}); "
+                              f"`seqex down --data {data_dir}` stops it") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Readers see the old file or the new one, never a torn one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def port_in_use(endpoint: str) -> bool:
+    """Whether a tcp://HOST:PORT endpoint of this machine is taken (False if not bindable
+    here for another reason, e.g. another host's address)."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    host, _, port = endpoint[len("tcp://"):].rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # As ZeroMQ does: connections of an earlier run in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), int(port)))
+        except OSError as exc:
+            return exc.errno == 98  # EADDRINUSE
+    return False
 
 
 class Supervisor:
-    def __init__(self, topo: Topology, host: str | None = None):
+    def __init__(self, topo: Topology, host: str | None = None, max_restarts: int = 8,
+                 backoff_base_s: float = 0.5, title: str = "seqex up"):
         self.topo = topo
         self.host = host
         self.group = Group(os.path.join(topo.data_dir, "logs"))
         self.procs: dict[str, Proc] = {}
         self.running = True
-        self.restarts: dict[str, int] = {}
+        self.max_restarts = max_restarts
+        self.backoff_base_s = backoff_base_s
+        self.restarts: dict[str, int] = {}       # total restarts per process
+        self.failures: dict[str, int] = {}       # quick deaths in a row
+        self.started_at: dict[str, float] = {}
+        self.due_at: dict[str, float] = {}       # when a dead process may start again
+        self.gave_up: dict[str, str] = {}        # process -> why
+        self.lock_fd: int | None = None
+        self.title = title
 
     def mine(self) -> list:
         return [p for p in self.topo.procs if self.host is None or p.host == self.host]
 
+    def preflight(self) -> None:
+        """Everything that can be checked before a process starts."""
+        if self.host is not None and not self.mine():
+            hosts = sorted({p.host for p in self.topo.procs})
+            raise SupervisorError(f"--host {self.host}: no process of the topology runs there "
+                                  f"(hosts: {', '.join(hosts)})")
+        for spec in self.mine():
+            ends = [spec.control] + [spec.args[i + 1] for i, a in enumerate(spec.args)
+                                     if a in ("--pub", "--producers", "--inputs")]
+            for end in ends:
+                if port_in_use(end):
+                    raise SupervisorError(
+                        f"{end} ({spec.name}) is already in use on this machine: another "
+                        "seqex (or an earlier run's processes) holds it; stop it or choose "
+                        "another --base-port")
+
     def up(self, ready_timeout_s: float = 60) -> None:
-        os.makedirs(self.topo.data_dir, exist_ok=True)
+        self.lock_fd = lock_data_dir(self.topo.data_dir)
+        try:
+            self.preflight()
+        except SupervisorError:
+            os.close(self.lock_fd)
+            raise
+        print(self.title, flush=True)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "running", False))
         try:
             for spec in self.mine():
-                self.procs[spec.name] = self.group.spawn(spec.name, spec.args, cpu=spec.cpu)
-                wait_until(lambda spec=spec: ping(spec.control), ready_timeout_s,
-                           f"{spec.name} to answer on {spec.control}")
+                proc = self.group.spawn(spec.name, spec.args, cpu=spec.cpu)
+                self.procs[spec.name] = proc
+                self.started_at[spec.name] = time.monotonic()
+                self._wait_ready(spec, proc, ready_timeout_s)
+                if not self.running:
+                    return
                 print(f"  started {spec.name:<22} {spec.role:<12} {spec.control}", flush=True)
-            with open(self.state_path, "w") as f:
-                f.write(self.topo.to_json().replace('"procs"', f'"supervisor": {os.getpid()}, '
-                                                              '"procs"', 1))
+            self._write_state()
             self.banner()
             while self.running:
                 time.sleep(0.5)
-                for name, proc in self.procs.items():
-                    if self.running and not proc.alive:
-                        self.restarts[name] = self.restarts.get(name, 0) + 1
-                        print(f"  {name} exited ({proc.popen.returncode}); restarting "
-                              f"(restart {self.restarts[name]})", flush=True)
-                        proc.start()
+                self.check()
         finally:
             print("stopping...", flush=True)
             self.group.stop_all()
             if os.path.exists(self.state_path):
                 os.remove(self.state_path)
+            os.close(self.lock_fd)
             print("stopped.", flush=True)
+
+    def _wait_ready(self, spec, proc: Proc, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.running:
+            if ping(spec.control, timeout_s=0.5):
+                return
+            if not proc.alive:
+                raise SupervisorError(f"{spec.name} exited with status {proc.popen.returncode} "
+                                      f"while starting: {last_line(proc.log_path)} (log: "
+                                      f"{proc.log_path})")
+            if time.monotonic() > deadline:
+                raise SupervisorError(f"{spec.name} did not answer on {spec.control} in "
+                                      f"{timeout_s:g} s (log: {proc.log_path})")
+
+    def check(self) -> None:
+        """One round: restart what died, with backoff; give up on what keeps dying."""
+        now = time.monotonic()
+        for name, proc in self.procs.items():
+            if not self.running or name in self.gave_up or proc.alive:
+                continue
+            due = self.due_at.get(name)
+            if due is None:   # just found dead: decide when to try again
+                quick = now - self.started_at.get(name, 0.0) < STABLE_S
+                self.failures[name] = self.failures.get(name, 0) + 1 if quick else 1
+                if self.failures[name] > self.max_restarts:
+                    why = (f"{name} died {self.failures[name]} times in a row, each within "
+                           f"{STABLE_S:g} s of its start; giving up on it. Last words: "
+                           f"{last_line(proc.log_path)} (log: {proc.log_path}). Fix the cause, "
+                           f"then `seqex down` and `seqex up` again")
+                    self.gave_up[name] = why
+                    print(f"  {why}", flush=True)
+                    self._write_state()
+                    continue
+                wait = backoff_s(self.failures[name], self.backoff_base_s)
+                self.due_at[name] = now + wait
+                print(f"  {name} exited ({proc.popen.returncode}): "
+                      f"{last_line(proc.log_path)}; restarting in {wait:g} s "
+                      f"(failure {self.failures[name]} of {self.max_restarts})", flush=True)
+                continue
+            if now >= due:
+                del self.due_at[name]
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                print(f"  restarting {name} (restart {self.restarts[name]})", flush=True)
+                self.started_at[name] = now
+                proc.start()
 
     @property
     def state_path(self) -> str:
         return os.path.join(self.topo.data_dir, STATE_FILE)
+
+    def _write_state(self) -> None:
+        d = json.loads(self.topo.to_json())
+        d["supervisor"] = os.getpid()
+        d["gave_up"] = self.gave_up
+        write_atomically(self.state_path, json.dumps(d, indent=1))
 
     def banner(self) -> None:
         print(f"seqex is up: {len(self.procs)} processes, data and logs in {self.topo.data_dir}")
@@ -74,42 +235,86 @@ class Supervisor:
         print("  seqex status                         the process table")
         print("  seqex submit --symbol BTCUSDT --side buy --price 100 --qty 5 --account 1")
         print("  seqex replay in.ce.BTCUSDT --from 1  the log, decoded (--rebuild: state hash)")
+        print("  seqex tail out.ce.BTCUSDT            results as they come")
         print("  seqex down (or Ctrl-C)               stop everything", flush=True)
 
 
-def read_state(data_dir: str) -> tuple[Topology, int]:
+def read_state(data_dir: str, check_alive: bool = True) -> tuple[Topology, int]:
+    """The running cluster's plan and supervisor pid; NotUp when there is none."""
     path = os.path.join(os.path.abspath(data_dir), STATE_FILE)
-    if not os.path.exists(path):
-        raise SystemExit(f"seqex is not up in {data_dir} (no {STATE_FILE}); run `seqex up`")
-    with open(path) as f:
-        text = f.read()
-    import json
-    pid = json.loads(text).get("supervisor", 0)
-    return Topology.from_json(text), pid
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise NotUp(f"seqex is not up in {data_dir} (no {STATE_FILE}); run `seqex up`") from None
+    except OSError as exc:
+        raise NotUp(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        d = json.loads(text)
+        pid = int(d.get("supervisor", 0))
+        topo = Topology.from_json(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise NotUp(f"{path} is damaged ({exc}); `seqex down --data {data_dir}` removes "
+                    "it") from None
+    if check_alive and not _running(pid):
+        raise NotUp(f"seqex is not up in {data_dir}: its supervisor (pid {pid}) is gone and "
+                    f"{STATE_FILE} is stale; `seqex down --data {data_dir}` clears it")
+    return topo, pid
+
+
+def gave_up(data_dir: str) -> dict[str, str]:
+    try:
+        with open(os.path.join(os.path.abspath(data_dir), STATE_FILE)) as f:
+            return json.load(f).get("gave_up", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def lock_holder(data_dir: str) -> int | None:
+    """The pid of the supervisor holding the data directory's lock, or None."""
+    try:
+        fd = os.open(os.path.join(os.path.abspath(data_dir), LOCK_FILE), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else None
+    finally:
+        os.close(fd)   # also releases a probe lock taken above
+    return None
 
 
 def down(data_dir: str, timeout_s: float = 60) -> int:
-    _topo, pid = read_state(data_dir)
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        os.remove(os.path.join(os.path.abspath(data_dir), STATE_FILE))
-        print("the supervisor was gone; removed its state file")
-        return 0
     state = os.path.join(os.path.abspath(data_dir), STATE_FILE)
+    try:
+        _topo, pid = read_state(data_dir, check_alive=False)
+    except NotUp:
+        # Still starting (no state file yet), but the lock names its supervisor.
+        pid = lock_holder(data_dir)
+        if pid is None:
+            raise
+    if not _running(pid):
+        os.remove(state)
+        print(f"the supervisor (pid {pid}) was gone; removed its state file")
+        return 0
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # The supervisor removes its state file last; an exited one may linger as a zombie
         # until its parent reaps it, which still answers kill(pid, 0).
-        if not os.path.exists(state) or not _running(pid):
+        if not _running(pid) or (not os.path.exists(state)
+                                 and lock_holder(data_dir) != pid):
             print("seqex is down")
             return 0
         time.sleep(0.1)
-    print(f"the supervisor (pid {pid}) did not stop in {timeout_s} s", file=sys.stderr)
-    return 1
+    raise SupervisorError(f"the supervisor (pid {pid}) did not stop in {timeout_s:g} s")
 
 
 def _running(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         with open(f"/proc/{pid}/status") as f:
             return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
@@ -117,12 +322,14 @@ def _running(pid: int) -> bool:
         return False
 
 
-def status_rows(topo: Topology) -> list[list[str]]:
+def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[list[str]]:
+    given_up = given_up or {}
     rows = [["process", "role", "core", "stream", "seq", "lag/commit", "rate/s", "state"]]
     for spec in topo.procs:
         st = ping(spec.control, timeout_s=0.5)
         if st is None:
-            rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", "DOWN"])
+            state = "GAVE UP (see the supervisor's output)" if spec.name in given_up else "DOWN"
+            rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", state])
             continue
         if spec.role == "replicator":
             streams = st.get("streams", {})

@@ -10,8 +10,16 @@ Rules:
 * every later copy is compared byte for byte with the accepted one; a difference is a
   divergence alarm naming the seq, the replica whose copy stands and the one that differs
   (the engines are deterministic, so it means a bug or a corrupted replica);
-* a frame that starts beyond the next seq waits (bounded) until some replica produces the
-  missing seqs;
+* every DATA is answered with ACK {src: 0, next, committed, gap}: ``next`` is the first seq
+  the mirror lacks, ``gap`` says that the frame lay (partly) beyond it. The mirror asks for
+  what it misses this way: a hot replica told of a gap rewinds to ``next`` and resends its
+  kept outputs from there, in order (mq/replica.py). A replica's HELLO {replica} is answered
+  with the same ACK, so a replica learns of a restarted mirror that lacks its last outputs
+  even when no new input arrives;
+* a frame that starts beyond the next seq is held until the gap before it fills, released by
+  a loop (never by recursion), within MAX_HELD_FRAMES and MAX_HELD_BYTES; a frame that does
+  not fit is dropped and comes again with the replica's resend. While it has a gap the mirror
+  logs, every NOTE_EVERY_S, that it is behind, from which seq, and why; and when it heals;
 * ack policy "none" keeps no replicas of the stream: its content can be recomputed from the
   input stream. Such a mirror starts at the seq it is given (``from_seq``, default 1) and
   holds what arrives beyond it; the supervisor passes the engine's input position when it
@@ -20,7 +28,9 @@ The mirror stamps nothing: its records are the engines' bytes, so copies compare
 """
 from __future__ import annotations
 
+import heapq
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -30,7 +40,9 @@ from mq.sequencer import POLICIES, Sequencer, run
 
 log = logging.getLogger("seqex.mirror")
 
-MAX_HELD_BYTES = 64 << 20   # frames waiting for an earlier gap to fill
+MAX_HELD_BYTES = 64 << 20   # frames waiting for an earlier gap to fill, in bytes
+MAX_HELD_FRAMES = 65_536    # ... and in frames
+NOTE_EVERY_S = 5.0          # a lasting condition is logged at most this often
 
 
 class Mirror(Sequencer):
@@ -46,10 +58,15 @@ class Mirror(Sequencer):
         self.tick_ns = 1 << 62          # a mirror never ticks: its seqs are its input's
         self.from_seq = from_seq
         self.held: dict[int, tuple[int, bytes, str, bytes]] = {}  # first -> (last, frame, ...)
+        self.held_firsts: list[int] = []    # a heap of the keys of held
         self.held_bytes = 0
+        self.behind_since = 0.0             # monotonic time the out stream found a gap; 0: none
+        self.behind_note_at = 0.0
+        self.full_note_at = 0.0
         self.alarms: deque[dict] = deque(maxlen=100)
         self.stats.update({"accepted": 0, "copies_compared": 0, "divergences": 0,
-                           "held_frames": 0, "dropped_held": 0})
+                           "held_frames": 0, "dropped_held": 0,
+                           "held_duplicates": 0, "gaps_reported": 0})
 
     def recover(self, deadline_s: float = 60.0) -> None:
         if self.policy == "none":
@@ -84,44 +101,96 @@ class Mirror(Sequencer):
                 self.stats["bad_batches"] += 1
                 self._reply(ident, wire.ERROR, {"error": str(exc)})
 
+    def _control(self, ident: bytes, kind: bytes, body: dict) -> None:
+        if kind == wire.HELLO and "replica" in body:
+            # A replica's probe: where does the out stream stand?
+            self._reply(ident, wire.ACK, self._position(gap=False))
+        else:
+            super()._control(ident, kind, body)
+
+    def _position(self, gap: bool) -> dict[str, Any]:
+        return {"src": 0, "next": self.next_seq, "committed": self.committed, "gap": gap}
+
     def _accept(self, ident: bytes, replica: str, frame: bytes) -> None:
+        """Place one frame from a replica, take whatever held frames it unblocks, and tell
+        the replica where the out stream stands (with gap set if it must resend)."""
         _n, first, last = scan(frame)
+        self._place(ident, replica, frame, first, last)
+        self._release_held()
+        gap = self.next_seq <= last      # part of this frame lies beyond a missing range
+        if gap:
+            self._note_behind(replica, first)
+        elif self.behind_since and not self.held:
+            log.warning("%s: caught up: contiguous again at seq %d after %.1f s",
+                        self.stream, self.next_seq - 1, time.monotonic() - self.behind_since)
+            self.behind_since = 0.0
+        self._reply(ident, wire.ACK, self._position(gap))
+
+    def _place(self, ident: bytes, replica: str, frame: bytes, first: int, last: int) -> None:
+        """Compare what the out stream already has, take what continues it, hold the rest.
+        Never calls itself or _release_held: a held frame is placed by the release loop."""
         nxt = self.next_seq
         if first < nxt:
             upto = min(last, nxt - 1)
             self._compare(first, upto, trim(frame, first, first, upto), replica)
             if last < nxt:
-                self._reply(ident, wire.ACK, {"src": 0, "next": self.committed + 1, "runs": []})
                 return
             frame, first = trim(frame, first, nxt), nxt
         if first > nxt:
             self._hold(first, last, frame, replica, ident)
             return
         self._take(first, last, frame, replica, ident)
-        self._release_held()
 
     def _release_held(self) -> None:
-        """Take held frames that now start at or below the next seq, lowest first."""
-        while self.held:
-            f = min(self.held)
-            if f > self.next_seq:
-                return
-            _last, frame, replica, ident = self.held.pop(f)
+        """Place held frames that now start at or below the next seq, lowest first: a loop,
+        so that any number of held frames is released with a flat stack."""
+        heap = self.held_firsts
+        while heap and heap[0] <= self.next_seq:
+            f = heapq.heappop(heap)
+            last, frame, replica, ident = self.held.pop(f)
             self.held_bytes -= len(frame)
-            self._accept(ident, replica, frame)
+            self._place(ident, replica, frame, f, last)
 
     def _take(self, first: int, last: int, frame: bytes, replica: str, ident: bytes) -> None:
         self.next_seq = last + 1
         self.stats["accepted"] += last - first + 1
-        self._commit_frame(first, [frame], [(ident, 0, last + 1, [])], tag=replica)
+        self._commit_frame(first, [frame], [], tag=replica)
 
     def _hold(self, first: int, last: int, frame: bytes, replica: str, ident: bytes) -> None:
-        if first in self.held or self.held_bytes + len(frame) > MAX_HELD_BYTES:
+        """Keep a frame that starts beyond the next seq until the gap before it fills.
+        Bounded: a frame that does not fit (MAX_HELD_FRAMES, MAX_HELD_BYTES) is dropped. Nothing
+        is lost by that: the sender is told about the gap, rewinds to the mirror's next seq and
+        resends everything from there in order, the dropped frame included."""
+        if first in self.held:
+            self.stats["held_duplicates"] += 1   # the same seqs from another replica
+            return
+        if (len(self.held) >= MAX_HELD_FRAMES
+                or self.held_bytes + len(frame) > MAX_HELD_BYTES):
             self.stats["dropped_held"] += 1
+            now = time.monotonic()
+            if now >= self.full_note_at:
+                self.full_note_at = now + NOTE_EVERY_S
+                log.warning("%s: held frames at their bound (%d frames, %d bytes): dropping "
+                            "frames beyond seq %d until the replicas resend from there",
+                            self.stream, len(self.held), self.held_bytes, self.next_seq)
             return
         self.held[first] = (last, frame, replica, ident)
+        heapq.heappush(self.held_firsts, first)
         self.held_bytes += len(frame)
         self.stats["held_frames"] += 1
+
+    def _note_behind(self, replica: str, first: int) -> None:
+        now = time.monotonic()
+        if not self.behind_since:
+            self.behind_since = now
+        self.stats["gaps_reported"] += 1
+        if now >= self.behind_note_at:
+            self.behind_note_at = now + NOTE_EVERY_S
+            log.warning("%s: behind for %.1f s: missing seq %d onwards (a frame from %s starts "
+                        "at %d: frames were lost in transport or with a restarted mirror); "
+                        "holding %d frames (%d bytes); asking the replicas to resend from %d",
+                        self.stream, now - self.behind_since, self.next_seq, replica, first,
+                        len(self.held), self.held_bytes, self.next_seq)
 
     def _compare(self, first: int, upto: int, theirs: bytes, replica: str) -> None:
         accepted = self.window.read(first, upto)
@@ -140,7 +209,10 @@ class Mirror(Sequencer):
                   "copy stands", self.stream, seq, replica, alarm["first_copy"])
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "role": "mirror", "alarms": list(self.alarms)}
+        behind = time.monotonic() - self.behind_since if self.behind_since else 0.0
+        return {**super().status(), "role": "mirror", "alarms": list(self.alarms),
+                "held_now": len(self.held), "held_bytes": self.held_bytes,
+                "behind_s": round(behind, 3)}
 
 
 def main(stream: str, inputs_bind: str, pub_bind: str, replicators: list[str],

@@ -5,20 +5,37 @@
 * Role **hot**: each output frame (one output record per input record, at the input's seq) goes
   to the out stream's mirror master as ``[DATA, {replica}, frame]``.
   Role **warm**: publishes nothing, keeps recent outputs, and writes snapshots.
-* Snapshots (any role with a snapshot directory): every ``snapshot_every`` records or
-  ``snapshot_s`` seconds, written atomically (temporary file, fsync, rename) as
-  ``<stream>-<seq>.snap``: magic, seq, SHA-256 of the state, length, state. The last
-  ``keep`` are kept.
-* Start-up: the newest usable snapshot from its own directory or a shared one (a damaged or
-  truncated file is skipped), then the input from that seq + 1. Nothing is missed or repeated.
+* Delivery to the mirror never relies on the socket: outputs stay in a window (bounded by
+  bytes) and the host sends them in seq order from ``sent_upto``. A send that would block
+  (mirror away, queue full) is simply tried again on the next turn, never dropped. The mirror
+  answers every frame with the first seq it lacks (mq/mirror.py): told of a gap, or when its
+  answers stall (backing off with jitter, RESEND_MIN_S .. RESEND_MAX_S), the host rewinds to
+  that seq and resends. When the mirror has been silent for PROBE_S the host asks it where it
+  stands (HELLO), so a mirror restarted without the last outputs learns of them at idle too.
+* Snapshots: warm replicas write them, every ``snapshot_every`` records or ``snapshot_s``
+  seconds. Hot replicas do not by default: a snapshot costs the engine's serialization on the
+  apply loop, and both hot replicas would stall in the same frame (a hot replica restarts
+  from the shared warm snapshots instead). With ``hot_snapshots`` a hot replica writes them
+  too, at seqs offset by a fraction of ``snapshot_every`` taken from its name, so that two
+  hot replicas never stall together. A promoted warm replica keeps writing them (it may be
+  the only writer of the shared directory). In every role only the serialization runs on the
+  loop; hashing, writing and fsync run on a background thread. A file is written atomically
+  (temporary file, fsync, rename) as ``<stream>-<seq>.snap``: magic and version, seq, SHA-256
+  of the state, length, state. The last ``keep`` are kept.
+* Start-up: the newest snapshot that passes every check (magic, version, seq equal to the
+  file name's, length equal to what the file holds, checksum, and a restore that succeeds),
+  from its own directory or a shared one; a file that fails is moved aside (``.bad``) with
+  one log line and the next older one is tried, then a full replay. Then the input from that
+  seq + 1. Nothing is missed or repeated.
 * Promotion: a warm replica becomes hot on PROMOTE, without a restart. It asks the mirror how
   far the out stream is committed, and sends its kept outputs from there on.
 * A control ROUTER answers PING (role, seq, lag, rates), HASH (seq and state hash), PROMOTE
   and STOP. The process pins itself to its core (SEQEX_CPU).
 
-The host is engine-agnostic. An engine is anything with ``apply_frame(frame) -> frame``,
-``snapshot() -> bytes``, ``restore(bytes)`` and ``state_hash() -> bytes``; ENGINES names the
-ones the command line can start.
+The host is engine-agnostic and imports no engine. An engine is anything with
+``apply_frame(frame) -> frame``, ``snapshot() -> bytes`` and ``state_hash() -> bytes``, plus a
+``restore(bytes) -> engine`` function; deploy/engines.py names the ones the command line can
+start.
 """
 from __future__ import annotations
 
@@ -26,9 +43,13 @@ import glob
 import hashlib
 import logging
 import os
+import random
 import signal
 import struct
+import threading
 import time
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -40,53 +61,69 @@ from mq.subscriber import Subscriber
 
 log = logging.getLogger("seqex.replica")
 
-SNAP_HEADER = struct.Struct("<8sQ32sQ")   # magic, seq, sha256(state), len(state)
-SNAP_MAGIC = b"SQXSNAP1"
+SNAP_HEADER = struct.Struct("<8sQ32sQ")   # magic+version, seq, sha256(state), len(state)
+SNAP_MAGIC = b"SQXSNAP"                   # then one version byte
+SNAP_VERSION = b"1"
+
+MAX_SEND_BYTES = 4 << 20   # outputs sent to the mirror per turn of the loop
+MIRROR_SNDHWM = 1000       # output frames queued in the socket to the mirror, at most
+RESEND_MIN_S = 0.5         # the mirror's answers stalled this long: rewind and resend ...
+RESEND_MAX_S = 8.0         # ... backing off (doubling, with jitter) up to this
+PROBE_S = 1.0              # the mirror silent this long: ask where it stands
+NOTE_EVERY_S = 5.0         # a lasting condition is logged at most this often
 
 
-def _crossengine(config: dict) -> Any:
-    from crossengine.engine import CrossEngine
-    return CrossEngine(**config), CrossEngine.restore
-
-
-def _tradingengine(config: dict) -> Any:
-    from tradingengine.engine import TradingEngine, spec_from_dict
-    specs = [spec_from_dict(s) for s in config.get("specs", [])]
-    engine = TradingEngine(specs, config.get("shard", 0), config.get("n_shards", 1))
-    return engine, TradingEngine.restore
-
-
-ENGINES = {"crossengine": _crossengine, "tradingengine": _tradingengine}
+class SnapshotError(ValueError):
+    """A snapshot file that must not be restored from; the message says which check failed."""
 
 
 class ReplicaHost:
-    def __init__(self, name: str, engine: str, stream: str, pub: str, replicators: list[str],
-                 control_bind: str, role: str = "hot", mirror: str | None = None,
-                 snapshot_dir: str | None = None, shared_snapshot_dir: str | None = None,
-                 snapshot_every: int = 100_000, snapshot_s: float = 30.0, keep: int = 3,
-                 engine_config: dict | None = None, output_window_bytes: int = 256 << 20):
+    def __init__(self, name: str, engine: Any, restore: Callable[[bytes], Any], stream: str,
+                 pub: str, replicators: list[str], control_bind: str, role: str = "hot",
+                 mirror: str | None = None, snapshot_dir: str | None = None,
+                 shared_snapshot_dir: str | None = None, snapshot_every: int = 100_000,
+                 snapshot_s: float = 30.0, keep: int = 3, output_window_bytes: int = 256 << 20,
+                 hot_snapshots: bool = False):
         if role not in ("hot", "warm"):
             raise ValueError("role is hot or warm")
         if role == "hot" and not mirror:
             raise ValueError("a hot replica needs the mirror master's address")
+        if snapshot_every < 1 or keep < 1:
+            raise ValueError("snapshot_every and keep are at least 1")
         self.name, self.stream, self.role = name, stream, role
-        self.engine, self._restore = ENGINES[engine](engine_config or {})
+        self.engine, self._restore = engine, restore
         self.snapshot_dir, self.shared_dir = snapshot_dir, shared_snapshot_dir
         self.snapshot_every, self.snapshot_s, self.keep = snapshot_every, snapshot_s, keep
+        # fixed at start: a promoted warm replica keeps writing them (it may be the only one
+        # that writes the shared directory the hot replicas restart from)
+        self.writes_snapshots = bool(snapshot_dir) and (role == "warm" or hot_snapshots)
+        # hot replicas snapshot at staggered seqs: (seq + offset) crosses a multiple of every
+        self.snap_offset = _stagger(name, snapshot_every) if role == "hot" else 0
+        self._writer: threading.Thread | None = None
         self.mirror_addr = mirror
-        self.mirror = sockets.dealer(mirror) if role == "hot" else None
+        self.mirror = _mirror_socket(mirror) if role == "hot" else None
         self.control = sockets.router(control_bind)
         self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
         self.outputs = Window(output_window_bytes)
         self.seq = 0                 # last input seq applied
         self.snap_seq = 0
-        self.snap_at = time.monotonic()
+        # the time trigger is staggered too: each hot replica starts at its own phase
+        self.snap_at = time.monotonic() - snapshot_s * self.snap_offset / snapshot_every
         self.head = 0                # highest input seq seen on the feed (for lag)
         self.running = True
         self.stats = {"applied": 0, "frames": 0, "snapshots": 0, "published_frames": 0,
-                      "restored_from": 0}
+                      "restored_from": 0, "bad_snapshots": 0, "resends": 0, "gaps_told": 0,
+                      "send_blocked": 0}
         self.rate = 0.0
         self._load_snapshot()
+        # delivery to the mirror (hot): outputs up to sent_upto were handed to the socket; the
+        # mirror holds every seq up to mirror_has (its latest answer)
+        self.sent_upto = self.mirror_has = self.seq
+        now = time.monotonic()
+        self.progress_at = self.heard_at = self.probe_at = now
+        self.resend_after = RESEND_MIN_S
+        self.rewound, self.rewound_at = -1, 0.0
+        self.lost_note_at = 0.0
         self.sub = Subscriber(stream, pub, replicators, next_seq=self.seq + 1)
 
     # -- snapshots --------------------------------------------------------------------------
@@ -95,28 +132,55 @@ class ReplicaHost:
         for d in (self.snapshot_dir, self.shared_dir):
             if d:
                 paths += glob.glob(os.path.join(d, f"{self.stream}-*.snap"))
-        for path in sorted(paths, key=_snap_seq, reverse=True):
-            state = read_snapshot(path)
-            if state is None:
-                log.warning("%s: skipping unusable snapshot %s", self.name, path)
+        if self.snapshot_dir:   # a write this process died in the middle of
+            for tmp in glob.glob(os.path.join(self.snapshot_dir, f"{self.stream}-*.snap.tmp")):
+                _remove(tmp)
+        for path in sorted(set(paths), key=_snap_seq, reverse=True):
+            try:
+                seq, data = check_snapshot(path)
+                engine = self._restore(data)
+            except FileNotFoundError:
+                continue    # rotated away by its writer since the listing
+            except Exception as exc:  # a damaged file, or one this engine cannot restore
+                self.stats["bad_snapshots"] += 1
+                aside = _move_aside(path)
+                log.error("%s: snapshot %s is unusable (%s: %s); %s; trying an older one",
+                          self.name, path, type(exc).__name__, exc,
+                          f"moved to {aside}" if aside else "could not move it aside")
                 continue
-            seq, data = state
-            self.engine = self._restore(data)
+            self.engine = engine
             self.seq = self.snap_seq = seq
             self.stats["restored_from"] = seq
             log.info("%s: restored from %s (seq %d)", self.name, path, seq)
             return
+        if paths:
+            log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
 
     def _maybe_snapshot(self) -> None:
-        if not self.snapshot_dir:
+        if not self.writes_snapshots or self.seq <= self.snap_seq:
             return
-        due = (self.seq - self.snap_seq >= self.snapshot_every
+        off, every = self.snap_offset, self.snapshot_every
+        due = ((self.seq + off) // every > (self.snap_seq + off) // every
                or time.monotonic() - self.snap_at >= self.snapshot_s)
-        if due and self.seq > self.snap_seq:
-            write_snapshot(self.snapshot_dir, self.stream, self.seq, self.engine.snapshot(),
-                           self.keep)
-            self.snap_seq, self.snap_at = self.seq, time.monotonic()
+        if not due or (self._writer is not None and self._writer.is_alive()):
+            return   # the previous snapshot is still being written: take this one later
+        state = self.engine.snapshot()   # the only part that must run between two applies
+        self._writer = threading.Thread(target=self._write, args=(self.seq, state),
+                                        name="snapshot-writer", daemon=True)
+        self._writer.start()
+        self.snap_seq, self.snap_at = self.seq, time.monotonic()
+
+    def _write(self, seq: int, state: bytes) -> None:
+        try:
+            write_snapshot(self.snapshot_dir, self.stream, seq, state, self.keep)
             self.stats["snapshots"] += 1
+        except OSError as exc:  # disk full, permissions: the log still holds everything
+            log.error("%s: could not write the snapshot at seq %d in %s: %s", self.name, seq,
+                      self.snapshot_dir, exc)
+
+    def wait_snapshot(self, timeout_s: float = 60.0) -> None:
+        if self._writer is not None:
+            self._writer.join(timeout_s)
 
     # -- the loop ---------------------------------------------------------------------------
     def serve(self) -> None:
@@ -133,29 +197,111 @@ class ReplicaHost:
                 self.head = max(self.head, last)
                 self.outputs.add(first, last, out)
                 if self.mirror is not None:
-                    self._publish(out)
+                    self._pump()
                 self.stats["applied"] += last - first + 1
                 self.stats["frames"] += 1
                 window_n += last - first + 1
+            if self.mirror is not None:
+                self._from_mirror()
+                self._pump()
             now = time.monotonic()
             if now - window_start >= 1.0:
                 self.rate, window_start, window_n = window_n / (now - window_start), now, 0
             self._maybe_snapshot()
             self._control()
+        self.wait_snapshot()
         self.sub.close()
         self.control.close(0)
         if self.mirror is not None:
             self.mirror.close(0)
 
-    def _publish(self, out: bytes) -> None:
-        try:
-            self.mirror.send_multipart([wire.DATA, wire.pack({"replica": self.name}), out],
-                                       zmq.NOBLOCK)
+    # -- delivery to the mirror ---------------------------------------------------------------
+    def _pump(self) -> None:
+        """Send kept outputs after sent_upto, in seq order, up to MAX_SEND_BYTES a turn. A send
+        that would block is tried again on a later turn: nothing is ever dropped here."""
+        budget = MAX_SEND_BYTES
+        while self.sent_upto < self.seq and budget > 0:
+            piece = self.outputs.frame_from(self.sent_upto + 1)
+            if piece is None:
+                self._not_kept()
+                continue
+            _first, last, frame = piece
+            try:
+                self.mirror.send_multipart(
+                    [wire.DATA, wire.pack({"replica": self.name}), frame], zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats["send_blocked"] += 1
+                return   # the mirror is away or its queue is full
+            if self.sent_upto <= self.mirror_has:
+                self.progress_at = time.monotonic()   # the first output it lacks left now
+            self.sent_upto = last
+            budget -= len(frame)
             self.stats["published_frames"] += 1
-        except zmq.Again:
-            pass  # the mirror is away; the other hot replica, or a resend, covers it
-        while self.mirror.poll(0):
-            self.mirror.recv_multipart()  # acks: the mirror's position (used on promotion)
+
+    def _not_kept(self) -> None:
+        """The mirror lacks outputs this host no longer keeps: skip to the oldest kept one (the
+        other hot replica or a promoted warm one must supply the rest), and say so."""
+        lowest = self.outputs.lowest()
+        skip_to = (lowest - 1) if lowest > self.sent_upto + 1 else self.seq
+        now = time.monotonic()
+        if now >= self.lost_note_at:
+            self.lost_note_at = now + NOTE_EVERY_S
+            log.error("%s: the mirror lacks outputs from seq %d, which this replica no longer "
+                      "keeps (it keeps %s); another hot replica, or a promoted warm one, must "
+                      "send them", self.name, self.sent_upto + 1,
+                      f"{lowest}..{self.seq}" if lowest else "none")
+        self.sent_upto = skip_to
+
+    def _from_mirror(self) -> None:
+        """Take the mirror's answers: where the out stream stands, and whether it has a gap.
+        Rewind to what it lacks when told of a gap, or when its answers stalled."""
+        now = time.monotonic()
+        gap_at = 0
+        while True:
+            try:
+                msg = self.mirror.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(msg) < 2 or msg[0] != wire.ACK:
+                continue
+            try:
+                body = wire.unpack(msg[1])
+                nxt = wire.field(body, "next", int)
+            except wire.WireError:
+                continue
+            self.heard_at = now
+            if nxt - 1 > self.mirror_has:
+                self.progress_at = now
+                self.resend_after = RESEND_MIN_S
+            # the latest answer is the truth: a restarted mirror may hold less than the last one
+            self.mirror_has = nxt - 1
+            if body.get("gap"):
+                gap_at = nxt
+        if gap_at and gap_at - 1 < self.sent_upto:
+            self.stats["gaps_told"] += 1
+            # Frames already in flight past the gap are each answered with the same seq:
+            # rewind once for them, not once each.
+            if self.rewound != gap_at or now - self.rewound_at > self.resend_after:
+                self._rewind(gap_at - 1, "the mirror reported a gap", now)
+        elif self.mirror_has < self.sent_upto and now - self.progress_at > self.resend_after:
+            self._rewind(self.mirror_has, "the mirror's answers stalled", now)
+        if now - self.heard_at > PROBE_S and now - self.probe_at > PROBE_S:
+            self.probe_at = now
+            try:
+                self.mirror.send_multipart(
+                    [wire.HELLO, wire.pack({"replica": self.name, "seq": self.seq})], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def _rewind(self, to: int, why: str, now: float) -> None:
+        log.warning("%s: %s; resending outputs from seq %d (sent up to %d)", self.name, why,
+                    to + 1, self.sent_upto)
+        self.stats["resends"] += 1
+        self.sent_upto = min(self.sent_upto, to)
+        self.rewound, self.rewound_at = to + 1, now
+        self.progress_at = now
+        # back off with jitter, so that replicas of a stalled mirror do not resend in step
+        self.resend_after = min(RESEND_MAX_S, self.resend_after * 2) * random.uniform(0.75, 1.25)
 
     def promote(self) -> dict:
         """Warm -> hot: send the kept outputs the mirror has not committed, then go live."""
@@ -165,17 +311,14 @@ class ReplicaHost:
             raise RuntimeError(f"{self.name}: no mirror configured; start it with --mirror")
         _k, status, _ = call(self.mirror_addr, wire.PING, timeout_s=5)
         start = status["committed"] + 1
-        self.mirror = sockets.dealer(self.mirror_addr)
-        seq = start
-        while seq <= self.seq:
-            piece = self.outputs.frame_from(seq)
-            if piece is None:
-                raise RuntimeError(f"{self.name}: outputs from {seq} are no longer kept")
-            _first, last, frame = piece
-            self._publish(frame)
-            seq = last + 1
+        if start <= self.seq and self.outputs.frame_from(start) is None:
+            raise RuntimeError(f"{self.name}: outputs from {start} are no longer kept")
+        self.mirror = _mirror_socket(self.mirror_addr)
+        self.sent_upto = self.mirror_has = start - 1
+        self.progress_at = self.heard_at = time.monotonic()
         self.role = "hot"
-        log.warning("%s: promoted to hot; resent outputs %d..%d", self.name, start, self.seq)
+        self._pump()
+        log.warning("%s: promoted to hot; resending outputs %d..%d", self.name, start, self.seq)
         return {"role": "hot", "resent_from": start}
 
     def _control(self) -> None:
@@ -214,7 +357,27 @@ class ReplicaHost:
         return {"role": "replica", "name": self.name, "replica_role": self.role,
                 "stream": self.stream, "seq": self.seq, "lag": max(0, self.head - self.seq),
                 "rate": round(self.rate), "snapshot_seq": self.snap_seq,
+                "sent_upto": self.sent_upto, "mirror_has": self.mirror_has,
                 "refusals": auth.refusal_stats(), **self.stats}
+
+
+def _mirror_socket(addr: str) -> zmq.Socket:
+    """To the mirror: sends fail while it is not connected (IMMEDIATE), and few frames queue
+    for it (MIRROR_SNDHWM), since the outputs window, not the socket, keeps what is unsent.
+    A frozen mirror then costs a bounded queue, not 100,000 copies of output frames."""
+    return sockets.dealer(addr, immediate=True, sndhwm=MIRROR_SNDHWM)
+
+
+def _stagger(name: str, every: int) -> int:
+    """The seq offset of a hot replica's snapshots, in 0 .. every-1. Replicas numbered by
+    their name's trailing digits (hot0, hot1, ...) get the multiples of the golden ratio
+    (k + 1) * 0.618 of the interval, which stay at least 0.236 of it apart for the first
+    three and never land on a warm replica's (offset 0); other names fall back to a hash."""
+    digits = len(name) - len(name.rstrip("0123456789"))
+    if digits:
+        k = int(name[-digits:])
+        return (k + 1) * every * 618_034 // 1_000_000 % every
+    return zlib.crc32(name.encode()) % every
 
 
 def _snap_seq(path: str) -> int:
@@ -225,51 +388,99 @@ def _snap_seq(path: str) -> int:
 
 
 def write_snapshot(directory: str, stream: str, seq: int, state: bytes, keep: int) -> str:
-    """Write atomically: a reader sees the old file set or the new one, never half a file."""
+    """Write atomically: a reader sees the old file set or the new one, never half a file.
+    A failed write leaves no temporary file behind."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{stream}-{seq:020d}.snap")
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(SNAP_HEADER.pack(SNAP_MAGIC, seq, hashlib.sha256(state).digest(), len(state)))
-        f.write(state)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(SNAP_HEADER.pack(SNAP_MAGIC + SNAP_VERSION, seq,
+                                     hashlib.sha256(state).digest(), len(state)))
+            f.write(state)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    for old in sorted(glob.glob(os.path.join(directory, f"{stream}-*.snap")), key=_snap_seq)[:-keep]:
-        os.remove(old)
+    kept = sorted(glob.glob(os.path.join(directory, f"{stream}-*.snap")), key=_snap_seq)
+    for old in kept[:-keep]:
+        _remove(old)
     return path
+
+
+def check_snapshot(path: str) -> tuple[int, bytes]:
+    """(seq, state) of a whole, intact snapshot file. Every header field is checked before it
+    is trusted (the length against the file's size before anything is allocated); raises
+    SnapshotError naming the first check that fails, or OSError if the file cannot be read."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(SNAP_HEADER.size)
+        if len(head) != SNAP_HEADER.size:
+            raise SnapshotError(f"{size} bytes: shorter than the {SNAP_HEADER.size}-byte header")
+        magic, seq, digest, length = SNAP_HEADER.unpack(head)
+        if magic[:7] != SNAP_MAGIC:
+            raise SnapshotError(f"not a snapshot (magic {magic!r})")
+        if magic[7:] != SNAP_VERSION:
+            raise SnapshotError(f"snapshot format version {magic[7:]!r}, this host reads "
+                                f"{SNAP_VERSION!r}")
+        named = _snap_seq(path)
+        if named >= 0 and seq != named:
+            raise SnapshotError(f"header says seq {seq}, the file name {named}")
+        if length != size - SNAP_HEADER.size:
+            raise SnapshotError(f"header says {length} bytes of state, the file holds "
+                                f"{size - SNAP_HEADER.size}")
+        state = f.read(length)
+    if len(state) != length:
+        raise SnapshotError(f"read {len(state)} of {length} bytes of state")
+    if hashlib.sha256(state).digest() != digest:
+        raise SnapshotError("checksum mismatch")
+    return seq, state
 
 
 def read_snapshot(path: str) -> tuple[int, bytes] | None:
     """(seq, state), or None for a file that is not a whole, intact snapshot."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(SNAP_HEADER.size)
-            if len(head) != SNAP_HEADER.size:
-                return None
-            magic, seq, digest, length = SNAP_HEADER.unpack(head)
-            state = f.read(length + 1)
+        return check_snapshot(path)
+    except (OSError, SnapshotError):
+        return None
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _move_aside(path: str) -> str | None:
+    """Rename a damaged snapshot to <path>.bad (kept for a post-mortem, never read again)."""
+    aside = path + ".bad"
+    try:
+        os.replace(path, aside)
+        return aside
     except OSError:
         return None
-    if magic != SNAP_MAGIC or len(state) != length or hashlib.sha256(state).digest() != digest:
-        return None
-    return seq, state
 
 
-def main(a: Any) -> None:
-    import json
-    host = ReplicaHost(a.name, a.engine, a.stream, a.pub, a.replicator, a.control, a.role,
-                       a.mirror, a.snapshots, a.shared_snapshots, a.snapshot_every,
-                       a.snapshot_s, a.keep, json.loads(a.engine_config))
+def main(a: Any, made: tuple[Any, Callable[[bytes], Any]]) -> None:
+    """Run a replica from the `seqex replica` arguments; ``made`` is (engine, restore), built
+    by the caller (deploy/engines.py) from a.engine and a.engine_config."""
+    engine, restore = made
+    host = ReplicaHost(a.name, engine, restore, a.stream, a.pub, a.replicator, a.control,
+                       a.role, a.mirror, a.snapshots, a.shared_snapshots, a.snapshot_every,
+                       a.snapshot_s, a.keep,
+                       hot_snapshots=bool(getattr(a, "hot_snapshots", False)))
     signal.signal(signal.SIGTERM, lambda *_: setattr(host, "running", False))
     signal.signal(signal.SIGINT, lambda *_: setattr(host, "running", False))
     print(f"replica ready {host.control_endpoint} {host.role} from {host.seq + 1}", flush=True)
     host.serve()
 
 
-__all__ = ["ENGINES", "ReplicaHost", "read_snapshot", "write_snapshot"]
+__all__ = ["ReplicaHost", "SnapshotError", "check_snapshot", "read_snapshot", "write_snapshot"]

@@ -3,7 +3,16 @@
 * Catch-up. A replicator that lacks records (it was down, or a master's APPEND left a gap)
   fetches the missing committed range from a peer's replay service, chunk by chunk, and
   appends it, then follows the master again. It also asks its peers every second how far they
-  have committed, so that it catches up even when no master writes.
+  have committed, so that it catches up even when no master writes, and which streams they
+  hold, so that an empty replicator (new, or rebuilt after its file was quarantined) fetches
+  every stream.
+* Log matching, as for a master's APPEND. A fetched chunk comes with ``prev_epoch``, the epoch
+  of the peer's record just before it, and is refused when this replicator's record there is
+  of another epoch. Every second the replicator also compares its epoch history with each
+  peer's committed history: a tail that differs from a record the peer has committed was
+  never committed, and is truncated (never below this replicator's own commit point; that
+  would be a broken invariant, reported). So a stale tail of an older epoch is replaced, never
+  spliced onto.
 * Comparison. Every second it takes the next range of up to 10,000 committed records (a
   rolling window over the whole log) and compares its digest with the peers' digests of the
   same range. If its own copy is damaged (a CRC fails), or if at least two peers agree with each
@@ -21,11 +30,12 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import lmdb
 import zmq
 
 from mq import sockets, wire
 from mq.record import FrameError, scan
-from replicator.store import CorruptFrame, Store
+from replicator.store import U32_MAX, U64_MAX, CorruptFrame, Store, is_write_failure
 
 log = logging.getLogger("seqex.replicator.peers")
 
@@ -37,6 +47,49 @@ REQUEST_TIMEOUT_S = 2.0
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _runs(history: list, last: int) -> list[tuple[int, int, int]]:
+    """[(epoch, first seq, last seq)] of a log with this history that ends at `last`."""
+    out = []
+    for i, (epoch, first) in enumerate(history):
+        end = history[i + 1][1] - 1 if i + 1 < len(history) else last
+        end = min(end, last)
+        if first <= end:
+            out.append((epoch, first, end))
+    return out
+
+
+def agreed_prefix(hist_a: list, last_a: int, hist_b: list, last_b: int) -> int:
+    """The highest seq up to which two logs have one epoch history: the same epochs, starting
+    at the same seqs. Unlike a comparison of epochs alone, it does not take a spliced log (a
+    stale tail of an older epoch, then newer records) for one that agrees to its end."""
+    agreed = 0
+    for (ea, fa, ta), (eb, fb, tb) in zip(_runs(hist_a, last_a), _runs(hist_b, last_b),
+                                          strict=False):
+        if ea != eb or fa != fb:
+            break
+        agreed = min(ta, tb)
+        if ta != tb:
+            break
+    return agreed
+
+
+def _uint(value: Any, top: int = U64_MAX) -> int:
+    if type(value) is not int or not 0 <= value <= top:
+        raise ValueError(f"{value!r} is not an integer in 0..{top}")
+    return value
+
+
+def _history(value: Any) -> list[tuple[int, int]]:
+    if not isinstance(value, list) or len(value) > 1_000_000:
+        raise ValueError("history is not a list")
+    out = []
+    for h in value:
+        if not isinstance(h, list) or len(h) != 2:
+            raise ValueError("history entry is not [epoch, first seq]")
+        out.append((_uint(h[0], U32_MAX), _uint(h[1])))
+    return out
 
 
 class Peers:
@@ -52,6 +105,15 @@ class Peers:
         self.compare_from: dict[str, int] = defaultdict(lambda: 1)
         self.comparing: dict[str, dict[str, Any]] = {}
         self.repairing: dict[str, tuple[int, int, str, float]] = {}
+        self.on_disk_full = lambda exc: log.error("%s", exc)
+
+    def reset(self, store: Store) -> None:
+        """Start over with another store (the old file was quarantined)."""
+        self.store = store
+        self.fetching.clear()
+        self.compare_from.clear()
+        self.comparing.clear()
+        self.repairing.clear()
 
     # -- the loop's hooks -------------------------------------------------------------------
     def register(self, poller: zmq.Poller) -> None:
@@ -68,8 +130,15 @@ class Peers:
                         break
                     try:
                         self._on_answer(i, msg)
-                    except (wire.WireError, FrameError, ValueError, KeyError) as exc:
+                    except (wire.WireError, FrameError, ValueError, KeyError, TypeError) as exc:
                         log.error("bad answer from peer %s: %s", self.addrs[i], exc)
+                    except CorruptFrame as exc:  # the comparison finds and repairs it
+                        log.error("%s", exc)
+                    except lmdb.Error as exc:
+                        if not is_write_failure(exc):
+                            raise
+                        self.fetching.clear()  # asked again once there is room
+                        self.on_disk_full(exc)
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -82,7 +151,10 @@ class Peers:
         if not self.socks or now < self.check_at:
             return
         self.check_at = now + CHECK_EVERY_S
-        for stream in self.store.names():
+        self._ask_all([wire.PING, wire.pack({})])
+        for stream, log_ in sorted(self.store.streams.items()):
+            if log_.damaged:
+                continue  # refused until the operator repairs it
             self._ask_all([wire.STATE, wire.pack({"stream": stream})])
             self._start_compare(stream, now)
 
@@ -94,38 +166,111 @@ class Peers:
     # -- catch-up ---------------------------------------------------------------------------
     def _fetch(self, stream: str, peer: int, upto: int | None = None,
                start: int | None = None) -> None:
-        log_ = self.store.stream(stream)
+        log_ = self.store.find(stream)
+        if log_ is None:
+            return
         body = {"stream": stream, "from": start or log_.last + 1, "to": upto,
                 "max_bytes": FETCH_BYTES, "req": "fetch"}
         if self._send(peer, [wire.REPLAY, wire.pack(body)]):
             self.fetching[stream] = (peer, time.monotonic())
 
     def _append_fetched(self, peer: int, stream: str, frame: bytes, body: dict) -> None:
-        log_ = self.store.stream(stream)
+        log_ = self.store.find(stream)
         self.fetching.pop(stream, None)
-        if not frame:
+        if not frame or log_ is None:
             return
         _n, first, last = scan(frame)
         if first != log_.last + 1:
             return  # the master filled it meanwhile
-        if body.get("commit", 0) > last:
+        prev_epoch = body.get("prev_epoch")
+        if prev_epoch is None:
+            log.warning("%s: %s sent records without prev_epoch; not appended (it runs an "
+                        "older version: upgrade it)", stream, self.addrs[peer])
+            return
+        prev_epoch = _uint(prev_epoch, U32_MAX)
+        if _uint(body.get("commit", 0)) > last:
             # More is committed there: ask for the next chunk before writing this one, so
             # that the peer reads while this replicator writes.
             self._fetch(stream, peer, start=last + 1)
-        result = self.store.change(stream, lambda lg, txn: lg.append(txn, lg.epoch, frame))
+        def append(lg, txn):
+            result = lg.append(txn, lg.epoch, frame, prev_epoch)
+            if result.ok:  # a peer serves committed records only: they are committed here too
+                lg.set_commit(txn, last)
+            return result
+
+        result = self.store.change(stream, append)
         if result.ok:
             self.stats["caught_up_records"] += last - first + 1
-        else:
+            return
+        self.fetching.pop(stream, None)
+        log.warning("%s: records %d..%d fetched from %s refused: %s%s", stream, first, last,
+                    self.addrs[peer], result.reason,
+                    "; comparing epoch histories" if result.reason == "conflict" else "")
+        if result.reason == "conflict":
+            # This log diverged before `first`: the peer's STATE says where, and the stale
+            # tail is truncated (_on_state).
+            self._send(peer, [wire.STATE, wire.pack({"stream": stream})])
+
+    def _on_state(self, peer: int, stream: str, body: dict) -> None:
+        """A peer's state: truncate a tail of this log that contradicts what the peer has
+        committed, then fetch what the peer has committed beyond this log."""
+        log_ = self.store.find(stream)
+        if log_ is None:
+            return
+        commit = min(_uint(body.get("commit", 0)), _uint(body.get("last", 0)))
+        history = _history(body.get("history", []))
+        agreed = agreed_prefix(log_.history, log_.last, history, commit)
+        if agreed < log_.last and agreed < commit:
+            # The peer committed seq agreed + 1 with another epoch than this log holds there,
+            # so this log's record there was never committed: a stale tail.
+            if agreed < log_.commit:
+                self.stats["divergent_ranges"] += 1
+                log.error("%s: records from %d differ from what %s has committed, and this "
+                          "replicator holds them as committed up to %d: a broken invariant; "
+                          "not truncated (compare both logs with seqex replay)", stream,
+                          agreed + 1, self.addrs[peer], log_.commit)
+                return
+            dropped = log_.last - agreed
+            result = self.store.change(stream, lambda lg, txn: lg.truncate(txn, lg.epoch, agreed))
+            if not result.ok:
+                log.error("%s: could not truncate the stale tail after %d: %s", stream, agreed,
+                          result.reason)
+                return
+            self.stats["truncated_records"] = self.stats.get("truncated_records", 0) + dropped
+            log.warning("%s: the uncommitted tail %d..%d differs from the records %s has "
+                        "committed; truncated, fetching from %d", stream, agreed + 1,
+                        agreed + dropped, self.addrs[peer], agreed + 1)
             self.fetching.pop(stream, None)
-            log.warning("%s: records fetched from %s refused: %s", stream, self.addrs[peer],
-                        result.reason)
+        if commit > log_.last and stream not in self.fetching:
+            self._fetch(stream, peer)
+
+    def _on_streams(self, peer: int, body: dict) -> None:
+        """A peer's PONG: start holding every stream it has committed records of (an empty
+        or rebuilt replicator learns its streams this way)."""
+        streams = body.get("streams")
+        if not isinstance(streams, dict):
+            return
+        for name, info in sorted(streams.items())[:self.store.max_streams]:
+            if not isinstance(name, str) or not isinstance(info, dict) or name in self.store.known:
+                continue
+            if _uint(info.get("commit", 0)) == 0:
+                continue
+            try:
+                self.store.change(name, lambda lg, txn: None)
+            except ValueError as exc:  # a bad name, or the stream limit
+                log.error("%s: not fetched from %s: %s", name, self.addrs[peer], exc)
+                continue
+            log.warning("%s: held by %s and not here; fetching it", name, self.addrs[peer])
+            self._fetch(name, peer)
 
     # -- comparison and repair ---------------------------------------------------------------
     def _start_compare(self, stream: str, now: float) -> None:
         pending = self.comparing.get(stream)
         if pending and now - pending["at"] < REQUEST_TIMEOUT_S:
             return
-        log_ = self.store.stream(stream)
+        log_ = self.store.find(stream)
+        if log_ is None:
+            return
         a = self.compare_from[stream]
         b = min(a + COMPARE_RECORDS - 1, log_.commit)
         if b < a:
@@ -145,7 +290,9 @@ class Peers:
             return
         del self.comparing[stream]
         a, b = pending["from"], pending["to"]
-        log_ = self.store.stream(stream)
+        log_ = self.store.find(stream)
+        if log_ is None:
+            return
         damaged = False
         try:
             mine = digest(log_.read(a, b))
@@ -190,6 +337,9 @@ class Peers:
         if len(msg) < 2:
             return
         body = wire.unpack(msg[1])
+        if msg[0] == wire.PONG:
+            self._on_streams(peer, body)
+            return
         stream = body.get("stream")
         if not isinstance(stream, str):
             return
@@ -199,9 +349,7 @@ class Peers:
             elif body.get("req") == "repair" and msg[2]:
                 self._apply_repair(stream, msg[2])
         elif msg[0] == wire.STATE:
-            log_ = self.store.stream(stream)
-            if body.get("commit", 0) > log_.last and stream not in self.fetching:
-                self._fetch(stream, peer)
+            self._on_state(peer, stream, body)
         elif msg[0] == wire.DIGEST:
             self._on_digest(peer, body)
 

@@ -2,81 +2,275 @@
 
 One ROUTER socket answers:
 
-* APPEND {stream, epoch, first, last} + frame -> APPENDED {stream, ok, last, epoch, reason}.
-  All APPENDs waiting on the socket are committed in one LMDB transaction (group commit)
-  and acknowledged after the commit, cumulatively: ``last`` is the highest contiguous seq
-  held. Refusals: "fenced" (epoch below one already seen), "gap" (the frame does not
-  extend the log; the master resends from ``last`` + 1), "conflict" (different bytes at a
-  seq already held; never overwritten).
+* APPEND {stream, epoch, first, last, commit, prev_epoch?} + frame -> APPENDED {stream, ok,
+  last, epoch, reason, seq}. All APPENDs waiting on the socket are committed in one LMDB
+  transaction (group commit) and acknowledged after the commit, cumulatively: ``last`` is the
+  highest contiguous seq held. Refusals: "fenced" (epoch below one already seen), "gap" (the
+  frame does not extend the log; the master resends from ``last`` + 1), "conflict" (different
+  bytes at a seq already held, or a previous record of another epoch; never overwritten),
+  "disk_full" (nothing was written; the master resends).
 * STATE {stream} -> the log's state (last, epoch, commit, epoch history, sources); CLAIM
   {stream, epoch} -> the same, after persisting the epoch: a new master fences the old one.
 * TRUNCATE {stream, epoch, after}: drop a divergent uncommitted tail (never below commit).
-* REPLAY {stream, from, to, max_bytes, req} -> RECORDS {stream, from, last, req} + frame:
-  pull-based, one bounded chunk per request, so a slow reader costs no server memory.
+* COMMIT {stream, epoch, commit}: the master's commit point moved (no answer).
+* REPLAY {stream, from, to, max_bytes, req, uncommitted} -> RECORDS {stream, from, last,
+  commit, epoch, prev_epoch, req} + frame: pull-based, one bounded chunk per request, so a slow
+  reader costs no server memory. ``prev_epoch`` is the epoch of the record before ``from``:
+  what a peer's catch-up checks, as a master's APPEND is checked.
 * DIGEST {stream, from, to} -> a digest of a committed range (peers compare logs with it).
 * PING -> PONG with statistics; STOP -> PONG, then a clean exit.
 
 With --peer addresses it also catches up from, compares with, and repairs from its peers
 (replicator/peers.py).
 
-A malformed message gets ERROR and changes nothing; the process never dies of bad input.
+Bad input: every field of every message is checked (type, range, size) before anything is
+used; a malformed message gets ERROR {error} with the reason and changes nothing (each write
+runs in a nested transaction of the group commit, discarded on failure). Epochs are u32, seqs
+u64, stream names 1..200 printable ASCII characters. Reads (REPLAY, STATE, DIGEST) and COMMIT
+never create a stream; a store holds at most --max-streams streams and refuses more.
+
+Operating faults: a full disk (a failed commit) is logged once ("disk full at PATH: N bytes
+free"), writes are refused with "disk_full" and nothing is acknowledged, a write is retried
+every second, and writing resumes by itself once one succeeds. A damaged LMDB file is
+quarantined and rebuilt from peers (replicator/integrity.py).
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import Any
 
+import lmdb
 import zmq
 
 from mq import auth, sockets, wire
-from mq.record import FrameError
+from mq.record import MAX_FRAME, FrameError, scan
+from mq.replication import epoch_at
+from replicator import integrity
 from replicator.peers import Peers, digest
-from replicator.store import CorruptFrame, Store
+from replicator.store import (
+    U32_MAX,
+    U64_MAX,
+    CorruptFrame,
+    Store,
+    StreamLog,
+    check_stream_name,
+    is_write_failure,
+)
 
 log = logging.getLogger("seqex.replicator")
 
 MAX_BATCH = 256               # messages handled per group commit
 MAX_REPLAY_BYTES = 16 << 20   # cap of one RECORDS chunk
+MAX_DIGEST_RECORDS = 1_000_000
+MAX_DIGEST_BYTES = 64 << 20
+MAX_REQ_CHARS = 64            # a REPLAY's `req` tag is echoed back; it stays small
+MAX_ERROR_CHARS = 1000
+DISK_RETRY_S = 1.0
+FULL_BELOW_BYTES = 64 << 20   # a failed write with less room than this is reported as "disk full"
+WRITES = (wire.APPEND, wire.CLAIM, wire.TRUNCATE, wire.COMMIT)
+READS = (wire.REPLAY, wire.DIGEST, wire.STATE, wire.PING, wire.STOP)
+
+
+# -- checking requests -------------------------------------------------------------------------
+def _uint(body: dict, name: str, top: int = U64_MAX, required: bool = True) -> int | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise wire.WireError(f"field {name!r} missing")
+        return None
+    if type(value) is not int:
+        raise wire.WireError(f"field {name!r} must be an integer, not {type(value).__name__}")
+    if not 0 <= value <= top:
+        raise wire.WireError(f"field {name!r} = {value} is outside 0..{top}")
+    return value
+
+
+def _stream(body: dict) -> str:
+    try:
+        return check_stream_name(body.get("stream"))
+    except ValueError as exc:
+        raise wire.WireError(f"field 'stream': {exc}") from None
+
+
+def parse(kind: bytes, parts: list[bytes]) -> dict[str, Any]:
+    """The checked fields of one request (parts: body and, for APPEND, the frame). Raises
+    WireError (or FrameError) for anything out of type, range or size; uses nothing."""
+    if kind not in WRITES and kind not in READS:
+        raise wire.WireError(f"unknown message kind {kind[:32]!r}")
+    if len(parts) > (2 if kind == wire.APPEND else 1):
+        raise wire.WireError(f"{kind.decode()} with {len(parts)} parts")
+    body = wire.unpack(parts[0])
+    if kind in (wire.PING, wire.STOP):
+        return {}
+    req: dict[str, Any] = {"stream": _stream(body)}
+    if kind in WRITES:
+        req["epoch"] = _uint(body, "epoch", U32_MAX)
+    if kind == wire.APPEND:
+        if len(parts) != 2 or not parts[1]:
+            raise wire.WireError("APPEND without a frame")
+        if len(parts[1]) > MAX_FRAME:
+            raise wire.WireError(f"APPEND frame of {len(parts[1])} bytes exceeds {MAX_FRAME}")
+        _count, first, last = scan(parts[1])
+        for name, value in (("first", first), ("last", last)):
+            said = _uint(body, name, required=False)
+            if said is not None and said != value:
+                raise wire.WireError(f"field {name!r} = {said} but the frame's is {value}")
+        req.update(frame=parts[1], first=first, commit=_uint(body, "commit", required=False),
+                   prev_epoch=_uint(body, "prev_epoch", U32_MAX, required=False))
+    elif kind == wire.COMMIT:
+        req["commit"] = _uint(body, "commit")
+    elif kind == wire.TRUNCATE:
+        req["after"] = _uint(body, "after")
+    elif kind == wire.REPLAY:
+        req["from"] = _uint(body, "from")
+        req["to"] = _uint(body, "to", required=False)
+        max_bytes = _uint(body, "max_bytes", (1 << 63) - 1, required=False)
+        req["max_bytes"] = min(max_bytes or MAX_REPLAY_BYTES, MAX_REPLAY_BYTES)
+        uncommitted = body.get("uncommitted")
+        if uncommitted is not None and type(uncommitted) is not bool:
+            raise wire.WireError("field 'uncommitted' must be a boolean")
+        req["uncommitted"] = uncommitted is True
+        tag = body.get("req")
+        if tag is not None and not (type(tag) is int and -(1 << 63) <= tag <= U64_MAX) \
+                and not (type(tag) is str and len(tag) <= MAX_REQ_CHARS):
+            raise wire.WireError(f"field 'req' must be an integer or a string of at most "
+                                 f"{MAX_REQ_CHARS} characters")
+        req["req"] = tag
+    elif kind == wire.DIGEST:
+        req["from"], req["to"] = _uint(body, "from"), _uint(body, "to")
+    return req
 
 
 class Replicator:
     def __init__(self, data_dir: str, bind: str, durability: str = "os",
-                 map_size: int = 64 << 30, peers: list[str] | None = None):
-        self.store = Store(data_dir, durability, map_size=map_size)
-        self.sock = sockets.router(bind)
-        self.bind = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.running = True
+                 map_size: int = 64 << 30, peers: list[str] | None = None,
+                 max_streams: int = 500, check: bool = True):
+        self.data_dir = data_dir
+        self.durability = durability
+        self.map_size = map_size
+        self.max_streams = max_streams
         self.stats = {"appended_records": 0, "commits": 0, "replayed_bytes": 0,
                       "refused": 0, "errors": 0, "caught_up_records": 0, "compared_records": 0,
                       "divergent_ranges": 0, "repaired_records": 0, "damaged_reads": 0,
+                      "truncated_records": 0, "disk_full_refusals": 0, "quarantined": 0,
                       "unauthorized": 0}
+        self.disk_full_since: float | None = None  # monotonic time writing began to fail
+        self.write_retry_at = 0.0
+        self.store = self._open_store(check)
+        self.sock = sockets.router(bind)
+        self.bind = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.running = True
         self.peers = Peers(self.store, peers or [], self.stats)
+        self.peers.on_disk_full = self._disk_full
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.peers.register(self.poller)
+
+    # -- the file ---------------------------------------------------------------------------
+    def _open_store(self, check: bool) -> Store:
+        """Open the LMDB file; a damaged one (found by the integrity check in a child
+        process, or by LMDB on opening) is quarantined, and the store starts empty."""
+        if check:
+            usable, detail = integrity.check(self.data_dir)
+            if not usable:
+                self._quarantine(detail)
+            elif detail:
+                log.error("damaged frames in %s: %s; each is repaired from the peers",
+                          self.data_dir, detail)
+        try:
+            return Store(self.data_dir, self.durability, map_size=self.map_size,
+                         max_streams=self.max_streams)
+        except integrity.CORRUPTION_ERRORS as exc:
+            self._quarantine(f"{type(exc).__name__}: {exc}")
+            return Store(self.data_dir, self.durability, map_size=self.map_size,
+                         max_streams=self.max_streams)
+
+    def _quarantine(self, why: str) -> None:
+        moved = integrity.quarantine(self.data_dir)
+        self.stats["quarantined"] += 1
+        log.error("LMDB file corrupt at %s (%s): moved to %s; serving nothing from it, "
+                  "starting empty and rebuilding every stream from the peers", self.data_dir,
+                  why, moved)
+
+    def _quarantine_now(self, exc: Exception) -> None:
+        """LMDB reported damage while serving: close, quarantine, reopen empty."""
+        try:
+            self.store.close()
+        except lmdb.Error:
+            pass
+        self._quarantine(f"{type(exc).__name__}: {exc}")
+        self.store = Store(self.data_dir, self.durability, map_size=self.map_size,
+                           max_streams=self.max_streams)
+        self.peers.reset(self.store)
+
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return -1
+        return st.f_bavail * st.f_frsize
+
+    def _disk_full(self, exc: Exception) -> None:
+        """A write failed for lack of room: nothing of it was persisted or acknowledged."""
+        now = time.monotonic()
+        if self.disk_full_since is None:
+            self.disk_full_since = now
+            free = self._free_bytes()
+            what = "disk full" if free < FULL_BELOW_BYTES or isinstance(exc, lmdb.DiskError) \
+                else "write failed"
+            log.error("%s at %s: %d bytes free; writes are refused and not acknowledged (the "
+                      "masters hold back), retried every %.0f s, resumed when one succeeds "
+                      "(%s: %s)", what, self.data_dir, free, DISK_RETRY_S,
+                      type(exc).__name__, exc)
+        self.write_retry_at = now + DISK_RETRY_S
+
+    def _refusing_writes(self) -> bool:
+        """While the disk is full, refuse writes without trying, but let one batch try
+        every DISK_RETRY_S."""
+        if self.disk_full_since is None:
+            return False
+        now = time.monotonic()
+        if now >= self.write_retry_at:
+            self.write_retry_at = now + DISK_RETRY_S
+            return False
+        return True
+
+    def _wrote(self) -> None:
+        if self.disk_full_since is not None:
+            log.warning("disk at %s has room again (%d bytes free): writing resumed after "
+                        "%.1f s", self.data_dir, self._free_bytes(),
+                        time.monotonic() - self.disk_full_since)
+            self.disk_full_since = None
 
     # -- the loop -----------------------------------------------------------------------
     def serve(self) -> None:
         log.info("replicator listening on %s (durability %s)", self.bind, self.store.durability)
         while self.running:
-            events = dict(self.poller.poll(200))
-            if self.sock in events:
-                batch, peers = [], []
-                while len(batch) < MAX_BATCH:
-                    try:
-                        peer, msg = auth.recv_multipart(self.sock, zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    batch.append(msg)
-                    peers.append(peer)
-                self.handle(batch, peers)
-            self.peers.on_events(events)
-            self.peers.tick()
+            try:
+                self._turn()
+            except integrity.CORRUPTION_ERRORS as exc:
+                self._quarantine_now(exc)
         self.peers.close()
         self.sock.close(0)
         self.store.close()
+
+    def _turn(self) -> None:
+        events = dict(self.poller.poll(200))
+        if self.sock in events:
+            batch, peers = [], []
+            while len(batch) < MAX_BATCH:
+                try:
+                    peer, msg = auth.recv_multipart(self.sock, zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                batch.append(msg)
+                peers.append(peer)
+            self.handle(batch, peers)
+        self.peers.on_events(events)
+        self.peers.tick()
 
     def handle(self, batch: list[list[bytes]], peers: list[str | None] | None = None) -> None:
         """Consecutive writes of the batch share one transaction (group commit); their acks go
@@ -86,60 +280,67 @@ class Replicator:
         before anything is written."""
         replies: list[list[bytes]] = []
         txn = None
-        for i, msg in enumerate(batch):
-            if len(msg) < 3:
-                continue  # no identity and kind: nothing to answer
-            ident, kind = msg[0], msg[1]
-            if peers is not None and (refusal := self._refusal(peers[i], kind, msg[2])):
-                replies.append([ident, wire.ERROR, wire.pack(refusal)])
-                continue
-            if txn is not None and kind not in (wire.APPEND, wire.CLAIM, wire.TRUNCATE,
-                                                wire.COMMIT):
+        try:
+            for i, msg in enumerate(batch):
+                if len(msg) < 3:
+                    continue  # no identity and kind: nothing to answer
+                ident, kind = msg[0], msg[1]
+                write = kind in WRITES
+                if txn is not None and not write:
+                    self._commit(txn, replies)
+                    txn, replies = None, []
+                try:
+                    req = parse(kind, msg[2:])
+                    if peers is not None and (refusal := self._refusal(peers[i], kind, req)):
+                        replies.append([ident, wire.ERROR, wire.pack(refusal)])
+                        continue
+                    if not write:
+                        replies.append([ident, *self._read(kind, req)])
+                        continue
+                    if self._refusing_writes():
+                        reply = self._refuse_full(kind, req, txn)
+                        if reply:
+                            replies.append([ident, *reply])
+                        continue
+                    if txn is None:
+                        self._send(replies)  # the answers to reads so far stand alone
+                        replies = []
+                        txn = self.store.write()
+                    try:
+                        reply = self._write(txn, kind, req)
+                    except lmdb.Error as exc:
+                        if not is_write_failure(exc):
+                            raise
+                        txn.abort()
+                        txn, replies = None, []  # nothing of this transaction is acknowledged
+                        self.store.forget()
+                        self._disk_full(exc)
+                        reply = self._refuse_full(kind, req)
+                    if reply:
+                        replies.append([ident, *reply])
+                except CorruptFrame as exc:
+                    self.stats["damaged_reads"] += 1
+                    log.error("%s", exc)
+                    replies.append([ident, wire.ERROR, wire.pack({"error": str(exc)})])
+                except (wire.WireError, FrameError, ValueError) as exc:
+                    self.stats["errors"] += 1
+                    replies.append([ident, wire.ERROR,
+                                    wire.pack({"error": str(exc)[:MAX_ERROR_CHARS]})])
+            if txn is not None:
                 self._commit(txn, replies)
-                txn, replies = None, []
-            try:
-                body = wire.unpack(msg[2])
-                if kind == wire.APPEND:
-                    if len(msg) != 4:
-                        raise wire.WireError("APPEND without a frame")
-                    if txn is None:
-                        txn = self.store.write()
-                    replies.append([ident, wire.APPENDED, self._append(txn, body, msg[3])])
-                elif kind == wire.COMMIT:
-                    if txn is None:
-                        txn = self.store.write()
-                    log_ = self.store.stream(wire.field(body, "stream", str), txn)
-                    if wire.field(body, "epoch", int) >= log_.epoch:
-                        log_.set_commit(txn, wire.field(body, "commit", int))
-                elif kind in (wire.CLAIM, wire.TRUNCATE):
-                    if txn is None:
-                        txn = self.store.write()
-                    replies.append([ident, *self._master_change(txn, kind, body)])
-                else:
-                    replies.append([ident, *self._control(kind, body)])
-            except CorruptFrame as exc:
-                self.stats["damaged_reads"] += 1
-                log.error("%s", exc)
-                replies.append([ident, wire.ERROR, wire.pack({"error": str(exc)})])
-            except (wire.WireError, FrameError, ValueError) as exc:
-                self.stats["errors"] += 1
-                replies.append([ident, wire.ERROR, wire.pack({"error": str(exc)})])
-        if txn is not None:
-            self._commit(txn, replies)
-        else:
-            self._send(replies)
+                txn = None
+            else:
+                self._send(replies)
+        finally:
+            if txn is not None:  # an error that ends the turn (a damaged file): write nothing
+                txn.abort()
 
-    def _refusal(self, peer: str | None, kind: bytes, raw: bytes) -> dict | None:
+    def _refusal(self, peer: str | None, kind: bytes, req: dict) -> dict | None:
         """The ERROR body for a message its sender's role does not allow, else None."""
         if auth.insecure():
             return None
-        stream = None
-        if kind in (wire.APPEND, wire.COMMIT, wire.TRUNCATE, wire.CLAIM):
-            try:
-                stream = wire.unpack(raw).get("stream")
-            except wire.WireError:
-                stream = None
-        reason = auth.replicator_refusal(peer, kind, stream if isinstance(stream, str) else None)
+        stream = req.get("stream")
+        reason = auth.replicator_refusal(peer, kind, stream)
         if reason is None:
             return None
         self.stats["unauthorized"] += 1
@@ -148,9 +349,24 @@ class Replicator:
         return auth.refused_body(reason, what)
 
     def _commit(self, txn: Any, replies: list[list[bytes]]) -> None:
-        txn.commit()
+        try:
+            self._persist(txn)
+        except lmdb.Error as exc:
+            txn.abort()  # LMDB has ended it already; this makes sure
+            if not is_write_failure(exc):
+                raise
+            # Nothing was persisted: the acks are not sent, the masters resend.
+            self.store.forget()
+            self._disk_full(exc)
+            return
         self.stats["commits"] += 1
+        self._wrote()
         self._send(replies)
+
+    @staticmethod
+    def _persist(txn: Any) -> None:
+        """Commit a group (one place, so that tests can make the disk fail)."""
+        txn.commit()
 
     def _send(self, replies: list[list[bytes]]) -> None:
         for reply in replies:
@@ -159,86 +375,140 @@ class Replicator:
             except zmq.Again:
                 pass  # the peer is gone or slow; it resends, and acks are cumulative
 
-    def _append(self, txn: Any, body: dict, frame: bytes) -> bytes:
-        stream = wire.field(body, "stream", str)
-        epoch = wire.field(body, "epoch", int)
-        log_ = self.store.stream(stream, txn)
+    # -- writes -------------------------------------------------------------------------
+    def _write(self, txn: Any, kind: bytes, req: dict) -> list[bytes] | None:
+        """One write, in a transaction nested in the group commit: if it fails, nothing of it
+        stays, on disk or in memory, and the rest of the group is unaffected."""
+        if kind == wire.COMMIT:
+            log_ = self.store.find(req["stream"], txn)
+            if log_ is not None and req["epoch"] >= log_.epoch:
+                log_.set_commit(txn, req["commit"])
+            return None
+        log_ = self.store.stream(req["stream"], txn)
+        child = self.store.env.begin(write=True, parent=txn)
+        try:
+            if kind == wire.APPEND:
+                reply = self._append(child, log_, req)
+            elif kind == wire.CLAIM:
+                reply = self._claim(child, log_, req)
+            else:
+                reply = self._truncate(child, log_, req)
+            child.commit()
+        except BaseException:
+            child.abort()
+            log_._load(txn)
+            raise
+        return reply
+
+    def _refuse_full(self, kind: bytes, req: dict, txn: Any = None) -> list[bytes] | None:
+        self.stats["disk_full_refusals"] += 1
+        if kind == wire.COMMIT:
+            return None
+        if kind == wire.CLAIM:
+            return [wire.ERROR, wire.pack({"error": f"disk full at {self.data_dir}: the claim "
+                                                    f"is not persisted"})]
+        log_ = self.store.find(req["stream"], txn)
+        return [wire.APPENDED, wire.pack({
+            "stream": req["stream"], "ok": False, "last": log_.last if log_ else 0,
+            "epoch": log_.epoch if log_ else 0, "reason": "disk_full", "seq": 0})]
+
+    def _append(self, txn: Any, log_: StreamLog, req: dict) -> list[bytes]:
+        stream = req["stream"]
         before = log_.last
-        prev = body.get("prev_epoch")
-        result = log_.append(txn, epoch, frame,
-                             prev if isinstance(prev, int) and not isinstance(prev, bool) else None)
-        commit = body.get("commit")
-        if result.ok and isinstance(commit, int) and not isinstance(commit, bool):
-            log_.set_commit(txn, commit)
+        result = log_.append(txn, req["epoch"], req["frame"], req["prev_epoch"])
+        if result.ok and req["commit"] is not None:
+            log_.set_commit(txn, req["commit"])
         if not result.ok:
             self.stats["refused"] += 1
             if result.reason == "conflict":
                 log.error("%s: refused different bytes at seq %d", stream, result.seq)
             elif result.reason == "gap":
-                self.peers.behind(stream, wire.field(body, "first", int) - 1)
+                self.peers.behind(stream, req["first"] - 1)
         self.stats["appended_records"] += result.last - before
-        return wire.pack({"stream": stream, "ok": result.ok, "last": result.last,
-                          "epoch": result.epoch, "reason": result.reason, "seq": result.seq})
-
-    def _master_change(self, txn: Any, kind: bytes, body: dict) -> list[bytes]:
-        stream = wire.field(body, "stream", str)
-        epoch = wire.field(body, "epoch", int)
-        log_ = self.store.stream(stream, txn)
-        if kind == wire.CLAIM:
-            ok = log_.claim(txn, epoch)
-            if not ok:
-                self.stats["refused"] += 1
-            return [wire.STATE, wire.pack({**log_.state(), "ok": ok})]
-        result = log_.truncate(txn, epoch, wire.field(body, "after", int))
-        if result.ok:
-            log.info("%s: truncated after seq %d for epoch %d", stream, log_.last, epoch)
-        else:
-            self.stats["refused"] += 1
-            log.error("%s: refused to truncate after %d: %s", stream, body["after"], result.reason)
         return [wire.APPENDED, wire.pack({"stream": stream, "ok": result.ok, "last": result.last,
                                           "epoch": result.epoch, "reason": result.reason,
                                           "seq": result.seq})]
 
-    def _control(self, kind: bytes, body: dict) -> list[bytes]:
-        if kind == wire.REPLAY:
-            stream = wire.field(body, "stream", str)
-            seq_from = wire.field(body, "from", int)
-            seq_to = body.get("to")
-            max_bytes = min(int(body.get("max_bytes") or MAX_REPLAY_BYTES), MAX_REPLAY_BYTES)
-            log_ = self.store.stream(stream)
-            top = log_.last if body.get("uncommitted") is True else log_.commit
-            if not isinstance(seq_to, int) or seq_to > top:
-                seq_to = top
-            frame = log_.read(seq_from, seq_to, max_bytes)
-            self.stats["replayed_bytes"] += len(frame)
-            return [wire.RECORDS, wire.pack({"stream": stream, "from": seq_from,
-                                             "last": log_.last, "commit": log_.commit,
-                                             "epoch": log_.epoch, "req": body.get("req")}),
-                    frame]
-        if kind == wire.DIGEST:
-            stream = wire.field(body, "stream", str)
-            seq_from, seq_to = wire.field(body, "from", int), wire.field(body, "to", int)
-            log_ = self.store.stream(stream)
-            answer = {"stream": stream, "from": seq_from, "to": seq_to, "digest": ""}
-            if 1 <= seq_from <= seq_to <= log_.commit and seq_to - seq_from < 1_000_000:
-                answer["digest"] = digest(log_.read(seq_from, seq_to))
-            return [wire.DIGEST, wire.pack(answer)]
-        if kind == wire.STATE:
-            stream = wire.field(body, "stream", str)
-            return [wire.STATE, wire.pack({**self.store.stream(stream).state(), "ok": True})]
+    def _claim(self, txn: Any, log_: StreamLog, req: dict) -> list[bytes]:
+        ok = log_.claim(txn, req["epoch"])
+        if not ok:
+            self.stats["refused"] += 1
+        return [wire.STATE, wire.pack({**log_.state(txn), "ok": ok})]
+
+    def _truncate(self, txn: Any, log_: StreamLog, req: dict) -> list[bytes]:
+        stream, epoch = req["stream"], req["epoch"]
+        result = log_.truncate(txn, epoch, req["after"])
+        if result.ok:
+            log.info("%s: truncated after seq %d for epoch %d", stream, log_.last, epoch)
+        else:
+            self.stats["refused"] += 1
+            log.error("%s: refused to truncate after %d: %s", stream, req["after"],
+                      result.reason)
+        return [wire.APPENDED, wire.pack({"stream": stream, "ok": result.ok, "last": result.last,
+                                          "epoch": result.epoch, "reason": result.reason,
+                                          "seq": result.seq})]
+
+    # -- reads (never create anything) --------------------------------------------------------
+    def _read(self, kind: bytes, req: dict) -> list[bytes]:
         if kind == wire.PING:
             streams = {n: {"last": s.last, "epoch": s.epoch, "commit": s.commit}
-                       for n, s in sorted(self.store.streams.items())}
+                       for n, s in sorted(self.store.streams.items()) if not s.damaged}
+            damaged = sorted(n for n, s in self.store.streams.items() if s.damaged)
             return [wire.PONG, wire.pack({"role": "replicator", "streams": streams,
-                                          "refusals": auth.refusal_stats(), **self.stats})]
+                                          "damaged_streams": damaged,
+                                          "refusals": auth.refusal_stats(),
+                                          "disk_full": self.disk_full_since is not None,
+                                          **self.stats})]
         if kind == wire.STOP:
             self.running = False
             return [wire.PONG, wire.pack({"role": "replicator", "stopping": True})]
-        raise wire.WireError(f"unknown message kind {kind[:32]!r}")
+        stream = req["stream"]
+        log_ = self.store.find(stream)
+        if kind == wire.STATE:
+            state = log_.state() if log_ else StreamLog.empty_state(stream)
+            return [wire.STATE, wire.pack({**state, "ok": True})]
+        if kind == wire.REPLAY:
+            seq_from, frame = req["from"], b""
+            answer = {"stream": stream, "from": seq_from, "last": 0, "commit": 0, "epoch": 0,
+                      "prev_epoch": 0, "req": req["req"]}
+            if log_ is not None:
+                top = log_.last if req["uncommitted"] else log_.commit
+                seq_to = top if req["to"] is None else min(req["to"], top)
+                frame = log_.read(seq_from, seq_to, req["max_bytes"])
+                answer.update(last=log_.last, commit=log_.commit, epoch=log_.epoch,
+                              prev_epoch=epoch_at(log_.history, max(seq_from, 1) - 1))
+            self.stats["replayed_bytes"] += len(frame)
+            return [wire.RECORDS, wire.pack(answer), frame]
+        # DIGEST
+        seq_from, seq_to = req["from"], req["to"]
+        answer = {"stream": stream, "from": seq_from, "to": seq_to, "digest": ""}
+        if log_ is not None and 1 <= seq_from <= seq_to <= log_.commit \
+                and seq_to - seq_from < MAX_DIGEST_RECORDS:
+            data = log_.read(seq_from, seq_to, MAX_DIGEST_BYTES)
+            if data and scan(data)[2] == seq_to:  # a range too large to digest gets none
+                answer["digest"] = digest(data)
+        return [wire.DIGEST, wire.pack(answer)]
 
 
-def main(data_dir: str, bind: str, durability: str = "os", peers: list[str] | None = None) -> None:
-    server = Replicator(data_dir, bind, durability, peers=peers)
+def main(data_dir: str, bind: str, durability: str = "os", peers: list[str] | None = None,
+         max_streams: int = 500) -> None:
+    noted = False
+    while True:
+        try:
+            server = Replicator(data_dir, bind, durability, peers=peers,
+                                max_streams=max_streams)
+            break
+        except lmdb.Error as exc:
+            if not is_write_failure(exc):
+                raise
+            # Not even the lock file fits: wait for room rather than crash-loop.
+            if not noted:
+                st = os.statvfs(data_dir) if os.path.isdir(data_dir) else None
+                log.error("disk full at %s: %s bytes free; cannot open the store, retrying "
+                          "every %.0f s (%s)", data_dir,
+                          st.f_bavail * st.f_frsize if st else "?", DISK_RETRY_S, exc)
+                noted = True
+            time.sleep(DISK_RETRY_S)
 
     def stop(_sig: int, _frame: Any) -> None:
         server.running = False

@@ -17,9 +17,16 @@ One LMDB environment holds any number of streams. Per stream:
 Everything a frame changes is written in one transaction, so a crash leaves either the whole
 frame or none of it. Invariants: the log of a stream is gapless from 1 to ``last``; a seq is
 never overwritten with different bytes.
+
+Limits: a stream name is 1..200 printable ASCII characters without spaces; an epoch is a u32
+(records hold u32 epochs), every seq a u64; a store holds at most ``max_streams`` streams, and
+opening one more raises StreamLimit. Only writes create a stream: ``find`` opens an existing one
+and never creates. A stream whose persisted meta data is out of range (an epoch above 2^32 - 1)
+is refused with StreamDamaged, which names the command that repairs it, instead of being used.
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import zlib
@@ -31,6 +38,9 @@ from mq.record import FrameError, decode, epoch_runs, offset_of, scan, source_ru
 from mq.replication import epoch_at
 
 U64 = struct.Struct(">Q")
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+MAX_NAME = 200
 U32 = struct.Struct(">I")
 SRC = struct.Struct(">QQ")
 DURABILITIES = ("fsync", "os")
@@ -45,14 +55,43 @@ class AppendResult:
     seq: int = 0           # the first conflicting seq ("conflict"), the commit point ("committed")
 
 
+def is_write_failure(exc: BaseException) -> bool:
+    """A write the file system refused: full (ENOSPC, often reported by LMDB as a short write,
+    EIO), over quota, or the map full. An operating error: refuse, retry, never crash."""
+    return isinstance(exc, (lmdb.DiskError, lmdb.MapFullError)) or type(exc) is lmdb.Error
+
+
+class StreamLimit(ValueError):
+    """The store already holds as many streams as it may; a new one is refused."""
+
+
+class StreamDamaged(ValueError):
+    """A stream whose persisted meta data cannot be right (an epoch that fits no record)."""
+
+
+def check_stream_name(name: object) -> str:
+    """The name, if it is a valid stream name; ValueError otherwise."""
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME \
+            or not all("!" <= c <= "~" for c in name):
+        shown = repr(name)[:80]
+        raise ValueError(f"bad stream name {shown}: 1..{MAX_NAME} printable ASCII characters")
+    return name
+
+
+def check_epoch(epoch: object, what: str = "epoch") -> int:
+    """An epoch is a u32, as in every record header."""
+    if type(epoch) is not int or not 0 <= epoch <= U32_MAX:
+        raise ValueError(f"{what} {epoch!r} does not fit in 32 bits")
+    return epoch
+
+
 class StreamLog:
     """One stream inside a Store. Not thread-safe; one writer (the replicator loop)."""
 
     def __init__(self, store: Store, name: str, txn: lmdb.Transaction | None = None):
         """Open (creating if new) the stream; inside `txn` when a write is under way, since
         LMDB allows one write transaction at a time and opening a database needs one."""
-        if not name or len(name) > 200 or not name.isprintable():
-            raise ValueError(f"bad stream name {name!r}")
+        check_stream_name(name)
         self.store = store
         self.name = name
         env = store.env
@@ -67,6 +106,13 @@ class StreamLog:
     def _load(self, txn: lmdb.Transaction) -> None:
         self.last = self._meta_u64(txn, b"last")
         self.epoch = self._meta_u64(txn, b"epoch")
+        self.damaged = ""
+        if self.epoch > U32_MAX:
+            self.damaged = (
+                f"stream {self.name}: the persisted epoch {self.epoch} does not fit in 32 bits "
+                f"(a damaged store, or a request of an older version that stored it); the "
+                f"stream is refused until repaired with: python -m replicator.store "
+                f"--data {self.store.path} --reset-epoch {self.name}")
         self.ts_ns = self._meta_u64(txn, b"ts")
         self.commit = self._meta_u64(txn, b"commit")
         self.history: list[tuple[int, int]] = []  # [(epoch, first seq)], by seq
@@ -82,15 +128,23 @@ class StreamLog:
         """Epoch of the last record held (0 for an empty log)."""
         return self.history[-1][0] if self.history and self.last else 0
 
-    def state(self) -> dict:
-        """What a starting master needs to know of this log."""
+    @staticmethod
+    def empty_state(name: str) -> dict:
+        """The state of a stream this store does not hold (nothing is created for it)."""
+        return {"stream": name, "last": 0, "epoch": 0, "ts": 0, "commit": 0, "last_epoch": 0,
+                "history": [], "sources": []}
+
+    def state(self, txn: lmdb.Transaction | None = None) -> dict:
+        """What a starting master needs to know of this log (inside `txn` when a write is
+        under way)."""
         return {"stream": self.name, "last": self.last, "epoch": self.epoch, "ts": self.ts_ns,
                 "commit": self.commit, "last_epoch": self.last_epoch,
-                "history": [list(h) for h in self.history], "sources": self.sources()}
+                "history": [list(h) for h in self.history], "sources": self.sources(txn)}
 
     def claim(self, txn: lmdb.Transaction, epoch: int) -> bool:
         """A new master claims `epoch`: from now on lower epochs are refused. False if a
         higher epoch was already seen (the claimant is stale)."""
+        check_epoch(epoch)
         if epoch < self.epoch:
             return False
         if epoch > self.epoch:
@@ -108,6 +162,9 @@ class StreamLog:
         """Drop every record above `after`: the divergent, never committed tail that a new
         master found by comparing epoch histories. Refused for a stale master, and refused
         below the commit point: a committed record is never removed."""
+        check_epoch(epoch)
+        if type(after) is not int or not 0 <= after <= U64_MAX:
+            raise ValueError(f"truncate after {after!r}: not a seq")
         if epoch < self.epoch:
             return AppendResult(False, self.last, self.epoch, "fenced")
         if after < self.commit:
@@ -163,6 +220,9 @@ class StreamLog:
         frame whose predecessor here is of another epoch is refused ("conflict"): this log
         diverged there and must be truncated first (Raft's previous-entry check).
         """
+        check_epoch(epoch)
+        if prev_epoch is not None:
+            check_epoch(prev_epoch, "prev_epoch")
         if epoch < self.epoch:
             return AppendResult(False, self.last, self.epoch, "fenced")
         count, first, last = scan(frame)  # raises FrameError on a malformed frame
@@ -301,18 +361,42 @@ class StreamLog:
         pieces.append((first, frame))
         for start, piece in sorted(pieces):
             txn.put(U64.pack(start), _sealed(piece), db=self.log_db)
+        self._rebuild_history(txn, first, last)
 
-    def sources(self) -> list[tuple[int, int, int]]:
+    def _rebuild_history(self, txn: lmdb.Transaction, first: int, last: int) -> None:
+        """Recompute the epoch history over seqs first..last + 1, whose bytes were replaced:
+        the history must describe the records held, or log matching reasons on a fiction."""
+        before = [h for h in self.history if h[1] < first]
+        after = [h for h in self.history if h[1] > last + 1]
+        prev = before[-1][0] if before else None
+        middle = []
+        for epoch, seq in epoch_runs(self.read(first, min(last + 1, self.last), txn=txn)):
+            if epoch != prev:
+                middle.append((epoch, seq))
+                prev = epoch
+        if after and after[0][0] == prev:
+            after = after[1:]
+        new = before + middle + after
+        for _epoch, seq in self.history:
+            if (_epoch, seq) not in new:
+                txn.delete(b"h" + U64.pack(seq), db=self.meta_db)
+        for epoch, seq in new:
+            txn.put(b"h" + U64.pack(seq), U32.pack(epoch), db=self.meta_db)
+        self.history = new
+
+    def sources(self, txn: lmdb.Transaction | None = None) -> list[tuple[int, int, int]]:
         """[(source, next expected source_seq, seq of its last record)], by source."""
+        if txn is None:
+            with self.store.env.begin() as own:
+                return self.sources(own)
         out = []
-        with self.store.env.begin() as txn:
-            cur = txn.cursor(db=self.meta_db)
-            if cur.set_range(b"s"):
-                for key, value in cur:
-                    if not key.startswith(b"s") or len(key) != 5:
-                        break
-                    nxt, seq = SRC.unpack(value)
-                    out.append((U32.unpack(key[1:])[0], nxt, seq))
+        cur = txn.cursor(db=self.meta_db)
+        if cur.set_range(b"s"):
+            for key, value in cur:
+                if not key.startswith(b"s") or len(key) != 5:
+                    break
+                nxt, seq = SRC.unpack(value)
+                out.append((U32.unpack(key[1:])[0], nxt, seq))
         return out
 
 
@@ -331,25 +415,83 @@ def _sealed(frame: bytes) -> bytes:
 
 class Store:
     """An LMDB environment holding streams. durability: "fsync" (survives power loss) or
-    "os" (survives any process crash; the kernel writes the pages back)."""
+    "os" (survives any process crash; the kernel writes the pages back). At most
+    ``max_streams`` streams; the ones already on disk are opened at once, so that a damaged
+    one is reported at start and not on its first request."""
 
     def __init__(self, path: str, durability: str = "os", map_size: int = 64 << 30,
                  max_streams: int = 500):
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")
+        if type(max_streams) is not int or max_streams < 1:
+            raise ValueError(f"max_streams must be a positive integer, not {max_streams!r}")
         os.makedirs(path, exist_ok=True)
         sync = durability == "fsync"
+        self.path = path
         self.durability = durability
+        self.max_streams = max_streams
         self.env = lmdb.open(path, map_size=map_size, max_dbs=2 * max_streams + 2,
                              sync=sync, metasync=sync, writemap=False, map_async=False,
                              max_readers=256, lock=True)
         self.streams: dict[str, StreamLog] = {}
+        self.known: set[str] = set()
+        self.forget()
+        self._drop_empty()
+
+    def _drop_empty(self) -> None:
+        """Remove streams that hold nothing and never had an epoch claimed: reads of unknown
+        names created such streams in older versions, and they would count against the
+        limit. Nothing is lost: an unknown stream answers exactly as an empty one."""
+        empty = sorted(n for n, lg in self.streams.items()
+                       if not lg.damaged and lg.last == 0 and lg.epoch == 0 and lg.commit == 0
+                       and not lg.history and not lg.sources())
+        if not empty:
+            return
+        with self.env.begin(write=True) as txn:
+            for name in empty:
+                txn.drop(self.streams[name].log_db, delete=True)
+                txn.drop(self.streams[name].meta_db, delete=True)
+        logging.getLogger("seqex.replicator").warning(
+            "removed %d empty streams (nothing held, no epoch claimed): %s", len(empty),
+            ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop every open stream and reload what is on disk: after a write transaction was
+        aborted (or failed to commit), whose changes, and the streams it created, are gone."""
+        self.streams = {}
+        self.known = set(self.names())
+        for name in sorted(self.known)[:self.max_streams]:
+            try:
+                self.stream(name)
+            except StreamDamaged as exc:
+                logging.getLogger("seqex.replicator").error("%s", exc)
+            except ValueError:  # a database of another program; never a stream of ours
+                self.known.discard(name)
 
     def stream(self, name: str, txn: lmdb.Transaction | None = None) -> StreamLog:
+        """The stream, created if new (a write: inside `txn` when one is open). Raises
+        StreamLimit past max_streams and StreamDamaged for a stream that cannot be used."""
         log = self.streams.get(name)
         if log is None:
-            log = self.streams[name] = StreamLog(self, name, txn)
+            check_stream_name(name)
+            if name not in self.known and len(self.known) >= self.max_streams:
+                raise StreamLimit(f"this replicator holds {len(self.known)} streams, its limit; "
+                                  f"stream {name} is refused")
+            log = StreamLog(self, name, txn)
+            self.streams[name] = log
+            self.known.add(name)
+        if log.damaged:
+            raise StreamDamaged(log.damaged)
         return log
+
+    def find(self, name: str, txn: lmdb.Transaction | None = None) -> StreamLog | None:
+        """The stream if this store holds it, else None: reading never creates anything.
+        Inside a write transaction, pass it (opening a database needs one)."""
+        if name in self.streams or name in self.known:
+            return self.stream(name, txn)
+        check_stream_name(name)
+        return None
 
     def write(self) -> lmdb.Transaction:
         return self.env.begin(write=True)
@@ -359,27 +501,64 @@ class Store:
         return self.change(stream, lambda log, txn: log.append(txn, epoch, frame))
 
     def change(self, stream: str, fn) -> AppendResult:
-        """Run fn(log, txn) in a transaction of its own; on an exception nothing changes,
-        on disk or in memory."""
+        """Run fn(log, txn) in a transaction of its own; on an exception (including a commit
+        that fails, as on a full disk) nothing changes, on disk or in memory."""
         txn = self.write()
-        log = self.stream(stream, txn)
         try:
+            log = self.stream(stream, txn)
             result = fn(log, txn)
+            txn.commit()
         except BaseException:
             txn.abort()
-            with self.env.begin() as fresh:
-                log._load(fresh)
+            self.forget()
             raise
-        txn.commit()
         return result
 
     def names(self) -> list[str]:
         """Streams held in this environment, including ones not opened yet."""
         with self.env.begin() as txn:
-            return sorted(k[4:].decode() for k, _ in txn.cursor() if k.startswith(b"log:"))
+            return sorted(k[4:].decode("ascii", "replace") for k, _ in txn.cursor()
+                          if k.startswith(b"log:"))
 
     def close(self) -> None:
         self.env.close()
 
 
-__all__ = ["AppendResult", "CorruptFrame", "DURABILITIES", "FrameError", "Store", "StreamLog"]
+def reset_epoch(path: str, name: str) -> tuple[int, int]:
+    """Set a stream's persisted epoch, when it does not fit in 32 bits, to the highest epoch
+    its records hold: the operator's repair of StreamDamaged. Returns (old, new). No record
+    can hold an epoch that does not fit, so no master ever legitimately used the old value."""
+    store = Store(path)
+    try:
+        log = store.streams.get(name)
+        if log is None:
+            raise ValueError(f"{path} holds no stream {name}")
+        new = max([e for e, _ in log.history], default=0)
+        old = log.epoch
+        with store.env.begin(write=True) as txn:
+            txn.put(b"epoch", U64.pack(new), db=log.meta_db)
+        return old, new
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m replicator.store",
+                                description="repairs of a replicator's store (stopped)")
+    p.add_argument("--data", required=True, help="the replicator's LMDB directory")
+    p.add_argument("--reset-epoch", metavar="STREAM", required=True,
+                   help="reset an out-of-range persisted epoch to the highest epoch of the "
+                        "stream's records")
+    a = p.parse_args(argv)
+    old, new = reset_epoch(a.data, a.reset_epoch)
+    print(f"{a.reset_epoch}: epoch {old} -> {new}")
+    return 0
+
+
+__all__ = ["AppendResult", "CorruptFrame", "DURABILITIES", "FrameError", "Store", "StreamDamaged",
+           "StreamLimit", "StreamLog", "check_epoch", "check_stream_name", "is_write_failure",
+           "reset_epoch"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,9 @@
    gone, fetches the missing range from its peer's replay service and ends byte-identical.
 2. A frame damaged on disk (bytes changed under LMDB, as bit rot would) is found by the
    replicator's comparison with its peers and replaced by the peers' bytes.
+3. A replicator holding a stale, never committed tail of epoch 1, restarted after the next
+   master (epoch 2) committed more records and left, catches up from its peer: the stale tail
+   is truncated and replaced, never spliced onto.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import pytest
 
 from deploy.local import LogCluster
 from mq.control import ping, wait_until
+from mq.record import decode, encode
 from replicator.store import Store
 from tests.process.test_log_processes import producer_args
 
@@ -66,3 +70,40 @@ def test_damaged_frame_is_repaired_from_peers(tmp_path):
         cluster.stop()
     logs = cluster.read_logs()
     assert logs[0] == logs[1] == logs[2]
+
+
+@pytest.mark.timeout(600)
+def test_catch_up_over_a_stale_tail(tmp_path):
+    tmp = str(tmp_path)
+    with LogCluster(tmp, replicators=2, policy="first") as cluster:
+        cluster.start()
+        producer = cluster.group.spawn("producer1", producer_args(cluster, tmp, 1, 2_000, 0))
+        assert producer.wait(120) == 0, producer.log()
+        cluster.drain()
+        wait_until(lambda: stream_last(cluster.rep_addrs[1], cluster.stream)
+                   == stream_last(cluster.rep_addrs[0], cluster.stream), 60, "equal replicators")
+        cluster.replicators[1].stop()
+        # Replicator 1 keeps a tail that the epoch-1 master stamped and never committed
+        # (it died first): written to its store while it is stopped.
+        store = Store(cluster.data_dir(1), map_size=1 << 30)
+        log = store.stream(cluster.stream)
+        common, epoch = log.last, log.last_epoch
+        stale = encode([(common + i, log.ts_ns + i, 77, i, epoch, 16, b"stale %d" % i)
+                        for i in range(1, 51)])
+        assert store.append(cluster.stream, epoch, stale).ok
+        store.close()
+        # The next master runs with replicator 0 alone, commits more records, and leaves.
+        cluster.start_sequencer()
+        producer = cluster.group.spawn("producer2", producer_args(cluster, tmp, 2, 2_000, 0))
+        assert producer.wait(120) == 0, producer.log()
+        cluster.drain()
+        top = stream_last(cluster.rep_addrs[0], cluster.stream)
+        assert top > common + 2_000
+        cluster.restart_replicator(1)   # only its peer can bring it up now
+        wait_until(lambda: stream_last(cluster.rep_addrs[1], cluster.stream) == top, 60,
+                   f"replicator 1 to catch up to {top}")
+        assert ping(cluster.rep_addrs[1])["truncated_records"] == 50
+        cluster.stop()
+    logs = cluster.read_logs()
+    assert logs[0] == logs[1]
+    assert not any(r[2] == 77 for r in decode(logs[1][1])), "a stale record survived"

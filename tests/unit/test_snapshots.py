@@ -1,8 +1,24 @@
 """Replica snapshot files: written atomically and checksummed; a damaged, truncated or foreign
-file is never restored from; only the last K are kept."""
-import os
+file is never restored from; only the last K are kept.
 
-from mq.replica import read_snapshot, write_snapshot
+Start-up over damaged files: every header field is checked before it is trusted (a corrupt
+length must not allocate, MemoryError was a crash loop); a bad file is moved aside with one log
+line and the next older one is used, or a full replay. Who writes snapshots: warm replicas;
+hot ones only when asked, at staggered seqs, with the write off the apply loop."""
+import logging
+import os
+import struct
+
+import pytest
+
+from mq.replica import (
+    SNAP_HEADER,
+    ReplicaHost,
+    SnapshotError,
+    check_snapshot,
+    read_snapshot,
+    write_snapshot,
+)
 
 
 def test_round_trip_and_keep_last_k(tmp_path):
@@ -23,3 +39,164 @@ def test_damaged_truncated_or_foreign_files_are_refused(tmp_path):
             f.write(bad)
         assert read_snapshot(path) is None
     assert read_snapshot(str(tmp_path / "missing.snap")) is None
+
+
+def _with_header(path: str, **fields: object) -> None:
+    """Rewrite one header field of a snapshot file in place."""
+    data = bytearray(open(path, "rb").read())
+    magic, seq, digest, length = SNAP_HEADER.unpack_from(data)
+    values = {"magic": magic, "seq": seq, "digest": digest, "length": length, **fields}
+    SNAP_HEADER.pack_into(data, 0, values["magic"], values["seq"], values["digest"],
+                          values["length"])
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("length", 1 << 40, "the file holds"),            # was MemoryError: f.read(2**40 + 1)
+    ("length", (1 << 64) - 1, "the file holds"),      # was OverflowError
+    ("length", 999, "the file holds"),
+    ("length", 1001, "the file holds"),
+    ("magic", b"SQXSNAP9", "version"),
+    ("magic", b"GARBAGE!", "not a snapshot"),
+    ("seq", 8, "file name"),
+    ("digest", b"\0" * 32, "checksum"),
+])
+def test_every_header_field_is_checked_before_it_is_trusted(tmp_path, field, value, reason):
+    path = write_snapshot(str(tmp_path), "s", 7, b"x" * 1000, keep=3)
+    _with_header(path, **{field: value})
+    with pytest.raises(SnapshotError, match=reason):
+        check_snapshot(path)
+    assert read_snapshot(path) is None
+
+
+class Fake:
+    """A minimal engine: its state is the bytes it was restored from."""
+
+    def __init__(self, state: bytes = b"fresh"):
+        self.state = state
+
+    def snapshot(self) -> bytes:
+        return self.state
+
+    def state_hash(self) -> bytes:
+        return self.state
+
+    @classmethod
+    def restore(cls, data: bytes) -> "Fake":
+        if data == b"unrestorable":
+            raise ValueError("snapshot version 99 is not 1")
+        return cls(data)
+
+
+def host(tmp_path, role: str = "warm", **kw) -> ReplicaHost:
+    return ReplicaHost(kw.pop("name", "r1"), Fake(), Fake.restore, "in.ce.X", "tcp://127.0.0.1:9",
+                       ["tcp://127.0.0.1:9"], "tcp://127.0.0.1:*", role=role,
+                       mirror="tcp://127.0.0.1:9" if role == "hot" else None,
+                       snapshot_dir=str(tmp_path / "own"),
+                       shared_snapshot_dir=str(tmp_path / "shared"),
+                       **kw)
+
+
+def close(h: ReplicaHost) -> None:
+    h.wait_snapshot()
+    h.sub.close()
+    h.control.close(0)
+    if h.mirror is not None:
+        h.mirror.close(0)
+
+
+def test_start_up_skips_damaged_snapshots_newest_first_and_moves_them_aside(tmp_path, caplog):
+    shared, own = str(tmp_path / "shared"), str(tmp_path / "own")
+    write_snapshot(shared, "in.ce.X", 100, b"state-100", keep=5)
+    bad_len = write_snapshot(shared, "in.ce.X", 300, b"state-300", keep=5)
+    _with_header(bad_len, length=1 << 40)
+    bad_restore = write_snapshot(own, "in.ce.X", 200, b"unrestorable", keep=5)
+    truncated = write_snapshot(own, "in.ce.X", 400, b"state-400", keep=5)
+    with open(truncated, "r+b") as f:
+        f.truncate(30)
+    open(os.path.join(own, "in.ce.X-00000000000000000500.snap.tmp"), "wb").close()
+    with caplog.at_level(logging.INFO, logger="seqex.replica"):
+        h = host(tmp_path)
+    try:
+        assert h.seq == 100 and h.engine.state == b"state-100"
+        assert h.stats["bad_snapshots"] == 3
+        for path in (bad_len, bad_restore, truncated):
+            assert not os.path.exists(path) and os.path.exists(path + ".bad")
+        assert not any(n.endswith(".tmp") for n in os.listdir(own))
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 3, [r.getMessage() for r in errors]   # one line each
+        assert "400" in errors[0].getMessage() and "header" in errors[0].getMessage()
+    finally:
+        close(h)
+    # the damaged files are never tried again
+    h = host(tmp_path)
+    try:
+        assert h.seq == 100 and h.stats["bad_snapshots"] == 0
+    finally:
+        close(h)
+
+
+def test_no_usable_snapshot_means_a_full_replay(tmp_path):
+    path = write_snapshot(str(tmp_path / "own"), "in.ce.X", 50, b"x" * 100, keep=3)
+    _with_header(path, digest=b"\1" * 32)
+    h = host(tmp_path)
+    try:
+        assert h.seq == 0 and h.sub.next_seq == 1 and isinstance(h.engine, Fake)
+    finally:
+        close(h)
+
+
+def snaps(tmp_path) -> list[str]:
+    d = tmp_path / "own"
+    return sorted(n for n in os.listdir(d) if n.endswith(".snap")) if d.exists() else []
+
+
+def test_warm_replicas_snapshot_and_hot_ones_do_not_by_default(tmp_path):
+    for role, expected in (("warm", 1), ("hot", 0)):
+        h = host(tmp_path / role, role=role, snapshot_every=10)
+        try:
+            h.seq = 25
+            h._maybe_snapshot()
+            h.wait_snapshot()
+            assert len(snaps(tmp_path / role)) == expected, role
+        finally:
+            close(h)
+
+
+def test_hot_snapshots_when_asked_are_staggered_by_name(tmp_path):
+    every = 1000
+    taken = {}
+    for name in ("ce.X.hot0", "ce.X.hot1"):
+        h = host(tmp_path / name, role="hot", name=name, snapshot_every=every,
+                 snapshot_s=3600.0, hot_snapshots=True)
+        try:
+            taken[name] = []
+            for seq in range(1, 3 * every + 1, 7):
+                h.seq = seq
+                h._maybe_snapshot()
+                h.wait_snapshot()
+                if h.snap_seq == seq:
+                    taken[name].append(seq)
+        finally:
+            close(h)
+        assert 2 <= len(taken[name]) <= 3
+    a, b = taken["ce.X.hot0"], taken["ce.X.hot1"]
+    # never within a tenth of the interval of each other
+    assert min(abs(x - y) for x in a for y in b) > every // 10, (a, b)
+
+
+def test_snapshot_header_layout():
+    assert SNAP_HEADER.size == struct.calcsize("<8sQ32sQ") == 56
+
+
+def test_a_promoted_warm_replica_keeps_writing_snapshots(tmp_path):
+    h = host(tmp_path, role="warm", snapshot_every=10)
+    try:
+        h.role = "hot"   # what promote() does to the role, without a mirror to ask
+        h.seq = 25
+        h._maybe_snapshot()
+        h.wait_snapshot()
+        assert len(snaps(tmp_path)) == 1
+    finally:
+        close(h)

@@ -97,3 +97,123 @@ def test_append_onto_a_record_of_another_epoch_is_refused(store):
     r = store.change("s", lambda log, txn: log.append(txn, 3, frame(3, 1, epoch=3), 2))
     assert (r.ok, r.reason, r.seq) == (False, "conflict", 2)
     assert store.change("s", lambda log, txn: log.append(txn, 3, frame(3, 1, epoch=3), 1)).ok
+
+
+def test_a_store_opens_streams_up_to_its_limit_and_refuses_one_more(tmp_path):
+    """The limit, and one past it; the refusal is clean and survives a restart."""
+    from replicator.store import StreamLimit
+    path = str(tmp_path / "lmdb")
+    s = Store(path, map_size=1 << 26, max_streams=4)
+    for i in range(4):
+        assert s.append(f"s{i}", 1, frame(1, 1)).ok
+    with pytest.raises(StreamLimit):
+        s.append("s4", 1, frame(1, 1))
+    assert s.find("s4") is None
+    assert s.append("s3", 1, frame(2, 1)).ok      # the streams held still take writes
+    s.close()
+    s = Store(path, map_size=1 << 26, max_streams=4)
+    assert sorted(s.streams) == ["s0", "s1", "s2", "s3"]
+    with pytest.raises(StreamLimit):
+        s.stream("s4")
+    assert s.names() == ["s0", "s1", "s2", "s3"]
+    s.close()
+
+
+def test_find_never_creates_a_stream(store):
+    for i in range(600):  # more than the default limit of 500
+        assert store.find(f"out.ce.NOPE{i}") is None
+    assert store.names() == []
+    store.append("s", 1, frame(1, 1))
+    assert store.find("s").last == 1
+    with pytest.raises(ValueError):
+        store.find("")
+    with pytest.raises(ValueError):
+        store.find("a b")
+    with pytest.raises(ValueError):
+        store.find("x" * 201)
+
+
+@pytest.mark.parametrize("epoch", [-1, 1 << 32, 1 << 40, 1.0, "1", None, True])
+def test_epochs_that_do_not_fit_32_bits_are_refused(store, epoch):
+    store.append("s", 1, frame(1, 1))
+    with pytest.raises(ValueError):
+        store.change("s", lambda log, txn: log.claim(txn, epoch))
+    with pytest.raises(ValueError):
+        store.change("s", lambda log, txn: log.append(txn, epoch, frame(2, 1)))
+    if epoch is not None:  # no prev_epoch: no previous-epoch check (mirror streams)
+        with pytest.raises(ValueError):
+            store.change("s", lambda log, txn: log.append(txn, 1, frame(2, 1), epoch))
+    with pytest.raises(ValueError):
+        store.change("s", lambda log, txn: log.truncate(txn, epoch, 0))
+    log = store.stream("s")
+    assert (log.last, log.epoch) == (1, 1)
+    assert store.change("s", lambda log, txn: log.claim(txn, (1 << 32) - 1))
+
+
+def test_a_persisted_epoch_out_of_range_is_refused_loudly_and_repaired(tmp_path):
+    """An epoch stored by an older version that took u64 epochs must not crash the replicator
+    at every start: the stream is refused with the repair command, the others work."""
+    from replicator.store import U64, StreamDamaged, reset_epoch
+    path = str(tmp_path / "lmdb")
+    s = Store(path, map_size=1 << 26)
+    s.append("bad", 3, frame(1, 2, epoch=3))
+    s.append("good", 1, frame(1, 1))
+    log = s.stream("bad")
+    with s.env.begin(write=True) as txn:
+        txn.put(b"epoch", U64.pack(1 << 40), db=log.meta_db)
+    s.close()
+    s = Store(path, map_size=1 << 26)
+    with pytest.raises(StreamDamaged, match="--reset-epoch bad"):
+        s.stream("bad")
+    with pytest.raises(StreamDamaged):
+        s.find("bad")
+    assert s.append("good", 1, frame(2, 1)).ok
+    s.close()
+    assert reset_epoch(path, "bad") == (1 << 40, 3)
+    s = Store(path, map_size=1 << 26)
+    assert (s.stream("bad").epoch, s.stream("bad").last) == (3, 2)
+    s.close()
+
+
+def test_a_failed_transaction_leaves_no_stream_behind(store):
+    """A write that fails after creating a stream (as a full disk fails a commit) leaves
+    neither the stream nor its in-memory state."""
+    def boom(log, txn):
+        log.append(txn, 1, frame(1, 2))
+        raise OSError("no space")
+    with pytest.raises(OSError):
+        store.change("new", boom)
+    assert store.names() == [] and store.find("new") is None
+    store.append("s", 1, frame(1, 2))
+    with pytest.raises(OSError):
+        store.change("s", boom)
+    assert store.stream("s").last == 2
+
+
+def test_replacing_a_range_keeps_the_epoch_history_true(store):
+    """A repair that replaces records of another epoch rewrites the history with them."""
+    store.append("s", 1, frame(1, 6, epoch=1))
+    store.append("s", 2, frame(7, 4, epoch=2))
+    good = encode([(s, 1000 + s, 1, s, 1 if s < 4 else 2, 16, b"y") for s in range(1, 8)])
+    store.change("s", lambda log, txn: log.replace(txn, good))
+    log = store.stream("s")
+    assert log.history == [(1, 1), (2, 4)]
+    assert [r[4] for r in decode(log.read(1))] == [1, 1, 1, 2, 2, 2, 2, 2, 2, 2]
+
+
+
+def test_empty_streams_left_by_reads_are_removed_at_open(tmp_path):
+    """Older versions created a stream for every read of an unknown name; such streams hold
+    nothing and had no epoch claimed, and are removed when the store opens, so that they do
+    not count against the limit. A claimed but empty stream stays."""
+    path = str(tmp_path / "lmdb")
+    s = Store(path, map_size=1 << 26, max_streams=4)
+    for name in ("out.ce.NOPE1", "out.ce.NOPE2", "out.ce.NOPE3"):
+        s.stream(name)
+    s.change("claimed", lambda log, txn: log.claim(txn, 1))
+    s.close()
+    s = Store(path, map_size=1 << 26, max_streams=4)
+    assert s.names() == ["claimed"]
+    for i in range(3):
+        assert s.append(f"new{i}", 1, frame(1, 1)).ok
+    s.close()

@@ -1,0 +1,490 @@
+"""Every record of every stream in words: the tools' view of the log (`seqex replay`, `tail`,
+the client's outcomes).
+
+``decode_record(stream, record, units)`` gives a dict: the record header, then the command
+(in.ce.*, in.te.*) or the events (out.ce.*, out.te.*) decoded with the engine's own codec
+(crossengine/codec.py, tradingengine/codec.py; read only). Field names follow the codecs'
+comments; sides, order types, times in force, flags, reasons and reject codes are words;
+prices and quantities are decimal strings in the contract's units (ticks times ``tick_size``,
+lots times ``lot_size`` from the topology), money stays in integer minor units (fields named
+``*_minor``). A stream with no known codec keeps its payload as hex. A payload that its codec
+cannot parse is shown as ``"malformed"`` with the codec's message and the hex, never dropped.
+
+Field name lists are checked against the codecs' structs at import: a layout that gains or
+loses a field fails here instead of being mislabelled.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from crossengine import codec as ce
+from tradingengine import codec as te
+
+KIND_TICK = 1
+
+
+@dataclass(frozen=True)
+class Units:
+    """One symbol's contract units: the value of one tick and of one lot."""
+    name: str
+    symbol_id: int
+    tick_size: Decimal = Decimal(1)
+    lot_size: Decimal = Decimal(1)
+
+    def price(self, ticks: int) -> str:
+        return _fmt(ticks * self.tick_size)
+
+    def qty(self, lots: int) -> str:
+        return _fmt(lots * self.lot_size)
+
+
+def _fmt(d: Decimal) -> str:
+    """A decimal without exponent or trailing zeros ('100', '0.5', '-2.25')."""
+    s = format(d, "f")
+    if "." in s:
+        s = s.rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
+
+
+UNKNOWN = Units("?", 0)
+
+
+def units_of(symbols: dict[str, dict]) -> dict[int, Units]:
+    """symbol_id -> Units, from a topology's symbol tables (seqex.json)."""
+    out = {}
+    for name, s in symbols.items():
+        sid = s.get("symbol_id", s.get("engine", {}).get("symbol_id", 0))
+        out[sid] = Units(name, sid, Decimal(str(s.get("tick_size", 1))),
+                         Decimal(str(s.get("lot_size", 1))))
+    return out
+
+
+# -- words ------------------------------------------------------------------------------------
+SIDES = {ce.BUY: "buy", ce.SELL: "sell", 0: "both"}
+ORD_TYPES = {ce.MARKET: "market", ce.LIMIT: "limit"}
+TIFS = {ce.GTC: "gtc", ce.IOC: "ioc", ce.FOK: "fok"}
+STP = {ce.STP_NONE: "none", ce.STP_CANCEL_NEWEST: "cancel_newest",
+       ce.STP_CANCEL_OLDEST: "cancel_oldest", ce.STP_CANCEL_BOTH: "cancel_both",
+       ce.STP_DECREMENT: "decrement"}
+CE_REASONS = {ce.REASON_CLIENT: "client", ce.REASON_MASS_CANCEL: "mass_cancel",
+              ce.REASON_IOC_REMAINDER: "ioc_remainder", ce.REASON_SELF_TRADE: "self_trade",
+              ce.REASON_ADMIN: "admin", ce.REASON_MATCH_LIMIT: "match_limit"}
+SCOPES = {ce.SCOPE_ACCOUNT: "account", ce.SCOPE_BOOK: "book"}
+TE_REASONS = {te.REASON_CLIENT: "client", te.REASON_MASS_CANCEL: "mass_cancel",
+              te.REASON_IOC_REMAINDER: "ioc_remainder", te.REASON_SELF_TRADE: "self_trade",
+              te.REASON_ADMIN: "admin", te.REASON_MATCH_LIMIT: "match_limit",
+              te.REASON_REDUCE_ONLY: "reduce_only",
+              te.REASON_LIQUIDATION: "liquidation",
+              te.REASON_DEAD_MANS_SWITCH: "dead_mans_switch"}
+EXEC_TYPES = {te.EXEC_NEW: "new", te.EXEC_CANCELED: "canceled", te.EXEC_REPLACED: "replaced",
+              te.EXEC_REJECTED: "rejected", te.EXEC_EXPIRED: "expired", te.EXEC_TRADE: "trade",
+              te.EXEC_PENDING_NEW: "pending_new", te.EXEC_TRIGGERED: "triggered"}
+ORD_STATUSES = {te.STATUS_NEW: "new", te.STATUS_PARTIAL: "partially_filled",
+                te.STATUS_FILLED: "filled", te.STATUS_CANCELED: "canceled",
+                te.STATUS_REJECTED: "rejected", te.STATUS_EXPIRED: "expired",
+                te.STATUS_UNTRIGGERED: "untriggered"}
+TRIGGER_KINDS = {te.TRIGGER_NONE: "none", te.TRIGGER_STOP: "stop",
+                 te.TRIGGER_TAKE_PROFIT: "take_profit"}
+TRIGGER_BY = {te.BY_MARK: "mark_price", te.BY_LAST: "last_price"}
+MARGIN_MODES = {te.CROSS: "cross", te.ISOLATED: "isolated"}
+LIQUIDITY = {0: "none", 1: "maker", 2: "taker"}
+TRANSFER_KINDS = {te.DEPOSIT: "deposit", te.WITHDRAW: "withdraw"}
+RESPONSE_TO = {1: "cancel", 2: "amend"}
+
+# Reject codes as sentences a trader reads: what was wrong and what to change.
+REJECT_TEXT = {
+    3001: "the price is not a multiple of the tick size",
+    3002: "the price is out of range (a limit order needs a price above 0, within the maximum)",
+    3003: "the quantity is below the symbol's minimum",
+    3004: "the quantity is above the symbol's maximum",
+    3005: "no such order is open",
+    3006: "a post-only order would have taken liquidity",
+    3007: "a fill-or-kill order could not be filled in full",
+    3008: "the symbol is halted",
+    3009: "this client order id is already in use by an open order",
+    3010: "the side is neither buy nor sell",
+    3011: "the order type is neither market nor limit",
+    3012: "the time in force is not gtc, ioc or fok",
+    3013: "the self-trade prevention mode is unknown",
+    3014: "the new quantity is not above what is already filled",
+    3015: "the command is malformed",
+    3016: "the order book is full",
+    3017: "the amendment changes nothing",
+    3018: "the account has as many resting orders as the symbol allows",
+    3019: "the symbol has given out every order id it can",
+    2001: "the request is malformed",
+    2002: "the account belongs to another shard",
+    2003: "the account is unknown (deposit first)",
+    2004: "the symbol is unknown",
+    2005: "the side is neither buy nor sell",
+    2006: "the order type is neither market nor limit",
+    2007: "the time in force is not gtc, ioc or fok",
+    2008: "the price is invalid",
+    2009: "the quantity is invalid",
+    2010: "the symbol has no mark price yet",
+    2011: "the price is outside the band around the mark price",
+    2012: "the available margin is insufficient",
+    2013: "the position would exceed the risk limit",
+    2014: "a reduce-only order would increase the position",
+    2015: "this client order id is already in use",
+    2016: "no such order is open",
+    2017: "the order is still pending at the matching engine",
+    2018: "the trigger is invalid",
+    2019: "the trigger would fire at once",
+    2020: "the leverage is out of range",
+    2021: "the margin is insufficient for this leverage",
+    2022: "the margin mode cannot change while a position or orders are open",
+    2023: "the amount is invalid",
+    2024: "the withdrawal exceeds the available balance",
+    2025: "isolated margin does not apply in cross mode",
+    2026: "the isolated margin would fall below the requirement",
+    2027: "too many open orders",
+    2028: "post-only applies to limit orders only",
+    2029: "the amendment changes nothing",
+    2030: "the account balance would exceed its limit",
+    2031: "the transfer id is at or below ids that have expired",
+}
+
+
+def reject_name(code: int) -> str:
+    return ce.REJECT_CODES.get(code) or te.REJECT_CODES.get(code) or f"code_{code}"
+
+
+def reject_text(code: int) -> str:
+    return REJECT_TEXT.get(code, reject_name(code).replace("_", " "))
+
+
+def _word(table: dict[int, str], v: int) -> str:
+    return table.get(v, f"invalid({v})")
+
+
+def _flags(v: int) -> list[str]:
+    out = []
+    if v & ce.FLAG_REDUCE_ONLY:
+        out.append("reduce_only")
+    if v & ce.FLAG_POST_ONLY:
+        out.append("post_only")
+    if v & ~(ce.FLAG_REDUCE_ONLY | ce.FLAG_POST_ONLY):
+        out.append(f"unknown({v})")
+    return out
+
+
+# -- layouts: (name, struct, field names, how each field is shown) ----------------------------
+# Shown as: p = price (0 means none), P = price (0 is a price), q = qty in lots, z = signed size
+# in lots, m = money in minor units, s = side, o = order type, t = tif, f = flags, x = stp,
+# r = CrossEngine reason, R = TradingEngine reason or code, c = reject code, y = symbol,
+# G = mass-cancel scope, and any other letter: the integer as it is.
+CE_COMMANDS = {
+    ce.NEW_ORDER: ("NewOrder", ce.NEW_ORDER_S,
+                   "client_order_id price qty account side ord_type tif flags stp", "ipqisotfx"),
+    ce.CANCEL: ("CancelOrder", ce.CANCEL_S, "order_id client_order_id account", "iii"),
+    ce.AMEND: ("AmendOrder", ce.AMEND_S, "order_id client_order_id account price qty", "iiipq"),
+    ce.CANCEL_ALL: ("CancelAllOrders", ce.CANCEL_ALL_S, "account side", "is"),
+    ce.MASS_CANCEL: ("MassCancel", None, "", ""),
+    ce.HALT: ("HaltSymbol", None, "", ""),
+    ce.RESUME: ("ResumeSymbol", None, "", ""),
+}
+CE_EVENTS = {
+    ce.EV_ACCEPTED: ("order_id client_order_id account side ord_type price qty tif flags",
+                     "iiisopqtf"),
+    ce.EV_REJECTED: ("client_order_id account code order_id", "iici"),
+    ce.EV_TRADE: ("trade_id maker_order_id taker_order_id maker_account taker_account price qty "
+                  "aggressor_side maker_leaves taker_leaves maker_flags taker_flags",
+                  "iiiiiPqsqqff"),
+    ce.EV_CANCELLED: ("order_id client_order_id account qty reason", "iiiqr"),
+    ce.EV_AMENDED: ("order_id client_order_id account price leaves qty kept_priority",
+                    "iiiPqqb"),
+    ce.EV_EXPIRED: ("order_id client_order_id account qty reason", "iiiqr"),
+    ce.EV_LEVEL: ("side price qty orders", "sPqi"),
+    ce.EV_HALTED: ("", ""),
+    ce.EV_RESUMED: ("", ""),
+    ce.EV_MASS_CANCELLED: ("scope account side reason orders_cancelled last_order_id",
+                           "Gisrii"),
+}
+TE_COMMANDS = {
+    te.NEW_ORDER: ("client_order_id account symbol price qty trigger_price side ord_type tif "
+                   "flags trigger_kind trigger_by", "iiypqpsotfKB"),
+    te.CANCEL: ("client_order_id orig_client_order_id account", "iii"),
+    te.AMEND: ("client_order_id orig_client_order_id account price qty", "iiipq"),
+    te.CANCEL_ALL: ("client_order_id account symbol side", "iiys"),
+    te.SET_LEVERAGE: ("account symbol leverage_x100", "iyi"),
+    te.SET_MARGIN_MODE: ("account symbol mode", "iyM"),
+    te.ADJUST_MARGIN: ("account symbol amount_minor", "iym"),
+    te.DEPOSIT: ("transfer_id account amount_minor", "iim"),
+    te.WITHDRAW: ("transfer_id account amount_minor", "iim"),
+    te.MARK_PRICE: ("symbol price", "yP"),
+    te.FUNDING_INPUTS: ("symbol premium_ppm interest_ppm", "yii"),
+    te.DEAD_MANS_SWITCH: ("account timeout_ms", "ii"),
+    te.CE_EVENTS: ("symbol", "y"),
+}
+TE_EVENTS = {
+    te.CE_COMMAND: ("symbol ce_kind length", "yii"),
+    te.EXEC_REPORT: ("exec_type ord_status account symbol client_order_id order_id side "
+                     "ord_type price qty last_price last_qty leaves cum_qty fee_minor code "
+                     "liquidity", "EOiyiisopqPqqqmRL"),
+    te.REQUEST_REJECTED: ("code input_kind account symbol reference", "cKiyi"),
+    te.ACCOUNT: ("account balance_minor available_minor order_margin_minor "
+                 "position_margin_minor", "immmm"),
+    te.POSITION: ("account symbol size cost_minor margin_minor liquidation_price "
+                  "bankruptcy_price realised_pnl_minor leverage_x100 mode", "iyzmmPPmiM"),
+    te.TRANSFER: ("transfer_id account amount_minor balance_minor kind", "iimmT"),
+    te.FUNDING: ("account symbol rate_ppm amount_minor", "iyim"),
+    te.LIQUIDATION: ("account symbol size bankruptcy_price cost_minor moved_minor", "iyzPmm"),
+    te.FUNDING_SETTLED: ("symbol rate_ppm mark_price paid_minor received_minor dust_minor",
+                         "yiPmmm"),
+    te.DEFICIT_COVERED: ("account amount_minor", "im"),
+    te.CANCEL_REJECTED: ("account client_order_id orig_client_order_id code response_to",
+                         "iiicX"),
+    te.DEAD_MANS_SWITCH_FIRED: ("account orders_cancelled", "ii"),
+}
+
+
+def _n_fields(s: struct.Struct | None) -> int:
+    return len(s.unpack(bytes(s.size))) if s is not None else 0
+
+
+def _check_layouts() -> None:
+    """Every name list matches its struct: one source for every layout."""
+    pairs = [(f"CrossEngine command {k}", s, names, shows)
+             for k, (_n, s, names, shows) in CE_COMMANDS.items()]
+    pairs += [(f"CrossEngine event {k}", ce.EVENT_STRUCTS[k], names, shows, )
+              for k, (names, shows) in CE_EVENTS.items()]
+    pairs += [(f"TradingEngine command {k}", te.COMMAND_STRUCTS[k], names, shows)
+              for k, (names, shows) in TE_COMMANDS.items()]
+    pairs += [(f"TradingEngine event {k}", te.EVENT_STRUCTS[k], names, shows)
+              for k, (names, shows) in TE_EVENTS.items()]
+    for what, s, names, shows in pairs:
+        n = _n_fields(s) - (1 if what.startswith(("CrossEngine event", "TradingEngine event"))
+                            else 0)
+        if len(names.split()) != n or len(shows) != n:
+            raise ImportError(f"deploy/decode.py: {what} has {n} fields, the decoder names "
+                              f"{len(names.split())}: update it with the codec")
+    missing = (set(ce.COMMAND_STRUCTS) - set(CE_COMMANDS)) | (set(ce.EVENT_STRUCTS)
+                                                               - set(CE_EVENTS)) \
+        | (set(te.COMMAND_STRUCTS) - set(TE_COMMANDS)) | (set(te.EVENT_STRUCTS) - set(TE_EVENTS))
+    if missing:
+        raise ImportError(f"deploy/decode.py: no decoder for kinds {sorted(missing)}")
+
+
+_check_layouts()
+
+
+def _show(names: str, shows: str, values: tuple, units: Units,
+          by_id: dict[int, Units]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    # A record's symbol field (TradingEngine layouts) picks the units of its other fields.
+    if "y" in shows:
+        sid = values[shows.index("y")]
+        units = by_id.get(sid, Units(f"symbol {sid}", sid))
+    for name, how, v in zip(names.split(), shows, values, strict=True):
+        if how == "p":
+            out[name] = units.price(v) if v else None
+        elif how == "P":
+            out[name] = units.price(v)
+        elif how in "qz":
+            out[name] = units.qty(v)
+        elif how == "s":
+            out[name] = _word(SIDES, v)
+        elif how == "o":
+            out[name] = _word(ORD_TYPES, v)
+        elif how == "t":
+            out[name] = _word(TIFS, v)
+        elif how == "f":
+            out[name] = _flags(v)
+        elif how == "x":
+            out[name] = _word(STP, v)
+        elif how == "r":
+            out[name] = _word(CE_REASONS, v)
+        elif how == "c":
+            out[name] = v
+            out["reason"] = reject_name(v)
+            out["text"] = reject_text(v)
+        elif how == "R":
+            # An execution report's code: a reject code on rejects, else a cancel reason.
+            out[name] = v
+            if v >= 1000:
+                out["reason"] = reject_name(v)
+                out["text"] = reject_text(v)
+            elif out.get("exec_type") in ("canceled", "expired"):
+                out["reason"] = _word(TE_REASONS, v)
+        elif how == "y":
+            out[name] = units.name if v in by_id else v
+        elif how == "E":
+            out[name] = _word(EXEC_TYPES, v)
+        elif how == "O":
+            out[name] = _word(ORD_STATUSES, v)
+        elif how == "K" and name == "trigger_kind":
+            out[name] = _word(TRIGGER_KINDS, v)
+        elif how == "B":
+            out[name] = _word(TRIGGER_BY, v)
+        elif how == "M":
+            out[name] = _word(MARGIN_MODES, v)
+        elif how == "L":
+            out[name] = _word(LIQUIDITY, v)
+        elif how == "T":
+            out[name] = _word(TRANSFER_KINDS, v)
+        elif how == "X":
+            out[name] = _word(RESPONSE_TO, v)
+        elif how == "b":
+            out[name] = bool(v)
+        elif how == "G":
+            out[name] = _word(SCOPES, v)
+        elif how == "K":
+            out[name] = te.COMMAND_NAMES.get(v, v)
+        else:
+            out[name] = v
+    return out
+
+
+def ce_command(kind: int, payload: bytes, units: Units) -> dict[str, Any]:
+    if kind == KIND_TICK:
+        return {"command": "Tick"}
+    spec = CE_COMMANDS.get(kind)
+    if spec is None:
+        return {"command": f"unknown({kind})", "payload_hex": payload.hex()}
+    name, s, names, shows = spec
+    size = s.size if s is not None else 0
+    if len(payload) != size:
+        return {"command": name, "malformed": f"{len(payload)} bytes, the layout has {size}",
+                "payload_hex": payload.hex()}
+    return {"command": name, **(_show(names, shows, s.unpack(payload), units, {})
+                                if s is not None else {})}
+
+
+def ce_events(payload: bytes, units: Units) -> list[dict[str, Any]]:
+    try:
+        events = ce.decode_events(payload)
+    except ValueError as exc:
+        return [{"event": "malformed", "error": str(exc), "payload_hex": payload.hex()}]
+    out = []
+    for ev in events:
+        names, shows = CE_EVENTS[ev[0]]
+        out.append({"event": ce.EVENT_NAMES[ev[0]], **_show(names, shows, ev[1:], units, {})})
+    return out
+
+
+def te_command(kind: int, payload: bytes, by_id: dict[int, Units]) -> dict[str, Any]:
+    if kind == KIND_TICK:
+        return {"command": "Tick"}
+    s = te.COMMAND_STRUCTS.get(kind)
+    if s is None:
+        return {"command": f"unknown({kind})", "payload_hex": payload.hex()}
+    name = te.COMMAND_NAMES[kind]
+    body = payload if kind != te.CE_EVENTS else payload[:s.size]
+    if len(body) != s.size:
+        return {"command": name, "malformed": f"{len(payload)} bytes, the layout has {s.size}",
+                "payload_hex": payload.hex()}
+    names, shows = TE_COMMANDS[kind]
+    values = s.unpack(body)
+    out = {"command": name, **_show(names, shows, values, UNKNOWN, by_id)}
+    if kind == te.CE_EVENTS:
+        out["events"] = ce_events(payload[s.size:], by_id.get(values[0], UNKNOWN))
+    return out
+
+
+def te_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
+    try:
+        events = te.decode_events(payload)
+    except ValueError as exc:
+        return [{"event": "malformed", "error": str(exc), "payload_hex": payload.hex()}]
+    out = []
+    for ev in events:
+        names, shows = TE_EVENTS[ev[0]]
+        fields = ev[1:4] if ev[0] == te.CE_COMMAND else ev[1:]
+        d = {"event": te.EVENT_NAMES[ev[0]], **_show(names, shows, fields, UNKNOWN, by_id)}
+        if ev[0] == te.CE_COMMAND:
+            d["command"] = ce_command(ev[2], ev[4], by_id.get(ev[1], UNKNOWN))
+            d["ce_kind"] = d["command"]["command"]
+        out.append(d)
+    return out
+
+
+def decode_record(stream: str, rec: tuple, by_id: dict[int, Units],
+                  stream_units: Units | None = None) -> dict[str, Any]:
+    """One record (seq, ts_ns, source, source_seq, epoch, kind, payload) as a dict.
+    stream_units: the symbol of a CrossEngine stream (in.ce.SYM / out.ce.SYM)."""
+    seq, ts, src, ss, epoch, kind, payload = rec
+    d: dict[str, Any] = {"seq": seq, "ts_ns": ts, "source": src, "source_seq": ss,
+                         "epoch": epoch, "kind": kind}
+    units = stream_units or UNKNOWN
+    if stream.startswith("in.ce."):
+        d.update(ce_command(kind, payload, units))
+    elif stream.startswith("out.ce."):
+        d["command"] = "Tick" if kind == KIND_TICK else CE_COMMANDS.get(
+            kind, (f"unknown({kind})",))[0]
+        d["events"] = ce_events(payload, units)
+    elif stream.startswith("in.te."):
+        d.update(te_command(kind, payload, by_id))
+    elif stream.startswith("out.te."):
+        d["command"] = "Tick" if kind == KIND_TICK else te.COMMAND_NAMES.get(
+            kind, f"unknown({kind})")
+        d["events"] = te_events(payload, by_id)
+    else:
+        d["payload_hex"] = payload.hex()
+    return d
+
+
+def is_tick(rec: tuple) -> bool:
+    return rec[5] == KIND_TICK
+
+
+# -- filters ----------------------------------------------------------------------------------
+
+def _walk(d: Any):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(d, list):
+        for v in d:
+            yield from _walk(v)
+
+
+def matches(d: dict[str, Any], kind: str | None = None, account: int | None = None,
+            order: int | None = None) -> bool:
+    """--kind NAME (a command or event name, any case, or a kind number), --account N
+    (any account field), --order N (any order id or client order id field)."""
+    pairs = list(_walk(d))
+    if kind is not None:
+        want = kind.lower()
+        names = {str(v).lower() for k, v in pairs if k in ("command", "event")}
+        if want not in names and want != str(d.get("kind")):
+            return False
+    if account is not None and not any(k.endswith("account") and v == account
+                                       for k, v in pairs):
+        return False
+    if order is not None and not any(k.endswith("order_id") and v == order for k, v in pairs):
+        return False
+    return True
+
+
+def line(d: dict[str, Any]) -> str:
+    """One record as one human line: seq, source, then the decoded fields."""
+    head = f"{d['seq']:>10} {d['source']:>6}:{d['source_seq']:<8}"
+    skip = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "events"}
+
+    def fields(x: dict) -> str:
+        name = x.get("command") if "event" not in x else x["event"]
+        rest = " ".join(f"{k}={_short(v)}" for k, v in x.items()
+                        if k not in skip and k not in ("command", "event", "text")
+                        and v not in (None, []))
+        return f"{name} {rest}".rstrip()
+
+    parts = [fields(d)]
+    parts += [fields(e) for e in d.get("events", [])]
+    return f"{head} " + " | ".join(parts)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    if isinstance(v, dict):
+        return "{" + line_fields(v) + "}"
+    return str(v)
+
+
+def line_fields(x: dict) -> str:
+    return " ".join(f"{k}={_short(v)}" for k, v in x.items() if v not in (None, []))

@@ -1,0 +1,44 @@
+"""The engines the `seqex` command line can run, by name (the registry lives here, in deploy/,
+because deploy/ knows every package; mq/ runs any engine and imports none).
+
+Each entry builds ``(engine, restore)`` from the engine's JSON configuration: a fresh state
+machine, and the function that rebuilds one from ``engine.snapshot()`` bytes. An engine
+package is imported only when its entry is used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+Made = tuple[Any, Callable[[bytes], Any]]
+
+
+def _crossengine(config: dict) -> Made:
+    from crossengine.engine import CrossEngine
+    return CrossEngine(**config), CrossEngine.restore
+
+
+def _tradingengine(config: dict) -> Made:
+    from tradingengine.engine import TradingEngine, spec_from_dict
+    specs = [spec_from_dict(s) for s in config.get("specs", [])]
+    engine = TradingEngine(specs, config.get("shard", 0), config.get("n_shards", 1))
+    return engine, TradingEngine.restore
+
+
+ENGINES: dict[str, Callable[[dict], Made]] = {"crossengine": _crossengine,
+                                               "tradingengine": _tradingengine}
+
+
+def make(name: str, config: dict | None = None) -> Made:
+    """(engine, restore) for the engine called name; ValueError names the known ones."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r} (known: {', '.join(sorted(ENGINES))})")
+    return ENGINES[name](config or {})
+
+
+def replica_main(a: argparse.Namespace) -> None:
+    """`seqex replica`: build the named engine, then run the engine-agnostic replica host."""
+    from mq.replica import main
+    main(a, make(a.engine, json.loads(a.engine_config)))

@@ -1,0 +1,98 @@
+"""deploy/cli.py in process: argument types refuse bad values at the edge (and accept the
+limit), the parser's errors are one line with status 2, SEQEX_LOG is checked, and main()
+turns each kind of operating error into one line and status 2."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from deploy import cli
+
+
+@pytest.mark.parametrize("text", ["tcp://127.0.0.1:1", "tcp://127.0.0.1:65535", "tcp://*:7001",
+                                  "tcp://127.0.0.1:*", "tcp://[::1]:7001", "tcp://host-a.x:80",
+                                  "ipc:///tmp/seqex.ipc", "inproc://x"])
+def test_endpoints_that_zeromq_takes(text):
+    assert cli.endpoint(text) == text
+
+
+@pytest.mark.parametrize("text", ["tcp://127.0.0.1:0", "tcp://127.0.0.1:65536", "tcp://127.0.0.1",
+                                  "127.0.0.1:7001", "tcp://:7001", "udp://h:1", "tcp://a b:1",
+                                  "ipc://", ""])
+def test_endpoints_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="not an endpoint"):
+        cli.endpoint(text)
+
+
+def test_integer_and_decimal_ranges_at_the_edge():
+    parse = cli.int_range(1, (1 << 32) - 1)
+    assert parse("1") == 1 and parse(str((1 << 32) - 1)) == (1 << 32) - 1
+    for bad in ("0", str(1 << 32), "-1", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
+    assert cli.decimal_arg("0") == "0" and cli.decimal_arg("100.25") == "100.25"
+    for bad in ("-0.5", "nan", "inf", "1,5", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.decimal_arg(bad)
+    assert cli.seconds("0.1") == 0.1
+    for bad in ("0", "-1", "86401", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.seconds(bad)
+
+
+def test_parser_errors_are_one_line_and_status_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parser().parse_args(["submit", "--side", "buy", "--qty", "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["seqex submit: argument --qty: 'x' is not a number (--help for usage)"]
+
+
+@pytest.mark.parametrize("value, level", [("debug", "DEBUG"), ("Info", "INFO"),
+                                          (" WARNING ", "WARNING")])
+def test_seqex_log_takes_any_case(monkeypatch, value, level):
+    monkeypatch.setenv("SEQEX_LOG", value)
+    assert cli._log_level() == level
+
+
+def test_a_bad_seqex_log_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("SEQEX_LOG", "verbose")
+    assert cli.main(["status", "--data", "/nonexistent"]) == 2
+    assert capsys.readouterr().err == ("seqex: SEQEX_LOG must be one of debug, info, warning, "
+                                       "error, critical, got 'verbose'\n")
+
+
+def test_operating_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    import zmq
+
+    def boom(exc):
+        def fn(_a):
+            raise exc
+        return fn
+    for exc, want in [(TimeoutError("x did not answer"), "seqex ping: x did not answer"),
+                      (zmq.ZMQError(98), "seqex ping: ZeroMQ: Address already in use"),
+                      (FileNotFoundError(2, "No such file or directory", "/x"),
+                       "seqex ping: No such file or directory: /x"),
+                      (ValueError("qty must not be negative"),
+                       "seqex ping: qty must not be negative")]:
+        monkeypatch.setattr(cli, "cmd_ping", boom(exc))
+        assert cli.main(["ping", "tcp://127.0.0.1:9"]) == 2
+        assert capsys.readouterr().err == want + "\n"
+    monkeypatch.setattr(cli, "cmd_ping", boom(KeyError("bug")))
+    assert cli.main(["ping", "tcp://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("seqex ping: internal error: KeyError") and err.count("\n") == 1
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(monkeypatch, capsys):
+    def fn(_a):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(cli, "cmd_ping", fn)
+    assert cli.main(["ping", "tcp://127.0.0.1:9"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_engine_names_are_the_replica_hosts():
+    from mq.replica import ENGINES
+    assert tuple(sorted(ENGINES)) == cli.ENGINE_NAMES

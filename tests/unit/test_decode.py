@@ -1,0 +1,142 @@
+"""deploy/decode.py: every record of every engine stream in words, with the engines' own
+codecs. Each CrossEngine and TradingEngine command and event kind is decoded by name (none
+falls back to hex), prices and quantities come out in contract units, reject codes in words,
+filters find records by kind, account and order, and a malformed payload is shown, not
+dropped."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from crossengine import codec as ce
+from crossengine.engine import CrossEngine
+from deploy import decode as d
+from tradingengine import codec as te
+
+UNITS = d.Units("BTCUSDT", 1, Decimal("0.5"), Decimal("0.001"))
+BY_ID = {1: UNITS}
+
+
+def rec(seq: int, kind: int, payload: bytes, src: int = 9) -> tuple:
+    return (seq, 1_000 + seq, src, seq, 1, kind, payload)
+
+
+def run_crossengine() -> list[tuple[tuple, tuple]]:
+    """(input record, output record) of a short flow touching every event type."""
+    eng = CrossEngine()
+    cmds = [(ce.NEW_ORDER, ce.new_order(1, ce.SELL, 201, 5, 1)),
+            (ce.NEW_ORDER, ce.new_order(2, ce.BUY, 201, 3, 2)),
+            (ce.NEW_ORDER, ce.new_order(3, ce.BUY, 0, 5, 3, ce.MARKET, ce.IOC)),
+            (ce.NEW_ORDER, ce.new_order(4, ce.BUY, 150, 4, 4, flags=ce.FLAG_POST_ONLY)),
+            (ce.AMEND, ce.amend(0, 4, 4, price=152)),
+            (ce.NEW_ORDER, ce.new_order(5, ce.BUY, 100, 0, 4)),
+            (ce.CANCEL, ce.cancel(0, 4, 4)),
+            (ce.CANCEL_ALL, ce.cancel_all(4)),
+            (ce.HALT, b""), (ce.RESUME, b""), (ce.MASS_CANCEL, b""), (d.KIND_TICK, b"")]
+    out = []
+    for i, (kind, payload) in enumerate(cmds, 1):
+        out.append((rec(i, kind, payload), rec(i, kind, eng.apply(i, 0, kind, payload))))
+    return out
+
+
+def test_every_crossengine_command_and_event_is_decoded_in_contract_units():
+    pairs = run_crossengine()
+    ins = [d.decode_record("in.ce.BTCUSDT", i, BY_ID, UNITS) for i, _o in pairs]
+    outs = [d.decode_record("out.ce.BTCUSDT", o, BY_ID, UNITS) for _i, o in pairs]
+    assert [x["command"] for x in ins] == [
+        "NewOrder", "NewOrder", "NewOrder", "NewOrder", "AmendOrder", "NewOrder", "CancelOrder",
+        "CancelAllOrders", "HaltSymbol", "ResumeSymbol", "MassCancel", "Tick"]
+    assert ins[0] == {"seq": 1, "ts_ns": 1001, "source": 9, "source_seq": 1, "epoch": 1,
+                      "kind": ce.NEW_ORDER, "command": "NewOrder", "client_order_id": 1,
+                      "price": "100.5", "qty": "0.005", "account": 1, "side": "sell",
+                      "ord_type": "limit", "tif": "gtc", "flags": [], "stp": "none"}
+    assert ins[2]["price"] is None and ins[2]["ord_type"] == "market"
+    assert ins[3]["flags"] == ["post_only"]
+    events = {e["event"] for o in outs for e in o["events"]}
+    assert events == set(ce.EVENT_NAMES.values()), "an event type went undecoded"
+    trade = next(e for e in outs[1]["events"] if e["event"] == "Trade")
+    assert (trade["price"], trade["qty"], trade["aggressor_side"], trade["maker_leaves"]) == (
+        "100.5", "0.003", "buy", "0.002")
+    rejected = outs[5]["events"][0]
+    assert (rejected["code"], rejected["reason"], rejected["text"]) == (
+        3003, "qty_below_min", "the quantity is below the symbol's minimum")
+    expired = next(e for e in outs[2]["events"] if e["event"] == "OrderExpired")
+    assert (expired["qty"], expired["reason"]) == ("0.003", "ioc_remainder")
+    assert outs[-1] == {**{k: outs[-1][k] for k in ("seq", "ts_ns", "source", "source_seq",
+                                                     "epoch", "kind")},
+                        "command": "Tick", "events": []}
+    assert d.is_tick(pairs[-1][0]) and not d.is_tick(pairs[0][0])
+    for x in ins + outs:
+        text = json.dumps(x)
+        assert "payload_hex" not in text and "invalid" not in text, text
+
+
+def test_every_tradingengine_command_and_event_kind_has_names():
+    payloads = {
+        te.NEW_ORDER: te.new_order(7, 3, 1, te.BUY, 200, 5), te.CANCEL: te.cancel(8, 7, 3),
+        te.AMEND: te.amend(9, 7, 3, 202, 6), te.CANCEL_ALL: te.cancel_all(10, 3),
+        te.SET_LEVERAGE: te.set_leverage(3, 1, 1000),
+        te.SET_MARGIN_MODE: te.set_margin_mode(3, 1, te.ISOLATED),
+        te.ADJUST_MARGIN: te.adjust_margin(3, 1, -5), te.DEPOSIT: te.transfer(1, 3, 10**10),
+        te.WITHDRAW: te.transfer(2, 3, 10), te.MARK_PRICE: te.mark_price(1, 200),
+        te.FUNDING_INPUTS: te.funding_inputs(1, 100, -20),
+        te.DEAD_MANS_SWITCH: te.dead_mans_switch(3, 5000),
+        te.CE_EVENTS: te.ce_events(1, ce.EVENT_STRUCTS[ce.EV_REJECTED].pack(
+            ce.EV_REJECTED, 7, 3, 3001, 0))}
+    assert set(payloads) == set(te.COMMAND_STRUCTS)
+    for kind, payload in payloads.items():
+        x = d.decode_record("in.te.0", rec(1, kind, payload), BY_ID)
+        assert x["command"] == te.COMMAND_NAMES[kind] and "malformed" not in x, x
+    order = d.decode_record("in.te.0", rec(1, te.NEW_ORDER, payloads[te.NEW_ORDER]), BY_ID)
+    assert (order["symbol"], order["price"], order["qty"], order["side"], order["trigger_kind"]
+            ) == ("BTCUSDT", "100", "0.005", "buy", "none")
+    nested = d.decode_record("in.te.0", rec(1, te.CE_EVENTS, payloads[te.CE_EVENTS]), BY_ID)
+    assert nested["events"][0]["reason"] == "price_not_on_tick"
+    # every event type, each packed from zeros except its type, plus a nested CE command
+    body = b"".join(s.pack(k, *([0] * (len(s.unpack(bytes(s.size))) - 1)))
+                    for k, s in te.EVENT_STRUCTS.items() if k != te.CE_COMMAND)
+    cmd = ce.new_order(1, ce.BUY, 4, 2, 3)
+    body += te.EVENT_STRUCTS[te.CE_COMMAND].pack(te.CE_COMMAND, 1, ce.NEW_ORDER, len(cmd)) + cmd
+    x = d.decode_record("out.te.0", rec(2, te.NEW_ORDER, body), BY_ID)
+    assert [e["event"] for e in x["events"]] == [
+        te.EVENT_NAMES[k] for k in te.EVENT_STRUCTS if k != te.CE_COMMAND] + [
+        "CrossEngineCommand"]
+    assert x["events"][-1]["command"]["price"] == "2" and x["events"][-1]["ce_kind"] == "NewOrder"
+
+
+def test_malformed_payloads_and_unknown_streams_are_shown_not_dropped():
+    bad = d.decode_record("in.ce.BTCUSDT", rec(1, ce.NEW_ORDER, b"\x01\x02"), BY_ID, UNITS)
+    assert bad["malformed"].startswith("2 bytes") and bad["payload_hex"] == "0102"
+    bad = d.decode_record("out.ce.BTCUSDT", rec(1, ce.NEW_ORDER, b"\xff"), BY_ID, UNITS)
+    assert bad["events"][0]["event"] == "malformed"
+    unknown = d.decode_record("in.ce.BTCUSDT", rec(1, 999, b"ab"), BY_ID, UNITS)
+    assert unknown["command"] == "unknown(999)" and unknown["payload_hex"] == "6162"
+    other = d.decode_record("in.demo", rec(1, 16, b"ab"), BY_ID)
+    assert other["payload_hex"] == "6162"
+    odd = d.decode_record("in.ce.BTCUSDT", rec(1, ce.NEW_ORDER, ce.new_order(
+        1, 0x33, 2, 1, 1, 0x39, 0x30)), BY_ID, UNITS)
+    assert (odd["side"], odd["ord_type"], odd["tif"]) == ("invalid(51)", "invalid(57)",
+                                                         "invalid(48)")
+
+
+def test_filters_by_kind_account_and_order():
+    pairs = run_crossengine()
+    outs = [d.decode_record("out.ce.BTCUSDT", o, BY_ID, UNITS) for _i, o in pairs]
+    assert [o["seq"] for o in outs if d.matches(o, kind="trade")] == [2, 3]
+    assert [o["seq"] for o in outs if d.matches(o, kind="ORDERREJECTED")] == [6]
+    assert [o["seq"] for o in outs if d.matches(o, kind=str(ce.AMEND))] == [5]
+    assert [o["seq"] for o in outs if d.matches(o, account=3)] == [3]
+    maker = next(e for e in outs[1]["events"] if e["event"] == "Trade")["maker_order_id"]
+    assert [o["seq"] for o in outs if d.matches(o, order=maker)] == [1, 2, 3]
+    assert [o["seq"] for o in outs if d.matches(o, kind="trade", account=1)] == [2, 3]
+
+
+def test_units_and_lines():
+    assert UNITS.price(201) == "100.5" and UNITS.qty(10**6) == "1000" and UNITS.qty(0) == "0"
+    assert d.Units("X", 2, Decimal("0.01")).price(-150) == "-1.5"
+    assert d.units_of({"X": {"symbol_id": 2, "tick_size": "0.25", "lot_size": "1"}}) == {
+        2: d.Units("X", 2, Decimal("0.25"), Decimal("1"))}
+    pairs = run_crossengine()
+    line = d.line(d.decode_record("out.ce.BTCUSDT", pairs[1][1], BY_ID, UNITS))
+    assert line.split()[:2] == ["2", "9:2"] and "Trade" in line and "price=100.5" in line
+    assert d.reject_text(9999) == "code 9999"

@@ -1,0 +1,170 @@
+"""deploy/supervisor.py without processes: the data directory lock admits one supervisor,
+the state file is replaced atomically, restarts back off exponentially and stop after
+max_restarts quick deaths in a row with the reason, and a stale or damaged state file reads
+as "not up" with the next step."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from deploy import supervisor as sv
+from deploy import topology
+
+
+def test_backoff_doubles_from_the_base_up_to_the_cap():
+    assert [sv.backoff_s(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert sv.backoff_s(1, base_s=0.1) == 0.1 and sv.backoff_s(3, base_s=0.1) == 0.4
+
+
+def test_the_data_directory_admits_one_supervisor(tmp_path):
+    fd = sv.lock_data_dir(str(tmp_path))
+    try:
+        with pytest.raises(sv.SupervisorError, match=rf"already up in {tmp_path} "
+                                                     rf"\(supervisor pid {os.getpid()}\)"):
+            sv.lock_data_dir(str(tmp_path))
+    finally:
+        os.close(fd)
+    os.close(sv.lock_data_dir(str(tmp_path)))  # free again once released
+
+
+def test_the_state_file_is_replaced_whole(tmp_path):
+    path = str(tmp_path / "seqex.json")
+    sv.write_atomically(path, "old")
+    sv.write_atomically(path, "new")
+    assert open(path).read() == "new" and os.listdir(tmp_path) == ["seqex.json"]
+
+
+def test_port_in_use_sees_a_listener_but_not_another_hosts_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert sv.port_in_use(f"tcp://127.0.0.1:{port}")
+    assert not sv.port_in_use(f"tcp://127.0.0.1:{port}")
+    assert not sv.port_in_use("tcp://192.0.2.1:7000")   # not this machine's: not checked here
+    assert not sv.port_in_use("ipc:///tmp/x")
+
+
+class FakeProc:
+    """A process that is dead whenever the test says so."""
+
+    def __init__(self, log_path: str):
+        self.alive = True
+        self.starts = 0
+        self.log_path = log_path
+
+        class P:
+            returncode = 2
+        self.popen = P()
+
+    def start(self) -> None:
+        self.starts += 1
+        self.alive = True
+
+
+def test_restarts_back_off_and_give_up_with_the_reason(tmp_path, monkeypatch, capsys):
+    topo = topology.load(data_dir=str(tmp_path))
+    sup = sv.Supervisor(topo, max_restarts=3, backoff_base_s=0.5)
+    log = tmp_path / "x.log"
+    log.write_text("starting\nzmq.error.ZMQError: Address already in use\n")
+    proc = FakeProc(str(log))
+    sup.procs = {"ce.BTCUSDT.hot1": proc}
+    now = [1000.0]
+    monkeypatch.setattr(sv.time, "monotonic", lambda: now[0])
+    sup.started_at["ce.BTCUSDT.hot1"] = now[0]
+    waits = []
+    for _ in range(3):
+        proc.alive = False
+        sup.check()                                  # found dead: schedules the restart
+        waits.append(sup.due_at["ce.BTCUSDT.hot1"] - now[0])
+        now[0] += waits[-1] - 0.01
+        sup.check()
+        assert not proc.alive, "restarted before its backoff ran out"
+        now[0] += 0.01
+        sup.check()
+        assert proc.alive
+    assert waits == [0.5, 1.0, 2.0] and sup.restarts["ce.BTCUSDT.hot1"] == 3
+    proc.alive = False
+    sup.check()
+    assert "ce.BTCUSDT.hot1" in sup.gave_up and not proc.alive
+    why = sup.gave_up["ce.BTCUSDT.hot1"]
+    assert "died 4 times in a row" in why and "Address already in use" in why
+    now[0] += 3600
+    sup.check()
+    assert proc.starts == 3, "restarted after giving up"
+    out = capsys.readouterr().out
+    assert "restarting in 0.5 s (failure 1 of 3)" in out and "giving up on it" in out
+    state = json.loads(open(tmp_path / "seqex.json").read())
+    assert state["gave_up"] == sup.gave_up and state["supervisor"] == os.getpid()
+
+
+def test_a_process_that_ran_long_enough_starts_its_backoff_over(tmp_path, monkeypatch):
+    topo = topology.load(data_dir=str(tmp_path))
+    sup = sv.Supervisor(topo, max_restarts=2)
+    proc = FakeProc(str(tmp_path / "none.log"))
+    sup.procs = {"p": proc}
+    now = [0.0]
+    monkeypatch.setattr(sv.time, "monotonic", lambda: now[0])
+    sup.started_at["p"] = 0.0
+    for _ in range(5):   # dies every time after a stable run: never given up on
+        now[0] += sv.STABLE_S + 1
+        proc.alive = False
+        sup.check()
+        assert sup.failures["p"] == 1
+        now[0] += 0.5
+        sup.check()
+        assert proc.alive
+    assert not sup.gave_up
+
+
+def test_read_state_names_what_is_wrong(tmp_path):
+    with pytest.raises(sv.NotUp, match="no seqex.json"):
+        sv.read_state(str(tmp_path))
+    topo = topology.load(data_dir=str(tmp_path))
+    state = json.loads(topo.to_json())
+    path = tmp_path / "seqex.json"
+    path.write_text(json.dumps({**state, "supervisor": 2 ** 22 + 7}))   # no such pid
+    with pytest.raises(sv.NotUp, match="is gone and seqex.json is stale"):
+        sv.read_state(str(tmp_path))
+    assert sv.read_state(str(tmp_path), check_alive=False)[1] == 2 ** 22 + 7
+    path.write_text(json.dumps({**state, "supervisor": os.getpid()}))
+    assert sv.read_state(str(tmp_path))[0].symbols == topo.symbols
+    path.write_text("{torn")
+    with pytest.raises(sv.NotUp, match="is damaged"):
+        sv.read_state(str(tmp_path))
+
+
+def test_down_clears_a_stale_state_file(tmp_path, capsys):
+    topo = topology.load(data_dir=str(tmp_path))
+    (tmp_path / "seqex.json").write_text(json.dumps({**json.loads(topo.to_json()),
+                                                      "supervisor": 2 ** 22 + 7}))
+    assert sv.down(str(tmp_path)) == 0
+    assert not (tmp_path / "seqex.json").exists() and "was gone" in capsys.readouterr().out
+
+
+def test_down_stops_a_supervisor_that_is_still_starting(tmp_path, capsys):
+    """No seqex.json yet, but the lock names the supervisor: down stops it."""
+    import subprocess
+    import sys
+    import time
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom deploy.supervisor import lock_data_dir\n"
+        f"lock_data_dir({str(tmp_path)!r})\nopen({str(ready)!r}, 'w').close()\n"
+        "time.sleep(120)\n")], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sv.lock_holder(str(tmp_path)) == holder.pid
+        assert sv.down(str(tmp_path)) == 0
+        assert holder.wait(30) == -15 and "seqex is down" in capsys.readouterr().out
+        assert sv.lock_holder(str(tmp_path)) is None
+        with pytest.raises(sv.NotUp):
+            sv.down(str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
