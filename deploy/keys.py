@@ -32,7 +32,7 @@ from mq import auth
 
 OPERATOR = "operator"
 PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica")
-OPERATOR_TOOLS = ("status", "replay", "submit", "down", "ping", "stop")  # the operator's key
+NOT_TOOLS = PROCESS_VERBS + ("keys", "up", "demo")  # every other verb is an operator tool
 
 
 def keys_dir_of(data_dir: str) -> str:
@@ -175,10 +175,28 @@ def prepare_up(topo, generate_missing: bool = True):
     if generate_missing:
         ensure(topo, keys_dir)
     elif not os.path.exists(os.path.join(keys_dir, auth.TRUST_FILE)):
-        raise SystemExit(f"seqex up: no keys in {keys_dir}; run `seqex keys --topology FILE` "
-                         f"once and copy the keys directory to every host (docs/security.md)")
+        raise auth.KeyFileError(f"no keys in {keys_dir}; run `seqex keys --topology FILE` "
+                                f"once and copy the keys directory to every host "
+                                f"(docs/security.md)")
     auth.configure(keys_dir, OPERATOR)
     return secure(topo, keys_dir)
+
+
+def use_operator_key(topo) -> None:
+    """A tool that found a running cluster through its data directory (read_state) reaches
+    it with the operator key there, if the cluster runs with keys and the tool has none."""
+    if not auth.insecure() or not any("--keys" in p.args for p in topo.procs):
+        return
+    keys_dir = next(p.args[p.args.index("--keys") + 1] for p in topo.procs if "--keys" in p.args)
+    if os.path.exists(auth.secret_path(keys_dir, OPERATOR)):
+        auth.configure(keys_dir, OPERATOR)
+
+
+def insecure(topo):
+    """The topology with ``--insecure`` in front of every process's arguments (`seqex
+    --insecure up`: benchmarks only; each process prints the warning)."""
+    procs = [dataclasses.replace(p, args=["--insecure", *p.args]) for p in topo.procs]
+    return dataclasses.replace(topo, procs=procs)
 
 
 # -- the command line ----------------------------------------------------------------------
@@ -202,12 +220,12 @@ def register(parser: argparse.ArgumentParser, sub) -> None:
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Take the identity the options name, or say loudly that CURVE is off. An operator
-    tool (OPERATOR_TOOLS) without --keys takes the operator key of its data directory
-    (--data, else ./seqex-data) when that directory has keys."""
+    """Take the identity the options name, or say (on stdout, which is the process's log)
+    that CURVE is off. An operator tool (any verb not in NOT_TOOLS) without --keys takes the
+    operator key of its data directory (--data, else ./seqex-data) when that has keys."""
     verb = getattr(args, "verb", None)
     keys_dir = getattr(args, "keys", None)
-    if not keys_dir and not args.insecure and verb in OPERATOR_TOOLS:
+    if not keys_dir and not args.insecure and verb not in NOT_TOOLS:
         found = keys_dir_of(getattr(args, "data", None) or "seqex-data")
         if os.path.exists(os.path.join(found, auth.TRUST_FILE)):
             keys_dir = found
@@ -218,10 +236,10 @@ def setup(args: argparse.Namespace) -> None:
             auth.configure(keys_dir, args.key or OPERATOR)
         except auth.KeyFileError as exc:
             raise SystemExit(f"seqex: {exc}") from None
-    elif verb in PROCESS_VERBS:
+    elif verb in PROCESS_VERBS or (verb == "up" and args.insecure):
         print(auth.INSECURE_WARNING if args.insecure else
               auth.INSECURE_WARNING + " (no --keys given; pass --insecure to say so)",
-              file=sys.stderr, flush=True)
+              flush=True)
 
 
 def cmd_keys(a: argparse.Namespace) -> int:

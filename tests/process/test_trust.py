@@ -73,6 +73,13 @@ def cluster(tmp_path_factory):
         auth.reset()
 
 
+@pytest.fixture(autouse=True)
+def _operator(cluster):
+    """Each test starts as the operator's tools (conftest resets the identity after each)."""
+    _topo, keys_dir = cluster
+    auth.configure(keys_dir, "operator")
+
+
 def identity(keys_dir: str, name: str) -> auth.Identity:
     return auth.Identity(name, auth.load_public(keys_dir, name),
                          auth.load_secret(keys_dir, name), auth.Trust.load(keys_dir), keys_dir)

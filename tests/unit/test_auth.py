@@ -211,5 +211,5 @@ def test_prepare_up_generates_on_first_start_and_takes_the_operator_key(tmp_path
     assert auth.identity().public == auth.load_public(keys_dir, "operator")
     assert all(p.args[:2] == ["--keys", keys_dir] for p in started.procs)
     auth.reset()
-    with pytest.raises(SystemExit, match="no keys"):
+    with pytest.raises(auth.KeyFileError, match="no keys"):
         keys.prepare_up(topology.load(None, str(tmp_path / "other")), generate_missing=False)
