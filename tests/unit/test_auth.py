@@ -213,3 +213,23 @@ def test_prepare_up_generates_on_first_start_and_takes_the_operator_key(tmp_path
     auth.reset()
     with pytest.raises(auth.KeyFileError, match="no keys"):
         keys.prepare_up(topology.load(None, str(tmp_path / "other")), generate_missing=False)
+
+
+def test_process_verbs_without_keys_warn_and_tools_find_the_operator_key(tmp_path, capsys):
+    import argparse
+    ns = argparse.Namespace
+    keys.setup(ns(verb="replicator", keys=None, key=None, insecure=False))
+    assert "CURVE is OFF" in capsys.readouterr().out and auth.insecure()
+    keys.setup(ns(verb="replicator", keys=None, key=None, insecure=True))
+    assert "CURVE is OFF" in capsys.readouterr().out
+    topo = topology.load(None, str(tmp_path))
+    keys_dir = keys.generate(topo)
+    keys.setup(ns(verb="status", keys=None, key=None, insecure=False, data=str(tmp_path)))
+    assert auth.identity().public == auth.load_public(keys_dir, "operator")
+    auth.reset()
+    keys.setup(ns(verb="status", keys=None, key=None, insecure=True, data=str(tmp_path)))
+    assert auth.insecure()
+    keys.setup(ns(verb="sequencer", keys=keys_dir, key="sequencer.BTCUSDT", insecure=False))
+    assert auth.identity().name == "sequencer.BTCUSDT"
+    with pytest.raises(SystemExit):
+        keys.setup(ns(verb="sequencer", keys=keys_dir, key="sequencer.BTCUSDT", insecure=True))
