@@ -14,6 +14,11 @@ this process. Records carry 64-byte payloads (102 bytes with the record header).
   relayed by raw pyzmq processes doing no work, with the same open-loop producer.
 * Result hash: sha256 of the canonical (source, first, last) runs of producer records
   delivered, ticks left out; any loss, duplicate or reordering changes it.
+* CURVE cost: the raw PUSH -> PULL pair (1 and 256 records per message), the throughput run
+  (tcp, one replicator, os) and the latency run at 10,000/s, each without CURVE (as the other
+  figures) and with CURVE (raw: encryption only; log: every process its own key, the ZAP
+  authenticator, the roles checked on every message), alternating in the same run; the ratio
+  secure / insecure is the cost. The hashes must match. `--curve-only` runs just these.
 
 Run: python bench/bench_mq.py [--quick] [--repeat 3]
 """
@@ -38,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deploy.local import LogCluster  # noqa: E402
 from deploy.procs import tcp  # noqa: E402
+from mq import auth  # noqa: E402
 from mq.record import decode, pack, source_runs  # noqa: E402
 from mq.subscriber import Subscriber  # noqa: E402
 
@@ -46,10 +52,13 @@ RECORD = 38 + PAYLOAD
 
 
 # -- raw ceiling -----------------------------------------------------------------------
-def _push(addr: str, n: int, per_msg: int) -> None:
+def _push(addr: str, n: int, per_msg: int, curve: list[str] | None = None) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 1000)
+    if curve:  # client public, client secret, server public (z85)
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = \
+            (k.encode() for k in curve)
     sock.connect(addr)
     msg = pack(1, 1, 16, [b"\0" * PAYLOAD] * per_msg)
     for _ in range(n // per_msg):
@@ -58,12 +67,22 @@ def _push(addr: str, n: int, per_msg: int) -> None:
     ctx.term()
 
 
-def raw_ceiling(addr: str, n: int, per_msg: int) -> float:
+def raw_ceiling(addr: str, n: int, per_msg: int, curve: bool = False) -> float:
+    """Records/s from a PUSH process to this PULL; curve: both ends CURVE (no ZAP handler:
+    the cost of the encryption alone)."""
     ctx = zmq.Context.instance()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, 1000)
+    keys: list[str] = []
+    if curve:
+        server_pub, server_sec = zmq.curve_keypair()
+        client_pub, client_sec = zmq.curve_keypair()
+        pull.curve_publickey, pull.curve_secretkey = server_pub, server_sec
+        pull.curve_server = True
+        keys = [client_pub.decode(), client_sec.decode(), server_pub.decode()]
     pull.bind(addr)
-    child = subprocess.Popen([sys.executable, __file__, "_push", addr, str(n), str(per_msg)])
+    child = subprocess.Popen([sys.executable, __file__, "_push", addr, str(n), str(per_msg),
+                              *keys])
     msgs = n // per_msg
     pull.recv()
     t0 = time.perf_counter()
@@ -166,15 +185,32 @@ def _canonical_runs(runs_in, acc: list) -> None:
             acc.append([src, a, b])
 
 
-def log_throughput(transport: str, replicas: int, durability: str, n: int) -> dict:
+def _secured(root: str, curve: bool) -> dict:
+    """LogCluster options for a run with CURVE (keys in root/keys, this process the
+    operator) or without (every process started with --insecure)."""
+    if not curve:
+        return {}
+    return {"keys_dir": os.path.join(root, "keys"), "producers": {"producer": [1]}}
+
+
+def _producer_key(cluster: LogCluster) -> list[str]:
+    return cluster.key_args("producer") or ["--insecure"]
+
+
+def log_throughput(transport: str, replicas: int, durability: str, n: int,
+                   curve: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
         cluster = LogCluster(root, "in.bench", replicators=replicas, policy="first",
-                             durability=durability, endpoint=_endpoints(transport, root))
+                             durability=durability, endpoint=_endpoints(transport, root),
+                             **_secured(root, curve))
+        if curve:
+            auth.configure(cluster.keys_dir, "operator")
         with cluster:
             cluster.start()
             sub = Subscriber("in.bench", cluster.pub_addr, cluster.rep_addrs)
             sub.poll(50)
             cluster.group.spawn("producer", [
+                *_producer_key(cluster),
                 "produce", "--sequencer", cluster.prod_addr, "--source", "1", "--count", str(n),
                 "--batch", "1024", "--window", "500000", "--payload-bytes", str(PAYLOAD)])
             got = 0
@@ -191,22 +227,26 @@ def log_throughput(transport: str, replicas: int, durability: str, n: int) -> di
                     _canonical_runs(rr, runs)
                     t_last = time.perf_counter()
             sub.close()
+        auth.reset()
         digest = hashlib.sha256(json.dumps(runs).encode()).hexdigest()[:16]
     return {"records": got, "rate": got / (t_last - t_first) if t_last > t_first else 0.0,
             "hash": digest}
 
 
-def log_latency(transport: str, rate: int, seconds: float) -> dict:
+def log_latency(transport: str, rate: int, seconds: float, curve: bool = False) -> dict:
     n = int(rate * seconds)
     prefix = struct.Struct("<QQ")
     with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
         cluster = LogCluster(root, "in.bench", replicators=1, policy="first", durability="os",
-                             endpoint=_endpoints(transport, root))
+                             endpoint=_endpoints(transport, root), **_secured(root, curve))
+        if curve:
+            auth.configure(cluster.keys_dir, "operator")
         with cluster:
             cluster.start()
             sub = Subscriber("in.bench", cluster.pub_addr, cluster.rep_addrs)
             sub.poll(50)
             cluster.group.spawn("producer", [
+                *_producer_key(cluster),
                 "produce", "--sequencer", cluster.prod_addr, "--source", "1", "--count", str(n),
                 "--rate", str(rate), "--batch", "256", "--payload-bytes", str(PAYLOAD)])
             lat = []
@@ -220,14 +260,56 @@ def log_latency(transport: str, rate: int, seconds: float) -> dict:
                         if rec[2]:
                             lat.append(now - prefix.unpack_from(rec[6])[1])
             sub.close()
+        auth.reset()
     return {**_percentiles(lat, n),
             "hash": hashlib.sha256(json.dumps(runs).encode()).hexdigest()[:16]}
+
+
+def curve_cost(a: argparse.Namespace, n: int, results: list) -> None:
+    """Throughput and latency without and with CURVE, alternating (median of --repeat)."""
+    raw: dict[tuple[bool, int], list] = {}
+    for _ in range(a.repeat):
+        for per_msg in (1, 256):
+            for curve in (False, True):
+                raw.setdefault((curve, per_msg), []).append(
+                    raw_ceiling(tcp(), 200_000 if per_msg == 1 else 4_000_000, per_msg, curve))
+    for per_msg in (1, 256):
+        off = statistics.median(raw[(False, per_msg)])
+        on = statistics.median(raw[(True, per_msg)])
+        print(f"[tcp] CURVE cost, raw PUSH->PULL, {per_msg} record(s) per message: {off:,.0f} "
+              f"records/s without, {on:,.0f} with: ratio {on / off:.3f}", flush=True)
+        results.append({"transport": "tcp", "what": "curve_cost_raw", "per_msg": per_msg,
+                        "off": off, "on": on, "ratio": on / off})
+    tp: dict[bool, list] = {False: [], True: []}
+    lat: dict[bool, list] = {False: [], True: []}
+    seconds = 3 if a.quick else 8
+    for _ in range(a.repeat):
+        for curve in (False, True):
+            tp[curve].append(log_throughput("tcp", 1, "os", n, curve))
+            lat[curve].append(log_latency("tcp", 10_000, seconds, curve))
+    pick = lambda runs, key: sorted(runs, key=lambda r: r[key])[len(runs) // 2]  # noqa: E731
+    off, on = pick(tp[False], "rate"), pick(tp[True], "rate")
+    print(f"[tcp] CURVE cost, throughput (1 replicator, os): {off['rate']:,.0f} records/s "
+          f"without, {on['rate']:,.0f} with: ratio {on['rate'] / off['rate']:.3f}  "
+          f"(hashes {off['hash']} {on['hash']})", flush=True)
+    loff, lon = pick(lat[False], "p99_us"), pick(lat[True], "p99_us")
+    print(f"[tcp] CURVE cost, open-loop latency at 10,000/s: p50 {loff['p50_us']:.0f} -> "
+          f"{lon['p50_us']:.0f} us, p99 {loff['p99_us']:.0f} -> {lon['p99_us']:.0f} us, "
+          f"p99.9 {loff['p999_us']:.0f} -> {lon['p999_us']:.0f} us; p99 ratio "
+          f"{lon['p99_us'] / loff['p99_us']:.2f}  (hashes {loff['hash']} {lon['hash']})",
+          flush=True)
+    results.append({"transport": "tcp", "what": "curve_cost", "throughput_off": off,
+                    "throughput_on": on, "ratio": on["rate"] / off["rate"],
+                    "latency_off": loff, "latency_on": lon,
+                    "p99_ratio": lon["p99_us"] / loff["p99_us"]})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller runs, one transport")
     ap.add_argument("--repeat", type=int, default=1, help="median of this many runs")
+    ap.add_argument("--curve-only", action="store_true",
+                    help="only the cost of CURVE (with and without, same run)")
     a = ap.parse_args()
     gc.disable()
     n = 300_000 if a.quick else 2_000_000
@@ -239,6 +321,10 @@ def main() -> None:
         runs.sort(key=lambda r: r.get("rate", r.get("p99_us", 0)))
         return runs[len(runs) // 2]
 
+    curve_cost(a, n, results)
+    if a.curve_only:
+        print(json.dumps(results))
+        return
     for transport in transports:
         with tempfile.TemporaryDirectory() as root:
             ep = _endpoints(transport, root)
@@ -274,7 +360,7 @@ if __name__ == "__main__":
         if sys.argv[2] == "-":
             _open_loop_push(sys.argv[5], int(sys.argv[3]), int(sys.argv[4]))
         else:
-            _push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+            _push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:8] or None)
     elif len(sys.argv) > 1 and sys.argv[1] == "_relay_a":
         _relay_a(*sys.argv[2:5])
     elif len(sys.argv) > 1 and sys.argv[1] == "_relay_b":

@@ -130,6 +130,7 @@ REJECT_CODES = {
     3017: "amend_nothing_to_change",
     3018: "account_order_limit",
     3019: "order_ids_exhausted",
+    3020: "source_not_operator",    # MassCancel, Halt, Resume from a source not the operator's
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 

@@ -32,6 +32,7 @@ import hashlib
 import struct
 
 from crossengine import codec as _codec
+from mq import sources as _sources
 from mq.record import scan as _scan_frame
 
 cdef enum:
@@ -95,6 +96,7 @@ cdef enum:
     C_AMEND_NOTHING = 3017
     C_ACCOUNT_LIMIT = 3018
     C_IDS_EXHAUSTED = 3019
+    C_NOT_OPERATOR = 3020
     SNAP_ORDER = 47
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
@@ -119,7 +121,8 @@ _my_codes = {C_NOT_ON_TICK: "price_not_on_tick", C_PRICE_RANGE: "price_out_of_ra
              C_TIF: "time_in_force_invalid", C_STP: "stp_mode_invalid",
              C_AMEND_FILLED: "amend_qty_not_above_filled", C_MALFORMED: "command_malformed",
              C_BOOK_FULL: "book_full", C_AMEND_NOTHING: "amend_nothing_to_change",
-             C_ACCOUNT_LIMIT: "account_order_limit", C_IDS_EXHAUSTED: "order_ids_exhausted"}
+             C_ACCOUNT_LIMIT: "account_order_limit", C_IDS_EXHAUSTED: "order_ids_exhausted",
+             C_NOT_OPERATOR: "source_not_operator"}
 if _my_codes != _codec.REJECT_CODES:
     raise ImportError("crossengine.engine: reject codes differ from crossengine.codec")
 # a layout whose size differs from the codec's would shift every event after it
@@ -132,6 +135,10 @@ SNAP_HEADER = struct.Struct("<4sHIqQQqQIIQQBQ")
 MAGIC = b"SQCE"
 VERSION = 2
 cdef uint64_t COUNTER_MAX = _codec.ORDER_COUNTER_MAX
+# MassCancel, Halt and Resume are the operator's: obeyed only from an operator source id (in
+# the record's header, so every replica decides alike; the sequencer lets only the operator's
+# key use these ids, mq/auth.py)
+cdef uint32_t OPERATOR_SOURCE_MIN = _sources.OPERATOR_SOURCE_MIN
 
 
 # -- little helpers ---------------------------------------------------------------------------
@@ -1037,9 +1044,12 @@ cdef class CrossEngine:
             self.n_touched = 0
         return 0
 
-    cdef int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n) except -1:
+    cdef int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
+                       uint32_t source) except -1:
         self.command_no += 1
         self.n_touched = 0
+        if (kind == K_MASS or kind == K_HALT or kind == K_RESUME) and source < OPERATOR_SOURCE_MIN:
+            return self._ev_rejected(0, 0, C_NOT_OPERATOR, 0)
         if kind == K_NEW:
             if n != 33:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
@@ -1072,12 +1082,14 @@ cdef class CrossEngine:
         return self._level_events()
 
     # -- the public face --------------------------------------------------------------------
-    def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload):
-        """The events (bytes) of one command."""
+    def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload,
+              uint32_t source=_sources.OPERATOR_SOURCE):
+        """The events (bytes) of one command from `source` (tools and tests; the replica host
+        calls apply_frame, which takes each record's own source)."""
         cdef Py_ssize_t n = payload.shape[0]
         cdef const unsigned char* p = &payload[0] if n else <const unsigned char*>b""
         self.out.len = 0
-        self._dispatch(kind, p, n)
+        self._dispatch(kind, p, n, source)
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
     def apply_frame(self, const unsigned char[::1] frame):
@@ -1097,7 +1109,7 @@ cdef class CrossEngine:
             start = self.out.len
             memcpy(self.out.data + start, p + off, HDR)
             self.out.len += HDR
-            self._dispatch(rd16(p + off + 32), p + off + HDR, length)
+            self._dispatch(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24))
             wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
             off += HDR + length
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)

@@ -25,6 +25,8 @@ Rules (docs/crossengine.md has the worked cases):
   max_account_orders orders (a GTC limit order beyond is refused). CancelAll and MassCancel
   answer with one MassCancelled event and the count; MassCancel lists no level.
 * Order ids run out at symbol_id << 40 | (2**40 - 1): NewOrder is refused after that.
+* MassCancel, Halt and Resume are the operator's: from a source id below
+  mq.sources.OPERATOR_SOURCE_MIN they are refused (source_not_operator) and change nothing.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import struct
 from dataclasses import dataclass
 
 from crossengine import codec as c
+from mq.sources import OPERATOR_SOURCE, is_operator
 
 SNAP_HEADER = struct.Struct("<4sHIqQQqQIIQQBQ")
 SNAP_ORDER = struct.Struct("<QQIBqQQBB")
@@ -152,7 +155,10 @@ class ReferenceEngine:
                                           reason)
 
     # -- apply ----------------------------------------------------------------------------
-    def apply(self, seq: int, ts_ns: int, kind: int, payload: bytes) -> bytes:
+    def apply(self, seq: int, ts_ns: int, kind: int, payload: bytes,
+              source: int = OPERATOR_SOURCE) -> bytes:
+        if kind in (c.MASS_CANCEL, c.HALT, c.RESUME) and not is_operator(source):
+            return self._reject(0, 0, c.CODES["source_not_operator"])
         handler = {c.NEW_ORDER: self._new_order, c.CANCEL: self._cancel, c.AMEND: self._amend,
                    c.CANCEL_ALL: self._cancel_all, c.MASS_CANCEL: self._mass_cancel,
                    c.HALT: self._halt, c.RESUME: self._resume}.get(kind)

@@ -267,7 +267,13 @@ def _resume_point(path: str) -> int:
 def cmd_up(a: argparse.Namespace) -> int:
     from deploy import topology
     from deploy.supervisor import Supervisor
+    from deploy import keys
     topo = topology.load(a.topology, a.data, a.base_port)
+    # CURVE keys (generated on first start when this machine runs the whole topology; several
+    # hosts bring theirs from one `seqex keys`), docs/security.md; --insecure: benchmarks only
+    one_host = len({p.host for p in topo.procs}) == 1   # keys made here cannot disagree
+    topo = keys.insecure(topo) if a.insecure else \
+        keys.prepare_up(topo, generate_missing=one_host)
     Supervisor(topo, a.host, max_restarts=a.max_restarts, backoff_base_s=a.restart_backoff,
                title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}"
                ).up(a.ready_timeout)
@@ -569,6 +575,8 @@ def parser() -> Parser:
     p = Parser(prog="seqex", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    from deploy import keys
+    keys.register(p, sub)   # --keys/--key/--insecure and `seqex keys` (docs/security.md)
 
     s = sub.add_parser("replicator", help="run a replicator process")
     s.add_argument("--data", required=True, help="LMDB directory")
@@ -766,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
         args = parser().parse_args(argv)
         verb = f"seqex {args.verb}"
+        from deploy import keys
+        keys.setup(args)
         _pin()
         return args.fn(args)
     except BrokenPipeError:

@@ -46,10 +46,11 @@ from decimal import Decimal, InvalidOperation
 from crossengine import codec
 from deploy import decode
 from deploy.supervisor import read_state
-from mq import wire
+from mq import auth, wire
 from mq.control import ping, replay
 from mq.producer import Producer
 from mq.record import decode as decode_frame
+from mq.sources import OPERATOR_SOURCE_MIN
 from mq.subscriber import Subscriber
 
 AUTO_SOURCE_FIRST = 1_000_000   # auto-allocated source ids start here (below: tools, tests)
@@ -251,7 +252,10 @@ class Client:
                                  f"(0 is the sequencer's), got {source!r}")
         lock_dir = os.path.join(self.data_dir, "clients")
         os.makedirs(lock_dir, exist_ok=True)
-        candidates = [source] if source is not None else range(AUTO_SOURCE_FIRST, MAX_SOURCE)
+        # With CURVE on, only the operator writes in.ce directly (mq/auth.py): a client of this
+        # kind then takes a source id of the operator's range.
+        first = AUTO_SOURCE_FIRST if auth.insecure() else OPERATOR_SOURCE_MIN
+        candidates = [source] if source is not None else range(first, MAX_SOURCE)
         for n in candidates:
             fd = os.open(os.path.join(lock_dir, f"source-{n}.lock"), os.O_RDWR | os.O_CREAT,
                          0o644)

@@ -13,7 +13,12 @@ class LogCluster:
     def __init__(self, root: str, stream: str = "in.test", replicators: int = 2,
                  policy: str = "quorum", durability: str = "os", tick_ms: int = 100,
                  endpoint=tcp, cpus: list[int] | None = None, peers: bool = True,
-                 sequencer_args: list[str] | None = None):
+                 sequencer_args: list[str] | None = None, keys_dir: str | None = None,
+                 producers: dict[str, list[int]] | None = None):
+        """keys_dir: run every process with CURVE, keys and policy written there
+        (deploy.keys.for_log_cluster; `producers` names the producer keys and their source
+        ids); the caller takes an identity (mq.auth.configure(keys_dir, "operator")) before
+        start() to reach the processes."""
         self.root = root
         self.stream = stream
         self.policy = policy
@@ -29,6 +34,14 @@ class LogCluster:
         self.sequencer_args = sequencer_args or []
         self.replicators: list[Proc] = []
         self.sequencer: Proc | None = None
+        self.keys_dir = keys_dir
+        if keys_dir:
+            from deploy.keys import for_log_cluster
+            for_log_cluster(self, keys_dir, producers)
+
+    def key_args(self, name: str) -> list[str]:
+        """The global options that give process `name` its identity (none without keys)."""
+        return ["--keys", self.keys_dir, "--key", name] if self.keys_dir else []
 
     def data_dir(self, i: int) -> str:
         return os.path.join(self.root, f"replicator{i}")
@@ -40,7 +53,8 @@ class LogCluster:
         for i, addr in enumerate(self.rep_addrs):
             peers = sum((["--peer", p] for p in self.rep_addrs if p != addr and self.peers), [])
             self.replicators.append(self.group.spawn(
-                f"replicator{i}", ["replicator", "--data", self.data_dir(i), "--bind", addr,
+                f"replicator{i}", [*self.key_args(f"replicator{i}"), "replicator",
+                                   "--data", self.data_dir(i), "--bind", addr,
                                    "--durability", self.durability, *peers],
                 cpu=self._cpu(i + 1)))
         for addr in self.rep_addrs:
@@ -54,7 +68,8 @@ class LogCluster:
         would be, while the old master may still hold the old ones."""
         if new_endpoints:
             self.prod_addr, self.pub_addr = self._endpoint(), self._endpoint()
-        args = ["sequencer", "--stream", self.stream, "--producers", self.prod_addr,
+        args = [*self.key_args("sequencer"), "sequencer", "--stream", self.stream,
+                "--producers", self.prod_addr,
                 "--pub", self.pub_addr, "--policy", self.policy, "--tick-ms", str(self.tick_ms)]
         for addr in self.rep_addrs:
             args += ["--replicator", addr]

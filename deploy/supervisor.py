@@ -259,6 +259,8 @@ def read_state(data_dir: str, check_alive: bool = True) -> tuple[Topology, int]:
     if check_alive and not _running(pid):
         raise NotUp(f"seqex is not up in {data_dir}: its supervisor (pid {pid}) is gone and "
                     f"{STATE_FILE} is stale; `seqex down --data {data_dir}` clears it")
+    from deploy.keys import use_operator_key
+    use_operator_key(topo)   # a secured cluster is reached with its operator key
     return topo, pid
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import zmq
 
-from mq import replication, sockets, wire
+from mq import auth, replication, sockets, wire
 from mq.record import scan, source_runs, trim
 
 log = logging.getLogger("seqex.master")
@@ -624,6 +624,7 @@ class MasterShell:
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.pub.setsockopt(zmq.LINGER, 0)
+        auth.secure_server(self.pub)
         self.pub.bind(pub_bind)
         self.producer_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -726,10 +727,11 @@ class MasterShell:
         messages too short to carry a kind are dropped."""
         for _ in range(MAX_DRAIN):
             try:
-                msg = self.router.recv_multipart(zmq.NOBLOCK)
+                peer, msg = auth.recv_multipart(self.router, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if len(msg) >= 3:
+                self.current_peer = peer  # the role checks of this message read it
                 yield msg[0], msg[1], msg
 
     def _on_replies(self, link: Link) -> None:

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from typing import Any
 
-from mq import wire
+from mq import auth, wire
 from mq.record import FrameError, decode, scan, trim
 from mq.sequencer import POLICIES, Sequencer, run
 
@@ -90,7 +90,10 @@ class Mirror(Sequencer):
             try:
                 body = wire.unpack(msg[2])
                 if kind == wire.DATA and len(msg) == 4:
-                    name = body.get("replica")
+                    if self._refused(ident, auth.feed_refusal(self.current_peer, self.stream),
+                                     "DATA"):
+                        continue
+                    name = auth.peer_name(self.current_peer) or body.get("replica")
                     self._accept(ident, str(name)[:64] if name else ident.hex(), msg[3])
                 else:
                     self._control(ident, kind, body)

@@ -54,7 +54,7 @@ from typing import Any
 
 import zmq
 
-from mq import sockets, wire
+from mq import auth, sockets, wire
 from mq.control import call
 from mq.sequencer import Window
 from mq.subscriber import Subscriber
@@ -324,12 +324,19 @@ class ReplicaHost:
     def _control(self) -> None:
         while True:
             try:
-                msg = self.control.recv_multipart(zmq.NOBLOCK)
+                peer, msg = auth.recv_multipart(self.control, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if len(msg) < 3:
                 continue
             ident, kind = msg[0], msg[1]
+            reason = auth.operator_refusal(peer) if kind in (wire.STOP, wire.PROMOTE) else None
+            if reason is not None:
+                what = f"{self.name}: {kind.decode()}"
+                auth.note_refusal(peer, reason, what)
+                self.control.send_multipart([ident, wire.ERROR, wire.pack(
+                    auth.refused_body(reason, what))])
+                continue
             if kind == wire.PING:
                 body = self.status()
             elif kind == wire.HASH:
@@ -350,7 +357,8 @@ class ReplicaHost:
         return {"role": "replica", "name": self.name, "replica_role": self.role,
                 "stream": self.stream, "seq": self.seq, "lag": max(0, self.head - self.seq),
                 "rate": round(self.rate), "snapshot_seq": self.snap_seq,
-                "sent_upto": self.sent_upto, "mirror_has": self.mirror_has, **self.stats}
+                "sent_upto": self.sent_upto, "mirror_has": self.mirror_has,
+                "refusals": auth.refusal_stats(), **self.stats}
 
 
 def _mirror_socket(addr: str) -> zmq.Socket:

@@ -37,7 +37,7 @@ from typing import Any
 
 import zmq
 
-from mq import sockets, wire
+from mq import auth, sockets, wire
 from mq.master import (  # noqa: F401  (re-exported: mq.mirror and mq.replica import them)
     MAX_DRAIN,
     MAX_FRAME_BYTES,
@@ -166,6 +166,7 @@ class SequencerCore(Master):
         self.upstream_sources: set[int] = set()
         self.owners: dict[int, bytes] = {}   # per source: the producer connection using it
         self._turn_ts = 0                    # ts of the records of the current turn
+        self.current_peer: str | None = None  # authenticated key of the message in hand
 
     def _peer_alive(self, ident: bytes) -> bool:
         raise NotImplementedError
@@ -275,6 +276,8 @@ class SequencerCore(Master):
         """A source belongs to one producer connection at a time: another connection that
         claims it while the first is alive gets ERROR (reason source_clash) and nothing of
         its batches is sequenced; once the first is gone, the newcomer takes it over."""
+        if self._refused(ident, auth.producer_refusal(self.current_peer, src), f"source {src}"):
+            return False
         owner = self.owners.get(src)
         if owner == ident:
             return True
@@ -324,10 +327,22 @@ class SequencerCore(Master):
         elif kind == wire.PING:
             self._reply(ident, wire.PONG, self.status())
         elif kind == wire.STOP:
+            if self._refused(ident, auth.operator_refusal(self.current_peer), "STOP"):
+                return
             self.stop()
             self._reply(ident, wire.PONG, {"role": "sequencer", "stopping": True})
         else:
             raise wire.WireError(f"unknown message kind {kind[:32]!r}")
+
+    def _refused(self, ident: bytes, reason: str | None, what: str) -> bool:
+        """True (after an ERROR to the sender, counted and logged by mq.auth) when the
+        sender's role does not allow the message; nothing of it is sequenced."""
+        if reason is None:
+            return False
+        self.stats["unauthorized"] = self.stats.get("unauthorized", 0) + 1
+        auth.note_refusal(self.current_peer, reason, f"{self.stream}: {what}")
+        self._reply(ident, wire.ERROR, auth.refused_body(reason, f"{self.stream}: {what}"))
+        return True
 
     def stop(self, timeout_s: float = 5.0) -> None:
         raise NotImplementedError
@@ -340,7 +355,7 @@ class SequencerCore(Master):
                 "evicted_uncommitted": self.window.evicted_uncommitted,
                 "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known}
                                 for lk in self.links],
-                **self.stats}
+                "refusals": auth.refusal_stats(), **self.stats}
 
 
 class Sequencer(MasterShell, SequencerCore):

@@ -1,17 +1,22 @@
 """The ZeroMQ sockets of seqex, configured in one place (DESIGN.md §9 facts):
 ROUTERs hand a restarted peer's identity over; every socket to a peer that may die or freeze
-uses ZMQ heartbeats (200 ms / 1 s); nothing lingers on close."""
+uses ZMQ heartbeats (200 ms / 1 s); nothing lingers on close. Every socket uses CURVE when
+the process has an identity (mq.auth.configure) or one is passed as ``curve``."""
 from __future__ import annotations
 
 import zmq
+
+from mq import auth
 
 HWM = 100_000
 
 
 def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
-           routing_id: bytes | None = None, heartbeat: bool = True) -> zmq.Socket:
+           routing_id: bytes | None = None, heartbeat: bool = True,
+           curve: auth.Identity | None = None, server_key: bytes | None = None) -> zmq.Socket:
     """A DEALER connected to addr. immediate: sends fail (EAGAIN) while not connected,
-    instead of queueing for a peer that may never come back."""
+    instead of queueing for a peer that may never come back. curve / server_key: the client
+    identity and the server's public key (default: the process's, and the policy's for addr)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
@@ -23,11 +28,12 @@ def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
     if heartbeat:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+    auth.secure_client(sock, addr, curve, server_key)
     sock.connect(addr)
     return sock
 
 
-def router(bind: str) -> zmq.Socket:
+def router(bind: str, curve: auth.Identity | None = None) -> zmq.Socket:
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.LINGER, 0)
@@ -35,5 +41,6 @@ def router(bind: str) -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+    auth.secure_server(sock, curve)
     sock.bind(bind)
     return sock

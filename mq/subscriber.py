@@ -18,7 +18,7 @@ import time
 
 import zmq
 
-from mq import sockets, wire
+from mq import auth, sockets, wire
 from mq.record import FrameError, scan, trim
 
 log = logging.getLogger("seqex.subscriber")
@@ -42,6 +42,7 @@ class Subscriber:
         self.sub.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\0")
+        auth.secure_client(self.sub, pub_addr)
         self.sub.connect(pub_addr)
         self.replicas: list[zmq.Socket] = []
         for addr in replicators:

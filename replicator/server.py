@@ -45,7 +45,7 @@ from typing import Any
 import lmdb
 import zmq
 
-from mq import sockets, wire
+from mq import auth, sockets, wire
 from mq.record import MAX_FRAME, FrameError, scan
 from mq.replication import epoch_at
 from replicator import integrity
@@ -155,7 +155,8 @@ class Replicator:
         self.stats = {"appended_records": 0, "commits": 0, "replayed_bytes": 0,
                       "refused": 0, "errors": 0, "caught_up_records": 0, "compared_records": 0,
                       "divergent_ranges": 0, "repaired_records": 0, "damaged_reads": 0,
-                      "truncated_records": 0, "disk_full_refusals": 0, "quarantined": 0}
+                      "truncated_records": 0, "disk_full_refusals": 0, "quarantined": 0,
+                      "unauthorized": 0}
         self.disk_full_since: float | None = None  # monotonic time writing began to fail
         self.write_retry_at = 0.0
         self.store = self._open_store(check)
@@ -259,24 +260,28 @@ class Replicator:
     def _turn(self) -> None:
         events = dict(self.poller.poll(200))
         if self.sock in events:
-            batch = []
+            batch, peers = [], []
             while len(batch) < MAX_BATCH:
                 try:
-                    batch.append(self.sock.recv_multipart(zmq.NOBLOCK, copy=True))
+                    peer, msg = auth.recv_multipart(self.sock, zmq.NOBLOCK)
                 except zmq.Again:
                     break
-            self.handle(batch)
+                batch.append(msg)
+                peers.append(peer)
+            self.handle(batch, peers)
         self.peers.on_events(events)
         self.peers.tick()
 
-    def handle(self, batch: list[list[bytes]]) -> None:
+    def handle(self, batch: list[list[bytes]], peers: list[str | None] | None = None) -> None:
         """Consecutive writes of the batch share one transaction (group commit); their acks go
         out after the commit. A read or control message first commits what came before it, so
-        it sees everything acknowledged and replies keep their order."""
+        it sees everything acknowledged and replies keep their order. peers: the
+        authenticated key of each message's sender (mq.auth), checked against its role
+        before anything is written."""
         replies: list[list[bytes]] = []
         txn = None
         try:
-            for msg in batch:
+            for i, msg in enumerate(batch):
                 if len(msg) < 3:
                     continue  # no identity and kind: nothing to answer
                 ident, kind = msg[0], msg[1]
@@ -286,6 +291,9 @@ class Replicator:
                     txn, replies = None, []
                 try:
                     req = parse(kind, msg[2:])
+                    if peers is not None and (refusal := self._refusal(peers[i], kind, req)):
+                        replies.append([ident, wire.ERROR, wire.pack(refusal)])
+                        continue
                     if not write:
                         replies.append([ident, *self._read(kind, req)])
                         continue
@@ -326,6 +334,19 @@ class Replicator:
         finally:
             if txn is not None:  # an error that ends the turn (a damaged file): write nothing
                 txn.abort()
+
+    def _refusal(self, peer: str | None, kind: bytes, req: dict) -> dict | None:
+        """The ERROR body for a message its sender's role does not allow, else None."""
+        if auth.insecure():
+            return None
+        stream = req.get("stream")
+        reason = auth.replicator_refusal(peer, kind, stream)
+        if reason is None:
+            return None
+        self.stats["unauthorized"] += 1
+        what = f"{kind[:16].decode('ascii', 'replace')} {stream or ''}".strip()
+        auth.note_refusal(peer, reason, what)
+        return auth.refused_body(reason, what)
 
     def _commit(self, txn: Any, replies: list[list[bytes]]) -> None:
         try:
@@ -435,6 +456,7 @@ class Replicator:
             damaged = sorted(n for n, s in self.store.streams.items() if s.damaged)
             return [wire.PONG, wire.pack({"role": "replicator", "streams": streams,
                                           "damaged_streams": damaged,
+                                          "refusals": auth.refusal_stats(),
                                           "disk_full": self.disk_full_since is not None,
                                           **self.stats})]
         if kind == wire.STOP:

@@ -33,3 +33,12 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if mark in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_identity():
+    """A test that takes a CURVE identity (mq.auth) in this process, or reads the state of a
+    secured cluster, leaves none behind for the next test."""
+    yield
+    from mq import auth
+    auth.reset()

@@ -216,6 +216,7 @@ REJECT_CODES = {
     2029: "amend_nothing_to_change",
     2030: "account_balance_limit",
     2031: "transfer_id_expired",
+    2032: "source_not_operator",    # a deposit or withdrawal from a source not the operator's
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 

@@ -46,6 +46,7 @@ from collections import deque
 import msgpack
 
 from mq.record import MAX_PAYLOAD, decode, encode
+from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
 from tradingengine import codec as c
 from tradingengine.margin import (
     PPM,
@@ -309,7 +310,11 @@ class TradingEngine:
 
     # -- the state machine contract --------------------------------------------------------------
 
-    def apply(self, seq: int, ts_ns: int, kind: int, payload: bytes) -> bytes:
+    def apply(self, seq: int, ts_ns: int, kind: int, payload: bytes,
+              source: int = OPERATOR_SOURCE) -> bytes:
+        """The events of one record from `source` (apply_frame passes each record's own).
+        Deposits and withdrawals are the operator's: from any source below
+        OPERATOR_SOURCE_MIN they are refused (source_not_operator) and change nothing."""
         if seq <= self.seq:
             raise EngineHalted(f"record {seq} after {self.seq}: the log went backwards")
         self.seq = seq
@@ -327,6 +332,9 @@ class TradingEngine:
             size = _SIZES[kind]
             if len(payload) != size and (kind != c.CE_EVENTS or len(payload) < size):
                 self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
+            elif (kind == c.DEPOSIT or kind == c.WITHDRAW) and source < OPERATOR_SOURCE_MIN:
+                transfer_id, account, _amount = c.TRANSFER_S.unpack(payload)
+                self._reject_request(kind, _CODE["source_not_operator"], account, 0, transfer_id)
             else:
                 handler(payload)
         elif kind != c.KIND_TICK:
@@ -339,7 +347,7 @@ class TradingEngine:
         """Apply every record of a sequenced frame; one output record per input record, with
         the same header fields and the events as payload."""
         apply = self.apply
-        return encode([(seq, ts, src, src_seq, epoch, kind, apply(seq, ts, kind, payload))
+        return encode([(seq, ts, src, src_seq, epoch, kind, apply(seq, ts, kind, payload, src))
                        for seq, ts, src, src_seq, epoch, kind, payload in decode(frame)])
 
     # -- sweeps: fan-out work within the output budget ---------------------------------------------

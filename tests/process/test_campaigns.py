@@ -33,6 +33,17 @@ def test_log_campaign(tmp_path, monkeypatch, seed, policy):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("policy", ["quorum", "first"])
+def test_log_campaign_with_curve(tmp_path, monkeypatch, seed, policy):
+    """The same SIGKILL campaign with CURVE on every socket and the roles checked."""
+    monkeypatch.setattr(test_log_processes, "SEED", seed)
+    test_log_processes.test_log_survives_sigkill_of_replicator_sequencer_and_subscriber(
+        tmp_path, policy, curve=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", SEEDS)
 def test_failover_campaign(tmp_path, monkeypatch, seed):
     monkeypatch.setattr(test_failover, "SEED", seed)
     test_failover.test_master_killed_under_load_is_replaced_without_loss(tmp_path)

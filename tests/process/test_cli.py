@@ -35,6 +35,7 @@ from deploy.procs import Group, free_port
 from deploy.supervisor import read_state
 from mq.control import ping, replay, wait_until
 from mq.record import decode
+from mq.sources import OPERATOR_SOURCE_MIN
 from tests.process.test_cluster import free_block, pids_of
 
 TOPOLOGY = """
@@ -431,16 +432,20 @@ def test_a_producer_sharing_the_clients_source_is_detected(cluster, tmp_path):
     sym = topo.symbols["BTCUSDT"]
     start = ping(sym["producers"])["committed"]
     with Group(str(tmp_path)) as group:
-        other = group.spawn("other", ["produce", "--sequencer", sym["producers"], "--source",
-                                      "4000000001", "--count", "1000000", "--rate", "500"])
+        # the cluster runs with CURVE: only the operator's key, with an operator source id,
+        # writes in.ce directly (docs/security.md)
+        src = OPERATOR_SOURCE_MIN + 1
+        other = group.spawn("other", ["--keys", os.path.join(data, "keys"), "produce",
+                                      "--sequencer", sym["producers"], "--source", str(src),
+                                      "--count", "1000000", "--rate", "500"])
 
         def other_is_in() -> bool:
-            return any(r[2] == 4_000_000_001 for f in replay(topo.replicator_addrs()[0],
-                                                             sym["in"], start + 1)
+            return any(r[2] == src for f in replay(topo.replicator_addrs()[0],
+                                                   sym["in"], start + 1)
                        for r in decode(f))
         wait_until(other_is_in, 60, "the other producer's records in the log")
-        with Client(data, source=4_000_000_001) as client:
-            with pytest.raises(SourceClash, match="refused source 4000000001: .*in use by "
+        with Client(data, source=src) as client:
+            with pytest.raises(SourceClash, match=f"refused source {src}: .*in use by "
                                                   "another live producer connection"):
                 client.submit("BTCUSDT", "buy", "0.001", "1", account=12, timeout_s=30)
         other.kill()

@@ -21,6 +21,7 @@ from mq import wire
 from mq.control import call, ping, wait_until
 from mq.producer import Producer
 from mq.record import decode
+from mq.sources import OPERATOR_SOURCE_MIN
 from tests.property.test_crossengine_determinism import flow
 
 SEED = int(os.environ.get("SEQEX_SEED", "20261122"))
@@ -81,7 +82,9 @@ def test_up_status_rebuild_down(tmp_path):
         sym = topo.symbols["BTCUSDT"]
         hot0 = topo.by_name("ce.BTCUSDT.hot0").control
         cmds = [(r[5], r[6]) for f in flow(3000, seed=SEED) for r in decode(f)]
-        prod = Producer(11, sym["producers"])
+        # the cluster runs with CURVE: this process has the operator's key (read_state), and
+        # writes in.ce under an operator source id
+        prod = Producer(OPERATOR_SOURCE_MIN + 11, sym["producers"])
         prod.connect()
         samples = []
         kill_at = rng.randint(500, 2500)

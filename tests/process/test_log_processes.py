@@ -9,6 +9,8 @@ what the old one sequenced. Afterwards:
   named, and every record of every producer is in the log exactly once;
 * every replicator holds identical bytes for 1..N, with epochs that never go down;
 * every subscriber wrote 1..N exactly once, in order, matching the log.
+With curve=True (the campaign's CURVE variant) every process, producer and subscriber has its
+own key and the roles are checked on every message: the same guarantees must hold.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pytest
 
 from deploy.local import LogCluster
 from deploy.procs import Group
+from mq import auth
 from mq.control import wait_until
 from mq.record import KIND_TICK, decode
 
@@ -29,13 +32,13 @@ RATE = 7_000  # per producer: about 5 s of traffic, long enough to kill things m
 
 
 def producer_args(cluster: LogCluster, tmp: str, src: int, count: int, rate: int) -> list[str]:
-    return ["produce", "--sequencer", cluster.prod_addr, "--source", str(src),
+    return [*cluster.key_args(f"producer{src}"), "produce", "--sequencer", cluster.prod_addr, "--source", str(src),
             "--count", str(count), "--rate", str(rate), "--batch", "32",
             "--acks", os.path.join(tmp, f"acks{src}.txt")]
 
 
 def run_tail(group: Group, cluster: LogCluster, tmp: str, i: int):
-    args = ["tail", cluster.stream, "--pub", cluster.pub_addr, "--out",
+    args = [*cluster.key_args("subscriber"), "tail", cluster.stream, "--pub", cluster.pub_addr, "--out",
             os.path.join(tmp, f"sub{i}.txt")]
     for addr in cluster.rep_addrs:
         args += ["--replicator", addr]
@@ -82,7 +85,15 @@ def check_log(cluster: LogCluster, tmp: str, count: int, subs: int) -> int:
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("policy", ["quorum", "first"])
-def test_log_survives_sigkill_of_replicator_sequencer_and_subscriber(tmp_path, policy):
+def test_log_survives_sigkill_of_replicator_sequencer_and_subscriber(tmp_path, policy,
+                                                                     curve=False):
+    try:
+        _survives_sigkill(tmp_path, policy, curve)
+    finally:
+        auth.reset()
+
+
+def _survives_sigkill(tmp_path, policy: str, curve: bool) -> None:
     rng = random.Random(f"{SEED}-{policy}")
     total = 3 * PER_PRODUCER
     kill_replicator_at = rng.randint(total // 10, total * 3 // 10)
@@ -94,7 +105,11 @@ def test_log_survives_sigkill_of_replicator_sequencer_and_subscriber(tmp_path, p
           f"{kill_producer_at}")
     tmp = str(tmp_path)
     victim = rng.randrange(2)
-    with LogCluster(tmp, policy=policy) as cluster:
+    keys = {"keys_dir": os.path.join(tmp, "keys"), "producers": {
+        "producer1": [1], "producer2": [2], "producer3": [3], "subscriber": []}} if curve else {}
+    with LogCluster(tmp, policy=policy, **keys) as cluster:
+        if curve:
+            auth.configure(cluster.keys_dir, "operator")  # this process: the operator's tools
         cluster.start()
         group = cluster.group
         subs = [run_tail(group, cluster, tmp, i) for i in range(2)]

@@ -23,6 +23,7 @@ from deploy.procs import tcp
 from mq import wire
 from mq.control import call, ping, replay, wait_until
 from mq.producer import Producer
+from mq.sources import OPERATOR_SOURCE
 from mq.record import decode
 from mq.subscriber import Subscriber
 from tests.property.test_crossengine_determinism import flow
@@ -98,7 +99,8 @@ def run_replicas(cluster: LogCluster, tmp: str, out_stream: str, cmds: list[tupl
                               controls[n], engine_args) for n in controls}
     for n, addr in controls.items():
         wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
-    prod = Producer(1, cluster.prod_addr)
+    # the operator's source: the commands include operator-only ones (MassCancel, deposits)
+    prod = Producer(OPERATOR_SOURCE, cluster.prod_addr)
     prod.connect()
     feed(cluster, cmds, kill_at, prod)
     prod.flush(120)

@@ -10,6 +10,7 @@ import random
 import pytest
 
 from mq.record import decode, encode
+from mq.sources import OPERATOR_SOURCE
 from tests.tradingvenue import random_venue, two_specs
 from tradingengine.engine import TradingEngine
 from tradingengine.reference import ReferenceEngine, interpreted
@@ -55,7 +56,7 @@ def test_frames_give_what_records_give(run):
     te = TradingEngine(two_specs(), shard=0, n_shards=2)
     got = []
     for i in range(0, len(run.log), 256):
-        frame = encode([(seq, ts, 5, seq, 1, kind, payload)
+        frame = encode([(seq, ts, OPERATOR_SOURCE, seq, 1, kind, payload)
                         for seq, ts, kind, payload in run.log[i:i + 256]])
         got += [r[6] for r in decode(te.apply_frame(frame))]
     assert got == outs

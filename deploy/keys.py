@@ -1,0 +1,264 @@
+"""`seqex keys`: a CURVE keypair for every process of a topology, and the trust policy.
+
+Layout of the keys directory (default ``<data_dir>/keys``, mode 0755):
+
+* ``<process>.key``: the z85 public key (mode 0644): anyone on the host may read it;
+* ``<process>.key_secret``: the z85 secret key (mode 0600, written under umask 077, so it is
+  never readable by others, not even for a moment);
+* ``operator.key`` / ``operator.key_secret``: the operator's key, which the `seqex` client
+  tools use (STOP, PROMOTE, CLAIM, operator records);
+* ``<producer>.key`` / ``.key_secret`` for every producer named with ``--producer``;
+* ``trust.json``: the policy every process loads (mq/auth.py): which key masters which
+  stream, which replica feeds which mirror, which producer may use which source ids, and
+  which public key each endpoint must present.
+
+Existing keys are kept (``--rotate NAME`` replaces one, see docs/security.md); the policy is
+rewritten from the topology and the public keys every time.
+
+``ensure(topo)`` generates what is missing (``seqex up`` calls it on first start) and
+``secure(topo)`` puts ``--keys DIR --key NAME`` in front of every process's command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import zmq
+
+from mq import auth
+
+OPERATOR = "operator"
+PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica")
+NOT_TOOLS = PROCESS_VERBS + ("keys", "up", "demo")  # every other verb is an operator tool
+
+
+def keys_dir_of(data_dir: str) -> str:
+    return os.path.join(os.path.abspath(data_dir), "keys")
+
+
+def write_keypair(keys_dir: str, name: str, replace: bool = False) -> bool:
+    """Create name's keypair unless it exists (or replace it); True if one was written."""
+    pub, sec = auth.public_path(keys_dir, name), auth.secret_path(keys_dir, name)
+    if not replace and os.path.exists(pub) and os.path.exists(sec):
+        return False
+    os.makedirs(keys_dir, mode=0o755, exist_ok=True)
+    public, secret = zmq.curve_keypair()
+    old = os.umask(0o077)
+    try:
+        tmp = sec + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, sec)
+        tmp = pub + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(public + b"\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, pub)
+    finally:
+        os.umask(old)
+    return True
+
+
+def _arg(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) \
+        else None
+
+
+def server_endpoints(spec) -> list[str]:
+    """The endpoints a process binds (the ones whose key its clients must expect)."""
+    flags = {"replicator": ("--bind",), "sequencer": ("--producers", "--pub"),
+             "mirror": ("--inputs", "--pub")}.get(spec.role, ("--control",))
+    return [a for a in (_arg(spec.args, f) for f in flags) if a]
+
+
+def policy(topo, keys_dir: str, producers: dict[str, list[int]] | None = None) -> auth.Trust:
+    """The trust policy of a topology (its public keys must exist in keys_dir)."""
+    peers: dict[str, auth.Peer] = {}
+    servers: dict[str, str] = {}
+    mirror_stream = {p.control: p.stream for p in topo.procs if p.role == "mirror"}
+    for spec in topo.procs:
+        key = auth.load_public(keys_dir, spec.name).decode()
+        masters: frozenset[str] = frozenset()
+        feeds: frozenset[str] = frozenset()
+        if spec.role in ("sequencer", "mirror"):
+            masters = frozenset([spec.stream])
+        elif spec.role.startswith("replica-"):
+            out = mirror_stream.get(_arg(spec.args, "--mirror") or "")
+            feeds = frozenset([out]) if out else frozenset()
+        peers[key] = auth.Peer(spec.name, masters, feeds)
+        for endpoint in server_endpoints(spec):
+            servers[endpoint] = key
+    for name, srcs in sorted((producers or {}).items()):
+        key = auth.load_public(keys_dir, name).decode()
+        peers[key] = auth.Peer(name, sources=frozenset(srcs))
+    operator = frozenset([auth.load_public(keys_dir, OPERATOR).decode()])
+    return auth.Trust(operator, peers, servers)
+
+
+def generate(topo, keys_dir: str | None = None, producers: dict[str, list[int]] | None = None,
+             rotate: list[str] | None = None) -> str:
+    """Keys for every process, the operator and the producers; then trust.json."""
+    keys_dir = keys_dir or keys_dir_of(topo.data_dir)
+    os.makedirs(keys_dir, mode=0o755, exist_ok=True)
+    names = [p.name for p in topo.procs] + [OPERATOR] + sorted(producers or {})
+    for name in rotate or []:
+        if name not in names:
+            raise ValueError(f"--rotate {name}: no such process, producer or operator")
+    for name in names:
+        write_keypair(keys_dir, name, replace=name in (rotate or []))
+    trust = policy(topo, keys_dir, producers)
+    path = os.path.join(keys_dir, auth.TRUST_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(trust.to_dict(), f, indent=1)
+    os.chmod(path + ".tmp", 0o644)
+    os.replace(path + ".tmp", path)
+    return keys_dir
+
+
+def for_log_cluster(cluster, keys_dir: str,
+                    producers: dict[str, list[int]] | None = None) -> auth.Trust:
+    """Keys and policy for a deploy.local.LogCluster (one stream: replicators ``replicator<i>``
+    and its ``sequencer``), as the process tests and benchmarks start it."""
+    names = [f"replicator{i}" for i in range(len(cluster.rep_addrs))] + ["sequencer", OPERATOR]
+    for name in names + sorted(producers or {}):
+        write_keypair(keys_dir, name)
+
+    def key(name: str) -> str:
+        return auth.load_public(keys_dir, name).decode()
+
+    peers = {key(f"replicator{i}"): auth.Peer(f"replicator{i}")
+             for i in range(len(cluster.rep_addrs))}
+    peers[key("sequencer")] = auth.Peer("sequencer", masters=frozenset([cluster.stream]))
+    for name, srcs in sorted((producers or {}).items()):
+        peers[key(name)] = auth.Peer(name, sources=frozenset(srcs))
+    servers = {a: key(f"replicator{i}") for i, a in enumerate(cluster.rep_addrs)}
+    servers[cluster.prod_addr] = servers[cluster.pub_addr] = key("sequencer")
+    trust = auth.Trust(frozenset([key(OPERATOR)]), peers, servers)
+    with open(os.path.join(keys_dir, auth.TRUST_FILE), "w", encoding="utf-8") as f:
+        json.dump(trust.to_dict(), f, indent=1)
+    return trust
+
+
+def ensure(topo, keys_dir: str | None = None) -> str:
+    """On first start (no trust.json, or a key missing), generate; otherwise keep all."""
+    keys_dir = keys_dir or keys_dir_of(topo.data_dir)
+    names = [p.name for p in topo.procs] + [OPERATOR]
+    missing = not os.path.exists(os.path.join(keys_dir, auth.TRUST_FILE)) or any(
+        not os.path.exists(auth.secret_path(keys_dir, n)) for n in names)
+    if missing:
+        generate(topo, keys_dir)
+    return keys_dir
+
+
+def secure(topo, keys_dir: str | None = None):
+    """The topology with ``--keys DIR --key NAME`` in front of every process's arguments."""
+    keys_dir = keys_dir or keys_dir_of(topo.data_dir)
+    procs = [dataclasses.replace(p, args=["--keys", keys_dir, "--key", p.name, *p.args])
+             for p in topo.procs]
+    return dataclasses.replace(topo, procs=procs)
+
+
+def prepare_up(topo, generate_missing: bool = True):
+    """What `seqex up` does before it starts a process: the keys (generated on first start
+    when generate_missing, as for the default topology; a topology of several hosts must
+    have them from `seqex keys`, run once and copied, or the hosts' keys would differ), this
+    supervisor the operator (it pings the processes), and every process started with its
+    identity. Returns the topology to start."""
+    keys_dir = keys_dir_of(topo.data_dir)
+    if generate_missing:
+        ensure(topo, keys_dir)
+    elif not os.path.exists(os.path.join(keys_dir, auth.TRUST_FILE)):
+        raise auth.KeyFileError(f"no keys in {keys_dir}; run `seqex keys --topology FILE` "
+                                f"once and copy the keys directory to every host "
+                                f"(docs/security.md)")
+    auth.configure(keys_dir, OPERATOR)
+    return secure(topo, keys_dir)
+
+
+def use_operator_key(topo) -> None:
+    """A tool that found a running cluster through its data directory (read_state) reaches
+    it with the operator key there, if the cluster runs with keys and the tool has none."""
+    if not auth.insecure() or not any("--keys" in p.args for p in topo.procs):
+        return
+    keys_dir = next(p.args[p.args.index("--keys") + 1] for p in topo.procs if "--keys" in p.args)
+    if os.path.exists(auth.secret_path(keys_dir, OPERATOR)):
+        auth.configure(keys_dir, OPERATOR)
+
+
+def insecure(topo):
+    """The topology with ``--insecure`` in front of every process's arguments (`seqex
+    --insecure up`: benchmarks only; each process prints the warning)."""
+    procs = [dataclasses.replace(p, args=["--insecure", *p.args]) for p in topo.procs]
+    return dataclasses.replace(topo, procs=procs)
+
+
+# -- the command line ----------------------------------------------------------------------
+def register(parser: argparse.ArgumentParser, sub) -> None:
+    """The global options (before the verb) and the `keys` verb."""
+    parser.add_argument("--keys", help="keys directory (CURVE on every socket; see "
+                        "docs/security.md); client tools use its operator key by default")
+    parser.add_argument("--key", help="this process's name in the keys directory "
+                        "(default: operator)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="run without CURVE: for benchmarks only (prints a warning)")
+    s = sub.add_parser("keys", help="generate CURVE keys and the trust policy for a topology")
+    s.add_argument("--topology", help="TOML file (default: one machine over loopback)")
+    s.add_argument("--data", help="data directory (default: the topology's)")
+    s.add_argument("--dir", help="keys directory (default: <data>/keys)")
+    s.add_argument("--producer", action="append", default=[],
+                   help="NAME=SRC[,SRC...]: a producer key allowed those source ids (repeat)")
+    s.add_argument("--rotate", action="append", default=[],
+                   help="replace this process's (or the operator's) keypair (repeat)")
+    s.set_defaults(fn=cmd_keys)
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Take the identity the options name, or say (on stdout, which is the process's log)
+    that CURVE is off. An operator tool (any verb not in NOT_TOOLS) without --keys takes the
+    operator key of its data directory (--data, else ./seqex-data) when that has keys."""
+    verb = getattr(args, "verb", None)
+    keys_dir = getattr(args, "keys", None)
+    if not keys_dir and not args.insecure and verb not in NOT_TOOLS:
+        found = keys_dir_of(getattr(args, "data", None) or "seqex-data")
+        if os.path.exists(os.path.join(found, auth.TRUST_FILE)):
+            keys_dir = found
+    if keys_dir:
+        if args.insecure:
+            raise SystemExit("seqex: --keys and --insecure exclude each other")
+        try:
+            auth.configure(keys_dir, args.key or OPERATOR)
+        except auth.KeyFileError as exc:
+            raise SystemExit(f"seqex: {exc}") from None
+    elif verb in PROCESS_VERBS or (verb == "up" and args.insecure):
+        print(auth.INSECURE_WARNING if args.insecure else
+              auth.INSECURE_WARNING + " (no --keys given; pass --insecure to say so)",
+              flush=True)
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    from deploy import topology
+    topo = topology.load(a.topology, a.data)
+    producers: dict[str, list[int]] = {}
+    for spec in a.producer:
+        name, _, srcs = spec.partition("=")
+        try:
+            producers[name] = [int(x) for x in srcs.split(",") if x]
+        except ValueError:
+            raise SystemExit(f"--producer {spec!r}: NAME=SRC[,SRC...]") from None
+        if not name or not producers[name]:
+            raise SystemExit(f"--producer {spec!r}: NAME=SRC[,SRC...]")
+    try:
+        keys_dir = generate(topo, a.dir, producers, a.rotate)
+    except (ValueError, auth.KeyFileError) as exc:
+        raise SystemExit(f"seqex keys: {exc}") from None
+    print(f"keys for {len(topo.procs)} processes, the operator and {len(producers)} producers "
+          f"in {keys_dir} (secret keys mode 0600); policy in "
+          f"{os.path.join(keys_dir, auth.TRUST_FILE)}")
+    return 0

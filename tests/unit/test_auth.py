@@ -1,0 +1,235 @@
+"""mq/auth.py and deploy/keys.py without processes: the key files and their modes, the policy a
+topology gives, every role decision (allowed and refused), refusal counting and the
+once-a-minute log, and CURVE with the User-Id on real sockets inside this process."""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import pytest
+import zmq
+
+from deploy import keys, topology
+from deploy.procs import tcp
+from mq import auth, sockets
+from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
+
+
+@pytest.fixture(autouse=True)
+def _no_identity():
+    auth.reset()
+    yield
+    auth.reset()
+
+
+@pytest.fixture
+def default(tmp_path):
+    topo = topology.load(None, str(tmp_path))
+    keys_dir = keys.generate(topo, producers={"gateway": [101, 102]})
+    return topo, keys_dir
+
+
+def _mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_keys_for_every_process_with_secret_files_0600(default):
+    topo, keys_dir = default
+    for name in [p.name for p in topo.procs] + ["operator", "gateway"]:
+        assert _mode(auth.secret_path(keys_dir, name)) == 0o600
+        assert _mode(auth.public_path(keys_dir, name)) == 0o644
+        assert len(auth.load_secret(keys_dir, name)) == 40
+    assert _mode(os.path.join(keys_dir, auth.TRUST_FILE)) == 0o644
+
+
+def test_a_secret_key_readable_by_others_is_refused(default):
+    _topo, keys_dir = default
+    os.chmod(auth.secret_path(keys_dir, "replicator0"), 0o640)
+    with pytest.raises(auth.KeyFileError, match="readable by others"):
+        auth.load_secret(keys_dir, "replicator0")
+
+
+def test_generate_keeps_keys_and_rotate_replaces_only_the_named_one(default):
+    topo, keys_dir = default
+    before = {p.name: auth.load_public(keys_dir, p.name) for p in topo.procs}
+    assert keys.ensure(topo, keys_dir) == keys_dir
+    keys.generate(topo, keys_dir, rotate=["replicator0"])
+    after = {p.name: auth.load_public(keys_dir, p.name) for p in topo.procs}
+    assert after["replicator0"] != before["replicator0"]
+    assert {k: v for k, v in after.items() if k != "replicator0"} == \
+        {k: v for k, v in before.items() if k != "replicator0"}
+    trust = auth.Trust.load(keys_dir)
+    assert before["replicator0"].decode() not in trust.peers
+    assert trust.peers[after["replicator0"].decode()].name == "replicator0"
+    with pytest.raises(ValueError):
+        keys.generate(topo, keys_dir, rotate=["nobody"])
+
+
+def test_ensure_generates_on_first_start_only(tmp_path):
+    topo = topology.load(None, str(tmp_path))
+    keys_dir = keys.ensure(topo)
+    first = auth.load_public(keys_dir, "operator")
+    keys.ensure(topo)
+    assert auth.load_public(keys_dir, "operator") == first
+
+
+def test_the_policy_of_the_default_topology(default):
+    topo, keys_dir = default
+    trust = auth.Trust.load(keys_dir)
+    by_name = {p.name: (k, p) for k, p in trust.peers.items()}
+    assert by_name["sequencer.BTCUSDT"][1].masters == {"in.ce.BTCUSDT"}
+    assert by_name["mirror.BTCUSDT"][1].masters == {"out.ce.BTCUSDT"}
+    for replica in ("ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1", "ce.BTCUSDT.warm0"):
+        assert by_name[replica][1].feeds == {"out.ce.BTCUSDT"}
+        assert not by_name[replica][1].masters
+    assert by_name["gateway"][1].sources == {101, 102}
+    assert trust.operator == {auth.load_public(keys_dir, "operator").decode()}
+    # every endpoint a process binds names that process's key; a replica's --pub (the in
+    # stream it reads) is the sequencer's
+    seq = topo.by_name("sequencer.BTCUSDT")
+    assert trust.servers[seq.control] == by_name["sequencer.BTCUSDT"][0]
+    assert trust.servers[topo.symbols["BTCUSDT"]["pub"]] == by_name["sequencer.BTCUSDT"][0]
+    for spec in topo.procs:
+        assert trust.servers[spec.control] == by_name[spec.name][0]
+
+
+def test_secure_puts_the_identity_in_front_of_every_command(default):
+    topo, keys_dir = default
+    for spec in keys.secure(topo, keys_dir).procs:
+        assert spec.args[:4] == ["--keys", keys_dir, "--key", spec.name]
+
+
+def test_role_decisions(default):
+    _topo, keys_dir = default
+    auth.configure(keys_dir, "operator")
+    trust = auth.identity().trust
+    key = {p.name: k for k, p in trust.peers.items()}
+    op = next(iter(trust.operator))
+    seq, mirror, hot = key["sequencer.BTCUSDT"], key["mirror.BTCUSDT"], key["ce.BTCUSDT.hot0"]
+    gw = key["gateway"]
+    # replicator
+    for kind in (b"APPEND", b"COMMIT", b"TRUNCATE", b"CLAIM"):
+        assert auth.replicator_refusal(seq, kind, "in.ce.BTCUSDT") is None
+        assert auth.replicator_refusal(seq, kind, "out.ce.BTCUSDT") == "not_master"
+        assert auth.replicator_refusal(mirror, kind, "out.ce.BTCUSDT") is None
+        assert auth.replicator_refusal(hot, kind, "in.ce.BTCUSDT") == "not_master"
+        assert auth.replicator_refusal(None, kind, "in.ce.BTCUSDT") == "not_master"
+    assert auth.replicator_refusal(op, b"CLAIM", "in.ce.BTCUSDT") is None
+    assert auth.replicator_refusal(op, b"APPEND", "in.ce.BTCUSDT") == "not_master"
+    for kind in (b"REPLAY", b"STATE", b"DIGEST", b"PING"):
+        assert auth.replicator_refusal(hot, kind, None) is None
+    assert auth.replicator_refusal("x" * 40, b"REPLAY", None) == "unknown_key"
+    assert auth.replicator_refusal(seq, b"STOP", None) == "not_operator"
+    assert auth.replicator_refusal(op, b"STOP", None) is None
+    # sequencer
+    assert auth.producer_refusal(gw, 101) is None
+    assert auth.producer_refusal(gw, 103) == "source_not_registered"
+    assert auth.producer_refusal(hot, 101) == "source_not_registered"
+    assert auth.producer_refusal(gw, OPERATOR_SOURCE) == "not_operator"
+    assert auth.producer_refusal(op, OPERATOR_SOURCE_MIN) is None
+    assert auth.producer_refusal(op, OPERATOR_SOURCE_MIN - 1) == "source_not_registered"
+    # mirror
+    assert auth.feed_refusal(hot, "out.ce.BTCUSDT") is None
+    assert auth.feed_refusal(hot, "out.ce.ETHUSDT") == "not_replica"
+    assert auth.feed_refusal(mirror, "out.ce.BTCUSDT") == "not_replica"
+    assert auth.feed_refusal(op, "out.ce.BTCUSDT") == "not_replica"
+    # operator verbs
+    assert auth.operator_refusal(op) is None
+    assert auth.operator_refusal(seq) == "not_operator"
+    assert auth.operator_refusal(None) == "not_operator"
+
+
+def test_insecure_allows_everything():
+    assert auth.insecure()
+    assert auth.replicator_refusal(None, b"APPEND", "s") is None
+    assert auth.producer_refusal(None, OPERATOR_SOURCE) is None
+    assert auth.feed_refusal(None, "s") is None
+    assert auth.operator_refusal(None) is None
+
+
+def test_refusals_are_counted_each_and_logged_once_a_minute(monkeypatch, caplog):
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="seqex.auth"):
+        for _ in range(500):
+            auth.note_refusal("K" * 40, "not_master")
+        auth.note_refusal("K" * 40, "not_operator")
+        auth.note_refusal("L" * 40, "not_master")
+        assert len(caplog.records) == 2   # one per peer
+        now[0] += auth.LOG_EVERY_S - 0.001
+        auth.note_refusal("K" * 40, "not_master")
+        assert len(caplog.records) == 2
+        now[0] += 0.001
+        auth.note_refusal("K" * 40, "not_master")
+        assert len(caplog.records) == 3
+    assert "K" * 40 in caplog.records[-1].getMessage()
+    assert auth.refusal_stats() == {"K" * 40: {"not_master": 502, "not_operator": 1},
+                                    "L" * 40: {"not_master": 1}}
+
+
+def _ident(name: str, trust: auth.Trust) -> auth.Identity:
+    public, secret = zmq.curve_keypair()
+    return auth.Identity(name, public, secret, trust)
+
+
+def test_curve_admits_known_keys_and_names_them_on_every_message():
+    addr = tcp()
+    trust = auth.Trust()
+    server = _ident("server", trust)
+    client, stranger = _ident("client", trust), _ident("stranger", trust)
+    trust.peers[client.public.decode()] = auth.Peer("client")
+    trust.servers[addr] = server.public.decode()
+    auth.configure_identity(server)
+    router = sockets.router(addr)
+    known = sockets.dealer(addr, curve=client, heartbeat=False)
+    unknown = sockets.dealer(addr, curve=stranger, heartbeat=False)
+    try:
+        for k in range(3):
+            known.send_multipart([b"PING", b"%d" % k])
+            assert router.poll(5000)
+            peer, msg = auth.recv_multipart(router)
+            assert peer == client.public.decode() and msg[1:] == [b"PING", b"%d" % k]
+        unknown.send_multipart([b"PING", b"x"])
+        assert not router.poll(500)
+        assert auth.refusals[(stranger.public.decode(), "unknown_key")] >= 1
+    finally:
+        for s in (router, known, unknown):
+            s.close(0)
+
+
+def test_a_client_needs_the_servers_key():
+    auth.configure_identity(_ident("me", auth.Trust()))
+    with pytest.raises(auth.KeyFileError, match="no server key"):
+        sockets.dealer(tcp())
+
+
+def test_prepare_up_generates_on_first_start_and_takes_the_operator_key(tmp_path):
+    topo = topology.load(None, str(tmp_path))
+    started = keys.prepare_up(topo)
+    keys_dir = keys.keys_dir_of(str(tmp_path))
+    assert auth.identity().public == auth.load_public(keys_dir, "operator")
+    assert all(p.args[:2] == ["--keys", keys_dir] for p in started.procs)
+    auth.reset()
+    with pytest.raises(auth.KeyFileError, match="no keys"):
+        keys.prepare_up(topology.load(None, str(tmp_path / "other")), generate_missing=False)
+
+
+def test_process_verbs_without_keys_warn_and_tools_find_the_operator_key(tmp_path, capsys):
+    import argparse
+    ns = argparse.Namespace
+    keys.setup(ns(verb="replicator", keys=None, key=None, insecure=False))
+    assert "CURVE is OFF" in capsys.readouterr().out and auth.insecure()
+    keys.setup(ns(verb="replicator", keys=None, key=None, insecure=True))
+    assert "CURVE is OFF" in capsys.readouterr().out
+    topo = topology.load(None, str(tmp_path))
+    keys_dir = keys.generate(topo)
+    keys.setup(ns(verb="status", keys=None, key=None, insecure=False, data=str(tmp_path)))
+    assert auth.identity().public == auth.load_public(keys_dir, "operator")
+    auth.reset()
+    keys.setup(ns(verb="status", keys=None, key=None, insecure=True, data=str(tmp_path)))
+    assert auth.insecure()
+    keys.setup(ns(verb="sequencer", keys=keys_dir, key="sequencer.BTCUSDT", insecure=False))
+    assert auth.identity().name == "sequencer.BTCUSDT"
+    with pytest.raises(SystemExit):
+        keys.setup(ns(verb="sequencer", keys=keys_dir, key="sequencer.BTCUSDT", insecure=True))
