@@ -265,9 +265,8 @@ def _resume_point(path: str) -> int:
 
 
 def cmd_up(a: argparse.Namespace) -> int:
-    from deploy import topology
+    from deploy import keys, topology
     from deploy.supervisor import Supervisor
-    from deploy import keys
     topo = topology.load(a.topology, a.data, a.base_port)
     # CURVE keys (generated on first start when this machine runs the whole topology; several
     # hosts bring theirs from one `seqex keys`), docs/security.md; --insecure: benchmarks only
@@ -342,9 +341,9 @@ def _rebuild(a: argparse.Namespace) -> int:
     (and, for an engine that keeps books, that its audit balances there). The engine's
     configuration comes from --engine-config or from the running cluster's seqex.json, never
     from a default: another configuration gives another hash."""
+    from deploy.engines import ENGINES
     from mq.control import replay
     from mq.record import scan
-    from deploy.engines import ENGINES
     engine = a.engine or {"in.ce.": "crossengine", "in.te.": "tradingengine"}.get(a.stream[:6])
     if engine not in ENGINES:
         raise UsageError(f"--rebuild: name the engine of {a.stream} with --engine "

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 
 import zmq
 

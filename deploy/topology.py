@@ -316,7 +316,6 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
             "host": ck.host("symbol", i, s, hosts)})
     last_port = out["base_port"] + n_ports - 1
     if not ck.problems and last_port > 65535:
-        what = "--base-port" if base_port is not None else "cluster.base_port"
         ck.fail("cluster", None, "base_port" if base_port is None else "",
                 f"{out['base_port']} + the {n_ports} ports of the plan runs past 65535")
         if base_port is not None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import zmq
 
-from mq import auth, sockets, wire
+from mq import auth, wire
 from mq.master import (  # noqa: F401  (re-exported: mq.mirror and mq.replica import them)
     MAX_DRAIN,
     MAX_FRAME_BYTES,
@@ -45,13 +45,13 @@ from mq.master import (  # noqa: F401  (re-exported: mq.mirror and mq.replica im
     POLICIES,
     RECENT_RUNS,
     RESEND_AFTER_S,
+    ZERO_COPY_MIN,
     EpochExhausted,
     Link,
     Master,
     MasterShell,
     SequencerStale,
     Window,
-    ZERO_COPY_MIN,
 )
 from mq.record import (
     FrameError,

@@ -5,8 +5,6 @@ seed a fresh cluster.
 Seeds come from SEQEX_SEED (or the clock; the run's header prints it) and
 SEQEX_CAMPAIGN_COUNT of them run per campaign (20 unless set), so every run explores new kill
 points and a failure is replayed with the seed in its test id."""
-import os
-
 import pytest
 
 from tests.process import (
@@ -15,9 +13,9 @@ from tests.process import (
     test_replicas,
     test_tradingengine_replicas,
 )
-from tests.seed import SEED
+from tests.seed import CAMPAIGN_SEEDS
 
-SEEDS = [SEED + k for k in range(int(os.environ.get("SEQEX_CAMPAIGN_COUNT", "20")))]
+SEEDS = CAMPAIGN_SEEDS
 
 
 @pytest.mark.slow

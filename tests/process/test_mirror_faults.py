@@ -27,6 +27,7 @@ from mq import wire
 from mq.control import call, ping, wait_until
 from mq.producer import Producer
 from tests.process.test_replicas import commands, read_out, reference_outputs, start_replica
+from tests.seed import CAMPAIGN_SEEDS
 
 SEED = int(os.environ.get("SEQEX_SEED", "20261122"))
 RATE = int(os.environ.get("SEQEX_MIRROR_RATE", "2500"))   # orders a second, open-loop
@@ -197,7 +198,7 @@ def test_restarted_mirror_gets_what_it_lacks_at_idle_from_a_lone_hot_replica(tmp
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("seed", range(100, 110))
+@pytest.mark.parametrize("seed", CAMPAIGN_SEEDS)
 @pytest.mark.parametrize("scenario", ["two_hot", "one_hot", "promote_warm", "uncommitted"])
 def test_mirror_fault_campaign(tmp_path, monkeypatch, seed, scenario):
     """The mirror fault scenarios over many seeds (freeze points), each a fresh cluster."""

@@ -18,6 +18,7 @@ from deploy.local import LogCluster
 from mq.control import wait_until
 from mq.record import decode
 from tests.process.test_log_processes import lines, producer_args
+from tests.seed import CAMPAIGN_SEEDS
 
 SEED = int(os.environ.get("SEQEX_SEED", "20261122"))
 COUNT, RATE = 8_000, 2_500   # per producer
@@ -61,7 +62,7 @@ def test_acks_carry_the_real_seqs_across_a_sequencer_failover(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("seed", range(100, 110))
+@pytest.mark.parametrize("seed", CAMPAIGN_SEEDS)
 def test_producer_failover_campaign(tmp_path, monkeypatch, seed):
     """The failover above at ten kill points, each a fresh cluster."""
     monkeypatch.setattr(__import__(__name__, fromlist=["SEED"]), "SEED", seed)

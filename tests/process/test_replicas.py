@@ -23,8 +23,8 @@ from deploy.procs import tcp
 from mq import wire
 from mq.control import call, ping, replay, wait_until
 from mq.producer import Producer
-from mq.sources import OPERATOR_SOURCE
 from mq.record import decode
+from mq.sources import OPERATOR_SOURCE
 from mq.subscriber import Subscriber
 from tests.property.test_crossengine_determinism import flow
 
