@@ -169,8 +169,13 @@ def prepare_up(topo, generate_missing: bool = True):
     when generate_missing, as for the default topology; a topology of several hosts must
     have them from `seqex keys`, run once and copied, or the hosts' keys would differ), this
     supervisor the operator (it pings the processes), and every process started with its
-    identity. Returns the topology to start."""
+    identity; the data directory closed to other users (mode 0700). Returns the topology to
+    start."""
     keys_dir = keys_dir_of(topo.data_dir)
+    # The log on disk, the snapshots and the process logs hold every order: CURVE keeps other
+    # users off the sockets, this mode keeps them off the files (docs/security.md).
+    os.makedirs(topo.data_dir, mode=0o700, exist_ok=True)
+    os.chmod(topo.data_dir, 0o700)
     if generate_missing:
         ensure(topo, keys_dir)
     elif not os.path.exists(os.path.join(keys_dir, auth.TRUST_FILE)):

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils import z85
 
 from mq import sources
 
@@ -81,9 +82,22 @@ def _read_key(path: str) -> bytes:
             key = f.read().strip()
     except OSError as exc:
         raise KeyFileError(f"cannot read key {path}: {exc}") from None
-    if len(key) != 40:
+    if not valid_key(key):
         raise KeyFileError(f"{path} does not hold a z85 CURVE key (40 characters)")
     return key
+
+
+def valid_key(key: bytes | str) -> bool:
+    """Whether key is a CURVE key in z85 (40 characters of the z85 alphabet)."""
+    if isinstance(key, str):
+        key = key.encode("ascii", "replace")
+    if len(key) != 40:
+        return False
+    try:
+        z85.decode(key)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def load_public(keys_dir: str, name: str) -> bytes:
@@ -138,9 +152,15 @@ class Trust:
         path = os.path.join(keys_dir, TRUST_FILE)
         try:
             with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
+                trust = cls.from_dict(json.load(f))
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             raise KeyFileError(f"cannot read the trust policy {path}: {exc}") from None
+        bad = next((k for k in [*trust.operator, *trust.peers, *trust.servers.values()]
+                    if not valid_key(k)), None)
+        if bad is not None:
+            raise KeyFileError(f"cannot read the trust policy {path}: {str(bad)[:48]!r} is not "
+                               f"a z85 CURVE key; regenerate it with `seqex keys`")
+        return trust
 
     def known(self, key: str) -> bool:
         return key in self.operator or key in self.peers
@@ -176,8 +196,13 @@ def configure(keys_dir: str, name: str, trust: Trust | None = None) -> Identity:
     servers admit only the keys of the trust policy."""
     global _identity
     trust = trust if trust is not None else Trust.load(keys_dir)
-    ident = Identity(name, load_public(keys_dir, name), load_secret(keys_dir, name), trust,
-                     keys_dir)
+    public, secret = load_public(keys_dir, name), load_secret(keys_dir, name)
+    if zmq.curve_public(secret) != public:
+        raise KeyFileError(f"{secret_path(keys_dir, name)} does not belong to "
+                           f"{public_path(keys_dir, name)} (a key of another pair): no peer "
+                           f"could reach this process; restore the pair or `seqex keys "
+                           f"--rotate {name}`")
+    ident = Identity(name, public, secret, trust, keys_dir)
     _identity = ident
     _start_authenticator()
     return ident

@@ -233,3 +233,56 @@ def test_process_verbs_without_keys_warn_and_tools_find_the_operator_key(tmp_pat
     assert auth.identity().name == "sequencer.BTCUSDT"
     with pytest.raises(SystemExit):
         keys.setup(ns(verb="sequencer", keys=keys_dir, key="sequencer.BTCUSDT", insecure=True))
+
+
+def test_a_secret_key_that_is_not_z85_is_refused_with_its_path(default):
+    _topo, keys_dir = default
+    path = auth.secret_path(keys_dir, "replicator0")
+    with open(path, "w") as f:
+        f.write("~" * 40 + "\n")
+    with pytest.raises(auth.KeyFileError, match="replicator0.key_secret.*z85"):
+        auth.configure(keys_dir, "replicator0")
+    assert auth.insecure()
+
+
+def test_a_secret_key_of_another_keypair_is_refused(default):
+    """A valid secret key that does not belong to the public key would start a server no
+    client can reach, with nothing said: it is refused at start instead."""
+    _topo, keys_dir = default
+    with open(auth.secret_path(keys_dir, "replicator1"), "rb") as f:
+        other = f.read()
+    with open(auth.secret_path(keys_dir, "replicator0"), "wb") as f:
+        f.write(other)
+    with pytest.raises(auth.KeyFileError, match="does not belong"):
+        auth.configure(keys_dir, "replicator0")
+    assert auth.insecure()
+
+
+@pytest.mark.parametrize("where", ["operator", "peers", "servers"])
+def test_a_policy_with_a_key_that_is_not_z85_is_refused(default, where):
+    import json
+    _topo, keys_dir = default
+    path = os.path.join(keys_dir, auth.TRUST_FILE)
+    with open(path) as f:
+        d = json.load(f)
+    if where == "operator":
+        d["operator"] = ["~" * 40]
+    elif where == "peers":
+        d["peers"]["short"] = {"name": "x"}
+    else:
+        d["servers"] = {a: "~" * 40 for a in d["servers"]}
+    with open(path, "w") as f:
+        json.dump(d, f)
+    with pytest.raises(auth.KeyFileError, match="trust policy.*z85"):
+        auth.Trust.load(keys_dir)
+
+
+def test_prepare_up_closes_the_data_directory_to_other_users(tmp_path):
+    """The log on disk (the replicators' files), the snapshots and the process logs hold every
+    order; CURVE keeps other users off the sockets, the data directory's mode keeps them off
+    the files."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    keys.prepare_up(topology.load(None, str(data)))
+    assert _mode(str(data)) == 0o700
