@@ -187,6 +187,9 @@ _identity: Identity | None = None
 _authenticator: Any = None
 refusals: Counter = Counter()                 # (peer key, reason) -> count
 _logged_at: dict[str, float] = {}             # peer key -> when its refusals were last logged
+_unknown_peers: set[str] = set()              # keys outside the policy counted on their own
+MAX_UNKNOWN_PEERS = 32
+OTHER_KEYS = "other unknown keys"
 
 
 # -- process identity ----------------------------------------------------------------------
@@ -223,6 +226,7 @@ def reset() -> None:
     _identity = None
     refusals.clear()
     _logged_at.clear()
+    _unknown_peers.clear()
 
 
 def identity() -> Identity | None:
@@ -356,16 +360,29 @@ def peer_name(peer: str | None) -> str | None:
 
 
 def note_refusal(peer: str | None, reason: str, what: str = "") -> None:
-    """Count a refused message; log the peer's refusals at most once a minute."""
+    """Count a refused message; log the peer's refusals at most once a minute.
+
+    Keys the policy knows are few; keys it does not know are as many as a stranger cares to
+    make (a fresh keypair per connection costs nothing). So at most MAX_UNKNOWN_PEERS keys
+    outside the policy are counted and logged each on its own; the rest share one entry,
+    OTHER_KEYS, logged once a minute with the latest of them, so that refusals cannot grow
+    the memory, the PING answers or the log without bound."""
     key = peer or "?"
+    ident = _identity
+    if key not in _logged_at and \
+            not (ident is not None and peer is not None and ident.trust.known(peer)):
+        if len(_unknown_peers) >= MAX_UNKNOWN_PEERS and key not in _unknown_peers:
+            key = OTHER_KEYS
+        else:
+            _unknown_peers.add(key)
     refusals[(key, reason)] += 1
     now = time.monotonic()
     if now - _logged_at.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
         _logged_at[key] = now
         counts = {r: n for (k, r), n in sorted(refusals.items()) if k == key}
-        ident = _identity
+        shown = key if key != OTHER_KEYS else f"{OTHER_KEYS}, latest {peer or '?'}"
         log.warning("refused %s from peer %s (%s); refusals of this peer so far: %s",
-                    what or reason, key, ident.trust.name(peer) if ident else "?", counts)
+                    what or reason, shown, ident.trust.name(peer) if ident else "?", counts)
 
 
 def refusal_stats() -> dict[str, dict[str, int]]:

@@ -286,3 +286,25 @@ def test_prepare_up_closes_the_data_directory_to_other_users(tmp_path):
     os.chmod(data, 0o755)
     keys.prepare_up(topology.load(None, str(data)))
     assert _mode(str(data)) == 0o700
+
+
+def test_refusals_of_ever_new_unknown_keys_stay_bounded(default, monkeypatch, caplog):
+    """A stranger may make a fresh keypair for every connection: the refusals of keys outside
+    the policy beyond the first MAX_UNKNOWN_PEERS share one entry and one log line a minute,
+    so the counters, the PING answers and the log stay bounded; a known key is always counted
+    on its own."""
+    _topo, keys_dir = default
+    auth.configure(keys_dir, "operator")
+    known = next(k for k, p in auth.identity().trust.peers.items() if p.name == "gateway")
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="seqex.auth"):
+        for _ in range(5000):
+            auth.note_refusal(zmq.curve_keypair()[0].decode(), "unknown_key")
+        auth.note_refusal(known, "not_operator")
+    stats = auth.refusal_stats()
+    assert len(stats) == auth.MAX_UNKNOWN_PEERS + 2
+    assert stats[auth.OTHER_KEYS] == {"unknown_key": 5000 - auth.MAX_UNKNOWN_PEERS}
+    assert stats[known] == {"not_operator": 1}
+    assert len(caplog.records) == auth.MAX_UNKNOWN_PEERS + 2
+    assert sum(sum(r.values()) for r in stats.values()) == 5001

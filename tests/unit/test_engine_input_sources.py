@@ -16,7 +16,7 @@ from mq.record import decode, encode
 from mq.sources import OPERATOR_SOURCE
 from tests.tradingvenue import two_specs
 from tradingengine import codec as tc
-from tradingengine.engine import EngineHalted, TradingEngine
+from tradingengine.engine import TradingEngine
 
 CLIENT = 101   # a gateway's source id
 
