@@ -24,14 +24,16 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 
 import zmq
 
-from mq import auth
+from mq import auth, sources
 
 OPERATOR = "operator"
 PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica")
 NOT_TOOLS = PROCESS_VERBS + ("keys", "up", "demo")  # every other verb is an operator tool
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 def keys_dir_of(data_dir: str) -> str:
@@ -101,10 +103,40 @@ def policy(topo, keys_dir: str, producers: dict[str, list[int]] | None = None) -
     return auth.Trust(operator, peers, servers)
 
 
+def check_producers(topo, producers: dict[str, list[int]]) -> None:
+    """A producer's name must be a plain file name that no process and not the operator has
+    (it would share that keypair, and its entry would replace that role in the policy); its
+    source ids must be client ids (1 .. OPERATOR_SOURCE_MIN - 1: 0 is the sequencer's Ticks,
+    the rest the operator's), each owned by one producer."""
+    processes = {p.name for p in topo.procs}
+    owner: dict[int, str] = {}
+    for name, srcs in sorted(producers.items()):
+        if not _NAME.fullmatch(name or ""):
+            raise ValueError(f"--producer {name!r}: a name is letters, digits, '.', '_' and "
+                             f"'-', not starting with '.' or '-'")
+        if name == OPERATOR:
+            raise ValueError(f"--producer {name}: that is the operator's key, not a producer's")
+        if name in processes:
+            raise ValueError(f"--producer {name}: a process of the topology has that name "
+                             f"(and key)")
+        for src in srcs:
+            if sources.is_operator(src):
+                raise ValueError(f"--producer {name}: source {src} is an operator source id "
+                                 f"(from {sources.OPERATOR_SOURCE_MIN}): only the operator "
+                                 f"key may use it")
+            if not 0 < src < 1 << 32:
+                raise ValueError(f"--producer {name}: source {src} outside 1 .. "
+                                 f"{sources.OPERATOR_SOURCE_MIN - 1}")
+            if owner.setdefault(src, name) != name:
+                raise ValueError(f"--producer {name}: source {src} is {owner[src]}'s too; both "
+                                 f"may not own one source id")
+
+
 def generate(topo, keys_dir: str | None = None, producers: dict[str, list[int]] | None = None,
              rotate: list[str] | None = None) -> str:
     """Keys for every process, the operator and the producers; then trust.json."""
     keys_dir = keys_dir or keys_dir_of(topo.data_dir)
+    check_producers(topo, producers or {})
     os.makedirs(keys_dir, mode=0o755, exist_ok=True)
     names = [p.name for p in topo.procs] + [OPERATOR] + sorted(producers or {})
     for name in rotate or []:
@@ -255,9 +287,9 @@ def cmd_keys(a: argparse.Namespace) -> int:
         try:
             producers[name] = [int(x) for x in srcs.split(",") if x]
         except ValueError:
-            raise SystemExit(f"--producer {spec!r}: NAME=SRC[,SRC...]") from None
+            raise SystemExit(f"seqex keys: --producer {spec!r}: NAME=SRC[,SRC...]") from None
         if not name or not producers[name]:
-            raise SystemExit(f"--producer {spec!r}: NAME=SRC[,SRC...]")
+            raise SystemExit(f"seqex keys: --producer {spec!r}: NAME=SRC[,SRC...]")
     try:
         keys_dir = generate(topo, a.dir, producers, a.rotate)
     except (ValueError, auth.KeyFileError) as exc:

@@ -308,3 +308,34 @@ def test_refusals_of_ever_new_unknown_keys_stay_bounded(default, monkeypatch, ca
     assert stats[known] == {"not_operator": 1}
     assert len(caplog.records) == auth.MAX_UNKNOWN_PEERS + 2
     assert sum(sum(r.values()) for r in stats.values()) == 5001
+
+
+@pytest.mark.parametrize("producers, match", [
+    ({"operator": [5]}, "operator"),                 # would hand out the operator's key
+    ({"sequencer.BTCUSDT": [5]}, "process"),         # would drop the sequencer's masters
+    ({"replicator0": [5]}, "process"),
+    ({"../outside": [5]}, "name"),                   # key files outside the keys directory
+    ({"": [5]}, "name"),
+    ({"g": [0]}, "source"),                          # the sequencer's own Ticks
+    ({"g": [-3]}, "source"),
+    ({"g": [OPERATOR_SOURCE_MIN]}, "operator"),      # only the operator key may use it
+    ({"g": [1 << 32]}, "source"),
+    ({"a": [5], "b": [6, 5]}, "both"),               # two producers must never share one
+])
+def test_keys_refuses_producers_that_clash_with_roles_or_sources(tmp_path, producers, match):
+    topo = topology.load(None, str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        keys.generate(topo, producers=producers)
+    assert not os.path.exists(os.path.join(str(tmp_path), "outside.key"))
+    assert not os.path.exists(os.path.join(keys.keys_dir_of(str(tmp_path)), auth.TRUST_FILE))
+
+
+def test_keys_command_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+    for bad in ("x", "operator=5", "g=4294967295"):
+        run = subprocess.run([sys.executable, "-m", "deploy.cli", "keys", "--data",
+                              str(tmp_path), "--producer", bad],
+                             capture_output=True, text=True, timeout=60)
+        err = run.stderr.strip()
+        assert run.returncode != 0 and err.startswith("seqex keys: ") and "\n" not in err, err
