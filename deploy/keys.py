@@ -174,6 +174,7 @@ def for_log_cluster(cluster, keys_dir: str,
     trust = auth.Trust(frozenset([key(OPERATOR)]), peers, servers)
     with open(os.path.join(keys_dir, auth.TRUST_FILE), "w", encoding="utf-8") as f:
         json.dump(trust.to_dict(), f, indent=1)
+    os.chmod(os.path.join(keys_dir, auth.TRUST_FILE), 0o644)
     return trust
 
 
@@ -207,6 +208,8 @@ def prepare_up(topo, generate_missing: bool = True):
     # The log on disk, the snapshots and the process logs hold every order: CURVE keeps other
     # users off the sockets, this mode keeps them off the files (docs/security.md).
     os.makedirs(topo.data_dir, mode=0o700, exist_ok=True)
+    if os.stat(topo.data_dir).st_uid != os.geteuid():
+        auth.check_owned(topo.data_dir)     # another user's: refused (they could chmod it)
     os.chmod(topo.data_dir, 0o700)
     if generate_missing:
         ensure(topo, keys_dir)
@@ -215,6 +218,8 @@ def prepare_up(topo, generate_missing: bool = True):
                                 f"once and copy the keys directory to every host "
                                 f"(docs/security.md)")
     auth.configure(keys_dir, OPERATOR)
+    for spec in topo.procs:   # a bad key is named now, not by a process restarted in a loop
+        auth.load_pair(keys_dir, spec.name)
     return secure(topo, keys_dir)
 
 

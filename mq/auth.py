@@ -116,6 +116,32 @@ def load_secret(keys_dir: str, name: str) -> bytes:
     return _read_key(path)
 
 
+def load_pair(keys_dir: str, name: str) -> tuple[bytes, bytes]:
+    """name's public and secret key, checked to be one pair."""
+    public, secret = load_public(keys_dir, name), load_secret(keys_dir, name)
+    if zmq.curve_public(secret) != public:
+        raise KeyFileError(f"{secret_path(keys_dir, name)} does not belong to "
+                           f"{public_path(keys_dir, name)} (a key of another pair): no peer "
+                           f"could reach this process; restore the pair or `seqex keys "
+                           f"--rotate {name}`")
+    return public, secret
+
+
+def check_owned(path: str) -> None:
+    """path (the policy, or a directory above it) must be this user's and writable by no one
+    else: whoever may write the policy decides who is the operator."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc}") from None
+    if st.st_uid != os.geteuid():
+        raise KeyFileError(f"{path} belongs to another user (uid {st.st_uid}): whoever may "
+                           f"write the trust policy decides who is the operator")
+    if st.st_mode & 0o022:
+        raise KeyFileError(f"{path} is writable by others (mode {st.st_mode & 0o777:o}): "
+                           f"whoever may write the trust policy decides who is the operator")
+
+
 @dataclass
 class Peer:
     name: str
@@ -150,6 +176,9 @@ class Trust:
     @classmethod
     def load(cls, keys_dir: str) -> Trust:
         path = os.path.join(keys_dir, TRUST_FILE)
+        if os.path.exists(path):
+            check_owned(os.path.dirname(os.path.abspath(path)))
+            check_owned(path)
         try:
             with open(path, encoding="utf-8") as f:
                 trust = cls.from_dict(json.load(f))
@@ -199,12 +228,7 @@ def configure(keys_dir: str, name: str, trust: Trust | None = None) -> Identity:
     servers admit only the keys of the trust policy."""
     global _identity
     trust = trust if trust is not None else Trust.load(keys_dir)
-    public, secret = load_public(keys_dir, name), load_secret(keys_dir, name)
-    if zmq.curve_public(secret) != public:
-        raise KeyFileError(f"{secret_path(keys_dir, name)} does not belong to "
-                           f"{public_path(keys_dir, name)} (a key of another pair): no peer "
-                           f"could reach this process; restore the pair or `seqex keys "
-                           f"--rotate {name}`")
+    public, secret = load_pair(keys_dir, name)
     ident = Identity(name, public, secret, trust, keys_dir)
     _identity = ident
     _start_authenticator()

@@ -339,3 +339,46 @@ def test_keys_command_errors_are_one_line(tmp_path):
                              capture_output=True, text=True, timeout=60)
         err = run.stderr.strip()
         assert run.returncode != 0 and err.startswith("seqex keys: ") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("what", ["trust", "dir"])
+def test_a_policy_that_others_may_write_is_refused(default, what):
+    """Whoever may write trust.json (or replace it in its directory) names the operator."""
+    _topo, keys_dir = default
+    path = os.path.join(keys_dir, auth.TRUST_FILE) if what == "trust" else keys_dir
+    os.chmod(path, 0o666 if what == "trust" else 0o777)
+    with pytest.raises(auth.KeyFileError, match="writable by others"):
+        auth.configure(keys_dir, "operator")
+    assert auth.insecure()
+
+
+def test_a_policy_of_another_user_is_refused(default):
+    _topo, keys_dir = default
+    try:
+        os.chown(keys_dir, 65534, -1)
+    except PermissionError:
+        pytest.skip("needs root to give a file away")
+    with pytest.raises(auth.KeyFileError, match="another user"):
+        auth.Trust.load(keys_dir)
+
+
+def test_prepare_up_names_a_bad_key_of_any_process_before_starting(tmp_path):
+    topo = topology.load(None, str(tmp_path))
+    keys_dir = keys.generate(topo)
+    with open(auth.secret_path(keys_dir, "replicator0"), "rb") as f:
+        other = f.read()
+    with open(auth.secret_path(keys_dir, "ce.BTCUSDT.warm0"), "wb") as f:
+        f.write(other)
+    with pytest.raises(auth.KeyFileError, match="ce.BTCUSDT.warm0.key_secret does not belong"):
+        keys.prepare_up(topo)
+
+
+def test_prepare_up_refuses_a_data_directory_of_another_user(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    try:
+        os.chown(data, 65534, -1)
+    except PermissionError:
+        pytest.skip("needs root to give a file away")
+    with pytest.raises(auth.KeyFileError, match="another user"):
+        keys.prepare_up(topology.load(None, str(data)))
