@@ -273,6 +273,11 @@ def setup(args: argparse.Namespace) -> None:
     if keys_dir:
         if args.insecure:
             raise SystemExit("seqex: --keys and --insecure exclude each other")
+        if verb in PROCESS_VERBS and not args.key:
+            # A server with the operator's key would present the wrong key to its clients,
+            # and hold the key that may do everything in a process that needs far less.
+            raise SystemExit(f"seqex {verb}: --keys needs --key NAME (this process's name "
+                             f"in the keys directory)")
         try:
             auth.configure(keys_dir, args.key or OPERATOR)
         except auth.KeyFileError as exc:

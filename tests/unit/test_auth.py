@@ -382,3 +382,16 @@ def test_prepare_up_refuses_a_data_directory_of_another_user(tmp_path):
         pytest.skip("needs root to give a file away")
     with pytest.raises(auth.KeyFileError, match="another user"):
         keys.prepare_up(topology.load(None, str(data)))
+
+
+def test_a_process_verb_with_keys_needs_its_own_key_name(default, capsys):
+    """Without --key, a server would take the operator's key: the wrong key for its clients,
+    and the key that may do everything, held by a process that needs far less."""
+    import argparse
+    _topo, keys_dir = default
+    for verb in keys.PROCESS_VERBS:
+        with pytest.raises(SystemExit, match="--key NAME"):
+            keys.setup(argparse.Namespace(verb=verb, keys=keys_dir, key=None, insecure=False))
+        assert auth.insecure()
+    keys.setup(argparse.Namespace(verb="status", keys=keys_dir, key=None, insecure=False))
+    assert auth.identity().name == "operator"
