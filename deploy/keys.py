@@ -24,14 +24,16 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 
 import zmq
 
-from mq import auth
+from mq import auth, sources
 
 OPERATOR = "operator"
 PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica")
 NOT_TOOLS = PROCESS_VERBS + ("keys", "up", "demo")  # every other verb is an operator tool
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 def keys_dir_of(data_dir: str) -> str:
@@ -101,10 +103,40 @@ def policy(topo, keys_dir: str, producers: dict[str, list[int]] | None = None) -
     return auth.Trust(operator, peers, servers)
 
 
+def check_producers(topo, producers: dict[str, list[int]]) -> None:
+    """A producer's name must be a plain file name that no process and not the operator has
+    (it would share that keypair, and its entry would replace that role in the policy); its
+    source ids must be client ids (1 .. OPERATOR_SOURCE_MIN - 1: 0 is the sequencer's Ticks,
+    the rest the operator's), each owned by one producer."""
+    processes = {p.name for p in topo.procs}
+    owner: dict[int, str] = {}
+    for name, srcs in sorted(producers.items()):
+        if not _NAME.fullmatch(name or ""):
+            raise ValueError(f"--producer {name!r}: a name is letters, digits, '.', '_' and "
+                             f"'-', not starting with '.' or '-'")
+        if name == OPERATOR:
+            raise ValueError(f"--producer {name}: that is the operator's key, not a producer's")
+        if name in processes:
+            raise ValueError(f"--producer {name}: a process of the topology has that name "
+                             f"(and key)")
+        for src in srcs:
+            if sources.is_operator(src):
+                raise ValueError(f"--producer {name}: source {src} is an operator source id "
+                                 f"(from {sources.OPERATOR_SOURCE_MIN}): only the operator "
+                                 f"key may use it")
+            if not 0 < src < 1 << 32:
+                raise ValueError(f"--producer {name}: source {src} outside 1 .. "
+                                 f"{sources.OPERATOR_SOURCE_MIN - 1}")
+            if owner.setdefault(src, name) != name:
+                raise ValueError(f"--producer {name}: source {src} is {owner[src]}'s too; both "
+                                 f"may not own one source id")
+
+
 def generate(topo, keys_dir: str | None = None, producers: dict[str, list[int]] | None = None,
              rotate: list[str] | None = None) -> str:
     """Keys for every process, the operator and the producers; then trust.json."""
     keys_dir = keys_dir or keys_dir_of(topo.data_dir)
+    check_producers(topo, producers or {})
     os.makedirs(keys_dir, mode=0o755, exist_ok=True)
     names = [p.name for p in topo.procs] + [OPERATOR] + sorted(producers or {})
     for name in rotate or []:
@@ -142,6 +174,7 @@ def for_log_cluster(cluster, keys_dir: str,
     trust = auth.Trust(frozenset([key(OPERATOR)]), peers, servers)
     with open(os.path.join(keys_dir, auth.TRUST_FILE), "w", encoding="utf-8") as f:
         json.dump(trust.to_dict(), f, indent=1)
+    os.chmod(os.path.join(keys_dir, auth.TRUST_FILE), 0o644)
     return trust
 
 
@@ -169,8 +202,15 @@ def prepare_up(topo, generate_missing: bool = True):
     when generate_missing, as for the default topology; a topology of several hosts must
     have them from `seqex keys`, run once and copied, or the hosts' keys would differ), this
     supervisor the operator (it pings the processes), and every process started with its
-    identity. Returns the topology to start."""
+    identity; the data directory closed to other users (mode 0700). Returns the topology to
+    start."""
     keys_dir = keys_dir_of(topo.data_dir)
+    # The log on disk, the snapshots and the process logs hold every order: CURVE keeps other
+    # users off the sockets, this mode keeps them off the files (docs/security.md).
+    os.makedirs(topo.data_dir, mode=0o700, exist_ok=True)
+    if os.stat(topo.data_dir).st_uid != os.geteuid():
+        auth.check_owned(topo.data_dir)     # another user's: refused (they could chmod it)
+    os.chmod(topo.data_dir, 0o700)
     if generate_missing:
         ensure(topo, keys_dir)
     elif not os.path.exists(os.path.join(keys_dir, auth.TRUST_FILE)):
@@ -178,6 +218,8 @@ def prepare_up(topo, generate_missing: bool = True):
                                 f"once and copy the keys directory to every host "
                                 f"(docs/security.md)")
     auth.configure(keys_dir, OPERATOR)
+    for spec in topo.procs:   # a bad key is named now, not by a process restarted in a loop
+        auth.load_pair(keys_dir, spec.name)
     return secure(topo, keys_dir)
 
 
@@ -231,6 +273,11 @@ def setup(args: argparse.Namespace) -> None:
     if keys_dir:
         if args.insecure:
             raise SystemExit("seqex: --keys and --insecure exclude each other")
+        if verb in PROCESS_VERBS and not args.key:
+            # A server with the operator's key would present the wrong key to its clients,
+            # and hold the key that may do everything in a process that needs far less.
+            raise SystemExit(f"seqex {verb}: --keys needs --key NAME (this process's name "
+                             f"in the keys directory)")
         try:
             auth.configure(keys_dir, args.key or OPERATOR)
         except auth.KeyFileError as exc:
@@ -250,9 +297,9 @@ def cmd_keys(a: argparse.Namespace) -> int:
         try:
             producers[name] = [int(x) for x in srcs.split(",") if x]
         except ValueError:
-            raise SystemExit(f"--producer {spec!r}: NAME=SRC[,SRC...]") from None
+            raise SystemExit(f"seqex keys: --producer {spec!r}: NAME=SRC[,SRC...]") from None
         if not name or not producers[name]:
-            raise SystemExit(f"--producer {spec!r}: NAME=SRC[,SRC...]")
+            raise SystemExit(f"seqex keys: --producer {spec!r}: NAME=SRC[,SRC...]")
     try:
         keys_dir = generate(topo, a.dir, producers, a.rotate)
     except (ValueError, auth.KeyFileError) as exc:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils import z85
 
 from mq import sources
 
@@ -81,9 +82,22 @@ def _read_key(path: str) -> bytes:
             key = f.read().strip()
     except OSError as exc:
         raise KeyFileError(f"cannot read key {path}: {exc}") from None
-    if len(key) != 40:
+    if not valid_key(key):
         raise KeyFileError(f"{path} does not hold a z85 CURVE key (40 characters)")
     return key
+
+
+def valid_key(key: bytes | str) -> bool:
+    """Whether key is a CURVE key in z85 (40 characters of the z85 alphabet)."""
+    if isinstance(key, str):
+        key = key.encode("ascii", "replace")
+    if len(key) != 40:
+        return False
+    try:
+        z85.decode(key)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def load_public(keys_dir: str, name: str) -> bytes:
@@ -100,6 +114,32 @@ def load_secret(keys_dir: str, name: str) -> bytes:
         raise KeyFileError(f"{path} is readable by others (mode {mode:o}); chmod 600 it, and "
                         f"treat the key as leaked if others could read it (docs/security.md)")
     return _read_key(path)
+
+
+def load_pair(keys_dir: str, name: str) -> tuple[bytes, bytes]:
+    """name's public and secret key, checked to be one pair."""
+    public, secret = load_public(keys_dir, name), load_secret(keys_dir, name)
+    if zmq.curve_public(secret) != public:
+        raise KeyFileError(f"{secret_path(keys_dir, name)} does not belong to "
+                           f"{public_path(keys_dir, name)} (a key of another pair): no peer "
+                           f"could reach this process; restore the pair or `seqex keys "
+                           f"--rotate {name}`")
+    return public, secret
+
+
+def check_owned(path: str) -> None:
+    """path (the policy, or a directory above it) must be this user's and writable by no one
+    else: whoever may write the policy decides who is the operator."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {path}: {exc}") from None
+    if st.st_uid != os.geteuid():
+        raise KeyFileError(f"{path} belongs to another user (uid {st.st_uid}): whoever may "
+                           f"write the trust policy decides who is the operator")
+    if st.st_mode & 0o022:
+        raise KeyFileError(f"{path} is writable by others (mode {st.st_mode & 0o777:o}): "
+                           f"whoever may write the trust policy decides who is the operator")
 
 
 @dataclass
@@ -136,11 +176,20 @@ class Trust:
     @classmethod
     def load(cls, keys_dir: str) -> Trust:
         path = os.path.join(keys_dir, TRUST_FILE)
+        if os.path.exists(path):
+            check_owned(os.path.dirname(os.path.abspath(path)))
+            check_owned(path)
         try:
             with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
+                trust = cls.from_dict(json.load(f))
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             raise KeyFileError(f"cannot read the trust policy {path}: {exc}") from None
+        bad = next((k for k in [*trust.operator, *trust.peers, *trust.servers.values()]
+                    if not valid_key(k)), None)
+        if bad is not None:
+            raise KeyFileError(f"cannot read the trust policy {path}: {str(bad)[:48]!r} is not "
+                               f"a z85 CURVE key; regenerate it with `seqex keys`")
+        return trust
 
     def known(self, key: str) -> bool:
         return key in self.operator or key in self.peers
@@ -167,6 +216,9 @@ _identity: Identity | None = None
 _authenticator: Any = None
 refusals: Counter = Counter()                 # (peer key, reason) -> count
 _logged_at: dict[str, float] = {}             # peer key -> when its refusals were last logged
+_unknown_peers: set[str] = set()              # keys outside the policy counted on their own
+MAX_UNKNOWN_PEERS = 32
+OTHER_KEYS = "other unknown keys"
 
 
 # -- process identity ----------------------------------------------------------------------
@@ -176,8 +228,8 @@ def configure(keys_dir: str, name: str, trust: Trust | None = None) -> Identity:
     servers admit only the keys of the trust policy."""
     global _identity
     trust = trust if trust is not None else Trust.load(keys_dir)
-    ident = Identity(name, load_public(keys_dir, name), load_secret(keys_dir, name), trust,
-                     keys_dir)
+    public, secret = load_pair(keys_dir, name)
+    ident = Identity(name, public, secret, trust, keys_dir)
     _identity = ident
     _start_authenticator()
     return ident
@@ -198,6 +250,7 @@ def reset() -> None:
     _identity = None
     refusals.clear()
     _logged_at.clear()
+    _unknown_peers.clear()
 
 
 def identity() -> Identity | None:
@@ -331,16 +384,29 @@ def peer_name(peer: str | None) -> str | None:
 
 
 def note_refusal(peer: str | None, reason: str, what: str = "") -> None:
-    """Count a refused message; log the peer's refusals at most once a minute."""
+    """Count a refused message; log the peer's refusals at most once a minute.
+
+    Keys the policy knows are few; keys it does not know are as many as a stranger cares to
+    make (a fresh keypair per connection costs nothing). So at most MAX_UNKNOWN_PEERS keys
+    outside the policy are counted and logged each on its own; the rest share one entry,
+    OTHER_KEYS, logged once a minute with the latest of them, so that refusals cannot grow
+    the memory, the PING answers or the log without bound."""
     key = peer or "?"
+    ident = _identity
+    if key not in _logged_at and \
+            not (ident is not None and peer is not None and ident.trust.known(peer)):
+        if len(_unknown_peers) >= MAX_UNKNOWN_PEERS and key not in _unknown_peers:
+            key = OTHER_KEYS
+        else:
+            _unknown_peers.add(key)
     refusals[(key, reason)] += 1
     now = time.monotonic()
     if now - _logged_at.get(key, -LOG_EVERY_S) >= LOG_EVERY_S:
         _logged_at[key] = now
         counts = {r: n for (k, r), n in sorted(refusals.items()) if k == key}
-        ident = _identity
+        shown = key if key != OTHER_KEYS else f"{OTHER_KEYS}, latest {peer or '?'}"
         log.warning("refused %s from peer %s (%s); refusals of this peer so far: %s",
-                    what or reason, key, ident.trust.name(peer) if ident else "?", counts)
+                    what or reason, shown, ident.trust.name(peer) if ident else "?", counts)
 
 
 def refusal_stats() -> dict[str, dict[str, int]]:

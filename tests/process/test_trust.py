@@ -236,6 +236,38 @@ def test_an_unknown_key_gets_no_connection(cluster):
     sock.close(0)
 
 
+def test_fresh_keys_without_end_do_not_grow_the_refusals_without_bound(cluster):
+    """A stranger may make a new keypair for every connection; the replicator's counters
+    (and so its PING answer and its log) stay bounded: beyond the first few, unknown keys
+    share one entry."""
+    topo, keys_dir = cluster
+    addr = replicators(topo)[0]
+    server_key = auth.load_public(keys_dir, "replicator0")
+    n = auth.MAX_UNKNOWN_PEERS * 3
+    socks = []
+    for _ in range(n):
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = server_key
+        sock.connect(addr)
+        socks.append(sock)
+    try:
+        trust = auth.Trust.load(keys_dir)
+
+        def strangers() -> dict:
+            refusals = ping(addr)["refusals"]
+            return {k: v for k, v in refusals.items() if not trust.known(k)}
+
+        wait_until(lambda: sum(v.get("unknown_key", 0) for v in strangers().values()) >= n,
+                   60, "every stranger's attempt counted")
+        assert len(strangers()) <= auth.MAX_UNKNOWN_PEERS + 1
+        assert auth.OTHER_KEYS in strangers()
+    finally:
+        for sock in socks:
+            sock.close(0)
+
+
 def test_the_operator_and_registered_producers_are_served(cluster):
     """The same paths work for the keys whose role allows them: CURVE end to end, producer
     -> sequencer -> replicators -> replica -> mirror -> replicators."""

@@ -233,3 +233,165 @@ def test_process_verbs_without_keys_warn_and_tools_find_the_operator_key(tmp_pat
     assert auth.identity().name == "sequencer.BTCUSDT"
     with pytest.raises(SystemExit):
         keys.setup(ns(verb="sequencer", keys=keys_dir, key="sequencer.BTCUSDT", insecure=True))
+
+
+def test_a_secret_key_that_is_not_z85_is_refused_with_its_path(default):
+    _topo, keys_dir = default
+    path = auth.secret_path(keys_dir, "replicator0")
+    with open(path, "w") as f:
+        f.write("~" * 40 + "\n")
+    with pytest.raises(auth.KeyFileError, match="replicator0.key_secret.*z85"):
+        auth.configure(keys_dir, "replicator0")
+    assert auth.insecure()
+
+
+def test_a_secret_key_of_another_keypair_is_refused(default):
+    """A valid secret key that does not belong to the public key would start a server no
+    client can reach, with nothing said: it is refused at start instead."""
+    _topo, keys_dir = default
+    with open(auth.secret_path(keys_dir, "replicator1"), "rb") as f:
+        other = f.read()
+    with open(auth.secret_path(keys_dir, "replicator0"), "wb") as f:
+        f.write(other)
+    with pytest.raises(auth.KeyFileError, match="does not belong"):
+        auth.configure(keys_dir, "replicator0")
+    assert auth.insecure()
+
+
+@pytest.mark.parametrize("where", ["operator", "peers", "servers"])
+def test_a_policy_with_a_key_that_is_not_z85_is_refused(default, where):
+    import json
+    _topo, keys_dir = default
+    path = os.path.join(keys_dir, auth.TRUST_FILE)
+    with open(path) as f:
+        d = json.load(f)
+    if where == "operator":
+        d["operator"] = ["~" * 40]
+    elif where == "peers":
+        d["peers"]["short"] = {"name": "x"}
+    else:
+        d["servers"] = {a: "~" * 40 for a in d["servers"]}
+    with open(path, "w") as f:
+        json.dump(d, f)
+    with pytest.raises(auth.KeyFileError, match="trust policy.*z85"):
+        auth.Trust.load(keys_dir)
+
+
+def test_prepare_up_closes_the_data_directory_to_other_users(tmp_path):
+    """The log on disk (the replicators' files), the snapshots and the process logs hold every
+    order; CURVE keeps other users off the sockets, the data directory's mode keeps them off
+    the files."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    keys.prepare_up(topology.load(None, str(data)))
+    assert _mode(str(data)) == 0o700
+
+
+def test_refusals_of_ever_new_unknown_keys_stay_bounded(default, monkeypatch, caplog):
+    """A stranger may make a fresh keypair for every connection: the refusals of keys outside
+    the policy beyond the first MAX_UNKNOWN_PEERS share one entry and one log line a minute,
+    so the counters, the PING answers and the log stay bounded; a known key is always counted
+    on its own."""
+    _topo, keys_dir = default
+    auth.configure(keys_dir, "operator")
+    known = next(k for k, p in auth.identity().trust.peers.items() if p.name == "gateway")
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="seqex.auth"):
+        for _ in range(5000):
+            auth.note_refusal(zmq.curve_keypair()[0].decode(), "unknown_key")
+        auth.note_refusal(known, "not_operator")
+    stats = auth.refusal_stats()
+    assert len(stats) == auth.MAX_UNKNOWN_PEERS + 2
+    assert stats[auth.OTHER_KEYS] == {"unknown_key": 5000 - auth.MAX_UNKNOWN_PEERS}
+    assert stats[known] == {"not_operator": 1}
+    assert len(caplog.records) == auth.MAX_UNKNOWN_PEERS + 2
+    assert sum(sum(r.values()) for r in stats.values()) == 5001
+
+
+@pytest.mark.parametrize("producers, match", [
+    ({"operator": [5]}, "operator"),                 # would hand out the operator's key
+    ({"sequencer.BTCUSDT": [5]}, "process"),         # would drop the sequencer's masters
+    ({"replicator0": [5]}, "process"),
+    ({"../outside": [5]}, "name"),                   # key files outside the keys directory
+    ({"": [5]}, "name"),
+    ({"g": [0]}, "source"),                          # the sequencer's own Ticks
+    ({"g": [-3]}, "source"),
+    ({"g": [OPERATOR_SOURCE_MIN]}, "operator"),      # only the operator key may use it
+    ({"g": [1 << 32]}, "source"),
+    ({"a": [5], "b": [6, 5]}, "both"),               # two producers must never share one
+])
+def test_keys_refuses_producers_that_clash_with_roles_or_sources(tmp_path, producers, match):
+    topo = topology.load(None, str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        keys.generate(topo, producers=producers)
+    assert not os.path.exists(os.path.join(str(tmp_path), "outside.key"))
+    assert not os.path.exists(os.path.join(keys.keys_dir_of(str(tmp_path)), auth.TRUST_FILE))
+
+
+def test_keys_command_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+    for bad in ("x", "operator=5", "g=4294967295"):
+        run = subprocess.run([sys.executable, "-m", "deploy.cli", "keys", "--data",
+                              str(tmp_path), "--producer", bad],
+                             capture_output=True, text=True, timeout=60)
+        err = run.stderr.strip()
+        assert run.returncode != 0 and err.startswith("seqex keys: ") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("what", ["trust", "dir"])
+def test_a_policy_that_others_may_write_is_refused(default, what):
+    """Whoever may write trust.json (or replace it in its directory) names the operator."""
+    _topo, keys_dir = default
+    path = os.path.join(keys_dir, auth.TRUST_FILE) if what == "trust" else keys_dir
+    os.chmod(path, 0o666 if what == "trust" else 0o777)
+    with pytest.raises(auth.KeyFileError, match="writable by others"):
+        auth.configure(keys_dir, "operator")
+    assert auth.insecure()
+
+
+def test_a_policy_of_another_user_is_refused(default):
+    _topo, keys_dir = default
+    try:
+        os.chown(keys_dir, 65534, -1)
+    except PermissionError:
+        pytest.skip("needs root to give a file away")
+    with pytest.raises(auth.KeyFileError, match="another user"):
+        auth.Trust.load(keys_dir)
+
+
+def test_prepare_up_names_a_bad_key_of_any_process_before_starting(tmp_path):
+    topo = topology.load(None, str(tmp_path))
+    keys_dir = keys.generate(topo)
+    with open(auth.secret_path(keys_dir, "replicator0"), "rb") as f:
+        other = f.read()
+    with open(auth.secret_path(keys_dir, "ce.BTCUSDT.warm0"), "wb") as f:
+        f.write(other)
+    with pytest.raises(auth.KeyFileError, match="ce.BTCUSDT.warm0.key_secret does not belong"):
+        keys.prepare_up(topo)
+
+
+def test_prepare_up_refuses_a_data_directory_of_another_user(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    try:
+        os.chown(data, 65534, -1)
+    except PermissionError:
+        pytest.skip("needs root to give a file away")
+    with pytest.raises(auth.KeyFileError, match="another user"):
+        keys.prepare_up(topology.load(None, str(data)))
+
+
+def test_a_process_verb_with_keys_needs_its_own_key_name(default, capsys):
+    """Without --key, a server would take the operator's key: the wrong key for its clients,
+    and the key that may do everything, held by a process that needs far less."""
+    import argparse
+    _topo, keys_dir = default
+    for verb in keys.PROCESS_VERBS:
+        with pytest.raises(SystemExit, match="--key NAME"):
+            keys.setup(argparse.Namespace(verb=verb, keys=keys_dir, key=None, insecure=False))
+        assert auth.insecure()
+    keys.setup(argparse.Namespace(verb="status", keys=keys_dir, key=None, insecure=False))
+    assert auth.identity().name == "operator"
