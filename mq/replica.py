@@ -309,8 +309,17 @@ class ReplicaHost:
             return {"role": "hot", "resent_from": None}
         if not self.mirror_addr:
             raise RuntimeError(f"{self.name}: no mirror configured; start it with --mirror")
-        _k, status, _ = call(self.mirror_addr, wire.PING, timeout_s=5)
-        start = status["committed"] + 1
+        try:
+            kind, status, _ = call(self.mirror_addr, wire.PING, timeout_s=5)
+        except wire.WireError as exc:
+            raise RuntimeError(f"{self.name}: the mirror at {self.mirror_addr} answered "
+                               f"PING with garbage: {exc}") from None
+        committed = status.get("committed")
+        if kind != wire.PONG or type(committed) is not int or committed < 0:
+            raise RuntimeError(f"{self.name}: the mirror at {self.mirror_addr} did not say "
+                               f"where the out stream stands ({kind[:16]!r} {status}"[:300]
+                               + "); not promoted")
+        start = committed + 1
         if start <= self.seq and self.outputs.frame_from(start) is None:
             raise RuntimeError(f"{self.name}: outputs from {start} are no longer kept")
         self.mirror = _mirror_socket(self.mirror_addr)
