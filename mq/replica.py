@@ -39,7 +39,6 @@ start.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
@@ -131,9 +130,9 @@ class ReplicaHost:
         paths = []
         for d in (self.snapshot_dir, self.shared_dir):
             if d:
-                paths += glob.glob(os.path.join(d, f"{self.stream}-*.snap"))
+                paths += _snap_files(d, self.stream)
         if self.snapshot_dir:   # a write this process died in the middle of
-            for tmp in glob.glob(os.path.join(self.snapshot_dir, f"{self.stream}-*.snap.tmp")):
+            for tmp in _snap_files(self.snapshot_dir, self.stream, ".snap.tmp"):
                 _remove(tmp)
         for path in sorted(set(paths), key=_snap_seq, reverse=True):
             try:
@@ -389,6 +388,21 @@ def _stagger(name: str, every: int) -> int:
     return zlib.crc32(name.encode()) % every
 
 
+def _snap_files(directory: str, stream: str, suffix: str = ".snap") -> list[str]:
+    """The snapshot files of exactly this stream: <stream>-<digits><suffix>. Not a glob: a
+    stream name may hold glob characters, and another stream's name may start with this one
+    and a dash (in.x and in.x-2 in one directory)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    head = f"{stream}-"
+    return [os.path.join(directory, n) for n in names
+            if n.startswith(head) and n.endswith(suffix)
+            and n[len(head):len(n) - len(suffix)].isdigit()
+            and n[len(head):len(n) - len(suffix)].isascii()]
+
+
 def _snap_seq(path: str) -> int:
     try:
         return int(os.path.basename(path).rsplit("-", 1)[1].split(".")[0])
@@ -418,7 +432,7 @@ def write_snapshot(directory: str, stream: str, seq: int, state: bytes, keep: in
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    kept = sorted(glob.glob(os.path.join(directory, f"{stream}-*.snap")), key=_snap_seq)
+    kept = sorted(_snap_files(directory, stream), key=_snap_seq)
     for old in kept[:-keep]:
         _remove(old)
     return path

@@ -241,3 +241,18 @@ def test_promote_answers_an_error_when_the_mirror_answers_no_position(tmp_path):
         op.close(0)
         fake.close(0)
         close(h)
+
+
+def test_snapshots_of_a_stream_whose_name_extends_another_are_left_alone(tmp_path):
+    """Stream names may hold '-' and glob characters: writing and rotating the snapshots of
+    in.x must neither delete nor read those of in.x-2 (nor of in.[x]) in the same directory."""
+    d = str(tmp_path)
+    other = write_snapshot(d, "in.x-2", 5, b"other", keep=1)
+    odd = write_snapshot(d, "in.[x]", 6, b"odd", keep=1)
+    write_snapshot(d, "in.x", 3, b"mine", keep=1)
+    write_snapshot(d, "in.x", 4, b"mine", keep=1)
+    write_snapshot(d, "in.[x]", 7, b"odd", keep=1)
+    assert read_snapshot(other) == (5, b"other")
+    assert sorted(os.listdir(d)) == sorted([os.path.basename(other),
+                                            f"in.x-{4:020d}.snap", f"in.[x]-{7:020d}.snap"])
+    assert not os.path.exists(odd)
