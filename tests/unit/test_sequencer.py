@@ -461,3 +461,15 @@ def test_a_replicator_is_never_told_a_commit_point_beyond_what_it_acknowledged()
     assert core.committed >= 3
     told = [b["commit"] for i, b, _m in core.take(wire.COMMIT) if i == 2]
     assert all(c <= core.links[2].acked for c in told), (told, core.links[2].acked)
+
+
+def test_hello_for_sources_that_never_sent_anything_keeps_no_per_source_runs():
+    """A HELLO with `from` asks which seqs the master remembers; for a source it has never
+    sequenced there is nothing to name, and nothing may be kept for it either (a client
+    cycling through source ids must not grow the master's memory)."""
+    core = Core()
+    recover(core, [state()] * 3)
+    for src in range(1, 2001):
+        core._control(b"p%d" % src, wire.HELLO, {"src": src, "from": 1})
+    assert len(core.recent) == 0
+    assert all(kind == wire.WELCOME for _i, kind, _b in core.replies)
