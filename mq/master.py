@@ -528,13 +528,16 @@ class Master:
                 return
             link.behind = False
             first, last, frame = piece
+            # A replicator takes min(commit, its last) as committed: name no seq beyond this
+            # frame, which the APPEND checks (it may hold a stale tail beyond it).
+            commit = min(self.committed, last)
             fields = {"stream": self.stream, "epoch": self.epoch, "first": first,
-                      "last": last, "commit": self.committed}
+                      "last": last, "commit": commit}
             if self.stamps_epochs:   # the records before `first` carry this log's epochs
                 fields["prev_epoch"] = replication.epoch_at(self.history, first - 1)
             if not self._try_send(link, [wire.APPEND, wire.pack(fields), frame]):
                 return
-            link.commit_sent = self.committed
+            link.commit_sent = max(link.commit_sent, commit)
             if link.sent == link.acked:
                 link.progress_at = self.mono()
             link.sent = last
@@ -592,12 +595,16 @@ class Master:
             # Replicators serve replay up to the commit point; tell them when it moved and no
             # APPEND carried it (at most every 5 ms).
             self.commit_note_at = now + 0.005
+            # Each is told at most what it acknowledged of this master's log: beyond that it
+            # may hold a stale tail whose TRUNCATE it never got, and it takes min(commit, its
+            # last) as committed.
             for link in self.links:
-                if link.known and link.commit_sent < self.committed:
+                commit = min(self.committed, link.acked)
+                if link.known and link.commit_sent < commit:
                     if self._try_send(link, [wire.COMMIT, wire.pack(
                             {"stream": self.stream, "epoch": self.epoch,
-                             "commit": self.committed})]):
-                        link.commit_sent = self.committed
+                             "commit": commit})]):
+                        link.commit_sent = commit
 
     def _all_replicated(self) -> bool:
         """Every known replicator holds everything and has been told it is committed."""

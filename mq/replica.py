@@ -39,7 +39,6 @@ start.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
@@ -131,9 +130,9 @@ class ReplicaHost:
         paths = []
         for d in (self.snapshot_dir, self.shared_dir):
             if d:
-                paths += glob.glob(os.path.join(d, f"{self.stream}-*.snap"))
+                paths += _snap_files(d, self.stream)
         if self.snapshot_dir:   # a write this process died in the middle of
-            for tmp in glob.glob(os.path.join(self.snapshot_dir, f"{self.stream}-*.snap.tmp")):
+            for tmp in _snap_files(self.snapshot_dir, self.stream, ".snap.tmp"):
                 _remove(tmp)
         for path in sorted(set(paths), key=_snap_seq, reverse=True):
             try:
@@ -309,8 +308,17 @@ class ReplicaHost:
             return {"role": "hot", "resent_from": None}
         if not self.mirror_addr:
             raise RuntimeError(f"{self.name}: no mirror configured; start it with --mirror")
-        _k, status, _ = call(self.mirror_addr, wire.PING, timeout_s=5)
-        start = status["committed"] + 1
+        try:
+            kind, status, _ = call(self.mirror_addr, wire.PING, timeout_s=5)
+        except wire.WireError as exc:
+            raise RuntimeError(f"{self.name}: the mirror at {self.mirror_addr} answered "
+                               f"PING with garbage: {exc}") from None
+        committed = status.get("committed")
+        if kind != wire.PONG or type(committed) is not int or committed < 0:
+            raise RuntimeError(f"{self.name}: the mirror at {self.mirror_addr} did not say "
+                               f"where the out stream stands ({kind[:16]!r} {status}"[:300]
+                               + "); not promoted")
+        start = committed + 1
         if start <= self.seq and self.outputs.frame_from(start) is None:
             raise RuntimeError(f"{self.name}: outputs from {start} are no longer kept")
         self.mirror = _mirror_socket(self.mirror_addr)
@@ -380,6 +388,21 @@ def _stagger(name: str, every: int) -> int:
     return zlib.crc32(name.encode()) % every
 
 
+def _snap_files(directory: str, stream: str, suffix: str = ".snap") -> list[str]:
+    """The snapshot files of exactly this stream: <stream>-<digits><suffix>. Not a glob: a
+    stream name may hold glob characters, and another stream's name may start with this one
+    and a dash (in.x and in.x-2 in one directory)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    head = f"{stream}-"
+    return [os.path.join(directory, n) for n in names
+            if n.startswith(head) and n.endswith(suffix)
+            and n[len(head):len(n) - len(suffix)].isdigit()
+            and n[len(head):len(n) - len(suffix)].isascii()]
+
+
 def _snap_seq(path: str) -> int:
     try:
         return int(os.path.basename(path).rsplit("-", 1)[1].split(".")[0])
@@ -409,7 +432,7 @@ def write_snapshot(directory: str, stream: str, seq: int, state: bytes, keep: in
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    kept = sorted(glob.glob(os.path.join(directory, f"{stream}-*.snap")), key=_snap_seq)
+    kept = sorted(_snap_files(directory, stream), key=_snap_seq)
     for old in kept[:-keep]:
         _remove(old)
     return path

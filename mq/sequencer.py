@@ -322,7 +322,8 @@ class SequencerCore(Master):
                     # The producer's first unacknowledged number: WELCOME names the seqs of
                     # what it acknowledges (as far as they are remembered), so that a client
                     # learns the seq of every record even across a failover.
-                    welcome["runs"] = self.recent[src].known(unacked, durable - 1)
+                    recent = self.recent.get(src)   # never create one for a mere HELLO
+                    welcome["runs"] = recent.known(unacked, durable - 1) if recent else []
                 self._reply(ident, wire.WELCOME, welcome)
         elif kind == wire.PING:
             self._reply(ident, wire.PONG, self.status())

@@ -425,3 +425,51 @@ def test_welcome_names_the_seqs_of_what_it_acknowledges_after_a_failover():
     assert body["runs"] == [[7, 10, 17]]
     core.sequence_turn([(b"p", wire.HELLO, [b"p", wire.HELLO, wire.pack({"src": 1})])])
     assert "runs" not in core.replies[-1][2]
+
+
+def test_a_replicator_is_never_told_a_commit_point_beyond_what_it_acknowledged():
+    """A replicator reconciled over a stale tail (records of an older epoch, never committed)
+    whose TRUNCATE was lost (a full send queue, a restart) still holds that tail. A COMMIT
+    naming the master's commit point would make it mark the stale records committed (it takes
+    min(commit, its last)) and serve them; TRUNCATE is then refused below that point for good.
+    So each replicator is told at most what it acknowledged of this master's log."""
+    core = Core()
+    recover(core, [state(epoch=4)] * 3)
+    core._emit_tick(core.fake.mono_ns)
+    core.take(wire.APPEND)
+    core.take(wire.STATE)
+    core.take(wire.CLAIM)
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "last": 3, "epoch": core.epoch, "reason": "conflict",
+         "seq": 1})])
+    core._pump_all()
+    core.take(wire.CLAIM)
+    # it holds seqs 1..3 of epoch 3 (a dead master's, never committed)
+    core._on_reply(core.links[2], state(3, core.epoch, 0, [(3, 1)]))
+    assert core.take(wire.TRUNCATE)   # ... and this TRUNCATE never reaches it
+    for _ in range(3):
+        core.fake.advance(SEC)
+        core._emit_tick(core.fake.mono_ns)
+        core._pump_all()
+        for i, body, _m in core.take(wire.APPEND):
+            if i != 2:
+                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
+                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
+            else:
+                assert body["commit"] <= body["last"], body
+        core._forward()
+    assert core.committed >= 3
+    told = [b["commit"] for i, b, _m in core.take(wire.COMMIT) if i == 2]
+    assert all(c <= core.links[2].acked for c in told), (told, core.links[2].acked)
+
+
+def test_hello_for_sources_that_never_sent_anything_keeps_no_per_source_runs():
+    """A HELLO with `from` asks which seqs the master remembers; for a source it has never
+    sequenced there is nothing to name, and nothing may be kept for it either (a client
+    cycling through source ids must not grow the master's memory)."""
+    core = Core()
+    recover(core, [state()] * 3)
+    for src in range(1, 2001):
+        core._control(b"p%d" % src, wire.HELLO, {"src": src, "from": 1})
+    assert len(core.recent) == 0
+    assert all(kind == wire.WELCOME for _i, kind, _b in core.replies)

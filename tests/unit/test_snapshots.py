@@ -200,3 +200,59 @@ def test_a_promoted_warm_replica_keeps_writing_snapshots(tmp_path):
         assert len(snaps(tmp_path)) == 1
     finally:
         close(h)
+
+
+def test_promote_answers_an_error_when_the_mirror_answers_no_position(tmp_path):
+    """PROMOTE asks the mirror where the out stream stands. A mirror that answers something
+    else (ERROR: a refusal, or a wrong address that answers PING as another role) is an
+    operating error, answered to the operator; it used to raise KeyError and kill the replica."""
+    import threading
+
+    import zmq
+
+    from mq import sockets, wire
+    fake = sockets.router("tcp://127.0.0.1:*")
+    addr = fake.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def answer():
+        for body in ({"error": "refused"}, {"role": "replicator"}):
+            if fake.poll(10_000):
+                ident, _kind, _body = fake.recv_multipart()
+                fake.send_multipart([ident, wire.ERROR if "error" in body else wire.PONG,
+                                     wire.pack(body)])
+
+    h = ReplicaHost("w1", Fake(), Fake.restore, "in.ce.X", "tcp://127.0.0.1:9",
+                    ["tcp://127.0.0.1:9"], "tcp://127.0.0.1:*", role="warm", mirror=addr)
+    t = threading.Thread(target=answer)
+    t.start()
+    op = zmq.Context.instance().socket(zmq.DEALER)
+    op.connect(h.control_endpoint)
+    try:
+        for _ in range(2):
+            op.send_multipart([wire.PROMOTE, wire.pack({})])
+            assert h.control.poll(10_000)
+            h._control()
+            assert op.poll(10_000)
+            kind, body = op.recv_multipart()
+            assert kind == wire.PONG and "error" in wire.unpack(body)
+            assert h.role == "warm"
+    finally:
+        t.join(15)
+        op.close(0)
+        fake.close(0)
+        close(h)
+
+
+def test_snapshots_of_a_stream_whose_name_extends_another_are_left_alone(tmp_path):
+    """Stream names may hold '-' and glob characters: writing and rotating the snapshots of
+    in.x must neither delete nor read those of in.x-2 (nor of in.[x]) in the same directory."""
+    d = str(tmp_path)
+    other = write_snapshot(d, "in.x-2", 5, b"other", keep=1)
+    odd = write_snapshot(d, "in.[x]", 6, b"odd", keep=1)
+    write_snapshot(d, "in.x", 3, b"mine", keep=1)
+    write_snapshot(d, "in.x", 4, b"mine", keep=1)
+    write_snapshot(d, "in.[x]", 7, b"odd", keep=1)
+    assert read_snapshot(other) == (5, b"other")
+    assert sorted(os.listdir(d)) == sorted([os.path.basename(other),
+                                            f"in.x-{4:020d}.snap", f"in.[x]-{7:020d}.snap"])
+    assert not os.path.exists(odd)
