@@ -77,13 +77,18 @@ class SequencedClock:
       lo = last + max(1 ns, min(elapsed, max_step) / 2)   time keeps moving, at half speed
                                                           at least, when the wall clock
                                                           steps back (until it catches up);
-      hi = last + max_step                                one record never moves time by more
-                                                          than max_step, however far the wall
-                                                          clock jumps (or however long the
-                                                          stream was down): the engines see
-                                                          time catch up at max_step a record,
-                                                          so no record crosses two timer
-                                                          intervals longer than max_step;
+      hi = last + min(max_step, max(1 ns, 2 * elapsed))   one record never moves time by more
+                                                          than max_step, and time never runs
+                                                          faster than twice the monotonic
+                                                          clock, however far the wall clock
+                                                          jumps (or however long the stream
+                                                          was down): the engines see time
+                                                          catch up at most at double speed, so
+                                                          a brief forward step of the wall
+                                                          clock leaves time at most as far
+                                                          ahead as the step lasted, and no
+                                                          record crosses two timer intervals
+                                                          longer than max_step;
     where elapsed is the monotonic time since the previous reading. The first reading of an
     empty stream is the wall clock. ``wall`` and ``mono`` are injectable (ns)."""
 
@@ -111,7 +116,7 @@ class SequencedClock:
         elapsed = 0 if self.mono_at is None else max(0, mono - self.mono_at)
         self.mono_at = mono
         lo = self.last_ns + max(1, min(elapsed, self.max_step_ns) // 2)
-        hi = self.last_ns + self.max_step_ns
+        hi = self.last_ns + min(self.max_step_ns, max(1, 2 * elapsed))
         self.last_ns = min(max(wall, lo), hi)
         return self.last_ns
 
