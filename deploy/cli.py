@@ -181,7 +181,9 @@ class _StreamView:
         self.a = a
         self.decode = decode
         self.topo = None
-        self.replicators = list(a.replicator or [])
+        # tail's --replicator repeats (a list); replay's is one address (a str)
+        self.replicators = [a.replicator] if isinstance(a.replicator, str) \
+            else list(a.replicator or [])
         self.pub = getattr(a, "pub", None)
         if not self.replicators or (need_pub and not self.pub):
             from deploy.supervisor import read_state
@@ -534,6 +536,19 @@ def decimal_arg(text: str) -> str:
     return text
 
 
+def kind_filter(text: str) -> str:
+    """--kind: a command or event name some codec knows (any case), or a kind number; a
+    name nobody knows would filter out every record without a word."""
+    from deploy import decode
+    if re.fullmatch(r"\d{1,5}", text) and int(text) <= 65_535:
+        return text
+    if text.lower() not in decode.known_names():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a command or event name (e.g. NewOrder, OrderAccepted, Trade, "
+            "OrderRejected) nor a kind number")
+    return text
+
+
 def json_object(text: str) -> str:
     try:
         value = json.loads(text)
@@ -657,7 +672,7 @@ def parser() -> Parser:
     def view_args(s: argparse.ArgumentParser) -> None:
         s.add_argument("--json", action="store_true", help="one JSON object per record")
         s.add_argument("--ticks", action="store_true", help="show the idle Ticks too")
-        s.add_argument("--kind", help="only records with this command or event "
+        s.add_argument("--kind", type=kind_filter, help="only records with this command or event "
                        "(e.g. NewOrder, Trade, OrderRejected; any case) or kind number")
         s.add_argument("--account", type=int_range(0, (1 << 32) - 1),
                        help="only records that name this account")

@@ -96,3 +96,29 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(monkeypatch, capsys):
 def test_the_engine_names_are_the_replica_hosts():
     from deploy.engines import ENGINES
     assert tuple(sorted(ENGINES)) == cli.ENGINE_NAMES
+
+
+def test_replay_takes_one_replicator_address_whole(monkeypatch, capsys, tmp_path):
+    """`replay --replicator ADDR` is one address, not a list of its characters."""
+    monkeypatch.chdir(tmp_path)   # no seqex-data here: no keys, no cluster
+    assert cli.main(["--insecure", "replay", "in.demo", "--replicator", "tcp://127.0.0.1:9",
+                     "--from", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("seqex replay: no replicator answers (tcp://127.0.0.1:9): is the cluster up? "
+                   "(`seqex status`)\n")
+
+
+@pytest.mark.parametrize("verb", ["replay", "tail"])
+def test_an_unknown_kind_filter_is_refused(monkeypatch, capsys, tmp_path, verb):
+    """--kind with a name no codec knows would print nothing at all: say so instead."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--insecure", verb, "in.demo", "--replicator", "tcp://127.0.0.1:9"]
+    argv += ["--pub", "tcp://127.0.0.1:9"] if verb == "tail" else []
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv + ["--kind", "nosuchkind"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"seqex {verb}: argument --kind: 'nosuchkind' is not a command or "
+                          "event") and err.count("\n") == 1
+    for ok in ("Trade", "neworder", "32"):
+        assert cli.kind_filter(ok) == ok
