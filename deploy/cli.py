@@ -300,15 +300,30 @@ def cmd_submit(a: argparse.Namespace) -> int:
     """One order into in.ce.SYMBOL; prints its outcome from out.ce.SYMBOL: accepted (resting),
     filled (price and quantity), expired, or rejected with the reason in words (on stderr,
     exit status 2). Prices and quantities are in the contract's units."""
-    from deploy.client import Client, Rejected, describe
+    from deploy.client import Client, OutcomeTimeout, Rejected, describe
     if a.market and a.price is not None:
         raise UsageError("a market order takes no --price")
     if not a.market and a.price is None:
         raise UsageError("--price is required for a limit order (or give --market)")
     with Client(a.data, a.source) as client:
         tif = a.tif or ("ioc" if a.market else "gtc")
-        outcome = client.submit(a.symbol, a.side, a.qty, a.price, a.account, a.market, tif,
-                                a.client_order_id, timeout_s=a.timeout)
+        try:
+            outcome = client.submit(a.symbol, a.side, a.qty, a.price, a.account, a.market,
+                                    tif, a.client_order_id, timeout_s=a.timeout)
+        except OutcomeTimeout as exc:
+            # This command ends here, but what it sent may still be sequenced: a second
+            # submit would be a second order. Say how to find the first.
+            t = exc.pending[0]
+            look = (f"`seqex replay in.ce.{a.symbol} --order {t.client_order_id}` shows it "
+                    "once it is; do not submit it again before you have looked")
+            if t.seq is None:
+                raise UsageError(
+                    f"no acknowledgement of the order (client order id {t.client_order_id}) "
+                    f"from the sequencer in {a.timeout:g} s; it was sent and may still be "
+                    f"sequenced: {look}") from None
+            raise UsageError(f"{exc}; the order is in the log and stands: `seqex replay "
+                             f"out.ce.{a.symbol} --order {t.client_order_id}` shows its "
+                             "result once there is one; do not submit it again") from None
     if isinstance(outcome, Rejected):
         raise UsageError(f"order {describe(outcome, a.symbol)}")
     print(describe(outcome, a.symbol))

@@ -122,3 +122,31 @@ def test_an_unknown_kind_filter_is_refused(monkeypatch, capsys, tmp_path, verb):
                           "event") and err.count("\n") == 1
     for ok in ("Trade", "neworder", "32"):
         assert cli.kind_filter(ok) == ok
+
+
+def test_a_submit_that_times_out_says_the_order_may_still_trade(monkeypatch, capsys):
+    """The command ends when --timeout passes, but the order it sent may still be sequenced:
+    it must not advise a retry (a second order) without telling how to look for the first."""
+    from deploy import client
+
+    class Late:
+        def __init__(self, *_a):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_a):
+            pass
+
+        def submit(self, *_a, **_kw):
+            t = client.Ticket("BTCUSDT", 527, 778, 8, 1, 41, 1)
+            raise client.OutcomeTimeout("1 order(s) not acknowledged ... wait again to retry",
+                                        [t])
+    monkeypatch.setattr(client, "Client", Late)
+    assert cli.main(["--insecure", "submit", "--side", "buy", "--price", "41", "--qty", "1",
+                     "--client-order-id", "778", "--timeout", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wait again" not in err
+    assert "may still be sequenced" in err
+    assert "seqex replay in.ce.BTCUSDT --order 778" in err
