@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ MAX_SOURCE = (1 << 32) - 1
 U64, I64, U32 = (1 << 64) - 1, (1 << 63) - 1, (1 << 32) - 1
 SIDES = {"buy": codec.BUY, "sell": codec.SELL}
 TIFS = {"gtc": codec.GTC, "ioc": codec.IOC, "fok": codec.FOK}
+# read_state configures the process's CURVE identity and starts its one ZAP authenticator
+# for a cluster with keys; clients made in several threads at once take turns at it.
+_STATE_LOCK = threading.Lock()
 
 
 class ClientError(Exception):
@@ -229,7 +233,8 @@ class _Producer(Producer):
 class Client:
     def __init__(self, data_dir: str = "seqex-data", source: int | None = None,
                  connect_timeout_s: float = 10.0):
-        self.topo, _pid = read_state(data_dir)
+        with _STATE_LOCK:
+            self.topo, _pid = read_state(data_dir)
         self.data_dir = os.path.abspath(data_dir)
         self.units = decode.units_of(self.topo.symbols)
         self.connect_timeout_s = connect_timeout_s

@@ -184,3 +184,34 @@ def test_the_producers_clash_alarm_becomes_source_clash(data):
         with pytest.raises(cl.SourceClash, match="another producer uses this source id"):
             c._pump("BTCUSDT", 0)
         c.producers.clear()
+
+
+def test_clients_made_in_threads_at_once_read_the_state_one_at_a_time(monkeypatch, tmp_path):
+    """Client() reads seqex.json and, for a cluster with keys, configures the process's CURVE
+    identity and starts its one ZAP authenticator: two threads doing it at once both started
+    one, and the second died binding inproc://zeromq.zap.01 (ZMQError)."""
+    import threading
+    import time as time_
+
+    from deploy import client as client_mod
+    inside, most = [0], [0]
+    barrier = threading.Barrier(2)
+
+    def slow_read_state(_data):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time_.sleep(0.2)
+        inside[0] -= 1
+        raise LookupError("stop here")
+    monkeypatch.setattr(client_mod, "read_state", slow_read_state)
+
+    def make():
+        barrier.wait()
+        with pytest.raises(LookupError):
+            client_mod.Client(str(tmp_path))
+    threads = [threading.Thread(target=make) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
