@@ -43,6 +43,10 @@ class NotUp(Exception):
     """No running cluster in this data directory."""
 
 
+class Damaged(NotUp):
+    """The state file is there but cannot be read as a cluster's plan."""
+
+
 def backoff_s(failures: int, base_s: float = 0.5, cap_s: float = BACKOFF_CAP_S) -> float:
     """The wait before restart number `failures` (1, 2, ...) of a process that keeps dying:
     base, 2 base, 4 base, ..., at most cap."""
@@ -251,11 +255,13 @@ def read_state(data_dir: str, check_alive: bool = True) -> tuple[Topology, int]:
         raise NotUp(f"cannot read {path}: {exc.strerror}") from None
     try:
         d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON {type(d).__name__}, not an object")
         pid = int(d.get("supervisor", 0))
         topo = Topology.from_json(text)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise NotUp(f"{path} is damaged ({exc}); `seqex down --data {data_dir}` removes "
-                    "it") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise Damaged(f"{path} is damaged ({exc}); `seqex down --data {data_dir}` removes "
+                      "it") from None
     if check_alive and not _running(pid):
         raise NotUp(f"seqex is not up in {data_dir}: its supervisor (pid {pid}) is gone and "
                     f"{STATE_FILE} is stale; `seqex down --data {data_dir}` clears it")
@@ -292,10 +298,14 @@ def down(data_dir: str, timeout_s: float = 60) -> int:
     state = os.path.join(os.path.abspath(data_dir), STATE_FILE)
     try:
         _topo, pid = read_state(data_dir, check_alive=False)
-    except NotUp:
+    except NotUp as exc:
         # Still starting (no state file yet), but the lock names its supervisor.
         pid = lock_holder(data_dir)
         if pid is None:
+            if isinstance(exc, Damaged):   # nobody holds the directory: clear the wreck
+                os.remove(state)
+                print(f"no supervisor holds {data_dir}; removed its damaged {STATE_FILE}")
+                return 0
             raise
     if not _running(pid):
         os.remove(state)

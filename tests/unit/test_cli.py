@@ -150,3 +150,20 @@ def test_a_submit_that_times_out_says_the_order_may_still_trade(monkeypatch, cap
     assert err.count("\n") == 1 and "wait again" not in err
     assert "may still be sequenced" in err
     assert "seqex replay in.ce.BTCUSDT --order 778" in err
+
+
+@pytest.mark.parametrize("text", ['{"bad', "[]", '"x"', "{}", '{"supervisor": "abc"}', "null"])
+def test_a_damaged_state_file_is_one_line_and_down_removes_it(monkeypatch, capsys, tmp_path,
+                                                              text):
+    """status says the state file is damaged and that `seqex down` removes it; down does
+    (no supervisor holds the directory), rather than refusing with the same advice."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seqex.json").write_text(text)
+    assert cli.main(["status", "--data", "."]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqex status: ") and "damaged" in err and err.count("\n") == 1, err
+    assert cli.main(["down", "--data", "."]) == 0
+    assert "damaged" in capsys.readouterr().out
+    assert not (tmp_path / "seqex.json").exists()
+    assert cli.main(["status", "--data", "."]) == 2
+    assert "is not up" in capsys.readouterr().err
