@@ -65,6 +65,19 @@ def last_line(path: str) -> str:
     return lines[-1].strip()[:300] if lines else "(empty log)"
 
 
+def how_it_ended(returncode: int | None, last: str) -> str:
+    """A dead process's end in words, with its log's last line: a signal by its name (a
+    SIGKILL's log stops wherever the process was, so that line is no reason), else the
+    exit status and what it said last."""
+    if returncode is not None and returncode < 0:
+        try:
+            sig = signal.Signals(-returncode).name
+        except ValueError:
+            sig = f"signal {-returncode}"
+        return f"was killed by {sig} (its log ends: {last})"
+    return f"exited with status {returncode}: {last}"
+
+
 def lock_data_dir(data_dir: str) -> int:
     """Take the data directory's lock, or raise SupervisorError naming who holds it."""
     os.makedirs(data_dir, exist_ok=True)
@@ -210,8 +223,8 @@ class Supervisor:
                     continue
                 wait = backoff_s(self.failures[name], self.backoff_base_s)
                 self.due_at[name] = now + wait
-                print(f"  {name} exited ({proc.popen.returncode}): "
-                      f"{last_line(proc.log_path)}; restarting in {wait:g} s "
+                print(f"  {name} {how_it_ended(proc.popen.returncode, last_line(proc.log_path))}"
+                      f"; restarting in {wait:g} s "
                       f"(failure {self.failures[name]} of {self.max_restarts})", flush=True)
                 continue
             if now >= due:

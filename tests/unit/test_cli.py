@@ -167,3 +167,14 @@ def test_a_damaged_state_file_is_one_line_and_down_removes_it(monkeypatch, capsy
     assert not (tmp_path / "seqex.json").exists()
     assert cli.main(["status", "--data", "."]) == 2
     assert "is not up" in capsys.readouterr().err
+
+
+def test_the_supervisor_says_how_a_process_ended():
+    """`exited (-9): ... INFO hot replica from seq 1` read as if the process had stopped with
+    that line; a signal is named as one."""
+    from deploy.supervisor import how_it_ended
+    assert how_it_ended(-9, "x INFO started") == "was killed by SIGKILL (its log ends: x INFO " \
+        "started)"
+    assert how_it_ended(-200, "y") == "was killed by signal 200 (its log ends: y)"
+    assert how_it_ended(2, "seqex replica: ZeroMQ: Address already in use") == \
+        "exited with status 2: seqex replica: ZeroMQ: Address already in use"
