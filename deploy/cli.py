@@ -261,8 +261,15 @@ def _resume_point(path: str) -> int:
     with open(path, "rb+") as f:
         data = f.read()
         end = data.rfind(b"\n") + 1
-        f.truncate(end)
         lines = data[:end].splitlines()
+        if lines:
+            # Check before cutting anything: a file of another format is left as it is.
+            fields = lines[-1].split()
+            if len(fields) != 4 or not all(x.isdigit() for x in fields) or int(fields[0]) < 1:
+                raise UsageError(f"{path}: its last line {lines[-1][:60]!r} is not "
+                                 "'seq source source_seq kind': not a file `seqex tail --out` "
+                                 "wrote; give another --out")
+        f.truncate(end)
     return int(lines[-1].split()[0]) + 1 if lines else 1
 
 

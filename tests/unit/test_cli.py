@@ -178,3 +178,15 @@ def test_the_supervisor_says_how_a_process_ended():
     assert how_it_ended(-200, "y") == "was killed by signal 200 (its log ends: y)"
     assert how_it_ended(2, "seqex replica: ZeroMQ: Address already in use") == \
         "exited with status 2: seqex replica: ZeroMQ: Address already in use"
+
+
+@pytest.mark.parametrize("text", [b"abc def\n", b"\xff\xfe\n", b"-5 1 1 16\n"])
+def test_a_tail_out_file_of_another_format_is_named(tmp_path, text):
+    """tail --out resumes after the last line's seq; a file that is not tail's said only
+    "invalid literal for int() with base 10: b'abc'"."""
+    path = tmp_path / "out.txt"
+    path.write_bytes(b"1 5 1 16\n" + text)
+    with pytest.raises(cli.UsageError, match=r"out.txt: its last line .* is not "
+                       r"'seq source source_seq kind'"):
+        cli._resume_point(str(path))
+    assert path.read_bytes() == b"1 5 1 16\n" + text   # left as it was
