@@ -237,6 +237,15 @@ class _StreamView:
         raise UsageError(f"unknown stream {self.a.stream!r}: no replicator at "
                          f"{', '.join(self.replicators)} holds it")
 
+    def first_answering(self) -> str:
+        """The first replicator that answers a PING; UsageError when none does."""
+        from mq.control import ping
+        for addr in self.replicators:
+            if ping(addr, timeout_s=2.0) is not None:
+                return addr
+        raise UsageError(f"no replicator answers ({', '.join(self.replicators)}): is the "
+                         "cluster up? (`seqex status`)")
+
     def _not_replicated(self) -> bool:
         sym = self.topo.symbol_of_stream(self.a.stream)
         mirror = next((p for p in self.topo.procs if p.role == "mirror"
@@ -392,10 +401,8 @@ def _rebuild(a: argparse.Namespace) -> int:
             raise UsageError(f"--rebuild: the cluster in {a.data} has no configuration for "
                              f"{a.stream}; give --engine-config")
         config = sym["engine"]
-    replicator = a.replicator or (topo.replicator_addrs()[0] if topo else None)
-    if replicator is None:
-        from deploy.supervisor import read_state
-        replicator = read_state(a.data)[0].replicator_addrs()[0]
+    # Read from a replicator that answers (a frozen or dead one would time out).
+    replicator = _StreamView(a, need_pub=False).first_answering()
     try:
         eng, _restore = ENGINES[engine](config)
     except (TypeError, ValueError, KeyError) as exc:

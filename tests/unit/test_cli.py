@@ -190,3 +190,30 @@ def test_a_tail_out_file_of_another_format_is_named(tmp_path, text):
                        r"'seq source source_seq kind'"):
         cli._resume_point(str(path))
     assert path.read_bytes() == b"1 5 1 16\n" + text   # left as it was
+
+
+def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_path):
+    """replay --rebuild read from the first replicator of the topology, answering or not: with
+    replicator0 frozen it failed after 10 s while replicator1 held the whole log."""
+    import json as json_
+    import os as os_
+
+    from deploy import topology
+    from mq import control
+    topo = topology.load(None, str(tmp_path), 9100)
+    state = json_.loads(topo.to_json())
+    state["supervisor"] = os_.getpid()
+    (tmp_path / "seqex.json").write_text(json_.dumps(state))
+    r0, r1 = topo.replicator_addrs()
+    monkeypatch.setattr(control, "ping", lambda addr, timeout_s=1.0: None if addr == r0 else
+                        {"streams": {"in.ce.BTCUSDT": {"commit": 0}}})
+    read_from = []
+
+    def replay(addr, *_a, **_kw):
+        read_from.append(addr)
+        return iter(())
+    monkeypatch.setattr(control, "replay", replay)
+    assert cli.main(["--insecure", "replay", "in.ce.BTCUSDT", "--rebuild", "--data",
+                     str(tmp_path)]) == 0
+    assert read_from == [r1]
+    assert '"seq": 0' in capsys.readouterr().out
