@@ -558,7 +558,14 @@ def describe(o: Outcome, symbol: str) -> str:
         return (f"rejected at seq {o.seq} (client order id {o.client_order_id}): {o.text} "
                 f"(code {o.code} {o.reason})")
     if isinstance(o, Filled):
-        parts = ", ".join(f"{f(x.qty)} @ {f(x.price)}" for x in o.fills)
+        # One part per price (in the order the prices were first hit), not one per maker.
+        by_price: dict[Decimal, list] = {}
+        for x in o.fills:
+            by_price.setdefault(x.price, [Decimal(0), 0])
+            by_price[x.price][0] += x.qty
+            by_price[x.price][1] += 1
+        parts = ", ".join(f"{f(q)} @ {f(p)}{f' in {n} fills' if n > 1 else ''}"
+                          for p, (q, n) in by_price.items())
         rest = []
         if o.resting:
             rest.append(f"{f(o.resting)} resting on the book")

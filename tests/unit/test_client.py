@@ -215,3 +215,14 @@ def test_clients_made_in_threads_at_once_read_the_state_one_at_a_time(monkeypatc
     for t in threads:
         t.join()
     assert most[0] == 1
+
+
+def test_fills_at_one_price_are_one_part_of_the_line():
+    """A taker that sweeps many makers at one price printed '1 @ 2000' once per maker: a
+    market order through 1,000 resting orders gave a line of 1,000 parts."""
+    fills = tuple(cl.Fill(Decimal(p), Decimal(1), i, i) for i, p in
+                  enumerate(["2000"] * 1000 + ["2001", "2001", "2000.5"]))
+    o = cl.Filled(7, 1, 2, Decimal("2000.0039"), Decimal(1003), fills, Decimal(0), Decimal(0))
+    line = cl.describe(o, "BTCUSDT")
+    assert "(1000 @ 2000 in 1000 fills, 2 @ 2001 in 2 fills, 1 @ 2000.5)" in line
+    assert len(line) < 200
