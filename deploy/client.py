@@ -354,6 +354,9 @@ class Client:
     def send_many(self, symbol: str, orders: Iterable[dict]) -> list[Ticket]:
         """Queue orders (dicts of send's arguments) as one batch; their tickets, in order.
         Every order is checked before any is sent."""
+        if self._lock_fd is None:
+            raise ClientError(f"this client (source {self.source}) is closed: its source id "
+                              "is free for other clients; make a new Client")
         checked = []
         tickets: list[Ticket | None] = []
         for o in orders:
@@ -400,6 +403,9 @@ class Client:
             todo = [t for t in tickets if t.outcome is None]
             if not todo:
                 return [t.outcome for t in tickets]  # type: ignore[misc]
+            if self._lock_fd is None:
+                raise ClientError(f"this client (source {self.source}) is closed: the "
+                                  f"outcomes of {len(todo)} order(s) were not read")
             now = time.monotonic()
             if now > deadline:
                 raise OutcomeTimeout(self._late(todo, timeout_s), todo)

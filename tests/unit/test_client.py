@@ -226,3 +226,23 @@ def test_fills_at_one_price_are_one_part_of_the_line():
     line = cl.describe(o, "BTCUSDT")
     assert "(1000 @ 2000 in 1000 fills, 2 @ 2001 in 2 fills, 1 @ 2000.5)" in line
     assert len(line) < 200
+
+
+def test_a_closed_client_sends_nothing(data):
+    """close() frees the source id for the next client; a closed client that kept sending
+    would share that id with it (a source clash, or one's order taken for the other's)."""
+    c = cl.Client(data)
+    c.close()
+    c.close()   # twice is fine
+    for call in (lambda: c.send("BTCUSDT", "buy", "0.001", "1"),
+                 lambda: c.send_many("BTCUSDT", [dict(side="buy", qty="0.001", price="1")]),
+                 lambda: c.submit("BTCUSDT", "buy", "0.001", "1")):
+        with pytest.raises(cl.ClientError, match=rf"this client \(source {c.source}\) is "
+                                                 "closed"):
+            call()
+    with pytest.raises(cl.ClientError, match="is closed"):   # was a KeyError
+        c.wait([cl.Ticket("BTCUSDT", 1, 1, 1, codec.BUY, 2, 1)], 0.1)
+    with cl.Client(data) as d:
+        pass
+    with pytest.raises(cl.ClientError, match="is closed"):
+        d.send("BTCUSDT", "buy", "0.001", "1")
