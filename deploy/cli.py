@@ -22,6 +22,24 @@ import time
 SRC_PAYLOAD = "<QQ"  # produce's payload prefix: (source_seq, send time ns), then padding
 
 
+def _die_with_parent() -> None:
+    """A supervisor's child (SEQEX_PARENT names the supervisor's pid) gets SIGTERM when the
+    supervisor dies, however it dies: a SIGKILLed `seqex up` must not leave its processes
+    running with their ports and no state file to find them by (Linux prctl)."""
+    parent = os.environ.pop("SEQEX_PARENT", None)
+    if not parent or not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError) as exc:
+        logging.warning("cannot end with the supervisor: %s", exc)
+        return
+    if os.getppid() != int(parent):   # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _pin() -> None:
     cpu = os.environ.get("SEQEX_CPU")
     if cpu is not None and hasattr(os, "sched_setaffinity"):
@@ -819,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         verb = f"seqex {args.verb}"
         from deploy import keys
         keys.setup(args)
+        _die_with_parent()
         _pin()
         return args.fn(args)
     except BrokenPipeError:

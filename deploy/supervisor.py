@@ -125,7 +125,8 @@ class Supervisor:
                  backoff_base_s: float = 0.5, title: str = "seqex up"):
         self.topo = topo
         self.host = host
-        self.group = Group(os.path.join(topo.data_dir, "logs"))
+        # Children end with the supervisor, however it ends (a SIGKILL included).
+        self.group = Group(os.path.join(topo.data_dir, "logs"), die_with_parent=True)
         self.procs: dict[str, Proc] = {}
         self.running = True
         self.max_restarts = max_restarts
