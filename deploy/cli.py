@@ -419,12 +419,12 @@ def _rebuild(a: argparse.Namespace) -> int:
             raise UsageError(f"--rebuild: the cluster in {a.data} has no configuration for "
                              f"{a.stream}; give --engine-config")
         config = sym["engine"]
-    # Read from a replicator that answers (a frozen or dead one would time out).
-    replicator = _StreamView(a, need_pub=False).first_answering()
     try:
         eng, _restore = ENGINES[engine](config)
     except (TypeError, ValueError, KeyError) as exc:
         raise UsageError(f"--engine-config does not fit the {engine}: {exc}") from None
+    # Read from a replicator that answers (a frozen or dead one would time out).
+    replicator = _StreamView(a, need_pub=False).first_answering()
     last, started = 0, time.monotonic()
     for frame in replay(replicator, a.stream, 1, a.to):
         eng.apply_frame(frame)
