@@ -22,6 +22,24 @@ import time
 SRC_PAYLOAD = "<QQ"  # produce's payload prefix: (source_seq, send time ns), then padding
 
 
+def _die_with_parent() -> None:
+    """A supervisor's child (SEQEX_PARENT names the supervisor's pid) gets SIGTERM when the
+    supervisor dies, however it dies: a SIGKILLed `seqex up` must not leave its processes
+    running with their ports and no state file to find them by (Linux prctl)."""
+    parent = os.environ.pop("SEQEX_PARENT", None)
+    if not parent or not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError) as exc:
+        logging.warning("cannot end with the supervisor: %s", exc)
+        return
+    if os.getppid() != int(parent):   # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _pin() -> None:
     cpu = os.environ.get("SEQEX_CPU")
     if cpu is not None and hasattr(os, "sched_setaffinity"):
@@ -181,7 +199,9 @@ class _StreamView:
         self.a = a
         self.decode = decode
         self.topo = None
-        self.replicators = list(a.replicator or [])
+        # tail's --replicator repeats (a list); replay's is one address (a str)
+        self.replicators = [a.replicator] if isinstance(a.replicator, str) \
+            else list(a.replicator or [])
         self.pub = getattr(a, "pub", None)
         if not self.replicators or (need_pub and not self.pub):
             from deploy.supervisor import read_state
@@ -235,6 +255,15 @@ class _StreamView:
         raise UsageError(f"unknown stream {self.a.stream!r}: no replicator at "
                          f"{', '.join(self.replicators)} holds it")
 
+    def first_answering(self) -> str:
+        """The first replicator that answers a PING; UsageError when none does."""
+        from mq.control import ping
+        for addr in self.replicators:
+            if ping(addr, timeout_s=2.0) is not None:
+                return addr
+        raise UsageError(f"no replicator answers ({', '.join(self.replicators)}): is the "
+                         "cluster up? (`seqex status`)")
+
     def _not_replicated(self) -> bool:
         sym = self.topo.symbol_of_stream(self.a.stream)
         mirror = next((p for p in self.topo.procs if p.role == "mirror"
@@ -259,8 +288,15 @@ def _resume_point(path: str) -> int:
     with open(path, "rb+") as f:
         data = f.read()
         end = data.rfind(b"\n") + 1
-        f.truncate(end)
         lines = data[:end].splitlines()
+        if lines:
+            # Check before cutting anything: a file of another format is left as it is.
+            fields = lines[-1].split()
+            if len(fields) != 4 or not all(x.isdigit() for x in fields) or int(fields[0]) < 1:
+                raise UsageError(f"{path}: its last line {lines[-1][:60]!r} is not "
+                                 "'seq source source_seq kind': not a file `seqex tail --out` "
+                                 "wrote; give another --out")
+        f.truncate(end)
     return int(lines[-1].split()[0]) + 1 if lines else 1
 
 
@@ -298,15 +334,30 @@ def cmd_submit(a: argparse.Namespace) -> int:
     """One order into in.ce.SYMBOL; prints its outcome from out.ce.SYMBOL: accepted (resting),
     filled (price and quantity), expired, or rejected with the reason in words (on stderr,
     exit status 2). Prices and quantities are in the contract's units."""
-    from deploy.client import Client, Rejected, describe
+    from deploy.client import Client, OutcomeTimeout, Rejected, describe
     if a.market and a.price is not None:
         raise UsageError("a market order takes no --price")
     if not a.market and a.price is None:
         raise UsageError("--price is required for a limit order (or give --market)")
     with Client(a.data, a.source) as client:
         tif = a.tif or ("ioc" if a.market else "gtc")
-        outcome = client.submit(a.symbol, a.side, a.qty, a.price, a.account, a.market, tif,
-                                a.client_order_id, timeout_s=a.timeout)
+        try:
+            outcome = client.submit(a.symbol, a.side, a.qty, a.price, a.account, a.market,
+                                    tif, a.client_order_id, timeout_s=a.timeout)
+        except OutcomeTimeout as exc:
+            # This command ends here, but what it sent may still be sequenced: a second
+            # submit would be a second order. Say how to find the first.
+            t = exc.pending[0]
+            look = (f"`seqex replay in.ce.{a.symbol} --order {t.client_order_id}` shows it "
+                    "once it is; do not submit it again before you have looked")
+            if t.seq is None:
+                raise UsageError(
+                    f"no acknowledgement of the order (client order id {t.client_order_id}) "
+                    f"from the sequencer in {a.timeout:g} s; it was sent and may still be "
+                    f"sequenced: {look}") from None
+            raise UsageError(f"{exc}; the order is in the log and stands: `seqex replay "
+                             f"out.ce.{a.symbol} --order {t.client_order_id}` shows its "
+                             "result once there is one; do not submit it again") from None
     if isinstance(outcome, Rejected):
         raise UsageError(f"order {describe(outcome, a.symbol)}")
     print(describe(outcome, a.symbol))
@@ -368,14 +419,12 @@ def _rebuild(a: argparse.Namespace) -> int:
             raise UsageError(f"--rebuild: the cluster in {a.data} has no configuration for "
                              f"{a.stream}; give --engine-config")
         config = sym["engine"]
-    replicator = a.replicator or (topo.replicator_addrs()[0] if topo else None)
-    if replicator is None:
-        from deploy.supervisor import read_state
-        replicator = read_state(a.data)[0].replicator_addrs()[0]
     try:
         eng, _restore = ENGINES[engine](config)
     except (TypeError, ValueError, KeyError) as exc:
         raise UsageError(f"--engine-config does not fit the {engine}: {exc}") from None
+    # Read from a replicator that answers (a frozen or dead one would time out).
+    replicator = _StreamView(a, need_pub=False).first_answering()
     last, started = 0, time.monotonic()
     for frame in replay(replicator, a.stream, 1, a.to):
         eng.apply_frame(frame)
@@ -534,6 +583,19 @@ def decimal_arg(text: str) -> str:
     return text
 
 
+def kind_filter(text: str) -> str:
+    """--kind: a command or event name some codec knows (any case), or a kind number; a
+    name nobody knows would filter out every record without a word."""
+    from deploy import decode
+    if re.fullmatch(r"\d{1,5}", text) and int(text) <= 65_535:
+        return text
+    if text.lower() not in decode.known_names():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a command or event name (e.g. NewOrder, OrderAccepted, Trade, "
+            "OrderRejected) nor a kind number")
+    return text
+
+
 def json_object(text: str) -> str:
     try:
         value = json.loads(text)
@@ -657,7 +719,7 @@ def parser() -> Parser:
     def view_args(s: argparse.ArgumentParser) -> None:
         s.add_argument("--json", action="store_true", help="one JSON object per record")
         s.add_argument("--ticks", action="store_true", help="show the idle Ticks too")
-        s.add_argument("--kind", help="only records with this command or event "
+        s.add_argument("--kind", type=kind_filter, help="only records with this command or event "
                        "(e.g. NewOrder, Trade, OrderRejected; any case) or kind number")
         s.add_argument("--account", type=int_range(0, (1 << 32) - 1),
                        help="only records that name this account")
@@ -775,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         verb = f"seqex {args.verb}"
         from deploy import keys
         keys.setup(args)
+        _die_with_parent()
         _pin()
         return args.fn(args)
     except BrokenPipeError:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ MAX_SOURCE = (1 << 32) - 1
 U64, I64, U32 = (1 << 64) - 1, (1 << 63) - 1, (1 << 32) - 1
 SIDES = {"buy": codec.BUY, "sell": codec.SELL}
 TIFS = {"gtc": codec.GTC, "ioc": codec.IOC, "fok": codec.FOK}
+# read_state configures the process's CURVE identity and starts its one ZAP authenticator
+# for a cluster with keys; clients made in several threads at once take turns at it.
+_STATE_LOCK = threading.Lock()
 
 
 class ClientError(Exception):
@@ -229,7 +233,8 @@ class _Producer(Producer):
 class Client:
     def __init__(self, data_dir: str = "seqex-data", source: int | None = None,
                  connect_timeout_s: float = 10.0):
-        self.topo, _pid = read_state(data_dir)
+        with _STATE_LOCK:
+            self.topo, _pid = read_state(data_dir)
         self.data_dir = os.path.abspath(data_dir)
         self.units = decode.units_of(self.topo.symbols)
         self.connect_timeout_s = connect_timeout_s
@@ -349,6 +354,9 @@ class Client:
     def send_many(self, symbol: str, orders: Iterable[dict]) -> list[Ticket]:
         """Queue orders (dicts of send's arguments) as one batch; their tickets, in order.
         Every order is checked before any is sent."""
+        if self._lock_fd is None:
+            raise ClientError(f"this client (source {self.source}) is closed: its source id "
+                              "is free for other clients; make a new Client")
         checked = []
         tickets: list[Ticket | None] = []
         for o in orders:
@@ -395,6 +403,9 @@ class Client:
             todo = [t for t in tickets if t.outcome is None]
             if not todo:
                 return [t.outcome for t in tickets]  # type: ignore[misc]
+            if self._lock_fd is None:
+                raise ClientError(f"this client (source {self.source}) is closed: the "
+                                  f"outcomes of {len(todo)} order(s) were not read")
             now = time.monotonic()
             if now > deadline:
                 raise OutcomeTimeout(self._late(todo, timeout_s), todo)
@@ -553,7 +564,14 @@ def describe(o: Outcome, symbol: str) -> str:
         return (f"rejected at seq {o.seq} (client order id {o.client_order_id}): {o.text} "
                 f"(code {o.code} {o.reason})")
     if isinstance(o, Filled):
-        parts = ", ".join(f"{f(x.qty)} @ {f(x.price)}" for x in o.fills)
+        # One part per price (in the order the prices were first hit), not one per maker.
+        by_price: dict[Decimal, list] = {}
+        for x in o.fills:
+            by_price.setdefault(x.price, [Decimal(0), 0])
+            by_price[x.price][0] += x.qty
+            by_price[x.price][1] += 1
+        parts = ", ".join(f"{f(q)} @ {f(p)}{f' in {n} fills' if n > 1 else ''}"
+                          for p, (q, n) in by_price.items())
         rest = []
         if o.resting:
             rest.append(f"{f(o.resting)} resting on the book")

@@ -443,6 +443,14 @@ def _walk(d: Any):
             yield from _walk(v)
 
 
+def known_names() -> set[str]:
+    """Every command and event name the codecs give, lower case (what --kind accepts)."""
+    names = {"tick", "malformed"} | {n.lower() for n, *_ in CE_COMMANDS.values()}
+    for table in (ce.EVENT_NAMES, te.COMMAND_NAMES, te.EVENT_NAMES):
+        names |= {str(n).lower() for n in table.values()}
+    return names
+
+
 def matches(d: dict[str, Any], kind: str | None = None, account: int | None = None,
             order: int | None = None) -> bool:
     """--kind NAME (a command or event name, any case, or a kind number), --account N

@@ -34,8 +34,10 @@ def tcp() -> str:
 class Proc:
     """One `python -m deploy.cli ...` child, its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], log_dir: str, cpu: int | None = None):
+    def __init__(self, name: str, args: list[str], log_dir: str, cpu: int | None = None,
+                 die_with_parent: bool = False):
         self.name = name
+        self.die_with_parent = die_with_parent
         self.args = args
         self.log_path = os.path.join(log_dir, f"{name}.log")
         self.cpu = cpu
@@ -46,6 +48,8 @@ class Proc:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.cpu is not None:
             env["SEQEX_CPU"] = str(self.cpu)
+        if self.die_with_parent:   # deploy/cli.py: SIGTERM when this process dies
+            env["SEQEX_PARENT"] = str(os.getpid())
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen([sys.executable, "-m", "deploy.cli", *self.args],
                                           stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -81,13 +85,14 @@ class Proc:
 class Group:
     """Processes started together and stopped together, even when a test fails."""
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, die_with_parent: bool = False):
         self.log_dir = log_dir
+        self.die_with_parent = die_with_parent
         os.makedirs(log_dir, exist_ok=True)
         self.procs: list[Proc] = []
 
     def spawn(self, name: str, args: list[str], cpu: int | None = None) -> Proc:
-        proc = Proc(name, args, self.log_dir, cpu)
+        proc = Proc(name, args, self.log_dir, cpu, self.die_with_parent)
         self.procs.append(proc)
         return proc
 

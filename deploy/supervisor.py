@@ -43,6 +43,10 @@ class NotUp(Exception):
     """No running cluster in this data directory."""
 
 
+class Damaged(NotUp):
+    """The state file is there but cannot be read as a cluster's plan."""
+
+
 def backoff_s(failures: int, base_s: float = 0.5, cap_s: float = BACKOFF_CAP_S) -> float:
     """The wait before restart number `failures` (1, 2, ...) of a process that keeps dying:
     base, 2 base, 4 base, ..., at most cap."""
@@ -59,6 +63,19 @@ def last_line(path: str) -> str:
     except OSError:
         return "(no log)"
     return lines[-1].strip()[:300] if lines else "(empty log)"
+
+
+def how_it_ended(returncode: int | None, last: str) -> str:
+    """A dead process's end in words, with its log's last line: a signal by its name (a
+    SIGKILL's log stops wherever the process was, so that line is no reason), else the
+    exit status and what it said last."""
+    if returncode is not None and returncode < 0:
+        try:
+            sig = signal.Signals(-returncode).name
+        except ValueError:
+            sig = f"signal {-returncode}"
+        return f"was killed by {sig} (its log ends: {last})"
+    return f"exited with status {returncode}: {last}"
 
 
 def lock_data_dir(data_dir: str) -> int:
@@ -108,7 +125,8 @@ class Supervisor:
                  backoff_base_s: float = 0.5, title: str = "seqex up"):
         self.topo = topo
         self.host = host
-        self.group = Group(os.path.join(topo.data_dir, "logs"))
+        # Children end with the supervisor, however it ends (a SIGKILL included).
+        self.group = Group(os.path.join(topo.data_dir, "logs"), die_with_parent=True)
         self.procs: dict[str, Proc] = {}
         self.running = True
         self.max_restarts = max_restarts
@@ -206,8 +224,8 @@ class Supervisor:
                     continue
                 wait = backoff_s(self.failures[name], self.backoff_base_s)
                 self.due_at[name] = now + wait
-                print(f"  {name} exited ({proc.popen.returncode}): "
-                      f"{last_line(proc.log_path)}; restarting in {wait:g} s "
+                print(f"  {name} {how_it_ended(proc.popen.returncode, last_line(proc.log_path))}"
+                      f"; restarting in {wait:g} s "
                       f"(failure {self.failures[name]} of {self.max_restarts})", flush=True)
                 continue
             if now >= due:
@@ -251,11 +269,13 @@ def read_state(data_dir: str, check_alive: bool = True) -> tuple[Topology, int]:
         raise NotUp(f"cannot read {path}: {exc.strerror}") from None
     try:
         d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError(f"a JSON {type(d).__name__}, not an object")
         pid = int(d.get("supervisor", 0))
         topo = Topology.from_json(text)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise NotUp(f"{path} is damaged ({exc}); `seqex down --data {data_dir}` removes "
-                    "it") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise Damaged(f"{path} is damaged ({exc}); `seqex down --data {data_dir}` removes "
+                      "it") from None
     if check_alive and not _running(pid):
         raise NotUp(f"seqex is not up in {data_dir}: its supervisor (pid {pid}) is gone and "
                     f"{STATE_FILE} is stale; `seqex down --data {data_dir}` clears it")
@@ -292,10 +312,14 @@ def down(data_dir: str, timeout_s: float = 60) -> int:
     state = os.path.join(os.path.abspath(data_dir), STATE_FILE)
     try:
         _topo, pid = read_state(data_dir, check_alive=False)
-    except NotUp:
+    except NotUp as exc:
         # Still starting (no state file yet), but the lock names its supervisor.
         pid = lock_holder(data_dir)
         if pid is None:
+            if isinstance(exc, Damaged):   # nobody holds the directory: clear the wreck
+                os.remove(state)
+                print(f"no supervisor holds {data_dir}; removed its damaged {STATE_FILE}")
+                return 0
             raise
     if not _running(pid):
         os.remove(state)

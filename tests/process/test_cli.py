@@ -542,3 +542,42 @@ def _try_bind(sock: socket.socket, host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_supervisors_children_end_with_it(tmp_path):
+    """A SIGKILLed `seqex up` left its seven children running, holding their ports, and
+    `seqex down` then only removed the state file: nothing could stop them but kill by pid.
+    A supervisor's children now get SIGTERM when it dies, however it dies."""
+    import time
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from deploy.procs import Group
+        g = Group({str(tmp_path)!r}, die_with_parent=True)
+        p = g.spawn("tail", ["--insecure", "tail", "in.demo", "--pub", "tcp://127.0.0.1:9",
+                             "--replicator", "tcp://127.0.0.1:9", "--out",
+                             {str(tmp_path / "o.txt")!r}])
+        print(p.popen.pid, flush=True)
+        time.sleep(600)
+        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = int(parent.stdout.readline())
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return not any(x.startswith("State:") and "Z" in x.split()[1] for x in f)
+        except OSError:
+            return False
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "tail.log").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)   # let the child get past its start
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(child), "the child outlived its supervisor"
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -96,3 +96,124 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(monkeypatch, capsys):
 def test_the_engine_names_are_the_replica_hosts():
     from deploy.engines import ENGINES
     assert tuple(sorted(ENGINES)) == cli.ENGINE_NAMES
+
+
+def test_replay_takes_one_replicator_address_whole(monkeypatch, capsys, tmp_path):
+    """`replay --replicator ADDR` is one address, not a list of its characters."""
+    monkeypatch.chdir(tmp_path)   # no seqex-data here: no keys, no cluster
+    assert cli.main(["--insecure", "replay", "in.demo", "--replicator", "tcp://127.0.0.1:9",
+                     "--from", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("seqex replay: no replicator answers (tcp://127.0.0.1:9): is the cluster up? "
+                   "(`seqex status`)\n")
+
+
+@pytest.mark.parametrize("verb", ["replay", "tail"])
+def test_an_unknown_kind_filter_is_refused(monkeypatch, capsys, tmp_path, verb):
+    """--kind with a name no codec knows would print nothing at all: say so instead."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--insecure", verb, "in.demo", "--replicator", "tcp://127.0.0.1:9"]
+    argv += ["--pub", "tcp://127.0.0.1:9"] if verb == "tail" else []
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv + ["--kind", "nosuchkind"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"seqex {verb}: argument --kind: 'nosuchkind' is not a command or "
+                          "event") and err.count("\n") == 1
+    for ok in ("Trade", "neworder", "32"):
+        assert cli.kind_filter(ok) == ok
+
+
+def test_a_submit_that_times_out_says_the_order_may_still_trade(monkeypatch, capsys):
+    """The command ends when --timeout passes, but the order it sent may still be sequenced:
+    it must not advise a retry (a second order) without telling how to look for the first."""
+    from deploy import client
+
+    class Late:
+        def __init__(self, *_a):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_a):
+            pass
+
+        def submit(self, *_a, **_kw):
+            t = client.Ticket("BTCUSDT", 527, 778, 8, 1, 41, 1)
+            raise client.OutcomeTimeout("1 order(s) not acknowledged ... wait again to retry",
+                                        [t])
+    monkeypatch.setattr(client, "Client", Late)
+    assert cli.main(["--insecure", "submit", "--side", "buy", "--price", "41", "--qty", "1",
+                     "--client-order-id", "778", "--timeout", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wait again" not in err
+    assert "may still be sequenced" in err
+    assert "seqex replay in.ce.BTCUSDT --order 778" in err
+
+
+@pytest.mark.parametrize("text", ['{"bad', "[]", '"x"', "{}", '{"supervisor": "abc"}', "null"])
+def test_a_damaged_state_file_is_one_line_and_down_removes_it(monkeypatch, capsys, tmp_path,
+                                                              text):
+    """status says the state file is damaged and that `seqex down` removes it; down does
+    (no supervisor holds the directory), rather than refusing with the same advice."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seqex.json").write_text(text)
+    assert cli.main(["status", "--data", "."]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqex status: ") and "damaged" in err and err.count("\n") == 1, err
+    assert cli.main(["down", "--data", "."]) == 0
+    assert "damaged" in capsys.readouterr().out
+    assert not (tmp_path / "seqex.json").exists()
+    assert cli.main(["status", "--data", "."]) == 2
+    assert "is not up" in capsys.readouterr().err
+
+
+def test_the_supervisor_says_how_a_process_ended():
+    """`exited (-9): ... INFO hot replica from seq 1` read as if the process had stopped with
+    that line; a signal is named as one."""
+    from deploy.supervisor import how_it_ended
+    assert how_it_ended(-9, "x INFO started") == "was killed by SIGKILL (its log ends: x INFO " \
+        "started)"
+    assert how_it_ended(-200, "y") == "was killed by signal 200 (its log ends: y)"
+    assert how_it_ended(2, "seqex replica: ZeroMQ: Address already in use") == \
+        "exited with status 2: seqex replica: ZeroMQ: Address already in use"
+
+
+@pytest.mark.parametrize("text", [b"abc def\n", b"\xff\xfe\n", b"-5 1 1 16\n"])
+def test_a_tail_out_file_of_another_format_is_named(tmp_path, text):
+    """tail --out resumes after the last line's seq; a file that is not tail's said only
+    "invalid literal for int() with base 10: b'abc'"."""
+    path = tmp_path / "out.txt"
+    path.write_bytes(b"1 5 1 16\n" + text)
+    with pytest.raises(cli.UsageError, match=r"out.txt: its last line .* is not "
+                       r"'seq source source_seq kind'"):
+        cli._resume_point(str(path))
+    assert path.read_bytes() == b"1 5 1 16\n" + text   # left as it was
+
+
+def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_path):
+    """replay --rebuild read from the first replicator of the topology, answering or not: with
+    replicator0 frozen it failed after 10 s while replicator1 held the whole log."""
+    import json as json_
+    import os as os_
+
+    from deploy import topology
+    from mq import control
+    topo = topology.load(None, str(tmp_path), 9100)
+    state = json_.loads(topo.to_json())
+    state["supervisor"] = os_.getpid()
+    (tmp_path / "seqex.json").write_text(json_.dumps(state))
+    r0, r1 = topo.replicator_addrs()
+    monkeypatch.setattr(control, "ping", lambda addr, timeout_s=1.0: None if addr == r0 else
+                        {"streams": {"in.ce.BTCUSDT": {"commit": 0}}})
+    read_from = []
+
+    def replay(addr, *_a, **_kw):
+        read_from.append(addr)
+        return iter(())
+    monkeypatch.setattr(control, "replay", replay)
+    assert cli.main(["--insecure", "replay", "in.ce.BTCUSDT", "--rebuild", "--data",
+                     str(tmp_path)]) == 0
+    assert read_from == [r1]
+    assert '"seq": 0' in capsys.readouterr().out

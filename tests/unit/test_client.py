@@ -184,3 +184,65 @@ def test_the_producers_clash_alarm_becomes_source_clash(data):
         with pytest.raises(cl.SourceClash, match="another producer uses this source id"):
             c._pump("BTCUSDT", 0)
         c.producers.clear()
+
+
+def test_clients_made_in_threads_at_once_read_the_state_one_at_a_time(monkeypatch, tmp_path):
+    """Client() reads seqex.json and, for a cluster with keys, configures the process's CURVE
+    identity and starts its one ZAP authenticator: two threads doing it at once both started
+    one, and the second died binding inproc://zeromq.zap.01 (ZMQError)."""
+    import threading
+    import time as time_
+
+    from deploy import client as client_mod
+    inside, most = [0], [0]
+    barrier = threading.Barrier(2)
+
+    def slow_read_state(_data):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time_.sleep(0.2)
+        inside[0] -= 1
+        raise LookupError("stop here")
+    monkeypatch.setattr(client_mod, "read_state", slow_read_state)
+
+    def make():
+        barrier.wait()
+        with pytest.raises(LookupError):
+            client_mod.Client(str(tmp_path))
+    threads = [threading.Thread(target=make) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
+
+
+def test_fills_at_one_price_are_one_part_of_the_line():
+    """A taker that sweeps many makers at one price printed '1 @ 2000' once per maker: a
+    market order through 1,000 resting orders gave a line of 1,000 parts."""
+    fills = tuple(cl.Fill(Decimal(p), Decimal(1), i, i) for i, p in
+                  enumerate(["2000"] * 1000 + ["2001", "2001", "2000.5"]))
+    o = cl.Filled(7, 1, 2, Decimal("2000.0039"), Decimal(1003), fills, Decimal(0), Decimal(0))
+    line = cl.describe(o, "BTCUSDT")
+    assert "(1000 @ 2000 in 1000 fills, 2 @ 2001 in 2 fills, 1 @ 2000.5)" in line
+    assert len(line) < 200
+
+
+def test_a_closed_client_sends_nothing(data):
+    """close() frees the source id for the next client; a closed client that kept sending
+    would share that id with it (a source clash, or one's order taken for the other's)."""
+    c = cl.Client(data)
+    c.close()
+    c.close()   # twice is fine
+    for call in (lambda: c.send("BTCUSDT", "buy", "0.001", "1"),
+                 lambda: c.send_many("BTCUSDT", [dict(side="buy", qty="0.001", price="1")]),
+                 lambda: c.submit("BTCUSDT", "buy", "0.001", "1")):
+        with pytest.raises(cl.ClientError, match=rf"this client \(source {c.source}\) is "
+                                                 "closed"):
+            call()
+    with pytest.raises(cl.ClientError, match="is closed"):   # was a KeyError
+        c.wait([cl.Ticket("BTCUSDT", 1, 1, 1, codec.BUY, 2, 1)], 0.1)
+    with cl.Client(data) as d:
+        pass
+    with pytest.raises(cl.ClientError, match="is closed"):
+        d.send("BTCUSDT", "buy", "0.001", "1")
