@@ -836,7 +836,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         verb = f"seqex {args.verb}"
         from deploy import keys
-        keys.setup(args)
+        try:
+            keys.setup(args)
+        except SystemExit as exc:   # a key or trust option refused: one line, status 2
+            if not isinstance(exc.code, str):
+                raise
+            print(" ".join(exc.code.split()), file=sys.stderr)
+            return 2
         _die_with_parent()
         _pin()
         return args.fn(args)

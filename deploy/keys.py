@@ -282,10 +282,12 @@ def setup(args: argparse.Namespace) -> None:
             auth.configure(keys_dir, args.key or OPERATOR)
         except auth.KeyFileError as exc:
             raise SystemExit(f"seqex: {exc}") from None
+    elif verb in PROCESS_VERBS and not args.insecure:
+        # Never insecure by omission: without CURVE any local process could write the log.
+        raise SystemExit(f"seqex {verb}: no --keys given: pass --keys DIR --key NAME (from "
+                         f"`seqex keys`), or --insecure to run without CURVE (benchmarks only)")
     elif verb in PROCESS_VERBS or (verb == "up" and args.insecure):
-        print(auth.INSECURE_WARNING if args.insecure else
-              auth.INSECURE_WARNING + " (no --keys given; pass --insecure to say so)",
-              flush=True)
+        print(auth.INSECURE_WARNING, flush=True)
 
 
 def cmd_keys(a: argparse.Namespace) -> int:

@@ -82,16 +82,34 @@ class Proc:
             return f.read()
 
 
+SERVER_VERBS = ("replicator", "sequencer", "mirror", "replica")
+
+
+def harness_args(args: list[str]) -> list[str]:
+    """A server verb given no keys runs with an explicit --insecure (tests, benchmarks, the
+    demo): a server never runs without CURVE unless its command line says so."""
+    if args and args[0] in SERVER_VERBS and "--keys" not in args and "--insecure" not in args:
+        return ["--insecure", *args]
+    return args
+
+
 class Group:
     """Processes started together and stopped together, even when a test fails."""
 
-    def __init__(self, log_dir: str, die_with_parent: bool = False):
+    def __init__(self, log_dir: str, die_with_parent: bool = False,
+                 insecure_unless_keyed: bool = True):
+        """insecure_unless_keyed: a process verb given no --keys runs with an explicit
+        --insecure (the harness of tests, benchmarks and the demo); the supervisor passes
+        False, so what it starts is exactly what the topology's keys say."""
         self.log_dir = log_dir
         self.die_with_parent = die_with_parent
+        self.insecure_unless_keyed = insecure_unless_keyed
         os.makedirs(log_dir, exist_ok=True)
         self.procs: list[Proc] = []
 
     def spawn(self, name: str, args: list[str], cpu: int | None = None) -> Proc:
+        if self.insecure_unless_keyed:
+            args = harness_args(args)
         proc = Proc(name, args, self.log_dir, cpu, self.die_with_parent)
         self.procs.append(proc)
         return proc

@@ -126,7 +126,8 @@ class Supervisor:
         self.topo = topo
         self.host = host
         # Children end with the supervisor, however it ends (a SIGKILL included).
-        self.group = Group(os.path.join(topo.data_dir, "logs"), die_with_parent=True)
+        self.group = Group(os.path.join(topo.data_dir, "logs"), die_with_parent=True,
+                           insecure_unless_keyed=False)
         self.procs: dict[str, Proc] = {}
         self.running = True
         self.max_restarts = max_restarts

@@ -120,14 +120,16 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
         (["ping", dead, "--timeout", "0.5"], {}, "did not answer PING"),
         (["stop", "tcp://127.0.0.1"], {}, "not an endpoint"),
         (["ping", "localhost:7000"], {}, "not an endpoint"),
-        (["replicator", "--data", os.path.join(tmp, "r"), "--bind", "tcp://256.1.1.1:7001"], {},
-         "ZeroMQ"),
-        (["sequencer", "--stream", "s", "--producers", "tcp://127.0.0.1:99999", "--pub", dead,
+        (["--insecure", "replicator", "--data", os.path.join(tmp, "r"), "--bind",
+          "tcp://256.1.1.1:7001"], {}, "ZeroMQ"),
+        (["replicator", "--data", os.path.join(tmp, "r"), "--bind", "tcp://127.0.0.1:7001"], {},
+         "no --keys given"),
+        (["--insecure", "sequencer", "--stream", "s", "--producers", "tcp://127.0.0.1:99999", "--pub", dead,
           "--replicator", dead], {}, "not an endpoint"),
-        (["sequencer", "--stream", "s", "--producers", dead, "--pub", dead, "--replicator",
-          dead, "--upstream", "stream=x,source=0"], {}, "bad upstream spec"),
-        (["replica", "--name", "x", "--stream", "s", "--pub", dead, "--replicator", dead,
-          "--control", dead, "--engine-config", "{bad"], {}, "not JSON"),
+        (["--insecure", "sequencer", "--stream", "s", "--producers", dead, "--pub", dead,
+          "--replicator", dead, "--upstream", "stream=x,source=0"], {}, "bad upstream spec"),
+        (["--insecure", "replica", "--name", "x", "--stream", "s", "--pub", dead,
+          "--replicator", dead, "--control", dead, "--engine-config", "{bad"], {}, "not JSON"),
         (["replica", "--name", "x", "--stream", "s", "--pub", dead, "--replicator", dead,
           "--control", dead, "--engine", "nope"], {}, "invalid choice"),
         (["mirror", "--stream", "s", "--inputs", dead, "--pub", dead, "--from-seq", "0"], {},
@@ -203,7 +205,12 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
 
 @pytest.mark.timeout(300)
 def test_every_verb_refuses_bad_input_with_one_line_and_status_2(tmp_path):
-    cases = bad_input_cases(str(tmp_path))
+    servers = ("replicator", "sequencer", "mirror", "replica")
+    # Server verbs run with --insecure, so that their own checks answer; one case checks that
+    # a server given neither --keys nor --insecure refuses to start.
+    cases = [(["--insecure", *args] if args and args[0] in servers
+              and "no --keys" not in want else args, env, want)
+             for args, env, want in bad_input_cases(str(tmp_path))]
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda c: seqex(*c[0], env=c[1]), cases))
     failures = []
@@ -214,7 +221,7 @@ def test_every_verb_refuses_bad_input_with_one_line_and_status_2(tmp_path):
         except AssertionError as exc:
             failures.append(f"seqex {' '.join(args)} {env or ''}: {exc}")
     assert not failures, "\n".join(failures)
-    verbs = {c[0][0] for c in cases if c[0]}
+    verbs = {next((a for a in c[0] if not a.startswith("--")), "") for c in cases}
     assert verbs >= {"replicator", "sequencer", "replica", "mirror", "tail", "replay", "ping",
                      "stop", "up", "down", "status", "submit", "produce", "demo"}
 

@@ -215,11 +215,11 @@ def test_prepare_up_generates_on_first_start_and_takes_the_operator_key(tmp_path
         keys.prepare_up(topology.load(None, str(tmp_path / "other")), generate_missing=False)
 
 
-def test_process_verbs_without_keys_warn_and_tools_find_the_operator_key(tmp_path, capsys):
+def test_process_verbs_without_keys_refuse_and_tools_find_the_operator_key(tmp_path, capsys):
     import argparse
     ns = argparse.Namespace
-    keys.setup(ns(verb="replicator", keys=None, key=None, insecure=False))
-    assert "CURVE is OFF" in capsys.readouterr().out and auth.insecure()
+    with pytest.raises(SystemExit, match="no --keys given"):
+        keys.setup(ns(verb="replicator", keys=None, key=None, insecure=False))
     keys.setup(ns(verb="replicator", keys=None, key=None, insecure=True))
     assert "CURVE is OFF" in capsys.readouterr().out
     topo = topology.load(None, str(tmp_path))
@@ -395,3 +395,27 @@ def test_a_process_verb_with_keys_needs_its_own_key_name(default, capsys):
         assert auth.insecure()
     keys.setup(argparse.Namespace(verb="status", keys=keys_dir, key=None, insecure=False))
     assert auth.identity().name == "operator"
+
+
+def test_a_server_process_never_runs_insecure_by_omission(tmp_path):
+    """A process verb started with neither --keys nor --insecure refuses to start (one line,
+    status 2) instead of running without CURVE; --insecure starts it with the warning."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-m", "deploy.cli", "replicator", "--data",
+                          str(tmp_path / "r"), "--bind", "tcp://127.0.0.1:1"],
+                         capture_output=True, text=True, timeout=60)
+    err = run.stderr.strip()
+    assert run.returncode == 2, run
+    assert "\n" not in err and "no --keys given" in err and "--insecure" in err, err
+    assert not (tmp_path / "r").exists()   # refused before anything was created
+
+
+def test_the_harness_says_insecure_explicitly_for_servers_only():
+    from deploy.procs import harness_args
+    assert harness_args(["replicator", "--data", "d"]) == ["--insecure", "replicator", "--data",
+                                                           "d"]
+    keyed = ["--keys", "k", "--key", "n", "sequencer"]
+    assert harness_args(keyed) == keyed
+    assert harness_args(["status"]) == ["status"]            # tools are not servers
+    assert harness_args(["--insecure", "mirror"]) == ["--insecure", "mirror"]
