@@ -43,7 +43,6 @@ import tempfile
 import uuid
 import zlib
 
-
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
