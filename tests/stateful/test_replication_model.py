@@ -425,8 +425,10 @@ class Model(RuleBasedStateMachine):
         assert all(len(log) >= m.next_seq - 1 for log in logs)
         assert logs[0][:m.next_seq - 1] == logs[1][:m.next_seq - 1] == logs[2][:m.next_seq - 1]
         # The peers compare and repair: no damaged frame is left, and the committed prefixes
-        # are one.
-        self.settle(m, 2)
+        # are one. A COMMIT lost above (the network was cleared) is not resent: the next
+        # APPEND carries the commit point, as the loop's next Tick does.
+        self._guard(m, m._emit_tick, self.mono_ns())
+        self.settle(m, 4)
         for _ in range(20):
             self.peer_rounds(1)
             if not any(self.damaged_frames(i, rep) for i, rep in enumerate(self.reps)):
