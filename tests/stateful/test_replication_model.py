@@ -589,10 +589,10 @@ class ModelAll(Model):
 
 # SEQEX_EXAMPLES=2000 for a long run (the defaults keep the suite fast)
 TestQuorum = Model.TestCase
-TestQuorum.settings = settings(max_examples=EXAMPLES or 40, stateful_step_count=100,
+TestQuorum.settings = settings(max_examples=EXAMPLES or 100, stateful_step_count=100,
                                deadline=None)
 TestAll = ModelAll.TestCase
-TestAll.settings = settings(max_examples=EXAMPLES // 2 or 20, stateful_step_count=100,
+TestAll.settings = settings(max_examples=EXAMPLES // 2 or 40, stateful_step_count=100,
                             deadline=None)
 
 
