@@ -286,9 +286,6 @@ class Peers:
             return
         if body.get("digest"):
             pending["answers"][peer] = body["digest"]
-        if len(pending["answers"]) < len(self.socks):
-            return
-        del self.comparing[stream]
         a, b = pending["from"], pending["to"]
         log_ = self.store.find(stream)
         if log_ is None:
@@ -298,6 +295,11 @@ class Peers:
             mine = digest(log_.read(a, b))
         except CorruptFrame:
             mine, damaged = "", True
+        # A damaged copy is repaired from the first peer that sends a digest: another peer
+        # may hold the range damaged too and answer with an error, never with a digest.
+        if len(pending["answers"]) < len(self.socks) and not (damaged and pending["answers"]):
+            return
+        del self.comparing[stream]
         answers = list(pending["answers"].values())
         votes = {d: answers.count(d) for d in answers}
         best = max(votes, key=lambda d: (votes[d], d)) if votes else None

@@ -342,22 +342,26 @@ class StreamLog:
         cur = txn.cursor(db=self.log_db)
         if not cur.set_range(U64.pack(first)) or U64.unpack(cur.key())[0] != first:
             cur.prev()
-        pieces = []
+        held = []  # (first seq, stored value) of every frame the repair touches
         while cur.key() and U64.unpack(cur.key())[0] <= last:
-            start = U64.unpack(cur.key())[0]
-            value = cur.value()[4:]  # damaged frames are cut by record bounds, not trusted
-            try:
-                _c, _f, end = scan(value)
-            except FrameError:
-                end = None
+            held.append((U64.unpack(cur.key())[0], cur.value()))
+            cur.next()
+        after = U64.unpack(cur.key())[0] if cur.key() else self.last + 1
+        pieces = []
+        for k, (start, value) in enumerate(held):
+            # Where a frame ends comes from the key of the next one (or the log's end), never
+            # from its own bytes, which may be damaged; and a damaged frame's bytes are never
+            # sealed again: a damaged frame must lie inside the repaired range.
+            end = (held[k + 1][0] if k + 1 < len(held) else after) - 1
+            stored = value[4:]
+            if (start < first or end > last) and not _intact(value):
+                raise ValueError(f"{self.name}: the damaged frame {start}..{end} reaches out of "
+                                 f"the repaired range {first}..{last}; repair {start}..{end}")
             if start < first:
-                pieces.append((start, value[:offset_of(value, first - start)]))
-            if end is not None and end > last:
-                pieces.append((last + 1, value[offset_of(value, last + 1 - start):]))
-            elif end is None:
-                raise ValueError(f"{self.name}: a damaged frame at {start} reaches past the "
-                                 f"repaired range; repair from {start}")
-            cur.delete()
+                pieces.append((start, stored[:offset_of(stored, first - start)]))
+            if end > last:
+                pieces.append((last + 1, stored[offset_of(stored, last + 1 - start):]))
+            txn.delete(U64.pack(start), db=self.log_db)
         pieces.append((first, frame))
         for start, piece in sorted(pieces):
             txn.put(U64.pack(start), _sealed(piece), db=self.log_db)
@@ -411,6 +415,11 @@ class CorruptFrame(RuntimeError):
 
 def _sealed(frame: bytes) -> bytes:
     return zlib.crc32(frame).to_bytes(4, "little") + frame
+
+
+def _intact(value: bytes) -> bool:
+    """A stored value (CRC-32, then the frame) whose CRC holds."""
+    return len(value) >= 4 and zlib.crc32(value[4:]) == int.from_bytes(value[:4], "little")
 
 
 class Store:

@@ -2,12 +2,16 @@
 
 What runs: the sequencer's own decision code (mq.sequencer.SequencerCore on mq.master.Master:
 recovery, claim, adoption, reconciliation, resends, conflict handling, commit point, dedup,
-stamping, time, backpressure), and the replicator's own request handling
-(replicator.server.Replicator.handle on replicator.store.Store, on a temporary LMDB directory).
-Only the sockets are replaced: every message is put on a simulated network that loses,
-reorders and duplicates messages. Masters crash (a dead master's messages may still arrive) and
-new ones start; replicators crash (keeping what LMDB committed) and restart; time passes, and
-the wall clock steps back and jumps forward.
+stamping, time, backpressure), the replicator's own request handling
+(replicator.server.Replicator.handle on replicator.store.Store, on a temporary LMDB directory),
+and the replicators' own peer loop (replicator.peers.Peers: catch-up from a peer, comparison of
+epoch histories and truncation of a stale tail, digest comparison of committed ranges and
+repair from the peers), on the model's clock. Only the sockets are replaced: every message,
+between a master and a replicator or between two replicators, is put on a simulated network
+that loses, reorders and duplicates messages. Masters crash (a dead master's messages may
+still arrive) and new ones start; replicators crash (keeping what LMDB committed) and restart;
+bytes of a committed frame rot on a replicator's disk (its CRC fails); time passes, and the
+wall clock steps back and jumps forward.
 
 Invariants, checked after every step, under "quorum" and "all":
 * no forwarded record is lost: whichever `need` replicators a future master recovers from, the
@@ -19,7 +23,13 @@ Invariants, checked after every step, under "quorum" and "all":
 * no record of a producer is in any replicator's log twice;
 * along every replicator's log, ts_ns never goes backwards and moves by at most max_step;
 * backpressure: a live master's uncommitted bytes stay below its bound plus one batch, and its
-  resend window holds every uncommitted record.
+  resend window holds every uncommitted record;
+* a record once committed on any replicator never changes there or anywhere (a damaged frame is
+  read as it was before it rotted; a frame whose CRC holds is read as stored, so a repair that
+  sealed wrong bytes shows), and no frame is stored past a replicator's last seq;
+* liveness, once every replicator is up and the network delivers in order: the newest master
+  commits everything it sequenced, every replicator's committed prefix equals the others', and
+  the peers have repaired every damaged frame (none is left to serve).
 A replicator that missed a failover may hold, above its commit point, a tail that no master
 acknowledged and that differs from the new master's log; the new master truncates it when it
 reaches that replicator (docs/log.md, "Failover").
@@ -27,9 +37,11 @@ reaches that replicator (docs/log.md, "Failover").
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 import uuid
+import zlib
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -41,11 +53,14 @@ from hypothesis.stateful import (
     rule,
 )
 
+import replicator.peers as peers_module
 from mq import replication, wire
 from mq.master import SequencerStale
-from mq.record import decode, pack
+from mq.record import FrameError, decode, pack, scan
 from mq.sequencer import SequencedClock, SequencerCore
+from replicator.peers import Peers
 from replicator.server import Replicator
+from replicator.store import U64, CorruptFrame
 
 N = 3
 STREAM = "in.model"
@@ -53,6 +68,50 @@ MAX_STEP_NS = 1_000_000_000
 MAX_UNCOMMITTED = 600          # bytes: a few records, so that backpressure engages
 BATCH_MAX = 3                  # records of one producer batch
 PAYLOAD = 8                    # bytes of one record's payload
+EXAMPLES = int(os.environ.get("SEQEX_EXAMPLES", "0"))  # 0: the defaults below
+_incarnations = itertools.count()
+
+
+class ModelPeers(Peers):
+    """The real peer logic (catch-up, epoch-history comparison, digests and repair); its
+    requests go onto the simulated network instead of a DEALER per peer. Peer k of replicator
+    i is replicator others(i)[k]."""
+
+    def __init__(self, rep: ModelReplicator):
+        super().__init__(rep.store, [], rep.stats)
+        self.rep = rep
+        self.socks = [None] * (N - 1)
+        self.addrs = [f"rep{j}" for j in others(rep.i)]
+
+    def _send(self, peer: int, msg: list[bytes]) -> bool:
+        self.rep.model.net.append(("rep", self.rep.ident, others(self.rep.i)[peer], list(msg)))
+        return True
+
+    def on_answer(self, peer: int, msg: list[bytes]) -> None:
+        """What Peers.on_events does with one answer read from a peer's socket."""
+        try:
+            self._on_answer(peer, msg)
+        except (wire.WireError, FrameError, ValueError, KeyError, TypeError):
+            pass   # logged by the loop
+        except CorruptFrame:
+            pass   # the comparison finds and repairs it
+
+    def close(self) -> None:
+        pass
+
+
+def others(i: int) -> list[int]:
+    return [j for j in range(N) if j != i]
+
+
+class _ModelTime:
+    """replicator.peers reads time.monotonic(): in the model it is the model's clock."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def monotonic(self) -> float:
+        return self.model.t
 
 
 class ModelReplicator(Replicator):
@@ -64,6 +123,9 @@ class ModelReplicator(Replicator):
                          check=False)
         self.model = model
         self.i = i
+        self.ident = b"r%d:%d" % (i, next(_incarnations))  # a peer's DEALER identity
+        self.peers = ModelPeers(self)
+        self.peers.on_disk_full = self._disk_full
         # The stream is opened at start, as a read: a replicator whose first request for a
         # stream is a CLAIM fails in LMDB (the database opened inside the CLAIM's write
         # transaction is not usable by the read that builds the answer). The master sends a
@@ -72,7 +134,10 @@ class ModelReplicator(Replicator):
 
     def _send(self, replies: list[list[bytes]]) -> None:
         for reply in replies:
-            self.model.net.append(("master", reply[0], self.i, reply[1:]))
+            if reply[0].startswith(b"r"):   # an answer to a peer's request
+                self.model.net.append(("peer", reply[0], self.i, reply[1:]))
+            else:
+                self.model.net.append(("master", reply[0], self.i, reply[1:]))
 
     def shut(self) -> None:
         self.peers.close()
@@ -124,11 +189,16 @@ class Model(RuleBasedStateMachine):
         self.produced = 0                # source 1: source_seqs 1..produced were created
         self.acked_next = 1              # source 1: every source_seq below it was ACKed
         self.acked_seqs: dict[int, int] = {}   # source_seq -> seq, from ACK runs
+        self.truth: dict[tuple[int, bytes], bytes] = {}  # (replicator, key) -> undamaged value
+        self.committed: dict[int, tuple] = {}  # seq -> the record some replicator committed
+        self._time = peers_module.time
+        peers_module.time = _ModelTime(self)
 
     def teardown(self):
         for rep in self.reps:
             if rep is not None:
                 rep.shut()
+        peers_module.time = self._time
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _open(self, i: int) -> ModelReplicator:
@@ -267,6 +337,62 @@ class Model(RuleBasedStateMachine):
         if self.reps[i] is None:
             self.reps[i] = self._open(i)
 
+    # -- the replicators' peer loops -------------------------------------------------------
+    @rule(i=st.integers(0, N - 1), due=st.booleans())
+    def peer_loop_runs(self, i, due):
+        """A replicator's loop turn: fetches time out; when the second is up (or `due`), it
+        asks its peers for their streams, states and digests (catch-up, epoch-history
+        comparison, digest comparison, repair follow from the answers)."""
+        rep = self.reps[i]
+        if rep is not None:
+            if due:
+                rep.peers.check_at = 0.0
+            rep.peers.tick()
+
+    @rule(i=st.integers(0, N - 1), data=st.data())
+    def frame_damaged(self, i, data):
+        """Bytes of a committed frame rot on a replicator's disk: its CRC fails from now on.
+        The replicator must refuse to serve it and repair it from its peers."""
+        rep = self.reps[i]
+        if rep is None or any(self.damaged_frames(j, r) for j, r in enumerate(self.reps)
+                              if r is not None and j != i):
+            return  # two damaged copies at once: a scripted test below
+        log = rep.store.stream(STREAM)
+        with rep.store.env.begin(write=True) as txn:
+            frames = []
+            for key, value in txn.cursor(db=log.log_db):
+                if _sound(value) and scan(value[4:])[2] <= log.commit:
+                    frames.append((key, value))
+            if not frames:
+                return
+            key, value = data.draw(st.sampled_from(frames))
+            at = data.draw(st.integers(4, len(value) - 1))
+            bad = bytearray(value)
+            bad[at] ^= data.draw(st.integers(1, 255))
+            txn.put(key, bytes(bad), db=log.log_db)
+        self.truth[(i, key)] = value
+
+    def damaged_frames(self, i: int, rep: ModelReplicator) -> list[int]:
+        log = rep.store.stream(STREAM)
+        with rep.store.env.begin() as txn:
+            return [U64.unpack(key)[0] for key, value in txn.cursor(db=log.log_db)
+                    if not _sound(value)]
+
+    def peer_rounds(self, rounds: int) -> None:
+        """Every replicator's peer loop runs once a second and the peers' messages are
+        delivered in order."""
+        for _ in range(rounds):
+            self.t += peers_module.CHECK_EVERY_S
+            for rep in self.reps:
+                if rep is not None:
+                    rep.peers.tick()
+            for _ in range(10_000):
+                k = next((k for k, n in enumerate(self.net)
+                          if n[0] == "peer" or n[1].startswith(b"r")), None)
+                if k is None:
+                    break
+                self.deliver_at(k)
+
     @rule()
     def faults_heal(self):
         """Liveness: once every replicator is up and the network delivers in order, the newest
@@ -281,8 +407,10 @@ class Model(RuleBasedStateMachine):
             if m is None:
                 self.start_master()
                 m = self.live()[-1]
-        for _ in range(80):
+        for k in range(80):
             self.settle(m, 1)
+            if k % 8 == 7:     # the replicators' peer loops run meanwhile (repairs included)
+                self.peer_rounds(1)
             if not m.alive:
                 return  # fenced by a newer claim that was in flight: nothing to prove here
             if m.ready and m.committed == m.next_seq - 1 and all(
@@ -296,6 +424,22 @@ class Model(RuleBasedStateMachine):
         logs = [x[0] for x in self.logs()]
         assert all(len(log) >= m.next_seq - 1 for log in logs)
         assert logs[0][:m.next_seq - 1] == logs[1][:m.next_seq - 1] == logs[2][:m.next_seq - 1]
+        # The peers compare and repair: no damaged frame is left, and the committed prefixes
+        # are one. A COMMIT lost above (the network was cleared) is not resent: the next
+        # APPEND carries the commit point, as the loop's next Tick does.
+        self._guard(m, m._emit_tick, self.mono_ns())
+        self.settle(m, 4)
+        for _ in range(20):
+            self.peer_rounds(1)
+            if not any(self.damaged_frames(i, rep) for i, rep in enumerate(self.reps)):
+                break
+        damaged = {i: self.damaged_frames(i, rep) for i, rep in enumerate(self.reps)}
+        assert not any(damaged.values()), f"damaged frames not repaired: {damaged}"
+        held = self.logs()
+        commits = [commit for _recs, commit in held]
+        assert all(c >= top for c in commits), f"commit points {commits} below {top}"
+        low = min(commits)
+        assert held[0][0][:low] == held[1][0][:low] == held[2][0][:low]
 
     # -- the network ------------------------------------------------------------------------
     @precondition(lambda self: self.net)
@@ -305,6 +449,12 @@ class Model(RuleBasedStateMachine):
 
     def deliver_at(self, k: int) -> None:
         where, ident, i, parts = self.net.pop(k)
+        if where == "peer":    # replicator i answers a peer's request
+            asker = int(ident[1:].split(b":")[0])
+            rep = self.reps[asker]
+            if rep is not None and rep.ident == ident:  # a restarted one has a new socket
+                rep.peers.on_answer(others(asker).index(i), parts)
+            return
         if where == "rep":
             rep = self.reps[i]
             if rep is not None:
@@ -340,14 +490,32 @@ class Model(RuleBasedStateMachine):
 
     # -- invariants -------------------------------------------------------------------------
     def logs(self) -> list[tuple[list, int] | None]:
-        out = []
-        for rep in self.reps:
-            if rep is None:
-                out.append(None)
-                continue
-            log = rep.store.stream(STREAM)
-            out.append((decode(log.read(1)) if log.last else [], log.commit))
-        return out
+        return [None if rep is None else self.held(i, rep) for i, rep in enumerate(self.reps)]
+
+    def held(self, i: int, rep: ModelReplicator) -> tuple[list, int]:
+        """The records a replicator holds, and its commit point. A frame whose CRC fails is
+        read as it was before a rule damaged it (the replicator itself never serves it); a
+        frame whose CRC passes is read as it is, so a repair that sealed wrong bytes shows."""
+        log = rep.store.stream(STREAM)
+        frames = []
+        with rep.store.env.begin() as txn:
+            for key, value in txn.cursor(db=log.log_db):
+                assert U64.unpack(key)[0] <= log.last, (
+                    f"replicator {i}: a frame stored at {U64.unpack(key)[0]}, past last "
+                    f"{log.last}")
+                if not _sound(value):
+                    value = self.truth.get((i, key))
+                    assert value is not None, (
+                        f"replicator {i}: the frame at {U64.unpack(key)[0]} fails its CRC and "
+                        f"no rule damaged it")
+                frames.append(value[4:])
+        recs = decode(b"".join(frames)) if frames else []
+        assert [r[0] for r in recs] == list(range(1, log.last + 1)), (
+            f"replicator {i} holds seqs {[r[0] for r in recs]} with last {log.last}")
+        for rec in recs[:log.commit]:
+            old = self.committed.setdefault(rec[0], rec)
+            assert old == rec, f"committed seq {rec[0]} was {old} and is {rec} on replicator {i}"
+        return recs, log.commit
 
     def states(self) -> list[dict | None]:
         return [None if rep is None else rep.store.stream(STREAM).state() for rep in self.reps]
@@ -360,8 +528,7 @@ class Model(RuleBasedStateMachine):
         for i in range(N):
             if logs[i] is None:
                 rep = self._open(i)
-                log = rep.store.stream(STREAM)
-                logs[i] = (decode(log.read(1)) if log.last else [], log.commit)
+                logs[i] = self.held(i, rep)
                 rep.shut()
         states = []
         for recs, _commit in logs:
@@ -411,14 +578,22 @@ class Model(RuleBasedStateMachine):
                 assert m.window.frame_from(seq) is not None, f"uncommitted seq {seq} evicted"
 
 
+def _sound(value: bytes) -> bool:
+    """A stored value (CRC-32, then the frame) whose CRC holds."""
+    return len(value) >= 4 and zlib.crc32(value[4:]) == int.from_bytes(value[:4], "little")
+
+
 class ModelAll(Model):
     policy = "all"
 
 
+# SEQEX_EXAMPLES=2000 for a long run (the defaults keep the suite fast)
 TestQuorum = Model.TestCase
-TestQuorum.settings = settings(max_examples=150, stateful_step_count=100, deadline=None)
+TestQuorum.settings = settings(max_examples=EXAMPLES or 100, stateful_step_count=100,
+                               deadline=None)
 TestAll = ModelAll.TestCase
-TestAll.settings = settings(max_examples=60, stateful_step_count=100, deadline=None)
+TestAll.settings = settings(max_examples=EXAMPLES // 2 or 40, stateful_step_count=100,
+                            deadline=None)
 
 
 def _drive(model: Model, m: ModelMaster, rounds: int, drop=lambda entry: False) -> None:
@@ -516,6 +691,8 @@ def test_a_gap_answer_does_not_count_a_stale_tail_as_acknowledged():
         m2._on_appended = watch
 
         def drop(entry):
+            if entry[0] == "peer" or entry[1].startswith(b"r"):
+                return True   # no catch-up from the peers: the master's accounting alone
             if entry[0] != "rep" or entry[2] != 2:
                 return False
             kind = entry[3][0]
@@ -526,5 +703,69 @@ def test_a_gap_answer_does_not_count_a_stale_tail_as_acknowledged():
         assert all(acked <= 1 for known, acked in seen if known), seen
         _drive(model, m2, 40)
         assert all(lk.known and lk.acked == m2.next_seq - 1 for lk in m2.links)
+    finally:
+        model.teardown()
+
+
+def _damage(model: Model, i: int, seq: int, at: int) -> None:
+    """Flip byte `at` of the stored frame whose key is `seq` on replicator i (0: the CRC)."""
+    rep = model.reps[i]
+    log = rep.store.stream(STREAM)
+    with rep.store.env.begin(write=True) as txn:
+        value = txn.get(U64.pack(seq), db=log.log_db)
+        bad = bytearray(value)
+        bad[4 + at] ^= 0x02
+        txn.put(U64.pack(seq), bytes(bad), db=log.log_db)
+    model.truth[(i, U64.pack(seq))] = value
+
+
+def test_a_frame_with_a_damaged_header_is_repaired_from_the_peers():
+    """Bytes of the header of a committed frame rot (its record count). The comparison finds
+    the range damaged and fetches the peers' bytes; the repair must take the damaged frame's
+    extent from the keys around it, not from its own damaged header. Before the fix the repair
+    either failed for good ("reaches past the repaired range") or sealed a piece of the
+    damaged bytes as a new frame past the log's end, so the next APPEND failed in LMDB."""
+    model = Model()
+    try:
+        model.first_master()
+        m = model.masters[b"m0"]
+        batch = pack(1, 1, 32, [b"%08d" % 1])
+        m.sequence_turn([(b"p1", wire.DATA, [b"p1", wire.DATA, b"\x80", batch])])
+        _drive(model, m, 4)
+        assert all(rep.store.stream(STREAM).commit == 2 for rep in model.reps)
+        _damage(model, 0, 1, 0)
+        model.peer_rounds(6)
+        assert model.damaged_frames(0, model.reps[0]) == []
+        assert model.reps[0].stats["repaired_records"] >= 1
+        model.logs()  # the invariants' reader: seqs 1..last, committed records unchanged
+        batch = pack(1, 2, 32, [b"%08d" % 2])
+        m.sequence_turn([(b"p1", wire.DATA, [b"p1", wire.DATA, b"\x80", batch])])
+        _drive(model, m, 4)
+        assert m.committed == 3
+        logs = [x[0] for x in model.logs()]
+        assert logs[0] == logs[1] == logs[2]
+    finally:
+        model.teardown()
+
+
+def test_two_damaged_copies_are_repaired_from_the_third():
+    """The same committed frame rots on two replicators; the third holds it intact. A damaged
+    replicator's DIGEST request gets an ERROR from the other damaged one, so a comparison that
+    waits for every peer's digest never ends and neither copy is ever repaired. A replicator
+    whose own copy is damaged repairs from the first peer that sends a digest."""
+    model = Model()
+    try:
+        model.first_master()
+        m = model.masters[b"m0"]
+        batch = pack(1, 1, 32, [b"%08d" % 1])
+        m.sequence_turn([(b"p1", wire.DATA, [b"p1", wire.DATA, b"\x80", batch])])
+        _drive(model, m, 4)
+        assert all(rep.store.stream(STREAM).commit == 2 for rep in model.reps)
+        _damage(model, 0, 1, 20)
+        _damage(model, 1, 1, 20)
+        model.peer_rounds(8)
+        assert [model.damaged_frames(i, rep) for i, rep in enumerate(model.reps)] == [[], [], []]
+        logs = [x[0] for x in model.logs()]
+        assert logs[0] == logs[1] == logs[2]
     finally:
         model.teardown()
