@@ -157,6 +157,12 @@ def reject_text(code: int) -> str:
     return REJECT_TEXT.get(code, reject_name(code).replace("_", " "))
 
 
+# The show letters of fields that print as a word from a table of names.
+WORDS = {"s": SIDES, "o": ORD_TYPES, "t": TIFS, "x": STP, "r": CE_REASONS, "E": EXEC_TYPES,
+         "O": ORD_STATUSES, "B": TRIGGER_BY, "M": MARGIN_MODES, "L": LIQUIDITY,
+         "T": TRANSFER_KINDS, "X": RESPONSE_TO, "G": SCOPES}
+
+
 def _word(table: dict[int, str], v: int) -> str:
     return table.get(v, f"invalid({v})")
 
@@ -280,24 +286,16 @@ def _show(names: str, shows: str, values: tuple, units: Units,
         sid = values[shows.index("y")]
         units = by_id.get(sid, Units(f"symbol {sid}", sid))
     for name, how, v in zip(names.split(), shows, values, strict=True):
-        if how == "p":
+        if how in WORDS:
+            out[name] = _word(WORDS[how], v)
+        elif how == "p":
             out[name] = units.price(v) if v else None
         elif how == "P":
             out[name] = units.price(v)
         elif how in "qz":
             out[name] = units.qty(v)
-        elif how == "s":
-            out[name] = _word(SIDES, v)
-        elif how == "o":
-            out[name] = _word(ORD_TYPES, v)
-        elif how == "t":
-            out[name] = _word(TIFS, v)
         elif how == "f":
             out[name] = _flags(v)
-        elif how == "x":
-            out[name] = _word(STP, v)
-        elif how == "r":
-            out[name] = _word(CE_REASONS, v)
         elif how == "c":
             out[name] = v
             out["reason"] = reject_name(v)
@@ -312,28 +310,11 @@ def _show(names: str, shows: str, values: tuple, units: Units,
                 out["reason"] = _word(TE_REASONS, v)
         elif how == "y":
             out[name] = units.name if v in by_id else v
-        elif how == "E":
-            out[name] = _word(EXEC_TYPES, v)
-        elif how == "O":
-            out[name] = _word(ORD_STATUSES, v)
-        elif how == "K" and name == "trigger_kind":
-            out[name] = _word(TRIGGER_KINDS, v)
-        elif how == "B":
-            out[name] = _word(TRIGGER_BY, v)
-        elif how == "M":
-            out[name] = _word(MARGIN_MODES, v)
-        elif how == "L":
-            out[name] = _word(LIQUIDITY, v)
-        elif how == "T":
-            out[name] = _word(TRANSFER_KINDS, v)
-        elif how == "X":
-            out[name] = _word(RESPONSE_TO, v)
+        elif how == "K":   # a trigger's kind, or the command a TradingEngine answers
+            out[name] = (_word(TRIGGER_KINDS, v) if name == "trigger_kind"
+                         else te.COMMAND_NAMES.get(v, v))
         elif how == "b":
             out[name] = bool(v)
-        elif how == "G":
-            out[name] = _word(SCOPES, v)
-        elif how == "K":
-            out[name] = te.COMMAND_NAMES.get(v, v)
         else:
             out[name] = v
     return out
