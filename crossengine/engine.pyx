@@ -36,7 +36,7 @@ from mq import sources as _sources
 from mq.record import scan as _scan_frame
 
 cdef enum:
-    HDR = 38                 # mq record header
+    HDR = 46                 # mq record header (mq/_frame.pyx); the route at 38
     BUY = 49
     SELL = 50
     MARKET = 49
