@@ -44,11 +44,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from deploy.local import LogCluster  # noqa: E402
 from deploy.procs import tcp  # noqa: E402
 from mq import auth  # noqa: E402
-from mq.record import decode, pack, source_runs  # noqa: E402
+from mq.record import HEADER_SIZE, decode, pack, source_runs  # noqa: E402
 from mq.subscriber import Subscriber  # noqa: E402
 
 PAYLOAD = 64
-RECORD = 38 + PAYLOAD
+RECORD = HEADER_SIZE + PAYLOAD
 
 
 # -- raw ceiling -----------------------------------------------------------------------

@@ -173,12 +173,21 @@ def worst_case_sizes(max_fills: int = MAX_FILLS_LIMIT,
 # -- snapshots of an older version ------------------------------------------------------------
 SNAP_HEADER_V1 = struct.Struct("<4sHIqQQqQQQBQ")      # before max_fills / max_account_orders
 SNAP_HEADER_V2 = struct.Struct("<4sHIqQQqQIIQQBQ")
+# Version 3 (the current one) adds n_shards (u8) and the count of te_sources (u16); the
+# te_sources follow the header as u32s, then the orders.
+SNAP_HEADER_V3 = struct.Struct("<4sHIqQQqQIIQQBQBH")
 
 
 def upgrade_snapshot(data: bytes) -> bytes:
-    """A version 1 snapshot as version 2: the bounds it predates get their defaults (or, for
-    an account already resting more than the default, its count, up to the hard limit); any
-    other snapshot unchanged. Replicas restart from snapshots written before an upgrade."""
+    """A version 1 or 2 snapshot as version 3; any other snapshot unchanged. Version 1 predates
+    the bounds: they get their defaults (or, for an account already resting more than the
+    default, its count, up to the hard limit). Version 1 and 2 predate routes and TradingEngine
+    inputs: one shard, no te_sources (the engine as it ran then). Replicas restart from
+    snapshots written before an upgrade."""
+    if len(data) >= SNAP_HEADER_V2.size and bytes(data[:6]) == b"SQCE\x02\x00":
+        fields = SNAP_HEADER_V2.unpack_from(data)
+        return SNAP_HEADER_V3.pack(fields[0], 3, *fields[2:], 1, 0) + \
+            bytes(data[SNAP_HEADER_V2.size:])
     if len(data) < SNAP_HEADER_V1.size or bytes(data[:6]) != b"SQCE\x01\x00":
         return data
     (magic, _v, symbol_id, tick, min_qty, max_qty, max_price, max_orders, counter, trade_id,
@@ -189,9 +198,9 @@ def upgrade_snapshot(data: bytes) -> bytes:
         account = int.from_bytes(orders[k * 47 + 16:k * 47 + 20], "little")
         per_account[account] = per_account.get(account, 0) + 1
     limit = min(MAX_ACCOUNT_ORDERS_LIMIT, max([DEFAULT_ACCOUNT_ORDERS, *per_account.values()]))
-    return SNAP_HEADER_V2.pack(magic, 2, symbol_id, tick, min_qty, max_qty, max_price,
+    return SNAP_HEADER_V3.pack(magic, 3, symbol_id, tick, min_qty, max_qty, max_price,
                                max_orders, MAX_FILLS_LIMIT, limit, counter, trade_id, halted,
-                               n) + orders
+                               n, 1, 0) + orders
 
 
 WORST_CASE_OUTPUT = max(worst_case_sizes().values())

@@ -1,5 +1,9 @@
 """Type stub of the compiled CrossEngine (crossengine/engine.pyx)."""
+from collections.abc import Iterable
 from typing import final
+
+TE_EVENT_SIZES: dict[int, int]          # the TradingEngine's event sizes, as this engine walks them
+TE_SESSION_BLOCK_SIZES: dict[int, int]  # SessionMessage block size by templateId
 
 @final
 class CrossEngine:
@@ -11,12 +15,16 @@ class CrossEngine:
     max_orders: int
     max_fills: int
     max_account_orders: int
+    n_shards: int
+    @property
+    def te_sources(self) -> list[int]: ...
 
     def __init__(self, symbol_id: int = 1, tick_size: int = 1, min_qty: int = 1,
                  max_qty: int = 1_000_000_000, max_price: int = 1 << 62,
                  max_orders: int = 10_000_000, capacity: int = 1 << 16,
                  level_capacity: int = 1 << 12, max_fills: int = 1_000,
-                 max_account_orders: int = 10_000) -> None: ...
+                 max_account_orders: int = 10_000, te_sources: Iterable[int] = (),
+                 n_shards: int = 1) -> None: ...
     def apply(self, seq: int, ts_ns: int, kind: int, payload: bytes,
               source: int = ...) -> bytes: ...
     def apply_frame(self, frame: bytes) -> bytes: ...

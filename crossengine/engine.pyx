@@ -9,6 +9,20 @@ rejections are events with 3xxx codes; a broken invariant raises.
 Semantics are those of crossengine/reference.py (the oracle; its docstring lists the rules),
 byte for byte. Layouts are those of crossengine/codec.py.
 
+Routes (docs/order-path.md §1): each output record's header carries, at offset 38, the bit
+``account % n_shards`` of every account its events name (both sides of a trade), or every
+shard's bit for a book-wide event (MassCancelled of the whole book, SymbolHalted,
+SymbolResumed); ``in.te.N`` takes ``out.ce.SYM`` with the route mask ``1 << N``.
+
+TradingEngine inputs (§2): a record whose header source is one of ``te_sources`` is a
+TradingEngine output payload (``out.te.N`` taken upstream). Its events are walked with sizes
+mirrored from tradingengine/codec.py (a test compares the tables; the engines never import each
+other) and each CrossEngineCommand event for this symbol is applied in order, as a command of
+its embedded kind from that source; the output record holds the events of all of them.
+Commands for other symbols are ignored. A payload this engine cannot walk (an unknown event
+type or template, a truncated event) is a deployment mismatch, not a client's error: it
+raises RuntimeError naming the record's seq and source, before any command of it is applied.
+
 Bounded output: a taker meets at most ``max_fills`` makers, an account rests at most
 ``max_account_orders`` orders, CancelAll and MassCancel answer with one event, and the order
 counter stops at 2**40 - 1; so every output fits one record (codec.worst_case_sizes).
@@ -36,7 +50,12 @@ from mq import sources as _sources
 from mq.record import scan as _scan_frame
 
 cdef enum:
-    HDR = 38                 # mq record header
+    HDR = 46                 # mq record header (mq/_frame.pyx); the route at 38
+    ROUTE = 38               # offset of the route in the header
+    MAX_SHARDS = 64          # a route has 64 bits
+    MAX_TE_SOURCES = 64
+    TE_CE_COMMAND = 1        # tradingengine/codec.py CE_COMMAND: <BIHH symbol, kind, length
+    TE_SESSION_MESSAGE = 14  # <BIQH user, session_id, templateId; then the template's block
     BUY = 49
     SELL = 50
     MARKET = 49
@@ -130,10 +149,32 @@ _my_sizes = {EV_ACCEPTED: 41, EV_REJECTED: 23, EV_TRADE: 68, EV_CANCELLED: 30, E
              EV_EXPIRED: 30, EV_LEVEL: 22, EV_HALTED: 1, EV_RESUMED: 1, EV_MASS: 24}
 if _my_sizes != _codec.EVENT_SIZES:
     raise ImportError("crossengine.engine: event sizes differ from crossengine.codec")
+cdef uint8_t ev_size[256]            # this engine's event sizes by type (walked for routes)
+memset(ev_size, 0, sizeof(ev_size))
+for _name, _value in _my_sizes.items():
+    ev_size[_name] = _value
+cdef Py_ssize_t MAX_PAYLOAD = _codec.MAX_PAYLOAD
 
-SNAP_HEADER = struct.Struct("<4sHIqQQqQIIQQBQ")
+# The TradingEngine's output events as this engine walks them (te_sources): fixed size of each
+# type, and of the PROTOCOL.md root block a SessionMessage carries per templateId. Mirrored
+# from tradingengine/codec.py (EVENT_STRUCTS) and docs/order-path.md §3; a unit test compares.
+TE_EVENT_SIZES = {1: 9, 2: 88, 3: 21, 4: 37, 5: 62, 6: 30, 7: 21, 8: 41, 9: 41, 10: 13,
+                  11: 24, 12: 13, 13: 38, 14: 15}
+TE_SESSION_BLOCK_SIZES = {10: 20, 200: 112, 201: 48, 202: 36, 203: 68}
+cdef uint16_t te_event_size[256]     # by event type; 0: a type this engine does not know
+cdef uint16_t te_session_block[256]  # by templateId; 0: unknown (every template is < 256)
+memset(te_event_size, 0, sizeof(te_event_size))
+memset(te_session_block, 0, sizeof(te_session_block))
+for _name, _value in TE_EVENT_SIZES.items():
+    te_event_size[_name] = _value
+for _name, _value in TE_SESSION_BLOCK_SIZES.items():
+    te_session_block[_name] = _value
+if te_event_size[TE_CE_COMMAND] != 9 or te_event_size[TE_SESSION_MESSAGE] != 15:
+    raise ImportError("crossengine.engine: the TradingEngine event table lost its own layouts")
+
+SNAP_HEADER = _codec.SNAP_HEADER_V3
 MAGIC = b"SQCE"
-VERSION = 2
+VERSION = 3
 cdef uint64_t COUNTER_MAX = _codec.ORDER_COUNTER_MAX
 # MassCancel, Halt and Resume are the operator's: obeyed only from an operator source id (in
 # the record's header, so every replica decides alike; the sequencer lets only the operator's
@@ -279,6 +320,10 @@ cdef class CrossEngine:
     cdef readonly uint64_t max_orders
     cdef readonly uint32_t max_fills            # matching steps one taker may take
     cdef readonly uint32_t max_account_orders   # resting orders one account may have
+    cdef readonly uint32_t n_shards     # TradingEngine shards, 1 .. 64: route bit account % this
+    cdef uint64_t all_shards            # the route of a book-wide event: every shard's bit
+    cdef uint32_t te_src[MAX_TE_SOURCES]  # sources whose records are TradingEngine outputs
+    cdef int32_t n_te                   # how many of te_src are used
     cdef uint64_t order_counter
     cdef uint64_t trade_id
     cdef uint64_t command_no
@@ -305,7 +350,8 @@ cdef class CrossEngine:
                   uint64_t max_qty=1_000_000_000, int64_t max_price=1 << 62,
                   uint64_t max_orders=10_000_000, int32_t capacity=1 << 16,
                   int32_t level_capacity=1 << 12, uint32_t max_fills=_codec.MAX_FILLS_LIMIT,
-                  uint32_t max_account_orders=_codec.DEFAULT_ACCOUNT_ORDERS):
+                  uint32_t max_account_orders=_codec.DEFAULT_ACCOUNT_ORDERS,
+                  te_sources=(), uint32_t n_shards=1):
         if symbol_id == 0 or symbol_id >= (1 << 24):
             raise ValueError("symbol_id must be in 1 .. 2**24-1")
         if tick_size <= 0 or max_price <= 0 or max_price > (1 << 62) or min_qty == 0:
@@ -319,6 +365,18 @@ cdef class CrossEngine:
             # the bounds that keep every output within one record (codec.worst_case_sizes)
             raise ValueError(f"max_fills must be in 1 .. {_codec.MAX_FILLS_LIMIT} and "
                              f"max_account_orders in 1 .. {_codec.MAX_ACCOUNT_ORDERS_LIMIT}")
+        if not 1 <= n_shards <= MAX_SHARDS:
+            raise ValueError(f"n_shards must be in 1 .. {MAX_SHARDS}")
+        te = list(te_sources)
+        if len(te) > MAX_TE_SOURCES or any(x in te[:k] for k, x in enumerate(te)) or not all(
+                isinstance(x, int) and 0 < x < OPERATOR_SOURCE_MIN for x in te):
+            raise ValueError(f"te_sources must be at most {MAX_TE_SOURCES} distinct source ids "
+                             f"in 1 .. {OPERATOR_SOURCE_MIN - 1} (not the operator's)")
+        self.n_te = len(te)
+        for k, x in enumerate(te):
+            self.te_src[k] = x
+        self.n_shards = n_shards
+        self.all_shards = (<uint64_t>0 - 1) if n_shards == 64 else ((<uint64_t>1 << n_shards) - 1)
         self.max_fills = max_fills
         self.max_account_orders = max_account_orders
         self.symbol_id = symbol_id
@@ -1081,6 +1139,89 @@ cdef class CrossEngine:
             return self._ev_rejected(0, 0, C_MALFORMED, 0)
         return self._level_events()
 
+    # -- records: a command, or a TradingEngine output payload -------------------------------
+    cdef inline bint _is_te(self, uint32_t source) noexcept:
+        cdef int32_t k
+        for k in range(self.n_te):
+            if self.te_src[k] == source:
+                return True
+        return False
+
+    cdef int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
+                     uint64_t seq) except -1:
+        """The events of one input record: a command, or (from a te source) the commands for
+        this symbol that a TradingEngine output payload carries. The payload is walked once to
+        check it and once to apply it, so a malformed one changes nothing."""
+        if self.n_te and self._is_te(source):
+            self._walk_te(p, n, source, seq, False)
+            return self._walk_te(p, n, source, seq, True)
+        return self._dispatch(kind, p, n, source)
+
+    cdef int _walk_te(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
+                      bint apply) except -1:
+        cdef Py_ssize_t off = 0, size, tail
+        cdef uint8_t t
+        cdef uint16_t template
+        while off < n:
+            t = p[off]
+            size = te_event_size[t]
+            if size == 0:
+                self._te_mismatch(seq, source, off, f"unknown event type {t}")
+            if n - off < size:
+                self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
+                                                    f"{size} bytes)")
+            if t == TE_CE_COMMAND:
+                tail = rd16(p + off + 7)
+                if apply and rd32(p + off + 1) == self.symbol_id:
+                    if n - off - size < tail:  # checked by the first walk; kept for clarity
+                        self._te_mismatch(seq, source, off, "truncated command")
+                    self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
+            elif t == TE_SESSION_MESSAGE:
+                template = rd16(p + off + 13)
+                tail = te_session_block[template] if template < 256 else 0
+                if tail == 0:
+                    self._te_mismatch(seq, source, off, f"SessionMessage of unknown template "
+                                                        f"{template}")
+            else:
+                tail = 0
+            if n - off - size < tail:
+                self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
+                                                    f"{size + tail} bytes)")
+            off += size + tail
+        return 0
+
+    cdef int _te_mismatch(self, uint64_t seq, uint32_t source, Py_ssize_t off, str what) except -1:
+        raise RuntimeError(f"crossengine: record seq {seq} from source {source} (a te_sources "
+                           f"stream): {what} at offset {off} of its TradingEngine payload; this "
+                           f"engine and that TradingEngine disagree on the layout (a deployment "
+                           f"mismatch)")
+
+    cdef inline uint64_t _bit(self, uint32_t account) noexcept:
+        return <uint64_t>1 << (account % self.n_shards)
+
+    cdef uint64_t _route_of(self, const unsigned char* p, Py_ssize_t n) except? 0:
+        """The route of an output payload (this engine's own events): the shard bit of every
+        account named, every shard's bit for a book-wide event."""
+        cdef Py_ssize_t off = 0
+        cdef uint64_t route = 0
+        cdef uint8_t t
+        while off < n:
+            t = p[off]
+            if t == EV_ACCEPTED or t == EV_AMENDED or t == EV_CANCELLED or t == EV_EXPIRED:
+                route |= self._bit(rd32(p + off + 17))
+            elif t == EV_REJECTED:
+                route |= self._bit(rd32(p + off + 9))
+            elif t == EV_TRADE:
+                route |= self._bit(rd32(p + off + 25)) | self._bit(rd32(p + off + 29))
+            elif t == EV_MASS:
+                route |= self.all_shards if p[off + 1] == SCOPE_BOOK else self._bit(rd32(p + off + 2))
+            elif t == EV_HALTED or t == EV_RESUMED:
+                route |= self.all_shards
+            elif t != EV_LEVEL:
+                raise RuntimeError(f"crossengine: wrote an event of unknown type {t}")
+            off += ev_size[t]
+        return route
+
     # -- the public face --------------------------------------------------------------------
     def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload,
               uint32_t source=_sources.OPERATOR_SOURCE):
@@ -1089,12 +1230,13 @@ cdef class CrossEngine:
         cdef Py_ssize_t n = payload.shape[0]
         cdef const unsigned char* p = &payload[0] if n else <const unsigned char*>b""
         self.out.len = 0
-        self._dispatch(kind, p, n, source)
+        self._record(kind, p, n, source, seq)
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
     def apply_frame(self, const unsigned char[::1] frame):
         """Apply every record of a sequenced frame; return the output frame: one record per
-        input record, same seq, ts, source, source_seq, epoch and kind, payload = events."""
+        input record, same seq, ts, source, source_seq, epoch and kind, payload = events,
+        route = the shards its events concern."""
         cdef Py_ssize_t n = frame.shape[0], off = 0, start
         cdef uint32_t length
         cdef const unsigned char* p
@@ -1109,13 +1251,24 @@ cdef class CrossEngine:
             start = self.out.len
             memcpy(self.out.data + start, p + off, HDR)
             self.out.len += HDR
-            self._dispatch(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24))
+            self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24), rd64(p + off))
+            if self.out.len - start - HDR > MAX_PAYLOAD:
+                raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} from "
+                                   f"source {rd32(p + off + 24)} exceeds one record "
+                                   f"({self.out.len - start - HDR} bytes)")
             wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
+            wr64(self.out.data + start + ROUTE,
+                 self._route_of(self.out.data + start + HDR, self.out.len - start - HDR))
             off += HDR + length
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
     def __len__(self):
         return self.n_live
+
+    @property
+    def te_sources(self):
+        """The sources whose records are TradingEngine output payloads, as configured."""
+        return [self.te_src[k] for k in range(self.n_te)]
 
     def book(self, int depth=0):
         """{'bids': [(price, total, count)], 'asks': [...]}, best first (for tools and tests)."""
@@ -1138,7 +1291,8 @@ cdef class CrossEngine:
         head = SNAP_HEADER.pack(MAGIC, VERSION, self.symbol_id, self.tick_size, self.min_qty,
                                 self.max_qty, self.max_price, self.max_orders, self.max_fills,
                                 self.max_account_orders, self.order_counter,
-                                self.trade_id, int(self.halted), self.n_live)
+                                self.trade_id, int(self.halted), self.n_live, self.n_shards,
+                                self.n_te) + struct.pack(f"<{self.n_te}I", *self.te_sources)
         cdef Py_ssize_t hl = len(head), off
         cdef bytes data = PyBytes_FromStringAndSize(NULL, hl + <Py_ssize_t>self.n_live * SNAP_ORDER)
         cdef unsigned char* q = <unsigned char*>PyBytes_AS_STRING(data)
@@ -1172,28 +1326,31 @@ cdef class CrossEngine:
     @classmethod
     def restore(cls, data, bint check=True):
         """The engine a snapshot describes. With check (the default) the rebuilt book is
-        verified by check_invariants() before it is returned. A version 1 snapshot is
+        verified by check_invariants() before it is returned. A version 1 or 2 snapshot is
         upgraded first (codec.upgrade_snapshot)."""
         data = _codec.upgrade_snapshot(data)
         cdef const unsigned char[::1] view = data
         if len(data) < SNAP_HEADER.size:
             raise ValueError("CrossEngine snapshot is too short")
         (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, max_fills,
-         max_account_orders, counter, trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
+         max_account_orders, counter, trade_id, halted, n, n_shards,
+         n_te) = SNAP_HEADER.unpack_from(data)
         if magic != MAGIC or version != VERSION:
             raise ValueError("not a CrossEngine snapshot of this version")
-        if len(data) != SNAP_HEADER.size + n * SNAP_ORDER:
+        cdef Py_ssize_t head = SNAP_HEADER.size + 4 * n_te
+        if len(data) != head + n * SNAP_ORDER:
             raise ValueError("CrossEngine snapshot has the wrong length")
+        te_sources = struct.unpack_from(f"<{n_te}I", data, SNAP_HEADER.size)
         if counter > _codec.ORDER_COUNTER_MAX:
             raise ValueError("CrossEngine snapshot has an order counter past the id space")
         cdef CrossEngine eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders,
                                    max(16, min(n, 1 << 30)), 1 << 12, max_fills,
-                                   max_account_orders)
+                                   max_account_orders, te_sources, n_shards)
         eng.order_counter = counter
         eng.trade_id = trade_id
         eng.halted = bool(halted)
         eng._reserve_index(n)
-        cdef Py_ssize_t off = SNAP_HEADER.size, k
+        cdef Py_ssize_t off = head, k
         cdef int32_t i, lo, hi, tmp
         cdef int64_t tmp_key
         cdef const unsigned char* p = &view[0]

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from crossengine import codec as c
 from mq.sources import OPERATOR_SOURCE, is_operator
 
-SNAP_HEADER = struct.Struct("<4sHIqQQqQIIQQBQ")
+SNAP_HEADER = c.SNAP_HEADER_V3
 SNAP_ORDER = struct.Struct("<QQIBqQQBB")
 MAGIC = b"SQCE"
-VERSION = 2
+VERSION = 3
 REASON_ADMIN = c.REASON_ADMIN
 
 
@@ -62,7 +62,12 @@ class ReferenceEngine:
     def __init__(self, symbol_id: int = 1, tick_size: int = 1, min_qty: int = 1,
                  max_qty: int = 10**9, max_price: int = 2**62, max_orders: int = 10_000_000,
                  max_fills: int = c.MAX_FILLS_LIMIT,
-                 max_account_orders: int = c.DEFAULT_ACCOUNT_ORDERS):
+                 max_account_orders: int = c.DEFAULT_ACCOUNT_ORDERS,
+                 te_sources: tuple[int, ...] | list[int] = (), n_shards: int = 1):
+        # Configuration kept in the snapshot; the oracle applies commands only (routes and
+        # TradingEngine payloads are the compiled engine's, tested on their own).
+        self.te_sources = list(te_sources)
+        self.n_shards = n_shards
         self.symbol_id = symbol_id
         self.tick_size = tick_size
         self.min_qty = min_qty
@@ -420,7 +425,8 @@ class ReferenceEngine:
                                   self.max_qty, self.max_price, self.max_orders,
                                   self.max_fills, self.max_account_orders,
                                   self.order_counter, self.trade_id, int(self.halted),
-                                  len(self.orders))]
+                                  len(self.orders), self.n_shards, len(self.te_sources)),
+                 struct.pack(f"<{len(self.te_sources)}I", *self.te_sources)]
         for side in (c.BUY, c.SELL):
             for price in self._level_order_prices(side):
                 for oid in self.levels[side][price]:
@@ -434,13 +440,15 @@ class ReferenceEngine:
     def restore(cls, data: bytes) -> ReferenceEngine:
         data = c.upgrade_snapshot(data)
         (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, max_fills,
-         max_account_orders, counter, trade_id, halted, n) = SNAP_HEADER.unpack_from(data)
+         max_account_orders, counter, trade_id, halted, n, n_shards,
+         n_te) = SNAP_HEADER.unpack_from(data)
         if magic != MAGIC or version != VERSION:
             raise ValueError("not a CrossEngine snapshot of this version")
+        te_sources = struct.unpack_from(f"<{n_te}I", data, SNAP_HEADER.size)
         eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders, max_fills,
-                  max_account_orders)
+                  max_account_orders, te_sources, n_shards)
         eng.order_counter, eng.trade_id, eng.halted = counter, trade_id, bool(halted)
-        off = SNAP_HEADER.size
+        off = SNAP_HEADER.size + 4 * n_te
         for _ in range(n):
             eng._add(Order(*SNAP_ORDER.unpack_from(data, off)), [])
             off += SNAP_ORDER.size

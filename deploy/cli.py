@@ -666,7 +666,8 @@ def parser() -> Parser:
                    help="sequenced time moves by at most this from one record to the next")
     s.add_argument("--upstream", action="append", default=[], type=upstream_spec, help=(
         "take another stream as a source (repeat): 'stream=NAME,source=ID,pub=ADDR,"
-        "replicators=ADDR|ADDR,kinds=K|K'"))
+        "replicators=ADDR|ADDR,kinds=K|K,route=MASK'; kinds and route are optional, route takes "
+        "only the records with route & MASK != 0 (hex or decimal)"))
     s.set_defaults(fn=cmd_sequencer)
 
     s = sub.add_parser("replica", help="run an engine replica (hot or warm) on its in stream")

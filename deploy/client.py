@@ -500,7 +500,7 @@ class Client:
                 break
 
     def _outcome(self, t: Ticket, rec: tuple, units: decode.Units) -> Outcome:
-        seq, _ts, src, ss, _epoch, _kind, payload = rec
+        seq, _ts, src, ss, _epoch, _kind, payload = rec[:7]
         events = codec.decode_events(payload)
         head = events[0] if events else None
         mine = src == self.source and ss == t.source_seq

@@ -385,11 +385,14 @@ def te_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
 
 def decode_record(stream: str, rec: tuple, by_id: dict[int, Units],
                   stream_units: Units | None = None) -> dict[str, Any]:
-    """One record (seq, ts_ns, source, source_seq, epoch, kind, payload) as a dict.
+    """One record (seq, ts_ns, source, source_seq, epoch, kind, payload[, route]) as a dict;
+    its route only when it has one (an engine's output record routed downstream).
     stream_units: the symbol of a CrossEngine stream (in.ce.SYM / out.ce.SYM)."""
-    seq, ts, src, ss, epoch, kind, payload = rec
+    seq, ts, src, ss, epoch, kind, payload = rec[:7]
     d: dict[str, Any] = {"seq": seq, "ts_ns": ts, "source": src, "source_seq": ss,
                          "epoch": epoch, "kind": kind}
+    if len(rec) > 7 and rec[7]:
+        d["route"] = rec[7]
     units = stream_units or UNKNOWN
     if stream.startswith("in.ce."):
         d.update(ce_command(kind, payload, units))
@@ -453,7 +456,9 @@ def matches(d: dict[str, Any], kind: str | None = None, account: int | None = No
 def line(d: dict[str, Any]) -> str:
     """One record as one human line: seq, source, then the decoded fields."""
     head = f"{d['seq']:>10} {d['source']:>6}:{d['source_seq']:<8}"
-    skip = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "events"}
+    if d.get("route"):
+        head += f" route={d['route']:#x}"
+    skip = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "route", "events"}
 
     def fields(x: dict) -> str:
         name = x.get("command") if "event" not in x else x["event"]

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Record and frame codec: the per-record work of the log, in one C loop per frame.
 
-A *record* is a 38-byte little-endian header followed by its payload:
+A *record* is a 46-byte little-endian header followed by its payload:
 
     off size field
      0  u64  seq         position in the stream, 1-based, gapless (0 before sequencing)
@@ -11,7 +11,9 @@ A *record* is a 38-byte little-endian header followed by its payload:
     28  u32  epoch       master incarnation that stamped the record (0 before sequencing)
     32  u16  kind        record type, opaque to mq/ except KIND_TICK
     34  u32  length      payload bytes, at most MAX_PAYLOAD
-    38  ...  payload
+    38  u64  route       routing bits an engine sets on its output records (0 from producers);
+                         the sequencer and the mirror keep it, rebase() filters on it
+    46  ...  payload
 
 A *frame* is records laid end to end, nothing else: any run of whole records of a frame is a
 frame again, so stored frames can be cut at any record for replay.
@@ -32,12 +34,13 @@ if sys.byteorder != "little":
     raise ImportError("mq._frame assumes a little-endian host")
 
 cdef enum:
-    HDR = 38
+    HDR = 46
+    K_TICK = 1
 
 HEADER_SIZE = HDR
 MAX_PAYLOAD = 1 << 20          # 1 MiB: one record never needs more
 MAX_FRAME = 64 << 20           # 64 MiB: bounds every allocation driven by the network
-KIND_TICK = 1                  # the sequencer's idle time record; empty payload
+KIND_TICK = K_TICK             # the sequencer's idle time record; empty payload
 
 
 class FrameError(ValueError):
@@ -186,7 +189,7 @@ def source_runs(const unsigned char[::1] buf):
 
 
 def decode(const unsigned char[::1] buf):
-    """List of (seq, ts_ns, source, source_seq, epoch, kind, payload) tuples."""
+    """List of (seq, ts_ns, source, source_seq, epoch, kind, payload, route) tuples."""
     cdef Py_ssize_t n = buf.shape[0], off = 0, nxt
     cdef const unsigned char* p
     out = []
@@ -197,19 +200,24 @@ def decode(const unsigned char[::1] buf):
         nxt = _next(p, off, n)
         out.append((rd64(p + off), rd64(p + off + 8), rd32(p + off + 24), rd64(p + off + 16),
                     rd32(p + off + 28), rd16(p + off + 32),
-                    PyBytes_FromStringAndSize(<const char*>(p + off + HDR), nxt - off - HDR)))
+                    PyBytes_FromStringAndSize(<const char*>(p + off + HDR), nxt - off - HDR),
+                    rd64(p + off + 38)))
         off = nxt
     return out
 
 
 def encode(records):
-    """Frame from (seq, ts_ns, source, source_seq, epoch, kind, payload) tuples."""
+    """Frame from (seq, ts_ns, source, source_seq, epoch, kind, payload[, route]) tuples:
+    a 7-tuple has route 0, so that callers that do not route stay simple."""
     cdef Py_ssize_t total = 0, off = 0, plen
     cdef unsigned char* q
     cdef bytes out
     cdef const unsigned char[::1] pv
+    cdef uint64_t route
     recs = list(records)
     for r in recs:
+        if len(r) != 7 and len(r) != 8:
+            raise ValueError(f"a record is a 7- or 8-tuple, not {len(r)} items")
         plen = len(r[6])
         if plen > MAX_PAYLOAD:
             raise FrameError(f"payload of {plen} bytes exceeds {MAX_PAYLOAD}")
@@ -217,7 +225,8 @@ def encode(records):
     out = PyBytes_FromStringAndSize(NULL, total)
     q = <unsigned char*>PyBytes_AS_STRING(out)
     for r in recs:
-        seq, ts_ns, source, source_seq, epoch, kind, payload = r
+        seq, ts_ns, source, source_seq, epoch, kind, payload = r[:7]
+        route = r[7] if len(r) == 8 else 0
         plen = len(payload)
         wr64(q + off, seq)
         wr64(q + off + 8, ts_ns)
@@ -226,6 +235,7 @@ def encode(records):
         wr32(q + off + 28, epoch)
         wr16(q + off + 32, kind)
         wr32(q + off + 34, <uint32_t>plen)
+        wr64(q + off + 38, route)
         if plen:
             pv = payload
             memcpy(q + off + HDR, &pv[0], plen)
@@ -234,7 +244,7 @@ def encode(records):
 
 
 def pack(uint32_t source, uint64_t source_seq_first, uint16_t kind, payloads):
-    """A producer batch: payloads numbered source_seq_first, +1, ... (seq, ts, epoch 0)."""
+    """A producer batch: payloads numbered source_seq_first, +1, ... (seq, ts, epoch, route 0)."""
     cdef Py_ssize_t total = 0, off = 0, plen
     cdef uint64_t ss = source_seq_first
     cdef unsigned char* q
@@ -262,6 +272,7 @@ def pack(uint32_t source, uint64_t source_seq_first, uint16_t kind, payloads):
         wr32(q + off + 28, 0)
         wr16(q + off + 32, kind)
         wr32(q + off + 34, <uint32_t>plen)
+        wr64(q + off + 38, 0)
         if plen:
             pv = payload
             memcpy(q + off + HDR, &pv[0], plen)
@@ -296,28 +307,42 @@ def epoch_runs(const unsigned char[::1] buf):
     return out
 
 
-def rebase(const unsigned char[::1] buf, uint32_t source, const unsigned char[::1] kinds):
+cdef inline bint _takes(const unsigned char* rec, const unsigned char* kinds,
+                        uint64_t route_mask) noexcept:
+    """Whether rebase() takes the (validated) record at `rec`: not a Tick, its kind in the
+    8,192-byte bitmap `kinds` (NULL: every kind), its route matching the mask (0: any)."""
+    cdef uint16_t kind = rd16(rec + 32)
+    if kind == K_TICK:
+        return False
+    if route_mask and not (rd64(rec + 38) & route_mask):
+        return False
+    return kinds == NULL or (kinds[kind >> 3] >> (kind & 7)) & 1
+
+
+def rebase(const unsigned char[::1] buf, uint32_t source, const unsigned char[::1] kinds,
+           uint64_t route_mask=0):
     """Records of a sequenced frame from another stream, as a producer batch of `source`:
     source_seq = their seq in that stream (so the position there is the dedup state),
-    seq/ts/epoch cleared, kind and payload kept. `kinds` is a bitmap of 8,192 bytes (bit k set:
-    take kind k) or empty (take every kind except Ticks)."""
+    seq/ts/epoch cleared, kind, route and payload kept. `kinds` is a bitmap of 8,192 bytes
+    (bit k set: take kind k) or empty (take every kind except Ticks). `route_mask` 0 takes
+    every route; otherwise a record is taken only if `route & route_mask != 0`."""
     cdef Py_ssize_t n = buf.shape[0], off = 0, nxt, total = 0, w = 0
     cdef const unsigned char* p
     cdef unsigned char* q
-    cdef uint16_t kind
-    cdef bint all_kinds = kinds.shape[0] == 0
+    cdef const unsigned char* bits = NULL
     cdef bytes out
     if source == 0:
         raise FrameError("source 0 is reserved for the sequencer")
-    if not all_kinds and kinds.shape[0] != 8192:
+    if kinds.shape[0] != 0 and kinds.shape[0] != 8192:
         raise ValueError("kinds must be empty or a bitmap of 8192 bytes")
+    if kinds.shape[0]:
+        bits = &kinds[0]
     if n == 0:
         return b""
     p = &buf[0]
     while off < n:  # first pass: validate and size
         nxt = _next(p, off, n)
-        kind = rd16(p + off + 32)
-        if kind != KIND_TICK and (all_kinds or (kinds[kind >> 3] >> (kind & 7)) & 1):
+        if _takes(p + off, bits, route_mask):
             total += nxt - off
         off = nxt
     out = PyBytes_FromStringAndSize(NULL, total)
@@ -325,8 +350,7 @@ def rebase(const unsigned char[::1] buf, uint32_t source, const unsigned char[::
     off = 0
     while off < n:
         nxt = _next(p, off, n)
-        kind = rd16(p + off + 32)
-        if kind != KIND_TICK and (all_kinds or (kinds[kind >> 3] >> (kind & 7)) & 1):
+        if _takes(p + off, bits, route_mask):
             memcpy(q + w, p + off, nxt - off)
             wr64(q + w + 16, rd64(p + off))  # source_seq = seq upstream
             wr64(q + w, 0)

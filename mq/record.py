@@ -1,7 +1,7 @@
 """Records and frames: the public face of the compiled codec (mq._frame).
 
-A record is ``(seq, ts_ns, source, source_seq, epoch, kind, payload)``; a frame is records
-laid end to end. See mq/_frame.pyx for the byte layout; RECORD_HEADER mirrors it with
+A record is ``(seq, ts_ns, source, source_seq, epoch, kind, payload, route)``; a frame is
+records laid end to end. ``encode`` also takes 7-tuples (route 0). See mq/_frame.pyx for the byte layout; RECORD_HEADER mirrors it with
 ``struct`` so that tests can check the codec against an independent encoder.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ try:
 except ImportError as exc:  # no runtime fallback: the compiled codec is the codec
     raise ImportError(f"{exc}: build the extensions with `pip install -e .`") from exc
 
-# seq, ts_ns, source_seq, source, epoch, kind, length
-RECORD_HEADER = struct.Struct("<QQQIIHI")
+# seq, ts_ns, source_seq, source, epoch, kind, length, route
+RECORD_HEADER = struct.Struct("<QQQIIHIQ")
 if RECORD_HEADER.size != HEADER_SIZE:
     raise ImportError("record header mirror disagrees with the compiled codec")
 
@@ -46,6 +46,7 @@ class Record(NamedTuple):
     epoch: int
     kind: int
     payload: bytes
+    route: int = 0   # routing bits an engine set on an output record (0 from producers)
 
 
 def records(frame: bytes | memoryview) -> list[Record]:

@@ -127,25 +127,32 @@ class SequencedClock:
 
 @dataclass
 class Upstream:
-    """Another stream taken as a source: its records whose kind passes the filter, each with
-    source_seq = its seq in that stream, so that the position there is this stream's dedup
-    state (persisted by the replicators with every frame) and survives restarts."""
+    """Another stream taken as a source: its records whose kind and route pass the filters,
+    each with source_seq = its seq in that stream, so that the position there is this stream's
+    dedup state (persisted by the replicators with every frame) and survives restarts."""
     stream: str
     source: int
     pub: str
     replicators: list[str]
     kinds: list[int]
+    route: int = 0        # route mask: take a record only if route & mask != 0 (0: every route)
     sub: Any = None       # the Subscriber, once the master knows where to start
     bitmap: bytes = b""   # kinds as rebase() takes them
 
     @classmethod
     def parse(cls, spec: str) -> Upstream:
-        """'stream=out.te.0,source=1001,pub=tcp://h:p,replicators=tcp://a|tcp://b,kinds=32|33'"""
+        """'stream=out.te.0,source=1001,pub=tcp://h:p,replicators=tcp://a|tcp://b,kinds=32|33,
+        route=0x3' (kinds and route optional; route in hex or decimal)."""
         try:
             fields = dict(part.split("=", 1) for part in spec.split(","))
             up = cls(fields["stream"], int(fields["source"]), fields["pub"],
                      fields["replicators"].split("|"),
                      [int(k) for k in fields.get("kinds", "").split("|") if k])
+            if "route" in fields:
+                up.route = int(fields["route"], 0)
+                if not 0 < up.route < 1 << 64:
+                    raise ValueError("route must be a mask in 1 .. 2**64-1 (omit it to take "
+                                     "every route)")
         except (KeyError, ValueError) as exc:
             raise ValueError(f"bad upstream spec {spec!r}: {exc}") from None
         if not 0 < up.source < 1 << 32:
@@ -396,8 +403,9 @@ class Sequencer(MasterShell, SequencerCore):
             self.poller.register(up.sub.sub, zmq.POLLIN)
             for sock in up.sub.replicas:
                 self.poller.register(sock, zmq.POLLIN)
-            log.info("%s: takes %s from seq %d as source %d (kinds %s)", self.stream,
-                     up.stream, start, up.source, up.kinds or "all")
+            log.info("%s: takes %s from seq %d as source %d (kinds %s, route %s)", self.stream,
+                     up.stream, start, up.source, up.kinds or "all",
+                     f"{up.route:#x}" if up.route else "any")
 
     def _take_upstreams(self) -> None:
         parts: list[bytes] = []
@@ -405,7 +413,7 @@ class Sequencer(MasterShell, SequencerCore):
         self._turn_ts = 0
         for up in self.upstreams:
             for _f, _last, frame in up.sub.poll(0):
-                batch = rebase(frame, up.source, up.bitmap)
+                batch = rebase(frame, up.source, up.bitmap, up.route)
                 if batch:
                     # source_seqs increase but may skip (records the filter left out)
                     runs = source_runs(batch)

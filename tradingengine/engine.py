@@ -348,7 +348,7 @@ class TradingEngine:
         the same header fields and the events as payload."""
         apply = self.apply
         return encode([(seq, ts, src, src_seq, epoch, kind, apply(seq, ts, kind, payload, src))
-                       for seq, ts, src, src_seq, epoch, kind, payload in decode(frame)])
+                       for seq, ts, src, src_seq, epoch, kind, payload, _route in decode(frame)])
 
     # -- sweeps: fan-out work within the output budget ---------------------------------------------
 

@@ -62,7 +62,7 @@ def check_log(cluster: LogCluster, tmp: str, count: int, subs: int) -> int:
     assert epochs == sorted(epochs), "epochs go down along the log"
     assert all(a[1] <= b[1] for a, b in zip(recs, recs[1:], strict=False)), "ts goes back"
     by_key: dict[tuple[int, int], int] = {}
-    for seq, _ts, src, ss, _ep, kind, payload in recs:
+    for seq, _ts, src, ss, _ep, kind, payload, _route in recs:
         if src == 0:
             assert kind == KIND_TICK
             continue

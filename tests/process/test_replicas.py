@@ -7,7 +7,8 @@ CrossEngine replicas -> out.ce.T (mirror, replicated).
 2. Both hot replicas are killed; the warm one is promoted without a restart and publishes the
    missing results.
 In both, the out stream equals, byte for byte, a reference run of a fresh engine over the in
-stream's log.
+stream's log, routes included (the engine routes to 4 shards): the route an engine sets
+survives hot replica -> mirror -> subscriber, and mirror -> replicator -> replay.
 """
 from __future__ import annotations
 
@@ -58,12 +59,14 @@ def feed(cluster: LogCluster, cmds: list[tuple[int, bytes]], upto: int, prod: Pr
         i = j
 
 
-def reference_outputs(cluster: LogCluster, last: int, eng: object = None) -> list[bytes]:
-    """Outputs of a fresh engine (a CrossEngine unless given) applying the in stream's log."""
+def reference_outputs(cluster: LogCluster, last: int, eng: object = None,
+                      routes: bool = False) -> list:
+    """Outputs of a fresh engine (a CrossEngine unless given) applying the in stream's log:
+    payloads, or (payload, route) pairs."""
     eng = eng if eng is not None else CrossEngine()
     out = []
     for frame in replay(cluster.rep_addrs[0], cluster.stream, 1, last):
-        out.extend(r[6] for r in decode(eng.apply_frame(frame)))
+        out.extend((r[6], r[7]) if routes else r[6] for r in decode(eng.apply_frame(frame)))
     return out
 
 
@@ -146,5 +149,11 @@ def test_crossengine_replicas_on_the_log(tmp_path, scenario):
     tmp = str(tmp_path)
     with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
         cluster.start()
-        last, _hash, got = run_replicas(cluster, tmp, "out.ce.T", commands(), kill_at, scenario)
-        assert [r[6] for r in got] == reference_outputs(cluster, last)
+        last, _hash, got = run_replicas(cluster, tmp, "out.ce.T", commands(), kill_at, scenario,
+                                        ("--engine-config", '{"n_shards": 4}'))
+        want = reference_outputs(cluster, last, CrossEngine(n_shards=4), routes=True)
+        assert len({route for _p, route in want}) >= 10, "too few routes exercised"
+        assert [(r[6], r[7]) for r in got] == want
+        replayed = [(r[6], r[7]) for f in replay(cluster.rep_addrs[0], "out.ce.T", 1, last)
+                    for r in decode(f)]
+        assert replayed == want

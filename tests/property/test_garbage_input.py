@@ -28,7 +28,7 @@ import zmq
 from deploy.procs import Group, tcp
 from mq import sockets, wire
 from mq.control import call, ping, wait_until
-from mq.record import encode
+from mq.record import HEADER_SIZE, encode
 from replicator.store import Store
 
 KNOWN = "in.known"
@@ -134,7 +134,7 @@ def garbage(rng: random.Random) -> tuple[list[bytes], str]:
     else:                                                 # a broken or mismatched frame
         frame = extra[0]
         extra = [rng.choice([frame[:-1], frame[:10], rng.randbytes(60), b"",
-                             frame + b"\x00", frame[:38] + b"\xff" * 4 + frame[42:]])]
+                             frame + b"\x00", frame[:34] + b"\xff" * 4 + frame[38:]])]  # length 4 GiB
         if rng.random() < 0.3:
             body["first"] = 99
             extra = [frame]
@@ -265,7 +265,7 @@ def master_garbage(rng: random.Random) -> list[bytes]:
     bad = rng.choice([good[:-1], good[:20], rng.randbytes(rng.randrange(1, 200)), b"",
                       good + b"\x01", good[:16] + b"\x00" * 8 + good[24:],   # source_seq 0
                       good[:24] + b"\x00" * 4 + good[28:],                   # source 0
-                      b"\xff" * 38])
+                      b"\xff" * HEADER_SIZE])
     return [kind, packed, bad]
 
 

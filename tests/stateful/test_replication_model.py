@@ -56,7 +56,7 @@ from hypothesis.stateful import (
 import replicator.peers as peers_module
 from mq import replication, wire
 from mq.master import SequencerStale
-from mq.record import FrameError, decode, pack, scan
+from mq.record import HEADER_SIZE, FrameError, decode, pack, scan
 from mq.sequencer import SequencedClock, SequencerCore
 from replicator.peers import Peers
 from replicator.server import Replicator
@@ -569,7 +569,7 @@ class Model(RuleBasedStateMachine):
 
     @invariant()
     def backpressure_bounds_what_is_uncommitted(self):
-        batch_bytes = BATCH_MAX * (38 + PAYLOAD) + 38  # one batch and a Tick
+        batch_bytes = BATCH_MAX * (HEADER_SIZE + PAYLOAD) + HEADER_SIZE  # one batch and a Tick
         for m in self.live():
             if not m.ready:
                 continue

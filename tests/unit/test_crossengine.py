@@ -451,17 +451,247 @@ def test_sweep_through_many_makers_fits_a_record(makers):
 
 def test_a_version_1_snapshot_restores_with_the_default_bounds():
     """Snapshots written before the bounds existed (version 1) still restore: max_fills gets
-    its default, max_account_orders its default or the largest account's count."""
+    its default, max_account_orders its default or the largest account's count; and one shard,
+    no te_sources (version 3 added them)."""
     from crossengine.reference import SNAP_HEADER
     eng = CrossEngine()
     for i in range(5):
         new(eng, i + 1, c.BUY, 100 - i, 1, acct=3)
-    v2 = eng.snapshot()
-    head = list(SNAP_HEADER.unpack_from(v2))
-    v1 = c.SNAP_HEADER_V1.pack(head[0], 1, *head[2:8], *head[10:]) + v2[SNAP_HEADER.size:]
+    v3 = eng.snapshot()
+    head = list(SNAP_HEADER.unpack_from(v3))
+    v1 = c.SNAP_HEADER_V1.pack(head[0], 1, *head[2:8], *head[10:14]) + v3[SNAP_HEADER.size:]
     for cls in ENGINES:
         back = cls.restore(v1)
-        assert back.snapshot() == v2
+        assert back.snapshot() == v3
         assert (back.max_fills, back.max_account_orders) == (c.MAX_FILLS_LIMIT,
                                                              c.DEFAULT_ACCOUNT_ORDERS)
-    assert c.upgrade_snapshot(v2) is v2
+        assert (back.n_shards, list(back.te_sources)) == (1, [])
+    assert c.upgrade_snapshot(v3) is v3
+
+
+def test_a_version_2_snapshot_restores_as_one_shard_without_te_sources():
+    """Snapshots written before routes and TradingEngine inputs (version 2) restore as the
+    engine ran then: one shard, no te_sources; the rest of the state unchanged."""
+    from crossengine.reference import SNAP_HEADER
+    eng = CrossEngine(max_fills=7, max_account_orders=50)
+    for i in range(5):
+        new(eng, i + 1, c.SELL, 100 + i, 2, acct=3 + i)
+    v3 = eng.snapshot()
+    head = list(SNAP_HEADER.unpack_from(v3))
+    v2 = c.SNAP_HEADER_V2.pack(head[0], 2, *head[2:14]) + v3[SNAP_HEADER.size:]
+    for cls in ENGINES:
+        back = cls.restore(v2)
+        assert back.snapshot() == v3
+        assert (back.max_fills, back.n_shards, list(back.te_sources)) == (7, 1, [])
+
+
+def test_te_sources_and_n_shards_are_kept_in_the_snapshot():
+    eng = CrossEngine(te_sources=[0x7300_0002, 0x7300_0000], n_shards=5)
+    new(eng, 1, c.BUY, 100, 1, acct=3)
+    snap = eng.snapshot()
+    for cls in ENGINES:
+        back = cls.restore(snap)
+        assert (list(back.te_sources), back.n_shards) == ([0x7300_0002, 0x7300_0000], 5)
+        assert back.snapshot() == snap
+    assert ReferenceEngine(te_sources=[0x7300_0002, 0x7300_0000], n_shards=5).snapshot() \
+        == CrossEngine(te_sources=[0x7300_0002, 0x7300_0000], n_shards=5).snapshot()
+
+
+# -- routes: the output record's header names the TradingEngine shards it concerns -------------
+
+def _frame(cmds, source=5, seq=1):
+    """A sequenced frame of (kind, payload) or (source, kind, payload) commands."""
+    from mq.record import encode
+    recs = [x if len(x) == 3 else (source, *x) for x in cmds]
+    return encode([(seq + i, 1000 + i, src, seq + i, 1, k, p)
+                   for i, (src, k, p) in enumerate(recs)])
+
+
+def _routes(eng, cmds, source=5):
+    from mq.record import decode
+    return [(r[7], r[6]) for r in decode(eng.apply_frame(_frame(cmds, source)))]
+
+
+def expected_route(payload: bytes, n_shards: int) -> int:
+    """The route of an output payload, from the codec's decoding (independent of the engine)."""
+    every = (1 << n_shards) - 1
+    route = 0
+    for e in c.decode_events(payload):
+        accounts = {c.EV_ACCEPTED: [e[3]] if e[0] == c.EV_ACCEPTED else [],
+                    c.EV_REJECTED: [e[2]] if e[0] == c.EV_REJECTED else [],
+                    c.EV_TRADE: [e[4], e[5]] if e[0] == c.EV_TRADE else [],
+                    c.EV_CANCELLED: [e[3]] if e[0] in (c.EV_CANCELLED, c.EV_EXPIRED,
+                                                      c.EV_AMENDED) else []}
+        for acct in sum(accounts.values(), []):
+            route |= 1 << (acct % n_shards)
+        if e[0] in (c.EV_HALTED, c.EV_RESUMED) or (e[0] == c.EV_MASS_CANCELLED
+                                                   and e[1] == c.SCOPE_BOOK):
+            route |= every
+        elif e[0] == c.EV_MASS_CANCELLED:
+            route |= 1 << (e[2] % n_shards)
+    return route
+
+
+def test_a_trade_routes_to_both_sides_shards_and_book_wide_events_to_every_shard():
+    from mq.sources import OPERATOR_SOURCE
+    eng = CrossEngine(n_shards=4)
+    got = _routes(eng, [
+        (c.NEW_ORDER, c.new_order(1, c.SELL, 100, 5, 5)),    # account 5: shard 1
+        (c.NEW_ORDER, c.new_order(2, c.BUY, 100, 2, 6)),     # account 6: shard 2, trades with 5
+        (c.NEW_ORDER, c.new_order(3, c.BUY, 0, 5, 7)),       # rejected (no price): shard 3
+        (c.CANCEL_ALL, c.cancel_all(8)),                     # nothing to cancel, account 8: shard 0
+        (c.CANCEL, c.cancel(0, 1, 5)),                       # cancels the rest of 1: shard 1
+        (c.KIND_TICK, b""),                                  # no events: no route
+    ])
+    assert [r for r, _p in got] == [0b0010, 0b0110, 0b1000, 0b0001, 0b0010, 0]
+    book_wide = _routes(eng, [(OPERATOR_SOURCE, c.HALT, b""), (OPERATOR_SOURCE, c.RESUME, b""),
+                              (OPERATOR_SOURCE, c.MASS_CANCEL, b"")])
+    assert [r for r, _p in book_wide] == [0b1111] * 3
+    assert _routes(eng, [(c.HALT, b"")])[0][0] == 0b0001  # refused: names account 0, shard 0
+
+
+def test_sixty_four_shards_use_every_bit_of_the_route():
+    from mq.sources import OPERATOR_SOURCE
+    eng = CrossEngine(n_shards=64)
+    got = _routes(eng, [(c.NEW_ORDER, c.new_order(1, c.SELL, 100, 5, 63)),
+                        (c.NEW_ORDER, c.new_order(2, c.BUY, 100, 5, 64 + 2)),
+                        (OPERATOR_SOURCE, c.HALT, b"")])
+    assert [r for r, _p in got] == [1 << 63, 1 << 63 | 1 << 2, (1 << 64) - 1]
+
+
+@pytest.mark.parametrize("n_shards", [0, 65])
+def test_n_shards_is_bounded(n_shards):
+    with pytest.raises(ValueError, match="n_shards"):
+        CrossEngine(n_shards=n_shards)
+
+
+@pytest.mark.parametrize("te", [[0], [7, 7], [0xFFFF_0000], list(range(1, 66))])
+def test_te_sources_are_distinct_non_operator_ids(te):
+    with pytest.raises(ValueError, match="te_sources"):
+        CrossEngine(te_sources=te)
+
+
+@pytest.mark.parametrize("n_shards", [1, 3, 64])
+def test_every_output_route_is_the_shards_of_the_accounts_its_events_name(n_shards):
+    """A seeded flow of every command kind, halts and mass cancels from the operator: each
+    output record's route equals the one computed from the codec's decoding of its events."""
+    from mq.record import decode, encode
+    from mq.sources import OPERATOR_SOURCE
+    from tests.property.test_crossengine_determinism import flow
+    eng = CrossEngine(n_shards=n_shards)
+    seen = 0
+    for frame in flow(3000, seed=7):
+        recs = [r[:2] + (OPERATOR_SOURCE,) + r[3:7] for r in decode(frame)]
+        recs.insert(len(recs) // 2, (recs[0][0], 0, OPERATOR_SOURCE, 0, 1, c.MASS_CANCEL, b""))
+        recs = [(recs[0][0] + i,) + r[1:] for i, r in enumerate(recs)]
+        for r in decode(eng.apply_frame(encode(recs))):
+            assert r[7] == expected_route(r[6], n_shards), c.decode_events(r[6])
+            seen |= r[7]
+    assert seen == (1 << n_shards) - 1
+
+
+# -- TradingEngine output payloads from te_sources ----------------------------------------------
+
+TE_SOURCE = 0x7300_0001
+CE_COMMAND = struct.Struct("<BIHH")
+
+
+def ce_command(symbol: int, kind: int, body: bytes) -> bytes:
+    return CE_COMMAND.pack(1, symbol, kind, len(body)) + body
+
+
+def te_event(kind: int, size: int) -> bytes:
+    """A TradingEngine event of a fixed layout that the CrossEngine skips (fields zero)."""
+    return bytes([kind]) + bytes(size - 1)
+
+
+SESSION_STATE = te_event(13, 38)
+SESSION_REPORT = struct.pack("<BIQH", 14, 9, 2, 200) + bytes(112)
+EXEC_REPORT = te_event(2, 88)
+
+
+def test_the_mirrored_event_table_is_the_tradingengines():
+    """Every TradingEngine event type has the size tradingengine/codec.py gives it; the session
+    events of docs/order-path.md §3 (13, 14) have their contract layouts until that codec
+    has them too, then its sizes."""
+    from crossengine.engine import TE_EVENT_SIZES, TE_SESSION_BLOCK_SIZES
+    from tradingengine import codec as tc
+    for kind, s in tc.EVENT_STRUCTS.items():
+        assert TE_EVENT_SIZES.get(kind) == s.size, f"TradingEngine event {kind}"
+    contract = {13: struct.calcsize("<BIQQQQB"), 14: struct.calcsize("<BIQH")}
+    for kind, size in TE_EVENT_SIZES.items():
+        assert kind in tc.EVENT_STRUCTS or contract.get(kind) == size, f"event {kind}"
+    assert TE_EVENT_SIZES[tc.CE_COMMAND] == tc.EVENT_STRUCTS[tc.CE_COMMAND].size
+    assert TE_SESSION_BLOCK_SIZES == {10: 20, 200: 112, 201: 48, 202: 36, 203: 68}
+    blocks = getattr(tc, "SESSION_BLOCK_SIZES", None)
+    if blocks is not None:
+        assert blocks == TE_SESSION_BLOCK_SIZES
+
+
+def test_a_te_record_applies_its_commands_for_this_symbol_in_order_and_ignores_the_rest():
+    from mq.record import decode
+    eng = CrossEngine(symbol_id=1, te_sources=[TE_SOURCE], n_shards=4)
+    alone = CrossEngine(symbol_id=1)
+    mine = [(c.NEW_ORDER, c.new_order(1, c.SELL, 100, 5, 5)),
+            (c.NEW_ORDER, c.new_order(2, c.BUY, 100, 2, 6)),
+            (c.CANCEL, c.cancel(0, 1, 5))]
+    payload = (EXEC_REPORT + ce_command(1, *mine[0]) + ce_command(2, c.HALT, b"")
+               + SESSION_STATE + ce_command(1, *mine[1]) + SESSION_REPORT
+               + ce_command(3, c.NEW_ORDER, c.new_order(9, c.BUY, 100, 5, 9))
+               + ce_command(1, *mine[2]) + te_event(4, 37))
+    out = decode(eng.apply_frame(_frame([(TE_SOURCE, 44, payload)], seq=7)))
+    want = b"".join(alone.apply(0, 0, k, p) for k, p in mine)
+    assert len(out) == 1 and out[0][:6] == (7, 1000, TE_SOURCE, 7, 1, 44)
+    assert out[0][6] == want
+    assert out[0][7] == 0b0110  # accounts 5 and 6
+    assert eng.state_hash() != CrossEngine(symbol_id=1, te_sources=[TE_SOURCE],
+                                           n_shards=4).state_hash()
+    assert eng.book() == alone.book()
+
+
+def test_a_te_record_with_no_command_for_this_symbol_has_an_empty_output():
+    from mq.record import decode
+    eng = CrossEngine(symbol_id=1, te_sources=[TE_SOURCE])
+    before = eng.state_hash()
+    payload = EXEC_REPORT + ce_command(2, c.NEW_ORDER, c.new_order(1, c.BUY, 100, 5, 1))
+    for p in (payload, b""):
+        out = decode(eng.apply_frame(_frame([(TE_SOURCE, 44, p)])))
+        assert [(r[6], r[7]) for r in out] == [(b"", 0)]
+    assert eng.state_hash() == before
+
+
+def test_a_te_source_is_not_the_operator_and_other_sources_send_commands():
+    eng = CrossEngine(symbol_id=1, te_sources=[TE_SOURCE])
+    events = c.decode_events(eng.apply(1, 0, 0, ce_command(1, c.HALT, b""), TE_SOURCE))
+    assert rejected_code(events) == "source_not_operator"
+    # the same bytes from a source not in te_sources are a command of the record's kind
+    order = c.new_order(1, c.BUY, 100, 5, 1)
+    assert names(c.decode_events(eng.apply(2, 0, c.NEW_ORDER, order, 0x7300_0002))) == [
+        "OrderAccepted", "LevelChanged"]
+    wrapped = ce_command(1, c.NEW_ORDER, order)
+    assert rejected_code(c.decode_events(eng.apply(3, 0, c.NEW_ORDER, wrapped, 0x7300_0002))) \
+        == "command_malformed"
+
+
+@pytest.mark.parametrize("payload, what", [
+    (bytes([99]) + bytes(20), "unknown event type 99 at offset 42"),  # after `first`
+    (EXEC_REPORT + bytes([0]), "unknown event type 0 at offset 130"),
+    (EXEC_REPORT[:50], "event type 2 truncated"),
+    (ce_command(1, c.NEW_ORDER, c.new_order(1, c.BUY, 100, 5, 1))[:-1], "event type 1 truncated"),
+    (ce_command(2, c.NEW_ORDER, b"")[:-2], "event type 1 truncated"),
+    (struct.pack("<BIQH", 14, 9, 2, 150) + bytes(112), "SessionMessage of unknown template 150"),
+    (struct.pack("<BIQH", 14, 9, 2, 4000) + bytes(112), "unknown template 4000"),
+    (struct.pack("<BIQH", 14, 9, 2, 201) + bytes(47), "event type 14 truncated"),
+])
+def test_a_te_payload_this_engine_cannot_walk_is_a_clear_error_that_changes_nothing(payload, what):
+    """A deployment mismatch (the TradingEngine writes a layout this engine does not know):
+    RuntimeError naming the record's seq and source; no command of the record is applied,
+    not even one that came before the bad event."""
+    eng = CrossEngine(symbol_id=1, te_sources=[TE_SOURCE])
+    before = eng.state_hash()
+    first = ce_command(1, c.NEW_ORDER, c.new_order(7, c.BUY, 100, 5, 1))
+    with pytest.raises(RuntimeError, match=f"record seq 42 from source {TE_SOURCE} .*{what}"):
+        eng.apply_frame(_frame([(TE_SOURCE, 44, first + payload)], seq=42))
+    assert eng.state_hash() == before
+    with pytest.raises(RuntimeError, match="deployment mismatch"):
+        eng.apply(42, 0, 44, first + payload, TE_SOURCE)

@@ -140,3 +140,16 @@ def test_units_and_lines():
     line = d.line(d.decode_record("out.ce.BTCUSDT", pairs[1][1], BY_ID, UNITS))
     assert line.split()[:2] == ["2", "9:2"] and "Trade" in line and "price=100.5" in line
     assert d.reject_text(9999) == "code 9999"
+
+
+def test_a_routed_record_shows_its_route_and_an_unrouted_one_none():
+    """A record with a route (an engine's output routed downstream) shows it, in hex in the
+    line; a route of 0 (every producer's record) is left out, as are 7-tuples."""
+    payload = CrossEngine().apply(1, 0, ce.NEW_ORDER, ce.new_order(1, ce.SELL, 201, 5, 1))
+    routed = d.decode_record("out.ce.BTCUSDT", rec(1, ce.NEW_ORDER, payload) + (0x6,), BY_ID,
+                             UNITS)
+    assert routed["route"] == 6
+    assert " route=0x6 " in d.line(routed)
+    for plain in (rec(1, ce.NEW_ORDER, payload) + (0,), rec(1, ce.NEW_ORDER, payload)):
+        x = d.decode_record("out.ce.BTCUSDT", plain, BY_ID, UNITS)
+        assert "route" not in x and "route" not in d.line(x)

@@ -24,36 +24,55 @@ from mq.record import (
 
 
 def mirror(recs):
-    """Independent encoder: seq, ts, source_seq, source, epoch, kind, length + payload."""
+    """Independent encoder: seq, ts, source_seq, source, epoch, kind, length, route + payload
+    (a 7-tuple has route 0)."""
     out = b""
-    for seq, ts, src, ss, epoch, kind, payload in recs:
-        out += struct.pack("<QQQIIHI", seq, ts, ss, src, epoch, kind, len(payload)) + payload
+    for seq, ts, src, ss, epoch, kind, payload, *route in recs:
+        out += struct.pack("<QQQIIHIQ", seq, ts, ss, src, epoch, kind, len(payload),
+                           route[0] if route else 0) + payload
     return out
 
 
-RECS = [(5, 1_700_000_000_000_000_000, 3, 9, 2, 16, b"hello"),
-        (6, 1_700_000_000_000_000_001, 0, 1, 2, KIND_TICK, b""),
-        (7, 1_700_000_000_000_000_002, 4, 1, 2, 17, bytes(range(256)))]
+RECS = [(5, 1_700_000_000_000_000_000, 3, 9, 2, 16, b"hello", 0),
+        (6, 1_700_000_000_000_000_001, 0, 1, 2, KIND_TICK, b"", 0),
+        (7, 1_700_000_000_000_000_002, 4, 1, 2, 17, bytes(range(256)), (1 << 64) - 1),
+        (8, 1_700_000_000_000_000_003, 4, 2, 2, 17, b"r", 0x5)]
 
 
-def test_header_layout_is_38_bytes():
-    assert HEADER_SIZE == RECORD_HEADER.size == 38
+def test_header_layout_is_46_bytes_with_the_route_at_38():
+    assert HEADER_SIZE == RECORD_HEADER.size == 46
+    frame = encode([(1, 2, 3, 4, 5, 6, b"p", 0x0102030405060708)])
+    assert frame[38:46] == (0x0102030405060708).to_bytes(8, "little")
+    assert frame[46:] == b"p"
 
 
 def test_encode_matches_struct_mirror():
     assert encode(RECS) == mirror(RECS)
     assert decode(mirror(RECS)) == RECS
+    assert records(mirror(RECS))[2].route == (1 << 64) - 1
+
+
+def test_encode_takes_seven_tuples_as_route_zero():
+    seven = [r[:7] for r in RECS]
+    assert encode(seven) == mirror(seven)
+    assert [r[7] for r in decode(encode(seven))] == [0] * len(RECS)
+
+
+@pytest.mark.parametrize("bad", [(1, 2, 3, 4, 5, 6), (1, 2, 3, 4, 5, 6, b"", 0, 0)])
+def test_encode_refuses_a_tuple_of_another_length(bad):
+    with pytest.raises(ValueError, match="7- or 8-tuple"):
+        encode([bad])
 
 
 def test_scan_reports_count_and_range():
-    assert scan(encode(RECS)) == (3, 5, 7)
+    assert scan(encode(RECS)) == (4, 5, 8)
 
 
 def test_pack_then_stamp_assigns_contiguous_seqs_time_and_epoch():
     batch = pack(7, 10, 16, [b"a", b"bb", b"ccc"])
     assert scan_producer(batch) == (7, 10, 3)
     stamped = stamp(batch, 1, 100, 555, 3)
-    assert records(stamped) == [(100, 555, 7, 11, 3, 16, b"bb"), (101, 555, 7, 12, 3, 16, b"ccc")]
+    assert records(stamped) == [(100, 555, 7, 11, 3, 16, b"bb", 0), (101, 555, 7, 12, 3, 16, b"ccc", 0)]
     assert stamp(batch, 3, 100, 555, 3) == b""
 
 
@@ -65,14 +84,14 @@ def test_source_runs_split_on_source_change():
 
 def test_trim_and_offset_of():
     frame = encode(RECS)
-    assert scan(trim(frame, 5, 6)) == (2, 6, 7)
+    assert scan(trim(frame, 5, 6)) == (3, 6, 8)
     assert scan(trim(frame, 5, 6, 6)) == (1, 6, 6)
     assert offset_of(frame, 0) == 0
-    assert offset_of(frame, 3) == len(frame)
+    assert offset_of(frame, 4) == len(frame)
 
 
 def test_tick_is_source_zero_with_empty_payload():
-    assert records(tick(9, 10, 4, 2)) == [(9, 10, 0, 4, 2, KIND_TICK, b"")]
+    assert records(tick(9, 10, 4, 2)) == [(9, 10, 0, 4, 2, KIND_TICK, b"", 0)]
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -82,7 +101,7 @@ def test_tick_is_source_zero_with_empty_payload():
     (mirror([(1, 0, 1, 1, 0, 1, b"")]) + b"\x00", "truncated record header"),
     (mirror([(0, 0, 1, 1, 0, 1, b"")]), "seq 0"),
     (mirror([(1, 0, 1, 1, 0, 1, b""), (3, 0, 1, 2, 0, 1, b"")]), "contiguity"),
-    (struct.pack("<QQQIIHI", 1, 0, 1, 1, 0, 1, 0xFFFFFFFF), "claims"),
+    (struct.pack("<QQQIIHIQ", 1, 0, 1, 1, 0, 1, 0xFFFFFFFF, 0), "claims"),
 ])
 def test_scan_refuses_malformed_frames(bad, message):
     with pytest.raises(FrameError, match=message):

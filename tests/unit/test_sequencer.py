@@ -11,7 +11,7 @@ import pytest
 from mq import wire
 from mq.master import MAX_EPOCH, EpochExhausted, Window
 from mq.record import decode, encode, pack, scan
-from mq.sequencer import SequencedClock, SequencerCore
+from mq.sequencer import SequencedClock, SequencerCore, Upstream
 
 STREAM = "in.unit"
 SEC = 1_000_000_000
@@ -502,3 +502,31 @@ def test_hello_for_sources_that_never_sent_anything_keeps_no_per_source_runs():
         core._control(b"p%d" % src, wire.HELLO, {"src": src, "from": 1})
     assert len(core.recent) == 0
     assert all(kind == wire.WELCOME for _i, kind, _b in core.replies)
+
+
+UP = "stream=out.te.0,source=1001,pub=tcp://h:1,replicators=tcp://a:2|tcp://b:3"
+
+
+@pytest.mark.parametrize("tail, kinds, route", [
+    ("", [], 0),
+    (",kinds=16|17", [16, 17], 0),
+    (",route=0x3", [], 3),
+    (",route=12", [], 12),
+    (",kinds=76,route=0x8000000000000000", [76], 1 << 63),
+])
+def test_an_upstream_spec_names_kinds_and_a_route_mask(tail, kinds, route):
+    up = Upstream.parse(UP + tail)
+    assert (up.stream, up.source, up.replicators) == ("out.te.0", 1001, ["tcp://a:2", "tcp://b:3"])
+    assert (up.kinds, up.route) == (kinds, route)
+
+
+@pytest.mark.parametrize("tail, message", [
+    (",route=0x", "invalid literal"),
+    (",route=three", "invalid literal"),
+    (",route=0", "route must be a mask in 1 .. 2\\*\\*64-1"),
+    (",route=-1", "route must be a mask"),
+    (",route=0x10000000000000000", "route must be a mask"),
+])
+def test_a_bad_route_mask_is_one_clear_error(tail, message):
+    with pytest.raises(ValueError, match="bad upstream spec .*" + message):
+        Upstream.parse(UP + tail)
