@@ -828,7 +828,7 @@ class TradingEngine:
                                                   orig, code, to))
         if self._ctx is not None:
             ctx = self._ctx
-            self._session_cancel_reject(ctx[0], ctx[2], ctx[3], ctx[4], 0, to,
+            self._session_cancel_reject(ctx[0], ctx[2], ctx[3], ctx[4], to,
                                         fix_cxl_rej_reason(code))
 
     def _amend(self, payload: bytes) -> None:
@@ -1732,7 +1732,7 @@ class TradingEngine:
         size = c.SESSION_LOGON_S.size
         accounts: list = []
         if n == size + 4 * count and count <= c.MAX_SESSION_ACCOUNTS:
-            accounts = sorted(set(struct.unpack_from(f"<{count}I", payload, size)))
+            accounts = sorted(dict.fromkeys(struct.unpack_from(f"<{count}I", payload, size)))
             if not accounts:
                 accounts = [default]
         if (n != size + 4 * count or count > c.MAX_SESSION_ACCOUNTS or mode > 2
