@@ -10,8 +10,6 @@ takes them from any source, as before.
 """
 from __future__ import annotations
 
-import pytest
-
 from mq.record import decode, encode
 from mq.sources import OPERATOR_SOURCE
 from tests.tradingvenue import two_specs
