@@ -245,7 +245,26 @@ TE_EVENTS = {
     te.CANCEL_REJECTED: ("account client_order_id orig_client_order_id code response_to",
                          "iiicX"),
     te.DEAD_MANS_SWITCH_FIRED: ("account orders_cancelled", "ii"),
+    te.SESSION_STATE: ("user session_id conn_id next_expected next_seq status", "iiiiii"),
+    te.SESSION_MESSAGE: ("user session_id template", "iii"),
 }
+# the PROTOCOL.md root blocks a SessionMessage carries (prices as 1e-8 mantissas, as sent)
+SESSION_BLOCKS = {
+    te.P_NOT_APPLIED: ("NotApplied", "seq_no from_seq_no count"),
+    te.P_EXEC_REPORT: ("ExecutionReport", "seq_no transact_time client_order_id "
+                       "orig_client_order_id order_id exec_id price_e8 qty last_price_e8 "
+                       "last_qty leaves cum_qty symbol account exec_type ord_status side "
+                       "ord_type tif reason liquidity flags"),
+    te.P_CANCEL_REJECT: ("OrderCancelReject", "seq_no transact_time client_order_id "
+                         "orig_client_order_id order_id symbol ord_status response_to reason "
+                         "flags"),
+    te.P_MASS_CANCEL_REPORT: ("OrderMassCancelReport", "seq_no transact_time client_order_id "
+                              "total_affected symbol request_type response reason flags"),
+    te.P_BUSINESS_REJECT: ("BusinessReject", "seq_no transact_time ref_seq_no ref_id "
+                           "ref_template reason flags text"),
+}
+SESSION_COMMANDS = {te.SESSION_LOGON: "SessionLogon", te.SESSION_END: "SessionEnd",
+                    te.GATEWAY_START: "GatewayStart", te.CLIENT_MESSAGE: "ClientMessage"}
 
 
 def _n_fields(s: struct.Struct | None) -> int:
@@ -350,6 +369,8 @@ def ce_events(payload: bytes, units: Units) -> list[dict[str, Any]]:
 def te_command(kind: int, payload: bytes, by_id: dict[int, Units]) -> dict[str, Any]:
     if kind == KIND_TICK:
         return {"command": "Tick"}
+    if kind in SESSION_COMMANDS:
+        return {"command": SESSION_COMMANDS[kind], "payload_hex": payload.hex()}
     s = te.COMMAND_STRUCTS.get(kind)
     if s is None:
         return {"command": f"unknown({kind})", "payload_hex": payload.hex()}
@@ -374,8 +395,15 @@ def te_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
     out = []
     for ev in events:
         names, shows = TE_EVENTS[ev[0]]
-        fields = ev[1:4] if ev[0] == te.CE_COMMAND else ev[1:]
+        fields = ev[1:4] if ev[0] in (te.CE_COMMAND, te.SESSION_MESSAGE) else ev[1:]
         d = {"event": te.EVENT_NAMES[ev[0]], **_show(names, shows, fields, UNKNOWN, by_id)}
+        if ev[0] == te.SESSION_MESSAGE:
+            msg, block_names = SESSION_BLOCKS[ev[3]]
+            values = te.P_STRUCTS[ev[3]].unpack(ev[4])
+            d["message"] = {"name": msg, **{k: (v.rstrip(b"\0").decode("ascii", "replace")
+                                                if isinstance(v, bytes) else v)
+                                            for k, v in zip(block_names.split(), values,
+                                                            strict=True)}}
         if ev[0] == te.CE_COMMAND:
             d["command"] = ce_command(ev[2], ev[4], by_id.get(ev[1], UNKNOWN))
             d["ce_kind"] = d["command"]["command"]

@@ -23,7 +23,10 @@ def _crossengine(config: dict) -> Made:
 def _tradingengine(config: dict) -> Made:
     from tradingengine.engine import TradingEngine, spec_from_dict
     specs = [spec_from_dict(s) for s in config.get("specs", [])]
-    engine = TradingEngine(specs, config.get("shard", 0), config.get("n_shards", 1))
+    engine = TradingEngine(specs, config.get("shard", 0), config.get("n_shards", 1),
+                           ce_sources=config.get("ce_sources"),
+                           oracle_sources=config.get("oracle_sources"),
+                           gateway_sources=config.get("gateway_sources"))
     return engine, TradingEngine.restore
 
 

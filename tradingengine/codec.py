@@ -27,6 +27,14 @@ Input record kinds (KIND_TICK = 1 is the sequencer's idle tick: time only):
     FUNDING_INPUTS     <Iii          symbol, premium index ppm, interest rate ppm
     DEAD_MANS_SWITCH   <IQ           account, timeout ms (0 disarms); re-sent to refresh
     CE_EVENTS          <I + events   symbol, then a CrossEngine output payload as it is
+    SESSION_LOGON      <IQQIBHB + n x <I  user, session_id, conn_id, default account,
+                                     cancel-on-disconnect mode, CodTimeoutMs, n; the user's
+                                     n accounts (n <= 64)
+    SESSION_END        <IQQB         user, session_id, conn_id, reason (0 logout, 1 disconnect,
+                                     2 finalize)
+    GATEWAY_START      <I            gateway index g
+    CLIENT_MESSAGE     <IQBH + block user, session_id, gateway flags (bit0 throttled, bit1
+                                     shed), templateId, the PROTOCOL.md root block (v1 size)
 
 Output: one record per input record, same seq; its payload is the events of that command,
 each starting with its u8 type (EVENT_STRUCTS). CE_COMMAND carries an order, cancel or amend
@@ -53,6 +61,10 @@ MARK_PRICE = 73
 FUNDING_INPUTS = 74
 DEAD_MANS_SWITCH = 75
 CE_EVENTS = 76
+SESSION_LOGON = 80
+SESSION_END = 81
+GATEWAY_START = 82
+CLIENT_MESSAGE = 83
 
 NEW_ORDER_S = struct.Struct("<QIIqQqBBBBBB")
 CANCEL_S = struct.Struct("<QQI")
@@ -66,6 +78,15 @@ MARK_PRICE_S = struct.Struct("<Iq")
 FUNDING_INPUTS_S = struct.Struct("<Iii")
 DEAD_MANS_SWITCH_S = struct.Struct("<IQ")
 CE_EVENTS_S = struct.Struct("<I")
+SESSION_LOGON_S = struct.Struct("<IQQIBHB")    # then n x <I accounts
+SESSION_END_S = struct.Struct("<IQQB")
+GATEWAY_START_S = struct.Struct("<I")
+CLIENT_MESSAGE_S = struct.Struct("<IQBH")       # then the root block
+SESSION_KINDS = (SESSION_LOGON, SESSION_END, GATEWAY_START, CLIENT_MESSAGE)
+MAX_SESSION_ACCOUNTS = 64
+GW_THROTTLED, GW_SHED = 1, 2                    # CLIENT_MESSAGE gateway flags
+END_LOGOUT, END_DISCONNECT, END_FINALIZE = 0, 1, 2
+COD_OFF, COD_ON_DISCONNECT_OR_LOGOUT, COD_ON_DISCONNECT = 0, 1, 2
 
 COMMAND_STRUCTS = {NEW_ORDER: NEW_ORDER_S, CANCEL: CANCEL_S, AMEND: AMEND_S,
                    CANCEL_ALL: CANCEL_ALL_S, SET_LEVERAGE: SET_LEVERAGE_S,
@@ -78,7 +99,9 @@ COMMAND_NAMES = {NEW_ORDER: "NewOrder", CANCEL: "CancelOrder", AMEND: "AmendOrde
                  SET_MARGIN_MODE: "SetMarginMode", ADJUST_MARGIN: "AdjustIsolatedMargin",
                  DEPOSIT: "Deposit", WITHDRAW: "Withdraw", MARK_PRICE: "MarkPrice",
                  FUNDING_INPUTS: "FundingInputs", DEAD_MANS_SWITCH: "DeadMansSwitch",
-                 CE_EVENTS: "CrossEngineEvents"}
+                 CE_EVENTS: "CrossEngineEvents", SESSION_LOGON: "SessionLogon",
+                 SESSION_END: "SessionEnd", GATEWAY_START: "GatewayStart",
+                 CLIENT_MESSAGE: "ClientMessage"}
 
 # -- enumerations -------------------------------------------------------------------------------
 BUY, SELL = ord("1"), ord("2")
@@ -103,6 +126,7 @@ REASON_MATCH_LIMIT = 6          # the CrossEngine stopped the order at its max f
 REASON_REDUCE_ONLY = 7          # cut down or cancelled because the position shrank
 REASON_LIQUIDATION = 8          # cancelled because the account reached maintenance
 REASON_DEAD_MANS_SWITCH = 9
+REASON_CANCEL_ON_DISCONNECT = 2
 
 # -- events -------------------------------------------------------------------------------------
 CE_COMMAND = 1        # <BIHH symbol, CrossEngine kind, length; then that many bytes of command
@@ -123,6 +147,11 @@ DEFICIT_COVERED = 10  # <BIq account, amount the liquidation account covered (ba
 CANCEL_REJECTED = 11  # <BIQQHB account, request client_order_id, order's client_order_id,
                       #   code, response to (1 cancel, 2 amend)
 DEAD_MANS_SWITCH_FIRED = 12  # <BIQ account, orders cancelled
+SESSION_STATE = 13    # <BIQQQQB user, session_id, conn_id, nextExpected (client), NextSeqNo
+                      #   (server: last issued + 1), status (SESSION_* below)
+SESSION_MESSAGE = 14  # <BIQH user, session_id, templateId; then the PROTOCOL.md root block of
+                      #   that template (P_BLOCK_SIZES), SeqNo = the server SeqNo, Flags 0
+SESSION_RESUMED, SESSION_NEW, SESSION_BOUND_ELSEWHERE, SESSION_FINALIZED = 0, 1, 2, 3
 
 EVENT_STRUCTS = {
     CE_COMMAND: struct.Struct("<BIHH"),
@@ -137,6 +166,8 @@ EVENT_STRUCTS = {
     DEFICIT_COVERED: struct.Struct("<BIq"),
     CANCEL_REJECTED: struct.Struct("<BIQQHB"),
     DEAD_MANS_SWITCH_FIRED: struct.Struct("<BIQ"),
+    SESSION_STATE: struct.Struct("<BIQQQQB"),
+    SESSION_MESSAGE: struct.Struct("<BIQH"),
 }
 EVENT_NAMES = {CE_COMMAND: "CrossEngineCommand", EXEC_REPORT: "ExecutionReport",
                REQUEST_REJECTED: "RequestRejected", ACCOUNT: "AccountStatus",
@@ -144,11 +175,13 @@ EVENT_NAMES = {CE_COMMAND: "CrossEngineCommand", EXEC_REPORT: "ExecutionReport",
                FUNDING: "FundingPaid", LIQUIDATION: "PositionHandedToLiquidation",
                FUNDING_SETTLED: "FundingSettled", DEFICIT_COVERED: "DeficitCovered",
                CANCEL_REJECTED: "CancelRejected",
-               DEAD_MANS_SWITCH_FIRED: "DeadMansSwitchFired"}
+               DEAD_MANS_SWITCH_FIRED: "DeadMansSwitchFired",
+               SESSION_STATE: "SessionState", SESSION_MESSAGE: "SessionMessage"}
 
 _EXPECTED = {CE_COMMAND: 9, EXEC_REPORT: 88, REQUEST_REJECTED: 21, ACCOUNT: 37, POSITION: 62,
              TRANSFER: 30, FUNDING: 21, LIQUIDATION: 41, FUNDING_SETTLED: 41,
-             DEFICIT_COVERED: 13, CANCEL_REJECTED: 24, DEAD_MANS_SWITCH_FIRED: 13}
+             DEFICIT_COVERED: 13, CANCEL_REJECTED: 24, DEAD_MANS_SWITCH_FIRED: 13,
+             SESSION_STATE: 38, SESSION_MESSAGE: 15}
 _EXPECTED_COMMANDS = {NEW_ORDER: 46, CANCEL: 20, AMEND: 36, CANCEL_ALL: 17, SET_LEVERAGE: 12,
                       SET_MARGIN_MODE: 9, ADJUST_MARGIN: 16, DEPOSIT: 20, WITHDRAW: 20,
                       MARK_PRICE: 12, FUNDING_INPUTS: 12, DEAD_MANS_SWITCH: 12, CE_EVENTS: 4}
@@ -177,6 +210,30 @@ CE_EVENT_STRUCTS = {
     CE_RESUMED: struct.Struct("<B"),
     CE_MASS_CANCELLED: struct.Struct("<BBIBBQQ"),
 }
+
+# -- PROTOCOL.md root blocks (chars as u8: the same bytes) --------------------------------------
+P_NOT_APPLIED, P_NEW_ORDER, P_CANCEL, P_REPLACE, P_MASS_CANCEL = 10, 100, 101, 102, 103
+P_EXEC_REPORT, P_CANCEL_REJECT, P_MASS_CANCEL_REPORT, P_BUSINESS_REJECT = 200, 201, 202, 203
+P_STRUCTS = {
+    P_NOT_APPLIED: struct.Struct("<QQI"),
+    P_NEW_ORDER: struct.Struct("<QQQqQIIBBBB"),
+    P_CANCEL: struct.Struct("<QQQQQIBB"),
+    P_REPLACE: struct.Struct("<QQQQQqQIBBBB"),
+    P_MASS_CANCEL: struct.Struct("<QQQIBBB"),
+    P_EXEC_REPORT: struct.Struct("<QQQQQQqQqQQQIIBBBBBBBB"),
+    P_CANCEL_REJECT: struct.Struct("<QQQQQIBBBB"),
+    P_MASS_CANCEL_REPORT: struct.Struct("<QQQIIBBBB"),
+    P_BUSINESS_REJECT: struct.Struct("<QQQQHBB32s"),
+}
+P_BLOCK_SIZES = {t: s.size for t, s in P_STRUCTS.items()}
+P_NULL_ID = (1 << 64) - 1          # null u64 (ClOrdID, OrderID)
+P_NULL_PRICE = -(1 << 63)          # null Price (INT64_MIN)
+P_NULL_SECURITY = (1 << 32) - 1    # null SecurityID
+P_PRICE_SCALE = 10**8              # PROTOCOL price mantissa: x 1e-8; ContractSpec.tick is x 1e8
+P_FLAG_POST_ONLY = 2
+if P_BLOCK_SIZES != {10: 20, 100: 52, 101: 46, 102: 64, 103: 31, 200: 112, 201: 48, 202: 36,
+                     203: 68}:
+    raise ImportError("PROTOCOL.md block sizes changed: update tradingengine/codec.py")
 
 if ({k: s.size for k, s in EVENT_STRUCTS.items()} != _EXPECTED
         or {k: s.size for k, s in COMMAND_STRUCTS.items()} != _EXPECTED_COMMANDS
@@ -217,6 +274,11 @@ REJECT_CODES = {
     2030: "account_balance_limit",
     2031: "transfer_id_expired",
     2032: "source_not_operator",    # a deposit or withdrawal from a source not the operator's
+    2033: "source_not_allowed",     # a kind the configured sources say this source may not send
+    2034: "session_unknown",        # a ClientMessage or SessionEnd for no live session
+    2035: "price_not_whole_ticks",  # a PROTOCOL.md price that is not a whole number of ticks
+    2036: "account_not_authorised",  # an account the session's user does not own
+    2037: "session_invalid",        # a SessionLogon with a bad mode, account list or size
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 
@@ -275,8 +337,37 @@ def ce_events(symbol: int, events: bytes) -> bytes:
     return CE_EVENTS_S.pack(symbol) + events
 
 
+def session_logon(user: int, session_id: int, conn_id: int, default_account: int,
+                  accounts: list[int] | None = None, cod_mode: int = COD_OFF,
+                  cod_timeout_ms: int = 0) -> bytes:
+    accounts = [default_account] if accounts is None else list(accounts)
+    return (SESSION_LOGON_S.pack(user, session_id, conn_id, default_account, cod_mode,
+                                 cod_timeout_ms, len(accounts))
+            + b"".join(struct.pack("<I", a) for a in accounts))
+
+
+def session_end(user: int, session_id: int, conn_id: int, reason: int = END_DISCONNECT) -> bytes:
+    return SESSION_END_S.pack(user, session_id, conn_id, reason)
+
+
+def gateway_start(g: int) -> bytes:
+    return GATEWAY_START_S.pack(g)
+
+
+def client_message(user: int, session_id: int, template: int, block: bytes,
+                   gateway_flags: int = 0) -> bytes:
+    return CLIENT_MESSAGE_S.pack(user, session_id, gateway_flags, template) + block
+
+
+def session_messages(payload: bytes) -> list[tuple[int, int, int, tuple]]:
+    """[(user, session_id, templateId, block fields)] of the SessionMessages of a payload."""
+    return [(e[1], e[2], e[3], P_STRUCTS[e[3]].unpack(e[4]))
+            for e in decode_events(payload) if e[0] == SESSION_MESSAGE]
+
+
 def decode_events(payload: bytes) -> list[tuple]:
-    """[(type, *fields)] of one output payload; a CE_COMMAND gets its command bytes appended.
+    """[(type, *fields)] of one output payload; a CE_COMMAND gets its command bytes appended,
+    a SESSION_MESSAGE its root block.
     Raises ValueError on a malformed payload."""
     out: list[tuple] = []
     off = 0
@@ -292,6 +383,12 @@ def decode_events(payload: bytes) -> list[tuple]:
             length = fields[3]
             if off + length > n:
                 raise ValueError(f"truncated CrossEngine command at offset {off}")
+            fields = fields + (payload[off:off + length],)
+            off += length
+        elif kind == SESSION_MESSAGE:
+            length = P_BLOCK_SIZES.get(fields[3], -1)
+            if length < 0 or off + length > n:
+                raise ValueError(f"bad session message at offset {off}")
             fields = fields + (payload[off:off + length],)
             off += length
         out.append(fields)

@@ -1,7 +1,7 @@
 cdef class Order:
     cdef public object order_id, account, symbol, client_order_id, side, ord_type, tif, flags
     cdef public object price, qty, leaves, cum, margin, state, pending
-    cdef public object trigger_price, trigger_kind, trigger_by, reason, ce_id
+    cdef public object trigger_price, trigger_kind, trigger_by, reason, ce_id, sess, cxl, rpl
 
 cdef class Position:
     cdef public object size, cost, margin, extra, leverage_x100, mode, realised

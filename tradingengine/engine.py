@@ -23,8 +23,8 @@ orders, the maintenance check, funding, a book-wide mass cancel, reduce-only cut
 dead-man's switches) runs as *sweeps*: a queue in the state, worked through unit by unit (one
 account or one order) while the record's output is under OUTPUT_BUDGET, and resumed at the
 next record where it stopped. At least one unit runs per record, so a sweep always ends.
-``worst_case_output`` sums the bounds; the module refuses to import if it exceeds half of
-MAX_PAYLOAD.
+``worst_case_output`` sums the bounds (session messages included); the module refuses to
+import if it exceeds OUTPUT_LIMIT, seven eighths of MAX_PAYLOAD.
 
 The audit (after every mark price and every funding): the sum over all accounts, the system
 ones included, of balance plus position value at mark minus cost, plus the fee pool and the
@@ -45,6 +45,7 @@ from collections import deque
 
 import msgpack
 
+from mq import record as _record
 from mq.record import MAX_PAYLOAD, decode, encode
 from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
 from tradingengine import codec as c
@@ -73,7 +74,7 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
     raise ImportError("tradingengine.engine is not compiled: build it with `pip install -e .` "
                       "(or `python setup.py build_ext --inplace`)")
 
-SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSION = 5
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
 MAX_OPEN_ORDERS = 200         # per account, conditional ones included
 OUTPUT_BUDGET = 128 << 10     # bytes of output after which a record defers sweep units
@@ -81,6 +82,10 @@ TRANSFER_ID_WINDOW_NS = 24 * 3600 * 10**9   # a transfer id is remembered this l
 DEFAULT_LEVERAGE_X100 = 1_000
 CLEARING_ID = -1              # system accounts: never a u32, so never a client's
 LIQUIDATION_ID = -2
+FINALIZED_TTL_NS = 7 * 24 * 3600 * 10**9    # a finalized session id is remembered this long
+MAX_SESSION_CLORDIDS = 1_000_000            # ClOrdIDs a session may use; then BusinessReject 0
+# output records carry a route (docs/order-path.md §1) once mq.record's header has room for it
+ROUTED = _record.HEADER_SIZE >= 46
 
 UNTRIGGERED, PENDING_NEW, OPEN = 0, 1, 2
 NO_PENDING, PENDING_CANCEL, PENDING_AMEND = 0, 1, 2
@@ -111,6 +116,16 @@ GTC, IOC, FOK = c.GTC, c.IOC, c.FOK
 REDUCE_ONLY, POST_ONLY = c.FLAG_REDUCE_ONLY, c.FLAG_POST_ONLY
 CE_COMMAND, CE_NEW_ORDER = c.CE_COMMAND, c.CE_NEW_ORDER
 _SIZES = {k: s.size for k, s in c.COMMAND_STRUCTS.items()}
+_SMSG = c.EVENT_STRUCTS[c.SESSION_MESSAGE].pack
+_P = {t: s.pack for t, s in c.P_STRUCTS.items()}
+_P_NOS = c.P_STRUCTS[c.P_NEW_ORDER].unpack
+_P_CANCEL = c.P_STRUCTS[c.P_CANCEL].unpack
+_P_REPLACE = c.P_STRUCTS[c.P_REPLACE].unpack
+_P_MASS = c.P_STRUCTS[c.P_MASS_CANCEL].unpack
+_U64 = struct.Struct("<Q").unpack_from
+_NEW_ORDER_PACK = c.NEW_ORDER_S.pack
+_P_EXEC_TYPES = (c.EXEC_NEW, c.EXEC_CANCELED, c.EXEC_REPLACED, c.EXEC_REJECTED, c.EXEC_EXPIRED,
+                 c.EXEC_TRADE)
 
 
 def worst_case_output() -> dict[str, int]:
@@ -126,7 +141,12 @@ def worst_case_output() -> dict[str, int]:
     own, and one more unit may follow.
     """
     size = {k: s.size for k, s in c.EVENT_STRUCTS.items()}
-    er = size[c.EXEC_REPORT]
+    # an order a session entered reports to that session too (a SessionMessage with a
+    # PROTOCOL.md ExecutionReport), and a cancel's or replace's answer to the session that
+    # asked, if that is another: an engine report is at most 88 + 2 x 127 bytes
+    smsg = size[c.SESSION_MESSAGE] + c.P_BLOCK_SIZES[c.P_EXEC_REPORT]
+    er = size[c.EXEC_REPORT] + 2 * smsg
+    fill = size[c.EXEC_REPORT] + smsg
     cmd = size[c.CE_COMMAND]
     cancel_one = max(er, cmd + c.CE_CANCEL_S.size)
     units = {
@@ -141,7 +161,7 @@ def worst_case_output() -> dict[str, int]:
     fills = c.CE_MAX_FILLS
     commands = {
         "cancel_all": MAX_OPEN_ORDERS * cancel_one,
-        "ce_events": max(fills * (2 * er + 2 * size[c.DEFICIT_COVERED]) + 2 * er
+        "ce_events": max(fills * (2 * fill + 2 * size[c.DEFICIT_COVERED]) + 2 * er
                          + (fills + 1) * (size[c.POSITION] + size[c.ACCOUNT]),
                          MAX_OPEN_ORDERS * er),
         "other": 2 * er + size[c.POSITION] + size[c.ACCOUNT] + size[c.TRANSFER],
@@ -151,9 +171,12 @@ def worst_case_output() -> dict[str, int]:
             "record": OUTPUT_BUDGET + unit + max(commands.values()) + unit}
 
 
-if worst_case_output()["record"] > MAX_PAYLOAD // 2:
+# the margin left under MAX_PAYLOAD: an eighth (it was half before session messages doubled
+# the size of a fill's reports; docs/order-path.md notes it)
+OUTPUT_LIMIT = MAX_PAYLOAD * 7 // 8
+if worst_case_output()["record"] > OUTPUT_LIMIT:
     raise ImportError(f"tradingengine: one record can output {worst_case_output()['record']} "
-                      f"bytes, over half of {MAX_PAYLOAD}: lower the bounds")
+                      f"bytes, over {OUTPUT_LIMIT} of {MAX_PAYLOAD}: lower the bounds")
 
 
 class EngineHalted(RuntimeError):
@@ -163,7 +186,8 @@ class EngineHalted(RuntimeError):
 class Order:
     __slots__ = ("order_id", "account", "symbol", "client_order_id", "side", "ord_type", "tif",
                  "flags", "price", "qty", "leaves", "cum", "margin", "state", "pending",
-                 "trigger_price", "trigger_kind", "trigger_by", "reason", "ce_id")
+                 "trigger_price", "trigger_kind", "trigger_by", "reason", "ce_id", "sess", "cxl",
+                 "rpl")
 
     def __init__(self, order_id: int, account: int, symbol: int, client_order_id: int,
                  side: int, ord_type: int, tif: int, flags: int, price: int, qty: int) -> None:
@@ -187,19 +211,66 @@ class Order:
         self.trigger_by = c.BY_MARK
         self.reason = 0                   # why the engine sent a cancel (its report says so)
         self.ce_id = 0                    # the CrossEngine's order id, once it accepted
+        self.sess = None                  # (user, session_id) that entered it, or None
+        self.cxl = None                   # (ClOrdID, session key) of a session's pending cancel
+        self.rpl = None                   # (ClOrdID, session key) of a session's pending replace
 
     def row(self) -> list:
         return [self.order_id, self.account, self.symbol, self.client_order_id, self.side,
                 self.ord_type, self.tif, self.flags, self.price, self.qty, self.leaves,
                 self.cum, self.margin, self.state, self.pending, self.trigger_price,
-                self.trigger_kind, self.trigger_by, self.reason, self.ce_id]
+                self.trigger_kind, self.trigger_by, self.reason, self.ce_id,
+                None if self.sess is None else list(self.sess),
+                None if self.cxl is None else [self.cxl[0], *self.cxl[1]],
+                None if self.rpl is None else [self.rpl[0], *self.rpl[1]]]
 
     @classmethod
     def from_row(cls, row: list) -> Order:
         o = cls(*row[:10])
         (o.leaves, o.cum, o.margin, o.state, o.pending, o.trigger_price, o.trigger_kind,
-         o.trigger_by, o.reason, o.ce_id) = row[10:]
+         o.trigger_by, o.reason, o.ce_id) = row[10:20]
+        if len(row) > 20:
+            sess, cxl, rpl = row[20:23]
+            o.sess = None if sess is None else (sess[0], sess[1])
+            o.cxl = None if cxl is None else (cxl[0], (cxl[1], cxl[2]))
+            o.rpl = None if rpl is None else (rpl[0], (rpl[1], rpl[2]))
         return o
+
+
+class Session:
+    """A PROTOCOL.md session, (user, session_id): its sequence numbers, its connection and
+    cancel-on-disconnect settings, and the ClOrdIDs it has used."""
+    __slots__ = ("user", "session_id", "conn_id", "bound", "default_account", "accounts",
+                 "cod_mode", "cod_timeout_ms", "next_expected", "next_seq", "cod_deadline",
+                 "clordids")
+
+    def __init__(self, user: int, session_id: int) -> None:
+        self.user = user
+        self.session_id = session_id
+        self.conn_id = 0
+        self.bound = False
+        self.default_account = 0
+        self.accounts: list[int] = []
+        self.cod_mode = 0
+        self.cod_timeout_ms = 0
+        self.next_expected = 1        # the next client SeqNo it applies
+        self.next_seq = 1             # the server SeqNo of its next message
+        self.cod_deadline = 0         # ts_ns at which cancel-on-disconnect fires (0: not armed)
+        self.clordids: dict[int, None] = {}
+
+    def row(self) -> list:
+        return [self.user, self.session_id, self.conn_id, self.bound, self.default_account,
+                list(self.accounts), self.cod_mode, self.cod_timeout_ms, self.next_expected,
+                self.next_seq, self.cod_deadline, sorted(self.clordids)]
+
+    @classmethod
+    def from_row(cls, row: list) -> Session:
+        s = cls(row[0], row[1])
+        (s.conn_id, s.bound, s.default_account, s.accounts, s.cod_mode, s.cod_timeout_ms,
+         s.next_expected, s.next_seq, s.cod_deadline, clordids) = row[2:]
+        s.accounts = list(s.accounts)
+        s.clordids = dict.fromkeys(clordids)
+        return s
 
 
 class Position:
@@ -254,11 +325,38 @@ class Account:
 class TradingEngine:
     """Pure: the same records give the same outputs and state_hash(). See the module doc."""
 
-    def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1) -> None:
+    def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1,
+                 ce_sources: dict | None = None, oracle_sources: list | None = None,
+                 gateway_sources: list | None = None) -> None:
         if not 0 <= shard < n_shards:
             raise ValueError(f"shard {shard} not in 0 .. {n_shards - 1}")
         self.shard = shard
         self.n_shards = n_shards
+        # configuration of the sources (docs/order-path.md §2): None = not configured, any
+        # source may send the kind (as before these keys existed)
+        self.ce_sources = (None if ce_sources is None
+                           else {_int(k): _int(v) for k, v in ce_sources.items()})
+        self.oracle_sources = (None if oracle_sources is None
+                               else sorted(_int(x) for x in oracle_sources))
+        self.gateway_sources = (None if gateway_sources is None
+                                else sorted(_int(x) for x in gateway_sources))
+        if self.ce_sources is not None and any(v not in {s.symbol for s in specs}
+                                               for v in self.ce_sources.values()):
+            raise ValueError("ce_sources names a symbol with no contract spec")
+        self._ce_src = self.ce_sources or {}
+        self._oracle_src = dict.fromkeys(self.oracle_sources or ())
+        self._gateway_src = dict.fromkeys(self.gateway_sources or ())
+        # sessions (docs/tradingengine.md "Sessions"): live ones by (user, session_id), the
+        # finalized ids with the ts_ns they were finalized at (oldest first), the armed
+        # cancel-on-disconnects (derived)
+        self.sessions: dict[tuple[int, int], Session] = {}
+        self.finalized: dict[tuple[int, int], int] = {}
+        self.cod: dict[tuple[int, int], int] = {}
+        self.duplicates_dropped = 0   # a metric, not state: client messages dropped as repeats
+        self.route = 0                # the route of the last output (bit symbol % 64)
+        self._ctx = None              # the session request being applied: [session, template,
+                                      # ClOrdID, OrigClOrdID, OrderID, tif, price mantissa]
+        self._exec_n = 0              # ExecIDs issued in this record
         self.specs: dict[int, ContractSpec] = {s.symbol: s for s in sorted(specs, key=_sym)}
         if len(self.specs) != len(specs):
             raise ValueError("two contract specs share a symbol")
@@ -307,6 +405,10 @@ class TradingEngine:
             c.FUNDING_INPUTS: self._funding_inputs, c.DEAD_MANS_SWITCH: self._dead_mans_switch,
             c.CE_EVENTS: self._ce_events,
         }
+        self._session_handlers = {
+            c.SESSION_LOGON: self._session_logon, c.SESSION_END: self._session_end,
+            c.GATEWAY_START: self._gateway_start, c.CLIENT_MESSAGE: self._client_message,
+        }
 
     # -- the state machine contract --------------------------------------------------------------
 
@@ -323,32 +425,66 @@ class TradingEngine:
         out = self._out = []
         self._size = self._sized = 0
         self._unit_done = False
+        self.route = 0
+        self._exec_n = 0
         if self.ts_ns >= self._timer_next and self._timer_next:
             self._fire_timers()
         if self.sweeps:
             self._run_sweeps()
         handler = self._handlers.get(kind)
-        if handler is not None:
+        if kind == c.KIND_TICK:
+            pass
+        elif source in self._ce_src:
+            # the CrossEngine output of that source's symbol, whatever the record's kind
+            self._ce_apply(self._ce_src[source], payload, 0)
+        elif handler is not None:
             size = _SIZES[kind]
             if len(payload) != size and (kind != c.CE_EVENTS or len(payload) < size):
                 self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
             elif (kind == c.DEPOSIT or kind == c.WITHDRAW) and source < OPERATOR_SOURCE_MIN:
                 transfer_id, account, _amount = c.TRANSFER_S.unpack(payload)
                 self._reject_request(kind, _CODE["source_not_operator"], account, 0, transfer_id)
+            elif kind >= c.MARK_PRICE and not self._source_allowed(kind, source):
+                self._reject_request(kind, _CODE["source_not_allowed"], 0,
+                                     c.CE_EVENTS_S.unpack_from(payload)[0], 0)
             else:
                 handler(payload)
-        elif kind != c.KIND_TICK:
+        elif kind in self._session_handlers:
+            if (self.gateway_sources is not None and source not in self._gateway_src
+                    and source < OPERATOR_SOURCE_MIN):
+                self._reject_request(kind, _CODE["source_not_allowed"], 0, 0, 0)
+            else:
+                self._session_handlers[kind](payload)
+        else:
             self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
         if self.sweeps:
             self._run_sweeps()
         return b"".join(out)
 
+    def _source_allowed(self, kind: int, source: int) -> bool:
+        """MarkPrice and FundingInputs only from the oracles (and the operator) when
+        oracle_sources is configured; CrossEngineEvents never from a source not in ce_sources
+        when ce_sources is (those are taken before this check)."""
+        if kind == c.CE_EVENTS:
+            return self.ce_sources is None
+        if kind == c.MARK_PRICE or kind == c.FUNDING_INPUTS:
+            return (self.oracle_sources is None or source in self._oracle_src
+                    or source >= OPERATOR_SOURCE_MIN)
+        return True
+
     def apply_frame(self, frame: bytes) -> bytes:
         """Apply every record of a sequenced frame; one output record per input record, with
-        the same header fields and the events as payload."""
+        the same header fields and the events as payload (and, once mq.record's header has a
+        route, the route of each output: docs/order-path.md §1)."""
         apply = self.apply
-        return encode([(seq, ts, src, src_seq, epoch, kind, apply(seq, ts, kind, payload, src))
-                       for seq, ts, src, src_seq, epoch, kind, payload, _route in decode(frame)])
+        out = []
+        for rec in decode(frame):
+            events = apply(rec[0], rec[1], rec[5], rec[6], rec[2])
+            if ROUTED:
+                out.append((rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], events, self.route))
+            else:
+                out.append((rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], events))
+        return encode(out)
 
     # -- sweeps: fan-out work within the output budget ---------------------------------------------
 
@@ -433,12 +569,18 @@ class TradingEngine:
         self._out.append(_ER(c.EXEC_REPORT, exec_type, status, o.account, o.symbol,
                              o.client_order_id, o.order_id, o.side, o.ord_type, o.price, o.qty,
                              last_px, last_qty, o.leaves, o.cum, paid, code, liquidity))
+        if o.sess is not None:
+            self._session_er(o, exec_type, status, last_px, last_qty, code, liquidity)
 
     def _reject_order(self, coid: int, account: int, symbol: int, side: int, ord_type: int,
                       price: int, qty: int, code: int) -> None:
         self._out.append(_ER(c.EXEC_REPORT, c.EXEC_REJECTED, c.STATUS_REJECTED,
                              account & 0xFFFFFFFF, symbol & 0xFFFFFFFF, coid, 0, side & 0xFF,
                              ord_type & 0xFF, price, qty, 0, 0, 0, 0, 0, code, 0))
+        if self._ctx is not None:
+            ctx = self._ctx
+            self._session_reject_er(ctx[0], coid, account, symbol, side, ord_type, ctx[5],
+                                    ctx[6], qty, fix_ord_rej_reason(code))
 
     def _account_status(self, acct: Account) -> None:
         self._out.append(_PACK[c.ACCOUNT](c.ACCOUNT, acct.account_id, acct.balance,
@@ -538,6 +680,8 @@ class TradingEngine:
             return
         o: Order = Order(self.next_order_id, account, symbol, coid, side, ord_type, tif, flags,
                          price, qty)
+        if self._ctx is not None:
+            o.sess = self._ctx[0]
         if trig_kind or trig_px:
             code = self._conditional(o, trig_px, trig_kind, trig_by, spec)
             if code:
@@ -634,6 +778,7 @@ class TradingEngine:
         if flags & REDUCE_ONLY:
             pos.reduce_only += 1
         tif = IOC if o.ord_type == MARKET and o.tif == GTC else o.tif
+        self.route |= 1 << (symbol & 63)
         self._out.append(_CE_NEW_CMD(CE_COMMAND, symbol, CE_NEW_ORDER, _CE_NEW_SIZE, o.order_id, o.price, qty,
                                      acct.account_id, o.side, LIMIT, tif, flags & POST_ONLY, 0))
         return 0
@@ -642,11 +787,13 @@ class TradingEngine:
         o.pending = PENDING_CANCEL
         o.reason = reason
         payload = _CE_CANCEL(0, o.order_id, o.account)
+        self.route |= 1 << (o.symbol & 63)
         self._out.append(_CE_CMD(c.CE_COMMAND, o.symbol, c.CE_CANCEL, len(payload)) + payload)
 
     def _send_amend(self, o: Order, price: int, total_qty: int) -> None:
         o.pending = PENDING_AMEND
         payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
+        self.route |= 1 << (o.symbol & 63)
         self._out.append(_CE_CMD(c.CE_COMMAND, o.symbol, c.CE_AMEND, len(payload)) + payload)
 
     def _drop(self, acct: Account, o: Order) -> None:
@@ -687,6 +834,10 @@ class TradingEngine:
     def _cancel_rejected(self, account: int, coid: int, orig: int, code: int, to: int) -> None:
         self._out.append(_PACK[c.CANCEL_REJECTED](c.CANCEL_REJECTED, account & 0xFFFFFFFF, coid,
                                                   orig, code, to))
+        if self._ctx is not None:
+            ctx = self._ctx
+            self._session_cancel_reject(ctx[0], ctx[2], ctx[3], ctx[4], to,
+                                        fix_cxl_rej_reason(code))
 
     def _amend(self, payload: bytes) -> None:
         coid, orig, account, price, qty = c.AMEND_S.unpack(payload)
@@ -959,7 +1110,8 @@ class TradingEngine:
         self.audit()
 
     def _reset_timer(self) -> None:
-        candidates = [t for t in self.next_funding.values()] + [t for t in self.dms.values()]
+        candidates = ([t for t in self.next_funding.values()] + [t for t in self.dms.values()]
+                      + [t for t in self.cod.values()])
         self._timer_next = min(candidates) if candidates else 0
 
     def _fire_timers(self) -> None:
@@ -973,6 +1125,13 @@ class TradingEngine:
             n = self._cancel_orders(acct, 0, 0, c.REASON_DEAD_MANS_SWITCH)
             self._out.append(_PACK[c.DEAD_MANS_SWITCH_FIRED](c.DEAD_MANS_SWITCH_FIRED, account,
                                                              n))
+        for key in sorted(k for k, t in self.cod.items() if t <= now):
+            if not self._may_go_on():
+                break
+            del self.cod[key]
+            sess = self.sessions[key]
+            sess.cod_deadline = 0
+            self._cancel_on_disconnect(key, sess)
         for symbol in sorted(s for s, t in self.next_funding.items() if t <= now):
             interval = self.specs[symbol].funding_interval_ns
             while self.next_funding[symbol] <= now:
@@ -1173,11 +1332,15 @@ class TradingEngine:
 
     def _ce_events(self, payload: bytes) -> None:
         symbol = c.CE_EVENTS_S.unpack_from(payload)[0]
-        spec = self.specs.get(symbol)
-        if spec is None:
+        if symbol not in self.specs:
             self._reject_request(c.CE_EVENTS, 2004, 0, symbol, 0)
             return
-        off = 4
+        self._ce_apply(symbol, payload, 4)
+
+    def _ce_apply(self, symbol: int, payload: bytes, start: int) -> None:
+        """Apply the CrossEngine output of ``symbol`` in payload[start:]."""
+        spec = self.specs[symbol]
+        off = start
         n = len(payload)
         # validate the whole payload before acting on any of it
         while off < n:
@@ -1185,7 +1348,7 @@ class TradingEngine:
             if s is None or off + s.size > n:
                 raise EngineHalted(f"malformed CrossEngine events for symbol {symbol} at {off}")
             off += s.size
-        off = 4
+        off = start
         traded = False
         touched = self._touched = {}
         while off < n:
@@ -1255,6 +1418,8 @@ class TradingEngine:
             self._fit_margin(acct, o)
         o.pending = NO_PENDING
         self._cancel_rejected(account, 0, o.client_order_id, code, to)
+        if o.sess is not None or o.cxl is not None or o.rpl is not None:
+            self._session_async_cancel_reject(o, to, code)
 
     def _fit_margin(self, acct: Account, o: Order) -> None:
         """After an amend, hold what the order needs now, never more than it held."""
@@ -1471,6 +1636,402 @@ class TradingEngine:
                 self._send_amend(o, o.price, o.cum + o.leaves - excess)
                 excess = 0
 
+    # -- sessions (PROTOCOL.md §4; docs/order-path.md §3) ----------------------------------------
+
+    def _smsg(self, key: tuple, template: int, *fields) -> None:
+        """A SessionMessage to the session ``key`` (if it is live) with its next server SeqNo."""
+        sess = self.sessions.get(key)
+        if sess is None:
+            return
+        seq = sess.next_seq
+        sess.next_seq = seq + 1
+        self._out.append(_SMSG(c.SESSION_MESSAGE, key[0], key[1], template)
+                         + _P[template](seq, *fields))
+
+    def _exec_id(self) -> int:
+        """Unique per shard and deterministic: the record's seq and the report's rank in it."""
+        n = self._exec_n
+        self._exec_n = n + 1
+        return (self.seq << 20) | n
+
+    def _session_state(self, key: tuple, conn_id: int, sess, status: int) -> None:
+        ne, ns = (sess.next_expected, sess.next_seq) if sess is not None else (0, 0)
+        self._out.append(_PACK[c.SESSION_STATE](c.SESSION_STATE, key[0], key[1], conn_id, ne, ns,
+                                                status))
+
+    def _business_reject(self, key: tuple, ref_seq: int, ref_id: int, template: int, reason: int,
+                         text: bytes) -> None:
+        self._smsg(key, c.P_BUSINESS_REJECT, self.ts_ns, ref_seq, ref_id, template, reason, 0, text)
+
+    def _session_er(self, o: Order, exec_type: int, status: int, last_px: int, last_qty: int,
+                    code: int, liquidity: int) -> None:
+        """The PROTOCOL.md ExecutionReport of a session's order, to its session (and a copy to
+        the session whose cancel or replace it answers, if that is another)."""
+        if exec_type not in _P_EXEC_TYPES:
+            return                       # Triggered, PendingNew: not in PROTOCOL.md
+        tick = self.specs[o.symbol].tick
+        coid, orig, extra = o.client_order_id, c.P_NULL_ID, None
+        if exec_type == c.EXEC_CANCELED and o.cxl is not None:
+            coid, orig, extra = o.cxl[0], o.client_order_id, o.cxl[1]
+            o.cxl = None
+        elif exec_type == c.EXEC_REPLACED and o.rpl is not None:
+            coid, orig, extra = o.rpl[0], o.client_order_id, o.rpl[1]
+            o.rpl = None
+            acct = self.accounts[o.account]
+            if acct.by_client.get(orig) is o:       # FIX: the order now goes by the new id
+                del acct.by_client[orig]
+                acct.by_client[coid] = o
+            o.client_order_id = coid
+        if exec_type == c.EXEC_REJECTED:
+            reason = fix_ord_rej_reason(code)
+        elif exec_type == c.EXEC_CANCELED or exec_type == c.EXEC_EXPIRED:
+            reason = session_cancel_reason(code)
+        else:
+            reason = 0
+        fields = (self.ts_ns, coid, orig, o.order_id, self._exec_id(),
+                  c.P_NULL_PRICE if o.ord_type == MARKET else o.price * tick, o.qty,
+                  last_px * tick if exec_type == c.EXEC_TRADE else c.P_NULL_PRICE, last_qty,
+                  o.leaves, o.cum, o.symbol, o.account, exec_type, status, o.side, o.ord_type,
+                  o.tif, reason, liquidity, 0)
+        self._smsg(o.sess, c.P_EXEC_REPORT, *fields)
+        if extra is not None and extra != o.sess:
+            self._smsg(extra, c.P_EXEC_REPORT, *fields)
+
+    def _session_reject_er(self, key: tuple, coid: int, account: int, symbol: int, side: int,
+                           ord_type: int, tif: int, price: int, qty: int, reason: int) -> None:
+        """ExecutionReport '8' of a NewOrderSingle refused before it became an order."""
+        self._smsg(key, c.P_EXEC_REPORT, self.ts_ns, coid, c.P_NULL_ID, c.P_NULL_ID,
+                   self._exec_id(), price, qty, c.P_NULL_PRICE, 0, 0, 0, symbol & 0xFFFFFFFF,
+                   account & 0xFFFFFFFF, c.EXEC_REJECTED, c.STATUS_REJECTED, side & 0xFF,
+                   ord_type & 0xFF, tif & 0xFF, reason, 0, 0)
+
+    def _session_cancel_reject(self, key: tuple, coid: int, orig: int, order_id: int, to: int,
+                               reason: int) -> None:
+        """OrderCancelReject of the request being applied (self._ctx)."""
+        ctx = self._ctx
+        o = ctx[8]
+        status = _ord_status(o) if o is not None and o.order_id in self.orders \
+            else c.STATUS_REJECTED
+        self._smsg(key, c.P_CANCEL_REJECT, self.ts_ns, coid, orig,
+                   o.order_id if o is not None else order_id, ctx[7] & 0xFFFFFFFF, status,
+                   48 + to, reason, 0)
+
+    def _session_async_cancel_reject(self, o: Order, to: int, code: int) -> None:
+        """The CrossEngine refused a cancel or amend the engine had sent for ``o``."""
+        req = o.cxl if to == 1 else o.rpl
+        if to == 1:
+            o.cxl = None
+        else:
+            o.rpl = None
+        coid = req[0] if req is not None else 0
+        fields = (self.ts_ns, coid, o.client_order_id, o.order_id, o.symbol, _ord_status(o),
+                  48 + to, fix_cxl_rej_reason(code), 0)
+        if o.sess is not None:
+            self._smsg(o.sess, c.P_CANCEL_REJECT, *fields)
+        if req is not None and req[1] != o.sess:
+            self._smsg(req[1], c.P_CANCEL_REJECT, *fields)
+
+    def _session_logon(self, payload: bytes) -> None:
+        n = len(payload)
+        if n < c.SESSION_LOGON_S.size:
+            self._reject_request(c.SESSION_LOGON, 2001, 0, 0, 0)
+            return
+        user, sid, conn_id, default, mode, cod_ms, count = c.SESSION_LOGON_S.unpack_from(payload)
+        size = c.SESSION_LOGON_S.size
+        accounts: list = []
+        if n == size + 4 * count and count <= c.MAX_SESSION_ACCOUNTS:
+            accounts = sorted(dict.fromkeys(struct.unpack_from(f"<{count}I", payload, size)))
+            if not accounts:
+                accounts = [default]
+        if (n != size + 4 * count or count > c.MAX_SESSION_ACCOUNTS or mode > 2
+                or default not in accounts or not all(self._mine(a) for a in accounts)):
+            self._reject_request(c.SESSION_LOGON, 2037, user, 0, sid)
+            return
+        key = (user, sid)
+        self._expire_finalized()
+        if key in self.finalized:
+            self._session_state(key, conn_id, None, c.SESSION_FINALIZED)
+            return
+        sess = self.sessions.get(key)
+        if sess is None:
+            sess = self.sessions[key] = Session(user, sid)
+            status = c.SESSION_NEW
+        elif sess.bound and sess.conn_id != conn_id:
+            self._session_state(key, conn_id, sess, c.SESSION_BOUND_ELSEWHERE)
+            return
+        else:
+            status = c.SESSION_RESUMED
+        sess.conn_id, sess.bound = conn_id, True
+        sess.default_account, sess.accounts = default, accounts
+        sess.cod_mode, sess.cod_timeout_ms = mode, cod_ms
+        if sess.cod_deadline:
+            sess.cod_deadline = 0
+            del self.cod[key]
+            self._reset_timer()
+        self._session_state(key, conn_id, sess, status)
+
+    def _session_end(self, payload: bytes) -> None:
+        if len(payload) != c.SESSION_END_S.size:
+            self._reject_request(c.SESSION_END, 2001, 0, 0, 0)
+            return
+        user, sid, conn_id, reason = c.SESSION_END_S.unpack(payload)
+        key = (user, sid)
+        sess = self.sessions.get(key)
+        if sess is None or reason > c.END_FINALIZE:
+            self._reject_request(c.SESSION_END, 2034 if sess is None else 2001, user, 0, sid)
+            return
+        if reason == c.END_FINALIZE:
+            self._finalize(key, sess)
+            return
+        if sess.bound and sess.conn_id == conn_id:
+            sess.bound = False
+            self._arm_cod(key, sess, reason)
+
+    def _gateway_start(self, payload: bytes) -> None:
+        if len(payload) != c.GATEWAY_START_S.size:
+            self._reject_request(c.GATEWAY_START, 2001, 0, 0, 0)
+            return
+        g = c.GATEWAY_START_S.unpack(payload)[0]
+        for key in sorted(self.sessions):
+            sess = self.sessions[key]
+            if sess.bound and sess.conn_id >> 48 == g:
+                sess.bound = False
+                self._arm_cod(key, sess, c.END_DISCONNECT)
+
+    def _arm_cod(self, key: tuple, sess, reason: int) -> None:
+        mode = sess.cod_mode
+        if not (mode == c.COD_ON_DISCONNECT_OR_LOGOUT
+                or mode == c.COD_ON_DISCONNECT and reason == c.END_DISCONNECT):
+            return
+        if sess.cod_timeout_ms == 0:
+            self._cancel_on_disconnect(key, sess)
+            return
+        sess.cod_deadline = self.ts_ns + sess.cod_timeout_ms * 1_000_000
+        self.cod[key] = sess.cod_deadline
+        self._reset_timer()
+
+    def _cancel_on_disconnect(self, key: tuple, sess) -> None:
+        """Cancel every open order the session entered (ExecutionReport '4' reason 2)."""
+        for a in sess.accounts:
+            acct = self.accounts.get(a)
+            if acct is None:
+                continue
+            for o in list(acct.orders.values()):
+                if o.sess != key:
+                    continue
+                if o.state == UNTRIGGERED:
+                    self._drop(acct, o)
+                    self._er(o, c.EXEC_CANCELED, code=c.REASON_CANCEL_ON_DISCONNECT,
+                             status=c.STATUS_CANCELED)
+                elif o.pending != PENDING_CANCEL:
+                    self._send_cancel(o, c.REASON_CANCEL_ON_DISCONNECT)
+
+    def _finalize(self, key: tuple, sess) -> None:
+        self._session_state(key, sess.conn_id, sess, c.SESSION_FINALIZED)
+        del self.sessions[key]
+        if self.cod.pop(key, None) is not None:
+            self._reset_timer()
+        self._expire_finalized()
+        self.finalized[key] = self.ts_ns
+
+    def _expire_finalized(self) -> None:
+        fin = self.finalized
+        cutoff = self.ts_ns - FINALIZED_TTL_NS
+        while fin:
+            key = next(iter(fin))
+            if fin[key] > cutoff:
+                break
+            del fin[key]
+
+    def _client_message(self, payload: bytes) -> None:
+        head = c.CLIENT_MESSAGE_S.size
+        if len(payload) < head + 8:
+            self._reject_request(c.CLIENT_MESSAGE, 2001, 0, 0, 0)
+            return
+        user, sid, gflags, template = c.CLIENT_MESSAGE_S.unpack_from(payload)
+        key = (user, sid)
+        sess = self.sessions.get(key)
+        if sess is None or not 100 <= template <= 199:
+            self._reject_request(c.CLIENT_MESSAGE, 2034 if sess is None else 2001, user, 0, sid)
+            return
+        block = payload[head:]
+        seqno = _U64(block)[0]
+        expected = sess.next_expected
+        if seqno < expected:
+            self.duplicates_dropped += 1      # PROTOCOL.md §4.3: dropped silently
+            return
+        if seqno > expected:
+            self._smsg(key, c.P_NOT_APPLIED, expected, seqno - expected)
+        sess.next_expected = seqno + 1
+        size = c.P_BLOCK_SIZES.get(template)
+        ref = _U64(block, 16)[0] if size is not None and len(block) >= 24 else c.P_NULL_ID
+        if size is None:
+            self._business_reject(key, seqno, ref, template, 3, b"unsupported message type")
+        elif len(block) != size:
+            self._business_reject(key, seqno, ref, template, 5, b"block length")
+        elif gflags & c.GW_THROTTLED:
+            self._business_reject(key, seqno, ref, template, 8, b"throttled")
+        elif gflags & c.GW_SHED:
+            self._business_reject(key, seqno, ref, template, 4, b"overloaded")
+        elif len(sess.clordids) >= MAX_SESSION_CLORDIDS:
+            self._business_reject(key, seqno, ref, template, 0, b"start a new session")
+        elif template == c.P_NEW_ORDER:
+            self._s_new_order(key, sess, block, seqno)
+        elif template == c.P_CANCEL:
+            self._s_cancel(key, sess, block)
+        elif template == c.P_REPLACE:
+            self._s_replace(key, sess, block)
+        else:
+            self._s_mass_cancel(key, sess, block)
+
+    def _s_new_order(self, key: tuple, sess, block: bytes, seqno: int) -> None:
+        (_, _, coid, price, qty, symbol, account, side, ord_type, tif,
+         flags) = _P_NOS(block)
+        if account == 0:
+            account = sess.default_account
+        if account not in sess.accounts:
+            self._business_reject(key, seqno, coid, c.P_NEW_ORDER, 6, b"account not authorised")
+            return
+        self._ctx = [key, c.P_NEW_ORDER, coid, c.P_NULL_ID, c.P_NULL_ID, tif, price, symbol,
+                     None]
+        try:
+            if coid in sess.clordids:
+                self._reject_order(coid, account, symbol, side, ord_type, 0, qty, 2015)
+                return
+            sess.clordids[coid] = None
+            spec = self.specs.get(symbol)
+            ticks = code = 0
+            if spec is None:
+                pass                                   # the engine says symbol_unknown
+            elif ord_type == MARKET:
+                if price != c.P_NULL_PRICE and price != 0:
+                    code = 2008
+            elif price == c.P_NULL_PRICE or price <= 0:
+                code = 2008
+            elif price % spec.tick:
+                code = 2035
+            else:
+                ticks = price // spec.tick
+            if code:
+                self._reject_order(coid, account, symbol, side, ord_type, 0, qty, code)
+                return
+            eflags = POST_ONLY if flags & c.P_FLAG_POST_ONLY else 0
+            self._new_order(_NEW_ORDER_PACK(coid, account, symbol, ticks, qty, 0, side,
+                                            ord_type, tif, eflags, 0, c.BY_MARK))
+        finally:
+            self._ctx = None
+
+    def _find_order(self, key: tuple, sess, orig: int, order_id: int):
+        """The order a cancel or replace names, by OrderID or else by OrigClOrdID, among the
+        session user's accounts (the session's own first)."""
+        if order_id != c.P_NULL_ID and order_id != 0:
+            o = self.orders.get(order_id)
+            return o if o is not None and o.account in sess.accounts else None
+        if orig == c.P_NULL_ID:
+            return None
+        found = None
+        for a in sess.accounts:
+            acct = self.accounts.get(a)
+            o = acct.by_client.get(orig) if acct is not None else None
+            if o is not None:
+                if o.sess == key:
+                    return o
+                if found is None:
+                    found = o
+        return found
+
+    def _s_cancel(self, key: tuple, sess, block: bytes) -> None:
+        _, _, coid, orig, order_id, symbol, _side, _flags = _P_CANCEL(block)
+        o = self._find_order(key, sess, orig, order_id)
+        self._ctx = [key, c.P_CANCEL, coid, orig, order_id, 0, 0,
+                     o.symbol if o is not None else symbol, o]
+        try:
+            account = o.account if o is not None else sess.default_account
+            if coid in sess.clordids:
+                self._cancel_rejected(account, coid, orig, 2015, 1)
+                return
+            sess.clordids[coid] = None
+            if o is None:
+                self._cancel_rejected(account, coid, orig, 2016, 1)
+            elif o.pending == PENDING_CANCEL:
+                self._cancel_rejected(account, coid, orig, 2017, 1)
+            else:
+                o.cxl = (coid, key)
+                self._cancel(c.CANCEL_S.pack(coid, o.client_order_id, o.account))
+                if o.pending != PENDING_CANCEL:
+                    o.cxl = None
+        finally:
+            self._ctx = None
+
+    def _s_replace(self, key: tuple, sess, block: bytes) -> None:
+        (_, _, coid, orig, order_id, price, qty, symbol, _side, _ord_type, _tif,
+         _flags) = _P_REPLACE(block)
+        o = self._find_order(key, sess, orig, order_id)
+        self._ctx = [key, c.P_REPLACE, coid, orig, order_id, 0, price,
+                     o.symbol if o is not None else symbol, o]
+        try:
+            account = o.account if o is not None else sess.default_account
+            if coid in sess.clordids:
+                self._cancel_rejected(account, coid, orig, 2015, 2)
+                return
+            sess.clordids[coid] = None
+            if o is None:
+                self._cancel_rejected(account, coid, orig, 2016, 2)
+                return
+            if o.pending:
+                self._cancel_rejected(account, coid, orig, 2017, 2)
+                return
+            tick = self.specs[o.symbol].tick
+            code = ticks = 0
+            if price == c.P_NULL_PRICE:
+                pass                                     # unchanged
+            elif price <= 0:
+                code = 2008
+            elif price % tick:
+                code = 2035
+            else:
+                ticks = price // tick
+            if not code and coid in self.accounts[o.account].by_client:
+                code = 2015
+            if code:
+                self._cancel_rejected(account, coid, orig, code, 2)
+                return
+            o.rpl = (coid, key)
+            self._amend(c.AMEND_S.pack(coid, o.client_order_id, o.account, ticks, qty))
+            if o.pending != PENDING_AMEND:
+                o.rpl = None
+        finally:
+            self._ctx = None
+
+    def _s_mass_cancel(self, key: tuple, sess, block: bytes) -> None:
+        _, _, coid, symbol, mtype, side, _flags = _P_MASS(block)
+        reject = 0
+        if coid in sess.clordids:
+            reject = 99
+        elif mtype == 0x31:                # '1': one security
+            if symbol not in self.specs:
+                reject = 1
+        elif mtype == 0x37:                # '7': all
+            symbol = 0
+        else:
+            reject = 0x100                 # not supported (FIX 532 value 0)
+        if not reject and side not in (0x30, BUY, SELL):
+            reject = 99
+        if reject:
+            if coid not in sess.clordids:
+                sess.clordids[coid] = None
+            self._smsg(key, c.P_MASS_CANCEL_REPORT, self.ts_ns, coid, 0, symbol & 0xFFFFFFFF,
+                       mtype, 0x30, reject & 0xFF, 0)
+            return
+        sess.clordids[coid] = None
+        acct = self.accounts.get(sess.default_account)
+        n = 0
+        if acct is not None:
+            n = self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
+                                    c.REASON_MASS_CANCEL)
+        self._smsg(key, c.P_MASS_CANCEL_REPORT, self.ts_ns, coid, n, symbol, mtype, mtype, 0, 0)
+
+
     # -- the audit, snapshots and the state hash ----------------------------------------------
 
     def audit(self) -> None:
@@ -1564,6 +2125,10 @@ class TradingEngine:
             [account_row(self.accounts[a]) for a in sorted(self.accounts)],
             account_row(self.clearing), account_row(self.liquidation),
             [list(sw) for sw in self.sweeps],
+            [None if self.ce_sources is None else sorted(self.ce_sources.items()),
+             self.oracle_sources, self.gateway_sources],
+            [self.sessions[k].row() for k in sorted(self.sessions)],
+            [[u, s, ts] for (u, s), ts in self.finalized.items()],
         ]
 
     def snapshot(self) -> bytes:
@@ -1578,14 +2143,27 @@ class TradingEngine:
         if state[0] == 3:
             # written before transfer ids expired and sweeps existed: its transfer ids count
             # as seen at the snapshot's time, and no sweep is in progress
-            state = [SNAPSHOT_VERSION, *state[1:15], [0, sorted([state[4], t] for t in state[15])],
+            state = [4, *state[1:15], [0, sorted([state[4], t] for t in state[15])],
                      *state[16:], []]
+        if state[0] == 4:   # written before sources were configured and sessions existed
+            state = [SNAPSHOT_VERSION, *state[1:], [None, None, None], [], []]
         if state[0] != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
         (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,
          withdrawals, marks, last_prices, funding_inputs, next_funding,
-         (transfer_floor, transfers), accounts, clearing, liquidation, sweeps) = state
-        eng = cls([_spec_from_row(r) for r in specs], shard, n_shards)
+         (transfer_floor, transfers), accounts, clearing, liquidation, sweeps,
+         (ce_sources, oracle_sources, gateway_sources), sessions, finalized) = state
+        eng = cls([_spec_from_row(r) for r in specs], shard, n_shards,
+                  ce_sources=None if ce_sources is None else dict(ce_sources),
+                  oracle_sources=oracle_sources, gateway_sources=gateway_sources)
+        for row in sessions:
+            sess = Session.from_row(row)
+            key = (sess.user, sess.session_id)
+            eng.sessions[key] = sess
+            if sess.cod_deadline:
+                eng.cod[key] = sess.cod_deadline
+        for u, s, ts in finalized:
+            eng.finalized[(u, s)] = ts
         eng.seq, eng.ts_ns, eng.next_order_id = seq, ts_ns, next_order_id
         eng.fee_pool, eng.dust, eng.deposits, eng.withdrawals = fee_pool, dust, deposits, withdrawals
         eng.marks = dict(marks)
@@ -1641,6 +2219,52 @@ class TradingEngine:
                 if o.ce_id:
                     self.ce_orders[o.symbol][o.ce_id] = o
         return acct
+
+
+# FIX 103 OrdRejReason of each reject code (PROTOCOL.md §3, ExecutionReport '8'); any other: 99
+ORD_REJ_REASON = {
+    2004: 1, 3008: 2, 2010: 2,                      # unknown security; exchange closed
+    2011: 3, 2012: 3, 2013: 3, 2027: 3, 2030: 3,   # exceeds limit
+    3016: 3, 3018: 3, 3007: 3,
+    2016: 5, 3005: 5,                               # unknown order
+    2015: 6, 3009: 6,                               # duplicate order (ClOrdID reuse)
+    2005: 11, 2006: 11, 2007: 11, 2018: 11, 2028: 11, 3010: 11, 3011: 11, 3012: 11,
+    3013: 11,                                       # unsupported characteristic
+    2014: 0, 2019: 0, 3006: 0,                      # exchange option (reduce-only, post-only)
+    2009: 13, 3003: 13, 3004: 13, 3014: 13,         # incorrect quantity
+    2035: 18, 3001: 18,                             # invalid price increment
+}
+# FIX 102 CxlRejReason of each code: 0 too late, 1 unknown order, 3 already pending,
+# 6 duplicate ClOrdID; any other: 99
+CXL_REJ_REASON = {2016: 1, 3005: 0, 2017: 3, 2015: 6, 3009: 6}
+# the session's cancel reason of an engine reason (ExecutionReport '4' / 'C'): PROTOCOL.md's
+# 0-5 as they are; the engine's own from 7 up; the CrossEngine's match limit (6 in the engine)
+# is 10, since PROTOCOL.md's 6 is the end of day
+_CANCEL_REASON = {c.REASON_MATCH_LIMIT: 10}
+
+
+def fix_ord_rej_reason(code: int) -> int:
+    return ORD_REJ_REASON.get(code, 99)
+
+
+def fix_cxl_rej_reason(code: int) -> int:
+    return CXL_REJ_REASON.get(code, 99)
+
+
+def session_cancel_reason(reason: int) -> int:
+    return _CANCEL_REASON.get(reason, reason) & 0xFF
+
+
+def _ord_status(o: Order) -> int:
+    if o.leaves == 0 and o.cum == o.qty:
+        return c.STATUS_FILLED
+    return c.STATUS_PARTIAL if o.cum else c.STATUS_NEW
+
+
+def _int(x) -> int:
+    """A source id or symbol from a configuration: an int, or a string ("0x7000_0001" or
+    decimal, as JSON object keys must be strings)."""
+    return int(x, 0) if isinstance(x, str) else int(x)
 
 
 def _ledger(a: Account) -> int:

@@ -94,13 +94,18 @@ def test_every_tradingengine_command_and_event_kind_has_names():
     assert nested["events"][0]["reason"] == "price_not_on_tick"
     # every event type, each packed from zeros except its type, plus a nested CE command
     body = b"".join(s.pack(k, *([0] * (len(s.unpack(bytes(s.size))) - 1)))
-                    for k, s in te.EVENT_STRUCTS.items() if k != te.CE_COMMAND)
+                    for k, s in te.EVENT_STRUCTS.items()
+                    if k not in (te.CE_COMMAND, te.SESSION_MESSAGE))
+    body += te.EVENT_STRUCTS[te.SESSION_MESSAGE].pack(te.SESSION_MESSAGE, 1, 2, 203) + \
+        te.P_STRUCTS[203].pack(1, 2, 3, 4, 100, 5, 0, b"overloaded")
     cmd = ce.new_order(1, ce.BUY, 4, 2, 3)
     body += te.EVENT_STRUCTS[te.CE_COMMAND].pack(te.CE_COMMAND, 1, ce.NEW_ORDER, len(cmd)) + cmd
     x = d.decode_record("out.te.0", rec(2, te.NEW_ORDER, body), BY_ID)
     assert [e["event"] for e in x["events"]] == [
-        te.EVENT_NAMES[k] for k in te.EVENT_STRUCTS if k != te.CE_COMMAND] + [
-        "CrossEngineCommand"]
+        te.EVENT_NAMES[k] for k in te.EVENT_STRUCTS
+        if k not in (te.CE_COMMAND, te.SESSION_MESSAGE)] + ["SessionMessage",
+                                                            "CrossEngineCommand"]
+    assert x["events"][-2]["message"]["text"] == "overloaded"
     assert x["events"][-1]["command"]["price"] == "2" and x["events"][-1]["ce_kind"] == "NewOrder"
 
 

@@ -15,6 +15,7 @@ from tradingengine import codec as c
 from tradingengine.engine import (
     MAX_OPEN_ORDERS,
     OUTPUT_BUDGET,
+    OUTPUT_LIMIT,
     TRANSFER_ID_WINDOW_NS,
     TradingEngine,
     worst_case_output,
@@ -25,14 +26,14 @@ BOUND = worst_case_output()
 
 def fits(payload: bytes) -> bytes:
     """The payload as out.te.N carries it: it must encode and scan as one record."""
-    assert len(payload) <= BOUND["record"] <= MAX_PAYLOAD // 2
+    assert len(payload) <= BOUND["record"] <= OUTPUT_LIMIT
     scan(encode([(1, 1, 1, 1, 1, c.CANCEL_ALL, payload)]))
     return payload
 
 
-def test_worst_case_output_is_within_half_a_record():
+def test_worst_case_output_is_within_seven_eighths_of_a_record():
     assert BOUND["record"] == OUTPUT_BUDGET + 2 * BOUND["unit"] + BOUND["command"]
-    assert BOUND["record"] <= MAX_PAYLOAD // 2
+    assert BOUND["record"] <= OUTPUT_LIMIT == MAX_PAYLOAD * 7 // 8
     # the CrossEngine bound this one relies on is the CrossEngine's own
     assert c.CE_MAX_FILLS == ce.MAX_FILLS_LIMIT
     assert (c.CE_SCOPE_ACCOUNT, c.CE_SCOPE_BOOK) == (ce.SCOPE_ACCOUNT, ce.SCOPE_BOOK)

@@ -1,0 +1,359 @@
+"""Sessions in the TradingEngine (docs/order-path.md §3, PROTOCOL.md §4): logon and resume,
+client SeqNo rules, the PROTOCOL.md messages each order gets, cancel-on-disconnect, bounds.
+
+The expected blocks are packed here with PROTOCOL.md's own struct formats (chars as 'c'), not
+with tradingengine/codec.py's, so that the two are checked against each other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import pytest
+
+from tests.tradingvenue import SECOND, Venue, two_specs
+from tradingengine import codec as c
+from tradingengine.engine import TradingEngine
+from tradingengine.reference import interpreted
+
+NOS = struct.Struct("<QQQqQIIcccB")
+OCR = struct.Struct("<QQQQQIcB")
+OCRR = struct.Struct("<QQQQQqQIcccB")
+OMCR = struct.Struct("<QQQIccB")
+ER = struct.Struct("<QQQQQQqQqQQQIIcccccBBB")
+OCJ = struct.Struct("<QQQQQIccBB")
+OMCRPT = struct.Struct("<QQQIIccBB")
+BR = struct.Struct("<QQQQHBB32s")
+NA = struct.Struct("<QQI")
+BLOCKS = {10: NA, 200: ER, 201: OCJ, 202: OMCRPT, 203: BR}
+NULL = (1 << 64) - 1
+NULL_PX = -(1 << 63)
+TICK = 1_000_000            # 0.01 in 1e-8 units
+E8 = 10**8
+
+
+def specs():
+    return [dataclasses.replace(s, tick=TICK) for s in two_specs()]
+
+
+class Harness:
+    """A shard with its CrossEngines, and the sessions' messages as PROTOCOL.md decodes them."""
+
+    def __init__(self, engine=TradingEngine, shadows=()) -> None:
+        self.v = Venue(specs(), shard=0, n_shards=1, shadows=shadows, engine=engine)
+        self.v.deposit(1, 10**12)
+        self.v.deposit(2, 10**12)
+        self.v.deposit(3, 10**12)
+        self.v.mark(1, 10_000)
+        self.v.mark(2, 50_000)
+        self.seq: dict[tuple, int] = {}
+
+    def apply(self, kind, payload, dt_ns=1_000):
+        return self.v.apply(kind, payload, dt_ns)
+
+    def logon(self, user, sid, conn=7, accounts=None, default=None, cod=0, cod_ms=0):
+        accounts = accounts or [user]
+        ev = self.apply(c.SESSION_LOGON, c.session_logon(user, sid, conn, default or accounts[0],
+                                                         accounts, cod, cod_ms))
+        states = [e for e in ev if e[0] == c.SESSION_STATE]
+        assert len(states) == 1, ev
+        return states[0][1:]
+
+    def send(self, user, sid, template, block, flags=0, dt_ns=1_000):
+        ev = self.apply(c.CLIENT_MESSAGE, c.client_message(user, sid, template, block, flags),
+                        dt_ns)
+        return msgs(ev)
+
+    def nos(self, user, sid, seq, clordid, side=b"1", price=100 * E8, qty=5, secid=1,
+            account=0, ord_type=b"2", tif=b"1", flags=0):
+        return self.send(user, sid, 100, NOS.pack(seq, 0, clordid, price, qty, secid, account,
+                                                  side, ord_type, tif, flags))
+
+
+def msgs(events, user=None, sid=None):
+    """[(user, sid, template, fields)] of the SessionMessages in events."""
+    out = []
+    for e in events:
+        if e[0] == c.SESSION_MESSAGE and (user is None or (e[1], e[2]) == (user, sid)):
+            assert len(e[4]) == BLOCKS[e[3]].size
+            out.append((e[1], e[2], e[3], BLOCKS[e[3]].unpack(e[4])))
+    return out
+
+
+def ers(ms, exec_type=None):
+    return [m[3] for m in ms if m[2] == 200 and (exec_type is None or m[3][14] == exec_type)]
+
+
+def test_logon_creates_resumes_and_refuses_a_session_bound_elsewhere():
+    h = Harness()
+    assert h.logon(1, 55, conn=7) == (1, 55, 7, 1, 1, c.SESSION_NEW)
+    assert h.logon(1, 55, conn=8) == (1, 55, 8, 1, 1, c.SESSION_BOUND_ELSEWHERE)
+    h.apply(c.SESSION_END, c.session_end(1, 55, 8, c.END_LOGOUT))     # not its connection
+    assert h.v.te.sessions[(1, 55)].bound
+    h.apply(c.SESSION_END, c.session_end(1, 55, 7, c.END_LOGOUT))
+    assert h.logon(1, 55, conn=8) == (1, 55, 8, 1, 1, c.SESSION_RESUMED)
+
+
+def test_a_new_order_gets_a_protocol_execution_report_new():
+    h = Harness()
+    h.logon(1, 5)
+    ms = h.nos(1, 5, 1, 777, price=101 * E8, qty=9)
+    o = next(iter(h.v.te.orders.values()))
+    (er,) = ers(ms)
+    ts = h.v.ts_ns          # the CrossEngine's answer is the last record applied
+    assert er == (1, ts, 777, NULL, o.order_id, er[5], 10100 * TICK, 9, NULL_PX, 0, 9, 0, 1, 1,
+                  b"0", b"0", b"1", b"2", b"1", 0, 0, 0)
+    assert o.sess == (1, 5) and o.price == 10100
+    # the engine's own events are still there
+    assert [e for e in h.v.te.orders.values()][0].client_order_id == 777
+
+
+def test_a_trade_reports_to_both_sessions_with_last_price_quantity_and_liquidity():
+    h = Harness()
+    h.logon(1, 5)
+    h.logon(2, 6)
+    h.nos(1, 5, 1, 10, side=b"2", price=100 * E8, qty=5)
+    ms = h.nos(2, 6, 1, 20, side=b"1", price=101 * E8, qty=3)
+    maker = ers([m for m in ms if m[0] == 1], b"F")
+    taker = ers([m for m in ms if m[0] == 2], b"F")
+    assert len(maker) == len(taker) == 1
+    assert maker[0][7:12] == (5, 100 * E8, 3, 2, 3) and maker[0][15] == b"1"
+    assert maker[0][20] == 1 and taker[0][20] == 2          # maker added, taker removed
+    assert taker[0][7:12] == (3, 100 * E8, 3, 0, 3) and taker[0][15] == b"2"
+    assert taker[0][0] == 2                                  # ER New was 1
+    assert maker[0][5] != taker[0][5]                        # ExecIDs unique
+    assert h.v.position(1).size == -3 and h.v.position(2).size == 3
+    h.v.te.audit()
+
+
+def test_client_seqno_rules_and_the_reconnect_walkthrough():
+    h = Harness()
+    h.logon(1, 9, conn=1)
+    for n in range(1, 5):
+        (er,) = ers(h.nos(1, 9, n, 100 + n))
+        assert er[0] == n
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_DISCONNECT))
+    # LogonAck numbers: nextExpected 5 (NOS 1..4 applied), NextSeqNo 5 (server 1..4 issued)
+    assert h.logon(1, 9, conn=2) == (1, 9, 2, 5, 5, c.SESSION_RESUMED)
+    assert ers(h.nos(1, 9, 5, 105))[0][0] == 5               # the resend of NOS 5 applies
+    assert h.nos(1, 9, 5, 105) == []                          # a repeat: dropped silently
+    assert h.nos(1, 9, 3, 999) == []
+    assert h.v.te.duplicates_dropped == 2
+    ms = h.nos(1, 9, 8, 108)                                  # 6 and 7 abandoned
+    assert ms[0][2:] == (10, (6, 6, 2))                       # NotApplied(6, 2), SeqNo 6
+    assert ers(ms)[0][0] == 7 and ers(ms)[0][2] == 108
+    assert h.v.te.sessions[(1, 9)].next_expected == 9
+    assert h.nos(1, 9, 7, 107) == []                          # never applied later
+
+
+def test_gateway_flags_unknown_templates_and_unauthorised_accounts_consume_the_seqno():
+    h = Harness()
+    h.logon(1, 9, accounts=[1, 3])
+    block = NOS.pack(1, 0, 50, 100 * E8, 1, 1, 0, b"1", b"2", b"1", 0)
+    (m,) = h.send(1, 9, 100, block, flags=c.GW_THROTTLED)
+    assert m[2] == 203 and m[3][2:6] == (1, 50, 100, 8)
+    (m,) = h.send(1, 9, 100, NOS.pack(2, 0, 51, 100 * E8, 1, 1, 0, b"1", b"2", b"1", 0),
+                  flags=c.GW_SHED)
+    assert m[3][5] == 4 and m[3][7].rstrip(b"\0") == b"overloaded"
+    (m,) = h.send(1, 9, 150, struct.pack("<Q", 3))
+    assert m[3][2:6] == (3, NULL, 150, 3)
+    (m,) = h.nos(1, 9, 4, 52, account=2)                    # account 2 is not the user's
+    assert m[3][2:6] == (4, 52, 100, 6)
+    (er,) = ers(h.nos(1, 9, 5, 53, account=3))              # account 3 is
+    assert er[13] == 3 and er[14] == b"0"
+    assert h.v.te.sessions[(1, 9)].next_expected == 6
+    assert [m[3][0] for m in h.nos(1, 9, 5, 54)] == []
+
+
+def test_field_errors_and_clordid_reuse_are_rejected_with_fix_reasons():
+    h = Harness()
+    h.logon(1, 9)
+    (er,) = ers(h.nos(1, 9, 1, 60, price=100 * E8 + 1))     # not a whole tick
+    assert er[14:16] == (b"8", b"8") and er[19] == 18 and er[4] == NULL
+    (er,) = ers(h.nos(1, 9, 2, 61, qty=0))
+    assert er[19] == 13
+    (er,) = ers(h.nos(1, 9, 3, 62, secid=99))
+    assert er[19] == 1
+    (er,) = ers(h.nos(1, 9, 4, 63, tif=b"0"))                # Day: not supported
+    assert er[19] == 11
+    (er,) = ers(h.nos(1, 9, 5, 61))                           # 61 was used (and rejected)
+    assert er[19] == 6
+    ers(h.nos(1, 9, 6, 64))
+    (m,) = h.send(1, 9, 101, OCR.pack(7, 0, 64, 64, NULL, 1, b"1", 0))   # reuses 64
+    assert m[2] == 201 and m[3][2] == 64 and m[3][7:9] == (b"1", 6)
+
+
+def test_cancel_by_orig_clordid_or_order_id_and_cancel_rejects():
+    h = Harness()
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 70)
+    h.nos(1, 9, 2, 71)
+    (er,) = ers(h.send(1, 9, 101, OCR.pack(3, 0, 72, 70, NULL, 1, b"1", 0)), b"4")
+    assert er[2:4] == (72, 70) and er[15] == b"4" and er[19] == 0 and er[10] == 0
+    oid = next(o.order_id for o in h.v.te.orders.values() if o.client_order_id == 71)
+    (er,) = ers(h.send(1, 9, 101, OCR.pack(4, 0, 73, NULL, oid, 1, b"1", 0)), b"4")
+    assert er[2:5] == (73, 71, oid)
+    (m,) = h.send(1, 9, 101, OCR.pack(5, 0, 74, 70, NULL, 1, b"1", 0))
+    assert m[2] == 201 and m[3][2:5] == (74, 70, NULL) and m[3][8] == 1    # unknown order
+
+
+def test_replace_changes_the_total_qty_and_the_order_goes_by_the_new_clordid():
+    h = Harness()
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 80, qty=5)
+    ms = h.send(1, 9, 102, OCRR.pack(2, 0, 81, 80, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    (er,) = ers(ms, b"5")
+    assert er[2:4] == (81, 80) and er[6:8] == (99 * E8, 8) and er[10] == 8
+    (er,) = ers(h.send(1, 9, 101, OCR.pack(3, 0, 82, 81, NULL, 1, b"1", 0)), b"4")
+    assert er[2:4] == (82, 81)
+    (m,) = h.send(1, 9, 102, OCRR.pack(4, 0, 83, 81, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert m[2] == 201 and m[3][7] == b"2"
+
+
+def test_a_cancel_from_another_session_of_the_user_gets_its_own_copy():
+    h = Harness()
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.nos(1, 9, 1, 90)
+    ms = h.send(1, 10, 101, OCR.pack(1, 0, 91, 90, NULL, 1, b"1", 0))
+    assert {(m[0], m[1]) for m in ms if m[2] == 200} == {(1, 9), (1, 10)}
+    assert [m[3][0] for m in ms if m[1] == 10] == [1]
+
+
+def test_mass_cancel_reports_and_cancels_each_order():
+    h = Harness()
+    h.logon(1, 9)
+    for n, sym in ((1, 1), (2, 1), (3, 2)):
+        h.nos(1, 9, n, 100 + n, secid=sym, price=(100 if sym == 1 else 500) * E8)
+    ms = h.send(1, 9, 103, OMCR.pack(4, 0, 200, 1, b"1", b"0", 0))
+    (rpt,) = [m[3] for m in ms if m[2] == 202]
+    assert rpt[2:8] == (200, 2, 1, b"1", b"1", 0)
+    cancelled = ers(ms, b"4")
+    assert sorted(e[2] for e in cancelled) == [101, 102] and {e[19] for e in cancelled} == {1}
+    ms = h.send(1, 9, 103, OMCR.pack(5, 0, 201, NULL & 0xFFFFFFFF, b"7", b"0", 0))
+    assert [m[3][3] for m in ms if m[2] == 202] == [1]
+    assert not h.v.te.orders
+
+
+def test_cancel_on_disconnect_fires_after_the_grace_in_sequenced_time():
+    h = Harness()
+    h.logon(1, 9, conn=1, cod=c.COD_ON_DISCONNECT, cod_ms=500)
+    h.nos(1, 9, 1, 300)
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_LOGOUT))      # mode 2: not on logout
+    assert not h.v.te.cod
+    h.logon(1, 9, conn=2, cod=c.COD_ON_DISCONNECT, cod_ms=500)
+    h.apply(c.SESSION_END, c.session_end(1, 9, 2, c.END_DISCONNECT))
+    assert msgs(h.apply(c.KIND_TICK, b"", 400_000_000)) == []
+    ms = msgs(h.apply(c.KIND_TICK, b"", 200_000_000))
+    (er,) = ers(ms, b"4")
+    assert er[19] == 2 and er[2] == 300
+    assert not h.v.te.orders
+
+
+def test_a_logon_within_the_grace_disarms_cancel_on_disconnect():
+    h = Harness()
+    h.logon(1, 9, conn=1, cod=c.COD_ON_DISCONNECT_OR_LOGOUT, cod_ms=500)
+    h.nos(1, 9, 1, 300)
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_LOGOUT))
+    assert h.v.te.cod
+    h.logon(1, 9, conn=2)
+    assert not h.v.te.cod
+    h.apply(c.KIND_TICK, b"", SECOND)
+    assert len(h.v.te.orders) == 1
+
+
+def test_gateway_start_ends_the_sessions_of_that_gateway():
+    h = Harness()
+    h.logon(1, 9, conn=3 << 48 | 1, cod=c.COD_ON_DISCONNECT, cod_ms=0)
+    h.logon(2, 9, conn=4 << 48 | 1)
+    h.nos(1, 9, 1, 300)
+    ms = msgs(h.apply(c.GATEWAY_START, c.gateway_start(3)))
+    assert ers(ms, b"4")[0][19] == 2
+    assert not h.v.te.sessions[(1, 9)].bound and h.v.te.sessions[(2, 9)].bound
+
+
+def test_finalize_ends_a_session_for_seven_days():
+    h = Harness()
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 300)
+    ev = h.apply(c.SESSION_END, c.session_end(1, 9, 7, c.END_FINALIZE))
+    assert [e[6] for e in ev if e[0] == c.SESSION_STATE] == [c.SESSION_FINALIZED]
+    assert (1, 9) not in h.v.te.sessions
+    assert h.logon(1, 9)[5] == c.SESSION_FINALIZED
+    ev = h.apply(c.CLIENT_MESSAGE, c.client_message(1, 9, 100, NOS.pack(
+        2, 0, 301, 100 * E8, 1, 1, 0, b"1", b"2", b"1", 0)))
+    assert ev[0][0] == c.REQUEST_REJECTED and ev[0][1] == c.CODES["session_unknown"]
+    h.apply(c.KIND_TICK, b"", 7 * 24 * 3600 * SECOND + 1)
+    assert h.logon(1, 9)[5] == c.SESSION_NEW
+
+
+def test_a_session_over_its_clordid_bound_must_start_a_new_one(monkeypatch):
+    h = Harness()
+    h.logon(1, 9)
+    h.v.te.sessions[(1, 9)].clordids = dict.fromkeys(range(1_000_000))
+    (m,) = h.nos(1, 9, 1, 2_000_000)
+    assert m[2] == 203 and m[3][5] == 0 and m[3][7].rstrip(b"\0") == b"start a new session"
+
+
+def test_bad_logons_are_refused():
+    h = Harness()
+    for payload in (c.session_logon(1, 9, 0, 1, [2]),          # default not in the list
+                    c.session_logon(1, 9, 0, 1, [1], cod_mode=3),
+                    c.session_logon(1, 9, 0, 1, [1])[:-1]):
+        ev = h.apply(c.SESSION_LOGON, payload)
+        assert ev[0][0] == c.REQUEST_REJECTED, payload
+    assert not h.v.te.sessions
+    te = TradingEngine(specs(), shard=1, n_shards=2)
+    ev = c.decode_events(te.apply(1, 1, c.SESSION_LOGON, c.session_logon(1, 9, 0, 1, [1, 2])))
+    assert ev[0][0] == c.REQUEST_REJECTED               # account 2 lives in shard 0
+
+
+def _session_flow(h: Harness) -> None:
+    h.logon(1, 9, conn=1, cod=c.COD_ON_DISCONNECT, cod_ms=300)
+    h.logon(2, 4, conn=2, accounts=[2, 3])
+    h.nos(1, 9, 1, 10, side=b"2", price=100 * E8, qty=5)
+    h.nos(2, 4, 1, 20, side=b"1", price=101 * E8, qty=3, account=3)
+    h.nos(2, 4, 3, 21, side=b"1", price=99 * E8, qty=3)
+    h.send(2, 4, 102, OCRR.pack(4, 0, 22, 21, NULL, 98 * E8, 6, 1, b"1", b"2", b"1", 0))
+    h.nos(1, 9, 2, 11, side=b"2", price=101 * E8, qty=2, secid=1)
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_DISCONNECT))
+
+
+def test_sessions_in_the_interpreted_and_compiled_engines_give_the_same_bytes():
+    h = Harness(shadows=(interpreted(),))
+    _session_flow(h)
+    h.apply(c.KIND_TICK, b"", SECOND)
+    h.send(2, 4, 103, OMCR.pack(5, 0, 23, 0, b"7", b"0", 0))
+    h.nos(2, 4, 4, 23)                                        # ClOrdID reuse
+    assert h.v.shadows[0].state_hash() == h.v.te.state_hash()
+
+
+def test_snapshot_and_replay_with_sessions_give_the_same_state():
+    h = Harness()
+    _session_flow(h)
+    cut = len(h.v.log)
+    snap = h.v.te.snapshot()
+    h.apply(c.KIND_TICK, b"", SECOND)
+    h.send(2, 4, 103, OMCR.pack(5, 0, 23, 0, b"7", b"0", 0))
+    h.logon(1, 9, conn=5)
+    back = TradingEngine.restore(snap)
+    assert back.snapshot() == snap
+    assert back.sessions.keys() == {(1, 9), (2, 4)} and back.cod
+    for seq, ts, kind, payload in h.v.log[cut:]:
+        back.apply(seq, ts, kind, payload)
+    assert back.state_hash() == h.v.te.state_hash()
+
+
+def test_the_route_has_the_bit_of_each_symbol_commanded():
+    te = Harness().v.te
+    te.apply(te.seq + 1, te.ts_ns, c.NEW_ORDER, c.new_order(1, 1, 2, c.BUY, 50_000, 1))
+    assert te.route == 1 << 2
+    te.apply(te.seq + 1, te.ts_ns, c.KIND_TICK, b"")
+    assert te.route == 0
+
+
+@pytest.mark.parametrize("code, reason", [(2015, 6), (2004, 1), (2035, 18), (2012, 3),
+                                          (3006, 0), (2009, 13), (2001, 99)])
+def test_fix_reason_mapping(code, reason):
+    from tradingengine.engine import fix_ord_rej_reason
+    assert fix_ord_rej_reason(code) == reason
