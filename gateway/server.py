@@ -453,8 +453,8 @@ class Connection(asyncio.Protocol):
         inflight = self.inflight
         while inflight and inflight[0][0] <= applied:
             seqno = inflight.popleft()[1]
-            if seqno + 1 > self.client_next:
-                self.client_next = seqno + 1
+            if seqno >= self.client_next:
+                self.client_next = min(seqno + 1, wire.U64_NULL)
 
     def on_session_state(self, state: tuple, ts_ns: int) -> None:
         """The engine's answer to our SessionLogon."""
@@ -853,7 +853,11 @@ class Gateway:
             await asyncio.sleep(self.cfg.tick_s)
             now = self.clock()
             for c in list(self.conns):
-                c.tick(now)
+                try:
+                    c.tick(now)
+                except Exception:  # a bug: this connection ends, the others go on
+                    log.exception("conn %x: timer failed", c.conn_id)
+                    c.abort()
 
 
 async def serve(core: Core, accounts: Accounts, cfg: Config, host: str, port: int,

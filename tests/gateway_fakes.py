@@ -129,7 +129,8 @@ class FakeCore:
                 return b""
             out = b""
             if seqno > s["next_expected"]:
-                out += self._message(s, 10, s["next_expected"], seqno - s["next_expected"])
+                out += self._message(s, 10, s["next_expected"],
+                                     min(wire.U32_NULL, seqno - s["next_expected"]))
             s["next_expected"] = seqno + 1
             if flags & gs.GW_FLAG_THROTTLED:
                 return out + self._br(s, seqno, tid, wire.BUSINESS_REJECT_THROTTLED)
