@@ -879,3 +879,147 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         return uvloop.new_event_loop()
     except ImportError:
         return asyncio.new_event_loop()
+
+
+# -- the `seqex gateway` process ----------------------------------------------------------------
+
+@dataclass
+class Settings:
+    """A gateway process's configuration file, validated."""
+
+    cfg: Config
+    host: str
+    port: int
+    accounts: str
+    shards: list[dict]
+    specs: list[dict]
+
+
+_REQUIRED = ("index", "listen", "accounts", "shards")
+_OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connections": int,
+             "logon_timeout_s": (int, float), "max_retransmit": int,
+             "max_output_bytes": int, "max_input_bytes": int}
+
+
+def parse_settings(doc) -> Settings:
+    """Validate a gateway configuration document; ValueError names the first problem."""
+    from decimal import Decimal, InvalidOperation
+    if not isinstance(doc, dict):
+        raise ValueError("the gateway configuration must be a JSON object")
+    missing = [k for k in _REQUIRED if k not in doc]
+    if missing:
+        raise ValueError(f"gateway configuration: missing {', '.join(missing)}")
+    unknown = sorted(set(doc) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ValueError(f"gateway configuration: unknown key {unknown[0]!r}")
+    for k, types in _OPTIONAL.items():
+        if k in doc and (not isinstance(doc[k], types) or isinstance(doc[k], bool)):
+            raise ValueError(f"gateway configuration: {k} has the wrong type")
+    index = doc["index"]
+    if type(index) is not int or not 0 <= index <= 0xFFFF:
+        raise ValueError("gateway configuration: index must be 0..65535")
+    listen = doc["listen"]
+    host, sep, port_text = str(listen).rpartition(":")
+    if not isinstance(listen, str) or not sep or not host or not port_text.isdigit() or \
+            not 0 < int(port_text) < 65536:
+        raise ValueError(f"gateway configuration: listen must be HOST:PORT, got {listen!r}")
+    if not isinstance(doc["accounts"], str) or not doc["accounts"]:
+        raise ValueError("gateway configuration: accounts must be the accounts file's path")
+    shards = doc["shards"]
+    if not isinstance(shards, list) or not 1 <= len(shards) <= 64:
+        raise ValueError("gateway configuration: shards must be a list of 1..64 objects")
+    for n, sh in enumerate(shards):
+        if not isinstance(sh, dict) or set(sh) - {"in", "pub", "replicators"} or \
+                not all(k in sh for k in ("in", "pub", "replicators")):
+            raise ValueError(f"gateway configuration: shard {n} must be "
+                             '{"in": ENDPOINT, "pub": ENDPOINT, "replicators": [ENDPOINT, ...]}')
+        eps = [sh["in"], sh["pub"]] + (sh["replicators"] if isinstance(sh["replicators"], list)
+                                       else [None])
+        if not sh["replicators"] or not all(isinstance(e, str) and "://" in e for e in eps):
+            raise ValueError(f"gateway configuration: shard {n}: endpoints must be like "
+                             f"tcp://HOST:PORT, with at least one replicator")
+    specs = doc.get("specs", [])
+    ids = set()
+    for sp in specs:
+        if not isinstance(sp, dict) or set(sp) != {"symbol_id", "name", "tick", "lot"}:
+            raise ValueError('gateway configuration: each spec must be {"symbol_id", "name", '
+                             '"tick", "lot"}')
+        if type(sp["symbol_id"]) is not int or not 0 < sp["symbol_id"] <= 0xFFFFFFFF or \
+                sp["symbol_id"] in ids:
+            raise ValueError(f"gateway configuration: spec symbol_id {sp['symbol_id']!r} "
+                             f"must be a unique u32 > 0")
+        ids.add(sp["symbol_id"])
+        if not isinstance(sp["name"], str) or not 0 < len(sp["name"].encode()) <= 16:
+            raise ValueError(f"gateway configuration: spec name {sp['name']!r} must be "
+                             f"1..16 bytes")
+        for k in ("tick", "lot"):
+            try:
+                v = Decimal(str(sp[k]))
+            except InvalidOperation:
+                v = Decimal(0)
+            if isinstance(sp[k], bool) or not v.is_finite() or v <= 0:
+                raise ValueError(f"gateway configuration: spec {sp['name']}: {k} must be a "
+                                 f"positive decimal")
+    try:
+        cfg = Config(index=index,
+                     **{k: doc[k] for k in _OPTIONAL if k != "specs" and k in doc})
+    except ValueError as exc:
+        raise ValueError(f"gateway configuration: {exc}") from None
+    return Settings(cfg, host, int(port_text), doc["accounts"], shards, specs)
+
+
+def read_settings(text: str) -> Settings:
+    """--config: a JSON object, or the path of a file holding one."""
+    import json
+    src = text
+    if not text.lstrip().startswith("{"):
+        try:
+            with open(text, encoding="utf-8") as f:
+                src = f.read()
+        except OSError as exc:
+            raise ValueError(f"gateway configuration {text}: {exc.strerror}") from None
+    try:
+        doc = json.loads(src)
+    except ValueError as exc:
+        raise ValueError(f"gateway configuration is not valid JSON: {exc}") from None
+    return parse_settings(doc)
+
+
+def main(settings: Settings, accounts: Accounts) -> int:
+    """Run the gateway process until SIGTERM/SIGINT: Logout(6) everyone, then exit 0.
+    SIGHUP re-reads the accounts file (a bad file is logged and the old one kept)."""
+    import signal
+
+    from gateway import accounts as accounts_mod
+    from gateway.mq_core import MqCore
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    stop = asyncio.Event()
+    core = MqCore(settings.cfg.index, settings.shards)
+    gw = Gateway(core, accounts, settings.cfg)
+
+    def reload_accounts():
+        try:
+            gw.accounts = accounts_mod.load(settings.accounts, core.n_shards)
+            log.info("accounts reloaded: %d users", len(gw.accounts.users))
+        except ValueError as exc:
+            log.error("accounts not reloaded: %s", exc)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_accounts)
+
+    async def run():
+        try:
+            await gw.start(settings.host, settings.port)
+            print(f"gateway {settings.cfg.index} listening on {settings.host}:{settings.port}",
+                  flush=True)
+            await stop.wait()
+        finally:
+            await gw.close()
+            await core.close()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    return 0
