@@ -458,8 +458,13 @@ class Connection(asyncio.Protocol):
 
     def on_session_state(self, state: tuple, ts_ns: int) -> None:
         """The engine's answer to our SessionLogon."""
-        _t, _user, _sid, _conn, next_expected, next_seq, status = state
+        _t, user, sid, _conn, next_expected, next_seq, status = state
         if self.state != LOGGING_ON:
+            return
+        if (user, sid) != self.key:  # an engine bug: refuse rather than bind a wrong session
+            log.error("conn %x: SessionState for %s, expected %s", self.conn_id, (user, sid),
+                      self.key)
+            self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "session state mismatch")
             return
         if status == STATUS_BOUND_ELSEWHERE:
             self.bound = False

@@ -606,3 +606,34 @@ def test_session_events_walks_other_events():
         gs.session_events(st[:-1])
     with pytest.raises(ValueError):
         gs.session_events(gs.SESSION_MESSAGE_S.pack(14, 1, 2, 99) + bytes(20))
+
+
+def test_runs_on_uvloop():
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        c.nos(1, 9)
+        assert (await c.expect(wire.EXECUTION_REPORT)).ClOrdID == 9
+        await gw.close()
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), DEADLINE_S))
+    finally:
+        loop.close()
+
+
+def test_connection_flood_leaves_nothing_behind():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_connections=10, logon_timeout_s=0.2))
+        clients = await asyncio.gather(*[Client.connect(port) for _ in range(100)])
+        for c in clients:
+            assert await c.closed(timeout=5)
+        await wait_for(lambda: not gw.conns)
+        assert gw.stats["refused_connections"] >= 90
+        assert not gw.pending and not gw.live
+        await gw.close()
+    run(main())
