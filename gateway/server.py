@@ -783,6 +783,8 @@ class Gateway:
                 conn = self.pending.pop(ev[3], None)
                 if conn is not None:
                     conn.on_session_state(ev, ts_ns)
+                elif ev[6] == STATUS_FINALIZED:
+                    self._finalized(ev)
             else:
                 _t, user, sid, tid, block = ev
                 key = (user, sid)
@@ -803,6 +805,18 @@ class Gateway:
                 conn = self.live.get(key)
                 if conn is not None:
                     conn.deliver(wire.frame_from_block(tid, block))
+
+    def _finalized(self, ev: tuple) -> None:
+        """A SessionState(finalized) that answers no Logon of ours: the engine finalized the
+        session (end of trading day). Its connection, if here, gets Logout(5); its journal
+        index is dropped (a finalized session can never be resumed)."""
+        _t, user, sid, conn_id, _ne, _ns, _st = ev
+        key = (user, sid)
+        conn = self.live.get(key)
+        if conn is not None and conn.conn_id == conn_id:
+            conn.bound = False  # nothing left to end
+            conn.logout(wire.LOGOUT_END_OF_SESSION, "end of session")
+        self.journal.pop(key, None)
 
     def next_server_seq(self, key) -> int:
         return len(self.journal.get(key, ())) + 1

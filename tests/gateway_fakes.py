@@ -119,6 +119,9 @@ class FakeCore:
                 s["conn"] = None
             if s is not None and reason == gs.END_FINALIZE:
                 s["finalized"] = True
+                bound, s["conn"] = s["conn"], None
+                return gs.SESSION_STATE_S.pack(13, user, sid, bound or 0, s["next_expected"],
+                                               s["next_seq"], gs.STATUS_FINALIZED)
             return b""
         if kind == gs.KIND_CLIENT_MESSAGE:
             user, sid, flags, tid = gs.CLIENT_MESSAGE_S.unpack_from(payload)

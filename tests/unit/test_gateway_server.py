@@ -637,3 +637,27 @@ def test_connection_flood_leaves_nothing_behind():
         assert not gw.pending and not gw.live
         await gw.close()
     run(main())
+
+
+def test_finalized_session_gets_logout_5():
+    """The engine finalizes a bound session (SessionEnd reason 2, e.g. from the operator at
+    end of day) and says so with SessionState(finalized, its conn_id): Logout(5), and a later
+    Logon is refused with 3."""
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon(session=11)
+        await c.expect(wire.LOGON_ACK)
+        c.nos(1, 1)
+        await c.expect(wire.EXECUTION_REPORT)
+        conn_id = core.sessions[(7, 11)]["conn"]
+        await core.send(0, gs.KIND_SESSION_END, gs.SESSION_END_S.pack(7, 11, 0, gs.END_FINALIZE))
+        assert (await c.expect(wire.LOGOUT)).Reason == wire.LOGOUT_END_OF_SESSION
+        assert await c.closed()
+        assert (7, 11) not in gw.journal and conn_id
+        c = await Client.connect(port)
+        await c.logon(session=11)
+        assert (await c.expect(wire.LOGON_REJECT)).Reason == \
+            wire.LOGON_REJECT_SESSION_FINALIZED
+        await gw.close()
+    run(main())
