@@ -13,8 +13,9 @@ the highest source_seq of this gateway's source seen in the output (records an e
 incarnation of the gateway sent are not counted).
 
 Everything runs on the asyncio loop: the zmq sockets are polled without blocking by one task
-(a short sleep when idle). The producer's submit never blocks the loop: a full outbox makes
-send() wait asynchronously.
+(a short sleep when idle). The records sent in one turn of the loop go to the sequencer as one
+batch; the producer's submit never blocks the loop: a full outbox makes send() wait
+asynchronously.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ log = logging.getLogger("seqex.gateway.mq")
 
 IDLE_SLEEP_S = 0.001
 BACKPRESSURE_SLEEP_S = 0.01
+MAX_BATCH = 1024      # records per producer batch (each well under 1 kB)
+MAX_QUEUED = 65536    # records per shard waiting for the producer's outbox
 CONNECT_TIMEOUT_S = 60.0
 
 
@@ -53,6 +56,8 @@ class MqCore:
         self.first_ss = [1] * self.n_shards      # first source_seq of this incarnation
         self.submitted = [0] * self.n_shards     # last source_seq submitted
         self.seen = [0] * self.n_shards          # last source_seq of ours seen applied
+        self.outq: list[list] = [[] for _ in shards]  # (kind, payload) not yet submitted
+        self.flush_soon = False
         self.task: asyncio.Task | None = None
         self.stats = {"records_out": 0, "records_in": 0, "backpressure_waits": 0}
 
@@ -88,6 +93,7 @@ class MqCore:
             except (asyncio.CancelledError, Exception):
                 pass
             self.task = None
+        self._flush()
         for p in self.producers:
             try:
                 p.flush(timeout_s=2.0)
@@ -100,20 +106,35 @@ class MqCore:
         self.subscribers.clear()
 
     async def send(self, shard: int, kind: int, payload: bytes) -> None:
-        from mq.producer import Backpressure
-        p = self.producers[shard]
-        while True:
-            try:
-                _first, last = p.submit(kind, [payload], block_s=0)
-                break
-            except Backpressure:
-                self.stats["backpressure_waits"] += 1
-                await asyncio.sleep(BACKPRESSURE_SLEEP_S)
-        self.submitted[shard] = last
+        """Queue the record; the records queued in one turn of the loop go to the sequencer as
+        one batch (in order). Waits while MAX_QUEUED records are still unsubmitted."""
+        q = self.outq[shard]
+        while len(q) >= MAX_QUEUED:
+            self.stats["backpressure_waits"] += 1
+            await asyncio.sleep(BACKPRESSURE_SLEEP_S)
+        q.append((kind, bytes(payload)))
         self.stats["records_out"] += 1
+        if not self.flush_soon:
+            self.flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        from mq.producer import Backpressure
+        self.flush_soon = False
+        if not self.producers:
+            return
+        for n, q in enumerate(self.outq):
+            while q:
+                chunk = q[:MAX_BATCH]
+                try:
+                    _first, last = self.producers[n].submit_many(chunk, block_s=0)
+                except Backpressure:
+                    break  # the outbox is full: the poll task tries again
+                del q[:len(chunk)]
+                self.submitted[n] = last
 
     def depth(self, shard: int) -> int:
-        return max(0, self.submitted[shard] - self.seen[shard])
+        return max(0, self.submitted[shard] + len(self.outq[shard]) - self.seen[shard])
 
     async def _poll(self) -> None:
         from mq.producer import Refused
@@ -121,6 +142,8 @@ class MqCore:
         source = self.source
         while True:
             busy = False
+            if any(self.outq):
+                self._flush()
             for n in range(self.n_shards):
                 try:
                     self.producers[n].poll(0)
