@@ -271,3 +271,14 @@ def add_user(path, name: str, password, accounts, default_account=None,
     checked = parse(Accounts(users).to_json(), n_shards)  # unique ids, shards
     write(path, checked)
     return u
+
+
+def remove_user(path, name: str) -> bool:
+    """Remove `name` from the file (atomically); False if it was not there."""
+    current = load(path)
+    if name not in current.users:
+        return False
+    users = dict(current.users)
+    del users[name]
+    write(path, Accounts(users))
+    return True

@@ -137,3 +137,14 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
         acc.add_user(path, "bob", "pw", [2], **FAST)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_remove_user(tmp_path):
+    path = tmp_path / "a.json"
+    acc.add_user(path, "alice", "pw", [1], **FAST)
+    acc.add_user(path, "bob", "pw", [2], **FAST)
+    assert acc.remove_user(path, "alice") is True
+    assert acc.remove_user(path, "alice") is False
+    loaded = acc.load(path)
+    assert list(loaded.users) == ["bob"] and loaded.verify("bob", "pw")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
