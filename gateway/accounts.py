@@ -74,6 +74,7 @@ def _as_bytes(password) -> bytes:
 
 
 _DUMMY_SALT = secrets.token_bytes(SALT_BYTES)
+_DUMMY_DIGEST = secrets.token_bytes(DKLEN)
 
 
 class Accounts:
@@ -93,7 +94,8 @@ class Accounts:
         u = self.users.get(name)
         if u is None:
             # Same work as a real check with the default parameters, then a refusal.
-            _hash(pw, _DUMMY_SALT, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+            hmac.compare_digest(_hash(pw, _DUMMY_SALT, SCRYPT_N, SCRYPT_R, SCRYPT_P),
+                                _DUMMY_DIGEST)
             return None
         ok = hmac.compare_digest(_hash(pw, u.salt, u.n, u.r, u.p), u.scrypt)
         return u if ok else None

@@ -148,3 +148,21 @@ def test_remove_user(tmp_path):
     loaded = acc.load(path)
     assert list(loaded.users) == ["bob"] and loaded.verify("bob", "pw")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_unknown_names_cost_the_same_hash(tmp_path, monkeypatch):
+    """Timing must not tell whether a name exists: an unknown name runs scrypt too, with the
+    default parameters, and the comparison is hmac.compare_digest."""
+    acc.add_user(tmp_path / "a.json", "alice", "pw", [1])
+    a = acc.load(tmp_path / "a.json")
+    calls = []
+    real = acc._hash
+    monkeypatch.setattr(acc, "_hash", lambda *args: calls.append(args[2:]) or real(*args))
+    compared = []
+    real_cmp = acc.hmac.compare_digest
+    monkeypatch.setattr(acc.hmac, "compare_digest",
+                        lambda x, y: compared.append(1) or real_cmp(x, y))
+    assert a.verify("nobody", "pw") is None
+    assert a.verify("alice", "nope") is None
+    assert calls == [(16384, 8, 1), (16384, 8, 1)]
+    assert compared == [1, 1]
