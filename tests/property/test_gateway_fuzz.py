@@ -257,6 +257,24 @@ def _frames(out: bytes) -> list[int]:
 @given(st.integers(0, 2**64), st.integers(1, 8), st.integers(0, 5), st.integers(1, 64))
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 def test_server_answers_every_mutated_stream(harness, seed, n_frames, n_mutations, chunk):
+    one_stream(harness, seed, n_frames, n_mutations, chunk)
+
+
+@pytest.mark.slow
+def test_server_long_fuzz(harness):
+    """SEQEX_FUZZ_STREAMS (default 20,000) mutated streams through the server."""
+    seed = int(os.environ.get("SEQEX_SEED", "0") or 0) or int(time.time())
+    r = random.Random(seed)
+    n = int(os.environ.get("SEQEX_FUZZ_STREAMS", "20000"))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        one_stream(harness, r.getrandbits(64), r.randrange(1, 9), r.randrange(0, 6),
+                   r.randrange(1, 65))
+    took = time.perf_counter() - t0
+    print(f"\n{n} mutated streams through the server (seed {seed}): {took:.1f} s")
+
+
+def one_stream(harness, seed, n_frames, n_mutations, chunk):
     r = random.Random(seed)
     data = stream(r, n_frames, n_mutations)
     conn, t = harness.connection()
