@@ -946,7 +946,8 @@ class Settings:
 
 _REQUIRED = ("index", "listen", "accounts", "shards")
 _OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connections": int,
-             "logon_timeout_s": (int, float), "max_retransmit": int,
+             "logon_timeout_s": (int, float), "core_timeout_s": (int, float),
+             "max_retransmit": int,
              "max_output_bytes": int, "max_input_bytes": int}
 
 
@@ -978,8 +979,9 @@ def parse_settings(doc) -> Settings:
     if not isinstance(shards, list) or not 1 <= len(shards) <= 64:
         raise ValueError("gateway configuration: shards must be a list of 1..64 objects")
     for n, sh in enumerate(shards):
-        if not isinstance(sh, dict) or set(sh) - {"in", "pub", "replicators"} or \
-                not all(k in sh for k in ("in", "pub", "replicators")):
+        if not isinstance(sh, dict) or set(sh) - {"in", "pub", "replicators", "out_stream"} or \
+                not all(k in sh for k in ("in", "pub", "replicators")) or \
+                not isinstance(sh.get("out_stream", "x"), str):
             raise ValueError(f"gateway configuration: shard {n} must be "
                              '{"in": ENDPOINT, "pub": ENDPOINT, "replicators": [ENDPOINT, ...]}')
         eps = [sh["in"], sh["pub"]] + (sh["replicators"] if isinstance(sh["replicators"], list)
