@@ -1,7 +1,7 @@
 """`seqex`: the one command of the exchange core.
 
 Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirror``,
-``replica``.
+``replica``, ``gateway``.
 Cluster verbs: ``up``, ``down``, ``status``, ``submit`` (one order and its outcome).
 Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
 ``replay`` (any range of a stream, decoded), ``ping``, ``stop``.
@@ -73,6 +73,18 @@ def cmd_mirror(a: argparse.Namespace) -> int:
     from mq.mirror import main
     main(a.stream, a.inputs, a.pub, a.replicator, a.policy, a.from_seq)
     return 0
+
+
+def cmd_gateway(a: argparse.Namespace) -> int:
+    """The order-entry gateway (docs/gateway.md). A bad configuration or accounts file is one
+    line and status 2 before anything starts."""
+    from gateway import accounts, server
+    try:
+        settings = server.read_settings(a.config)
+        users = accounts.load(settings.accounts, len(settings.shards))
+    except ValueError as exc:
+        return _fail("seqex gateway", str(exc))
+    return server.main(settings, users)
 
 
 def cmd_produce(a: argparse.Namespace) -> int:
@@ -618,7 +630,7 @@ def upstream_spec(text: str) -> str:
 SOURCE = int_range(1, (1 << 32) - 1)
 SEQ = int_range(1, (1 << 64) - 1)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror")
+PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror", "gateway")
 
 
 def _log_level() -> int | str:
@@ -702,6 +714,12 @@ def parser() -> Parser:
     s.add_argument("--from-seq", type=SEQ, default=1,
                    help="with policy none: the first seq of the stream this mirror serves")
     s.set_defaults(fn=cmd_mirror)
+
+    s = sub.add_parser("gateway", help="run the order-entry gateway (PROTOCOL.md over TCP)")
+    s.add_argument("--config", required=True,
+                   help="JSON object, or a file holding one: index, listen, accounts, shards, "
+                        "specs, max_depth, heartbeat_ms, max_connections (docs/gateway.md)")
+    s.set_defaults(fn=cmd_gateway)
 
     s = sub.add_parser("produce", help="send records into a stream")
     s.add_argument("--sequencer", required=True, type=endpoint)

@@ -31,7 +31,7 @@ import zmq
 from mq import auth, sources
 
 OPERATOR = "operator"
-PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica")
+PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway")
 NOT_TOOLS = PROCESS_VERBS + ("keys", "up", "demo")  # every other verb is an operator tool
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 

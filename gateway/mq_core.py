@@ -1,0 +1,164 @@
+"""MqCore: the gateway's Core (gateway/server.py) over mq/ streams.
+
+Per shard N:
+* a Producer into `in.te.N` with source id `0x7200_0000 | g` (docs/order-path.md §2): every
+  record the gateway sends, exactly once, in send order;
+* a Subscriber of `out.te.N` from seq 1, replaying from the replicators and then live: every
+  output record, in order, handed to the callback (the session journal is rebuilt from it).
+
+depth(N) is the number of records this gateway submitted to `in.te.N` that it has not yet seen
+applied in `out.te.N`. An output record carries its input record's source and source_seq in
+its header, and a source's records are sequenced in source_seq order, so "applied" is simply
+the highest source_seq of this gateway's source seen in the output (records an earlier
+incarnation of the gateway sent are not counted).
+
+Everything runs on the asyncio loop: the zmq sockets are polled without blocking by one task
+(a short sleep when idle). The records sent in one turn of the loop go to the sequencer as one
+batch; the producer's submit never blocks the loop: a full outbox makes send() wait
+asynchronously.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+log = logging.getLogger("seqex.gateway.mq")
+
+IDLE_SLEEP_S = 0.001
+BACKPRESSURE_SLEEP_S = 0.01
+MAX_BATCH = 1024      # records per producer batch (each well under 1 kB)
+MAX_QUEUED = 65536    # records per shard waiting for the producer's outbox
+CONNECT_TIMEOUT_S = 60.0
+
+
+def gateway_source(index: int) -> int:
+    """The source id of gateway `index` in every in.te.N."""
+    from gateway.server import GATEWAY_SOURCE_BASE
+    return GATEWAY_SOURCE_BASE | index
+
+
+class MqCore:
+    """shards: one dict per shard N: {"in": producer endpoint of in.te.N's sequencer,
+    "pub": out.te.N's live feed, "replicators": [endpoints holding out.te.N]}; optional
+    "out_stream" / "in_stream" override the stream names (tests)."""
+
+    def __init__(self, index: int, shards: list[dict]):
+        if not shards:
+            raise ValueError("a gateway needs at least one shard")
+        self.index = index
+        self.source = gateway_source(index)
+        self.shards = shards
+        self.n_shards = len(shards)
+        self.producers: list = []
+        self.subscribers: list = []
+        self.callbacks: list[Callable[[int, int, int, bytes], None]] = []
+        self.first_ss = [1] * self.n_shards      # first source_seq of this incarnation
+        self.submitted = [0] * self.n_shards     # last source_seq submitted
+        self.seen = [0] * self.n_shards          # last source_seq of ours seen applied
+        self.outq: list[list] = [[] for _ in shards]  # (kind, payload) not yet submitted
+        self.flush_soon = False
+        self.task: asyncio.Task | None = None
+        self.stats = {"records_out": 0, "records_in": 0, "backpressure_waits": 0}
+
+    def subscribe(self, callback: Callable[[int, int, int, bytes], None]) -> None:
+        self.callbacks.append(callback)
+
+    async def start(self) -> None:
+        from mq.producer import Producer
+        from mq.subscriber import Subscriber
+        loop = asyncio.get_running_loop()
+        for n, sh in enumerate(self.shards):
+            p = Producer(self.source, sh["in"])
+            deadline = loop.time() + CONNECT_TIMEOUT_S
+            while p.next_ss is None:  # WELCOME: where this source stands
+                if loop.time() > deadline:
+                    raise TimeoutError(f"in.te.{n}: no answer from the sequencer at {sh['in']}")
+                try:
+                    p.connect(timeout_s=0.01)
+                except TimeoutError:
+                    await asyncio.sleep(0.05)
+            self.producers.append(p)
+            self.first_ss[n] = p.next_ss
+            self.submitted[n] = self.seen[n] = p.next_ss - 1
+            self.subscribers.append(Subscriber(sh.get("out_stream", f"out.te.{n}"), sh["pub"],
+                                               list(sh["replicators"]), next_seq=1))
+        self.task = loop.create_task(self._poll())
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self.task = None
+        self._flush()
+        for p in self.producers:
+            try:
+                p.flush(timeout_s=2.0)
+            except Exception as exc:  # the records stay unsent: the engines end it anyway
+                log.warning("producer %x: %s", self.source, exc)
+            p.close()
+        for s in self.subscribers:
+            s.close()
+        self.producers.clear()
+        self.subscribers.clear()
+
+    async def send(self, shard: int, kind: int, payload: bytes) -> None:
+        """Queue the record; the records queued in one turn of the loop go to the sequencer as
+        one batch (in order). Waits while MAX_QUEUED records are still unsubmitted."""
+        q = self.outq[shard]
+        while len(q) >= MAX_QUEUED:
+            self.stats["backpressure_waits"] += 1
+            await asyncio.sleep(BACKPRESSURE_SLEEP_S)
+        q.append((kind, bytes(payload)))
+        self.stats["records_out"] += 1
+        if not self.flush_soon:
+            self.flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        from mq.producer import Backpressure
+        self.flush_soon = False
+        if not self.producers:
+            return
+        for n, q in enumerate(self.outq):
+            while q:
+                chunk = q[:MAX_BATCH]
+                try:
+                    _first, last = self.producers[n].submit_many(chunk, block_s=0)
+                except Backpressure:
+                    break  # the outbox is full: the poll task tries again
+                del q[:len(chunk)]
+                self.submitted[n] = last
+
+    def depth(self, shard: int) -> int:
+        return max(0, self.submitted[shard] + len(self.outq[shard]) - self.seen[shard])
+
+    async def _poll(self) -> None:
+        from mq.producer import Refused
+        from mq.record import decode
+        source = self.source
+        while True:
+            busy = False
+            if any(self.outq):
+                self._flush()
+            for n in range(self.n_shards):
+                try:
+                    self.producers[n].poll(0)
+                except Refused as exc:
+                    log.error("in.te.%d: %s", n, exc)
+                for _first, _last, frame in self.subscribers[n].poll(0):
+                    busy = True
+                    for rec in decode(frame):
+                        seq, ts_ns, src, src_seq = rec[0], rec[1], rec[2], rec[3]
+                        if src == source and src_seq > self.seen[n]:
+                            self.seen[n] = src_seq
+                        self.stats["records_in"] += 1
+                        for cb in self.callbacks:
+                            try:
+                                cb(n, seq, ts_ns, rec[-1])
+                            except Exception:  # a bug in the consumer; the stream goes on
+                                log.exception("out.te.%d seq %d: callback failed", n, seq)
+            await asyncio.sleep(0 if busy else IDLE_SLEEP_S)

@@ -1,0 +1,1076 @@
+"""The order-entry gateway: PROTOCOL.md's session layer over TCP, in front of the TradingEngines.
+
+Contract (docs/order-path.md §4, docs/gateway.md):
+* The gateway keeps no state that matters. Every session decision (duplicates, SeqNos, binding,
+  cancel-on-disconnect) is the TradingEngine's; the gateway authenticates, frames, throttles,
+  sheds, and answers replays from an index of the engines' output streams (`out.te.N`, read
+  from seq 1), which are the session journals.
+* It talks to the engines through a `Core` (below): `MqCore` over mq/ streams in production,
+  an in-process core in tests and in the one-process topology.
+* Authentication comes first: nothing is sent to the core for a connection until its
+  credentials pass (scrypt, in a thread, off the event loop).
+* A session's replay `[NextExpectedSeqNo, H]` is written before any live message of that
+  session: live messages that arrive meanwhile wait in the connection's queue.
+* Every malformed input closes its connection with Logout(2) or gets a reject; no input makes
+  an exception escape, and every buffer is bounded (input per connection, output per
+  connection, connections, authentications in flight, records queued for the core).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from gateway import wire
+from gateway.accounts import Accounts, User
+
+log = logging.getLogger("seqex.gateway")
+
+# -- the TradingEngine's session interface (docs/order-path.md §3) ---------------------------
+KIND_SESSION_LOGON = 80
+KIND_SESSION_END = 81
+KIND_GATEWAY_START = 82
+KIND_CLIENT_MESSAGE = 83
+SESSION_LOGON_S = struct.Struct("<IQQIBHB")  # user, session_id, conn_id, default account,
+#                                              COD mode, CodTimeoutMs, n; then n x <I accounts
+ACCOUNT_S = struct.Struct("<I")
+SESSION_END_S = struct.Struct("<IQQB")       # user, session_id, conn_id, reason
+GATEWAY_START_S = struct.Struct("<I")        # gateway index
+CLIENT_MESSAGE_S = struct.Struct("<IQBH")    # user, session_id, gateway flags, templateId
+END_LOGOUT = 0
+END_DISCONNECT = 1
+END_FINALIZE = 2
+GW_FLAG_THROTTLED = 0x01
+GW_FLAG_SHED = 0x02
+
+EV_SESSION_STATE = 13
+EV_SESSION_MESSAGE = 14
+SESSION_STATE_S = struct.Struct("<BIQQQQB")  # type, user, session_id, conn_id, nextExpected,
+#                                              NextSeqNo, status
+SESSION_MESSAGE_S = struct.Struct("<BIQH")   # type, user, session_id, templateId; then block
+STATUS_RESUMED = 0
+STATUS_NEW = 1
+STATUS_BOUND_ELSEWHERE = 2
+STATUS_FINALIZED = 3
+SESSION_MESSAGE_TEMPLATES = (10, 200, 201, 202, 203)
+
+GATEWAY_SOURCE_BASE = 0x7200_0000  # source id of gateway g: 0x7200_0000 | g
+CONN_ID_SHIFT = 48                 # conn_id = g << 48 | n
+
+HEARTBEAT_MIN_MS = 100
+HEARTBEAT_MAX_MS = 30_000
+
+
+class Core(Protocol):
+    """What the gateway needs of the engines. Records to one shard are applied in send order;
+    the callback sees every out.te.N record of every shard, per shard in seq order."""
+
+    n_shards: int
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, shard: int, kind: int, payload: bytes) -> None:
+        """Put one record into in.te.<shard>."""
+
+    def depth(self, shard: int) -> int:
+        """Records this gateway sent to the shard that the shard has not yet applied."""
+
+    def subscribe(self, callback: Callable[[int, int, int, bytes], None]) -> None:
+        """callback(shard, out_seq, ts_ns, payload) for every out.te.N record from seq 1."""
+
+
+# -- reading the TradingEngine's output -------------------------------------------------------
+
+def _event_sizes() -> tuple[dict[int, int], int]:
+    from tradingengine import codec
+    sizes = {t: s.size for t, s in codec.EVENT_STRUCTS.items()
+             if t not in (EV_SESSION_STATE, EV_SESSION_MESSAGE)}
+    return sizes, codec.CE_COMMAND
+
+
+_SIZES, _CE_COMMAND = _event_sizes()
+_BLOCK_SIZES = {t: wire.TEMPLATES[t].size for t in SESSION_MESSAGE_TEMPLATES}
+
+
+def session_events(payload: bytes) -> list[tuple]:
+    """The SessionState (13) and SessionMessage (14) events of one TradingEngine output payload:
+    (13, user, session_id, conn_id, next_expected, next_seq, status) and
+    (14, user, session_id, template_id, block). Raises ValueError on a payload it cannot walk."""
+    payload = bytes(payload)
+    if 13 not in payload and 14 not in payload:
+        return []  # neither type byte occurs anywhere: no session event can be there
+    out = []
+    off, n = 0, len(payload)
+    while off < n:
+        t = payload[off]
+        if t == EV_SESSION_STATE:
+            if off + SESSION_STATE_S.size > n:
+                raise ValueError(f"truncated SessionState at {off}")
+            out.append(SESSION_STATE_S.unpack_from(payload, off))
+            off += SESSION_STATE_S.size
+        elif t == EV_SESSION_MESSAGE:
+            if off + SESSION_MESSAGE_S.size > n:
+                raise ValueError(f"truncated SessionMessage at {off}")
+            _t, user, sid, tid = SESSION_MESSAGE_S.unpack_from(payload, off)
+            size = _BLOCK_SIZES.get(tid)
+            start = off + SESSION_MESSAGE_S.size
+            if size is None or start + size > n:
+                raise ValueError(f"SessionMessage of template {tid} at {off}")
+            out.append((t, user, sid, tid, bytes(payload[start:start + size])))
+            off = start + size
+        else:
+            size = _SIZES.get(t)
+            if size is None or off + size > n:
+                raise ValueError(f"event type {t} at {off}")
+            if t == _CE_COMMAND:
+                size += int.from_bytes(payload[off + 7:off + 9], "little")
+            off += size
+    return out
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+@dataclass
+class Config:
+    index: int = 0                    # gateway g: source 0x7200_0000|g, conn_id g << 48 | n
+    heartbeat_ms: int = 1000          # the server's own Heartbeat interval (LogonAck)
+    max_depth: int = 20_000           # records unapplied per shard beyond which orders are shed
+    max_connections: int = 1000
+    logon_timeout_s: float = 5.0      # a connection must be logged on within this
+    core_timeout_s: float = 10.0      # the SessionState must come back within this
+    max_retransmit: int = 10_000      # RetransmitRequest.Count cap
+    retransmit_batch: int = 1000      # messages per Retransmission batch
+    max_input_bytes: int = 256 * 1024  # unprocessed input per connection before reads pause
+    max_output_bytes: int = 8 << 20   # unsent output per connection: beyond it, slow consumer
+    max_auth_pending: int = 64        # logons waiting for scrypt; more get LogonReject(6)
+    max_queued: int = 100_000         # records per shard queued for the core before reads pause
+    throttle_abuse_s: int = 10        # seconds in a row over the rate → Logout(4)
+    max_retransmit_rejects: int = 10  # rejected RetransmitRequests per connection → Logout(3)
+    logout_grace_s: float = 2.0       # wait for the peer's Logout answer / close
+    tick_s: float = 0.025             # timer resolution (heartbeats, timeouts)
+
+    def __post_init__(self):
+        if not 0 <= self.index < 1 << 16:
+            raise ValueError("index must be 0..65535")
+        if not HEARTBEAT_MIN_MS <= self.heartbeat_ms <= HEARTBEAT_MAX_MS:
+            raise ValueError("heartbeat_ms must be 100..30000")
+        if self.max_depth < 1 or self.max_connections < 1:
+            raise ValueError("max_depth and max_connections must be positive")
+
+
+# -- connection states --------------------------------------------------------------------------
+NEW = 0         # waiting for Logon
+LOGGING_ON = 1  # Logon received: authenticating, then waiting for the SessionState
+LIVE = 2        # logged on
+CLOSING = 3     # Logout sent or received: input ignored, closing
+CLOSED = 4
+
+
+def _logout(reason: int, text: str) -> bytes:
+    return wire.encode(wire.LOGOUT, reason, wire.char_field(text, 32))
+
+
+def _trading_date(ts_ns: int) -> int:
+    t = time.gmtime(ts_ns // 1_000_000_000)
+    return t.tm_year * 10000 + t.tm_mon * 100 + t.tm_mday
+
+
+class Connection(asyncio.Protocol):
+    """One client TCP connection: its framing, session state machine and timers."""
+
+    def __init__(self, gw: Gateway, conn_id: int):
+        self.gw = gw
+        self.cfg = gw.cfg
+        self.conn_id = conn_id
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.state = NEW
+        now = gw.clock()
+        self.accepted_at = now
+        self.last_recv = now
+        self.last_sent = now
+        self.reading = True
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.tasks: set[asyncio.Task] = set()
+        # session (after authentication)
+        self.user: User | None = None
+        self.session_id = 0
+        self.key: tuple[int, int] | None = None
+        self.shard = 0
+        self.logon = None
+        self.logon_sent_at = 0.0
+        self.bound = False         # the engine may have this session bound to conn_id
+        self.end_reason = END_DISCONNECT
+        self.client_hb_s = 1.0
+        self.test_req_id = 0       # TestRequest outstanding (0: none)
+        self.test_sent_at = 0.0
+        self.replaying = False     # logon replay running: live messages wait in `held`
+        self.held: deque[bytes] = deque()
+        self.retransmitting = False
+        self.retransmit_rejects = 0
+        self.client_next = 1       # next client SeqNo known applied (Heartbeat)
+        self.inflight: deque[tuple[int, int]] = deque()  # (core record index, client SeqNo)
+        self.tokens = 0.0
+        self.refill_at = now
+        self.window_at = now       # throttle abuse: one-second windows
+        self.window_over = False
+        self.over_streak = 0
+        self.closing_at = 0.0
+        self.refused = False
+        self.out: list[bytes] = []  # frames of this turn of the loop, not yet written
+        self.out_bytes = 0
+        self.flush_soon = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        if self.refused:
+            self.state = CLOSING
+            transport.abort()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=256 * 1024, low=64 * 1024)
+
+    def connection_lost(self, exc):
+        self.state = CLOSED
+        self.can_write.set()
+        for t in self.tasks:
+            t.cancel()
+        self.gw._forget(self)
+
+    def pause_writing(self):
+        self.can_write.clear()
+
+    def resume_writing(self):
+        self.can_write.set()
+
+    def data_received(self, data):
+        if self.state >= CLOSING:
+            return
+        self.last_recv = self.gw.clock()
+        self.test_req_id = 0
+        self.buf += data
+        if self.state == LOGGING_ON:
+            self._bound_input()
+            return
+        self._process()
+
+    def eof_received(self):
+        return False  # close our side too
+
+    # -- output ------------------------------------------------------------------------------------
+    def write(self, frame: bytes) -> None:
+        """Queue a frame; the frames of one turn of the loop go out in one transport write
+        (one syscall instead of one per message)."""
+        t = self.transport
+        if t is None or self.state == CLOSED or t.is_closing():
+            return
+        self.out.append(frame)
+        self.out_bytes += len(frame)
+        self.last_sent = self.gw.clock()
+        if not self.flush_soon:
+            self.flush_soon = True
+            self.gw.loop.call_soon(self.flush)
+        elif self.out_bytes >= 65536:
+            self.flush()
+
+    def flush(self) -> None:
+        self.flush_soon = False
+        out = self.out
+        if not out:
+            return
+        t = self.transport
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self.out_bytes = 0
+        if t is None or self.state == CLOSED or t.is_closing():
+            return
+        t.write(data)
+        if t.get_write_buffer_size() > self.cfg.max_output_bytes:
+            self.gw.stats["slow_consumers"] += 1
+            log.warning("conn %x: slow consumer (%d bytes unsent): closing", self.conn_id,
+                        t.get_write_buffer_size())
+            self.abort()
+
+    def _close_transport(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def deliver(self, frame: bytes) -> None:
+        """A live server message of this session (written after any running logon replay)."""
+        if self.replaying:
+            self.held.append(frame)
+            if len(self.held) > self.cfg.max_retransmit * 10:
+                self.gw.stats["slow_consumers"] += 1
+                self.abort()
+            return
+        self.write(frame)
+
+    def abort(self) -> None:
+        self.out.clear()
+        if self.transport is not None and self.state != CLOSED:
+            self.state = CLOSING
+            self.transport.abort()
+
+    def logout(self, reason: int, text: str, wait: bool = False) -> None:
+        """Send Logout(reason); close now (the stream cannot be trusted, or the peer is gone)
+        or, with wait, once the peer answers or the grace period ends."""
+        if self.state >= CLOSING:
+            return
+        self.gw.stats["logouts_sent"] += 1
+        self.write(_logout(reason, text))
+        self.state = CLOSING
+        self.closing_at = self.gw.clock()
+        if not wait:
+            self._close_transport()
+
+    def logon_reject(self, reason: int, text: str) -> None:
+        self.gw.stats["logon_rejects"] += 1
+        sid = self.logon.SessionID if self.logon is not None else 0
+        self.write(wire.encode(wire.LOGON_REJECT, sid, reason, wire.char_field(text, 32)))
+        self.state = CLOSING
+        self.closing_at = self.gw.clock()
+        self._close_transport()
+
+    def protocol_error(self, text: str) -> None:
+        self.gw.stats["protocol_errors"] += 1
+        self.logout(wire.LOGOUT_PROTOCOL_ERROR, text)
+
+    # -- input -------------------------------------------------------------------------------------
+    def _bound_input(self) -> None:
+        """While input is not being consumed, stop reading once it passes the bound."""
+        if self.reading and len(self.buf) > self.cfg.max_input_bytes and self.transport:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def _resume_input(self) -> None:
+        if not self.reading and self.state < CLOSING and self.transport:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def _process(self) -> None:
+        buf = self.buf
+        pos = 0
+        try:
+            while self.state in (NEW, LIVE):
+                if self.gw.queue_full(self.shard) and self.state == LIVE:
+                    # The core is not keeping up: stop reading; the sender resumes us.
+                    self.gw.paused.add(self)
+                    if self.reading and self.transport:
+                        self.reading = False
+                        self.transport.pause_reading()
+                    break
+                frame, end = wire.read_frame(buf, pos)
+                if frame is None:
+                    break
+                pos = end
+                self._on_frame(frame)
+        except wire.FramingError as exc:
+            del buf[:]
+            self.protocol_error(str(exc))
+            return
+        del buf[:pos]
+        if self.state == LOGGING_ON or self in self.gw.paused:
+            self._bound_input()
+
+    def _on_frame(self, frame: wire.Frame) -> None:
+        tid = frame.template_id
+        if self.state == LIVE:
+            if 100 <= tid < 200:
+                self._client_message(frame)
+            elif tid == wire.HEARTBEAT:
+                wire.decode(frame)
+            elif tid == wire.TEST_REQUEST:
+                m = wire.decode(frame)
+                self.write(self._heartbeat(m.TestReqID))
+            elif tid == wire.RETRANSMIT_REQUEST:
+                self._retransmit_request(wire.decode(frame))
+            elif tid == wire.LOGOUT:
+                wire.decode(frame)
+                self.end_reason = END_LOGOUT
+                self.write(_logout(wire.LOGOUT_NORMAL, "logout"))
+                self.state = CLOSING  # the initiator closes; the grace timer ends it otherwise
+                self.closing_at = self.gw.clock()
+            elif tid == wire.LOGON:
+                self.protocol_error("already logged on")
+            elif tid in wire.MARKET_DATA_TEMPLATES:
+                self.protocol_error("market data not on this port")
+            else:
+                self.protocol_error(f"unexpected template {tid}")
+            return
+        # NEW: only a Logon
+        if tid == wire.LOGON:
+            self.logon = wire.decode(frame)
+            self.state = LOGGING_ON
+            self.gw.start_logon(self, frame.version)
+        elif tid in wire.MARKET_DATA_TEMPLATES:
+            self.protocol_error("market data not on this port")
+        else:
+            self.protocol_error("logon first")
+
+    # -- client messages ---------------------------------------------------------------------------
+    def _client_message(self, frame: wire.Frame) -> None:
+        tid = frame.template_id
+        t = wire.TEMPLATES.get(tid)
+        size = t.size if t is not None else 8
+        if frame.block_length < size:
+            self.protocol_error(f"template {tid}: blockLength {frame.block_length} < {size}")
+            return
+        block = frame.data[wire.PREFIX_SIZE:wire.PREFIX_SIZE + size]
+        seqno = int.from_bytes(block[:8], "little")
+        flags = 0
+        if not self._take_token():
+            flags |= GW_FLAG_THROTTLED
+            self.gw.stats["throttled"] += 1
+            if self._abusing():
+                self.logout(wire.LOGOUT_THROTTLE_ABUSE, "throttle abuse")
+                return
+        if tid in (wire.NEW_ORDER_SINGLE, wire.ORDER_CANCEL_REPLACE_REQUEST) and \
+                self.gw.overloaded(self.shard):
+            flags |= GW_FLAG_SHED
+            self.gw.stats["shed"] += 1
+        payload = CLIENT_MESSAGE_S.pack(self.user.user, self.session_id, flags, tid) + block
+        index = self.gw.enqueue(self.shard, KIND_CLIENT_MESSAGE, payload)
+        self.inflight.append((index, seqno))
+        self.gw.stats["client_messages"] += 1
+
+    def _take_token(self) -> bool:
+        rate = self.user.max_msgs_per_sec
+        now = self.gw.clock()
+        self.tokens = min(float(rate), self.tokens + (now - self.refill_at) * rate)
+        self.refill_at = now
+        if now - self.window_at >= 1.0:
+            whole = int(now - self.window_at)
+            self.over_streak = self.over_streak + 1 if (self.window_over and whole == 1) else 0
+            self.window_at += whole
+            self.window_over = False
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.window_over = True
+        return False
+
+    def _abusing(self) -> bool:
+        """Over the rate in each of the last throttle_abuse_s one-second windows."""
+        return self.over_streak + 1 >= self.cfg.throttle_abuse_s
+
+    # -- session layer -----------------------------------------------------------------------------
+    def _heartbeat(self, test_req_id: int = 0) -> bytes:
+        self._update_applied()
+        return wire.encode(wire.HEARTBEAT, test_req_id, self.gw.next_server_seq(self.key),
+                           self.client_next)
+
+    def _update_applied(self) -> None:
+        if not self.inflight:
+            return
+        applied = self.gw.applied_index(self.shard)
+        inflight = self.inflight
+        while inflight and inflight[0][0] <= applied:
+            seqno = inflight.popleft()[1]
+            if seqno >= self.client_next:
+                self.client_next = min(seqno + 1, wire.U64_NULL)
+
+    def on_session_state(self, state: tuple, ts_ns: int) -> None:
+        """The engine's answer to our SessionLogon."""
+        _t, user, sid, _conn, next_expected, next_seq, status = state
+        if self.state != LOGGING_ON:
+            return
+        if (user, sid) != self.key:  # an engine bug: refuse rather than bind a wrong session
+            log.error("conn %x: SessionState for %s, expected %s", self.conn_id, (user, sid),
+                      self.key)
+            self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "session state mismatch")
+            return
+        if status == STATUS_BOUND_ELSEWHERE:
+            self.bound = False
+            self.logon_reject(wire.LOGON_REJECT_SESSION_BOUND, "session bound elsewhere")
+            return
+        if status == STATUS_FINALIZED:
+            self.bound = False
+            self.logon_reject(wire.LOGON_REJECT_SESSION_FINALIZED, "session finalized")
+            return
+        if status not in (STATUS_RESUMED, STATUS_NEW):
+            self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, f"session status {status}")
+            return
+        last = next_seq - 1
+        want = self.logon.NextExpectedSeqNo
+        if want > next_seq:
+            self.logon_reject(wire.LOGON_REJECT_SEQ_BEYOND, f"server NextSeqNo is {next_seq}")
+            return
+        lg = self.logon
+        flags = wire.FLAG_NEW_SESSION if status == STATUS_NEW else 0
+        self.client_next = next_expected
+        self.state = LIVE
+        self.gw.stats["logons"] += 1
+        self.gw.bind(self)
+        self.write(wire.encode(wire.LOGON_ACK, lg.SessionID, next_expected, next_seq,
+                               self.cfg.heartbeat_ms, self.user.max_msgs_per_sec,
+                               lg.CodTimeoutMs, lg.CancelOnDisconnect, flags,
+                               _trading_date(ts_ns)))
+        self.tokens = float(self.user.max_msgs_per_sec)
+        self.refill_at = self.window_at = self.gw.clock()
+        if 1 <= want <= last:
+            self.replaying = True
+            self._spawn(self._replay(want, last))
+        self._resume_input()
+        self._process()  # whatever the client sent after its Logon
+
+    async def _replay(self, first: int, last: int) -> None:
+        """Logon replay: Retransmission(first, count), the messages with PossDup, then the
+        live messages that arrived meanwhile; nothing of this session interleaves."""
+        try:
+            self.write(wire.encode(wire.RETRANSMISSION, first, last - first + 1))
+            await self._write_journal(first, last)
+            while self.held and self.state != CLOSED:
+                self.write(self.held.popleft())
+                if not self.can_write.is_set():
+                    await self.can_write.wait()
+        finally:
+            self.replaying = False
+
+    async def _write_journal(self, first: int, last: int) -> None:
+        journal = self.gw.journal.get(self.key, [])
+        seq = first
+        while seq <= last and self.state != CLOSED:
+            stop = min(last, seq + 255)
+            for s in range(seq, stop + 1):
+                entry = journal[s - 1] if s - 1 < len(journal) else None
+                if entry is not None:
+                    self.write(wire.frame_from_block(entry[0], entry[1], wire.FLAG_POSS_DUP))
+            seq = stop + 1
+            if not self.can_write.is_set():
+                await self.can_write.wait()
+            else:
+                await asyncio.sleep(0)
+
+    def _retransmit_request(self, m) -> None:
+        last = self.gw.next_server_seq(self.key) - 1
+        if self.retransmitting:
+            reason = wire.RETRANSMIT_REJECT_IN_PROGRESS
+        elif m.Count > self.cfg.max_retransmit:
+            reason = wire.RETRANSMIT_REJECT_OVER_LIMIT
+        elif m.Count == 0 or m.FromSeqNo < 1 or m.FromSeqNo + m.Count - 1 > last:
+            reason = wire.RETRANSMIT_REJECT_OUT_OF_RANGE
+        else:
+            self.retransmitting = True
+            self._spawn(self._retransmit(m.FromSeqNo, m.FromSeqNo + m.Count - 1))
+            return
+        self.gw.stats["retransmit_rejects"] += 1
+        self.retransmit_rejects += 1
+        self.write(wire.encode(wire.RETRANSMIT_REJECT, m.FromSeqNo, m.Count, reason))
+        if self.retransmit_rejects >= self.cfg.max_retransmit_rejects:
+            self.logout(wire.LOGOUT_RETRANSMIT_VIOLATION, "too many bad retransmit requests")
+
+    async def _retransmit(self, first: int, last: int) -> None:
+        """Paced: batches, each introduced by Retransmission; live messages may interleave."""
+        try:
+            while self.replaying and self.state != CLOSED:
+                await asyncio.sleep(0.001)
+            step = self.cfg.retransmit_batch
+            for a in range(first, last + 1, step):
+                b = min(last, a + step - 1)
+                self.write(wire.encode(wire.RETRANSMISSION, a, b - a + 1))
+                await self._write_journal(a, b)
+                if self.state == CLOSED:
+                    return
+        finally:
+            self.retransmitting = False
+
+    def _spawn(self, coro) -> None:
+        task = self.gw.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("conn %x: %r", self.conn_id, task.exception())
+            self.abort()
+
+    # -- timers ------------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        cfg = self.cfg
+        if self.state == CLOSING:
+            if now - self.closing_at > cfg.logout_grace_s and self.transport:
+                self.transport.abort()
+            return
+        if self.state in (NEW, LOGGING_ON):
+            if self.state == LOGGING_ON and self.logon_sent_at and \
+                    now - self.logon_sent_at > cfg.core_timeout_s:
+                self.gw.stats["core_timeouts"] += 1
+                self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "trading engine not answering")
+            elif now - self.accepted_at > cfg.logon_timeout_s + \
+                    (cfg.core_timeout_s if self.logon_sent_at else 0):
+                self.gw.stats["logon_timeouts"] += 1
+                self.logout(wire.LOGOUT_HEARTBEAT_TIMEOUT, "no logon")
+            return
+        if self.state != LIVE:
+            return
+        if now - self.last_sent >= cfg.heartbeat_ms / 1000:
+            self.write(self._heartbeat())
+        silent = now - self.last_recv
+        if self.test_req_id:
+            if now - self.test_sent_at > self.client_hb_s:
+                self.gw.stats["heartbeat_timeouts"] += 1
+                self.logout(wire.LOGOUT_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        elif silent > 1.5 * self.client_hb_s:
+            self.gw.test_req_ids += 1
+            self.test_req_id = self.gw.test_req_ids
+            self.test_sent_at = now
+            self.write(wire.encode(wire.TEST_REQUEST, self.test_req_id))
+
+
+class Gateway:
+    """The server: accepts connections, authenticates, runs sessions against a Core."""
+
+    def __init__(self, core: Core, accounts: Accounts, cfg: Config | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.core = core
+        self.accounts = accounts
+        self.cfg = cfg or Config()
+        self.clock = clock
+        self.n_shards = core.n_shards
+        self.conns: set[Connection] = set()
+        self.pending: dict[int, Connection] = {}      # conn_id → connection waiting to log on
+        self.live: dict[tuple[int, int], Connection] = {}  # (user, session_id) → connection
+        self.journal: dict[tuple[int, int], list] = {}    # (user, session_id) → [(tid, block)]
+        self.queues = [deque() for _ in range(self.n_shards)]
+        self.queued_event = [asyncio.Event() for _ in range(self.n_shards)]
+        self.enqueued = [0] * self.n_shards   # records ever queued for the shard
+        self.core_sent = [0] * self.n_shards  # records handed to core.send and returned
+        self.paused: set[Connection] = set()
+        self.next_conn = 0
+        self.test_req_ids = 0
+        self.auth_pending = 0
+        self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-auth")
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.closing = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stats = {k: 0 for k in (
+            "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
+            "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
+            "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
+            "slow_consumers", "session_messages", "bad_payloads")}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Subscribe, start the core, send GatewayStart(g) to every shard and wait until each
+        applied it (so every earlier session event is indexed), then listen."""
+        self.loop = loop = asyncio.get_running_loop()
+        self.core.subscribe(self._on_record)
+        await self.core.start()
+        for shard in range(self.n_shards):
+            self.tasks.append(loop.create_task(self._sender(shard)))
+            self.enqueue(shard, KIND_GATEWAY_START, GATEWAY_START_S.pack(self.cfg.index))
+        waited = 0.0
+        while any(self.applied_index(s) < self.enqueued[s] for s in range(self.n_shards)):
+            await asyncio.sleep(0.005)
+            waited += 0.005
+            if waited >= 5.0:
+                log.info("gateway %d: waiting for the trading engines to apply GatewayStart",
+                         self.cfg.index)
+                waited = 0.0
+        self.tasks.append(loop.create_task(self._ticker()))
+        self.server = await loop.create_server(self._new_connection, host, port,
+                                               reuse_address=True)
+        sock = self.server.sockets[0].getsockname()
+        log.info("gateway %d listening on %s:%d", self.cfg.index, sock[0], sock[1])
+        return sock[0], sock[1]
+
+    async def close(self) -> None:
+        """Logout(6) every connection, stop listening and the timers (the core stays open)."""
+        self.closing = True
+        if self.server is not None:
+            self.server.close()
+        for c in list(self.conns):
+            if c.state == LIVE:
+                c.logout(wire.LOGOUT_ADMIN, "gateway shutting down")
+            else:
+                c.abort()
+        # give the queued SessionEnds a moment to reach the core
+        for _ in range(200):
+            if not any(self.queues) and not self.conns:
+                break
+            await asyncio.sleep(0.005)
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.tasks.clear()
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _new_connection(self) -> Connection:
+        self.next_conn += 1
+        conn = Connection(self, self.cfg.index << CONN_ID_SHIFT | self.next_conn)
+        if len(self.conns) >= self.cfg.max_connections or self.closing:
+            self.stats["refused_connections"] += 1
+            conn.refused = True  # closed as soon as it is made: no read, no allocation
+            return conn
+        self.stats["connections"] += 1
+        self.conns.add(conn)
+        return conn
+
+    def _forget(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+        self.paused.discard(conn)
+        if self.pending.get(conn.conn_id) is conn:
+            del self.pending[conn.conn_id]
+        if conn.key is not None and self.live.get(conn.key) is conn:
+            del self.live[conn.key]
+        if conn.bound:
+            conn.bound = False
+            self.enqueue(conn.shard, KIND_SESSION_END,
+                         SESSION_END_S.pack(conn.user.user, conn.session_id, conn.conn_id,
+                                            conn.end_reason))
+
+    # -- logon -------------------------------------------------------------------------------------
+    def start_logon(self, conn: Connection, version: int) -> None:
+        if version < wire.VERSION:
+            conn.logon_reject(wire.LOGON_REJECT_UNSUPPORTED_VERSION, f"schema version {version}")
+            return
+        if self.closing:
+            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "gateway shutting down")
+            return
+        if self.auth_pending >= self.cfg.max_auth_pending:
+            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
+            return
+        conn._spawn(self._logon(conn))
+
+    async def _logon(self, conn: Connection) -> None:
+        lg = conn.logon
+        name = lg.Username.split(b"\0", 1)[0].decode("utf-8", "replace")
+        password = lg.Password.split(b"\0", 1)[0]
+        self.auth_pending += 1
+        try:
+            user = await asyncio.get_running_loop().run_in_executor(
+                self.auth_pool, self.accounts.verify, name, password)
+        finally:
+            self.auth_pending -= 1
+        if conn.state != LOGGING_ON:
+            return
+        if user is None:
+            self.stats["auth_failures"] += 1
+            conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS, "bad credentials")
+            return
+        # Authenticated: only now is anything about the session looked at or sent.
+        if not HEARTBEAT_MIN_MS <= lg.HeartbeatIntervalMs <= HEARTBEAT_MAX_MS:
+            conn.logon_reject(wire.LOGON_REJECT_HEARTBEAT_RANGE, "heartbeat 100..30000 ms")
+            return
+        if lg.CancelOnDisconnect > wire.COD_ON_DISCONNECT_ONLY:
+            conn.protocol_error("CancelOnDisconnect must be 0..2")
+            return
+        if self.closing:
+            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "gateway shutting down")
+            return
+        conn.user = user
+        conn.session_id = lg.SessionID
+        conn.key = (user.user, lg.SessionID)
+        conn.shard = user.accounts[0] % self.n_shards
+        conn.client_hb_s = lg.HeartbeatIntervalMs / 1000
+        conn.logon_sent_at = self.clock()
+        conn.bound = True  # from here on the engine may bind it: SessionEnd on close
+        self.pending[conn.conn_id] = conn
+        payload = SESSION_LOGON_S.pack(user.user, lg.SessionID, conn.conn_id,
+                                       user.default_account, lg.CancelOnDisconnect,
+                                       lg.CodTimeoutMs, len(user.accounts))
+        payload += b"".join(ACCOUNT_S.pack(a) for a in user.accounts)
+        self.enqueue(conn.shard, KIND_SESSION_LOGON, payload)
+
+    def bind(self, conn: Connection) -> None:
+        old = self.live.get(conn.key)
+        if old is not None and old is not conn:
+            old.abort()  # the engine rebound the session: the old transport is stale
+        self.live[conn.key] = conn
+
+    # -- the engines' output -----------------------------------------------------------------------
+    def _on_record(self, shard: int, out_seq: int, ts_ns: int, payload: bytes) -> None:
+        try:
+            events = session_events(payload)
+        except ValueError as exc:
+            self.stats["bad_payloads"] += 1
+            log.error("out.te.%d seq %d: cannot walk the events: %s", shard, out_seq, exc)
+            return
+        for ev in events:
+            if ev[0] == EV_SESSION_STATE:
+                conn = self.pending.pop(ev[3], None)
+                if conn is not None:
+                    conn.on_session_state(ev, ts_ns)
+                elif ev[6] == STATUS_FINALIZED:
+                    self._finalized(ev)
+            else:
+                _t, user, sid, tid, block = ev
+                key = (user, sid)
+                journal = self.journal.get(key)
+                if journal is None:
+                    journal = self.journal[key] = []
+                seq = int.from_bytes(block[:8], "little")
+                if seq == len(journal) + 1:
+                    journal.append((tid, block))
+                elif seq > len(journal):
+                    log.error("session %s: server SeqNo %d after %d", key, seq, len(journal))
+                    journal.extend([None] * (seq - len(journal) - 1))
+                    journal.append((tid, block))
+                else:
+                    log.error("session %s: server SeqNo %d again", key, seq)
+                    journal[seq - 1] = (tid, block)
+                self.stats["session_messages"] += 1
+                conn = self.live.get(key)
+                if conn is not None:
+                    conn.deliver(wire.frame_from_block(tid, block))
+
+    def _finalized(self, ev: tuple) -> None:
+        """A SessionState(finalized) that answers no Logon of ours: the engine finalized the
+        session (end of trading day). Its connection, if here, gets Logout(5); its journal
+        index is dropped (a finalized session can never be resumed)."""
+        _t, user, sid, conn_id, _ne, _ns, _st = ev
+        key = (user, sid)
+        conn = self.live.get(key)
+        if conn is not None and conn.conn_id == conn_id:
+            conn.bound = False  # nothing left to end
+            conn.logout(wire.LOGOUT_END_OF_SESSION, "end of session")
+        self.journal.pop(key, None)
+
+    def next_server_seq(self, key) -> int:
+        return len(self.journal.get(key, ())) + 1
+
+    # -- records to the core -----------------------------------------------------------------------
+    def enqueue(self, shard: int, kind: int, payload: bytes) -> int:
+        """Queue one record for in.te.<shard>; returns its index (1, 2, ... in send order)."""
+        self.queues[shard].append((kind, payload))
+        self.enqueued[shard] += 1
+        self.queued_event[shard].set()
+        return self.enqueued[shard]
+
+    def applied_index(self, shard: int) -> int:
+        """Every record of index <= this has been applied by the shard (an underestimate
+        while a send is in flight)."""
+        return self.core_sent[shard] - self.core.depth(shard)
+
+    def overloaded(self, shard: int) -> bool:
+        return self.core.depth(shard) + len(self.queues[shard]) > self.cfg.max_depth
+
+    def queue_full(self, shard: int) -> bool:
+        return len(self.queues[shard]) >= self.cfg.max_queued
+
+    async def _sender(self, shard: int) -> None:
+        q = self.queues[shard]
+        ev = self.queued_event[shard]
+        while True:
+            await ev.wait()
+            ev.clear()
+            while q:
+                kind, payload = q[0]
+                try:
+                    await self.core.send(shard, kind, payload)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # an operating error of the core: retry, in order
+                    log.warning("in.te.%d: send failed (%s): retrying", shard, exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                q.popleft()
+                self.core_sent[shard] += 1
+                if self.paused and len(q) < self.cfg.max_queued // 2:
+                    self._resume_paused(shard)
+
+    def _resume_paused(self, shard: int) -> None:
+        for c in [c for c in self.paused if c.shard == shard]:
+            self.paused.discard(c)
+            c._resume_input()
+            c._process()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.tick_s)
+            now = self.clock()
+            for c in list(self.conns):
+                try:
+                    c.tick(now)
+                except Exception:  # a bug: this connection ends, the others go on
+                    log.exception("conn %x: timer failed", c.conn_id)
+                    c.abort()
+
+
+async def serve(core: Core, accounts: Accounts, cfg: Config, host: str, port: int,
+                stop: asyncio.Event) -> None:
+    """Run a gateway until `stop` is set; then Logout everyone and close the core."""
+    gw = Gateway(core, accounts, cfg)
+    try:
+        await gw.start(host, port)
+        await stop.wait()
+    finally:
+        await gw.close()
+        await core.close()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed, else asyncio's own loop."""
+    try:
+        import uvloop
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+# -- the `seqex gateway` process ----------------------------------------------------------------
+
+@dataclass
+class Settings:
+    """A gateway process's configuration file, validated."""
+
+    cfg: Config
+    host: str
+    port: int
+    accounts: str
+    shards: list[dict]
+    specs: list[dict]
+
+
+_REQUIRED = ("index", "listen", "accounts", "shards")
+_OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connections": int,
+             "logon_timeout_s": (int, float), "core_timeout_s": (int, float),
+             "max_retransmit": int,
+             "max_output_bytes": int, "max_input_bytes": int}
+
+
+def parse_settings(doc) -> Settings:
+    """Validate a gateway configuration document; ValueError names the first problem."""
+    from decimal import Decimal, InvalidOperation
+    if not isinstance(doc, dict):
+        raise ValueError("the gateway configuration must be a JSON object")
+    missing = [k for k in _REQUIRED if k not in doc]
+    if missing:
+        raise ValueError(f"gateway configuration: missing {', '.join(missing)}")
+    unknown = sorted(set(doc) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ValueError(f"gateway configuration: unknown key {unknown[0]!r}")
+    for k, types in _OPTIONAL.items():
+        if k in doc and (not isinstance(doc[k], types) or isinstance(doc[k], bool)):
+            raise ValueError(f"gateway configuration: {k} has the wrong type")
+    index = doc["index"]
+    if type(index) is not int or not 0 <= index <= 0xFFFF:
+        raise ValueError("gateway configuration: index must be 0..65535")
+    listen = doc["listen"]
+    host, sep, port_text = str(listen).rpartition(":")
+    if not isinstance(listen, str) or not sep or not host or not port_text.isdigit() or \
+            not 0 < int(port_text) < 65536:
+        raise ValueError(f"gateway configuration: listen must be HOST:PORT, got {listen!r}")
+    if not isinstance(doc["accounts"], str) or not doc["accounts"]:
+        raise ValueError("gateway configuration: accounts must be the accounts file's path")
+    shards = doc["shards"]
+    if not isinstance(shards, list) or not 1 <= len(shards) <= 64:
+        raise ValueError("gateway configuration: shards must be a list of 1..64 objects")
+    for n, sh in enumerate(shards):
+        if not isinstance(sh, dict) or set(sh) - {"in", "pub", "replicators", "out_stream"} or \
+                not all(k in sh for k in ("in", "pub", "replicators")) or \
+                not isinstance(sh.get("out_stream", "x"), str):
+            raise ValueError(f"gateway configuration: shard {n} must be "
+                             '{"in": ENDPOINT, "pub": ENDPOINT, "replicators": [ENDPOINT, ...]}')
+        eps = [sh["in"], sh["pub"]] + (sh["replicators"] if isinstance(sh["replicators"], list)
+                                       else [None])
+        if not sh["replicators"] or not all(isinstance(e, str) and "://" in e for e in eps):
+            raise ValueError(f"gateway configuration: shard {n}: endpoints must be like "
+                             f"tcp://HOST:PORT, with at least one replicator")
+    specs = doc.get("specs", [])
+    ids = set()
+    for sp in specs:
+        if not isinstance(sp, dict) or set(sp) != {"symbol_id", "name", "tick", "lot"}:
+            raise ValueError('gateway configuration: each spec must be {"symbol_id", "name", '
+                             '"tick", "lot"}')
+        if type(sp["symbol_id"]) is not int or not 0 < sp["symbol_id"] <= 0xFFFFFFFF or \
+                sp["symbol_id"] in ids:
+            raise ValueError(f"gateway configuration: spec symbol_id {sp['symbol_id']!r} "
+                             f"must be a unique u32 > 0")
+        ids.add(sp["symbol_id"])
+        if not isinstance(sp["name"], str) or not 0 < len(sp["name"].encode()) <= 16:
+            raise ValueError(f"gateway configuration: spec name {sp['name']!r} must be "
+                             f"1..16 bytes")
+        for k in ("tick", "lot"):
+            try:
+                v = Decimal(str(sp[k]))
+            except InvalidOperation:
+                v = Decimal(0)
+            if isinstance(sp[k], bool) or not v.is_finite() or v <= 0:
+                raise ValueError(f"gateway configuration: spec {sp['name']}: {k} must be a "
+                                 f"positive decimal")
+    try:
+        cfg = Config(index=index,
+                     **{k: doc[k] for k in _OPTIONAL if k != "specs" and k in doc})
+    except ValueError as exc:
+        raise ValueError(f"gateway configuration: {exc}") from None
+    return Settings(cfg, host, int(port_text), doc["accounts"], shards, specs)
+
+
+def read_settings(text: str) -> Settings:
+    """--config: a JSON object, or the path of a file holding one."""
+    import json
+    src = text
+    if not text.lstrip().startswith("{"):
+        try:
+            with open(text, encoding="utf-8") as f:
+                src = f.read()
+        except OSError as exc:
+            raise ValueError(f"gateway configuration {text}: {exc.strerror}") from None
+    try:
+        doc = json.loads(src)
+    except ValueError as exc:
+        raise ValueError(f"gateway configuration is not valid JSON: {exc}") from None
+    return parse_settings(doc)
+
+
+def main(settings: Settings, accounts: Accounts) -> int:
+    """Run the gateway process until SIGTERM/SIGINT: Logout(6) everyone, then exit 0.
+    SIGHUP re-reads the accounts file (a bad file is logged and the old one kept)."""
+    import signal
+
+    from gateway import accounts as accounts_mod
+    from gateway.mq_core import MqCore
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    stop = asyncio.Event()
+    core = MqCore(settings.cfg.index, settings.shards)
+    gw = Gateway(core, accounts, settings.cfg)
+
+    def reload_accounts():
+        try:
+            gw.accounts = accounts_mod.load(settings.accounts, core.n_shards)
+            log.info("accounts reloaded: %d users", len(gw.accounts.users))
+        except ValueError as exc:
+            log.error("accounts not reloaded: %s", exc)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_accounts)
+
+    async def run():
+        try:
+            await gw.start(settings.host, settings.port)
+            print(f"gateway {settings.cfg.index} listening on {settings.host}:{settings.port}",
+                  flush=True)
+            await stop.wait()
+        finally:
+            await gw.close()
+            await core.close()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    return 0

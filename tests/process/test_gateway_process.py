@@ -1,0 +1,90 @@
+"""`seqex gateway` as a process on 127.0.0.1, over a real log cluster. No TradingEngine runs
+here: the shard's output stream is its input stream itself (an echo), which is enough for the
+gateway to see its GatewayStart applied and start listening. Then: a wrong password gets
+LogonReject(1) at once; a right one reaches the log as a SessionLogon record and, with no
+engine to answer, LogonReject(6); SIGTERM ends the process with status 0."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+from deploy.local import LogCluster
+from deploy.procs import free_port
+from gateway import accounts, wire
+from mq.control import replay
+from mq.record import decode
+
+
+def recv_frame(sock):
+    head = b""
+    while len(head) < 4:
+        chunk = sock.recv(4 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    length = struct.unpack_from("<H", head)[0]
+    body = b""
+    while len(body) < length - 4:
+        chunk = sock.recv(length - 4 - len(body))
+        if not chunk:
+            return None
+        body += chunk
+    frame, _ = wire.read_frame(head + body, 0)
+    return frame.template_id, wire.decode(frame)
+
+
+def logon(port, password):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(wire.encode(wire.LOGON, 5, 0, 1, 1000, 0, 0, 0, b"alice", password))
+    return s
+
+
+def test_gateway_process(tmp_path):
+    path = tmp_path / "accounts.json"
+    accounts.add_user(path, "alice", "pw", [3], n=1024)
+    with LogCluster(str(tmp_path / "log"), stream="in.te.0", replicators=1,
+                    tick_ms=20) as cluster:
+        cluster.start()
+        port = free_port()
+        config = {"index": 2, "listen": f"127.0.0.1:{port}", "accounts": str(path),
+                  "shards": [{"in": cluster.prod_addr, "pub": cluster.pub_addr,
+                              "replicators": cluster.rep_addrs, "out_stream": "in.te.0"}],
+                  "heartbeat_ms": 1000, "core_timeout_s": 1}
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "--insecure", "gateway",
+                                 "--config", json.dumps(config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONPATH": os.getcwd()})
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                line = proc.stdout.readline()
+                assert line, "the gateway exited before listening"
+                if "listening on" in line:
+                    break
+                assert time.monotonic() < deadline
+            s = logon(port, b"wrong")
+            tid, m = recv_frame(s)
+            assert (tid, m.Reason) == (wire.LOGON_REJECT, wire.LOGON_REJECT_BAD_CREDENTIALS)
+            s.close()
+            s = logon(port, b"pw")
+            tid, m = recv_frame(s)  # core_timeout_s: nothing answers SessionLogon
+            assert (tid, m.Reason) == (wire.LOGON_REJECT, wire.LOGON_REJECT_NOT_OPEN)
+            s.close()
+            records = [r for frame in replay(cluster.rep_addrs[0], "in.te.0", 1)
+                       for r in decode(frame)]
+            kinds = [(r[2], r[5]) for r in records if r[5] != 1]
+            src = 0x7200_0002
+            assert kinds[:2] == [(src, 82), (src, 80)], kinds
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()

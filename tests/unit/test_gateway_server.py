@@ -1,0 +1,663 @@
+"""The gateway's session layer (PROTOCOL.md §4, docs/order-path.md §4) over real TCP on
+127.0.0.1, against a fake Core that emulates the TradingEngine's sessions: authentication
+before anything reaches the core, logon outcomes, replay with PossDup before live, heartbeats
+and timeouts, the Logout exchange, retransmit rules, throttle and shed flags, framing errors,
+and the bounds (connection cap, idle-before-logon, paused reads, slow consumers)."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from gateway import server as gs
+from gateway import wire
+from gateway.accounts import Accounts, make_user
+from tests.gateway_fakes import FakeCore
+
+DEADLINE_S = 30
+
+
+def users(**rates):
+    alice = make_user("alice", 7, "pw-alice", [4, 8], max_msgs_per_sec=rates.get("alice", 1000),
+                      n=1024)
+    bob = make_user("bob", 9, "pw-bob", [5], max_msgs_per_sec=rates.get("bob", 2), n=1024)
+    return Accounts({"alice": alice, "bob": bob})
+
+
+def run(coro):
+    async def bounded():
+        return await asyncio.wait_for(coro, DEADLINE_S)
+    return asyncio.run(bounded())
+
+
+class Client:
+    """A test client speaking raw frames."""
+
+    def __init__(self, reader, writer):
+        self.r, self.w = reader, writer
+
+    @classmethod
+    async def connect(cls, port):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        return cls(r, w)
+
+    def send(self, tid, *fields, **kw):
+        self.w.write(wire.encode(tid, *fields, **kw))
+
+    def raw(self, data: bytes):
+        self.w.write(data)
+
+    async def recv(self, timeout=5.0):
+        """(template id, decoded fields, frame) of the next frame; None at EOF."""
+        head = await asyncio.wait_for(self._exact(4), timeout)
+        if head is None:
+            return None
+        length = struct.unpack_from("<H", head)[0]
+        rest = await asyncio.wait_for(self._exact(length - 4), timeout)
+        frame, _ = wire.read_frame(head + rest, 0)
+        return frame.template_id, wire.decode(frame), frame
+
+    async def _exact(self, n):
+        try:
+            return await self.r.readexactly(n)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+
+    async def expect(self, tid, timeout=5.0, skip=(wire.HEARTBEAT,)):
+        while True:
+            got = await self.recv(timeout)
+            assert got is not None, f"closed while waiting for template {tid}"
+            if got[0] in skip and tid not in skip:
+                continue
+            assert got[0] == tid, f"expected {tid}, got {got[0]} {got[1]}"
+            return got[1]
+
+    async def closed(self, timeout=5.0):
+        """True once the server closed the connection (frames before EOF are skipped)."""
+        while True:
+            got = await self.recv(timeout)
+            if got is None:
+                return True
+
+    async def logon(self, user="alice", password="pw-alice", session=1, next_expected=0,
+                    next_seq=1, hb_ms=1000, cod=0, cod_ms=0, version=1):
+        frame = wire.encode(wire.LOGON, session, next_expected, next_seq, hb_ms, cod_ms, cod,
+                            0, user.encode(), password.encode(), version=version)
+        self.raw(frame)
+
+    def nos(self, seq, clordid, flags=0):
+        self.send(100, seq, 0, clordid, 1025000000, 1, 3, 0, b"1", b"2", b"1", flags)
+
+    def close(self):
+        self.w.close()
+
+
+async def started(cfg=None, core=None, accts=None, **kw):
+    core = core or FakeCore()
+    cfg = cfg or gs.Config(heartbeat_ms=1000, **kw)
+    gw = gs.Gateway(core, accts or users(), cfg)
+    _host, port = await gw.start()
+    return gw, core, port
+
+
+async def wait_for(pred, timeout=5.0):
+    for _ in range(int(timeout / 0.005)):
+        if pred():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def test_start_sends_gateway_start_and_logon_binds_a_new_session():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(index=3))
+        assert core.kinds() == [(82, struct.pack("<I", 3))]
+        c = await Client.connect(port)
+        await c.logon(session=42, cod=1, cod_ms=250)
+        ack = await c.expect(wire.LOGON_ACK)
+        assert (ack.SessionID, ack.NextExpectedSeqNo, ack.NextSeqNo) == (42, 1, 1)
+        assert ack.Flags & wire.FLAG_NEW_SESSION and ack.MaxMsgsPerSec == 1000
+        assert (ack.CodTimeoutMs, ack.CancelOnDisconnect, ack.TradingDate) == (250, 1, 20251202)
+        (_k, logon), = core.kinds(80)
+        user, sid, conn, default, cod, cod_ms, n = gs.SESSION_LOGON_S.unpack_from(logon)
+        assert (user, sid, conn >> 48, conn & 0xFFFF, default, cod, cod_ms, n) == \
+            (7, 42, 3, 1, 4, 1, 250, 2)
+        assert struct.unpack_from("<II", logon, gs.SESSION_LOGON_S.size) == (4, 8)
+        c.nos(1, 555)
+        er = await c.expect(wire.EXECUTION_REPORT)
+        assert (er.SeqNo, er.ClOrdID, er.Flags) == (1, 555, 0)
+        (_k, cm), = core.kinds(83)
+        assert gs.CLIENT_MESSAGE_S.unpack_from(cm) == (7, 42, 0, 100)
+        assert len(cm) == gs.CLIENT_MESSAGE_S.size + 52
+        c.close()
+        await wait_for(lambda: core.kinds(81))
+        assert gs.SESSION_END_S.unpack(core.kinds(81)[0][1]) == (7, 42, conn, gs.END_DISCONNECT)
+        await gw.close()
+    run(main())
+
+
+@pytest.mark.parametrize("user, password", [("alice", "wrong"), ("mallory", "pw-alice"),
+                                            ("alice", ""), ("\xff\xfe", "x")])
+def test_bad_credentials_reach_nothing(user, password):
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon(user=user, password=password, session=1)
+        rej = await c.expect(wire.LOGON_REJECT)
+        assert rej.Reason == wire.LOGON_REJECT_BAD_CREDENTIALS
+        assert await c.closed()
+        assert [k for k, _ in core.kinds()] == [82]  # nothing but GatewayStart
+        await gw.close()
+    run(main())
+
+
+def test_logon_rejects_after_auth():
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon(hb_ms=99)
+        assert (await c.expect(wire.LOGON_REJECT)).Reason == wire.LOGON_REJECT_HEARTBEAT_RANGE
+        c = await Client.connect(port)
+        await c.logon(hb_ms=30001)
+        assert (await c.expect(wire.LOGON_REJECT)).Reason == wire.LOGON_REJECT_HEARTBEAT_RANGE
+        c = await Client.connect(port)
+        await c.logon(version=0)
+        assert (await c.expect(wire.LOGON_REJECT)).Reason == \
+            wire.LOGON_REJECT_UNSUPPORTED_VERSION
+        assert [k for k, _ in core.kinds()] == [82]
+        # a session with H = 0: asking for server message 2 is beyond H + 1
+        c = await Client.connect(port)
+        await c.logon(session=5, next_expected=2)
+        assert (await c.expect(wire.LOGON_REJECT)).Reason == wire.LOGON_REJECT_SEQ_BEYOND
+        assert await c.closed()
+        await wait_for(lambda: core.kinds(81))  # the engine bound it: unbound again
+        await gw.close()
+    run(main())
+
+
+def test_second_logon_on_a_bound_session_and_finalized():
+    async def main():
+        gw, core, port = await started()
+        a = await Client.connect(port)
+        await a.logon(session=9)
+        await a.expect(wire.LOGON_ACK)
+        b = await Client.connect(port)
+        await b.logon(session=9)
+        assert (await b.expect(wire.LOGON_REJECT)).Reason == wire.LOGON_REJECT_SESSION_BOUND
+        assert await b.closed()
+        a.nos(1, 1)
+        await a.expect(wire.EXECUTION_REPORT)  # the first connection is unaffected
+        assert len(core.kinds(81)) == 0  # the refused one did not unbind the session
+        core.sessions[(7, 9)]["finalized"] = True
+        a.close()
+        c = await Client.connect(port)
+        await c.logon(session=9)
+        assert (await c.expect(wire.LOGON_REJECT)).Reason == \
+            wire.LOGON_REJECT_SESSION_FINALIZED
+        await gw.close()
+    run(main())
+
+
+def test_resume_replays_with_possdup_before_live():
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon(session=77)
+        await c.expect(wire.LOGON_ACK)
+        for i in range(1, 4):
+            c.nos(i, 100 + i)
+        for i in range(1, 4):
+            assert (await c.expect(wire.EXECUTION_REPORT)).SeqNo == i
+        c.close()
+        await wait_for(lambda: core.sessions[(7, 77)]["conn"] is None)
+        c = await Client.connect(port)
+        await c.logon(session=77, next_expected=2, next_seq=4)
+        ack = await c.expect(wire.LOGON_ACK)
+        assert (ack.NextExpectedSeqNo, ack.NextSeqNo, ack.Flags) == (4, 4, 0)
+        rt = await c.expect(wire.RETRANSMISSION)
+        assert (rt.FromSeqNo, rt.Count) == (2, 2)
+        for i in (2, 3):
+            er = await c.expect(wire.EXECUTION_REPORT)
+            assert (er.SeqNo, er.ClOrdID, er.Flags) == (i, 100 + i, wire.FLAG_POSS_DUP)
+        c.nos(3, 103, wire.FLAG_POSS_DUP)  # a resend of an applied one: dropped by the engine
+        c.nos(6, 106)                       # skips 4 and 5
+        na = await c.expect(wire.NOT_APPLIED)
+        assert (na.SeqNo, na.FromSeqNo, na.Count) == (4, 4, 2)
+        er = await c.expect(wire.EXECUTION_REPORT)
+        assert (er.SeqNo, er.ClOrdID, er.Flags) == (5, 106, 0)
+        await gw.close()
+    run(main())
+
+
+def test_live_messages_wait_for_the_logon_replay():
+    """Messages the engine issues while the replay is being written come after it, in order."""
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon(session=3)
+        await c.expect(wire.LOGON_ACK)
+        core.push(7, 3, 2000)
+        for i in range(2000):
+            await c.expect(wire.EXECUTION_REPORT)
+        c.close()
+        await wait_for(lambda: core.sessions[(7, 3)]["conn"] is None)
+        c = await Client.connect(port)
+        await c.logon(session=3, next_expected=1)
+        await c.expect(wire.LOGON_ACK)
+        await wait_for(lambda: (7, 3) in gw.live)
+        core.push(7, 3, 5)  # live, while the replay of 2000 is under way
+        rt = await c.expect(wire.RETRANSMISSION)
+        assert (rt.FromSeqNo, rt.Count) == (1, 2000)
+        seqs = []
+        for _ in range(2005):
+            er = await c.expect(wire.EXECUTION_REPORT)
+            seqs.append((er.SeqNo, er.Flags))
+        assert seqs == [(i, 1) for i in range(1, 2001)] + [(i, 0) for i in range(2001, 2006)]
+        await gw.close()
+    run(main())
+
+
+def test_heartbeat_testrequest_and_timeout():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(heartbeat_ms=100))
+        c = await Client.connect(port)
+        await c.logon(hb_ms=200)
+        ack = await c.expect(wire.LOGON_ACK)
+        assert ack.HeartbeatIntervalMs == 100
+        c.send(wire.TEST_REQUEST, 4242)
+        hb = await c.expect(wire.HEARTBEAT, skip=())
+        while hb.TestReqID != 4242:
+            hb = await c.expect(wire.HEARTBEAT, skip=())
+        c.nos(1, 1)
+        await c.expect(wire.EXECUTION_REPORT)
+        # the server's own heartbeat says how far it applied and issued
+        hb = await c.expect(wire.HEARTBEAT, skip=())
+        assert (hb.TestReqID, hb.NextSeqNo, hb.NextExpectedSeqNo) == (0, 2, 2)
+        # silent client: TestRequest after 1.5 x 200 ms, Logout(1) one interval later
+        got = []
+        while True:
+            m = await c.recv()
+            if m is None:
+                break
+            got.append(m[0])
+            if m[0] == wire.LOGOUT:
+                assert m[1].Reason == wire.LOGOUT_HEARTBEAT_TIMEOUT
+        assert wire.TEST_REQUEST in got and got[-1] == wire.LOGOUT
+        await wait_for(lambda: core.kinds(81))
+        assert gs.SESSION_END_S.unpack(core.kinds(81)[0][1])[3] == gs.END_DISCONNECT
+        await gw.close()
+    run(main())
+
+
+def test_logout_exchange():
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        c.send(wire.LOGOUT, 0, b"bye")
+        lo = await c.expect(wire.LOGOUT)
+        assert lo.Reason == wire.LOGOUT_NORMAL
+        c.close()
+        await wait_for(lambda: core.kinds(81))
+        assert gs.SESSION_END_S.unpack(core.kinds(81)[0][1])[3] == gs.END_LOGOUT
+        # a client that answers nothing is closed after the grace period
+        gw.cfg.logout_grace_s = 0.2
+        c = await Client.connect(port)
+        await c.logon(session=2)
+        await c.expect(wire.LOGON_ACK)
+        c.send(wire.LOGOUT, 0, b"")
+        await c.expect(wire.LOGOUT)
+        assert await c.closed()
+        await gw.close()
+    run(main())
+
+
+def test_retransmit_rules():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_retransmit=50, retransmit_batch=1))
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        core.push(7, 1, 40)
+        for _ in range(40):
+            await c.expect(wire.EXECUTION_REPORT)
+        c.send(wire.RETRANSMIT_REQUEST, 3, 2)
+        for a in (3, 4):  # batches of one, each introduced by Retransmission
+            rt = await c.expect(wire.RETRANSMISSION)
+            assert (rt.FromSeqNo, rt.Count) == (a, 1)
+            er = await c.expect(wire.EXECUTION_REPORT)
+            assert (er.SeqNo, er.Flags) == (a, wire.FLAG_POSS_DUP)
+        for req, reason in [((0, 1), wire.RETRANSMIT_REJECT_OUT_OF_RANGE),
+                            ((39, 3), wire.RETRANSMIT_REJECT_OUT_OF_RANGE),
+                            ((1, 0), wire.RETRANSMIT_REJECT_OUT_OF_RANGE),
+                            ((1, 51), wire.RETRANSMIT_REJECT_OVER_LIMIT)]:
+            c.send(wire.RETRANSMIT_REQUEST, *req)
+            rj = await c.expect(wire.RETRANSMIT_REJECT)
+            assert (rj.FromSeqNo, rj.Count, rj.Reason) == (*req, reason)
+        # two in one write: the second finds the first in flight
+        c.raw(wire.encode(wire.RETRANSMIT_REQUEST, 1, 40) + wire.encode(wire.RETRANSMIT_REQUEST, 1, 1))
+        seen = []
+        while len([s for s in seen if s[0] == wire.EXECUTION_REPORT]) < 40:
+            tid, m, _ = await c.recv()
+            seen.append((tid, m))
+        rejects = [m for tid, m in seen if tid == wire.RETRANSMIT_REJECT]
+        assert [r.Reason for r in rejects] == [wire.RETRANSMIT_REJECT_IN_PROGRESS]
+        assert [m.SeqNo for tid, m in seen if tid == wire.EXECUTION_REPORT] == list(range(1, 41))
+        await gw.close()
+    run(main())
+
+
+def test_too_many_bad_retransmit_requests_logout_3():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_retransmit_rejects=3))
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        for _ in range(3):
+            c.send(wire.RETRANSMIT_REQUEST, 5, 1)
+        for _ in range(3):
+            await c.expect(wire.RETRANSMIT_REJECT)
+        assert (await c.expect(wire.LOGOUT)).Reason == wire.LOGOUT_RETRANSMIT_VIOLATION
+        assert await c.closed()
+        await gw.close()
+    run(main())
+
+
+def test_throttle_flag_then_abuse_logout():
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon(user="bob", password="pw-bob")
+        ack = await c.expect(wire.LOGON_ACK)
+        assert ack.MaxMsgsPerSec == 2
+        for i in range(1, 4):
+            c.nos(i, i)
+        got = [await c.expect(wire.EXECUTION_REPORT), await c.expect(wire.EXECUTION_REPORT)]
+        assert [g.ClOrdID for g in got] == [1, 2]
+        br = await c.expect(wire.BUSINESS_REJECT)
+        assert (br.RefSeqNo, br.BusinessRejectReason) == (3, wire.BUSINESS_REJECT_THROTTLED)
+        flags = [gs.CLIENT_MESSAGE_S.unpack_from(p)[2] for _k, p in core.kinds(83)]
+        assert flags == [0, 0, gs.GW_FLAG_THROTTLED]
+        await gw.close()
+    run(main())
+
+
+def test_persistent_throttle_abuse_logout_4():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(throttle_abuse_s=2))
+        c = await Client.connect(port)
+        await c.logon(user="bob", password="pw-bob")
+        await c.expect(wire.LOGON_ACK)
+        seq = 0
+        for _ in range(40):  # 10 a second for up to 4 s, over the rate of 2
+            seq += 1
+            c.nos(seq, seq)
+            await asyncio.sleep(0.1)
+            if gw.stats["logouts_sent"]:
+                break
+        assert await c.closed()
+        assert gw.stats["logouts_sent"] == 1
+        await gw.close()
+    run(main())
+
+
+def test_shed_when_deep_but_cancels_go_through():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_depth=10))
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        core.extra_depth = 11
+        c.nos(1, 1)
+        c.send(101, 2, 0, 2, 1, wire.U64_NULL, 3, b"1", 0)          # cancel
+        c.send(103, 3, 0, 3, wire.U32_NULL, b"7", b"0", 0)          # mass cancel
+        c.send(102, 4, 0, 4, 1, wire.U64_NULL, 1, 1, 3, b"1", b"2", b"1", 0)  # replace
+        br = await c.expect(wire.BUSINESS_REJECT)
+        assert (br.RefSeqNo, br.BusinessRejectReason, wire.text(br.Text)) == \
+            (1, wire.BUSINESS_REJECT_NOT_AVAILABLE, "overloaded")
+        flags = {gs.CLIENT_MESSAGE_S.unpack_from(p)[3]: gs.CLIENT_MESSAGE_S.unpack_from(p)[2]
+                 for _k, p in core.kinds(83)}
+        assert flags == {100: gs.GW_FLAG_SHED, 101: 0, 103: 0, 102: gs.GW_FLAG_SHED}
+        core.extra_depth = 0
+        c.nos(5, 5)
+        while True:
+            tid, m, _ = await c.recv()
+            if tid == wire.EXECUTION_REPORT and m.ClOrdID == 5:
+                break
+        await gw.close()
+    run(main())
+
+
+def test_unknown_client_template_goes_as_eight_bytes():
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        c.raw(struct.pack("<HHHHHH", 12 + 10, 0xEB50, 10, 150, 1, 1) + struct.pack("<QH", 1, 9))
+        br = await c.expect(wire.BUSINESS_REJECT)
+        assert (br.RefSeqNo, br.RefTemplateID, br.BusinessRejectReason) == \
+            (1, 150, wire.BUSINESS_REJECT_UNSUPPORTED_MESSAGE)
+        (_k, cm), = core.kinds(83)
+        assert len(cm) == gs.CLIENT_MESSAGE_S.size + 8
+        await gw.close()
+    run(main())
+
+
+BAD_FRAMES = {
+    "encoding": struct.pack("<HHHHHH", 20, 0xCAFE, 8, 6, 1, 1) + bytes(8),
+    "schema": struct.pack("<HHHHHH", 20, 0xEB50, 8, 6, 2, 1) + bytes(8),
+    "short frame": struct.pack("<HHHHHH", 8, 0xEB50, 0, 6, 1, 1),
+    "block beyond frame": struct.pack("<HHHHHH", 20, 0xEB50, 9, 6, 1, 1) + bytes(8),
+    "short known block": struct.pack("<HHHHHH", 20, 0xEB50, 8, 100, 1, 1) + bytes(8),
+    "short unknown block": struct.pack("<HHHHHH", 16, 0xEB50, 4, 150, 1, 1) + bytes(4),
+    "session template": wire.encode(wire.LOGON_ACK, *([0] * 9)),
+    "unknown session template": struct.pack("<HHHHHH", 12, 0xEB50, 0, 50, 1, 1),
+    "market data": wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"1", 0, 1),
+    "second logon": wire.encode(wire.LOGON, 1, 0, 1, 1000, 0, 0, 0, b"alice", b"pw-alice"),
+    "response template": wire.encode(203, *([0] * 7), b""),
+    "http": b"GET / HTTP/1.1\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FRAMES))
+def test_framing_errors_logout_2_and_close(name):
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        c.raw(BAD_FRAMES[name])
+        lo = await c.expect(wire.LOGOUT)
+        assert lo.Reason == wire.LOGOUT_PROTOCOL_ERROR
+        if name == "market data":
+            assert wire.text(lo.Text) == "market data not on this port"
+        assert await c.closed()
+        assert not core.kinds(83)
+        await gw.close()
+    run(main())
+
+
+@pytest.mark.parametrize("first", [wire.encode(wire.HEARTBEAT, 0, 1, 1),
+                                   wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"1", 0, 1),
+                                   b"\x00" * 12])
+def test_before_logon_only_a_logon(first):
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        c.raw(first)
+        assert (await c.expect(wire.LOGOUT)).Reason == wire.LOGOUT_PROTOCOL_ERROR
+        assert await c.closed()
+        await gw.close()
+    run(main())
+
+
+def test_connection_cap_and_idle_before_logon():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_connections=3, logon_timeout_s=0.3))
+        held = [await Client.connect(port) for _ in range(3)]
+        await wait_for(lambda: len(gw.conns) == 3)
+        extra = await Client.connect(port)
+        assert await extra.closed()
+        assert gw.stats["refused_connections"] == 1
+        # a slow sender that never completes a Logon: dripped bytes do not keep it alive
+        logon = wire.encode(wire.LOGON, 1, 0, 1, 1000, 0, 0, 0, b"alice", b"pw-alice")
+        try:
+            for b in logon[:30]:  # 0.6 s of drip, past the 0.3 s allowed
+                held[0].raw(bytes([b]))
+                await held[0].w.drain()
+                await asyncio.sleep(0.02)
+        except ConnectionError:
+            pass
+        for h in held:
+            assert await h.closed(timeout=5)
+        assert gw.stats["logon_timeouts"] == 3
+        assert [k for k, _ in core.kinds()] == [82]
+        c = await Client.connect(port)  # room again
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        await gw.close()
+    run(main())
+
+
+def test_input_is_bounded_while_the_logon_waits():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_input_bytes=64 * 1024))
+        core.hold = True
+        c = await Client.connect(port)
+        await c.logon()
+        hb = wire.encode(wire.HEARTBEAT, 0, 1, 1) * 10_000  # 360 kB
+        for _ in range(20):
+            c.raw(hb)
+        await wait_for(lambda: core.kinds(80))
+        await asyncio.sleep(0.3)
+        conn = next(iter(gw.conns))
+        assert not conn.reading and len(conn.buf) < 64 * 1024 + 300_000
+        core.release()
+        await c.expect(wire.LOGON_ACK)
+        await wait_for(lambda: conn.reading and not conn.buf)
+        c.nos(1, 1)
+        await c.expect(wire.EXECUTION_REPORT)
+        await gw.close()
+    run(main())
+
+
+def test_core_not_answering_the_logon():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(core_timeout_s=0.3))
+        core.hold = True
+        c = await Client.connect(port)
+        await c.logon()
+        assert (await c.expect(wire.LOGON_REJECT)).Reason == wire.LOGON_REJECT_NOT_OPEN
+        assert await c.closed()
+        assert [k for k, _ in core.kinds()] == [82, 80, 81]  # unbound, in case it bound
+        await gw.close()
+    run(main())
+
+
+def test_slow_consumer_is_closed():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_output_bytes=256 * 1024))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        r, w = await asyncio.open_connection(sock=sock)
+        c = Client(r, w)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        for _ in range(20):  # never read: 20 x 2000 ExecutionReports = 5 MB
+            core.push(7, 1, 2000)
+            await asyncio.sleep(0.01)
+            if gw.stats["slow_consumers"]:
+                break
+        assert gw.stats["slow_consumers"] == 1
+        await wait_for(lambda: not gw.conns)
+        await wait_for(lambda: core.kinds(81))
+        await gw.close()
+    run(main())
+
+
+def test_close_logs_everyone_out():
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        await gw.close()
+        assert (await c.expect(wire.LOGOUT)).Reason == wire.LOGOUT_ADMIN
+        assert await c.closed()
+    run(main())
+
+
+def test_session_events_walks_other_events():
+    from tests.gateway_fakes import ACCOUNT_EVENT
+    st = gs.SESSION_STATE_S.pack(13, 1, 2, 3, 4, 5, 1)
+    block = wire.encode(10, 5, 3, 2)[12:]
+    msg = gs.SESSION_MESSAGE_S.pack(14, 1, 2, 10) + block
+    ce = struct.pack("<BIHH", 1, 7, 32, 3) + b"\x0d\x0e\x0d"  # a CE_COMMAND holding 13/14 bytes
+    payload = ACCOUNT_EVENT.pack(4, 13, 14, 13, 14, 13) + ce + st + msg
+    assert gs.session_events(payload) == [(13, 1, 2, 3, 4, 5, 1), (14, 1, 2, 10, block)]
+    assert gs.session_events(ACCOUNT_EVENT.pack(4, 1, 2, 3, 4, 5)) == []
+    with pytest.raises(ValueError):
+        gs.session_events(st[:-1])
+    with pytest.raises(ValueError):
+        gs.session_events(gs.SESSION_MESSAGE_S.pack(14, 1, 2, 99) + bytes(20))
+
+
+def test_runs_on_uvloop():
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        c.nos(1, 9)
+        assert (await c.expect(wire.EXECUTION_REPORT)).ClOrdID == 9
+        await gw.close()
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), DEADLINE_S))
+    finally:
+        loop.close()
+
+
+def test_connection_flood_leaves_nothing_behind():
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_connections=10, logon_timeout_s=0.2))
+        clients = await asyncio.gather(*[Client.connect(port) for _ in range(100)])
+        for c in clients:
+            assert await c.closed(timeout=5)
+        await wait_for(lambda: not gw.conns)
+        assert gw.stats["refused_connections"] >= 90
+        assert not gw.pending and not gw.live
+        await gw.close()
+    run(main())
+
+
+def test_finalized_session_gets_logout_5():
+    """The engine finalizes a bound session (SessionEnd reason 2, e.g. from the operator at
+    end of day) and says so with SessionState(finalized, its conn_id): Logout(5), and a later
+    Logon is refused with 3."""
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon(session=11)
+        await c.expect(wire.LOGON_ACK)
+        c.nos(1, 1)
+        await c.expect(wire.EXECUTION_REPORT)
+        conn_id = core.sessions[(7, 11)]["conn"]
+        await core.send(0, gs.KIND_SESSION_END, gs.SESSION_END_S.pack(7, 11, 0, gs.END_FINALIZE))
+        assert (await c.expect(wire.LOGOUT)).Reason == wire.LOGOUT_END_OF_SESSION
+        assert await c.closed()
+        assert (7, 11) not in gw.journal and conn_id
+        c = await Client.connect(port)
+        await c.logon(session=11)
+        assert (await c.expect(wire.LOGON_REJECT)).Reason == \
+            wire.LOGON_REJECT_SESSION_FINALIZED
+        await gw.close()
+    run(main())
