@@ -618,7 +618,7 @@ def upstream_spec(text: str) -> str:
 SOURCE = int_range(1, (1 << 32) - 1)
 SEQ = int_range(1, (1 << 64) - 1)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror")
+PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror", "gateway", "oracle")
 
 
 def _log_level() -> int | str:

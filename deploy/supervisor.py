@@ -152,6 +152,8 @@ class Supervisor:
         for spec in self.mine():
             ends = [spec.control] + [spec.args[i + 1] for i, a in enumerate(spec.args)
                                      if a in ("--pub", "--producers", "--inputs")]
+            if spec.extra.get("listen"):     # the gateway's client port
+                ends.append(spec.extra["listen"])
             for end in ends:
                 if port_in_use(end):
                     raise SupervisorError(
@@ -368,6 +370,13 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[
             rows.append([spec.name, spec.role, _core(spec), spec.stream, str(st.get("last")),
                          f"commit {st.get('committed')}", "-",
                          f"epoch {st.get('epoch')}{extra}"])
+        elif spec.role in ("gateway", "oracle"):
+            # The gateway: its clients' address and sessions; the oracle: what it is (simulated).
+            what = st.get("state") or st.get("source_kind") or "up"
+            if spec.extra.get("listen"):
+                what = f"clients on {spec.extra['listen'][len('tcp://'):]}; {what}"
+            rows.append([spec.name, spec.role, _core(spec), ",".join(st.get("streams", [])),
+                         str(st.get("sent", "-")), "-", str(st.get("rate", "-")), what])
         else:
             rows.append([spec.name, st.get("replica_role", spec.role), _core(spec), spec.stream,
                          str(st.get("seq")), str(st.get("lag")), str(st.get("rate")),
