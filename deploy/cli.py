@@ -75,6 +75,15 @@ def cmd_mirror(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oracle(a: argparse.Namespace) -> int:
+    from deploy.oracle import ConfigError, main
+    try:
+        main(a.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 def cmd_produce(a: argparse.Namespace) -> int:
     """Send --count records of --payload-bytes as source --source and append every
     acknowledged run to --acks as 'ss_first ss_last seq_first' lines.
@@ -701,6 +710,10 @@ def parser() -> Parser:
     s.add_argument("--from-seq", type=SEQ, default=1,
                    help="with policy none: the first seq of the stream this mirror serves")
     s.set_defaults(fn=cmd_mirror)
+
+    s = sub.add_parser("oracle", help="run the SIMULATED mark-price source (a random walk)")
+    s.add_argument("--config", required=True, help="JSON: see deploy/oracle.py")
+    s.set_defaults(fn=cmd_oracle)
 
     s = sub.add_parser("produce", help="send records into a stream")
     s.add_argument("--sequencer", required=True, type=endpoint)
