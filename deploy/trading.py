@@ -6,8 +6,8 @@ account` and for the demo users `seqex up` creates on first start.
   (``account % n_shards`` equal), which the accounts module checks.
 * **Deposits and withdrawals** are operator records (kinds 71/72, ``<QIq`` transfer id,
   account, amount in minor units = 1e-8 USDT) through the log into in.te.(account % n_shards),
-  from a source id of deploy/client.py's Client (locked per client; the operator's range when
-  the cluster runs with keys). The outcome is read from out.te.N at the record's own seq: a
+  from an operator source id locked by deploy/client.py's Client (the TradingEngine takes
+  transfers only from the operator; with keys, only the operator key may use those ids). The outcome is read from out.te.N at the record's own seq: a
   Transfer event (applied, with the balance after), a RequestRejected (with its reason), or
   nothing (a transfer id the shard has answered before: a repeat is a no-op, so a retry with
   the same id never moves money twice).
@@ -84,6 +84,21 @@ def create_user(topo, name: str, accounts: list[int], password: str | None = Non
     return user, password
 
 
+def _operator_client(data_dir: str):
+    """deploy/client.py's Client on an operator source id (the TradingEngine takes deposits
+    and withdrawals only from those), locked like any client's: the tools' default one, else
+    the next free one."""
+    from deploy.client import Client, SourceInUse
+    from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
+    for source in (OPERATOR_SOURCE, *range(OPERATOR_SOURCE_MIN + 0x100,
+                                           OPERATOR_SOURCE_MIN + 0x200)):
+        try:
+            return Client(data_dir, source=source)
+        except SourceInUse:
+            continue
+    raise TradingError("every operator source id of this tool is in use by another client")
+
+
 @dataclass(frozen=True)
 class TransferOutcome:
     account: int
@@ -106,7 +121,7 @@ class TransferOutcome:
 def transfer(data_dir: str, topo, account: int, amount_minor: int, withdraw: bool = False,
              transfer_id: int | None = None, timeout_s: float = 15.0) -> TransferOutcome:
     """One Deposit/Withdraw through in.te.(account % n_shards); waits for its outcome."""
-    from deploy.client import Client, ClientError
+    from deploy.client import ClientError
     from mq.control import ping, replay
     from mq.producer import Producer
     from mq.record import decode
@@ -117,7 +132,7 @@ def transfer(data_dir: str, topo, account: int, amount_minor: int, withdraw: boo
     tid = transfer_id if transfer_id is not None else time.time_ns() // 1000
     kind = te.WITHDRAW if withdraw else te.DEPOSIT
     payload = te.TRANSFER_S.pack(tid, account, amount_minor)
-    with Client(data_dir) as client:      # a locked source id (the operator's with keys)
+    with _operator_client(data_dir) as client:   # a locked operator source id
         if ping(shard["producers"], timeout_s=min(5.0, timeout_s)) is None:
             raise ClientError(f"the sequencer of {shard['in']} does not answer on "
                               f"{shard['producers']} (`seqex status`)")
