@@ -1,8 +1,10 @@
 """`seqex`: the one command of the exchange core.
 
 Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirror``,
-``replica``, ``gateway``.
-Cluster verbs: ``up``, ``down``, ``status``, ``submit`` (one order and its outcome).
+``replica``, ``gateway``, ``oracle``.
+Cluster verbs: ``up``, ``down``, ``status``, ``submit`` (one order and its outcome),
+``client`` (trade through the gateway), ``account`` (users, deposits, withdrawals), ``oracle``
+(the simulated mark-price process).
 Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
 ``replay`` (any range of a stream, decoded), ``ping``, ``stop``.
 ``demo``: a local log cluster on loopback with live figures (the main job for now).
@@ -85,6 +87,54 @@ def cmd_gateway(a: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail("seqex gateway", str(exc))
     return server.main(settings, users)
+def cmd_client(a: argparse.Namespace) -> int:
+    from deploy.trader import run
+    return run(a)
+
+
+def cmd_account(a: argparse.Namespace) -> int:
+    """`seqex account create NAME --accounts 2,4` (the gateway's accounts file) and `seqex
+    account deposit|withdraw ACCOUNT AMOUNT` (operator records through in.te.N)."""
+    from deploy import topology, trading
+    from deploy.supervisor import NotUp, read_state
+    if a.op == "create":
+        if len(a.args) != 1:
+            raise UsageError("usage: seqex account create NAME --accounts 2,4 [--password P]")
+        try:
+            accounts = [int(x) for x in (a.accounts or "").split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--accounts {a.accounts!r}: account numbers like 2,4") from None
+        if not accounts:
+            raise UsageError("seqex account create needs --accounts N[,N...]")
+        try:
+            topo, _pid = read_state(a.data)
+        except NotUp:
+            topo = topology.load(a.topology, a.data)
+        user, password = trading.create_user(topo, a.args[0], accounts, a.password)
+        shown = "" if a.password else f", password {password} (shown once)"
+        print(f"user {user.name} (id {user.user}): accounts "
+              f"{', '.join(map(str, user.accounts))}{shown}; in {trading.accounts_path(topo)}")
+        return 0
+    if len(a.args) != 2:
+        raise UsageError(f"usage: seqex account {a.op} ACCOUNT AMOUNT (USDT)")
+    account = int_range(1, (1 << 32) - 1)(a.args[0]) if a.args[0].isdigit() else None
+    if account is None:
+        raise UsageError(f"account {a.args[0]!r}: a number in 1 .. 2**32-1")
+    amount = trading.minor_units(a.args[1])
+    topo, _pid = read_state(a.data)
+    out = trading.transfer(a.data, topo, account, amount, withdraw=a.op == "withdraw",
+                           transfer_id=a.transfer_id, timeout_s=a.timeout)
+    print(out.line())
+    return 0 if out.applied or out.repeat else 1
+
+
+def cmd_oracle(a: argparse.Namespace) -> int:
+    from deploy.oracle import ConfigError, main
+    try:
+        main(a.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
 
 
 def cmd_produce(a: argparse.Namespace) -> int:
@@ -321,9 +371,20 @@ def cmd_up(a: argparse.Namespace) -> int:
     one_host = len({p.host for p in topo.procs}) == 1   # keys made here cannot disagree
     topo = keys.insecure(topo) if a.insecure else \
         keys.prepare_up(topo, generate_missing=one_host)
+    from deploy import trading
+    after = None
+    if topo.trading and topo.trading.get("demo_accounts") and any(
+            p.role == "gateway" and a.host in (None, p.host) for p in topo.procs):
+        made = trading.ensure_demo_users(topo)
+        if made:
+            print("demo users (passwords shown once; `seqex client` finds them in "
+                  f"{trading.demo_path(topo.data_dir)}):")
+            for name, pw in made.items():
+                print(f"  {name:<6} password {pw}")
+        after = trading.demo_deposits
     Supervisor(topo, a.host, max_restarts=a.max_restarts, backoff_base_s=a.restart_backoff,
-               title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}"
-               ).up(a.ready_timeout)
+               title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}",
+               after_start=after).up(a.ready_timeout)
     return 0
 
 
@@ -630,7 +691,7 @@ def upstream_spec(text: str) -> str:
 SOURCE = int_range(1, (1 << 32) - 1)
 SEQ = int_range(1, (1 << 64) - 1)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror", "gateway")
+PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror", "gateway", "oracle")
 
 
 def _log_level() -> int | str:
@@ -720,6 +781,27 @@ def parser() -> Parser:
                    help="JSON object, or a file holding one: index, listen, accounts, shards, "
                         "specs, max_depth, heartbeat_ms, max_connections (docs/gateway.md)")
     s.set_defaults(fn=cmd_gateway)
+    from deploy import trader
+    trader.register(sub)
+    sub.choices["client"].set_defaults(fn=cmd_client)
+
+    s = sub.add_parser("account", help="users of the gateway; deposits and withdrawals "
+                                       "(through the log)")
+    s.add_argument("op", choices=["create", "deposit", "withdraw"])
+    s.add_argument("args", nargs="*", help="create: NAME; deposit|withdraw: ACCOUNT AMOUNT")
+    s.add_argument("--accounts", help="create: the user's accounts, e.g. 2,4 (one shard)")
+    s.add_argument("--password", help="create: default: a random one, printed once")
+    s.add_argument("--transfer-id", type=int_range(1, (1 << 64) - 1),
+                   help="deposit|withdraw: a unique id (default: from the clock); a retry "
+                        "with the same id never moves money twice")
+    s.add_argument("--topology", help="create without a running cluster: its TOML file")
+    s.add_argument("--data", default="seqex-data")
+    s.add_argument("--timeout", type=seconds, default=15.0)
+    s.set_defaults(fn=cmd_account)
+
+    s = sub.add_parser("oracle", help="run the SIMULATED mark-price source (a random walk)")
+    s.add_argument("--config", required=True, help="JSON: see deploy/oracle.py")
+    s.set_defaults(fn=cmd_oracle)
 
     s = sub.add_parser("produce", help="send records into a stream")
     s.add_argument("--sequencer", required=True, type=endpoint)

@@ -31,7 +31,7 @@ import zmq
 from mq import auth, sources
 
 OPERATOR = "operator"
-PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway")
+PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway", "oracle")
 NOT_TOOLS = PROCESS_VERBS + ("keys", "up", "demo")  # every other verb is an operator tool
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
@@ -74,6 +74,8 @@ def _arg(args: list[str], flag: str) -> str | None:
 
 def server_endpoints(spec) -> list[str]:
     """The endpoints a process binds (the ones whose key its clients must expect)."""
+    if spec.role in ("gateway", "oracle"):   # their --config names the control endpoint
+        return [spec.control]
     flags = {"replicator": ("--bind",), "sequencer": ("--producers", "--pub"),
              "mirror": ("--inputs", "--pub")}.get(spec.role, ("--control",))
     return [a for a in (_arg(spec.args, f) for f in flags) if a]
@@ -93,7 +95,10 @@ def policy(topo, keys_dir: str, producers: dict[str, list[int]] | None = None) -
         elif spec.role.startswith("replica-"):
             out = mirror_stream.get(_arg(spec.args, "--mirror") or "")
             feeds = frozenset([out]) if out else frozenset()
-        peers[key] = auth.Peer(spec.name, masters, feeds)
+        # A producer process of the topology (the gateway, the oracle) may write its source ids
+        # (docs/order-path.md §2) into the streams it feeds, as a --producer key may.
+        srcs = frozenset(spec.extra.get("sources", ()))
+        peers[key] = auth.Peer(spec.name, masters, feeds, srcs)
         for endpoint in server_endpoints(spec):
             servers[endpoint] = key
     for name, srcs in sorted((producers or {}).items()):

@@ -82,7 +82,7 @@ class Proc:
             return f.read()
 
 
-SERVER_VERBS = ("replicator", "sequencer", "mirror", "replica")
+SERVER_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway", "oracle")
 
 
 def harness_args(args: list[str]) -> list[str]:

@@ -122,7 +122,8 @@ def port_in_use(endpoint: str) -> bool:
 
 class Supervisor:
     def __init__(self, topo: Topology, host: str | None = None, max_restarts: int = 8,
-                 backoff_base_s: float = 0.5, title: str = "seqex up"):
+                 backoff_base_s: float = 0.5, title: str = "seqex up",
+                 after_start=None):
         self.topo = topo
         self.host = host
         # Children end with the supervisor, however it ends (a SIGKILL included).
@@ -139,6 +140,9 @@ class Supervisor:
         self.gave_up: dict[str, str] = {}        # process -> why
         self.lock_fd: int | None = None
         self.title = title
+        # Run once every process answers (the demo users' deposits); its failure is reported,
+        # and the cluster keeps running.
+        self.after_start = after_start
 
     def mine(self) -> list:
         return [p for p in self.topo.procs if self.host is None or p.host == self.host]
@@ -152,6 +156,8 @@ class Supervisor:
         for spec in self.mine():
             ends = [spec.control] + [spec.args[i + 1] for i, a in enumerate(spec.args)
                                      if a in ("--pub", "--producers", "--inputs")]
+            if spec.extra.get("listen"):     # the gateway's client port
+                ends.append(spec.extra["listen"])
             for end in ends:
                 if port_in_use(end):
                     raise SupervisorError(
@@ -180,6 +186,11 @@ class Supervisor:
                 print(f"  started {spec.name:<22} {spec.role:<12} {spec.control}", flush=True)
             self._write_state()
             self.banner()
+            if self.after_start is not None:
+                try:
+                    self.after_start(self.topo)
+                except Exception as exc:   # an operating problem; the cluster runs on
+                    print(f"  after start: {type(exc).__name__}: {exc}", flush=True)
             while self.running:
                 time.sleep(0.5)
                 self.check()
@@ -251,6 +262,16 @@ class Supervisor:
         for sym, s in self.topo.symbols.items():
             print(f"  {sym}: orders into {s['in']} at {s['producers']}, results on {s['out']} "
                   f"at {s['out_pub']}")
+        t = self.topo.trading
+        if t and t.get("gateway"):
+            print(f"  gateway: clients connect to {t['gateway']} (PROTOCOL.md); "
+                  f"shards: {', '.join(sh['in'] for sh in t['shards'])}")
+            print("  seqex client --user alice buy BTCUSDT 0.01 @ 50000   trade (another "
+                  "terminal)")
+            print("  seqex client --user bob watch                         reports as they "
+                  "come")
+        if any(p.role == "oracle" for p in self.topo.procs):
+            print("  mark prices: SIMULATED (a seeded random walk; oracle0), not a real feed")
         print("  seqex status                         the process table")
         print("  seqex submit --symbol BTCUSDT --side buy --price 100 --qty 5 --account 1")
         print("  seqex replay in.ce.BTCUSDT --from 1  the log, decoded (--rebuild: state hash)")
@@ -368,6 +389,13 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[
             rows.append([spec.name, spec.role, _core(spec), spec.stream, str(st.get("last")),
                          f"commit {st.get('committed')}", "-",
                          f"epoch {st.get('epoch')}{extra}"])
+        elif spec.role in ("gateway", "oracle"):
+            # The gateway: its clients' address and sessions; the oracle: what it is (simulated).
+            what = st.get("state") or st.get("source_kind") or "up"
+            if spec.extra.get("listen"):
+                what = f"clients on {spec.extra['listen'][len('tcp://'):]}; {what}"
+            rows.append([spec.name, spec.role, _core(spec), ",".join(st.get("streams", [])),
+                         str(st.get("sent", "-")), "-", str(st.get("rate", "-")), what])
         else:
             rows.append([spec.name, st.get("replica_role", spec.role), _core(spec), spec.stream,
                          str(st.get("seq")), str(st.get("lag")), str(st.get("rate")),

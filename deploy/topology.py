@@ -6,12 +6,23 @@ anything starts: every key's type and range, unknown keys, names, hosts and the 
 A problem raises ``TopologyError`` naming the file, the line and the key. From a valid file,
 ``plan()`` derives the exact command line of every process, in start order: replicators, then
 per symbol the in.ce sequencer, the out.ce mirror and the CrossEngine replicas (hot first, then
-warm). Ports are given out in that order from ``base_port``, so every host that reads the same
-file agrees on every address.
+warm); then, with a ``[trading]`` table (docs/order-path.md), per TradingEngine shard N the
+in.te.N sequencer, the out.te.N mirror and the TradingEngine replicas, then the gateway and the
+mark-price oracle. Ports are given out in that order from ``base_port``, so every host that
+reads the same file agrees on every address.
+
+Source ids and routes follow docs/order-path.md §1-§2: in.te.N takes ``out.ce.SYM`` as source
+``0x7000_0000 | symbol_id`` with ``route=1<<N``; in.ce.SYM takes ``out.te.N`` as source
+``0x7300_0000 | N`` with ``route=1<<(symbol_id % 64)``; the oracle writes as
+``0x7100_0000 | i`` and the gateway as ``0x7200_0000 | g`` into every in.te.N.
 
 Units: a symbol's ``tick_size`` and ``lot_size`` are decimals in the contract's units (the
 quote currency per tick, the base asset per lot). The CrossEngine works in integer ticks and
 lots only (its own tick is 1); clients convert at the edge (deploy/client.py, deploy/decode.py).
+The TradingEngine's contract spec of a symbol (tradingengine/margin.py ContractSpec) comes from
+the symbol's keys too: leverage, risk tiers (limits in the quote currency), fees and funding in
+ppm; ``value`` (minor units, 1e-8 of the quote currency, per tick per lot) is derived from the
+sizes, so a symbol of the TradingEngine needs sizes with at most 8 decimal places.
 """
 from __future__ import annotations
 
@@ -44,8 +55,8 @@ durability = "os"
 [[symbol]]
 name = "BTCUSDT"
 symbol_id = 1
-tick_size = "1"              # the price step, in USDT (a decimal: "0.5", "0.01")
-lot_size = "1"               # the quantity step, in contracts
+tick_size = "0.5"            # the price step, in USDT (a decimal: "0.5", "0.01")
+lot_size = "0.001"           # the quantity step, in BTC (one lot)
 min_qty = 1                  # lots
 max_qty = 1000000            # lots
 in_policy = "quorum"         # ack policy of in.ce.BTCUSDT
@@ -53,8 +64,27 @@ out_policy = "first"         # ack policy of out.ce.BTCUSDT (none: not replicate
 hot = 2
 warm = 1
 snapshot_every = 100000
+mark_start = "50000"         # the simulated mark price starts here (USDT)
+
+[[symbol]]
+name = "ETHUSDT"
+symbol_id = 2
+tick_size = "0.05"
+lot_size = "0.01"
+mark_start = "3000"
+
+[trading]
+shards = 2                   # TradingEngine shards: in.te.N / out.te.N, accounts by account % shards
+hot = 2
+warm = 1
+oracle = "simulated"         # a seeded random walk of the mark price (no real feed): "off" for none
+oracle_interval_ms = 1000
+oracle_seed = 1
+gateway = true               # the client gateway (PROTOCOL.md over TCP)
+demo_accounts = true         # users alice and bob with deposits, created on first start
 """
 
+PPM_MAX = 1_000_000
 MAX_ORDERS = 10_000_000                 # the CrossEngine's default order pool
 MAX_QTY_LOTS = (1 << 62) // MAX_ORDERS - 1  # the engine needs max_orders * max_qty < 2**62
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -81,6 +111,7 @@ class Topology:
     data_dir: str
     procs: list[ProcSpec]
     symbols: dict[str, dict]
+    trading: dict | None = None   # shards, gateway address, instruments (None: no order path)
 
     def by_name(self, name: str) -> ProcSpec:
         return next(p for p in self.procs if p.name == name)
@@ -97,12 +128,14 @@ class Topology:
 
     def to_json(self) -> str:
         return json.dumps({"data_dir": self.data_dir, "symbols": self.symbols,
+                           "trading": self.trading,
                            "procs": [p.__dict__ for p in self.procs]}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Topology:
         d = json.loads(text)
-        return cls(d["data_dir"], [ProcSpec(**p) for p in d["procs"]], d["symbols"])
+        return cls(d["data_dir"], [ProcSpec(**p) for p in d["procs"]], d["symbols"],
+                   d.get("trading"))
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -219,7 +252,7 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
     ck = _Checker(path, text)
     if not isinstance(conf, dict):
         raise TopologyError(f"{path}: not a TOML table")
-    ck.known("", None, conf, {"cluster", "hosts", "replicator", "symbol"})
+    ck.known("", None, conf, {"cluster", "hosts", "replicator", "symbol", "trading"})
     out: dict = {}
 
     cluster = conf.get("cluster", {})
@@ -285,7 +318,7 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
     for i, s in enumerate(syms):
         ck.known("symbol", i, s, {"name", "symbol_id", "tick_size", "lot_size", "min_qty",
                                   "max_qty", "in_policy", "out_policy", "hot", "warm",
-                                  "snapshot_every", "host"})
+                                  "snapshot_every", "host", *SPEC_KEYS})
         name = ck.name("symbol", i, s)
         if name in sym_names:
             ck.fail("symbol", i, "name", f"{name!r} is used twice")
@@ -314,6 +347,21 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
             "snapshot_every": ck.integer("symbol", i, s, "snapshot_every", 100_000, 1,
                                          1 << 40),
             "host": ck.host("symbol", i, s, hosts)})
+    trading = conf.get("trading")
+    out["trading"] = None
+    if trading is not None:
+        if not isinstance(trading, dict):
+            ck.fail("", None, "trading", "must be a table [trading]")
+            trading = {}
+        out["trading"] = t = _trading(ck, trading, hosts)
+        n_ports += t["shards"] * (4 + t["hot"] + t["warm"]) + 2 * t["gateway"] \
+            + (t["oracle"] != "off")
+        if not out["symbols"]:
+            ck.fail("trading", None, "", "a [trading] table needs at least one [[symbol]]")
+        for i, (s, sym) in enumerate(zip(syms, out["symbols"], strict=True)):
+            sym["spec"] = _contract(ck, i, s, sym)
+        if len(out["symbols"]) > 64 and not ck.problems:
+            ck.fail("trading", None, "", "at most 64 symbols trade (one route bit each)")
     last_port = out["base_port"] + n_ports - 1
     if not ck.problems and last_port > 65535:
         ck.fail("cluster", None, "base_port" if base_port is None else "",
@@ -326,6 +374,148 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
         raise TopologyError(ck.problems[0] + (f" (and {more} more problem"
                                               f"{'s' if more > 1 else ''})" if more else ""))
     return out
+
+
+SPEC_KEYS = {"max_leverage", "tiers", "maker_fee_ppm", "taker_fee_ppm", "funding_interval_s",
+             "funding_cap_ppm", "band_ppm", "max_price", "mark_start"}
+TRADING_KEYS = {"shards", "hot", "warm", "in_policy", "out_policy", "snapshot_every", "host",
+                "oracle", "oracle_interval_ms", "oracle_seed", "oracle_step_ppm", "gateway",
+                "max_depth", "demo_accounts"}
+# Risk tiers by default (limits in the quote currency): 100x to 1M, 50x to 10M, 20x to 100M.
+DEFAULT_TIERS = [{"limit": "1000000", "mmr_ppm": 5_000, "max_leverage": 100},
+                 {"limit": "10000000", "mmr_ppm": 10_000, "max_leverage": 50},
+                 {"limit": "100000000", "mmr_ppm": 25_000, "max_leverage": 20}]
+MINOR = Decimal(10) ** 8        # minor units (and PROTOCOL.md mantissas) per unit
+SRC_CE_OUT = 0x7000_0000        # | symbol_id: out.ce.SYM into in.te.N
+SRC_ORACLE = 0x7100_0000        # | i: mark-price oracle i into every in.te.N
+SRC_GATEWAY = 0x7200_0000       # | g: gateway g into every in.te.N
+SRC_TE_OUT = 0x7300_0000        # | N: out.te.N into every in.ce.SYM
+
+
+def _scaled(v: str) -> Decimal:
+    return Decimal(v) * MINOR
+
+
+def _contract(ck: _Checker, i: int, s: dict, sym: dict) -> dict:
+    """The TradingEngine's ContractSpec of a symbol, as spec_from_dict takes it (integers:
+    ticks, lots, minor units, ppm, leverage x100)."""
+    lev = ck.integer("symbol", i, s, "max_leverage", 100, 1, 10_000)
+    maker = ck.integer("symbol", i, s, "maker_fee_ppm", 200, -PPM_MAX, PPM_MAX)
+    taker = ck.integer("symbol", i, s, "taker_fee_ppm", 550, 0, PPM_MAX)
+    if taker + maker < 0:
+        ck.fail("symbol", i, "maker_fee_ppm", f"a rebate ({maker}) larger than the taker fee "
+                                              f"({taker}) would let trades drain the pool")
+    interval = ck.integer("symbol", i, s, "funding_interval_s", 8 * 3600, 1, 366 * 86400)
+    cap = ck.integer("symbol", i, s, "funding_cap_ppm", 7_500, 0, PPM_MAX)
+    band = ck.integer("symbol", i, s, "band_ppm", 50_000, 1, PPM_MAX - 1)
+    tick, lot = Decimal(sym["tick_size"]), Decimal(sym["lot_size"])
+    value = tick * lot * MINOR
+    for key, v in (("tick_size", tick), ("lot_size", lot)):
+        if v * MINOR != (v * MINOR).to_integral():
+            ck.fail("symbol", i, key, f"a traded symbol's {key} has at most 8 decimal places, "
+                                      f"got {sym[key]}")
+    if value != value.to_integral() or value < 1:
+        ck.fail("symbol", i, "lot_size", f"tick_size x lot_size must be a whole number of "
+                                         f"1e-8 USDT, got {tick * lot}")
+        value = Decimal(1)
+    value_i = int(value)
+    # An order's value (max_qty * max_price * value) must stay inside int64 (margin.py).
+    limit = (1 << 62) - 1
+    default_max = min(1_000_000_000, limit // (sym["max_qty"] * value_i))
+    max_price = s.get("max_price")
+    if max_price is None:
+        max_ticks = default_max
+    else:
+        text = ck.decimal("symbol", i, s, "max_price", "1")
+        ticks = Decimal(text) / tick
+        max_ticks = int(ticks) if ticks == ticks.to_integral() else 0
+        if max_ticks < 1:
+            ck.fail("symbol", i, "max_price", f"must be a whole number of ticks ({tick}), got "
+                                              f"{max_price!r}")
+            max_ticks = 1
+        elif sym["max_qty"] * max_ticks * value_i > limit:
+            ck.fail("symbol", i, "max_price", f"max_qty x max_price is too large a value "
+                                              f"(at most {default_max * tick} here)")
+    start = Decimal(ck.decimal("symbol", i, s, "mark_start", str(min(100, max_ticks) * tick)))
+    start_ticks = start / tick
+    if start_ticks != start_ticks.to_integral() or not 1 <= start_ticks <= max_ticks:
+        ck.fail("symbol", i, "mark_start", f"must be a whole number of ticks ({tick}) below "
+                                           f"max_price, got {s.get('mark_start')!r}")
+        start_ticks = Decimal(1)
+    tiers_in = s.get("tiers", DEFAULT_TIERS)
+    tiers: list[dict] = []
+    if not isinstance(tiers_in, list) or not tiers_in \
+            or not all(isinstance(t, dict) for t in tiers_in):
+        ck.fail("symbol", i, "tiers", "must be a list of tables like {limit = \"1000000\", "
+                                      "mmr_ppm = 5000, max_leverage = 100}")
+        tiers_in = DEFAULT_TIERS
+    last_limit, last_mmr, mm_amount = 0, 0, 0
+    for t in tiers_in:
+        bad = set(t) - {"limit", "mmr_ppm", "max_leverage"}
+        if bad:
+            ck.fail("symbol", i, "tiers", f"unknown key {sorted(bad)[0]!r} in a tier (known: "
+                                          f"limit, mmr_ppm, max_leverage)")
+            continue
+        lim_text = ck.decimal("symbol", i, t, "limit", "1")
+        lim = _scaled(lim_text)
+        mmr = ck.integer("symbol", i, t, "mmr_ppm", 5_000, 1, PPM_MAX - 1)
+        tlev = ck.integer("symbol", i, t, "max_leverage", lev, 1, lev)
+        if lim != lim.to_integral() or int(lim) <= last_limit or int(lim) >= 1 << 62:
+            ck.fail("symbol", i, "tiers", f"tier limits must ascend, in 1e-8 steps, below "
+                                          f"4.6e10; got {lim_text}")
+            continue
+        if PPM_MAX * 100 // (tlev * 100) <= mmr:
+            ck.fail("symbol", i, "tiers", f"a tier's initial margin (1/{tlev}) must exceed "
+                                          f"its maintenance rate ({mmr} ppm)")
+            continue
+        # Continuous maintenance margin at each edge: value*mmr_new - a_new = value*mmr_old - a_old.
+        mm_amount += last_limit * (mmr - last_mmr) // PPM_MAX if tiers else 0
+        tiers.append({"limit": int(lim), "mmr_ppm": mmr, "mm_amount": mm_amount,
+                      "max_leverage_x100": tlev * 100})
+        last_limit, last_mmr = int(lim), mmr
+    spec = {"symbol": sym["symbol_id"], "value": value_i, "max_leverage_x100": lev * 100,
+            "tiers": tiers, "maker_fee_ppm": maker, "taker_fee_ppm": taker,
+            "funding_interval_ns": interval * 1_000_000_000, "band_ppm": band,
+            "funding_cap_ppm": cap, "max_qty": sym["max_qty"], "max_price": max_ticks,
+            "tick": int(tick * MINOR) or 1, "lot": int(lot * MINOR) or 1}
+    if not ck.problems:
+        try:
+            from tradingengine.engine import spec_from_dict
+            spec_from_dict(spec)
+        except (ValueError, TypeError) as exc:
+            ck.fail("symbol", i, "", f"not a valid contract: {exc}")
+    spec["mark_start_ticks"] = int(start_ticks)
+    return spec
+
+
+def _trading(ck: _Checker, t: dict, hosts: dict) -> dict:
+    ck.known("trading", None, t, TRADING_KEYS)
+    gateway = t.get("gateway", True)
+    if not isinstance(gateway, bool):
+        ck.fail("trading", None, "gateway", f"must be true or false, got {gateway!r}")
+        gateway = True
+    demo = t.get("demo_accounts", False)
+    if not isinstance(demo, bool):
+        ck.fail("trading", None, "demo_accounts", f"must be true or false, got {demo!r}")
+        demo = False
+    return {
+        "shards": ck.integer("trading", None, t, "shards", 2, 1, 64),
+        "hot": ck.integer("trading", None, t, "hot", 2, 1, 16),
+        "warm": ck.integer("trading", None, t, "warm", 1, 0, 16),
+        "in_policy": ck.choice("trading", None, t, "in_policy", "quorum",
+                               ("first", "quorum", "all")),
+        "out_policy": ck.choice("trading", None, t, "out_policy", "first",
+                                ("none", "first", "quorum", "all")),
+        "snapshot_every": ck.integer("trading", None, t, "snapshot_every", 100_000, 1, 1 << 40),
+        "host": ck.host("trading", 0, t, hosts),
+        "oracle": ck.choice("trading", None, t, "oracle", "simulated", ("simulated", "off")),
+        "oracle_interval_ms": ck.integer("trading", None, t, "oracle_interval_ms", 1000, 10,
+                                         3_600_000),
+        "oracle_seed": ck.integer("trading", None, t, "oracle_seed", 1, 0, (1 << 63) - 1),
+        "oracle_step_ppm": ck.integer("trading", None, t, "oracle_step_ppm", 500, 0, 100_000),
+        "gateway": gateway,
+        "max_depth": ck.integer("trading", None, t, "max_depth", 10_000, 1, 1 << 30),
+        "demo_accounts": demo}
 
 
 def load(path: str | None = None, data_dir: str | None = None,
@@ -413,4 +603,101 @@ def plan(conf: dict, data_dir: str | None = None, base_port: int | None = None) 
                         "out_pub": m_pub, "engine": engine, "symbol_id": s["symbol_id"],
                         "tick_size": s["tick_size"], "lot_size": s["lot_size"],
                         "min_qty": s["min_qty"], "max_qty": s["max_qty"]}
-    return Topology(root, procs, symbols)
+    topo = Topology(root, procs, symbols)
+    if conf.get("trading"):
+        _plan_trading(conf, topo, addr, rep_addrs, cores, core_i)
+    return topo
+
+
+def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores: list[int],
+                  core_i: int) -> None:
+    """The order path (docs/order-path.md): TradingEngine shards, the gateway, the oracle; and
+    the upstreams of every in.ce.SYM on the out.te.N streams."""
+    t = conf["trading"]
+    host, root, n_shards = t["host"], topo.data_dir, t["shards"]
+    rep_args = sum((["--replicator", a] for a in rep_addrs), [])
+    reps = "|".join(rep_addrs)
+    specs = [s["spec"] for s in conf["symbols"]]
+    engine_specs = [{k: v for k, v in sp.items() if k != "mark_start_ticks"} for sp in specs]
+    ce_sources = {str(SRC_CE_OUT | s["symbol_id"]): s["symbol_id"] for s in conf["symbols"]}
+    oracle_sources = [SRC_ORACLE] if t["oracle"] != "off" else []
+    gateway_sources = [SRC_GATEWAY] if t["gateway"] else []
+    te_sources = [SRC_TE_OUT | n for n in range(n_shards)]
+    shards = []
+    for n in range(n_shards):
+        in_stream, out_stream = f"in.te.{n}", f"out.te.{n}"
+        prod, pub = addr(host), addr(host)
+        ups = []
+        for sym, st in topo.symbols.items():
+            ups += ["--upstream", f"stream={st['out']},source={SRC_CE_OUT | st['symbol_id']},"
+                                  f"pub={st['out_pub']},replicators={reps},route={1 << n:#x}"]
+        topo.procs.append(ProcSpec(f"sequencer.te{n}", "sequencer", host, [
+            "sequencer", "--stream", in_stream, "--producers", prod, "--pub", pub,
+            "--policy", t["in_policy"], "--tick-ms", str(conf["tick_ms"]), *rep_args, *ups],
+            prod, in_stream))
+        m_in, m_pub = addr(host), addr(host)
+        topo.procs.append(ProcSpec(f"mirror.te{n}", "mirror", host, [
+            "mirror", "--stream", out_stream, "--inputs", m_in, "--pub", m_pub,
+            "--policy", t["out_policy"], *(rep_args if t["out_policy"] != "none" else [])],
+            m_in, out_stream))
+        engine = {"specs": engine_specs, "shard": n, "n_shards": n_shards,
+                  "ce_sources": ce_sources, "oracle_sources": oracle_sources,
+                  "gateway_sources": gateway_sources}
+        snaps = os.path.join(root, "snapshots", f"te{n}")
+        names = [f"hot{i}" for i in range(t["hot"])] + [f"warm{i}" for i in range(t["warm"])]
+        shared = "warm0" if t["warm"] else "hot0"
+        for name in names:
+            control = addr(host)
+            role = "hot" if name.startswith("hot") else "warm"
+            topo.procs.append(ProcSpec(f"te{n}.{name}", f"replica-{role}", host, [
+                "replica", "--name", f"te{n}.{name}", "--engine", "tradingengine",
+                "--engine-config", json.dumps(engine), "--stream", in_stream, "--pub", pub,
+                *rep_args, "--control", control, "--role", role, "--mirror", m_in,
+                "--snapshots", os.path.join(snaps, name), "--shared-snapshots",
+                os.path.join(snaps, shared), "--snapshot-every", str(t["snapshot_every"])],
+                control, in_stream, cores[core_i % len(cores)]))
+            core_i += 1
+        shards.append({"shard": n, "in": in_stream, "out": out_stream, "producers": prod,
+                       "pub": pub, "out_pub": m_pub, "replicators": list(rep_addrs)})
+    # Each CrossEngine takes the commands of every shard for its symbol, and is told the shards.
+    for s in conf["symbols"]:
+        st = topo.symbols[s["name"]]
+        st["engine"].update(te_sources=te_sources, n_shards=n_shards)
+        seq = topo.by_name(f"sequencer.{s['name']}")
+        for sh in shards:
+            seq.args += ["--upstream", f"stream={sh['out']},source={SRC_TE_OUT | sh['shard']},"
+                                       f"pub={sh['out_pub']},replicators={reps},"
+                                       f"route={1 << (s['symbol_id'] % 64):#x}"]
+        for p in topo.procs:
+            if p.role.startswith("replica-") and p.stream == st["in"]:
+                i = p.args.index("--engine-config") + 1
+                p.args[i] = json.dumps(st["engine"])
+        st["spec"] = s["spec"]
+    instruments = [{"symbol": s["name"], "security_id": s["symbol_id"],
+                    "tick": s["tick_size"], "lot": s["lot_size"]} for s in conf["symbols"]]
+    trading: dict = {"shards": shards, "n_shards": n_shards, "instruments": instruments}
+    if t["gateway"]:
+        listen, control = addr(host), addr(host)
+        gconf = {"index": 0, "source": SRC_GATEWAY, "listen": listen[len("tcp://"):],
+                 "control": control, "accounts": os.path.join(root, "accounts.json"),
+                 "n_shards": n_shards, "shards": shards, "instruments": instruments,
+                 "max_depth": t["max_depth"]}
+        topo.procs.append(ProcSpec("gateway0", "gateway", host,
+                                   ["gateway", "--config", json.dumps(gconf)], control,
+                                   extra={"sources": [SRC_GATEWAY], "listen": listen}))
+        trading["gateway"] = listen[len("tcp://"):]
+        trading["accounts"] = gconf["accounts"]
+    if t["oracle"] != "off":
+        control = addr(host)
+        oconf = {"index": 0, "source": SRC_ORACLE, "control": control,
+                 "interval_ms": t["oracle_interval_ms"], "seed": t["oracle_seed"],
+                 "step_ppm": t["oracle_step_ppm"],
+                 "shards": [{"in": sh["in"], "producers": sh["producers"]} for sh in shards],
+                 "symbols": [{"symbol": s["name"], "symbol_id": s["symbol_id"],
+                              "start_ticks": s["spec"]["mark_start_ticks"],
+                              "max_ticks": s["spec"]["max_price"]} for s in conf["symbols"]]}
+        topo.procs.append(ProcSpec("oracle0", "oracle", host,
+                                   ["oracle", "--config", json.dumps(oconf)], control,
+                                   extra={"sources": [SRC_ORACLE]}))
+    trading["demo_accounts"] = t["demo_accounts"]
+    topo.trading = trading

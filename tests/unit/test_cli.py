@@ -200,7 +200,10 @@ def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_p
 
     from deploy import topology
     from mq import control
-    topo = topology.load(None, str(tmp_path), 9100)
+    # a topology of the CrossEngine alone (the default's CrossEngines also take out.te.N)
+    (tmp_path / "t.toml").write_text('[[replicator]]\nname = "replicator0"\n[[replicator]]\n'
+                                     'name = "replicator1"\n[[symbol]]\nname = "BTCUSDT"\n')
+    topo = topology.load(str(tmp_path / "t.toml"), str(tmp_path), 9100)
     state = json_.loads(topo.to_json())
     state["supervisor"] = os_.getpid()
     (tmp_path / "seqex.json").write_text(json_.dumps(state))

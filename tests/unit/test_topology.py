@@ -24,8 +24,12 @@ def error(tmp_path, text: str, **kw) -> str:
 REP = '[[replicator]]\nname = "r0"\n'
 
 
-def test_the_default_topology_plans_seven_processes_on_consecutive_ports():
-    topo = topology.load()
+CE_ONLY = REP.replace("r0", "replicator0") + '[[replicator]]\nname = "replicator1"\n' \
+    '[[symbol]]\nname = "BTCUSDT"\n'
+
+
+def test_a_topology_without_trading_plans_the_crossengine_only(tmp_path):
+    topo = load_text(tmp_path, CE_ONLY)
     assert [p.name for p in topo.procs] == [
         "replicator0", "replicator1", "sequencer.BTCUSDT", "mirror.BTCUSDT",
         "ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1", "ce.BTCUSDT.warm0"]
@@ -35,6 +39,8 @@ def test_the_default_topology_plans_seven_processes_on_consecutive_ports():
     assert sym["engine"] == {"symbol_id": 1, "tick_size": 1, "min_qty": 1, "max_qty": 1_000_000}
     assert topo.symbol_of_stream("out.ce.BTCUSDT") is sym
     assert topo.symbol_of_stream("in.ce.NOPE") is None
+    assert topo.trading is None
+    assert "--upstream" not in topo.by_name("sequencer.BTCUSDT").args
 
 
 @pytest.mark.parametrize("text, want", [

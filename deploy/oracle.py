@@ -1,0 +1,247 @@
+"""`seqex oracle --config JSON`: a SIMULATED mark-price source (a seeded random walk), no feed.
+
+It stands in for an index-price service so that a demo cluster has mark prices: margin,
+unrealised PnL, liquidation and the price band of the TradingEngine all need one. It is
+labelled as what it is everywhere it shows: its log's first line and its status (PING) say
+"simulated random walk".
+
+Contract:
+* One producer per in.te.N, all with the source id ``0x7100_0000 | index`` (docs/order-path.md
+  §2: the TradingEngine takes MarkPrice only from its ``oracle_sources`` and the operator).
+* Every ``interval_ms`` it sends, into every shard, one MarkPrice record (kind 73, ``<Iq``:
+  symbol id, mark in ticks) per symbol; every shard gets the same marks in the same order.
+* The walk of a symbol starts at ``start_ticks`` and moves by a uniform step of at most
+  ``step_ppm`` of the price (at least one tick) each interval, held inside
+  [start / 2, start * 2] and [1, max_ticks]. It is seeded (``seed`` and the symbol id), so a
+  restart with the same configuration replays the same path from its start.
+* ``funding_every`` (optional, intervals; 0 = never): a FundingInputs record (kind 74,
+  ``<Iii`` symbol, premium index ppm, interest rate ppm) with a premium that follows the walk's
+  distance from its start (clamped to +-0.5 %) and interest ``interest_ppm`` (default 100).
+* A control endpoint answers PING (status) and STOP, as every seqex process does.
+
+Configuration (JSON): {"index", "source", "control", "interval_ms", "seed", "step_ppm",
+"shards": [{"in", "producers"}], "symbols": [{"symbol", "symbol_id", "start_ticks",
+"max_ticks"}], "funding_every", "interest_ppm"}.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import struct
+import time
+
+import zmq
+
+from mq import auth, sockets, wire
+from mq.producer import Producer, Refused
+
+log = logging.getLogger("seqex.oracle")
+
+LABEL = "simulated random walk"
+MARK_PRICE = 73          # tradingengine/codec.py MARK_PRICE (deploy/ may import it; a test checks)
+FUNDING_INPUTS = 74
+MARK_PRICE_S = struct.Struct("<Iq")
+FUNDING_INPUTS_S = struct.Struct("<Iii")
+SRC_ORACLE = 0x7100_0000
+PREMIUM_CAP_PPM = 5_000
+
+
+class ConfigError(ValueError):
+    """The oracle's configuration is unusable; the message names the key."""
+
+
+class Walk:
+    """A seeded, bounded random walk of one symbol's mark, in ticks (integers only)."""
+
+    def __init__(self, symbol_id: int, start_ticks: int, max_ticks: int, step_ppm: int,
+                 seed: int):
+        self.symbol_id = symbol_id
+        self.start = start_ticks
+        self.lo = max(1, start_ticks // 2)
+        self.hi = min(max_ticks, start_ticks * 2)
+        self.step_ppm = step_ppm
+        self.price = start_ticks
+        self.rng = random.Random(seed * 1_000_003 + symbol_id)
+
+    def step(self) -> int:
+        size = max(1, self.price * self.step_ppm // 1_000_000) if self.step_ppm else 0
+        self.price = min(self.hi, max(self.lo, self.price + self.rng.randint(-size, size)))
+        return self.price
+
+    def premium_ppm(self) -> int:
+        p = (self.price - self.start) * 1_000_000 // self.start
+        return max(-PREMIUM_CAP_PPM, min(PREMIUM_CAP_PPM, p))
+
+
+def parse_config(text: str) -> dict:
+    try:
+        c = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--config is not JSON: {exc}") from None
+    if not isinstance(c, dict):
+        raise ConfigError("--config must be a JSON object")
+
+    def need(d: dict, key: str, kind: type, where: str = "") -> object:
+        v = d.get(key)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ConfigError(f"--config: {where}{key} must be a {kind.__name__}, got {v!r}")
+        return v
+
+    c.setdefault("index", 0)
+    c.setdefault("source", SRC_ORACLE | need(c, "index", int))
+    c.setdefault("interval_ms", 1000)
+    c.setdefault("seed", 1)
+    c.setdefault("step_ppm", 500)
+    c.setdefault("funding_every", 0)
+    c.setdefault("interest_ppm", 100)
+    for key in ("source", "interval_ms", "seed", "step_ppm", "funding_every", "interest_ppm"):
+        need(c, key, int)
+    need(c, "control", str)
+    if not 0 < c["source"] < 0xFFFF_0000:
+        raise ConfigError(f"--config: source {c['source']} is not a producer's source id")
+    if not 10 <= c["interval_ms"] <= 3_600_000:
+        raise ConfigError(f"--config: interval_ms must be in 10 .. 3600000, got "
+                          f"{c['interval_ms']}")
+    if not 0 <= c["step_ppm"] <= 100_000:
+        raise ConfigError(f"--config: step_ppm must be in 0 .. 100000, got {c['step_ppm']}")
+    shards = need(c, "shards", list)
+    symbols = need(c, "symbols", list)
+    if not shards or not symbols:
+        raise ConfigError("--config: shards and symbols must not be empty")
+    for i, sh in enumerate(shards):
+        if not isinstance(sh, dict):
+            raise ConfigError(f"--config: shards[{i}] must be an object")
+        need(sh, "in", str, f"shards[{i}].")
+        need(sh, "producers", str, f"shards[{i}].")
+    for i, s in enumerate(symbols):
+        if not isinstance(s, dict):
+            raise ConfigError(f"--config: symbols[{i}] must be an object")
+        for key in ("symbol_id", "start_ticks"):
+            need(s, key, int, f"symbols[{i}].")
+        s.setdefault("max_ticks", 1 << 62)
+        s.setdefault("symbol", f"#{s['symbol_id']}")
+        if not 0 < s["symbol_id"] < 1 << 32 or not 1 <= s["start_ticks"] <= s["max_ticks"]:
+            raise ConfigError(f"--config: symbols[{i}]: symbol_id in 1 .. 2**32-1 and "
+                              f"1 <= start_ticks <= max_ticks")
+    return c
+
+
+def marks(walks: list[Walk]) -> list[tuple[int, bytes]]:
+    """One interval's MarkPrice records (kind, payload), the walks stepped once."""
+    return [(MARK_PRICE, MARK_PRICE_S.pack(w.symbol_id, w.step())) for w in walks]
+
+
+class Oracle:
+    def __init__(self, conf: dict):
+        self.conf = conf
+        self.walks = [Walk(s["symbol_id"], s["start_ticks"], s["max_ticks"], conf["step_ppm"],
+                           conf["seed"]) for s in conf["symbols"]]
+        self.names = {s["symbol_id"]: s["symbol"] for s in conf["symbols"]}
+        self.producers = [Producer(conf["source"], sh["producers"]) for sh in conf["shards"]]
+        self.streams = [sh["in"] for sh in conf["shards"]]
+        self.control = sockets.router(conf["control"])
+        self.running = True
+        self.sent = 0
+        self.intervals = 0
+        self.refused = 0
+        self.started = time.monotonic()
+
+    def status(self) -> dict:
+        return {"role": "oracle", "state": LABEL, "source_kind": LABEL,
+                "source": self.conf["source"], "streams": self.streams, "sent": self.sent,
+                "intervals": self.intervals, "refused": self.refused,
+                "rate": round(self.sent / max(1e-9, time.monotonic() - self.started)),
+                "marks": {self.names[w.symbol_id]: w.price for w in self.walks},
+                "connected": [p.next_ss is not None for p in self.producers]}
+
+    def tick(self) -> None:
+        """One interval: step every walk; the same records go to every shard."""
+        self.intervals += 1
+        records = marks(self.walks)
+        every = self.conf["funding_every"]
+        if every and self.intervals % every == 0:
+            records += [(FUNDING_INPUTS, FUNDING_INPUTS_S.pack(
+                w.symbol_id, w.premium_ppm(), self.conf["interest_ppm"])) for w in self.walks]
+        for prod, stream in zip(self.producers, self.streams, strict=True):
+            if prod.next_ss is None:
+                try:
+                    prod.connect(0.2)
+                except TimeoutError:
+                    log.info("%s not reachable yet; its marks of this interval are skipped",
+                             stream)
+                    continue
+            try:
+                prod.submit_many(records, block_s=0.0)
+                self.sent += len(records)
+            except Refused as exc:
+                self.refused += 1
+                log.warning("%s refused the marks: %s", stream, exc)
+            except Exception as exc:   # Backpressure: the shard is behind; skip, never queue
+                log.warning("%s: %s; this interval's marks are skipped", stream, exc)
+
+    def serve_control(self) -> None:
+        while True:
+            try:
+                peer, msg = auth.recv_multipart(self.control, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(msg) < 3:
+                continue
+            ident, kind = msg[0], msg[1]
+            if kind == wire.STOP:
+                reason = auth.operator_refusal(peer)
+                if reason is not None:
+                    self.control.send_multipart([ident, wire.ERROR, wire.pack(
+                        auth.refused_body(reason, "oracle: STOP"))])
+                    continue
+                self.running = False
+                body = {"stopping": True}
+            elif kind == wire.PING:
+                body = self.status()
+            else:
+                body = {"error": f"unknown message kind {kind[:32]!r}"}
+            self.control.send_multipart([ident, wire.PONG, wire.pack(body)])
+
+    def serve(self) -> None:
+        interval = self.conf["interval_ms"] / 1000
+        due = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        while self.running:
+            now = time.monotonic()
+            if now >= due:
+                self.tick()
+                due += interval
+                if due < now:            # a long stall: do not send a burst to catch up
+                    due = now + interval
+            for prod in self.producers:
+                if prod.next_ss is not None:
+                    try:
+                        prod.poll(0)
+                    except Refused as exc:
+                        self.refused += 1
+                        log.warning("refused: %s", exc)
+            poller.poll(max(1, min(100, int((due - time.monotonic()) * 1000))))
+            self.serve_control()
+
+    def close(self) -> None:
+        for p in self.producers:
+            p.close()
+        self.control.close(0)
+
+
+def main(config_text: str) -> None:
+    conf = parse_config(config_text)
+    oracle = Oracle(conf)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(oracle, "running", False))
+    signal.signal(signal.SIGINT, lambda *_: setattr(oracle, "running", False))
+    names = ", ".join(f"{s['symbol']} from {s['start_ticks']} ticks" for s in conf["symbols"])
+    print(f"oracle ready: SIMULATED mark prices ({LABEL}, seed {conf['seed']}), not a real "
+          f"feed: {names}, every {conf['interval_ms']} ms into "
+          f"{', '.join(oracle.streams)} as source {conf['source']:#x}", flush=True)
+    try:
+        oracle.serve()
+    finally:
+        oracle.close()

@@ -1,0 +1,267 @@
+"""`seqex client`: trade through the gateway from a terminal, as a person reads it.
+
+    seqex client --user alice buy BTCUSDT 0.01 @ 50000
+    seqex client --user alice sell ETHUSDT 0.5            (no price: a market order)
+    seqex client --user alice amend BTCUSDT 3 0.02 @ 49990 (order 3: the number shown as [order 3])
+    seqex client --user alice cancel BTCUSDT 3
+    seqex client --user alice cancel-all [SYMBOL]
+    seqex client --user alice watch                        (reports as they come; Ctrl-C ends)
+
+Each invocation logs on to the gateway (the running cluster's, from ``<data>/seqex.json``, or
+``--gateway HOST:PORT``), resuming the user's one session, whose state (gateway/client.py) is
+kept in ``<data>/clients/<user>.session.json``: consecutive invocations are one session, so
+the reports of earlier orders that arrived meanwhile (fills of a resting order) are printed
+too, each exactly once. The orders this user entered from here (symbol and side, for amend
+and cancel) are in ``<data>/clients/<user>.orders.json``. Prices and quantities are in the
+contract's units (USDT, the base asset), never ticks or lots.
+
+Password: ``--password``, else ``SEQEX_PASSWORD``, else the demo password `seqex up` printed
+for alice and bob (``<data>/demo-users.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import json
+import os
+import time
+
+from gateway import client as sdk
+
+
+class TraderError(ValueError):
+    """Bad input or an unusable setup: one line, exit status 2."""
+
+
+def register(sub) -> None:
+    s = sub.add_parser("client", help="trade through the gateway: buy, sell, amend, cancel, "
+                                      "watch")
+    s.add_argument("--user", required=True, help="a user of the accounts file (demo: alice, "
+                                                 "bob)")
+    s.add_argument("--password", help="default: $SEQEX_PASSWORD, else the demo password")
+    s.add_argument("--gateway", help="HOST:PORT (default: the running cluster's)")
+    s.add_argument("--data", default="seqex-data")
+    s.add_argument("--wait", type=float, default=None,
+                   help="seconds to wait for reports (default 5; watch: until Ctrl-C)")
+    s.add_argument("--account", type=int, default=0, help="account (default: the user's "
+                                                          "default account)")
+    s.add_argument("--tif", default="gtc", choices=["gtc", "ioc", "fok", "day"])
+    s.add_argument("--post-only", action="store_true")
+    s.add_argument("--side", choices=["buy", "sell"], help="amend/cancel of an order not "
+                                                           "entered from here")
+    s.add_argument("action", choices=["buy", "sell", "amend", "cancel", "cancel-all", "watch"])
+    s.add_argument("words", nargs="*", help="SYMBOL QTY [@ PRICE] | SYMBOL ORDER QTY @ PRICE "
+                                            "| SYMBOL ORDER | [SYMBOL]")
+
+
+def _price(words: list[str], what: str) -> str | None:
+    """[] -> None (market); ["@", "100"], ["100"], ["@100"] -> "100"."""
+    text = " ".join(words).replace("@", " ").split()
+    if not text:
+        return None
+    if len(text) > 1:
+        raise TraderError(f"{what}: expected QTY [@ PRICE], got extra words {' '.join(text[1:])!r}")
+    return text[0]
+
+
+def parse_action(a: argparse.Namespace) -> dict:
+    w = list(a.words)
+    act = a.action
+    usage = {"buy": "buy SYMBOL QTY [@ PRICE]", "sell": "sell SYMBOL QTY [@ PRICE]",
+             "amend": "amend SYMBOL ORDER QTY @ PRICE", "cancel": "cancel SYMBOL ORDER",
+             "cancel-all": "cancel-all [SYMBOL]", "watch": "watch"}[act]
+    try:
+        if act in ("buy", "sell"):
+            if len(w) < 2:
+                raise IndexError
+            return {"symbol": w[0].upper(), "qty": w[1], "price": _price(w[2:], usage)}
+        if act == "amend":
+            price = _price(w[3:], usage)
+            if len(w) < 4 or price is None:
+                raise IndexError
+            return {"symbol": w[0].upper(), "order": _order(w[1]), "qty": w[2], "price": price}
+        if act == "cancel":
+            if len(w) != 2:
+                raise IndexError
+            return {"symbol": w[0].upper(), "order": _order(w[1])}
+        if act == "cancel-all":
+            if len(w) > 1:
+                raise IndexError
+            return {"symbol": w[0].upper() if w else None}
+        if w:
+            raise IndexError
+        return {}
+    except IndexError:
+        raise TraderError(f"usage: seqex client --user NAME {usage}") from None
+
+
+def _order(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 1 << 64:
+        raise TraderError(f"order {text!r}: the number shown as [order N]")
+    return int(text)
+
+
+def _setup(a: argparse.Namespace) -> tuple[str, int, dict, str]:
+    """(host, port, instruments, state directory)."""
+    from deploy import topology
+    from deploy.supervisor import NotUp, read_state
+    trading = None
+    try:
+        topo, _pid = read_state(a.data)
+        trading = topo.trading
+    except NotUp:
+        if not a.gateway:
+            raise
+    if trading is None:
+        if not a.gateway:
+            raise TraderError(f"the cluster in {a.data} has no gateway (its topology has no "
+                              f"[trading] table)")
+        trading = topology.load().trading        # the default topology's instruments
+    addr = a.gateway or trading.get("gateway")
+    if not addr:
+        raise TraderError("the cluster runs no gateway; give --gateway HOST:PORT")
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TraderError(f"--gateway {addr!r}: HOST:PORT")
+    instruments = {i["symbol"]: (i["security_id"], i["tick"], i["lot"])
+                   for i in trading["instruments"]}
+    return host, int(port), instruments, os.path.join(os.path.abspath(a.data), "clients")
+
+
+def _password(a: argparse.Namespace) -> str:
+    if a.password:
+        return a.password
+    if os.environ.get("SEQEX_PASSWORD"):
+        return os.environ["SEQEX_PASSWORD"]
+    from deploy.trading import demo_passwords
+    pw = demo_passwords(a.data).get(a.user)
+    if pw is None:
+        raise TraderError(f"no password for {a.user}: give --password or set SEQEX_PASSWORD")
+    return pw
+
+
+def _lock(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise TraderError(f"another `seqex client` of this user is running (pid {holder}); "
+                          f"one session is one connection at a time") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def run(a: argparse.Namespace) -> int:
+    if not a.user or len(a.user.encode()) > 16:
+        raise TraderError(f"--user {a.user!r}: 1 to 16 bytes")
+    if a.wait is not None and not 0 <= a.wait <= 86_400:
+        raise TraderError(f"--wait {a.wait}: seconds in 0 .. 86400")
+    action = parse_action(a)
+    host, port, instruments, state_dir = _setup(a)
+    if "symbol" in action and action["symbol"] is not None \
+            and action["symbol"] not in instruments:
+        raise TraderError(f"unknown symbol {action['symbol']} (this cluster trades "
+                          f"{', '.join(sorted(instruments))})")
+    password = _password(a)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    base = os.path.join(state_dir, a.user)
+    lock = _lock(base + ".lock")
+    try:
+        return asyncio.run(_session(a, action, host, port, instruments, base, password))
+    finally:
+        os.close(lock)
+
+
+def _orders(base: str) -> dict:
+    try:
+        with open(base + ".orders.json", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_orders(base: str, orders: dict) -> None:
+    tmp = base + ".orders.json.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(orders, f)
+    os.replace(tmp, base + ".orders.json")
+
+
+async def _session(a, action: dict, host: str, port: int, instruments: dict, base: str,
+                   password: str) -> int:
+    c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
+                   reconnect=False, connect_timeout_s=10.0)
+    orders = _orders(base)
+    mine: int | None = None
+    try:
+        try:
+            await c.connect()
+        except ConnectionError:
+            raise TraderError(f"the gateway at {host}:{port} does not answer (`seqex status`)") \
+                from None
+        except sdk.SessionError as exc:
+            raise TraderError(str(exc)) from None
+        act = a.action
+        if act in ("buy", "sell"):
+            mine = await c.new_order(action["symbol"], act, action["qty"], action["price"],
+                                     a.tif, a.account, a.post_only)
+            orders[str(mine)] = {"symbol": action["symbol"], "side": act}
+            _save_orders(base, orders)
+        elif act in ("amend", "cancel"):
+            known = orders.get(str(action["order"]))
+            side = a.side or (known or {}).get("side")
+            if side is None:
+                raise TraderError(f"order {action['order']} was not entered from here; give "
+                                  f"--side buy|sell")
+            if act == "amend":
+                mine = await c.amend(action["symbol"], action["order"], side, action["qty"],
+                                     action["price"], a.tif)
+            else:
+                mine = await c.cancel(action["symbol"], action["order"], side)
+        elif act == "cancel-all":
+            mine = await c.mass_cancel(action["symbol"])
+        return await _print_reports(a, c, mine)
+    except ValueError as exc:   # a quantity or price off the contract's grid
+        raise TraderError(str(exc)) from None
+    finally:
+        await c.close()
+
+
+async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
+    watch = a.action == "watch"
+    wait_s = a.wait if a.wait is not None else (None if watch else 5.0)
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    settle_s = 0.5               # after our order's first report, its fills follow at once
+    answered_at = None
+    status = 0
+    if watch:
+        print(f"{a.user}: watching session {c.session_id} (Ctrl-C ends)", flush=True)
+    while True:
+        now = time.monotonic()
+        ends = [t for t in (deadline, None if answered_at is None else answered_at + settle_s)
+                if t is not None]
+        left = min(ends) - now if ends else None
+        if left is not None and left <= 0:
+            break
+        try:
+            r = await c.next_report(timeout_s=left)
+        except TimeoutError:
+            break
+        except sdk.SessionError as exc:
+            print(f"{a.user}: {exc}", flush=True)
+            return 1
+        print(sdk.describe(a.user, r, c.instruments), flush=True)
+        if mine is not None and (getattr(r, "cl_ord_id", None) == mine
+                                 or getattr(r, "ref_id", None) == mine):
+            answered_at = time.monotonic()
+            if getattr(r, "exec_type", "") == "rejected" or isinstance(
+                    r, sdk.BusinessReject | sdk.CancelReject):
+                status = 1
+    if mine is not None and answered_at is None:
+        print(f"{a.user}: request [order {mine}] sent; no answer within {wait_s:g} s (it "
+              f"stays in the session: the next `seqex client` shows it)", flush=True)
+    return status

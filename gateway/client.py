@@ -1,0 +1,750 @@
+"""The client SDK: an asyncio order-entry client of the gateway (PROTOCOL.md §4-§5).
+
+    specs = {"BTCUSDT": (1, "0.5", "0.001")}         # symbol -> (SecurityID, tick, lot)
+    async with Client("127.0.0.1", 7130, "alice", "secret", "alice.session.json", specs) as c:
+        cl_ord_id = await c.new_order("BTCUSDT", "buy", "0.010", "50000")
+        async for report in c.reports():              # typed, Decimal prices and quantities
+            print(report)
+
+Contract (PROTOCOL.md §5, the client's obligations):
+
+* **Persistence.** The session state (SessionID, the next own SeqNo, the unacknowledged outbox,
+  the last processed server SeqNo, the next ClOrdID) lives in one JSON file, written atomically
+  (temporary file, fsync, rename) *before* each send. A new Client object on the same file (a
+  restarted process) resumes the session: it logs on with those values.
+* **Logon = resume.** Logon(SessionID, NextExpectedSeqNo = last processed + 1, NextSeqNo).
+  LogonAck.NextExpectedSeqNo says which own messages were applied: the outbox drops them and
+  resends the rest unchanged, same SeqNo and ClOrdID, with the PossResend flag (Flags bit0).
+  Messages the caller sent while disconnected wait in the outbox and go out the same way.
+* **Exactly once to the caller.** Every sequenced server message (10, 200-203) is keyed by its
+  server SeqNo: one at or below the highest already received is a duplicate (a replay, PossDup)
+  and is dropped. A report counts as processed when the caller asks for the next one (or
+  calls ``processed()``); only processed numbers are persisted, so a crash of the caller
+  between receiving and handling a report gets it again on the next Logon.
+* **Liveness.** A Heartbeat goes out when nothing was sent for the client's interval; after
+  1.5 x the server's interval without input a TestRequest goes out, after one more interval
+  the connection is closed and the client reconnects with exponential backoff (0.1 s doubling
+  up to 5 s). LogonReject 1 (credentials), 3 (finalized), 5 (corrupt state) and 7 are final:
+  ``reports()`` raises SessionError. A Logout from the server is reported as a ``Logout``
+  object; reason 5 (end of session) is final too.
+* **Units.** Prices and quantities are Decimals in the contract's units; a price is sent as
+  PROTOCOL.md's 1e-8 mantissa and must be a whole number of the instrument's ticks, a quantity
+  a whole number of lots (ValueError otherwise, before anything is sent). Instrument specs come
+  from the caller (SecurityDefinition is market data, not order entry).
+* **ClOrdIDs** are 1, 2, 3 ... within a session (persisted, never reused).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from gateway import wire
+
+log = logging.getLogger("seqex.client")
+
+FINAL_REJECTS = {wire.LOGON_REJECT_BAD_CREDENTIALS: "bad credentials",
+                 wire.LOGON_REJECT_SESSION_FINALIZED: "the session is finalized",
+                 wire.LOGON_REJECT_SEQ_BEYOND: "the client's session state is ahead of the "
+                                               "server's (corrupt state file?)",
+                 wire.LOGON_REJECT_UNSUPPORTED_VERSION: "unsupported schema version",
+                 wire.LOGON_REJECT_HEARTBEAT_RANGE: "heartbeat interval out of range"}
+RETRY_REJECTS = {wire.LOGON_REJECT_SESSION_BOUND: "the session is bound to another connection",
+                 wire.LOGON_REJECT_NOT_OPEN: "the gateway is not open"}
+SIDES = {"buy": wire.SIDE_BUY, "sell": wire.SIDE_SELL}
+SIDE_NAMES = {wire.SIDE_BUY: "buy", wire.SIDE_SELL: "sell", wire.SIDE_BOTH: "both"}
+TIFS = {"gtc": wire.TIF_GTC, "ioc": wire.TIF_IOC, "fok": wire.TIF_FOK, "day": wire.TIF_DAY}
+TIF_NAMES = {v: k for k, v in TIFS.items()}
+EXEC_TYPES = {wire.EXEC_TYPE_NEW: "new", wire.EXEC_TYPE_CANCELED: "canceled",
+              wire.EXEC_TYPE_REPLACED: "replaced", wire.EXEC_TYPE_REJECTED: "rejected",
+              wire.EXEC_TYPE_EXPIRED: "expired", wire.EXEC_TYPE_TRADE: "trade",
+              wire.EXEC_TYPE_STATUS: "status"}
+ORD_STATUSES = {wire.ORD_STATUS_NEW: "new", wire.ORD_STATUS_PARTIALLY_FILLED: "partially filled",
+                wire.ORD_STATUS_FILLED: "filled", wire.ORD_STATUS_CANCELED: "canceled",
+                wire.ORD_STATUS_REJECTED: "rejected", wire.ORD_STATUS_EXPIRED: "expired"}
+SEQUENCED = (wire.NOT_APPLIED, wire.EXECUTION_REPORT, wire.ORDER_CANCEL_REJECT,
+             wire.ORDER_MASS_CANCEL_REPORT, wire.BUSINESS_REJECT)
+BACKOFF_FIRST_S, BACKOFF_CAP_S = 0.1, 5.0
+
+
+class SessionError(Exception):
+    """The session cannot go on (a final LogonReject or Logout); the message says why."""
+
+
+# -- instruments ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Instrument:
+    symbol: str
+    security_id: int
+    tick: Decimal      # price step, in the quote currency
+    lot: Decimal       # quantity step, in the base asset
+
+    @classmethod
+    def of(cls, symbol: str, spec: tuple) -> Instrument:
+        sid, tick, lot = spec
+        return cls(symbol, int(sid), Decimal(str(tick)), Decimal(str(lot)))
+
+    def price_mantissa(self, price: object) -> int:
+        """A price in the quote currency as the wire's 1e-8 mantissa; it must be on the tick."""
+        d = _decimal("price", price)
+        if d <= 0 or d % self.tick:
+            raise ValueError(f"{self.symbol}: price {price} is not a positive multiple of the "
+                             f"tick {self.tick}")
+        return wire.price_to_mantissa(d)
+
+    def lots(self, qty: object) -> int:
+        d = _decimal("quantity", qty)
+        if d <= 0 or d % self.lot:
+            raise ValueError(f"{self.symbol}: quantity {qty} is not a positive multiple of the "
+                             f"lot {self.lot}")
+        n = int(d / self.lot)
+        if n >= 1 << 63:
+            raise ValueError(f"{self.symbol}: quantity {qty} is too large")
+        return n
+
+    def qty(self, lots: int) -> Decimal:
+        return lots * self.lot
+
+    def price(self, mantissa: int) -> Decimal | None:
+        p = wire.mantissa_to_price(mantissa)
+        return None if p is None else p.quantize(self.tick) if p % self.tick == 0 else p
+
+
+def _decimal(name: str, v: object) -> Decimal:
+    if isinstance(v, float) or isinstance(v, bool):
+        raise ValueError(f"{name} {v!r}: give an int, str or Decimal, not a float")
+    try:
+        d = Decimal(str(v))
+    except InvalidOperation:
+        raise ValueError(f"{name} {v!r} is not a number") from None
+    if not d.is_finite():
+        raise ValueError(f"{name} {v!r} is not a number")
+    return d
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExecutionReport:
+    seq: int
+    transact_time_ns: int
+    cl_ord_id: int
+    orig_cl_ord_id: int | None
+    order_id: int | None
+    exec_id: int
+    symbol: str
+    security_id: int
+    account: int
+    exec_type: str            # new canceled replaced rejected expired trade status
+    ord_status: str           # new, partially filled, filled, canceled, rejected, expired
+    side: str                 # buy / sell
+    ord_type: str             # limit / market
+    tif: str
+    price: Decimal | None     # the order's limit (None: market)
+    qty: Decimal              # the order's quantity
+    last_px: Decimal | None   # this fill's price (trade only)
+    last_qty: Decimal
+    leaves_qty: Decimal
+    cum_qty: Decimal
+    reason: int               # OrdRejReason for rejected, project cancel code for canceled
+    liquidity: str | None     # maker / taker (trade only)
+    poss_dup: bool
+
+
+@dataclass(frozen=True)
+class CancelReject:
+    seq: int
+    transact_time_ns: int
+    cl_ord_id: int
+    orig_cl_ord_id: int | None
+    order_id: int | None
+    symbol: str
+    ord_status: str
+    response_to: str          # cancel / replace
+    reason: int               # CxlRejReason (FIX 102)
+    poss_dup: bool
+
+
+@dataclass(frozen=True)
+class MassCancelReport:
+    seq: int
+    transact_time_ns: int
+    cl_ord_id: int
+    affected: int
+    symbol: str | None
+    rejected: bool
+    reject_reason: int
+    poss_dup: bool
+
+
+@dataclass(frozen=True)
+class BusinessReject:
+    seq: int
+    transact_time_ns: int
+    ref_seq: int              # the client SeqNo rejected
+    ref_id: int | None        # its ClOrdID, if known
+    ref_template: int
+    reason: int               # FIX 380
+    text: str
+    poss_dup: bool
+
+
+@dataclass(frozen=True)
+class NotApplied:
+    seq: int
+    from_seq: int             # own SeqNos from_seq .. from_seq + count - 1 were never applied
+    count: int
+    poss_dup: bool = False
+
+
+@dataclass(frozen=True)
+class Logout:
+    reason: int
+    text: str
+
+
+Report = ExecutionReport | CancelReject | MassCancelReport | BusinessReject | NotApplied | Logout
+
+
+def _id(v: int) -> int | None:
+    return None if v == wire.U64_NULL else v
+
+
+# -- persisted session state ------------------------------------------------------------------
+
+class SessionState:
+    """What PROTOCOL.md §5 says a client persists, in one JSON file written atomically."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.session_id = 0
+        self.next_seq = 1           # the next own SeqNo
+        self.last_seen = 0          # the last server SeqNo processed by the caller
+        self.next_cl_ord_id = 1
+        self.outbox: list[tuple[int, int, bytes]] = []   # (SeqNo, templateId, root block)
+        self.created = False
+
+    @classmethod
+    def load(cls, path: str) -> SessionState:
+        st = cls(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            st.session_id = secrets.randbits(63) | 1
+            st.created = True
+            return st
+        except (OSError, ValueError) as exc:
+            raise SessionError(f"session file {path} cannot be read: {exc}") from None
+        try:
+            st.session_id = int(d["session_id"])
+            st.next_seq = int(d["next_seq"])
+            st.last_seen = int(d["last_seen"])
+            st.next_cl_ord_id = int(d["next_cl_ord_id"])
+            st.outbox = [(int(s), int(t), bytes.fromhex(b)) for s, t, b in d["outbox"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SessionError(f"session file {path} is damaged ({exc}); move it away to "
+                               f"start a new session") from None
+        return st
+
+    def save(self) -> None:
+        d = {"session_id": self.session_id, "next_seq": self.next_seq,
+             "last_seen": self.last_seen, "next_cl_ord_id": self.next_cl_ord_id,
+             "outbox": [[s, t, b.hex()] for s, t, b in self.outbox]}
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(d).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+    def applied_below(self, next_expected: int) -> bool:
+        """Drop the outbox's messages the server applied (SeqNo < next_expected)."""
+        before = len(self.outbox)
+        self.outbox = [m for m in self.outbox if m[0] >= next_expected]
+        return len(self.outbox) != before
+
+
+# -- the client -------------------------------------------------------------------------------
+
+class Client:
+    def __init__(self, host: str, port: int, username: str, password: str, state_path: str,
+                 instruments: dict[str, tuple], heartbeat_ms: int = 1000,
+                 cancel_on_disconnect: int = wire.COD_OFF, cod_timeout_ms: int = 0,
+                 reconnect: bool = True, connect_timeout_s: float = 5.0):
+        self.host, self.port = host, port
+        self.username, self.password = username, password
+        self.instruments = {s: Instrument.of(s, spec) for s, spec in instruments.items()}
+        self.by_id = {i.security_id: i for i in self.instruments.values()}
+        self.heartbeat_ms = heartbeat_ms
+        self.cod, self.cod_timeout_ms = cancel_on_disconnect, cod_timeout_ms
+        self.reconnect = reconnect
+        self.connect_timeout_s = connect_timeout_s
+        self.state = SessionState.load(state_path)
+        self.received_upto = self.state.last_seen   # highest server SeqNo received
+        self.queue: deque[Report] = deque()
+        self.pending_seq: int | None = None          # the report handed out, not yet processed
+        self.wakeup = asyncio.Event()
+        self.logged_on = asyncio.Event()
+        self.error: SessionError | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.server_hb_ms = 1000
+        self.last_sent = self.last_recv = 0.0
+        self.logon_ack = None
+        self.new_session: bool | None = None
+        self.stats = {"logons": 0, "resent": 0, "duplicates": 0, "dropped_from_outbox": 0}
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    # -- life -------------------------------------------------------------------------------
+    async def connect(self) -> Client:
+        """Log on (resuming the persisted session); returns once LogonAck arrived. Raises
+        SessionError on a final LogonReject, ConnectionError if the gateway cannot be reached
+        within connect_timeout_s."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        deadline = time.monotonic() + self.connect_timeout_s
+        while not self.logged_on.is_set():
+            if self.error is not None:
+                raise self.error
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"no logon at {self.host}:{self.port} within "
+                                      f"{self.connect_timeout_s:g} s")
+            await asyncio.sleep(0.01)
+        return self
+
+    async def close(self, logout: bool = True) -> None:
+        """Logout (the session stays resumable), persist, stop."""
+        self._closing = True
+        self.processed()
+        if logout and self.writer is not None and self.logged_on.is_set():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self._write(wire.encode(wire.LOGOUT, wire.LOGOUT_NORMAL, b"bye"))
+                await asyncio.wait_for(self.writer.drain(), 1.0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._drop_connection()
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session_id(self) -> int:
+        return self.state.session_id
+
+    # -- sending ----------------------------------------------------------------------------
+    def _instrument(self, symbol: str) -> Instrument:
+        inst = self.instruments.get(symbol)
+        if inst is None:
+            raise ValueError(f"unknown symbol {symbol!r} (known: "
+                             f"{', '.join(sorted(self.instruments))})")
+        return inst
+
+    @staticmethod
+    def _side(side: str) -> bytes:
+        s = SIDES.get(str(side).lower())
+        if s is None:
+            raise ValueError(f"side {side!r}: buy or sell")
+        return s
+
+    def _send_sequenced(self, template: int, build) -> int:
+        """Assign the next SeqNo and ClOrdID, persist the message in the outbox, then send
+        it if connected (else it goes out after the next LogonAck)."""
+        seq, cl = self.state.next_seq, self.state.next_cl_ord_id
+        frame = build(seq, cl)
+        block = frame[wire.PREFIX_SIZE:]
+        self.state.next_seq += 1
+        self.state.next_cl_ord_id += 1
+        self.state.outbox.append((seq, template, bytes(block)))
+        self.state.save()        # persisted before it leaves (PROTOCOL.md §5)
+        if self.logged_on.is_set() and self.writer is not None:
+            self._write(frame)
+        return cl
+
+    async def new_order(self, symbol: str, side: str, qty: object, price: object = None,
+                        tif: str = "gtc", account: int = 0, post_only: bool = False) -> int:
+        """A NewOrderSingle (price None: market); returns its ClOrdID."""
+        inst = self._instrument(symbol)
+        s, lots = self._side(side), inst.lots(qty)
+        px = wire.PRICE_NULL if price is None else inst.price_mantissa(price)
+        t = TIFS.get(str(tif).lower())
+        if t is None:
+            raise ValueError(f"time in force {tif!r}: gtc, ioc, fok or day")
+        ot = wire.ORD_TYPE_MARKET if price is None else wire.ORD_TYPE_LIMIT
+        flags = wire.FLAG_POST_ONLY if post_only else 0
+        return self._send_sequenced(wire.NEW_ORDER_SINGLE, lambda seq, cl: wire.encode(
+            wire.NEW_ORDER_SINGLE, seq, time.time_ns(), cl, px, lots, inst.security_id,
+            account, s, ot, t, flags))
+
+    async def amend(self, symbol: str, orig_cl_ord_id: int, side: str, qty: object,
+                    price: object, tif: str = "gtc", order_id: int | None = None) -> int:
+        """An OrderCancelReplaceRequest: new total quantity and price; returns its ClOrdID."""
+        inst = self._instrument(symbol)
+        s, lots, px = self._side(side), inst.lots(qty), inst.price_mantissa(price)
+        t = TIFS.get(str(tif).lower(), wire.TIF_GTC)
+        oid = wire.U64_NULL if order_id is None else order_id
+        return self._send_sequenced(wire.ORDER_CANCEL_REPLACE_REQUEST, lambda seq, cl: wire.encode(
+            wire.ORDER_CANCEL_REPLACE_REQUEST, seq, time.time_ns(), cl, orig_cl_ord_id, oid, px,
+            lots, inst.security_id, s, wire.ORD_TYPE_LIMIT, t, 0))
+
+    async def cancel(self, symbol: str, orig_cl_ord_id: int | None, side: str,
+                     order_id: int | None = None) -> int:
+        inst = self._instrument(symbol)
+        s = self._side(side)
+        if orig_cl_ord_id is None and order_id is None:
+            raise ValueError("cancel needs the order's ClOrdID or its OrderID")
+        orig = wire.U64_NULL if orig_cl_ord_id is None else orig_cl_ord_id
+        oid = wire.U64_NULL if order_id is None else order_id
+        return self._send_sequenced(wire.ORDER_CANCEL_REQUEST, lambda seq, cl: wire.encode(
+            wire.ORDER_CANCEL_REQUEST, seq, time.time_ns(), cl, orig, oid, inst.security_id, s,
+            0))
+
+    async def mass_cancel(self, symbol: str | None = None, side: str | None = None) -> int:
+        """Cancel every open order of the session's user (of one symbol, or all)."""
+        sid = wire.U32_NULL if symbol is None else self._instrument(symbol).security_id
+        kind = wire.MASS_CANCEL_ALL if symbol is None else wire.MASS_CANCEL_ONE_SECURITY
+        s = wire.SIDE_BOTH if side is None else self._side(side)
+        return self._send_sequenced(wire.ORDER_MASS_CANCEL_REQUEST, lambda seq, cl: wire.encode(
+            wire.ORDER_MASS_CANCEL_REQUEST, seq, time.time_ns(), cl, sid, kind, s, 0))
+
+    # -- receiving --------------------------------------------------------------------------
+    def processed(self) -> None:
+        """The report last handed out is handled: persist its server SeqNo."""
+        if self.pending_seq is not None and self.pending_seq > self.state.last_seen:
+            self.state.last_seen = self.pending_seq
+            self.state.save()
+        self.pending_seq = None
+
+    async def next_report(self, timeout_s: float | None = None) -> Report:
+        """The next report (marks the previous one processed). Raises SessionError when the
+        session ended for good, TimeoutError after timeout_s without a report."""
+        self.processed()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self.queue:
+            if self.error is not None:
+                raise self.error
+            self.wakeup.clear()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("no report")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wakeup.wait(), left)
+        r = self.queue.popleft()
+        if not isinstance(r, Logout):
+            self.pending_seq = r.seq
+        return r
+
+    async def reports(self) -> AsyncIterator[Report]:
+        while True:
+            yield await self.next_report()
+
+    # -- the connection loop ----------------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = BACKOFF_FIRST_S
+        while not self._closing:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.connect_timeout_s)
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.info("connect %s:%d: %s; again in %.1f s", self.host, self.port, exc, backoff)
+                if not self.reconnect:
+                    self._fail(f"cannot reach the gateway at {self.host}:{self.port}: {exc}")
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_CAP_S, backoff * 2)
+                continue
+            self.writer = writer
+            with contextlib.suppress(OSError):
+                import socket
+                writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP,
+                                                           socket.TCP_NODELAY, 1)
+            try:
+                final = await self._session(reader)
+            except (OSError, asyncio.IncompleteReadError, wire.FramingError) as exc:
+                log.info("connection lost: %s", exc)
+                final = False
+            finally:
+                self._drop_connection()
+            if final or not self.reconnect:
+                if self.error is None and not self._closing:
+                    self._fail("the connection closed")
+                return
+            if self.logon_ack is not None:
+                backoff = BACKOFF_FIRST_S      # it worked once: reconnect quickly
+            self.logon_ack = None
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_CAP_S, backoff * 2)
+
+    def _drop_connection(self) -> None:
+        self.logged_on.clear()
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.writer = None
+
+    def _fail(self, why: str) -> None:
+        self.error = SessionError(why)
+        self.wakeup.set()
+
+    def _write(self, frame: bytes) -> None:
+        self.writer.write(frame)
+        self.last_sent = time.monotonic()
+
+    async def _session(self, reader: asyncio.StreamReader) -> bool:
+        """One connection: Logon, then frames until it ends. True when the session is over."""
+        st = self.state
+        self._write(wire.encode(
+            wire.LOGON, st.session_id, self.received_upto + 1, st.next_seq, self.heartbeat_ms,
+            self.cod_timeout_ms, self.cod, 0, wire.char_field(self.username, 16),
+            wire.char_field(self.password, 32)))
+        self.last_recv = time.monotonic()
+        beat = asyncio.get_running_loop().create_task(self._heartbeats())
+        try:
+            buf = bytearray()
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return False
+                self.last_recv = time.monotonic()
+                buf += data
+                pos = 0
+                while True:
+                    frame, end = wire.read_frame(buf, pos)
+                    if frame is None:
+                        break
+                    pos = end
+                    result = self._on_frame(frame)
+                    if result is not None:
+                        return result
+                del buf[:pos]
+        finally:
+            beat.cancel()
+
+    async def _heartbeats(self) -> None:
+        tested = False
+        while True:
+            await asyncio.sleep(min(self.heartbeat_ms, self.server_hb_ms) / 4000)
+            now = time.monotonic()
+            if self.logged_on.is_set() and now - self.last_sent >= self.heartbeat_ms / 1000:
+                self._write(wire.encode(wire.HEARTBEAT, 0, self.state.next_seq,
+                                        self.received_upto + 1))
+            silent = now - self.last_recv
+            if silent >= 2.5 * self.server_hb_ms / 1000:
+                log.info("no input for %.1f s: closing", silent)
+                with contextlib.suppress(Exception):
+                    self._write(wire.encode(wire.LOGOUT, wire.LOGOUT_HEARTBEAT_TIMEOUT,
+                                            b"heartbeat timeout"))
+                self.writer.close()
+                return
+            if silent >= 1.5 * self.server_hb_ms / 1000 and not tested:
+                self._write(wire.encode(wire.TEST_REQUEST, int(now * 1000)))
+                tested = True
+            elif silent < self.server_hb_ms / 1000:
+                tested = False
+
+    def _on_frame(self, frame: wire.Frame) -> bool | None:
+        tid = frame.template_id
+        if tid not in wire.TEMPLATES:
+            log.warning("unknown template %d ignored", tid)
+            return None
+        m = wire.decode(frame)
+        if tid == wire.LOGON_ACK:
+            self._on_logon_ack(m)
+        elif tid == wire.LOGON_REJECT:
+            text = wire.text(m.Text)
+            if m.Reason in RETRY_REJECTS and self.reconnect:
+                log.info("logon refused: %s (%s); retrying", RETRY_REJECTS[m.Reason], text)
+                return False
+            why = FINAL_REJECTS.get(m.Reason) or RETRY_REJECTS.get(m.Reason) or \
+                f"reason {m.Reason}"
+            self._fail(f"logon refused: {why}{f' ({text})' if text else ''}")
+            return True
+        elif tid == wire.LOGOUT:
+            self.queue.append(Logout(m.Reason, wire.text(m.Text)))
+            self.wakeup.set()
+            if m.Reason == wire.LOGOUT_END_OF_SESSION:
+                self._fail("the server ended the session (end of trading day)")
+                return True
+            return False
+        elif tid == wire.HEARTBEAT:
+            if self.state.applied_below(m.NextExpectedSeqNo):
+                self.state.save()
+        elif tid == wire.TEST_REQUEST:
+            self._write(wire.encode(wire.HEARTBEAT, m.TestReqID, self.state.next_seq,
+                                    self.received_upto + 1))
+        elif tid == wire.RETRANSMISSION:
+            log.info("replay of server messages %d .. %d", m.FromSeqNo,
+                     m.FromSeqNo + m.Count - 1)
+        elif tid == wire.RETRANSMIT_REJECT:
+            log.warning("retransmit request refused (reason %d)", m.Reason)
+        elif tid in SEQUENCED:
+            self._on_sequenced(tid, m)
+        return None
+
+    def _on_logon_ack(self, m) -> None:
+        self.logon_ack = m
+        self.stats["logons"] += 1
+        self.server_hb_ms = max(100, m.HeartbeatIntervalMs)
+        self.new_session = bool(m.Flags & wire.FLAG_NEW_SESSION)
+        st = self.state
+        before = len(st.outbox)
+        st.applied_below(m.NextExpectedSeqNo)
+        self.stats["dropped_from_outbox"] += before - len(st.outbox)
+        st.save()
+        # Resend what was not applied, unchanged but for the PossResend flag (PROTOCOL §4.6).
+        for seq, tid, block in st.outbox:
+            frame = bytearray(wire.frame_from_block(tid, block))
+            wire.set_flags(frame, wire.FLAG_POSS_DUP)
+            self._write(bytes(frame))
+            self.stats["resent"] += 1
+            log.info("resent SeqNo %d", seq)
+        self.logged_on.set()
+        self.wakeup.set()
+
+    def _on_sequenced(self, tid: int, m) -> None:
+        seq = m.SeqNo
+        if seq <= self.received_upto:          # a replay of what we have: idempotent
+            self.stats["duplicates"] += 1
+            return
+        if seq > self.received_upto + 1 and self.writer is not None:
+            gap = seq - self.received_upto - 1
+            log.warning("server SeqNo gap %d .. %d: asking for it", self.received_upto + 1,
+                        seq - 1)
+            self._write(wire.encode(wire.RETRANSMIT_REQUEST, self.received_upto + 1, gap))
+        self.received_upto = seq
+        report = self._report(tid, m)
+        self._prune_outbox(report)
+        self.queue.append(report)
+        self.wakeup.set()
+
+    def _prune_outbox(self, report: Report) -> None:
+        """A report that names one of our messages says the server applied it (and, in order,
+        everything before it)."""
+        applied = None
+        if isinstance(report, BusinessReject):
+            applied = report.ref_seq
+        else:
+            cl = getattr(report, "cl_ord_id", None)
+            applied = next((s for s, t, b in self.state.outbox
+                            if int.from_bytes(b[16:24], "little") == cl), None)
+        if applied is not None and self.state.applied_below(applied + 1):
+            self.state.save()
+
+    def _report(self, tid: int, m) -> Report:
+        dup = bool(getattr(m, "Flags", 0) & wire.FLAG_POSS_DUP)
+        if tid == wire.NOT_APPLIED:
+            return NotApplied(m.SeqNo, m.FromSeqNo, m.Count, False)
+        if tid == wire.BUSINESS_REJECT:
+            return BusinessReject(m.SeqNo, m.TransactTime, m.RefSeqNo,
+                                  _id(m.BusinessRejectRefID), m.RefTemplateID,
+                                  m.BusinessRejectReason, wire.text(m.Text), dup)
+        if tid == wire.ORDER_MASS_CANCEL_REPORT:
+            inst = self.by_id.get(m.SecurityID)
+            return MassCancelReport(m.SeqNo, m.TransactTime, m.ClOrdID, m.TotalAffectedOrders,
+                                    inst.symbol if inst else None,
+                                    m.MassCancelResponse == wire.MASS_CANCEL_RESPONSE_REJECTED,
+                                    m.MassCancelRejectReason, dup)
+        inst = self.by_id.get(m.SecurityID) or Instrument(f"#{m.SecurityID}", m.SecurityID,
+                                                          Decimal(1).scaleb(-8), Decimal(1))
+        if tid == wire.ORDER_CANCEL_REJECT:
+            return CancelReject(m.SeqNo, m.TransactTime, m.ClOrdID, _id(m.OrigClOrdID),
+                                _id(m.OrderID), inst.symbol,
+                                ORD_STATUSES.get(m.OrdStatus, m.OrdStatus.decode()),
+                                "replace" if m.CxlRejResponseTo ==
+                                wire.CXL_REJ_RESPONSE_TO_REPLACE else "cancel",
+                                m.CxlRejReason, dup)
+        liq = {wire.LIQUIDITY_ADDED: "maker", wire.LIQUIDITY_REMOVED: "taker"}
+        return ExecutionReport(
+            m.SeqNo, m.TransactTime, m.ClOrdID, _id(m.OrigClOrdID), _id(m.OrderID), m.ExecID,
+            inst.symbol, m.SecurityID, m.Account,
+            EXEC_TYPES.get(m.ExecType, m.ExecType.decode(errors="replace")),
+            ORD_STATUSES.get(m.OrdStatus, m.OrdStatus.decode(errors="replace")),
+            SIDE_NAMES.get(m.Side, "?"),
+            "market" if m.OrdType == wire.ORD_TYPE_MARKET else "limit",
+            TIF_NAMES.get(m.TimeInForce, "?"), inst.price(m.Price), inst.qty(m.OrderQty),
+            inst.price(m.LastPx), inst.qty(m.LastQty), inst.qty(m.LeavesQty),
+            inst.qty(m.CumQty), m.Reason, liq.get(m.LastLiquidityInd), dup)
+
+
+# -- words for people -------------------------------------------------------------------------
+
+def _num(d: Decimal | None, step: Decimal | None = None) -> str:
+    if d is None:
+        return "market"
+    if step is not None:
+        places = max(0, -step.normalize().as_tuple().exponent)
+        places = max(places, 2) if step < 1 else places
+        return f"{d:.{places}f}"
+    return f"{d.normalize():f}"
+
+
+def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = None) -> str:
+    """One line a person reads: "alice: BTCUSDT buy 10 @ 50000.00 filled 4 @ 49999.50
+    (taker), 6 left"."""
+    inst = (instruments or {}).get(getattr(r, "symbol", None) or "")
+    tick = inst.tick if inst else None
+    dup = " (replayed)" if getattr(r, "poss_dup", False) else ""
+    if isinstance(r, ExecutionReport):
+        head = (f"{user}: {r.symbol} {r.side} {_num(r.qty)} @ {_num(r.price, tick)} "
+                f"[order {r.cl_ord_id}]")
+        if r.exec_type == "trade":
+            left = f"{_num(r.leaves_qty)} left" if r.leaves_qty else "done"
+            body = (f"filled {_num(r.last_qty)} @ {_num(r.last_px, tick)} "
+                    f"({r.liquidity or '?'}), {left}")
+        elif r.exec_type == "new":
+            body = "accepted, resting" if r.leaves_qty else "accepted"
+        elif r.exec_type == "rejected":
+            body = f"rejected ({REJECT_WORDS.get(r.reason, f'reason {r.reason}')})"
+        elif r.exec_type in ("canceled", "expired"):
+            body = (f"{r.exec_type} ({CANCEL_WORDS.get(r.reason, f'reason {r.reason}')}), "
+                    f"{_num(r.cum_qty)} filled")
+        elif r.exec_type == "replaced":
+            body = f"amended, {_num(r.leaves_qty)} left"
+        else:
+            body = f"{r.exec_type}: {r.ord_status}"
+        return f"{head} {body}{dup}"
+    if isinstance(r, CancelReject):
+        return (f"{user}: {r.symbol} {r.response_to} of order {r.orig_cl_ord_id} refused "
+                f"({CXL_WORDS.get(r.reason, f'reason {r.reason}')}){dup}")
+    if isinstance(r, MassCancelReport):
+        what = r.symbol or "all symbols"
+        if r.rejected:
+            return f"{user}: mass cancel of {what} refused (reason {r.reject_reason}){dup}"
+        return f"{user}: mass cancel of {what}: {r.affected} orders canceled{dup}"
+    if isinstance(r, BusinessReject):
+        text = f": {r.text}" if r.text else ""
+        return (f"{user}: request {r.ref_seq} refused "
+                f"({BUSINESS_WORDS.get(r.reason, f'reason {r.reason}')}{text}){dup}")
+    if isinstance(r, NotApplied):
+        return f"{user}: requests {r.from_seq} .. {r.from_seq + r.count - 1} were not applied"
+    return f"{user}: logged out by the gateway (reason {r.reason}{': ' + r.text if r.text else ''})"
+
+
+REJECT_WORDS = {0: "exchange option", 1: "unknown symbol", 2: "exchange closed",
+                3: "exceeds a limit (margin or risk)", 5: "unknown order",
+                6: "duplicate order id", 11: "unsupported", 13: "incorrect quantity",
+                18: "price not on the tick", 99: "other"}
+CANCEL_WORDS = {0: "on request", 1: "mass cancel", 2: "cancel on disconnect",
+                3: "IOC/FOK remainder", 4: "self-trade prevention", 5: "by the operator",
+                6: "end of day"}
+CXL_WORDS = {0: "too late", 1: "unknown order", 3: "already pending", 6: "duplicate order id",
+             99: "other"}
+BUSINESS_WORDS = {0: "other", 1: "unknown id", 2: "unknown symbol", 3: "unsupported message",
+                  4: "not available", 5: "a field is missing or out of range",
+                  6: "not your account", 8: "throttled"}

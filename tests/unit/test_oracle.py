@@ -1,0 +1,70 @@
+"""deploy/oracle.py: the simulated mark-price source. Its records have the TradingEngine's
+MarkPrice/FundingInputs layouts (compared with tradingengine/codec.py), its walk is seeded
+(one path per seed) and stays inside its bounds, and a bad configuration is one line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from deploy import oracle
+from deploy.cli import main
+from tradingengine import codec
+
+
+def test_layouts_are_the_tradingengines():
+    assert (oracle.MARK_PRICE, oracle.FUNDING_INPUTS) == (codec.MARK_PRICE, codec.FUNDING_INPUTS)
+    assert oracle.MARK_PRICE_S.format == codec.MARK_PRICE_S.format
+    assert oracle.FUNDING_INPUTS_S.format == codec.FUNDING_INPUTS_S.format
+
+
+def test_one_path_per_seed_and_symbol():
+    def path(seed, sid):
+        w = oracle.Walk(sid, 100_000, 10**9, 500, seed)
+        return [w.step() for _ in range(200)]
+    assert path(1, 1) == path(1, 1)
+    assert path(1, 1) != path(2, 1) and path(1, 1) != path(1, 2)
+    assert len(set(path(1, 1))) > 10
+
+
+@given(st.integers(1, 10**6), st.integers(0, 100_000), st.integers(0, 2**40),
+       st.integers(1, 10**7))
+def test_the_walk_stays_in_its_bounds(start, step_ppm, seed, max_ticks):
+    start = min(start, max_ticks)
+    w = oracle.Walk(7, start, max_ticks, step_ppm, seed)
+    for _ in range(50):
+        p = w.step()
+        assert max(1, start // 2) <= p <= min(max_ticks, start * 2)
+        assert -oracle.PREMIUM_CAP_PPM <= w.premium_ppm() <= oracle.PREMIUM_CAP_PPM
+
+
+def test_marks_are_one_record_per_symbol():
+    walks = [oracle.Walk(1, 100_000, 10**9, 500, 1), oracle.Walk(2, 60_000, 10**9, 500, 1)]
+    recs = oracle.marks(walks)
+    assert [(k, codec.MARK_PRICE_S.unpack(p)[0]) for k, p in recs] == [(73, 1), (73, 2)]
+    assert [codec.MARK_PRICE_S.unpack(p)[1] for _k, p in recs] == [w.price for w in walks]
+
+
+GOOD = {"control": "tcp://127.0.0.1:1", "shards": [{"in": "in.te.0", "producers": "tcp://x:1"}],
+        "symbols": [{"symbol_id": 1, "start_ticks": 100}]}
+
+
+@pytest.mark.parametrize("change, want", [
+    ({"interval_ms": 0}, "interval_ms must be in 10 .. 3600000"),
+    ({"source": 0xFFFF_0001}, "is not a producer's source id"),
+    ({"shards": []}, "shards and symbols must not be empty"),
+    ({"symbols": [{"symbol_id": 1}]}, "symbols[0].start_ticks must be a int"),
+    ({"symbols": [{"symbol_id": 0, "start_ticks": 1}]}, "symbol_id in 1 .. 2**32-1"),
+    ({"control": 5}, "control must be a str"),
+])
+def test_a_bad_configuration_is_one_line(capsys, change, want):
+    assert main(["--insecure", "oracle", "--config", json.dumps({**GOOD, **change})]) == 2
+    err = capsys.readouterr().err
+    assert want in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_defaults_fill_in():
+    c = oracle.parse_config(json.dumps(GOOD))
+    assert (c["source"], c["interval_ms"], c["funding_every"]) == (0x7100_0000, 1000, 0)

@@ -1,0 +1,195 @@
+"""deploy/topology.py, the order path (docs/order-path.md): the default topology plans two
+symbols, two TradingEngine shards, the gateway and the simulated oracle, with the source ids
+and routes of order-path §1-§2 on every upstream; the contract-spec keys are checked like the
+others, and the specs the plan gives the TradingEngine are valid ContractSpecs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deploy import keys, topology
+from deploy.topology import TopologyError
+from tradingengine.engine import spec_from_dict
+
+
+def arg(p, flag):
+    return p.args[p.args.index(flag) + 1]
+
+
+def args(p, flag):
+    return [p.args[i + 1] for i, a in enumerate(p.args) if a == flag]
+
+
+def upstream(text):
+    return dict(part.split("=", 1) for part in text.split(","))
+
+
+def test_the_default_topology_plans_the_order_path_on_consecutive_ports():
+    topo = topology.load()
+    names = [p.name for p in topo.procs]
+    assert names == [
+        "replicator0", "replicator1",
+        "sequencer.BTCUSDT", "mirror.BTCUSDT", "ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1",
+        "ce.BTCUSDT.warm0",
+        "sequencer.ETHUSDT", "mirror.ETHUSDT", "ce.ETHUSDT.hot0", "ce.ETHUSDT.hot1",
+        "ce.ETHUSDT.warm0",
+        "sequencer.te0", "mirror.te0", "te0.hot0", "te0.hot1", "te0.warm0",
+        "sequencer.te1", "mirror.te1", "te1.hot0", "te1.hot1", "te1.warm0",
+        "gateway0", "oracle0"]
+    ports = []
+    for p in topo.procs:
+        for a in (p.control, *args(p, "--pub"), *args(p, "--producers"), *args(p, "--inputs"),
+                  p.extra.get("listen", p.control)):
+            ports.append(int(a.rsplit(":", 1)[1]))
+    ports = sorted(set(ports))
+    assert ports == list(range(7100, 7100 + len(ports)))
+    assert topo.symbols["BTCUSDT"]["symbol_id"] == 1 and topo.symbols["ETHUSDT"]["symbol_id"] == 2
+
+
+def test_in_te_takes_each_symbols_results_routed_to_its_shard():
+    topo = topology.load()
+    for n in (0, 1):
+        seq = topo.by_name(f"sequencer.te{n}")
+        assert arg(seq, "--stream") == f"in.te.{n}"
+        ups = [upstream(u) for u in args(seq, "--upstream")]
+        assert [(u["stream"], int(u["source"]), u["route"]) for u in ups] == [
+            ("out.ce.BTCUSDT", 0x7000_0001, hex(1 << n)),
+            ("out.ce.ETHUSDT", 0x7000_0002, hex(1 << n))]
+        assert ups[0]["pub"] == topo.symbols["BTCUSDT"]["out_pub"]
+        assert ups[0]["replicators"].split("|") == topo.replicator_addrs()
+        assert arg(topo.by_name(f"mirror.te{n}"), "--stream") == f"out.te.{n}"
+
+
+def test_in_ce_takes_every_shards_commands_routed_by_symbol_bit():
+    topo = topology.load()
+    te_pub = {n: arg(topo.by_name(f"mirror.te{n}"), "--pub") for n in (0, 1)}
+    for sym, sid in (("BTCUSDT", 1), ("ETHUSDT", 2)):
+        ups = [upstream(u) for u in args(topo.by_name(f"sequencer.{sym}"), "--upstream")]
+        assert [(u["stream"], int(u["source"]), u["route"], u["pub"]) for u in ups] == [
+            ("out.te.0", 0x7300_0000, hex(1 << sid), te_pub[0]),
+            ("out.te.1", 0x7300_0001, hex(1 << sid), te_pub[1])]
+        for p in topo.procs:
+            if p.role.startswith("replica-") and p.stream == f"in.ce.{sym}":
+                conf = json.loads(arg(p, "--engine-config"))
+                assert conf["te_sources"] == [0x7300_0000, 0x7300_0001]
+                assert conf["n_shards"] == 2 and conf["symbol_id"] == sid
+
+
+def test_tradingengine_replicas_two_hot_one_warm_with_their_configuration():
+    topo = topology.load()
+    for n in (0, 1):
+        reps = [p for p in topo.procs if p.stream == f"in.te.{n}" and p.role != "sequencer"]
+        assert [(p.name, p.role) for p in reps] == [
+            (f"te{n}.hot0", "replica-hot"), (f"te{n}.hot1", "replica-hot"),
+            (f"te{n}.warm0", "replica-warm")]
+        for p in reps:
+            assert arg(p, "--engine") == "tradingengine"
+            assert arg(p, "--mirror") == arg(topo.by_name(f"mirror.te{n}"), "--inputs")
+            conf = json.loads(arg(p, "--engine-config"))
+            assert (conf["shard"], conf["n_shards"]) == (n, 2)
+            assert conf["ce_sources"] == {str(0x7000_0001): 1, str(0x7000_0002): 2}
+            assert conf["oracle_sources"] == [0x7100_0000]
+            assert conf["gateway_sources"] == [0x7200_0000]
+            specs = [spec_from_dict(s) for s in conf["specs"]]
+            assert [s.symbol for s in specs] == [1, 2]
+            btc = specs[0]
+            # 0.5 USDT per tick x 0.001 BTC per lot = 0.0005 USDT = 50000 minor units
+            assert (btc.value, btc.tick, btc.lot) == (50_000, 50_000_000, 100_000)
+            assert btc.max_qty * btc.max_price * btc.value < 1 << 62
+
+
+def test_the_gateway_and_the_oracle_get_their_configuration_and_sources():
+    topo = topology.load()
+    gw, orc = topo.by_name("gateway0"), topo.by_name("oracle0")
+    assert gw.args[0] == "gateway" and gw.args[1] == "--config"
+    g = json.loads(gw.args[2])
+    assert (g["index"], g["source"], g["n_shards"]) == (0, 0x7200_0000, 2)
+    assert g["control"] == gw.control and "tcp://" + g["listen"] == gw.extra["listen"]
+    assert g["accounts"] == f"{topo.data_dir}/accounts.json"
+    assert [(s["in"], s["out"]) for s in g["shards"]] == [("in.te.0", "out.te.0"),
+                                                          ("in.te.1", "out.te.1")]
+    assert g["shards"][1]["producers"] == arg(topo.by_name("sequencer.te1"), "--producers")
+    assert g["shards"][1]["out_pub"] == arg(topo.by_name("mirror.te1"), "--pub")
+    assert g["instruments"] == [
+        {"symbol": "BTCUSDT", "security_id": 1, "tick": "0.5", "lot": "0.001"},
+        {"symbol": "ETHUSDT", "security_id": 2, "tick": "0.05", "lot": "0.01"}]
+    assert orc.args[:2] == ["oracle", "--config"]
+    o = json.loads(orc.args[2])
+    assert (o["source"], o["control"]) == (0x7100_0000, orc.control)
+    assert [s["in"] for s in o["shards"]] == ["in.te.0", "in.te.1"]
+    assert [(s["symbol_id"], s["start_ticks"]) for s in o["symbols"]] == [(1, 100_000),
+                                                                          (2, 60_000)]
+    assert topo.trading["gateway"] == g["listen"] and topo.trading["demo_accounts"] is True
+    # the plan survives the state file (seqex.json) that the client verbs read
+    again = topology.Topology.from_json(topo.to_json())
+    assert again.trading == topo.trading and again.by_name("gateway0").extra == gw.extra
+
+
+def test_the_gateway_and_the_oracle_may_write_only_their_source_ids(tmp_path):
+    topo = topology.load(data_dir=str(tmp_path / "d"))
+    keys_dir = keys.generate(topo)
+    trust = keys.policy(topo, keys_dir)
+    by_name = {p.name: p for p in trust.peers.values()}
+    assert by_name["gateway0"].sources == frozenset([0x7200_0000])
+    assert by_name["oracle0"].sources == frozenset([0x7100_0000])
+    assert by_name["te0.hot0"].sources == frozenset()
+    assert topo.by_name("gateway0").control in trust.servers
+    assert topo.by_name("oracle0").control in trust.servers
+
+
+REP = '[[replicator]]\nname = "r0"\n'
+SYM = '[[symbol]]\nname = "X"\ntick_size = "0.5"\nlot_size = "0.001"\n'
+
+
+def error(tmp_path, text):
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    with pytest.raises(TopologyError) as exc:
+        topology.load(str(path))
+    return str(exc.value).replace(str(path), "t.toml")
+
+
+@pytest.mark.parametrize("extra, trading, want", [
+    ("", "shards = 0\n", "trading.shards: must be in 1 .. 64, got 0"),
+    ("", "shards = 65\n", "trading.shards: must be in 1 .. 64"),
+    ("", "oracle = \"real\"\n", "trading.oracle: must be one of 'simulated', 'off'"),
+    ("", "gateway = 1\n", "trading.gateway: must be true or false"),
+    ("", "shard = 2\n", "trading.shard: unknown key"),
+    ("max_leverage = 0\n", "", "symbol[0].max_leverage: must be in 1 .. 10000"),
+    ("taker_fee_ppm = -1\n", "", "symbol[0].taker_fee_ppm: must be in 0 .. 1000000"),
+    ("maker_fee_ppm = -600\n", "", "symbol[0].maker_fee_ppm: a rebate (-600) larger than"),
+    ("band_ppm = 0\n", "", "symbol[0].band_ppm: must be in 1 .. 999999"),
+    ("funding_interval_s = 0\n", "", "symbol[0].funding_interval_s: must be in 1 .."),
+    ("max_price = \"100.25\"\n", "", "symbol[0].max_price: must be a whole number of ticks"),
+    ("mark_start = \"0.2\"\n", "", "symbol[0].mark_start: must be a whole number of ticks"),
+    ("tiers = []\n", "", "symbol[0].tiers: must be a list of tables"),
+    ("tiers = [{limit = \"10\", mmr_ppm = 20000, max_leverage = 100}]\n", "",
+     "a tier's initial margin (1/100) must exceed its maintenance rate (20000 ppm)"),
+    ("tiers = [{limit = \"10\", mmr = 1}]\n", "", "unknown key 'mmr' in a tier"),
+    ("tiers = [{limit = \"10\"}, {limit = \"5\"}]\n", "", "tier limits must ascend"),
+])
+def test_a_bad_trading_key_is_named(tmp_path, extra, trading, want):
+    assert want in error(tmp_path, REP + SYM + extra + "[trading]\n" + trading)
+
+
+def test_sizes_of_a_traded_symbol_need_whole_minor_units(tmp_path):
+    text = REP + '[[symbol]]\nname = "X"\ntick_size = "0.000000001"\n[trading]\n'
+    assert "symbol[0].tick_size: a traded symbol's tick_size has at most 8 decimal" in \
+        error(tmp_path, text)
+    text = REP + '[[symbol]]\nname = "X"\ntick_size = "0.00001"\nlot_size = "0.0001"\n[trading]\n'
+    assert "tick_size x lot_size must be a whole number of 1e-8 USDT" in error(tmp_path, text)
+
+
+def test_tiers_are_continuous_and_the_largest_max_price_fits_int64(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text(REP + SYM + 'tiers = [{limit = "1000", mmr_ppm = 5000}, '
+                    '{limit = "2000", mmr_ppm = 10000, max_leverage = 50}]\n'
+                    'max_leverage = 100\n[trading]\nshards = 1\n')
+    spec = topology.load(str(path)).symbols["X"]["spec"]
+    t0, t1 = spec["tiers"]
+    # at the first limit both tiers ask the same maintenance margin
+    assert t0["limit"] * t0["mmr_ppm"] // 10**6 - t0["mm_amount"] == \
+        t0["limit"] * t1["mmr_ppm"] // 10**6 - t1["mm_amount"]
+    assert spec["max_qty"] * spec["max_price"] * spec["value"] < 1 << 62
+    spec_from_dict({k: v for k, v in spec.items() if k != "mark_start_ticks"})

@@ -1,0 +1,83 @@
+"""`seqex client` (deploy/trader.py) against the scripted fake gateway of
+test_gateway_client: it prints reports as a person reads them, in the contract's units;
+consecutive invocations resume one session (same SessionID, the next SeqNo); bad input is
+one line and exit status 2, never a traceback."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from deploy.cli import main
+from tests.unit.test_gateway_client import FakeServer
+
+
+@pytest.fixture
+def gateway():
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    srv = FakeServer()
+    port = asyncio.run_coroutine_threadsafe(srv.start(), loop).result(10)
+    yield srv, f"127.0.0.1:{port}"
+    asyncio.run_coroutine_threadsafe(srv.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def client(gw, tmp_path, *words, password="pw"):
+    args = ["client", "--user", "alice", "--gateway", gw, "--data", str(tmp_path),
+            "--wait", "5", *words]
+    return main(args + (["--password", password] if password else []))
+
+
+def test_a_buy_prints_its_reports_and_the_next_invocation_resumes(gateway, tmp_path, capsys):
+    srv, gw = gateway
+    srv.fills = {1}
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "0.010", "@", "50000") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["alice: BTCUSDT buy 0.01 @ 50000.00 [order 1] accepted, resting",
+                   "alice: BTCUSDT buy 0.01 @ 50000.00 [order 1] filled 0.004 @ 49999.50 "
+                   "(taker), 0.006 left"]
+    assert client(gw, tmp_path, "cancel", "BTCUSDT", "1") == 0
+    out = capsys.readouterr().out
+    assert "[order 2] canceled" in out
+    assert srv.logons[1][0] == srv.logons[0][0]          # one session
+    assert srv.logons[1][1:] == (3, 2)                     # resumes after server message 2
+    assert [s for s, _cl, _f in srv.received] == [1, 2]   # nothing sent twice
+
+
+@pytest.mark.parametrize("words, want", [
+    (["buy", "BTCUSDT", "0.0005", "@", "50000"], "not a positive multiple of the lot 0.001"),
+    (["buy", "BTCUSDT", "0.001", "@", "50000.25"], "not a positive multiple of the tick 0.5"),
+    (["buy", "NOPE", "1", "@", "1"], "unknown symbol NOPE"),
+    (["buy", "BTCUSDT"], "usage: seqex client --user NAME buy SYMBOL QTY [@ PRICE]"),
+    (["buy", "BTCUSDT", "1", "@", "2", "3"], "extra words"),
+    (["cancel", "BTCUSDT", "x"], "order 'x': the number shown as [order N]"),
+    (["cancel", "BTCUSDT", "9"], "order 9 was not entered from here; give --side"),
+    (["watch", "x"], "usage: seqex client --user NAME watch"),
+])
+def test_bad_input_is_one_line_and_status_2(gateway, tmp_path, capsys, words, want):
+    _srv, gw = gateway
+    assert client(gw, tmp_path, *words) == 2
+    err = capsys.readouterr().err
+    assert want in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_wrong_password_and_no_password(gateway, tmp_path, capsys, monkeypatch):
+    _srv, gw = gateway
+    assert client(gw, tmp_path, "watch", password="bad") == 2
+    assert "logon refused: bad credentials" in capsys.readouterr().err
+    monkeypatch.delenv("SEQEX_PASSWORD", raising=False)
+    assert client(gw, tmp_path, "watch", password=None) == 2
+    assert "no password for alice" in capsys.readouterr().err
+
+
+def test_no_gateway_and_a_bad_address(tmp_path, capsys):
+    assert main(["client", "--user", "a", "--data", str(tmp_path), "watch"]) == 2
+    assert "seqex is not up" in capsys.readouterr().err
+    assert main(["client", "--user", "a", "--gateway", "nohost", "--password", "x",
+                 "--data", str(tmp_path), "watch"]) == 2
+    assert "--gateway 'nohost': HOST:PORT" in capsys.readouterr().err

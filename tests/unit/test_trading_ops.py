@@ -1,0 +1,60 @@
+"""deploy/trading.py and `seqex account`: users go into the gateway's accounts file (one
+shard per user), amounts are USDT decimals in 1e-8 minor units, and the demo users of the
+default topology are made once, with their passwords kept for `seqex client`."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from deploy import topology, trading
+from deploy.cli import main
+from gateway import accounts
+
+
+@pytest.mark.parametrize("text, minor", [("1", 10**8), ("0.00000001", 1), ("1000.5", 1000_5 * 10**7)])
+def test_amounts_in_minor_units(text, minor):
+    assert trading.minor_units(text) == minor
+
+
+@pytest.mark.parametrize("text, want", [("0", "must be positive"), ("-1", "must be positive"),
+                                         ("0.000000001", "more than 8 decimal places"),
+                                         ("x", "is not a number"), ("1e30", "too large")])
+def test_bad_amounts(text, want):
+    with pytest.raises(trading.TradingError, match=want):
+        trading.minor_units(text)
+
+
+def test_account_create_writes_the_accounts_file(tmp_path, capsys):
+    assert main(["account", "create", "carol", "--accounts", "6,8", "--password", "pw12",
+                 "--data", str(tmp_path)]) == 0
+    assert "user carol (id 1): accounts 6, 8; in" in capsys.readouterr().out
+    acc = accounts.load(str(tmp_path / "accounts.json"), n_shards=2)
+    assert acc.verify("carol", "pw12").accounts == (6, 8)
+    assert main(["account", "create", "dave", "--accounts", "6,7", "--data",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "all of a user's accounts must be in one shard" in err and "Traceback" not in err
+    assert main(["account", "create", "dave", "--data", str(tmp_path)]) == 2
+    assert "needs --accounts" in capsys.readouterr().err
+
+
+def test_account_deposit_needs_a_running_cluster(tmp_path, capsys):
+    assert main(["account", "deposit", "2", "100", "--data", str(tmp_path)]) == 2
+    assert "seqex is not up" in capsys.readouterr().err
+    assert main(["account", "deposit", "x", "100", "--data", str(tmp_path)]) == 2
+    assert "account 'x'" in capsys.readouterr().err
+
+
+def test_demo_users_are_made_once_in_their_shards(tmp_path):
+    topo = topology.load(data_dir=str(tmp_path))
+    made = trading.ensure_demo_users(topo)
+    assert set(made) == {"alice", "bob"}
+    assert trading.ensure_demo_users(topo) is None            # not twice
+    acc = accounts.load(trading.accounts_path(topo), n_shards=2)
+    assert acc.verify("alice", made["alice"]).accounts == (2, 4)
+    assert acc.verify("bob", made["bob"]).accounts == (3, 5)
+    assert trading.demo_passwords(str(tmp_path)) == made
+    assert os.stat(trading.demo_path(str(tmp_path))).st_mode & 0o777 == 0o600
+    assert json.load(open(trading.demo_path(str(tmp_path))))["deposited"] is False
