@@ -661,3 +661,26 @@ def test_finalized_session_gets_logout_5():
             wire.LOGON_REJECT_SESSION_FINALIZED
         await gw.close()
     run(main())
+
+
+def test_a_stalled_log_pauses_reading_not_memory():
+    """While core.send does not return, at most max_queued records wait per shard; the
+    connection stops being read, and everything goes through, in order, once it resumes."""
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_queued=10))
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        core.gate = asyncio.Event()
+        for i in range(1, 201):
+            c.nos(i, i)
+        conn = next(iter(gw.conns))
+        await wait_for(lambda: not conn.reading)
+        await asyncio.sleep(0.2)
+        assert len(gw.queues[0]) <= 11 and conn in gw.paused
+        core.gate.set()
+        got = [(await c.expect(wire.EXECUTION_REPORT)).ClOrdID for _ in range(200)]
+        assert got == list(range(1, 201))
+        assert conn.reading and not gw.paused
+        await gw.close()
+    run(main())
