@@ -247,7 +247,7 @@ def test_live_messages_wait_for_the_logon_replay():
         await c.logon(session=3)
         await c.expect(wire.LOGON_ACK)
         core.push(7, 3, 2000)
-        for i in range(2000):
+        for _i in range(2000):
             await c.expect(wire.EXECUTION_REPORT)
         c.close()
         await wait_for(lambda: core.sessions[(7, 3)]["conn"] is None)
