@@ -23,9 +23,10 @@ import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from gateway import wire
 from gateway.accounts import Accounts, User

@@ -26,6 +26,7 @@ class FakeCore:
         self.extra_depth = 0         # added to depth(): pretend the shard is behind
         self.ts_ns = 1_764_633_600_000_000_000  # 2025-12-02 00:00 UTC
         self.started = self.closed = False
+        self.gate: asyncio.Event | None = None  # set: send() waits for it (a stalled log)
 
     # -- Core ---------------------------------------------------------------------------------
     async def start(self):
@@ -35,6 +36,8 @@ class FakeCore:
         self.closed = True
 
     async def send(self, shard, kind, payload):
+        if self.gate is not None:
+            await self.gate.wait()
         self.sent.append((shard, kind, bytes(payload)))
         self.pending[shard].append((kind, bytes(payload)))
         if not self.hold:

@@ -21,6 +21,7 @@ from gateway import wire
 from gateway.accounts import Accounts, make_user
 from tests.gateway_fakes import FakeCore
 
+
 def seqno(r):
     return r.choice([r.getrandbits(64), 2**64 - 1, 0, 1, 2, 3, 2**63])
 

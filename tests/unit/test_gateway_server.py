@@ -74,6 +74,14 @@ class Client:
             assert got[0] == tid, f"expected {tid}, got {got[0]} {got[1]}"
             return got[1]
 
+    async def until(self, pred, timeout=5.0):
+        """The first frame for which pred(template id, fields) holds, skipping the others."""
+        while True:
+            got = await self.recv(timeout)
+            assert got is not None, "closed while waiting"
+            if pred(got[0], got[1]):
+                return got[1]
+
     async def closed(self, timeout=5.0):
         """True once the server closed the connection (frames before EOF are skipped)."""
         while True:
@@ -239,7 +247,7 @@ def test_live_messages_wait_for_the_logon_replay():
         await c.logon(session=3)
         await c.expect(wire.LOGON_ACK)
         core.push(7, 3, 2000)
-        for i in range(2000):
+        for _i in range(2000):
             await c.expect(wire.EXECUTION_REPORT)
         c.close()
         await wait_for(lambda: core.sessions[(7, 3)]["conn"] is None)
@@ -267,14 +275,12 @@ def test_heartbeat_testrequest_and_timeout():
         ack = await c.expect(wire.LOGON_ACK)
         assert ack.HeartbeatIntervalMs == 100
         c.send(wire.TEST_REQUEST, 4242)
-        hb = await c.expect(wire.HEARTBEAT, skip=())
-        while hb.TestReqID != 4242:
-            hb = await c.expect(wire.HEARTBEAT, skip=())
+        await c.until(lambda tid, m: tid == wire.HEARTBEAT and m.TestReqID == 4242)
         c.nos(1, 1)
-        await c.expect(wire.EXECUTION_REPORT)
+        await c.until(lambda tid, m: tid == wire.EXECUTION_REPORT)
         # the server's own heartbeat says how far it applied and issued
-        hb = await c.expect(wire.HEARTBEAT, skip=())
-        assert (hb.TestReqID, hb.NextSeqNo, hb.NextExpectedSeqNo) == (0, 2, 2)
+        hb = await c.until(lambda tid, m: tid == wire.HEARTBEAT and m.TestReqID == 0)
+        assert (hb.NextSeqNo, hb.NextExpectedSeqNo) == (2, 2)
         # silent client: TestRequest after 1.5 x 200 ms, Logout(1) one interval later
         got = []
         while True:
@@ -497,7 +503,7 @@ def test_before_logon_only_a_logon(first):
 
 def test_connection_cap_and_idle_before_logon():
     async def main():
-        gw, core, port = await started(cfg=gs.Config(max_connections=3, logon_timeout_s=0.3))
+        gw, core, port = await started(cfg=gs.Config(max_connections=3, logon_timeout_s=1.0))
         held = [await Client.connect(port) for _ in range(3)]
         await wait_for(lambda: len(gw.conns) == 3)
         extra = await Client.connect(port)
@@ -506,10 +512,10 @@ def test_connection_cap_and_idle_before_logon():
         # a slow sender that never completes a Logon: dripped bytes do not keep it alive
         logon = wire.encode(wire.LOGON, 1, 0, 1, 1000, 0, 0, 0, b"alice", b"pw-alice")
         try:
-            for b in logon[:30]:  # 0.6 s of drip, past the 0.3 s allowed
+            for b in logon[:60]:  # 1.5 s of drip, past the 1 s allowed
                 held[0].raw(bytes([b]))
                 await held[0].w.drain()
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.025)
         except ConnectionError:
             pass
         for h in held:
@@ -628,7 +634,7 @@ def test_runs_on_uvloop():
 
 def test_connection_flood_leaves_nothing_behind():
     async def main():
-        gw, core, port = await started(cfg=gs.Config(max_connections=10, logon_timeout_s=0.2))
+        gw, core, port = await started(cfg=gs.Config(max_connections=10, logon_timeout_s=2.0))
         clients = await asyncio.gather(*[Client.connect(port) for _ in range(100)])
         for c in clients:
             assert await c.closed(timeout=5)
@@ -659,5 +665,28 @@ def test_finalized_session_gets_logout_5():
         await c.logon(session=11)
         assert (await c.expect(wire.LOGON_REJECT)).Reason == \
             wire.LOGON_REJECT_SESSION_FINALIZED
+        await gw.close()
+    run(main())
+
+
+def test_a_stalled_log_pauses_reading_not_memory():
+    """While core.send does not return, at most max_queued records wait per shard; the
+    connection stops being read, and everything goes through, in order, once it resumes."""
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_queued=10))
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        core.gate = asyncio.Event()
+        for i in range(1, 201):
+            c.nos(i, i)
+        conn = next(iter(gw.conns))
+        await wait_for(lambda: not conn.reading)
+        await asyncio.sleep(0.2)
+        assert len(gw.queues[0]) <= 11 and conn in gw.paused
+        core.gate.set()
+        got = [(await c.expect(wire.EXECUTION_REPORT)).ClOrdID for _ in range(200)]
+        assert got == list(range(1, 201))
+        assert conn.reading and not gw.paused
         await gw.close()
     run(main())
