@@ -376,7 +376,7 @@ cdef class CrossEngine:
         for k, x in enumerate(te):
             self.te_src[k] = x
         self.n_shards = n_shards
-        self.all_shards = (<uint64_t>0 - 1) if n_shards == 64 else ((<uint64_t>1 << n_shards) - 1)
+        self.all_shards = ~(<uint64_t>0) if n_shards == 64 else ((<uint64_t>1 << n_shards) - 1)
         self.max_fills = max_fills
         self.max_account_orders = max_account_orders
         self.symbol_id = symbol_id
@@ -1159,6 +1159,8 @@ cdef class CrossEngine:
 
     cdef int _walk_te(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
                       bint apply) except -1:
+        """Walk a TradingEngine output payload event by event, checking every size against n;
+        with `apply`, dispatch each CrossEngineCommand for this symbol."""
         cdef Py_ssize_t off = 0, size, tail
         cdef uint8_t t
         cdef uint16_t template
@@ -1170,23 +1172,20 @@ cdef class CrossEngine:
             if n - off < size:
                 self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
                                                     f"{size} bytes)")
+            tail = 0   # the bytes after the fixed part: a command, a session message's block
             if t == TE_CE_COMMAND:
                 tail = rd16(p + off + 7)
-                if apply and rd32(p + off + 1) == self.symbol_id:
-                    if n - off - size < tail:  # checked by the first walk; kept for clarity
-                        self._te_mismatch(seq, source, off, "truncated command")
-                    self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
             elif t == TE_SESSION_MESSAGE:
                 template = rd16(p + off + 13)
                 tail = te_session_block[template] if template < 256 else 0
                 if tail == 0:
                     self._te_mismatch(seq, source, off, f"SessionMessage of unknown template "
                                                         f"{template}")
-            else:
-                tail = 0
             if n - off - size < tail:
                 self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
                                                     f"{size + tail} bytes)")
+            if apply and t == TE_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
+                self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
             off += size + tail
         return 0
 
