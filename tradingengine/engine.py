@@ -569,7 +569,7 @@ class TradingEngine:
         self._out.append(_ER(c.EXEC_REPORT, exec_type, status, o.account, o.symbol,
                              o.client_order_id, o.order_id, o.side, o.ord_type, o.price, o.qty,
                              last_px, last_qty, o.leaves, o.cum, paid, code, liquidity))
-        if o.sess is not None:
+        if o.sess is not None or o.cxl is not None or o.rpl is not None:
             self._session_er(o, exec_type, status, last_px, last_qty, code, liquidity)
 
     def _reject_order(self, coid: int, account: int, symbol: int, side: int, ord_type: int,
@@ -1693,7 +1693,8 @@ class TradingEngine:
                   last_px * tick if exec_type == c.EXEC_TRADE else c.P_NULL_PRICE, last_qty,
                   o.leaves, o.cum, o.symbol, o.account, exec_type, status, o.side, o.ord_type,
                   o.tif, reason, liquidity, 0)
-        self._smsg(o.sess, c.P_EXEC_REPORT, *fields)
+        if o.sess is not None:
+            self._smsg(o.sess, c.P_EXEC_REPORT, *fields)
         if extra is not None and extra != o.sess:
             self._smsg(extra, c.P_EXEC_REPORT, *fields)
 

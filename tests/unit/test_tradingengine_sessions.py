@@ -357,3 +357,12 @@ def test_the_route_has_the_bit_of_each_symbol_commanded():
 def test_fix_reason_mapping(code, reason):
     from tradingengine.engine import fix_ord_rej_reason
     assert fix_ord_rej_reason(code) == reason
+
+
+def test_a_session_cancelling_an_order_entered_without_a_session_gets_the_report():
+    h = Harness()
+    h.logon(1, 9)
+    h.v.order(500, 1, c.BUY, 10_000, 2)              # the operator's order of account 1
+    ms = h.send(1, 9, 101, OCR.pack(1, 0, 501, 500, NULL, 1, b"1", 0))
+    (er,) = ers(ms, b"4")
+    assert er[2:4] == (501, 500) and er[0] == 1
