@@ -50,6 +50,10 @@ class TradingFlow(RuleBasedStateMachine):
         self.v.mark(1, MID[1])
         self.v.mark(2, MID[2])
         self.coid = 0
+        for (user, sid), cod in zip(sorted((u, i) for u in USERS for i in (1, 2)),
+                                    (0, 1, 2, 2), strict=True):
+            self.v.apply(c.SESSION_LOGON, c.session_logon(user, sid, sid, USERS[user][0],
+                                                          USERS[user], cod, 500))
 
     def _coid(self) -> int:
         self.coid += 1
@@ -216,7 +220,8 @@ class TradingFlow(RuleBasedStateMachine):
         self.v.apply(c.SESSION_LOGON, c.session_logon(user, sid, gw << 48 | conn, accounts[0],
                                                       accounts, cod, cod_ms))
 
-    @rule(key=SESSIONS, conn=st.integers(0, 3), gw=st.integers(0, 1), reason=st.integers(0, 2))
+    @rule(key=SESSIONS, conn=st.integers(0, 3), gw=st.integers(0, 1),
+          reason=st.sampled_from([0, 0, 1, 1, 1, 2]))
     def session_end(self, key, conn, gw, reason):
         self.v.apply(c.SESSION_END, c.session_end(key[0], key[1], gw << 48 | conn, reason))
 
@@ -225,11 +230,13 @@ class TradingFlow(RuleBasedStateMachine):
         self.v.apply(c.GATEWAY_START, c.gateway_start(gw))
 
     @rule(key=SESSIONS, how=st.sampled_from(["next"] * 6 + ["repeat", "jump"]),
-          symbol=st.sampled_from([1, 2, 3]), side=st.sampled_from([b"1", b"2", b"3"]),
-          off_pct=st.integers(-8, 8), qty=st.integers(0, 300), which=st.integers(0, 2),
-          ord_type=st.sampled_from([b"2", b"2", b"1"]), tif=st.sampled_from([b"1", b"3", b"0"]),
-          flags=st.sampled_from([0, 0, 2]), reuse=st.booleans(), gflags=st.sampled_from(
-              [0, 0, 0, 0, 1, 2]), odd=st.booleans())
+          symbol=st.sampled_from([1, 2] * 5 + [3]),
+          side=st.sampled_from([b"1", b"2"] * 5 + [b"3"]), off_pct=st.integers(-4, 4),
+          qty=st.integers(0, 300), which=st.integers(0, 2),
+          ord_type=st.sampled_from([b"2"] * 5 + [b"1"]),
+          tif=st.sampled_from([b"1"] * 6 + [b"3", b"0"]), flags=st.sampled_from([0] * 5 + [2]),
+          reuse=st.sampled_from([False] * 9 + [True]),
+          gflags=st.sampled_from([0] * 10 + [1, 2]), odd=st.sampled_from([False] * 9 + [True]))
     def session_order(self, key, how, symbol, side, off_pct, qty, which, ord_type, tif, flags,
                       reuse, gflags, odd):
         mark = self.v.te.marks.get(symbol, 10_000)
