@@ -366,3 +366,23 @@ def test_a_session_cancelling_an_order_entered_without_a_session_gets_the_report
     ms = h.send(1, 9, 101, OCR.pack(1, 0, 501, 500, NULL, 1, b"1", 0))
     (er,) = ers(ms, b"4")
     assert er[2:4] == (501, 500) and er[0] == 1
+
+
+def test_cancel_on_disconnect_goes_one_account_a_unit_within_the_output_budget():
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1, accounts=[1, 3], cod=c.COD_ON_DISCONNECT, cod_ms=0)
+    h.nos(1, 9, 1, 300, account=1)
+    h.nos(1, 9, 2, 301, account=3)
+    for te in (h.v.te, *h.v.shadows):
+        te.output_budget = 0
+    h.v.auto = False          # the CrossEngine's answers wait: one record at a time
+    ms = msgs(h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_DISCONNECT)))
+    assert [o.pending for o in h.v.te.orders.values()] == [1, 0]   # account 1's only
+    assert h.v.te.cod and h.v.te.sessions[(1, 9)].cod_cursor == 1
+    back = TradingEngine.restore(h.v.te.snapshot())
+    assert back.state_hash() == h.v.te.state_hash()
+    ms += msgs(h.apply(c.KIND_TICK, b""))
+    assert not h.v.te.cod and [o.pending for o in h.v.te.orders.values()] == [1, 1]
+    ms += msgs(h.v.deliver())
+    assert not h.v.te.orders
+    assert sorted(e[2] for e in ers(ms, b"4")) == [300, 301]
