@@ -386,3 +386,22 @@ def test_cancel_on_disconnect_goes_one_account_a_unit_within_the_output_budget()
     ms += msgs(h.v.deliver())
     assert not h.v.te.orders
     assert sorted(e[2] for e in ers(ms, b"4")) == [300, 301]
+
+
+def test_apply_frame_gives_each_output_its_route_once_the_header_has_one(monkeypatch):
+    """With mq.record's 46-byte header (route at 38) apply_frame hands encode 8-tuples whose
+    last element is the route; with the 38-byte one, 7-tuples as before."""
+    import tradingengine.engine as engine_module
+    from mq.record import encode
+    te = Harness().v.te
+    seq = te.seq
+    frame = encode([(seq + 1, te.ts_ns, 5, 1, 1, c.NEW_ORDER,
+                     c.new_order(1, 1, 2, c.BUY, 50_000, 1)),
+                    (seq + 2, te.ts_ns, 5, 2, 1, c.KIND_TICK, b"")])
+    seen = []
+    monkeypatch.setattr(engine_module, "ROUTED", True)
+    monkeypatch.setattr(engine_module, "encode", lambda recs: seen.extend(recs) or b"")
+    te.apply_frame(frame)
+    assert [len(r) for r in seen] == [8, 8]
+    assert [r[7] for r in seen] == [1 << 2, 0] and seen[0][:6] == (seq + 1, te.ts_ns, 5, 1, 1,
+                                                                   c.NEW_ORDER)
