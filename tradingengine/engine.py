@@ -362,6 +362,10 @@ class TradingEngine:
         self.specs: dict[int, ContractSpec] = {s.symbol: s for s in sorted(specs, key=_sym)}
         if len(self.specs) != len(specs):
             raise ValueError("two contract specs share a symbol")
+        for spec in specs:
+            if spec.max_price * spec.tick >= 1 << 63:
+                raise ValueError(f"symbol {spec.symbol}: max_price x tick does not fit a "
+                                 "PROTOCOL.md price (i64)")
         self.accounts: dict[int, Account] = {}
         self.clearing = Account(CLEARING_ID)
         self.liquidation = Account(LIQUIDATION_ID)
