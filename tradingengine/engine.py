@@ -1702,6 +1702,18 @@ class TradingEngine:
             self._smsg(o.sess, c.P_EXEC_REPORT, *fields)
         if extra is not None and extra != o.sess:
             self._smsg(extra, c.P_EXEC_REPORT, *fields)
+        if (o.cxl is not None or o.rpl is not None) and (o.leaves == 0
+                                                          or o.order_id not in self.orders):
+            # the order is done while a session's cancel or replace of it is in flight: that
+            # request can only fail (the CrossEngine's answer will find no order): too late
+            for req, to in ((o.cxl, 1), (o.rpl, 2)):
+                if req is not None:
+                    late = (self.ts_ns, req[0], o.client_order_id, o.order_id, o.symbol,
+                            status, 48 + to, 0, 0)
+                    self._smsg(req[1], c.P_CANCEL_REJECT, *late)
+                    if o.sess is not None and o.sess != req[1]:
+                        self._smsg(o.sess, c.P_CANCEL_REJECT, *late)
+            o.cxl = o.rpl = None
 
     def _session_reject_er(self, key: tuple, coid: int, account: int, symbol: int, side: int,
                            ord_type: int, tif: int, price: int, qty: int, reason: int) -> None:

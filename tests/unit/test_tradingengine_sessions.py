@@ -405,3 +405,18 @@ def test_apply_frame_gives_each_output_its_route_once_the_header_has_one(monkeyp
     assert [len(r) for r in seen] == [8, 8]
     assert [r[7] for r in seen] == [1 << 2, 0] and seen[0][:6] == (seq + 1, te.ts_ns, 5, 1, 1,
                                                                    c.NEW_ORDER)
+
+
+def test_a_cancel_in_flight_when_the_order_fills_gets_too_late():
+    h = Harness()
+    h.logon(1, 9)
+    h.logon(2, 9)
+    h.nos(1, 9, 1, 10, side=b"2", price=100 * E8, qty=5)
+    h.v.auto = False
+    h.nos(2, 9, 1, 20, side=b"1", price=100 * E8, qty=5)     # fills it in the CrossEngine
+    h.send(1, 9, 101, OCR.pack(2, 0, 11, 10, NULL, 1, b"1", 0))   # the cancel crosses the fill
+    ms = msgs(h.v.deliver())
+    mine = [m for m in ms if m[0] == 1]
+    assert [m[2] for m in mine] == [200, 201]
+    assert mine[0][3][14] == b"F" and mine[1][3][2:5] == (11, 10, mine[0][3][4])
+    assert mine[1][3][6:9] == (b"2", b"1", 0)                 # filled; cancel; too late
