@@ -153,6 +153,7 @@ def worst_case_output() -> dict[str, int]:
         "liquidation": MAX_OPEN_ORDERS * cancel_one + size[c.LIQUIDATION]
         + size[c.DEFICIT_COVERED] + size[c.POSITION] + size[c.ACCOUNT],
         "dead_mans_switch": MAX_OPEN_ORDERS * cancel_one + size[c.DEAD_MANS_SWITCH_FIRED],
+        "cancel_on_disconnect": MAX_OPEN_ORDERS * cancel_one,   # one account of a session
         "funding": size[c.FUNDING] + size[c.DEFICIT_COVERED] + size[c.FUNDING_SETTLED],
         "trigger": er + max(er, cmd + c.CE_NEW_ORDER_S.size),
         "mass_cancelled": er,
@@ -242,7 +243,7 @@ class Session:
     cancel-on-disconnect settings, and the ClOrdIDs it has used."""
     __slots__ = ("user", "session_id", "conn_id", "bound", "default_account", "accounts",
                  "cod_mode", "cod_timeout_ms", "next_expected", "next_seq", "cod_deadline",
-                 "clordids")
+                 "cod_cursor", "clordids")
 
     def __init__(self, user: int, session_id: int) -> None:
         self.user = user
@@ -256,18 +257,19 @@ class Session:
         self.next_expected = 1        # the next client SeqNo it applies
         self.next_seq = 1             # the server SeqNo of its next message
         self.cod_deadline = 0         # ts_ns at which cancel-on-disconnect fires (0: not armed)
+        self.cod_cursor = 0           # the next of its accounts a firing one cancels in
         self.clordids: dict[int, None] = {}
 
     def row(self) -> list:
         return [self.user, self.session_id, self.conn_id, self.bound, self.default_account,
                 list(self.accounts), self.cod_mode, self.cod_timeout_ms, self.next_expected,
-                self.next_seq, self.cod_deadline, sorted(self.clordids)]
+                self.next_seq, self.cod_deadline, self.cod_cursor, sorted(self.clordids)]
 
     @classmethod
     def from_row(cls, row: list) -> Session:
         s = cls(row[0], row[1])
         (s.conn_id, s.bound, s.default_account, s.accounts, s.cod_mode, s.cod_timeout_ms,
-         s.next_expected, s.next_seq, s.cod_deadline, clordids) = row[2:]
+         s.next_expected, s.next_seq, s.cod_deadline, s.cod_cursor, clordids) = row[2:]
         s.accounts = list(s.accounts)
         s.clordids = dict.fromkeys(clordids)
         return s
@@ -360,6 +362,10 @@ class TradingEngine:
         self.specs: dict[int, ContractSpec] = {s.symbol: s for s in sorted(specs, key=_sym)}
         if len(self.specs) != len(specs):
             raise ValueError("two contract specs share a symbol")
+        for spec in specs:
+            if spec.max_price * spec.tick >= 1 << 63:
+                raise ValueError(f"symbol {spec.symbol}: max_price x tick does not fit a "
+                                 "PROTOCOL.md price (i64)")
         self.accounts: dict[int, Account] = {}
         self.clearing = Account(CLEARING_ID)
         self.liquidation = Account(LIQUIDATION_ID)
@@ -569,7 +575,7 @@ class TradingEngine:
         self._out.append(_ER(c.EXEC_REPORT, exec_type, status, o.account, o.symbol,
                              o.client_order_id, o.order_id, o.side, o.ord_type, o.price, o.qty,
                              last_px, last_qty, o.leaves, o.cum, paid, code, liquidity))
-        if o.sess is not None:
+        if o.sess is not None or o.cxl is not None or o.rpl is not None:
             self._session_er(o, exec_type, status, last_px, last_qty, code, liquidity)
 
     def _reject_order(self, coid: int, account: int, symbol: int, side: int, ord_type: int,
@@ -1126,12 +1132,11 @@ class TradingEngine:
             self._out.append(_PACK[c.DEAD_MANS_SWITCH_FIRED](c.DEAD_MANS_SWITCH_FIRED, account,
                                                              n))
         for key in sorted(k for k, t in self.cod.items() if t <= now):
-            if not self._may_go_on():
-                break
-            del self.cod[key]
             sess = self.sessions[key]
+            if not self._cancel_on_disconnect(key, sess):
+                break            # the rest are still due: they go on at the next record
+            del self.cod[key]
             sess.cod_deadline = 0
-            self._cancel_on_disconnect(key, sess)
         for symbol in sorted(s for s, t in self.next_funding.items() if t <= now):
             interval = self.specs[symbol].funding_interval_ns
             while self.next_funding[symbol] <= now:
@@ -1693,9 +1698,22 @@ class TradingEngine:
                   last_px * tick if exec_type == c.EXEC_TRADE else c.P_NULL_PRICE, last_qty,
                   o.leaves, o.cum, o.symbol, o.account, exec_type, status, o.side, o.ord_type,
                   o.tif, reason, liquidity, 0)
-        self._smsg(o.sess, c.P_EXEC_REPORT, *fields)
+        if o.sess is not None:
+            self._smsg(o.sess, c.P_EXEC_REPORT, *fields)
         if extra is not None and extra != o.sess:
             self._smsg(extra, c.P_EXEC_REPORT, *fields)
+        if (o.cxl is not None or o.rpl is not None) and (o.leaves == 0
+                                                          or o.order_id not in self.orders):
+            # the order is done while a session's cancel or replace of it is in flight: that
+            # request can only fail (the CrossEngine's answer will find no order): too late
+            for req, to in ((o.cxl, 1), (o.rpl, 2)):
+                if req is not None:
+                    late = (self.ts_ns, req[0], o.client_order_id, o.order_id, o.symbol,
+                            status, 48 + to, 0, 0)
+                    self._smsg(req[1], c.P_CANCEL_REJECT, *late)
+                    if o.sess is not None and o.sess != req[1]:
+                        self._smsg(o.sess, c.P_CANCEL_REJECT, *late)
+            o.cxl = o.rpl = None
 
     def _session_reject_er(self, key: tuple, coid: int, account: int, symbol: int, side: int,
                            ord_type: int, tif: int, price: int, qty: int, reason: int) -> None:
@@ -1765,7 +1783,7 @@ class TradingEngine:
         sess.default_account, sess.accounts = default, accounts
         sess.cod_mode, sess.cod_timeout_ms = mode, cod_ms
         if sess.cod_deadline:
-            sess.cod_deadline = 0
+            sess.cod_deadline = sess.cod_cursor = 0
             del self.cod[key]
             self._reset_timer()
         self._session_state(key, conn_id, sess, status)
@@ -1803,17 +1821,24 @@ class TradingEngine:
         if not (mode == c.COD_ON_DISCONNECT_OR_LOGOUT
                 or mode == c.COD_ON_DISCONNECT and reason == c.END_DISCONNECT):
             return
-        if sess.cod_timeout_ms == 0:
-            self._cancel_on_disconnect(key, sess)
+        sess.cod_cursor = 0
+        if sess.cod_timeout_ms == 0 and self._cancel_on_disconnect(key, sess):
             return
+        # (with no grace and work left over, it is due now: it goes on at the next record)
         sess.cod_deadline = self.ts_ns + sess.cod_timeout_ms * 1_000_000
         self.cod[key] = sess.cod_deadline
         self._reset_timer()
 
-    def _cancel_on_disconnect(self, key: tuple, sess) -> None:
-        """Cancel every open order the session entered (ExecutionReport '4' reason 2)."""
-        for a in sess.accounts:
-            acct = self.accounts.get(a)
+    def _cancel_on_disconnect(self, key: tuple, sess) -> bool:
+        """Cancel every open order the session entered (ExecutionReport '4' reason 2), one
+        account a unit of work (as a sweep is); False when the output budget stopped it (the
+        session's cursor says where it goes on)."""
+        accounts = sess.accounts
+        for i in range(sess.cod_cursor, len(accounts)):
+            if not self._may_go_on():
+                sess.cod_cursor = i
+                return False
+            acct = self.accounts.get(accounts[i])
             if acct is None:
                 continue
             for o in list(acct.orders.values()):
@@ -1825,6 +1850,8 @@ class TradingEngine:
                              status=c.STATUS_CANCELED)
                 elif o.pending != PENDING_CANCEL:
                     self._send_cancel(o, c.REASON_CANCEL_ON_DISCONNECT)
+        sess.cod_cursor = 0
+        return True
 
     def _finalize(self, key: tuple, sess) -> None:
         self._session_state(key, sess.conn_id, sess, c.SESSION_FINALIZED)

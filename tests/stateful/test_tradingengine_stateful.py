@@ -8,7 +8,9 @@ record, not only at marks), every derived figure (order and position margin, lea
 reduce-only counts) equals what the state implies, no client balance is negative (a deficit
 only ever moves to the liquidation account), and nothing raises: rejects are events. A
 snapshot taken at any step restores to the same hash and carries on identically."""
+import dataclasses
 import os
+import struct
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -24,6 +26,15 @@ ACCOUNTS = st.sampled_from([2, 4, 6, 8])
 FOREIGN = st.sampled_from([1, 3])
 SYMBOLS = st.sampled_from([1, 2])
 SIDES = st.sampled_from([c.BUY, c.SELL])
+# sessions: user 100 owns accounts 2 and 6, user 200 owns 4 and 8; two session ids each
+USERS = {100: [2, 6], 200: [4, 8]}
+SESSIONS = st.tuples(st.sampled_from([100, 200]), st.sampled_from([1, 2]))
+P_NOS = struct.Struct("<QQQqQIIcccB")
+P_OCR = struct.Struct("<QQQQQIcB")
+P_OCRR = struct.Struct("<QQQQQqQIcccB")
+P_OMCR = struct.Struct("<QQQIccB")
+NULL = (1 << 64) - 1
+TICK = 100          # a PROTOCOL.md price is ticks x 100 (x 1e-8); an odd one is not on a tick
 
 
 class TradingFlow(RuleBasedStateMachine):
@@ -31,13 +42,18 @@ class TradingFlow(RuleBasedStateMachine):
                 budget=st.sampled_from([None, None, 0, 400]))
     def setup(self, balances, budget):
         # a budget of 0 (or 400 bytes) defers every fan-out to later records, one unit each
-        self.v = Venue(two_specs(), shard=0, n_shards=2, auto=False, check=True,
+        specs = [dataclasses.replace(sp, tick=TICK) for sp in two_specs()]
+        self.v = Venue(specs, shard=0, n_shards=2, auto=False, check=True,
                        shadows=(ReferenceEngine, INTERPRETED), output_budget=budget)
         for account, amount in zip([2, 4, 6, 8], balances, strict=True):
             self.v.deposit(account, amount)
         self.v.mark(1, MID[1])
         self.v.mark(2, MID[2])
         self.coid = 0
+        for (user, sid), cod in zip(sorted((u, i) for u in USERS for i in (1, 2)),
+                                    (0, 1, 2, 2), strict=True):
+            self.v.apply(c.SESSION_LOGON, c.session_logon(user, sid, sid, USERS[user][0],
+                                                          USERS[user], cod, 500))
 
     def _coid(self) -> int:
         self.coid += 1
@@ -187,6 +203,81 @@ class TradingFlow(RuleBasedStateMachine):
           data=st.binary(max_size=60))
     def garbage(self, kind, data):
         """Any bytes under any client kind give events, never an exception."""
+        self.v.apply(kind, data)
+
+    # -- sessions: the client's SeqNo is mostly the next one, sometimes a repeat or a jump ----
+
+    def _seqno(self, key, how):
+        sess = self.v.te.sessions.get(key)
+        nxt = sess.next_expected if sess is not None else 1
+        return {"next": nxt, "repeat": max(1, nxt - 1), "jump": nxt + 2}[how]
+
+    @rule(key=SESSIONS, conn=st.integers(0, 3), gw=st.integers(0, 1),
+          cod=st.integers(0, 2), cod_ms=st.sampled_from([0, 1, 500, 60_000]))
+    def session_logon(self, key, conn, gw, cod, cod_ms):
+        user, sid = key
+        accounts = USERS[user]
+        self.v.apply(c.SESSION_LOGON, c.session_logon(user, sid, gw << 48 | conn, accounts[0],
+                                                      accounts, cod, cod_ms))
+
+    @rule(key=SESSIONS, conn=st.integers(0, 3), gw=st.integers(0, 1),
+          reason=st.sampled_from([0, 0, 1, 1, 1, 2]))
+    def session_end(self, key, conn, gw, reason):
+        self.v.apply(c.SESSION_END, c.session_end(key[0], key[1], gw << 48 | conn, reason))
+
+    @rule(gw=st.integers(0, 1))
+    def gateway_start(self, gw):
+        self.v.apply(c.GATEWAY_START, c.gateway_start(gw))
+
+    @rule(key=SESSIONS, how=st.sampled_from(["next"] * 6 + ["repeat", "jump"]),
+          symbol=st.sampled_from([1, 2] * 5 + [3]),
+          side=st.sampled_from([b"1", b"2"] * 5 + [b"3"]), off_pct=st.integers(-4, 4),
+          qty=st.integers(0, 300), which=st.integers(0, 2),
+          ord_type=st.sampled_from([b"2"] * 5 + [b"1"]),
+          tif=st.sampled_from([b"1"] * 6 + [b"3", b"0"]), flags=st.sampled_from([0] * 5 + [2]),
+          reuse=st.sampled_from([False] * 9 + [True]),
+          gflags=st.sampled_from([0] * 10 + [1, 2]), odd=st.sampled_from([False] * 9 + [True]))
+    def session_order(self, key, how, symbol, side, off_pct, qty, which, ord_type, tif, flags,
+                      reuse, gflags, odd):
+        mark = self.v.te.marks.get(symbol, 10_000)
+        price = max(1, mark + mark * off_pct // 100) * TICK + (1 if odd else 0)
+        account = [0, *USERS[key[0]]][which]
+        coid = self.coid if reuse and self.coid else self._coid()
+        block = P_NOS.pack(self._seqno(key, how), 0, coid,
+                           c.P_NULL_PRICE if ord_type == b"1" else price, qty, symbol, account,
+                           side, ord_type, tif, flags)
+        self.v.apply(c.CLIENT_MESSAGE, c.client_message(key[0], key[1], 100, block, gflags))
+
+    def _session_order_ids(self, key):
+        return [(o.client_order_id, o.order_id) for o in self.v.te.orders.values()
+                if o.account in USERS[key[0]]]
+
+    @rule(key=SESSIONS, pick=st.integers(0, 10**6), by_id=st.booleans(),
+          replace=st.booleans(), dp=st.integers(-30, 30), qty=st.integers(0, 300))
+    def session_cancel_or_replace(self, key, pick, by_id, replace, dp, qty):
+        ids = self._session_order_ids(key) or [(pick, pick)]
+        coid, oid = ids[pick % len(ids)]
+        orig, oid = (NULL, oid) if by_id else (coid, NULL)
+        seq = self._seqno(key, "next")
+        if replace:
+            o = self.v.te.orders.get(oid if by_id else -1)
+            price = max(1, (o.price if o is not None else 10_000) + dp) * TICK
+            block = P_OCRR.pack(seq, 0, self._coid(), orig, oid, price, qty, 1, b"1",
+                                b"2", b"1", 0)
+            self.v.apply(c.CLIENT_MESSAGE, c.client_message(key[0], key[1], 102, block))
+        else:
+            block = P_OCR.pack(seq, 0, self._coid(), orig, oid, 1, b"1", 0)
+            self.v.apply(c.CLIENT_MESSAGE, c.client_message(key[0], key[1], 101, block))
+
+    @rule(key=SESSIONS, symbol=st.sampled_from([1, 2, 9]), mtype=st.sampled_from([b"1", b"7",
+                                                                                   b"9"]),
+          side=st.sampled_from([b"0", b"1", b"2"]), template=st.sampled_from([103, 103, 150]))
+    def session_mass_cancel(self, key, symbol, mtype, side, template):
+        block = P_OMCR.pack(self._seqno(key, "next"), 0, self._coid(), symbol, mtype, side, 0)
+        self.v.apply(c.CLIENT_MESSAGE, c.client_message(key[0], key[1], template, block))
+
+    @rule(kind=st.sampled_from(c.SESSION_KINDS), data=st.binary(max_size=80))
+    def session_garbage(self, kind, data):
         self.v.apply(kind, data)
 
     @rule()

@@ -99,3 +99,19 @@ def test_the_source_configuration_is_in_the_snapshot():
     assert back.gateway_sources == [0x7200_0000]
     assert back.state_hash() == te.state_hash()
     assert TradingEngine(two_specs(), ce_sources={"0x7000_0001": 1}).ce_sources == {CE_1: 1}
+
+
+def test_deploy_passes_the_source_keys_from_a_json_configuration():
+    import dataclasses
+    import json
+
+    from deploy.engines import make
+    specs = [{**dataclasses.asdict(s), "tiers": [dataclasses.asdict(t) for t in s.tiers]}
+             for s in two_specs()]
+    config = json.loads(json.dumps({
+        "specs": specs, "shard": 0, "n_shards": 2,
+        "ce_sources": {str(CE_1): 1, "0x7000_0002": 2}, "oracle_sources": [ORACLE],
+        "gateway_sources": [0x7200_0000]}))
+    te, restore = make("tradingengine", config)
+    assert te.ce_sources == {CE_1: 1, CE_2: 2} and te.oracle_sources == [ORACLE]
+    assert restore(te.snapshot()).gateway_sources == [0x7200_0000]

@@ -357,3 +357,66 @@ def test_the_route_has_the_bit_of_each_symbol_commanded():
 def test_fix_reason_mapping(code, reason):
     from tradingengine.engine import fix_ord_rej_reason
     assert fix_ord_rej_reason(code) == reason
+
+
+def test_a_session_cancelling_an_order_entered_without_a_session_gets_the_report():
+    h = Harness()
+    h.logon(1, 9)
+    h.v.order(500, 1, c.BUY, 10_000, 2)              # the operator's order of account 1
+    ms = h.send(1, 9, 101, OCR.pack(1, 0, 501, 500, NULL, 1, b"1", 0))
+    (er,) = ers(ms, b"4")
+    assert er[2:4] == (501, 500) and er[0] == 1
+
+
+def test_cancel_on_disconnect_goes_one_account_a_unit_within_the_output_budget():
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1, accounts=[1, 3], cod=c.COD_ON_DISCONNECT, cod_ms=0)
+    h.nos(1, 9, 1, 300, account=1)
+    h.nos(1, 9, 2, 301, account=3)
+    for te in (h.v.te, *h.v.shadows):
+        te.output_budget = 0
+    h.v.auto = False          # the CrossEngine's answers wait: one record at a time
+    ms = msgs(h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_DISCONNECT)))
+    assert [o.pending for o in h.v.te.orders.values()] == [1, 0]   # account 1's only
+    assert h.v.te.cod and h.v.te.sessions[(1, 9)].cod_cursor == 1
+    back = TradingEngine.restore(h.v.te.snapshot())
+    assert back.state_hash() == h.v.te.state_hash()
+    ms += msgs(h.apply(c.KIND_TICK, b""))
+    assert not h.v.te.cod and [o.pending for o in h.v.te.orders.values()] == [1, 1]
+    ms += msgs(h.v.deliver())
+    assert not h.v.te.orders
+    assert sorted(e[2] for e in ers(ms, b"4")) == [300, 301]
+
+
+def test_apply_frame_gives_each_output_its_route_once_the_header_has_one(monkeypatch):
+    """With mq.record's 46-byte header (route at 38) apply_frame hands encode 8-tuples whose
+    last element is the route; with the 38-byte one, 7-tuples as before."""
+    import tradingengine.engine as engine_module
+    from mq.record import encode
+    te = Harness().v.te
+    seq = te.seq
+    frame = encode([(seq + 1, te.ts_ns, 5, 1, 1, c.NEW_ORDER,
+                     c.new_order(1, 1, 2, c.BUY, 50_000, 1)),
+                    (seq + 2, te.ts_ns, 5, 2, 1, c.KIND_TICK, b"")])
+    seen = []
+    monkeypatch.setattr(engine_module, "ROUTED", True)
+    monkeypatch.setattr(engine_module, "encode", lambda recs: seen.extend(recs) or b"")
+    te.apply_frame(frame)
+    assert [len(r) for r in seen] == [8, 8]
+    assert [r[7] for r in seen] == [1 << 2, 0] and seen[0][:6] == (seq + 1, te.ts_ns, 5, 1, 1,
+                                                                   c.NEW_ORDER)
+
+
+def test_a_cancel_in_flight_when_the_order_fills_gets_too_late():
+    h = Harness()
+    h.logon(1, 9)
+    h.logon(2, 9)
+    h.nos(1, 9, 1, 10, side=b"2", price=100 * E8, qty=5)
+    h.v.auto = False
+    h.nos(2, 9, 1, 20, side=b"1", price=100 * E8, qty=5)     # fills it in the CrossEngine
+    h.send(1, 9, 101, OCR.pack(2, 0, 11, 10, NULL, 1, b"1", 0))   # the cancel crosses the fill
+    ms = msgs(h.v.deliver())
+    mine = [m for m in ms if m[0] == 1]
+    assert [m[2] for m in mine] == [200, 201]
+    assert mine[0][3][14] == b"F" and mine[1][3][2:5] == (11, 10, mine[0][3][4])
+    assert mine[1][3][6:9] == (b"2", b"1", 0)                 # filled; cancel; too late
