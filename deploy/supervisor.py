@@ -156,8 +156,6 @@ class Supervisor:
         for spec in self.mine():
             ends = [spec.control] + [spec.args[i + 1] for i, a in enumerate(spec.args)
                                      if a in ("--pub", "--producers", "--inputs")]
-            if spec.extra.get("listen"):     # the gateway's client port
-                ends.append(spec.extra["listen"])
             for end in ends:
                 if port_in_use(end):
                     raise SupervisorError(
@@ -205,7 +203,7 @@ class Supervisor:
     def _wait_ready(self, spec, proc: Proc, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while self.running:
-            if ping(spec.control, timeout_s=0.5):
+            if probe(spec, timeout_s=0.5):
                 return
             if not proc.alive:
                 raise SupervisorError(f"{spec.name} exited with status {proc.popen.returncode} "
@@ -370,11 +368,24 @@ def _running(pid: int) -> bool:
         return False
 
 
+def probe(spec, timeout_s: float = 0.5) -> dict | None:
+    """A process's status: PING on its control endpoint; the gateway, whose only port speaks
+    PROTOCOL.md, answers by accepting a TCP connection (closed at once, before any Logon)."""
+    if spec.extra.get("probe") != "tcp":
+        return ping(spec.control, timeout_s=timeout_s)
+    host, _, port = spec.control[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return {"state": "accepting clients"}
+    except OSError:
+        return None
+
+
 def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[list[str]]:
     given_up = given_up or {}
     rows = [["process", "role", "core", "stream", "seq", "lag/commit", "rate/s", "state"]]
     for spec in topo.procs:
-        st = ping(spec.control, timeout_s=0.5)
+        st = probe(spec)
         if st is None:
             state = "GAVE UP (see the supervisor's output)" if spec.name in given_up else "DOWN"
             rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", state])
