@@ -156,6 +156,8 @@ def _lock(path: str) -> int:
 
 
 def run(a: argparse.Namespace) -> int:
+    import logging
+    logging.getLogger("seqex.client").setLevel(logging.WARNING)   # the SDK's reconnect notes
     if not a.user or len(a.user.encode()) > 16:
         raise TraderError(f"--user {a.user!r}: 1 to 16 bytes")
     if a.wait is not None and not 0 <= a.wait <= 86_400:
@@ -194,7 +196,7 @@ def _save_orders(base: str, orders: dict) -> None:
 async def _session(a, action: dict, host: str, port: int, instruments: dict, base: str,
                    password: str) -> int:
     c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
-                   reconnect=False, connect_timeout_s=10.0)
+                   reconnect=False, connect_timeout_s=15.0)
     orders = _orders(base)
     mine: int | None = None
     try:
@@ -220,6 +222,9 @@ async def _session(a, action: dict, host: str, port: int, instruments: dict, bas
             if act == "amend":
                 mine = await c.amend(action["symbol"], action["order"], side, action["qty"],
                                      action["price"], a.tif)
+                # the amended order goes by the amend's ClOrdID from now on (FIX)
+                orders[str(mine)] = {"symbol": action["symbol"], "side": side}
+                _save_orders(base, orders)
             else:
                 mine = await c.cancel(action["symbol"], action["order"], side)
         elif act == "cancel-all":
