@@ -711,8 +711,9 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
     # person it is news like any other, so it is not marked.
     dup = ""
     if isinstance(r, ExecutionReport):
-        # After an amend the order goes by the amend's ClOrdID (FIX): say both.
-        was = f", was {r.orig_cl_ord_id}" if r.exec_type == "replaced" and r.orig_cl_ord_id \
+        # An amend's or a cancel's report carries the request's ClOrdID (FIX; the order goes
+        # by it from then on) and the order's earlier one: say both.
+        was = f", was {r.orig_cl_ord_id}" if r.orig_cl_ord_id not in (None, r.cl_ord_id) \
             else ""
         head = (f"{user}: {r.symbol} {r.side} {_num(r.qty)} @ {_num(r.price, tick)} "
                 f"[order {r.cl_ord_id}{was}]")
