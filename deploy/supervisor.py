@@ -173,6 +173,9 @@ class Supervisor:
         print(self.title, flush=True)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "running", False))
+        # SIGHUP (`seqex account create` sends it): the gateways re-read the accounts file.
+        self.reload_accounts = False
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_accounts", True))
         try:
             for spec in self.mine():
                 proc = self.group.spawn(spec.name, spec.args, cpu=spec.cpu)
@@ -191,6 +194,9 @@ class Supervisor:
                     print(f"  after start: {type(exc).__name__}: {exc}", flush=True)
             while self.running:
                 time.sleep(0.5)
+                if self.reload_accounts:
+                    self.reload_accounts = False
+                    self.forward_sighup()
                 self.check()
         finally:
             print("stopping...", flush=True)
@@ -199,6 +205,14 @@ class Supervisor:
                 os.remove(self.state_path)
             os.close(self.lock_fd)
             print("stopped.", flush=True)
+
+    def forward_sighup(self) -> None:
+        """The accounts file changed: every running gateway re-reads it (SIGHUP)."""
+        for spec in self.mine():
+            proc = self.procs.get(spec.name)
+            if spec.role == "gateway" and proc is not None and proc.alive:
+                proc.popen.send_signal(signal.SIGHUP)
+                print(f"  {spec.name}: re-reading the accounts file", flush=True)
 
     def _wait_ready(self, spec, proc: Proc, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
