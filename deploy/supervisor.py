@@ -383,16 +383,27 @@ def _running(pid: int) -> bool:
 
 
 def probe(spec, timeout_s: float = 0.5) -> dict | None:
-    """A process's status: PING on its control endpoint; the gateway, whose only port speaks
-    PROTOCOL.md, answers by accepting a TCP connection (closed at once, before any Logon)."""
+    """A process's status: PING on its control endpoint. The gateway, whose only port speaks
+    PROTOCOL.md, is sent a Heartbeat before any Logon and must answer with a PROTOCOL.md frame
+    (its Logout(2) "logon first"): a connection alone could be another program's port."""
     if spec.extra.get("probe") != "tcp":
         return ping(spec.control, timeout_s=timeout_s)
+    from gateway import wire
     host, _, port = spec.control[len("tcp://"):].rpartition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return {"state": "accepting clients"}
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as s:
+            s.sendall(wire.encode(wire.HEARTBEAT, 0, 1, 1))
+            head = b""
+            while len(head) < 4:
+                more = s.recv(4 - len(head))
+                if not more:
+                    return None
+                head += more
     except OSError:
         return None
+    if head[2:4] != wire.PREFIX.pack(0, wire.ENCODING_TYPE, 0, 0, 0, 0)[2:4]:
+        return None
+    return {"state": "accepting clients"}
 
 
 def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[list[str]]:

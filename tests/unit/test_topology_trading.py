@@ -206,16 +206,29 @@ def test_the_gateway_takes_the_planned_configuration():
     assert len(settings.shards) == 2
 
 
-def test_the_gateway_is_probed_by_a_tcp_connection():
+def test_the_gateway_is_probed_by_a_frame_not_just_a_connection():
+    """A listener that is not a PROTOCOL.md speaker (another program on the port) does not
+    count as the gateway: the probe sends a Heartbeat and needs a framed answer."""
     import socket
+    import threading
 
     from deploy.supervisor import probe
-    topo = topology.load()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        gw = topo.by_name("gateway0")
-        gw.control = f"tcp://127.0.0.1:{port}"
-        assert probe(gw) == {"state": "accepting clients"}
+    from gateway import wire
+    gw = topology.load().by_name("gateway0")
+    for answer, want in ((wire.encode(wire.LOGOUT, 2, b"logon first"),
+                          {"state": "accepting clients"}), (b"HTTP/1.1 400\r\n", None)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            gw.control = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+            def serve(s=s, answer=answer):
+                conn, _ = s.accept()
+                with conn:
+                    conn.recv(64)
+                    conn.sendall(answer)
+            t = threading.Thread(target=serve)
+            t.start()
+            assert probe(gw, timeout_s=5) == want
+            t.join(5)
     assert probe(gw, timeout_s=0.2) is None
