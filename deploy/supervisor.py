@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 from deploy.procs import Group, Proc
@@ -187,11 +188,8 @@ class Supervisor:
                 print(f"  started {spec.name:<22} {spec.role:<12} {spec.control}", flush=True)
             self._write_state()
             self.banner()
-            if self.after_start is not None:
-                try:
-                    self.after_start(self.topo)
-                except Exception as exc:   # an operating problem; the cluster runs on
-                    print(f"  after start: {type(exc).__name__}: {exc}", flush=True)
+            if self.after_start is not None:   # beside the supervision, which goes on
+                threading.Thread(target=self._after_start, daemon=True).start()
             while self.running:
                 time.sleep(0.5)
                 if self.reload_accounts:
@@ -205,6 +203,12 @@ class Supervisor:
                 os.remove(self.state_path)
             os.close(self.lock_fd)
             print("stopped.", flush=True)
+
+    def _after_start(self) -> None:
+        try:
+            self.after_start(self.topo)
+        except Exception as exc:   # an operating problem; the cluster runs on
+            print(f"  after start: {type(exc).__name__}: {exc}", flush=True)
 
     def forward_sighup(self) -> None:
         """The accounts file changed: every running gateway re-reads it (SIGHUP)."""
