@@ -77,6 +77,11 @@ def test_trade_on_the_default_topology(tmp_path):
                          "50000.00 (maker), 0.006 left"], out.stdout
         out = client("--user", "alice", "watch", "--wait", "2")   # not twice
         assert "filled" not in out.stdout, out.stdout
+        out = client("--user", "alice", "positions")
+        assert out.returncode == 0 and "alice: account 2: BTCUSDT long 0.004 @ 50,000.00 entry" \
+            in out.stdout, out.stdout
+        out = client("--user", "bob", "positions")
+        assert "bob: account 3: BTCUSDT short 0.004 @ 50,000.00 entry" in out.stdout, out.stdout
 
         out = seqex("account", "create", "carol", "--accounts", "6,8", "--password",
                     "carol-pw", "--data", data)
