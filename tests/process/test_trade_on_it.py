@@ -12,7 +12,6 @@ import signal
 import pytest
 
 from deploy.procs import Group
-from deploy.supervisor import read_state
 from mq.control import wait_until
 from tests.process.test_cli import seqex
 from tests.process.test_cluster import pids_of
@@ -90,7 +89,6 @@ def test_trade_on_the_default_topology(tmp_path):
                                   "--wait", "0").returncode == 0, 60, "carol's logon")
 
         # SIGKILL the gateway: the supervisor restarts it; the session resumes from the log
-        topo, _pid = read_state(data)
         gw = [p for p in pids_of(data) if "gateway --config" in
               open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode()]
         assert len(gw) == 1
