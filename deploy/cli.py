@@ -106,14 +106,18 @@ def cmd_account(a: argparse.Namespace) -> int:
             raise UsageError(f"--accounts {a.accounts!r}: account numbers like 2,4") from None
         if not accounts:
             raise UsageError("seqex account create needs --accounts N[,N...]")
+        pid = None
         try:
-            topo, _pid = read_state(a.data)
+            topo, pid = read_state(a.data)
         except NotUp:
             topo = topology.load(a.topology, a.data)
         user, password = trading.create_user(topo, a.args[0], accounts, a.password)
         shown = "" if a.password else f", password {password} (shown once)"
         print(f"user {user.name} (id {user.user}): accounts "
               f"{', '.join(map(str, user.accounts))}{shown}; in {trading.accounts_path(topo)}")
+        if pid:   # the running cluster's supervisor tells its gateways to re-read the file
+            os.kill(pid, signal.SIGHUP)
+            print("the running gateway re-reads the accounts file now")
         return 0
     if len(a.args) != 2:
         raise UsageError(f"usage: seqex account {a.op} ACCOUNT AMOUNT (USDT)")

@@ -74,7 +74,9 @@ def _arg(args: list[str], flag: str) -> str | None:
 
 def server_endpoints(spec) -> list[str]:
     """The endpoints a process binds (the ones whose key its clients must expect)."""
-    if spec.role in ("gateway", "oracle"):   # their --config names the control endpoint
+    if spec.role == "gateway":    # its client port speaks PROTOCOL.md, not ZeroMQ
+        return []
+    if spec.role == "oracle":     # its --config names the control endpoint
         return [spec.control]
     flags = {"replicator": ("--bind",), "sequencer": ("--producers", "--pub"),
              "mirror": ("--inputs", "--pub")}.get(spec.role, ("--control",))

@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 from deploy.procs import Group, Proc
@@ -156,8 +157,6 @@ class Supervisor:
         for spec in self.mine():
             ends = [spec.control] + [spec.args[i + 1] for i, a in enumerate(spec.args)
                                      if a in ("--pub", "--producers", "--inputs")]
-            if spec.extra.get("listen"):     # the gateway's client port
-                ends.append(spec.extra["listen"])
             for end in ends:
                 if port_in_use(end):
                     raise SupervisorError(
@@ -175,6 +174,9 @@ class Supervisor:
         print(self.title, flush=True)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "running", False))
+        # SIGHUP (`seqex account create` sends it): the gateways re-read the accounts file.
+        self.reload_accounts = False
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_accounts", True))
         try:
             for spec in self.mine():
                 proc = self.group.spawn(spec.name, spec.args, cpu=spec.cpu)
@@ -186,13 +188,13 @@ class Supervisor:
                 print(f"  started {spec.name:<22} {spec.role:<12} {spec.control}", flush=True)
             self._write_state()
             self.banner()
-            if self.after_start is not None:
-                try:
-                    self.after_start(self.topo)
-                except Exception as exc:   # an operating problem; the cluster runs on
-                    print(f"  after start: {type(exc).__name__}: {exc}", flush=True)
+            if self.after_start is not None:   # beside the supervision, which goes on
+                threading.Thread(target=self._after_start, daemon=True).start()
             while self.running:
                 time.sleep(0.5)
+                if self.reload_accounts:
+                    self.reload_accounts = False
+                    self.forward_sighup()
                 self.check()
         finally:
             print("stopping...", flush=True)
@@ -202,10 +204,24 @@ class Supervisor:
             os.close(self.lock_fd)
             print("stopped.", flush=True)
 
+    def _after_start(self) -> None:
+        try:
+            self.after_start(self.topo)
+        except Exception as exc:   # an operating problem; the cluster runs on
+            print(f"  after start: {type(exc).__name__}: {exc}", flush=True)
+
+    def forward_sighup(self) -> None:
+        """The accounts file changed: every running gateway re-reads it (SIGHUP)."""
+        for spec in self.mine():
+            proc = self.procs.get(spec.name)
+            if spec.role == "gateway" and proc is not None and proc.alive:
+                proc.popen.send_signal(signal.SIGHUP)
+                print(f"  {spec.name}: re-reading the accounts file", flush=True)
+
     def _wait_ready(self, spec, proc: Proc, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while self.running:
-            if ping(spec.control, timeout_s=0.5):
+            if probe(spec, timeout_s=0.5):
                 return
             if not proc.alive:
                 raise SupervisorError(f"{spec.name} exited with status {proc.popen.returncode} "
@@ -370,11 +386,35 @@ def _running(pid: int) -> bool:
         return False
 
 
+def probe(spec, timeout_s: float = 0.5) -> dict | None:
+    """A process's status: PING on its control endpoint. The gateway, whose only port speaks
+    PROTOCOL.md, is sent a Heartbeat before any Logon and must answer with a PROTOCOL.md frame
+    (its Logout(2) "logon first"): a connection alone could be another program's port."""
+    if spec.extra.get("probe") != "tcp":
+        return ping(spec.control, timeout_s=timeout_s)
+    from gateway import wire
+    host, _, port = spec.control[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as s:
+            s.sendall(wire.encode(wire.HEARTBEAT, 0, 1, 1))
+            head = b""
+            while len(head) < 4:
+                more = s.recv(4 - len(head))
+                if not more:
+                    return None
+                head += more
+    except OSError:
+        return None
+    if head[2:4] != wire.PREFIX.pack(0, wire.ENCODING_TYPE, 0, 0, 0, 0)[2:4]:
+        return None
+    return {"state": "accepting clients"}
+
+
 def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[list[str]]:
     given_up = given_up or {}
     rows = [["process", "role", "core", "stream", "seq", "lag/commit", "rate/s", "state"]]
     for spec in topo.procs:
-        st = ping(spec.control, timeout_s=0.5)
+        st = probe(spec)
         if st is None:
             state = "GAVE UP (see the supervisor's output)" if spec.name in given_up else "DOWN"
             rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", state])

@@ -52,6 +52,10 @@ durability = "os"
 name = "replicator1"
 durability = "os"
 
+[[replicator]]
+name = "replicator2"         # three at quorum: any one may die or freeze, intake goes on
+durability = "os"
+
 [[symbol]]
 name = "BTCUSDT"
 symbol_id = 1
@@ -59,7 +63,7 @@ tick_size = "0.5"            # the price step, in USDT (a decimal: "0.5", "0.01"
 lot_size = "0.001"           # the quantity step, in BTC (one lot)
 min_qty = 1                  # lots
 max_qty = 1000000            # lots
-in_policy = "quorum"         # ack policy of in.ce.BTCUSDT
+in_policy = "quorum"         # ack policy of in.ce.BTCUSDT: 2 of the 3 replicators
 out_policy = "first"         # ack policy of out.ce.BTCUSDT (none: not replicated)
 hot = 2
 warm = 1
@@ -354,7 +358,7 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
             ck.fail("", None, "trading", "must be a table [trading]")
             trading = {}
         out["trading"] = t = _trading(ck, trading, hosts)
-        n_ports += t["shards"] * (4 + t["hot"] + t["warm"]) + 2 * t["gateway"] \
+        n_ports += t["shards"] * (4 + t["hot"] + t["warm"]) + t["gateway"] \
             + (t["oracle"] != "off")
         if not out["symbols"]:
             ck.fail("trading", None, "", "a [trading] table needs at least one [[symbol]]")
@@ -677,14 +681,23 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
                     "tick": s["tick_size"], "lot": s["lot_size"]} for s in conf["symbols"]]
     trading: dict = {"shards": shards, "n_shards": n_shards, "instruments": instruments}
     if t["gateway"]:
-        listen, control = addr(host), addr(host)
-        gconf = {"index": 0, "source": SRC_GATEWAY, "listen": listen[len("tcp://"):],
-                 "control": control, "accounts": os.path.join(root, "accounts.json"),
-                 "n_shards": n_shards, "shards": shards, "instruments": instruments,
+        # The gateway's configuration as `seqex gateway --config` takes it (gateway/server.py
+        # parse_settings): shard N is in.te.N's producer endpoint and out.te.N's feed; its
+        # source id is 0x7200_0000 | index. It has no ZeroMQ control endpoint: the supervisor
+        # checks it by connecting to its client port.
+        listen = addr(host)
+        gconf = {"index": 0, "listen": listen[len("tcp://"):],
+                 "accounts": os.path.join(root, "accounts.json"),
+                 "shards": [{"in": sh["producers"], "pub": sh["out_pub"],
+                             "replicators": sh["replicators"]} for sh in shards],
+                 "specs": [{"symbol_id": s["symbol_id"], "name": s["name"],
+                            "tick": s["tick_size"], "lot": s["lot_size"]}
+                           for s in conf["symbols"]],
                  "max_depth": t["max_depth"]}
         topo.procs.append(ProcSpec("gateway0", "gateway", host,
-                                   ["gateway", "--config", json.dumps(gconf)], control,
-                                   extra={"sources": [SRC_GATEWAY], "listen": listen}))
+                                   ["gateway", "--config", json.dumps(gconf)], listen,
+                                   extra={"sources": [SRC_GATEWAY], "listen": listen,
+                                          "probe": "tcp"}))
         trading["gateway"] = listen[len("tcp://"):]
         trading["accounts"] = gconf["accounts"]
     if t["oracle"] != "off":

@@ -6,6 +6,7 @@
     seqex client --user alice cancel BTCUSDT 3
     seqex client --user alice cancel-all [SYMBOL]
     seqex client --user alice watch                        (reports as they come; Ctrl-C ends)
+    seqex client --user alice positions                    (balances, margin, positions)
 
 Each invocation logs on to the gateway (the running cluster's, from ``<data>/seqex.json``, or
 ``--gateway HOST:PORT``), resuming the user's one session, whose state (gateway/client.py) is
@@ -26,8 +27,11 @@ import fcntl
 import json
 import os
 import time
+from decimal import Decimal
 
 from gateway import client as sdk
+
+MINOR = Decimal(10) ** 8
 
 
 class TraderError(ValueError):
@@ -50,7 +54,8 @@ def register(sub) -> None:
     s.add_argument("--post-only", action="store_true")
     s.add_argument("--side", choices=["buy", "sell"], help="amend/cancel of an order not "
                                                            "entered from here")
-    s.add_argument("action", choices=["buy", "sell", "amend", "cancel", "cancel-all", "watch"])
+    s.add_argument("action", choices=["buy", "sell", "amend", "cancel", "cancel-all", "watch",
+                                      "positions"])
     s.add_argument("words", nargs="*", help="SYMBOL QTY [@ PRICE] | SYMBOL ORDER QTY @ PRICE "
                                             "| SYMBOL ORDER | [SYMBOL]")
 
@@ -70,7 +75,8 @@ def parse_action(a: argparse.Namespace) -> dict:
     act = a.action
     usage = {"buy": "buy SYMBOL QTY [@ PRICE]", "sell": "sell SYMBOL QTY [@ PRICE]",
              "amend": "amend SYMBOL ORDER QTY @ PRICE", "cancel": "cancel SYMBOL ORDER",
-             "cancel-all": "cancel-all [SYMBOL]", "watch": "watch"}[act]
+             "cancel-all": "cancel-all [SYMBOL]", "watch": "watch",
+             "positions": "positions"}[act]
     try:
         if act in ("buy", "sell"):
             if len(w) < 2:
@@ -156,11 +162,15 @@ def _lock(path: str) -> int:
 
 
 def run(a: argparse.Namespace) -> int:
+    import logging
+    logging.getLogger("seqex.client").setLevel(logging.WARNING)   # the SDK's reconnect notes
     if not a.user or len(a.user.encode()) > 16:
         raise TraderError(f"--user {a.user!r}: 1 to 16 bytes")
     if a.wait is not None and not 0 <= a.wait <= 86_400:
         raise TraderError(f"--wait {a.wait}: seconds in 0 .. 86400")
     action = parse_action(a)
+    if a.action == "positions":
+        return positions(a)
     host, port, instruments, state_dir = _setup(a)
     if "symbol" in action and action["symbol"] is not None \
             and action["symbol"] not in instruments:
@@ -194,7 +204,7 @@ def _save_orders(base: str, orders: dict) -> None:
 async def _session(a, action: dict, host: str, port: int, instruments: dict, base: str,
                    password: str) -> int:
     c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
-                   reconnect=False, connect_timeout_s=10.0)
+                   reconnect=False, connect_timeout_s=15.0)
     orders = _orders(base)
     mine: int | None = None
     try:
@@ -220,6 +230,9 @@ async def _session(a, action: dict, host: str, port: int, instruments: dict, bas
             if act == "amend":
                 mine = await c.amend(action["symbol"], action["order"], side, action["qty"],
                                      action["price"], a.tif)
+                # the amended order goes by the amend's ClOrdID from now on (FIX)
+                orders[str(mine)] = {"symbol": action["symbol"], "side": side}
+                _save_orders(base, orders)
             else:
                 mine = await c.cancel(action["symbol"], action["order"], side)
         elif act == "cancel-all":
@@ -265,3 +278,81 @@ async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
         print(f"{a.user}: request [order {mine}] sent; no answer within {wait_s:g} s (it "
               f"stays in the session: the next `seqex client` shows it)", flush=True)
     return status
+
+
+# -- positions: the TradingEngine's latest word on the user's accounts -------------------------
+
+def _usdt(minor: int) -> str:
+    return f"{Decimal(minor) / MINOR:,.2f}"
+
+
+def positions(a: argparse.Namespace) -> int:
+    """The user's balances, margin and positions, as the latest AccountStatus and Position
+    events of its shard's out.te.N say (read from the log with the operator's key: PROTOCOL.md
+    order entry has no position message)."""
+    from deploy.supervisor import read_state
+    from gateway import accounts as acc
+    from mq.control import replay
+    from mq.record import decode
+    from tradingengine import codec as te
+    topo, _pid = read_state(a.data)
+    t = topo.trading
+    if not t:
+        raise TraderError(f"the cluster in {a.data} has no TradingEngines")
+    try:
+        user = acc.load(t["accounts"]).user(a.user)
+    except acc.AccountsError as exc:
+        raise TraderError(str(exc)) from None
+    if user is None:
+        raise TraderError(f"no user {a.user!r} in {t['accounts']}")
+    shard = t["shards"][user.accounts[0] % t["n_shards"]]
+    specs = {i["security_id"]: (i["symbol"], Decimal(i["tick"]), Decimal(i["lot"]))
+             for i in t["instruments"]}
+    mine = set(user.accounts)
+    latest_acct: dict[int, tuple] = {}
+    latest_pos: dict[tuple[int, int], tuple] = {}
+    for rep in shard["replicators"]:
+        try:
+            for frame in replay(rep, shard["out"], 1, None, timeout_s=5.0):
+                for rec in decode(frame):
+                    try:
+                        events = te.decode_events(bytes(rec[6]))
+                    except ValueError:
+                        continue
+                    for e in events:
+                        if e[0] == te.ACCOUNT and e[1] in mine:
+                            latest_acct[e[1]] = e
+                        elif e[0] == te.POSITION and e[1] in mine:
+                            latest_pos[(e[1], e[2])] = e
+            break
+        except (TimeoutError, OSError):
+            continue
+    else:
+        raise TraderError(f"no replicator of {shard['out']} answers (`seqex status`)")
+    for account in user.accounts:
+        e = latest_acct.get(account)
+        if e is None:
+            print(f"{a.user}: account {account}: nothing yet (no deposit)")
+            continue
+        _t, _a, balance, available, order_m, pos_m = e
+        print(f"{a.user}: account {account}: balance {_usdt(balance)} USDT, available "
+              f"{_usdt(available)}, margin {_usdt(order_m + pos_m)} (orders {_usdt(order_m)}, "
+              f"positions {_usdt(pos_m)})")
+        for (acct, sid), p in sorted(latest_pos.items()):
+            if acct != account or sid not in specs:
+                continue
+            sym, tick, lot = specs[sid]
+            _t, _a, _s, size, cost, margin, liq, _bk, realised, lev, mode = p
+            if size == 0:
+                print(f"{a.user}: account {account}: {sym} flat, realised PnL "
+                      f"{_usdt(realised)} USDT")
+                continue
+            value = tick * lot * MINOR        # minor units per tick per lot
+            entry = Decimal(cost) / (Decimal(size) * value) * tick
+            side = "long" if size > 0 else "short"
+            liq_text = f", liquidation {liq * tick:,.2f}" if liq else ""
+            print(f"{a.user}: account {account}: {sym} {side} {abs(size) * lot:f} @ "
+                  f"{entry:,.2f} entry, margin {_usdt(margin)} USDT{liq_text}, leverage "
+                  f"{Decimal(lev) / 100:g}x {'isolated' if mode else 'cross'}, realised PnL "
+                  f"{_usdt(realised)} USDT")
+    return 0

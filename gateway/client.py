@@ -545,6 +545,14 @@ class Client:
                 self._write(wire.encode(wire.HEARTBEAT, 0, self.state.next_seq,
                                         self.received_upto + 1))
             silent = now - self.last_recv
+            if not self.logged_on.is_set():
+                # Before LogonAck the server's interval is unknown and the logon goes
+                # through the log: wait for it as long as a connect may take.
+                if silent >= self.connect_timeout_s:
+                    log.info("no answer to the logon in %.1f s: closing", silent)
+                    self.writer.close()
+                    return
+                continue
             if silent >= 2.5 * self.server_hb_ms / 1000:
                 log.info("no input for %.1f s: closing", silent)
                 with contextlib.suppress(Exception):
@@ -699,16 +707,22 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
     (taker), 6 left"."""
     inst = (instruments or {}).get(getattr(r, "symbol", None) or "")
     tick = inst.tick if inst else None
-    dup = " (replayed)" if getattr(r, "poss_dup", False) else ""
+    # A replayed report (PossDup) reaches the caller only if it had not processed it: for a
+    # person it is news like any other, so it is not marked.
+    dup = ""
     if isinstance(r, ExecutionReport):
+        # An amend's or a cancel's report carries the request's ClOrdID (FIX; the order goes
+        # by it from then on) and the order's earlier one: say both.
+        was = f", was {r.orig_cl_ord_id}" if r.orig_cl_ord_id not in (None, r.cl_ord_id) \
+            else ""
         head = (f"{user}: {r.symbol} {r.side} {_num(r.qty)} @ {_num(r.price, tick)} "
-                f"[order {r.cl_ord_id}]")
+                f"[order {r.cl_ord_id}{was}]")
         if r.exec_type == "trade":
             left = f"{_num(r.leaves_qty)} left" if r.leaves_qty else "done"
             body = (f"filled {_num(r.last_qty)} @ {_num(r.last_px, tick)} "
                     f"({r.liquidity or '?'}), {left}")
         elif r.exec_type == "new":
-            body = "accepted, resting" if r.leaves_qty else "accepted"
+            body = "accepted, resting" if r.leaves_qty and r.ord_type == "limit" else "accepted"
         elif r.exec_type == "rejected":
             body = f"rejected ({REJECT_WORDS.get(r.reason, f'reason {r.reason}')})"
         elif r.exec_type in ("canceled", "expired"):

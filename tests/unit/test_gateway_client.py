@@ -39,6 +39,7 @@ class FakeServer:
         self.heartbeats: list[tuple[int, int, int]] = []
         self.test_requests = 0
         self.writers: list[asyncio.StreamWriter] = []
+        self.logon_delay_s = 0.0           # the logon goes through the log: it takes time
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
@@ -84,6 +85,7 @@ class FakeServer:
                             writer.close()
                             return
                         self.logons.append((m.SessionID, m.NextExpectedSeqNo, m.NextSeqNo))
+                        await asyncio.sleep(self.logon_delay_s)
                         new = m.SessionID not in self.sessions
                         sess = self.sessions.setdefault(m.SessionID,
                                                         {"ne": 1, "journal": []})
@@ -361,3 +363,36 @@ def test_off_grid_values_are_refused_before_anything_is_sent(tmp_path, qty, pric
             await c.new_order("NOPE", "buy", "1", "1")
         assert c.state.next_seq == 1 and c.state.outbox == []
     run(main())
+
+
+def test_a_slow_logon_is_waited_for(tmp_path):
+    """The LogonAck waits for the TradingEngine's SessionState through the log; the client
+    must not take that silence for a dead server (it once closed after 2.5 s)."""
+    async def main():
+        srv = FakeServer()
+        srv.logon_delay_s = 3.0
+        port = await srv.start()
+        c = make(port, tmp_path / "s.json", connect_timeout_s=10)
+        await c.connect()
+        assert len(srv.logons) == 1
+        await c.close()
+        await srv.stop()
+    run(main())
+
+
+def test_an_amend_is_told_with_the_orders_old_and_new_id():
+    inst = {"BTCUSDT": sdk.Instrument.of("BTCUSDT", SPECS["BTCUSDT"])}
+    base = dict(seq=3, transact_time_ns=0, order_id=7, exec_id=3, symbol="BTCUSDT",
+                security_id=1, account=2, ord_status="new", side="buy", tif="gtc",
+                last_px=None, last_qty=Decimal(0), cum_qty=Decimal(0), reason=0,
+                liquidity=None, poss_dup=True)
+    amended = sdk.ExecutionReport(cl_ord_id=2, orig_cl_ord_id=1, exec_type="replaced",
+                                  ord_type="limit", price=Decimal("49990"), qty=Decimal("0.02"),
+                                  leaves_qty=Decimal("0.016"), **base)
+    assert sdk.describe("alice", amended, inst) == (
+        "alice: BTCUSDT buy 0.02 @ 49990.00 [order 2, was 1] amended, 0.016 left")
+    market = sdk.ExecutionReport(cl_ord_id=4, orig_cl_ord_id=None, exec_type="new",
+                                 ord_type="market", price=None, qty=Decimal("0.004"),
+                                 leaves_qty=Decimal("0.004"), **base)
+    assert sdk.describe("bob", market, inst) == (
+        "bob: BTCUSDT buy 0.004 @ market [order 4] accepted")

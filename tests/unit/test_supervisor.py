@@ -168,3 +168,23 @@ def test_down_stops_a_supervisor_that_is_still_starting(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_sighup_reaches_the_gateways_only(tmp_path, capsys):
+    """`seqex account create` on a running cluster: the supervisor forwards SIGHUP to its
+    gateways, which re-read the accounts file; no other process gets it."""
+    import signal as signal_
+
+    topo = topology.load(data_dir=str(tmp_path))
+    sup = sv.Supervisor(topo)
+    sent = {}
+
+    class P:
+        def __init__(self, name):
+            self.alive = True
+            self.popen = type("popen", (), {"send_signal": lambda _s, sig, n=name:
+                                            sent.setdefault(n, []).append(sig)})()
+    sup.procs = {name: P(name) for name in ("gateway0", "oracle0", "te0.hot0")}
+    sup.forward_sighup()
+    assert sent == {"gateway0": [signal_.SIGHUP]}
+    assert "gateway0: re-reading the accounts file" in capsys.readouterr().out

@@ -28,8 +28,10 @@ def upstream(text):
 def test_the_default_topology_plans_the_order_path_on_consecutive_ports():
     topo = topology.load()
     names = [p.name for p in topo.procs]
+    reps = [p.name for p in topo.procs if p.role == "replicator"]
+    assert reps == [f"replicator{i}" for i in range(len(reps))] and len(reps) >= 2
     assert names == [
-        "replicator0", "replicator1",
+        *reps,
         "sequencer.BTCUSDT", "mirror.BTCUSDT", "ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1",
         "ce.BTCUSDT.warm0",
         "sequencer.ETHUSDT", "mirror.ETHUSDT", "ce.ETHUSDT.hot0", "ce.ETHUSDT.hot1",
@@ -104,16 +106,18 @@ def test_the_gateway_and_the_oracle_get_their_configuration_and_sources():
     gw, orc = topo.by_name("gateway0"), topo.by_name("oracle0")
     assert gw.args[0] == "gateway" and gw.args[1] == "--config"
     g = json.loads(gw.args[2])
-    assert (g["index"], g["source"], g["n_shards"]) == (0, 0x7200_0000, 2)
-    assert g["control"] == gw.control and "tcp://" + g["listen"] == gw.extra["listen"]
+    # exactly the keys `seqex gateway --config` takes (gateway/server.py parse_settings)
+    assert set(g) == {"index", "listen", "accounts", "shards", "specs", "max_depth"}
+    assert g["index"] == 0 and "tcp://" + g["listen"] == gw.control == gw.extra["listen"]
+    assert gw.extra == {"sources": [0x7200_0000], "listen": gw.control, "probe": "tcp"}
     assert g["accounts"] == f"{topo.data_dir}/accounts.json"
-    assert [(s["in"], s["out"]) for s in g["shards"]] == [("in.te.0", "out.te.0"),
-                                                          ("in.te.1", "out.te.1")]
-    assert g["shards"][1]["producers"] == arg(topo.by_name("sequencer.te1"), "--producers")
-    assert g["shards"][1]["out_pub"] == arg(topo.by_name("mirror.te1"), "--pub")
-    assert g["instruments"] == [
-        {"symbol": "BTCUSDT", "security_id": 1, "tick": "0.5", "lot": "0.001"},
-        {"symbol": "ETHUSDT", "security_id": 2, "tick": "0.05", "lot": "0.01"}]
+    assert g["shards"] == [
+        {"in": arg(topo.by_name(f"sequencer.te{n}"), "--producers"),
+         "pub": arg(topo.by_name(f"mirror.te{n}"), "--pub"),
+         "replicators": topo.replicator_addrs()} for n in (0, 1)]
+    assert g["specs"] == [
+        {"symbol_id": 1, "name": "BTCUSDT", "tick": "0.5", "lot": "0.001"},
+        {"symbol_id": 2, "name": "ETHUSDT", "tick": "0.05", "lot": "0.01"}]
     assert orc.args[:2] == ["oracle", "--config"]
     o = json.loads(orc.args[2])
     assert (o["source"], o["control"]) == (0x7100_0000, orc.control)
@@ -134,7 +138,7 @@ def test_the_gateway_and_the_oracle_may_write_only_their_source_ids(tmp_path):
     assert by_name["gateway0"].sources == frozenset([0x7200_0000])
     assert by_name["oracle0"].sources == frozenset([0x7100_0000])
     assert by_name["te0.hot0"].sources == frozenset()
-    assert topo.by_name("gateway0").control in trust.servers
+    assert topo.by_name("gateway0").control not in trust.servers   # not a ZeroMQ socket
     assert topo.by_name("oracle0").control in trust.servers
 
 
@@ -193,3 +197,40 @@ def test_tiers_are_continuous_and_the_largest_max_price_fits_int64(tmp_path):
         t0["limit"] * t1["mmr_ppm"] // 10**6 - t1["mm_amount"]
     assert spec["max_qty"] * spec["max_price"] * spec["value"] < 1 << 62
     spec_from_dict({k: v for k, v in spec.items() if k != "mark_start_ticks"})
+
+
+def test_the_gateway_takes_the_planned_configuration():
+    """Holds once gateway/server.py (branch gateway) is here: its own parser accepts the plan."""
+    server = pytest.importorskip("gateway.server")
+    topo = topology.load()
+    settings = server.parse_settings(json.loads(topo.by_name("gateway0").args[2]))
+    assert f"tcp://{settings.host}:{settings.port}" == topo.by_name("gateway0").control
+    assert len(settings.shards) == 2
+
+
+def test_the_gateway_is_probed_by_a_frame_not_just_a_connection():
+    """A listener that is not a PROTOCOL.md speaker (another program on the port) does not
+    count as the gateway: the probe sends a Heartbeat and needs a framed answer."""
+    import socket
+    import threading
+
+    from deploy.supervisor import probe
+    from gateway import wire
+    gw = topology.load().by_name("gateway0")
+    for answer, want in ((wire.encode(wire.LOGOUT, 2, b"logon first"),
+                          {"state": "accepting clients"}), (b"HTTP/1.1 400\r\n", None)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen()
+            gw.control = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+            def serve(s=s, answer=answer):
+                conn, _ = s.accept()
+                with conn:
+                    conn.recv(64)
+                    conn.sendall(answer)
+            t = threading.Thread(target=serve)
+            t.start()
+            assert probe(gw, timeout_s=5) == want
+            t.join(5)
+    assert probe(gw, timeout_s=0.2) is None

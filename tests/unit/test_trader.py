@@ -58,6 +58,7 @@ def test_a_buy_prints_its_reports_and_the_next_invocation_resumes(gateway, tmp_p
     (["cancel", "BTCUSDT", "x"], "order 'x': the number shown as [order N]"),
     (["cancel", "BTCUSDT", "9"], "order 9 was not entered from here; give --side"),
     (["watch", "x"], "usage: seqex client --user NAME watch"),
+    (["positions", "x"], "usage: seqex client --user NAME positions"),
 ])
 def test_bad_input_is_one_line_and_status_2(gateway, tmp_path, capsys, words, want):
     _srv, gw = gateway
