@@ -158,7 +158,7 @@ class MqCore:
                         self.stats["records_in"] += 1
                         for cb in self.callbacks:
                             try:
-                                cb(n, seq, ts_ns, rec[-1])
+                                cb(n, seq, ts_ns, rec[6])
                             except Exception:  # a bug in the consumer; the stream goes on
                                 log.exception("out.te.%d seq %d: callback failed", n, seq)
             await asyncio.sleep(0 if busy else IDLE_SLEEP_S)
