@@ -302,16 +302,19 @@ def _resume_point(path: str) -> int:
 
 def cmd_up(a: argparse.Namespace) -> int:
     from deploy import keys, topology
-    from deploy.supervisor import Supervisor
+    from deploy.supervisor import Supervisor, lock_data_dir
     topo = topology.load(a.topology, a.data, a.base_port)
+    # The lock first: a second `up` (maybe of another topology) must not touch the keys of
+    # a cluster running in this data directory.
+    lock_fd = lock_data_dir(topo.data_dir)
     # CURVE keys (generated on first start when this machine runs the whole topology; several
     # hosts bring theirs from one `seqex keys`), docs/security.md; --insecure: benchmarks only
     one_host = len({p.host for p in topo.procs}) == 1   # keys made here cannot disagree
     topo = keys.insecure(topo) if a.insecure else \
         keys.prepare_up(topo, generate_missing=one_host)
     Supervisor(topo, a.host, max_restarts=a.max_restarts, backoff_base_s=a.restart_backoff,
-               title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}"
-               ).up(a.ready_timeout)
+               title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}",
+               lock_fd=lock_fd).up(a.ready_timeout)
     return 0
 
 
@@ -321,11 +324,12 @@ def cmd_down(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from deploy.supervisor import gave_up, print_table, read_state, status_rows
+    from deploy.supervisor import gave_up, print_table, read_heartbeats, read_state, status_rows
     topo, _pid = read_state(a.data)
     given_up = gave_up(a.data)
-    print_table(status_rows(topo, given_up))
-    for why in given_up.values():
+    frozen: list[str] = []
+    print_table(status_rows(topo, given_up, read_heartbeats(a.data), frozen, a.frozen_after))
+    for why in [*given_up.values(), *frozen]:
         print(f"  {why}")
     return 0
 
@@ -782,6 +786,9 @@ def parser() -> Parser:
                            ("status", cmd_status, "the table of processes")):
         s = sub.add_parser(verb, help=text)
         s.add_argument("--data", default="seqex-data")
+        if verb == "status":
+            s.add_argument("--frozen-after", type=seconds, default=3.0,
+                           help="a live process silent for longer than this is FROZEN")
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("submit", help="put one order into in.ce.SYMBOL and print its outcome")

@@ -41,6 +41,10 @@ durability = "os"
 name = "replicator1"
 durability = "os"
 
+[[replicator]]
+name = "replicator2"         # three at quorum: any one may die or freeze, intake goes on
+durability = "os"
+
 [[symbol]]
 name = "BTCUSDT"
 symbol_id = 1
@@ -48,7 +52,7 @@ tick_size = "1"              # the price step, in USDT (a decimal: "0.5", "0.01"
 lot_size = "1"               # the quantity step, in contracts
 min_qty = 1                  # lots
 max_qty = 1000000            # lots
-in_policy = "quorum"         # ack policy of in.ce.BTCUSDT
+in_policy = "quorum"         # ack policy of in.ce.BTCUSDT: 2 of the 3 replicators
 out_policy = "first"         # ack policy of out.ce.BTCUSDT (none: not replicated)
 hot = 2
 warm = 1

@@ -24,10 +24,10 @@ def error(tmp_path, text: str, **kw) -> str:
 REP = '[[replicator]]\nname = "r0"\n'
 
 
-def test_the_default_topology_plans_seven_processes_on_consecutive_ports():
+def test_the_default_topology_plans_eight_processes_on_consecutive_ports():
     topo = topology.load()
     assert [p.name for p in topo.procs] == [
-        "replicator0", "replicator1", "sequencer.BTCUSDT", "mirror.BTCUSDT",
+        "replicator0", "replicator1", "replicator2", "sequencer.BTCUSDT", "mirror.BTCUSDT",
         "ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1", "ce.BTCUSDT.warm0"]
     assert topo.procs[0].control == "tcp://127.0.0.1:7100"
     sym = topo.symbols["BTCUSDT"]
