@@ -59,7 +59,8 @@ def cmd_sequencer(a: argparse.Namespace) -> int:
     from mq.sequencer import main
     main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms, a.upstream,
          window_bytes=a.window_bytes, max_uncommitted_bytes=a.max_uncommitted_bytes,
-         max_step_ms=a.max_step_ms)
+         max_step_ms=a.max_step_ms, source_retention_s=a.source_retention_s,
+         max_sources=a.max_sources)
     return 0
 
 
@@ -668,6 +669,10 @@ def parser() -> Parser:
                    help="backpressure: refuse new batches beyond this (default window/4)")
     s.add_argument("--max-step-ms", type=int_range(1), default=1000,
                    help="sequenced time moves by at most this from one record to the next")
+    s.add_argument("--source-retention-s", type=int_range(1), default=86_400,
+                   help="a producer source idle this long in sequenced time is forgotten")
+    s.add_argument("--max-sources", type=int_range(1, 20_000), default=20_000,
+                   help="producer sources remembered at once; past it new ones are refused")
     s.add_argument("--upstream", action="append", default=[], type=upstream_spec, help=(
         "take another stream as a source (repeat): 'stream=NAME,source=ID,pub=ADDR,"
         "replicators=ADDR|ADDR,kinds=K|K'"))

@@ -321,7 +321,7 @@ class Master:
             for i, link in enumerate(self.links):
                 if i not in r.answers:
                     if r.phase == "state":
-                        self._try_send(link, [wire.STATE, wire.pack({"stream": self.stream})])
+                        self._try_send(link, [wire.STATE, wire.pack(self._state_request())])
                     else:
                         self._claim(link, r.epoch)
             r.ask_at = now + ASK_EVERY_S
@@ -357,7 +357,7 @@ class Master:
         self.ts_ns = best["ts"]
         # The best log's source table describes exactly the adopted log. It counts as
         # durable (WELCOME.durable) only once this epoch's first record commits.
-        self.next_ss = {src: nxt for src, nxt, _seq in best["sources"]}
+        self.next_ss = {src: nxt for src, nxt, *_seq_ts in best["sources"]}
         self.durable_after_first_commit = dict(self.next_ss)
         # what an earlier attempt at recovery read is forgotten: this one reads afresh
         self.window = Window(self.window.max_bytes)
@@ -397,8 +397,13 @@ class Master:
         """CLAIM, preceded by a STATE: a replicator that has just restarted opens the stream
         on the STATE (a read) before the CLAIM writes to it. The STATE's answer carries an
         older epoch until the replicator was claimed, and is then ignored."""
-        if self._try_send(link, [wire.STATE, wire.pack({"stream": self.stream})]):
-            self._try_send(link, [wire.CLAIM, wire.pack({"stream": self.stream, "epoch": epoch})])
+        if self._try_send(link, [wire.STATE, wire.pack(self._state_request())]):
+            self._try_send(link, [wire.CLAIM, wire.pack({**self._state_request(),
+                                                         "epoch": epoch})])
+
+    def _state_request(self) -> dict:
+        """The body of a STATE (and, with the epoch, of a CLAIM)."""
+        return {"stream": self.stream}
 
     def _reconcile(self, link: Link, st: dict) -> int:
         """Bring a replicator's view in line with this master's log: the seq up to which it
