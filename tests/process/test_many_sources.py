@@ -33,6 +33,8 @@ def fill(data_dir: str, stream: str) -> None:
         first = f * PER_FRAME + 1
         store.append(stream, 1, encode([(first + i, T0 + f * SEC, first + i, 1, 1, 16, b"old")
                                         for i in range(PER_FRAME)]))
+    # committed, as a log that served for long is: a new master reads only its last records
+    store.change(stream, lambda log, txn: log.set_commit(txn, SOURCES))
     store.close()
 
 
