@@ -267,8 +267,9 @@ class Supervisor:
             round_at = time.monotonic()
             for name, proc in list(self.procs.items()):
                 pid = proc.popen.pid if proc.popen else 0
-                beat = beats.setdefault(name, {"pid": pid, "answered_at": 0.0})
-                if beat["pid"] != pid:   # restarted: its age counts from its start
+                # A process's silence counts from when it is first watched, or restarted.
+                beat = beats.setdefault(name, {"pid": pid, "answered_at": time.time()})
+                if beat["pid"] != pid:
                     beat.update(pid=pid, answered_at=time.time())
                 if proc.alive and ping(specs[name].control, timeout_s=0.5) is not None:
                     beat["answered_at"] = time.time()

@@ -353,10 +353,11 @@ class SequencerCore(Master):
             self._reply(ident, wire.ERROR, {
                 "error": f"{self.stream}: source {src} is not known (forgotten: idle for "
                          f"longer than {self.source_retention_ns // 10**9} s of sequenced time, "
-                         f"or not among the {self.max_sources} most recent): source_seqs {ss_first}..{ss_last} were not sequenced now "
-                         f"and may be in the log from before; look them up by source and "
-                         f"source_seq (seqex replay) before sending them again, as new records "
-                         f"from source_seq {self.source_floor} (HELLO says so)",
+                         f"or not among the {self.max_sources} most recent): source_seqs "
+                         f"{ss_first}..{ss_last} were not sequenced now and may be in the log "
+                         f"from before; look them up by source and source_seq (seqex replay) "
+                         f"before sending them again, as new records from source_seq "
+                         f"{self.source_floor} (HELLO says so)",
                 "reason": "source_expired", "src": src, "next": self.source_floor})
             return True
         known = len(self.next_ss) - (0 in self.next_ss)

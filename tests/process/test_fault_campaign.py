@@ -277,7 +277,7 @@ def run_campaign(tmp: str, disk: str, rng: random.Random) -> None:
               f"({len(stalls.get('disk full replicator', []))} disk-full faults)")
         if stalls.get("disk full replicator"):
             assert full >= 1, "no disk-full fault filled the disk"
-        check_after(cluster, tmp, feeder, controls, replicas, mirror_in, mirror_pub)
+        check_after(cluster, feeder, controls, mirror_in, mirror_pub)
         over = [(round(s, 2), what, k) for s, what, k in worst if s > STALL_TARGET_S]
         assert not over, f"stalls after a fault healed beyond {STALL_TARGET_S} s: {over}"
 
@@ -315,8 +315,8 @@ def print_table(stalls: dict, during: dict, faults: int, elapsed: float, sent: i
           flush=True)
 
 
-def check_after(cluster: LogCluster, tmp: str, feeder: Feeder, controls: dict[str, str],
-                replicas: dict, mirror_in: str, mirror_pub: str) -> None:
+def check_after(cluster: LogCluster, feeder: Feeder, controls: dict[str, str],
+                mirror_in: str, mirror_pub: str) -> None:
     """Nothing acknowledged lost or duplicated; replicators byte-identical; hashes agree."""
     cluster.drain()
     last = ping(cluster.rep_addrs[0])["streams"]["in.ce.T"]["commit"]
