@@ -61,7 +61,8 @@ def cmd_sequencer(a: argparse.Namespace) -> int:
     from mq.sequencer import main
     main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms, a.upstream,
          window_bytes=a.window_bytes, max_uncommitted_bytes=a.max_uncommitted_bytes,
-         max_step_ms=a.max_step_ms)
+         max_step_ms=a.max_step_ms, source_retention_s=a.source_retention_s,
+         max_sources=a.max_sources)
     return 0
 
 
@@ -368,8 +369,11 @@ def _resume_point(path: str) -> int:
 
 def cmd_up(a: argparse.Namespace) -> int:
     from deploy import keys, topology
-    from deploy.supervisor import Supervisor
+    from deploy.supervisor import Supervisor, lock_data_dir
     topo = topology.load(a.topology, a.data, a.base_port)
+    # The lock first: a second `up` (maybe of another topology) must not touch the keys of
+    # a cluster running in this data directory.
+    lock_fd = lock_data_dir(topo.data_dir)
     # CURVE keys (generated on first start when this machine runs the whole topology; several
     # hosts bring theirs from one `seqex keys`), docs/security.md; --insecure: benchmarks only
     one_host = len({p.host for p in topo.procs}) == 1   # keys made here cannot disagree
@@ -388,7 +392,7 @@ def cmd_up(a: argparse.Namespace) -> int:
         after = trading.demo_deposits
     Supervisor(topo, a.host, max_restarts=a.max_restarts, backoff_base_s=a.restart_backoff,
                title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}",
-               after_start=after).up(a.ready_timeout)
+               after_start=after, lock_fd=lock_fd).up(a.ready_timeout)
     return 0
 
 
@@ -398,11 +402,12 @@ def cmd_down(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from deploy.supervisor import gave_up, print_table, read_state, status_rows
+    from deploy.supervisor import gave_up, print_table, read_heartbeats, read_state, status_rows
     topo, _pid = read_state(a.data)
     given_up = gave_up(a.data)
-    print_table(status_rows(topo, given_up))
-    for why in given_up.values():
+    frozen: list[str] = []
+    print_table(status_rows(topo, given_up, read_heartbeats(a.data), frozen, a.frozen_after))
+    for why in [*given_up.values(), *frozen]:
         print(f"  {why}")
     return 0
 
@@ -741,6 +746,10 @@ def parser() -> Parser:
                    help="backpressure: refuse new batches beyond this (default window/4)")
     s.add_argument("--max-step-ms", type=int_range(1), default=1000,
                    help="sequenced time moves by at most this from one record to the next")
+    s.add_argument("--source-retention-s", type=int_range(1), default=86_400,
+                   help="a producer source idle this long in sequenced time is forgotten")
+    s.add_argument("--max-sources", type=int_range(1, 20_000), default=20_000,
+                   help="producer sources remembered at once; past it new ones are refused")
     s.add_argument("--upstream", action="append", default=[], type=upstream_spec, help=(
         "take another stream as a source (repeat): 'stream=NAME,source=ID,pub=ADDR,"
         "replicators=ADDR|ADDR,kinds=K|K,route=MASK'; kinds and route are optional, route takes "
@@ -887,6 +896,9 @@ def parser() -> Parser:
                            ("status", cmd_status, "the table of processes")):
         s = sub.add_parser(verb, help=text)
         s.add_argument("--data", default="seqex-data")
+        if verb == "status":
+            s.add_argument("--frozen-after", type=seconds, default=3.0,
+                           help="a live process silent for longer than this is FROZEN")
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("submit", help="put one order into in.ce.SYMBOL and print its outcome")

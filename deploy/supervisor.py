@@ -14,6 +14,12 @@ Restarts back off exponentially: a process that dies within ``STABLE_S`` of its 
 a row the supervisor gives up on it, prints why (the last line of its log) and records it in
 seqex.json, where `seqex status` shows it. The rest keeps running. Ctrl-C, SIGTERM or `seqex
 down` stop everything in reverse order and remove the state file.
+
+Heartbeats: a thread of the supervisor PINGs every process once a second and writes, for each,
+its pid and the wall-clock time of its last answer to ``<data_dir>/heartbeats.json``
+(atomically). `seqex status` shows the age of each process's last answer, and marks FROZEN a
+process whose pid is alive but that has not answered for more than ``FROZEN_AFTER_S``: a
+SIGSTOP, a stuck disk, a livelock, which no exit status reveals.
 Logs: ``<data_dir>/logs/<process>.log``.
 """
 from __future__ import annotations
@@ -32,6 +38,9 @@ from mq.control import ping
 
 STATE_FILE = "seqex.json"
 LOCK_FILE = "seqex.lock"
+HEARTBEAT_FILE = "heartbeats.json"
+HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
+FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
 STABLE_S = 30.0          # a process that ran this long has recovered: its backoff resets
 BACKOFF_CAP_S = 30.0
 
@@ -124,7 +133,7 @@ def port_in_use(endpoint: str) -> bool:
 class Supervisor:
     def __init__(self, topo: Topology, host: str | None = None, max_restarts: int = 8,
                  backoff_base_s: float = 0.5, title: str = "seqex up",
-                 after_start=None):
+                 after_start=None, lock_fd: int | None = None):
         self.topo = topo
         self.host = host
         # Children end with the supervisor, however it ends (a SIGKILL included).
@@ -139,7 +148,7 @@ class Supervisor:
         self.started_at: dict[str, float] = {}
         self.due_at: dict[str, float] = {}       # when a dead process may start again
         self.gave_up: dict[str, str] = {}        # process -> why
-        self.lock_fd: int | None = None
+        self.lock_fd = lock_fd    # the data directory's lock, if the caller took it
         self.title = title
         # Run once every process answers (the demo users' deposits); its failure is reported,
         # and the cluster keeps running.
@@ -165,7 +174,8 @@ class Supervisor:
                         "another --base-port")
 
     def up(self, ready_timeout_s: float = 60) -> None:
-        self.lock_fd = lock_data_dir(self.topo.data_dir)
+        if self.lock_fd is None:
+            self.lock_fd = lock_data_dir(self.topo.data_dir)
         try:
             self.preflight()
         except SupervisorError:
@@ -190,6 +200,7 @@ class Supervisor:
             self.banner()
             if self.after_start is not None:   # beside the supervision, which goes on
                 threading.Thread(target=self._after_start, daemon=True).start()
+            threading.Thread(target=self._heartbeats, daemon=True).start()
             while self.running:
                 time.sleep(0.5)
                 if self.reload_accounts:
@@ -198,9 +209,11 @@ class Supervisor:
                 self.check()
         finally:
             print("stopping...", flush=True)
+            self.running = False
             self.group.stop_all()
-            if os.path.exists(self.state_path):
-                os.remove(self.state_path)
+            for path in (self.state_path, self.heartbeat_path):
+                if os.path.exists(path):
+                    os.remove(path)
             os.close(self.lock_fd)
             print("stopped.", flush=True)
 
@@ -266,6 +279,32 @@ class Supervisor:
     @property
     def state_path(self) -> str:
         return os.path.join(self.topo.data_dir, STATE_FILE)
+
+    @property
+    def heartbeat_path(self) -> str:
+        return os.path.join(self.topo.data_dir, HEARTBEAT_FILE)
+
+    def _heartbeats(self) -> None:
+        """PING every process each HEARTBEAT_EVERY_S; record its pid and its last answer."""
+        beats: dict[str, dict] = {}
+        specs = {s.name: s for s in self.mine()}
+        while self.running:
+            round_at = time.monotonic()
+            for name, proc in list(self.procs.items()):
+                pid = proc.popen.pid if proc.popen else 0
+                # A process's silence counts from when it is first watched, or restarted.
+                beat = beats.setdefault(name, {"pid": pid, "answered_at": time.time()})
+                if beat["pid"] != pid:
+                    beat.update(pid=pid, answered_at=time.time())
+                if proc.alive and probe(specs[name], timeout_s=0.5) is not None:
+                    beat["answered_at"] = time.time()
+            if not self.running:
+                return
+            try:
+                write_atomically(self.heartbeat_path, json.dumps(beats))
+            except OSError:
+                pass   # the data directory is going away with the supervisor
+            time.sleep(max(0.0, HEARTBEAT_EVERY_S - (time.monotonic() - round_at)))
 
     def _write_state(self) -> None:
         d = json.loads(self.topo.to_json())
@@ -411,23 +450,76 @@ def probe(spec, timeout_s: float = 0.5) -> dict | None:
 
 
 def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[list[str]]:
+def read_heartbeats(data_dir: str) -> dict[str, dict]:
+    """{process: {"pid", "answered_at"}} as the supervisor last wrote them ({} if none)."""
+    try:
+        with open(os.path.join(os.path.abspath(data_dir), HEARTBEAT_FILE)) as f:
+            beats = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return beats if isinstance(beats, dict) else {}
+
+
+def stopped_by_signal(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and line.split()[1] in ("T", "t")
+                       for line in f)
+    except OSError:
+        return False
+
+
+def frozen_advice(name: str, pid: int, silent_s: float) -> str:
+    """The operator's next step for a process that is alive and does not answer."""
+    if stopped_by_signal(pid):
+        why = f"pid {pid} is stopped by a signal: `kill -CONT {pid}` resumes it"
+    else:
+        why = f"pid {pid} runs but does not answer (see its log)"
+    return (f"{name} is FROZEN: no answer for {silent_s:.1f} s; {why}; if it stays frozen, "
+            f"`kill -KILL {pid}` and the supervisor restarts it")
+
+
+def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
+                beats: dict[str, dict] | None = None, frozen: list[str] | None = None,
+                frozen_after_s: float = FROZEN_AFTER_S) -> list[list[str]]:
+    """The status table. beats: the supervisor's heartbeats (read_heartbeats); a process
+    that does not answer now, whose pid is alive and whose last answer is older than
+    frozen_after_s, is FROZEN, and the operator's next step is appended to `frozen`."""
     given_up = given_up or {}
-    rows = [["process", "role", "core", "stream", "seq", "lag/commit", "rate/s", "state"]]
+    beats = beats or {}
+    rows = [["process", "role", "core", "stream", "seq", "lag/commit", "rate/s", "answered",
+             "state"]]
     for spec in topo.procs:
         st = probe(spec)
         if st is None:
-            state = "GAVE UP (see the supervisor's output)" if spec.name in given_up else "DOWN"
-            rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", state])
+            beat = beats.get(spec.name) or {}
+            pid = beat.get("pid") if isinstance(beat.get("pid"), int) else 0
+            at = beat.get("answered_at") if isinstance(beat.get("answered_at"), float) else 0.0
+            silent_s = time.time() - at if at else None
+            age = f"{silent_s:.1f} s ago" if silent_s is not None else "-"
+            if spec.name in given_up:
+                state = "GAVE UP (see the supervisor's output)"
+            elif pid and _running(pid) and (silent_s is None or silent_s > frozen_after_s):
+                state = f"FROZEN (pid {pid})"
+                if frozen is not None:
+                    frozen.append(frozen_advice(spec.name, pid, silent_s or 0.0))
+            elif pid and _running(pid):
+                state = "not answering"
+            else:
+                state = "DOWN"
+            rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", age,
+                         state])
             continue
         if spec.role == "replicator":
             streams = st.get("streams", {})
             for name, s in sorted(streams.items()) or [("", {})]:
                 rows.append([spec.name, spec.role, _core(spec), name, str(s.get("last", "-")),
-                             f"commit {s.get('commit', '-')}", "-", "up"])
+                             f"commit {s.get('commit', '-')}", "-", "now", "up"])
         elif spec.role in ("sequencer", "mirror"):
             extra = f" divergences {st['divergences']}" if st.get("divergences") else ""
             rows.append([spec.name, spec.role, _core(spec), spec.stream, str(st.get("last")),
-                         f"commit {st.get('committed')}", "-",
+                         f"commit {st.get('committed')}", "-", "now",
                          f"epoch {st.get('epoch')}{extra}"])
         elif spec.role in ("gateway", "oracle"):
             # The gateway: its clients' address and sessions; the oracle: what it is (simulated).
@@ -435,10 +527,10 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[
             if spec.extra.get("listen"):
                 what = f"clients on {spec.extra['listen'][len('tcp://'):]}; {what}"
             rows.append([spec.name, spec.role, _core(spec), ",".join(st.get("streams", [])),
-                         str(st.get("sent", "-")), "-", str(st.get("rate", "-")), what])
+                         str(st.get("sent", "-")), "-", str(st.get("rate", "-")), "now", what])
         else:
             rows.append([spec.name, st.get("replica_role", spec.role), _core(spec), spec.stream,
-                         str(st.get("seq")), str(st.get("lag")), str(st.get("rate")),
+                         str(st.get("seq")), str(st.get("lag")), str(st.get("rate")), "now",
                          f"snapshot {st.get('snapshot_seq')}"])
     return rows
 

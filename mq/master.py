@@ -52,7 +52,8 @@ MAX_FRAME_BYTES = 4 << 20      # a sequenced frame is cut at this size
 MAX_INFLIGHT = 1 << 20         # records sent to one replicator and not yet acknowledged
 RESEND_AFTER_S = 1.0           # unacknowledged for this long: go back and resend
 PROBE_EVERY_S = 0.5            # an unknown replicator is claimed again this often
-ASK_EVERY_S = 0.02             # start-up questions are repeated this often until answered
+ASK_EVERY_S = 0.02             # start-up questions are repeated this often until sent
+ASK_AGAIN_S = 1.0              # ... and a sent one this long after, until answered
 TAIL_ASK_S = 2.0               # a tail REPLAY unanswered for this long is asked again
 TAIL_RECORDS = 10_000          # a new master reads at least this many records of the tail
 TAIL_MAX_BYTES = 4 << 20       # one tail REPLAY chunk
@@ -185,6 +186,7 @@ class Recovery:
     deadline: float
     started: float
     ask_at: float = 0.0
+    asked: dict[int, float] = field(default_factory=dict)   # link -> when it may be asked again
     answers: dict[int, dict] = field(default_factory=dict)
     epoch: int = 0
     tail_link: int = -1
@@ -318,12 +320,17 @@ class Master:
                 self.recovery = r = Recovery("state", r.deadline, now)
         if r.phase in ("state", "claim") and now >= r.ask_at:
             # Sends fail until a connection is up (IMMEDIATE): ask often, it is cheap.
+            # A question that was sent is asked again only after ASK_AGAIN_S: a replicator
+            # holding many sources takes a while to answer, and must not get a queue of them.
             for i, link in enumerate(self.links):
-                if i not in r.answers:
+                if i not in r.answers and now >= r.asked.get(i, 0.0):
                     if r.phase == "state":
-                        self._try_send(link, [wire.STATE, wire.pack({"stream": self.stream})])
+                        sent = self._try_send(link, [wire.STATE,
+                                                     wire.pack(self._state_request())])
                     else:
-                        self._claim(link, r.epoch)
+                        sent = self._claim(link, r.epoch)
+                    if sent:
+                        r.asked[i] = now + ASK_AGAIN_S
             r.ask_at = now + ASK_EVERY_S
         if r.phase == "tail":
             if r.tail_seq > r.tail_to:
@@ -357,7 +364,7 @@ class Master:
         self.ts_ns = best["ts"]
         # The best log's source table describes exactly the adopted log. It counts as
         # durable (WELCOME.durable) only once this epoch's first record commits.
-        self.next_ss = {src: nxt for src, nxt, _seq in best["sources"]}
+        self.next_ss = {src: nxt for src, nxt, *_seq_ts in best["sources"]}
         self.durable_after_first_commit = dict(self.next_ss)
         # what an earlier attempt at recovery read is forgotten: this one reads afresh
         self.window = Window(self.window.max_bytes)
@@ -393,12 +400,18 @@ class Master:
         r.tail_seq = last + 1
         r.ask_at = 0.0
 
-    def _claim(self, link: Link, epoch: int) -> None:
+    def _claim(self, link: Link, epoch: int) -> bool:
         """CLAIM, preceded by a STATE: a replicator that has just restarted opens the stream
         on the STATE (a read) before the CLAIM writes to it. The STATE's answer carries an
-        older epoch until the replicator was claimed, and is then ignored."""
-        if self._try_send(link, [wire.STATE, wire.pack({"stream": self.stream})]):
-            self._try_send(link, [wire.CLAIM, wire.pack({"stream": self.stream, "epoch": epoch})])
+        older epoch until the replicator was claimed, and is then ignored. True if sent."""
+        if self._try_send(link, [wire.STATE, wire.pack(self._state_request())]):
+            return self._try_send(link, [wire.CLAIM, wire.pack({**self._state_request(),
+                                                                "epoch": epoch})])
+        return False
+
+    def _state_request(self) -> dict:
+        """The body of a STATE (and, with the epoch, of a CLAIM)."""
+        return {"stream": self.stream}
 
     def _reconcile(self, link: Link, st: dict) -> int:
         """Bring a replicator's view in line with this master's log: the seq up to which it

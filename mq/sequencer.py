@@ -25,6 +25,18 @@ Invariants:
 * No fixed batching delay: each turn of the loop sequences everything that is waiting into
   one frame, so a lone record leaves at once and records batch by themselves under load.
 * When nothing was sequenced for tick_ms, a Tick record carries the time to the engines.
+* Dedup state is bounded (expiry). A source whose last record is older than the stream's
+  sequenced time minus ``source_retention_ns`` (24 h) is forgotten once everything it sent is
+  committed; ``source_floor`` then rises above every source_seq it used. At most
+  ``max_sources`` sources are remembered: past that, a new source gets ERROR (reason
+  too_many_sources) and nothing of it is sequenced. A source the master does not know starts
+  at the floor (1 while nothing was ever forgotten): its HELLO is answered with next = floor,
+  and a batch of it that does not start exactly there is neither sequenced nor acknowledged
+  but refused with ERROR (reason source_expired): its records may or may not be in the log
+  from before it was forgotten, so the master can neither drop them as duplicates (they could
+  be lost) nor sequence them (they could be twice in the log). A starting master learns the
+  same from the replicators' STATE, a function of the log alone (sequenced time, never the
+  clock), so the table and STATE stay small whatever the number of sources ever seen.
 """
 from __future__ import annotations
 
@@ -67,6 +79,9 @@ from mq.subscriber import Subscriber
 log = logging.getLogger("seqex.sequencer")
 
 MAX_STEP_NS = 1_000_000_000  # sequenced time moves by at most this from one record to the next
+SOURCE_RETENTION_NS = 24 * 3600 * 10**9   # a source idle this long in sequenced time is forgotten
+MAX_SOURCES = 20_000         # sources remembered at once (replicator.store.STATE_MAX_SOURCES)
+EXPIRE_EVERY_S = 1.0         # how often the master looks for sources to forget
 EX_CONFIG = 78               # exit status of a master that must not be restarted as it is
 
 
@@ -170,13 +185,22 @@ class SequencerCore(Master):
                  tick_ms: int = 100, window_bytes: int = 256 << 20,
                  max_uncommitted_bytes: int | None = None, startup_grace_s: float = 2.0,
                  clock: SequencedClock | None = None,
-                 mono: Callable[[], float] = time.monotonic):
+                 mono: Callable[[], float] = time.monotonic,
+                 source_retention_ns: int = SOURCE_RETENTION_NS, max_sources: int = MAX_SOURCES):
         super().__init__(stream, replicators, policy, window_bytes, max_uncommitted_bytes,
                          startup_grace_s, mono)
+        if source_retention_ns < 1 or not 1 <= max_sources <= MAX_SOURCES:
+            raise ValueError(f"source retention must be positive and max_sources in "
+                             f"1 .. {MAX_SOURCES}")
         self.tick_ns = tick_ms * 1_000_000
         self.clock = clock or SequencedClock()
         self.upstream_sources: set[int] = set()
         self.owners: dict[int, bytes] = {}   # per source: the producer connection using it
+        self.source_retention_ns = source_retention_ns
+        self.max_sources = max_sources
+        self.last_ts: dict[int, int] = {}    # per source: ts_ns of its last record
+        self.source_floor = 1                # a source not in next_ss starts here
+        self.expire_at = 0.0                 # monotonic time of the next look for idle sources
         self._turn_ts = 0                    # ts of the records of the current turn
         self.current_peer: str | None = None  # authenticated key of the message in hand
 
@@ -186,6 +210,42 @@ class SequencerCore(Master):
     def _adopt(self, r) -> None:
         super()._adopt(r)
         self.clock.resume(self.ts_ns)
+        best = r.answers[self.recovery.tail_link]
+        self.last_ts = {x[0]: (x[3] if len(x) > 3 else self.ts_ns) for x in best["sources"]}
+        floor = best.get("source_floor", 1)
+        self.source_floor = floor if isinstance(floor, int) and floor >= 1 else 1
+
+    def _state_request(self) -> dict:
+        """The replicators name only the sources this master keeps (mq/sequencer.py, expiry)."""
+        return {"stream": self.stream, "retention_ns": self.source_retention_ns,
+                "max_sources": self.max_sources, "keep": sorted(self.upstream_sources)}
+
+    def expire_sources(self) -> int:
+        """Forget every source idle for longer than the retention in sequenced time, once all
+        it sent is committed (at most once every EXPIRE_EVERY_S). Returns how many."""
+        now = self.mono()
+        if now < self.expire_at or self.durable_after_first_commit is not None:
+            return 0
+        self.expire_at = now + EXPIRE_EVERY_S
+        horizon = self.ts_ns - self.source_retention_ns
+        idle = [src for src, ts in self.last_ts.items()
+                if ts < horizon and src != 0 and src not in self.upstream_sources
+                and self.durable_ss.get(src, 1) >= self.next_ss.get(src, 1)]
+        for src in idle:
+            self.source_floor = max(self.source_floor, self.next_ss.pop(src, 1))
+            for table in (self.durable_ss, self.recent, self.owners, self.last_ts):
+                table.pop(src, None)
+        if len(self.owners) > 2 * self.max_sources:
+            # connections that said HELLO and never sent a record: ownership is taken again
+            # by the next message
+            for src in [s for s in self.owners if s not in self.next_ss]:
+                del self.owners[src]
+        self.stats["expired_sources"] = self.stats.get("expired_sources", 0) + len(idle)
+        if idle:
+            log.info("%s: forgot %d sources idle for more than %d s of sequenced time; a "
+                     "source not known starts at source_seq %d", self.stream, len(idle),
+                     self.source_retention_ns // 10**9, self.source_floor)
+        return len(idle)
 
     def _now(self) -> int:
         self.ts_ns = self.clock.now()
@@ -209,6 +269,7 @@ class SequencerCore(Master):
         MAX_FRAME_BYTES), control messages are answered. Re-acks of duplicates and refusals
         are coalesced: one reply per producer and source per turn, however many batches it
         resent."""
+        self.expire_sources()
         parts: list[bytes] = []
         acks: list[tuple] = []
         coalesced: dict[tuple[bytes, int], tuple[bytes, dict]] = {}
@@ -249,7 +310,11 @@ class SequencerCore(Master):
         if not self._may_use(ident, src):
             return b""
         ss_last = ss_first + count - 1
-        expected = self.next_ss.get(src, 1)
+        expected = self.next_ss.get(src)
+        if expected is None:
+            expected = self.source_floor
+            if self._unknown_refused(ident, src, ss_first, ss_last):
+                return b""
         if ss_last < expected:
             # A duplicate: dropped, and acknowledged again (once per turn) with what is
             # committed; the rest is acked when its frame commits.
@@ -276,6 +341,7 @@ class SequencerCore(Master):
         piece = stamp(batch, skip, seq_first, self._turn_time(), self.epoch)
         self.next_seq += count - skip
         self.next_ss[src] = ss_last + 1
+        self.last_ts[src] = self._turn_ts
         self.recent[src].append(expected, ss_last, seq_first)
         runs = self.recent[src].known(ss_first, expected - 1) if skip else []
         runs.append([expected, ss_last, seq_first])
@@ -283,6 +349,36 @@ class SequencerCore(Master):
         self.stats["sequenced"] += count - skip
         self.stats["duplicates"] += skip
         return piece
+
+    def _unknown_refused(self, ident: bytes, src: int, ss_first: int, ss_last: int) -> bool:
+        """A batch of a source this master does not know: refused with ERROR (True) when
+        sources were forgotten and the batch does not start at the floor (it may be a resend
+        of records from before: see the module docstring), or when the table is full."""
+        if self.source_floor > 1 and ss_first != self.source_floor:
+            self.owners.pop(src, None)
+            self.stats["expired_refused"] = self.stats.get("expired_refused", 0) + 1
+            self._reply(ident, wire.ERROR, {
+                "error": f"{self.stream}: source {src} is not known (forgotten: idle for "
+                         f"longer than {self.source_retention_ns // 10**9} s of sequenced time, "
+                         f"or not among the {self.max_sources} most recent): source_seqs "
+                         f"{ss_first}..{ss_last} were not sequenced now and may be in the log "
+                         f"from before; look them up by source and source_seq (seqex replay) "
+                         f"before sending them again, as new records from source_seq "
+                         f"{self.source_floor} (HELLO says so)",
+                "reason": "source_expired", "src": src, "next": self.source_floor})
+            return True
+        known = len(self.next_ss) - (0 in self.next_ss)
+        if known >= self.max_sources:
+            self.owners.pop(src, None)
+            self.stats["too_many_sources"] = self.stats.get("too_many_sources", 0) + 1
+            self._reply(ident, wire.ERROR, {
+                "error": f"{self.stream}: source {src} refused: this stream already remembers "
+                         f"{known} sources, its limit; nothing was sequenced. Sources idle for "
+                         f"{self.source_retention_ns // 10**9} s of sequenced time are "
+                         f"forgotten; use fewer source ids",
+                "reason": "too_many_sources", "src": src})
+            return True
+        return False
 
     def _may_use(self, ident: bytes, src: int) -> bool:
         """A source belongs to one producer connection at a time: another connection that
@@ -306,6 +402,7 @@ class SequencerCore(Master):
         return True
 
     def _emit_tick(self, now_ns: int) -> None:
+        self.expire_sources()
         ss = self.next_ss.get(0, 1)
         frame = tick(self.next_seq, self._now(), ss, self.epoch)
         self.next_ss[0] = ss + 1
@@ -326,9 +423,11 @@ class SequencerCore(Master):
             if not 0 < src < 1 << 32:
                 raise wire.WireError(f"source {src} outside 1 .. 2**32-1")
             if self._may_use(ident, src):
-                durable = self.durable_ss.get(src, 1)
-                welcome = {"src": src, "next": self.next_ss.get(src, 1), "durable": durable,
-                           "epoch": self.epoch}
+                # A source not known (new, or forgotten) starts at the floor.
+                durable = self.durable_ss.get(src, 1 if src in self.next_ss else
+                                              self.source_floor)
+                welcome = {"src": src, "next": self.next_ss.get(src, self.source_floor),
+                           "durable": durable, "epoch": self.epoch}
                 unacked = body.get("from")
                 if isinstance(unacked, int) and not isinstance(unacked, bool) and unacked > 0:
                     # The producer's first unacknowledged number: WELCOME names the seqs of
@@ -368,6 +467,7 @@ class SequencerCore(Master):
                 "evicted_uncommitted": self.window.evicted_uncommitted,
                 "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known}
                                 for lk in self.links],
+                "sources": len(self.next_ss), "source_floor": self.source_floor,
                 "refusals": auth.refusal_stats(), **self.stats}
 
 
@@ -377,10 +477,12 @@ class Sequencer(MasterShell, SequencerCore):
     def __init__(self, stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
                  policy: str = "first", tick_ms: int = 100, window_bytes: int = 256 << 20,
                  startup_grace_s: float = 2.0, upstreams: list[Upstream] | None = None,
-                 max_uncommitted_bytes: int | None = None, max_step_ms: int = 1000):
+                 max_uncommitted_bytes: int | None = None, max_step_ms: int = 1000,
+                 source_retention_ns: int = SOURCE_RETENTION_NS, max_sources: int = MAX_SOURCES):
         super().__init__(stream, replicators, policy, tick_ms, window_bytes,
                          max_uncommitted_bytes, startup_grace_s,
-                         clock=SequencedClock(max_step_ms * 1_000_000))
+                         clock=SequencedClock(max_step_ms * 1_000_000),
+                         source_retention_ns=source_retention_ns, max_sources=max_sources)
         self._open_sockets(producer_bind, pub_bind)
         self.upstreams = upstreams or []
         self.taken: dict[int, int] = {}  # per upstream source: records taken by this master
@@ -439,10 +541,12 @@ class Sequencer(MasterShell, SequencerCore):
 def main(stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
          policy: str = "first", tick_ms: int = 100, upstreams: list[str] | None = None,
          window_bytes: int = 256 << 20, max_uncommitted_bytes: int | None = None,
-         max_step_ms: int = 1000) -> None:
+         max_step_ms: int = 1000, source_retention_s: int = SOURCE_RETENTION_NS // 10**9,
+         max_sources: int = MAX_SOURCES) -> None:
     run(Sequencer(stream, producer_bind, pub_bind, replicators, policy, tick_ms,
                   window_bytes=window_bytes, max_uncommitted_bytes=max_uncommitted_bytes,
-                  max_step_ms=max_step_ms,
+                  max_step_ms=max_step_ms, source_retention_ns=source_retention_s * 10**9,
+                  max_sources=max_sources,
                   upstreams=[Upstream.parse(u) for u in upstreams or []]), "sequencer")
 
 

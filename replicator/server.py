@@ -9,8 +9,10 @@ One ROUTER socket answers:
   frame does not extend the log; the master resends from ``last`` + 1), "conflict" (different
   bytes at a seq already held, or a previous record of another epoch; never overwritten),
   "disk_full" (nothing was written; the master resends).
-* STATE {stream} -> the log's state (last, epoch, commit, epoch history, sources); CLAIM
-  {stream, epoch} -> the same, after persisting the epoch: a new master fences the old one.
+* STATE {stream, retention_ns?, max_sources?, keep?} -> the log's state (last, epoch, commit,
+  epoch history, the sources a master keeps and the floor of those it forgets; see
+  StreamLog.state); CLAIM {stream, epoch, ...} -> the same, after persisting the epoch: a new
+  master fences the old one.
 * TRUNCATE {stream, epoch, after}: drop a divergent uncommitted tail (never below commit).
 * COMMIT {stream, epoch, commit}: the master's commit point moved (no answer).
 * REPLAY {stream, from, to, max_bytes, req, uncommitted} -> RECORDS {stream, from, last,
@@ -51,6 +53,7 @@ from mq.replication import epoch_at
 from replicator import integrity
 from replicator.peers import Peers, digest
 from replicator.store import (
+    STATE_MAX_SOURCES,
     U32_MAX,
     U64_MAX,
     CorruptFrame,
@@ -67,6 +70,7 @@ MAX_REPLAY_BYTES = 16 << 20   # cap of one RECORDS chunk
 MAX_DIGEST_RECORDS = 1_000_000
 MAX_DIGEST_BYTES = 64 << 20
 MAX_REQ_CHARS = 64            # a REPLAY's `req` tag is echoed back; it stays small
+MAX_KEEP_SOURCES = 4096       # sources a STATE may ask to be named whatever their age
 MAX_ERROR_CHARS = 1000
 DISK_RETRY_S = 1.0
 FULL_BELOW_BYTES = 64 << 20   # a failed write with less room than this is reported as "disk full"
@@ -141,6 +145,17 @@ def parse(kind: bytes, parts: list[bytes]) -> dict[str, Any]:
         req["req"] = tag
     elif kind == wire.DIGEST:
         req["from"], req["to"] = _uint(body, "from"), _uint(body, "to")
+    if kind in (wire.STATE, wire.CLAIM):
+        # How the master forgets idle sources (mq/sequencer.py): all optional.
+        req["retention_ns"] = _uint(body, "retention_ns", (1 << 63) - 1, required=False) or 0
+        most = _uint(body, "max_sources", STATE_MAX_SOURCES, required=False)
+        req["max_sources"] = STATE_MAX_SOURCES if most is None else most
+        keep = body.get("keep", [])
+        if not isinstance(keep, list) or len(keep) > MAX_KEEP_SOURCES or any(
+                type(k) is not int or not 0 <= k <= U32_MAX for k in keep):
+            raise wire.WireError(f"field 'keep' must be a list of at most {MAX_KEEP_SOURCES} "
+                                 "source ids")
+        req["keep"] = frozenset(keep)
     return req
 
 
@@ -433,7 +448,8 @@ class Replicator:
         ok = log_.claim(txn, req["epoch"])
         if not ok:
             self.stats["refused"] += 1
-        return [wire.STATE, wire.pack({**log_.state(txn), "ok": ok})]
+        return [wire.STATE, wire.pack({**log_.state(txn, req["retention_ns"], req["max_sources"],
+                                                     req["keep"]), "ok": ok})]
 
     def _truncate(self, txn: Any, log_: StreamLog, req: dict) -> list[bytes]:
         stream, epoch = req["stream"], req["epoch"]
@@ -465,7 +481,8 @@ class Replicator:
         stream = req["stream"]
         log_ = self.store.find(stream)
         if kind == wire.STATE:
-            state = log_.state() if log_ else StreamLog.empty_state(stream)
+            state = log_.state(None, req["retention_ns"], req["max_sources"], req["keep"]) \
+                if log_ else StreamLog.empty_state(stream)
             return [wire.STATE, wire.pack({**state, "ok": True})]
         if kind == wire.REPLAY:
             seq_from, frame = req["from"], b""

@@ -10,8 +10,9 @@ One LMDB environment holds any number of streams. Per stream:
 * ``meta:<stream>``: ``last`` (u64, highest contiguous seq held), ``epoch`` (highest master
   epoch seen or claimed; lower ones are refused), ``ts`` (ts_ns of the last record),
   ``commit`` (highest seq the master said is committed), one key per producer source,
-  ``s`` + u32 big-endian -> (next expected source_seq, seq of the last record of that source),
-  which is what lets a restarted master recognise duplicates, and the epoch history,
+  ``s`` + u32 big-endian -> (next expected source_seq, seq and ts_ns of the last record of
+  that source), which is what lets a restarted master recognise duplicates, and the epoch
+  history,
   ``h`` + u64 big-endian first seq -> u32 epoch: where each epoch's records begin in this log.
 
 Everything a frame changes is written in one transaction, so a crash leaves either the whole
@@ -42,7 +43,9 @@ U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 MAX_NAME = 200
 U32 = struct.Struct(">I")
-SRC = struct.Struct(">QQ")
+SRC = struct.Struct(">QQQ")     # next source_seq, seq and ts_ns of the source's last record
+SRC_OLD = struct.Struct(">QQ")  # as written before sources had a ts (read as ts 0)
+STATE_MAX_SOURCES = 20_000      # sources one STATE names at most (each about 30 bytes packed)
 DURABILITIES = ("fsync", "os")
 
 
@@ -132,14 +135,38 @@ class StreamLog:
     def empty_state(name: str) -> dict:
         """The state of a stream this store does not hold (nothing is created for it)."""
         return {"stream": name, "last": 0, "epoch": 0, "ts": 0, "commit": 0, "last_epoch": 0,
-                "history": [], "sources": []}
+                "history": [], "sources": [], "source_floor": 1}
 
-    def state(self, txn: lmdb.Transaction | None = None) -> dict:
+    def state(self, txn: lmdb.Transaction | None = None, retention_ns: int = 0,
+              max_sources: int = STATE_MAX_SOURCES, keep: frozenset[int] = frozenset()
+              ) -> dict:
         """What a starting master needs to know of this log (inside `txn` when a write is
-        under way)."""
+        under way). ``sources`` names [source, next source_seq, seq, ts_ns] of at most
+        max_sources sources: those in ``keep`` (and source 0), then the most recently active,
+        leaving out any whose last record is older than the log's last ts minus retention_ns
+        (0: no expiry). ``source_floor`` is above every source_seq any left-out source used:
+        a source the master does not know starts there (mq/sequencer.py, "expiry")."""
+        named, floor = self.sources_within(txn, retention_ns, max_sources, keep)
         return {"stream": self.name, "last": self.last, "epoch": self.epoch, "ts": self.ts_ns,
                 "commit": self.commit, "last_epoch": self.last_epoch,
-                "history": [list(h) for h in self.history], "sources": self.sources(txn)}
+                "history": [list(h) for h in self.history],
+                "sources": [list(x) for x in named], "source_floor": floor}
+
+    def sources_within(self, txn: lmdb.Transaction | None, retention_ns: int,
+                       max_sources: int, keep: frozenset[int] = frozenset()
+                       ) -> tuple[list[tuple[int, int, int, int]], int]:
+        """The sources a master keeps (by source) and the floor of those it forgets, both a
+        function of this log alone (sequenced time, never the clock)."""
+        every = self.sources(txn)
+        horizon = self.ts_ns - retention_ns if retention_ns else 0
+        pinned = [x for x in every if x[0] == 0 or x[0] in keep]
+        rest = [x for x in every if not (x[0] == 0 or x[0] in keep)]
+        live = [x for x in rest if x[3] >= horizon]
+        live.sort(key=lambda x: (-x[3], x[0]))   # the most recent first; ties by source
+        room = max(0, max_sources - len(pinned))
+        named = {x[0] for x in live[:room]}
+        floor = max([x[1] for x in rest if x[0] not in named], default=1)
+        return sorted(pinned + live[:room]), floor
 
     def claim(self, txn: lmdb.Transaction, epoch: int) -> bool:
         """A new master claims `epoch`: from now on lower epochs are refused. False if a
@@ -184,19 +211,21 @@ class StreamLog:
         while cur.key() and U64.unpack(cur.key())[0] > after:
             if not cur.delete():
                 break
+        ts = 0
+        if after:
+            ts = decode(self.read(after, after, txn=txn))[0][1]
         lowest: dict[int, int] = {}
         for src, ss_first, _ss_last, _seq in source_runs(dropped):
             lowest[src] = min(lowest.get(src, ss_first), ss_first)
         for src, ss in sorted(lowest.items()):
-            txn.put(b"s" + U32.pack(src), SRC.pack(ss, 0), db=self.meta_db)
+            # Its last record's ts is gone with the tail: the new last ts keeps the source
+            # at least as long (keeping a source is always safe; forgetting needs the floor).
+            txn.put(b"s" + U32.pack(src), SRC.pack(ss, 0, ts), db=self.meta_db)
         for _epoch, first in [h for h in self.history if h[1] > after]:
             txn.delete(b"h" + U64.pack(first), db=self.meta_db)
         self.history = [h for h in self.history if h[1] <= after]
         self.last = after
         txn.put(b"last", U64.pack(after), db=self.meta_db)
-        ts = 0
-        if after:
-            ts = decode(self.read(after, after, txn=txn))[0][1]
         txn.put(b"ts", U64.pack(ts), db=self.meta_db)
         self.ts_ns = ts
         if epoch > self.epoch:
@@ -250,14 +279,16 @@ class StreamLog:
     def _put_frame(self, txn: lmdb.Transaction, first: int, last: int, frame: bytes) -> None:
         if not txn.put(U64.pack(first), _sealed(frame), db=self.log_db, append=True):
             raise RuntimeError(f"{self.name}: frame at {first} not appended")
+        # A master stamps every record of a frame (one turn of its loop) with one ts, so the
+        # frame's last ts is each source's last ts, the same on every replicator.
+        ts = int.from_bytes(frame[offset_of(frame, last - first) + 8:][:8], "little")
         for src, ss_first, ss_last, seq_first in source_runs(frame):
             seq_last = seq_first + (ss_last - ss_first)
-            txn.put(b"s" + U32.pack(src), SRC.pack(ss_last + 1, seq_last), db=self.meta_db)
+            txn.put(b"s" + U32.pack(src), SRC.pack(ss_last + 1, seq_last, ts), db=self.meta_db)
         for epoch, seq in epoch_runs(frame):
             if not self.history or self.history[-1][0] != epoch:
                 self.history.append((epoch, seq))
                 txn.put(b"h" + U64.pack(seq), U32.pack(epoch), db=self.meta_db)
-        ts = int.from_bytes(frame[offset_of(frame, last - first) + 8:][:8], "little")
         txn.put(b"last", U64.pack(last), db=self.meta_db)
         txn.put(b"ts", U64.pack(ts), db=self.meta_db)
         self.last = last
@@ -388,8 +419,9 @@ class StreamLog:
             txn.put(b"h" + U64.pack(seq), U32.pack(epoch), db=self.meta_db)
         self.history = new
 
-    def sources(self, txn: lmdb.Transaction | None = None) -> list[tuple[int, int, int]]:
-        """[(source, next expected source_seq, seq of its last record)], by source."""
+    def sources(self, txn: lmdb.Transaction | None = None) -> list[tuple[int, int, int, int]]:
+        """[(source, next expected source_seq, seq and ts_ns of its last record)], by
+        source, every source the log ever held."""
         if txn is None:
             with self.store.env.begin() as own:
                 return self.sources(own)
@@ -399,8 +431,9 @@ class StreamLog:
             for key, value in cur:
                 if not key.startswith(b"s") or len(key) != 5:
                     break
-                nxt, seq = SRC.unpack(value)
-                out.append((U32.unpack(key[1:])[0], nxt, seq))
+                nxt, seq, ts = SRC.unpack(value) if len(value) == SRC.size else \
+                    (*SRC_OLD.unpack(value), 0)
+                out.append((U32.unpack(key[1:])[0], nxt, seq, ts))
         return out
 
 

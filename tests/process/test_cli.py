@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,7 +33,7 @@ import pytest
 
 from deploy import topology
 from deploy.procs import Group, free_port
-from deploy.supervisor import read_state
+from deploy.supervisor import read_heartbeats, read_state
 from mq.control import ping, replay, wait_until
 from mq.record import decode
 from mq.sources import OPERATOR_SOURCE_MIN
@@ -479,6 +480,40 @@ def test_a_second_up_on_a_running_data_dir_exits_2_and_leaves_the_first_intact(c
     status = seqex("status", "--data", data)
     assert status.returncode == 0 and "DOWN" not in status.stdout, status.stdout
     assert "restarting" not in up.log()
+
+
+@pytest.mark.timeout(120)
+def test_status_shows_a_frozen_replicator_and_its_recovery(cluster):
+    """A replicator stopped with SIGSTOP stays alive and does not answer: within a few
+    seconds `seqex status` marks it FROZEN, with its pid and the operator's next step; after
+    SIGCONT it answers again and shows healthy."""
+    data, _up = cluster
+    pid = wait_until(lambda: read_heartbeats(data).get("replicator1", {}).get("pid"), 30,
+                     "the supervisor's heartbeats")
+    assert pid in pids_of(data)
+
+    def status_of(name: str) -> tuple[str, str]:
+        out = seqex("status", "--data", data, "--frozen-after", "2")
+        assert out.returncode == 0, out.stderr
+        rows = [x for x in out.stdout.splitlines() if x.startswith(name + " ")]
+        return " | ".join(rows), out.stdout
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        wait_until(lambda: "FROZEN" in status_of("replicator1")[0], 30, "FROZEN in status")
+        took = time.monotonic() - frozen_at
+        row, out = status_of("replicator1")
+        assert f"FROZEN (pid {pid})" in row and "s ago" in row, out
+        advice = [x for x in out.splitlines() if "replicator1 is FROZEN" in x]
+        assert advice and f"kill -CONT {pid}" in advice[0], out
+        assert "FROZEN" not in status_of("replicator0")[0]
+        print(f"status showed replicator1 FROZEN {took:.1f} s after SIGSTOP")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: "FROZEN" not in status_of("replicator1")[1], 30, "no FROZEN in status")
+    row, out = status_of("replicator1")
+    assert " now " in row and " up" in row, out
 
 
 @pytest.mark.timeout(300)

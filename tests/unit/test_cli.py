@@ -207,7 +207,7 @@ def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_p
     state = json_.loads(topo.to_json())
     state["supervisor"] = os_.getpid()
     (tmp_path / "seqex.json").write_text(json_.dumps(state))
-    r0, r1 = topo.replicator_addrs()
+    r0, r1 = topo.replicator_addrs()[:2]
     monkeypatch.setattr(control, "ping", lambda addr, timeout_s=1.0: None if addr == r0 else
                         {"streams": {"in.ce.BTCUSDT": {"commit": 0}}})
     read_from = []

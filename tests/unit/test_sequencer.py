@@ -530,3 +530,93 @@ def test_an_upstream_spec_names_kinds_and_a_route_mask(tail, kinds, route):
 def test_a_bad_route_mask_is_one_clear_error(tail, message):
     with pytest.raises(ValueError, match="bad upstream spec .*" + message):
         Upstream.parse(UP + tail)
+# -- dedup state that expires ---------------------------------------------------------------
+
+def hello(src: int, ident: bytes = b"p") -> tuple:
+    return (ident, wire.HELLO, [ident, wire.HELLO, wire.pack({"src": src})])
+
+
+def errors(core: Core) -> list[dict]:
+    return [b for _i, kind, b in core.replies if kind == wire.ERROR]
+
+
+def test_a_source_idle_past_the_retention_is_forgotten_and_its_resend_refused():
+    """Expiry in sequenced time: source 1 sends, then stays idle while source 2 keeps time
+    moving for longer than the retention. Source 1 is forgotten (its table entries go), the
+    floor rises above its numbers, a resend of its old records is refused with
+    source_expired (neither acknowledged as a duplicate nor sequenced again), and its HELLO
+    says to go on from the floor, where it is sequenced as new."""
+    core = Core(source_retention_ns=10 * SEC)
+    recover(core, [state()] * 3)
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    core.sequence_turn([data(1, 1, 5)])
+    ack_all(core)
+    for k in range(30):   # 15 s of sequenced time from source 2 only
+        core.fake.advance(SEC // 2)
+        core.sequence_turn([data(2, 1 + k, 1, b"q")])
+        ack_all(core)
+    assert 1 not in core.next_ss and 1 not in core.durable_ss and 1 not in core.recent
+    assert core.source_floor == 6 and core.stats["expired_sources"] == 1
+    assert 2 in core.next_ss
+    before = core.next_seq
+    core.replies.clear()
+    core.sequence_turn([data(1, 3, 3)])           # a resend of records 3..5
+    assert core.next_seq == before
+    [err] = errors(core)
+    assert err["reason"] == "source_expired" and err["next"] == 6 and "3..5" in err["error"]
+    assert not [b for _i, k, b in core.replies if k == wire.ACK]
+    core.sequence_turn([hello(1)])
+    welcome = core.replies[-1][2]
+    assert (welcome["next"], welcome["durable"]) == (6, 6)
+    core.sequence_turn([data(1, 6, 2)])
+    assert core.next_seq == before + 2 and core.next_ss[1] == 8
+
+
+def test_a_source_with_uncommitted_records_is_not_forgotten():
+    core = Core(source_retention_ns=SEC)
+    recover(core, [state()] * 3)
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    core.sequence_turn([data(1, 1, 5)])           # never acknowledged by the replicators
+    for k in range(10):
+        core.fake.advance(SEC // 2)
+        core._emit_tick(core.fake.mono_ns)
+    assert core.next_ss[1] == 6 and core.source_floor == 1
+
+
+def test_new_sources_past_the_bound_are_refused_with_a_reason():
+    core = Core(max_sources=3)
+    recover(core, [state()] * 3)
+    for src in (1, 2, 3):
+        core.sequence_turn([data(src, 1, 1, b"p%d" % src)])
+    core.replies.clear()
+    before = core.next_seq
+    core.sequence_turn([data(4, 1, 1, b"p4")])
+    [err] = errors(core)
+    assert err["reason"] == "too_many_sources" and err["src"] == 4
+    assert core.next_seq == before and 4 not in core.next_ss and 4 not in core.owners
+    core.sequence_turn([data(2, 2, 1, b"p2")])     # known sources go on
+    assert core.next_ss[2] == 3
+
+
+def test_a_new_master_takes_the_floor_and_each_sources_time_from_state():
+    """What the replicators name (StreamLog.state) is what the new master keeps: sources with
+    their last ts, and the floor of those left out; it asks with its retention and bound."""
+    core = Core(source_retention_ns=7 * SEC, max_sources=100)
+    body = wire.unpack(state(10, 1, 10, [(1, 1)], ts=50 * SEC,
+                             sources=[(0, 3, 10, 50 * SEC), (2, 8, 9, 49 * SEC)])[1])
+    body["source_floor"] = 41
+    recover(core, [[wire.STATE, wire.pack(body)]] * 3, tail=records(1, 10, ts=50 * SEC))
+    assert core.source_floor == 41 and core.last_ts[2] == 49 * SEC
+    asks = [b for _i, b, _m in core.take(wire.STATE)] + [b for _i, b, _m in
+                                                         core.take(wire.CLAIM)]
+    assert asks and all(b["retention_ns"] == 7 * SEC and b["max_sources"] == 100 for b in asks)
+    core.sequence_turn([hello(9)])
+    assert core.replies[-1][2]["next"] == 41
+
+
+def test_the_masters_bound_is_the_replicators_state_bound():
+    from mq.sequencer import MAX_SOURCES
+    from replicator.store import STATE_MAX_SOURCES
+    assert MAX_SOURCES == STATE_MAX_SOURCES

@@ -76,9 +76,51 @@ def test_state_survives_reopen(tmp_path):
     s = Store(path, "os", map_size=1 << 26)
     a = s.stream("a")
     assert (a.last, a.epoch, a.ts_ns) == (3, 4, 1003)
-    assert a.sources() == [(7, 13, 3)]
-    assert s.stream("b").sources() == [(9, 2, 1)]
+    assert a.sources() == [(7, 13, 3, 1003)]
+    assert s.stream("b").sources() == [(9, 2, 1, 1001)]
     s.close()
+
+
+def source_frame(first: int, src: int, ss: int, ts: int) -> bytes:
+    return encode([(first, ts, src, ss, 1, 16, b"r")])
+
+
+def test_state_leaves_out_sources_idle_past_the_retention_and_names_their_floor(store):
+    """Expiry in sequenced time: a source whose last record is older than the log's last ts
+    minus the retention is left out of STATE; source_floor is above every source_seq such a
+    source used, so a master that meets it again cannot take an old number for a new one."""
+    store.append("s", 1, source_frame(1, 5, 40, ts=1_000))     # source 5 up to ss 40
+    store.append("s", 1, source_frame(2, 6, 7, ts=2_000))
+    store.append("s", 1, source_frame(3, 0, 1, ts=3_000))      # a Tick: never left out
+    store.append("s", 1, source_frame(4, 8, 3, ts=10_000))
+    log_ = store.stream("s")
+    st = log_.state(retention_ns=8_500)          # horizon 1_500: source 5 is idle too long
+    assert [x[0] for x in st["sources"]] == [0, 6, 8]
+    assert st["source_floor"] == 41
+    assert st["sources"][1] == [6, 8, 2, 2_000]
+    everything = log_.state()                    # no retention: every source, floor 1
+    assert [x[0] for x in everything["sources"]] == [0, 5, 6, 8]
+    assert everything["source_floor"] == 1
+    kept = log_.state(retention_ns=8_500, keep=frozenset({5}))   # an upstream source
+    assert [x[0] for x in kept["sources"]] == [0, 5, 6, 8] and kept["source_floor"] == 1
+
+
+def test_state_names_at_most_max_sources_the_most_recent_first(store):
+    for i in range(1, 11):
+        store.append("s", 1, source_frame(i, 100 + i, 3 * i, ts=1_000 * i))
+    st = store.stream("s").state(max_sources=4)
+    assert [x[0] for x in st["sources"]] == [107, 108, 109, 110]
+    assert st["source_floor"] == 3 * 6 + 1      # source 106's next source_seq
+
+
+def test_a_source_written_before_sources_had_a_ts_reads_as_ts_0(store):
+    store.append("s", 1, source_frame(1, 5, 1, ts=5_000))
+    log_ = store.stream("s")
+    with store.env.begin(write=True) as txn:
+        txn.put(b"s" + (5).to_bytes(4, "big"), (2).to_bytes(8, "big") + (1).to_bytes(8, "big"),
+                db=log_.meta_db)
+    assert log_.sources() == [(5, 2, 1, 0)]
+    assert log_.state(retention_ns=1)["source_floor"] == 2
 
 
 def test_bad_durability_and_stream_names_are_refused(tmp_path):
