@@ -449,7 +449,6 @@ def probe(spec, timeout_s: float = 0.5) -> dict | None:
     return {"state": "accepting clients"}
 
 
-def status_rows(topo: Topology, given_up: dict[str, str] | None = None) -> list[list[str]]:
 def read_heartbeats(data_dir: str) -> dict[str, dict]:
     """{process: {"pid", "answered_at"}} as the supervisor last wrote them ({} if none)."""
     try:
