@@ -38,9 +38,9 @@ import time
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from gateway import accounts as acc
 from gateway.local_core import LocalCore
@@ -357,6 +357,7 @@ class SessionFlow(RuleBasedStateMachine):
             reason = 5
         else:
             reason = None
+        event(f"logon: {'reject %d' % reason if reason else 'ack'}")
         if reason is not None:
             assert m.template == 3 and m.fields[:2] == (sid, reason), (reason, m)
             assert x.until_closed() == []
@@ -385,6 +386,10 @@ class SessionFlow(RuleBasedStateMachine):
 
     # -- rules: order entry
     def conn(self, data) -> Conn:
+        """A connection to act on; with none open, first a good logon of some session."""
+        if not self.conns:
+            self.logon(data.draw(st.sampled_from(NAMES)), data.draw(st.integers(1, 3)), True,
+                       "none", data)
         return data.draw(st.sampled_from(self.conns))
 
     def seq_for(self, s: Session, mode: str, data) -> int:
@@ -394,7 +399,6 @@ class SessionFlow(RuleBasedStateMachine):
             return s.next_expected + data.draw(st.integers(1, 3))
         return s.next_expected
 
-    @precondition(lambda self: self.conns)
     @rule(what=st.sampled_from(["new", "new", "cancel", "replace", "mass", "unknown"]),
           mode=st.sampled_from(["next", "next", "next", "dup", "gap"]), resend=st.booleans(),
           reuse=st.integers(0, 4), data=st.data())
@@ -457,6 +461,7 @@ class SessionFlow(RuleBasedStateMachine):
             mine.append(("BusinessReject", 3, seq, 150))
 
         x.pc.send_raw(msg)
+        event(f"order entry: {what} {mode}{' reused' if reused else ''} -> {mine[-1][:2]}")
         if seq < s.next_expected:              # a duplicate: dropped silently
             self.settle()
             return
@@ -486,7 +491,6 @@ class SessionFlow(RuleBasedStateMachine):
         self.settle()
 
     # -- rules: recovery
-    @precondition(lambda self: self.conns)
     @rule(mode=st.sampled_from(["range", "range", "over", "out", "double"]), data=st.data())
     def retransmit_request(self, mode, data):
         x = self.conn(data)
@@ -512,8 +516,10 @@ class SessionFlow(RuleBasedStateMachine):
             msg = frame(7, frm, count)
             rejects.append((9, frm, count, 0))
         x.pc.send_raw(msg)
+        event(f"retransmit: {mode}")
         x.rejects += len(rejects)
         if rejects and x.rejects >= MAX_RETRANSMIT_REJECTS:
+            event("retransmit: Logout(3)")
             got = x.until_closed()
             assert got and got[-1].template == 4 and got[-1].fields[0] == 3, got
             assert sorted(x.unsequenced) == sorted(rejects + [(4,) + tuple(got[-1].fields)])
@@ -524,7 +530,6 @@ class SessionFlow(RuleBasedStateMachine):
         self.settle({id(x): expect + rejects})
 
     # -- rules: leaving
-    @precondition(lambda self: self.conns)
     @rule(data=st.data())
     def logout(self, data):
         x = self.conn(data)
@@ -537,7 +542,6 @@ class SessionFlow(RuleBasedStateMachine):
         self.drop(x)
         self.settle()
 
-    @precondition(lambda self: self.conns)
     @rule(reset=st.booleans(), data=st.data())
     def disconnect(self, reset, data):
         x = self.conn(data)
@@ -546,7 +550,6 @@ class SessionFlow(RuleBasedStateMachine):
         self.drop(x)
         self.settle()
 
-    @precondition(lambda self: self.conns)
     @rule(how=st.sampled_from(["encoding", "schema", "short", "block"]), data=st.data())
     def malformed(self, how, data):
         x = self.conn(data)
@@ -595,6 +598,6 @@ class SessionFlow(RuleBasedStateMachine):
 
 # SEQEX_EXAMPLES=200 for a long run (the default keeps the suite to about half a minute)
 SessionFlow.TestCase.settings = settings(
-    max_examples=int(os.environ.get("SEQEX_EXAMPLES", "12")), stateful_step_count=30,
+    max_examples=int(os.environ.get("SEQEX_EXAMPLES", "12")), stateful_step_count=50,
     deadline=None, suppress_health_check=[HealthCheck.too_slow])
 test_session_flow = SessionFlow.TestCase
