@@ -60,6 +60,8 @@ MARK = {1: 100, 2: 500}                # whole units; orders stay within 4 units
 SEQUENCED = (10, 200, 201, 202, 203)
 FLAG_AT = {200: 111, 201: 47, 202: 35, 203: 35}   # Flags offset in the root block
 MAX_RETRANSMIT = 10_000
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
 MAX_RETRANSMIT_REJECTS = 10            # docs/gateway.md: then Logout(3)
 
 
@@ -246,6 +248,9 @@ class Conn:
         while True:
             m = self.next()
             if m.template == 5 and m.fields[0] == rid:
+                # PROTOCOL.md §4.8: the sender's next SeqNo and the next it will apply
+                assert m.fields[1:] == (self.sess.h + 1, min(self.sess.next_expected, U64_MAX)), \
+                    (m.fields, self.sess.h, self.sess.next_expected)
                 return
             self.take(m)
 
@@ -345,7 +350,7 @@ class SessionFlow(RuleBasedStateMachine):
         else:
             n = s.h + data.draw(st.integers(2, 5))
         x = Conn(self.cl, user, s)
-        x.pc.send(1, sid, n, s.next_expected, 30_000, 0, 0, 0, user.encode(), pw.encode())
+        x.pc.send(1, sid, n, min(s.next_expected, U64_MAX), 30_000, 0, 0, 0, user.encode(), pw.encode())
         m = x.next()
         while m.template in (5, 6):
             m = x.next()
@@ -369,7 +374,8 @@ class SessionFlow(RuleBasedStateMachine):
             return
         assert m.template == 2, m
         a_sid, a_next, a_nextseq, _hb, _rate, _codms, _cod, flags, _date = m.fields
-        assert (a_sid, a_next, a_nextseq) == (sid, s.next_expected, s.h + 1), \
+        # after SeqNo 2^64 - 1 nothing is left to expect: the u64 says 2^64 - 1, never 0
+        assert (a_sid, a_next, a_nextseq) == (sid, min(s.next_expected, U64_MAX), s.h + 1), \
             (m.fields, s.next_expected, s.h)
         if s.known is True:
             assert not flags & 8, "NewSession on a known session"
@@ -393,14 +399,21 @@ class SessionFlow(RuleBasedStateMachine):
         return data.draw(st.sampled_from(self.conns))
 
     def seq_for(self, s: Session, mode: str, data) -> int:
+        if s.next_expected > U64_MAX:            # SeqNo 2^64 - 1 was applied: all is old
+            return data.draw(st.sampled_from([U64_MAX, U64_MAX - 1, 1]))
         if mode == "dup" and s.next_expected > 1:
             return data.draw(st.integers(1, s.next_expected - 1))
         if mode == "gap":
             return s.next_expected + data.draw(st.integers(1, 3))
+        if mode == "jump":                       # beyond what NotApplied.Count can say
+            return min(U64_MAX, s.next_expected + data.draw(st.sampled_from(
+                [2**32 - 2, 2**32 - 1, 2**32, 2**40])))
+        if mode == "last":
+            return U64_MAX
         return s.next_expected
 
     @rule(what=st.sampled_from(["new", "new", "cancel", "replace", "mass", "unknown"]),
-          mode=st.sampled_from(["next", "next", "next", "dup", "gap"]), resend=st.booleans(),
+          mode=st.sampled_from(["next", "next", "next", "next", "dup", "gap", "gap", "jump", "last"]), resend=st.booleans(),
           reuse=st.integers(0, 4), data=st.data())
     def order_entry(self, what, mode, resend, reuse, data):
         x = self.conn(data)
@@ -467,7 +480,8 @@ class SessionFlow(RuleBasedStateMachine):
             return
         kinds = []
         if seq > s.next_expected:
-            kinds.append(("NotApplied", s.next_expected, seq - s.next_expected))
+            # order-path.md §4: a jump beyond a u32 reports 2^32 - 1
+            kinds.append(("NotApplied", s.next_expected, min(seq - s.next_expected, U32_MAX)))
         s.next_expected = seq + 1
         kinds += mine
         s.issue(kinds)

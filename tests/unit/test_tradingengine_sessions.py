@@ -146,6 +146,28 @@ def test_client_seqno_rules_and_the_reconnect_walkthrough():
     assert h.nos(1, 9, 7, 107) == []                          # never applied later
 
 
+def test_a_seqno_jump_beyond_a_u32_and_the_last_seqno():
+    """order-path.md §4: NotApplied.Count says at most 2^32 - 1; after SeqNo 2^64 - 1 nothing
+    is left to expect (never 0), its resend is a duplicate, and the session still logs on,
+    snapshots and restores. (Found by tests/stateful/test_session_model.py: the engine raised
+    on a client's jump of 2^32 or more.)"""
+    h = Harness()
+    h.logon(1, 9, conn=1)
+    ms = h.nos(1, 9, 1 + 2**32, 101)
+    assert ms[0][2:] == (10, (1, 1, 2**32 - 1))               # NotApplied(1, 2^32 - 1)
+    assert ers(ms)[0][2] == 101
+    ms = h.nos(1, 9, NULL, 102)
+    assert ms[0][2:] == (10, (3, 2 + 2**32, 2**32 - 1))
+    assert ers(ms)[0][2] == 102
+    assert h.nos(1, 9, NULL, 102) == [] and h.nos(1, 9, NULL, 103) == []   # duplicates
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_DISCONNECT))
+    assert h.logon(1, 9, conn=2) == (1, 9, 2, NULL, 5, c.SESSION_RESUMED)
+    back = TradingEngine.restore(h.v.te.snapshot())
+    assert back.state_hash() == h.v.te.state_hash()
+    assert back.sessions[(1, 9)].next_expected == h.v.te.sessions[(1, 9)].next_expected
+    assert h.nos(1, 9, NULL, 104) == []
+
+
 def test_gateway_flags_unknown_templates_and_unauthorised_accounts_consume_the_seqno():
     h = Harness()
     h.logon(1, 9, accounts=[1, 3])
