@@ -337,8 +337,9 @@ class SessionFlow(RuleBasedStateMachine):
 
     # -- rules: logon
     @rule(user=st.sampled_from(NAMES), sid=st.integers(1, 3), good=st.booleans(),
-          want=st.sampled_from(["none", "replay", "live", "beyond"]), data=st.data())
-    def logon(self, user, sid, good, want, data):
+          want=st.sampled_from(["none", "replay", "live", "beyond"]), pipelined=st.booleans(),
+          data=st.data())
+    def logon(self, user, sid, good, want, data, pipelined=False):
         s = self.session(user, sid)
         pw = USERS[user][0] if good else "not-" + USERS[user][0]
         if want == "none":
@@ -350,7 +351,14 @@ class SessionFlow(RuleBasedStateMachine):
         else:
             n = s.h + data.draw(st.integers(2, 5))
         x = Conn(self.cl, user, s)
-        x.pc.send(1, sid, n, min(s.next_expected, U64_MAX), 30_000, 0, 0, 0, user.encode(), pw.encode())
+        msg = frame(1, sid, n, min(s.next_expected, U64_MAX), 30_000, 0, 0, 0, user.encode(),
+                    pw.encode())
+        pipelined = pipelined and s.next_expected <= U64_MAX
+        if pipelined:                # an order right behind the Logon, before its answer
+            coid = self.fresh_id()
+            msg += frame(100, s.next_expected, time.time_ns(), coid, price(1, b"1", 2), 1, 1,
+                         0, b"1", b"2", b"1", 0)
+        x.pc.send_raw(msg)
         m = x.next()
         while m.template in (5, 6):
             m = x.next()
@@ -384,10 +392,16 @@ class SessionFlow(RuleBasedStateMachine):
         s.known = True
         s.bound = x
         x.live_next = s.h + 1
+        if pipelined:
+            s.issue([("ER", "new", coid)])
+            s.open[coid] = Order(coid, 1, b"1", MARK[1] - 2, 1)
+            s.used.add(coid)
+            s.next_expected += 1
+            event("logon: pipelined order")
         self.conns.append(x)
         expect = []
-        if 1 <= n <= s.h:
-            expect.append((8, n, s.h - n + 1))
+        if 1 <= n <= a_nextseq - 1:
+            expect.append((8, n, a_nextseq - n))
         self.settle({id(x): expect})
 
     # -- rules: order entry
@@ -414,8 +428,8 @@ class SessionFlow(RuleBasedStateMachine):
 
     @rule(what=st.sampled_from(["new", "new", "cancel", "replace", "mass", "unknown"]),
           mode=st.sampled_from(["next", "next", "next", "next", "dup", "gap", "gap", "jump", "last"]), resend=st.booleans(),
-          reuse=st.integers(0, 4), data=st.data())
-    def order_entry(self, what, mode, resend, reuse, data):
+          reuse=st.integers(0, 4), extend=st.sampled_from([0, 0, 0, 8]), data=st.data())
+    def order_entry(self, what, mode, resend, reuse, extend, data):
         x = self.conn(data)
         s = x.sess
         seq = self.seq_for(s, mode, data)
@@ -473,6 +487,10 @@ class SessionFlow(RuleBasedStateMachine):
             msg = PREFIX.pack(12 + len(block), ENCODING, len(block), 150, 1, 1) + block
             mine.append(("BusinessReject", 3, seq, 150))
 
+        if extend:    # PROTOCOL.md §1: a newer schema's trailing fields are ignored
+            length, enc, block, tid, schema, _v = PREFIX.unpack_from(msg)
+            msg = PREFIX.pack(length + extend, enc, block + extend, tid, schema, 2) + \
+                msg[12:] + b"\xee" * extend
         x.pc.send_raw(msg)
         event(f"order entry: {what} {mode}{' reused' if reused else ''} -> {mine[-1][:2]}")
         if seq < s.next_expected:              # a duplicate: dropped silently
@@ -564,20 +582,41 @@ class SessionFlow(RuleBasedStateMachine):
         self.drop(x)
         self.settle()
 
-    @rule(how=st.sampled_from(["encoding", "schema", "short", "block"]), data=st.data())
+    @rule(how=st.sampled_from(["encoding", "schema", "short", "block", "logon", "response",
+                               "short block", "short test request"]), data=st.data())
     def malformed(self, how, data):
+        """Framing errors (PROTOCOL.md §1) and what docs/gateway.md calls protocol errors: a
+        second Logon, a server template, a block shorter than its v1 size: Logout(2), close."""
         x = self.conn(data)
         good = frame(6, 1)
         length, enc, block, tid, schema, ver = PREFIX.unpack_from(good)
+        body = good[12:]
         if how == "encoding":
             enc = 0xCAFE
         elif how == "schema":
             schema = 2
         elif how == "short":
             length = 11
-        else:
+        elif how == "block":
             block = 9
-        x.pc.send_raw(PREFIX.pack(length, enc, block, tid, schema, ver) + good[12:])
+        elif how == "short test request":
+            length, block, body = 16, 4, body[:4]
+        elif how == "logon":
+            raw = frame(1, x.sess.sid, 0, 1, 30_000, 0, 0, 0, x.user.encode(),
+                        USERS[x.user][0].encode())
+            length, enc, block, tid, schema, ver = PREFIX.unpack_from(raw)
+            body = raw[12:]
+        elif how == "response":
+            raw = frame(203, 1, 0, 1, 0, 100, 3, 0, b"")
+            length, enc, block, tid, schema, ver = PREFIX.unpack_from(raw)
+            body = raw[12:]
+        else:    # a NewOrderSingle cut to 40 bytes: the SeqNo must not be consumed
+            raw = frame(100, x.sess.next_expected if x.sess.next_expected <= U64_MAX else 1, 0,
+                        self.fresh_id(), price(1, b"1", 1), 1, 1, 0, b"1", b"2", b"1", 0)
+            length, enc, block, tid, schema, ver = PREFIX.unpack_from(raw)
+            length, block, body = 52, 40, raw[12:52]
+        event(f"malformed: {how}")
+        x.pc.send_raw(PREFIX.pack(length, enc, block, tid, schema, ver) + body)
         got = x.until_closed()
         assert got and got[-1].template == 4 and got[-1].fields[0] == 2, got
         assert [m.template for m in got[:-1]] == [], got
