@@ -267,7 +267,8 @@ class Session:
         return [self.user, self.session_id, self.conn_id, self.bound, self.default_account,
                 list(self.accounts), self.cod_mode, self.cod_timeout_ms,
                 # 2^64 (after SeqNo 2^64 - 1) does not fit msgpack: 0, which is never a value
-                self.next_expected if self.next_expected <= _U64_MAX else 0, self.next_seq, self.cod_deadline, self.cod_cursor, sorted(self.clordids)]
+                self.next_expected if self.next_expected <= _U64_MAX else 0, self.next_seq,
+                self.cod_deadline, self.cod_cursor, sorted(self.clordids)]
 
     @classmethod
     def from_row(cls, row: list) -> Session:
