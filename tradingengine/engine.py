@@ -1765,6 +1765,10 @@ class TradingEngine:
         user, sid, conn_id, default, mode, cod_ms, count = c.SESSION_LOGON_S.unpack_from(payload)
         size = c.SESSION_LOGON_S.size
         accounts: list = []
+        want = 0                         # the Logon's NextExpectedSeqNo, if the gateway sent it
+        if n == size + 4 * count + 8:
+            want = _U64(payload, n - 8)[0]
+            n -= 8
         if n == size + 4 * count and count <= c.MAX_SESSION_ACCOUNTS:
             accounts = sorted(dict.fromkeys(struct.unpack_from(f"<{count}I", payload, size)))
             if not accounts:
@@ -1779,12 +1783,16 @@ class TradingEngine:
             self._session_state(key, conn_id, None, c.SESSION_FINALIZED)
             return
         sess = self.sessions.get(key)
+        if sess is not None and sess.bound and sess.conn_id != conn_id:
+            self._session_state(key, conn_id, sess, c.SESSION_BOUND_ELSEWHERE)
+            return
+        if want > (sess.next_seq if sess is not None else 1):
+            # PROTOCOL.md §4.5: LogonReject(5); refused before anything changes
+            self._session_state(key, conn_id, sess or Session(user, sid), c.SESSION_BEYOND)
+            return
         if sess is None:
             sess = self.sessions[key] = Session(user, sid)
             status = c.SESSION_NEW
-        elif sess.bound and sess.conn_id != conn_id:
-            self._session_state(key, conn_id, sess, c.SESSION_BOUND_ELSEWHERE)
-            return
         else:
             status = c.SESSION_RESUMED
         sess.conn_id, sess.bound = conn_id, True

@@ -79,7 +79,7 @@ class Order:
 class Session:
     user: str
     sid: int
-    known: bool | None = False         # None: a refused Logon may or may not have created it
+    known: bool = False                # a Logon was accepted
     next_expected: int = 1             # next client SeqNo the server applies
     h: int = 0                         # last server SeqNo issued
     bound: object = None               # the Conn it is bound to
@@ -362,8 +362,6 @@ class SessionFlow(RuleBasedStateMachine):
         else:
             n = s.h + data.draw(st.integers(2, 5))
         x = Conn(self.cl, user, s)
-        if good and s.bound is None and n > s.h + 1:
-            cod = 0    # a refused Logon changes cancel-on-disconnect: see the xfail test below
         msg = frame(1, sid, n, min(s.next_expected, U64_MAX), 30_000, 0, cod, 0, user.encode(),
                     pw.encode())
         pipelined = pipelined and s.next_expected <= U64_MAX
@@ -387,9 +385,7 @@ class SessionFlow(RuleBasedStateMachine):
         if reason is not None:
             assert m.template == 3 and m.fields[:2] == (sid, reason), (reason, m)
             assert x.until_closed() == []
-            x.close()
-            if reason == 5 and s.known is False:
-                s.known = None           # bound, then refused: created or not
+            x.close()                    # a refused Logon changes nothing (§4.2, §4.5)
             self.cl.wait_idle(len(self.conns))
             self.settle()
             return
@@ -398,10 +394,7 @@ class SessionFlow(RuleBasedStateMachine):
         # after SeqNo 2^64 - 1 nothing is left to expect: the u64 says 2^64 - 1, never 0
         assert (a_sid, a_next, a_nextseq) == (sid, min(s.next_expected, U64_MAX), s.h + 1), \
             (m.fields, s.next_expected, s.h)
-        if s.known is True:
-            assert not flags & 8, "NewSession on a known session"
-        elif s.known is False:
-            assert flags & 8, "no NewSession on a new session"
+        assert bool(flags & 8) == (not s.known), f"NewSession flag {flags}, known {s.known}"
         s.known = True
         s.bound = x
         s.cod = cod
