@@ -5,7 +5,9 @@ A hypothesis state machine plays several clients of three users against the real
 CrossEngines. The clients do what real clients get wrong: gaps, duplicates, resends, reused
 ClOrdIDs, unknown templates, malformed frames, abrupt disconnects, logons with a wrong password,
 on a bound session or beyond the server's NextSeqNo, RetransmitRequests in range, over the cap
-and while another one runs.
+and while another one runs, Logons with cancel-on-disconnect, an order pipelined right behind
+the Logon, blocks of a newer schema version (longer, to be ignored past v1), and SeqNo jumps
+beyond what NotApplied.Count can say, up to 2^64 - 1.
 
 The model is written from PROTOCOL.md §4 (and docs/gateway.md's limits), not from the code:
 per session (user, SessionID) it keeps nextExpected, the number H of server messages issued
@@ -20,6 +22,8 @@ Checked after every step, with every live connection drained up to a TestRequest
 * across connections, a server SeqNo always carries the same bytes (apart from PossDup);
 * what each step issued, per session, is what the model says (kinds, NotApplied ranges, reject
   reasons), and LogonAck reports the model's nextExpected and H + 1;
+* Heartbeat (the barrier's answer) carries the model's H + 1 and nextExpected;
+* the gateway's journal index holds H messages per session;
 * no order is acknowledged twice (ExecutionReport New per ClOrdID at most once);
 * every TradingEngine shard's check_invariants() (the audit) holds.
 
@@ -45,7 +49,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from gateway import accounts as acc
 from gateway.local_core import LocalCore
 from gateway.server import Config, Gateway
-from tests.protoclient import ENCODING, NULL_ID, NULL_PRICE, PREFIX, ProtoClient, frame
+from tests.protoclient import ENCODING, NULL_ID, PREFIX, ProtoClient, frame
 from tests.tradingvenue import two_specs
 from tradingengine import codec as c
 
@@ -381,7 +385,7 @@ class SessionFlow(RuleBasedStateMachine):
             reason = 5
         else:
             reason = None
-        event(f"logon: {'reject %d' % reason if reason else 'ack'}")
+        event(f"logon: {f'reject {reason}' if reason else 'ack'}")
         if reason is not None:
             assert m.template == 3 and m.fields[:2] == (sid, reason), (reason, m)
             assert x.until_closed() == []
@@ -651,7 +655,7 @@ class SessionFlow(RuleBasedStateMachine):
     def server_numbers_match_the_model(self):
         def issued():
             out = {}
-            for (user, sid), s in self.sessions.items():
+            for user, sid in self.sessions:
                 key = (self.cl.users.users[user].user, sid)
                 out[(user, sid)] = self.cl.gw.next_server_seq(key) - 1
             return out
