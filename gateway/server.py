@@ -41,6 +41,7 @@ KIND_CLIENT_MESSAGE = 83
 SESSION_LOGON_S = struct.Struct("<IQQIBHB")  # user, session_id, conn_id, default account,
 #                                              COD mode, CodTimeoutMs, n; then n x <I accounts
 ACCOUNT_S = struct.Struct("<I")
+NEXT_EXPECTED_S = struct.Struct("<Q")        # last: the Logon's NextExpectedSeqNo
 SESSION_END_S = struct.Struct("<IQQB")       # user, session_id, conn_id, reason
 GATEWAY_START_S = struct.Struct("<I")        # gateway index
 CLIENT_MESSAGE_S = struct.Struct("<IQBH")    # user, session_id, gateway flags, templateId
@@ -59,6 +60,7 @@ STATUS_RESUMED = 0
 STATUS_NEW = 1
 STATUS_BOUND_ELSEWHERE = 2
 STATUS_FINALIZED = 3
+STATUS_BEYOND = 4
 SESSION_MESSAGE_TEMPLATES = (10, 200, 201, 202, 203)
 
 GATEWAY_SOURCE_BASE = 0x7200_0000  # source id of gateway g: 0x7200_0000 | g
@@ -500,6 +502,10 @@ class Connection(asyncio.Protocol):
             self.bound = False
             self.logon_reject(wire.LOGON_REJECT_SESSION_BOUND, "session bound elsewhere")
             return
+        if status == STATUS_BEYOND:     # refused by the engine before it bound anything
+            self.bound = False
+            self.logon_reject(wire.LOGON_REJECT_SEQ_BEYOND, f"server NextSeqNo is {next_seq}")
+            return
         if status == STATUS_FINALIZED:
             self.bound = False
             self.logon_reject(wire.LOGON_REJECT_SESSION_FINALIZED, "session finalized")
@@ -793,6 +799,7 @@ class Gateway:
                                        user.default_account, lg.CancelOnDisconnect,
                                        lg.CodTimeoutMs, len(user.accounts))
         payload += b"".join(ACCOUNT_S.pack(a) for a in user.accounts)
+        payload += NEXT_EXPECTED_S.pack(lg.NextExpectedSeqNo)  # the engine refuses beyond H + 1
         self.enqueue(conn.shard, KIND_SESSION_LOGON, payload)
 
     def bind(self, conn: Connection) -> None:

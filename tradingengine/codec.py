@@ -152,6 +152,7 @@ SESSION_STATE = 13    # <BIQQQQB user, session_id, conn_id, nextExpected (client
 SESSION_MESSAGE = 14  # <BIQH user, session_id, templateId; then the PROTOCOL.md root block of
                       #   that template (P_BLOCK_SIZES), SeqNo = the server SeqNo, Flags 0
 SESSION_RESUMED, SESSION_NEW, SESSION_BOUND_ELSEWHERE, SESSION_FINALIZED = 0, 1, 2, 3
+SESSION_BEYOND = 4          # the Logon asked for a server SeqNo beyond NextSeqNo: nothing changed
 
 EVENT_STRUCTS = {
     CE_COMMAND: struct.Struct("<BIHH"),
@@ -339,11 +340,13 @@ def ce_events(symbol: int, events: bytes) -> bytes:
 
 def session_logon(user: int, session_id: int, conn_id: int, default_account: int,
                   accounts: list[int] | None = None, cod_mode: int = COD_OFF,
-                  cod_timeout_ms: int = 0) -> bytes:
+                  cod_timeout_ms: int = 0, next_expected: int | None = None) -> bytes:
+    """next_expected: the Logon's NextExpectedSeqNo (a trailing u64; without it, not checked)."""
     accounts = [default_account] if accounts is None else list(accounts)
     return (SESSION_LOGON_S.pack(user, session_id, conn_id, default_account, cod_mode,
                                  cod_timeout_ms, len(accounts))
-            + b"".join(struct.pack("<I", a) for a in accounts))
+            + b"".join(struct.pack("<I", a) for a in accounts)
+            + (b"" if next_expected is None else struct.pack("<Q", next_expected)))
 
 
 def session_end(user: int, session_id: int, conn_id: int, reason: int = END_DISCONNECT) -> bytes:

@@ -238,6 +238,9 @@ class Order:
         return o
 
 
+_U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+
 class Session:
     """A PROTOCOL.md session, (user, session_id): its sequence numbers, its connection and
     cancel-on-disconnect settings, and the ClOrdIDs it has used."""
@@ -262,8 +265,10 @@ class Session:
 
     def row(self) -> list:
         return [self.user, self.session_id, self.conn_id, self.bound, self.default_account,
-                list(self.accounts), self.cod_mode, self.cod_timeout_ms, self.next_expected,
-                self.next_seq, self.cod_deadline, self.cod_cursor, sorted(self.clordids)]
+                list(self.accounts), self.cod_mode, self.cod_timeout_ms,
+                # 2^64 (after SeqNo 2^64 - 1) does not fit msgpack: 0, which is never a value
+                self.next_expected if self.next_expected <= _U64_MAX else 0, self.next_seq,
+                self.cod_deadline, self.cod_cursor, sorted(self.clordids)]
 
     @classmethod
     def from_row(cls, row: list) -> Session:
@@ -272,6 +277,8 @@ class Session:
          s.next_expected, s.next_seq, s.cod_deadline, s.cod_cursor, clordids) = row[2:]
         s.accounts = list(s.accounts)
         s.clordids = dict.fromkeys(clordids)
+        if s.next_expected == 0:
+            s.next_expected = _U64_MAX + 1
         return s
 
 
@@ -1661,6 +1668,7 @@ class TradingEngine:
 
     def _session_state(self, key: tuple, conn_id: int, sess, status: int) -> None:
         ne, ns = (sess.next_expected, sess.next_seq) if sess is not None else (0, 0)
+        ne = min(ne, _U64_MAX)           # 2^64 after SeqNo 2^64 - 1: says 2^64 - 1, never 0
         self._out.append(_PACK[c.SESSION_STATE](c.SESSION_STATE, key[0], key[1], conn_id, ne, ns,
                                                 status))
 
@@ -1757,6 +1765,10 @@ class TradingEngine:
         user, sid, conn_id, default, mode, cod_ms, count = c.SESSION_LOGON_S.unpack_from(payload)
         size = c.SESSION_LOGON_S.size
         accounts: list = []
+        want = 0                         # the Logon's NextExpectedSeqNo, if the gateway sent it
+        if n == size + 4 * count + 8:
+            want = _U64(payload, n - 8)[0]
+            n -= 8
         if n == size + 4 * count and count <= c.MAX_SESSION_ACCOUNTS:
             accounts = sorted(dict.fromkeys(struct.unpack_from(f"<{count}I", payload, size)))
             if not accounts:
@@ -1771,12 +1783,16 @@ class TradingEngine:
             self._session_state(key, conn_id, None, c.SESSION_FINALIZED)
             return
         sess = self.sessions.get(key)
+        if sess is not None and sess.bound and sess.conn_id != conn_id:
+            self._session_state(key, conn_id, sess, c.SESSION_BOUND_ELSEWHERE)
+            return
+        if want > (sess.next_seq if sess is not None else 1):
+            # PROTOCOL.md §4.5: LogonReject(5); refused before anything changes
+            self._session_state(key, conn_id, sess or Session(user, sid), c.SESSION_BEYOND)
+            return
         if sess is None:
             sess = self.sessions[key] = Session(user, sid)
             status = c.SESSION_NEW
-        elif sess.bound and sess.conn_id != conn_id:
-            self._session_state(key, conn_id, sess, c.SESSION_BOUND_ELSEWHERE)
-            return
         else:
             status = c.SESSION_RESUMED
         sess.conn_id, sess.bound = conn_id, True
@@ -1888,7 +1904,8 @@ class TradingEngine:
             self.duplicates_dropped += 1      # PROTOCOL.md §4.3: dropped silently
             return
         if seqno > expected:
-            self._smsg(key, c.P_NOT_APPLIED, expected, seqno - expected)
+            # order-path.md §4: NotApplied.Count is a u32; a longer jump says 2^32 - 1
+            self._smsg(key, c.P_NOT_APPLIED, expected, min(seqno - expected, 0xFFFF_FFFF))
         sess.next_expected = seqno + 1
         size = c.P_BLOCK_SIZES.get(template)
         ref = _U64(block, 16)[0] if size is not None and len(block) >= 24 else c.P_NULL_ID

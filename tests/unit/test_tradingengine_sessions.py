@@ -146,6 +146,60 @@ def test_client_seqno_rules_and_the_reconnect_walkthrough():
     assert h.nos(1, 9, 7, 107) == []                          # never applied later
 
 
+def test_a_seqno_jump_beyond_a_u32_and_the_last_seqno():
+    """order-path.md §4: NotApplied.Count says at most 2^32 - 1; after SeqNo 2^64 - 1 nothing
+    is left to expect (never 0), its resend is a duplicate, and the session still logs on,
+    snapshots and restores. (Found by tests/stateful/test_session_model.py: the engine raised
+    on a client's jump of 2^32 or more.)"""
+    h = Harness()
+    h.logon(1, 9, conn=1)
+    ms = h.nos(1, 9, 1 + 2**32, 101)
+    assert ms[0][2:] == (10, (1, 1, 2**32 - 1))               # NotApplied(1, 2^32 - 1)
+    assert ers(ms)[0][2] == 101
+    ms = h.nos(1, 9, NULL, 102)
+    assert ms[0][2:] == (10, (3, 2 + 2**32, 2**32 - 1))
+    assert ers(ms)[0][2] == 102
+    assert h.nos(1, 9, NULL, 102) == [] and h.nos(1, 9, NULL, 103) == []   # duplicates
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_DISCONNECT))
+    assert h.logon(1, 9, conn=2) == (1, 9, 2, NULL, 5, c.SESSION_RESUMED)
+    back = TradingEngine.restore(h.v.te.snapshot())
+    assert back.state_hash() == h.v.te.state_hash()
+    assert back.sessions[(1, 9)].next_expected == h.v.te.sessions[(1, 9)].next_expected
+    assert h.nos(1, 9, NULL, 104) == []
+
+
+def test_a_logon_asking_beyond_the_server_next_seqno_changes_nothing():
+    """PROTOCOL.md §4.5: NextExpectedSeqNo > H + 1 is refused (LogonReject 5). The SessionLogon
+    carries it, so the engine refuses before binding: a pending cancel-on-disconnect stays
+    armed and the refused Logon's own mode is not taken. (Found by
+    tests/stateful/test_session_model.py: the refused Logon used to bind, then its SessionEnd
+    fired the refused Logon's cancel-on-disconnect.)"""
+    h = Harness()
+    h.logon(1, 9, conn=1)
+    h.nos(1, 9, 1, 101)
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_DISCONNECT))
+    ev = h.apply(c.SESSION_LOGON, c.session_logon(1, 9, 2, 1, [1], c.COD_ON_DISCONNECT, 0,
+                                                  next_expected=3))
+    assert [e[1:] for e in ev if e[0] == c.SESSION_STATE] == [(1, 9, 2, 2, 2, c.SESSION_BEYOND)]
+    sess = h.v.te.sessions[(1, 9)]
+    assert not sess.bound and sess.conn_id == 1 and sess.cod_mode == 0
+    h.apply(c.SESSION_END, c.session_end(1, 9, 2, c.END_DISCONNECT))   # not its connection
+    h.apply(c.KIND_TICK, b"", SECOND)
+    assert len(h.v.te.orders) == 1                                        # nothing cancelled
+    # an unknown session asking beyond 1 is not created
+    ev = h.apply(c.SESSION_LOGON, c.session_logon(1, 10, 3, 1, [1], next_expected=2))
+    assert [e[1:] for e in ev if e[0] == c.SESSION_STATE] == [(1, 10, 3, 1, 1, c.SESSION_BEYOND)]
+    assert (1, 10) not in h.v.te.sessions
+    # armed cancel-on-disconnect stays armed through a refused Logon
+    h.logon(1, 9, conn=4, cod=c.COD_ON_DISCONNECT, cod_ms=1000)
+    h.apply(c.SESSION_END, c.session_end(1, 9, 4, c.END_DISCONNECT))
+    h.apply(c.SESSION_LOGON, c.session_logon(1, 9, 5, 1, [1], 0, 0, next_expected=9))
+    h.apply(c.KIND_TICK, b"", 2 * SECOND)
+    assert not h.v.te.orders
+    # within H + 1 it binds as before
+    assert h.logon(1, 9, conn=6) == (1, 9, 6, 2, 3, c.SESSION_RESUMED)
+
+
 def test_gateway_flags_unknown_templates_and_unauthorised_accounts_consume_the_seqno():
     h = Harness()
     h.logon(1, 9, accounts=[1, 3])
