@@ -75,6 +75,14 @@ def cluster(tmp_path_factory):
     assert pids_of(data) == [], "processes left behind"
 
 
+@pytest.fixture
+def cl(cluster):
+    """The cluster, with this process holding the operator's CURVE identity again (conftest
+    drops it after every test)."""
+    read_state(cluster["data"])
+    return cluster
+
+
 def password(cl, user):
     return cl["users"][user]
 
@@ -218,10 +226,18 @@ def block_of(raw: bytes) -> bytes:
 def journal(cl) -> dict[int, dict[int, tuple[int, bytes]]]:
     """session id -> server SeqNo -> (template, block), from every out.te.N on a replicator."""
     topo = cl["topo"]
-    rep = topo.replicator_addrs()[0]
+    for rep in topo.replicator_addrs():   # the first that answers
+        try:
+            return _journal(topo, rep)
+        except TimeoutError:
+            cl.setdefault("replay_timeouts", []).append(rep)
+    raise TimeoutError("no replicator answered REPLAY")
+
+
+def _journal(topo, rep):
     out: dict[int, dict[int, tuple[int, bytes]]] = {}
     for sh in topo.trading["shards"]:
-        for frame in replay(rep, sh["out"], 1):
+        for frame in replay(rep, sh["out"], 1, timeout_s=20):
             for r in decode(frame):
                 for ev in session_events(r[6]):
                     if ev[0] == 14:
@@ -310,6 +326,9 @@ def kill_one(cl, what: str) -> None:
 
 
 _sids = iter(range(random.Random(SEED).randrange(1, 1 << 40) << 8, 1 << 62))
+# ClOrdIDs unique across the module: an open order's ClOrdID is refused (reason 6) to any
+# session of the same account (docs/order-path.md §3), and the tests share the demo accounts.
+_clordids = iter(range(1000, 1 << 62))
 
 
 def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -> None:
@@ -322,13 +341,12 @@ def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -
         sessions.append(s)
     kill_at = rng.randrange(steps // 4, 3 * steps // 4)
     restarts = cl["up"].log().count("restarting")
-    clordid = 1000
     try:
         for step in range(steps):
             if step == kill_at and kill:
                 kill_one(cl, kill)
             s = rng.choice(sessions)
-            clordid += 1
+            clordid = next(_clordids)
             sec = rng.choice((1, 2))
             tick, mark = SYMBOLS[sec]
             side = rng.choice((b"1", b"2"))
@@ -362,15 +380,15 @@ def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_reconnect_walkthrough(cluster):
+def test_reconnect_walkthrough(cl):
     """PROTOCOL.md §4: NOS 1..5 sent, the connection dropped unread; the resume."""
-    s = Session(cluster, "alice", next(_sids), 2)
+    s = Session(cl, "alice", next(_sids), 2)
     ack = s.connect()
     assert ack[1:3] == (1, 1) and ack[7] & 8, ack   # a new session: NewSession
     tick, mark = SYMBOLS[1]
     # 5 resting buys far below the mark: each answered by exactly one ER New
     for k in range(1, 6):
-        s.nos(100 + k, 1, b"1", (mark - 1000 - k) * tick, 1)
+        s.nos(next(_clordids), 1, b"1", (mark - 1000 - k) * tick, 1)
     # read only the first two answers, then drop the connection
     while s.last_seen < 2:
         m = s.c.recv(skip=(5, 6))
@@ -378,7 +396,7 @@ def test_reconnect_walkthrough(cluster):
     s.c.close()
     s.c = None
     # wait until the server applied all five (its journal says so), then resume
-    wait_until(lambda: len(journal(cluster).get(s.sid, {})) >= 5, 60, "the five acks")
+    wait_until(lambda: len(journal(cl).get(s.sid, {})) >= 5, 60, "the five acks")
     seen = s.last_seen
     ack = s.connect()
     assert ack[1] == 6 and ack[2] == 6 and not ack[7] & 8, ack   # nothing to resend
@@ -386,7 +404,7 @@ def test_reconnect_walkthrough(cluster):
     assert [r[0][2] for q, r in sorted(s.got.items()) if q > seen] == [True] * 3
     # a second round: NOS 6..8 sent, the connection dropped at once (some not yet applied)
     for k in range(6, 9):
-        s.nos(100 + k, 1, b"1", (mark - 1000 - k) * tick, 1)
+        s.nos(next(_clordids), 1, b"1", (mark - 1000 - k) * tick, 1)
     s.c.close()
     s.c = None
     ack = s.connect()
@@ -396,7 +414,7 @@ def test_reconnect_walkthrough(cluster):
     # a duplicate from the past is dropped silently
     dup = dict(s.requests)[1]
     s.c.send(100, 1, time.time_ns(), dup[1], (mark - 1001) * tick, 1, 1, 2, b"1", b"2", b"1", 1)
-    check_sessions(cluster, [s])
+    check_sessions(cl, [s])
     news = [raw for _q, raw in s.messages() if raw[12 + 104:12 + 105] == b"0"]
     assert len(news) == 8
     s.close()
@@ -405,32 +423,31 @@ def test_reconnect_walkthrough(cluster):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("kill", ["gateway", "te0.hot0", "ce.BTCUSDT.hot0"])
-def test_kill_mid_stream(cluster, kill):
-    run_flow(cluster, kill, steps=int(os.environ.get("SEQEX_FAULT_STEPS", "150")),
+def test_kill_mid_stream(cl, kill):
+    run_flow(cl, kill, steps=int(os.environ.get("SEQEX_FAULT_STEPS", "150")),
              seed=SEED + hash(kill) % 1000)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_overload_burst_sheds_orders_never_cancels(cluster):
+def test_overload_burst_sheds_orders_never_cancels(cl):
     """A burst far beyond max_depth: orders shed with BusinessReject 4, cancels all admitted,
     every SeqNo answered exactly once."""
-    sessions = [Session(cluster, u, next(_sids), a) for u, a in
+    sessions = [Session(cl, u, next(_sids), a) for u, a in
                 (("alice", 2), ("bob", 3), ("alice", 2), ("bob", 3))]
     acks = [s.connect() for s in sessions]
     rate = min(a[4] for a in acks)       # MaxMsgsPerSec: stay under the throttle
     per = max(10, min(60, rate // 2))
-    clordid = 5000
     for s in sessions:
         tick, mark = SYMBOLS[1]
         for k in range(per):
-            clordid += 1
+            clordid = next(_clordids)
             if k % 3 == 2:
                 s.cancel(clordid, clordid - 1, 1, b"1")
             else:
                 s.nos(clordid, 1, b"1" if s.account == 2 else b"2",
                       (mark + (-500 if s.account == 2 else 500)) * tick, 1)
-    check_sessions(cluster, sessions)
+    check_sessions(cl, sessions)
     shed = kept_cancels = 0
     for s in sessions:
         for _q, raw in s.messages():
