@@ -30,7 +30,7 @@ from mq.record import decode
 from tests.process.test_cli import seqex
 from tests.process.test_cluster import pids_of
 from tests.process.test_trade_on_it import free_block_below_ephemeral
-from tests.protoclient import NULL_ID, NULL_PRICE, ProtoClient
+from tests.protoclient import NULL_ID, ProtoClient, frame
 from tests.seed import SEED
 
 pytest.importorskip("gateway.server", reason="the gateway process")
@@ -102,9 +102,10 @@ class Session:
         self.c: ProtoClient | None = None
         self.acks: list[tuple] = []
         self.reconnects = 0
+        self.resends = 0
 
     # -- transport ------------------------------------------------------------------------
-    def connect(self, deadline_s: float = 180) -> tuple:
+    def connect(self, deadline_s: float = 180, on_resend=None) -> tuple:
         end = time.monotonic() + deadline_s
         while True:
             try:
@@ -137,6 +138,9 @@ class Session:
             t, fields = self.outbox[seq]
             fields = fields[:-1] + (fields[-1] | 1,)
             c.send(t, *fields)
+            self.resends += 1
+            if on_resend:
+                on_resend((t, fields))
         return m.fields
 
     def reconnect(self) -> None:
@@ -237,8 +241,8 @@ def journal(cl) -> dict[int, dict[int, tuple[int, bytes]]]:
 def _journal(topo, rep):
     out: dict[int, dict[int, tuple[int, bytes]]] = {}
     for sh in topo.trading["shards"]:
-        for frame in replay(rep, sh["out"], 1, timeout_s=20):
-            for r in decode(frame):
+        for rec_frame in replay(rep, sh["out"], 1, timeout_s=20):
+            for r in decode(rec_frame):
                 for ev in session_events(r[6]):
                     if ev[0] == 14:
                         _t, _user, sid, tid, block = ev
@@ -306,7 +310,8 @@ def check_hashes(cl) -> None:
         last = ping(producers)["last"]
         for name in (f"{prefix}.hot0", f"{prefix}.hot1"):
             ctl = topo.by_name(name).control
-            wait_until(lambda: (ping(ctl) or {}).get("seq", 0) >= last, 180, f"{name} to catch up")
+            wait_until(lambda ctl=ctl, last=last: (ping(ctl) or {}).get("seq", 0) >= last,
+                       180, f"{name} to catch up")
             _k, h, _ = call(ctl, mqwire.HASH, timeout_s=10)
             out = seqex("replay", stream, "--data", data, "--rebuild", "--to", str(h["seq"]))
             assert out.returncode == 0, out.stderr
@@ -365,7 +370,7 @@ def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -
             for x in sessions:   # a moderate rate: at most a few requests unanswered
                 x.drain(0.001 if x is not s else 0.01)
                 if len(set(x.requests) - x.answered()) > 3:
-                    wait_until(lambda: x.drain(0.2) and len(set(x.requests) - x.answered())
+                    wait_until(lambda x=x: x.drain(0.2) and len(set(x.requests) - x.answered())
                                <= 3, 240, "answers")
         if kill:
             wait_until(lambda: cl["up"].log().count("restarting") > restarts, 120,
@@ -378,6 +383,7 @@ def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -
         assert fills > 0, "the flow never crossed"
         print(f"{kill}: {steps} requests, {fills} fills, "
               f"{sum(s.reconnects for s in sessions)} reconnects, "
+              f"{sum(s.resends for s in sessions)} resent, "
               f"{sum(r[2] for s in sessions for recs in s.got.values() for r in recs)} "
               "replayed reports")
     finally:
@@ -409,15 +415,20 @@ def test_reconnect_walkthrough(cl):
     assert ack[1] == 6 and ack[2] == 6 and not ack[7] & 8, ack   # nothing to resend
     assert s.outbox == {}
     assert [r[0][2] for q, r in sorted(s.got.items()) if q > seen] == [True] * 3
-    # a second round: NOS 6..8 sent, the connection dropped at once (some not yet applied)
-    for k in range(6, 9):
+    # a second round: NOS 6 and 7 sent whole, NOS 8 cut mid-frame as the connection drops:
+    # the server can never have applied 8, so the resume must resend it (resend flag set)
+    for k in (6, 7):
         s.nos(next(_clordids), 1, b"1", (mark - 1000 - k) * tick, 1)
+    real, s.c.send = s.c.send, lambda t, *f: s.c.send_raw(frame(t, *f)[:30])
+    s.nos(next(_clordids), 1, b"1", (mark - 1008) * tick, 1)
+    s.c.send = real
     s.c.close()
     s.c = None
-    ack = s.connect()
-    assert 6 <= ack[1] <= 9, ack
-    resent = [q for q in (6, 7, 8) if q >= ack[1]]
-    assert sorted(s.outbox) == resent
+    sent = []
+    ack = s.connect(on_resend=sent.append)
+    assert 6 <= ack[1] <= 8, ack
+    assert [f[0] for _t, f in sent] == list(range(ack[1], 9)) and \
+        all(f[-1] & 1 for _t, f in sent), sent
     # a duplicate from the past is dropped silently
     dup = dict(s.requests)[1]
     s.c.send(100, 1, time.time_ns(), dup[1], (mark - 1001) * tick, 1, 1, 2, b"1", b"2", b"1", 1)
