@@ -347,12 +347,14 @@ def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -
         s = Session(cl, user, next(_sids), account)
         s.connect()
         sessions.append(s)
-    kill_at = rng.randrange(steps // 4, 3 * steps // 4)
-    restarts = cl["up"].log().count("restarting")
+    kills = kill.split("+") if kill else []     # "a+b": each at its own seeded step
+    kill_at = dict(zip(sorted(rng.sample(range(steps // 4, 3 * steps // 4), len(kills))),
+                       kills, strict=True))
+    restarts = cl["up"].log().count("  restarting ")
     try:
         for step in range(steps):
-            if step == kill_at and kill:
-                kill_one(cl, kill)
+            if step in kill_at:
+                kill_one(cl, kill_at[step])
             s = rng.choice(sessions)
             clordid = next(_clordids)
             sec = rng.choice((1, 2))
@@ -372,11 +374,11 @@ def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -
                 if len(set(x.requests) - x.answered()) > 3:
                     wait_until(lambda x=x: x.drain(0.2) and len(set(x.requests) - x.answered())
                                <= 3, 240, "answers")
-        if kill:
-            wait_until(lambda: cl["up"].log().count("restarting") > restarts, 120,
+        if kills:
+            wait_until(lambda: cl["up"].log().count("  restarting ") >= restarts + len(kills), 120,
                        f"the supervisor to restart {kill}")
         check_sessions(cl, sessions)
-        if kill == "gateway":
+        if "gateway" in kills:
             assert all(s.reconnects >= 1 for s in sessions)
         fills = sum(1 for s in sessions for _q, raw in s.messages()
                     if int.from_bytes(raw[6:8], "little") == 200 and raw[12 + 104] == ord("F"))
@@ -448,7 +450,9 @@ LONG = int(os.environ.get("SEQEX_FAULT_STEPS", "400"))
     pytest.param("te0.hot0", LONG, id="tradingengine", marks=pytest.mark.slow),
     pytest.param("te1.hot1", LONG, id="tradingengine-shard1", marks=pytest.mark.slow),
     pytest.param("ce.BTCUSDT.hot0", LONG, id="crossengine", marks=pytest.mark.slow),
-    pytest.param("ce.ETHUSDT.hot1", LONG, id="crossengine-eth", marks=pytest.mark.slow)])
+    pytest.param("ce.ETHUSDT.hot1", LONG, id="crossengine-eth", marks=pytest.mark.slow),
+    pytest.param("te1.hot0+gateway+ce.BTCUSDT.hot1", LONG, id="all-three",
+                 marks=pytest.mark.slow)])
 def test_kill_mid_stream(cl, kill, steps):
     run_flow(cl, kill, steps=steps, seed=SEED + sum(map(ord, kill)) + steps)
 
