@@ -396,7 +396,10 @@ def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -
 
 @pytest.mark.timeout(900)
 def test_reconnect_walkthrough(cl):
-    """PROTOCOL.md §4: NOS 1..5 sent, the connection dropped unread; the resume."""
+    """PROTOCOL.md §4: NOS 1..5 sent, two answers read, the connection dropped: LogonAck
+    (NextExpectedSeqNo 6, NextSeqNo 6), Retransmission(3, 3) and three PossDup reports. Then
+    NOS 6, 7 and half of 8 as the connection drops: the resume resends from LogonAck's
+    NextExpectedSeqNo with the resend flag; a stale duplicate is dropped; each applied once."""
     s = Session(cl, "alice", next(_sids), 2)
     ack = s.connect()
     assert ack[1:3] == (1, 1) and ack[7] & 8, ack   # a new session: NewSession
