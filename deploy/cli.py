@@ -469,6 +469,20 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def _replica_config(topo, stream: str, engine: str) -> dict | None:
+    """The configuration the cluster's replicas of `stream` run `engine` with: a symbol's
+    CrossEngine from its table, a TradingEngine shard from its replicas' command line."""
+    sym = topo.symbol_of_stream(stream)
+    if sym is not None and engine == "crossengine":
+        return sym["engine"]
+    for p in topo.procs:
+        if p.role.startswith("replica-") and p.stream == stream and "--engine" in p.args \
+                and p.args[p.args.index("--engine") + 1] == engine \
+                and "--engine-config" in p.args:
+            return json.loads(p.args[p.args.index("--engine-config") + 1])
+    return None
+
+
 def _rebuild(a: argparse.Namespace) -> int:
     """Apply the stream from seq 1 to a fresh engine; print the state hash at the last seq
     (and, for an engine that keeps books, that its audit balances there). The engine's
@@ -496,11 +510,10 @@ def _rebuild(a: argparse.Namespace) -> int:
         except NotUp as exc:
             raise UsageError(f"--rebuild needs the engine's configuration: {exc}; or give "
                              "--engine-config") from None
-        sym = topo.symbol_of_stream(a.stream)
-        if sym is None or engine != "crossengine":
+        config = _replica_config(topo, a.stream, engine)
+        if config is None:
             raise UsageError(f"--rebuild: the cluster in {a.data} has no configuration for "
                              f"{a.stream}; give --engine-config")
-        config = sym["engine"]
     try:
         eng, _restore = ENGINES[engine](config)
     except (TypeError, ValueError, KeyError) as exc:

@@ -234,3 +234,18 @@ def test_the_gateway_is_probed_by_a_frame_not_just_a_connection():
             assert probe(gw, timeout_s=5) == want
             t.join(5)
     assert probe(gw, timeout_s=0.2) is None
+
+
+def test_a_rebuild_finds_every_engine_stream_s_configuration_in_the_topology():
+    """`seqex replay in.te.N --rebuild` on a running cluster: the TradingEngine shard's
+    configuration is its replicas' (it used to be refused: only in.ce.SYM was found)."""
+    from deploy.cli import _replica_config
+    topo = topology.load()
+    for n in (0, 1):
+        conf = _replica_config(topo, f"in.te.{n}", "tradingengine")
+        assert conf == json.loads(arg(topo.by_name(f"te{n}.hot0"), "--engine-config"))
+        assert conf["shard"] == n
+    assert _replica_config(topo, "in.ce.BTCUSDT", "crossengine") == \
+        topo.symbols["BTCUSDT"]["engine"]
+    assert _replica_config(topo, "in.te.9", "tradingengine") is None
+    assert _replica_config(topo, "in.te.0", "crossengine") is None
