@@ -81,6 +81,8 @@ class Run:
         self.fill: dict[int, int] = {}      # taker clordid -> ns to its first Trade
         self.filled: dict[int, int] = {}    # clordid -> lots filled (CumQty seen)
         self.rejects = 0
+        self.reasons: dict[int, int] = {}   # OrdRejReason -> count
+        self.seen: set[int] = set()
         self.acked_in_window = 0
         self.window_end = 0
 
@@ -89,12 +91,13 @@ class Run:
 
 
 class Conn:
-    def __init__(self, reader, writer, shard: int):
-        self.r, self.w, self.shard = reader, writer, shard
+    def __init__(self, reader, writer, shard: int, accounts: list[int]):
+        self.r, self.w, self.shard, self.accounts = reader, writer, shard, accounts
         self.seq = 0
 
 
-async def logon(port: int, user: str, pw: str, session: int, shard: int) -> Conn:
+async def logon(port: int, user: str, pw: str, session: int, shard: int,
+                accounts: list[int]) -> Conn:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     w.write(wire.encode(wire.LOGON, session, 0, 1, 30000, 0, 0, 0, user.encode(), pw.encode()))
@@ -103,7 +106,7 @@ async def logon(port: int, user: str, pw: str, session: int, shard: int) -> Conn
         length, _e, _b, tid = PREFIX.unpack_from(head)
         await r.readexactly(length - 12)
         if tid == wire.LOGON_ACK:
-            return Conn(r, w, shard)
+            return Conn(r, w, shard, accounts)
         if tid in (wire.LOGON_REJECT, wire.LOGOUT):
             raise RuntimeError(f"{user}: logon refused (template {tid})")
 
@@ -130,19 +133,22 @@ async def reader(conn: Conn, runs: dict[int, Run], echo: bool) -> None:
                 run = runs.get(cid >> 40)
                 if run is not None:
                     t = now - run.sched(cid)
-                    if cid not in run.ack:
-                        run.ack[cid] = t
-                        if now <= run.window_end or not run.window_end:
-                            run.acked_in_window += 1
-                    if tid == wire.EXECUTION_REPORT:
-                        et = buf[pos + 12 + 104]
-                        if et == 0x46:                       # 'F' Trade
-                            cum = ER_TAIL.unpack_from(buf, pos + 12 + 72)[2]
-                            run.filled[cid] = cum
-                            if (cid - run.first_id) & 1 and cid not in run.fill:
-                                run.fill[cid] = t
-                        elif et == 0x38:                     # '8' Rejected
+                    et = buf[pos + 12 + 104] if tid == wire.EXECUTION_REPORT else 0
+                    if et == 0x38:                           # '8' Rejected
+                        if cid not in run.seen:
+                            run.seen.add(cid)
                             run.rejects += 1
+                            why = buf[pos + 12 + 109]
+                            run.reasons[why] = run.reasons.get(why, 0) + 1
+                    elif cid not in run.ack:
+                        run.ack[cid] = t
+                        run.seen.add(cid)
+                        if now <= run.window_end:
+                            run.acked_in_window += 1
+                    if et == 0x46:                           # 'F' Trade
+                        run.filled[cid] = ER_TAIL.unpack_from(buf, pos + 12 + 72)[2]
+                        if (cid - run.first_id) & 1 and cid not in run.fill:
+                            run.fill[cid] = t
             pos += length
         buf = buf[pos:]
 
@@ -173,8 +179,9 @@ async def drive(conns: list[Conn], run: Run) -> None:
             c = lst[rr[shard] % len(lst)]
             rr[shard] += 1
             c.seq += 1
+            acct = c.accounts[(rr[shard] // len(lst)) % len(c.accounts)]
             out.setdefault(c, []).append(enc(100, c.seq, 0, run.first_id + i, PRICE, 1, SECURITY,
-                                             0, b"1" if buy else b"2", b"2", b"1", 0))
+                                             acct, b"1" if buy else b"2", b"2", b"1", 0))
             i += 1
         for c, frames in out.items():
             c.w.write(b"".join(frames))
@@ -187,7 +194,7 @@ async def settle(run: Run, timeout_s: float, floor: bool) -> float:
     t0 = time.perf_counter()
     need_fill = 0 if floor else run.n // 2
     while time.perf_counter() - t0 < timeout_s:
-        if len(run.ack) >= run.n and (len(run.fill) >= need_fill or run.rejects):
+        if len(run.seen) >= run.n and (len(run.fill) >= need_fill or run.rejects):
             break
         await asyncio.sleep(0.01)
     return time.perf_counter() - t0
@@ -200,7 +207,8 @@ def summary(run: Run, label: str, floor: bool = False) -> dict:
     window_s = run.n / run.rate
     d = {"label": label, "rate": run.rate, "orders": run.n, "acked": len(run.ack),
          "achieved": round(run.acked_in_window / window_s),
-         "backlog": run.n - run.acked_in_window, "rejects": run.rejects,
+         "backlog": run.n - run.acked_in_window - run.rejects, "rejects": run.rejects,
+         "reasons": dict(sorted(run.reasons.items())),
          "ack_p50": pct(acks, .5), "ack_p99": pct(acks, .99), "ack_p999": pct(acks, .999)}
     if not floor:
         d.update(fill_p50=pct(fills, .5), fill_p99=pct(fills, .99), fill_p999=pct(fills, .999),
@@ -216,7 +224,7 @@ def line(d: dict) -> str:
         s += (f"; fill p50 {d['fill_p50']:.0f} p99 {d['fill_p99']:.0f} "
               f"p99.9 {d['fill_p999']:.0f} us")
     if d.get("rejects"):
-        s += f"; {d['rejects']} REJECTED"
+        s += f"; {d['rejects']} REJECTED (OrdRejReason: count {d['reasons']})"
     return s
 
 
@@ -295,8 +303,21 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
+DEPOSITS = """
+import sys
+from deploy import trading
+from deploy.supervisor import read_state
+data, amount, accts = sys.argv[1], sys.argv[2], [int(a) for a in sys.argv[3:]]
+topo, _pid = read_state(data)
+for a in accts:
+    out = trading.transfer(data, topo, a, trading.minor_units(amount), transfer_id=1000 + a,
+                           timeout_s=60)
+    print(out.line(), flush=True)
+"""
+
+
 class Cluster:
-    def __init__(self, root: str, topology_path: str | None, insecure: bool):
+    def __init__(self, root: str, topology_path: str | None, insecure: bool, per_user: int):
         from deploy import topology, trading
         from gateway import accounts as acc
         self.data = os.path.join(root, "data")
@@ -307,10 +328,10 @@ class Cluster:
         self.users = []
         for s in range(2):
             name, pw = f"bench{s}", f"bench-pw-{s}"
-            accts = [a for a in range(1, 100) if a % n == s % n][1:2]
+            accts = [a for a in range(2, 10_000) if a % n == s % n][:per_user]
             acc.add_user(trading.accounts_path(self.topo), name, pw, accts,
                          max_msgs_per_sec=10**6, n_shards=n, n=1 << 10)
-            self.users.append((name, pw, accts[0]))
+            self.users.append((name, pw, accts))
         self.group = Group(os.path.join(root, "logs"))
         args = ["up", "--data", self.data, "--base-port", str(self.port), "--ready-timeout",
                 "300"]
@@ -324,11 +345,11 @@ class Cluster:
                    "seqex up")
         if not self.up.alive:
             raise RuntimeError("seqex up failed:\n" + self.up.log()[-3000:])
-        for i, (_name, _pw, account) in enumerate(self.users):
-            out = cli("account", "deposit", str(account), DEPOSIT, "--data", self.data,
-                      "--transfer-id", str(1000 + i), "--timeout", "60")
-            if out.returncode != 0 or "done" not in out.stdout:
-                raise RuntimeError(f"deposit on {account}: {out.stdout}{out.stderr}")
+        accts = [a for _n, _p, accts in self.users for a in accts]
+        out = subprocess.run([sys.executable, "-c", DEPOSITS, self.data, DEPOSIT,
+                              *map(str, accts)], capture_output=True, text=True, timeout=600)
+        if out.returncode != 0 or out.stdout.count("done") != len(accts):
+            raise RuntimeError(f"deposits: {out.stdout}{out.stderr}")
         self.gateway_port = int(self.topo.trading["gateway"].rsplit(":", 1)[1])
 
     def stop(self) -> None:
@@ -441,8 +462,9 @@ async def connect(port: int, users, conns: int, runs: dict, echo: bool) -> list[
     out = []
     for k in range(conns):
         shard = k % 2
-        name, pw, _acct = users[shard]
-        out.append(await logon(port, name, pw, 1000 + k, shard))
+        name, pw, accts = users[shard]
+        mine = accts[k // 2::max(1, conns // 2)] or accts
+        out.append(await logon(port, name, pw, 1000 + k, shard, mine))
     for c in out:
         asyncio.get_running_loop().create_task(reader(c, runs, echo))
     return out
@@ -475,7 +497,7 @@ async def bench(a) -> None:
     # the floor first (cheap), then seqex
     fl = Floor()
     try:
-        conns = await connect(fl.port, [("f0", "", 0), ("f1", "", 0)], a.conns, runs, True)
+        conns = await connect(fl.port, [("f0", "", [0]), ("f1", "", [0])], a.conns, runs, True)
         floor = []
         for rate in rates:
             t0 = fl.cpu_ticks()
@@ -491,7 +513,7 @@ async def bench(a) -> None:
     cl = None
     try:
         t0 = time.perf_counter()
-        cl = Cluster(root, a.topology, a.insecure)
+        cl = Cluster(root, a.topology, a.insecure, a.accounts)
         snap = lambda: cluster_cpu(cl.data)  # noqa: E731
         print(f"seqex up ({a.topology or 'default topology'}, "
               f"{'insecure' if a.insecure else 'CURVE'}): {sum(n_of_kind(snap()).values())} "
@@ -554,6 +576,9 @@ def main(argv=None) -> int:
     p.add_argument("--ramp-s", type=float, default=8.0)
     p.add_argument("--settle", type=float, default=120.0, help="max wait for a run to drain")
     p.add_argument("--conns", type=int, default=8)
+    p.add_argument("--accounts", type=int, default=32,
+                   help="accounts per user (an account holds at most 200 open orders, pending "
+                        "ones included)")
     p.add_argument("--topology", help="a topology TOML file (default: the default topology)")
     p.add_argument("--insecure", action="store_true", help="no CURVE (seqex up --insecure)")
     p.add_argument("--json", help="write the figures here")
@@ -561,6 +586,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.rates, a.seconds, a.ramp, a.ramp_s, a.settle, a.conns = "200", 2.0, "", 1.0, 60, 2
+        a.accounts = 2
     from gateway.server import new_event_loop
     loop = new_event_loop()
     try:
