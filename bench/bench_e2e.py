@@ -149,6 +149,17 @@ async def reader(conn: Conn, runs: dict[int, Run], echo: bool) -> None:
                         run.filled[cid] = ER_TAIL.unpack_from(buf, pos + 12 + 72)[2]
                         if (cid - run.first_id) & 1 and cid not in run.fill:
                             run.fill[cid] = t
+            elif tid == wire.BUSINESS_REJECT:   # e.g. 4: shed by the gateway (overloaded)
+                cid = CLORDID.unpack_from(buf, pos + 12 + 24)[0]
+                run = runs.get(cid >> 40)
+                if run is not None and cid not in run.seen:
+                    run.seen.add(cid)
+                    run.rejects += 1
+                    why = 1000 + buf[pos + 12 + 34]
+                    run.reasons[why] = run.reasons.get(why, 0) + 1
+            elif tid == wire.TEST_REQUEST:
+                conn.w.write(wire.encode(wire.HEARTBEAT, CLORDID.unpack_from(buf, pos + 12)[0],
+                                         0, 0))
             pos += length
         buf = buf[pos:]
 
@@ -224,7 +235,7 @@ def line(d: dict) -> str:
         s += (f"; fill p50 {d['fill_p50']:.0f} p99 {d['fill_p99']:.0f} "
               f"p99.9 {d['fill_p999']:.0f} us")
     if d.get("rejects"):
-        s += f"; {d['rejects']} REJECTED (OrdRejReason: count {d['reasons']})"
+        s += f"; {d['rejects']} REJECTED (reason, 1000+ BusinessReject: count {d['reasons']})"
     return s
 
 
@@ -268,6 +279,21 @@ def cpu_per_order(before: dict, after: dict, orders: int, client_s: float) -> di
         per[kind] = per.get(kind, 0.0) + d / CLK * 1e6 / max(1, orders)
     per["client"] = client_s * 1e6 / max(1, orders)
     return per
+
+
+def marginal(per: dict[str, float], idle: dict[str, float], rate: int) -> dict[str, float]:
+    """CPU-us per order above the idle cost (idle: CPU-us per second by kind)."""
+    return {k: v - idle.get(k, 0.0) / rate for k, v in per.items()}
+
+
+async def idle_cpu(snap, seconds: float) -> dict[str, float]:
+    """CPU-us per second of each kind with no orders flowing."""
+    before = snap()
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    took = time.perf_counter() - t0
+    return {k: v / took for k, v in cpu_per_order(before, snap(), 1, 0.0).items()
+            if k != "client"}
 
 
 def n_of_kind(snap: dict) -> dict[str, int]:
@@ -467,7 +493,16 @@ async def connect(port: int, users, conns: int, runs: dict, echo: bool) -> list[
         out.append(await logon(port, name, pw, 1000 + k, shard, mine))
     for c in out:
         asyncio.get_running_loop().create_task(reader(c, runs, echo))
+        asyncio.get_running_loop().create_task(heartbeat(c))
     return out
+
+
+async def heartbeat(conn: Conn) -> None:
+    """A Heartbeat every 5 s, so a connection silent while a backlog drains stays up."""
+    while not conn.w.is_closing():
+        await asyncio.sleep(5)
+        if not conn.w.is_closing():
+            conn.w.write(wire.encode(wire.HEARTBEAT, 0, 0, 0))
 
 
 async def one_run(conns, runs, rate: int, seconds: float, label: str, settle_s: float,
@@ -486,6 +521,21 @@ async def one_run(conns, runs, rate: int, seconds: float, label: str, settle_s: 
     if snap:
         d["cpu"] = cpu_per_order(before, snap(), len(run.ack), c1 - c0)
     return d
+
+
+async def ramp_up(conns, runs, ramp, a, snap, idle) -> int | None:
+    """The highest rate of `ramp` sustained, trying them in order up to the first failure."""
+    sustained = None
+    for rate in ramp:
+        d = await one_run(conns, runs, rate, a.ramp_s, "ramp", a.settle, snap)
+        m = marginal(d["cpu"], idle, rate)
+        ok = d["achieved"] >= 0.95 * rate and d["backlog"] <= rate * 0.5 and not d["rejects"]
+        print(line(d) + ("  sustained" if ok else "  NOT sustained") +
+              f"; CPU us/order {sum(d['cpu'].values()):.0f}, above idle {sum(m.values()):.0f}")
+        if not ok:
+            break
+        sustained = rate
+    return sustained
 
 
 async def bench(a) -> None:
@@ -522,22 +572,23 @@ async def bench(a) -> None:
         conns = await connect(cl.gateway_port, cl.users, a.conns, runs, False)
         # warm-up: a few pairs through every process
         await one_run(conns, runs, 200, 1.0, "warm-up", 60)
+        idle = await idle_cpu(snap, a.idle_s)
+        print(f"  idle (no orders, {a.idle_s:g} s): CPU {sum(idle.values()) / 1e4:.0f}% of one "
+              "core: " + ", ".join(f"{k} {v / 1e4:.1f}%" for k, v in
+                                   sorted(idle.items(), key=lambda x: -x[1])))
         results = []
-        for rate in rates:
+        sustained = None
+        for k, rate in enumerate(rates):
             d = await one_run(conns, runs, rate, a.seconds, "seqex", a.settle, snap)
             results.append(d)
             print(line(d))
-            print("    CPU us/order: " + ", ".join(f"{k} {v:.0f}" for k, v in
-                                                   sorted(d["cpu"].items(), key=lambda x: -x[1])))
-        sustained = None
-        for rate in ramp:
-            d = await one_run(conns, runs, rate, a.ramp_s, "ramp", a.settle, snap)
-            ok = d["achieved"] >= 0.95 * rate and d["backlog"] <= rate * 0.5 \
-                and not d["rejects"]
-            print(line(d) + ("  sustained" if ok else "  NOT sustained"))
-            if not ok:
-                break
-            sustained = rate
+            d["cpu_marginal"] = m = marginal(d["cpu"], idle, d["rate"])
+            print(f"    CPU us/order (total {sum(d['cpu'].values()):.0f}): " + ", ".join(
+                f"{k} {v:.0f}" for k, v in sorted(d["cpu"].items(), key=lambda x: -x[1])))
+            print(f"    above idle (total {sum(m.values()):.0f}): " + ", ".join(
+                f"{k} {v:.0f}" for k, v in sorted(m.items(), key=lambda x: -x[1])))
+            if k == 0:   # the ramp after the first (low) rate, before the overload runs
+                sustained = await ramp_up(conns, runs, ramp, a, snap, idle)
         fills = sorted((cid, lots) for d in results for cid, lots in d["filled"].items())
         h = hashlib.sha256(json.dumps(fills).encode()).hexdigest()[:16]
         f0, s0 = floor[0], results[0]
@@ -555,7 +606,8 @@ async def bench(a) -> None:
                                      for d in floor],
                            "seqex": [{k: v for k, v in d.items() if k != "filled"}
                                      for d in results],
-                           "sustained": sustained, "hash": h}, f, indent=1)
+                           "idle_cpu_us_per_s": idle, "sustained": sustained, "hash": h},
+                          f, indent=1)
         for c in conns:
             c.w.close()
     finally:
@@ -571,12 +623,13 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny rates and windows")
     p.add_argument("--rates", default="1000,10000", help="rates of the latency runs")
     p.add_argument("--seconds", type=float, default=15.0, help="each latency run")
-    p.add_argument("--ramp", default="2000,3000,4000,6000,8000,10000,15000,20000",
+    p.add_argument("--ramp", default="2000,3000,4000,5000,6000,8000,10000,15000,20000",
                    help="rates tried for the max sustained figure ('' for none)")
     p.add_argument("--ramp-s", type=float, default=8.0)
+    p.add_argument("--idle-s", type=float, default=5.0, help="the idle CPU measurement")
     p.add_argument("--settle", type=float, default=120.0, help="max wait for a run to drain")
     p.add_argument("--conns", type=int, default=8)
-    p.add_argument("--accounts", type=int, default=32,
+    p.add_argument("--accounts", type=int, default=64,
                    help="accounts per user (an account holds at most 200 open orders, pending "
                         "ones included)")
     p.add_argument("--topology", help="a topology TOML file (default: the default topology)")
@@ -586,7 +639,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.rates, a.seconds, a.ramp, a.ramp_s, a.settle, a.conns = "200", 2.0, "", 1.0, 60, 2
-        a.accounts = 2
+        a.accounts, a.idle_s = 2, 1.0
     from gateway.server import new_event_loop
     loop = new_event_loop()
     try:
