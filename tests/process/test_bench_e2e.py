@@ -29,5 +29,5 @@ def test_bench_e2e_quick(tmp_path):
     assert run["acked"] == run["orders"] == run["fills"] * 2 and run["rejects"] == 0, run
     assert {"tradingengine", "crossengine", "gateway", "sequencer", "mirror",
             "replicator"} <= set(run["cpu"])
-    assert "result: fills 400 of 400 orders" in out.stdout, out.stdout
+    assert "result: fills 400 of 400 orders at 200/s" in out.stdout, out.stdout
     assert pids_of("seqex-bench-e2e-") == []
