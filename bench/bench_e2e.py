@@ -252,24 +252,33 @@ def kind_of(cmd: list[str]) -> str | None:
     return None
 
 
-def cluster_cpu(data: str) -> dict[int, tuple[str, int]]:
-    """pid -> (kind, utime+stime ticks) of every process of the cluster in `data`."""
-    out = {}
+def cluster_cpu(root: int) -> dict[int, tuple[str, int]]:
+    """pid -> (kind, utime+stime ticks) of `root` (the `seqex up` process) and every process
+    under it."""
+    procs = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace").split("\0")
-            if "deploy.cli" not in cmd or not any(data in a for a in cmd):
-                continue
             with open(f"/proc/{pid}/stat") as f:
                 st = f.read().rsplit(")", 1)[1].split()
+            procs[int(pid)] = (int(st[1]), int(st[11]) + int(st[12]))
         except OSError:
             continue
-        kind = kind_of(cmd)
+    out = {}
+    for pid, (_ppid, ticks) in procs.items():
+        p = pid
+        while p not in (root, 0, 1) and p in procs:
+            p = procs[p][0]
+        if p != root:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                kind = kind_of(f.read().decode(errors="replace").split("\0"))
+        except OSError:
+            continue
         if kind:
-            out[int(pid)] = (kind, int(st[11]) + int(st[12]))
+            out[pid] = (kind, ticks)
     return out
 
 
@@ -365,7 +374,7 @@ class Cluster:
         if topology_path:
             args += ["--topology", topology_path]
         if insecure:
-            args.append("--insecure")
+            args.insert(0, "--insecure")   # a global option: `seqex --insecure up`
         self.up = self.group.spawn("up", args)
         from mq.control import wait_until
         wait_until(lambda: "seqex is up" in self.up.log() or not self.up.alive, 400,
@@ -565,7 +574,7 @@ async def bench(a) -> None:
     try:
         t0 = time.perf_counter()
         cl = Cluster(root, a.topology, a.insecure, a.accounts)
-        snap = lambda: cluster_cpu(cl.data)  # noqa: E731
+        snap = lambda: cluster_cpu(cl.up.popen.pid)  # noqa: E731
         print(f"seqex up ({a.topology or 'default topology'}, "
               f"{'insecure' if a.insecure else 'CURVE'}): {sum(n_of_kind(snap()).values())} "
               f"processes {n_of_kind(snap())}, ready in {time.perf_counter() - t0:.0f} s; "
