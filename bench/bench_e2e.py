@@ -32,6 +32,7 @@ Method.
   run (the overload runs are shed at the gateway by timing, so theirs is not reproducible).
 
 Run: python bench/bench_e2e.py [--quick] [--rates 1000,10000] [--seconds 15] [--conns 8]
+     [--ramp 2000,3000,...] [--accounts 64] [--insecure] [--topology FILE] [--json OUT]
 """
 from __future__ import annotations
 
