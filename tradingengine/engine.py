@@ -1888,8 +1888,9 @@ class TradingEngine:
             self.duplicates_dropped += 1      # PROTOCOL.md §4.3: dropped silently
             return
         if seqno > expected:
-            self._smsg(key, c.P_NOT_APPLIED, expected, seqno - expected)
-        sess.next_expected = seqno + 1
+            self._smsg(key, c.P_NOT_APPLIED, expected, min(seqno - expected, 0xFFFFFFFF))
+        # (SeqNo 2^64-1 leaves nothing to expect: nextExpected stays a u64, never wraps)
+        sess.next_expected = min(seqno + 1, c.P_NULL_ID)
         size = c.P_BLOCK_SIZES.get(template)
         ref = _U64(block, 16)[0] if size is not None and len(block) >= 24 else c.P_NULL_ID
         if size is None:

@@ -1,0 +1,297 @@
+"""A hostile or careless trading firm against the gateway and the TradingEngine's sessions
+(PROTOCOL.md §4.12): every crafted input gets its prescribed reject, never a crash, a hang,
+a halted shard or a divergence; no user can act on another user's orders."""
+from __future__ import annotations
+
+import struct
+import time
+
+import pytest
+
+from tests.protoclient import NULL_ID, NULL_PRICE, PREFIX, ENCODING, ProtoClient, frame, nos
+from tests.unit.test_order_path_tcp import E8, Cluster, is_er
+
+U64 = (1 << 64) - 1
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cl = Cluster(tmp_path)
+    yield cl
+    cl.close()
+
+
+def healthy(cluster) -> None:
+    """Every shard still applies, balances, snapshots and restores to the same state."""
+    from tradingengine.engine import TradingEngine
+    for te in cluster.core.shards:
+        te.check_invariants()
+        assert TradingEngine.restore(te.snapshot()).state_hash() == te.state_hash()
+    cl = cluster.client()
+    try:
+        assert cl.logon("alice", "pw-a", session=999_000 + int(time.time_ns() % 1000)).template == 2
+        cl.send(*nos(1, 900_001, 100 * E8, 1, 1, b"1", account=2))
+        r = cl.until(lambda m: m.template in (200, 203))[-1].named()
+        assert r["exec_type"] == b"0", (r["reason"], r["ord_status"], r)
+    finally:
+        cl.close()
+
+
+def logged_on(cluster, user="alice", pw="pw-a", session=1) -> ProtoClient:
+    cl = cluster.client()
+    ack = cl.logon(user, pw, session=session)
+    assert ack.template == 2, ack
+    return cl
+
+
+def reply(cl):
+    return cl.until(lambda m: m.template in (10, 200, 201, 202, 203, 4))[-1]
+
+
+# -- trust ------------------------------------------------------------------------------------
+
+def test_another_users_order_cannot_be_cancelled_amended_or_mass_cancelled(cluster):
+    bob = logged_on(cluster, "bob", "pw-b", 5)
+    alice = logged_on(cluster, "alice", "pw-a", 5)
+    try:
+        bob.send(*nos(1, 77, 90 * E8, 2, 1, b"1", account=3))
+        er = bob.until(is_er(b"0", 77))[-1].named()
+        oid = er["order_id"]
+        # alice names bob's account
+        alice.send(*nos(1, 1, 90 * E8, 1, 1, b"1", account=3))
+        r = reply(alice)
+        assert r.template == 203 and r.fields[5] == 6
+        # cancel by OrderID and by OrigClOrdID
+        alice.send(101, 2, 0, 2, NULL_ID, oid, 1, b"1", 0)
+        r = reply(alice)
+        assert r.template == 201 and r.fields[8] == 1
+        alice.send(101, 3, 0, 3, 77, NULL_ID, 1, b"1", 0)
+        assert reply(alice).template == 201
+        alice.send(102, 4, 0, 4, NULL_ID, oid, 91 * E8, 5, 1, b"1", b"2", b"1", 0)
+        assert reply(alice).template == 201
+        alice.send(103, 5, 0, 5, 0, b"7", b"0", 0)
+        r = reply(alice)
+        assert r.template == 202 and r.fields[3] == 0
+        bob.send(101, 2, 0, 78, 77, NULL_ID, 1, b"1", 0)
+        assert bob.until(is_er(b"4", 78))
+    finally:
+        alice.close()
+        bob.close()
+    healthy(cluster)
+
+
+# -- crafted fields ---------------------------------------------------------------------------
+
+BAD_NOS = [
+    dict(price=-(1 << 63)),
+    dict(price=(1 << 63) - 1),
+    dict(price=-E8),
+    dict(qty=0),
+    dict(qty=U64),
+    dict(qty=1 << 63),
+    dict(security=0),
+    dict(security=0xFFFFFFFF),
+    dict(side=b"9"),
+    dict(side=b"\0"),
+    dict(ord_type=b"X"),
+    dict(tif=b"\xff"),
+    dict(ord_type=b"1", price=100 * E8),
+    dict(flags=0xFF),
+    dict(account=0xFFFFFFFF),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_NOS, ids=[repr(b) for b in BAD_NOS])
+def test_a_bad_new_order_is_rejected_and_nothing_breaks(cluster, bad):
+    alice = logged_on(cluster)
+    try:
+        f = dict(price=100 * E8, qty=1, security=1, side=b"1", ord_type=b"2", tif=b"1",
+                 account=2, flags=0)
+        f.update(bad)
+        alice.send(*nos(1, 1, f["price"], f["qty"], f["security"], f["side"], f["ord_type"],
+                        f["tif"], f["account"], f["flags"]))
+        r = reply(alice)
+        assert r.template in (200, 203), r
+        if r.template == 200 and bad != dict(flags=0xFF):
+            assert r.named()["exec_type"] == b"8", r.named()
+        alice.send(*nos(2, 2, 100 * E8, 1, 1, b"1", account=2))
+        assert alice.until(is_er(b"0", 2))
+    finally:
+        alice.close()
+    healthy(cluster)
+
+
+BAD_REPLACE = [dict(price=-(1 << 63) + 1), dict(price=(1 << 63) - 1), dict(qty=U64),
+               dict(qty=1 << 63), dict(price=0)]
+
+
+@pytest.mark.parametrize("bad", BAD_REPLACE, ids=[repr(b) for b in BAD_REPLACE])
+def test_a_bad_replace_is_rejected_and_nothing_breaks(cluster, bad):
+    alice = logged_on(cluster)
+    try:
+        alice.send(*nos(1, 1, 100 * E8, 2, 1, b"1", account=2))
+        alice.until(is_er(b"0", 1))
+        f = dict(price=NULL_PRICE, qty=0)
+        f.update(bad)
+        alice.send(102, 2, 0, 2, 1, NULL_ID, f["price"], f["qty"], 1, b"1", b"2", b"1", 0)
+        r = reply(alice)
+        assert r.template == 201 or r.named().get("exec_type") == b"8", r
+        alice.send(101, 3, 0, 3, 1, NULL_ID, 1, b"1", 0)
+        alice.until(is_er(b"4", 3))
+    finally:
+        alice.close()
+    healthy(cluster)
+
+
+def test_seqno_max_does_not_wrap_or_break_the_shard(cluster):
+    alice = logged_on(cluster, session=3)
+    try:
+        alice.send(*nos(U64, 1, 100 * E8, 1, 1, b"1", account=2))
+        msgs = alice.until(is_er(b"0", 1))
+        na = [m for m in msgs if m.template == 10]
+        assert na and na[0].fields[2] == 0xFFFFFFFF
+        alice.send(*nos(2, 2, 100 * E8, 1, 1, b"1", account=2))   # a duplicate now
+    finally:
+        alice.close()
+    # resume the session: the engine's SessionState must still encode
+    cl = cluster.client()
+    try:
+        ack = cl.logon("alice", "pw-a", session=3)
+        assert ack.template == 2, ack
+    finally:
+        cl.close()
+    healthy(cluster)
+
+
+# -- crafted frames ---------------------------------------------------------------------------
+
+def raw(template, block, block_length=None, version=1, schema=1, enc=ENCODING, length=None):
+    bl = len(block) if block_length is None else block_length
+    return PREFIX.pack(12 + len(block) if length is None else length, enc, bl, template,
+                       schema, version) + block
+
+
+def test_longer_block_with_trailing_bytes_is_accepted(cluster):
+    alice = logged_on(cluster)
+    try:
+        block = frame(*nos(1, 1, 100 * E8, 1, 1, b"1", account=2))[12:] + b"\x55" * 40
+        alice.send_raw(raw(100, block))
+        assert alice.until(is_er(b"0", 1))
+    finally:
+        alice.close()
+    healthy(cluster)
+
+
+@pytest.mark.parametrize("tid,block", [(150, b"\x01" + b"\0" * 7), (150, b"\x01" + b"\0" * 60),
+                                       (199, struct.pack("<Q", 1))])
+def test_unknown_template_is_a_business_reject_3(cluster, tid, block):
+    alice = logged_on(cluster)
+    try:
+        alice.send_raw(raw(tid, block))
+        r = reply(alice)
+        assert r.template == 203 and r.fields[5] == 3 and r.fields[2] == 1
+    finally:
+        alice.close()
+    healthy(cluster)
+
+
+@pytest.mark.parametrize("data", [
+    raw(100, b"\0" * 51),                          # shorter than v1
+    raw(100, b"\0" * 52, block_length=53),         # blockLength beyond the frame
+    raw(5, b"\0" * 10),                            # heartbeat short
+    raw(7, b"\0" * 4),
+    raw(150, b"\0" * 4),
+    raw(100, b"\0" * 52, schema=2),
+    raw(100, b"\0" * 52, enc=0xCAFE),
+    raw(100, b"", length=11),
+    raw(1, b"\0" * 80),                            # second logon
+    raw(300, b"\0" * 15),
+    raw(42, b"\0" * 8),
+    raw(2, b"\0" * 40),                            # a server message
+])
+def test_a_broken_frame_is_logout_2(cluster, data):
+    alice = logged_on(cluster)
+    try:
+        alice.send_raw(data)
+        r = reply(alice)
+        assert r.template == 4 and r.fields[0] == 2, r
+    finally:
+        alice.close()
+    healthy(cluster)
+
+
+def test_pipelined_logon_and_orders(cluster):
+    cl = cluster.client()
+    try:
+        data = frame(1, 8, 0, 1, 1000, 0, 0, 0, b"alice", b"pw-a")
+        data += b"".join(frame(*nos(i, i, 100 * E8, 1, 1, b"1", account=2)) for i in (1, 2, 3))
+        cl.send_raw(data)
+        assert cl.recv(skip=(5, 6)).template == 2
+        assert cl.until(is_er(b"0", 3))
+    finally:
+        cl.close()
+    healthy(cluster)
+
+
+def test_pipelined_orders_after_a_bad_password_go_nowhere(cluster):
+    cl = cluster.client()
+    try:
+        data = frame(1, 8, 0, 1, 1000, 0, 0, 0, b"alice", b"nope")
+        data += frame(*nos(1, 1, 100 * E8, 1, 1, b"1", account=2))
+        cl.send_raw(data)
+        r = cl.recv(skip=(5, 6))
+        assert r.template == 3 and r.fields[1] == 1
+    finally:
+        cl.close()
+    cl = logged_on(cluster, session=8)   # the session was never created
+    cl.close()
+    assert all(not te.orders for te in cluster.core.shards)
+
+
+@pytest.mark.parametrize("fr,count", [(1, 0xFFFFFFFF), (U64, 1), (U64, 0xFFFFFFFF), (0, 5),
+                                      (1, 0)])
+def test_retransmit_request_out_of_range(cluster, fr, count):
+    alice = logged_on(cluster)
+    try:
+        alice.send(7, fr, count)
+        r = alice.recv()
+        assert r.template == 9, r
+    finally:
+        alice.close()
+
+
+@pytest.mark.parametrize("ne", [U64, 2, 1 << 63])
+def test_logon_next_expected_beyond_is_logon_reject_5(cluster, ne):
+    cl = cluster.client()
+    try:
+        r = cl.logon("alice", "pw-a", session=4, next_expected=ne)
+        assert r.template == 3 and r.fields[1] == 5, r
+    finally:
+        cl.close()
+    healthy(cluster)
+
+
+@pytest.mark.parametrize("user,pw", [(b"a" * 16, b"p" * 32), (b"\xff\xfe", b"x"),
+                                     (b"alice", b"pw-a" + b"\0junk")])
+def test_odd_credentials(cluster, user, pw):
+    cl = cluster.client()
+    try:
+        cl.send(1, 6, 0, 1, 1000, 0, 0, 0, user, pw)
+        r = cl.recv(skip=(5, 6))
+        assert r.template in (2, 3)
+    finally:
+        cl.close()
+
+
+def test_slow_loris_frame_is_cut_off(cluster):
+    cluster.gw.cfg.logon_timeout_s = 0.5
+    cl = cluster.client()
+    try:
+        cl.send_raw(struct.pack("<HH", 65535, ENCODING))
+        t0 = time.monotonic()
+        with pytest.raises((ConnectionError, OSError, TimeoutError)):
+            while time.monotonic() - t0 < 5:
+                cl.send_raw(b"\0")
+                cl.recv(timeout=0.2)
+    finally:
+        cl.close()
