@@ -59,6 +59,7 @@ STATUS_RESUMED = 0
 STATUS_NEW = 1
 STATUS_BOUND_ELSEWHERE = 2
 STATUS_FINALIZED = 3
+STATUS_LIMIT = 4          # a new session over the user's limit of open sessions
 SESSION_MESSAGE_TEMPLATES = (10, 200, 201, 202, 203)
 
 GATEWAY_SOURCE_BASE = 0x7200_0000  # source id of gateway g: 0x7200_0000 | g
@@ -503,6 +504,10 @@ class Connection(asyncio.Protocol):
         if status == STATUS_FINALIZED:
             self.bound = False
             self.logon_reject(wire.LOGON_REJECT_SESSION_FINALIZED, "session finalized")
+            return
+        if status == STATUS_LIMIT:
+            self.bound = False
+            self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "too many sessions: resume one")
             return
         if status not in (STATUS_RESUMED, STATUS_NEW):
             self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, f"session status {status}")

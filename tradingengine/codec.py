@@ -152,6 +152,7 @@ SESSION_STATE = 13    # <BIQQQQB user, session_id, conn_id, nextExpected (client
 SESSION_MESSAGE = 14  # <BIQH user, session_id, templateId; then the PROTOCOL.md root block of
                       #   that template (P_BLOCK_SIZES), SeqNo = the server SeqNo, Flags 0
 SESSION_RESUMED, SESSION_NEW, SESSION_BOUND_ELSEWHERE, SESSION_FINALIZED = 0, 1, 2, 3
+SESSION_LIMIT = 4   # a new session over the user's limit (engine.MAX_USER_SESSIONS)
 
 EVENT_STRUCTS = {
     CE_COMMAND: struct.Struct("<BIHH"),

@@ -10,6 +10,7 @@ import pytest
 
 from tests.protoclient import NULL_ID, NULL_PRICE, PREFIX, ENCODING, ProtoClient, frame, nos
 from tests.unit.test_order_path_tcp import E8, Cluster, is_er
+from tradingengine import codec as c
 
 U64 = (1 << 64) - 1
 
@@ -295,3 +296,24 @@ def test_slow_loris_frame_is_cut_off(cluster):
                 cl.recv(timeout=0.2)
     finally:
         cl.close()
+
+
+# -- resources ----------------------------------------------------------------------------------
+
+def test_a_user_cannot_open_sessions_without_bound():
+    """Every new SessionID of a user is engine state until the end of the trading day: a
+    client looping over fresh SessionIDs must hit a limit, not grow the shard (and its
+    snapshots) without bound. Other users are not affected."""
+    from tests.unit.test_tradingengine_sessions import Harness
+    from tradingengine import engine as te
+    h = Harness()
+    n = te.MAX_USER_SESSIONS
+    for sid in range(1, n + 1):
+        assert h.logon(1, sid)[-1] == c.SESSION_NEW
+    assert h.logon(1, n + 1)[-1] == c.SESSION_LIMIT
+    assert h.logon(1, 1, conn=7)[-1] == c.SESSION_RESUMED     # an existing one resumes
+    assert h.logon(2, 1)[-1] == c.SESSION_NEW
+    restored = te.TradingEngine.restore(h.v.te.snapshot())
+    assert restored.state_hash() == h.v.te.state_hash()
+    h.apply(c.SESSION_END, c.SESSION_END_S.pack(1, 5, 7, c.END_FINALIZE))
+    assert h.logon(1, n + 1)[-1] == c.SESSION_NEW             # a finalized one frees a place
