@@ -317,3 +317,46 @@ def test_a_user_cannot_open_sessions_without_bound():
     assert restored.state_hash() == h.v.te.state_hash()
     h.apply(c.SESSION_END, c.SESSION_END_S.pack(1, 5, 7, c.END_FINALIZE))
     assert h.logon(1, n + 1)[-1] == c.SESSION_NEW             # a finalized one frees a place
+
+
+# -- the SDK's persisted session state ----------------------------------------------------------
+
+GOOD_STATE = {"session_id": 5, "next_seq": 2, "last_seen": 0, "next_cl_ord_id": 2,
+              "outbox": [[1, 100, frame(*nos(1, 1, 100 * E8, 1, 1, b"1"))[12:].hex()]]}
+
+
+@pytest.mark.parametrize("change", [
+    {"session_id": -1}, {"session_id": 0}, {"session_id": 1 << 64}, {"session_id": 1.5},
+    {"session_id": "5"}, {"session_id": True},
+    {"next_seq": 1 << 70}, {"next_seq": 0}, {"last_seen": -5}, {"last_seen": 1 << 64},
+    {"next_cl_ord_id": -1},
+    {"outbox": [[1, 100, "000000"]]},                 # a block shorter than the template's
+    {"outbox": [[1, 5, "00" * 24]]},                  # not an order-entry template
+    {"outbox": [[1, 150, "00" * 8]]},
+    {"outbox": [[-1, 100, GOOD_STATE["outbox"][0][2]]]},
+    {"outbox": [[3, 100, GOOD_STATE["outbox"][0][2]]]},  # SeqNo not below next_seq
+    {"user": "bob"},                                  # another user's session file
+])
+def test_a_damaged_session_file_is_one_clear_error(tmp_path, change):
+    import json
+
+    from gateway.client import Client, SessionError
+    path = tmp_path / "s.json"
+    d = dict(GOOD_STATE, user="alice")
+    d.update(change)
+    path.write_text(json.dumps(d))
+    with pytest.raises(SessionError, match="session file"):
+        Client("127.0.0.1", 1, "alice", "pw", str(path), {"BTC-PERP": (1, 10**6, 1)})
+
+
+def test_a_good_session_file_loads_and_records_its_user(tmp_path):
+    import json
+
+    from gateway.client import Client, SessionState
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(GOOD_STATE))           # written before files named their user
+    c = Client("127.0.0.1", 1, "alice", "pw", str(path), {"BTC-PERP": (1, 10**6, 1)})
+    assert c.state.outbox[0][0] == 1
+    c.state.save()
+    assert json.loads(path.read_text())["user"] == "alice"
+    assert SessionState.load(str(path), "alice").session_id == 5
