@@ -96,14 +96,14 @@ class Instrument:
     def price_mantissa(self, price: object) -> int:
         """A price in the quote currency as the wire's 1e-8 mantissa; it must be on the tick."""
         d = _decimal("price", price)
-        if d <= 0 or d % self.tick:
+        if d <= 0 or _off_grid(d, self.tick):
             raise ValueError(f"{self.symbol}: price {price} is not a positive multiple of the "
                              f"tick {self.tick}")
         return wire.price_to_mantissa(d)
 
     def lots(self, qty: object) -> int:
         d = _decimal("quantity", qty)
-        if d <= 0 or d % self.lot:
+        if d <= 0 or _off_grid(d, self.lot):
             raise ValueError(f"{self.symbol}: quantity {qty} is not a positive multiple of the "
                              f"lot {self.lot}")
         n = int(d / self.lot)
@@ -117,6 +117,14 @@ class Instrument:
     def price(self, mantissa: int) -> Decimal | None:
         p = wire.mantissa_to_price(mantissa)
         return None if p is None else p.quantize(self.tick) if p % self.tick == 0 else p
+
+
+def _off_grid(d: Decimal, step: Decimal) -> bool:
+    """d is not a whole multiple of step (a number too large to divide counts as off)."""
+    try:
+        return bool(d % step)
+    except InvalidOperation:
+        return True
 
 
 def _decimal(name: str, v: object) -> Decimal:
@@ -408,6 +416,8 @@ class Client:
                         tif: str = "gtc", account: int = 0, post_only: bool = False) -> int:
         """A NewOrderSingle (price None: market); returns its ClOrdID."""
         inst = self._instrument(symbol)
+        if type(account) is not int or not 0 <= account <= wire.U32_NULL:
+            raise ValueError(f"account {account!r} is not a u32 (0: the default account)")
         s, lots = self._side(side), inst.lots(qty)
         px = wire.PRICE_NULL if price is None else inst.price_mantissa(price)
         t = TIFS.get(str(tif).lower())

@@ -360,3 +360,31 @@ def test_a_good_session_file_loads_and_records_its_user(tmp_path):
     c.state.save()
     assert json.loads(path.read_text())["user"] == "alice"
     assert SessionState.load(str(path), "alice").session_id == 5
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["--account", "-1", "buy", "BTCUSDT", "1", "@", "100"],
+    ["--account", str(1 << 32), "buy", "BTCUSDT", "1", "@", "100"],
+    ["--wait", "nan", "buy", "BTCUSDT", "1"],
+    ["amend", "BTCUSDT", "99999999999999999999999", "1", "@", "1"],
+    ["buy", "BTCUSDT", "1", "@", "1e30"],
+    ["buy", "BTCUSDT", "-1"],
+])
+def test_seqex_client_bad_input_is_one_line_and_status_2(cluster, tmp_path, capsys, argv):
+    from deploy import cli
+    rc = cli.main(["client", "--user", "alice", "--password", "pw-a", "--data", str(tmp_path),
+                   "--gateway", f"{cluster.host}:{cluster.port}", "--wait", "0", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("content", ["[]", "3", '"x"', "{bad", '{"5": 7}'])
+def test_a_damaged_orders_file_is_forgotten(tmp_path, content):
+    from deploy import trader
+    base = str(tmp_path / "alice")
+    (tmp_path / "alice.orders.json").write_text(content)
+    orders = trader._orders(base)
+    assert isinstance(orders, dict)
+    assert all(isinstance(v, dict) for v in orders.values())
