@@ -388,3 +388,14 @@ def test_a_damaged_orders_file_is_forgotten(tmp_path, content):
     orders = trader._orders(base)
     assert isinstance(orders, dict)
     assert all(isinstance(v, dict) for v in orders.values())
+
+
+def test_an_account_belongs_to_one_user(tmp_path):
+    """An operator who gives a new user an account of another's (a typo in --accounts) must
+    not hand that user the other's orders and money: the accounts file refuses it."""
+    from gateway import accounts as acc
+    path = tmp_path / "accounts.json"
+    acc.add_user(path, "alice", "pw-a", [2, 4], n_shards=2, n=1024)
+    with pytest.raises(acc.AccountsError, match="account 2 is also 'alice'"):
+        acc.add_user(path, "mallory", "pw-m", [2], n_shards=2, n=1024)
+    assert set(acc.load(path, 2).users) == {"alice"}
