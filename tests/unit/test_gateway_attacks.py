@@ -399,3 +399,25 @@ def test_an_account_belongs_to_one_user(tmp_path):
     with pytest.raises(acc.AccountsError, match="account 2 is also 'alice'"):
         acc.add_user(path, "mallory", "pw-m", [2], n_shards=2, n=1024)
     assert set(acc.load(path, 2).users) == {"alice"}
+
+
+def test_another_users_session_id_is_a_session_of_ones_own(cluster):
+    """(user, SessionID) is the session: bob logging on with alice's SessionID, while hers is
+    bound, gets a new session of his own, and no replay of her messages."""
+    alice = logged_on(cluster, "alice", "pw-a", 42)
+    try:
+        alice.send(*nos(1, 1, 90 * E8, 1, 1, b"1", account=2))
+        alice.until(is_er(b"0", 1))
+        bob = cluster.client()
+        try:
+            ack = bob.logon("bob", "pw-b", session=42, next_expected=1)
+            assert ack.template == 2 and ack.fields[7] & 8 and ack.fields[2] == 1, ack
+            bob.send(6, 77)
+            hb = bob.recv(skip=())                       # nothing of alice's came first
+            assert hb.template == 5 and hb.fields[:2] == (77, 1), hb
+        finally:
+            bob.close()
+        alice.send(*nos(2, 2, 90 * E8, 1, 1, b"1", account=2))   # alice's stays bound to her
+        assert alice.until(is_er(b"0", 2))
+    finally:
+        alice.close()
