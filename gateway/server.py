@@ -567,6 +567,9 @@ class Connection(asyncio.Protocol):
         last = self.gw.next_server_seq(self.key) - 1
         if self.retransmitting:
             reason = wire.RETRANSMIT_REJECT_IN_PROGRESS
+        elif not self._take_token():   # each request costs up to max_retransmit messages
+            self.gw.stats["throttled"] += 1
+            reason = wire.RETRANSMIT_REJECT_OVER_LIMIT
         elif m.Count > self.cfg.max_retransmit:
             reason = wire.RETRANSMIT_REJECT_OVER_LIMIT
         elif m.Count == 0 or m.FromSeqNo < 1 or m.FromSeqNo + m.Count - 1 > last:

@@ -421,3 +421,24 @@ def test_another_users_session_id_is_a_session_of_ones_own(cluster):
         assert alice.until(is_er(b"0", 2))
     finally:
         alice.close()
+
+
+def test_retransmit_requests_count_against_the_throttle(cluster):
+    """A RetransmitRequest costs the gateway up to 10,000 messages of output: a client asking
+    again and again must meet the session's rate (RetransmitReject 1), as its orders do."""
+    import dataclasses
+    users = cluster.gw.accounts.users
+    users["alice"] = dataclasses.replace(users["alice"], max_msgs_per_sec=5)
+    alice = logged_on(cluster)
+    try:
+        alice.send(*nos(1, 1, 90 * E8, 1, 1, b"1", account=2))
+        alice.until(is_er(b"0", 1))
+        answers = []
+        for _ in range(12):
+            alice.send(7, 1, 1)
+            m = alice.until(lambda m: m.template in (9, 200))[-1]
+            answers.append((m.template, m.fields[2] if m.template == 9 else None))
+        assert (9, 1) in answers, answers
+        assert answers[0] == (200, None)
+    finally:
+        alice.close()
