@@ -153,6 +153,7 @@ class Config:
     max_input_bytes: int = 256 * 1024  # unprocessed input per connection before reads pause
     max_output_bytes: int = 8 << 20   # unsent output per connection: beyond it, slow consumer
     max_auth_pending: int = 64        # logons waiting for scrypt; more get LogonReject(6)
+    max_conns_per_user: int = 100     # logged-on (or logging-on) connections of one user
     max_queued: int = 100_000         # records per shard queued for the core before reads pause
     throttle_abuse_s: int = 10        # seconds in a row over the rate → Logout(4)
     max_retransmit_rejects: int = 10  # rejected RetransmitRequests per connection → Logout(3)
@@ -789,6 +790,10 @@ class Gateway:
         if self.closing:
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "gateway shutting down")
             return
+        if sum(1 for c in self.conns if c.user is not None and c.user.user == user.user
+               and c.state < CLOSING) >= self.cfg.max_conns_per_user:
+            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "too many connections of this user")
+            return
         conn.user = user
         conn.session_id = lg.SessionID
         conn.key = (user.user, lg.SessionID)
@@ -956,7 +961,7 @@ class Settings:
 _REQUIRED = ("index", "listen", "accounts", "shards")
 _OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connections": int,
              "logon_timeout_s": (int, float), "core_timeout_s": (int, float),
-             "max_retransmit": int,
+             "max_retransmit": int, "max_conns_per_user": int,
              "max_output_bytes": int, "max_input_bytes": int}
 
 

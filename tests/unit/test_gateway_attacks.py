@@ -442,3 +442,27 @@ def test_retransmit_requests_count_against_the_throttle(cluster):
         assert answers[0] == (200, None)
     finally:
         alice.close()
+
+
+def test_one_user_cannot_take_every_connection(cluster):
+    """A user opening connection after connection (each its own session) meets a per-user
+    limit, so the gateway's max_connections stay available to the other firms."""
+    cluster.gw.cfg.max_conns_per_user = 2
+    a1, a2 = logged_on(cluster, session=1), logged_on(cluster, session=2)
+    try:
+        a3 = cluster.client()
+        try:
+            r = a3.logon("alice", "pw-a", session=3)
+            assert r.template == 3 and r.fields[1] == 6, r
+        finally:
+            a3.close()
+        logged_on(cluster, "bob", "pw-b", 1).close()        # others are not affected
+    finally:
+        a1.close()
+        a2.close()
+    import time as _t
+    deadline = _t.monotonic() + 10
+    while any(c.user is not None and c.user.name == "alice" for c in list(cluster.gw.conns)):
+        assert _t.monotonic() < deadline
+        _t.sleep(0.01)
+    logged_on(cluster, session=3).close()
