@@ -466,3 +466,30 @@ def test_one_user_cannot_take_every_connection(cluster):
         assert _t.monotonic() < deadline
         _t.sleep(0.01)
     logged_on(cluster, session=3).close()
+
+
+def test_a_client_that_never_reads_is_cut_off(cluster):
+    """TestRequests answered into a socket nobody reads: the gateway's unsent output stays
+    bounded (max_output_bytes) and the connection is closed as a slow consumer."""
+    import socket
+    cluster.gw.cfg.max_output_bytes = 64 * 1024
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(30)
+    s.connect((cluster.host, cluster.port))
+    try:
+        s.sendall(frame(1, 12, 0, 1, 30000, 0, 0, 0, b"alice", b"pw-a"))
+        deadline = time.monotonic() + 30
+        batch = frame(6, 1) * 20_000
+        while cluster.gw.stats["slow_consumers"] == 0:
+            assert time.monotonic() < deadline, cluster.gw.stats
+            try:
+                s.sendall(batch)
+            except OSError:
+                break
+        for c in list(cluster.gw.conns):
+            assert c.transport is None or c.transport.get_write_buffer_size() <= \
+                cluster.gw.cfg.max_output_bytes + 256 * 1024
+    finally:
+        s.close()
+    assert cluster.gw.stats["slow_consumers"] >= 1
