@@ -727,6 +727,21 @@ class Gateway:
         self.tasks.clear()
         self.auth_pool.shutdown(wait=False, cancel_futures=True)
 
+    def reload_accounts(self, accounts: Accounts) -> None:
+        """Take a new accounts file: a logged-on user who is gone from it, or whose id or
+        accounts changed, is logged out (Logout 6); the next Logon checks the new file."""
+        self.accounts = accounts
+        for c in list(self.conns):
+            if c.user is None or c.state >= CLOSING:
+                continue
+            u = accounts.users.get(c.user.name)
+            if u is None or u.user != c.user.user or u.accounts != c.user.accounts or \
+                    u.default_account != c.user.default_account or u.scrypt != c.user.scrypt:
+                if c.state == LIVE:
+                    c.logout(wire.LOGOUT_ADMIN, "user changed: log on again")
+                else:
+                    c.abort()
+
     def _new_connection(self) -> Connection:
         self.next_conn += 1
         conn = Connection(self, self.cfg.index << CONN_ID_SHIFT | self.next_conn)
@@ -1065,7 +1080,7 @@ def main(settings: Settings, accounts: Accounts) -> int:
 
     def reload_accounts():
         try:
-            gw.accounts = accounts_mod.load(settings.accounts, core.n_shards)
+            gw.reload_accounts(accounts_mod.load(settings.accounts, core.n_shards))
             log.info("accounts reloaded: %d users", len(gw.accounts.users))
         except ValueError as exc:
             log.error("accounts not reloaded: %s", exc)

@@ -493,3 +493,25 @@ def test_a_client_that_never_reads_is_cut_off(cluster):
     finally:
         s.close()
     assert cluster.gw.stats["slow_consumers"] >= 1
+
+
+def test_a_user_removed_from_the_accounts_file_is_logged_out(cluster, tmp_path):
+    """The operator revokes a user (or takes an account away) and reloads the accounts file
+    (SIGHUP): that user's live connections end, Logout(6); the others go on."""
+    from gateway import accounts as acc
+    alice, bob = logged_on(cluster), logged_on(cluster, "bob", "pw-b", 1)
+    try:
+        bob_only = acc.Accounts({"bob": cluster.users.users["bob"]})
+        cluster.call_sync(cluster.gw.reload_accounts, bob_only)
+        r = alice.until(lambda m: m.template == 4)[-1]
+        assert r.fields[0] == 6, r
+        bob.send(6, 9)
+        assert bob.recv(skip=()).fields[0] == 9              # bob is still logged on
+        again = cluster.client()
+        try:
+            assert again.logon("alice", "pw-a", session=1).fields[1] == 1   # bad credentials
+        finally:
+            again.close()
+    finally:
+        alice.close()
+        bob.close()
