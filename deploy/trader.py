@@ -189,9 +189,12 @@ def run(a: argparse.Namespace) -> int:
 def _orders(base: str) -> dict:
     try:
         with open(base + ".orders.json", encoding="utf-8") as f:
-            return json.load(f)
+            orders = json.load(f)
     except (OSError, ValueError):
         return {}
+    if not isinstance(orders, dict):
+        return {}      # damaged: the orders entered from here are forgotten (--side then)
+    return {k: v for k, v in orders.items() if isinstance(v, dict)}
 
 
 def _save_orders(base: str, orders: dict) -> None:

@@ -177,11 +177,17 @@ def parse(doc, n_shards: int | None = None) -> Accounts:
         raise AccountsError(f"unknown key {sorted(set(doc) - {'users'})[0]!r}")
     users = {}
     ids: dict[int, str] = {}
+    owners: dict[int, str] = {}
     for name, d in doc["users"].items():
         u = _user_from_json(name, d, n_shards)
         if u.user in ids:
             raise AccountsError(f"user {name!r}: user id {u.user} is also {ids[u.user]!r}'s")
         ids[u.user] = name
+        for a in u.accounts:
+            if a in owners:
+                raise AccountsError(f"user {name!r}: account {a} is also {owners[a]!r}'s "
+                                    f"(an account belongs to one user)")
+            owners[a] = name
         users[name] = u
     return Accounts(users)
 

@@ -96,14 +96,14 @@ class Instrument:
     def price_mantissa(self, price: object) -> int:
         """A price in the quote currency as the wire's 1e-8 mantissa; it must be on the tick."""
         d = _decimal("price", price)
-        if d <= 0 or d % self.tick:
+        if d <= 0 or _off_grid(d, self.tick):
             raise ValueError(f"{self.symbol}: price {price} is not a positive multiple of the "
                              f"tick {self.tick}")
         return wire.price_to_mantissa(d)
 
     def lots(self, qty: object) -> int:
         d = _decimal("quantity", qty)
-        if d <= 0 or d % self.lot:
+        if d <= 0 or _off_grid(d, self.lot):
             raise ValueError(f"{self.symbol}: quantity {qty} is not a positive multiple of the "
                              f"lot {self.lot}")
         n = int(d / self.lot)
@@ -117,6 +117,14 @@ class Instrument:
     def price(self, mantissa: int) -> Decimal | None:
         p = wire.mantissa_to_price(mantissa)
         return None if p is None else p.quantize(self.tick) if p % self.tick == 0 else p
+
+
+def _off_grid(d: Decimal, step: Decimal) -> bool:
+    """d is not a whole multiple of step (a number too large to divide counts as off)."""
+    try:
+        return bool(d % step)
+    except InvalidOperation:
+        return True
 
 
 def _decimal(name: str, v: object) -> Decimal:
@@ -224,8 +232,9 @@ def _id(v: int) -> int | None:
 class SessionState:
     """What PROTOCOL.md §5 says a client persists, in one JSON file written atomically."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, user: str | None = None):
         self.path = path
+        self.user = user            # the user the session belongs to (None: not known)
         self.session_id = 0
         self.next_seq = 1           # the next own SeqNo
         self.last_seen = 0          # the last server SeqNo processed by the caller
@@ -234,8 +243,8 @@ class SessionState:
         self.created = False
 
     @classmethod
-    def load(cls, path: str) -> SessionState:
-        st = cls(path)
+    def load(cls, path: str, user: str | None = None) -> SessionState:
+        st = cls(path, user)
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
@@ -246,18 +255,24 @@ class SessionState:
         except (OSError, ValueError) as exc:
             raise SessionError(f"session file {path} cannot be read: {exc}") from None
         try:
-            st.session_id = int(d["session_id"])
-            st.next_seq = int(d["next_seq"])
-            st.last_seen = int(d["last_seen"])
-            st.next_cl_ord_id = int(d["next_cl_ord_id"])
-            st.outbox = [(int(s), int(t), bytes.fromhex(b)) for s, t, b in d["outbox"]]
+            if not isinstance(d, dict):
+                raise ValueError("not an object")
+            owner = d.get("user")
+            if user is not None and owner is not None and owner != user:
+                raise SessionError(f"session file {path} belongs to user {owner!r}, not "
+                                   f"{user!r}; use a session file of your own")
+            st.session_id = _field(d, "session_id", 1)
+            st.next_seq = _field(d, "next_seq", 1)
+            st.last_seen = _field(d, "last_seen", 0, wire.U64_NULL - 1)
+            st.next_cl_ord_id = _field(d, "next_cl_ord_id", 1)
+            st.outbox = [_outbox_entry(e, st.next_seq) for e in d["outbox"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise SessionError(f"session file {path} is damaged ({exc}); move it away to "
                                f"start a new session") from None
         return st
 
     def save(self) -> None:
-        d = {"session_id": self.session_id, "next_seq": self.next_seq,
+        d = {"user": self.user, "session_id": self.session_id, "next_seq": self.next_seq,
              "last_seen": self.last_seen, "next_cl_ord_id": self.next_cl_ord_id,
              "outbox": [[s, t, b.hex()] for s, t, b in self.outbox]}
         tmp = f"{self.path}.{os.getpid()}.tmp"
@@ -276,6 +291,25 @@ class SessionState:
         return len(self.outbox) != before
 
 
+def _field(d: dict, name: str, low: int, high: int = wire.U64_NULL) -> int:
+    v = d[name]
+    if type(v) is not int or not low <= v <= high:
+        raise ValueError(f"{name} {v!r} is not an integer in {low}..{high}")
+    return v
+
+
+def _outbox_entry(e, next_seq: int) -> tuple[int, int, bytes]:
+    seq, tid, hexblock = e
+    t = wire.TEMPLATES.get(tid) if type(tid) is int and 100 <= tid <= 199 else None
+    block = bytes.fromhex(hexblock)
+    if t is None or len(block) != t.size:
+        raise ValueError(f"outbox entry of template {tid!r} and {len(block)} bytes")
+    if type(seq) is not int or not 1 <= seq < next_seq or \
+            int.from_bytes(block[:8], "little") != seq:
+        raise ValueError(f"outbox SeqNo {seq!r}")
+    return seq, tid, block
+
+
 # -- the client -------------------------------------------------------------------------------
 
 class Client:
@@ -291,7 +325,8 @@ class Client:
         self.cod, self.cod_timeout_ms = cancel_on_disconnect, cod_timeout_ms
         self.reconnect = reconnect
         self.connect_timeout_s = connect_timeout_s
-        self.state = SessionState.load(state_path)
+        self.state = SessionState.load(state_path, username)
+        self.state.user = username
         self.received_upto = self.state.last_seen   # highest server SeqNo received
         self.queue: deque[Report] = deque()
         self.pending_seq: int | None = None          # the report handed out, not yet processed
@@ -381,6 +416,8 @@ class Client:
                         tif: str = "gtc", account: int = 0, post_only: bool = False) -> int:
         """A NewOrderSingle (price None: market); returns its ClOrdID."""
         inst = self._instrument(symbol)
+        if type(account) is not int or not 0 <= account <= wire.U32_NULL:
+            raise ValueError(f"account {account!r} is not a u32 (0: the default account)")
         s, lots = self._side(side), inst.lots(qty)
         px = wire.PRICE_NULL if price is None else inst.price_mantissa(price)
         t = TIFS.get(str(tif).lower())

@@ -61,6 +61,7 @@ STATUS_NEW = 1
 STATUS_BOUND_ELSEWHERE = 2
 STATUS_FINALIZED = 3
 STATUS_BEYOND = 4
+STATUS_LIMIT = 5          # a new session over the user's limit of open sessions
 SESSION_MESSAGE_TEMPLATES = (10, 200, 201, 202, 203)
 
 GATEWAY_SOURCE_BASE = 0x7200_0000  # source id of gateway g: 0x7200_0000 | g
@@ -154,6 +155,7 @@ class Config:
     max_input_bytes: int = 256 * 1024  # unprocessed input per connection before reads pause
     max_output_bytes: int = 8 << 20   # unsent output per connection: beyond it, slow consumer
     max_auth_pending: int = 64        # logons waiting for scrypt; more get LogonReject(6)
+    max_conns_per_user: int = 100     # logged-on (or logging-on) connections of one user
     max_queued: int = 100_000         # records per shard queued for the core before reads pause
     throttle_abuse_s: int = 10        # seconds in a row over the rate → Logout(4)
     max_retransmit_rejects: int = 10  # rejected RetransmitRequests per connection → Logout(3)
@@ -510,6 +512,10 @@ class Connection(asyncio.Protocol):
             self.bound = False
             self.logon_reject(wire.LOGON_REJECT_SESSION_FINALIZED, "session finalized")
             return
+        if status == STATUS_LIMIT:
+            self.bound = False
+            self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "too many sessions: resume one")
+            return
         if status not in (STATUS_RESUMED, STATUS_NEW):
             self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, f"session status {status}")
             return
@@ -568,6 +574,9 @@ class Connection(asyncio.Protocol):
         last = self.gw.next_server_seq(self.key) - 1
         if self.retransmitting:
             reason = wire.RETRANSMIT_REJECT_IN_PROGRESS
+        elif not self._take_token():   # each request costs up to max_retransmit messages
+            self.gw.stats["throttled"] += 1
+            reason = wire.RETRANSMIT_REJECT_OVER_LIMIT
         elif m.Count > self.cfg.max_retransmit:
             reason = wire.RETRANSMIT_REJECT_OVER_LIMIT
         elif m.Count == 0 or m.FromSeqNo < 1 or m.FromSeqNo + m.Count - 1 > last:
@@ -724,6 +733,21 @@ class Gateway:
         self.tasks.clear()
         self.auth_pool.shutdown(wait=False, cancel_futures=True)
 
+    def reload_accounts(self, accounts: Accounts) -> None:
+        """Take a new accounts file: a logged-on user who is gone from it, or whose id or
+        accounts changed, is logged out (Logout 6); the next Logon checks the new file."""
+        self.accounts = accounts
+        for c in list(self.conns):
+            if c.user is None or c.state >= CLOSING:
+                continue
+            u = accounts.users.get(c.user.name)
+            if u is None or u.user != c.user.user or u.accounts != c.user.accounts or \
+                    u.default_account != c.user.default_account or u.scrypt != c.user.scrypt:
+                if c.state == LIVE:
+                    c.logout(wire.LOGOUT_ADMIN, "user changed: log on again")
+                else:
+                    c.abort()
+
     def _new_connection(self) -> Connection:
         self.next_conn += 1
         conn = Connection(self, self.cfg.index << CONN_ID_SHIFT | self.next_conn)
@@ -786,6 +810,10 @@ class Gateway:
             return
         if self.closing:
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "gateway shutting down")
+            return
+        if sum(1 for c in self.conns if c.user is not None and c.user.user == user.user
+               and c.state < CLOSING) >= self.cfg.max_conns_per_user:
+            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "too many connections of this user")
             return
         conn.user = user
         conn.session_id = lg.SessionID
@@ -955,7 +983,7 @@ class Settings:
 _REQUIRED = ("index", "listen", "accounts", "shards")
 _OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connections": int,
              "logon_timeout_s": (int, float), "core_timeout_s": (int, float),
-             "max_retransmit": int,
+             "max_retransmit": int, "max_conns_per_user": int,
              "max_output_bytes": int, "max_input_bytes": int}
 
 
@@ -1059,7 +1087,7 @@ def main(settings: Settings, accounts: Accounts) -> int:
 
     def reload_accounts():
         try:
-            gw.accounts = accounts_mod.load(settings.accounts, core.n_shards)
+            gw.reload_accounts(accounts_mod.load(settings.accounts, core.n_shards))
             log.info("accounts reloaded: %d users", len(gw.accounts.users))
         except ValueError as exc:
             log.error("accounts not reloaded: %s", exc)

@@ -153,6 +153,7 @@ SESSION_MESSAGE = 14  # <BIQH user, session_id, templateId; then the PROTOCOL.md
                       #   that template (P_BLOCK_SIZES), SeqNo = the server SeqNo, Flags 0
 SESSION_RESUMED, SESSION_NEW, SESSION_BOUND_ELSEWHERE, SESSION_FINALIZED = 0, 1, 2, 3
 SESSION_BEYOND = 4          # the Logon asked for a server SeqNo beyond NextSeqNo: nothing changed
+SESSION_LIMIT = 5   # a new session over the user's limit (engine.MAX_USER_SESSIONS)
 
 EVENT_STRUCTS = {
     CE_COMMAND: struct.Struct("<BIHH"),

@@ -84,6 +84,7 @@ CLEARING_ID = -1              # system accounts: never a u32, so never a client'
 LIQUIDATION_ID = -2
 FINALIZED_TTL_NS = 7 * 24 * 3600 * 10**9    # a finalized session id is remembered this long
 MAX_SESSION_CLORDIDS = 1_000_000            # ClOrdIDs a session may use; then BusinessReject 0
+MAX_USER_SESSIONS = 1000                    # open sessions of a user; then SessionState 4
 # output records carry a route (docs/order-path.md §1) once mq.record's header has room for it
 ROUTED = _record.HEADER_SIZE >= 46
 
@@ -360,6 +361,7 @@ class TradingEngine:
         # cancel-on-disconnects (derived)
         self.sessions: dict[tuple[int, int], Session] = {}
         self.finalized: dict[tuple[int, int], int] = {}
+        self.user_sessions: dict[int, int] = {}   # user -> open sessions (derived)
         self.cod: dict[tuple[int, int], int] = {}
         self.duplicates_dropped = 0   # a metric, not state: client messages dropped as repeats
         self.route = 0                # the route of the last output (bit symbol % 64)
@@ -1791,6 +1793,11 @@ class TradingEngine:
             self._session_state(key, conn_id, sess or Session(user, sid), c.SESSION_BEYOND)
             return
         if sess is None:
+            n_open = self.user_sessions.get(user, 0)
+            if n_open >= MAX_USER_SESSIONS:
+                self._session_state(key, conn_id, None, c.SESSION_LIMIT)
+                return
+            self.user_sessions[user] = n_open + 1
             sess = self.sessions[key] = Session(user, sid)
             status = c.SESSION_NEW
         else:
@@ -1872,6 +1879,11 @@ class TradingEngine:
     def _finalize(self, key: tuple, sess) -> None:
         self._session_state(key, sess.conn_id, sess, c.SESSION_FINALIZED)
         del self.sessions[key]
+        n_open = self.user_sessions[key[0]] - 1
+        if n_open:
+            self.user_sessions[key[0]] = n_open
+        else:
+            del self.user_sessions[key[0]]
         if self.cod.pop(key, None) is not None:
             self._reset_timer()
         self._expire_finalized()
@@ -2204,6 +2216,7 @@ class TradingEngine:
             sess = Session.from_row(row)
             key = (sess.user, sess.session_id)
             eng.sessions[key] = sess
+            eng.user_sessions[sess.user] = eng.user_sessions.get(sess.user, 0) + 1
             if sess.cod_deadline:
                 eng.cod[key] = sess.cod_deadline
         for u, s, ts in finalized:
