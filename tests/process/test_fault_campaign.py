@@ -344,7 +344,7 @@ def check_after(cluster: LogCluster, feeder: Feeder, controls: dict[str, str],
         store.close()
     assert logs[1] == logs[0] and logs[2] == logs[0], "the replicators differ"
     at: dict[int, int] = {}
-    for seq, _ts, src, ss, _ep, kind, _p in decode(logs[0]["in.ce.T"]):
+    for seq, _ts, src, ss, _ep, kind, _p, _route in decode(logs[0]["in.ce.T"]):
         if src == 0:
             assert kind == KIND_TICK
             continue
