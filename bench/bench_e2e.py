@@ -50,7 +50,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deploy.procs import Group, free_port  # noqa: E402
+from deploy.procs import Group, free_port, free_port_block  # noqa: E402
 from gateway import wire  # noqa: E402
 
 PRICE = 50_000 * wire.PRICE_SCALE
@@ -315,24 +315,6 @@ def n_of_kind(snap: dict) -> dict[str, int]:
 
 
 # -- seqex up ----------------------------------------------------------------------------------
-def base_port(n: int = 60) -> int:
-    import random
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randint(20_000, 32_767 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -358,7 +340,7 @@ class Cluster:
         from deploy import topology, trading
         from gateway import accounts as acc
         self.data = os.path.join(root, "data")
-        self.port = base_port()
+        self.port = free_port_block(60)
         self.topo = topology.load(topology_path, self.data, self.port)
         n = self.topo.trading["n_shards"]
         os.makedirs(self.data, exist_ok=True)

@@ -27,6 +27,29 @@ def free_port() -> int:
             return port
 
 
+def free_port_block(n: int = 40) -> int:
+    """The first of n consecutive TCP ports on 127.0.0.1 that were all free a moment ago,
+    below the kernel's ephemeral range (32768 up), so that no outgoing connection of another
+    program takes one of them between this check and the bind."""
+    import random
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randint(20_000, 32_767 - n)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of ports")
+
+
 def tcp() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
 

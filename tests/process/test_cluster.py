@@ -9,13 +9,12 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from deploy.procs import Group
+from deploy.procs import Group, free_port_block
 from deploy.supervisor import read_state
 from mq import wire
 from mq.control import call, ping, wait_until
@@ -27,23 +26,7 @@ from tests.property.test_crossengine_determinism import flow
 SEED = int(os.environ.get("SEQEX_SEED", "20261122"))
 
 
-def free_block(n: int = 40) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randint(20_000, 60_000)
-        try:
-            socks = []
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
+free_block = free_port_block
 
 
 def seqex(*args: str) -> subprocess.CompletedProcess:

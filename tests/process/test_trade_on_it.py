@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from deploy.procs import Group
+from deploy.procs import Group, free_port_block
 from mq.control import wait_until
 from tests.process.test_cli import seqex
 from tests.process.test_cluster import pids_of
@@ -19,28 +19,7 @@ from tests.process.test_cluster import pids_of
 pytest.importorskip("gateway.server", reason="the gateway process (branch gateway)")
 
 
-def free_block_below_ephemeral(n: int = 40) -> int:
-    """A block of n free ports below the kernel's ephemeral range (32768 ..): the outgoing
-    connections of 25 processes (and of everything else on the machine) take ephemeral ports,
-    and one of them inside the block once stole a port between the check and the bind."""
-    import random
-    import socket
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randint(20_000, 32_767 - n)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
+free_block_below_ephemeral = free_port_block
 
 
 @pytest.mark.slow
