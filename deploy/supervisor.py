@@ -91,14 +91,27 @@ def how_it_ended(returncode: int | None, last: str) -> str:
 def lock_data_dir(data_dir: str) -> int:
     """Take the data directory's lock, or raise SupervisorError naming who holds it."""
     os.makedirs(data_dir, exist_ok=True)
-    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        return pid_lock(os.path.join(data_dir, LOCK_FILE), 0o644)
+    except LockHeld as held:
+        raise SupervisorError(f"seqex is already up in {data_dir} (supervisor pid {held}); "
+                              f"`seqex down --data {data_dir}` stops it") from None
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; str() is its pid as it wrote it ("?" if unreadable)."""
+
+
+def pid_lock(path: str, mode: int) -> int:
+    """Take an exclusive flock on path (created with mode) and write this pid into it; the fd
+    holds the lock for the process's life. LockHeld names the holder's pid."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise SupervisorError(f"seqex is already up in {data_dir} (supervisor pid {holder}); "
-                              f"`seqex down --data {data_dir}` stops it") from None
+        raise LockHeld(holder) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -632,7 +632,7 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
         in_stream, out_stream = f"in.te.{n}", f"out.te.{n}"
         prod, pub = addr(host), addr(host)
         ups = []
-        for sym, st in topo.symbols.items():
+        for st in topo.symbols.values():
             ups += ["--upstream", f"stream={st['out']},source={SRC_CE_OUT | st['symbol_id']},"
                                   f"pub={st['out_pub']},replicators={reps},route={1 << n:#x}"]
         topo.procs.append(ProcSpec(f"sequencer.te{n}", "sequencer", host, [

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import json
 import os
 import time
@@ -148,17 +147,12 @@ def _password(a: argparse.Namespace) -> str:
 
 
 def _lock(path: str) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    from deploy.supervisor import LockHeld, pid_lock
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise TraderError(f"another `seqex client` of this user is running (pid {holder}); "
+        return pid_lock(path, 0o600)
+    except LockHeld as held:
+        raise TraderError(f"another `seqex client` of this user is running (pid {held}); "
                           f"one session is one connection at a time") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def run(a: argparse.Namespace) -> int:

@@ -59,7 +59,7 @@ class Msg:
 
     def named(self) -> dict:
         if self.template == 200:
-            return dict(zip(ER_FIELDS, self.fields))
+            return dict(zip(ER_FIELDS, self.fields, strict=True))
         return {"fields": self.fields}
 
 

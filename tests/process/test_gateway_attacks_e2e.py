@@ -10,7 +10,7 @@ from deploy.procs import Group
 from mq.control import wait_until
 from tests.process.test_cli import seqex
 from tests.process.test_trade_on_it import free_block_below_ephemeral
-from tests.protoclient import PREFIX, ENCODING, ProtoClient, nos
+from tests.protoclient import ENCODING, PREFIX, ProtoClient, nos
 
 pytest.importorskip("gateway.server", reason="the gateway process (branch gateway)")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import struct
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.unit.test_tradingengine_sessions import E8, Harness
-from tradingengine import codec as c
 from tradingengine.engine import TradingEngine
 from tradingengine.reference import interpreted
 

@@ -9,7 +9,6 @@ import stat
 import time
 
 import pytest
-
 import zmq
 
 from deploy import keys, topology

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.protoclient import NULL_ID, NULL_PRICE, PREFIX, ENCODING, ProtoClient, frame, nos
+from tests.protoclient import ENCODING, NULL_ID, NULL_PRICE, PREFIX, ProtoClient, frame, nos
 from tests.unit.test_order_path_tcp import E8, Cluster, is_er
 from tradingengine import codec as c
 
@@ -521,7 +521,8 @@ def test_random_client_streams_over_tcp_leave_every_shard_sound(tmp_path):
     """Hypothesis drives a logged-on client with sequences of order-entry messages (fields
     from the edges of their types, SeqNos out of order) and session messages, through the
     real gateway and TradingEngines; every shard must still balance, snapshot and trade."""
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
     cluster = Cluster(tmp_path)
     sessions = iter(range(10_000, 20_000))
     u64 = st.sampled_from([0, 1, 2, 7, U64, 1 << 63])
