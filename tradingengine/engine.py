@@ -45,7 +45,6 @@ from collections import deque
 
 import msgpack
 
-from mq import record as _record
 from mq.record import MAX_PAYLOAD, decode, encode
 from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
 from tradingengine import codec as c
@@ -85,8 +84,6 @@ LIQUIDATION_ID = -2
 FINALIZED_TTL_NS = 7 * 24 * 3600 * 10**9    # a finalized session id is remembered this long
 MAX_SESSION_CLORDIDS = 1_000_000            # ClOrdIDs a session may use; then BusinessReject 0
 MAX_USER_SESSIONS = 1000                    # open sessions of a user; then SessionState 4
-# output records carry a route (docs/order-path.md §1) once mq.record's header has room for it
-ROUTED = _record.HEADER_SIZE >= 46
 
 UNTRIGGERED, PENDING_NEW, OPEN = 0, 1, 2
 NO_PENDING, PENDING_CANCEL, PENDING_AMEND = 0, 1, 2
@@ -489,16 +486,13 @@ class TradingEngine:
 
     def apply_frame(self, frame: bytes) -> bytes:
         """Apply every record of a sequenced frame; one output record per input record, with
-        the same header fields and the events as payload (and, once mq.record's header has a
-        route, the route of each output: docs/order-path.md §1)."""
+        the same header fields, the events as payload and the route of each output
+        (docs/order-path.md §1)."""
         apply = self.apply
         out = []
-        for rec in decode(frame):
-            events = apply(rec[0], rec[1], rec[5], rec[6], rec[2])
-            if ROUTED:
-                out.append((rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], events, self.route))
-            else:
-                out.append((rec[0], rec[1], rec[2], rec[3], rec[4], rec[5], events))
+        for seq, ts, src, src_seq, epoch, kind, payload, _route in decode(frame):
+            events = apply(seq, ts, kind, payload, src)
+            out.append((seq, ts, src, src_seq, epoch, kind, events, self.route))
         return encode(out)
 
     # -- sweeps: fan-out work within the output budget ---------------------------------------------

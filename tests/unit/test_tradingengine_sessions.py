@@ -453,7 +453,6 @@ def test_apply_frame_gives_each_output_its_route_once_the_header_has_one(monkeyp
                      c.new_order(1, 1, 2, c.BUY, 50_000, 1)),
                     (seq + 2, te.ts_ns, 5, 2, 1, c.KIND_TICK, b"")])
     seen = []
-    monkeypatch.setattr(engine_module, "ROUTED", True)
     monkeypatch.setattr(engine_module, "encode", lambda recs: seen.extend(recs) or b"")
     te.apply_frame(frame)
     assert [len(r) for r in seen] == [8, 8]
