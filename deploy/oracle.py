@@ -1,15 +1,26 @@
-"""`seqex oracle --config JSON`: a SIMULATED mark-price source (a seeded random walk), no feed.
+"""`seqex oracle --config JSON`: the mark-price source, on a SIMULATED index (a seeded random
+walk), no feed.
 
-It stands in for an index-price service so that a demo cluster has mark prices: margin,
-unrealised PnL, liquidation and the price band of the TradingEngine all need one. It is
-labelled as what it is everywhere it shows: its log's first line and its status (PING) say
-"simulated random walk".
+It computes the mark as BitMEX's *fair price marking* does, from an index price:
+``mark = index * (1 + funding basis)``, ``funding basis = funding rate * (time until the next
+funding / funding interval)``, so that liquidations follow the index and never the traded
+price alone. The index here stands in for an index-price service (a weighted spot price in a
+real deployment) so that a demo cluster has marks: margin, unrealised PnL, liquidation and the
+price band of the TradingEngine all need one. It is labelled as what it is everywhere it shows:
+its log's first line and its status (PING) say "simulated random walk".
 
 Contract:
 * One producer per in.te.N, all with the source id ``0x7100_0000 | index`` (docs/order-path.md
   §2: the TradingEngine takes MarkPrice only from its ``oracle_sources`` and the operator).
-* Every ``interval_ms`` it sends, into every shard, one MarkPrice record (kind 73, ``<Iq``:
-  symbol id, mark in ticks) per symbol; every shard gets the same marks in the same order.
+* Every ``interval_ms`` it sends, into every stream of ``shards`` (every in.te.N and in.liq), one
+  MarkPrice record (kind 73, ``<Iq``: symbol id, mark in ticks) per symbol; every stream gets
+  the same marks in the same order.
+* ``mark``: ``"fair"`` (the default) sends the fair price above; ``"index"`` sends the index
+  itself. The funding rate of the basis is BitMEX's ``F = P + clamp(I - P, -0.05 %, 0.05 %)``
+  of the simulated premium index P and the interest rate I (``interest_ppm``), and the time
+  until funding is the wall clock's distance to the next multiple of ``funding_interval_ms``
+  (default 8 h, or the symbol's own ``funding_interval_ms``; the TradingEngines fund at the same
+  multiples of sequenced time).
 * The walk of a symbol starts at ``start_ticks`` and moves by a uniform step of at most
   ``step_ppm`` of the price (at least one tick) each interval, held inside
   [start / 2, start * 2] and [1, max_ticks]. It is seeded (``seed`` and the symbol id), so a
@@ -21,7 +32,7 @@ Contract:
 
 Configuration (JSON): {"index", "source", "control", "interval_ms", "seed", "step_ppm",
 "shards": [{"in", "producers"}], "symbols": [{"symbol", "symbol_id", "start_ticks",
-"max_ticks"}], "funding_every", "interest_ppm"}.
+"max_ticks"}], "funding_every", "interest_ppm", "mark", "funding_interval_ms"}.
 """
 from __future__ import annotations
 
@@ -46,6 +57,22 @@ MARK_PRICE_S = struct.Struct("<Iq")
 FUNDING_INPUTS_S = struct.Struct("<Iii")
 SRC_ORACLE = 0x7100_0000
 PREMIUM_CAP_PPM = 5_000
+INTEREST_CLAMP_PPM = 500          # BitMEX: clamp(I - P, -0.05 %, 0.05 %)
+PPM = 1_000_000
+
+
+def funding_rate_ppm(premium_ppm: int, interest_ppm: int) -> int:
+    """BitMEX's funding rate: ``F = P + clamp(I - P, -0.05 %, 0.05 %)``, in ppm."""
+    return premium_ppm + max(-INTEREST_CLAMP_PPM, min(INTEREST_CLAMP_PPM,
+                                                       interest_ppm - premium_ppm))
+
+
+def fair_mark(index: int, rate_ppm: int, until_ms: int, interval_ms: int) -> int:
+    """``index * (1 + rate * until / interval)`` in whole ticks (rounded half away from zero,
+    at least 1): the funding basis shrinks to zero as the funding time comes."""
+    num = index * (PPM * interval_ms + rate_ppm * until_ms)
+    den = PPM * interval_ms
+    return max(1, (2 * num + den) // (2 * den))
 
 
 class ConfigError(ValueError):
@@ -96,8 +123,19 @@ def parse_config(text: str) -> dict:
     c.setdefault("step_ppm", 500)
     c.setdefault("funding_every", 0)
     c.setdefault("interest_ppm", 100)
-    for key in ("source", "interval_ms", "seed", "step_ppm", "funding_every", "interest_ppm"):
+    c.setdefault("mark", "fair")
+    c.setdefault("funding_interval_ms", 8 * 3600 * 1000)
+    for key in ("source", "interval_ms", "seed", "step_ppm", "funding_every", "interest_ppm",
+                "funding_interval_ms"):
         need(c, key, int)
+    if c["mark"] not in ("fair", "index"):
+        raise ConfigError(f"--config: mark must be \"fair\" or \"index\", got {c['mark']!r}")
+    if not 1_000 <= c["funding_interval_ms"] <= 7 * 86_400_000:
+        raise ConfigError(f"--config: funding_interval_ms must be in 1000 .. 604800000, got "
+                          f"{c['funding_interval_ms']}")
+    if not -PREMIUM_CAP_PPM <= c["interest_ppm"] <= PREMIUM_CAP_PPM:
+        raise ConfigError(f"--config: interest_ppm must be in -{PREMIUM_CAP_PPM} .. "
+                          f"{PREMIUM_CAP_PPM}, got {c['interest_ppm']}")
     need(c, "control", str)
     if not 0 < c["source"] < 0xFFFF_0000:
         raise ConfigError(f"--config: source {c['source']} is not a producer's source id")
@@ -122,15 +160,30 @@ def parse_config(text: str) -> dict:
             need(s, key, int, f"symbols[{i}].")
         s.setdefault("max_ticks", 1 << 62)
         s.setdefault("symbol", f"#{s['symbol_id']}")
+        fi = s.get("funding_interval_ms", 1_000)
+        if not isinstance(fi, int) or isinstance(fi, bool) or not 1_000 <= fi <= 7 * 86_400_000:
+            raise ConfigError(f"--config: symbols[{i}].funding_interval_ms must be in 1000 .. "
+                              f"604800000, got {fi!r}")
         if not 0 < s["symbol_id"] < 1 << 32 or not 1 <= s["start_ticks"] <= s["max_ticks"]:
             raise ConfigError(f"--config: symbols[{i}]: symbol_id in 1 .. 2**32-1 and "
                               f"1 <= start_ticks <= max_ticks")
     return c
 
 
-def marks(walks: list[Walk]) -> list[tuple[int, bytes]]:
-    """One interval's MarkPrice records (kind, payload), the walks stepped once."""
-    return [(MARK_PRICE, MARK_PRICE_S.pack(w.symbol_id, w.step())) for w in walks]
+def marks(walks: list[Walk], fair: dict | None = None) -> list[tuple[int, bytes]]:
+    """One interval's MarkPrice records (kind, payload), the walks (the index) stepped once.
+    ``fair`` (``interest_ppm``, ``now_ms``, ``interval_ms``: symbol id -> its funding interval)
+    turns each index into its fair mark; without it the mark is the index."""
+    out = []
+    for w in walks:
+        price = w.step()
+        if fair is not None:
+            rate = funding_rate_ppm(w.premium_ppm(), fair["interest_ppm"])
+            interval = fair["interval_ms"][w.symbol_id]
+            until = interval - fair["now_ms"] % interval
+            price = fair_mark(price, rate, until, interval)
+        out.append((MARK_PRICE, MARK_PRICE_S.pack(w.symbol_id, price)))
+    return out
 
 
 class Oracle:
@@ -139,6 +192,9 @@ class Oracle:
         self.walks = [Walk(s["symbol_id"], s["start_ticks"], s["max_ticks"], conf["step_ppm"],
                            conf["seed"]) for s in conf["symbols"]]
         self.names = {s["symbol_id"]: s["symbol"] for s in conf["symbols"]}
+        self.funding_ms = {s["symbol_id"]: s.get("funding_interval_ms",
+                                                 conf["funding_interval_ms"])
+                           for s in conf["symbols"]}
         self.producers = [Producer(conf["source"], sh["producers"]) for sh in conf["shards"]]
         self.streams = [sh["in"] for sh in conf["shards"]]
         self.control = sockets.router(conf["control"])
@@ -147,19 +203,27 @@ class Oracle:
         self.intervals = 0
         self.refused = 0
         self.started = time.monotonic()
+        self.last_marks = {w.symbol_id: w.price for w in self.walks}
 
     def status(self) -> dict:
         return {"role": "oracle", "state": LABEL, "source_kind": LABEL,
                 "source": self.conf["source"], "streams": self.streams, "sent": self.sent,
                 "intervals": self.intervals, "refused": self.refused,
                 "rate": round(self.sent / max(1e-9, time.monotonic() - self.started)),
-                "marks": {self.names[w.symbol_id]: w.price for w in self.walks},
+                "mark_kind": self.conf["mark"],
+                "index": {self.names[w.symbol_id]: w.price for w in self.walks},
+                "marks": {self.names[s]: m for s, m in self.last_marks.items()},
                 "connected": [p.next_ss is not None for p in self.producers]}
 
     def tick(self) -> None:
         """One interval: step every walk; the same records go to every shard."""
         self.intervals += 1
-        records = marks(self.walks)
+        fair = None
+        if self.conf["mark"] == "fair":
+            fair = {"interest_ppm": self.conf["interest_ppm"], "now_ms": int(time.time() * 1000),
+                    "interval_ms": self.funding_ms}
+        records = marks(self.walks, fair)
+        self.last_marks = {sid: m for sid, m in (MARK_PRICE_S.unpack(p) for _k, p in records)}
         every = self.conf["funding_every"]
         if every and self.intervals % every == 0:
             records += [(FUNDING_INPUTS, FUNDING_INPUTS_S.pack(
@@ -238,8 +302,10 @@ def main(config_text: str) -> None:
     signal.signal(signal.SIGTERM, lambda *_: setattr(oracle, "running", False))
     signal.signal(signal.SIGINT, lambda *_: setattr(oracle, "running", False))
     names = ", ".join(f"{s['symbol']} from {s['start_ticks']} ticks" for s in conf["symbols"])
-    print(f"oracle ready: SIMULATED mark prices ({LABEL}, seed {conf['seed']}), not a real "
-          f"feed: {names}, every {conf['interval_ms']} ms into "
+    kind = ("fair marks (index x (1 + funding basis))" if conf["mark"] == "fair"
+            else "marks equal to the index")
+    print(f"oracle ready: {kind} of a SIMULATED index ({LABEL}, seed {conf['seed']}), not a "
+          f"real feed: {names}, every {conf['interval_ms']} ms into "
           f"{', '.join(oracle.streams)} as source {conf['source']:#x}", flush=True)
     try:
         oracle.serve()

@@ -708,7 +708,10 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
                  "shards": [{"in": sh["in"], "producers": sh["producers"]} for sh in shards],
                  "symbols": [{"symbol": s["name"], "symbol_id": s["symbol_id"],
                               "start_ticks": s["spec"]["mark_start_ticks"],
-                              "max_ticks": s["spec"]["max_price"]} for s in conf["symbols"]]}
+                              "max_ticks": s["spec"]["max_price"],
+                              "funding_interval_ms":
+                                  s["spec"]["funding_interval_ns"] // 1_000_000}
+                             for s in conf["symbols"]]}
         topo.procs.append(ProcSpec("oracle0", "oracle", host,
                                    ["oracle", "--config", json.dumps(oconf)], control,
                                    extra={"sources": [SRC_ORACLE]}))

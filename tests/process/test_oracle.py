@@ -20,7 +20,7 @@ def test_oracle_writes_seeded_marks_into_in_te(tmp_path):
     with LogCluster(str(tmp_path), stream="in.te.0", replicators=1, policy="first") as c:
         c.start()
         control = tcp()
-        conf = {"control": control, "interval_ms": 50, "seed": 9,
+        conf = {"control": control, "interval_ms": 50, "seed": 9, "mark": "index",
                 "shards": [{"in": "in.te.0", "producers": c.prod_addr}],
                 "symbols": [{"symbol": "BTCUSDT", "symbol_id": 1, "start_ticks": 100_000},
                             {"symbol": "ETHUSDT", "symbol_id": 2, "start_ticks": 60_000}]}
@@ -35,7 +35,7 @@ def test_oracle_writes_seeded_marks_into_in_te(tmp_path):
         got = wait_until(lambda: len(m := marks()) >= 20 and m, 60, "20 marks in the log")
         proc.stop()
         assert proc.popen.returncode == 0, proc.log()
-        assert "SIMULATED mark prices (simulated random walk" in proc.log()
+        assert "of a SIMULATED index (simulated random walk" in proc.log()
     assert {r[2] for r in got} == {0x7100_0000}
     walks = [oracle.Walk(1, 100_000, 1 << 62, 500, 9), oracle.Walk(2, 60_000, 1 << 62, 500, 9)]
     want = []

@@ -58,6 +58,8 @@ GOOD = {"control": "tcp://127.0.0.1:1", "shards": [{"in": "in.te.0", "producers"
     ({"symbols": [{"symbol_id": 1}]}, "symbols[0].start_ticks must be a int"),
     ({"symbols": [{"symbol_id": 0, "start_ticks": 1}]}, "symbol_id in 1 .. 2**32-1"),
     ({"control": 5}, "control must be a str"),
+    ({"mark": "last"}, 'mark must be "fair" or "index"'),
+    ({"funding_interval_ms": 10}, "funding_interval_ms must be in 1000 .. 604800000"),
 ])
 def test_a_bad_configuration_is_one_line(capsys, change, want):
     assert main(["--insecure", "oracle", "--config", json.dumps({**GOOD, **change})]) == 2
@@ -68,3 +70,39 @@ def test_a_bad_configuration_is_one_line(capsys, change, want):
 def test_defaults_fill_in():
     c = oracle.parse_config(json.dumps(GOOD))
     assert (c["source"], c["interval_ms"], c["funding_every"]) == (0x7100_0000, 1000, 0)
+
+
+def test_the_funding_rate_is_bitmex_premium_plus_clamped_interest():
+    assert oracle.funding_rate_ppm(0, 100) == 100          # I - P inside the clamp
+    assert oracle.funding_rate_ppm(2_000, 100) == 1_500    # clamp(100 - 2000) = -500
+    assert oracle.funding_rate_ppm(-2_000, 100) == -1_500  # clamp(2100) = +500
+    assert oracle.funding_rate_ppm(300, 100) == 100        # P - (P - I) = I near the rate
+
+
+def test_the_fair_mark_is_index_times_one_plus_the_funding_basis():
+    day = 8 * 3600 * 1000
+    # F = 0.01 %, half the interval to go: basis 0.005 %; 100,000 ticks -> 100,005
+    assert oracle.fair_mark(100_000, 100, day // 2, day) == 100_005
+    assert oracle.fair_mark(100_000, 100, 0, day) == 100_000           # at funding: the index
+    assert oracle.fair_mark(100_000, -1_500, day, day) == 99_850       # a whole interval ahead
+    assert oracle.fair_mark(3, 100, day, day) == 3                      # rounds to whole ticks
+    assert oracle.fair_mark(1, -5_000, day, day) == 1                   # never below one tick
+
+
+@given(st.integers(1, 10**12), st.integers(-5_500, 5_500), st.integers(0, 10**8),
+       st.integers(60_000, 10**8))
+def test_the_fair_mark_stays_within_the_basis_of_the_index(index, rate, until, interval):
+    until = min(until, interval)
+    m = oracle.fair_mark(index, rate, until, interval)
+    exact = index * (1 + rate * until / (1_000_000 * interval))
+    assert abs(m - exact) <= 0.5 + 1e-9 * index or m == 1
+
+
+def test_fair_marks_follow_the_index_with_the_basis():
+    walks = [oracle.Walk(1, 100_000, 10**9, 0, 1)]          # step 0: the index stays put
+    fair = {"interest_ppm": 100, "now_ms": 14_400_000 + 5 * 28_800_000,
+            "interval_ms": {1: 28_800_000}}
+    [(kind, payload)] = oracle.marks(walks, fair)
+    assert kind == 73 and codec.MARK_PRICE_S.unpack(payload) == (1, 100_005)
+    [(kind, payload)] = oracle.marks(walks)
+    assert codec.MARK_PRICE_S.unpack(payload) == (1, 100_000)
