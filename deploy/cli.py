@@ -724,7 +724,7 @@ def _log_level() -> int | str:
                      f"got {os.environ['SEQEX_LOG']!r}")
 
 
-ENGINE_NAMES = ("crossengine", "tradingengine")   # mq.replica.ENGINES (a test compares them)
+ENGINE_NAMES = ("crossengine", "liqengine", "tradingengine")   # mq.replica.ENGINES (a test compares them)
 
 
 def parser() -> Parser:

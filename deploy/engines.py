@@ -30,8 +30,14 @@ def _tradingengine(config: dict) -> Made:
     return engine, TradingEngine.restore
 
 
+def _liqengine(config: dict) -> Made:
+    from liqengine.engine import LiqEngine
+    return LiqEngine.from_config(config), LiqEngine.restore
+
+
 ENGINES: dict[str, Callable[[dict], Made]] = {"crossengine": _crossengine,
-                                               "tradingengine": _tradingengine}
+                                               "tradingengine": _tradingengine,
+                                               "liqengine": _liqengine}
 
 
 def make(name: str, config: dict | None = None) -> Made:

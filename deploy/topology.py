@@ -86,6 +86,8 @@ oracle_interval_ms = 1000
 oracle_seed = 1
 gateway = true               # the client gateway (PROTOCOL.md over TCP)
 demo_accounts = true         # users alice and bob with deposits, created on first start
+liq = true                   # the LiqEngine: in.liq / out.liq, 1 hot + 1 warm replica
+insurance_fund = "50000"     # USDT deposited into the insurance fund on first start
 """
 
 PPM_MAX = 1_000_000
@@ -384,7 +386,7 @@ SPEC_KEYS = {"max_leverage", "tiers", "maker_fee_ppm", "taker_fee_ppm", "funding
              "funding_cap_ppm", "band_ppm", "max_price", "mark_start"}
 TRADING_KEYS = {"shards", "hot", "warm", "in_policy", "out_policy", "snapshot_every", "host",
                 "oracle", "oracle_interval_ms", "oracle_seed", "oracle_step_ppm", "gateway",
-                "max_depth", "demo_accounts"}
+                "max_depth", "demo_accounts", "liq", "liq_hot", "liq_warm", "insurance_fund"}
 # Risk tiers by default (limits in the quote currency): 100x to 1M, 50x to 10M, 20x to 100M.
 DEFAULT_TIERS = [{"limit": "1000000", "mmr_ppm": 5_000, "max_leverage": 100},
                  {"limit": "10000000", "mmr_ppm": 10_000, "max_leverage": 50},
@@ -394,6 +396,10 @@ SRC_CE_OUT = 0x7000_0000        # | symbol_id: out.ce.SYM into in.te.N
 SRC_ORACLE = 0x7100_0000        # | i: mark-price oracle i into every in.te.N
 SRC_GATEWAY = 0x7200_0000       # | g: gateway g into every in.te.N
 SRC_TE_OUT = 0x7300_0000        # | N: out.te.N into every in.ce.SYM
+SRC_TE_TO_LIQ = 0x7400_0000     # | N: out.te.N into in.liq (docs/liqengine.md §2)
+SRC_CE_TO_LIQ = 0x7500_0000     # | symbol_id: out.ce.SYM into in.liq
+SRC_LIQ_OUT = 0x7600_0000       # out.liq into every in.ce.SYM and in.te.N
+LIQ_ROUTE = 1 << 63             # route bit 63: a record that concerns the LiqEngine
 
 
 def _scaled(v: str) -> Decimal:
@@ -502,8 +508,26 @@ def _trading(ck: _Checker, t: dict, hosts: dict) -> dict:
     if not isinstance(demo, bool):
         ck.fail("trading", None, "demo_accounts", f"must be true or false, got {demo!r}")
         demo = False
+    liq = t.get("liq", True)
+    if not isinstance(liq, bool):
+        ck.fail("trading", None, "liq", f"must be true or false, got {liq!r}")
+        liq = True
+    fund = t.get("insurance_fund", "0")
+    try:
+        fund_minor = _scaled(str(fund))
+        if fund_minor < 0 or fund_minor != fund_minor.to_integral() or fund_minor >= 1 << 62:
+            raise InvalidOperation
+    except (InvalidOperation, ValueError):
+        ck.fail("trading", None, "insurance_fund", f"must be a non-negative amount of the quote "
+                f"currency with at most 8 decimals, got {fund!r}")
+        fund_minor = Decimal(0)
     return {
-        "shards": ck.integer("trading", None, t, "shards", 2, 1, 64),
+        # route bit 63 belongs to the LiqEngine, so at most 63 shards (docs/liqengine.md §1)
+        "shards": ck.integer("trading", None, t, "shards", 2, 1, 63),
+        "liq": liq,
+        "liq_hot": ck.integer("trading", None, t, "liq_hot", 1, 1, 16),
+        "liq_warm": ck.integer("trading", None, t, "liq_warm", 1, 0, 16),
+        "insurance_fund": int(fund_minor),
         "hot": ck.integer("trading", None, t, "hot", 2, 1, 16),
         "warm": ck.integer("trading", None, t, "warm", 1, 0, 16),
         "in_policy": ck.choice("trading", None, t, "in_policy", "quorum",
@@ -717,3 +741,79 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
                                    extra={"sources": [SRC_ORACLE]}))
     trading["demo_accounts"] = t["demo_accounts"]
     topo.trading = trading
+    if t["liq"]:
+        _plan_liq(conf, topo, addr, rep_args, reps, shards, engine_specs, oracle_sources,
+                  cores, core_i)
+
+
+def _plan_liq(conf: dict, topo: Topology, addr, rep_args: list[str], reps: str,
+              shards: list[dict], engine_specs: list[dict], oracle_sources: list[int],
+              cores: list[int], core_i: int) -> None:
+    """The LiqEngine (docs/liqengine.md): in.liq takes the records of every out.te.N and
+    out.ce.SYM that concern it (route bit 63) and the marks; out.liq goes back into every
+    in.ce.SYM (its closing orders) and in.te.N (its ADL). Its ports are given out after every
+    other process's, so adding it moved no one's."""
+    t = conf["trading"]
+    host, root = t["host"], topo.data_dir
+    in_stream, out_stream = "in.liq", "out.liq"
+    prod, pub, m_in, m_pub = addr(host), addr(host), addr(host), addr(host)
+    ups = []
+    for sh in shards:
+        ups += ["--upstream", f"stream={sh['out']},source={SRC_TE_TO_LIQ | sh['shard']},"
+                              f"pub={sh['out_pub']},replicators={reps},route={LIQ_ROUTE:#x}"]
+    for st in topo.symbols.values():
+        ups += ["--upstream", f"stream={st['out']},source={SRC_CE_TO_LIQ | st['symbol_id']},"
+                              f"pub={st['out_pub']},replicators={reps},route={LIQ_ROUTE:#x}"]
+    topo.procs.append(ProcSpec("sequencer.liq", "sequencer", host, [
+        "sequencer", "--stream", in_stream, "--producers", prod, "--pub", pub,
+        "--policy", t["in_policy"], "--tick-ms", str(conf["tick_ms"]), *rep_args, *ups],
+        prod, in_stream))
+    topo.procs.append(ProcSpec("mirror.liq", "mirror", host, [
+        "mirror", "--stream", out_stream, "--inputs", m_in, "--pub", m_pub,
+        "--policy", t["out_policy"], *(rep_args if t["out_policy"] != "none" else [])],
+        m_in, out_stream))
+    engine = {"specs": engine_specs, "n_shards": len(shards),
+              "te_sources": {str(SRC_TE_TO_LIQ | sh["shard"]): sh["shard"] for sh in shards},
+              "ce_sources": {str(SRC_CE_TO_LIQ | st["symbol_id"]): st["symbol_id"]
+                             for st in topo.symbols.values()},
+              "oracle_sources": oracle_sources}
+    snaps = os.path.join(root, "snapshots", "liq")
+    names = [f"hot{i}" for i in range(t["liq_hot"])] + [f"warm{i}" for i in range(t["liq_warm"])]
+    shared = "warm0" if t["liq_warm"] else "hot0"
+    for name in names:
+        control = addr(host)
+        role = "hot" if name.startswith("hot") else "warm"
+        topo.procs.append(ProcSpec(f"liq.{name}", f"replica-{role}", host, [
+            "replica", "--name", f"liq.{name}", "--engine", "liqengine",
+            "--engine-config", json.dumps(engine), "--stream", in_stream, "--pub", pub,
+            *rep_args, "--control", control, "--role", role, "--mirror", m_in,
+            "--snapshots", os.path.join(snaps, name), "--shared-snapshots",
+            os.path.join(snaps, shared), "--snapshot-every", str(t["snapshot_every"])],
+            control, in_stream, cores[core_i % len(cores)]))
+        core_i += 1
+    # out.liq back into the engines: closing orders by symbol bit, ADL by shard bit.
+    for sym, st in topo.symbols.items():
+        topo.by_name(f"sequencer.{sym}").args += [
+            "--upstream", f"stream={out_stream},source={SRC_LIQ_OUT},pub={m_pub},"
+                          f"replicators={reps},route={1 << (st['symbol_id'] % 64):#x}"]
+        st["engine"]["liq_sources"] = [SRC_LIQ_OUT]
+    for sh in shards:
+        topo.by_name(f"sequencer.te{sh['shard']}").args += [
+            "--upstream", f"stream={out_stream},source={SRC_LIQ_OUT},pub={m_pub},"
+                          f"replicators={reps},route={1 << sh['shard']:#x}"]
+    for p in topo.procs:
+        if not p.role.startswith("replica-") or p.stream == in_stream:
+            continue
+        i = p.args.index("--engine-config") + 1
+        config = json.loads(p.args[i])
+        config["liq_sources"] = [SRC_LIQ_OUT]
+        p.args[i] = json.dumps(config)
+    oracle = [p for p in topo.procs if p.role == "oracle"]
+    for p in oracle:
+        i = p.args.index("--config") + 1
+        oconf = json.loads(p.args[i])
+        oconf["shards"].append({"in": in_stream, "producers": prod})
+        p.args[i] = json.dumps(oconf)
+    topo.trading["liq"] = {"in": in_stream, "out": out_stream, "producers": prod, "pub": pub,
+                           "out_pub": m_pub, "replicators": rep_args[1::2],
+                           "insurance_fund": t["insurance_fund"]}

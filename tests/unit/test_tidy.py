@@ -95,7 +95,7 @@ def test_the_import_check_sees_imports_inside_functions():
 
 def test_every_engine_is_registered_in_deploy():
     from deploy.engines import ENGINES, make
-    assert sorted(ENGINES) == ["crossengine", "tradingengine"]
+    assert sorted(ENGINES) == ["crossengine", "liqengine", "tradingengine"]
     engine, restore = make("crossengine", {})
     assert restore(engine.snapshot()).state_hash() == engine.state_hash()
     with pytest.raises(ValueError, match="unknown engine"):

@@ -38,7 +38,8 @@ def test_the_default_topology_plans_the_order_path_on_consecutive_ports():
         "ce.ETHUSDT.warm0",
         "sequencer.te0", "mirror.te0", "te0.hot0", "te0.hot1", "te0.warm0",
         "sequencer.te1", "mirror.te1", "te1.hot0", "te1.hot1", "te1.warm0",
-        "gateway0", "oracle0"]
+        "gateway0", "oracle0",
+        "sequencer.liq", "mirror.liq", "liq.hot0", "liq.warm0"]
     ports = []
     for p in topo.procs:
         for a in (p.control, *args(p, "--pub"), *args(p, "--producers"), *args(p, "--inputs"),
@@ -57,7 +58,8 @@ def test_in_te_takes_each_symbols_results_routed_to_its_shard():
         ups = [upstream(u) for u in args(seq, "--upstream")]
         assert [(u["stream"], int(u["source"]), u["route"]) for u in ups] == [
             ("out.ce.BTCUSDT", 0x7000_0001, hex(1 << n)),
-            ("out.ce.ETHUSDT", 0x7000_0002, hex(1 << n))]
+            ("out.ce.ETHUSDT", 0x7000_0002, hex(1 << n)),
+            ("out.liq", 0x7600_0000, hex(1 << n))]
         assert ups[0]["pub"] == topo.symbols["BTCUSDT"]["out_pub"]
         assert ups[0]["replicators"].split("|") == topo.replicator_addrs()
         assert arg(topo.by_name(f"mirror.te{n}"), "--stream") == f"out.te.{n}"
@@ -66,16 +68,19 @@ def test_in_te_takes_each_symbols_results_routed_to_its_shard():
 def test_in_ce_takes_every_shards_commands_routed_by_symbol_bit():
     topo = topology.load()
     te_pub = {n: arg(topo.by_name(f"mirror.te{n}"), "--pub") for n in (0, 1)}
+    liq_pub = arg(topo.by_name("mirror.liq"), "--pub")
     for sym, sid in (("BTCUSDT", 1), ("ETHUSDT", 2)):
         ups = [upstream(u) for u in args(topo.by_name(f"sequencer.{sym}"), "--upstream")]
         assert [(u["stream"], int(u["source"]), u["route"], u["pub"]) for u in ups] == [
             ("out.te.0", 0x7300_0000, hex(1 << sid), te_pub[0]),
-            ("out.te.1", 0x7300_0001, hex(1 << sid), te_pub[1])]
+            ("out.te.1", 0x7300_0001, hex(1 << sid), te_pub[1]),
+            ("out.liq", 0x7600_0000, hex(1 << sid), liq_pub)]
         for p in topo.procs:
             if p.role.startswith("replica-") and p.stream == f"in.ce.{sym}":
                 conf = json.loads(arg(p, "--engine-config"))
                 assert conf["te_sources"] == [0x7300_0000, 0x7300_0001]
                 assert conf["n_shards"] == 2 and conf["symbol_id"] == sid
+                assert conf["liq_sources"] == [0x7600_0000]
 
 
 def test_tradingengine_replicas_two_hot_one_warm_with_their_configuration():
@@ -93,6 +98,7 @@ def test_tradingengine_replicas_two_hot_one_warm_with_their_configuration():
             assert conf["ce_sources"] == {str(0x7000_0001): 1, str(0x7000_0002): 2}
             assert conf["oracle_sources"] == [0x7100_0000]
             assert conf["gateway_sources"] == [0x7200_0000]
+            assert conf["liq_sources"] == [0x7600_0000]
             specs = [spec_from_dict(s) for s in conf["specs"]]
             assert [s.symbol for s in specs] == [1, 2]
             btc = specs[0]
@@ -121,13 +127,47 @@ def test_the_gateway_and_the_oracle_get_their_configuration_and_sources():
     assert orc.args[:2] == ["oracle", "--config"]
     o = json.loads(orc.args[2])
     assert (o["source"], o["control"]) == (0x7100_0000, orc.control)
-    assert [s["in"] for s in o["shards"]] == ["in.te.0", "in.te.1"]
+    assert [s["in"] for s in o["shards"]] == ["in.te.0", "in.te.1", "in.liq"]
     assert [(s["symbol_id"], s["start_ticks"]) for s in o["symbols"]] == [(1, 100_000),
                                                                           (2, 60_000)]
     assert topo.trading["gateway"] == g["listen"] and topo.trading["demo_accounts"] is True
     # the plan survives the state file (seqex.json) that the client verbs read
     again = topology.Topology.from_json(topo.to_json())
     assert again.trading == topo.trading and again.by_name("gateway0").extra == gw.extra
+
+
+def test_in_liq_takes_what_concerns_the_liqengine_and_the_marks():
+    """docs/liqengine.md §1-2: out.te.N and out.ce.SYM by route bit 63, under their own source
+    ids; the marks from the oracle; one hot and one warm LiqEngine replica."""
+    topo = topology.load()
+    seq = topo.by_name("sequencer.liq")
+    assert arg(seq, "--stream") == "in.liq"
+    ups = [upstream(u) for u in args(seq, "--upstream")]
+    bit63 = hex(1 << 63)
+    assert [(u["stream"], int(u["source"]), u["route"]) for u in ups] == [
+        ("out.te.0", 0x7400_0000, bit63), ("out.te.1", 0x7400_0001, bit63),
+        ("out.ce.BTCUSDT", 0x7500_0001, bit63), ("out.ce.ETHUSDT", 0x7500_0002, bit63)]
+    assert arg(topo.by_name("mirror.liq"), "--stream") == "out.liq"
+    reps = [p for p in topo.procs if p.stream == "in.liq" and p.role.startswith("replica-")]
+    assert [(p.name, p.role) for p in reps] == [("liq.hot0", "replica-hot"),
+                                                ("liq.warm0", "replica-warm")]
+    for p in reps:
+        assert arg(p, "--engine") == "liqengine"
+        conf = json.loads(arg(p, "--engine-config"))
+        assert conf["n_shards"] == 2 and conf["oracle_sources"] == [0x7100_0000]
+        assert conf["te_sources"] == {str(0x7400_0000): 0, str(0x7400_0001): 1}
+        assert conf["ce_sources"] == {str(0x7500_0001): 1, str(0x7500_0002): 2}
+        assert [s["symbol"] for s in conf["specs"]] == [1, 2]
+    assert topo.trading["liq"]["insurance_fund"] == 50_000 * 10**8
+
+
+def test_without_the_liqengine_nothing_names_it(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text(topology.DEFAULT.replace("liq = true", "liq = false"))
+    topo = topology.load(str(path))
+    assert not [p for p in topo.procs if "liq" in p.name] and "liq" not in topo.trading
+    for p in topo.procs:
+        assert "out.liq" not in " ".join(p.args) and "liq_sources" not in " ".join(p.args)
 
 
 def test_the_gateway_and_the_oracle_may_write_only_their_source_ids(tmp_path):
@@ -155,8 +195,8 @@ def error(tmp_path, text):
 
 
 @pytest.mark.parametrize("extra, trading, want", [
-    ("", "shards = 0\n", "trading.shards: must be in 1 .. 64, got 0"),
-    ("", "shards = 65\n", "trading.shards: must be in 1 .. 64"),
+    ("", "shards = 0\n", "trading.shards: must be in 1 .. 63, got 0"),
+    ("", "shards = 65\n", "trading.shards: must be in 1 .. 63"),
     ("", "oracle = \"real\"\n", "trading.oracle: must be one of 'simulated', 'off'"),
     ("", "gateway = 1\n", "trading.gateway: must be true or false"),
     ("", "shard = 2\n", "trading.shard: unknown key"),
