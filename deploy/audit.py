@@ -55,11 +55,14 @@ def _equity(acct, marks: dict, specs: dict) -> tuple[int, int]:
     return acct.balance, upnl
 
 
-def te_books(te, name: str, stream: str) -> EngineBooks:
+def te_books(te, name: str, stream: str, marks: dict | None = None) -> EngineBooks:
+    """A shard's figures, its positions valued at ``marks`` (one set for every engine, so that
+    the clearing accounts of two engines cancel; a shard's own total does not depend on it)."""
+    marks = {**te.marks, **(marks or {})}
     b = EngineBooks(name, stream, seq=te.seq)
     b.deposits = te.deposits - te.withdrawals
     for acct in te.accounts.values():
-        bal, upnl = _equity(acct, te.marks, te.specs)
+        bal, upnl = _equity(acct, marks, te.specs)
         b.wallets += bal
         b.upnl += upnl
     b.fees = te.fee_pool + te.dust
@@ -67,7 +70,7 @@ def te_books(te, name: str, stream: str) -> EngineBooks:
         if sw[0] == 1:                   # SWEEP_FUNDING: taken in, not yet paid out
             b.fees += sw[5] - sw[6]
     for acct in (te.clearing, te.liquidation):
-        bal, upnl = _equity(acct, te.marks, te.specs)
+        bal, upnl = _equity(acct, marks, te.specs)
         b.clearing += bal + upnl
         for sym, pos in acct.positions.items():
             if pos.size:
@@ -75,13 +78,20 @@ def te_books(te, name: str, stream: str) -> EngineBooks:
     return b
 
 
-def liq_books(liq, name: str, stream: str) -> EngineBooks:
+def liq_books(liq, name: str, stream: str, marks: dict | None = None) -> EngineBooks:
+    """The LiqEngine: the fund (net of what it owes), LIQ's positions at mark, and its clearing
+    account (the shards' side of every takeover, deficit, ADL and close-out fill)."""
+    marks = {**liq.marks, **(marks or {})}
     b = EngineBooks(name, stream, seq=liq.seq)
-    f = liq.books()
-    b.deposits = f["deposits"]
-    b.fund = f["fund"]
-    b.clearing = f["clearing"]
-    b.clearing_positions = dict(f["clearing_positions"])
+    b.deposits = liq.deposits
+    b.fund = liq.fund - liq.fund_debt
+    b.clearing = liq.clearing_balance
+    for sym, (size, cost, _realised) in liq.liq.items():
+        b.fund += size * marks.get(sym, 0) * liq.specs[sym].value - cost
+    for sym, (size, cost) in liq.clearing.items():
+        b.clearing += size * marks.get(sym, 0) * liq.specs[sym].value - cost
+        if size:
+            b.clearing_positions[sym] = size
     return b
 
 
@@ -154,15 +164,54 @@ def audit(topo, every: int = 1, progress=None) -> Report:
                for sh in topo.trading["shards"]]
     if topo.trading.get("liq"):
         streams.append(("liq", topo.trading["liq"]["in"], "liqengine"))
-    books = []
+    built = []
     for name, stream, engine in streams:
         config = _replica_config(topo, stream, engine)
-        eng, n, error = rebuild(engine, config, replicator, stream, None, every, progress)
-        b = te_books(eng, name, stream) if engine == "tradingengine" else \
-            liq_books(eng, name, stream)
+        if config is None:
+            raise RuntimeError(f"the cluster's seqex.json has no configuration for {stream}")
+        built.append((name, stream, engine, *rebuild(engine, config, replicator, stream, None,
+                                                     every, progress)))
+    marks = dict(built[0][3].marks) if built else {}
+    books = []
+    for name, stream, engine, eng, n, error in built:
+        b = te_books(eng, name, stream, marks) if engine == "tradingengine" else \
+            liq_books(eng, name, stream, marks)
         b.records, b.error = n, error
         books.append(b)
     return Report(books, time.monotonic() - started)
+
+
+def usdt(minor: int) -> str:
+    from deploy.trading import usdt as fmt
+    return ("-" if minor < 0 else "") + fmt(abs(minor))
+
+
+def render(r: Report) -> list[str]:
+    """The report as a person reads it (amounts in USDT)."""
+    per = ", ".join(f"{e.stream} {e.records:,} records" for e in r.engines)
+    lines = [f"seqex audit: every engine rebuilt from its log ({per}), its books checked after "
+             f"every record, in {r.seconds:.1f} s"]
+    for e in r.engines:
+        if e.error:
+            lines.append(f"  {e.name}: FAILED {e.error}")
+    sums = {k: sum(getattr(e, k) for e in r.engines)
+            for k in ("wallets", "upnl", "fees", "fund", "clearing")}
+    rows = [("users' wallets", sums["wallets"]), ("users' unrealised PnL", sums["upnl"]),
+            ("fee pools, dust, funding in flight", sums["fees"]),
+            ("insurance fund", sums["fund"]),
+            ("clearing between engines (0 at rest)", sums["clearing"]),
+            ("sum", r.total), ("deposits - withdrawals", r.expected)]
+    for label, v in rows:
+        lines.append(f"  {label:<38} {usdt(v):>24} USDT")
+    net = r.clearing_net()
+    if net:
+        lines.append(f"  clearing positions between engines do not net to zero (records in "
+                     f"flight, or a lost one): {net} (symbol: lots)")
+    if r.ok:
+        lines.append("  balanced: the sum equals deposits minus withdrawals to the minor unit")
+    elif r.total != r.expected:
+        lines.append(f"  UNBALANCED by {usdt(r.total - r.expected)} USDT")
+    return lines
 
 
 def _first_answering(addrs: list[str]) -> str:

@@ -537,6 +537,27 @@ def _rebuild(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(a: argparse.Namespace) -> int:
+    """One global check of the books, rebuilt from the logs alone (deploy/audit.py)."""
+    from deploy import audit
+    from deploy.supervisor import NotUp, read_state
+    try:
+        topo, _pid = read_state(a.data)
+    except NotUp as exc:
+        raise UsageError(f"seqex audit: {exc}") from None
+    if not getattr(topo, "trading", None):
+        raise UsageError(f"the cluster in {a.data} has no order path to audit")
+    try:
+        report = audit.audit(topo, every=a.every)
+    except (RuntimeError, TimeoutError) as exc:
+        raise UsageError(f"seqex audit: {exc}") from None
+    if a.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print("\n".join(audit.render(report)))
+    return 0 if report.ok else 1
+
+
 def cmd_ping(a: argparse.Namespace) -> int:
     from mq.control import ping
     stats = ping(a.addr, a.timeout)
@@ -884,6 +905,13 @@ def parser() -> Parser:
     s.add_argument("--to", type=SEQ)
     view_args(s)
     s.set_defaults(fn=cmd_replay)
+
+    s = sub.add_parser("audit", help="check every engine's books, rebuilt from the logs")
+    s.add_argument("--data", default="seqex-data")
+    s.add_argument("--every", type=int_range(1, 1 << 30), default=1,
+                   help="run each engine's audit every N records (default: after every one)")
+    s.add_argument("--json", action="store_true", help="the report as one JSON object")
+    s.set_defaults(fn=cmd_audit)
 
     for verb, fn in (("ping", cmd_ping), ("stop", cmd_stop)):
         s = sub.add_parser(verb, help=f"{verb} a seqex server")
