@@ -544,7 +544,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     try:
         topo, _pid = read_state(a.data)
     except NotUp as exc:
-        raise UsageError(f"seqex audit: {exc}") from None
+        raise UsageError(str(exc)) from None
     if not getattr(topo, "trading", None):
         raise UsageError(f"the cluster in {a.data} has no order path to audit")
     try:
