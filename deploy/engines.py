@@ -31,8 +31,13 @@ def _tradingengine(config: dict) -> Made:
 
 
 def _liqengine(config: dict) -> Made:
-    from liqengine.engine import LiqEngine
-    return LiqEngine.from_config(config), LiqEngine.restore
+    from liqengine.engine import LiqEngine, LiqSpec
+    specs = [LiqSpec(s["symbol"], s["value"], s.get("max_price", 1_000_000_000))
+             for s in config.get("specs", [])]
+    engine = LiqEngine(specs, config.get("n_shards", 1), te_sources=config.get("te_sources"),
+                       ce_sources=config.get("ce_sources"),
+                       oracle_sources=config.get("oracle_sources"))
+    return engine, LiqEngine.restore
 
 
 ENGINES: dict[str, Callable[[dict], Made]] = {"crossengine": _crossengine,
