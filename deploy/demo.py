@@ -308,6 +308,11 @@ async def run_demo(topo, rate: int, n_users: int, seconds: float | None, plain: 
 
 def main(data: str, rate: int, users: int, seconds: float | None, plain: bool,
          seed: int = 1, base_port: int | None = None) -> int:
+    def leave(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    # a closed terminal (SIGHUP) or a kill (SIGTERM) stops the cluster this demo started
+    signal.signal(signal.SIGHUP, leave)
+    signal.signal(signal.SIGTERM, leave)
     topo = _running_topology(data)
     proc = None
     if topo is None:
