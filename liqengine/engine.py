@@ -428,7 +428,7 @@ class LiqEngine:
                                "no such Adl in flight")
         cid, _account, _symbol, asked = adl
         co = self.closeouts[cid]
-        closed = -qty * co.side        # the account's change is opposite to LIQ's side
+        closed = qty * co.side         # the Adl asked for qty x side: the same sign
         if not 0 <= closed <= asked:
             raise EngineHalted(f"AdlApplied {adl_id} closed {qty} of {asked} asked")
         key = (account, symbol)
@@ -523,7 +523,7 @@ class LiqEngine:
         value = self.specs[symbol].value
         pos = self.liq[symbol]
         clr = self.clearing[symbol]
-        cost_change = signed * price * value - realised
+        cost_change = signed * price * value + realised
         pos[0] += signed
         pos[1] += cost_change
         pos[2] += realised
