@@ -161,10 +161,11 @@ class LiqVenue:
         n = abs(qty) if closed is None else closed
         signed = n if qty > 0 else -n
         size, cost = self.positions.get((account, symbol), (0, 0))
-        if n > abs(size) or (size > 0) == (signed > 0):
+        if n and (n > abs(size) or (size > 0) == (signed > 0)):
             raise ValueError(f"Adl {adl_id} cannot close {n} of a position of {size}")
-        cost -= cost * n // abs(size) if n < abs(size) else cost
-        size += signed
+        if n:
+            cost -= cost * n // abs(size) if n < abs(size) else cost
+            size += signed
         self.positions[(account, symbol)] = (size, cost)
         return self.te(account % self.n_shards,
                        te_adl_applied(adl_id, account, symbol, signed, price),
