@@ -46,14 +46,16 @@ class ReferenceLiqEngine(LiqEngine):
     def _rank(self, symbol: int, side: int) -> list[int]:
         mark = self.marks.get(symbol, 0)
         value = self.specs[symbol].value
+        # every account's equity, from one pass over every position (nothing kept between calls)
+        equity = dict(self.balances)
+        for (a, s), (z, k) in self.positions.items():
+            if self.marks.get(s):
+                equity[a] = equity.get(a, 0) + z * self.marks[s] * self.specs[s].value - k
         scored = []
         for account in self._side_holders(symbol, side):
             size, cost = self.positions[(account, symbol)]
-            equity = self.balances.get(account, 0)
-            for (a, s), (z, k) in self.positions.items():
-                if a == account and self.marks.get(s):
-                    equity += z * self.marks[s] * self.specs[s].value - k
-            scored.append((-Fraction(*_score(size, cost, mark, value, equity)), account))
+            scored.append((-Fraction(*_score(size, cost, mark, value, equity.get(account, 0))),
+                           account))
         return [a for _score_neg, a in sorted(scored)]
 
     def _indicator_symbols(self) -> list[int]:
