@@ -146,7 +146,7 @@ def bench_rankings(snap: bytes, cls, rounds: int) -> tuple[float, list]:
         for r in range(rounds):
             e.marks[1] = MARK + 1 + r
             e._dirty_all()
-            rankings.append((e._rank(1, 1), e._rank(1, -1)))
+            rankings.append((e.ranking(1, 1), e.ranking(1, -1)))
         return rankings
     return timed(go)
 

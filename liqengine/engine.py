@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from fractions import Fraction
-from functools import cmp_to_key
+from bisect import bisect_left, insort
 from typing import NamedTuple
 
 import msgpack
@@ -133,16 +133,22 @@ def _score(size: int, cost: int, mark: int, value: int, equity: int) -> tuple[in
     return upnl * equity, abs_cost * notional
 
 
-def _exact_cmp(a: tuple, b: tuple) -> int:
-    """Higher score first, then the lower account id: a and b are (key, account, num, den)."""
-    lhs = a[2] * b[3]
-    rhs = b[2] * a[3]
-    if lhs != rhs:
-        return -1 if lhs > rhs else 1
-    return -1 if a[1] < b[1] else (1 if a[1] > b[1] else 0)
+class _Exact:
+    """A score num / den (den > 0) that sorts higher first, comparing exactly (no rounding).
+    It is the second item of a ranking key, compared only when the scaled keys tie."""
+    __slots__ = ("num", "den")
 
+    def __init__(self, num: int, den: int) -> None:
+        self.num = num
+        self.den = den
 
-_EXACT_KEY = cmp_to_key(_exact_cmp)
+    def __lt__(self, other: _Exact) -> bool:
+        return self.num * other.den > other.num * self.den
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Exact) and self.num * other.den == other.num * self.den
+
+    __hash__ = None   # type: ignore[assignment]
 
 
 class LiqEngine:
@@ -211,7 +217,10 @@ class LiqEngine:
         self._deadlines: deque = deque()
         self._holders: dict[int, dict[int, None]] = {s: {} for s in self.specs}
         self._acct_syms: dict[int, dict[int, None]] = {}
-        self._rank_cache: dict[tuple[int, int], list[int]] = {}
+        # (symbol, side) -> the ranking keys in order, and each account's key: built when
+        # first needed, kept up to date one account at a time, dropped when a mark changes
+        self._rank_cache: dict[tuple[int, int], list[tuple]] = {}
+        self._rank_index: dict[tuple[int, int], dict[int, tuple]] = {}
         for co in self.closeouts.values():
             if co.coid:
                 self._by_coid[co.coid] = co.cid
@@ -374,16 +383,18 @@ class LiqEngine:
             self.published.pop(key, None)
             self.ind_pending.pop(key, None)
         # the account's equity changed with its position: every symbol it holds ranks anew
-        self._dirty(symbol)
+        self.ind_dirty[symbol] = None
         for sym in self._account_symbols(account):
-            self._dirty(sym)
+            self.ind_dirty[sym] = None
+        self._rekey(account, symbol)
 
     def _account_status(self, account: int, balance: int) -> None:
         if account >= c.RESERVED_ACCOUNT_MIN or self.balances.get(account) == balance:
             return
         self.balances[account] = balance
         for sym in self._account_symbols(account):
-            self._dirty(sym)
+            self.ind_dirty[sym] = None
+        self._rekey(account, 0)
 
     def _takeover(self, shard: int, ev: tuple) -> None:
         """TE event 8: LIQ takes the position at the bankruptcy price; the fund receives the
@@ -664,7 +675,8 @@ class LiqEngine:
             pending = self.adl_pending
             positions = self.positions
             symbol = co.symbol
-            for account in ranking:
+            for item in ranking:
+                account = item[-1]
                 if co.unassigned == 0:
                     break
                 if account in co.tried:
@@ -706,45 +718,66 @@ class LiqEngine:
         positions = self.positions
         return [a for a in self._holders[symbol] if (positions[(a, symbol)][0] > 0) == (side > 0)]
 
-    def _rank(self, symbol: int, side: int) -> list[int]:
+    def ranking(self, symbol: int, side: int) -> list[int]:
         """The accounts holding ``side`` (+1 longs, -1 shorts) of ``symbol``, first in line
         first (docs/liqengine.md §6)."""
-        key = (symbol, side)
-        cached = self._rank_cache.get(key)
+        return [item[-1] for item in self._rank(symbol, side)]
+
+    def _key(self, account: int, symbol: int, size: int, cost: int, equity: int) -> tuple:
+        num, den = _score(size, cost, self.marks.get(symbol, 0), self.specs[symbol].value,
+                          equity)
+        return (-((num << SCALE_BITS) // den), _Exact(num, den), account)
+
+    def _rank(self, symbol: int, side: int) -> list[tuple]:
+        """The ranking keys of a side, in order; the account is each key's last item. A key
+        is (minus the score scaled by 2**64 and floored, the exact score, the account): the
+        integer decides unless two scores share it, then the exact rationals, then the id."""
+        ck = (symbol, side)
+        cached = self._rank_cache.get(ck)
         if cached is not None:
             return cached
-        mark = self.marks.get(symbol, 0)
-        value = self.specs[symbol].value
         positions = self.positions
         equity = self._equity
-        items = []
+        key = self._key
+        index = {}
         for account in self._side_holders(symbol, side):
             size, cost = positions[(account, symbol)]
-            num, den = _score(size, cost, mark, value, equity(account))
-            items.append((-((num << SCALE_BITS) // den), account, num, den))
-        items.sort()
-        # equal keys: the exact rational order (the floor of two scores can tie)
-        i = 0
-        n = len(items)
-        while i < n:
-            j = i + 1
-            k = items[i][0]
-            while j < n and items[j][0] == k:
-                j += 1
-            if j - i > 1:
-                items[i:j] = sorted(items[i:j], key=_EXACT_KEY)
-            i = j
-        ranking = [it[1] for it in items]
-        self._rank_cache[key] = ranking
-        return ranking
+            index[account] = key(account, symbol, size, cost, equity(account))
+        keys = sorted(index.values())
+        self._rank_cache[ck] = keys
+        self._rank_index[ck] = index
+        return keys
 
-    def _dirty(self, symbol: int) -> None:
-        self._rank_cache.pop((symbol, 1), None)
-        self._rank_cache.pop((symbol, -1), None)
-        self.ind_dirty[symbol] = None
+    def _rekey(self, account: int, symbol: int) -> None:
+        """The account's position in ``symbol`` or its equity changed: move its keys in the
+        rankings built so far (its equity reaches every symbol it holds)."""
+        cache = self._rank_cache
+        if not cache:
+            return
+        syms = list(self._account_symbols(account))
+        if symbol and symbol not in syms:
+            syms.append(symbol)
+        equity = None
+        for sym in syms:
+            pos = self.positions.get((account, sym))
+            for side in (1, -1):
+                keys = cache.get((sym, side))
+                if keys is None:
+                    continue
+                index = self._rank_index[(sym, side)]
+                old = index.pop(account, None)
+                if old is not None:
+                    del keys[bisect_left(keys, old)]
+                if pos is not None and (pos[0] > 0) == (side > 0):
+                    if equity is None:
+                        equity = self._equity(account)
+                    new = self._key(account, sym, pos[0], pos[1], equity)
+                    insort(keys, new)
+                    index[account] = new
 
     def _dirty_all(self) -> None:
         self._rank_cache.clear()
+        self._rank_index.clear()
         for s in self.specs:
             self.ind_dirty[s] = None
 
@@ -760,7 +793,8 @@ class LiqEngine:
                 for side in (1, -1):
                     ranking = self._rank(symbol, side)
                     n = len(ranking)
-                    for r, account in enumerate(ranking):
+                    for r, item in enumerate(ranking):
+                        account = item[-1]
                         q = 5 - 5 * r // n
                         k = (account, symbol)
                         if self.published.get(k) != q:

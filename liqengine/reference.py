@@ -43,7 +43,7 @@ class ReferenceLiqEngine(LiqEngine):
         return [a for (a, s), (size, _cost) in self.positions.items()
                 if s == symbol and (size > 0) == (side > 0)]
 
-    def _rank(self, symbol: int, side: int) -> list[int]:
+    def _rank(self, symbol: int, side: int) -> list[tuple]:
         mark = self.marks.get(symbol, 0)
         value = self.specs[symbol].value
         # every account's equity, from one pass over every position (nothing kept between calls)
@@ -56,7 +56,10 @@ class ReferenceLiqEngine(LiqEngine):
             size, cost = self.positions[(account, symbol)]
             scored.append((-Fraction(*_score(size, cost, mark, value, equity.get(account, 0))),
                            account))
-        return [a for _score_neg, a in sorted(scored)]
+        return sorted(scored)
+
+    def _rekey(self, account: int, symbol: int) -> None:
+        pass
 
     def _indicator_symbols(self) -> list[int]:
         return sorted(self.specs)

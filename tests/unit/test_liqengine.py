@@ -46,7 +46,7 @@ def close_out_to_adl(v: LiqVenue, account: int, size: int, bp: int) -> list:
 def test_bitmex_worked_adl_example():
     v = venue()
     bitmex_longs(v)
-    ranking = v.engine._rank(1, 1)
+    ranking = v.engine.ranking(1, 1)
     assert ranking == [2, 5, 4, 1, 6, 3]
     events = close_out_to_adl(v, 9, -20, 650)
     adls = kinds(events, c.ADL)
@@ -89,7 +89,7 @@ def test_ranking_is_exact_where_scaled_keys_tie():
     e._init_indexes()
     r = ReferenceLiqEngine([LiqSpec(1, 1)], 1)
     r.marks, r.positions, r.balances = e.marks, e.positions, e.balances
-    assert e._rank(1, 1) == r._rank(1, 1) == [2, 1, 3]
+    assert e.ranking(1, 1) == r.ranking(1, 1) == [2, 1, 3]
 
 
 def test_negative_pnl_ranks_by_pnl_over_leverage():
@@ -100,7 +100,7 @@ def test_negative_pnl_ranks_by_pnl_over_leverage():
     v.position(1, 1, 10, 110, balance=10_000)       # -9.1%, leverage 0.1
     v.position(2, 1, 10, 110, balance=2_000)        # -9.1%, leverage 0.5
     v.position(3, 1, 10, 99, balance=1_000_000)     # a gain, however small the leverage
-    assert v.engine._rank(1, 1) == [3, 2, 1]
+    assert v.engine.ranking(1, 1) == [3, 2, 1]
 
 
 def test_fund_gain_and_loss_to_the_minor_unit():
@@ -227,7 +227,7 @@ def test_snapshot_restores_the_same_state():
     data = v.engine.snapshot()
     e2 = LiqEngine.restore(data)
     assert e2.state_hash() == v.engine.state_hash()
-    assert e2._rank(1, 1) == v.engine._rank(1, 1)
+    assert e2.ranking(1, 1) == v.engine.ranking(1, 1)
     adl = min(v.adls)
     account, symbol, qty, price = v.adls[adl]
     payload = te_adl_applied(adl, account, symbol, qty, price)
