@@ -737,12 +737,39 @@ class LiqEngine:
         if cached is not None:
             return cached
         positions = self.positions
-        equity = self._equity
-        key = self._key
+        balances = self.balances
+        acct_syms = self._acct_syms
+        # per symbol: mark x value (0 with no mark: valued at cost, no PnL)
+        mv = {s: self.marks.get(s, 0) * spec.value for s, spec in self.specs.items()}
+        mark = self.marks.get(symbol, 0)
+        m_v = mv[symbol]
         index = {}
-        for account in self._side_holders(symbol, side):
+        for account in self._holders[symbol]:
             size, cost = positions[(account, symbol)]
-            index[account] = key(account, symbol, size, cost, equity(account))
+            if (size > 0) != (side > 0):
+                continue
+            equity = balances.get(account, 0)
+            for sym in acct_syms[account]:
+                z, k = positions[(account, sym)]
+                if mv[sym]:
+                    equity += z * mv[sym] - k
+            if equity <= 0:
+                equity = 1
+            # _score() written out (this loop runs over every position of the side)
+            abs_cost = cost if cost > 0 else -cost
+            if mark:
+                notional = size * m_v
+                upnl = notional - cost
+                if notional < 0:
+                    notional = -notional
+            else:
+                upnl = 0
+                notional = abs_cost
+            if upnl >= 0:
+                num, den = upnl * notional, abs_cost * equity
+            else:
+                num, den = upnl * equity, abs_cost * notional
+            index[account] = (-((num << SCALE_BITS) // den), _Exact(num, den), account)
         keys = sorted(index.values())
         self._rank_cache[ck] = keys
         self._rank_index[ck] = index
