@@ -84,6 +84,7 @@ class LiqVenue:
         self.adls: dict[int, tuple] = {}     # adl id -> (account, symbol, qty, price)
         self.indicators: dict[tuple[int, int], int] = {}
         self.outputs: list[bytes] = []
+        self.log: list[tuple] = []           # every input record: (seq, ts_ns, kind, payload, source)
         self.positions: dict[tuple[int, int], tuple[int, int]] = {}   # the TradingEngines'
 
     # -- records ---------------------------------------------------------------------------------
@@ -91,6 +92,7 @@ class LiqVenue:
     def apply(self, kind: int, payload: bytes, source: int = OPERATOR, dt_ns: int = 1000) -> list:
         self.seq += 1
         self.ts_ns += dt_ns
+        self.log.append((self.seq, self.ts_ns, kind, payload, source))
         out = self.engine.apply(self.seq, self.ts_ns, kind, payload, source)
         route = self.engine.route
         for shadow in self.shadows:
