@@ -34,9 +34,9 @@ equal keys again by the exact rational score, so the order is exactly the ration
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left, insort
 from collections import deque
 from fractions import Fraction
-from bisect import bisect_left, insort
 from typing import NamedTuple
 
 import msgpack

@@ -15,6 +15,7 @@ OPERATOR = 0xFFFF_FFFE
 ORACLE = c.ORACLE_SOURCE_BASE
 _TE = c.TE_EVENT_STRUCTS
 _CE = c.CE_EVENT_STRUCTS
+DEFAULT_SPECS = (LiqSpec(1, 1), LiqSpec(2, 100))
 
 
 def te_account(account: int, balance: int) -> bytes:
@@ -60,7 +61,7 @@ def ce_cancelled(order_id: int, coid: int, qty: int, kind: int = c.CE_CANCELLED)
 class LiqVenue:
     """One LiqEngine on ``n_shards`` TradingEngines and one CrossEngine per symbol."""
 
-    def __init__(self, specs=(LiqSpec(1, 1), LiqSpec(2, 100)), n_shards: int = 2,
+    def __init__(self, specs=DEFAULT_SPECS, n_shards: int = 2,
                  shadows=(), check: bool = True, window_ns: int = 200_000_000,
                  interval_ns: int = 1_000_000_000, output_budget: int | None = None) -> None:
         self.specs = {s.symbol: s for s in specs}
