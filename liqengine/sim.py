@@ -81,6 +81,7 @@ class LiqVenue:
         self.next_order_id = 1 << 40
         self.next_trade_id = 1
         self.orders: dict[int, dict] = {}    # LIQ's orders by client order id (sent or live)
+        self.sent: list[int] = []            # client order ids of orders sent, in order
         self.cancels: list[tuple[int, int]] = []   # (symbol, coid) of cancels not answered
         self.adls: dict[int, tuple] = {}     # adl id -> (account, symbol, qty, price)
         self.indicators: dict[tuple[int, int], int] = {}
@@ -118,6 +119,7 @@ class LiqVenue:
                     coid, price, qty, _acct, side, _t, tif, _f, _s = c.CE_NEW_ORDER_S.unpack(cmd)
                     self.orders[coid] = {"symbol": symbol, "side": side, "price": price,
                                          "qty": qty, "tif": tif, "order_id": 0}
+                    self.sent.append(coid)
                 else:
                     _oid, coid, _acct = c.CE_CANCEL_S.unpack(cmd)
                     self.cancels.append((symbol, coid))
