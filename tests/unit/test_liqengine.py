@@ -235,3 +235,39 @@ def test_snapshot_restores_the_same_state():
     assert e2.apply(v.seq + 1, v.ts_ns + 1, 0, payload, src) == v.engine.apply(
         v.seq + 1, v.ts_ns + 1, 0, payload, src)
     assert e2.state_hash() == v.engine.state_hash()
+
+
+def test_mass_cancel_moves_live_limits_to_ioc():
+    """A book-wide MassCancelled takes LIQ's accepted limits (ids up to its last id) out of
+    the book: each close-out goes on to its IOC; an order not yet accepted is not touched."""
+    from liqengine.sim import _CE
+    v = venue()
+    v.hand_off(7, 1, 5, 100)
+    first = max(v.orders)
+    v.accept(first)
+    v.hand_off(8, 1, 3, 90)
+    second = max(v.orders)
+    last_id = v.orders[first]["order_id"]
+    events = v.ce(1, _CE[c.CE_MASS_CANCELLED].pack(c.CE_MASS_CANCELLED, c.CE_SCOPE_BOOK, 0, 0,
+                                                   5, 1, last_id))
+    cmds = kinds(events, c.CE_COMMAND)
+    assert len(cmds) == 1 and c.CE_NEW_ORDER_S.unpack(cmds[0][4])[6] == c.IOC
+    assert v.engine.closeouts[2].coid == second
+
+
+def test_liq_trading_with_itself_fills_both_close_outs():
+    """LIQ long from one handoff and short from another in one symbol: its sell and buy cross
+    in the book; both legs of the trade are LIQ's and each close-out books its own."""
+    from liqengine.sim import ce_trade
+    v = venue()
+    v.hand_off(7, 2, 4, 100)
+    sell = max(v.orders)
+    v.accept(sell)
+    v.hand_off(8, 2, -4, 104)
+    buy = max(v.orders)
+    v.accept(buy)
+    maker, taker = v.orders[sell]["order_id"], v.orders[buy]["order_id"]
+    events = v.ce(2, ce_trade(50, maker, taker, c.LIQ_ACCOUNT, c.LIQ_ACCOUNT, 100, 4, c.BUY))
+    # the long realises 0 at its bankruptcy price, the short (100 vs 104) gains 4 x 4 x 100
+    assert kinds(events, c.FUND_CHANGED) == [(4, 1600, 1600, c.FUND_CLOSE_OUT)]
+    assert v.engine.closeouts == {} and v.engine.liq[2] == [0, 0, 1600]
