@@ -271,3 +271,24 @@ def test_liq_trading_with_itself_fills_both_close_outs():
     # the long realises 0 at its bankruptcy price, the short (100 vs 104) gains 4 x 4 x 100
     assert kinds(events, c.FUND_CHANGED) == [(4, 1600, 1600, c.FUND_CLOSE_OUT)]
     assert v.engine.closeouts == {} and v.engine.liq[2] == [0, 0, 1600]
+
+
+def test_two_iocs_in_flight_cannot_spend_the_same_money():
+    """Fund 1000, two longs of 5 lots (value 100) at bankruptcy 100: the first IOC goes at
+    100 - 1000 // 500 = 98 and reserves all 1000; the second finds nothing free and goes at 100.
+    Both fill at their prices: the fund ends at exactly 0."""
+    v = venue()
+    v.deposit(1, 1000)
+    v.hand_off(7, 2, 5, 100)
+    v.hand_off(8, 2, 5, 100)
+    for coid in sorted(v.orders):
+        v.accept(coid)
+    v.tick(WINDOW)
+    v.answer_cancel()
+    v.answer_cancel()
+    iocs = sorted(k for k, o in v.orders.items() if o["tif"] == c.IOC)
+    assert [v.orders[k]["price"] for k in iocs] == [98, 100]
+    assert v.engine.reserved == 1000
+    v.accept(iocs[0], fills=[(5, 98)])
+    v.accept(iocs[1], fills=[(5, 100)])
+    assert v.engine.fund == 0 and v.engine.reserved == 0 and v.engine.closeouts == {}
