@@ -18,7 +18,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 
 SRC_PAYLOAD = "<QQ"  # produce's payload prefix: (source_seq, send time ns), then padding
@@ -580,54 +579,13 @@ def cmd_stop(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    """Two replicators, a sequencer (quorum), three producers and a live subscriber on
-    loopback; prints throughput, end-to-end latency and the log position every second."""
-    import struct
-
-    from deploy.local import LogCluster
-    from mq.record import decode
-    from mq.subscriber import Subscriber
-
-    data = a.data or tempfile.mkdtemp(prefix="seqex-demo-")
-    stream = "in.demo"
-    prefix = struct.Struct(SRC_PAYLOAD)
-    print(f"seqex demo: data and logs in {data}")
-    with LogCluster(data, stream, replicators=2, policy="quorum") as cluster:
-        cluster.start()
-        group, reps, prod_addr = cluster.group, cluster.rep_addrs, cluster.prod_addr
-        sub = Subscriber(stream, cluster.pub_addr, reps)
-        per_source = a.rate // 3
-        count = per_source * a.seconds
-        for src in (1, 2, 3):
-            group.spawn(f"producer{src}", ["produce", "--sequencer", prod_addr,
-                                           "--source", str(src), "--count", str(count),
-                                           "--rate", str(per_source), "--batch", "16"])
-        print(f"{'t':>4} {'seq':>10} {'records/s':>10} {'p50 us':>8} {'p99 us':>8} {'ticks':>6}")
-        t0 = time.monotonic()
-        next_report = t0 + 1
-        lat: list[int] = []
-        n = ticks = 0
-        while time.monotonic() - t0 < a.seconds + 2:
-            for _f, _l, frame in sub.poll(100):
-                now = time.time_ns()
-                for r in decode(frame):
-                    if r[2] == 0:
-                        ticks += 1
-                    else:
-                        lat.append(now - prefix.unpack_from(r[6])[1])
-                        n += 1
-            if time.monotonic() >= next_report:
-                lat.sort()
-                p50 = lat[len(lat) // 2] / 1000 if lat else 0
-                p99 = lat[int(len(lat) * 0.99)] / 1000 if lat else 0
-                print(f"{time.monotonic() - t0:4.0f} {sub.next_seq - 1:>10} {n:>10} "
-                      f"{p50:8.0f} {p99:8.0f} {ticks:>6}", flush=True)
-                lat, n, ticks = [], 0, 0
-                next_report += 1
-        sub.close()
-        print(f"log holds {sub.next_seq - 1} records; replay them with:\n"
-              f"  seqex replay {stream} --replicator {reps[0]} --from 1 --to 20")
-    return 0
+    """The default cluster (the running one in --data, else started here), a robot trading
+    through the gateway with many accounts, and the live dashboard (deploy/demo.py)."""
+    from deploy import demo
+    try:
+        return demo.main(a.data, a.rate, a.users, a.seconds, a.plain, a.seed, a.base_port)
+    except (demo.DemoError, ConnectionError, OSError) as exc:
+        raise UsageError(f"seqex demo: {exc}") from None
 
 
 # -- argument types: each refuses bad input with one line --------------------------------------
@@ -961,11 +919,20 @@ def parser() -> Parser:
                    help="how long to wait for the outcome")
     s.set_defaults(fn=cmd_submit)
 
-    s = sub.add_parser("demo", help="run a local log cluster with live figures")
-    s.add_argument("--seconds", type=int_range(1, 86_400), default=10)
-    s.add_argument("--rate", type=int_range(3, 10**7), default=30_000,
-                   help="records/s offered in total")
-    s.add_argument("--data", help="directory for data and logs (default: a new temp dir)")
+    s = sub.add_parser("demo", help="the default cluster, a trading robot and a live dashboard")
+    s.add_argument("--data", default="seqex-data",
+                   help="the cluster's data directory (started here if nothing runs there)")
+    s.add_argument("--rate", type=int_range(1, 100_000), default=300,
+                   help="orders/s the robot offers in all (open loop)")
+    s.add_argument("--users", type=int_range(1, 500), default=20,
+                   help="robot users, one funded account each")
+    s.add_argument("--seconds", type=int_range(1, 7 * 86_400),
+                   help="stop after this long (default: until Ctrl-C)")
+    s.add_argument("--plain", action="store_true",
+                   help="a line every 2 s instead of the dashboard (also without a terminal)")
+    s.add_argument("--seed", type=int_range(0, (1 << 63) - 1), default=1)
+    s.add_argument("--base-port", type=int_range(1, 65535),
+                   help="first port of a cluster started here (default: the topology's)")
     s.set_defaults(fn=cmd_demo)
     return p
 

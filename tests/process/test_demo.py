@@ -1,0 +1,66 @@
+"""`seqex demo` as a person sees it: the default cluster started, the robot trading through the
+gateway, and the dashboard in a real terminal (tmux), read twice with capture-pane: its totals
+move, the processes are listed, and the trades show in the contract's units."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from deploy.procs import free_port_block
+from mq.control import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOTALS = re.compile(r"(\d+) sent (\d+) acked (\d+) trades (\d+) rejected")
+
+
+def capture(session: str) -> str:
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                          text=True).stdout
+
+
+def test_the_dashboard_moves_while_the_robot_trades(tmp_path):
+    data = str(tmp_path / "data")
+    session = f"seqex-demo-{os.getpid()}"
+    port = free_port_block(60)
+    cmd = (f"cd {REPO} && {sys.executable} -m deploy.cli demo --data {data} --base-port {port} "
+           f"--seconds 240 --rate 100 --users 8; sleep 600")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "70", cmd],
+                   check=True)
+    try:
+        def totals():
+            m = TOTALS.search(capture(session))
+            return m and tuple(int(x) for x in m.groups())
+        try:
+            first = wait_until(lambda: (t := totals()) and t[1] > 0 and t, 420,
+                               "the dashboard's first acknowledgements")
+        except TimeoutError:
+            log = os.path.join(data, "up.log")
+            up = open(log).read()[-3000:] if os.path.exists(log) else "(no up.log)"
+            raise AssertionError(f"screen:\n{capture(session)}\nup.log:\n{up}") from None
+        screen = capture(session)
+        (tmp_path / "dashboard-1.txt").write_text(screen)
+        assert "processes" in screen and "gateway0" in screen and "BTCUSDT" in screen
+        assert "SIMULATED" in screen
+        later = wait_until(lambda: (t := totals()) and t[0] > first[0] + 200 and
+                           t[1] > first[1] + 100 and t, 120, "the totals to move")
+        screen = capture(session)
+        (tmp_path / "dashboard-2.txt").write_text(screen)
+        assert later[2] >= first[2] and later[3] == 0, screen
+        # trades show with the contract's price (thousands separators, two decimals)
+        assert re.search(r"(BTCUSDT|ETHUSDT)\s+│\s+(buy|sell)\s+│\s+[\d,]+\.\d\d", screen), screen
+        assert "Traceback" not in screen
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        # the demo's cluster is a child of the killed pane: stop whatever it left
+        subprocess.run([sys.executable, "-m", "deploy.cli", "down", "--data", data],
+                       capture_output=True, timeout=120)
+        wait_until(lambda: not os.path.exists(os.path.join(data, "seqex.pid")) or
+                   subprocess.run(["pgrep", "-f", data], capture_output=True).returncode != 0,
+                   120, "the demo's cluster to stop")

@@ -1,0 +1,294 @@
+"""The LiqEngine's rules on worked examples: BitMEX's ADL example, the insurance fund's gain
+and loss on a close-out to the minor unit (the example of docs/liqengine.md), a fund that never
+goes below zero, and rejections. Every record also runs through the naive reference in lockstep
+(LiqVenue compares the bytes) and the audit."""
+import pytest
+
+from liqengine import codec as c
+from liqengine.engine import EngineHalted, LiqEngine, LiqSpec, exact_score
+from liqengine.reference import ReferenceLiqEngine
+from liqengine.sim import OPERATOR, ORACLE, LiqVenue, te_adl_applied
+
+WINDOW = 200_000_000
+
+
+def venue(**kw) -> LiqVenue:
+    return LiqVenue(shadows=(ReferenceLiqEngine,), **kw)
+
+
+def kinds(events, kind):
+    return [e for e in events if e[0] == kind]
+
+
+def bitmex_longs(v: LiqVenue) -> None:
+    """Longs (account, qty, score) (1,10,3) (2,10,6) (3,20,1) (4,30,4) (5,20,5) (6,10,2) of
+    symbol 1 (value 1) at mark 640: each at leverage 1 (equity = its value at mark), so its
+    score is its PNL%, (mark - entry) / entry, and entry 640 - 20 x score ranks them so."""
+    v.mark(1, 640)
+    for account, qty, score in [(1, 10, 3), (2, 10, 6), (3, 20, 1), (4, 30, 4), (5, 20, 5),
+                                (6, 10, 2)]:
+        entry = 640 - 20 * score
+        upnl = qty * (640 - entry)
+        v.position(account, 1, qty, entry, balance=qty * 640 - upnl)
+
+
+def close_out_to_adl(v: LiqVenue, account: int, size: int, bp: int) -> list:
+    """Hand a position off and let the close-out fail: no fill at the limit, nor at the IOC."""
+    v.hand_off(account, 1, size, bp)
+    limit = max(v.orders)
+    v.accept(limit)
+    v.tick(WINDOW)
+    v.answer_cancel()
+    ioc = max(v.orders)
+    return v.accept(ioc)
+
+
+def test_bitmex_worked_adl_example():
+    v = venue()
+    bitmex_longs(v)
+    ranking = v.engine.ranking(1, 1)
+    assert ranking == [2, 5, 4, 1, 6, 3]
+    events = close_out_to_adl(v, 9, -20, 650)
+    adls = kinds(events, c.ADL)
+    # account 2 closes 10 and account 5 closes 10 of its 20, both at 650
+    assert [(a[2], a[3], a[4], a[5]) for a in adls] == [(2, 1, -10, 650), (5, 1, -10, 650)]
+    assert v.engine.route & (1 << 0)        # account 2 and 5: shards 0 and 1
+    for adl_id in sorted(v.adls):
+        v.apply_adl(adl_id)
+    assert v.engine.closeouts == {}
+    assert v.engine.liq[1][:2] == [0, 0]
+    assert v.engine.fund == 0
+
+
+def test_short_adl_goes_to_the_next_in_line():
+    """Account 5 closes 4 of the 10 asked (its position moved meanwhile): the 6 left go to
+    account 4, third in line."""
+    v = venue()
+    bitmex_longs(v)
+    close_out_to_adl(v, 9, -20, 650)
+    first, second = sorted(v.adls)
+    v.apply_adl(first)
+    events = v.apply_adl(second, closed=4)
+    assert [(a[2], a[4], a[5]) for a in kinds(events, c.ADL)] == [(4, -6, 650)]
+    v.apply_adl(max(v.adls))
+    assert v.engine.closeouts == {}
+
+
+def test_ranking_is_exact_where_scaled_keys_tie():
+    """Two scores closer than 2**-64 apart: the floor of the scaled key ties, the exact
+    rational order decides, and the account id only on a true tie."""
+    big = 10**30
+    a = exact_score(1, big, 0, 1, 1)
+    assert a == 0
+    e = LiqEngine([LiqSpec(1, 1)], 1)
+    e.marks[1] = 2
+    # upnl = 2*size - cost, notional 2*size; equity as given
+    e.positions = {(1, 1): (10**20, 10**20 * 2 - 1), (2, 1): (10**20, 10**20 * 2 - 2),
+                   (3, 1): (10**20, 10**20 * 2 - 1)}
+    e.balances = {1: 10**40, 2: 10**40, 3: 10**40}
+    e._init_indexes()
+    r = ReferenceLiqEngine([LiqSpec(1, 1)], 1)
+    r.marks, r.positions, r.balances = e.marks, e.positions, e.balances
+    assert e.ranking(1, 1) == r.ranking(1, 1) == [2, 1, 3]
+
+
+def test_negative_pnl_ranks_by_pnl_over_leverage():
+    """PNL% < 0: the score is PNL% / leverage, so of two equal losses the more leveraged one
+    ranks higher (a smaller loss per unit of leverage); any gain ranks above any loss."""
+    v = venue()
+    v.mark(1, 100)
+    v.position(1, 1, 10, 110, balance=10_000)       # -9.1%, leverage 0.1
+    v.position(2, 1, 10, 110, balance=2_000)        # -9.1%, leverage 0.5
+    v.position(3, 1, 10, 99, balance=1_000_000)     # a gain, however small the leverage
+    assert v.engine.ranking(1, 1) == [3, 2, 1]
+
+
+def test_fund_gain_and_loss_to_the_minor_unit():
+    """The worked example of docs/liqengine.md: a long of 10 lots (value 100 minor units per
+    tick per lot) handed off at bankruptcy 1000 with a residue of 500. LIQ's limit sell at
+    1000 takes a bid at 1003 for 4 lots: +1200. The 6 left do not fill within the window: the
+    IOC goes at 1000 - 1700 // 600 = 998, the worst price the fund (1700) can pay, and fills
+    there: -1200. The fund ends at 500, LIQ flat, realised 0."""
+    v = venue()
+    events = v.hand_off(7, 2, 10, 1000, residue=500)
+    assert kinds(events, c.TAKEOVER) == [(3, 1, 7, 2, 10, 1000, 500)]
+    assert kinds(events, c.FUND_CHANGED) == [(4, 500, 500, c.FUND_RESIDUE)]
+    limit = max(v.orders)
+    assert v.orders[limit]["side"] == c.SELL and v.orders[limit]["price"] == 1000
+    events = v.accept(limit, fills=[(4, 1003)])
+    assert kinds(events, c.FUND_CHANGED) == [(4, 1700, 1200, c.FUND_CLOSE_OUT)]
+    assert kinds(events, c.LIQ_POSITION) == [(7, 2, 6, 6 * 1000 * 100, 1200)]
+    v.tick(WINDOW)
+    events = v.answer_cancel()
+    ioc = max(v.orders)
+    assert v.orders[ioc]["price"] == 998 and v.orders[ioc]["tif"] == c.IOC
+    assert v.engine.reserved == 1200
+    events = v.accept(ioc, fills=[(6, 998)])
+    assert kinds(events, c.FUND_CHANGED) == [(4, 500, -1200, c.FUND_CLOSE_OUT)]
+    assert kinds(events, c.LIQ_POSITION) == [(7, 2, 0, 0, 0)]
+    assert v.engine.fund == 500 and v.engine.reserved == 0 and v.engine.closeouts == {}
+
+
+def test_short_close_out_better_than_bankruptcy():
+    """A short of 3 lots handed off at 500: LIQ buys back at 498 as taker, +2 x 3 x 100."""
+    v = venue()
+    v.hand_off(8, 2, -3, 500)
+    limit = max(v.orders)
+    assert v.orders[limit]["side"] == c.BUY
+    events = v.accept(limit, fills=[(3, 498)])
+    assert kinds(events, c.FUND_CHANGED) == [(4, 600, 600, c.FUND_CLOSE_OUT)]
+    assert v.engine.closeouts == {}
+
+
+def test_fund_never_below_zero():
+    """An empty fund sends the IOC at the bankruptcy price itself; a deficit larger than the
+    fund leaves a debt, not a negative fund; a deposit repays the debt first."""
+    v = venue()
+    v.deposit(1, 300)
+    events = v.te(0, b"".join([c.TE_EVENT_STRUCTS[10].pack(10, 4, 1000)]))
+    assert kinds(events, c.FUND_CHANGED) == [(4, 0, -300, c.FUND_DEFICIT)]
+    assert v.engine.fund == 0 and v.engine.fund_debt == 700
+    v.hand_off(6, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    assert v.orders[max(v.orders)]["price"] == 1000    # nothing to pay a worse price with
+    events = v.deposit(2, 1000)
+    assert kinds(events, c.FUND_CHANGED) == [(4, 300, 300, c.FUND_DEPOSIT_REASON)]
+    assert v.engine.fund_debt == 0
+    # a withdrawal beyond the free fund is refused
+    events = v.deposit(3, -301)
+    assert kinds(events, c.REJECTED) == [(6, c.CODES["fund_insufficient"], c.FUND_DEPOSIT, 3)]
+
+
+def test_rejections_from_a_wrong_source_and_unknown_kinds():
+    v = venue()
+    ev = v.apply(c.FUND_DEPOSIT, c.fund_deposit(5, 100), ORACLE)
+    assert ev == [(6, c.CODES["source_not_allowed"], c.FUND_DEPOSIT, 5)]
+    ev = v.apply(c.MARK_PRICE, c.mark_price(1, 100), 0x1234)
+    assert ev == [(6, c.CODES["source_not_allowed"], c.MARK_PRICE, 0)]
+    assert v.apply(c.MARK_PRICE, c.mark_price(1, 100), OPERATOR) == []
+    assert v.apply(99, b"", 0x1234) == [(6, c.CODES["kind_unknown"], 99, 0)]
+    assert v.apply(c.MARK_PRICE, b"\x00", ORACLE) == [(6, c.CODES["command_malformed"], 73, 0)]
+    assert v.apply(c.MARK_PRICE, c.mark_price(9, 100), ORACLE) == [
+        (6, c.CODES["symbol_unknown"], 73, 9)]
+    assert v.deposit(5, 0) == [(6, c.CODES["amount_invalid"], 90, 5)]
+    v.deposit(5, 10)
+    assert v.deposit(5, 10) == [(6, c.CODES["transfer_id_in_use"], 90, 5)]
+    assert v.engine.route == 0
+
+
+def test_a_payload_that_does_not_parse_halts():
+    v = venue(check=False)
+    with pytest.raises(EngineHalted):
+        v.engine.apply(1, 1, 0, b"\x63\x00", c.TE_SOURCE_BASE)
+    with pytest.raises(EngineHalted):
+        LiqVenue().te(0, te_adl_applied(5, 1, 1, 1, 1))   # an AdlApplied for no Adl
+
+
+def test_limit_rejected_goes_to_ioc_and_ioc_rejected_goes_to_adl():
+    v = venue()
+    v.mark(1, 640)
+    v.position(1, 1, 10, 600, balance=6000)
+    v.hand_off(9, 1, -5, 650)
+    v.reject(max(v.orders))
+    ioc = max(v.orders)
+    assert v.orders[ioc]["tif"] == c.IOC
+    events = v.reject(ioc)
+    assert [(a[2], a[4]) for a in kinds(events, c.ADL)] == [(1, -5)]
+
+
+def test_adl_waits_when_no_one_is_in_line_and_retries():
+    v = venue()
+    events = close_out_to_adl(v, 9, -20, 650)
+    assert kinds(events, c.ADL) == []
+    v.mark(1, 640)
+    v.position(1, 1, 30, 600, balance=6000)
+    assert kinds(v.tick(WINDOW), c.ADL) == [(2, 1, 1, 1, -20, 650)]
+
+
+def test_adl_indicators_published_on_change():
+    v = venue(interval_ns=1)
+    bitmex_longs(v)
+    v.tick()
+    # rank r of n (0 first) is in quintile 5 - 5r // n: of 6, ranks 0-1 in 5, then 4, 3, 2, 1
+    assert {a: q for (a, _s), q in v.indicators.items()} == {2: 5, 5: 5, 4: 4, 1: 3, 6: 2,
+                                                             3: 1}
+    assert kinds(v.tick(), c.ADL_INDICATOR) == []       # nothing changed: nothing published
+    events = v.position(3, 1, 20, 100, balance=20 * 640)   # account 3 now first in line
+    assert kinds(events, c.ADL_INDICATOR) == [(5, 3, 1, 5), (5, 5, 1, 4), (5, 4, 1, 3),
+                                              (5, 1, 1, 2), (5, 6, 1, 1)]
+
+
+def test_snapshot_restores_the_same_state():
+    v = venue()
+    bitmex_longs(v)
+    close_out_to_adl(v, 9, -20, 650)
+    data = v.engine.snapshot()
+    e2 = LiqEngine.restore(data)
+    assert e2.state_hash() == v.engine.state_hash()
+    assert e2.ranking(1, 1) == v.engine.ranking(1, 1)
+    adl = min(v.adls)
+    account, symbol, qty, price = v.adls[adl]
+    payload = te_adl_applied(adl, account, symbol, qty, price)
+    src = c.TE_SOURCE_BASE | (account % 2)
+    assert e2.apply(v.seq + 1, v.ts_ns + 1, 0, payload, src) == v.engine.apply(
+        v.seq + 1, v.ts_ns + 1, 0, payload, src)
+    assert e2.state_hash() == v.engine.state_hash()
+
+
+def test_mass_cancel_moves_live_limits_to_ioc():
+    """A book-wide MassCancelled takes LIQ's accepted limits (ids up to its last id) out of
+    the book: each close-out goes on to its IOC; an order not yet accepted is not touched."""
+    from liqengine.sim import _CE
+    v = venue()
+    v.hand_off(7, 1, 5, 100)
+    first = max(v.orders)
+    v.accept(first)
+    v.hand_off(8, 1, 3, 90)
+    second = max(v.orders)
+    last_id = v.orders[first]["order_id"]
+    events = v.ce(1, _CE[c.CE_MASS_CANCELLED].pack(c.CE_MASS_CANCELLED, c.CE_SCOPE_BOOK, 0, 0,
+                                                   5, 1, last_id))
+    cmds = kinds(events, c.CE_COMMAND)
+    assert len(cmds) == 1 and c.CE_NEW_ORDER_S.unpack(cmds[0][4])[6] == c.IOC
+    assert v.engine.closeouts[2].coid == second
+
+
+def test_liq_trading_with_itself_fills_both_close_outs():
+    """LIQ long from one handoff and short from another in one symbol: its sell and buy cross
+    in the book; both legs of the trade are LIQ's and each close-out books its own."""
+    from liqengine.sim import ce_trade
+    v = venue()
+    v.hand_off(7, 2, 4, 100)
+    sell = max(v.orders)
+    v.accept(sell)
+    v.hand_off(8, 2, -4, 104)
+    buy = max(v.orders)
+    v.accept(buy)
+    maker, taker = v.orders[sell]["order_id"], v.orders[buy]["order_id"]
+    events = v.ce(2, ce_trade(50, maker, taker, c.LIQ_ACCOUNT, c.LIQ_ACCOUNT, 100, 4, c.BUY))
+    # the long realises 0 at its bankruptcy price, the short (100 vs 104) gains 4 x 4 x 100
+    assert kinds(events, c.FUND_CHANGED) == [(4, 1600, 1600, c.FUND_CLOSE_OUT)]
+    assert v.engine.closeouts == {} and v.engine.liq[2] == [0, 0, 1600]
+
+
+def test_two_iocs_in_flight_cannot_spend_the_same_money():
+    """Fund 1000, two longs of 5 lots (value 100) at bankruptcy 100: the first IOC goes at
+    100 - 1000 // 500 = 98 and reserves all 1000; the second finds nothing free and goes at 100.
+    Both fill at their prices: the fund ends at exactly 0."""
+    v = venue()
+    v.deposit(1, 1000)
+    v.hand_off(7, 2, 5, 100)
+    v.hand_off(8, 2, 5, 100)
+    for coid in sorted(v.orders):
+        v.accept(coid)
+    v.tick(WINDOW)
+    v.answer_cancel()
+    v.answer_cancel()
+    iocs = sorted(k for k, o in v.orders.items() if o["tif"] == c.IOC)
+    assert [v.orders[k]["price"] for k in iocs] == [98, 100]
+    assert v.engine.reserved == 1000
+    v.accept(iocs[0], fills=[(5, 98)])
+    v.accept(iocs[1], fills=[(5, 100)])
+    assert v.engine.fund == 0 and v.engine.reserved == 0 and v.engine.closeouts == {}
