@@ -170,6 +170,52 @@ def transfer(data_dir: str, topo, account: int, amount_minor: int, withdraw: boo
                        f"{timeout_s:g} s (`seqex status`)")
 
 
+def fund_deposit(data_dir: str, topo, amount_minor: int, transfer_id: int,
+                 timeout_s: float = 15.0) -> str:
+    """One FundDeposit (kind 90, ``<Qq`` transfer id, amount) into in.liq from an operator
+    source; returns its outcome as a line, read from out.liq at the record's own seq."""
+    from deploy.client import ClientError
+    from liqengine import codec as lc
+    from mq.control import ping, replay
+    from mq.producer import Producer
+    from mq.record import decode
+    liq = _trading(topo).get("liq")
+    if not liq:
+        raise TradingError("this cluster has no LiqEngine ([trading] liq = false)")
+    with _operator_client(data_dir) as client:
+        if ping(liq["producers"], timeout_s=min(5.0, timeout_s)) is None:
+            raise ClientError(f"the sequencer of {liq['in']} does not answer on "
+                              f"{liq['producers']} (`seqex status`)")
+        prod = Producer(client.source, liq["producers"])
+        try:
+            prod.connect(timeout_s)
+            first, last = prod.submit(lc.FUND_DEPOSIT, [lc.fund_deposit(transfer_id,
+                                                                         amount_minor)])
+            seq = prod.seqs(first, last, timeout_s)[0]
+        finally:
+            prod.close()
+    deadline = time.monotonic() + timeout_s
+    while seq is not None and time.monotonic() < deadline:
+        for rep in liq["replicators"]:
+            try:
+                recs = [r for f in replay(rep, liq["out"], seq, seq, timeout_s=2.0)
+                        for r in decode(f)]
+            except (TimeoutError, OSError):
+                continue
+            if not recs:
+                continue
+            for e in lc.decode_events(bytes(recs[0][6])):
+                if e[0] == lc.FUND_CHANGED:
+                    return f"insurance fund deposit {transfer_id} done: fund {usdt(e[1])} USDT"
+                if e[0] == lc.REJECTED:
+                    return (f"insurance fund deposit {transfer_id} refused: "
+                            f"{lc.REJECT_CODES.get(e[1], e[1])}")
+            return f"insurance fund deposit {transfer_id}: answered before; nothing changed"
+        time.sleep(0.1)
+    raise TimeoutError(f"no outcome of the insurance fund deposit on {liq['out']} within "
+                       f"{timeout_s:g} s (`seqex status`)")
+
+
 # -- the demo users of the default topology ----------------------------------------------------
 
 def demo_path(data_dir: str) -> str:
@@ -233,5 +279,8 @@ def demo_deposits(topo, log=print) -> None:
             out = transfer(topo.data_dir, topo, account, minor_units(DEMO_DEPOSIT),
                            transfer_id=tid)
             log(f"  demo: {name}: {out.line()}")
+    fund = (t.get("liq") or {}).get("insurance_fund", 0)
+    if fund:
+        log(f"  demo: {fund_deposit(topo.data_dir, topo, fund, transfer_id=1)}")
     doc["deposited"] = True
     _write_demo(topo.data_dir, doc)
