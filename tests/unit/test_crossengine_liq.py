@@ -5,6 +5,8 @@ import importlib
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crossengine import codec as c
 from crossengine.engine import LIQ_EVENT_SIZES, CrossEngine
@@ -124,3 +126,37 @@ def test_a_snapshot_with_liq_sources_is_version_4_and_without_them_version_3():
     assert struct.unpack_from("<H", plain.snapshot(), 4)[0] == 3
     assert len(plain.snapshot()) == c.SNAP_HEADER_V3.size + 4
     assert CrossEngine.restore(plain.snapshot()).liq_sources == []
+
+
+liq_commands = st.one_of(
+    st.builds(lambda cl, side, price, qty, acct: (c.NEW_ORDER, c.new_order(cl, side, price, qty,
+                                                                           acct)),
+              st.integers(1, 20), st.sampled_from([c.BUY, c.SELL]), st.integers(95, 105),
+              st.integers(1, 10), st.sampled_from([1, 2, 5, LIQ])),
+    st.builds(lambda cl, acct: (c.CANCEL, c.cancel(0, cl, acct)), st.integers(1, 20),
+              st.sampled_from([1, LIQ])),
+    st.builds(lambda k, body: (k, body), st.sampled_from([c.HALT, 99]), st.binary(max_size=4)),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.sampled_from(sorted(OTHERS)),
+                                   st.tuples(st.sampled_from([1, 2]), liq_commands)),
+                         max_size=8), min_size=1, max_size=4),
+       st.integers(1, 63))
+def test_a_liq_payload_applies_exactly_its_commands_for_this_symbol(records, n_shards):
+    """Against a twin fed the same commands directly: the same events; and every output
+    route is the codec's (LIQ to bit 63 only)."""
+    from tests.unit.test_crossengine import expected_route
+    eng = CrossEngine(symbol_id=1, liq_sources=[LIQ_SRC], n_shards=n_shards)
+    twin = CrossEngine(symbol_id=1, n_shards=n_shards)
+    payloads = [b"".join(OTHERS[x] if isinstance(x, int) else liq_command(x[0], *x[1])
+                         for x in items) for items in records]
+    out = run(eng, [(LIQ_SRC, 1, p) for p in payloads])
+    for items, (route, events) in zip(records, out, strict=True):
+        want = b"".join(twin.apply(0, 0, k, body, LIQ_SRC)
+                        for sym, (k, body) in (x for x in items if not isinstance(x, int))
+                        if sym == 1)
+        assert events == want
+        assert route == expected_route(events, n_shards)
+    assert eng.book() == twin.book()
