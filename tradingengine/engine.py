@@ -367,6 +367,10 @@ class TradingEngine:
         # the LiqEngine (handoffs and deficits go to clearing); None or empty: as before
         self.liq_sources = sorted(_int(x) for x in liq_sources) if liq_sources else None
         self._liq_src = dict.fromkeys(self.liq_sources or ())
+        if any(x in self._ce_src or x in self._oracle_src or x in self._gateway_src
+               for x in self._liq_src):
+            raise ValueError("liq_sources names a source that is also a CrossEngine, oracle or "
+                             "gateway source")
         # sessions (docs/tradingengine.md "Sessions"): live ones by (user, session_id), the
         # finalized ids with the ts_ns they were finalized at (oldest first), the armed
         # cancel-on-disconnects (derived)

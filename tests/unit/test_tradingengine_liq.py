@@ -205,3 +205,10 @@ def test_snapshots_keep_liq_sources_and_stay_unchanged_without_them():
     state = msgpack.unpackb(plain.te.snapshot(), strict_map_key=False)
     assert state[0] == 5 and len(state[20]) == 3
     assert TradingEngine.restore(plain.te.snapshot()).snapshot() == plain.te.snapshot()
+
+
+def test_a_liq_source_is_no_other_kind_of_source():
+    with pytest.raises(ValueError, match="liq_sources"):
+        TradingEngine([spec(1)], liq_sources=[LIQ_SRC], oracle_sources=[LIQ_SRC])
+    with pytest.raises(ValueError, match="liq_sources"):
+        TradingEngine([spec(1)], liq_sources=[LIQ_SRC], ce_sources={LIQ_SRC: 1})
