@@ -170,12 +170,20 @@ def worst_case_sizes(max_fills: int = MAX_FILLS_LIMIT,
     }
 
 
+# -- the LiqEngine (docs/liqengine.md §1) -------------------------------------------------------
+# LIQ, the LiqEngine's account: an event naming it routes to bit 63 (ROUTE_LIQ), not to a shard
+LIQ_ACCOUNT = 0xFFFF_FFF0
+ROUTE_LIQ = 1 << 63
+
 # -- snapshots of an older version ------------------------------------------------------------
 SNAP_HEADER_V1 = struct.Struct("<4sHIqQQqQQQBQ")      # before max_fills / max_account_orders
 SNAP_HEADER_V2 = struct.Struct("<4sHIqQQqQIIQQBQ")
 # Version 3 (the current one) adds n_shards (u8) and the count of te_sources (u16); the
 # te_sources follow the header as u32s, then the orders.
 SNAP_HEADER_V3 = struct.Struct("<4sHIqQQqQIIQQBQBH")
+# Version 4 is version 3 plus the count of liq_sources (u16); they follow the te_sources as
+# u32s. It is written only by an engine with liq_sources (one without writes version 3).
+SNAP_HEADER_V4 = struct.Struct("<4sHIqQQqQIIQQBQBHH")
 
 
 def upgrade_snapshot(data: bytes) -> bytes:

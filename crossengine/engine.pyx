@@ -12,7 +12,9 @@ byte for byte. Layouts are those of crossengine/codec.py.
 Routes (docs/order-path.md §1): each output record's header carries, at offset 38, the bit
 ``account % n_shards`` of every account its events name (both sides of a trade), or every
 shard's bit for a book-wide event (MassCancelled of the whole book, SymbolHalted,
-SymbolResumed); ``in.te.N`` takes ``out.ce.SYM`` with the route mask ``1 << N``.
+SymbolResumed); ``in.te.N`` takes ``out.ce.SYM`` with the route mask ``1 << N``. Bit 63 is the
+LiqEngine's (docs/liqengine.md §1): an event naming LIQ_ACCOUNT sets it instead of that
+account's shard bit, and a book-wide event sets it too; so n_shards is at most 63.
 
 TradingEngine inputs (§2): a record whose header source is one of ``te_sources`` is a
 TradingEngine output payload (``out.te.N`` taken upstream). Its events are walked with sizes
@@ -22,6 +24,10 @@ its embedded kind from that source; the output record holds the events of all of
 Commands for other symbols are ignored. A payload this engine cannot walk (an unknown event
 type or template, a truncated event) is a deployment mismatch, not a client's error: it
 raises RuntimeError naming the record's seq and source, before any command of it is applied.
+LiqEngine inputs (docs/liqengine.md §2): a record from one of ``liq_sources`` is a LiqEngine
+output payload, walked with sizes mirrored from liqengine/codec.py (LIQ_EVENT_SIZES) and
+applied the same way (its CrossEngineCommand events for this symbol, in order; the same error
+on a payload it cannot walk).
 
 Bounded output: a taker meets at most ``max_fills`` makers, an account rests at most
 ``max_account_orders`` orders, CancelAll and MassCancel answer with one event, and the order
@@ -52,8 +58,10 @@ from mq.record import scan as _scan_frame
 cdef enum:
     HDR = 46                 # mq record header (mq/_frame.pyx); the route at 38
     ROUTE = 38               # offset of the route in the header
-    MAX_SHARDS = 64          # a route has 64 bits
+    MAX_SHARDS = 63          # a route has 64 bits; bit 63 is the LiqEngine's
     MAX_TE_SOURCES = 64
+    MAX_LIQ_SOURCES = 8
+    LIQ_CE_COMMAND = 1       # liqengine/codec.py CrossEngineCommand: <BIHH symbol, kind, length
     TE_CE_COMMAND = 1        # tradingengine/codec.py CE_COMMAND: <BIHH symbol, kind, length
     TE_SESSION_MESSAGE = 14  # <BIQH user, session_id, templateId; then the template's block
     BUY = 49
@@ -159,7 +167,7 @@ cdef Py_ssize_t MAX_PAYLOAD = _codec.MAX_PAYLOAD
 # type, and of the PROTOCOL.md root block a SessionMessage carries per templateId. Mirrored
 # from tradingengine/codec.py (EVENT_STRUCTS) and docs/order-path.md §3; a unit test compares.
 TE_EVENT_SIZES = {1: 9, 2: 88, 3: 21, 4: 37, 5: 62, 6: 30, 7: 21, 8: 41, 9: 41, 10: 13,
-                  11: 24, 12: 13, 13: 38, 14: 15}
+                  11: 24, 12: 13, 13: 38, 14: 15, 15: 41}
 TE_SESSION_BLOCK_SIZES = {10: 20, 200: 112, 201: 48, 202: 36, 203: 68}
 cdef uint16_t te_event_size[256]     # by event type; 0: a type this engine does not know
 cdef uint16_t te_session_block[256]  # by templateId; 0: unknown (every template is < 256)
@@ -172,9 +180,22 @@ for _name, _value in TE_SESSION_BLOCK_SIZES.items():
 if te_event_size[TE_CE_COMMAND] != 9 or te_event_size[TE_SESSION_MESSAGE] != 15:
     raise ImportError("crossengine.engine: the TradingEngine event table lost its own layouts")
 
+# The LiqEngine's output events as this engine walks them (liq_sources): the fixed size of each
+# type (a CrossEngineCommand, 1, is followed by its u16 length of command bytes). Mirrored from
+# liqengine/codec.py (docs/liqengine.md §4).
+LIQ_EVENT_SIZES = {1: 9, 2: 33, 3: 37, 4: 18, 5: 10, 6: 13, 7: 29}
+cdef uint16_t liq_event_size[256]
+memset(liq_event_size, 0, sizeof(liq_event_size))
+for _name, _value in LIQ_EVENT_SIZES.items():
+    liq_event_size[_name] = _value
+cdef uint32_t LIQ_ACCOUNT = _codec.LIQ_ACCOUNT
+cdef uint64_t ROUTE_LIQ = <uint64_t>1 << 63
+
 SNAP_HEADER = _codec.SNAP_HEADER_V3
+SNAP_HEADER_V4 = _codec.SNAP_HEADER_V4
 MAGIC = b"SQCE"
-VERSION = 3
+VERSION = 3        # without liq_sources: the bytes as before them
+VERSION_LIQ = 4    # with liq_sources (they follow the te_sources)
 cdef uint64_t COUNTER_MAX = _codec.ORDER_COUNTER_MAX
 # MassCancel, Halt and Resume are the operator's: obeyed only from an operator source id (in
 # the record's header, so every replica decides alike; the sequencer lets only the operator's
@@ -324,6 +345,8 @@ cdef class CrossEngine:
     cdef uint64_t all_shards            # the route of a book-wide event: every shard's bit
     cdef uint32_t te_src[MAX_TE_SOURCES]  # sources whose records are TradingEngine outputs
     cdef int32_t n_te                   # how many of te_src are used
+    cdef uint32_t liq_src[MAX_LIQ_SOURCES]  # sources whose records are LiqEngine outputs
+    cdef int32_t n_liq                  # how many of liq_src are used
     cdef uint64_t order_counter
     cdef uint64_t trade_id
     cdef uint64_t command_no
@@ -351,7 +374,7 @@ cdef class CrossEngine:
                   uint64_t max_orders=10_000_000, int32_t capacity=1 << 16,
                   int32_t level_capacity=1 << 12, uint32_t max_fills=_codec.MAX_FILLS_LIMIT,
                   uint32_t max_account_orders=_codec.DEFAULT_ACCOUNT_ORDERS,
-                  te_sources=(), uint32_t n_shards=1):
+                  te_sources=(), uint32_t n_shards=1, liq_sources=()):
         if symbol_id == 0 or symbol_id >= (1 << 24):
             raise ValueError("symbol_id must be in 1 .. 2**24-1")
         if tick_size <= 0 or max_price <= 0 or max_price > (1 << 62) or min_qty == 0:
@@ -375,8 +398,17 @@ cdef class CrossEngine:
         self.n_te = len(te)
         for k, x in enumerate(te):
             self.te_src[k] = x
+        liq = list(liq_sources)
+        if len(liq) > MAX_LIQ_SOURCES or any(x in liq[:k] or x in te for k, x in enumerate(liq)) \
+                or not all(isinstance(x, int) and 0 < x < OPERATOR_SOURCE_MIN for x in liq):
+            raise ValueError(f"liq_sources must be at most {MAX_LIQ_SOURCES} distinct source ids "
+                             f"in 1 .. {OPERATOR_SOURCE_MIN - 1}, none of them a te_source")
+        self.n_liq = len(liq)
+        for k, x in enumerate(liq):
+            self.liq_src[k] = x
         self.n_shards = n_shards
-        self.all_shards = ~(<uint64_t>0) if n_shards == 64 else ((<uint64_t>1 << n_shards) - 1)
+        # a book-wide event concerns every shard and the LiqEngine
+        self.all_shards = ((<uint64_t>1 << n_shards) - 1) | ROUTE_LIQ
         self.max_fills = max_fills
         self.max_account_orders = max_account_orders
         self.symbol_id = symbol_id
@@ -1147,15 +1179,49 @@ cdef class CrossEngine:
                 return True
         return False
 
+    cdef inline bint _is_liq(self, uint32_t source) noexcept:
+        cdef int32_t k
+        for k in range(self.n_liq):
+            if self.liq_src[k] == source:
+                return True
+        return False
+
     cdef int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
                      uint64_t seq) except -1:
-        """The events of one input record: a command, or (from a te source) the commands for
-        this symbol that a TradingEngine output payload carries. The payload is walked once to
-        check it and once to apply it, so a malformed one changes nothing."""
+        """The events of one input record: a command, or (from a te or liq source) the
+        commands for this symbol that a TradingEngine or LiqEngine output payload carries. The
+        payload is walked once to check it and once to apply it, so a malformed one changes
+        nothing."""
         if self.n_te and self._is_te(source):
             self._walk_te(p, n, source, seq, False)
             return self._walk_te(p, n, source, seq, True)
+        if self.n_liq and self._is_liq(source):
+            self._walk_liq(p, n, source, seq, False)
+            return self._walk_liq(p, n, source, seq, True)
         return self._dispatch(kind, p, n, source)
+
+    cdef int _walk_liq(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
+                       bint apply) except -1:
+        """Walk a LiqEngine output payload event by event, checking every size against n;
+        with `apply`, dispatch each CrossEngineCommand for this symbol."""
+        cdef Py_ssize_t off = 0, size, tail
+        cdef uint8_t t
+        while off < n:
+            t = p[off]
+            size = liq_event_size[t]
+            if size == 0:
+                self._te_mismatch(seq, source, off, f"unknown event type {t}", "liq")
+            if n - off < size:
+                self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
+                                                    f"{size} bytes)", "liq")
+            tail = rd16(p + off + 7) if t == LIQ_CE_COMMAND else 0
+            if n - off - size < tail:
+                self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
+                                                    f"{size + tail} bytes)", "liq")
+            if apply and t == LIQ_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
+                self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
+            off += size + tail
+        return 0
 
     cdef int _walk_te(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
                       bint apply) except -1:
@@ -1189,13 +1255,17 @@ cdef class CrossEngine:
             off += size + tail
         return 0
 
-    cdef int _te_mismatch(self, uint64_t seq, uint32_t source, Py_ssize_t off, str what) except -1:
-        raise RuntimeError(f"crossengine: record seq {seq} from source {source} (a te_sources "
-                           f"stream): {what} at offset {off} of its TradingEngine payload; this "
-                           f"engine and that TradingEngine disagree on the layout (a deployment "
+    cdef int _te_mismatch(self, uint64_t seq, uint32_t source, Py_ssize_t off, str what,
+                          str which="te") except -1:
+        engine = "LiqEngine" if which == "liq" else "TradingEngine"
+        raise RuntimeError(f"crossengine: record seq {seq} from source {source} (a {which}_sources "
+                           f"stream): {what} at offset {off} of its {engine} payload; this "
+                           f"engine and that {engine} disagree on the layout (a deployment "
                            f"mismatch)")
 
     cdef inline uint64_t _bit(self, uint32_t account) noexcept:
+        if account == LIQ_ACCOUNT:
+            return ROUTE_LIQ      # LIQ belongs to no shard: the LiqEngine's bit, not a shard's
         return <uint64_t>1 << (account % self.n_shards)
 
     cdef uint64_t _route_of(self, const unsigned char* p, Py_ssize_t n) except? 0:
@@ -1269,6 +1339,11 @@ cdef class CrossEngine:
         """The sources whose records are TradingEngine output payloads, as configured."""
         return [self.te_src[k] for k in range(self.n_te)]
 
+    @property
+    def liq_sources(self):
+        """The sources whose records are LiqEngine output payloads, as configured."""
+        return [self.liq_src[k] for k in range(self.n_liq)]
+
     def book(self, int depth=0):
         """{'bids': [(price, total, count)], 'asks': [...]}, best first (for tools and tests)."""
         out = {}
@@ -1287,11 +1362,16 @@ cdef class CrossEngine:
     # -- state ------------------------------------------------------------------------------
     def snapshot(self):
         """Canonical bytes (crossengine.reference.ReferenceEngine.snapshot has the same)."""
-        head = SNAP_HEADER.pack(MAGIC, VERSION, self.symbol_id, self.tick_size, self.min_qty,
-                                self.max_qty, self.max_price, self.max_orders, self.max_fills,
-                                self.max_account_orders, self.order_counter,
-                                self.trade_id, int(self.halted), self.n_live, self.n_shards,
-                                self.n_te) + struct.pack(f"<{self.n_te}I", *self.te_sources)
+        fields = (self.symbol_id, self.tick_size, self.min_qty, self.max_qty, self.max_price,
+                  self.max_orders, self.max_fills, self.max_account_orders, self.order_counter,
+                  self.trade_id, int(self.halted), self.n_live, self.n_shards, self.n_te)
+        if self.n_liq:
+            head = (SNAP_HEADER_V4.pack(MAGIC, VERSION_LIQ, *fields, self.n_liq)
+                    + struct.pack(f"<{self.n_te}I", *self.te_sources)
+                    + struct.pack(f"<{self.n_liq}I", *self.liq_sources))
+        else:
+            head = (SNAP_HEADER.pack(MAGIC, VERSION, *fields)
+                    + struct.pack(f"<{self.n_te}I", *self.te_sources))
         cdef Py_ssize_t hl = len(head), off
         cdef bytes data = PyBytes_FromStringAndSize(NULL, hl + <Py_ssize_t>self.n_live * SNAP_ORDER)
         cdef unsigned char* q = <unsigned char*>PyBytes_AS_STRING(data)
@@ -1334,17 +1414,21 @@ cdef class CrossEngine:
         (magic, version, symbol_id, tick, min_qty, max_qty, max_price, max_orders, max_fills,
          max_account_orders, counter, trade_id, halted, n, n_shards,
          n_te) = SNAP_HEADER.unpack_from(data)
-        if magic != MAGIC or version != VERSION:
+        n_liq, header = 0, SNAP_HEADER.size
+        if magic == MAGIC and version == VERSION_LIQ and len(data) >= SNAP_HEADER_V4.size:
+            n_liq, header = SNAP_HEADER_V4.unpack_from(data)[16], SNAP_HEADER_V4.size
+        elif magic != MAGIC or version != VERSION:
             raise ValueError("not a CrossEngine snapshot of this version")
-        cdef Py_ssize_t head = SNAP_HEADER.size + 4 * n_te
+        cdef Py_ssize_t head = header + 4 * (n_te + n_liq)
         if len(data) != head + n * SNAP_ORDER:
             raise ValueError("CrossEngine snapshot has the wrong length")
-        te_sources = struct.unpack_from(f"<{n_te}I", data, SNAP_HEADER.size)
+        te_sources = struct.unpack_from(f"<{n_te}I", data, header)
+        liq_sources = struct.unpack_from(f"<{n_liq}I", data, header + 4 * n_te)
         if counter > _codec.ORDER_COUNTER_MAX:
             raise ValueError("CrossEngine snapshot has an order counter past the id space")
         cdef CrossEngine eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders,
                                    max(16, min(n, 1 << 30)), 1 << 12, max_fills,
-                                   max_account_orders, te_sources, n_shards)
+                                   max_account_orders, te_sources, n_shards, liq_sources)
         eng.order_counter = counter
         eng.trade_id = trade_id
         eng.halted = bool(halted)

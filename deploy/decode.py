@@ -247,6 +247,7 @@ TE_EVENTS = {
     te.DEAD_MANS_SWITCH_FIRED: ("account orders_cancelled", "ii"),
     te.SESSION_STATE: ("user session_id conn_id next_expected next_seq status", "iiiiii"),
     te.SESSION_MESSAGE: ("user session_id template", "iii"),
+    te.ADL_APPLIED: ("adl_id account symbol qty price realised_pnl_minor", "iiyzPm"),
 }
 # the PROTOCOL.md root blocks a SessionMessage carries (prices as 1e-8 mantissas, as sent)
 SESSION_BLOCKS = {

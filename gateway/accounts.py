@@ -10,7 +10,9 @@ directory), so a crash leaves either the old or the new file:
 The hash is `hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=32)`. `load` validates
 everything and refuses the file with one line naming the first problem (`AccountsError`): user
 ids unique, names and passwords that fit the Logon's char[16] / char[32], at most 64 accounts,
-the default among them, and, given `n_shards`, all of a user's accounts in one shard
+the default among them, no account id from `RESERVED_ACCOUNT_MIN` up (the LiqEngine's LIQ
+account and the range kept for system accounts, docs/liqengine.md §1), and, given `n_shards`
+(at most 63: route bit 63 is the LiqEngine's), all of a user's accounts in one shard
 (`account % n_shards` equal), because a user's sessions live in that shard
 (docs/order-path.md §3).
 
@@ -28,6 +30,8 @@ import secrets
 from dataclasses import dataclass
 
 SCRYPT_N = 16384
+RESERVED_ACCOUNT_MIN = 0xFFFF_0000   # account ids from here up are the system's (LIQ's)
+MAX_SHARDS = 63
 SCRYPT_R = 8
 SCRYPT_P = 1
 DKLEN = 32
@@ -154,6 +158,10 @@ def _user_from_json(name, d, n_shards: int | None) -> User:
         raise AccountsError(f"{where}: accounts must be u32, got {accounts!r}")
     if len(set(accounts)) != len(accounts):
         raise AccountsError(f"{where}: an account is listed twice")
+    reserved = [a for a in accounts if a >= RESERVED_ACCOUNT_MIN]
+    if reserved:
+        raise AccountsError(f"{where}: account {reserved[0]} is reserved (ids from "
+                            f"{RESERVED_ACCOUNT_MIN:#x} up belong to the system, not to users)")
     if n_shards is not None and len({a % n_shards for a in accounts}) > 1:
         shards = sorted({a % n_shards for a in accounts})
         raise AccountsError(f"{where}: accounts {accounts} span shards {shards} of {n_shards}; "
@@ -169,8 +177,8 @@ def _user_from_json(name, d, n_shards: int | None) -> User:
 
 def parse(doc, n_shards: int | None = None) -> Accounts:
     """Validate a decoded accounts document."""
-    if n_shards is not None and (type(n_shards) is not int or not 1 <= n_shards <= 64):
-        raise AccountsError(f"n_shards must be 1..64, got {n_shards!r}")
+    if n_shards is not None and (type(n_shards) is not int or not 1 <= n_shards <= MAX_SHARDS):
+        raise AccountsError(f"n_shards must be 1..{MAX_SHARDS}, got {n_shards!r}")
     if not isinstance(doc, dict) or not isinstance(doc.get("users"), dict):
         raise AccountsError('the file must be {"users": {NAME: {...}}}')
     if set(doc) - {"users"}:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 from crossengine.engine import CrossEngine
+from mq.sources import OPERATOR_SOURCE
 from tradingengine import codec as c
 from tradingengine.engine import TradingEngine
 from tradingengine.margin import ContractSpec, Tier
@@ -35,10 +36,12 @@ def spec(symbol: int = 1, value: int = 1000, max_leverage_x100: int = 10_000,
 class Venue:
     def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1,
                  auto: bool = True, check: bool = True, engine: type = TradingEngine,
-                 shadows: tuple[type, ...] = (), output_budget: int | None = None) -> None:
-        self.te = engine(specs, shard, n_shards)
+                 shadows: tuple[type, ...] = (), output_budget: int | None = None,
+                 liq_sources: list[int] | None = None) -> None:
+        kw = {"liq_sources": liq_sources} if liq_sources else {}
+        self.te = engine(specs, shard, n_shards, **kw)
         # engines fed the same records in lockstep: their outputs must be the same bytes
-        self.shadows = [cls(specs, shard, n_shards) for cls in shadows]
+        self.shadows = [cls(specs, shard, n_shards, **kw) for cls in shadows]
         self.output_budget = output_budget
         self.set_budget(self.te)
         self.ces = {s.symbol: CrossEngine(symbol_id=s.symbol, max_price=s.max_price,
@@ -62,15 +65,17 @@ class Venue:
             for engine in [te, *self.shadows]:
                 engine.output_budget = self.output_budget
 
-    def apply(self, kind: int, payload: bytes, dt_ns: int = 1_000) -> list[tuple]:
+    def apply(self, kind: int, payload: bytes, dt_ns: int = 1_000,
+              source: int = OPERATOR_SOURCE) -> list[tuple]:
         """One record into the TradingEngine; its CE commands go to the CrossEngines. Returns
         the TE's events (and, with auto, those of the results it got back)."""
         self.ts_ns += dt_ns
         self.seq += 1
         self.log.append((self.seq, self.ts_ns, kind, payload))
-        raw = self.te.apply(self.seq, self.ts_ns, kind, payload)
+        raw = self.te.apply(self.seq, self.ts_ns, kind, payload, source)
+        route = self.te.route
         for shadow in self.shadows:
-            assert shadow.apply(self.seq, self.ts_ns, kind, payload) == raw, \
+            assert shadow.apply(self.seq, self.ts_ns, kind, payload, source) == raw, \
                 f"{type(shadow).__module__}'s output differs at record {self.seq}"
         events = c.decode_events(raw)
         if self.check:
@@ -83,6 +88,7 @@ class Venue:
                 self.pending.append(c.ce_events(symbol, out))
         if self.auto:
             events += self.deliver()
+        self.route = route       # this record's route (not that of the results delivered)
         return events
 
     def deliver(self, n: int | None = None) -> list[tuple]:

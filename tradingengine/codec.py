@@ -151,6 +151,8 @@ SESSION_STATE = 13    # <BIQQQQB user, session_id, conn_id, nextExpected (client
                       #   (server: last issued + 1), status (SESSION_* below)
 SESSION_MESSAGE = 14  # <BIQH user, session_id, templateId; then the PROTOCOL.md root block of
                       #   that template (P_BLOCK_SIZES), SeqNo = the server SeqNo, Flags 0
+ADL_APPLIED = 15      # <BQIIqqq adl id, account, symbol, qty closed (signed change to the
+                      #   position; 0: nothing closed), price, realised PnL (docs/liqengine.md)
 SESSION_RESUMED, SESSION_NEW, SESSION_BOUND_ELSEWHERE, SESSION_FINALIZED = 0, 1, 2, 3
 SESSION_BEYOND = 4          # the Logon asked for a server SeqNo beyond NextSeqNo: nothing changed
 SESSION_LIMIT = 5   # a new session over the user's limit (engine.MAX_USER_SESSIONS)
@@ -170,6 +172,7 @@ EVENT_STRUCTS = {
     DEAD_MANS_SWITCH_FIRED: struct.Struct("<BIQ"),
     SESSION_STATE: struct.Struct("<BIQQQQB"),
     SESSION_MESSAGE: struct.Struct("<BIQH"),
+    ADL_APPLIED: struct.Struct("<BQIIqqq"),
 }
 EVENT_NAMES = {CE_COMMAND: "CrossEngineCommand", EXEC_REPORT: "ExecutionReport",
                REQUEST_REJECTED: "RequestRejected", ACCOUNT: "AccountStatus",
@@ -178,12 +181,13 @@ EVENT_NAMES = {CE_COMMAND: "CrossEngineCommand", EXEC_REPORT: "ExecutionReport",
                FUNDING_SETTLED: "FundingSettled", DEFICIT_COVERED: "DeficitCovered",
                CANCEL_REJECTED: "CancelRejected",
                DEAD_MANS_SWITCH_FIRED: "DeadMansSwitchFired",
-               SESSION_STATE: "SessionState", SESSION_MESSAGE: "SessionMessage"}
+               SESSION_STATE: "SessionState", SESSION_MESSAGE: "SessionMessage",
+               ADL_APPLIED: "AdlApplied"}
 
 _EXPECTED = {CE_COMMAND: 9, EXEC_REPORT: 88, REQUEST_REJECTED: 21, ACCOUNT: 37, POSITION: 62,
              TRANSFER: 30, FUNDING: 21, LIQUIDATION: 41, FUNDING_SETTLED: 41,
              DEFICIT_COVERED: 13, CANCEL_REJECTED: 24, DEAD_MANS_SWITCH_FIRED: 13,
-             SESSION_STATE: 38, SESSION_MESSAGE: 15}
+             SESSION_STATE: 38, SESSION_MESSAGE: 15, ADL_APPLIED: 41}
 _EXPECTED_COMMANDS = {NEW_ORDER: 46, CANCEL: 20, AMEND: 36, CANCEL_ALL: 17, SET_LEVERAGE: 12,
                       SET_MARGIN_MODE: 9, ADJUST_MARGIN: 16, DEPOSIT: 20, WITHDRAW: 20,
                       MARK_PRICE: 12, FUNDING_INPUTS: 12, DEAD_MANS_SWITCH: 12, CE_EVENTS: 4}
@@ -213,6 +217,20 @@ CE_EVENT_STRUCTS = {
     CE_MASS_CANCELLED: struct.Struct("<BBIBBQQ"),
 }
 
+# -- the LiqEngine (docs/liqengine.md §1, §4) ---------------------------------------------------
+# LIQ, the LiqEngine's trading account, belongs to no shard: ids from RESERVED_ACCOUNT_MIN up are
+# reserved (Deposit refuses them) and a trade leg naming one is always a foreign leg (clearing).
+LIQ_ACCOUNT = 0xFFFF_FFF0
+RESERVED_ACCOUNT_MIN = 0xFFFF_0000
+ROUTE_LIQ = 1 << 63            # route bit: the record concerns the LiqEngine (in.liq takes it)
+ROUTE_LIQ_EVENTS = (ACCOUNT, POSITION, LIQUIDATION, DEFICIT_COVERED, ADL_APPLIED)
+# the LiqEngine's output events as this engine walks them (liq_sources), mirrored from
+# liqengine/codec.py (engines never import each other): type -> fixed size; a CrossEngineCommand
+# (1) is followed by its u16 length (at offset 7) of command bytes
+LIQ_CE_COMMAND, LIQ_ADL = 1, 2
+LIQ_EVENT_SIZES = {1: 9, 2: 33, 3: 37, 4: 18, 5: 10, 6: 13, 7: 29}
+LIQ_ADL_S = struct.Struct("<BQIIqq")   # adl id, account, symbol, qty (signed change), price
+
 # -- PROTOCOL.md root blocks (chars as u8: the same bytes) --------------------------------------
 P_NOT_APPLIED, P_NEW_ORDER, P_CANCEL, P_REPLACE, P_MASS_CANCEL = 10, 100, 101, 102, 103
 P_EXEC_REPORT, P_CANCEL_REJECT, P_MASS_CANCEL_REPORT, P_BUSINESS_REJECT = 200, 201, 202, 203
@@ -239,7 +257,8 @@ if P_BLOCK_SIZES != {10: 20, 100: 52, 101: 46, 102: 64, 103: 31, 200: 112, 201: 
 
 if ({k: s.size for k, s in EVENT_STRUCTS.items()} != _EXPECTED
         or {k: s.size for k, s in COMMAND_STRUCTS.items()} != _EXPECTED_COMMANDS
-        or CE_NEW_ORDER_S.size != 33 or CE_EVENT_STRUCTS[CE_TRADE].size != 68):
+        or CE_NEW_ORDER_S.size != 33 or CE_EVENT_STRUCTS[CE_TRADE].size != 68
+        or LIQ_ADL_S.size != LIQ_EVENT_SIZES[LIQ_ADL]):
     raise ImportError("tradingengine codec layouts changed size: update the docs and tests")
 
 # -- reject codes: 2xxx, named as sentences, never reused --------------------------------------
@@ -281,6 +300,7 @@ REJECT_CODES = {
     2035: "price_not_whole_ticks",  # a PROTOCOL.md price that is not a whole number of ticks
     2036: "account_not_authorised",  # an account the session's user does not own
     2037: "session_invalid",        # a SessionLogon with a bad mode, account list or size
+    2038: "account_reserved",       # a Deposit to an account id >= RESERVED_ACCOUNT_MIN (LIQ's)
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 
@@ -337,6 +357,11 @@ def dead_mans_switch(account: int, timeout_ms: int) -> bytes:
 
 def ce_events(symbol: int, events: bytes) -> bytes:
     return CE_EVENTS_S.pack(symbol) + events
+
+
+def liq_adl(adl_id: int, account: int, symbol: int, qty: int, price: int) -> bytes:
+    """A LiqEngine Adl event (docs/liqengine.md §4), as this engine reads it from liq_sources."""
+    return LIQ_ADL_S.pack(LIQ_ADL, adl_id, account, symbol, qty, price)
 
 
 def session_logon(user: int, session_id: int, conn_id: int, default_account: int,

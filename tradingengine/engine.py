@@ -73,9 +73,11 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
     raise ImportError("tradingengine.engine is not compiled: build it with `pip install -e .` "
                       "(or `python setup.py build_ext --inplace`)")
 
-SNAPSHOT_VERSION = 5
+SNAPSHOT_VERSION = 6          # 6 with liq_sources configured; 5 (the same bytes as before
+SNAPSHOT_VERSION_NO_LIQ = 5   # the LiqEngine) without
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
 MAX_OPEN_ORDERS = 200         # per account, conditional ones included
+MAX_ADLS_PER_RECORD = 4       # Adls for this shard in one LiqEngine record (docs/liqengine.md)
 OUTPUT_BUDGET = 128 << 10     # bytes of output after which a record defers sweep units
 TRANSFER_ID_WINDOW_NS = 24 * 3600 * 10**9   # a transfer id is remembered this long (ts_ns)
 DEFAULT_LEVERAGE_X100 = 1_000
@@ -113,6 +115,11 @@ BUY, SELL, LIMIT, MARKET = c.BUY, c.SELL, c.LIMIT, c.MARKET
 GTC, IOC, FOK = c.GTC, c.IOC, c.FOK
 REDUCE_ONLY, POST_ONLY = c.FLAG_REDUCE_ONLY, c.FLAG_POST_ONLY
 CE_COMMAND, CE_NEW_ORDER = c.CE_COMMAND, c.CE_NEW_ORDER
+ROUTE_LIQ = c.ROUTE_LIQ
+RESERVED_ACCOUNT_MIN = c.RESERVED_ACCOUNT_MIN
+_LIQ_SIZES = c.LIQ_EVENT_SIZES
+_LIQ_ADL = c.LIQ_ADL_S.unpack_from
+_U16 = struct.Struct("<H").unpack_from
 _SIZES = {k: s.size for k, s in c.COMMAND_STRUCTS.items()}
 _SMSG = c.EVENT_STRUCTS[c.SESSION_MESSAGE].pack
 _P = {t: s.pack for t, s in c.P_STRUCTS.items()}
@@ -164,6 +171,9 @@ def worst_case_output() -> dict[str, int]:
                          + (fills + 1) * (size[c.POSITION] + size[c.ACCOUNT]),
                          MAX_OPEN_ORDERS * er),
         "other": 2 * er + size[c.POSITION] + size[c.ACCOUNT] + size[c.TRANSFER],
+        "adl": MAX_ADLS_PER_RECORD * (MAX_OPEN_ORDERS * cancel_one + size[c.ADL_APPLIED]
+                                      + size[c.DEFICIT_COVERED] + size[c.POSITION]
+                                      + size[c.ACCOUNT]),
     }
     unit = max(units.values())
     return {"unit": unit, "command": max(commands.values()),
@@ -334,7 +344,7 @@ class TradingEngine:
 
     def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1,
                  ce_sources: dict | None = None, oracle_sources: list | None = None,
-                 gateway_sources: list | None = None) -> None:
+                 gateway_sources: list | None = None, liq_sources: list | None = None) -> None:
         if not 0 <= shard < n_shards:
             raise ValueError(f"shard {shard} not in 0 .. {n_shards - 1}")
         self.shard = shard
@@ -353,6 +363,14 @@ class TradingEngine:
         self._ce_src = self.ce_sources or {}
         self._oracle_src = dict.fromkeys(self.oracle_sources or ())
         self._gateway_src = dict.fromkeys(self.gateway_sources or ())
+        # the LiqEngine's output streams (docs/liqengine.md §2): with any, the shard works with
+        # the LiqEngine (handoffs and deficits go to clearing); None or empty: as before
+        self.liq_sources = sorted(_int(x) for x in liq_sources) if liq_sources else None
+        self._liq_src = dict.fromkeys(self.liq_sources or ())
+        if any(x in self._ce_src or x in self._oracle_src or x in self._gateway_src
+               for x in self._liq_src):
+            raise ValueError("liq_sources names a source that is also a CrossEngine, oracle or "
+                             "gateway source")
         # sessions (docs/tradingengine.md "Sessions"): live ones by (user, session_id), the
         # finalized ids with the ts_ns they were finalized at (oldest first), the armed
         # cancel-on-disconnects (derived)
@@ -444,7 +462,10 @@ class TradingEngine:
         if self.sweeps:
             self._run_sweeps()
         handler = self._handlers.get(kind)
-        if kind == c.KIND_TICK:
+        if source in self._liq_src:
+            # a LiqEngine output payload, whatever the record's kind (a Tick there may carry ADLs)
+            self._liq_apply(payload)
+        elif kind == c.KIND_TICK:
             pass
         elif source in self._ce_src:
             # the CrossEngine output of that source's symbol, whatever the record's kind
@@ -542,7 +563,8 @@ class TradingEngine:
     # -- helpers -----------------------------------------------------------------------------------
 
     def _mine(self, account_id: int) -> bool:
-        return account_id % self.n_shards == self.shard
+        """An account of this shard; a reserved one (LIQ's) is nobody's."""
+        return account_id % self.n_shards == self.shard and account_id < RESERVED_ACCOUNT_MIN
 
     def _account_or_code(self, account_id: int) -> tuple[Account | None, int]:
         """The account of this shard, or the reject code that says why there is none."""
@@ -592,6 +614,7 @@ class TradingEngine:
                                     ctx[6], qty, fix_ord_rej_reason(code))
 
     def _account_status(self, acct: Account) -> None:
+        self.route |= ROUTE_LIQ
         self._out.append(_PACK[c.ACCOUNT](c.ACCOUNT, acct.account_id, acct.balance,
                                           self._available(acct), acct.order_margin,
                                           acct.position_margin))
@@ -599,6 +622,7 @@ class TradingEngine:
     def _position_status(self, acct: Account, symbol: int) -> None:
         pos = acct.positions[symbol]
         spec = self.specs[symbol]
+        self.route |= ROUTE_LIQ
         if pos.size:
             base = pos.margin if pos.mode == c.ISOLATED else self._cross_base(acct, symbol)
             liq = liquidation_price(pos.size, pos.cost, base, spec)
@@ -1038,7 +1062,9 @@ class TradingEngine:
             return
         code = 0
         acct = self.accounts.get(account)
-        if not self._mine(account):
+        if account >= RESERVED_ACCOUNT_MIN:
+            code = _CODE["account_reserved"]
+        elif not self._mine(account):
             code = 2002
         elif amount <= 0 or amount >= MAX_MONEY:
             code = 2023
@@ -1300,8 +1326,9 @@ class TradingEngine:
 
     def _hand_off(self, acct: Account, symbol: int, pos: Position, spec: ContractSpec,
                   base: int) -> None:
-        """Close the position at its bankruptcy price into the liquidation account; the
-        money behind it that is left (the fee reserve and rounding) goes with it."""
+        """Close the position at its bankruptcy price into the liquidation account (clearing,
+        the LiqEngine's side, with liq_sources); the money behind it that is left (the fee
+        reserve and rounding) goes with it."""
         size = pos.size
         price = bankruptcy_price(size, pos.cost, base, spec, for_handoff=True)
         value = size * price * spec.value
@@ -1315,9 +1342,11 @@ class TradingEngine:
         pos.extra = 0
         self.holders[symbol].pop(acct.account_id, None)
         self._set_margin(acct, pos, spec)
-        self._book(self.liquidation, symbol, size, price, spec)
-        self.liquidation.balance += residue
-        self.liquidation.liquidated -= residue
+        taker = self.clearing if self.liq_sources else self.liquidation
+        self._book(taker, symbol, size, price, spec)
+        taker.balance += residue
+        taker.liquidated -= residue
+        self.route |= ROUTE_LIQ
         self._out.append(_PACK[c.LIQUIDATION](c.LIQUIDATION, acct.account_id, symbol, size,
                                               price, value, residue))
         self._cover_deficit(acct)
@@ -1326,15 +1355,74 @@ class TradingEngine:
 
     def _cover_deficit(self, acct: Account) -> None:
         """A balance never stays below zero: the liquidation account (the insurance fund's
-        side of the books) takes the deficit."""
+        side of the books; clearing, the LiqEngine's side, with liq_sources) takes the
+        deficit."""
         if acct.balance < 0:
             deficit = -acct.balance
             acct.balance = 0
             acct.covered += deficit
-            self.liquidation.balance -= deficit
-            self.liquidation.covered -= deficit
+            payer = self.clearing if self.liq_sources else self.liquidation
+            payer.balance -= deficit
+            payer.covered -= deficit
+            self.route |= ROUTE_LIQ
             self._out.append(_PACK[c.DEFICIT_COVERED](c.DEFICIT_COVERED, acct.account_id,
                                                       deficit))
+
+    # -- the LiqEngine's ADLs (docs/liqengine.md §5) ---------------------------------------------
+
+    def _liq_apply(self, payload: bytes) -> None:
+        """A LiqEngine output payload: apply, in order, every Adl for an account of this shard;
+        the other events are for the other engines. The whole payload is walked first: one
+        this engine cannot walk is a deployment mismatch and halts it, before any change."""
+        n = len(payload)
+        off = 0
+        adls = []
+        while off < n:
+            t = payload[off]
+            size = _LIQ_SIZES.get(t, 0)
+            if size and t == c.LIQ_CE_COMMAND and off + size <= n:
+                size += _U16(payload, off + 7)[0]
+            if not size or off + size > n:
+                raise EngineHalted(f"malformed LiqEngine output at offset {off} (event type {t}) "
+                                   f"in record {self.seq}: a deployment mismatch")
+            if t == c.LIQ_ADL and self._mine(_LIQ_ADL(payload, off)[2]):
+                adls.append(off)
+            off += size
+        if len(adls) > MAX_ADLS_PER_RECORD:
+            raise EngineHalted(f"LiqEngine record {self.seq} holds {len(adls)} Adls for shard "
+                               f"{self.shard}, over {MAX_ADLS_PER_RECORD}: a deployment mismatch")
+        for off in adls:
+            _, adl_id, account, symbol, qty, price = _LIQ_ADL(payload, off)
+            self._adl(adl_id, account, symbol, qty, price)
+
+    def _adl(self, adl_id: int, account: int, symbol: int, qty: int, price: int) -> None:
+        """Cancel the account's orders in the symbol, close min(|qty|, |size|) of its position
+        at the ADL price against clearing (when the position is on the side the ADL reduces;
+        no fee), and say what was done in AdlApplied (qty 0: nothing)."""
+        acct: Account = self.accounts.get(account)
+        spec = self.specs.get(symbol)
+        closed = realised = 0
+        if acct is not None and spec is not None:
+            self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
+            pos: Position = acct.positions.get(symbol)
+            size = pos.size if pos is not None else 0
+            if size and qty and (qty > 0) != (size > 0) and 0 < price <= spec.max_price:
+                held = size if size > 0 else -size
+                want = qty if qty > 0 else -qty
+                closed = want if want < held else held
+                if qty < 0:
+                    closed = -closed
+                before = pos.realised
+                self._book(acct, symbol, closed, price, spec)
+                self._book(self.clearing, symbol, -closed, price, spec)
+                realised = pos.realised - before
+        self.route |= ROUTE_LIQ
+        self._out.append(_PACK[c.ADL_APPLIED](c.ADL_APPLIED, adl_id, account, symbol, closed,
+                                              price, realised))
+        if closed:
+            self._cover_deficit(acct)
+            self._position_status(acct, symbol)
+            self._account_status(acct)
 
     # -- CrossEngine results -------------------------------------------------------------------
 
@@ -2165,7 +2253,7 @@ class TradingEngine:
                     [[s, *a.positions[s].row()] for s in sorted(a.positions)],
                     [a.orders[i].row() for i in sorted(a.orders)]]
         return [
-            SNAPSHOT_VERSION, self.shard, self.n_shards, self.seq, self.ts_ns,
+            SNAPSHOT_VERSION if self.liq_sources else SNAPSHOT_VERSION_NO_LIQ, self.shard, self.n_shards, self.seq, self.ts_ns,
             [_spec_row(s) for s in self.specs.values()],
             self.next_order_id, self.fee_pool, self.dust, self.deposits, self.withdrawals,
             sorted(self.marks.items()), sorted(self.last_prices.items()),
@@ -2176,7 +2264,8 @@ class TradingEngine:
             account_row(self.clearing), account_row(self.liquidation),
             [list(sw) for sw in self.sweeps],
             [None if self.ce_sources is None else sorted(self.ce_sources.items()),
-             self.oracle_sources, self.gateway_sources],
+             self.oracle_sources, self.gateway_sources]
+            + ([self.liq_sources] if self.liq_sources else []),
             [self.sessions[k].row() for k in sorted(self.sessions)],
             [[u, s, ts] for (u, s), ts in self.finalized.items()],
         ]
@@ -2196,16 +2285,19 @@ class TradingEngine:
             state = [4, *state[1:15], [0, sorted([state[4], t] for t in state[15])],
                      *state[16:], []]
         if state[0] == 4:   # written before sources were configured and sessions existed
-            state = [SNAPSHOT_VERSION, *state[1:], [None, None, None], [], []]
+            state = [SNAPSHOT_VERSION_NO_LIQ, *state[1:], [None, None, None], [], []]
+        if state[0] == SNAPSHOT_VERSION_NO_LIQ:   # no liq_sources: 5 is 6 without them
+            state = [SNAPSHOT_VERSION, *state[1:20], [*state[20], None], *state[21:]]
         if state[0] != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
         (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,
          withdrawals, marks, last_prices, funding_inputs, next_funding,
          (transfer_floor, transfers), accounts, clearing, liquidation, sweeps,
-         (ce_sources, oracle_sources, gateway_sources), sessions, finalized) = state
+         (ce_sources, oracle_sources, gateway_sources, liq_sources), sessions, finalized) = state
         eng = cls([_spec_from_row(r) for r in specs], shard, n_shards,
                   ce_sources=None if ce_sources is None else dict(ce_sources),
-                  oracle_sources=oracle_sources, gateway_sources=gateway_sources)
+                  oracle_sources=oracle_sources, gateway_sources=gateway_sources,
+                  liq_sources=liq_sources)
         for row in sessions:
             sess = Session.from_row(row)
             key = (sess.user, sess.session_id)

@@ -58,6 +58,12 @@ class ReferenceEngine(TradingEngine):
         self._sums(acct)
         super()._cut_reduce_only(acct, symbol, pos)
 
+    def _adl(self, adl_id: int, account: int, symbol: int, qty: int, price: int) -> None:
+        acct = self.accounts.get(account)
+        if acct is not None:
+            self._sums(acct)
+        super()._adl(adl_id, account, symbol, qty, price)
+
     def _scan_holders(self, symbol: int) -> None:
         """The holders of a symbol found by scanning every account, not kept up to date."""
         self.holders[symbol] = {

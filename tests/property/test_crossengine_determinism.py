@@ -127,7 +127,7 @@ def te_payloads(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(te_payloads(), min_size=1, max_size=6), st.integers(1, 64))
+@given(st.lists(te_payloads(), min_size=1, max_size=6), st.integers(1, 63))
 def test_a_te_payload_applies_exactly_its_commands_for_this_symbol(records, n_shards):
     eng = CrossEngine(symbol_id=SYMBOL, te_sources=[TE_SOURCE], n_shards=n_shards)
     twin = CrossEngine(symbol_id=SYMBOL)

@@ -35,16 +35,18 @@ P_OCRR = struct.Struct("<QQQQQqQIcccB")
 P_OMCR = struct.Struct("<QQQIccB")
 NULL = (1 << 64) - 1
 TICK = 100          # a PROTOCOL.md price is ticks x 100 (x 1e-8); an odd one is not on a tick
+LIQ_SRC = 0x7600_0000   # the LiqEngine's out.liq (docs/liqengine.md §2)
 
 
 class TradingFlow(RuleBasedStateMachine):
     @initialize(balances=st.lists(st.integers(10**8, 10**10), min_size=4, max_size=4),
-                budget=st.sampled_from([None, None, 0, 400]))
-    def setup(self, balances, budget):
+                budget=st.sampled_from([None, None, 0, 400]), liq=st.booleans())
+    def setup(self, balances, budget, liq):
         # a budget of 0 (or 400 bytes) defers every fan-out to later records, one unit each
         specs = [dataclasses.replace(sp, tick=TICK) for sp in two_specs()]
         self.v = Venue(specs, shard=0, n_shards=2, auto=False, check=True,
-                       shadows=(ReferenceEngine, INTERPRETED), output_budget=budget)
+                       shadows=(ReferenceEngine, INTERPRETED), output_budget=budget,
+                       liq_sources=[LIQ_SRC] if liq else None)
         for account, amount in zip([2, 4, 6, 8], balances, strict=True):
             self.v.deposit(account, amount)
         self.v.mark(1, MID[1])
@@ -198,6 +200,47 @@ class TradingFlow(RuleBasedStateMachine):
     @rule(account=ACCOUNTS, timeout=st.sampled_from([0, 1, 1_000, 3_600_000]))
     def dead_mans_switch(self, account, timeout):
         self.v.apply(c.DEAD_MANS_SWITCH, c.dead_mans_switch(account, timeout))
+
+    @rule(adls=st.lists(st.tuples(st.sampled_from([2, 4, 6, 8, 1, 3, 10, c.LIQ_ACCOUNT]),
+                                  SYMBOLS, st.integers(-400, 400), st.integers(-10, 10)),
+                        max_size=3),
+          other=st.sampled_from([b"", b"\x05" + bytes(9), b"\x01\x01\x00\x00\x00\x21\x00\x00\x00"]),
+          kind=st.sampled_from([c.KIND_TICK, c.MARK_PRICE, 90]))
+    def liq_record(self, adls, other, kind):
+        """A LiqEngine output record (docs/liqengine.md §4): its Adls for this shard close
+        positions against clearing (with liq_sources; without, the source is not the
+        LiqEngine's and the record is an ordinary one of its kind)."""
+        if kind != c.KIND_TICK and not self.v.te.liq_sources:
+            return
+        payload = other + b"".join(
+            c.liq_adl(self._coid(), account, symbol, qty,
+                      max(1, self._mark(symbol) + self._mark(symbol) * off_pct // 100))
+            for account, symbol, qty, off_pct in adls)
+        self.v.apply(kind, payload, source=LIQ_SRC)
+
+    @rule(account=ACCOUNTS, symbol=SYMBOLS, share=st.integers(1, 12), off_pct=st.integers(-8, 8))
+    def adl_of_a_position(self, account, symbol, share, off_pct):
+        """An Adl that reduces the account's position (a share of it, or more than all of it)."""
+        pos = self.v.te.accounts[account].positions.get(symbol)
+        size = pos.size if pos is not None else 0
+        mark = self._mark(symbol)
+        qty = -(size * share // 8) or share
+        self.v.apply(c.KIND_TICK, c.liq_adl(self._coid(), account, symbol, qty,
+                                            max(1, mark + mark * off_pct // 100)),
+                     source=LIQ_SRC)
+
+    @rule(account=ACCOUNTS, symbol=SYMBOLS, side=SIDES, qty=st.integers(50, 400),
+          move_pct=st.integers(3, 12), isolated=st.booleans())
+    def squeeze(self, account, symbol, side, qty, move_pct, isolated):
+        """A position at high leverage and a mark move against it: the maintenance check hands
+        it off (to the liquidation account, or to clearing with liq_sources)."""
+        if isolated:
+            self.v.apply(c.SET_MARGIN_MODE, c.set_margin_mode(account, symbol, c.ISOLATED))
+        self.trade(account, 3, symbol, side, 0, qty, 5_000)
+        self.v.deliver()
+        mark = self._mark(symbol)
+        move = mark * move_pct // 100
+        self.v.mark(symbol, max(1, mark - move if side == c.BUY else mark + move))
 
     @rule(kind=st.sampled_from(sorted(set(c.COMMAND_STRUCTS) - {c.CE_EVENTS}) + [2, 500]),
           data=st.binary(max_size=60))

@@ -513,8 +513,9 @@ def _routes(eng, cmds, source=5):
 
 
 def expected_route(payload: bytes, n_shards: int) -> int:
-    """The route of an output payload, from the codec's decoding (independent of the engine)."""
-    every = (1 << n_shards) - 1
+    """The route of an output payload, from the codec's decoding (independent of the engine):
+    LIQ_ACCOUNT's bit is 63 (the LiqEngine's), and a book-wide event sets it too."""
+    every = (1 << n_shards) - 1 | c.ROUTE_LIQ
     route = 0
     for e in c.decode_events(payload):
         accounts = {c.EV_ACCEPTED: [e[3]] if e[0] == c.EV_ACCEPTED else [],
@@ -523,12 +524,12 @@ def expected_route(payload: bytes, n_shards: int) -> int:
                     c.EV_CANCELLED: [e[3]] if e[0] in (c.EV_CANCELLED, c.EV_EXPIRED,
                                                       c.EV_AMENDED) else []}
         for acct in sum(accounts.values(), []):
-            route |= 1 << (acct % n_shards)
+            route |= c.ROUTE_LIQ if acct == c.LIQ_ACCOUNT else 1 << (acct % n_shards)
         if e[0] in (c.EV_HALTED, c.EV_RESUMED) or (e[0] == c.EV_MASS_CANCELLED
                                                    and e[1] == c.SCOPE_BOOK):
             route |= every
         elif e[0] == c.EV_MASS_CANCELLED:
-            route |= 1 << (e[2] % n_shards)
+            route |= c.ROUTE_LIQ if e[2] == c.LIQ_ACCOUNT else 1 << (e[2] % n_shards)
     return route
 
 
@@ -546,20 +547,20 @@ def test_a_trade_routes_to_both_sides_shards_and_book_wide_events_to_every_shard
     assert [r for r, _p in got] == [0b0010, 0b0110, 0b1000, 0b0001, 0b0010, 0]
     book_wide = _routes(eng, [(OPERATOR_SOURCE, c.HALT, b""), (OPERATOR_SOURCE, c.RESUME, b""),
                               (OPERATOR_SOURCE, c.MASS_CANCEL, b"")])
-    assert [r for r, _p in book_wide] == [0b1111] * 3
+    assert [r for r, _p in book_wide] == [0b1111 | 1 << 63] * 3   # every shard and the LiqEngine
     assert _routes(eng, [(c.HALT, b"")])[0][0] == 0b0001  # refused: names account 0, shard 0
 
 
-def test_sixty_four_shards_use_every_bit_of_the_route():
+def test_sixty_three_shards_use_every_bit_of_the_route_and_the_liqengine_the_last():
     from mq.sources import OPERATOR_SOURCE
-    eng = CrossEngine(n_shards=64)
-    got = _routes(eng, [(c.NEW_ORDER, c.new_order(1, c.SELL, 100, 5, 63)),
-                        (c.NEW_ORDER, c.new_order(2, c.BUY, 100, 5, 64 + 2)),
+    eng = CrossEngine(n_shards=63)
+    got = _routes(eng, [(c.NEW_ORDER, c.new_order(1, c.SELL, 100, 5, 62)),
+                        (c.NEW_ORDER, c.new_order(2, c.BUY, 100, 5, 63 + 2)),
                         (OPERATOR_SOURCE, c.HALT, b"")])
-    assert [r for r, _p in got] == [1 << 63, 1 << 63 | 1 << 2, (1 << 64) - 1]
+    assert [r for r, _p in got] == [1 << 62, 1 << 62 | 1 << 2, (1 << 64) - 1]
 
 
-@pytest.mark.parametrize("n_shards", [0, 65])
+@pytest.mark.parametrize("n_shards", [0, 64, 65])
 def test_n_shards_is_bounded(n_shards):
     with pytest.raises(ValueError, match="n_shards"):
         CrossEngine(n_shards=n_shards)
@@ -571,7 +572,7 @@ def test_te_sources_are_distinct_non_operator_ids(te):
         CrossEngine(te_sources=te)
 
 
-@pytest.mark.parametrize("n_shards", [1, 3, 64])
+@pytest.mark.parametrize("n_shards", [1, 3, 63])
 def test_every_output_route_is_the_shards_of_the_accounts_its_events_name(n_shards):
     """A seeded flow of every command kind, halts and mass cancels from the operator: each
     output record's route equals the one computed from the codec's decoding of its events."""
@@ -587,7 +588,7 @@ def test_every_output_route_is_the_shards_of_the_accounts_its_events_name(n_shar
         for r in decode(eng.apply_frame(encode(recs))):
             assert r[7] == expected_route(r[6], n_shards), c.decode_events(r[6])
             seen |= r[7]
-    assert seen == (1 << n_shards) - 1
+    assert seen == (1 << n_shards) - 1 | c.ROUTE_LIQ
 
 
 # -- TradingEngine output payloads from te_sources ----------------------------------------------

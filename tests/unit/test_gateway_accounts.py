@@ -80,6 +80,8 @@ def _doc(**over):
     (_doc(accounts=list(range(65)), default_account=0), "accounts"),
     (_doc(accounts=[5, 5]), "twice"),
     (_doc(accounts=["5"]), "u32"),
+    (_doc(accounts=[5, 0xFFFF_FFF0]), "account 4294967280 is reserved"),
+    (_doc(accounts=[0xFFFF_0000], default_account=0xFFFF_0000), "reserved"),
     (_doc(default_account=6), "default_account"),
     (_doc(max_msgs_per_sec=0), "max_msgs_per_sec"),
     (_doc(max_msgs_per_sec=1.5), "max_msgs_per_sec"),
