@@ -46,8 +46,8 @@ class LocalCore:
 
     def __init__(self, specs: list[ContractSpec], n_shards: int = 1,
                  clock: Callable[[], int] = time.time_ns, gateway: int = 0) -> None:
-        if not 1 <= n_shards <= 64:
-            raise ValueError(f"n_shards {n_shards} not in 1 .. 64")
+        if not 1 <= n_shards <= 63:       # route bit 63 is the LiqEngine's (docs/liqengine.md)
+            raise ValueError(f"n_shards {n_shards} not in 1 .. 63")
         self.n_shards = n_shards
         self.clock = clock
         self.gateway_source = GATEWAY_SOURCE | gateway
