@@ -745,7 +745,9 @@ class MasterShell:
     def _waiting(self) -> Any:
         """Up to MAX_DRAIN messages waiting on the producer socket, as (ident, kind, parts);
         messages too short to carry a kind are dropped."""
-        for _ in range(MAX_DRAIN):
+        for i in range(MAX_DRAIN):
+            if i and not sockets.readable(self.router):
+                return
             try:
                 peer, msg = auth.recv_multipart(self.router, zmq.NOBLOCK)
             except zmq.Again:
@@ -755,7 +757,10 @@ class MasterShell:
                 yield msg[0], msg[1], msg
 
     def _on_replies(self, link: Link) -> None:
-        while True:
+        """Every reply waiting (called when the poller says the socket is readable)."""
+        first = True
+        while first or sockets.readable(link.sock):
+            first = False
             try:
                 msg = link.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
