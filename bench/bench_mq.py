@@ -146,11 +146,16 @@ def _open_loop_push(addr: str, n: int, rate: int) -> None:
     time.sleep(2)
 
 
-def raw_hops_latency(rate: int, seconds: float) -> dict:
+def raw_hops_latency(rate: int, seconds: float, transport: str = "tcp") -> dict:
     """The same four hops as the log (producer -> master -> replicator -> master ->
     subscriber) with raw pyzmq and no work at all: the latency floor of this machine."""
+    with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
+        return _raw_hops_latency(rate, seconds, _endpoints(transport, root))
+
+
+def _raw_hops_latency(rate: int, seconds: float, endpoint) -> dict:
     n = int(rate * seconds)
-    a_in, b, pub = tcp(), tcp(), tcp()
+    a_in, b, pub = endpoint(), endpoint(), endpoint()
     procs = [subprocess.Popen([sys.executable, __file__, "_relay_b", b]),
              subprocess.Popen([sys.executable, __file__, "_relay_a", a_in, b, pub])]
     sub = zmq.Context.instance().socket(zmq.SUB)
@@ -483,20 +488,21 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
         print(f"Redis Streams baseline skipped: {why_not}", flush=True)
     pick = lambda runs: sorted(runs, key=lambda r: r["p99_us"])[len(runs) // 2]  # noqa: E731
     redis_p99: dict[int, dict] = {}
-    for rate in (10_000, 50_000):
+    # ipc (one host) at 10k/s too, each transport against its own floor
+    for transport, rate in (("tcp", 10_000), ("ipc", 10_000), ("tcp", 50_000)):
         runs: dict[str, list] = {"raw": [], "log": [], "redis": []}
         for _ in range(a.repeat):
-            runs["raw"].append(raw_hops_latency(rate, seconds))
-            runs["log"].append(log_latency("tcp", rate, seconds))
-            if not why_not:
+            runs["raw"].append(raw_hops_latency(rate, seconds, transport))
+            runs["log"].append(log_latency(transport, rate, seconds))
+            if not why_not and transport == "tcp":
                 runs["redis"].append(redis_latency(rate, seconds))
         raw, r = pick(runs["raw"]), pick(runs["log"])
-        print(f"[tcp] open-loop latency at {rate:,}/s: p50 {r['p50_us']:.0f} us  p99 "
+        print(f"[{transport}] open-loop latency at {rate:,}/s: p50 {r['p50_us']:.0f} us  p99 "
               f"{r['p99_us']:.0f} us  p99.9 {r['p999_us']:.0f} us  (hash {r['hash']}); raw "
               f"four-hop floor p50 {raw['p50_us']:.0f} p99 {raw['p99_us']:.0f} p99.9 "
               f"{raw['p999_us']:.0f} us; ratios p50 {r['p50_us'] / raw['p50_us']:.2f} "
               f"p99 {r['p99_us'] / raw['p99_us']:.2f}", flush=True)
-        entry = {"transport": "tcp", "what": "latency", "rate": rate, **r, "raw_floor": raw,
+        entry = {"transport": transport, "what": "latency", "rate": rate, **r, "raw_floor": raw,
                  "p50_ratio": r["p50_us"] / raw["p50_us"], "p99_ratio": r["p99_us"] / raw["p99_us"],
                  "runs": {k: [x["p99_us"] for x in v] for k, v in runs.items()}}
         if runs["redis"]:
@@ -513,7 +519,8 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
     rtp = statistics.median(redis_throughput(n)["rate"] for _ in range(a.repeat))
     results.append({"what": "redis_throughput", "rate": rtp})
     log_tp = throughputs.get("tcp")
-    log10 = next(x for x in results if x.get("what") == "latency" and x["rate"] == 10_000)
+    log10 = next(x for x in results if x.get("what") == "latency" and x["rate"] == 10_000
+                  and x["transport"] == "tcp")
     print(f"{'':28}{'records/s (ceiling)':>22}{'p99 at 10k/s':>16}", flush=True)
     print(f"{'log (tcp, 1 replicator, os)':28}"
           f"{(f'{log_tp:,.0f}' if log_tp else 'not run'):>22}{log10['p99_us']:>13,.0f} us",
