@@ -936,6 +936,8 @@ def parser() -> Parser:
 
     from deploy import systemd
     systemd.register(sub)   # `seqex deploy systemd --host NAME` (docs/operations.md)
+    from deploy import drill
+    drill.register(sub, int_range, seconds)   # `seqex drill NAME` (docs/operations.md)
 
     s = sub.add_parser("submit", help="put one order into in.ce.SYMBOL and print its outcome")
     s.add_argument("--data", default="seqex-data")
