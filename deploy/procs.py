@@ -27,8 +27,9 @@ def free_port() -> int:
             return port
 
 
-def free_port_block(n: int = 40) -> int:
-    """The first of n consecutive TCP ports on 127.0.0.1 that were all free a moment ago,
+def free_port_block(n: int = 64) -> int:
+    """The first of n consecutive TCP ports on 127.0.0.1 that were all free a moment ago
+    (64 by default: the default topology's 33 ports and the 25 metrics ports after them),
     below the kernel's ephemeral range (32768 up), so that no outgoing connection of another
     program takes one of them between this check and the bind."""
     import random

@@ -173,3 +173,20 @@ def test_systemd_for_a_host_without_processes_is_refused(tmp_path):
         systemd.units(topo, "c", ["seqex"])
     assert {n for n in systemd.units(topo, "a", ["seqex"])} == {"seqex-r0.service",
                                                                  "seqex-a.target"}
+
+
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
+    """systemd's own parser reads every unit without a warning (its ExecStart= quoting of
+    the JSON configurations included)."""
+    import shutil
+    import subprocess
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    topo = topology.load(None, str(tmp_path / "data"), 22000)
+    files = systemd.units(topo, "local", [shutil.which("true") or "/bin/true"])
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    out = subprocess.run([tool, "verify", *sorted(str(tmp_path / n) for n in files)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr.strip() == "" and out.stdout.strip() == "", out
