@@ -6,7 +6,8 @@ host's address and logs JSON lines; host c (a replicator, and ETHUSDT's sequence
 CrossEngines) is then killed whole (SIGKILL of its supervisor and of every process it ran,
 as a machine that loses power), and service goes on through a and b: BTCUSDT orders are
 still accepted and filled, the logs still commit at quorum (2 of 3 replicators), and
-`seqex status --json` on host a shows exactly host c's processes down."""
+`seqex status --json` on host a shows exactly host c's processes down. Host c then comes back
+(`seqex up --host c` again): its replicator catches up and ETHUSDT trades again."""
 from __future__ import annotations
 
 import json
@@ -141,10 +142,29 @@ def test_three_hosts_trade_on_after_one_host_is_lost(tmp_path):
         for r in reps:
             assert r["status"]["streams"]["in.ce.BTCUSDT"]["last"] >= committed
 
-        for h in ("a", "b"):
+        # host c comes back: its replicator catches up, ETHUSDT trades again
+        ups["c"] = group.spawn("up-c-again", ["up", "--topology", topo_file, "--host", "c",
+                                              "--data", data["c"], "--ready-timeout", "240"],
+                               env={"SEQEX_LOG_FORMAT": "json"})
+        wait_until(lambda: (s := _status(data["a"]))["up"] == s["total"], 300,
+                   "host c's processes answering again")
+
+        def replicator2_caught_up():
+            st = _status(data["a"])
+            procs = {p["process"]: p for p in st["processes"]}
+            commit = procs["sequencer.BTCUSDT"]["status"]["committed"]
+            held = procs["replicator2"]["status"]["streams"].get("in.ce.BTCUSDT", {})
+            return held.get("last", 0) >= commit
+        wait_until(replicator2_caught_up, 120, "replicator2 caught up on in.ce.BTCUSDT")
+        out = client("--user", "alice", "buy", "ETHUSDT", "0.1", "@", "3000")
+        assert out.returncode == 0 and "accepted, resting" in out.stdout, out
+        out = client("--user", "bob", "sell", "ETHUSDT", "0.1")
+        assert out.returncode == 0 and "filled 0.1 @ 3000.00 (taker), done" in out.stdout, out
+
+        for h in HOSTS:
             out = seqex("down", "--data", data[h], timeout=120)
             assert out.returncode == 0, out.stderr
-        for h in ("a", "b"):
+        for h in HOSTS:
             ups[h].wait(60)
     # nothing of the three hosts is left running
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
