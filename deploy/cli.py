@@ -4,7 +4,8 @@ Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirro
 ``replica``, ``gateway``, ``oracle``.
 Cluster verbs: ``up``, ``down``, ``status``, ``submit`` (one order and its outcome),
 ``client`` (trade through the gateway), ``account`` (users, deposits, withdrawals), ``oracle``
-(the simulated mark-price process).
+(the simulated mark-price process), ``drill`` (a failover drill with a report,
+deploy/drill.py), ``deploy systemd`` (a host's units, deploy/systemd.py).
 Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
 ``replay`` (any range of a stream, decoded), ``ping``, ``stop``.
 ``demo``: a local log cluster on loopback with live figures (the main job for now).
