@@ -12,8 +12,9 @@ units, the supervisor passes them to its children).
 What a scrape shows is what the process itself answers to PING at that moment (docs/
 operations.md, "Metrics"): the exporter's thread sends PING to the process's own control
 endpoint and turns the answer into metric families. Nothing is shared with the process's loop,
-so no lock is taken on the hot path and a scrape never reads half-updated state; a frozen
-process answers no PING, and its scrape says ``seqex_up 0`` after at most one second. The
+so no lock is taken on the hot path and a scrape never reads half-updated state; a process
+whose loop is stuck answers no PING, and its scrape says ``seqex_up 0`` after at most one
+second (a process stopped whole, SIGSTOP, answers no scrape: Prometheus's own ``up`` is 0). The
 gateway, which has no ZeroMQ control endpoint, hands its own ``status()`` (plain counters and
 queue lengths, read between two statements of its event loop) instead.
 
