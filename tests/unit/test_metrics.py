@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from deploy import logjson, metrics, systemd, topology
-from deploy.procs import free_port
+from deploy.procs import free_port, free_port_block
 
 SEQUENCER = {"role": "sequencer", "stream": "in.ce.BTCUSDT", "epoch": 3, "last": 120,
              "committed": 118, "uncommitted_bytes": 400, "sequenced": 120, "frames": 17,
@@ -190,3 +190,22 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
     out = subprocess.run([tool, "verify", *sorted(str(tmp_path / n) for n in files)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stderr.strip() == "" and out.stdout.strip() == "", out
+
+
+def test_status_json_of_a_cluster_whose_processes_do_not_answer(tmp_path):
+    """`seqex status --json` names every process with its plan and addresses; one that does
+    not answer is DOWN (no live pid), GAVE UP (the supervisor said so, with why), or FROZEN
+    (its pid lives, silent for longer than frozen_after_s), with the operator's next step."""
+    import os
+    import time
+    topo = topology.load(None, str(tmp_path), free_port_block(64))
+    beats = {"replicator1": {"pid": os.getpid(), "answered_at": time.time() - 10.0}}
+    doc = metrics.status_doc(topo, {"replicator2": "died 9 times"}, beats, 3.0)
+    assert doc["total"] == len(topo.procs) and doc["up"] == 0
+    by = {p["process"]: p for p in doc["processes"]}
+    assert by["replicator0"]["state"] == "DOWN" and by["replicator0"]["status"] is None
+    assert by["replicator1"]["state"] == "FROZEN" and "kill -KILL" in by["replicator1"]["advice"]
+    assert by["replicator2"]["state"] == "GAVE UP" and by["replicator2"]["advice"] == \
+        "died 9 times"
+    assert by["gateway0"]["metrics"] == topo.by_name("gateway0").extra["metrics"]
+    json.dumps(doc)   # all of it is JSON
