@@ -23,7 +23,8 @@ The report (``--json``: the same, as one object):
 
 * what was done to which process (name, pid), and when (UTC);
 * ``detected_s``: from the strike until `seqex status` (the heartbeats) shows the target
-  DOWN or FROZEN; ``restarted_s``: until the supervisor started a new pid (kills);
+  DOWN or FROZEN; ``restarted_s``: until the supervisor started a new pid (kills; its
+  children in /proc, then its heartbeats file);
   ``recovered_s``: until the target answers again, caught up (a replica with lag 0, a
   replicator holding every stream up to its master's commit point);
 * ``resumed_s``: from the strike until the first acknowledgement of an order sent after it;
@@ -140,6 +141,26 @@ def _pid_of(data_dir: str, name: str) -> int:
     return pid
 
 
+def _child_running(supervisor: int, spec) -> int | None:
+    """The pid of the supervisor's child running spec's command line now, or None: the
+    moment of a restart, without waiting for the heartbeats file (written once a round)."""
+    try:
+        with open(f"/proc/{supervisor}/task/{supervisor}/children") as f:
+            children = [int(x) for x in f.read().split()]
+    except OSError:
+        return None
+    want = [a.encode() for a in spec.args]
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if words[-len(want):] == want:
+            return pid
+    return None
+
+
 def _state(topo, data_dir: str, name: str, frozen_after_s: float) -> str:
     from deploy.metrics import status_doc
     sub = type(topo)(topo.data_dir, [topo.by_name(name)], topo.symbols, topo.trading)
@@ -232,7 +253,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     from deploy.supervisor import read_state
     if name not in DRILLS:
         raise DrillError(f"no drill {name!r} (drills: {', '.join(DRILLS)})")
-    topo, _sup = read_state(data_dir)
+    topo, supervisor = read_state(data_dir)
     sym = next(iter(topo.symbols), None)
     if sym is None:
         raise DrillError("the cluster has no symbol to put a load on")
@@ -276,6 +297,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     report["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(strike_wall)) + \
         f".{int(strike_wall * 1e6) % 1_000_000:06d}Z"
     detected = restarted = recovered = None
+    new_pid = None
     continued = False
     deadline = strike + timeout_s
     try:
@@ -292,9 +314,11 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                     recovered = time.monotonic() - strike
                     break
             else:
-                new = (_beats(data_dir).get(target) or {}).get("pid")
+                new = _child_running(supervisor, spec) or \
+                    (_beats(data_dir).get(target) or {}).get("pid")
                 if restarted is None and isinstance(new, int) and new != pid:
                     restarted = time.monotonic() - strike
+                    new_pid = new
                 if restarted is not None and _caught_up(topo, spec):
                     recovered = time.monotonic() - strike
                     break
@@ -303,7 +327,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         if name == "freeze" and not continued:
             os.kill(pid, signal.SIGCONT)
     if name != "freeze":
-        report["new_pid"] = (_beats(data_dir).get(target) or {}).get("pid")
+        report["new_pid"] = new_pid
     time.sleep(after_s)
     load.stop.set()
     th.join(90)

@@ -75,9 +75,10 @@ def test_drill_kill_replicator(cluster):
 def test_drill_freeze_is_detected_by_heartbeat(cluster):
     r = drill(cluster, "freeze", "--freeze-s", "5")
     assert r["target"] == "ce.BTCUSDT.hot1" and r["action"].startswith("SIGSTOP")
-    # FROZEN needs a silence longer than --frozen-after (3 s) since the last answered PING
-    # (once a second), and comes before the SIGCONT at 5 s
-    assert 2.0 <= r["detected_s"] <= 5.0, r
+    # FROZEN: silent for longer than --frozen-after (3 s) since its last answer to the
+    # supervisor's heartbeat (a round PINGs every process in turn, so that answer may be a
+    # second or two old at the strike); seen before the SIGCONT at 5 s
+    assert 0 < r["detected_s"] <= 5.0, r
     assert r["recovered_s"] >= 5.0
     check(r)
 
