@@ -32,7 +32,9 @@ The report (``--json``: the same, as one object):
 * orders sent, acknowledged, lost (sent and never in the in stream) and applied twice (in
   the in stream more than once), read back from a replicator: both must be 0;
 * the state hash of every replica of every stream, asked (HASH) until the replicas of a
-  stream answer at one seq: they must be equal.
+  stream answer at one seq: they must be equal; and the stream rebuilt from seq 1 to that
+  seq on a fresh engine gives the same hash, and the TradingEngine's audit balances there
+  (the global audit: every shard's books, to the minor unit).
 
 ``ok`` is true when nothing was lost or doubled, every order was acknowledged and every
 stream's replicas agree. Exit status 0 when ok, else 1; a drill that cannot run (no such
@@ -228,6 +230,49 @@ def replica_hashes(topo, timeout_s: float = 20.0) -> dict:
     return out
 
 
+def rebuild_check(topo, hashes: dict) -> dict:
+    """{stream: {"seq", "hash_equal", "audit"}}: every stream whose replicas agreed at seq S
+    is applied from seq 1 to S, from a replicator, to a fresh engine configured as its
+    replicas; its hash must equal theirs, and an engine that keeps books (the TradingEngine)
+    must pass its audit there (``"balanced"``, else the audit's report)."""
+    from deploy.engines import ENGINES
+    from mq.control import replay
+    out = {}
+    for stream, h in sorted(hashes.items()):
+        seq = h.get("seq")
+        spec = next((p for p in topo.procs if p.role.startswith("replica-")
+                     and p.stream == stream and "--engine" in p.args), None)
+        if not h.get("same_seq") or not seq or spec is None:
+            continue
+        engine = spec.args[spec.args.index("--engine") + 1]
+        config = json.loads(spec.args[spec.args.index("--engine-config") + 1]) \
+            if "--engine-config" in spec.args else {}
+        eng, _restore = ENGINES[engine](config)
+        last_error: Exception | None = None
+        for addr in topo.replicator_addrs():
+            try:
+                for frame in replay(addr, stream, 1, seq):
+                    eng.apply_frame(frame)
+                last_error = None
+                break
+            except (TimeoutError, RuntimeError) as exc:
+                last_error = exc
+                eng, _restore = ENGINES[engine](config)
+        if last_error is not None:
+            out[stream] = {"seq": seq, "hash_equal": False, "error": str(last_error)}
+            continue
+        mine = eng.state_hash().hex()
+        entry: dict = {"seq": seq, "hash_equal": {mine} == set(h["replicas"].values())}
+        if hasattr(eng, "audit"):
+            try:
+                eng.audit()
+                entry["audit"] = "balanced"
+            except Exception as exc:   # the audit's report, in the drill's report
+                entry["audit"] = f"FAILED: {exc}"
+        out[stream] = entry
+    return out
+
+
 def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int, int]:
     """{source_seq: times it is in the stream} for one source, from the first replicator
     that answers a replay of the committed log."""
@@ -361,9 +406,13 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     if twice:
         report["orders"]["twice_source_seqs"] = twice[:20]
     report["hashes"] = replica_hashes(topo)
+    report["rebuild"] = rebuild_check(topo, report["hashes"])
     report["ok"] = (not lost and not twice and len(acked) == len(tickets) and bool(tickets)
                     and recovered is not None
-                    and all(h["equal"] for h in report["hashes"].values()))
+                    and all(h["equal"] for h in report["hashes"].values())
+                    and len(report["rebuild"]) == len(report["hashes"])
+                    and all(r["hash_equal"] and r.get("audit", "balanced") == "balanced"
+                            for r in report["rebuild"].values()))
     return report
 
 
@@ -394,6 +443,12 @@ def describe(r: dict) -> str:
     for stream, h in r["hashes"].items():
         verdict = "equal" if h["equal"] else ("DIFFER" if h["same_seq"] else
                                               "not compared (replicas at different seqs)")
+        rb = r.get("rebuild", {}).get(stream)
+        if rb is not None:
+            verdict += "; rebuilt from seq 1: " + ("same hash" if rb["hash_equal"] else
+                                                   "ANOTHER HASH")
+            if "audit" in rb:
+                verdict += f", audit {rb['audit']}"
         lines.append(f"  {stream}: {len(h['replicas'])} replicas at seq {h['seq']}: hashes "
                      f"{verdict}")
     if r.get("load_error"):

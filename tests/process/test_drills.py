@@ -1,7 +1,8 @@
 """`seqex drill` against a running default cluster (with keys), one test per drill, each
 reading the `--json` report: the fault was detected and the target recovered, service went on
 (an order sent after the fault was acknowledged), no order was lost or applied twice (read
-back from the in stream), and every stream's replicas give one state hash at one seq. The
+back from the in stream), every stream's replicas give one state hash at one seq, the stream
+rebuilt from seq 1 gives that hash too, and every TradingEngine shard's audit balances. The
 cluster is shared by the drills of this module (one `seqex up`, stopped at the end); a drill
 runs its own light load (200 orders/s into in.ce.BTCUSDT). A bad drill name or target is one
 line, status 2, and strikes nothing."""
@@ -50,6 +51,11 @@ def check(report: dict) -> None:
     assert len(report["hashes"]) == 4
     for stream, h in report["hashes"].items():
         assert h["equal"] and len(h["replicas"]) == 3, (stream, h)
+    # every stream rebuilt from seq 1 gives the replicas' hash; every shard's audit balances
+    assert set(report["rebuild"]) == set(report["hashes"])
+    for stream, rb in report["rebuild"].items():
+        assert rb["hash_equal"], (stream, rb)
+        assert rb.get("audit") == ("balanced" if stream.startswith("in.te.") else None), rb
     assert report["ok"]
 
 
