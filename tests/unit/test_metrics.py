@@ -209,3 +209,19 @@ def test_status_json_of_a_cluster_whose_processes_do_not_answer(tmp_path):
         "died 9 times"
     assert by["gateway0"]["metrics"] == topo.by_name("gateway0").extra["metrics"]
     json.dumps(doc)   # all of it is JSON
+
+
+def test_the_three_host_topology_spreads_replicators_and_gives_each_host_its_units(tmp_path):
+    """deploy/topologies/three-hosts.toml: one replicator per host (quorum survives any one
+    host), every process bound to its host's loopback address, and a unit per process."""
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "topologies",
+                        "three-hosts.toml")
+    topo = topology.load(path, str(tmp_path))
+    addr = {"a": "127.0.0.2", "b": "127.0.0.3", "c": "127.0.0.4"}
+    assert sorted(p.host for p in topo.procs if p.role == "replicator") == ["a", "b", "c"]
+    for p in topo.procs:
+        assert p.control.startswith(f"tcp://{addr[p.host]}:"), p
+        assert p.extra["metrics"].startswith(f"{addr[p.host]}:"), p
+    counts = {h: len(systemd.units(topo, h, ["seqex"])) - 1 for h in addr}
+    assert counts == {"a": 13, "b": 6, "c": 6}
