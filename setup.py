@@ -37,10 +37,12 @@ setup(
     ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES,
                           annotate=os.environ.get("SEQEX_ANNOTATE") == "1"),
     python_requires=">=3.10",
-    install_requires=["pyzmq>=25", "msgpack>=1.0", "lmdb>=1.4", "uvloop>=0.19", "rich>=13"],
+    install_requires=["pyzmq>=25", "msgpack>=1.0", "lmdb>=1.4", "uvloop>=0.19", "rich>=13",
+                      "prometheus-client>=0.17"],
     # The tests build the checked flavour in place (setup.py build_ext), so the test extra
     # brings the build tools into the environment: pip builds seqex itself in isolation.
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100",
+    extras_require={"bench": ["redis>=5", "hiredis>=2"],
+                    "test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100",
                              "cython>=3.0", "setuptools>=65", "wheel"]},
     entry_points={"console_scripts": ["seqex = deploy.cli:main"]},
     zip_safe=False,

@@ -20,7 +20,15 @@ this process. Records carry 64-byte payloads (102 bytes with the record header).
   authenticator, the roles checked on every message), alternating in the same run; the ratio
   secure / insecure is the cost. The hashes must match. `--curve-only` runs just these.
 
-Run: python bench/bench_mq.py [--quick] [--repeat 3]
+* Redis Streams: the log a user would otherwise pick, measured in the same run (Debian's
+  redis-server on a loopback port, a temporary directory, AOF fsync everysec; redis-py with
+  hiredis, `pip install 'seqex[bench]'`): XADD -> XREAD BLOCK, one producer process and one
+  consumer (this process), open loop with the log's method (whatever is due, up to 256, in one
+  pipeline), and its ceiling (pipelines of 1024 as fast as they go). Redis replicates nothing
+  before it delivers. Skipped, with a line saying why, when redis-server or redis-py is absent.
+  The latency rounds alternate floor, log and Redis.
+
+Run: python bench/bench_mq.py [--quick] [--repeat 3] [--latency-only]
 """
 from __future__ import annotations
 
@@ -30,6 +38,8 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
+import socket
 import statistics
 import struct
 import subprocess
@@ -136,11 +146,16 @@ def _open_loop_push(addr: str, n: int, rate: int) -> None:
     time.sleep(2)
 
 
-def raw_hops_latency(rate: int, seconds: float) -> dict:
+def raw_hops_latency(rate: int, seconds: float, transport: str = "tcp") -> dict:
     """The same four hops as the log (producer -> master -> replicator -> master ->
     subscriber) with raw pyzmq and no work at all: the latency floor of this machine."""
+    with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
+        return _raw_hops_latency(rate, seconds, _endpoints(transport, root))
+
+
+def _raw_hops_latency(rate: int, seconds: float, endpoint) -> dict:
     n = int(rate * seconds)
-    a_in, b, pub = tcp(), tcp(), tcp()
+    a_in, b, pub = endpoint(), endpoint(), endpoint()
     procs = [subprocess.Popen([sys.executable, __file__, "_relay_b", b]),
              subprocess.Popen([sys.executable, __file__, "_relay_a", a_in, b, pub])]
     sub = zmq.Context.instance().socket(zmq.SUB)
@@ -151,7 +166,8 @@ def raw_hops_latency(rate: int, seconds: float) -> dict:
                                    a_in]))
     lat = []
     try:
-        while len(lat) < n and sub.poll(5000):
+        # the first record may take long on a loaded machine (the producer process starts)
+        while len(lat) < n and sub.poll(5000 if lat else 60_000):
             lat.append(time.time_ns() - struct.unpack_from("<Q", sub.recv())[0])
     finally:
         for p in procs:
@@ -163,8 +179,169 @@ def raw_hops_latency(rate: int, seconds: float) -> dict:
 
 def _percentiles(lat: list[int], n: int) -> dict:
     lat = sorted(lat[n // 10:])
+    if not lat:
+        raise RuntimeError(f"no record of {n} arrived after the warm-up")
     q = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] / 1000  # noqa: E731
     return {"records": len(lat), "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999)}
+
+
+# -- Redis Streams, the log a user would otherwise pick ----------------------------------
+REDIS_STREAM = "bench"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of Debian's package on a loopback port, in a temporary directory, AOF
+    with fsync every second (its usual durable setting), no RDB snapshots; stopped on exit."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.root = tempfile.mkdtemp(prefix="seqex-bench-redis-")
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> RedisServer:
+        import redis
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.root,
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--daemonize", "no", "--logfile", os.path.join(self.root, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.__exit__()
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def redis_missing() -> str | None:
+    """Why the Redis baseline cannot run here, or None."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed (Debian: apt-get install redis-server)"
+    try:
+        import hiredis  # noqa: F401
+        import redis  # noqa: F401
+    except ImportError:
+        return "redis-py with hiredis is not installed (pip install 'seqex[bench]')"
+    return None
+
+
+def _redis_produce(port: str, n: str, rate: str, batch: str) -> None:
+    """The Redis producer process: XADD of 64-byte payloads (scheduled time first), open
+    loop at `rate` as the log's producer (whatever is due, up to `batch`, in one pipeline),
+    or with rate 0 as fast as it goes in pipelines of `batch`."""
+    import redis
+    client = redis.Redis(port=int(port))
+    n, rate, batch = int(n), int(rate), int(batch)
+    pad = b"\0" * (PAYLOAD - 16)
+    prefix = struct.Struct("<QQ")
+    time.sleep(0.3)
+    start = time.time_ns()
+    step = 1e9 / rate if rate else 0.0
+    i = 0
+    while i < n:
+        if rate:
+            now = time.time_ns()
+            due = min(n, int((now - start) / step) + 1)
+            if due <= i:
+                time.sleep(max(0.0, (start + i * step - now) / 1e9))
+                continue
+            k = min(batch, due - i)
+        else:
+            k = min(batch, n - i)
+        pipe = client.pipeline(transaction=False)
+        for j in range(i, i + k):
+            when = int(start + j * step) if rate else time.time_ns()
+            pipe.xadd(REDIS_STREAM, {b"d": prefix.pack(j, when) + pad})
+        pipe.execute()
+        i += k
+    client.close()
+
+
+def _redis_consume(port: int, n: int, seconds_max: float) -> tuple[list[int], list[int], float]:
+    """XREAD BLOCK until n records came: (latencies ns, record numbers, seconds from the
+    first delivery to the last)."""
+    import redis
+    client = redis.Redis(port=port)
+    prefix = struct.Struct("<QQ")
+    lat: list[int] = []
+    order: list[int] = []
+    last_id = b"0-0"
+    t_first = t_last = 0.0
+    deadline = time.monotonic() + seconds_max
+    while len(lat) < n and time.monotonic() < deadline:
+        got = client.xread({REDIS_STREAM: last_id}, count=10_000, block=1000)
+        if not got:
+            continue
+        now = time.time_ns()
+        t_last = time.perf_counter()
+        if not t_first:
+            t_first = t_last
+        entries = got[0][1]
+        for _id, fields in entries:
+            num, when = prefix.unpack_from(fields[b"d"])
+            lat.append(now - when)
+            order.append(num)
+        last_id = entries[-1][0]
+    client.close()
+    return lat, order, t_last - t_first
+
+
+def _runs_hash(order: list[int]) -> str:
+    runs: list = []
+    _canonical_runs([(1, k + 1, k + 1, 0) for k in order], runs)
+    return hashlib.sha256(json.dumps(runs).encode()).hexdigest()[:16]
+
+
+def redis_latency(rate: int, seconds: float) -> dict:
+    """Open-loop XADD -> XREAD BLOCK latency, one producer and one consumer process (this
+    one), the log's method."""
+    n = int(rate * seconds)
+    with RedisServer() as server:
+        prod = subprocess.Popen([sys.executable, __file__, "_redis_produce", str(server.port),
+                                 str(n), str(rate), "256"])
+        try:
+            lat, order, _ = _redis_consume(server.port, n, seconds * 4 + 30)
+        finally:
+            prod.kill()
+            prod.wait()
+    return {**_percentiles(lat, n), "hash": _runs_hash(order)}
+
+
+def redis_throughput(n: int) -> dict:
+    """Records/s through Redis Streams: pipelines of 1024 XADDs as fast as they go."""
+    with RedisServer() as server:
+        prod = subprocess.Popen([sys.executable, __file__, "_redis_produce", str(server.port),
+                                 str(n), "0", "1024"])
+        try:
+            lat, order, elapsed = _redis_consume(server.port, n, 300)
+        finally:
+            prod.kill()
+            prod.wait()
+    return {"records": len(order), "rate": len(order) / elapsed if elapsed > 0 else 0.0,
+            "hash": _runs_hash(order)}
 
 
 # -- the log ---------------------------------------------------------------------------
@@ -304,12 +481,66 @@ def curve_cost(a: argparse.Namespace, n: int, results: list) -> None:
                     "p99_ratio": lon["p99_us"] / loff["p99_us"]})
 
 
+def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> None:
+    """Open-loop latency at 10k/s and 50k/s: the raw four-hop floor, the log and Redis
+    Streams, alternating within each of --repeat rounds (medians by p99); then the log and
+    Redis side by side (throughput ceiling and p99 at 10k/s)."""
+    seconds = 3 if a.quick else 8
+    why_not = redis_missing()
+    if why_not:
+        print(f"Redis Streams baseline skipped: {why_not}", flush=True)
+    pick = lambda runs: sorted(runs, key=lambda r: r["p99_us"])[len(runs) // 2]  # noqa: E731
+    redis_p99: dict[int, dict] = {}
+    # ipc (one host) at 10k/s too, each transport against its own floor
+    for transport, rate in (("tcp", 10_000), ("ipc", 10_000), ("tcp", 50_000)):
+        runs: dict[str, list] = {"raw": [], "log": [], "redis": []}
+        for _ in range(a.repeat):
+            runs["raw"].append(raw_hops_latency(rate, seconds, transport))
+            runs["log"].append(log_latency(transport, rate, seconds))
+            if not why_not and transport == "tcp":
+                runs["redis"].append(redis_latency(rate, seconds))
+        raw, r = pick(runs["raw"]), pick(runs["log"])
+        print(f"[{transport}] open-loop latency at {rate:,}/s: p50 {r['p50_us']:.0f} us  p99 "
+              f"{r['p99_us']:.0f} us  p99.9 {r['p999_us']:.0f} us  (hash {r['hash']}); raw "
+              f"four-hop floor p50 {raw['p50_us']:.0f} p99 {raw['p99_us']:.0f} p99.9 "
+              f"{raw['p999_us']:.0f} us; ratios p50 {r['p50_us'] / raw['p50_us']:.2f} "
+              f"p99 {r['p99_us'] / raw['p99_us']:.2f}", flush=True)
+        entry = {"transport": transport, "what": "latency", "rate": rate, **r, "raw_floor": raw,
+                 "p50_ratio": r["p50_us"] / raw["p50_us"], "p99_ratio": r["p99_us"] / raw["p99_us"],
+                 "runs": {k: [x["p99_us"] for x in v] for k, v in runs.items()}}
+        if runs["redis"]:
+            rd = redis_p99[rate] = pick(runs["redis"])
+            print(f"[tcp] Redis Streams (XADD -> XREAD BLOCK, AOF everysec) at {rate:,}/s: p50 "
+                  f"{rd['p50_us']:.0f} us  p99 {rd['p99_us']:.0f} us  p99.9 {rd['p999_us']:.0f} us"
+                  f"  (hash {rd['hash']}); log p99 / Redis p99 {r['p99_us'] / rd['p99_us']:.2f}",
+                  flush=True)
+            entry["redis"] = rd
+        results.append(entry)
+    if why_not:
+        return
+    n = 300_000 if a.quick else 1_000_000
+    rtp = statistics.median(redis_throughput(n)["rate"] for _ in range(a.repeat))
+    results.append({"what": "redis_throughput", "rate": rtp})
+    log_tp = throughputs.get("tcp")
+    log10 = next(x for x in results if x.get("what") == "latency" and x["rate"] == 10_000
+                  and x["transport"] == "tcp")
+    print(f"{'':28}{'records/s (ceiling)':>22}{'p99 at 10k/s':>16}", flush=True)
+    print(f"{'log (tcp, 1 replicator, os)':28}"
+          f"{(f'{log_tp:,.0f}' if log_tp else 'not run'):>22}{log10['p99_us']:>13,.0f} us",
+          flush=True)
+    print(f"{'Redis Streams (AOF everysec)':28}{rtp:>22,.0f}"
+          f"{redis_p99[10_000]['p99_us']:>13,.0f} us", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller runs, one transport")
     ap.add_argument("--repeat", type=int, default=1, help="median of this many runs")
     ap.add_argument("--curve-only", action="store_true",
                     help="only the cost of CURVE (with and without, same run)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only the open-loop latency: the raw floor, the log and Redis Streams, "
+                         "alternating in the same run")
     a = ap.parse_args()
     gc.disable()
     n = 300_000 if a.quick else 2_000_000
@@ -321,6 +552,11 @@ def main() -> None:
         runs.sort(key=lambda r: r.get("rate", r.get("p99_us", 0)))
         return runs[len(runs) // 2]
 
+    throughputs: dict[str, float] = {}
+    if a.latency_only:
+        latency_section(a, results, throughputs)
+        print(json.dumps(results))
+        return
     curve_cost(a, n, results)
     if a.curve_only:
         print(json.dumps(results))
@@ -342,16 +578,9 @@ def main() -> None:
                   f"  ({r['records']} records, hash {r['hash']})", flush=True)
             results.append({"transport": transport, "what": "throughput", "replicas": replicas,
                             "durability": durability, **r, "ratio": r["rate"] / c256})
-    seconds = 3 if a.quick else 8
-    for rate in (10_000, 50_000):
-        raw = med(raw_hops_latency, rate, seconds)
-        r = med(log_latency, "tcp", rate, seconds)
-        print(f"[tcp] open-loop latency at {rate:,}/s: p50 {r['p50_us']:.0f} us  p99 "
-              f"{r['p99_us']:.0f} us  p99.9 {r['p999_us']:.0f} us  (hash {r['hash']}); raw "
-              f"four-hop floor p50 {raw['p50_us']:.0f} p99 {raw['p99_us']:.0f} p99.9 "
-              f"{raw['p999_us']:.0f} us; p99 ratio {r['p99_us'] / raw['p99_us']:.2f}", flush=True)
-        results.append({"transport": "tcp", "what": "latency", "rate": rate, **r,
-                        "raw_floor": raw, "p99_ratio": r["p99_us"] / raw["p99_us"]})
+            if (replicas, durability) == (1, "os"):
+                throughputs[transport] = r["rate"]
+    latency_section(a, results, throughputs)
     print(json.dumps(results))
 
 
@@ -363,6 +592,8 @@ if __name__ == "__main__":
             _push(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:8] or None)
     elif len(sys.argv) > 1 and sys.argv[1] == "_relay_a":
         _relay_a(*sys.argv[2:5])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_redis_produce":
+        _redis_produce(*sys.argv[2:6])
     elif len(sys.argv) > 1 and sys.argv[1] == "_relay_b":
         _relay_b(sys.argv[2])
     else:

@@ -4,7 +4,8 @@ Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirro
 ``replica``, ``gateway``, ``oracle``.
 Cluster verbs: ``up``, ``down``, ``status``, ``submit`` (one order and its outcome),
 ``client`` (trade through the gateway), ``account`` (users, deposits, withdrawals), ``oracle``
-(the simulated mark-price process).
+(the simulated mark-price process), ``drill`` (a failover drill with a report,
+deploy/drill.py), ``deploy systemd`` (a host's units, deploy/systemd.py).
 Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
 ``replay`` (any range of a stream, decoded), ``ping``, ``stop``.
 ``demo``: a local log cluster on loopback with live figures (the main job for now).
@@ -39,6 +40,16 @@ def _die_with_parent() -> None:
         return
     if os.getppid() != int(parent):   # it died before the prctl
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _observe(args: argparse.Namespace) -> None:
+    """A process verb logs JSON lines (SEQEX_LOG_FORMAT=json) and serves Prometheus metrics
+    (SEQEX_METRICS=HOST:PORT) when its environment says so (deploy/logjson.py, metrics.py)."""
+    if args.verb not in PROCESS_VERBS:
+        return
+    from deploy import logjson, metrics
+    logjson.setup(args.verb, args)
+    metrics.start_for_process(args.verb, args)
 
 
 def _pin() -> None:
@@ -86,7 +97,10 @@ def cmd_gateway(a: argparse.Namespace) -> int:
         users = accounts.load(settings.accounts, len(settings.shards))
     except ValueError as exc:
         return _fail("seqex gateway", str(exc))
-    return server.main(settings, users)
+    from deploy import metrics
+    address = os.environ.get(metrics.ENV)
+    return server.main(settings, users, on_start=None if not address else (
+        lambda gw: metrics.start_exporter(address, gw.status, "gateway", a)))
 def cmd_client(a: argparse.Namespace) -> int:
     from deploy.trader import run
     return run(a)
@@ -404,6 +418,11 @@ def cmd_status(a: argparse.Namespace) -> int:
     from deploy.supervisor import gave_up, print_table, read_heartbeats, read_state, status_rows
     topo, _pid = read_state(a.data)
     given_up = gave_up(a.data)
+    if a.json:
+        from deploy.metrics import status_doc
+        print(json.dumps(status_doc(topo, given_up, read_heartbeats(a.data), a.frozen_after),
+                         indent=1))
+        return 0
     frozen: list[str] = []
     print_table(status_rows(topo, given_up, read_heartbeats(a.data), frozen, a.frozen_after))
     for why in [*given_up.values(), *frozen]:
@@ -898,7 +917,14 @@ def parser() -> Parser:
         if verb == "status":
             s.add_argument("--frozen-after", type=seconds, default=3.0,
                            help="a live process silent for longer than this is FROZEN")
+            s.add_argument("--json", action="store_true",
+                           help="one JSON object: every process's plan, state and status")
         s.set_defaults(fn=fn)
+
+    from deploy import systemd
+    systemd.register(sub)   # `seqex deploy systemd --host NAME` (docs/operations.md)
+    from deploy import drill
+    drill.register(sub, int_range, seconds)   # `seqex drill NAME` (docs/operations.md)
 
     s = sub.add_parser("submit", help="put one order into in.ce.SYMBOL and print its outcome")
     s.add_argument("--data", default="seqex-data")
@@ -970,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _die_with_parent()
         _pin()
+        _observe(args)
         return args.fn(args)
     except BrokenPipeError:
         # The reader went away (`seqex replay ... | head`): stop quietly, as tools do.

@@ -27,8 +27,9 @@ def free_port() -> int:
             return port
 
 
-def free_port_block(n: int = 40) -> int:
-    """The first of n consecutive TCP ports on 127.0.0.1 that were all free a moment ago,
+def free_port_block(n: int = 64) -> int:
+    """The first of n consecutive TCP ports on 127.0.0.1 that were all free a moment ago
+    (64 by default: the default topology's 33 ports and the 25 metrics ports after them),
     below the kernel's ephemeral range (32768 up), so that no outgoing connection of another
     program takes one of them between this check and the bind."""
     import random
@@ -58,8 +59,9 @@ class Proc:
     """One `python -m deploy.cli ...` child, its output in a log file."""
 
     def __init__(self, name: str, args: list[str], log_dir: str, cpu: int | None = None,
-                 die_with_parent: bool = False):
+                 die_with_parent: bool = False, env: dict[str, str] | None = None):
         self.name = name
+        self.env = env or {}   # added to the environment (SEQEX_PROCESS, SEQEX_METRICS)
         self.die_with_parent = die_with_parent
         self.args = args
         self.log_path = os.path.join(log_dir, f"{name}.log")
@@ -68,7 +70,7 @@ class Proc:
         self.start()
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         if self.cpu is not None:
             env["SEQEX_CPU"] = str(self.cpu)
         if self.die_with_parent:   # deploy/cli.py: SIGTERM when this process dies
@@ -130,10 +132,11 @@ class Group:
         os.makedirs(log_dir, exist_ok=True)
         self.procs: list[Proc] = []
 
-    def spawn(self, name: str, args: list[str], cpu: int | None = None) -> Proc:
+    def spawn(self, name: str, args: list[str], cpu: int | None = None,
+              env: dict[str, str] | None = None) -> Proc:
         if self.insecure_unless_keyed:
             args = harness_args(args)
-        proc = Proc(name, args, self.log_dir, cpu, self.die_with_parent)
+        proc = Proc(name, args, self.log_dir, cpu, self.die_with_parent, env)
         self.procs.append(proc)
         return proc
 

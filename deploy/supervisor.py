@@ -202,7 +202,8 @@ class Supervisor:
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_accounts", True))
         try:
             for spec in self.mine():
-                proc = self.group.spawn(spec.name, spec.args, cpu=spec.cpu)
+                proc = self.group.spawn(spec.name, spec.args, cpu=spec.cpu,
+                                        env=child_env(spec))
                 self.procs[spec.name] = proc
                 self.started_at[spec.name] = time.monotonic()
                 self._wait_ready(spec, proc, ready_timeout_s)
@@ -345,6 +346,15 @@ class Supervisor:
         print("  seqex replay in.ce.BTCUSDT --from 1  the log, decoded (--rebuild: state hash)")
         print("  seqex tail out.ce.BTCUSDT            results as they come")
         print("  seqex down (or Ctrl-C)               stop everything", flush=True)
+
+
+def child_env(spec) -> dict[str, str]:
+    """What a supervised process finds in its environment besides the supervisor's own: its
+    name in the topology, and where it serves its metrics (deploy/metrics.py)."""
+    env = {"SEQEX_PROCESS": spec.name}
+    if spec.extra.get("metrics"):
+        env["SEQEX_METRICS"] = spec.extra["metrics"]
+    return env
 
 
 def read_state(data_dir: str, check_alive: bool = True) -> tuple[Topology, int]:

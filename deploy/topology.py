@@ -634,7 +634,16 @@ def plan(conf: dict, data_dir: str | None = None, base_port: int | None = None) 
     topo = Topology(root, procs, symbols)
     if conf.get("trading"):
         _plan_trading(conf, topo, addr, rep_addrs, cores, core_i)
-    return topo
+    return _with_metrics(topo)
+
+
+def _with_metrics(topo: Topology) -> Topology:
+    """Every process's metrics address, after the plan's ports (deploy/metrics.py)."""
+    from deploy import metrics
+    try:
+        return metrics.assign(topo)
+    except metrics.MetricsError as exc:
+        raise TopologyError(str(exc)) from None
 
 
 def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores: list[int],

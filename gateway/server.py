@@ -748,6 +748,16 @@ class Gateway:
                 else:
                     c.abort()
 
+    def status(self) -> dict:
+        """Counters, live sessions and per-shard queue depths, for metrics (deploy/metrics.py).
+        Only plain reads of ints and lengths: safe from another thread between two statements
+        of the event loop."""
+        return {"role": "gateway", "index": self.cfg.index, "open_connections": len(self.conns),
+                "live_sessions": len(self.live), "pending_logons": len(self.pending),
+                "queue_depth": [len(q) for q in self.queues],
+                "in_flight": [self.core.depth(s) for s in range(self.n_shards)],
+                **dict(self.stats)}
+
     def _new_connection(self) -> Connection:
         self.next_conn += 1
         conn = Connection(self, self.cfg.index << CONN_ID_SHIFT | self.next_conn)
@@ -1072,9 +1082,11 @@ def read_settings(text: str) -> Settings:
     return parse_settings(doc)
 
 
-def main(settings: Settings, accounts: Accounts) -> int:
+def main(settings: Settings, accounts: Accounts,
+         on_start: Callable[[Gateway], None] | None = None) -> int:
     """Run the gateway process until SIGTERM/SIGINT: Logout(6) everyone, then exit 0.
-    SIGHUP re-reads the accounts file (a bad file is logged and the old one kept)."""
+    SIGHUP re-reads the accounts file (a bad file is logged and the old one kept).
+    on_start(gateway) runs once it listens (the metrics exporter, deploy/metrics.py)."""
     import signal
 
     from gateway import accounts as accounts_mod
@@ -1101,6 +1113,8 @@ def main(settings: Settings, accounts: Accounts) -> int:
             await gw.start(settings.host, settings.port)
             print(f"gateway {settings.cfg.index} listening on {settings.host}:{settings.port}",
                   flush=True)
+            if on_start is not None:
+                on_start(gw)
             await stop.wait()
         finally:
             await gw.close()

@@ -49,6 +49,8 @@ SNAPSHOT_VERSION = 1
 CLOSE_OUT_WINDOW_NS = 200_000_000      # a limit at the bankruptcy price rests this long
 INDICATOR_INTERVAL_NS = 1_000_000_000  # ADL indicators are recomputed at most this often
 OUTPUT_BUDGET = 256 << 10              # bytes after which a record defers ADL and indicators
+MAX_ADLS_PER_SHARD = 4                 # Adls for one shard in one record (the TradingEngine's
+#                                        MAX_ADLS_PER_RECORD: more stops it, docs/liqengine.md §5)
 MAX_MONEY = 1 << 62
 LIMIT, CANCELLING, IOC_PHASE, ADL_PHASE = 1, 2, 3, 4
 SCALE_BITS = 64
@@ -669,6 +671,7 @@ class LiqEngine:
             return
         budget = self.output_budget
         sent = False
+        per_shard: dict[int, int] = {}
         for cid in list(queue):
             co = self.closeouts[cid]
             ranking = self._rank(co.symbol, -co.side)
@@ -687,6 +690,10 @@ class LiqEngine:
                 held = (size if size > 0 else -size) - pending.get((account, symbol), 0)
                 if held <= 0:
                     continue
+                shard = account % self.n_shards
+                if per_shard.get(shard, 0) >= MAX_ADLS_PER_SHARD:
+                    return          # this shard has its share of this record: the next one
+                per_shard[shard] = per_shard.get(shard, 0) + 1
                 qty = co.unassigned if co.unassigned < held else held
                 adl_id = self.next_adl
                 self.next_adl += 1

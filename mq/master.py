@@ -59,6 +59,7 @@ TAIL_RECORDS = 10_000          # a new master reads at least this many records o
 TAIL_MAX_BYTES = 4 << 20       # one tail REPLAY chunk
 RECENT_RUNS = 4096             # per source: (ss_first, ss_last, seq_first) kept for re-acks
 MAX_DRAIN = 1024               # producer messages taken per turn of the shell's loop
+COMMIT_IDLE_S = 0.005          # a COMMIT goes to a replicator no APPEND reached for this long
 ZERO_COPY_MIN = 64 << 10       # below this a copy is cheaper than pyzmq's zero-copy tracking
 
 
@@ -82,6 +83,7 @@ class Link:
     commit_sent: int = 0      # the commit point it was last told
     behind: bool = False      # it lacks records that left the resend window (logged once)
     alarm_at: float = 0.0     # the next time a refusal that needs the operator is logged
+    append_at: float = 0.0    # when the last APPEND went to it (it carried the commit point)
 
 
 class Window:
@@ -551,8 +553,9 @@ class Master:
             if not self._try_send(link, [wire.APPEND, wire.pack(fields), frame]):
                 return
             link.commit_sent = max(link.commit_sent, commit)
+            link.append_at = now = self.mono()
             if link.sent == link.acked:
-                link.progress_at = self.mono()
+                link.progress_at = now
             link.sent = last
 
     # -- committing and forwarding ------------------------------------------------------------
@@ -606,14 +609,17 @@ class Master:
         now = self.mono()
         if now >= self.commit_note_at:
             # Replicators serve replay up to the commit point; tell them when it moved and no
-            # APPEND carried it (at most every 5 ms).
-            self.commit_note_at = now + 0.005
+            # APPEND carried it for COMMIT_IDLE_S (checked at most that often). While frames
+            # flow, each APPEND carries the point (up to the frame before it), and a COMMIT
+            # would only cost the replicator a transaction of its own ahead of the next APPEND.
+            self.commit_note_at = now + COMMIT_IDLE_S
             # Each is told at most what it acknowledged of this master's log: beyond that it
             # may hold a stale tail whose TRUNCATE it never got, and it takes min(commit, its
             # last) as committed.
             for link in self.links:
                 commit = min(self.committed, link.acked)
-                if link.known and link.commit_sent < commit:
+                if link.known and link.commit_sent < commit \
+                        and now - link.append_at >= COMMIT_IDLE_S:
                     if self._try_send(link, [wire.COMMIT, wire.pack(
                             {"stream": self.stream, "epoch": self.epoch,
                              "commit": commit})]):
@@ -745,7 +751,9 @@ class MasterShell:
     def _waiting(self) -> Any:
         """Up to MAX_DRAIN messages waiting on the producer socket, as (ident, kind, parts);
         messages too short to carry a kind are dropped."""
-        for _ in range(MAX_DRAIN):
+        for i in range(MAX_DRAIN):
+            if i and not sockets.readable(self.router):
+                return
             try:
                 peer, msg = auth.recv_multipart(self.router, zmq.NOBLOCK)
             except zmq.Again:
@@ -755,7 +763,10 @@ class MasterShell:
                 yield msg[0], msg[1], msg
 
     def _on_replies(self, link: Link) -> None:
-        while True:
+        """Every reply waiting (called when the poller says the socket is readable)."""
+        first = True
+        while first or sockets.readable(link.sock):
+            first = False
             try:
                 msg = link.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -227,7 +227,9 @@ class Producer:
 
     def _receive(self, timeout_ms: int) -> None:
         if self.sock.poll(timeout_ms):
-            while True:
+            first = True
+            while first or sockets.readable(self.sock):
+                first = False
                 try:
                     msg = self.sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:

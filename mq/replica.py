@@ -365,6 +365,7 @@ class ReplicaHost:
         return {"role": "replica", "name": self.name, "replica_role": self.role,
                 "stream": self.stream, "seq": self.seq, "lag": max(0, self.head - self.seq),
                 "rate": round(self.rate), "snapshot_seq": self.snap_seq,
+                "snapshot_age_s": round(time.monotonic() - self.snap_at, 3),
                 "sent_upto": self.sent_upto, "mirror_has": self.mirror_has,
                 "refusals": auth.refusal_stats(), **self.stats}
 

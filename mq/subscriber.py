@@ -121,7 +121,9 @@ class Subscriber:
                 self.replaying, self.target, self.inflight_at = True, None, 0.0
             return
         self.heard_at = time.monotonic()
-        for _ in range(1024):
+        for i in range(1024):
+            if i and not sockets.readable(self.sub):
+                return
             try:
                 msg = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -276,7 +276,7 @@ class Replicator:
         events = dict(self.poller.poll(200))
         if self.sock in events:
             batch, peers = [], []
-            while len(batch) < MAX_BATCH:
+            while len(batch) < MAX_BATCH and (not batch or sockets.readable(self.sock)):
                 try:
                     peer, msg = auth.recv_multipart(self.sock, zmq.NOBLOCK)
                 except zmq.Again:

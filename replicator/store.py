@@ -74,8 +74,9 @@ class StreamDamaged(ValueError):
 
 def check_stream_name(name: object) -> str:
     """The name, if it is a valid stream name; ValueError otherwise."""
-    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME \
-            or not all("!" <= c <= "~" for c in name):
+    # printable ASCII without the space: "!" .. "~"
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME or not name.isascii() \
+            or not name.isprintable() or " " in name:
         shown = repr(name)[:80]
         raise ValueError(f"bad stream name {shown}: 1..{MAX_NAME} printable ASCII characters")
     return name

@@ -292,3 +292,21 @@ def test_two_iocs_in_flight_cannot_spend_the_same_money():
     v.accept(iocs[0], fills=[(5, 98)])
     v.accept(iocs[1], fills=[(5, 100)])
     assert v.engine.fund == 0 and v.engine.reserved == 0 and v.engine.closeouts == {}
+
+
+def test_at_most_four_adls_for_one_shard_in_one_record():
+    """The TradingEngine stops on more than MAX_ADLS_PER_RECORD Adls for its shard in one
+    record (docs/liqengine.md §5): ten longs of one shard to deleverage go out 4, 4, 2."""
+    from liqengine.engine import MAX_ADLS_PER_SHARD
+    from tradingengine.engine import MAX_ADLS_PER_RECORD
+    assert MAX_ADLS_PER_SHARD == MAX_ADLS_PER_RECORD == 4
+    v = venue()
+    v.mark(1, 640)
+    for i in range(10):
+        account = 2 * (i + 1)                      # all of shard 0 of 2
+        v.position(account, 1, 1, 600 - i, balance=10_000)
+    events = close_out_to_adl(v, 99, -10, 650)
+    per_record = [len(kinds(events, c.ADL))]
+    for _ in range(5):
+        per_record.append(len(kinds(v.tick(1), c.ADL)))
+    assert per_record[:3] == [4, 4, 2] and sum(per_record) == 10

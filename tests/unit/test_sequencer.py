@@ -579,7 +579,7 @@ def test_a_source_with_uncommitted_records_is_not_forgotten():
     core._emit_tick(core.fake.mono_ns)
     ack_all(core)
     core.sequence_turn([data(1, 1, 5)])           # never acknowledged by the replicators
-    for k in range(10):
+    for _k in range(10):
         core.fake.advance(SEC // 2)
         core._emit_tick(core.fake.mono_ns)
     assert core.next_ss[1] == 6 and core.source_floor == 1
@@ -620,3 +620,26 @@ def test_the_masters_bound_is_the_replicators_state_bound():
     from mq.sequencer import MAX_SOURCES
     from replicator.store import STATE_MAX_SOURCES
     assert MAX_SOURCES == STATE_MAX_SOURCES
+
+
+def test_no_commit_message_while_appends_carry_the_point_and_one_when_the_stream_idles():
+    """While frames flow, each APPEND carries the commit point (up to the frame before it): a
+    COMMIT of its own would cost the replicator a transaction ahead of the next APPEND. Once
+    no APPEND reached a replicator for 5 ms, a COMMIT tells it where the point stands."""
+    core = Core(replicators=1, policy="first")
+    recover(core, [state()])
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    core.take(wire.COMMIT)
+    ss = 1
+    for _ in range(50):                   # a record every millisecond for 50 ms
+        core.fake.advance(SEC // 1000)
+        core.sequence_turn([data(7, ss, 1)])
+        ss += 1
+        ack_all(core)
+    assert core.take(wire.COMMIT) == []
+    assert core.links[0].commit_sent == core.committed - 1   # the last APPEND's point
+    core.fake.advance(6 * SEC // 1000)    # idle
+    core._forward()
+    told = [b["commit"] for _i, b, _m in core.take(wire.COMMIT)]
+    assert told == [core.committed]

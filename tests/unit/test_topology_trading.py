@@ -115,7 +115,8 @@ def test_the_gateway_and_the_oracle_get_their_configuration_and_sources():
     # exactly the keys `seqex gateway --config` takes (gateway/server.py parse_settings)
     assert set(g) == {"index", "listen", "accounts", "shards", "specs", "max_depth"}
     assert g["index"] == 0 and "tcp://" + g["listen"] == gw.control == gw.extra["listen"]
-    assert gw.extra == {"sources": [0x7200_0000], "listen": gw.control, "probe": "tcp"}
+    assert gw.extra == {"sources": [0x7200_0000], "listen": gw.control, "probe": "tcp",
+                        "metrics": gw.extra["metrics"]}   # deploy/metrics.py
     assert g["accounts"] == f"{topo.data_dir}/accounts.json"
     assert g["shards"] == [
         {"in": arg(topo.by_name(f"sequencer.te{n}"), "--producers"),

@@ -1,0 +1,486 @@
+"""`seqex drill NAME`: a failover drill against the running cluster, under a light live load,
+with a report.
+
+Drills (``--target`` names another process of the same kind):
+
+* ``kill-hot-ce``: SIGKILL of a hot CrossEngine replica (default ``ce.<first symbol>.hot0``);
+  the other hot replica carries the out stream, the supervisor restarts the killed one, which
+  restores its snapshot and replays;
+* ``kill-replicator``: SIGKILL of a replicator (default: the last); its peers keep the quorum,
+  the supervisor restarts it and it catches up;
+* ``freeze``: SIGSTOP of a process (default ``ce.<first symbol>.hot1``) for ``--freeze-s``
+  (default 5), then SIGCONT; the supervisor's heartbeat (a PING each second) is what detects
+  it: `seqex status` marks it FROZEN once it has been silent for ``--frozen-after``.
+
+The load: one client (deploy/client.py, its own source id) sends limit orders into
+``in.ce.<symbol>`` at ``--rate`` per second (default 200), a buy and then a sell that crosses
+it, so the book stays small and every pair trades; an order is *acknowledged* when its outcome
+is read from ``out.ce.<symbol>``. The drill runs the load for ``--before`` seconds, strikes,
+watches the target, keeps the load on until the target is back and ``--after`` seconds more,
+then waits for every outcome.
+
+The report (``--json``: the same, as one object):
+
+* what was done to which process (name, pid), and when (UTC);
+* ``detected_s``: from the strike until `seqex status` (the heartbeats) shows the target
+  DOWN or FROZEN; ``restarted_s``: until the supervisor started a new pid (kills; its
+  children in /proc, then its heartbeats file);
+  ``recovered_s``: until the target answers again, caught up (a replica with lag 0, a
+  replicator holding every stream up to its master's commit point);
+* ``resumed_s``: from the strike until the first acknowledgement of an order sent after it;
+  order latencies (send to outcome) before and after the strike, p50/p99/max;
+* orders sent, acknowledged, lost (sent and never in the in stream) and applied twice (in
+  the in stream more than once), read back from a replicator: both must be 0;
+* the state hash of every replica of every stream, asked (HASH) until the replicas of a
+  stream answer at one seq: they must be equal; and the stream rebuilt from seq 1 to that
+  seq on a fresh engine gives the same hash, and the TradingEngine's audit balances there
+  (the global audit: every shard's books, to the minor unit).
+
+``ok`` is true when nothing was lost or doubled, every order was acknowledged and every
+stream's replicas agree. Exit status 0 when ok, else 1; a drill that cannot run (no such
+process, nothing running) is one line and status 2. The figures are one run's on a
+shared machine: compare medians of many runs, not one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+DRILLS = ("kill-hot-ce", "kill-replicator", "freeze")
+
+
+class DrillError(Exception):
+    """The drill cannot run as asked (no such process, nothing running); one line."""
+
+
+@dataclass
+class Load:
+    """Orders into in.ce.SYMBOL from a thread of its own, and their outcomes."""
+    data_dir: str
+    symbol: str
+    rate: int
+    price: str
+    qty: str
+    account: int = 1
+    stop: threading.Event = field(default_factory=threading.Event)
+    tickets: list = field(default_factory=list)
+    acked_at: dict = field(default_factory=dict)   # client_order_id -> monotonic time
+    source: int = 0
+    start_seq: int = 0
+    error: str | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        from deploy.client import Client, OutcomeTimeout
+        try:
+            with Client(self.data_dir) as client:
+                self.source = client.source
+                interval = 1.0 / self.rate
+                due = time.monotonic()
+                side = 0
+                pending = []
+                self.started.set()
+                while not self.stop.is_set():
+                    now = time.monotonic()
+                    while due <= now and not self.stop.is_set():
+                        t = client.send(self.symbol, ("buy", "sell")[side], self.qty,
+                                        self.price, account=self.account)
+                        t.sent_at = time.monotonic()
+                        side ^= 1
+                        self.tickets.append(t)
+                        pending.append(t)
+                        due += interval
+                        if due < now - 1.0:   # a long stall: no burst to catch up
+                            due = now
+                    pending = self._pump(client, pending, 0.005, OutcomeTimeout)
+                deadline = time.monotonic() + 60
+                while pending and time.monotonic() < deadline:
+                    pending = self._pump(client, pending, 0.2, OutcomeTimeout)
+                self.start_seq = client.start_seq.get(self.symbol, 0)
+        except Exception as exc:   # reported, never a hang of the drill
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.started.set()
+
+    def _pump(self, client, pending: list, timeout_s: float, timeout_exc) -> list:
+        try:
+            client.wait(pending[:1] or [], timeout_s)
+        except timeout_exc:
+            pass
+        now = time.monotonic()
+        left = []
+        for t in pending:
+            if t.outcome is None:
+                left.append(t)
+            elif t.client_order_id not in self.acked_at:
+                self.acked_at[t.client_order_id] = now
+        return left
+
+
+def _pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1000, 2)
+
+
+def _beats(data_dir: str) -> dict:
+    from deploy.supervisor import read_heartbeats
+    return read_heartbeats(data_dir)
+
+
+def _pid_of(data_dir: str, name: str) -> int:
+    pid = (_beats(data_dir).get(name) or {}).get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        raise DrillError(f"no pid of {name} in the supervisor's heartbeats (is it on this "
+                         "host, and running?)")
+    return pid
+
+
+def _child_running(supervisor: int, spec) -> int | None:
+    """The pid of the supervisor's child running spec's command line now, or None: the
+    moment of a restart, without waiting for the heartbeats file (written once a round)."""
+    try:
+        with open(f"/proc/{supervisor}/task/{supervisor}/children") as f:
+            children = [int(x) for x in f.read().split()]
+    except OSError:
+        return None
+    want = [a.encode() for a in spec.args]
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if words[-len(want):] == want:
+            return pid
+    return None
+
+
+def _state(topo, data_dir: str, name: str, frozen_after_s: float) -> str:
+    from deploy.metrics import status_doc
+    sub = type(topo)(topo.data_dir, [topo.by_name(name)], topo.symbols, topo.trading)
+    doc = status_doc(sub, {}, _beats(data_dir), frozen_after_s)
+    return doc["processes"][0]["state"]
+
+
+def _caught_up(topo, spec) -> bool:
+    from deploy.supervisor import probe
+    if spec.role == "replicator":
+        # The masters' commit points first, then what the replicator holds: under load the
+        # commit point moves on, and a replicator that holds what was committed a moment
+        # before it was asked has caught up.
+        commits = {}
+        for p in topo.procs:
+            if p.role in ("sequencer", "mirror") and spec.control in p.args:
+                m = probe(p)
+                if m is None:
+                    return False
+                commits[p.stream] = m.get("committed") or 0
+        st = probe(spec)
+        if st is None:
+            return False
+        held = st.get("streams") or {}
+        return all(held.get(stream, {}).get("last", 0) >= c for stream, c in commits.items())
+    st = probe(spec)
+    if st is None:
+        return False
+    if spec.role.startswith("replica-"):
+        return st.get("lag") == 0
+    return True
+
+
+def replica_hashes(topo, timeout_s: float = 20.0) -> dict:
+    """{stream: {"seq", "equal", "replicas": {name: hash}}}: HASH of every replica of each
+    stream, asked again until all of a stream answer at one seq (Ticks move it)."""
+    from mq import wire
+    from mq.control import call
+    out = {}
+    streams: dict[str, list] = {}
+    for p in topo.procs:
+        if p.role.startswith("replica-"):
+            streams.setdefault(p.stream, []).append(p)
+    for stream, specs in sorted(streams.items()):
+        deadline = time.monotonic() + timeout_s
+        got: dict = {}
+        while True:
+            got = {}
+            for p in specs:
+                try:
+                    _k, body, _ = call(p.control, wire.HASH, timeout_s=2.0)
+                    got[p.name] = (body.get("seq"), body.get("hash"))
+                except TimeoutError:
+                    got[p.name] = (None, None)
+            seqs = {s for s, _h in got.values()}
+            if (len(seqs) == 1 and None not in seqs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        seqs = {s for s, _h in got.values()}
+        hashes = {h for _s, h in got.values()}
+        out[stream] = {"seq": min((s for s in seqs if s is not None), default=None),
+                       "same_seq": len(seqs) == 1 and None not in seqs,
+                       "equal": len(seqs) == 1 and len(hashes) == 1 and None not in hashes,
+                       "replicas": {n: h for n, (_s, h) in got.items()}}
+    return out
+
+
+def rebuild_check(topo, hashes: dict) -> dict:
+    """{stream: {"seq", "hash_equal", "audit"}}: every stream whose replicas agreed at seq S
+    is applied from seq 1 to S, from a replicator, to a fresh engine configured as its
+    replicas; its hash must equal theirs, and an engine that keeps books (the TradingEngine)
+    must pass its audit there (``"balanced"``, else the audit's report)."""
+    from deploy.engines import ENGINES
+    from mq.control import replay
+    out = {}
+    for stream, h in sorted(hashes.items()):
+        seq = h.get("seq")
+        spec = next((p for p in topo.procs if p.role.startswith("replica-")
+                     and p.stream == stream and "--engine" in p.args), None)
+        if not h.get("same_seq") or not seq or spec is None:
+            continue
+        engine = spec.args[spec.args.index("--engine") + 1]
+        config = json.loads(spec.args[spec.args.index("--engine-config") + 1]) \
+            if "--engine-config" in spec.args else {}
+        eng, _restore = ENGINES[engine](config)
+        last_error: Exception | None = None
+        for addr in topo.replicator_addrs():
+            try:
+                for frame in replay(addr, stream, 1, seq):
+                    eng.apply_frame(frame)
+                last_error = None
+                break
+            except (TimeoutError, RuntimeError) as exc:
+                last_error = exc
+                eng, _restore = ENGINES[engine](config)
+        if last_error is not None:
+            out[stream] = {"seq": seq, "hash_equal": False, "error": str(last_error)}
+            continue
+        mine = eng.state_hash().hex()
+        entry: dict = {"seq": seq, "hash_equal": {mine} == set(h["replicas"].values())}
+        if hasattr(eng, "audit"):
+            try:
+                eng.audit()
+                entry["audit"] = "balanced"
+            except Exception as exc:   # the audit's report, in the drill's report
+                entry["audit"] = f"FAILED: {exc}"
+        out[stream] = entry
+    return out
+
+
+def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int, int]:
+    """{source_seq: times it is in the stream} for one source, from the first replicator
+    that answers a replay of the committed log."""
+    from mq.control import replay
+    from mq.record import decode
+    last_error = None
+    for addr in topo.replicator_addrs():
+        counts: dict[int, int] = {}
+        try:
+            for frame in replay(addr, stream, max(1, first_seq)):
+                for rec in decode(frame):
+                    if rec[2] == source:
+                        counts[rec[3]] = counts.get(rec[3], 0) + 1
+            return counts
+        except (TimeoutError, RuntimeError) as exc:
+            last_error = exc
+    raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
+
+
+def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
+        before_s: float = 2.0, after_s: float = 2.0, freeze_s: float = 5.0,
+        frozen_after_s: float = 3.0, timeout_s: float = 120.0) -> dict:
+    from deploy.supervisor import read_state
+    if name not in DRILLS:
+        raise DrillError(f"no drill {name!r} (drills: {', '.join(DRILLS)})")
+    topo, supervisor = read_state(data_dir)
+    sym = next(iter(topo.symbols), None)
+    if sym is None:
+        raise DrillError("the cluster has no symbol to put a load on")
+    s = topo.symbols[sym]
+    default = {"kill-hot-ce": f"ce.{sym}.hot0",
+               "kill-replicator": [p.name for p in topo.procs if p.role == "replicator"][-1],
+               "freeze": f"ce.{sym}.hot1"}[name]
+    target = target or default
+    try:
+        spec = topo.by_name(target)
+    except StopIteration:
+        raise DrillError(f"no process {target!r} in the running topology") from None
+    if name == "kill-hot-ce" and not (spec.role == "replica-hot" and spec.stream.startswith(
+            "in.ce.")):
+        raise DrillError(f"kill-hot-ce: {target} is not a hot CrossEngine replica")
+    if name == "kill-replicator" and spec.role != "replicator":
+        raise DrillError(f"kill-replicator: {target} is not a replicator")
+    pid = _pid_of(data_dir, target)
+    # A price well inside the contract: tick multiples, the mark's start if known.
+    price = str(s.get("tick_size", "1"))
+    mark = next((sp.get("mark_start_ticks") for sp in [s.get("spec") or {}]), None)
+    if mark:
+        from decimal import Decimal
+        price = str(Decimal(s["tick_size"]) * mark)
+    load = Load(data_dir, sym, rate, price, str(s.get("lot_size", "1")))
+    th = threading.Thread(target=load.run, name="drill-load", daemon=True)
+    th.start()
+    load.started.wait(30)
+    if load.error:
+        raise DrillError(f"the load could not start: {load.error}")
+    time.sleep(before_s)
+    report: dict = {"drill": name, "target": target, "role": spec.role, "stream": spec.stream,
+                    "pid": pid, "rate_per_s": rate}
+    strike_wall, strike = time.time(), time.monotonic()
+    if name == "freeze":
+        os.kill(pid, signal.SIGSTOP)
+        report["action"] = f"SIGSTOP for {freeze_s:g} s, then SIGCONT"
+    else:
+        os.kill(pid, signal.SIGKILL)
+        report["action"] = "SIGKILL"
+    report["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(strike_wall)) + \
+        f".{int(strike_wall * 1e6) % 1_000_000:06d}Z"
+    detected = restarted = recovered = None
+    new_pid = None
+    continued = False
+    deadline = strike + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if detected is None and _state(topo, data_dir, target, frozen_after_s) in (
+                    "DOWN", "FROZEN"):
+                detected = time.monotonic() - strike
+            if name == "freeze":
+                if not continued and now - strike >= freeze_s:
+                    os.kill(pid, signal.SIGCONT)
+                    continued = True
+                if continued and detected is not None and _caught_up(topo, spec):
+                    recovered = time.monotonic() - strike
+                    break
+            else:
+                new = _child_running(supervisor, spec) or \
+                    (_beats(data_dir).get(target) or {}).get("pid")
+                if restarted is None and isinstance(new, int) and new != pid:
+                    restarted = time.monotonic() - strike
+                    new_pid = new
+                if restarted is not None and _caught_up(topo, spec):
+                    recovered = time.monotonic() - strike
+                    break
+            time.sleep(0.05)
+    finally:
+        if name == "freeze" and not continued:
+            os.kill(pid, signal.SIGCONT)
+    if name != "freeze":
+        report["new_pid"] = new_pid
+    time.sleep(after_s)
+    load.stop.set()
+    th.join(90)
+    report.update(detected_s=_r(detected), restarted_s=_r(restarted), recovered_s=_r(recovered))
+    if load.error:
+        report["load_error"] = load.error
+    tickets = list(load.tickets)
+    acked = [t for t in tickets if t.outcome is not None]
+    after = [t for t in acked if t.sent_at >= strike]
+    first_after = min((load.acked_at.get(t.client_order_id, float("inf")) for t in after),
+                      default=None)
+    report["resumed_s"] = _r(first_after - strike) if first_after not in (None, float("inf")) \
+        else None
+    lat_before = [load.acked_at[t.client_order_id] - t.sent_at for t in acked
+                  if t.sent_at < strike and t.client_order_id in load.acked_at]
+    lat_after = [load.acked_at[t.client_order_id] - t.sent_at for t in after
+                 if t.client_order_id in load.acked_at]
+    report["latency_ms"] = {
+        "before": {"p50": _pct(lat_before, 0.5), "p99": _pct(lat_before, 0.99),
+                   "max": _pct(lat_before, 1.0)},
+        "after": {"p50": _pct(lat_after, 0.5), "p99": _pct(lat_after, 0.99),
+                  "max": _pct(lat_after, 1.0)}}
+    counts = count_in_stream(topo, s["in"], load.source, load.start_seq + 1) if load.source else {}
+    sent_ss = {t.source_seq for t in tickets}
+    lost = sorted(ss for ss in sent_ss if counts.get(ss, 0) == 0)
+    twice = sorted(ss for ss, n in counts.items() if n > 1)
+    report["orders"] = {"sent": len(tickets), "acknowledged": len(acked), "lost": len(lost),
+                        "applied_twice": len(twice)}
+    if lost:
+        report["orders"]["lost_source_seqs"] = lost[:20]
+    if twice:
+        report["orders"]["twice_source_seqs"] = twice[:20]
+    report["hashes"] = replica_hashes(topo)
+    report["rebuild"] = rebuild_check(topo, report["hashes"])
+    report["ok"] = (not lost and not twice and len(acked) == len(tickets) and bool(tickets)
+                    and recovered is not None
+                    and all(h["equal"] for h in report["hashes"].values())
+                    and len(report["rebuild"]) == len(report["hashes"])
+                    and all(r["hash_equal"] and r.get("audit", "balanced") == "balanced"
+                            for r in report["rebuild"].values()))
+    return report
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def describe(r: dict) -> str:
+    """The report for a terminal."""
+    lines = [f"drill {r['drill']}: {r['action']} of {r['target']} ({r['role']}"
+             f"{', ' + r['stream'] if r['stream'] else ''}; pid {r['pid']}) at {r['at']}"]
+
+    def s(x):
+        return "never" if x is None else f"{x:.3f} s"
+    lines.append(f"  detected (status shows it DOWN/FROZEN): {s(r['detected_s'])}")
+    if r["drill"] != "freeze":
+        lines.append(f"  restarted by the supervisor: {s(r['restarted_s'])} (new pid "
+                     f"{r.get('new_pid')})")
+    lines.append(f"  recovered (answers, caught up): {s(r['recovered_s'])}")
+    lines.append(f"  service: first order acknowledged after the fault: {s(r['resumed_s'])}")
+    lat = r["latency_ms"]
+    lines.append(f"  order latency ms before: p50 {lat['before']['p50']} p99 "
+                 f"{lat['before']['p99']} max {lat['before']['max']}; after: p50 "
+                 f"{lat['after']['p50']} p99 {lat['after']['p99']} max {lat['after']['max']}")
+    o = r["orders"]
+    lines.append(f"  orders: sent {o['sent']}, acknowledged {o['acknowledged']}, lost "
+                 f"{o['lost']}, applied twice {o['applied_twice']}")
+    for stream, h in r["hashes"].items():
+        verdict = "equal" if h["equal"] else ("DIFFER" if h["same_seq"] else
+                                              "not compared (replicas at different seqs)")
+        rb = r.get("rebuild", {}).get(stream)
+        if rb is not None:
+            verdict += "; rebuilt from seq 1: " + ("same hash" if rb["hash_equal"] else
+                                                   "ANOTHER HASH")
+            if "audit" in rb:
+                verdict += f", audit {rb['audit']}"
+        lines.append(f"  {stream}: {len(h['replicas'])} replicas at seq {h['seq']}: hashes "
+                     f"{verdict}")
+    if r.get("load_error"):
+        lines.append(f"  load: {r['load_error']}")
+    lines.append("  OK" if r["ok"] else "  FAILED")
+    return "\n".join(lines)
+
+
+def cmd_drill(a: argparse.Namespace) -> int:
+    try:
+        report = run(a.data, a.name, a.target, a.rate, a.before, a.after, a.freeze_s,
+                     a.frozen_after, a.timeout)
+    except DrillError as exc:
+        print(f"seqex drill: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1) if a.json else describe(report), flush=True)
+    return 0 if report["ok"] else 1
+
+
+def register(sub, int_range, seconds) -> None:
+    """The `drill` verb; the argument types are deploy/cli.py's."""
+    s = sub.add_parser("drill", help="a failover drill under live load, with a report")
+    s.add_argument("name", choices=DRILLS)
+    s.add_argument("--data", default="seqex-data")
+    s.add_argument("--target", help="the process to strike (default: see the drill)")
+    s.add_argument("--rate", type=int_range(2, 100_000), default=200, help="orders per second")
+    s.add_argument("--before", type=seconds, default=2.0, help="seconds of load before")
+    s.add_argument("--after", type=seconds, default=2.0, help="seconds of load after recovery")
+    s.add_argument("--freeze-s", type=seconds, default=5.0, help="freeze: how long stopped")
+    s.add_argument("--frozen-after", type=seconds, default=3.0,
+                   help="freeze: silent this long is FROZEN (as `seqex status`)")
+    s.add_argument("--timeout", type=seconds, default=120.0,
+                   help="give up waiting for recovery after this long")
+    s.add_argument("--json", action="store_true", help="the report as one JSON object")
+    s.set_defaults(fn=cmd_drill)

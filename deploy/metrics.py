@@ -1,0 +1,386 @@
+"""Prometheus metrics of every seqex process, and the cluster's status as JSON.
+
+Every long-running process (replicator, sequencer, mirror, replica, gateway, oracle) serves
+``/metrics`` in the Prometheus text format (prometheus-client) when ``SEQEX_METRICS=HOST:PORT``
+is in its environment. ``assign()`` gives each process of a plan its address: the process's
+host address from the topology's ``[hosts]`` table, and a port from the first one above every
+port of the plan (or, for a plan at the top of the port range, the ports just below it), in
+plan order, so every host that reads the topology file agrees on every
+metrics address (`seqex status --json` lists them, `seqex deploy systemd` writes them into the
+units, the supervisor passes them to its children).
+
+What a scrape shows is what the process itself answers to PING at that moment (docs/
+operations.md, "Metrics"): the exporter's thread sends PING to the process's own control
+endpoint and turns the answer into metric families. Nothing is shared with the process's loop,
+so no lock is taken on the hot path and a scrape never reads half-updated state; a process
+whose loop is stuck answers no PING, and its scrape says ``seqex_up 0`` after at most one
+second (a process stopped whole, SIGSTOP, answers no scrape: Prometheus's own ``up`` is 0). The
+gateway, which has no ZeroMQ control endpoint, hands its own ``status()`` (plain counters and
+queue lengths, read between two statements of its event loop) instead.
+
+Names: ``seqex_<role>_<what>[_<unit>]``; monotonic counts are counters (``_total``), positions
+(seqs), depths, ages and rates are gauges. Labels: ``process``, ``stream``, and where one
+process has many of a thing, ``replicator``, ``upstream``, ``shard``, ``symbol``.
+
+``status_doc()`` is `seqex status --json`: per process its plan (role, host, stream, control
+and metrics addresses), its state (``up``, ``DOWN``, ``FROZEN``, ``GAVE UP``, ``not
+answering``), the age of its last answer, and its whole PING answer.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+ENV = "SEQEX_METRICS"          # HOST:PORT this process serves /metrics on
+ENV_PROCESS = "SEQEX_PROCESS"  # the process's name in the topology (metrics and logs say it)
+
+# Keys of a PING answer that only ever grow: exported as counters (``<key>_total``).
+COUNTERS = frozenset({
+    # masters (mq/master.py, mq/sequencer.py, mq/mirror.py)
+    "sequenced", "frames", "duplicates", "refused", "unauthorized", "reconciled",
+    "tail_records", "accepted", "bad_batches", "held_duplicates", "dropped_held",
+    "held_frames", "gaps_reported", "copies_compared", "divergences",
+    # replicator/server.py
+    "appended_records", "commits", "replayed_bytes", "quarantined", "damaged_reads", "errors",
+    "disk_full_refusals",
+    # mq/replica.py
+    "applied", "snapshots", "published_frames", "send_blocked", "gaps_told", "resends",
+    "bad_snapshots",
+    # gateway/server.py
+    "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
+    "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
+    "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
+    "slow_consumers", "session_messages", "bad_payloads",
+    # deploy/oracle.py
+    "sent", "intervals"})
+
+# Keys given their own families below (or not numbers worth a series).
+_SPECIAL = frozenset({
+    "role", "stream", "streams", "name", "replica_role", "epoch", "last", "committed",
+    "replicators", "upstreams", "alarms", "refusals", "seq", "lag", "rate", "snapshot_seq",
+    "snapshot_age_s", "state", "source_kind", "marks", "connected", "damaged_streams",
+    "disk_full", "queue_depth", "in_flight", "ts_ns", "restored_from", "source"})
+
+_ENDPOINT = re.compile(r"tcp://([^:/]+|\[[^\]]+\]):(\d+)")
+
+
+class MetricsError(ValueError):
+    """The metrics ports do not fit (the message names how many and where)."""
+
+
+# -- addresses --------------------------------------------------------------------------------
+
+def plan_ports(topo) -> list[int]:
+    """Every TCP port the plan's processes bind or name (controls, feeds, the gateway)."""
+    ports = []
+    for p in topo.procs:
+        for text in [p.control, *p.args, *(str(v) for v in p.extra.values())]:
+            ports += [int(m.group(2)) for m in _ENDPOINT.finditer(text)]
+    return ports
+
+
+def host_address(topo, spec) -> str:
+    """The address of a process's host (from its control endpoint: the topology's [hosts])."""
+    m = _ENDPOINT.match(spec.control)
+    return m.group(1).strip("[]") if m else "127.0.0.1"
+
+
+def assign(topo):
+    """Give every process of the plan its metrics address (``spec.extra["metrics"]``): its
+    host's address, the ports after the plan's highest one, in plan order (below the plan's
+    lowest when the plan ends too near 65535). Returns topo."""
+    used = plan_ports(topo)
+    n = len(topo.procs)
+    first = max(used, default=0) + 1
+    if first + n - 1 > 65535:          # a plan at the top of the range: the ports below it
+        first = min(used, default=0) - n
+        if first < 1:
+            raise MetricsError(f"no room for the {n} metrics ports of {n} processes next to "
+                               f"the plan's ports; choose another base_port")
+    for i, spec in enumerate(topo.procs):
+        spec.extra["metrics"] = f"{host_address(topo, spec)}:{first + i}"
+    return topo
+
+
+def control_of(verb: str, args) -> str | None:
+    """The control endpoint (answers PING) of a process verb, from its parsed arguments."""
+    if verb == "replicator":
+        return args.bind
+    if verb == "sequencer":
+        return args.producers
+    if verb == "mirror":
+        return args.inputs
+    if verb == "replica":
+        return args.control
+    if verb == "oracle":
+        import json
+        try:
+            conf = json.loads(args.config)
+        except ValueError:
+            return None
+        return conf.get("control") if isinstance(conf, dict) else None
+    return None
+
+
+def stream_of(verb: str, args) -> str:
+    return getattr(args, "stream", None) or ""
+
+
+# -- the exporter -----------------------------------------------------------------------------
+
+def families(status: dict | None, process: str, role: str, stream: str = "") -> Iterator[Any]:
+    """The metric families of one PING answer (None: the process did not answer)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    up = GaugeMetricFamily("seqex_up", "1 if the process answered its status request, else 0",
+                           labels=["process", "role"])
+    up.add_metric([process, role], 0 if status is None else 1)
+    yield up
+    if status is None:
+        return
+    base = {"process": process}
+    if stream:
+        base["stream"] = stream
+
+    def gauge(name: str, doc: str, value: Any, **labels: str) -> Any:
+        lab = {**base, **labels}
+        g = GaugeMetricFamily(name, doc, labels=list(lab))
+        g.add_metric(list(lab.values()), float(value))
+        return g
+
+    kind = status.get("role", role)
+    if kind in ("sequencer", "mirror"):
+        last = int(status.get("last") or 0)
+        yield gauge("seqex_stream_last_seq", "the highest seq this master has stamped", last)
+        yield gauge("seqex_stream_commit_seq", "the highest seq committed (the ack policy "
+                    "holds) and fanned out", status.get("committed") or 0)
+        yield gauge("seqex_stream_epoch", "this master's epoch", status.get("epoch") or 0)
+        acked = GaugeMetricFamily("seqex_stream_replicator_acked_seq",
+                                  "the highest contiguous seq each replicator acknowledged",
+                                  labels=[*base, "replicator"])
+        lag = GaugeMetricFamily("seqex_stream_replication_lag_records",
+                                "records stamped and not yet acknowledged by the replicator",
+                                labels=[*base, "replicator"])
+        for lk in status.get("replicators") or []:
+            a = int(lk.get("acked") or 0)
+            acked.add_metric([*base.values(), lk.get("addr", "?")], a)
+            lag.add_metric([*base.values(), lk.get("addr", "?")], max(0, last - a))
+        yield acked
+        yield lag
+        ups = GaugeMetricFamily("seqex_sequencer_upstream_next_seq", "the next seq this "
+                                "sequencer takes from each upstream stream",
+                                labels=[*base, "upstream"])
+        for name, up_ in sorted((status.get("upstreams") or {}).items()):
+            ups.add_metric([*base.values(), name], up_.get("next") or 0)
+        yield ups
+        if kind == "mirror":
+            yield gauge("seqex_mirror_alarms", "divergence alarms held (hot replicas whose "
+                        "output differed from the first copy)", len(status.get("alarms") or []))
+    elif kind == "replicator":
+        fams = {k: GaugeMetricFamily(f"seqex_replicator_{k}", doc,
+                                     labels=["process", "stream"])
+                for k, doc in (("last_seq", "the highest seq stored"),
+                               ("commit_seq", "the highest seq known committed"),
+                               ("epoch", "the highest epoch seen (fencing)"))}
+        for name, s in sorted((status.get("streams") or {}).items()):
+            fams["last_seq"].add_metric([process, name], s.get("last") or 0)
+            fams["commit_seq"].add_metric([process, name], s.get("commit") or 0)
+            fams["epoch"].add_metric([process, name], s.get("epoch") or 0)
+        yield from fams.values()
+        yield gauge("seqex_replicator_disk_full", "1 while the store refuses writes for want "
+                    "of room", 1 if status.get("disk_full") else 0)
+        yield gauge("seqex_replicator_damaged_streams", "streams whose store is damaged "
+                    "(quarantined)", len(status.get("damaged_streams") or []))
+    elif kind == "replica":
+        seq = int(status.get("seq") or 0)
+        snap = int(status.get("snapshot_seq") or 0)
+        yield gauge("seqex_replica_applied_seq", "the last seq applied to the engine", seq)
+        yield gauge("seqex_replica_lag_records", "highest seq seen on the feed minus applied",
+                    status.get("lag") or 0)
+        yield gauge("seqex_replica_rate_per_s", "records applied per second (recent)",
+                    status.get("rate") or 0)
+        yield gauge("seqex_replica_hot", "1 for a hot replica (publishes), 0 for warm",
+                    1 if status.get("replica_role") == "hot" else 0)
+        yield gauge("seqex_replica_snapshot_seq", "the seq of the newest snapshot", snap)
+        yield gauge("seqex_replica_snapshot_age_records", "records applied since the newest "
+                    "snapshot", max(0, seq - snap))
+        if status.get("snapshot_age_s") is not None:
+            yield gauge("seqex_replica_snapshot_age_seconds", "seconds since the newest "
+                        "snapshot was taken (or since start, if none)", status["snapshot_age_s"])
+    elif kind == "gateway":
+        depth = GaugeMetricFamily("seqex_gateway_queue_depth", "client records queued for a "
+                                  "shard's in.te stream, not yet handed to its producer",
+                                  labels=["process", "shard"])
+        flight = GaugeMetricFamily("seqex_gateway_in_flight_records", "records handed to a "
+                                   "shard's producer that the shard has not yet applied",
+                                   labels=["process", "shard"])
+        for shard, d in enumerate(status.get("queue_depth") or []):
+            depth.add_metric([process, str(shard)], d)
+        for shard, d in enumerate(status.get("in_flight") or []):
+            flight.add_metric([process, str(shard)], d)
+        yield depth
+        yield flight
+    elif kind == "oracle":
+        marks = GaugeMetricFamily("seqex_oracle_mark_ticks", "the simulated mark price, ticks",
+                                  labels=["process", "symbol"])
+        for sym, ticks in sorted((status.get("marks") or {}).items()):
+            marks.add_metric([process, sym], ticks)
+        yield marks
+    refused = CounterMetricFamily("seqex_auth_refusals", "messages refused for the sender's "
+                                  "role (mq/auth.py), by reason", labels=["process", "reason"])
+    by_reason: dict[str, int] = {}
+    for reasons in (status.get("refusals") or {}).values():
+        for reason, n in reasons.items():
+            by_reason[reason] = by_reason.get(reason, 0) + int(n)
+    for reason, n in sorted(by_reason.items()):
+        refused.add_metric([process, reason], n)
+    yield refused
+    # Every other number the process reports, under its own name.
+    for key, value in sorted(status.items()):
+        if key in _SPECIAL or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        name = f"seqex_{kind}_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"
+        if key in COUNTERS:
+            c = CounterMetricFamily(name, f"{kind} {key.replace('_', ' ')} (PING: {key})",
+                                    labels=list(base))
+            c.add_metric(list(base.values()), value)
+            yield c
+        else:
+            yield gauge(name, f"{kind} {key.replace('_', ' ')} (PING: {key})", value)
+
+
+class StatusCollector:
+    """A prometheus-client collector that asks the process for its status on every scrape."""
+
+    def __init__(self, status_fn: Callable[[], dict | None], process: str, role: str,
+                 stream: str = ""):
+        self.status_fn, self.process, self.role, self.stream = status_fn, process, role, stream
+
+    def collect(self) -> Iterator[Any]:
+        started = time.monotonic()
+        try:
+            status = self.status_fn()
+        except Exception:   # a scrape must never take the process down
+            status = None
+        yield from families(status, self.process, self.role, self.stream)
+        from prometheus_client.core import GaugeMetricFamily
+        g = GaugeMetricFamily("seqex_scrape_seconds", "how long the status request took",
+                              labels=["process"])
+        g.add_metric([self.process], time.monotonic() - started)
+        yield g
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{ENV}={text!r}: must be HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def serve(address: str, status_fn: Callable[[], dict | None], process: str, role: str,
+          stream: str = ""):
+    """Serve /metrics on address (HOST:PORT) from a daemon thread; returns (server, thread).
+    Only this process's families are served (its own registry: no Python runtime metrics)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    host, port = parse_address(address)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status_fn, process, role, stream))
+    return start_http_server(port, addr=host, registry=registry)
+
+
+def start_for_process(verb: str, args) -> bool:
+    """In a process verb: serve metrics if SEQEX_METRICS is set. The status comes from PING on
+    the process's own control endpoint (the gateway passes its own, see cmd_gateway).
+    Returns whether an exporter was started. A metrics port that cannot be bound is logged and
+    the process runs on: metrics are never worth an outage."""
+    address = os.environ.get(ENV)
+    if not address or verb == "gateway":
+        return False
+    control = control_of(verb, args)
+    if control is None:
+        return False
+    from mq.control import ping
+
+    def status() -> dict | None:
+        return ping(control, timeout_s=1.0)
+
+    return start_exporter(address, status, verb, args)
+
+
+def start_exporter(address: str, status: Callable[[], dict | None], verb: str, args) -> bool:
+    import logging
+    process = os.environ.get(ENV_PROCESS) or getattr(args, "name", None) \
+        or getattr(args, "key", None) or verb
+    try:
+        serve(address, status, process, verb, stream_of(verb, args))
+    except (OSError, ValueError) as exc:
+        logging.getLogger("seqex.metrics").error("metrics not served on %s: %s", address, exc)
+        return False
+    logging.getLogger("seqex.metrics").info("metrics on http://%s/metrics", address)
+    return True
+
+
+def scrape(address: str, timeout_s: float = 2.0) -> dict[tuple[str, tuple], float]:
+    """Read a /metrics page: {(name, sorted label items): value} (tests, `seqex drill`)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as r:
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+# -- `seqex status --json` --------------------------------------------------------------------
+
+def status_doc(topo, given_up: dict[str, str] | None = None,
+               beats: dict[str, dict] | None = None, frozen_after_s: float = 3.0) -> dict:
+    """The cluster as JSON: every process's plan, state, last answer and status."""
+    from deploy.supervisor import _running, frozen_advice, probe
+    given_up = given_up or {}
+    beats = beats or {}
+    out = []
+    threads, answers = [], {}
+
+    def ask(spec) -> None:
+        answers[spec.name] = probe(spec)
+
+    for spec in topo.procs:   # in parallel: a cluster with frozen processes answers in 0.5 s
+        t = threading.Thread(target=ask, args=(spec,), daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    for spec in topo.procs:
+        st = answers.get(spec.name)
+        beat = beats.get(spec.name) or {}
+        pid = beat.get("pid") if isinstance(beat.get("pid"), int) else None
+        at = beat.get("answered_at") if isinstance(beat.get("answered_at"), float) else None
+        entry: dict[str, Any] = {
+            "process": spec.name, "role": spec.role, "host": spec.host, "stream": spec.stream,
+            "control": spec.control, "metrics": spec.extra.get("metrics"), "pid": pid}
+        if st is not None:
+            entry.update(state="up", answered_s_ago=0.0, status=st)
+        else:
+            silent = round(time.time() - at, 3) if at else None
+            if spec.name in given_up:
+                state, why = "GAVE UP", given_up[spec.name]
+            elif pid and _running(pid) and (silent is None or silent > frozen_after_s):
+                state, why = "FROZEN", frozen_advice(spec.name, pid, silent or 0.0)
+            elif pid and _running(pid):
+                state, why = "not answering", None
+            else:
+                state, why = "DOWN", None
+            entry.update(state=state, answered_s_ago=silent, status=None)
+            if why:
+                entry["advice"] = why
+        out.append(entry)
+    return {"at": time.time(), "data_dir": topo.data_dir, "processes": out,
+            "up": sum(e["state"] == "up" for e in out), "total": len(out)}
