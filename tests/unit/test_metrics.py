@@ -224,4 +224,4 @@ def test_the_three_host_topology_spreads_replicators_and_gives_each_host_its_uni
         assert p.control.startswith(f"tcp://{addr[p.host]}:"), p
         assert p.extra["metrics"].startswith(f"{addr[p.host]}:"), p
     counts = {h: len(systemd.units(topo, h, ["seqex"])) - 1 for h in addr}
-    assert counts == {"a": 13, "b": 6, "c": 6}
+    assert counts == {"a": 17, "b": 6, "c": 6}     # a: the order path and the LiqEngine
