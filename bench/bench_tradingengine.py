@@ -291,7 +291,7 @@ def run_marks(te: TradingEngine, marks: list[tuple[int, bytes]]) -> tuple[float,
 
 def main_marks(args) -> None:
     sizes = [int(x) for x in args.positions.split(",")]
-    print(f"{'positions':>10}{'engine marks/s':>16}{'walk marks/s':>14}{'ratio':>9}"
+    print(f"{'positions':>10}{'engine marks/s':>16}{'walk marks/s':>14}{'ratio':>12}"
           f"{'engine ms/mark':>16}  hash{'  (no audit)' if args.no_audit else ''}")
     for n in sizes:
         snap = positions_snapshot(n)
@@ -318,7 +318,7 @@ def main_marks(args) -> None:
             raise SystemExit(f"the engine and the walk disagree at {n}: {hashes}")
         e = statistics.median(figures["engine"])
         w = statistics.median(figures["walk"])
-        print(f"{n:>10,}{e:>16,.0f}{w:>14,.1f}{e / w:>8.0f}x{1000 / e:>16.3f}  "
+        print(f"{n:>10,}{e:>16,.0f}{w:>14,.3f}{e / w:>11,.0f}x{1000 / e:>16.3f}  "
               f"{hashes['engine'][0]}", flush=True)
 
 
