@@ -487,6 +487,10 @@ class TradingEngine:
         self._liq_keys: dict[int, dict[int, int]] = {s: {} for s in self.specs}
         self._liq_always: dict[int, dict[int, None]] = {s: {} for s in self.specs}
         self._liq_dirty: dict[int, None] = {}
+        # the conditional orders' trigger index: per symbol, by (1 mark, 2 last) and direction
+        # (up: fires when the price rises to it), keys trigger << 64 | order id
+        self._trig_index: dict[int, list] = {
+            s: [_SortedInts() for _ in range(6)] for s in self.specs}
         # per symbol the highest maintenance rate of any tier plus the taker fee (ppm)
         self._liq_rate: dict[int, int] = {
             s.symbol: max(t.mmr_ppm for t in s.tiers) + s.taker_fee_ppm for s in specs}
@@ -791,6 +795,7 @@ class TradingEngine:
             acct.by_client[coid] = o
             self.orders[o.order_id] = o
             self.conditional[symbol][o.order_id] = o
+            self._trig_add(o)
             self._er(o, c.EXEC_NEW)
             return
         code = self._risk_and_send(acct, o, spec)
@@ -912,6 +917,7 @@ class TradingEngine:
                 self.ce_orders[o.symbol].pop(o.ce_id, None)
         else:
             del self.conditional[o.symbol][o.order_id]
+            self._trig_remove(o)
         del acct.orders[o.order_id]
         del self.orders[o.order_id]
         if acct.by_client.get(o.client_order_id) is o:
@@ -1321,8 +1327,24 @@ class TradingEngine:
     def _sweep_trigger(self, sw: list) -> bool:
         _, symbol, cursor, by, price, last = sw
         waiting = self.conditional[symbol]
+        index = self._trig_index[symbol]
+        # the orders whose trigger the price reached, from the trigger index: rising to it,
+        # or falling to it
+        fired = [k & 0xFFFFFFFFFFFFFFFF for k in index[by * 2 + 1].below((price + 1) << 64)]
+        fired.extend([k & 0xFFFFFFFFFFFFFFFF for k in index[by * 2].at_least(price << 64)])
+        fired = sorted([i for i in fired if cursor <= i <= last])
+        return self._fire_triggered(sw, waiting, fired)
+
+    def _walk_trigger(self, sw: list) -> bool:
+        """The trigger sweep as a scan of every waiting order (the reference's)."""
+        _, symbol, cursor, by, price, last = sw
+        waiting = self.conditional[symbol]
         fired = sorted(i for i, o in waiting.items()
                        if cursor <= i <= last and o.trigger_by == by and _fires(o, price))
+        return self._fire_triggered(sw, waiting, fired)
+
+    def _fire_triggered(self, sw: list, waiting: dict, fired: list) -> bool:
+        symbol = sw[1]
         for order_id in fired:
             if not self._may_go_on():
                 sw[2] = order_id
@@ -1337,8 +1359,22 @@ class TradingEngine:
                 self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
             else:
                 del waiting[o.order_id]
+                self._trig_remove(o)
                 o.state = PENDING_NEW
         return True
+
+    def _trig_key(self, o: Order) -> tuple:
+        up = (o.trigger_kind == c.TRIGGER_STOP) == (o.side == c.BUY)
+        return (self._trig_index[o.symbol][o.trigger_by * 2 + (1 if up else 0)],
+                o.trigger_price << 64 | o.order_id)
+
+    def _trig_add(self, o: Order) -> None:
+        index, key = self._trig_key(o)
+        index.add(key)
+
+    def _trig_remove(self, o: Order) -> None:
+        index, key = self._trig_key(o)
+        index.remove(key)
 
     # -- maintenance and liquidation -------------------------------------------------------
 
@@ -2496,6 +2532,7 @@ class TradingEngine:
             self.orders[o.order_id] = o
             if o.state == UNTRIGGERED:
                 self.conditional[o.symbol][o.order_id] = o
+                self._trig_add(o)
             else:
                 pos = acct.positions[o.symbol]
                 if o.side == c.BUY:

@@ -70,6 +70,9 @@ class ReferenceEngine(TradingEngine):
             self._sums(acct)
         return self._walk_maintenance(sw)    # every holder, not the trigger index
 
+    def _sweep_trigger(self, sw: list) -> bool:
+        return self._walk_trigger(sw)    # every waiting order, not the trigger index
+
     def _settle_funding(self, symbol: int) -> None:
         self._scan_holders(symbol)
         super()._settle_funding(symbol)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.tradingvenue import MID, Venue, random_venue, spec
 from tradingengine import codec as c
-from tradingengine.engine import TradingEngine, _SortedInts
+from tradingengine.engine import TradingEngine, _fires, _SortedInts
 from tradingengine.margin import liquidation_price
 
 
@@ -138,3 +138,44 @@ def test_restore_rebuilds_the_index():
         for m in _grid(v.te, symbol):
             if 0 < m <= back.specs[symbol].max_price:
                 assert back._liq_candidates(symbol, m, -1) == v.te._liq_candidates(symbol, m, -1)
+
+
+def _fired_by_index(te: TradingEngine, symbol: int, by: int, price: int) -> list[int]:
+    index = te._trig_index[symbol]
+    ids = [k & (2**64 - 1) for k in index[by * 2 + 1].below((price + 1) << 64)]
+    ids += [k & (2**64 - 1) for k in index[by * 2].at_least(price << 64)]
+    return sorted(ids)
+
+
+def test_the_trigger_index_holds_exactly_the_orders_a_price_fires():
+    checked = 0
+    for seed in range(8):
+        te = random_venue(seed, 500).te
+        back = TradingEngine.restore(te.snapshot())
+        for symbol, waiting in te.conditional.items():
+            prices = sorted({o.trigger_price + d for o in waiting.values() for d in (-1, 0, 1)})
+            for by in (c.BY_MARK, c.BY_LAST):
+                for p in prices + [1, MID[symbol]]:
+                    want = sorted(i for i, o in waiting.items()
+                                  if o.trigger_by == by and _fires(o, p))
+                    assert _fired_by_index(te, symbol, by, p) == want
+                    assert _fired_by_index(back, symbol, by, p) == want
+                    checked += len(want)
+    assert checked > 10
+
+
+def test_a_mark_fires_the_stops_it_reaches_among_thousands():
+    v = Venue([spec(1)])
+    v.mark(1, 10_000)
+    for a in range(1, 21):
+        v.deposit(a, 10**15)
+    for i in range(2_000):     # sell stops below the mark, buy stops above
+        side, trig = (c.SELL, 9_000 - i) if i % 2 else (c.BUY, 11_000 + i)
+        v.order(i + 1, 1 + i // 100, side, 0, 1, ord_type=c.MARKET, trigger_price=trig,
+                trigger_kind=c.TRIGGER_STOP)
+    assert len(v.te.conditional[1]) == 2_000
+    assert _fired_by_index(v.te, 1, c.BY_MARK, 10_500) == []
+    out = v.mark(1, 8_995)     # reaches the sell stops at 8,999, 8,997 and 8,995
+    triggered = [e for e in out if e[0] == c.EXEC_REPORT and e[1] == c.EXEC_TRIGGERED]
+    assert sorted(e[5] for e in triggered) == [2, 4, 6]
+    assert len(v.te.conditional[1]) == 1_997
