@@ -21,13 +21,27 @@ and engine / interpreted. The hash is sha256 over every output of both phases; a
 give the same one. GC is off while timing. Each phase is run --repeat times; medians are
 printed.
 
+Marks (`--marks`). One shard where every account holds a position in symbol 1 (pairs of
+accounts long and short 10 lots at the mark, each funded 1.2-20x its initial margin, so the
+liquidation prices spread from about 8% below the mark down to zero, and above it for the
+shorts), at 10K, 100K and 1M positions (`--positions`); built by restoring a snapshot (not
+timed). The engine applies MarkPrice records moving within 0.5% of the first mark, which
+liquidate no one; each one queues the maintenance sweep and the audit. The figure is marks/s;
+the baseline in the same run is the same engine walking every holder at each mark
+(`_walk_maintenance`, the sweep before the liquidation-trigger index), the ratio is
+engine / walk and the hash (sha256 of every output) must be the same. The runs alternate
+(engine, walk, engine, ...) and medians are printed. `--no-audit` leaves out the audit after
+each mark (a walk over every account, O(accounts), on both sides) to show the sweep alone.
+
 Run: python bench/bench_tradingengine.py [--requests 200000] [--accounts 20000] [--repeat 3]
+     python bench/bench_tradingengine.py --marks [--positions 10000,100000,1000000]
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import hashlib
+import msgpack
 import os
 import random
 import statistics
@@ -145,7 +159,14 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--accounts", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--marks", action="store_true", help="the mark-price benchmark instead")
+    ap.add_argument("--positions", default="10000,100000,1000000")
+    ap.add_argument("--no-audit", action="store_true",
+                    help="marks: leave out the audit after each mark on both sides")
     args = ap.parse_args()
+    if args.marks:
+        main_marks(args)
+        return
     setup = setup_records(args.accounts)
     requests = request_records(args.requests, args.accounts)
     seq0 = len(setup)
@@ -186,6 +207,129 @@ def main() -> None:
         e, r, i = (statistics.median(figures[n][key]) for n in engines)
         print(f"{key:<18}{e:>11,.0f}{r:>11,.0f}{e / r:>6.2f}x{i:>13,.0f}{e / i:>6.2f}x")
     print(f"result hash {hashes['engine']} (engine, reference and interpreted agree)")
+
+
+# -- marks: the maintenance sweep at 10K .. 1M positions -----------------------------------------
+
+class WalkEngine(TradingEngine):
+    """The baseline: the maintenance sweep walks every holder (the engine's sweep before the
+    liquidation-trigger index, kept as _walk_maintenance for the reference engine)."""
+
+    def _sweep_maintenance(self, sw: list) -> bool:
+        return self._walk_maintenance(sw)
+
+
+def positions_snapshot(positions: int) -> bytes:
+    """A snapshot of a shard whose ``positions`` accounts each hold a position in symbol 1:
+    one pair traded through the engine, then its two account rows copied with new ids and
+    balances (the totals and the fee pool scaled to match)."""
+    mark = MARKS[1]
+    te = TradingEngine(specs())
+    seq = 0
+
+    def apply(kind: int, payload: bytes) -> bytes:
+        nonlocal seq
+        seq += 1
+        return te.apply(seq, T0 + seq, kind, payload)
+
+    for a in (1, 2):
+        apply(c.DEPOSIT, c.transfer(a, a, 10**12))
+    apply(c.MARK_PRICE, c.mark_price(1, mark))
+    ce = CrossEngine(symbol_id=1, max_price=10**9)
+    for coid, (a, side) in enumerate(((1, c.SELL), (2, c.BUY)), 1):
+        for ev in c.decode_events(apply(c.NEW_ORDER, c.new_order(coid, a, 1, side, mark, 10))):
+            if ev[0] == c.CE_COMMAND:
+                apply(c.CE_EVENTS, c.ce_events(1, ce.apply(coid, T0, ev[2], ev[4])))
+    assert te.accounts[1].positions[1].size == -10 and te.accounts[2].positions[1].size == 10
+    state = msgpack.unpackb(te.snapshot(), raw=False, strict_map_key=False)
+    rows = {r[0]: r for r in state[16]}
+    margin = te.accounts[2].positions[1].margin
+    rng = random.Random(SEED + 2)
+    accounts, deposits = [], 0
+    for i in range(positions // 2):
+        for a in (1, 2):
+            r = msgpack.unpackb(msgpack.packb(rows[a]), raw=False, strict_map_key=False)
+            fees = r[4][1]
+            amount = margin * rng.randrange(12, 200) // 10 + fees
+            r[0] = 2 * i + a
+            r[1] = amount - fees
+            r[4][0] = amount
+            deposits += amount
+            accounts.append(r)
+    state[16] = accounts
+    state[9] = deposits                         # deposits
+    state[7] = state[7] * (positions // 2)      # the fee pool: both fees of every pair
+    state[15] = [0, []]                         # no transfer ids remembered
+    return msgpack.packb(state)
+
+
+def mark_records(n: int) -> list[tuple[int, bytes]]:
+    rng = random.Random(SEED + 3)
+    mark = MARKS[1]
+    return [(c.MARK_PRICE, c.mark_price(1, mark + rng.randrange(-mark // 200, mark // 200)))
+            for _ in range(n)]
+
+
+def run_marks(te: TradingEngine, marks: list[tuple[int, bytes]]) -> tuple[float, str]:
+    """Apply the marks (after the engine's last record); marks/s and the outputs' hash."""
+    seq0 = te.seq
+    apply = te.apply
+    h = hashlib.sha256()
+    gc.collect()
+    gc.disable()
+    try:
+        t = time.perf_counter()
+        for i, (kind, payload) in enumerate(marks, 1):
+            h.update(apply(seq0 + i, T0 + 10**12 + seq0 + i, kind, payload))
+        elapsed = time.perf_counter() - t
+    finally:
+        gc.enable()
+    if te.sweeps:
+        raise SystemExit(f"{type(te).__name__}: a sweep is left over")
+    return len(marks) / elapsed, h.hexdigest()[:16]
+
+
+def main_marks(args) -> None:
+    sizes = [int(x) for x in args.positions.split(",")]
+    print(f"{'positions':>10}{'engine marks/s':>16}{'walk marks/s':>14}{'ratio':>12}"
+          f"{'engine ms/mark':>16}  hash{'  (no audit)' if args.no_audit else ''}")
+    for n in sizes:
+        snap = positions_snapshot(n)
+        # the walk costs about n microseconds a mark: it gets fewer marks, the engine more
+        n_walk = max(2, min(50, 2_000_000 // n))
+        # with the audit (O(accounts) after each mark) the engine gets the walk's marks too
+        n_engine = max(200, min(5_000, 50_000_000 // n)) if args.no_audit else n_walk
+        classes = {"engine": NoAuditEngine if args.no_audit else TradingEngine,
+                   "walk": NoAuditWalk if args.no_audit else WalkEngine}
+        engines = {name: cls.restore(snap) for name, cls in classes.items()}
+        figures: dict[str, list[float]] = {"engine": [], "walk": []}
+        hashes: dict[str, list[str]] = {"engine": [], "walk": []}
+        for rep in range(args.repeat):
+            # the same marks to both (their outputs must hash the same), alternating
+            same = mark_records(n_walk + rep)[rep:]
+            for name in ("engine", "walk"):
+                per_s, hx = run_marks(engines[name], same)
+                hashes[name].append(hx)
+                if name == "walk":
+                    figures[name].append(per_s)
+                else:
+                    figures[name].append(run_marks(engines[name], mark_records(n_engine))[0])
+        if hashes["engine"] != hashes["walk"]:
+            raise SystemExit(f"the engine and the walk disagree at {n}: {hashes}")
+        e = statistics.median(figures["engine"])
+        w = statistics.median(figures["walk"])
+        print(f"{n:>10,}{e:>16,.0f}{w:>14,.3f}{e / w:>11,.0f}x{1000 / e:>16.3f}  "
+              f"{hashes['engine'][0]}", flush=True)
+
+
+class NoAuditEngine(TradingEngine):
+    def audit(self) -> None:
+        pass
+
+
+class NoAuditWalk(WalkEngine):
+    def audit(self) -> None:
+        pass
 
 
 if __name__ == "__main__":

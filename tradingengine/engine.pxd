@@ -22,4 +22,5 @@ cdef class TradingEngine:
     cdef public dict _touched, _handlers
     cdef public list _out, sweeps
     cdef public Account clearing, liquidation
+    cdef public dict _liq_dirty
     cdef dict __dict__

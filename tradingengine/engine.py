@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from bisect import bisect_left, insort
 from collections import deque
 
 import msgpack
@@ -339,6 +340,80 @@ class Account:
         self.dms_deadline = 0                   # ts_ns at which every order is cancelled
 
 
+_BLOCK = 512     # keys per block of a _SortedInts (split at twice that)
+
+
+class _SortedInts:
+    """A sorted multiset-free list of ints in blocks (insert and remove move one block, not
+    the whole list): the liquidation-trigger index of one symbol and side. Derived state."""
+
+    def __init__(self) -> None:
+        self.blocks: list = []    # sorted lists, each non-empty, ascending across blocks
+        self.maxes: list = []     # the last key of each block
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.blocks)
+
+    def add(self, key: int) -> None:
+        maxes = self.maxes
+        if not maxes:
+            self.blocks.append([key])
+            maxes.append(key)
+            return
+        i = bisect_left(maxes, key)
+        if i == len(maxes):
+            i -= 1
+            block = self.blocks[i]
+            block.append(key)
+            maxes[i] = key
+        else:
+            block = self.blocks[i]
+            insort(block, key)
+        if len(block) > 2 * _BLOCK:
+            half = block[_BLOCK:]
+            del block[_BLOCK:]
+            self.blocks.insert(i + 1, half)
+            maxes[i] = block[len(block) - 1]
+            maxes.insert(i + 1, half[len(half) - 1])
+
+    def remove(self, key: int) -> None:
+        maxes = self.maxes
+        i = bisect_left(maxes, key)
+        block = self.blocks[i]
+        j = bisect_left(block, key)
+        if block[j] != key:
+            raise EngineHalted(f"liquidation index lost key {key}")
+        del block[j]
+        if not block:
+            del self.blocks[i]
+            del maxes[i]
+        elif j == len(block):
+            maxes[i] = block[len(block) - 1]
+
+    def at_least(self, key: int) -> list:
+        """The keys >= key, ascending."""
+        maxes = self.maxes
+        i = bisect_left(maxes, key)
+        if i == len(maxes):
+            return []
+        block = self.blocks[i]
+        out = block[bisect_left(block, key):]
+        for b in self.blocks[i + 1:]:
+            out.extend(b)
+        return out
+
+    def below(self, key: int) -> list:
+        """The keys < key, ascending."""
+        out: list = []
+        for b in self.blocks:
+            if b[len(b) - 1] < key:
+                out.extend(b)
+            else:
+                out.extend(b[:bisect_left(b, key)])
+                break
+        return out
+
+
 class TradingEngine:
     """Pure: the same records give the same outputs and state_hash(). See the module doc."""
 
@@ -420,6 +495,23 @@ class TradingEngine:
         self.conditional: dict[int, dict[int, Order]] = {s: {} for s in self.specs}
         # accounts with a position (size != 0) per symbol; flat ones leave it
         self.holders: dict[int, dict[int, None]] = {s: {} for s in self.specs}
+        # the liquidation-trigger index (section 11 of docs/tradingengine.md): per symbol, the
+        # holders' conservative triggers, longs (a mark at or below) and shorts (at or above)
+        # as keys trigger << 32 | account; the key of each indexed holder (a short's as
+        # -key - 1); the cross accounts with more than one cross position, checked at every
+        # mark; and the accounts changed since the index last saw them (re-keyed before use)
+        self._liq_long: dict[int, _SortedInts] = {s: _SortedInts() for s in self.specs}
+        self._liq_short: dict[int, _SortedInts] = {s: _SortedInts() for s in self.specs}
+        self._liq_keys: dict[int, dict[int, int]] = {s: {} for s in self.specs}
+        self._liq_always: dict[int, dict[int, None]] = {s: {} for s in self.specs}
+        self._liq_dirty: dict[int, None] = {}
+        # the conditional orders' trigger index: per symbol, by (1 mark, 2 last) and direction
+        # (up: fires when the price rises to it), keys trigger << 64 | order id
+        self._trig_index: dict[int, list] = {
+            s: [_SortedInts() for _ in range(6)] for s in self.specs}
+        # per symbol the highest maintenance rate of any tier plus the taker fee (ppm)
+        self._liq_rate: dict[int, int] = {
+            s.symbol: max(t.mmr_ppm for t in s.tiers) + s.taker_fee_ppm for s in specs}
         self.dms: dict[int, int] = {}             # account -> deadline
         self._timer_next = 0
         self._out: list[bytes] = []
@@ -670,6 +762,7 @@ class TradingEngine:
         new = position_margin(pos.size, pos.cost, spec, pos.leverage_x100) + pos.extra
         acct.position_margin += new - pos.margin
         pos.margin = new
+        self._liq_dirty[acct.account_id] = None
 
     # -- orders --------------------------------------------------------------------------------
 
@@ -726,6 +819,7 @@ class TradingEngine:
             acct.by_client[coid] = o
             self.orders[o.order_id] = o
             self.conditional[symbol][o.order_id] = o
+            self._trig_add(o)
             self._er(o, c.EXEC_NEW)
             return
         code = self._risk_and_send(acct, o, spec)
@@ -804,6 +898,7 @@ class TradingEngine:
                 cost = 0
         o.margin = cost
         acct.order_margin += cost
+        self._liq_dirty[acct.account_id] = None
         if buy:
             pos.buy_leaves += qty
         else:
@@ -833,6 +928,7 @@ class TradingEngine:
         """Forget a finished order and release what it still holds."""
         acct.order_margin -= o.margin
         o.margin = 0
+        self._liq_dirty[acct.account_id] = None
         if o.state != UNTRIGGERED:
             pos = acct.positions[o.symbol]
             if o.side == c.BUY:
@@ -845,6 +941,7 @@ class TradingEngine:
                 self.ce_orders[o.symbol].pop(o.ce_id, None)
         else:
             del self.conditional[o.symbol][o.order_id]
+            self._trig_remove(o)
         del acct.orders[o.order_id]
         del self.orders[o.order_id]
         if acct.by_client.get(o.client_order_id) is o:
@@ -916,6 +1013,7 @@ class TradingEngine:
                 else:   # hold the larger reservation until the CrossEngine answers
                     acct.order_margin += need - o.margin
                     o.margin = need
+                    self._liq_dirty[acct.account_id] = None
         if code:
             self._cancel_rejected(account, coid, orig, code, 2)
             return
@@ -1011,6 +1109,7 @@ class TradingEngine:
             self._reject_request(c.SET_MARGIN_MODE, 2022, account, symbol, mode)
             return
         pos.mode = mode
+        self._liq_dirty[acct.account_id] = None
         self._position_status(acct, symbol)
 
     def _adjust_margin(self, payload: bytes) -> None:
@@ -1078,6 +1177,7 @@ class TradingEngine:
         acct.balance += amount
         acct.transferred += amount
         self.deposits += amount
+        self._liq_dirty[acct.account_id] = None
         self._out.append(_PACK[c.TRANSFER](c.TRANSFER, transfer_id, account, amount,
                                            acct.balance, c.DEPOSIT))
         self._account_status(acct)
@@ -1099,6 +1199,7 @@ class TradingEngine:
         acct.balance -= amount
         acct.transferred -= amount
         self.withdrawals += amount
+        self._liq_dirty[acct.account_id] = None
         self._out.append(_PACK[c.TRANSFER](c.TRANSFER, transfer_id, account, amount,
                                            acct.balance, c.WITHDRAW))
         self._account_status(acct)
@@ -1232,6 +1333,7 @@ class TradingEngine:
             return 0
         acct.balance -= amount
         acct.funding_paid += amount
+        self._liq_dirty[acct.account_id] = None
         if acct.account_id < 0:
             return amount
         if pos.mode == c.ISOLATED:   # isolated funding moves that position's margin
@@ -1251,8 +1353,24 @@ class TradingEngine:
     def _sweep_trigger(self, sw: list) -> bool:
         _, symbol, cursor, by, price, last = sw
         waiting = self.conditional[symbol]
+        index = self._trig_index[symbol]
+        # the orders whose trigger the price reached, from the trigger index: rising to it,
+        # or falling to it
+        fired = [k & 0xFFFFFFFFFFFFFFFF for k in index[by * 2 + 1].below((price + 1) << 64)]
+        fired.extend([k & 0xFFFFFFFFFFFFFFFF for k in index[by * 2].at_least(price << 64)])
+        fired = sorted([i for i in fired if cursor <= i <= last])
+        return self._fire_triggered(sw, waiting, fired)
+
+    def _walk_trigger(self, sw: list) -> bool:
+        """The trigger sweep as a scan of every waiting order (the reference's)."""
+        _, symbol, cursor, by, price, last = sw
+        waiting = self.conditional[symbol]
         fired = sorted(i for i, o in waiting.items()
                        if cursor <= i <= last and o.trigger_by == by and _fires(o, price))
+        return self._fire_triggered(sw, waiting, fired)
+
+    def _fire_triggered(self, sw: list, waiting: dict, fired: list) -> bool:
+        symbol = sw[1]
         for order_id in fired:
             if not self._may_go_on():
                 sw[2] = order_id
@@ -1267,8 +1385,22 @@ class TradingEngine:
                 self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
             else:
                 del waiting[o.order_id]
+                self._trig_remove(o)
                 o.state = PENDING_NEW
         return True
+
+    def _trig_key(self, o: Order) -> tuple:
+        up = (o.trigger_kind == c.TRIGGER_STOP) == (o.side == c.BUY)
+        return (self._trig_index[o.symbol][o.trigger_by * 2 + (1 if up else 0)],
+                o.trigger_price << 64 | o.order_id)
+
+    def _trig_add(self, o: Order) -> None:
+        index, key = self._trig_key(o)
+        index.add(key)
+
+    def _trig_remove(self, o: Order) -> None:
+        index, key = self._trig_key(o)
+        index.remove(key)
 
     # -- maintenance and liquidation -------------------------------------------------------
 
@@ -1283,6 +1415,47 @@ class TradingEngine:
         sweeps.append([SWEEP_MAINTENANCE, symbol, -1])
 
     def _sweep_maintenance(self, sw: list) -> bool:
+        """The maintenance sweep through the liquidation-trigger index: only the holders whose
+        conservative trigger the mark crossed are checked, in account order, and the output
+        budget stops the sweep exactly where the walk over every holder
+        (``_walk_maintenance``) stops: a holder whose trigger the mark did not cross is not
+        below maintenance, so its check does nothing and its unit outputs nothing."""
+        symbol = sw[1]
+        spec = self.specs[symbol]
+        mark = self.marks[symbol]
+        p = sw[2]
+        cands = self._liq_candidates(symbol, mark, p)
+        k = 0
+        if not self._unit_done:
+            # the walk's first holder at or after the cursor takes the record's first unit
+            if not cands and (not self.holders[symbol] if p < 0
+                              else self._next_holder(symbol, p) is None):
+                return True
+            self._unit_done = True
+            if self._over_budget():
+                h = self._next_holder(symbol, p)
+                if cands[0] == h if cands else False:
+                    self._maintain(self.accounts[h], symbol, spec, mark)
+                    k = 1
+                p = h + 1
+        for i in range(k, len(cands)):
+            account = cands[i]
+            if self._over_budget():
+                sw[2] = self._next_holder(symbol, p)
+                return False
+            self._maintain(self.accounts[account], symbol, spec, mark)
+            p = account + 1
+        # the holders after the last candidate: each would be a unit doing nothing
+        if self._over_budget():
+            h = self._next_holder(symbol, p)
+            if h is not None:
+                sw[2] = h
+                return False
+        return True
+
+    def _walk_maintenance(self, sw: list) -> bool:
+        """The maintenance sweep as a walk over every holder (the reference's and the
+        benchmark's baseline): each holder is a unit."""
         symbol = sw[1]
         spec = self.specs[symbol]
         mark = self.marks[symbol]
@@ -1292,6 +1465,101 @@ class TradingEngine:
                 return False
             self._maintain(self.accounts[account], symbol, spec, mark)
         return True
+
+    def _next_holder(self, symbol: int, p: int):
+        """The lowest holder of ``symbol`` at or above ``p``, None if none: a scan, run only
+        where a sweep stops over the output budget."""
+        best = None
+        for a in self.holders[symbol]:
+            if a >= p and (best is None or a < best):
+                best = a
+        return best
+
+    def _liq_candidates(self, symbol: int, mark: int, p: int) -> list:
+        """The holders of ``symbol`` at or above ``p`` whose trigger ``mark`` crossed, and the
+        cross accounts holding it with other cross positions, ascending."""
+        if self._liq_dirty:
+            self._liq_flush()
+        out = [k & 0xFFFFFFFF for k in self._liq_long[symbol].at_least(mark << 32)]
+        out.extend([k & 0xFFFFFFFF for k in self._liq_short[symbol].below((mark + 1) << 32)])
+        out.extend(self._liq_always[symbol])
+        if p >= 0:
+            out = [a for a in out if a >= p]
+        out.sort()
+        return out
+
+    def _liq_flush(self) -> None:
+        """Re-key the accounts changed since the index last saw them."""
+        dirty = self._liq_dirty
+        self._liq_dirty = {}
+        accounts = self.accounts
+        for a in dirty:
+            acct = accounts.get(a)
+            if acct is not None:
+                self._liq_rekey(acct)
+
+    def _liq_rekey(self, acct: Account) -> None:
+        """The account's positions' triggers from its state now. A trigger is conservative:
+        for a long, the highest mark at which it could be at maintenance; for a short, the
+        lowest. With K the money behind the position less its cost (an isolated one: its
+        margin; a cross one: the balance less order margins and isolated margins), equity at
+        mark m is K + size*m*value and maintenance is below |size|*m*value*R/1e6 + 2 (R the
+        highest tier's rate plus the taker fee), so a long is safe above
+        (2 - K)*1e6 / (size*value*(1e6 - R)) and a short below (K - 2)*1e6 /
+        (|size|*value*(1e6 + R)). A cross account with more than one cross position depends
+        on other marks: it is checked at every mark of each of its symbols."""
+        a = acct.account_id
+        pos: Position
+        iso = 0
+        ncross = 0
+        for pos in acct.positions.values():
+            if pos.mode == c.ISOLATED:
+                iso += pos.margin
+            elif pos.size:
+                ncross += 1
+        for sym, pos in acct.positions.items():
+            keys = self._liq_keys[sym]
+            old = keys.pop(a, None)
+            if old is not None:
+                if old >= 0:
+                    self._liq_long[sym].remove(old)
+                else:
+                    self._liq_short[sym].remove(-old - 1)
+            always = self._liq_always[sym]
+            if a in always:
+                del always[a]
+            size = pos.size
+            if not size:
+                continue
+            if pos.mode == c.ISOLATED:
+                k = pos.margin - pos.cost
+            elif ncross > 1:
+                always[a] = None
+                continue
+            else:
+                k = acct.balance - iso - acct.order_margin - pos.cost
+            spec = self.specs[sym]
+            rate = self._liq_rate[sym]
+            if size > 0:
+                den = size * spec.value * (PPM - rate)
+                trig = spec.max_price if den <= 0 else (2 - k) * PPM // den
+                if trig < 1:
+                    continue             # no mark reaches it
+                if trig > spec.max_price:
+                    trig = spec.max_price
+                key = trig << 32 | a
+                self._liq_long[sym].add(key)
+                keys[a] = key
+            else:
+                den = -size * spec.value * (PPM + rate)
+                trig = -((-(k - 2) * PPM) // den)
+                if trig > spec.max_price:
+                    continue             # no mark reaches it
+                if trig < 0:
+                    trig = 0
+                key = trig << 32 | a
+                self._liq_short[sym].add(key)
+                keys[a] = -key - 1
 
     def _maintain(self, acct: Account, symbol: int, spec: ContractSpec, mark: int) -> None:
         """Cancel the orders of an account below maintenance, and hand its position to
@@ -1525,6 +1793,7 @@ class TradingEngine:
             need = min(o.margin, self._order_cost(acct, o, o.price, o.leaves))
         acct.order_margin += need - o.margin
         o.margin = need
+        self._liq_dirty[acct.account_id] = None
 
     def _mass_cancelled(self, symbol: int, ev: tuple) -> None:
         """The CrossEngine cancelled every order of an account (on a side), or of the whole
@@ -1590,6 +1859,7 @@ class TradingEngine:
             release = o.margin * qty // o.leaves
             o.margin -= release
             acct.order_margin -= release
+            self._liq_dirty[acct.account_id] = None
             o.leaves -= qty
             pos = acct.positions[symbol]
             if o.side == c.BUY:
@@ -1648,6 +1918,7 @@ class TradingEngine:
             release = o.margin if qty == o.leaves else o.margin * qty // o.leaves
             o.margin -= release
             acct.order_margin -= release
+            self._liq_dirty[acct.account_id] = None
             o.leaves -= qty
             o.cum += qty
             if signed > 0:
@@ -1658,6 +1929,7 @@ class TradingEngine:
         paid = fee(notional, spec.maker_fee_ppm if maker else spec.taker_fee_ppm)
         acct.balance -= paid
         acct.fees_paid += paid
+        self._liq_dirty[acct.account_id] = None
         self.fee_pool += paid
         self._book(acct, symbol, signed, price, spec)
         if o is not None:
@@ -2324,6 +2596,7 @@ class TradingEngine:
         eng.clearing = eng._account_from_row(clearing)
         eng.liquidation = eng._account_from_row(liquidation)
         eng._reset_timer()
+        eng._liq_dirty = dict.fromkeys(eng.accounts)    # the index is derived: rebuilt lazily
         eng.check_invariants()
         return eng
 
@@ -2351,6 +2624,7 @@ class TradingEngine:
             self.orders[o.order_id] = o
             if o.state == UNTRIGGERED:
                 self.conditional[o.symbol][o.order_id] = o
+                self._trig_add(o)
             else:
                 pos = acct.positions[o.symbol]
                 if o.side == c.BUY:

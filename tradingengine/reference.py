@@ -74,7 +74,10 @@ class ReferenceEngine(TradingEngine):
         self._scan_holders(sw[1])
         for acct in self.accounts.values():
             self._sums(acct)
-        return super()._sweep_maintenance(sw)
+        return self._walk_maintenance(sw)    # every holder, not the trigger index
+
+    def _sweep_trigger(self, sw: list) -> bool:
+        return self._walk_trigger(sw)    # every waiting order, not the trigger index
 
     def _settle_funding(self, symbol: int) -> None:
         self._scan_holders(symbol)
