@@ -78,6 +78,7 @@ SNAPSHOT_VERSION = 6          # 6 with liq_sources configured; 5 (the same bytes
 SNAPSHOT_VERSION_NO_LIQ = 5   # the LiqEngine) without
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
 MAX_OPEN_ORDERS = 200         # per account, conditional ones included
+AUDIT_INTERVAL_NS = 60_000_000_000  # the mark path's audit, at most once a minute of time
 MAX_ADLS_PER_RECORD = 4       # Adls for this shard in one LiqEngine record (docs/liqengine.md)
 OUTPUT_BUDGET = 128 << 10     # bytes of output after which a record defers sweep units
 TRANSFER_ID_WINDOW_NS = 24 * 3600 * 10**9   # a transfer id is remembered this long (ts_ns)
@@ -505,6 +506,9 @@ class TradingEngine:
         self._liq_keys: dict[int, dict[int, int]] = {s: {} for s in self.specs}
         self._liq_always: dict[int, dict[int, None]] = {s: {} for s in self.specs}
         self._liq_dirty: dict[int, None] = {}
+        # the next sequenced time at which a mark price runs the audit (derived, not in the
+        # snapshot: the audit changes nothing, so when it runs cannot change an output)
+        self._audit_next = 0
         # the conditional orders' trigger index: per symbol, by (1 mark, 2 last) and direction
         # (up: fires when the price rises to it), keys trigger << 64 | order id
         self._trig_index: dict[int, list] = {
@@ -1243,7 +1247,12 @@ class TradingEngine:
             self._reset_timer()
         self._trigger(symbol, c.BY_MARK, price)
         self._check_maintenance(symbol, spec, price)
-        self.audit()
+        if self.ts_ns >= self._audit_next:
+            # The audit walks every account: at most once per AUDIT_INTERVAL_NS of sequenced
+            # time on the mark path, so that a mark costs what it crosses (it also runs after
+            # every funding, in check_invariants and in `seqex audit`).
+            self._audit_next = self.ts_ns + AUDIT_INTERVAL_NS
+            self.audit()
 
     def _reset_timer(self) -> None:
         candidates = ([t for t in self.next_funding.values()] + [t for t in self.dms.values()]
@@ -1629,6 +1638,7 @@ class TradingEngine:
             deficit = -acct.balance
             acct.balance = 0
             acct.covered += deficit
+            self._liq_dirty[acct.account_id] = None
             payer = self.clearing if self.liq_sources else self.liquidation
             payer.balance -= deficit
             payer.covered -= deficit
