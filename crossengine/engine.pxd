@@ -17,8 +17,6 @@ cdef struct Order:
     int32_t level            # index into the level pool
     int32_t prev             # FIFO neighbours within the level
     int32_t next             # (also the free-list link when not live)
-    int32_t all_prev         # all live orders in order-id order (mass cancel)
-    int32_t all_next
     int32_t acct_prev        # this account's live orders in order-id order (cancel all)
     int32_t acct_next
 
@@ -47,6 +45,7 @@ cdef struct Table:
     Slot* slots
     uint64_t mask            # capacity - 1 (capacity is a power of two)
     uint64_t size
+    bint ident               # the key is its own hash (order ids: consecutive counters)
 
 
 cdef struct Touched:

@@ -203,16 +203,23 @@ cdef inline uint64_t mix(uint64_t k1, uint64_t k2) noexcept nogil:
     z ^= z >> 31
     return z
 
-cdef int table_init(Table* t, uint64_t cap) except -1:
+cdef inline uint64_t slot_hash(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
+    # Order ids are symbol << 40 | a counter: their low bits spread consecutive ids over
+    # consecutive slots, which linear probing likes best, at no cost. Client ids and accounts
+    # are the clients' choice: mixed.
+    return k1 if t.ident else mix(k1, k2)
+
+cdef int table_init(Table* t, uint64_t cap, bint ident=False) except -1:
     t.slots = <Slot*>calloc(cap, sizeof(Slot))
     if t.slots == NULL:
         raise MemoryError()
     t.mask = cap - 1
     t.size = 0
+    t.ident = ident
     return 0
 
 cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
-    cdef uint64_t i = mix(k1, k2) & t.mask
+    cdef uint64_t i = slot_hash(t, k1, k2) & t.mask
     while t.slots[i].used:
         if t.slots[i].k1 == k1 and t.slots[i].k2 == k2:
             return <int64_t>i
@@ -229,7 +236,7 @@ cdef int table_grow(Table* t) except -1:
     t.mask = old_cap * 2 - 1
     for i in range(old_cap):
         if old[i].used:
-            j = mix(old[i].k1, old[i].k2) & t.mask
+            j = slot_hash(t, old[i].k1, old[i].k2) & t.mask
             while t.slots[j].used:
                 j = (j + 1) & t.mask
             t.slots[j] = old[i]
@@ -249,7 +256,7 @@ cdef int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) e
     cdef uint64_t i
     if (t.size + 1) * 2 > t.mask + 1:
         table_grow(t)
-    i = mix(k1, k2) & t.mask
+    i = slot_hash(t, k1, k2) & t.mask
     while t.slots[i].used:
         i = (i + 1) & t.mask
     t.slots[i].k1 = k1
@@ -272,7 +279,7 @@ cdef int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
         j = (j + 1) & t.mask
         if not t.slots[j].used:
             break
-        home = mix(t.slots[j].k1, t.slots[j].k2) & t.mask
+        home = slot_hash(t, t.slots[j].k1, t.slots[j].k2) & t.mask
         # Leave slot j where it is if its home lies cyclically in (i, j].
         if (i <= j and i < home and home <= j) or (i > j and (i < home or home <= j)):
             continue
@@ -517,8 +524,6 @@ cdef class CrossEngine:
     cdef Table by_id
     cdef Table by_client
     cdef Table by_account
-    cdef int32_t all_head
-    cdef int32_t all_tail
     cdef Touched* touched
     cdef int32_t n_touched
     cdef int32_t touched_cap
@@ -565,8 +570,6 @@ cdef class CrossEngine:
         self.max_orders = max_orders
         self.free_order = -1
         self.free_level = -1
-        self.all_head = -1
-        self.all_tail = -1
         capacity = max(capacity, 16)
         self.orders = <Order*>malloc(capacity * sizeof(Order))
         level_capacity = max(level_capacity, 16)
@@ -581,7 +584,7 @@ cdef class CrossEngine:
         self.levels_cap = 0
         self._grow_levels(level_capacity)
         self.touched_cap = 64
-        table_init(&self.by_id, 1 << 17)
+        table_init(&self.by_id, 1 << 17, True)
         table_init(&self.by_client, 1 << 17)
         table_init(&self.by_account, 1 << 10)
 
@@ -647,7 +650,7 @@ cdef class CrossEngine:
             cap <<= 1
         if cap > self.by_id.mask + 1:
             free(self.by_id.slots)
-            table_init(&self.by_id, cap)
+            table_init(&self.by_id, cap, True)
             free(self.by_client.slots)
             table_init(&self.by_client, cap)
         return 0
@@ -746,22 +749,16 @@ cdef class CrossEngine:
             self._drop_level(side_index(o.side), lv)
         return 0
 
-    cdef int _index_link(self, int32_t i) except -1:
-        """Enter order i in the id maps and at the tail of the id-ordered lists."""
+    cdef int _index_link(self, int32_t i, int64_t a) except -1:
+        """Enter order i in the id maps and at the tail of its account's id-ordered list; a is
+        the account's slot in the account map if the caller has it, else -1."""
         cdef Order* o = &self.orders[i]
-        cdef int64_t a
         cdef int32_t tail
         # Both keys are new: ids are never reused, and a client id in use was refused.
         table_add(&self.by_id, o.order_id, 0, i, 0)
         table_add(&self.by_client, o.client_order_id, o.account, i, 0)
-        o.all_prev = self.all_tail
-        o.all_next = -1
-        if self.all_tail >= 0:
-            self.orders[self.all_tail].all_next = i
-        else:
-            self.all_head = i
-        self.all_tail = i
-        a = table_find(&self.by_account, o.account, 0)
+        if a < 0:
+            a = table_find(&self.by_account, o.account, 0)
         if a < 0 or self.by_account.slots[a].v1 < 0:
             o.acct_prev = -1
             o.acct_next = -1
@@ -786,14 +783,6 @@ cdef class CrossEngine:
         cdef int64_t a
         table_del(&self.by_id, o.order_id, 0)
         table_del(&self.by_client, o.client_order_id, o.account)
-        if o.all_prev >= 0:
-            self.orders[o.all_prev].all_next = o.all_next
-        else:
-            self.all_head = o.all_next
-        if o.all_next >= 0:
-            self.orders[o.all_next].all_prev = o.all_prev
-        else:
-            self.all_tail = o.all_prev
         a = table_find(&self.by_account, o.account, 0)
         if a < 0:
             raise RuntimeError("crossengine: account list lost")
@@ -1059,7 +1048,7 @@ cdef class CrossEngine:
         cdef bint market = ord_type == MARKET
         cdef uint16_t code = 0
         cdef int32_t t, best_lv
-        cdef int64_t a
+        cdef int64_t a = -1
         cdef int opp
         cdef bint limited
         if self.halted:
@@ -1122,7 +1111,7 @@ cdef class CrossEngine:
                 self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_MATCH_LIMIT)
             elif not market and tif == GTC:
                 self._book_link(t)
-                self._index_link(t)
+                self._index_link(t, a)
                 return 0
             else:
                 self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_IOC)
@@ -1214,19 +1203,28 @@ cdef class CrossEngine:
         orders it covers (those accepted with ids up to the event's last id). CancelAll then
         lists the levels it changed (at most max_account_orders); MassCancel lists none, the
         book being empty after it."""
-        cdef int32_t i, nxt
+        cdef int32_t i, nxt, lv
         cdef int64_t a
         cdef uint64_t count = 0
+        cdef int s
         if everyone:
-            i = self.all_head
+            # the whole book, level by level from the best (the order is not observable:
+            # one event, no levels listed)
+            for s in range(2):
+                lv = side_best(&self.sides[s])
+                while lv >= 0:
+                    self._remove(self.levels[lv].head)
+                    count += 1
+                    lv = side_best(&self.sides[s])
+            i = -1
         else:
             if side != 0 and side != BUY and side != SELL:
                 return self._ev_rejected(0, account, C_SIDE, 0)
             a = table_find(&self.by_account, account, 0)
             i = self.by_account.slots[a].v1 if a >= 0 else -1
         while i >= 0:
-            nxt = self.orders[i].all_next if everyone else self.orders[i].acct_next
-            if everyone or side == 0 or self.orders[i].side == side:
+            nxt = self.orders[i].acct_next
+            if side == 0 or self.orders[i].side == side:
                 self._remove(i)
                 count += 1
             i = nxt
@@ -1564,7 +1562,7 @@ cdef class CrossEngine:
                 side_insert(&eng.sides[s], side_key(s, eng.levels[lv].price), lv)
             qsort(ids, n, sizeof(IdIdx), cmp_id)
             for k in range(n):
-                eng._index_link(ids[k].idx)
+                eng._index_link(ids[k].idx, -1)
         finally:
             free(ids)
             free(side_lv)
@@ -1638,17 +1636,6 @@ cdef class CrossEngine:
         if seen != self.n_live or self.by_id.size != <uint64_t>seen \
                 or self.by_client.size != <uint64_t>seen:
             raise RuntimeError("crossengine: live orders and indexes disagree")
-        i = self.all_head
-        k = 0
-        last_id = 0
-        while i >= 0:
-            if self.orders[i].order_id <= last_id:
-                raise RuntimeError("crossengine: id-ordered list out of order")
-            last_id = self.orders[i].order_id
-            k += 1
-            i = self.orders[i].all_next
-        if k != seen:
-            raise RuntimeError("crossengine: id-ordered list has the wrong length")
         cdef uint64_t slot
         cdef uint32_t n_acct
         k = 0
@@ -1656,10 +1643,14 @@ cdef class CrossEngine:
             if not self.by_account.slots[slot].used:
                 continue
             n_acct = 0
+            last_id = 0
             i = self.by_account.slots[slot].v1
             while i >= 0:
                 if self.orders[i].account != self.by_account.slots[slot].k1:
                     raise RuntimeError("crossengine: an order in another account's list")
+                if self.orders[i].order_id <= last_id:
+                    raise RuntimeError("crossengine: an account's list is out of id order")
+                last_id = self.orders[i].order_id
                 n_acct += 1
                 i = self.orders[i].acct_next
             if n_acct != self.by_account.slots[slot].n:
