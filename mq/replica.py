@@ -513,7 +513,6 @@ def _read_hashed(f, length: int) -> tuple[bytes, int, bytes]:
             chunks.append(None)
             ready.notify()
         worker.join()
-    del chunks
     return bytes(buf) if got == length else b"", got, h.digest()
 
 
