@@ -14,18 +14,31 @@ Flows:
 * `mixed`: 35% limit (a third post-only), 20% cancels, 15% amends, 10% FOK, 10% IOC,
   10% market.
 
-Run: python bench/bench_crossengine.py [--ops 1000000] [--repeat 3] [--flow core|mixed|all]
+* `independent`: issue 16's flow, from its description (`independent_flow`): 55% limit
+  orders (8% aggressive), 35% cancels by client order id, 5% market, 5% IOC, about 4,000
+  resting over about 110 levels a side. Its baseline is not the reference but `HeapBook`, a
+  lean pure-Python heapq + deque book with no events, run alternately with the engine in the
+  same process; their fills must be identical.
+
+Width sweep: resting orders at prices drawn from 100 / 10,000 / 100,000 / 1,000,000 ticks
+behind the touch, ns per order and live levels a side.
+
+Run: python bench/bench_crossengine.py [--ops 1000000] [--repeat 3]
+     [--flow core|mixed|independent|all] [--sweep-orders 400000] [--snapshot-orders 1000000]
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import hashlib
+import heapq
+import math
 import os
 import random
 import statistics
 import sys
 import time
+from collections import deque
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +48,9 @@ from crossengine.reference import ReferenceEngine  # noqa: E402
 from mq.record import HEADER_SIZE, encode, offset_of  # noqa: E402
 
 FRAME = 1024
+MARKET_SIZE = 1.0         # market and IOC quantities: the limit law times this (independent flow)
+MID_STEP = 0.03           # chance that the mid moves a tick at a step (independent flow)
+INDEPENDENT = {"max_qty": 1_000_000, "capacity": 1 << 16}
 TRADE = c.EVENT_STRUCTS[c.EV_TRADE]
 
 
@@ -150,10 +166,11 @@ def payloads_of_frames(out_frames: list[bytes]):
             off = nxt
 
 
-def run_engine(fr: list[bytes], keep: bool = False) -> tuple[float, list[bytes], bytes]:
+def run_engine(fr: list[bytes], config: dict | None = None,
+               keep: bool = False) -> tuple[float, list[bytes], bytes]:
     """Timed as a replica runs: each output frame is handed on (here: dropped) before the next
     frame is applied. keep=True collects the outputs for the fills hash, untimed."""
-    eng = CrossEngine(max_qty=1_000_000)
+    eng = CrossEngine(**(config or {"max_qty": 1_000_000}))
     outs: list[bytes] = []
     apply = eng.apply_frame
     t0 = time.perf_counter()
@@ -216,15 +233,240 @@ def snapshot_bench(orders: int, repeat: int) -> None:
         sys.exit(1)
 
 
+# -- the independent flow (issue 16) and a lean pure-Python baseline ---------------------------
+class HeapBook:
+    """A price-time book in plain Python, the straightforward way: per side a heap of prices
+    and a dict price -> deque of orders; a cancel marks the order dead (lazy deletion, skipped
+    when matching reaches it). No events, no validation: it records the fills only, as
+    (maker id, taker id, price, qty), ids counting accepted orders from 1 as the engine's do."""
+
+    __slots__ = ("heaps", "levels", "by_client", "counter", "fills")
+
+    def __init__(self) -> None:
+        self.heaps: tuple[list[int], list[int]] = ([], [])   # bids as -price, asks as price
+        self.levels: tuple[dict, dict] = ({}, {})            # price -> deque of [qty, id, key]
+        self.by_client: dict = {}                            # (account, client id) -> order
+        self.counter = 0
+        self.fills: list[tuple[int, int, int, int]] = []
+
+    def new(self, cl_id: int, account: int, side: int, price: int, qty: int, kind: int) -> None:
+        """kind 0: limit GTC, 1: limit IOC, 2: market."""
+        self.counter += 1
+        oid = self.counter
+        buy = side == c.BUY
+        heap = self.heaps[1 if buy else 0]
+        book = self.levels[1 if buy else 0]
+        fills = self.fills
+        while qty and heap:
+            p = heap[0] if buy else -heap[0]
+            if kind != 2 and (p > price if buy else p < price):
+                break
+            q = book[p]
+            while q and qty:
+                o = q[0]
+                if o[0] == 0:
+                    q.popleft()
+                    continue
+                t = o[0] if o[0] < qty else qty
+                o[0] -= t
+                qty -= t
+                fills.append((o[1], oid, p, t))
+                if o[0] == 0:
+                    q.popleft()
+                    del self.by_client[o[2]]
+            if not q:
+                heapq.heappop(heap)
+                del book[p]
+        if qty and kind == 0:
+            mine = self.levels[0 if buy else 1]
+            q = mine.get(price)
+            if q is None:
+                q = mine[price] = deque()
+                heapq.heappush(self.heaps[0 if buy else 1], -price if buy else price)
+            key = (account, cl_id)
+            o = [qty, oid, key]
+            q.append(o)
+            self.by_client[key] = o
+
+    def cancel(self, cl_id: int, account: int) -> None:
+        o = self.by_client.pop((account, cl_id), None)
+        if o is not None:
+            o[0] = 0
+
+
+def independent_flow(ops: int, seed: int) -> tuple[list[tuple[int, bytes]], list[tuple]]:
+    """The issue's flow, from its description alone: 55% limit orders (8% of them aggressive,
+    0-3 ticks through the mid, the rest 1 + Exp(mean 20) ticks behind it), quantities
+    1 + lognormal (median 10) capped at 5,000; 35% cancels by client order id of uniformly
+    random live orders; 5% market and 5% IOC (IOC limits 3 ticks through the mid), with the
+    limit orders' quantity law. The mid random-walks: one tick up or down at a step with chance
+    MID_STEP. That holds about 4,000 orders resting over about 110 levels a side. Returns the
+    commands and, for the baseline, the same operations as tuples."""
+    rng = random.Random(seed)
+    book = HeapBook()
+    live: list[tuple[int, int]] = []        # (account, client id) of live orders
+    where: dict[tuple[int, int], int] = {}
+    id_key: dict[int, tuple[int, int]] = {}
+    mid = 1_000_000
+    cmds: list[tuple[int, bytes]] = []
+    plain: list[tuple] = []
+    mu = math.log(10)
+
+    def drop(key: tuple[int, int]) -> None:
+        i = where.pop(key)
+        last = live.pop()
+        if i < len(live):
+            live[i] = last
+            where[last] = i
+
+    for n in range(1, ops + 1):
+        if rng.random() < MID_STEP:
+            mid += rng.choice((-1, 1))
+        r = rng.random()
+        if 0.55 <= r < 0.90 and live:
+            account, cl_id = live[rng.randrange(len(live))]
+            drop((account, cl_id))
+            cmds.append((c.CANCEL, c.cancel(client_order_id=cl_id, account=account)))
+            plain.append((1, cl_id, account))
+            book.cancel(cl_id, account)
+            continue
+        account = rng.randint(1, 1000)
+        side = c.BUY if rng.random() < 0.5 else c.SELL
+        sign = 1 if side == c.BUY else -1
+        qty = min(5000, 1 + int(rng.lognormvariate(mu, 1.0)))
+        if r < 0.55:
+            if rng.random() < 0.08:
+                price = mid + sign * rng.randint(0, 3)
+            else:
+                price = mid - sign * (1 + int(rng.expovariate(1 / 20)))
+            kind = 0
+            cmd = c.new_order(n, side, price, qty, account)
+        else:
+            qty = min(5000, int(qty * MARKET_SIZE))
+            if r < 0.95:
+                price, kind = 0, 2
+                cmd = c.new_order(n, side, 0, qty, account, c.MARKET, c.IOC)
+            else:
+                price, kind = mid + sign * 3, 1
+                cmd = c.new_order(n, side, price, qty, account, c.LIMIT, c.IOC)
+        cmds.append((c.NEW_ORDER, cmd))
+        plain.append((0, n, account, side, price, qty, kind))
+        before = len(book.fills)
+        book.new(n, account, side, price, qty, kind)
+        id_key[book.counter] = (account, n)
+        for maker, _t, _p, _q in book.fills[before:]:
+            key = id_key[maker]
+            if key in where and key not in book.by_client:
+                drop(key)
+        if (account, n) in book.by_client:
+            where[(account, n)] = len(live)
+            live.append((account, n))
+    return cmds, plain
+
+
+def run_heapbook(plain: list[tuple]) -> tuple[float, HeapBook]:
+    book = HeapBook()
+    new, cancel = book.new, book.cancel
+    t0 = time.perf_counter()
+    for op in plain:
+        if op[0]:
+            cancel(op[1], op[2])
+        else:
+            new(op[1], op[2], op[3], op[4], op[5], op[6])
+    return time.perf_counter() - t0, book
+
+
+def engine_fills(out_frames: list[bytes]) -> list[tuple[int, int, int, int]]:
+    mask = (1 << 40) - 1
+    return [(ev[2] & mask, ev[3] & mask, ev[6], ev[7]) for p in payloads_of_frames(out_frames)
+            for ev in c.decode_events(p) if ev[0] == c.EV_TRADE]
+
+
+def independent_bench(ops: int, repeat: int, seed: int) -> None:
+    cmds, plain = independent_flow(ops, seed)
+    fr = frames(cmds)
+    gc.collect()
+    gc.disable()
+    run_engine(fr[:20], INDEPENDENT)
+    eng_s, base_s, ratios = [], [], []
+    for _ in range(repeat):       # alternate, so that both see the same noise
+        e = run_engine(fr, INDEPENDENT)[0]
+        b, book = run_heapbook(plain)
+        eng_s.append(e)
+        base_s.append(b)
+        ratios.append(b / e)
+    gc.enable()
+    _t, kept, _h = run_engine(fr, INDEPENDENT, keep=True)
+    eng = CrossEngine(**INDEPENDENT)
+    for f in fr:
+        eng.apply_frame(f)
+    book_now = eng.book()
+    same = engine_fills(kept) == book.fills
+    e, b = statistics.median(eng_s), statistics.median(base_s)
+    print(f"[independent] {ops:,} ops ({len(book.fills):,} fills), {len(eng):,} resting at the "
+          f"end over {len(book_now['bids'])} bid / {len(book_now['asks'])} ask levels: engine "
+          f"{ops / e:,.0f} ops/s, heapq+deque baseline {ops / b:,.0f} ops/s, ratio "
+          f"{statistics.median(ratios):.1f}x (medians of {repeat}, alternating); fills "
+          f"{'identical' if same else 'DIFFERENT'}", flush=True)
+    if not same:
+        sys.exit(1)
+
+
+def width_sweep(orders: int, repeat: int, widths=(100, 10_000, 100_000, 1_000_000)) -> None:
+    """Resting orders at prices drawn uniformly from `width` ticks behind the touch on each
+    side: ns per order (apply_frame, frames of 1,024), and the live levels a side at the end.
+    Widths alternate within each repeat; medians."""
+    flows = {}
+    for w in widths:
+        rng = random.Random(3)
+        cmds = []
+        for i in range(orders):
+            side = c.BUY if i % 2 else c.SELL
+            d = 1 + rng.randrange(w)
+            cmds.append((c.NEW_ORDER, c.new_order(i + 1, side, 10_000_000 - d if side == c.BUY
+                                                  else 10_000_000 + d, 1 + rng.randrange(50),
+                                                  1 + rng.randrange(5000))))
+        flows[w] = frames(cmds)
+    times: dict[int, list[float]] = {w: [] for w in widths}
+    levels = {}
+    for _ in range(repeat):
+        for w in widths:
+            eng = CrossEngine(max_qty=1_000_000, capacity=orders + 16)
+            gc.collect()
+            gc.disable()
+            t0 = time.perf_counter()
+            for f in flows[w]:
+                eng.apply_frame(f)
+            times[w].append(time.perf_counter() - t0)
+            gc.enable()
+            book = eng.book()
+            levels[w] = (len(book["bids"]) + len(book["asks"])) // 2
+    base = statistics.median(times[widths[0]]) / orders * 1e9
+    for w in widths:
+        ns = statistics.median(times[w]) / orders * 1e9
+        print(f"[width] {orders:,} resting orders over {w:,} ticks a side: {ns:,.0f} ns/order, "
+              f"{levels[w]:,} live levels a side, {ns / base:.2f}x the narrowest (median of "
+              f"{repeat})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ops", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--flow", default="all", choices=["core", "mixed", "all"])
+    ap.add_argument("--flow", default="all", choices=["core", "mixed", "independent", "all"])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--snapshot-orders", type=int, default=1_000_000)
+    ap.add_argument("--sweep-orders", type=int, default=400_000,
+                    help="resting orders per width of the width sweep (0: no sweep)")
     a = ap.parse_args()
-    snapshot_bench(a.snapshot_orders, a.repeat)
+    if a.flow in ("independent", "all"):
+        independent_bench(a.ops, a.repeat, a.seed)
+        if a.sweep_orders:
+            width_sweep(a.sweep_orders, a.repeat)
+        if a.flow == "independent":
+            return
+    if a.snapshot_orders:
+        snapshot_bench(a.snapshot_orders, a.repeat)
     for flow in (["core", "mixed"] if a.flow == "all" else [a.flow]):
         cmds = generate(flow, a.ops, a.seed)
         fr = frames(cmds)

@@ -17,8 +17,6 @@ cdef struct Order:
     int32_t level            # index into the level pool
     int32_t prev             # FIFO neighbours within the level
     int32_t next             # (also the free-list link when not live)
-    int32_t all_prev         # all live orders in order-id order (mass cancel)
-    int32_t all_next
     int32_t acct_prev        # this account's live orders in order-id order (cancel all)
     int32_t acct_next
 
@@ -47,6 +45,7 @@ cdef struct Table:
     Slot* slots
     uint64_t mask            # capacity - 1 (capacity is a power of two)
     uint64_t size
+    bint ident               # the key is its own hash (order ids: consecutive counters)
 
 
 cdef struct Touched:
@@ -61,9 +60,23 @@ cdef struct Buf:
     Py_ssize_t cap
 
 
+cdef enum:
+    LB = 128                 # level keys per block of a side's ordered index
+
+
+cdef struct LBlock:
+    int32_t n                # keys in use, keys[0 .. n-1] ascending
+    int64_t keys[LB]         # sort keys (price for bids, -price for asks)
+    int32_t lv[LB]           # their level indices
+
+
 cdef struct Side:
-    int32_t* levels          # level indices sorted so that the best price is last
-    int64_t* keys            # their sort keys (price for bids, -price for asks), side by side:
-                             # the binary search reads one contiguous array
-    int32_t n
-    int32_t cap
+    # The side's levels ordered by key, best last: a two-level blocked array (a B+tree of
+    # height two). A new level costs a search over the block firsts and a move of at most LB
+    # keys inside one block, whatever the number of levels; the best is the last key of the
+    # last block.
+    LBlock** blocks          # ascending: every key of blocks[b] < every key of blocks[b + 1]
+    int64_t* firsts          # firsts[b] = blocks[b].keys[0], side by side for the search
+    int32_t nb               # blocks in use
+    int32_t cap              # capacity of blocks and firsts
+    int32_t n                # levels

@@ -34,18 +34,18 @@ Bounded output: a taker meets at most ``max_fills`` makers, an account rests at 
 counter stops at 2**40 - 1; so every output fits one record (codec.worst_case_sizes).
 
 Hot path: a whole frame of records is applied in one call; orders live in a preallocated pool
-with a free list, price levels in a pool with FIFO links, each side's levels in an array sorted
-so that the best price is last (taking the best level is O(1), a new level is a binary search
-and a memmove), order ids and client ids in open-addressing hash tables. No Python object is
+with a free list, price levels in a pool with FIFO links, each side's levels in a blocked
+sorted array, best last (taking the best level is O(1); a new level moves at most one block of
+128 keys, whatever the width of the book), order ids and client ids in open-addressing hash tables. No Python object is
 created per record except the one bytes object per frame that holds all outputs.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, qsort, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
 
-from crossengine.engine cimport Buf, Level, Order, Side, Slot, Table, Touched
+from crossengine.engine cimport LB, Buf, LBlock, Level, Order, Side, Slot, Table, Touched
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
 
 import hashlib
@@ -224,16 +224,23 @@ cdef inline uint64_t mix(uint64_t k1, uint64_t k2) noexcept nogil:
     z ^= z >> 31
     return z
 
-cdef int table_init(Table* t, uint64_t cap) except -1:
+cdef inline uint64_t slot_hash(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
+    # Order ids are symbol << 40 | a counter: their low bits spread consecutive ids over
+    # consecutive slots, which linear probing likes best, at no cost. Client ids and accounts
+    # are the clients' choice: mixed.
+    return k1 if t.ident else mix(k1, k2)
+
+cdef int table_init(Table* t, uint64_t cap, bint ident=False) except -1:
     t.slots = <Slot*>calloc(cap, sizeof(Slot))
     if t.slots == NULL:
         raise MemoryError()
     t.mask = cap - 1
     t.size = 0
+    t.ident = ident
     return 0
 
 cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
-    cdef uint64_t i = mix(k1, k2) & t.mask
+    cdef uint64_t i = slot_hash(t, k1, k2) & t.mask
     while t.slots[i].used:
         if t.slots[i].k1 == k1 and t.slots[i].k2 == k2:
             return <int64_t>i
@@ -250,7 +257,7 @@ cdef int table_grow(Table* t) except -1:
     t.mask = old_cap * 2 - 1
     for i in range(old_cap):
         if old[i].used:
-            j = mix(old[i].k1, old[i].k2) & t.mask
+            j = slot_hash(t, old[i].k1, old[i].k2) & t.mask
             while t.slots[j].used:
                 j = (j + 1) & t.mask
             t.slots[j] = old[i]
@@ -270,7 +277,7 @@ cdef int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) e
     cdef uint64_t i
     if (t.size + 1) * 2 > t.mask + 1:
         table_grow(t)
-    i = mix(k1, k2) & t.mask
+    i = slot_hash(t, k1, k2) & t.mask
     while t.slots[i].used:
         i = (i + 1) & t.mask
     t.slots[i].k1 = k1
@@ -293,7 +300,7 @@ cdef int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
         j = (j + 1) & t.mask
         if not t.slots[j].used:
             break
-        home = mix(t.slots[j].k1, t.slots[j].k2) & t.mask
+        home = slot_hash(t, t.slots[j].k1, t.slots[j].k2) & t.mask
         # Leave slot j where it is if its home lies cyclically in (i, j].
         if (i <= j and i < home and home <= j) or (i > j and (i < home or home <= j)):
             continue
@@ -302,6 +309,184 @@ cdef int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
     t.slots[i].used = 0
     t.size -= 1
     return 0
+
+
+# -- a side's ordered level index: blocks of up to LB keys, best last -------------------------
+cdef int side_init(Side* sd) except -1:
+    sd.cap = 16
+    sd.blocks = <LBlock**>malloc(sd.cap * sizeof(LBlock*))
+    sd.firsts = <int64_t*>malloc(sd.cap * sizeof(int64_t))
+    if sd.blocks == NULL or sd.firsts == NULL:
+        raise MemoryError()
+    sd.nb = 0
+    sd.n = 0
+    return 0
+
+cdef void side_free(Side* sd) noexcept:
+    cdef int32_t b
+    if sd.blocks != NULL:
+        for b in range(sd.nb):
+            free(sd.blocks[b])
+    free(sd.blocks)
+    free(sd.firsts)
+    sd.blocks = NULL
+    sd.firsts = NULL
+    sd.nb = 0
+    sd.n = 0
+
+cdef inline int32_t side_best(Side* sd) noexcept nogil:
+    """The best level, or -1."""
+    cdef LBlock* b
+    if sd.n == 0:
+        return -1
+    b = sd.blocks[sd.nb - 1]
+    return b.lv[b.n - 1]
+
+cdef inline int32_t side_block(Side* sd, int64_t key) noexcept nogil:
+    """The block that holds key or would: the last whose first key is <= key (else 0)."""
+    cdef int32_t lo = 0, hi = sd.nb - 1, mid
+    cdef int64_t* f = sd.firsts
+    if f[hi] <= key:                 # near the touch: the last block
+        return hi
+    while lo < hi:                   # invariant: f[lo] <= key or lo == 0; f[hi] > key
+        mid = (lo + hi) >> 1
+        if f[mid] <= key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1 if lo > 0 else 0
+
+cdef inline int32_t block_pos(LBlock* b, int64_t key) noexcept nogil:
+    """Index of the first key >= key in block b."""
+    cdef int32_t lo = 0, hi = b.n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if b.keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+cdef inline int32_t side_find(Side* sd, int64_t key) noexcept nogil:
+    """The level with this key, or -1."""
+    cdef LBlock* b
+    cdef int32_t pos
+    if sd.n == 0:
+        return -1
+    b = sd.blocks[sd.nb - 1]
+    if b.keys[b.n - 1] == key:
+        return b.lv[b.n - 1]
+    b = sd.blocks[side_block(sd, key)]
+    pos = block_pos(b, key)
+    if pos < b.n and b.keys[pos] == key:
+        return b.lv[pos]
+    return -1
+
+cdef int side_open_block(Side* sd, int32_t at) except -1:
+    """A new empty block at position at (firsts[at] is left for the caller)."""
+    cdef LBlock** gb
+    cdef int64_t* gf
+    cdef LBlock* blk
+    if sd.nb == sd.cap:
+        gb = <LBlock**>realloc(sd.blocks, sd.cap * 2 * sizeof(LBlock*))
+        if gb == NULL:
+            raise MemoryError()
+        sd.blocks = gb
+        gf = <int64_t*>realloc(sd.firsts, sd.cap * 2 * sizeof(int64_t))
+        if gf == NULL:
+            raise MemoryError()
+        sd.firsts = gf
+        sd.cap *= 2
+    blk = <LBlock*>malloc(sizeof(LBlock))
+    if blk == NULL:
+        raise MemoryError()
+    blk.n = 0
+    if at < sd.nb:
+        memmove(&sd.blocks[at + 1], &sd.blocks[at], (sd.nb - at) * sizeof(LBlock*))
+        memmove(&sd.firsts[at + 1], &sd.firsts[at], (sd.nb - at) * sizeof(int64_t))
+    sd.blocks[at] = blk
+    sd.nb += 1
+    return 0
+
+cdef void side_close_block(Side* sd, int32_t at) noexcept:
+    free(sd.blocks[at])
+    if at < sd.nb - 1:
+        memmove(&sd.blocks[at], &sd.blocks[at + 1], (sd.nb - at - 1) * sizeof(LBlock*))
+        memmove(&sd.firsts[at], &sd.firsts[at + 1], (sd.nb - at - 1) * sizeof(int64_t))
+    sd.nb -= 1
+
+cdef int side_insert(Side* sd, int64_t key, int32_t lv) except -1:
+    """Enter level lv under key (absent)."""
+    cdef int32_t bi, pos, half
+    cdef LBlock* b
+    cdef LBlock* nb
+    if sd.nb == 0:
+        side_open_block(sd, 0)
+        bi = 0
+    else:
+        bi = side_block(sd, key)
+    b = sd.blocks[bi]
+    if b.n == LB:
+        # split: the upper half moves to a new block after it (an append at the very end
+        # keeps the block full and opens an empty one, as a bulk load does)
+        side_open_block(sd, bi + 1)
+        nb = sd.blocks[bi + 1]
+        half = LB if (bi == sd.nb - 2 and key > b.keys[LB - 1]) else LB // 2
+        nb.n = LB - half
+        memcpy(nb.keys, &b.keys[half], nb.n * sizeof(int64_t))
+        memcpy(nb.lv, &b.lv[half], nb.n * sizeof(int32_t))
+        b.n = half
+        if nb.n:
+            sd.firsts[bi + 1] = nb.keys[0]
+        if nb.n == 0 or key >= nb.keys[0]:
+            bi += 1
+            b = nb
+    pos = block_pos(b, key)
+    if pos < b.n:
+        memmove(&b.keys[pos + 1], &b.keys[pos], (b.n - pos) * sizeof(int64_t))
+        memmove(&b.lv[pos + 1], &b.lv[pos], (b.n - pos) * sizeof(int32_t))
+    b.keys[pos] = key
+    b.lv[pos] = lv
+    b.n += 1
+    if pos == 0:
+        sd.firsts[bi] = key
+    sd.n += 1
+    return 0
+
+cdef void side_remove(Side* sd, int64_t key) noexcept:
+    """Take the level under key (present) out; merge a block into a neighbour when both fit
+    in half a block, so that blocks stay at least a quarter full on average."""
+    cdef int32_t bi, pos, other
+    cdef LBlock* b
+    cdef LBlock* nb
+    bi = sd.nb - 1
+    b = sd.blocks[bi]
+    if b.keys[b.n - 1] == key:
+        pos = b.n - 1
+    else:
+        bi = side_block(sd, key)
+        b = sd.blocks[bi]
+        pos = block_pos(b, key)
+        memmove(&b.keys[pos], &b.keys[pos + 1], (b.n - pos - 1) * sizeof(int64_t))
+        memmove(&b.lv[pos], &b.lv[pos + 1], (b.n - pos - 1) * sizeof(int32_t))
+    b.n -= 1
+    sd.n -= 1
+    if b.n == 0:
+        side_close_block(sd, bi)
+        return
+    if pos == 0:
+        sd.firsts[bi] = b.keys[0]
+    if b.n < LB // 4:
+        other = bi + 1 if bi + 1 < sd.nb else bi - 1
+        if other >= 0 and b.n + sd.blocks[other].n <= LB // 2:
+            if other < bi:
+                bi, other = other, bi
+            b = sd.blocks[bi]
+            nb = sd.blocks[other]
+            memcpy(&b.keys[b.n], nb.keys, nb.n * sizeof(int64_t))
+            memcpy(&b.lv[b.n], nb.lv, nb.n * sizeof(int32_t))
+            b.n += nb.n
+            side_close_block(sd, other)
 
 
 # -- output buffer ----------------------------------------------------------------------------
@@ -325,9 +510,50 @@ cdef struct IdIdx:
     uint64_t order_id
     int32_t idx
 
-cdef int cmp_id(const void* a, const void* b) noexcept nogil:
-    cdef uint64_t x = (<IdIdx*>a).order_id, y = (<IdIdx*>b).order_id
-    return -1 if x < y else (1 if x > y else 0)
+cdef int sort_ids(IdIdx* a, Py_ssize_t n) except -1:
+    """Sort by order id: LSD radix, 16 bits a pass, stable; a pass whose digit is the same for
+    every id (the symbol's high bits, usually) is skipped. Linear in n, where qsort of a
+    million ids costs twenty comparisons each through a function pointer."""
+    cdef IdIdx* tmp
+    cdef IdIdx* src = a
+    cdef IdIdx* dst
+    cdef IdIdx* sw
+    cdef Py_ssize_t* cnt
+    cdef Py_ssize_t k, total, c
+    cdef int shift
+    cdef uint64_t d
+    if n < 2:
+        return 0
+    tmp = <IdIdx*>malloc(n * sizeof(IdIdx))
+    cnt = <Py_ssize_t*>malloc(65536 * sizeof(Py_ssize_t))
+    if tmp == NULL or cnt == NULL:
+        free(tmp)
+        free(cnt)
+        raise MemoryError()
+    dst = tmp
+    for shift in range(0, 64, 16):
+        memset(cnt, 0, 65536 * sizeof(Py_ssize_t))
+        for k in range(n):
+            cnt[(src[k].order_id >> shift) & 0xFFFF] += 1
+        if cnt[(src[0].order_id >> shift) & 0xFFFF] == n:
+            continue
+        total = 0
+        for k in range(65536):
+            c = cnt[k]
+            cnt[k] = total
+            total += c
+        for k in range(n):
+            d = (src[k].order_id >> shift) & 0xFFFF
+            dst[cnt[d]] = src[k]
+            cnt[d] += 1
+        sw = src
+        src = dst
+        dst = sw
+    if src != a:
+        memcpy(a, src, n * sizeof(IdIdx))
+    free(tmp)
+    free(cnt)
+    return 0
 
 
 @cython.final
@@ -362,8 +588,6 @@ cdef class CrossEngine:
     cdef Table by_id
     cdef Table by_client
     cdef Table by_account
-    cdef int32_t all_head
-    cdef int32_t all_tail
     cdef Touched* touched
     cdef int32_t n_touched
     cdef int32_t touched_cap
@@ -419,27 +643,21 @@ cdef class CrossEngine:
         self.max_orders = max_orders
         self.free_order = -1
         self.free_level = -1
-        self.all_head = -1
-        self.all_tail = -1
         capacity = max(capacity, 16)
         self.orders = <Order*>malloc(capacity * sizeof(Order))
         level_capacity = max(level_capacity, 16)
         self.levels = <Level*>malloc(level_capacity * sizeof(Level))
         self.touched = <Touched*>malloc(64 * sizeof(Touched))
-        for s in range(2):
-            self.sides[s].levels = <int32_t*>malloc(1024 * sizeof(int32_t))
-            self.sides[s].keys = <int64_t*>malloc(1024 * sizeof(int64_t))
-            self.sides[s].n = 0
-            self.sides[s].cap = 1024
-        if not (self.orders and self.levels and self.touched and self.sides[0].levels
-                and self.sides[1].levels and self.sides[0].keys and self.sides[1].keys):
+        if not (self.orders and self.levels and self.touched):
             raise MemoryError()
+        side_init(&self.sides[0])
+        side_init(&self.sides[1])
         self.orders_cap = 0
         self._grow_orders(capacity)
         self.levels_cap = 0
         self._grow_levels(level_capacity)
         self.touched_cap = 64
-        table_init(&self.by_id, 1 << 17)
+        table_init(&self.by_id, 1 << 17, True)
         table_init(&self.by_client, 1 << 17)
         table_init(&self.by_account, 1 << 10)
 
@@ -447,10 +665,8 @@ cdef class CrossEngine:
         free(self.orders)
         free(self.levels)
         free(self.touched)
-        free(self.sides[0].levels)
-        free(self.sides[1].levels)
-        free(self.sides[0].keys)
-        free(self.sides[1].keys)
+        side_free(&self.sides[0])
+        side_free(&self.sides[1])
         free(self.by_id.slots)
         free(self.by_client.slots)
         free(self.by_account.slots)
@@ -507,40 +723,28 @@ cdef class CrossEngine:
             cap <<= 1
         if cap > self.by_id.mask + 1:
             free(self.by_id.slots)
-            table_init(&self.by_id, cap)
+            table_init(&self.by_id, cap, True)
             free(self.by_client.slots)
             table_init(&self.by_client, cap)
         return 0
 
     # -- levels -----------------------------------------------------------------------------
-    cdef int32_t _find_pos(self, int s, int64_t price) noexcept:
-        """Index in the side array of the first level whose key is >= key(price)."""
-        cdef int64_t key = side_key(s, price)
-        cdef int32_t lo = 0, hi = self.sides[s].n, mid
-        cdef int64_t* keys = self.sides[s].keys
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if keys[mid] < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+    cdef inline int32_t _find_level(self, int s, int64_t price) noexcept:
+        return side_find(&self.sides[s], side_key(s, price))
 
-    cdef int32_t _find_level(self, int s, int64_t price) noexcept:
-        cdef int32_t pos
-        cdef Side* sd = &self.sides[s]
-        if sd.n and self.levels[sd.levels[sd.n - 1]].price == price:
-            return sd.levels[sd.n - 1]
-        pos = self._find_pos(s, price)
-        if pos < sd.n and self.levels[sd.levels[pos]].price == price:
-            return sd.levels[pos]
-        return -1
+    cdef int32_t _new_level(self, int s, int64_t price) except -1:
+        cdef int32_t lv = self._alloc_level(s, price), k
+        side_insert(&self.sides[s], side_key(s, price), lv)
+        # A level at this price may have been listed as touched earlier in this command.
+        for k in range(self.n_touched):
+            if self.touched[k].price == price and self.touched[k].side == self.levels[lv].side:
+                self.levels[lv].mark = self.command_no
+                break
+        return lv
 
-    cdef int32_t _new_level(self, int s, int64_t price, bint append) except -1:
-        cdef int32_t lv, pos, k
-        cdef Side* sd = &self.sides[s]
-        cdef int32_t* grown
-        cdef int64_t* grown_keys
+    cdef int32_t _alloc_level(self, int s, int64_t price) except -1:
+        """A level from the pool, empty, not yet in its side's index."""
+        cdef int32_t lv
         if self.free_level < 0:
             self._grow_levels(self.levels_cap * 2)
         lv = self.free_level
@@ -552,40 +756,10 @@ cdef class CrossEngine:
         self.levels[lv].head = -1
         self.levels[lv].tail = -1
         self.levels[lv].mark = 0
-        if sd.n == sd.cap:
-            grown = <int32_t*>realloc(sd.levels, sd.cap * 2 * sizeof(int32_t))
-            if grown == NULL:
-                raise MemoryError()
-            sd.levels = grown
-            grown_keys = <int64_t*>realloc(sd.keys, sd.cap * 2 * sizeof(int64_t))
-            if grown_keys == NULL:
-                raise MemoryError()
-            sd.keys = grown_keys
-            sd.cap *= 2
-        pos = sd.n if append else self._find_pos(s, price)
-        if pos < sd.n:
-            memmove(&sd.levels[pos + 1], &sd.levels[pos], (sd.n - pos) * sizeof(int32_t))
-            memmove(&sd.keys[pos + 1], &sd.keys[pos], (sd.n - pos) * sizeof(int64_t))
-        sd.levels[pos] = lv
-        sd.keys[pos] = side_key(s, price)
-        sd.n += 1
-        # A level at this price may have been listed as touched earlier in this command.
-        for k in range(self.n_touched):
-            if self.touched[k].price == price and self.touched[k].side == self.levels[lv].side:
-                self.levels[lv].mark = self.command_no
-                break
         return lv
 
     cdef void _drop_level(self, int s, int32_t lv) noexcept:
-        cdef Side* sd = &self.sides[s]
-        cdef int32_t pos
-        if sd.levels[sd.n - 1] == lv:
-            sd.n -= 1
-        else:
-            pos = self._find_pos(s, self.levels[lv].price)
-            memmove(&sd.levels[pos], &sd.levels[pos + 1], (sd.n - pos - 1) * sizeof(int32_t))
-            memmove(&sd.keys[pos], &sd.keys[pos + 1], (sd.n - pos - 1) * sizeof(int64_t))
-            sd.n -= 1
+        side_remove(&self.sides[s], side_key(s, self.levels[lv].price))
         self.levels[lv].next_free = self.free_level
         self.free_level = lv
 
@@ -607,12 +781,12 @@ cdef class CrossEngine:
         return 0
 
     # -- book links -------------------------------------------------------------------------
-    cdef int _book_link(self, int32_t i, bint append_level) except -1:
+    cdef int _book_link(self, int32_t i) except -1:
         """Put order i at the tail of its price level (creating the level)."""
         cdef int s = side_index(self.orders[i].side)
         cdef int32_t lv = self._find_level(s, self.orders[i].price)
         if lv < 0:
-            lv = self._new_level(s, self.orders[i].price, append_level)
+            lv = self._new_level(s, self.orders[i].price)
         cdef Order* o = &self.orders[i]
         cdef Level* L = &self.levels[lv]
         o.level = lv
@@ -648,22 +822,16 @@ cdef class CrossEngine:
             self._drop_level(side_index(o.side), lv)
         return 0
 
-    cdef int _index_link(self, int32_t i) except -1:
-        """Enter order i in the id maps and at the tail of the id-ordered lists."""
+    cdef int _index_link(self, int32_t i, int64_t a) except -1:
+        """Enter order i in the id maps and at the tail of its account's id-ordered list; a is
+        the account's slot in the account map if the caller has it, else -1."""
         cdef Order* o = &self.orders[i]
-        cdef int64_t a
         cdef int32_t tail
         # Both keys are new: ids are never reused, and a client id in use was refused.
         table_add(&self.by_id, o.order_id, 0, i, 0)
         table_add(&self.by_client, o.client_order_id, o.account, i, 0)
-        o.all_prev = self.all_tail
-        o.all_next = -1
-        if self.all_tail >= 0:
-            self.orders[self.all_tail].all_next = i
-        else:
-            self.all_head = i
-        self.all_tail = i
-        a = table_find(&self.by_account, o.account, 0)
+        if a < 0:
+            a = table_find(&self.by_account, o.account, 0)
         if a < 0 or self.by_account.slots[a].v1 < 0:
             o.acct_prev = -1
             o.acct_next = -1
@@ -688,14 +856,6 @@ cdef class CrossEngine:
         cdef int64_t a
         table_del(&self.by_id, o.order_id, 0)
         table_del(&self.by_client, o.client_order_id, o.account)
-        if o.all_prev >= 0:
-            self.orders[o.all_prev].all_next = o.all_next
-        else:
-            self.all_head = o.all_next
-        if o.all_next >= 0:
-            self.orders[o.all_next].all_prev = o.all_prev
-        else:
-            self.all_tail = o.all_prev
         a = table_find(&self.by_account, o.account, 0)
         if a < 0:
             raise RuntimeError("crossengine: account list lost")
@@ -853,12 +1013,13 @@ cdef class CrossEngine:
                             uint32_t account, uint8_t stp) noexcept:
         cdef int opp = 1 - side_index(side)
         cdef Side* sd = &self.sides[opp]
-        cdef int32_t k, i, lv
+        cdef int32_t bi, k, i, lv
         cdef uint64_t got = 0
         cdef uint32_t steps = 0
-        k = sd.n - 1
+        bi = sd.nb - 1
+        k = sd.blocks[bi].n - 1 if bi >= 0 else -1
         while k >= 0:
-            lv = sd.levels[k]
+            lv = sd.blocks[bi].lv[k]
             if not self._crosses(side, price, self.levels[lv].price, market):
                 break
             i = self.levels[lv].head
@@ -876,6 +1037,9 @@ cdef class CrossEngine:
                         return True
                 i = self.orders[i].next
             k -= 1
+            if k < 0 and bi > 0:
+                bi -= 1
+                k = sd.blocks[bi].n - 1
         return got >= qty
 
     cdef int _match(self, int32_t t, bint market) except -1:
@@ -892,9 +1056,9 @@ cdef class CrossEngine:
         cdef uint32_t steps = 0
         cdef Level* L
         while self.orders[t].leaves:
-            if sd.n == 0:
+            lv = side_best(sd)
+            if lv < 0:
                 break
-            lv = sd.levels[sd.n - 1]
             if not self._crosses(side, price, self.levels[lv].price, market):
                 break
             if steps >= self.max_fills:
@@ -957,7 +1121,7 @@ cdef class CrossEngine:
         cdef bint market = ord_type == MARKET
         cdef uint16_t code = 0
         cdef int32_t t, best_lv
-        cdef int64_t a
+        cdef int64_t a = -1
         cdef int opp
         cdef bint limited
         if self.halted:
@@ -997,7 +1161,7 @@ cdef class CrossEngine:
             price = 0
         opp = 1 - side_index(side)
         if flags & F_POST and self.sides[opp].n:
-            best_lv = self.sides[opp].levels[self.sides[opp].n - 1]
+            best_lv = side_best(&self.sides[opp])
             if self._crosses(side, price, self.levels[best_lv].price, False):
                 return self._ev_rejected(cl_id, account, C_POST_TAKES, 0)
         if tif == FOK and not self._fok_fillable(side, price, market, qty, account, stp):
@@ -1019,8 +1183,8 @@ cdef class CrossEngine:
             if limited:
                 self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_MATCH_LIMIT)
             elif not market and tif == GTC:
-                self._book_link(t, False)
-                self._index_link(t)
+                self._book_link(t)
+                self._index_link(t, a)
                 return 0
             else:
                 self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_IOC)
@@ -1080,7 +1244,7 @@ cdef class CrossEngine:
                 code = C_AMEND_NOTHING
         opp = 1 - side_index(self.orders[i].side)
         if not code and self.orders[i].flags & F_POST and self.sides[opp].n:
-            best_lv = self.sides[opp].levels[self.sides[opp].n - 1]
+            best_lv = side_best(&self.sides[opp])
             if self._crosses(self.orders[i].side, new_price, self.levels[best_lv].price, False):
                 code = C_POST_TAKES
         if code:
@@ -1101,7 +1265,7 @@ cdef class CrossEngine:
             self._ev_cancel(EV_EXPIRED, i, self.orders[i].leaves, R_MATCH_LIMIT)
             self.orders[i].leaves = 0
         if self.orders[i].leaves:
-            self._book_link(i, False)
+            self._book_link(i)
         else:
             self._index_unlink(i)
             self._free_order(i)
@@ -1112,19 +1276,28 @@ cdef class CrossEngine:
         orders it covers (those accepted with ids up to the event's last id). CancelAll then
         lists the levels it changed (at most max_account_orders); MassCancel lists none, the
         book being empty after it."""
-        cdef int32_t i, nxt
+        cdef int32_t i, nxt, lv
         cdef int64_t a
         cdef uint64_t count = 0
+        cdef int s
         if everyone:
-            i = self.all_head
+            # the whole book, level by level from the best (the order is not observable:
+            # one event, no levels listed)
+            for s in range(2):
+                lv = side_best(&self.sides[s])
+                while lv >= 0:
+                    self._remove(self.levels[lv].head)
+                    count += 1
+                    lv = side_best(&self.sides[s])
+            i = -1
         else:
             if side != 0 and side != BUY and side != SELL:
                 return self._ev_rejected(0, account, C_SIDE, 0)
             a = table_find(&self.by_account, account, 0)
             i = self.by_account.slots[a].v1 if a >= 0 else -1
         while i >= 0:
-            nxt = self.orders[i].all_next if everyone else self.orders[i].acct_next
-            if everyone or side == 0 or self.orders[i].side == side:
+            nxt = self.orders[i].acct_next
+            if side == 0 or self.orders[i].side == side:
                 self._remove(i)
                 count += 1
             i = nxt
@@ -1351,12 +1524,24 @@ cdef class CrossEngine:
         cdef int32_t k, lv
         for s, name in ((0, "bids"), (1, "asks")):
             rows = []
-            k = self.sides[s].n - 1
-            while k >= 0 and (depth == 0 or len(rows) < depth):
-                lv = self.sides[s].levels[k]
+            for lv in self._level_list(s, depth):
                 rows.append((self.levels[lv].price, self.levels[lv].total, self.levels[lv].count))
-                k -= 1
             out[name] = rows
+        return out
+
+    cdef list _level_list(self, int s, int32_t depth=0):
+        """The side's level indices, best first (at most depth of them; 0: all)."""
+        cdef Side* sd = &self.sides[s]
+        cdef int32_t bi = sd.nb - 1, k
+        out = []
+        while bi >= 0:
+            k = sd.blocks[bi].n - 1
+            while k >= 0:
+                if depth and len(out) >= depth:
+                    return out
+                out.append(sd.blocks[bi].lv[k])
+                k -= 1
+            bi -= 1
         return out
 
     # -- state ------------------------------------------------------------------------------
@@ -1376,14 +1561,17 @@ cdef class CrossEngine:
         cdef bytes data = PyBytes_FromStringAndSize(NULL, hl + <Py_ssize_t>self.n_live * SNAP_ORDER)
         cdef unsigned char* q = <unsigned char*>PyBytes_AS_STRING(data)
         cdef int s
-        cdef int32_t k, i
+        cdef int32_t k, i, bi
         cdef Order* o
+        cdef Side* sd
         memcpy(q, <const char*>head, hl)
         off = hl
         for s in range(2):
-            k = self.sides[s].n - 1
+            sd = &self.sides[s]
+            bi = sd.nb - 1
+            k = sd.blocks[bi].n - 1 if bi >= 0 else -1
             while k >= 0:
-                i = self.levels[self.sides[s].levels[k]].head
+                i = self.levels[sd.blocks[bi].lv[k]].head
                 while i >= 0:
                     o = &self.orders[i]
                     wr64(q + off, o.order_id)
@@ -1398,6 +1586,9 @@ cdef class CrossEngine:
                     off += SNAP_ORDER
                     i = o.next
                 k -= 1
+                if k < 0 and bi > 0:
+                    bi -= 1
+                    k = sd.blocks[bi].n - 1
         if off != len(data):
             raise RuntimeError("crossengine: live order count disagrees with the book")
         return data
@@ -1426,19 +1617,31 @@ cdef class CrossEngine:
         liq_sources = struct.unpack_from(f"<{n_liq}I", data, header + 4 * n_te)
         if counter > _codec.ORDER_COUNTER_MAX:
             raise ValueError("CrossEngine snapshot has an order counter past the id space")
+        # Sized up front, with a quarter of headroom: the replay that follows a restore must
+        # not start by doubling a pool of a million orders or rehashing its indexes.
+        cdef Py_ssize_t room = min(n + n // 4 + 1024, 1 << 30)
         cdef CrossEngine eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders,
-                                   max(16, min(n, 1 << 30)), 1 << 12, max_fills,
+                                   room, 1 << 12, max_fills,
                                    max_account_orders, te_sources, n_shards, liq_sources)
         eng.order_counter = counter
         eng.trade_id = trade_id
         eng.halted = bool(halted)
-        eng._reserve_index(n)
+        eng._reserve_index(room)
         cdef Py_ssize_t off = head, k
-        cdef int32_t i, lo, hi, tmp
-        cdef int64_t tmp_key
+        cdef int32_t i, lv = -1, j
+        cdef int s
+        cdef Order* o
+        cdef Level* L
         cdef const unsigned char* p = &view[0]
         cdef IdIdx* ids = <IdIdx*>malloc(max(1, n) * sizeof(IdIdx))
-        if ids == NULL:
+        # the levels of each side in snapshot order (best first)
+        cdef int32_t* side_lv = <int32_t*>malloc(max(1, n) * sizeof(int32_t))
+        cdef int32_t n_lv[2]
+        n_lv[0] = 0
+        n_lv[1] = 0
+        if ids == NULL or side_lv == NULL:
+            free(ids)
+            free(side_lv)
             raise MemoryError()
         try:
             for k in range(n):
@@ -1454,27 +1657,43 @@ cdef class CrossEngine:
                 eng.orders[i].stp = p[off + 46]
                 if eng.orders[i].side != BUY and eng.orders[i].side != SELL:
                     raise ValueError("CrossEngine snapshot holds an order with no side")
-                # Levels arrive best first: append, and reverse each side at the end.
-                eng._book_link(i, True)
-                ids[k].order_id = eng.orders[i].order_id
+                # Orders arrive level by level, buys then sells, best level first: a new
+                # (side, price) opens a level; the side indexes are built at the end.
+                o = &eng.orders[i]
+                s = side_index(o.side)
+                if lv < 0 or eng.levels[lv].price != o.price \
+                        or eng.levels[lv].side != o.side:
+                    lv = eng._alloc_level(s, o.price)
+                    side_lv[n_lv[0] + n_lv[1]] = lv
+                    n_lv[s] += 1
+                L = &eng.levels[lv]
+                o.level = lv
+                o.prev = L.tail
+                o.next = -1
+                if L.tail >= 0:
+                    eng.orders[L.tail].next = i
+                else:
+                    L.head = i
+                L.tail = i
+                L.total += o.leaves
+                L.count += 1
+                o.live = 1
+                ids[k].order_id = o.order_id
                 ids[k].idx = i
                 off += SNAP_ORDER
-            for s in range(2):
-                lo, hi = 0, eng.sides[s].n - 1
-                while lo < hi:
-                    tmp = eng.sides[s].levels[lo]
-                    eng.sides[s].levels[lo] = eng.sides[s].levels[hi]
-                    eng.sides[s].levels[hi] = tmp
-                    tmp_key = eng.sides[s].keys[lo]
-                    eng.sides[s].keys[lo] = eng.sides[s].keys[hi]
-                    eng.sides[s].keys[hi] = tmp_key
-                    lo += 1
-                    hi -= 1
-            qsort(ids, n, sizeof(IdIdx), cmp_id)
+            # side_lv holds the levels in snapshot order; each side's index wants them worst
+            # first (ascending key): walk backwards. A snapshot out of canonical order still
+            # builds a sorted index; check_invariants then finds the levels misordered.
+            for j in range(n_lv[0] + n_lv[1] - 1, -1, -1):
+                lv = side_lv[j]
+                s = side_index(eng.levels[lv].side)
+                side_insert(&eng.sides[s], side_key(s, eng.levels[lv].price), lv)
+            sort_ids(ids, n)
             for k in range(n):
-                eng._index_link(ids[k].idx)
+                eng._index_link(ids[k].idx, -1)
         finally:
             free(ids)
+            free(side_lv)
         eng.n_touched = 0
         if check:
             eng.check_invariants()
@@ -1493,14 +1712,28 @@ cdef class CrossEngine:
         cdef uint64_t total, last_id
         cdef uint32_t count
         cdef int64_t s_idx
+        cdef Side* sd
+        cdef int32_t bi, n_in
+        cdef int64_t last_key = 0
         for s in range(2):
-            for k in range(self.sides[s].n):
-                lv = self.sides[s].levels[k]
-                if k and side_key(s, self.levels[self.sides[s].levels[k - 1]].price) >= \
-                        side_key(s, self.levels[lv].price):
-                    raise RuntimeError("crossengine: levels out of order")
-                if self.sides[s].keys[k] != side_key(s, self.levels[lv].price):
-                    raise RuntimeError("crossengine: a level's search key is stale")
+            sd = &self.sides[s]
+            n_in = 0
+            for bi in range(sd.nb):
+                if sd.blocks[bi].n < 1 or sd.blocks[bi].n > LB \
+                        or sd.firsts[bi] != sd.blocks[bi].keys[0]:
+                    raise RuntimeError("crossengine: a side's level index is malformed")
+                for k in range(sd.blocks[bi].n):
+                    lv = sd.blocks[bi].lv[k]
+                    if n_in and last_key >= sd.blocks[bi].keys[k]:
+                        raise RuntimeError("crossengine: levels out of order")
+                    last_key = sd.blocks[bi].keys[k]
+                    n_in += 1
+                    if last_key != side_key(s, self.levels[lv].price) \
+                            or self.levels[lv].side != (BUY if s == 0 else SELL):
+                        raise RuntimeError("crossengine: a level's search key is stale")
+            if n_in != sd.n:
+                raise RuntimeError("crossengine: a side's level count is wrong")
+            for lv in self._level_list(s):
                 total = 0
                 count = 0
                 prev_i = -1
@@ -1525,23 +1758,12 @@ cdef class CrossEngine:
                     raise RuntimeError(f"crossengine: level {self.levels[lv].price} totals wrong")
                 seen += count
         if self.sides[0].n and self.sides[1].n and \
-                self.levels[self.sides[0].levels[self.sides[0].n - 1]].price >= \
-                self.levels[self.sides[1].levels[self.sides[1].n - 1]].price:
+                self.levels[side_best(&self.sides[0])].price >= \
+                self.levels[side_best(&self.sides[1])].price:
             raise RuntimeError("crossengine: the book is crossed")
         if seen != self.n_live or self.by_id.size != <uint64_t>seen \
                 or self.by_client.size != <uint64_t>seen:
             raise RuntimeError("crossengine: live orders and indexes disagree")
-        i = self.all_head
-        k = 0
-        last_id = 0
-        while i >= 0:
-            if self.orders[i].order_id <= last_id:
-                raise RuntimeError("crossengine: id-ordered list out of order")
-            last_id = self.orders[i].order_id
-            k += 1
-            i = self.orders[i].all_next
-        if k != seen:
-            raise RuntimeError("crossengine: id-ordered list has the wrong length")
         cdef uint64_t slot
         cdef uint32_t n_acct
         k = 0
@@ -1549,10 +1771,14 @@ cdef class CrossEngine:
             if not self.by_account.slots[slot].used:
                 continue
             n_acct = 0
+            last_id = 0
             i = self.by_account.slots[slot].v1
             while i >= 0:
                 if self.orders[i].account != self.by_account.slots[slot].k1:
                     raise RuntimeError("crossengine: an order in another account's list")
+                if self.orders[i].order_id <= last_id:
+                    raise RuntimeError("crossengine: an account's list is out of id order")
+                last_id = self.orders[i].order_id
                 n_acct += 1
                 i = self.orders[i].acct_next
             if n_acct != self.by_account.slots[slot].n:

@@ -256,3 +256,26 @@ def test_snapshots_of_a_stream_whose_name_extends_another_are_left_alone(tmp_pat
     assert sorted(os.listdir(d)) == sorted([os.path.basename(other),
                                             f"in.x-{4:020d}.snap", f"in.[x]-{7:020d}.snap"])
     assert not os.path.exists(odd)
+
+
+@pytest.mark.parametrize("flip", [None, 0, 4_999, 9_999])
+def test_a_state_of_many_chunks_is_hashed_while_read(tmp_path, monkeypatch, flip):
+    # chunks of 1,000 bytes: the helper-thread path, with a damaged byte in the first, a middle
+    # and the last chunk
+    import mq.replica as replica
+    monkeypatch.setattr(replica, "SNAP_CHUNK", 1_000)
+    state = bytes(range(256)) * 39 + b"tail"   # 9,988 bytes: ten chunks, the last one short
+    state = state + b"x" * (10_000 - len(state))
+    write_snapshot(str(tmp_path), "in.ce.X", 7, state, keep=1)
+    path = str(tmp_path / os.listdir(tmp_path)[0])
+    if flip is None:
+        seq, got = check_snapshot(path)
+        assert (seq, got) == (7, state) and type(got) is bytes
+        return
+    with open(path, "r+b") as f:
+        f.seek(SNAP_HEADER.size + flip)
+        byte = f.read(1)
+        f.seek(SNAP_HEADER.size + flip)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(SnapshotError, match="checksum"):
+        check_snapshot(path)
