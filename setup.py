@@ -37,7 +37,8 @@ setup(
     ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES,
                           annotate=os.environ.get("SEQEX_ANNOTATE") == "1"),
     python_requires=">=3.10",
-    install_requires=["pyzmq>=25", "msgpack>=1.0", "lmdb>=1.4", "uvloop>=0.19"],
+    install_requires=["pyzmq>=25", "msgpack>=1.0", "lmdb>=1.4", "uvloop>=0.19",
+                      "websockets>=14"],
     # The tests build the checked flavour in place (setup.py build_ext), so the test extra
     # brings the build tools into the environment: pip builds seqex itself in isolation.
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100",
