@@ -113,7 +113,8 @@ class FeedConnection(asyncio.Protocol):
     # -- transport -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        transport.set_write_buffer_limits(high=self.server.high_water,
+                                           low=self.server.low_water)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             import socket
@@ -209,6 +210,8 @@ class BinaryFeed:
         self.conns: set[FeedConnection] = set()
         self.by_symbol: dict[int, set[FeedConnection]] = {sid: set() for sid in instruments}
         self.server: asyncio.base_events.Server | None = None
+        self.high_water, self.low_water = HIGH_WATER, LOW_WATER
+        self.stale_limit_s = STALE_LIMIT_S
         self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0}
 
     async def start(self, host: str, port: int) -> None:
@@ -291,7 +294,7 @@ class BinaryFeed:
         """Heartbeats on idle connections; Logout(7) for one stale too long."""
         now = time.monotonic()
         for conn in list(self.conns):
-            if conn.stale_since and now - conn.stale_since > STALE_LIMIT_S:
+            if conn.stale_since and now - conn.stale_since > self.stale_limit_s:
                 self.stats["slow_logouts"] += 1
                 conn.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer", abort=True)
             elif conn.logged_on and not conn.paused and \

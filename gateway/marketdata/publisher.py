@@ -24,7 +24,7 @@ import signal
 from decimal import Decimal
 
 from gateway.marketdata.binary import BinaryFeed, Instrument, update_frames
-from gateway.marketdata.state import SymbolState
+from gateway.marketdata.state import SymbolState, Update
 from gateway.marketdata.ws import Scale, Views, WsFeed
 
 log = logging.getLogger("seqex.marketdata")
@@ -97,12 +97,13 @@ class Publisher:
         self.tasks: list[asyncio.Task] = []
         self.caught_up = asyncio.Event()
 
-    def apply(self, symbol: str, seq: int, ts_ns: int, payload: bytes) -> None:
+    def apply(self, symbol: str, seq: int, ts_ns: int, payload: bytes) -> Update:
         sid = self.ids[symbol]
         up = self.states[sid].apply(seq, ts_ns, payload)
         if self.binary.by_symbol[sid]:
             self.binary.publish(sid, update_frames(self.instruments[sid], up))
         self.ws.publish(symbol, up)
+        return up
 
     async def start(self, follow: bool = True) -> None:
         await self.binary.start(*_hostport(self.conf["feed"]))
