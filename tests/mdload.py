@@ -18,12 +18,15 @@ class Flow:
         self.spread = spread
         self.next_cl = 1
         self.live: list[tuple[int, int]] = []     # (order id, account)
+        self.by_client_id = False    # cancel by client order id (no engine output to read)
 
     def command(self) -> tuple[int, bytes]:
         r = self.rng
         x = r.random()
         if x < 0.25 and self.live:
             oid, acct = self.live.pop(r.randrange(len(self.live)))
+            if self.by_client_id:
+                return c.CANCEL, c.cancel(0, oid, acct)
             return c.CANCEL, c.cancel(oid, 0, acct)
         if x < 0.26:
             return c.CANCEL_ALL, c.cancel_all(r.randint(1, 8))
@@ -34,8 +37,11 @@ class Flow:
         self.next_cl += 1
         tif = c.IOC if x > 0.95 else c.GTC
         ot = c.MARKET if x > 0.98 else c.LIMIT
+        acct = r.randint(1, 8)
+        if self.by_client_id and tif == c.GTC and ot == c.LIMIT:
+            self.live.append((self.next_cl, acct))
         return c.NEW_ORDER, c.new_order(self.next_cl, side, max(1, price), r.randint(1, 50),
-                                        r.randint(1, 8), ord_type=ot, tif=tif)
+                                        acct, ord_type=ot, tif=tif)
 
     def note(self, out: bytes) -> None:
         """Track accepted orders (for cancels) from the engine's events."""
