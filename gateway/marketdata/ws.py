@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import broadcast, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Response
 
 from gateway.marketdata.state import ASK, BID, DELETE, INTERVALS, SymbolState, Update
@@ -267,6 +268,8 @@ class WsFeed:
                                             "id": rid}))
                 else:
                     await conn.send(_dumps({"result": None, "id": rid}))
+        except ConnectionClosed:
+            pass            # the client went away: nothing to tell anybody
         finally:
             for n in self.conn_streams.pop(conn, ()):
                 self.subs[n].discard(conn)
