@@ -36,7 +36,7 @@ MANTISSA = Decimal(10) ** 8
 
 def read_config(text: str) -> dict:
     """The configuration, checked; ValueError names the first problem."""
-    if not text.lstrip().startswith("{"):
+    if not text.lstrip().startswith(("{", "[")):
         try:
             with open(text, encoding="utf-8") as f:
                 text = f.read()

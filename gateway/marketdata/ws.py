@@ -29,7 +29,6 @@ HTTP: `/` the page; `/api/v1/depth?symbol=&limit=`, `/api/v1/trades?symbol=&limi
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os

@@ -157,3 +157,13 @@ def test_klines_and_ticker_equal_a_naive_recomputation(steps):
     t = sym.ticker()
     assert (t.window_start_ns, t.open, t.last, t.high, t.low, t.volume, t.quote,
             t.count) == ticker
+
+
+def test_the_state_is_pure():
+    """The publisher's state is a state machine of the out records: no clock, no I/O."""
+    from tests.unit import test_tidy
+    test_tidy.STATE_MACHINES.append("gateway/marketdata/state.py")
+    try:
+        test_tidy.test_state_machine_imports_nothing_impure("gateway/marketdata/state.py")
+    finally:
+        test_tidy.STATE_MACHINES.remove("gateway/marketdata/state.py")
