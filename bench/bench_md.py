@@ -54,7 +54,8 @@ class Tally:
         self.snapshots = 0
         self.silent_gaps = 0
         self.disconnects = 0
-        self.last_ids: list[int] = []
+        self.last_ws: list[int] = []
+        self.last_bin: list[int] = []
 
 
 def _num_after(msg: str, key: str, start: int = 0) -> int:
@@ -75,7 +76,7 @@ async def ws_sub(url: str, t: Tally, stop: asyncio.Event) -> None:
         except (OSError, TimeoutError, Exception):
             if stop.is_set() or attempt == 19:
                 t.disconnects += 1
-                t.last_ids.append(0)
+                t.last_ws.append(0)
                 return
             await asyncio.sleep(0.5)
     try:
@@ -98,11 +99,20 @@ async def ws_sub(url: str, t: Tally, stop: asyncio.Event) -> None:
                 t.lat.append(now - _num_after(msg, '"ts":'))
     except Exception:
         t.disconnects += 1
-    t.last_ids.append(u or 0)
+    t.last_ws.append(u or 0)
 
 
 async def bin_sub(port: int, t: Tally, stop: asyncio.Event) -> None:
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+    for attempt in range(20):
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 60)
+            break
+        except (OSError, TimeoutError):
+            if attempt == 19:
+                t.disconnects += 1
+                t.last_bin.append(0)
+                return
+            await asyncio.sleep(0.5)
     w.write(wire.encode(wire.LOGON, 0, 0, 0, 30000, 0, 0, 0, b"bench", b""))
     w.write(wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, wire.SUBSCRIPTION_SNAPSHOT_UPDATES, 0, 3))
     buf = bytearray()
@@ -141,7 +151,7 @@ async def bin_sub(port: int, t: Tally, stop: asyncio.Event) -> None:
             del buf[:pos]
     finally:
         w.close()
-    t.last_ids.append(rpt or 0)
+    t.last_bin.append(rpt or 0)
 
 
 async def worker(a) -> None:
@@ -161,7 +171,8 @@ async def worker(a) -> None:
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     print(json.dumps({"lat": t.lat, "snapshots": t.snapshots, "silent_gaps": t.silent_gaps,
-                      "disconnects": t.disconnects, "last_ids": t.last_ids}), flush=True)
+                      "disconnects": t.disconnects, "last_ws": t.last_ws,
+                      "last_bin": t.last_bin}), flush=True)
 
 
 # -- the publisher side -------------------------------------------------------------------------
@@ -206,14 +217,18 @@ async def phase(a, mode: str) -> dict:
         procs.append(await asyncio.create_subprocess_exec(
             sys.executable, os.path.abspath(__file__), "--worker", "--http-port",
             str(pub.http_port), "--feed-port", str(pub.feed_port), "--ws", str(w1 - w0),
-            "--bin", str(b1 - b0), stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+            "--bin", str(b1 - b0), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            limit=1 << 28))
     for p in procs:
         line = await asyncio.wait_for(p.stdout.readline(), 120)
         assert line.strip() == b"ready", line
     deadline = time.monotonic() + 600
     while (sum(len(s) for s in pub.ws.subs.values()) < a.ws
            or len(pub.binary.by_symbol[1]) < a.bin):
-        assert time.monotonic() < deadline, "subscribers did not all connect"
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench_md: only {sum(len(s) for s in pub.ws.subs.values())} "
+                             f"WebSocket and {len(pub.binary.by_symbol[1])} binary "
+                             f"subscribers connected in 600 s")
         await asyncio.sleep(0.05)
     raw = Raw(pub, a.raw_ws_bytes, a.raw_entries) if mode == "raw" else None
     # warm up the engine's book without subscribers' cost being measured twice: both modes
@@ -253,14 +268,16 @@ async def phase(a, mode: str) -> dict:
     await pub.close()
     lat = sorted(x for r in results for x in r["lat"])
     h = hashlib.sha256(json.dumps([st.book(), st.rpt_seq, str(st.ticker())]).encode())
-    last_ids = [x for r in results for x in r["last_ids"]]
-    want_last = {"raw": None}.get(mode, None)
+    # everybody ends at the last update: nobody fell behind without being told
+    want_ws = engine.seq if raw else pub.views[SYMBOL].last_depth_u
+    want_bin = raw.rpt if raw else st.rpt_seq
+    behind = sum(1 for r in results for x in r["last_ws"] if x != want_ws) + \
+        sum(1 for r in results for x in r["last_bin"] if x != want_bin)
     return {"mode": mode, "took": took, "lat": lat, "n": len(lat),
             "snapshots": sum(r["snapshots"] for r in results),
             "silent_gaps": sum(r["silent_gaps"] for r in results),
             "disconnects": sum(r["disconnects"] for r in results),
-            "behind": sum(1 for x in last_ids if x == 0), "stats": stats,
-            "hash": h.hexdigest()[:16], "want_last": want_last}
+            "behind": behind, "stats": stats, "hash": h.hexdigest()[:16]}
 
 
 def pct(lat: list[int], q: float) -> float:
@@ -274,15 +291,17 @@ async def main(a) -> int:
         print(f"  {r['mode']:>3}: {r['n']} updates received in {r['took']:.1f} s; latency p50 "
               f"{pct(r['lat'], 0.5):.2f} ms p99 {pct(r['lat'], 0.99):.2f} ms; snapshots "
               f"{r['snapshots']}, silent gaps {r['silent_gaps']}, disconnects "
-              f"{r['disconnects']}", flush=True)
+              f"{r['disconnects']}, behind at the end {r['behind']}", flush=True)
     ratio = pct(md["lat"], 0.99) / pct(base["lat"], 0.99)
-    ok = md["silent_gaps"] == 0 and md["disconnects"] == 0
+    ok = all(r["silent_gaps"] == 0 and r["disconnects"] == 0 and r["behind"] == 0
+             for r in (base, md))
     print(f"marketdata: {a.ws} WebSocket + {a.bin} binary subscribers, {a.records} records at "
           f"{a.rate}/s: update latency p50 {pct(md['lat'], 0.5):.2f} ms, p99 "
           f"{pct(md['lat'], 0.99):.2f} ms; raw pre-encoded fan-out p50 "
           f"{pct(base['lat'], 0.5):.2f} ms, p99 {pct(base['lat'], 0.99):.2f} ms; p99 ratio "
           f"{ratio:.2f} (target <= 2); re-snapshots {md['stats']['ws']['resnapshots']} ws / "
-          f"{md['stats']['bin']['resnapshots']} binary, silent gaps {md['silent_gaps']}; "
+          f"{md['stats']['bin']['resnapshots']} binary, silent gaps {md['silent_gaps']}, "
+          f"behind at the end {md['behind']}; "
           f"hash {md['hash']}; load average {os.getloadavg()[0]:.2f}", flush=True)
     return 0 if ok else 1
 

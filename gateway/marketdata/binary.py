@@ -216,7 +216,8 @@ class BinaryFeed:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: FeedConnection(self), host, port)
+        self.server = await loop.create_server(lambda: FeedConnection(self), host, port,
+                                              backlog=1024)
 
     async def close(self) -> None:
         if self.server is not None:

@@ -180,7 +180,7 @@ class WsFeed:
 
     async def start(self, host: str, port: int) -> None:
         self.server = await serve(self._handler, host, port, process_request=self._http,
-                                  compression=None, max_queue=64, ping_interval=20,
+                                  compression=None, max_queue=64, ping_interval=20, backlog=1024,
                                   write_limit=HIGH_WATER)
 
     async def close(self) -> None:
