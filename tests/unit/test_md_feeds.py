@@ -235,3 +235,51 @@ def test_http_and_websocket_requests():
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+async def _slow_ws(monkeypatch):
+    from gateway.marketdata import ws as wsmod
+    monkeypatch.setattr(wsmod, "HIGH_WATER", 16 << 10)
+    monkeypatch.setattr(wsmod, "LOW_WATER", 4 << 10)
+    e = LocalEngine(seed=6, keep_books=False)
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    try:
+        # a client that stops reading: its library's queue fills, then the socket's buffers
+        ws = await connect(f"ws://127.0.0.1:{pub.http_port}/stream?streams=depth@BTCUSDT",
+                           max_queue=4)
+        conn, = pub.ws.subs["depth@BTCUSDT"]
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                           4096)
+        i = 0
+        while pub.ws.stats["dropped"] == 0:
+            for _ in range(100):
+                i += 1
+                pub.apply("BTCUSDT", *e.step(T0 + i))
+            await asyncio.sleep(0)
+            assert i < 300_000, "the reader never fell behind"
+        # it reads again: a fresh depthSnapshot (its update id jumps), never a silent gap
+        wb = WsBook()
+        snapshots = 0
+        deadline = asyncio.get_running_loop().time() + 30
+        while snapshots < 2 or wb.u < pub.views["BTCUSDT"].last_depth_u:
+            assert asyncio.get_running_loop().time() < deadline
+            pub.ws.tick()
+            try:
+                data = json.loads(await asyncio.wait_for(ws.recv(), 0.05))["data"]
+            except TimeoutError:
+                i += 1
+                pub.apply("BTCUSDT", *e.step(T0 + i))
+                continue
+            if data["e"] == "depthSnapshot":
+                snapshots += 1
+            wb.on(data)
+            assert wb.gaps == 0, "a depthUpdate jumped without a snapshot"
+        assert pub.ws.stats["resnapshots"] >= 1
+        await ws.close()
+    finally:
+        await pub.close()
+
+
+def test_a_slow_websocket_consumer_is_resnapshotted(monkeypatch):
+    asyncio.run(_slow_ws(monkeypatch))
