@@ -137,10 +137,13 @@ class Views:
         return {"e": "klines", "s": self.symbol, "i": interval, "lastUpdateId": self.st.seq,
                 "klines": self.klines(interval)}
 
-    def updates(self, up: Update) -> list[tuple[str, dict]]:
-        """[(channel, data)] of one record."""
+    def updates(self, up: Update, want=CHANNELS) -> list[tuple[str, dict]]:
+        """[(channel, data)] of one record, for the channels in `want` (the depth ids go on
+        whether or not depth is wanted)."""
         out = []
-        if up.book_changed:
+        if up.book_changed and "depth" not in want:
+            self.last_depth_u = up.seq
+        elif up.book_changed:
             bids: dict[int, int] = {}
             asks: dict[int, int] = {}
             for kind, run in up.items:
@@ -155,14 +158,17 @@ class Views:
             self.last_depth_u = up.seq
         trades = up.trades
         if trades:
-            for t in trades:
-                out.append(("trades", self.trade(t)))
-            out.append(("ticker", self.ticker()))
+            if "trades" in want:
+                for t in trades:
+                    out.append(("trades", self.trade(t)))
+            if "ticker" in want:
+                out.append(("ticker", self.ticker()))
             for interval in INTERVALS:
-                out.append((f"kline_{interval}", {
-                    "e": "kline", "E": up.ts_ns // 10**6, "s": self.symbol, "u": up.seq,
-                    "k": self.kline(interval, self.st.klines[interval][-1])}))
-        elif up.status_changed:
+                if f"kline_{interval}" in want:
+                    out.append((f"kline_{interval}", {
+                        "e": "kline", "E": up.ts_ns // 10**6, "s": self.symbol, "u": up.seq,
+                        "k": self.kline(interval, self.st.klines[interval][-1])}))
+        elif up.status_changed and "ticker" in want:
             out.append(("ticker", self.ticker()))
         return out
 
@@ -295,11 +301,12 @@ class WsFeed:
 
     def publish(self, symbol: str, up: Update) -> None:
         v = self.views[symbol]
-        if not any(self.subs[f"{c}@{symbol}"] for c in CHANNELS):
+        want = [c for c in CHANNELS if self.subs[f"{c}@{symbol}"]]
+        if not want:
             if up.book_changed:
                 v.last_depth_u = up.seq     # the ids go on with nobody listening
             return
-        for channel, data in v.updates(up):
+        for channel, data in v.updates(up, want):
             name = f"{channel}@{symbol}"
             conns = self.subs[name]
             if not conns:
