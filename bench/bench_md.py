@@ -284,14 +284,18 @@ def pct(lat: list[int], q: float) -> float:
     return lat[min(len(lat) - 1, int(len(lat) * q))] / 1e6 if lat else float("nan")
 
 
+def show(r: dict) -> None:
+    print(f"  {r['mode']:>3}: {r['n']} updates received in {r['took']:.1f} s; latency p50 "
+          f"{pct(r['lat'], 0.5):.2f} ms p99 {pct(r['lat'], 0.99):.2f} ms; snapshots "
+          f"{r['snapshots']}, silent gaps {r['silent_gaps']}, disconnects "
+          f"{r['disconnects']}, behind at the end {r['behind']}", flush=True)
+
+
 async def main(a) -> int:
     base = await phase(a, "raw")
+    show(base)
     md = await phase(a, "md")
-    for r in (base, md):
-        print(f"  {r['mode']:>3}: {r['n']} updates received in {r['took']:.1f} s; latency p50 "
-              f"{pct(r['lat'], 0.5):.2f} ms p99 {pct(r['lat'], 0.99):.2f} ms; snapshots "
-              f"{r['snapshots']}, silent gaps {r['silent_gaps']}, disconnects "
-              f"{r['disconnects']}, behind at the end {r['behind']}", flush=True)
+    show(md)
     ratio = pct(md["lat"], 0.99) / pct(base["lat"], 0.99)
     ok = all(r["silent_gaps"] == 0 and r["disconnects"] == 0 and r["behind"] == 0
              for r in (base, md))
