@@ -18,8 +18,8 @@ Baseline, in the same run: the same engine, rate and subscribers, but instead of
 publisher, a fan-out of raw pre-encoded frames (a WebSocket message and a binary Incremental
 of the sizes the feeds send, with only ts and the ids patched in): the cost of the fan-out
 alone. Reported: p50/p99 of both, the ratio of the p99s (target <= 2), the re-snapshots and
-silent gaps, and a hash of the publisher's final state (sha256 of its book, RptSeq and
-ticker; equal across runs of the same --records and --seed).
+silent gaps, and a hash of the publisher's final state (sha256 of its book, RptSeq and the
+ticker's prices, volumes and count; equal across runs of the same --records and --seed).
 
 Run: python bench/bench_md.py [--ws 1000] [--bin 100] [--records 600] [--rate 40]
                               [--workers 4] [--seed 1]
@@ -267,7 +267,9 @@ async def phase(a, mode: str) -> dict:
     stats = {"ws": dict(pub.ws.stats), "bin": dict(pub.binary.stats)}
     await pub.close()
     lat = sorted(x for r in results for x in r["lat"])
-    h = hashlib.sha256(json.dumps([st.book(), st.rpt_seq, str(st.ticker())]).encode())
+    t = st.ticker()    # its window's start is wall-clock time: left out of the hash
+    h = hashlib.sha256(json.dumps([st.book(), st.rpt_seq, t.open, t.last, t.high, t.low,
+                                   t.volume, t.quote, t.count]).encode())
     # everybody ends at the last update: nobody fell behind without being told
     want_ws = engine.seq if raw else pub.views[SYMBOL].last_depth_u
     want_bin = raw.rpt if raw else st.rpt_seq
