@@ -33,7 +33,7 @@ setup(
     description="Exchange core for leveraged perpetual futures on a sequenced, replicated log",
     packages=find_packages(include=["mq*", "replicator*", "crossengine*", "tradingengine*",
                                     "liqengine*", "deploy*", "gateway*"]),
-    package_data={"": ["*.pyi", "*.pxd", "*.toml"]},
+    package_data={"": ["*.pyi", "*.pxd", "*.toml"], "gateway.marketdata": ["page.html"]},
     ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES,
                           annotate=os.environ.get("SEQEX_ANNOTATE") == "1"),
     python_requires=">=3.10",
