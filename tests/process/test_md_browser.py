@@ -36,6 +36,7 @@ class Venue:
         self.engine = LocalEngine(seed=7)
         self.flowing = threading.Event()
         self.flowing.set()
+        self.idle = threading.Event()
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),),
@@ -57,6 +58,8 @@ class Venue:
                     for _ in range(5):
                         i += 1
                         self.pub.apply("BTCUSDT", *self.engine.step(T0 + i * 10 ** 8))
+                else:
+                    self.idle.set()     # no record after this until the test says so
                 await asyncio.sleep(0.01)
             await self.pub.close()
         except BaseException as exc:
@@ -86,11 +89,13 @@ READ_PAGE = """() => {
 }"""
 
 
-def _expected(engine: LocalEngine, seq: int, trade_seq: int) -> tuple:
+def _expected(engine: LocalEngine, seq: int, newest_trade: int) -> tuple:
+    """The engine's top 15 levels a side at `seq`, and its last 30 trades up to the page's
+    newest (one message per trade: the page may hold a record's first trades only)."""
     book = engine.books[seq]
     asks = [[str(TICK * p), str(LOT * q)] for p, q, _n in book["asks"][:15]][::-1]
     bids = [[str(TICK * p), str(LOT * q)] for p, q, _n in book["bids"][:15]]
-    trades = [t for t in engine.trades if t[0] <= trade_seq][-30:][::-1]
+    trades = [t for t in engine.trades if t[1] <= newest_trade][-30:][::-1]
     return asks, bids, [[tid, str(TICK * p), str(LOT * q)] for _s, tid, p, q in trades]
 
 
@@ -110,9 +115,11 @@ def test_the_page_shows_the_engines_book_and_trades_live(tmp_path):
             checked = 0
             for _ in range(8):
                 seen = page.evaluate(READ_PAGE)
-                asks, bids, trades = _expected(venue.engine, seen["seq"], seen["tradeSeq"])
+                asks, bids, trades = _expected(venue.engine, seen["seq"], seen["trades"][0][0])
                 assert (seen["asks"], seen["bids"]) == (asks, bids), seen["seq"]
                 assert seen["trades"] == trades, seen["tradeSeq"]
+                trade_seq = next(t[0] for t in venue.engine.trades if t[1] == trades[0][0])
+                assert trade_seq <= seen["tradeSeq"]
                 checked += 1
                 # the page moves on by itself
                 page.wait_for_function(
@@ -120,13 +127,19 @@ def test_the_page_shows_the_engines_book_and_trades_live(tmp_path):
                     timeout=30_000)
             # stop the flow: the page settles on the engine's last seq, book and trades
             venue.flowing.clear()
+            assert venue.idle.wait(30)
             last = venue.engine.seq
+            books = venue.engine.books
+            last_change = max(s for s in books if books[s] != books.get(s - 1))
+            last_trade = venue.engine.trades[-1]
+            # the last record's depth, trades and ticker messages have all arrived
             page.wait_for_function(
-                f"Number(document.getElementById('book').dataset.seq) >= "
-                f"{max(s for s in venue.engine.books if venue.engine.books[s] != venue.engine.books.get(s - 1))}",
-                timeout=30_000)
+                f"Number(document.getElementById('book').dataset.seq) >= {last_change} && "
+                f"Number(document.querySelector('#tradelist tr').dataset.t) === {last_trade[1]}"
+                f" && (document.getElementById('last') || {{}}).textContent === "
+                f"'{TICK * last_trade[2]}'", timeout=30_000)
             seen = page.evaluate(READ_PAGE)
-            asks, bids, trades = _expected(venue.engine, last, last)
+            asks, bids, trades = _expected(venue.engine, last, last_trade[1])
             assert (seen["asks"], seen["bids"]) == (asks, bids)
             assert seen["trades"] == trades
             assert seen["last"] == trades[0][1]
