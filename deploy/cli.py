@@ -1,7 +1,7 @@
 """`seqex`: the one command of the exchange core.
 
 Process verbs (what a supervisor starts): ``replicator``, ``sequencer``, ``mirror``,
-``replica``, ``gateway``, ``oracle``.
+``replica``, ``gateway``, ``oracle``, ``marketdata``.
 Cluster verbs: ``up``, ``down``, ``status``, ``submit`` (one order and its outcome),
 ``client`` (trade through the gateway), ``account`` (users, deposits, withdrawals), ``oracle``
 (the simulated mark-price process), ``drill`` (a failover drill with a report,
@@ -101,6 +101,18 @@ def cmd_gateway(a: argparse.Namespace) -> int:
     address = os.environ.get(metrics.ENV)
     return server.main(settings, users, on_start=None if not address else (
         lambda gw: metrics.start_exporter(address, gw.status, "gateway", a)))
+
+
+def cmd_marketdata(a: argparse.Namespace) -> int:
+    """The market-data publisher (docs/marketdata.md); a bad configuration is one line."""
+    from gateway.marketdata import publisher
+    try:
+        conf = publisher.read_config(a.config)
+    except ValueError as exc:
+        return _fail("seqex marketdata", str(exc))
+    return publisher.main(conf)
+
+
 def cmd_client(a: argparse.Namespace) -> int:
     from deploy.trader import run
     return run(a)
@@ -711,7 +723,8 @@ def upstream_spec(text: str) -> str:
 SOURCE = int_range(1, (1 << 32) - 1)
 SEQ = int_range(1, (1 << 64) - 1)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror", "gateway", "oracle")
+PROCESS_VERBS = ("replicator", "sequencer", "replica", "mirror", "gateway", "oracle",
+                 "marketdata")
 
 
 def _log_level() -> int | str:
@@ -805,6 +818,12 @@ def parser() -> Parser:
                    help="JSON object, or a file holding one: index, listen, accounts, shards, "
                         "specs, max_depth, heartbeat_ms, max_connections (docs/gateway.md)")
     s.set_defaults(fn=cmd_gateway)
+    s = sub.add_parser("marketdata", help="run the market-data publisher (binary feed, "
+                                          "WebSocket, page)")
+    s.add_argument("--config", required=True,
+                   help="JSON object, or a file holding one: feed, http, replicators, symbols "
+                        "(docs/marketdata.md)")
+    s.set_defaults(fn=cmd_marketdata)
     from deploy import trader
     trader.register(sub)
     sub.choices["client"].set_defaults(fn=cmd_client)

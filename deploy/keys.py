@@ -31,7 +31,8 @@ import zmq
 from mq import auth, sources
 
 OPERATOR = "operator"
-PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway", "oracle")
+PROCESS_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway", "oracle",
+                 "marketdata")
 NOT_TOOLS = PROCESS_VERBS + ("keys", "up", "demo")  # every other verb is an operator tool
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
@@ -74,7 +75,7 @@ def _arg(args: list[str], flag: str) -> str | None:
 
 def server_endpoints(spec) -> list[str]:
     """The endpoints a process binds (the ones whose key its clients must expect)."""
-    if spec.role == "gateway":    # its client port speaks PROTOCOL.md, not ZeroMQ
+    if spec.role in ("gateway", "marketdata"):   # their ports speak PROTOCOL.md, not ZeroMQ
         return []
     if spec.role == "oracle":     # its --config names the control endpoint
         return [spec.control]

@@ -107,7 +107,8 @@ class Proc:
             return f.read()
 
 
-SERVER_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway", "oracle")
+SERVER_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway", "oracle",
+                "marketdata")
 
 
 def harness_args(args: list[str]) -> list[str]:

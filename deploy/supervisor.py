@@ -339,6 +339,10 @@ class Supervisor:
                   "terminal)")
             print("  seqex client --user bob watch                         reports as they "
                   "come")
+        md = getattr(self.topo, "marketdata", None)
+        if md:
+            print(f"  market data: http://{md['http']}/ (page, WebSocket, REST); binary feed "
+                  f"{md['feed']} (PROTOCOL.md §6)")
         if any(p.role == "oracle" for p in self.topo.procs):
             print("  mark prices: SIMULATED (a seeded random walk; oracle0), not a real feed")
         print("  seqex status                         the process table")
@@ -543,7 +547,7 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
             rows.append([spec.name, spec.role, _core(spec), spec.stream, str(st.get("last")),
                          f"commit {st.get('committed')}", "-", "now",
                          f"epoch {st.get('epoch')}{extra}"])
-        elif spec.role in ("gateway", "oracle"):
+        elif spec.role in ("gateway", "oracle", "marketdata"):
             # The gateway: its clients' address and sessions; the oracle: what it is (simulated).
             what = st.get("state") or st.get("source_kind") or "up"
             if spec.extra.get("listen"):

@@ -88,6 +88,8 @@ gateway = true               # the client gateway (PROTOCOL.md over TCP)
 demo_accounts = true         # users alice and bob with deposits, created on first start
 liq = true                   # the LiqEngine: in.liq / out.liq, 1 hot + 1 warm replica
 insurance_fund = "50000"     # USDT deposited into the insurance fund on first start
+
+[marketdata]                 # the publisher of out.ce.*: binary feed, WebSocket, HTTP, page
 """
 
 PPM_MAX = 1_000_000
@@ -118,6 +120,7 @@ class Topology:
     procs: list[ProcSpec]
     symbols: dict[str, dict]
     trading: dict | None = None   # shards, gateway address, instruments (None: no order path)
+    marketdata: dict | None = None  # {"feed", "http"} HOST:PORT of the publisher (None: none)
 
     def by_name(self, name: str) -> ProcSpec:
         return next(p for p in self.procs if p.name == name)
@@ -134,14 +137,14 @@ class Topology:
 
     def to_json(self) -> str:
         return json.dumps({"data_dir": self.data_dir, "symbols": self.symbols,
-                           "trading": self.trading,
+                           "trading": self.trading, "marketdata": self.marketdata,
                            "procs": [p.__dict__ for p in self.procs]}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Topology:
         d = json.loads(text)
         return cls(d["data_dir"], [ProcSpec(**p) for p in d["procs"]], d["symbols"],
-                   d.get("trading"))
+                   d.get("trading"), d.get("marketdata"))
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -258,7 +261,8 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
     ck = _Checker(path, text)
     if not isinstance(conf, dict):
         raise TopologyError(f"{path}: not a TOML table")
-    ck.known("", None, conf, {"cluster", "hosts", "replicator", "symbol", "trading"})
+    ck.known("", None, conf, {"cluster", "hosts", "replicator", "symbol", "trading",
+                              "marketdata"})
     out: dict = {}
 
     cluster = conf.get("cluster", {})
@@ -368,6 +372,17 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
             sym["spec"] = _contract(ck, i, s, sym)
         if len(out["symbols"]) > 64 and not ck.problems:
             ck.fail("trading", None, "", "at most 64 symbols trade (one route bit each)")
+    md = conf.get("marketdata")
+    out["marketdata"] = None
+    if md is not None:
+        if not isinstance(md, dict):
+            ck.fail("", None, "marketdata", "must be a table [marketdata]")
+            md = {}
+        ck.known("marketdata", None, md, {"host"})
+        out["marketdata"] = {"host": ck.host("marketdata", 0, md, hosts)}
+        n_ports += 2
+        if not out["symbols"]:
+            ck.fail("marketdata", None, "", "a [marketdata] table needs at least one [[symbol]]")
     last_port = out["base_port"] + n_ports - 1
     if not ck.problems and last_port > 65535:
         ck.fail("cluster", None, "base_port" if base_port is None else "",
@@ -634,6 +649,8 @@ def plan(conf: dict, data_dir: str | None = None, base_port: int | None = None) 
     topo = Topology(root, procs, symbols)
     if conf.get("trading"):
         _plan_trading(conf, topo, addr, rep_addrs, cores, core_i)
+    if conf.get("marketdata"):
+        _plan_marketdata(conf, topo, addr, rep_addrs)
     return _with_metrics(topo)
 
 
@@ -644,6 +661,22 @@ def _with_metrics(topo: Topology) -> Topology:
         return metrics.assign(topo)
     except metrics.MetricsError as exc:
         raise TopologyError(str(exc)) from None
+
+
+def _plan_marketdata(conf: dict, topo: Topology, addr, rep_addrs: list[str]) -> None:
+    """The market-data publisher (docs/marketdata.md): it follows every out.ce.SYM; its
+    binary feed port answers the supervisor's probe as the gateway's does."""
+    host = conf["marketdata"]["host"]
+    feed, http = addr(host), addr(host)
+    mconf = {"feed": feed[len("tcp://"):], "http": http[len("tcp://"):],
+             "replicators": list(rep_addrs),
+             "symbols": [{"symbol": name, "symbol_id": st["symbol_id"], "tick": st["tick_size"],
+                          "lot": st["lot_size"], "out": st["out"], "pub": st["out_pub"]}
+                         for name, st in topo.symbols.items()]}
+    topo.procs.append(ProcSpec("marketdata0", "marketdata", host,
+                               ["marketdata", "--config", json.dumps(mconf)], feed,
+                               extra={"probe": "tcp", "listen": feed, "http": http}))
+    topo.marketdata = {"feed": mconf["feed"], "http": mconf["http"]}
 
 
 def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores: list[int],

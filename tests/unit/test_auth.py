@@ -92,7 +92,7 @@ def test_the_policy_of_the_default_topology(default):
     assert trust.servers[seq.control] == by_name["sequencer.BTCUSDT"][0]
     assert trust.servers[topo.symbols["BTCUSDT"]["pub"]] == by_name["sequencer.BTCUSDT"][0]
     for spec in topo.procs:
-        if spec.role == "gateway":    # its port speaks PROTOCOL.md (TCP), not ZeroMQ
+        if spec.role in ("gateway", "marketdata"):   # PROTOCOL.md over TCP, not ZeroMQ
             assert spec.control not in trust.servers
             continue
         assert trust.servers[spec.control] == by_name[spec.name][0]

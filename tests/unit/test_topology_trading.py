@@ -39,11 +39,11 @@ def test_the_default_topology_plans_the_order_path_on_consecutive_ports():
         "sequencer.te0", "mirror.te0", "te0.hot0", "te0.hot1", "te0.warm0",
         "sequencer.te1", "mirror.te1", "te1.hot0", "te1.hot1", "te1.warm0",
         "gateway0", "oracle0",
-        "sequencer.liq", "mirror.liq", "liq.hot0", "liq.warm0"]
+        "sequencer.liq", "mirror.liq", "liq.hot0", "liq.warm0", "marketdata0"]
     ports = []
     for p in topo.procs:
         for a in (p.control, *args(p, "--pub"), *args(p, "--producers"), *args(p, "--inputs"),
-                  p.extra.get("listen", p.control)):
+                  p.extra.get("listen", p.control), p.extra.get("http", p.control)):
             ports.append(int(a.rsplit(":", 1)[1]))
     ports = sorted(set(ports))
     assert ports == list(range(7100, 7100 + len(ports)))

@@ -1,0 +1,303 @@
+"""The binary market-data feed of PROTOCOL.md §6: encoding, and the TCP server.
+
+One connection: Logon (any credentials: market data is public; SessionID 0) → LogonAck → one
+SecurityDefinition per instrument → the client's MarketDataRequests. A subscription ('1') is
+answered, inside the same event-loop step that registers it, by MarketDataSnapshot fragments
+with LastRptSeq = K (the last flagged LastFragment), after which the connection gets RptSeq
+K+1, K+2, ... of that instrument: MarketDataIncremental and Trade messages, in RptSeq order.
+
+Slow consumers: the transport's write buffer has a high-water mark (`HIGH_WATER`). A
+subscriber above it is marked stale and its increments are not queued; when the buffer has
+drained below the low-water mark it gets a fresh snapshot of every instrument it follows
+(conflation by re-snapshot: the jump in RptSeq is announced by the snapshot, never silent).
+A connection that stays above the mark for `STALE_LIMIT_S` is sent Logout(7) and closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from gateway import wire
+from gateway.marketdata.state import ASK, BID, DELETE, LEVELS_PER_MESSAGE, SymbolState, Update
+
+log = logging.getLogger("seqex.marketdata")
+
+HIGH_WATER = 1 << 20
+LOW_WATER = 256 << 10
+STALE_LIMIT_S = 5.0
+HEARTBEAT_MS = 1000
+SNAPSHOT_PER_FRAME = wire.max_entries(wire.MARKET_DATA_SNAPSHOT)
+STREAM_BOOK, STREAM_TRADES = 1, 2
+_SIDE = {BID: wire.MD_ENTRY_BID, ASK: wire.MD_ENTRY_OFFER}
+_AGGRESSOR = {BID: wire.SIDE_BUY, ASK: wire.SIDE_SELL}
+if LEVELS_PER_MESSAGE != wire.max_entries(wire.MARKET_DATA_INCREMENTAL):
+    raise ImportError("marketdata: LEVELS_PER_MESSAGE disagrees with the wire layout")
+
+
+class Instrument:
+    """A symbol's scaling: engine ticks and lots to PROTOCOL.md's mantissa (1e-8) and lots."""
+
+    def __init__(self, symbol: str, symbol_id: int, tick_mantissa: int, lot_mantissa: int):
+        self.symbol = symbol
+        self.symbol_id = symbol_id
+        self.tick_mantissa = tick_mantissa
+        self.lot_mantissa = lot_mantissa
+
+    def definition(self, status: int) -> bytes:
+        return wire.encode(wire.SECURITY_DEFINITION, self.tick_mantissa, self.lot_mantissa,
+                           self.symbol_id, wire.char_field(self.symbol, 16), status)
+
+
+def snapshot_frames(inst: Instrument, st: SymbolState, md_req_id: int) -> list[bytes]:
+    """The book as MarketDataSnapshot fragments (bids best first, then offers best first);
+    an empty book is one fragment with no entries."""
+    tm = inst.tick_mantissa
+    entries = [(p * tm, q, n, wire.MD_ENTRY_BID) for p, (q, n) in
+               sorted(st.bids.items(), reverse=True)]
+    entries += [(p * tm, q, n, wire.MD_ENTRY_OFFER) for p, (q, n) in sorted(st.asks.items())]
+    chunks = [entries[i:i + SNAPSHOT_PER_FRAME]
+              for i in range(0, len(entries), SNAPSHOT_PER_FRAME)] or [[]]
+    out = []
+    ts = st.now
+    for i, chunk in enumerate(chunks):
+        flags = wire.FLAG_LAST_FRAGMENT if i == len(chunks) - 1 else 0
+        out.append(wire.encode(wire.MARKET_DATA_SNAPSHOT, ts, st.rpt_seq, md_req_id,
+                               inst.symbol_id, flags, entries=chunk))
+    return out
+
+
+def update_frames(inst: Instrument, up: Update) -> list[tuple[int, bytes]]:
+    """[(stream bit, frame)] of one record's Update, in RptSeq order (up.first_rpt ...)."""
+    out = []
+    rpt = up.first_rpt
+    tm, sid, ts = inst.tick_mantissa, inst.symbol_id, up.ts_ns
+    for kind, x in up.items:
+        if kind == "trade":
+            out.append((STREAM_TRADES, wire.encode(wire.TRADE, ts, rpt, x.trade_id, x.price * tm,
+                                                   x.qty, sid, _AGGRESSOR[x.aggressor])))
+            rpt += 1
+            continue
+        for i in range(0, len(x), LEVELS_PER_MESSAGE):
+            entries = [(p * tm, 0 if a == DELETE else q, 0 if a == DELETE else n, _SIDE[s], a)
+                       for s, p, q, n, a in x[i:i + LEVELS_PER_MESSAGE]]
+            out.append((STREAM_BOOK, wire.encode(wire.MARKET_DATA_INCREMENTAL, ts, rpt, sid,
+                                                 entries=entries)))
+            rpt += 1
+    if rpt != up.last_rpt + 1:
+        raise AssertionError(f"RptSeq {rpt - 1} != {up.last_rpt} at seq {up.seq}")
+    return out
+
+
+class Sub:
+    __slots__ = ("md_req_id", "streams", "stale")
+
+    def __init__(self, md_req_id: int, streams: int):
+        self.md_req_id = md_req_id
+        self.streams = streams
+        self.stale = False
+
+
+class FeedConnection(asyncio.Protocol):
+    def __init__(self, server: BinaryFeed):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.logged_on = False
+        self.subs: dict[int, Sub] = {}     # symbol_id -> subscription
+        self.paused = False
+        self.stale_since = 0.0
+        self.last_sent = time.monotonic()
+        self.closed = False
+
+    # -- transport -------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.server.high_water,
+                                           low=self.server.low_water)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            import socket
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.server.conns.add(self)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.server.drop(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.server.resnapshot(self)
+
+    def write(self, frame: bytes) -> None:
+        if not self.closed:
+            self.transport.write(frame)
+            self.last_sent = time.monotonic()
+
+    def logout(self, reason: int, text: str, abort: bool = False) -> None:
+        if self.closed:
+            return
+        self.transport.write(wire.encode(wire.LOGOUT, reason, wire.char_field(text, 32)))
+        self.closed = True
+        self.server.drop(self)
+        if abort:    # a consumer that does not read would hold the close forever
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        pos = 0
+        try:
+            while not self.closed:
+                frame, end = wire.read_frame(self.buf, pos)
+                if frame is None:
+                    break
+                pos = end
+                self.on_frame(frame)
+        except wire.FramingError as exc:
+            self.logout(wire.LOGOUT_PROTOCOL_ERROR, str(exc))
+        del self.buf[:pos]
+
+    # -- messages --------------------------------------------------------------------------
+    def on_frame(self, frame: wire.Frame) -> None:
+        tid = frame.template_id
+        m = wire.decode(frame)
+        if tid == wire.LOGON:
+            if self.logged_on:
+                return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon twice")
+            if frame.version != wire.VERSION:
+                self.write(wire.encode(wire.LOGON_REJECT, m.SessionID,
+                                       wire.LOGON_REJECT_UNSUPPORTED_VERSION,
+                                       wire.char_field("unsupported schema version", 32)))
+                self.closed = True
+                self.server.drop(self)
+                self.transport.close()
+                return
+            self.logged_on = True
+            now = time.time_ns()
+            self.write(wire.encode(wire.LOGON_ACK, 0, 0, 0, HEARTBEAT_MS, 0, 0, 0, 0,
+                                   int(time.strftime("%Y%m%d", time.gmtime(now // 10**9)))))
+            for inst in self.server.instruments.values():
+                self.write(inst.definition(self.server.states[inst.symbol_id].status))
+            return
+        if not self.logged_on:
+            return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon first")
+        if tid == wire.MARKET_DATA_REQUEST:
+            self.server.request(self, m)
+        elif tid == wire.LOGOUT:
+            self.logout(wire.LOGOUT_NORMAL, "bye")
+        elif tid == wire.TEST_REQUEST:
+            self.write(wire.encode(wire.HEARTBEAT, m.TestReqID, 0, 0))
+        elif tid == wire.HEARTBEAT:
+            pass
+        else:
+            self.logout(wire.LOGOUT_PROTOCOL_ERROR, f"template {tid} not on this port")
+
+
+class BinaryFeed:
+    """The connections of the binary feed and their fan-out."""
+
+    def __init__(self, instruments: dict[int, Instrument], states: dict[int, SymbolState]):
+        self.instruments = instruments
+        self.states = states
+        self.conns: set[FeedConnection] = set()
+        self.by_symbol: dict[int, set[FeedConnection]] = {sid: set() for sid in instruments}
+        self.server: asyncio.base_events.Server | None = None
+        self.high_water, self.low_water = HIGH_WATER, LOW_WATER
+        self.stale_limit_s = STALE_LIMIT_S
+        self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0}
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: FeedConnection(self), host, port,
+                                              backlog=1024)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.conns):
+            conn.logout(wire.LOGOUT_ADMIN, "shutting down")
+
+    def drop(self, conn: FeedConnection) -> None:
+        self.conns.discard(conn)
+        for sid in conn.subs:
+            self.by_symbol[sid].discard(conn)
+        conn.subs.clear()
+
+    def request(self, conn: FeedConnection, m) -> None:
+        sids = list(self.instruments) if m.SecurityID == wire.U32_NULL else [m.SecurityID]
+        reject = None
+        if any(s not in self.instruments for s in sids):
+            reject = wire.MD_REJECT_UNKNOWN_SYMBOL
+        elif m.MarketDepth != 0:
+            reject = wire.MD_REJECT_UNSUPPORTED_DEPTH
+        elif m.SubscriptionRequestType not in (wire.SUBSCRIPTION_SNAPSHOT,
+                                               wire.SUBSCRIPTION_SNAPSHOT_UPDATES,
+                                               wire.SUBSCRIPTION_UNSUBSCRIBE):
+            reject = wire.MD_REJECT_UNSUPPORTED_SUBSCRIPTION
+        if reject is not None:
+            conn.write(wire.encode(wire.MARKET_DATA_REQUEST_REJECT, m.MDReqID, m.SecurityID,
+                                   reject))
+            return
+        streams = m.Streams & 3 or 3
+        for sid in sids:
+            if m.SubscriptionRequestType == wire.SUBSCRIPTION_UNSUBSCRIBE:
+                conn.subs.pop(sid, None)
+                self.by_symbol[sid].discard(conn)
+                continue
+            for f in snapshot_frames(self.instruments[sid], self.states[sid], m.MDReqID):
+                conn.write(f)
+            if m.SubscriptionRequestType == wire.SUBSCRIPTION_SNAPSHOT_UPDATES:
+                conn.subs[sid] = Sub(m.MDReqID, streams)
+                self.by_symbol[sid].add(conn)
+
+    def publish(self, sid: int, frames: list[tuple[int, bytes]]) -> None:
+        """One record's frames to every subscriber of the symbol (skipping the stale ones)."""
+        conns = self.by_symbol[sid]
+        if not conns or not frames:
+            return
+        now = 0.0
+        for conn in list(conns):
+            sub = conn.subs[sid]
+            if sub.stale:
+                self.stats["stale_skips"] += 1
+                continue
+            if conn.paused:
+                sub.stale = True
+                if not conn.stale_since:
+                    conn.stale_since = now = now or time.monotonic()
+                continue
+            streams = sub.streams
+            write = conn.transport.write
+            for bit, f in frames:
+                if streams & bit:
+                    write(f)
+                    self.stats["frames"] += 1
+
+    def resnapshot(self, conn: FeedConnection) -> None:
+        """The buffer drained: a stale subscription gets a fresh snapshot and goes on."""
+        conn.stale_since = 0.0
+        for sid, sub in conn.subs.items():
+            if sub.stale:
+                sub.stale = False
+                self.stats["resnapshots"] += 1
+                for f in snapshot_frames(self.instruments[sid], self.states[sid], sub.md_req_id):
+                    conn.write(f)
+
+    def tick(self) -> None:
+        """Heartbeats on idle connections; Logout(7) for one stale too long."""
+        now = time.monotonic()
+        for conn in list(self.conns):
+            if conn.stale_since and now - conn.stale_since > self.stale_limit_s:
+                self.stats["slow_logouts"] += 1
+                conn.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer", abort=True)
+            elif conn.logged_on and not conn.paused and \
+                    now - conn.last_sent >= HEARTBEAT_MS / 1000:
+                conn.write(wire.encode(wire.HEARTBEAT, 0, 0, 0))

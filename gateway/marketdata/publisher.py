@@ -1,0 +1,186 @@
+"""The market-data publisher process: `seqex marketdata --config JSON`.
+
+It follows every out.ce.SYM from seq 1 (mq.subscriber: replay from the replicators, then the
+live feed, exactly once and in order), folds each record into the symbol's state
+(gateway/marketdata/state.py) and hands the record's update to both feeds in the same
+event-loop step. It keeps nothing on disk: a restarted publisher replays the streams and holds
+the same state, RptSeqs and update ids as before, so a client that reconnects finds its place.
+
+Configuration (JSON, or a file holding it):
+    {"feed": "127.0.0.1:7190",          # the binary feed (PROTOCOL.md §6)
+     "http": "127.0.0.1:7191",          # WebSocket, HTTP snapshots, the page
+     "replicators": ["tcp://..."],
+     "symbols": [{"symbol": "BTCUSDT", "symbol_id": 1, "tick": "0.5", "lot": "0.001",
+                  "out": "out.ce.BTCUSDT", "pub": "tcp://..."}]}
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from decimal import Decimal
+
+from gateway.marketdata.binary import BinaryFeed, Instrument, update_frames
+from gateway.marketdata.state import SymbolState, Update
+from gateway.marketdata.ws import Scale, Views, WsFeed
+
+log = logging.getLogger("seqex.marketdata")
+
+IDLE_SLEEP_S = 0.001
+TICK_S = 0.1
+MANTISSA = Decimal(10) ** 8
+
+
+def read_config(text: str) -> dict:
+    """The configuration, checked; ValueError names the first problem."""
+    if not text.lstrip().startswith(("{", "[")):
+        try:
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read the configuration {text}: {exc.strerror}") from None
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"the configuration is not JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise ValueError("the configuration must be a JSON object")
+    for key in ("feed", "http"):
+        addr = conf.get(key)
+        if not isinstance(addr, str) or not addr.rpartition(":")[2].isdigit():
+            raise ValueError(f"{key} must be HOST:PORT, got {addr!r}")
+    syms = conf.get("symbols")
+    if not isinstance(syms, list) or not syms:
+        raise ValueError("symbols must be a non-empty list")
+    for s in syms:
+        if not isinstance(s, dict) or not {"symbol", "symbol_id", "tick", "lot"} <= set(s):
+            raise ValueError("each symbol needs symbol, symbol_id, tick and lot")
+        for k in ("tick", "lot"):
+            d = Decimal(str(s[k]))
+            if d <= 0 or (d * MANTISSA) != int(d * MANTISSA):
+                raise ValueError(f"{s['symbol']}: {k} {s[k]} is not a positive multiple of 1e-8")
+    if not isinstance(conf.get("replicators", []), list):
+        raise ValueError("replicators must be a list")
+    return conf
+
+
+def _hostport(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Publisher:
+    """The states and the two feeds. `apply(symbol, seq, ts_ns, payload)` is the one way in
+    (the process feeds it from the out streams; tests and the benchmark may feed it
+    directly)."""
+
+    def __init__(self, conf: dict):
+        self.conf = conf
+        self.states: dict[int, SymbolState] = {}
+        self.instruments: dict[int, Instrument] = {}
+        self.views: dict[str, Views] = {}
+        self.ids: dict[str, int] = {}
+        for s in conf["symbols"]:
+            name, sid = s["symbol"], int(s["symbol_id"])
+            st = SymbolState(name, sid)
+            self.states[sid] = st
+            self.ids[name] = sid
+            self.instruments[sid] = Instrument(name, sid, int(Decimal(str(s["tick"])) * MANTISSA),
+                                               int(Decimal(str(s["lot"])) * MANTISSA))
+            self.views[name] = Views(name, st, Scale(str(s["tick"]), str(s["lot"])))
+        self.binary = BinaryFeed(self.instruments, self.states)
+        self.ws = WsFeed(self.views)
+        self.subscribers: list = []
+        self.tasks: list[asyncio.Task] = []
+        self.caught_up = asyncio.Event()
+
+    def apply(self, symbol: str, seq: int, ts_ns: int, payload: bytes) -> Update:
+        sid = self.ids[symbol]
+        up = self.states[sid].apply(seq, ts_ns, payload)
+        if self.binary.by_symbol[sid]:
+            self.binary.publish(sid, update_frames(self.instruments[sid], up))
+        self.ws.publish(symbol, up)
+        return up
+
+    async def start(self, follow: bool = True) -> None:
+        await self.binary.start(*_hostport(self.conf["feed"]))
+        await self.ws.start(*_hostport(self.conf["http"]))
+        loop = asyncio.get_running_loop()
+        if follow:
+            from mq.subscriber import Subscriber
+            for s in self.conf["symbols"]:
+                self.subscribers.append((s["symbol"], Subscriber(
+                    s.get("out", f"out.ce.{s['symbol']}"), s["pub"],
+                    list(self.conf["replicators"]), next_seq=1)))
+            self.tasks.append(loop.create_task(self._follow()))
+        else:
+            self.caught_up.set()
+        self.tasks.append(loop.create_task(self._ticks()))
+
+    @property
+    def feed_port(self) -> int:
+        return self.binary.server.sockets[0].getsockname()[1]
+
+    @property
+    def http_port(self) -> int:
+        return next(iter(self.ws.server.sockets)).getsockname()[1]
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.binary.close()
+        await self.ws.close()
+        for _name, sub in self.subscribers:
+            sub.close()
+
+    async def _follow(self) -> None:
+        from mq.record import decode
+        while True:
+            busy = False
+            for name, sub in self.subscribers:
+                for _first, _last, frame in sub.poll(0):
+                    busy = True
+                    for rec in decode(frame):
+                        self.apply(name, rec[0], rec[1], rec[6])
+            if not self.caught_up.is_set() and not any(s.replaying for _n, s in
+                                                         self.subscribers):
+                self.caught_up.set()
+                log.info("caught up: %s", ", ".join(
+                    f"{st.symbol} at seq {st.seq}" for st in self.states.values()))
+            await asyncio.sleep(0 if busy else IDLE_SLEEP_S)
+
+    async def _ticks(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.binary.tick()
+            self.ws.tick()
+
+
+async def _serve(conf: dict) -> None:
+    pub = Publisher(conf)
+    await pub.start()
+    log.info("market data: binary feed on %s, WebSocket and HTTP on %s", conf["feed"],
+             conf["http"])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await pub.close()
+
+
+def main(conf: dict) -> int:
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    if os.environ.get("SEQEX_MD_NO_UVLOOP"):
+        runner = asyncio.run
+    runner(_serve(conf))
+    return 0

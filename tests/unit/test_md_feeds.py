@@ -1,0 +1,285 @@
+"""Market data over real sockets (127.0.0.1), the publisher fed in process by a CrossEngine:
+the SDK's local book (binary feed) and a WebSocket client's book (depth diffs) equal the
+engine's book at sampled seqs while orders flow; HTTP snapshots; slow consumers."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import connect
+
+from gateway import wire
+from gateway.marketdata.publisher import Publisher
+from gateway.mdclient import MarketDataClient
+from tests.mdload import LocalEngine
+
+T0 = 1_800_000_000 * 10 ** 9
+CONF = {"feed": "127.0.0.1:0", "http": "127.0.0.1:0", "replicators": [],
+        "symbols": [{"symbol": "BTCUSDT", "symbol_id": 1, "tick": "0.5", "lot": "0.001"}]}
+TICK_M = 50_000_000
+
+
+def _as_wire(book: dict) -> dict:
+    return {k: [(p * TICK_M, q, n) for p, q, n in v] for k, v in book.items()}
+
+
+def _as_json(book: dict) -> dict:
+    from decimal import Decimal
+    return {k: {str(Decimal("0.5") * p): str(Decimal("0.001") * q) for p, q, _n in v}
+            for k, v in book.items()}
+
+
+class WsBook:
+    """A WebSocket client's book, kept by the Binance rules from depth@ diffs."""
+
+    def __init__(self):
+        self.bids: dict[str, str] = {}
+        self.asks: dict[str, str] = {}
+        self.u = 0
+        self.synced = False
+        self.gaps = 0
+
+    def on(self, data: dict) -> None:
+        if data["e"] == "depthSnapshot":
+            self.bids = dict(data["bids"])
+            self.asks = dict(data["asks"])
+            self.u, self.synced = data["lastUpdateId"], True
+            return
+        if not self.synced or data["u"] <= self.u:
+            return
+        if data["U"] > self.u + 1:
+            self.gaps += 1
+            self.synced = False
+            return
+        for book, levels in ((self.bids, data["b"]), (self.asks, data["a"])):
+            for p, q in levels:
+                if q == "0" or float(q) == 0:
+                    book.pop(p, None)
+                else:
+                    book[p] = q
+        self.u = data["u"]
+
+
+async def _run(n_records: int, seed: int):
+    e = LocalEngine(seed=seed)
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    rpt_at: dict[int, int] = {}      # RptSeq after each seq
+    seq_of_rpt: dict[int, int] = {0: 0}
+    md = MarketDataClient("127.0.0.1", pub.feed_port)
+    await md.connect()
+    await md.subscribe(1)
+    ws = await connect(f"ws://127.0.0.1:{pub.http_port}/stream?streams=depth@BTCUSDT")
+    wb = WsBook()
+    checked_bin = checked_ws = 0
+    try:
+        for i in range(n_records):
+            seq, ts, out = e.step(T0 + i * 10 ** 6)
+            up = pub.apply("BTCUSDT", seq, ts, out)
+            rpt_at[seq] = up.last_rpt
+            seq_of_rpt[up.last_rpt] = seq
+            if i % 50 == 0:
+                await asyncio.sleep(0)          # let the feeds flow while orders go on
+            if i % 97 == 0:
+                # sample: what each client holds now must be the engine's book at some seq
+                for ev in md.drain():
+                    if ev[0] == "book" and ev[1].synced and ev[1].rpt_seq in seq_of_rpt:
+                        b = ev[1]
+                        # the book is at rpt_seq: the last seq with that RptSeq
+                        s = seq_of_rpt[b.rpt_seq]
+                        if s:
+                            assert b.levels() == _as_wire(e.books[s]), s
+                            checked_bin += 1
+                while True:
+                    try:
+                        msg = await asyncio.wait_for(ws.recv(), 0.001)
+                    except TimeoutError:
+                        break
+                    wb.on(json.loads(msg)["data"])
+                    if wb.synced and wb.u in e.books:
+                        assert {"bids": wb.bids, "asks": wb.asks} == _as_json(e.books[wb.u])
+                        checked_ws += 1
+        # the end: both reach the last seq
+        last = e.seq
+        last_change = max(s for s in e.books if e.books[s] != e.books.get(s - 1))
+        deadline = asyncio.get_running_loop().time() + 20
+        while md.books[1].rpt_seq != rpt_at[last] or wb.u < last_change:
+            assert asyncio.get_running_loop().time() < deadline, "the feeds stopped"
+            md.drain()
+            try:
+                msg = await asyncio.wait_for(ws.recv(), 0.05)
+                wb.on(json.loads(msg)["data"])
+            except TimeoutError:
+                pass
+        assert md.books[1].levels() == _as_wire(e.books[last])
+        assert {"bids": wb.bids, "asks": wb.asks} == _as_json(e.books[last])
+        assert md.books[1].stats["gaps"] == 0 and wb.gaps == 0
+        assert checked_bin > 3 and checked_ws > 3, (checked_bin, checked_ws)
+        # REST snapshot at the same seq
+        url = f"http://127.0.0.1:{pub.http_port}/api/v1/depth?symbol=BTCUSDT"
+        snap = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(url, timeout=5)))
+        assert snap["lastUpdateId"] == last
+        assert {"bids": dict(snap["bids"]), "asks": dict(snap["asks"])} == \
+            _as_json(e.books[last])
+        assert {"bids": wb.bids, "asks": wb.asks} == _as_json(e.books[last])
+        return pub, e
+    finally:
+        await ws.close()
+        await md.close()
+        await pub.close()
+
+
+def test_binary_and_websocket_books_equal_the_engine_under_load():
+    asyncio.run(_run(1500, seed=11))
+
+
+async def _slow_binary():
+    e = LocalEngine(seed=4, keep_books=False)
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    pub.binary.high_water, pub.binary.low_water = 16 << 10, 4 << 10   # small, to be quick
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", pub.feed_port))
+        s.sendall(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"slow", b""))
+        s.sendall(wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"1", 0, 3))
+        while not pub.binary.by_symbol[1]:
+            await asyncio.sleep(0.01)
+        conn, = pub.binary.by_symbol[1]
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                           4096)
+        i = 0
+        while pub.binary.stats["stale_skips"] == 0:
+            for _ in range(200):
+                i += 1
+                pub.apply("BTCUSDT", *e.step(T0 + i))
+            await asyncio.sleep(0)
+            assert i < 400_000, "the reader never fell behind"
+        # it reads again: a fresh snapshot, then increments, never a silent gap
+        s.setblocking(False)
+        md_frames = []
+        buf = bytearray()
+        deadline = asyncio.get_running_loop().time() + 20
+        while pub.binary.stats["resnapshots"] == 0 or not any(
+                f.template_id == wire.MARKET_DATA_SNAPSHOT and i > 2 for i, f in
+                enumerate(md_frames)):
+            assert asyncio.get_running_loop().time() < deadline
+            try:
+                buf += s.recv(1 << 20)
+            except BlockingIOError:
+                pass
+            pos = 0
+            while True:
+                f, end = wire.read_frame(buf, pos)
+                if f is None:
+                    break
+                md_frames.append(f)
+                pos = end
+            del buf[:pos]
+            await asyncio.sleep(0.001)
+        # every RptSeq continues from the last, except right after a snapshot
+        last = None
+        for f in md_frames:
+            if f.template_id == wire.MARKET_DATA_SNAPSHOT:
+                last = wire.decode(f).LastRptSeq
+            elif f.template_id in (wire.MARKET_DATA_INCREMENTAL, wire.TRADE):
+                r = wire.decode(f).RptSeq
+                assert last is not None and r == last + 1, (r, last)
+                last = r
+        s.close()
+    finally:
+        await pub.close()
+
+
+def test_a_slow_binary_consumer_is_resnapshotted():
+    asyncio.run(_slow_binary())
+
+
+async def _http_errors():
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    try:
+        def get(path):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{pub.http_port}{path}",
+                                            timeout=5) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+        code, body = await asyncio.to_thread(get, "/api/v1/depth?symbol=NOPE")
+        assert code == 400 and b"Invalid symbol" in body
+        code, body = await asyncio.to_thread(get, "/")
+        assert code == 200 and b"<canvas" in body
+        code, body = await asyncio.to_thread(get, "/api/v1/klines?symbol=BTCUSDT&interval=7m")
+        assert code == 400
+        ws = await connect(f"ws://127.0.0.1:{pub.http_port}/ws")
+        await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["trades@BTCUSDT"],
+                                  "id": 7}))
+        first = json.loads(await ws.recv())
+        assert first["stream"] == "trades@BTCUSDT" and first["data"]["e"] == "recentTrades"
+        assert json.loads(await ws.recv()) == {"result": None, "id": 7}
+        await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["nope@X"], "id": 8}))
+        assert json.loads(await ws.recv())["error"]["code"] == 2
+        await ws.close()
+    finally:
+        await pub.close()
+
+
+def test_http_and_websocket_requests():
+    asyncio.run(_http_errors())
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
+
+
+async def _slow_ws(monkeypatch):
+    from gateway.marketdata import ws as wsmod
+    monkeypatch.setattr(wsmod, "HIGH_WATER", 16 << 10)
+    monkeypatch.setattr(wsmod, "LOW_WATER", 4 << 10)
+    e = LocalEngine(seed=6, keep_books=False)
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    try:
+        # a client that stops reading: its library's queue fills, then the socket's buffers
+        ws = await connect(f"ws://127.0.0.1:{pub.http_port}/stream?streams=depth@BTCUSDT",
+                           max_queue=4)
+        conn, = pub.ws.subs["depth@BTCUSDT"]
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                           4096)
+        i = 0
+        while pub.ws.stats["dropped"] == 0:
+            for _ in range(100):
+                i += 1
+                pub.apply("BTCUSDT", *e.step(T0 + i))
+            await asyncio.sleep(0)
+            assert i < 300_000, "the reader never fell behind"
+        # it reads again: a fresh depthSnapshot (its update id jumps), never a silent gap
+        wb = WsBook()
+        snapshots = 0
+        deadline = asyncio.get_running_loop().time() + 30
+        while snapshots < 2 or wb.u < pub.views["BTCUSDT"].last_depth_u:
+            assert asyncio.get_running_loop().time() < deadline
+            pub.ws.tick()
+            try:
+                data = json.loads(await asyncio.wait_for(ws.recv(), 0.05))["data"]
+            except TimeoutError:
+                i += 1
+                pub.apply("BTCUSDT", *e.step(T0 + i))
+                continue
+            if data["e"] == "depthSnapshot":
+                snapshots += 1
+            wb.on(data)
+            assert wb.gaps == 0, "a depthUpdate jumped without a snapshot"
+        assert pub.ws.stats["resnapshots"] >= 1
+        await ws.close()
+    finally:
+        await pub.close()
+
+
+def test_a_slow_websocket_consumer_is_resnapshotted(monkeypatch):
+    asyncio.run(_slow_ws(monkeypatch))
