@@ -365,7 +365,7 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
             trading = {}
         out["trading"] = t = _trading(ck, trading, hosts)
         n_ports += t["shards"] * (4 + t["hot"] + t["warm"]) + t["gateway"] \
-            + (t["oracle"] != "off")
+            + (t["oracle"] != "off") + (4 + t["liq_hot"] + t["liq_warm"] if t["liq"] else 0)
         if not out["symbols"]:
             ck.fail("trading", None, "", "a [trading] table needs at least one [[symbol]]")
         for i, (s, sym) in enumerate(zip(syms, out["symbols"], strict=True)):

@@ -91,9 +91,11 @@ def test_every_process_gets_one_metrics_address_after_the_plans_ports():
 
 
 def test_a_plan_at_the_top_of_the_port_range_has_its_metrics_ports_below_it():
-    topo = topology.load(None, "/tmp/x", 65535 - 32)   # the default plan's 33 ports
+    topo = topology.load(None, "/tmp/x", 65535 - 40)   # the default plan's 41 ports
     ports = [int(p.extra["metrics"].rpartition(":")[2]) for p in topo.procs]
-    assert max(ports) == 65535 - 33 and len(set(ports)) == len(topo.procs)
+    assert max(ports) == 65535 - 41 and len(set(ports)) == len(topo.procs)
+    with pytest.raises(topology.TopologyError, match="the plan needs 41 ports"):
+        topology.load(None, "/tmp/x", 65535 - 39)
 
 
 MULTI = """
