@@ -673,6 +673,9 @@ def _plan_marketdata(conf: dict, topo: Topology, addr, rep_addrs: list[str]) -> 
              "symbols": [{"symbol": name, "symbol_id": st["symbol_id"], "tick": st["tick_size"],
                           "lot": st["lot_size"], "out": st["out"], "pub": st["out_pub"]}
                          for name, st in topo.symbols.items()]}
+    if getattr(topo, "trading", None) and topo.trading.get("accounts"):
+        # the binary feed's Logon is the gateway's (PROTOCOL.md §6): the same users
+        mconf["accounts"] = topo.trading["accounts"]
     topo.procs.append(ProcSpec("marketdata0", "marketdata", host,
                                ["marketdata", "--config", json.dumps(mconf)], feed,
                                extra={"probe": "tcp", "listen": feed, "http": http}))

@@ -123,10 +123,12 @@ class MarketDataClient:
     was found and a new snapshot requested, ("reject", m), ("definition", m),
     ("disconnected", reason text). Reconnects by itself (unless `reconnect=False`)."""
 
-    def __init__(self, host: str, port: int, reconnect: bool = True, user: str = "md"):
+    def __init__(self, host: str, port: int, reconnect: bool = True, user: str = "md",
+                 password: str = ""):
         self.host, self.port = host, port
         self.reconnect = reconnect
         self.user = user
+        self.password = password           # the feed checks them when it has accounts
         self.books: dict[int, LocalBook] = {}
         self.definitions: dict[int, object] = {}
         self.wanted: dict[int | None, int] = {}          # SecurityID (None: all) -> MDReqID
@@ -210,7 +212,8 @@ class MarketDataClient:
             for b in self.books.values():
                 b.synced = False
             writer.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0,
-                                     wire.char_field(self.user, 16), b""))
+                                     wire.char_field(self.user, 16),
+                                     wire.char_field(self.password, 32)))
             for sid in list(self.wanted):
                 self._request(sid)
             self._connected.set()
@@ -280,6 +283,12 @@ class MarketDataClient:
             self._push(("definition", m))
         elif tid == wire.MARKET_DATA_REQUEST_REJECT:
             self._push(("reject", wire.decode(frame)))
+        elif tid == wire.LOGON_REJECT:
+            # final (bad credentials): no reconnect loop against a refusal
+            self.stats["logon_rejects"] = self.stats.get("logon_rejects", 0) + 1
+            self.reconnect = False
+            self.closed = True
+            self._push(("logon_reject", wire.decode(frame)))
         elif tid == wire.LOGOUT:
             self.stats["logouts"] += 1
             self._push(("logout", wire.decode(frame)))

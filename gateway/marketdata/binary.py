@@ -1,6 +1,9 @@
 """The binary market-data feed of PROTOCOL.md §6: encoding, and the TCP server.
 
-One connection: Logon (any credentials: market data is public; SessionID 0) → LogonAck → one
+One connection: Logon (SessionID 0; with an accounts file configured, the Username and Password
+are checked as the gateway checks them: scrypt in a worker thread, LogonReject 1 "bad
+credentials" on a mismatch; without one, market data is public and any credentials pass) →
+LogonAck → one
 SecurityDefinition per instrument → the client's MarketDataRequests. A subscription ('1') is
 answered, inside the same event-loop step that registers it, by MarketDataSnapshot fragments
 with LastRptSeq = K (the last flagged LastFragment), after which the connection gets RptSeq
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from gateway import wire
@@ -27,6 +31,7 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 HEARTBEAT_MS = 1000
+MAX_PENDING = 64                  # frames a client may send behind its Logon before the answer
 SNAPSHOT_PER_FRAME = wire.max_entries(wire.MARKET_DATA_SNAPSHOT)
 STREAM_BOOK, STREAM_TRADES = 1, 2
 _SIDE = {BID: wire.MD_ENTRY_BID, ASK: wire.MD_ENTRY_OFFER}
@@ -104,6 +109,8 @@ class FeedConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.logged_on = False
+        self.logging_on = False
+        self.pending: list = []            # frames that came while the Logon was checked
         self.subs: dict[int, Sub] = {}     # symbol_id -> subscription
         self.paused = False
         self.stale_since = 0.0
@@ -166,9 +173,44 @@ class FeedConnection(asyncio.Protocol):
         del self.buf[:pos]
 
     # -- messages --------------------------------------------------------------------------
+    def logon_ok(self) -> None:
+        self.logged_on = True
+        now = time.time_ns()
+        self.write(wire.encode(wire.LOGON_ACK, 0, 0, 0, HEARTBEAT_MS, 0, 0, 0, 0,
+                               int(time.strftime("%Y%m%d", time.gmtime(now // 10**9)))))
+        for inst in self.server.instruments.values():
+            self.write(inst.definition(self.server.states[inst.symbol_id].status))
+        pending, self.pending = self.pending, []
+        for frame in pending:             # what the client sent behind its Logon, in order
+            if self.closed:
+                return
+            self.on_frame(frame)
+
+    async def check_logon(self, session_id: int, name: str, password: bytes) -> None:
+        accounts = self.server.current_accounts()
+        user = None if accounts is None else await asyncio.get_running_loop().run_in_executor(
+            None, accounts.verify, name, password)
+        if self.closed:
+            return
+        if user is None:
+            self.server.stats["auth_failures"] += 1
+            self.write(wire.encode(wire.LOGON_REJECT, session_id,
+                                   wire.LOGON_REJECT_BAD_CREDENTIALS,
+                                   wire.char_field("bad credentials", 32)))
+            self.closed = True
+            self.server.drop(self)
+            self.transport.close()
+            return
+        self.logon_ok()
+
     def on_frame(self, frame: wire.Frame) -> None:
         tid = frame.template_id
         m = wire.decode(frame)
+        if self.logging_on and not self.logged_on and tid != wire.LOGON:
+            if len(self.pending) >= MAX_PENDING:
+                return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "too much before LogonAck")
+            self.pending.append(frame)
+            return
         if tid == wire.LOGON:
             if self.logged_on:
                 return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon twice")
@@ -180,12 +222,17 @@ class FeedConnection(asyncio.Protocol):
                 self.server.drop(self)
                 self.transport.close()
                 return
-            self.logged_on = True
-            now = time.time_ns()
-            self.write(wire.encode(wire.LOGON_ACK, 0, 0, 0, HEARTBEAT_MS, 0, 0, 0, 0,
-                                   int(time.strftime("%Y%m%d", time.gmtime(now // 10**9)))))
-            for inst in self.server.instruments.values():
-                self.write(inst.definition(self.server.states[inst.symbol_id].status))
+            if self.server.accounts_path is None:
+                return self.logon_ok()
+            if self.logging_on:
+                return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon twice")
+            self.logging_on = True
+            name = m.Username.split(b"\0", 1)[0].decode("utf-8", "replace")
+            password = m.Password.split(b"\0", 1)[0]
+            task = asyncio.get_running_loop().create_task(self.check_logon(m.SessionID, name,
+                                                                           password))
+            self.server.tasks.add(task)
+            task.add_done_callback(self.server.tasks.discard)
             return
         if not self.logged_on:
             return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon first")
@@ -204,15 +251,35 @@ class FeedConnection(asyncio.Protocol):
 class BinaryFeed:
     """The connections of the binary feed and their fan-out."""
 
-    def __init__(self, instruments: dict[int, Instrument], states: dict[int, SymbolState]):
+    def __init__(self, instruments: dict[int, Instrument], states: dict[int, SymbolState],
+                 accounts_path: str | None = None):
         self.instruments = instruments
         self.states = states
+        self.accounts_path = accounts_path      # None: public, any credentials log on
+        self._accounts = None
+        self._accounts_mtime = None
+        self.tasks: set[asyncio.Task] = set()
         self.conns: set[FeedConnection] = set()
         self.by_symbol: dict[int, set[FeedConnection]] = {sid: set() for sid in instruments}
         self.server: asyncio.base_events.Server | None = None
         self.high_water, self.low_water = HIGH_WATER, LOW_WATER
         self.stale_limit_s = STALE_LIMIT_S
-        self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0}
+        self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0,
+                      "auth_failures": 0}
+
+    def current_accounts(self):
+        """The accounts file, re-read when it changed (users added while the feed runs can log
+        on); None when it cannot be read (every logon is then refused)."""
+        from gateway import accounts
+        try:
+            mtime = os.stat(self.accounts_path).st_mtime_ns
+            if mtime != self._accounts_mtime:
+                self._accounts = accounts.load(self.accounts_path)
+                self._accounts_mtime = mtime
+        except (OSError, ValueError) as exc:
+            log.warning("market data: the accounts file %s: %s", self.accounts_path, exc)
+            return None
+        return self._accounts
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()

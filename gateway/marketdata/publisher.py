@@ -64,6 +64,8 @@ def read_config(text: str) -> dict:
                 raise ValueError(f"{s['symbol']}: {k} {s[k]} is not a positive multiple of 1e-8")
     if not isinstance(conf.get("replicators", []), list):
         raise ValueError("replicators must be a list")
+    if conf.get("accounts") is not None and not isinstance(conf["accounts"], str):
+        raise ValueError("accounts must be the path of the gateway's accounts file")
     return conf
 
 
@@ -91,7 +93,7 @@ class Publisher:
             self.instruments[sid] = Instrument(name, sid, int(Decimal(str(s["tick"])) * MANTISSA),
                                                int(Decimal(str(s["lot"])) * MANTISSA))
             self.views[name] = Views(name, st, Scale(str(s["tick"]), str(s["lot"])))
-        self.binary = BinaryFeed(self.instruments, self.states)
+        self.binary = BinaryFeed(self.instruments, self.states, conf.get("accounts"))
         self.ws = WsFeed(self.views)
         self.subscribers: list = []
         self.tasks: list[asyncio.Task] = []

@@ -110,7 +110,9 @@ async def _ws_follow(url: str, samples: list, stop: asyncio.Event, stats: dict) 
 
 async def _traffic(topo, sym, md_conf, group_kill) -> tuple:
     feed_host, _, feed_port = md_conf["feed"].rpartition(":")
-    md = MarketDataClient(feed_host, int(feed_port))
+    from deploy.trading import demo_passwords
+    md = MarketDataClient(feed_host, int(feed_port), user="alice",
+                          password=demo_passwords(topo.data_dir)["alice"])
     await md.connect()
     await md.subscribe(1)
     ws_samples: list = []

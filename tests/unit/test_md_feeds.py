@@ -283,3 +283,49 @@ async def _slow_ws(monkeypatch):
 
 def test_a_slow_websocket_consumer_is_resnapshotted(monkeypatch):
     asyncio.run(_slow_ws(monkeypatch))
+
+
+def test_the_binary_feeds_logon_checks_the_accounts_file_when_it_has_one(tmp_path):
+    """PROTOCOL.md §6: the same Logon as the order entry. With the gateway's accounts file,
+    good credentials get LogonAck (and the requests sent right behind the Logon are answered
+    after it, in order); a wrong password gets LogonReject 1 and no data."""
+    from gateway import accounts
+    path = str(tmp_path / "accounts.json")
+    accounts.add_user(path, "carol", "s3cret-pw", [2])
+
+    async def logon(password: str) -> list[int]:
+        pub = Publisher({**CONF, "accounts": path})
+        await pub.start(follow=False)
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+            w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"carol",
+                                password.encode()))
+            w.write(wire.encode(wire.MARKET_DATA_REQUEST, 7, 1, b"1", 0, 3))
+            got: list[int] = []
+            buf = b""
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(r.read(1 << 16), 20)
+                except asyncio.TimeoutError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+                while len(buf) >= 12:
+                    n = int.from_bytes(buf[:2], "little")
+                    if len(buf) < n:
+                        break
+                    got.append(int.from_bytes(buf[6:8], "little"))
+                    buf = buf[n:]
+                if wire.MARKET_DATA_SNAPSHOT in got or wire.LOGON_REJECT in got:
+                    break
+            w.close()
+            return got
+        finally:
+            await pub.close()
+
+    ok = asyncio.run(logon("s3cret-pw"))
+    assert ok[0] == wire.LOGON_ACK and wire.SECURITY_DEFINITION in ok
+    assert wire.MARKET_DATA_SNAPSHOT in ok            # the request behind the Logon answered
+    bad = asyncio.run(logon("wrong"))
+    assert bad == [wire.LOGON_REJECT]
