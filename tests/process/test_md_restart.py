@@ -112,7 +112,7 @@ async def _traffic(topo, sym, md_conf, group_kill) -> tuple:
     feed_host, _, feed_port = md_conf["feed"].rpartition(":")
     from deploy.trading import demo_passwords
     md = MarketDataClient(feed_host, int(feed_port), user="alice",
-                          password=demo_passwords(topo.data_dir)["alice"])
+                          password=demo_passwords(topo.data_dir).get("alice", ""))
     await md.connect()
     await md.subscribe(1)
     ws_samples: list = []
