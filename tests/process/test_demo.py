@@ -20,9 +20,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOTALS = re.compile(r"(\d+) sent (\d+) acked (\d+) trades (\d+) rejected")
 
 
+SOCKET = f"seqex-test-{os.getpid()}"       # a tmux server of its own: its own window size
+
+
+def tmux(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["tmux", "-L", SOCKET, *args], capture_output=True, text=True, **kw)
+
+
 def capture(session: str) -> str:
-    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
-                          text=True).stdout
+    return tmux("capture-pane", "-p", "-t", session).stdout
 
 
 def test_the_dashboard_moves_while_the_robot_trades(tmp_path):
@@ -31,8 +37,8 @@ def test_the_dashboard_moves_while_the_robot_trades(tmp_path):
     port = free_port_block(60)
     cmd = (f"cd {REPO} && {sys.executable} -m deploy.cli demo --data {data} --base-port {port} "
            f"--seconds 240 --rate 100 --users 8; sleep 600")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "70", cmd],
-                   check=True)
+    tmux("new-session", "-d", "-s", session, "-x", "200", "-y", "90", cmd, check=True)
+    tmux("resize-window", "-t", session, "-x", "200", "-y", "90")
     try:
         def totals():
             m = TOTALS.search(capture(session))
@@ -57,7 +63,7 @@ def test_the_dashboard_moves_while_the_robot_trades(tmp_path):
         assert re.search(r"(BTCUSDT|ETHUSDT)\s+│\s+(buy|sell)\s+│\s+[\d,]+\.\d\d", screen), screen
         assert "Traceback" not in screen
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        tmux("kill-server")
         # the demo's cluster is a child of the killed pane: stop whatever it left
         subprocess.run([sys.executable, "-m", "deploy.cli", "down", "--data", data],
                        capture_output=True, timeout=120)
