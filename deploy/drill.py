@@ -16,6 +16,11 @@ Drills (``--target`` names another process of the same kind):
 * ``kill-te``: the same for the TradingEngine replicas of a shard (default the shard of the
   load's account, ``te<N>.hot*``; ``--target`` names any replica of another shard): the warm
   TradingEngine is promoted and takes over;
+* ``kill-sequencer``: SIGKILL of the master of an in stream (default ``sequencer.<first
+  symbol>``, the load's): the supervisor restarts it and it takes over with a new epoch (learn,
+  claim, adopt, reconcile: docs/log.md "Failover"); the default topology has no standby
+  masters, so this is the restarted master's takeover on the same endpoints. ``recovered_s``
+  is when it answers with an epoch above the old one; the report gives both epochs;
 * ``freeze``: SIGSTOP of a process (default ``ce.<first symbol>.hot1``) for ``--freeze-s``
   (default 5), then SIGCONT; the supervisor's heartbeat (a PING each second) is what detects
   it: `seqex status` marks it FROZEN once it has been silent for ``--frozen-after``.
@@ -71,7 +76,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-DRILLS = ("kill-hot-ce", "kill-all-hot-ce", "kill-te", "kill-replicator", "freeze", "disk-full")
+DRILLS = ("kill-hot-ce", "kill-all-hot-ce", "kill-te", "kill-sequencer", "kill-replicator",
+          "freeze", "disk-full")
 FULL_SLACK = 64 << 10  # disk-full: the tmpfs remounted at what it uses plus this
 AUDIT_EVERY = 100      # the global audit's books checked every this many records, and at the end
 GROUP_DRILLS = ("kill-all-hot-ce", "kill-te")   # every hot replica of a stream, then PROMOTE
@@ -330,6 +336,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     default = {"kill-hot-ce": f"ce.{sym}.hot0", "kill-all-hot-ce": f"ce.{sym}.hot0",
                "kill-te": f"te{account % n_shards}.hot0" if n_shards else "te0.hot0",
                "kill-replicator": [p.name for p in topo.procs if p.role == "replicator"][-1],
+               "kill-sequencer": f"sequencer.{sym}",
                "freeze": f"ce.{sym}.hot1",
                "disk-full": [p.name for p in topo.procs if p.role == "replicator"][-1]}[name]
     target = target or default
@@ -345,6 +352,8 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     if name == "kill-te" and not (spec.role.startswith("replica-") and
                                   spec.stream.startswith("in.te.")):
         raise DrillError(f"kill-te: {target} is not a TradingEngine replica")
+    if name == "kill-sequencer" and spec.role != "sequencer":
+        raise DrillError(f"kill-sequencer: {target} is not a sequencer")
     if name in ("kill-replicator", "disk-full") and spec.role != "replicator":
         raise DrillError(f"{name}: {target} is not a replicator")
     disk = None
@@ -385,6 +394,10 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                     "targets": [p.name for p in targets], "role": spec.role if not warm
                     else "replica-hot", "stream": spec.stream, "pid": pid, "pids": pids,
                     "rate_per_s": rate}
+    old_epoch = None
+    if name == "kill-sequencer":
+        old_epoch = (probe(spec, timeout_s=2.0) or {}).get("epoch")
+        report["epoch_before"] = old_epoch
     strike_wall, strike = time.time(), time.monotonic()
     if name == "freeze":
         os.kill(pid, signal.SIGSTOP)
@@ -446,7 +459,13 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                         new_pids[p.name] = new
                 if restarted is None and len(new_pids) == len(targets):
                     restarted = time.monotonic() - strike
-                if restarted is not None and all(_caught_up(topo, p) for p in targets) and \
+                if restarted is not None and old_epoch is not None:
+                    epoch = (probe(spec) or {}).get("epoch")
+                    if isinstance(epoch, int) and epoch > old_epoch:
+                        report["epoch_after"] = epoch
+                        recovered = time.monotonic() - strike
+                        break
+                elif restarted is not None and all(_caught_up(topo, p) for p in targets) and \
                         (warm is None or _caught_up(topo, warm)):
                     recovered = time.monotonic() - strike
                     break
@@ -575,6 +594,9 @@ def describe(r: dict) -> str:
         lines.append(f"  promoted {pr['name']}: " + (f"FAILED {pr['error']}" if "error" in pr
                      else f"{pr['at_s']:.3f} s, resending outputs from seq {pr['resent_from']}"
                      if pr["resent_from"] is not None else "it was hot already"))
+    if "epoch_before" in r:
+        lines.append(f"  master epoch {r['epoch_before']} before, {r.get('epoch_after')} after "
+                     "(the restarted master's takeover)")
     lines.append(f"  recovered (answers, caught up): {s(r['recovered_s'])}")
     lines.append(f"  service: first order acknowledged after the fault: {s(r['resumed_s'])}")
     lat = r["latency_ms"]

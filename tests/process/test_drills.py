@@ -115,6 +115,15 @@ def test_drill_kill_te_promotes_the_warm_tradingengine(cluster):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_drill_kill_sequencer_a_new_epoch(cluster):
+    r = drill(cluster, "kill-sequencer")
+    assert r["target"] == "sequencer.BTCUSDT" and r["restarted_s"] is not None, r
+    assert r["epoch_after"] > r["epoch_before"], r
+    check(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_drill_kill_replicator(cluster):
     r = drill(cluster, "kill-replicator")
     assert r["target"] == "replicator2" and r["restarted_s"] is not None
