@@ -158,6 +158,26 @@ def test_drill_disk_full_on_a_replicator(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_drill_outcomes_are_in_the_replicators_metrics(cluster):
+    from deploy.metrics import DRILLS_FILE, scrape
+    drill(cluster, "kill-hot-ce", "--before", "1", "--after", "1")
+    runs: dict = {}
+    with open(os.path.join(cluster, DRILLS_FILE)) as f:
+        for line in f:
+            d = json.loads(line)
+            key = (d["drill"], "ok" if d["ok"] else "failed")
+            runs[key] = runs.get(key, 0) + 1
+    status = json.loads(seqex("status", "--json", "--data", cluster, timeout=60).stdout)
+    rep = next(p for p in status["processes"] if p["process"] == "replicator0")
+    got = scrape(rep["metrics"])
+    served = {(dict(labels)["drill"], dict(labels)["outcome"]): v
+              for (name, labels), v in got.items() if name == "seqex_drills_total"}
+    assert served == runs and runs[("kill-hot-ce", "ok")] >= 1, (served, runs)
+    assert got[("seqex_drill_last_ok", (("drill", "kill-hot-ce"),))] == 1
+
+
+@pytest.mark.slow
 def test_a_bad_drill_target_is_one_line(cluster):
     assert "not a replicator" in one_line_error(
         seqex("drill", "kill-replicator", "--target", "ce.BTCUSDT.hot0", "--data", cluster))

@@ -1,4 +1,4 @@
-"""The soak run: `seqex demo` load (the robot trading through the gateway with many accounts)
+"""The soak run: `seqex demo` load (100 orders/s of the robot trading through the gateway with many accounts)
 for SEQEX_SOAK_S seconds (default 600), and a random drill every 30 s fired from another
 process, as an operator would from another terminal. Every drill's report must be ok: nothing
 lost or applied twice, every order of its own load acknowledged, every stream's replicas at one
@@ -32,6 +32,11 @@ from tests.seed import SEED
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOAK_S = float(os.environ.get("SEQEX_SOAK_S", "600"))
 EVERY_S = 30.0
+# 100 orders/s of robot and 100 of each drill's own load: what the 29 processes of the default
+# cluster keep up with on a shared 2-core machine (at 200 + 200 a run on a machine at load 30
+# fell minutes behind, and a drill that gives up waiting counts its unsent orders as lost)
+ROBOT_RATE = int(os.environ.get("SEQEX_SOAK_RATE", "100"))
+DRILL_RATE = int(os.environ.get("SEQEX_SOAK_DRILL_RATE", "100"))
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(SOAK_S) + 1800),
               pytest.mark.skipif(os.environ.get("SEQEX_SOAK") != "1",
                                  reason="the soak run: SEQEX_SOAK=1 (README)")]
@@ -48,10 +53,26 @@ def seqex(*args: str, timeout: float) -> subprocess.CompletedProcess:
 def test_soak_demo_load_with_a_random_drill_every_30_s(tmp_path):
     rng = random.Random(SEED)
     data = str(tmp_path / "data")
+    # replicator2's data on a tmpfs of its own, for disk-full (root; else that drill is left out)
+    disk = os.path.join(data, "replicator2")
+    os.makedirs(disk)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", disk],
+                             capture_output=True).returncode == 0
+    drills = [d for d in DRILLS if mounted or d != "disk-full"]
+    try:
+        run_soak(tmp_path, data, rng, drills)
+    finally:
+        # the cluster the demo started runs in a session of its own: down, whatever happened
+        seqex("down", "--data", data, timeout=300)
+        if mounted:
+            subprocess.run(["umount", "-l", disk], capture_output=True)
+
+
+def run_soak(tmp_path, data: str, rng: random.Random, drills: list[str]) -> None:
     log = open(tmp_path / "demo.log", "w+")
     demo = subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", "demo", "--plain", "--data", data, "--base-port",
-         str(free_port_block(60)), "--rate", "200", "--users", "16",
+         str(free_port_block(60)), "--rate", str(ROBOT_RATE), "--users", "16",
          "--seconds", str(int(SOAK_S + 3600))],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": REPO}, start_new_session=True)
@@ -67,9 +88,9 @@ def test_soak_demo_load_with_a_random_drill_every_30_s(tmp_path):
         started = time.monotonic()
         n = 0
         while time.monotonic() - started < SOAK_S:
-            name = rng.choice(DRILLS)
+            name = rng.choice(drills)
             out = seqex("drill", name, "--data", data, "--json", "--before", "2", "--after", "2",
-                        timeout=600)
+                        "--rate", str(DRILL_RATE), timeout=600)
             assert "Traceback" not in out.stderr, out.stderr
             r = json.loads(out.stdout)
             reports.append(r)
@@ -100,12 +121,13 @@ def test_soak_demo_load_with_a_random_drill_every_30_s(tmp_path):
     sent, acked, trades, rejected = (int(x) for x in m.groups())
     total = {k: sum(r["orders"][k] for r in reports)
              for k in ("sent", "acknowledged", "lost", "applied_twice")}
-    per = ", ".join(f"{d} {sum(r['drill'] == d for r in reports)}" for d in DRILLS)
+    per = ", ".join(f"{d} {sum(r['drill'] == d for r in reports)}" for d in drills)
     print(f"soak: {len(reports)} drills in {SOAK_S:.0f} s ({per}); "
           f"drill loads: {total}; robot through the gateway: {sent} sent, {acked} "
           f"acknowledged, {trades} trades, {rejected} rejected", flush=True)
     assert len(reports) >= SOAK_S // EVERY_S * 0.5
     assert total["lost"] == 0 and total["applied_twice"] == 0
     assert total["acknowledged"] == total["sent"]
+    assert total["sent"] > 0
     # the robot stops mid-flight: its last orders may be unanswered, never more than a second's
-    assert sent > 0 and acked >= sent - 400, (sent, acked)
+    assert sent > 0 and acked >= sent - 2 * ROBOT_RATE, (sent, acked)
