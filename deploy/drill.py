@@ -298,9 +298,11 @@ def rebuild_check(topo, hashes: dict) -> dict:
         matched: dict[str, bool] = {}
         for addr in topo.replicator_addrs():
             try:
+                last_frame = b""
                 for frame in replay(addr, stream, 1, seq):
                     if not each:
                         eng.apply_frame(frame)
+                        last_frame = frame
                         continue
                     for rseq, ts, src, _ss, _ep, kind, payload, _route in decode(frame):
                         eng.apply(rseq, ts, kind, bytes(payload), src)
@@ -308,6 +310,11 @@ def rebuild_check(topo, hashes: dict) -> dict:
                             mine = eng.state_hash().hex()
                             for n, hx in want[rseq]:
                                 matched[n] = hx == mine
+                        last_frame = frame
+                # a replicator still catching up answers with less than asked: the next one
+                got_to = max((r[0] for r in decode(last_frame)), default=0)
+                if got_to < seq:
+                    raise RuntimeError(f"{addr} holds {stream} only up to seq {got_to}")
                 last_error = None
                 break
             except (TimeoutError, RuntimeError) as exc:
@@ -337,22 +344,30 @@ def rebuild_check(topo, hashes: dict) -> dict:
 
 
 def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int, int]:
-    """{source_seq: times it is in the stream} for one source, from the first replicator
-    that answers a replay of the committed log."""
+    """{source_seq: times it is in the stream} for one source, from the replicator whose log
+    of the stream reaches furthest (one still catching up holds less: its count would show
+    orders as lost that its peers hold)."""
     from mq.control import replay
     from mq.record import decode
     last_error = None
+    best: tuple[int, dict[int, int]] | None = None
     for addr in topo.replicator_addrs():
         counts: dict[int, int] = {}
+        last = 0
         try:
             for frame in replay(addr, stream, max(1, first_seq)):
                 for rec in decode(frame):
+                    last = rec[0]
                     if rec[2] == source:
                         counts[rec[3]] = counts.get(rec[3], 0) + 1
-            return counts
         except (TimeoutError, RuntimeError) as exc:
             last_error = exc
-    raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
+            continue
+        if best is None or last > best[0]:
+            best = (last, counts)
+    if best is None:
+        raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
+    return best[1]
 
 
 def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
