@@ -17,7 +17,7 @@ Method.
 * Result hash: sha256 over every report's (drill, orders sent - acknowledged, lost, twice,
   hashes equal) in order: two runs that agree on correctness print the same hash.
 
-Run: python bench/bench_drills.py [--runs 20] [--drills kill-hot-ce,kill-replicator,freeze]
+Run: python bench/bench_drills.py [--runs 20] [--drills kill-hot-ce,kill-all-hot-ce,...]
      [--rate 200] [--json OUT]
 """
 from __future__ import annotations
@@ -64,7 +64,9 @@ def summary(values: list) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--drills", default="kill-hot-ce,kill-replicator,freeze")
+    # disk-full needs replicator2's data on a tmpfs (tests/process/test_drills.py): not here
+    ap.add_argument("--drills", default="kill-hot-ce,kill-all-hot-ce,kill-te,kill-sequencer,"
+                                        "kill-replicator,freeze")
     ap.add_argument("--rate", type=int, default=200)
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args()

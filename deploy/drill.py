@@ -8,9 +8,28 @@ Drills (``--target`` names another process of the same kind):
   restores its snapshot and replays;
 * ``kill-replicator``: SIGKILL of a replicator (default: the last); its peers keep the quorum,
   the supervisor restarts it and it catches up;
+* ``kill-all-hot-ce``: SIGKILL of every hot CrossEngine replica of a symbol (default the first;
+  ``--target`` names any replica of another), then PROMOTE of its warm replica, which resends
+  the outputs the mirror has not committed and carries the out stream; the supervisor restarts
+  the killed ones (they come back hot: the stream then has one hot replica more, and no warm
+  one until the promoted replica is restarted);
+* ``kill-te``: the same for the TradingEngine replicas of a shard (default the shard of the
+  load's account, ``te<N>.hot*``; ``--target`` names any replica of another shard): the warm
+  TradingEngine is promoted and takes over;
+* ``kill-sequencer``: SIGKILL of the master of an in stream (default ``sequencer.<first
+  symbol>``, the load's): the supervisor restarts it and it takes over with a new epoch (learn,
+  claim, adopt, reconcile: docs/log.md "Failover"); the default topology has no standby
+  masters, so this is the restarted master's takeover on the same endpoints. ``recovered_s``
+  is when it answers with an epoch above the old one; the report gives both epochs;
 * ``freeze``: SIGSTOP of a process (default ``ce.<first symbol>.hot1``) for ``--freeze-s``
   (default 5), then SIGCONT; the supervisor's heartbeat (a PING each second) is what detects
   it: `seqex status` marks it FROZEN once it has been silent for ``--frozen-after``.
+* ``disk-full``: the data directory of a replicator (default: the last) filled: it must be a
+  tmpfs of its own (mounted there before `seqex up`; remounting needs root), which the drill
+  remounts at the size it uses (plus 64 KiB), for ``--full-s`` (default 3) seconds once the
+  replicator says so (PING ``disk_full``: it refuses writes, logs "disk full at PATH", and its
+  peers keep the quorum), then at its former size; it catches up from its peers by itself.
+  ``detected_s`` is when it reports its disk full; ``restarted_s`` stays empty (no restart).
 
 The load: one client (deploy/client.py, its own source id) sends limit orders into
 ``in.ce.<symbol>`` at ``--rate`` per second (default 200), a buy and then a sell that crosses
@@ -30,11 +49,18 @@ The report (``--json``: the same, as one object):
 * ``resumed_s``: from the strike until the first acknowledgement of an order sent after it;
   order latencies (send to outcome) before and after the strike, p50/p99/max;
 * orders sent, acknowledged, lost (sent and never in the in stream) and applied twice (in
-  the in stream more than once), read back from a replicator: both must be 0;
+  the in stream more than once), read back from a replicator: both must be 0; of the lost,
+  those the sequencer never acknowledged (the load stops waiting 60 s after the drill: a
+  cluster that fell that far behind leaves them unsent);
 * the state hash of every replica of every stream, asked (HASH) until the replicas of a
   stream answer at one seq: they must be equal; and the stream rebuilt from seq 1 to that
   seq on a fresh engine gives the same hash, and the TradingEngine's audit balances there
-  (the global audit: every shard's books, to the minor unit).
+  (every shard's books, to the minor unit);
+* ``promoted`` (kill-all-hot-ce, kill-te): the warm replica, when its PROMOTE was answered and
+  the seq it resent its outputs from;
+* ``audit``: the global audit (`seqex audit`, deploy/audit.py) at the end: every TradingEngine
+  shard and the LiqEngine rebuilt from its log, their books checked every 100 records, and
+  every engine added up against deposits minus withdrawals.
 
 ``ok`` is true when nothing was lost or doubled, every order was acknowledged and every
 stream's replicas agree. Exit status 0 when ok, else 1; a drill that cannot run (no such
@@ -52,7 +78,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-DRILLS = ("kill-hot-ce", "kill-replicator", "freeze")
+DRILLS = ("kill-hot-ce", "kill-all-hot-ce", "kill-te", "kill-sequencer", "kill-replicator",
+          "freeze", "disk-full")
+FULL_SLACK = 64 << 10  # disk-full: the tmpfs remounted at what it uses plus this
+AUDIT_EVERY = 100      # the global audit's books checked every this many records, and at the end
+GROUP_DRILLS = ("kill-all-hot-ce", "kill-te")   # every hot replica of a stream, then PROMOTE
 
 
 class DrillError(Exception):
@@ -196,7 +226,7 @@ def _caught_up(topo, spec) -> bool:
     return True
 
 
-def replica_hashes(topo, timeout_s: float = 20.0) -> dict:
+def replica_hashes(topo, timeout_s: float = 8.0) -> dict:
     """{stream: {"seq", "equal", "replicas": {name: hash}}}: HASH of every replica of each
     stream, asked again until all of a stream answer at one seq (Ticks move it)."""
     from mq import wire
@@ -226,43 +256,83 @@ def replica_hashes(topo, timeout_s: float = 20.0) -> dict:
         out[stream] = {"seq": min((s for s in seqs if s is not None), default=None),
                        "same_seq": len(seqs) == 1 and None not in seqs,
                        "equal": len(seqs) == 1 and len(hashes) == 1 and None not in hashes,
-                       "replicas": {n: h for n, (_s, h) in got.items()}}
+                       "replicas": {n: h for n, (_s, h) in got.items()},
+                       "answers": dict(got)}
     return out
 
 
 def rebuild_check(topo, hashes: dict) -> dict:
     """{stream: {"seq", "hash_equal", "audit"}}: every stream whose replicas agreed at seq S
     is applied from seq 1 to S, from a replicator, to a fresh engine configured as its
-    replicas; its hash must equal theirs, and an engine that keeps books (the TradingEngine)
-    must pass its audit there (``"balanced"``, else the audit's report)."""
+    replicas; its hash must equal theirs, and an engine that keeps books (the TradingEngine,
+    the LiqEngine) must pass its audit there (``"balanced"``, else the audit's report).
+
+    A stream whose replicas never answered at one seq (a live load keeps it moving) is applied
+    record by record up to the highest seq any of them answered at, and each replica's hash is
+    compared with the log's state at its own seq (``"seqs"``); the stream's entry in
+    ``hashes`` then says ``"compared": "each at its own seq"`` and its ``equal`` is that
+    outcome: replicas at the log's state at their seqs are equal wherever their seqs meet."""
     from deploy.engines import ENGINES
     from mq.control import replay
+    from mq.record import decode
     out = {}
     for stream, h in sorted(hashes.items()):
-        seq = h.get("seq")
         spec = next((p for p in topo.procs if p.role.startswith("replica-")
                      and p.stream == stream and "--engine" in p.args), None)
-        if not h.get("same_seq") or not seq or spec is None:
+        if spec is None:
+            continue
+        answered = {n: (sq, hx) for n, (sq, hx) in h.get("answers", {}).items()
+                    if sq is not None and hx is not None}
+        each = not h.get("same_seq")
+        seq = max((sq for sq, _hx in answered.values()), default=None) if each else h.get("seq")
+        if not seq or (each and len(answered) < len(h["replicas"])):
             continue
         engine = spec.args[spec.args.index("--engine") + 1]
         config = json.loads(spec.args[spec.args.index("--engine-config") + 1]) \
             if "--engine-config" in spec.args else {}
+        want: dict[int, list] = {}
+        for n, (sq, hx) in answered.items():
+            want.setdefault(sq, []).append((n, hx))
         eng, _restore = ENGINES[engine](config)
         last_error: Exception | None = None
+        matched: dict[str, bool] = {}
         for addr in topo.replicator_addrs():
             try:
+                last_frame = b""
                 for frame in replay(addr, stream, 1, seq):
-                    eng.apply_frame(frame)
+                    if not each:
+                        eng.apply_frame(frame)
+                        last_frame = frame
+                        continue
+                    for rseq, ts, src, _ss, _ep, kind, payload, _route in decode(frame):
+                        eng.apply(rseq, ts, kind, bytes(payload), src)
+                        if rseq in want:
+                            mine = eng.state_hash().hex()
+                            for n, hx in want[rseq]:
+                                matched[n] = hx == mine
+                        last_frame = frame
+                # a replicator still catching up answers with less than asked: the next one
+                got_to = max((r[0] for r in decode(last_frame)), default=0)
+                if got_to < seq:
+                    raise RuntimeError(f"{addr} holds {stream} only up to seq {got_to}")
                 last_error = None
                 break
             except (TimeoutError, RuntimeError) as exc:
                 last_error = exc
                 eng, _restore = ENGINES[engine](config)
+                matched = {}
         if last_error is not None:
             out[stream] = {"seq": seq, "hash_equal": False, "error": str(last_error)}
             continue
-        mine = eng.state_hash().hex()
-        entry: dict = {"seq": seq, "hash_equal": {mine} == set(h["replicas"].values())}
+        if each:
+            entry: dict = {"seq": seq, "seqs": {n: sq for n, (sq, _hx) in answered.items()},
+                           "hash_equal": len(matched) == len(answered) and all(
+                               matched.values())}
+            h["compared"] = "each at its own seq, against the log"
+            h["equal"] = entry["hash_equal"]
+        else:
+            entry = {"seq": seq, "hash_equal": {eng.state_hash().hex()} ==
+                     set(h["replicas"].values())}
         if hasattr(eng, "audit"):
             try:
                 eng.audit()
@@ -274,28 +344,36 @@ def rebuild_check(topo, hashes: dict) -> dict:
 
 
 def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int, int]:
-    """{source_seq: times it is in the stream} for one source, from the first replicator
-    that answers a replay of the committed log."""
+    """{source_seq: times it is in the stream} for one source, from the replicator whose log
+    of the stream reaches furthest (one still catching up holds less: its count would show
+    orders as lost that its peers hold)."""
     from mq.control import replay
     from mq.record import decode
     last_error = None
+    best: tuple[int, dict[int, int]] | None = None
     for addr in topo.replicator_addrs():
         counts: dict[int, int] = {}
+        last = 0
         try:
             for frame in replay(addr, stream, max(1, first_seq)):
                 for rec in decode(frame):
+                    last = rec[0]
                     if rec[2] == source:
                         counts[rec[3]] = counts.get(rec[3], 0) + 1
-            return counts
         except (TimeoutError, RuntimeError) as exc:
             last_error = exc
-    raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
+            continue
+        if best is None or last > best[0]:
+            best = (last, counts)
+    if best is None:
+        raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
+    return best[1]
 
 
 def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         before_s: float = 2.0, after_s: float = 2.0, freeze_s: float = 5.0,
-        frozen_after_s: float = 3.0, timeout_s: float = 120.0) -> dict:
-    from deploy.supervisor import read_state
+        frozen_after_s: float = 3.0, timeout_s: float = 120.0, full_s: float = 3.0) -> dict:
+    from deploy.supervisor import probe, read_state
     if name not in DRILLS:
         raise DrillError(f"no drill {name!r} (drills: {', '.join(DRILLS)})")
     topo, supervisor = read_state(data_dir)
@@ -303,55 +381,118 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     if sym is None:
         raise DrillError("the cluster has no symbol to put a load on")
     s = topo.symbols[sym]
-    default = {"kill-hot-ce": f"ce.{sym}.hot0",
+    account = 1
+    n_shards = len((topo.trading or {}).get("shards") or [])
+    default = {"kill-hot-ce": f"ce.{sym}.hot0", "kill-all-hot-ce": f"ce.{sym}.hot0",
+               "kill-te": f"te{account % n_shards}.hot0" if n_shards else "te0.hot0",
                "kill-replicator": [p.name for p in topo.procs if p.role == "replicator"][-1],
-               "freeze": f"ce.{sym}.hot1"}[name]
+               "kill-sequencer": f"sequencer.{sym}",
+               "freeze": f"ce.{sym}.hot1",
+               "disk-full": [p.name for p in topo.procs if p.role == "replicator"][-1]}[name]
     target = target or default
     try:
         spec = topo.by_name(target)
     except StopIteration:
         raise DrillError(f"no process {target!r} in the running topology") from None
-    if name == "kill-hot-ce" and not (spec.role == "replica-hot" and spec.stream.startswith(
-            "in.ce.")):
-        raise DrillError(f"kill-hot-ce: {target} is not a hot CrossEngine replica")
-    if name == "kill-replicator" and spec.role != "replicator":
-        raise DrillError(f"kill-replicator: {target} is not a replicator")
-    pid = _pid_of(data_dir, target)
+    if name in ("kill-hot-ce", "kill-all-hot-ce") and not (
+            spec.role.startswith("replica-") and spec.stream.startswith("in.ce.")) or \
+            name == "kill-hot-ce" and spec.role != "replica-hot":
+        raise DrillError(f"{name}: {target} is not a {'hot ' * (name == 'kill-hot-ce')}"
+                         "CrossEngine replica")
+    if name == "kill-te" and not (spec.role.startswith("replica-") and
+                                  spec.stream.startswith("in.te.")):
+        raise DrillError(f"kill-te: {target} is not a TradingEngine replica")
+    if name == "kill-sequencer" and spec.role != "sequencer":
+        raise DrillError(f"kill-sequencer: {target} is not a sequencer")
+    if name in ("kill-replicator", "disk-full") and spec.role != "replicator":
+        raise DrillError(f"{name}: {target} is not a replicator")
+    disk = None
+    if name == "disk-full":
+        disk = spec.args[spec.args.index("--data") + 1]
+        if not os.path.ismount(disk):
+            raise DrillError(f"disk-full: {disk} ({target}'s data) is not a filesystem of its "
+                             "own; mount a tmpfs there before `seqex up` (mount -t tmpfs -o "
+                             "size=2g tmpfs DIR, as root)")
+        disk_size = os.statvfs(disk).f_blocks * os.statvfs(disk).f_frsize
+    warm = None
+    if name in GROUP_DRILLS:
+        group = [p for p in topo.procs if p.stream == spec.stream and p.role.startswith(
+            "replica-")]
+        targets = [p for p in group if p.role == "replica-hot"]
+        warm = next((p for p in group if p.role == "replica-warm"), None)
+        if warm is None:
+            raise DrillError(f"{name}: {spec.stream} has no warm replica to promote")
+        _pid_of(data_dir, warm.name)
+    else:
+        targets = [spec]
+    pids = {p.name: _pid_of(data_dir, p.name) for p in targets}
+    pid = pids[targets[0].name]
     # A price well inside the contract: tick multiples, the mark's start if known.
     price = str(s.get("tick_size", "1"))
     mark = next((sp.get("mark_start_ticks") for sp in [s.get("spec") or {}]), None)
     if mark:
         from decimal import Decimal
         price = str(Decimal(s["tick_size"]) * mark)
-    load = Load(data_dir, sym, rate, price, str(s.get("lot_size", "1")))
+    load = Load(data_dir, sym, rate, price, str(s.get("lot_size", "1")), account=account)
     th = threading.Thread(target=load.run, name="drill-load", daemon=True)
     th.start()
     load.started.wait(30)
     if load.error:
         raise DrillError(f"the load could not start: {load.error}")
     time.sleep(before_s)
-    report: dict = {"drill": name, "target": target, "role": spec.role, "stream": spec.stream,
-                    "pid": pid, "rate_per_s": rate}
+    report: dict = {"drill": name, "target": ", ".join(p.name for p in targets),
+                    "targets": [p.name for p in targets], "role": spec.role if not warm
+                    else "replica-hot", "stream": spec.stream, "pid": pid, "pids": pids,
+                    "rate_per_s": rate}
+    old_epoch = None
+    if name == "kill-sequencer":
+        old_epoch = (probe(spec, timeout_s=2.0) or {}).get("epoch")
+        report["epoch_before"] = old_epoch
     strike_wall, strike = time.time(), time.monotonic()
     if name == "freeze":
         os.kill(pid, signal.SIGSTOP)
         report["action"] = f"SIGSTOP for {freeze_s:g} s, then SIGCONT"
+    elif name == "disk-full":
+        _remount(disk, _tmpfs_used(disk) + FULL_SLACK)
+        report["action"] = (f"its data directory {disk} full (tmpfs remounted at the size it "
+                            f"uses) for {full_s:g} s once it says so, then {disk_size >> 20} MiB")
     else:
-        os.kill(pid, signal.SIGKILL)
+        for p in targets:
+            os.kill(pids[p.name], signal.SIGKILL)
         report["action"] = "SIGKILL"
+    report["at_unix"] = round(strike_wall, 6)
     report["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(strike_wall)) + \
         f".{int(strike_wall * 1e6) % 1_000_000:06d}Z"
+    if warm is not None:
+        report["promoted"] = _promote(warm, strike)
+        report["action"] += f" of every hot replica, then PROMOTE of {warm.name}"
     detected = restarted = recovered = None
-    new_pid = None
+    seen_down: set = set()
+    new_pids: dict = {}
     continued = False
     deadline = strike + timeout_s
     try:
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if detected is None and _state(topo, data_dir, target, frozen_after_s) in (
-                    "DOWN", "FROZEN"):
-                detected = time.monotonic() - strike
-            if name == "freeze":
+            if detected is None and name != "disk-full":
+                for p in targets:
+                    if p.name not in seen_down and _state(topo, data_dir, p.name,
+                                                          frozen_after_s) in ("DOWN", "FROZEN"):
+                        seen_down.add(p.name)
+                if len(seen_down) == len(targets):
+                    detected = time.monotonic() - strike
+            if name == "disk-full":
+                st = probe(spec)
+                if detected is None and st and st.get("disk_full"):
+                    detected = time.monotonic() - strike
+                if not continued and (detected is not None and now - strike - detected >=
+                                      full_s or now - strike >= timeout_s / 2):
+                    _remount(disk, disk_size)
+                    continued = True
+                if continued and st and not st.get("disk_full") and _caught_up(topo, spec):
+                    recovered = time.monotonic() - strike
+                    break
+            elif name == "freeze":
                 if not continued and now - strike >= freeze_s:
                     os.kill(pid, signal.SIGCONT)
                     continued = True
@@ -359,20 +500,34 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                     recovered = time.monotonic() - strike
                     break
             else:
-                new = _child_running(supervisor, spec) or \
-                    (_beats(data_dir).get(target) or {}).get("pid")
-                if restarted is None and isinstance(new, int) and new != pid:
+                for p in targets:
+                    if p.name in new_pids:
+                        continue
+                    new = _child_running(supervisor, p) or \
+                        (_beats(data_dir).get(p.name) or {}).get("pid")
+                    if isinstance(new, int) and new != pids[p.name]:
+                        new_pids[p.name] = new
+                if restarted is None and len(new_pids) == len(targets):
                     restarted = time.monotonic() - strike
-                    new_pid = new
-                if restarted is not None and _caught_up(topo, spec):
+                if restarted is not None and old_epoch is not None:
+                    epoch = (probe(spec) or {}).get("epoch")
+                    if isinstance(epoch, int) and epoch > old_epoch:
+                        report["epoch_after"] = epoch
+                        recovered = time.monotonic() - strike
+                        break
+                elif restarted is not None and all(_caught_up(topo, p) for p in targets) and \
+                        (warm is None or _caught_up(topo, warm)):
                     recovered = time.monotonic() - strike
                     break
             time.sleep(0.05)
     finally:
         if name == "freeze" and not continued:
             os.kill(pid, signal.SIGCONT)
-    if name != "freeze":
-        report["new_pid"] = new_pid
+        if name == "disk-full" and not continued:
+            _remount(disk, disk_size)
+    if name not in ("freeze", "disk-full"):
+        report["new_pid"] = new_pids.get(targets[0].name)
+        report["new_pids"] = new_pids
     time.sleep(after_s)
     load.stop.set()
     th.join(90)
@@ -401,19 +556,74 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     twice = sorted(ss for ss, n in counts.items() if n > 1)
     report["orders"] = {"sent": len(tickets), "acknowledged": len(acked), "lost": len(lost),
                         "applied_twice": len(twice)}
+    # of the lost, those the sequencer never acknowledged (still in the client's producer when
+    # the load gave up waiting): a cluster too slow to take the load, not a log that dropped
+    # what it had acknowledged
+    unacked = {t.source_seq for t in tickets if t.seq is None and t.outcome is None}
+    report["orders"]["lost_never_acknowledged_by_the_sequencer"] = len(set(lost) & unacked)
     if lost:
         report["orders"]["lost_source_seqs"] = lost[:20]
     if twice:
         report["orders"]["twice_source_seqs"] = twice[:20]
     report["hashes"] = replica_hashes(topo)
     report["rebuild"] = rebuild_check(topo, report["hashes"])
-    report["ok"] = (not lost and not twice and len(acked) == len(tickets) and bool(tickets)
-                    and recovered is not None
+    for h in report["hashes"].values():
+        h.pop("answers", None)
+    report["audit"] = global_audit(topo)
+    report["ok"] = (report["audit"]["ok"] and "error" not in report.get("promoted", {})
+                    and not lost and not twice and len(acked) == len(tickets) and bool(tickets)
+                    and recovered is not None and detected is not None
                     and all(h["equal"] for h in report["hashes"].values())
                     and len(report["rebuild"]) == len(report["hashes"])
                     and all(r["hash_equal"] and r.get("audit", "balanced") == "balanced"
                             for r in report["rebuild"].values()))
     return report
+
+
+def global_audit(topo) -> dict:
+    """`seqex audit` (deploy/audit.py) of the cluster: every TradingEngine shard and the
+    LiqEngine rebuilt from its log, audited every ``AUDIT_EVERY`` records and at the end, and
+    every engine's books added up against deposits minus withdrawals."""
+    from deploy.audit import audit
+    try:
+        r = audit(topo, every=AUDIT_EVERY)
+    except Exception as exc:     # no replicator answers, no configuration: in the report
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    d = r.to_dict()
+    return {"ok": d["ok"], "total": d["total"], "expected": d["expected"],
+            "clearing_net": d["clearing_net"], "seconds": d["seconds"],
+            "records": sum(e["records"] for e in d["engines"]),
+            "errors": [f"{e['name']}: {e['error']}" for e in d["engines"] if e["error"]]}
+
+
+def _tmpfs_used(path: str) -> int:
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def _remount(path: str, size: int) -> None:
+    import subprocess
+    out = subprocess.run(["mount", "-o", f"remount,size={size}", path], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise DrillError(f"disk-full: cannot remount {path} (root only): "
+                         f"{out.stderr.strip()[:200]}")
+
+
+def _promote(warm, strike: float) -> dict:
+    """PROMOTE to the warm replica (the operator key); its answer and when it came."""
+    from mq import wire
+    from mq.control import call
+    try:
+        kind, body, _ = call(warm.control, wire.PROMOTE, timeout_s=30)
+    except TimeoutError as exc:
+        return {"name": warm.name, "error": str(exc)}
+    out = {"name": warm.name, "at_s": _r(time.monotonic() - strike)}
+    if kind != wire.PONG:
+        out["error"] = f"{kind[:16]!r} {body}"[:300]
+    else:
+        out["resent_from"] = body.get("resent_from")
+    return out
 
 
 def _r(x: float | None) -> float | None:
@@ -422,15 +632,28 @@ def _r(x: float | None) -> float | None:
 
 def describe(r: dict) -> str:
     """The report for a terminal."""
+    pids = ", ".join(str(v) for v in (r.get("pids") or {r["target"]: r["pid"]}).values())
     lines = [f"drill {r['drill']}: {r['action']} of {r['target']} ({r['role']}"
-             f"{', ' + r['stream'] if r['stream'] else ''}; pid {r['pid']}) at {r['at']}"]
+             f"{', ' + r['stream'] if r['stream'] else ''}; pid{'s' * (',' in pids)} {pids}) "
+             f"at {r['at']}"]
 
     def s(x):
         return "never" if x is None else f"{x:.3f} s"
-    lines.append(f"  detected (status shows it DOWN/FROZEN): {s(r['detected_s'])}")
-    if r["drill"] != "freeze":
-        lines.append(f"  restarted by the supervisor: {s(r['restarted_s'])} (new pid "
-                     f"{r.get('new_pid')})")
+    how = "it reports its disk full" if r["drill"] == "disk-full" else \
+        "status shows it DOWN/FROZEN"
+    lines.append(f"  detected ({how}): {s(r['detected_s'])}")
+    if r["drill"] not in ("freeze", "disk-full"):
+        lines.append(f"  restarted by the supervisor: {s(r['restarted_s'])} (new pid"
+                     f"{'s' * (len(r.get('new_pids') or {}) > 1)} "
+                     f"{', '.join(str(v) for v in (r.get('new_pids') or {}).values())})")
+    pr = r.get("promoted")
+    if pr:
+        lines.append(f"  promoted {pr['name']}: " + (f"FAILED {pr['error']}" if "error" in pr
+                     else f"{pr['at_s']:.3f} s, resending outputs from seq {pr['resent_from']}"
+                     if pr["resent_from"] is not None else "it was hot already"))
+    if "epoch_before" in r:
+        lines.append(f"  master epoch {r['epoch_before']} before, {r.get('epoch_after')} after "
+                     "(the restarted master's takeover)")
     lines.append(f"  recovered (answers, caught up): {s(r['recovered_s'])}")
     lines.append(f"  service: first order acknowledged after the fault: {s(r['resumed_s'])}")
     lat = r["latency_ms"]
@@ -443,6 +666,9 @@ def describe(r: dict) -> str:
     for stream, h in r["hashes"].items():
         verdict = "equal" if h["equal"] else ("DIFFER" if h["same_seq"] else
                                               "not compared (replicas at different seqs)")
+        if h.get("compared"):
+            verdict = ("each equal to the log's state at its own seq" if h["equal"] else
+                       "one DIFFERS from the log's state at its seq")
         rb = r.get("rebuild", {}).get(stream)
         if rb is not None:
             verdict += "; rebuilt from seq 1: " + ("same hash" if rb["hash_equal"] else
@@ -451,19 +677,45 @@ def describe(r: dict) -> str:
                 verdict += f", audit {rb['audit']}"
         lines.append(f"  {stream}: {len(h['replicas'])} replicas at seq {h['seq']}: hashes "
                      f"{verdict}")
+    a = r.get("audit") or {}
+    if "error" in a:
+        lines.append(f"  global audit: could not run: {a['error']}")
+    elif a:
+        from deploy.audit import usdt
+        lines.append(f"  global audit ({a['records']:,} records rebuilt in {a['seconds']} s): "
+                     + ("balanced" if a["ok"] else "UNBALANCED") + f": sum {usdt(a['total'])} "
+                     f"USDT, deposits - withdrawals {usdt(a['expected'])} USDT")
+        for e in a["errors"]:
+            lines.append(f"    {e}")
     if r.get("load_error"):
         lines.append(f"  load: {r['load_error']}")
     lines.append("  OK" if r["ok"] else "  FAILED")
     return "\n".join(lines)
 
 
+def record_outcome(data_dir: str, r: dict) -> None:
+    """One line in ``<data>/drills.jsonl`` (the replicators' metrics serve it: deploy/metrics.py
+    DrillCollector); a data directory that cannot be written loses the line, not the report."""
+    from deploy.metrics import DRILLS_FILE
+    line = {"drill": r["drill"], "target": r["target"], "ok": r["ok"], "at": r["at"],
+            "at_unix": r.get("at_unix"),
+            **{k: r.get(k) for k in ("detected_s", "restarted_s", "recovered_s", "resumed_s")},
+            "lost": r["orders"]["lost"], "applied_twice": r["orders"]["applied_twice"]}
+    try:
+        with open(os.path.join(data_dir, DRILLS_FILE), "a") as f:
+            f.write(json.dumps(line) + "\n")
+    except OSError:
+        pass
+
+
 def cmd_drill(a: argparse.Namespace) -> int:
     try:
         report = run(a.data, a.name, a.target, a.rate, a.before, a.after, a.freeze_s,
-                     a.frozen_after, a.timeout)
+                     a.frozen_after, a.timeout, a.full_s)
     except DrillError as exc:
         print(f"seqex drill: {exc}", file=sys.stderr)
         return 2
+    record_outcome(a.data, report)
     print(json.dumps(report, indent=1) if a.json else describe(report), flush=True)
     return 0 if report["ok"] else 1
 
@@ -478,6 +730,8 @@ def register(sub, int_range, seconds) -> None:
     s.add_argument("--before", type=seconds, default=2.0, help="seconds of load before")
     s.add_argument("--after", type=seconds, default=2.0, help="seconds of load after recovery")
     s.add_argument("--freeze-s", type=seconds, default=5.0, help="freeze: how long stopped")
+    s.add_argument("--full-s", type=seconds, default=3.0,
+                   help="disk-full: how long the disk stays full once the replicator says so")
     s.add_argument("--frozen-after", type=seconds, default=3.0,
                    help="freeze: silent this long is FROZEN (as `seqex status`)")
     s.add_argument("--timeout", type=seconds, default=120.0,

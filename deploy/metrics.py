@@ -28,6 +28,7 @@ answering``), the age of its last answer, and its whole PING answer.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -274,6 +275,65 @@ class StatusCollector:
         yield g
 
 
+DRILLS_FILE = "drills.jsonl"   # in the cluster's data directory: one line per `seqex drill`
+DRILL_PHASES = ("detected", "restarted", "recovered", "resumed")
+
+
+class DrillCollector:
+    """Drill outcomes, from the lines `seqex drill` appends to ``<data>/drills.jsonl``: served
+    by every replicator of the cluster (the file is its data directory's parent's), so each
+    host's scrape carries the drills run there. A missing file is no drill yet; a bad line is
+    skipped."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        runs: dict[tuple[str, str], int] = {}
+        last: dict[str, dict] = {}
+        try:
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        d = json.loads(line)
+                        name, ok = str(d["drill"]), bool(d["ok"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    key = (name, "ok" if ok else "failed")
+                    runs[key] = runs.get(key, 0) + 1
+                    last[name] = d
+        except OSError:
+            pass
+        c = CounterMetricFamily("seqex_drills", "`seqex drill` runs by drill and outcome",
+                                labels=["drill", "outcome"])
+        for (name, outcome), n in sorted(runs.items()):
+            c.add_metric([name, outcome], n)
+        yield c
+        ok = GaugeMetricFamily("seqex_drill_last_ok", "1 if the drill's last run passed",
+                               labels=["drill"])
+        at = GaugeMetricFamily("seqex_drill_last_timestamp_seconds", "when the drill last "
+                               "struck (Unix time)", labels=["drill"])
+        secs = GaugeMetricFamily("seqex_drill_last_seconds", "the drill's last run: strike to "
+                                 "detected, restarted, recovered, and first order acknowledged "
+                                 "after it (resumed)", labels=["drill", "phase"])
+        lost = GaugeMetricFamily("seqex_drill_last_orders", "the drill's last run: orders "
+                                 "lost and applied twice (both must be 0)",
+                                 labels=["drill", "what"])
+        for name, d in sorted(last.items()):
+            ok.add_metric([name], 1.0 if d.get("ok") else 0.0)
+            if isinstance(d.get("at_unix"), (int, float)):
+                at.add_metric([name], float(d["at_unix"]))
+            for phase in DRILL_PHASES:
+                v = d.get(f"{phase}_s")
+                if isinstance(v, (int, float)):
+                    secs.add_metric([name, phase], float(v))
+            for what in ("lost", "applied_twice"):
+                if isinstance(d.get(what), int):
+                    lost.add_metric([name, what], float(d[what]))
+        yield from (ok, at, secs, lost)
+
+
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -282,13 +342,15 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def serve(address: str, status_fn: Callable[[], dict | None], process: str, role: str,
-          stream: str = ""):
+          stream: str = "", drills: str | None = None):
     """Serve /metrics on address (HOST:PORT) from a daemon thread; returns (server, thread).
     Only this process's families are served (its own registry: no Python runtime metrics)."""
     from prometheus_client import CollectorRegistry, start_http_server
     host, port = parse_address(address)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status_fn, process, role, stream))
+    if drills:
+        registry.register(DrillCollector(drills))
     return start_http_server(port, addr=host, registry=registry)
 
 
@@ -316,7 +378,10 @@ def start_exporter(address: str, status: Callable[[], dict | None], verb: str, a
     process = os.environ.get(ENV_PROCESS) or getattr(args, "name", None) \
         or getattr(args, "key", None) or verb
     try:
-        serve(address, status, process, verb, stream_of(verb, args))
+        data = getattr(args, "data", None) if verb == "replicator" else None
+        drills = os.path.join(os.path.dirname(os.path.abspath(data)), DRILLS_FILE) if data \
+            else None
+        serve(address, status, process, verb, stream_of(verb, args), drills)
     except (OSError, ValueError) as exc:
         logging.getLogger("seqex.metrics").error("metrics not served on %s: %s", address, exc)
         return False

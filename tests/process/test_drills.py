@@ -9,6 +9,8 @@ line, status 2, and strikes nothing."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -21,6 +23,19 @@ from tests.process.test_cli import one_line_error, seqex
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("drills")
     data = str(tmp / "data")
+    # replicator2's data on a tmpfs of its own, for disk-full (root; else that drill is skipped)
+    disk = os.path.join(data, "replicator2")
+    os.makedirs(disk)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", disk],
+                             capture_output=True, text=True).returncode == 0
+    try:
+        yield from _cluster(tmp, data)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", disk], capture_output=True)
+
+
+def _cluster(tmp, data: str):
     with Group(str(tmp / "logs")) as group:
         up = group.spawn("up", ["up", "--data", data, "--base-port", str(free_port_block(60)),
                                 "--ready-timeout", "180"])
@@ -48,14 +63,19 @@ def check(report: dict) -> None:
     assert o["lost"] == 0 and o["applied_twice"] == 0, report
     assert report["detected_s"] is not None and report["recovered_s"] is not None, report
     assert report["resumed_s"] is not None, report
-    assert len(report["hashes"]) == 4
+    # every stream of the default topology: 2 in.ce, 2 in.te (3 replicas each), in.liq (2)
+    assert len(report["hashes"]) == 5, sorted(report["hashes"])
     for stream, h in report["hashes"].items():
-        assert h["equal"] and len(h["replicas"]) == 3, (stream, h)
+        assert h["equal"] and len(h["replicas"]) == (2 if stream == "in.liq" else 3), (stream, h)
     # every stream rebuilt from seq 1 gives the replicas' hash; every shard's audit balances
     assert set(report["rebuild"]) == set(report["hashes"])
     for stream, rb in report["rebuild"].items():
         assert rb["hash_equal"], (stream, rb)
-        assert rb.get("audit") == ("balanced" if stream.startswith("in.te.") else None), rb
+        assert rb.get("audit") == ("balanced" if stream.startswith(("in.te.", "in.liq"))
+                                   else None), rb
+    # the global audit (`seqex audit`): every engine rebuilt, its books added up
+    a = report["audit"]
+    assert a["ok"] and a["total"] == a["expected"] and not a["errors"], a
     assert report["ok"]
 
 
@@ -65,6 +85,40 @@ def test_drill_kill_hot_ce(cluster):
     r = drill(cluster, "kill-hot-ce")
     assert r["target"] == "ce.BTCUSDT.hot0" and r["action"] == "SIGKILL"
     assert r["restarted_s"] is not None and r["new_pid"] != r["pid"]
+    check(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_drill_kill_all_hot_ce_promotes_the_warm_replica(cluster):
+    r = drill(cluster, "kill-all-hot-ce")
+    assert r["targets"] == ["ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1"], r
+    assert r["action"] == "SIGKILL of every hot replica, then PROMOTE of ce.BTCUSDT.warm0"
+    p = r["promoted"]
+    assert p["name"] == "ce.BTCUSDT.warm0" and "error" not in p, p
+    assert set(r["new_pids"]) == set(r["targets"]), r
+    assert not set(r["new_pids"].values()) & set(r["pids"].values()), r
+    check(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_drill_kill_te_promotes_the_warm_tradingengine(cluster):
+    # the load's account 1 is on shard 1 of 2: its trades go through te1
+    r = drill(cluster, "kill-te")
+    assert r["targets"] == ["te1.hot0", "te1.hot1"] and r["stream"] == "in.te.1", r
+    p = r["promoted"]
+    assert p["name"] == "te1.warm0" and "error" not in p, p
+    assert set(r["new_pids"]) == set(r["targets"]), r
+    check(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_drill_kill_sequencer_a_new_epoch(cluster):
+    r = drill(cluster, "kill-sequencer")
+    assert r["target"] == "sequencer.BTCUSDT" and r["restarted_s"] is not None, r
+    assert r["epoch_after"] > r["epoch_before"], r
     check(r)
 
 
@@ -90,8 +144,44 @@ def test_drill_freeze_is_detected_by_heartbeat(cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_drill_disk_full_on_a_replicator(cluster):
+    if not os.path.ismount(os.path.join(cluster, "replicator2")):
+        pytest.skip("no tmpfs under replicator2 (mounting needs root)")
+    r = drill(cluster, "disk-full", "--full-s", "3")
+    assert r["target"] == "replicator2" and r["action"].startswith("its data directory"), r
+    # it said so (PING disk_full), stayed full 3 s while its peers kept the quorum (the load's
+    # orders were acknowledged all along), and caught up once there was room again
+    assert r["detected_s"] is not None and r["recovered_s"] >= r["detected_s"] + 3, r
+    assert r["restarted_s"] is None
+    check(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_drill_outcomes_are_in_the_replicators_metrics(cluster):
+    from deploy.metrics import DRILLS_FILE, scrape
+    drill(cluster, "kill-hot-ce", "--before", "1", "--after", "1")
+    runs: dict = {}
+    with open(os.path.join(cluster, DRILLS_FILE)) as f:
+        for line in f:
+            d = json.loads(line)
+            key = (d["drill"], "ok" if d["ok"] else "failed")
+            runs[key] = runs.get(key, 0) + 1
+    status = json.loads(seqex("status", "--json", "--data", cluster, timeout=60).stdout)
+    rep = next(p for p in status["processes"] if p["process"] == "replicator0")
+    got = scrape(rep["metrics"])
+    served = {(dict(labels)["drill"], dict(labels)["outcome"]): v
+              for (name, labels), v in got.items() if name == "seqex_drills_total"}
+    assert served == runs and runs[("kill-hot-ce", "ok")] >= 1, (served, runs)
+    assert got[("seqex_drill_last_ok", (("drill", "kill-hot-ce"),))] == 1
+
+
+@pytest.mark.slow
 def test_a_bad_drill_target_is_one_line(cluster):
     assert "not a replicator" in one_line_error(
         seqex("drill", "kill-replicator", "--target", "ce.BTCUSDT.hot0", "--data", cluster))
+    assert "not a TradingEngine replica" in one_line_error(
+        seqex("drill", "kill-te", "--target", "ce.BTCUSDT.warm0", "--data", cluster))
     assert "no process 'nope'" in one_line_error(
         seqex("drill", "freeze", "--target", "nope", "--data", cluster))

@@ -227,3 +227,41 @@ def test_the_three_host_topology_spreads_replicators_and_gives_each_host_its_uni
         assert p.extra["metrics"].startswith(f"{addr[p.host]}:"), p
     counts = {h: len(systemd.units(topo, h, ["seqex"])) - 1 for h in addr}
     assert counts == {"a": 17, "b": 6, "c": 6}     # a: the order path and the LiqEngine
+
+
+def test_drill_outcomes_are_served_from_the_drills_file(tmp_path):
+    from deploy.drill import record_outcome
+    data = tmp_path / "data"
+    data.mkdir()
+    report = {"drill": "kill-te", "target": "te1.hot0, te1.hot1", "ok": True,
+              "at": "2026-01-01T00:00:00.000000Z", "at_unix": 1767225600.0, "detected_s": 0.5,
+              "restarted_s": 0.8, "recovered_s": 5.1, "resumed_s": 0.1,
+              "orders": {"lost": 0, "applied_twice": 0}}
+    record_outcome(str(data), report)
+    record_outcome(str(data), {**report, "ok": False, "recovered_s": None})
+    record_outcome(str(data), {**report, "drill": "freeze"})
+    (data / metrics.DRILLS_FILE).open("a").write("not json\n")
+    port = free_port()
+    # a replicator's exporter serves the drills of its cluster's data directory
+    server, _thread = metrics.serve(f"127.0.0.1:{port}", lambda: None, "replicator0",
+                                    "replicator", "", str(data / metrics.DRILLS_FILE))
+    try:
+        got = metrics.scrape(f"127.0.0.1:{port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert got[("seqex_drills_total", (("drill", "kill-te"), ("outcome", "ok")))] == 1
+    assert got[("seqex_drills_total", (("drill", "kill-te"), ("outcome", "failed")))] == 1
+    assert got[("seqex_drills_total", (("drill", "freeze"), ("outcome", "ok")))] == 1
+    assert got[("seqex_drill_last_ok", (("drill", "kill-te"),))] == 0
+    assert got[("seqex_drill_last_seconds", (("drill", "kill-te"), ("phase", "detected")))] \
+        == 0.5
+    assert ("seqex_drill_last_seconds", (("drill", "kill-te"), ("phase", "recovered"))) \
+        not in got
+    assert got[("seqex_drill_last_orders", (("drill", "freeze"), ("what", "lost")))] == 0
+    assert got[("seqex_drill_last_timestamp_seconds", (("drill", "freeze"),))] == 1767225600.0
+
+
+def test_no_drills_file_is_no_drill_yet(tmp_path):
+    fams = list(metrics.DrillCollector(str(tmp_path / "none.jsonl")).collect())
+    assert [f.name for f in fams][0] == "seqex_drills" and not fams[0].samples
