@@ -32,6 +32,7 @@ LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 HEARTBEAT_MS = 1000
 MAX_PENDING = 64                  # frames a client may send behind its Logon before the answer
+QUEUE_LIMIT = 4                   # × the high-water mark: a request past it is a slow consumer
 SNAPSHOT_PER_FRAME = wire.max_entries(wire.MARKET_DATA_SNAPSHOT)
 STREAM_BOOK, STREAM_TRADES = 1, 2
 _SIDE = {BID: wire.MD_ENTRY_BID, ASK: wire.MD_ENTRY_OFFER}
@@ -137,6 +138,8 @@ class FeedConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        if not self.stale_since:          # past the mark for the stale limit: Logout(7)
+            self.stale_since = time.monotonic()
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -312,6 +315,12 @@ class BinaryFeed:
         if reject is not None:
             conn.write(wire.encode(wire.MARKET_DATA_REQUEST_REJECT, m.MDReqID, m.SecurityID,
                                    reject))
+            return
+        if m.SubscriptionRequestType != wire.SUBSCRIPTION_UNSUBSCRIBE and \
+                conn.transport.get_write_buffer_size() > QUEUE_LIMIT * self.high_water:
+            # snapshots asked for and never read: queueing more would grow without bound
+            self.stats["slow_logouts"] += 1
+            conn.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer", abort=True)
             return
         streams = m.Streams & 3 or 3
         for sid in sids:

@@ -224,6 +224,8 @@ class WsFeed:
             limit = int(q.get("limit", "0"))
         except ValueError:
             return self._json(400, {"code": -1100, "msg": "limit must be an integer"})
+        if limit < 0:
+            return self._json(400, {"code": -1100, "msg": "limit must not be negative"})
         what = url.path[len("/api/v1/"):]
         if what == "depth":
             return self._json(200, v.depth(limit))
@@ -252,8 +254,14 @@ class WsFeed:
                 try:
                     req = json.loads(msg)
                     method, params, rid = req["method"], req.get("params", []), req.get("id")
-                except (ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError, AttributeError):
                     await conn.send(_dumps({"error": {"code": 2, "msg": "Invalid JSON"}}))
+                    continue
+                if not isinstance(method, str) or not isinstance(params, list) or \
+                        not all(isinstance(n, str) for n in params):
+                    await conn.send(_dumps({"error": {
+                        "code": 2, "msg": "method must be a string, params a list of names"},
+                        "id": rid if isinstance(rid, (int, str)) or rid is None else None}))
                     continue
                 if method == "SUBSCRIBE":
                     bad = self._subscribe(conn, list(params))

@@ -1,0 +1,108 @@
+"""Market data attacked from outside, over 127.0.0.1: a client written from PROTOCOL.md §6
+alone, requests that never read their answers, malformed WebSocket requests and REST queries.
+Each attack gets a reject, a Logout or a bounded cost, never a crash or a growing buffer."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import urllib.error
+import urllib.request
+
+from websockets.asyncio.client import connect
+
+from gateway import wire
+from gateway.marketdata.publisher import Publisher
+from tests.mdload import LocalEngine
+
+T0 = 1_800_000_000 * 10 ** 9
+CONF = {"feed": "127.0.0.1:0", "http": "127.0.0.1:0", "replicators": [],
+        "symbols": [{"symbol": "BTCUSDT", "symbol_id": 1, "tick": "0.5", "lot": "0.001"}]}
+
+
+async def _publisher_with_book(n: int = 400) -> Publisher:
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    e = LocalEngine(seed=3, keep_books=False)
+    for i in range(n):
+        pub.apply("BTCUSDT", *e.step(T0 + i * 10 ** 6))
+    return pub
+
+
+def test_snapshot_requests_that_are_never_read_do_not_grow_the_buffer_without_bound():
+    """A client that sends snapshot-only requests ('0') and never reads: the publisher must
+    not queue snapshot after snapshot (its memory would grow with the requests); past the
+    high-water mark it is a slow consumer, Logout(7) and closed."""
+    async def run():
+        pub = await _publisher_with_book(3000)
+        pub.binary.high_water, pub.binary.low_water = 64 << 10, 16 << 10
+        try:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", pub.feed_port))
+            r, w = await asyncio.open_connection(sock=sock)
+            w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"x", b"y"))
+            await r.readexactly(52)              # LogonAck; nothing is read after it
+            req = wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"0", 0, 3)
+            peak = 0
+            for _ in range(200):
+                w.write(req * 20)
+                await w.drain()
+                await asyncio.sleep(0)
+                conns = list(pub.binary.conns)
+                if not conns:
+                    break
+                peak = max(peak, conns[0].transport.get_write_buffer_size())
+            assert peak <= 8 * pub.binary.high_water, f"{peak} bytes queued"
+            w.close()
+        finally:
+            await pub.close()
+    asyncio.run(run())
+
+
+def _get(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_rest_limits_that_are_not_positive_counts_are_refused():
+    async def run():
+        pub = await _publisher_with_book()
+        try:
+            port = pub.http_port
+            for what in ("depth", "trades", "klines"):
+                code, body = await asyncio.to_thread(_get, port,
+                                                     f"/api/v1/{what}?symbol=BTCUSDT&limit=-3")
+                assert code == 400 and "limit" in body["msg"], (what, code, body)
+            code, body = await asyncio.to_thread(_get, port,
+                                                 "/api/v1/trades?symbol=BTCUSDT&limit=2")
+            assert code == 200 and len(body) == 2
+        finally:
+            await pub.close()
+    asyncio.run(run())
+
+
+def test_malformed_websocket_requests_get_an_error_and_the_connection_goes_on():
+    async def run():
+        pub = await _publisher_with_book(50)
+        try:
+            ws = await connect(f"ws://127.0.0.1:{pub.http_port}/ws")
+            for i, req in enumerate([
+                    {"method": "SUBSCRIBE", "params": 5, "id": 1},
+                    {"method": "SUBSCRIBE", "params": [["depth@BTCUSDT"]], "id": 2},
+                    {"method": "UNSUBSCRIBE", "params": [{"a": 1}], "id": 3},
+                    {"method": "SUBSCRIBE", "params": "depth@BTCUSDT", "id": 4},
+                    {"method": ["SUBSCRIBE"], "params": [], "id": 5},
+                    [1, 2], "x", 7]):
+                await ws.send(json.dumps(req))
+                got = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert "error" in got, (req, got)
+            await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 9}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"result": [], "id": 9}
+            await ws.close()
+        finally:
+            await pub.close()
+    asyncio.run(run())
