@@ -31,6 +31,7 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 HEARTBEAT_MS = 1000
+LOGON_TIMEOUT_S = 10.0            # a connection must be logged on within this
 MAX_PENDING = 64                  # frames a client may send behind its Logon before the answer
 QUEUE_LIMIT = 4                   # × the high-water mark: a request past it is a slow consumer
 SNAPSHOT_PER_FRAME = wire.max_entries(wire.MARKET_DATA_SNAPSHOT)
@@ -131,6 +132,13 @@ class FeedConnection(asyncio.Protocol):
             except OSError:
                 pass
         self.server.conns.add(self)
+        # a connection that does not log on in time is closed (idle sockets are not free)
+        asyncio.get_running_loop().call_later(self.server.logon_timeout_s, self.logon_deadline)
+
+    def logon_deadline(self) -> None:
+        if not self.closed and not self.logged_on:
+            self.server.stats["logon_timeouts"] += 1
+            self.logout(wire.LOGOUT_PROTOCOL_ERROR, "no logon in time", abort=True)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -267,8 +275,9 @@ class BinaryFeed:
         self.server: asyncio.base_events.Server | None = None
         self.high_water, self.low_water = HIGH_WATER, LOW_WATER
         self.stale_limit_s = STALE_LIMIT_S
+        self.logon_timeout_s = LOGON_TIMEOUT_S
         self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0,
-                      "auth_failures": 0}
+                      "auth_failures": 0, "logon_timeouts": 0}
 
     def current_accounts(self):
         """The accounts file, re-read when it changed (users added while the feed runs can log

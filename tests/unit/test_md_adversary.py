@@ -106,3 +106,27 @@ def test_malformed_websocket_requests_get_an_error_and_the_connection_goes_on():
         finally:
             await pub.close()
     asyncio.run(run())
+
+
+def test_a_connection_that_never_logs_on_is_closed():
+    """An idle socket (or a slowloris sending half a Logon) is logged out after the logon
+    timeout; the feed goes on for the others."""
+    import asyncio
+
+    from gateway.marketdata.publisher import Publisher
+    from tests.unit.test_md_feeds import CONF
+
+    async def run():
+        pub = Publisher(CONF)
+        pub.binary.logon_timeout_s = 0.5
+        await pub.start(follow=False)
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+            w.write(b"\x50\x00\xeb")          # three bytes of a frame, then nothing
+            data = await asyncio.wait_for(r.read(), 20)
+            return data, pub.binary.stats["logon_timeouts"]
+        finally:
+            await pub.close()
+    data, timeouts = asyncio.run(run())
+    assert int.from_bytes(data[6:8], "little") == 4 and data[12] == 2   # Logout(2)
+    assert timeouts == 1
