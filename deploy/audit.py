@@ -211,6 +211,11 @@ def render(r: Report) -> list[str]:
         lines.append("  balanced: the sum equals deposits minus withdrawals to the minor unit")
     elif r.total != r.expected:
         lines.append(f"  UNBALANCED by {usdt(r.total - r.expected)} USDT")
+        for e in r.engines:
+            if e.total() != e.deposits:
+                lines.append(f"  {e.name} ({e.stream}): its books {usdt(e.total())} vs its "
+                             f"deposits {usdt(e.deposits)} USDT (off by "
+                             f"{usdt(e.total() - e.deposits)})")
     return lines
 
 

@@ -309,10 +309,12 @@ def epoch_runs(const unsigned char[::1] buf):
 
 cdef inline bint _takes(const unsigned char* rec, const unsigned char* kinds,
                         uint64_t route_mask) noexcept:
-    """Whether rebase() takes the (validated) record at `rec`: not a Tick, its kind in the
-    8,192-byte bitmap `kinds` (NULL: every kind), its route matching the mask (0: any)."""
+    """Whether rebase() takes the (validated) record at `rec`: not a Tick (kind 1 with an empty
+    payload: an engine's output record of a Tick that carries events keeps kind 1 and is taken),
+    its kind in the 8,192-byte bitmap `kinds` (NULL: every kind), its route matching the mask
+    (0: any)."""
     cdef uint16_t kind = rd16(rec + 32)
-    if kind == K_TICK:
+    if kind == K_TICK and rd32(rec + 34) == 0:
         return False
     if route_mask and not (rd64(rec + 38) & route_mask):
         return False
@@ -324,7 +326,7 @@ def rebase(const unsigned char[::1] buf, uint32_t source, const unsigned char[::
     """Records of a sequenced frame from another stream, as a producer batch of `source`:
     source_seq = their seq in that stream (so the position there is the dedup state),
     seq/ts/epoch cleared, kind, route and payload kept. `kinds` is a bitmap of 8,192 bytes
-    (bit k set: take kind k) or empty (take every kind except Ticks). `route_mask` 0 takes
+    (bit k set: take kind k) or empty (take every kind except Ticks: kind 1 with no payload). `route_mask` 0 takes
     every route; otherwise a record is taken only if `route & route_mask != 0`."""
     cdef Py_ssize_t n = buf.shape[0], off = 0, nxt, total = 0, w = 0
     cdef const unsigned char* p

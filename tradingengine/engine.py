@@ -561,11 +561,12 @@ class TradingEngine:
         if source in self._liq_src:
             # a LiqEngine output payload, whatever the record's kind (a Tick there may carry ADLs)
             self._liq_apply(payload)
+        elif source in self._ce_src:
+            # the CrossEngine output of that source's symbol, whatever the record's kind (its
+            # output of a Tick keeps kind 1: the fills of the LiqEngine's orders sent on a Tick)
+            self._ce_apply(self._ce_src[source], payload, 0)
         elif kind == c.KIND_TICK:
             pass
-        elif source in self._ce_src:
-            # the CrossEngine output of that source's symbol, whatever the record's kind
-            self._ce_apply(self._ce_src[source], payload, 0)
         elif handler is not None:
             size = _SIZES[kind]
             if len(payload) != size and (kind != c.CE_EVENTS or len(payload) < size):

@@ -146,6 +146,9 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
         (["status", "--data", missing], {"SEQEX_LOG": "loud"}, "SEQEX_LOG must be"),
         (["status", "--data", missing], {}, "not up"),
         (["down", "--data", missing], {}, "not up"),
+        (["audit", "--data", missing], {}, "not up"),
+        (["audit", "--data", fake], {}, "has no order path to audit"),
+        (["audit", "--data", fake, "--every", "0"], {}, "--every"),
         (["tail", "in.ce.BTCUSDT", "--data", missing], {}, "not up"),
         (["replay", "in.ce.BTCUSDT", "--data", missing], {}, "not up"),
         (["replay", "in.ce.BTCUSDT", "--rebuild", "--data", missing], {},
@@ -228,7 +231,7 @@ def test_every_verb_refuses_bad_input_with_one_line_and_status_2(tmp_path):
     assert not failures, "\n".join(failures)
     verbs = {next((a for a in c[0] if not a.startswith("--")), "") for c in cases}
     assert verbs >= {"replicator", "sequencer", "replica", "mirror", "tail", "replay", "ping",
-                     "stop", "up", "down", "status", "submit", "produce", "demo"}
+                     "stop", "up", "down", "status", "submit", "produce", "demo", "audit"}
 
 
 # -- one cluster --------------------------------------------------------------------------------

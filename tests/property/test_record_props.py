@@ -82,9 +82,11 @@ def upstream_frames(draw):
 @given(upstream_frames(), st.lists(some_kinds, max_size=3), small_routes,
        st.integers(1, 2**32 - 1))
 @example([(1, 1, 1, 1, 1, 16, b"a", 0), (2, 1, 1, 2, 1, 16, b"b", 2**63)], [], 2**63, 7)
+@example([(1, 1, 0, 0, 1, KIND_TICK, b"", 0), (2, 1, 0, 0, 1, KIND_TICK, b"ev", 2**63)], [],
+         2**63, 7)
 def test_rebase_takes_exactly_the_records_whose_kind_and_route_pass(recs, kinds, mask, source):
     batch = rebase(encode(recs), source, kinds_bitmap(kinds), mask)
-    want = [r for r in recs if r[5] != KIND_TICK and (not kinds or r[5] in kinds)
+    want = [r for r in recs if (r[5] != KIND_TICK or r[6]) and (not kinds or r[5] in kinds)
             and (mask == 0 or r[7] & mask)]
     got = records(batch)
     # source_seq = the seq upstream; seq, ts and epoch cleared; kind, payload, route kept

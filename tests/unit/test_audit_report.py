@@ -1,0 +1,70 @@
+"""`seqex audit`'s report (deploy/audit.py render): balanced, and a failure that names the
+engine, the seq and the accounts whose books are off."""
+from __future__ import annotations
+
+import json
+
+from deploy import audit
+from tests.liqcascade import RoutedVenue
+from tests.tradingvenue import spec
+from tradingengine import codec as tc
+
+
+def _venue() -> RoutedVenue:
+    v = RoutedVenue([spec(1, value=10)], n_shards=2)
+    v.deposit(1, 10**12, 1)
+    v.deposit(2, 10**12, 2)
+    v.fund_deposit(3, 5 * 10**8)
+    v.mark(1, 10_000)
+    v.order(1, 10, 1, tc.SELL, 10_000, 5)
+    v.order(2, 11, 1, tc.BUY, 10_000, 5)
+    v.run()
+    return v
+
+
+def _report(v: RoutedVenue, errors: dict | None = None) -> audit.Report:
+    books = v.books()
+    for b in books:
+        b.records = 7
+        b.error = (errors or {}).get(b.name, "")
+    return audit.Report(books, 0.25)
+
+
+def test_a_balanced_report_says_so_in_text_and_json():
+    r = _report(_venue())
+    assert r.ok and r.total == r.expected == 2 * 10**12 + 5 * 10**8
+    lines = audit.render(r)
+    assert lines[-1].endswith("balanced: the sum equals deposits minus withdrawals to the "
+                              "minor unit")
+    assert not any("FAILED" in x or "UNBALANCED" in x for x in lines)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["ok"] and d["clearing_net"] == {} and [e["name"] for e in d["engines"]] == \
+        ["in.te.0", "in.te.1", "liq"]
+
+
+def test_a_doctored_account_is_named_with_its_engine_and_seq():
+    v = _venue()
+    te = v.te[1].engine
+    te.accounts[1].balance += 123        # a minor unit from nowhere
+    try:
+        te.audit()
+    except Exception as exc:              # EngineHalted: the engine's own report
+        error = f"in.te.1 at seq {te.seq}: {exc}"
+    else:
+        raise AssertionError("the doctored shard's audit passed")
+    r = _report(v, {"in.te.1": error})
+    assert not r.ok
+    text = "\n".join(audit.render(r))
+    assert "in.te.1: FAILED in.te.1 at seq" in text
+    assert "accounts whose balance is not their ledger: [1]" in text
+    assert "account 1: balance" in text
+    assert "UNBALANCED by" in text
+    assert "in.te.1 (in.te.1): its books" in text
+    assert not r.to_dict()["ok"]
+
+
+def test_clearing_in_flight_is_named_as_such():
+    v = _venue()
+    v.te[0].engine.clearing.positions[1].size += 1   # as if a trade had not reached shard 0
+    text = "\n".join(audit.render(_report(v)))
+    assert "clearing positions between engines do not net to zero" in text and "{1: " in text
