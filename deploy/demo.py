@@ -264,7 +264,8 @@ class Dashboard:
     async def run(self) -> None:
         from rich.live import Live
         self.thread.start()
-        with Live(self.render(), refresh_per_second=2, screen=False) as live:
+        # the terminal's own screen: the figures stay at the top whatever the window's height
+        with Live(self.render(), refresh_per_second=2, screen=True) as live:
             while self.robot.running:
                 live.update(self.render())
                 await asyncio.sleep(0.5)

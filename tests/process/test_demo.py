@@ -35,7 +35,8 @@ def test_the_dashboard_moves_while_the_robot_trades(tmp_path):
     data = str(tmp_path / "data")
     session = f"seqex-demo-{os.getpid()}"
     port = free_port_block(60)
-    cmd = (f"cd {REPO} && {sys.executable} -m deploy.cli demo --data {data} --base-port {port} "
+    # the pane's size, not a COLUMNS/LINES inherited from whoever runs the tests
+    cmd = (f"cd {REPO} && env -u COLUMNS -u LINES {sys.executable} -m deploy.cli demo --data {data} --base-port {port} "
            f"--seconds 240 --rate 100 --users 8; sleep 600")
     tmux("new-session", "-d", "-s", session, "-x", "200", "-y", "90", cmd, check=True)
     tmux("resize-window", "-t", session, "-x", "200", "-y", "90")
