@@ -45,8 +45,10 @@ def test_the_dashboard_moves_while_the_robot_trades(tmp_path):
             m = TOTALS.search(capture(session))
             return m and tuple(int(x) for x in m.groups())
         try:
-            first = wait_until(lambda: (t := totals()) and t[1] > 0 and t, 420,
-                               "the dashboard's first acknowledgements")
+            # the first acknowledgements, and the process table (probed in the background)
+            first = wait_until(lambda: (t := totals()) and t[1] > 0 and
+                               "gateway0" in capture(session) and t, 420,
+                               "the dashboard's first acknowledgements and its process table")
         except TimeoutError:
             log = os.path.join(data, "up.log")
             up = open(log).read()[-3000:] if os.path.exists(log) else "(no up.log)"
