@@ -101,7 +101,7 @@ def test_sigkill_of_the_hot_liqengine_mid_cascade(tmp_path):
                     prods[shards[account % 2]["in"]].submit(kind, [payload], block_s=60)
 
                 def mark(price: int) -> None:
-                    for name, p in prods.items():
+                    for p in prods.values():
                         p.submit(tc.MARK_PRICE, [tc.mark_price(1, price)], block_s=60)
 
                 tid = 1
@@ -173,6 +173,11 @@ def test_sigkill_of_the_hot_liqengine_mid_cascade(tmp_path):
             finally:
                 print(f"in.liq {state.get('ins')} records, out.liq {len(state.get('got', []))}, "
                       f"close-outs open {len(state['eng'].closeouts) if 'eng' in state else '?'}")
+                for co in (state["eng"].closeouts.values() if "eng" in state else ()):
+                    print(f"  close-out {co.cid}: account {co.account} shard {co.shard} qty "
+                          f"{co.qty} side {co.side} bp {co.bp} phase {co.phase} coid {co.coid} "
+                          f"order {co.order_id} deadline {co.deadline} unassigned "
+                          f"{co.unassigned} in Adls {co.adl_out}")
             got, want = state["got"], state["want"]
             assert [(r[0], bytes(r[6]), r[7]) for r in got] == \
                 [(r[0], bytes(r[6]), r[7]) for r in want[:len(got)]]
