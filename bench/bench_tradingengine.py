@@ -42,12 +42,13 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import msgpack
 import os
 import random
 import statistics
 import sys
 import time
+
+import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -106,8 +106,8 @@ def _check_outcome(v: RoutedVenue, s, fund0: int) -> dict:
     liq = v.liq.engine
     # every position left is above maintenance at the last mark
     mark = liq.marks[1]
-    for st in v.te:
-        for acct in st.engine.accounts.values():
+    for shard in v.te:
+        for acct in shard.engine.accounts.values():
             pos = acct.positions.get(1)
             if pos is not None and pos.size and not acct.orders:
                 equity = acct.balance + pos.size * mark * s.value - pos.cost

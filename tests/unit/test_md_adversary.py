@@ -90,7 +90,7 @@ def test_malformed_websocket_requests_get_an_error_and_the_connection_goes_on():
         pub = await _publisher_with_book(50)
         try:
             ws = await connect(f"ws://127.0.0.1:{pub.http_port}/ws")
-            for i, req in enumerate([
+            for _i, req in enumerate([
                     {"method": "SUBSCRIBE", "params": 5, "id": 1},
                     {"method": "SUBSCRIBE", "params": [["depth@BTCUSDT"]], "id": 2},
                     {"method": "UNSUBSCRIBE", "params": [{"a": 1}], "id": 3},
