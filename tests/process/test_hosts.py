@@ -78,7 +78,7 @@ def test_three_hosts_trade_on_after_one_host_is_lost(tmp_path):
         st = wait_until(lambda: (s := _status(data["a"]))["up"] == s["total"] and s, 120,
                         "every process of the three hosts answering")
         by_host = {h: [p for p in st["processes"] if p["host"] == h] for h in HOSTS}
-        assert [len(by_host[h]) for h in HOSTS] == [13, 6, 6]
+        assert [len(by_host[h]) for h in HOSTS] == [17, 6, 6]     # a: the order path and the LiqEngine
         addr = {"a": "127.0.0.2", "b": "127.0.0.3", "c": "127.0.0.4"}
         for h in HOSTS:
             for p in by_host[h]:
