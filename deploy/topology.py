@@ -613,35 +613,16 @@ def plan(conf: dict, data_dir: str | None = None, base_port: int | None = None) 
     for s in conf["symbols"]:
         sym, host = s["name"], s["host"]
         in_stream, out_stream = f"in.ce.{sym}", f"out.ce.{sym}"
-        prod, pub = addr(host), addr(host)
-        procs.append(ProcSpec(f"sequencer.{sym}", "sequencer", host, [
-            "sequencer", "--stream", in_stream, "--producers", prod, "--pub", pub,
-            "--policy", s["in_policy"], "--tick-ms", str(tick_ms), *rep_args],
-            prod, in_stream))
-        m_in, m_pub = addr(host), addr(host)
-        out_policy = s["out_policy"]
-        procs.append(ProcSpec(f"mirror.{sym}", "mirror", host, [
-            "mirror", "--stream", out_stream, "--inputs", m_in, "--pub", m_pub,
-            "--policy", out_policy, *(rep_args if out_policy != "none" else [])],
-            m_in, out_stream))
         # The engine counts in ticks and lots; the decimal sizes live at the edge.
         engine = {"symbol_id": s["symbol_id"], "tick_size": 1, "min_qty": s["min_qty"],
                   "max_qty": s["max_qty"]}
-        snaps = os.path.join(root, "snapshots", sym)
-        names = [f"hot{i}" for i in range(s["hot"])] + [f"warm{i}" for i in range(s["warm"])]
-        shared = "warm0" if s["warm"] else "hot0"
-        for n in names:
-            control = addr(host)
-            cpu = cores[core_i % len(cores)]
-            core_i += 1
-            role = "hot" if n.startswith("hot") else "warm"
-            procs.append(ProcSpec(f"ce.{sym}.{n}", f"replica-{role}", host, [
-                "replica", "--name", f"ce.{sym}.{n}", "--engine", "crossengine",
-                "--engine-config", json.dumps(engine), "--stream", in_stream, "--pub", pub,
-                *rep_args, "--control", control, "--role", role, "--mirror", m_in,
-                "--snapshots", os.path.join(snaps, n), "--shared-snapshots",
-                os.path.join(snaps, shared), "--snapshot-every",
-                str(s["snapshot_every"])], control, in_stream, cpu))
+        prod, pub, _m_in, m_pub, core_i = _engine_streams(
+            procs, addr, tag=sym, replica=f"ce.{sym}", engine_name="crossengine",
+            engine=engine, host=host, in_stream=in_stream, out_stream=out_stream,
+            in_policy=s["in_policy"], out_policy=s["out_policy"], tick_ms=tick_ms,
+            rep_args=rep_args, ups=[], hot=s["hot"], warm=s["warm"],
+            snaps=os.path.join(root, "snapshots", sym), snapshot_every=s["snapshot_every"],
+            cores=cores, core_i=core_i)
         symbols[sym] = {"in": in_stream, "out": out_stream, "producers": prod, "pub": pub,
                         "out_pub": m_pub, "engine": engine, "symbol_id": s["symbol_id"],
                         "tick_size": s["tick_size"], "lot_size": s["lot_size"],
@@ -652,6 +633,40 @@ def plan(conf: dict, data_dir: str | None = None, base_port: int | None = None) 
     if conf.get("marketdata"):
         _plan_marketdata(conf, topo, addr, rep_addrs)
     return _with_metrics(topo)
+
+
+def _engine_streams(procs: list, addr, *, tag: str, replica: str, engine_name: str,
+                    engine: dict, host: str, in_stream: str, out_stream: str,
+                    in_policy: str, out_policy: str, tick_ms: int, rep_args: list[str],
+                    ups: list[str], hot: int, warm: int, snaps: str, snapshot_every: int,
+                    cores: list[int], core_i: int) -> tuple[str, str, str, str, int]:
+    """One engine's stream pair: the sequencer of ``in_stream`` (named ``sequencer.TAG``, with
+    its upstreams), the mirror of ``out_stream`` and the hot and warm replicas
+    (``REPLICA.hotI``, ``REPLICA.warmI``), ports given out in that order. Returns the
+    sequencer's producer and pub endpoints, the mirror's inputs and pub, and the next core."""
+    prod, pub = addr(host), addr(host)
+    procs.append(ProcSpec(f"sequencer.{tag}", "sequencer", host, [
+        "sequencer", "--stream", in_stream, "--producers", prod, "--pub", pub,
+        "--policy", in_policy, "--tick-ms", str(tick_ms), *rep_args, *ups], prod, in_stream))
+    m_in, m_pub = addr(host), addr(host)
+    procs.append(ProcSpec(f"mirror.{tag}", "mirror", host, [
+        "mirror", "--stream", out_stream, "--inputs", m_in, "--pub", m_pub,
+        "--policy", out_policy, *(rep_args if out_policy != "none" else [])],
+        m_in, out_stream))
+    names = [f"hot{i}" for i in range(hot)] + [f"warm{i}" for i in range(warm)]
+    shared = "warm0" if warm else "hot0"
+    for name in names:
+        control = addr(host)
+        role = "hot" if name.startswith("hot") else "warm"
+        procs.append(ProcSpec(f"{replica}.{name}", f"replica-{role}", host, [
+            "replica", "--name", f"{replica}.{name}", "--engine", engine_name,
+            "--engine-config", json.dumps(engine), "--stream", in_stream, "--pub", pub,
+            *rep_args, "--control", control, "--role", role, "--mirror", m_in,
+            "--snapshots", os.path.join(snaps, name), "--shared-snapshots",
+            os.path.join(snaps, shared), "--snapshot-every", str(snapshot_every)],
+            control, in_stream, cores[core_i % len(cores)]))
+        core_i += 1
+    return prod, pub, m_in, m_pub, core_i
 
 
 def _with_metrics(topo: Topology) -> Topology:
@@ -699,37 +714,20 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
     shards = []
     for n in range(n_shards):
         in_stream, out_stream = f"in.te.{n}", f"out.te.{n}"
-        prod, pub = addr(host), addr(host)
         ups = []
         for st in topo.symbols.values():
             ups += ["--upstream", f"stream={st['out']},source={SRC_CE_OUT | st['symbol_id']},"
                                   f"pub={st['out_pub']},replicators={reps},route={1 << n:#x}"]
-        topo.procs.append(ProcSpec(f"sequencer.te{n}", "sequencer", host, [
-            "sequencer", "--stream", in_stream, "--producers", prod, "--pub", pub,
-            "--policy", t["in_policy"], "--tick-ms", str(conf["tick_ms"]), *rep_args, *ups],
-            prod, in_stream))
-        m_in, m_pub = addr(host), addr(host)
-        topo.procs.append(ProcSpec(f"mirror.te{n}", "mirror", host, [
-            "mirror", "--stream", out_stream, "--inputs", m_in, "--pub", m_pub,
-            "--policy", t["out_policy"], *(rep_args if t["out_policy"] != "none" else [])],
-            m_in, out_stream))
         engine = {"specs": engine_specs, "shard": n, "n_shards": n_shards,
                   "ce_sources": ce_sources, "oracle_sources": oracle_sources,
                   "gateway_sources": gateway_sources}
-        snaps = os.path.join(root, "snapshots", f"te{n}")
-        names = [f"hot{i}" for i in range(t["hot"])] + [f"warm{i}" for i in range(t["warm"])]
-        shared = "warm0" if t["warm"] else "hot0"
-        for name in names:
-            control = addr(host)
-            role = "hot" if name.startswith("hot") else "warm"
-            topo.procs.append(ProcSpec(f"te{n}.{name}", f"replica-{role}", host, [
-                "replica", "--name", f"te{n}.{name}", "--engine", "tradingengine",
-                "--engine-config", json.dumps(engine), "--stream", in_stream, "--pub", pub,
-                *rep_args, "--control", control, "--role", role, "--mirror", m_in,
-                "--snapshots", os.path.join(snaps, name), "--shared-snapshots",
-                os.path.join(snaps, shared), "--snapshot-every", str(t["snapshot_every"])],
-                control, in_stream, cores[core_i % len(cores)]))
-            core_i += 1
+        prod, pub, _m_in, m_pub, core_i = _engine_streams(
+            topo.procs, addr, tag=f"te{n}", replica=f"te{n}", engine_name="tradingengine",
+            engine=engine, host=host, in_stream=in_stream, out_stream=out_stream,
+            in_policy=t["in_policy"], out_policy=t["out_policy"], tick_ms=conf["tick_ms"],
+            rep_args=rep_args, ups=ups, hot=t["hot"], warm=t["warm"],
+            snaps=os.path.join(root, "snapshots", f"te{n}"),
+            snapshot_every=t["snapshot_every"], cores=cores, core_i=core_i)
         shards.append({"shard": n, "in": in_stream, "out": out_stream, "producers": prod,
                        "pub": pub, "out_pub": m_pub, "replicators": list(rep_addrs)})
     # Each CrossEngine takes the commands of every shard for its symbol, and is told the shards.
@@ -801,7 +799,6 @@ def _plan_liq(conf: dict, topo: Topology, addr, rep_args: list[str], reps: str,
     t = conf["trading"]
     host, root = t["host"], topo.data_dir
     in_stream, out_stream = "in.liq", "out.liq"
-    prod, pub, m_in, m_pub = addr(host), addr(host), addr(host), addr(host)
     ups = []
     for sh in shards:
         ups += ["--upstream", f"stream={sh['out']},source={SRC_TE_TO_LIQ | sh['shard']},"
@@ -809,33 +806,17 @@ def _plan_liq(conf: dict, topo: Topology, addr, rep_args: list[str], reps: str,
     for st in topo.symbols.values():
         ups += ["--upstream", f"stream={st['out']},source={SRC_CE_TO_LIQ | st['symbol_id']},"
                               f"pub={st['out_pub']},replicators={reps},route={LIQ_ROUTE:#x}"]
-    topo.procs.append(ProcSpec("sequencer.liq", "sequencer", host, [
-        "sequencer", "--stream", in_stream, "--producers", prod, "--pub", pub,
-        "--policy", t["in_policy"], "--tick-ms", str(conf["tick_ms"]), *rep_args, *ups],
-        prod, in_stream))
-    topo.procs.append(ProcSpec("mirror.liq", "mirror", host, [
-        "mirror", "--stream", out_stream, "--inputs", m_in, "--pub", m_pub,
-        "--policy", t["out_policy"], *(rep_args if t["out_policy"] != "none" else [])],
-        m_in, out_stream))
     engine = {"specs": engine_specs, "n_shards": len(shards),
               "te_sources": {str(SRC_TE_TO_LIQ | sh["shard"]): sh["shard"] for sh in shards},
               "ce_sources": {str(SRC_CE_TO_LIQ | st["symbol_id"]): st["symbol_id"]
                              for st in topo.symbols.values()},
               "oracle_sources": oracle_sources}
-    snaps = os.path.join(root, "snapshots", "liq")
-    names = [f"hot{i}" for i in range(t["liq_hot"])] + [f"warm{i}" for i in range(t["liq_warm"])]
-    shared = "warm0" if t["liq_warm"] else "hot0"
-    for name in names:
-        control = addr(host)
-        role = "hot" if name.startswith("hot") else "warm"
-        topo.procs.append(ProcSpec(f"liq.{name}", f"replica-{role}", host, [
-            "replica", "--name", f"liq.{name}", "--engine", "liqengine",
-            "--engine-config", json.dumps(engine), "--stream", in_stream, "--pub", pub,
-            *rep_args, "--control", control, "--role", role, "--mirror", m_in,
-            "--snapshots", os.path.join(snaps, name), "--shared-snapshots",
-            os.path.join(snaps, shared), "--snapshot-every", str(t["snapshot_every"])],
-            control, in_stream, cores[core_i % len(cores)]))
-        core_i += 1
+    prod, pub, m_in, m_pub, core_i = _engine_streams(
+        topo.procs, addr, tag="liq", replica="liq", engine_name="liqengine", engine=engine,
+        host=host, in_stream=in_stream, out_stream=out_stream, in_policy=t["in_policy"],
+        out_policy=t["out_policy"], tick_ms=conf["tick_ms"], rep_args=rep_args, ups=ups,
+        hot=t["liq_hot"], warm=t["liq_warm"], snaps=os.path.join(root, "snapshots", "liq"),
+        snapshot_every=t["snapshot_every"], cores=cores, core_i=core_i)
     # out.liq back into the engines: closing orders by symbol bit, ADL by shard bit.
     for sym, st in topo.symbols.items():
         topo.by_name(f"sequencer.{sym}").args += [
