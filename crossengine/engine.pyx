@@ -787,6 +787,12 @@ cdef class CrossEngine:
         cdef int32_t lv = self._find_level(s, self.orders[i].price)
         if lv < 0:
             lv = self._new_level(s, self.orders[i].price)
+        self._append(i, lv)
+        self._touch(lv)
+        return 0
+
+    cdef inline void _append(self, int32_t i, int32_t lv) noexcept:
+        """Order i, live, at the tail of level lv (the book's FIFO; restore builds it so too)."""
         cdef Order* o = &self.orders[i]
         cdef Level* L = &self.levels[lv]
         o.level = lv
@@ -800,8 +806,6 @@ cdef class CrossEngine:
         L.total += o.leaves
         L.count += 1
         o.live = 1
-        self._touch(lv)
-        return 0
 
     cdef int _book_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
@@ -1631,7 +1635,6 @@ cdef class CrossEngine:
         cdef int32_t i, lv = -1, j
         cdef int s
         cdef Order* o
-        cdef Level* L
         cdef const unsigned char* p = &view[0]
         cdef IdIdx* ids = <IdIdx*>malloc(max(1, n) * sizeof(IdIdx))
         # the levels of each side in snapshot order (best first)
@@ -1666,18 +1669,7 @@ cdef class CrossEngine:
                     lv = eng._alloc_level(s, o.price)
                     side_lv[n_lv[0] + n_lv[1]] = lv
                     n_lv[s] += 1
-                L = &eng.levels[lv]
-                o.level = lv
-                o.prev = L.tail
-                o.next = -1
-                if L.tail >= 0:
-                    eng.orders[L.tail].next = i
-                else:
-                    L.head = i
-                L.tail = i
-                L.total += o.leaves
-                L.count += 1
-                o.live = 1
+                eng._append(i, lv)
                 ids[k].order_id = o.order_id
                 ids[k].idx = i
                 off += SNAP_ORDER
