@@ -1067,19 +1067,8 @@ def parse_settings(doc) -> Settings:
 
 def read_settings(text: str) -> Settings:
     """--config: a JSON object, or the path of a file holding one."""
-    import json
-    src = text
-    if not text.lstrip().startswith("{"):
-        try:
-            with open(text, encoding="utf-8") as f:
-                src = f.read()
-        except OSError as exc:
-            raise ValueError(f"gateway configuration {text}: {exc.strerror}") from None
-    try:
-        doc = json.loads(src)
-    except ValueError as exc:
-        raise ValueError(f"gateway configuration is not valid JSON: {exc}") from None
-    return parse_settings(doc)
+    from gateway.config import json_object
+    return parse_settings(json_object(text, "gateway configuration"))
 
 
 def main(settings: Settings, accounts: Accounts,

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 from decimal import Decimal
 
+from gateway.config import json_object
 from gateway.marketdata.binary import BinaryFeed, Instrument, update_frames
 from gateway.marketdata.state import SymbolState, Update
 from gateway.marketdata.ws import Scale, Views, WsFeed
@@ -36,18 +36,7 @@ MANTISSA = Decimal(10) ** 8
 
 def read_config(text: str) -> dict:
     """The configuration, checked; ValueError names the first problem."""
-    if not text.lstrip().startswith(("{", "[")):
-        try:
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise ValueError(f"cannot read the configuration {text}: {exc.strerror}") from None
-    try:
-        conf = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"the configuration is not JSON: {exc}") from None
-    if not isinstance(conf, dict):
-        raise ValueError("the configuration must be a JSON object")
+    conf = json_object(text, "market-data configuration")
     for key in ("feed", "http"):
         addr = conf.get(key)
         if not isinstance(addr, str) or not addr.rpartition(":")[2].isdigit():
