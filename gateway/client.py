@@ -543,6 +543,9 @@ class Client:
         self.writer.write(frame)
         self.last_sent = time.monotonic()
 
+    def _received(self) -> None:
+        self.last_recv = time.monotonic()
+
     async def _session(self, reader: asyncio.StreamReader) -> bool:
         """One connection: Logon, then frames until it ends. True when the session is over."""
         st = self.state
@@ -553,23 +556,11 @@ class Client:
         self.last_recv = time.monotonic()
         beat = asyncio.get_running_loop().create_task(self._heartbeats())
         try:
-            buf = bytearray()
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    return False
-                self.last_recv = time.monotonic()
-                buf += data
-                pos = 0
-                while True:
-                    frame, end = wire.read_frame(buf, pos)
-                    if frame is None:
-                        break
-                    pos = end
-                    result = self._on_frame(frame)
-                    if result is not None:
-                        return result
-                del buf[:pos]
+            async for frame in wire.frames(reader, self._received):
+                result = self._on_frame(frame)
+                if result is not None:
+                    return result
+            return False
         finally:
             beat.cancel()
 

@@ -233,20 +233,8 @@ class MarketDataClient:
             await asyncio.sleep(0.05)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        buf = bytearray()
-        while True:
-            data = await reader.read(1 << 16)
-            if not data:
-                return
-            buf += data
-            pos = 0
-            while True:
-                frame, end = wire.read_frame(buf, pos)
-                if frame is None:
-                    break
-                pos = end
-                self._on_frame(frame)
-            del buf[:pos]
+        async for frame in wire.frames(reader):
+            self._on_frame(frame)
 
     def _book(self, sid: int) -> LocalBook:
         b = self.books.get(sid)

@@ -428,6 +428,27 @@ def read_frame(buf, pos: int = 0) -> tuple[Frame | None, int]:
     return Frame(tid, version, block_length, bytes(buf[pos:end])), end
 
 
+async def frames(reader, on_data=None):
+    """The frames of an asyncio stream as they arrive, until it ends; ``on_data()`` runs at
+    every read that brought bytes (a client's receive clock). FramingError as read_frame."""
+    buf = bytearray()
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return
+        if on_data is not None:
+            on_data()
+        buf += data
+        pos = 0
+        while True:
+            frame, end = read_frame(buf, pos)
+            if frame is None:
+                break
+            pos = end
+            yield frame
+        del buf[:pos]
+
+
 def decode(frame: Frame):
     """The v1 fields of a known template as a namedtuple (trailing fields of newer versions
     ignored). Raises FramingError for an unknown template or a block shorter than v1."""
