@@ -29,6 +29,7 @@ import logging
 from collections import deque
 
 from gateway import wire
+from gateway.marketdata.state import book_levels
 
 log = logging.getLogger("seqex.mdclient")
 
@@ -104,12 +105,7 @@ class LocalBook:
     # -- views -------------------------------------------------------------------------------
     def levels(self, depth: int = 0) -> dict[str, list[tuple[int, int, int]]]:
         """{'bids': [(price mantissa, lots, orders)], 'asks': [...]}, best first."""
-        bids = sorted(self.bids.items(), reverse=True)
-        asks = sorted(self.asks.items())
-        if depth:
-            bids, asks = bids[:depth], asks[:depth]
-        return {"bids": [(p, q, n) for p, (q, n) in bids],
-                "asks": [(p, q, n) for p, (q, n) in asks]}
+        return book_levels(self.bids, self.asks, depth)
 
     def best(self) -> tuple[int | None, int | None]:
         return (max(self.bids) if self.bids else None, min(self.asks) if self.asks else None)

@@ -123,6 +123,17 @@ class Update:
 LEVELS_PER_MESSAGE = (0xFFFF - 12 - 20 - 4) // 22
 
 
+
+def book_levels(bids: dict, asks: dict, depth: int = 0) -> dict[str, list[tuple[int, int, int]]]:
+    """{'bids': [(price, lots, orders)], 'asks': [...]}, best first, of two sides kept as
+    {price: (lots, orders)}; depth 0: every level. The publisher's books and the SDK's."""
+    b = sorted(bids.items(), reverse=True)
+    a = sorted(asks.items())
+    if depth:
+        b, a = b[:depth], a[:depth]
+    return {"bids": [(p, q, n) for p, (q, n) in b], "asks": [(p, q, n) for p, (q, n) in a]}
+
+
 class SymbolState:
     def __init__(self, symbol: str, symbol_id: int):
         self.symbol = symbol
@@ -238,9 +249,4 @@ class SymbolState:
 
     def book(self, depth: int = 0) -> dict[str, list[tuple[int, int, int]]]:
         """{'bids': [(price, lots, orders)], 'asks': [...]}, best first (as CrossEngine.book)."""
-        bids = sorted(self.bids.items(), reverse=True)
-        asks = sorted(self.asks.items())
-        if depth:
-            bids, asks = bids[:depth], asks[:depth]
-        return {"bids": [(p, q, n) for p, (q, n) in bids],
-                "asks": [(p, q, n) for p, (q, n) in asks]}
+        return book_levels(self.bids, self.asks, depth)
