@@ -118,25 +118,20 @@ class TransferOutcome:
         return f"{what} done: balance {usdt(self.balance_minor or 0)} USDT"
 
 
-def transfer(data_dir: str, topo, account: int, amount_minor: int, withdraw: bool = False,
-             transfer_id: int | None = None, timeout_s: float = 15.0) -> TransferOutcome:
-    """One Deposit/Withdraw through in.te.(account % n_shards); waits for its outcome."""
+def _operator_record(data_dir: str, streams: dict, kind: int, payload: bytes, what: str,
+                     timeout_s: float) -> bytes | None:
+    """One record of ``kind`` into ``streams["in"]`` from a locked operator source id; the
+    payload of the engine's output record at the same seq on ``streams["out"]`` (None when
+    the out stream has none there: a record the engine answered before)."""
     from deploy.client import ClientError
     from mq.control import ping, replay
     from mq.producer import Producer
     from mq.record import decode
-    t = _trading(topo)
-    if not 0 < account < 1 << 32:
-        raise TradingError(f"account {account} must be in 1 .. 2**32-1")
-    shard = t["shards"][account % t["n_shards"]]
-    tid = transfer_id if transfer_id is not None else time.time_ns() // 1000
-    kind = te.WITHDRAW if withdraw else te.DEPOSIT
-    payload = te.TRANSFER_S.pack(tid, account, amount_minor)
     with _operator_client(data_dir) as client:   # a locked operator source id
-        if ping(shard["producers"], timeout_s=min(5.0, timeout_s)) is None:
-            raise ClientError(f"the sequencer of {shard['in']} does not answer on "
-                              f"{shard['producers']} (`seqex status`)")
-        prod = Producer(client.source, shard["producers"])
+        if ping(streams["producers"], timeout_s=min(5.0, timeout_s)) is None:
+            raise ClientError(f"the sequencer of {streams['in']} does not answer on "
+                              f"{streams['producers']} (`seqex status`)")
+        prod = Producer(client.source, streams["producers"])
         try:
             prod.connect(timeout_s)
             first, last = prod.submit(kind, [payload])
@@ -144,76 +139,62 @@ def transfer(data_dir: str, topo, account: int, amount_minor: int, withdraw: boo
         finally:
             prod.close()
     if seq is None:
-        raise ClientError(f"{shard['in']} acknowledged the transfer without its seq; find it "
-                          f"with `seqex replay {shard['in']}`")
-    name = "withdrawal" if withdraw else "deposit"
+        raise ClientError(f"{streams['in']} acknowledged the {what} without its seq; find it "
+                          f"with `seqex replay {streams['in']}`")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for rep in shard["replicators"]:
+        for rep in streams["replicators"]:
             try:
-                recs = [r for f in replay(rep, shard["out"], seq, seq, timeout_s=2.0)
+                recs = [r for f in replay(rep, streams["out"], seq, seq, timeout_s=2.0)
                         for r in decode(f)]
             except (TimeoutError, OSError):
                 continue
-            if not recs:
-                continue
-            events = te.decode_events(bytes(recs[0][6]))
-            for e in events:
-                if e[0] == te.TRANSFER and e[1] == tid:
-                    return TransferOutcome(account, tid, name, True, balance_minor=e[4])
-                if e[0] == te.REQUEST_REJECTED and e[5] == tid:
-                    return TransferOutcome(account, tid, name, False,
-                                           reason=te.REJECT_CODES.get(e[1], str(e[1])))
-            return TransferOutcome(account, tid, name, False, repeat=True)
+            if recs:
+                return bytes(recs[0][6])
         time.sleep(0.1)
-    raise TimeoutError(f"no outcome of the {name} on {shard['out']} at seq {seq} within "
+    raise TimeoutError(f"no outcome of the {what} on {streams['out']} at seq {seq} within "
                        f"{timeout_s:g} s (`seqex status`)")
+
+
+def transfer(data_dir: str, topo, account: int, amount_minor: int, withdraw: bool = False,
+             transfer_id: int | None = None, timeout_s: float = 15.0) -> TransferOutcome:
+    """One Deposit/Withdraw through in.te.(account % n_shards); waits for its outcome."""
+    t = _trading(topo)
+    if not 0 < account < 1 << 32:
+        raise TradingError(f"account {account} must be in 1 .. 2**32-1")
+    shard = t["shards"][account % t["n_shards"]]
+    tid = transfer_id if transfer_id is not None else time.time_ns() // 1000
+    kind = te.WITHDRAW if withdraw else te.DEPOSIT
+    name = "withdrawal" if withdraw else "deposit"
+    out = _operator_record(data_dir, shard, kind, te.TRANSFER_S.pack(tid, account, amount_minor),
+                           name, timeout_s)
+    for e in te.decode_events(out):
+        if e[0] == te.TRANSFER and e[1] == tid:
+            return TransferOutcome(account, tid, name, True, balance_minor=e[4])
+        if e[0] == te.REQUEST_REJECTED and e[5] == tid:
+            return TransferOutcome(account, tid, name, False,
+                                   reason=te.REJECT_CODES.get(e[1], str(e[1])))
+    return TransferOutcome(account, tid, name, False, repeat=True)
 
 
 def fund_deposit(data_dir: str, topo, amount_minor: int, transfer_id: int,
                  timeout_s: float = 15.0) -> str:
     """One FundDeposit (kind 90, ``<Qq`` transfer id, amount) into in.liq from an operator
     source; returns its outcome as a line, read from out.liq at the record's own seq."""
-    from deploy.client import ClientError
     from liqengine import codec as lc
-    from mq.control import ping, replay
-    from mq.producer import Producer
-    from mq.record import decode
     liq = _trading(topo).get("liq")
     if not liq:
         raise TradingError("this cluster has no LiqEngine ([trading] liq = false)")
-    with _operator_client(data_dir) as client:
-        if ping(liq["producers"], timeout_s=min(5.0, timeout_s)) is None:
-            raise ClientError(f"the sequencer of {liq['in']} does not answer on "
-                              f"{liq['producers']} (`seqex status`)")
-        prod = Producer(client.source, liq["producers"])
-        try:
-            prod.connect(timeout_s)
-            first, last = prod.submit(lc.FUND_DEPOSIT, [lc.fund_deposit(transfer_id,
-                                                                         amount_minor)])
-            seq = prod.seqs(first, last, timeout_s)[0]
-        finally:
-            prod.close()
-    deadline = time.monotonic() + timeout_s
-    while seq is not None and time.monotonic() < deadline:
-        for rep in liq["replicators"]:
-            try:
-                recs = [r for f in replay(rep, liq["out"], seq, seq, timeout_s=2.0)
-                        for r in decode(f)]
-            except (TimeoutError, OSError):
-                continue
-            if not recs:
-                continue
-            for e in lc.decode_events(bytes(recs[0][6])):
-                if e[0] == lc.FUND_CHANGED:
-                    return f"insurance fund deposit {transfer_id} done: fund {usdt(e[1])} USDT"
-                if e[0] == lc.REJECTED:
-                    return (f"insurance fund deposit {transfer_id} refused: "
-                            f"{lc.REJECT_CODES.get(e[1], e[1])}")
-            return f"insurance fund deposit {transfer_id}: answered before; nothing changed"
-        time.sleep(0.1)
-    raise TimeoutError(f"no outcome of the insurance fund deposit on {liq['out']} within "
-                       f"{timeout_s:g} s (`seqex status`)")
+    out = _operator_record(data_dir, liq, lc.FUND_DEPOSIT,
+                           lc.fund_deposit(transfer_id, amount_minor),
+                           "insurance fund deposit", timeout_s)
+    for e in lc.decode_events(out):
+        if e[0] == lc.FUND_CHANGED:
+            return f"insurance fund deposit {transfer_id} done: fund {usdt(e[1])} USDT"
+        if e[0] == lc.REJECTED:
+            return (f"insurance fund deposit {transfer_id} refused: "
+                    f"{lc.REJECT_CODES.get(e[1], e[1])}")
+    return f"insurance fund deposit {transfer_id}: answered before; nothing changed"
 
 
 # -- the demo users of the default topology ----------------------------------------------------
