@@ -710,6 +710,8 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
     ce_sources = {str(SRC_CE_OUT | s["symbol_id"]): s["symbol_id"] for s in conf["symbols"]}
     oracle_sources = [SRC_ORACLE] if t["oracle"] != "off" else []
     gateway_sources = [SRC_GATEWAY] if t["gateway"] else []
+    # the LiqEngine's out stream feeds every shard and CrossEngine (docs/liqengine.md §2)
+    liq_sources = {"liq_sources": [SRC_LIQ_OUT]} if t["liq"] else {}
     te_sources = [SRC_TE_OUT | n for n in range(n_shards)]
     shards = []
     for n in range(n_shards):
@@ -720,7 +722,7 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
                                   f"pub={st['out_pub']},replicators={reps},route={1 << n:#x}"]
         engine = {"specs": engine_specs, "shard": n, "n_shards": n_shards,
                   "ce_sources": ce_sources, "oracle_sources": oracle_sources,
-                  "gateway_sources": gateway_sources}
+                  "gateway_sources": gateway_sources, **liq_sources}
         prod, pub, _m_in, m_pub, core_i = _engine_streams(
             topo.procs, addr, tag=f"te{n}", replica=f"te{n}", engine_name="tradingengine",
             engine=engine, host=host, in_stream=in_stream, out_stream=out_stream,
@@ -733,7 +735,7 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
     # Each CrossEngine takes the commands of every shard for its symbol, and is told the shards.
     for s in conf["symbols"]:
         st = topo.symbols[s["name"]]
-        st["engine"].update(te_sources=te_sources, n_shards=n_shards)
+        st["engine"].update(te_sources=te_sources, n_shards=n_shards, **liq_sources)
         seq = topo.by_name(f"sequencer.{s['name']}")
         for sh in shards:
             seq.args += ["--upstream", f"stream={sh['out']},source={SRC_TE_OUT | sh['shard']},"
@@ -822,18 +824,10 @@ def _plan_liq(conf: dict, topo: Topology, addr, rep_args: list[str], reps: str,
         topo.by_name(f"sequencer.{sym}").args += [
             "--upstream", f"stream={out_stream},source={SRC_LIQ_OUT},pub={m_pub},"
                           f"replicators={reps},route={1 << (st['symbol_id'] % 64):#x}"]
-        st["engine"]["liq_sources"] = [SRC_LIQ_OUT]
     for sh in shards:
         topo.by_name(f"sequencer.te{sh['shard']}").args += [
             "--upstream", f"stream={out_stream},source={SRC_LIQ_OUT},pub={m_pub},"
                           f"replicators={reps},route={1 << sh['shard']:#x}"]
-    for p in topo.procs:
-        if not p.role.startswith("replica-") or p.stream == in_stream:
-            continue
-        i = p.args.index("--engine-config") + 1
-        config = json.loads(p.args[i])
-        config["liq_sources"] = [SRC_LIQ_OUT]
-        p.args[i] = json.dumps(config)
     oracle = [p for p in topo.procs if p.role == "oracle"]
     for p in oracle:
         i = p.args.index("--config") + 1
