@@ -58,6 +58,7 @@ def _equity(acct, marks: dict, specs: dict) -> tuple[int, int]:
 def te_books(te, name: str, stream: str, marks: dict | None = None) -> EngineBooks:
     """A shard's figures, its positions valued at ``marks`` (one set for every engine, so that
     the clearing accounts of two engines cancel; a shard's own total does not depend on it)."""
+    from tradingengine.engine import SWEEP_FUNDING
     marks = {**te.marks, **(marks or {})}
     b = EngineBooks(name, stream, seq=te.seq)
     b.deposits = te.deposits - te.withdrawals
@@ -67,7 +68,7 @@ def te_books(te, name: str, stream: str, marks: dict | None = None) -> EngineBoo
         b.upnl += upnl
     b.fees = te.fee_pool + te.dust
     for sw in te.sweeps:
-        if sw[0] == 1:                   # SWEEP_FUNDING: taken in, not yet paid out
+        if sw[0] == SWEEP_FUNDING:       # taken in, not yet paid out
             b.fees += sw[5] - sw[6]
     for acct in (te.clearing, te.liquidation):
         bal, upnl = _equity(acct, marks, te.specs)
