@@ -105,10 +105,7 @@ def robot_users(topo, n: int, log=print) -> list[tuple[str, str, list[int]]]:
         users[name] = {"password": pw, "accounts": [account], "funded": False}
         changed = True
     if changed:
-        fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(f"{path}.tmp", path)
+        trading.write_private_json(path, doc)
         _reload_gateway(topo)
     for name in sorted(users)[:n]:
         u = users[name]
@@ -119,10 +116,7 @@ def robot_users(topo, n: int, log=print) -> list[tuple[str, str, list[int]]]:
                                        transfer_id=ROBOT_TRANSFER_BASE + account)
                 log(f"  {name}: {out.line()}")
             u["funded"] = True
-            fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=1)
-            os.replace(f"{path}.tmp", path)
+            trading.write_private_json(path, doc)
     return [(name, users[name]["password"], users[name]["accounts"])
             for name in sorted(users)[:n]]
 

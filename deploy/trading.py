@@ -212,7 +212,11 @@ def demo_passwords(data_dir: str) -> dict[str, str]:
 
 
 def _write_demo(data_dir: str, doc: dict) -> None:
-    path = demo_path(data_dir)
+    write_private_json(demo_path(data_dir), doc)
+
+
+def write_private_json(path: str, doc: dict) -> None:
+    """``doc`` into ``path`` (mode 0600: it holds passwords), whole or not at all."""
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
