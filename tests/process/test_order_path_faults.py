@@ -497,3 +497,45 @@ def test_overload_burst_sheds_orders_never_cancels(cl):
           f"{MAX_DEPTH}: {shed} orders shed, every cancel admitted")
     for s in sessions:
         s.close()
+
+
+def test_cancel_on_disconnect_fired_by_a_tick_reaches_the_crossengine(cl):
+    """Cancel-on-disconnect fires at the first record of in.te.N past its deadline, which on an
+    idle shard is a sequencer Tick: the TradingEngine's output record for it keeps kind 1 and
+    carries the CrossEngine cancels. in.ce.SYM must take it like any record with events (the
+    upstream filter once dropped every kind-1 record as a Tick, and the resting orders of a
+    disconnected client stayed in the book). Three sessions, so that at least one deadline
+    falls on a Tick rather than on a mark price."""
+    from crossengine import codec as ce
+    price_ticks = [96_400 + i for i in range(3)]       # levels nobody else uses
+    tick_m = SYMBOLS[1][0]
+    for ticks in price_ticks:
+        c = ProtoClient(*cl["gw"], timeout=30)
+        c.send(1, next(_sids), 1, 1, 10_000, 200, 1, 0, b"alice",
+               password(cl, "alice").encode())               # CoD on disconnect, 200 ms
+        assert c.recv(skip=(5, 6)).template == 2
+        c.send(100, 1, time.time_ns(), next(_clordids), ticks * tick_m, 1, 1, 2, b"1", b"2",
+               b"1", 0)
+        m = c.recv(skip=(5, 6))
+        assert m.template == 200 and m.raw[12 + 104] == ord("0"), m    # ExecType New
+        c.close()                                                        # disconnect
+    topo = cl["topo"]
+    out_ce = topo.symbols["BTCUSDT"]["out"]
+
+    def cancelled() -> bool:
+        accepted, gone = {}, set()
+        for rep in topo.replicator_addrs():
+            try:
+                frames = list(replay(rep, out_ce, 1, timeout_s=20))
+            except TimeoutError:
+                continue
+            for f in frames:
+                for r in decode(f):
+                    for ev in ce.decode_events(bytes(r[6])):
+                        if ev[0] == ce.EV_ACCEPTED and ev[3] == 2 and ev[6] in price_ticks:
+                            accepted[ev[1]] = ev[6]
+                        elif ev[0] == ce.EV_CANCELLED:
+                            gone.add(ev[1])
+            return len(accepted) == 3 and set(accepted) <= gone
+        return False
+    wait_until(cancelled, 120, "the CrossEngine to cancel the disconnected client's orders")
