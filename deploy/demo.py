@@ -7,7 +7,8 @@ accounts, and a live terminal dashboard.
 * The robot users: ``robot01`` .. ``robotNN`` in the gateway's accounts file, one account each
   (ids from 1001, spread over the shards), each with a deposit through the log on first use
   (fixed transfer ids, so a second demo deposits nothing twice). The gateway re-reads the
-  accounts file on SIGHUP, which the demo sends it after adding users.
+  accounts file on SIGHUP, which the demo sends it after adding users, and on its own within a
+  second of the file changing; the robot retries a refused logon until the users are in.
 * The dashboard (rich): order, acknowledgement, trade and reject rates and order ->
   acknowledgement latency percentiles over the last 10 s; per symbol the mark, the robot's mid,
   and the top of its own book; the recent trades; and every process's role, seq, lag and state,
@@ -131,7 +132,8 @@ def _reload_gateway(topo) -> None:
             if isinstance(pid, int) and pid > 0:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGHUP)
-    time.sleep(0.5)       # the gateway re-reads the file on its loop's next turn
+    # no wait here: a gateway also re-reads a changed file within a second, and the robot
+    # retries a refused logon until the new users are in (Robot.connect)
 
 
 def symbols_of(topo) -> list[Symbol]:

@@ -28,11 +28,13 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from gateway import wire
+from gateway.client import FINAL_REJECTS, RETRY_REJECTS
 
 PREFIX = struct.Struct("<HHHH")       # length, encoding, block length, template
 ER = wire.TEMPLATES[wire.EXECUTION_REPORT].block
 BR = wire.TEMPLATES[wire.BUSINESS_REJECT].block
 CXL_REJ = wire.TEMPLATES[wire.ORDER_CANCEL_REJECT].block
+RETRY_REASONS = (wire.LOGON_REJECT_BAD_CREDENTIALS, wire.LOGON_REJECT_NOT_OPEN)
 WINDOW_S = 10.0                       # the rolling window of the rates and percentiles
 
 
@@ -119,25 +121,42 @@ class Robot:
         self._tasks: list[asyncio.Task] = []
 
     # -- sessions -------------------------------------------------------------------------------
-    async def connect(self) -> None:
+    async def connect(self, deadline_s: float = 30.0) -> None:
+        """Log every robot user on. A refusal for bad credentials or a gateway not yet open is
+        retried until ``deadline_s``: a user just added reaches the gateway when it re-reads
+        its accounts file (on SIGHUP, or within a second of the file changing)."""
         for user, pw, accounts in self.users:
-            r, w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
-            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            session_id = self.rng.getrandbits(63) | 1
-            w.write(wire.encode(wire.LOGON, session_id, 0, 1, 30_000, 0,
-                                wire.COD_ON_DISCONNECT_OR_LOGOUT, 0, user.encode(),
-                                pw.encode()))
+            end = time.monotonic() + deadline_s
             while True:
-                head = await asyncio.wait_for(r.readexactly(12), 10)
-                length, _e, _b, tid = PREFIX.unpack_from(head)
-                await r.readexactly(length - 12)
-                if tid == wire.LOGON_ACK:
+                got = await self._logon(user, pw)
+                if isinstance(got, tuple):
                     break
-                if tid in (wire.LOGON_REJECT, wire.LOGOUT):
-                    raise ConnectionError(f"robot user {user}: logon refused (template {tid})")
+                if got not in RETRY_REASONS or time.monotonic() > end:
+                    why = {**FINAL_REJECTS, **RETRY_REJECTS}.get(got, "a Logout" if got < 0
+                                                                  else f"reason {got}")
+                    raise ConnectionError(f"robot user {user}: logon refused ({why})")
+                await asyncio.sleep(0.5)
+            r, w = got
             s = Session(user, accounts, r, w)
             self.sessions.append(s)
             self._tasks.append(asyncio.get_running_loop().create_task(self._read(s)))
+
+    async def _logon(self, user: str, pw: str):
+        """(reader, writer) when logged on, else the LogonReject's reason (-1: a Logout)."""
+        r, w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
+        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session_id = self.rng.getrandbits(63) | 1
+        w.write(wire.encode(wire.LOGON, session_id, 0, 1, 30_000, 0,
+                            wire.COD_ON_DISCONNECT_OR_LOGOUT, 0, user.encode(), pw.encode()))
+        while True:
+            head = await asyncio.wait_for(r.readexactly(12), 10)
+            length, _e, _b, tid = PREFIX.unpack_from(head)
+            body = await r.readexactly(length - 12)
+            if tid == wire.LOGON_ACK:
+                return r, w
+            if tid in (wire.LOGON_REJECT, wire.LOGOUT):
+                w.close()
+                return body[8] if tid == wire.LOGON_REJECT and len(body) > 8 else -1
 
     async def close(self) -> None:
         self.running = False

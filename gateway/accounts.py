@@ -217,6 +217,30 @@ def load(path, n_shards: int | None = None) -> Accounts:
         raise AccountsError(f"accounts file {path}: {e}") from None
 
 
+class FileWatch:
+    """Tells when the accounts file has been replaced. `write` replaces it atomically (a new
+    inode), and an editor's save changes its mtime or size, so any of the three changing means
+    a new file to read; a file that is gone is no change (the old accounts stay)."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.seen = self._id()
+
+    def _id(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def changed(self) -> bool:
+        now = self._id()
+        if now is None or now == self.seen:
+            return False
+        self.seen = now
+        return True
+
+
 def write(path, accounts: Accounts) -> None:
     """Replace the file atomically with mode 0600: temp file, fsync, rename, fsync the dir."""
     path = os.fspath(path)

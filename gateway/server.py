@@ -50,6 +50,7 @@ END_DISCONNECT = 1
 END_FINALIZE = 2
 GW_FLAG_THROTTLED = 0x01
 GW_FLAG_SHED = 0x02
+ACCOUNTS_WATCH_S = 1.0      # how often the gateway looks for a new accounts file
 
 EV_SESSION_STATE = 13
 EV_SESSION_MESSAGE = 14
@@ -1086,12 +1087,22 @@ def main(settings: Settings, accounts: Accounts,
     core = MqCore(settings.cfg.index, settings.shards)
     gw = Gateway(core, accounts, settings.cfg)
 
+    watch = accounts_mod.FileWatch(settings.accounts)
+
     def reload_accounts():
+        watch.changed()            # a SIGHUP's reload is the file as it is now
         try:
             gw.reload_accounts(accounts_mod.load(settings.accounts, core.n_shards))
             log.info("accounts reloaded: %d users", len(gw.accounts.users))
         except ValueError as exc:
             log.error("accounts not reloaded: %s", exc)
+
+    async def watch_accounts():
+        """A new accounts file is taken within ACCOUNTS_WATCH_S, without waiting for SIGHUP."""
+        while True:
+            await asyncio.sleep(ACCOUNTS_WATCH_S)
+            if watch.changed():
+                reload_accounts()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -1104,7 +1115,11 @@ def main(settings: Settings, accounts: Accounts,
                   flush=True)
             if on_start is not None:
                 on_start(gw)
-            await stop.wait()
+            watcher = asyncio.ensure_future(watch_accounts())
+            try:
+                await stop.wait()
+            finally:
+                watcher.cancel()
         finally:
             await gw.close()
             await core.close()

@@ -168,3 +168,20 @@ def test_unknown_names_cost_the_same_hash(tmp_path, monkeypatch):
     assert a.verify("alice", "nope") is None
     assert calls == [(16384, 8, 1), (16384, 8, 1)]
     assert compared == [1, 1]
+
+
+def test_the_file_watch_sees_each_new_file_once(tmp_path):
+    """The gateway re-reads the accounts file when it changes, without a SIGHUP: a user added
+    with add_user (an atomic replace) is seen once, an unchanged file never, a removed file is
+    no change (the gateway keeps the accounts it has)."""
+    path = tmp_path / "accounts.json"
+    acc.add_user(path, "alice", "pw", [1], **FAST)
+    watch = acc.FileWatch(path)
+    assert not watch.changed()
+    acc.add_user(path, "bob", "pw", [2], **FAST)
+    assert watch.changed()
+    assert not watch.changed()
+    os.unlink(path)
+    assert not watch.changed()
+    acc.add_user(path, "carol", "pw", [3], **FAST)
+    assert watch.changed()
