@@ -17,26 +17,50 @@ Made = tuple[Any, Callable[[bytes], Any]]
 
 def _crossengine(config: dict) -> Made:
     from crossengine.engine import CrossEngine
-    return CrossEngine(**config), CrossEngine.restore
+    try:
+        return CrossEngine(**config), CrossEngine.restore
+    except TypeError as exc:      # an unknown key: a deployment mismatch, in one line
+        raise ValueError(f"crossengine configuration: unknown key ({exc})") from None
+
+
+TE_KEYS = frozenset({"specs", "shard", "n_shards", "ce_sources", "oracle_sources",
+                     "gateway_sources", "liq_sources"})
+
+
+LIQ_KEYS = frozenset({"specs", "n_shards", "te_sources", "ce_sources", "oracle_sources",
+                      "close_out_window_ns", "indicator_interval_ns"})
+
+
+def _known_keys(engine: str, config: dict, known: frozenset) -> None:
+    """A key the engine would not see is a deployment mismatch: refused, never dropped."""
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{engine} configuration: unknown key(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
 
 
 def _tradingengine(config: dict) -> Made:
     from tradingengine.engine import TradingEngine, spec_from_dict
+    _known_keys("tradingengine", config, TE_KEYS)
     specs = [spec_from_dict(s) for s in config.get("specs", [])]
     engine = TradingEngine(specs, config.get("shard", 0), config.get("n_shards", 1),
                            ce_sources=config.get("ce_sources"),
                            oracle_sources=config.get("oracle_sources"),
-                           gateway_sources=config.get("gateway_sources"))
+                           gateway_sources=config.get("gateway_sources"),
+                           liq_sources=config.get("liq_sources"))
     return engine, TradingEngine.restore
 
 
 def _liqengine(config: dict) -> Made:
     from liqengine.engine import LiqEngine, LiqSpec
+    _known_keys("liqengine", config, LIQ_KEYS)
     specs = [LiqSpec(s["symbol"], s["value"], s.get("max_price", 1_000_000_000))
              for s in config.get("specs", [])]
+    windows = {k: config[k] for k in ("close_out_window_ns", "indicator_interval_ns")
+               if k in config}
     engine = LiqEngine(specs, config.get("n_shards", 1), te_sources=config.get("te_sources"),
                        ce_sources=config.get("ce_sources"),
-                       oracle_sources=config.get("oracle_sources"))
+                       oracle_sources=config.get("oracle_sources"), **windows)
     return engine, LiqEngine.restore
 
 

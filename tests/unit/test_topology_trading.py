@@ -290,3 +290,39 @@ def test_a_rebuild_finds_every_engine_stream_s_configuration_in_the_topology():
         topo.symbols["BTCUSDT"]["engine"]
     assert _replica_config(topo, "in.te.9", "tradingengine") is None
     assert _replica_config(topo, "in.te.0", "crossengine") is None
+
+
+def test_every_engine_replica_runs_with_the_whole_configuration_it_is_given():
+    """What the topology writes into each replica's --engine-config is what its engine runs
+    with: the registry (deploy/engines.py) once dropped the TradingEngine's liq_sources, so on
+    a cluster the LiqEngine's Adls were ignored and handoffs stayed in the shard. Each source
+    key must reach the engine, and a key the registry does not know is refused."""
+    import json
+
+    import pytest
+
+    from deploy.engines import make
+    topo = topology.load()
+    seen = set()
+    for p in topo.procs:
+        if "--engine-config" not in p.args:
+            continue
+        name = p.args[p.args.index("--engine") + 1]
+        config = json.loads(p.args[p.args.index("--engine-config") + 1])
+        engine, _restore = make(name, config)
+        for key in ("ce_sources", "oracle_sources", "gateway_sources", "liq_sources",
+                    "te_sources"):
+            if config.get(key):
+                got = getattr(engine, key)
+                want = config[key]
+                if isinstance(want, dict):
+                    want = {int(k, 0): v for k, v in want.items()}
+                    got = dict(got)
+                else:
+                    want, got = sorted(want), sorted(got or ())
+                assert got == want, (p.name, key, got, want)
+                seen.add((name, key))
+        with pytest.raises(ValueError, match="unknown key"):
+            make(name, {**config, "liq_source": [1]})
+    assert ("tradingengine", "liq_sources") in seen and ("crossengine", "liq_sources") in seen
+    assert ("liqengine", "te_sources") in seen
