@@ -18,14 +18,17 @@ flight); the Adls in flight; its view of every client position and balance (from
 TradingEngines' status events) and of the marks; the ADL indicators it published; clearing's
 balance and positions (the other engines' side of every leg, so the books balance alone).
 
-Close-out of one takeover (docs/liqengine.md §6): LIMIT (a GTC limit at the bankruptcy price)
-→ after ``close_out_window_ns`` of sequenced time, CANCELLING (a cancel sent) → IOC (an IOC at
-the worst price the free fund can pay for) → ADL (the rest, at the bankruptcy price, to the
-opposite side ranked by score) → done when nothing is left. Each phase that ends with its
-order gone moves on; a rejected order or cancel moves on too.
+Close-out of one takeover (docs/liqengine.md §6, §8): LIMIT (a GTC limit at the bankruptcy
+price) → after ``close_out_window_ns`` of sequenced time, CANCELLING (a cancel sent) → IOC (an
+IOC at the worst price the free fund can pay for) → HOLD while the free fund (fund - reserves)
+is above zero (the fund takes the rest over, reserving its exposure at mark, and a window later
+sends a fresh IOC) → ADL once the fund is exhausted (the rest, at the bankruptcy price, to the
+opposite side ranked by score; held close-outs newest first when a mark or a new hold takes
+the reserves past the fund) → done when nothing is left. Each phase that ends with its order
+gone moves on; a rejected order or cancel moves on too.
 
 Indexes (the naive liqengine/reference.py has none): the close-outs of each CrossEngine order
-id and client order id, the deadlines in a queue (they come in order: the window is fixed and
+id and client order id, the close-outs in HOLD, the deadlines in a queue (they come in order: the window is fixed and
 sequenced time never runs backwards), the holders of each symbol and the symbols of each
 account, and a cached ranking per (symbol, side) that a change of any figure it reads drops.
 A ranking sorts by an integer key (the score scaled by 2**64, floored) and sorts each run of
