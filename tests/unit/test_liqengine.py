@@ -7,7 +7,7 @@ import pytest
 from liqengine import codec as c
 from liqengine.engine import HOLD, EngineHalted, LiqEngine, LiqSpec, exact_score
 from liqengine.reference import ReferenceLiqEngine
-from liqengine.sim import OPERATOR, ORACLE, LiqVenue, te_adl_applied
+from liqengine.sim import OPERATOR, ORACLE, LiqVenue, te_adl_applied, te_deficit
 
 WINDOW = 200_000_000
 
@@ -426,3 +426,31 @@ def test_snapshot_of_another_version_is_refused():
     state[0] = 99
     with pytest.raises(ValueError, match="snapshot version 99"):
         LiqEngine.restore(msgpack.packb(state))
+
+
+def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
+    """LIQ short 4 lots at bankruptcy 1000 (value 100), held at mark 1000: no exposure. The mark
+    rises to 1010: (1000 - 1010) x -1 x 4 x 100 = 4,000 reserved; at 990 nothing. A withdrawal
+    or a deficit takes the free fund only, never the held reserve."""
+    v = venue()
+    v.deposit(1, 10_000)
+    v.mark(2, 1000)
+    v.position(21, 2, 20, 900, balance=10**6)
+    v.hand_off(7, 2, -4, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    ioc = max(v.orders)
+    assert v.orders[ioc]["side"] == c.BUY and v.orders[ioc]["price"] == 1025
+    assert kinds(v.accept(ioc), c.ADL) == []
+    assert v.engine.closeouts[1].phase == HOLD and v.engine.reserved == 0
+    v.mark(2, 1010)
+    assert v.engine.reserved == 4_000
+    assert kinds(v.deposit(2, -6_001), c.REJECTED)[0][1] == c.CODES["fund_insufficient"]
+    v.te(0, te_deficit(4, 7_000))
+    assert v.engine.fund == 4_000 and v.engine.fund_debt == 1_000
+    assert v.engine.closeouts[1].phase == HOLD        # the fund still covers what it holds
+    v.mark(2, 990)
+    assert v.engine.reserved == 0 and v.engine.fund == 3_000 and v.engine.fund_debt == 0
+    cmds = kinds(v.tick(WINDOW), c.CE_COMMAND)
+    assert c.CE_NEW_ORDER_S.unpack(cmds[0][4])[1] == 1000 + 3_000 // 400
