@@ -14,11 +14,13 @@ restored from the engine's snapshot, so both start from the same state. Three ph
 * rankings: the ADL ranking of both sides of symbol 1 over all the positions, after a mark
   change dropped every cached ranking: rankings/s (one ranking = every position ranked once).
   The reference ranks with Fractions. The hash covers the rankings, which must agree.
-* cascade: a mark crash hands `--cascade` longs to the LiqEngine within 20 ms of sequenced
-  time across the two shards (positions and indicators as in the set-up). The CrossEngine
-  fills 60% of each limit at once, the rest rests; after the close-out window the engine
-  cancels it; the IOC fills half of what is left and the rest expires; the rest is
-  auto-deleveraged against the shorts, and the TradingEngines apply every Adl in the next
+* cascade: a mark crash (the mark to 7,000, under every bankruptcy price) hands `--cascade`
+  longs to the LiqEngine within 20 ms of sequenced time across the two shards (positions and
+  indicators as in the set-up). The CrossEngine fills 60% of each limit at once, the rest
+  rests; after the close-out window the engine cancels it; each IOC fills half of what is
+  left (rounded up) and the rest expires; the fund holds that rest and sends a fresh IOC a
+  window later while it covers the held exposure at mark, and once it does not the held rests
+  are auto-deleveraged against the shorts; the TradingEngines apply every Adl in the next
   record. Records arrive every 100 us of sequenced time (a tick when nothing else is due). The
   figure is the sequenced time from the first handoff until no close-out is left (target
   < 1 s), with the wall time the engine took.
@@ -182,6 +184,7 @@ def cascade(snap: bytes, seq: int, ts: int, n: int) -> dict:
 
     gc.disable()
     try:
+        apply(c.MARK_PRICE, c.mark_price(1, MARK * 7 // 10), sim.ORACLE)    # the crash
         while handed < n or v.engine.closeouts:
             did = False
             if handed < n:      # 50 handoffs a record, the shards in turn: 20 ms for 10,000
@@ -203,7 +206,7 @@ def cascade(snap: bytes, seq: int, ts: int, n: int) -> dict:
                     v.next_order_id += 1
                     evs.append(sim.ce_accepted(o["order_id"], coid, o["side"], o["price"],
                                                o["qty"], o["tif"]))
-                    take = o["qty"] * 6 // 10 if o["tif"] == c.GTC else o["qty"] // 2
+                    take = o["qty"] * 6 // 10 if o["tif"] == c.GTC else (o["qty"] + 1) // 2
                     if take:
                         evs.append(v._trade(o, take, o["price"], taker=True))
                     if o["tif"] == c.IOC:

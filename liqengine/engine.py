@@ -18,14 +18,17 @@ flight); the Adls in flight; its view of every client position and balance (from
 TradingEngines' status events) and of the marks; the ADL indicators it published; clearing's
 balance and positions (the other engines' side of every leg, so the books balance alone).
 
-Close-out of one takeover (docs/liqengine.md §6): LIMIT (a GTC limit at the bankruptcy price)
-→ after ``close_out_window_ns`` of sequenced time, CANCELLING (a cancel sent) → IOC (an IOC at
-the worst price the free fund can pay for) → ADL (the rest, at the bankruptcy price, to the
-opposite side ranked by score) → done when nothing is left. Each phase that ends with its
-order gone moves on; a rejected order or cancel moves on too.
+Close-out of one takeover (docs/liqengine.md §6, §8): LIMIT (a GTC limit at the bankruptcy
+price) → after ``close_out_window_ns`` of sequenced time, CANCELLING (a cancel sent) → IOC (an
+IOC at the worst price the free fund can pay for) → HOLD while the free fund (fund - reserves)
+is above zero (the fund takes the rest over, reserving its exposure at mark, and a window later
+sends a fresh IOC) → ADL once the fund is exhausted (the rest, at the bankruptcy price, to the
+opposite side ranked by score; held close-outs newest first when a mark or a new hold takes
+the reserves past the fund) → done when nothing is left. Each phase that ends with its order
+gone moves on; a rejected order or cancel moves on too.
 
 Indexes (the naive liqengine/reference.py has none): the close-outs of each CrossEngine order
-id and client order id, the deadlines in a queue (they come in order: the window is fixed and
+id and client order id, the close-outs in HOLD, the deadlines in a queue (they come in order: the window is fixed and
 sequenced time never runs backwards), the holders of each symbol and the symbols of each
 account, and a cached ranking per (symbol, side) that a change of any figure it reads drops.
 A ranking sorts by an integer key (the score scaled by 2**64, floored) and sorts each run of
@@ -45,14 +48,15 @@ from liqengine import codec as c
 from mq.record import decode, encode
 from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSIONS = (1, 2)           # 1: the same layout, written before HOLD existed
 CLOSE_OUT_WINDOW_NS = 200_000_000      # a limit at the bankruptcy price rests this long
 INDICATOR_INTERVAL_NS = 1_000_000_000  # ADL indicators are recomputed at most this often
 OUTPUT_BUDGET = 256 << 10              # bytes after which a record defers ADL and indicators
 MAX_ADLS_PER_SHARD = 4                 # Adls for one shard in one record (the TradingEngine's
 #                                        MAX_ADLS_PER_RECORD: more stops it, docs/liqengine.md §5)
 MAX_MONEY = 1 << 62
-LIMIT, CANCELLING, IOC_PHASE, ADL_PHASE = 1, 2, 3, 4
+LIMIT, CANCELLING, IOC_PHASE, ADL_PHASE, HOLD = 1, 2, 3, 4, 5
 SCALE_BITS = 64
 
 _PACK = {k: s.pack for k, s in c.EVENT_STRUCTS.items()}
@@ -77,7 +81,8 @@ class LiqSpec(NamedTuple):
 class CloseOut:
     """The close-out of one takeover. ``side`` is LIQ's (+1 long, -1 short); ``qty`` the lots
     LIQ still holds of it (> 0); ``unassigned`` the lots in ADL phase not yet sent in an Adl;
-    ``adl_out`` the lots in Adls in flight; ``reserved`` the most the live IOC can lose."""
+    ``adl_out`` the lots in Adls in flight; ``reserved`` the most the live IOC can lose, or in
+    HOLD the held lots' exposure at mark."""
     __slots__ = ("cid", "shard", "account", "symbol", "side", "qty", "bp", "phase", "coid",
                  "order_id", "deadline", "arm", "unassigned", "adl_out", "reserved", "tried",
                  "ioc_price")
@@ -210,6 +215,9 @@ class LiqEngine:
         self._out: list[bytes] = []
         self._size = 0
         self._touched: dict[int, None] = {}
+        # read-only diagnostics of the last record (not state): each close-out that entered
+        # ADL phase in it, with the free fund (fund - reserves) at that moment
+        self.last_adl_entries: list[tuple[int, int]] = []
         self._init_indexes()
 
     def _init_indexes(self) -> None:
@@ -223,7 +231,10 @@ class LiqEngine:
         # first needed, kept up to date one account at a time, dropped when a mark changes
         self._rank_cache: dict[tuple[int, int], list[tuple]] = {}
         self._rank_index: dict[tuple[int, int], dict[int, tuple]] = {}
+        self._held: dict[int, None] = {}           # close-outs in HOLD (cids)
         for co in self.closeouts.values():
+            if co.phase == HOLD:
+                self._held[co.cid] = None
             if co.coid:
                 self._by_coid[co.coid] = co.cid
             if co.order_id:
@@ -248,6 +259,8 @@ class LiqEngine:
         self._size = 0
         self.route = 0
         self._touched = {}
+        if self.last_adl_entries:
+            self.last_adl_entries = []
         self._fire_deadlines()
         if source in self.te_sources:
             self._te_payload(self.te_sources[source], payload)
@@ -328,6 +341,11 @@ class LiqEngine:
         if self.marks.get(symbol) != mark:
             self.marks[symbol] = mark
             self._dirty_all()
+            for co in self._held_closeouts():
+                if co.symbol == symbol:
+                    self._hold_reserve(co)
+            if self.reserved > self.fund:
+                self._exhaust()
 
     def _fund_deposit(self, transfer_id: int, amount: int) -> None:
         if amount == 0 or not -MAX_MONEY < amount < MAX_MONEY:
@@ -568,6 +586,12 @@ class LiqEngine:
                 co.phase = CANCELLING
                 self._emit(c.ce_cancel(co.symbol, co.order_id, co.coid))
                 self.route |= 1 << (co.symbol & 63)
+            elif co.phase == HOLD:
+                # a window held: a fresh IOC of the rest at the worst price the free fund can
+                # now pay for (the held reserve is released, the IOC reserves anew)
+                del self._held[co.cid]
+                self._release(co)
+                self._send_ioc(co)
             elif co.phase == ADL_PHASE:
                 # no one was left to take the rest: ask the whole opposite side again
                 co.tried = {}
@@ -594,19 +618,68 @@ class LiqEngine:
             if co.qty == 0:
                 self._maybe_done(co)
                 return
-            co.phase = IOC_PHASE
-            co.ioc_price = self._ioc_price(co)
-            co.reserved = (co.bp - co.ioc_price) * co.side * co.qty * \
-                self.specs[co.symbol].value
-            self.reserved += co.reserved
-            self._send_order(co, c.IOC, co.ioc_price)
+            self._send_ioc(co)
         elif co.phase == IOC_PHASE:
             self._release(co)
-            co.phase = ADL_PHASE
-            co.unassigned = co.qty
-            if co.qty:
-                self.adl_queue[co.cid] = None
-            self._maybe_done(co)
+            free = self.fund - self.reserved
+            if co.qty and free > 0:
+                self._hold(co)
+            else:
+                self._to_adl(co, free)
+
+    def _send_ioc(self, co: CloseOut) -> None:
+        co.phase = IOC_PHASE
+        co.ioc_price = self._ioc_price(co)
+        co.reserved = (co.bp - co.ioc_price) * co.side * co.qty * self.specs[co.symbol].value
+        self.reserved += co.reserved
+        self._send_order(co, c.IOC, co.ioc_price)
+
+    def _hold(self, co: CloseOut) -> None:
+        """The IOC left lots and the fund is not exhausted: the fund takes them over. LIQ
+        holds them, their exposure at mark is reserved, and a window later a fresh IOC goes."""
+        co.phase = HOLD
+        self._held[co.cid] = None
+        self._hold_reserve(co)
+        self._arm(co, self.ts_ns + self.close_out_window_ns)
+        if self.reserved > self.fund:
+            self._exhaust()
+
+    def _hold_reserve(self, co: CloseOut) -> None:
+        """A held close-out reserves max(0, (bp - mark) x side x lots x value) at the last
+        mark of its symbol (no mark: 0)."""
+        mark = self.marks.get(co.symbol, 0)
+        r = (co.bp - mark) * co.side * co.qty * self.specs[co.symbol].value if mark else 0
+        if r < 0:
+            r = 0
+        self.reserved += r - co.reserved
+        co.reserved = r
+
+    def _exhaust(self) -> None:
+        """The held exposure passed the fund (reserves > fund): the fund is exhausted. Held
+        close-outs go to ADL, newest takeover first (the oldest keep the fund's cover), until
+        the reserves fit the fund again."""
+        for co in sorted(self._held_closeouts(), key=lambda co: co.cid, reverse=True):
+            if self.reserved <= self.fund:
+                return
+            free = self.fund - self.reserved
+            del self._held[co.cid]
+            self._release(co)
+            co.deadline = 0
+            self._to_adl(co, free)
+
+    def _held_closeouts(self) -> list[CloseOut]:
+        closeouts = self.closeouts
+        return [closeouts[cid] for cid in self._held]
+
+    def _to_adl(self, co: CloseOut, free: int) -> None:
+        """The fund is exhausted (``free``, the free fund, is <= 0): what is left of the
+        close-out is auto-deleveraged at its bankruptcy price."""
+        co.phase = ADL_PHASE
+        co.unassigned = co.qty
+        if co.qty:
+            self.adl_queue[co.cid] = None
+            self.last_adl_entries.append((co.cid, free))
+        self._maybe_done(co)
 
     def _forget_order(self, co: CloseOut) -> None:
         self._by_coid.pop(co.coid, None)
@@ -878,6 +951,16 @@ class LiqEngine:
                                 f"{co.unassigned} in Adls {co.adl_out}")
             if co.qty == 0 and co.adl_out == 0 and co.coid == 0:
                 problems.append(f"close-out {co.cid} is done but kept")
+            if co.phase == HOLD:
+                mark = self.marks.get(co.symbol, 0)
+                want = max(0, (co.bp - mark) * co.side * co.qty * value) if mark else 0
+                if co.reserved != want or co.coid or not co.deadline or co.adl_out \
+                        or co.unassigned or co.qty <= 0 or co.cid not in self._held:
+                    problems.append(f"close-out {co.cid} held: reserve {co.reserved} of "
+                                    f"{want}, lots {co.qty}, order {co.coid}")
+            elif co.reserved and co.phase != IOC_PHASE or co.cid in self._held:
+                problems.append(f"close-out {co.cid} in phase {co.phase} reserves "
+                                f"{co.reserved}")
         for adl_id, (cid, account, symbol, asked) in self.adls.items():
             if cid not in self.closeouts:
                 problems.append(f"Adl {adl_id} of no close-out")
@@ -926,8 +1009,9 @@ class LiqEngine:
     @classmethod
     def restore(cls, data: bytes) -> LiqEngine:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if state[0] != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
+        if state[0] not in SNAPSHOT_VERSIONS:
+            raise ValueError(f"snapshot version {state[0]} is not one of {SNAPSHOT_VERSIONS} "
+                             "(a LiqEngine of another version wrote it)")
         (_, n_shards, specs, te_sources, ce_sources, oracle_sources, window, interval,
          seq, ts_ns, fund, debt, reserved, deposits, clearing_balance, clearing, liq,
          transfers, marks, positions, balances, closeouts, next_cid, next_adl, next_arm,

@@ -1,8 +1,8 @@
 """A naive LiqEngine: the same rules as liqengine/engine.py with none of its indexes.
 
 It finds a close-out by scanning all of them (by client order id, by order id, for a mass
-cancel, for a deadline), the holders of a symbol and the symbols of an account by scanning
-every position, ranks with ``fractions.Fraction`` and ``sorted`` afresh every time (no cache,
+cancel, for a deadline, the held ones), the holders of a symbol and the symbols of an account
+by scanning every position, ranks with ``fractions.Fraction`` and ``sorted`` afresh every time (no cache,
 no scaled integer keys), and recomputes the indicators of every symbol. The stateful test runs
 it in lockstep with the engine and compares outputs byte for byte; the benchmark measures the
 engine against it. The rules themselves (phases, prices, the fund) are the engine's code.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from liqengine.engine import CloseOut, LiqEngine, _score
+from liqengine.engine import HOLD, CloseOut, LiqEngine, _score
 
 
 class ReferenceLiqEngine(LiqEngine):
@@ -31,6 +31,9 @@ class ReferenceLiqEngine(LiqEngine):
         return sorted((co for co in self.closeouts.values()
                        if co.coid and co.order_id and co.order_id <= last_id
                        and co.symbol == symbol), key=lambda co: co.order_id)
+
+    def _held_closeouts(self) -> list[CloseOut]:
+        return [co for co in self.closeouts.values() if co.phase == HOLD]
 
     def _due(self) -> list[CloseOut]:
         return sorted((co for co in self.closeouts.values()

@@ -14,6 +14,11 @@ streams that take it:
 Marks come from oracle source 0x7100_0000 into every in.te.N and in.liq. Records are applied
 breadth first in the order they were produced; ``run`` drains the queue. ``on_record`` is
 called after every record of every engine (the cascade test's global audit).
+
+After every record of in.liq the venue notes, from the LiqEngine's ``last_adl_entries``, the
+free fund (fund - reserves) at the moment each close-out entered ADL phase (``adl_entry_free``,
+by close-out id), and for each Adl of that record the entry of its close-out
+(``adl_free``: one (adl id, close-out id, free fund at entry) per Adl sent).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from collections import deque
 from crossengine.engine import CrossEngine
 from deploy.audit import liq_books, te_books
 from liqengine import codec as lc
-from liqengine.engine import LiqEngine
+from liqengine.engine import HOLD, LiqEngine
 from mq.record import decode, encode, rebase
 from mq.sources import OPERATOR_SOURCE
 from tradingengine import codec as tc
@@ -83,6 +88,8 @@ class RoutedVenue:
         self.queue: deque = deque()
         self.on_record = on_record
         self.records = 0
+        self.adl_entry_free: dict[int, int] = {}
+        self.adl_free: list[tuple[int, int, int]] = []
 
     # -- the streams -----------------------------------------------------------------------------
 
@@ -104,11 +111,23 @@ class RoutedVenue:
         out = st.engine.apply_frame(frame)
         st.out.append(out)
         self.records += 1
+        if st is self.liq:
+            self._note_adls(out)
         for target, src, mask in self.ups[st.name]:
             for rec in decode(rebase(out, src, b"", mask)):
                 self.put(target, src, rec[5], rec[6], rec[7])
         if self.on_record is not None:
             self.on_record(self, st)
+
+    def _note_adls(self, out: bytes) -> None:
+        eng = self.liq.engine
+        for cid, free in eng.last_adl_entries:
+            self.adl_entry_free[cid] = free
+        for rec in decode(out):
+            for ev in lc.decode_events(rec[6]):
+                if ev[0] == lc.ADL:
+                    cid = eng.adls[ev[1]][0]
+                    self.adl_free.append((ev[1], cid, self.adl_entry_free[cid]))
 
     def run(self, limit: int = 10_000_000) -> int:
         """Apply every record queued and every record they cause; the number applied."""
@@ -158,6 +177,12 @@ class RoutedVenue:
         """Nothing left to do: no record queued, no sweep running, no close-out open."""
         return not self.queue and not any(st.engine.sweeps for st in self.te) \
             and not self.liq.engine.closeouts
+
+    def settled(self) -> bool:
+        """Nothing left to do but what the insurance fund holds: no record queued, no sweep
+        running, every open close-out held (HOLD, retried each close-out window)."""
+        return not self.queue and not any(st.engine.sweeps for st in self.te) \
+            and all(co.phase == HOLD for co in self.liq.engine.closeouts.values())
 
     def books(self) -> list:
         marks = dict(self.liq.engine.marks)

@@ -3,11 +3,14 @@ topology routes it (tests/liqcascade.py): TradingEngines hand off, the LiqEngine
 the CrossEngine's book, pays from the insurance fund and auto-deleverages the market makers.
 
 Checked after every record of every engine: each engine's own audit, the global sum of
-deploy/audit.py (te_books + liq_books = deposits), the fund never below zero. At rest: the
-clearing positions and balances of all engines net to zero per symbol; every position left is
-above maintenance; the fund moved by exactly its residues, deficits and the close-out
-differences recomputed from the CrossEngine's trades of LIQ; an Adl only after the IOC of its
-close-out, and none at all when the fund is rich and the book deep.
+deploy/audit.py (te_books + liq_books = deposits), the fund never below zero, and ADL only when
+the fund is exhausted: every Adl belongs to a close-out that entered ADL phase with a free fund
+(fund - reserves) at or below zero. At rest after each step of the crash (only what the fund
+holds left open): the clearing positions and balances of all engines net to zero per symbol.
+After the crash the makers bid a fresh ladder from the last mark down (the market refills) and
+everything runs to quiescence; then every position left is above maintenance, LIQ is flat, and
+the fund moved by exactly its residues, deficits and the close-out differences recomputed from
+the CrossEngine's trades of LIQ. No Adl at all when the fund is rich, whatever the ladder.
 """
 from __future__ import annotations
 
@@ -32,6 +35,11 @@ def _check_record(v: RoutedVenue, st) -> None:
     if st is v.liq:
         eng.audit()
         assert eng.fund >= 0, f"fund {eng.fund} below zero at in.liq seq {eng.seq}"
+        # ADL fires only when the fund is exhausted: every Adl of this record belongs to a
+        # close-out that entered ADL phase with a free fund (fund - reserves) <= 0
+        for adl_id, cid, free in v.adl_free[v.adl_seen:]:
+            assert free <= 0, f"Adl {adl_id} of close-out {cid}: free fund {free} at its entry"
+        v.adl_seen = len(v.adl_free)
     elif st in v.te:
         eng.audit()
     books = v.books()
@@ -54,6 +62,7 @@ def cascade(n_longs: int, fund: int, ladder: int, crash_to: int, seed: int,
     """Build the longs, crash the mark, run to quiescence; check; return the figures."""
     s = spec(1, value=10, max_leverage_x100=10_000, band_ppm=100_000)
     v = RoutedVenue([s], n_shards=2, on_record=_check_record)
+    v.adl_seen = 0
     tid = 1
     for a in MM:
         v.deposit(a, 10**14, tid)
@@ -87,19 +96,31 @@ def cascade(n_longs: int, fund: int, ladder: int, crash_to: int, seed: int,
     v.run()
     _at_rest(v)
     fund0 = v.liq.engine.fund
-    # the crash, in steps, each run to quiescence with Ticks
+    # the crash, in steps, each run with Ticks until only what the fund holds is left
     price = MID
     while price > crash_to:
         price = max(crash_to, price - MID // 40)
         v.mark(1, price)
         v.run()
-        for _ in range(400):
-            if v.quiet():
-                break
-            v.tick(50_000_000)
-        assert v.quiet(), "no quiescence after 400 Ticks"
-        _at_rest(v)
+        _settle(v, v.settled)
+    # the market refills: the makers bid a fresh ladder from the last mark down, deep enough
+    # for what LIQ holds; the held close-outs' next IOCs close there
+    held = v.liq.engine.liq[1][0]
+    for k in range(5):
+        coid += 1
+        v.order(MM[k % 2], coid, 1, tc.BUY, price - k * step, ladder + max(held, 0))
+    v.run()
+    _settle(v, v.quiet)
     return _check_outcome(v, s, fund0)
+
+
+def _settle(v: RoutedVenue, done) -> None:
+    for _ in range(400):
+        if done():
+            break
+        v.tick(50_000_000)
+    assert done(), f"not {done.__name__} after 400 Ticks"
+    _at_rest(v)
 
 
 def _check_outcome(v: RoutedVenue, s, fund0: int) -> dict:
@@ -140,13 +161,10 @@ def _check_outcome(v: RoutedVenue, s, fund0: int) -> dict:
     assert liq.fund - fund0 == reasons[2] + reasons[3] + reasons[4], (liq.fund, fund0, reasons)
     assert liq.fund >= 0 and liq.fund_debt >= 0
     assert all(n == 0 for n, _c, _r in liq.liq.values()), "LIQ still holds a position"
+    assert len(v.adl_free) == adls and all(free <= 0 for _a, _c, free in v.adl_free)
     return {"takeovers": len(takeovers), "filled": filled, "adls": adls, "diffs": diffs,
             "residues": reasons[2], "deficits": reasons[4], "fund": liq.fund,
             "records": v.records}
-
-
-def _adl_only_after_ioc(v: RoutedVenue) -> None:
-    """Checked by the engine's own phases: an Adl belongs to a close-out past its IOC."""
 
 
 def test_cascade_small_fund_empty_adl():
@@ -162,13 +180,21 @@ def test_cascade_rich_fund_deep_book_no_adl():
     assert f["diffs"] < 0, f            # the fund paid for the fills under bankruptcy
 
 
+def test_cascade_fund_holds_what_a_thin_ladder_cannot_take():
+    """A fund that covers the held exposure and a thin ladder: the ladder is eaten, the fund
+    holds the rest (no Adl) and the held close-outs close in the refilled book."""
+    f = cascade(n_longs=16, fund=10**7, ladder=3, crash_to=8_000, seed=1)
+    assert f["takeovers"] >= 10 and f["adls"] == 0, f
+    assert f["filled"] > 15 * 3, f      # more than the first ladder held: the refill took it
+
+
 @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 @given(n=st.integers(4, 14), fund=st.sampled_from([0, 10**5, 10**7, 10**12]),
        ladder=st.integers(1, 8), crash=st.integers(8_000, 9_700), seed=st.integers(0, 50),
        deep=st.booleans())
 def test_cascade_properties(n, fund, ladder, crash, seed, deep):
     f = cascade(n, fund, ladder, crash, seed, deep_floor=deep)
-    if fund >= 10**12 and deep:
+    if fund >= 10**12:
         assert f["adls"] == 0, f
 
 

@@ -1,8 +1,9 @@
 """Random flows through a LiqEngine and the naive ReferenceLiqEngine in lockstep: handoffs,
 marks, client positions and balances, the CrossEngine's answers to LIQ's orders (accepted with
 fills at or better than the order's price, rejected, hit as maker, cancels answered), AdlApplied
-full and partial, deficits, deposits and withdrawals, ticks short and past the close-out
-window.
+full and partial, IOCs that find nothing (held by the fund, retried each window, deleveraged
+once a mark takes the held exposure past the fund), deficits, deposits and withdrawals, ticks
+short and past the close-out window.
 
 Proves, after every record (LiqVenue checks): the two outputs and routes are equal byte for
 byte, both audits hold (the fund never below zero, the books balance to the minor unit, LIQ's

@@ -5,9 +5,9 @@ goes below zero, and rejections. Every record also runs through the naive refere
 import pytest
 
 from liqengine import codec as c
-from liqengine.engine import EngineHalted, LiqEngine, LiqSpec, exact_score
+from liqengine.engine import HOLD, EngineHalted, LiqEngine, LiqSpec, exact_score
 from liqengine.reference import ReferenceLiqEngine
-from liqengine.sim import OPERATOR, ORACLE, LiqVenue, te_adl_applied
+from liqengine.sim import OPERATOR, ORACLE, LiqVenue, te_adl_applied, te_deficit
 
 WINDOW = 200_000_000
 
@@ -310,3 +310,147 @@ def test_at_most_four_adls_for_one_shard_in_one_record():
     for _ in range(5):
         per_record.append(len(kinds(v.tick(1), c.ADL)))
     assert per_record[:3] == [4, 4, 2] and sum(per_record) == 10
+
+
+# -- HOLD: the fund takes over what the market cannot take; ADL only once it is exhausted ----------
+
+def _held(v: LiqVenue, fund: int, mark: int, *longs: tuple) -> None:
+    """Fund ``fund``, mark ``mark`` of symbol 2 (value 100), shorts to deleverage, and one long
+    close-out per (account, lots, bp) in ``longs`` whose limit and IOC find no bid."""
+    v.deposit(1, fund)
+    v.mark(2, mark)
+    v.position(21, 2, -20, 1100, balance=10**6)
+    v.position(22, 2, -20, 1050, balance=10**6)
+    for account, lots, bp in longs:
+        v.hand_off(account, 2, lots, bp)
+        v.accept(max(v.orders))
+    v.tick(WINDOW)
+    for _ in longs:
+        v.answer_cancel()
+
+
+def test_ioc_without_bid_holds_while_the_fund_is_free_then_retries_each_window():
+    """Fund 10,000: the IOC of 5 lots at 1000 goes at 1000 - 10,000 // 500 = 980 and finds no
+    bid. The fund is not empty: LIQ holds the lots (no Adl), reserving their exposure at mark
+    990, (1000 - 990) x 5 x 100 = 5,000. A window later a fresh IOC goes at 980 again; with no
+    bid it holds again, once per window (a retry costs its output only). Then a bid appears at
+    985: filled, the fund pays (1000 - 985) x 5 x 100 = 7,500, within the IOC's reserve."""
+    v = venue()
+    _held(v, 10_000, 990, (7, 5, 1000))
+    ioc = max(v.orders)
+    assert v.orders[ioc]["price"] == 980 and v.engine.reserved == 10_000
+    events = v.accept(ioc)
+    assert kinds(events, c.ADL) == [] and v.engine.adls == {}
+    co = v.engine.closeouts[1]
+    assert co.phase == HOLD and co.qty == 5 and co.coid == 0
+    assert co.reserved == v.engine.reserved == 5_000
+    for _ in range(3):
+        assert kinds(v.tick(WINDOW - 1), c.CE_COMMAND) == []     # not before a window
+        cmds = kinds(v.tick(1), c.CE_COMMAND)
+        assert len(cmds) == 1
+        new = c.CE_NEW_ORDER_S.unpack(cmds[0][4])
+        assert new[1] == 980 and new[2] == 5 and new[6] == c.IOC
+        assert v.engine.reserved == 10_000                       # the IOC reserves anew
+        events = v.accept(max(v.orders))
+        assert kinds(events, c.ADL) == [] and kinds(events, c.FUND_CHANGED) == []
+        assert v.engine.closeouts[1].phase == HOLD and v.engine.reserved == 5_000
+        assert len(v.engine._deadlines) == 1 and v.engine._by_coid == {}
+    v.tick(WINDOW)
+    events = v.accept(max(v.orders), fills=[(5, 985)])
+    assert kinds(events, c.FUND_CHANGED) == [(4, 2_500, -7_500, c.FUND_CLOSE_OUT)]
+    assert kinds(events, c.ADL) == []
+    assert v.engine.closeouts == {} and v.engine.reserved == 0 and v.engine.fund == 2_500
+
+
+def test_mark_past_the_fund_deleverages_the_newest_held_close_out_first():
+    """Fund 10,000, two held longs of 5 lots at 1000 (close-outs 1 and 2) at mark 1000: no
+    exposure. Mark 985: each holds (1000 - 985) x 5 x 100 = 7,500, 15,000 > 10,000: the
+    fund is exhausted, the newest (2) goes to ADL at its bankruptcy price, the oldest keeps
+    the fund's cover. Mark 970: 15,000 > 10,000 again, and close-out 1 goes too."""
+    v = venue()
+    _held(v, 10_000, 1000, (7, 5, 1000), (8, 5, 1000))
+    iocs = sorted(k for k, o in v.orders.items() if o["tif"] == c.IOC)
+    assert [v.orders[k]["price"] for k in iocs] == [980, 1000]
+    for k in iocs:
+        assert kinds(v.accept(k), c.ADL) == []
+    assert [co.phase for co in v.engine.closeouts.values()] == [HOLD, HOLD]
+    assert v.engine.reserved == 0
+    events = v.mark(2, 985)
+    adls = kinds(events, c.ADL)
+    assert [(a[2], a[4], a[5]) for a in adls] == [(21, 5, 1000)]
+    assert [v.engine.adls[a[1]][0] for a in adls] == [2]
+    assert v.engine.closeouts[1].phase == HOLD and v.engine.reserved == 7_500
+    assert v.engine.last_adl_entries == [(2, 10_000 - 15_000)]
+    events = v.mark(2, 970)
+    adls = kinds(events, c.ADL)
+    assert [v.engine.adls[a[1]][0] for a in adls] == [1] and adls[0][5] == 1000
+    assert v.engine.reserved == 0 and v.engine.fund == 10_000
+    for adl_id in sorted(v.adls):
+        v.apply_adl(adl_id)
+    assert v.engine.closeouts == {} and v.engine.fund == 10_000
+
+
+def test_ioc_ending_with_no_free_fund_goes_to_adl_at_once():
+    """Fund exactly 0 when the IOC ends: ADL in the same record (nothing to hold with)."""
+    v = venue()
+    v.mark(2, 990)
+    v.position(21, 2, -20, 1100, balance=10**6)
+    v.hand_off(7, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    events = v.accept(max(v.orders))
+    assert [(a[2], a[4], a[5]) for a in kinds(events, c.ADL)] == [(21, 5, 1000)]
+    assert v.engine.last_adl_entries == [(1, 0)]
+
+
+def test_snapshot_in_hold_restores_the_same_state_and_outputs():
+    v = venue()
+    _held(v, 10_000, 990, (7, 5, 1000))
+    v.accept(max(v.orders))
+    assert v.engine.closeouts[1].phase == HOLD
+    e2 = LiqEngine.restore(v.engine.snapshot())
+    assert e2.state_hash() == v.engine.state_hash()
+    for dt, kind, payload, src in [(WINDOW, c.KIND_TICK, b"", OPERATOR),
+                                   (1, c.MARK_PRICE, c.mark_price(2, 900), ORACLE)]:
+        v.seq += 1
+        v.ts_ns += dt
+        assert e2.apply(v.seq, v.ts_ns, kind, payload, src) == v.engine.apply(
+            v.seq, v.ts_ns, kind, payload, src)
+        assert e2.state_hash() == v.engine.state_hash()
+
+
+def test_snapshot_of_another_version_is_refused():
+    import msgpack
+    state = msgpack.unpackb(LiqEngine([LiqSpec(1, 1)], 1).snapshot(), raw=False)
+    state[0] = 99
+    with pytest.raises(ValueError, match="snapshot version 99"):
+        LiqEngine.restore(msgpack.packb(state))
+
+
+def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
+    """LIQ short 4 lots at bankruptcy 1000 (value 100), held at mark 1000: no exposure. The mark
+    rises to 1010: (1000 - 1010) x -1 x 4 x 100 = 4,000 reserved; at 990 nothing. A withdrawal
+    or a deficit takes the free fund only, never the held reserve."""
+    v = venue()
+    v.deposit(1, 10_000)
+    v.mark(2, 1000)
+    v.position(21, 2, 20, 900, balance=10**6)
+    v.hand_off(7, 2, -4, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    ioc = max(v.orders)
+    assert v.orders[ioc]["side"] == c.BUY and v.orders[ioc]["price"] == 1025
+    assert kinds(v.accept(ioc), c.ADL) == []
+    assert v.engine.closeouts[1].phase == HOLD and v.engine.reserved == 0
+    v.mark(2, 1010)
+    assert v.engine.reserved == 4_000
+    assert kinds(v.deposit(2, -6_001), c.REJECTED)[0][1] == c.CODES["fund_insufficient"]
+    v.te(0, te_deficit(4, 7_000))
+    assert v.engine.fund == 4_000 and v.engine.fund_debt == 1_000
+    assert v.engine.closeouts[1].phase == HOLD        # the fund still covers what it holds
+    v.mark(2, 990)
+    assert v.engine.reserved == 0 and v.engine.fund == 3_000 and v.engine.fund_debt == 0
+    cmds = kinds(v.tick(WINDOW), c.CE_COMMAND)
+    assert c.CE_NEW_ORDER_S.unpack(cmds[0][4])[1] == 1000 + 3_000 // 400
