@@ -104,7 +104,6 @@ class Publisher:
         await self.ws.start(*_hostport(self.conf["http"]))
         loop = asyncio.get_running_loop()
         if follow:
-            from mq.subscriber import Subscriber
             for s in self.conf["symbols"]:
                 self.subscribers.append((s["symbol"], _Following(
                     s.get("out", f"out.ce.{s['symbol']}"), s["pub"],
