@@ -213,3 +213,24 @@ def test_a_bad_drill_target_is_one_line(cluster):
         seqex("drill", "kill-gateway", "--target", "ce.BTCUSDT.hot0", "--data", cluster))
     assert "no process 'nope'" in one_line_error(
         seqex("drill", "freeze", "--target", "nope", "--data", cluster))
+
+
+@pytest.mark.slow
+def test_the_market_data_publisher_serves_its_metrics(cluster):
+    # marketdata0 on the metrics address the topology gave it, as every other process
+    from deploy.metrics import scrape
+    status = json.loads(seqex("status", "--json", "--data", cluster, timeout=60).stdout)
+    md = next(p for p in status["processes"] if p["process"] == "marketdata0")
+    got: dict = {}
+
+    def caught_up() -> bool:
+        got.clear()
+        got.update(scrape(md["metrics"]))
+        return got.get(("seqex_marketdata_caught_up", (("process", "marketdata0"),))) == 1
+    wait_until(caught_up, 60, "the publisher caught up")
+    assert got[("seqex_up", (("process", "marketdata0"), ("role", "marketdata")))] == 1
+    applied = {dict(k)["stream"]: v for (n, k), v in got.items()
+               if n == "seqex_marketdata_applied_seq"}
+    assert set(applied) == {"out.ce.BTCUSDT", "out.ce.ETHUSDT"}, applied
+    for feed in ("binary", "websocket"):
+        assert ("seqex_marketdata_clients", (("feed", feed), ("process", "marketdata0"))) in got
