@@ -21,6 +21,10 @@ Drills (``--target`` names another process of the same kind):
   claim, adopt, reconcile: docs/log.md "Failover"); the default topology has no standby
   masters, so this is the restarted master's takeover on the same endpoints. ``recovered_s``
   is when it answers with an epoch above the old one; the report gives both epochs;
+* ``kill-gateway``: SIGKILL of a gateway (default ``gateway0``) under a load *through* it (two
+  SDK clients, gateway/client.py, as the drill's own users): the supervisor restarts it and
+  the clients log on into their sessions again and resend what was not applied, with the same
+  SeqNos (``run_gateway``; its report is described there and in docs/operations.md);
 * ``freeze``: SIGSTOP of a process (default ``ce.<first symbol>.hot1``) for ``--freeze-s``
   (default 5), then SIGCONT; the supervisor's heartbeat (a PING each second) is what detects
   it: `seqex status` marks it FROZEN once it has been silent for ``--frozen-after``.
