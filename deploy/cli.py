@@ -110,7 +110,10 @@ def cmd_marketdata(a: argparse.Namespace) -> int:
         conf = publisher.read_config(a.config)
     except ValueError as exc:
         return _fail("seqex marketdata", str(exc))
-    return publisher.main(conf)
+    from deploy import metrics
+    address = os.environ.get(metrics.ENV)
+    return publisher.main(conf, on_start=None if not address else (
+        lambda pub: metrics.start_exporter(address, pub.status, "marketdata", a)))
 
 
 def cmd_client(a: argparse.Namespace) -> int:

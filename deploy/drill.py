@@ -21,6 +21,10 @@ Drills (``--target`` names another process of the same kind):
   claim, adopt, reconcile: docs/log.md "Failover"); the default topology has no standby
   masters, so this is the restarted master's takeover on the same endpoints. ``recovered_s``
   is when it answers with an epoch above the old one; the report gives both epochs;
+* ``kill-gateway``: SIGKILL of a gateway (default ``gateway0``) under a load *through* it (two
+  SDK clients, gateway/client.py, as the drill's own users): the supervisor restarts it and
+  the clients log on into their sessions again and resend what was not applied, with the same
+  SeqNos (``run_gateway``; its report is described there and in docs/operations.md);
 * ``freeze``: SIGSTOP of a process (default ``ce.<first symbol>.hot1``) for ``--freeze-s``
   (default 5), then SIGCONT; the supervisor's heartbeat (a PING each second) is what detects
   it: `seqex status` marks it FROZEN once it has been silent for ``--frozen-after``.
@@ -79,7 +83,7 @@ import time
 from dataclasses import dataclass, field
 
 DRILLS = ("kill-hot-ce", "kill-all-hot-ce", "kill-te", "kill-sequencer", "kill-replicator",
-          "freeze", "disk-full")
+          "kill-gateway", "freeze", "disk-full")
 FULL_SLACK = 64 << 10  # disk-full: the tmpfs remounted at what it uses plus this
 AUDIT_EVERY = 100      # the global audit's books checked every this many records, and at the end
 GROUP_DRILLS = ("kill-all-hot-ce", "kill-te")   # every hot replica of a stream, then PROMOTE
@@ -710,13 +714,18 @@ def record_outcome(data_dir: str, r: dict) -> None:
 
 def cmd_drill(a: argparse.Namespace) -> int:
     try:
-        report = run(a.data, a.name, a.target, a.rate, a.before, a.after, a.freeze_s,
-                     a.frozen_after, a.timeout, a.full_s)
+        if a.name == "kill-gateway":
+            report = run_gateway(a.data, a.target, a.rate, a.before, a.after, a.frozen_after,
+                                 a.timeout)
+        else:
+            report = run(a.data, a.name, a.target, a.rate, a.before, a.after, a.freeze_s,
+                         a.frozen_after, a.timeout, a.full_s)
     except DrillError as exc:
         print(f"seqex drill: {exc}", file=sys.stderr)
         return 2
     record_outcome(a.data, report)
-    print(json.dumps(report, indent=1) if a.json else describe(report), flush=True)
+    text = describe_gateway(report) if a.name == "kill-gateway" else describe(report)
+    print(json.dumps(report, indent=1) if a.json else text, flush=True)
     return 0 if report["ok"] else 1
 
 
@@ -738,3 +747,514 @@ def register(sub, int_range, seconds) -> None:
                    help="give up waiting for recovery after this long")
     s.add_argument("--json", action="store_true", help="the report as one JSON object")
     s.set_defaults(fn=cmd_drill)
+
+
+# -- kill-gateway: the load through the gateway, its sessions resumed ------------------------
+
+GW_USERS_FILE = "drill-gateway-users.json"   # in the data directory: the drill's users
+GW_STATE_DIR = "drill-gateway"               # their session state files (gateway/client.py)
+GW_ACCOUNT_BASE = 3001                       # the drill users' accounts: base, base + n_shards
+GW_DEPOSIT = "1000000"                       # USDT on each, once
+GW_TRANSFER_BASE = 9_500_000                 # deposit transfer ids: base + account
+GW_FIRST = ("new", "rejected")               # ExecutionReports that apply an order (or not)
+
+
+def gateway_users(topo, log=lambda _line: None) -> list[tuple[str, str, int]]:
+    """The drill's two users (``drill-gw-a``, ``drill-gw-b``), each with one funded account on
+    one shard: created, funded and written to ``<data>/drill-gateway-users.json`` once (fixed
+    transfer ids: a repeat deposit is answered and changes nothing). [(name, password,
+    account)]."""
+    from deploy import trading
+    from deploy.demo import _reload_gateway
+    path = os.path.join(topo.data_dir, GW_USERS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        doc = {"users": {}}
+    users = doc.setdefault("users", {})
+    n = int((topo.trading or {}).get("n_shards") or 1)
+    changed = False
+    for i, name in enumerate(("drill-gw-a", "drill-gw-b")):
+        if name in users:
+            continue
+        import secrets
+        pw = secrets.token_urlsafe(12)
+        account = GW_ACCOUNT_BASE + i * n        # both on one shard: pairs meet in one order
+        try:
+            trading.create_user(topo, name, [account], pw)
+        except trading.TradingError as exc:
+            raise DrillError(f"kill-gateway: cannot add the drill's user {name}: {exc}") from None
+        users[name] = {"password": pw, "account": account, "funded": False}
+        changed = True
+    if changed:
+        trading.write_private_json(path, doc)
+        _reload_gateway(topo)
+    for name in sorted(users):
+        u = users[name]
+        if not u.get("funded"):
+            try:
+                out = trading.transfer(topo.data_dir, topo, u["account"],
+                                       trading.minor_units(GW_DEPOSIT),
+                                       transfer_id=GW_TRANSFER_BASE + u["account"])
+            except Exception as exc:    # one line: the drill cannot run
+                raise DrillError(f"kill-gateway: cannot fund {name}'s account "
+                                 f"{u['account']}: {type(exc).__name__}: {exc}") from None
+            log(f"{name}: {out.line()}")
+            u["funded"] = True
+            trading.write_private_json(path, doc)
+    return [(name, users[name]["password"], users[name]["account"]) for name in sorted(users)]
+
+
+@dataclass
+class GwOrder:
+    client: int            # which of the load's clients sent it
+    cl_ord_id: int
+    seq_no: int            # its SeqNo in that client's session
+    account: int
+    sent_at: float
+    acked_at: float | None = None
+    applied: int = 0       # ExecutionReports New/Rejected and BusinessRejects naming it
+
+
+@dataclass
+class GatewayLoad:
+    """Orders through the gateway: two SDK clients (gateway/client.py), sessions persisted in
+    ``<data>/drill-gateway/``, pairs of crossing limit orders at ``rate`` per second in all, at
+    the mark (refreshed every second). Runs its own asyncio loop in a thread."""
+    host: str
+    port: int
+    users: list
+    instruments: dict
+    symbol: str
+    qty: str
+    state_dir: str
+    rate: int
+    topo: object
+    stop: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+    orders: list = field(default_factory=list)
+    by_key: dict = field(default_factory=dict)       # (client, cl_ord_id) -> GwOrder
+    by_seq: dict = field(default_factory=dict)       # (client, SeqNo) -> GwOrder
+    strike: float | None = None
+    disconnected_at: float | None = None              # first client that lost its connection
+    relogged_at: dict = field(default_factory=dict)  # client -> its first LogonAck after it
+    sessions: list = field(default_factory=list)      # per client: {user, before, after, ...}
+    not_applied: int = 0
+    logouts: list = field(default_factory=list)
+    error: str | None = None
+    clients: list = field(default_factory=list)
+    price: str | None = None
+    mass_cancelled: set = field(default_factory=set)   # (client, ClOrdID) answered
+
+    def run(self) -> None:
+        import asyncio
+        try:
+            asyncio.run(self._main())
+        except Exception as exc:   # reported, never a hang of the drill
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.started.set()
+
+    async def _connect(self, user: str, pw: str, deadline_s: float = 30.0):
+        """A logged-on client of the user's persisted session; a refusal for credentials is
+        retried (a user just added reaches the gateway within a second)."""
+        import asyncio
+
+        from gateway import client as sdk
+        os.makedirs(self.state_dir, exist_ok=True)
+        path = os.path.join(self.state_dir, f"{user}.session.json")
+        end = time.monotonic() + deadline_s
+        while True:
+            c = sdk.Client(self.host, self.port, user, pw, path, self.instruments,
+                           connect_timeout_s=10.0)
+            c.state.save = _quick_save(c.state)
+            try:
+                return await c.connect()
+            except (sdk.SessionError, ConnectionError) as exc:
+                await c.close(logout=False)
+                if time.monotonic() > end:
+                    raise DrillError(f"kill-gateway: {user} cannot log on: {exc}") from None
+                await asyncio.sleep(0.5)
+
+    async def _main(self) -> None:
+        import asyncio
+        from decimal import Decimal
+
+        from deploy.demo import follow_marks, symbols_of
+        syms = {s.name: s for s in symbols_of(self.topo)}
+        sym = syms[self.symbol]
+        tick = Decimal(self.topo.symbols[self.symbol]["tick_size"])
+
+        async def marks() -> None:
+            while True:
+                await asyncio.to_thread(follow_marks, self.topo, [sym])
+                self.price = str(tick * sym.mid_ticks)
+                await asyncio.sleep(1.0)
+
+        await asyncio.to_thread(follow_marks, self.topo, [sym])
+        self.price = str(tick * sym.mid_ticks)
+        for user, pw, _account in self.users:
+            self.clients.append(await self._connect(user, pw))
+        for (user, _pw, _a), c in zip(self.users, self.clients, strict=True):
+            self.sessions.append({"user": user, "session_id": c.session_id,
+                                  "logons_before": c.stats["logons"]})
+        tasks = [asyncio.get_running_loop().create_task(marks())]
+        tasks += [asyncio.get_running_loop().create_task(self._read(i, c))
+                  for i, c in enumerate(self.clients)]
+        self.started.set()
+        interval = 1.0 / self.rate
+        due = time.monotonic()
+        k = 0
+        price = self.price
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                while due <= now and not self.stop.is_set():
+                    pair, taker = divmod(k, 2)
+                    maker = pair % 2
+                    maker_side = ("buy", "sell")[(pair // 2) % 2]
+                    if not taker:
+                        price = self.price        # both orders of a pair at one price
+                    ci = maker if not taker else 1 - maker
+                    side = maker_side if not taker else ("sell" if maker_side == "buy"
+                                                         else "buy")
+                    await self._send(ci, side, price)
+                    k += 1
+                    due += interval
+                    if due < now - 1.0:     # a long stall: no burst to catch up
+                        due = now
+                self._watch()
+                await asyncio.sleep(0.002)
+            # every order's answer, then the resting ones cancelled (the books left as found)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(o.acked_at is None for o in self.orders):
+                self._watch()
+                await asyncio.sleep(0.01)
+            await self._tidy()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for c in self.clients:
+                c.state.last_seen = max(c.state.last_seen, c.received_upto)
+                c.state.save = type(c.state).save.__get__(c.state)
+                c.state.save()                   # the session, for the next run
+                await c.close()
+            for s, c in zip(self.sessions, self.clients, strict=True):
+                s.update(session_id_after=c.session_id, logons=c.stats["logons"],
+                         resent=c.stats["resent"], dropped_from_outbox=c.stats[
+                             "dropped_from_outbox"], duplicates=c.stats["duplicates"],
+                         new_session_after=c.new_session)
+
+    async def _send(self, ci: int, side: str, price: str) -> None:
+        c = self.clients[ci]
+        account = self.users[ci][2]
+        seq_no = c.state.next_seq
+        cl = await c.new_order(self.symbol, side, self.qty, price, account=account)
+        o = GwOrder(ci, cl, seq_no, account, time.monotonic())
+        self.orders.append(o)
+        self.by_key[(ci, cl)] = o
+        self.by_seq[(ci, seq_no)] = o
+
+    def _watch(self) -> None:
+        """The clients' connections, seen from here: the first one lost after the strike, and
+        each client's next LogonAck."""
+        if self.strike is None:
+            return
+        now = time.monotonic()
+        for i, c in enumerate(self.clients):
+            if not c.logged_on.is_set() and self.disconnected_at is None:
+                self.disconnected_at = now
+            if i not in self.relogged_at and c.logged_on.is_set() and \
+                    c.stats["logons"] > self.sessions[i]["logons_before"]:
+                self.relogged_at[i] = now
+
+    async def _read(self, ci: int, c) -> None:
+        """The client's reports as they come (without the SDK's per-report save: the drill's
+        own process does not crash; its sessions are saved at the end)."""
+        import asyncio
+        import contextlib
+        while True:
+            c.wakeup.clear()
+            while c.queue:
+                self._report(ci, c.queue.popleft())
+            if c.error is not None:
+                self.error = self.error or f"client {self.users[ci][0]}: {c.error}"
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(c.wakeup.wait(), 0.1)
+
+    def _report(self, ci: int, r) -> None:
+        from gateway import client as sdk
+        now = time.monotonic()
+        o = None
+        if isinstance(r, sdk.ExecutionReport | sdk.CancelReject):
+            o = self.by_key.get((ci, r.cl_ord_id))
+        elif isinstance(r, sdk.BusinessReject):
+            o = self.by_key.get((ci, r.ref_id)) if r.ref_id is not None else \
+                self.by_seq.get((ci, r.ref_seq))
+        elif isinstance(r, sdk.NotApplied):
+            self.not_applied += r.count
+        elif isinstance(r, sdk.MassCancelReport):
+            self.mass_cancelled.add((ci, r.cl_ord_id))
+        elif isinstance(r, sdk.Logout):
+            self.logouts.append(f"{self.users[ci][0]}: Logout {r.reason} {r.text}")
+        if o is None:
+            return
+        if o.acked_at is None:
+            o.acked_at = now
+        if isinstance(r, sdk.BusinessReject) or (isinstance(r, sdk.ExecutionReport) and
+                                                 r.exec_type in GW_FIRST):
+            o.applied += 1
+
+    async def _tidy(self) -> None:
+        """A mass cancel of the drill's symbol on each session (an order left resting when its
+        partner was refused), its report awaited a few seconds."""
+        import asyncio
+        ids = []
+        for c in self.clients:
+            ids.append(await c.mass_cancel(self.symbol))
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not all(
+                (ci, i) in self.mass_cancelled for ci, i in enumerate(ids)):
+            await asyncio.sleep(0.05)
+
+
+def _quick_save(state):
+    """SessionState.save without the fsync: the drill's clients persist their sessions as
+    the SDK does (atomically, before each send), minus the disk flush, which would cap the
+    load at a few hundred orders per second on a shared disk; what the drill kills is the
+    gateway, not its own process."""
+    def save() -> None:
+        d = {"user": state.user, "session_id": state.session_id, "next_seq": state.next_seq,
+             "last_seen": state.last_seen, "next_cl_ord_id": state.next_cl_ord_id,
+             "outbox": [[s, t, b.hex()] for s, t, b in state.outbox]}
+        tmp = f"{state.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(d))
+        os.replace(tmp, state.path)
+    return save
+
+
+def _stream_last(topo, stream: str) -> int:
+    """The highest seq of a stream any replicator holds now (0: none answers)."""
+    from mq.control import ping
+    best = 0
+    for addr in topo.replicator_addrs():
+        st = ping(addr, timeout_s=2.0) or {}
+        best = max(best, int(((st.get("streams") or {}).get(stream) or {}).get("last") or 0))
+    return best
+
+
+def count_exec_reports(topo, stream: str, accounts: set, first_seq: int) -> dict:
+    """{(account, client_order_id): ExecutionReports New or Rejected} in a TradingEngine's
+    out stream from first_seq, for the given accounts (the replicator that holds most)."""
+    from mq.control import replay
+    from mq.record import decode
+    from tradingengine import codec as te
+    best: tuple[int, dict] | None = None
+    last_error = None
+    for addr in topo.replicator_addrs():
+        counts: dict = {}
+        last = 0
+        try:
+            for frame in replay(addr, stream, max(1, first_seq)):
+                for rec in decode(frame):
+                    last = rec[0]
+                    payload = bytes(rec[6])
+                    if not payload:
+                        continue
+                    try:
+                        events = te.decode_events(payload)
+                    except ValueError:
+                        continue
+                    for ev in events:
+                        if ev[0] == te.EXEC_REPORT and ev[3] in accounts and \
+                                ev[1] in (te.EXEC_NEW, te.EXEC_REJECTED):
+                            key = (ev[3], ev[5])
+                            counts[key] = counts.get(key, 0) + 1
+        except (TimeoutError, RuntimeError) as exc:
+            last_error = exc
+            continue
+        if best is None or last > best[0]:
+            best = (last, counts)
+    if best is None:
+        raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
+    return best[1]
+
+
+def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
+                before_s: float = 2.0, after_s: float = 2.0, frozen_after_s: float = 3.0,
+                timeout_s: float = 120.0) -> dict:
+    """``kill-gateway``: SIGKILL of a gateway (default ``gateway0``) under a load through it;
+    the supervisor restarts it and the clients resume their sessions (docs/operations.md)."""
+    from deploy.supervisor import read_state
+    topo, supervisor = read_state(data_dir)
+    t = topo.trading or {}
+    if not t.get("gateway"):
+        raise DrillError("kill-gateway: this cluster runs no gateway (its topology has no "
+                         "[trading] gateway)")
+    target = target or next((p.name for p in topo.procs if p.role == "gateway"), "gateway0")
+    try:
+        spec = topo.by_name(target)
+    except StopIteration:
+        raise DrillError(f"no process {target!r} in the running topology") from None
+    if spec.role != "gateway":
+        raise DrillError(f"kill-gateway: {target} is not a gateway")
+    pid = _pid_of(data_dir, target)
+    listen = spec.extra.get("listen") or spec.control
+    host, _, port = listen[len("tcp://"):].rpartition(":") if listen.startswith("tcp://") \
+        else listen.rpartition(":")
+    sym = next(iter(topo.symbols), None)
+    if sym is None:
+        raise DrillError("the cluster has no symbol to put a load on")
+    instruments = {i["symbol"]: (i["security_id"], i["tick"], i["lot"])
+                   for i in t["instruments"]}
+    users = gateway_users(topo)
+    import logging
+    logging.getLogger("seqex.client").setLevel(logging.WARNING)   # a line per resent order
+    logging.getLogger("asyncio").setLevel(logging.ERROR)  # writes into the killed connection
+    n = int(t.get("n_shards") or 1)
+    shards = sorted({acct % n for _u, _p, acct in users})
+    out_streams = {sh: t["shards"][sh]["out"] for sh in shards}
+    start = {sh: _stream_last(topo, s) for sh, s in out_streams.items()}
+    load = GatewayLoad(host.strip("[]"), int(port), users, instruments, sym,
+                       str(topo.symbols[sym].get("lot_size", "1")),
+                       os.path.join(os.path.abspath(data_dir), GW_STATE_DIR), rate, topo)
+    th = threading.Thread(target=load.run, name="drill-gateway-load", daemon=True)
+    th.start()
+    load.started.wait(60)
+    if load.error or not load.clients or len(load.sessions) < len(users):
+        load.stop.set()
+        th.join(30)
+        raise DrillError(f"the load could not start: {load.error or 'no logon in 60 s'}")
+    time.sleep(before_s)
+    report: dict = {"drill": "kill-gateway", "target": target, "targets": [target],
+                    "role": "gateway", "stream": "", "pid": pid, "pids": {target: pid},
+                    "rate_per_s": rate, "gateway": f"{host}:{port}",
+                    "users": [u for u, _p, _a in users]}
+    strike_wall, strike = time.time(), time.monotonic()
+    load.strike = strike
+    os.kill(pid, signal.SIGKILL)
+    report["action"] = "SIGKILL"
+    report["at_unix"] = round(strike_wall, 6)
+    report["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(strike_wall)) + \
+        f".{int(strike_wall * 1e6) % 1_000_000:06d}Z"
+    down = restarted = recovered = None
+    new_pid = None
+    deadline = strike + timeout_s
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if down is None and _state(topo, data_dir, target, frozen_after_s) in ("DOWN",
+                                                                                 "FROZEN"):
+            down = now - strike
+        if new_pid is None:
+            new = _child_running(supervisor, spec) or (_beats(data_dir).get(target) or {}
+                                                       ).get("pid")
+            if isinstance(new, int) and new != pid:
+                new_pid, restarted = new, now - strike
+        if len(load.relogged_at) == len(users) and restarted is not None:
+            recovered = max(load.relogged_at.values()) - strike
+            break
+        if load.error:
+            break
+        time.sleep(0.02)
+    time.sleep(after_s)
+    load.stop.set()
+    th.join(120)
+    seen = load.disconnected_at
+    report.update(detected_s=_r(None if seen is None else seen - strike),
+                  status_down_s=_r(down), restarted_s=_r(restarted), recovered_s=_r(recovered),
+                  new_pid=new_pid, new_pids={target: new_pid} if new_pid else {})
+    if load.error:
+        report["load_error"] = load.error
+    if load.logouts:
+        report["logouts"] = load.logouts[:10]
+    orders = list(load.orders)
+    acked = [o for o in orders if o.acked_at is not None]
+    after = [o for o in acked if o.sent_at >= strike]
+    report["resumed_s"] = _r(min(o.acked_at for o in after) - strike) if after else None
+    lat_b = [o.acked_at - o.sent_at for o in acked if o.sent_at < strike]
+    lat_a = [o.acked_at - o.sent_at for o in after]
+    report["latency_ms"] = {w: {"p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99),
+                                "max": _pct(xs, 1.0)}
+                            for w, xs in (("before", lat_b), ("after", lat_a))}
+    lost = [o for o in orders if o.acked_at is None]
+    twice = [o for o in orders if o.applied > 1]
+    # the TradingEngine's out stream: each order accepted or rejected there exactly once
+    accounts = {a for _u, _p, a in users}
+    in_stream: dict = {}
+    for sh, stream in out_streams.items():
+        in_stream.update(count_exec_reports(topo, stream, accounts, start[sh] + 1))
+    missing = [o for o in orders if in_stream.get((o.account, o.cl_ord_id), 0) == 0]
+    stream_twice = [o for o in orders if in_stream.get((o.account, o.cl_ord_id), 0) > 1]
+    report["orders"] = {"sent": len(orders), "acknowledged": len(acked), "lost": len(lost),
+                        "applied_twice": len(twice), "not_applied_reports": load.not_applied,
+                        "in_te_out_stream": {"streams": sorted(out_streams.values()),
+                                             "missing": len(missing),
+                                             "twice": len(stream_twice)},
+                        "resent_after_logon": sum(s.get("resent", 0) for s in load.sessions),
+                        "sent_during_outage": sum(
+                            1 for o in orders
+                            if o.sent_at >= strike and (recovered is None or
+                                                        o.sent_at < strike + recovered))}
+    if lost:
+        report["orders"]["lost_cl_ord_ids"] = [(o.client, o.cl_ord_id) for o in lost[:20]]
+    if twice or stream_twice:
+        report["orders"]["twice_cl_ord_ids"] = [(o.client, o.cl_ord_id)
+                                                for o in (twice or stream_twice)[:20]]
+    report["sessions"] = [dict(s, same_session=s.get("session_id_after") == s["session_id"]
+                               and s.get("new_session_after") is False)
+                          for s in load.sessions]
+    report["hashes"] = replica_hashes(topo)
+    report["rebuild"] = rebuild_check(topo, report["hashes"])
+    for h in report["hashes"].values():
+        h.pop("answers", None)
+    report["audit"] = global_audit(topo)
+    report["ok"] = (report["audit"]["ok"] and not lost and not twice and not missing
+                    and not stream_twice and bool(orders) and not load.error
+                    and recovered is not None and report["detected_s"] is not None
+                    and report["resumed_s"] is not None
+                    and all(s["same_session"] for s in report["sessions"])
+                    and all(h["equal"] for h in report["hashes"].values())
+                    and len(report["rebuild"]) == len(report["hashes"])
+                    and all(r["hash_equal"] and r.get("audit", "balanced") == "balanced"
+                            for r in report["rebuild"].values()))
+    return report
+
+
+def describe_gateway(r: dict) -> str:
+    """The kill-gateway report for a terminal."""
+    def s(x):
+        return "never" if x is None else f"{x:.3f} s"
+    o = r["orders"]
+    lines = [f"drill kill-gateway: SIGKILL of {r['target']} (gateway {r['gateway']}; pid "
+             f"{r['pid']}) at {r['at']}, under {r['rate_per_s']} orders/s from "
+             f"{', '.join(r['users'])}",
+             f"  detected (a client lost its connection): {s(r['detected_s'])}; status "
+             f"DOWN: {s(r.get('status_down_s'))}",
+             f"  restarted by the supervisor: {s(r['restarted_s'])} (new pid {r['new_pid']})",
+             f"  recovered (every client logged on again): {s(r['recovered_s'])}",
+             f"  service: first order acknowledged after the fault: {s(r['resumed_s'])}"]
+    for ss in r["sessions"]:
+        lines.append(f"  {ss['user']}: session {ss['session_id']} "
+                     + ("resumed" if ss["same_session"] else "NOT RESUMED")
+                     + f" ({ss.get('logons')} logons, {ss.get('resent')} messages resent with "
+                     f"their SeqNos)")
+    lat = r["latency_ms"]
+    lines.append(f"  order latency ms before: p50 {lat['before']['p50']} p99 "
+                 f"{lat['before']['p99']} max {lat['before']['max']}; after: p50 "
+                 f"{lat['after']['p50']} p99 {lat['after']['p99']} max {lat['after']['max']}")
+    st = o["in_te_out_stream"]
+    lines.append(f"  orders: sent {o['sent']} ({o['sent_during_outage']} while the gateway "
+                 f"was down), acknowledged {o['acknowledged']}, lost {o['lost']}, applied "
+                 f"twice {o['applied_twice']}; in {', '.join(st['streams'])}: missing "
+                 f"{st['missing']}, twice {st['twice']}")
+    rest = describe({**r, "drill": "kill-gateway", "hashes": r["hashes"],
+                     "latency_ms": r["latency_ms"]}).splitlines()
+    lines += [ln for ln in rest if ln.startswith(("  in.", "  global audit", "    "))]
+    for x in ("load_error",):
+        if r.get(x):
+            lines.append(f"  load: {r[x]}")
+    lines.append("  OK" if r["ok"] else "  FAILED")
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Prometheus metrics of every seqex process, and the cluster's status as JSON.
 
-Every long-running process (replicator, sequencer, mirror, replica, gateway, oracle) serves
+Every long-running process (replicator, sequencer, mirror, replica, gateway, oracle, market
+data) serves
 ``/metrics`` in the Prometheus text format (prometheus-client) when ``SEQEX_METRICS=HOST:PORT``
 is in its environment. ``assign()`` gives each process of a plan its address: the process's
 host address from the topology's ``[hosts]`` table, and a port from the first one above every
@@ -15,8 +16,9 @@ endpoint and turns the answer into metric families. Nothing is shared with the p
 so no lock is taken on the hot path and a scrape never reads half-updated state; a process
 whose loop is stuck answers no PING, and its scrape says ``seqex_up 0`` after at most one
 second (a process stopped whole, SIGSTOP, answers no scrape: Prometheus's own ``up`` is 0). The
-gateway, which has no ZeroMQ control endpoint, hands its own ``status()`` (plain counters and
-queue lengths, read between two statements of its event loop) instead.
+gateway and the market-data publisher, which have no ZeroMQ control endpoint, hand their own
+``status()`` (plain counters and queue lengths, read between two statements of the event
+loop) instead.
 
 Names: ``seqex_<role>_<what>[_<unit>]``; monotonic counts are counters (``_total``), positions
 (seqs), depths, ages and rates are gauges. Labels: ``process``, ``stream``, and where one
@@ -64,6 +66,8 @@ _SPECIAL = frozenset({
     "role", "stream", "streams", "name", "replica_role", "epoch", "last", "committed",
     "replicators", "upstreams", "alarms", "refusals", "seq", "lag", "rate", "snapshot_seq",
     "snapshot_age_s", "state", "source_kind", "marks", "connected", "damaged_streams",
+    "clients", "snapshot_requests", "resnapshots", "slow_consumer_disconnects", "caught_up",
+    "dropped_messages",
     "disk_full", "queue_depth", "in_flight", "ts_ns", "restored_from", "source"})
 
 _ENDPOINT = re.compile(r"tcp://([^:/]+|\[[^\]]+\]):(\d+)")
@@ -225,6 +229,8 @@ def families(status: dict | None, process: str, role: str, stream: str = "") -> 
             flight.add_metric([process, str(shard)], d)
         yield depth
         yield flight
+    elif kind == "marketdata":
+        yield from _marketdata_families(status, process)
     elif kind == "oracle":
         marks = GaugeMetricFamily("seqex_oracle_mark_ticks", "the simulated mark price, ticks",
                                   labels=["process", "symbol"])
@@ -252,6 +258,48 @@ def families(status: dict | None, process: str, role: str, stream: str = "") -> 
             yield c
         else:
             yield gauge(name, f"{kind} {key.replace('_', ' ')} (PING: {key})", value)
+
+
+def _marketdata_families(status: dict, process: str) -> Iterator[Any]:
+    """The market-data publisher (gateway/marketdata/publisher.py status()): per out stream
+    its applied seq and lag, per feed its clients and what it sent."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    per_stream = (("applied_seq", "the last seq of the out stream applied to the book",
+                   "seq"),
+                  ("seen_seq", "the highest seq of the out stream seen (live feed, replay)",
+                   "seen"),
+                  ("lag_records", "seen minus applied", "lag"),
+                  ("replaying", "1 while catching up from a replicator, 0 on the live feed",
+                   "replaying"))
+    for suffix, doc, key in per_stream:
+        g = GaugeMetricFamily(f"seqex_marketdata_{suffix}", doc, labels=["process", "stream"])
+        for stream, st in sorted((status.get("streams") or {}).items()):
+            g.add_metric([process, stream], float(st.get(key) or 0))
+        yield g
+    g = GaugeMetricFamily("seqex_marketdata_caught_up", "1 once every out stream was "
+                          "replayed up to the live feed", labels=["process"])
+    g.add_metric([process], 1.0 if status.get("caught_up") else 0.0)
+    yield g
+    g = GaugeMetricFamily("seqex_marketdata_clients", "clients connected now (binary: logged "
+                          "on; websocket: open WebSocket connections)", labels=["process", "feed"])
+    for feed, n in sorted((status.get("clients") or {}).items()):
+        g.add_metric([process, feed], n)
+    yield g
+    for key, name, doc in (
+            ("sent", "messages_sent", "messages sent to clients (binary frames, WebSocket "
+             "messages), snapshots included"),
+            ("slow_consumer_disconnects", "slow_consumer_disconnects", "clients disconnected "
+             "for reading too slowly (binary Logout(7), WebSocket closed)"),
+            ("snapshot_requests", "snapshot_requests", "snapshots asked for (binary "
+             "MarketDataRequest, HTTP /api/v1/depth)"),
+            ("resnapshots", "resnapshots", "fresh snapshots sent to a client that fell "
+             "behind and drained"),
+            ("dropped_messages", "dropped_messages", "updates not sent to a client that fell "
+             "behind (it gets a fresh snapshot)")):
+        c = CounterMetricFamily(f"seqex_marketdata_{name}", doc, labels=["process", "feed"])
+        for feed, n in sorted((status.get(key) or {}).items()):
+            c.add_metric([process, feed], n)
+        yield c
 
 
 class StatusCollector:
@@ -360,7 +408,7 @@ def start_for_process(verb: str, args) -> bool:
     Returns whether an exporter was started. A metrics port that cannot be bound is logged and
     the process runs on: metrics are never worth an outage."""
     address = os.environ.get(ENV)
-    if not address or verb == "gateway":
+    if not address or verb in ("gateway", "marketdata"):
         return False
     control = control_of(verb, args)
     if control is None:

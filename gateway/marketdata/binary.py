@@ -277,7 +277,8 @@ class BinaryFeed:
         self.stale_limit_s = STALE_LIMIT_S
         self.logon_timeout_s = LOGON_TIMEOUT_S
         self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0,
-                      "auth_failures": 0, "logon_timeouts": 0}
+                      "auth_failures": 0, "logon_timeouts": 0, "snapshot_requests": 0,
+                      "snapshot_frames": 0}
 
     def current_accounts(self):
         """The accounts file, re-read when it changed (users added while the feed runs can log
@@ -332,12 +333,16 @@ class BinaryFeed:
             conn.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer", abort=True)
             return
         streams = m.Streams & 3 or 3
+        if m.SubscriptionRequestType != wire.SUBSCRIPTION_UNSUBSCRIBE:
+            self.stats["snapshot_requests"] += 1
         for sid in sids:
             if m.SubscriptionRequestType == wire.SUBSCRIPTION_UNSUBSCRIBE:
                 conn.subs.pop(sid, None)
                 self.by_symbol[sid].discard(conn)
                 continue
-            for f in snapshot_frames(self.instruments[sid], self.states[sid], m.MDReqID):
+            frames = snapshot_frames(self.instruments[sid], self.states[sid], m.MDReqID)
+            self.stats["snapshot_frames"] += len(frames)
+            for f in frames:
                 conn.write(f)
             if m.SubscriptionRequestType == wire.SUBSCRIPTION_SNAPSHOT_UPDATES:
                 conn.subs[sid] = Sub(m.MDReqID, streams)
@@ -373,7 +378,10 @@ class BinaryFeed:
             if sub.stale:
                 sub.stale = False
                 self.stats["resnapshots"] += 1
-                for f in snapshot_frames(self.instruments[sid], self.states[sid], sub.md_req_id):
+                frames = snapshot_frames(self.instruments[sid], self.states[sid],
+                                         sub.md_req_id)
+                self.stats["snapshot_frames"] += len(frames)
+                for f in frames:
                     conn.write(f)
 
     def tick(self) -> None:

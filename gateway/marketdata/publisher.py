@@ -87,10 +87,13 @@ class Publisher:
         self.subscribers: list = []
         self.tasks: list[asyncio.Task] = []
         self.caught_up = asyncio.Event()
+        self.seen: dict[str, int] = {}      # symbol -> highest seq known in its out stream
 
     def apply(self, symbol: str, seq: int, ts_ns: int, payload: bytes) -> Update:
         sid = self.ids[symbol]
         up = self.states[sid].apply(seq, ts_ns, payload)
+        if seq > self.seen.get(symbol, 0):
+            self.seen[symbol] = seq
         if self.binary.by_symbol[sid]:
             self.binary.publish(sid, update_frames(self.instruments[sid], up))
         self.ws.publish(symbol, up)
@@ -101,15 +104,42 @@ class Publisher:
         await self.ws.start(*_hostport(self.conf["http"]))
         loop = asyncio.get_running_loop()
         if follow:
-            from mq.subscriber import Subscriber
             for s in self.conf["symbols"]:
-                self.subscribers.append((s["symbol"], Subscriber(
+                self.subscribers.append((s["symbol"], _Following(
                     s.get("out", f"out.ce.{s['symbol']}"), s["pub"],
                     list(self.conf["replicators"]), next_seq=1)))
             self.tasks.append(loop.create_task(self._follow()))
         else:
             self.caught_up.set()
         self.tasks.append(loop.create_task(self._ticks()))
+
+    def status(self) -> dict:
+        """Counters and positions, for metrics (deploy/metrics.py): plain reads of ints and
+        lengths, safe from the exporter's thread between two statements of the event loop."""
+        streams = {}
+        following = {name: sub for name, sub in self.subscribers}
+        for s in self.conf["symbols"]:
+            name = s["symbol"]
+            applied = self.states[self.ids[name]].seq
+            sub = following.get(name)
+            seen = max(self.seen.get(name, 0), sub.highest_seen() if sub is not None else 0)
+            streams[s.get("out", f"out.ce.{name}")] = {
+                "seq": applied, "seen": seen, "lag": max(0, seen - applied),
+                "replaying": bool(sub is not None and sub.replaying)}
+        b, w = self.binary.stats, self.ws.stats
+        return {"role": "marketdata", "streams": streams,
+                "caught_up": self.caught_up.is_set(),
+                "clients": {"binary": sum(c.logged_on for c in list(self.binary.conns)),
+                            "websocket": len(self.ws.conn_streams)},
+                "sent": {"binary": b["frames"] + b.get("snapshot_frames", 0),
+                         "websocket": w["messages"] + w.get("initial_messages", 0)},
+                "slow_consumer_disconnects": {"binary": b["slow_logouts"],
+                                              "websocket": w["slow_closes"]},
+                "snapshot_requests": {"binary": b.get("snapshot_requests", 0),
+                                      "http": w.get("snapshot_requests", 0)},
+                "resnapshots": {"binary": b["resnapshots"], "websocket": w["resnapshots"]},
+                "dropped_messages": {"websocket": w["dropped"]},
+                "auth_failures": b["auth_failures"], "logon_timeouts": b["logon_timeouts"]}
 
     @property
     def feed_port(self) -> int:
@@ -152,9 +182,43 @@ class Publisher:
             self.ws.tick()
 
 
-async def _serve(conf: dict) -> None:
+class _Following:
+    """An out stream followed from seq 1 (mq.subscriber.Subscriber), which also remembers the
+    highest seq it has seen on the live feed (a frame taken, or held for a gap fill): the
+    publisher's lag is that minus what it has applied."""
+
+    def __init__(self, *args, **kw):
+        from mq.subscriber import Subscriber
+        self.sub = Subscriber(*args, **kw)
+        self.live_last = 0
+        take = self.sub._take
+
+        def _take(first: int, last: int, frame: bytes, out: list) -> None:
+            if last > self.live_last:
+                self.live_last = last
+            take(first, last, frame, out)
+        self.sub._take = _take
+
+    @property
+    def replaying(self) -> bool:
+        return self.sub.replaying
+
+    def highest_seen(self) -> int:
+        target = self.sub.target or 0
+        return max(self.live_last, target, self.sub.next_seq - 1)
+
+    def poll(self, timeout_ms: int = 100):
+        return self.sub.poll(timeout_ms)
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+async def _serve(conf: dict, on_start=None) -> None:
     pub = Publisher(conf)
     await pub.start()
+    if on_start is not None:
+        on_start(pub)
     log.info("market data: binary feed on %s, WebSocket and HTTP on %s", conf["feed"],
              conf["http"])
     stop = asyncio.Event()
@@ -165,7 +229,9 @@ async def _serve(conf: dict) -> None:
     await pub.close()
 
 
-def main(conf: dict) -> int:
+def main(conf: dict, on_start=None) -> int:
+    """Runs the publisher until SIGTERM/SIGINT; on_start(publisher) once its ports are bound
+    (`seqex marketdata` starts its metrics exporter there)."""
     try:
         import uvloop
         runner = uvloop.run
@@ -173,5 +239,5 @@ def main(conf: dict) -> int:
         runner = asyncio.run
     if os.environ.get("SEQEX_MD_NO_UVLOOP"):
         runner = asyncio.run
-    runner(_serve(conf))
+    runner(_serve(conf, on_start))
     return 0

@@ -180,7 +180,8 @@ class WsFeed:
         self.conn_streams: dict = {}        # connection -> set of stream names
         self.stale: dict = {}               # connection -> monotonic time it fell behind
         self.server = None
-        self.stats = {"messages": 0, "dropped": 0, "resnapshots": 0, "slow_closes": 0}
+        self.stats = {"messages": 0, "dropped": 0, "resnapshots": 0, "slow_closes": 0,
+                      "snapshot_requests": 0, "http_requests": 0, "initial_messages": 0}
         with open(PAGE, encoding="utf-8") as f:
             self.page = f.read().encode()
 
@@ -205,6 +206,7 @@ class WsFeed:
         url = urlsplit(request.path)
         if url.path in ("/ws", "/stream"):
             return None            # the WebSocket handshake
+        self.stats["http_requests"] += 1
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if url.path in ("/", "/index.html"):
             return Response(200, "OK", Headers(
@@ -228,6 +230,7 @@ class WsFeed:
             return self._json(400, {"code": -1100, "msg": "limit must not be negative"})
         what = url.path[len("/api/v1/"):]
         if what == "depth":
+            self.stats["snapshot_requests"] += 1
             return self._json(200, v.depth(limit))
         if what == "trades":
             return self._json(200, v.trades(limit))
@@ -305,6 +308,7 @@ class WsFeed:
 
     def _initial(self, conn, name: str) -> None:
         channel, _, symbol = name.partition("@")
+        self.stats["initial_messages"] += 1
         broadcast([conn], _dumps({"stream": name, "data": self.views[symbol].initial(channel)}))
 
     def publish(self, symbol: str, up: Update) -> None:

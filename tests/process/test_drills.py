@@ -4,7 +4,8 @@ reading the `--json` report: the fault was detected and the target recovered, se
 back from the in stream), every stream's replicas give one state hash at one seq, the stream
 rebuilt from seq 1 gives that hash too, and every TradingEngine shard's audit balances. The
 cluster is shared by the drills of this module (one `seqex up`, stopped at the end); a drill
-runs its own light load (200 orders/s into in.ce.BTCUSDT). A bad drill name or target is one
+runs its own light load (200 orders/s into in.ce.BTCUSDT; kill-gateway's through the gateway,
+from two SDK clients). A bad drill name or target is one
 line, status 2, and strikes nothing."""
 from __future__ import annotations
 
@@ -132,6 +133,31 @@ def test_drill_kill_replicator(cluster):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+def test_drill_kill_gateway_clients_resume_their_sessions(cluster):
+    # the load goes through the gateway: two SDK clients (gateway/client.py), users made and
+    # funded by the drill; the gateway is SIGKILLed, the supervisor restarts it, and each
+    # client logs on into its session again and resends what was not applied, same SeqNos
+    r = drill(cluster, "kill-gateway")
+    assert r["target"] == "gateway0" and r["action"] == "SIGKILL", r
+    assert r["restarted_s"] is not None and r["new_pid"] not in (None, r["pid"]), r
+    # the clients saw the connection go at once; service came back after the restart
+    assert r["detected_s"] <= r["restarted_s"] <= r["recovered_s"], r
+    assert r["restarted_s"] <= r["resumed_s"], r
+    assert len(r["sessions"]) == 2, r["sessions"]
+    for s in r["sessions"]:
+        assert s["same_session"] and s["session_id_after"] == s["session_id"], s
+        assert s["logons"] >= 2 and s["new_session_after"] is False, s
+    o = r["orders"]
+    # orders sent while it was down waited in the outboxes and went out on the new logon
+    assert o["sent_during_outage"] > 0 and o["resent_after_logon"] > 0, o
+    # every ClOrdID has its answer, and the TradingEngine applied each exactly once
+    assert o["in_te_out_stream"] == {"streams": ["out.te.1"], "missing": 0, "twice": 0}, o
+    assert o["not_applied_reports"] == 0, o
+    check(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_drill_freeze_is_detected_by_heartbeat(cluster):
     r = drill(cluster, "freeze", "--freeze-s", "5")
     assert r["target"] == "ce.BTCUSDT.hot1" and r["action"].startswith("SIGSTOP")
@@ -183,5 +209,28 @@ def test_a_bad_drill_target_is_one_line(cluster):
         seqex("drill", "kill-replicator", "--target", "ce.BTCUSDT.hot0", "--data", cluster))
     assert "not a TradingEngine replica" in one_line_error(
         seqex("drill", "kill-te", "--target", "ce.BTCUSDT.warm0", "--data", cluster))
+    assert "not a gateway" in one_line_error(
+        seqex("drill", "kill-gateway", "--target", "ce.BTCUSDT.hot0", "--data", cluster))
     assert "no process 'nope'" in one_line_error(
         seqex("drill", "freeze", "--target", "nope", "--data", cluster))
+
+
+@pytest.mark.slow
+def test_the_market_data_publisher_serves_its_metrics(cluster):
+    # marketdata0 on the metrics address the topology gave it, as every other process
+    from deploy.metrics import scrape
+    status = json.loads(seqex("status", "--json", "--data", cluster, timeout=60).stdout)
+    md = next(p for p in status["processes"] if p["process"] == "marketdata0")
+    got: dict = {}
+
+    def caught_up() -> bool:
+        got.clear()
+        got.update(scrape(md["metrics"]))
+        return got.get(("seqex_marketdata_caught_up", (("process", "marketdata0"),))) == 1
+    wait_until(caught_up, 60, "the publisher caught up")
+    assert got[("seqex_up", (("process", "marketdata0"), ("role", "marketdata")))] == 1
+    applied = {dict(k)["stream"]: v for (n, k), v in got.items()
+               if n == "seqex_marketdata_applied_seq"}
+    assert set(applied) == {"out.ce.BTCUSDT", "out.ce.ETHUSDT"}, applied
+    for feed in ("binary", "websocket"):
+        assert ("seqex_marketdata_clients", (("feed", feed), ("process", "marketdata0"))) in got

@@ -58,7 +58,9 @@ def test_soak_demo_load_with_a_random_drill_every_30_s(tmp_path):
     os.makedirs(disk)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2g", "tmpfs", disk],
                              capture_output=True).returncode == 0
-    drills = [d for d in DRILLS if mounted or d != "disk-full"]
+    # kill-gateway is left out: the demo robot's sessions do not reconnect (its clients are
+    # not the SDK's), so its acknowledgements would stop with the gateway
+    drills = [d for d in DRILLS if (mounted or d != "disk-full") and d != "kill-gateway"]
     try:
         run_soak(tmp_path, data, rng, drills)
     finally:

@@ -1,0 +1,64 @@
+"""kill-gateway's bookkeeping, without a cluster: which report answers which order, what
+counts as applied twice, and the report's text."""
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+from deploy import drill
+from gateway import client as sdk
+
+
+def _load() -> drill.GatewayLoad:
+    load = drill.GatewayLoad("127.0.0.1", 1, [("a", "pw", 3001), ("b", "pw", 3003)], {},
+                             "BTCUSDT", "0.001", "/nonexistent", 200, None)
+    for ci in (0, 1):
+        for cl, seq in ((1, 1), (2, 2)):
+            o = drill.GwOrder(ci, cl, seq, 3001 + 2 * ci, 0.0)
+            load.orders.append(o)
+            load.by_key[(ci, cl)] = o
+            load.by_seq[(ci, seq)] = o
+    return load
+
+
+def _er(cl: int, exec_type: str, seq: int = 1) -> sdk.ExecutionReport:
+    return sdk.ExecutionReport(seq, 0, cl, None, 7, 1, "BTCUSDT", 1, 3001, exec_type, "new",
+                               "buy", "limit", "gtc", Decimal(1), Decimal(1), None,
+                               Decimal(0), Decimal(1), Decimal(0), 0, None, False)
+
+
+def test_reports_answer_orders_and_a_second_new_is_applied_twice():
+    load = _load()
+    load._report(0, _er(1, "new"))
+    load._report(0, _er(1, "trade"))
+    load._report(1, sdk.BusinessReject(5, 0, 2, None, 100, 0, "throttled", False))
+    by = {(o.client, o.cl_ord_id): o for o in load.orders}
+    assert by[(0, 1)].acked_at is not None and by[(0, 1)].applied == 1
+    assert by[(1, 2)].acked_at is not None and by[(1, 2)].applied == 1   # by its SeqNo
+    assert by[(0, 2)].acked_at is None and by[(1, 1)].acked_at is None
+    load._report(0, _er(1, "new", seq=9))          # the gateway applied it again
+    assert by[(0, 1)].applied == 2
+    load._report(1, sdk.NotApplied(6, 1, 1))
+    assert load.not_applied == 1
+
+
+def test_the_clients_watch_sees_the_disconnect_and_each_new_logon():
+    load = _load()
+
+    class C:
+        def __init__(self):
+            self.logged_on = threading.Event()
+            self.logged_on.set()
+            self.stats = {"logons": 1}
+    load.clients = [C(), C()]
+    load.sessions = [{"logons_before": 1}, {"logons_before": 1}]
+    load._watch()
+    assert load.disconnected_at is None            # nothing before the strike
+    load.strike = 0.0
+    load.clients[0].logged_on.clear()
+    load._watch()
+    assert load.disconnected_at is not None and not load.relogged_at
+    load.clients[0].logged_on.set()
+    load.clients[0].stats["logons"] = 2
+    load._watch()
+    assert list(load.relogged_at) == [0]
