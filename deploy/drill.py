@@ -353,6 +353,24 @@ def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int,
     orders as lost that its peers hold)."""
     from mq.control import replay
     from mq.record import decode
+    from deploy.supervisor import probe
+    # The sequencer's commit point first: a replicator serves what it knows is committed, and
+    # it learns of the newest commits a moment after the sequencer acknowledged them. Count
+    # again until one replicator holds what was committed before the count began.
+    committed = 0
+    for p in topo.procs:
+        if p.role == "sequencer" and p.stream == stream:
+            m = probe(p)
+            committed = (m or {}).get("committed") or 0
+    deadline = time.monotonic() + 30.0
+    while True:
+        best = _count_once(topo, stream, source, first_seq, replay, decode)
+        if best[0] >= committed or time.monotonic() > deadline:
+            return best[1]
+        time.sleep(0.2)
+
+
+def _count_once(topo, stream, source, first_seq, replay, decode) -> tuple[int, dict[int, int]]:
     last_error = None
     best: tuple[int, dict[int, int]] | None = None
     for addr in topo.replicator_addrs():
@@ -371,7 +389,7 @@ def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int,
             best = (last, counts)
     if best is None:
         raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
-    return best[1]
+    return best
 
 
 def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
@@ -1080,7 +1098,7 @@ def count_exec_reports(topo, stream: str, accounts: set, first_seq: int) -> dict
             best = (last, counts)
     if best is None:
         raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
-    return best[1]
+    return best
 
 
 def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,

@@ -54,7 +54,8 @@ def _tradingengine(config: dict) -> Made:
 def _liqengine(config: dict) -> Made:
     from liqengine.engine import LiqEngine, LiqSpec
     _known_keys("liqengine", config, LIQ_KEYS)
-    specs = [LiqSpec(s["symbol"], s["value"], s.get("max_price", 1_000_000_000))
+    specs = [LiqSpec(s["symbol"], s["value"], s.get("max_price", 1_000_000_000),
+                     s.get("max_qty", 1_000_000_000))
              for s in config.get("specs", [])]
     windows = {k: config[k] for k in ("close_out_window_ns", "indicator_interval_ns")
                if k in config}

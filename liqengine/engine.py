@@ -48,8 +48,8 @@ from liqengine import codec as c
 from mq.record import decode, encode
 from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
 
-SNAPSHOT_VERSION = 2
-SNAPSHOT_VERSIONS = (1, 2)           # 1: the same layout, written before HOLD existed
+SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSIONS = (1, 2, 3)        # 1: before HOLD; 2: before orders were cut to max_qty
 CLOSE_OUT_WINDOW_NS = 200_000_000      # a limit at the bankruptcy price rests this long
 INDICATOR_INTERVAL_NS = 1_000_000_000  # ADL indicators are recomputed at most this often
 OUTPUT_BUDGET = 256 << 10              # bytes after which a record defers ADL and indicators
@@ -76,16 +76,18 @@ class LiqSpec(NamedTuple):
     symbol: int
     value: int                  # minor units per tick per lot
     max_price: int = 1_000_000_000
+    max_qty: int = 1_000_000_000   # the CrossEngine's largest order: bigger close-outs go in parts
 
 
 class CloseOut:
     """The close-out of one takeover. ``side`` is LIQ's (+1 long, -1 short); ``qty`` the lots
     LIQ still holds of it (> 0); ``unassigned`` the lots in ADL phase not yet sent in an Adl;
     ``adl_out`` the lots in Adls in flight; ``reserved`` the most the live IOC can lose, or in
-    HOLD the held lots' exposure at mark."""
+    HOLD the held lots' exposure at mark; ``order_left`` the lots of the live order not yet
+    filled (an order is at most the contract's max_qty: a bigger close-out goes in parts)."""
     __slots__ = ("cid", "shard", "account", "symbol", "side", "qty", "bp", "phase", "coid",
                  "order_id", "deadline", "arm", "unassigned", "adl_out", "reserved", "tried",
-                 "ioc_price")
+                 "ioc_price", "order_left")
 
     def __init__(self, cid, shard, account, symbol, side, qty, bp) -> None:
         self.cid = cid
@@ -105,18 +107,21 @@ class CloseOut:
         self.reserved = 0
         self.tried: dict[int, None] = {}   # accounts whose Adl fell short for this close-out
         self.ioc_price = 0
+        self.order_left = 0
 
     def row(self) -> list:
         return [self.cid, self.shard, self.account, self.symbol, self.side, self.qty, self.bp,
                 self.phase, self.coid, self.order_id, self.deadline, self.arm, self.unassigned,
-                self.adl_out, self.reserved, list(self.tried), self.ioc_price]
+                self.adl_out, self.reserved, list(self.tried), self.ioc_price, self.order_left]
 
     @classmethod
     def from_row(cls, r: list) -> CloseOut:
         co = cls(*r[:7])
         (co.phase, co.coid, co.order_id, co.deadline, co.arm, co.unassigned, co.adl_out,
-         co.reserved, tried, co.ioc_price) = r[7:]
+         co.reserved, tried, co.ioc_price) = r[7:17]
         co.tried = dict.fromkeys(tried)
+        # versions 1 and 2 sent the whole close-out in one order
+        co.order_left = r[17] if len(r) > 17 else (co.qty if co.coid else 0)
         return co
 
 
@@ -164,15 +169,20 @@ class LiqEngine:
     def __init__(self, specs: list, n_shards: int, te_sources: dict | None = None,
                  ce_sources: dict | None = None, oracle_sources: list | None = None,
                  close_out_window_ns: int = CLOSE_OUT_WINDOW_NS,
-                 indicator_interval_ns: int = INDICATOR_INTERVAL_NS) -> None:
+                 indicator_interval_ns: int = INDICATOR_INTERVAL_NS,
+                 output_budget: int = OUTPUT_BUDGET) -> None:
         if not 1 <= n_shards <= c.MAX_SHARDS:
             raise ValueError(f"n_shards {n_shards} not in 1 .. {c.MAX_SHARDS} (bit 63 is LIQ's)")
         self.specs: dict[int, LiqSpec] = {}
         for s in sorted(specs, key=lambda s: s.symbol):
             if s.symbol in self.specs:
                 raise ValueError("two contract specs share a symbol")
-            self.specs[s.symbol] = LiqSpec(s.symbol, s.value, getattr(s, "max_price",
-                                                                      1_000_000_000))
+            spec = LiqSpec(s.symbol, s.value, getattr(s, "max_price", 1_000_000_000),
+                           getattr(s, "max_qty", 1_000_000_000))
+            if spec.value <= 0 or spec.max_price <= 0 or spec.max_qty <= 0:
+                raise ValueError(f"contract spec of symbol {s.symbol}: value, max_price and "
+                                 "max_qty must be above 0")
+            self.specs[s.symbol] = spec
         self.n_shards = n_shards
         self.te_sources = {int(k): int(v) for k, v in sorted((te_sources or {}).items())}
         self.ce_sources = {int(k): int(v) for k, v in sorted((ce_sources or {}).items())}
@@ -185,7 +195,7 @@ class LiqEngine:
         self._oracle = dict.fromkeys(self.oracle_sources or ())
         self.close_out_window_ns = close_out_window_ns
         self.indicator_interval_ns = indicator_interval_ns
-        self.output_budget = OUTPUT_BUDGET   # configuration: tests set it low
+        self.output_budget = output_budget   # bytes of output after which ADL waits
         self.seq = 0
         self.ts_ns = 0
         self.fund = 0
@@ -232,9 +242,11 @@ class LiqEngine:
         self._rank_cache: dict[tuple[int, int], list[tuple]] = {}
         self._rank_index: dict[tuple[int, int], dict[int, tuple]] = {}
         self._held: dict[int, None] = {}           # close-outs in HOLD (cids)
+        self._held_reserved = 0                    # their reserves (the rest are live IOCs')
         for co in self.closeouts.values():
             if co.phase == HOLD:
                 self._held[co.cid] = None
+                self._held_reserved += co.reserved
             if co.coid:
                 self._by_coid[co.coid] = co.cid
             if co.order_id:
@@ -286,6 +298,10 @@ class LiqEngine:
                 self._fund_deposit(*c.FUND_DEPOSIT_S.unpack(payload))
         else:
             self._reject(_CODE["kind_unknown"], kind & 0xFFFF, 0)
+        if self.reserved > self.fund and self.reserved == self._held_reserved:
+            # the held exposure passed the fund, and no live IOC's reserve is in the way
+            # (while one is, its outcome decides: it may cost far less than it reserved)
+            self._exhaust()
         if self.fund_debt:
             self._repay_debt()
         self._run_adl_queue()
@@ -316,18 +332,19 @@ class LiqEngine:
         self._emit(_PACK[c.REJECTED](c.REJECTED, code, kind, ref))
 
     def _fund_change(self, change: int, reason: int) -> None:
-        """Credit (> 0) or debit the fund; a credit repays the fund's debt first. A debit
-        below zero is a broken invariant (every debit is bounded by the free fund)."""
-        if change > 0 and self.fund_debt:
-            repay = min(change, self.fund_debt)
-            self.fund_debt -= repay
-            change -= repay
+        """Credit (> 0) or debit the fund, under its own reason; a credit then repays the
+        fund's debt (a FundChanged of reason 4 of its own). A debit below zero is a broken
+        invariant (every debit is bounded by the free fund), and so is a fund beyond int64:
+        FundDeposits keep the fund's own money below 2**62 and the TradingEngines keep each
+        shard's money below 2**62 / 64, so the fund stays below 2**63."""
         if change == 0:
             return
         self.fund += change
-        if self.fund < 0:
-            raise EngineHalted(f"the insurance fund went below zero ({self.fund})")
+        if not 0 <= self.fund < 1 << 63:
+            raise EngineHalted(f"the insurance fund left 0 .. 2**63 ({self.fund})")
         self._emit(_PACK[c.FUND_CHANGED](c.FUND_CHANGED, self.fund, change, reason))
+        if change > 0 and self.fund_debt:
+            self._repay_debt()
 
     # -- operator and oracle ---------------------------------------------------------------------
 
@@ -344,11 +361,13 @@ class LiqEngine:
             for co in self._held_closeouts():
                 if co.symbol == symbol:
                     self._hold_reserve(co)
-            if self.reserved > self.fund:
-                self._exhaust()
 
     def _fund_deposit(self, transfer_id: int, amount: int) -> None:
-        if amount == 0 or not -MAX_MONEY < amount < MAX_MONEY:
+        if amount == 0 or not -MAX_MONEY < amount < MAX_MONEY \
+                or not -MAX_MONEY < self.deposits + amount < MAX_MONEY \
+                or self.fund + amount >= MAX_MONEY:
+            # the fund's own money stays within +-2**62 (its credits from the shards add at
+            # most 2**62 more: the fund never leaves int64)
             self._reject(_CODE["amount_invalid"], c.FUND_DEPOSIT, transfer_id)
         elif transfer_id in self.transfers:
             self._reject(_CODE["transfer_id_in_use"], c.FUND_DEPOSIT, transfer_id)
@@ -475,7 +494,8 @@ class LiqEngine:
             # the rest goes to the next in line (this account is not asked again for it)
             co.tried[account] = None
             co.unassigned += asked - closed
-            self.adl_queue[cid] = None
+            if co.qty:
+                self._adl_again(co)
         self._maybe_done(co)
 
     # -- CrossEngine output ----------------------------------------------------------------------
@@ -522,9 +542,11 @@ class LiqEngine:
         co = self._closeout_of_order(order_id)
         if co is None or co.symbol != symbol:
             raise EngineHalted(f"a fill of LIQ's order {order_id} that no close-out holds")
-        if qty > co.qty - co.unassigned - co.adl_out or qty <= 0:
-            raise EngineHalted(f"LIQ's order {order_id} filled {qty} with {co.qty} left")
+        if qty > co.qty - co.unassigned - co.adl_out or qty > co.order_left or qty <= 0:
+            raise EngineHalted(f"LIQ's order {order_id} filled {qty} with {co.order_left} "
+                               f"of {co.qty} left")
         self._fill(co, qty, price)
+        co.order_left -= qty
         if co.phase == IOC_PHASE:
             # the reserve shrinks with the lots left: a fill lost at most what it reserved
             self.reserved -= co.reserved
@@ -534,6 +556,16 @@ class LiqEngine:
             # filled: the order left the book (a cancel already sent is refused, and ignored)
             self._forget_order(co)
             self._release(co)
+        elif co.order_left == 0:
+            # one part of a close-out bigger than max_qty filled: the next part, in the same
+            # phase (a cancel sent for the filled part is refused: on to the IOC)
+            self._forget_order(co)
+            if co.phase == LIMIT:
+                self._send_order(co, c.GTC, co.bp)
+            elif co.phase == IOC_PHASE:
+                self._send_order(co, c.IOC, co.ioc_price)
+            else:
+                self._order_gone(co)
         self._maybe_done(co)
 
     def _fill(self, co: CloseOut, qty: int, price: int) -> None:
@@ -565,12 +597,15 @@ class LiqEngine:
     # -- the close-out schedule --------------------------------------------------------------------
 
     def _send_order(self, co: CloseOut, tif: int, price: int) -> None:
+        """An order of the lots left, at most max_qty of them (the next part goes when this
+        one has filled). Its client order id is free: the part before it left the book."""
         attempt = 1 if tif == c.GTC else 2
         co.coid = co.cid * 4 + attempt
         co.order_id = 0
+        co.order_left = min(co.qty, self.specs[co.symbol].max_qty)
         self._by_coid[co.coid] = co.cid
         self._emit(c.ce_new_order(co.symbol, co.coid, c.SELL if co.side > 0 else c.BUY, price,
-                                  co.qty, tif))
+                                  co.order_left, tif))
         self.route |= 1 << (co.symbol & 63)
 
     def _arm(self, co: CloseOut, deadline: int) -> None:
@@ -589,13 +624,12 @@ class LiqEngine:
             elif co.phase == HOLD:
                 # a window held: a fresh IOC of the rest at the worst price the free fund can
                 # now pay for (the held reserve is released, the IOC reserves anew)
-                del self._held[co.cid]
-                self._release(co)
+                self._unhold(co)
                 self._send_ioc(co)
             elif co.phase == ADL_PHASE:
-                # no one was left to take the rest: ask the whole opposite side again
+                # no one was left to take the rest, or the fund had money again: ask again
                 co.tried = {}
-                self.adl_queue[co.cid] = None
+                self._adl_again(co)
 
     def _due(self) -> list[CloseOut]:
         """The close-outs whose deadline has come, in the order their deadlines were armed."""
@@ -621,8 +655,11 @@ class LiqEngine:
             self._send_ioc(co)
         elif co.phase == IOC_PHASE:
             self._release(co)
+            co.order_left = 0
             free = self.fund - self.reserved
-            if co.qty and free > 0:
+            if co.qty and (free > 0 or self.fund > 0 and self.reserved > self._held_reserved):
+                # the fund is not exhausted: free money, or money reserved by live IOCs that
+                # may well not need it. The fund holds the rest a window.
                 self._hold(co)
             else:
                 self._to_adl(co, free)
@@ -641,8 +678,6 @@ class LiqEngine:
         self._held[co.cid] = None
         self._hold_reserve(co)
         self._arm(co, self.ts_ns + self.close_out_window_ns)
-        if self.reserved > self.fund:
-            self._exhaust()
 
     def _hold_reserve(self, co: CloseOut) -> None:
         """A held close-out reserves max(0, (bp - mark) x side x lots x value) at the last
@@ -652,20 +687,46 @@ class LiqEngine:
         if r < 0:
             r = 0
         self.reserved += r - co.reserved
+        self._held_reserved += r - co.reserved
         co.reserved = r
+
+    def _unhold(self, co: CloseOut) -> None:
+        del self._held[co.cid]
+        self._held_reserved -= co.reserved
+        self._release(co)
 
     def _exhaust(self) -> None:
         """The held exposure passed the fund (reserves > fund): the fund is exhausted. Held
-        close-outs go to ADL, newest takeover first (the oldest keep the fund's cover), until
-        the reserves fit the fund again."""
+        close-outs with exposure go to ADL, newest takeover first (the oldest keep the fund's
+        cover), until the reserves fit the fund again (one with none costs the fund nothing
+        while held: it stays)."""
         for co in sorted(self._held_closeouts(), key=lambda co: co.cid, reverse=True):
             if self.reserved <= self.fund:
                 return
+            if co.reserved == 0:
+                continue
             free = self.fund - self.reserved
-            del self._held[co.cid]
-            self._release(co)
+            self._unhold(co)
             co.deadline = 0
             self._to_adl(co, free)
+
+    def _adl_again(self, co: CloseOut) -> None:
+        """A close-out in ADL phase has lots to assign again (an Adl fell short, or its window
+        came round): to the ranking if the fund is still exhausted; if the fund has free money
+        again (a top-up, a release), back to the market once its Adls in flight are answered."""
+        if self.fund - self.reserved > 0:
+            if co.adl_out == 0:
+                co.unassigned = 0
+                co.tried = {}
+                co.deadline = 0
+                self.adl_queue.pop(co.cid, None)
+                self._send_ioc(co)
+            elif not co.deadline:
+                self.adl_queue.pop(co.cid, None)
+                self._arm(co, self.ts_ns + self.close_out_window_ns)
+            return
+        self.adl_queue[co.cid] = None
+        self.last_adl_entries.append((co.cid, self.fund - self.reserved))
 
     def _held_closeouts(self) -> list[CloseOut]:
         closeouts = self.closeouts
@@ -778,7 +839,7 @@ class LiqEngine:
                 self.route |= 1 << (account % self.n_shards)
                 sent = True
             del queue[cid]
-            if co.unassigned:
+            if co.unassigned and not co.deadline:
                 # no one left in line: try again after a close-out window
                 self._arm(co, self.ts_ns + self.close_out_window_ns)
 
@@ -935,16 +996,22 @@ class LiqEngine:
         if self.fund - self.fund_debt + self.clearing_balance != self.deposits:
             problems.append(f"fund {self.fund} - debt {self.fund_debt} + clearing "
                             f"{self.clearing_balance} != deposits {self.deposits}")
-        if not 0 <= self.reserved <= self.fund:
-            problems.append(f"reserved {self.reserved} of fund {self.fund}")
+        if self.reserved < 0 or self.reserved - self._held_reserved > self.fund:
+            problems.append(f"reserved {self.reserved} ({self._held_reserved} held) of fund "
+                            f"{self.fund}")
         sums = {s: [0, 0] for s in self.specs}
-        reserved = 0
+        reserved = held_reserved = 0
         out = {}
         for co in self.closeouts.values():
             value = self.specs[co.symbol].value
             sums[co.symbol][0] += co.qty * co.side
             sums[co.symbol][1] += co.qty * co.side * co.bp * value
             reserved += co.reserved
+            if co.phase == HOLD:
+                held_reserved += co.reserved
+            if co.coid and not 0 < co.order_left <= min(co.qty, self.specs[co.symbol].max_qty):
+                problems.append(f"close-out {co.cid}: order of {co.order_left} lots, "
+                                f"{co.qty} left")
             if co.qty < 0 or co.unassigned < 0 or co.adl_out < 0 \
                     or co.unassigned + co.adl_out > co.qty:
                 problems.append(f"close-out {co.cid}: qty {co.qty} unassigned "
@@ -971,8 +1038,9 @@ class LiqEngine:
                 problems.append(f"close-out {co.cid}: Adls in flight disagree")
         if {k: v for k, v in out.items() if isinstance(k, tuple)} != self.adl_pending:
             problems.append("pending Adls per account disagree")
-        if reserved != self.reserved:
-            problems.append(f"reserves {reserved} != {self.reserved}")
+        if reserved != self.reserved or held_reserved != self._held_reserved:
+            problems.append(f"reserves {reserved} ({held_reserved} held) != {self.reserved} "
+                            f"({self._held_reserved} held)")
         for s in self.specs:
             liq, clr = self.liq[s], self.clearing[s]
             if [liq[0], liq[1]] != sums[s] or clr[0] != -liq[0] or clr[1] != -liq[1]:
@@ -982,7 +1050,7 @@ class LiqEngine:
 
     def _state(self) -> list:
         return [SNAPSHOT_VERSION, self.n_shards,
-                [[s.symbol, s.value, s.max_price] for s in self.specs.values()],
+                [[s.symbol, s.value, s.max_price, s.max_qty] for s in self.specs.values()],
                 sorted(self.te_sources.items()), sorted(self.ce_sources.items()),
                 self.oracle_sources, self.close_out_window_ns, self.indicator_interval_ns,
                 self.seq, self.ts_ns, self.fund, self.fund_debt, self.reserved, self.deposits,
@@ -998,7 +1066,7 @@ class LiqEngine:
                 list(self.adl_queue),
                 sorted([a, s, q] for (a, s), q in self.published.items()),
                 [[a, s, q] for (a, s), q in self.ind_pending.items()],
-                self.ind_next, sorted(self.ind_dirty)]
+                self.ind_next, sorted(self.ind_dirty), self.output_budget]
 
     def snapshot(self) -> bytes:
         return msgpack.packb(self._state(), use_bin_type=True)
@@ -1015,9 +1083,10 @@ class LiqEngine:
         (_, n_shards, specs, te_sources, ce_sources, oracle_sources, window, interval,
          seq, ts_ns, fund, debt, reserved, deposits, clearing_balance, clearing, liq,
          transfers, marks, positions, balances, closeouts, next_cid, next_adl, next_arm,
-         adls, adl_pending, adl_queue, published, ind_pending, ind_next, ind_dirty) = state
+         adls, adl_pending, adl_queue, published, ind_pending, ind_next, ind_dirty) = state[:32]
+        budget = state[32] if len(state) > 32 else OUTPUT_BUDGET
         eng = cls([LiqSpec(*r) for r in specs], n_shards, dict(te_sources), dict(ce_sources),
-                  oracle_sources, window, interval)
+                  oracle_sources, window, interval, budget)
         eng.seq, eng.ts_ns = seq, ts_ns
         eng.fund, eng.fund_debt, eng.reserved, eng.deposits = fund, debt, reserved, deposits
         eng.clearing_balance = clearing_balance

@@ -88,6 +88,7 @@ class LiqVenue:
         self.outputs: list[bytes] = []
         self.log: list[tuple] = []           # every input record: (seq, ts_ns, kind, payload, source)
         self.positions: dict[tuple[int, int], tuple[int, int]] = {}   # the TradingEngines'
+        self.adl_entry: dict[int, int] = {}  # close-out -> free fund at its last entry to ADL
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -108,8 +109,26 @@ class LiqVenue:
                 shadow.audit()
         self.outputs.append(out)
         events = c.decode_events(out)
+        if self.check:
+            self._check_adls(events)
         self._track(events)
         return events
+
+    def _check_adls(self, events: list) -> None:
+        """ADL only once the fund is exhausted: every Adl is of a close-out whose latest entry
+        into ADL (a failed close-out, exhaustion, a retry) found no free fund."""
+        e = self.engine
+        for cid, free in e.last_adl_entries:
+            if free > 0:
+                raise AssertionError(f"record {self.seq}: close-out {cid} went to ADL with "
+                                     f"{free} of the fund free")
+            self.adl_entry[cid] = free
+        for ev in events:
+            if ev[0] == c.ADL:
+                cid = e.adls[ev[1]][0]
+                if cid not in self.adl_entry:
+                    raise AssertionError(f"record {self.seq}: Adl {ev[1]} of close-out {cid}, "
+                                         "which never found the fund exhausted")
 
     def _track(self, events: list) -> None:
         for ev in events:

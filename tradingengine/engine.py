@@ -77,6 +77,8 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
 SNAPSHOT_VERSION = 6          # 6 with liq_sources configured; 5 (the same bytes as before
 SNAPSHOT_VERSION_NO_LIQ = 5   # the LiqEngine) without
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
+MAX_SHARD_MONEY = MAX_MONEY >> 6   # a shard's deposits less withdrawals: 64 shards together
+#                                    stay below 2**62, so no balance, pool or fund leaves int64
 MAX_OPEN_ORDERS = 200         # per account, conditional ones included
 AUDIT_INTERVAL_NS = 60_000_000_000  # the mark path's audit, at most once a minute of time
 MAX_ADLS_PER_RECORD = 4       # Adls for this shard in one LiqEngine record (docs/liqengine.md)
@@ -1172,7 +1174,8 @@ class TradingEngine:
             code = 2002
         elif amount <= 0 or amount >= MAX_MONEY:
             code = 2023
-        elif acct is not None and acct.balance + amount >= MAX_MONEY:
+        elif acct is not None and acct.balance + amount >= MAX_MONEY \
+                or self.deposits - self.withdrawals + amount >= MAX_SHARD_MONEY:
             code = 2030
         if code:
             self._reject_request(c.DEPOSIT, code, account, 0, transfer_id)

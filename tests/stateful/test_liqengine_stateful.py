@@ -27,10 +27,11 @@ PRICES = st.integers(80, 120)
 
 class LiqFlow(RuleBasedStateMachine):
     @initialize(interval=st.sampled_from([1, 500_000, 10**9]),
-                budget=st.sampled_from([None, None, 0]))
-    def setup(self, interval, budget):
-        # a budget of 0 defers Adls and indicators to later records, one a record
-        self.v = LiqVenue(specs=(LiqSpec(1, 1), LiqSpec(2, 10)), n_shards=2,
+                budget=st.sampled_from([None, None, 0]), max_qty=st.sampled_from([10**9, 7]))
+    def setup(self, interval, budget, max_qty):
+        # a budget of 0 defers Adls and indicators to later records, one a record; a max_qty
+        # of 7 cuts the bigger close-outs into orders of 7 lots
+        self.v = LiqVenue(specs=(LiqSpec(1, 1, max_qty=max_qty), LiqSpec(2, 10)), n_shards=2,
                           shadows=(ReferenceLiqEngine,), window_ns=WINDOW,
                           interval_ns=interval, output_budget=budget)
         self.tid = 0

@@ -142,7 +142,8 @@ def test_short_close_out_better_than_bankruptcy():
 
 def test_fund_never_below_zero():
     """An empty fund sends the IOC at the bankruptcy price itself; a deficit larger than the
-    fund leaves a debt, not a negative fund; a deposit repays the debt first."""
+    fund leaves a debt, not a negative fund; a deposit is credited in full under its own
+    reason, then repays the debt (a FundChanged of reason 4 of its own)."""
     v = venue()
     v.deposit(1, 300)
     events = v.te(0, b"".join([c.TE_EVENT_STRUCTS[10].pack(10, 4, 1000)]))
@@ -154,7 +155,8 @@ def test_fund_never_below_zero():
     v.answer_cancel()
     assert v.orders[max(v.orders)]["price"] == 1000    # nothing to pay a worse price with
     events = v.deposit(2, 1000)
-    assert kinds(events, c.FUND_CHANGED) == [(4, 300, 300, c.FUND_DEPOSIT_REASON)]
+    assert kinds(events, c.FUND_CHANGED) == [(4, 1000, 1000, c.FUND_DEPOSIT_REASON),
+                                             (4, 300, -700, c.FUND_DEFICIT)]
     assert v.engine.fund_debt == 0
     # a withdrawal beyond the free fund is refused
     events = v.deposit(3, -301)
@@ -454,3 +456,138 @@ def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
     assert v.engine.reserved == 0 and v.engine.fund == 3_000 and v.engine.fund_debt == 0
     cmds = kinds(v.tick(WINDOW), c.CE_COMMAND)
     assert c.CE_NEW_ORDER_S.unpack(cmds[0][4])[1] == 1000 + 3_000 // 400
+
+
+# -- ADL only once the fund is exhausted, whatever the order of events (review findings) ----------
+
+def test_an_ioc_that_ends_while_another_reserves_the_fund_is_held_not_deleveraged():
+    """Fund 1,000, two longs of 5 lots (value 100) at bankruptcy 100, mark 100: the first IOC
+    reserves all 1,000 (at 98), the second goes at 100 with nothing free. The second ends first
+    with no bid: the fund is not exhausted (its money is only reserved by a live IOC), so LIQ
+    holds the lots, although a short is there to deleverage. The first fills at 99 (the fund
+    pays 500); a window later the held lots go out again at 100 - 500 // 500 = 99."""
+    v = venue()
+    v.deposit(1, 1000)
+    v.mark(2, 100)
+    v.position(21, 2, -20, 110, balance=10**6)
+    v.hand_off(7, 2, 5, 100)
+    v.hand_off(8, 2, 5, 100)
+    for coid in sorted(v.orders):
+        v.accept(coid)
+    v.tick(WINDOW)
+    v.answer_cancel()
+    v.answer_cancel()
+    iocs = sorted(k for k, o in v.orders.items() if o["tif"] == c.IOC)
+    assert [v.orders[k]["price"] for k in iocs] == [98, 100]
+    events = v.accept(iocs[1])
+    assert kinds(events, c.ADL) == [] and v.engine.closeouts[2].phase == HOLD
+    events = v.accept(iocs[0], fills=[(5, 99)])
+    assert kinds(events, c.ADL) == [] and v.engine.fund == 500
+    cmds = kinds(v.tick(WINDOW), c.CE_COMMAND)
+    new = c.CE_NEW_ORDER_S.unpack(cmds[0][4])
+    assert new[1] == 99 and new[2] == 5 and new[6] == c.IOC
+    assert v.adls == {}
+
+
+def test_exhaustion_leaves_a_held_close_out_with_no_exposure_alone():
+    """Fund 10,000; held: a long of 5 lots (close-out 1) and a newer short of 4 lots (close-out
+    2), both at bankruptcy 1000 at mark 1000. Mark 970: the long reserves 15,000 > 10,000, the
+    short none. Newest first would pick the short, but deleveraging it frees nothing: the long
+    goes to ADL, the short stays held."""
+    v = venue()
+    v.deposit(1, 10_000)
+    v.mark(2, 1000)
+    v.position(21, 2, -20, 1100, balance=10**6)
+    v.position(23, 2, 20, 900, balance=10**6)
+    v.hand_off(7, 2, 5, 1000)
+    v.hand_off(8, 2, -4, 1000)
+    for coid in sorted(v.orders):
+        v.accept(coid)
+    v.tick(WINDOW)
+    v.answer_cancel()
+    v.answer_cancel()
+    for coid in sorted(k for k, o in v.orders.items() if o["tif"] == c.IOC):
+        assert kinds(v.accept(coid), c.ADL) == []
+    assert [co.phase for co in v.engine.closeouts.values()] == [HOLD, HOLD]
+    events = v.mark(2, 970)
+    adls = kinds(events, c.ADL)
+    assert [v.engine.adls[a[1]][0] for a in adls] == [1]
+    assert v.engine.closeouts[2].phase == HOLD
+    assert v.engine.last_adl_entries == [(1, 10_000 - 15_000)]
+
+
+def test_adl_waiting_for_takers_goes_back_to_the_market_after_a_top_up():
+    """Fund 0 and no short to take the long: the close-out waits in ADL phase. The operator
+    tops the fund up with 10,000: at the next window the fund is not exhausted any more, so an
+    IOC goes (at 1000 - 10,000 // 500 = 980), not an Adl."""
+    v = venue()
+    v.mark(2, 990)
+    v.hand_off(7, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    v.accept(max(v.orders))
+    assert v.engine.closeouts[1].phase == 4 and v.adls == {}
+    v.deposit(1, 10_000)
+    v.position(21, 2, -20, 1100, balance=10**6)     # a taker appears, but the fund has money
+    events = v.tick(WINDOW)
+    assert kinds(events, c.ADL) == []
+    new = c.CE_NEW_ORDER_S.unpack(kinds(events, c.CE_COMMAND)[0][4])
+    assert new[1] == 980 and new[2] == 5 and new[6] == c.IOC
+
+
+def test_an_adl_that_falls_short_after_a_top_up_goes_back_to_the_market():
+    """Fund 0: the long of 5 goes to ADL, an Adl of 5 to account 21. The fund is topped up
+    while the Adl is in flight; account 21 closes only 2: the 3 left go to an IOC."""
+    v = venue()
+    v.mark(2, 990)
+    v.position(21, 2, -20, 1100, balance=10**6)
+    v.position(22, 2, -20, 1050, balance=10**6)
+    v.hand_off(7, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    events = v.accept(max(v.orders))
+    (adl,) = kinds(events, c.ADL)
+    v.deposit(1, 3_000)
+    events = v.apply_adl(adl[1], closed=2)
+    assert kinds(events, c.ADL) == []
+    new = c.CE_NEW_ORDER_S.unpack(kinds(events, c.CE_COMMAND)[0][4])
+    assert new[1] == 1000 - 3_000 // 300 and new[2] == 3 and new[6] == c.IOC
+
+
+def test_a_close_out_bigger_than_max_qty_goes_in_parts():
+    """max_qty 4 lots: a takeover of 10 rests as a limit of 4; filled, the next 4 go, then 2.
+    The IOC of what is left is cut the same way, each part at the IOC's price."""
+    v = venue(specs=(LiqSpec(1, 1), LiqSpec(2, 100, max_qty=4)))
+    v.deposit(1, 10_000)
+    v.hand_off(7, 2, 10, 1000)
+    limit = max(v.orders)
+    assert v.orders[limit]["qty"] == 4 and v.orders[limit]["tif"] == c.GTC
+    v.accept(limit)
+    events = v.fill(limit, 4)
+    new = c.CE_NEW_ORDER_S.unpack(kinds(events, c.CE_COMMAND)[0][4])
+    assert new[2] == 4 and new[1] == 1000 and new[6] == c.GTC
+    v.accept(limit)
+    v.fill(limit, 3)
+    v.tick(WINDOW)
+    v.answer_cancel()
+    ioc = max(v.orders)
+    assert v.orders[ioc]["qty"] == 3 and v.orders[ioc]["price"] == 1000 - 10_000 // 300
+    events = v.accept(ioc, fills=[(3, 990)])
+    assert v.engine.closeouts == {}
+    assert v.engine.fund == 10_000 - 10 * 3 * 100
+
+
+def test_the_fund_never_leaves_int64_whatever_the_operator_deposits():
+    """Deposits that would take the fund (or the net deposits) to 2**62 are refused with
+    4006 and change nothing; the engine goes on."""
+    v = venue()
+    v.deposit(1, (1 << 62) - 1)
+    events = v.deposit(2, (1 << 62) - 1)
+    assert kinds(events, c.REJECTED) == [(6, c.CODES["amount_invalid"], c.FUND_DEPOSIT, 2)]
+    assert v.engine.fund == (1 << 62) - 1 and v.engine.deposits == (1 << 62) - 1
+    v.deposit(3, -((1 << 62) - 1))
+    assert v.engine.fund == 0
+    events = v.deposit(4, -5)
+    assert kinds(events, c.REJECTED)[0][1] == c.CODES["fund_insufficient"]

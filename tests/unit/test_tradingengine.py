@@ -37,6 +37,19 @@ def test_deposit_with_a_repeated_transfer_id_is_a_no_op():
     assert v.te.deposits == 500
 
 
+def test_a_shard_refuses_deposits_that_take_its_money_to_2_pow_56():
+    """All the clients' money of 64 shards stays below 2**62, so the insurance fund that
+    receives it never leaves int64 (docs/liqengine.md §8)."""
+    from tradingengine.engine import MAX_SHARD_MONEY
+    assert MAX_SHARD_MONEY == 1 << 56
+    v = Venue([spec()])
+    assert events_of(v.deposit(7, MAX_SHARD_MONEY - 10, transfer_id=1), c.TRANSFER)
+    out = v.deposit(8, 10, transfer_id=2)
+    assert codes(out, c.REQUEST_REJECTED) == [c.CODES["account_balance_limit"]]
+    assert 8 not in v.te.accounts and v.te.deposits == MAX_SHARD_MONEY - 10
+    assert events_of(v.deposit(8, 9, transfer_id=3), c.TRANSFER)
+
+
 def test_withdrawal_is_limited_to_available_and_its_id_is_spent_either_way():
     v = Venue([spec()])
     v.deposit(7, 1_000)
