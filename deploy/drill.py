@@ -361,7 +361,7 @@ def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int,
     for p in topo.procs:
         if p.role == "sequencer" and p.stream == stream:
             m = probe(p)
-            committed = (m or {}).get("committed") or 0
+            committed = max(committed, (m or {}).get("committed") or 0)
     deadline = time.monotonic() + 30.0
     while True:
         best = _count_once(topo, stream, source, first_seq, replay, decode)
