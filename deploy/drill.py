@@ -351,9 +351,9 @@ def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int,
     """{source_seq: times it is in the stream} for one source, from the replicator whose log
     of the stream reaches furthest (one still catching up holds less: its count would show
     orders as lost that its peers hold)."""
+    from deploy.supervisor import probe
     from mq.control import replay
     from mq.record import decode
-    from deploy.supervisor import probe
     # The sequencer's commit point first: a replicator serves what it knows is committed, and
     # it learns of the newest commits a moment after the sequencer acknowledged them. Count
     # again until one replicator holds what was committed before the count began.

@@ -55,14 +55,14 @@ def _liqengine(config: dict) -> Made:
     from liqengine.engine import LiqEngine, LiqSpec
     _known_keys("liqengine", config, LIQ_KEYS)
     specs = [LiqSpec(s["symbol"], s["value"], s.get("max_price", 1_000_000_000),
-                     s.get("max_qty", 1_000_000_000))
+                     s.get("max_qty", 1_000_000_000), s.get("min_qty", 1))
              for s in config.get("specs", [])]
     windows = {k: config[k] for k in ("close_out_window_ns", "indicator_interval_ns")
                if k in config}
     engine = LiqEngine(specs, config.get("n_shards", 1), te_sources=config.get("te_sources"),
                        ce_sources=config.get("ce_sources"),
                        oracle_sources=config.get("oracle_sources"), **windows)
-    return engine, LiqEngine.restore
+    return engine, lambda data: LiqEngine.restore(data, specs)
 
 
 ENGINES: dict[str, Callable[[dict], Made]] = {"crossengine": _crossengine,

@@ -808,7 +808,9 @@ def _plan_liq(conf: dict, topo: Topology, addr, rep_args: list[str], reps: str,
     for st in topo.symbols.values():
         ups += ["--upstream", f"stream={st['out']},source={SRC_CE_TO_LIQ | st['symbol_id']},"
                               f"pub={st['out_pub']},replicators={reps},route={LIQ_ROUTE:#x}"]
-    engine = {"specs": engine_specs, "n_shards": len(shards),
+    min_qty = {st["symbol_id"]: st["min_qty"] for st in topo.symbols.values()}
+    liq_specs = [{**sp, "min_qty": min_qty.get(sp["symbol"], 1)} for sp in engine_specs]
+    engine = {"specs": liq_specs, "n_shards": len(shards),
               "te_sources": {str(SRC_TE_TO_LIQ | sh["shard"]): sh["shard"] for sh in shards},
               "ce_sources": {str(SRC_CE_TO_LIQ | st["symbol_id"]): st["symbol_id"]
                              for st in topo.symbols.values()},

@@ -77,6 +77,7 @@ class LiqSpec(NamedTuple):
     value: int                  # minor units per tick per lot
     max_price: int = 1_000_000_000
     max_qty: int = 1_000_000_000   # the CrossEngine's largest order: bigger close-outs go in parts
+    min_qty: int = 1               # its smallest: fewer lots cannot trade, they are deleveraged
 
 
 class CloseOut:
@@ -178,10 +179,10 @@ class LiqEngine:
             if s.symbol in self.specs:
                 raise ValueError("two contract specs share a symbol")
             spec = LiqSpec(s.symbol, s.value, getattr(s, "max_price", 1_000_000_000),
-                           getattr(s, "max_qty", 1_000_000_000))
-            if spec.value <= 0 or spec.max_price <= 0 or spec.max_qty <= 0:
-                raise ValueError(f"contract spec of symbol {s.symbol}: value, max_price and "
-                                 "max_qty must be above 0")
+                           getattr(s, "max_qty", 1_000_000_000), getattr(s, "min_qty", 1))
+            if spec.value <= 0 or spec.max_price <= 0 or not 0 < spec.min_qty <= spec.max_qty:
+                raise ValueError(f"contract spec of symbol {s.symbol}: value and max_price "
+                                 "must be above 0, and 0 < min_qty <= max_qty")
             self.specs[s.symbol] = spec
         self.n_shards = n_shards
         self.te_sources = {int(k): int(v) for k, v in sorted((te_sources or {}).items())}
@@ -298,9 +299,9 @@ class LiqEngine:
                 self._fund_deposit(*c.FUND_DEPOSIT_S.unpack(payload))
         else:
             self._reject(_CODE["kind_unknown"], kind & 0xFFFF, 0)
-        if self.reserved > self.fund and self.reserved == self._held_reserved:
-            # the held exposure passed the fund, and no live IOC's reserve is in the way
-            # (while one is, its outcome decides: it may cost far less than it reserved)
+        if self._over():
+            # the held exposure passed the fund (while a live IOC reserves part of it and the
+            # held reserves alone fit, the IOC's outcome decides: it may cost far less)
             self._exhaust()
         if self.fund_debt:
             self._repay_debt()
@@ -453,6 +454,9 @@ class LiqEngine:
         self._emit(_PACK[c.TAKEOVER](c.TAKEOVER, shard, account, symbol, size, bp, residue))
         if residue:
             self._fund_change(residue, c.FUND_RESIDUE)
+        if co.qty < spec.min_qty:
+            self._to_adl(co, self.fund - self.reserved)   # the market cannot take it
+            return
         self._send_order(co, c.GTC, bp)
         self._arm(co, self.ts_ns + self.close_out_window_ns)
 
@@ -560,7 +564,11 @@ class LiqEngine:
             # one part of a close-out bigger than max_qty filled: the next part, in the same
             # phase (a cancel sent for the filled part is refused: on to the IOC)
             self._forget_order(co)
-            if co.phase == LIMIT:
+            if co.qty < self.specs[symbol].min_qty:
+                self._release(co)
+                co.deadline = 0
+                self._to_adl(co, self.fund - self.reserved)
+            elif co.phase == LIMIT:
                 self._send_order(co, c.GTC, co.bp)
             elif co.phase == IOC_PHASE:
                 self._send_order(co, c.IOC, co.ioc_price)
@@ -665,6 +673,10 @@ class LiqEngine:
                 self._to_adl(co, free)
 
     def _send_ioc(self, co: CloseOut) -> None:
+        if co.qty < self.specs[co.symbol].min_qty:
+            co.deadline = 0
+            self._to_adl(co, self.fund - self.reserved)   # the market cannot take it
+            return
         co.phase = IOC_PHASE
         co.ioc_price = self._ioc_price(co)
         co.reserved = (co.bp - co.ioc_price) * co.side * co.qty * self.specs[co.symbol].value
@@ -701,7 +713,7 @@ class LiqEngine:
         cover), until the reserves fit the fund again (one with none costs the fund nothing
         while held: it stays)."""
         for co in sorted(self._held_closeouts(), key=lambda co: co.cid, reverse=True):
-            if self.reserved <= self.fund:
+            if not self._over():
                 return
             if co.reserved == 0:
                 continue
@@ -710,20 +722,46 @@ class LiqEngine:
             co.deadline = 0
             self._to_adl(co, free)
 
+    def _over(self) -> bool:
+        """The held exposure does not fit the fund: the reserves exceed it, and either no live
+        IOC reserves part of it (its outcome could only lower the fund) or the held reserves
+        alone exceed it."""
+        if self.reserved <= self.fund:
+            return False
+        return self.reserved == self._held_reserved or self._held_reserved > self.fund
+
+    def _exposure(self, co: CloseOut) -> int:
+        mark = self.marks.get(co.symbol, 0)
+        r = (co.bp - mark) * co.side * co.qty * self.specs[co.symbol].value if mark else 0
+        return r if r > 0 else 0
+
+    def _exhausted_for(self, co: CloseOut) -> bool:
+        """May the close-out be deleveraged now? Only if the fund cannot hold it: the free
+        fund (fund - reserves) is at or below zero, or below the close-out's exposure at
+        mark; or the market cannot take its lots at all (fewer than min_qty)."""
+        free = self.fund - self.reserved
+        return free <= 0 or free < self._exposure(co) \
+            or co.qty < self.specs[co.symbol].min_qty
+
+    def _back_to_market(self, co: CloseOut) -> None:
+        """The fund can hold the close-out again (a top-up, a credit, a release): its lots
+        not yet in an Adl go back to the market (an IOC) once its Adls in flight are
+        answered; until then it waits a window."""
+        self.adl_queue.pop(co.cid, None)
+        if co.adl_out == 0:
+            co.unassigned = 0
+            co.tried = {}
+            co.deadline = 0
+            self._send_ioc(co)
+        elif not co.deadline:
+            self._arm(co, self.ts_ns + self.close_out_window_ns)
+
     def _adl_again(self, co: CloseOut) -> None:
         """A close-out in ADL phase has lots to assign again (an Adl fell short, or its window
-        came round): to the ranking if the fund is still exhausted; if the fund has free money
-        again (a top-up, a release), back to the market once its Adls in flight are answered."""
-        if self.fund - self.reserved > 0:
-            if co.adl_out == 0:
-                co.unassigned = 0
-                co.tried = {}
-                co.deadline = 0
-                self.adl_queue.pop(co.cid, None)
-                self._send_ioc(co)
-            elif not co.deadline:
-                self.adl_queue.pop(co.cid, None)
-                self._arm(co, self.ts_ns + self.close_out_window_ns)
+        came round): to the ranking if the fund is still exhausted for it; if the fund can
+        hold it again, back to the market."""
+        if not self._exhausted_for(co):
+            self._back_to_market(co)
             return
         self.adl_queue[co.cid] = None
         self.last_adl_entries.append((co.cid, self.fund - self.reserved))
@@ -808,6 +846,11 @@ class LiqEngine:
         per_shard: dict[int, int] = {}
         for cid in list(queue):
             co = self.closeouts[cid]
+            if not self._exhausted_for(co):
+                # the fund can hold it again since it entered ADL (a credit or a release
+                # later in the record, or in a record before this one): not deleveraged
+                self._back_to_market(co)
+                continue
             ranking = self._rank(co.symbol, -co.side)
             pending = self.adl_pending
             positions = self.positions
@@ -1050,7 +1093,8 @@ class LiqEngine:
 
     def _state(self) -> list:
         return [SNAPSHOT_VERSION, self.n_shards,
-                [[s.symbol, s.value, s.max_price, s.max_qty] for s in self.specs.values()],
+                [[s.symbol, s.value, s.max_price, s.max_qty, s.min_qty]
+                 for s in self.specs.values()],
                 sorted(self.te_sources.items()), sorted(self.ce_sources.items()),
                 self.oracle_sources, self.close_out_window_ns, self.indicator_interval_ns,
                 self.seq, self.ts_ns, self.fund, self.fund_debt, self.reserved, self.deposits,
@@ -1075,7 +1119,10 @@ class LiqEngine:
         return hashlib.sha256(self.snapshot()).digest()
 
     @classmethod
-    def restore(cls, data: bytes) -> LiqEngine:
+    def restore(cls, data: bytes, configured: list | None = None) -> LiqEngine:
+        """The engine a snapshot holds. ``specs``, the configured contract specs, give the
+        order limits (max_qty, min_qty), which an older snapshot did not keep; one that differs
+        in symbol, value or max price is another configuration, refused."""
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if state[0] not in SNAPSHOT_VERSIONS:
             raise ValueError(f"snapshot version {state[0]} is not one of {SNAPSHOT_VERSIONS} "
@@ -1085,7 +1132,17 @@ class LiqEngine:
          transfers, marks, positions, balances, closeouts, next_cid, next_adl, next_arm,
          adls, adl_pending, adl_queue, published, ind_pending, ind_next, ind_dirty) = state[:32]
         budget = state[32] if len(state) > 32 else OUTPUT_BUDGET
-        eng = cls([LiqSpec(*r) for r in specs], n_shards, dict(te_sources), dict(ce_sources),
+        kept = [LiqSpec(*r) for r in specs]
+        if configured is not None:
+            conf = {s.symbol: s for s in configured}
+            if sorted(conf) != [k.symbol for k in kept] or any(
+                    (conf[k.symbol].value, getattr(conf[k.symbol], "max_price", k.max_price))
+                    != (k.value, k.max_price) for k in kept):
+                raise ValueError("the snapshot's contract specs are not the configured ones")
+            kept = [k._replace(max_qty=getattr(conf[k.symbol], "max_qty", k.max_qty),
+                               min_qty=getattr(conf[k.symbol], "min_qty", k.min_qty))
+                    for k in kept]
+        eng = cls(kept, n_shards, dict(te_sources), dict(ce_sources),
                   oracle_sources, window, interval, budget)
         eng.seq, eng.ts_ns = seq, ts_ns
         eng.fund, eng.fund_debt, eng.reserved, eng.deposits = fund, debt, reserved, deposits

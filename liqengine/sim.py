@@ -88,7 +88,6 @@ class LiqVenue:
         self.outputs: list[bytes] = []
         self.log: list[tuple] = []           # every input record: (seq, ts_ns, kind, payload, source)
         self.positions: dict[tuple[int, int], tuple[int, int]] = {}   # the TradingEngines'
-        self.adl_entry: dict[int, int] = {}  # close-out -> free fund at its last entry to ADL
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -115,20 +114,23 @@ class LiqVenue:
         return events
 
     def _check_adls(self, events: list) -> None:
-        """ADL only once the fund is exhausted: every Adl is of a close-out whose latest entry
-        into ADL (a failed close-out, exhaustion, a retry) found no free fund."""
+        """ADL only once the fund cannot hold the close-out: at the end of every record that
+        sends an Adl (Adls go out last, after every credit of the record), its close-out's
+        exposure at mark, max(0, (bp - mark) x side x lots x value), is above the free fund
+        (fund - reserves), or the free fund is at or below zero, or its lots are fewer than the
+        contract's min_qty (the market cannot take them)."""
         e = self.engine
-        for cid, free in e.last_adl_entries:
-            if free > 0:
-                raise AssertionError(f"record {self.seq}: close-out {cid} went to ADL with "
-                                     f"{free} of the fund free")
-            self.adl_entry[cid] = free
+        free = e.fund - e.reserved
         for ev in events:
-            if ev[0] == c.ADL:
-                cid = e.adls[ev[1]][0]
-                if cid not in self.adl_entry:
-                    raise AssertionError(f"record {self.seq}: Adl {ev[1]} of close-out {cid}, "
-                                         "which never found the fund exhausted")
+            if ev[0] != c.ADL:
+                continue
+            co = e.closeouts[e.adls[ev[1]][0]]
+            spec = e.specs[co.symbol]
+            mark = e.marks.get(co.symbol, 0)
+            exposure = max(0, (co.bp - mark) * co.side * co.qty * spec.value) if mark else 0
+            if not (free <= 0 or free < exposure or co.qty < spec.min_qty):
+                raise AssertionError(f"record {self.seq}: Adl {ev[1]} of close-out {co.cid} "
+                                     f"with {free} of the fund free, its exposure {exposure}")
 
     def _track(self, events: list) -> None:
         for ev in events:

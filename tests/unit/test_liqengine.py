@@ -591,3 +591,94 @@ def test_the_fund_never_leaves_int64_whatever_the_operator_deposits():
     assert v.engine.fund == 0
     events = v.deposit(4, -5)
     assert kinds(events, c.REJECTED)[0][1] == c.CODES["fund_insufficient"]
+
+
+def test_an_adl_is_not_sent_when_a_credit_of_the_same_record_lets_the_fund_hold_it():
+    """The close-out waits in ADL phase with the fund at 0; the operator's top-up is the
+    record at its deadline (the deadline is handled first, with the fund still at 0). Adls go
+    out at the end of the record, after the credit: the fund can hold the close-out again, so
+    no Adl goes, an IOC does."""
+    v = venue()
+    v.mark(2, 990)
+    v.hand_off(7, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    v.accept(max(v.orders))
+    v.position(21, 2, -20, 1100, balance=10**6)
+    events = v.apply(c.FUND_DEPOSIT, c.fund_deposit(1, 10_000), dt_ns=WINDOW)
+    assert kinds(events, c.ADL) == []
+    new = c.CE_NEW_ORDER_S.unpack(kinds(events, c.CE_COMMAND)[0][4])
+    assert new[1] == 980 and new[6] == c.IOC
+
+
+def test_adls_held_back_for_later_records_are_not_sent_once_the_fund_can_hold_them():
+    """Ten shorts of one lot in one shard take a long of 10: 4 Adls a record. The operator
+    tops the fund up after the first 4: the 6 lots left go back to the market (once the 4
+    Adls in flight are answered), not to the next in line."""
+    v = venue(n_shards=1)
+    v.mark(2, 1000)
+    for a in range(20, 30):
+        v.position(a, 2, -1, 1100, balance=10**6)
+    v.hand_off(7, 2, 10, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    assert len(kinds(v.accept(max(v.orders)), c.ADL)) == 4
+    assert kinds(v.deposit(1, 1_000_000), c.ADL) == []
+    for adl_id in sorted(v.adls):
+        v.apply_adl(adl_id)
+    events = v.tick(WINDOW)
+    assert kinds(events, c.ADL) == []
+    new = c.CE_NEW_ORDER_S.unpack(kinds(events, c.CE_COMMAND)[0][4])
+    assert new[2] == 6 and new[6] == c.IOC
+
+
+def test_a_live_ioc_does_not_postpone_adl_when_the_held_exposure_alone_passes_the_fund():
+    """Symbol 1's IOC reserves 990 of a fund of 10,000 and is never answered. Symbol 2's
+    held close-out's exposure goes to 495,000 on a crash: held reserves alone pass the fund,
+    whatever the IOC's outcome, so it is deleveraged at once."""
+    v = venue()
+    v.deposit(1, 10_000)
+    v.position(21, 2, -50, 1100, balance=10**6)
+    v.mark(1, 100)
+    v.mark(2, 1000)
+    v.hand_off(5, 1, 10, 100)
+    v.accept(max(v.orders))
+    v.hand_off(7, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    v.answer_cancel()
+    y_ioc = max(k for k, o in v.orders.items() if o["symbol"] == 2)
+    v.accept(y_ioc)
+    assert v.engine.closeouts[2].phase == HOLD and v.engine.closeouts[1].reserved == 990
+    events = v.mark(2, 10)
+    assert [(a[2], a[3], a[4]) for a in kinds(events, c.ADL)] == [(21, 2, 5)]
+
+
+def test_lots_fewer_than_min_qty_are_deleveraged_the_market_cannot_take_them():
+    """min_qty 5: a takeover of 3 lots cannot be ordered (the CrossEngine refuses it), so it
+    goes to ADL at its bankruptcy price at once, whatever the fund holds."""
+    v = venue(specs=(LiqSpec(1, 1), LiqSpec(2, 100, min_qty=5)))
+    v.deposit(1, 10_000)
+    v.mark(2, 1000)
+    v.position(21, 2, -20, 1100, balance=10**6)
+    events = v.hand_off(7, 2, 3, 1000)
+    assert kinds(events, c.CE_COMMAND) == []
+    assert [(a[2], a[4], a[5]) for a in kinds(events, c.ADL)] == [(21, 3, 1000)]
+
+
+def test_a_snapshot_restored_with_the_configuration_takes_its_order_limits():
+    """A snapshot written before max_qty was kept (version 2) restores with the configured
+    max_qty; a configuration of other contracts is refused."""
+    import msgpack
+    e = LiqEngine([LiqSpec(2, 100)], 1)
+    state = msgpack.unpackb(e.snapshot(), raw=False)
+    state[0] = 2
+    state[2] = [r[:3] for r in state[2]]
+    old = msgpack.packb(state[:32])
+    assert LiqEngine.restore(old).specs[2].max_qty == 1_000_000_000
+    assert LiqEngine.restore(old, [LiqSpec(2, 100, max_qty=4)]).specs[2].max_qty == 4
+    with pytest.raises(ValueError, match="not the configured ones"):
+        LiqEngine.restore(old, [LiqSpec(2, 10)])
