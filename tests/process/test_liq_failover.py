@@ -4,19 +4,23 @@ A small topology (1 replicator, BTCUSDT, 2 TradingEngine shards, the LiqEngine w
 and one warm replica, no mark source: the operator sends the marks). The operator builds
 leveraged longs on both shards against two market makers, who bid a thin ladder under the
 market; a mark crash goes into every in.te.N and in.liq; once the first handoff is in in.liq,
-liq.hot0 is killed with SIGKILL. Then: out.liq catches up with in.liq, and every one of its
-records equals, payload and route byte for byte, what a fresh LiqEngine rebuilt from in.liq
-writes; and `seqex audit` is balanced with no clearing difference once the cluster is at rest.
+liq.hot0 is killed with SIGKILL. While the insurance fund holds close-outs that the book
+cannot take (an ADL cancels the makers' bids), the makers bid again at the crashed mark. Then:
+out.liq catches up with in.liq, and every one of its records equals, payload and route byte for byte,
+what a fresh LiqEngine rebuilt from in.liq writes; and `seqex audit` is balanced with no
+clearing difference once the cluster is at rest.
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
+import time
 
 import pytest
 
 from deploy.procs import Group, free_port_block
+from liqengine.engine import HOLD
 from mq.control import replay, wait_until
 from mq.producer import Producer
 from mq.record import decode
@@ -66,9 +70,6 @@ def _records(rep: str, stream: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(strict=False, reason="open: in the cluster, 14 close-outs of the cascade "
-                   "stay open (out.liq caught up with in.liq, so not the failover); the same "
-                   "cascade in tests/stateful/test_liq_cascade.py completes")
 def test_sigkill_of_the_hot_liqengine_mid_cascade(tmp_path):
     from deploy.cli import _replica_config
     from deploy.drill import _pid_of
@@ -83,7 +84,8 @@ def test_sigkill_of_the_hot_liqengine_mid_cascade(tmp_path):
         up = group.spawn("up", ["up", "--topology", top, "--data", data, "--base-port",
                                 str(free_port_block(60)), "--ready-timeout", "180"])
         try:
-            wait_until(lambda: "started liq.warm0" in up.log() or not up.alive, 400, "seqex up", interval_s=0.5)
+            wait_until(lambda: "started liq.warm0" in up.log() or not up.alive, 400,
+                       "seqex up", interval_s=0.5)
             assert up.alive, up.log()
             topo, _pid = read_state(data)
             rep = topo.replicator_addrs()[0]
@@ -156,7 +158,24 @@ def test_sigkill_of_the_hot_liqengine_mid_cascade(tmp_path):
                         replay(rep, liq["in"], 1, ins[-1][0], timeout_s=10.0)] if ins else []
                 return eng, ins, [r for f in outs for r in decode(f)]
 
-            state = {}
+            state = {"refill_at": 0.0, "coid": coid}
+
+            def refill() -> None:
+                # The market refills at the crashed mark while the fund holds close-outs (it
+                # covers their exposure at mark, docs/liqengine.md §8): an ADL of a maker
+                # cancels its bids, so a held close-out may find the book empty until then.
+                with _operator_client(data) as client:
+                    for i, sh in enumerate(shards):
+                        maker = next(m for m in MM if m % len(shards) == i)
+                        prod = Producer(client.source, sh["producers"])
+                        try:
+                            prod.connect(120)
+                            state["coid"] += 1
+                            prod.submit(tc.NEW_ORDER, [tc.new_order(
+                                state["coid"], maker, 1, tc.BUY, P * 9 // 10, 10)],
+                                block_s=60)
+                        finally:
+                            prod.close()
 
             def at_rest() -> bool:
                 # every close-out done in the rebuilt engine, and out.liq holds every record
@@ -165,6 +184,10 @@ def test_sigkill_of_the_hot_liqengine_mid_cascade(tmp_path):
                 got = _records(rep, liq["out"])
                 state.update(eng=eng, want=want, got=got, ins=len(ins))
                 busy = [i for i, r in enumerate(want) if r[6]]
+                if eng.closeouts and all(co.phase == HOLD for co in eng.closeouts.values()) \
+                        and time.monotonic() > state["refill_at"]:
+                    refill()
+                    state["refill_at"] = time.monotonic() + 5.0
                 return bool(ins) and not eng.closeouts and eng.next_cid > 1 \
                     and len(got) > busy[-1]
             try:
@@ -178,9 +201,11 @@ def test_sigkill_of_the_hot_liqengine_mid_cascade(tmp_path):
                           f"{co.qty} side {co.side} bp {co.bp} phase {co.phase} coid {co.coid} "
                           f"order {co.order_id} deadline {co.deadline} unassigned "
                           f"{co.unassigned} in Adls {co.adl_out}")
+            # out.liq was read after in.liq: it may hold a Tick's record more
             got, want = state["got"], state["want"]
-            assert [(r[0], bytes(r[6]), r[7]) for r in got] == \
-                [(r[0], bytes(r[6]), r[7]) for r in want[:len(got)]]
+            n = min(len(got), len(want))
+            assert n > 0 and [(r[0], bytes(r[6]), r[7]) for r in got[:n]] == \
+                [(r[0], bytes(r[6]), r[7]) for r in want[:n]]
             assert state["eng"].next_cid > 2, "fewer than two takeovers"
             # the books, rebuilt from the logs: balanced, no clearing difference at rest
             report = {}
