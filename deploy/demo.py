@@ -280,7 +280,9 @@ class Dashboard:
 
 
 async def run_demo(topo, rate: int, n_users: int, seconds: float | None, plain: bool,
-                   seed: int) -> Robot:
+                   seed: int, started: list | None = None) -> Robot:
+    """Trade until ``seconds`` pass (None: until interrupted); the robot is put in ``started``
+    as soon as it exists, so that its figures survive a Ctrl-C."""
     gw = topo.trading.get("gateway")
     if not gw:
         raise DemoError("this cluster has no gateway ([trading] gateway = false)")
@@ -289,6 +291,8 @@ async def run_demo(topo, rate: int, n_users: int, seconds: float | None, plain: 
     symbols = symbols_of(topo)
     follow_marks(topo, symbols)
     robot = Robot(host, int(port), users, symbols, rate, seed)
+    if started is not None:
+        started.append(robot)
     await robot.connect()
     dash = Dashboard(topo, robot, f"seqex demo: {len(users)} robot users, {rate} orders/s "
                                   f"offered, data in {topo.data_dir}")
@@ -318,16 +322,18 @@ def main(data: str, rate: int, users: int, seconds: float | None, plain: bool,
         topo, proc = start_cluster(data, base_port=base_port)
     elif not getattr(topo, "trading", None):
         raise DemoError(f"the cluster in {data} has no order path ([trading])")
+    started: list = []
     try:
-        robot = asyncio.run(run_demo(topo, rate, users, seconds, plain or not sys.stdout.isatty(),
-                                     seed))
+        asyncio.run(run_demo(topo, rate, users, seconds, plain or not sys.stdout.isatty(),
+                             seed, started))
     except KeyboardInterrupt:
-        robot = None
+        pass
     finally:
         if proc is not None:
             print("seqex demo: stopping the cluster it started ...", flush=True)
             stop_cluster(proc)
-    if robot is not None:
+    # what the robot did, also when Ctrl-C (or SIGTERM, SIGHUP) ended it
+    for robot in started:
         s = robot.stats
         print(f"seqex demo: {s.sent} orders sent, {s.acked} acknowledged, {s.trades} trades, "
               f"{s.rejected} rejected {dict(sorted(s.reasons.items())) or ''}".rstrip())
