@@ -566,15 +566,21 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                 if partner is not None and old_epoch is not None:
                     # the standby takes the lock, then the stream with a new epoch; the
                     # killed master, restarted, waits for the lock as the new standby
-                    if "took_over_s" not in report and \
-                            master_lock_holder(standby_lock_of(spec)) == partner_pid:
-                        report.update(took_over=partner.name, took_over_pid=partner_pid,
-                                      took_over_s=_r(time.monotonic() - strike))
+                    def took_over(at: float) -> None:
+                        if "took_over_s" not in report and \
+                                master_lock_holder(standby_lock_of(spec)) == partner_pid:
+                            report.update(took_over=partner.name, took_over_pid=partner_pid,
+                                          took_over_s=_r(at - strike))
+
+                    took_over(time.monotonic())
                     if recovered is None:
                         epoch = (probe(spec) or {}).get("epoch")
                         if isinstance(epoch, int) and epoch > old_epoch:
+                            # (the probe may have waited across the takeover: the lock first)
+                            at = time.monotonic()
+                            took_over(at)
                             report["epoch_after"] = epoch
-                            recovered = time.monotonic() - strike
+                            recovered = at - strike
                     if recovered is not None and restarted is not None and \
                             "took_over_s" in report and \
                             waiting_standby(spec, new_pids.get(spec.name)):
