@@ -505,4 +505,6 @@ def status_doc(topo, given_up: dict[str, str] | None = None,
                 entry["advice"] = why
         out.append(entry)
     return {"at": time.time(), "data_dir": topo.data_dir, "processes": out,
-            "up": sum(e["state"] == "up" for e in out), "total": len(out)}
+            # a standby master waiting for its lock is well: it counts as up
+            "up": sum(e["state"] in ("up", "standby") for e in out),
+            "standby": sum(e["state"] == "standby" for e in out), "total": len(out)}

@@ -78,3 +78,59 @@ def test_a_bad_standby_is_refused_in_one_line(tmp_path, value):
     msg = str(exc.value)
     assert "\n" not in msg
     assert msg.startswith(f"{tmp_path / 't.toml'}:2: cluster.standby: must be true or false")
+
+
+def test_the_lock_names_its_holder_and_a_live_pid_without_it_is_a_standby(tmp_path):
+    """supervisor.hold_master_lock / master_lock_holder / waiting_standby, and what `seqex
+    status --json` makes of them: a master's live pid that does not hold the stream's lock is
+    its standby (it binds nothing, so it answers no PING); the holder is probed as usual; a
+    dead pid is DOWN, whoever answers on the shared control endpoint."""
+    import subprocess
+    import sys
+    import time
+
+    from deploy import metrics, supervisor
+    from deploy.procs import free_port_block
+    topo = topology.load(None, str(tmp_path), free_port_block(64))
+    primary, standby = topo.by_name("sequencer.BTCUSDT"), topo.by_name("sequencer.BTCUSDT.standby")
+    lock = _lock(primary)
+    assert supervisor.master_lock_holder(lock) is None          # no file yet
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from deploy.supervisor import hold_master_lock; "
+        f"hold_master_lock({lock!r}); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    waiter = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert os.path.isdir(os.path.dirname(lock))
+        assert supervisor.master_lock_holder(lock) == holder.pid
+        assert not supervisor.waiting_standby(primary, holder.pid)
+        assert supervisor.waiting_standby(standby, os.getpid())
+        assert supervisor.master_state(standby, os.getpid()) == "standby"
+        assert supervisor.master_state(primary, holder.pid) is None      # probe it
+        # a second process blocks on the lock until the holder dies (SIGKILL)
+        waiter = subprocess.Popen([sys.executable, "-c", (
+            "from deploy.supervisor import hold_master_lock; "
+            f"hold_master_lock({lock!r}); print('took', flush=True)")],
+            stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)   # long enough for a lock that does not block to be taken
+        assert waiter.poll() is None and supervisor.master_lock_holder(lock) == holder.pid
+        beats = {primary.name: {"pid": holder.pid, "answered_at": time.time()},
+                 standby.name: {"pid": os.getpid(), "answered_at": time.time()}}
+        doc = metrics.status_doc(topo, {}, beats, 3.0)
+        by = {p["process"]: p for p in doc["processes"]}
+        assert by[standby.name]["state"] == "standby" and by[standby.name]["status"] is None
+        assert doc["standby"] == 1 and doc["up"] == 1      # the standby counts as up
+        pair = topology.Topology(topo.data_dir, [primary, standby], topo.symbols)
+        rows = supervisor.status_rows(pair, {}, beats)
+        assert any(r[0] == standby.name and r[-1].startswith("standby (pid") for r in rows)
+        holder.kill()
+        holder.wait()
+        assert waiter.stdout.readline().strip() == "took"
+        assert waiter.wait(10) == 0
+        assert supervisor.master_state(primary, holder.pid) == "down"
+    finally:
+        for p in (holder, waiter):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
