@@ -14,11 +14,15 @@ Method.
   its first PING answer (Python's start, imports, the bind); --runs times, the median. A
   killed process cannot be back faster than this plus the supervisor's check (0.5 s) and
   backoff (0.5 s after a first death).
+* kill-sequencer on the default topology strikes the stream's master of the moment; its
+  standby takes over (``took_over_s``: the standby holds the lock) and the killed one comes
+  back as the new standby. --no-standby runs the topology without standbys (``[cluster]
+  standby = false``): the restarted master takes over, as before standbys.
 * Result hash: sha256 over every report's (drill, orders sent - acknowledged, lost, twice,
   hashes equal) in order: two runs that agree on correctness print the same hash.
 
 Run: python bench/bench_drills.py [--runs 20] [--drills kill-hot-ce,kill-all-hot-ce,...]
-     [--rate 200] [--json OUT]
+     [--rate 200] [--no-standby] [--json OUT]
 """
 from __future__ import annotations
 
@@ -68,6 +72,8 @@ def main() -> int:
     ap.add_argument("--drills", default="kill-hot-ce,kill-all-hot-ce,kill-te,kill-sequencer,"
                                         "kill-replicator,freeze")
     ap.add_argument("--rate", type=int, default=200)
+    ap.add_argument("--no-standby", action="store_true",
+                    help="the default topology with [cluster] standby = false")
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args()
     names = a.drills.split(",")
@@ -76,9 +82,16 @@ def main() -> int:
     reports: dict[str, list] = {n: [] for n in names}
     bare: list[float] = []
     digest = hashlib.sha256()
+    topo_args = []
+    if a.no_standby:
+        from deploy.topology import DEFAULT
+        path = os.path.join(tmp, "no-standby.toml")
+        with open(path, "w") as f:
+            f.write(DEFAULT.replace("standby = true", "standby = false", 1))
+        topo_args = ["--topology", path]
     with Group(os.path.join(tmp, "logs")) as group:
-        up = group.spawn("up", ["up", "--data", data, "--base-port", str(free_port_block()),
-                                "--ready-timeout", "180"])
+        up = group.spawn("up", ["up", *topo_args, "--data", data, "--base-port",
+                                str(free_port_block()), "--ready-timeout", "180"])
         wait_until(lambda: "demo: bob: deposit 4" in up.log() or not up.alive, 300, "seqex up")
         if not up.alive:
             print(up.log())
@@ -93,10 +106,12 @@ def main() -> int:
                                           o["applied_twice"],
                                           all(h["equal"] for h in rep["hashes"].values())]
                                          ).encode())
+                took = f", took_over {rep['took_over']} at {rep.get('took_over_s')} s, " \
+                    f"standby_again {rep['standby_again']}" if "took_over" in rep else ""
                 print(f"run {r + 1}/{a.runs} {n}: " + ", ".join(
-                    f"{f} {rep[f]}" for f in FIGURES) + f", ok {rep['ok']}", flush=True)
+                    f"{f} {rep[f]}" for f in FIGURES) + f"{took}, ok {rep['ok']}", flush=True)
         group.procs[0].stop(60)
-    out = {"runs": a.runs, "rate_per_s": a.rate,
+    out = {"runs": a.runs, "rate_per_s": a.rate, "standby": not a.no_standby,
            "bare_replicator_start_s": summary(bare), "drills": {}}
     for n, reps in reports.items():
         out["drills"][n] = {f: summary([r[f] for r in reps]) for f in FIGURES}
@@ -104,6 +119,9 @@ def main() -> int:
             [r["latency_ms"]["before"]["p99"] for r in reps])
         out["drills"][n]["latency_p99_ms_after"] = summary(
             [r["latency_ms"]["after"]["p99"] for r in reps])
+        if any("took_over" in r for r in reps):
+            out["drills"][n]["took_over_s"] = summary([r.get("took_over_s") for r in reps])
+            out["drills"][n]["standby_again"] = sum(bool(r.get("standby_again")) for r in reps)
         out["drills"][n]["not_ok"] = sum(not r["ok"] for r in reps)
         out["drills"][n]["lost"] = sum(r["orders"]["lost"] for r in reps)
         out["drills"][n]["applied_twice"] = sum(r["orders"]["applied_twice"] for r in reps)
