@@ -17,12 +17,14 @@ Method.
 * kill-sequencer on the default topology strikes the stream's master of the moment; its
   standby takes over (``took_over_s``: the standby holds the lock) and the killed one comes
   back as the new standby. --no-standby runs the topology without standbys (``[cluster]
-  standby = false``): the restarted master takes over, as before standbys.
+  standby = false``): the restarted master takes over, as before standbys. A process killed
+  again within 30 s of its restart waits a doubled backoff (0.5, 1, 2 ... s): --pause 32 keeps
+  every restart at the first backoff, the case of a single failure.
 * Result hash: sha256 over every report's (drill, orders sent - acknowledged, lost, twice,
   hashes equal) in order: two runs that agree on correctness print the same hash.
 
 Run: python bench/bench_drills.py [--runs 20] [--drills kill-hot-ce,kill-all-hot-ce,...]
-     [--rate 200] [--no-standby] [--json OUT]
+     [--rate 200] [--no-standby] [--pause S] [--json OUT]
 """
 from __future__ import annotations
 
@@ -72,6 +74,10 @@ def main() -> int:
     ap.add_argument("--drills", default="kill-hot-ce,kill-all-hot-ce,kill-te,kill-sequencer,"
                                         "kill-replicator,freeze")
     ap.add_argument("--rate", type=int, default=200)
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds between rounds: past the supervisor's STABLE_S (30) a "
+                         "process killed again is restarted after the first backoff (0.5 s), "
+                         "not a doubled one")
     ap.add_argument("--no-standby", action="store_true",
                     help="the default topology with [cluster] standby = false")
     ap.add_argument("--json", help="write the figures here too")
@@ -97,6 +103,8 @@ def main() -> int:
             print(up.log())
             return 1
         for r in range(a.runs):
+            if r and a.pause:
+                time.sleep(a.pause)
             bare.append(bare_start_s(tmp, group, r))
             for n in names:
                 rep = drill.run(data, n, rate=a.rate, before_s=1.0, after_s=1.0)

@@ -9,7 +9,10 @@ per symbol the in.ce sequencer, the out.ce mirror and the CrossEngine replicas (
 warm); then, with a ``[trading]`` table (docs/order-path.md), per TradingEngine shard N the
 in.te.N sequencer, the out.te.N mirror and the TradingEngine replicas, then the gateway and the
 mark-price oracle. Ports are given out in that order from ``base_port``, so every host that
-reads the same file agrees on every address.
+reads the same file agrees on every address. With ``[cluster] standby = true`` (the default)
+every sequencer and mirror is followed by its hot standby ``<name>.standby``: the same
+command line and endpoints, both with ``--standby-lock <data>/locks/<stream>.lock``; it takes
+no port of its own (docs/operations.md "Standby masters").
 
 Source ids and routes follow docs/order-path.md §1-§2: in.te.N takes ``out.ce.SYM`` as source
 ``0x7000_0000 | symbol_id`` with ``route=1<<N``; in.ce.SYM takes ``out.te.N`` as source
