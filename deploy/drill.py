@@ -735,9 +735,16 @@ def describe(r: dict) -> str:
         lines.append(f"  promoted {pr['name']}: " + (f"FAILED {pr['error']}" if "error" in pr
                      else f"{pr['at_s']:.3f} s, resending outputs from seq {pr['resent_from']}"
                      if pr["resent_from"] is not None else "it was hot already"))
+    if "standby" in r:
+        took = f"took the lock at {s(r.get('took_over_s'))}" if r.get("took_over") else \
+            "did NOT take over"
+        lines.append(f"  standby {r['standby']} (pid {r['standby_pid']}) {took}; the killed "
+                     f"master, restarted, " + ("waits as the new standby" if r.get(
+                         "standby_again") else "is NOT waiting as the new standby"))
     if "epoch_before" in r:
         lines.append(f"  master epoch {r['epoch_before']} before, {r.get('epoch_after')} after "
-                     "(the restarted master's takeover)")
+                     + ("(the standby's takeover)" if "standby" in r
+                        else "(the restarted master's takeover)"))
     lines.append(f"  recovered (answers, caught up): {s(r['recovered_s'])}")
     lines.append(f"  service: first order acknowledged after the fault: {s(r['resumed_s'])}")
     lat = r["latency_ms"]
