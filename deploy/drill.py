@@ -1167,7 +1167,7 @@ def count_exec_reports(topo, stream: str, accounts: set, first_seq: int) -> dict
             best = (last, counts)
     if best is None:
         raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
-    return best
+    return best[1]
 
 
 def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
