@@ -14,11 +14,17 @@ Method.
   its first PING answer (Python's start, imports, the bind); --runs times, the median. A
   killed process cannot be back faster than this plus the supervisor's check (0.5 s) and
   backoff (0.5 s after a first death).
+* kill-sequencer on the default topology strikes the stream's master of the moment; its
+  standby takes over (``took_over_s``: the standby holds the lock) and the killed one comes
+  back as the new standby. --no-standby runs the topology without standbys (``[cluster]
+  standby = false``): the restarted master takes over, as before standbys. A process killed
+  again within 30 s of its restart waits a doubled backoff (0.5, 1, 2 ... s): --pause 32 keeps
+  every restart at the first backoff, the case of a single failure.
 * Result hash: sha256 over every report's (drill, orders sent - acknowledged, lost, twice,
   hashes equal) in order: two runs that agree on correctness print the same hash.
 
 Run: python bench/bench_drills.py [--runs 20] [--drills kill-hot-ce,kill-all-hot-ce,...]
-     [--rate 200] [--json OUT]
+     [--rate 200] [--no-standby] [--pause S] [--json OUT]
 """
 from __future__ import annotations
 
@@ -68,6 +74,12 @@ def main() -> int:
     ap.add_argument("--drills", default="kill-hot-ce,kill-all-hot-ce,kill-te,kill-sequencer,"
                                         "kill-replicator,freeze")
     ap.add_argument("--rate", type=int, default=200)
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds between rounds: past the supervisor's STABLE_S (30) a "
+                         "process killed again is restarted after the first backoff (0.5 s), "
+                         "not a doubled one")
+    ap.add_argument("--no-standby", action="store_true",
+                    help="the default topology with [cluster] standby = false")
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args()
     names = a.drills.split(",")
@@ -76,14 +88,23 @@ def main() -> int:
     reports: dict[str, list] = {n: [] for n in names}
     bare: list[float] = []
     digest = hashlib.sha256()
+    topo_args = []
+    if a.no_standby:
+        from deploy.topology import DEFAULT
+        path = os.path.join(tmp, "no-standby.toml")
+        with open(path, "w") as f:
+            f.write(DEFAULT.replace("standby = true", "standby = false", 1))
+        topo_args = ["--topology", path]
     with Group(os.path.join(tmp, "logs")) as group:
-        up = group.spawn("up", ["up", "--data", data, "--base-port", str(free_port_block()),
-                                "--ready-timeout", "180"])
+        up = group.spawn("up", ["up", *topo_args, "--data", data, "--base-port",
+                                str(free_port_block()), "--ready-timeout", "180"])
         wait_until(lambda: "demo: bob: deposit 4" in up.log() or not up.alive, 300, "seqex up")
         if not up.alive:
             print(up.log())
             return 1
         for r in range(a.runs):
+            if r and a.pause:
+                time.sleep(a.pause)
             bare.append(bare_start_s(tmp, group, r))
             for n in names:
                 rep = drill.run(data, n, rate=a.rate, before_s=1.0, after_s=1.0)
@@ -93,10 +114,12 @@ def main() -> int:
                                           o["applied_twice"],
                                           all(h["equal"] for h in rep["hashes"].values())]
                                          ).encode())
+                took = f", took_over {rep['took_over']} at {rep.get('took_over_s')} s, " \
+                    f"standby_again {rep['standby_again']}" if "took_over" in rep else ""
                 print(f"run {r + 1}/{a.runs} {n}: " + ", ".join(
-                    f"{f} {rep[f]}" for f in FIGURES) + f", ok {rep['ok']}", flush=True)
+                    f"{f} {rep[f]}" for f in FIGURES) + f"{took}, ok {rep['ok']}", flush=True)
         group.procs[0].stop(60)
-    out = {"runs": a.runs, "rate_per_s": a.rate,
+    out = {"runs": a.runs, "rate_per_s": a.rate, "standby": not a.no_standby,
            "bare_replicator_start_s": summary(bare), "drills": {}}
     for n, reps in reports.items():
         out["drills"][n] = {f: summary([r[f] for r in reps]) for f in FIGURES}
@@ -104,6 +127,9 @@ def main() -> int:
             [r["latency_ms"]["before"]["p99"] for r in reps])
         out["drills"][n]["latency_p99_ms_after"] = summary(
             [r["latency_ms"]["after"]["p99"] for r in reps])
+        if any("took_over" in r for r in reps):
+            out["drills"][n]["took_over_s"] = summary([r.get("took_over_s") for r in reps])
+            out["drills"][n]["standby_again"] = sum(bool(r.get("standby_again")) for r in reps)
         out["drills"][n]["not_ok"] = sum(not r["ok"] for r in reps)
         out["drills"][n]["lost"] = sum(r["orders"]["lost"] for r in reps)
         out["drills"][n]["applied_twice"] = sum(r["orders"]["applied_twice"] for r in reps)

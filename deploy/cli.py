@@ -52,6 +52,27 @@ def _observe(args: argparse.Namespace) -> None:
     metrics.start_for_process(args.verb, args)
 
 
+_standby_fd: int | None = None   # the standby lock, held for the process's life
+
+
+def _standby(args: argparse.Namespace) -> None:
+    """A master given --standby-lock waits for the lock before it binds anything (its metrics
+    port included) or talks to a replicator: while another master of the stream holds it,
+    this process is that master's hot standby. SIGTERM ends the wait (no handler yet)."""
+    global _standby_fd
+    path = getattr(args, "standby_lock", None)
+    if not path:
+        return
+    from deploy.supervisor import hold_master_lock, master_lock_holder
+    holder = master_lock_holder(path)
+    if holder is not None:
+        print(f"standby: waiting for {path} (held by the master, pid {holder})", flush=True)
+    t0 = time.monotonic()
+    _standby_fd = hold_master_lock(path)
+    print(f"standby lock {path} taken after {time.monotonic() - t0:.3f} s: taking over",
+          flush=True)
+
+
 def _pin() -> None:
     cpu = os.environ.get("SEQEX_CPU")
     if cpu is not None and hasattr(os, "sched_setaffinity"):
@@ -781,6 +802,9 @@ def parser() -> Parser:
         "take another stream as a source (repeat): 'stream=NAME,source=ID,pub=ADDR,"
         "replicators=ADDR|ADDR,kinds=K|K,route=MASK'; kinds and route are optional, route takes "
         "only the records with route & MASK != 0 (hex or decimal)"))
+    s.add_argument("--standby-lock", metavar="PATH", help=(
+        "run as a hot standby: bind nothing until an exclusive lock on PATH is taken (waiting "
+        "while another master of the stream holds it), then take over with a new epoch"))
     s.set_defaults(fn=cmd_sequencer)
 
     s = sub.add_parser("replica", help="run an engine replica (hot or warm) on its in stream")
@@ -814,6 +838,9 @@ def parser() -> Parser:
     s.add_argument("--policy", choices=["none", "first", "quorum", "all"], default="none")
     s.add_argument("--from-seq", type=SEQ, default=1,
                    help="with policy none: the first seq of the stream this mirror serves")
+    s.add_argument("--standby-lock", metavar="PATH", help=(
+        "run as a hot standby: bind nothing until an exclusive lock on PATH is taken (waiting "
+        "while another master of the stream holds it), then take over with a new epoch"))
     s.set_defaults(fn=cmd_mirror)
 
     s = sub.add_parser("gateway", help="run the order-entry gateway (PROTOCOL.md over TCP)")
@@ -1018,6 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _die_with_parent()
         _pin()
+        _standby(args)
         _observe(args)
         return args.fn(args)
     except BrokenPipeError:

@@ -18,9 +18,13 @@ Drills (``--target`` names another process of the same kind):
   TradingEngine is promoted and takes over;
 * ``kill-sequencer``: SIGKILL of the master of an in stream (default ``sequencer.<first
   symbol>``, the load's): the supervisor restarts it and it takes over with a new epoch (learn,
-  claim, adopt, reconcile: docs/log.md "Failover"); the default topology has no standby
-  masters, so this is the restarted master's takeover on the same endpoints. ``recovered_s``
-  is when it answers with an epoch above the old one; the report gives both epochs;
+  claim, adopt, reconcile: docs/log.md "Failover"). With a standby (the default topology:
+  ``sequencer.<symbol>.standby``, on the same lock) the default target is whichever of the
+  two is the master now, and the standby takes over as soon as the kernel releases the
+  lock: ``took_over`` names it (``took_over_pid``, ``took_over_s``), and ``standby_again``
+  says whether the killed one, restarted, waits as the new standby. Without one, the
+  restarted master takes over on the same endpoints. ``recovered_s`` is when the stream's
+  master answers with an epoch above the old one; the report gives both epochs;
 * ``kill-gateway``: SIGKILL of a gateway (default ``gateway0``) under a load *through* it (two
   SDK clients, gateway/client.py, as the drill's own users): the supervisor restarts it and
   the clients log on into their sessions again and resend what was not applied, with the same
@@ -177,9 +181,10 @@ def _pid_of(data_dir: str, name: str) -> int:
     return pid
 
 
-def _child_running(supervisor: int, spec) -> int | None:
+def _child_running(supervisor: int, spec, exclude: frozenset = frozenset()) -> int | None:
     """The pid of the supervisor's child running spec's command line now, or None: the
-    moment of a restart, without waiting for the heartbeats file (written once a round)."""
+    moment of a restart, without waiting for the heartbeats file (written once a round).
+    exclude: pids not to count (a master and its standby have one command line)."""
     try:
         with open(f"/proc/{supervisor}/task/{supervisor}/children") as f:
             children = [int(x) for x in f.read().split()]
@@ -192,7 +197,7 @@ def _child_running(supervisor: int, spec) -> int | None:
                 words = f.read().split(b"\0")[:-1]
         except OSError:
             continue
-        if words[-len(want):] == want:
+        if words[-len(want):] == want and pid not in exclude:
             return pid
     return None
 
@@ -411,6 +416,22 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                "kill-sequencer": f"sequencer.{sym}",
                "freeze": f"ce.{sym}.hot1",
                "disk-full": [p.name for p in topo.procs if p.role == "replicator"][-1]}[name]
+    partner = None   # kill-sequencer: the target's standby (or master), on the same lock
+    if name == "kill-sequencer":
+        from deploy.supervisor import master_lock_holder, standby_lock_of
+        lock = None
+        try:
+            lock = standby_lock_of(topo.by_name(target or default))
+        except StopIteration:
+            pass
+        pair = [p for p in topo.procs if lock and standby_lock_of(p) == lock]
+        if target is None and len(pair) == 2:   # the master now (it may be the standby)
+            holder = master_lock_holder(lock)
+            default = next((p.name for p in pair
+                            if (_beats(data_dir).get(p.name) or {}).get("pid") == holder),
+                           default)
+        if len(pair) == 2:
+            partner = next(p for p in pair if p.name != (target or default))
     target = target or default
     try:
         spec = topo.by_name(target)
@@ -426,6 +447,13 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         raise DrillError(f"kill-te: {target} is not a TradingEngine replica")
     if name == "kill-sequencer" and spec.role != "sequencer":
         raise DrillError(f"kill-sequencer: {target} is not a sequencer")
+    partner_pid = None
+    if partner is not None:
+        from deploy.supervisor import waiting_standby
+        partner_pid = _pid_of(data_dir, partner.name)
+        if waiting_standby(spec, _pid_of(data_dir, target)):
+            raise DrillError(f"kill-sequencer: {target} is the standby now; its master is "
+                             f"{partner.name} (no --target: the master)")
     if name in ("kill-replicator", "disk-full") and spec.role != "replicator":
         raise DrillError(f"{name}: {target} is not a replicator")
     disk = None
@@ -470,6 +498,9 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     if name == "kill-sequencer":
         old_epoch = (probe(spec, timeout_s=2.0) or {}).get("epoch")
         report["epoch_before"] = old_epoch
+        if partner is not None:
+            report["standby"] = partner.name
+            report["standby_pid"] = partner_pid
     strike_wall, strike = time.time(), time.monotonic()
     if name == "freeze":
         os.kill(pid, signal.SIGSTOP)
@@ -525,13 +556,38 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                 for p in targets:
                     if p.name in new_pids:
                         continue
-                    new = _child_running(supervisor, p) or \
+                    mates = frozenset([pids[p.name], partner_pid or 0])
+                    new = _child_running(supervisor, p, mates) or \
                         (_beats(data_dir).get(p.name) or {}).get("pid")
-                    if isinstance(new, int) and new != pids[p.name]:
+                    if isinstance(new, int) and new not in mates:
                         new_pids[p.name] = new
                 if restarted is None and len(new_pids) == len(targets):
                     restarted = time.monotonic() - strike
-                if restarted is not None and old_epoch is not None:
+                if partner is not None and old_epoch is not None:
+                    # the standby takes the lock, then the stream with a new epoch; the
+                    # killed master, restarted, waits for the lock as the new standby
+                    def took_over(at: float) -> None:
+                        if "took_over_s" not in report and \
+                                master_lock_holder(standby_lock_of(spec)) == partner_pid:
+                            report.update(took_over=partner.name, took_over_pid=partner_pid,
+                                          took_over_s=_r(at - strike))
+
+                    took_over(time.monotonic())
+                    if recovered is None:
+                        epoch = (probe(spec) or {}).get("epoch")
+                        if isinstance(epoch, int) and epoch > old_epoch:
+                            # (the probe may have waited across the takeover: the lock first)
+                            at = time.monotonic()
+                            took_over(at)
+                            report["epoch_after"] = epoch
+                            recovered = at - strike
+                    if recovered is not None and restarted is not None and \
+                            "took_over_s" in report and \
+                            waiting_standby(spec, new_pids.get(spec.name)):
+                        report["standby_again"] = True
+                        report["standby_again_s"] = _r(time.monotonic() - strike)
+                        break
+                elif restarted is not None and old_epoch is not None:
                     epoch = (probe(spec) or {}).get("epoch")
                     if isinstance(epoch, int) and epoch > old_epoch:
                         report["epoch_after"] = epoch
@@ -550,6 +606,10 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     if name not in ("freeze", "disk-full"):
         report["new_pid"] = new_pids.get(targets[0].name)
         report["new_pids"] = new_pids
+    if partner is not None:
+        report.setdefault("took_over", None)
+        report.setdefault("took_over_pid", None)
+        report.setdefault("standby_again", False)
     time.sleep(after_s)
     load.stop.set()
     th.join(90)
@@ -595,6 +655,8 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     report["ok"] = (report["audit"]["ok"] and "error" not in report.get("promoted", {})
                     and not lost and not twice and len(acked) == len(tickets) and bool(tickets)
                     and recovered is not None and detected is not None
+                    and (partner is None or bool(report["took_over"]
+                                                 and report["standby_again"]))
                     and all(h["equal"] for h in report["hashes"].values())
                     and len(report["rebuild"]) == len(report["hashes"])
                     and all(r["hash_equal"] and r.get("audit", "balanced") == "balanced"
@@ -673,9 +735,16 @@ def describe(r: dict) -> str:
         lines.append(f"  promoted {pr['name']}: " + (f"FAILED {pr['error']}" if "error" in pr
                      else f"{pr['at_s']:.3f} s, resending outputs from seq {pr['resent_from']}"
                      if pr["resent_from"] is not None else "it was hot already"))
+    if "standby" in r:
+        took = f"took the lock at {s(r.get('took_over_s'))}" if r.get("took_over") else \
+            "did NOT take over"
+        lines.append(f"  standby {r['standby']} (pid {r['standby_pid']}) {took}; the killed "
+                     f"master, restarted, " + ("waits as the new standby" if r.get(
+                         "standby_again") else "is NOT waiting as the new standby"))
     if "epoch_before" in r:
         lines.append(f"  master epoch {r['epoch_before']} before, {r.get('epoch_after')} after "
-                     "(the restarted master's takeover)")
+                     + ("(the standby's takeover)" if "standby" in r
+                        else "(the restarted master's takeover)"))
     lines.append(f"  recovered (answers, caught up): {s(r['recovered_s'])}")
     lines.append(f"  service: first order acknowledged after the fault: {s(r['resumed_s'])}")
     lat = r["latency_ms"]
@@ -1098,7 +1167,7 @@ def count_exec_reports(topo, stream: str, accounts: set, first_seq: int) -> dict
             best = (last, counts)
     if best is None:
         raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
-    return best
+    return best[1]
 
 
 def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,

@@ -73,6 +73,12 @@ def _arg(args: list[str], flag: str) -> str | None:
         else None
 
 
+def key_name(spec) -> str:
+    """The name of a process's keypair: its own, but a standby master's is its primary's (the
+    clients of those endpoints expect one server key, whichever of the two is master)."""
+    return spec.extra.get("key") or spec.name
+
+
 def server_endpoints(spec) -> list[str]:
     """The endpoints a process binds (the ones whose key its clients must expect)."""
     if spec.role in ("gateway", "marketdata"):   # their ports speak PROTOCOL.md, not ZeroMQ
@@ -90,6 +96,8 @@ def policy(topo, keys_dir: str, producers: dict[str, list[int]] | None = None) -
     servers: dict[str, str] = {}
     mirror_stream = {p.control: p.stream for p in topo.procs if p.role == "mirror"}
     for spec in topo.procs:
+        if spec.extra.get("standby_of"):   # its primary's key, already in the policy
+            continue
         key = auth.load_public(keys_dir, spec.name).decode()
         masters: frozenset[str] = frozenset()
         feeds: frozenset[str] = frozenset()
@@ -146,7 +154,8 @@ def generate(topo, keys_dir: str | None = None, producers: dict[str, list[int]] 
     keys_dir = keys_dir or keys_dir_of(topo.data_dir)
     check_producers(topo, producers or {})
     os.makedirs(keys_dir, mode=0o755, exist_ok=True)
-    names = [p.name for p in topo.procs] + [OPERATOR] + sorted(producers or {})
+    names = list(dict.fromkeys(key_name(p) for p in topo.procs)) + [OPERATOR] \
+        + sorted(producers or {})
     for name in rotate or []:
         if name not in names:
             raise ValueError(f"--rotate {name}: no such process, producer or operator")
@@ -189,7 +198,7 @@ def for_log_cluster(cluster, keys_dir: str,
 def ensure(topo, keys_dir: str | None = None) -> str:
     """On first start (no trust.json, or a key missing), generate; otherwise keep all."""
     keys_dir = keys_dir or keys_dir_of(topo.data_dir)
-    names = [p.name for p in topo.procs] + [OPERATOR]
+    names = [key_name(p) for p in topo.procs] + [OPERATOR]
     missing = not os.path.exists(os.path.join(keys_dir, auth.TRUST_FILE)) or any(
         not os.path.exists(auth.secret_path(keys_dir, n)) for n in names)
     if missing:
@@ -200,7 +209,8 @@ def ensure(topo, keys_dir: str | None = None) -> str:
 def secure(topo, keys_dir: str | None = None):
     """The topology with ``--keys DIR --key NAME`` in front of every process's arguments."""
     keys_dir = keys_dir or keys_dir_of(topo.data_dir)
-    procs = [dataclasses.replace(p, args=["--keys", keys_dir, "--key", p.name, *p.args])
+    procs = [dataclasses.replace(p, args=["--keys", keys_dir, "--key", key_name(p),
+                                                        *p.args])
              for p in topo.procs]
     return dataclasses.replace(topo, procs=procs)
 
@@ -227,7 +237,7 @@ def prepare_up(topo, generate_missing: bool = True):
                                 f"(docs/security.md)")
     auth.configure(keys_dir, OPERATOR)
     for spec in topo.procs:   # a bad key is named now, not by a process restarted in a loop
-        auth.load_pair(keys_dir, spec.name)
+        auth.load_pair(keys_dir, key_name(spec))
     return secure(topo, keys_dir)
 
 

@@ -456,14 +456,21 @@ def scrape(address: str, timeout_s: float = 2.0) -> dict[tuple[str, tuple], floa
 def status_doc(topo, given_up: dict[str, str] | None = None,
                beats: dict[str, dict] | None = None, frozen_after_s: float = 3.0) -> dict:
     """The cluster as JSON: every process's plan, state, last answer and status."""
-    from deploy.supervisor import _running, frozen_advice, probe
+    from deploy.supervisor import _running, frozen_advice, master_state, probe
     given_up = given_up or {}
     beats = beats or {}
     out = []
     threads, answers = [], {}
 
+    def pid_of(spec) -> int | None:
+        pid = (beats.get(spec.name) or {}).get("pid")
+        return pid if isinstance(pid, int) else None
+
     def ask(spec) -> None:
-        answers[spec.name] = probe(spec)
+        # a master's standby waiting for its lock binds nothing; a dead master's control
+        # endpoint answers for its standby, which took over
+        if master_state(spec, pid_of(spec)) is None:
+            answers[spec.name] = probe(spec)
 
     for spec in topo.procs:   # in parallel: a cluster with frozen processes answers in 0.5 s
         t = threading.Thread(target=ask, args=(spec,), daemon=True)
@@ -479,7 +486,9 @@ def status_doc(topo, given_up: dict[str, str] | None = None,
         entry: dict[str, Any] = {
             "process": spec.name, "role": spec.role, "host": spec.host, "stream": spec.stream,
             "control": spec.control, "metrics": spec.extra.get("metrics"), "pid": pid}
-        if st is not None:
+        if master_state(spec, pid) == "standby":
+            entry.update(state="standby", answered_s_ago=0.0, status=None)
+        elif st is not None:
             entry.update(state="up", answered_s_ago=0.0, status=st)
         else:
             silent = round(time.time() - at, 3) if at else None
@@ -496,4 +505,6 @@ def status_doc(topo, given_up: dict[str, str] | None = None,
                 entry["advice"] = why
         out.append(entry)
     return {"at": time.time(), "data_dir": topo.data_dir, "processes": out,
-            "up": sum(e["state"] == "up" for e in out), "total": len(out)}
+            # a standby master waiting for its lock is well: it counts as up
+            "up": sum(e["state"] in ("up", "standby") for e in out),
+            "standby": sum(e["state"] == "standby" for e in out), "total": len(out)}

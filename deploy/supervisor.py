@@ -117,6 +117,46 @@ def pid_lock(path: str, mode: int) -> int:
     return fd
 
 
+def hold_master_lock(path: str) -> int:
+    """A master's standby lock (``--standby-lock``, docs/operations.md "Standby masters"): an
+    exclusive flock on path (its directory and the file created), waited for as long as
+    another process holds it; then this pid is written into it. The fd holds the lock for the
+    process's life: the kernel releases it when the process dies, by SIGKILL too."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def master_lock_holder(path: str) -> int | None:
+    """The pid of the live process holding a master's standby lock, as it wrote it (None:
+    nobody, or its holder died and no standby has taken it yet)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(32).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and _running(int(text)) else None
+
+
+def standby_lock_of(spec) -> str | None:
+    """The --standby-lock path of a master's ProcSpec (None: it has no standby)."""
+    args = spec.args
+    return args[args.index("--standby-lock") + 1] if "--standby-lock" in args[:-1] else None
+
+
+def waiting_standby(spec, pid: int | None) -> bool:
+    """Whether pid, a live process of spec, is a standby master waiting for its lock (another
+    pid holds it). A waiting standby has bound nothing, so it answers no PING: this is how
+    the supervisor and `seqex status` know it is well."""
+    lock = standby_lock_of(spec)
+    if lock is None or not pid or not _running(pid):
+        return False
+    return master_lock_holder(lock) != pid
+
+
 def write_atomically(path: str, text: str) -> None:
     """Readers see the old file or the new one, never a torn one."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -224,12 +264,23 @@ class Supervisor:
         finally:
             print("stopping...", flush=True)
             self.running = False
+            self.stop_standbys()
             self.group.stop_all()
             for path in (self.state_path, self.heartbeat_path):
                 if os.path.exists(path):
                     os.remove(path)
             os.close(self.lock_fd)
             print("stopped.", flush=True)
+
+    def stop_standbys(self) -> None:
+        """First the standby masters waiting for their locks: stopping a master must not hand
+        its stream to its standby on the way down. (A standby that took its lock a moment ago
+        is a master now: it is stopped with the rest.)"""
+        specs = {s.name: s for s in self.mine()}
+        for name, proc in self.procs.items():
+            spec = specs.get(name)
+            if spec is not None and proc.alive and waiting_standby(spec, proc.popen.pid):
+                proc.stop()
 
     def _after_start(self) -> None:
         try:
@@ -310,8 +361,12 @@ class Supervisor:
                 beat = beats.setdefault(name, {"pid": pid, "answered_at": time.time()})
                 if beat["pid"] != pid:
                     beat.update(pid=pid, answered_at=time.time())
-                if proc.alive and probe(specs[name], timeout_s=0.5) is not None:
+                # A standby waiting for its lock binds nothing: alive and waiting is its answer.
+                if proc.alive and (waiting_standby(specs[name], pid) and not
+                                   stopped_by_signal(pid)
+                                   or probe(specs[name], timeout_s=0.5) is not None):
                     beat["answered_at"] = time.time()
+                    beat["standby"] = waiting_standby(specs[name], pid)
             if not self.running:
                 return
             try:
@@ -517,9 +572,15 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
     rows = [["process", "role", "core", "stream", "seq", "lag/commit", "rate/s", "answered",
              "state"]]
     for spec in topo.procs:
-        st = probe(spec)
+        beat = beats.get(spec.name) or {}
+        pid = beat.get("pid") if isinstance(beat.get("pid"), int) else 0
+        master = master_state(spec, pid)
+        if master == "standby":
+            rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", "now",
+                         f"standby (pid {pid}, waiting for the lock)"])
+            continue
+        st = probe(spec) if master is None else None
         if st is None:
-            beat = beats.get(spec.name) or {}
             pid = beat.get("pid") if isinstance(beat.get("pid"), int) else 0
             at = beat.get("answered_at") if isinstance(beat.get("answered_at"), float) else 0.0
             silent_s = time.time() - at if at else None
@@ -559,6 +620,18 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
                          str(st.get("seq")), str(st.get("lag")), str(st.get("rate")), "now",
                          f"snapshot {st.get('snapshot_seq')}"])
     return rows
+
+
+def master_state(spec, pid: int | None) -> str | None:
+    """For a process of a master with a standby (--standby-lock), whose pid the heartbeats
+    name: "standby" while it waits for the lock, "down" when that pid is dead (its control
+    endpoint may answer, but for the other process, which took over); None otherwise (probe
+    it: it is the master, or not a master with a standby, or its pid is unknown)."""
+    if standby_lock_of(spec) is None or not pid:
+        return None
+    if not _running(pid):
+        return "down"
+    return "standby" if waiting_standby(spec, pid) else None
 
 
 def _core(spec) -> str:

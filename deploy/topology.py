@@ -9,7 +9,10 @@ per symbol the in.ce sequencer, the out.ce mirror and the CrossEngine replicas (
 warm); then, with a ``[trading]`` table (docs/order-path.md), per TradingEngine shard N the
 in.te.N sequencer, the out.te.N mirror and the TradingEngine replicas, then the gateway and the
 mark-price oracle. Ports are given out in that order from ``base_port``, so every host that
-reads the same file agrees on every address.
+reads the same file agrees on every address. With ``[cluster] standby = true`` (the default)
+every sequencer and mirror is followed by its hot standby ``<name>.standby``: the same
+command line and endpoints, both with ``--standby-lock <data>/locks/<stream>.lock``; it takes
+no port of its own (docs/operations.md "Standby masters").
 
 Source ids and routes follow docs/order-path.md §1-§2: in.te.N takes ``out.ce.SYM`` as source
 ``0x7000_0000 | symbol_id`` with ``route=1<<N``; in.ce.SYM takes ``out.te.N`` as source
@@ -40,6 +43,7 @@ data_dir = "seqex-data"      # relative to the working directory
 base_port = 7100             # every process's ports are given out from here, in plan order
 cores = []                   # cores to pin replicas to, round-robin; empty: all of this machine's
 tick_ms = 100
+standby = true               # a hot standby master per stream (<name>.standby), on one lock
 
 [hosts]
 local = "127.0.0.1"          # name -> address; `seqex up --host NAME` starts that host's part
@@ -269,7 +273,12 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
     if not isinstance(cluster, dict):
         ck.fail("", None, "cluster", "must be a table [cluster]")
         cluster = {}
-    ck.known("cluster", None, cluster, {"data_dir", "base_port", "cores", "tick_ms"})
+    ck.known("cluster", None, cluster, {"data_dir", "base_port", "cores", "tick_ms", "standby"})
+    standby = cluster.get("standby", True)
+    if not isinstance(standby, bool):
+        ck.fail("cluster", None, "standby", f"must be true or false, got {standby!r}")
+        standby = True
+    out["standby"] = standby
     dd = cluster.get("data_dir", "seqex-data")
     if not isinstance(dd, str) or not dd:
         ck.fail("cluster", None, "data_dir", f"must be a directory name, got {dd!r}")
@@ -632,7 +641,28 @@ def plan(conf: dict, data_dir: str | None = None, base_port: int | None = None) 
         _plan_trading(conf, topo, addr, rep_addrs, cores, core_i)
     if conf.get("marketdata"):
         _plan_marketdata(conf, topo, addr, rep_addrs)
-    return _with_metrics(topo)
+    topo = _with_metrics(topo)
+    if conf.get("standby", True):
+        _add_standbys(topo)
+    return topo
+
+
+def _add_standbys(topo: Topology) -> None:
+    """A hot standby per master (docs/operations.md "Standby masters"): after every sequencer
+    and mirror, ``<name>.standby`` on the same host with the same arguments, both given
+    ``--standby-lock <data>/locks/<stream>.lock``; whichever holds the lock is the master, the
+    other waits bound to nothing. The standby has its primary's key (its clients expect that
+    server key on those endpoints) and its metrics address (served by whichever is master)."""
+    procs: list[ProcSpec] = []
+    for p in topo.procs:
+        procs.append(p)
+        if p.role not in ("sequencer", "mirror"):
+            continue
+        p.args += ["--standby-lock", os.path.join(topo.data_dir, "locks", f"{p.stream}.lock")]
+        procs.append(ProcSpec(f"{p.name}.standby", p.role, p.host, list(p.args), p.control,
+                              p.stream, p.cpu, {**p.extra, "standby_of": p.name,
+                                                "key": p.name}))
+    topo.procs[:] = procs
 
 
 def _engine_streams(procs: list, addr, *, tag: str, replica: str, engine_name: str,

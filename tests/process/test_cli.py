@@ -401,8 +401,12 @@ def test_a_retry_after_a_timeout_never_duplicates_and_seqs_are_found(cluster):
     from deploy.client import Client, OutcomeTimeout
     data, _up = cluster
     topo, _pid = read_state(data)
-    sequencer = pids_with(f"--producers {topo.symbols['BTCUSDT']['producers']} ")
-    assert len(sequencer) == 1
+    # the master and its standby (one command line, one lock): the master holds the lock
+    from deploy.supervisor import master_lock_holder, standby_lock_of
+    both = pids_with(f"--producers {topo.symbols['BTCUSDT']['producers']} ")
+    assert len(both) == 2
+    sequencer = [master_lock_holder(standby_lock_of(topo.by_name("sequencer.BTCUSDT")))]
+    assert sequencer[0] in both
     with Client(data) as client:
         first = client.submit("BTCUSDT", "sell", "0.001", "300", account=11)
         os.kill(sequencer[0], signal.SIGSTOP)

@@ -116,11 +116,37 @@ def test_drill_kill_te_promotes_the_warm_tradingengine(cluster):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_drill_kill_sequencer_a_new_epoch(cluster):
+def test_drill_kill_sequencer_the_standby_takes_over_with_a_new_epoch(cluster):
     r = drill(cluster, "kill-sequencer")
     assert r["target"] == "sequencer.BTCUSDT" and r["restarted_s"] is not None, r
     assert r["epoch_after"] > r["epoch_before"], r
+    # the standby (same endpoints, one lock) took over; the killed master, restarted by the
+    # supervisor, waits for the lock as the new standby
+    assert r["took_over"] == "sequencer.BTCUSDT.standby", r
+    assert r["took_over_pid"] == r["standby_pid"] != r["pid"], r
+    assert r["standby_again"] is True and r["new_pid"] not in (r["pid"], r["took_over_pid"]), r
+    assert r["took_over_s"] <= r["recovered_s"], r
     check(r)
+
+    def states() -> dict | None:
+        doc = json.loads(seqex("status", "--data", cluster, "--json", timeout=60).stdout)
+        by = {e["process"]: e for e in doc["processes"]}
+        pair = by["sequencer.BTCUSDT"], by["sequencer.BTCUSDT.standby"]
+        return by if pair[0]["pid"] == r["new_pid"] and pair[0]["state"] == "standby" \
+            and pair[1]["state"] == "up" else None
+
+    by = wait_until(states, 60, "status: the restarted master as the standby")
+    assert by["sequencer.BTCUSDT.standby"]["status"]["epoch"] >= r["epoch_after"]
+    assert by["sequencer.BTCUSDT"]["status"] is None
+    table = seqex("status", "--data", cluster, timeout=60).stdout
+    assert any(line.startswith("sequencer.BTCUSDT ") and "standby (pid" in line
+               for line in table.splitlines()), table
+    # the next drill strikes the master of now, the former standby, and the other takes over
+    r2 = drill(cluster, "kill-sequencer")
+    assert r2["target"] == "sequencer.BTCUSDT.standby", r2
+    assert r2["took_over"] == "sequencer.BTCUSDT" and r2["took_over_pid"] == r["new_pid"], r2
+    assert r2["standby_again"] is True and r2["epoch_after"] > r["epoch_after"], r2
+    check(r2)
 
 
 @pytest.mark.slow

@@ -78,7 +78,11 @@ def test_three_hosts_trade_on_after_one_host_is_lost(tmp_path):
         st = wait_until(lambda: (s := _status(data["a"]))["up"] == s["total"] and s, 120,
                         "every process of the three hosts answering")
         by_host = {h: [p for p in st["processes"] if p["host"] == h] for h in HOSTS}
-        assert [len(by_host[h]) for h in HOSTS] == [17, 6, 6]     # a: the order path and the LiqEngine
+        # a: the order path and the LiqEngine; every sequencer and mirror has its standby
+        assert [len(by_host[h]) for h in HOSTS] == [23, 8, 8]
+        # a standby's lock is on its host: host a's own standbys show as such
+        assert {p["process"] for p in st["processes"] if p["state"] == "standby"} == {
+            p["process"] for p in by_host["a"] if p["process"].endswith(".standby")}
         addr = {"a": "127.0.0.2", "b": "127.0.0.3", "c": "127.0.0.4"}
         for h in HOSTS:
             for p in by_host[h]:
@@ -112,7 +116,7 @@ def test_three_hosts_trade_on_after_one_host_is_lost(tmp_path):
         # host c is lost whole: its supervisor and every process it ran, SIGKILL at once
         sup_c = ups["c"].popen.pid
         victims = _children(sup_c)
-        assert len(victims) == 6, victims
+        assert len(victims) == 8, victims
         for pid in [sup_c, *victims]:
             os.kill(pid, signal.SIGKILL)
         ups["c"].popen.wait(30)
@@ -132,7 +136,8 @@ def test_three_hosts_trade_on_after_one_host_is_lost(tmp_path):
         m = metrics.scrape(seq_btc["metrics"])
         assert m[("seqex_stream_commit_seq", key)] > commit_before
         st = _status(data["a"])
-        down = sorted(p["process"] for p in st["processes"] if p["state"] != "up")
+        down = sorted(p["process"] for p in st["processes"]
+                      if p["state"] not in ("up", "standby"))
         assert down == sorted(p["process"] for p in by_host["c"]), down
         # both surviving replicators hold in.ce.BTCUSDT up to the commit point (one status
         # probes the processes one after another and Ticks move the commit point on, so the

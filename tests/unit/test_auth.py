@@ -37,7 +37,8 @@ def _mode(path: str) -> int:
 
 def test_keys_for_every_process_with_secret_files_0600(default):
     topo, keys_dir = default
-    for name in [p.name for p in topo.procs] + ["operator", "gateway"]:
+    # a standby master has its primary's key (the same server key on the same endpoints)
+    for name in [keys.key_name(p) for p in topo.procs] + ["operator", "gateway"]:
         assert _mode(auth.secret_path(keys_dir, name)) == 0o600
         assert _mode(auth.public_path(keys_dir, name)) == 0o644
         assert len(auth.load_secret(keys_dir, name)) == 40
@@ -53,10 +54,10 @@ def test_a_secret_key_readable_by_others_is_refused(default):
 
 def test_generate_keeps_keys_and_rotate_replaces_only_the_named_one(default):
     topo, keys_dir = default
-    before = {p.name: auth.load_public(keys_dir, p.name) for p in topo.procs}
+    before = {p.name: auth.load_public(keys_dir, keys.key_name(p)) for p in topo.procs}
     assert keys.ensure(topo, keys_dir) == keys_dir
     keys.generate(topo, keys_dir, rotate=["replicator0"])
-    after = {p.name: auth.load_public(keys_dir, p.name) for p in topo.procs}
+    after = {p.name: auth.load_public(keys_dir, keys.key_name(p)) for p in topo.procs}
     assert after["replicator0"] != before["replicator0"]
     assert {k: v for k, v in after.items() if k != "replicator0"} == \
         {k: v for k, v in before.items() if k != "replicator0"}
@@ -95,13 +96,16 @@ def test_the_policy_of_the_default_topology(default):
         if spec.role in ("gateway", "marketdata"):   # PROTOCOL.md over TCP, not ZeroMQ
             assert spec.control not in trust.servers
             continue
-        assert trust.servers[spec.control] == by_name[spec.name][0]
+        assert trust.servers[spec.control] == by_name[keys.key_name(spec)][0]
+    # a standby is its primary in the policy: no peer of its own
+    assert topo.by_name("sequencer.BTCUSDT.standby").extra["key"] == "sequencer.BTCUSDT"
+    assert "sequencer.BTCUSDT.standby" not in by_name
 
 
 def test_secure_puts_the_identity_in_front_of_every_command(default):
     topo, keys_dir = default
     for spec in keys.secure(topo, keys_dir).procs:
-        assert spec.args[:4] == ["--keys", keys_dir, "--key", spec.name]
+        assert spec.args[:4] == ["--keys", keys_dir, "--key", keys.key_name(spec)]
 
 
 def test_role_decisions(default):

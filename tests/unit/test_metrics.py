@@ -83,9 +83,14 @@ def test_metrics_are_served_over_http_and_a_failing_status_reads_as_down():
 def test_every_process_gets_one_metrics_address_after_the_plans_ports():
     topo = topology.load(None, "/tmp/x", 20000)
     used = set(metrics.plan_ports(topo))
-    addrs = [p.extra["metrics"] for p in topo.procs]
+    # a standby master shares its primary's address: whichever is master serves it
+    mains = [p for p in topo.procs if not p.extra.get("standby_of")]
+    for p in topo.procs:
+        if p.extra.get("standby_of"):
+            assert p.extra["metrics"] == topo.by_name(p.extra["standby_of"]).extra["metrics"]
+    addrs = [p.extra["metrics"] for p in mains]
     ports = [int(a.rpartition(":")[2]) for a in addrs]
-    assert len(set(ports)) == len(topo.procs)
+    assert len(set(ports)) == len(mains) == 30
     assert min(ports) == max(used) + 1 and not used & set(ports)
     assert all(a.startswith("127.0.0.1:") for a in addrs)
 
@@ -93,7 +98,8 @@ def test_every_process_gets_one_metrics_address_after_the_plans_ports():
 def test_a_plan_at_the_top_of_the_port_range_has_its_metrics_ports_below_it():
     topo = topology.load(None, "/tmp/x", 65535 - 40)   # the default plan's 41 ports
     ports = [int(p.extra["metrics"].rpartition(":")[2]) for p in topo.procs]
-    assert max(ports) == 65535 - 41 and len(set(ports)) == len(topo.procs)
+    assert max(ports) == 65535 - 41
+    assert len(set(ports)) == len([p for p in topo.procs if not p.extra.get("standby_of")])
     with pytest.raises(topology.TopologyError, match="the plan needs 41 ports"):
         topology.load(None, "/tmp/x", 65535 - 39)
 
@@ -226,7 +232,8 @@ def test_the_three_host_topology_spreads_replicators_and_gives_each_host_its_uni
         assert p.control.startswith(f"tcp://{addr[p.host]}:"), p
         assert p.extra["metrics"].startswith(f"{addr[p.host]}:"), p
     counts = {h: len(systemd.units(topo, h, ["seqex"])) - 1 for h in addr}
-    assert counts == {"a": 17, "b": 6, "c": 6}     # a: the order path and the LiqEngine
+    # a: the order path and the LiqEngine; a standby master per sequencer and mirror
+    assert counts == {"a": 23, "b": 8, "c": 8}
 
 
 def test_drill_outcomes_are_served_from_the_drills_file(tmp_path):

@@ -31,7 +31,8 @@ CE_ONLY = REP.replace("r0", "replicator0") + '[[replicator]]\nname = "replicator
 def test_a_topology_without_trading_plans_the_crossengine_only(tmp_path):
     topo = load_text(tmp_path, CE_ONLY)
     assert [p.name for p in topo.procs] == [
-        "replicator0", "replicator1", "replicator2", "sequencer.BTCUSDT", "mirror.BTCUSDT",
+        "replicator0", "replicator1", "replicator2", "sequencer.BTCUSDT",
+        "sequencer.BTCUSDT.standby", "mirror.BTCUSDT", "mirror.BTCUSDT.standby",
         "ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1", "ce.BTCUSDT.warm0"]
     assert topo.procs[0].control == "tcp://127.0.0.1:7100"
     sym = topo.symbols["BTCUSDT"]

@@ -32,14 +32,14 @@ def test_the_default_topology_plans_the_order_path_on_consecutive_ports():
     assert reps == [f"replicator{i}" for i in range(len(reps))] and len(reps) >= 2
     assert names == [
         *reps,
-        "sequencer.BTCUSDT", "mirror.BTCUSDT", "ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1",
+        "sequencer.BTCUSDT", "sequencer.BTCUSDT.standby", "mirror.BTCUSDT", "mirror.BTCUSDT.standby", "ce.BTCUSDT.hot0", "ce.BTCUSDT.hot1",
         "ce.BTCUSDT.warm0",
-        "sequencer.ETHUSDT", "mirror.ETHUSDT", "ce.ETHUSDT.hot0", "ce.ETHUSDT.hot1",
+        "sequencer.ETHUSDT", "sequencer.ETHUSDT.standby", "mirror.ETHUSDT", "mirror.ETHUSDT.standby", "ce.ETHUSDT.hot0", "ce.ETHUSDT.hot1",
         "ce.ETHUSDT.warm0",
-        "sequencer.te0", "mirror.te0", "te0.hot0", "te0.hot1", "te0.warm0",
-        "sequencer.te1", "mirror.te1", "te1.hot0", "te1.hot1", "te1.warm0",
+        "sequencer.te0", "sequencer.te0.standby", "mirror.te0", "mirror.te0.standby", "te0.hot0", "te0.hot1", "te0.warm0",
+        "sequencer.te1", "sequencer.te1.standby", "mirror.te1", "mirror.te1.standby", "te1.hot0", "te1.hot1", "te1.warm0",
         "gateway0", "oracle0",
-        "sequencer.liq", "mirror.liq", "liq.hot0", "liq.warm0", "marketdata0"]
+        "sequencer.liq", "sequencer.liq.standby", "mirror.liq", "mirror.liq.standby", "liq.hot0", "liq.warm0", "marketdata0"]
     ports = []
     for p in topo.procs:
         for a in (p.control, *args(p, "--pub"), *args(p, "--producers"), *args(p, "--inputs"),
