@@ -1133,6 +1133,19 @@ def _stream_last(topo, stream: str) -> int:
     return best
 
 
+def _started_mono(pid: int) -> float | None:
+    """The time.monotonic() at which process ``pid`` started: its age from the kernel's
+    start tick and uptime (Linux /proc; None elsewhere or when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.monotonic() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def count_exec_reports(topo, stream: str, accounts: set, first_seq: int) -> dict:
     """{(account, client_order_id): ExecutionReports New or Rejected} in a TradingEngine's
     out stream from first_seq, for the given accounts (the replicator that holds most)."""
@@ -1239,7 +1252,12 @@ def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
             new = _child_running(supervisor, spec) or (_beats(data_dir).get(target) or {}
                                                        ).get("pid")
             if isinstance(new, int) and new != pid:
-                new_pid, restarted = new, now - strike
+                # when the process started (the kernel's clock), not when this loop saw it:
+                # the clients may log on again before a busy machine lets the loop look
+                began = _started_mono(new)
+                new_pid = new
+                restarted = now - strike if began is None else \
+                    min(now - strike, max(0.0, began - strike))
         if len(load.relogged_at) == len(users) and restarted is not None:
             recovered = max(load.relogged_at.values()) - strike
             break
