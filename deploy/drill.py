@@ -357,8 +357,6 @@ def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int,
     of the stream reaches furthest (one still catching up holds less: its count would show
     orders as lost that its peers hold)."""
     from deploy.supervisor import probe
-    from mq.control import replay
-    from mq.record import decode
     # The sequencer's commit point first: a replicator serves what it knows is committed, and
     # it learns of the newest commits a moment after the sequencer acknowledged them. Count
     # again until one replicator holds what was committed before the count began.
@@ -367,26 +365,33 @@ def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int,
         if p.role == "sequencer" and p.stream == stream:
             m = probe(p)
             committed = max(committed, (m or {}).get("committed") or 0)
+
+    def count(rec, counts: dict) -> None:
+        if rec[2] == source:
+            counts[rec[3]] = counts.get(rec[3], 0) + 1
     deadline = time.monotonic() + 30.0
     while True:
-        best = _count_once(topo, stream, source, first_seq, replay, decode)
+        best = _furthest(topo, stream, first_seq, count)
         if best[0] >= committed or time.monotonic() > deadline:
             return best[1]
         time.sleep(0.2)
 
 
-def _count_once(topo, stream, source, first_seq, replay, decode) -> tuple[int, dict[int, int]]:
+def _furthest(topo, stream: str, first_seq: int, count) -> tuple[int, dict]:
+    """(last seq, counts) of the stream from first_seq, from the replicator whose log reaches
+    furthest: ``count(record, counts)`` adds each record to the counts."""
+    from mq.control import replay
+    from mq.record import decode
     last_error = None
-    best: tuple[int, dict[int, int]] | None = None
+    best: tuple[int, dict] | None = None
     for addr in topo.replicator_addrs():
-        counts: dict[int, int] = {}
+        counts: dict = {}
         last = 0
         try:
             for frame in replay(addr, stream, max(1, first_seq)):
                 for rec in decode(frame):
                     last = rec[0]
-                    if rec[2] == source:
-                        counts[rec[3]] = counts.get(rec[3], 0) + 1
+                    count(rec, counts)
         except (TimeoutError, RuntimeError) as exc:
             last_error = exc
             continue
@@ -1149,38 +1154,22 @@ def _started_mono(pid: int) -> float | None:
 def count_exec_reports(topo, stream: str, accounts: set, first_seq: int) -> dict:
     """{(account, client_order_id): ExecutionReports New or Rejected} in a TradingEngine's
     out stream from first_seq, for the given accounts (the replicator that holds most)."""
-    from mq.control import replay
-    from mq.record import decode
     from tradingengine import codec as te
-    best: tuple[int, dict] | None = None
-    last_error = None
-    for addr in topo.replicator_addrs():
-        counts: dict = {}
-        last = 0
+
+    def count(rec, counts: dict) -> None:
+        payload = bytes(rec[6])
+        if not payload:
+            return
         try:
-            for frame in replay(addr, stream, max(1, first_seq)):
-                for rec in decode(frame):
-                    last = rec[0]
-                    payload = bytes(rec[6])
-                    if not payload:
-                        continue
-                    try:
-                        events = te.decode_events(payload)
-                    except ValueError:
-                        continue
-                    for ev in events:
-                        if ev[0] == te.EXEC_REPORT and ev[3] in accounts and \
-                                ev[1] in (te.EXEC_NEW, te.EXEC_REJECTED):
-                            key = (ev[3], ev[5])
-                            counts[key] = counts.get(key, 0) + 1
-        except (TimeoutError, RuntimeError) as exc:
-            last_error = exc
-            continue
-        if best is None or last > best[0]:
-            best = (last, counts)
-    if best is None:
-        raise DrillError(f"no replicator answered a replay of {stream}: {last_error}")
-    return best[1]
+            events = te.decode_events(payload)
+        except ValueError:
+            return
+        for ev in events:
+            if ev[0] == te.EXEC_REPORT and ev[3] in accounts and \
+                    ev[1] in (te.EXEC_NEW, te.EXEC_REJECTED):
+                key = (ev[3], ev[5])
+                counts[key] = counts.get(key, 0) + 1
+    return _furthest(topo, stream, first_seq, count)[1]
 
 
 def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,

@@ -275,12 +275,9 @@ def test_liq_trading_with_itself_fills_both_close_outs():
     assert v.engine.closeouts == {} and v.engine.liq[2] == [0, 0, 1600]
 
 
-def test_two_iocs_in_flight_cannot_spend_the_same_money():
-    """Fund 1000, two longs of 5 lots (value 100) at bankruptcy 100: the first IOC goes at
-    100 - 1000 // 500 = 98 and reserves all 1000; the second finds nothing free and goes at 100.
-    Both fill at their prices: the fund ends at exactly 0."""
-    v = venue()
-    v.deposit(1, 1000)
+def _two_iocs(v: LiqVenue) -> list[int]:
+    """Two longs of 5 lots (value 100) at bankruptcy 100, their limits unfilled and cancelled:
+    the client order ids of their two IOCs."""
     v.hand_off(7, 2, 5, 100)
     v.hand_off(8, 2, 5, 100)
     for coid in sorted(v.orders):
@@ -288,7 +285,16 @@ def test_two_iocs_in_flight_cannot_spend_the_same_money():
     v.tick(WINDOW)
     v.answer_cancel()
     v.answer_cancel()
-    iocs = sorted(k for k, o in v.orders.items() if o["tif"] == c.IOC)
+    return sorted(k for k, o in v.orders.items() if o["tif"] == c.IOC)
+
+
+def test_two_iocs_in_flight_cannot_spend_the_same_money():
+    """Fund 1000, two longs of 5 lots (value 100) at bankruptcy 100: the first IOC goes at
+    100 - 1000 // 500 = 98 and reserves all 1000; the second finds nothing free and goes at 100.
+    Both fill at their prices: the fund ends at exactly 0."""
+    v = venue()
+    v.deposit(1, 1000)
+    iocs = _two_iocs(v)
     assert [v.orders[k]["price"] for k in iocs] == [98, 100]
     assert v.engine.reserved == 1000
     v.accept(iocs[0], fills=[(5, 98)])
@@ -470,14 +476,7 @@ def test_an_ioc_that_ends_while_another_reserves_the_fund_is_held_not_deleverage
     v.deposit(1, 1000)
     v.mark(2, 100)
     v.position(21, 2, -20, 110, balance=10**6)
-    v.hand_off(7, 2, 5, 100)
-    v.hand_off(8, 2, 5, 100)
-    for coid in sorted(v.orders):
-        v.accept(coid)
-    v.tick(WINDOW)
-    v.answer_cancel()
-    v.answer_cancel()
-    iocs = sorted(k for k, o in v.orders.items() if o["tif"] == c.IOC)
+    iocs = _two_iocs(v)
     assert [v.orders[k]["price"] for k in iocs] == [98, 100]
     events = v.accept(iocs[1])
     assert kinds(events, c.ADL) == [] and v.engine.closeouts[2].phase == HOLD
