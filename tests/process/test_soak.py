@@ -94,6 +94,8 @@ def run_soak(tmp_path, data: str, rng: random.Random, drills: list[str]) -> None
             out = seqex("drill", name, "--data", data, "--json", "--before", "2", "--after", "2",
                         "--rate", str(DRILL_RATE), timeout=600)
             assert "Traceback" not in out.stderr, out.stderr
+            assert out.returncode in (0, 1) and out.stdout.strip(), \
+                f"seqex drill {name} exited {out.returncode}: {out.stderr.strip()[-2000:]}"
             r = json.loads(out.stdout)
             reports.append(r)
             o = r["orders"]
