@@ -178,6 +178,13 @@ def _pid_of(data_dir: str, name: str) -> int:
     if not isinstance(pid, int) or pid <= 0:
         raise DrillError(f"no pid of {name} in the supervisor's heartbeats (is it on this "
                          "host, and running?)")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise DrillError(f"{name} is not running (its pid {pid} is gone; the supervisor stops "
+                         "restarting a process that keeps dying: `seqex status`)") from None
+    except PermissionError:
+        pass
     return pid
 
 
