@@ -174,18 +174,29 @@ def _beats(data_dir: str) -> dict:
 
 
 def _pid_of(data_dir: str, name: str) -> int:
-    pid = (_beats(data_dir).get(name) or {}).get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        raise DrillError(f"no pid of {name} in the supervisor's heartbeats (is it on this "
-                         "host, and running?)")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        raise DrillError(f"{name} is not running (its pid {pid} is gone; the supervisor stops "
-                         "restarting a process that keeps dying: `seqex status`)") from None
-    except PermissionError:
-        pass
-    return pid
+    """The pid of a running process from the supervisor's heartbeats; a pid that is missing or
+    gone is read again for up to 15 s (the file is written once a round: a cluster just up may
+    not have it yet, a process restarted a moment ago may still have its old pid there)."""
+    deadline = time.monotonic() + 15.0
+    while True:
+        pid = (_beats(data_dir).get(name) or {}).get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            if time.monotonic() < deadline:      # a cluster just up: its first round
+                time.sleep(0.2)
+                continue
+            raise DrillError(f"no pid of {name} in the supervisor's heartbeats (is it on this "
+                             "host, and running?)")
+        try:
+            os.kill(pid, 0)
+            return pid
+        except PermissionError:
+            return pid
+        except ProcessLookupError:
+            if time.monotonic() > deadline:
+                raise DrillError(f"{name} is not running (its pid {pid} is gone; the supervisor "
+                                 "stops restarting a process that keeps dying: `seqex status`)"
+                                 ) from None
+            time.sleep(0.2)
 
 
 def _child_running(supervisor: int, spec, exclude: frozenset = frozenset()) -> int | None:

@@ -52,6 +52,7 @@ def _cluster(tmp, data: str):
 def drill(data: str, *args: str) -> dict:
     out = seqex("drill", *args, "--data", data, "--json", timeout=400)
     assert "Traceback" not in out.stderr, out.stderr
+    assert out.stdout.strip(), f"seqex drill exited {out.returncode}: {out.stderr.strip()}"
     report = json.loads(out.stdout)
     assert out.returncode == (0 if report["ok"] else 1), out
     return report
