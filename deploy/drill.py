@@ -529,7 +529,15 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         os.kill(pid, signal.SIGSTOP)
         report["action"] = f"SIGSTOP for {freeze_s:g} s, then SIGCONT"
     elif name == "disk-full":
-        _remount(disk, _tmpfs_used(disk) + FULL_SLACK)
+        # a tmpfs cannot shrink below what it holds: under load the replicator may write more
+        # than the slack between the reading and the remount, so read again with more slack
+        for attempt in range(6):
+            try:
+                _remount(disk, _tmpfs_used(disk) + (FULL_SLACK << attempt))
+                break
+            except DrillError:
+                if attempt == 5:
+                    raise
         report["action"] = (f"its data directory {disk} full (tmpfs remounted at the size it "
                             f"uses) for {full_s:g} s once it says so, then {disk_size >> 20} MiB")
     else:
