@@ -694,10 +694,7 @@ class LiqEngine:
     def _hold_reserve(self, co: CloseOut) -> None:
         """A held close-out reserves max(0, (bp - mark) x side x lots x value) at the last
         mark of its symbol (no mark: 0)."""
-        mark = self.marks.get(co.symbol, 0)
-        r = (co.bp - mark) * co.side * co.qty * self.specs[co.symbol].value if mark else 0
-        if r < 0:
-            r = 0
+        r = self._exposure(co)
         self.reserved += r - co.reserved
         self._held_reserved += r - co.reserved
         co.reserved = r
@@ -731,6 +728,7 @@ class LiqEngine:
         return self.reserved == self._held_reserved or self._held_reserved > self.fund
 
     def _exposure(self, co: CloseOut) -> int:
+        """max(0, (bp - mark) x side x lots x value) at the symbol's last mark (none: 0)."""
         mark = self.marks.get(co.symbol, 0)
         r = (co.bp - mark) * co.side * co.qty * self.specs[co.symbol].value if mark else 0
         return r if r > 0 else 0

@@ -32,9 +32,9 @@ def bitmex_longs(v: LiqVenue) -> None:
         v.position(account, 1, qty, entry, balance=qty * 640 - upnl)
 
 
-def close_out_to_adl(v: LiqVenue, account: int, size: int, bp: int) -> list:
+def close_out_to_adl(v: LiqVenue, account: int, size: int, bp: int, symbol: int = 1) -> list:
     """Hand a position off and let the close-out fail: no fill at the limit, nor at the IOC."""
-    v.hand_off(account, 1, size, bp)
+    v.hand_off(account, symbol, size, bp)
     limit = max(v.orders)
     v.accept(limit)
     v.tick(WINDOW)
@@ -403,11 +403,7 @@ def test_ioc_ending_with_no_free_fund_goes_to_adl_at_once():
     v = venue()
     v.mark(2, 990)
     v.position(21, 2, -20, 1100, balance=10**6)
-    v.hand_off(7, 2, 5, 1000)
-    v.accept(max(v.orders))
-    v.tick(WINDOW)
-    v.answer_cancel()
-    events = v.accept(max(v.orders))
+    events = close_out_to_adl(v, 7, 5, 1000, symbol=2)
     assert [(a[2], a[4], a[5]) for a in kinds(events, c.ADL)] == [(21, 5, 1000)]
     assert v.engine.last_adl_entries == [(1, 0)]
 
@@ -521,11 +517,7 @@ def test_adl_waiting_for_takers_goes_back_to_the_market_after_a_top_up():
     IOC goes (at 1000 - 10,000 // 500 = 980), not an Adl."""
     v = venue()
     v.mark(2, 990)
-    v.hand_off(7, 2, 5, 1000)
-    v.accept(max(v.orders))
-    v.tick(WINDOW)
-    v.answer_cancel()
-    v.accept(max(v.orders))
+    close_out_to_adl(v, 7, 5, 1000, symbol=2)
     assert v.engine.closeouts[1].phase == 4 and v.adls == {}
     v.deposit(1, 10_000)
     v.position(21, 2, -20, 1100, balance=10**6)     # a taker appears, but the fund has money
@@ -542,11 +534,7 @@ def test_an_adl_that_falls_short_after_a_top_up_goes_back_to_the_market():
     v.mark(2, 990)
     v.position(21, 2, -20, 1100, balance=10**6)
     v.position(22, 2, -20, 1050, balance=10**6)
-    v.hand_off(7, 2, 5, 1000)
-    v.accept(max(v.orders))
-    v.tick(WINDOW)
-    v.answer_cancel()
-    events = v.accept(max(v.orders))
+    events = close_out_to_adl(v, 7, 5, 1000, symbol=2)
     (adl,) = kinds(events, c.ADL)
     v.deposit(1, 3_000)
     events = v.apply_adl(adl[1], closed=2)
@@ -599,11 +587,7 @@ def test_an_adl_is_not_sent_when_a_credit_of_the_same_record_lets_the_fund_hold_
     no Adl goes, an IOC does."""
     v = venue()
     v.mark(2, 990)
-    v.hand_off(7, 2, 5, 1000)
-    v.accept(max(v.orders))
-    v.tick(WINDOW)
-    v.answer_cancel()
-    v.accept(max(v.orders))
+    close_out_to_adl(v, 7, 5, 1000, symbol=2)
     v.position(21, 2, -20, 1100, balance=10**6)
     events = v.apply(c.FUND_DEPOSIT, c.fund_deposit(1, 10_000), dt_ns=WINDOW)
     assert kinds(events, c.ADL) == []
