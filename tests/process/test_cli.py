@@ -62,10 +62,11 @@ warm = 1
 """
 
 
-def seqex(*args: str, env: dict | None = None, timeout: float = 120
+def seqex(*args: str, env: dict | None = None, timeout: float = 120, cwd: str | None = None
           ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deploy.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          cwd=cwd)
 
 
 def one_line_error(out: subprocess.CompletedProcess) -> str:
@@ -220,7 +221,9 @@ def test_every_verb_refuses_bad_input_with_one_line_and_status_2(tmp_path):
               and "no --keys" not in want else args, env, want)
              for args, env, want in bad_input_cases(str(tmp_path))]
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda c: seqex(*c[0], env=c[1]), cases))
+        # in a directory of their own: a ./seqex-data left by `seqex up` in the checkout (the
+        # README's first command) gives the client verbs its trust policy
+        results = list(pool.map(lambda c: seqex(*c[0], env=c[1], cwd=str(tmp_path)), cases))
     failures = []
     for (args, env, want), out in zip(cases, results, strict=True):
         try:
