@@ -111,12 +111,26 @@ SERVER_VERBS = ("replicator", "sequencer", "mirror", "replica", "gateway", "orac
                 "marketdata")
 
 
+def tool_args(args: list[str]) -> list[str]:
+    """An operator tool given neither keys nor a data directory runs with an explicit
+    --insecure (tests, benchmarks): it would otherwise take the keys of whatever ./seqex-data
+    its working directory holds (a checkout where `seqex up` ran), not those of the cluster
+    it was pointed at."""
+    if "--keys" in args or "--insecure" in args or "--data" in args:
+        return args
+    verb = next((a for a in args if not a.startswith("-")), None)
+    if verb is None or verb in SERVER_VERBS or verb in ("keys", "up", "demo"):
+        return args
+    return ["--insecure", *args]
+
+
 def harness_args(args: list[str]) -> list[str]:
     """A server verb given no keys runs with an explicit --insecure (tests, benchmarks, the
-    demo): a server never runs without CURVE unless its command line says so."""
+    demo): a server never runs without CURVE unless its command line says so. A tool, as
+    tool_args says."""
     if args and args[0] in SERVER_VERBS and "--keys" not in args and "--insecure" not in args:
         return ["--insecure", *args]
-    return args
+    return tool_args(args)
 
 
 class Group:

@@ -37,7 +37,7 @@ from deploy.supervisor import read_heartbeats, read_state
 from mq.control import ping, replay, wait_until
 from mq.record import decode
 from mq.sources import OPERATOR_SOURCE_MIN
-from tests.process.test_cluster import free_block, pids_of
+from tests.process.test_cluster import free_block, pids_of, seqex  # noqa: F401 (others import it here)
 
 TOPOLOGY = """
 [cluster]
@@ -60,13 +60,6 @@ max_qty = 1000000
 hot = 2
 warm = 1
 """
-
-
-def seqex(*args: str, env: dict | None = None, timeout: float = 120, cwd: str | None = None
-          ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
-                          cwd=cwd)
 
 
 def one_line_error(out: subprocess.CompletedProcess) -> str:

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from deploy.procs import Group, free_port_block
+from deploy.procs import Group, free_port_block, tool_args
 from deploy.supervisor import read_state
 from mq import wire
 from mq.control import call, ping, wait_until
@@ -29,9 +29,13 @@ SEED = int(os.environ.get("SEQEX_SEED", "20261122"))
 free_block = free_port_block
 
 
-def seqex(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+def seqex(*args: str, env: dict | None = None, timeout: float = 120, cwd: str | None = None
+          ) -> subprocess.CompletedProcess:
+    """`seqex ARGS`; a tool pointed at a cluster by address alone runs --insecure (tool_args),
+    whatever ./seqex-data the working directory holds."""
+    return subprocess.run([sys.executable, "-m", "deploy.cli", *tool_args(list(args))],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def pids_of(data: str, name: str | None = None) -> list[int]:
