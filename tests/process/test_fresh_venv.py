@@ -3,11 +3,15 @@ would check it out, without build artefacts) is copied, a new virtual environmen
 nothing in it but pip, and the README's command runs there verbatim. A build or test
 dependency that only this machine happens to have (Cython was one) fails here.
 
+The README's first command (`seqex up`) runs before it, as a newcomer runs them: the
+./seqex-data it leaves in the checkout must not change what the tests see.
+
 It needs the package registry and a few minutes, so it is a step of its own in `.ci/run`
 (SEQEX_FRESH_VENV=1)."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -51,6 +55,31 @@ def test_readme_test_command_passes_in_a_fresh_venv(tmp_path):
            if not k.startswith(("SEQEX_", "PYTHON", "VIRTUAL_ENV", "PYTEST"))}
     env["PATH"] = f"{bindir}:{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(venv)
+    # The README's commands in the order a newcomer runs them: the first leaves ./seqex-data
+    # (keys, a trust policy, demo users) in the checkout, which the tests must not pick up.
+    up = subprocess.Popen(["bash", "-c", readme_command("Run the exchange core")], cwd=tree,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    seen: list[str] = []
+    try:
+        for line in up.stdout:
+            seen.append(line)
+            if line.startswith("seqex is up"):
+                break
+        else:
+            raise AssertionError("the README's first command ended before the cluster was "
+                                 "up:\n" + "".join(seen[-40:]))
+    finally:
+        try:
+            os.killpg(up.pid, signal.SIGTERM)   # what Ctrl-C in its terminal does
+            up.wait(120)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        up.stdout.close()
+    assert os.path.isdir(tree / "seqex-data" / "keys"), "".join(seen[-40:])
     command = readme_command("Run the tests")
     run = subprocess.run(["bash", "-c", command], cwd=tree, env=env, capture_output=True,
                          text=True)

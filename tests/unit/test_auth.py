@@ -427,11 +427,19 @@ def test_a_server_process_never_runs_insecure_by_omission(tmp_path):
     assert not (tmp_path / "r").exists()   # refused before anything was created
 
 
-def test_the_harness_says_insecure_explicitly_for_servers_only():
+def test_the_harness_says_insecure_explicitly():
+    """Servers without keys, and tools pointed at a cluster by address alone (which would
+    otherwise take the keys of a ./seqex-data in their working directory); never a tool with
+    a data directory, whose keys it finds there, nor `up`, `keys` or `demo`."""
     from deploy.procs import harness_args
     assert harness_args(["replicator", "--data", "d"]) == ["--insecure", "replicator", "--data",
                                                            "d"]
     keyed = ["--keys", "k", "--key", "n", "sequencer"]
     assert harness_args(keyed) == keyed
-    assert harness_args(["status"]) == ["status"]            # tools are not servers
+    assert harness_args(["tail", "in.ce.X", "--pub", "tcp://127.0.0.1:1"]) == \
+        ["--insecure", "tail", "in.ce.X", "--pub", "tcp://127.0.0.1:1"]
+    assert harness_args(["status", "--data", "d"]) == ["status", "--data", "d"]
+    for verb in ("up", "keys", "demo"):
+        assert harness_args([verb]) == [verb]
     assert harness_args(["--insecure", "mirror"]) == ["--insecure", "mirror"]
+    assert harness_args([]) == []
