@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def readme_command(name: str) -> str:
     """The fenced command under the README's sentence that starts with `name`."""
     text = open(os.path.join(ROOT, "README.md")).read()
-    match = re.search(rf"^{name}[^\n]*\n+```\n(.+?)\n```", text, re.M | re.S)
+    # the sentence may run over several lines; the first fenced block after it is the command
+    match = re.search(rf"^{name}.*?^```\n(.+?)\n```", text, re.M | re.S)
     if match is None:
         raise AssertionError(f"README.md has no command block after a line starting {name!r}")
     return match.group(1).strip()
