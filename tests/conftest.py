@@ -13,8 +13,15 @@ of every run prints the seed, so a failure can be replayed with SEQEX_SEED=N.
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.seed import SEED
+
+# CI runs on 2 busy cores: how long an example takes to generate or run says nothing about the
+# code under test, so neither is a failure (a test's own @settings still sets its examples).
+settings.register_profile("seqex", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("seqex")
 
 GATES = {"slow": "SEQEX_SLOW", "checked_build": "SEQEX_CHECKED_BUILD",
          "fresh_venv": "SEQEX_FRESH_VENV"}
