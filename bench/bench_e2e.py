@@ -28,6 +28,14 @@ Method.
   seq->TE->out.te mirror->gateway), behind a raw asyncio TCP server that turns each client frame
   into one zmq message and writes back what comes out of the chain. Reported: the ratio of
   seqex's ack p99 to this floor's p99 at the first latency rate.
+* --hops: where the first latency run's orders spent their time, from the sequencers' stamps
+  (wall clock, ns) in the logs, read from the first replicator's LMDB once the cluster is down,
+  and the client's wall clock at the scheduled send and at the ack. Per order: A client ->
+  in.te.N stamp (TCP, gateway, producer); B in.te.N stamp -> in.ce.SYM stamp (in.te's
+  replication, the TradingEngine, the out.te mirror and its replication); C in.ce stamp ->
+  in.te.N stamp of the CrossEngine's answer (in.ce's replication, the CrossEngine, out.ce);
+  D that stamp -> the ack at the client (in.te's replication, the TradingEngine, out.te, the
+  gateway, TCP). Each of B, C, D crosses some eight processes in turn.
 * Result hash: sha256 of the sorted (ClOrdID, lots filled) of every order of the first latency
   run (the overload runs are shed at the gateway by timing, so theirs is not reproducible).
 
@@ -60,6 +68,7 @@ PREFIX = struct.Struct("<HHHH")      # length, encoding, block length, template
 CLORDID = struct.Struct("<Q")
 ER_TAIL = struct.Struct("<QQQ")      # at block offset 72: LastQty, LeavesQty, CumQty
 CLK = os.sysconf("SC_CLK_TCK")
+DROP = ("filled", "run")     # kept for the report, not written to --json
 KINDS = ("replicator", "sequencer", "mirror", "tradingengine", "crossengine", "gateway",
          "oracle", "supervisor")
 
@@ -172,6 +181,7 @@ async def drive(conns: list[Conn], run: Run) -> None:
     rr = [0, 0]
     clock = time.perf_counter_ns
     run.start = clock() + 20_000_000
+    run.wall_off = time.time_ns() - clock()   # wall = perf + wall_off (--hops)
     run.window_end = run.start + run.n * 1_000_000_000 // run.rate
     i = 0
     enc = wire.encode
@@ -511,6 +521,7 @@ async def one_run(conns, runs, rate: int, seconds: float, label: str, settle_s: 
     d = summary(run, label, floor)
     d["drain_s"] = round(drain, 2)
     d["filled"] = run.filled
+    d["run"] = run
     if snap:
         d["cpu"] = cpu_per_order(before, snap(), len(run.ack), c1 - c0)
     return d
@@ -554,6 +565,7 @@ async def bench(a) -> None:
         fl.stop()
     root = tempfile.mkdtemp(prefix="seqex-bench-e2e-")
     cl = None
+    results: list[dict] = []
     try:
         t0 = time.perf_counter()
         cl = Cluster(root, a.topology, a.insecure, a.accounts)
@@ -569,7 +581,6 @@ async def bench(a) -> None:
         print(f"  idle (no orders, {a.idle_s:g} s): CPU {sum(idle.values()) / 1e4:.0f}% of one "
               "core: " + ", ".join(f"{k} {v / 1e4:.1f}%" for k, v in
                                    sorted(idle.items(), key=lambda x: -x[1])))
-        results = []
         sustained = None
         for k, rate in enumerate(rates):
             d = await one_run(conns, runs, rate, a.seconds, "seqex", a.settle, snap)
@@ -597,9 +608,9 @@ async def bench(a) -> None:
               f"hash {h}; load average {os.getloadavg()[0]:.2f}")
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"floor": [{k: v for k, v in d.items() if k != "filled"}
+                json.dump({"floor": [{k: v for k, v in d.items() if k not in DROP}
                                      for d in floor],
-                           "seqex": [{k: v for k, v in d.items() if k != "filled"}
+                           "seqex": [{k: v for k, v in d.items() if k not in DROP}
                                      for d in results],
                            "idle_cpu_us_per_s": idle, "sustained": sustained, "hash": h},
                           f, indent=1)
@@ -608,9 +619,63 @@ async def bench(a) -> None:
     finally:
         if cl is not None:
             cl.stop()
+        if a.hops and results:
+            hops(results[0]["run"], cl)
         if not a.keep:
             import shutil
             shutil.rmtree(root, ignore_errors=True)
+
+
+GATEWAY0, TE_OUT, CE_OUT = 0x7200_0000, 0x7300_0000, 0x7000_0000   # docs/order-path.md §2
+
+
+def hops(run: Run, cl) -> None:
+    """Print where the run's orders spent their time (see --hops in the module docstring)."""
+    from mq.record import decode
+    from replicator.store import Store
+    rep = next(p for p in cl.topo.procs if p.role == "replicator")
+    store = Store(rep.args[rep.args.index("--data") + 1])
+
+    def records(name: str) -> list:
+        lg, out, seq = store.find(name), [], 1
+        while lg is not None:
+            frame = lg.read(seq, None, 4 << 20)
+            if not frame:
+                break
+            out += decode(frame)
+            seq = out[-1][0] + 1
+        return out
+
+    n_shards = cl.topo.trading["n_shards"]
+    sym = next(s for s in cl.topo.symbols.values() if s["symbol_id"] == SECURITY)
+    order_at, answer_at = {}, {}        # cid -> (shard, seq, ts); (shard, in.ce seq) -> ts
+    for n in range(n_shards):
+        for seq, ts, src, ss, _e, kind, pl, _r in records(f"in.te.{n}"):
+            if src == GATEWAY0 and kind == 83 and pl[13:15] == b"\x64\x00":   # NewOrderSingle
+                order_at[CLORDID.unpack_from(pl, 15 + 16)[0]] = (n, seq, ts)
+            elif src == CE_OUT | SECURITY:
+                answer_at[(n, ss)] = ts
+    in_ce = {(r[2], r[3]): (r[0], r[1]) for r in records(sym["in"])}
+    store.close()
+    parts: list[list[int]] = [[], [], [], [], []]
+    for cid, took in run.ack.items():
+        if cid not in order_at:
+            continue
+        n, seq, t1 = order_at[cid]
+        t0 = run.sched(cid) + run.wall_off
+        c_seq, t2 = in_ce.get((TE_OUT | n, seq), (0, 0))
+        t3 = answer_at.get((n, c_seq))
+        if t2 and t3:
+            for lst, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t0 + took - t3, took), strict=True):
+                lst.append(v)
+    print(f"hops of {len(parts[4])} of the {len(run.ack)} acked orders at {run.rate}/s "
+          "(ms; sequencer stamps and client wall clock):")
+    for name, xs in zip(("A client -> in.te stamp", "B in.te -> in.ce stamp (TradingEngine)",
+                         "C in.ce -> in.te stamp (CrossEngine)", "D in.te stamp -> ack (TE, gateway)",
+                         "order -> ack"), parts, strict=True):
+        xs.sort()
+        print(f"  {name:<42} p50 {pct(xs, .5) / 1000:7.1f}  p90 {pct(xs, .9) / 1000:7.1f}  "
+              f"p99 {pct(xs, .99) / 1000:7.1f}")
 
 
 def main(argv=None) -> int:
@@ -631,6 +696,8 @@ def main(argv=None) -> int:
     p.add_argument("--insecure", action="store_true", help="no CURVE (seqex up --insecure)")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
+    p.add_argument("--hops", action="store_true",
+                   help="after the run: where the first latency run's orders spent their time")
     a = p.parse_args(argv)
     if a.quick:
         a.rates, a.seconds, a.ramp, a.ramp_s, a.settle, a.conns = "200", 2.0, "", 1.0, 60, 2

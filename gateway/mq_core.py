@@ -12,10 +12,13 @@ its header, and a source's records are sequenced in source_seq order, so "applie
 the highest source_seq of this gateway's source seen in the output (records an earlier
 incarnation of the gateway sent are not counted).
 
-Everything runs on the asyncio loop: the zmq sockets are polled without blocking by one task
-(a short sleep when idle). The records sent in one turn of the loop go to the sequencer as one
-batch; the producer's submit never blocks the loop: a full outbox makes send() wait
-asynchronously.
+Everything runs on the asyncio loop: one task handles the zmq sockets without blocking. It
+sleeps until one of them has something (the loop watches each socket's ZMQ_FD) or
+TIMER_S has passed (the producers' stall probes and the subscribers' replay timeouts are
+checked that often), so an out.te.N record is handed on as soon as it arrives, and an idle
+gateway does not wake up a thousand times a second. The records sent in one turn of the loop
+go to the sequencer as one batch; the producer's submit never blocks the loop: a full outbox
+makes send() wait asynchronously.
 """
 from __future__ import annotations
 
@@ -23,9 +26,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import zmq
+
 log = logging.getLogger("seqex.gateway.mq")
 
-IDLE_SLEEP_S = 0.001
+TIMER_S = 0.02       # nothing arrived for this long: run the timers (probes, timeouts)
 BACKPRESSURE_SLEEP_S = 0.01
 MAX_BATCH = 1024      # records per producer batch (each well under 1 kB)
 MAX_QUEUED = 65536    # records per shard waiting for the producer's outbox
@@ -136,29 +141,49 @@ class MqCore:
     def depth(self, shard: int) -> int:
         return max(0, self.submitted[shard] + len(self.outq[shard]) - self.seen[shard])
 
+    def _sockets(self) -> list[zmq.Socket]:
+        socks = [p.sock for p in self.producers]
+        for s in self.subscribers:
+            socks += [s.sub, *s.replicas]
+        return socks
+
     async def _poll(self) -> None:
+        """Handle the sockets whenever one of them may have something (gateway/zwait.py),
+        at the latest every TIMER_S."""
+        from gateway.zwait import SocketWaiter
+        waiter = SocketWaiter(self._sockets())
+        try:
+            while True:
+                if self._turn():
+                    await asyncio.sleep(0)   # more may follow: let the connections run first
+                else:
+                    await waiter.wait(TIMER_S)
+        finally:
+            waiter.close()
+
+    def _turn(self) -> bool:
+        """One pass over the outboxes and sockets; True if an out.te.N record came in."""
         from mq.producer import Refused
         from mq.record import decode
         source = self.source
-        while True:
-            busy = False
-            if any(self.outq):
-                self._flush()
-            for n in range(self.n_shards):
-                try:
-                    self.producers[n].poll(0)
-                except Refused as exc:
-                    log.error("in.te.%d: %s", n, exc)
-                for _first, _last, frame in self.subscribers[n].poll(0):
-                    busy = True
-                    for rec in decode(frame):
-                        seq, ts_ns, src, src_seq = rec[0], rec[1], rec[2], rec[3]
-                        if src == source and src_seq > self.seen[n]:
-                            self.seen[n] = src_seq
-                        self.stats["records_in"] += 1
-                        for cb in self.callbacks:
-                            try:
-                                cb(n, seq, ts_ns, rec[6])
-                            except Exception:  # a bug in the consumer; the stream goes on
-                                log.exception("out.te.%d seq %d: callback failed", n, seq)
-            await asyncio.sleep(0 if busy else IDLE_SLEEP_S)
+        busy = False
+        if any(self.outq):
+            self._flush()
+        for n in range(self.n_shards):
+            try:
+                self.producers[n].poll(0)
+            except Refused as exc:
+                log.error("in.te.%d: %s", n, exc)
+            for _first, _last, frame in self.subscribers[n].poll(0):
+                busy = True
+                for rec in decode(frame):
+                    seq, ts_ns, src, src_seq = rec[0], rec[1], rec[2], rec[3]
+                    if src == source and src_seq > self.seen[n]:
+                        self.seen[n] = src_seq
+                    self.stats["records_in"] += 1
+                    for cb in self.callbacks:
+                        try:
+                            cb(n, seq, ts_ns, rec[6])
+                        except Exception:  # a bug in the consumer; the stream goes on
+                            log.exception("out.te.%d seq %d: callback failed", n, seq)
+        return busy

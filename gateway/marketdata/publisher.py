@@ -29,7 +29,7 @@ from gateway.marketdata.ws import Scale, Views, WsFeed
 
 log = logging.getLogger("seqex.marketdata")
 
-IDLE_SLEEP_S = 0.001
+TIMER_S = 0.02       # nothing arrived for this long: run the subscribers' timers anyway
 TICK_S = 0.1
 MANTISSA = Decimal(10) ** 8
 
@@ -160,7 +160,16 @@ class Publisher:
             sub.close()
 
     async def _follow(self) -> None:
+        from gateway.zwait import SocketWaiter
         from mq.record import decode
+        waiter = SocketWaiter([sock for _name, f in self.subscribers
+                               for sock in (f.sub.sub, *f.sub.replicas)])
+        try:
+            await self._follow_loop(waiter, decode)
+        finally:
+            waiter.close()
+
+    async def _follow_loop(self, waiter, decode) -> None:
         while True:
             busy = False
             for name, sub in self.subscribers:
@@ -173,7 +182,10 @@ class Publisher:
                 self.caught_up.set()
                 log.info("caught up: %s", ", ".join(
                     f"{st.symbol} at seq {st.seq}" for st in self.states.values()))
-            await asyncio.sleep(0 if busy else IDLE_SLEEP_S)
+            if busy:
+                await asyncio.sleep(0)
+            else:
+                await waiter.wait(TIMER_S)
 
     async def _ticks(self) -> None:
         while True:
