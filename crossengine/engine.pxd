@@ -1,5 +1,6 @@
 # cython: language_level=3
 """C layout of the CrossEngine (the design in data). Indices are int32 into pools; -1 = none."""
+from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 
@@ -55,9 +56,10 @@ cdef struct Touched:
 
 
 cdef struct Buf:
-    unsigned char* data
+    unsigned char* data      # owner's bytes while apply_frame writes its output frame, else malloc'd
     Py_ssize_t len
     Py_ssize_t cap
+    PyObject* owner          # the bytes object data lives in (apply_frame), or NULL
 
 
 cdef enum:

@@ -40,7 +40,9 @@ sorted array, best last (taking the best level is O(1); a new level moves at mos
 created per record except the one bytes object per frame that holds all outputs.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
@@ -53,6 +55,7 @@ import struct
 
 from crossengine import codec as _codec
 from mq import sources as _sources
+from mq.record import MAX_FRAME as _MAX_FRAME, MAX_PAYLOAD as _MAX_RECORD_PAYLOAD
 from mq.record import scan as _scan_frame
 
 cdef enum:
@@ -162,6 +165,8 @@ memset(ev_size, 0, sizeof(ev_size))
 for _name, _value in _my_sizes.items():
     ev_size[_name] = _value
 cdef Py_ssize_t MAX_PAYLOAD = _codec.MAX_PAYLOAD
+cdef Py_ssize_t FRAME_MAX = _MAX_FRAME                 # mq.record's bounds, for the frame check
+cdef uint32_t FRAME_MAX_PAYLOAD = _MAX_RECORD_PAYLOAD
 
 # The TradingEngine's output events as this engine walks them (te_sources): fixed size of each
 # type, and of the PROTOCOL.md root block a SessionMessage carries per templateId. Mirrored
@@ -490,20 +495,52 @@ cdef void side_remove(Side* sd, int64_t key) noexcept:
 
 
 # -- output buffer ----------------------------------------------------------------------------
-cdef int buf_reserve(Buf* b, Py_ssize_t n) except -1:
-    cdef Py_ssize_t cap
-    cdef unsigned char* data
+cdef inline int buf_reserve(Buf* b, Py_ssize_t n) except -1:
     if b.len + n <= b.cap:
         return 0
+    return buf_grow(b, n)
+
+cdef int buf_grow(Buf* b, Py_ssize_t n) except -1:
+    """Room for n more bytes: the malloc'd buffer by realloc, a frame's bytes object (owner)
+    by _PyBytes_Resize."""
+    cdef Py_ssize_t cap
+    cdef unsigned char* data
     cap = b.cap * 2 if b.cap else 4096
     while cap < b.len + n:
         cap *= 2
+    if b.owner != NULL:
+        _PyBytes_Resize(&b.owner, cap)
+        b.data = <unsigned char*>PyBytes_AS_STRING(<object>b.owner)
+        b.cap = cap
+        return 0
     data = <unsigned char*>realloc(b.data, cap)
     if data == NULL:
         raise MemoryError()
     b.data = data
     b.cap = cap
     return 0
+
+
+cdef bint frame_ok(const unsigned char* p, Py_ssize_t n) noexcept:
+    """mq.record.scan's checks without its Python objects: every record fits, payloads are
+    within bounds, seqs are contiguous from a first above 0. False: let scan raise its error."""
+    cdef Py_ssize_t off = 0
+    cdef uint32_t length
+    cdef uint64_t seq
+    if n == 0 or n > FRAME_MAX:
+        return False
+    seq = rd64(p)
+    if seq == 0:
+        return False
+    while off < n:
+        if n - off < HDR or rd64(p + off) != seq:
+            return False
+        length = rd32(p + off + 34)
+        if length > FRAME_MAX_PAYLOAD or n - off - HDR < <Py_ssize_t>length:
+            return False
+        off += HDR + length
+        seq += 1
+    return True
 
 
 cdef struct IdIdx:
@@ -592,6 +629,8 @@ cdef class CrossEngine:
     cdef int32_t n_touched
     cdef int32_t touched_cap
     cdef Buf out
+    cdef uint64_t route                 # the route of the record being applied, built as its
+                                        # events are written (the shard bit of every account)
 
     def __cinit__(self, uint32_t symbol_id=1, int64_t tick_size=1, uint64_t min_qty=1,
                   uint64_t max_qty=1_000_000_000, int64_t max_price=1 << 62,
@@ -892,6 +931,7 @@ cdef class CrossEngine:
         wr16(p + 13, code)
         wr64(p + 15, order_id)
         self.out.len += 23
+        self.route |= self._bit(account)
         return 0
 
     cdef int _ev_accepted(self, int32_t i, uint8_t ord_type, uint64_t qty, uint8_t tif) except -1:
@@ -909,6 +949,7 @@ cdef class CrossEngine:
         p[39] = tif
         p[40] = o.flags
         self.out.len += 41
+        self.route |= self._bit(o.account)
         return 0
 
     cdef int _ev_cancel(self, uint8_t kind, int32_t i, uint64_t qty, uint8_t reason) except -1:
@@ -922,6 +963,7 @@ cdef class CrossEngine:
         wr64(p + 21, qty)
         p[29] = reason
         self.out.len += 30
+        self.route |= self._bit(o.account)
         return 0
 
     cdef int _ev_amended(self, int32_t i, uint64_t total, uint8_t kept) except -1:
@@ -937,6 +979,7 @@ cdef class CrossEngine:
         wr64(p + 37, total)
         p[45] = kept
         self.out.len += 46
+        self.route |= self._bit(o.account)
         return 0
 
     cdef int _ev_trade(self, int32_t m, int32_t t, uint64_t q) except -1:
@@ -958,6 +1001,7 @@ cdef class CrossEngine:
         p[66] = mk.flags
         p[67] = tk.flags
         self.out.len += 68
+        self.route |= self._bit(mk.account) | self._bit(tk.account)
         return 0
 
     cdef int _ev_mass(self, uint8_t scope, uint32_t account, uint8_t side, uint8_t reason,
@@ -972,12 +1016,14 @@ cdef class CrossEngine:
         wr64(p + 8, count)
         wr64(p + 16, (<uint64_t>self.symbol_id << 40) | self.order_counter)
         self.out.len += 24
+        self.route |= self.all_shards if scope == SCOPE_BOOK else self._bit(account)
         return 0
 
     cdef int _ev_byte(self, uint8_t kind) except -1:
         buf_reserve(&self.out, 1)
         self.out.data[self.out.len] = kind
         self.out.len += 1
+        self.route |= self.all_shards     # Halted, Resumed: book-wide
         return 0
 
     cdef int _level_events(self) except -1:
@@ -1445,29 +1491,6 @@ cdef class CrossEngine:
             return ROUTE_LIQ      # LIQ belongs to no shard: the LiqEngine's bit, not a shard's
         return <uint64_t>1 << (account % self.n_shards)
 
-    cdef uint64_t _route_of(self, const unsigned char* p, Py_ssize_t n) except? 0:
-        """The route of an output payload (this engine's own events): the shard bit of every
-        account named, every shard's bit for a book-wide event."""
-        cdef Py_ssize_t off = 0
-        cdef uint64_t route = 0
-        cdef uint8_t t
-        while off < n:
-            t = p[off]
-            if t == EV_ACCEPTED or t == EV_AMENDED or t == EV_CANCELLED or t == EV_EXPIRED:
-                route |= self._bit(rd32(p + off + 17))
-            elif t == EV_REJECTED:
-                route |= self._bit(rd32(p + off + 9))
-            elif t == EV_TRADE:
-                route |= self._bit(rd32(p + off + 25)) | self._bit(rd32(p + off + 29))
-            elif t == EV_MASS:
-                route |= self.all_shards if p[off + 1] == SCOPE_BOOK else self._bit(rd32(p + off + 2))
-            elif t == EV_HALTED or t == EV_RESUMED:
-                route |= self.all_shards
-            elif t != EV_LEVEL:
-                raise RuntimeError(f"crossengine: wrote an event of unknown type {t}")
-            off += ev_size[t]
-        return route
-
     # -- the public face --------------------------------------------------------------------
     def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload,
               uint32_t source=_sources.OPERATOR_SOURCE):
@@ -1485,28 +1508,45 @@ cdef class CrossEngine:
         route = the shards its events concern."""
         cdef Py_ssize_t n = frame.shape[0], off = 0, start
         cdef uint32_t length
-        cdef const unsigned char* p
-        _scan_frame(frame)  # validates every length before the loop trusts them
+        cdef const unsigned char* p = &frame[0] if n else NULL
+        cdef Buf keep = self.out
+        if not frame_ok(p, n):
+            _scan_frame(frame)   # raises the FrameError that says what is wrong
+            raise RuntimeError("crossengine: mq.record.scan passed a frame apply_frame refused")
+        # The output frame is written straight into the bytes object returned (no copy at the
+        # end): a quarter more than the input, the usual size, doubled when a record needs
+        # more. self.out.owner holds the one reference while it grows (_PyBytes_Resize wants
+        # it alone); the finally drops it after the result took its own.
+        buf = PyBytes_FromStringAndSize(NULL, n + (n >> 2) + 4096)
+        Py_INCREF(buf)
+        self.out.owner = <PyObject*>buf
+        self.out.data = <unsigned char*>PyBytes_AS_STRING(buf)
         self.out.len = 0
-        if n == 0:
-            return b""
-        p = &frame[0]
-        while off < n:
-            length = rd32(p + off + 34)
-            buf_reserve(&self.out, HDR)
-            start = self.out.len
-            memcpy(self.out.data + start, p + off, HDR)
-            self.out.len += HDR
-            self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24), rd64(p + off))
-            if self.out.len - start - HDR > MAX_PAYLOAD:
-                raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} from "
-                                   f"source {rd32(p + off + 24)} exceeds one record "
-                                   f"({self.out.len - start - HDR} bytes)")
-            wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
-            wr64(self.out.data + start + ROUTE,
-                 self._route_of(self.out.data + start + HDR, self.out.len - start - HDR))
-            off += HDR + length
-        return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+        self.out.cap = n + (n >> 2) + 4096
+        buf = None
+        try:
+            while off < n:
+                length = rd32(p + off + 34)
+                buf_reserve(&self.out, HDR)
+                start = self.out.len
+                memcpy(self.out.data + start, p + off, HDR)
+                self.out.len += HDR
+                self.route = 0
+                self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24),
+                             rd64(p + off))
+                if self.out.len - start - HDR > MAX_PAYLOAD:
+                    raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} "
+                                       f"from source {rd32(p + off + 24)} exceeds one record "
+                                       f"({self.out.len - start - HDR} bytes)")
+                wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
+                wr64(self.out.data + start + ROUTE, self.route)
+                off += HDR + length
+            _PyBytes_Resize(&self.out.owner, self.out.len)
+            result = <object>self.out.owner
+        finally:
+            Py_XDECREF(self.out.owner)
+            self.out = keep
+        return result
 
     def __len__(self):
         return self.n_live
