@@ -45,6 +45,7 @@ cdef struct Slot:
 cdef struct Table:
     Slot* slots
     uint64_t mask            # capacity - 1 (capacity is a power of two)
+    int shift                # 64 - log2(capacity): a multiplicative hash's top bits index it
     uint64_t size
     bint ident               # the key is its own hash (order ids: consecutive counters)
 

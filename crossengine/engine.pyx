@@ -128,6 +128,7 @@ cdef enum:
     C_IDS_EXHAUSTED = 3019
     C_NOT_OPERATOR = 3020
     SNAP_ORDER = 47
+    LCACHE_BITS = 12         # the level cache: 2**12 entries a side
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
 _mine = {"BUY": BUY, "SELL": SELL, "MARKET": MARKET, "LIMIT": LIMIT, "GTC": GTC, "IOC": IOC,
@@ -219,33 +220,31 @@ cdef inline int64_t side_key(int s, int64_t price) noexcept nogil:
 
 # -- hash table: open addressing, linear probing, backward-shift deletion ----------------------
 @cython.overflowcheck(False)
-cdef inline uint64_t mix(uint64_t k1, uint64_t k2) noexcept nogil:
-    # splitmix64 finaliser over both key parts; unsigned arithmetic wraps by design.
-    cdef uint64_t z = k1 * <uint64_t>0x9E3779B97F4A7C15 + k2 * <uint64_t>0xC2B2AE3D27D4EB4F
-    z ^= z >> 30
-    z *= <uint64_t>0xBF58476D1CE4E5B9
-    z ^= z >> 27
-    z *= <uint64_t>0x94D049BB133111EB
-    z ^= z >> 31
-    return z
-
 cdef inline uint64_t slot_hash(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
     # Order ids are symbol << 40 | a counter: their low bits spread consecutive ids over
     # consecutive slots, which linear probing likes best, at no cost. Client ids and accounts
-    # are the clients' choice: mixed.
-    return k1 if t.ident else mix(k1, k2)
+    # are the clients' choice: multiplicative (Fibonacci) hashing, the product's top bits, which
+    # every bit of both key parts reaches; two multiplies where a splitmix finaliser took five
+    # steps. Unsigned arithmetic wraps by design.
+    if t.ident:
+        return k1 & t.mask
+    return ((k1 ^ (k2 * <uint64_t>0xC2B2AE3D27D4EB4F)) * <uint64_t>0x9E3779B97F4A7C15) >> t.shift
 
 cdef int table_init(Table* t, uint64_t cap, bint ident=False) except -1:
     t.slots = <Slot*>calloc(cap, sizeof(Slot))
     if t.slots == NULL:
         raise MemoryError()
     t.mask = cap - 1
+    t.shift = 64
+    while cap > 1:
+        cap >>= 1
+        t.shift -= 1
     t.size = 0
     t.ident = ident
     return 0
 
 cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
-    cdef uint64_t i = slot_hash(t, k1, k2) & t.mask
+    cdef uint64_t i = slot_hash(t, k1, k2)
     while t.slots[i].used:
         if t.slots[i].k1 == k1 and t.slots[i].k2 == k2:
             return <int64_t>i
@@ -260,29 +259,22 @@ cdef int table_grow(Table* t) except -1:
         t.slots = old
         raise MemoryError()
     t.mask = old_cap * 2 - 1
+    t.shift -= 1
     for i in range(old_cap):
         if old[i].used:
-            j = slot_hash(t, old[i].k1, old[i].k2) & t.mask
+            j = slot_hash(t, old[i].k1, old[i].k2)
             while t.slots[j].used:
                 j = (j + 1) & t.mask
             t.slots[j] = old[i]
     free(old)
     return 0
 
-cdef int table_put(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
-    cdef int64_t found = table_find(t, k1, k2)
-    if found >= 0:
-        t.slots[found].v1 = v1
-        t.slots[found].v2 = v2
-        return 0
-    return table_add(t, k1, k2, v1, v2)
-
-cdef int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
+cdef inline int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
     """Insert a key the caller knows is absent (no lookup first)."""
     cdef uint64_t i
-    if (t.size + 1) * 2 > t.mask + 1:
+    if (t.size + 1) * 2 > t.mask + 1:       # load factor at most 1/2
         table_grow(t)
-    i = slot_hash(t, k1, k2) & t.mask
+    i = slot_hash(t, k1, k2)
     while t.slots[i].used:
         i = (i + 1) & t.mask
     t.slots[i].k1 = k1
@@ -294,7 +286,7 @@ cdef int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) e
     t.size += 1
     return 0
 
-cdef int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
+cdef inline int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
     cdef int64_t found = table_find(t, k1, k2)
     cdef uint64_t i, j, home
     if found < 0:
@@ -305,7 +297,7 @@ cdef int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
         j = (j + 1) & t.mask
         if not t.slots[j].used:
             break
-        home = slot_hash(t, t.slots[j].k1, t.slots[j].k2) & t.mask
+        home = slot_hash(t, t.slots[j].k1, t.slots[j].k2)
         # Leave slot j where it is if its home lies cyclically in (i, j].
         if (i <= j and i < home and home <= j) or (i > j and (i < home or home <= j)):
             continue
@@ -622,6 +614,8 @@ cdef class CrossEngine:
     cdef int32_t levels_cap
     cdef int32_t free_level
     cdef Side sides[2]
+    cdef int32_t* lcache                # level cache: [side << LCACHE_BITS | hash(price)] -> a
+                                        # level that had that price (a hint, checked on use)
     cdef Table by_id
     cdef Table by_client
     cdef Table by_account
@@ -687,8 +681,10 @@ cdef class CrossEngine:
         level_capacity = max(level_capacity, 16)
         self.levels = <Level*>malloc(level_capacity * sizeof(Level))
         self.touched = <Touched*>malloc(64 * sizeof(Touched))
-        if not (self.orders and self.levels and self.touched):
+        self.lcache = <int32_t*>malloc((2 << LCACHE_BITS) * sizeof(int32_t))
+        if not (self.orders and self.levels and self.touched and self.lcache):
             raise MemoryError()
+        memset(self.lcache, 0xFF, (2 << LCACHE_BITS) * sizeof(int32_t))
         side_init(&self.sides[0])
         side_init(&self.sides[1])
         self.orders_cap = 0
@@ -704,6 +700,7 @@ cdef class CrossEngine:
         free(self.orders)
         free(self.levels)
         free(self.touched)
+        free(self.lcache)
         side_free(&self.sides[0])
         side_free(&self.sides[1])
         free(self.by_id.slots)
@@ -741,7 +738,7 @@ cdef class CrossEngine:
         self.levels_cap = cap
         return 0
 
-    cdef int32_t _alloc_order(self) except -1:
+    cdef inline int32_t _alloc_order(self) except -1:
         cdef int32_t i
         if self.free_order < 0:
             self._grow_orders(self.orders_cap * 2)
@@ -768,12 +765,33 @@ cdef class CrossEngine:
         return 0
 
     # -- levels -----------------------------------------------------------------------------
+    @cython.overflowcheck(False)
+    cdef inline int32_t* _lcache_at(self, int s, int64_t price) noexcept:
+        # multiplicative hash of the price, its top LCACHE_BITS bits; wraps by design
+        return &self.lcache[(s << LCACHE_BITS)
+                            | <int32_t>((<uint64_t>price * <uint64_t>0x9E3779B97F4A7C15)
+                                        >> (64 - LCACHE_BITS))]
+
     cdef inline int32_t _find_level(self, int s, int64_t price) noexcept:
-        return side_find(&self.sides[s], side_key(s, price))
+        """The live level of side s at price, or -1. Near the touch a few thousand prices
+        are looked up again and again: the level cache answers them in a few instructions,
+        the side's blocked index (two binary searches) the rest. A cached level is taken only
+        if it is live (count > 0: a level leaves its side's index when it empties) at this
+        side and price, so a stale entry (the level dropped, its slot reused) is harmless."""
+        cdef int32_t* c = self._lcache_at(s, price)
+        cdef int32_t lv = c[0]
+        if lv >= 0 and self.levels[lv].count and self.levels[lv].price == price \
+                and self.levels[lv].side == (BUY if s == 0 else SELL):
+            return lv
+        lv = side_find(&self.sides[s], side_key(s, price))
+        if lv >= 0:
+            c[0] = lv
+        return lv
 
     cdef int32_t _new_level(self, int s, int64_t price) except -1:
         cdef int32_t lv = self._alloc_level(s, price), k
         side_insert(&self.sides[s], side_key(s, price), lv)
+        self._lcache_at(s, price)[0] = lv
         # A level at this price may have been listed as touched earlier in this command.
         for k in range(self.n_touched):
             if self.touched[k].price == price and self.touched[k].side == self.levels[lv].side:
@@ -797,30 +815,34 @@ cdef class CrossEngine:
         self.levels[lv].mark = 0
         return lv
 
-    cdef void _drop_level(self, int s, int32_t lv) noexcept:
+    cdef inline void _drop_level(self, int s, int32_t lv) noexcept:
         side_remove(&self.sides[s], side_key(s, self.levels[lv].price))
         self.levels[lv].next_free = self.free_level
         self.free_level = lv
 
-    cdef int _touch(self, int32_t lv) except -1:
-        cdef Touched* grown
+    cdef inline int _touch(self, int32_t lv) except -1:
         if self.levels[lv].mark == self.command_no:
             return 0
         self.levels[lv].mark = self.command_no
         if self.n_touched == self.touched_cap:
-            grown = <Touched*>realloc(self.touched, self.touched_cap * 2 * sizeof(Touched))
-            if grown == NULL:
-                raise MemoryError()
-            self.touched = grown
-            self.touched_cap *= 2
+            self._grow_touched()
         self.touched[self.n_touched].price = self.levels[lv].price
         self.touched[self.n_touched].side = self.levels[lv].side
         self.touched[self.n_touched].level = lv
         self.n_touched += 1
         return 0
 
+    cdef int _grow_touched(self) except -1:
+        cdef Touched* grown = <Touched*>realloc(self.touched,
+                                                self.touched_cap * 2 * sizeof(Touched))
+        if grown == NULL:
+            raise MemoryError()
+        self.touched = grown
+        self.touched_cap *= 2
+        return 0
+
     # -- book links -------------------------------------------------------------------------
-    cdef int _book_link(self, int32_t i) except -1:
+    cdef inline int _book_link(self, int32_t i) except -1:
         """Put order i at the tail of its price level (creating the level)."""
         cdef int s = side_index(self.orders[i].side)
         cdef int32_t lv = self._find_level(s, self.orders[i].price)
@@ -846,7 +868,7 @@ cdef class CrossEngine:
         L.count += 1
         o.live = 1
 
-    cdef int _book_unlink(self, int32_t i) except -1:
+    cdef inline int _book_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
         cdef int32_t lv = o.level
         cdef Level* L = &self.levels[lv]
@@ -865,7 +887,7 @@ cdef class CrossEngine:
             self._drop_level(side_index(o.side), lv)
         return 0
 
-    cdef int _index_link(self, int32_t i, int64_t a) except -1:
+    cdef inline int _index_link(self, int32_t i, int64_t a) except -1:
         """Enter order i in the id maps and at the tail of its account's id-ordered list; a is
         the account's slot in the account map if the caller has it, else -1."""
         cdef Order* o = &self.orders[i]
@@ -894,7 +916,7 @@ cdef class CrossEngine:
         self.n_live += 1
         return 0
 
-    cdef int _index_unlink(self, int32_t i) except -1:
+    cdef inline int _index_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
         cdef int64_t a
         table_del(&self.by_id, o.order_id, 0)
@@ -914,14 +936,14 @@ cdef class CrossEngine:
         self.n_live -= 1
         return 0
 
-    cdef int _remove(self, int32_t i) except -1:
+    cdef inline int _remove(self, int32_t i) except -1:
         self._book_unlink(i)
         self._index_unlink(i)
         self._free_order(i)
         return 0
 
     # -- events -----------------------------------------------------------------------------
-    cdef int _ev_rejected(self, uint64_t cl_id, uint32_t account, uint16_t code,
+    cdef inline int _ev_rejected(self, uint64_t cl_id, uint32_t account, uint16_t code,
                           uint64_t order_id) except -1:
         buf_reserve(&self.out, 23)
         cdef unsigned char* p = self.out.data + self.out.len
@@ -934,7 +956,7 @@ cdef class CrossEngine:
         self.route |= self._bit(account)
         return 0
 
-    cdef int _ev_accepted(self, int32_t i, uint8_t ord_type, uint64_t qty, uint8_t tif) except -1:
+    cdef inline int _ev_accepted(self, int32_t i, uint8_t ord_type, uint64_t qty, uint8_t tif) except -1:
         buf_reserve(&self.out, 41)
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* o = &self.orders[i]
@@ -952,7 +974,7 @@ cdef class CrossEngine:
         self.route |= self._bit(o.account)
         return 0
 
-    cdef int _ev_cancel(self, uint8_t kind, int32_t i, uint64_t qty, uint8_t reason) except -1:
+    cdef inline int _ev_cancel(self, uint8_t kind, int32_t i, uint64_t qty, uint8_t reason) except -1:
         buf_reserve(&self.out, 30)
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* o = &self.orders[i]
@@ -982,7 +1004,7 @@ cdef class CrossEngine:
         self.route |= self._bit(o.account)
         return 0
 
-    cdef int _ev_trade(self, int32_t m, int32_t t, uint64_t q) except -1:
+    cdef inline int _ev_trade(self, int32_t m, int32_t t, uint64_t q) except -1:
         buf_reserve(&self.out, 68)
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* mk = &self.orders[m]
@@ -1026,7 +1048,7 @@ cdef class CrossEngine:
         self.route |= self.all_shards     # Halted, Resumed: book-wide
         return 0
 
-    cdef int _level_events(self) except -1:
+    cdef inline int _level_events(self) except -1:
         cdef int32_t k, lv
         cdef int s
         cdef unsigned char* p
@@ -1092,7 +1114,7 @@ cdef class CrossEngine:
                 k = sd.blocks[bi].n - 1
         return got >= qty
 
-    cdef int _match(self, int32_t t, bint market) except -1:
+    cdef inline int _match(self, int32_t t, bint market) except -1:
         """Match order t (not in the book) against the opposite side. Returns 1 when it
         stopped at max_fills makers with more of the book still crossing it, else 0."""
         cdef uint8_t side = self.orders[t].side
@@ -1156,14 +1178,17 @@ cdef class CrossEngine:
         return 0
 
     # -- commands ---------------------------------------------------------------------------
-    cdef uint16_t _price_code(self, int64_t price) noexcept:
+    @cython.cdivision(True)
+    cdef inline uint16_t _price_code(self, int64_t price) noexcept:
         if price <= 0 or price > self.max_price:
             return C_PRICE_RANGE
-        if price % self.tick_size:
+        # both positive here (tick_size > 0 is checked at construction): C's remainder is
+        # Python's, without the sign fix-up and zero test cdivision(False) would add
+        if <uint64_t>price % <uint64_t>self.tick_size:
             return C_NOT_ON_TICK
         return 0
 
-    cdef int _new_order(self, const unsigned char* p) except -1:
+    cdef inline int _new_order(self, const unsigned char* p) except -1:
         cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
         cdef int64_t price = rdi64(p + 8)
         cdef uint32_t account = rd32(p + 24)
@@ -1228,7 +1253,12 @@ cdef class CrossEngine:
         self.orders[t].flags = flags
         self.orders[t].stp = stp
         self._ev_accepted(t, ord_type, qty, tif)
-        limited = self._match(t, market)
+        # Most limit orders do not cross: look at the opposite best here and call _match only
+        # when there is something to take.
+        limited = False
+        best_lv = side_best(&self.sides[opp])
+        if best_lv >= 0 and self._crosses(side, price, self.levels[best_lv].price, market):
+            limited = self._match(t, market)
         if self.orders[t].leaves:
             if limited:
                 self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_MATCH_LIMIT)
@@ -1241,7 +1271,7 @@ cdef class CrossEngine:
         self._free_order(t)
         return 0
 
-    cdef int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
+    cdef inline int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
         cdef int64_t s
         cdef int32_t i
         if order_id:
@@ -1255,7 +1285,7 @@ cdef class CrossEngine:
         s = table_find(&self.by_client, cl_id, account)
         return self.by_client.slots[s].v1 if s >= 0 else -1
 
-    cdef int _cancel(self, const unsigned char* p) except -1:
+    cdef inline int _cancel(self, const unsigned char* p) except -1:
         cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8)
         cdef uint32_t account = rd32(p + 16)
         cdef int32_t i = self._find(order_id, cl_id, account)
@@ -1357,7 +1387,7 @@ cdef class CrossEngine:
             self.n_touched = 0
         return 0
 
-    cdef int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
+    cdef inline int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
                        uint32_t source) except -1:
         self.command_no += 1
         self.n_touched = 0
@@ -1409,7 +1439,7 @@ cdef class CrossEngine:
                 return True
         return False
 
-    cdef int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
+    cdef inline int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
                      uint64_t seq) except -1:
         """The events of one input record: a command, or (from a te or liq source) the
         commands for this symbol that a TradingEngine or LiqEngine output payload carries. The
@@ -1486,9 +1516,11 @@ cdef class CrossEngine:
                            f"engine and that {engine} disagree on the layout (a deployment "
                            f"mismatch)")
 
+    @cython.cdivision(True)
     cdef inline uint64_t _bit(self, uint32_t account) noexcept:
         if account == LIQ_ACCOUNT:
             return ROUTE_LIQ      # LIQ belongs to no shard: the LiqEngine's bit, not a shard's
+        # unsigned, and n_shards >= 1 (checked at construction): no zero test needed
         return <uint64_t>1 << (account % self.n_shards)
 
     # -- the public face --------------------------------------------------------------------
