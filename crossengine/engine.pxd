@@ -47,7 +47,6 @@ cdef struct Table:
     uint64_t mask            # capacity - 1 (capacity is a power of two)
     int shift                # 64 - log2(capacity): a multiplicative hash's top bits index it
     uint64_t size
-    bint ident               # the key is its own hash (order ids: consecutive counters)
 
 
 cdef struct Touched:

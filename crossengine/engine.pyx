@@ -221,16 +221,14 @@ cdef inline int64_t side_key(int s, int64_t price) noexcept nogil:
 # -- hash table: open addressing, linear probing, backward-shift deletion ----------------------
 @cython.overflowcheck(False)
 cdef inline uint64_t slot_hash(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
-    # Order ids are symbol << 40 | a counter: their low bits spread consecutive ids over
-    # consecutive slots, which linear probing likes best, at no cost. Client ids and accounts
-    # are the clients' choice: multiplicative (Fibonacci) hashing, the product's top bits, which
-    # every bit of both key parts reaches; two multiplies where a splitmix finaliser took five
-    # steps. Unsigned arithmetic wraps by design.
-    if t.ident:
-        return k1 & t.mask
+    # Multiplicative (Fibonacci) hashing: the top bits of the product, which every bit of both
+    # key parts reaches; two multiplies. Order ids used to be their own hash (symbol << 40 | a
+    # counter: consecutive slots), but live ids are dense, so a deletion's backward shift
+    # walked the whole run of them; spread, a run is about one slot at this load factor.
+    # Unsigned arithmetic wraps by design.
     return ((k1 ^ (k2 * <uint64_t>0xC2B2AE3D27D4EB4F)) * <uint64_t>0x9E3779B97F4A7C15) >> t.shift
 
-cdef int table_init(Table* t, uint64_t cap, bint ident=False) except -1:
+cdef int table_init(Table* t, uint64_t cap) except -1:
     t.slots = <Slot*>calloc(cap, sizeof(Slot))
     if t.slots == NULL:
         raise MemoryError()
@@ -240,7 +238,6 @@ cdef int table_init(Table* t, uint64_t cap, bint ident=False) except -1:
         cap >>= 1
         t.shift -= 1
     t.size = 0
-    t.ident = ident
     return 0
 
 cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
@@ -692,7 +689,7 @@ cdef class CrossEngine:
         self.levels_cap = 0
         self._grow_levels(level_capacity)
         self.touched_cap = 64
-        table_init(&self.by_id, 1 << 17, True)
+        table_init(&self.by_id, 1 << 17)
         table_init(&self.by_client, 1 << 17)
         table_init(&self.by_account, 1 << 10)
 
@@ -759,7 +756,7 @@ cdef class CrossEngine:
             cap <<= 1
         if cap > self.by_id.mask + 1:
             free(self.by_id.slots)
-            table_init(&self.by_id, cap, True)
+            table_init(&self.by_id, cap)
             free(self.by_client.slots)
             table_init(&self.by_client, cap)
         return 0
