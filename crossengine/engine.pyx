@@ -620,6 +620,8 @@ cdef class CrossEngine:
     cdef int32_t n_touched
     cdef int32_t touched_cap
     cdef Buf out
+    cdef Py_ssize_t out_per_in16        # the last frame's output bytes per input byte, in
+                                        # sixteenths (sizes the next output frame)
     cdef uint64_t route                 # the route of the record being applied, built as its
                                         # events are written (the shard bit of every account)
 
@@ -1535,7 +1537,7 @@ cdef class CrossEngine:
         """Apply every record of a sequenced frame; return the output frame: one record per
         input record, same seq, ts, source, source_seq, epoch and kind, payload = events,
         route = the shards its events concern."""
-        cdef Py_ssize_t n = frame.shape[0], off = 0, start
+        cdef Py_ssize_t n = frame.shape[0], off = 0, start, cap
         cdef uint32_t length
         cdef const unsigned char* p = &frame[0] if n else NULL
         cdef Buf keep = self.out
@@ -1543,15 +1545,17 @@ cdef class CrossEngine:
             _scan_frame(frame)   # raises the FrameError that says what is wrong
             raise RuntimeError("crossengine: mq.record.scan passed a frame apply_frame refused")
         # The output frame is written straight into the bytes object returned (no copy at the
-        # end): a quarter more than the input, the usual size, doubled when a record needs
-        # more. self.out.owner holds the one reference while it grows (_PyBytes_Resize wants
-        # it alone); the finally drops it after the result took its own.
-        buf = PyBytes_FromStringAndSize(NULL, n + (n >> 2) + 4096)
+        # end): sized as the last frame's output per input byte would want it, with a quarter
+        # to spare (untouched pages cost nothing; the final resize gives them back), doubled
+        # if a record needs more. self.out.owner holds the one reference while it grows
+        # (_PyBytes_Resize wants it alone); the finally drops it after the result took its own.
+        cap = n * max(self.out_per_in16, 20) // 16 + (n >> 2) + 4096
+        buf = PyBytes_FromStringAndSize(NULL, cap)
         Py_INCREF(buf)
         self.out.owner = <PyObject*>buf
         self.out.data = <unsigned char*>PyBytes_AS_STRING(buf)
         self.out.len = 0
-        self.out.cap = n + (n >> 2) + 4096
+        self.out.cap = cap
         buf = None
         try:
             while off < n:
@@ -1570,6 +1574,8 @@ cdef class CrossEngine:
                 wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
                 wr64(self.out.data + start + ROUTE, self.route)
                 off += HDR + length
+            # at most 4 bytes out per byte in ahead of time; a rarer frame grows instead
+            self.out_per_in16 = min(self.out.len * 16 // n + 1, 64)
             _PyBytes_Resize(&self.out.owner, self.out.len)
             result = <object>self.out.owner
         finally:
