@@ -611,7 +611,7 @@ cdef class CrossEngine:
     cdef int32_t levels_cap
     cdef int32_t free_level
     cdef Side sides[2]
-    cdef int32_t* lcache                # level cache: [side << LCACHE_BITS | hash(price)] -> a
+    cdef int32_t* lcache                # level cache: [side << LCACHE_BITS | price hashed] -> a
                                         # level that had that price (a hint, checked on use)
     cdef Table by_id
     cdef Table by_client
