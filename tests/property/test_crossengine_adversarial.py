@@ -39,6 +39,9 @@ M64 = (1 << 64) - 1
 FIB = 0x9E3779B97F4A7C15
 INV = pow(FIB, -1, 1 << 64)     # k * INV * FIB == k: these ids all share the top bits
 C2 = 0xC2B2AE3D27D4EB4F
+# prices ((5 << 52) + k) * FIB**-1: price * FIB has the same top 12 bits for every k, so they
+# all share one entry of each side's level cache
+SAME_SLOT = [p for p in (((5 << 52) + k) * INV & M64 for k in range(4000)) if 0 < p < 1 << 62]
 SCENARIOS = ("wide", "deep", "touch", "extremes", "ids", "sweep", "misc")
 
 
@@ -68,11 +71,10 @@ def flow(name: str, seed: int, n: int = 1500):
         def accts():
             return rng.randint(1, 40)
     elif name == "touch":
-        # 600 prices around the touch, prices whose level-cache slots collide (multiples of
-        # 2**12 apart, and the multiplier's inverse times j << 52), churned on both sides
+        # 600 prices around the touch, 60 prices sharing one level-cache slot, prices 2**12
+        # apart, churned on both sides
         base = 1 << 20
-        pool = [base + d for d in range(-300, 300)]
-        pool += [p for p in (((j << 52) * INV) & M64 for j in range(1, 400)) if 0 < p < 1 << 62][:60]
+        pool = [base + d for d in range(-300, 300)] + SAME_SLOT[:60]
         pool += [base + (k << 12) for k in range(-50, 50)]
 
         def price():
@@ -264,7 +266,7 @@ def test_restore_anywhere_then_continue_equals_the_uninterrupted_run(name, seed,
 RECORDED = {
     "wide:11": "e3596054e5e712ee4f522a50991f74538bd759480fb7a2b7c4b8c28f9212fb46",
     "deep:12": "85ee3e8ba374d7db3a5aba3f593743fa1b6143fa4862d528860fefb29a200d5e",
-    "touch:13": "8cc9007a5425eafc4796b9c330942c62e4bc318709e8469b9457c1142454f97d",
+    "touch:13": "2c7c4bd2ae3269390cd092f26954b97918485307621bde6cd69b7feddba26348",
     "extremes:14": "a1e2af19699082bde360dfefaf80d43c769bb1cb6fea0c57a5f11e3d84abcee8",
     "ids:15": "fbcca8c227acc23408f68365a90a6893c48d41e31709cdcecbc18bf66a78ac4e",
     "sweep:16": "f3e596a23e766371cd63641469ec12e7cd17edd30b8e9160ce85292bd86459b2",
@@ -491,11 +493,11 @@ def test_client_ids_chosen_to_share_a_hash_do_not_make_inserts_quadratic():
 # -- many levels near the touch, each emptied and refilled at a new price -----------------------
 
 def test_level_slots_reused_across_prices_whose_cache_entries_collide():
-    """Levels freed and reallocated at other prices sharing their level-cache slot (prices
-    2**52 * j * FIB**-1 and neighbours 4096 apart): every answer as the reference's."""
+    """Levels freed and reallocated at other prices sharing their level-cache slot (SAME_SLOT)
+    and at prices 4096 apart: every answer as the reference's."""
     eng, ref = CrossEngine(), ReferenceEngine()
-    prices = sorted(p for p in {((j << 52) * INV) & M64 for j in range(1, 4000)} if 0 < p < 1 << 62)
-    prices = prices[:40] + [(1 << 30) + (k << 12) for k in range(40)]
+    assert len({(p * FIB & M64) >> 52 for p in SAME_SLOT}) == 1 and len(SAME_SLOT) > 500
+    prices = SAME_SLOT[:40] + [(1 << 30) + (k << 12) for k in range(40)]
     rng = random.Random(7)
     cl = 0
     for step in range(3000):
@@ -514,3 +516,54 @@ def test_level_slots_reused_across_prices_whose_cache_entries_collide():
             eng.check_invariants()
             assert eng.snapshot() == ref.snapshot()
     assert eng.book() == ref.book()
+
+
+# -- hypothesis: small books near the touch, shrinkable ------------------------------------------
+
+# a run of prices at the touch, prices 4096 apart, and prices that share one level-cache slot
+TOUCH = [1000 + d for d in range(-6, 6)] + [1000 + (k << 12) for k in (1, 2, 3)] + SAME_SLOT[:9]
+accounts_st = st.sampled_from([1, 2, 3, 0, 0xFFFFFFFF, LIQ])
+hyp_commands = st.one_of(
+    st.builds(lambda cl, side, p, q, a, ot, tif, fl, stp: (c.NEW_ORDER, c.new_order(
+        cl, side, p, q, a, ot, tif, fl, stp)),
+        st.integers(1, 12), st.sampled_from([c.BUY, c.SELL]), st.sampled_from(TOUCH),
+        st.integers(1, 6), accounts_st, st.sampled_from([c.LIMIT] * 5 + [c.MARKET]),
+        st.sampled_from([c.GTC] * 4 + [c.IOC, c.FOK]), st.sampled_from([0, 0, 1, 2]),
+        st.integers(0, 4)),
+    st.builds(lambda cl, a: (c.CANCEL, c.cancel(0, cl, a)), st.integers(1, 12), accounts_st),
+    st.builds(lambda n, a: (c.CANCEL, c.cancel((1 << 40) | n, 0, a)), st.integers(1, 60),
+              st.sampled_from([0, 1, 2])),
+    st.builds(lambda cl, a, p, q: (c.AMEND, c.amend(0, cl, a, p, q)), st.integers(1, 12),
+              accounts_st, st.sampled_from([0] + TOUCH), st.integers(0, 8)),
+    st.builds(lambda a, s: (c.CANCEL_ALL, c.cancel_all(a, s)), accounts_st,
+              st.sampled_from([0, c.BUY, c.SELL])),
+    st.sampled_from([(c.MASS_CANCEL, b""), (c.HALT, b""), (c.RESUME, b""),
+                     (c.KIND_TICK, b"")]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(hyp_commands, max_size=60), st.lists(st.integers(1, 8), min_size=1, max_size=8),
+       st.integers(1, 63), st.sampled_from([1, 2, 1000]))
+def test_small_books_near_the_touch_agree_with_the_reference(cmds, cuts, n_shards, max_fills):
+    recs = [(OP if k in (c.MASS_CANCEL, c.HALT, c.RESUME) else 5, k, p) for k, p in cmds]
+    frames, i, seq = [], 0, 1
+    while i < len(recs):
+        chunk = recs[i:i + cuts[len(frames) % len(cuts)]]
+        frames.append((encode([(seq + j, 0, s, seq + j, 1, k, p)
+                               for j, (s, k, p) in enumerate(chunk)]), chunk))
+        seq += len(chunk)
+        i += len(chunk)
+    eng, ref = lockstep(dict(n_shards=n_shards, max_fills=max_fills), frames,
+                        restore_at={1, 4})
+    assert eng.book() == ref.book()
+
+
+def test_the_output_frame_is_an_ordinary_bytes_object_owned_by_the_caller():
+    eng = CrossEngine()
+    frame = encode([(1, 0, 5, 1, 1, c.NEW_ORDER, c.new_order(1, c.BUY, 100, 1, 1))])
+    out = eng.apply_frame(frame)
+    assert type(out) is bytes and sys.getrefcount(out) == 2
+    again = eng.apply_frame(encode([(2, 0, 5, 2, 1, c.CANCEL, c.cancel(0, 1, 1))]))
+    assert decode(out)[0][6] != decode(again)[0][6]      # the first frame's bytes stayed put
+    assert c.decode_events(decode(out)[0][6])[0][0] == c.EV_ACCEPTED
