@@ -22,7 +22,14 @@ DIRECTIVES = {
 
 EXTENSIONS = [
     Extension("mq._frame", ["mq/_frame.pyx"], extra_compile_args=["-O2"]),
-    Extension("crossengine.engine", ["crossengine/engine.pyx"], extra_compile_args=["-O2"]),
+    # gcc's -O2 inlining limits leave the engine's hot path (apply_frame -> _record ->
+    # _dispatch -> _new_order -> _book_link ...) a chain of calls; its `inline` methods are
+    # meant to fold into one loop (docs/crossengine.md, "Cost per operation").
+    Extension("crossengine.engine", ["crossengine/engine.pyx"],
+              extra_compile_args=["-O2", "--param=max-inline-insns-single=2000",
+                                  "--param=large-function-growth=2000",
+                                  "--param=large-stack-frame-growth=2000",
+                                  "--param=inline-unit-growth=200"]),
     # plain Python compiled with its augmenting engine.pxd (typed state classes)
     Extension("tradingengine.engine", ["tradingengine/engine.py"], extra_compile_args=["-O2"]),
 ]

@@ -1,5 +1,6 @@
 # cython: language_level=3
 """C layout of the CrossEngine (the design in data). Indices are int32 into pools; -1 = none."""
+from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 
@@ -44,8 +45,8 @@ cdef struct Slot:
 cdef struct Table:
     Slot* slots
     uint64_t mask            # capacity - 1 (capacity is a power of two)
+    int shift                # 64 - log2(capacity): a multiplicative hash's top bits index it
     uint64_t size
-    bint ident               # the key is its own hash (order ids: consecutive counters)
 
 
 cdef struct Touched:
@@ -55,9 +56,10 @@ cdef struct Touched:
 
 
 cdef struct Buf:
-    unsigned char* data
+    unsigned char* data      # owner's bytes while apply_frame writes its output frame, else malloc'd
     Py_ssize_t len
     Py_ssize_t cap
+    PyObject* owner          # the bytes object data lives in (apply_frame), or NULL
 
 
 cdef enum:

@@ -40,7 +40,9 @@ sorted array, best last (taking the best level is O(1); a new level moves at mos
 created per record except the one bytes object per frame that holds all outputs.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
@@ -53,6 +55,7 @@ import struct
 
 from crossengine import codec as _codec
 from mq import sources as _sources
+from mq.record import MAX_FRAME as _MAX_FRAME, MAX_PAYLOAD as _MAX_RECORD_PAYLOAD
 from mq.record import scan as _scan_frame
 
 cdef enum:
@@ -125,6 +128,7 @@ cdef enum:
     C_IDS_EXHAUSTED = 3019
     C_NOT_OPERATOR = 3020
     SNAP_ORDER = 47
+    LCACHE_BITS = 12         # the level cache: 2**12 entries a side
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
 _mine = {"BUY": BUY, "SELL": SELL, "MARKET": MARKET, "LIMIT": LIMIT, "GTC": GTC, "IOC": IOC,
@@ -162,6 +166,8 @@ memset(ev_size, 0, sizeof(ev_size))
 for _name, _value in _my_sizes.items():
     ev_size[_name] = _value
 cdef Py_ssize_t MAX_PAYLOAD = _codec.MAX_PAYLOAD
+cdef Py_ssize_t FRAME_MAX = _MAX_FRAME                 # mq.record's bounds, for the frame check
+cdef uint32_t FRAME_MAX_PAYLOAD = _MAX_RECORD_PAYLOAD
 
 # The TradingEngine's output events as this engine walks them (te_sources): fixed size of each
 # type, and of the PROTOCOL.md root block a SessionMessage carries per templateId. Mirrored
@@ -214,33 +220,28 @@ cdef inline int64_t side_key(int s, int64_t price) noexcept nogil:
 
 # -- hash table: open addressing, linear probing, backward-shift deletion ----------------------
 @cython.overflowcheck(False)
-cdef inline uint64_t mix(uint64_t k1, uint64_t k2) noexcept nogil:
-    # splitmix64 finaliser over both key parts; unsigned arithmetic wraps by design.
-    cdef uint64_t z = k1 * <uint64_t>0x9E3779B97F4A7C15 + k2 * <uint64_t>0xC2B2AE3D27D4EB4F
-    z ^= z >> 30
-    z *= <uint64_t>0xBF58476D1CE4E5B9
-    z ^= z >> 27
-    z *= <uint64_t>0x94D049BB133111EB
-    z ^= z >> 31
-    return z
-
 cdef inline uint64_t slot_hash(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
-    # Order ids are symbol << 40 | a counter: their low bits spread consecutive ids over
-    # consecutive slots, which linear probing likes best, at no cost. Client ids and accounts
-    # are the clients' choice: mixed.
-    return k1 if t.ident else mix(k1, k2)
+    # Multiplicative (Fibonacci) hashing: the top bits of the product, which every bit of both
+    # key parts reaches; two multiplies. Order ids used to be their own hash (symbol << 40 | a
+    # counter: consecutive slots), but live ids are dense, so a deletion's backward shift
+    # walked the whole run of them; spread, a run is about one slot at this load factor.
+    # Unsigned arithmetic wraps by design.
+    return ((k1 ^ (k2 * <uint64_t>0xC2B2AE3D27D4EB4F)) * <uint64_t>0x9E3779B97F4A7C15) >> t.shift
 
-cdef int table_init(Table* t, uint64_t cap, bint ident=False) except -1:
+cdef int table_init(Table* t, uint64_t cap) except -1:
     t.slots = <Slot*>calloc(cap, sizeof(Slot))
     if t.slots == NULL:
         raise MemoryError()
     t.mask = cap - 1
+    t.shift = 64
+    while cap > 1:
+        cap >>= 1
+        t.shift -= 1
     t.size = 0
-    t.ident = ident
     return 0
 
 cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
-    cdef uint64_t i = slot_hash(t, k1, k2) & t.mask
+    cdef uint64_t i = slot_hash(t, k1, k2)
     while t.slots[i].used:
         if t.slots[i].k1 == k1 and t.slots[i].k2 == k2:
             return <int64_t>i
@@ -255,29 +256,22 @@ cdef int table_grow(Table* t) except -1:
         t.slots = old
         raise MemoryError()
     t.mask = old_cap * 2 - 1
+    t.shift -= 1
     for i in range(old_cap):
         if old[i].used:
-            j = slot_hash(t, old[i].k1, old[i].k2) & t.mask
+            j = slot_hash(t, old[i].k1, old[i].k2)
             while t.slots[j].used:
                 j = (j + 1) & t.mask
             t.slots[j] = old[i]
     free(old)
     return 0
 
-cdef int table_put(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
-    cdef int64_t found = table_find(t, k1, k2)
-    if found >= 0:
-        t.slots[found].v1 = v1
-        t.slots[found].v2 = v2
-        return 0
-    return table_add(t, k1, k2, v1, v2)
-
-cdef int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
+cdef inline int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
     """Insert a key the caller knows is absent (no lookup first)."""
     cdef uint64_t i
-    if (t.size + 1) * 2 > t.mask + 1:
+    if (t.size + 1) * 2 > t.mask + 1:       # load factor at most 1/2
         table_grow(t)
-    i = slot_hash(t, k1, k2) & t.mask
+    i = slot_hash(t, k1, k2)
     while t.slots[i].used:
         i = (i + 1) & t.mask
     t.slots[i].k1 = k1
@@ -289,7 +283,7 @@ cdef int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) e
     t.size += 1
     return 0
 
-cdef int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
+cdef inline int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
     cdef int64_t found = table_find(t, k1, k2)
     cdef uint64_t i, j, home
     if found < 0:
@@ -300,7 +294,7 @@ cdef int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
         j = (j + 1) & t.mask
         if not t.slots[j].used:
             break
-        home = slot_hash(t, t.slots[j].k1, t.slots[j].k2) & t.mask
+        home = slot_hash(t, t.slots[j].k1, t.slots[j].k2)
         # Leave slot j where it is if its home lies cyclically in (i, j].
         if (i <= j and i < home and home <= j) or (i > j and (i < home or home <= j)):
             continue
@@ -490,20 +484,52 @@ cdef void side_remove(Side* sd, int64_t key) noexcept:
 
 
 # -- output buffer ----------------------------------------------------------------------------
-cdef int buf_reserve(Buf* b, Py_ssize_t n) except -1:
-    cdef Py_ssize_t cap
-    cdef unsigned char* data
+cdef inline int buf_reserve(Buf* b, Py_ssize_t n) except -1:
     if b.len + n <= b.cap:
         return 0
+    return buf_grow(b, n)
+
+cdef int buf_grow(Buf* b, Py_ssize_t n) except -1:
+    """Room for n more bytes: the malloc'd buffer by realloc, a frame's bytes object (owner)
+    by _PyBytes_Resize."""
+    cdef Py_ssize_t cap
+    cdef unsigned char* data
     cap = b.cap * 2 if b.cap else 4096
     while cap < b.len + n:
         cap *= 2
+    if b.owner != NULL:
+        _PyBytes_Resize(&b.owner, cap)
+        b.data = <unsigned char*>PyBytes_AS_STRING(<object>b.owner)
+        b.cap = cap
+        return 0
     data = <unsigned char*>realloc(b.data, cap)
     if data == NULL:
         raise MemoryError()
     b.data = data
     b.cap = cap
     return 0
+
+
+cdef bint frame_ok(const unsigned char* p, Py_ssize_t n) noexcept:
+    """mq.record.scan's checks without its Python objects: every record fits, payloads are
+    within bounds, seqs are contiguous from a first above 0. False: let scan raise its error."""
+    cdef Py_ssize_t off = 0
+    cdef uint32_t length
+    cdef uint64_t seq
+    if n == 0 or n > FRAME_MAX:
+        return False
+    seq = rd64(p)
+    if seq == 0:
+        return False
+    while off < n:
+        if n - off < HDR or rd64(p + off) != seq:
+            return False
+        length = rd32(p + off + 34)
+        if length > FRAME_MAX_PAYLOAD or n - off - HDR < <Py_ssize_t>length:
+            return False
+        off += HDR + length
+        seq += 1
+    return True
 
 
 cdef struct IdIdx:
@@ -585,6 +611,8 @@ cdef class CrossEngine:
     cdef int32_t levels_cap
     cdef int32_t free_level
     cdef Side sides[2]
+    cdef int32_t* lcache                # level cache: [side << LCACHE_BITS | price hashed] -> a
+                                        # level that had that price (a hint, checked on use)
     cdef Table by_id
     cdef Table by_client
     cdef Table by_account
@@ -592,6 +620,10 @@ cdef class CrossEngine:
     cdef int32_t n_touched
     cdef int32_t touched_cap
     cdef Buf out
+    cdef Py_ssize_t out_per_in16        # the last frame's output bytes per input byte, in
+                                        # sixteenths (sizes the next output frame)
+    cdef uint64_t route                 # the route of the record being applied, built as its
+                                        # events are written (the shard bit of every account)
 
     def __cinit__(self, uint32_t symbol_id=1, int64_t tick_size=1, uint64_t min_qty=1,
                   uint64_t max_qty=1_000_000_000, int64_t max_price=1 << 62,
@@ -648,8 +680,10 @@ cdef class CrossEngine:
         level_capacity = max(level_capacity, 16)
         self.levels = <Level*>malloc(level_capacity * sizeof(Level))
         self.touched = <Touched*>malloc(64 * sizeof(Touched))
-        if not (self.orders and self.levels and self.touched):
+        self.lcache = <int32_t*>malloc((2 << LCACHE_BITS) * sizeof(int32_t))
+        if not (self.orders and self.levels and self.touched and self.lcache):
             raise MemoryError()
+        memset(self.lcache, 0xFF, (2 << LCACHE_BITS) * sizeof(int32_t))
         side_init(&self.sides[0])
         side_init(&self.sides[1])
         self.orders_cap = 0
@@ -657,7 +691,7 @@ cdef class CrossEngine:
         self.levels_cap = 0
         self._grow_levels(level_capacity)
         self.touched_cap = 64
-        table_init(&self.by_id, 1 << 17, True)
+        table_init(&self.by_id, 1 << 17)
         table_init(&self.by_client, 1 << 17)
         table_init(&self.by_account, 1 << 10)
 
@@ -665,6 +699,7 @@ cdef class CrossEngine:
         free(self.orders)
         free(self.levels)
         free(self.touched)
+        free(self.lcache)
         side_free(&self.sides[0])
         side_free(&self.sides[1])
         free(self.by_id.slots)
@@ -702,7 +737,7 @@ cdef class CrossEngine:
         self.levels_cap = cap
         return 0
 
-    cdef int32_t _alloc_order(self) except -1:
+    cdef inline int32_t _alloc_order(self) except -1:
         cdef int32_t i
         if self.free_order < 0:
             self._grow_orders(self.orders_cap * 2)
@@ -723,18 +758,39 @@ cdef class CrossEngine:
             cap <<= 1
         if cap > self.by_id.mask + 1:
             free(self.by_id.slots)
-            table_init(&self.by_id, cap, True)
+            table_init(&self.by_id, cap)
             free(self.by_client.slots)
             table_init(&self.by_client, cap)
         return 0
 
     # -- levels -----------------------------------------------------------------------------
+    @cython.overflowcheck(False)
+    cdef inline int32_t* _lcache_at(self, int s, int64_t price) noexcept:
+        # multiplicative hash of the price, its top LCACHE_BITS bits; wraps by design
+        return &self.lcache[(s << LCACHE_BITS)
+                            | <int32_t>((<uint64_t>price * <uint64_t>0x9E3779B97F4A7C15)
+                                        >> (64 - LCACHE_BITS))]
+
     cdef inline int32_t _find_level(self, int s, int64_t price) noexcept:
-        return side_find(&self.sides[s], side_key(s, price))
+        """The live level of side s at price, or -1. Near the touch a few thousand prices
+        are looked up again and again: the level cache answers them in a few instructions,
+        the side's blocked index (two binary searches) the rest. A cached level is taken only
+        if it is live (count > 0: a level leaves its side's index when it empties) at this
+        side and price, so a stale entry (the level dropped, its slot reused) is harmless."""
+        cdef int32_t* c = self._lcache_at(s, price)
+        cdef int32_t lv = c[0]
+        if lv >= 0 and self.levels[lv].count and self.levels[lv].price == price \
+                and self.levels[lv].side == (BUY if s == 0 else SELL):
+            return lv
+        lv = side_find(&self.sides[s], side_key(s, price))
+        if lv >= 0:
+            c[0] = lv
+        return lv
 
     cdef int32_t _new_level(self, int s, int64_t price) except -1:
         cdef int32_t lv = self._alloc_level(s, price), k
         side_insert(&self.sides[s], side_key(s, price), lv)
+        self._lcache_at(s, price)[0] = lv
         # A level at this price may have been listed as touched earlier in this command.
         for k in range(self.n_touched):
             if self.touched[k].price == price and self.touched[k].side == self.levels[lv].side:
@@ -758,30 +814,34 @@ cdef class CrossEngine:
         self.levels[lv].mark = 0
         return lv
 
-    cdef void _drop_level(self, int s, int32_t lv) noexcept:
+    cdef inline void _drop_level(self, int s, int32_t lv) noexcept:
         side_remove(&self.sides[s], side_key(s, self.levels[lv].price))
         self.levels[lv].next_free = self.free_level
         self.free_level = lv
 
-    cdef int _touch(self, int32_t lv) except -1:
-        cdef Touched* grown
+    cdef inline int _touch(self, int32_t lv) except -1:
         if self.levels[lv].mark == self.command_no:
             return 0
         self.levels[lv].mark = self.command_no
         if self.n_touched == self.touched_cap:
-            grown = <Touched*>realloc(self.touched, self.touched_cap * 2 * sizeof(Touched))
-            if grown == NULL:
-                raise MemoryError()
-            self.touched = grown
-            self.touched_cap *= 2
+            self._grow_touched()
         self.touched[self.n_touched].price = self.levels[lv].price
         self.touched[self.n_touched].side = self.levels[lv].side
         self.touched[self.n_touched].level = lv
         self.n_touched += 1
         return 0
 
+    cdef int _grow_touched(self) except -1:
+        cdef Touched* grown = <Touched*>realloc(self.touched,
+                                                self.touched_cap * 2 * sizeof(Touched))
+        if grown == NULL:
+            raise MemoryError()
+        self.touched = grown
+        self.touched_cap *= 2
+        return 0
+
     # -- book links -------------------------------------------------------------------------
-    cdef int _book_link(self, int32_t i) except -1:
+    cdef inline int _book_link(self, int32_t i) except -1:
         """Put order i at the tail of its price level (creating the level)."""
         cdef int s = side_index(self.orders[i].side)
         cdef int32_t lv = self._find_level(s, self.orders[i].price)
@@ -807,7 +867,7 @@ cdef class CrossEngine:
         L.count += 1
         o.live = 1
 
-    cdef int _book_unlink(self, int32_t i) except -1:
+    cdef inline int _book_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
         cdef int32_t lv = o.level
         cdef Level* L = &self.levels[lv]
@@ -826,7 +886,7 @@ cdef class CrossEngine:
             self._drop_level(side_index(o.side), lv)
         return 0
 
-    cdef int _index_link(self, int32_t i, int64_t a) except -1:
+    cdef inline int _index_link(self, int32_t i, int64_t a) except -1:
         """Enter order i in the id maps and at the tail of its account's id-ordered list; a is
         the account's slot in the account map if the caller has it, else -1."""
         cdef Order* o = &self.orders[i]
@@ -855,7 +915,7 @@ cdef class CrossEngine:
         self.n_live += 1
         return 0
 
-    cdef int _index_unlink(self, int32_t i) except -1:
+    cdef inline int _index_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
         cdef int64_t a
         table_del(&self.by_id, o.order_id, 0)
@@ -875,14 +935,14 @@ cdef class CrossEngine:
         self.n_live -= 1
         return 0
 
-    cdef int _remove(self, int32_t i) except -1:
+    cdef inline int _remove(self, int32_t i) except -1:
         self._book_unlink(i)
         self._index_unlink(i)
         self._free_order(i)
         return 0
 
     # -- events -----------------------------------------------------------------------------
-    cdef int _ev_rejected(self, uint64_t cl_id, uint32_t account, uint16_t code,
+    cdef inline int _ev_rejected(self, uint64_t cl_id, uint32_t account, uint16_t code,
                           uint64_t order_id) except -1:
         buf_reserve(&self.out, 23)
         cdef unsigned char* p = self.out.data + self.out.len
@@ -892,9 +952,10 @@ cdef class CrossEngine:
         wr16(p + 13, code)
         wr64(p + 15, order_id)
         self.out.len += 23
+        self.route |= self._bit(account)
         return 0
 
-    cdef int _ev_accepted(self, int32_t i, uint8_t ord_type, uint64_t qty, uint8_t tif) except -1:
+    cdef inline int _ev_accepted(self, int32_t i, uint8_t ord_type, uint64_t qty, uint8_t tif) except -1:
         buf_reserve(&self.out, 41)
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* o = &self.orders[i]
@@ -909,9 +970,10 @@ cdef class CrossEngine:
         p[39] = tif
         p[40] = o.flags
         self.out.len += 41
+        self.route |= self._bit(o.account)
         return 0
 
-    cdef int _ev_cancel(self, uint8_t kind, int32_t i, uint64_t qty, uint8_t reason) except -1:
+    cdef inline int _ev_cancel(self, uint8_t kind, int32_t i, uint64_t qty, uint8_t reason) except -1:
         buf_reserve(&self.out, 30)
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* o = &self.orders[i]
@@ -922,6 +984,7 @@ cdef class CrossEngine:
         wr64(p + 21, qty)
         p[29] = reason
         self.out.len += 30
+        self.route |= self._bit(o.account)
         return 0
 
     cdef int _ev_amended(self, int32_t i, uint64_t total, uint8_t kept) except -1:
@@ -937,9 +1000,10 @@ cdef class CrossEngine:
         wr64(p + 37, total)
         p[45] = kept
         self.out.len += 46
+        self.route |= self._bit(o.account)
         return 0
 
-    cdef int _ev_trade(self, int32_t m, int32_t t, uint64_t q) except -1:
+    cdef inline int _ev_trade(self, int32_t m, int32_t t, uint64_t q) except -1:
         buf_reserve(&self.out, 68)
         cdef unsigned char* p = self.out.data + self.out.len
         cdef Order* mk = &self.orders[m]
@@ -958,6 +1022,7 @@ cdef class CrossEngine:
         p[66] = mk.flags
         p[67] = tk.flags
         self.out.len += 68
+        self.route |= self._bit(mk.account) | self._bit(tk.account)
         return 0
 
     cdef int _ev_mass(self, uint8_t scope, uint32_t account, uint8_t side, uint8_t reason,
@@ -972,15 +1037,17 @@ cdef class CrossEngine:
         wr64(p + 8, count)
         wr64(p + 16, (<uint64_t>self.symbol_id << 40) | self.order_counter)
         self.out.len += 24
+        self.route |= self.all_shards if scope == SCOPE_BOOK else self._bit(account)
         return 0
 
     cdef int _ev_byte(self, uint8_t kind) except -1:
         buf_reserve(&self.out, 1)
         self.out.data[self.out.len] = kind
         self.out.len += 1
+        self.route |= self.all_shards     # Halted, Resumed: book-wide
         return 0
 
-    cdef int _level_events(self) except -1:
+    cdef inline int _level_events(self) except -1:
         cdef int32_t k, lv
         cdef int s
         cdef unsigned char* p
@@ -1046,7 +1113,7 @@ cdef class CrossEngine:
                 k = sd.blocks[bi].n - 1
         return got >= qty
 
-    cdef int _match(self, int32_t t, bint market) except -1:
+    cdef inline int _match(self, int32_t t, bint market) except -1:
         """Match order t (not in the book) against the opposite side. Returns 1 when it
         stopped at max_fills makers with more of the book still crossing it, else 0."""
         cdef uint8_t side = self.orders[t].side
@@ -1110,14 +1177,17 @@ cdef class CrossEngine:
         return 0
 
     # -- commands ---------------------------------------------------------------------------
-    cdef uint16_t _price_code(self, int64_t price) noexcept:
+    @cython.cdivision(True)
+    cdef inline uint16_t _price_code(self, int64_t price) noexcept:
         if price <= 0 or price > self.max_price:
             return C_PRICE_RANGE
-        if price % self.tick_size:
+        # both positive here (tick_size > 0 is checked at construction): C's remainder is
+        # Python's, without the sign fix-up and zero test cdivision(False) would add
+        if <uint64_t>price % <uint64_t>self.tick_size:
             return C_NOT_ON_TICK
         return 0
 
-    cdef int _new_order(self, const unsigned char* p) except -1:
+    cdef inline int _new_order(self, const unsigned char* p) except -1:
         cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
         cdef int64_t price = rdi64(p + 8)
         cdef uint32_t account = rd32(p + 24)
@@ -1182,7 +1252,12 @@ cdef class CrossEngine:
         self.orders[t].flags = flags
         self.orders[t].stp = stp
         self._ev_accepted(t, ord_type, qty, tif)
-        limited = self._match(t, market)
+        # Most limit orders do not cross: look at the opposite best here and call _match only
+        # when there is something to take.
+        limited = False
+        best_lv = side_best(&self.sides[opp])
+        if best_lv >= 0 and self._crosses(side, price, self.levels[best_lv].price, market):
+            limited = self._match(t, market)
         if self.orders[t].leaves:
             if limited:
                 self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_MATCH_LIMIT)
@@ -1195,7 +1270,7 @@ cdef class CrossEngine:
         self._free_order(t)
         return 0
 
-    cdef int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
+    cdef inline int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
         cdef int64_t s
         cdef int32_t i
         if order_id:
@@ -1209,7 +1284,7 @@ cdef class CrossEngine:
         s = table_find(&self.by_client, cl_id, account)
         return self.by_client.slots[s].v1 if s >= 0 else -1
 
-    cdef int _cancel(self, const unsigned char* p) except -1:
+    cdef inline int _cancel(self, const unsigned char* p) except -1:
         cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8)
         cdef uint32_t account = rd32(p + 16)
         cdef int32_t i = self._find(order_id, cl_id, account)
@@ -1311,7 +1386,7 @@ cdef class CrossEngine:
             self.n_touched = 0
         return 0
 
-    cdef int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
+    cdef inline int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
                        uint32_t source) except -1:
         self.command_no += 1
         self.n_touched = 0
@@ -1363,7 +1438,7 @@ cdef class CrossEngine:
                 return True
         return False
 
-    cdef int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
+    cdef inline int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
                      uint64_t seq) except -1:
         """The events of one input record: a command, or (from a te or liq source) the
         commands for this symbol that a TradingEngine or LiqEngine output payload carries. The
@@ -1440,33 +1515,12 @@ cdef class CrossEngine:
                            f"engine and that {engine} disagree on the layout (a deployment "
                            f"mismatch)")
 
+    @cython.cdivision(True)
     cdef inline uint64_t _bit(self, uint32_t account) noexcept:
         if account == LIQ_ACCOUNT:
             return ROUTE_LIQ      # LIQ belongs to no shard: the LiqEngine's bit, not a shard's
+        # unsigned, and n_shards >= 1 (checked at construction): no zero test needed
         return <uint64_t>1 << (account % self.n_shards)
-
-    cdef uint64_t _route_of(self, const unsigned char* p, Py_ssize_t n) except? 0:
-        """The route of an output payload (this engine's own events): the shard bit of every
-        account named, every shard's bit for a book-wide event."""
-        cdef Py_ssize_t off = 0
-        cdef uint64_t route = 0
-        cdef uint8_t t
-        while off < n:
-            t = p[off]
-            if t == EV_ACCEPTED or t == EV_AMENDED or t == EV_CANCELLED or t == EV_EXPIRED:
-                route |= self._bit(rd32(p + off + 17))
-            elif t == EV_REJECTED:
-                route |= self._bit(rd32(p + off + 9))
-            elif t == EV_TRADE:
-                route |= self._bit(rd32(p + off + 25)) | self._bit(rd32(p + off + 29))
-            elif t == EV_MASS:
-                route |= self.all_shards if p[off + 1] == SCOPE_BOOK else self._bit(rd32(p + off + 2))
-            elif t == EV_HALTED or t == EV_RESUMED:
-                route |= self.all_shards
-            elif t != EV_LEVEL:
-                raise RuntimeError(f"crossengine: wrote an event of unknown type {t}")
-            off += ev_size[t]
-        return route
 
     # -- the public face --------------------------------------------------------------------
     def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload,
@@ -1483,30 +1537,51 @@ cdef class CrossEngine:
         """Apply every record of a sequenced frame; return the output frame: one record per
         input record, same seq, ts, source, source_seq, epoch and kind, payload = events,
         route = the shards its events concern."""
-        cdef Py_ssize_t n = frame.shape[0], off = 0, start
+        cdef Py_ssize_t n = frame.shape[0], off = 0, start, cap
         cdef uint32_t length
-        cdef const unsigned char* p
-        _scan_frame(frame)  # validates every length before the loop trusts them
+        cdef const unsigned char* p = &frame[0] if n else NULL
+        cdef Buf keep = self.out
+        if not frame_ok(p, n):
+            _scan_frame(frame)   # raises the FrameError that says what is wrong
+            raise RuntimeError("crossengine: mq.record.scan passed a frame apply_frame refused")
+        # The output frame is written straight into the bytes object returned (no copy at the
+        # end): sized as the last frame's output per input byte would want it, with a quarter
+        # to spare (untouched pages cost nothing; the final resize gives them back), doubled
+        # if a record needs more. self.out.owner holds the one reference while it grows
+        # (_PyBytes_Resize wants it alone); the finally drops it after the result took its own.
+        cap = n * max(self.out_per_in16, 20) // 16 + (n >> 2) + 4096
+        buf = PyBytes_FromStringAndSize(NULL, cap)
+        Py_INCREF(buf)
+        self.out.owner = <PyObject*>buf
+        self.out.data = <unsigned char*>PyBytes_AS_STRING(buf)
         self.out.len = 0
-        if n == 0:
-            return b""
-        p = &frame[0]
-        while off < n:
-            length = rd32(p + off + 34)
-            buf_reserve(&self.out, HDR)
-            start = self.out.len
-            memcpy(self.out.data + start, p + off, HDR)
-            self.out.len += HDR
-            self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24), rd64(p + off))
-            if self.out.len - start - HDR > MAX_PAYLOAD:
-                raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} from "
-                                   f"source {rd32(p + off + 24)} exceeds one record "
-                                   f"({self.out.len - start - HDR} bytes)")
-            wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
-            wr64(self.out.data + start + ROUTE,
-                 self._route_of(self.out.data + start + HDR, self.out.len - start - HDR))
-            off += HDR + length
-        return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+        self.out.cap = cap
+        buf = None
+        try:
+            while off < n:
+                length = rd32(p + off + 34)
+                buf_reserve(&self.out, HDR)
+                start = self.out.len
+                memcpy(self.out.data + start, p + off, HDR)
+                self.out.len += HDR
+                self.route = 0
+                self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24),
+                             rd64(p + off))
+                if self.out.len - start - HDR > MAX_PAYLOAD:
+                    raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} "
+                                       f"from source {rd32(p + off + 24)} exceeds one record "
+                                       f"({self.out.len - start - HDR} bytes)")
+                wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
+                wr64(self.out.data + start + ROUTE, self.route)
+                off += HDR + length
+            # at most 4 bytes out per byte in ahead of time; a rarer frame grows instead
+            self.out_per_in16 = min(self.out.len * 16 // n + 1, 64)
+            _PyBytes_Resize(&self.out.owner, self.out.len)
+            result = <object>self.out.owner
+        finally:
+            Py_XDECREF(self.out.owner)
+            self.out = keep
+        return result
 
     def __len__(self):
         return self.n_live

@@ -375,6 +375,39 @@ def test_apply_frame_mirrors_each_input_record():
     assert [r[6] for r in out] == [ref.apply(0, 0, k, p) for k, p in cmds]
 
 
+def test_apply_frame_output_outgrows_its_first_buffer():
+    """apply_frame writes the output frame into the bytes object it returns, sized from the
+    input and grown when the events need more: a frame whose output is many times its input
+    (takers sweeping hundreds of makers) reads as record-by-record apply() does."""
+    from mq.record import decode, encode
+    eng, one = CrossEngine(), CrossEngine()
+    cmds = [(c.NEW_ORDER, c.new_order(k, c.SELL, 100 + k % 7, 1, 10 + k)) for k in range(900)]
+    cmds += [(c.NEW_ORDER, c.new_order(5000 + k, c.BUY, 200, 300, 3)) for k in range(3)]
+    frame = encode([(1 + i, 0, 5, 1 + i, 2, k, p) for i, (k, p) in enumerate(cmds)])
+    out = eng.apply_frame(frame)
+    assert len(out) > 2 * len(frame) + 4096
+    got = decode(out)
+    assert [r[6] for r in got] == [one.apply(0, 0, k, p, source=5) for k, p in cmds]
+    assert eng.state_hash() == one.state_hash()
+
+
+@pytest.mark.parametrize("bad", ["empty", "seq_zero", "gap", "truncated", "oversized"])
+def test_apply_frame_refuses_what_scan_refuses(bad):
+    """apply_frame checks the frame itself (no Python object per record); each bad frame
+    raises mq.record.scan's FrameError and leaves the engine untouched."""
+    from mq.record import MAX_PAYLOAD, FrameError, encode
+    good = [(1, 0, 5, 1, 2, c.NEW_ORDER, c.new_order(1, c.BUY, 100, 5, 1)),
+            (2, 0, 5, 2, 2, c.NEW_ORDER, c.new_order(2, c.BUY, 100, 5, 1))]
+    frame = {"empty": b"", "seq_zero": encode([(0,) + good[0][1:]]),
+             "gap": encode([good[0], (3,) + good[1][1:]]), "truncated": encode(good)[:-1],
+             "oversized": encode(good)[:34] + struct.pack("<I", MAX_PAYLOAD + 1)
+             + encode(good)[38:]}[bad]
+    eng = CrossEngine()
+    with pytest.raises(FrameError):
+        eng.apply_frame(frame)
+    assert len(eng) == 0 and eng.snapshot() == CrossEngine().snapshot()
+
+
 # -- every output fits one record: the bounds at the limit and one past it --------------------
 
 def _record_roundtrip(kind: int, payload: bytes) -> None:
