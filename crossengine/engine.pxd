@@ -46,6 +46,7 @@ cdef struct Table:
     Slot* slots
     uint64_t mask            # capacity - 1 (capacity is a power of two)
     int shift                # 64 - log2(capacity): a multiplicative hash's top bits index it
+    uint64_t mul             # the odd multiplier, from the process's hash seed (seed_hashes)
     uint64_t size
 
 

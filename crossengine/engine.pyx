@@ -225,13 +225,39 @@ cdef inline uint64_t slot_hash(Table* t, uint64_t k1, uint64_t k2) noexcept nogi
     # key parts reaches; two multiplies. Order ids used to be their own hash (symbol << 40 | a
     # counter: consecutive slots), but live ids are dense, so a deletion's backward shift
     # walked the whole run of them; spread, a run is about one slot at this load factor.
-    # Unsigned arithmetic wraps by design.
-    return ((k1 ^ (k2 * <uint64_t>0xC2B2AE3D27D4EB4F)) * <uint64_t>0x9E3779B97F4A7C15) >> t.shift
+    # The multiplier is the process's secret (seed_hashes): client order ids are the client's
+    # choice, and with a known multiplier the ids (j * mul**-1) ^ (account * C2) all share one
+    # slot, a probe run that every insert and cancel walks. Unsigned arithmetic wraps by design.
+    return ((k1 ^ (k2 * <uint64_t>0xC2B2AE3D27D4EB4F)) * t.mul) >> t.shift
+
+
+# The multiplier of the tables made from now on. The replica host seeds it from os.urandom
+# (deploy/engines.py) before it makes an engine; nothing an engine outputs depends on it (the
+# snapshot and every walk follow the book, never a table's slots), so replicas seeded apart
+# stay equal.
+cdef uint64_t table_mul = 0x9E3779B97F4A7C15
+
+
+@cython.overflowcheck(False)
+def seed_hashes(seed=None):
+    """Set the multiplier of the id tables of engines made (or restored) after this call: from
+    ``seed`` (splitmix64, made odd), or the source's default with None. A host seeds it from a
+    secret, so that no client can choose client order ids that share a slot."""
+    global table_mul
+    if seed is None:
+        table_mul = 0x9E3779B97F4A7C15
+        return
+    cdef uint64_t z = <uint64_t>(seed & 0xFFFFFFFFFFFFFFFF) + <uint64_t>0x9E3779B97F4A7C15
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    table_mul = (z ^ (z >> 31)) | 1
+
 
 cdef int table_init(Table* t, uint64_t cap) except -1:
     t.slots = <Slot*>calloc(cap, sizeof(Slot))
     if t.slots == NULL:
         raise MemoryError()
+    t.mul = table_mul
     t.mask = cap - 1
     t.shift = 64
     while cap > 1:
@@ -516,7 +542,7 @@ cdef bint frame_ok(const unsigned char* p, Py_ssize_t n) noexcept:
     cdef Py_ssize_t off = 0
     cdef uint32_t length
     cdef uint64_t seq
-    if n == 0 or n > FRAME_MAX:
+    if n < HDR or n > FRAME_MAX:
         return False
     seq = rd64(p)
     if seq == 0:
@@ -1768,6 +1794,22 @@ cdef class CrossEngine:
 
     def state_hash(self):
         return hashlib.sha256(self.snapshot()).digest()
+
+    def index_stats(self):
+        """Each id table's (live keys, capacity, longest run of occupied slots): the run is
+        what a lookup or a deletion may walk; it stays short unless keys share slots."""
+        out = {}
+        cdef Table* t
+        cdef uint64_t i, run, longest
+        for name in ("by_id", "by_client", "by_account"):
+            t = &self.by_id if name == "by_id" else \
+                &self.by_client if name == "by_client" else &self.by_account
+            run = longest = 0
+            for i in range(t.mask + 1):
+                run = run + 1 if t.slots[i].used else 0
+                longest = max(longest, run)
+            out[name] = (t.size, t.mask + 1, longest)
+        return out
 
     def check_invariants(self):
         """Raise RuntimeError unless: the book is not crossed; levels are strictly ordered;

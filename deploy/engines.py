@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,10 @@ Made = tuple[Any, Callable[[bytes], Any]]
 
 
 def _crossengine(config: dict) -> Made:
-    from crossengine.engine import CrossEngine
+    from crossengine.engine import CrossEngine, seed_hashes
+    # The id tables' multiplier from a secret of this process: client order ids are the
+    # client's choice, and against a known multiplier they can be made to share one slot.
+    seed_hashes(int.from_bytes(os.urandom(8), "little"))
     try:
         return CrossEngine(**config), CrossEngine.restore
     except TypeError as exc:      # an unknown key: a deployment mismatch, in one line
