@@ -314,10 +314,17 @@ def secure_client(sock: zmq.Socket, addr: str, ident: Identity | None = None,
     sock.curve_serverkey = server_key
 
 
+_RCVMORE = int(zmq.RCVMORE)   # an int: reading RCVMORE through pyzmq's enum costs more
+
+
 def recv_multipart(sock: zmq.Socket, flags: int = 0) -> tuple[str | None, list[bytes]]:
     """One message and the z85 key of the peer that sent it (None when insecure)."""
+    flags = int(flags)
     if _identity is None:
-        return None, sock.recv_multipart(flags)
+        parts = [sock.recv(flags)]
+        while sock.getsockopt(_RCVMORE):
+            parts.append(sock.recv(flags))
+        return None, parts
     frames = sock.recv_multipart(flags, copy=False)
     try:
         peer = frames[-1].get("User-Id")
