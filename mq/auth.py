@@ -314,16 +314,15 @@ def secure_client(sock: zmq.Socket, addr: str, ident: Identity | None = None,
     sock.curve_serverkey = server_key
 
 
-_RCVMORE = int(zmq.RCVMORE)   # an int: reading RCVMORE through pyzmq's enum costs more
-
-
 def recv_multipart(sock: zmq.Socket, flags: int = 0) -> tuple[str | None, list[bytes]]:
     """One message and the z85 key of the peer that sent it (None when insecure)."""
     flags = int(flags)
     if _identity is None:
-        parts = [sock.recv(flags)]
-        while sock.getsockopt(_RCVMORE):
-            parts.append(sock.recv(flags))
+        frame = sock.recv(flags, copy=False)
+        parts = [frame.bytes]
+        while frame.more:   # not getsockopt(RCVMORE), which costs more than the receive
+            frame = sock.recv(flags, copy=False)
+            parts.append(frame.bytes)
         return None, parts
     frames = sock.recv_multipart(flags, copy=False)
     try:
