@@ -316,14 +316,8 @@ def secure_client(sock: zmq.Socket, addr: str, ident: Identity | None = None,
 
 def recv_multipart(sock: zmq.Socket, flags: int = 0) -> tuple[str | None, list[bytes]]:
     """One message and the z85 key of the peer that sent it (None when insecure)."""
-    flags = int(flags)
     if _identity is None:
-        frame = sock.recv(flags, copy=False)
-        parts = [frame.bytes]
-        while frame.more:   # not getsockopt(RCVMORE), which costs more than the receive
-            frame = sock.recv(flags, copy=False)
-            parts.append(frame.bytes)
-        return None, parts
+        return None, sock.recv_multipart(flags)
     frames = sock.recv_multipart(flags, copy=False)
     try:
         peer = frames[-1].get("User-Id")

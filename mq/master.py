@@ -673,17 +673,17 @@ class MasterShell:
     # -- I/O hooks ----------------------------------------------------------------------
     def _try_send(self, link: Link, msg: list[bytes]) -> bool:
         try:
-            sockets.send(link.sock, msg, sockets.NOBLOCK, copy=len(msg[-1]) < ZERO_COPY_MIN)
+            link.sock.send_multipart(msg, zmq.NOBLOCK, copy=len(msg[-1]) < ZERO_COPY_MIN)
             return True
         except zmq.Again:
             return False
 
     def _publish(self, frame: bytes) -> None:
-        sockets.send(self.pub, [self.topic, frame], copy=len(frame) < ZERO_COPY_MIN)
+        self.pub.send_multipart([self.topic, frame], copy=len(frame) < ZERO_COPY_MIN)
 
     def _reply(self, ident: bytes, kind: bytes, body: dict) -> None:
         try:
-            sockets.send(self.router, [ident, kind, wire.pack(body)], sockets.NOBLOCK)
+            self.router.send_multipart([ident, kind, wire.pack(body)], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # full or gone: producers resend what stays unacknowledged
 
@@ -759,7 +759,7 @@ class MasterShell:
             if i and not sockets.readable(self.router):
                 return
             try:
-                peer, msg = auth.recv_multipart(self.router, sockets.NOBLOCK)
+                peer, msg = auth.recv_multipart(self.router, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if len(msg) >= 3:
@@ -772,7 +772,7 @@ class MasterShell:
         while first or sockets.readable(link.sock):
             first = False
             try:
-                msg = sockets.recv(link.sock, sockets.NOBLOCK)
+                msg = link.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._on_reply(link, msg)

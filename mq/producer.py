@@ -205,8 +205,8 @@ class Producer:
             if first <= self.sent_upto:  # resend from inside a batch
                 batch = batch[offset_of(batch, self.sent_upto + 1 - first):]
             try:
-                sockets.send(self.sock, [wire.DATA, b"\x80", batch], sockets.NOBLOCK,
-                             copy=len(batch) < 65536)
+                self.sock.send_multipart([wire.DATA, b"\x80", batch], zmq.NOBLOCK,
+                                         copy=len(batch) < 65536)
             except zmq.Again:
                 return
             if self.sent_upto < self.acked_next:
@@ -226,12 +226,12 @@ class Producer:
         return acked
 
     def _receive(self, timeout_ms: int) -> None:
-        if sockets.readable(self.sock, timeout_ms):
+        if self.sock.poll(timeout_ms):
             first = True
             while first or sockets.readable(self.sock):
                 first = False
                 try:
-                    msg = sockets.recv(self.sock, sockets.NOBLOCK)
+                    msg = self.sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 self._on_message(msg)

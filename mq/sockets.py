@@ -33,48 +33,11 @@ def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
     return sock
 
 
-# pyzmq's flags are enum.Flag members: send_multipart computes SNDMORE | flags for every part
-# but the last, and each such | builds an enum member (about 1 us); recv_multipart asks
-# getsockopt(RCVMORE) after every part (about 1.5 us). On the log's path (a few messages a
-# record in every process) plain ints halve the cost of a send, and Frame.more saves a third
-# of a receive.
-NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-
-
-def send(sock: zmq.Socket, parts: list, flags: int = 0, copy: bool = True) -> None:
-    """sock.send_multipart(parts, flags, copy=copy) for parts that are bytes, with int flags.
-    A message is atomic in ZeroMQ: once its first part is taken (or refused with EAGAIN), so
-    is the rest."""
-    more = _SNDMORE | flags
-    last = len(parts) - 1
-    for i in range(last):
-        sock.send(parts[i], more, copy=copy)
-    sock.send(parts[last], flags, copy=copy)
-
-
-def recv(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
-    """sock.recv_multipart(flags), with int flags, the end of the message read from each
-    part (Frame.more) instead of a getsockopt(RCVMORE) per part, which costs more than the
-    part's receive."""
-    frame = sock.recv(flags, copy=False)
-    parts = [frame.bytes]
-    while frame.more:
-        frame = sock.recv(flags, copy=False)
-        parts.append(frame.bytes)
-    return parts
-
-
-_POLLIN = int(zmq.POLLIN)
-
-
-def readable(sock: zmq.Socket, timeout_ms: int = 0) -> bool:
-    """A message is waiting (or arrives within timeout_ms). A drain loop asks this before
-    each receive after the first, instead of receiving until EAGAIN: a receive that fails
-    raises an exception, which costs several times a zero-timeout poll, once per wake-up of
-    every process on the log's path. It is also sock.poll(timeout_ms, POLLIN) without the
-    Poller object that pyzmq builds on every call."""
-    return bool(zmq.zmq_poll([(sock, _POLLIN)], int(timeout_ms)))
+def readable(sock: zmq.Socket) -> bool:
+    """A message is waiting. A drain loop asks this before each receive after the first,
+    instead of receiving until EAGAIN: a receive that fails raises an exception, which costs
+    several times a zero-timeout poll, once per wake-up of every process on the log's path."""
+    return bool(zmq.zmq_poll([(sock, zmq.POLLIN)], 0))
 
 
 def router(bind: str, curve: auth.Identity | None = None) -> zmq.Socket:

@@ -75,7 +75,7 @@ class Subscriber:
         sock = self.replicas[self.replica_i]
         if not self.inflight_at:
             self._ask()
-        if not sockets.readable(sock, timeout_ms):
+        if not sock.poll(timeout_ms):
             if time.monotonic() - self.inflight_at > REPLAY_TIMEOUT_S:
                 self.replica_i = (self.replica_i + 1) % len(self.replicas)
                 self.inflight_at = 0.0
@@ -113,7 +113,7 @@ class Subscriber:
             self._take(first, last, frame, out)
             if self.replaying:
                 return
-        if not sockets.readable(self.sub, timeout_ms):
+        if not self.sub.poll(timeout_ms):
             if time.monotonic() - self.heard_at > SILENCE_PROBE_S:
                 # The feed is silent (master down, or its last frames dropped): replay
                 # whatever the replicators hold beyond next_seq.
@@ -125,7 +125,7 @@ class Subscriber:
             if i and not sockets.readable(self.sub):
                 return
             try:
-                msg = sockets.recv(self.sub, sockets.NOBLOCK)
+                msg = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             if len(msg) != 2:
