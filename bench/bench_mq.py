@@ -27,8 +27,12 @@ this process. Records carry 64-byte payloads (102 bytes with the record header).
   pipeline), and its ceiling (pipelines of 1024 as fast as they go). Redis replicates nothing
   before it delivers. Skipped, with a line saying why, when redis-server or redis-py is absent.
   The latency rounds alternate floor, log and Redis.
+* Against another build: `--against DIR` (a checkout of another commit, its Cython built)
+  adds that build's log to every latency round, right after this one's (the order flips each
+  round): its processes and its subscriber run that checkout's code, the floor and Redis are
+  shared, so the two builds are compared on the same machine in the same minutes.
 
-Run: python bench/bench_mq.py [--quick] [--repeat 3] [--latency-only]
+Run: python bench/bench_mq.py [--quick] [--repeat 3] [--latency-only] [--against DIR]
 """
 from __future__ import annotations
 
@@ -49,7 +53,10 @@ import time
 
 import zmq
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# `_log_latency DIR ...` measures the log of the checkout in DIR (bench_mq.py --against)
+ROOT = (sys.argv[2] if len(sys.argv) > 2 and sys.argv[1] == "_log_latency"
+        else os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
 
 from deploy.local import LogCluster  # noqa: E402
 from deploy.procs import tcp  # noqa: E402
@@ -442,6 +449,17 @@ def log_latency(transport: str, rate: int, seconds: float, curve: bool = False) 
             "hash": hashlib.sha256(json.dumps(runs).encode()).hexdigest()[:16]}
 
 
+def log_latency_of(root: str, transport: str, rate: int, seconds: float) -> dict:
+    """log_latency with the code of the checkout in root: this file's method, run in a child
+    whose imports, and whose cluster's processes, come from root."""
+    root = os.path.abspath(root)
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "_log_latency", root,
+                          transport, str(rate), str(seconds)],
+                         env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def curve_cost(a: argparse.Namespace, n: int, results: list) -> None:
     """Throughput and latency without and with CURVE, alternating (median of --repeat)."""
     raw: dict[tuple[bool, int], list] = {}
@@ -493,10 +511,13 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
     redis_p99: dict[int, dict] = {}
     # ipc (one host) at 10k/s too, each transport against its own floor
     for transport, rate in (("tcp", 10_000), ("ipc", 10_000), ("tcp", 50_000)):
-        runs: dict[str, list] = {"raw": [], "log": [], "redis": []}
-        for _ in range(a.repeat):
+        runs: dict[str, list] = {"raw": [], "log": [], "redis": [], "against": []}
+        for i in range(a.repeat):
             runs["raw"].append(raw_hops_latency(rate, seconds, transport))
-            runs["log"].append(log_latency(transport, rate, seconds))
+            builds = ["log", "against"] if a.against else ["log"]
+            for key in builds if i % 2 == 0 else builds[::-1]:
+                runs[key].append(log_latency(transport, rate, seconds) if key == "log" else
+                                 log_latency_of(a.against, transport, rate, seconds))
             if not why_not and transport == "tcp":
                 runs["redis"].append(redis_latency(rate, seconds))
         raw, r = pick(runs["raw"]), pick(runs["log"])
@@ -507,7 +528,13 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
               f"p99 {r['p99_us'] / raw['p99_us']:.2f}", flush=True)
         entry = {"transport": transport, "what": "latency", "rate": rate, **r, "raw_floor": raw,
                  "p50_ratio": r["p50_us"] / raw["p50_us"], "p99_ratio": r["p99_us"] / raw["p99_us"],
-                 "runs": {k: [x["p99_us"] for x in v] for k, v in runs.items()}}
+                 "runs": {k: [x["p99_us"] for x in v] for k, v in runs.items() if v}}
+        if runs["against"]:
+            o = entry["against"] = pick(runs["against"])
+            print(f"[{transport}] the build in {a.against} at {rate:,}/s: p50 {o['p50_us']:.0f} us"
+                  f"  p99 {o['p99_us']:.0f} us  p99.9 {o['p999_us']:.0f} us  (hash {o['hash']});"
+                  f" this build / that one: p50 {r['p50_us'] / o['p50_us']:.2f} p99 "
+                  f"{r['p99_us'] / o['p99_us']:.2f}", flush=True)
         if runs["redis"]:
             rd = redis_p99[rate] = pick(runs["redis"])
             print(f"[tcp] Redis Streams (XADD -> XREAD BLOCK, AOF everysec) at {rate:,}/s: p50 "
@@ -541,6 +568,9 @@ def main() -> None:
     ap.add_argument("--latency-only", action="store_true",
                     help="only the open-loop latency: the raw floor, the log and Redis Streams, "
                          "alternating in the same run")
+    ap.add_argument("--against", metavar="DIR",
+                    help="also the log of the checkout in DIR (another build), alternating "
+                         "with this one in every latency round")
     a = ap.parse_args()
     gc.disable()
     n = 300_000 if a.quick else 2_000_000
@@ -594,6 +624,9 @@ if __name__ == "__main__":
         _relay_a(*sys.argv[2:5])
     elif len(sys.argv) > 1 and sys.argv[1] == "_redis_produce":
         _redis_produce(*sys.argv[2:6])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_log_latency":
+        gc.disable()
+        print(json.dumps(log_latency(sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "_relay_b":
         _relay_b(sys.argv[2])
     else:

@@ -595,15 +595,19 @@ class Master:
                 for src, nxt in self.durable_after_first_commit.items():
                     self.durable_ss[src] = max(self.durable_ss.get(src, 1), nxt)
                 self.durable_after_first_commit = None
-        acks_by: dict[tuple[bytes, int], tuple[int, list]] = {}
+        acks_by: dict[tuple[bytes, int], list] = {}
         while self.pending and self.pending[0][1] <= self.committed:
             _first, _last, frame, acks = self.pending.popleft()
             self.pending_bytes -= len(frame)
             self._publish(frame)
             for ident, src, nxt, runs in acks:
                 self.durable_ss[src] = max(self.durable_ss.get(src, 1), nxt)
-                entry = acks_by.setdefault((ident, src), (nxt, []))
-                acks_by[(ident, src)] = (max(entry[0], nxt), entry[1] + runs)
+                entry = acks_by.get((ident, src))
+                if entry is None:
+                    acks_by[(ident, src)] = [nxt, list(runs)]
+                else:   # extended in place: a frame of many batches is not quadratic
+                    entry[0] = max(entry[0], nxt)
+                    entry[1].extend(runs)
         for (ident, src), (nxt, runs) in acks_by.items():
             self._reply(ident, wire.ACK, {"src": src, "next": nxt, "runs": runs})
         now = self.mono()

@@ -317,11 +317,15 @@ class Producer:
         if runs:
             self.known = sorted([r for r in self.known if r[1] > self.reported]
                                 + [tuple(r) for r in runs if r[1] > self.reported])
+        known, i = self.known, 0
         while self.reported + 1 < nxt:
             u = self.reported + 1
-            run = next((r for r in self.known if r[0] <= u <= r[1]), None)
-            if run is not None:
-                a, b, seq = run
+            # known is sorted and u only grows: one walk over it for the whole ACK (an ACK
+            # after a stall names a run per batch, and a search per run was quadratic)
+            while i < len(known) and known[i][1] < u:
+                i += 1
+            if i < len(known) and known[i][0] <= u:
+                a, b, seq = known[i]
                 self._report(u, min(b, nxt - 1), seq + (u - a))
                 continue
             if self.asking == u and now - self.asked_at > self.resend_after_s:
@@ -333,6 +337,8 @@ class Producer:
                 self.sent_upto = min(self.sent_upto, u - 1)   # ask: resend from u
                 self.stats["seq_queries"] += 1
             break
+        if i:
+            del known[:i]   # runs wholly reported
         self._acknowledge(self.reported + 1)
 
     def _report(self, a: int, b: int, seq: int | None) -> None:
