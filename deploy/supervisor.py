@@ -36,7 +36,7 @@ import time
 
 from deploy.procs import Group, Proc
 from deploy.topology import Topology
-from mq.control import ping
+from mq.control import Pinger, ping
 
 STATE_FILE = "seqex.json"
 LOCK_FILE = "seqex.lock"
@@ -515,43 +515,6 @@ def _running(pid: int) -> bool:
             return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
     except OSError:
         return False
-
-
-class Pinger:
-    """PINGs over one kept DEALER per endpoint (used by one thread). An answer that arrives
-    after its round gave up is dropped before the next PING; at most one PING waits in a
-    socket whose process is down (SNDHWM 1), and it is answered once the process is back."""
-
-    def __init__(self) -> None:
-        self.socks: dict[str, object] = {}
-
-    def ping(self, addr: str, timeout_s: float) -> dict | None:
-        import zmq
-
-        from mq import sockets, wire
-        sock = self.socks.get(addr)
-        if sock is None:
-            sock = self.socks[addr] = sockets.dealer(addr, sndhwm=1, heartbeat=False)
-        try:
-            while sockets.readable(sock):     # late answers to earlier rounds
-                sock.recv_multipart(zmq.NOBLOCK)
-            sock.send_multipart([wire.PING, wire.pack({})], zmq.NOBLOCK)
-        except zmq.Again:
-            pass   # the last round's PING still waits for the process: wait for its answer
-        if not sock.poll(int(timeout_s * 1000)):
-            return None
-        msg = sock.recv_multipart()
-        if len(msg) < 2 or msg[0] != wire.PONG:
-            return None
-        try:
-            return wire.unpack(msg[1])
-        except wire.WireError:
-            return None
-
-    def close(self) -> None:
-        for sock in self.socks.values():
-            sock.close(0)
-        self.socks.clear()
 
 
 def probe(spec, timeout_s: float = 0.5, pinger: Pinger | None = None) -> dict | None:

@@ -142,10 +142,8 @@ class MqCore:
         return max(0, self.submitted[shard] + len(self.outq[shard]) - self.seen[shard])
 
     def _sockets(self) -> list[zmq.Socket]:
-        socks = [p.sock for p in self.producers]
-        for s in self.subscribers:
-            socks += [s.sub, *s.replicas]
-        return socks
+        return [p.sock for p in self.producers] + [sock for s in self.subscribers
+                                                    for sock in s.sockets()]
 
     async def _poll(self) -> None:
         """Handle the sockets whenever one of them may have something (gateway/zwait.py),

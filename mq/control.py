@@ -16,12 +16,17 @@ def call(addr: str, kind: bytes, body: dict[str, Any] | None = None,
     sock = sockets.dealer(addr, heartbeat=False)
     try:
         sock.send_multipart([kind, wire.pack(body or {})])
-        if not sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"{addr} did not answer {kind.decode()} in {timeout_s} s")
-        msg = sock.recv_multipart()
-        return msg[0], wire.unpack(msg[1]), msg[2:]
+        return _answer(sock, addr, kind, timeout_s)
     finally:
         sock.close(0)
+
+
+def _answer(sock: Any, addr: str, kind: bytes,
+            timeout_s: float) -> tuple[bytes, dict[str, Any], list[bytes]]:
+    if not sock.poll(int(timeout_s * 1000)):
+        raise TimeoutError(f"{addr} did not answer {kind.decode()} in {timeout_s} s")
+    msg = sock.recv_multipart()
+    return msg[0], wire.unpack(msg[1]), msg[2:]
 
 
 def ping(addr: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
@@ -31,6 +36,38 @@ def ping(addr: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
     except TimeoutError:
         return None
     return body if kind == wire.PONG else None
+
+
+class Pinger:
+    """ping() over one kept DEALER per endpoint (one thread's: the supervisor's heartbeats),
+    not a new connection, CURVE handshake and ZAP check per PING. An answer that arrives after
+    its round gave up is dropped before the next PING; at most one PING waits in a socket whose
+    process is down (SNDHWM 1), and it is answered once the process is back."""
+
+    def __init__(self) -> None:
+        self.socks: dict[str, Any] = {}
+
+    def ping(self, addr: str, timeout_s: float) -> dict[str, Any] | None:
+        import zmq
+        sock = self.socks.get(addr)
+        if sock is None:
+            sock = self.socks[addr] = sockets.dealer(addr, sndhwm=1, heartbeat=False)
+        try:
+            while sockets.readable(sock):     # late answers to earlier rounds
+                sock.recv_multipart(zmq.NOBLOCK)
+            sock.send_multipart([wire.PING, wire.pack({})], zmq.NOBLOCK)
+        except zmq.Again:
+            pass   # the last round's PING still waits for the process: wait for its answer
+        try:
+            kind, body, _ = _answer(sock, addr, wire.PING, timeout_s)
+        except (TimeoutError, IndexError, wire.WireError):
+            return None
+        return body if kind == wire.PONG else None
+
+    def close(self) -> None:
+        for sock in self.socks.values():
+            sock.close(0)
+        self.socks.clear()
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:

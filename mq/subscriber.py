@@ -179,6 +179,11 @@ class Subscriber:
                 break
         return out
 
+    def sockets(self) -> list[zmq.Socket]:
+        """Every socket poll() reads (the live feed and the replay links): for a caller that
+        waits on them (gateway/zwait.py) rather than calling poll() on a timer."""
+        return [self.sub, *self.replicas]
+
     def close(self) -> None:
         self.sub.close(0)
         for sock in self.replicas:

@@ -163,7 +163,7 @@ class Publisher:
         from gateway.zwait import SocketWaiter
         from mq.record import decode
         waiter = SocketWaiter([sock for _name, f in self.subscribers
-                               for sock in (f.sub.sub, *f.sub.replicas)])
+                               for sock in f.sub.sockets()])
         try:
             await self._follow_loop(waiter, decode)
         finally:
