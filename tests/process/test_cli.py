@@ -318,6 +318,12 @@ def test_replay_json_decodes_every_record_and_filters(cluster):
 
 def test_tail_finds_the_cluster_and_stops_exactly(cluster):
     data, _up = cluster
+    # Two orders of its own (far below any sell), so the test does not lean on earlier ones.
+    for price in ("1", "2"):
+        out = seqex("submit", "--data", data, "--side", "buy", "--price", price, "--qty",
+                    "0.001", "--account", "12")
+        assert out.returncode == 0 and "resting" in out.stdout, out.stdout + out.stderr
+    wait_committed(data, "out.ce.BTCUSDT", int(out.stdout.split("at seq")[1].split()[0]))
     out = seqex("tail", "in.ce.BTCUSDT", "--data", data, "--ticks", "--to", "3", "--json")
     assert out.returncode == 0, out.stderr
     assert [json.loads(x)["seq"] for x in out.stdout.splitlines()] == [1, 2, 3]
