@@ -160,6 +160,11 @@ class Producer:
         self.next_ss = last + 1
         self.outbox.append((first, last, batch))
         self.outbox_bytes += len(batch)
+        if first < self.acked_next:
+            # A producer replaying its persisted outbox can be told that records it has not
+            # resent yet are committed (the master named its earlier incarnation's seqs):
+            # they were reported then and must not wait here for an ACK that never comes.
+            self._trim(self.acked_next)
         self._pump()
         return first, last
 
@@ -190,7 +195,7 @@ class Producer:
 
     @property
     def unacked(self) -> int:
-        return (self.next_ss or self.acked_next) - self.acked_next
+        return max(0, (self.next_ss or self.acked_next) - self.acked_next)
 
     def _pump(self) -> None:
         # The outbox is in source_seq order, so the unsent batches are a suffix: find its
@@ -356,6 +361,12 @@ class Producer:
         self.acked_next = nxt
         self.progress_at = time.monotonic()
         self.backoff_s = self.resend_after_s
+        self._trim(nxt)
+        if self.sent_upto < nxt - 1:
+            self.sent_upto = nxt - 1
+
+    def _trim(self, nxt: int) -> None:
+        """Drop from the outbox every record below source_seq nxt."""
         while self.outbox and self.outbox[0][1] < nxt:
             self.outbox_bytes -= len(self.outbox.popleft()[2])
         if self.outbox and self.outbox[0][0] < nxt:
@@ -363,8 +374,6 @@ class Producer:
             rest = batch[offset_of(batch, nxt - first):]
             self.outbox_bytes -= len(batch) - len(rest)
             self.outbox.appendleft((nxt, last, rest))
-        if self.sent_upto < nxt - 1:
-            self.sent_upto = nxt - 1
 
     def flush(self, timeout_s: float = 30.0) -> list[tuple[int, int, int | None]]:
         """Wait until everything submitted is acknowledged; return the runs acknowledged

@@ -250,3 +250,24 @@ def test_asking_for_seqs_survives_refusals_and_repeated_welcomes(master):
         got += prod.poll(20)
     assert got == [(1, 10, 100), (11, 20, 300)]
     prod.close()
+
+
+def test_a_replaying_producer_told_of_records_it_has_not_resent_yet_does_not_wait_for_them(
+        master):
+    """A producer restarted with its persisted outbox (next_ss=1) resends 1..10 while its
+    earlier incarnation's 1..30 are committed; the master names all 30. The records it queues
+    next (11..30) are already committed and reported: flush must not wait for an ACK of them
+    (it once did, forever: they sat in the outbox, below what counted as sent)."""
+    prod = Producer(SRC, master.addr, next_ss=1)
+    prod.submit(16, [b"r"] * 10)
+    assert [m[1][1] for m in master.drain() if m[0] == wire.DATA] == [1]
+    master.send(wire.ACK, {"src": SRC, "next": 31, "runs": [[1, 30, 100]]})
+    assert prod.poll(2000) == [(1, 30, 100)]
+    prod.submit(16, [b"r"] * 10)                 # 11..20: committed, nothing new to send
+    assert prod.flush(2) == [] and not prod.outbox
+    prod.submit(16, [b"r"] * 15)                 # 21..35: 31..35 are new
+    assert prod.unacked == 5
+    assert [m[1][1:] for m in master.drain() if m[0] == wire.DATA] == [(31, 5)]
+    master.send(wire.ACK, {"src": SRC, "next": 36, "runs": [[31, 35, 130]]})
+    assert prod.flush(5) == [(31, 35, 130)] and not prod.outbox
+    prod.close()
