@@ -31,6 +31,7 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 HEARTBEAT_MS = 1000
+HEARTBEAT_MIN_MS, HEARTBEAT_MAX_MS = 100, 30_000   # PROTOCOL.md §4.8: the Logon's interval
 LOGON_TIMEOUT_S = 10.0            # a connection must be logged on within this
 MAX_PENDING = 64                  # frames a client may send behind its Logon before the answer
 QUEUE_LIMIT = 4                   # × the high-water mark: a request past it is a slow consumer
@@ -117,6 +118,10 @@ class FeedConnection(asyncio.Protocol):
         self.paused = False
         self.stale_since = 0.0
         self.last_sent = time.monotonic()
+        self.last_recv = self.last_sent
+        self.peer_hb_s = 1.0               # the client's HeartbeatIntervalMs (its Logon)
+        self.test_req_id = 0               # TestRequest outstanding (0: none)
+        self.test_sent_at = 0.0
         self.closed = False
 
     # -- transport -------------------------------------------------------------------------
@@ -170,6 +175,8 @@ class FeedConnection(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self.last_recv = time.monotonic()  # any byte counts as liveness (§4.8)
+        self.test_req_id = 0
         self.buf += data
         pos = 0
         try:
@@ -184,10 +191,23 @@ class FeedConnection(asyncio.Protocol):
         del self.buf[:pos]
 
     # -- messages --------------------------------------------------------------------------
-    def logon_ok(self) -> None:
+    def reject(self, session_id: int, reason: int, text: str) -> None:
+        self.write(wire.encode(wire.LOGON_REJECT, session_id, reason, wire.char_field(text, 32)))
+        self.closed = True
+        self.server.drop(self)
+        self.transport.close()
+
+    def logon_ok(self, logon) -> None:
+        """The Logon passed: its heartbeat interval is checked (§4.8, LogonReject 4), then
+        LogonAck (echoing its SessionID), the SecurityDefinitions, and what came behind it."""
+        if not HEARTBEAT_MIN_MS <= logon.HeartbeatIntervalMs <= HEARTBEAT_MAX_MS:
+            return self.reject(logon.SessionID, wire.LOGON_REJECT_HEARTBEAT_RANGE,
+                               "heartbeat 100..30000 ms")
         self.logged_on = True
+        self.peer_hb_s = logon.HeartbeatIntervalMs / 1000
+        self.last_recv = time.monotonic()
         now = time.time_ns()
-        self.write(wire.encode(wire.LOGON_ACK, 0, 0, 0, HEARTBEAT_MS, 0, 0, 0, 0,
+        self.write(wire.encode(wire.LOGON_ACK, logon.SessionID, 0, 0, HEARTBEAT_MS, 0, 0, 0, 0,
                                int(time.strftime("%Y%m%d", time.gmtime(now // 10**9)))))
         for inst in self.server.instruments.values():
             self.write(inst.definition(self.server.states[inst.symbol_id].status))
@@ -197,7 +217,7 @@ class FeedConnection(asyncio.Protocol):
                 return
             self.on_frame(frame)
 
-    async def check_logon(self, session_id: int, name: str, password: bytes) -> None:
+    async def check_logon(self, logon, name: str, password: bytes) -> None:
         accounts = self.server.current_accounts()
         user = None if accounts is None else await asyncio.get_running_loop().run_in_executor(
             None, accounts.verify, name, password)
@@ -205,14 +225,9 @@ class FeedConnection(asyncio.Protocol):
             return
         if user is None:
             self.server.stats["auth_failures"] += 1
-            self.write(wire.encode(wire.LOGON_REJECT, session_id,
-                                   wire.LOGON_REJECT_BAD_CREDENTIALS,
-                                   wire.char_field("bad credentials", 32)))
-            self.closed = True
-            self.server.drop(self)
-            self.transport.close()
-            return
-        self.logon_ok()
+            return self.reject(logon.SessionID, wire.LOGON_REJECT_BAD_CREDENTIALS,
+                               "bad credentials")
+        self.logon_ok(logon)
 
     def on_frame(self, frame: wire.Frame) -> None:
         tid = frame.template_id
@@ -225,23 +240,17 @@ class FeedConnection(asyncio.Protocol):
         if tid == wire.LOGON:
             if self.logged_on:
                 return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon twice")
-            if frame.version != wire.VERSION:
-                self.write(wire.encode(wire.LOGON_REJECT, m.SessionID,
-                                       wire.LOGON_REJECT_UNSUPPORTED_VERSION,
-                                       wire.char_field("unsupported schema version", 32)))
-                self.closed = True
-                self.server.drop(self)
-                self.transport.close()
-                return
+            if frame.version < wire.VERSION:   # a newer sender's Logon is read by its v1 fields
+                return self.reject(m.SessionID, wire.LOGON_REJECT_UNSUPPORTED_VERSION,
+                                   f"schema version {frame.version}")
             if self.server.accounts_path is None:
-                return self.logon_ok()
+                return self.logon_ok(m)
             if self.logging_on:
                 return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon twice")
             self.logging_on = True
             name = m.Username.split(b"\0", 1)[0].decode("utf-8", "replace")
             password = m.Password.split(b"\0", 1)[0]
-            task = asyncio.get_running_loop().create_task(self.check_logon(m.SessionID, name,
-                                                                           password))
+            task = asyncio.get_running_loop().create_task(self.check_logon(m, name, password))
             self.server.tasks.add(task)
             task.add_done_callback(self.server.tasks.discard)
             return
@@ -276,9 +285,10 @@ class BinaryFeed:
         self.high_water, self.low_water = HIGH_WATER, LOW_WATER
         self.stale_limit_s = STALE_LIMIT_S
         self.logon_timeout_s = LOGON_TIMEOUT_S
+        self.test_req_ids = 0
         self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0,
                       "auth_failures": 0, "logon_timeouts": 0, "snapshot_requests": 0,
-                      "snapshot_frames": 0}
+                      "snapshot_frames": 0, "heartbeat_timeouts": 0}
 
     def current_accounts(self):
         """The accounts file, re-read when it changed (users added while the feed runs can log
@@ -322,6 +332,12 @@ class BinaryFeed:
                                                wire.SUBSCRIPTION_SNAPSHOT_UPDATES,
                                                wire.SUBSCRIPTION_UNSUBSCRIBE):
             reject = wire.MD_REJECT_UNSUPPORTED_SUBSCRIPTION
+        elif m.SubscriptionRequestType != wire.SUBSCRIPTION_UNSUBSCRIBE and any(
+                sub.md_req_id == m.MDReqID and sid not in sids
+                for sid, sub in conn.subs.items()):
+            # The MDReqID names a live subscription of other instruments (asking again for
+            # the same ones with the same id is a re-snapshot, not a duplicate).
+            reject = wire.MD_REJECT_DUPLICATE_ID
         if reject is not None:
             conn.write(wire.encode(wire.MARKET_DATA_REQUEST_REJECT, m.MDReqID, m.SecurityID,
                                    reject))
@@ -385,12 +401,27 @@ class BinaryFeed:
                     conn.write(f)
 
     def tick(self) -> None:
-        """Heartbeats on idle connections; Logout(7) for one stale too long."""
+        """Heartbeats on idle connections; Logout(7) for one stale too long; §4.8's liveness
+        check: after 1.5 x the client's interval without input a TestRequest, after another
+        interval Logout(1)."""
         now = time.monotonic()
         for conn in list(self.conns):
             if conn.stale_since and now - conn.stale_since > self.stale_limit_s:
                 self.stats["slow_logouts"] += 1
                 conn.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer", abort=True)
-            elif conn.logged_on and not conn.paused and \
-                    now - conn.last_sent >= HEARTBEAT_MS / 1000:
+                continue
+            if not conn.logged_on or conn.closed:
+                continue
+            if conn.test_req_id:
+                if now - conn.test_sent_at > conn.peer_hb_s:
+                    self.stats["heartbeat_timeouts"] += 1
+                    conn.logout(wire.LOGOUT_HEARTBEAT_TIMEOUT, "heartbeat timeout",
+                                abort=conn.transport.get_write_buffer_size() > 0)
+                    continue
+            elif now - conn.last_recv > 1.5 * conn.peer_hb_s:
+                self.test_req_ids += 1
+                conn.test_req_id = self.test_req_ids
+                conn.test_sent_at = now
+                conn.write(wire.encode(wire.TEST_REQUEST, conn.test_req_id))
+            if not conn.paused and now - conn.last_sent >= HEARTBEAT_MS / 1000:
                 conn.write(wire.encode(wire.HEARTBEAT, 0, 0, 0))

@@ -145,7 +145,7 @@ async def _slow_binary():
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", pub.feed_port))
-        s.sendall(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"slow", b""))
+        s.sendall(wire.encode(wire.LOGON, 0, 0, 0, 30_000, 0, 0, 0, b"slow", b""))  # silent
         s.sendall(wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"1", 0, 3))
         while not pub.binary.by_symbol[1]:
             await asyncio.sleep(0.01)
