@@ -161,6 +161,7 @@ class Config:
     throttle_abuse_s: int = 10        # seconds in a row over the rate → Logout(4)
     max_retransmit_rejects: int = 10  # rejected RetransmitRequests per connection → Logout(3)
     logout_grace_s: float = 2.0       # wait for the peer's Logout answer / close
+    shutdown_grace_s: float = 0.5     # at shutdown: wait this long for the Logout(6) answers
     tick_s: float = 0.025             # timer resolution (heartbeats, timeouts)
 
     def __post_init__(self):
@@ -187,6 +188,38 @@ def _logout(reason: int, text: str) -> bytes:
 def _trading_date(ts_ns: int) -> int:
     t = time.gmtime(ts_ns // 1_000_000_000)
     return t.tm_year * 10000 + t.tm_mon * 100 + t.tm_mday
+
+
+class Bucket:
+    """A session's throttle (PROTOCOL.md §4.11: a token bucket *per session*, so logging on
+    again does not refill it): `rate` tokens a second, a burst of one second's worth, and the
+    abuse count of one-second windows in a row that went over the rate."""
+
+    __slots__ = ("rate", "tokens", "refill_at", "window_at", "window_over", "over_streak")
+
+    IDLE_S = 2.0   # a bucket unused this long is full and its streak is over: same as a new one
+
+    def __init__(self, rate: int, now: float):
+        self.rate = rate
+        self.tokens = float(rate)
+        self.refill_at = self.window_at = now
+        self.window_over = False
+        self.over_streak = 0
+
+    def take(self, now: float) -> bool:
+        rate = self.rate
+        self.tokens = min(float(rate), self.tokens + (now - self.refill_at) * rate)
+        self.refill_at = now
+        if now - self.window_at >= 1.0:
+            whole = int(now - self.window_at)
+            self.over_streak = self.over_streak + 1 if (self.window_over and whole == 1) else 0
+            self.window_at += whole
+            self.window_over = False
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.window_over = True
+        return False
 
 
 class Connection(asyncio.Protocol):
@@ -225,12 +258,9 @@ class Connection(asyncio.Protocol):
         self.retransmit_rejects = 0
         self.client_next = 1       # next client SeqNo known applied (Heartbeat)
         self.inflight: deque[tuple[int, int]] = deque()  # (core record index, client SeqNo)
-        self.tokens = 0.0
-        self.refill_at = now
-        self.window_at = now       # throttle abuse: one-second windows
-        self.window_over = False
-        self.over_streak = 0
+        self.bucket = Bucket(0, now)  # the session's, from the LogonAck on (Gateway.buckets)
         self.closing_at = 0.0
+        self.awaiting_logout = False  # we sent Logout and wait for the peer's (§4.9)
         self.refused = False
         self.out: list[bytes] = []  # frames of this turn of the loop, not yet written
         self.out_bytes = 0
@@ -266,6 +296,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data):
         if self.state >= CLOSING:
+            if self.awaiting_logout and self.state == CLOSING:
+                self.buf += data
+                self._await_logout_answer()
             return
         self.last_recv = self.gw.clock()
         self.test_req_id = 0
@@ -276,6 +309,7 @@ class Connection(asyncio.Protocol):
         self._process()
 
     def eof_received(self):
+        self.flush()  # what this turn answered (a Logout's answer) goes before our FIN
         return False  # close our side too
 
     # -- output ------------------------------------------------------------------------------------
@@ -307,10 +341,24 @@ class Connection(asyncio.Protocol):
             return
         t.write(data)
         if t.get_write_buffer_size() > self.cfg.max_output_bytes:
-            self.gw.stats["slow_consumers"] += 1
             log.warning("conn %x: slow consumer (%d bytes unsent): closing", self.conn_id,
                         t.get_write_buffer_size())
-            self.abort()
+            self.slow_consumer()
+
+    def slow_consumer(self) -> None:
+        """Logout(7) behind what is queued, then close: a client that reads on sees why; one
+        that does not is aborted by the grace timer (tick)."""
+        if self.state >= CLOSING:
+            return
+        self.gw.stats["slow_consumers"] += 1
+        self.gw.stats["logouts_sent"] += 1
+        self.held.clear()
+        self.state = CLOSING
+        self.closing_at = self.gw.clock()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(_logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer"))
+            t.close()
 
     def _close_transport(self) -> None:
         self.flush()
@@ -322,8 +370,7 @@ class Connection(asyncio.Protocol):
         if self.replaying:
             self.held.append(frame)
             if len(self.held) > self.cfg.max_retransmit * 10:
-                self.gw.stats["slow_consumers"] += 1
-                self.abort()
+                self.slow_consumer()
             return
         self.write(frame)
 
@@ -342,8 +389,32 @@ class Connection(asyncio.Protocol):
         self.write(_logout(reason, text))
         self.state = CLOSING
         self.closing_at = self.gw.clock()
-        if not wait:
+        if wait:
+            self.awaiting_logout = True
+            self.buf.clear()
+        else:
             self._close_transport()
+
+    def _await_logout_answer(self) -> None:
+        """After our Logout: the peer's Logout answer ends the connection (we initiated, we
+        close, §4.9); anything else it sent meanwhile is ignored."""
+        buf = self.buf
+        pos = 0
+        try:
+            while True:
+                frame, end = wire.read_frame(buf, pos)
+                if frame is None:
+                    break
+                pos = end
+                if frame.template_id == wire.LOGOUT:
+                    del buf[:]
+                    self._close_transport()
+                    return
+        except wire.FramingError:
+            del buf[:]
+            self._close_transport()
+            return
+        del buf[:pos]
 
     def logon_reject(self, reason: int, text: str) -> None:
         self.gw.stats["logon_rejects"] += 1
@@ -456,24 +527,11 @@ class Connection(asyncio.Protocol):
         self.gw.stats["client_messages"] += 1
 
     def _take_token(self) -> bool:
-        rate = self.user.max_msgs_per_sec
-        now = self.gw.clock()
-        self.tokens = min(float(rate), self.tokens + (now - self.refill_at) * rate)
-        self.refill_at = now
-        if now - self.window_at >= 1.0:
-            whole = int(now - self.window_at)
-            self.over_streak = self.over_streak + 1 if (self.window_over and whole == 1) else 0
-            self.window_at += whole
-            self.window_over = False
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        self.window_over = True
-        return False
+        return self.bucket.take(self.gw.clock())
 
     def _abusing(self) -> bool:
         """Over the rate in each of the last throttle_abuse_s one-second windows."""
-        return self.over_streak + 1 >= self.cfg.throttle_abuse_s
+        return self.bucket.over_streak + 1 >= self.cfg.throttle_abuse_s
 
     # -- session layer -----------------------------------------------------------------------------
     def _heartbeat(self, test_req_id: int = 0) -> bytes:
@@ -535,8 +593,7 @@ class Connection(asyncio.Protocol):
                                self.cfg.heartbeat_ms, self.user.max_msgs_per_sec,
                                lg.CodTimeoutMs, lg.CancelOnDisconnect, flags,
                                _trading_date(ts_ns)))
-        self.tokens = float(self.user.max_msgs_per_sec)
-        self.refill_at = self.window_at = self.gw.clock()
+        self.bucket = self.gw.session_bucket(self.key, self.user.max_msgs_per_sec)
         if 1 <= want <= last:
             self.replaying = True
             self._spawn(self._replay(want, last))
@@ -665,6 +722,7 @@ class Gateway:
         self.pending: dict[int, Connection] = {}      # conn_id → connection waiting to log on
         self.live: dict[tuple[int, int], Connection] = {}  # (user, session_id) → connection
         self.journal: dict[tuple[int, int], list] = {}    # (user, session_id) → [(tid, block)]
+        self.buckets: dict[tuple[int, int], Bucket] = {}  # (user, session_id) → its throttle
         self.queues = [deque() for _ in range(self.n_shards)]
         self.queued_event = [asyncio.Event() for _ in range(self.n_shards)]
         self.enqueued = [0] * self.n_shards   # records ever queued for the shard
@@ -716,10 +774,16 @@ class Gateway:
             self.server.close()
         for c in list(self.conns):
             if c.state == LIVE:
-                c.logout(wire.LOGOUT_ADMIN, "gateway shutting down")
+                c.logout(wire.LOGOUT_ADMIN, "gateway shutting down", wait=True)
             else:
                 c.abort()
-        # give the queued SessionEnds a moment to reach the core
+        # the clients answer Logout (§4.9) and the queued SessionEnds reach the core
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.cfg.shutdown_grace_s
+        while self.conns and loop.time() < end:
+            await asyncio.sleep(0.005)
+        for c in list(self.conns):
+            c.abort()
         for _ in range(200):
             if not any(self.queues) and not self.conns:
                 break
@@ -892,8 +956,21 @@ class Gateway:
         conn = self.live.get(key)
         if conn is not None and conn.conn_id == conn_id:
             conn.bound = False  # nothing left to end
-            conn.logout(wire.LOGOUT_END_OF_SESSION, "end of session")
+            conn.logout(wire.LOGOUT_END_OF_SESSION, "end of session", wait=True)
         self.journal.pop(key, None)
+
+    def session_bucket(self, key: tuple[int, int], rate: int) -> Bucket:
+        """The session's throttle as its last connection left it (a new one if it has none,
+        has been idle long enough to be full again, or the user's rate changed)."""
+        now = self.clock()
+        b = self.buckets.get(key)
+        if b is None or b.rate != rate or now - b.refill_at >= Bucket.IDLE_S:
+            if len(self.buckets) >= 4 * self.cfg.max_connections:
+                for k in [k for k, v in self.buckets.items()
+                          if now - v.refill_at >= Bucket.IDLE_S and k not in self.live]:
+                    del self.buckets[k]
+            b = self.buckets[key] = Bucket(rate, now)
+        return b
 
     def next_server_seq(self, key) -> int:
         return len(self.journal.get(key, ())) + 1

@@ -1,0 +1,184 @@
+"""The order-entry gateway against the letter of PROTOCOL.md, where an earlier reading of it
+departed: each test drives a real Gateway over 127.0.0.1 (FakeCore behind it) with frames
+packed by hand from the page's tables (`struct` formats copied from §2, no gateway.wire on the
+client side), so a regression in the gateway's codec cannot hide one in its behaviour.
+
+* §4.11: the throttle's token bucket is per *session*: logging on again does not refill it.
+* §3 Logout reason 7: a slow consumer is told Logout(7) before it is closed.
+* §4.9: a Logout the server initiates (5 end of session, 6 shutdown) is answered by the
+  client's Logout, and then the server closes.
+No timing is asserted: the gateway's clock is frozen where rates matter, and every wait is a
+condition with a generous deadline."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from gateway import server as gs
+from gateway.accounts import Accounts, make_user
+from tests.gateway_fakes import FakeCore
+
+DEADLINE_S = 30
+PREFIX = struct.Struct("<HHHHHH")   # frameLength, encodingType 0xEB50, blockLength, templateId,
+#                                     schemaId 1, version 1
+BLOCKS = {1: "<QQQIHBB16s32s", 2: "<QQQIIHBBI", 3: "<QB32s", 4: "<B32s", 5: "<QQQ", 6: "<Q",
+          8: "<QI", 9: "<QIB", 10: "<QQI", 100: "<QQQqQIIcccB", 200: "<QQQQQQqQqQQQIIcccccBBB",
+          203: "<QQQQHBB32s"}
+
+
+def frame(template: int, *fields) -> bytes:
+    block = struct.pack(BLOCKS[template], *fields)
+    return PREFIX.pack(12 + len(block), 0xEB50, len(block), template, 1, 1) + block
+
+
+def nos(seq: int, clordid: int) -> bytes:
+    """PROTOCOL.md §3's worked example: 100 lots at 10.25, Buy Limit GTC."""
+    return frame(100, seq, 0, clordid, 1025000000, 100, 3, 0, b"1", b"2", b"1", 0)
+
+
+def users(bob_rate: int = 2) -> Accounts:
+    bob = make_user("bob", 9, "pw-bob", [5], max_msgs_per_sec=bob_rate, n=1024)
+    return Accounts({"bob": bob})
+
+
+class Peer:
+    def __init__(self, r, w):
+        self.r, self.w, self.buf = r, w, b""
+
+    @classmethod
+    async def connect(cls, port: int) -> Peer:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    def logon(self, session_id: int = 1, hb_ms: int = 30_000) -> None:
+        self.w.write(frame(1, session_id, 0, 1, hb_ms, 0, 0, 0, b"bob", b"pw-bob"))
+
+    async def next(self):
+        """(template, fields) of the next frame, or None at EOF / reset."""
+        while True:
+            if len(self.buf) >= 12:
+                n, enc, bl, tid, schema, _ver = PREFIX.unpack_from(self.buf)
+                assert enc == 0xEB50 and schema == 1
+                if len(self.buf) >= n:
+                    raw, self.buf = self.buf[:n], self.buf[n:]
+                    fmt = BLOCKS.get(tid)
+                    return tid, struct.unpack_from(fmt, raw, 12) if fmt else ()
+            try:
+                chunk = await asyncio.wait_for(self.r.read(1 << 16), DEADLINE_S)
+            except ConnectionError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    async def until(self, tid: int):
+        while True:
+            got = await self.next()
+            assert got is not None, f"closed while waiting for template {tid}"
+            if got[0] == tid:
+                return got[1]
+
+
+async def wait_for(pred, timeout: float = DEADLINE_S) -> None:
+    for _ in range(int(timeout / 0.005)):
+        if pred():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def run(coro):
+    async def bounded():
+        return await asyncio.wait_for(coro, DEADLINE_S * 2)
+    return asyncio.run(bounded())
+
+
+def test_the_throttle_bucket_is_per_session_not_per_connection():
+    """bob may send 2 a second. With the clock frozen he sends 2 (both applied), logs out,
+    logs on to the same session and sends a 3rd: still over the rate, so it is consumed and
+    answered BusinessReject(8). A new SessionID has its own bucket."""
+    async def main():
+        now = [1000.0]
+        gw = gs.Gateway(FakeCore(), users(), gs.Config(), clock=lambda: now[0])
+        _host, port = await gw.start()
+        try:
+            c = await Peer.connect(port)
+            c.logon()
+            ack = await c.until(2)
+            assert ack[4] == 2                               # MaxMsgsPerSec
+            c.w.write(nos(1, 11) + nos(2, 12))
+            assert (await c.until(200))[2] == 11 and (await c.until(200))[2] == 12
+            c.w.write(frame(4, 0, b"bye"))
+            assert (await c.until(4))[0] == 0
+            c.w.close()
+            await wait_for(lambda: not gw.live and not gw.conns)
+            d = await Peer.connect(port)
+            d.logon()
+            ack = await d.until(2)
+            assert ack[1] == 3                               # NextExpectedSeqNo
+            d.w.write(nos(3, 13))
+            br = await d.until(203)
+            assert (br[2], br[4], br[5]) == (3, 100, 8)      # RefSeqNo, template, throttled
+            e = await Peer.connect(port)
+            e.logon(session_id=2)
+            await e.until(2)
+            e.w.write(nos(1, 21))
+            assert (await e.until(200))[2] == 21
+        finally:
+            await gw.close()
+    run(main())
+
+
+def test_a_slow_consumer_gets_logout_7_before_the_close():
+    """§3 Logout reason 7 (slow consumer): a client that lets more than max_output_bytes
+    pile up is told so (the Logout follows what was queued, so a client that reads on sees
+    it), then closed."""
+    async def main():
+        core = FakeCore()
+        gw = gs.Gateway(core, users(), gs.Config(max_output_bytes=256 << 10))
+        _host, port = await gw.start()
+        try:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.setblocking(False)
+            c = Peer(*await asyncio.open_connection(sock=sock, limit=1 << 30))
+            c.logon()
+            await c.until(2)
+            c.r._transport.pause_reading()        # read nothing until the gateway gives up
+            for _ in range(200):                  # 2000 ExecutionReports at a time
+                core.push(9, 1, 2000)
+                await asyncio.sleep(0.01)
+                if gw.stats["slow_consumers"]:
+                    break
+            assert gw.stats["slow_consumers"] == 1
+            c.r._transport.resume_reading()
+            last = None
+            while (m := await c.next()) is not None:
+                last = m
+            assert last == (4, (7, b"slow consumer".ljust(32, b"\0")))
+        finally:
+            await gw.close()
+    run(main())
+
+
+def test_logout_6_at_shutdown_waits_for_the_clients_answer():
+    """§4.9: either side sends Logout, the other answers Logout, the initiator closes. At
+    shutdown the gateway sends Logout(6) and keeps the connection until the client answers
+    (shutdown_grace_s is long here, so only the answer can end it); then the client sees
+    EOF, a clean close rather than a reset of its answer."""
+    async def main():
+        gw = gs.Gateway(FakeCore(), users(), gs.Config(shutdown_grace_s=DEADLINE_S))
+        _host, port = await gw.start()
+        c = await Peer.connect(port)
+        c.logon()
+        await c.until(2)
+        closing = asyncio.ensure_future(gw.close())
+        reason = (await c.until(4))[0]
+        still_open = len(gw.conns) == 1 and not closing.done()
+        c.w.write(frame(4, 0, b"ok"))
+        eof = await c.next()
+        await closing
+        return reason, still_open, eof
+    reason, still_open, eof = run(main())
+    assert reason == 6 and still_open and eof is None
