@@ -614,6 +614,10 @@ class Client:
         elif tid == wire.LOGOUT:
             self.queue.append(Logout(m.Reason, wire.text(m.Text)))
             self.wakeup.set()
+            if not self._closing and self.writer is not None and \
+                    not self.writer.is_closing():
+                # the server initiated: answer, and let it close (PROTOCOL.md §4.9)
+                self._write(wire.encode(wire.LOGOUT, wire.LOGOUT_NORMAL, b""))
             if m.Reason == wire.LOGOUT_END_OF_SESSION:
                 self._fail("the server ended the session (end of trading day)")
                 return True

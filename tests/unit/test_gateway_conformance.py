@@ -182,3 +182,40 @@ def test_logout_6_at_shutdown_waits_for_the_clients_answer():
         return reason, still_open, eof
     reason, still_open, eof = run(main())
     assert reason == 6 and still_open and eof is None
+
+
+def test_the_sdk_answers_a_logout_the_server_initiated(tmp_path):
+    """§4.9 from the other side: gateway/client.py, sent Logout(6) by a server written from
+    the page (hand-packed LogonAck and Logout), answers with a Logout of its own."""
+    from gateway import client as sdk
+
+    async def main():
+        answered = asyncio.get_running_loop().create_future()
+        go = asyncio.Event()
+
+        async def server(r, w):
+            p = Peer(r, w)
+            sid = (await p.until(1))[0]
+            w.write(frame(2, sid, 1, 1, 1000, 1000, 0, 0, 8, 20260101))
+            await go.wait()                      # the SDK's connect() has returned
+            w.write(frame(4, 6, b"shutting down"))
+            got = await p.next()
+            while got is not None and got[0] != 4:
+                got = await p.next()
+            answered.set_result(got)
+            w.close()
+
+        srv = await asyncio.start_server(server, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        c = sdk.Client("127.0.0.1", port, "bob", "pw-bob", str(tmp_path / "s.json"),
+                       {"BTCUSDT": (1, "0.5", "0.001")}, reconnect=False)
+        try:
+            await c.connect()
+            go.set()
+            got = await asyncio.wait_for(answered, DEADLINE_S)
+        finally:
+            await c.close(logout=False)
+            srv.close()
+        return got
+    got = run(main())
+    assert got is not None and got[0] == 4 and got[1][0] == 0
