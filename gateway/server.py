@@ -478,9 +478,14 @@ class Connection(asyncio.Protocol):
             elif tid == wire.RETRANSMIT_REQUEST:
                 self._retransmit_request(wire.decode(frame))
             elif tid == wire.LOGOUT:
-                wire.decode(frame)
-                self.end_reason = END_LOGOUT
-                self.write(_logout(wire.LOGOUT_NORMAL, "logout"))
+                if wire.decode(frame).Reason == wire.LOGOUT_END_OF_SESSION:
+                    # §4.9 "Only reason 5 finalizes", from either side (FIXP's
+                    # FinishedSending): the session ends for good; the answer says so.
+                    self.end_reason = END_FINALIZE
+                    self.write(_logout(wire.LOGOUT_END_OF_SESSION, "session finalized"))
+                else:
+                    self.end_reason = END_LOGOUT
+                    self.write(_logout(wire.LOGOUT_NORMAL, "logout"))
                 self.state = CLOSING  # the initiator closes; the grace timer ends it otherwise
                 self.closing_at = self.gw.clock()
             elif tid == wire.LOGON:
@@ -843,9 +848,14 @@ class Gateway:
             del self.live[conn.key]
         if conn.bound:
             conn.bound = False
-            self.enqueue(conn.shard, KIND_SESSION_END,
-                         SESSION_END_S.pack(conn.user.user, conn.session_id, conn.conn_id,
-                                            conn.end_reason))
+            reasons = [conn.end_reason]
+            if conn.end_reason == END_FINALIZE:
+                # a Logout first: cancel-on-disconnect mode 1 acts on it as on any logout
+                reasons = [END_LOGOUT, END_FINALIZE]
+            for reason in reasons:
+                self.enqueue(conn.shard, KIND_SESSION_END,
+                             SESSION_END_S.pack(conn.user.user, conn.session_id, conn.conn_id,
+                                                reason))
 
     # -- logon -------------------------------------------------------------------------------------
     def start_logon(self, conn: Connection, version: int) -> None:

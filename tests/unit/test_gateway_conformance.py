@@ -219,3 +219,38 @@ def test_the_sdk_answers_a_logout_the_server_initiated(tmp_path):
         return got
     got = run(main())
     assert got is not None and got[0] == 4 and got[1][0] == 0
+
+
+def test_a_clients_logout_5_finalizes_the_session():
+    """§4.9 "Only reason 5 finalizes" (§3: Logout is 'both' ways; FIXP's FinishedSending may
+    come from either side): the client's Logout(5) is answered Logout(5), the engine is told
+    to finalize after a plain logout (so cancel-on-disconnect mode 1 acts), and a later
+    Logon with that SessionID gets LogonReject(3). A Logout(0) leaves it resumable."""
+    async def main():
+        core = FakeCore()
+        gw = gs.Gateway(core, users(), gs.Config())
+        _host, port = await gw.start()
+        try:
+            a = await Peer.connect(port)
+            a.logon(session_id=1)
+            await a.until(2)
+            a.w.write(frame(4, 0, b""))
+            assert (await a.until(4))[0] == 0
+            a.w.close()
+            await wait_for(lambda: not gw.conns)
+            b = await Peer.connect(port)
+            b.logon(session_id=1)
+            await b.until(2)                                 # resumable after Logout(0)
+            b.w.write(frame(4, 5, b"done for the day"))
+            assert (await b.until(4))[0] == 5
+            b.w.close()
+            await wait_for(lambda: not gw.conns)
+            ends = [gs.SESSION_END_S.unpack(p)[3] for _k, p in core.kinds(gs.KIND_SESSION_END)]
+            assert ends == [gs.END_LOGOUT, gs.END_LOGOUT, gs.END_FINALIZE]
+            c = await Peer.connect(port)
+            c.logon(session_id=1)
+            rej = await c.until(3)
+            assert rej[1] == 3 and await c.next() is None
+        finally:
+            await gw.close()
+    run(main())
