@@ -407,6 +407,10 @@ class Connection(asyncio.Protocol):
                     break
                 pos = end
                 if frame.template_id == wire.LOGOUT:
+                    # an answered Logout is an orderly end, not an unexpected disconnect
+                    # (§4.10: cancel-on-disconnect mode 2 leaves the orders, mode 1 acts)
+                    if self.end_reason == END_DISCONNECT:
+                        self.end_reason = END_LOGOUT
                     del buf[:]
                     self._close_transport()
                     return

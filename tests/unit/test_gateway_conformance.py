@@ -168,7 +168,8 @@ def test_logout_6_at_shutdown_waits_for_the_clients_answer():
     (shutdown_grace_s is long here, so only the answer can end it); then the client sees
     EOF, a clean close rather than a reset of its answer."""
     async def main():
-        gw = gs.Gateway(FakeCore(), users(), gs.Config(shutdown_grace_s=DEADLINE_S))
+        core = FakeCore()
+        gw = gs.Gateway(core, users(), gs.Config(shutdown_grace_s=DEADLINE_S))
         _host, port = await gw.start()
         c = await Peer.connect(port)
         c.logon()
@@ -179,9 +180,27 @@ def test_logout_6_at_shutdown_waits_for_the_clients_answer():
         c.w.write(frame(4, 0, b"ok"))
         eof = await c.next()
         await closing
-        return reason, still_open, eof
-    reason, still_open, eof = run(main())
+        ends = [gs.SESSION_END_S.unpack(p)[3] for _k, p in core.kinds(gs.KIND_SESSION_END)]
+        return reason, still_open, eof, ends
+    reason, still_open, eof, ends = run(main())
     assert reason == 6 and still_open and eof is None
+    # answered, it is a logout: §4.10's mode 2 ("unexpected disconnect only") keeps the orders
+    assert ends == [gs.END_LOGOUT]
+
+
+def test_an_unanswered_logout_6_at_shutdown_is_a_disconnect():
+    """A client that never answers the shutdown's Logout(6) is cut off at the grace period's
+    end: to the engine that is a disconnect (cancel-on-disconnect mode 2 acts)."""
+    async def main():
+        core = FakeCore()
+        gw = gs.Gateway(core, users(), gs.Config(shutdown_grace_s=0.2))
+        _host, port = await gw.start()
+        c = await Peer.connect(port)
+        c.logon()
+        await c.until(2)
+        await gw.close()
+        return [gs.SESSION_END_S.unpack(p)[3] for _k, p in core.kinds(gs.KIND_SESSION_END)]
+    assert run(main()) == [gs.END_DISCONNECT]
 
 
 def test_the_sdk_answers_a_logout_the_server_initiated(tmp_path):
