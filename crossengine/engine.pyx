@@ -46,6 +46,16 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
+from posix.mman cimport madvise
+
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+    #ifndef MADV_POPULATE_WRITE
+    #define MADV_POPULATE_WRITE 23  /* Linux 5.14; older kernels answer EINVAL */
+    #endif
+    """
+    int MADV_POPULATE_WRITE
 
 from crossengine.engine cimport LB, Buf, LBlock, Level, Order, Side, Slot, Table, Touched
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
@@ -587,6 +597,7 @@ cdef int sort_by_account(AcctIdx* a, Py_ssize_t n) except -1:
         free(tmp)
         free(cnt)
         raise MemoryError()
+    populate(tmp, n * sizeof(AcctIdx))
     dst = tmp
     for pass_no in range(6):
         shift = (pass_no % 4) * 16
@@ -646,7 +657,22 @@ cdef int table_sized(Table* t, uint64_t n) except -1:
     free(t.slots)
     t.slots = NULL
     table_init(t, cap)
+    populate(t.slots, cap * sizeof(Slot))
     return 0
+
+
+cdef void populate(void* p, size_t n) noexcept:
+    """Fault in the whole pages of [p, p + n) at once, writable, before they are first used.
+    A restore fills a pool of a million orders and two id tables of 128 MiB (at random):
+    page by page that is a fault per page, two for a table's page that is read (the zero
+    page) before it is written, and the kernel's time was half the restore's. One madvise
+    does the same work without a trap per page. A hint only: a kernel without
+    MADV_POPULATE_WRITE (before Linux 5.14) refuses it and the pages fault in as they did."""
+    cdef size_t page = 4096
+    cdef size_t start = (<size_t>p + page - 1) & ~(page - 1)
+    cdef size_t end = (<size_t>p + n) & ~(page - 1)
+    if end > start:
+        madvise(<void*>start, end - start, MADV_POPULATE_WRITE)
 
 
 @cython.final
@@ -1777,6 +1803,7 @@ cdef class CrossEngine:
         cdef Order* pool = <Order*>malloc(room * sizeof(Order))
         if pool == NULL:
             raise MemoryError()
+        populate(pool, room * sizeof(Order))
         free(eng.orders)
         eng.orders = pool
         eng.orders_cap = <int32_t>room
@@ -1798,6 +1825,7 @@ cdef class CrossEngine:
             free(ids)
             free(snap_lv)
             raise MemoryError()
+        populate(ids, n_orders * sizeof(AcctIdx))
         try:
             for k in range(n_orders):
                 order_id = rd64(q)
