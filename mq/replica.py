@@ -462,61 +462,17 @@ def check_snapshot(path: str) -> tuple[int, bytes]:
         if length != size - SNAP_HEADER.size:
             raise SnapshotError(f"header says {length} bytes of state, the file holds "
                                 f"{size - SNAP_HEADER.size}")
-        state, got, actual = _read_hashed(f, length)
-    if got != length:
-        raise SnapshotError(f"read {got} of {length} bytes of state")
-    if actual != digest:
+        # One read into the bytes object returned (a buffered file reads a large request
+        # straight into its result): no zero-filled buffer, no copy of it, no helper thread.
+        # Reading into a buffer while a thread hashed the chunks overlapped the two, but the
+        # buffer's zero fill and the copy out of it cost more than the overlap saved (a 47 MB
+        # state, runs alternated, load 4.9 on 2 cores: median 0.23 -> 0.10 s).
+        state = f.read(length)
+    if len(state) != length:
+        raise SnapshotError(f"read {len(state)} of {length} bytes of state")
+    if hashlib.sha256(state).digest() != digest:
         raise SnapshotError("checksum mismatch")
     return seq, state
-
-
-SNAP_CHUNK = 4 << 20   # bytes read (and hashed) at a time while loading a snapshot
-
-
-def _read_hashed(f, length: int) -> tuple[bytes, int, bytes]:
-    """(state, bytes read, its SHA-256) of the next `length` bytes of f, hashed while read: a
-    helper thread hashes each chunk (hashlib lets go of the GIL) while the next one is read,
-    and each chunk is hashed while still in cache, not in a second pass over the whole."""
-    buf = bytearray(length)
-    view = memoryview(buf)
-    h = hashlib.sha256()
-    if length <= SNAP_CHUNK:
-        got = f.readinto(view)
-        h.update(view[:got])
-        return bytes(buf[:got]) if got != length else bytes(buf), got, h.digest()
-    chunks: list = []
-    ready = threading.Condition()
-
-    def hasher() -> None:
-        k = 0
-        while True:
-            with ready:
-                while len(chunks) <= k:
-                    ready.wait()
-                chunk = chunks[k]
-            if chunk is None:
-                return
-            h.update(chunk)
-            k += 1
-
-    worker = threading.Thread(target=hasher, name="snapshot-hash", daemon=True)
-    worker.start()
-    got = 0
-    try:
-        while got < length:
-            n = f.readinto(view[got:got + SNAP_CHUNK])
-            if not n:
-                break
-            with ready:
-                chunks.append(view[got:got + n])
-                ready.notify()
-            got += n
-    finally:
-        with ready:
-            chunks.append(None)
-            ready.notify()
-        worker.join()
-    return bytes(buf) if got == length else b"", got, h.digest()
 
 
 def read_snapshot(path: str) -> tuple[int, bytes] | None:

@@ -259,11 +259,8 @@ def test_snapshots_of_a_stream_whose_name_extends_another_are_left_alone(tmp_pat
 
 
 @pytest.mark.parametrize("flip", [None, 0, 4_999, 9_999])
-def test_a_state_of_many_chunks_is_hashed_while_read(tmp_path, monkeypatch, flip):
-    # chunks of 1,000 bytes: the helper-thread path, with a damaged byte in the first, a middle
-    # and the last chunk
-    import mq.replica as replica
-    monkeypatch.setattr(replica, "SNAP_CHUNK", 1_000)
+def test_a_damaged_byte_anywhere_in_the_state_fails_the_checksum(tmp_path, flip):
+    # a damaged byte at the start, in the middle and at the end of the state
     state = bytes(range(256)) * 39 + b"tail"   # 9,988 bytes: ten chunks, the last one short
     state = state + b"x" * (10_000 - len(state))
     write_snapshot(str(tmp_path), "in.ce.X", 7, state, keep=1)
