@@ -56,6 +56,7 @@ cdef extern from *:
     #endif
     """
     int MADV_POPULATE_WRITE
+    void prefetch_w "__builtin_prefetch"(const void* addr, int rw, int locality) noexcept nogil
 
 from crossengine.engine cimport LB, Buf, LBlock, Level, Order, Side, Slot, Table, Touched
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
@@ -138,6 +139,7 @@ cdef enum:
     C_IDS_EXHAUSTED = 3019
     C_NOT_OPERATOR = 3020
     SNAP_ORDER = 47
+    PREFETCH_AHEAD = 16      # restore: orders ahead whose id-table slots are prefetched
     LCACHE_BITS = 12         # the level cache: 2**12 entries a side
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
@@ -1876,6 +1878,13 @@ cdef class CrossEngine:
                 o.flags = q[45]
                 o.stp = q[46]
                 eng._append(<int32_t>k, lv)
+                if k + PREFETCH_AHEAD < n_orders:
+                    # the slots the order PREFETCH_AHEAD further on will probe
+                    prefetch_w(&eng.by_id.slots[slot_hash(
+                        &eng.by_id, rd64(q + PREFETCH_AHEAD * SNAP_ORDER), 0)], 1, 1)
+                    prefetch_w(&eng.by_client.slots[slot_hash(
+                        &eng.by_client, rd64(q + PREFETCH_AHEAD * SNAP_ORDER + 8),
+                        rd32(q + PREFETCH_AHEAD * SNAP_ORDER + 16))], 1, 1)
                 if table_put_new(&eng.by_id, order_id, 0, <int32_t>k, 0) < 0:
                     raise ValueError(f"CrossEngine snapshot: order id {order_id} is there "
                                      f"twice (order {k})")
