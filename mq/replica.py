@@ -26,7 +26,8 @@
   file name's, length equal to what the file holds, checksum, and a restore that succeeds),
   from its own directory or a shared one; a file that fails is moved aside (``.bad``) with
   one log line and the next older one is tried, then a full replay. Then the input from that
-  seq + 1. Nothing is missed or repeated.
+  seq + 1, asked of the replicators before the restore begins, so that their first answer
+  arrives while the engine is rebuilt. Nothing is missed or repeated.
 * Promotion: a warm replica becomes hot on PROMOTE, without a restart. It asks the mirror how
   far the out stream is committed, and sends its kept outputs from there on.
 * A control ROUTER answers PING (role, seq, lag, rates), HASH (seq and state hash), PROMOTE
@@ -115,6 +116,8 @@ class ReplicaHost:
                       "restored_from": 0, "bad_snapshots": 0, "resends": 0, "gaps_told": 0,
                       "send_blocked": 0}
         self.rate = 0.0
+        self._pub, self._replicators = pub, replicators
+        self.sub: Subscriber | None = None
         self._load_snapshot()
         # delivery to the mirror (hot): outputs up to sent_upto were handed to the socket; the
         # mirror holds every seq up to mirror_has (its latest answer)
@@ -124,7 +127,8 @@ class ReplicaHost:
         self.resend_after = RESEND_MIN_S
         self.rewound, self.rewound_at = -1, 0.0
         self.lost_note_at = 0.0
-        self.sub = Subscriber(stream, pub, replicators, next_seq=self.seq + 1)
+        if self.sub is None:
+            self.sub = Subscriber(stream, pub, replicators, next_seq=self.seq + 1)
 
     # -- snapshots --------------------------------------------------------------------------
     def _load_snapshot(self) -> None:
@@ -138,15 +142,21 @@ class ReplicaHost:
         for path in sorted(set(paths), key=_snap_seq, reverse=True):
             try:
                 seq, data = check_snapshot(path)
-                engine = self._restore(data)
             except FileNotFoundError:
                 continue    # rotated away by its writer since the listing
-            except Exception as exc:  # a damaged file, or one this engine cannot restore
-                self.stats["bad_snapshots"] += 1
-                aside = _move_aside(path)
-                log.error("%s: snapshot %s is unusable (%s: %s); %s; trying an older one",
-                          self.name, path, type(exc).__name__, exc,
-                          f"moved to {aside}" if aside else "could not move it aside")
+            except Exception as exc:  # a damaged file
+                self._unusable(path, exc)
+                continue
+            # Ask for the records after it before restoring: the replicator's first answer
+            # comes in (zmq's I/O thread) while the engine is rebuilt.
+            self._drop_subscriber()
+            self.sub = Subscriber(self.stream, self._pub, self._replicators, next_seq=seq + 1)
+            self.sub.request()
+            try:
+                engine = self._restore(data)
+            except Exception as exc:  # one this engine cannot restore
+                self._drop_subscriber()
+                self._unusable(path, exc)
                 continue
             self.engine = engine
             self.seq = self.snap_seq = seq
@@ -155,6 +165,18 @@ class ReplicaHost:
             return
         if paths:
             log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
+
+    def _unusable(self, path: str, exc: Exception) -> None:
+        self.stats["bad_snapshots"] += 1
+        aside = _move_aside(path)
+        log.error("%s: snapshot %s is unusable (%s: %s); %s; trying an older one",
+                  self.name, path, type(exc).__name__, exc,
+                  f"moved to {aside}" if aside else "could not move it aside")
+
+    def _drop_subscriber(self) -> None:
+        if self.sub is not None:
+            self.sub.close()
+            self.sub = None
 
     def _maybe_snapshot(self) -> None:
         if not self.writes_snapshots or self.seq <= self.snap_seq:
