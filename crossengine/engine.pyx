@@ -1841,8 +1841,7 @@ cdef class CrossEngine:
                     raise ValueError(f"CrossEngine snapshot: order {k} has {leaves} lots open "
                                      f"and {filled} filled (open 1 .. max_qty {max_qty}, "
                                      f"open + filled at most max_qty)")
-                # unsigned: below issued_from wraps past the counter too
-                if order_id - issued_from >= c_counter:
+                if order_id < issued_from or order_id - issued_from >= c_counter:
                     raise ValueError(f"CrossEngine snapshot: order {k} has id {order_id}, "
                                      f"not one this symbol issued (counter {counter})")
                 if q[46] > STP_DEC or q[45] & ~(F_REDUCE | F_POST):
