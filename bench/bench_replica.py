@@ -16,7 +16,7 @@ size, batched 256 per message, in the same run (bench_mq.raw_ceiling).
 Result hashes: the state hash after recovery (equal to the in-process rebuild, or the run
 fails) and sha256 of the out stream's payloads.
 
-Run: python bench/bench_replica.py [--repeat 3] [--orders 200000]
+Run: python bench/bench_replica.py [--repeat 3] [--orders 200000] [--only recovery|path]
 """
 from __future__ import annotations
 
@@ -144,16 +144,30 @@ def main() -> None:
     ap.add_argument("--resting", type=int, default=1_000_000)
     ap.add_argument("--tail", type=int, default=100_000)
     ap.add_argument("--orders", type=int, default=200_000)
+    ap.add_argument("--only", choices=("recovery", "path"),
+                    help="run only the recovery and replay part, or only the whole path")
     a = ap.parse_args()
+    if a.only != "path":
+        recovery_report(a)
+    if a.only != "recovery":
+        path_report(a)
+
+
+def recovery_report(a: argparse.Namespace) -> None:
     recs = sorted((recovery(a.resting, a.tail) for _ in range(a.repeat)),
                   key=lambda r: r["recovery_s"])
     r = recs[len(recs) // 2]
+    each = " ".join(f"{x['recovery_s']:.2f}" for x in recs)
     print(f"[recovery] replica process with {a.resting:,} resting orders in its snapshot and "
           f"{r['replayed']:,} records to replay: caught up {r['recovery_s']:.2f} s after launch "
-          f"(median of {a.repeat}); baselines: restore alone {r['restore_s']:.2f} s, reading the "
+          f"(median of {a.repeat}: {each}); baselines: restore alone {r['restore_s']:.2f} s, "
+          f"reading the "
           f"records alone {r['read_s']:.2f} s; state hash {r['hash']} = the in-process rebuild",
           flush=True)
     print(f"[replay] read + apply in-process: {r['replay_rate']:,.0f} records/s", flush=True)
+
+
+def path_report(a: argparse.Namespace) -> None:
     ceiling = statistics.median(raw_ceiling(tcp(), 2_000_000, 256) for _ in range(a.repeat))
     paths = sorted((whole_path(a.orders) for _ in range(a.repeat)), key=lambda p: p["rate"])
     p = paths[len(paths) // 2]

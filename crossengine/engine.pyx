@@ -46,6 +46,17 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, memset
+from posix.mman cimport madvise
+
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+    #ifndef MADV_POPULATE_WRITE
+    #define MADV_POPULATE_WRITE 23  /* Linux 5.14; older kernels answer EINVAL */
+    #endif
+    """
+    int MADV_POPULATE_WRITE
+    void prefetch_w "__builtin_prefetch"(const void* addr, int rw, int locality) noexcept nogil
 
 from crossengine.engine cimport LB, Buf, LBlock, Level, Order, Side, Slot, Table, Touched
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
@@ -128,6 +139,7 @@ cdef enum:
     C_IDS_EXHAUSTED = 3019
     C_NOT_OPERATOR = 3020
     SNAP_ORDER = 47
+    PREFETCH_AHEAD = 16      # restore: orders ahead whose id-table slots are prefetched
     LCACHE_BITS = 12         # the level cache: 2**12 entries a side
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
@@ -558,54 +570,111 @@ cdef bint frame_ok(const unsigned char* p, Py_ssize_t n) noexcept:
     return True
 
 
-cdef struct IdIdx:
+cdef struct AcctIdx:
     uint64_t order_id
-    int32_t idx
+    uint32_t account
+    int32_t idx              # the order's index in the pool
 
-cdef int sort_ids(IdIdx* a, Py_ssize_t n) except -1:
-    """Sort by order id: LSD radix, 16 bits a pass, stable; a pass whose digit is the same for
-    every id (the symbol's high bits, usually) is skipped. Linear in n, where qsort of a
-    million ids costs twenty comparisons each through a function pointer."""
-    cdef IdIdx* tmp
-    cdef IdIdx* src = a
-    cdef IdIdx* dst
-    cdef IdIdx* sw
+cdef int sort_by_account(AcctIdx* a, Py_ssize_t n) except -1:
+    """Sort by (account, order id): LSD radix, 16 bits a pass, stable; the order id's four
+    digits, then the account's two. A digit that every key shares (the symbol's high bits of
+    the ids, the accounts' high bits, usually) is found in one pass and skipped. Linear in n,
+    where qsort of a million keys costs twenty comparisons each through a function pointer."""
+    cdef AcctIdx* tmp
+    cdef AcctIdx* src = a
+    cdef AcctIdx* dst
+    cdef AcctIdx* sw
     cdef Py_ssize_t* cnt
     cdef Py_ssize_t k, total, c
-    cdef int shift
-    cdef uint64_t d
+    cdef int pass_no, shift
+    cdef uint64_t d, id_diff = 0, acct_diff = 0
     if n < 2:
         return 0
-    tmp = <IdIdx*>malloc(n * sizeof(IdIdx))
+    for k in range(1, n):
+        id_diff |= a[k].order_id ^ a[0].order_id
+        acct_diff |= a[k].account ^ a[0].account
+    tmp = <AcctIdx*>malloc(n * sizeof(AcctIdx))
     cnt = <Py_ssize_t*>malloc(65536 * sizeof(Py_ssize_t))
     if tmp == NULL or cnt == NULL:
         free(tmp)
         free(cnt)
         raise MemoryError()
+    populate(tmp, n * sizeof(AcctIdx))
     dst = tmp
-    for shift in range(0, 64, 16):
+    for pass_no in range(6):
+        shift = (pass_no % 4) * 16
+        if ((id_diff if pass_no < 4 else acct_diff) >> shift) & 0xFFFF == 0:
+            continue
         memset(cnt, 0, 65536 * sizeof(Py_ssize_t))
         for k in range(n):
-            cnt[(src[k].order_id >> shift) & 0xFFFF] += 1
-        if cnt[(src[0].order_id >> shift) & 0xFFFF] == n:
-            continue
+            d = ((src[k].order_id if pass_no < 4 else src[k].account) >> shift) & 0xFFFF
+            cnt[d] += 1
         total = 0
         for k in range(65536):
             c = cnt[k]
             cnt[k] = total
             total += c
         for k in range(n):
-            d = (src[k].order_id >> shift) & 0xFFFF
+            d = ((src[k].order_id if pass_no < 4 else src[k].account) >> shift) & 0xFFFF
             dst[cnt[d]] = src[k]
             cnt[d] += 1
         sw = src
         src = dst
         dst = sw
     if src != a:
-        memcpy(a, src, n * sizeof(IdIdx))
+        memcpy(a, src, n * sizeof(AcctIdx))
     free(tmp)
     free(cnt)
     return 0
+
+
+cdef inline int64_t table_put_new(Table* t, uint64_t k1, uint64_t k2, int32_t v1,
+                                  int32_t v2) except -2:
+    """Insert (k1, k2) unless it is present: the slot it now has, or -1 if it was there. The
+    probe that finds a free slot passes every slot that could hold the key (linear probing
+    with backward-shift deletion leaves no holes in a run), so the check costs nothing more."""
+    cdef uint64_t i
+    if (t.size + 1) * 2 > t.mask + 1:       # load factor at most 1/2
+        table_grow(t)
+    i = slot_hash(t, k1, k2)
+    while t.slots[i].used:
+        if t.slots[i].k1 == k1 and t.slots[i].k2 == k2:
+            return -1
+        i = (i + 1) & t.mask
+    t.slots[i].k1 = k1
+    t.slots[i].k2 = k2
+    t.slots[i].v1 = v1
+    t.slots[i].v2 = v2
+    t.slots[i].n = 0
+    t.slots[i].used = 1
+    t.size += 1
+    return <int64_t>i
+
+
+cdef int table_sized(Table* t, uint64_t n) except -1:
+    """Make t an empty table for n keys at a load factor of at most one half (restore)."""
+    cdef uint64_t cap = 1 << 10
+    while cap < 2 * n + 2:
+        cap <<= 1
+    free(t.slots)
+    t.slots = NULL
+    table_init(t, cap)
+    populate(t.slots, cap * sizeof(Slot))
+    return 0
+
+
+cdef void populate(void* p, size_t n) noexcept:
+    """Fault in the whole pages of [p, p + n) at once, writable, before they are first used.
+    A restore fills a pool of a million orders and two id tables of 128 MiB (at random):
+    page by page that is a fault per page, two for a table's page that is read (the zero
+    page) before it is written, and the kernel's time was half the restore's. One madvise
+    does the same work without a trap per page. A hint only: a kernel without
+    MADV_POPULATE_WRITE (before Linux 5.14) refuses it and the pages fault in as they did."""
+    cdef size_t page = 4096
+    cdef size_t start = (<size_t>p + page - 1) & ~(page - 1)
+    cdef size_t end = (<size_t>p + n) & ~(page - 1)
+    if end > start:
+        madvise(<void*>start, end - start, MADV_POPULATE_WRITE)
 
 
 @cython.final
@@ -776,18 +845,6 @@ cdef class CrossEngine:
         self.orders[i].live = 0
         self.orders[i].next = self.free_order
         self.free_order = i
-
-    cdef int _reserve_index(self, uint64_t n) except -1:
-        """Size the order indexes for n orders at once (restore), instead of growing by doubling."""
-        cdef uint64_t cap = 1 << 17
-        while cap < 2 * n + 2:
-            cap <<= 1
-        if cap > self.by_id.mask + 1:
-            free(self.by_id.slots)
-            table_init(&self.by_id, cap)
-            free(self.by_client.slots)
-            table_init(&self.by_client, cap)
-        return 0
 
     # -- levels -----------------------------------------------------------------------------
     @cython.overflowcheck(False)
@@ -1699,10 +1756,18 @@ cdef class CrossEngine:
         return data
 
     @classmethod
-    def restore(cls, data, bint check=True):
-        """The engine a snapshot describes. With check (the default) the rebuilt book is
-        verified by check_invariants() before it is returned. A version 1 or 2 snapshot is
-        upgraded first (codec.upgrade_snapshot)."""
+    def restore(cls, data, bint check=False):
+        """The engine a snapshot describes, verified while it is built, in one pass over the
+        orders: each order has a side, a price in range and on the tick at a new level, 1 ..
+        max_qty lots (leaves + filled), an id this symbol issued and no other order has, and
+        a client order id its account uses once; the levels come in canonical order (buys
+        then sells, each side best first, so none twice) and the book is not crossed; at most
+        max_orders orders. A snapshot that breaks any of these raises ValueError saying which
+        and at which order. Level totals and counts, the FIFO links, the id maps and the
+        accounts' id-ordered lists are built from the orders so checked, and cannot disagree
+        with them. With check, check_invariants() then walks the built engine as well (a
+        second pass, for the tests). A version 1 or 2 snapshot is upgraded first
+        (codec.upgrade_snapshot)."""
         data = _codec.upgrade_snapshot(data)
         cdef const unsigned char[::1] view = data
         if len(data) < SNAP_HEADER.size:
@@ -1722,71 +1787,161 @@ cdef class CrossEngine:
         liq_sources = struct.unpack_from(f"<{n_liq}I", data, header + 4 * n_te)
         if counter > _codec.ORDER_COUNTER_MAX:
             raise ValueError("CrossEngine snapshot has an order counter past the id space")
-        # Sized up front, with a quarter of headroom: the replay that follows a restore must
-        # not start by doubling a pool of a million orders or rehashing its indexes.
+        cdef Py_ssize_t n_orders = n
+        if n > max_orders:
+            raise ValueError(f"CrossEngine snapshot holds {n} orders, more than max_orders "
+                             f"({max_orders})")
+        # Every structure is sized once, up front, from the header's order count, with a
+        # quarter of headroom: the replay that follows a restore must not start by doubling a
+        # pool of a million orders or rehashing its indexes. Only the level pool (its count is
+        # not in the header) and the account map (sized once the accounts are counted) are not.
         cdef Py_ssize_t room = min(n + n // 4 + 1024, 1 << 30)
         cdef CrossEngine eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders,
-                                   room, 1 << 12, max_fills,
+                                   16, 1 << 12, max_fills,
                                    max_account_orders, te_sources, n_shards, liq_sources)
         eng.order_counter = counter
         eng.trade_id = trade_id
         eng.halted = bool(halted)
-        eng._reserve_index(room)
-        cdef Py_ssize_t off = head, k
-        cdef int32_t i, lv = -1, j
-        cdef int s
-        cdef Order* o
-        cdef const unsigned char* p = &view[0]
-        cdef IdIdx* ids = <IdIdx*>malloc(max(1, n) * sizeof(IdIdx))
-        # the levels of each side in snapshot order (best first)
-        cdef int32_t* side_lv = <int32_t*>malloc(max(1, n) * sizeof(int32_t))
-        cdef int32_t n_lv[2]
-        n_lv[0] = 0
-        n_lv[1] = 0
-        if ids == NULL or side_lv == NULL:
-            free(ids)
-            free(side_lv)
+        cdef Order* pool = <Order*>malloc(room * sizeof(Order))
+        if pool == NULL:
             raise MemoryError()
+        populate(pool, room * sizeof(Order))
+        free(eng.orders)
+        eng.orders = pool
+        eng.orders_cap = <int32_t>room
+        table_sized(&eng.by_id, room)
+        table_sized(&eng.by_client, room)
+        cdef Py_ssize_t k, n_lv = 0, first_sell = -1, accounts = 0
+        cdef int32_t i, lv = -1, prev
+        cdef int64_t a = -1
+        cdef Order* o
+        cdef const unsigned char* q = &view[0] + head
+        cdef uint8_t side, last_side = 0
+        cdef int64_t price, last_price = 0
+        cdef uint64_t leaves, filled, order_id, issued_from = (<uint64_t>symbol_id << 40) + 1
+        cdef uint64_t c_max_qty = max_qty, c_counter = counter
+        cdef AcctIdx* ids = <AcctIdx*>malloc(max(1, n_orders) * sizeof(AcctIdx))
+        # the levels in snapshot order: buys best first, then sells best first
+        cdef int32_t* snap_lv = <int32_t*>malloc(max(1, n_orders) * sizeof(int32_t))
+        if ids == NULL or snap_lv == NULL:
+            free(ids)
+            free(snap_lv)
+            raise MemoryError()
+        populate(ids, n_orders * sizeof(AcctIdx))
         try:
-            for k in range(n):
-                i = eng._alloc_order()
-                eng.orders[i].order_id = rd64(p + off)
-                eng.orders[i].client_order_id = rd64(p + off + 8)
-                eng.orders[i].account = rd32(p + off + 16)
-                eng.orders[i].side = p[off + 20]
-                eng.orders[i].price = rdi64(p + off + 21)
-                eng.orders[i].leaves = rd64(p + off + 29)
-                eng.orders[i].filled = rd64(p + off + 37)
-                eng.orders[i].flags = p[off + 45]
-                eng.orders[i].stp = p[off + 46]
-                if eng.orders[i].side != BUY and eng.orders[i].side != SELL:
-                    raise ValueError("CrossEngine snapshot holds an order with no side")
-                # Orders arrive level by level, buys then sells, best level first: a new
-                # (side, price) opens a level; the side indexes are built at the end.
+            for k in range(n_orders):
+                order_id = rd64(q)
+                side = q[20]
+                price = rdi64(q + 21)
+                leaves = rd64(q + 29)
+                filled = rd64(q + 37)
+                if side != BUY and side != SELL:
+                    raise ValueError(f"CrossEngine snapshot: order {k} has no side ({side})")
+                if leaves == 0 or leaves > c_max_qty or filled > c_max_qty - leaves:
+                    raise ValueError(f"CrossEngine snapshot: order {k} has {leaves} lots open "
+                                     f"and {filled} filled (open 1 .. max_qty {max_qty}, "
+                                     f"open + filled at most max_qty)")
+                if order_id < issued_from or order_id - issued_from >= c_counter:
+                    raise ValueError(f"CrossEngine snapshot: order {k} has id {order_id}, "
+                                     f"not one this symbol issued (counter {counter})")
+                if q[46] > STP_DEC or q[45] & ~(F_REDUCE | F_POST):
+                    raise ValueError(f"CrossEngine snapshot: order {k} has stp {q[46]} and "
+                                     f"flags {q[45]}")
+                if lv < 0 or price != last_price or side != last_side:
+                    # A new level: strictly after the last one in canonical order, so that no
+                    # (side, price) opens two levels and each side's index gets them sorted.
+                    if lv >= 0 and (side < last_side or (side == last_side and (
+                            price >= last_price if side == BUY else price <= last_price))):
+                        raise ValueError(f"CrossEngine snapshot: the level of order {k} "
+                                         f"({chr(side)} at {price}) is out of order (after "
+                                         f"{chr(last_side)} at {last_price})")
+                    if eng._price_code(price):
+                        raise ValueError(f"CrossEngine snapshot: order {k} has price {price}, "
+                                         f"out of range or off the tick")
+                    if side == SELL and first_sell < 0:
+                        first_sell = n_lv
+                    lv = eng._alloc_level(side_index(side), price)
+                    snap_lv[n_lv] = lv
+                    n_lv += 1
+                    last_price = price
+                    last_side = side
+                # orders[k] is the k-th order of the snapshot: the pool fills in file order
+                o = &eng.orders[k]
+                o.order_id = order_id
+                o.client_order_id = rd64(q + 8)
+                o.account = rd32(q + 16)
+                o.side = side
+                o.price = price
+                o.leaves = leaves
+                o.filled = filled
+                o.flags = q[45]
+                o.stp = q[46]
+                eng._append(<int32_t>k, lv)
+                if k + PREFETCH_AHEAD < n_orders:
+                    # the slots the order PREFETCH_AHEAD further on will probe
+                    prefetch_w(&eng.by_id.slots[slot_hash(
+                        &eng.by_id, rd64(q + PREFETCH_AHEAD * SNAP_ORDER), 0)], 1, 1)
+                    prefetch_w(&eng.by_client.slots[slot_hash(
+                        &eng.by_client, rd64(q + PREFETCH_AHEAD * SNAP_ORDER + 8),
+                        rd32(q + PREFETCH_AHEAD * SNAP_ORDER + 16))], 1, 1)
+                if table_put_new(&eng.by_id, order_id, 0, <int32_t>k, 0) < 0:
+                    raise ValueError(f"CrossEngine snapshot: order id {order_id} is there "
+                                     f"twice (order {k})")
+                if table_put_new(&eng.by_client, o.client_order_id, o.account, <int32_t>k,
+                                 0) < 0:
+                    raise ValueError(f"CrossEngine snapshot: account {o.account} has client "
+                                     f"order id {o.client_order_id} twice (order {k})")
+                ids[k].order_id = order_id
+                ids[k].account = o.account
+                ids[k].idx = <int32_t>k
+                q += SNAP_ORDER
+            eng.n_live = <int32_t>n_orders
+            # the rest of the pool is free, lowest index first (as a fresh pool's)
+            eng.free_order = <int32_t>n_orders if n_orders < room else -1
+            for k in range(n_orders, room):
+                eng.orders[k].live = 0
+                eng.orders[k].next = <int32_t>(k + 1) if k + 1 < room else -1
+            if first_sell > 0 and eng.levels[snap_lv[0]].price >= \
+                    eng.levels[snap_lv[first_sell]].price:
+                raise ValueError(f"CrossEngine snapshot: the book is crossed (bid "
+                                 f"{eng.levels[snap_lv[0]].price}, ask "
+                                 f"{eng.levels[snap_lv[first_sell]].price})")
+            # Each side's index wants its levels worst first (ascending key): walk backwards;
+            # appending at the end of the last block is a bulk load.
+            for k in range(n_lv - 1, -1, -1):
+                lv = snap_lv[k]
+                side_insert(&eng.sides[side_index(eng.levels[lv].side)],
+                            side_key(side_index(eng.levels[lv].side), eng.levels[lv].price), lv)
+            # The accounts' lists in order-id order: sorted by (account, id), each account's
+            # orders are one run, linked in one sequential pass.
+            sort_by_account(ids, n_orders)
+            for k in range(n_orders):
+                if k == 0 or ids[k].account != ids[k - 1].account:
+                    accounts += 1
+            table_sized(&eng.by_account, accounts)
+            for k in range(n_orders):
+                i = ids[k].idx
                 o = &eng.orders[i]
-                s = side_index(o.side)
-                if lv < 0 or eng.levels[lv].price != o.price \
-                        or eng.levels[lv].side != o.side:
-                    lv = eng._alloc_level(s, o.price)
-                    side_lv[n_lv[0] + n_lv[1]] = lv
-                    n_lv[s] += 1
-                eng._append(i, lv)
-                ids[k].order_id = o.order_id
-                ids[k].idx = i
-                off += SNAP_ORDER
-            # side_lv holds the levels in snapshot order; each side's index wants them worst
-            # first (ascending key): walk backwards. A snapshot out of canonical order still
-            # builds a sorted index; check_invariants then finds the levels misordered.
-            for j in range(n_lv[0] + n_lv[1] - 1, -1, -1):
-                lv = side_lv[j]
-                s = side_index(eng.levels[lv].side)
-                side_insert(&eng.sides[s], side_key(s, eng.levels[lv].price), lv)
-            sort_ids(ids, n)
-            for k in range(n):
-                eng._index_link(ids[k].idx, -1)
+                if k == 0 or ids[k].account != ids[k - 1].account:
+                    a = table_put_new(&eng.by_account, o.account, 0, i, i)
+                    if a < 0:
+                        raise RuntimeError("crossengine: restore sorted an account apart")
+                    o.acct_prev = -1
+                else:
+                    if ids[k].order_id <= ids[k - 1].order_id:
+                        raise RuntimeError("crossengine: restore sorted an account's ids wrong")
+                    prev = ids[k - 1].idx
+                    o.acct_prev = prev
+                    eng.orders[prev].acct_next = i
+                    eng.by_account.slots[a].v2 = i
+                o.acct_next = -1
+                eng.by_account.slots[a].n += 1
         finally:
             free(ids)
-            free(side_lv)
+            free(snap_lv)
+        if eng.by_id.size != <uint64_t>n_orders or eng.by_client.size != <uint64_t>n_orders \
+                or eng.by_account.size != <uint64_t>accounts:
+            raise RuntimeError("crossengine: restore built indexes that disagree with the book")
         eng.n_touched = 0
         if check:
             eng.check_invariants()

@@ -22,13 +22,17 @@ for alice and bob (``<data>/demo-users.json``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import time
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from gateway import client as sdk
+if TYPE_CHECKING:
+    from gateway import client as sdk
+# asyncio and the SDK are imported where a session runs: register() is called by every
+# `seqex` command, the replica's and the sequencer's too, and they cost those processes about
+# 50 ms of start-up.
 
 MINOR = Decimal(10) ** 8
 
@@ -175,6 +179,7 @@ def run(a: argparse.Namespace) -> int:
     base = os.path.join(state_dir, a.user)
     lock = _lock(base + ".lock")
     try:
+        import asyncio
         return asyncio.run(_session(a, action, host, port, instruments, base, password))
     finally:
         os.close(lock)
@@ -200,6 +205,7 @@ def _save_orders(base: str, orders: dict) -> None:
 
 async def _session(a, action: dict, host: str, port: int, instruments: dict, base: str,
                    password: str) -> int:
+    from gateway import client as sdk
     c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
                    reconnect=False, connect_timeout_s=15.0)
     orders = _orders(base)
@@ -242,6 +248,7 @@ async def _session(a, action: dict, host: str, port: int, instruments: dict, bas
 
 
 async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
+    from gateway import client as sdk
     watch = a.action == "watch"
     wait_s = a.wait if a.wait is not None else (None if watch else 5.0)
     deadline = None if wait_s is None else time.monotonic() + wait_s

@@ -26,7 +26,8 @@
   file name's, length equal to what the file holds, checksum, and a restore that succeeds),
   from its own directory or a shared one; a file that fails is moved aside (``.bad``) with
   one log line and the next older one is tried, then a full replay. Then the input from that
-  seq + 1. Nothing is missed or repeated.
+  seq + 1, asked of the replicators before the restore begins, so that their first answer
+  arrives while the engine is rebuilt. Nothing is missed or repeated.
 * Promotion: a warm replica becomes hot on PROMOTE, without a restart. It asks the mirror how
   far the out stream is committed, and sends its kept outputs from there on.
 * A control ROUTER answers PING (role, seq, lag, rates), HASH (seq and state hash), PROMOTE
@@ -115,6 +116,8 @@ class ReplicaHost:
                       "restored_from": 0, "bad_snapshots": 0, "resends": 0, "gaps_told": 0,
                       "send_blocked": 0}
         self.rate = 0.0
+        self._pub, self._replicators = pub, replicators
+        self.sub: Subscriber | None = None
         self._load_snapshot()
         # delivery to the mirror (hot): outputs up to sent_upto were handed to the socket; the
         # mirror holds every seq up to mirror_has (its latest answer)
@@ -124,7 +127,8 @@ class ReplicaHost:
         self.resend_after = RESEND_MIN_S
         self.rewound, self.rewound_at = -1, 0.0
         self.lost_note_at = 0.0
-        self.sub = Subscriber(stream, pub, replicators, next_seq=self.seq + 1)
+        if self.sub is None:
+            self.sub = Subscriber(stream, pub, replicators, next_seq=self.seq + 1)
 
     # -- snapshots --------------------------------------------------------------------------
     def _load_snapshot(self) -> None:
@@ -138,15 +142,21 @@ class ReplicaHost:
         for path in sorted(set(paths), key=_snap_seq, reverse=True):
             try:
                 seq, data = check_snapshot(path)
-                engine = self._restore(data)
             except FileNotFoundError:
                 continue    # rotated away by its writer since the listing
-            except Exception as exc:  # a damaged file, or one this engine cannot restore
-                self.stats["bad_snapshots"] += 1
-                aside = _move_aside(path)
-                log.error("%s: snapshot %s is unusable (%s: %s); %s; trying an older one",
-                          self.name, path, type(exc).__name__, exc,
-                          f"moved to {aside}" if aside else "could not move it aside")
+            except Exception as exc:  # a damaged file
+                self._unusable(path, exc)
+                continue
+            # Ask for the records after it before restoring: the replicator's first answer
+            # comes in (zmq's I/O thread) while the engine is rebuilt.
+            self._drop_subscriber()
+            self.sub = Subscriber(self.stream, self._pub, self._replicators, next_seq=seq + 1)
+            self.sub.request()
+            try:
+                engine = self._restore(data)
+            except Exception as exc:  # one this engine cannot restore
+                self._drop_subscriber()
+                self._unusable(path, exc)
                 continue
             self.engine = engine
             self.seq = self.snap_seq = seq
@@ -155,6 +165,18 @@ class ReplicaHost:
             return
         if paths:
             log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
+
+    def _unusable(self, path: str, exc: Exception) -> None:
+        self.stats["bad_snapshots"] += 1
+        aside = _move_aside(path)
+        log.error("%s: snapshot %s is unusable (%s: %s); %s; trying an older one",
+                  self.name, path, type(exc).__name__, exc,
+                  f"moved to {aside}" if aside else "could not move it aside")
+
+    def _drop_subscriber(self) -> None:
+        if self.sub is not None:
+            self.sub.close()
+            self.sub = None
 
     def _maybe_snapshot(self) -> None:
         if not self.writes_snapshots or self.seq <= self.snap_seq:
@@ -462,61 +484,17 @@ def check_snapshot(path: str) -> tuple[int, bytes]:
         if length != size - SNAP_HEADER.size:
             raise SnapshotError(f"header says {length} bytes of state, the file holds "
                                 f"{size - SNAP_HEADER.size}")
-        state, got, actual = _read_hashed(f, length)
-    if got != length:
-        raise SnapshotError(f"read {got} of {length} bytes of state")
-    if actual != digest:
+        # One read into the bytes object returned (a buffered file reads a large request
+        # straight into its result): no zero-filled buffer, no copy of it, no helper thread.
+        # Reading into a buffer while a thread hashed the chunks overlapped the two, but the
+        # buffer's zero fill and the copy out of it cost more than the overlap saved (a 47 MB
+        # state, runs alternated, load 4.9 on 2 cores: median 0.23 -> 0.10 s).
+        state = f.read(length)
+    if len(state) != length:
+        raise SnapshotError(f"read {len(state)} of {length} bytes of state")
+    if hashlib.sha256(state).digest() != digest:
         raise SnapshotError("checksum mismatch")
     return seq, state
-
-
-SNAP_CHUNK = 4 << 20   # bytes read (and hashed) at a time while loading a snapshot
-
-
-def _read_hashed(f, length: int) -> tuple[bytes, int, bytes]:
-    """(state, bytes read, its SHA-256) of the next `length` bytes of f, hashed while read: a
-    helper thread hashes each chunk (hashlib lets go of the GIL) while the next one is read,
-    and each chunk is hashed while still in cache, not in a second pass over the whole."""
-    buf = bytearray(length)
-    view = memoryview(buf)
-    h = hashlib.sha256()
-    if length <= SNAP_CHUNK:
-        got = f.readinto(view)
-        h.update(view[:got])
-        return bytes(buf[:got]) if got != length else bytes(buf), got, h.digest()
-    chunks: list = []
-    ready = threading.Condition()
-
-    def hasher() -> None:
-        k = 0
-        while True:
-            with ready:
-                while len(chunks) <= k:
-                    ready.wait()
-                chunk = chunks[k]
-            if chunk is None:
-                return
-            h.update(chunk)
-            k += 1
-
-    worker = threading.Thread(target=hasher, name="snapshot-hash", daemon=True)
-    worker.start()
-    got = 0
-    try:
-        while got < length:
-            n = f.readinto(view[got:got + SNAP_CHUNK])
-            if not n:
-                break
-            with ready:
-                chunks.append(view[got:got + n])
-                ready.notify()
-            got += n
-    finally:
-        with ready:
-            chunks.append(None)
-            ready.notify()
-        worker.join()
-    return bytes(buf) if got == length else b"", got, h.digest()
 
 
 def read_snapshot(path: str) -> tuple[int, bytes] | None:

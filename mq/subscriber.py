@@ -70,6 +70,14 @@ class Subscriber:
         except zmq.Again:
             pass  # not connected: the timeout moves on to another replicator
 
+    def request(self) -> None:
+        """Send the replay request now, if one is due, rather than at the first poll: its
+        answer is then on its way while the caller does something else first (a replica
+        restoring its snapshot). An answer waiting when poll() comes is taken however long
+        that took; the request's timeout applies only while nothing has come."""
+        if self.replaying and not self.inflight_at:
+            self._ask()
+
     def _replay_step(self, timeout_ms: int, out: list) -> None:
         """One request/answer of replay; moves to live when caught up."""
         sock = self.replicas[self.replica_i]
