@@ -24,6 +24,10 @@ Invariants:
   it acknowledged, or a fall behind the resend window makes it unknown; it is claimed and
   reconciled again (common prefix, TRUNCATE of a divergent tail, resend from there).
 * Only records of this master's epoch commit what came before them (Raft's rule).
+* An epoch is this master's only once the policy's number of replicators granted its CLAIM
+  to this incarnation (``claimant``, random): a replicator grants an epoch to one claimant,
+  so two masters that start together never both stamp records of one epoch (log matching
+  rests on it). A STATE's answer, even one that names the epoch claimed, grants nothing.
 * Nothing is forwarded, nor acknowledged to a producer, before the ack policy holds for it.
 * The resend window does not evict an uncommitted frame (short of twice its size, a memory
   bound for a role without backpressure); the sequencer keeps the uncommitted bytes below
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -235,6 +240,9 @@ class Master:
         self.links: list[Link] = [Link(addr) for addr in replicators]
         self.window = Window(window_bytes)
         self.epoch = 0
+        # This incarnation's name in its CLAIMs (nonzero, a u64): a replicator grants an epoch
+        # to one claimant only.
+        self.claimant = int.from_bytes(os.urandom(8), "big") | 1
         self.next_seq = 1
         self.first_own_seq = 1       # acks count towards commit from this seq on
         self.committed = 0
@@ -313,6 +321,14 @@ class Master:
                         f"replicators and reset their stored epoch to the epoch of their last "
                         f"record (docs/log.md, 'Epoch exhausted'), then start the master again.")
                 self.recovery = r = Recovery("claim", r.deadline, now, epoch=seen + 1)
+            elif all(st["ok"] for st in r.answers.values()) and self.stamps_epochs and max(
+                    st["last_epoch"] for st in r.answers.values()) >= r.epoch:
+                # Records of the epoch claimed exist: another master was granted it. That
+                # cannot happen while the replicators grant an epoch to one claimant and a
+                # majority must grant it; never adopt such a log, claim again above it.
+                log.error("%s: the replicators hold records of epoch %d, which this master "
+                          "was just granted; claiming again", self.stream, r.epoch)
+                self.recovery = r = Recovery("state", r.deadline, now)
             elif all(st["ok"] for st in r.answers.values()):
                 self._adopt(r)
                 r = self.recovery
@@ -408,7 +424,8 @@ class Master:
         older epoch until the replicator was claimed, and is then ignored. True if sent."""
         if self._try_send(link, [wire.STATE, wire.pack(self._state_request())]):
             return self._try_send(link, [wire.CLAIM, wire.pack({**self._state_request(),
-                                                                "epoch": epoch})])
+                                                                "epoch": epoch,
+                                                                "claimant": self.claimant})])
         return False
 
     def _state_request(self) -> dict:
@@ -453,8 +470,16 @@ class Master:
         if r is not None:
             if kind == wire.STATE and r.phase in ("state", "claim") and \
                     _state_ok(body, self.stream) and isinstance(body.get("ok"), bool):
-                if r.phase == "state" or body["epoch"] >= r.epoch or not body["ok"]:
-                    r.answers[i] = body  # a late answer to an earlier question does not count
+                # In the claim phase only the CLAIM's own answer counts: granted to this
+                # claimant at the epoch claimed, or refused by an epoch at least as high. A
+                # STATE's answer (sent before each CLAIM) that names the epoch claimed means
+                # another master was granted it; a late answer to an earlier question is
+                # ignored.
+                if r.phase == "state" or (
+                        body["ok"] and body["epoch"] == r.epoch
+                        and body.get("claimant") == self.claimant) or (
+                        not body["ok"] and body["epoch"] >= r.epoch):
+                    r.answers[i] = body
             elif kind == wire.RECORDS and r.phase == "tail" and i == r.tail_link \
                     and len(msg) >= 3:
                 self._on_tail(body, msg[2])
