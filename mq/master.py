@@ -197,8 +197,10 @@ class Recovery:
     answers: dict[int, dict] = field(default_factory=dict)
     epoch: int = 0
     tail_link: int = -1
+    tail_links: list[int] = field(default_factory=list)  # replicators holding the adopted log
     tail_seq: int = 0
     tail_to: int = 0
+    tail_waiting: bool = False  # a tail REPLAY is out and unanswered
     req: int = 0
 
 
@@ -359,10 +361,13 @@ class Master:
                          self.links[r.tail_link].addr if r.tail_link >= 0 else "-")
                 return True
             if now >= r.ask_at:
+                if r.tail_waiting:
+                    self._next_tail_link(r, f"no answer for {TAIL_ASK_S:.0f} s")
                 r.req += 1
                 self._try_send(self.links[r.tail_link], [wire.REPLAY, wire.pack(
                     {"stream": self.stream, "from": r.tail_seq, "to": r.tail_to,
                      "max_bytes": TAIL_MAX_BYTES, "uncommitted": True, "req": r.req})])
+                r.tail_waiting = True
                 r.ask_at = now + TAIL_ASK_S
         return False
 
@@ -395,8 +400,29 @@ class Master:
         # tail_records records, to acknowledge duplicates with their seqs. Never the whole
         # log because some replicator is empty or far behind: peers catch that one up.
         tail_from = max(1, min(self.committed + 1, last - self.tail_records + 1))
+        # Any replicator whose log is the adopted one to its end can serve the tail (log
+        # matching: the same epochs over the same seqs, the same records): when one cannot
+        # (a frame of it rotted and is not repaired yet, or it is gone), the next is asked.
+        holders = [best_i]
+        if self.stamps_epochs:
+            holders += [i for i in order if i != best_i and claimed[i]["last"] == last
+                        and replication.common_prefix(claimed[i]["history"], last,
+                                                      best["history"], last) == last]
         self.recovery = Recovery("tail", r.deadline, self.mono(), tail_link=best_i,
-                                 tail_seq=tail_from, tail_to=last)
+                                 tail_links=holders, tail_seq=tail_from, tail_to=last)
+
+    def _next_tail_link(self, r: Recovery, why: str) -> None:
+        """The replicator asked for the tail did not serve it: ask the next one that holds
+        the adopted log (at once, if there is another; in TAIL_ASK_S, if not)."""
+        r.tail_waiting = False
+        if len(r.tail_links) < 2:
+            return
+        k = r.tail_links.index(r.tail_link)
+        was, r.tail_link = r.tail_link, r.tail_links[(k + 1) % len(r.tail_links)]
+        r.ask_at = 0.0
+        log.warning("%s: %s did not serve the tail from %d (%s); asking %s, which holds the "
+                    "same log", self.stream, self.links[was].addr, r.tail_seq, why,
+                    self.links[r.tail_link].addr)
 
     def _on_tail(self, body: dict, frame: bytes) -> None:
         r = self.recovery
@@ -417,6 +443,7 @@ class Master:
         self.stats["tail_records"] += last - first + 1
         r.tail_seq = last + 1
         r.ask_at = 0.0
+        r.tail_waiting = False
 
     def _claim(self, link: Link, epoch: int) -> bool:
         """CLAIM, preceded by a STATE: a replicator that has just restarted opens the stream
@@ -462,11 +489,13 @@ class Master:
             return
         kind = msg[0]
         body = wire.unpack(msg[1])
-        if kind == wire.ERROR:
-            log.error("%s: %s answered %s", self.stream, link.addr, body)
-            return
         i = self.links.index(link)
         r = self.recovery
+        if kind == wire.ERROR:
+            log.error("%s: %s answered %s", self.stream, link.addr, body)
+            if r is not None and r.phase == "tail" and i == r.tail_link and r.tail_waiting:
+                self._next_tail_link(r, "an error")   # e.g. a damaged frame
+            return
         if r is not None:
             if kind == wire.STATE and r.phase in ("state", "claim") and \
                     _state_ok(body, self.stream) and isinstance(body.get("ok"), bool):

@@ -845,3 +845,30 @@ def test_a_state_answer_is_not_taken_for_a_granted_claim():
             "a STATE answer was taken for a granted claim"
     finally:
         model.teardown()
+
+
+def test_a_new_master_reads_its_tail_from_another_replicator_when_one_cannot_serve_it():
+    """The new master reads the tail of the log it adopted from one replicator that holds it
+    (replicator 0 wins a tie). There a frame has rotted (its CRC fails), and the peers do not
+    repair it soon: their comparison window has passed it, and waits for the digest of a
+    replicator that missed the last commit point, which only a master can move. Every REPLAY
+    of the tail is answered with an error. Replicator 2 holds the same log; the master must
+    read the tail from it. Before the fix it asked replicator 0 again every 2 s until its
+    recovery deadline, and the stream stood still (the model found it with seed 3)."""
+    model = Model()
+    try:
+        model.first_master()
+        model.faults_heal()          # seq 2 committed everywhere; the peers compared 1..2
+        m0 = model.masters[b"m0"]
+        model.t += 1
+        m0._emit_tick(model.mono_ns())
+        model.settle(m0, 1)          # seq 3 on every replicator, committed on none
+        model.replicator_crashes(1)
+        model.settle(m0, 1)          # the commit point 3 reaches replicators 0 and 2 only
+        _damage(model, 0, 1, 0)
+        m0.alive = False
+        model.faults_heal()          # a new master recovers, commits, and the peers repair
+        m = model.live()[-1]
+        assert m.ready and m.epoch == 2
+    finally:
+        model.teardown()

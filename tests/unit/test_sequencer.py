@@ -463,6 +463,42 @@ def test_conflict_makes_the_master_claim_the_replicator_again_at_once():
     assert [(i, b["after"]) for i, b, _m in truncates] == [(2, 0)]
 
 
+def test_the_tail_is_read_from_another_holder_when_one_answers_an_error_or_nothing():
+    """Every replicator holds the adopted log; the first asked answers the tail REPLAY with
+    an error (a damaged frame), the next does not answer at all: the master asks the next
+    holder each time, and reads the tail there. A replicator with a shorter log is never
+    asked. Before the fix it asked the first one again until its recovery deadline."""
+    full = state(10, 1, 5, [(1, 1)], ts=5)
+    short = state(8, 1, 5, [(1, 1)], ts=5)
+    core = Core(replicators=4)
+    core.begin_recovery()
+    core.recovery_step()
+    for i, st in enumerate([full, full, short, full]):
+        core._on_reply(core.links[i], st)
+    core.recovery_step()
+    for i, st in enumerate([full, full, short, full]):
+        body = wire.unpack(st[1])
+        body.update(epoch=core.recovery.epoch, claimant=core.claimant)
+        core._on_reply(core.links[i], [wire.STATE, wire.pack(body)])
+    core.recovery_step()
+    assert core.recovery.phase == "tail"
+    (i, body, _m), = core.take(wire.REPLAY)
+    assert i == 0
+    core._on_reply(core.links[0], [wire.ERROR, wire.pack(
+        {"error": "in.unit: the frame stored at seq 1 is damaged"})])
+    core.recovery_step()
+    (i, body, _m), = core.take(wire.REPLAY)
+    assert i == 1
+    core.fake.advance(3 * SEC)   # no answer
+    core.recovery_step()
+    (i, body, _m), = core.take(wire.REPLAY)
+    assert i == 3
+    core._on_reply(core.links[3], [wire.RECORDS, wire.pack(
+        {"stream": STREAM, "from": body["from"], "req": body["req"]}), records(1, 10)])
+    assert core.recovery_step()
+    assert core.stats["tail_records"] == 10 and core.next_seq == 11
+
+
 def test_a_recovery_that_starts_over_reads_the_tail_afresh():
     """The replicator whose log was adopted answers the tail REPLAY with nothing (it lost
     what it claimed to hold): the master starts over, and its window holds each frame once."""
