@@ -197,7 +197,9 @@ class Recovery:
     answers: dict[int, dict] = field(default_factory=dict)
     epoch: int = 0
     tail_link: int = -1
-    tail_links: list[int] = field(default_factory=list)  # replicators holding the adopted log
+    # replicator -> the seq up to which its log is the adopted one (those that can serve
+    # part of the tail; the adopted replicator first)
+    tail_holders: dict[int, int] = field(default_factory=dict)
     tail_seq: int = 0
     tail_to: int = 0
     tail_waiting: bool = False  # a tail REPLAY is out and unanswered
@@ -363,9 +365,12 @@ class Master:
             if now >= r.ask_at:
                 if r.tail_waiting:
                     self._next_tail_link(r, f"no answer for {TAIL_ASK_S:.0f} s")
+                elif r.tail_holders.get(r.tail_link, 0) < r.tail_seq:
+                    self._next_tail_link(r, "")   # it holds no more of the adopted log
                 r.req += 1
+                upto = min(r.tail_to, r.tail_holders.get(r.tail_link, r.tail_to))
                 self._try_send(self.links[r.tail_link], [wire.REPLAY, wire.pack(
-                    {"stream": self.stream, "from": r.tail_seq, "to": r.tail_to,
+                    {"stream": self.stream, "from": r.tail_seq, "to": upto,
                      "max_bytes": TAIL_MAX_BYTES, "uncommitted": True, "req": r.req})])
                 r.tail_waiting = True
                 r.ask_at = now + TAIL_ASK_S
@@ -400,39 +405,51 @@ class Master:
         # tail_records records, to acknowledge duplicates with their seqs. Never the whole
         # log because some replicator is empty or far behind: peers catch that one up.
         tail_from = max(1, min(self.committed + 1, last - self.tail_records + 1))
-        # Any replicator whose log is the adopted one to its end can serve the tail (log
-        # matching: the same epochs over the same seqs, the same records): when one cannot
-        # (a frame of it rotted and is not repaired yet, or it is gone), the next is asked.
-        holders = [best_i]
+        # Any replicator whose log is the adopted one up to some seq can serve the tail up
+        # to there (log matching: the same epochs over the same seqs, the same records).
+        # When the one asked cannot (a frame of it rotted and is not repaired yet, or it is
+        # gone), the next that holds the seq needed is asked.
+        holders = {best_i: last}
         if self.stamps_epochs:
-            holders += [i for i in order if i != best_i and claimed[i]["last"] == last
-                        and replication.common_prefix(claimed[i]["history"], last,
-                                                      best["history"], last) == last]
+            for i in order:
+                agreed = min(claimed[i]["last"], replication.common_prefix(
+                    claimed[i]["history"], claimed[i]["last"], best["history"], last))
+                if i != best_i and agreed >= tail_from:
+                    holders[i] = agreed
         self.recovery = Recovery("tail", r.deadline, self.mono(), tail_link=best_i,
-                                 tail_links=holders, tail_seq=tail_from, tail_to=last)
+                                 tail_holders=holders, tail_seq=tail_from, tail_to=last)
 
     def _next_tail_link(self, r: Recovery, why: str) -> None:
-        """The replicator asked for the tail did not serve it: ask the next one that holds
-        the adopted log (at once, if there is another; in TAIL_ASK_S, if not)."""
+        """Move to the next replicator (in turn) that holds the next seq of the adopted log:
+        the one asked did not serve it (`why`), or holds no more of it. At once if there is
+        another; if not, the same one is asked again in TAIL_ASK_S."""
         r.tail_waiting = False
-        if len(r.tail_links) < 2:
-            return
-        k = r.tail_links.index(r.tail_link)
-        was, r.tail_link = r.tail_link, r.tail_links[(k + 1) % len(r.tail_links)]
-        r.ask_at = 0.0
-        log.warning("%s: %s did not serve the tail from %d (%s); asking %s, which holds the "
-                    "same log", self.stream, self.links[was].addr, r.tail_seq, why,
-                    self.links[r.tail_link].addr)
+        order = sorted(r.tail_holders)
+        k = order.index(r.tail_link) if r.tail_link in order else -1
+        for step in range(1, len(order) + 1):
+            i = order[(k + step) % len(order)]
+            if r.tail_holders[i] >= r.tail_seq and i != r.tail_link:
+                was, r.tail_link = r.tail_link, i
+                r.ask_at = 0.0
+                if why:
+                    log.warning("%s: %s did not serve the tail from %d (%s); asking %s",
+                                self.stream, self.links[was].addr, r.tail_seq, why,
+                                self.links[i].addr)
+                return
 
     def _on_tail(self, body: dict, frame: bytes) -> None:
         r = self.recovery
         if body.get("req") != r.req or body.get("from") != r.tail_seq:
             return  # a late or repeated answer
         if not frame:
-            # The best replicator no longer holds what it claimed: start over.
-            log.warning("%s: %s could not replay the tail from %d; recovering again",
-                        self.stream, self.links[r.tail_link].addr, r.tail_seq)
-            self.recovery = Recovery("state", r.deadline, self.mono())
+            # It no longer holds what it claimed: another holder, or start over.
+            r.tail_holders.pop(r.tail_link, None)
+            was = r.tail_link
+            self._next_tail_link(r, "")
+            if r.tail_link == was:
+                log.warning("%s: %s could not replay the tail from %d; recovering again",
+                            self.stream, self.links[was].addr, r.tail_seq)
+                self.recovery = Recovery("state", r.deadline, self.mono())
             return
         _n, first, last = scan(frame)
         if first != r.tail_seq or last > r.tail_to:
