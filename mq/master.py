@@ -24,6 +24,10 @@ Invariants:
   it acknowledged, or a fall behind the resend window makes it unknown; it is claimed and
   reconciled again (common prefix, TRUNCATE of a divergent tail, resend from there).
 * Only records of this master's epoch commit what came before them (Raft's rule).
+* An epoch is this master's only once the policy's number of replicators granted its CLAIM
+  to this incarnation (``claimant``, random): a replicator grants an epoch to one claimant,
+  so two masters that start together never both stamp records of one epoch (log matching
+  rests on it). A STATE's answer, even one that names the epoch claimed, grants nothing.
 * Nothing is forwarded, nor acknowledged to a producer, before the ack policy holds for it.
 * The resend window does not evict an uncommitted frame (short of twice its size, a memory
   bound for a role without backpressure); the sequencer keeps the uncommitted bytes below
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -192,8 +197,12 @@ class Recovery:
     answers: dict[int, dict] = field(default_factory=dict)
     epoch: int = 0
     tail_link: int = -1
+    # replicator -> the seq up to which its log is the adopted one (those that can serve
+    # part of the tail; the adopted replicator first)
+    tail_holders: dict[int, int] = field(default_factory=dict)
     tail_seq: int = 0
     tail_to: int = 0
+    tail_waiting: bool = False  # a tail REPLAY is out and unanswered
     req: int = 0
 
 
@@ -235,6 +244,9 @@ class Master:
         self.links: list[Link] = [Link(addr) for addr in replicators]
         self.window = Window(window_bytes)
         self.epoch = 0
+        # This incarnation's name in its CLAIMs (nonzero, a u64): a replicator grants an epoch
+        # to one claimant only.
+        self.claimant = int.from_bytes(os.urandom(8), "big") | 1
         self.next_seq = 1
         self.first_own_seq = 1       # acks count towards commit from this seq on
         self.committed = 0
@@ -313,6 +325,14 @@ class Master:
                         f"replicators and reset their stored epoch to the epoch of their last "
                         f"record (docs/log.md, 'Epoch exhausted'), then start the master again.")
                 self.recovery = r = Recovery("claim", r.deadline, now, epoch=seen + 1)
+            elif all(st["ok"] for st in r.answers.values()) and self.stamps_epochs and max(
+                    st["last_epoch"] for st in r.answers.values()) >= r.epoch:
+                # Records of the epoch claimed exist: another master was granted it. That
+                # cannot happen while the replicators grant an epoch to one claimant and a
+                # majority must grant it; never adopt such a log, claim again above it.
+                log.error("%s: the replicators hold records of epoch %d, which this master "
+                          "was just granted; claiming again", self.stream, r.epoch)
+                self.recovery = r = Recovery("state", r.deadline, now)
             elif all(st["ok"] for st in r.answers.values()):
                 self._adopt(r)
                 r = self.recovery
@@ -343,10 +363,16 @@ class Master:
                          self.links[r.tail_link].addr if r.tail_link >= 0 else "-")
                 return True
             if now >= r.ask_at:
+                if r.tail_waiting:
+                    self._next_tail_link(r, f"no answer for {TAIL_ASK_S:.0f} s")
+                elif r.tail_holders.get(r.tail_link, 0) < r.tail_seq:
+                    self._next_tail_link(r, "")   # it holds no more of the adopted log
                 r.req += 1
+                upto = min(r.tail_to, r.tail_holders.get(r.tail_link, r.tail_to))
                 self._try_send(self.links[r.tail_link], [wire.REPLAY, wire.pack(
-                    {"stream": self.stream, "from": r.tail_seq, "to": r.tail_to,
+                    {"stream": self.stream, "from": r.tail_seq, "to": upto,
                      "max_bytes": TAIL_MAX_BYTES, "uncommitted": True, "req": r.req})])
+                r.tail_waiting = True
                 r.ask_at = now + TAIL_ASK_S
         return False
 
@@ -379,18 +405,51 @@ class Master:
         # tail_records records, to acknowledge duplicates with their seqs. Never the whole
         # log because some replicator is empty or far behind: peers catch that one up.
         tail_from = max(1, min(self.committed + 1, last - self.tail_records + 1))
+        # Any replicator whose log is the adopted one up to some seq can serve the tail up
+        # to there (log matching: the same epochs over the same seqs, the same records).
+        # When the one asked cannot (a frame of it rotted and is not repaired yet, or it is
+        # gone), the next that holds the seq needed is asked.
+        holders = {best_i: last}
+        if self.stamps_epochs:
+            for i in order:
+                agreed = min(claimed[i]["last"], replication.common_prefix(
+                    claimed[i]["history"], claimed[i]["last"], best["history"], last))
+                if i != best_i and agreed >= tail_from:
+                    holders[i] = agreed
         self.recovery = Recovery("tail", r.deadline, self.mono(), tail_link=best_i,
-                                 tail_seq=tail_from, tail_to=last)
+                                 tail_holders=holders, tail_seq=tail_from, tail_to=last)
+
+    def _next_tail_link(self, r: Recovery, why: str) -> None:
+        """Move to the next replicator (in turn) that holds the next seq of the adopted log:
+        the one asked did not serve it (`why`), or holds no more of it. At once if there is
+        another; if not, the same one is asked again in TAIL_ASK_S."""
+        r.tail_waiting = False
+        order = sorted(r.tail_holders)
+        k = order.index(r.tail_link) if r.tail_link in order else -1
+        for step in range(1, len(order) + 1):
+            i = order[(k + step) % len(order)]
+            if r.tail_holders[i] >= r.tail_seq and i != r.tail_link:
+                was, r.tail_link = r.tail_link, i
+                r.ask_at = 0.0
+                if why:
+                    log.warning("%s: %s did not serve the tail from %d (%s); asking %s",
+                                self.stream, self.links[was].addr, r.tail_seq, why,
+                                self.links[i].addr)
+                return
 
     def _on_tail(self, body: dict, frame: bytes) -> None:
         r = self.recovery
         if body.get("req") != r.req or body.get("from") != r.tail_seq:
             return  # a late or repeated answer
         if not frame:
-            # The best replicator no longer holds what it claimed: start over.
-            log.warning("%s: %s could not replay the tail from %d; recovering again",
-                        self.stream, self.links[r.tail_link].addr, r.tail_seq)
-            self.recovery = Recovery("state", r.deadline, self.mono())
+            # It no longer holds what it claimed: another holder, or start over.
+            r.tail_holders.pop(r.tail_link, None)
+            was = r.tail_link
+            self._next_tail_link(r, "")
+            if r.tail_link == was:
+                log.warning("%s: %s could not replay the tail from %d; recovering again",
+                            self.stream, self.links[was].addr, r.tail_seq)
+                self.recovery = Recovery("state", r.deadline, self.mono())
             return
         _n, first, last = scan(frame)
         if first != r.tail_seq or last > r.tail_to:
@@ -401,6 +460,7 @@ class Master:
         self.stats["tail_records"] += last - first + 1
         r.tail_seq = last + 1
         r.ask_at = 0.0
+        r.tail_waiting = False
 
     def _claim(self, link: Link, epoch: int) -> bool:
         """CLAIM, preceded by a STATE: a replicator that has just restarted opens the stream
@@ -408,7 +468,8 @@ class Master:
         older epoch until the replicator was claimed, and is then ignored. True if sent."""
         if self._try_send(link, [wire.STATE, wire.pack(self._state_request())]):
             return self._try_send(link, [wire.CLAIM, wire.pack({**self._state_request(),
-                                                                "epoch": epoch})])
+                                                                "epoch": epoch,
+                                                                "claimant": self.claimant})])
         return False
 
     def _state_request(self) -> dict:
@@ -445,16 +506,26 @@ class Master:
             return
         kind = msg[0]
         body = wire.unpack(msg[1])
-        if kind == wire.ERROR:
-            log.error("%s: %s answered %s", self.stream, link.addr, body)
-            return
         i = self.links.index(link)
         r = self.recovery
+        if kind == wire.ERROR:
+            log.error("%s: %s answered %s", self.stream, link.addr, body)
+            if r is not None and r.phase == "tail" and i == r.tail_link and r.tail_waiting:
+                self._next_tail_link(r, "an error")   # e.g. a damaged frame
+            return
         if r is not None:
             if kind == wire.STATE and r.phase in ("state", "claim") and \
                     _state_ok(body, self.stream) and isinstance(body.get("ok"), bool):
-                if r.phase == "state" or body["epoch"] >= r.epoch or not body["ok"]:
-                    r.answers[i] = body  # a late answer to an earlier question does not count
+                # In the claim phase only the CLAIM's own answer counts: granted to this
+                # claimant at the epoch claimed, or refused by an epoch at least as high. A
+                # STATE's answer (sent before each CLAIM) that names the epoch claimed means
+                # another master was granted it; a late answer to an earlier question is
+                # ignored.
+                if r.phase == "state" or (
+                        body["ok"] and body["epoch"] == r.epoch
+                        and body.get("claimant") == self.claimant) or (
+                        not body["ok"] and body["epoch"] >= r.epoch):
+                    r.answers[i] = body
             elif kind == wire.RECORDS and r.phase == "tail" and i == r.tail_link \
                     and len(msg) >= 3:
                 self._on_tail(body, msg[2])

@@ -29,8 +29,9 @@ REFUSE = b"REFUSE"      # sequencer: {src, next, busy?}      resend from next; b
 # master <-> replicator
 STATE = b"STATE"        # master: {stream} -> {stream, last, epoch, ts, commit, last_epoch,
                         #   history: [[epoch, first seq]], sources: [[src, ss, seq]], ok}
-CLAIM = b"CLAIM"        # master: {stream, epoch} -> STATE with ok: false if a higher epoch
-                        # was seen; from then on the replicator refuses lower epochs
+CLAIM = b"CLAIM"        # master: {stream, epoch, claimant} -> STATE with claimant and ok:
+                        # false if a higher epoch was seen, or this one was granted to
+                        # another claimant; from then on the replicator refuses lower epochs
 APPEND = b"APPEND"      # master: {stream, epoch, first, last, commit} + records
 TRUNCATE = b"TRUNCATE"  # master: {stream, epoch, after} -> APPENDED
 COMMIT = b"COMMIT"      # master: {stream, epoch, commit}: the commit point moved (no answer)

@@ -11,8 +11,10 @@ One ROUTER socket answers:
   "disk_full" (nothing was written; the master resends).
 * STATE {stream, retention_ns?, max_sources?, keep?} -> the log's state (last, epoch, commit,
   epoch history, the sources a master keeps and the floor of those it forgets; see
-  StreamLog.state); CLAIM {stream, epoch, ...} -> the same, after persisting the epoch: a new
-  master fences the old one.
+  StreamLog.state); CLAIM {stream, epoch, claimant, ...} -> the same with ``claimant`` (whom
+  the epoch is granted to), after persisting the epoch: a new master fences the old one. An
+  epoch is granted to one claimant only (StreamLog.claim): ``ok`` is false for a lower epoch,
+  and for the epoch another master claimed first.
 * TRUNCATE {stream, epoch, after}: drop a divergent uncommitted tail (never below commit).
 * COMMIT {stream, epoch, commit}: the master's commit point moved (no answer).
 * REPLAY {stream, from, to, max_bytes, req, uncommitted} -> RECORDS {stream, from, last,
@@ -112,6 +114,8 @@ def parse(kind: bytes, parts: list[bytes]) -> dict[str, Any]:
     req: dict[str, Any] = {"stream": _stream(body)}
     if kind in WRITES:
         req["epoch"] = _uint(body, "epoch", U32_MAX)
+    if kind == wire.CLAIM:
+        req["claimant"] = _uint(body, "claimant", required=False) or 0
     if kind == wire.APPEND:
         if len(parts) != 2 or not parts[1]:
             raise wire.WireError("APPEND without a frame")
@@ -445,11 +449,17 @@ class Replicator:
                                           "seq": result.seq})]
 
     def _claim(self, txn: Any, log_: StreamLog, req: dict) -> list[bytes]:
-        ok = log_.claim(txn, req["epoch"])
+        ok = log_.claim(txn, req["epoch"], req["claimant"])
         if not ok:
             self.stats["refused"] += 1
+            if req["epoch"] == log_.epoch:
+                log.warning("%s: epoch %d is claimed by another master; refused", req["stream"],
+                            req["epoch"])
+        # `claimant` tells the claimant that this answer is its CLAIM's (a STATE's answer
+        # names none) and whether it was granted the epoch.
         return [wire.STATE, wire.pack({**log_.state(txn, req["retention_ns"], req["max_sources"],
-                                                     req["keep"]), "ok": ok})]
+                                                     req["keep"]), "ok": ok,
+                                       "claimant": log_.claimant})]
 
     def _truncate(self, txn: Any, log_: StreamLog, req: dict) -> list[bytes]:
         stream, epoch = req["stream"], req["epoch"]

@@ -8,7 +8,9 @@ One LMDB environment holds any number of streams. Per stream:
   no separate index is needed. Every read checks the CRC: a damaged frame raises CorruptFrame
   instead of being served, and the replicator repairs it from a peer.
 * ``meta:<stream>``: ``last`` (u64, highest contiguous seq held), ``epoch`` (highest master
-  epoch seen or claimed; lower ones are refused), ``ts`` (ts_ns of the last record),
+  epoch seen or claimed; lower ones are refused), ``claimant`` (u64, the master incarnation
+  that CLAIM granted ``epoch`` to; absent when the epoch came with an APPEND or a TRUNCATE),
+  ``ts`` (ts_ns of the last record),
   ``commit`` (highest seq the master said is committed), one key per producer source,
   ``s`` + u32 big-endian -> (next expected source_seq, seq and ts_ns of the last record of
   that source), which is what lets a restarted master recognise duplicates, and the epoch
@@ -17,7 +19,9 @@ One LMDB environment holds any number of streams. Per stream:
 
 Everything a frame changes is written in one transaction, so a crash leaves either the whole
 frame or none of it. Invariants: the log of a stream is gapless from 1 to ``last``; a seq is
-never overwritten with different bytes.
+never overwritten with different bytes; an epoch is granted by CLAIM to one master
+incarnation only (two masters that claim one epoch at once: the second is refused), so that
+at most one master, the one a majority granted it to, ever stamps records of an epoch.
 
 Limits: a stream name is 1..200 printable ASCII characters without spaces; an epoch is a u32
 (records hold u32 epochs), every seq a u64; a store holds at most ``max_streams`` streams, and
@@ -110,6 +114,7 @@ class StreamLog:
     def _load(self, txn: lmdb.Transaction) -> None:
         self.last = self._meta_u64(txn, b"last")
         self.epoch = self._meta_u64(txn, b"epoch")
+        self.claimant = self._meta_u64(txn, b"claimant")
         self.damaged = ""
         if self.epoch > U32_MAX:
             self.damaged = (
@@ -169,16 +174,40 @@ class StreamLog:
         floor = max([x[1] for x in rest if x[0] not in named], default=1)
         return sorted(pinned + live[:room]), floor
 
-    def claim(self, txn: lmdb.Transaction, epoch: int) -> bool:
-        """A new master claims `epoch`: from now on lower epochs are refused. False if a
-        higher epoch was already seen (the claimant is stale)."""
+    def claim(self, txn: lmdb.Transaction, epoch: int, claimant: int = 0) -> bool:
+        """A new master (incarnation `claimant`, a nonzero u64) claims `epoch`: from now on
+        lower epochs are refused. False if a higher epoch was already seen (the claimant is
+        stale), or if this epoch was granted to another claimant: two masters that start
+        together both pick the epoch after the one they saw, and only one of them may take
+        it, or both stamp records of one epoch and log matching (the same epoch at the same
+        seq, the same records) no longer holds. The claimant's own CLAIM sent again (its
+        answer was lost, or it probes a replicator again) is granted again. An epoch that
+        came with an APPEND or a TRUNCATE (no claimant recorded) is granted to the first
+        CLAIM of it: the master that wrote it holds the claim on a majority, so another
+        claimant cannot gather one. A CLAIM without a claimant (tools, older masters) is
+        granted an epoch only above the one stored, or one that nobody claimed by name."""
         check_epoch(epoch)
+        if type(claimant) is not int or not 0 <= claimant <= U64_MAX:
+            raise ValueError(f"claimant {claimant!r} is not a u64")
         if epoch < self.epoch:
+            return False
+        if epoch == self.epoch and self.claimant not in (0, claimant):
             return False
         if epoch > self.epoch:
             txn.put(b"epoch", U64.pack(epoch), db=self.meta_db)
             self.epoch = epoch
+        if claimant != self.claimant:
+            txn.put(b"claimant", U64.pack(claimant), db=self.meta_db)
+            self.claimant = claimant
         return True
+
+    def _raise_epoch(self, txn: lmdb.Transaction, epoch: int) -> None:
+        """A write of a higher epoch than any seen (APPEND, TRUNCATE): no claimant known."""
+        txn.put(b"epoch", U64.pack(epoch), db=self.meta_db)
+        self.epoch = epoch
+        if self.claimant:
+            txn.delete(b"claimant", db=self.meta_db)
+            self.claimant = 0
 
     def set_commit(self, txn: lmdb.Transaction, commit: int) -> None:
         commit = min(commit, self.last)
@@ -230,8 +259,7 @@ class StreamLog:
         txn.put(b"ts", U64.pack(ts), db=self.meta_db)
         self.ts_ns = ts
         if epoch > self.epoch:
-            txn.put(b"epoch", U64.pack(epoch), db=self.meta_db)
-            self.epoch = epoch
+            self._raise_epoch(txn, epoch)
         return AppendResult(True, self.last, self.epoch)
 
     def _meta_u64(self, txn: lmdb.Transaction, key: bytes) -> int:
@@ -271,8 +299,7 @@ class StreamLog:
             frame = frame[cut:]
             first = overlap_to + 1
         if epoch > self.epoch:
-            txn.put(b"epoch", U64.pack(epoch), db=self.meta_db)
-            self.epoch = epoch
+            self._raise_epoch(txn, epoch)
         if frame:
             self._put_frame(txn, first, last, frame)
         return AppendResult(True, self.last, self.epoch)
@@ -580,6 +607,7 @@ def reset_epoch(path: str, name: str) -> tuple[int, int]:
         old = log.epoch
         with store.env.begin(write=True) as txn:
             txn.put(b"epoch", U64.pack(new), db=log.meta_db)
+            txn.delete(b"claimant", db=log.meta_db)
         return old, new
     finally:
         store.close()

@@ -769,3 +769,106 @@ def test_two_damaged_copies_are_repaired_from_the_third():
         assert logs[0] == logs[1] == logs[2]
     finally:
         model.teardown()
+
+
+def _deliver_all(model: Model, keep=lambda entry: True) -> None:
+    """Deliver every message in order (those that `keep` refuses are lost), replies included."""
+    while model.net:
+        entry = model.net.pop(0)
+        if keep(entry):
+            model.net.insert(0, entry)
+            model.deliver_at(0)
+
+
+def test_two_masters_that_start_together_never_share_an_epoch():
+    """Two masters start at once and both learn epoch 1 from the replicators, so both claim
+    epoch 2. Only one may win it: a replicator that granted epoch 2 to one master must refuse
+    it to the other. Otherwise both take the stream over with one epoch, each stamps its own
+    record at seq 2, and log matching (same epoch at the same seq, same records) reconciles
+    the loser's conflicting record as agreed: seq 2 was forwarded twice with different bytes
+    (hypothesis found it as seq 59, after repairs and wall clock steps that only shuffled the
+    timing). Whatever the order, no seq is forwarded with two records, and at most one master
+    serves an epoch."""
+    model = Model()
+    try:
+        model.first_master()
+        model.masters[b"m0"].alive = False
+        model.start_master()
+        model.start_master()
+        a, b = model.masters[b"m1"], model.masters[b"m2"]
+        _deliver_all(model)                 # both learn epoch 1
+        for m in (a, b):
+            model.master_work(m)            # both claim epoch 2
+        assert a.recovery.phase == b.recovery.phase == "claim"
+        assert a.recovery.epoch == b.recovery.epoch == 2
+        _deliver_all(model)                 # a's claims land first, then b's
+        for _ in range(20):
+            for m in (a, b):                # each stamps and forwards what it can
+                if m.alive:
+                    model.master_work(m)
+                    if m.ready and m.tick_due(model.mono_ns()):
+                        model._guard(m, m._emit_tick, model.mono_ns())
+                    _deliver_all(model)     # Model.on_published: one record per seq
+                model.t += 0.05             # so that their records differ
+        ready = [m for m in (a, b) if m.alive and m.ready]
+        assert len({m.epoch for m in ready}) == len(ready), \
+            [(m.ident, m.epoch) for m in ready]
+        model.forwarded_and_acknowledged_records_survive_any_failover()
+        model.committed_prefixes_agree_and_logs_are_sound()
+        model.faults_heal()
+    finally:
+        model.teardown()
+
+
+def test_a_state_answer_is_not_taken_for_a_granted_claim():
+    """A master claims with a STATE before each CLAIM (a restarted replicator opens the stream
+    on the read). When another master already holds the epoch being claimed, the STATE's
+    answer carries that very epoch: it must not count as a claim granted to this master, or
+    it takes the stream over at an epoch that another master serves."""
+    model = Model()
+    try:
+        model.first_master()
+        model.masters[b"m0"].alive = False
+        model.start_master()
+        model.start_master()
+        a, b = model.masters[b"m1"], model.masters[b"m2"]
+        _deliver_all(model)
+        for m in (a, b):
+            model.master_work(m)
+        assert a.recovery.epoch == b.recovery.epoch == 2
+        # a's STATE and CLAIM arrive; of b's, only the STATEs (its CLAIMs are lost)
+        _deliver_all(model, keep=lambda e: not (e[1] == b.ident and e[3][0] == wire.CLAIM))
+        for _ in range(3):
+            model.master_work(b)
+            _deliver_all(model, keep=lambda e: not (e[1] == b.ident and e[3][0] == wire.CLAIM))
+        assert b.recovery is not None and b.recovery.phase in ("state", "claim"), \
+            "a STATE answer was taken for a granted claim"
+    finally:
+        model.teardown()
+
+
+def test_a_new_master_reads_its_tail_from_another_replicator_when_one_cannot_serve_it():
+    """The new master reads the tail of the log it adopted from one replicator that holds it
+    (replicator 0 wins a tie). There a frame has rotted (its CRC fails), and the peers do not
+    repair it soon: their comparison window has passed it, and waits for the digest of a
+    replicator that missed the last commit point, which only a master can move. Every REPLAY
+    of the tail is answered with an error. Replicator 2 holds the same log; the master must
+    read the tail from it. Before the fix it asked replicator 0 again every 2 s until its
+    recovery deadline, and the stream stood still (the model found it with seed 3)."""
+    model = Model()
+    try:
+        model.first_master()
+        model.faults_heal()          # seq 2 committed everywhere; the peers compared 1..2
+        m0 = model.masters[b"m0"]
+        model.t += 1
+        m0._emit_tick(model.mono_ns())
+        model.settle(m0, 1)          # seq 3 on every replicator, committed on none
+        model.replicator_crashes(1)
+        model.settle(m0, 1)          # the commit point 3 reaches replicators 0 and 2 only
+        _damage(model, 0, 1, 0)
+        m0.alive = False
+        model.faults_heal()          # a new master recovers, commits, and the peers repair
+        m = model.live()[-1]
+        assert m.ready and m.epoch == 2
+    finally:
+        model.teardown()

@@ -60,16 +60,21 @@ class Core(SequencerCore):
         return out
 
 
-def state(last=0, epoch=0, commit=0, history=(), ts=0, sources=(), ok=True) -> list[bytes]:
+def state(last=0, epoch=0, commit=0, history=(), ts=0, sources=(), ok=True,
+          claimant=None) -> list[bytes]:
+    """A STATE answer; with `claimant`, a CLAIM's answer (whom the epoch was granted to)."""
     body = {"stream": STREAM, "last": last, "epoch": epoch, "commit": commit, "ts": ts,
             "last_epoch": history[-1][0] if history and last else 0,
             "history": [list(h) for h in history], "sources": [list(s) for s in sources],
             "ok": ok}
+    if claimant is not None:
+        body["claimant"] = claimant
     return [wire.STATE, wire.pack(body)]
 
 
 def recover(core: Core, states: list[list[bytes]], tail: bytes = b"") -> None:
-    """Run a recovery where replicator i answers states[i] (its CLAIM with the claimed epoch)."""
+    """Run a recovery where replicator i answers states[i] (its CLAIM with the claimed epoch,
+    granted to this master)."""
     core.begin_recovery()
     core.recovery_step()
     for i, st in enumerate(states):
@@ -78,6 +83,7 @@ def recover(core: Core, states: list[list[bytes]], tail: bytes = b"") -> None:
     for i, st in enumerate(states):
         body = wire.unpack(st[1])
         body["epoch"] = core.recovery.epoch
+        body["claimant"] = core.claimant
         core._on_reply(core.links[i], [wire.STATE, wire.pack(body)])
     while not core.recovery_step():
         for i, body, _m in core.take(wire.REPLAY):
@@ -239,6 +245,51 @@ def test_an_epoch_beyond_u32_is_refused_with_the_next_step_and_nothing_is_claime
     with pytest.raises(EpochExhausted, match="Next step"):
         core.recovery_step()
     assert not core.take(wire.CLAIM)
+
+
+def test_only_a_claim_granted_to_this_master_takes_the_stream_over():
+    """In the claim phase a STATE's answer that names the epoch claimed (another master was
+    granted it: the STATE goes out before each CLAIM) grants nothing, nor does a CLAIM's
+    answer granted to another claimant; a refusal at that epoch sends the master back to
+    claim above it. Before the fix such STATE answers counted as granted claims, and two
+    masters served one epoch."""
+    core = Core()
+    core.begin_recovery()
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], state(1, 1, 1, [(1, 1)]))
+    core.recovery_step()
+    assert core.recovery.phase == "claim" and core.recovery.epoch == 2
+    claims = core.take(wire.CLAIM)
+    assert [b["claimant"] for _i, b, _m in claims] == [core.claimant] * 3
+    for i in range(3):   # answers to the STATEs: epoch 2 is held, by someone
+        core._on_reply(core.links[i], state(1, 2, 1, [(1, 1)]))
+        core._on_reply(core.links[i], state(1, 2, 1, [(1, 1)], claimant=core.claimant + 2))
+    core.recovery_step()
+    assert core.recovery.phase == "claim" and not core.recovery.answers
+    for i in range(3):   # the CLAIMs' answers: refused, epoch 2 is another master's
+        core._on_reply(core.links[i], state(1, 2, 1, [(1, 1)], ok=False,
+                                            claimant=core.claimant + 2))
+    core.recovery_step()
+    assert core.recovery.phase == "state"
+    recover(core, [state(1, 2, 1, [(1, 1)])] * 3, tail=records(1, 1))
+    assert core.epoch == 3
+
+
+def test_a_log_holding_records_of_the_epoch_claimed_is_not_adopted():
+    """Records of the epoch just granted mean another master stamped with it; the master
+    never adopts that log (it would share the epoch), and claims again above it."""
+    core = Core()
+    core.begin_recovery()
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], state(1, 1, 1, [(1, 1)]))
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], state(2, 2, 1, [(1, 1), (2, 2)],
+                                            claimant=core.claimant))
+    core.recovery_step()
+    assert core.recovery.phase == "state" and core.epoch == 0
 
 
 # -- the tail a new master reads ---------------------------------------------------------------
@@ -412,9 +463,56 @@ def test_conflict_makes_the_master_claim_the_replicator_again_at_once():
     assert [(i, b["after"]) for i, b, _m in truncates] == [(2, 0)]
 
 
+def test_the_tail_is_read_from_another_holder_when_one_answers_an_error_or_nothing():
+    """The replicator whose log was adopted answers the tail REPLAY with an error (a damaged
+    frame), the next holder does not answer at all: the master asks the next holder each
+    time. A replicator whose log is the adopted one only up to seq 8 serves 1..8, and the
+    rest comes from a replicator that holds it. Before the fix the master asked the first
+    one again until its recovery deadline."""
+    full = state(10, 1, 5, [(1, 1)], ts=5)
+    short = state(8, 1, 5, [(1, 1)], ts=5)
+    core = Core(replicators=4)
+    core.begin_recovery()
+    core.recovery_step()
+    for i, st in enumerate([full, full, short, full]):
+        core._on_reply(core.links[i], st)
+    core.recovery_step()
+    for i, st in enumerate([full, full, short, full]):
+        body = wire.unpack(st[1])
+        body.update(epoch=core.recovery.epoch, claimant=core.claimant)
+        core._on_reply(core.links[i], [wire.STATE, wire.pack(body)])
+    core.recovery_step()
+    assert core.recovery.phase == "tail"
+
+    def asked():
+        (i, body, _m), = core.take(wire.REPLAY)
+        return i, body
+
+    assert asked()[0] == 0
+    core._on_reply(core.links[0], [wire.ERROR, wire.pack(
+        {"error": "in.unit: the frame stored at seq 1 is damaged"})])
+    core.recovery_step()
+    assert asked()[0] == 1
+    core.fake.advance(3 * SEC)   # no answer
+    core.recovery_step()
+    i, body = asked()
+    assert (i, body["from"], body["to"]) == (2, 1, 8)
+    core._on_reply(core.links[2], [wire.RECORDS, wire.pack(
+        {"stream": STREAM, "from": 1, "req": body["req"]}), records(1, 8)])
+    core.recovery_step()
+    i, body = asked()
+    assert (i, body["from"], body["to"]) == (3, 9, 10)
+    core._on_reply(core.links[3], [wire.RECORDS, wire.pack(
+        {"stream": STREAM, "from": 9, "req": body["req"]}), records(9, 10)])
+    assert core.recovery_step()
+    assert core.stats["tail_records"] == 10 and core.next_seq == 11
+    assert core.window.read(1, 10)[0] == records(1, 10)
+
+
 def test_a_recovery_that_starts_over_reads_the_tail_afresh():
-    """The replicator whose log was adopted answers the tail REPLAY with nothing (it lost
-    what it claimed to hold): the master starts over, and its window holds each frame once."""
+    """The replicators that hold the adopted log answer the tail REPLAY with nothing, each in
+    turn (they lost what they claimed to hold): the master starts over, and its window holds
+    each frame once."""
     full = state(100, 1, 50, [(1, 1)], ts=5)
     core = Core()
     core.begin_recovery()
@@ -423,15 +521,18 @@ def test_a_recovery_that_starts_over_reads_the_tail_afresh():
         core._on_reply(core.links[i], full)
     core.recovery_step()
     for i in range(3):
-        core._on_reply(core.links[i], state(100, core.recovery.epoch, 50, [(1, 1)], ts=5))
+        core._on_reply(core.links[i], state(100, core.recovery.epoch, 50, [(1, 1)], ts=5,
+                                            claimant=core.claimant))
     core.recovery_step()
     (i, body, _m), = core.take(wire.REPLAY)
     core._on_reply(core.links[i], [wire.RECORDS, wire.pack(
         {"stream": STREAM, "from": body["from"], "req": body["req"]}), records(1, 10)])
     core.recovery_step()
-    (i, body, _m), = core.take(wire.REPLAY)
-    core._on_reply(core.links[i], [wire.RECORDS, wire.pack(
-        {"stream": STREAM, "from": body["from"], "req": body["req"]}), b""])
+    for _ in range(3):   # each holder in turn has lost what it claimed
+        (i, body, _m), = core.take(wire.REPLAY)
+        core._on_reply(core.links[i], [wire.RECORDS, wire.pack(
+            {"stream": STREAM, "from": body["from"], "req": body["req"]}), b""])
+        core.recovery_step()
     assert core.recovery.phase == "state"
     core.sent.clear()
     recover(core, [full] * 3, tail=records(1, 100))

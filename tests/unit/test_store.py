@@ -60,6 +60,33 @@ def test_lower_epoch_is_fenced(store):
     assert (r.ok, r.reason, r.epoch) == (False, "fenced", 3)
 
 
+def test_an_epoch_is_granted_to_one_claimant_and_again_to_it_alone(tmp_path):
+    """Two masters that start together claim the same epoch: the first is granted it, the
+    second refused, even after a reopen; the first's CLAIM sent again is granted again, and
+    a higher epoch goes to whoever claims it. Without this both masters stamp records of one
+    epoch, and log matching (same epoch at a seq, same records) takes their different
+    records for one log (tests/stateful/test_replication_model.py plays it)."""
+    path = str(tmp_path / "lmdb")
+    s = Store(path, map_size=1 << 26)
+    claim = lambda epoch, who: s.change("s", lambda log, txn: log.claim(txn, epoch, who))  # noqa: E731
+    assert claim(2, 11)
+    assert not claim(2, 22)
+    assert claim(2, 11)                           # its own CLAIM again (an answer was lost)
+    assert not claim(1, 11)                       # lower: fenced
+    s.close()
+    s = Store(path, map_size=1 << 26)
+    assert (s.stream("s").epoch, s.stream("s").claimant) == (2, 11)
+    assert not claim(2, 22) and claim(2, 11)
+    assert claim(3, 22) and not claim(3, 11)
+    # an epoch that came with an APPEND has no claimant: the first CLAIM of it is granted
+    assert s.append("s", 4, frame(1, 1, epoch=4)).ok
+    assert s.stream("s").claimant == 0
+    assert claim(4, 33) and not claim(4, 44) and claim(4, 33)
+    # a CLAIM that names nobody takes only a higher epoch, or one nobody claimed by name
+    assert not claim(4, 0) and claim(5, 0) and claim(5, 0) and claim(5, 55)
+    s.close()
+
+
 def test_malformed_frame_raises_frame_error_and_changes_nothing(store):
     store.append("s", 1, frame(1, 2))
     with pytest.raises(FrameError):
