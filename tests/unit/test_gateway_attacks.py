@@ -25,9 +25,12 @@ def cluster(tmp_path):
 def healthy(cluster) -> None:
     """Every shard still applies, balances, snapshots and restores to the same state."""
     from tradingengine.engine import TradingEngine
-    for te in cluster.core.shards:
-        te.check_invariants()
-        assert TradingEngine.restore(te.snapshot()).state_hash() == te.state_hash()
+
+    def check() -> None:   # on the core's thread: it may still be applying records
+        for te in cluster.core.shards:
+            te.check_invariants()
+            assert TradingEngine.restore(te.snapshot()).state_hash() == te.state_hash()
+    cluster.call_sync(check)
     cl = cluster.client()
     try:
         assert cl.logon("alice", "pw-a", session=999_000 + int(time.time_ns() % 1000)).template == 2
@@ -246,7 +249,7 @@ def test_pipelined_orders_after_a_bad_password_go_nowhere(cluster):
         cl.close()
     cl = logged_on(cluster, session=8)   # the session was never created
     cl.close()
-    assert all(not te.orders for te in cluster.core.shards)
+    assert cluster.call_sync(lambda: all(not te.orders for te in cluster.core.shards))
 
 
 @pytest.mark.parametrize("fr,count", [(1, 0xFFFFFFFF), (U64, 1), (U64, 0xFFFFFFFF), (0, 5),
@@ -559,8 +562,7 @@ def test_random_client_streams_over_tcp_leave_every_shard_sound(tmp_path):
                     break
         finally:
             cl.close()
-        for te in cluster.core.shards:
-            te.check_invariants()
+        cluster.call_sync(lambda: [te.check_invariants() for te in cluster.core.shards])
     try:
         run()
         healthy(cluster)
