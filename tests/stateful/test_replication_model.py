@@ -190,6 +190,7 @@ class Model(RuleBasedStateMachine):
         self.acked_next = 1              # source 1: every source_seq below it was ACKed
         self.acked_seqs: dict[int, int] = {}   # source_seq -> seq, from ACK runs
         self.truth: dict[tuple[int, bytes], bytes] = {}  # (replicator, key) -> undamaged value
+        self.down_damaged: dict[int, bool] = {}  # a down replicator held a damaged frame
         self.committed: dict[int, tuple] = {}  # seq -> the record some replicator committed
         self._time = peers_module.time
         peers_module.time = _ModelTime(self)
@@ -328,6 +329,9 @@ class Model(RuleBasedStateMachine):
     @rule(i=st.integers(0, N - 1))
     def replicator_crashes(self, i):
         if self.reps[i] is not None:
+            # a copy that rotted stays rotten while its replicator is down: frame_damaged
+            # must still see it (one damaged copy at a time)
+            self.down_damaged[i] = bool(self.damaged_frames(i, self.reps[i]))
             self.reps[i].shut()
             self.reps[i] = None
             self.net = [n for n in self.net if not (n[0] == "rep" and n[2] == i)]
@@ -354,8 +358,9 @@ class Model(RuleBasedStateMachine):
         """Bytes of a committed frame rot on a replicator's disk: its CRC fails from now on.
         The replicator must refuse to serve it and repair it from its peers."""
         rep = self.reps[i]
-        if rep is None or any(self.damaged_frames(j, r) for j, r in enumerate(self.reps)
-                              if r is not None and j != i):
+        if rep is None or any(self.damaged_frames(j, r) if r is not None
+                              else self.down_damaged.get(j, False)
+                              for j, r in enumerate(self.reps) if j != i):
             return  # two damaged copies at once: a scripted test below
         log = rep.store.stream(STREAM)
         with rep.store.env.begin(write=True) as txn:
