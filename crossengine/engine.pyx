@@ -311,10 +311,67 @@ cdef inline int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_
 
 cdef inline int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
     cdef int64_t found = table_find(t, k1, k2)
-    cdef uint64_t i, j, home
     if found < 0:
         raise RuntimeError(f"crossengine: index lost key ({k1}, {k2})")
-    i = <uint64_t>found
+    table_del_at(t, <uint64_t>found)
+    return 0
+
+# One-part keys (the id map: order id; the account map: account) have k2 = 0, where slot_hash
+# is k1 * mul >> shift: the same slot, without the second key part's multiply and compare.
+@cython.overflowcheck(False)
+cdef inline uint64_t key_hash(Table* t, uint64_t k1) noexcept nogil:
+    return (k1 * t.mul) >> t.shift
+
+cdef inline int64_t table_find1(Table* t, uint64_t k1) noexcept nogil:
+    """table_find(t, k1, 0) for a table whose keys all have k2 = 0."""
+    cdef uint64_t i = key_hash(t, k1)
+    while t.slots[i].used:
+        if t.slots[i].k1 == k1:
+            return <int64_t>i
+        i = (i + 1) & t.mask
+    return -1
+
+cdef inline uint64_t table_probe(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
+    """The slot that holds (k1, k2), or else the empty slot its probe stops at: the one
+    table_add would fill. One walk both answers "in use?" and places the insert that follows,
+    as long as the table does not change in between (table_room first)."""
+    cdef uint64_t i = slot_hash(t, k1, k2)
+    while t.slots[i].used and not (t.slots[i].k1 == k1 and t.slots[i].k2 == k2):
+        i = (i + 1) & t.mask
+    return i
+
+cdef inline int table_room(Table* t) except -1:
+    """Grow now if one more key would pass the load factor (table_add's test)."""
+    if (t.size + 1) * 2 > t.mask + 1:
+        table_grow(t)
+    return 0
+
+cdef inline void table_put_at(Table* t, uint64_t i, uint64_t k1, uint64_t k2, int32_t v1,
+                              int32_t v2) noexcept nogil:
+    """Fill slot i, empty, where table_probe stopped for (k1, k2), after table_room."""
+    t.slots[i].k1 = k1
+    t.slots[i].k2 = k2
+    t.slots[i].v1 = v1
+    t.slots[i].v2 = v2
+    t.slots[i].n = 0
+    t.slots[i].used = 1
+    t.size += 1
+
+cdef inline int table_add1(Table* t, uint64_t k1, int32_t v1) except -1:
+    """table_add(t, k1, 0, v1, 0) for a table whose keys all have k2 = 0."""
+    cdef uint64_t i
+    if (t.size + 1) * 2 > t.mask + 1:
+        table_grow(t)
+    i = key_hash(t, k1)
+    while t.slots[i].used:
+        i = (i + 1) & t.mask
+    table_put_at(t, i, k1, 0, v1, 0)
+    return 0
+
+cdef inline void table_del_at(Table* t, uint64_t i) noexcept nogil:
+    """Empty slot i (used) by backward shift: a later slot of the run moves into the hole
+    unless its home lies cyclically in (hole, it]."""
+    cdef uint64_t j, home
     j = i
     while True:
         j = (j + 1) & t.mask
@@ -328,7 +385,6 @@ cdef inline int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
         i = j
     t.slots[i].used = 0
     t.size -= 1
-    return 0
 
 
 # -- a side's ordered level index: blocks of up to LB keys, best last -------------------------
@@ -943,10 +999,17 @@ cdef class CrossEngine:
 
     cdef inline int _index_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
-        cdef int64_t a
-        table_del(&self.by_id, o.order_id, 0)
+        cdef int64_t s = table_find1(&self.by_id, o.order_id)
+        if s < 0:
+            raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
+        table_del_at(&self.by_id, <uint64_t>s)
         table_del(&self.by_client, o.client_order_id, o.account)
-        a = table_find(&self.by_account, o.account, 0)
+        return self._account_unlink(i)
+
+    cdef inline int _account_unlink(self, int32_t i) except -1:
+        """Take order i out of its account's id-ordered list (and count); one fewer live."""
+        cdef Order* o = &self.orders[i]
+        cdef int64_t a = table_find1(&self.by_account, o.account)
         if a < 0:
             raise RuntimeError("crossengine: account list lost")
         if o.acct_prev >= 0:
@@ -1071,6 +1134,23 @@ cdef class CrossEngine:
         self.out.data[self.out.len] = kind
         self.out.len += 1
         self.route |= self.all_shards     # Halted, Resumed: book-wide
+        return 0
+
+    cdef inline int _ev_level(self, uint8_t side, int64_t price, int32_t lv) except -1:
+        """LevelChanged of side and price: level lv's total and count, or 0 and 0 for lv < 0
+        (the level is gone)."""
+        buf_reserve(&self.out, 22)
+        cdef unsigned char* p = self.out.data + self.out.len
+        p[0] = EV_LEVEL
+        p[1] = side
+        wri64(p + 2, price)
+        if lv >= 0:
+            wr64(p + 10, self.levels[lv].total)
+            wr32(p + 18, self.levels[lv].count)
+        else:
+            wr64(p + 10, 0)
+            wr32(p + 18, 0)
+        self.out.len += 22
         return 0
 
     cdef inline int _level_events(self) except -1:
@@ -1224,6 +1304,8 @@ cdef class CrossEngine:
         cdef int64_t a = -1
         cdef int opp
         cdef bint limited
+        cdef uint64_t cslot = 0
+        table_room(&self.by_client)    # so that the probe below also places the insert
         if self.halted:
             code = C_HALTED
         elif side != BUY and side != SELL:
@@ -1244,7 +1326,7 @@ cdef class CrossEngine:
             code = C_QTY_MAX
         elif flags & F_POST and (market or tif != GTC):
             code = C_TIF
-        elif table_find(&self.by_client, cl_id, account) >= 0:
+        elif self.by_client.slots[self._client_probe(cl_id, account, &cslot)].used:
             code = C_CLID_IN_USE
         elif <uint64_t>self.n_live >= self.max_orders:
             code = C_BOOK_FULL
@@ -1252,7 +1334,7 @@ cdef class CrossEngine:
             code = C_IDS_EXHAUSTED
         elif not market and tif == GTC:
             # only an order that may rest counts against the account's limit
-            a = table_find(&self.by_account, account, 0)
+            a = table_find1(&self.by_account, account)
             if a >= 0 and self.by_account.slots[a].n >= self.max_account_orders:
                 code = C_ACCOUNT_LIMIT
         if code:
@@ -1260,6 +1342,12 @@ cdef class CrossEngine:
         if market:
             price = 0
         opp = 1 - side_index(side)
+        if not market and tif == GTC:
+            # The common case: a GTC limit order that does not reach the opposite best rests
+            # (post-only or not) and changes nothing but its own level.
+            best_lv = side_best(&self.sides[opp])
+            if best_lv < 0 or not self._crosses(side, price, self.levels[best_lv].price, False):
+                return self._rest(cl_id, price, qty, account, side, flags, stp, a, cslot)
         if flags & F_POST and self.sides[opp].n:
             best_lv = side_best(&self.sides[opp])
             if self._crosses(side, price, self.levels[best_lv].price, False):
@@ -1296,6 +1384,64 @@ cdef class CrossEngine:
         self._free_order(t)
         return 0
 
+    cdef inline uint64_t _client_probe(self, uint64_t cl_id, uint32_t account,
+                                       uint64_t* at) noexcept:
+        at[0] = table_probe(&self.by_client, cl_id, account)
+        return at[0]
+
+    cdef inline int _rest(self, uint64_t cl_id, int64_t price, uint64_t qty, uint32_t account,
+                          uint8_t side, uint8_t flags, uint8_t stp, int64_t a,
+                          uint64_t cslot) except -1:
+        """A new GTC limit order, checked, that crosses nothing: the same events and state as
+        the general path (OrderAccepted, then LevelChanged of its level), without its
+        detours: no matching, no touched list, each table probed once. cslot is the empty
+        client-map slot the in-use check stopped at (the map has not changed since); a is the
+        account's slot in the account map, or -1."""
+        cdef int32_t t, lv, tail
+        cdef int s = side_index(side)
+        cdef Order* o
+        if self.free_order < 0:
+            self._grow_orders(self.orders_cap * 2)
+        t = self.free_order
+        o = &self.orders[t]
+        self.free_order = o.next
+        self.order_counter += 1
+        o.price = price
+        o.leaves = qty
+        o.filled = 0
+        o.order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
+        o.client_order_id = cl_id
+        o.account = account
+        o.side = side
+        o.flags = flags
+        o.stp = stp
+        self._ev_accepted(t, LIMIT, qty, GTC)
+        lv = self._find_level(s, price)
+        if lv < 0:
+            lv = self._new_level(s, price)
+        self._append(t, lv)
+        # the indexes, as _index_link enters them
+        table_add1(&self.by_id, o.order_id, t)
+        table_put_at(&self.by_client, cslot, cl_id, account, t, 0)
+        if a >= 0 and self.by_account.slots[a].v1 >= 0:
+            tail = self.by_account.slots[a].v2
+            o.acct_prev = tail
+            o.acct_next = -1
+            self.orders[tail].acct_next = t
+            self.by_account.slots[a].v2 = t
+        else:
+            o.acct_prev = -1
+            o.acct_next = -1
+            if a < 0:
+                table_add(&self.by_account, account, 0, t, t)
+                a = table_find1(&self.by_account, account)
+            else:
+                self.by_account.slots[a].v1 = t
+                self.by_account.slots[a].v2 = t
+        self.by_account.slots[a].n += 1
+        self.n_live += 1
+        return self._ev_level(side, price, lv)
+
     cdef inline int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
         cdef int64_t s
         cdef int32_t i
@@ -1313,12 +1459,52 @@ cdef class CrossEngine:
     cdef inline int _cancel(self, const unsigned char* p) except -1:
         cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8)
         cdef uint32_t account = rd32(p + 16)
-        cdef int32_t i = self._find(order_id, cl_id, account)
-        if i < 0:
-            return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
-        self._ev_cancel(EV_CANCELLED, i, self.orders[i].leaves, R_CLIENT)
-        self._remove(i)
-        return 0
+        cdef int32_t i, lv
+        cdef int64_t ids, cls
+        cdef Order* o
+        cdef Level* L
+        # Find the order and both its id-map slots, each map probed once (the general path,
+        # _find then _remove, probes the map it found the order in twice).
+        if order_id:
+            ids = table_find1(&self.by_id, order_id)
+            if ids < 0:
+                return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
+            i = self.by_id.slots[ids].v1
+            o = &self.orders[i]
+            if account and o.account != account:
+                return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
+            cls = table_find(&self.by_client, o.client_order_id, o.account)
+        else:
+            cls = table_find(&self.by_client, cl_id, account)
+            if cls < 0:
+                return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
+            i = self.by_client.slots[cls].v1
+            o = &self.orders[i]
+            ids = table_find1(&self.by_id, o.order_id)
+        if ids < 0 or cls < 0:
+            raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
+        self._ev_cancel(EV_CANCELLED, i, o.leaves, R_CLIENT)
+        # _remove without the touched list: its one level's event is written here
+        lv = o.level
+        L = &self.levels[lv]
+        if o.prev >= 0:
+            self.orders[o.prev].next = o.next
+        else:
+            L.head = o.next
+        if o.next >= 0:
+            self.orders[o.next].prev = o.prev
+        else:
+            L.tail = o.prev
+        L.total -= o.leaves
+        L.count -= 1
+        table_del_at(&self.by_id, <uint64_t>ids)
+        table_del_at(&self.by_client, <uint64_t>cls)
+        self._account_unlink(i)
+        self._free_order(i)
+        if L.count == 0:
+            self._drop_level(side_index(o.side), lv)
+            return self._ev_level(o.side, o.price, -1)
+        return self._ev_level(o.side, o.price, lv)
 
     cdef int _amend(self, const unsigned char* p) except -1:
         cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8), qty = rd64(p + 28)
