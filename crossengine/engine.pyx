@@ -775,7 +775,9 @@ cdef class CrossEngine:
         self.touched_cap = 64
         table_init(&self.by_id, 1 << 17)
         table_init(&self.by_client, 1 << 17)
-        table_init(&self.by_account, 1 << 10)
+        # accounts are few and looked up by every resting order and cancel: start at a
+        # quarter load for a few thousand of them
+        table_init(&self.by_account, 1 << 13)
 
     def __dealloc__(self):
         free(self.orders)
@@ -1284,12 +1286,16 @@ cdef class CrossEngine:
 
     # -- commands ---------------------------------------------------------------------------
     @cython.cdivision(True)
+    cdef inline bint _on_tick(self, int64_t price) noexcept:
+        # price > 0 here and tick_size > 0 (checked at construction): C's remainder is
+        # Python's, without the sign fix-up and zero test cdivision(False) would add; and a
+        # tick of 1, the usual case, needs no division at all
+        return self.tick_size == 1 or <uint64_t>price % <uint64_t>self.tick_size == 0
+
     cdef inline uint16_t _price_code(self, int64_t price) noexcept:
         if price <= 0 or price > self.max_price:
             return C_PRICE_RANGE
-        # both positive here (tick_size > 0 is checked at construction): C's remainder is
-        # Python's, without the sign fix-up and zero test cdivision(False) would add
-        if <uint64_t>price % <uint64_t>self.tick_size:
+        if not self._on_tick(price):
             return C_NOT_ON_TICK
         return 0
 
@@ -1305,8 +1311,17 @@ cdef class CrossEngine:
         cdef int opp
         cdef bint limited
         cdef uint64_t cslot = 0
+        cdef uint32_t shape = rd32(p + 28) & 0xFFFFFF     # side, ord type, tif
         table_room(&self.by_client)    # so that the probe below also places the insert
-        if self.halted:
+        # Checks 1 to 6 of the validation order (docs/crossengine.md) in one test for the
+        # common order, a GTC limit order within bounds (post-only is allowed on it); any
+        # other order takes them one by one, first failure first.
+        if (shape == (BUY | LIMIT << 8 | GTC << 16) or shape == (SELL | LIMIT << 8 | GTC << 16)) \
+                and flags <= (F_REDUCE | F_POST) and stp <= STP_DEC and not self.halted \
+                and 0 < price <= self.max_price and self._on_tick(price) \
+                and self.min_qty <= qty <= self.max_qty:
+            pass
+        elif self.halted:
             code = C_HALTED
         elif side != BUY and side != SELL:
             code = C_SIDE
@@ -1326,6 +1341,9 @@ cdef class CrossEngine:
             code = C_QTY_MAX
         elif flags & F_POST and (market or tif != GTC):
             code = C_TIF
+        # checks 7 to 10
+        if code:
+            pass
         elif self.by_client.slots[self._client_probe(cl_id, account, &cslot)].used:
             code = C_CLID_IN_USE
         elif <uint64_t>self.n_live >= self.max_orders:
@@ -1400,6 +1418,7 @@ cdef class CrossEngine:
         cdef int32_t t, lv, tail
         cdef int s = side_index(side)
         cdef Order* o
+        cdef unsigned char* q
         if self.free_order < 0:
             self._grow_orders(self.orders_cap * 2)
         t = self.free_order
@@ -1415,7 +1434,21 @@ cdef class CrossEngine:
         o.side = side
         o.flags = flags
         o.stp = stp
-        self._ev_accepted(t, LIMIT, qty, GTC)
+        # OrderAccepted (as _ev_accepted writes it), and room for the LevelChanged after it
+        buf_reserve(&self.out, 41 + 22)
+        q = self.out.data + self.out.len
+        q[0] = EV_ACCEPTED
+        wr64(q + 1, o.order_id)
+        wr64(q + 9, cl_id)
+        wr32(q + 17, account)
+        q[21] = side
+        q[22] = LIMIT
+        wri64(q + 23, price)
+        wr64(q + 31, qty)
+        q[39] = GTC
+        q[40] = flags
+        self.out.len += 41
+        self.route |= self._bit(account)
         lv = self._find_level(s, price)
         if lv < 0:
             lv = self._new_level(s, price)
@@ -1440,7 +1473,14 @@ cdef class CrossEngine:
                 self.by_account.slots[a].v2 = t
         self.by_account.slots[a].n += 1
         self.n_live += 1
-        return self._ev_level(side, price, lv)
+        q = self.out.data + self.out.len        # reserved above
+        q[0] = EV_LEVEL
+        q[1] = side
+        wri64(q + 2, price)
+        wr64(q + 10, self.levels[lv].total)
+        wr32(q + 18, self.levels[lv].count)
+        self.out.len += 22
+        return 0
 
     cdef inline int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
         cdef int64_t s
@@ -1463,6 +1503,7 @@ cdef class CrossEngine:
         cdef int64_t ids, cls
         cdef Order* o
         cdef Level* L
+        cdef unsigned char* q
         # Find the order and both its id-map slots, each map probed once (the general path,
         # _find then _remove, probes the map it found the order in twice).
         if order_id:
@@ -1483,7 +1524,19 @@ cdef class CrossEngine:
             ids = table_find1(&self.by_id, o.order_id)
         if ids < 0 or cls < 0:
             raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
-        self._ev_cancel(EV_CANCELLED, i, o.leaves, R_CLIENT)
+        # OrderCancelled (as _ev_cancel writes it), and room for the LevelChanged after it
+        buf_reserve(&self.out, 30 + 22)
+        q = self.out.data + self.out.len
+        q[0] = EV_CANCELLED
+        wr64(q + 1, o.order_id)
+        wr64(q + 9, o.client_order_id)
+        wr32(q + 17, o.account)
+        wr64(q + 21, o.leaves)
+        q[29] = R_CLIENT
+        q[30] = EV_LEVEL
+        q[31] = o.side
+        wri64(q + 32, o.price)
+        self.route |= self._bit(o.account)
         # _remove without the touched list: its one level's event is written here
         lv = o.level
         L = &self.levels[lv]
@@ -1501,10 +1554,12 @@ cdef class CrossEngine:
         table_del_at(&self.by_client, <uint64_t>cls)
         self._account_unlink(i)
         self._free_order(i)
+        wr64(q + 40, L.total)            # 0 and 0 when the level is gone
+        wr32(q + 48, L.count)
+        self.out.len += 30 + 22
         if L.count == 0:
             self._drop_level(side_index(o.side), lv)
-            return self._ev_level(o.side, o.price, -1)
-        return self._ev_level(o.side, o.price, lv)
+        return 0
 
     cdef int _amend(self, const unsigned char* p) except -1:
         cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8), qty = rd64(p + 28)
@@ -1602,8 +1657,6 @@ cdef class CrossEngine:
                        uint32_t source) except -1:
         self.command_no += 1
         self.n_touched = 0
-        if (kind == K_MASS or kind == K_HALT or kind == K_RESUME) and source < OPERATOR_SOURCE_MIN:
-            return self._ev_rejected(0, 0, C_NOT_OPERATOR, 0)
         if kind == K_NEW:
             if n != 33:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
@@ -1620,6 +1673,10 @@ cdef class CrossEngine:
             if n != 5:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
             self._cancel_all(rd32(p), p[4], False)
+        elif (kind == K_MASS or kind == K_HALT or kind == K_RESUME) \
+                and source < OPERATOR_SOURCE_MIN:
+            # the operator's commands, from anyone else: refused before any other check
+            return self._ev_rejected(0, 0, C_NOT_OPERATOR, 0)
         elif kind == K_MASS:
             if n != 0:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
@@ -1633,7 +1690,9 @@ cdef class CrossEngine:
             return 0
         else:
             return self._ev_rejected(0, 0, C_MALFORMED, 0)
-        return self._level_events()
+        if self.n_touched:        # a resting order and a cancel write their own level events
+            return self._level_events()
+        return 0
 
     # -- records: a command, or a TradingEngine output payload -------------------------------
     cdef inline bint _is_te(self, uint32_t source) noexcept:
@@ -1656,12 +1715,13 @@ cdef class CrossEngine:
         commands for this symbol that a TradingEngine or LiqEngine output payload carries. The
         payload is walked once to check it and once to apply it, so a malformed one changes
         nothing."""
-        if self.n_te and self._is_te(source):
-            self._walk_te(p, n, source, seq, False)
-            return self._walk_te(p, n, source, seq, True)
-        if self.n_liq and self._is_liq(source):
-            self._walk_liq(p, n, source, seq, False)
-            return self._walk_liq(p, n, source, seq, True)
+        if self.n_te | self.n_liq:
+            if self.n_te and self._is_te(source):
+                self._walk_te(p, n, source, seq, False)
+                return self._walk_te(p, n, source, seq, True)
+            if self.n_liq and self._is_liq(source):
+                self._walk_liq(p, n, source, seq, False)
+                return self._walk_liq(p, n, source, seq, True)
         return self._dispatch(kind, p, n, source)
 
     cdef int _walk_liq(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
