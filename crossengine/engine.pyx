@@ -49,14 +49,13 @@ from libc.string cimport memcpy, memmove, memset
 
 from crossengine.engine cimport LB, Buf, LBlock, Level, Order, Side, Slot, Table, Touched
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
+from mq._frame cimport scan_frame
 
 import hashlib
 import struct
 
 from crossengine import codec as _codec
 from mq import sources as _sources
-from mq.record import MAX_FRAME as _MAX_FRAME, MAX_PAYLOAD as _MAX_RECORD_PAYLOAD
-from mq.record import scan as _scan_frame
 
 cdef enum:
     HDR = 46                 # mq record header (mq/_frame.pyx); the route at 38
@@ -166,8 +165,6 @@ memset(ev_size, 0, sizeof(ev_size))
 for _name, _value in _my_sizes.items():
     ev_size[_name] = _value
 cdef Py_ssize_t MAX_PAYLOAD = _codec.MAX_PAYLOAD
-cdef Py_ssize_t FRAME_MAX = _MAX_FRAME                 # mq.record's bounds, for the frame check
-cdef uint32_t FRAME_MAX_PAYLOAD = _MAX_RECORD_PAYLOAD
 
 # The TradingEngine's output events as this engine walks them (te_sources): fixed size of each
 # type, and of the PROTOCOL.md root block a SessionMessage carries per templateId. Mirrored
@@ -590,28 +587,6 @@ cdef int buf_grow(Buf* b, Py_ssize_t n) except -1:
     b.data = data
     b.cap = cap
     return 0
-
-
-cdef bint frame_ok(const unsigned char* p, Py_ssize_t n) noexcept:
-    """mq.record.scan's checks without its Python objects: every record fits, payloads are
-    within bounds, seqs are contiguous from a first above 0. False: let scan raise its error."""
-    cdef Py_ssize_t off = 0
-    cdef uint32_t length
-    cdef uint64_t seq
-    if n < HDR or n > FRAME_MAX:
-        return False
-    seq = rd64(p)
-    if seq == 0:
-        return False
-    while off < n:
-        if n - off < HDR or rd64(p + off) != seq:
-            return False
-        length = rd32(p + off + 34)
-        if length > FRAME_MAX_PAYLOAD or n - off - HDR < <Py_ssize_t>length:
-            return False
-        off += HDR + length
-        seq += 1
-    return True
 
 
 cdef struct IdIdx:
@@ -1813,9 +1788,8 @@ cdef class CrossEngine:
         cdef uint32_t length
         cdef const unsigned char* p = &frame[0] if n else NULL
         cdef Buf keep = self.out
-        if not frame_ok(p, n):
-            _scan_frame(frame)   # raises the FrameError that says what is wrong
-            raise RuntimeError("crossengine: mq.record.scan passed a frame apply_frame refused")
+        cdef uint64_t first
+        scan_frame(p, n, &first)    # mq's frame check (FrameError), before any record applies
         # The output frame is written straight into the bytes object returned (no copy at the
         # end): sized as the last frame's output per input byte would want it, with a quarter
         # to spare (untouched pages cost nothing; the final resize gives them back), doubled
