@@ -16,8 +16,9 @@ Kinds:
 
 Run every kind both ways and print the table (needs valgrind):
     python bench/count_crossengine.py --report
-One measurement (the interpreter itself, not a pyenv shim, or valgrind measures the shell):
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null $PY bench/count_crossengine.py \\
+One measurement (the interpreter itself, not a pyenv shim, or valgrind measures the shell;
+--report fixes PYTHONHASHSEED=0, without which two runs differ by tens per operation):
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null $PY bench/count_crossengine.py \\
         --kind rest --apply 1 2>&1 | grep Collected
 """
 from __future__ import annotations
@@ -95,9 +96,12 @@ def report(ops: int) -> None:
     for kind in KINDS:
         got = []
         for apply in (0, 1):
+            # A fixed hash seed: with Python's per-process one, the setup's dict and set work
+            # differed between the two runs by up to ~1M instructions (±20-40 per operation)
             r = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                                 py, here, "--kind", kind, "--apply", str(apply), "--ops",
-                                str(ops)], capture_output=True, text=True)
+                                str(ops)], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONHASHSEED": "0"})
             m = re.search(r"Collected : (\d+)", r.stderr)
             if r.returncode or not m:
                 raise SystemExit(f"callgrind run failed: {r.stderr[-500:]}")

@@ -60,14 +60,13 @@ cdef extern from *:
 
 from crossengine.engine cimport LB, Buf, LBlock, Level, Order, Side, Slot, Table, Touched
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
+from mq._frame cimport scan_frame
 
 import hashlib
 import struct
 
 from crossengine import codec as _codec
 from mq import sources as _sources
-from mq.record import MAX_FRAME as _MAX_FRAME, MAX_PAYLOAD as _MAX_RECORD_PAYLOAD
-from mq.record import scan as _scan_frame
 
 cdef enum:
     HDR = 46                 # mq record header (mq/_frame.pyx); the route at 38
@@ -178,8 +177,6 @@ memset(ev_size, 0, sizeof(ev_size))
 for _name, _value in _my_sizes.items():
     ev_size[_name] = _value
 cdef Py_ssize_t MAX_PAYLOAD = _codec.MAX_PAYLOAD
-cdef Py_ssize_t FRAME_MAX = _MAX_FRAME                 # mq.record's bounds, for the frame check
-cdef uint32_t FRAME_MAX_PAYLOAD = _MAX_RECORD_PAYLOAD
 
 # The TradingEngine's output events as this engine walks them (te_sources): fixed size of each
 # type, and of the PROTOCOL.md root block a SessionMessage carries per templateId. Mirrored
@@ -323,10 +320,67 @@ cdef inline int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_
 
 cdef inline int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
     cdef int64_t found = table_find(t, k1, k2)
-    cdef uint64_t i, j, home
     if found < 0:
         raise RuntimeError(f"crossengine: index lost key ({k1}, {k2})")
-    i = <uint64_t>found
+    table_del_at(t, <uint64_t>found)
+    return 0
+
+# One-part keys (the id map: order id; the account map: account) have k2 = 0, where slot_hash
+# is k1 * mul >> shift: the same slot, without the second key part's multiply and compare.
+@cython.overflowcheck(False)
+cdef inline uint64_t key_hash(Table* t, uint64_t k1) noexcept nogil:
+    return (k1 * t.mul) >> t.shift
+
+cdef inline int64_t table_find1(Table* t, uint64_t k1) noexcept nogil:
+    """table_find(t, k1, 0) for a table whose keys all have k2 = 0."""
+    cdef uint64_t i = key_hash(t, k1)
+    while t.slots[i].used:
+        if t.slots[i].k1 == k1:
+            return <int64_t>i
+        i = (i + 1) & t.mask
+    return -1
+
+cdef inline uint64_t table_probe(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
+    """The slot that holds (k1, k2), or else the empty slot its probe stops at: the one
+    table_add would fill. One walk both answers "in use?" and places the insert that follows,
+    as long as the table does not change in between (table_room first)."""
+    cdef uint64_t i = slot_hash(t, k1, k2)
+    while t.slots[i].used and not (t.slots[i].k1 == k1 and t.slots[i].k2 == k2):
+        i = (i + 1) & t.mask
+    return i
+
+cdef inline int table_room(Table* t) except -1:
+    """Grow now if one more key would pass the load factor (table_add's test)."""
+    if (t.size + 1) * 2 > t.mask + 1:
+        table_grow(t)
+    return 0
+
+cdef inline void table_put_at(Table* t, uint64_t i, uint64_t k1, uint64_t k2, int32_t v1,
+                              int32_t v2) noexcept nogil:
+    """Fill slot i, empty, where table_probe stopped for (k1, k2), after table_room."""
+    t.slots[i].k1 = k1
+    t.slots[i].k2 = k2
+    t.slots[i].v1 = v1
+    t.slots[i].v2 = v2
+    t.slots[i].n = 0
+    t.slots[i].used = 1
+    t.size += 1
+
+cdef inline int table_add1(Table* t, uint64_t k1, int32_t v1) except -1:
+    """table_add(t, k1, 0, v1, 0) for a table whose keys all have k2 = 0."""
+    cdef uint64_t i
+    if (t.size + 1) * 2 > t.mask + 1:
+        table_grow(t)
+    i = key_hash(t, k1)
+    while t.slots[i].used:
+        i = (i + 1) & t.mask
+    table_put_at(t, i, k1, 0, v1, 0)
+    return 0
+
+cdef inline void table_del_at(Table* t, uint64_t i) noexcept nogil:
+    """Empty slot i (used) by backward shift: a later slot of the run moves into the hole
+    unless its home lies cyclically in (hole, it]."""
+    cdef uint64_t j, home
     j = i
     while True:
         j = (j + 1) & t.mask
@@ -340,7 +394,6 @@ cdef inline int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
         i = j
     t.slots[i].used = 0
     t.size -= 1
-    return 0
 
 
 # -- a side's ordered level index: blocks of up to LB keys, best last -------------------------
@@ -546,28 +599,6 @@ cdef int buf_grow(Buf* b, Py_ssize_t n) except -1:
     b.data = data
     b.cap = cap
     return 0
-
-
-cdef bint frame_ok(const unsigned char* p, Py_ssize_t n) noexcept:
-    """mq.record.scan's checks without its Python objects: every record fits, payloads are
-    within bounds, seqs are contiguous from a first above 0. False: let scan raise its error."""
-    cdef Py_ssize_t off = 0
-    cdef uint32_t length
-    cdef uint64_t seq
-    if n < HDR or n > FRAME_MAX:
-        return False
-    seq = rd64(p)
-    if seq == 0:
-        return False
-    while off < n:
-        if n - off < HDR or rd64(p + off) != seq:
-            return False
-        length = rd32(p + off + 34)
-        if length > FRAME_MAX_PAYLOAD or n - off - HDR < <Py_ssize_t>length:
-            return False
-        off += HDR + length
-        seq += 1
-    return True
 
 
 cdef struct AcctIdx:
@@ -788,7 +819,9 @@ cdef class CrossEngine:
         self.touched_cap = 64
         table_init(&self.by_id, 1 << 17)
         table_init(&self.by_client, 1 << 17)
-        table_init(&self.by_account, 1 << 10)
+        # accounts are few and looked up by every resting order and cancel: start at a
+        # quarter load for a few thousand of them
+        table_init(&self.by_account, 1 << 13)
 
     def __dealloc__(self):
         free(self.orders)
@@ -1000,10 +1033,17 @@ cdef class CrossEngine:
 
     cdef inline int _index_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
-        cdef int64_t a
-        table_del(&self.by_id, o.order_id, 0)
+        cdef int64_t s = table_find1(&self.by_id, o.order_id)
+        if s < 0:
+            raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
+        table_del_at(&self.by_id, <uint64_t>s)
         table_del(&self.by_client, o.client_order_id, o.account)
-        a = table_find(&self.by_account, o.account, 0)
+        return self._account_unlink(i)
+
+    cdef inline int _account_unlink(self, int32_t i) except -1:
+        """Take order i out of its account's id-ordered list (and count); one fewer live."""
+        cdef Order* o = &self.orders[i]
+        cdef int64_t a = table_find1(&self.by_account, o.account)
         if a < 0:
             raise RuntimeError("crossengine: account list lost")
         if o.acct_prev >= 0:
@@ -1128,6 +1168,23 @@ cdef class CrossEngine:
         self.out.data[self.out.len] = kind
         self.out.len += 1
         self.route |= self.all_shards     # Halted, Resumed: book-wide
+        return 0
+
+    cdef inline int _ev_level(self, uint8_t side, int64_t price, int32_t lv) except -1:
+        """LevelChanged of side and price: level lv's total and count, or 0 and 0 for lv < 0
+        (the level is gone)."""
+        buf_reserve(&self.out, 22)
+        cdef unsigned char* p = self.out.data + self.out.len
+        p[0] = EV_LEVEL
+        p[1] = side
+        wri64(p + 2, price)
+        if lv >= 0:
+            wr64(p + 10, self.levels[lv].total)
+            wr32(p + 18, self.levels[lv].count)
+        else:
+            wr64(p + 10, 0)
+            wr32(p + 18, 0)
+        self.out.len += 22
         return 0
 
     cdef inline int _level_events(self) except -1:
@@ -1261,12 +1318,16 @@ cdef class CrossEngine:
 
     # -- commands ---------------------------------------------------------------------------
     @cython.cdivision(True)
+    cdef inline bint _on_tick(self, int64_t price) noexcept:
+        # price > 0 here and tick_size > 0 (checked at construction): C's remainder is
+        # Python's, without the sign fix-up and zero test cdivision(False) would add; and a
+        # tick of 1, the usual case, needs no division at all
+        return self.tick_size == 1 or <uint64_t>price % <uint64_t>self.tick_size == 0
+
     cdef inline uint16_t _price_code(self, int64_t price) noexcept:
         if price <= 0 or price > self.max_price:
             return C_PRICE_RANGE
-        # both positive here (tick_size > 0 is checked at construction): C's remainder is
-        # Python's, without the sign fix-up and zero test cdivision(False) would add
-        if <uint64_t>price % <uint64_t>self.tick_size:
+        if not self._on_tick(price):
             return C_NOT_ON_TICK
         return 0
 
@@ -1281,7 +1342,18 @@ cdef class CrossEngine:
         cdef int64_t a = -1
         cdef int opp
         cdef bint limited
-        if self.halted:
+        cdef uint64_t cslot = 0
+        cdef uint32_t shape = rd32(p + 28) & 0xFFFFFF     # side, ord type, tif
+        table_room(&self.by_client)    # so that the probe below also places the insert
+        # Checks 1 to 6 of the validation order (docs/crossengine.md) in one test for the
+        # common order, a GTC limit order within bounds (post-only is allowed on it); any
+        # other order takes them one by one, first failure first.
+        if (shape == (BUY | LIMIT << 8 | GTC << 16) or shape == (SELL | LIMIT << 8 | GTC << 16)) \
+                and flags <= (F_REDUCE | F_POST) and stp <= STP_DEC and not self.halted \
+                and 0 < price <= self.max_price and self._on_tick(price) \
+                and self.min_qty <= qty <= self.max_qty:
+            pass
+        elif self.halted:
             code = C_HALTED
         elif side != BUY and side != SELL:
             code = C_SIDE
@@ -1301,7 +1373,10 @@ cdef class CrossEngine:
             code = C_QTY_MAX
         elif flags & F_POST and (market or tif != GTC):
             code = C_TIF
-        elif table_find(&self.by_client, cl_id, account) >= 0:
+        # checks 7 to 10
+        if code:
+            pass
+        elif self.by_client.slots[self._client_probe(cl_id, account, &cslot)].used:
             code = C_CLID_IN_USE
         elif <uint64_t>self.n_live >= self.max_orders:
             code = C_BOOK_FULL
@@ -1309,7 +1384,7 @@ cdef class CrossEngine:
             code = C_IDS_EXHAUSTED
         elif not market and tif == GTC:
             # only an order that may rest counts against the account's limit
-            a = table_find(&self.by_account, account, 0)
+            a = table_find1(&self.by_account, account)
             if a >= 0 and self.by_account.slots[a].n >= self.max_account_orders:
                 code = C_ACCOUNT_LIMIT
         if code:
@@ -1317,6 +1392,12 @@ cdef class CrossEngine:
         if market:
             price = 0
         opp = 1 - side_index(side)
+        if not market and tif == GTC:
+            # The common case: a GTC limit order that does not reach the opposite best rests
+            # (post-only or not) and changes nothing but its own level.
+            best_lv = side_best(&self.sides[opp])
+            if best_lv < 0 or not self._crosses(side, price, self.levels[best_lv].price, False):
+                return self._rest(cl_id, price, qty, account, side, flags, stp, a, cslot)
         if flags & F_POST and self.sides[opp].n:
             best_lv = side_best(&self.sides[opp])
             if self._crosses(side, price, self.levels[best_lv].price, False):
@@ -1353,6 +1434,86 @@ cdef class CrossEngine:
         self._free_order(t)
         return 0
 
+    cdef inline uint64_t _client_probe(self, uint64_t cl_id, uint32_t account,
+                                       uint64_t* at) noexcept:
+        at[0] = table_probe(&self.by_client, cl_id, account)
+        return at[0]
+
+    cdef inline int _rest(self, uint64_t cl_id, int64_t price, uint64_t qty, uint32_t account,
+                          uint8_t side, uint8_t flags, uint8_t stp, int64_t a,
+                          uint64_t cslot) except -1:
+        """A new GTC limit order, checked, that crosses nothing: the same events and state as
+        the general path (OrderAccepted, then LevelChanged of its level), without its
+        detours: no matching, no touched list, each table probed once. cslot is the empty
+        client-map slot the in-use check stopped at (the map has not changed since); a is the
+        account's slot in the account map, or -1."""
+        cdef int32_t t, lv, tail
+        cdef int s = side_index(side)
+        cdef Order* o
+        cdef unsigned char* q
+        if self.free_order < 0:
+            self._grow_orders(self.orders_cap * 2)
+        t = self.free_order
+        o = &self.orders[t]
+        self.free_order = o.next
+        self.order_counter += 1
+        o.price = price
+        o.leaves = qty
+        o.filled = 0
+        o.order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
+        o.client_order_id = cl_id
+        o.account = account
+        o.side = side
+        o.flags = flags
+        o.stp = stp
+        # OrderAccepted (as _ev_accepted writes it), and room for the LevelChanged after it
+        buf_reserve(&self.out, 41 + 22)
+        q = self.out.data + self.out.len
+        q[0] = EV_ACCEPTED
+        wr64(q + 1, o.order_id)
+        wr64(q + 9, cl_id)
+        wr32(q + 17, account)
+        q[21] = side
+        q[22] = LIMIT
+        wri64(q + 23, price)
+        wr64(q + 31, qty)
+        q[39] = GTC
+        q[40] = flags
+        self.out.len += 41
+        self.route |= self._bit(account)
+        lv = self._find_level(s, price)
+        if lv < 0:
+            lv = self._new_level(s, price)
+        self._append(t, lv)
+        # the indexes, as _index_link enters them
+        table_add1(&self.by_id, o.order_id, t)
+        table_put_at(&self.by_client, cslot, cl_id, account, t, 0)
+        if a >= 0 and self.by_account.slots[a].v1 >= 0:
+            tail = self.by_account.slots[a].v2
+            o.acct_prev = tail
+            o.acct_next = -1
+            self.orders[tail].acct_next = t
+            self.by_account.slots[a].v2 = t
+        else:
+            o.acct_prev = -1
+            o.acct_next = -1
+            if a < 0:
+                table_add(&self.by_account, account, 0, t, t)
+                a = table_find1(&self.by_account, account)
+            else:
+                self.by_account.slots[a].v1 = t
+                self.by_account.slots[a].v2 = t
+        self.by_account.slots[a].n += 1
+        self.n_live += 1
+        q = self.out.data + self.out.len        # reserved above
+        q[0] = EV_LEVEL
+        q[1] = side
+        wri64(q + 2, price)
+        wr64(q + 10, self.levels[lv].total)
+        wr32(q + 18, self.levels[lv].count)
+        self.out.len += 22
+        return 0
+
     cdef inline int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
         cdef int64_t s
         cdef int32_t i
@@ -1370,11 +1531,66 @@ cdef class CrossEngine:
     cdef inline int _cancel(self, const unsigned char* p) except -1:
         cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8)
         cdef uint32_t account = rd32(p + 16)
-        cdef int32_t i = self._find(order_id, cl_id, account)
-        if i < 0:
-            return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
-        self._ev_cancel(EV_CANCELLED, i, self.orders[i].leaves, R_CLIENT)
-        self._remove(i)
+        cdef int32_t i, lv
+        cdef int64_t ids, cls
+        cdef Order* o
+        cdef Level* L
+        cdef unsigned char* q
+        # Find the order and both its id-map slots, each map probed once (the general path,
+        # _find then _remove, probes the map it found the order in twice).
+        if order_id:
+            ids = table_find1(&self.by_id, order_id)
+            if ids < 0:
+                return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
+            i = self.by_id.slots[ids].v1
+            o = &self.orders[i]
+            if account and o.account != account:
+                return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
+            cls = table_find(&self.by_client, o.client_order_id, o.account)
+        else:
+            cls = table_find(&self.by_client, cl_id, account)
+            if cls < 0:
+                return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
+            i = self.by_client.slots[cls].v1
+            o = &self.orders[i]
+            ids = table_find1(&self.by_id, o.order_id)
+        if ids < 0 or cls < 0:
+            raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
+        # OrderCancelled (as _ev_cancel writes it), and room for the LevelChanged after it
+        buf_reserve(&self.out, 30 + 22)
+        q = self.out.data + self.out.len
+        q[0] = EV_CANCELLED
+        wr64(q + 1, o.order_id)
+        wr64(q + 9, o.client_order_id)
+        wr32(q + 17, o.account)
+        wr64(q + 21, o.leaves)
+        q[29] = R_CLIENT
+        q[30] = EV_LEVEL
+        q[31] = o.side
+        wri64(q + 32, o.price)
+        self.route |= self._bit(o.account)
+        # _remove without the touched list: its one level's event is written here
+        lv = o.level
+        L = &self.levels[lv]
+        if o.prev >= 0:
+            self.orders[o.prev].next = o.next
+        else:
+            L.head = o.next
+        if o.next >= 0:
+            self.orders[o.next].prev = o.prev
+        else:
+            L.tail = o.prev
+        L.total -= o.leaves
+        L.count -= 1
+        table_del_at(&self.by_id, <uint64_t>ids)
+        table_del_at(&self.by_client, <uint64_t>cls)
+        self._account_unlink(i)
+        self._free_order(i)
+        wr64(q + 40, L.total)            # 0 and 0 when the level is gone
+        wr32(q + 48, L.count)
+        self.out.len += 30 + 22
+        if L.count == 0:
+            self._drop_level(side_index(o.side), lv)
         return 0
 
     cdef int _amend(self, const unsigned char* p) except -1:
@@ -1473,8 +1689,6 @@ cdef class CrossEngine:
                        uint32_t source) except -1:
         self.command_no += 1
         self.n_touched = 0
-        if (kind == K_MASS or kind == K_HALT or kind == K_RESUME) and source < OPERATOR_SOURCE_MIN:
-            return self._ev_rejected(0, 0, C_NOT_OPERATOR, 0)
         if kind == K_NEW:
             if n != 33:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
@@ -1491,6 +1705,10 @@ cdef class CrossEngine:
             if n != 5:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
             self._cancel_all(rd32(p), p[4], False)
+        elif (kind == K_MASS or kind == K_HALT or kind == K_RESUME) \
+                and source < OPERATOR_SOURCE_MIN:
+            # the operator's commands, from anyone else: refused before any other check
+            return self._ev_rejected(0, 0, C_NOT_OPERATOR, 0)
         elif kind == K_MASS:
             if n != 0:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
@@ -1504,7 +1722,9 @@ cdef class CrossEngine:
             return 0
         else:
             return self._ev_rejected(0, 0, C_MALFORMED, 0)
-        return self._level_events()
+        if self.n_touched:        # a resting order and a cancel write their own level events
+            return self._level_events()
+        return 0
 
     # -- records: a command, or a TradingEngine output payload -------------------------------
     cdef inline bint _is_te(self, uint32_t source) noexcept:
@@ -1527,12 +1747,13 @@ cdef class CrossEngine:
         commands for this symbol that a TradingEngine or LiqEngine output payload carries. The
         payload is walked once to check it and once to apply it, so a malformed one changes
         nothing."""
-        if self.n_te and self._is_te(source):
-            self._walk_te(p, n, source, seq, False)
-            return self._walk_te(p, n, source, seq, True)
-        if self.n_liq and self._is_liq(source):
-            self._walk_liq(p, n, source, seq, False)
-            return self._walk_liq(p, n, source, seq, True)
+        if self.n_te | self.n_liq:
+            if self.n_te and self._is_te(source):
+                self._walk_te(p, n, source, seq, False)
+                return self._walk_te(p, n, source, seq, True)
+            if self.n_liq and self._is_liq(source):
+                self._walk_liq(p, n, source, seq, False)
+                return self._walk_liq(p, n, source, seq, True)
         return self._dispatch(kind, p, n, source)
 
     cdef int _walk_liq(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
@@ -1624,9 +1845,8 @@ cdef class CrossEngine:
         cdef uint32_t length
         cdef const unsigned char* p = &frame[0] if n else NULL
         cdef Buf keep = self.out
-        if not frame_ok(p, n):
-            _scan_frame(frame)   # raises the FrameError that says what is wrong
-            raise RuntimeError("crossengine: mq.record.scan passed a frame apply_frame refused")
+        cdef uint64_t first
+        scan_frame(p, n, &first)    # mq's frame check (FrameError), before any record applies
         # The output frame is written straight into the bytes object returned (no copy at the
         # end): sized as the last frame's output per input byte would want it, with a quarter
         # to spare (untouched pages cost nothing; the final resize gives them back), doubled

@@ -36,10 +36,12 @@ if sys.byteorder != "little":
 cdef enum:
     HDR = 46
     K_TICK = 1
+    C_MAX_PAYLOAD = 1 << 20    # MAX_PAYLOAD and MAX_FRAME as C constants (scan_frame)
+    C_MAX_FRAME = 64 << 20
 
 HEADER_SIZE = HDR
-MAX_PAYLOAD = 1 << 20          # 1 MiB: one record never needs more
-MAX_FRAME = 64 << 20           # 64 MiB: bounds every allocation driven by the network
+MAX_PAYLOAD = C_MAX_PAYLOAD    # 1 MiB: one record never needs more
+MAX_FRAME = C_MAX_FRAME        # 64 MiB: bounds every allocation driven by the network
 KIND_TICK = K_TICK             # the sequencer's idle time record; empty payload
 
 
@@ -53,7 +55,7 @@ cdef Py_ssize_t _next(const unsigned char* p, Py_ssize_t off, Py_ssize_t n) exce
     if n - off < HDR:
         raise FrameError(f"truncated record header at offset {off}: {n - off} of {HDR} bytes")
     length = rd32(p + off + 34)
-    if length > MAX_PAYLOAD:
+    if length > C_MAX_PAYLOAD:
         raise FrameError(f"record at offset {off} claims {length} payload bytes (max {MAX_PAYLOAD})")
     if n - off - HDR < <Py_ssize_t>length:
         raise FrameError(f"truncated payload at offset {off}: {n - off - HDR} of {length} bytes")
@@ -65,27 +67,42 @@ def scan(const unsigned char[::1] buf):
 
     Checks that every record fits and that seq numbers are contiguous and start above 0.
     """
-    cdef Py_ssize_t n = buf.shape[0], off = 0, nxt
-    cdef const unsigned char* p
-    cdef uint64_t first = 0, seq
-    cdef Py_ssize_t count = 0
+    cdef Py_ssize_t n = buf.shape[0], count
+    cdef uint64_t first = 0
+    count = scan_frame(&buf[0] if n else NULL, n, &first)
+    return count, first, first + <uint64_t>count - 1
+
+
+cdef Py_ssize_t scan_frame(const unsigned char* p, Py_ssize_t n, uint64_t* first) except -1:
+    """scan() without Python objects, for compiled callers (crossengine.engine cimports it, so
+    the frame checks have one implementation): the number of records of the sequenced frame
+    p[0:n], its first seq in first[0]; FrameError, saying what is wrong, when it is not one.
+    The loop is a few compares a record; the messages are built only on a failure."""
+    cdef Py_ssize_t off = 0, count = 0
+    cdef uint64_t seq
+    cdef uint32_t length
     if n == 0:
         raise FrameError("empty frame")
-    if n > MAX_FRAME:
+    if n > C_MAX_FRAME:
         raise FrameError(f"frame of {n} bytes exceeds {MAX_FRAME}")
-    p = &buf[0]
+    _next(p, 0, n)                     # the first record fits (else FrameError) ...
+    seq = rd64(p)
+    if seq == 0:                       # ... and is sequenced
+        raise FrameError("record seq 0 in a sequenced frame")
+    first[0] = seq
     while off < n:
-        nxt = _next(p, off, n)  # validates the record before any field is read
-        seq = rd64(p + off)
-        if count == 0:
-            if seq == 0:
-                raise FrameError("record seq 0 in a sequenced frame")
-            first = seq
-        elif seq != first + <uint64_t>count:
-            raise FrameError(f"seq {seq} at record {count} breaks contiguity after {first + count - 1}")
-        off = nxt
+        if n - off < HDR:
+            _next(p, off, n)           # raises: a truncated header
+        length = rd32(p + off + 34)
+        if length > C_MAX_PAYLOAD or n - off - HDR < <Py_ssize_t>length:
+            _next(p, off, n)           # raises: the length is too big, or the payload cut short
+        if rd64(p + off) != seq:
+            raise FrameError(f"seq {rd64(p + off)} at record {count} breaks contiguity after "
+                             f"{seq - 1}")
+        off += HDR + length
+        seq += 1
         count += 1
-    return count, first, first + <uint64_t>count - 1
+    return count
 
 
 def scan_producer(const unsigned char[::1] buf):
