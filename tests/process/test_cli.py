@@ -278,6 +278,15 @@ def test_submit_prints_the_outcome_in_contract_units(cluster):
 
 def test_replay_json_decodes_every_record_and_filters(cluster):
     data, _up = cluster
+    # what it looks for, of its own: a trade (150, under every sell) and a rejection
+    for side, account in (("sell", "8"), ("buy", "9")):
+        out = seqex("submit", "--data", data, "--side", side, "--price", "150", "--qty",
+                    "0.001", "--account", account)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("filled at seq "), out.stdout
+    assert "rejected at seq" in one_line_error(seqex(
+        "submit", "--data", data, "--side", "buy", "--price", "150", "--qty", "0",
+        "--account", "9"))
     out = seqex("submit", "--data", data, "--side", "sell", "--price", "200", "--qty", "0.001",
                 "--account", "7")
     seq = int(out.stdout.split("at seq")[1].split()[0])
