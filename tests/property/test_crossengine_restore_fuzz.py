@@ -41,10 +41,15 @@ CONFIGS = [
          max_fills=4, n_shards=5, te_sources=[11, 12]),
     dict(symbol_id=(1 << 24) - 1, tick_size=10, max_qty=50, max_price=20_000, n_shards=63,
          te_sources=[5], liq_sources=[6, 9]),
+    dict(symbol_id=2, tick_size=2, max_qty=100, max_orders=3000),
 ]
+# how many ticks from mid an order's price may be, by configuration: the last one spreads its
+# book over more levels a side than one block of a side's index holds (128)
+SPREAD = [12, 12, 12, 12, 400]
 
 
-def commands(rng: random.Random, n: int, cfg: dict) -> list[tuple[int, bytes]]:
+def commands(rng: random.Random, n: int, cfg: dict,
+             spread: int = 12) -> list[tuple[int, bytes]]:
     """A seeded mix of every command kind around a mid price, on the configuration's tick."""
     tick = cfg.get("tick_size", 1)
     mid = 1000 * tick
@@ -55,7 +60,7 @@ def commands(rng: random.Random, n: int, cfg: dict) -> list[tuple[int, bytes]]:
         acct = rng.randint(1, 12)
         side = rng.choice([c.BUY, c.SELL])
         # bids mostly below mid, asks above, so that the book rests on both sides
-        off = rng.randint(-12, 4) if side == c.BUY else rng.randint(-4, 12)
+        off = rng.randint(-spread, 4) if side == c.BUY else rng.randint(-4, spread)
         price = mid + off * tick
         if r < 0.62:
             out.append((c.NEW_ORDER, c.new_order(
@@ -80,7 +85,8 @@ def base(cfg_no: int, seed: int) -> bytes:
     cfg = CONFIGS[cfg_no]
     rng = random.Random(seed * 31 + cfg_no)
     eng = CrossEngine(**cfg)
-    for kind, payload in commands(rng, rng.choice([0, 5, 60, 400]), cfg):
+    n = rng.choice([0, 5, 60, 400]) if SPREAD[cfg_no] < 100 else rng.choice([400, 5000])
+    for kind, payload in commands(rng, n, cfg, SPREAD[cfg_no]):
         eng.apply(0, 0, kind, payload)
     if rng.random() < 0.2:
         eng.apply(0, 0, c.HALT, b"")
@@ -338,7 +344,7 @@ def sound_or_refused(data: bytes) -> bool:
     return True
 
 
-FAST = settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck))
+FAST = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 SLOW = settings(max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
 
 
