@@ -1801,7 +1801,10 @@ cdef class CrossEngine:
         # quarter of headroom: the replay that follows a restore must not start by doubling a
         # pool of a million orders or rehashing its indexes. Only the level pool (its count is
         # not in the header) and the account map (sized once the accounts are counted) are not.
-        cdef Py_ssize_t room = min(n + n // 4 + 1024, 1 << 30)
+        # Never fewer than n: the cap alone left a pool smaller than a snapshot of more than
+        # ~859 million orders (max_orders allows up to 2**31 - 1), and the orders past it were
+        # written after the pool's end.
+        cdef Py_ssize_t room = max(n, min(n + n // 4 + 1024, 1 << 30))
         cdef CrossEngine eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders,
                                    16, 1 << 12, max_fills,
                                    max_account_orders, te_sources, n_shards, liq_sources)

@@ -345,7 +345,7 @@ def sound_or_refused(data: bytes) -> bool:
 
 
 FAST = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
-SLOW = settings(max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
+SLOW = settings(max_examples=50_000, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def test_every_base_snapshot_restores_to_itself():
