@@ -201,6 +201,10 @@ def upgrade_snapshot(data: bytes) -> bytes:
     (magic, _v, symbol_id, tick, min_qty, max_qty, max_price, max_orders, counter, trade_id,
      halted, n) = SNAP_HEADER_V1.unpack_from(data)
     orders = bytes(data[SNAP_HEADER_V1.size:])
+    if len(orders) != n * 47:
+        # n is the file's word: counting accounts over it before the length is checked walked
+        # up to 2**64 empty orders (a bit flipped in a version 3 header's version reads as one)
+        raise ValueError("CrossEngine snapshot has the wrong length")
     per_account: dict[int, int] = {}
     for k in range(n):
         account = int.from_bytes(orders[k * 47 + 16:k * 47 + 20], "little")

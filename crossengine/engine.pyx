@@ -1982,8 +1982,9 @@ cdef class CrossEngine:
         max_qty lots (leaves + filled), an id this symbol issued and no other order has, and
         a client order id its account uses once; the levels come in canonical order (buys
         then sells, each side best first, so none twice) and the book is not crossed; at most
-        max_orders orders. A snapshot that breaks any of these raises ValueError saying which
-        and at which order. Level totals and counts, the FIFO links, the id maps and the
+        max_orders orders, no account over max_account_orders; halted 0 or 1, version 4 only
+        with liq_sources (the bytes snapshot() writes, no other). A snapshot that breaks any of
+        these raises ValueError saying which and at which order. Level totals and counts, the FIFO links, the id maps and the
         accounts' id-ordered lists are built from the orders so checked, and cannot disagree
         with them. With check, check_invariants() then walks the built engine as well (a
         second pass, for the tests). A version 1 or 2 snapshot is upgraded first
@@ -2007,6 +2008,11 @@ cdef class CrossEngine:
         liq_sources = struct.unpack_from(f"<{n_liq}I", data, header + 4 * n_te)
         if counter > _codec.ORDER_COUNTER_MAX:
             raise ValueError("CrossEngine snapshot has an order counter past the id space")
+        if halted > 1 or (version == VERSION_LIQ and n_liq == 0):
+            # snapshot() writes halted as 0 or 1, and version 4 only with liq_sources: any
+            # other bytes would restore to an engine whose snapshot (and state hash) is not them
+            raise ValueError(f"CrossEngine snapshot is not canonical (halted {halted}, version "
+                             f"{version} with {n_liq} liq_sources)")
         cdef Py_ssize_t n_orders = n
         if n > max_orders:
             raise ValueError(f"CrossEngine snapshot holds {n} orders, more than max_orders "
@@ -2015,7 +2021,10 @@ cdef class CrossEngine:
         # quarter of headroom: the replay that follows a restore must not start by doubling a
         # pool of a million orders or rehashing its indexes. Only the level pool (its count is
         # not in the header) and the account map (sized once the accounts are counted) are not.
-        cdef Py_ssize_t room = min(n + n // 4 + 1024, 1 << 30)
+        # Never fewer than n: the cap alone left a pool smaller than a snapshot of more than
+        # ~859 million orders (max_orders allows up to 2**31 - 1), and the orders past it were
+        # written after the pool's end.
+        cdef Py_ssize_t room = max(n, min(n + n // 4 + 1024, 1 << 30))
         cdef CrossEngine eng = cls(symbol_id, tick, min_qty, max_qty, max_price, max_orders,
                                    16, 1 << 12, max_fills,
                                    max_account_orders, te_sources, n_shards, liq_sources)
@@ -2156,6 +2165,13 @@ cdef class CrossEngine:
                     eng.by_account.slots[a].v2 = i
                 o.acct_next = -1
                 eng.by_account.slots[a].n += 1
+                if eng.by_account.slots[a].n > eng.max_account_orders:
+                    # apply refuses the order past the bound (account_order_limit): a book
+                    # with more would let CancelAll list more levels than one record holds
+                    # (codec.worst_case_sizes)
+                    raise ValueError(f"CrossEngine snapshot: account {o.account} rests more "
+                                     f"than max_account_orders ({max_account_orders}) orders "
+                                     f"(order {i})")
         finally:
             free(ids)
             free(snap_lv)
@@ -2190,7 +2206,7 @@ cdef class CrossEngine:
         """Raise RuntimeError unless: the book is not crossed; levels are strictly ordered;
         each level's total and count equal the sums of its orders; every live order is in
         exactly one level, in the id map and the client map exactly once, and in the id-ordered
-        lists in increasing id order."""
+        lists in increasing id order; no account rests more than max_account_orders."""
         cdef int s
         cdef int32_t k, lv, i, prev_i, seen = 0
         cdef uint64_t total, last_id
@@ -2267,6 +2283,8 @@ cdef class CrossEngine:
                 i = self.orders[i].acct_next
             if n_acct != self.by_account.slots[slot].n:
                 raise RuntimeError("crossengine: an account's order count is wrong")
+            if n_acct > self.max_account_orders:
+                raise RuntimeError("crossengine: an account rests more than max_account_orders")
             k += n_acct
         if k != seen:
             raise RuntimeError("crossengine: account lists and live orders disagree")

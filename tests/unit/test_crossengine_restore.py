@@ -110,3 +110,62 @@ def test_a_refused_snapshot_leaves_no_engine_behind_and_a_good_one_still_restore
         with pytest.raises(ValueError):
             CrossEngine.restore(edited(_set(2, 0, ID | 1)))
         assert CrossEngine.restore(good).snapshot() == good
+
+
+# -- found by tests/property/test_crossengine_restore_fuzz.py -----------------------------------
+
+def _header(snap: bytes, **changes) -> bytes:
+    """snap with header fields (by index, as f7=5) changed."""
+    fields = list(c.SNAP_HEADER_V3.unpack_from(snap))
+    for key, value in changes.items():
+        fields[int(key[1:])] = value
+    return c.SNAP_HEADER_V3.pack(*fields) + snap[c.SNAP_HEADER_V3.size:]
+
+
+def test_an_account_over_max_account_orders_is_refused():
+    """Account 1 rests 3 orders. check_invariants() compared each account's count with its
+    list but not with the bound, and restore accepted the book: an account over it could make
+    a CancelAll list more levels than one output record holds (codec.worst_case_sizes)."""
+    snap = book().snapshot()
+    with pytest.raises(ValueError, match="account 1 rests more than max_account_orders"):
+        CrossEngine.restore(_header(snap, f9=2))
+    with pytest.raises(ValueError, match="account 1 rests more than max_account_orders"):
+        CrossEngine.restore(_header(snap, f9=2), check=True)
+    at_bound = _header(snap, f9=3)
+    assert CrossEngine.restore(at_bound, check=True).snapshot() == at_bound
+
+
+def test_a_halted_byte_other_than_0_or_1_is_refused():
+    """halted 2 restored to a halted engine whose snapshot says 1: bytes that were not a
+    snapshot() (the format is canonical, state_hash its SHA-256)."""
+    snap = book().snapshot()
+    with pytest.raises(ValueError, match="not canonical"):
+        CrossEngine.restore(_header(snap, f12=2))
+    assert CrossEngine.restore(_header(snap, f12=1)).snapshot() == _header(snap, f12=1)
+
+
+def test_version_4_without_liq_sources_is_refused():
+    """snapshot() writes version 4 only with liq_sources; one with none restored to an engine
+    that writes version 3."""
+    snap = book().snapshot()
+    fields = list(c.SNAP_HEADER_V3.unpack_from(snap))
+    v4 = c.SNAP_HEADER_V4.pack(fields[0], 4, *fields[2:], 0) + snap[c.SNAP_HEADER_V3.size:]
+    with pytest.raises(ValueError, match="not canonical"):
+        CrossEngine.restore(v4)
+
+
+def test_a_version_1_header_counting_past_its_bytes_is_refused_without_walking_the_count():
+    """Flipping bit 1 of a version 3 snapshot's version makes it version 1, whose order count
+    is read from the version 3 trade id and halted bytes: for a halted engine about 2**56.
+    codec.upgrade_snapshot counted the accounts over that many (empty) orders before anything
+    checked the length: restore never returned."""
+    eng = book()
+    eng.apply(0, 0, c.HALT, b"")
+    flipped = bytearray(eng.snapshot())
+    flipped[4] ^= 2
+    assert c.SNAP_HEADER_V1.unpack_from(flipped)[11] >= 1 << 56
+    with pytest.raises(ValueError, match="wrong length"):
+        CrossEngine.restore(bytes(flipped))
+    v1 = c.SNAP_HEADER_V1.pack(b"SQCE", 1, 1, 1, 1, 1000, 1 << 20, 100, 0, 0, 0, (1 << 64) - 1)
+    with pytest.raises(ValueError, match="wrong length"):
+        c.upgrade_snapshot(v1)
