@@ -36,8 +36,10 @@ if sys.byteorder != "little":
 cdef enum:
     HDR = 46
     K_TICK = 1
-    C_MAX_PAYLOAD = 1 << 20    # MAX_PAYLOAD and MAX_FRAME as C constants (scan_frame)
-    C_MAX_FRAME = 64 << 20
+    # MAX_PAYLOAD and MAX_FRAME as C constants (scan_frame); literals, because Cython's
+    # overflow-checked flavour cannot compile a shift in an enum (SEQEX_CHECKED=1)
+    C_MAX_PAYLOAD = 1048576    # 1 << 20
+    C_MAX_FRAME = 67108864     # 64 << 20
 
 HEADER_SIZE = HDR
 MAX_PAYLOAD = C_MAX_PAYLOAD    # 1 MiB: one record never needs more
