@@ -890,13 +890,13 @@ cdef class CrossEngine:
     cdef inline int32_t _find_level(self, int s, int64_t price) noexcept:
         """The live level of side s at price, or -1. Near the touch a few thousand prices
         are looked up again and again: the level cache answers them in a few instructions,
-        the side's blocked index (two binary searches) the rest. A cached level is taken only
-        if it is live (count > 0: a level leaves its side's index when it empties) at this
-        side and price, so a stale entry (the level dropped, its slot reused) is harmless."""
+        the side's blocked index (two binary searches) the rest. An entry is a live level of
+        its side: only _new_level and this method fill side s's half, with side s's levels,
+        and _drop_level clears the entry of a level it drops; two prices may share an entry,
+        so a cached level is taken only at this price."""
         cdef int32_t* c = self._lcache_at(s, price)
         cdef int32_t lv = c[0]
-        if lv >= 0 and self.levels[lv].count and self.levels[lv].price == price \
-                and self.levels[lv].side == (BUY if s == 0 else SELL):
+        if lv >= 0 and self.levels[lv].price == price:
             return lv
         lv = side_find(&self.sides[s], side_key(s, price))
         if lv >= 0:
@@ -931,6 +931,9 @@ cdef class CrossEngine:
         return lv
 
     cdef inline void _drop_level(self, int s, int32_t lv) noexcept:
+        cdef int32_t* c = self._lcache_at(s, self.levels[lv].price)
+        if c[0] == lv:          # the level cache holds live levels only (_find_level)
+            c[0] = -1
         side_remove(&self.sides[s], side_key(s, self.levels[lv].price))
         self.levels[lv].next_free = self.free_level
         self.free_level = lv

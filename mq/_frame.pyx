@@ -36,10 +36,10 @@ if sys.byteorder != "little":
 cdef enum:
     HDR = 46
     K_TICK = 1
-    # MAX_PAYLOAD and MAX_FRAME as C constants (scan_frame); literals, because Cython's
-    # overflow-checked flavour cannot compile a shift in an enum (SEQEX_CHECKED=1)
-    C_MAX_PAYLOAD = 1048576    # 1 << 20
-    C_MAX_FRAME = 67108864     # 64 << 20
+    # MAX_PAYLOAD (1 << 20) and MAX_FRAME (64 << 20) as C constants (scan_frame), written
+    # out: with overflowcheck on (the checked build) Cython 3 crashes on a shift in an enum
+    C_MAX_PAYLOAD = 1048576
+    C_MAX_FRAME = 67108864
 
 HEADER_SIZE = HDR
 MAX_PAYLOAD = C_MAX_PAYLOAD    # 1 MiB: one record never needs more
@@ -80,7 +80,7 @@ cdef Py_ssize_t scan_frame(const unsigned char* p, Py_ssize_t n, uint64_t* first
     the frame checks have one implementation): the number of records of the sequenced frame
     p[0:n], its first seq in first[0]; FrameError, saying what is wrong, when it is not one.
     The loop is a few compares a record; the messages are built only on a failure."""
-    cdef Py_ssize_t off = 0, count = 0
+    cdef Py_ssize_t off = 0, nxt, count = 0
     cdef uint64_t seq
     cdef uint32_t length
     if n == 0:
@@ -92,16 +92,19 @@ cdef Py_ssize_t scan_frame(const unsigned char* p, Py_ssize_t n, uint64_t* first
     if seq == 0:                       # ... and is sequenced
         raise FrameError("record seq 0 in a sequenced frame")
     first[0] = seq
+    # A few compares a record: the record's end (its length is at most 2**32, so no overflow)
+    # against n covers "payload cut short".
     while off < n:
         if n - off < HDR:
             _next(p, off, n)           # raises: a truncated header
         length = rd32(p + off + 34)
-        if length > C_MAX_PAYLOAD or n - off - HDR < <Py_ssize_t>length:
+        nxt = off + HDR + <Py_ssize_t>length
+        if nxt > n or length > C_MAX_PAYLOAD:
             _next(p, off, n)           # raises: the length is too big, or the payload cut short
         if rd64(p + off) != seq:
             raise FrameError(f"seq {rd64(p + off)} at record {count} breaks contiguity after "
                              f"{seq - 1}")
-        off += HDR + length
+        off = nxt
         seq += 1
         count += 1
     return count
