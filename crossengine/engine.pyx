@@ -219,6 +219,20 @@ cdef uint32_t OPERATOR_SOURCE_MIN = _sources.OPERATOR_SOURCE_MIN
 
 
 # -- little helpers ---------------------------------------------------------------------------
+cdef inline void fifo_unlink(Order* orders, Order* o, Level* L) noexcept nogil:
+    """Take order o out of its level's FIFO and the level's totals (the level stays)."""
+    if o.prev >= 0:
+        orders[o.prev].next = o.next
+    else:
+        L.head = o.next
+    if o.next >= 0:
+        orders[o.next].prev = o.prev
+    else:
+        L.tail = o.prev
+    L.total -= o.leaves
+    L.count -= 1
+
+
 cdef inline int side_index(uint8_t side) noexcept nogil:
     return 0 if side == BUY else 1
 
@@ -991,16 +1005,7 @@ cdef class CrossEngine:
         cdef int32_t lv = o.level
         cdef Level* L = &self.levels[lv]
         self._touch(lv)
-        if o.prev >= 0:
-            self.orders[o.prev].next = o.next
-        else:
-            L.head = o.next
-        if o.next >= 0:
-            self.orders[o.next].prev = o.prev
-        else:
-            L.tail = o.prev
-        L.total -= o.leaves
-        L.count -= 1
+        fifo_unlink(self.orders, o, L)
         if L.count == 0:
             self._drop_level(side_index(o.side), lv)
         return 0
@@ -1575,16 +1580,7 @@ cdef class CrossEngine:
         # _remove without the touched list: its one level's event is written here
         lv = o.level
         L = &self.levels[lv]
-        if o.prev >= 0:
-            self.orders[o.prev].next = o.next
-        else:
-            L.head = o.next
-        if o.next >= 0:
-            self.orders[o.next].prev = o.prev
-        else:
-            L.tail = o.prev
-        L.total -= o.leaves
-        L.count -= 1
+        fifo_unlink(self.orders, o, L)
         table_del_at(&self.by_id, <uint64_t>ids)
         table_del_at(&self.by_client, <uint64_t>cls)
         self._account_unlink(i)
