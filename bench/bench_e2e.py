@@ -213,11 +213,12 @@ async def drive(conns: list[Conn], run: Run) -> None:
 
 
 async def settle(run: Run, timeout_s: float, floor: bool) -> float:
-    """Wait until every order is acked (and every taker filled); seconds it took."""
+    """Wait until every order is acked and, on seqex, filled (both sides: the maker's Trade
+    comes back through the other shard, after the taker's); seconds it took."""
     t0 = time.perf_counter()
-    need_fill = 0 if floor else run.n // 2
     while time.perf_counter() - t0 < timeout_s:
-        if len(run.seen) >= run.n and (len(run.fill) >= need_fill or run.rejects):
+        filled = floor or (len(run.fill) >= run.n // 2 and len(run.filled) >= run.n)
+        if len(run.seen) >= run.n and (filled or run.rejects):
             break
         await asyncio.sleep(0.01)
     return time.perf_counter() - t0
