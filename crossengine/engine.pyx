@@ -315,23 +315,6 @@ cdef int table_grow(Table* t) except -1:
     free(old)
     return 0
 
-cdef inline int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
-    """Insert a key the caller knows is absent (no lookup first)."""
-    cdef uint64_t i
-    if (t.size + 1) * 2 > t.mask + 1:       # load factor at most 1/2
-        table_grow(t)
-    i = slot_hash(t, k1, k2)
-    while t.slots[i].used:
-        i = (i + 1) & t.mask
-    t.slots[i].k1 = k1
-    t.slots[i].k2 = k2
-    t.slots[i].v1 = v1
-    t.slots[i].v2 = v2
-    t.slots[i].n = 0
-    t.slots[i].used = 1
-    t.size += 1
-    return 0
-
 cdef inline int table_del(Table* t, uint64_t k1, uint64_t k2) except -1:
     cdef int64_t found = table_find(t, k1, k2)
     if found < 0:
@@ -380,11 +363,34 @@ cdef inline void table_put_at(Table* t, uint64_t i, uint64_t k1, uint64_t k2, in
     t.slots[i].used = 1
     t.size += 1
 
+cdef inline int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
+    """Insert a key the caller knows is absent (no lookup first)."""
+    cdef uint64_t i
+    table_room(t)
+    i = slot_hash(t, k1, k2)
+    while t.slots[i].used:
+        i = (i + 1) & t.mask
+    table_put_at(t, i, k1, k2, v1, v2)
+    return 0
+
+cdef inline int64_t table_put_new(Table* t, uint64_t k1, uint64_t k2, int32_t v1,
+                                  int32_t v2) except -2:
+    """Insert (k1, k2) unless it is present: the slot it now has, or -1 if it was there. The
+    probe that finds a free slot passes every slot that could hold the key (linear probing
+    with backward-shift deletion leaves no holes in a run), so the check costs nothing more."""
+    cdef uint64_t i
+    table_room(t)
+    i = table_probe(t, k1, k2)
+    if t.slots[i].used:
+        return -1
+    table_put_at(t, i, k1, k2, v1, v2)
+    return <int64_t>i
+
+
 cdef inline int table_add1(Table* t, uint64_t k1, int32_t v1) except -1:
     """table_add(t, k1, 0, v1, 0) for a table whose keys all have k2 = 0."""
     cdef uint64_t i
-    if (t.size + 1) * 2 > t.mask + 1:
-        table_grow(t)
+    table_room(t)
     i = key_hash(t, k1)
     while t.slots[i].used:
         i = (i + 1) & t.mask
@@ -671,29 +677,6 @@ cdef int sort_by_account(AcctIdx* a, Py_ssize_t n) except -1:
     free(tmp)
     free(cnt)
     return 0
-
-
-cdef inline int64_t table_put_new(Table* t, uint64_t k1, uint64_t k2, int32_t v1,
-                                  int32_t v2) except -2:
-    """Insert (k1, k2) unless it is present: the slot it now has, or -1 if it was there. The
-    probe that finds a free slot passes every slot that could hold the key (linear probing
-    with backward-shift deletion leaves no holes in a run), so the check costs nothing more."""
-    cdef uint64_t i
-    if (t.size + 1) * 2 > t.mask + 1:       # load factor at most 1/2
-        table_grow(t)
-    i = slot_hash(t, k1, k2)
-    while t.slots[i].used:
-        if t.slots[i].k1 == k1 and t.slots[i].k2 == k2:
-            return -1
-        i = (i + 1) & t.mask
-    t.slots[i].k1 = k1
-    t.slots[i].k2 = k2
-    t.slots[i].v1 = v1
-    t.slots[i].v2 = v2
-    t.slots[i].n = 0
-    t.slots[i].used = 1
-    t.size += 1
-    return <int64_t>i
 
 
 cdef int table_sized(Table* t, uint64_t n) except -1:
