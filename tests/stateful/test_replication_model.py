@@ -785,6 +785,19 @@ def _deliver_all(model: Model, keep=lambda entry: True) -> None:
             model.deliver_at(0)
 
 
+def _two_masters_claiming(model: Model):
+    """The first master dies; two start at once, both learn epoch 1 and both claim epoch 2."""
+    model.first_master()
+    model.masters[b"m0"].alive = False
+    model.start_master()
+    model.start_master()
+    a, b = model.masters[b"m1"], model.masters[b"m2"]
+    _deliver_all(model)                 # both learn epoch 1
+    for m in (a, b):
+        model.master_work(m)            # both claim epoch 2
+    return a, b
+
+
 def test_two_masters_that_start_together_never_share_an_epoch():
     """Two masters start at once and both learn epoch 1 from the replicators, so both claim
     epoch 2. Only one may win it: a replicator that granted epoch 2 to one master must refuse
@@ -796,14 +809,7 @@ def test_two_masters_that_start_together_never_share_an_epoch():
     serves an epoch."""
     model = Model()
     try:
-        model.first_master()
-        model.masters[b"m0"].alive = False
-        model.start_master()
-        model.start_master()
-        a, b = model.masters[b"m1"], model.masters[b"m2"]
-        _deliver_all(model)                 # both learn epoch 1
-        for m in (a, b):
-            model.master_work(m)            # both claim epoch 2
+        a, b = _two_masters_claiming(model)
         assert a.recovery.phase == b.recovery.phase == "claim"
         assert a.recovery.epoch == b.recovery.epoch == 2
         _deliver_all(model)                 # a's claims land first, then b's
@@ -832,14 +838,7 @@ def test_a_state_answer_is_not_taken_for_a_granted_claim():
     it takes the stream over at an epoch that another master serves."""
     model = Model()
     try:
-        model.first_master()
-        model.masters[b"m0"].alive = False
-        model.start_master()
-        model.start_master()
-        a, b = model.masters[b"m1"], model.masters[b"m2"]
-        _deliver_all(model)
-        for m in (a, b):
-            model.master_work(m)
+        a, b = _two_masters_claiming(model)
         assert a.recovery.epoch == b.recovery.epoch == 2
         # a's STATE and CLAIM arrive; of b's, only the STATEs (its CLAIMs are lost)
         _deliver_all(model, keep=lambda e: not (e[1] == b.ident and e[3][0] == wire.CLAIM))

@@ -247,18 +247,24 @@ def test_an_epoch_beyond_u32_is_refused_with_the_next_step_and_nothing_is_claime
     assert not core.take(wire.CLAIM)
 
 
-def test_only_a_claim_granted_to_this_master_takes_the_stream_over():
-    """In the claim phase a STATE's answer that names the epoch claimed (another master was
-    granted it: the STATE goes out before each CLAIM) grants nothing, nor does a CLAIM's
-    answer granted to another claimant; a refusal at that epoch sends the master back to
-    claim above it. Before the fix such STATE answers counted as granted claims, and two
-    masters served one epoch."""
+def claiming_core() -> Core:
+    """A recovering master that learnt epoch 1 from all three replicators and claims 2."""
     core = Core()
     core.begin_recovery()
     core.recovery_step()
     for i in range(3):
         core._on_reply(core.links[i], state(1, 1, 1, [(1, 1)]))
     core.recovery_step()
+    return core
+
+
+def test_only_a_claim_granted_to_this_master_takes_the_stream_over():
+    """In the claim phase a STATE's answer that names the epoch claimed (another master was
+    granted it: the STATE goes out before each CLAIM) grants nothing, nor does a CLAIM's
+    answer granted to another claimant; a refusal at that epoch sends the master back to
+    claim above it. Before the fix such STATE answers counted as granted claims, and two
+    masters served one epoch."""
+    core = claiming_core()
     assert core.recovery.phase == "claim" and core.recovery.epoch == 2
     claims = core.take(wire.CLAIM)
     assert [b["claimant"] for _i, b, _m in claims] == [core.claimant] * 3
@@ -279,12 +285,7 @@ def test_only_a_claim_granted_to_this_master_takes_the_stream_over():
 def test_a_log_holding_records_of_the_epoch_claimed_is_not_adopted():
     """Records of the epoch just granted mean another master stamped with it; the master
     never adopts that log (it would share the epoch), and claims again above it."""
-    core = Core()
-    core.begin_recovery()
-    core.recovery_step()
-    for i in range(3):
-        core._on_reply(core.links[i], state(1, 1, 1, [(1, 1)]))
-    core.recovery_step()
+    core = claiming_core()
     for i in range(3):
         core._on_reply(core.links[i], state(2, 2, 1, [(1, 1), (2, 2)],
                                             claimant=core.claimant))
