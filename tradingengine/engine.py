@@ -1280,6 +1280,8 @@ class TradingEngine:
                 break            # the rest are still due: they go on at the next record
             del self.cod[key]
             sess.cod_deadline = 0
+            if key in self.finalized:
+                self._drop_session(key)
         for symbol in sorted(s for s, t in self.next_funding.items() if t <= now):
             interval = self.specs[symbol].funding_interval_ns
             while self.next_funding[symbol] <= now:
@@ -2023,7 +2025,7 @@ class TradingEngine:
     def _smsg(self, key: tuple, template: int, *fields) -> None:
         """A SessionMessage to the session ``key`` (if it is live) with its next server SeqNo."""
         sess = self.sessions.get(key)
-        if sess is None:
+        if sess is None or key in self.finalized:
             return
         seq = sess.next_seq
         sess.next_seq = seq + 1
@@ -2186,15 +2188,15 @@ class TradingEngine:
         user, sid, conn_id, reason = c.SESSION_END_S.unpack(payload)
         key = (user, sid)
         sess = self.sessions.get(key)
-        if sess is None or reason > c.END_FINALIZE:
-            self._reject_request(c.SESSION_END, 2034 if sess is None else 2001, user, 0, sid)
-            return
-        if reason == c.END_FINALIZE:
-            self._finalize(key, sess)
+        if sess is None or key in self.finalized or reason > c.END_FINALIZE:
+            self._reject_request(c.SESSION_END, 2001 if sess is not None and reason >
+                                 c.END_FINALIZE else 2034, user, 0, sid)
             return
         if sess.bound and sess.conn_id == conn_id:
             sess.bound = False
-            self._arm_cod(key, sess, reason)
+            self._arm_cod(key, sess, c.END_LOGOUT if reason == c.END_FINALIZE else reason)
+        if reason == c.END_FINALIZE:
+            self._finalize(key, sess)
 
     def _gateway_start(self, payload: bytes) -> None:
         if len(payload) != c.GATEWAY_START_S.size:
@@ -2245,17 +2247,30 @@ class TradingEngine:
         return True
 
     def _finalize(self, key: tuple, sess) -> None:
+        """End the session for good (PROTOCOL.md §4.9). An armed cancel-on-disconnect fires
+        now: no Logon can come back to disarm it. While its cancels outrun one record's output
+        budget, the session stays (unbound, finalized: it takes no message and sends none) and
+        its timer, due at once, goes on at the next record; it is dropped when they are done."""
         self._session_state(key, sess.conn_id, sess, c.SESSION_FINALIZED)
+        self._expire_finalized()
+        self.finalized[key] = self.ts_ns
+        if key in self.cod:
+            if not self._cancel_on_disconnect(key, sess):
+                self.cod[key] = sess.cod_deadline = self.ts_ns
+                self._reset_timer()
+                return
+            del self.cod[key]
+            sess.cod_deadline = 0
+            self._reset_timer()
+        self._drop_session(key)
+
+    def _drop_session(self, key: tuple) -> None:
         del self.sessions[key]
         n_open = self.user_sessions[key[0]] - 1
         if n_open:
             self.user_sessions[key[0]] = n_open
         else:
             del self.user_sessions[key[0]]
-        if self.cod.pop(key, None) is not None:
-            self._reset_timer()
-        self._expire_finalized()
-        self.finalized[key] = self.ts_ns
 
     def _expire_finalized(self) -> None:
         fin = self.finalized
@@ -2274,6 +2289,8 @@ class TradingEngine:
         user, sid, gflags, template = c.CLIENT_MESSAGE_S.unpack_from(payload)
         key = (user, sid)
         sess = self.sessions.get(key)
+        if sess is not None and key in self.finalized:
+            sess = None                       # finalized, its cancel-on-disconnect going on
         if sess is None or not 100 <= template <= 199:
             self._reject_request(c.CLIENT_MESSAGE, 2034 if sess is None else 2001, user, 0, sid)
             return

@@ -442,6 +442,61 @@ def test_cancel_on_disconnect_goes_one_account_a_unit_within_the_output_budget()
     assert sorted(e[2] for e in ers(ms, b"4")) == [300, 301]
 
 
+@pytest.mark.parametrize("logout_first", [True, False])
+def test_finalizing_a_session_fires_its_armed_cancel_on_disconnect_at_once(logout_first):
+    """Mode 1 cancels on logout too (PROTOCOL.md §4.10), and a finalized session cannot come
+    back within the grace to disarm it: Logout(5) cancels its orders now, whether the gateway
+    said logout before the finalize (as it does) or not."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1, cod=c.COD_ON_DISCONNECT_OR_LOGOUT, cod_ms=5_000)
+    h.nos(1, 9, 1, 300)
+    if logout_first:
+        h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_LOGOUT))
+        assert h.v.te.cod and len(h.v.te.orders) == 1          # armed, within its grace
+    ev = h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_FINALIZE))
+    assert [e[6] for e in ev if e[0] == c.SESSION_STATE] == [c.SESSION_FINALIZED]
+    assert not h.v.te.orders and not h.v.te.cod
+    assert (1, 9) not in h.v.te.sessions and 1 not in h.v.te.user_sessions
+    assert msgs(ev, 1, 9) == []                  # nothing more to a finalized session
+    assert h.logon(1, 9)[5] == c.SESSION_FINALIZED
+
+
+def test_finalizing_a_mode_2_session_keeps_its_orders():
+    h = Harness()
+    h.logon(1, 9, conn=1, cod=c.COD_ON_DISCONNECT, cod_ms=0)
+    h.nos(1, 9, 1, 300)
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_LOGOUT))
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_FINALIZE))
+    h.apply(c.KIND_TICK, b"", SECOND)
+    assert len(h.v.te.orders) == 1 and (1, 9) not in h.v.te.sessions
+
+
+def test_a_finalized_session_past_the_output_budget_cancels_on_then_goes():
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1, accounts=[1, 3], cod=c.COD_ON_DISCONNECT_OR_LOGOUT, cod_ms=5_000)
+    h.nos(1, 9, 1, 300, account=1)
+    h.nos(1, 9, 2, 301, account=3)
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_LOGOUT))
+    for te in (h.v.te, *h.v.shadows):
+        te.output_budget = 0
+    h.v.auto = False
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_FINALIZE))
+    te = h.v.te
+    assert [o.pending for o in te.orders.values()] == [1, 0]      # account 1's only
+    assert (1, 9) in te.sessions and te.cod                      # kept until its cancels are out
+    assert te.user_sessions[1] == 1
+    back = TradingEngine.restore(te.snapshot())
+    assert back.state_hash() == te.state_hash() and back.user_sessions == te.user_sessions
+    assert h.logon(1, 9, conn=2)[5] == c.SESSION_FINALIZED      # no way back in
+    ev = h.apply(c.CLIENT_MESSAGE, c.client_message(1, 9, 100, NOS.pack(
+        3, 0, 302, 100 * E8, 1, 1, 0, b"1", b"2", b"1", 0)))
+    assert ev[0][0] == c.REQUEST_REJECTED and ev[0][1] == c.CODES["session_unknown"]
+    assert [o.pending for o in te.orders.values()] == [1, 1]      # the rest went on
+    assert not te.cod and (1, 9) not in te.sessions and 1 not in te.user_sessions
+    h.v.deliver()
+    assert not te.orders
+
+
 def test_apply_frame_gives_each_output_its_route_once_the_header_has_one(monkeypatch):
     """With mq.record's 46-byte header (route at 38) apply_frame hands encode 8-tuples whose
     last element is the route; with the 38-byte one, 7-tuples as before."""
