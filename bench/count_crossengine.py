@@ -3,8 +3,9 @@
 Method. Wall-clock figures on a shared VM move by ±20% between runs; instruction counts do
 not. This script builds a book with the independent flow of bench_crossengine.py (about 4,000
 orders resting over about 110 levels a side), then encodes a batch of operations of one kind
-as frames of 1,024 records and applies them with `apply_frame` (`--apply 1`) or not
-(`--apply 0`). Under valgrind's callgrind the difference of the two totals, divided by the
+as frames of 1,024 records and applies them (`--apply 1`) or not (`--apply 0`), through
+`apply_scanned_frame` as the replica host does (its subscriber has already checked each frame)
+or, with `--call frame`, through `apply_frame` (which checks the frame first: ~18 a record). Under valgrind's callgrind the difference of the two totals, divided by the
 operations, is the instructions per operation: the engine's work plus apply_frame's per-record
 share of the frame (header copy, route).
 
@@ -71,6 +72,9 @@ def main() -> None:
     ap.add_argument("--kind", choices=KINDS, default="rest")
     ap.add_argument("--apply", type=int, choices=[0, 1], default=1)
     ap.add_argument("--ops", type=int, default=20_480)
+    ap.add_argument("--call", choices=["scanned", "frame"], default="scanned",
+                    help="apply_scanned_frame, as the replica host calls it (its subscriber "
+                         "has checked each frame), or apply_frame (checks the frame first)")
     ap.add_argument("--report", action="store_true",
                     help="run every kind both ways under callgrind and print the table")
     a = ap.parse_args()
@@ -85,29 +89,31 @@ def main() -> None:
     if a.kind != "flow":
         measured = batch(a.kind, a.ops, eng)
     fr = frames(measured)
+    apply = eng.apply_scanned_frame if a.call == "scanned" else eng.apply_frame
     if a.apply:
         for f in fr:
-            eng.apply_frame(f)
+            apply(f)
 
 
 def report(ops: int) -> None:
     py = sys.executable
     here = os.path.abspath(__file__)
-    for kind in KINDS:
+    for kind, call in [(k, "scanned") for k in KINDS] + [("rest", "frame"), ("cancel", "frame")]:
         got = []
         for apply in (0, 1):
             # A fixed hash seed: with Python's per-process one, the setup's dict and set work
             # differed between the two runs by up to ~1M instructions (±20-40 per operation)
             r = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                                 py, here, "--kind", kind, "--apply", str(apply), "--ops",
-                                str(ops)], capture_output=True, text=True,
+                                str(ops), "--call", call], capture_output=True, text=True,
                                env={**os.environ, "PYTHONHASHSEED": "0"})
             m = re.search(r"Collected : (\d+)", r.stderr)
             if r.returncode or not m:
                 raise SystemExit(f"callgrind run failed: {r.stderr[-500:]}")
             got.append(int(m.group(1)))
+        how = "apply_scanned_frame" if call == "scanned" else "apply_frame"
         print(f"[instructions] {kind}: {(got[1] - got[0]) / ops:,.0f} per operation "
-              f"({ops:,} operations, callgrind)", flush=True)
+              f"({ops:,} operations through {how}, callgrind)", flush=True)
 
 
 if __name__ == "__main__":

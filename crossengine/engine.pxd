@@ -20,6 +20,10 @@ cdef struct Order:
     int32_t next             # (also the free-list link when not live)
     int32_t acct_prev        # this account's live orders in order-id order (cancel all)
     int32_t acct_next
+    int32_t acct_slot        # a hint: its account's slot in the account map when it was entered
+                             # (account entries stay; a grow moves them: checked on use)
+    int32_t id_slot          # its slot in the id map, exact: kept when a deletion's backward
+                             # shift or a grow moves it
 
 
 cdef struct Level:

@@ -67,6 +67,7 @@ import struct
 
 from crossengine import codec as _codec
 from mq import sources as _sources
+from mq._frame import FrameError
 
 cdef enum:
     HDR = 46                 # mq record header (mq/_frame.pyx); the route at 38
@@ -262,11 +263,17 @@ cdef uint64_t table_mul = 0x9E3779B97F4A7C15
 
 
 @cython.overflowcheck(False)
-def seed_hashes(seed=None):
+def seed_hashes(seed=None, multiplier=None):
     """Set the multiplier of the id tables of engines made (or restored) after this call: from
     ``seed`` (splitmix64, made odd), or the source's default with None. A host seeds it from a
-    secret, so that no client can choose client order ids that share a slot."""
+    secret, so that no client can choose client order ids that share a slot. ``multiplier``
+    sets it as given (odd; tests use a poor one to make every key share a probe run)."""
     global table_mul
+    if multiplier is not None:
+        if not 0 < multiplier < 1 << 64 or multiplier % 2 == 0:
+            raise ValueError("multiplier must be odd and below 2**64")
+        table_mul = multiplier
+        return
     if seed is None:
         table_mul = 0x9E3779B97F4A7C15
         return
@@ -387,30 +394,28 @@ cdef inline int64_t table_put_new(Table* t, uint64_t k1, uint64_t k2, int32_t v1
     return <int64_t>i
 
 
-cdef inline int table_add1(Table* t, uint64_t k1, int32_t v1) except -1:
-    """table_add(t, k1, 0, v1, 0) for a table whose keys all have k2 = 0."""
-    cdef uint64_t i
-    table_room(t)
-    i = key_hash(t, k1)
-    while t.slots[i].used:
-        i = (i + 1) & t.mask
-    table_put_at(t, i, k1, 0, v1, 0)
-    return 0
-
 cdef inline void table_del_at(Table* t, uint64_t i) noexcept nogil:
     """Empty slot i (used) by backward shift: a later slot of the run moves into the hole
     unless its home lies cyclically in (hole, it]."""
+    table_shift_out(t, i, NULL)
+
+cdef inline void table_shift_out(Table* t, uint64_t i, Order* back) noexcept nogil:
+    """table_del_at; with back (the id map: one-part keys, v1 an order index), each slot that
+    moves updates its order's id_slot."""
     cdef uint64_t j, home
     j = i
     while True:
         j = (j + 1) & t.mask
         if not t.slots[j].used:
             break
-        home = slot_hash(t, t.slots[j].k1, t.slots[j].k2)
+        home = key_hash(t, t.slots[j].k1) if back != NULL else \
+            slot_hash(t, t.slots[j].k1, t.slots[j].k2)
         # Leave slot j where it is if its home lies cyclically in (i, j].
         if (i <= j and i < home and home <= j) or (i > j and (i < home or home <= j)):
             continue
         t.slots[i] = t.slots[j]
+        if back != NULL:
+            back[t.slots[i].v1].id_slot = <int32_t>i
         i = j
     t.slots[i].used = 0
     t.size -= 1
@@ -993,13 +998,36 @@ cdef class CrossEngine:
             self._drop_level(side_index(o.side), lv)
         return 0
 
+    cdef inline int _id_add(self, int32_t i) except -1:
+        """Enter order i (its id is new: ids are never reused) in the id map, and its slot in
+        its id_slot."""
+        cdef Table* t = &self.by_id
+        cdef uint64_t j
+        if (t.size + 1) * 2 > t.mask + 1:
+            table_grow(t)
+            self._id_rehint()
+        j = key_hash(t, self.orders[i].order_id)
+        while t.slots[j].used:
+            j = (j + 1) & t.mask
+        table_put_at(t, j, self.orders[i].order_id, 0, i, 0)
+        self.orders[i].id_slot = <int32_t>j
+        return 0
+
+    cdef void _id_rehint(self) noexcept:
+        """Every live order's id_slot again, after the id map was rebuilt (grown)."""
+        cdef Table* t = &self.by_id
+        cdef uint64_t j
+        for j in range(t.mask + 1):
+            if t.slots[j].used:
+                self.orders[t.slots[j].v1].id_slot = <int32_t>j
+
     cdef inline int _index_link(self, int32_t i, int64_t a) except -1:
         """Enter order i in the id maps and at the tail of its account's id-ordered list; a is
         the account's slot in the account map if the caller has it, else -1."""
         cdef Order* o = &self.orders[i]
         cdef int32_t tail
         # Both keys are new: ids are never reused, and a client id in use was refused.
-        table_add(&self.by_id, o.order_id, 0, i, 0)
+        self._id_add(i)
         table_add(&self.by_client, o.client_order_id, o.account, i, 0)
         if a < 0:
             a = table_find(&self.by_account, o.account, 0)
@@ -1019,24 +1047,28 @@ cdef class CrossEngine:
             self.orders[tail].acct_next = i
             self.by_account.slots[a].v2 = i
         self.by_account.slots[a].n += 1
+        o.acct_slot = <int32_t>a
         self.n_live += 1
         return 0
 
     cdef inline int _index_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
-        cdef int64_t s = table_find1(&self.by_id, o.order_id)
-        if s < 0:
+        cdef int32_t s = o.id_slot
+        if self.by_id.slots[s].v1 != i or not self.by_id.slots[s].used:
             raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
-        table_del_at(&self.by_id, <uint64_t>s)
+        table_shift_out(&self.by_id, <uint64_t>s, self.orders)
         table_del(&self.by_client, o.client_order_id, o.account)
         return self._account_unlink(i)
 
     cdef inline int _account_unlink(self, int32_t i) except -1:
         """Take order i out of its account's id-ordered list (and count); one fewer live."""
         cdef Order* o = &self.orders[i]
-        cdef int64_t a = table_find1(&self.by_account, o.account)
-        if a < 0:
-            raise RuntimeError("crossengine: account list lost")
+        cdef int64_t a = o.acct_slot
+        # the hint is in range (the map never shrinks) and right unless the map grew since
+        if not (self.by_account.slots[a].k1 == o.account and self.by_account.slots[a].used):
+            a = table_find1(&self.by_account, o.account)
+            if a < 0:
+                raise RuntimeError("crossengine: account list lost")
         if o.acct_prev >= 0:
             self.orders[o.acct_prev].acct_next = o.acct_next
         else:
@@ -1477,7 +1509,7 @@ cdef class CrossEngine:
             lv = self._new_level(s, price)
         self._append(t, lv)
         # the indexes, as _index_link enters them
-        table_add1(&self.by_id, o.order_id, t)
+        self._id_add(t)
         table_put_at(&self.by_client, cslot, cl_id, account, t, 0)
         if a >= 0 and self.by_account.slots[a].v1 >= 0:
             tail = self.by_account.slots[a].v2
@@ -1495,6 +1527,7 @@ cdef class CrossEngine:
                 self.by_account.slots[a].v1 = t
                 self.by_account.slots[a].v2 = t
         self.by_account.slots[a].n += 1
+        o.acct_slot = <int32_t>a
         self.n_live += 1
         q = self.out.data + self.out.len        # reserved above
         q[0] = EV_LEVEL
@@ -1544,7 +1577,7 @@ cdef class CrossEngine:
                 return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
             i = self.by_client.slots[cls].v1
             o = &self.orders[i]
-            ids = table_find1(&self.by_id, o.order_id)
+            ids = o.id_slot
         if ids < 0 or cls < 0:
             raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
         # OrderCancelled (as _ev_cancel writes it), and room for the LevelChanged after it
@@ -1564,7 +1597,7 @@ cdef class CrossEngine:
         lv = o.level
         L = &self.levels[lv]
         fifo_unlink(self.orders, o, L)
-        table_del_at(&self.by_id, <uint64_t>ids)
+        table_shift_out(&self.by_id, <uint64_t>ids, self.orders)
         table_del_at(&self.by_client, <uint64_t>cls)
         self._account_unlink(i)
         self._free_order(i)
@@ -1822,13 +1855,29 @@ cdef class CrossEngine:
     def apply_frame(self, const unsigned char[::1] frame):
         """Apply every record of a sequenced frame; return the output frame: one record per
         input record, same seq, ts, source, source_seq, epoch and kind, payload = events,
-        route = the shards its events concern."""
-        cdef Py_ssize_t n = frame.shape[0], off = 0, start, cap
-        cdef uint32_t length
+        route = the shards its events concern. The frame is checked first (mq's FrameError,
+        before any record applies)."""
+        cdef Py_ssize_t n = frame.shape[0]
         cdef const unsigned char* p = &frame[0] if n else NULL
-        cdef Buf keep = self.out
         cdef uint64_t first
-        scan_frame(p, n, &first)    # mq's frame check (FrameError), before any record applies
+        scan_frame(p, n, &first)
+        return self._apply_records(p, n)
+
+    def apply_scanned_frame(self, const unsigned char[::1] frame):
+        """apply_frame for a frame that its caller has just checked with mq.record.scan (the
+        replica host's subscriber scans every frame it delivers, live or replayed): the same
+        outputs and state, without walking the frame a second time for the check. Reads stay
+        within the frame whatever it holds (a record running past its end raises FrameError),
+        but a frame that scan would refuse is not refused before its first records apply."""
+        cdef Py_ssize_t n = frame.shape[0]
+        if n == 0:
+            raise FrameError("empty frame")
+        return self._apply_records(&frame[0], n)
+
+    cdef object _apply_records(self, const unsigned char* p, Py_ssize_t n):
+        cdef Py_ssize_t off = 0, start, cap
+        cdef uint32_t length
+        cdef Buf keep = self.out
         # The output frame is written straight into the bytes object returned (no copy at the
         # end): sized as the last frame's output per input byte would want it, with a quarter
         # to spare (untouched pages cost nothing; the final resize gives them back), doubled
@@ -1844,7 +1893,13 @@ cdef class CrossEngine:
         buf = None
         try:
             while off < n:
+                # (after scan_frame these never fail; they keep apply_scanned_frame's reads in
+                # the frame whatever it was given)
+                if n - off < HDR:
+                    raise FrameError(f"truncated record header at offset {off}")
                 length = rd32(p + off + 34)
+                if <Py_ssize_t>length > n - off - HDR:
+                    raise FrameError(f"record at offset {off} runs past the frame")
                 buf_reserve(&self.out, HDR)
                 start = self.out.len
                 memcpy(self.out.data + start, p + off, HDR)
@@ -2022,9 +2077,10 @@ cdef class CrossEngine:
         eng.orders_cap = <int32_t>room
         table_sized(&eng.by_id, room)
         table_sized(&eng.by_client, room)
+        cdef uint64_t id_cap = eng.by_id.mask + 1
         cdef Py_ssize_t k, n_lv = 0, first_sell = -1, accounts = 0
         cdef int32_t i, lv = -1, prev
-        cdef int64_t a = -1
+        cdef int64_t a = -1, slot
         cdef Order* o
         cdef const unsigned char* q = &view[0] + head
         cdef uint8_t side, last_side = 0
@@ -2095,9 +2151,11 @@ cdef class CrossEngine:
                     prefetch_w(&eng.by_client.slots[slot_hash(
                         &eng.by_client, rd64(q + PREFETCH_AHEAD * SNAP_ORDER + 8),
                         rd32(q + PREFETCH_AHEAD * SNAP_ORDER + 16))], 1, 1)
-                if table_put_new(&eng.by_id, order_id, 0, <int32_t>k, 0) < 0:
+                slot = table_put_new(&eng.by_id, order_id, 0, <int32_t>k, 0)
+                if slot < 0:
                     raise ValueError(f"CrossEngine snapshot: order id {order_id} is there "
                                      f"twice (order {k})")
+                o.id_slot = <int32_t>slot
                 if table_put_new(&eng.by_client, o.client_order_id, o.account, <int32_t>k,
                                  0) < 0:
                     raise ValueError(f"CrossEngine snapshot: account {o.account} has client "
@@ -2146,6 +2204,7 @@ cdef class CrossEngine:
                     eng.orders[prev].acct_next = i
                     eng.by_account.slots[a].v2 = i
                 o.acct_next = -1
+                o.acct_slot = <int32_t>a
                 eng.by_account.slots[a].n += 1
                 if eng.by_account.slots[a].n > eng.max_account_orders:
                     # apply refuses the order past the bound (account_order_limit): a book
@@ -2160,6 +2219,8 @@ cdef class CrossEngine:
         if eng.by_id.size != <uint64_t>n_orders or eng.by_client.size != <uint64_t>n_orders \
                 or eng.by_account.size != <uint64_t>accounts:
             raise RuntimeError("crossengine: restore built indexes that disagree with the book")
+        if eng.by_id.mask + 1 != id_cap:
+            eng._id_rehint()     # (sized for room above: it does not grow)
         eng.n_touched = 0
         if check:
             eng.check_invariants()
@@ -2227,6 +2288,8 @@ cdef class CrossEngine:
                     s_idx = table_find(&self.by_id, self.orders[i].order_id, 0)
                     if s_idx < 0 or self.by_id.slots[s_idx].v1 != i:
                         raise RuntimeError("crossengine: order missing from the id map")
+                    if self.orders[i].id_slot != s_idx:
+                        raise RuntimeError("crossengine: an order's id_slot is stale")
                     s_idx = table_find(&self.by_client, self.orders[i].client_order_id,
                                        self.orders[i].account)
                     if s_idx < 0 or self.by_client.slots[s_idx].v1 != i:

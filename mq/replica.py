@@ -36,7 +36,9 @@
 The host is engine-agnostic and imports no engine. An engine is anything with
 ``apply_frame(frame) -> frame``, ``snapshot() -> bytes`` and ``state_hash() -> bytes``, plus a
 ``restore(bytes) -> engine`` function; deploy/engines.py names the ones the command line can
-start.
+start. An engine that also has ``apply_scanned_frame(frame)`` is given each frame through it:
+the subscriber has checked every frame it delivers (mq.record.scan), so the engine need not
+walk it again for the same check.
 """
 from __future__ import annotations
 
@@ -214,7 +216,9 @@ class ReplicaHost:
             for first, last, frame in frames:
                 if first != self.seq + 1:
                     raise RuntimeError(f"{self.name}: input jumped from {self.seq} to {first}")
-                out = self.engine.apply_frame(frame)
+                engine = self.engine
+                apply = getattr(engine, "apply_scanned_frame", None) or engine.apply_frame
+                out = apply(frame)
                 self.seq = last
                 self.head = max(self.head, last)
                 self.outputs.add(first, last, out)

@@ -729,3 +729,75 @@ def test_a_te_payload_this_engine_cannot_walk_is_a_clear_error_that_changes_noth
     assert eng.state_hash() == before
     with pytest.raises(RuntimeError, match="deployment mismatch"):
         eng.apply(42, 0, 44, first + payload, TE_SOURCE)
+
+
+def test_the_id_map_grows_and_deletes_with_every_order_found_again():
+    """Past the id map's first size (65,536 live orders at its load bound) it rehashes, and
+    each cancel's backward shift moves other orders' slots: every order keeps the slot it is
+    in (id_slot, which cancels and fills use instead of probing), as check_invariants checks,
+    and the engine stays byte-equal to the reference through cancels by client id, by order
+    id and fills."""
+    import random
+    rng = random.Random(11)
+    kw = dict(max_qty=1000, max_price=10_000_000, max_account_orders=20_000)
+    eng, ref = CrossEngine(**kw), ReferenceEngine(**kw)
+    live = []
+    for n in range(70_000):
+        side = c.BUY if n % 2 else c.SELL
+        price = 5_000_000 - 1 - rng.randrange(3000) if side == c.BUY \
+            else 5_000_000 + rng.randrange(3000)
+        cmd = c.new_order(n + 1, side, price, 1 + rng.randrange(9), 1 + n % 7)
+        assert eng.apply(0, 0, c.NEW_ORDER, cmd) == ref.apply(0, 0, c.NEW_ORDER, cmd)
+        live.append((n + 1, 1 + n % 7, ID | (n + 1)))
+    eng.check_invariants()
+    rng.shuffle(live)
+    for k, (cl, acct, oid) in enumerate(live[:30_000]):
+        cmd = c.cancel(client_order_id=cl, account=acct) if k % 2 else c.cancel(order_id=oid)
+        assert eng.apply(0, 0, c.CANCEL, cmd) == ref.apply(0, 0, c.CANCEL, cmd)
+        if k % 5_000 == 0:
+            eng.check_invariants()
+    for k in range(200):      # takers sweep the near levels: fills remove makers by id_slot
+        cmd = c.new_order(10**6 + k, c.BUY if k % 2 else c.SELL,
+                          5_000_500 if k % 2 else 4_999_500, 400, 99)
+        assert eng.apply(0, 0, c.NEW_ORDER, cmd) == ref.apply(0, 0, c.NEW_ORDER, cmd)
+    eng.check_invariants()
+    assert eng.state_hash() == ref.state_hash()
+    back = CrossEngine.restore(eng.snapshot())
+    back.check_invariants()
+    cmd = c.cancel(client_order_id=live[-1][0], account=live[-1][1])
+    assert back.apply(0, 0, c.CANCEL, cmd) == eng.apply(0, 0, c.CANCEL, cmd)
+
+
+def test_backward_shifts_move_each_orders_id_slot_along():
+    """With a multiplier of 1 every order id of one symbol hashes to one slot, so the id map is
+    one probe run and every deletion shifts the orders after it: each moved order's id_slot
+    must follow it (check_invariants), and cancels and fills still find the right orders."""
+    import random
+
+    from crossengine.engine import seed_hashes
+    rng = random.Random(5)
+    seed_hashes(multiplier=1)
+    try:
+        eng, ref = CrossEngine(max_qty=1000), ReferenceEngine(max_qty=1000)
+    finally:
+        seed_hashes(None)
+    live = []
+    for n in range(2_000):
+        side = c.BUY if n % 2 else c.SELL
+        price = 5_000 - 1 - rng.randrange(50) if side == c.BUY else 5_000 + rng.randrange(50)
+        cmd = c.new_order(n + 1, side, price, 1 + rng.randrange(9), 1 + n % 7)
+        assert eng.apply(0, 0, c.NEW_ORDER, cmd) == ref.apply(0, 0, c.NEW_ORDER, cmd)
+        live.append((n + 1, 1 + n % 7, ID | (n + 1)))
+    assert eng.index_stats()["by_id"][2] >= 2_000          # one run: the test bites
+    rng.shuffle(live)
+    for k, (cl, acct, oid) in enumerate(live[:1_200]):
+        cmd = c.cancel(client_order_id=cl, account=acct) if k % 2 else c.cancel(order_id=oid)
+        assert eng.apply(0, 0, c.CANCEL, cmd) == ref.apply(0, 0, c.CANCEL, cmd)
+        if k % 100 == 0:
+            eng.check_invariants()
+    for k in range(40):
+        cmd = c.new_order(10**6 + k, c.BUY if k % 2 else c.SELL, 5_030 if k % 2 else 4_970,
+                          30, 99)
+        assert eng.apply(0, 0, c.NEW_ORDER, cmd) == ref.apply(0, 0, c.NEW_ORDER, cmd)
+    eng.check_invariants()
+    assert eng.state_hash() == ref.state_hash()
