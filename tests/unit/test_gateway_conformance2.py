@@ -30,7 +30,6 @@ from tradingengine import codec as tc
 DEADLINE_S = 30
 E8 = 10**8
 TICK = 1_000_000                    # 0.01
-NULL_PRICE = -(1 << 63)
 PREFIX = struct.Struct("<HHHHHH")   # frameLength, encodingType 0xEB50, blockLength, templateId,
 #                                     schemaId 1, version 1
 BLOCKS = {1: "<QQQIHBB16s32s", 2: "<QQQIIHBBI", 3: "<QB32s", 4: "<B32s", 5: "<QQQ", 6: "<Q",
@@ -366,3 +365,42 @@ def test_a_logon_within_the_grace_period_disarms_cancel_on_disconnect():
         finally:
             await gw.close()
     run(main())
+
+
+def test_the_sdk_closes_only_once_its_logout_is_answered(tmp_path):
+    """§4.9 from the client's side: "Either side sends Logout(reason, text), the other answers
+    Logout, the initiator closes." gateway/client.py's close() sends Logout and must read on
+    until the answer (here an ExecutionReport comes before it, as live messages may), and
+    only then close. A server written from the page (hand-packed frames) checks both."""
+    from gateway import client as sdk
+
+    async def main():
+        seen = asyncio.get_running_loop().create_future()
+
+        async def server(r, w):
+            p = Peer(r, w)
+            sid = (await p.until(lambda m: m[0] == 1))[-1][1][0]
+            w.write(frame(2, sid, 1, 1, 1000, 1000, 0, 0, 8, 20260101))
+            await p.until(lambda m: m[0] == 4)
+            w.write(frame(200, 1, 0, 7, (1 << 64) - 1, 1, 1, 50 * E8, 1, -(1 << 63), 0, 1, 0,
+                          1, 2, b"0", b"0", b"1", b"2", b"1", 0, 0, 0))
+            w.write(frame(4, 0, b"logout"))
+            seen.set_result(await p.next())               # the initiator's close: EOF
+            w.close()
+
+        srv = await asyncio.start_server(server, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        c = sdk.Client("127.0.0.1", port, "bob", "pw-bob", str(tmp_path / "s.json"),
+                       {"BTCUSDT": (1, "0.5", "0.001")}, reconnect=False)
+        try:
+            await c.connect()
+            await c.close()
+            eof = await asyncio.wait_for(seen, DEADLINE_S)
+        finally:
+            srv.close()
+            await srv.wait_closed()
+        return c, eof
+    c, eof = run(main())
+    assert eof is None
+    assert c.received_upto == 1 and [type(r).__name__ for r in c.queue] == \
+        ["ExecutionReport", "Logout"]
