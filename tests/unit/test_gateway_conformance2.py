@@ -10,8 +10,10 @@ the test's own event loop), from a client whose frames are packed with PROTOCOL.
   thing the gateway sends.
 * §4.3: the duplicate-ClOrdID guard is per session (xfail: the TradingEngine indexes open
   orders by account and ClOrdID; see the test).
+* §4.9 from the SDK's side: gateway/client.py's close() waits for the Logout's answer.
 * Held as they are (they conform; these pin them end to end): §4's reconnect walkthrough
-  number for number, and §4.10's cancel-on-disconnect modes, grace period and disarming.
+  number for number, §4.10's cancel-on-disconnect modes, grace period and disarming, and
+  §4.3 / §4.12's SeqNo rules (rejects consume, duplicates dropped, NotApplied on a gap).
 No timing is asserted; every wait is a condition with a generous deadline."""
 from __future__ import annotations
 
@@ -404,3 +406,34 @@ def test_the_sdk_closes_only_once_its_logout_is_answered(tmp_path):
     assert eof is None
     assert c.received_upto == 1 and [type(r).__name__ for r in c.queue] == \
         ["ExecutionReport", "Logout"]
+
+
+def test_sequence_rules_and_rejects_consume_the_seqno():
+    """§4.3 and §4.12 end to end: an unknown template 100-199 is BusinessReject(3) with its
+    first 8 bytes as RefSeqNo; a field out of range (Side 'X') is ExecutionReport '8'; both
+    consume their SeqNo (the next message needs no NotApplied); a duplicate SeqNo is dropped
+    silently; a gap gets NotApplied(nextExpected, count) before the message is applied; a
+    framing error (schemaId 2) gets Logout(2) and the close."""
+    async def main():
+        gw, _core, port = await venue()
+        try:
+            c = await Peer.connect(port)
+            c.w.write(c.logon_frame(12))
+            assert (await c.next())[0] == 2
+            c.w.write(unknown(1, template=199) + frame(100, 2, 0, 2, 100 * E8, 1, 1, 2, b"X",
+                                                       b"2", b"1", 0) + nos(3, 3))
+            br, rej, new = await c.next(), await c.next(), await c.next()
+            assert br[0] == 203 and br[1][:1] + br[1][2:6] == (1, 1, (1 << 64) - 1, 199, 3)
+            assert rej[0] == 200 and (seq_of(rej), rej[1][2], rej[1][14]) == (2, 2, b"8")
+            assert new[0] == 200 and (seq_of(new), new[1][2], new[1][14]) == (3, 3, b"0")
+            c.w.write(nos(3, 33) + nos(6, 6))                # a duplicate, then a gap of 2
+            na, er = await c.next(), await c.next()
+            assert na == (10, (4, 4, 2))
+            assert er[0] == 200 and (seq_of(er), er[1][2]) == (5, 6)
+            c.w.write(PREFIX.pack(20, 0xEB50, 8, 6, 2, 1) + bytes(8))
+            bye = await c.next()
+            assert bye[0] == 4 and bye[1][0] == 2
+            assert await c.next() is None
+        finally:
+            await gw.close()
+    run(main())
