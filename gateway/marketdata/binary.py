@@ -33,6 +33,7 @@ STALE_LIMIT_S = 5.0
 HEARTBEAT_MS = 1000
 HEARTBEAT_MIN_MS, HEARTBEAT_MAX_MS = 100, 30_000   # PROTOCOL.md §4.8: the Logon's interval
 LOGON_TIMEOUT_S = 10.0            # a connection must be logged on within this
+LOGOUT_GRACE_S = 2.0              # after answering a client's Logout: its close, or ours
 MAX_PENDING = 64                  # frames a client may send behind its Logon before the answer
 QUEUE_LIMIT = 4                   # × the high-water mark: a request past it is a slow consumer
 SNAPSHOT_PER_FRAME = wire.max_entries(wire.MARKET_DATA_SNAPSHOT)
@@ -174,7 +175,24 @@ class FeedConnection(asyncio.Protocol):
         else:
             self.transport.close()
 
+    def answer_logout(self) -> None:
+        """PROTOCOL.md §4.9: the client's Logout is answered, and the client, the initiator,
+        closes (we do if it has not within LOGOUT_GRACE_S). Nothing is sent after the answer
+        and input is ignored."""
+        if self.closed:
+            return
+        self.transport.write(wire.encode(wire.LOGOUT, wire.LOGOUT_NORMAL, b"bye"))
+        self.closed = True
+        self.server.drop(self)
+        asyncio.get_running_loop().call_later(LOGOUT_GRACE_S, self._cut_off)
+
+    def _cut_off(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.last_recv = time.monotonic()  # any byte counts as liveness (§4.8)
         self.test_req_id = 0
         self.buf += data
@@ -259,7 +277,7 @@ class FeedConnection(asyncio.Protocol):
         if tid == wire.MARKET_DATA_REQUEST:
             self.server.request(self, m)
         elif tid == wire.LOGOUT:
-            self.logout(wire.LOGOUT_NORMAL, "bye")
+            self.answer_logout()
         elif tid == wire.TEST_REQUEST:
             self.write(wire.encode(wire.HEARTBEAT, m.TestReqID, 0, 0))
         elif tid == wire.HEARTBEAT:

@@ -10,7 +10,8 @@ the test's own event loop), from a client whose frames are packed with PROTOCOL.
   thing the gateway sends.
 * §4.3: the duplicate-ClOrdID guard is per session (xfail: the TradingEngine indexes open
   orders by account and ClOrdID; see the test).
-* §4.9 from the SDK's side: gateway/client.py's close() waits for the Logout's answer.
+* §4.9 from the SDK's side: gateway/client.py's close() waits for the Logout's answer; and
+  on the market-data feed, the client's Logout is answered and the client closes.
 * Held as they are (they conform; these pin them end to end): §4's reconnect walkthrough
   number for number, §4.10's cancel-on-disconnect modes, grace period and disarming, and
   §4.3 / §4.12's SeqNo rules (rejects consume, duplicates dropped, NotApplied on a gap).
@@ -436,4 +437,33 @@ def test_sequence_rules_and_rejects_consume_the_seqno():
             assert await c.next() is None
         finally:
             await gw.close()
+    run(main())
+
+
+def test_the_market_data_feed_answers_a_logout_and_lets_the_client_close():
+    """§4.9 on the market-data stream (§6: same framing, same Logon): the client's Logout is
+    answered Logout(0) and the initiator, the client, closes; the feed does not close first
+    (within a window well inside its grace period, nothing more comes, not even EOF)."""
+    from gateway.marketdata.publisher import Publisher
+    conf = {"feed": "127.0.0.1:0", "http": "127.0.0.1:0", "replicators": [],
+            "symbols": [{"symbol": "BTCUSDT", "symbol_id": 1, "tick": "0.5", "lot": "0.001"}]}
+
+    async def main():
+        pub = Publisher(conf)
+        await pub.start(follow=False)
+        try:
+            p = await Peer.connect(pub.feed_port)
+            p.w.write(frame(1, 0, 0, 0, 30_000, 0, 0, 0, b"md", b""))
+            assert (await p.next())[0] == 2
+            p.w.write(frame(4, 0, b"bye"))
+            while (m := await p.next()) is not None and m[0] != 4:
+                pass
+            assert m is not None and m[1][0] == 0
+            with pytest.raises(asyncio.TimeoutError):        # still open: we close
+                await asyncio.wait_for(p.next(), 0.3)
+            p.w.write_eof()                          # our close; the feed closes too
+            assert await p.next() is None
+            p.w.close()
+        finally:
+            await pub.close()
     run(main())
