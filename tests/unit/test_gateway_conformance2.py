@@ -11,7 +11,8 @@ the test's own event loop), from a client whose frames are packed with PROTOCOL.
 * §4.3: the duplicate-ClOrdID guard is per session (xfail: the TradingEngine indexes open
   orders by account and ClOrdID; see the test).
 * §4.9 from the SDK's side: gateway/client.py's close() waits for the Logout's answer; and
-  on the market-data feed, the client's Logout is answered and the client closes.
+  on the market-data feed, the client's Logout is answered and the client closes, and the
+  feed's shutdown Logout(6) waits for the client's answer, which gateway/mdclient.py gives.
 * Held as they are (they conform; these pin them end to end): §4's reconnect walkthrough
   number for number, §4.10's cancel-on-disconnect modes, grace period and disarming, and
   §4.3 / §4.12's SeqNo rules (rejects consume, duplicates dropped, NotApplied on a gap).
@@ -466,4 +467,58 @@ def test_the_market_data_feed_answers_a_logout_and_lets_the_client_close():
             p.w.close()
         finally:
             await pub.close()
+    run(main())
+
+
+def test_the_market_data_feeds_shutdown_logout_waits_for_the_answer():
+    """§4.9 the other way round on the market-data stream: at shutdown the feed sends
+    Logout(6), the client answers, the feed (the initiator) closes; until the answer (or the
+    grace period, long here) the connection stays open."""
+    from gateway.marketdata.publisher import Publisher
+    conf = {"feed": "127.0.0.1:0", "http": "127.0.0.1:0", "replicators": [],
+            "symbols": [{"symbol": "BTCUSDT", "symbol_id": 1, "tick": "0.5", "lot": "0.001"}]}
+
+    async def main():
+        pub = Publisher(conf)
+        await pub.start(follow=False)
+        pub.binary.shutdown_grace_s = DEADLINE_S
+        closing = None
+        try:
+            p = await Peer.connect(pub.feed_port)
+            p.w.write(frame(1, 0, 0, 0, 30_000, 0, 0, 0, b"md", b""))
+            assert (await p.next())[0] == 2
+            closing = asyncio.ensure_future(pub.close())
+            while (m := await p.next()) is not None and m[0] != 4:
+                pass
+            assert m is not None and m[1][0] == 6
+            assert not closing.done()
+            p.w.write(frame(4, 0, b"ok"))
+            assert await p.next() is None                   # the feed closed once answered
+            await closing
+            p.w.close()
+        finally:
+            if closing is None:
+                await pub.close()
+    run(main())
+
+
+def test_the_market_data_sdk_answers_the_feeds_logout():
+    """§4.9 for gateway/mdclient.py: the feed's shutdown Logout(6) is answered, so the feed
+    closes at once rather than at the end of its grace period (long here)."""
+    from gateway.marketdata.publisher import Publisher
+    from gateway.mdclient import MarketDataClient
+    conf = {"feed": "127.0.0.1:0", "http": "127.0.0.1:0", "replicators": [],
+            "symbols": [{"symbol": "BTCUSDT", "symbol_id": 1, "tick": "0.5", "lot": "0.001"}]}
+
+    async def main():
+        pub = Publisher(conf)
+        await pub.start(follow=False)
+        pub.binary.shutdown_grace_s = 3 * DEADLINE_S
+        md = MarketDataClient("127.0.0.1", pub.feed_port, reconnect=False)
+        try:
+            await md.connect()
+            await wait_for(lambda: len(pub.binary.conns) == 1)
+            await asyncio.wait_for(pub.close(), 10)   # answered long before the grace
+        finally:
+            await md.close()
     run(main())
