@@ -10,7 +10,9 @@ Contract (docs/order-path.md §4, docs/gateway.md):
 * Authentication comes first: nothing is sent to the core for a connection until its
   credentials pass (scrypt, in a thread, off the event loop).
 * A session's replay `[NextExpectedSeqNo, H]` is written before any live message of that
-  session: live messages that arrive meanwhile wait in the connection's queue.
+  session, and a RetransmitRequest's batch is its Retransmission and exactly its messages:
+  live messages that arrive meanwhile wait in the connection's queue. A Logout is the last
+  frame written to a connection (a client's Logout during a replay is answered after it).
 * Every malformed input closes its connection with Logout(2) or gets a reject; no input makes
   an exception escape, and every buffer is bounded (input per connection, output per
   connection, connections, authentications in flight, records queued for the core).
