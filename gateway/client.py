@@ -26,7 +26,8 @@ Contract (PROTOCOL.md §5, the client's obligations):
   the connection is closed and the client reconnects with exponential backoff (0.1 s doubling
   up to 5 s). LogonReject 1 (credentials), 3 (finalized), 5 (corrupt state) and 7 are final:
   ``reports()`` raises SessionError. A Logout from the server is reported as a ``Logout``
-  object; reason 5 (end of session) is final too.
+  object (and answered); reason 5 (end of session) is final too. ``close()`` sends Logout
+  and closes once the server answered it (PROTOCOL.md §4.9), or after LOGOUT_ANSWER_S.
 * **Units.** Prices and quantities are Decimals in the contract's units; a price is sent as
   PROTOCOL.md's 1e-8 mantissa and must be a whole number of the instrument's ticks, a quantity
   a whole number of lots (ValueError otherwise, before anything is sent). Instrument specs come
@@ -73,6 +74,7 @@ ORD_STATUSES = {wire.ORD_STATUS_NEW: "new", wire.ORD_STATUS_PARTIALLY_FILLED: "p
 SEQUENCED = (wire.NOT_APPLIED, wire.EXECUTION_REPORT, wire.ORDER_CANCEL_REJECT,
              wire.ORDER_MASS_CANCEL_REPORT, wire.BUSINESS_REJECT)
 BACKOFF_FIRST_S, BACKOFF_CAP_S = 0.1, 5.0
+LOGOUT_ANSWER_S = 2.0    # close(): how long to wait for the server's answer to our Logout
 
 
 class SessionError(Exception):
@@ -341,6 +343,7 @@ class Client:
         self.stats = {"logons": 0, "resent": 0, "duplicates": 0, "dropped_from_outbox": 0}
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._logout_seen = asyncio.Event()   # a Logout came in, or the connection ended
 
     # -- life -------------------------------------------------------------------------------
     async def connect(self) -> Client:
@@ -360,13 +363,17 @@ class Client:
         return self
 
     async def close(self, logout: bool = True) -> None:
-        """Logout (the session stays resumable), persist, stop."""
+        """Logout (the session stays resumable), persist, stop. PROTOCOL.md §4.9: the
+        server answers the Logout and we, the initiator, close: what comes before the answer
+        is read (and queued) as usual; no answer within LOGOUT_ANSWER_S, we close anyway."""
         self._closing = True
         self.processed()
         if logout and self.writer is not None and self.logged_on.is_set():
-            with contextlib.suppress(ConnectionError, RuntimeError):
+            self._logout_seen.clear()
+            with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
                 self._write(wire.encode(wire.LOGOUT, wire.LOGOUT_NORMAL, b"bye"))
                 await asyncio.wait_for(self.writer.drain(), 1.0)
+                await asyncio.wait_for(self._logout_seen.wait(), LOGOUT_ANSWER_S)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -530,6 +537,7 @@ class Client:
 
     def _drop_connection(self) -> None:
         self.logged_on.clear()
+        self._logout_seen.set()
         if self.writer is not None:
             with contextlib.suppress(Exception):
                 self.writer.close()
@@ -614,6 +622,7 @@ class Client:
         elif tid == wire.LOGOUT:
             self.queue.append(Logout(m.Reason, wire.text(m.Text)))
             self.wakeup.set()
+            self._logout_seen.set()
             if not self._closing and self.writer is not None and \
                     not self.writer.is_closing():
                 # the server initiated: answer, and let it close (PROTOCOL.md §4.9)

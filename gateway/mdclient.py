@@ -276,5 +276,8 @@ class MarketDataClient:
         elif tid == wire.LOGOUT:
             self.stats["logouts"] += 1
             self._push(("logout", wire.decode(frame)))
+            if not self.closed and self._writer is not None:
+                # the feed initiated: answer, and let it close (PROTOCOL.md §4.9)
+                self._writer.write(wire.encode(wire.LOGOUT, 0, wire.char_field("", 32)))
         elif tid == wire.TEST_REQUEST and self._writer is not None:
             self._writer.write(wire.encode(wire.HEARTBEAT, wire.decode(frame).TestReqID, 0, 0))

@@ -10,7 +10,9 @@ Contract (docs/order-path.md §4, docs/gateway.md):
 * Authentication comes first: nothing is sent to the core for a connection until its
   credentials pass (scrypt, in a thread, off the event loop).
 * A session's replay `[NextExpectedSeqNo, H]` is written before any live message of that
-  session: live messages that arrive meanwhile wait in the connection's queue.
+  session, and a RetransmitRequest's batch is its Retransmission and exactly its messages:
+  live messages that arrive meanwhile wait in the connection's queue. A Logout is the last
+  frame written to a connection (a client's Logout during a replay is answered after it).
 * Every malformed input closes its connection with Logout(2) or gets a reject; no input makes
   an exception escape, and every buffer is bounded (input per connection, output per
   connection, connections, authentications in flight, records queued for the core).
@@ -252,8 +254,10 @@ class Connection(asyncio.Protocol):
         self.client_hb_s = 1.0
         self.test_req_id = 0       # TestRequest outstanding (0: none)
         self.test_sent_at = 0.0
-        self.replaying = False     # logon replay running: live messages wait in `held`
+        self.replaying = False     # a replay is being written: live messages wait in `held`
         self.held: deque[bytes] = deque()
+        self.logout_held: bytes | None = None  # our answer to a Logout, after the replay
+        self.out_ended = False     # a Logout went out: it is the last frame we send (§4.9)
         self.retransmitting = False
         self.retransmit_rejects = 0
         self.client_next = 1       # next client SeqNo known applied (Heartbeat)
@@ -317,7 +321,7 @@ class Connection(asyncio.Protocol):
         """Queue a frame; the frames of one turn of the loop go out in one transport write
         (one syscall instead of one per message)."""
         t = self.transport
-        if t is None or self.state == CLOSED or t.is_closing():
+        if t is None or self.state == CLOSED or t.is_closing() or self.out_ended:
             return
         self.out.append(frame)
         self.out_bytes += len(frame)
@@ -387,6 +391,7 @@ class Connection(asyncio.Protocol):
             return
         self.gw.stats["logouts_sent"] += 1
         self.write(_logout(reason, text))
+        self.out_ended = True
         self.state = CLOSING
         self.closing_at = self.gw.clock()
         if wait:
@@ -486,12 +491,16 @@ class Connection(asyncio.Protocol):
                     # §4.9 "Only reason 5 finalizes", from either side (FIXP's
                     # FinishedSending): the session ends for good; the answer says so.
                     self.end_reason = END_FINALIZE
-                    self.write(_logout(wire.LOGOUT_END_OF_SESSION, "session finalized"))
+                    answer = _logout(wire.LOGOUT_END_OF_SESSION, "session finalized")
                 else:
                     self.end_reason = END_LOGOUT
-                    self.write(_logout(wire.LOGOUT_NORMAL, "logout"))
+                    answer = _logout(wire.LOGOUT_NORMAL, "logout")
                 self.state = CLOSING  # the initiator closes; the grace timer ends it otherwise
                 self.closing_at = self.gw.clock()
+                if self.replaying:
+                    self.logout_held = answer  # after the replay and what it held (§4.5)
+                else:
+                    self._answer_logout(answer)
             elif tid == wire.LOGON:
                 self.protocol_error("already logged on")
             elif tid in wire.MARKET_DATA_TEMPLATES:
@@ -547,6 +556,11 @@ class Connection(asyncio.Protocol):
         self._update_applied()
         return wire.encode(wire.HEARTBEAT, test_req_id, self.gw.next_server_seq(self.key),
                            self.client_next)
+
+    def _answer_logout(self, answer: bytes) -> None:
+        self.write(answer)
+        self.out_ended = True
+        self.closing_at = self.gw.clock()
 
     def _update_applied(self) -> None:
         if not self.inflight:
@@ -615,17 +629,26 @@ class Connection(asyncio.Protocol):
         try:
             self.write(wire.encode(wire.RETRANSMISSION, first, last - first + 1))
             await self._write_journal(first, last)
-            while self.held and self.state != CLOSED:
-                self.write(self.held.popleft())
-                if not self.can_write.is_set():
-                    await self.can_write.wait()
+            await self._write_held()
         finally:
             self.replaying = False
+
+    async def _write_held(self) -> None:
+        """After a replay: the live messages held meanwhile, then a held Logout answer (the
+        last frame of the connection). `replaying` stays set until `held` is empty, so what
+        arrives while these are written queues behind them."""
+        while self.held and self.state != CLOSED:
+            self.write(self.held.popleft())
+            if not self.can_write.is_set():
+                await self.can_write.wait()
+        if self.logout_held is not None and self.state != CLOSED:
+            answer, self.logout_held = self.logout_held, None
+            self._answer_logout(answer)
 
     async def _write_journal(self, first: int, last: int) -> None:
         journal = self.gw.journal.get(self.key, [])
         seq = first
-        while seq <= last and self.state != CLOSED:
+        while seq <= last and self.state != CLOSED and not self.out_ended:
             stop = min(last, seq + 255)
             for s in range(seq, stop + 1):
                 entry = journal[s - 1] if s - 1 < len(journal) else None
@@ -659,19 +682,28 @@ class Connection(asyncio.Protocol):
             self.logout(wire.LOGOUT_RETRANSMIT_VIOLATION, "too many bad retransmit requests")
 
     async def _retransmit(self, first: int, last: int) -> None:
-        """Paced: batches, each introduced by Retransmission; live messages may interleave."""
+        """Paced: batches, each introduced by Retransmission(from, count) and followed by
+        exactly those `count` messages; live messages wait while a batch is written and go
+        out between batches (§4.7, as FIXP's Retransmission frames its batch)."""
+        mine = False
         try:
             while self.replaying and self.state != CLOSED:
                 await asyncio.sleep(0.001)
             step = self.cfg.retransmit_batch
             for a in range(first, last + 1, step):
+                if self.state == CLOSED or self.out_ended:
+                    return
                 b = min(last, a + step - 1)
+                self.replaying = mine = True
                 self.write(wire.encode(wire.RETRANSMISSION, a, b - a + 1))
                 await self._write_journal(a, b)
-                if self.state == CLOSED:
-                    return
+                await self._write_held()
+                self.replaying = mine = False
+                await asyncio.sleep(0)
         finally:
             self.retransmitting = False
+            if mine:
+                self.replaying = False
 
     def _spawn(self, coro) -> None:
         task = self.gw.loop.create_task(coro)

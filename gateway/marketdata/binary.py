@@ -33,6 +33,8 @@ STALE_LIMIT_S = 5.0
 HEARTBEAT_MS = 1000
 HEARTBEAT_MIN_MS, HEARTBEAT_MAX_MS = 100, 30_000   # PROTOCOL.md §4.8: the Logon's interval
 LOGON_TIMEOUT_S = 10.0            # a connection must be logged on within this
+LOGOUT_GRACE_S = 2.0              # after answering a client's Logout: its close, or ours
+SHUTDOWN_GRACE_S = 0.5            # at shutdown: how long Logout(6) waits for the answers
 MAX_PENDING = 64                  # frames a client may send behind its Logon before the answer
 QUEUE_LIMIT = 4                   # × the high-water mark: a request past it is a slow consumer
 SNAPSHOT_PER_FRAME = wire.max_entries(wire.MARKET_DATA_SNAPSHOT)
@@ -123,6 +125,7 @@ class FeedConnection(asyncio.Protocol):
         self.test_req_id = 0               # TestRequest outstanding (0: none)
         self.test_sent_at = 0.0
         self.closed = False
+        self.awaiting_answer = False       # we sent Logout(6) and wait for the client's
 
     # -- transport -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -174,7 +177,57 @@ class FeedConnection(asyncio.Protocol):
         else:
             self.transport.close()
 
+    def answer_logout(self) -> None:
+        """PROTOCOL.md §4.9: the client's Logout is answered, and the client, the initiator,
+        closes (we do if it has not within LOGOUT_GRACE_S). Nothing is sent after the answer
+        and input is ignored."""
+        if self.closed:
+            return
+        self.transport.write(wire.encode(wire.LOGOUT, wire.LOGOUT_NORMAL, b"bye"))
+        self.closed = True
+        self.server.drop(self)
+        asyncio.get_running_loop().call_later(LOGOUT_GRACE_S, self._cut_off)
+
+    def _cut_off(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    def logout_and_wait(self, reason: int, text: str) -> None:
+        """§4.9: our Logout, then the client's answer, then we (the initiator) close; the
+        caller cuts off a client that does not answer."""
+        if self.closed:
+            return
+        self.transport.write(wire.encode(wire.LOGOUT, reason, wire.char_field(text, 32)))
+        self.closed = self.awaiting_answer = True
+        self.server.drop(self)
+        self.buf.clear()
+
+    def _await_answer(self, data: bytes) -> None:
+        self.buf += data
+        pos = 0
+        try:
+            while True:
+                frame, end = wire.read_frame(self.buf, pos)
+                if frame is None:
+                    break
+                pos = end
+                if frame.template_id == wire.LOGOUT:
+                    self.awaiting_answer = False
+                    self.buf.clear()
+                    self.transport.close()
+                    return
+        except wire.FramingError:
+            self.awaiting_answer = False
+            self.buf.clear()
+            self.transport.close()
+            return
+        del self.buf[:pos]
+
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            if self.awaiting_answer:
+                self._await_answer(data)
+            return
         self.last_recv = time.monotonic()  # any byte counts as liveness (§4.8)
         self.test_req_id = 0
         self.buf += data
@@ -259,7 +312,7 @@ class FeedConnection(asyncio.Protocol):
         if tid == wire.MARKET_DATA_REQUEST:
             self.server.request(self, m)
         elif tid == wire.LOGOUT:
-            self.logout(wire.LOGOUT_NORMAL, "bye")
+            self.answer_logout()
         elif tid == wire.TEST_REQUEST:
             self.write(wire.encode(wire.HEARTBEAT, m.TestReqID, 0, 0))
         elif tid == wire.HEARTBEAT:
@@ -280,6 +333,7 @@ class BinaryFeed:
         self._accounts_mtime = None
         self.tasks: set[asyncio.Task] = set()
         self.conns: set[FeedConnection] = set()
+        self.shutdown_grace_s = SHUTDOWN_GRACE_S
         self.by_symbol: dict[int, set[FeedConnection]] = {sid: set() for sid in instruments}
         self.server: asyncio.base_events.Server | None = None
         self.high_water, self.low_water = HIGH_WATER, LOW_WATER
@@ -310,10 +364,25 @@ class BinaryFeed:
                                               backlog=1024)
 
     async def close(self) -> None:
+        """Logout(6) to every connection; a logged-on client answers it (§4.9) and is then
+        closed, one that does not within shutdown_grace_s is cut off."""
         if self.server is not None:
             self.server.close()
+        waiting = []
         for conn in list(self.conns):
-            conn.logout(wire.LOGOUT_ADMIN, "shutting down")
+            if conn.logged_on:
+                conn.logout_and_wait(wire.LOGOUT_ADMIN, "shutting down")
+                waiting.append(conn)
+            else:
+                conn.logout(wire.LOGOUT_ADMIN, "shutting down")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.shutdown_grace_s
+        while any(c.awaiting_answer and not c.transport.is_closing() for c in waiting) and \
+                loop.time() < end:
+            await asyncio.sleep(0.005)
+        for c in waiting:
+            if not c.transport.is_closing():
+                c.transport.abort()
 
     def drop(self, conn: FeedConnection) -> None:
         self.conns.discard(conn)
