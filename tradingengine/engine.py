@@ -338,7 +338,9 @@ class Account:
         self.position_margin = 0                # sum of its positions' margins: derived
         self.positions: dict[int, Position] = {}
         self.orders: dict[int, Order] = {}      # by order id (ascending: ids only grow)
-        self.by_client: dict[int, Order] = {}   # live orders by client order id
+        # live orders by (client order id, the session that entered it or None): PROTOCOL.md
+        # §4.3's guard is per session, so two sessions on one account may use one ClOrdID
+        self.by_client: dict[tuple, Order] = {}
         self.dms_timeout_ms = 0
         self.dms_deadline = 0                   # ts_ns at which every order is cancelled
 
@@ -802,7 +804,7 @@ class TradingEngine:
             code = 2028
         elif flags & ~(REDUCE_ONLY | POST_ONLY):
             code = 2001
-        elif coid in acct.by_client:
+        elif (coid, None if self._ctx is None else self._ctx[0]) in acct.by_client:
             code = 2015
         elif len(acct.orders) >= MAX_OPEN_ORDERS:
             code = 2027
@@ -823,7 +825,7 @@ class TradingEngine:
             self.next_order_id += 1
             o.state = UNTRIGGERED
             acct.orders[o.order_id] = o
-            acct.by_client[coid] = o
+            acct.by_client[coid, o.sess] = o
             self.orders[o.order_id] = o
             self.conditional[symbol][o.order_id] = o
             self._trig_add(o)
@@ -835,7 +837,7 @@ class TradingEngine:
             return
         self.next_order_id += 1
         acct.orders[o.order_id] = o
-        acct.by_client[coid] = o
+        acct.by_client[coid, o.sess] = o
         self.orders[o.order_id] = o
 
     def _conditional(self, o: Order, trig_px: int, kind: int, by: int,
@@ -951,13 +953,24 @@ class TradingEngine:
             self._trig_remove(o)
         del acct.orders[o.order_id]
         del self.orders[o.order_id]
-        if acct.by_client.get(o.client_order_id) is o:
-            del acct.by_client[o.client_order_id]
+        key = (o.client_order_id, o.sess)
+        if acct.by_client.get(key) is o:
+            del acct.by_client[key]
+
+    def _by_client(self, account: int, orig: int):
+        """The account (or None) and its open order that goes by client order id orig for the
+        session of the message being applied (None outside one), or None."""
+        acct = self.accounts.get(account) if self._mine(account) else None
+        if acct is None:
+            return None, None
+        return acct, acct.by_client.get((orig, None if self._ctx is None else self._ctx[0]))
 
     def _cancel(self, payload: bytes) -> None:
         coid, orig, account = c.CANCEL_S.unpack(payload)
-        acct = self.accounts.get(account) if self._mine(account) else None
-        o = acct.by_client.get(orig) if acct is not None else None
+        acct, o = self._by_client(account, orig)
+        self._cancel_order(acct, o, coid, orig, account)
+
+    def _cancel_order(self, acct, o, coid: int, orig: int, account: int) -> None:
         if o is None:
             self._cancel_rejected(account, coid, orig, 2016, 1)
         elif o.pending == PENDING_CANCEL:
@@ -978,8 +991,11 @@ class TradingEngine:
 
     def _amend(self, payload: bytes) -> None:
         coid, orig, account, price, qty = c.AMEND_S.unpack(payload)
-        acct = self.accounts.get(account) if self._mine(account) else None
-        o = acct.by_client.get(orig) if acct is not None else None
+        acct, o = self._by_client(account, orig)
+        self._amend_order(acct, o, coid, orig, account, price, qty)
+
+    def _amend_order(self, acct, o, coid: int, orig: int, account: int, price: int,
+                     qty: int) -> None:
         if o is None:
             self._cancel_rejected(account, coid, orig, 2016, 2)
             return
@@ -2063,9 +2079,9 @@ class TradingEngine:
             coid, orig, extra = o.rpl[0], o.client_order_id, o.rpl[1]
             o.rpl = None
             acct = self.accounts[o.account]
-            if acct.by_client.get(orig) is o:       # FIX: the order now goes by the new id
-                del acct.by_client[orig]
-                acct.by_client[coid] = o
+            if acct.by_client.get((orig, o.sess)) is o:   # FIX: the order now goes by the new id
+                del acct.by_client[orig, o.sess]
+                acct.by_client[coid, o.sess] = o
             o.client_order_id = coid
         if exec_type == c.EXEC_REJECTED:
             reason = fix_ord_rej_reason(code)
@@ -2370,16 +2386,18 @@ class TradingEngine:
             return o if o is not None and o.account in sess.accounts else None
         if orig == c.P_NULL_ID:
             return None
-        found = None
         for a in sess.accounts:
             acct = self.accounts.get(a)
-            o = acct.by_client.get(orig) if acct is not None else None
+            o = acct.by_client.get((orig, key)) if acct is not None else None
             if o is not None:
-                if o.sess == key:
-                    return o
-                if found is None:
-                    found = o
-        return found
+                return o
+        for a in sess.accounts:      # another session's order by that ClOrdID (oldest first)
+            acct = self.accounts.get(a)
+            if acct is not None:
+                for o in acct.orders.values():
+                    if o.client_order_id == orig:
+                        return o
+        return None
 
     def _s_cancel(self, key: tuple, sess, block: bytes) -> None:
         _, _, coid, orig, order_id, symbol, _side, _flags = _P_CANCEL(block)
@@ -2398,7 +2416,8 @@ class TradingEngine:
                 self._cancel_rejected(account, coid, orig, 2017, 1)
             else:
                 o.cxl = (coid, key)
-                self._cancel(c.CANCEL_S.pack(coid, o.client_order_id, o.account))
+                self._cancel_order(self.accounts[o.account], o, coid, o.client_order_id,
+                                   o.account)
                 if o.pending != PENDING_CANCEL:
                     o.cxl = None
         finally:
@@ -2432,13 +2451,14 @@ class TradingEngine:
                 code = 2035
             else:
                 ticks = price // tick
-            if not code and coid in self.accounts[o.account].by_client:
+            if not code and (coid, o.sess) in self.accounts[o.account].by_client:
                 code = 2015
             if code:
                 self._cancel_rejected(account, coid, orig, code, 2)
                 return
             o.rpl = (coid, key)
-            self._amend(c.AMEND_S.pack(coid, o.client_order_id, o.account, ticks, qty))
+            self._amend_order(self.accounts[o.account], o, coid, o.client_order_id, o.account,
+                              ticks, qty)
             if o.pending != PENDING_AMEND:
                 o.rpl = None
         finally:
@@ -2650,7 +2670,7 @@ class TradingEngine:
         for r in orders:
             o = Order.from_row(r)
             acct.orders[o.order_id] = o
-            acct.by_client[o.client_order_id] = o
+            acct.by_client[o.client_order_id, o.sess] = o
             acct.order_margin += o.margin
             self.orders[o.order_id] = o
             if o.state == UNTRIGGERED:

@@ -8,8 +8,8 @@ the test's own event loop), from a client whose frames are packed with PROTOCOL.
 * §4.5 / §4.9: after LogonAck come the Retransmission and the replay, then live messages; a
   Logout the client sent meanwhile is answered after the replay, and the answer is the last
   thing the gateway sends.
-* §4.3: the duplicate-ClOrdID guard is per session (xfail: the TradingEngine indexes open
-  orders by account and ClOrdID; see the test).
+* §4.3: the duplicate-ClOrdID guard is per session: two sessions on one account may each use
+  a ClOrdID, and a cancel by OrigClOrdID finds the session's own order.
 * §4.9 from the SDK's side: gateway/client.py's close() waits for the Logout's answer; and
   on the market-data feed, the client's Logout is answered and the client closes, and the
   feed's shutdown Logout(6) waits for the client's answer, which gateway/mdclient.py gives.
@@ -42,6 +42,9 @@ BLOCKS = {1: "<QQQIHBB16s32s", 2: "<QQQIIHBBI", 3: "<QB32s", 4: "<B32s", 5: "<QQ
           202: "<QQQIIccBB", 203: "<QQQQHBB32s"}
 SEQUENCED = (10, 200, 201, 202, 203)
 FLAGS_AT = {200: 21, 201: 9, 202: 8, 203: 6}     # index of Flags among the unpacked fields
+
+
+NULL = (1 << 64) - 1
 
 
 def frame(template: int, *fields) -> bytes:
@@ -231,12 +234,6 @@ def test_a_logout_sent_behind_the_logon_is_answered_after_the_replay():
     run(main())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PROTOCOL.md §4.3 scopes the duplicate-ClOrdID guard to the session ('a ClOrdID already "
-    "used in this session today'), but the TradingEngine (and CrossEngine) index open orders "
-    "by (account, ClOrdID), so a second session of the same account is refused ClOrdIDs "
-    "that another session's open orders go by (docs/order-path.md documents it). Needs a "
-    "TradingEngine change: tradingengine/engine.py is not this branch's to edit."))
 def test_the_duplicate_clordid_guard_is_per_session():
     """Two sessions of alice on account 2 each start their ClOrdIDs at 1 (as §4.1's fresh
     SessionID per day invites): the second session's ClOrdID 1 is new in that session and
@@ -256,6 +253,17 @@ def test_the_duplicate_clordid_guard_is_per_session():
             b.w.write(nos(1, 1))
             er = (await b.until(lambda m: m[0] == 200))[-1][1]
             assert (er[14], er[19]) == (b"0", 0), (er[14], er[19])   # not '8' reason 6
+            b_order = er[4]
+            b.w.write(nos(2, 1))                           # reused in session b: refused
+            er = (await b.until(lambda m: m[0] == 200))[-1][1]
+            assert (er[14], er[19]) == (b"8", 6)
+            # a cancel by OrigClOrdID 1 in session b cancels b's order, not a's
+            b.w.write(frame(101, 3, 0, 5, 1, NULL, 1, b"1", 0))
+            er = (await b.until(lambda m: m[0] == 200))[-1][1]
+            assert er[14] == b"4" and er[4] == b_order
+            a.w.write(frame(101, 2, 0, 6, 1, NULL, 1, b"1", 0))
+            er = (await a.until(lambda m: m[0] == 200))[-1][1]
+            assert er[14] == b"4" and er[4] != b_order
         finally:
             await gw.close()
     run(main())
