@@ -36,7 +36,9 @@ import pytest
 
 from deploy.local import LogCluster
 from deploy.procs import tcp
+from mq import wire
 from mq.control import ping, wait_until
+from mq.master import TAIL_RECORDS
 from mq.producer import Producer
 from mq.record import decode
 from replicator.store import Store
@@ -349,3 +351,117 @@ def call_stop(addr: str) -> None:
     from mq import wire
     from mq.control import call
     call(addr, wire.STOP, timeout_s=5)
+def at_seq(log: list, src: int, ss: int) -> int:
+    return next(r[0] for r in log if r[2] == src and r[3] == ss)
+
+
+# -- 2. a replaying producer ----------------------------------------------------------------------
+COUNT2, RATE2 = 9_000, 2_000   # each background producer
+VICTIM, BATCH2 = 3, 20
+
+
+def _payloads(first: int, n: int) -> list[bytes]:
+    return [SRC_PAYLOAD.pack(ss, 0) + b"r" * 16 for ss in range(first, first + n)]
+
+
+def _raw_acks(prod: Producer, timeout_ms: int) -> int:
+    """Take the master's answers off the producer's socket without letting the producer see
+    them (its process is about to die with them unread): the highest ACK 'next'."""
+    top = 0
+    while prod.sock.poll(timeout_ms):
+        timeout_ms = 0
+        kind, body = prod.sock.recv_multipart()[:2]
+        if kind == wire.ACK:
+            top = max(top, wire.unpack(body)["next"])
+    return top
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("outbox", ["recent", "older_than_the_tail"])
+def test_a_replaying_producer_is_told_what_is_committed_and_never_stalls(tmp_path, outbox):
+    """outbox "recent": the persisted outbox starts a little below the producer's last ACK,
+    inside the tail the new master reads, so every replayed record comes back with its seq.
+    "older_than_the_tail": it starts among the producer's first records, more than
+    TAIL_RECORDS (10,000) seqs before the end of the log: the new master does not remember
+    their seqs, the producer asks, and reports them with seq None after a second
+    (docs/log.md, Producer); what it queues next is then already acknowledged and must not
+    wait in its outbox for an ACK that never comes (the fault fixed in e316ef4)."""
+    rng = random.Random(f"{SEED}-replaying-producer-{outbox}")
+    old = outbox != "recent"
+    kill_at = rng.randint(13_000, 15_000) if old else rng.randint(2_000, 4_000)
+    burst = rng.randint(5, 25)         # batches committed whose ACK the producer never reads
+    print(f"seed {SEED}: the master is killed at seq {kill_at} after committing {burst} "
+          f"batches of source {VICTIM} it never acknowledged; the persisted outbox is "
+          f"{outbox}")
+    tmp = str(tmp_path)
+    subs = Subscribers(tmp)
+    acks: list[tuple] = []
+    try:
+        with LogCluster(tmp, replicators=3, policy="quorum") as cluster:
+            cluster.start()
+            group = cluster.group
+            for i in range(2):
+                subs.start(cluster, cluster.pub_addr, f"sub{i}")
+            prods = [group.spawn(f"producer{s}", producer_args(cluster, tmp, s, COUNT2, RATE2)
+                                 + ["--timeout", "90"]) for s in (1, 2)]
+            # The victim producer runs here, sending continuously until the kill point.
+            victim = Producer(VICTIM, cluster.prod_addr)
+            victim.connect()
+            while cluster.status().get("last", 0) < kill_at:
+                victim.submit(32, _payloads(victim.next_ss, BATCH2))
+                acks += victim.poll(10)
+            # A last burst that the master commits; its ACKs are taken off the socket
+            # unread, and then the master is SIGKILLed: committed, never acknowledged.
+            known = victim.acked_next
+            for _ in range(burst):
+                victim.submit(32, _payloads(victim.next_ss, BATCH2))
+            end = victim.next_ss - 1
+            wait_until(lambda: _raw_acks(victim, 50) > end, 30,
+                       "the master to commit the burst")
+            cluster.sequencer.kill()
+            assert victim.acked_next == known and victim.outbox, "the producer saw the ACK"
+            victim.close()   # the producer process dies with its outbox persisted
+            cluster.start_sequencer()
+            # Its next incarnation replays the persisted outbox from `start`.
+            start = rng.randint(1, 200) if old else max(1, known - rng.randint(0, 300))
+            print(f"acknowledged before the kill: {known - 1}; committed: {end}; "
+                  f"replayed from {start}")
+            again = Producer(VICTIM, cluster.prod_addr, next_ss=start)
+            # at its own pace (a batch every 8 ms, as `seqex produce --rate` would): the
+            # replay outlasts the producer's 1 s wait for the seqs it asks for
+            paced = time.monotonic()
+            while again.next_ss <= end:
+                again.submit(32, _payloads(again.next_ss, min(BATCH2, end - again.next_ss + 1)))
+                paced += 0.008
+                while (left := paced - time.monotonic()) > 0:
+                    again.poll(max(1, int(left * 1000)))
+            again.flush(30)   # the outbox empties: nothing waits for an ACK that never comes
+            # new records follow without a gap
+            for _ in range(10):
+                again.submit(32, _payloads(again.next_ss, BATCH2))
+            again.flush(30)
+            total = again.next_ss - 1
+            got = list(again.results)
+            again.close()
+            for p in prods:
+                assert p.wait(150) == 0, p.log()[-3000:]
+            cluster.drain()
+            top = wait_replicated(cluster)
+            wait_until(lambda: subs.reached(top), 60, f"subscribers to reach seq {top}")
+            subs.stop()
+            cluster.stop()
+        log = check_run(cluster, tmp, subs.outputs, {1: COUNT2, 2: COUNT2, VICTIM: total},
+                        extra_acks={VICTIM: acks + got})
+        unacked_committed = [r for r in log if r[2] == VICTIM and known <= r[3] <= end]
+        assert unacked_committed and all(r[4] == 1 for r in unacked_committed), \
+            "the precondition: records the first master committed and never acknowledged"
+        reported = sorted(ss for a, b, _s in got for ss in range(a, b + 1))
+        assert reported == list(range(start, total + 1)), "the replay's reports have gaps"
+        adopted = min(r[0] for r in log if r[4] == 2) - 1
+        for a, b, seq in got:
+            if seq is None:   # only records older than the tail the new master read
+                assert old and all(at_seq(log, VICTIM, ss) <= adopted - TAIL_RECORDS
+                                   for ss in (a, b)), (a, b, adopted)
+        assert any(s is None for _a, _b, s in got) == old, got[:5]
+    finally:
+        subs.stop()
