@@ -465,3 +465,104 @@ def test_a_replaying_producer_is_told_what_is_committed_and_never_stalls(tmp_pat
         assert any(s is None for _a, _b, s in got) == old, got[:5]
     finally:
         subs.stop()
+
+
+# -- 3. a rotten copy on the replicator a new master reads its tail from --------------------------
+COUNT3, RATE3 = 9_000, 2_000
+
+
+def flip_a_byte_on_disk(data_dir: str, stream: str, key: bytes) -> int:
+    """Flip one byte of the frame stored under `key`, in data.mdb itself (the replicator is
+    stopped): every copy of the value's bytes in the file (pages LMDB has since copied keep old
+    copies, which are harmless). Returns how many copies were changed."""
+    store = Store(data_dir, map_size=1 << 30)
+    log = store.stream(stream)
+    with store.env.begin() as txn:
+        value = bytes(txn.get(key, db=log.log_db))
+    store.close()
+    name = os.path.join(data_dir, "data.mdb")
+    with open(name, "r+b") as f:
+        data = f.read()
+        at, hits = data.find(value), 0
+        while at >= 0:
+            f.seek(at + 4 + (len(value) - 4) // 2)   # past the CRC, in the records
+            f.write(bytes([data[at + 4 + (len(value) - 4) // 2] ^ 0x5A]))
+            hits += 1
+            at = data.find(value, at + 1)
+    return hits
+
+
+@pytest.mark.timeout(300)
+def test_a_rotten_copy_where_the_new_master_reads_its_tail(tmp_path):
+    rng = random.Random(f"{SEED}-rotten-copy")
+    kill_at = rng.randint(4_000, 7_000)
+    print(f"seed {SEED}: the master is killed at seq {kill_at}; a frame of the adopted log "
+          "rots on disk")
+    tmp = str(tmp_path)
+    subs = Subscribers(tmp)
+    try:
+        with LogCluster(tmp, replicators=3, policy="quorum") as cluster:
+            cluster.start()
+            group, stream = cluster.group, cluster.stream
+            for i in range(2):
+                subs.start(cluster, cluster.pub_addr, f"sub{i}")
+            prods = [group.spawn(f"producer{s}", producer_args(cluster, tmp, s, COUNT3, RATE3)
+                                 + ["--timeout", "90"]) for s in (1, 2)]
+            wait_until(lambda: cluster.status().get("last", 0) >= kill_at, 60, f"seq {kill_at}")
+            cluster.sequencer.kill()
+            seen: list = []
+
+            def settled():   # the replicators' positions stay the same for 20 looks
+                now = [(ping(a) or {}).get("streams", {}).get(stream) for a in cluster.rep_addrs]
+                seen[:] = (seen + [now])[-20:] if seen and seen[-1] == now else [now]
+                return len(seen) == 20 and all(now) and now
+            states = wait_until(settled, 60, "the replicators to settle")
+            lasts = [st["last"] for st in states]
+            best = lasts.index(max(lasts))   # the log a new master adopts (lowest index wins)
+            others = min(x for i, x in enumerate(lasts) if i != best)
+            tail_from = max(1, min(max(st["commit"] for st in states) + 1,
+                                   lasts[best] - TAIL_RECORDS + 1))
+            cluster.replicators[best].kill()
+            store = Store(cluster.data_dir(best), map_size=1 << 30)
+            log = store.stream(stream)
+            with store.env.begin() as txn:
+                keys = [bytes(k) for k, _v in txn.cursor(db=log.log_db)]
+            store.close()
+            firsts = [struct.unpack(">Q", k)[0] for k in keys]
+            ends = [b - 1 for b in firsts[1:]] + [lasts[best]]
+            candidates = [k for k, a, b in zip(keys, firsts, ends, strict=True)
+                          if a >= tail_from and b <= others]
+            key = rng.choice(candidates)
+            assert flip_a_byte_on_disk(cluster.data_dir(best), stream, key) >= 1
+            print(f"replicator {best} (lasts {lasts}) rots the frame at seq "
+                  f"{struct.unpack('>Q', key)[0]}; the new master reads from {tail_from}")
+            # Back without its peers for now, so that nothing repairs the frame before the
+            # new master reads its tail.
+            rotten = cluster.replicators[best]
+            with_peers = list(rotten.args)
+            rotten.args = [a for i, a in enumerate(with_peers)
+                           if a != "--peer" and (i == 0 or with_peers[i - 1] != "--peer")]
+            cluster.restart_replicator(best)
+            cluster.start_sequencer()
+            master_log = cluster.sequencer.log()
+            # it moved on at the damaged copy's error, not after waiting on it
+            assert re.search(rf"{re.escape(cluster.rep_addrs[best])} did not serve the tail "
+                             r"from \d+ \(an error\)", master_log), master_log[-3000:]
+            assert ping(cluster.rep_addrs[best])["damaged_reads"] >= 1
+            assert "damaged frames in" in rotten.log(), "the damage was not reported"
+            # Its peers back: the rotten frame is repaired from them.
+            rotten.kill()
+            rotten.args = with_peers
+            cluster.restart_replicator(best)
+            wait_until(lambda: (ping(cluster.rep_addrs[best]) or {}).get("repaired_records"),
+                       90, "the rotten frame to be repaired from the peers")
+            for p in prods:
+                assert p.wait(150) == 0, p.log()[-3000:]
+            cluster.drain()
+            top = wait_replicated(cluster)
+            wait_until(lambda: subs.reached(top), 60, f"subscribers to reach seq {top}")
+            subs.stop()
+            cluster.stop()
+        check_run(cluster, tmp, subs.outputs, {1: COUNT3, 2: COUNT3})
+    finally:
+        subs.stop()
