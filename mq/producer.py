@@ -99,6 +99,7 @@ class Producer:
         self.results: deque[tuple[int, int, int | None]] = deque(maxlen=RESULTS_KEPT)
         self.known: list[tuple[int, int, int]] = []   # runs named by ACKs, not yet reported
         self.asking, self.asked_at = 0, 0.0   # a committed source_seq whose seq was asked for
+        self.asked_upto = 0   # the end of the outbox when it was asked: what the ask resent
         self.stats = {"sent_batches": 0, "resent_batches": 0, "refused": 0, "errors": 0,
                       "stall_probes": 0, "blocked_s": 0.0, "unknown_seqs": 0,
                       "seq_queries": 0}
@@ -334,11 +335,18 @@ class Producer:
                 self._report(u, min(b, nxt - 1), seq + (u - a))
                 continue
             if self.asking == u and now - self.asked_at > self.resend_after_s:
+                # The master was asked (the outbox resent from u) and named no seq for u:
+                # it forgot them. Only the records that the ask resent are reported so;
+                # records queued since (a replayed outbox) are asked for in turn, and the
+                # master names those it remembers. Records never queued here (an earlier
+                # incarnation's) cannot be asked for: they are reported at once, as before.
                 later = [r[0] for r in self.known if r[0] > u]
-                self._report(u, min([nxt - 1] + [a - 1 for a in later]), None)
+                upto = [self.asked_upto] if self.asked_upto >= u else []
+                self._report(u, min([nxt - 1] + upto + [a - 1 for a in later]), None)
                 continue
             if self.asking != u:
                 self.asking, self.asked_at = u, now
+                self.asked_upto = (self.next_ss or 1) - 1
                 self.sent_upto = min(self.sent_upto, u - 1)   # ask: resend from u
                 self.stats["seq_queries"] += 1
             break
