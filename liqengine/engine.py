@@ -227,8 +227,9 @@ class LiqEngine:
         self._size = 0
         self._touched: dict[int, None] = {}
         # read-only diagnostics of the last record (not state): each close-out that entered
-        # ADL phase in it, with the free fund (fund - reserves) at that moment
-        self.last_adl_entries: list[tuple[int, int]] = []
+        # ADL phase in it, with the free fund (fund - reserves), its exposure at mark and its
+        # lots at that moment (what _exhausted_for decides on)
+        self.last_adl_entries: list[tuple[int, int, int, int]] = []
         self._init_indexes()
 
     def _init_indexes(self) -> None:
@@ -762,7 +763,8 @@ class LiqEngine:
             self._back_to_market(co)
             return
         self.adl_queue[co.cid] = None
-        self.last_adl_entries.append((co.cid, self.fund - self.reserved))
+        self.last_adl_entries.append((co.cid, self.fund - self.reserved, self._exposure(co),
+                                      co.qty))
 
     def _held_closeouts(self) -> list[CloseOut]:
         closeouts = self.closeouts
@@ -775,7 +777,7 @@ class LiqEngine:
         co.unassigned = co.qty
         if co.qty:
             self.adl_queue[co.cid] = None
-            self.last_adl_entries.append((co.cid, free))
+            self.last_adl_entries.append((co.cid, free, self._exposure(co), co.qty))
         self._maybe_done(co)
 
     def _forget_order(self, co: CloseOut) -> None:

@@ -16,9 +16,10 @@ breadth first in the order they were produced; ``run`` drains the queue. ``on_re
 called after every record of every engine (the cascade test's global audit).
 
 After every record of in.liq the venue notes, from the LiqEngine's ``last_adl_entries``, the
-free fund (fund - reserves) at the moment each close-out entered ADL phase (``adl_entry_free``,
-by close-out id), and for each Adl of that record the entry of its close-out
-(``adl_free``: one (adl id, close-out id, free fund at entry) per Adl sent).
+free fund (fund - reserves), the close-out's exposure at mark and its lots at the moment each
+close-out entered ADL phase (``adl_entry_free``, by close-out id), and for each Adl of that
+record the entry of its close-out (``adl_free``: one (adl id, close-out id, (free fund,
+exposure, lots) at entry) per Adl sent).
 """
 from __future__ import annotations
 
@@ -121,8 +122,8 @@ class RoutedVenue:
 
     def _note_adls(self, out: bytes) -> None:
         eng = self.liq.engine
-        for cid, free in eng.last_adl_entries:
-            self.adl_entry_free[cid] = free
+        for cid, free, exposure, qty in eng.last_adl_entries:
+            self.adl_entry_free[cid] = (free, exposure, qty)
         for rec in decode(out):
             for ev in lc.decode_events(rec[6]):
                 if ev[0] == lc.ADL:

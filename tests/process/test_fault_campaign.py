@@ -233,7 +233,7 @@ def run_campaign(tmp: str, disk: str, rng: random.Random) -> None:
                 sent_at_heal = feeder.sent
                 top_at_heal = (ping(cluster.prod_addr, timeout_s=0.5) or {}).get("committed", 0)
                 try:
-                    wait_until(lambda: intake.first_after(healed) and results.first_after(healed),
+                    wait_until(lambda h=healed: intake.first_after(h) and results.first_after(h),
                                PERMANENT_S, "intake and results to move after the fault healed",
                                interval_s=0.01)
                 except TimeoutError:
@@ -246,10 +246,10 @@ def run_campaign(tmp: str, disk: str, rng: random.Random) -> None:
                 s_out = results.first_after(healed) - healed
                 # The backlog: until everything offered before the heal is acknowledged, and
                 # the out stream passed what was committed at the heal.
-                wait_until(lambda: intake.value > sent_at_heal, PERMANENT_S,
+                wait_until(lambda n=sent_at_heal: intake.value > n, PERMANENT_S,
                            "the intake backlog to clear", interval_s=0.01)
                 c_in = time.monotonic() - healed
-                wait_until(lambda: results.value >= top_at_heal, PERMANENT_S,
+                wait_until(lambda n=top_at_heal: results.value >= n, PERMANENT_S,
                            "the results backlog to clear", interval_s=0.01)
                 c_out = time.monotonic() - healed
                 stalls[label].append((s_in, s_out, healed - began, c_in, c_out))

@@ -4,13 +4,13 @@ the CrossEngine's book, pays from the insurance fund and auto-deleverages the ma
 
 Checked after every record of every engine: each engine's own audit, the global sum of
 deploy/audit.py (te_books + liq_books = deposits), the fund never below zero, and ADL only when
-the fund is exhausted: every Adl belongs to a close-out that entered ADL phase with a free fund
-(fund - reserves) at or below zero. At rest after each step of the crash (only what the fund
-holds left open): the clearing positions and balances of all engines net to zero per symbol.
-After the crash the makers bid a fresh ladder from the last mark down (the market refills) and
-everything runs to quiescence; then every position left is above maintenance, LIQ is flat, and
-the fund moved by exactly its residues, deficits and the close-out differences recomputed from
-the CrossEngine's trades of LIQ. No Adl at all when the fund is rich, whatever the ladder.
+the fund cannot hold the close-out: every Adl belongs to a close-out that entered ADL phase with
+a free fund (fund - reserves) at or below zero or below its exposure at mark. At rest after
+each step of the crash (only what the fund holds left open): the clearing positions and
+balances of all engines net to zero per symbol. After the crash the makers bid a fresh ladder
+from the last mark down (the market refills) and everything runs to quiescence; then every
+position left is above maintenance, LIQ is flat, and the fund moved by exactly its residues,
+deficits and the close-out differences recomputed from the CrossEngine's trades of LIQ. No Adl at all when the fund is rich, whatever the ladder.
 """
 from __future__ import annotations
 
@@ -35,10 +35,14 @@ def _check_record(v: RoutedVenue, st) -> None:
     if st is v.liq:
         eng.audit()
         assert eng.fund >= 0, f"fund {eng.fund} below zero at in.liq seq {eng.seq}"
-        # ADL fires only when the fund is exhausted: every Adl of this record belongs to a
-        # close-out that entered ADL phase with a free fund (fund - reserves) <= 0
-        for adl_id, cid, free in v.adl_free[v.adl_seen:]:
-            assert free <= 0, f"Adl {adl_id} of close-out {cid}: free fund {free} at its entry"
+        # ADL fires only when the fund cannot hold the close-out: every Adl of this record
+        # belongs to a close-out that entered ADL phase with a free fund (fund - reserves) at
+        # or below zero or below its exposure at mark, or with fewer lots than the market
+        # takes (min_qty, 1 here)
+        for adl_id, cid, (free, exposure, qty) in v.adl_free[v.adl_seen:]:
+            assert free <= 0 or free < exposure or qty < 1, \
+                f"Adl {adl_id} of close-out {cid}: free fund {free} (exposure {exposure}) " \
+                f"at its entry"
         v.adl_seen = len(v.adl_free)
     elif st in v.te:
         eng.audit()
@@ -161,7 +165,8 @@ def _check_outcome(v: RoutedVenue, s, fund0: int) -> dict:
     assert liq.fund - fund0 == reasons[2] + reasons[3] + reasons[4], (liq.fund, fund0, reasons)
     assert liq.fund >= 0 and liq.fund_debt >= 0
     assert all(n == 0 for n, _c, _r in liq.liq.values()), "LIQ still holds a position"
-    assert len(v.adl_free) == adls and all(free <= 0 for _a, _c, free in v.adl_free)
+    assert len(v.adl_free) == adls and all(free <= 0 or free < exposure or qty < 1
+                                           for _a, _c, (free, exposure, qty) in v.adl_free)
     return {"takeovers": len(takeovers), "filled": filled, "adls": adls, "diffs": diffs,
             "residues": reasons[2], "deficits": reasons[4], "fund": liq.fund,
             "records": v.records}

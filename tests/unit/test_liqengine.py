@@ -388,7 +388,7 @@ def test_mark_past_the_fund_deleverages_the_newest_held_close_out_first():
     assert [(a[2], a[4], a[5]) for a in adls] == [(21, 5, 1000)]
     assert [v.engine.adls[a[1]][0] for a in adls] == [2]
     assert v.engine.closeouts[1].phase == HOLD and v.engine.reserved == 7_500
-    assert v.engine.last_adl_entries == [(2, 10_000 - 15_000)]
+    assert [e[:2] for e in v.engine.last_adl_entries] == [(2, 10_000 - 15_000)]
     events = v.mark(2, 970)
     adls = kinds(events, c.ADL)
     assert [v.engine.adls[a[1]][0] for a in adls] == [1] and adls[0][5] == 1000
@@ -405,7 +405,7 @@ def test_ioc_ending_with_no_free_fund_goes_to_adl_at_once():
     v.position(21, 2, -20, 1100, balance=10**6)
     events = close_out_to_adl(v, 7, 5, 1000, symbol=2)
     assert [(a[2], a[4], a[5]) for a in kinds(events, c.ADL)] == [(21, 5, 1000)]
-    assert v.engine.last_adl_entries == [(1, 0)]
+    assert [e[:2] for e in v.engine.last_adl_entries] == [(1, 0)]
 
 
 def test_snapshot_in_hold_restores_the_same_state_and_outputs():
@@ -508,7 +508,7 @@ def test_exhaustion_leaves_a_held_close_out_with_no_exposure_alone():
     adls = kinds(events, c.ADL)
     assert [v.engine.adls[a[1]][0] for a in adls] == [1]
     assert v.engine.closeouts[2].phase == HOLD
-    assert v.engine.last_adl_entries == [(1, 10_000 - 15_000)]
+    assert [e[:2] for e in v.engine.last_adl_entries] == [(1, 10_000 - 15_000)]
 
 
 def test_adl_waiting_for_takers_goes_back_to_the_market_after_a_top_up():
