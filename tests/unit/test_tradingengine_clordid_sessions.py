@@ -1,0 +1,103 @@
+"""Adversarial checks of the per-session ClOrdID index (acct.by_client keyed by (ClOrdID,
+session key or None)): at most one open order per key, and a restored engine holds the same
+index as the engine it was taken from."""
+from __future__ import annotations
+
+from tests.unit.test_tradingengine_sessions import E8, NULL, OCRR, TICK, Harness, ers
+from tradingengine.engine import TradingEngine
+from tradingengine.reference import interpreted
+
+
+def index(te):
+    return {a: {k: o.order_id for k, o in acct.by_client.items()}
+            for a, acct in te.accounts.items() if acct.by_client}
+
+
+def check_index(te):
+    """Every open order is indexed under its (ClOrdID, session), and no two share one."""
+    for acct in te.accounts.values():
+        keys = [(o.client_order_id, o.sess) for o in acct.orders.values()]
+        assert len(keys) == len(set(keys)), sorted(keys, key=repr)
+        for o in acct.orders.values():
+            assert acct.by_client.get((o.client_order_id, o.sess)) is o
+        assert len(acct.by_client) == len(acct.orders)
+        pending = {(o.rpl[0], o.sess): o for o in acct.orders.values() if o.rpl is not None}
+        assert getattr(acct, "replacing", pending) == pending
+
+
+def test_a_new_order_racing_another_sessions_replace_to_its_clordid_does_not_share_it():
+    """Session T replaces session S's order A to ClOrdID 7; while the replace is at the
+    CrossEngine, S enters a new order with ClOrdID 7 (its own, never used). Both cannot go by
+    (7, S): the index would keep one of them by the order of events, and a restore (which
+    rebuilds the index from the orders) the other, so a later cancel by OrigClOrdID 7 would
+    cancel different orders on the engine and on a replica restored from its snapshot."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.v.auto = False
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    ms = h.nos(1, 9, 2, 7, price=98 * E8)
+    assert [er[19] for er in ers(ms, b"8")] == [6]     # the ClOrdID is taken (reason 6)
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    back = TradingEngine.restore(te.snapshot())
+    assert back.state_hash() == te.state_hash()
+    assert index(back) == index(te)
+    check_index(te)
+    check_index(back)
+
+
+def test_two_sessions_replacing_orders_to_one_clordid_at_once_do_not_share_it():
+    """Sessions T and U each replace one of S's orders to ClOrdID 7 while the other replace is
+    still at the CrossEngine: at most one of the orders may go by (7, S)."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.logon(1, 11, conn=3)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.nos(1, 9, 2, 2, price=101 * E8)
+    h.v.auto = False
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    (m,) = h.send(1, 11, 102, OCRR.pack(1, 0, 7, 2, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert m[2] == 201 and m[3][8] == 6                 # OrderCancelReject, duplicate
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    back = TradingEngine.restore(te.snapshot())
+    assert index(back) == index(te)
+    check_index(te)
+
+
+def test_the_key_a_replace_takes_is_free_again_once_it_is_answered_or_the_order_is_gone():
+    """A replace refused by the CrossEngine, or an order filled while its replace is in
+    flight, frees the ClOrdID it was to take: a new order may use it, on the engine and on a
+    restored one."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.logon(2, 20, conn=3)
+    h.nos(1, 9, 1, 1, price=100 * E8, qty=5)
+    h.nos(1, 9, 2, 2, price=100 * E8, qty=5)
+    h.v.auto = False
+    h.nos(2, 20, 1, 1, side=b"2", price=100 * E8, qty=5)     # fills order 1 (first in time)
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert h.v.te.accounts[1].replacing                          # 7 is taken meanwhile
+    (m,) = h.send(1, 9, 102, OCRR.pack(3, 0, 7, 2, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert m[2] == 201 and m[3][8] == 6
+    check_index(h.v.te)
+    back = TradingEngine.restore(h.v.te.snapshot())
+    check_index(back)
+    assert index(back) == index(h.v.te)
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    check_index(te)
+    assert not te.accounts[1].replacing
+    h.logon(1, 11, conn=4)
+    ms = h.send(1, 11, 102, OCRR.pack(1, 0, 7, 2, NULL, 97 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert [er[2:4] for er in ers(ms, b"5")] == [(7, 2)] * 2    # to session 11 and to S
+    assert te.accounts[1].by_client[7, (1, 9)].price * TICK == 97 * E8
+    check_index(te)
+    assert index(TradingEngine.restore(te.snapshot())) == index(te)
