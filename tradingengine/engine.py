@@ -2315,7 +2315,10 @@ class TradingEngine:
         cutoff = self.ts_ns - FINALIZED_TTL_NS
         while fin:
             key = next(iter(fin))
-            if fin[key] > cutoff:
+            if fin[key] > cutoff or key in self.sessions:
+                # (a session still there is finalized with its cancel-on-disconnect going on:
+                # it stays finalized until it is dropped, or a Logon would resume it; the ids
+                # after it, finalized later, wait for it)
                 break
             del fin[key]
 
