@@ -4,6 +4,7 @@ index as the engine it was taken from."""
 from __future__ import annotations
 
 from tests.unit.test_tradingengine_sessions import E8, NULL, OCRR, TICK, Harness, ers
+from tradingengine import codec as c
 from tradingengine.engine import TradingEngine
 from tradingengine.reference import interpreted
 
@@ -101,3 +102,26 @@ def test_the_key_a_replace_takes_is_free_again_once_it_is_answered_or_the_order_
     assert te.accounts[1].by_client[7, (1, 9)].price * TICK == 97 * E8
     check_index(te)
     assert index(TradingEngine.restore(te.snapshot())) == index(te)
+
+
+def test_a_raw_new_order_racing_a_sessions_replace_of_a_raw_order_to_its_clordid():
+    """An order entered without a session goes by (ClOrdID, None); a session's replace of it
+    to ClOrdID 7 takes (7, None) at once, so a raw NewOrder with ClOrdID 7 meanwhile is refused
+    (client_order_id in use), and the raw Cancel by 7 after the answer finds the replaced
+    order, on the engine and on a restored one."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 10, conn=2)
+    h.v.order(5, 1, c.BUY, 100 * E8 // TICK, 5)
+    h.v.auto = False
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 5, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    ev = h.v.order(7, 1, c.BUY, 98 * E8 // TICK, 5)
+    rej = [e for e in ev if e[0] == c.EXEC_REPORT]
+    assert len(rej) == 1 and rej[0][16] == 2015 and len(h.v.te.orders) == 1, ev
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    check_index(te)
+    back = TradingEngine.restore(te.snapshot())
+    assert index(back) == index(te) == {1: {(7, None): next(iter(te.orders))}}
+    h.v.apply(c.CANCEL, c.cancel(8, 7, 1))
+    assert not te.orders
