@@ -3,7 +3,11 @@ session key or None)): at most one open order per key, and a restored engine hol
 index as the engine it was taken from."""
 from __future__ import annotations
 
-from tests.unit.test_tradingengine_sessions import E8, NULL, OCRR, TICK, Harness, ers
+import os
+
+import pytest
+
+from tests.unit.test_tradingengine_sessions import E8, NULL, OCR, OCRR, TICK, Harness, ers
 from tradingengine import codec as c
 from tradingengine.engine import TradingEngine
 from tradingengine.reference import interpreted
@@ -125,3 +129,79 @@ def test_a_raw_new_order_racing_a_sessions_replace_of_a_raw_order_to_its_clordid
     assert index(back) == index(te) == {1: {(7, None): next(iter(te.orders))}}
     h.v.apply(c.CANCEL, c.cancel(8, 7, 1))
     assert not te.orders
+
+
+def _flow(seed: int, steps: int) -> None:
+    """Three sessions of user 1 on accounts 1 and 3 and raw commands, all drawing ClOrdIDs
+    from one small range: new orders, cancels and replaces by OrigClOrdID (own, another
+    session's, unknown), raw cancels and amends, counter orders that fill, the CrossEngine's
+    answers held back and delivered at random. After every step no two open orders share a
+    key, and a restore holds the same index (and replacing keys)."""
+    import random
+    rng = random.Random(seed)
+    h = Harness(shadows=(interpreted(),))
+    sids = (9, 10, 11)
+    for k, sid in enumerate(sids):
+        h.logon(1, sid, conn=k + 1, accounts=[1, 3])
+    h.logon(2, 20, conn=9)
+    seqs = dict.fromkeys([*sids, 20], 1)
+    used: dict[int, set] = {sid: set() for sid in sids}
+
+    def fresh(sid):
+        """A ClOrdID this session has not used (sessions reuse each other's)."""
+        k = rng.choice([n for n in range(1, 200) if n not in used[sid]][:12])
+        used[sid].add(k)
+        return k
+
+    def clid():
+        """Mostly the ClOrdID of an open order (of any session, or raw)."""
+        live = [o.client_order_id for o in h.v.te.orders.values()]
+        return rng.choice(live) if live and rng.random() < 0.85 else rng.randint(1, 20)
+
+    px = lambda: rng.choice([99, 100, 101]) * E8      # noqa: E731
+
+    def send(user, sid, template, block):
+        seqs[sid] += 1
+        return h.send(user, sid, template, block)
+
+    for step in range(steps):
+        h.v.auto = rng.random() < 0.4
+        k = rng.random()
+        sid = rng.choice(sids)
+        if k < 0.3:
+            seq = seqs[sid]
+            seqs[sid] += 1
+            h.nos(1, sid, seq, fresh(sid), price=px(), qty=rng.randint(1, 5), account=rng.choice([1, 3]))
+        elif k < 0.45:
+            send(1, sid, 101, OCR.pack(seqs[sid], 0, fresh(sid), clid(), NULL, 1, b"1", 0))
+        elif k < 0.65:
+            send(1, sid, 102, OCRR.pack(seqs[sid], 0, fresh(sid), clid(), NULL, px(),
+                                        rng.randint(1, 9), 1, b"1", b"2", b"1", 0))
+        elif k < 0.72:
+            h.v.order(rng.randint(1, 20), rng.choice([1, 3]), c.BUY, px() // TICK, rng.randint(1, 5))
+        elif k < 0.78:
+            h.v.apply(c.CANCEL, c.cancel(rng.randint(10, 99), clid(), rng.choice([1, 3])))
+        elif k < 0.84:
+            h.v.apply(c.AMEND, c.amend(rng.randint(10, 99), clid(), rng.choice([1, 3]),
+                                       px() // TICK, rng.randint(1, 9)))
+        elif k < 0.9:
+            seq = seqs[20]
+            seqs[20] += 1
+            h.nos(2, 20, seq, rng.randint(1, 10**9), side=b"2", price=px(),
+                  qty=rng.randint(1, 8), account=2, tif=b"3")
+        else:
+            h.v.deliver(rng.randint(1, 5))
+        te = h.v.te
+        check_index(te)
+        if step % 10 == 0:
+            back = TradingEngine.restore(te.snapshot())
+            assert back.state_hash() == te.state_hash()
+            assert index(back) == index(te)
+            check_index(back)
+    h.v.deliver()
+    check_index(h.v.te)
+
+
+@pytest.mark.parametrize("seed", range(20 if os.environ.get("SEQEX_SLOW") != "1" else 400))
+def test_random_flows_keep_one_open_order_per_key_and_restore_the_same_index(seed):
+    _flow(seed, 150)
