@@ -98,8 +98,7 @@ def mutate(rng: random.Random, frame: bytes) -> bytes:
     if how == 0 and b:                                    # truncate anywhere
         return bytes(b[:rng.randrange(len(b))])
     if how == 1 and len(b) >= HDR:                        # a length at the edges
-        offs = [o for o in range(0, len(b) - HDR + 1) if o % 1 == 0]
-        off = rng.choice(offs[:1] + [rng.choice(offs)])
+        off = rng.choice([0, rng.randrange(len(b) - HDR + 1)])   # a header, or any 4 bytes
         rest = len(b) - off - HDR
         struct.pack_into("<I", b, off + 34, rng.choice(
             [0, 1, rest, rest + 1, rest - 1 if rest else 0, 0xFFFFFFFF, 0x80000000,

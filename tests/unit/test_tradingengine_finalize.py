@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from mq.sources import OPERATOR_SOURCE
 from tests.unit.test_tradingengine_sessions import E8, Harness, msgs
 from tradingengine import codec as c
 from tradingengine.engine import FINALIZED_TTL_NS, TradingEngine
@@ -96,11 +97,12 @@ def _flow(seed: int, steps: int):
             seq = sess.next_expected if sess is not None else 1
             coid[0] += 1
             accts = users[user]
-            h.nos(user, sid, seq, coid[0], side=rng.choice([b"1", b"2"]),
-                  price=rng.choice([99, 100, 101]) * E8, qty=rng.randint(1, 5),
-                  account=rng.choice(accts))
-            if key in te.finalized:
-                assert msgs([], user, sid) == []
+            final = key in te.finalized
+            ms = h.nos(user, sid, seq, coid[0], side=rng.choice([b"1", b"2"]),
+                       price=rng.choice([99, 100, 101]) * E8, qty=rng.randint(1, 5),
+                       account=rng.choice(accts))
+            if final:
+                assert [m for m in ms if (m[0], m[1]) == key] == []
         elif k < 0.7:
             sess = te.sessions.get(key)
             conn = sess.conn_id if sess is not None and rng.random() < 0.8 else 99
@@ -130,8 +132,7 @@ def _replay(log, budget_of, cut=None):
             te = TradingEngine.restore(te.snapshot())
             if budget_of[1] is not None:
                 te.output_budget = budget_of[1]      # configuration (as Venue.set_budget)
-        outs.append(te.apply(seq, ts, kind, payload, c.OPERATOR_SOURCE
-                             if hasattr(c, "OPERATOR_SOURCE") else 0xFFFF_FFFE))
+        outs.append(te.apply(seq, ts, kind, payload, OPERATOR_SOURCE))
         check_sessions(te)
     return outs, te.state_hash()
 
