@@ -320,7 +320,7 @@ class Account:
     balance == transferred - fees_paid - funding_paid - liquidated + covered + realised PnL
     of its positions, which lets a failed audit name the accounts whose books are off."""
     __slots__ = ("account_id", "balance", "order_margin", "position_margin", "positions",
-                 "orders", "by_client", "dms_timeout_ms", "dms_deadline", "transferred",
+                 "orders", "by_client", "replacing", "dms_timeout_ms", "dms_deadline", "transferred",
                  "fees_paid", "funding_paid", "liquidated", "covered")
 
     def __init__(self, account_id: int) -> None:
@@ -341,6 +341,11 @@ class Account:
         # live orders by (client order id, the session that entered it or None): PROTOCOL.md
         # §4.3's guard is per session, so two sessions on one account may use one ClOrdID
         self.by_client: dict[tuple, Order] = {}
+        # the (ClOrdID, session) keys that the session replaces in flight will give their
+        # orders when the CrossEngine confirms them: taken already (a new order or another
+        # replace by one would share the key with the replaced order). Derived from the orders'
+        # rpl; the replacing order by key.
+        self.replacing: dict[tuple, Order] = {}
         self.dms_timeout_ms = 0
         self.dms_deadline = 0                   # ts_ns at which every order is cancelled
 
@@ -804,7 +809,9 @@ class TradingEngine:
             code = 2028
         elif flags & ~(REDUCE_ONLY | POST_ONLY):
             code = 2001
-        elif (coid, None if self._ctx is None else self._ctx[0]) in acct.by_client:
+        elif (coid, None if self._ctx is None else self._ctx[0]) in acct.by_client or \
+                acct.replacing and (coid, None if self._ctx is None else self._ctx[0]) in \
+                acct.replacing:
             code = 2015
         elif len(acct.orders) >= MAX_OPEN_ORDERS:
             code = 2027
@@ -956,6 +963,16 @@ class TradingEngine:
         key = (o.client_order_id, o.sess)
         if acct.by_client.get(key) is o:
             del acct.by_client[key]
+        if o.rpl is not None:
+            self._rpl_done(o)
+
+    def _rpl_done(self, o: Order) -> None:
+        """The key o's session replace in flight was to give it is free again (the replace is
+        answered, or the order gone): call before o.rpl is cleared."""
+        acct = self.accounts.get(o.account)
+        key = (o.rpl[0], o.sess)
+        if acct is not None and acct.replacing.get(key) is o:
+            del acct.replacing[key]
 
     def _by_client(self, account: int, orig: int):
         """The account (or None) and its open order that goes by client order id orig for the
@@ -2077,6 +2094,7 @@ class TradingEngine:
             o.cxl = None
         elif exec_type == c.EXEC_REPLACED and o.rpl is not None:
             coid, orig, extra = o.rpl[0], o.client_order_id, o.rpl[1]
+            self._rpl_done(o)
             o.rpl = None
             acct = self.accounts[o.account]
             if acct.by_client.get((orig, o.sess)) is o:   # FIX: the order now goes by the new id
@@ -2109,6 +2127,8 @@ class TradingEngine:
                     self._smsg(req[1], c.P_CANCEL_REJECT, *late)
                     if o.sess is not None and o.sess != req[1]:
                         self._smsg(o.sess, c.P_CANCEL_REJECT, *late)
+            if o.rpl is not None:
+                self._rpl_done(o)
             o.cxl = o.rpl = None
 
     def _session_reject_er(self, key: tuple, coid: int, account: int, symbol: int, side: int,
@@ -2136,6 +2156,8 @@ class TradingEngine:
         if to == 1:
             o.cxl = None
         else:
+            if o.rpl is not None:
+                self._rpl_done(o)
             o.rpl = None
         coid = req[0] if req is not None else 0
         fields = (self.ts_ns, coid, o.client_order_id, o.order_id, o.symbol, _ord_status(o),
@@ -2293,7 +2315,10 @@ class TradingEngine:
         cutoff = self.ts_ns - FINALIZED_TTL_NS
         while fin:
             key = next(iter(fin))
-            if fin[key] > cutoff:
+            if fin[key] > cutoff or key in self.sessions:
+                # (a session still there is finalized with its cancel-on-disconnect going on:
+                # it stays finalized until it is dropped, or a Logon would resume it; the ids
+                # after it, finalized later, wait for it)
                 break
             del fin[key]
 
@@ -2451,16 +2476,21 @@ class TradingEngine:
                 code = 2035
             else:
                 ticks = price // tick
-            if not code and (coid, o.sess) in self.accounts[o.account].by_client:
+            acct = self.accounts[o.account]
+            if not code and ((coid, o.sess) in acct.by_client
+                             or (coid, o.sess) in acct.replacing):
                 code = 2015
             if code:
                 self._cancel_rejected(account, coid, orig, code, 2)
                 return
             o.rpl = (coid, key)
-            self._amend_order(self.accounts[o.account], o, coid, o.client_order_id, o.account,
-                              ticks, qty)
+            self._amend_order(acct, o, coid, o.client_order_id, o.account, ticks, qty)
             if o.pending != PENDING_AMEND:
+                if o.rpl is not None:
+                    self._rpl_done(o)
                 o.rpl = None
+            elif o.rpl is not None:
+                acct.replacing[coid, o.sess] = o
         finally:
             self._ctx = None
 
@@ -2671,6 +2701,8 @@ class TradingEngine:
             o = Order.from_row(r)
             acct.orders[o.order_id] = o
             acct.by_client[o.client_order_id, o.sess] = o
+            if o.rpl is not None:
+                acct.replacing[o.rpl[0], o.sess] = o
             acct.order_margin += o.margin
             self.orders[o.order_id] = o
             if o.state == UNTRIGGERED:

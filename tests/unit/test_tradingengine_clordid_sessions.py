@@ -1,0 +1,207 @@
+"""Adversarial checks of the per-session ClOrdID index (acct.by_client keyed by (ClOrdID,
+session key or None)): at most one open order per key, and a restored engine holds the same
+index as the engine it was taken from."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.unit.test_tradingengine_sessions import E8, NULL, OCR, OCRR, TICK, Harness, ers
+from tradingengine import codec as c
+from tradingengine.engine import TradingEngine
+from tradingengine.reference import interpreted
+
+
+def index(te):
+    return {a: {k: o.order_id for k, o in acct.by_client.items()}
+            for a, acct in te.accounts.items() if acct.by_client}
+
+
+def check_index(te):
+    """Every open order is indexed under its (ClOrdID, session), and no two share one."""
+    for acct in te.accounts.values():
+        keys = [(o.client_order_id, o.sess) for o in acct.orders.values()]
+        assert len(keys) == len(set(keys)), sorted(keys, key=repr)
+        for o in acct.orders.values():
+            assert acct.by_client.get((o.client_order_id, o.sess)) is o
+        assert len(acct.by_client) == len(acct.orders)
+        pending = {(o.rpl[0], o.sess): o for o in acct.orders.values() if o.rpl is not None}
+        assert getattr(acct, "replacing", pending) == pending
+
+
+def test_a_new_order_racing_another_sessions_replace_to_its_clordid_does_not_share_it():
+    """Session T replaces session S's order A to ClOrdID 7; while the replace is at the
+    CrossEngine, S enters a new order with ClOrdID 7 (its own, never used). Both cannot go by
+    (7, S): the index would keep one of them by the order of events, and a restore (which
+    rebuilds the index from the orders) the other, so a later cancel by OrigClOrdID 7 would
+    cancel different orders on the engine and on a replica restored from its snapshot."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.v.auto = False
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    ms = h.nos(1, 9, 2, 7, price=98 * E8)
+    assert [er[19] for er in ers(ms, b"8")] == [6]     # the ClOrdID is taken (reason 6)
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    back = TradingEngine.restore(te.snapshot())
+    assert back.state_hash() == te.state_hash()
+    assert index(back) == index(te)
+    check_index(te)
+    check_index(back)
+
+
+def test_two_sessions_replacing_orders_to_one_clordid_at_once_do_not_share_it():
+    """Sessions T and U each replace one of S's orders to ClOrdID 7 while the other replace is
+    still at the CrossEngine: at most one of the orders may go by (7, S)."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.logon(1, 11, conn=3)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.nos(1, 9, 2, 2, price=101 * E8)
+    h.v.auto = False
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    (m,) = h.send(1, 11, 102, OCRR.pack(1, 0, 7, 2, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert m[2] == 201 and m[3][8] == 6                 # OrderCancelReject, duplicate
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    back = TradingEngine.restore(te.snapshot())
+    assert index(back) == index(te)
+    check_index(te)
+
+
+def test_the_key_a_replace_takes_is_free_again_once_it_is_answered_or_the_order_is_gone():
+    """A replace refused by the CrossEngine, or an order filled while its replace is in
+    flight, frees the ClOrdID it was to take: a new order may use it, on the engine and on a
+    restored one."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.logon(2, 20, conn=3)
+    h.nos(1, 9, 1, 1, price=100 * E8, qty=5)
+    h.nos(1, 9, 2, 2, price=100 * E8, qty=5)
+    h.v.auto = False
+    h.nos(2, 20, 1, 1, side=b"2", price=100 * E8, qty=5)     # fills order 1 (first in time)
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert h.v.te.accounts[1].replacing                          # 7 is taken meanwhile
+    (m,) = h.send(1, 9, 102, OCRR.pack(3, 0, 7, 2, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert m[2] == 201 and m[3][8] == 6
+    check_index(h.v.te)
+    back = TradingEngine.restore(h.v.te.snapshot())
+    check_index(back)
+    assert index(back) == index(h.v.te)
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    check_index(te)
+    assert not te.accounts[1].replacing
+    h.logon(1, 11, conn=4)
+    ms = h.send(1, 11, 102, OCRR.pack(1, 0, 7, 2, NULL, 97 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert [er[2:4] for er in ers(ms, b"5")] == [(7, 2)] * 2    # to session 11 and to S
+    assert te.accounts[1].by_client[7, (1, 9)].price * TICK == 97 * E8
+    check_index(te)
+    assert index(TradingEngine.restore(te.snapshot())) == index(te)
+
+
+def test_a_raw_new_order_racing_a_sessions_replace_of_a_raw_order_to_its_clordid():
+    """An order entered without a session goes by (ClOrdID, None); a session's replace of it
+    to ClOrdID 7 takes (7, None) at once, so a raw NewOrder with ClOrdID 7 meanwhile is refused
+    (client_order_id in use), and the raw Cancel by 7 after the answer finds the replaced
+    order, on the engine and on a restored one."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 10, conn=2)
+    h.v.order(5, 1, c.BUY, 100 * E8 // TICK, 5)
+    h.v.auto = False
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 5, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    ev = h.v.order(7, 1, c.BUY, 98 * E8 // TICK, 5)
+    rej = [e for e in ev if e[0] == c.EXEC_REPORT]
+    assert len(rej) == 1 and rej[0][16] == 2015 and len(h.v.te.orders) == 1, ev
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    check_index(te)
+    back = TradingEngine.restore(te.snapshot())
+    assert index(back) == index(te) == {1: {(7, None): next(iter(te.orders))}}
+    h.v.apply(c.CANCEL, c.cancel(8, 7, 1))
+    assert not te.orders
+
+
+def _flow(seed: int, steps: int) -> None:
+    """Three sessions of user 1 on accounts 1 and 3 and raw commands, all drawing ClOrdIDs
+    from one small range: new orders, cancels and replaces by OrigClOrdID (own, another
+    session's, unknown), raw cancels and amends, counter orders that fill, the CrossEngine's
+    answers held back and delivered at random. After every step no two open orders share a
+    key, and a restore holds the same index (and replacing keys)."""
+    import random
+    rng = random.Random(seed)
+    h = Harness(shadows=(interpreted(),))
+    sids = (9, 10, 11)
+    for k, sid in enumerate(sids):
+        h.logon(1, sid, conn=k + 1, accounts=[1, 3])
+    h.logon(2, 20, conn=9)
+    seqs = dict.fromkeys([*sids, 20], 1)
+    used: dict[int, set] = {sid: set() for sid in sids}
+
+    def fresh(sid):
+        """A ClOrdID this session has not used (sessions reuse each other's)."""
+        k = rng.choice([n for n in range(1, 200) if n not in used[sid]][:12])
+        used[sid].add(k)
+        return k
+
+    def clid():
+        """Mostly the ClOrdID of an open order (of any session, or raw)."""
+        live = [o.client_order_id for o in h.v.te.orders.values()]
+        return rng.choice(live) if live and rng.random() < 0.85 else rng.randint(1, 20)
+
+    px = lambda: rng.choice([99, 100, 101]) * E8      # noqa: E731
+
+    def send(user, sid, template, block):
+        seqs[sid] += 1
+        return h.send(user, sid, template, block)
+
+    for step in range(steps):
+        h.v.auto = rng.random() < 0.4
+        k = rng.random()
+        sid = rng.choice(sids)
+        if k < 0.3:
+            seq = seqs[sid]
+            seqs[sid] += 1
+            h.nos(1, sid, seq, fresh(sid), price=px(), qty=rng.randint(1, 5), account=rng.choice([1, 3]))
+        elif k < 0.45:
+            send(1, sid, 101, OCR.pack(seqs[sid], 0, fresh(sid), clid(), NULL, 1, b"1", 0))
+        elif k < 0.65:
+            send(1, sid, 102, OCRR.pack(seqs[sid], 0, fresh(sid), clid(), NULL, px(),
+                                        rng.randint(1, 9), 1, b"1", b"2", b"1", 0))
+        elif k < 0.72:
+            h.v.order(rng.randint(1, 20), rng.choice([1, 3]), c.BUY, px() // TICK, rng.randint(1, 5))
+        elif k < 0.78:
+            h.v.apply(c.CANCEL, c.cancel(rng.randint(10, 99), clid(), rng.choice([1, 3])))
+        elif k < 0.84:
+            h.v.apply(c.AMEND, c.amend(rng.randint(10, 99), clid(), rng.choice([1, 3]),
+                                       px() // TICK, rng.randint(1, 9)))
+        elif k < 0.9:
+            seq = seqs[20]
+            seqs[20] += 1
+            h.nos(2, 20, seq, rng.randint(1, 10**9), side=b"2", price=px(),
+                  qty=rng.randint(1, 8), account=2, tif=b"3")
+        else:
+            h.v.deliver(rng.randint(1, 5))
+        te = h.v.te
+        check_index(te)
+        if step % 10 == 0:
+            back = TradingEngine.restore(te.snapshot())
+            assert back.state_hash() == te.state_hash()
+            assert index(back) == index(te)
+            check_index(back)
+    h.v.deliver()
+    check_index(h.v.te)
+
+
+@pytest.mark.parametrize("seed", range(20 if os.environ.get("SEQEX_SLOW") != "1" else 400))
+def test_random_flows_keep_one_open_order_per_key_and_restore_the_same_index(seed):
+    _flow(seed, 150)
