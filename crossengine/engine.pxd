@@ -49,6 +49,7 @@ cdef struct Slot:
 cdef struct Table:
     Slot* slots
     uint64_t mask            # capacity - 1 (capacity is a power of two)
+    uint64_t limit           # capacity / 2: at this many keys, one more grows it first
     int shift                # 64 - log2(capacity): a multiplicative hash's top bits index it
     uint64_t mul             # the odd multiplier, from the process's hash seed (seed_hashes)
     uint64_t size

@@ -289,6 +289,7 @@ cdef int table_init(Table* t, uint64_t cap) except -1:
         raise MemoryError()
     t.mul = table_mul
     t.mask = cap - 1
+    t.limit = cap >> 1
     t.shift = 64
     while cap > 1:
         cap >>= 1
@@ -312,6 +313,7 @@ cdef int table_grow(Table* t) except -1:
         t.slots = old
         raise MemoryError()
     t.mask = old_cap * 2 - 1
+    t.limit = old_cap
     t.shift -= 1
     for i in range(old_cap):
         if old[i].used:
@@ -355,7 +357,7 @@ cdef inline uint64_t table_probe(Table* t, uint64_t k1, uint64_t k2) noexcept no
 
 cdef inline int table_room(Table* t) except -1:
     """Grow now if one more key would pass the load factor (table_add's test)."""
-    if (t.size + 1) * 2 > t.mask + 1:
+    if t.size >= t.limit:
         table_grow(t)
     return 0
 
@@ -451,6 +453,17 @@ cdef inline int32_t side_best(Side* sd) noexcept nogil:
         return -1
     b = sd.blocks[sd.nb - 1]
     return b.lv[b.n - 1]
+
+cdef inline bint side_reaches(Side* sd, int64_t key) noexcept nogil:
+    """Whether the side's best key is at or past key: an order of the other side whose price
+    has this key here (side_key) reaches the side's best, and would cross it. From the keys
+    alone, no level read (a buy at p reaches the best ask q when -q >= -p, a sell the best
+    bid q when q >= p)."""
+    cdef LBlock* b
+    if sd.n == 0:
+        return False
+    b = sd.blocks[sd.nb - 1]
+    return b.keys[b.n - 1] >= key
 
 cdef inline int32_t side_block(Side* sd, int64_t key) noexcept nogil:
     """The block that holds key or would: the last whose first key is <= key (else 0)."""
@@ -1003,7 +1016,7 @@ cdef class CrossEngine:
         its id_slot."""
         cdef Table* t = &self.by_id
         cdef uint64_t j
-        if (t.size + 1) * 2 > t.mask + 1:
+        if t.size >= t.limit:
             table_grow(t)
             self._id_rehint()
         j = key_hash(t, self.orders[i].order_id)
@@ -1418,8 +1431,7 @@ cdef class CrossEngine:
         if not market and tif == GTC:
             # The common case: a GTC limit order that does not reach the opposite best rests
             # (post-only or not) and changes nothing but its own level.
-            best_lv = side_best(&self.sides[opp])
-            if best_lv < 0 or not self._crosses(side, price, self.levels[best_lv].price, False):
+            if not side_reaches(&self.sides[opp], side_key(opp, price)):
                 return self._rest(cl_id, price, qty, account, side, flags, stp, a, cslot)
         if flags & F_POST and self.sides[opp].n:
             best_lv = side_best(&self.sides[opp])
