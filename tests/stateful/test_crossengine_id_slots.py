@@ -9,75 +9,30 @@ import os
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import precondition, rule
 
 from crossengine import codec as c
-from crossengine.engine import CrossEngine, seed_hashes
-from crossengine.reference import ReferenceEngine
+from crossengine.engine import seed_hashes
+from tests.stateful.test_crossengine_lockstep import Lockstep, sides
 
 SLOW = os.environ.get("SEQEX_SLOW") == "1"
-accounts = st.integers(1, 4)
-prices = st.integers(18, 22).map(lambda p: p * 5)
-qtys = st.integers(1, 12)
-client_ids = st.integers(1, 25)
-sides = st.sampled_from([c.BUY, c.SELL])
-CONFIG = dict(tick_size=5, min_qty=1, max_qty=40, max_price=100_000, max_orders=20_000,
-              max_fills=4, max_account_orders=6_000)
 
 
-class IdSlots(RuleBasedStateMachine):
+class IdSlots(Lockstep):
+    """The lockstep machine's rules (every command kind, garbage, restores, the invariants
+    after every step) with a poor multiplier, a book big enough to grow the id map, and bulk
+    entries, cancels and sweeps."""
+    config = dict(tick_size=5, min_qty=1, max_qty=40, max_price=100_000, max_orders=20_000,
+                  max_fills=4, max_account_orders=6_000)
+
     def __init__(self):
+        seed_hashes(multiplier=1)          # restored engines take it too, until teardown
         super().__init__()
-        seed_hashes(multiplier=1)
-        self.eng = CrossEngine(**CONFIG)
-        self.ref = ReferenceEngine(**CONFIG)
-        self.order_ids: list[int] = []
         self.bulk_ids: list[tuple[int, int]] = []
         self.next_bulk = 1000
-        self.steps = 0
 
     def teardown(self):
         seed_hashes(None)
-
-    def both(self, kind, payload=b""):
-        self.steps += 1
-        a = self.eng.apply(self.steps, 0, kind, payload)
-        b = self.ref.apply(self.steps, 0, kind, payload)
-        assert a == b, (c.decode_events(a), c.decode_events(b))
-        for ev in c.decode_events(a):
-            if ev[0] == c.EV_ACCEPTED:
-                self.order_ids.append(ev[1])
-
-    @rule(cl=client_ids, side=sides, price=prices, qty=qtys, acct=accounts,
-          ord_type=st.sampled_from([c.LIMIT] * 5 + [c.MARKET]),
-          tif=st.sampled_from([c.GTC, c.GTC, c.GTC, c.IOC, c.FOK]),
-          flags=st.sampled_from([0, 0, c.FLAG_REDUCE_ONLY, c.FLAG_POST_ONLY]),
-          stp=st.integers(0, 4))
-    def new_order(self, cl, side, price, qty, acct, ord_type, tif, flags, stp):
-        self.both(c.NEW_ORDER, c.new_order(cl, side, price, qty, acct, ord_type, tif, flags, stp))
-
-    @rule(data=st.data(), acct=st.sampled_from([0, 1, 2, 3, 4]))
-    @precondition(lambda self: self.order_ids)
-    def cancel_by_id(self, data, acct):
-        self.both(c.CANCEL, c.cancel(order_id=data.draw(st.sampled_from(self.order_ids)),
-                                     account=acct))
-
-    @rule(cl=client_ids, acct=accounts)
-    def cancel_by_client_id(self, cl, acct):
-        self.both(c.CANCEL, c.cancel(client_order_id=cl, account=acct))
-
-    @rule(cl=client_ids, acct=accounts, price=st.one_of(st.just(0), prices),
-          qty=st.one_of(st.just(0), st.integers(1, 45)))
-    def amend(self, cl, acct, price, qty):
-        self.both(c.AMEND, c.amend(client_order_id=cl, account=acct, price=price, qty=qty))
-
-    @rule(acct=st.integers(1, 6), side=st.sampled_from([0, c.BUY, c.SELL]))
-    def cancel_all(self, acct, side):
-        self.both(c.CANCEL_ALL, c.cancel_all(acct, side))
-
-    @rule(kind=st.sampled_from([c.MASS_CANCEL, c.HALT, c.RESUME, c.RESUME]))
-    def admin(self, kind):
-        self.both(kind)
 
     @rule(n=st.sampled_from([50, 300, 2_100]), side=sides, acct=st.integers(5, 6),
           stp=st.integers(0, 4))
@@ -106,19 +61,6 @@ class IdSlots(RuleBasedStateMachine):
         """A taker into the bulk levels: fills and STP cancels remove makers by id_slot."""
         self.both(c.NEW_ORDER, c.new_order(99_999, side, price, qty, acct, c.LIMIT, c.IOC,
                                            0, stp))
-
-    @rule()
-    def snapshot_and_restore(self):
-        snap = self.eng.snapshot()
-        assert snap == self.ref.snapshot()
-        self.eng = CrossEngine.restore(snap)
-        self.ref = ReferenceEngine.restore(snap)
-
-    @invariant()
-    def book_is_sound_and_states_agree(self):
-        self.eng.check_invariants()
-        assert self.eng.state_hash() == self.ref.state_hash()
-
 
 TestIdSlots = IdSlots.TestCase
 TestIdSlots.settings = settings(max_examples=400 if SLOW else 30, stateful_step_count=40,

@@ -20,10 +20,12 @@ CONFIG = dict(tick_size=5, min_qty=1, max_qty=40, max_price=1000, max_orders=60,
 
 
 class Lockstep(RuleBasedStateMachine):
+    config = CONFIG
+
     def __init__(self):
         super().__init__()
-        self.eng = CrossEngine(**CONFIG)
-        self.ref = ReferenceEngine(**CONFIG)
+        self.eng = CrossEngine(**self.config)
+        self.ref = ReferenceEngine(**self.config)
         self.order_ids: list[int] = []
         self.steps = 0
 
