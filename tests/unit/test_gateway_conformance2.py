@@ -29,6 +29,7 @@ from gateway import server as gs
 from gateway.accounts import Accounts, make_user
 from gateway.local_core import LocalCore
 from tests.tradingvenue import two_specs
+from tests.unit.test_gateway_conformance import run, wait_for
 from tradingengine import codec as tc
 
 DEADLINE_S = 30
@@ -112,20 +113,6 @@ def seq_of(m) -> int:
 
 def possdup(m) -> bool:
     return m[0] in FLAGS_AT and bool(m[1][FLAGS_AT[m[0]]] & 1)
-
-
-async def wait_for(pred, timeout: float = DEADLINE_S) -> None:
-    for _ in range(int(timeout / 0.005)):
-        if pred():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
-
-
-def run(coro):
-    async def bounded():
-        return await asyncio.wait_for(coro, DEADLINE_S * 2)
-    return asyncio.run(bounded())
 
 
 async def venue(cfg: gs.Config | None = None, clock=None):
