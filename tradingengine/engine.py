@@ -2404,9 +2404,8 @@ class TradingEngine:
             self._ctx = None
 
     def _find_order(self, key: tuple, sess, orig: int, order_id: int):
-        """The order a cancel or replace names: by OrderID among the session user's accounts,
-        or else by OrigClOrdID among the session's own orders (ClOrdIDs are the session's,
-        PROTOCOL.md §4.3: another session's order is named by its OrderID)."""
+        """The order a cancel or replace names, by OrderID or else by OrigClOrdID, among the
+        session user's accounts (the session's own first)."""
         if order_id != c.P_NULL_ID and order_id != 0:
             o = self.orders.get(order_id)
             return o if o is not None and o.account in sess.accounts else None
@@ -2417,6 +2416,12 @@ class TradingEngine:
             o = acct.by_client.get((orig, key)) if acct is not None else None
             if o is not None:
                 return o
+        for a in sess.accounts:      # another session's order by that ClOrdID (oldest first)
+            acct = self.accounts.get(a)
+            if acct is not None:
+                for o in acct.orders.values():
+                    if o.client_order_id == orig:
+                        return o
         return None
 
     def _s_cancel(self, key: tuple, sess, block: bytes) -> None:

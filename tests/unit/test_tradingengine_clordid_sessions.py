@@ -18,13 +18,6 @@ def index(te):
             for a, acct in te.accounts.items() if acct.by_client}
 
 
-def oid(h, clordid, sess):
-    """The OrderID of the open order that session sess (or None: raw) entered as clordid:
-    another session names it so (ClOrdIDs are each session's own, PROTOCOL.md §4.3)."""
-    return next(o.order_id for o in h.v.te.orders.values()
-                if o.client_order_id == clordid and o.sess == sess)
-
-
 def check_index(te):
     """Every open order is indexed under its (ClOrdID, session), and no two share one."""
     for acct in te.accounts.values():
@@ -48,8 +41,7 @@ def test_a_new_order_racing_another_sessions_replace_to_its_clordid_does_not_sha
     h.logon(1, 10, conn=2)
     h.nos(1, 9, 1, 1, price=100 * E8)
     h.v.auto = False
-    a = oid(h, 1, (1, 9))
-    h.send(1, 10, 102, OCRR.pack(1, 0, 7, NULL, a, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
     ms = h.nos(1, 9, 2, 7, price=98 * E8)
     assert [er[19] for er in ers(ms, b"8")] == [6]     # the ClOrdID is taken (reason 6)
     h.v.deliver()
@@ -72,9 +64,8 @@ def test_two_sessions_replacing_orders_to_one_clordid_at_once_do_not_share_it():
     h.nos(1, 9, 1, 1, price=100 * E8)
     h.nos(1, 9, 2, 2, price=101 * E8)
     h.v.auto = False
-    a, b = oid(h, 1, (1, 9)), oid(h, 2, (1, 9))
-    h.send(1, 10, 102, OCRR.pack(1, 0, 7, NULL, a, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
-    (m,) = h.send(1, 11, 102, OCRR.pack(1, 0, 7, NULL, b, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    (m,) = h.send(1, 11, 102, OCRR.pack(1, 0, 7, 2, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
     assert m[2] == 201 and m[3][8] == 6                 # OrderCancelReject, duplicate
     h.v.deliver()
     h.v.auto = True
@@ -95,9 +86,8 @@ def test_the_key_a_replace_takes_is_free_again_once_it_is_answered_or_the_order_
     h.nos(1, 9, 1, 1, price=100 * E8, qty=5)
     h.nos(1, 9, 2, 2, price=100 * E8, qty=5)
     h.v.auto = False
-    a, b = oid(h, 1, (1, 9)), oid(h, 2, (1, 9))
     h.nos(2, 20, 1, 1, side=b"2", price=100 * E8, qty=5)     # fills order 1 (first in time)
-    h.send(1, 10, 102, OCRR.pack(1, 0, 7, NULL, a, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
     assert h.v.te.accounts[1].replacing                          # 7 is taken meanwhile
     (m,) = h.send(1, 9, 102, OCRR.pack(3, 0, 7, 2, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
     assert m[2] == 201 and m[3][8] == 6
@@ -111,7 +101,7 @@ def test_the_key_a_replace_takes_is_free_again_once_it_is_answered_or_the_order_
     check_index(te)
     assert not te.accounts[1].replacing
     h.logon(1, 11, conn=4)
-    ms = h.send(1, 11, 102, OCRR.pack(1, 0, 7, NULL, b, 97 * E8, 8, 1, b"1", b"2", b"1", 0))
+    ms = h.send(1, 11, 102, OCRR.pack(1, 0, 7, 2, NULL, 97 * E8, 8, 1, b"1", b"2", b"1", 0))
     assert [er[2:4] for er in ers(ms, b"5")] == [(7, 2)] * 2    # to session 11 and to S
     assert te.accounts[1].by_client[7, (1, 9)].price * TICK == 97 * E8
     check_index(te)
@@ -127,8 +117,7 @@ def test_a_raw_new_order_racing_a_sessions_replace_of_a_raw_order_to_its_clordid
     h.logon(1, 10, conn=2)
     h.v.order(5, 1, c.BUY, 100 * E8 // TICK, 5)
     h.v.auto = False
-    raw = oid(h, 5, None)
-    h.send(1, 10, 102, OCRR.pack(1, 0, 7, NULL, raw, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 5, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
     ev = h.v.order(7, 1, c.BUY, 98 * E8 // TICK, 5)
     rej = [e for e in ev if e[0] == c.EXEC_REPORT]
     assert len(rej) == 1 and rej[0][16] == 2015 and len(h.v.te.orders) == 1, ev
@@ -144,8 +133,8 @@ def test_a_raw_new_order_racing_a_sessions_replace_of_a_raw_order_to_its_clordid
 
 def _flow(seed: int, steps: int) -> None:
     """Three sessions of user 1 on accounts 1 and 3 and raw commands, all drawing ClOrdIDs
-    from one small range: new orders, cancels and replaces by OrigClOrdID (the session's own;
-    another session's or an unknown one is refused), replaces by OrderID of any order, raw cancels and amends, counter orders that fill, the CrossEngine's
+    from one small range: new orders, cancels and replaces by OrigClOrdID (own, another
+    session's, unknown), raw cancels and amends, counter orders that fill, the CrossEngine's
     answers held back and delivered at random. After every step no two open orders share a
     key, and a restore holds the same index (and replacing keys)."""
     import random
@@ -186,11 +175,7 @@ def _flow(seed: int, steps: int) -> None:
         elif k < 0.45:
             send(1, sid, 101, OCR.pack(seqs[sid], 0, fresh(sid), clid(), NULL, 1, b"1", 0))
         elif k < 0.65:
-            live = list(h.v.te.orders)
-            by_id = live and rng.random() < 0.5       # any session's order, by its OrderID
-            send(1, sid, 102, OCRR.pack(seqs[sid], 0, fresh(sid),
-                                        NULL if by_id else clid(),
-                                        rng.choice(live) if by_id else NULL, px(),
+            send(1, sid, 102, OCRR.pack(seqs[sid], 0, fresh(sid), clid(), NULL, px(),
                                         rng.randint(1, 9), 1, b"1", b"2", b"1", 0))
         elif k < 0.72:
             h.v.order(rng.randint(1, 20), rng.choice([1, 3]), c.BUY, px() // TICK, rng.randint(1, 5))
