@@ -315,12 +315,28 @@ class Position:
                 self.realised]
 
 
+def _index_client(acct, coid: int, o) -> None:
+    """Enter live order o under (coid, its session) and count the ClOrdID."""
+    acct.by_client[coid, o.sess] = o
+    acct.coid_n[coid] = acct.coid_n.get(coid, 0) + 1
+
+
+def _unindex_client(acct, key: tuple) -> None:
+    del acct.by_client[key]
+    n = acct.coid_n[key[0]] - 1
+    if n:
+        acct.coid_n[key[0]] = n
+    else:
+        del acct.coid_n[key[0]]
+
+
 class Account:
     """A wallet with its own ledger: at every moment
     balance == transferred - fees_paid - funding_paid - liquidated + covered + realised PnL
     of its positions, which lets a failed audit name the accounts whose books are off."""
     __slots__ = ("account_id", "balance", "order_margin", "position_margin", "positions",
-                 "orders", "by_client", "replacing", "dms_timeout_ms", "dms_deadline", "transferred",
+                 "orders", "by_client", "replacing", "coid_n", "dms_timeout_ms", "dms_deadline",
+                 "transferred",
                  "fees_paid", "funding_paid", "liquidated", "covered")
 
     def __init__(self, account_id: int) -> None:
@@ -346,6 +362,9 @@ class Account:
         # replace by one would share the key with the replaced order). Derived from the orders'
         # rpl; the replacing order by key.
         self.replacing: dict[tuple, Order] = {}
+        # how many live orders go by each ClOrdID, whatever their session (derived): a cancel
+        # by another session's ClOrdID looks through the orders only when one does
+        self.coid_n: dict[int, int] = {}
         self.dms_timeout_ms = 0
         self.dms_deadline = 0                   # ts_ns at which every order is cancelled
 
@@ -832,7 +851,7 @@ class TradingEngine:
             self.next_order_id += 1
             o.state = UNTRIGGERED
             acct.orders[o.order_id] = o
-            acct.by_client[coid, o.sess] = o
+            _index_client(acct, coid, o)
             self.orders[o.order_id] = o
             self.conditional[symbol][o.order_id] = o
             self._trig_add(o)
@@ -844,7 +863,7 @@ class TradingEngine:
             return
         self.next_order_id += 1
         acct.orders[o.order_id] = o
-        acct.by_client[coid, o.sess] = o
+        _index_client(acct, coid, o)
         self.orders[o.order_id] = o
 
     def _conditional(self, o: Order, trig_px: int, kind: int, by: int,
@@ -962,7 +981,7 @@ class TradingEngine:
         del self.orders[o.order_id]
         key = (o.client_order_id, o.sess)
         if acct.by_client.get(key) is o:
-            del acct.by_client[key]
+            _unindex_client(acct, key)
         if o.rpl is not None:
             self._rpl_done(o)
 
@@ -2098,8 +2117,8 @@ class TradingEngine:
             o.rpl = None
             acct = self.accounts[o.account]
             if acct.by_client.get((orig, o.sess)) is o:   # FIX: the order now goes by the new id
-                del acct.by_client[orig, o.sess]
-                acct.by_client[coid, o.sess] = o
+                _unindex_client(acct, (orig, o.sess))
+                _index_client(acct, coid, o)
             o.client_order_id = coid
         if exec_type == c.EXEC_REJECTED:
             reason = fix_ord_rej_reason(code)
@@ -2418,7 +2437,7 @@ class TradingEngine:
                 return o
         for a in sess.accounts:      # another session's order by that ClOrdID (oldest first)
             acct = self.accounts.get(a)
-            if acct is not None:
+            if acct is not None and acct.coid_n.get(orig):
                 for o in acct.orders.values():
                     if o.client_order_id == orig:
                         return o
@@ -2700,7 +2719,7 @@ class TradingEngine:
         for r in orders:
             o = Order.from_row(r)
             acct.orders[o.order_id] = o
-            acct.by_client[o.client_order_id, o.sess] = o
+            _index_client(acct, o.client_order_id, o)
             if o.rpl is not None:
                 acct.replacing[o.rpl[0], o.sess] = o
             acct.order_margin += o.margin

@@ -26,6 +26,10 @@ def check_index(te):
         for o in acct.orders.values():
             assert acct.by_client.get((o.client_order_id, o.sess)) is o
         assert len(acct.by_client) == len(acct.orders)
+        counts: dict = {}
+        for o in acct.orders.values():
+            counts[o.client_order_id] = counts.get(o.client_order_id, 0) + 1
+        assert acct.coid_n == counts            # the ClOrdID counts the fallback looks at
         pending = {(o.rpl[0], o.sess): o for o in acct.orders.values() if o.rpl is not None}
         assert getattr(acct, "replacing", pending) == pending
 
