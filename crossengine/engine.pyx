@@ -1433,10 +1433,8 @@ cdef class CrossEngine:
             # (post-only or not) and changes nothing but its own level.
             if not side_reaches(&self.sides[opp], side_key(opp, price)):
                 return self._rest(cl_id, price, qty, account, side, flags, stp, a, cslot)
-        if flags & F_POST and self.sides[opp].n:
-            best_lv = side_best(&self.sides[opp])
-            if self._crosses(side, price, self.levels[best_lv].price, False):
-                return self._ev_rejected(cl_id, account, C_POST_TAKES, 0)
+        if flags & F_POST and side_reaches(&self.sides[opp], side_key(opp, price)):
+            return self._ev_rejected(cl_id, account, C_POST_TAKES, 0)
         if tif == FOK and not self._fok_fillable(side, price, market, qty, account, stp):
             return self._ev_rejected(cl_id, account, C_FOK, 0)
         self.order_counter += 1
@@ -1624,7 +1622,7 @@ cdef class CrossEngine:
         cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8), qty = rd64(p + 28)
         cdef uint32_t account = rd32(p + 16)
         cdef int64_t price = rdi64(p + 20)
-        cdef int32_t i, best_lv
+        cdef int32_t i
         cdef uint64_t total, new_total, new_leaves
         cdef int64_t new_price
         cdef uint16_t code
@@ -1648,10 +1646,9 @@ cdef class CrossEngine:
             elif new_price == self.orders[i].price and new_total == total:
                 code = C_AMEND_NOTHING
         opp = 1 - side_index(self.orders[i].side)
-        if not code and self.orders[i].flags & F_POST and self.sides[opp].n:
-            best_lv = side_best(&self.sides[opp])
-            if self._crosses(self.orders[i].side, new_price, self.levels[best_lv].price, False):
-                code = C_POST_TAKES
+        if not code and self.orders[i].flags & F_POST \
+                and side_reaches(&self.sides[opp], side_key(opp, new_price)):
+            code = C_POST_TAKES
         if code:
             return self._ev_rejected(self.orders[i].client_order_id, self.orders[i].account, code,
                                      self.orders[i].order_id)

@@ -211,13 +211,13 @@ class ReplicaHost:
         log.info("%s: %s replica of %s from seq %d", self.name, self.role, self.stream,
                  self.seq + 1)
         window_start, window_n = time.monotonic(), 0
+        engine = self.engine                # (restored, if at all, before serve)
+        apply = getattr(engine, "apply_scanned_frame", None) or engine.apply_frame
         while self.running:
             frames = self.sub.poll(50)
             for first, last, frame in frames:
                 if first != self.seq + 1:
                     raise RuntimeError(f"{self.name}: input jumped from {self.seq} to {first}")
-                engine = self.engine
-                apply = getattr(engine, "apply_scanned_frame", None) or engine.apply_frame
                 out = apply(frame)
                 self.seq = last
                 self.head = max(self.head, last)

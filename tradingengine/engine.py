@@ -315,6 +315,15 @@ class Position:
                 self.realised]
 
 
+def _count_down(counts: dict, key) -> None:
+    """One fewer of key in a dict of counts; the key goes at zero."""
+    n = counts[key] - 1
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
 def _index_client(acct, coid: int, o) -> None:
     """Enter live order o under (coid, its session) and count the ClOrdID."""
     acct.by_client[coid, o.sess] = o
@@ -323,11 +332,13 @@ def _index_client(acct, coid: int, o) -> None:
 
 def _unindex_client(acct, key: tuple) -> None:
     del acct.by_client[key]
-    n = acct.coid_n[key[0]] - 1
-    if n:
-        acct.coid_n[key[0]] = n
-    else:
-        del acct.coid_n[key[0]]
+    _count_down(acct.coid_n, key[0])
+
+
+def _clordid_taken(acct, coid: int, sess) -> bool:
+    """Whether (coid, sess) is an open order's key, or the key a replace in flight will give."""
+    key = (coid, sess)
+    return key in acct.by_client or bool(acct.replacing) and key in acct.replacing
 
 
 class Account:
@@ -828,9 +839,7 @@ class TradingEngine:
             code = 2028
         elif flags & ~(REDUCE_ONLY | POST_ONLY):
             code = 2001
-        elif (coid, None if self._ctx is None else self._ctx[0]) in acct.by_client or \
-                acct.replacing and (coid, None if self._ctx is None else self._ctx[0]) in \
-                acct.replacing:
+        elif _clordid_taken(acct, coid, None if self._ctx is None else self._ctx[0]):
             code = 2015
         elif len(acct.orders) >= MAX_OPEN_ORDERS:
             code = 2027
@@ -982,12 +991,13 @@ class TradingEngine:
         key = (o.client_order_id, o.sess)
         if acct.by_client.get(key) is o:
             _unindex_client(acct, key)
-        if o.rpl is not None:
-            self._rpl_done(o)
+        self._rpl_done(o)
 
     def _rpl_done(self, o: Order) -> None:
         """The key o's session replace in flight was to give it is free again (the replace is
-        answered, or the order gone): call before o.rpl is cleared."""
+        answered, or the order gone): call before o.rpl is cleared (no replace: nothing)."""
+        if o.rpl is None:
+            return
         acct = self.accounts.get(o.account)
         key = (o.rpl[0], o.sess)
         if acct is not None and acct.replacing.get(key) is o:
@@ -2146,8 +2156,7 @@ class TradingEngine:
                     self._smsg(req[1], c.P_CANCEL_REJECT, *late)
                     if o.sess is not None and o.sess != req[1]:
                         self._smsg(o.sess, c.P_CANCEL_REJECT, *late)
-            if o.rpl is not None:
-                self._rpl_done(o)
+            self._rpl_done(o)
             o.cxl = o.rpl = None
 
     def _session_reject_er(self, key: tuple, coid: int, account: int, symbol: int, side: int,
@@ -2175,8 +2184,7 @@ class TradingEngine:
         if to == 1:
             o.cxl = None
         else:
-            if o.rpl is not None:
-                self._rpl_done(o)
+            self._rpl_done(o)
             o.rpl = None
         coid = req[0] if req is not None else 0
         fields = (self.ts_ns, coid, o.client_order_id, o.order_id, o.symbol, _ord_status(o),
@@ -2323,11 +2331,7 @@ class TradingEngine:
 
     def _drop_session(self, key: tuple) -> None:
         del self.sessions[key]
-        n_open = self.user_sessions[key[0]] - 1
-        if n_open:
-            self.user_sessions[key[0]] = n_open
-        else:
-            del self.user_sessions[key[0]]
+        _count_down(self.user_sessions, key[0])
 
     def _expire_finalized(self) -> None:
         fin = self.finalized
@@ -2496,8 +2500,7 @@ class TradingEngine:
             else:
                 ticks = price // tick
             acct = self.accounts[o.account]
-            if not code and ((coid, o.sess) in acct.by_client
-                             or (coid, o.sess) in acct.replacing):
+            if not code and _clordid_taken(acct, coid, o.sess):
                 code = 2015
             if code:
                 self._cancel_rejected(account, coid, orig, code, 2)
@@ -2505,8 +2508,7 @@ class TradingEngine:
             o.rpl = (coid, key)
             self._amend_order(acct, o, coid, o.client_order_id, o.account, ticks, qty)
             if o.pending != PENDING_AMEND:
-                if o.rpl is not None:
-                    self._rpl_done(o)
+                self._rpl_done(o)
                 o.rpl = None
             elif o.rpl is not None:
                 acct.replacing[coid, o.sess] = o
