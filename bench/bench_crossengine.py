@@ -459,11 +459,20 @@ def main() -> None:
     ap.add_argument("--snapshot-orders", type=int, default=1_000_000)
     ap.add_argument("--sweep-orders", type=int, default=400_000,
                     help="resting orders per width of the width sweep (0: no sweep)")
+    ap.add_argument("--widths", default="100,10000,100000,1000000",
+                    help="the sweep's widths in ticks, comma-separated (the first is the base)")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="with --flow independent: the width sweep alone, no flow")
     a = ap.parse_args()
+    try:
+        widths = tuple(int(w) for w in a.widths.split(","))
+    except ValueError:
+        raise SystemExit(f"--widths: comma-separated tick counts, not {a.widths!r}") from None
     if a.flow in ("independent", "all"):
-        independent_bench(a.ops, a.repeat, a.seed)
+        if not a.sweep_only:
+            independent_bench(a.ops, a.repeat, a.seed)
         if a.sweep_orders:
-            width_sweep(a.sweep_orders, a.repeat)
+            width_sweep(a.sweep_orders, a.repeat, widths)
         if a.flow == "independent":
             return
     if a.snapshot_orders:
