@@ -517,3 +517,30 @@ def test_the_market_data_sdk_answers_the_feeds_logout():
         finally:
             await md.close()
     run(main())
+
+
+def test_logout_5_with_cancel_on_disconnect_armed_cancels_at_once():
+    """§4.9 + §4.10: mode 1 cancels on logout; a Logout(5) finalizes the session, so no Logon
+    can come back within the grace period to disarm it: the order is cancelled at once, with
+    the clock standing still (before, the finalize dropped the armed cancel and the order
+    rested for good)."""
+    async def main():
+        now = [1_800_000_000 * 10**9]
+        gw, core, port = await venue(clock=lambda: now[0])
+        try:
+            c = await Peer.connect(port)
+            c.w.write(c.logon_frame(11, cod=1, cod_ms=5_000))
+            assert (await c.next())[0] == 2
+            c.w.write(nos_flags(1, 1, b"1"))
+            assert (await c.next())[0] == 200
+            assert core.shards[0].orders
+            c.w.write(frame(4, 5, b""))
+            assert (await c.next())[0] == 4
+            c.w.close()
+            await wait_for(lambda: not core.shards[0].orders)
+            d = await Peer.connect(port)
+            d.w.write(d.logon_frame(11))
+            assert (await d.next())[0] == 3                  # LogonReject: finalized
+        finally:
+            await gw.close()
+    run(main())
