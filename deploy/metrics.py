@@ -52,7 +52,7 @@ COUNTERS = frozenset({
     "disk_full_refusals",
     # mq/replica.py
     "applied", "snapshots", "published_frames", "send_blocked", "gaps_told", "resends",
-    "bad_snapshots",
+    "bad_snapshots", "snapshot_failures",
     # gateway/server.py
     "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
     "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",

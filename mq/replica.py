@@ -21,7 +21,9 @@
   the only writer of the shared directory). In every role only the serialization runs on the
   loop; hashing, writing and fsync run on a background thread. A file is written atomically
   (temporary file, fsync, rename) as ``<stream>-<seq>.snap``: magic and version, seq, SHA-256
-  of the state, length, state. The last ``keep`` are kept.
+  of the state, length, state. The last ``keep`` are kept. A write that fails (disk full) is
+  logged and counted (``snapshot_failures``, ``snapshot_error``) and the replica goes on;
+  PING's ``snapshot_seq`` and ``snapshot_age_s`` name the newest snapshot on disk.
 * Start-up: the newest snapshot that passes every check (magic, version, seq equal to the
   file name's, length equal to what the file holds, checksum, and a restore that succeeds),
   from its own directory or a shared one; a file that fails is moved aside (``.bad``) with
@@ -109,14 +111,18 @@ class ReplicaHost:
         self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
         self.outputs = Window(output_window_bytes)
         self.seq = 0                 # last input seq applied
-        self.snap_seq = 0
+        self.snap_seq = 0            # the seq of the last snapshot taken (written or not)
+        # the newest snapshot on disk (written or restored from) and when: what PING reports;
+        # a write that failed (disk full) leaves them alone and sets snapshot_error
+        self.written_seq, self.written_at = 0, time.monotonic()
+        self.snapshot_error: str | None = None
         # the time trigger is staggered too: each hot replica starts at its own phase
         self.snap_at = time.monotonic() - snapshot_s * self.snap_offset / snapshot_every
         self.head = 0                # highest input seq seen on the feed (for lag)
         self.running = True
         self.stats = {"applied": 0, "frames": 0, "snapshots": 0, "published_frames": 0,
                       "restored_from": 0, "bad_snapshots": 0, "resends": 0, "gaps_told": 0,
-                      "send_blocked": 0}
+                      "send_blocked": 0, "snapshot_failures": 0}
         self.rate = 0.0
         self._pub, self._replicators = pub, replicators
         self.sub: Subscriber | None = None
@@ -161,7 +167,7 @@ class ReplicaHost:
                 self._unusable(path, exc)
                 continue
             self.engine = engine
-            self.seq = self.snap_seq = seq
+            self.seq = self.snap_seq = self.written_seq = seq
             self.stats["restored_from"] = seq
             log.info("%s: restored from %s (seq %d)", self.name, path, seq)
             return
@@ -198,7 +204,14 @@ class ReplicaHost:
         try:
             write_snapshot(self.snapshot_dir, self.stream, seq, state, self.keep)
             self.stats["snapshots"] += 1
+            self.written_seq, self.written_at = seq, time.monotonic()
+            if self.snapshot_error is not None:
+                log.warning("%s: snapshots written again (seq %d in %s)", self.name, seq,
+                            self.snapshot_dir)
+            self.snapshot_error = None
         except OSError as exc:  # disk full, permissions: the log still holds everything
+            self.stats["snapshot_failures"] += 1
+            self.snapshot_error = f"seq {seq}: {exc}"
             log.error("%s: could not write the snapshot at seq %d in %s: %s", self.name, seq,
                       self.snapshot_dir, exc)
 
@@ -392,8 +405,9 @@ class ReplicaHost:
     def status(self) -> dict:
         return {"role": "replica", "name": self.name, "replica_role": self.role,
                 "stream": self.stream, "seq": self.seq, "lag": max(0, self.head - self.seq),
-                "rate": round(self.rate), "snapshot_seq": self.snap_seq,
-                "snapshot_age_s": round(time.monotonic() - self.snap_at, 3),
+                "rate": round(self.rate), "snapshot_seq": self.written_seq,
+                "snapshot_age_s": round(time.monotonic() - self.written_at, 3),
+                "snapshot_error": self.snapshot_error,
                 "sent_upto": self.sent_upto, "mirror_has": self.mirror_has,
                 "refusals": auth.refusal_stats(), **self.stats}
 

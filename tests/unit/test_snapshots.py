@@ -279,3 +279,45 @@ def test_a_damaged_byte_anywhere_in_the_state_fails_the_checksum(tmp_path, flip)
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(SnapshotError, match="checksum"):
         check_snapshot(path)
+
+
+def test_a_snapshot_that_could_not_be_written_is_not_reported_as_taken(tmp_path, monkeypatch):
+    """Disk full on the snapshot directory (the compound fault campaign): the replica goes on,
+    and PING (hence the metrics' snapshot seq and age) names the newest snapshot that is on
+    disk, not the one it tried to write, and counts the failures. It reported the failed one:
+    a full snapshot disk looked like fresh snapshots every interval."""
+    import errno
+
+    import mq.replica
+
+    real = mq.replica.write_snapshot
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    h = host(tmp_path, role="warm", snapshot_every=10, snapshot_s=3600.0)
+    try:
+        h.seq = 15
+        h._maybe_snapshot()
+        h.wait_snapshot()
+        assert h.status()["snapshot_seq"] == 15 and not h.stats.get("snapshot_failures")
+        written_age = h.status()["snapshot_age_s"]
+        monkeypatch.setattr(mq.replica, "write_snapshot", full)
+        for seq in (25, 35):
+            h.seq = seq
+            h._maybe_snapshot()
+            h.wait_snapshot()
+        st = h.status()
+        assert st["snapshot_seq"] == 15, st
+        assert st["snapshot_age_s"] >= written_age
+        assert st.get("snapshot_failures") == 2 and "No space left" in st["snapshot_error"]
+        assert snaps(tmp_path) == ["in.ce.X-00000000000000000015.snap"]
+        monkeypatch.setattr(mq.replica, "write_snapshot", real)   # room again
+        h.seq = 45
+        h._maybe_snapshot()
+        h.wait_snapshot()
+        st = h.status()
+        assert st["snapshot_seq"] == 45 and st["snapshot_error"] is None, st
+        assert st["snapshot_failures"] == 2
+    finally:
+        close(h)
