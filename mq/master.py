@@ -204,6 +204,7 @@ class Recovery:
     tail_to: int = 0
     tail_waiting: bool = False  # a tail REPLAY is out and unanswered
     req: int = 0
+    stated: frozenset = frozenset()   # (claim) the replicators that answered STATE
 
 
 def _state_ok(st: Any, stream: str) -> bool:
@@ -312,9 +313,16 @@ class Master:
             raise TimeoutError(f"{self.stream}: recovery stuck in phase {r.phase!r} "
                                f"({len(r.answers)} of {len(self.links)} replicators answered)")
         need = replication.needed(self.policy, len(self.links))
+        # The grace is for replicators that are slow to answer, and the STATE phase waits it
+        # out. The CLAIM phase does not wait it out again for one that did not answer STATE
+        # (it is down): once every replicator that answered STATE has answered the CLAIM,
+        # and they are enough, the master goes on. (It waited 2 s more: a master restarted
+        # while quorum was lost took over 2 s after a replicator came back, not at once.)
         if r.phase in ("state", "claim") and (
                 len(r.answers) == len(self.links)
-                or (len(r.answers) >= need and now - r.started >= self.startup_grace_s)):
+                or (len(r.answers) >= need and (
+                    now - r.started >= self.startup_grace_s
+                    or (r.phase == "claim" and r.stated <= r.answers.keys())))):
             if r.phase == "state":
                 seen = max(st["epoch"] for st in r.answers.values())
                 if seen + 1 > MAX_EPOCH:
@@ -324,7 +332,8 @@ class Master:
                         f"stream over. Nothing was claimed. Next step: stop the stream's "
                         f"replicators and reset their stored epoch to the epoch of their last "
                         f"record (docs/log.md, 'Epoch exhausted'), then start the master again.")
-                self.recovery = r = Recovery("claim", r.deadline, now, epoch=seen + 1)
+                self.recovery = r = Recovery("claim", r.deadline, now, epoch=seen + 1,
+                                             stated=frozenset(r.answers))
             elif all(st["ok"] for st in r.answers.values()) and self.stamps_epochs and max(
                     st["last_epoch"] for st in r.answers.values()) >= r.epoch:
                 # Records of the epoch claimed exist: another master was granted it. That

@@ -745,3 +745,52 @@ def test_no_commit_message_while_appends_carry_the_point_and_one_when_the_stream
     core._forward()
     told = [b["commit"] for _i, b, _m in core.take(wire.COMMIT)]
     assert told == [core.committed]
+
+
+def _grant(core: Core, i: int) -> None:
+    core._on_reply(core.links[i], state(epoch=core.recovery.epoch, claimant=core.claimant))
+
+
+def test_a_master_restarted_while_quorum_was_lost_takes_over_once_a_majority_is_back():
+    """The compound fault campaign: the sequencer and two of three replicators SIGKILLed, the
+    sequencer restarted at once. It waits (no majority), and once one replicator is back it
+    takes over at once: the STATE phase's grace for slow replicators is long over, and the
+    CLAIM phase does not wait it out again for the replicator that never answered STATE. It
+    did: a further 2 s after quorum came back."""
+    core = Core()
+    core.startup_grace_s = 2.0
+    core.begin_recovery()
+    core.recovery_step()
+    core._on_reply(core.links[0], state())      # the survivor; 1 and 2 are down
+    core.fake.advance(3 * SEC)
+    core.recovery_step()
+    assert core.recovery.phase == "state"       # no majority: nothing claimed
+    core._on_reply(core.links[1], state())      # replicator 1 is back
+    core.recovery_step()
+    assert core.recovery.phase == "claim"
+    _grant(core, 0)
+    _grant(core, 1)
+    core.fake.advance(SEC // 100)
+    core.recovery_step()
+    assert core.recovery is None or core.recovery.phase == "tail", core.recovery
+
+
+def test_the_claim_still_waits_for_a_replicator_that_answered_state():
+    """...but a replicator that answered STATE is alive: the master waits (up to the grace)
+    for its answer to the CLAIM too, so that it is fenced and reconciled in the takeover."""
+    core = Core()
+    core.startup_grace_s = 2.0
+    core.begin_recovery()
+    core.recovery_step()
+    for i in range(3):
+        core._on_reply(core.links[i], state())
+    core.recovery_step()
+    assert core.recovery.phase == "claim"
+    _grant(core, 0)
+    _grant(core, 1)
+    core.fake.advance(SEC // 100)
+    core.recovery_step()
+    assert core.recovery.phase == "claim"       # replicator 2's grant is awaited
+    core.fake.advance(2 * SEC)
+    core.recovery_step()
+    assert core.recovery is None or core.recovery.phase == "tail"
