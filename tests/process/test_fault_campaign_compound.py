@@ -16,7 +16,9 @@ faults (one round unless set: 23 with all four modes):
   restarts at once and must wait for a majority to claim an epoch from);
 * ``long``: faults of 5 .. 15 s: SIGSTOP of any process, disk full on replicator 2;
 * ``snapdisk``: the replicas' snapshot tmpfs full for 2 .. 15 s (sometimes with a SIGKILL of
-  the warm or a hot replica in the middle);
+  the warm or a hot replica in the middle). Only the warm replica writes snapshots (hot ones
+  do not by default, and ``seqex replica`` has no flag to make them); a hot replica killed
+  then restores from the warm one's directory on the full disk;
 * ``delay``: SIGKILL of any process, restarted only after 2 .. 5 s (a supervisor's backoff).
 
 What each fault must do, from what docs/log.md and docs/operations.md promise:
@@ -30,8 +32,9 @@ What each fault must do, from what docs/log.md and docs/operations.md promise:
 * while only one replicator is down, frozen or full, intake and results keep moving; while a
   hot replica is down or frozen, results keep moving (the other publishes); while the
   mirror is down, intake keeps moving;
-* while the snapshot disk is full, every live replica keeps applying and results keep moving;
-  once there is room, the warm replica writes a newer snapshot.
+* while the snapshot disk is full, every live replica keeps applying and results keep moving,
+  and the warm replica's PING names no snapshot that is not on disk; once there is room, it
+  writes (and reports) a newer one.
 At the end, the invariants of test_fault_campaign.check_after: every order once at its acked
 seq, replicators byte-identical, the out stream equal to a fresh engine's outputs, one state
 hash among the replicas.
