@@ -74,6 +74,7 @@ MIRROR_SNDHWM = 1000       # output frames queued in the socket to the mirror, a
 RESEND_MIN_S = 0.5         # the mirror's answers stalled this long: rewind and resend ...
 RESEND_MAX_S = 8.0         # ... backing off (doubling, with jitter) up to this
 PROBE_S = 1.0              # the mirror silent this long: ask where it stands
+MIRROR_ASK_S = 1.0         # a restarting hot replica asks the mirror how far it committed
 NOTE_EVERY_S = 5.0         # a lasting condition is logged at most this often
 
 
@@ -147,7 +148,14 @@ class ReplicaHost:
         if self.snapshot_dir:   # a write this process died in the middle of
             for tmp in _snap_files(self.snapshot_dir, self.stream, ".snap.tmp"):
                 _remove(tmp)
+        # A hot replica must be able to send every output the out stream lacks: it restores
+        # from no snapshot beyond what the mirror committed. (Both hot replicas killed
+        # together, restarted from the warm replica's newest snapshot, which was newer than
+        # the out stream: no replica could send the outputs in between, ever.)
+        limit = self._mirror_committed() if paths and self.role == "hot" else None
         for path in sorted(set(paths), key=_snap_seq, reverse=True):
+            if limit is not None and _snap_seq(path) > limit:
+                continue
             try:
                 seq, data = check_snapshot(path)
             except FileNotFoundError:
@@ -173,6 +181,24 @@ class ReplicaHost:
             return
         if paths:
             log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
+
+    def _mirror_committed(self) -> int | None:
+        """How far the out stream is committed (PING of the mirror), or None when the mirror
+        does not say within MIRROR_ASK_S (down: the newest snapshot is used, as a warm
+        replica's would be)."""
+        if not self.mirror_addr:
+            return None
+        try:
+            kind, status, _ = call(self.mirror_addr, wire.PING, timeout_s=MIRROR_ASK_S)
+        except (TimeoutError, wire.WireError):
+            status, kind = {}, b""
+        committed = status.get("committed") if isinstance(status, dict) else None
+        if kind != wire.PONG or type(committed) is not int or committed < 0:
+            log.warning("%s: the mirror at %s did not say how far the out stream is "
+                        "committed; restoring from the newest snapshot", self.name,
+                        self.mirror_addr)
+            return None
+        return committed
 
     def _unusable(self, path: str, exc: Exception) -> None:
         self.stats["bad_snapshots"] += 1

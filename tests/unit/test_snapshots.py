@@ -321,3 +321,46 @@ def test_a_snapshot_that_could_not_be_written_is_not_reported_as_taken(tmp_path,
         assert st["snapshot_failures"] == 2
     finally:
         close(h)
+
+
+def test_a_hot_replica_restores_from_a_snapshot_no_newer_than_what_the_mirror_committed(
+        tmp_path):
+    """Both hot replicas SIGKILLed together (the compound fault campaign, 2,000 orders/s):
+    the mirror had committed outputs up to 297347, the warm replica's newest snapshot was at
+    298000, and both restarted from it, so neither could ever send outputs 297348..298000:
+    the out stream stopped for good. A hot replica now asks the mirror where the out stream
+    stands and restores from the newest snapshot at or below that seq; a mirror that does
+    not answer leaves the newest snapshot in use (as before)."""
+    import threading
+
+    import zmq
+
+    from mq import sockets, wire
+    shared = str(tmp_path / "shared")
+    for seq in (100, 200, 300):
+        write_snapshot(shared, "in.ce.X", seq, b"state-%d" % seq, keep=5)
+    fake = sockets.router("tcp://127.0.0.1:*")
+    addr = fake.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def answer():
+        while fake.poll(10_000):
+            ident, kind, _body = fake.recv_multipart()[:3]
+            if kind == wire.PING:
+                fake.send_multipart([ident, wire.PONG, wire.pack({"role": "mirror",
+                                                                  "committed": 250})])
+                return
+
+    t = threading.Thread(target=answer)
+    t.start()
+    h = ReplicaHost("hot1", Fake(), Fake.restore, "in.ce.X", "tcp://127.0.0.1:9",
+                    ["tcp://127.0.0.1:9"], "tcp://127.0.0.1:*", role="hot", mirror=addr,
+                    snapshot_dir=str(tmp_path / "own"), shared_snapshot_dir=shared)
+    try:
+        assert h.seq == 200 and h.engine.state == b"state-200"
+        assert h.sub.next_seq == 201
+        assert h.stats["bad_snapshots"] == 0   # the newer one is skipped, not moved aside
+        assert os.path.exists(os.path.join(shared, "in.ce.X-00000000000000000300.snap"))
+    finally:
+        t.join(15)
+        fake.close(0)
+        close(h)
