@@ -1,7 +1,7 @@
 # cython: language_level=3
 """C layout of the CrossEngine (the design in data). Indices are int32 into pools; -1 = none."""
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef struct Order:
@@ -31,7 +31,7 @@ cdef struct Level:
     uint64_t total           # sum of leaves of its orders
     uint32_t count           # number of orders
     uint8_t side
-    uint8_t bit              # its tick in its rung (0 .. RN - 1)
+    uint16_t tick            # its tick in its rung (0 .. 2**RB - 1)
     int32_t head             # oldest order (matched first)
     int32_t tail             # newest order
     int32_t next_free        # free-list link
@@ -72,8 +72,8 @@ cdef struct Buf:
 
 cdef enum:
     LB = 128                 # keys per block of a side's ordered rung index
-    RB = 6                   # a rung spans 2**RB ticks
-    RN = 64                  # ticks per rung (1 << RB): one bit each in a 64-bit word
+    RB = 9                   # a rung spans 2**RB side ticks,
+    RW = 8                   # RW words of 64 bits (RW * 64 == 1 << RB)
     RC = 8                   # entries of a side's cache of rungs
 
 
@@ -95,11 +95,11 @@ cdef struct Tree:
 
 
 cdef struct Rung:
-    # RN consecutive ticks of one side: a direct ladder (tick -> level) and the bitmap of its
-    # occupied ticks. Tick k of the rung is the side tick (key << RB) | k.
-    uint64_t bits            # bit k set: tick k has a live level
+    # The occupied ticks of 2**RB consecutive side ticks: tick (key << RB) | (w << 6) | b has
+    # a live level iff bit b of words[w] is set; bit w of summary iff words[w] != 0.
+    uint64_t summary
     int64_t key              # side tick >> RB; in the free list, the next free rung
-    int32_t lv[RN]           # the level at tick k, -1 if none
+    uint64_t words[RW]
 
 
 cdef struct RSlot:
@@ -108,10 +108,15 @@ cdef struct RSlot:
 
 
 cdef struct Side:
-    # A side's levels by side tick (price / tick_size for bids, 2**62 - price / tick_size for
-    # asks: the best level has the largest), in rungs of RN ticks allocated as levels need
-    # them: a hash of rung keys finds a price's rung, whose ladder gives the level; an ordered
-    # index of the rung keys gives the next best rung when one empties and walks the side.
+    # A side's levels. Side ticks order them: price / tick_size for bids, 2**62 minus that for
+    # asks, so the best level has the largest on either side. A level is found by price in the
+    # level map (an exact hash of the side's live levels); the rungs, bitmaps of the occupied
+    # ticks allocated as levels need them, order the levels: a hash of rung keys finds a
+    # tick's rung, and an ordered index of the rung keys gives the next best rung when one
+    # empties and walks the side.
+    int32_t* lmap            # price -> level: open addressing over level indices (-1: empty),
+    uint64_t lmap_mask       # keyed by the level's price; capacity - 1 (a power of two),
+    int lmap_shift           # 64 - log2(capacity); load <= 1/2
     Tree tree                # the live rungs' keys, ascending; values: rung indices
     Rung* rungs              # the rung pool
     int32_t rungs_cap
@@ -119,12 +124,10 @@ cdef struct Side:
     RSlot* map               # rung key -> rung: open addressing, linear probing, load <= 1/2
     uint64_t map_mask        # capacity - 1 (a power of two)
     int map_shift            # 64 - log2(capacity)
-    uint64_t map_mul         # odd multiplier (the tables' seeded one, table_mul)
+    uint64_t mul             # odd multiplier of both hashes (the tables' seeded one)
     # rungs found or opened lately, by key & (RC - 1) (consecutive rungs, the ones near the
-    # touch, in distinct entries): key (-1: none), ladder (into the pool: all reset when the
-    # pool moves) and index
+    # touch, in distinct entries): key (-1: none) and index
     int64_t rc_key[RC]
-    int32_t* rc_lv[RC]
     int32_t rc_rung[RC]
     int32_t n                # levels
     int32_t best             # the best level, -1 when the side is empty

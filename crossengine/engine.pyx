@@ -65,7 +65,7 @@ cdef extern from *:
     const int64_t CE_TICK_TOP
     int clzll "__builtin_clzll"(unsigned long long x) noexcept nogil
 
-from crossengine.engine cimport (LB, RB, RC, RN, Buf, LBlock, Level, Order, RSlot, Rung, Side, Slot,
+from crossengine.engine cimport (LB, RB, RC, RW, Buf, LBlock, Level, Order, RSlot, Rung, Side, Slot,
                                  Table, Touched, Tree)
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
 from mq._frame cimport scan_frame
@@ -593,7 +593,7 @@ cdef void tree_remove(Tree* tr, int64_t key) noexcept:
             tree_close_block(tr, other)
 
 
-# -- a side's levels: rungs of RN ticks, found by a hash of their keys, ordered by a tree -----
+# -- a side's levels: a level map by price, rungs of occupied ticks ordered by a tree ----------
 cdef int side_init(Side* sd) except -1:
     cdef int32_t r
     tree_init(&sd.tree)
@@ -601,17 +601,20 @@ cdef int side_init(Side* sd) except -1:
     sd.rungs = <Rung*>malloc(sd.rungs_cap * sizeof(Rung))
     sd.map_mask = 15
     sd.map = <RSlot*>malloc((sd.map_mask + 1) * sizeof(RSlot))
-    if sd.rungs == NULL or sd.map == NULL:
+    sd.lmap_mask = 63
+    sd.lmap = <int32_t*>malloc((sd.lmap_mask + 1) * sizeof(int32_t))
+    if sd.rungs == NULL or sd.map == NULL or sd.lmap == NULL:
         raise MemoryError()
     for r in range(sd.rungs_cap):
         sd.rungs[r].key = r + 1 if r + 1 < sd.rungs_cap else -1
     sd.free_rung = 0
-    memset(sd.map, 0xFF, (sd.map_mask + 1) * sizeof(RSlot))    # every key -1: empty
+    memset(sd.map, 0xFF, (sd.map_mask + 1) * sizeof(RSlot))        # every key -1: empty
+    memset(sd.lmap, 0xFF, (sd.lmap_mask + 1) * sizeof(int32_t))    # every level -1: empty
     sd.map_shift = 60
-    sd.map_mul = table_mul
+    sd.lmap_shift = 58
+    sd.mul = table_mul
     for r in range(RC):
         sd.rc_key[r] = -1
-        sd.rc_lv[r] = NULL
         sd.rc_rung[r] = -1
     sd.n = 0
     sd.best = -1
@@ -622,8 +625,10 @@ cdef void side_free(Side* sd) noexcept:
     tree_free(&sd.tree)
     free(sd.rungs)
     free(sd.map)
+    free(sd.lmap)
     sd.rungs = NULL
     sd.map = NULL
+    sd.lmap = NULL
     sd.rungs_cap = 0
     sd.n = 0
     sd.best = -1
@@ -639,10 +644,71 @@ cdef inline bint side_reaches(Side* sd, int64_t key) noexcept nogil:
     bid q when q >= p)."""
     return sd.n != 0 and sd.best_key >= key
 
+# Both hashes are multiplicative with the tables' seeded multiplier (seed_hashes): prices are
+# the clients' choice. Unsigned arithmetic wraps by design.
+@cython.overflowcheck(False)
+cdef inline uint64_t level_home(Side* sd, int64_t price) noexcept nogil:
+    return (<uint64_t>price * sd.mul) >> sd.lmap_shift
+
 @cython.overflowcheck(False)
 cdef inline uint64_t rung_home(Side* sd, int64_t key) noexcept nogil:
-    # multiplicative hash with the tables' seeded multiplier: prices are the clients' choice
-    return (<uint64_t>key * sd.map_mul) >> sd.map_shift
+    return (<uint64_t>key * sd.mul) >> sd.map_shift
+
+cdef inline int32_t side_find(Side* sd, Level* levels, int64_t price) noexcept nogil:
+    """The side's live level at price, or -1."""
+    cdef uint64_t i = level_home(sd, price)
+    cdef int32_t lv = sd.lmap[i]
+    while lv >= 0:
+        if levels[lv].price == price:
+            return lv
+        i = (i + 1) & sd.lmap_mask
+        lv = sd.lmap[i]
+    return -1
+
+cdef int lmap_grow(Side* sd, Level* levels) except -1:
+    cdef int32_t* old = sd.lmap
+    cdef uint64_t old_cap = sd.lmap_mask + 1, j, i
+    cdef int32_t* grown = <int32_t*>malloc(old_cap * 2 * sizeof(int32_t))
+    if grown == NULL:
+        raise MemoryError()
+    memset(grown, 0xFF, old_cap * 2 * sizeof(int32_t))
+    sd.lmap = grown
+    sd.lmap_mask = old_cap * 2 - 1
+    sd.lmap_shift -= 1
+    for j in range(old_cap):
+        if old[j] >= 0:
+            i = level_home(sd, levels[old[j]].price)
+            while sd.lmap[i] >= 0:
+                i = (i + 1) & sd.lmap_mask
+            sd.lmap[i] = old[j]
+    free(old)
+    return 0
+
+cdef inline void lmap_add(Side* sd, Level* levels, int32_t lv) noexcept nogil:
+    """Level lv (no other at its price; the map has room) into the level map."""
+    cdef uint64_t i = level_home(sd, levels[lv].price)
+    while sd.lmap[i] >= 0:
+        i = (i + 1) & sd.lmap_mask
+    sd.lmap[i] = lv
+
+cdef inline void lmap_del(Side* sd, Level* levels, int32_t lv) noexcept nogil:
+    """Level lv (in the map) out of it: backward-shift deletion, no tombstones."""
+    cdef uint64_t i = level_home(sd, levels[lv].price), j, home
+    cdef int32_t x
+    while sd.lmap[i] != lv:
+        i = (i + 1) & sd.lmap_mask
+    j = i
+    while True:
+        j = (j + 1) & sd.lmap_mask
+        x = sd.lmap[j]
+        if x < 0:
+            break
+        home = level_home(sd, levels[x].price)
+        # the entry at j may fill the hole at i unless its home lies after i, up to j
+        if ((j - home) & sd.lmap_mask) >= ((j - i) & sd.lmap_mask):
+            sd.lmap[i] = x
+            i = j
+    sd.lmap[i] = -1
 
 cdef inline int32_t rung_probe(Side* sd, int64_t key) noexcept nogil:
     """The live rung of this key from the map, or -1."""
@@ -664,23 +730,7 @@ cdef inline int32_t side_rung(Side* sd, int64_t key) noexcept nogil:
     if r >= 0:
         sd.rc_key[c] = key
         sd.rc_rung[c] = r
-        sd.rc_lv[c] = sd.rungs[r].lv
     return r
-
-cdef inline int32_t side_level(Side* sd, int64_t st) noexcept nogil:
-    """The live level at side tick st, or -1."""
-    cdef int64_t key = st >> RB
-    cdef int c = key & (RC - 1)
-    cdef int32_t r
-    if sd.rc_key[c] == key:
-        return sd.rc_lv[c][st & (RN - 1)]
-    r = rung_probe(sd, key)
-    if r < 0:
-        return -1
-    sd.rc_key[c] = key
-    sd.rc_rung[c] = r
-    sd.rc_lv[c] = sd.rungs[r].lv
-    return sd.rc_lv[c][st & (RN - 1)]
 
 cdef int rung_map_grow(Side* sd) except -1:
     cdef RSlot* old = sd.map
@@ -702,7 +752,7 @@ cdef int rung_map_grow(Side* sd) except -1:
     return 0
 
 cdef void rung_map_del(Side* sd, int64_t key) noexcept nogil:
-    """Take key (present) out of the map: backward-shift deletion, no tombstones."""
+    """Take key (present) out of the rung map: backward-shift deletion, no tombstones."""
     cdef uint64_t i = rung_home(sd, key), j, home
     while sd.map[i].key != key:
         i = (i + 1) & sd.map_mask
@@ -712,7 +762,6 @@ cdef void rung_map_del(Side* sd, int64_t key) noexcept nogil:
         if sd.map[j].key < 0:
             break
         home = rung_home(sd, sd.map[j].key)
-        # the entry at j may fill the hole at i unless its home lies after i, up to j
         if ((j - home) & sd.map_mask) >= ((j - i) & sd.map_mask):
             sd.map[i] = sd.map[j]
             i = j
@@ -723,7 +772,6 @@ cdef int32_t side_open_rung(Side* sd, int64_t key) except -1:
     cdef int32_t r, cap
     cdef Rung* grown
     cdef uint64_t i
-    cdef int c
     if sd.free_rung < 0:
         cap = sd.rungs_cap * 2
         grown = <Rung*>realloc(sd.rungs, cap * sizeof(Rung))
@@ -734,25 +782,21 @@ cdef int32_t side_open_rung(Side* sd, int64_t key) except -1:
             sd.rungs[r].key = r + 1 if r + 1 < cap else -1
         sd.free_rung = sd.rungs_cap
         sd.rungs_cap = cap
-        for c in range(RC):     # their ladder pointers point into the old pool
-            sd.rc_key[c] = -1
     if <uint64_t>(sd.tree.n + 1) * 2 > sd.map_mask + 1:
         rung_map_grow(sd)
     tree_insert(&sd.tree, key, sd.free_rung)
     r = sd.free_rung
     sd.free_rung = <int32_t>sd.rungs[r].key
-    sd.rungs[r].bits = 0
+    sd.rungs[r].summary = 0
     sd.rungs[r].key = key
-    memset(sd.rungs[r].lv, 0xFF, sizeof(sd.rungs[r].lv))
+    memset(sd.rungs[r].words, 0, sizeof(sd.rungs[r].words))
     i = rung_home(sd, key)
     while sd.map[i].key >= 0:
         i = (i + 1) & sd.map_mask
     sd.map[i].key = key
     sd.map[i].rung = r
-    c = key & (RC - 1)
-    sd.rc_key[c] = key
-    sd.rc_rung[c] = r
-    sd.rc_lv[c] = sd.rungs[r].lv
+    sd.rc_key[key & (RC - 1)] = key
+    sd.rc_rung[key & (RC - 1)] = r
     return r
 
 cdef void side_close_rung(Side* sd, int32_t r) noexcept:
@@ -765,36 +809,50 @@ cdef void side_close_rung(Side* sd, int32_t r) noexcept:
     sd.rungs[r].key = sd.free_rung
     sd.free_rung = r
 
+cdef inline int64_t rung_top(Rung* R) noexcept nogil:
+    """The highest occupied side tick of a live rung."""
+    cdef int w = 63 - clzll(R.summary)
+    return (R.key << RB) | (w << 6) | (63 - clzll(R.words[w]))
+
 
 cdef struct Walk:
-    # a side's levels best first: the tree position of the next rung, the rung being walked
-    # and its ticks not yet given
+    # a side's occupied ticks, best first: the tree position of the next rung, the rung being
+    # walked, its words not yet started, the word being walked and its bits not yet given
     int32_t bi
     int32_t k
     int32_t r
+    int32_t w
+    uint64_t summary
     uint64_t bits
 
 cdef inline void walk_start(Side* sd, Walk* w) noexcept nogil:
     w.bi = sd.tree.nb - 1
     w.k = sd.tree.blocks[w.bi].n - 1 if w.bi >= 0 else -1
     w.r = -1
+    w.w = 0
+    w.summary = 0
     w.bits = 0
 
-cdef inline int32_t walk_next(Side* sd, Walk* w) noexcept nogil:
-    """The next level, best first, or -1 after the worst (the side must not change meanwhile)."""
+cdef inline int64_t walk_next(Side* sd, Walk* w) noexcept nogil:
+    """The side tick of the next level, best first, or -1 after the worst (the side must not
+    change meanwhile)."""
     cdef int b
     while w.bits == 0:
-        if w.k < 0:
-            if w.bi <= 0:
-                return -1
-            w.bi -= 1
-            w.k = sd.tree.blocks[w.bi].n - 1
-        w.r = sd.tree.blocks[w.bi].lv[w.k]
-        w.k -= 1
-        w.bits = sd.rungs[w.r].bits
+        if w.summary == 0:
+            if w.k < 0:
+                if w.bi <= 0:
+                    return -1
+                w.bi -= 1
+                w.k = sd.tree.blocks[w.bi].n - 1
+            w.r = sd.tree.blocks[w.bi].lv[w.k]
+            w.k -= 1
+            w.summary = sd.rungs[w.r].summary
+        w.w = 63 - clzll(w.summary)
+        w.summary &= ~(<uint64_t>1 << w.w)
+        w.bits = sd.rungs[w.r].words[w.w]
     b = 63 - clzll(w.bits)
     w.bits &= ~(<uint64_t>1 << b)
-    return sd.rungs[w.r].lv[b]
+    return (sd.rungs[w.r].key << RB) | (w.w << 6) | b
 
 
 # -- output buffer ----------------------------------------------------------------------------
@@ -1083,10 +1141,21 @@ cdef class CrossEngine:
         cdef int64_t t = price if self.tick_size == 1 else price / self.tick_size
         return t if s == 0 else CE_TICK_TOP - t
 
+    cdef inline int64_t _price_of(self, int s, int64_t st) noexcept:
+        """The price at side tick st of side s (_tick's inverse)."""
+        return (st if s == 0 else CE_TICK_TOP - st) * self.tick_size
+
     cdef inline int32_t _find_level(self, int s, int64_t price) noexcept:
-        """The live level of side s at price (on the tick), or -1: its rung (the last one
-        found, or the rung map's probe), then the rung's ladder."""
-        return side_level(&self.sides[s], self._tick(s, price))
+        """The live level of side s at price, or -1: one probe of the side's level map (at a
+        load of at most a half), whatever the width of the book."""
+        return side_find(&self.sides[s], self.levels, price)
+
+    cdef inline int32_t _walk_next(self, int s, Walk* w) noexcept:
+        """The next level of a walk of side s (walk_start), best first, or -1 after the worst."""
+        cdef int64_t st = walk_next(&self.sides[s], w)
+        if st < 0:
+            return -1
+        return side_find(&self.sides[s], self.levels, self._price_of(s, st))
 
     cdef int32_t _new_level(self, int s, int64_t price) except -1:
         cdef int32_t lv = self._alloc_level(s, price), k
@@ -1099,19 +1168,25 @@ cdef class CrossEngine:
         return lv
 
     cdef int _ladder_link(self, int s, int32_t lv) except -1:
-        """Level lv (no other of its side at its price) into its side: its tick's rung
-        (opened if none), the rung's bit and ladder entry, and the best."""
+        """Level lv (none other of its side at its price) into its side: the level map, its
+        tick's bit in its rung (opened if none), and the best."""
         cdef Side* sd = &self.sides[s]
-        cdef Level* L = &self.levels[lv]
-        cdef int64_t st = self._tick(s, L.price), key = side_key(s, L.price)
-        cdef int32_t r = side_rung(sd, st >> RB)
-        cdef int k = st & (RN - 1)
+        cdef Level* L
+        cdef int64_t st = self._tick(s, self.levels[lv].price), key
+        cdef int32_t r
+        cdef int t = st & ((1 << RB) - 1)
+        if <uint64_t>(sd.n + 1) * 2 > sd.lmap_mask + 1:
+            lmap_grow(sd, self.levels)
+        lmap_add(sd, self.levels, lv)
+        r = side_rung(sd, st >> RB)
         if r < 0:
             r = side_open_rung(sd, st >> RB)
-        sd.rungs[r].bits |= <uint64_t>1 << k
-        sd.rungs[r].lv[k] = lv
+        sd.rungs[r].words[t >> 6] |= <uint64_t>1 << (t & 63)
+        sd.rungs[r].summary |= <uint64_t>1 << (t >> 6)
+        L = &self.levels[lv]
         L.rung = r
-        L.bit = <uint8_t>k
+        L.tick = <uint16_t>t
+        key = side_key(s, L.price)
         if sd.n == 0 or key > sd.best_key:
             sd.best = lv
             sd.best_key = key
@@ -1137,23 +1212,27 @@ cdef class CrossEngine:
     cdef inline void _drop_level(self, int s, int32_t lv) noexcept:
         """Level lv, empty, out of its side (its rung closed if it was the rung's last) and
         back to the pool. When it was the best, the next best is the highest tick of the best
-        rung left: the last key of the side's rung index."""
+        rung left (the last key of the side's rung index), found in the level map."""
         cdef Side* sd = &self.sides[s]
         cdef Level* L = &self.levels[lv]
         cdef int32_t r = L.rung
         cdef Rung* R = &sd.rungs[r]
-        R.bits &= ~(<uint64_t>1 << L.bit)
-        R.lv[L.bit] = -1
+        cdef int t = L.tick
+        cdef int64_t price
+        lmap_del(sd, self.levels, lv)
+        R.words[t >> 6] &= ~(<uint64_t>1 << (t & 63))
+        if R.words[t >> 6] == 0:
+            R.summary &= ~(<uint64_t>1 << (t >> 6))
+            if R.summary == 0:
+                side_close_rung(sd, r)
         sd.n -= 1
-        if R.bits == 0:
-            side_close_rung(sd, r)
         if sd.best == lv:
             if sd.n == 0:
                 sd.best = -1
             else:
-                R = &sd.rungs[tree_last(&sd.tree)]
-                sd.best = R.lv[63 - clzll(R.bits)]
-                sd.best_key = side_key(s, self.levels[sd.best].price)
+                price = self._price_of(s, rung_top(&sd.rungs[tree_last(&sd.tree)]))
+                sd.best = side_find(sd, self.levels, price)
+                sd.best_key = side_key(s, price)
         L.next_free = self.free_level
         self.free_level = lv
 
@@ -1469,7 +1548,7 @@ cdef class CrossEngine:
         cdef uint32_t steps = 0
         cdef Walk w
         walk_start(sd, &w)
-        lv = walk_next(sd, &w)
+        lv = self._walk_next(opp, &w)
         while lv >= 0:
             if not self._crosses(side, price, self.levels[lv].price, market):
                 break
@@ -1487,7 +1566,7 @@ cdef class CrossEngine:
                     if got >= qty:
                         return True
                 i = self.orders[i].next
-            lv = walk_next(sd, &w)
+            lv = self._walk_next(opp, &w)
         return got >= qty
 
     cdef inline int _match(self, int32_t t, bint market) except -1:
@@ -2165,12 +2244,12 @@ cdef class CrossEngine:
         cdef Walk w
         out = []
         walk_start(sd, &w)
-        lv = walk_next(sd, &w)
+        lv = self._walk_next(s, &w)
         while lv >= 0:
             if depth and len(out) >= depth:
                 return out
             out.append(lv)
-            lv = walk_next(sd, &w)
+            lv = self._walk_next(s, &w)
         return out
 
     # -- state ------------------------------------------------------------------------------
@@ -2199,7 +2278,7 @@ cdef class CrossEngine:
         for s in range(2):
             sd = &self.sides[s]
             walk_start(sd, &w)
-            lv = walk_next(sd, &w)
+            lv = self._walk_next(s, &w)
             while lv >= 0:
                 i = self.levels[lv].head
                 while i >= 0:
@@ -2215,7 +2294,7 @@ cdef class CrossEngine:
                     q[off + 46] = o.stp
                     off += SNAP_ORDER
                     i = o.next
-                lv = walk_next(sd, &w)
+                lv = self._walk_next(s, &w)
         if off != len(data):
             raise RuntimeError("crossengine: live order count disagrees with the book")
         return data
@@ -2464,8 +2543,8 @@ cdef class CrossEngine:
         cdef int64_t s_idx
         cdef Side* sd
         cdef int32_t bi, n_in, r, n_rungs, best
-        cdef int b
-        cdef int64_t last_key = 0, key, st, prev_key
+        cdef int b, w
+        cdef int64_t last_key = 0, key, st, price
         cdef uint64_t j, used
         cdef Rung* R
         for s in range(2):
@@ -2484,30 +2563,25 @@ cdef class CrossEngine:
                     last_key = key
                     n_rungs += 1
                     if r < 0 or r >= sd.rungs_cap or sd.rungs[r].key != key \
-                            or sd.rungs[r].bits == 0:
-                        raise RuntimeError("crossengine: a rung is stale or empty")
-                    # the map finds it (probing from its home, past no empty slot)
-                    j = rung_home(sd, key)
-                    while sd.map[j].key != key:
-                        if sd.map[j].key < 0:
-                            raise RuntimeError("crossengine: a rung is missing from the map")
-                        j = (j + 1) & sd.map_mask
-                    if sd.map[j].rung != r:
-                        raise RuntimeError("crossengine: the rung map is stale")
+                            or sd.rungs[r].summary == 0 or rung_probe(sd, key) != r:
+                        raise RuntimeError("crossengine: a rung is stale, empty or unmapped")
                     R = &sd.rungs[r]
-                    for b in range(RN):
-                        lv = R.lv[b]
-                        if ((R.bits >> b) & 1) != (lv >= 0):
-                            raise RuntimeError("crossengine: a rung's bits and ladder disagree")
-                        if lv < 0:
-                            continue
-                        n_in += 1
-                        if lv >= self.levels_cap or self.levels[lv].rung != r \
-                                or self.levels[lv].bit != b \
-                                or self.levels[lv].side != (BUY if s == 0 else SELL) \
-                                or self._tick(s, self.levels[lv].price) != (key << RB | b) \
-                                or not self._on_tick(self.levels[lv].price):
-                            raise RuntimeError("crossengine: a level's place is stale")
+                    for w in range(64):
+                        if ((R.summary >> w) & 1) != (w < RW and R.words[w] != 0):
+                            raise RuntimeError("crossengine: a rung's summary is wrong")
+                    for w in range(RW):
+                        for b in range(64):
+                            if not (R.words[w] >> b) & 1:
+                                continue
+                            n_in += 1
+                            st = (key << RB) | (w << 6) | b
+                            price = self._price_of(s, st)
+                            lv = side_find(sd, self.levels, price)
+                            if lv < 0 or self.levels[lv].rung != r \
+                                    or self.levels[lv].tick != (w << 6 | b) \
+                                    or self.levels[lv].side != (BUY if s == 0 else SELL) \
+                                    or self._price_code(price) or self._tick(s, price) != st:
+                                raise RuntimeError("crossengine: a level's place is stale")
             used = 0
             for j in range(sd.map_mask + 1):
                 if sd.map[j].key >= 0:
@@ -2515,10 +2589,20 @@ cdef class CrossEngine:
             if n_rungs != sd.tree.n or used != <uint64_t>n_rungs \
                     or used * 2 > sd.map_mask + 1:
                 raise RuntimeError("crossengine: a side's rung count is wrong")
+            used = 0
+            for j in range(sd.lmap_mask + 1):
+                lv = sd.lmap[j]
+                if lv >= 0:
+                    used += 1
+                    # found from its home: no empty slot between (the backward shift kept it)
+                    if lv >= self.levels_cap or side_find(sd, self.levels,
+                                                          self.levels[lv].price) != lv:
+                        raise RuntimeError("crossengine: the level map is stale")
+            if used != <uint64_t>n_in or used * 2 > sd.lmap_mask + 1:
+                raise RuntimeError("crossengine: the level map's count is wrong")
             for b in range(RC):
                 key = sd.rc_key[b]
-                if key >= 0 and ((key & (RC - 1)) != b or rung_probe(sd, key) != sd.rc_rung[b]
-                                 or sd.rc_lv[b] != sd.rungs[sd.rc_rung[b]].lv):
+                if key >= 0 and ((key & (RC - 1)) != b or rung_probe(sd, key) != sd.rc_rung[b]):
                     raise RuntimeError("crossengine: the rung cache is stale")
             if n_in != sd.n:
                 raise RuntimeError("crossengine: a side's level count is wrong")
