@@ -31,6 +31,7 @@ cdef struct Level:
     uint64_t total           # sum of leaves of its orders
     uint32_t count           # number of orders
     uint8_t side
+    uint8_t linked           # 1 while in its side's level map and rung (0 in the free list)
     uint16_t tick            # its tick in its rung (0 .. 2**RB - 1)
     int32_t head             # oldest order (matched first)
     int32_t tail             # newest order

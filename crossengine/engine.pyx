@@ -34,10 +34,12 @@ Bounded output: a taker meets at most ``max_fills`` makers, an account rests at 
 counter stops at 2**40 - 1; so every output fits one record (codec.worst_case_sizes).
 
 Hot path: a whole frame of records is applied in one call; orders live in a preallocated pool
-with a free list, price levels in a pool with FIFO links, each side's levels in a blocked
-sorted array, best last (taking the best level is O(1); a new level moves at most one block of
-128 keys, whatever the width of the book), order ids and client ids in open-addressing hash tables. No Python object is
-created per record except the one bytes object per frame that holds all outputs.
+with a free list, price levels in a pool with FIFO links; each side finds a level by price in
+its level map (one hash probe) and orders its levels by rungs, bitmaps of 512 ticks whose keys
+a blocked sorted array holds (the best level is kept, the next best is a bit scan away,
+whatever the width of the book; docs/crossengine.md, Inside); order ids and client ids are in
+open-addressing hash tables. No Python object is created per record except the one bytes
+object per frame that holds all outputs.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
@@ -665,23 +667,46 @@ cdef inline int32_t side_find(Side* sd, Level* levels, int64_t price) noexcept n
         lv = sd.lmap[i]
     return -1
 
-cdef int lmap_grow(Side* sd, Level* levels) except -1:
-    cdef int32_t* old = sd.lmap
-    cdef uint64_t old_cap = sd.lmap_mask + 1, j, i
-    cdef int32_t* grown = <int32_t*>malloc(old_cap * 2 * sizeof(int32_t))
+cdef int lmap_grow(Side* sd, Level* levels, int32_t n_levels, uint8_t side) except -1:
+    """Twice the capacity, filled from the level pool read in order (its n_levels levels,
+    those linked into this side): reading the levels in the old map's order was a random
+    read of a level a slot, a cache miss each in a wide book."""
+    cdef uint64_t cap = (sd.lmap_mask + 1) * 2, i
+    cdef int32_t* grown = <int32_t*>malloc(cap * sizeof(int32_t))
+    cdef int32_t lv
     if grown == NULL:
         raise MemoryError()
-    memset(grown, 0xFF, old_cap * 2 * sizeof(int32_t))
+    memset(grown, 0xFF, cap * sizeof(int32_t))
+    free(sd.lmap)
     sd.lmap = grown
-    sd.lmap_mask = old_cap * 2 - 1
+    sd.lmap_mask = cap - 1
     sd.lmap_shift -= 1
-    for j in range(old_cap):
-        if old[j] >= 0:
-            i = level_home(sd, levels[old[j]].price)
+    for lv in range(n_levels):
+        if levels[lv].linked and levels[lv].side == side:
+            i = level_home(sd, levels[lv].price)
             while sd.lmap[i] >= 0:
                 i = (i + 1) & sd.lmap_mask
-            sd.lmap[i] = old[j]
-    free(old)
+            sd.lmap[i] = lv
+    return 0
+
+cdef int lmap_reserve(Side* sd, uint64_t n) except -1:
+    """An empty side's level map sized for n levels (restore: no grow while it links them)."""
+    cdef uint64_t cap = sd.lmap_mask + 1
+    cdef int shift = sd.lmap_shift
+    cdef int32_t* grown
+    while cap < 2 * n:
+        cap *= 2
+        shift -= 1
+    if cap == sd.lmap_mask + 1:
+        return 0
+    grown = <int32_t*>malloc(cap * sizeof(int32_t))
+    if grown == NULL:
+        raise MemoryError()
+    memset(grown, 0xFF, cap * sizeof(int32_t))
+    free(sd.lmap)
+    sd.lmap = grown
+    sd.lmap_mask = cap - 1
+    sd.lmap_shift = shift
     return 0
 
 cdef inline void lmap_add(Side* sd, Level* levels, int32_t lv) noexcept nogil:
@@ -1113,6 +1138,7 @@ cdef class CrossEngine:
                 raise MemoryError()
             self.levels = p
         for i in range(cap - 1, self.levels_cap - 1, -1):
+            self.levels[i].linked = 0
             self.levels[i].next_free = self.free_level
             self.free_level = i
         self.levels_cap = cap
@@ -1176,7 +1202,7 @@ cdef class CrossEngine:
         cdef int32_t r
         cdef int t = st & ((1 << RB) - 1)
         if <uint64_t>(sd.n + 1) * 2 > sd.lmap_mask + 1:
-            lmap_grow(sd, self.levels)
+            lmap_grow(sd, self.levels, self.levels_cap, BUY if s == 0 else SELL)
         lmap_add(sd, self.levels, lv)
         r = side_rung(sd, st >> RB)
         if r < 0:
@@ -1186,6 +1212,7 @@ cdef class CrossEngine:
         L = &self.levels[lv]
         L.rung = r
         L.tick = <uint16_t>t
+        L.linked = 1
         key = side_key(s, L.price)
         if sd.n == 0 or key > sd.best_key:
             sd.best = lv
@@ -1233,6 +1260,7 @@ cdef class CrossEngine:
                 price = self._price_of(s, rung_top(&sd.rungs[tree_last(&sd.tree)]))
                 sd.best = side_find(sd, self.levels, price)
                 sd.best_key = side_key(s, price)
+        L.linked = 0
         L.next_free = self.free_level
         self.free_level = lv
 
@@ -2464,6 +2492,8 @@ cdef class CrossEngine:
                                  f"{eng.levels[snap_lv[first_sell]].price})")
             # Into each side worst first (ascending side tick): walking backwards, a new rung
             # is appended at the end of the rung index's last block, as a bulk load.
+            lmap_reserve(&eng.sides[0], first_sell if first_sell >= 0 else n_lv)
+            lmap_reserve(&eng.sides[1], n_lv - first_sell if first_sell >= 0 else 0)
             for k in range(n_lv - 1, -1, -1):
                 lv = snap_lv[k]
                 eng._ladder_link(side_index(eng.levels[lv].side), lv)
@@ -2517,7 +2547,10 @@ cdef class CrossEngine:
 
     def index_stats(self):
         """Each id table's (live keys, capacity, longest run of occupied slots): the run is
-        what a lookup or a deletion may walk; it stays short unless keys share slots."""
+        what a lookup or a deletion may walk; it stays short unless keys share slots. For each
+        side (bid_, ask_) the same of its level map (``_levels``: levels, capacity, longest
+        run) and of its rung map (``_rungs``: live rungs, capacity, longest run, and the rung
+        pool's capacity)."""
         out = {}
         cdef Table* t
         cdef uint64_t i, run, longest
@@ -2529,6 +2562,20 @@ cdef class CrossEngine:
                 run = run + 1 if t.slots[i].used else 0
                 longest = max(longest, run)
             out[name] = (t.size, t.mask + 1, longest)
+        cdef Side* sd
+        cdef int s
+        for s, name in ((0, "bid"), (1, "ask")):
+            sd = &self.sides[s]
+            run = longest = 0
+            for i in range(sd.lmap_mask + 1):
+                run = run + 1 if sd.lmap[i] >= 0 else 0
+                longest = max(longest, run)
+            out[f"{name}_levels"] = (sd.n, sd.lmap_mask + 1, longest)
+            run = longest = 0
+            for i in range(sd.map_mask + 1):
+                run = run + 1 if sd.map[i].key >= 0 else 0
+                longest = max(longest, run)
+            out[f"{name}_rungs"] = (sd.tree.n, sd.map_mask + 1, longest, sd.rungs_cap)
         return out
 
     def check_invariants(self):
@@ -2595,11 +2642,17 @@ cdef class CrossEngine:
                 if lv >= 0:
                     used += 1
                     # found from its home: no empty slot between (the backward shift kept it)
-                    if lv >= self.levels_cap or side_find(sd, self.levels,
-                                                          self.levels[lv].price) != lv:
+                    if lv >= self.levels_cap or not self.levels[lv].linked or side_find(
+                            sd, self.levels, self.levels[lv].price) != lv:
                         raise RuntimeError("crossengine: the level map is stale")
             if used != <uint64_t>n_in or used * 2 > sd.lmap_mask + 1:
                 raise RuntimeError("crossengine: the level map's count is wrong")
+            used = 0
+            for lv in range(self.levels_cap):      # what a grow of the level map reads
+                if self.levels[lv].linked and self.levels[lv].side == (BUY if s == 0 else SELL):
+                    used += 1
+            if used != <uint64_t>n_in:
+                raise RuntimeError("crossengine: the pool's linked levels and the map disagree")
             for b in range(RC):
                 key = sd.rc_key[b]
                 if key >= 0 and ((key & (RC - 1)) != b or rung_probe(sd, key) != sd.rc_rung[b]):
