@@ -716,6 +716,7 @@ cdef inline void lmap_add(Side* sd, Level* levels, int32_t lv) noexcept nogil:
         i = (i + 1) & sd.lmap_mask
     sd.lmap[i] = lv
 
+@cython.overflowcheck(False)      # the distances wrap around the table by design
 cdef inline void lmap_del(Side* sd, Level* levels, int32_t lv) noexcept nogil:
     """Level lv (in the map) out of it: backward-shift deletion, no tombstones."""
     cdef uint64_t i = level_home(sd, levels[lv].price), j, home
@@ -776,6 +777,7 @@ cdef int rung_map_grow(Side* sd) except -1:
     free(old)
     return 0
 
+@cython.overflowcheck(False)      # the distances wrap around the table by design
 cdef void rung_map_del(Side* sd, int64_t key) noexcept nogil:
     """Take key (present) out of the rung map: backward-shift deletion, no tombstones."""
     cdef uint64_t i = rung_home(sd, key), j, home
