@@ -21,7 +21,7 @@ Flows:
   same process; their fills must be identical.
 
 Width sweep: resting orders at prices drawn from 100 / 10,000 / 100,000 / 1,000,000 ticks
-behind the touch, ns per order and live levels a side.
+behind the touch (`--widths`), ns per order, live levels a side and the book's state hash.
 
 Run: python bench/bench_crossengine.py [--ops 1000000] [--repeat 3]
      [--flow core|mixed|independent|all] [--sweep-orders 400000] [--snapshot-orders 1000000]
@@ -415,8 +415,9 @@ def independent_bench(ops: int, repeat: int, seed: int) -> None:
 
 def width_sweep(orders: int, repeat: int, widths=(100, 10_000, 100_000, 1_000_000)) -> None:
     """Resting orders at prices drawn uniformly from `width` ticks behind the touch on each
-    side: ns per order (apply_frame, frames of 1,024), and the live levels a side at the end.
-    Widths alternate within each repeat; medians."""
+    side: ns per order (apply_frame, frames of 1,024), the live levels a side at the end and
+    the book's state hash (the same for every build: compare builds on it). Widths alternate
+    within each repeat; medians."""
     flows = {}
     for w in widths:
         rng = random.Random(3)
@@ -429,7 +430,7 @@ def width_sweep(orders: int, repeat: int, widths=(100, 10_000, 100_000, 1_000_00
                                                   1 + rng.randrange(5000))))
         flows[w] = frames(cmds)
     times: dict[int, list[float]] = {w: [] for w in widths}
-    levels = {}
+    levels, hashes = {}, {}
     for _ in range(repeat):
         for w in widths:
             eng = CrossEngine(max_qty=1_000_000, capacity=orders + 16)
@@ -442,12 +443,15 @@ def width_sweep(orders: int, repeat: int, widths=(100, 10_000, 100_000, 1_000_00
             gc.enable()
             book = eng.book()
             levels[w] = (len(book["bids"]) + len(book["asks"])) // 2
+            h = eng.state_hash().hex()[:16]
+            if hashes.setdefault(w, h) != h:
+                raise SystemExit(f"width {w}: two runs of the same orders gave different books")
     base = statistics.median(times[widths[0]]) / orders * 1e9
     for w in widths:
         ns = statistics.median(times[w]) / orders * 1e9
         print(f"[width] {orders:,} resting orders over {w:,} ticks a side: {ns:,.0f} ns/order, "
               f"{levels[w]:,} live levels a side, {ns / base:.2f}x the narrowest (median of "
-              f"{repeat})", flush=True)
+              f"{repeat}); state hash {hashes[w]}", flush=True)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """C layout of the CrossEngine (the design in data). Indices are int32 into pools; -1 = none."""
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef struct Order:
@@ -31,9 +31,12 @@ cdef struct Level:
     uint64_t total           # sum of leaves of its orders
     uint32_t count           # number of orders
     uint8_t side
+    uint8_t linked           # 1 while in its side's level map and rung (0 in the free list)
+    uint16_t tick            # its tick in its rung (0 .. 2**RB - 1)
     int32_t head             # oldest order (matched first)
     int32_t tail             # newest order
     int32_t next_free        # free-list link
+    int32_t rung             # its rung in its side's rung pool (while live)
     uint64_t mark            # command number that last listed it as touched
 
 
@@ -69,22 +72,64 @@ cdef struct Buf:
 
 
 cdef enum:
-    LB = 128                 # level keys per block of a side's ordered index
+    LB = 128                 # keys per block of a side's ordered rung index
+    RB = 9                   # a rung spans 2**RB side ticks,
+    RW = 8                   # RW words of 64 bits (RW * 64 == 1 << RB)
+    RC = 8                   # entries of a side's cache of rungs
 
 
 cdef struct LBlock:
     int32_t n                # keys in use, keys[0 .. n-1] ascending
-    int64_t keys[LB]         # sort keys (price for bids, -price for asks)
-    int32_t lv[LB]           # their level indices
+    int64_t keys[LB]         # sort keys (rung keys)
+    int32_t lv[LB]           # their values (rung indices)
 
 
-cdef struct Side:
-    # The side's levels ordered by key, best last: a two-level blocked array (a B+tree of
-    # height two). A new level costs a search over the block firsts and a move of at most LB
-    # keys inside one block, whatever the number of levels; the best is the last key of the
-    # last block.
+cdef struct Tree:
+    # Keys in ascending order, the last one the largest: a two-level blocked array (a B+tree
+    # of height two). An insert costs a search over the block firsts and a move of at most LB
+    # keys inside one block.
     LBlock** blocks          # ascending: every key of blocks[b] < every key of blocks[b + 1]
     int64_t* firsts          # firsts[b] = blocks[b].keys[0], side by side for the search
     int32_t nb               # blocks in use
     int32_t cap              # capacity of blocks and firsts
+    int32_t n                # keys
+
+
+cdef struct Rung:
+    # The occupied ticks of 2**RB consecutive side ticks: tick (key << RB) | (w << 6) | b has
+    # a live level iff bit b of words[w] is set; bit w of summary iff words[w] != 0.
+    uint64_t summary
+    int64_t key              # side tick >> RB; in the free list, the next free rung
+    uint64_t words[RW]
+
+
+cdef struct RSlot:
+    int64_t key              # a rung key (>= 0), or -1: empty
+    int32_t rung             # that rung's index in the side's pool
+
+
+cdef struct Side:
+    # A side's levels. Side ticks order them: price / tick_size for bids, 2**62 minus that for
+    # asks, so the best level has the largest on either side. A level is found by price in the
+    # level map (an exact hash of the side's live levels); the rungs, bitmaps of the occupied
+    # ticks allocated as levels need them, order the levels: a hash of rung keys finds a
+    # tick's rung, and an ordered index of the rung keys gives the next best rung when one
+    # empties and walks the side.
+    int32_t* lmap            # price -> level: open addressing over level indices (-1: empty),
+    uint64_t lmap_mask       # keyed by the level's price; capacity - 1 (a power of two),
+    int lmap_shift           # 64 - log2(capacity); load <= 1/2
+    Tree tree                # the live rungs' keys, ascending; values: rung indices
+    Rung* rungs              # the rung pool
+    int32_t rungs_cap
+    int32_t free_rung        # free list through Rung.key, -1: none
+    RSlot* map               # rung key -> rung: open addressing, linear probing, load <= 1/2
+    uint64_t map_mask        # capacity - 1 (a power of two)
+    int map_shift            # 64 - log2(capacity)
+    uint64_t mul             # odd multiplier of both hashes (the tables' seeded one)
+    # rungs found or opened lately, by key & (RC - 1) (consecutive rungs, the ones near the
+    # touch, in distinct entries): key (-1: none) and index
+    int64_t rc_key[RC]
+    int32_t rc_rung[RC]
     int32_t n                # levels
+    int32_t best             # the best level, -1 when the side is empty
+    int64_t best_key         # side_key of the best level's price (valid when n > 0)

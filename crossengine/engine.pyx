@@ -34,10 +34,12 @@ Bounded output: a taker meets at most ``max_fills`` makers, an account rests at 
 counter stops at 2**40 - 1; so every output fits one record (codec.worst_case_sizes).
 
 Hot path: a whole frame of records is applied in one call; orders live in a preallocated pool
-with a free list, price levels in a pool with FIFO links, each side's levels in a blocked
-sorted array, best last (taking the best level is O(1); a new level moves at most one block of
-128 keys, whatever the width of the book), order ids and client ids in open-addressing hash tables. No Python object is
-created per record except the one bytes object per frame that holds all outputs.
+with a free list, price levels in a pool with FIFO links; each side finds a level by price in
+its level map (one hash probe) and orders its levels by rungs, bitmaps of 512 ticks whose keys
+a blocked sorted array holds (the best level is kept, the next best is a bit scan away,
+whatever the width of the book; docs/crossengine.md, Inside); order ids and client ids are in
+open-addressing hash tables. No Python object is created per record except the one bytes
+object per frame that holds all outputs.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
@@ -58,7 +60,15 @@ cdef extern from *:
     int MADV_POPULATE_WRITE
     void prefetch_w "__builtin_prefetch"(const void* addr, int rw, int locality) noexcept nogil
 
-from crossengine.engine cimport LB, Buf, LBlock, Level, Order, Side, Slot, Table, Touched
+cdef extern from *:
+    """
+    #define CE_TICK_TOP ((int64_t)1 << 62)  /* asks: side tick = CE_TICK_TOP - price / tick */
+    """
+    const int64_t CE_TICK_TOP
+    int clzll "__builtin_clzll"(unsigned long long x) noexcept nogil
+
+from crossengine.engine cimport (LB, RB, RC, RW, Buf, LBlock, Level, Order, RSlot, Rung, Side, Slot,
+                                 Table, Touched, Tree)
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
 from mq._frame cimport scan_frame
 
@@ -140,7 +150,6 @@ cdef enum:
     C_NOT_OPERATOR = 3020
     SNAP_ORDER = 47
     PREFETCH_AHEAD = 16      # restore: orders ahead whose id-table slots are prefetched
-    LCACHE_BITS = 12         # the level cache: 2**12 entries a side
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
 _mine = {"BUY": BUY, "SELL": SELL, "MARKET": MARKET, "LIMIT": LIMIT, "GTC": GTC, "IOC": IOC,
@@ -423,52 +432,41 @@ cdef inline void table_shift_out(Table* t, uint64_t i, Order* back) noexcept nog
     t.size -= 1
 
 
-# -- a side's ordered level index: blocks of up to LB keys, best last -------------------------
-cdef int side_init(Side* sd) except -1:
-    sd.cap = 16
-    sd.blocks = <LBlock**>malloc(sd.cap * sizeof(LBlock*))
-    sd.firsts = <int64_t*>malloc(sd.cap * sizeof(int64_t))
-    if sd.blocks == NULL or sd.firsts == NULL:
+# -- ordered keys: a two-level blocked array (blocks of up to LB keys, largest last) -----------
+cdef int tree_init(Tree* tr) except -1:
+    tr.cap = 16
+    tr.blocks = <LBlock**>malloc(tr.cap * sizeof(LBlock*))
+    tr.firsts = <int64_t*>malloc(tr.cap * sizeof(int64_t))
+    if tr.blocks == NULL or tr.firsts == NULL:
         raise MemoryError()
-    sd.nb = 0
-    sd.n = 0
+    tr.nb = 0
+    tr.n = 0
     return 0
 
-cdef void side_free(Side* sd) noexcept:
+cdef void tree_free(Tree* tr) noexcept:
     cdef int32_t b
-    if sd.blocks != NULL:
-        for b in range(sd.nb):
-            free(sd.blocks[b])
-    free(sd.blocks)
-    free(sd.firsts)
-    sd.blocks = NULL
-    sd.firsts = NULL
-    sd.nb = 0
-    sd.n = 0
+    if tr.blocks != NULL:
+        for b in range(tr.nb):
+            free(tr.blocks[b])
+    free(tr.blocks)
+    free(tr.firsts)
+    tr.blocks = NULL
+    tr.firsts = NULL
+    tr.nb = 0
+    tr.n = 0
 
-cdef inline int32_t side_best(Side* sd) noexcept nogil:
-    """The best level, or -1."""
+cdef inline int32_t tree_last(Tree* tr) noexcept nogil:
+    """The value of the largest key, or -1."""
     cdef LBlock* b
-    if sd.n == 0:
+    if tr.n == 0:
         return -1
-    b = sd.blocks[sd.nb - 1]
+    b = tr.blocks[tr.nb - 1]
     return b.lv[b.n - 1]
 
-cdef inline bint side_reaches(Side* sd, int64_t key) noexcept nogil:
-    """Whether the side's best key is at or past key: an order of the other side whose price
-    has this key here (side_key) reaches the side's best, and would cross it. From the keys
-    alone, no level read (a buy at p reaches the best ask q when -q >= -p, a sell the best
-    bid q when q >= p)."""
-    cdef LBlock* b
-    if sd.n == 0:
-        return False
-    b = sd.blocks[sd.nb - 1]
-    return b.keys[b.n - 1] >= key
-
-cdef inline int32_t side_block(Side* sd, int64_t key) noexcept nogil:
+cdef inline int32_t tree_block(Tree* tr, int64_t key) noexcept nogil:
     """The block that holds key or would: the last whose first key is <= key (else 0)."""
-    cdef int32_t lo = 0, hi = sd.nb - 1, mid
-    cdef int64_t* f = sd.firsts
+    cdef int32_t lo = 0, hi = tr.nb - 1, mid
+    cdef int64_t* f = tr.firsts
     if f[hi] <= key:                 # near the touch: the last block
         return hi
     while lo < hi:                   # invariant: f[lo] <= key or lo == 0; f[hi] > key
@@ -490,77 +488,62 @@ cdef inline int32_t block_pos(LBlock* b, int64_t key) noexcept nogil:
             hi = mid
     return lo
 
-cdef inline int32_t side_find(Side* sd, int64_t key) noexcept nogil:
-    """The level with this key, or -1."""
-    cdef LBlock* b
-    cdef int32_t pos
-    if sd.n == 0:
-        return -1
-    b = sd.blocks[sd.nb - 1]
-    if b.keys[b.n - 1] == key:
-        return b.lv[b.n - 1]
-    b = sd.blocks[side_block(sd, key)]
-    pos = block_pos(b, key)
-    if pos < b.n and b.keys[pos] == key:
-        return b.lv[pos]
-    return -1
-
-cdef int side_open_block(Side* sd, int32_t at) except -1:
+cdef int tree_open_block(Tree* tr, int32_t at) except -1:
     """A new empty block at position at (firsts[at] is left for the caller)."""
     cdef LBlock** gb
     cdef int64_t* gf
     cdef LBlock* blk
-    if sd.nb == sd.cap:
-        gb = <LBlock**>realloc(sd.blocks, sd.cap * 2 * sizeof(LBlock*))
+    if tr.nb == tr.cap:
+        gb = <LBlock**>realloc(tr.blocks, tr.cap * 2 * sizeof(LBlock*))
         if gb == NULL:
             raise MemoryError()
-        sd.blocks = gb
-        gf = <int64_t*>realloc(sd.firsts, sd.cap * 2 * sizeof(int64_t))
+        tr.blocks = gb
+        gf = <int64_t*>realloc(tr.firsts, tr.cap * 2 * sizeof(int64_t))
         if gf == NULL:
             raise MemoryError()
-        sd.firsts = gf
-        sd.cap *= 2
+        tr.firsts = gf
+        tr.cap *= 2
     blk = <LBlock*>malloc(sizeof(LBlock))
     if blk == NULL:
         raise MemoryError()
     blk.n = 0
-    if at < sd.nb:
-        memmove(&sd.blocks[at + 1], &sd.blocks[at], (sd.nb - at) * sizeof(LBlock*))
-        memmove(&sd.firsts[at + 1], &sd.firsts[at], (sd.nb - at) * sizeof(int64_t))
-    sd.blocks[at] = blk
-    sd.nb += 1
+    if at < tr.nb:
+        memmove(&tr.blocks[at + 1], &tr.blocks[at], (tr.nb - at) * sizeof(LBlock*))
+        memmove(&tr.firsts[at + 1], &tr.firsts[at], (tr.nb - at) * sizeof(int64_t))
+    tr.blocks[at] = blk
+    tr.nb += 1
     return 0
 
-cdef void side_close_block(Side* sd, int32_t at) noexcept:
-    free(sd.blocks[at])
-    if at < sd.nb - 1:
-        memmove(&sd.blocks[at], &sd.blocks[at + 1], (sd.nb - at - 1) * sizeof(LBlock*))
-        memmove(&sd.firsts[at], &sd.firsts[at + 1], (sd.nb - at - 1) * sizeof(int64_t))
-    sd.nb -= 1
+cdef void tree_close_block(Tree* tr, int32_t at) noexcept:
+    free(tr.blocks[at])
+    if at < tr.nb - 1:
+        memmove(&tr.blocks[at], &tr.blocks[at + 1], (tr.nb - at - 1) * sizeof(LBlock*))
+        memmove(&tr.firsts[at], &tr.firsts[at + 1], (tr.nb - at - 1) * sizeof(int64_t))
+    tr.nb -= 1
 
-cdef int side_insert(Side* sd, int64_t key, int32_t lv) except -1:
-    """Enter level lv under key (absent)."""
+cdef int tree_insert(Tree* tr, int64_t key, int32_t v) except -1:
+    """Enter key (absent) with value v."""
     cdef int32_t bi, pos, half
     cdef LBlock* b
     cdef LBlock* nb
-    if sd.nb == 0:
-        side_open_block(sd, 0)
+    if tr.nb == 0:
+        tree_open_block(tr, 0)
         bi = 0
     else:
-        bi = side_block(sd, key)
-    b = sd.blocks[bi]
+        bi = tree_block(tr, key)
+    b = tr.blocks[bi]
     if b.n == LB:
         # split: the upper half moves to a new block after it (an append at the very end
         # keeps the block full and opens an empty one, as a bulk load does)
-        side_open_block(sd, bi + 1)
-        nb = sd.blocks[bi + 1]
-        half = LB if (bi == sd.nb - 2 and key > b.keys[LB - 1]) else LB // 2
+        tree_open_block(tr, bi + 1)
+        nb = tr.blocks[bi + 1]
+        half = LB if (bi == tr.nb - 2 and key > b.keys[LB - 1]) else LB // 2
         nb.n = LB - half
         memcpy(nb.keys, &b.keys[half], nb.n * sizeof(int64_t))
         memcpy(nb.lv, &b.lv[half], nb.n * sizeof(int32_t))
         b.n = half
         if nb.n:
-            sd.firsts[bi + 1] = nb.keys[0]
+            tr.firsts[bi + 1] = nb.keys[0]
         if nb.n == 0 or key >= nb.keys[0]:
             bi += 1
             b = nb
@@ -569,47 +552,334 @@ cdef int side_insert(Side* sd, int64_t key, int32_t lv) except -1:
         memmove(&b.keys[pos + 1], &b.keys[pos], (b.n - pos) * sizeof(int64_t))
         memmove(&b.lv[pos + 1], &b.lv[pos], (b.n - pos) * sizeof(int32_t))
     b.keys[pos] = key
-    b.lv[pos] = lv
+    b.lv[pos] = v
     b.n += 1
     if pos == 0:
-        sd.firsts[bi] = key
-    sd.n += 1
+        tr.firsts[bi] = key
+    tr.n += 1
     return 0
 
-cdef void side_remove(Side* sd, int64_t key) noexcept:
-    """Take the level under key (present) out; merge a block into a neighbour when both fit
-    in half a block, so that blocks stay at least a quarter full on average."""
+cdef void tree_remove(Tree* tr, int64_t key) noexcept:
+    """Take key (present) out; merge a block into a neighbour when both fit in half a block,
+    so that blocks stay at least a quarter full on average."""
     cdef int32_t bi, pos, other
     cdef LBlock* b
     cdef LBlock* nb
-    bi = sd.nb - 1
-    b = sd.blocks[bi]
+    bi = tr.nb - 1
+    b = tr.blocks[bi]
     if b.keys[b.n - 1] == key:
         pos = b.n - 1
     else:
-        bi = side_block(sd, key)
-        b = sd.blocks[bi]
+        bi = tree_block(tr, key)
+        b = tr.blocks[bi]
         pos = block_pos(b, key)
         memmove(&b.keys[pos], &b.keys[pos + 1], (b.n - pos - 1) * sizeof(int64_t))
         memmove(&b.lv[pos], &b.lv[pos + 1], (b.n - pos - 1) * sizeof(int32_t))
     b.n -= 1
-    sd.n -= 1
+    tr.n -= 1
     if b.n == 0:
-        side_close_block(sd, bi)
+        tree_close_block(tr, bi)
         return
     if pos == 0:
-        sd.firsts[bi] = b.keys[0]
+        tr.firsts[bi] = b.keys[0]
     if b.n < LB // 4:
-        other = bi + 1 if bi + 1 < sd.nb else bi - 1
-        if other >= 0 and b.n + sd.blocks[other].n <= LB // 2:
+        other = bi + 1 if bi + 1 < tr.nb else bi - 1
+        if other >= 0 and b.n + tr.blocks[other].n <= LB // 2:
             if other < bi:
                 bi, other = other, bi
-            b = sd.blocks[bi]
-            nb = sd.blocks[other]
+            b = tr.blocks[bi]
+            nb = tr.blocks[other]
             memcpy(&b.keys[b.n], nb.keys, nb.n * sizeof(int64_t))
             memcpy(&b.lv[b.n], nb.lv, nb.n * sizeof(int32_t))
             b.n += nb.n
-            side_close_block(sd, other)
+            tree_close_block(tr, other)
+
+
+# -- a side's levels: a level map by price, rungs of occupied ticks ordered by a tree ----------
+cdef int side_init(Side* sd) except -1:
+    cdef int32_t r
+    tree_init(&sd.tree)
+    sd.rungs_cap = 8
+    sd.rungs = <Rung*>malloc(sd.rungs_cap * sizeof(Rung))
+    sd.map_mask = 15
+    sd.map = <RSlot*>malloc((sd.map_mask + 1) * sizeof(RSlot))
+    sd.lmap_mask = 63
+    sd.lmap = <int32_t*>malloc((sd.lmap_mask + 1) * sizeof(int32_t))
+    if sd.rungs == NULL or sd.map == NULL or sd.lmap == NULL:
+        raise MemoryError()
+    for r in range(sd.rungs_cap):
+        sd.rungs[r].key = r + 1 if r + 1 < sd.rungs_cap else -1
+    sd.free_rung = 0
+    memset(sd.map, 0xFF, (sd.map_mask + 1) * sizeof(RSlot))        # every key -1: empty
+    memset(sd.lmap, 0xFF, (sd.lmap_mask + 1) * sizeof(int32_t))    # every level -1: empty
+    sd.map_shift = 60
+    sd.lmap_shift = 58
+    sd.mul = table_mul
+    for r in range(RC):
+        sd.rc_key[r] = -1
+        sd.rc_rung[r] = -1
+    sd.n = 0
+    sd.best = -1
+    sd.best_key = 0
+    return 0
+
+cdef void side_free(Side* sd) noexcept:
+    tree_free(&sd.tree)
+    free(sd.rungs)
+    free(sd.map)
+    free(sd.lmap)
+    sd.rungs = NULL
+    sd.map = NULL
+    sd.lmap = NULL
+    sd.rungs_cap = 0
+    sd.n = 0
+    sd.best = -1
+
+cdef inline int32_t side_best(Side* sd) noexcept nogil:
+    """The best level, or -1."""
+    return sd.best
+
+cdef inline bint side_reaches(Side* sd, int64_t key) noexcept nogil:
+    """Whether the side's best key is at or past key: an order of the other side whose price
+    has this key here (side_key) reaches the side's best, and would cross it. From the keys
+    alone, no level read (a buy at p reaches the best ask q when -q >= -p, a sell the best
+    bid q when q >= p)."""
+    return sd.n != 0 and sd.best_key >= key
+
+# Both hashes are multiplicative with the tables' seeded multiplier (seed_hashes): prices are
+# the clients' choice. Unsigned arithmetic wraps by design.
+@cython.overflowcheck(False)
+cdef inline uint64_t level_home(Side* sd, int64_t price) noexcept nogil:
+    return (<uint64_t>price * sd.mul) >> sd.lmap_shift
+
+@cython.overflowcheck(False)
+cdef inline uint64_t rung_home(Side* sd, int64_t key) noexcept nogil:
+    return (<uint64_t>key * sd.mul) >> sd.map_shift
+
+cdef inline int32_t side_find(Side* sd, Level* levels, int64_t price) noexcept nogil:
+    """The side's live level at price, or -1."""
+    cdef uint64_t i = level_home(sd, price)
+    cdef int32_t lv = sd.lmap[i]
+    while lv >= 0:
+        if levels[lv].price == price:
+            return lv
+        i = (i + 1) & sd.lmap_mask
+        lv = sd.lmap[i]
+    return -1
+
+cdef int lmap_grow(Side* sd, Level* levels, int32_t n_levels, uint8_t side) except -1:
+    """Twice the capacity, filled from the level pool read in order (its n_levels levels,
+    those linked into this side): reading the levels in the old map's order was a random
+    read of a level a slot, a cache miss each in a wide book."""
+    cdef uint64_t cap = (sd.lmap_mask + 1) * 2, i
+    cdef int32_t* grown = <int32_t*>malloc(cap * sizeof(int32_t))
+    cdef int32_t lv
+    if grown == NULL:
+        raise MemoryError()
+    memset(grown, 0xFF, cap * sizeof(int32_t))
+    free(sd.lmap)
+    sd.lmap = grown
+    sd.lmap_mask = cap - 1
+    sd.lmap_shift -= 1
+    for lv in range(n_levels):
+        if levels[lv].linked and levels[lv].side == side:
+            i = level_home(sd, levels[lv].price)
+            while sd.lmap[i] >= 0:
+                i = (i + 1) & sd.lmap_mask
+            sd.lmap[i] = lv
+    return 0
+
+cdef int lmap_reserve(Side* sd, uint64_t n) except -1:
+    """An empty side's level map sized for n levels (restore: no grow while it links them)."""
+    cdef uint64_t cap = sd.lmap_mask + 1
+    cdef int shift = sd.lmap_shift
+    cdef int32_t* grown
+    while cap < 2 * n:
+        cap *= 2
+        shift -= 1
+    if cap == sd.lmap_mask + 1:
+        return 0
+    grown = <int32_t*>malloc(cap * sizeof(int32_t))
+    if grown == NULL:
+        raise MemoryError()
+    memset(grown, 0xFF, cap * sizeof(int32_t))
+    free(sd.lmap)
+    sd.lmap = grown
+    sd.lmap_mask = cap - 1
+    sd.lmap_shift = shift
+    return 0
+
+cdef inline void lmap_add(Side* sd, Level* levels, int32_t lv) noexcept nogil:
+    """Level lv (no other at its price; the map has room) into the level map."""
+    cdef uint64_t i = level_home(sd, levels[lv].price)
+    while sd.lmap[i] >= 0:
+        i = (i + 1) & sd.lmap_mask
+    sd.lmap[i] = lv
+
+@cython.overflowcheck(False)      # the distances wrap around the table by design
+cdef inline void lmap_del(Side* sd, Level* levels, int32_t lv) noexcept nogil:
+    """Level lv (in the map) out of it: backward-shift deletion, no tombstones."""
+    cdef uint64_t i = level_home(sd, levels[lv].price), j, home
+    cdef int32_t x
+    while sd.lmap[i] != lv:
+        i = (i + 1) & sd.lmap_mask
+    j = i
+    while True:
+        j = (j + 1) & sd.lmap_mask
+        x = sd.lmap[j]
+        if x < 0:
+            break
+        home = level_home(sd, levels[x].price)
+        # the entry at j may fill the hole at i unless its home lies after i, up to j
+        if ((j - home) & sd.lmap_mask) >= ((j - i) & sd.lmap_mask):
+            sd.lmap[i] = x
+            i = j
+    sd.lmap[i] = -1
+
+cdef inline int32_t rung_probe(Side* sd, int64_t key) noexcept nogil:
+    """The live rung of this key from the map, or -1."""
+    cdef uint64_t i = rung_home(sd, key)
+    while sd.map[i].key != key:
+        if sd.map[i].key < 0:
+            return -1
+        i = (i + 1) & sd.map_mask
+    return sd.map[i].rung
+
+cdef inline int32_t side_rung(Side* sd, int64_t key) noexcept nogil:
+    """The live rung of this key, or -1: from the rung cache (near the touch, most lookups),
+    else from the map (and then cached)."""
+    cdef int c = key & (RC - 1)
+    cdef int32_t r
+    if sd.rc_key[c] == key:
+        return sd.rc_rung[c]
+    r = rung_probe(sd, key)
+    if r >= 0:
+        sd.rc_key[c] = key
+        sd.rc_rung[c] = r
+    return r
+
+cdef int rung_map_grow(Side* sd) except -1:
+    cdef RSlot* old = sd.map
+    cdef uint64_t old_cap = sd.map_mask + 1, j, i
+    cdef RSlot* grown = <RSlot*>malloc(old_cap * 2 * sizeof(RSlot))
+    if grown == NULL:
+        raise MemoryError()
+    memset(grown, 0xFF, old_cap * 2 * sizeof(RSlot))
+    sd.map = grown
+    sd.map_mask = old_cap * 2 - 1
+    sd.map_shift -= 1
+    for j in range(old_cap):
+        if old[j].key >= 0:
+            i = rung_home(sd, old[j].key)
+            while sd.map[i].key >= 0:
+                i = (i + 1) & sd.map_mask
+            sd.map[i] = old[j]
+    free(old)
+    return 0
+
+@cython.overflowcheck(False)      # the distances wrap around the table by design
+cdef void rung_map_del(Side* sd, int64_t key) noexcept nogil:
+    """Take key (present) out of the rung map: backward-shift deletion, no tombstones."""
+    cdef uint64_t i = rung_home(sd, key), j, home
+    while sd.map[i].key != key:
+        i = (i + 1) & sd.map_mask
+    j = i
+    while True:
+        j = (j + 1) & sd.map_mask
+        if sd.map[j].key < 0:
+            break
+        home = rung_home(sd, sd.map[j].key)
+        if ((j - home) & sd.map_mask) >= ((j - i) & sd.map_mask):
+            sd.map[i] = sd.map[j]
+            i = j
+    sd.map[i].key = -1
+
+cdef int32_t side_open_rung(Side* sd, int64_t key) except -1:
+    """A new, empty rung of this key (absent): in the map and in the ordered index."""
+    cdef int32_t r, cap
+    cdef Rung* grown
+    cdef uint64_t i
+    if sd.free_rung < 0:
+        cap = sd.rungs_cap * 2
+        grown = <Rung*>realloc(sd.rungs, cap * sizeof(Rung))
+        if grown == NULL:
+            raise MemoryError()
+        sd.rungs = grown
+        for r in range(sd.rungs_cap, cap):
+            sd.rungs[r].key = r + 1 if r + 1 < cap else -1
+        sd.free_rung = sd.rungs_cap
+        sd.rungs_cap = cap
+    if <uint64_t>(sd.tree.n + 1) * 2 > sd.map_mask + 1:
+        rung_map_grow(sd)
+    tree_insert(&sd.tree, key, sd.free_rung)
+    r = sd.free_rung
+    sd.free_rung = <int32_t>sd.rungs[r].key
+    sd.rungs[r].summary = 0
+    sd.rungs[r].key = key
+    memset(sd.rungs[r].words, 0, sizeof(sd.rungs[r].words))
+    i = rung_home(sd, key)
+    while sd.map[i].key >= 0:
+        i = (i + 1) & sd.map_mask
+    sd.map[i].key = key
+    sd.map[i].rung = r
+    sd.rc_key[key & (RC - 1)] = key
+    sd.rc_rung[key & (RC - 1)] = r
+    return r
+
+cdef void side_close_rung(Side* sd, int32_t r) noexcept:
+    """Rung r, empty, out of the map and the ordered index, to the free list (reused first)."""
+    cdef int64_t key = sd.rungs[r].key
+    rung_map_del(sd, key)
+    tree_remove(&sd.tree, key)
+    if sd.rc_key[key & (RC - 1)] == key:
+        sd.rc_key[key & (RC - 1)] = -1
+    sd.rungs[r].key = sd.free_rung
+    sd.free_rung = r
+
+cdef inline int64_t rung_top(Rung* R) noexcept nogil:
+    """The highest occupied side tick of a live rung."""
+    cdef int w = 63 - clzll(R.summary)
+    return (R.key << RB) | (w << 6) | (63 - clzll(R.words[w]))
+
+
+cdef struct Walk:
+    # a side's occupied ticks, best first: the tree position of the next rung, the rung being
+    # walked, its words not yet started, the word being walked and its bits not yet given
+    int32_t bi
+    int32_t k
+    int32_t r
+    int32_t w
+    uint64_t summary
+    uint64_t bits
+
+cdef inline void walk_start(Side* sd, Walk* w) noexcept nogil:
+    w.bi = sd.tree.nb - 1
+    w.k = sd.tree.blocks[w.bi].n - 1 if w.bi >= 0 else -1
+    w.r = -1
+    w.w = 0
+    w.summary = 0
+    w.bits = 0
+
+cdef inline int64_t walk_next(Side* sd, Walk* w) noexcept nogil:
+    """The side tick of the next level, best first, or -1 after the worst (the side must not
+    change meanwhile)."""
+    cdef int b
+    while w.bits == 0:
+        if w.summary == 0:
+            if w.k < 0:
+                if w.bi <= 0:
+                    return -1
+                w.bi -= 1
+                w.k = sd.tree.blocks[w.bi].n - 1
+            w.r = sd.tree.blocks[w.bi].lv[w.k]
+            w.k -= 1
+            w.summary = sd.rungs[w.r].summary
+        w.w = 63 - clzll(w.summary)
+        w.summary &= ~(<uint64_t>1 << w.w)
+        w.bits = sd.rungs[w.r].words[w.w]
+    b = 63 - clzll(w.bits)
+    w.bits &= ~(<uint64_t>1 << b)
+    return (sd.rungs[w.r].key << RB) | (w.w << 6) | b
 
 
 # -- output buffer ----------------------------------------------------------------------------
@@ -752,8 +1022,6 @@ cdef class CrossEngine:
     cdef int32_t levels_cap
     cdef int32_t free_level
     cdef Side sides[2]
-    cdef int32_t* lcache                # level cache: [side << LCACHE_BITS | price hashed] -> a
-                                        # level that had that price (a hint, checked on use)
     cdef Table by_id
     cdef Table by_client
     cdef Table by_account
@@ -821,10 +1089,8 @@ cdef class CrossEngine:
         level_capacity = max(level_capacity, 16)
         self.levels = <Level*>malloc(level_capacity * sizeof(Level))
         self.touched = <Touched*>malloc(64 * sizeof(Touched))
-        self.lcache = <int32_t*>malloc((2 << LCACHE_BITS) * sizeof(int32_t))
-        if not (self.orders and self.levels and self.touched and self.lcache):
+        if not (self.orders and self.levels and self.touched):
             raise MemoryError()
-        memset(self.lcache, 0xFF, (2 << LCACHE_BITS) * sizeof(int32_t))
         side_init(&self.sides[0])
         side_init(&self.sides[1])
         self.orders_cap = 0
@@ -842,7 +1108,6 @@ cdef class CrossEngine:
         free(self.orders)
         free(self.levels)
         free(self.touched)
-        free(self.lcache)
         side_free(&self.sides[0])
         side_free(&self.sides[1])
         free(self.by_id.slots)
@@ -875,6 +1140,7 @@ cdef class CrossEngine:
                 raise MemoryError()
             self.levels = p
         for i in range(cap - 1, self.levels_cap - 1, -1):
+            self.levels[i].linked = 0
             self.levels[i].next_free = self.free_level
             self.free_level = i
         self.levels_cap = cap
@@ -895,39 +1161,66 @@ cdef class CrossEngine:
         self.free_order = i
 
     # -- levels -----------------------------------------------------------------------------
-    @cython.overflowcheck(False)
-    cdef inline int32_t* _lcache_at(self, int s, int64_t price) noexcept:
-        # multiplicative hash of the price, its top LCACHE_BITS bits; wraps by design
-        return &self.lcache[(s << LCACHE_BITS)
-                            | <int32_t>((<uint64_t>price * <uint64_t>0x9E3779B97F4A7C15)
-                                        >> (64 - LCACHE_BITS))]
+    @cython.cdivision(True)
+    cdef inline int64_t _tick(self, int s, int64_t price) noexcept:
+        """The side tick of a price on the tick: price / tick_size for bids, 2**62 - that for
+        asks, so that the best level has the largest on either side (both >= 0). price > 0
+        and tick_size > 0: C's division is Python's; a tick of 1 needs none."""
+        cdef int64_t t = price if self.tick_size == 1 else price / self.tick_size
+        return t if s == 0 else CE_TICK_TOP - t
+
+    cdef inline int64_t _price_of(self, int s, int64_t st) noexcept:
+        """The price at side tick st of side s (_tick's inverse)."""
+        return (st if s == 0 else CE_TICK_TOP - st) * self.tick_size
 
     cdef inline int32_t _find_level(self, int s, int64_t price) noexcept:
-        """The live level of side s at price, or -1. Near the touch a few thousand prices
-        are looked up again and again: the level cache answers them in a few instructions,
-        the side's blocked index (two binary searches) the rest. An entry is a live level of
-        its side: only _new_level and this method fill side s's half, with side s's levels,
-        and _drop_level clears the entry of a level it drops; two prices may share an entry,
-        so a cached level is taken only at this price."""
-        cdef int32_t* c = self._lcache_at(s, price)
-        cdef int32_t lv = c[0]
-        if lv >= 0 and self.levels[lv].price == price:
-            return lv
-        lv = side_find(&self.sides[s], side_key(s, price))
-        if lv >= 0:
-            c[0] = lv
-        return lv
+        """The live level of side s at price, or -1: one probe of the side's level map (at a
+        load of at most a half), whatever the width of the book."""
+        return side_find(&self.sides[s], self.levels, price)
+
+    cdef inline int32_t _walk_next(self, int s, Walk* w) noexcept:
+        """The next level of a walk of side s (walk_start), best first, or -1 after the worst."""
+        cdef int64_t st = walk_next(&self.sides[s], w)
+        if st < 0:
+            return -1
+        return side_find(&self.sides[s], self.levels, self._price_of(s, st))
 
     cdef int32_t _new_level(self, int s, int64_t price) except -1:
         cdef int32_t lv = self._alloc_level(s, price), k
-        side_insert(&self.sides[s], side_key(s, price), lv)
-        self._lcache_at(s, price)[0] = lv
+        self._ladder_link(s, lv)
         # A level at this price may have been listed as touched earlier in this command.
         for k in range(self.n_touched):
             if self.touched[k].price == price and self.touched[k].side == self.levels[lv].side:
                 self.levels[lv].mark = self.command_no
                 break
         return lv
+
+    cdef int _ladder_link(self, int s, int32_t lv) except -1:
+        """Level lv (none other of its side at its price) into its side: the level map, its
+        tick's bit in its rung (opened if none), and the best."""
+        cdef Side* sd = &self.sides[s]
+        cdef Level* L
+        cdef int64_t st = self._tick(s, self.levels[lv].price), key
+        cdef int32_t r
+        cdef int t = st & ((1 << RB) - 1)
+        if <uint64_t>(sd.n + 1) * 2 > sd.lmap_mask + 1:
+            lmap_grow(sd, self.levels, self.levels_cap, BUY if s == 0 else SELL)
+        lmap_add(sd, self.levels, lv)
+        r = side_rung(sd, st >> RB)
+        if r < 0:
+            r = side_open_rung(sd, st >> RB)
+        sd.rungs[r].words[t >> 6] |= <uint64_t>1 << (t & 63)
+        sd.rungs[r].summary |= <uint64_t>1 << (t >> 6)
+        L = &self.levels[lv]
+        L.rung = r
+        L.tick = <uint16_t>t
+        L.linked = 1
+        key = side_key(s, L.price)
+        if sd.n == 0 or key > sd.best_key:
+            sd.best = lv
+            sd.best_key = key
+        sd.n += 1
+        return 0
 
     cdef int32_t _alloc_level(self, int s, int64_t price) except -1:
         """A level from the pool, empty, not yet in its side's index."""
@@ -946,11 +1239,31 @@ cdef class CrossEngine:
         return lv
 
     cdef inline void _drop_level(self, int s, int32_t lv) noexcept:
-        cdef int32_t* c = self._lcache_at(s, self.levels[lv].price)
-        if c[0] == lv:          # the level cache holds live levels only (_find_level)
-            c[0] = -1
-        side_remove(&self.sides[s], side_key(s, self.levels[lv].price))
-        self.levels[lv].next_free = self.free_level
+        """Level lv, empty, out of its side (its rung closed if it was the rung's last) and
+        back to the pool. When it was the best, the next best is the highest tick of the best
+        rung left (the last key of the side's rung index), found in the level map."""
+        cdef Side* sd = &self.sides[s]
+        cdef Level* L = &self.levels[lv]
+        cdef int32_t r = L.rung
+        cdef Rung* R = &sd.rungs[r]
+        cdef int t = L.tick
+        cdef int64_t price
+        lmap_del(sd, self.levels, lv)
+        R.words[t >> 6] &= ~(<uint64_t>1 << (t & 63))
+        if R.words[t >> 6] == 0:
+            R.summary &= ~(<uint64_t>1 << (t >> 6))
+            if R.summary == 0:
+                side_close_rung(sd, r)
+        sd.n -= 1
+        if sd.best == lv:
+            if sd.n == 0:
+                sd.best = -1
+            else:
+                price = self._price_of(s, rung_top(&sd.rungs[tree_last(&sd.tree)]))
+                sd.best = side_find(sd, self.levels, price)
+                sd.best_key = side_key(s, price)
+        L.linked = 0
+        L.next_free = self.free_level
         self.free_level = lv
 
     cdef inline int _touch(self, int32_t lv) except -1:
@@ -1260,13 +1573,13 @@ cdef class CrossEngine:
                             uint32_t account, uint8_t stp) noexcept:
         cdef int opp = 1 - side_index(side)
         cdef Side* sd = &self.sides[opp]
-        cdef int32_t bi, k, i, lv
+        cdef int32_t i, lv
         cdef uint64_t got = 0
         cdef uint32_t steps = 0
-        bi = sd.nb - 1
-        k = sd.blocks[bi].n - 1 if bi >= 0 else -1
-        while k >= 0:
-            lv = sd.blocks[bi].lv[k]
+        cdef Walk w
+        walk_start(sd, &w)
+        lv = self._walk_next(opp, &w)
+        while lv >= 0:
             if not self._crosses(side, price, self.levels[lv].price, market):
                 break
             i = self.levels[lv].head
@@ -1283,10 +1596,7 @@ cdef class CrossEngine:
                     if got >= qty:
                         return True
                 i = self.orders[i].next
-            k -= 1
-            if k < 0 and bi > 0:
-                bi -= 1
-                k = sd.blocks[bi].n - 1
+            lv = self._walk_next(opp, &w)
         return got >= qty
 
     cdef inline int _match(self, int32_t t, bint market) except -1:
@@ -1960,16 +2270,16 @@ cdef class CrossEngine:
     cdef list _level_list(self, int s, int32_t depth=0):
         """The side's level indices, best first (at most depth of them; 0: all)."""
         cdef Side* sd = &self.sides[s]
-        cdef int32_t bi = sd.nb - 1, k
+        cdef int32_t lv
+        cdef Walk w
         out = []
-        while bi >= 0:
-            k = sd.blocks[bi].n - 1
-            while k >= 0:
-                if depth and len(out) >= depth:
-                    return out
-                out.append(sd.blocks[bi].lv[k])
-                k -= 1
-            bi -= 1
+        walk_start(sd, &w)
+        lv = self._walk_next(s, &w)
+        while lv >= 0:
+            if depth and len(out) >= depth:
+                return out
+            out.append(lv)
+            lv = self._walk_next(s, &w)
         return out
 
     # -- state ------------------------------------------------------------------------------
@@ -1989,17 +2299,18 @@ cdef class CrossEngine:
         cdef bytes data = PyBytes_FromStringAndSize(NULL, hl + <Py_ssize_t>self.n_live * SNAP_ORDER)
         cdef unsigned char* q = <unsigned char*>PyBytes_AS_STRING(data)
         cdef int s
-        cdef int32_t k, i, bi
+        cdef int32_t i, lv
         cdef Order* o
         cdef Side* sd
+        cdef Walk w
         memcpy(q, <const char*>head, hl)
         off = hl
         for s in range(2):
             sd = &self.sides[s]
-            bi = sd.nb - 1
-            k = sd.blocks[bi].n - 1 if bi >= 0 else -1
-            while k >= 0:
-                i = self.levels[sd.blocks[bi].lv[k]].head
+            walk_start(sd, &w)
+            lv = self._walk_next(s, &w)
+            while lv >= 0:
+                i = self.levels[lv].head
                 while i >= 0:
                     o = &self.orders[i]
                     wr64(q + off, o.order_id)
@@ -2013,10 +2324,7 @@ cdef class CrossEngine:
                     q[off + 46] = o.stp
                     off += SNAP_ORDER
                     i = o.next
-                k -= 1
-                if k < 0 and bi > 0:
-                    bi -= 1
-                    k = sd.blocks[bi].n - 1
+                lv = self._walk_next(s, &w)
         if off != len(data):
             raise RuntimeError("crossengine: live order count disagrees with the book")
         return data
@@ -2184,12 +2492,13 @@ cdef class CrossEngine:
                 raise ValueError(f"CrossEngine snapshot: the book is crossed (bid "
                                  f"{eng.levels[snap_lv[0]].price}, ask "
                                  f"{eng.levels[snap_lv[first_sell]].price})")
-            # Each side's index wants its levels worst first (ascending key): walk backwards;
-            # appending at the end of the last block is a bulk load.
+            # Into each side worst first (ascending side tick): walking backwards, a new rung
+            # is appended at the end of the rung index's last block, as a bulk load.
+            lmap_reserve(&eng.sides[0], first_sell if first_sell >= 0 else n_lv)
+            lmap_reserve(&eng.sides[1], n_lv - first_sell if first_sell >= 0 else 0)
             for k in range(n_lv - 1, -1, -1):
                 lv = snap_lv[k]
-                side_insert(&eng.sides[side_index(eng.levels[lv].side)],
-                            side_key(side_index(eng.levels[lv].side), eng.levels[lv].price), lv)
+                eng._ladder_link(side_index(eng.levels[lv].side), lv)
             # The accounts' lists in order-id order: sorted by (account, id), each account's
             # orders are one run, linked in one sequential pass.
             sort_by_account(ids, n_orders)
@@ -2240,7 +2549,10 @@ cdef class CrossEngine:
 
     def index_stats(self):
         """Each id table's (live keys, capacity, longest run of occupied slots): the run is
-        what a lookup or a deletion may walk; it stays short unless keys share slots."""
+        what a lookup or a deletion may walk; it stays short unless keys share slots. For each
+        side (bid_, ask_) the same of its level map (``_levels``: levels, capacity, longest
+        run) and of its rung map (``_rungs``: live rungs, capacity, longest run, and the rung
+        pool's capacity)."""
         out = {}
         cdef Table* t
         cdef uint64_t i, run, longest
@@ -2252,6 +2564,20 @@ cdef class CrossEngine:
                 run = run + 1 if t.slots[i].used else 0
                 longest = max(longest, run)
             out[name] = (t.size, t.mask + 1, longest)
+        cdef Side* sd
+        cdef int s
+        for s, name in ((0, "bid"), (1, "ask")):
+            sd = &self.sides[s]
+            run = longest = 0
+            for i in range(sd.lmap_mask + 1):
+                run = run + 1 if sd.lmap[i] >= 0 else 0
+                longest = max(longest, run)
+            out[f"{name}_levels"] = (sd.n, sd.lmap_mask + 1, longest)
+            run = longest = 0
+            for i in range(sd.map_mask + 1):
+                run = run + 1 if sd.map[i].key >= 0 else 0
+                longest = max(longest, run)
+            out[f"{name}_rungs"] = (sd.tree.n, sd.map_mask + 1, longest, sd.rungs_cap)
         return out
 
     def check_invariants(self):
@@ -2265,27 +2591,86 @@ cdef class CrossEngine:
         cdef uint32_t count
         cdef int64_t s_idx
         cdef Side* sd
-        cdef int32_t bi, n_in
-        cdef int64_t last_key = 0
+        cdef int32_t bi, n_in, r, n_rungs, best
+        cdef int b, w
+        cdef int64_t last_key = 0, key, st, price
+        cdef uint64_t j, used
+        cdef Rung* R
         for s in range(2):
             sd = &self.sides[s]
             n_in = 0
-            for bi in range(sd.nb):
-                if sd.blocks[bi].n < 1 or sd.blocks[bi].n > LB \
-                        or sd.firsts[bi] != sd.blocks[bi].keys[0]:
-                    raise RuntimeError("crossengine: a side's level index is malformed")
-                for k in range(sd.blocks[bi].n):
-                    lv = sd.blocks[bi].lv[k]
-                    if n_in and last_key >= sd.blocks[bi].keys[k]:
-                        raise RuntimeError("crossengine: levels out of order")
-                    last_key = sd.blocks[bi].keys[k]
-                    n_in += 1
-                    if last_key != side_key(s, self.levels[lv].price) \
-                            or self.levels[lv].side != (BUY if s == 0 else SELL):
-                        raise RuntimeError("crossengine: a level's search key is stale")
+            n_rungs = 0
+            for bi in range(sd.tree.nb):
+                if sd.tree.blocks[bi].n < 1 or sd.tree.blocks[bi].n > LB \
+                        or sd.tree.firsts[bi] != sd.tree.blocks[bi].keys[0]:
+                    raise RuntimeError("crossengine: a side's rung index is malformed")
+                for k in range(sd.tree.blocks[bi].n):
+                    key = sd.tree.blocks[bi].keys[k]
+                    r = sd.tree.blocks[bi].lv[k]
+                    if n_rungs and last_key >= key:
+                        raise RuntimeError("crossengine: rungs out of order")
+                    last_key = key
+                    n_rungs += 1
+                    if r < 0 or r >= sd.rungs_cap or sd.rungs[r].key != key \
+                            or sd.rungs[r].summary == 0 or rung_probe(sd, key) != r:
+                        raise RuntimeError("crossengine: a rung is stale, empty or unmapped")
+                    R = &sd.rungs[r]
+                    for w in range(64):
+                        if ((R.summary >> w) & 1) != (w < RW and R.words[w] != 0):
+                            raise RuntimeError("crossengine: a rung's summary is wrong")
+                    for w in range(RW):
+                        for b in range(64):
+                            if not (R.words[w] >> b) & 1:
+                                continue
+                            n_in += 1
+                            st = (key << RB) | (w << 6) | b
+                            price = self._price_of(s, st)
+                            lv = side_find(sd, self.levels, price)
+                            if lv < 0 or self.levels[lv].rung != r \
+                                    or self.levels[lv].tick != (w << 6 | b) \
+                                    or self.levels[lv].side != (BUY if s == 0 else SELL) \
+                                    or self._price_code(price) or self._tick(s, price) != st:
+                                raise RuntimeError("crossengine: a level's place is stale")
+            used = 0
+            for j in range(sd.map_mask + 1):
+                if sd.map[j].key >= 0:
+                    used += 1
+            if n_rungs != sd.tree.n or used != <uint64_t>n_rungs \
+                    or used * 2 > sd.map_mask + 1:
+                raise RuntimeError("crossengine: a side's rung count is wrong")
+            used = 0
+            for j in range(sd.lmap_mask + 1):
+                lv = sd.lmap[j]
+                if lv >= 0:
+                    used += 1
+                    # found from its home: no empty slot between (the backward shift kept it)
+                    if lv >= self.levels_cap or not self.levels[lv].linked or side_find(
+                            sd, self.levels, self.levels[lv].price) != lv:
+                        raise RuntimeError("crossengine: the level map is stale")
+            if used != <uint64_t>n_in or used * 2 > sd.lmap_mask + 1:
+                raise RuntimeError("crossengine: the level map's count is wrong")
+            used = 0
+            for lv in range(self.levels_cap):      # what a grow of the level map reads
+                if self.levels[lv].linked and self.levels[lv].side == (BUY if s == 0 else SELL):
+                    used += 1
+            if used != <uint64_t>n_in:
+                raise RuntimeError("crossengine: the pool's linked levels and the map disagree")
+            for b in range(RC):
+                key = sd.rc_key[b]
+                if key >= 0 and ((key & (RC - 1)) != b or rung_probe(sd, key) != sd.rc_rung[b]):
+                    raise RuntimeError("crossengine: the rung cache is stale")
             if n_in != sd.n:
                 raise RuntimeError("crossengine: a side's level count is wrong")
-            for lv in self._level_list(s):
+            levels = self._level_list(s)
+            best = levels[0] if levels else -1
+            if sd.best != best or (best >= 0 and sd.best_key != side_key(
+                    s, self.levels[best].price)):
+                raise RuntimeError("crossengine: a side's best level is stale")
+            for k in range(1, len(levels)):
+                if side_key(s, self.levels[<int32_t>levels[k - 1]].price) <= \
+                        side_key(s, self.levels[<int32_t>levels[k]].price):
+                    raise RuntimeError("crossengine: levels out of order")
+            for lv in levels:
                 total = 0
                 count = 0
                 prev_i = -1
