@@ -8,6 +8,7 @@ lmap_grow / lmap_del, side_open_rung / side_close_rung, walk_next, _drop_level's
   every home in slot 0; two clusters), built, emptied in random order, refilled and swept;
 * empty-and-refill cycles by every path that frees a level (cancel, cancel all, mass cancel,
   a sweep, an amend away): the rung pool and the maps stop growing once they fit the book;
+* whole frames of such commands (apply_frame), restored every third frame;
 * a level-map grow of one side costs in proportion to that side, not to the level pool
   (strict xfail: today it reads every level of the pool, both sides, free ones included)."""
 import random
@@ -23,6 +24,7 @@ from crossengine.engine import CrossEngine
 from crossengine.reference import ReferenceEngine
 from mq.record import encode
 from mq.sources import OPERATOR_SOURCE
+from tests.property.test_crossengine_adversarial import framed, lockstep
 
 TOP = 1 << 62
 RUNG = 512
@@ -275,3 +277,60 @@ def test_a_small_sides_map_grow_does_not_read_the_other_sides_levels():
     grows = [times[32], times[64], times[128], times[256]]
     typical = sorted(times)[150]
     assert max(grows) < 100 * typical + 100_000, (grows, typical)
+
+
+# -- whole frames -----------------------------------------------------------------------------
+def _edge_records(rng, tick, last, n):
+    """n records over rung-boundary prices of both sides, with sweeps, amends, cancels by
+    client id and cancel alls (sources: clients 7, the operator for mass cancels)."""
+    mid = last // 2 // RUNG * RUNG
+    bid_t = [t for b in (RUNG, 2 * RUNG, mid - (1 << 41), mid - 3 * RUNG) for t in
+             (b - 1, b, b + 1, b + 63, b + 64) if 1 <= t < mid]
+    ask_t = [t for b in (mid + RUNG, mid + (1 << 41), last - last % RUNG, last) for t in
+             (b - 1, b, b + 1, b - 64, b - 65) if mid < t <= last]
+    recs, cl = [], 0
+    for _ in range(n):
+        r = rng.random()
+        cl += 1
+        acct = rng.randint(1, 3)
+        if r < 0.55:
+            side = rng.choice([c.BUY, c.SELL])
+            t = rng.choice(bid_t if side == c.BUY else ask_t)
+            if rng.random() < 0.05:
+                t = rng.choice(ask_t if side == c.BUY else bid_t)     # crosses
+            recs.append((7, c.NEW_ORDER, c.new_order(cl, side, t * tick, rng.randint(1, 9), acct,
+                                                     stp=rng.randint(0, 4))))
+        elif r < 0.7:
+            recs.append((7, c.CANCEL, c.cancel(client_order_id=rng.randint(1, cl),
+                                                account=acct)))
+        elif r < 0.85:
+            recs.append((7, c.AMEND, c.amend(client_order_id=rng.randint(1, cl), account=acct,
+                                              price=rng.choice(bid_t + ask_t) * tick,
+                                              qty=rng.choice([0, 3, 12]))))
+        elif r < 0.93:
+            recs.append((7, c.NEW_ORDER, c.new_order(cl, rng.choice([c.BUY, c.SELL]), 0,
+                                                     rng.randint(5, 200), acct, c.MARKET,
+                                                     rng.choice([c.IOC, c.FOK]),
+                                                     stp=rng.randint(0, 4))))
+        elif r < 0.99:
+            recs.append((7, c.CANCEL_ALL, c.cancel_all(acct, rng.choice([0, c.BUY, c.SELL]))))
+        else:
+            recs.append((OPERATOR_SOURCE, c.MASS_CANCEL, b""))
+    return recs
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), tick=st.sampled_from([1, 7, 512, (1 << 40) + 1]),
+       mul=st.sampled_from([None] + POOR), sizes=st.sampled_from([[1], [3, 50], [1024]]))
+def test_frames_over_rung_edges_agree_with_the_reference(seed, tick, mul, sizes):
+    ce.seed_hashes(multiplier=mul)
+    try:
+        rng = random.Random(seed)
+        last = TOP // tick
+        cfg = dict(tick_size=tick, max_price=last * tick, max_qty=1000, max_orders=10_000,
+                   max_fills=50)
+        frames = framed(_edge_records(rng, tick, last, 1500), sizes, seed)
+        eng, ref = lockstep(cfg, frames, restore_at=set(range(0, len(frames), 3)))
+        assert eng.book() == ref.book()
+    finally:
+        ce.seed_hashes()
