@@ -118,6 +118,7 @@ cdef struct Side:
     int32_t* lmap            # price -> level: open addressing over level indices (-1: empty),
     uint64_t lmap_mask       # keyed by the level's price; capacity - 1 (a power of two),
     int lmap_shift           # 64 - log2(capacity); load <= 1/2
+    uint64_t grow_reads      # slots or levels the level map's grows have read (index_stats)
     Tree tree                # the live rungs' keys, ascending; values: rung indices
     Rung* rungs              # the rung pool
     int32_t rungs_cap

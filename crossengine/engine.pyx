@@ -621,6 +621,7 @@ cdef int side_init(Side* sd) except -1:
     sd.n = 0
     sd.best = -1
     sd.best_key = 0
+    sd.grow_reads = 0
     return 0
 
 cdef void side_free(Side* sd) noexcept:
@@ -668,25 +669,39 @@ cdef inline int32_t side_find(Side* sd, Level* levels, int64_t price) noexcept n
     return -1
 
 cdef int lmap_grow(Side* sd, Level* levels, int32_t n_levels, uint8_t side) except -1:
-    """Twice the capacity, filled from the level pool read in order (its n_levels levels,
-    those linked into this side): reading the levels in the old map's order was a random
-    read of a level a slot, a cache miss each in a wide book."""
-    cdef uint64_t cap = (sd.lmap_mask + 1) * 2, i
+    """Twice the capacity. A side holding most of the level pool is filled from the pool read
+    in order (its n_levels levels, those linked into this side): reading the levels in the
+    old map's order was a random read of a level a slot, a cache miss each in a wide book. A
+    side holding few of them (the other side wide, or the pool left large by a mass cancel)
+    is filled from its old map: the pool read would cost the whole pool at every doubling."""
+    cdef uint64_t cap = (sd.lmap_mask + 1) * 2, i, old_cap = sd.lmap_mask + 1, k
     cdef int32_t* grown = <int32_t*>malloc(cap * sizeof(int32_t))
+    cdef int32_t* old = sd.lmap
     cdef int32_t lv
+    cdef bint from_pool = <uint64_t>sd.n * 8 >= <uint64_t>n_levels
     if grown == NULL:
         raise MemoryError()
     memset(grown, 0xFF, cap * sizeof(int32_t))
-    free(sd.lmap)
     sd.lmap = grown
     sd.lmap_mask = cap - 1
     sd.lmap_shift -= 1
-    for lv in range(n_levels):
-        if levels[lv].linked and levels[lv].side == side:
-            i = level_home(sd, levels[lv].price)
-            while sd.lmap[i] >= 0:
-                i = (i + 1) & sd.lmap_mask
-            sd.lmap[i] = lv
+    sd.grow_reads += <uint64_t>n_levels if from_pool else old_cap
+    if from_pool:
+        for lv in range(n_levels):
+            if levels[lv].linked and levels[lv].side == side:
+                i = level_home(sd, levels[lv].price)
+                while sd.lmap[i] >= 0:
+                    i = (i + 1) & sd.lmap_mask
+                sd.lmap[i] = lv
+    else:
+        for k in range(old_cap):
+            lv = old[k]
+            if lv >= 0:
+                i = level_home(sd, levels[lv].price)
+                while sd.lmap[i] >= 0:
+                    i = (i + 1) & sd.lmap_mask
+                sd.lmap[i] = lv
+    free(old)
     return 0
 
 cdef int lmap_reserve(Side* sd, uint64_t n) except -1:
@@ -2551,8 +2566,8 @@ cdef class CrossEngine:
         """Each id table's (live keys, capacity, longest run of occupied slots): the run is
         what a lookup or a deletion may walk; it stays short unless keys share slots. For each
         side (bid_, ask_) the same of its level map (``_levels``: levels, capacity, longest
-        run) and of its rung map (``_rungs``: live rungs, capacity, longest run, and the rung
-        pool's capacity)."""
+        run), the slots or levels its grows have read (``_grow_reads``), and of its rung map
+        (``_rungs``: live rungs, capacity, longest run, and the rung pool's capacity)."""
         out = {}
         cdef Table* t
         cdef uint64_t i, run, longest
@@ -2573,6 +2588,7 @@ cdef class CrossEngine:
                 run = run + 1 if sd.lmap[i] >= 0 else 0
                 longest = max(longest, run)
             out[f"{name}_levels"] = (sd.n, sd.lmap_mask + 1, longest)
+            out[f"{name}_grow_reads"] = sd.grow_reads
             run = longest = 0
             for i in range(sd.map_mask + 1):
                 run = run + 1 if sd.map[i].key >= 0 else 0

@@ -13,8 +13,7 @@ the events, book, snapshot hash and check_invariants() must agree with the refer
 level map, rung map and rung pool must not hold more than the live book needs."""
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
-                                 rule)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from crossengine import codec as c
 from crossengine import engine as ce
@@ -183,7 +182,7 @@ class LevelsAdversary(RuleBasedStateMachine):
         deleted (backward shift) and re-entered."""
         p = self.price(data)
         side = data.draw(st.sampled_from([c.BUY, c.SELL]))
-        for j in range(k):
+        for _j in range(k):
             out = self.both(c.NEW_ORDER, c.new_order(2 * 10**7 + self.steps, side, p, 1, 4))
             evs = c.decode_events(out)
             mine = [e[1] for e in evs if e[0] == c.EV_ACCEPTED]

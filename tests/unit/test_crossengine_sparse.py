@@ -33,7 +33,7 @@ def _price_pool(rng: random.Random, tick: int) -> list[int]:
         base = k * FAR
         if base < last:
             ticks.update({base, base + 1, base - 1})
-    for k in range(1, 30):
+    for _k in range(1, 30):
         b = rng.randrange(1, last // RUNG) * RUNG
         ticks.update({b - 1, b, b + 1, b + 63, b + 64, b + 65})
     band = rng.randrange(1, last - 5_000)
