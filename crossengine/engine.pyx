@@ -674,7 +674,7 @@ cdef int lmap_grow(Side* sd, Level* levels, int32_t n_levels, uint8_t side) exce
     old map's order was a random read of a level a slot, a cache miss each in a wide book. A
     side holding few of them (the other side wide, or the pool left large by a mass cancel)
     is filled from its old map: the pool read would cost the whole pool at every doubling."""
-    cdef uint64_t cap = (sd.lmap_mask + 1) * 2, i, old_cap = sd.lmap_mask + 1, k
+    cdef uint64_t cap = (sd.lmap_mask + 1) * 2, old_cap = sd.lmap_mask + 1, k
     cdef int32_t* grown = <int32_t*>malloc(cap * sizeof(int32_t))
     cdef int32_t* old = sd.lmap
     cdef int32_t lv
@@ -689,18 +689,11 @@ cdef int lmap_grow(Side* sd, Level* levels, int32_t n_levels, uint8_t side) exce
     if from_pool:
         for lv in range(n_levels):
             if levels[lv].linked and levels[lv].side == side:
-                i = level_home(sd, levels[lv].price)
-                while sd.lmap[i] >= 0:
-                    i = (i + 1) & sd.lmap_mask
-                sd.lmap[i] = lv
+                lmap_add(sd, levels, lv)
     else:
         for k in range(old_cap):
-            lv = old[k]
-            if lv >= 0:
-                i = level_home(sd, levels[lv].price)
-                while sd.lmap[i] >= 0:
-                    i = (i + 1) & sd.lmap_mask
-                sd.lmap[i] = lv
+            if old[k] >= 0:
+                lmap_add(sd, levels, old[k])
     free(old)
     return 0
 
