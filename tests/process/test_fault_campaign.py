@@ -232,26 +232,10 @@ def run_campaign(tmp: str, disk: str, rng: random.Random) -> None:
                 healed = time.monotonic()
                 sent_at_heal = feeder.sent
                 top_at_heal = (ping(cluster.prod_addr, timeout_s=0.5) or {}).get("committed", 0)
-                try:
-                    wait_until(lambda h=healed: intake.first_after(h) and results.first_after(h),
-                               PERMANENT_S, "intake and results to move after the fault healed",
-                               interval_s=0.01)
-                except TimeoutError:
-                    raise AssertionError(
-                        f"fault {k} ({label} of {name}): permanent stall: intake moved "
-                        f"{bool(intake.first_after(healed))}, results "
-                        f"{bool(results.first_after(healed))}; sequencer "
-                        f"{ping(cluster.prod_addr)}; mirror {ping(mirror_in)}") from None
-                s_in = intake.first_after(healed) - healed
-                s_out = results.first_after(healed) - healed
-                # The backlog: until everything offered before the heal is acknowledged, and
-                # the out stream passed what was committed at the heal.
-                wait_until(lambda n=sent_at_heal: intake.value > n, PERMANENT_S,
-                           "the intake backlog to clear", interval_s=0.01)
-                c_in = time.monotonic() - healed
-                wait_until(lambda n=top_at_heal: results.value >= n, PERMANENT_S,
-                           "the results backlog to clear", interval_s=0.01)
-                c_out = time.monotonic() - healed
+                s_in, s_out, c_in, c_out = heal_times(
+                    intake, results, healed, sent_at_heal, top_at_heal,
+                    f"fault {k} ({label} of {name})",
+                    cluster.prod_addr, mirror_in)
                 stalls[label].append((s_in, s_out, healed - began, c_in, c_out))
                 if healed - began > 1.0:   # long enough to tell whether anything moved
                     during[label].append((intake.moved_between(began + 0.5, healed),
@@ -280,6 +264,31 @@ def run_campaign(tmp: str, disk: str, rng: random.Random) -> None:
         check_after(cluster, feeder, controls, mirror_in, mirror_pub)
         over = [(round(s, 2), what, k) for s, what, k in worst if s > STALL_TARGET_S]
         assert not over, f"stalls after a fault healed beyond {STALL_TARGET_S} s: {over}"
+
+
+def heal_times(intake, results, healed: float, sent_at_heal: int, top_at_heal: int,
+               what: str, sequencer: str, mirror: str) -> tuple[float, float, float, float]:
+    """After fault `what` healed at `healed`: the stall of intake and of results (until each
+    first moved), and the time until each backlog cleared (everything offered before the heal
+    acknowledged; the out stream past what was committed at the heal). A stall that does not
+    end within PERMANENT_S fails, with what the sequencer and the mirror answer."""
+    try:
+        wait_until(lambda: intake.first_after(healed) and results.first_after(healed),
+                   PERMANENT_S, "intake and results to move after the fault healed",
+                   interval_s=0.01)
+    except TimeoutError:
+        raise AssertionError(
+            f"{what}: permanent stall: intake moved {bool(intake.first_after(healed))}, "
+            f"results {bool(results.first_after(healed))}; sequencer {ping(sequencer)}; "
+            f"mirror {ping(mirror)}") from None
+    s_in = intake.first_after(healed) - healed
+    s_out = results.first_after(healed) - healed
+    wait_until(lambda: intake.value > sent_at_heal, PERMANENT_S,
+               "the intake backlog to clear", interval_s=0.01)
+    c_in = time.monotonic() - healed
+    wait_until(lambda: results.value >= top_at_heal, PERMANENT_S,
+               "the results backlog to clear", interval_s=0.01)
+    return s_in, s_out, c_in, time.monotonic() - healed
 
 
 def settle(cluster: LogCluster, procs: dict, controls: dict[str, str]) -> None:

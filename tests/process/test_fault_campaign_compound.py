@@ -66,6 +66,7 @@ from tests.process.test_fault_campaign import (
     Monitor,
     Progress,
     check_after,
+    heal_times,
     remount,
     settle,
     tmpfs_used,
@@ -456,25 +457,10 @@ class Campaign:
                     mode, variant = schedule.pop()
                     f = getattr(self, f"mode_{mode}")(variant)
                     healed, sent_at_heal, top_at_heal = f.healed, f.sent_at_heal, f.top_at_heal
-                    try:
-                        wait_until(lambda h=healed: intake.first_after(h)
-                                   and results.first_after(h), PERMANENT_S,
-                                   "intake and results to move after the fault healed",
-                                   interval_s=0.01)
-                    except TimeoutError:
-                        raise AssertionError(
-                            f"fault {k} ({f.label}): permanent stall: intake moved "
-                            f"{bool(intake.first_after(healed))}, results "
-                            f"{bool(results.first_after(healed))}; sequencer "
-                            f"{ping(cluster.prod_addr)}; mirror {ping(mirror_in)}") from None
-                    s_in = intake.first_after(healed) - healed
-                    s_out = results.first_after(healed) - healed
-                    wait_until(lambda n=sent_at_heal: intake.value > n, PERMANENT_S,
-                               "the intake backlog to clear", interval_s=0.01)
-                    c_in = time.monotonic() - healed
-                    wait_until(lambda n=top_at_heal: results.value >= n, PERMANENT_S,
-                               "the results backlog to clear", interval_s=0.01)
-                    c_out = time.monotonic() - healed
+                    s_in, s_out, c_in, c_out = heal_times(
+                        intake, results, healed, sent_at_heal, top_at_heal,
+                        f"fault {k} ({f.label})",
+                        cluster.prod_addr, mirror_in)
                     stalls[f.label].append((s_in, s_out, healed - f.began, c_in, c_out))
                     if healed - f.began > 1.0:
                         during[f.label].append(

@@ -339,17 +339,28 @@ def test_cancel_on_disconnect_modes(mode, how, cancelled):
     run(main())
 
 
+async def cod_venue(cod: int, cod_ms: int):
+    """A venue on a clock the test moves (now[0]), and session 11 logged on with
+    cancel-on-disconnect mode cod and grace cod_ms, its NOS 1 acknowledged."""
+    now = [1_800_000_000 * 10**9]
+    gw, core, port = await venue(clock=lambda: now[0])
+    try:
+        c = await Peer.connect(port)
+        c.w.write(c.logon_frame(11, cod=cod, cod_ms=cod_ms))
+        assert (await c.next())[0] == 2
+        c.w.write(nos_flags(1, 1, b"1"))
+        assert (await c.next())[0] == 200
+    except BaseException:
+        await gw.close()
+        raise
+    return gw, core, port, c, now
+
+
 def test_a_logon_within_the_grace_period_disarms_cancel_on_disconnect():
     """§4.10: "a reconnect within the window disarms it"."""
     async def main():
-        now = [1_800_000_000 * 10**9]
-        gw, core, port = await venue(clock=lambda: now[0])
+        gw, core, port, c, now = await cod_venue(2, 500)
         try:
-            c = await Peer.connect(port)
-            c.w.write(c.logon_frame(11, cod=2, cod_ms=500))
-            assert (await c.next())[0] == 2
-            c.w.write(nos_flags(1, 1, b"1"))
-            assert (await c.next())[0] == 200
             c.w.close()
             await wait_for(lambda: not gw.conns and not any(gw.queues))
             now[0] += 100_000_000
@@ -525,14 +536,8 @@ def test_logout_5_with_cancel_on_disconnect_armed_cancels_at_once():
     the clock standing still (before, the finalize dropped the armed cancel and the order
     rested for good)."""
     async def main():
-        now = [1_800_000_000 * 10**9]
-        gw, core, port = await venue(clock=lambda: now[0])
+        gw, core, port, c, now = await cod_venue(1, 5_000)
         try:
-            c = await Peer.connect(port)
-            c.w.write(c.logon_frame(11, cod=1, cod_ms=5_000))
-            assert (await c.next())[0] == 2
-            c.w.write(nos_flags(1, 1, b"1"))
-            assert (await c.next())[0] == 200
             assert core.shards[0].orders
             c.w.write(frame(4, 5, b""))
             assert (await c.next())[0] == 4

@@ -751,6 +751,14 @@ def _grant(core: Core, i: int) -> None:
     core._on_reply(core.links[i], state(epoch=core.recovery.epoch, claimant=core.claimant))
 
 
+def _claim_granted_by_0_and_1(core) -> None:
+    """Replicators 0 and 1 grant the CLAIM, and the master takes a step 10 ms later."""
+    _grant(core, 0)
+    _grant(core, 1)
+    core.fake.advance(SEC // 100)
+    core.recovery_step()
+
+
 def test_a_master_restarted_while_quorum_was_lost_takes_over_once_a_majority_is_back():
     """The compound fault campaign: the sequencer and two of three replicators SIGKILLed, the
     sequencer restarted at once. It waits (no majority), and once one replicator is back it
@@ -768,10 +776,7 @@ def test_a_master_restarted_while_quorum_was_lost_takes_over_once_a_majority_is_
     core._on_reply(core.links[1], state())      # replicator 1 is back
     core.recovery_step()
     assert core.recovery.phase == "claim"
-    _grant(core, 0)
-    _grant(core, 1)
-    core.fake.advance(SEC // 100)
-    core.recovery_step()
+    _claim_granted_by_0_and_1(core)
     assert core.recovery is None or core.recovery.phase == "tail", core.recovery
 
 
@@ -786,10 +791,7 @@ def test_the_claim_still_waits_for_a_replicator_that_answered_state():
         core._on_reply(core.links[i], state())
     core.recovery_step()
     assert core.recovery.phase == "claim"
-    _grant(core, 0)
-    _grant(core, 1)
-    core.fake.advance(SEC // 100)
-    core.recovery_step()
+    _claim_granted_by_0_and_1(core)
     assert core.recovery.phase == "claim"       # replicator 2's grant is awaited
     core.fake.advance(2 * SEC)
     core.recovery_step()
