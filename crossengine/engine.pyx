@@ -67,6 +67,18 @@ cdef extern from *:
     const int64_t CE_TICK_TOP
     int clzll "__builtin_clzll"(unsigned long long x) noexcept nogil
 
+cdef extern from *:
+    """
+    /* a % d for a 32-bit a and a fixed d >= 1, by two multiplies instead of a division
+       (Lemire, Kaser, Kurz, "Faster remainder by direct computation", 2019): m is
+       UINT64_MAX / d + 1 (0 for d = 1, whose remainder is 0) */
+    static inline uint32_t ce_fastmod_u32(uint32_t a, uint64_t m, uint32_t d) {
+        uint64_t low = m * a;
+        return (uint32_t)(((__uint128_t)low * d) >> 64);
+    }
+    """
+    uint32_t ce_fastmod_u32(uint32_t a, uint64_t m, uint32_t d) noexcept nogil
+
 from crossengine.engine cimport (LB, RB, RC, RW, Buf, LBlock, Level, Order, RSlot, Rung, Side, Slot,
                                  Table, Touched, Tree)
 from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
@@ -290,6 +302,24 @@ def seed_hashes(seed=None, multiplier=None):
     z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
     z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
     table_mul = (z ^ (z >> 31)) | 1
+
+
+# The id ring's size (log2) of the engines made (or restored) after set_id_ring.
+cdef int id_ring_bits = 15
+
+
+def set_id_ring(bits=None):
+    """Set the size of the id ring (2**bits slots) of engines made or restored after this
+    call; None: the default, 2**15. Tests use a ring of one slot, so that nearly every resting
+    order moves on to the id map and both paths are exercised. Nothing an engine outputs
+    depends on it."""
+    global id_ring_bits
+    if bits is None:
+        id_ring_bits = 15
+        return
+    if not 0 <= bits <= 24:
+        raise ValueError("bits must be in 0 .. 24")
+    id_ring_bits = bits
 
 
 cdef int table_init(Table* t, uint64_t cap) except -1:
@@ -1014,6 +1044,7 @@ cdef class CrossEngine:
     cdef readonly uint32_t max_account_orders   # resting orders one account may have
     cdef readonly uint32_t n_shards     # TradingEngine shards, 1 .. 64: route bit account % this
     cdef uint64_t all_shards            # the route of a book-wide event: every shard's bit
+    cdef uint64_t shard_m               # n_shards' multiplier for ce_fastmod_u32
     cdef uint32_t te_src[MAX_TE_SOURCES]  # sources whose records are TradingEngine outputs
     cdef int32_t n_te                   # how many of te_src are used
     cdef uint32_t liq_src[MAX_LIQ_SOURCES]  # sources whose records are LiqEngine outputs
@@ -1030,7 +1061,9 @@ cdef class CrossEngine:
     cdef int32_t levels_cap
     cdef int32_t free_level
     cdef Side sides[2]
-    cdef Table by_id
+    cdef Table by_id                    # the live orders the id ring does not hold
+    cdef int32_t* id_ring               # order index by order id & ring_mask, or -1
+    cdef uint64_t ring_mask
     cdef Table by_client
     cdef Table by_account
     cdef Touched* touched
@@ -1080,6 +1113,7 @@ cdef class CrossEngine:
         for k, x in enumerate(liq):
             self.liq_src[k] = x
         self.n_shards = n_shards
+        self.shard_m = 0 if n_shards == 1 else <uint64_t>0xFFFFFFFFFFFFFFFF // n_shards + 1
         # a book-wide event concerns every shard and the LiqEngine
         self.all_shards = ((<uint64_t>1 << n_shards) - 1) | ROUTE_LIQ
         self.max_fills = max_fills
@@ -1106,7 +1140,14 @@ cdef class CrossEngine:
         self.levels_cap = 0
         self._grow_levels(level_capacity)
         self.touched_cap = 64
-        table_init(&self.by_id, 1 << 17)
+        # The id ring holds most live orders (the recent ones); the id map the rest, so it
+        # starts small.
+        self.ring_mask = (<uint64_t>1 << id_ring_bits) - 1
+        self.id_ring = <int32_t*>malloc((self.ring_mask + 1) * sizeof(int32_t))
+        if self.id_ring == NULL:
+            raise MemoryError()
+        memset(self.id_ring, 0xFF, (self.ring_mask + 1) * sizeof(int32_t))
+        table_init(&self.by_id, 1 << 12)
         table_init(&self.by_client, 1 << 17)
         # accounts are few and looked up by every resting order and cancel: start at a
         # quarter load for a few thousand of them
@@ -1119,6 +1160,7 @@ cdef class CrossEngine:
         side_free(&self.sides[0])
         side_free(&self.sides[1])
         free(self.by_id.slots)
+        free(self.id_ring)
         free(self.by_client.slots)
         free(self.by_account.slots)
         free(self.out.data)
@@ -1332,9 +1374,48 @@ cdef class CrossEngine:
             self._drop_level(side_index(o.side), lv)
         return 0
 
+    # -- the order id index: the id ring, then the id map -----------------------------------
+    # Order ids are a counter, so the ring slot of an id (id & ring_mask) is the next slot at
+    # each new order: a resting order takes it, and the live order that held it (2**15 or more
+    # orders older) moves on to the id map. A lookup reads the ring slot, then the map; an
+    # order leaving the book empties its ring slot (id_slot -1) or its map slot. Most orders
+    # leave the book long before their ring slot comes round again, and never touch the map.
     cdef inline int _id_add(self, int32_t i) except -1:
-        """Enter order i (its id is new: ids are never reused) in the id map, and its slot in
-        its id_slot."""
+        """Enter order i (its id is new: ids are never reused) in the id ring."""
+        cdef uint64_t k = self.orders[i].order_id & self.ring_mask
+        cdef int32_t e = self.id_ring[k]
+        if e >= 0:
+            self._id_spill(e)
+        self.id_ring[k] = i
+        self.orders[i].id_slot = -1
+        return 0
+
+    cdef inline int32_t _id_find(self, uint64_t order_id) noexcept:
+        """The live order of this id, or -1."""
+        cdef int32_t i = self.id_ring[order_id & self.ring_mask]
+        cdef int64_t s
+        if i >= 0 and self.orders[i].order_id == order_id:
+            return i
+        s = table_find1(&self.by_id, order_id)
+        return self.by_id.slots[s].v1 if s >= 0 else -1
+
+    cdef inline int _id_del(self, int32_t i) except -1:
+        """Order i out of the id index (the ring, or the map at its id_slot)."""
+        cdef Order* o = &self.orders[i]
+        cdef int32_t s = o.id_slot
+        if s < 0:
+            if self.id_ring[o.order_id & self.ring_mask] != i:
+                raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
+            self.id_ring[o.order_id & self.ring_mask] = -1
+            return 0
+        if self.by_id.slots[s].v1 != i or not self.by_id.slots[s].used:
+            raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
+        table_shift_out(&self.by_id, <uint64_t>s, self.orders)
+        return 0
+
+    cdef int _id_spill(self, int32_t i) except -1:
+        """Order i, in the ring, into the id map (its ring slot is being taken), and its slot
+        in its id_slot."""
         cdef Table* t = &self.by_id
         cdef uint64_t j
         if t.size >= t.limit:
@@ -1387,10 +1468,7 @@ cdef class CrossEngine:
 
     cdef inline int _index_unlink(self, int32_t i) except -1:
         cdef Order* o = &self.orders[i]
-        cdef int32_t s = o.id_slot
-        if self.by_id.slots[s].v1 != i or not self.by_id.slots[s].used:
-            raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
-        table_shift_out(&self.by_id, <uint64_t>s, self.orders)
+        self._id_del(i)
         table_del(&self.by_client, o.client_order_id, o.account)
         return self._account_unlink(i)
 
@@ -1870,10 +1948,9 @@ cdef class CrossEngine:
         cdef int64_t s
         cdef int32_t i
         if order_id:
-            s = table_find(&self.by_id, order_id, 0)
-            if s < 0:
+            i = self._id_find(order_id)
+            if i < 0:
                 return -1
-            i = self.by_id.slots[s].v1
             if account and self.orders[i].account != account:
                 return -1
             return i
@@ -1884,17 +1961,16 @@ cdef class CrossEngine:
         cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8)
         cdef uint32_t account = rd32(p + 16)
         cdef int32_t i, lv
-        cdef int64_t ids, cls
+        cdef int64_t cls
         cdef Order* o
         cdef Level* L
         cdef unsigned char* q
-        # Find the order and both its id-map slots, each map probed once (the general path,
+        # Find the order and its client-map slot, each index probed once (the general path,
         # _find then _remove, probes the map it found the order in twice).
         if order_id:
-            ids = table_find1(&self.by_id, order_id)
-            if ids < 0:
+            i = self._id_find(order_id)
+            if i < 0:
                 return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
-            i = self.by_id.slots[ids].v1
             o = &self.orders[i]
             if account and o.account != account:
                 return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
@@ -1905,8 +1981,7 @@ cdef class CrossEngine:
                 return self._ev_rejected(cl_id, account, C_UNKNOWN, order_id)
             i = self.by_client.slots[cls].v1
             o = &self.orders[i]
-            ids = o.id_slot
-        if ids < 0 or cls < 0:
+        if cls < 0:
             raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
         # OrderCancelled (as _ev_cancel writes it), and room for the LevelChanged after it
         buf_reserve(&self.out, 30 + 22)
@@ -1925,7 +2000,7 @@ cdef class CrossEngine:
         lv = o.level
         L = &self.levels[lv]
         fifo_unlink(self.orders, o, L)
-        table_shift_out(&self.by_id, <uint64_t>ids, self.orders)
+        self._id_del(i)
         table_del_at(&self.by_client, <uint64_t>cls)
         self._account_unlink(i)
         self._free_order(i)
@@ -2166,7 +2241,8 @@ cdef class CrossEngine:
         if account == LIQ_ACCOUNT:
             return ROUTE_LIQ      # LIQ belongs to no shard: the LiqEngine's bit, not a shard's
         # unsigned, and n_shards >= 1 (checked at construction): no zero test needed
-        return <uint64_t>1 << (account % self.n_shards)
+        # account % n_shards by two multiplies, not a division of ~25 cycles
+        return <uint64_t>1 << ce_fastmod_u32(account, self.shard_m, self.n_shards)
 
     # -- the public face --------------------------------------------------------------------
     def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload,
@@ -2406,6 +2482,8 @@ cdef class CrossEngine:
         cdef Py_ssize_t k, n_lv = 0, first_sell = -1, accounts = 0
         cdef int32_t i, lv = -1, prev
         cdef int64_t a = -1, slot
+        cdef int32_t e
+        cdef uint64_t in_ring = 0
         cdef Order* o
         cdef const unsigned char* q = &view[0] + head
         cdef uint8_t side, last_side = 0
@@ -2476,11 +2554,21 @@ cdef class CrossEngine:
                     prefetch_w(&eng.by_client.slots[slot_hash(
                         &eng.by_client, rd64(q + PREFETCH_AHEAD * SNAP_ORDER + 8),
                         rd32(q + PREFETCH_AHEAD * SNAP_ORDER + 16))], 1, 1)
-                slot = table_put_new(&eng.by_id, order_id, 0, <int32_t>k, 0)
-                if slot < 0:
+                # the id ring's slot if it is free, else the id map (as _id_add would have
+                # left them, the newer in the ring, or not: nothing depends on which)
+                e = eng.id_ring[order_id & eng.ring_mask]
+                if e >= 0 and eng.orders[e].order_id == order_id:
+                    slot = -1
+                elif e < 0:
+                    eng.id_ring[order_id & eng.ring_mask] = <int32_t>k
+                    in_ring += 1
+                    slot = -2
+                else:
+                    slot = table_put_new(&eng.by_id, order_id, 0, <int32_t>k, 0)
+                if slot == -1:
                     raise ValueError(f"CrossEngine snapshot: order id {order_id} is there "
                                      f"twice (order {k})")
-                o.id_slot = <int32_t>slot
+                o.id_slot = <int32_t>slot if slot >= 0 else -1
                 if table_put_new(&eng.by_client, o.client_order_id, o.account, <int32_t>k,
                                  0) < 0:
                     raise ValueError(f"CrossEngine snapshot: account {o.account} has client "
@@ -2542,7 +2630,7 @@ cdef class CrossEngine:
         finally:
             free(ids)
             free(snap_lv)
-        if eng.by_id.size != <uint64_t>n_orders or eng.by_client.size != <uint64_t>n_orders \
+        if eng.by_id.size + in_ring != <uint64_t>n_orders or eng.by_client.size != <uint64_t>n_orders \
                 or eng.by_account.size != <uint64_t>accounts:
             raise RuntimeError("crossengine: restore built indexes that disagree with the book")
         if eng.by_id.mask + 1 != id_cap:
@@ -2560,7 +2648,8 @@ cdef class CrossEngine:
         what a lookup or a deletion may walk; it stays short unless keys share slots. For each
         side (bid_, ask_) the same of its level map (``_levels``: levels, capacity, longest
         run), the slots or levels its grows have read (``_grow_reads``), and of its rung map
-        (``_rungs``: live rungs, capacity, longest run, and the rung pool's capacity)."""
+        (``_rungs``: live rungs, capacity, longest run, and the rung pool's capacity). The id
+        ring (``id_ring``): the orders it holds, its slots (the id map holds the rest)."""
         out = {}
         cdef Table* t
         cdef uint64_t i, run, longest
@@ -2572,6 +2661,10 @@ cdef class CrossEngine:
                 run = run + 1 if t.slots[i].used else 0
                 longest = max(longest, run)
             out[name] = (t.size, t.mask + 1, longest)
+        run = 0
+        for i in range(self.ring_mask + 1):
+            run += self.id_ring[i] >= 0
+        out["id_ring"] = (run, self.ring_mask + 1)
         cdef Side* sd
         cdef int s
         for s, name in ((0, "bid"), (1, "ask")):
@@ -2689,10 +2782,17 @@ cdef class CrossEngine:
                             or self.orders[i].prev != prev_i or self.orders[i].leaves == 0:
                         raise RuntimeError("crossengine: broken level links")
                     s_idx = table_find(&self.by_id, self.orders[i].order_id, 0)
-                    if s_idx < 0 or self.by_id.slots[s_idx].v1 != i:
-                        raise RuntimeError("crossengine: order missing from the id map")
-                    if self.orders[i].id_slot != s_idx:
-                        raise RuntimeError("crossengine: an order's id_slot is stale")
+                    if self.orders[i].id_slot < 0:
+                        if self.id_ring[self.orders[i].order_id & self.ring_mask] != i \
+                                or s_idx >= 0:
+                            raise RuntimeError("crossengine: order missing from the id ring")
+                    else:
+                        if s_idx < 0 or self.by_id.slots[s_idx].v1 != i:
+                            raise RuntimeError("crossengine: order missing from the id map")
+                        if self.orders[i].id_slot != s_idx:
+                            raise RuntimeError("crossengine: an order's id_slot is stale")
+                    if self._id_find(self.orders[i].order_id) != i:
+                        raise RuntimeError("crossengine: an order's id finds another order")
                     s_idx = table_find(&self.by_client, self.orders[i].client_order_id,
                                        self.orders[i].account)
                     if s_idx < 0 or self.by_client.slots[s_idx].v1 != i:
@@ -2709,7 +2809,16 @@ cdef class CrossEngine:
                 self.levels[side_best(&self.sides[0])].price >= \
                 self.levels[side_best(&self.sides[1])].price:
             raise RuntimeError("crossengine: the book is crossed")
-        if seen != self.n_live or self.by_id.size != <uint64_t>seen \
+        cdef uint64_t in_ring = 0, ri
+        for ri in range(self.ring_mask + 1):
+            if self.id_ring[ri] >= 0:
+                i = self.id_ring[ri]
+                if i >= self.orders_cap or not self.orders[i].live \
+                        or self.orders[i].id_slot >= 0 \
+                        or self.orders[i].order_id & self.ring_mask != ri:
+                    raise RuntimeError("crossengine: the id ring holds a stale entry")
+                in_ring += 1
+        if seen != self.n_live or self.by_id.size + in_ring != <uint64_t>seen \
                 or self.by_client.size != <uint64_t>seen:
             raise RuntimeError("crossengine: live orders and indexes disagree")
         cdef uint64_t slot

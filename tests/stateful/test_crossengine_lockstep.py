@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from crossengine import codec as c
-from crossengine.engine import CrossEngine
+from crossengine.engine import CrossEngine, set_id_ring
 from crossengine.reference import ReferenceEngine
 
 accounts = st.integers(1, 4)
@@ -21,9 +21,11 @@ CONFIG = dict(tick_size=5, min_qty=1, max_qty=40, max_price=1000, max_orders=60,
 
 class Lockstep(RuleBasedStateMachine):
     config = CONFIG
+    ring_bits = None      # the engine's default id ring
 
     def __init__(self):
         super().__init__()
+        set_id_ring(self.ring_bits)      # restores within the run use it too
         self.eng = CrossEngine(**self.config)
         self.ref = ReferenceEngine(**self.config)
         self.order_ids: list[int] = []
@@ -92,5 +94,20 @@ class Lockstep(RuleBasedStateMachine):
         assert self.eng.state_hash() == self.ref.state_hash()
 
 
+    def teardown(self):
+        set_id_ring(None)
+
+
 TestLockstep = Lockstep.TestCase
 TestLockstep.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+
+
+class LockstepSmallRing(Lockstep):
+    """An id ring of two slots: most resting orders move on to the id map while live, and
+    lookups, cancels, fills and restores go through both."""
+    ring_bits = 1
+
+
+TestLockstepSmallRing = LockstepSmallRing.TestCase
+TestLockstepSmallRing.settings = settings(max_examples=150, stateful_step_count=60,
+                                          deadline=None)

@@ -593,6 +593,20 @@ def test_sixty_three_shards_use_every_bit_of_the_route_and_the_liqengine_the_las
     assert [r for r, _p in got] == [1 << 62, 1 << 62 | 1 << 2, (1 << 64) - 1]
 
 
+@pytest.mark.parametrize("n_shards", [1, 2, 3, 7, 10, 63])
+def test_the_route_bit_of_any_32_bit_account_is_account_mod_n_shards(n_shards):
+    """The shard bit is computed without a division (engine.pyx ce_fastmod_u32): across the
+    whole 32-bit range of accounts, at both ends and in between, it is account % n_shards."""
+    import random
+    rng = random.Random(n_shards)
+    accounts = [1, 2, 3, n_shards, n_shards + 1, 2**31 - 1, 2**31, 2**31 + 1, 2**32 - 3,
+                2**32 - 2] + [rng.randrange(1, 2**32 - 1) for _ in range(300)]
+    eng = CrossEngine(n_shards=n_shards)
+    cmds = [(c.NEW_ORDER, c.new_order(k + 1, c.BUY, 100, 1, a)) for k, a in enumerate(accounts)]
+    got = _routes(eng, cmds)
+    assert [r for r, _p in got] == [1 << (a % n_shards) for a in accounts]
+
+
 @pytest.mark.parametrize("n_shards", [0, 64, 65])
 def test_n_shards_is_bounded(n_shards):
     with pytest.raises(ValueError, match="n_shards"):
@@ -774,13 +788,15 @@ def test_backward_shifts_move_each_orders_id_slot_along():
     must follow it (check_invariants), and cancels and fills still find the right orders."""
     import random
 
-    from crossengine.engine import seed_hashes
+    from crossengine.engine import seed_hashes, set_id_ring
     rng = random.Random(5)
     seed_hashes(multiplier=1)
+    set_id_ring(0)         # one slot: every resting order but the newest is in the id map
     try:
         eng, ref = CrossEngine(max_qty=1000), ReferenceEngine(max_qty=1000)
     finally:
         seed_hashes(None)
+        set_id_ring(None)
     live = []
     for n in range(2_000):
         side = c.BUY if n % 2 else c.SELL
@@ -788,7 +804,7 @@ def test_backward_shifts_move_each_orders_id_slot_along():
         cmd = c.new_order(n + 1, side, price, 1 + rng.randrange(9), 1 + n % 7)
         assert eng.apply(0, 0, c.NEW_ORDER, cmd) == ref.apply(0, 0, c.NEW_ORDER, cmd)
         live.append((n + 1, 1 + n % 7, ID | (n + 1)))
-    assert eng.index_stats()["by_id"][2] >= 2_000          # one run: the test bites
+    assert eng.index_stats()["by_id"][2] >= 1_999          # one run: the test bites
     rng.shuffle(live)
     for k, (cl, acct, oid) in enumerate(live[:1_200]):
         cmd = c.cancel(client_order_id=cl, account=acct) if k % 2 else c.cancel(order_id=oid)
