@@ -331,15 +331,16 @@ class _StreamView:
                 units = by_id.get(sym["symbol_id"])
             self.replicators = self.replicators or self.topo.replicator_addrs()
             if need_pub and not self.pub:
-                if sym is None:
+                pub = self.topo.stream_pubs().get(a.stream)
+                if pub is None:
                     raise UsageError(self._unknown())
-                self.pub = sym["pub"] if a.stream == sym["in"] else sym["out_pub"]
+                self.pub = pub
         self.by_id, self.units = by_id, units
         self.filters = {"kind": getattr(a, "kind", None), "account": getattr(a, "account", None),
                         "order": getattr(a, "order", None)}
 
     def _unknown(self) -> str:
-        names = sorted(n for s in self.topo.symbols.values() for n in (s["in"], s["out"]))
+        names = sorted(self.topo.stream_pubs())
         return (f"unknown stream {self.a.stream!r}: the cluster in {self.a.data} has "
                 f"{', '.join(names)}")
 
@@ -347,7 +348,7 @@ class _StreamView:
         """The highest committed seq any replicator holds, or None when the stream is one
         they do not store (not replicated). UsageError for a stream nobody knows."""
         from mq.control import ping
-        known = self.topo is not None and self.topo.symbol_of_stream(self.a.stream) is not None
+        known = self.topo is not None and self.a.stream in self.topo.stream_pubs()
         ends, answered = [], 0
         for addr in list(self.replicators):
             st = ping(addr, timeout_s=2.0)
@@ -381,10 +382,9 @@ class _StreamView:
                          "cluster up? (`seqex status`)")
 
     def _not_replicated(self) -> bool:
-        sym = self.topo.symbol_of_stream(self.a.stream)
         mirror = next((p for p in self.topo.procs if p.role == "mirror"
                        and p.stream == self.a.stream), None)
-        return sym is not None and mirror is not None and "none" in mirror.args
+        return mirror is not None and "none" in mirror.args
 
     def show(self, rec: tuple) -> bool:
         """Print one record if the filters keep it; whether it was printed."""
