@@ -101,6 +101,9 @@ class Instrument:
         if d <= 0 or _off_grid(d, self.tick):
             raise ValueError(f"{self.symbol}: price {price} is not a positive multiple of the "
                              f"tick {self.tick}")
+        if d.scaleb(8) > wire.PRICE_MAX:
+            raise ValueError(f"{self.symbol}: price {price} is beyond the largest price the "
+                             f"wire carries ({Decimal(wire.PRICE_MAX).scaleb(-8)})")
         return wire.price_to_mantissa(d)
 
     def lots(self, qty: object) -> int:
@@ -617,7 +620,7 @@ class Client:
                 return False
             why = FINAL_REJECTS.get(m.Reason) or RETRY_REJECTS.get(m.Reason) or \
                 f"reason {m.Reason}"
-            self._fail(f"logon refused: {why}{f' ({text})' if text else ''}")
+            self._fail(f"logon refused: {why}{f' ({text})' if text and text != why else ''}")
             return True
         elif tid == wire.LOGOUT:
             self.queue.append(Logout(m.Reason, wire.text(m.Text)))

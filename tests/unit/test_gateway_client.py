@@ -80,7 +80,7 @@ class FakeServer:
                     tid = frame.template_id
                     if tid == wire.LOGON:
                         if wire.text(m.Password) != self.password:
-                            writer.write(wire.encode(wire.LOGON_REJECT, m.SessionID, 1, b"no"))
+                            writer.write(wire.encode(wire.LOGON_REJECT, m.SessionID, 1, b"bad credentials"))
                             await writer.drain()
                             writer.close()
                             return
