@@ -261,3 +261,14 @@ def test_tail_follows_every_stream_of_the_cluster(monkeypatch, capsys, tmp_path)
                                    "in.te.1, out.ce.BTCUSDT, out.ce.ETHUSDT, out.liq, "
                                    "out.te.0, out.te.1")
     assert topo.stream_pubs() == pubs
+
+
+def test_deploy_for_a_host_the_topology_does_not_name_is_status_2(capsys, tmp_path):
+    """README: bad input to any verb is one line on stderr and exit status 2; `seqex deploy
+    systemd --host nosuch` exited with status 1 (a SystemExit with a message)."""
+    code = cli.main(["--insecure", "deploy", "systemd", "--host", "nosuch", "--data",
+                     str(tmp_path), "--out", str(tmp_path / "units")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.endswith("seqex deploy: --host nosuch: no process of the topology runs there "
+                        "(hosts: local)\n") and err.count("\n") == 1 + err.count("WARNING")
