@@ -53,7 +53,8 @@ def register(sub) -> None:
                    help="seconds to wait for reports (default 5; watch: until Ctrl-C)")
     s.add_argument("--account", type=int, default=0, help="account (default: the user's "
                                                           "default account)")
-    s.add_argument("--tif", default="gtc", choices=["gtc", "ioc", "fok", "day"])
+    # no "day": the TradingEngine refuses TIF Day (unsupported, docs/tradingengine.md)
+    s.add_argument("--tif", default="gtc", choices=["gtc", "ioc", "fok"])
     s.add_argument("--post-only", action="store_true")
     s.add_argument("--side", choices=["buy", "sell"], help="amend/cancel of an order not "
                                                            "entered from here")

@@ -85,3 +85,14 @@ def test_no_gateway_and_a_bad_address(tmp_path, capsys):
     assert main(["client", "--user", "a", "--gateway", "nohost", "--password", "x",
                  "--data", str(tmp_path), "watch"]) == 2
     assert "--gateway 'nohost': HOST:PORT" in capsys.readouterr().err
+
+
+def test_tif_day_is_not_offered(tmp_path, capsys):
+    """The TradingEngine refuses TIF Day (unsupported); `seqex client --tif day` offered it
+    and every such order came back rejected. It is refused at the command line instead."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["client", "--user", "alice", "--tif", "day", "--data", str(tmp_path), "buy",
+              "BTCUSDT", "1", "@", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --tif: invalid choice: 'day'" in err and err.count("\n") == 1
