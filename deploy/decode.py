@@ -11,7 +11,8 @@ decoded (in.ce.SYM shows the CrossEngine commands for its symbol, as the engine 
 comments; sides, order types, times in force, flags, reasons and reject codes are words;
 prices and quantities are decimal strings in the contract's units (ticks times ``tick_size``,
 lots times ``lot_size`` from the topology), money stays in integer minor units (fields named
-``*_minor``). A stream with no known codec keeps its payload as hex. A payload that its codec
+``*_minor``) in the dict and reads in the settlement currency in ``line()`` (the suffix
+dropped: ``balance=100000``). A stream with no known codec keeps its payload as hex. A payload that its codec
 cannot parse is shown as ``"malformed"`` with the codec's message and the hex, never dropped.
 
 Field name lists are checked against the codecs' structs at import: a layout that gains or
@@ -699,18 +700,31 @@ def line(d: dict[str, Any]) -> str:
     head = f"{d['seq']:>10} {d['source']:>6}:{d['source_seq']:<8}"
     if d.get("route"):
         head += f" route={d['route']:#x}"
-    skip = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "route", "events"}
+    # the record header's keys, shown above; an event's own fields of those names (a
+    # TransferApplied's kind) are shown with the event
+    header = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "route", "events"}
 
-    def fields(x: dict) -> str:
+    def fields(x: dict, skip: set[str]) -> str:
         name = x.get("command") if "event" not in x else x["event"]
-        rest = " ".join(f"{k}={_short(v)}" for k, v in x.items()
+        rest = " ".join(_money(k, v) for k, v in x.items()
                         if k not in skip and k not in ("command", "event", "text")
                         and v not in (None, []))
         return f"{name} {rest}".rstrip()
 
-    parts = [fields(d)]
-    parts += [fields(e) for e in d.get("events", [])]
+    parts = [fields(d, header)]
+    parts += [fields(e, set()) for e in d.get("events", [])]
     return f"{head} " + " | ".join(parts)
+
+
+MINOR_PER_UNIT = Decimal(10) ** 8   # money: minor units (1e-8) per unit of the settlement currency
+
+
+def _money(k: str, v: Any) -> str:
+    """key=value for a person: money (an integer field named *_minor) in the settlement
+    currency, without the suffix (balance_minor=10000000000000 reads balance=100000)."""
+    if k.endswith("_minor") and type(v) is int:
+        return f"{k[:-len('_minor')]}={_fmt(Decimal(v) / MINOR_PER_UNIT)}"
+    return f"{k}={_short(v)}"
 
 
 def _short(v: Any) -> str:
@@ -722,4 +736,4 @@ def _short(v: Any) -> str:
 
 
 def line_fields(x: dict) -> str:
-    return " ".join(f"{k}={_short(v)}" for k, v in x.items() if v not in (None, []))
+    return " ".join(_money(k, v) for k, v in x.items() if v not in (None, []))

@@ -224,3 +224,21 @@ def test_the_order_path_between_engines_is_decoded_not_hex():
                         by_id, UNITS)
     assert r["from"] == "out.liq" and r["events"][0]["command"] == "NewOrder"
     assert r["events"][0]["qty"] == "0.02" and r["events"][0]["tif"] == "ioc"
+
+
+def test_a_line_shows_money_in_the_settlement_currency_and_json_in_minor_units():
+    """`seqex tail out.te.0` (README: "balances, margin, positions") printed
+    balance_minor=10000000000000 for 100,000 USDT: a person's line is in the settlement
+    currency (balance=100000), the JSON keeps the exact integers under *_minor. An event's
+    own field named like a header key (TransferApplied's kind) was dropped from the line."""
+    payload = (te.EVENT_STRUCTS[te.ACCOUNT].pack(te.ACCOUNT, 2, 10_000_000_000_000,
+                                                 9_999_996_000_000, 3_036_000_000, 1)
+               + te.EVENT_STRUCTS[te.TRANSFER].pack(te.TRANSFER, 1, 2, -5, 0, te.WITHDRAW))
+    r = d.decode_record("out.te.0", rec(3, te.DEPOSIT, payload), BY_ID)
+    assert r["events"][0]["balance_minor"] == 10_000_000_000_000
+    assert json.loads(json.dumps(r)) == r
+    text = d.line(r)
+    assert ("AccountStatus account=2 balance=100000 available=99999.96 order_margin=30.36 "
+            "position_margin=0.00000001") in text, text
+    assert "amount=-0.00000005 balance=0 kind=withdraw" in text, text
+    assert "_minor" not in text
