@@ -207,8 +207,11 @@ def _save_orders(base: str, orders: dict) -> None:
 async def _session(a, action: dict, host: str, port: int, instruments: dict, base: str,
                    password: str) -> int:
     from gateway import client as sdk
-    c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
-                   reconnect=False, connect_timeout_s=15.0)
+    try:
+        c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
+                       reconnect=False, connect_timeout_s=15.0)
+    except sdk.SessionError as exc:   # a damaged or foreign session file: the user acts
+        raise TraderError(str(exc)) from None
     orders = _orders(base)
     mine: int | None = None
     try:

@@ -271,7 +271,10 @@ class SessionState:
             st.last_seen = _field(d, "last_seen", 0, wire.U64_NULL - 1)
             st.next_cl_ord_id = _field(d, "next_cl_ord_id", 1)
             st.outbox = [_outbox_entry(e, st.next_seq) for e in d["outbox"]]
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
+            raise SessionError(f"session file {path} is damaged (no {exc.args[0]}); move it "
+                               f"away to start a new session") from None
+        except (TypeError, ValueError) as exc:
             raise SessionError(f"session file {path} is damaged ({exc}); move it away to "
                                f"start a new session") from None
         return st

@@ -96,3 +96,22 @@ def test_tif_day_is_not_offered(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "argument --tif: invalid choice: 'day'" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, want", [
+    ("{garbage", "cannot be read"),
+    ("[1, 2]", "is damaged (not an object)"),
+    ('{"session_id": 5, "next_seq": 1, "last_seen": 0}', "is damaged (no next_cl_ord_id)"),
+])
+def test_a_damaged_session_file_is_one_line_and_status_2(gateway, tmp_path, capsys, text, want):
+    """A session file the user (or a crash of another tool) damaged was reported as
+    "internal error: SessionError ... (SEQEX_LOG=debug shows the traceback)", status 1: it is
+    the user's to fix (move it away), so it is one plain line and status 2."""
+    _srv, gw = gateway
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients" / "alice.session.json").write_text(text)
+    assert client(gw, tmp_path, "watch") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqex client: session file ") and want in err, err
+    assert "move it away" in err or "cannot be read" in err
+    assert "internal error" not in err and err.count("\n") == 1
