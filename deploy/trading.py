@@ -204,11 +204,16 @@ def demo_path(data_dir: str) -> str:
 
 
 def demo_passwords(data_dir: str) -> dict[str, str]:
+    """{user: password} of the demo users file; {} when it is missing or damaged (then
+    `seqex client` asks for --password)."""
     try:
         with open(demo_path(data_dir), encoding="utf-8") as f:
-            return dict(json.load(f).get("passwords", {}))
+            passwords = json.load(f).get("passwords", {})
     except (OSError, ValueError, AttributeError):
         return {}
+    if not isinstance(passwords, dict):
+        return {}
+    return {u: p for u, p in passwords.items() if isinstance(p, str)}
 
 
 def _write_demo(data_dir: str, doc: dict) -> None:

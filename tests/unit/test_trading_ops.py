@@ -58,3 +58,14 @@ def test_demo_users_are_made_once_in_their_shards(tmp_path):
     assert trading.demo_passwords(str(tmp_path)) == made
     assert os.stat(trading.demo_path(str(tmp_path))).st_mode & 0o777 == 0o600
     assert json.load(open(trading.demo_path(str(tmp_path))))["deposited"] is False
+
+
+@pytest.mark.parametrize("text", ['{"passwords": 5}', '{"passwords": {"alice": 7}}', "[]",
+                                  "junk"])
+def test_a_damaged_demo_users_file_gives_no_password_not_an_internal_error(tmp_path, text):
+    """`seqex client` looks up the demo password; '{"passwords": 5}' raised TypeError there
+    ("internal error", status 1). A damaged file holds no passwords: the client says to give
+    --password."""
+    with open(trading.demo_path(str(tmp_path)), "w") as f:
+        f.write(text)
+    assert trading.demo_passwords(str(tmp_path)) == {}
