@@ -161,7 +161,8 @@ def cmd_account(a: argparse.Namespace) -> int:
             topo, pid = read_state(a.data)
         except NotUp:
             topo = topology.load(a.topology, a.data)
-        user, password = trading.create_user(topo, a.args[0], accounts, a.password)
+        user, password = trading.create_user(topo, a.args[0], accounts, a.password,
+                                             replace=a.replace)
         shown = "" if a.password else f", password {password} (shown once)"
         print(f"user {user.name} (id {user.user}): accounts "
               f"{', '.join(map(str, user.accounts))}{shown}; in {trading.accounts_path(topo)}")
@@ -171,8 +172,8 @@ def cmd_account(a: argparse.Namespace) -> int:
         return 0
     if len(a.args) != 2:
         raise UsageError(f"usage: seqex account {a.op} ACCOUNT AMOUNT (USDT)")
-    account = int_range(1, (1 << 32) - 1)(a.args[0]) if a.args[0].isdigit() else None
-    if account is None:
+    account = int(a.args[0]) if a.args[0].isdigit() else None
+    if account is None or not 1 <= account <= (1 << 32) - 1:
         raise UsageError(f"account {a.args[0]!r}: a number in 1 .. 2**32-1")
     amount = trading.minor_units(a.args[1])
     topo, _pid = read_state(a.data)
@@ -864,6 +865,8 @@ def parser() -> Parser:
     s.add_argument("args", nargs="*", help="create: NAME; deposit|withdraw: ACCOUNT AMOUNT")
     s.add_argument("--accounts", help="create: the user's accounts, e.g. 2,4 (one shard)")
     s.add_argument("--password", help="create: default: a random one, printed once")
+    s.add_argument("--replace", action="store_true",
+                   help="create: replace an existing user (new password, these accounts)")
     s.add_argument("--transfer-id", type=int_range(1, (1 << 64) - 1),
                    help="deposit|withdraw: a unique id (default: from the clock); a retry "
                         "with the same id never moves money twice")
