@@ -161,7 +161,8 @@ def cmd_account(a: argparse.Namespace) -> int:
             topo, pid = read_state(a.data)
         except NotUp:
             topo = topology.load(a.topology, a.data)
-        user, password = trading.create_user(topo, a.args[0], accounts, a.password)
+        user, password = trading.create_user(topo, a.args[0], accounts, a.password,
+                                             replace=a.replace)
         shown = "" if a.password else f", password {password} (shown once)"
         print(f"user {user.name} (id {user.user}): accounts "
               f"{', '.join(map(str, user.accounts))}{shown}; in {trading.accounts_path(topo)}")
@@ -171,8 +172,8 @@ def cmd_account(a: argparse.Namespace) -> int:
         return 0
     if len(a.args) != 2:
         raise UsageError(f"usage: seqex account {a.op} ACCOUNT AMOUNT (USDT)")
-    account = int_range(1, (1 << 32) - 1)(a.args[0]) if a.args[0].isdigit() else None
-    if account is None:
+    account = int(a.args[0]) if a.args[0].isdigit() else None
+    if account is None or not 1 <= account <= (1 << 32) - 1:
         raise UsageError(f"account {a.args[0]!r}: a number in 1 .. 2**32-1")
     amount = trading.minor_units(a.args[1])
     topo, _pid = read_state(a.data)
@@ -331,15 +332,16 @@ class _StreamView:
                 units = by_id.get(sym["symbol_id"])
             self.replicators = self.replicators or self.topo.replicator_addrs()
             if need_pub and not self.pub:
-                if sym is None:
+                pub = self.topo.stream_pubs().get(a.stream)
+                if pub is None:
                     raise UsageError(self._unknown())
-                self.pub = sym["pub"] if a.stream == sym["in"] else sym["out_pub"]
+                self.pub = pub
         self.by_id, self.units = by_id, units
         self.filters = {"kind": getattr(a, "kind", None), "account": getattr(a, "account", None),
                         "order": getattr(a, "order", None)}
 
     def _unknown(self) -> str:
-        names = sorted(n for s in self.topo.symbols.values() for n in (s["in"], s["out"]))
+        names = sorted(self.topo.stream_pubs())
         return (f"unknown stream {self.a.stream!r}: the cluster in {self.a.data} has "
                 f"{', '.join(names)}")
 
@@ -347,7 +349,7 @@ class _StreamView:
         """The highest committed seq any replicator holds, or None when the stream is one
         they do not store (not replicated). UsageError for a stream nobody knows."""
         from mq.control import ping
-        known = self.topo is not None and self.topo.symbol_of_stream(self.a.stream) is not None
+        known = self.topo is not None and self.a.stream in self.topo.stream_pubs()
         ends, answered = [], 0
         for addr in list(self.replicators):
             st = ping(addr, timeout_s=2.0)
@@ -381,10 +383,9 @@ class _StreamView:
                          "cluster up? (`seqex status`)")
 
     def _not_replicated(self) -> bool:
-        sym = self.topo.symbol_of_stream(self.a.stream)
         mirror = next((p for p in self.topo.procs if p.role == "mirror"
                        and p.stream == self.a.stream), None)
-        return sym is not None and mirror is not None and "none" in mirror.args
+        return mirror is not None and "none" in mirror.args
 
     def show(self, rec: tuple) -> bool:
         """Print one record if the filters keep it; whether it was printed."""
@@ -864,6 +865,8 @@ def parser() -> Parser:
     s.add_argument("args", nargs="*", help="create: NAME; deposit|withdraw: ACCOUNT AMOUNT")
     s.add_argument("--accounts", help="create: the user's accounts, e.g. 2,4 (one shard)")
     s.add_argument("--password", help="create: default: a random one, printed once")
+    s.add_argument("--replace", action="store_true",
+                   help="create: replace an existing user (new password, these accounts)")
     s.add_argument("--transfer-id", type=int_range(1, (1 << 64) - 1),
                    help="deposit|withdraw: a unique id (default: from the clock); a retry "
                         "with the same id never moves money twice")

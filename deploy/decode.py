@@ -2,12 +2,17 @@
 the client's outcomes).
 
 ``decode_record(stream, record, units)`` gives a dict: the record header, then the command
-(in.ce.*, in.te.*) or the events (out.ce.*, out.te.*) decoded with the engine's own codec
-(crossengine/codec.py, tradingengine/codec.py; read only). Field names follow the codecs'
+(in.ce.*, in.te.*, in.liq) or the events (out.ce.*, out.te.*, out.liq) decoded with the
+engine's own codec (crossengine/codec.py, tradingengine/codec.py, liqengine/codec.py; read
+only). A record taken from another engine's out stream (its source is one of
+deploy/topology.py's SRC_* ids: an order from out.te.N in in.ce.SYM, fills from out.ce.SYM in
+in.te.N) is ``"command": "Upstream"`` with ``"from"`` naming that stream and its events
+decoded (in.ce.SYM shows the CrossEngine commands for its symbol, as the engine applies them). Field names follow the codecs'
 comments; sides, order types, times in force, flags, reasons and reject codes are words;
 prices and quantities are decimal strings in the contract's units (ticks times ``tick_size``,
 lots times ``lot_size`` from the topology), money stays in integer minor units (fields named
-``*_minor``). A stream with no known codec keeps its payload as hex. A payload that its codec
+``*_minor``) in the dict and reads in the settlement currency in ``line()`` (the suffix
+dropped: ``balance=100000``). A stream with no known codec keeps its payload as hex. A payload that its codec
 cannot parse is shown as ``"malformed"`` with the codec's message and the hex, never dropped.
 
 Field name lists are checked against the codecs' structs at import: a layout that gains or
@@ -21,6 +26,8 @@ from decimal import Decimal
 from typing import Any
 
 from crossengine import codec as ce
+from deploy import topology as _topo
+from liqengine import codec as liq
 from tradingengine import codec as te
 
 KIND_TICK = 1
@@ -150,17 +157,12 @@ REJECT_TEXT = {
 
 
 def reject_name(code: int) -> str:
-    return ce.REJECT_CODES.get(code) or te.REJECT_CODES.get(code) or f"code_{code}"
+    return ce.REJECT_CODES.get(code) or te.REJECT_CODES.get(code) \
+        or liq.REJECT_CODES.get(code) or f"code_{code}"
 
 
 def reject_text(code: int) -> str:
     return REJECT_TEXT.get(code, reject_name(code).replace("_", " "))
-
-
-# The show letters of fields that print as a word from a table of names.
-WORDS = {"s": SIDES, "o": ORD_TYPES, "t": TIFS, "x": STP, "r": CE_REASONS, "E": EXEC_TYPES,
-         "O": ORD_STATUSES, "B": TRIGGER_BY, "M": MARGIN_MODES, "L": LIQUIDITY,
-         "T": TRANSFER_KINDS, "X": RESPONSE_TO, "G": SCOPES}
 
 
 def _word(table: dict[int, str], v: int) -> str:
@@ -264,8 +266,48 @@ SESSION_BLOCKS = {
     te.P_BUSINESS_REJECT: ("BusinessReject", "seq_no transact_time ref_seq_no ref_id "
                            "ref_template reason flags text"),
 }
+SESSION_BLOCKS.update({
+    te.P_NEW_ORDER: ("NewOrderSingle", "seq_no sending_time client_order_id price_e8 qty "
+                     "security_id account side ord_type tif flags"),
+    te.P_CANCEL: ("OrderCancelRequest", "seq_no sending_time client_order_id "
+                  "orig_client_order_id order_id security_id side flags"),
+    te.P_REPLACE: ("OrderCancelReplaceRequest", "seq_no sending_time client_order_id "
+                   "orig_client_order_id order_id price_e8 qty security_id side ord_type tif "
+                   "flags"),
+    te.P_MASS_CANCEL: ("OrderMassCancelRequest", "seq_no sending_time client_order_id "
+                       "security_id request_type side flags"),
+})
 SESSION_COMMANDS = {te.SESSION_LOGON: "SessionLogon", te.SESSION_END: "SessionEnd",
                     te.GATEWAY_START: "GatewayStart", te.CLIENT_MESSAGE: "ClientMessage"}
+# the gateway's session records into in.te.N (tradingengine/codec.py): fixed part, names
+SESSION_PAYLOADS = {
+    te.SESSION_LOGON: (te.SESSION_LOGON_S, "user session_id conn_id default_account "
+                       "cancel_on_disconnect cod_timeout_ms n_accounts"),
+    te.SESSION_END: (te.SESSION_END_S, "user session_id conn_id reason"),
+    te.GATEWAY_START: (te.GATEWAY_START_S, "gateway"),
+    te.CLIENT_MESSAGE: (te.CLIENT_MESSAGE_S, "user session_id gateway_flags template"),
+}
+LIQ_COMMANDS = {
+    liq.MARK_PRICE: ("symbol price", "yP"),
+    liq.FUND_DEPOSIT: ("transfer_id amount_minor", "im"),
+}
+FUND_REASONS = {liq.FUND_DEPOSIT_REASON: "deposit", liq.FUND_RESIDUE: "residue",
+                liq.FUND_CLOSE_OUT: "close_out", liq.FUND_DEFICIT: "deficit"}
+LIQ_EVENTS = {
+    liq.CE_COMMAND: ("symbol ce_kind length", "yii"),
+    liq.ADL: ("adl_id account symbol qty price", "iiyzP"),
+    liq.TAKEOVER: ("shard account symbol size bankruptcy_price residue_minor", "iiyzPm"),
+    liq.FUND_CHANGED: ("balance_minor change_minor reason", "mmF"),
+    liq.ADL_INDICATOR: ("account symbol quintile", "iyi"),
+    liq.REJECTED: ("code input_kind reference", "cii"),
+    liq.LIQ_POSITION: ("symbol size cost_minor realised_pnl_minor", "yzmm"),
+}
+
+
+# The show letters of fields that print as a word from a table of names.
+WORDS = {"s": SIDES, "o": ORD_TYPES, "t": TIFS, "x": STP, "r": CE_REASONS, "E": EXEC_TYPES,
+         "O": ORD_STATUSES, "B": TRIGGER_BY, "M": MARGIN_MODES, "L": LIQUIDITY,
+         "T": TRANSFER_KINDS, "X": RESPONSE_TO, "G": SCOPES, "F": FUND_REASONS}
 
 
 def _n_fields(s: struct.Struct | None) -> int:
@@ -282,15 +324,26 @@ def _check_layouts() -> None:
               for k, (names, shows) in TE_COMMANDS.items()]
     pairs += [(f"TradingEngine event {k}", te.EVENT_STRUCTS[k], names, shows)
               for k, (names, shows) in TE_EVENTS.items()]
+    pairs += [(f"LiqEngine command {k}", liq.COMMAND_STRUCTS[k], names, shows)
+              for k, (names, shows) in LIQ_COMMANDS.items()]
+    pairs += [(f"LiqEngine event {k}", liq.EVENT_STRUCTS[k], names, shows)
+              for k, (names, shows) in LIQ_EVENTS.items()]
+    pairs += [(f"TradingEngine session command {k}", st, names, "i" * len(names.split()))
+              for k, (st, names) in SESSION_PAYLOADS.items()]
+    pairs += [(f"PROTOCOL.md template {k}", te.P_STRUCTS[k], names, "i" * len(names.split()))
+              for k, (_m, names) in SESSION_BLOCKS.items()]
     for what, s, names, shows in pairs:
-        n = _n_fields(s) - (1 if what.startswith(("CrossEngine event", "TradingEngine event"))
-                            else 0)
+        n = _n_fields(s) - (1 if what.startswith(("CrossEngine event", "TradingEngine event",
+                                                  "LiqEngine event")) else 0)
         if len(names.split()) != n or len(shows) != n:
             raise ImportError(f"deploy/decode.py: {what} has {n} fields, the decoder names "
                               f"{len(names.split())}: update it with the codec")
     missing = (set(ce.COMMAND_STRUCTS) - set(CE_COMMANDS)) | (set(ce.EVENT_STRUCTS)
                                                                - set(CE_EVENTS)) \
-        | (set(te.COMMAND_STRUCTS) - set(TE_COMMANDS)) | (set(te.EVENT_STRUCTS) - set(TE_EVENTS))
+        | (set(te.COMMAND_STRUCTS) - set(TE_COMMANDS)) | (set(te.EVENT_STRUCTS) - set(TE_EVENTS)) \
+        | (set(liq.COMMAND_STRUCTS) - set(LIQ_COMMANDS)) | (set(liq.EVENT_STRUCTS)
+                                                            - set(LIQ_EVENTS)) \
+        | (set(te.P_STRUCTS) - set(SESSION_BLOCKS))
     if missing:
         raise ImportError(f"deploy/decode.py: no decoder for kinds {sorted(missing)}")
 
@@ -371,7 +424,7 @@ def te_command(kind: int, payload: bytes, by_id: dict[int, Units]) -> dict[str, 
     if kind == KIND_TICK:
         return {"command": "Tick"}
     if kind in SESSION_COMMANDS:
-        return {"command": SESSION_COMMANDS[kind], "payload_hex": payload.hex()}
+        return session_command(kind, payload, by_id)
     s = te.COMMAND_STRUCTS.get(kind)
     if s is None:
         return {"command": f"unknown({kind})", "payload_hex": payload.hex()}
@@ -388,6 +441,142 @@ def te_command(kind: int, payload: bytes, by_id: dict[int, Units]) -> dict[str, 
     return out
 
 
+def session_command(kind: int, payload: bytes, by_id: dict[int, Units]) -> dict[str, Any]:
+    """A gateway's session record into in.te.N: its fields, the user's accounts (SessionLogon)
+    and the client's PROTOCOL.md message (ClientMessage), as the TradingEngine reads them."""
+    name = SESSION_COMMANDS[kind]
+    st, names = SESSION_PAYLOADS[kind]
+    if len(payload) < st.size:
+        return {"command": name, "malformed": f"{len(payload)} bytes, the layout has at least "
+                                              f"{st.size}", "payload_hex": payload.hex()}
+    values = st.unpack_from(payload)
+    out: dict[str, Any] = {"command": name, **dict(zip(names.split(), values, strict=True))}
+    rest = payload[st.size:]
+    if kind == te.SESSION_LOGON:
+        n = out.pop("n_accounts")
+        if len(rest) in (4 * n, 4 * n + 8):
+            out["accounts"] = list(struct.unpack_from(f"<{n}I", rest))
+            if len(rest) == 4 * n + 8:
+                out["next_expected"] = struct.unpack_from("<Q", rest, 4 * n)[0]
+            rest = b""
+    elif kind == te.CLIENT_MESSAGE:
+        template = out["template"]
+        block = SESSION_BLOCKS.get(template)
+        if block is not None and len(rest) == te.P_STRUCTS[template].size:
+            out["message"] = _session_block(template, rest, by_id)
+            rest = b""
+    if rest:
+        out["rest_hex"] = rest.hex()
+    return out
+
+
+# PROTOCOL.md fields that are one ASCII character (FIX enums) and 1e-8 price mantissas
+P_CHARS = {"side", "ord_type", "tif", "exec_type", "ord_status", "request_type", "response",
+           "response_to"}
+P_PRICES = {"price_e8", "last_price_e8"}
+P_QTYS = {"qty", "last_qty", "leaves", "cum_qty"}
+
+
+def _session_block(template: int, block: bytes, by_id: dict[int, Units]) -> dict[str, Any]:
+    """A PROTOCOL.md root block as the TradingEngine keeps it: enums as their FIX characters,
+    prices in the quote currency (the wire's 1e-8 mantissa; null as None), quantities in the
+    contract's units when the SecurityID is known."""
+    msg, block_names = SESSION_BLOCKS[template]
+    d = dict(zip(block_names.split(), te.P_STRUCTS[template].unpack(block), strict=True))
+    units = by_id.get(d.get("security_id", d.get("symbol", -1)))
+    out: dict[str, Any] = {"name": msg}
+    for k, v in d.items():
+        if isinstance(v, bytes):
+            out[k] = v.rstrip(b"\0").decode("ascii", "replace")
+        elif k in P_CHARS:
+            out[k] = chr(v) if 32 < v < 127 else v
+        elif k in P_PRICES:
+            out[k[:-3]] = None if v == te.P_NULL_PRICE else _fmt(Decimal(v) / te.P_PRICE_SCALE)
+        elif k in P_QTYS and units is not None:
+            out[k] = units.qty(v)
+        else:
+            out[k] = v
+    return out
+
+
+def liq_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
+    """A LiqEngine output payload (out.liq, and out.liq taken into in.ce.* and in.te.*)."""
+    try:
+        events = liq.decode_events(payload)
+    except ValueError as exc:
+        return [{"event": "malformed", "error": str(exc), "payload_hex": payload.hex()}]
+    out = []
+    for ev in events:
+        names, shows = LIQ_EVENTS[ev[0]]
+        fields = ev[1:4] if ev[0] == liq.CE_COMMAND else ev[1:]
+        d = {"event": liq.EVENT_NAMES[ev[0]], **_show(names, shows, fields, UNKNOWN, by_id)}
+        if ev[0] == liq.CE_COMMAND:
+            d["command"] = ce_command(ev[2], ev[4], by_id.get(ev[1], UNKNOWN))
+            d["ce_kind"] = d["command"]["command"]
+        out.append(d)
+    return out
+
+
+def liq_command(kind: int, payload: bytes, by_id: dict[int, Units]) -> dict[str, Any]:
+    if kind == KIND_TICK:
+        return {"command": "Tick"}
+    s = liq.COMMAND_STRUCTS.get(kind)
+    if s is None:
+        return {"command": f"unknown({kind})", "payload_hex": payload.hex()}
+    name = liq.COMMAND_NAMES[kind]
+    if len(payload) != s.size:
+        return {"command": name, "malformed": f"{len(payload)} bytes, the layout has {s.size}",
+                "payload_hex": payload.hex()}
+    names, shows = LIQ_COMMANDS[kind]
+    return {"command": name, **_show(names, shows, s.unpack(payload), UNKNOWN, by_id)}
+
+
+# -- upstream records: one engine's out stream taken into another's in stream ----------------
+
+def upstream_of(source: int) -> tuple[str, int] | None:
+    """("out.ce", symbol_id), ("out.te", shard) or ("out.liq", 0) for a source id that is
+    another engine's out stream (deploy/topology.py SRC_*, docs/order-path.md §1-§2); None for
+    a producer (a gateway, an oracle, the operator, a tool). Such a record's kind is the kind
+    of the record upstream, and its payload that engine's output events."""
+    base, n = source & 0xFF00_0000, source & 0x00FF_FFFF
+    if base in (_topo.SRC_CE_OUT, _topo.SRC_CE_TO_LIQ):
+        return "out.ce", n
+    if base in (_topo.SRC_TE_OUT, _topo.SRC_TE_TO_LIQ):
+        return "out.te", n
+    if source == _topo.SRC_LIQ_OUT:
+        return "out.liq", 0
+    return None
+
+
+def _upstream(up: tuple[str, int], payload: bytes, by_id: dict[int, Units]
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header fields and the events of a record taken from another engine's out stream."""
+    kind, n = up
+    if kind == "out.ce":
+        units = by_id.get(n, Units(f"symbol {n}", n))
+        return {"from": f"out.ce.{units.name}"}, ce_events(payload, units)
+    if kind == "out.te":
+        return {"from": f"out.te.{n}"}, te_events(payload, by_id)
+    return {"from": "out.liq"}, liq_events(payload, by_id)
+
+
+def _ce_commands_of(events: list[dict[str, Any]], units: Units) -> list[dict[str, Any]]:
+    """The CrossEngine commands among an upstream record's events that in.ce.SYM applies:
+    those for its symbol (all of them, each naming its symbol, when the symbol is unknown)."""
+    out = []
+    for e in events:
+        cmd = e.get("command")
+        if e.get("event") != "CrossEngineCommand" or not isinstance(cmd, dict):
+            if e.get("event") == "malformed":
+                out.append(e)
+            continue
+        if units is UNKNOWN:
+            out.append({**cmd, "symbol": e.get("symbol")})
+        elif e.get("symbol") == units.name:
+            out.append(cmd)
+    return out
+
+
 def te_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
     try:
         events = te.decode_events(payload)
@@ -399,12 +588,7 @@ def te_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
         fields = ev[1:4] if ev[0] in (te.CE_COMMAND, te.SESSION_MESSAGE) else ev[1:]
         d = {"event": te.EVENT_NAMES[ev[0]], **_show(names, shows, fields, UNKNOWN, by_id)}
         if ev[0] == te.SESSION_MESSAGE:
-            msg, block_names = SESSION_BLOCKS[ev[3]]
-            values = te.P_STRUCTS[ev[3]].unpack(ev[4])
-            d["message"] = {"name": msg, **{k: (v.rstrip(b"\0").decode("ascii", "replace")
-                                                if isinstance(v, bytes) else v)
-                                            for k, v in zip(block_names.split(), values,
-                                                            strict=True)}}
+            d["message"] = _session_block(ev[3], ev[4], by_id)
         if ev[0] == te.CE_COMMAND:
             d["command"] = ce_command(ev[2], ev[4], by_id.get(ev[1], UNKNOWN))
             d["ce_kind"] = d["command"]["command"]
@@ -423,21 +607,49 @@ def decode_record(stream: str, rec: tuple, by_id: dict[int, Units],
     if len(rec) > 7 and rec[7]:
         d["route"] = rec[7]
     units = stream_units or UNKNOWN
-    if stream.startswith("in.ce."):
+    # A record taken from another engine's out stream (an order from out.te.N into in.ce.SYM,
+    # fills from out.ce.SYM into in.te.N, ...) is named by where it comes from: its kind is
+    # the upstream record's, its payload that engine's events.
+    up = upstream_of(src) if kind != KIND_TICK else None
+    if stream.startswith("in.") and up is not None:
+        head, events = _upstream(up, payload, by_id)
+        d.update({"command": "Upstream", **head})
+        if stream.startswith("in.ce."):
+            events = _ce_commands_of(events, units)
+        d["events"] = events
+    elif stream.startswith("in.ce."):
         d.update(ce_command(kind, payload, units))
     elif stream.startswith("out.ce."):
-        d["command"] = "Tick" if kind == KIND_TICK else CE_COMMANDS.get(
-            kind, (f"unknown({kind})",))[0]
+        d.update(_out_command(kind, up, CE_COMMANDS.get(kind, (None,))[0], by_id))
         d["events"] = ce_events(payload, units)
     elif stream.startswith("in.te."):
         d.update(te_command(kind, payload, by_id))
     elif stream.startswith("out.te."):
-        d["command"] = "Tick" if kind == KIND_TICK else te.COMMAND_NAMES.get(
-            kind, f"unknown({kind})")
+        d.update(_out_command(kind, up, te.COMMAND_NAMES.get(kind), by_id))
         d["events"] = te_events(payload, by_id)
+    elif stream == "in.liq":
+        d.update(liq_command(kind, payload, by_id))
+    elif stream == "out.liq":
+        d.update(_out_command(kind, up, liq.COMMAND_NAMES.get(kind), by_id))
+        d["events"] = liq_events(payload, by_id)
     else:
         d["payload_hex"] = payload.hex()
     return d
+
+
+def _out_command(kind: int, up: tuple[str, int] | None, name: str | None,
+                 by_id: dict[int, Units]) -> dict[str, Any]:
+    """What an output record answers: its input's command, or the upstream stream its input
+    came from (an output record keeps its input's source, kind and seq)."""
+    if kind == KIND_TICK:
+        return {"command": "Tick"}
+    if up is not None:
+        n = up[1]
+        return {"command": "Upstream", "from": (f"out.ce.{by_id[n].name}" if up[0] == "out.ce"
+                                                and n in by_id else
+                                                f"{up[0]}.{n}" if up[0] != "out.liq"
+                                                else "out.liq")}
+    return {"command": name or f"unknown({kind})"}
 
 
 def is_tick(rec: tuple) -> bool:
@@ -458,8 +670,9 @@ def _walk(d: Any):
 
 def known_names() -> set[str]:
     """Every command and event name the codecs give, lower case (what --kind accepts)."""
-    names = {"tick", "malformed"} | {n.lower() for n, *_ in CE_COMMANDS.values()}
-    for table in (ce.EVENT_NAMES, te.COMMAND_NAMES, te.EVENT_NAMES):
+    names = {"tick", "malformed", "upstream"} | {n.lower() for n, *_ in CE_COMMANDS.values()}
+    for table in (ce.EVENT_NAMES, te.COMMAND_NAMES, te.EVENT_NAMES, liq.COMMAND_NAMES,
+                  liq.EVENT_NAMES):
         names |= {str(n).lower() for n in table.values()}
     return names
 
@@ -487,18 +700,31 @@ def line(d: dict[str, Any]) -> str:
     head = f"{d['seq']:>10} {d['source']:>6}:{d['source_seq']:<8}"
     if d.get("route"):
         head += f" route={d['route']:#x}"
-    skip = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "route", "events"}
+    # the record header's keys, shown above; an event's own fields of those names (a
+    # TransferApplied's kind) are shown with the event
+    header = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "route", "events"}
 
-    def fields(x: dict) -> str:
+    def fields(x: dict, skip: set[str]) -> str:
         name = x.get("command") if "event" not in x else x["event"]
-        rest = " ".join(f"{k}={_short(v)}" for k, v in x.items()
+        rest = " ".join(_money(k, v) for k, v in x.items()
                         if k not in skip and k not in ("command", "event", "text")
                         and v not in (None, []))
         return f"{name} {rest}".rstrip()
 
-    parts = [fields(d)]
-    parts += [fields(e) for e in d.get("events", [])]
+    parts = [fields(d, header)]
+    parts += [fields(e, set()) for e in d.get("events", [])]
     return f"{head} " + " | ".join(parts)
+
+
+MINOR_PER_UNIT = Decimal(10) ** 8   # money: minor units (1e-8) per unit of the settlement currency
+
+
+def _money(k: str, v: Any) -> str:
+    """key=value for a person: money (an integer field named *_minor) in the settlement
+    currency, without the suffix (balance_minor=10000000000000 reads balance=100000)."""
+    if k.endswith("_minor") and type(v) is int:
+        return f"{k[:-len('_minor')]}={_fmt(Decimal(v) / MINOR_PER_UNIT)}"
+    return f"{k}={_short(v)}"
 
 
 def _short(v: Any) -> str:
@@ -510,4 +736,4 @@ def _short(v: Any) -> str:
 
 
 def line_fields(x: dict) -> str:
-    return " ".join(f"{k}={_short(v)}" for k, v in x.items() if v not in (None, []))
+    return " ".join(_money(k, v) for k, v in x.items() if v not in (None, []))

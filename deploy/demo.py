@@ -102,7 +102,7 @@ def robot_users(topo, n: int, log=print) -> list[tuple[str, str, list[int]]]:
             continue
         account = ROBOT_ACCOUNT_BASE + i
         pw = secrets.token_urlsafe(12)
-        trading.create_user(topo, name, [account], pw)
+        trading.create_user(topo, name, [account], pw, replace=True)   # its own robot user
         users[name] = {"password": pw, "accounts": [account], "funded": False}
         changed = True
     if changed:

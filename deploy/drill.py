@@ -900,7 +900,7 @@ def gateway_users(topo, log=lambda _line: None) -> list[tuple[str, str, int]]:
         pw = secrets.token_urlsafe(12)
         account = GW_ACCOUNT_BASE + i * n        # both on one shard: pairs meet in one order
         try:
-            trading.create_user(topo, name, [account], pw)
+            trading.create_user(topo, name, [account], pw, replace=True)   # the drill's own
         except trading.TradingError as exc:
             raise DrillError(f"kill-gateway: cannot add the drill's user {name}: {exc}") from None
         users[name] = {"password": pw, "account": account, "funded": False}

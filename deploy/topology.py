@@ -139,6 +139,21 @@ class Topology:
                 return s
         return None
 
+    def stream_pubs(self) -> dict[str, str]:
+        """Every stream of the cluster and the address it is published on: in.ce.SYM and
+        out.ce.SYM of each symbol, in.te.N and out.te.N of each TradingEngine shard, in.liq
+        and out.liq (what `seqex tail` and `replay` may follow)."""
+        out = {}
+        tables = list(self.symbols.values())
+        if self.trading:
+            tables += list(self.trading.get("shards") or [])
+            if self.trading.get("liq"):
+                tables.append(self.trading["liq"])
+        for t in tables:
+            out[t["in"]] = t["pub"]
+            out[t["out"]] = t["out_pub"]
+        return out
+
     def to_json(self) -> str:
         return json.dumps({"data_dir": self.data_dir, "symbols": self.symbols,
                            "trading": self.trading, "marketdata": self.marketdata,

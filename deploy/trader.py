@@ -53,7 +53,8 @@ def register(sub) -> None:
                    help="seconds to wait for reports (default 5; watch: until Ctrl-C)")
     s.add_argument("--account", type=int, default=0, help="account (default: the user's "
                                                           "default account)")
-    s.add_argument("--tif", default="gtc", choices=["gtc", "ioc", "fok", "day"])
+    # no "day": the TradingEngine refuses TIF Day (unsupported, docs/tradingengine.md)
+    s.add_argument("--tif", default="gtc", choices=["gtc", "ioc", "fok"])
     s.add_argument("--post-only", action="store_true")
     s.add_argument("--side", choices=["buy", "sell"], help="amend/cancel of an order not "
                                                            "entered from here")
@@ -206,8 +207,11 @@ def _save_orders(base: str, orders: dict) -> None:
 async def _session(a, action: dict, host: str, port: int, instruments: dict, base: str,
                    password: str) -> int:
     from gateway import client as sdk
-    c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
-                   reconnect=False, connect_timeout_s=15.0)
+    try:
+        c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
+                       reconnect=False, connect_timeout_s=15.0)
+    except sdk.SessionError as exc:   # a damaged or foreign session file: the user acts
+        raise TraderError(str(exc)) from None
     orders = _orders(base)
     mine: int | None = None
     try:

@@ -72,12 +72,23 @@ def accounts_path(topo) -> str:
     return _trading(topo).get("accounts") or os.path.join(topo.data_dir, "accounts.json")
 
 
-def create_user(topo, name: str, accounts: list[int], password: str | None = None):
-    """Add (or replace) a user in the accounts file; returns (User, password)."""
+def create_user(topo, name: str, accounts: list[int], password: str | None = None,
+                replace: bool = False):
+    """Add a user to the accounts file; returns (User, password). A user of that name is
+    refused unless ``replace``: replacing takes its accounts (and the money and positions in
+    them) away from whoever logs on with the old password, so it is never a side effect of a
+    mistyped name."""
     from gateway import accounts as acc
     password = password or secrets.token_urlsafe(12)
+    path = accounts_path(topo)
     try:
-        user = acc.add_user(accounts_path(topo), name, password, accounts,
+        if not replace and os.path.exists(path):
+            old = acc.load(path).user(name)
+            if old is not None:
+                raise TradingError(
+                    f"user {name!r} exists (accounts {', '.join(map(str, old.accounts))}); "
+                    f"--replace gives it a new password and these accounts")
+        user = acc.add_user(path, name, password, accounts,
                             n_shards=_trading(topo)["n_shards"])
     except acc.AccountsError as exc:
         raise TradingError(str(exc)) from None
@@ -204,11 +215,16 @@ def demo_path(data_dir: str) -> str:
 
 
 def demo_passwords(data_dir: str) -> dict[str, str]:
+    """{user: password} of the demo users file; {} when it is missing or damaged (then
+    `seqex client` asks for --password)."""
     try:
         with open(demo_path(data_dir), encoding="utf-8") as f:
-            return dict(json.load(f).get("passwords", {}))
+            passwords = json.load(f).get("passwords", {})
     except (OSError, ValueError, AttributeError):
         return {}
+    if not isinstance(passwords, dict):
+        return {}
+    return {u: p for u, p in passwords.items() if isinstance(p, str)}
 
 
 def _write_demo(data_dir: str, doc: dict) -> None:

@@ -158,6 +158,9 @@ def _user_from_json(name, d, n_shards: int | None) -> User:
         raise AccountsError(f"{where}: accounts must be u32, got {accounts!r}")
     if len(set(accounts)) != len(accounts):
         raise AccountsError(f"{where}: an account is listed twice")
+    if 0 in accounts:
+        raise AccountsError(f"{where}: account 0 cannot be a user's: on the wire it means the "
+                            f"session's default account (PROTOCOL.md NewOrderSingle.Account)")
     reserved = [a for a in accounts if a >= RESERVED_ACCOUNT_MIN]
     if reserved:
         raise AccountsError(f"{where}: account {reserved[0]} is reserved (ids from "

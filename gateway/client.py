@@ -101,6 +101,9 @@ class Instrument:
         if d <= 0 or _off_grid(d, self.tick):
             raise ValueError(f"{self.symbol}: price {price} is not a positive multiple of the "
                              f"tick {self.tick}")
+        if d.scaleb(8) > wire.PRICE_MAX:
+            raise ValueError(f"{self.symbol}: price {price} is beyond the largest price the "
+                             f"wire carries ({Decimal(wire.PRICE_MAX).scaleb(-8)})")
         return wire.price_to_mantissa(d)
 
     def lots(self, qty: object) -> int:
@@ -268,7 +271,10 @@ class SessionState:
             st.last_seen = _field(d, "last_seen", 0, wire.U64_NULL - 1)
             st.next_cl_ord_id = _field(d, "next_cl_ord_id", 1)
             st.outbox = [_outbox_entry(e, st.next_seq) for e in d["outbox"]]
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
+            raise SessionError(f"session file {path} is damaged (no {exc.args[0]}); move it "
+                               f"away to start a new session") from None
+        except (TypeError, ValueError) as exc:
             raise SessionError(f"session file {path} is damaged ({exc}); move it away to "
                                f"start a new session") from None
         return st
@@ -617,7 +623,7 @@ class Client:
                 return False
             why = FINAL_REJECTS.get(m.Reason) or RETRY_REJECTS.get(m.Reason) or \
                 f"reason {m.Reason}"
-            self._fail(f"logon refused: {why}{f' ({text})' if text else ''}")
+            self._fail(f"logon refused: {why}{f' ({text})' if text and text != why else ''}")
             return True
         elif tid == wire.LOGOUT:
             self.queue.append(Logout(m.Reason, wire.text(m.Text)))
@@ -765,7 +771,11 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
         elif r.exec_type == "new":
             body = "accepted, resting" if r.leaves_qty and r.ord_type == "limit" else "accepted"
         elif r.exec_type == "rejected":
-            body = f"rejected ({REJECT_WORDS.get(r.reason, f'reason {r.reason}')})"
+            # An FOK that cannot fill in full is reason 3 ("exceeds limit") on the wire too
+            # (docs/tradingengine.md): for a person, name the likelier cause first.
+            words = FOK_REJECT_WORDS if r.reason == 3 and r.tif == "fok" else \
+                REJECT_WORDS.get(r.reason, f"reason {r.reason}")
+            body = f"rejected ({words})"
         elif r.exec_type in ("canceled", "expired"):
             body = (f"{r.exec_type} ({CANCEL_WORDS.get(r.reason, f'reason {r.reason}')}), "
                     f"{_num(r.cum_qty)} filled")
@@ -795,6 +805,7 @@ REJECT_WORDS = {0: "exchange option", 1: "unknown symbol", 2: "exchange closed",
                 3: "exceeds a limit (margin or risk)", 5: "unknown order",
                 6: "duplicate order id", 11: "unsupported", 13: "incorrect quantity",
                 18: "price not on the tick", 99: "other"}
+FOK_REJECT_WORDS = "fill-or-kill: not fillable in full at once, or a margin or risk limit"
 CANCEL_WORDS = {0: "on request", 1: "mass cancel", 2: "cancel on disconnect",
                 3: "IOC/FOK remainder", 4: "self-trade prevention", 5: "by the operator",
                 6: "end of day"}

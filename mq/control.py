@@ -5,19 +5,48 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
 from mq import sockets, wire
 from mq.record import scan
 
 
 def call(addr: str, kind: bytes, body: dict[str, Any] | None = None,
-         timeout_s: float = 2.0) -> tuple[bytes, dict[str, Any], list[bytes]]:
+         timeout_s: float = 2.0, refused_ends: bool = False
+         ) -> tuple[bytes, dict[str, Any], list[bytes]]:
     """Send one request and wait for its answer: (kind, body, further parts).
-    Raises TimeoutError when the server does not answer in time."""
+    Raises TimeoutError when the server does not answer in time. refused_ends: a connection
+    refused (nothing listens at addr: the process is down) ends the wait at once with
+    ConnectionRefusedError, instead of waiting out timeout_s for a process that is not there
+    (a frozen or busy one, whose port is open, is still waited for)."""
     sock = sockets.dealer(addr, heartbeat=False)
+    monitor = sock.get_monitor_socket(zmq.EVENT_CONNECT_RETRIED) if refused_ends else None
     try:
         sock.send_multipart([kind, wire.pack(body or {})])
-        return _answer(sock, addr, kind, timeout_s)
+        if monitor is None:
+            return _answer(sock, addr, kind, timeout_s)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            ready = dict(poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
+            if sock in ready:
+                return _answer(sock, addr, kind, 0)
+            if monitor in ready:
+                # A refusal missed before the monitor was attached is seen at the next
+                # reconnect attempt (ZMQ_RECONNECT_IVL, 100 ms).
+                if recv_monitor_message(monitor)["event"] == zmq.EVENT_CONNECT_RETRIED:
+                    raise ConnectionRefusedError(f"{addr} refused the connection (down?)")
+                continue
+            if left <= 0:
+                raise TimeoutError(f"{addr} did not answer {kind.decode()} in {timeout_s} s")
     finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(0)
         sock.close(0)
 
 

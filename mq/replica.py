@@ -184,13 +184,14 @@ class ReplicaHost:
 
     def _mirror_committed(self) -> int | None:
         """How far the out stream is committed (PING of the mirror), or None when the mirror
-        does not say within MIRROR_ASK_S (down: the newest snapshot is used, as a warm
-        replica's would be)."""
+        does not say within MIRROR_ASK_S, or refuses the connection (down: nothing to wait
+        for), and the newest snapshot is used, as a warm replica's would be."""
         if not self.mirror_addr:
             return None
         try:
-            kind, status, _ = call(self.mirror_addr, wire.PING, timeout_s=MIRROR_ASK_S)
-        except (TimeoutError, wire.WireError):
+            kind, status, _ = call(self.mirror_addr, wire.PING, timeout_s=MIRROR_ASK_S,
+                                   refused_ends=True)
+        except (TimeoutError, ConnectionRefusedError, wire.WireError):
             status, kind = {}, b""
         committed = status.get("committed") if isinstance(status, dict) else None
         if kind != wire.PONG or type(committed) is not int or committed < 0:

@@ -158,8 +158,16 @@ class Upstream:
     def parse(cls, spec: str) -> Upstream:
         """'stream=out.te.0,source=1001,pub=tcp://h:p,replicators=tcp://a|tcp://b,kinds=32|33,
         route=0x3' (kinds and route optional; route in hex or decimal)."""
+        form = "stream=S,source=N,pub=ADDR,replicators=ADDR|ADDR[,kinds=K|K][,route=MASK]"
+        parts = spec.split(",")
+        odd = next((p for p in parts if "=" not in p), None)
+        if odd is not None:
+            raise ValueError(f"bad upstream spec {spec!r}: {odd!r} is not KEY=VALUE ({form})")
+        fields = dict(part.split("=", 1) for part in parts)
+        missing = [k for k in ("stream", "source", "pub", "replicators") if k not in fields]
+        if missing:
+            raise ValueError(f"bad upstream spec {spec!r}: no {', '.join(missing)} ({form})")
         try:
-            fields = dict(part.split("=", 1) for part in spec.split(","))
             up = cls(fields["stream"], int(fields["source"]), fields["pub"],
                      fields["replicators"].split("|"),
                      [int(k) for k in fields.get("kinds", "").split("|") if k])

@@ -220,3 +220,55 @@ def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_p
                      str(tmp_path)]) == 0
     assert read_from == [r1]
     assert '"seq": 0' in capsys.readouterr().out
+
+
+def _default_cluster_state(tmp_path):
+    """seqex.json of the default topology (two symbols, two shards, the LiqEngine) as if a
+    `seqex up` ran here: the cluster the README trades on."""
+    import json as json_
+    import os as os_
+
+    from deploy import topology
+    topo = topology.load(None, str(tmp_path), 9100)
+    state = json_.loads(topo.to_json())
+    state["supervisor"] = os_.getpid()
+    (tmp_path / "seqex.json").write_text(json_.dumps(state))
+    return topo
+
+
+def test_tail_follows_every_stream_of_the_cluster(monkeypatch, capsys, tmp_path):
+    """`seqex tail out.te.0` (README, "Trade on it") was refused as an unknown stream: tail
+    knew the addresses of the CrossEngine streams only. Every stream of the default cluster
+    resolves to the address its master publishes on, and an unknown one is named with the
+    full list."""
+    topo = _default_cluster_state(tmp_path)
+    shard0, shard1 = topo.trading["shards"]
+    liq = topo.trading["liq"]
+    btc, eth = topo.symbols["BTCUSDT"], topo.symbols["ETHUSDT"]
+    pubs = {"in.ce.BTCUSDT": btc["pub"], "out.ce.BTCUSDT": btc["out_pub"],
+            "in.ce.ETHUSDT": eth["pub"], "out.ce.ETHUSDT": eth["out_pub"],
+            "in.te.0": shard0["pub"], "out.te.0": shard0["out_pub"],
+            "in.te.1": shard1["pub"], "out.te.1": shard1["out_pub"],
+            "in.liq": liq["pub"], "out.liq": liq["out_pub"]}
+    parser = cli.parser()
+    for stream in pubs:
+        a = parser.parse_args(["tail", stream, "--data", str(tmp_path)])
+        assert cli._StreamView(a).pub == pubs[stream], stream
+    a = parser.parse_args(["tail", "out.te.7", "--data", str(tmp_path)])
+    with pytest.raises(cli.UsageError) as exc:
+        cli._StreamView(a)
+    assert str(exc.value).endswith("has in.ce.BTCUSDT, in.ce.ETHUSDT, in.liq, in.te.0, "
+                                   "in.te.1, out.ce.BTCUSDT, out.ce.ETHUSDT, out.liq, "
+                                   "out.te.0, out.te.1")
+    assert topo.stream_pubs() == pubs
+
+
+def test_deploy_for_a_host_the_topology_does_not_name_is_status_2(capsys, tmp_path):
+    """README: bad input to any verb is one line on stderr and exit status 2; `seqex deploy
+    systemd --host nosuch` exited with status 1 (a SystemExit with a message)."""
+    code = cli.main(["--insecure", "deploy", "systemd", "--host", "nosuch", "--data",
+                     str(tmp_path), "--out", str(tmp_path / "units")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.endswith("seqex deploy: --host nosuch: no process of the topology runs there "
+                        "(hosts: local)\n") and err.count("\n") == 1 + err.count("WARNING")

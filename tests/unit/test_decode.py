@@ -158,3 +158,87 @@ def test_a_routed_record_shows_its_route_and_an_unrouted_one_none():
     for plain in (rec(1, ce.NEW_ORDER, payload) + (0,), rec(1, ce.NEW_ORDER, payload)):
         x = d.decode_record("out.ce.BTCUSDT", plain, BY_ID, UNITS)
         assert "route" not in x and "route" not in d.line(x)
+
+
+def test_the_order_path_between_engines_is_decoded_not_hex():
+    """In the default cluster an order goes gateway -> in.te.N -> out.te.N -> in.ce.SYM ->
+    out.ce.SYM -> in.te.N (and out.liq into both): records taken from another engine's out
+    stream carry that engine's events under the upstream record's kind (83 ClientMessage, say).
+    `seqex replay in.ce.BTCUSDT` printed every order entered through the gateway as
+    "unknown(83) payload_hex=...", in.te.N its fills as "ClientMessage payload_hex=...", and
+    in.liq/out.liq were hex throughout. Each is decoded by its source, in contract units."""
+    from deploy import topology as topo
+    from liqengine import codec as liq
+    eth = d.Units("ETHUSDT", 2, Decimal("0.05"), Decimal("0.01"))
+    by_id = {1: UNITS, 2: eth}
+    order = ce.new_order(7, ce.BUY, 100_000, 10, 2)        # 50000 x 0.01 of BTCUSDT
+    cmd = te.EVENT_STRUCTS[te.CE_COMMAND]
+    te_out = (cmd.pack(te.CE_COMMAND, 1, ce.NEW_ORDER, len(order)) + order
+              + cmd.pack(te.CE_COMMAND, 2, ce.NEW_ORDER, len(order)) + order)
+    # out.te.0 into in.ce.BTCUSDT: only this symbol's command, in BTCUSDT's units
+    r = d.decode_record("in.ce.BTCUSDT", rec(5, te.CLIENT_MESSAGE, te_out,
+                                             topo.SRC_TE_OUT | 0), by_id, UNITS)
+    assert (r["command"], r["from"]) == ("Upstream", "out.te.0")
+    assert r["events"] == [{"command": "NewOrder", "client_order_id": 7, "price": "50000",
+                            "qty": "0.01", "account": 2, "side": "buy", "ord_type": "limit",
+                            "tif": "gtc", "flags": [], "stp": "none"}]
+    assert "payload_hex" not in json.dumps(r) and "unknown" not in json.dumps(r)
+    assert d.matches(r, kind="NewOrder", account=2)
+    assert d.line(r).endswith("Upstream from=out.te.0 | NewOrder client_order_id=7 price=50000 "
+                              "qty=0.01 account=2 side=buy ord_type=limit tif=gtc stp=none")
+    # its output on out.ce.BTCUSDT keeps the input's source and kind
+    ce_out = CrossEngine().apply(5, 0, ce.NEW_ORDER, order)
+    r = d.decode_record("out.ce.BTCUSDT", rec(5, te.CLIENT_MESSAGE, ce_out,
+                                              topo.SRC_TE_OUT | 1), by_id, UNITS)
+    assert (r["command"], r["from"]) == ("Upstream", "out.te.1")
+    assert r["events"][0]["event"] == "OrderAccepted" and r["events"][0]["price"] == "50000"
+    # ... and taken into in.te.N from out.ce.BTCUSDT: CrossEngine events, not a ClientMessage
+    r = d.decode_record("in.te.0", rec(6, te.CLIENT_MESSAGE, ce_out, topo.SRC_CE_OUT | 1),
+                        by_id)
+    assert (r["command"], r["from"]) == ("Upstream", "out.ce.BTCUSDT")
+    assert [e["event"] for e in r["events"]] == ["OrderAccepted", "LevelChanged"]
+    assert r["events"][0]["qty"] == "0.01"
+    # the gateway's session records: fields, accounts, the client's message in units
+    r = d.decode_record("in.te.0", rec(7, te.SESSION_LOGON, te.session_logon(
+        1, 99, 8, 2, [2, 4], next_expected=1), topo.SRC_GATEWAY), by_id)
+    assert r["command"] == "SessionLogon" and r["accounts"] == [2, 4] and "rest_hex" not in r
+    nos = te.P_STRUCTS[te.P_NEW_ORDER].pack(1, 0, 7, 5_000_000_000_000, 10, 1, 0, ord("1"),
+                                            ord("2"), ord("1"), 0)
+    r = d.decode_record("in.te.0", rec(8, te.CLIENT_MESSAGE, te.client_message(
+        1, 99, te.P_NEW_ORDER, nos), topo.SRC_GATEWAY), by_id)
+    assert r["message"]["name"] == "NewOrderSingle"
+    assert (r["message"]["price"], r["message"]["qty"], r["message"]["side"]) == \
+        ("50000", "0.01", "1")
+    # the LiqEngine's streams, and out.liq into in.ce.SYM
+    r = d.decode_record("in.liq", rec(9, liq.MARK_PRICE, liq.mark_price(1, 100_002),
+                                      topo.SRC_ORACLE), by_id)
+    assert (r["command"], r["symbol"], r["price"]) == ("MarkPrice", "BTCUSDT", "50001")
+    r = d.decode_record("in.liq", rec(10, te.CLIENT_MESSAGE, te_out,
+                                      topo.SRC_TE_TO_LIQ | 1), by_id)
+    assert r["from"] == "out.te.1" and r["events"][0]["event"] == "CrossEngineCommand"
+    liq_out = liq.ce_new_order(1, 3, ce.SELL, 99_000, 20, ce.IOC)
+    r = d.decode_record("out.liq", rec(11, te.CLIENT_MESSAGE, liq_out,
+                                       topo.SRC_TE_TO_LIQ | 0), by_id)
+    assert r["events"][0]["command"]["price"] == "49500"
+    r = d.decode_record("in.ce.BTCUSDT", rec(12, te.CLIENT_MESSAGE, liq_out, topo.SRC_LIQ_OUT),
+                        by_id, UNITS)
+    assert r["from"] == "out.liq" and r["events"][0]["command"] == "NewOrder"
+    assert r["events"][0]["qty"] == "0.02" and r["events"][0]["tif"] == "ioc"
+
+
+def test_a_line_shows_money_in_the_settlement_currency_and_json_in_minor_units():
+    """`seqex tail out.te.0` (README: "balances, margin, positions") printed
+    balance_minor=10000000000000 for 100,000 USDT: a person's line is in the settlement
+    currency (balance=100000), the JSON keeps the exact integers under *_minor. An event's
+    own field named like a header key (TransferApplied's kind) was dropped from the line."""
+    payload = (te.EVENT_STRUCTS[te.ACCOUNT].pack(te.ACCOUNT, 2, 10_000_000_000_000,
+                                                 9_999_996_000_000, 3_036_000_000, 1)
+               + te.EVENT_STRUCTS[te.TRANSFER].pack(te.TRANSFER, 1, 2, -5, 0, te.WITHDRAW))
+    r = d.decode_record("out.te.0", rec(3, te.DEPOSIT, payload), BY_ID)
+    assert r["events"][0]["balance_minor"] == 10_000_000_000_000
+    assert json.loads(json.dumps(r)) == r
+    text = d.line(r)
+    assert ("AccountStatus account=2 balance=100000 available=99999.96 order_margin=30.36 "
+            "position_margin=0.00000001") in text, text
+    assert "amount=-0.00000005 balance=0 kind=withdraw" in text, text
+    assert "_minor" not in text

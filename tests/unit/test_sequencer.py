@@ -632,6 +632,18 @@ def test_an_upstream_spec_names_kinds_and_a_route_mask(tail, kinds, route):
 def test_a_bad_route_mask_is_one_clear_error(tail, message):
     with pytest.raises(ValueError, match="bad upstream spec .*" + message):
         Upstream.parse(UP + tail)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("garbage", "'garbage' is not KEY=VALUE \\(stream=S,source=N,"),
+    (UP + ",x", "'x' is not KEY=VALUE"),
+    ("stream=x,source=1", "no pub, replicators \\(stream=S,"),
+])
+def test_a_malformed_upstream_spec_says_what_it_should_look_like(spec, message):
+    """`--upstream garbage` answered "dictionary update sequence element #0 has length 1; 2 is
+    required" (Python's words); a part without '=' or a missing key is named, with the form."""
+    with pytest.raises(ValueError, match="bad upstream spec .*" + message):
+        Upstream.parse(spec)
 # -- dedup state that expires ---------------------------------------------------------------
 
 def hello(src: int, ident: bytes = b"p") -> tuple:

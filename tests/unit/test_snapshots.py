@@ -364,3 +364,54 @@ def test_a_hot_replica_restores_from_a_snapshot_no_newer_than_what_the_mirror_co
         t.join(15)
         fake.close(0)
         close(h)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_a_hot_replica_does_not_wait_for_a_mirror_that_is_down(tmp_path, monkeypatch, caplog):
+    """A restarting hot replica asks the mirror how far the out stream is committed; with the
+    mirror down (its port closed) it waited out the whole question (MIRROR_ASK_S, 1 s) on
+    every restart. A refused connection now ends the question at once: here MIRROR_ASK_S is
+    an hour, and the restore (newest snapshot, as before with no answer) still completes."""
+    import mq.replica
+    monkeypatch.setattr(mq.replica, "MIRROR_ASK_S", 3600.0)
+    shared = str(tmp_path / "shared")
+    for seq in (100, 200):
+        write_snapshot(shared, "in.ce.X", seq, b"state-%d" % seq, keep=5)
+    caplog.set_level(logging.WARNING, logger="seqex.replica")
+    h = ReplicaHost("hot0", Fake(), Fake.restore, "in.ce.X", "tcp://127.0.0.1:9",
+                    ["tcp://127.0.0.1:9"], "tcp://127.0.0.1:*", role="hot",
+                    mirror=f"tcp://127.0.0.1:{_closed_port()}",
+                    snapshot_dir=str(tmp_path / "own"), shared_snapshot_dir=shared)
+    try:
+        assert h.seq == 200 and h.engine.state == b"state-200"
+        assert "did not say how far the out stream is committed" in caplog.text
+    finally:
+        close(h)
+
+
+@pytest.mark.timeout(60)
+def test_a_call_ends_at_a_refused_connection_and_waits_for_a_silent_peer():
+    """mq.control.call(refused_ends=True): nothing listening is ConnectionRefusedError at once
+    (the deadline here is an hour); a peer that listens and does not answer is still waited
+    for until the deadline (TimeoutError). (One that answers: the test above.)"""
+    import zmq
+
+    from mq import sockets, wire
+    from mq.control import call
+    with pytest.raises(ConnectionRefusedError):
+        call(f"tcp://127.0.0.1:{_closed_port()}", wire.PING, timeout_s=3600, refused_ends=True)
+    silent = sockets.router("tcp://127.0.0.1:*")
+    try:
+        addr = silent.getsockopt_string(zmq.LAST_ENDPOINT)
+        with pytest.raises(TimeoutError):
+            call(addr, wire.PING, timeout_s=0.5, refused_ends=True)
+    finally:
+        silent.close(0)

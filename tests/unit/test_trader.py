@@ -55,6 +55,8 @@ def test_a_buy_prints_its_reports_and_the_next_invocation_resumes(gateway, tmp_p
     (["buy", "NOPE", "1", "@", "1"], "unknown symbol NOPE"),
     (["buy", "BTCUSDT"], "usage: seqex client --user NAME buy SYMBOL QTY [@ PRICE]"),
     (["buy", "BTCUSDT", "1", "@", "2", "3"], "extra words"),
+    (["buy", "BTCUSDT", "1", "@", "1e20"],
+     "BTCUSDT: price 1e20 is beyond the largest price the wire carries (92233720368.54775807)"),
     (["cancel", "BTCUSDT", "x"], "order 'x': the number shown as [order N]"),
     (["cancel", "BTCUSDT", "9"], "order 9 was not entered from here; give --side"),
     (["watch", "x"], "usage: seqex client --user NAME watch"),
@@ -70,7 +72,8 @@ def test_bad_input_is_one_line_and_status_2(gateway, tmp_path, capsys, words, wa
 def test_wrong_password_and_no_password(gateway, tmp_path, capsys, monkeypatch):
     _srv, gw = gateway
     assert client(gw, tmp_path, "watch", password="bad") == 2
-    assert "logon refused: bad credentials" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "logon refused: bad credentials" in err and err.count("bad credentials") == 1, err
     monkeypatch.delenv("SEQEX_PASSWORD", raising=False)
     assert client(gw, tmp_path, "watch", password=None) == 2
     assert "no password for alice" in capsys.readouterr().err
@@ -82,3 +85,33 @@ def test_no_gateway_and_a_bad_address(tmp_path, capsys):
     assert main(["client", "--user", "a", "--gateway", "nohost", "--password", "x",
                  "--data", str(tmp_path), "watch"]) == 2
     assert "--gateway 'nohost': HOST:PORT" in capsys.readouterr().err
+
+
+def test_tif_day_is_not_offered(tmp_path, capsys):
+    """The TradingEngine refuses TIF Day (unsupported); `seqex client --tif day` offered it
+    and every such order came back rejected. It is refused at the command line instead."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["client", "--user", "alice", "--tif", "day", "--data", str(tmp_path), "buy",
+              "BTCUSDT", "1", "@", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --tif: invalid choice: 'day'" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, want", [
+    ("{garbage", "cannot be read"),
+    ("[1, 2]", "is damaged (not an object)"),
+    ('{"session_id": 5, "next_seq": 1, "last_seen": 0}', "is damaged (no next_cl_ord_id)"),
+])
+def test_a_damaged_session_file_is_one_line_and_status_2(gateway, tmp_path, capsys, text, want):
+    """A session file the user (or a crash of another tool) damaged was reported as
+    "internal error: SessionError ... (SEQEX_LOG=debug shows the traceback)", status 1: it is
+    the user's to fix (move it away), so it is one plain line and status 2."""
+    _srv, gw = gateway
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients" / "alice.session.json").write_text(text)
+    assert client(gw, tmp_path, "watch") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqex client: session file ") and want in err, err
+    assert "move it away" in err or "cannot be read" in err
+    assert "internal error" not in err and err.count("\n") == 1

@@ -58,3 +58,44 @@ def test_demo_users_are_made_once_in_their_shards(tmp_path):
     assert trading.demo_passwords(str(tmp_path)) == made
     assert os.stat(trading.demo_path(str(tmp_path))).st_mode & 0o777 == 0o600
     assert json.load(open(trading.demo_path(str(tmp_path))))["deposited"] is False
+
+
+@pytest.mark.parametrize("text", ['{"passwords": 5}', '{"passwords": {"alice": 7}}', "[]",
+                                  "junk"])
+def test_a_damaged_demo_users_file_gives_no_password_not_an_internal_error(tmp_path, text):
+    """`seqex client` looks up the demo password; '{"passwords": 5}' raised TypeError there
+    ("internal error", status 1). A damaged file holds no passwords: the client says to give
+    --password."""
+    with open(trading.demo_path(str(tmp_path)), "w") as f:
+        f.write(text)
+    assert trading.demo_passwords(str(tmp_path)) == {}
+
+
+def test_account_create_does_not_replace_a_user_unless_told(tmp_path, capsys):
+    """`seqex account create alice --accounts 12` on the demo cluster silently replaced alice:
+    new password, her accounts 2 and 4 (and their money and positions) taken from her, and
+    free for the next `account create eve --accounts 2`. An existing name is now refused
+    unless --replace; account 0 (the wire's "session default") is refused; and `account
+    deposit 0` is one line, status 2 (it was an internal error)."""
+    data = str(tmp_path)
+    assert main(["account", "create", "alice", "--accounts", "2,4", "--password", "pw-a",
+                 "--data", data]) == 0
+    capsys.readouterr()
+    assert main(["account", "create", "alice", "--accounts", "12", "--data", data]) == 2
+    err = capsys.readouterr().err
+    assert err == ("seqex account: user 'alice' exists (accounts 2, 4); --replace gives it a new "
+                   "password and these accounts\n"), err
+    acc = accounts.load(str(tmp_path / "accounts.json"), n_shards=2)
+    assert acc.verify("alice", "pw-a").accounts == (2, 4)
+    assert main(["account", "create", "eve", "--accounts", "2", "--data", data]) == 2
+    assert "account 2 is also 'alice''s" in capsys.readouterr().err
+    assert main(["account", "create", "alice", "--accounts", "12", "--password", "pw-b",
+                 "--replace", "--data", data]) == 0
+    acc = accounts.load(str(tmp_path / "accounts.json"), n_shards=2)
+    assert acc.verify("alice", "pw-b").accounts == (12,)
+    capsys.readouterr()
+    assert main(["account", "create", "zed", "--accounts", "0", "--data", data]) == 2
+    assert "account 0 cannot be a user's" in capsys.readouterr().err
+    assert main(["account", "deposit", "0", "5", "--data", data]) == 2
+    err = capsys.readouterr().err
+    assert err == "seqex account: account '0': a number in 1 .. 2**32-1\n", err
