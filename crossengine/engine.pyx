@@ -2446,6 +2446,11 @@ cdef class CrossEngine:
         liq_sources = struct.unpack_from(f"<{n_liq}I", data, header + 4 * n_te)
         if counter > _codec.ORDER_COUNTER_MAX:
             raise ValueError("CrossEngine snapshot has an order counter past the id space")
+        if trade_id >= 1 << 63:
+            # a live engine numbers trades from 1 and cannot come near 2**63 (292 years at a
+            # billion trades a second); a trade id there is corrupt, and at 2**64 - 1 the next
+            # trade's id would wrap
+            raise ValueError("CrossEngine snapshot has a trade id past the trade id space")
         if halted > 1 or (version == VERSION_LIQ and n_liq == 0):
             # snapshot() writes halted as 0 or 1, and version 4 only with liq_sources: any
             # other bytes would restore to an engine whose snapshot (and state hash) is not them

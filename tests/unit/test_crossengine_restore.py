@@ -169,3 +169,19 @@ def test_a_version_1_header_counting_past_its_bytes_is_refused_without_walking_t
     v1 = c.SNAP_HEADER_V1.pack(b"SQCE", 1, 1, 1, 1, 1000, 1 << 20, 100, 0, 0, 0, (1 << 64) - 1)
     with pytest.raises(ValueError, match="wrong length"):
         c.upgrade_snapshot(v1)
+
+
+@pytest.mark.parametrize("trade_id", [2**63, 2**64 - 1])
+def test_a_trade_id_past_the_trade_id_space_is_refused(trade_id):
+    """At 2**64 - 1 the next trade's id would wrap (the checked build raised OverflowError in
+    the first match after the restore); a live engine never comes near 2**63."""
+    snap = book().snapshot()
+    with pytest.raises(ValueError, match="trade id"):
+        CrossEngine.restore(_header(snap, f11=trade_id))
+
+
+def test_the_last_trade_id_below_2_63_restores_and_trades():
+    snap = book().snapshot()
+    eng = CrossEngine.restore(_header(snap, f11=2**63 - 1), check=True)
+    out = c.decode_events(eng.apply(0, 0, c.NEW_ORDER, c.new_order(9, c.BUY, 110, 1, 7)))
+    assert [e for e in out if e[0] == c.EV_TRADE][0][1] == 2**63
