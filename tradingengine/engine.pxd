@@ -3,6 +3,12 @@ cdef class Order:
     cdef public object price, qty, leaves, cum, margin, state, pending
     cdef public object trigger_price, trigger_kind, trigger_by, reason, ce_id, sess, cxl, rpl
 
+cdef class Session:
+    cdef public object user, session_id, conn_id, bound, default_account, accounts
+    cdef public object cod_mode, cod_timeout_ms, next_expected, next_seq, cod_deadline
+    cdef public object cod_cursor
+    cdef public dict clordids
+
 cdef class Position:
     cdef public object size, cost, margin, extra, leverage_x100, mode, realised
     cdef public object buy_leaves, sell_leaves, reduce_only
@@ -23,4 +29,10 @@ cdef class TradingEngine:
     cdef public list _out, sweeps
     cdef public Account clearing, liquidation
     cdef public dict _liq_dirty
+    # read or written on every record: slots, not the instance __dict__
+    cdef public object route, _ctx, _exec_n, duplicates_dropped, _audit_next
+    cdef public object ce_sources, oracle_sources, gateway_sources, liq_sources
+    cdef public dict sessions, finalized, cod, user_sessions, _session_handlers
+    cdef public dict _ce_src, _liq_src, _oracle_src, _gateway_src
+    cdef public dict _liq_long, _liq_short, _liq_keys, _liq_always, _liq_rate, _trig_index
     cdef dict __dict__

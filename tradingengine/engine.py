@@ -2086,7 +2086,7 @@ class TradingEngine:
 
     def _smsg(self, key: tuple, template: int, *fields) -> None:
         """A SessionMessage to the session ``key`` (if it is live) with its next server SeqNo."""
-        sess = self.sessions.get(key)
+        sess: Session = self.sessions.get(key)
         if sess is None or key in self.finalized:
             return
         seq = sess.next_seq
@@ -2352,7 +2352,7 @@ class TradingEngine:
             return
         user, sid, gflags, template = c.CLIENT_MESSAGE_S.unpack_from(payload)
         key = (user, sid)
-        sess = self.sessions.get(key)
+        sess: Session = self.sessions.get(key)
         if sess is not None and key in self.finalized:
             sess = None                       # finalized, its cancel-on-disconnect going on
         if sess is None or not 100 <= template <= 199:
@@ -2389,7 +2389,7 @@ class TradingEngine:
         else:
             self._s_mass_cancel(key, sess, block)
 
-    def _s_new_order(self, key: tuple, sess, block: bytes, seqno: int) -> None:
+    def _s_new_order(self, key: tuple, sess: Session, block: bytes, seqno: int) -> None:
         (_, _, coid, price, qty, symbol, account, side, ord_type, tif,
          flags) = _P_NOS(block)
         if account == 0:

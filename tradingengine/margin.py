@@ -1,3 +1,5 @@
+# cython: wraparound=True, boundscheck=True
+# (compiled by setup.py; the formulas index tiers[-1], so negative indexes must work)
 """Margin, fee, PnL and liquidation formulas of linear (USDT-margined) perpetuals, in integers.
 
 Units (DESIGN.md §5): prices are integer ticks, quantities integer lots, money integer minor
