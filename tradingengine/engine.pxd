@@ -35,4 +35,25 @@ cdef class TradingEngine:
     cdef public dict sessions, finalized, cod, user_sessions, _session_handlers
     cdef public dict _ce_src, _liq_src, _oracle_src, _gateway_src
     cdef public dict _liq_long, _liq_short, _liq_keys, _liq_always, _liq_rate, _trig_index
+    # the per-event helpers, C calls from the compiled engine (a def method is an attribute
+    # lookup, a bound method and an argument parse per call). Only methods that no subclass
+    # overrides (tradingengine/reference.py, bench/) and nothing outside calls may be here.
+    cdef _mine(self, account_id)
+    cdef Position _position(self, Account acct, symbol)
+    cdef _er(self, Order o, exec_type, last_px=*, last_qty=*, paid=*, code=*, liquidity=*,
+             status=*)
+    cdef _reject_order(self, coid, account, symbol, side, ord_type, price, qty, code)
+    cdef _account_status(self, Account acct)
+    cdef _position_status(self, Account acct, symbol)
+    cdef _cross_upnl(self, Account acct, skip=*)
+    cdef _set_margin(self, Account acct, Position pos, spec)
+    cdef _drop(self, Account acct, Order o)
+    cdef _rpl_done(self, Order o)
+    cdef tuple _own_order(self, account, order_id)
+    cdef _accepted(self, symbol, tuple ev)
+    cdef _fill(self, Account acct, Order o, symbol, spec, signed, price, maker)
+    cdef _book(self, Account acct, symbol, signed, price, spec)
+    cdef _exec_id(self)
+    cdef _session_er(self, Order o, exec_type, status, last_px, last_qty, code, liquidity)
+    cdef _trigger(self, symbol, by, price)
     cdef dict __dict__

@@ -698,7 +698,7 @@ class TradingEngine:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _mine(self, account_id: int) -> bool:
+    def _mine(self, account_id) -> bool:
         """An account of this shard; a reserved one (LIQ's) is nobody's."""
         return account_id % self.n_shards == self.shard and account_id < RESERVED_ACCOUNT_MIN
 
@@ -709,7 +709,7 @@ class TradingEngine:
         acct = self.accounts.get(account_id)
         return acct, 2003 if acct is None else 0
 
-    def _position(self, acct: Account, symbol: int) -> Position:
+    def _position(self, acct: Account, symbol) -> Position:
         pos: Position = acct.positions.get(symbol)
         if pos is None:
             spec = self.specs[symbol]
@@ -722,8 +722,8 @@ class TradingEngine:
                                                    account & 0xFFFFFFFF, symbol & 0xFFFFFFFF,
                                                    ref & 0xFFFFFFFFFFFFFFFF))
 
-    def _er(self, o: Order, exec_type: int, last_px: int = 0, last_qty: int = 0, paid: int = 0,
-            code: int = 0, liquidity: int = 0, status: int = 0) -> None:
+    def _er(self, o: Order, exec_type, last_px=0, last_qty=0, paid=0,
+            code=0, liquidity=0, status=0) -> None:
         if not status:
             if o.state == UNTRIGGERED:
                 status = c.STATUS_UNTRIGGERED
@@ -739,8 +739,8 @@ class TradingEngine:
         if o.sess is not None or o.cxl is not None or o.rpl is not None:
             self._session_er(o, exec_type, status, last_px, last_qty, code, liquidity)
 
-    def _reject_order(self, coid: int, account: int, symbol: int, side: int, ord_type: int,
-                      price: int, qty: int, code: int) -> None:
+    def _reject_order(self, coid, account, symbol, side, ord_type,
+                      price, qty, code) -> None:
         self._out.append(_ER(c.EXEC_REPORT, c.EXEC_REJECTED, c.STATUS_REJECTED,
                              account & 0xFFFFFFFF, symbol & 0xFFFFFFFF, coid, 0, side & 0xFF,
                              ord_type & 0xFF, price, qty, 0, 0, 0, 0, 0, code, 0))
@@ -755,7 +755,7 @@ class TradingEngine:
                                           self._available(acct), acct.order_margin,
                                           acct.position_margin))
 
-    def _position_status(self, acct: Account, symbol: int) -> None:
+    def _position_status(self, acct: Account, symbol) -> None:
         pos = acct.positions[symbol]
         spec = self.specs[symbol]
         self.route |= ROUTE_LIQ
@@ -769,7 +769,7 @@ class TradingEngine:
                                            pos.cost, pos.margin, liq, bk, pos.realised,
                                            pos.leverage_x100, pos.mode))
 
-    def _cross_upnl(self, acct: Account, skip: int = 0) -> int:
+    def _cross_upnl(self, acct: Account, skip=0) -> int:
         pos: Position
         total = 0
         marks = self.marks
@@ -1023,7 +1023,7 @@ class TradingEngine:
             self._cancel_rejected(account, coid, orig, 2017, 1)
         elif o.state == UNTRIGGERED:
             self._drop(acct, o)
-            self._er(o, c.EXEC_CANCELED, code=c.REASON_CLIENT, status=c.STATUS_CANCELED)
+            self._er(o, c.EXEC_CANCELED, 0, 0, 0, c.REASON_CLIENT, 0, c.STATUS_CANCELED)
         else:
             self._send_cancel(o, c.REASON_CLIENT)
 
@@ -1123,7 +1123,7 @@ class TradingEngine:
                 continue
             if o.state == UNTRIGGERED:
                 self._drop(acct, o)
-                self._er(o, c.EXEC_CANCELED, code=reason, status=c.STATUS_CANCELED)
+                self._er(o, c.EXEC_CANCELED, 0, 0, 0, reason, 0, c.STATUS_CANCELED)
                 n += 1
             elif o.pending != PENDING_CANCEL:
                 self._send_cancel(o, reason)
@@ -1420,7 +1420,7 @@ class TradingEngine:
         self._cover_deficit(acct)
         return amount
 
-    def _trigger(self, symbol: int, by: int, price: int) -> None:
+    def _trigger(self, symbol, by, price) -> None:
         """Fire the conditional orders that ``price`` reaches: a sweep, in order id order,
         over the orders that exist now (later ones were checked against a newer price)."""
         if not self.conditional[symbol]:
@@ -1454,12 +1454,12 @@ class TradingEngine:
                 return False
             o = waiting[order_id]
             acct = self.accounts[o.account]
-            self._er(o, c.EXEC_TRIGGERED, status=c.STATUS_NEW)
+            self._er(o, c.EXEC_TRIGGERED, 0, 0, 0, 0, 0, c.STATUS_NEW)
             # checked as a new order: still conditional, so its own leaves are not counted
             code = self._risk_and_send(acct, o, self.specs[symbol])
             if code:
                 self._drop(acct, o)
-                self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
+                self._er(o, c.EXEC_REJECTED, 0, 0, 0, code, 0, c.STATUS_REJECTED)
             else:
                 del waiting[o.order_id]
                 self._trig_remove(o)
@@ -1824,7 +1824,7 @@ class TradingEngine:
         if traded:
             self._trigger(symbol, c.BY_LAST, self.last_prices[symbol])
 
-    def _own_order(self, account: int, order_id: int) -> tuple[Account | None, Order | None]:
+    def _own_order(self, account, order_id) -> tuple[Account | None, Order | None]:
         if not self._mine(account):
             return None, None
         o = self.orders.get(order_id)
@@ -1832,7 +1832,7 @@ class TradingEngine:
             return self.accounts.get(account), None
         return self.accounts[account], o
 
-    def _accepted(self, symbol: int, ev: tuple) -> None:
+    def _accepted(self, symbol, ev: tuple) -> None:
         o: Order
         _, ce_id, coid, account = ev[:4]
         acct, o = self._own_order(account, coid)
@@ -1853,7 +1853,7 @@ class TradingEngine:
             # a reject is the reject of the order itself (a later cancel's reject then finds
             # no order and is ignored)
             self._drop(acct, o)
-            self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
+            self._er(o, c.EXEC_REJECTED, 0, 0, 0, code, 0, c.STATUS_REJECTED)
             return
         to = 2 if o.pending == PENDING_AMEND else 1
         if o.pending == PENDING_AMEND:
@@ -1945,8 +1945,8 @@ class TradingEngine:
             else:
                 pos.sell_leaves -= qty
         exec_type = c.EXEC_EXPIRED if kind == c.CE_EXPIRED else c.EXEC_CANCELED
-        self._er(o, exec_type, code=reason,
-                 status=c.STATUS_EXPIRED if kind == c.CE_EXPIRED else c.STATUS_CANCELED)
+        self._er(o, exec_type, 0, 0, 0, reason, 0,
+                 c.STATUS_EXPIRED if kind == c.CE_EXPIRED else c.STATUS_CANCELED)
 
     def _amended(self, symbol: int, ev: tuple) -> None:
         _, ce_id, coid, account, price, leaves, total, _kept = ev
@@ -1985,8 +1985,8 @@ class TradingEngine:
                 o = None
             self._fill(acct, o, symbol, spec, signed, price, maker)
 
-    def _fill(self, acct: Account, o: Order | None, symbol: int, spec: ContractSpec,
-              signed: int, price: int, maker: bool) -> None:
+    def _fill(self, acct: Account, o: Order | None, symbol, spec: ContractSpec,
+              signed, price, maker) -> None:
         """``o`` is None for a fill of an order this engine does not know."""
         qty = signed if signed > 0 else -signed
         pos: Position = self._position(acct, symbol)
@@ -2017,7 +2017,7 @@ class TradingEngine:
         self._cover_deficit(acct)
         self._touched[(acct.account_id, symbol)] = acct
 
-    def _book(self, acct: Account, symbol: int, signed: int, price: int,
+    def _book(self, acct: Account, symbol, signed, price,
               spec: ContractSpec) -> None:
         """Apply a trade of ``signed`` lots at ``price`` to a position: realise the part that
         closes (its share of the cost leaves with it), open the rest at ``price``."""
@@ -2110,8 +2110,8 @@ class TradingEngine:
                          text: bytes) -> None:
         self._smsg(key, c.P_BUSINESS_REJECT, self.ts_ns, ref_seq, ref_id, template, reason, 0, text)
 
-    def _session_er(self, o: Order, exec_type: int, status: int, last_px: int, last_qty: int,
-                    code: int, liquidity: int) -> None:
+    def _session_er(self, o: Order, exec_type, status, last_px, last_qty,
+                    code, liquidity) -> None:
         """The PROTOCOL.md ExecutionReport of a session's order, to its session (and a copy to
         the session whose cancel or replace it answers, if that is another)."""
         if exec_type not in _P_EXEC_TYPES:
@@ -2304,8 +2304,8 @@ class TradingEngine:
                     continue
                 if o.state == UNTRIGGERED:
                     self._drop(acct, o)
-                    self._er(o, c.EXEC_CANCELED, code=c.REASON_CANCEL_ON_DISCONNECT,
-                             status=c.STATUS_CANCELED)
+                    self._er(o, c.EXEC_CANCELED, 0, 0, 0, c.REASON_CANCEL_ON_DISCONNECT, 0,
+                             c.STATUS_CANCELED)
                 elif o.pending != PENDING_CANCEL:
                     self._send_cancel(o, c.REASON_CANCEL_ON_DISCONNECT)
         sess.cod_cursor = 0
