@@ -1,3 +1,6 @@
+from tradingengine.margin cimport (bankruptcy_price, cost_removed, fee, liquidation_price,
+                                   order_cost, position_margin)
+
 cdef class Order:
     cdef public object order_id, account, symbol, client_order_id, side, ord_type, tif, flags
     cdef public object price, qty, leaves, cum, margin, state, pending
