@@ -59,4 +59,8 @@ cdef class TradingEngine:
     cdef _exec_id(self)
     cdef _session_er(self, Order o, exec_type, status, last_px, last_qty, code, liquidity)
     cdef _trigger(self, symbol, by, price)
+    cdef _smsg(self, tuple key, template, tuple fields)
+    cdef _enter_order(self, coid, account, symbol, price, qty, trig_px, side, ord_type, tif,
+                      flags, trig_kind, trig_by)
+    cdef _cover_deficit(self, Account acct)
     cdef dict __dict__

@@ -132,7 +132,6 @@ _P_CANCEL = c.P_STRUCTS[c.P_CANCEL].unpack
 _P_REPLACE = c.P_STRUCTS[c.P_REPLACE].unpack
 _P_MASS = c.P_STRUCTS[c.P_MASS_CANCEL].unpack
 _U64 = struct.Struct("<Q").unpack_from
-_NEW_ORDER_PACK = c.NEW_ORDER_S.pack
 _P_EXEC_TYPES = (c.EXEC_NEW, c.EXEC_CANCELED, c.EXEC_REPLACED, c.EXEC_REJECTED, c.EXEC_EXPIRED,
                  c.EXEC_TRADE)
 
@@ -813,6 +812,13 @@ class TradingEngine:
     def _new_order(self, payload: bytes) -> None:
         (coid, account, symbol, price, qty, trig_px, side, ord_type, tif, flags, trig_kind,
          trig_by) = _NEW_ORDER(payload)
+        self._enter_order(coid, account, symbol, price, qty, trig_px, side, ord_type, tif, flags,
+                          trig_kind, trig_by)
+
+    def _enter_order(self, coid, account, symbol, price, qty, trig_px, side, ord_type, tif, flags,
+                     trig_kind, trig_by) -> None:
+        """A NewOrder's fields, in its layout's ranges (codec.NEW_ORDER_S): a session's order
+        comes here directly, not packed into a NewOrder payload and unpacked again."""
         code = 0
         acct: Account = self.accounts.get(account)
         spec = self.specs.get(symbol)
@@ -2084,8 +2090,9 @@ class TradingEngine:
 
     # -- sessions (PROTOCOL.md §4; docs/order-path.md §3) ----------------------------------------
 
-    def _smsg(self, key: tuple, template: int, *fields) -> None:
-        """A SessionMessage to the session ``key`` (if it is live) with its next server SeqNo."""
+    def _smsg(self, key: tuple, template, fields: tuple) -> None:
+        """A SessionMessage to the session ``key`` (if it is live) with its next server SeqNo;
+        ``fields`` are the root block's after the SeqNo."""
         sess: Session = self.sessions.get(key)
         if sess is None or key in self.finalized:
             return
@@ -2108,7 +2115,8 @@ class TradingEngine:
 
     def _business_reject(self, key: tuple, ref_seq: int, ref_id: int, template: int, reason: int,
                          text: bytes) -> None:
-        self._smsg(key, c.P_BUSINESS_REJECT, self.ts_ns, ref_seq, ref_id, template, reason, 0, text)
+        self._smsg(key, c.P_BUSINESS_REJECT,
+                   (self.ts_ns, ref_seq, ref_id, template, reason, 0, text))
 
     def _session_er(self, o: Order, exec_type, status, last_px, last_qty,
                     code, liquidity) -> None:
@@ -2142,9 +2150,9 @@ class TradingEngine:
                   o.leaves, o.cum, o.symbol, o.account, exec_type, status, o.side, o.ord_type,
                   o.tif, reason, liquidity, 0)
         if o.sess is not None:
-            self._smsg(o.sess, c.P_EXEC_REPORT, *fields)
+            self._smsg(o.sess, c.P_EXEC_REPORT, fields)
         if extra is not None and extra != o.sess:
-            self._smsg(extra, c.P_EXEC_REPORT, *fields)
+            self._smsg(extra, c.P_EXEC_REPORT, fields)
         if (o.cxl is not None or o.rpl is not None) and (o.leaves == 0
                                                           or o.order_id not in self.orders):
             # the order is done while a session's cancel or replace of it is in flight: that
@@ -2153,19 +2161,19 @@ class TradingEngine:
                 if req is not None:
                     late = (self.ts_ns, req[0], o.client_order_id, o.order_id, o.symbol,
                             status, 48 + to, 0, 0)
-                    self._smsg(req[1], c.P_CANCEL_REJECT, *late)
+                    self._smsg(req[1], c.P_CANCEL_REJECT, late)
                     if o.sess is not None and o.sess != req[1]:
-                        self._smsg(o.sess, c.P_CANCEL_REJECT, *late)
+                        self._smsg(o.sess, c.P_CANCEL_REJECT, late)
             self._rpl_done(o)
             o.cxl = o.rpl = None
 
     def _session_reject_er(self, key: tuple, coid: int, account: int, symbol: int, side: int,
                            ord_type: int, tif: int, price: int, qty: int, reason: int) -> None:
         """ExecutionReport '8' of a NewOrderSingle refused before it became an order."""
-        self._smsg(key, c.P_EXEC_REPORT, self.ts_ns, coid, c.P_NULL_ID, c.P_NULL_ID,
-                   self._exec_id(), price, qty, c.P_NULL_PRICE, 0, 0, 0, symbol & 0xFFFFFFFF,
-                   account & 0xFFFFFFFF, c.EXEC_REJECTED, c.STATUS_REJECTED, side & 0xFF,
-                   ord_type & 0xFF, tif & 0xFF, reason, 0, 0)
+        self._smsg(key, c.P_EXEC_REPORT, (
+            self.ts_ns, coid, c.P_NULL_ID, c.P_NULL_ID, self._exec_id(), price, qty,
+            c.P_NULL_PRICE, 0, 0, 0, symbol & 0xFFFFFFFF, account & 0xFFFFFFFF, c.EXEC_REJECTED,
+            c.STATUS_REJECTED, side & 0xFF, ord_type & 0xFF, tif & 0xFF, reason, 0, 0))
 
     def _session_cancel_reject(self, key: tuple, coid: int, orig: int, order_id: int, to: int,
                                reason: int) -> None:
@@ -2174,9 +2182,9 @@ class TradingEngine:
         o = ctx[8]
         status = _ord_status(o) if o is not None and o.order_id in self.orders \
             else c.STATUS_REJECTED
-        self._smsg(key, c.P_CANCEL_REJECT, self.ts_ns, coid, orig,
-                   o.order_id if o is not None else order_id, ctx[7] & 0xFFFFFFFF, status,
-                   48 + to, reason, 0)
+        self._smsg(key, c.P_CANCEL_REJECT, (
+            self.ts_ns, coid, orig, o.order_id if o is not None else order_id,
+            ctx[7] & 0xFFFFFFFF, status, 48 + to, reason, 0))
 
     def _session_async_cancel_reject(self, o: Order, to: int, code: int) -> None:
         """The CrossEngine refused a cancel or amend the engine had sent for ``o``."""
@@ -2190,9 +2198,9 @@ class TradingEngine:
         fields = (self.ts_ns, coid, o.client_order_id, o.order_id, o.symbol, _ord_status(o),
                   48 + to, fix_cxl_rej_reason(code), 0)
         if o.sess is not None:
-            self._smsg(o.sess, c.P_CANCEL_REJECT, *fields)
+            self._smsg(o.sess, c.P_CANCEL_REJECT, fields)
         if req is not None and req[1] != o.sess:
-            self._smsg(req[1], c.P_CANCEL_REJECT, *fields)
+            self._smsg(req[1], c.P_CANCEL_REJECT, fields)
 
     def _session_logon(self, payload: bytes) -> None:
         n = len(payload)
@@ -2366,7 +2374,7 @@ class TradingEngine:
             return
         if seqno > expected:
             # order-path.md §4: NotApplied.Count is a u32; a longer jump says 2^32 - 1
-            self._smsg(key, c.P_NOT_APPLIED, expected, min(seqno - expected, 0xFFFF_FFFF))
+            self._smsg(key, c.P_NOT_APPLIED, (expected, min(seqno - expected, 0xFFFF_FFFF)))
         sess.next_expected = seqno + 1
         size = c.P_BLOCK_SIZES.get(template)
         ref = _U64(block, 16)[0] if size is not None and len(block) >= 24 else c.P_NULL_ID
@@ -2421,8 +2429,8 @@ class TradingEngine:
                 self._reject_order(coid, account, symbol, side, ord_type, 0, qty, code)
                 return
             eflags = POST_ONLY if flags & c.P_FLAG_POST_ONLY else 0
-            self._new_order(_NEW_ORDER_PACK(coid, account, symbol, ticks, qty, 0, side,
-                                            ord_type, tif, eflags, 0, c.BY_MARK))
+            self._enter_order(coid, account, symbol, ticks, qty, 0, side, ord_type, tif, eflags,
+                              0, c.BY_MARK)
         finally:
             self._ctx = None
 
@@ -2532,8 +2540,8 @@ class TradingEngine:
         if reject:
             if coid not in sess.clordids:
                 sess.clordids[coid] = None
-            self._smsg(key, c.P_MASS_CANCEL_REPORT, self.ts_ns, coid, 0, symbol & 0xFFFFFFFF,
-                       mtype, 0x30, reject & 0xFF, 0)
+            self._smsg(key, c.P_MASS_CANCEL_REPORT,
+                       (self.ts_ns, coid, 0, symbol & 0xFFFFFFFF, mtype, 0x30, reject & 0xFF, 0))
             return
         sess.clordids[coid] = None
         acct = self.accounts.get(sess.default_account)
@@ -2541,7 +2549,7 @@ class TradingEngine:
         if acct is not None:
             n = self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
                                     c.REASON_MASS_CANCEL)
-        self._smsg(key, c.P_MASS_CANCEL_REPORT, self.ts_ns, coid, n, symbol, mtype, mtype, 0, 0)
+        self._smsg(key, c.P_MASS_CANCEL_REPORT, (self.ts_ns, coid, n, symbol, mtype, mtype, 0, 0))
 
 
     # -- the audit, snapshots and the state hash ----------------------------------------------
