@@ -63,4 +63,5 @@ cdef class TradingEngine:
     cdef _enter_order(self, coid, account, symbol, price, qty, trig_px, side, ord_type, tif,
                       flags, trig_kind, trig_by)
     cdef _cover_deficit(self, Account acct)
+    cdef _s_new_order(self, tuple key, Session sess, bytes block, seqno)
     cdef dict __dict__

@@ -136,7 +136,13 @@ _CE_CMD = EVENT_STRUCTS[CE_COMMAND].pack
 _CE_CANCEL = CE_CANCEL_S.pack
 _CE_AMEND = CE_AMEND_S.pack
 _NEW_ORDER = NEW_ORDER_S.unpack_from
-_CE_EVENTS = CE_EVENT_STRUCTS
+# per CrossEngine event type its size and its unpack, and the hot unpacks and lookups bound
+# once: a method of an untyped global is an attribute lookup at every call
+_CE_SIZE = {k: s.size for k, s in CE_EVENT_STRUCTS.items()}.get
+_CE_UNPACK = {k: s.unpack_from for k, s in CE_EVENT_STRUCTS.items()}
+_CLIENT_MESSAGE = CLIENT_MESSAGE_S.unpack_from
+_CLIENT_MESSAGE_SIZE = CLIENT_MESSAGE_S.size
+_P_BLOCK_SIZE = P_BLOCK_SIZES.get
 _CE_TRADE = CE_EVENT_STRUCTS[CE_TRADE].unpack_from
 _CE_CMD_SIZE = EVENT_STRUCTS[CE_COMMAND].size
 _CE_NEW_SIZE = CE_NEW_ORDER_S.size
@@ -780,7 +786,7 @@ class TradingEngine:
                                           acct.position_margin))
 
     def _position_status(self, acct: Account, symbol) -> None:
-        pos = acct.positions[symbol]
+        pos: Position = acct.positions[symbol]
         spec = self.specs[symbol]
         self.route |= ROUTE_LIQ
         if pos.size:
@@ -817,6 +823,7 @@ class TradingEngine:
     def _cross_base(self, acct: Account, symbol: int, orders_excluded: int = 0) -> int:
         """The money behind a cross position in ``symbol``: the balance less what isolated
         positions and orders hold, plus the other cross positions' losses (not their gains)."""
+        pos: Position
         iso = 0
         for pos in acct.positions.values():
             if pos.mode == ISOLATED:
@@ -1005,7 +1012,7 @@ class TradingEngine:
         o.margin = 0
         self._liq_dirty[acct.account_id] = None
         if o.state != UNTRIGGERED:
-            pos = acct.positions[o.symbol]
+            pos: Position = acct.positions[o.symbol]
             if o.side == BUY:
                 pos.buy_leaves -= o.leaves
             else:
@@ -1817,30 +1824,30 @@ class TradingEngine:
         n = len(payload)
         # validate the whole payload before acting on any of it
         while off < n:
-            s = _CE_EVENTS.get(payload[off])
-            if s is None or off + s.size > n:
+            size = _CE_SIZE(payload[off])
+            if size is None or off + size > n:
                 raise EngineHalted(f"malformed CrossEngine events for symbol {symbol} at {off}")
-            off += s.size
+            off += size
         off = start
         traded = False
         touched = self._touched = {}
         while off < n:
             kind = payload[off]
-            s = _CE_EVENTS[kind]
+            unpack = _CE_UNPACK[kind]
             if kind == CE_TRADE:
                 self._trade(symbol, spec, _CE_TRADE(payload, off))
                 traded = True
             elif kind == CE_ACCEPTED:
-                self._accepted(symbol, s.unpack_from(payload, off))
+                self._accepted(symbol, unpack(payload, off))
             elif kind == CE_CANCELLED or kind == CE_EXPIRED:
-                self._cancelled(symbol, s.unpack_from(payload, off))
+                self._cancelled(symbol, unpack(payload, off))
             elif kind == CE_REJECTED:
-                self._ce_rejected(symbol, s.unpack_from(payload, off))
+                self._ce_rejected(symbol, unpack(payload, off))
             elif kind == CE_AMENDED:
-                self._amended(symbol, s.unpack_from(payload, off))
+                self._amended(symbol, unpack(payload, off))
             elif kind == CE_MASS_CANCELLED:
-                self._mass_cancelled(symbol, s.unpack_from(payload, off))
-            off += s.size
+                self._mass_cancelled(symbol, unpack(payload, off))
+            off += _CE_SIZE(kind)
         # one position and account status per account the record touched, after its fills
         seen: dict[int, Account] = {}
         for (_, sym), acct in touched.items():
@@ -1858,7 +1865,7 @@ class TradingEngine:
     def _own_order(self, account, order_id) -> tuple[Account | None, Order | None]:
         if not self._mine(account):
             return None, None
-        o = self.orders.get(order_id)
+        o: Order = self.orders.get(order_id)
         if o is None or o.account != account:
             return self.accounts.get(account), None
         return self.accounts[account], o
@@ -2379,11 +2386,11 @@ class TradingEngine:
             del fin[key]
 
     def _client_message(self, payload: bytes) -> None:
-        head = CLIENT_MESSAGE_S.size
+        head = _CLIENT_MESSAGE_SIZE
         if len(payload) < head + 8:
             self._reject_request(CLIENT_MESSAGE, 2001, 0, 0, 0)
             return
-        user, sid, gflags, template = CLIENT_MESSAGE_S.unpack_from(payload)
+        user, sid, gflags, template = _CLIENT_MESSAGE(payload)
         key = (user, sid)
         sess: Session = self.sessions.get(key)
         if sess is not None and key in self.finalized:
@@ -2401,7 +2408,7 @@ class TradingEngine:
             # order-path.md §4: NotApplied.Count is a u32; a longer jump says 2^32 - 1
             self._smsg(key, P_NOT_APPLIED, (expected, min(seqno - expected, 0xFFFF_FFFF)))
         sess.next_expected = seqno + 1
-        size = P_BLOCK_SIZES.get(template)
+        size = _P_BLOCK_SIZE(template)
         ref = _U64(block, 16)[0] if size is not None and len(block) >= 24 else P_NULL_ID
         if size is None:
             self._business_reject(key, seqno, ref, template, 3, b"unsupported message type")
@@ -2422,7 +2429,7 @@ class TradingEngine:
         else:
             self._s_mass_cancel(key, sess, block)
 
-    def _s_new_order(self, key: tuple, sess: Session, block: bytes, seqno: int) -> None:
+    def _s_new_order(self, key: tuple, sess: Session, block: bytes, seqno) -> None:
         (_, _, coid, price, qty, symbol, account, side, ord_type, tif,
          flags) = _P_NOS(block)
         if account == 0:
