@@ -32,6 +32,9 @@ EXTENSIONS = [
                                   "--param=inline-unit-growth=200"]),
     # plain Python compiled with its augmenting engine.pxd (typed state classes)
     Extension("tradingengine.engine", ["tradingengine/engine.py"], extra_compile_args=["-O2"]),
+    # plain Python compiled as it is: the engine calls its formulas on every fill and order,
+    # and interpreted they were a Python frame each (it keeps wraparound on: tiers[-1])
+    Extension("tradingengine.margin", ["tradingengine/margin.py"], extra_compile_args=["-O2"]),
 ]
 
 setup(

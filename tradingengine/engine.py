@@ -48,7 +48,37 @@ import msgpack
 
 from mq.record import MAX_PAYLOAD, decode, encode
 from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
-from tradingengine import codec as c
+
+# The codec's names as module globals: Cython reads a global through a cached dict lookup,
+# but `codec.NAME` as a module attribute lookup each time (~230 instructions, 31 times per
+# record of the bench_e2e flow). Listed compactly, not one a line.
+# isort: off
+from tradingengine.codec import (
+    ACCOUNT, ADJUST_MARGIN, ADJUST_MARGIN_S, ADL_APPLIED, AMEND, AMEND_S, BUY, BY_LAST, BY_MARK,
+    CANCEL, CANCEL_ALL, CANCEL_ALL_S, CANCEL_REJECTED, CANCEL_S, CE_ACCEPTED, CE_AMEND, CE_AMENDED,
+    CE_AMEND_S, CE_CANCEL, CE_CANCELLED, CE_CANCEL_S, CE_COMMAND, CE_EVENTS, CE_EVENTS_S,
+    CE_EVENT_STRUCTS, CE_EXPIRED, CE_MASS_CANCELLED, CE_MAX_FILLS, CE_NEW_ORDER, CE_NEW_ORDER_S,
+    CE_REJECTED, CE_SCOPE_BOOK, CE_TRADE, CLIENT_MESSAGE, CLIENT_MESSAGE_S, CODES,
+    COD_ON_DISCONNECT, COD_ON_DISCONNECT_OR_LOGOUT, COMMAND_STRUCTS, CROSS, DEAD_MANS_SWITCH,
+    DEAD_MANS_SWITCH_FIRED, DEAD_MANS_SWITCH_S, DEFICIT_COVERED, DEPOSIT, END_DISCONNECT,
+    END_FINALIZE, END_LOGOUT, EVENT_STRUCTS, EXEC_CANCELED, EXEC_EXPIRED, EXEC_NEW, EXEC_REJECTED,
+    EXEC_REPLACED, EXEC_REPORT, EXEC_TRADE, EXEC_TRIGGERED, FLAG_POST_ONLY, FLAG_REDUCE_ONLY, FOK,
+    FUNDING, FUNDING_INPUTS, FUNDING_INPUTS_S, FUNDING_SETTLED, GATEWAY_START, GATEWAY_START_S,
+    GTC, GW_SHED, GW_THROTTLED, IOC, ISOLATED, KIND_TICK, LIMIT, LIQUIDATION, LIQ_ADL, LIQ_ADL_S,
+    LIQ_CE_COMMAND, LIQ_EVENT_SIZES, MARKET, MARK_PRICE, MARK_PRICE_S, MAX_SESSION_ACCOUNTS,
+    NEW_ORDER, NEW_ORDER_S, POSITION, P_BLOCK_SIZES, P_BUSINESS_REJECT, P_CANCEL, P_CANCEL_REJECT,
+    P_EXEC_REPORT, P_FLAG_POST_ONLY, P_MASS_CANCEL, P_MASS_CANCEL_REPORT, P_NEW_ORDER,
+    P_NOT_APPLIED, P_NULL_ID, P_NULL_PRICE, P_REPLACE, P_STRUCTS, REASON_CANCEL_ON_DISCONNECT,
+    REASON_CLIENT, REASON_DEAD_MANS_SWITCH, REASON_LIQUIDATION, REASON_MASS_CANCEL,
+    REASON_MATCH_LIMIT, REASON_REDUCE_ONLY, REQUEST_REJECTED, RESERVED_ACCOUNT_MIN, ROUTE_LIQ,
+    SELL, SESSION_BEYOND, SESSION_BOUND_ELSEWHERE, SESSION_END, SESSION_END_S, SESSION_FINALIZED,
+    SESSION_LIMIT, SESSION_LOGON, SESSION_LOGON_S, SESSION_MESSAGE, SESSION_NEW, SESSION_RESUMED,
+    SESSION_STATE, SET_LEVERAGE, SET_LEVERAGE_S, SET_MARGIN_MODE, SET_MARGIN_MODE_S,
+    STATUS_CANCELED, STATUS_EXPIRED, STATUS_FILLED, STATUS_NEW, STATUS_PARTIAL, STATUS_REJECTED,
+    STATUS_UNTRIGGERED, TRANSFER, TRANSFER_S, TRIGGER_NONE, TRIGGER_STOP, TRIGGER_TAKE_PROFIT,
+    WITHDRAW,
+)
+# isort: on
 from tradingengine.margin import (
     PPM,
     X100,
@@ -101,40 +131,40 @@ SWEEP_FUNDING = 3        # [3, symbol, next entry, rate, mark, paid, received, [
 SWEEP_MASS_CANCELLED = 4  # [4, symbol, next CrossEngine id, last CrossEngine id, reason]
 SWEEP_REDUCE_ONLY = 5    # [5, symbol, account]
 
-_ER = c.EVENT_STRUCTS[c.EXEC_REPORT].pack
-_CE_CMD = c.EVENT_STRUCTS[c.CE_COMMAND].pack
-_CE_CANCEL = c.CE_CANCEL_S.pack
-_CE_AMEND = c.CE_AMEND_S.pack
-_NEW_ORDER = c.NEW_ORDER_S.unpack_from
-_CE_EVENTS = c.CE_EVENT_STRUCTS
-_CE_TRADE = c.CE_EVENT_STRUCTS[c.CE_TRADE].unpack_from
-_CE_CMD_SIZE = c.EVENT_STRUCTS[c.CE_COMMAND].size
-_CE_NEW_SIZE = c.CE_NEW_ORDER_S.size
-_PACK = {k: s.pack for k, s in c.EVENT_STRUCTS.items()}
-_CODE = c.CODES
+_ER = EVENT_STRUCTS[EXEC_REPORT].pack
+_CE_CMD = EVENT_STRUCTS[CE_COMMAND].pack
+_CE_CANCEL = CE_CANCEL_S.pack
+_CE_AMEND = CE_AMEND_S.pack
+_NEW_ORDER = NEW_ORDER_S.unpack_from
+# per CrossEngine event type its size and its unpack, and the hot unpacks and lookups bound
+# once: a method of an untyped global is an attribute lookup at every call
+_CE_SIZE = {k: s.size for k, s in CE_EVENT_STRUCTS.items()}.get
+_CE_UNPACK = {k: s.unpack_from for k, s in CE_EVENT_STRUCTS.items()}
+_CLIENT_MESSAGE = CLIENT_MESSAGE_S.unpack_from
+_CLIENT_MESSAGE_SIZE = CLIENT_MESSAGE_S.size
+_P_BLOCK_SIZE = P_BLOCK_SIZES.get
+_CE_TRADE = CE_EVENT_STRUCTS[CE_TRADE].unpack_from
+_CE_CMD_SIZE = EVENT_STRUCTS[CE_COMMAND].size
+_CE_NEW_SIZE = CE_NEW_ORDER_S.size
+_PACK = {k: s.pack for k, s in EVENT_STRUCTS.items()}
+_CODE = CODES
 # the CrossEngineCommand header and a NewOrder in one struct: the pre-trade check's output
-_CE_NEW_CMD = struct.Struct("<BIHH" + c.CE_NEW_ORDER_S.format[1:]).pack
+_CE_NEW_CMD = struct.Struct("<BIHH" + CE_NEW_ORDER_S.format[1:]).pack
 # enumerations as module constants: the hot paths read them without an attribute lookup
-BUY, SELL, LIMIT, MARKET = c.BUY, c.SELL, c.LIMIT, c.MARKET
-GTC, IOC, FOK = c.GTC, c.IOC, c.FOK
-REDUCE_ONLY, POST_ONLY = c.FLAG_REDUCE_ONLY, c.FLAG_POST_ONLY
-CE_COMMAND, CE_NEW_ORDER = c.CE_COMMAND, c.CE_NEW_ORDER
-ROUTE_LIQ = c.ROUTE_LIQ
-RESERVED_ACCOUNT_MIN = c.RESERVED_ACCOUNT_MIN
-_LIQ_SIZES = c.LIQ_EVENT_SIZES
-_LIQ_ADL = c.LIQ_ADL_S.unpack_from
+REDUCE_ONLY, POST_ONLY = FLAG_REDUCE_ONLY, FLAG_POST_ONLY
+_LIQ_SIZES = LIQ_EVENT_SIZES
+_LIQ_ADL = LIQ_ADL_S.unpack_from
 _U16 = struct.Struct("<H").unpack_from
-_SIZES = {k: s.size for k, s in c.COMMAND_STRUCTS.items()}
-_SMSG = c.EVENT_STRUCTS[c.SESSION_MESSAGE].pack
-_P = {t: s.pack for t, s in c.P_STRUCTS.items()}
-_P_NOS = c.P_STRUCTS[c.P_NEW_ORDER].unpack
-_P_CANCEL = c.P_STRUCTS[c.P_CANCEL].unpack
-_P_REPLACE = c.P_STRUCTS[c.P_REPLACE].unpack
-_P_MASS = c.P_STRUCTS[c.P_MASS_CANCEL].unpack
+_SIZES = {k: s.size for k, s in COMMAND_STRUCTS.items()}
+_SMSG = EVENT_STRUCTS[SESSION_MESSAGE].pack
+_P = {t: s.pack for t, s in P_STRUCTS.items()}
+_P_NOS = P_STRUCTS[P_NEW_ORDER].unpack
+_P_CANCEL = P_STRUCTS[P_CANCEL].unpack
+_P_REPLACE = P_STRUCTS[P_REPLACE].unpack
+_P_MASS = P_STRUCTS[P_MASS_CANCEL].unpack
 _U64 = struct.Struct("<Q").unpack_from
-_NEW_ORDER_PACK = c.NEW_ORDER_S.pack
-_P_EXEC_TYPES = (c.EXEC_NEW, c.EXEC_CANCELED, c.EXEC_REPLACED, c.EXEC_REJECTED, c.EXEC_EXPIRED,
-                 c.EXEC_TRADE)
+_P_EXEC_TYPES = (EXEC_NEW, EXEC_CANCELED, EXEC_REPLACED, EXEC_REJECTED, EXEC_EXPIRED,
+                 EXEC_TRADE)
 
 
 def worst_case_output() -> dict[str, int]:
@@ -149,35 +179,35 @@ def worst_case_output() -> dict[str, int]:
     and sweeps before the command run up to OUTPUT_BUDGET plus one unit, the command adds its
     own, and one more unit may follow.
     """
-    size = {k: s.size for k, s in c.EVENT_STRUCTS.items()}
+    size = {k: s.size for k, s in EVENT_STRUCTS.items()}
     # an order a session entered reports to that session too (a SessionMessage with a
     # PROTOCOL.md ExecutionReport), and a cancel's or replace's answer to the session that
     # asked, if that is another: an engine report is at most 88 + 2 x 127 bytes
-    smsg = size[c.SESSION_MESSAGE] + c.P_BLOCK_SIZES[c.P_EXEC_REPORT]
-    er = size[c.EXEC_REPORT] + 2 * smsg
-    fill = size[c.EXEC_REPORT] + smsg
-    cmd = size[c.CE_COMMAND]
-    cancel_one = max(er, cmd + c.CE_CANCEL_S.size)
+    smsg = size[SESSION_MESSAGE] + P_BLOCK_SIZES[P_EXEC_REPORT]
+    er = size[EXEC_REPORT] + 2 * smsg
+    fill = size[EXEC_REPORT] + smsg
+    cmd = size[CE_COMMAND]
+    cancel_one = max(er, cmd + CE_CANCEL_S.size)
     units = {
-        "liquidation": MAX_OPEN_ORDERS * cancel_one + size[c.LIQUIDATION]
-        + size[c.DEFICIT_COVERED] + size[c.POSITION] + size[c.ACCOUNT],
-        "dead_mans_switch": MAX_OPEN_ORDERS * cancel_one + size[c.DEAD_MANS_SWITCH_FIRED],
+        "liquidation": MAX_OPEN_ORDERS * cancel_one + size[LIQUIDATION]
+        + size[DEFICIT_COVERED] + size[POSITION] + size[ACCOUNT],
+        "dead_mans_switch": MAX_OPEN_ORDERS * cancel_one + size[DEAD_MANS_SWITCH_FIRED],
         "cancel_on_disconnect": MAX_OPEN_ORDERS * cancel_one,   # one account of a session
-        "funding": size[c.FUNDING] + size[c.DEFICIT_COVERED] + size[c.FUNDING_SETTLED],
-        "trigger": er + max(er, cmd + c.CE_NEW_ORDER_S.size),
+        "funding": size[FUNDING] + size[DEFICIT_COVERED] + size[FUNDING_SETTLED],
+        "trigger": er + max(er, cmd + CE_NEW_ORDER_S.size),
         "mass_cancelled": er,
-        "reduce_only": MAX_OPEN_ORDERS * (cmd + c.CE_AMEND_S.size),
+        "reduce_only": MAX_OPEN_ORDERS * (cmd + CE_AMEND_S.size),
     }
-    fills = c.CE_MAX_FILLS
+    fills = CE_MAX_FILLS
     commands = {
         "cancel_all": MAX_OPEN_ORDERS * cancel_one,
-        "ce_events": max(fills * (2 * fill + 2 * size[c.DEFICIT_COVERED]) + 2 * er
-                         + (fills + 1) * (size[c.POSITION] + size[c.ACCOUNT]),
+        "ce_events": max(fills * (2 * fill + 2 * size[DEFICIT_COVERED]) + 2 * er
+                         + (fills + 1) * (size[POSITION] + size[ACCOUNT]),
                          MAX_OPEN_ORDERS * er),
-        "other": 2 * er + size[c.POSITION] + size[c.ACCOUNT] + size[c.TRANSFER],
-        "adl": MAX_ADLS_PER_RECORD * (MAX_OPEN_ORDERS * cancel_one + size[c.ADL_APPLIED]
-                                      + size[c.DEFICIT_COVERED] + size[c.POSITION]
-                                      + size[c.ACCOUNT]),
+        "other": 2 * er + size[POSITION] + size[ACCOUNT] + size[TRANSFER],
+        "adl": MAX_ADLS_PER_RECORD * (MAX_OPEN_ORDERS * cancel_one + size[ADL_APPLIED]
+                                      + size[DEFICIT_COVERED] + size[POSITION]
+                                      + size[ACCOUNT]),
     }
     unit = max(units.values())
     return {"unit": unit, "command": max(commands.values()),
@@ -208,7 +238,7 @@ class Order:
         self.account = account
         self.symbol = symbol
         self.client_order_id = client_order_id
-        self.side = side                  # c.BUY / c.SELL
+        self.side = side                  # BUY / SELL
         self.ord_type = ord_type
         self.tif = tif
         self.flags = flags
@@ -220,8 +250,8 @@ class Order:
         self.state = PENDING_NEW
         self.pending = NO_PENDING         # a cancel or amend sent and not yet answered
         self.trigger_price = 0
-        self.trigger_kind = c.TRIGGER_NONE
-        self.trigger_by = c.BY_MARK
+        self.trigger_kind = TRIGGER_NONE
+        self.trigger_by = BY_MARK
         self.reason = 0                   # why the engine sent a cancel (its report says so)
         self.ce_id = 0                    # the CrossEngine's order id, once it accepted
         self.sess = None                  # (user, session_id) that entered it, or None
@@ -304,7 +334,7 @@ class Position:
         self.margin = 0            # held for the position: requirement + extra
         self.extra = 0             # isolated margin added by the trader (>= 0)
         self.leverage_x100 = leverage_x100
-        self.mode = c.CROSS
+        self.mode = CROSS
         self.realised = 0          # lifetime realised PnL (fees and funding apart)
         self.buy_leaves = 0        # lots of live (not conditional) buy orders: derived
         self.sell_leaves = 0
@@ -563,16 +593,16 @@ class TradingEngine:
         self._unit_done = False  # a sweep unit ran in this record
         self._touched: dict[tuple[int, int], Account] = {}   # APO status owed, in order
         self._handlers = {
-            c.NEW_ORDER: self._new_order, c.CANCEL: self._cancel, c.AMEND: self._amend,
-            c.CANCEL_ALL: self._cancel_all, c.SET_LEVERAGE: self._set_leverage,
-            c.SET_MARGIN_MODE: self._set_margin_mode, c.ADJUST_MARGIN: self._adjust_margin,
-            c.DEPOSIT: self._deposit, c.WITHDRAW: self._withdraw, c.MARK_PRICE: self._mark,
-            c.FUNDING_INPUTS: self._funding_inputs, c.DEAD_MANS_SWITCH: self._dead_mans_switch,
-            c.CE_EVENTS: self._ce_events,
+            NEW_ORDER: self._new_order, CANCEL: self._cancel, AMEND: self._amend,
+            CANCEL_ALL: self._cancel_all, SET_LEVERAGE: self._set_leverage,
+            SET_MARGIN_MODE: self._set_margin_mode, ADJUST_MARGIN: self._adjust_margin,
+            DEPOSIT: self._deposit, WITHDRAW: self._withdraw, MARK_PRICE: self._mark,
+            FUNDING_INPUTS: self._funding_inputs, DEAD_MANS_SWITCH: self._dead_mans_switch,
+            CE_EVENTS: self._ce_events,
         }
         self._session_handlers = {
-            c.SESSION_LOGON: self._session_logon, c.SESSION_END: self._session_end,
-            c.GATEWAY_START: self._gateway_start, c.CLIENT_MESSAGE: self._client_message,
+            SESSION_LOGON: self._session_logon, SESSION_END: self._session_end,
+            GATEWAY_START: self._gateway_start, CLIENT_MESSAGE: self._client_message,
         }
 
     # -- the state machine contract --------------------------------------------------------------
@@ -604,18 +634,18 @@ class TradingEngine:
             # the CrossEngine output of that source's symbol, whatever the record's kind (its
             # output of a Tick keeps kind 1: the fills of the LiqEngine's orders sent on a Tick)
             self._ce_apply(self._ce_src[source], payload, 0)
-        elif kind == c.KIND_TICK:
+        elif kind == KIND_TICK:
             pass
         elif handler is not None:
             size = _SIZES[kind]
-            if len(payload) != size and (kind != c.CE_EVENTS or len(payload) < size):
+            if len(payload) != size and (kind != CE_EVENTS or len(payload) < size):
                 self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
-            elif (kind == c.DEPOSIT or kind == c.WITHDRAW) and source < OPERATOR_SOURCE_MIN:
-                transfer_id, account, _amount = c.TRANSFER_S.unpack(payload)
+            elif (kind == DEPOSIT or kind == WITHDRAW) and source < OPERATOR_SOURCE_MIN:
+                transfer_id, account, _amount = TRANSFER_S.unpack(payload)
                 self._reject_request(kind, _CODE["source_not_operator"], account, 0, transfer_id)
-            elif kind >= c.MARK_PRICE and not self._source_allowed(kind, source):
+            elif kind >= MARK_PRICE and not self._source_allowed(kind, source):
                 self._reject_request(kind, _CODE["source_not_allowed"], 0,
-                                     c.CE_EVENTS_S.unpack_from(payload)[0], 0)
+                                     CE_EVENTS_S.unpack_from(payload)[0], 0)
             else:
                 handler(payload)
         elif kind in self._session_handlers:
@@ -634,9 +664,9 @@ class TradingEngine:
         """MarkPrice and FundingInputs only from the oracles (and the operator) when
         oracle_sources is configured; CrossEngineEvents never from a source not in ce_sources
         when ce_sources is (those are taken before this check)."""
-        if kind == c.CE_EVENTS:
+        if kind == CE_EVENTS:
             return self.ce_sources is None
-        if kind == c.MARK_PRICE or kind == c.FUNDING_INPUTS:
+        if kind == MARK_PRICE or kind == FUNDING_INPUTS:
             return (self.oracle_sources is None or source in self._oracle_src
                     or source >= OPERATOR_SOURCE_MIN)
         return True
@@ -698,7 +728,7 @@ class TradingEngine:
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _mine(self, account_id: int) -> bool:
+    def _mine(self, account_id) -> bool:
         """An account of this shard; a reserved one (LIQ's) is nobody's."""
         return account_id % self.n_shards == self.shard and account_id < RESERVED_ACCOUNT_MIN
 
@@ -709,7 +739,7 @@ class TradingEngine:
         acct = self.accounts.get(account_id)
         return acct, 2003 if acct is None else 0
 
-    def _position(self, acct: Account, symbol: int) -> Position:
+    def _position(self, acct: Account, symbol) -> Position:
         pos: Position = acct.positions.get(symbol)
         if pos is None:
             spec = self.specs[symbol]
@@ -718,30 +748,30 @@ class TradingEngine:
         return pos
 
     def _reject_request(self, kind: int, code: int, account: int, symbol: int, ref: int) -> None:
-        self._out.append(_PACK[c.REQUEST_REJECTED](c.REQUEST_REJECTED, code, kind,
+        self._out.append(_PACK[REQUEST_REJECTED](REQUEST_REJECTED, code, kind,
                                                    account & 0xFFFFFFFF, symbol & 0xFFFFFFFF,
                                                    ref & 0xFFFFFFFFFFFFFFFF))
 
-    def _er(self, o: Order, exec_type: int, last_px: int = 0, last_qty: int = 0, paid: int = 0,
-            code: int = 0, liquidity: int = 0, status: int = 0) -> None:
+    def _er(self, o: Order, exec_type, last_px=0, last_qty=0, paid=0,
+            code=0, liquidity=0, status=0) -> None:
         if not status:
             if o.state == UNTRIGGERED:
-                status = c.STATUS_UNTRIGGERED
+                status = STATUS_UNTRIGGERED
             elif o.leaves == 0 and o.cum == o.qty:
-                status = c.STATUS_FILLED
+                status = STATUS_FILLED
             elif o.cum:
-                status = c.STATUS_PARTIAL
+                status = STATUS_PARTIAL
             else:
-                status = c.STATUS_NEW
-        self._out.append(_ER(c.EXEC_REPORT, exec_type, status, o.account, o.symbol,
+                status = STATUS_NEW
+        self._out.append(_ER(EXEC_REPORT, exec_type, status, o.account, o.symbol,
                              o.client_order_id, o.order_id, o.side, o.ord_type, o.price, o.qty,
                              last_px, last_qty, o.leaves, o.cum, paid, code, liquidity))
         if o.sess is not None or o.cxl is not None or o.rpl is not None:
             self._session_er(o, exec_type, status, last_px, last_qty, code, liquidity)
 
-    def _reject_order(self, coid: int, account: int, symbol: int, side: int, ord_type: int,
-                      price: int, qty: int, code: int) -> None:
-        self._out.append(_ER(c.EXEC_REPORT, c.EXEC_REJECTED, c.STATUS_REJECTED,
+    def _reject_order(self, coid, account, symbol, side, ord_type,
+                      price, qty, code) -> None:
+        self._out.append(_ER(EXEC_REPORT, EXEC_REJECTED, STATUS_REJECTED,
                              account & 0xFFFFFFFF, symbol & 0xFFFFFFFF, coid, 0, side & 0xFF,
                              ord_type & 0xFF, price, qty, 0, 0, 0, 0, 0, code, 0))
         if self._ctx is not None:
@@ -751,32 +781,32 @@ class TradingEngine:
 
     def _account_status(self, acct: Account) -> None:
         self.route |= ROUTE_LIQ
-        self._out.append(_PACK[c.ACCOUNT](c.ACCOUNT, acct.account_id, acct.balance,
+        self._out.append(_PACK[ACCOUNT](ACCOUNT, acct.account_id, acct.balance,
                                           self._available(acct), acct.order_margin,
                                           acct.position_margin))
 
-    def _position_status(self, acct: Account, symbol: int) -> None:
-        pos = acct.positions[symbol]
+    def _position_status(self, acct: Account, symbol) -> None:
+        pos: Position = acct.positions[symbol]
         spec = self.specs[symbol]
         self.route |= ROUTE_LIQ
         if pos.size:
-            base = pos.margin if pos.mode == c.ISOLATED else self._cross_base(acct, symbol)
+            base = pos.margin if pos.mode == ISOLATED else self._cross_base(acct, symbol)
             liq = liquidation_price(pos.size, pos.cost, base, spec)
             bk = bankruptcy_price(pos.size, pos.cost, base, spec)
         else:
             liq = bk = 0
-        self._out.append(_PACK[c.POSITION](c.POSITION, acct.account_id, symbol, pos.size,
+        self._out.append(_PACK[POSITION](POSITION, acct.account_id, symbol, pos.size,
                                            pos.cost, pos.margin, liq, bk, pos.realised,
                                            pos.leverage_x100, pos.mode))
 
-    def _cross_upnl(self, acct: Account, skip: int = 0) -> int:
+    def _cross_upnl(self, acct: Account, skip=0) -> int:
         pos: Position
         total = 0
         marks = self.marks
         for sym, pos in acct.positions.items():
             # a position in a symbol with no mark yet (a fill of an order this engine did not
             # send) is valued at its entry: no unrealised PnL
-            if pos.size and pos.mode == c.CROSS and sym != skip and sym in marks:
+            if pos.size and pos.mode == CROSS and sym != skip and sym in marks:
                 total += pos.size * marks[sym] * self.specs[sym].value - pos.cost
         return total
 
@@ -793,9 +823,10 @@ class TradingEngine:
     def _cross_base(self, acct: Account, symbol: int, orders_excluded: int = 0) -> int:
         """The money behind a cross position in ``symbol``: the balance less what isolated
         positions and orders hold, plus the other cross positions' losses (not their gains)."""
+        pos: Position
         iso = 0
         for pos in acct.positions.values():
-            if pos.mode == c.ISOLATED:
+            if pos.mode == ISOLATED:
                 iso += pos.margin
         other = self._cross_upnl(acct, skip=symbol)
         return (acct.balance - iso - (acct.order_margin - orders_excluded)
@@ -813,6 +844,13 @@ class TradingEngine:
     def _new_order(self, payload: bytes) -> None:
         (coid, account, symbol, price, qty, trig_px, side, ord_type, tif, flags, trig_kind,
          trig_by) = _NEW_ORDER(payload)
+        self._enter_order(coid, account, symbol, price, qty, trig_px, side, ord_type, tif, flags,
+                          trig_kind, trig_by)
+
+    def _enter_order(self, coid, account, symbol, price, qty, trig_px, side, ord_type, tif, flags,
+                     trig_kind, trig_by) -> None:
+        """A NewOrder's fields, in its layout's ranges (codec.NEW_ORDER_S): a session's order
+        comes here directly, not packed into a NewOrder payload and unpacked again."""
         code = 0
         acct: Account = self.accounts.get(account)
         spec = self.specs.get(symbol)
@@ -864,7 +902,7 @@ class TradingEngine:
             self.orders[o.order_id] = o
             self.conditional[symbol][o.order_id] = o
             self._trig_add(o)
-            self._er(o, c.EXEC_NEW)
+            self._er(o, EXEC_NEW)
             return
         code = self._risk_and_send(acct, o, spec)
         if code:
@@ -877,7 +915,7 @@ class TradingEngine:
 
     def _conditional(self, o: Order, trig_px: int, kind: int, by: int,
                      spec: ContractSpec) -> int:
-        if kind not in (c.TRIGGER_STOP, c.TRIGGER_TAKE_PROFIT) or by not in (c.BY_MARK, c.BY_LAST) \
+        if kind not in (TRIGGER_STOP, TRIGGER_TAKE_PROFIT) or by not in (BY_MARK, BY_LAST) \
                 or not 0 < trig_px <= spec.max_price:
             return 2018
         ref = self._reference(o.symbol, by)
@@ -887,7 +925,7 @@ class TradingEngine:
         return 0
 
     def _reference(self, symbol: int, by: int) -> int:
-        if by == c.BY_LAST:
+        if by == BY_LAST:
             last = self.last_prices.get(symbol)
             if last is not None:
                 return last
@@ -960,13 +998,13 @@ class TradingEngine:
         o.reason = reason
         payload = _CE_CANCEL(0, o.order_id, o.account)
         self.route |= 1 << (o.symbol & 63)
-        self._out.append(_CE_CMD(c.CE_COMMAND, o.symbol, c.CE_CANCEL, len(payload)) + payload)
+        self._out.append(_CE_CMD(CE_COMMAND, o.symbol, CE_CANCEL, len(payload)) + payload)
 
     def _send_amend(self, o: Order, price: int, total_qty: int) -> None:
         o.pending = PENDING_AMEND
         payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
         self.route |= 1 << (o.symbol & 63)
-        self._out.append(_CE_CMD(c.CE_COMMAND, o.symbol, c.CE_AMEND, len(payload)) + payload)
+        self._out.append(_CE_CMD(CE_COMMAND, o.symbol, CE_AMEND, len(payload)) + payload)
 
     def _drop(self, acct: Account, o: Order) -> None:
         """Forget a finished order and release what it still holds."""
@@ -974,12 +1012,12 @@ class TradingEngine:
         o.margin = 0
         self._liq_dirty[acct.account_id] = None
         if o.state != UNTRIGGERED:
-            pos = acct.positions[o.symbol]
-            if o.side == c.BUY:
+            pos: Position = acct.positions[o.symbol]
+            if o.side == BUY:
                 pos.buy_leaves -= o.leaves
             else:
                 pos.sell_leaves -= o.leaves
-            if o.flags & c.FLAG_REDUCE_ONLY:
+            if o.flags & FLAG_REDUCE_ONLY:
                 pos.reduce_only -= 1
             if o.ce_id:
                 self.ce_orders[o.symbol].pop(o.ce_id, None)
@@ -1012,7 +1050,7 @@ class TradingEngine:
         return acct, acct.by_client.get((orig, None if self._ctx is None else self._ctx[0]))
 
     def _cancel(self, payload: bytes) -> None:
-        coid, orig, account = c.CANCEL_S.unpack(payload)
+        coid, orig, account = CANCEL_S.unpack(payload)
         acct, o = self._by_client(account, orig)
         self._cancel_order(acct, o, coid, orig, account)
 
@@ -1023,12 +1061,12 @@ class TradingEngine:
             self._cancel_rejected(account, coid, orig, 2017, 1)
         elif o.state == UNTRIGGERED:
             self._drop(acct, o)
-            self._er(o, c.EXEC_CANCELED, code=c.REASON_CLIENT, status=c.STATUS_CANCELED)
+            self._er(o, EXEC_CANCELED, 0, 0, 0, REASON_CLIENT, 0, STATUS_CANCELED)
         else:
-            self._send_cancel(o, c.REASON_CLIENT)
+            self._send_cancel(o, REASON_CLIENT)
 
     def _cancel_rejected(self, account: int, coid: int, orig: int, code: int, to: int) -> None:
-        self._out.append(_PACK[c.CANCEL_REJECTED](c.CANCEL_REJECTED, account & 0xFFFFFFFF, coid,
+        self._out.append(_PACK[CANCEL_REJECTED](CANCEL_REJECTED, account & 0xFFFFFFFF, coid,
                                                   orig, code, to))
         if self._ctx is not None:
             ctx = self._ctx
@@ -1036,7 +1074,7 @@ class TradingEngine:
                                         fix_cxl_rej_reason(code))
 
     def _amend(self, payload: bytes) -> None:
-        coid, orig, account, price, qty = c.AMEND_S.unpack(payload)
+        coid, orig, account, price, qty = AMEND_S.unpack(payload)
         acct, o = self._by_client(account, orig)
         self._amend_order(acct, o, coid, orig, account, price, qty)
 
@@ -1051,7 +1089,7 @@ class TradingEngine:
         code = 0
         if o.pending:
             code = 2017
-        elif price and (o.ord_type == c.MARKET or not 0 < price <= spec.max_price):
+        elif price and (o.ord_type == MARKET or not 0 < price <= spec.max_price):
             code = 2008
         elif qty and not o.cum < qty <= spec.max_qty:
             code = 2009
@@ -1059,22 +1097,22 @@ class TradingEngine:
             code = 2029
         if not code and o.state == UNTRIGGERED:
             o.price, o.qty, o.leaves = new_price, new_qty, new_qty
-            self._er(o, c.EXEC_REPLACED)
+            self._er(o, EXEC_REPLACED)
             return
         if not code:
             mark = self.marks[o.symbol]
             band = mark * spec.band_ppm // PPM
-            buy = o.side == c.BUY
+            buy = o.side == BUY
             if (new_price > mark + band) if buy else (new_price < mark - band):
                 code = 2011
-        if not code and o.flags & c.FLAG_REDUCE_ONLY and new_qty - o.cum > o.leaves:
+        if not code and o.flags & FLAG_REDUCE_ONLY and new_qty - o.cum > o.leaves:
             # a reduce-only order may grow only into what the position still lets it reduce
             pos = acct.positions[o.symbol]
-            ahead = (pos.sell_leaves if o.side == c.SELL else pos.buy_leaves) - o.leaves
-            room = (pos.size if o.side == c.SELL else -pos.size) - ahead
+            ahead = (pos.sell_leaves if o.side == SELL else pos.buy_leaves) - o.leaves
+            room = (pos.size if o.side == SELL else -pos.size) - ahead
             if new_qty - o.cum > room:
                 code = 2014
-        if not code and not o.flags & c.FLAG_REDUCE_ONLY:
+        if not code and not o.flags & FLAG_REDUCE_ONLY:
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
             if need > o.margin:
                 if need - o.margin > self._available(acct):
@@ -1093,7 +1131,7 @@ class TradingEngine:
         own leaves not counted as reducing ahead of it)."""
         pos = acct.positions[o.symbol]
         spec = self.specs[o.symbol]
-        buy = o.side == c.BUY
+        buy = o.side == BUY
         if buy:
             ahead = pos.buy_leaves - o.leaves
             reducible = -pos.size - ahead if pos.size < 0 else 0
@@ -1104,15 +1142,15 @@ class TradingEngine:
         return order_cost(opening, price, buy, self.marks[o.symbol], spec, pos.leverage_x100)
 
     def _cancel_all(self, payload: bytes) -> None:
-        coid, account, symbol, side = c.CANCEL_ALL_S.unpack(payload)
+        coid, account, symbol, side = CANCEL_ALL_S.unpack(payload)
         acct, code = self._account_or_code(account)
         if code:
-            self._reject_request(c.CANCEL_ALL, code, account, symbol, coid)
+            self._reject_request(CANCEL_ALL, code, account, symbol, coid)
             return
         if symbol and symbol not in self.specs:
-            self._reject_request(c.CANCEL_ALL, 2004, account, symbol, coid)
+            self._reject_request(CANCEL_ALL, 2004, account, symbol, coid)
             return
-        self._cancel_orders(acct, symbol, side, c.REASON_MASS_CANCEL)
+        self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
 
     def _cancel_orders(self, acct: Account, symbol: int, side: int, reason: int) -> int:
         """Cancel the account's orders (in one symbol, on one side, when given); conditional
@@ -1123,7 +1161,7 @@ class TradingEngine:
                 continue
             if o.state == UNTRIGGERED:
                 self._drop(acct, o)
-                self._er(o, c.EXEC_CANCELED, code=reason, status=c.STATUS_CANCELED)
+                self._er(o, EXEC_CANCELED, 0, 0, 0, reason, 0, STATUS_CANCELED)
                 n += 1
             elif o.pending != PENDING_CANCEL:
                 self._send_cancel(o, reason)
@@ -1142,8 +1180,8 @@ class TradingEngine:
         return acct
 
     def _set_leverage(self, payload: bytes) -> None:
-        account, symbol, lev = c.SET_LEVERAGE_S.unpack(payload)
-        acct = self._settings_target(c.SET_LEVERAGE, account, symbol)
+        account, symbol, lev = SET_LEVERAGE_S.unpack(payload)
+        acct = self._settings_target(SET_LEVERAGE, account, symbol)
         if acct is None:
             return
         spec = self.specs[symbol]
@@ -1153,12 +1191,12 @@ class TradingEngine:
         tier = spec.tier(exposure * mark * spec.value)
         if not X100 <= lev <= spec.max_leverage_x100 or tier is None \
                 or lev > tier.max_leverage_x100:
-            self._reject_request(c.SET_LEVERAGE, 2020, account, symbol, lev)
+            self._reject_request(SET_LEVERAGE, 2020, account, symbol, lev)
             return
         before = pos.margin
         need = position_margin(pos.size, pos.cost, spec, lev) + pos.extra
         if need > before and need - before > self._available(acct):
-            self._reject_request(c.SET_LEVERAGE, 2021, account, symbol, lev)
+            self._reject_request(SET_LEVERAGE, 2021, account, symbol, lev)
             return
         pos.leverage_x100 = lev
         self._set_margin(acct, pos, spec)
@@ -1166,29 +1204,29 @@ class TradingEngine:
         self._account_status(acct)
 
     def _set_margin_mode(self, payload: bytes) -> None:
-        account, symbol, mode = c.SET_MARGIN_MODE_S.unpack(payload)
-        acct = self._settings_target(c.SET_MARGIN_MODE, account, symbol)
+        account, symbol, mode = SET_MARGIN_MODE_S.unpack(payload)
+        acct = self._settings_target(SET_MARGIN_MODE, account, symbol)
         if acct is None:
             return
-        if mode not in (c.CROSS, c.ISOLATED):
-            self._reject_request(c.SET_MARGIN_MODE, 2001, account, symbol, mode)
+        if mode not in (CROSS, ISOLATED):
+            self._reject_request(SET_MARGIN_MODE, 2001, account, symbol, mode)
             return
         pos = self._position(acct, symbol)
         if pos.size or any(o.symbol == symbol for o in acct.orders.values()):
-            self._reject_request(c.SET_MARGIN_MODE, 2022, account, symbol, mode)
+            self._reject_request(SET_MARGIN_MODE, 2022, account, symbol, mode)
             return
         pos.mode = mode
         self._liq_dirty[acct.account_id] = None
         self._position_status(acct, symbol)
 
     def _adjust_margin(self, payload: bytes) -> None:
-        account, symbol, amount = c.ADJUST_MARGIN_S.unpack(payload)
-        acct = self._settings_target(c.ADJUST_MARGIN, account, symbol)
+        account, symbol, amount = ADJUST_MARGIN_S.unpack(payload)
+        acct = self._settings_target(ADJUST_MARGIN, account, symbol)
         if acct is None:
             return
         pos = acct.positions.get(symbol)
         code = 0
-        if pos is None or pos.mode != c.ISOLATED or pos.size == 0:
+        if pos is None or pos.mode != ISOLATED or pos.size == 0:
             code = 2025
         elif amount == 0:
             code = 2023
@@ -1197,7 +1235,7 @@ class TradingEngine:
         elif amount < 0 and -amount > pos.extra:
             code = 2026
         if code:
-            self._reject_request(c.ADJUST_MARGIN, code, account, symbol, amount & (2**64 - 1))
+            self._reject_request(ADJUST_MARGIN, code, account, symbol, amount & (2**64 - 1))
             return
         pos.extra += amount
         self._set_margin(acct, pos, self.specs[symbol])
@@ -1225,8 +1263,8 @@ class TradingEngine:
         return False
 
     def _deposit(self, payload: bytes) -> None:
-        transfer_id, account, amount = c.TRANSFER_S.unpack(payload)
-        if self._transfer_seen(c.DEPOSIT, transfer_id, account):
+        transfer_id, account, amount = TRANSFER_S.unpack(payload)
+        if self._transfer_seen(DEPOSIT, transfer_id, account):
             return
         code = 0
         acct = self.accounts.get(account)
@@ -1240,7 +1278,7 @@ class TradingEngine:
                 or self.deposits - self.withdrawals + amount >= MAX_SHARD_MONEY:
             code = 2030
         if code:
-            self._reject_request(c.DEPOSIT, code, account, 0, transfer_id)
+            self._reject_request(DEPOSIT, code, account, 0, transfer_id)
             return
         if acct is None:
             acct = self.accounts[account] = Account(account)
@@ -1248,13 +1286,13 @@ class TradingEngine:
         acct.transferred += amount
         self.deposits += amount
         self._liq_dirty[acct.account_id] = None
-        self._out.append(_PACK[c.TRANSFER](c.TRANSFER, transfer_id, account, amount,
-                                           acct.balance, c.DEPOSIT))
+        self._out.append(_PACK[TRANSFER](TRANSFER, transfer_id, account, amount,
+                                           acct.balance, DEPOSIT))
         self._account_status(acct)
 
     def _withdraw(self, payload: bytes) -> None:
-        transfer_id, account, amount = c.TRANSFER_S.unpack(payload)
-        if self._transfer_seen(c.WITHDRAW, transfer_id, account):
+        transfer_id, account, amount = TRANSFER_S.unpack(payload)
+        if self._transfer_seen(WITHDRAW, transfer_id, account):
             return
         acct, code = self._account_or_code(account)
         if code:
@@ -1264,23 +1302,23 @@ class TradingEngine:
         elif amount > self._available(acct):
             code = 2024
         if code:
-            self._reject_request(c.WITHDRAW, code, account, 0, transfer_id)
+            self._reject_request(WITHDRAW, code, account, 0, transfer_id)
             return
         acct.balance -= amount
         acct.transferred -= amount
         self.withdrawals += amount
         self._liq_dirty[acct.account_id] = None
-        self._out.append(_PACK[c.TRANSFER](c.TRANSFER, transfer_id, account, amount,
-                                           acct.balance, c.WITHDRAW))
+        self._out.append(_PACK[TRANSFER](TRANSFER, transfer_id, account, amount,
+                                           acct.balance, WITHDRAW))
         self._account_status(acct)
 
     def _dead_mans_switch(self, payload: bytes) -> None:
-        account, timeout_ms = c.DEAD_MANS_SWITCH_S.unpack(payload)
+        account, timeout_ms = DEAD_MANS_SWITCH_S.unpack(payload)
         acct, code = self._account_or_code(account)
         if not code and timeout_ms > 1 << 40:
             code = 2001
         if code:
-            self._reject_request(c.DEAD_MANS_SWITCH, code, account, 0, timeout_ms)
+            self._reject_request(DEAD_MANS_SWITCH, code, account, 0, timeout_ms)
             return
         acct.dms_timeout_ms = timeout_ms
         if timeout_ms:
@@ -1294,24 +1332,24 @@ class TradingEngine:
     # -- prices, funding and timers ------------------------------------------------------------
 
     def _funding_inputs(self, payload: bytes) -> None:
-        symbol, premium, interest = c.FUNDING_INPUTS_S.unpack(payload)
+        symbol, premium, interest = FUNDING_INPUTS_S.unpack(payload)
         if symbol not in self.specs:
-            self._reject_request(c.FUNDING_INPUTS, 2004, 0, symbol, 0)
+            self._reject_request(FUNDING_INPUTS, 2004, 0, symbol, 0)
             return
         self.funding_inputs[symbol] = (premium, interest)
 
     def _mark(self, payload: bytes) -> None:
-        symbol, price = c.MARK_PRICE_S.unpack(payload)
+        symbol, price = MARK_PRICE_S.unpack(payload)
         spec = self.specs.get(symbol)
         if spec is None or not 0 < price <= spec.max_price:
-            self._reject_request(c.MARK_PRICE, 2004 if spec is None else 2008, 0, symbol, 0)
+            self._reject_request(MARK_PRICE, 2004 if spec is None else 2008, 0, symbol, 0)
             return
         self.marks[symbol] = price
         if symbol not in self.next_funding:
             interval = spec.funding_interval_ns
             self.next_funding[symbol] = (self.ts_ns // interval + 1) * interval
             self._reset_timer()
-        self._trigger(symbol, c.BY_MARK, price)
+        self._trigger(symbol, BY_MARK, price)
         self._check_maintenance(symbol, spec, price)
         if self.ts_ns >= self._audit_next:
             # The audit walks every account: at most once per AUDIT_INTERVAL_NS of sequenced
@@ -1333,8 +1371,8 @@ class TradingEngine:
             acct = self.accounts[account]
             del self.dms[account]
             acct.dms_deadline = 0
-            n = self._cancel_orders(acct, 0, 0, c.REASON_DEAD_MANS_SWITCH)
-            self._out.append(_PACK[c.DEAD_MANS_SWITCH_FIRED](c.DEAD_MANS_SWITCH_FIRED, account,
+            n = self._cancel_orders(acct, 0, 0, REASON_DEAD_MANS_SWITCH)
+            self._out.append(_PACK[DEAD_MANS_SWITCH_FIRED](DEAD_MANS_SWITCH_FIRED, account,
                                                              n))
         for key in sorted(k for k, t in self.cod.items() if t <= now):
             sess = self.sessions[key]
@@ -1369,7 +1407,7 @@ class TradingEngine:
                     entries.append([acct.account_id, pos.size])
             self.sweeps.append([SWEEP_FUNDING, symbol, 0, rate, mark, 0, 0, entries])
             return
-        self._out.append(_PACK[c.FUNDING_SETTLED](c.FUNDING_SETTLED, symbol, 0, mark, 0, 0, 0))
+        self._out.append(_PACK[FUNDING_SETTLED](FUNDING_SETTLED, symbol, 0, mark, 0, 0, 0))
         self.audit()
 
     def _sweep_funding(self, sw: list) -> bool:
@@ -1394,7 +1432,7 @@ class TradingEngine:
             sw[5], sw[6] = paid, received     # in flight: the audit counts it
         sw[5] = sw[6] = 0
         self.dust += paid - received
-        self._out.append(_PACK[c.FUNDING_SETTLED](c.FUNDING_SETTLED, symbol, rate, mark, paid,
+        self._out.append(_PACK[FUNDING_SETTLED](FUNDING_SETTLED, symbol, rate, mark, paid,
                                                   received, paid - received))
         self.audit()
         return True
@@ -1413,14 +1451,14 @@ class TradingEngine:
         self._liq_dirty[acct.account_id] = None
         if acct.account_id < 0:
             return amount
-        if pos.mode == c.ISOLATED:   # isolated funding moves that position's margin
+        if pos.mode == ISOLATED:   # isolated funding moves that position's margin
             pos.extra = max(0, pos.extra - amount)
             self._set_margin(acct, pos, spec)
-        self._out.append(_PACK[c.FUNDING](c.FUNDING, acct.account_id, symbol, rate, amount))
+        self._out.append(_PACK[FUNDING](FUNDING, acct.account_id, symbol, rate, amount))
         self._cover_deficit(acct)
         return amount
 
-    def _trigger(self, symbol: int, by: int, price: int) -> None:
+    def _trigger(self, symbol, by, price) -> None:
         """Fire the conditional orders that ``price`` reaches: a sweep, in order id order,
         over the orders that exist now (later ones were checked against a newer price)."""
         if not self.conditional[symbol]:
@@ -1454,12 +1492,12 @@ class TradingEngine:
                 return False
             o = waiting[order_id]
             acct = self.accounts[o.account]
-            self._er(o, c.EXEC_TRIGGERED, status=c.STATUS_NEW)
+            self._er(o, EXEC_TRIGGERED, 0, 0, 0, 0, 0, STATUS_NEW)
             # checked as a new order: still conditional, so its own leaves are not counted
             code = self._risk_and_send(acct, o, self.specs[symbol])
             if code:
                 self._drop(acct, o)
-                self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
+                self._er(o, EXEC_REJECTED, 0, 0, 0, code, 0, STATUS_REJECTED)
             else:
                 del waiting[o.order_id]
                 self._trig_remove(o)
@@ -1467,7 +1505,7 @@ class TradingEngine:
         return True
 
     def _trig_key(self, o: Order) -> tuple:
-        up = (o.trigger_kind == c.TRIGGER_STOP) == (o.side == c.BUY)
+        up = (o.trigger_kind == TRIGGER_STOP) == (o.side == BUY)
         return (self._trig_index[o.symbol][o.trigger_by * 2 + (1 if up else 0)],
                 o.trigger_price << 64 | o.order_id)
 
@@ -1590,7 +1628,7 @@ class TradingEngine:
         iso = 0
         ncross = 0
         for pos in acct.positions.values():
-            if pos.mode == c.ISOLATED:
+            if pos.mode == ISOLATED:
                 iso += pos.margin
             elif pos.size:
                 ncross += 1
@@ -1608,7 +1646,7 @@ class TradingEngine:
             size = pos.size
             if not size:
                 continue
-            if pos.mode == c.ISOLATED:
+            if pos.mode == ISOLATED:
                 k = pos.margin - pos.cost
             elif ncross > 1:
                 always[a] = None
@@ -1644,16 +1682,16 @@ class TradingEngine:
         pos = acct.positions.get(symbol)
         if pos is None or pos.size == 0:
             return
-        if pos.mode == c.ISOLATED:
+        if pos.mode == ISOLATED:
             equity = pos.margin + pos.size * mark * spec.value - pos.cost
             if equity > maintenance(pos.size, mark, spec):
                 return
-            self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
+            self._cancel_orders(acct, symbol, 0, REASON_LIQUIDATION)
             self._hand_off(acct, symbol, pos, spec, pos.margin)
             return
         need = 0
         for sym, p in acct.positions.items():
-            if p.size and p.mode == c.CROSS:
+            if p.size and p.mode == CROSS:
                 mark_or_entry = self.marks.get(sym) or abs(p.cost) // abs(p.size)
                 need += maintenance(p.size, mark_or_entry, self.specs[sym])
         held = sum(o.margin for o in acct.orders.values() if o.symbol == symbol)
@@ -1664,7 +1702,7 @@ class TradingEngine:
             equity += other    # gains elsewhere keep a cross account alive
         if equity - held > need:
             return
-        self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
+        self._cancel_orders(acct, symbol, 0, REASON_LIQUIDATION)
         if equity > need:
             return               # the cancels release enough
         self._hand_off(acct, symbol, pos, spec, base)
@@ -1692,7 +1730,7 @@ class TradingEngine:
         taker.balance += residue
         taker.liquidated -= residue
         self.route |= ROUTE_LIQ
-        self._out.append(_PACK[c.LIQUIDATION](c.LIQUIDATION, acct.account_id, symbol, size,
+        self._out.append(_PACK[LIQUIDATION](LIQUIDATION, acct.account_id, symbol, size,
                                               price, value, residue))
         self._cover_deficit(acct)
         self._position_status(acct, symbol)
@@ -1711,7 +1749,7 @@ class TradingEngine:
             payer.balance -= deficit
             payer.covered -= deficit
             self.route |= ROUTE_LIQ
-            self._out.append(_PACK[c.DEFICIT_COVERED](c.DEFICIT_COVERED, acct.account_id,
+            self._out.append(_PACK[DEFICIT_COVERED](DEFICIT_COVERED, acct.account_id,
                                                       deficit))
 
     # -- the LiqEngine's ADLs (docs/liqengine.md §5) ---------------------------------------------
@@ -1726,12 +1764,12 @@ class TradingEngine:
         while off < n:
             t = payload[off]
             size = _LIQ_SIZES.get(t, 0)
-            if size and t == c.LIQ_CE_COMMAND and off + size <= n:
+            if size and t == LIQ_CE_COMMAND and off + size <= n:
                 size += _U16(payload, off + 7)[0]
             if not size or off + size > n:
                 raise EngineHalted(f"malformed LiqEngine output at offset {off} (event type {t}) "
                                    f"in record {self.seq}: a deployment mismatch")
-            if t == c.LIQ_ADL and self._mine(_LIQ_ADL(payload, off)[2]):
+            if t == LIQ_ADL and self._mine(_LIQ_ADL(payload, off)[2]):
                 adls.append(off)
             off += size
         if len(adls) > MAX_ADLS_PER_RECORD:
@@ -1749,7 +1787,7 @@ class TradingEngine:
         spec = self.specs.get(symbol)
         closed = realised = 0
         if acct is not None and spec is not None:
-            self._cancel_orders(acct, symbol, 0, c.REASON_LIQUIDATION)
+            self._cancel_orders(acct, symbol, 0, REASON_LIQUIDATION)
             pos: Position = acct.positions.get(symbol)
             size = pos.size if pos is not None else 0
             if size and qty and (qty > 0) != (size > 0) and 0 < price <= spec.max_price:
@@ -1763,7 +1801,7 @@ class TradingEngine:
                 self._book(self.clearing, symbol, -closed, price, spec)
                 realised = pos.realised - before
         self.route |= ROUTE_LIQ
-        self._out.append(_PACK[c.ADL_APPLIED](c.ADL_APPLIED, adl_id, account, symbol, closed,
+        self._out.append(_PACK[ADL_APPLIED](ADL_APPLIED, adl_id, account, symbol, closed,
                                               price, realised))
         if closed:
             self._cover_deficit(acct)
@@ -1773,9 +1811,9 @@ class TradingEngine:
     # -- CrossEngine results -------------------------------------------------------------------
 
     def _ce_events(self, payload: bytes) -> None:
-        symbol = c.CE_EVENTS_S.unpack_from(payload)[0]
+        symbol = CE_EVENTS_S.unpack_from(payload)[0]
         if symbol not in self.specs:
-            self._reject_request(c.CE_EVENTS, 2004, 0, symbol, 0)
+            self._reject_request(CE_EVENTS, 2004, 0, symbol, 0)
             return
         self._ce_apply(symbol, payload, 4)
 
@@ -1786,30 +1824,30 @@ class TradingEngine:
         n = len(payload)
         # validate the whole payload before acting on any of it
         while off < n:
-            s = _CE_EVENTS.get(payload[off])
-            if s is None or off + s.size > n:
+            size = _CE_SIZE(payload[off])
+            if size is None or off + size > n:
                 raise EngineHalted(f"malformed CrossEngine events for symbol {symbol} at {off}")
-            off += s.size
+            off += size
         off = start
         traded = False
         touched = self._touched = {}
         while off < n:
             kind = payload[off]
-            s = _CE_EVENTS[kind]
-            if kind == c.CE_TRADE:
+            unpack = _CE_UNPACK[kind]
+            if kind == CE_TRADE:
                 self._trade(symbol, spec, _CE_TRADE(payload, off))
                 traded = True
-            elif kind == c.CE_ACCEPTED:
-                self._accepted(symbol, s.unpack_from(payload, off))
-            elif kind == c.CE_CANCELLED or kind == c.CE_EXPIRED:
-                self._cancelled(symbol, s.unpack_from(payload, off))
-            elif kind == c.CE_REJECTED:
-                self._ce_rejected(symbol, s.unpack_from(payload, off))
-            elif kind == c.CE_AMENDED:
-                self._amended(symbol, s.unpack_from(payload, off))
-            elif kind == c.CE_MASS_CANCELLED:
-                self._mass_cancelled(symbol, s.unpack_from(payload, off))
-            off += s.size
+            elif kind == CE_ACCEPTED:
+                self._accepted(symbol, unpack(payload, off))
+            elif kind == CE_CANCELLED or kind == CE_EXPIRED:
+                self._cancelled(symbol, unpack(payload, off))
+            elif kind == CE_REJECTED:
+                self._ce_rejected(symbol, unpack(payload, off))
+            elif kind == CE_AMENDED:
+                self._amended(symbol, unpack(payload, off))
+            elif kind == CE_MASS_CANCELLED:
+                self._mass_cancelled(symbol, unpack(payload, off))
+            off += _CE_SIZE(kind)
         # one position and account status per account the record touched, after its fills
         seen: dict[int, Account] = {}
         for (_, sym), acct in touched.items():
@@ -1822,17 +1860,17 @@ class TradingEngine:
             if acct.positions[sym].reduce_only:
                 self._queue_reduce_only(sym, account)
         if traded:
-            self._trigger(symbol, c.BY_LAST, self.last_prices[symbol])
+            self._trigger(symbol, BY_LAST, self.last_prices[symbol])
 
-    def _own_order(self, account: int, order_id: int) -> tuple[Account | None, Order | None]:
+    def _own_order(self, account, order_id) -> tuple[Account | None, Order | None]:
         if not self._mine(account):
             return None, None
-        o = self.orders.get(order_id)
+        o: Order = self.orders.get(order_id)
         if o is None or o.account != account:
             return self.accounts.get(account), None
         return self.accounts[account], o
 
-    def _accepted(self, symbol: int, ev: tuple) -> None:
+    def _accepted(self, symbol, ev: tuple) -> None:
         o: Order
         _, ce_id, coid, account = ev[:4]
         acct, o = self._own_order(account, coid)
@@ -1841,7 +1879,7 @@ class TradingEngine:
         o.state = OPEN
         o.ce_id = ce_id
         self.ce_orders[symbol][ce_id] = o
-        self._er(o, c.EXEC_NEW)
+        self._er(o, EXEC_NEW)
 
     def _ce_rejected(self, symbol: int, ev: tuple) -> None:
         _, coid, account, code, _ce_id = ev
@@ -1853,7 +1891,7 @@ class TradingEngine:
             # a reject is the reject of the order itself (a later cancel's reject then finds
             # no order and is ignored)
             self._drop(acct, o)
-            self._er(o, c.EXEC_REJECTED, code=code, status=c.STATUS_REJECTED)
+            self._er(o, EXEC_REJECTED, 0, 0, 0, code, 0, STATUS_REJECTED)
             return
         to = 2 if o.pending == PENDING_AMEND else 1
         if o.pending == PENDING_AMEND:
@@ -1865,7 +1903,7 @@ class TradingEngine:
 
     def _fit_margin(self, acct: Account, o: Order) -> None:
         """After an amend, hold what the order needs now, never more than it held."""
-        if o.flags & c.FLAG_REDUCE_ONLY:
+        if o.flags & FLAG_REDUCE_ONLY:
             need = 0
         else:
             need = min(o.margin, self._order_cost(acct, o, o.price, o.leaves))
@@ -1879,7 +1917,7 @@ class TradingEngine:
         up to the event's last id) and still lived, which this engine knows, since it has
         applied every earlier CrossEngine event of the symbol."""
         _, scope, account, side, reason, _count, last_ce_id = ev
-        if scope == c.CE_SCOPE_BOOK:
+        if scope == CE_SCOPE_BOOK:
             if self.ce_orders[symbol]:
                 self.sweeps.append([SWEEP_MASS_CANCELLED, symbol, 0, last_ce_id, reason])
             return
@@ -1890,7 +1928,7 @@ class TradingEngine:
                    if o.symbol == symbol and o.ce_id and o.ce_id <= last_ce_id
                    and (side == 0 or o.side == side)]
         for o in covered:          # at most MAX_OPEN_ORDERS
-            self._cancel_done(acct, o, symbol, c.CE_CANCELLED, o.leaves, reason)
+            self._cancel_done(acct, o, symbol, CE_CANCELLED, o.leaves, reason)
 
     def _sweep_mass_cancelled(self, sw: list) -> bool:
         _, symbol, cursor, last_ce_id, reason = sw
@@ -1900,7 +1938,7 @@ class TradingEngine:
                 sw[2] = ce_id
                 return False
             o = orders[ce_id]
-            self._cancel_done(self.accounts[o.account], o, symbol, c.CE_CANCELLED, o.leaves,
+            self._cancel_done(self.accounts[o.account], o, symbol, CE_CANCELLED, o.leaves,
                               reason)
         return True
 
@@ -1927,7 +1965,7 @@ class TradingEngine:
 
     def _cancel_done(self, acct: Account, o: Order, symbol: int, kind: int, qty: int,
                      reason: int) -> None:
-        if o.pending == PENDING_CANCEL and kind == c.CE_CANCELLED:
+        if o.pending == PENDING_CANCEL and kind == CE_CANCELLED:
             reason = o.reason     # the engine's reason, not the CrossEngine's "client"
         o.pending = NO_PENDING
         if qty >= o.leaves:
@@ -1940,13 +1978,13 @@ class TradingEngine:
             self._liq_dirty[acct.account_id] = None
             o.leaves -= qty
             pos = acct.positions[symbol]
-            if o.side == c.BUY:
+            if o.side == BUY:
                 pos.buy_leaves -= qty
             else:
                 pos.sell_leaves -= qty
-        exec_type = c.EXEC_EXPIRED if kind == c.CE_EXPIRED else c.EXEC_CANCELED
-        self._er(o, exec_type, code=reason,
-                 status=c.STATUS_EXPIRED if kind == c.CE_EXPIRED else c.STATUS_CANCELED)
+        exec_type = EXEC_EXPIRED if kind == CE_EXPIRED else EXEC_CANCELED
+        self._er(o, exec_type, 0, 0, 0, reason, 0,
+                 STATUS_EXPIRED if kind == CE_EXPIRED else STATUS_CANCELED)
 
     def _amended(self, symbol: int, ev: tuple) -> None:
         _, ce_id, coid, account, price, leaves, total, _kept = ev
@@ -1954,14 +1992,14 @@ class TradingEngine:
         if o is None:
             return
         pos = acct.positions[symbol]
-        if o.side == c.BUY:
+        if o.side == BUY:
             pos.buy_leaves += leaves - o.leaves
         else:
             pos.sell_leaves += leaves - o.leaves
         o.price, o.leaves, o.qty = price, leaves, total
         o.pending = NO_PENDING
         self._fit_margin(acct, o)
-        self._er(o, c.EXEC_REPLACED)
+        self._er(o, EXEC_REPLACED)
 
     def _trade(self, symbol: int, spec: ContractSpec, ev: tuple) -> None:
         (_, _trade_id, maker_ce, taker_ce, maker_acct, taker_acct, price, qty, aggressor,
@@ -1969,11 +2007,11 @@ class TradingEngine:
         acct: Account
         o: Order
         self.last_prices[symbol] = price
-        maker_side = c.SELL if aggressor == c.BUY else c.BUY
+        maker_side = SELL if aggressor == BUY else BUY
         ce_orders = self.ce_orders[symbol]
         for account, ce_id, side, maker in ((maker_acct, maker_ce, maker_side, True),
                                             (taker_acct, taker_ce, aggressor, False)):
-            signed = qty if side == c.BUY else -qty
+            signed = qty if side == BUY else -qty
             acct = self.accounts.get(account) if self._mine(account) else None
             if acct is None:
                 # the counterparty lives in another shard (or is not an account of this
@@ -1985,8 +2023,8 @@ class TradingEngine:
                 o = None
             self._fill(acct, o, symbol, spec, signed, price, maker)
 
-    def _fill(self, acct: Account, o: Order | None, symbol: int, spec: ContractSpec,
-              signed: int, price: int, maker: bool) -> None:
+    def _fill(self, acct: Account, o: Order | None, symbol, spec: ContractSpec,
+              signed, price, maker) -> None:
         """``o`` is None for a fill of an order this engine does not know."""
         qty = signed if signed > 0 else -signed
         pos: Position = self._position(acct, symbol)
@@ -2011,13 +2049,13 @@ class TradingEngine:
         self.fee_pool += paid
         self._book(acct, symbol, signed, price, spec)
         if o is not None:
-            self._er(o, c.EXEC_TRADE, price, qty, paid, 0, 1 if maker else 2)
+            self._er(o, EXEC_TRADE, price, qty, paid, 0, 1 if maker else 2)
             if o.leaves == 0:
                 self._drop(acct, o)
         self._cover_deficit(acct)
         self._touched[(acct.account_id, symbol)] = acct
 
-    def _book(self, acct: Account, symbol: int, signed: int, price: int,
+    def _book(self, acct: Account, symbol, signed, price,
               spec: ContractSpec) -> None:
         """Apply a trade of ``signed`` lots at ``price`` to a position: realise the part that
         closes (its share of the cost leaves with it), open the rest at ``price``."""
@@ -2057,16 +2095,16 @@ class TradingEngine:
             return
         size = pos.size
         room = size if size > 0 else -size
-        reducing_side = c.SELL if size > 0 else c.BUY
+        reducing_side = SELL if size > 0 else BUY
         ro = [o for o in acct.orders.values()
-              if o.symbol == symbol and o.flags & c.FLAG_REDUCE_ONLY and o.state != UNTRIGGERED
+              if o.symbol == symbol and o.flags & FLAG_REDUCE_ONLY and o.state != UNTRIGGERED
               and o.pending != PENDING_CANCEL]
         if not ro:
             return
         total = 0
         for o in ro:
             if size == 0 or o.side != reducing_side:
-                self._send_cancel(o, c.REASON_REDUCE_ONLY)
+                self._send_cancel(o, REASON_REDUCE_ONLY)
             else:
                 total += o.leaves
         excess = total - room
@@ -2077,21 +2115,22 @@ class TradingEngine:
                 continue
             if o.leaves <= excess:
                 excess -= o.leaves
-                self._send_cancel(o, c.REASON_REDUCE_ONLY)
+                self._send_cancel(o, REASON_REDUCE_ONLY)
             else:
                 self._send_amend(o, o.price, o.cum + o.leaves - excess)
                 excess = 0
 
     # -- sessions (PROTOCOL.md §4; docs/order-path.md §3) ----------------------------------------
 
-    def _smsg(self, key: tuple, template: int, *fields) -> None:
-        """A SessionMessage to the session ``key`` (if it is live) with its next server SeqNo."""
-        sess = self.sessions.get(key)
+    def _smsg(self, key: tuple, template, fields: tuple) -> None:
+        """A SessionMessage to the session ``key`` (if it is live) with its next server SeqNo;
+        ``fields`` are the root block's after the SeqNo."""
+        sess: Session = self.sessions.get(key)
         if sess is None or key in self.finalized:
             return
         seq = sess.next_seq
         sess.next_seq = seq + 1
-        self._out.append(_SMSG(c.SESSION_MESSAGE, key[0], key[1], template)
+        self._out.append(_SMSG(SESSION_MESSAGE, key[0], key[1], template)
                          + _P[template](seq, *fields))
 
     def _exec_id(self) -> int:
@@ -2103,25 +2142,26 @@ class TradingEngine:
     def _session_state(self, key: tuple, conn_id: int, sess, status: int) -> None:
         ne, ns = (sess.next_expected, sess.next_seq) if sess is not None else (0, 0)
         ne = min(ne, _U64_MAX)           # 2^64 after SeqNo 2^64 - 1: says 2^64 - 1, never 0
-        self._out.append(_PACK[c.SESSION_STATE](c.SESSION_STATE, key[0], key[1], conn_id, ne, ns,
+        self._out.append(_PACK[SESSION_STATE](SESSION_STATE, key[0], key[1], conn_id, ne, ns,
                                                 status))
 
     def _business_reject(self, key: tuple, ref_seq: int, ref_id: int, template: int, reason: int,
                          text: bytes) -> None:
-        self._smsg(key, c.P_BUSINESS_REJECT, self.ts_ns, ref_seq, ref_id, template, reason, 0, text)
+        self._smsg(key, P_BUSINESS_REJECT,
+                   (self.ts_ns, ref_seq, ref_id, template, reason, 0, text))
 
-    def _session_er(self, o: Order, exec_type: int, status: int, last_px: int, last_qty: int,
-                    code: int, liquidity: int) -> None:
+    def _session_er(self, o: Order, exec_type, status, last_px, last_qty,
+                    code, liquidity) -> None:
         """The PROTOCOL.md ExecutionReport of a session's order, to its session (and a copy to
         the session whose cancel or replace it answers, if that is another)."""
         if exec_type not in _P_EXEC_TYPES:
             return                       # Triggered, PendingNew: not in PROTOCOL.md
         tick = self.specs[o.symbol].tick
-        coid, orig, extra = o.client_order_id, c.P_NULL_ID, None
-        if exec_type == c.EXEC_CANCELED and o.cxl is not None:
+        coid, orig, extra = o.client_order_id, P_NULL_ID, None
+        if exec_type == EXEC_CANCELED and o.cxl is not None:
             coid, orig, extra = o.cxl[0], o.client_order_id, o.cxl[1]
             o.cxl = None
-        elif exec_type == c.EXEC_REPLACED and o.rpl is not None:
+        elif exec_type == EXEC_REPLACED and o.rpl is not None:
             coid, orig, extra = o.rpl[0], o.client_order_id, o.rpl[1]
             self._rpl_done(o)
             o.rpl = None
@@ -2130,21 +2170,21 @@ class TradingEngine:
                 _unindex_client(acct, (orig, o.sess))
                 _index_client(acct, coid, o)
             o.client_order_id = coid
-        if exec_type == c.EXEC_REJECTED:
+        if exec_type == EXEC_REJECTED:
             reason = fix_ord_rej_reason(code)
-        elif exec_type == c.EXEC_CANCELED or exec_type == c.EXEC_EXPIRED:
+        elif exec_type == EXEC_CANCELED or exec_type == EXEC_EXPIRED:
             reason = session_cancel_reason(code)
         else:
             reason = 0
         fields = (self.ts_ns, coid, orig, o.order_id, self._exec_id(),
-                  c.P_NULL_PRICE if o.ord_type == MARKET else o.price * tick, o.qty,
-                  last_px * tick if exec_type == c.EXEC_TRADE else c.P_NULL_PRICE, last_qty,
+                  P_NULL_PRICE if o.ord_type == MARKET else o.price * tick, o.qty,
+                  last_px * tick if exec_type == EXEC_TRADE else P_NULL_PRICE, last_qty,
                   o.leaves, o.cum, o.symbol, o.account, exec_type, status, o.side, o.ord_type,
                   o.tif, reason, liquidity, 0)
         if o.sess is not None:
-            self._smsg(o.sess, c.P_EXEC_REPORT, *fields)
+            self._smsg(o.sess, P_EXEC_REPORT, fields)
         if extra is not None and extra != o.sess:
-            self._smsg(extra, c.P_EXEC_REPORT, *fields)
+            self._smsg(extra, P_EXEC_REPORT, fields)
         if (o.cxl is not None or o.rpl is not None) and (o.leaves == 0
                                                           or o.order_id not in self.orders):
             # the order is done while a session's cancel or replace of it is in flight: that
@@ -2153,19 +2193,19 @@ class TradingEngine:
                 if req is not None:
                     late = (self.ts_ns, req[0], o.client_order_id, o.order_id, o.symbol,
                             status, 48 + to, 0, 0)
-                    self._smsg(req[1], c.P_CANCEL_REJECT, *late)
+                    self._smsg(req[1], P_CANCEL_REJECT, late)
                     if o.sess is not None and o.sess != req[1]:
-                        self._smsg(o.sess, c.P_CANCEL_REJECT, *late)
+                        self._smsg(o.sess, P_CANCEL_REJECT, late)
             self._rpl_done(o)
             o.cxl = o.rpl = None
 
     def _session_reject_er(self, key: tuple, coid: int, account: int, symbol: int, side: int,
                            ord_type: int, tif: int, price: int, qty: int, reason: int) -> None:
         """ExecutionReport '8' of a NewOrderSingle refused before it became an order."""
-        self._smsg(key, c.P_EXEC_REPORT, self.ts_ns, coid, c.P_NULL_ID, c.P_NULL_ID,
-                   self._exec_id(), price, qty, c.P_NULL_PRICE, 0, 0, 0, symbol & 0xFFFFFFFF,
-                   account & 0xFFFFFFFF, c.EXEC_REJECTED, c.STATUS_REJECTED, side & 0xFF,
-                   ord_type & 0xFF, tif & 0xFF, reason, 0, 0)
+        self._smsg(key, P_EXEC_REPORT, (
+            self.ts_ns, coid, P_NULL_ID, P_NULL_ID, self._exec_id(), price, qty,
+            P_NULL_PRICE, 0, 0, 0, symbol & 0xFFFFFFFF, account & 0xFFFFFFFF, EXEC_REJECTED,
+            STATUS_REJECTED, side & 0xFF, ord_type & 0xFF, tif & 0xFF, reason, 0, 0))
 
     def _session_cancel_reject(self, key: tuple, coid: int, orig: int, order_id: int, to: int,
                                reason: int) -> None:
@@ -2173,10 +2213,10 @@ class TradingEngine:
         ctx = self._ctx
         o = ctx[8]
         status = _ord_status(o) if o is not None and o.order_id in self.orders \
-            else c.STATUS_REJECTED
-        self._smsg(key, c.P_CANCEL_REJECT, self.ts_ns, coid, orig,
-                   o.order_id if o is not None else order_id, ctx[7] & 0xFFFFFFFF, status,
-                   48 + to, reason, 0)
+            else STATUS_REJECTED
+        self._smsg(key, P_CANCEL_REJECT, (
+            self.ts_ns, coid, orig, o.order_id if o is not None else order_id,
+            ctx[7] & 0xFFFFFFFF, status, 48 + to, reason, 0))
 
     def _session_async_cancel_reject(self, o: Order, to: int, code: int) -> None:
         """The CrossEngine refused a cancel or amend the engine had sent for ``o``."""
@@ -2190,53 +2230,53 @@ class TradingEngine:
         fields = (self.ts_ns, coid, o.client_order_id, o.order_id, o.symbol, _ord_status(o),
                   48 + to, fix_cxl_rej_reason(code), 0)
         if o.sess is not None:
-            self._smsg(o.sess, c.P_CANCEL_REJECT, *fields)
+            self._smsg(o.sess, P_CANCEL_REJECT, fields)
         if req is not None and req[1] != o.sess:
-            self._smsg(req[1], c.P_CANCEL_REJECT, *fields)
+            self._smsg(req[1], P_CANCEL_REJECT, fields)
 
     def _session_logon(self, payload: bytes) -> None:
         n = len(payload)
-        if n < c.SESSION_LOGON_S.size:
-            self._reject_request(c.SESSION_LOGON, 2001, 0, 0, 0)
+        if n < SESSION_LOGON_S.size:
+            self._reject_request(SESSION_LOGON, 2001, 0, 0, 0)
             return
-        user, sid, conn_id, default, mode, cod_ms, count = c.SESSION_LOGON_S.unpack_from(payload)
-        size = c.SESSION_LOGON_S.size
+        user, sid, conn_id, default, mode, cod_ms, count = SESSION_LOGON_S.unpack_from(payload)
+        size = SESSION_LOGON_S.size
         accounts: list = []
         want = 0                         # the Logon's NextExpectedSeqNo, if the gateway sent it
         if n == size + 4 * count + 8:
             want = _U64(payload, n - 8)[0]
             n -= 8
-        if n == size + 4 * count and count <= c.MAX_SESSION_ACCOUNTS:
+        if n == size + 4 * count and count <= MAX_SESSION_ACCOUNTS:
             accounts = sorted(dict.fromkeys(struct.unpack_from(f"<{count}I", payload, size)))
             if not accounts:
                 accounts = [default]
-        if (n != size + 4 * count or count > c.MAX_SESSION_ACCOUNTS or mode > 2
+        if (n != size + 4 * count or count > MAX_SESSION_ACCOUNTS or mode > 2
                 or default not in accounts or not all(self._mine(a) for a in accounts)):
-            self._reject_request(c.SESSION_LOGON, 2037, user, 0, sid)
+            self._reject_request(SESSION_LOGON, 2037, user, 0, sid)
             return
         key = (user, sid)
         self._expire_finalized()
         if key in self.finalized:
-            self._session_state(key, conn_id, None, c.SESSION_FINALIZED)
+            self._session_state(key, conn_id, None, SESSION_FINALIZED)
             return
         sess = self.sessions.get(key)
         if sess is not None and sess.bound and sess.conn_id != conn_id:
-            self._session_state(key, conn_id, sess, c.SESSION_BOUND_ELSEWHERE)
+            self._session_state(key, conn_id, sess, SESSION_BOUND_ELSEWHERE)
             return
         if want > (sess.next_seq if sess is not None else 1):
             # PROTOCOL.md §4.5: LogonReject(5); refused before anything changes
-            self._session_state(key, conn_id, sess or Session(user, sid), c.SESSION_BEYOND)
+            self._session_state(key, conn_id, sess or Session(user, sid), SESSION_BEYOND)
             return
         if sess is None:
             n_open = self.user_sessions.get(user, 0)
             if n_open >= MAX_USER_SESSIONS:
-                self._session_state(key, conn_id, None, c.SESSION_LIMIT)
+                self._session_state(key, conn_id, None, SESSION_LIMIT)
                 return
             self.user_sessions[user] = n_open + 1
             sess = self.sessions[key] = Session(user, sid)
-            status = c.SESSION_NEW
+            status = SESSION_NEW
         else:
-            status = c.SESSION_RESUMED
+            status = SESSION_RESUMED
         sess.conn_id, sess.bound = conn_id, True
         sess.default_account, sess.accounts = default, accounts
         sess.cod_mode, sess.cod_timeout_ms = mode, cod_ms
@@ -2247,37 +2287,37 @@ class TradingEngine:
         self._session_state(key, conn_id, sess, status)
 
     def _session_end(self, payload: bytes) -> None:
-        if len(payload) != c.SESSION_END_S.size:
-            self._reject_request(c.SESSION_END, 2001, 0, 0, 0)
+        if len(payload) != SESSION_END_S.size:
+            self._reject_request(SESSION_END, 2001, 0, 0, 0)
             return
-        user, sid, conn_id, reason = c.SESSION_END_S.unpack(payload)
+        user, sid, conn_id, reason = SESSION_END_S.unpack(payload)
         key = (user, sid)
         sess = self.sessions.get(key)
-        if sess is None or key in self.finalized or reason > c.END_FINALIZE:
-            self._reject_request(c.SESSION_END, 2001 if sess is not None and reason >
-                                 c.END_FINALIZE else 2034, user, 0, sid)
+        if sess is None or key in self.finalized or reason > END_FINALIZE:
+            self._reject_request(SESSION_END, 2001 if sess is not None and reason >
+                                 END_FINALIZE else 2034, user, 0, sid)
             return
         if sess.bound and sess.conn_id == conn_id:
             sess.bound = False
-            self._arm_cod(key, sess, c.END_LOGOUT if reason == c.END_FINALIZE else reason)
-        if reason == c.END_FINALIZE:
+            self._arm_cod(key, sess, END_LOGOUT if reason == END_FINALIZE else reason)
+        if reason == END_FINALIZE:
             self._finalize(key, sess)
 
     def _gateway_start(self, payload: bytes) -> None:
-        if len(payload) != c.GATEWAY_START_S.size:
-            self._reject_request(c.GATEWAY_START, 2001, 0, 0, 0)
+        if len(payload) != GATEWAY_START_S.size:
+            self._reject_request(GATEWAY_START, 2001, 0, 0, 0)
             return
-        g = c.GATEWAY_START_S.unpack(payload)[0]
+        g = GATEWAY_START_S.unpack(payload)[0]
         for key in sorted(self.sessions):
             sess = self.sessions[key]
             if sess.bound and sess.conn_id >> 48 == g:
                 sess.bound = False
-                self._arm_cod(key, sess, c.END_DISCONNECT)
+                self._arm_cod(key, sess, END_DISCONNECT)
 
     def _arm_cod(self, key: tuple, sess, reason: int) -> None:
         mode = sess.cod_mode
-        if not (mode == c.COD_ON_DISCONNECT_OR_LOGOUT
-                or mode == c.COD_ON_DISCONNECT and reason == c.END_DISCONNECT):
+        if not (mode == COD_ON_DISCONNECT_OR_LOGOUT
+                or mode == COD_ON_DISCONNECT and reason == END_DISCONNECT):
             return
         sess.cod_cursor = 0
         if sess.cod_timeout_ms == 0 and self._cancel_on_disconnect(key, sess):
@@ -2304,10 +2344,10 @@ class TradingEngine:
                     continue
                 if o.state == UNTRIGGERED:
                     self._drop(acct, o)
-                    self._er(o, c.EXEC_CANCELED, code=c.REASON_CANCEL_ON_DISCONNECT,
-                             status=c.STATUS_CANCELED)
+                    self._er(o, EXEC_CANCELED, 0, 0, 0, REASON_CANCEL_ON_DISCONNECT, 0,
+                             STATUS_CANCELED)
                 elif o.pending != PENDING_CANCEL:
-                    self._send_cancel(o, c.REASON_CANCEL_ON_DISCONNECT)
+                    self._send_cancel(o, REASON_CANCEL_ON_DISCONNECT)
         sess.cod_cursor = 0
         return True
 
@@ -2316,7 +2356,7 @@ class TradingEngine:
         now: no Logon can come back to disarm it. While its cancels outrun one record's output
         budget, the session stays (unbound, finalized: it takes no message and sends none) and
         its timer, due at once, goes on at the next record; it is dropped when they are done."""
-        self._session_state(key, sess.conn_id, sess, c.SESSION_FINALIZED)
+        self._session_state(key, sess.conn_id, sess, SESSION_FINALIZED)
         self._expire_finalized()
         self.finalized[key] = self.ts_ns
         if key in self.cod:
@@ -2346,17 +2386,17 @@ class TradingEngine:
             del fin[key]
 
     def _client_message(self, payload: bytes) -> None:
-        head = c.CLIENT_MESSAGE_S.size
+        head = _CLIENT_MESSAGE_SIZE
         if len(payload) < head + 8:
-            self._reject_request(c.CLIENT_MESSAGE, 2001, 0, 0, 0)
+            self._reject_request(CLIENT_MESSAGE, 2001, 0, 0, 0)
             return
-        user, sid, gflags, template = c.CLIENT_MESSAGE_S.unpack_from(payload)
+        user, sid, gflags, template = _CLIENT_MESSAGE(payload)
         key = (user, sid)
-        sess = self.sessions.get(key)
+        sess: Session = self.sessions.get(key)
         if sess is not None and key in self.finalized:
             sess = None                       # finalized, its cancel-on-disconnect going on
         if sess is None or not 100 <= template <= 199:
-            self._reject_request(c.CLIENT_MESSAGE, 2034 if sess is None else 2001, user, 0, sid)
+            self._reject_request(CLIENT_MESSAGE, 2034 if sess is None else 2001, user, 0, sid)
             return
         block = payload[head:]
         seqno = _U64(block)[0]
@@ -2366,38 +2406,38 @@ class TradingEngine:
             return
         if seqno > expected:
             # order-path.md §4: NotApplied.Count is a u32; a longer jump says 2^32 - 1
-            self._smsg(key, c.P_NOT_APPLIED, expected, min(seqno - expected, 0xFFFF_FFFF))
+            self._smsg(key, P_NOT_APPLIED, (expected, min(seqno - expected, 0xFFFF_FFFF)))
         sess.next_expected = seqno + 1
-        size = c.P_BLOCK_SIZES.get(template)
-        ref = _U64(block, 16)[0] if size is not None and len(block) >= 24 else c.P_NULL_ID
+        size = _P_BLOCK_SIZE(template)
+        ref = _U64(block, 16)[0] if size is not None and len(block) >= 24 else P_NULL_ID
         if size is None:
             self._business_reject(key, seqno, ref, template, 3, b"unsupported message type")
         elif len(block) != size:
             self._business_reject(key, seqno, ref, template, 5, b"block length")
-        elif gflags & c.GW_THROTTLED:
+        elif gflags & GW_THROTTLED:
             self._business_reject(key, seqno, ref, template, 8, b"throttled")
-        elif gflags & c.GW_SHED:
+        elif gflags & GW_SHED:
             self._business_reject(key, seqno, ref, template, 4, b"overloaded")
         elif len(sess.clordids) >= MAX_SESSION_CLORDIDS:
             self._business_reject(key, seqno, ref, template, 0, b"start a new session")
-        elif template == c.P_NEW_ORDER:
+        elif template == P_NEW_ORDER:
             self._s_new_order(key, sess, block, seqno)
-        elif template == c.P_CANCEL:
+        elif template == P_CANCEL:
             self._s_cancel(key, sess, block)
-        elif template == c.P_REPLACE:
+        elif template == P_REPLACE:
             self._s_replace(key, sess, block)
         else:
             self._s_mass_cancel(key, sess, block)
 
-    def _s_new_order(self, key: tuple, sess, block: bytes, seqno: int) -> None:
+    def _s_new_order(self, key: tuple, sess: Session, block: bytes, seqno) -> None:
         (_, _, coid, price, qty, symbol, account, side, ord_type, tif,
          flags) = _P_NOS(block)
         if account == 0:
             account = sess.default_account
         if account not in sess.accounts:
-            self._business_reject(key, seqno, coid, c.P_NEW_ORDER, 6, b"account not authorised")
+            self._business_reject(key, seqno, coid, P_NEW_ORDER, 6, b"account not authorised")
             return
-        self._ctx = [key, c.P_NEW_ORDER, coid, c.P_NULL_ID, c.P_NULL_ID, tif, price, symbol,
+        self._ctx = [key, P_NEW_ORDER, coid, P_NULL_ID, P_NULL_ID, tif, price, symbol,
                      None]
         try:
             if coid in sess.clordids:
@@ -2409,9 +2449,9 @@ class TradingEngine:
             if spec is None:
                 pass                                   # the engine says symbol_unknown
             elif ord_type == MARKET:
-                if price != c.P_NULL_PRICE and price != 0:
+                if price != P_NULL_PRICE and price != 0:
                     code = 2008
-            elif price == c.P_NULL_PRICE or price <= 0:
+            elif price == P_NULL_PRICE or price <= 0:
                 code = 2008
             elif price % spec.tick:
                 code = 2035
@@ -2420,19 +2460,19 @@ class TradingEngine:
             if code:
                 self._reject_order(coid, account, symbol, side, ord_type, 0, qty, code)
                 return
-            eflags = POST_ONLY if flags & c.P_FLAG_POST_ONLY else 0
-            self._new_order(_NEW_ORDER_PACK(coid, account, symbol, ticks, qty, 0, side,
-                                            ord_type, tif, eflags, 0, c.BY_MARK))
+            eflags = POST_ONLY if flags & P_FLAG_POST_ONLY else 0
+            self._enter_order(coid, account, symbol, ticks, qty, 0, side, ord_type, tif, eflags,
+                              0, BY_MARK)
         finally:
             self._ctx = None
 
     def _find_order(self, key: tuple, sess, orig: int, order_id: int):
         """The order a cancel or replace names, by OrderID or else by OrigClOrdID, among the
         session user's accounts (the session's own first)."""
-        if order_id != c.P_NULL_ID and order_id != 0:
+        if order_id != P_NULL_ID and order_id != 0:
             o = self.orders.get(order_id)
             return o if o is not None and o.account in sess.accounts else None
-        if orig == c.P_NULL_ID:
+        if orig == P_NULL_ID:
             return None
         for a in sess.accounts:
             acct = self.accounts.get(a)
@@ -2450,7 +2490,7 @@ class TradingEngine:
     def _s_cancel(self, key: tuple, sess, block: bytes) -> None:
         _, _, coid, orig, order_id, symbol, _side, _flags = _P_CANCEL(block)
         o = self._find_order(key, sess, orig, order_id)
-        self._ctx = [key, c.P_CANCEL, coid, orig, order_id, 0, 0,
+        self._ctx = [key, P_CANCEL, coid, orig, order_id, 0, 0,
                      o.symbol if o is not None else symbol, o]
         try:
             account = o.account if o is not None else sess.default_account
@@ -2475,7 +2515,7 @@ class TradingEngine:
         (_, _, coid, orig, order_id, price, qty, symbol, _side, _ord_type, _tif,
          _flags) = _P_REPLACE(block)
         o = self._find_order(key, sess, orig, order_id)
-        self._ctx = [key, c.P_REPLACE, coid, orig, order_id, 0, price,
+        self._ctx = [key, P_REPLACE, coid, orig, order_id, 0, price,
                      o.symbol if o is not None else symbol, o]
         try:
             account = o.account if o is not None else sess.default_account
@@ -2491,7 +2531,7 @@ class TradingEngine:
                 return
             tick = self.specs[o.symbol].tick
             code = ticks = 0
-            if price == c.P_NULL_PRICE:
+            if price == P_NULL_PRICE:
                 pass                                     # unchanged
             elif price <= 0:
                 code = 2008
@@ -2532,16 +2572,16 @@ class TradingEngine:
         if reject:
             if coid not in sess.clordids:
                 sess.clordids[coid] = None
-            self._smsg(key, c.P_MASS_CANCEL_REPORT, self.ts_ns, coid, 0, symbol & 0xFFFFFFFF,
-                       mtype, 0x30, reject & 0xFF, 0)
+            self._smsg(key, P_MASS_CANCEL_REPORT,
+                       (self.ts_ns, coid, 0, symbol & 0xFFFFFFFF, mtype, 0x30, reject & 0xFF, 0))
             return
         sess.clordids[coid] = None
         acct = self.accounts.get(sess.default_account)
         n = 0
         if acct is not None:
             n = self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
-                                    c.REASON_MASS_CANCEL)
-        self._smsg(key, c.P_MASS_CANCEL_REPORT, self.ts_ns, coid, n, symbol, mtype, mtype, 0, 0)
+                                    REASON_MASS_CANCEL)
+        self._smsg(key, P_MASS_CANCEL_REPORT, (self.ts_ns, coid, n, symbol, mtype, mtype, 0, 0))
 
 
     # -- the audit, snapshots and the state hash ----------------------------------------------
@@ -2606,10 +2646,10 @@ class TradingEngine:
             for sym, pos in acct.positions.items():
                 live = [o for o in acct.orders.values()
                         if o.symbol == sym and o.state != UNTRIGGERED]
-                if pos.buy_leaves != sum(o.leaves for o in live if o.side == c.BUY) \
-                        or pos.sell_leaves != sum(o.leaves for o in live if o.side == c.SELL):
+                if pos.buy_leaves != sum(o.leaves for o in live if o.side == BUY) \
+                        or pos.sell_leaves != sum(o.leaves for o in live if o.side == SELL):
                     raise EngineHalted(f"account {acct.account_id} symbol {sym}: leaves drifted")
-                if pos.reduce_only != sum(1 for o in live if o.flags & c.FLAG_REDUCE_ONLY):
+                if pos.reduce_only != sum(1 for o in live if o.flags & FLAG_REDUCE_ONLY):
                     raise EngineHalted(f"account {acct.account_id} symbol {sym}: reduce-only "
                                        "count drifted")
                 if pos.size == 0 and (pos.cost or pos.margin):
@@ -2731,11 +2771,11 @@ class TradingEngine:
                 self._trig_add(o)
             else:
                 pos = acct.positions[o.symbol]
-                if o.side == c.BUY:
+                if o.side == BUY:
                     pos.buy_leaves += o.leaves
                 else:
                     pos.sell_leaves += o.leaves
-                if o.flags & c.FLAG_REDUCE_ONLY:
+                if o.flags & FLAG_REDUCE_ONLY:
                     pos.reduce_only += 1
                 if o.ce_id:
                     self.ce_orders[o.symbol][o.ce_id] = o
@@ -2761,7 +2801,7 @@ CXL_REJ_REASON = {2016: 1, 3005: 0, 2017: 3, 2015: 6, 3009: 6}
 # the session's cancel reason of an engine reason (ExecutionReport '4' / 'C'): PROTOCOL.md's
 # 0-5 as they are; the engine's own from 7 up; the CrossEngine's match limit (6 in the engine)
 # is 10, since PROTOCOL.md's 6 is the end of day
-_CANCEL_REASON = {c.REASON_MATCH_LIMIT: 10}
+_CANCEL_REASON = {REASON_MATCH_LIMIT: 10}
 
 
 def fix_ord_rej_reason(code: int) -> int:
@@ -2778,8 +2818,8 @@ def session_cancel_reason(reason: int) -> int:
 
 def _ord_status(o: Order) -> int:
     if o.leaves == 0 and o.cum == o.qty:
-        return c.STATUS_FILLED
-    return c.STATUS_PARTIAL if o.cum else c.STATUS_NEW
+        return STATUS_FILLED
+    return STATUS_PARTIAL if o.cum else STATUS_NEW
 
 
 def _int(x) -> int:
@@ -2797,7 +2837,7 @@ def _ledger(a: Account) -> int:
 def _fires(o: Order, price: int) -> bool:
     """A stop buys when the price rises to it and sells when it falls to it; a take-profit
     the other way round."""
-    up = (o.trigger_kind == c.TRIGGER_STOP) == (o.side == c.BUY)
+    up = (o.trigger_kind == TRIGGER_STOP) == (o.side == BUY)
     return price >= o.trigger_price if up else price <= o.trigger_price
 
 

@@ -1,3 +1,6 @@
+# cython: wraparound=True, boundscheck=True, annotation_typing=False
+# (compiled by setup.py with margin.pxd; the formulas index tiers[-1], so negative indexes
+# must work, and the annotations are documentation: the arguments are Python ints)
 """Margin, fee, PnL and liquidation formulas of linear (USDT-margined) perpetuals, in integers.
 
 Units (DESIGN.md §5): prices are integer ticks, quantities integer lots, money integer minor
