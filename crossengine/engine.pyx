@@ -2487,8 +2487,6 @@ cdef class CrossEngine:
         cdef Py_ssize_t k, n_lv = 0, first_sell = -1, accounts = 0
         cdef int32_t i, lv = -1, prev
         cdef int64_t a = -1, slot
-        cdef int32_t e
-        cdef uint64_t in_ring = 0
         cdef Order* o
         cdef const unsigned char* q = &view[0] + head
         cdef uint8_t side, last_side = 0
@@ -2559,21 +2557,13 @@ cdef class CrossEngine:
                     prefetch_w(&eng.by_client.slots[slot_hash(
                         &eng.by_client, rd64(q + PREFETCH_AHEAD * SNAP_ORDER + 8),
                         rd32(q + PREFETCH_AHEAD * SNAP_ORDER + 16))], 1, 1)
-                # the id ring's slot if it is free, else the id map (as _id_add would have
-                # left them, the newer in the ring, or not: nothing depends on which)
-                e = eng.id_ring[order_id & eng.ring_mask]
-                if e >= 0 and eng.orders[e].order_id == order_id:
-                    slot = -1
-                elif e < 0:
-                    eng.id_ring[order_id & eng.ring_mask] = <int32_t>k
-                    in_ring += 1
-                    slot = -2
-                else:
-                    slot = table_put_new(&eng.by_id, order_id, 0, <int32_t>k, 0)
-                if slot == -1:
+                # every restored order in the id map (its insert refuses an id twice); the id
+                # ring starts empty, and the orders entered from now on take it
+                slot = table_put_new(&eng.by_id, order_id, 0, <int32_t>k, 0)
+                if slot < 0:
                     raise ValueError(f"CrossEngine snapshot: order id {order_id} is there "
                                      f"twice (order {k})")
-                o.id_slot = <int32_t>slot if slot >= 0 else -1
+                o.id_slot = <int32_t>slot
                 if table_put_new(&eng.by_client, o.client_order_id, o.account, <int32_t>k,
                                  0) < 0:
                     raise ValueError(f"CrossEngine snapshot: account {o.account} has client "
@@ -2635,7 +2625,7 @@ cdef class CrossEngine:
         finally:
             free(ids)
             free(snap_lv)
-        if eng.by_id.size + in_ring != <uint64_t>n_orders or eng.by_client.size != <uint64_t>n_orders \
+        if eng.by_id.size != <uint64_t>n_orders or eng.by_client.size != <uint64_t>n_orders \
                 or eng.by_account.size != <uint64_t>accounts:
             raise RuntimeError("crossengine: restore built indexes that disagree with the book")
         if eng.by_id.mask + 1 != id_cap:
