@@ -2448,8 +2448,10 @@ class TradingEngine:
         return None
 
     def _s_cancel(self, key: tuple, sess, block: bytes) -> None:
-        _, _, coid, orig, order_id, symbol, _side, _flags = _P_CANCEL(block)
+        _, _, coid, orig, order_id, symbol, side, _flags = _P_CANCEL(block)
         o = self._find_order(key, sess, orig, order_id)
+        if o is not None and (o.symbol != symbol or o.side != side):
+            o = None                     # not the order named: unknown (FIX 102 reason 1)
         self._ctx = [key, c.P_CANCEL, coid, orig, order_id, 0, 0,
                      o.symbol if o is not None else symbol, o]
         try:
@@ -2472,9 +2474,11 @@ class TradingEngine:
             self._ctx = None
 
     def _s_replace(self, key: tuple, sess, block: bytes) -> None:
-        (_, _, coid, orig, order_id, price, qty, symbol, _side, _ord_type, _tif,
+        (_, _, coid, orig, order_id, price, qty, symbol, side, _ord_type, _tif,
          _flags) = _P_REPLACE(block)
         o = self._find_order(key, sess, orig, order_id)
+        if o is not None and (o.symbol != symbol or o.side != side):
+            o = None                     # not the order named: unknown (FIX 102 reason 1)
         self._ctx = [key, c.P_REPLACE, coid, orig, order_id, 0, price,
                      o.symbol if o is not None else symbol, o]
         try:
