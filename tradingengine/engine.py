@@ -2400,6 +2400,9 @@ class TradingEngine:
         self._ctx = [key, c.P_NEW_ORDER, coid, c.P_NULL_ID, c.P_NULL_ID, tif, price, symbol,
                      None]
         try:
+            if coid == c.P_NULL_ID:      # OrigClOrdID's null: could never be cancelled by it
+                self._reject_order(coid, account, symbol, side, ord_type, 0, qty, 2039)
+                return
             if coid in sess.clordids:
                 self._reject_order(coid, account, symbol, side, ord_type, 0, qty, 2015)
                 return
@@ -2456,6 +2459,9 @@ class TradingEngine:
                      o.symbol if o is not None else symbol, o]
         try:
             account = o.account if o is not None else sess.default_account
+            if coid == c.P_NULL_ID:
+                self._cancel_rejected(account, coid, orig, 2039, 1)
+                return
             if coid in sess.clordids:
                 self._cancel_rejected(account, coid, orig, 2015, 1)
                 return
@@ -2483,6 +2489,9 @@ class TradingEngine:
                      o.symbol if o is not None else symbol, o]
         try:
             account = o.account if o is not None else sess.default_account
+            if coid == c.P_NULL_ID:      # the order would go by OrigClOrdID's null
+                self._cancel_rejected(account, coid, orig, 2039, 2)
+                return
             if coid in sess.clordids:
                 self._cancel_rejected(account, coid, orig, 2015, 2)
                 return

@@ -1,21 +1,27 @@
-"""Field checks of a session's OrderCancelRequest and OrderCancelReplaceRequest against the
-order they name (PROTOCOL.md §3, §4.12; docs/tradingengine.md §12).
+"""Field checks of a session's NewOrderSingle, OrderCancelRequest and OrderCancelReplaceRequest
+against the order they name (PROTOCOL.md §3, §4.12; docs/tradingengine.md §12).
 
 * A cancel or replace whose SecurityID or Side is not the order's is refused as an unknown order
   (OrderCancelReject, CxlRejReason 1, the FIX convention): OrderID the request's (null when it
   named the order by OrigClOrdID), OrdStatus '8', the request's SecurityID; the order is left
   as it was.
+* A ClOrdID of 2^64 - 1 (the null of OrigClOrdID: such an order could never be cancelled by it)
+  is refused: ExecutionReport '8' OrdRejReason 99 for a NewOrderSingle, OrderCancelReject
+  reason 99 for a cancel or replace; the SeqNo is consumed, the id is not recorded as used.
 """
 from __future__ import annotations
 
 from tests.unit.test_tradingengine_sessions import (
     E8,
+    NOS,
     NULL,
     OCR,
     OCRR,
     Harness,
     ers,
+    msgs,
 )
+from tradingengine import codec as c
 
 
 def _order(h, coid):
@@ -63,3 +69,34 @@ def test_cancel_naming_another_security_or_side_is_refused_as_unknown_order():
     # the cancel with the order's SecurityID and Side goes through
     (er,) = ers(h.send(1, 9, 101, OCR.pack(4, 0, 73, 70, NULL, 1, b"2", 0)), b"4")
     assert er[2:4] == (73, 70) and o.order_id not in h.v.te.orders
+
+
+def test_new_order_with_the_null_clordid_is_rejected_and_consumes_its_seqno():
+    h = Harness()
+    h.logon(1, 9)
+    for seq in (1, 2):       # the null id is not recorded as used: the second is 99 too, not 6
+        ev = h.apply(c.CLIENT_MESSAGE, c.client_message(
+            1, 9, 100, NOS.pack(seq, 0, NULL, 100 * E8, 5, 1, 0, b"1", b"2", b"1", 0)))
+        (er,) = ers(msgs(ev))
+        assert er[0] == seq and er[2] == NULL and er[4] == NULL
+        assert er[14:16] == (b"8", b"8") and er[19] == 99
+        # the engine's own ExecutionReport gives the detailed code
+        assert [e[16] for e in ev if e[0] == c.EXEC_REPORT] == [2039]
+    assert not h.v.te.orders
+    assert h.v.te.sessions[(1, 9)].next_expected == 3
+    assert NULL not in h.v.te.sessions[(1, 9)].clordids
+
+
+def test_cancel_or_replace_with_the_null_clordid_is_refused():
+    h = Harness()
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 60, price=100 * E8, qty=5)
+    o = _order(h, 60)
+    rej = _cancel_reject(h.send(1, 9, 102, OCRR.pack(2, 0, NULL, 60, NULL, 99 * E8, 8, 1, b"1",
+                                                     b"2", b"1", 0)))
+    assert rej[2:4] == (NULL, 60) and rej[7:9] == (b"2", 99)
+    rej = _cancel_reject(h.send(1, 9, 101, OCR.pack(3, 0, NULL, 60, NULL, 1, b"1", 0)))
+    assert rej[2:4] == (NULL, 60) and rej[7:9] == (b"1", 99)
+    assert o.order_id in h.v.te.orders and o.client_order_id == 60 and o.qty == 5
+    assert h.v.te.sessions[(1, 9)].next_expected == 4
+    assert NULL not in h.v.te.sessions[(1, 9)].clordids
