@@ -2440,6 +2440,9 @@ class TradingEngine:
         self._ctx = [key, P_NEW_ORDER, coid, P_NULL_ID, P_NULL_ID, tif, price, symbol,
                      None]
         try:
+            if coid == P_NULL_ID:        # OrigClOrdID's null: could never be cancelled by it
+                self._reject_order(coid, account, symbol, side, ord_type, 0, qty, 2039)
+                return
             if coid in sess.clordids:
                 self._reject_order(coid, account, symbol, side, ord_type, 0, qty, 2015)
                 return
@@ -2488,12 +2491,17 @@ class TradingEngine:
         return None
 
     def _s_cancel(self, key: tuple, sess, block: bytes) -> None:
-        _, _, coid, orig, order_id, symbol, _side, _flags = _P_CANCEL(block)
+        _, _, coid, orig, order_id, symbol, side, _flags = _P_CANCEL(block)
         o = self._find_order(key, sess, orig, order_id)
+        if o is not None and (o.symbol != symbol or o.side != side):
+            o = None                     # not the order named: unknown (FIX 102 reason 1)
         self._ctx = [key, P_CANCEL, coid, orig, order_id, 0, 0,
                      o.symbol if o is not None else symbol, o]
         try:
             account = o.account if o is not None else sess.default_account
+            if coid == P_NULL_ID:
+                self._cancel_rejected(account, coid, orig, 2039, 1)
+                return
             if coid in sess.clordids:
                 self._cancel_rejected(account, coid, orig, 2015, 1)
                 return
@@ -2512,13 +2520,18 @@ class TradingEngine:
             self._ctx = None
 
     def _s_replace(self, key: tuple, sess, block: bytes) -> None:
-        (_, _, coid, orig, order_id, price, qty, symbol, _side, _ord_type, _tif,
+        (_, _, coid, orig, order_id, price, qty, symbol, side, _ord_type, _tif,
          _flags) = _P_REPLACE(block)
         o = self._find_order(key, sess, orig, order_id)
+        if o is not None and (o.symbol != symbol or o.side != side):
+            o = None                     # not the order named: unknown (FIX 102 reason 1)
         self._ctx = [key, P_REPLACE, coid, orig, order_id, 0, price,
                      o.symbol if o is not None else symbol, o]
         try:
             account = o.account if o is not None else sess.default_account
+            if coid == P_NULL_ID:      # the order would go by OrigClOrdID's null
+                self._cancel_rejected(account, coid, orig, 2039, 2)
+                return
             if coid in sess.clordids:
                 self._cancel_rejected(account, coid, orig, 2015, 2)
                 return

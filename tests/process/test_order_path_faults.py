@@ -474,7 +474,7 @@ def test_overload_burst_sheds_orders_never_cancels(cl):
         for k in range(per):
             clordid = next(_clordids)
             if k % 3 == 2:
-                s.cancel(clordid, clordid - 1, 1, b"1")
+                s.cancel(clordid, clordid - 1, 1, b"1" if s.account == 2 else b"2")
             else:
                 s.nos(clordid, 1, b"1" if s.account == 2 else b"2",
                       (mark + (-500 if s.account == 2 else 500)) * tick, 1)

@@ -278,14 +278,14 @@ class TradingFlow(RuleBasedStateMachine):
           qty=st.integers(0, 300), which=st.integers(0, 2),
           ord_type=st.sampled_from([b"2"] * 5 + [b"1"]),
           tif=st.sampled_from([b"1"] * 6 + [b"3", b"0"]), flags=st.sampled_from([0] * 5 + [2]),
-          reuse=st.sampled_from([False] * 9 + [True]),
+          reuse=st.sampled_from([False] * 9 + [True, "null"]),
           gflags=st.sampled_from([0] * 10 + [1, 2]), odd=st.sampled_from([False] * 9 + [True]))
     def session_order(self, key, how, symbol, side, off_pct, qty, which, ord_type, tif, flags,
                       reuse, gflags, odd):
         mark = self.v.te.marks.get(symbol, 10_000)
         price = max(1, mark + mark * off_pct // 100) * TICK + (1 if odd else 0)
         account = [0, *USERS[key[0]]][which]
-        coid = self.coid if reuse and self.coid else self._coid()
+        coid = NULL if reuse == "null" else self.coid if reuse and self.coid else self._coid()
         block = P_NOS.pack(self._seqno(key, how), 0, coid,
                            c.P_NULL_PRICE if ord_type == b"1" else price, qty, symbol, account,
                            side, ord_type, tif, flags)
@@ -296,20 +296,29 @@ class TradingFlow(RuleBasedStateMachine):
                 if o.account in USERS[key[0]]]
 
     @rule(key=SESSIONS, pick=st.integers(0, 10**6), by_id=st.booleans(),
-          replace=st.booleans(), dp=st.integers(-30, 30), qty=st.integers(0, 300))
-    def session_cancel_or_replace(self, key, pick, by_id, replace, dp, qty):
+          replace=st.booleans(), dp=st.integers(-30, 30), qty=st.integers(0, 300),
+          wrong=st.sampled_from([None] * 8 + ["symbol", "side", "null_clordid"]))
+    def session_cancel_or_replace(self, key, pick, by_id, replace, dp, qty, wrong):
         ids = self._session_order_ids(key) or [(pick, pick)]
         coid, oid = ids[pick % len(ids)]
+        target = self.v.te.orders.get(oid)
+        # the order's SecurityID and Side (refused as an unknown order when they differ)
+        symbol, side = (target.symbol, target.side) if target is not None else (1, 0x31)
+        if wrong == "symbol":
+            symbol = 3 - symbol
+        elif wrong == "side":
+            side = 0x33 - side
+        new_coid = NULL if wrong == "null_clordid" else self._coid()
         orig, oid = (NULL, oid) if by_id else (coid, NULL)
         seq = self._seqno(key, "next")
         if replace:
             o = self.v.te.orders.get(oid if by_id else -1)
             price = max(1, (o.price if o is not None else 10_000) + dp) * TICK
-            block = P_OCRR.pack(seq, 0, self._coid(), orig, oid, price, qty, 1, b"1",
+            block = P_OCRR.pack(seq, 0, new_coid, orig, oid, price, qty, symbol, bytes([side]),
                                 b"2", b"1", 0)
             self.v.apply(c.CLIENT_MESSAGE, c.client_message(key[0], key[1], 102, block))
         else:
-            block = P_OCR.pack(seq, 0, self._coid(), orig, oid, 1, b"1", 0)
+            block = P_OCR.pack(seq, 0, new_coid, orig, oid, symbol, bytes([side]), 0)
             self.v.apply(c.CLIENT_MESSAGE, c.client_message(key[0], key[1], 101, block))
 
     @rule(key=SESSIONS, symbol=st.sampled_from([1, 2, 9]), mtype=st.sampled_from([b"1", b"7",

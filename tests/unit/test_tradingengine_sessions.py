@@ -522,7 +522,7 @@ def test_a_cancel_in_flight_when_the_order_fills_gets_too_late():
     h.nos(1, 9, 1, 10, side=b"2", price=100 * E8, qty=5)
     h.v.auto = False
     h.nos(2, 9, 1, 20, side=b"1", price=100 * E8, qty=5)     # fills it in the CrossEngine
-    h.send(1, 9, 101, OCR.pack(2, 0, 11, 10, NULL, 1, b"1", 0))   # the cancel crosses the fill
+    h.send(1, 9, 101, OCR.pack(2, 0, 11, 10, NULL, 1, b"2", 0))   # the cancel crosses the fill
     ms = msgs(h.v.deliver())
     mine = [m for m in ms if m[0] == 1]
     assert [m[2] for m in mine] == [200, 201]
