@@ -499,22 +499,33 @@ def _session_block(template: int, block: bytes, by_id: dict[int, Units]) -> dict
     return out
 
 
-def liq_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
-    """A LiqEngine output payload (out.liq, and out.liq taken into in.ce.* and in.te.*)."""
+def _engine_events(codec, table: dict, payload: bytes, by_id: dict[int, Units],
+                   head_only: tuple[int, ...], more=None) -> list[dict[str, Any]]:
+    """An engine's output payload event by event (the TradingEngine's and the LiqEngine's codecs
+    share the layout): each event's fields shown, a CrossEngineCommand with its command
+    decoded; head_only names the kinds whose variable tail is not a plain field (ev[4]), and
+    more(ev, d) adds what a codec's own kinds show."""
     try:
-        events = liq.decode_events(payload)
+        events = codec.decode_events(payload)
     except ValueError as exc:
         return [{"event": "malformed", "error": str(exc), "payload_hex": payload.hex()}]
     out = []
     for ev in events:
-        names, shows = LIQ_EVENTS[ev[0]]
-        fields = ev[1:4] if ev[0] == liq.CE_COMMAND else ev[1:]
-        d = {"event": liq.EVENT_NAMES[ev[0]], **_show(names, shows, fields, UNKNOWN, by_id)}
-        if ev[0] == liq.CE_COMMAND:
+        names, shows = table[ev[0]]
+        fields = ev[1:4] if ev[0] in head_only else ev[1:]
+        d = {"event": codec.EVENT_NAMES[ev[0]], **_show(names, shows, fields, UNKNOWN, by_id)}
+        if ev[0] == codec.CE_COMMAND:
             d["command"] = ce_command(ev[2], ev[4], by_id.get(ev[1], UNKNOWN))
             d["ce_kind"] = d["command"]["command"]
+        if more is not None:
+            more(ev, d)
         out.append(d)
     return out
+
+
+def liq_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
+    """A LiqEngine output payload (out.liq, and out.liq taken into in.ce.* and in.te.*)."""
+    return _engine_events(liq, LIQ_EVENTS, payload, by_id, (liq.CE_COMMAND,))
 
 
 def liq_command(kind: int, payload: bytes, by_id: dict[int, Units]) -> dict[str, Any]:
@@ -578,22 +589,12 @@ def _ce_commands_of(events: list[dict[str, Any]], units: Units) -> list[dict[str
 
 
 def te_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
-    try:
-        events = te.decode_events(payload)
-    except ValueError as exc:
-        return [{"event": "malformed", "error": str(exc), "payload_hex": payload.hex()}]
-    out = []
-    for ev in events:
-        names, shows = TE_EVENTS[ev[0]]
-        fields = ev[1:4] if ev[0] in (te.CE_COMMAND, te.SESSION_MESSAGE) else ev[1:]
-        d = {"event": te.EVENT_NAMES[ev[0]], **_show(names, shows, fields, UNKNOWN, by_id)}
+    """A TradingEngine output payload (out.te.N, and out.te.N taken into in.ce.*)."""
+    def session_message(ev: tuple, d: dict[str, Any]) -> None:
         if ev[0] == te.SESSION_MESSAGE:
             d["message"] = _session_block(ev[3], ev[4], by_id)
-        if ev[0] == te.CE_COMMAND:
-            d["command"] = ce_command(ev[2], ev[4], by_id.get(ev[1], UNKNOWN))
-            d["ce_kind"] = d["command"]["command"]
-        out.append(d)
-    return out
+    return _engine_events(te, TE_EVENTS, payload, by_id, (te.CE_COMMAND, te.SESSION_MESSAGE),
+                          session_message)
 
 
 def decode_record(stream: str, rec: tuple, by_id: dict[int, Units],
