@@ -295,14 +295,13 @@ def _usdt(minor: int) -> str:
 
 
 def positions(a: argparse.Namespace) -> int:
-    """The user's balances, margin and positions, as the latest AccountStatus and Position
-    events of its shard's out.te.N say (read from the log with the operator's key: PROTOCOL.md
-    order entry has no position message)."""
+    """The user's balances, margin and positions (or --account's alone) as its shard's
+    TradingEngine holds them now: asked of a replica of the shard (hot first) over its control
+    endpoint with the operator's key (PROTOCOL.md order entry has no position message), so an
+    order's margin shows as soon as the order is accepted, whatever the log's length."""
     from deploy.supervisor import read_state
     from gateway import accounts as acc
-    from mq.control import replay
-    from mq.record import decode
-    from tradingengine import codec as te
+    from mq import control, wire
     topo, _pid = read_state(a.data)
     t = topo.trading
     if not t:
@@ -313,31 +312,44 @@ def positions(a: argparse.Namespace) -> int:
         raise TraderError(str(exc)) from None
     if user is None:
         raise TraderError(f"no user {a.user!r} in {t['accounts']}")
-    shard = t["shards"][user.accounts[0] % t["n_shards"]]
+    wanted = list(user.accounts)
+    if a.account:
+        if a.account not in wanted:
+            raise TraderError(f"account {a.account} is not {a.user}'s (theirs: "
+                              f"{', '.join(map(str, wanted))})")
+        wanted = [a.account]
     specs = {i["security_id"]: (i["symbol"], Decimal(i["tick"]), Decimal(i["lot"]))
              for i in t["instruments"]}
-    mine = set(user.accounts)
     latest_acct: dict[int, tuple] = {}
     latest_pos: dict[tuple[int, int], tuple] = {}
-    for rep in shard["replicators"]:
-        try:
-            for frame in replay(rep, shard["out"], 1, None, timeout_s=5.0):
-                for rec in decode(frame):
-                    try:
-                        events = te.decode_events(bytes(rec[6]))
-                    except ValueError:
-                        continue
-                    for e in events:
-                        if e[0] == te.ACCOUNT and e[1] in mine:
-                            latest_acct[e[1]] = e
-                        elif e[0] == te.POSITION and e[1] in mine:
-                            latest_pos[(e[1], e[2])] = e
-            break
-        except (TimeoutError, OSError):
+    for n, shard in enumerate(t["shards"]):
+        mine = [x for x in wanted if x % t["n_shards"] == n]
+        if not mine:
             continue
-    else:
-        raise TraderError(f"no replicator of {shard['out']} answers (`seqex status`)")
-    for account in user.accounts:
+        replicas = sorted((p for p in topo.procs
+                           if p.role.startswith("replica-") and p.stream == shard["in"]),
+                          key=lambda p: p.role != "replica-hot")
+        for p in replicas:
+            try:
+                kind, body, _ = control.call(p.control, wire.QUERY, {"accounts": mine},
+                                             timeout_s=2.0, refused_ends=True)
+            except (TimeoutError, OSError):
+                continue
+            if kind != wire.PONG or "error" in body:
+                continue
+            for v in body.get("accounts", []):
+                x = v["account"]
+                latest_acct[x] = (0, x, v["balance"], v["available"], v["order_margin"],
+                                  v["position_margin"])
+                for row in v["positions"]:
+                    sym, size, cost, margin, liq, bk, realised, lev, mode = row
+                    latest_pos[(x, sym)] = (0, x, sym, size, cost, margin, liq, bk, realised,
+                                            lev, mode)
+            break
+        else:
+            raise TraderError(f"no TradingEngine replica of {shard['in']} answers "
+                              f"(`seqex status`)")
+    for account in wanted:
         e = latest_acct.get(account)
         if e is None:
             print(f"{a.user}: account {account}: nothing yet (no deposit)")
@@ -351,6 +363,8 @@ def positions(a: argparse.Namespace) -> int:
                 continue
             sym, tick, lot = specs[sid]
             _t, _a, _s, size, cost, margin, liq, _bk, realised, lev, mode = p
+            if size == 0 and realised == 0:
+                continue        # an order's leverage setting; never traded
             if size == 0:
                 print(f"{a.user}: account {account}: {sym} flat, realised PnL "
                       f"{_usdt(realised)} USDT")

@@ -76,6 +76,7 @@ RESEND_MAX_S = 8.0         # ... backing off (doubling, with jitter) up to this
 PROBE_S = 1.0              # the mirror silent this long: ask where it stands
 MIRROR_ASK_S = 1.0         # a restarting hot replica asks the mirror how far it committed
 NOTE_EVERY_S = 5.0         # a lasting condition is logged at most this often
+MAX_QUERY_ACCOUNTS = 1000  # accounts in one QUERY (its answer stays a small message)
 
 
 class SnapshotError(ValueError):
@@ -406,7 +407,8 @@ class ReplicaHost:
             if len(msg) < 3:
                 continue
             ident, kind = msg[0], msg[1]
-            reason = auth.operator_refusal(peer) if kind in (wire.STOP, wire.PROMOTE) else None
+            reason = (auth.operator_refusal(peer)
+                      if kind in (wire.STOP, wire.PROMOTE, wire.QUERY) else None)
             if reason is not None:
                 what = f"{self.name}: {kind.decode()}"
                 auth.note_refusal(peer, reason, what)
@@ -425,9 +427,27 @@ class ReplicaHost:
             elif kind == wire.STOP:
                 self.running = False
                 body = {"stopping": True}
+            elif kind == wire.QUERY:
+                body = self._query(msg[2])
             else:
                 body = {"error": f"unknown message kind {kind[:32]!r}"}
             self.control.send_multipart([ident, wire.PONG, wire.pack(body)])
+
+    def _query(self, raw: bytes) -> dict:
+        """An operator's question about the engine's live state (a TradingEngine's accounts),
+        answered from this replica's state at self.seq."""
+        view = getattr(self.engine, "view_accounts", None)
+        if view is None:
+            return {"error": f"{self.name}: its engine answers no account query"}
+        try:
+            ids = wire.field(wire.unpack(raw), "accounts", list)
+            if len(ids) > MAX_QUERY_ACCOUNTS or not all(
+                    type(i) is int and 0 <= i < 1 << 32 for i in ids):
+                raise wire.WireError(f"accounts: a list of at most {MAX_QUERY_ACCOUNTS} "
+                                     f"account numbers")
+        except wire.WireError as exc:
+            return {"error": f"{self.name}: {exc}"}
+        return {"seq": self.seq, "accounts": view(ids)}
 
     def status(self) -> dict:
         return {"role": "replica", "name": self.name, "replica_role": self.role,

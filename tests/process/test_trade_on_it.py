@@ -46,6 +46,15 @@ def test_trade_on_the_default_topology(tmp_path):
         out = client("--user", "alice", "buy", "BTCUSDT", "0.01", "@", "50000")
         assert out.returncode == 0 and out.stdout.strip() == \
             "alice: BTCUSDT buy 0.01 @ 50000.00 [order 1] accepted, resting", out
+        # the resting order's margin shows at once (a replica's live figures, not the last
+        # AccountStatus of the log, which an order does not write); --account: that one alone
+        out = client("--user", "alice", "--account", "2", "positions")
+        lines = out.stdout.splitlines()
+        assert out.returncode == 0 and len(lines) == 1 and lines[0].startswith(
+            "alice: account 2: balance 100,000.00 USDT, available 99,9"), out.stdout
+        assert "(orders 0.00," not in lines[0] and lines[0].endswith("positions 0.00)"), lines
+        out = client("--user", "alice", "--account", "3", "positions")
+        assert out.returncode == 2 and "account 3 is not alice's" in out.stdout + out.stderr
         out = client("--user", "bob", "sell", "BTCUSDT", "0.004")
         assert out.returncode == 0 and \
             "[order 1] filled 0.004 @ 50000.00 (taker), done" in out.stdout, out

@@ -178,6 +178,17 @@ def test_stop_from_a_non_operator_is_refused(cluster, target):
     assert ping(addr) is not None
 
 
+def test_an_account_query_from_a_non_operator_is_refused(cluster):
+    """QUERY answers an engine's live account figures: the operator's alone (`seqex client
+    positions`), not a gateway's or an engine's key."""
+    topo, keys_dir = cluster
+    addr = topo.by_name("ce.BTCUSDT.hot0").control
+    for key in ("gateway", "ce.BTCUSDT.warm0"):
+        answer = ask(addr, identity(keys_dir, key), [wire.QUERY, wire.pack({"accounts": [1]})])
+        assert answer is not None and answer[0] == wire.ERROR and \
+            answer[1]["reason"] == "not_operator", answer
+
+
 def test_promote_from_a_non_operator_is_refused(cluster):
     topo, keys_dir = cluster
     warm = topo.by_name("ce.BTCUSDT.warm0").control

@@ -415,3 +415,25 @@ def test_a_call_ends_at_a_refused_connection_and_waits_for_a_silent_peer():
             call(addr, wire.PING, timeout_s=0.5, refused_ends=True)
     finally:
         silent.close(0)
+
+
+def test_an_account_query_is_answered_from_the_engine_and_bad_ones_with_one_error(tmp_path):
+    """QUERY (operators: `seqex client positions`): the engine's view_accounts at the host's
+    seq; an engine without one, a body that is not {accounts: [ints]}, or too many accounts:
+    an error, never an exception out of the loop."""
+    from mq import wire
+    from mq.replica import MAX_QUERY_ACCOUNTS
+    h = host(tmp_path)
+    try:
+        assert "answers no account query" in h._query(wire.pack({"accounts": [1]}))["error"]
+        h.engine.view_accounts = lambda ids: [{"account": i} for i in ids]
+        h.seq = 41
+        assert h._query(wire.pack({"accounts": [2, 4]})) == {
+            "seq": 41, "accounts": [{"account": 2}, {"account": 4}]}
+        for bad in (b"\xc1", wire.pack({}), wire.pack({"accounts": 3}),
+                    wire.pack({"accounts": ["2"]}), wire.pack({"accounts": [-1]}),
+                    wire.pack({"accounts": [1 << 32]}), wire.pack({"accounts": [True]}),
+                    wire.pack({"accounts": list(range(MAX_QUERY_ACCOUNTS + 1))})):
+            assert set(h._query(bad)) == {"error"}, bad
+    finally:
+        close(h)

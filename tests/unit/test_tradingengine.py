@@ -393,3 +393,29 @@ def test_a_fill_in_a_symbol_without_a_mark_is_valued_at_its_entry():
     v.apply(c.WITHDRAW, c.transfer(99, 2, 1))
     v.mark(2, 50_000)
     v.te.check_invariants()
+
+
+def test_view_accounts_states_the_live_figures_the_events_would():
+    """`seqex client positions` asks a replica (QUERY) for view_accounts: the order margin of a
+    resting order is in at once (no AccountStatus is written for an order), and after a fill
+    the figures equal the AccountStatus and Position events the fill wrote."""
+    v = phemex()
+    v.order(1, 1, c.BUY, 39_000, 100)                     # rests: no AccountStatus
+    acct = v.te.accounts[1]
+    (one,) = v.te.view_accounts([1, 99])                  # 99: no such account, left out
+    assert one["account"] == 1 and one["order_margin"] == acct.order_margin > 0
+    assert one["available"] == 1_000 * USDT - acct.order_margin
+    assert [row[1] for row in one["positions"]] in ([], [0])            # no size yet
+    before = v.te.state_hash()
+    v.order(1, 2, c.SELL, 40_000, 60)
+    out = v.order(2, 1, c.BUY, 40_000, 60)                # fills: AccountStatus + Position
+    (status,) = [e for e in events_of(out, c.ACCOUNT) if e[1] == 1]
+    (pos,) = [e for e in events_of(out, c.POSITION) if e[1] == 1]
+    (one,) = v.te.view_accounts([1])
+    assert (one["balance"], one["available"], one["order_margin"],
+            one["position_margin"]) == tuple(status[2:6])
+    assert one["positions"] == [list(pos[2:])] and pos[3] == 60
+    assert before != v.te.state_hash()
+    h = v.te.state_hash()
+    v.te.view_accounts([1, 2])
+    assert v.te.state_hash() == h                         # a query changes nothing
