@@ -408,7 +408,9 @@ def independent_bench(ops: int, repeat: int, seed: int) -> None:
           f"end over {len(book_now['bids'])} bid / {len(book_now['asks'])} ask levels: engine "
           f"{ops / e:,.0f} ops/s, heapq+deque baseline {ops / b:,.0f} ops/s, ratio "
           f"{statistics.median(ratios):.1f}x (medians of {repeat}, alternating); fills "
-          f"{'identical' if same else 'DIFFERENT'}", flush=True)
+          f"{'identical' if same else 'DIFFERENT'}, hash "
+          f"{hashlib.sha256(repr(book.fills).encode()).hexdigest()[:16]}, state "
+          f"{eng.state_hash().hex()[:16]}", flush=True)
     if not same:
         sys.exit(1)
 
