@@ -1778,57 +1778,68 @@ cdef class CrossEngine:
         cdef uint32_t shape = rd32(p + 28) & 0xFFFFFF     # side, ord type, tif
         table_room(&self.by_client)    # so that the probe below also places the insert
         # Checks 1 to 6 of the validation order (docs/crossengine.md) in one test for the
-        # common order, a GTC limit order within bounds (post-only is allowed on it); any
-        # other order takes them one by one, first failure first.
+        # common order, a GTC limit order within bounds (post-only is allowed on it), then
+        # checks 7 to 10 and the test whether it rests, in order; any other order takes them
+        # one by one, first failure first.
         if (shape == (BUY | LIMIT << 8 | GTC << 16) or shape == (SELL | LIMIT << 8 | GTC << 16)) \
                 and flags <= (F_REDUCE | F_POST) and stp <= STP_DEC and not self.halted \
                 and 0 < price <= self.max_price and self._on_tick(price) \
                 and self.min_qty <= qty <= self.max_qty:
-            pass
-        elif self.halted:
-            code = C_HALTED
-        elif side != BUY and side != SELL:
-            code = C_SIDE
-        elif ord_type != MARKET and ord_type != LIMIT:
-            code = C_ORD_TYPE
-        elif tif != GTC and tif != IOC and tif != FOK:
-            code = C_TIF
-        elif stp > STP_DEC:
-            code = C_STP
-        elif flags & ~(F_REDUCE | F_POST):
-            code = C_MALFORMED
-        elif not market and self._price_code(price):
-            code = self._price_code(price)
-        elif qty < self.min_qty:
-            code = C_QTY_MIN
-        elif qty > self.max_qty:
-            code = C_QTY_MAX
-        elif flags & F_POST and (market or tif != GTC):
-            code = C_TIF
-        # checks 7 to 10
-        if code:
-            pass
-        elif self.by_client.slots[self._client_probe(cl_id, account, &cslot)].used:
-            code = C_CLID_IN_USE
-        elif <uint64_t>self.n_live >= self.max_orders:
-            code = C_BOOK_FULL
-        elif self.order_counter >= COUNTER_MAX:
-            code = C_IDS_EXHAUSTED
-        elif not market and tif == GTC:
-            # only an order that may rest counts against the account's limit
-            a = table_find1(&self.by_account, account)
-            if a >= 0 and self.by_account.slots[a].n >= self.max_account_orders:
-                code = C_ACCOUNT_LIMIT
-        if code:
-            return self._ev_rejected(cl_id, account, code, 0)
+            cslot = table_probe(&self.by_client, cl_id, account)
+            if self.by_client.slots[cslot].used:
+                code = C_CLID_IN_USE
+            elif (<uint64_t>self.n_live >= self.max_orders) | (self.order_counter >= COUNTER_MAX):
+                code = C_BOOK_FULL if <uint64_t>self.n_live >= self.max_orders else C_IDS_EXHAUSTED
+            else:
+                a = table_find1(&self.by_account, account)
+                if a >= 0 and self.by_account.slots[a].n >= self.max_account_orders:
+                    code = C_ACCOUNT_LIMIT
+                else:
+                    # The common case: a GTC limit order that does not reach the opposite
+                    # best rests (post-only or not) and changes nothing but its own level.
+                    opp = 1 - side_index(side)
+                    if not side_reaches(&self.sides[opp], side_key(opp, price)):
+                        return self._rest(cl_id, price, qty, account, side, flags, stp, a,
+                                          cslot)
+            if code:
+                return self._ev_rejected(cl_id, account, code, 0)
+        else:
+            if self.halted:
+                code = C_HALTED
+            elif side != BUY and side != SELL:
+                code = C_SIDE
+            elif ord_type != MARKET and ord_type != LIMIT:
+                code = C_ORD_TYPE
+            elif tif != GTC and tif != IOC and tif != FOK:
+                code = C_TIF
+            elif stp > STP_DEC:
+                code = C_STP
+            elif flags & ~(F_REDUCE | F_POST):
+                code = C_MALFORMED
+            elif not market and self._price_code(price):
+                code = self._price_code(price)
+            elif qty < self.min_qty:
+                code = C_QTY_MIN
+            elif qty > self.max_qty:
+                code = C_QTY_MAX
+            elif flags & F_POST and (market or tif != GTC):
+                code = C_TIF
+            # checks 7 to 10
+            if code:
+                pass
+            elif self.by_client.slots[self._client_probe(cl_id, account, &cslot)].used:
+                code = C_CLID_IN_USE
+            elif <uint64_t>self.n_live >= self.max_orders:
+                code = C_BOOK_FULL
+            elif self.order_counter >= COUNTER_MAX:
+                code = C_IDS_EXHAUSTED
+            # (check 10, the account's limit, counts only an order that may rest: a GTC limit
+            # order, which passes checks 1 to 6 only by the test above)
+            if code:
+                return self._ev_rejected(cl_id, account, code, 0)
         if market:
             price = 0
         opp = 1 - side_index(side)
-        if not market and tif == GTC:
-            # The common case: a GTC limit order that does not reach the opposite best rests
-            # (post-only or not) and changes nothing but its own level.
-            if not side_reaches(&self.sides[opp], side_key(opp, price)):
-                return self._rest(cl_id, price, qty, account, side, flags, stp, a, cslot)
         if flags & F_POST and side_reaches(&self.sides[opp], side_key(opp, price)):
             return self._ev_rejected(cl_id, account, C_POST_TAKES, 0)
         if tif == FOK and not self._fok_fillable(side, price, market, qty, account, stp):
