@@ -2351,9 +2351,12 @@ cdef class CrossEngine:
         return [self.liq_src[k] for k in range(self.n_liq)]
 
     def book(self, int depth=0):
-        """{'bids': [(price, total, count)], 'asks': [...]}, best first (for tools and tests)."""
+        """{'bids': [(price, total, count)], 'asks': [...]}, best first, at most depth levels a
+        side (0: all; for tools and tests)."""
         out = {}
         cdef int s
+        if depth < 0:
+            raise ValueError(f"book depth {depth}: 0 (every level) or a positive count")
         cdef int32_t k, lv
         for s, name in ((0, "bids"), (1, "asks")):
             rows = []

@@ -410,6 +410,8 @@ class ReferenceEngine:
 
     def book(self, depth: int = 0) -> dict[str, list[tuple[int, int, int]]]:
         """{'bids': [(price, total, count)], 'asks': [...]}, best first (as the engine's)."""
+        if depth < 0:
+            raise ValueError(f"book depth {depth}: 0 (every level) or a positive count")
         out = {}
         for side, name in ((c.BUY, "bids"), (c.SELL, "asks")):
             rows = [(p, sum(self.orders[i].leaves for i in self.levels[side][p]),

@@ -817,3 +817,12 @@ def test_backward_shifts_move_each_orders_id_slot_along():
         assert eng.apply(0, 0, c.NEW_ORDER, cmd) == ref.apply(0, 0, c.NEW_ORDER, cmd)
     eng.check_invariants()
     assert eng.state_hash() == ref.state_hash()
+
+
+def test_book_depth_counts_levels_and_a_negative_depth_is_refused(eng):
+    for i, price in enumerate((100, 95, 90)):
+        new(eng, i + 1, c.BUY, price, 5)
+    assert [p for p, _t, _n in eng.book()["bids"]] == [100, 95, 90]
+    assert [p for p, _t, _n in eng.book(2)["bids"]] == [100, 95]
+    with pytest.raises(ValueError, match="book depth -1"):
+        eng.book(-1)
