@@ -329,13 +329,18 @@ def positions(a: argparse.Namespace) -> int:
         replicas = sorted((p for p in topo.procs
                            if p.role.startswith("replica-") and p.stream == shard["in"]),
                           key=lambda p: p.role != "replica-hot")
+        why = []        # each replica's failure, for the line that says none answered
         for p in replicas:
             try:
                 kind, body, _ = control.call(p.control, wire.QUERY, {"accounts": mine},
                                              timeout_s=2.0, refused_ends=True)
-            except (TimeoutError, OSError):
+            except (TimeoutError, OSError) as exc:
+                why.append(f"{p.name}: {exc}")
                 continue
             if kind != wire.PONG or "error" in body:
+                # a refusal (not the operator's key) or an engine that answers no QUERY: say
+                # so, not that the replica is down
+                why.append(f"{p.name}: {body.get('error', kind.decode('ascii', 'replace'))}")
                 continue
             for v in body.get("accounts", []):
                 x = v["account"]
@@ -348,7 +353,7 @@ def positions(a: argparse.Namespace) -> int:
             break
         else:
             raise TraderError(f"no TradingEngine replica of {shard['in']} answers "
-                              f"(`seqex status`)")
+                              f"(`seqex status`): {'; '.join(why) or 'none in the topology'}")
     for account in wanted:
         e = latest_acct.get(account)
         if e is None:

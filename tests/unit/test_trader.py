@@ -115,3 +115,49 @@ def test_a_damaged_session_file_is_one_line_and_status_2(gateway, tmp_path, caps
     assert err.startswith("seqex client: session file ") and want in err, err
     assert "move it away" in err or "cannot be read" in err
     assert "internal error" not in err and err.count("\n") == 1
+
+
+def _fake_cluster(monkeypatch, answers):
+    """positions against a two-shard topology (alice: accounts 2 and 4, shard 0) whose
+    replicas' QUERY answers are ``answers``: by replica name, a (kind, body) or an exception."""
+    from types import SimpleNamespace as NS
+
+    from deploy import supervisor
+    from gateway import accounts as acc
+    from mq import control, wire
+    procs = [NS(name=n, role=f"replica-{r}", stream=s, control=f"tcp://127.0.0.1:{7000 + i}")
+             for i, (n, r, s) in enumerate([("te0.hot0", "hot", "in.te.0"),
+                                            ("te0.warm0", "warm", "in.te.0"),
+                                            ("te1.hot0", "hot", "in.te.1")])]
+    trading = {"accounts": "accounts.json", "n_shards": 2, "instruments": [],
+               "shards": [{"in": "in.te.0", "out": "out.te.0"},
+                          {"in": "in.te.1", "out": "out.te.1"}]}
+    monkeypatch.setattr(supervisor, "read_state",
+                        lambda data: (NS(trading=trading, procs=procs), 1))
+    monkeypatch.setattr(acc, "load", lambda path: NS(
+        user=lambda name: NS(accounts=[2, 4]) if name == "alice" else None))
+    by_addr = {p.control: p.name for p in procs}
+
+    def call(addr, kind, body=None, timeout_s=2.0, refused_ends=False):
+        assert kind == wire.QUERY
+        got = answers[by_addr[addr]]
+        if isinstance(got, Exception):
+            raise got
+        return got[0], got[1], []
+    monkeypatch.setattr(control, "call", call)
+
+
+def test_positions_names_why_no_replica_answered(monkeypatch, tmp_path, capsys):
+    """A replica that refuses the QUERY (a key that is not the operator's) or answers it with
+    an error is not "down": the one line says what each replica said, status 2."""
+    from mq import wire
+    _fake_cluster(monkeypatch, {
+        "te0.hot0": (wire.ERROR, {"error": "refused: te0.hot0: QUERY: not_operator",
+                                  "reason": "not_operator"}),
+        "te0.warm0": ConnectionRefusedError("tcp://127.0.0.1:7001 refused the connection"),
+        "te1.hot0": AssertionError("shard 1 holds none of alice's accounts")})
+    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "no TradingEngine replica of in.te.0 answers" in err
+    assert "QUERY: not_operator" in err and "te0.warm0: tcp://127.0.0.1:7001 refused" in err
