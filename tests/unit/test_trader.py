@@ -161,3 +161,29 @@ def test_positions_names_why_no_replica_answered(monkeypatch, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "no TradingEngine replica of in.te.0 answers" in err
     assert "QUERY: not_operator" in err and "te0.warm0: tcp://127.0.0.1:7001 refused" in err
+
+
+def _answer(seq, balance, catching_up):
+    from mq import wire
+    return (wire.PONG, {"seq": seq, "catching_up": catching_up, "accounts": [
+        {"account": 2, "balance": balance, "available": balance, "order_margin": 0,
+         "position_margin": 0, "open_orders": 0, "positions": []}]})
+
+
+def test_positions_prefers_a_replica_that_is_not_catching_up(monkeypatch, tmp_path, capsys):
+    """A hot replica restarted from an older snapshot answers from its state while it replays
+    the log: its figures are not the engine's latest. A replica that is up to date is taken
+    instead; when every one is replaying, the freshest answer, with a note saying so."""
+    _fake_cluster(monkeypatch, {"te0.hot0": _answer(5, 100 * 10**8, True),
+                                "te0.warm0": _answer(900, 250 * 10**8, False),
+                                "te1.hot0": AssertionError("not asked")})
+    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("alice: account 2: balance 250.00 USDT"), out
+    _fake_cluster(monkeypatch, {"te0.hot0": _answer(5, 100 * 10**8, True),
+                                "te0.warm0": _answer(700, 200 * 10**8, True),
+                                "te1.hot0": AssertionError("not asked")})
+    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "catching up" in out[0] and "seq 700" in out[0], out
+    assert out[1].startswith("alice: account 2: balance 200.00 USDT"), out
