@@ -85,6 +85,7 @@ from mq.bytesio cimport rd16, rd32, rd64, rdi64, wr16, wr32, wr64, wri64
 from mq._frame cimport scan_frame
 
 import hashlib
+import operator
 import struct
 
 from crossengine import codec as _codec
@@ -2350,17 +2351,20 @@ cdef class CrossEngine:
         """The sources whose records are LiqEngine output payloads, as configured."""
         return [self.liq_src[k] for k in range(self.n_liq)]
 
-    def book(self, int depth=0):
+    def book(self, depth=0):
         """{'bids': [(price, total, count)], 'asks': [...]}, best first, at most depth levels a
         side (0: all; for tools and tests)."""
         out = {}
         cdef int s
+        depth = operator.index(depth)       # any Python int, as the reference takes it
         if depth < 0:
             raise ValueError(f"book depth {depth}: 0 (every level) or a positive count")
+        # no side holds 2**31 levels: a larger depth is all of them (int32_t below)
+        cdef int32_t d = min(depth, 0x7FFFFFFF)
         cdef int32_t k, lv
         for s, name in ((0, "bids"), (1, "asks")):
             rows = []
-            for lv in self._level_list(s, depth):
+            for lv in self._level_list(s, d):
                 rows.append((self.levels[lv].price, self.levels[lv].total, self.levels[lv].count))
             out[name] = rows
         return out

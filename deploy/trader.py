@@ -329,26 +329,43 @@ def positions(a: argparse.Namespace) -> int:
         replicas = sorted((p for p in topo.procs
                            if p.role.startswith("replica-") and p.stream == shard["in"]),
                           key=lambda p: p.role != "replica-hot")
+        why = []        # each replica's failure, for the line that says none answered
+        behind = None   # the freshest answer of a replica still replaying the log
         for p in replicas:
             try:
                 kind, body, _ = control.call(p.control, wire.QUERY, {"accounts": mine},
                                              timeout_s=2.0, refused_ends=True)
-            except (TimeoutError, OSError):
+            except (TimeoutError, OSError) as exc:
+                why.append(f"{p.name}: {exc}")
                 continue
             if kind != wire.PONG or "error" in body:
+                # a refusal (not the operator's key) or an engine that answers no QUERY: say
+                # so, not that the replica is down
+                why.append(f"{p.name}: {body.get('error', kind.decode('ascii', 'replace'))}")
                 continue
-            for v in body.get("accounts", []):
-                x = v["account"]
-                latest_acct[x] = (0, x, v["balance"], v["available"], v["order_margin"],
-                                  v["position_margin"])
-                for row in v["positions"]:
-                    sym, size, cost, margin, liq, bk, realised, lev, mode = row
-                    latest_pos[(x, sym)] = (0, x, sym, size, cost, margin, liq, bk, realised,
-                                            lev, mode)
+            if body.get("catching_up"):
+                # restarted from an older snapshot: a replica that is up to date comes first
+                if behind is None or body.get("seq", 0) > behind.get("seq", 0):
+                    behind = body
+                why.append(f"{p.name}: catching up (seq {body.get('seq')})")
+                continue
             break
         else:
-            raise TraderError(f"no TradingEngine replica of {shard['in']} answers "
-                              f"(`seqex status`)")
+            if behind is None:
+                raise TraderError(f"no TradingEngine replica of {shard['in']} answers "
+                                  f"(`seqex status`): "
+                                  f"{'; '.join(why) or 'none in the topology'}")
+            body = behind
+            print(f"{a.user}: note: every replica of {shard['in']} is catching up with the "
+                  f"log; these figures are as of its seq {body.get('seq')}")
+        for v in body.get("accounts", []):
+            x = v["account"]
+            latest_acct[x] = (0, x, v["balance"], v["available"], v["order_margin"],
+                              v["position_margin"])
+            for row in v["positions"]:
+                sym, size, cost, margin, liq, bk, realised, lev, mode = row
+                latest_pos[(x, sym)] = (0, x, sym, size, cost, margin, liq, bk, realised,
+                                        lev, mode)
     for account in wanted:
         e = latest_acct.get(account)
         if e is None:

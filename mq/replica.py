@@ -447,7 +447,10 @@ class ReplicaHost:
                                      f"account numbers")
         except wire.WireError as exc:
             return {"error": f"{self.name}: {exc}"}
-        return {"seq": self.seq, "accounts": view(ids)}
+        # catching_up: the subscriber is still replaying the log (a replica restarted from an
+        # older snapshot): its figures are those of seq, not the engine's latest
+        return {"seq": self.seq, "catching_up": bool(self.sub is not None and self.sub.replaying),
+                "accounts": view(ids)}
 
     def status(self) -> dict:
         return {"role": "replica", "name": self.name, "replica_role": self.role,

@@ -47,8 +47,9 @@ PONG = b"PONG"
 STOP = b"STOP"          # {} -> PONG, then the process exits cleanly
 HASH = b"HASH"          # replica: {} -> PONG {seq, hash}: the engine's state hash at seq
 PROMOTE = b"PROMOTE"    # replica: {} -> PONG {role, resent_from}: a warm replica becomes hot
-QUERY = b"QUERY"        # replica, operator: {accounts} -> PONG {seq, accounts}: the engine's
-                        # live figures of those accounts (a TradingEngine's view_accounts)
+QUERY = b"QUERY"        # replica, operator: {accounts} -> PONG {seq, catching_up, accounts}:
+                        # the engine's live figures of those accounts (a TradingEngine's
+                        # view_accounts); catching_up: the replica is still replaying the log
 ERROR = b"ERROR"        # {error, reason?, src?}: reason "source_clash" when another live
                         # producer connection holds the source id
 

@@ -826,3 +826,14 @@ def test_book_depth_counts_levels_and_a_negative_depth_is_refused(eng):
     assert [p for p, _t, _n in eng.book(2)["bids"]] == [100, 95]
     with pytest.raises(ValueError, match="book depth -1"):
         eng.book(-1)
+
+
+def test_book_takes_any_int_depth_as_the_reference_does(eng):
+    """A depth past the engine's int (2**31 and up) is every level, as in the reference; a
+    negative one that large is the same ValueError as -1, not an OverflowError."""
+    for i, price in enumerate((100, 95, 90)):
+        new(eng, i + 1, c.BUY, price, 5)
+    for depth in (1 << 31, 1 << 40):
+        assert [p for p, _t, _n in eng.book(depth)["bids"]] == [100, 95, 90]
+    with pytest.raises(ValueError, match="book depth"):
+        eng.book(-(1 << 40))

@@ -429,7 +429,13 @@ def test_an_account_query_is_answered_from_the_engine_and_bad_ones_with_one_erro
         h.engine.view_accounts = lambda ids: [{"account": i} for i in ids]
         h.seq = 41
         assert h._query(wire.pack({"accounts": [2, 4]})) == {
-            "seq": 41, "accounts": [{"account": 2}, {"account": 4}]}
+            "seq": 41, "catching_up": h.sub.replaying,
+            "accounts": [{"account": 2}, {"account": 4}]}
+        # a replica still replaying the log says so (its figures are not the latest)
+        h.sub.replaying = True
+        assert h._query(wire.pack({"accounts": [2]}))["catching_up"] is True
+        h.sub.replaying = False
+        assert h._query(wire.pack({"accounts": [2]}))["catching_up"] is False
         for bad in (b"\xc1", wire.pack({}), wire.pack({"accounts": 3}),
                     wire.pack({"accounts": ["2"]}), wire.pack({"accounts": [-1]}),
                     wire.pack({"accounts": [1 << 32]}), wire.pack({"accounts": [True]}),

@@ -115,3 +115,75 @@ def test_a_damaged_session_file_is_one_line_and_status_2(gateway, tmp_path, caps
     assert err.startswith("seqex client: session file ") and want in err, err
     assert "move it away" in err or "cannot be read" in err
     assert "internal error" not in err and err.count("\n") == 1
+
+
+def _fake_cluster(monkeypatch, answers):
+    """positions against a two-shard topology (alice: accounts 2 and 4, shard 0) whose
+    replicas' QUERY answers are ``answers``: by replica name, a (kind, body) or an exception."""
+    from types import SimpleNamespace as NS
+
+    from deploy import supervisor
+    from gateway import accounts as acc
+    from mq import control, wire
+    procs = [NS(name=n, role=f"replica-{r}", stream=s, control=f"tcp://127.0.0.1:{7000 + i}")
+             for i, (n, r, s) in enumerate([("te0.hot0", "hot", "in.te.0"),
+                                            ("te0.warm0", "warm", "in.te.0"),
+                                            ("te1.hot0", "hot", "in.te.1")])]
+    trading = {"accounts": "accounts.json", "n_shards": 2, "instruments": [],
+               "shards": [{"in": "in.te.0", "out": "out.te.0"},
+                          {"in": "in.te.1", "out": "out.te.1"}]}
+    monkeypatch.setattr(supervisor, "read_state",
+                        lambda data: (NS(trading=trading, procs=procs), 1))
+    monkeypatch.setattr(acc, "load", lambda path: NS(
+        user=lambda name: NS(accounts=[2, 4]) if name == "alice" else None))
+    by_addr = {p.control: p.name for p in procs}
+
+    def call(addr, kind, body=None, timeout_s=2.0, refused_ends=False):
+        assert kind == wire.QUERY
+        got = answers[by_addr[addr]]
+        if isinstance(got, Exception):
+            raise got
+        return got[0], got[1], []
+    monkeypatch.setattr(control, "call", call)
+
+
+def test_positions_names_why_no_replica_answered(monkeypatch, tmp_path, capsys):
+    """A replica that refuses the QUERY (a key that is not the operator's) or answers it with
+    an error is not "down": the one line says what each replica said, status 2."""
+    from mq import wire
+    _fake_cluster(monkeypatch, {
+        "te0.hot0": (wire.ERROR, {"error": "refused: te0.hot0: QUERY: not_operator",
+                                  "reason": "not_operator"}),
+        "te0.warm0": ConnectionRefusedError("tcp://127.0.0.1:7001 refused the connection"),
+        "te1.hot0": AssertionError("shard 1 holds none of alice's accounts")})
+    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "no TradingEngine replica of in.te.0 answers" in err
+    assert "QUERY: not_operator" in err and "te0.warm0: tcp://127.0.0.1:7001 refused" in err
+
+
+def _answer(seq, balance, catching_up):
+    from mq import wire
+    return (wire.PONG, {"seq": seq, "catching_up": catching_up, "accounts": [
+        {"account": 2, "balance": balance, "available": balance, "order_margin": 0,
+         "position_margin": 0, "open_orders": 0, "positions": []}]})
+
+
+def test_positions_prefers_a_replica_that_is_not_catching_up(monkeypatch, tmp_path, capsys):
+    """A hot replica restarted from an older snapshot answers from its state while it replays
+    the log: its figures are not the engine's latest. A replica that is up to date is taken
+    instead; when every one is replaying, the freshest answer, with a note saying so."""
+    _fake_cluster(monkeypatch, {"te0.hot0": _answer(5, 100 * 10**8, True),
+                                "te0.warm0": _answer(900, 250 * 10**8, False),
+                                "te1.hot0": AssertionError("not asked")})
+    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("alice: account 2: balance 250.00 USDT"), out
+    _fake_cluster(monkeypatch, {"te0.hot0": _answer(5, 100 * 10**8, True),
+                                "te0.warm0": _answer(700, 200 * 10**8, True),
+                                "te1.hot0": AssertionError("not asked")})
+    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "catching up" in out[0] and "seq 700" in out[0], out
+    assert out[1].startswith("alice: account 2: balance 200.00 USDT"), out
