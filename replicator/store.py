@@ -414,9 +414,10 @@ class StreamLog:
                ) -> tuple[str, int]:
         """(range_digest(self.read(seq_from, seq_to, max_bytes)), the last seq that read
         would hold, 0 for none): the anti-entropy comparison's digest, hashed frame by frame
-        as the cursor walks (no copy, no join). Every frame read is CRC-checked, as by read();
-        where a frame ends comes from the key of the next one, so only the first and the
-        last frame of the range are parsed (to cut them)."""
+        as the cursor walks (no join). Every frame read() would read is CRC-checked, and no
+        other. Where the range ends comes from the key of the frame after it (compared as
+        bytes: big-endian keys sort as their seqs), so only the range's first and last frames
+        are parsed, to cut them; the frames between cost a CRC and a hash update each."""
         if seq_to is None or seq_to > self.last:
             seq_to = self.last
         if seq_from < 1:
@@ -425,35 +426,37 @@ class StreamLog:
         if seq_from > seq_to:
             return h.hexdigest()[:32], 0
         crc32, update, from_bytes = zlib.crc32, h.update, int.from_bytes
-        with self.store.env.begin(buffers=True) as txn:
+        with self.store.env.begin() as txn:
             cur = txn.cursor(db=self.log_db)
+            end = txn.cursor(db=self.log_db)
+            end_key = end.key() if end.set_range(U64.pack(seq_to + 1)) else None
             if not cur.set_range(U64.pack(seq_from)) or U64.unpack(cur.key())[0] != seq_from:
                 if not cur.prev() and not cur.last():
                     return h.hexdigest()[:32], 0
             size = 0
-            first = frame = None  # the frame read and not hashed yet, and its first seq
+            pending = pending_key = None  # the frame read and not hashed yet, and its key
             for key, value in cur.iternext():
-                nxt = from_bytes(key, "big")
-                if frame is not None:  # it holds first..nxt - 1
-                    lo = offset_of(frame, seq_from - first) if seq_from > first else 0
-                    if nxt - 1 >= seq_to:
-                        update(frame[lo:offset_of(frame, seq_to - first + 1)]
-                               if seq_to < nxt - 1 else frame[lo:])
-                        return h.hexdigest()[:32], seq_to
-                    update(frame[lo:])
-                    size += len(frame) - lo
+                if key == end_key:
+                    break
+                if pending is not None:  # not the range's last frame: hashed whole
+                    update(pending)
+                    size += len(pending)
                     if size >= max_bytes:
-                        return h.hexdigest()[:32], nxt - 1
+                        return h.hexdigest()[:32], from_bytes(key, "big") - 1
                 frame = value[4:]
                 if len(value) < 4 or crc32(frame) != from_bytes(value[:4], "little"):
-                    raise CorruptFrame(self.name, nxt)
-                first = nxt
-            if frame is None:
+                    raise CorruptFrame(self.name, from_bytes(key, "big"))
+                if pending_key is None:  # the range's first frame: from seq_from
+                    first = from_bytes(key, "big")
+                    if seq_from > first:
+                        frame = frame[offset_of(frame, seq_from - first):]
+                pending, pending_key = frame, key
+            if pending is None:
                 return h.hexdigest()[:32], 0
-            last = scan(frame)[2]  # the log's last frame
-            lo = offset_of(frame, seq_from - first) if seq_from > first else 0
-            update(frame[lo:offset_of(frame, seq_to - first + 1)] if seq_to < last
-                   else frame[lo:])
+            first = max(seq_from, from_bytes(pending_key, "big"))
+            last = from_bytes(end_key, "big") - 1 if end_key is not None else scan(pending)[2]
+            update(pending[:offset_of(pending, seq_to - first + 1)] if seq_to < last
+                   else pending)
             return h.hexdigest()[:32], min(last, seq_to)
 
     def _frame(self, cur: lmdb.Cursor) -> bytes:
