@@ -28,8 +28,10 @@ With --peer addresses it also catches up from, compares with, and repairs from i
 (replicator/peers.py).
 
 Bad input: every field of every message is checked (type, range, size) before anything is
-used; a malformed message gets ERROR {error} with the reason and changes nothing (each write
-runs in a nested transaction of the group commit, discarded on failure). Epochs are u32, seqs
+used; a malformed message gets ERROR {error} with the reason and changes nothing (an APPEND
+makes every check before its first write; a CLAIM or a TRUNCATE runs in a nested transaction of
+the group commit, discarded on failure; a write failing after it began drops the whole group
+unacknowledged). Epochs are u32, seqs
 u64, stream names 1..200 printable ASCII characters. Reads (REPLAY, STATE, DIGEST) and COMMIT
 never create a stream; a store holds at most --max-streams streams and refuses more.
 
