@@ -38,6 +38,7 @@ from replicator.store import (
     U32_MAX,
     U64_MAX,
     CorruptFrame,
+    PartialWrite,
     Store,
     is_write_failure,
     range_digest,
@@ -135,7 +136,8 @@ class Peers:
                         break
                     try:
                         self._on_answer(i, msg)
-                    except (wire.WireError, FrameError, ValueError, KeyError, TypeError) as exc:
+                    except (wire.WireError, FrameError, ValueError, KeyError, TypeError,
+                            PartialWrite) as exc:  # Store.change has undone a PartialWrite
                         log.error("bad answer from peer %s: %s", self.addrs[i], exc)
                     except CorruptFrame as exc:  # the comparison finds and repairs it
                         log.error("%s", exc)

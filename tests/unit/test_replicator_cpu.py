@@ -10,6 +10,7 @@
 * StreamLog.digest (hashed frame by frame, frames parsed at the range's ends only) is the
   digest of read() over the same range, the same bound on bytes, the same damaged frames.
 * A comparison reads and hashes its own range once, however many peers answer.
+* Catch-up survives a PartialWrite (undone by Store.change) as it survived any bad chunk.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import os
 import random
 
 import pytest
+import zmq
 
 from mq import wire
 from mq.record import encode, scan
@@ -271,3 +273,38 @@ def test_digest_answers_are_unchanged_on_the_wire(rep):
     (kind, body), = answers(rep)
     want = hashlib.sha256(b"".join(frame(k, 1) for k in range(2, 9))).hexdigest()[:32]
     assert kind == wire.DIGEST and body["digest"] == want
+
+
+class _AnswerSock(_FakeSock):
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = list(answers)
+
+    def recv_multipart(self, flags=0):
+        if not self.answers:
+            raise zmq.Again()
+        return self.answers.pop(0)
+
+
+def test_a_fetched_chunk_failing_after_its_first_write_changes_nothing(rep, monkeypatch):
+    """Catch-up appends through Store.change: a PartialWrite there is undone and logged, and
+    the replicator's loop goes on (it is not taken for a crash)."""
+    rep.handle([_append("in.a", 1, 2)])
+    answers(rep)
+    real = store_mod.StreamLog._put_frame
+
+    def put_then_fail(self, txn, first, last, data):
+        real(self, txn, first, last, data)
+        raise ValueError("injected after the first write")
+    monkeypatch.setattr(store_mod.StreamLog, "_put_frame", put_then_fail)
+    body = {"stream": "in.a", "from": 3, "last": 5, "commit": 5, "epoch": 1, "prev_epoch": 1,
+            "req": "fetch"}
+    sock = _AnswerSock([[wire.RECORDS, wire.pack(body), frame(3, 3)]])
+    rep.peers.socks, rep.peers.addrs = [sock], ["p0"]
+    rep.peers.on_events({sock: 1})
+    log_ = rep.store.find("in.a")
+    assert (log_.last, log_.commit) == (2, 0) and scan(log_.read(1))[2] == 2
+    monkeypatch.setattr(store_mod.StreamLog, "_put_frame", real)
+    sock.answers.append([wire.RECORDS, wire.pack(body), frame(3, 3)])   # asked again
+    rep.peers.on_events({sock: 1})
+    assert rep.store.find("in.a").last == 5
