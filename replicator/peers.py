@@ -24,7 +24,6 @@ are handled as they arrive; nothing blocks.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -35,7 +34,15 @@ import zmq
 
 from mq import sockets, wire
 from mq.record import FrameError, scan
-from replicator.store import U32_MAX, U64_MAX, CorruptFrame, Store, is_write_failure
+from replicator.store import (
+    U32_MAX,
+    U64_MAX,
+    CorruptFrame,
+    PartialWrite,
+    Store,
+    is_write_failure,
+    range_digest,
+)
 
 log = logging.getLogger("seqex.replicator.peers")
 
@@ -45,8 +52,7 @@ FETCH_BYTES = 16 << 20
 REQUEST_TIMEOUT_S = 2.0
 
 
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:32]
+digest = range_digest  # of records' bytes (StreamLog.digest hashes a stored range)
 
 
 def _runs(history: list, last: int) -> list[tuple[int, int, int]]:
@@ -130,7 +136,8 @@ class Peers:
                         break
                     try:
                         self._on_answer(i, msg)
-                    except (wire.WireError, FrameError, ValueError, KeyError, TypeError) as exc:
+                    except (wire.WireError, FrameError, ValueError, KeyError, TypeError,
+                            PartialWrite) as exc:  # Store.change has undone a PartialWrite
                         log.error("bad answer from peer %s: %s", self.addrs[i], exc)
                     except CorruptFrame as exc:  # the comparison finds and repairs it
                         log.error("%s", exc)
@@ -290,11 +297,14 @@ class Peers:
         log_ = self.store.find(stream)
         if log_ is None:
             return
-        damaged = False
-        try:
-            mine = digest(log_.read(a, b))
-        except CorruptFrame:
-            mine, damaged = "", True
+        mine = pending.get("mine")
+        if mine is None:  # once per comparison, whatever the number of peers
+            try:
+                mine = log_.digest(a, b)[0]
+            except CorruptFrame:
+                mine = ""
+            pending["mine"] = mine
+        damaged = mine == ""
         # A damaged copy is repaired from the first peer that sends a digest: another peer
         # may hold the range damaged too and answer with an error, never with a digest.
         if len(pending["answers"]) < len(self.socks) and not (damaged and pending["answers"]):

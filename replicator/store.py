@@ -31,6 +31,7 @@ is refused with StreamDamaged, which names the command that repairs it, instead 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import struct
@@ -39,7 +40,15 @@ from dataclasses import dataclass
 
 import lmdb
 
-from mq.record import FrameError, decode, epoch_runs, offset_of, scan, source_runs
+from mq.record import (
+    RECORD_HEADER,
+    FrameError,
+    decode,
+    epoch_runs,
+    offset_of,
+    scan,
+    source_runs,
+)
 from mq.replication import epoch_at
 
 U64 = struct.Struct(">Q")
@@ -268,7 +277,8 @@ class StreamLog:
 
     # -- writing ------------------------------------------------------------------------
     def append(self, txn: lmdb.Transaction, epoch: int, frame: bytes,
-               prev_epoch: int | None = None) -> AppendResult:
+               prev_epoch: int | None = None,
+               scanned: tuple[int, int, int] | None = None) -> AppendResult:
         """Append a sequenced frame inside the caller's write transaction.
 
         A frame that overlaps what is held must match it byte for byte on the overlap (a
@@ -277,36 +287,69 @@ class StreamLog:
         With ``prev_epoch`` (the epoch of the record before the frame in the master's log), a
         frame whose predecessor here is of another epoch is refused ("conflict"): this log
         diverged there and must be truncated first (Raft's previous-entry check).
+        ``scanned``: what scan(frame) returned, when the caller has checked the frame already.
+
+        Every check comes before the first write, so a refusal or an exception of a check
+        leaves the transaction and this object untouched; a failure after the first write
+        raises PartialWrite (or LMDB's error), and the caller must abort the transaction.
         """
-        check_epoch(epoch)
-        if prev_epoch is not None:
+        if type(epoch) is not int or not 0 <= epoch <= U32_MAX:
+            check_epoch(epoch)
+        if prev_epoch is not None and (type(prev_epoch) is not int
+                                       or not 0 <= prev_epoch <= U32_MAX):
             check_epoch(prev_epoch, "prev_epoch")
         if epoch < self.epoch:
             return AppendResult(False, self.last, self.epoch, "fenced")
-        count, first, last = scan(frame)  # raises FrameError on a malformed frame
-        if first > self.last + 1:
-            return AppendResult(False, self.last, max(self.epoch, epoch), "gap")
-        if prev_epoch is not None and first > 1 \
-                and epoch_at(self.history, first - 1) != prev_epoch:
-            return AppendResult(False, self.last, self.epoch, "conflict", first - 1)
-        if first <= self.last:
-            overlap_to = min(last, self.last)
+        # scan raises FrameError on a malformed frame
+        _count, first, last = scan(frame) if scanned is None else scanned
+        held_last = self.last
+        if first > held_last + 1:
+            return AppendResult(False, held_last, max(self.epoch, epoch), "gap")
+        if prev_epoch is not None and first > 1:
+            history = self.history
+            # the epoch of the record before the frame: the newest run's, nearly always
+            before = history[-1][0] if history and history[-1][1] <= first - 1 \
+                else epoch_at(history, first - 1)
+            if before != prev_epoch:
+                return AppendResult(False, held_last, self.epoch, "conflict", first - 1)
+        if first <= held_last:
+            overlap_to = min(last, held_last)
             held = self.read(first, overlap_to, txn=txn)
             cut = offset_of(frame, overlap_to - first + 1)
             if held != frame[:cut]:
-                return AppendResult(False, self.last, self.epoch, "conflict",
+                return AppendResult(False, held_last, self.epoch, "conflict",
                                     self._first_difference(first, held, frame[:cut]))
             frame = frame[cut:]
             first = overlap_to + 1
-        if epoch > self.epoch:
-            self._raise_epoch(txn, epoch)
-        if frame:
-            self._put_frame(txn, first, last, frame)
+        try:
+            if epoch > self.epoch:
+                self._raise_epoch(txn, epoch)
+            if frame:
+                self._put_frame(txn, first, last, frame)
+        except lmdb.Error:
+            raise
+        except Exception as exc:
+            raise PartialWrite(f"{self.name}: the append of {first}..{last} failed after its "
+                               f"first write ({type(exc).__name__}: {exc})") from exc
         return AppendResult(True, self.last, self.epoch)
 
     def _put_frame(self, txn: lmdb.Transaction, first: int, last: int, frame: bytes) -> None:
-        if not txn.put(U64.pack(first), _sealed(frame), db=self.log_db, append=True):
+        if not txn.put(U64.pack(first), zlib.crc32(frame).to_bytes(4, "little") + frame,
+                       db=self.log_db, append=True):  # _sealed(frame)
             raise RuntimeError(f"{self.name}: frame at {first} not appended")
+        meta = self.meta_db
+        if first == last:  # one record, as nearly every frame at a low rate: its header alone
+            _seq, ts, ss, src, epoch, _kind, _n, _route = RECORD_HEADER.unpack_from(frame)
+            txn.put(b"s" + U32.pack(src), SRC.pack(ss + 1, last, ts), db=meta)
+            history = self.history
+            if not history or history[-1][0] != epoch:
+                history.append((epoch, first))
+                txn.put(b"h" + U64.pack(first), U32.pack(epoch), db=meta)
+            txn.put(b"last", U64.pack(last), db=meta)
+            txn.put(b"ts", U64.pack(ts), db=meta)
+            self.last = last
+            self.ts_ns = ts
+            return
         # A master stamps every record of a frame (one turn of its loop) with one ts, so the
         # frame's last ts is each source's last ts, the same on every replicator.
         ts = int.from_bytes(frame[offset_of(frame, last - first) + 8:][:8], "little")
@@ -366,6 +409,55 @@ class StreamLog:
         finally:
             if own:
                 txn.abort()
+
+    def digest(self, seq_from: int, seq_to: int | None = None, max_bytes: int = 1 << 62
+               ) -> tuple[str, int]:
+        """(range_digest(self.read(seq_from, seq_to, max_bytes)), the last seq that read
+        would hold, 0 for none): the anti-entropy comparison's digest, hashed frame by frame
+        as the cursor walks (no join). Every frame read() would read is CRC-checked, and no
+        other. Where the range ends comes from the key of the frame after it (compared as
+        bytes: big-endian keys sort as their seqs), so only the range's first and last frames
+        are parsed, to cut them; the frames between cost a CRC and a hash update each."""
+        if seq_to is None or seq_to > self.last:
+            seq_to = self.last
+        if seq_from < 1:
+            seq_from = 1
+        h = hashlib.sha256()
+        if seq_from > seq_to:
+            return h.hexdigest()[:32], 0
+        crc32, update, from_bytes = zlib.crc32, h.update, int.from_bytes
+        with self.store.env.begin() as txn:
+            cur = txn.cursor(db=self.log_db)
+            end = txn.cursor(db=self.log_db)
+            end_key = end.key() if end.set_range(U64.pack(seq_to + 1)) else None
+            if not cur.set_range(U64.pack(seq_from)) or U64.unpack(cur.key())[0] != seq_from:
+                if not cur.prev() and not cur.last():
+                    return h.hexdigest()[:32], 0
+            size = 0
+            pending = pending_key = None  # the frame read and not hashed yet, and its key
+            for key, value in cur.iternext():
+                if key == end_key:
+                    break
+                if pending is not None:  # not the range's last frame: hashed whole
+                    update(pending)
+                    size += len(pending)
+                    if size >= max_bytes:
+                        return h.hexdigest()[:32], from_bytes(key, "big") - 1
+                frame = value[4:]
+                if len(value) < 4 or crc32(frame) != from_bytes(value[:4], "little"):
+                    raise CorruptFrame(self.name, from_bytes(key, "big"))
+                if pending_key is None:  # the range's first frame: from seq_from
+                    first = from_bytes(key, "big")
+                    if seq_from > first:
+                        frame = frame[offset_of(frame, seq_from - first):]
+                pending, pending_key = frame, key
+            if pending is None:
+                return h.hexdigest()[:32], 0
+            first = max(seq_from, from_bytes(pending_key, "big"))
+            last = from_bytes(end_key, "big") - 1 if end_key is not None else scan(pending)[2]
+            update(pending[:offset_of(pending, seq_to - first + 1)] if seq_to < last
+                   else pending)
+            return h.hexdigest()[:32], min(last, seq_to)
 
     def _frame(self, cur: lmdb.Cursor) -> bytes:
         value = cur.value()
@@ -465,6 +557,10 @@ class StreamLog:
         return out
 
 
+class PartialWrite(RuntimeError):
+    """A write that failed after it had changed the transaction: abort the transaction."""
+
+
 class CorruptFrame(RuntimeError):
     """A stored frame whose CRC does not match: damaged on disk."""
 
@@ -472,6 +568,12 @@ class CorruptFrame(RuntimeError):
         super().__init__(f"{stream}: the frame stored at seq {seq} is damaged")
         self.stream = stream
         self.seq = seq
+
+
+def range_digest(data: bytes) -> str:
+    """The digest of a range of records (their bytes, whatever frames held them) that peers
+    compare (DIGEST)."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def _sealed(frame: bytes) -> bytes:
@@ -627,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["AppendResult", "CorruptFrame", "DURABILITIES", "FrameError", "Store", "StreamDamaged",
+__all__ = ["AppendResult", "CorruptFrame", "PartialWrite", "DURABILITIES", "FrameError", "Store", "StreamDamaged",
            "StreamLimit", "StreamLog", "check_epoch", "check_stream_name", "is_write_failure",
            "reset_epoch"]
 
