@@ -796,28 +796,32 @@ class MasterShell:
         self._emit_tick(time.monotonic_ns())
         self._open_sources()
         while self.running:
-            now_ns = time.monotonic_ns()
-            wait_ms = (self.last_activity_ns + self.tick_interval_ns() - now_ns) // 1_000_000
-            if wait_ms <= 0 and self.pending:
-                wait_ms = 10  # a Tick is due but waits for the stream to commit
-            events = dict(self.poller.poll(min(max(wait_ms, 0), 100)))
-            if self.router in events:
-                if self.drain_until:
-                    self._answer_control_only()
-                else:
-                    self._sequence_waiting()
-            if not self.drain_until and not self.busy():
-                self._take_sources()
-            for link in self.links:
-                if link.sock in events:
-                    self._on_replies(link)
-            now_ns = time.monotonic_ns()
-            if not self.drain_until and self.tick_due(now_ns):
-                self._emit_tick(now_ns)
-            self._pump_all()
-            self._forward()
-            if self.drain_until and (self._all_replicated() or time.monotonic() > self.drain_until):
-                self.running = False
+            self.serve_turn()
+
+    def serve_turn(self, max_wait_ms: int = 100) -> None:
+        """One turn of the loop: wait (at most max_wait_ms) for input, take it, answer."""
+        now_ns = time.monotonic_ns()
+        wait_ms = (self.last_activity_ns + self.tick_interval_ns() - now_ns) // 1_000_000
+        if wait_ms <= 0 and self.pending:
+            wait_ms = 10  # a Tick is due but waits for the stream to commit
+        events = dict(self.poller.poll(min(max(wait_ms, 0), max_wait_ms)))
+        if self.router in events:
+            if self.drain_until:
+                self._answer_control_only()
+            else:
+                self._sequence_waiting()
+        if not self.drain_until and not self.busy():
+            self._take_sources()
+        for link in self.links:
+            if link.sock in events:
+                self._on_replies(link)
+        now_ns = time.monotonic_ns()
+        if not self.drain_until and self.tick_due(now_ns):
+            self._emit_tick(now_ns)
+        self._pump_all()
+        self._forward()
+        if self.drain_until and (self._all_replicated() or time.monotonic() > self.drain_until):
+            self.running = False
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Take no new input, wait (bounded) until every replicator holds everything, exit."""
