@@ -50,7 +50,7 @@ from typing import Any
 import zmq
 from zmq.utils import z85
 
-from mq import sources
+from mq import sockets, sources
 
 log = logging.getLogger("seqex.auth")
 
@@ -317,8 +317,8 @@ def secure_client(sock: zmq.Socket, addr: str, ident: Identity | None = None,
 def recv_multipart(sock: zmq.Socket, flags: int = 0) -> tuple[str | None, list[bytes]]:
     """One message and the z85 key of the peer that sent it (None when insecure)."""
     if _identity is None:
-        return None, sock.recv_multipart(flags)
-    frames = sock.recv_multipart(flags, copy=False)
+        return None, sockets.recv_parts(sock, flags)
+    frames = sockets.recv_frames(sock, flags)
     try:
         peer = frames[-1].get("User-Id")
     except zmq.ZMQError:

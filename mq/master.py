@@ -243,6 +243,9 @@ class Master:
         self.startup_grace_s = startup_grace_s
         self.max_uncommitted_bytes = max_uncommitted_bytes
         self.links: list[Link] = [Link(addr) for addr in replicators]
+        # acknowledgements a record needs to commit (replication.needed; a mirror without
+        # replicators, policy "none", computes its own commit point)
+        self.need = replication.needed(policy, len(self.links)) if policy in POLICIES else 0
         self.window = Window(window_bytes)
         self.epoch = 0
         # This incarnation's name in its CLAIMs (nonzero, a u64): a replicator grants an epoch
@@ -255,6 +258,12 @@ class Master:
         self.durable_after_first_commit: dict[int, int] | None = None
         self.probe_at = 0.0
         self.commit_note_at = 0.0
+        # the last APPEND and COMMIT headers packed, by (epoch, first, last, commit) and
+        # (epoch, commit): each goes to every replicator in turn
+        self.append_key: tuple = ()
+        self.append_head = b""
+        self.commit_key: tuple = ()
+        self.commit_head = b""
         self.ts_ns = 0                         # ts of the last record of the adopted log
         self.next_ss: dict[int, int] = {}      # per source: next source_seq to sequence
         self.durable_ss: dict[int, int] = {}   # per source: next source_seq not yet committed
@@ -406,6 +415,7 @@ class Master:
         # what an earlier attempt at recovery read is forgotten: this one reads afresh
         self.window = Window(self.window.max_bytes)
         self.recent.clear()
+        self.append_key = self.commit_key = ()   # headers packed under the old history
         self.stats["tail_records"] = 0
         for i in order:
             self._reconcile(self.links[i], claimed[i])
@@ -602,11 +612,13 @@ class Master:
             for link in self.links:
                 if not link.known:
                     self._claim(link, self.epoch)
+        top = self.next_seq - 1
         for link in self.links:
             if link.sent > link.acked and now - link.progress_at > RESEND_AFTER_S:
                 link.sent = link.acked  # acknowledgements stalled: go back and resend
                 link.progress_at = now
-            self._pump(link)
+            if link.known and link.sent < top:   # (what _pump checks first)
+                self._pump(link)
 
     def _pump(self, link: Link) -> None:
         """Send this replicator what it lacks, oldest first, within the in-flight limit."""
@@ -626,11 +638,17 @@ class Master:
             # A replicator takes min(commit, its last) as committed: name no seq beyond this
             # frame, which the APPEND checks (it may hold a stale tail beyond it).
             commit = min(self.committed, last)
-            fields = {"stream": self.stream, "epoch": self.epoch, "first": first,
-                      "last": last, "commit": commit}
-            if self.stamps_epochs:   # the records before `first` carry this log's epochs
-                fields["prev_epoch"] = replication.epoch_at(self.history, first - 1)
-            if not self._try_send(link, [wire.APPEND, wire.pack(fields), frame]):
+            key = (self.epoch, first, last, commit)
+            if key == self.append_key:   # the same frame to the next replicator: same header
+                head = self.append_head
+            else:
+                fields = {"stream": self.stream, "epoch": self.epoch, "first": first,
+                          "last": last, "commit": commit}
+                if self.stamps_epochs:   # the records before `first` carry this log's epochs
+                    fields["prev_epoch"] = replication.epoch_at(self.history, first - 1)
+                head = wire.pack(fields)
+                self.append_key, self.append_head = key, head
+            if not self._try_send(link, [wire.APPEND, head, frame]):
                 return
             link.commit_sent = max(link.commit_sent, commit)
             link.append_at = now = self.mono()
@@ -660,9 +678,13 @@ class Master:
         return self.pending_bytes
 
     def _commit_point(self) -> int:
-        point = replication.commit_point(
-            [lk.acked for lk in self.links if lk.known],
-            len(self.links), self.policy)
+        # replication.commit_point, inline: it runs every turn of the loop
+        acks = [lk.acked for lk in self.links if lk.known]
+        if len(acks) < self.need:
+            point = 0
+        else:
+            acks.sort(reverse=True)
+            point = acks[self.need - 1]
         if point < self.first_own_seq:
             return self.committed  # only a record of this epoch commits what came before
         return max(point, self.committed)
@@ -675,6 +697,14 @@ class Master:
                 for src, nxt in self.durable_after_first_commit.items():
                     self.durable_ss[src] = max(self.durable_ss.get(src, 1), nxt)
                 self.durable_after_first_commit = None
+        if self.pending and self.pending[0][1] <= self.committed:
+            self._forward_committed()
+        now = self.mono()
+        if now >= self.commit_note_at:
+            self._note_commit(now)
+
+    def _forward_committed(self) -> None:
+        """Publish the pending frames up to the commit point, ack their producers."""
         acks_by: dict[tuple[bytes, int], list] = {}
         while self.pending and self.pending[0][1] <= self.committed:
             _first, _last, frame, acks = self.pending.popleft()
@@ -690,24 +720,28 @@ class Master:
                     entry[1].extend(runs)
         for (ident, src), (nxt, runs) in acks_by.items():
             self._reply(ident, wire.ACK, {"src": src, "next": nxt, "runs": runs})
-        now = self.mono()
-        if now >= self.commit_note_at:
-            # Replicators serve replay up to the commit point; tell them when it moved and no
-            # APPEND carried it for COMMIT_IDLE_S (checked at most that often). While frames
-            # flow, each APPEND carries the point (up to the frame before it), and a COMMIT
-            # would only cost the replicator a transaction of its own ahead of the next APPEND.
-            self.commit_note_at = now + COMMIT_IDLE_S
-            # Each is told at most what it acknowledged of this master's log: beyond that it
-            # may hold a stale tail whose TRUNCATE it never got, and it takes min(commit, its
-            # last) as committed.
-            for link in self.links:
-                commit = min(self.committed, link.acked)
-                if link.known and link.commit_sent < commit \
-                        and now - link.append_at >= COMMIT_IDLE_S:
-                    if self._try_send(link, [wire.COMMIT, wire.pack(
-                            {"stream": self.stream, "epoch": self.epoch,
-                             "commit": commit})]):
-                        link.commit_sent = commit
+
+    def _note_commit(self, now: float) -> None:
+        """A COMMIT to each replicator that was not told the commit point (at most once in
+        COMMIT_IDLE_S)."""
+        # Replicators serve replay up to the commit point; tell them when it moved and no
+        # APPEND carried it for COMMIT_IDLE_S (checked at most that often). While frames
+        # flow, each APPEND carries the point (up to the frame before it), and a COMMIT
+        # would only cost the replicator a transaction of its own ahead of the next APPEND.
+        self.commit_note_at = now + COMMIT_IDLE_S
+        # Each is told at most what it acknowledged of this master's log: beyond that it
+        # may hold a stale tail whose TRUNCATE it never got, and it takes min(commit, its
+        # last) as committed.
+        for link in self.links:
+            commit = min(self.committed, link.acked)
+            if link.known and link.commit_sent < commit \
+                    and now - link.append_at >= COMMIT_IDLE_S:
+                key = (self.epoch, commit)
+                if key != self.commit_key:   # every replicator is told the same, mostly
+                    self.commit_key, self.commit_head = key, wire.pack(
+                        {"stream": self.stream, "epoch": self.epoch, "commit": commit})
+                if self._try_send(link, [wire.COMMIT, self.commit_head]):
+                    link.commit_sent = commit
 
     def _all_replicated(self) -> bool:
         """Every known replicator holds everything and has been told it is committed."""
@@ -745,6 +779,7 @@ class MasterShell:
         for link in self.links:
             self.poller.register(link.sock, zmq.POLLIN)
         self.running = True
+        self.events: dict | None = None   # what the poller said this turn (None: not polled)
         self.drain_until = 0.0      # set by stop(): draining until this monotonic time
 
     def _sequence_waiting(self) -> None:
@@ -753,24 +788,24 @@ class MasterShell:
     # -- I/O hooks ----------------------------------------------------------------------
     def _try_send(self, link: Link, msg: list[bytes]) -> bool:
         try:
-            link.sock.send_multipart(msg, zmq.NOBLOCK, copy=len(msg[-1]) < ZERO_COPY_MIN)
+            sockets.send_parts(link.sock, msg, sockets.NOBLOCK, len(msg[-1]) < ZERO_COPY_MIN)
             return True
         except zmq.Again:
             return False
 
     def _publish(self, frame: bytes) -> None:
-        self.pub.send_multipart([self.topic, frame], copy=len(frame) < ZERO_COPY_MIN)
+        sockets.send_parts(self.pub, [self.topic, frame], 0, len(frame) < ZERO_COPY_MIN)
 
     def _reply(self, ident: bytes, kind: bytes, body: dict) -> None:
         try:
-            self.router.send_multipart([ident, kind, wire.pack(body)], zmq.NOBLOCK)
+            sockets.send_parts(self.router, [ident, kind, wire.pack(body)], sockets.NOBLOCK)
         except zmq.ZMQError:
             pass  # full or gone: producers resend what stays unacknowledged
 
     def _peer_alive(self, ident: bytes) -> bool:
         try:
-            self.router.send_multipart([ident, wire.PONG, wire.pack({"role": "sequencer"})],
-                                       zmq.NOBLOCK)
+            sockets.send_parts(self.router, [ident, wire.PONG, wire.pack({"role": "sequencer"})],
+                               sockets.NOBLOCK)
         except zmq.Again:
             return True   # connected, its queue is full
         except zmq.ZMQError:
@@ -796,28 +831,33 @@ class MasterShell:
         self._emit_tick(time.monotonic_ns())
         self._open_sources()
         while self.running:
-            now_ns = time.monotonic_ns()
-            wait_ms = (self.last_activity_ns + self.tick_interval_ns() - now_ns) // 1_000_000
-            if wait_ms <= 0 and self.pending:
-                wait_ms = 10  # a Tick is due but waits for the stream to commit
-            events = dict(self.poller.poll(min(max(wait_ms, 0), 100)))
-            if self.router in events:
-                if self.drain_until:
-                    self._answer_control_only()
-                else:
-                    self._sequence_waiting()
-            if not self.drain_until and not self.busy():
-                self._take_sources()
-            for link in self.links:
-                if link.sock in events:
-                    self._on_replies(link)
-            now_ns = time.monotonic_ns()
-            if not self.drain_until and self.tick_due(now_ns):
-                self._emit_tick(now_ns)
-            self._pump_all()
-            self._forward()
-            if self.drain_until and (self._all_replicated() or time.monotonic() > self.drain_until):
-                self.running = False
+            self.serve_turn()
+
+    def serve_turn(self, max_wait_ms: int = 100) -> None:
+        """One turn of the loop: wait (at most max_wait_ms) for input, take it, answer."""
+        now_ns = time.monotonic_ns()
+        wait_ms = (self.last_activity_ns + self.tick_interval_ns() - now_ns) // 1_000_000
+        if wait_ms <= 0 and self.pending:
+            wait_ms = 10  # a Tick is due but waits for the stream to commit
+        self.events = events = dict(zmq.zmq_poll(self.poller.sockets,
+                                                 min(max(wait_ms, 0), max_wait_ms)))
+        if self.router in events:
+            if self.drain_until:
+                self._answer_control_only()
+            else:
+                self._sequence_waiting()
+        if not self.drain_until and not self.busy():
+            self._take_sources()
+        for link in self.links:
+            if link.sock in events:
+                self._on_replies(link)
+        now_ns = time.monotonic_ns()
+        if not self.drain_until and self.tick_due(now_ns):
+            self._emit_tick(now_ns)
+        self._pump_all()
+        self._forward()
+        if self.drain_until and (self._all_replicated() or time.monotonic() > self.drain_until):
+            self.running = False
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Take no new input, wait (bounded) until every replicator holds everything, exit."""
@@ -839,7 +879,7 @@ class MasterShell:
             if i and not sockets.readable(self.router):
                 return
             try:
-                peer, msg = auth.recv_multipart(self.router, zmq.NOBLOCK)
+                peer, msg = auth.recv_multipart(self.router, sockets.NOBLOCK)
             except zmq.Again:
                 return
             if len(msg) >= 3:
@@ -852,7 +892,7 @@ class MasterShell:
         while first or sockets.readable(link.sock):
             first = False
             try:
-                msg = link.sock.recv_multipart(zmq.NOBLOCK)
+                msg = sockets.recv_parts(link.sock, sockets.NOBLOCK)
             except zmq.Again:
                 return
             self._on_reply(link, msg)

@@ -64,6 +64,7 @@ class Mirror(Sequencer):
         self.behind_note_at = 0.0
         self.full_note_at = 0.0
         self.alarms: deque[dict] = deque(maxlen=100)
+        self.heads: dict[bytes, dict] = {}  # DATA head bytes -> decoded (read only)
         self.stats.update({"accepted": 0, "copies_compared": 0, "divergences": 0,
                            "held_frames": 0, "dropped_held": 0,
                            "held_duplicates": 0, "gaps_reported": 0})
@@ -86,9 +87,17 @@ class Mirror(Sequencer):
 
     # -- input ------------------------------------------------------------------------------
     def _sequence_waiting(self) -> None:
+        heads = self.heads
         for ident, kind, msg in self._waiting():
             try:
-                body = wire.unpack(msg[2])
+                # a replica sends the same head ({replica}) with every DATA: decoded once
+                body = heads.get(msg[2]) if kind == wire.DATA else None
+                if body is None:
+                    body = wire.unpack(msg[2])
+                    if kind == wire.DATA:
+                        if len(heads) >= 64:
+                            heads.clear()
+                        heads[msg[2]] = body
                 if kind == wire.DATA and len(msg) == 4:
                     if self._refused(ident, auth.feed_refusal(self.current_peer, self.stream),
                                      "DATA"):

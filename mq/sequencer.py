@@ -422,7 +422,14 @@ class SequencerCore(Master):
     def tick_due(self, now_ns: int) -> bool:
         """An idle Tick is due; it waits while anything is uncommitted (the stream is then
         stalled, and Ticks would only pile up; the next committed record carries the time)."""
-        return now_ns - self.last_activity_ns >= self.tick_interval_ns() and not self.pending
+        if self.pending:
+            return False
+        elapsed = now_ns - self.last_activity_ns
+        # the shortest interval tick_interval_ns() may name: below it no Tick is due, and the
+        # clock (a wall-clock reading in lag_ns) need not be asked, once a turn of the loop
+        if elapsed < min(self.tick_ns, max(1_000_000, self.tick_ns // 10)):
+            return False
+        return elapsed >= self.tick_interval_ns()
 
     # -- control ------------------------------------------------------------------------
     def _control(self, ident: bytes, kind: bytes, body: dict) -> None:
@@ -521,7 +528,11 @@ class Sequencer(MasterShell, SequencerCore):
         parts: list[bytes] = []
         first = self.next_seq
         self._turn_ts = 0
+        events = self.events
+        now = time.monotonic()
         for up in self.upstreams:
+            if events is not None and not up.sub.due(events, now):
+                continue
             for _f, _last, frame in up.sub.poll(0):
                 batch = rebase(frame, up.source, up.bitmap, up.route)
                 if batch:

@@ -33,11 +33,53 @@ def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
     return sock
 
 
+# pyzmq's own send and receive under its Python wrappers (zmq.Socket subclasses the compiled
+# socket): send_multipart / recv_multipart add, per message, a type check of every part and
+# an ``enum.Flag`` operation per part (SNDMORE | flags, and the RCVMORE option looked up as an
+# enum), which cost the log's masters more than the sends themselves (bench/count_master.py).
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE)
+POLLIN = int(zmq.POLLIN)
+
+
+def send_parts(sock: zmq.Socket, parts: list, flags: int = 0, copy: bool = True) -> None:
+    """``sock.send_multipart(parts, flags, copy=copy)`` for parts that are bytes (or
+    buffers), flags a plain int (NOBLOCK). Raises as send_multipart does: a multipart message
+    is queued whole or not at all, so zmq.Again (or EHOSTUNREACH) comes from the first part."""
+    last = len(parts) - 1
+    more = flags | SNDMORE
+    for i in range(last):
+        _send(sock, parts[i], more, copy)
+    _send(sock, parts[last], flags, copy)
+
+
+def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
+    """``sock.recv_multipart(flags)``: every part of one message, as bytes."""
+    f = _recv(sock, flags, False)
+    out = [f.bytes]
+    while f.more:
+        f = _recv(sock, flags, False)
+        out.append(f.bytes)
+    return out
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+    """``sock.recv_multipart(flags, copy=False)``: every part of one message, as Frames."""
+    f = _recv(sock, flags, False)
+    out = [f]
+    while f.more:
+        f = _recv(sock, flags, False)
+        out.append(f)
+    return out
+
+
 def readable(sock: zmq.Socket) -> bool:
     """A message is waiting. A drain loop asks this before each receive after the first,
     instead of receiving until EAGAIN: a receive that fails raises an exception, which costs
     several times a zero-timeout poll, once per wake-up of every process on the log's path."""
-    return bool(zmq.zmq_poll([(sock, zmq.POLLIN)], 0))
+    return bool(zmq.zmq_poll([(sock, POLLIN)], 0))
 
 
 def router(bind: str, curve: auth.Identity | None = None) -> zmq.Socket:

@@ -83,12 +83,12 @@ class Subscriber:
         sock = self.replicas[self.replica_i]
         if not self.inflight_at:
             self._ask()
-        if not sock.poll(timeout_ms):
+        if not zmq.zmq_poll([(sock, sockets.POLLIN)], timeout_ms):
             if time.monotonic() - self.inflight_at > REPLAY_TIMEOUT_S:
                 self.replica_i = (self.replica_i + 1) % len(self.replicas)
                 self.inflight_at = 0.0
             return
-        msg = sock.recv_multipart()
+        msg = sockets.recv_parts(sock)
         if msg[0] != wire.RECORDS or len(msg) != 3:
             return
         body = wire.unpack(msg[1])
@@ -121,7 +121,7 @@ class Subscriber:
             self._take(first, last, frame, out)
             if self.replaying:
                 return
-        if not self.sub.poll(timeout_ms):
+        if not zmq.zmq_poll([(self.sub, sockets.POLLIN)], timeout_ms):
             if time.monotonic() - self.heard_at > SILENCE_PROBE_S:
                 # The feed is silent (master down, or its last frames dropped): replay
                 # whatever the replicators hold beyond next_seq.
@@ -133,7 +133,7 @@ class Subscriber:
             if i and not sockets.readable(self.sub):
                 return
             try:
-                msg = self.sub.recv_multipart(zmq.NOBLOCK)
+                msg = sockets.recv_parts(self.sub, sockets.NOBLOCK)
             except zmq.Again:
                 return
             if len(msg) != 2:
@@ -186,6 +186,15 @@ class Subscriber:
             if time.monotonic() >= deadline:
                 break
         return out
+
+    def due(self, events: dict, now: float) -> bool:
+        """Whether poll(0) has anything to do, given what a caller's poller (with every
+        socket of sockets() registered) said: not while the subscriber is live, holds no
+        frame, its live socket has nothing and the silence probe is not due. A master that
+        takes this stream as an upstream asks this each turn of its loop rather than calling
+        poll(0) for nothing."""
+        return self.replaying or self.held is not None or self.sub in events \
+            or now - self.heard_at > SILENCE_PROBE_S
 
     def sockets(self) -> list[zmq.Socket]:
         """Every socket poll() reads (the live feed and the replay links): for a caller that
