@@ -28,13 +28,12 @@ import argparse
 import math
 import os
 import random
-import re
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_crossengine import INDEPENDENT, frames, independent_flow  # noqa: E402
+from bench.callgrind import collected  # noqa: E402
 from crossengine import codec as c  # noqa: E402
 from crossengine.engine import CrossEngine  # noqa: E402
 
@@ -96,21 +95,9 @@ def main() -> None:
 
 
 def report(ops: int) -> None:
-    py = sys.executable
-    here = os.path.abspath(__file__)
     for kind, call in [(k, "scanned") for k in KINDS] + [("rest", "frame"), ("cancel", "frame")]:
-        got = []
-        for apply in (0, 1):
-            # A fixed hash seed: with Python's per-process one, the setup's dict and set work
-            # differed between the two runs by up to ~1M instructions (±20-40 per operation)
-            r = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                                py, here, "--kind", kind, "--apply", str(apply), "--ops",
-                                str(ops), "--call", call], capture_output=True, text=True,
-                               env={**os.environ, "PYTHONHASHSEED": "0"})
-            m = re.search(r"Collected : (\d+)", r.stderr)
-            if r.returncode or not m:
-                raise SystemExit(f"callgrind run failed: {r.stderr[-500:]}")
-            got.append(int(m.group(1)))
+        got = [collected(__file__, ["--kind", kind, "--apply", str(apply), "--ops", str(ops),
+                                    "--call", call])[0] for apply in (0, 1)]
         how = "apply_scanned_frame" if call == "scanned" else "apply_frame"
         print(f"[instructions] {kind}: {(got[1] - got[0]) / ops:,.0f} per operation "
               f"({ops:,} operations through {how}, callgrind)", flush=True)

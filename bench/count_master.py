@@ -44,13 +44,13 @@ import hashlib
 import operator
 import os
 import re
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import zmq  # noqa: E402
 
+from bench.callgrind import collected  # noqa: E402
 from mq import wire  # noqa: E402
 from mq.record import decode, encode, pack  # noqa: E402
 
@@ -195,21 +195,14 @@ def run(role: str, records: int, batch: int, warm: int, measure: int) -> Bench:
 
 
 def report(records: int, warm: int) -> None:
-    py = sys.executable
-    here = os.path.abspath(__file__)
     for role, batch in (("sequencer", 1), ("mirror", 1), ("sequencer", 16), ("mirror", 16)):
         got = []
         for measure in (0, 1):
-            r = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                                "--toggle-collect=_operator_call", py, here, "--role", role, "--batch", str(batch), "--records",
-                                str(records), "--warm", str(warm), "--measure", str(measure)],
-                               capture_output=True, text=True,
-                               env={**os.environ, "PYTHONHASHSEED": "0"})
-            m = re.search(r"Collected : (\d+)", r.stderr)
-            if r.returncode or not m:
-                raise SystemExit(f"callgrind run failed: {r.stderr[-800:]}")
-            got.append(int(m.group(1)))
-        digest = re.search(r"sha256 (\w+)", r.stdout)
+            n, out = collected(__file__, ["--role", role, "--batch", str(batch), "--records",
+                                          str(records), "--warm", str(warm), "--measure",
+                                          str(measure)], ("--toggle-collect=_operator_call",))
+            got.append(n)
+        digest = re.search(r"sha256 (\w+)", out)
         print(f"[instructions] {role} batch {batch}: {(got[1] - got[0]) / records:,.0f} per "
               f"record in the master's turns ({records:,} records, callgrind); published "
               f"sha256 {digest.group(1) if digest else '?'}", flush=True)

@@ -32,14 +32,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.callgrind import collected  # noqa: E402
 from mq import wire  # noqa: E402
 from mq.record import encode  # noqa: E402
 from replicator.server import Replicator  # noqa: E402
@@ -170,23 +169,15 @@ def main() -> None:
 
 
 def report(ops: int, digest_records: int) -> None:
-    py = sys.executable
-    here = os.path.abspath(__file__)
     for kind in KINDS:
         n = ops if kind != "digest" else max(1, ops // 100)
         got, hashes = [], []
         for apply in (0, 1):
-            # A fixed hash seed: with a per-process one the two runs differ by more than noise
-            r = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                                py, here, "--kind", kind, "--ops", str(n), "--apply", str(apply),
-                                "--digest-records", str(digest_records)],
-                               capture_output=True, text=True,
-                               env={**os.environ, "PYTHONHASHSEED": "0"})
-            m = re.search(r"Collected : (\d+)", r.stderr)
-            if r.returncode or not m:
-                raise SystemExit(f"callgrind run failed: {r.stderr[-800:]}")
-            got.append(int(m.group(1)))
-            hashes.append(r.stdout.split("hash ")[-1].strip())
+            count, out = collected(__file__, ["--kind", kind, "--ops", str(n), "--apply",
+                                              str(apply), "--digest-records",
+                                              str(digest_records)])
+            got.append(count)
+            hashes.append(out.split("hash ")[-1].strip())
         what = {"msg1": "APPEND (1 record, 1 per turn)", "frame8": "APPEND (8 records)",
                 "group8": "APPEND (1 record, 8 per turn)",
                 "digest": f"digest-second ({digest_records:,} records, 2 peers)"}[kind]

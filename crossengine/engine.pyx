@@ -1786,12 +1786,8 @@ cdef class CrossEngine:
                 and flags <= (F_REDUCE | F_POST) and stp <= STP_DEC and not self.halted \
                 and 0 < price <= self.max_price and self._on_tick(price) \
                 and self.min_qty <= qty <= self.max_qty:
-            cslot = table_probe(&self.by_client, cl_id, account)
-            if self.by_client.slots[cslot].used:
-                code = C_CLID_IN_USE
-            elif (<uint64_t>self.n_live >= self.max_orders) | (self.order_counter >= COUNTER_MAX):
-                code = C_BOOK_FULL if <uint64_t>self.n_live >= self.max_orders else C_IDS_EXHAUSTED
-            else:
+            code = self._room_code(cl_id, account, &cslot)
+            if not code:
                 a = table_find1(&self.by_account, account)
                 if a >= 0 and self.by_account.slots[a].n >= self.max_account_orders:
                     code = C_ACCOUNT_LIMIT
@@ -1825,17 +1821,10 @@ cdef class CrossEngine:
                 code = C_QTY_MAX
             elif flags & F_POST and (market or tif != GTC):
                 code = C_TIF
-            # checks 7 to 10
-            if code:
-                pass
-            elif self.by_client.slots[self._client_probe(cl_id, account, &cslot)].used:
-                code = C_CLID_IN_USE
-            elif <uint64_t>self.n_live >= self.max_orders:
-                code = C_BOOK_FULL
-            elif self.order_counter >= COUNTER_MAX:
-                code = C_IDS_EXHAUSTED
-            # (check 10, the account's limit, counts only an order that may rest: a GTC limit
-            # order, which passes checks 1 to 6 only by the test above)
+            # checks 7 to 9 (check 10, the account's limit, counts only an order that may
+            # rest: a GTC limit order, which passes checks 1 to 6 only by the test above)
+            if not code:
+                code = self._room_code(cl_id, account, &cslot)
             if code:
                 return self._ev_rejected(cl_id, account, code, 0)
         if market:
@@ -1875,10 +1864,19 @@ cdef class CrossEngine:
         self._free_order(t)
         return 0
 
-    cdef inline uint64_t _client_probe(self, uint64_t cl_id, uint32_t account,
-                                       uint64_t* at) noexcept:
-        at[0] = table_probe(&self.by_client, cl_id, account)
-        return at[0]
+    cdef inline uint16_t _room_code(self, uint64_t cl_id, uint32_t account,
+                                    uint64_t* cslot) noexcept:
+        """Checks 7 to 9 of the validation order (client order id in use, book full, ids
+        exhausted): the first that fails, or 0. cslot: the client-map slot the probe stopped
+        at, where the order's key goes in (the map does not change before it)."""
+        cslot[0] = table_probe(&self.by_client, cl_id, account)
+        if self.by_client.slots[cslot[0]].used:
+            return C_CLID_IN_USE
+        if <uint64_t>self.n_live >= self.max_orders:
+            return C_BOOK_FULL
+        if self.order_counter >= COUNTER_MAX:
+            return C_IDS_EXHAUSTED
+        return 0
 
     cdef inline int _rest(self, uint64_t cl_id, int64_t price, uint64_t qty, uint32_t account,
                           uint8_t side, uint8_t flags, uint8_t stp, int64_t a,

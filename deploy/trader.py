@@ -320,8 +320,7 @@ def positions(a: argparse.Namespace) -> int:
         wanted = [a.account]
     specs = {i["security_id"]: (i["symbol"], Decimal(i["tick"]), Decimal(i["lot"]))
              for i in t["instruments"]}
-    latest_acct: dict[int, tuple] = {}
-    latest_pos: dict[tuple[int, int], tuple] = {}
+    views: dict[int, dict] = {}     # by account: its replica's view_accounts entry
     for n, shard in enumerate(t["shards"]):
         mine = [x for x in wanted if x % t["n_shards"] == n]
         if not mine:
@@ -358,28 +357,20 @@ def positions(a: argparse.Namespace) -> int:
             body = behind
             print(f"{a.user}: note: every replica of {shard['in']} is catching up with the "
                   f"log; these figures are as of its seq {body.get('seq')}")
-        for v in body.get("accounts", []):
-            x = v["account"]
-            latest_acct[x] = (0, x, v["balance"], v["available"], v["order_margin"],
-                              v["position_margin"])
-            for row in v["positions"]:
-                sym, size, cost, margin, liq, bk, realised, lev, mode = row
-                latest_pos[(x, sym)] = (0, x, sym, size, cost, margin, liq, bk, realised,
-                                        lev, mode)
+        views.update((v["account"], v) for v in body.get("accounts", []))
     for account in wanted:
-        e = latest_acct.get(account)
-        if e is None:
+        v = views.get(account)
+        if v is None:
             print(f"{a.user}: account {account}: nothing yet (no deposit)")
             continue
-        _t, _a, balance, available, order_m, pos_m = e
-        print(f"{a.user}: account {account}: balance {_usdt(balance)} USDT, available "
-              f"{_usdt(available)}, margin {_usdt(order_m + pos_m)} (orders {_usdt(order_m)}, "
-              f"positions {_usdt(pos_m)})")
-        for (acct, sid), p in sorted(latest_pos.items()):
-            if acct != account or sid not in specs:
+        order_m, pos_m = v["order_margin"], v["position_margin"]
+        print(f"{a.user}: account {account}: balance {_usdt(v['balance'])} USDT, available "
+              f"{_usdt(v['available'])}, margin {_usdt(order_m + pos_m)} (orders "
+              f"{_usdt(order_m)}, positions {_usdt(pos_m)})")
+        for sid, size, cost, margin, liq, _bk, realised, lev, mode in sorted(v["positions"]):
+            if sid not in specs:
                 continue
             sym, tick, lot = specs[sid]
-            _t, _a, _s, size, cost, margin, liq, _bk, realised, lev, mode = p
             if size == 0 and realised == 0:
                 continue        # an order's leverage setting; never traded
             if size == 0:

@@ -678,13 +678,8 @@ class Master:
         return self.pending_bytes
 
     def _commit_point(self) -> int:
-        # replication.commit_point, inline: it runs every turn of the loop
-        acks = [lk.acked for lk in self.links if lk.known]
-        if len(acks) < self.need:
-            point = 0
-        else:
-            acks.sort(reverse=True)
-            point = acks[self.need - 1]
+        # the policy's count of acks is worked out once (self.need), not every turn
+        point = replication.held_by([lk.acked for lk in self.links if lk.known], self.need)
         if point < self.first_own_seq:
             return self.committed  # only a record of this epoch commits what came before
         return max(point, self.committed)

@@ -37,9 +37,14 @@ def needed(policy: str, replicators: int) -> int:
 
 def commit_point(acks: Sequence[int], replicators: int, policy: str) -> int:
     """The highest seq held by enough replicators (acks: each counted replicator's ack)."""
-    need = needed(policy, replicators)
-    ranked = sorted(acks, reverse=True)
-    return ranked[need - 1] if len(ranked) >= need else 0
+    return held_by(acks, needed(policy, replicators))
+
+
+def held_by(acks: Sequence[int], need: int) -> int:
+    """The highest seq that at least `need` of these acks reach (0: fewer acks than that)."""
+    if len(acks) < need:
+        return 0
+    return sorted(acks, reverse=True)[need - 1]
 
 
 def epoch_ranges(history: Sequence[Sequence[int]], last: int) -> dict[int, tuple[int, int]]:

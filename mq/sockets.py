@@ -55,16 +55,6 @@ def send_parts(sock: zmq.Socket, parts: list, flags: int = 0, copy: bool = True)
     _send(sock, parts[last], flags, copy)
 
 
-def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
-    """``sock.recv_multipart(flags)``: every part of one message, as bytes."""
-    f = _recv(sock, flags, False)
-    out = [f.bytes]
-    while f.more:
-        f = _recv(sock, flags, False)
-        out.append(f.bytes)
-    return out
-
-
 def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
     """``sock.recv_multipart(flags, copy=False)``: every part of one message, as Frames."""
     f = _recv(sock, flags, False)
@@ -73,6 +63,11 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
         f = _recv(sock, flags, False)
         out.append(f)
     return out
+
+
+def recv_parts(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
+    """``sock.recv_multipart(flags)``: every part of one message, as bytes."""
+    return [f.bytes for f in recv_frames(sock, flags)]
 
 
 def readable(sock: zmq.Socket) -> bool:

@@ -334,8 +334,7 @@ class StreamLog:
         return AppendResult(True, self.last, self.epoch)
 
     def _put_frame(self, txn: lmdb.Transaction, first: int, last: int, frame: bytes) -> None:
-        if not txn.put(U64.pack(first), zlib.crc32(frame).to_bytes(4, "little") + frame,
-                       db=self.log_db, append=True):  # _sealed(frame)
+        if not txn.put(U64.pack(first), _sealed(frame), db=self.log_db, append=True):
             raise RuntimeError(f"{self.name}: frame at {first} not appended")
         meta = self.meta_db
         if first == last:  # one record, as nearly every frame at a low rate: its header alone

@@ -48,6 +48,7 @@ cdef class TradingEngine:
     cdef _reject_order(self, coid, account, symbol, side, ord_type, price, qty, code)
     cdef _account_status(self, Account acct)
     cdef _position_status(self, Account acct, symbol)
+    cdef tuple _liq_bk(self, Account acct, symbol, Position pos)
     cdef _cross_upnl(self, Account acct, skip=*)
     cdef _set_margin(self, Account acct, Position pos, spec)
     cdef _drop(self, Account acct, Order o)

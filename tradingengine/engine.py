@@ -796,12 +796,7 @@ class TradingEngine:
                 continue
             rows = []
             for symbol, pos in acct.positions.items():
-                spec = self.specs[symbol]
-                liq = bk = 0
-                if pos.size:
-                    base = pos.margin if pos.mode == ISOLATED else self._cross_base(acct, symbol)
-                    liq = liquidation_price(pos.size, pos.cost, base, spec)
-                    bk = bankruptcy_price(pos.size, pos.cost, base, spec)
+                liq, bk = self._liq_bk(acct, symbol, pos)
                 rows.append([symbol, pos.size, pos.cost, pos.margin, liq, bk, pos.realised,
                              pos.leverage_x100, pos.mode])
             out.append({"account": account_id, "balance": acct.balance,
@@ -813,17 +808,20 @@ class TradingEngine:
 
     def _position_status(self, acct: Account, symbol) -> None:
         pos: Position = acct.positions[symbol]
-        spec = self.specs[symbol]
         self.route |= ROUTE_LIQ
-        if pos.size:
-            base = pos.margin if pos.mode == ISOLATED else self._cross_base(acct, symbol)
-            liq = liquidation_price(pos.size, pos.cost, base, spec)
-            bk = bankruptcy_price(pos.size, pos.cost, base, spec)
-        else:
-            liq = bk = 0
+        liq, bk = self._liq_bk(acct, symbol, pos)
         self._out.append(_PACK[POSITION](POSITION, acct.account_id, symbol, pos.size,
                                            pos.cost, pos.margin, liq, bk, pos.realised,
                                            pos.leverage_x100, pos.mode))
+
+    def _liq_bk(self, acct: Account, symbol, pos: Position) -> tuple:
+        """The position's liquidation and bankruptcy prices (0, 0 when it is flat)."""
+        if not pos.size:
+            return 0, 0
+        spec = self.specs[symbol]
+        base = pos.margin if pos.mode == ISOLATED else self._cross_base(acct, symbol)
+        return (liquidation_price(pos.size, pos.cost, base, spec),
+                bankruptcy_price(pos.size, pos.cost, base, spec))
 
     def _cross_upnl(self, acct: Account, skip=0) -> int:
         pos: Position

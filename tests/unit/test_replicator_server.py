@@ -13,11 +13,9 @@ import logging
 import os
 
 import lmdb
-import pytest
 
 from mq import wire
 from mq.record import encode
-from replicator.server import Replicator
 
 
 def frame(first, n, epoch=1):
@@ -26,17 +24,6 @@ def frame(first, n, epoch=1):
 
 def append(stream, first, n):
     return [b"peer", wire.APPEND, wire.pack({"stream": stream, "epoch": 1}), frame(first, n)]
-
-
-@pytest.fixture
-def rep(tmp_path):
-    tag = f"{tmp_path.name}-{os.getpid()}"   # inproc names are freed lazily: never reuse one
-    r = Replicator(str(tmp_path / "rep"), f"inproc://rep-{tag}", check=False)
-    r.sent = []
-    r._send = lambda replies: r.sent.extend(replies)
-    yield r
-    r.sock.close(0)
-    r.store.close()
 
 
 def answers(rep):
