@@ -771,11 +771,7 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
         elif r.exec_type == "new":
             body = "accepted, resting" if r.leaves_qty and r.ord_type == "limit" else "accepted"
         elif r.exec_type == "rejected":
-            # An FOK that cannot fill in full is reason 3 ("exceeds limit") on the wire too
-            # (docs/tradingengine.md): for a person, name the likelier cause first.
-            words = FOK_REJECT_WORDS if r.reason == 3 and r.tif == "fok" else \
-                REJECT_WORDS.get(r.reason, f"reason {r.reason}")
-            body = f"rejected ({words})"
+            body = f"rejected ({REJECT_WORDS.get(r.reason, f'reason {r.reason}')})"
         elif r.exec_type in ("canceled", "expired"):
             body = (f"{r.exec_type} ({CANCEL_WORDS.get(r.reason, f'reason {r.reason}')}), "
                     f"{_num(r.cum_qty)} filled")
@@ -805,9 +801,8 @@ REJECT_WORDS = {0: "exchange option", 1: "unknown symbol", 2: "exchange closed",
                 3: "exceeds a limit (margin or risk)", 5: "unknown order",
                 6: "duplicate order id", 11: "unsupported", 13: "incorrect quantity",
                 18: "price not on the tick", 99: "other"}
-FOK_REJECT_WORDS = "fill-or-kill: not fillable in full at once, or a margin or risk limit"
 CANCEL_WORDS = {0: "on request", 1: "mass cancel", 2: "cancel on disconnect",
-                3: "IOC/FOK remainder", 4: "self-trade prevention", 5: "by the operator",
+                3: "IOC/FOK: not filled at once", 4: "self-trade prevention", 5: "by the operator",
                 6: "end of day"}
 CXL_WORDS = {0: "too late", 1: "unknown order", 3: "already pending", 6: "duplicate order id",
              99: "other"}

@@ -107,6 +107,7 @@ COMMAND_NAMES = {NEW_ORDER: "NewOrder", CANCEL: "CancelOrder", AMEND: "AmendOrde
 BUY, SELL = ord("1"), ord("2")
 MARKET, LIMIT = ord("1"), ord("2")
 GTC, IOC, FOK = ord("1"), ord("3"), ord("4")
+DAY = ord("0")      # rests as GTC; expired at the end of its UTC day of sequenced time
 FLAG_REDUCE_ONLY, FLAG_POST_ONLY = 1, 2
 TRIGGER_NONE, TRIGGER_STOP, TRIGGER_TAKE_PROFIT = 0, 1, 2
 BY_MARK, BY_LAST = 1, 2
@@ -127,6 +128,7 @@ REASON_REDUCE_ONLY = 7          # cut down or cancelled because the position shr
 REASON_LIQUIDATION = 8          # cancelled because the account reached maintenance
 REASON_DEAD_MANS_SWITCH = 9
 REASON_CANCEL_ON_DISCONNECT = 2
+REASON_END_OF_DAY = 11         # a Day order at the end of its day (PROTOCOL.md's 6)
 
 # -- events -------------------------------------------------------------------------------------
 CE_COMMAND = 1        # <BIHH symbol, CrossEngine kind, length; then that many bytes of command
@@ -204,6 +206,7 @@ CE_AMENDED, CE_EXPIRED, CE_LEVEL, CE_HALTED, CE_RESUMED = 5, 6, 7, 8, 9
 CE_MASS_CANCELLED = 10         # scope, account, side, reason, count, last order id assigned
 CE_SCOPE_ACCOUNT, CE_SCOPE_BOOK = 1, 2
 CE_MAX_FILLS = 1000            # the CrossEngine's MAX_FILLS_LIMIT: makers one taker meets
+CE_FOK_NOT_FILLABLE = 3007     # the CrossEngine's reject code of an FOK it cannot fill in full
 CE_EVENT_STRUCTS = {
     CE_ACCEPTED: struct.Struct("<BQQIBBqQBB"),
     CE_REJECTED: struct.Struct("<BQIHQ"),

@@ -57,9 +57,10 @@ from tradingengine.codec import (
     ACCOUNT, ADJUST_MARGIN, ADJUST_MARGIN_S, ADL_APPLIED, AMEND, AMEND_S, BUY, BY_LAST, BY_MARK,
     CANCEL, CANCEL_ALL, CANCEL_ALL_S, CANCEL_REJECTED, CANCEL_S, CE_ACCEPTED, CE_AMEND, CE_AMENDED,
     CE_AMEND_S, CE_CANCEL, CE_CANCELLED, CE_CANCEL_S, CE_COMMAND, CE_EVENTS, CE_EVENTS_S,
-    CE_EVENT_STRUCTS, CE_EXPIRED, CE_MASS_CANCELLED, CE_MAX_FILLS, CE_NEW_ORDER, CE_NEW_ORDER_S,
+    CE_EVENT_STRUCTS, CE_EXPIRED, CE_FOK_NOT_FILLABLE, CE_MASS_CANCELLED, CE_MAX_FILLS,
+    CE_NEW_ORDER, CE_NEW_ORDER_S,
     CE_REJECTED, CE_SCOPE_BOOK, CE_TRADE, CLIENT_MESSAGE, CLIENT_MESSAGE_S, CODES,
-    COD_ON_DISCONNECT, COD_ON_DISCONNECT_OR_LOGOUT, COMMAND_STRUCTS, CROSS, DEAD_MANS_SWITCH,
+    COD_ON_DISCONNECT, COD_ON_DISCONNECT_OR_LOGOUT, COMMAND_STRUCTS, CROSS, DAY, DEAD_MANS_SWITCH,
     DEAD_MANS_SWITCH_FIRED, DEAD_MANS_SWITCH_S, DEFICIT_COVERED, DEPOSIT, END_DISCONNECT,
     END_FINALIZE, END_LOGOUT, EVENT_STRUCTS, EXEC_CANCELED, EXEC_EXPIRED, EXEC_NEW, EXEC_REJECTED,
     EXEC_REPLACED, EXEC_REPORT, EXEC_TRADE, EXEC_TRIGGERED, FLAG_POST_ONLY, FLAG_REDUCE_ONLY, FOK,
@@ -69,7 +70,8 @@ from tradingengine.codec import (
     NEW_ORDER, NEW_ORDER_S, POSITION, P_BLOCK_SIZES, P_BUSINESS_REJECT, P_CANCEL, P_CANCEL_REJECT,
     P_EXEC_REPORT, P_FLAG_POST_ONLY, P_MASS_CANCEL, P_MASS_CANCEL_REPORT, P_NEW_ORDER,
     P_NOT_APPLIED, P_NULL_ID, P_NULL_PRICE, P_REPLACE, P_STRUCTS, REASON_CANCEL_ON_DISCONNECT,
-    REASON_CLIENT, REASON_DEAD_MANS_SWITCH, REASON_LIQUIDATION, REASON_MASS_CANCEL,
+    REASON_CLIENT, REASON_DEAD_MANS_SWITCH, REASON_END_OF_DAY, REASON_IOC_REMAINDER,
+    REASON_LIQUIDATION, REASON_MASS_CANCEL,
     REASON_MATCH_LIMIT, REASON_REDUCE_ONLY, REQUEST_REJECTED, RESERVED_ACCOUNT_MIN, ROUTE_LIQ,
     SELL, SESSION_BEYOND, SESSION_BOUND_ELSEWHERE, SESSION_END, SESSION_END_S, SESSION_FINALIZED,
     SESSION_LIMIT, SESSION_LOGON, SESSION_LOGON_S, SESSION_MESSAGE, SESSION_NEW, SESSION_RESUMED,
@@ -130,6 +132,8 @@ SWEEP_FUNDING = 3        # [3, symbol, next entry, rate, mark, paid, received, [
                          #  size at the boundary], ...]] (the system accounts last)
 SWEEP_MASS_CANCELLED = 4  # [4, symbol, next CrossEngine id, last CrossEngine id, reason]
 SWEEP_REDUCE_ONLY = 5    # [5, symbol, account]
+SWEEP_DAY_END = 6        # [6, next index, [order ids of the Day orders at the day's end]]
+DAY_NS = 86_400 * 10**9  # a trading day: a UTC day of sequenced time (LogonAck's TradingDate)
 
 _ER = EVENT_STRUCTS[EXEC_REPORT].pack
 _CE_CMD = EVENT_STRUCTS[CE_COMMAND].pack
@@ -615,7 +619,10 @@ class TradingEngine:
         if seq <= self.seq:
             raise EngineHalted(f"record {seq} after {self.seq}: the log went backwards")
         self.seq = seq
+        day_ended = False
         if ts_ns > self.ts_ns:
+            # the first record of a new UTC day ends the day before: its Day orders expire
+            day_ended = self.ts_ns != 0 and ts_ns // DAY_NS != self.ts_ns // DAY_NS
             self.ts_ns = ts_ns    # sequenced time never runs backwards inside the engine
         out = self._out = []
         self._size = self._sized = 0
@@ -624,6 +631,8 @@ class TradingEngine:
         self._exec_n = 0
         if self.ts_ns >= self._timer_next and self._timer_next:
             self._fire_timers()
+        if day_ended:
+            self._day_end()
         if self.sweeps:
             self._run_sweeps()
         handler = self._handlers.get(kind)
@@ -718,6 +727,8 @@ class TradingEngine:
                 done = self._sweep_mass_cancelled(sw)
             elif kind == SWEEP_REDUCE_ONLY:
                 done = self._sweep_reduce_only(sw)
+            elif kind == SWEEP_DAY_END:
+                done = self._sweep_day_end(sw)
             else:
                 raise EngineHalted(f"unknown sweep {sw}")
             if not done:
@@ -890,14 +901,14 @@ class TradingEngine:
             code = 2005
         elif ord_type != LIMIT and ord_type != MARKET:
             code = 2006
-        elif tif != GTC and tif != IOC and tif != FOK:
+        elif tif != GTC and tif != IOC and tif != FOK and tif != DAY:
             code = 2007
         elif ord_type == LIMIT and not 0 < price <= spec.max_price \
                 or ord_type == MARKET and price != 0:
             code = 2008
         elif not 0 < qty <= spec.max_qty:
             code = 2009
-        elif flags & POST_ONLY and (ord_type != LIMIT or tif != GTC):
+        elif flags & POST_ONLY and (ord_type != LIMIT or tif != GTC and tif != DAY):
             code = 2028
         elif flags & ~(REDUCE_ONLY | POST_ONLY):
             code = 2001
@@ -1011,7 +1022,11 @@ class TradingEngine:
             pos.sell_leaves += qty
         if flags & REDUCE_ONLY:
             pos.reduce_only += 1
-        tif = IOC if o.ord_type == MARKET and o.tif == GTC else o.tif
+        # the CrossEngine knows GTC, IOC and FOK: a Day order rests there as GTC (this engine
+        # expires it at the end of its day), a market order takes what it can, as IOC
+        tif = o.tif
+        if tif == GTC or tif == DAY:
+            tif = IOC if o.ord_type == MARKET else GTC
         self.route |= 1 << (symbol & 63)
         self._out.append(_CE_NEW_CMD(CE_COMMAND, symbol, CE_NEW_ORDER, _CE_NEW_SIZE, o.order_id, o.price, qty,
                                      acct.account_id, o.side, LIMIT, tif, flags & POST_ONLY, 0))
@@ -1915,7 +1930,13 @@ class TradingEngine:
             # a reject is the reject of the order itself (a later cancel's reject then finds
             # no order and is ignored)
             self._drop(acct, o)
-            self._er(o, EXEC_REJECTED, 0, 0, 0, code, 0, STATUS_REJECTED)
+            o.leaves = 0                     # a refused order holds nothing
+            if code == CE_FOK_NOT_FILLABLE:
+                # PROTOCOL.md: an FOK that cannot fill in full is killed, Expired with the
+                # IOC/FOK remainder reason, as an IOC's remainder is; not a risk reject
+                self._er(o, EXEC_EXPIRED, 0, 0, 0, REASON_IOC_REMAINDER, 0, STATUS_EXPIRED)
+            else:
+                self._er(o, EXEC_REJECTED, 0, 0, 0, code, 0, STATUS_REJECTED)
             return
         to = 2 if o.pending == PENDING_AMEND else 1
         if o.pending == PENDING_AMEND:
@@ -1972,6 +1993,30 @@ class TradingEngine:
                 return
         self.sweeps.append([SWEEP_REDUCE_ONLY, symbol, account])
 
+    def _day_end(self) -> None:
+        """The day of sequenced time ended: every Day order of that day expires (a sweep, in
+        order id order, within the output budget of each record)."""
+        ids = sorted(i for i, o in self.orders.items() if o.tif == DAY)
+        if ids:
+            self.sweeps.append([SWEEP_DAY_END, 0, ids])
+
+    def _sweep_day_end(self, sw: list) -> bool:
+        ids = sw[2]
+        while sw[1] < len(ids):
+            o = self.orders.get(ids[sw[1]])
+            if o is None or o.pending == PENDING_CANCEL:
+                sw[1] += 1               # done since, or on its way out already
+                continue
+            if not self._may_go_on():
+                return False
+            sw[1] += 1
+            if o.state == UNTRIGGERED:
+                self._drop(self.accounts[o.account], o)
+                self._er(o, EXEC_EXPIRED, 0, 0, 0, REASON_END_OF_DAY, 0, STATUS_EXPIRED)
+            else:
+                self._send_cancel(o, REASON_END_OF_DAY)
+        return True
+
     def _sweep_reduce_only(self, sw: list) -> bool:
         if not self._may_go_on():
             return False
@@ -2006,9 +2051,9 @@ class TradingEngine:
                 pos.buy_leaves -= qty
             else:
                 pos.sell_leaves -= qty
-        exec_type = EXEC_EXPIRED if kind == CE_EXPIRED else EXEC_CANCELED
-        self._er(o, exec_type, 0, 0, 0, reason, 0,
-                 STATUS_EXPIRED if kind == CE_EXPIRED else STATUS_CANCELED)
+        expired = kind == CE_EXPIRED or reason == REASON_END_OF_DAY
+        self._er(o, EXEC_EXPIRED if expired else EXEC_CANCELED, 0, 0, 0, reason, 0,
+                 STATUS_EXPIRED if expired else STATUS_CANCELED)
 
     def _amended(self, symbol: int, ev: tuple) -> None:
         _, ce_id, coid, account, price, leaves, total, _kept = ev
@@ -2593,7 +2638,8 @@ class TradingEngine:
             self._ctx = None
 
     def _s_mass_cancel(self, key: tuple, sess, block: bytes) -> None:
-        _, _, coid, symbol, mtype, side, _flags = _P_MASS(block)
+        _, _, coid, asked, mtype, side, _flags = _P_MASS(block)
+        symbol = asked                     # the report echoes the SecurityID asked
         reject = 0
         if coid in sess.clordids:
             reject = 99
@@ -2613,12 +2659,14 @@ class TradingEngine:
                        (self.ts_ns, coid, 0, symbol & 0xFFFFFFFF, mtype, 0x30, reject & 0xFF, 0))
             return
         sess.clordids[coid] = None
-        acct = self.accounts.get(sess.default_account)
+        # every account the session may act on (those of this shard: it trades no other)
         n = 0
-        if acct is not None:
-            n = self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
-                                    REASON_MASS_CANCEL)
-        self._smsg(key, P_MASS_CANCEL_REPORT, (self.ts_ns, coid, n, symbol, mtype, mtype, 0, 0))
+        for account in sorted(set(sess.accounts) | {sess.default_account}):
+            acct = self.accounts.get(account) if self._mine(account) else None
+            if acct is not None:
+                n += self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
+                                         REASON_MASS_CANCEL)
+        self._smsg(key, P_MASS_CANCEL_REPORT, (self.ts_ns, coid, n, asked, mtype, mtype, 0, 0))
 
 
     # -- the audit, snapshots and the state hash ----------------------------------------------
@@ -2838,7 +2886,7 @@ CXL_REJ_REASON = {2016: 1, 3005: 0, 2017: 3, 2015: 6, 3009: 6}
 # the session's cancel reason of an engine reason (ExecutionReport '4' / 'C'): PROTOCOL.md's
 # 0-5 as they are; the engine's own from 7 up; the CrossEngine's match limit (6 in the engine)
 # is 10, since PROTOCOL.md's 6 is the end of day
-_CANCEL_REASON = {REASON_MATCH_LIMIT: 10}
+_CANCEL_REASON = {REASON_MATCH_LIMIT: 10, REASON_END_OF_DAY: 6}
 
 
 def fix_ord_rej_reason(code: int) -> int:

@@ -66,7 +66,8 @@ class TradingFlow(RuleBasedStateMachine):
 
     @rule(account=ACCOUNTS, symbol=SYMBOLS, side=SIDES, off_pct=st.integers(-12, 12),
           qty=st.integers(1, 400), style=st.sampled_from(["gtc", "ioc", "fok", "market",
-                                                          "reduce", "post", "stop", "tp"]),
+                                                          "reduce", "post", "stop", "tp", "day",
+                                                          "day_stop"]),
           by=st.sampled_from([c.BY_MARK, c.BY_LAST]))
     def order(self, account, symbol, side, off_pct, qty, style, by):
         mark = self._mark(symbol)
@@ -82,9 +83,13 @@ class TradingFlow(RuleBasedStateMachine):
             kw = {"flags": c.FLAG_REDUCE_ONLY}
         elif style == "post":
             kw = {"flags": c.FLAG_POST_ONLY}
-        elif style in ("stop", "tp"):
+        elif style == "day":       # rests, and expires when time_passes crosses a UTC day
+            kw = {"tif": c.DAY}
+        elif style in ("stop", "tp", "day_stop"):
             kw = {"trigger_price": price, "trigger_by": by,
-                  "trigger_kind": c.TRIGGER_STOP if style == "stop" else c.TRIGGER_TAKE_PROFIT}
+                  "trigger_kind": c.TRIGGER_TAKE_PROFIT if style == "tp" else c.TRIGGER_STOP}
+            if style == "day_stop":
+                kw["tif"] = c.DAY
         self.v.order(self._coid(), account, side, price, qty, symbol, **kw)
 
     @rule(account=FOREIGN, symbol=SYMBOLS, side=SIDES, off_pct=st.integers(-4, 4),

@@ -398,22 +398,21 @@ def test_an_amend_is_told_with_the_orders_old_and_new_id():
         "bob: BTCUSDT buy 0.004 @ market [order 4] accepted")
 
 
-def test_an_unfillable_fill_or_kill_is_not_told_as_a_margin_limit():
-    """An FOK that cannot fill in full comes back as OrdRejReason 3 ("exceeds limit"), which
-    `seqex client` printed as "exceeds a limit (margin or risk)": a trader with ample margin
-    was told the wrong cause. For an FOK, the line names the fill-or-kill first; a GTC's
-    reason 3 reads as before."""
+def test_an_unfillable_fill_or_kill_reads_as_killed_not_as_a_margin_limit():
+    """An FOK that cannot fill in full comes back Expired with Reason 3 (IOC/FOK remainder,
+    PROTOCOL.md), not as a reject: the line says it was not filled, nothing about margin; a
+    reject with OrdRejReason 3 still reads as a limit."""
     inst = {"BTCUSDT": sdk.Instrument.of("BTCUSDT", SPECS["BTCUSDT"])}
     base = dict(seq=3, transact_time_ns=0, order_id=7, exec_id=3, symbol="BTCUSDT",
-                security_id=1, account=2, ord_status="rejected", side="buy", last_px=None,
+                security_id=1, account=2, side="buy", last_px=None,
                 last_qty=Decimal(0), cum_qty=Decimal(0), reason=3, liquidity=None,
-                poss_dup=False, cl_ord_id=5, orig_cl_ord_id=None, exec_type="rejected",
+                poss_dup=False, cl_ord_id=5, orig_cl_ord_id=None,
                 ord_type="limit", price=Decimal("40000"), qty=Decimal("0.001"),
-                leaves_qty=Decimal(0))
-    fok = sdk.ExecutionReport(tif="fok", **base)
+                leaves_qty=Decimal(0), tif="fok")
+    fok = sdk.ExecutionReport(exec_type="expired", ord_status="expired", **base)
     assert sdk.describe("alice", fok, inst) == (
-        "alice: BTCUSDT buy 0.001 @ 40000.00 [order 5] rejected (fill-or-kill: not fillable "
-        "in full at once, or a margin or risk limit)")
-    gtc = sdk.ExecutionReport(tif="gtc", **base)
-    assert sdk.describe("alice", gtc, inst).endswith("rejected (exceeds a limit (margin or "
+        "alice: BTCUSDT buy 0.001 @ 40000.00 [order 5] expired (IOC/FOK: not filled at once), "
+        "0 filled")
+    rej = sdk.ExecutionReport(exec_type="rejected", ord_status="rejected", **base)
+    assert sdk.describe("alice", rej, inst).endswith("rejected (exceeds a limit (margin or "
                                                      "risk))")

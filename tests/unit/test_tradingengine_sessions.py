@@ -228,7 +228,7 @@ def test_field_errors_and_clordid_reuse_are_rejected_with_fix_reasons():
     assert er[19] == 13
     (er,) = ers(h.nos(1, 9, 3, 62, secid=99))
     assert er[19] == 1
-    (er,) = ers(h.nos(1, 9, 4, 63, tif=b"0"))                # Day: not supported
+    (er,) = ers(h.nos(1, 9, 4, 63, tif=b"6"))                # GTD: not supported
     assert er[19] == 11
     (er,) = ers(h.nos(1, 9, 5, 61))                           # 61 was used (and rejected)
     assert er[19] == 6
@@ -285,8 +285,22 @@ def test_mass_cancel_reports_and_cancels_each_order():
     cancelled = ers(ms, b"4")
     assert sorted(e[2] for e in cancelled) == [101, 102] and {e[19] for e in cancelled} == {1}
     ms = h.send(1, 9, 103, OMCR.pack(5, 0, 201, NULL & 0xFFFFFFFF, b"7", b"0", 0))
-    assert [m[3][3] for m in ms if m[2] == 202] == [1]
+    # the report echoes the SecurityID asked (null here), and counts what it cancelled
+    assert [m[3][3:5] for m in ms if m[2] == 202] == [(1, NULL & 0xFFFFFFFF)]
     assert not h.v.te.orders
+
+
+def test_mass_cancel_covers_every_account_the_session_may_act_on():
+    h = Harness()
+    h.logon(1, 9, accounts=[1, 3])
+    h.nos(1, 9, 1, 110)                      # the default account, 1
+    h.nos(1, 9, 2, 111, account=3)
+    h.logon(2, 9)
+    h.nos(2, 9, 1, 112, side=b"2", price=101 * E8)      # another user's: stays
+    ms = h.send(1, 9, 103, OMCR.pack(3, 0, 113, NULL & 0xFFFFFFFF, b"7", b"0", 0))
+    assert [m[3][3] for m in ms if m[2] == 202] == [2]
+    assert sorted((e[2], e[13]) for e in ers(ms, b"4")) == [(110, 1), (111, 3)]
+    assert [o.client_order_id for o in h.v.te.orders.values()] == [112]
 
 
 def test_cancel_on_disconnect_fires_after_the_grace_in_sequenced_time():
@@ -528,3 +542,48 @@ def test_a_cancel_in_flight_when_the_order_fills_gets_too_late():
     assert [m[2] for m in mine] == [200, 201]
     assert mine[0][3][14] == b"F" and mine[1][3][2:5] == (11, 10, mine[0][3][4])
     assert mine[1][3][6:9] == (b"2", b"1", 0)                 # filled; cancel; too late
+
+
+DAY_NS = 86_400 * 10**9
+
+
+def test_a_day_order_rests_as_gtc_and_expires_at_the_end_of_its_utc_day():
+    """PROTOCOL.md's TimeInForce '0' (its worked example's): the order rests, and the first
+    record of the next UTC day of sequenced time expires it (ExecType 'C', Reason 6, end of
+    day), its margin released; GTC orders stay. The interpreted source agrees byte for byte."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9)
+    (er,) = ers(h.nos(1, 9, 1, 80, tif=b"0"))
+    assert er[14:16] == (b"0", b"0") and er[18] == b"0" and er[10] == 5
+    ers(h.nos(1, 9, 2, 81))                                      # GTC
+    (er,) = ers(h.nos(1, 9, 3, 82, tif=b"0", flags=2))           # Day and post-only
+    assert er[14] == b"0"
+    held = h.v.te.accounts[1].order_margin
+    left = DAY_NS - h.v.ts_ns % DAY_NS
+    assert ers(msgs(h.apply(c.KIND_TICK, b"", dt_ns=left - 1))) == []   # the day's last ns
+    expired = ers(msgs(h.apply(c.KIND_TICK, b"", dt_ns=1)))      # the next day's first
+    assert sorted((e[2], e[14], e[15], e[19], e[10]) for e in expired) == [
+        (80, b"C", b"C", 6, 0), (82, b"C", b"C", 6, 0)]
+    assert [o.client_order_id for o in h.v.te.accounts[1].orders.values()] == [81]
+    assert 0 < h.v.te.accounts[1].order_margin < held
+    # a day later, nothing more expires (the GTC order stays)
+    assert ers(msgs(h.apply(c.KIND_TICK, b"", dt_ns=DAY_NS))) == []
+
+
+def test_an_fok_that_cannot_fill_is_expired_and_a_refused_order_leaves_nothing():
+    """PROTOCOL.md lists 3 "IOC/FOK remainder" among the reasons of ExecType '4'/'C': an FOK
+    the book cannot fill in full is Expired with it, as an IOC's remainder is, not Rejected
+    with 3 ("exceeds limit", a risk reject). An order the CrossEngine refuses (post-only that
+    would take) reports LeavesQty 0, as every reject does."""
+    h = Harness()
+    h.logon(1, 9)
+    h.logon(2, 9)
+    (er,) = ers(h.nos(2, 9, 1, 90, side=b"2", qty=3))             # resting sell 3 @ 100.00
+    assert er[14] == b"0"
+    (er,) = ers(h.nos(1, 9, 1, 91, qty=5, tif=b"4"))             # FOK buy 5: not fillable
+    assert (er[14], er[15], er[19], er[10], er[11]) == (b"C", b"C", 3, 0, 0)
+    (er,) = ers(h.nos(1, 9, 2, 92, qty=1, flags=2))              # post-only buy would take
+    assert (er[14], er[15], er[10], er[11]) == (b"8", b"8", 0, 0)
+    assert h.v.te.accounts[1].order_margin == 0 and not h.v.te.accounts[1].orders
+    (er, *fills) = ers(h.nos(1, 9, 3, 93, qty=3, tif=b"4"))      # FOK buy 3: fills in full
+    assert er[14] == b"0" and sorted((f[2], f[14]) for f in fills) == [(90, b"F"), (93, b"F")]
