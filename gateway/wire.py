@@ -403,7 +403,7 @@ def check_prefix(length: int, encoding: int, block_length: int, schema: int) -> 
     if schema != SCHEMA_ID:
         raise FramingError(f"schemaId {schema}")
     if block_length + PREFIX_SIZE > length:
-        raise FramingError(f"blockLength {block_length} beyond frameLength {length}")
+        raise FramingError(f"blockLength {block_length} > {length} - 12")
 
 
 def read_frame(buf, pos: int = 0) -> tuple[Frame | None, int]:
@@ -456,7 +456,8 @@ def decode(frame: Frame):
     if t is None:
         raise FramingError(f"unknown template {frame.template_id}")
     if frame.block_length < t.size:
-        raise FramingError(f"{t.name}: blockLength {frame.block_length} < {t.size}")
+        raise FramingError(f"template {frame.template_id} block {frame.block_length} < "
+                           f"{t.size}")
     return t.tuple._make(t.block.unpack_from(frame.data, PREFIX_SIZE))
 
 
@@ -474,7 +475,7 @@ def decode_entries(frame: Frame) -> list:
     esize, n = GROUP_HEADER.unpack_from(data, off)
     off += GROUP_HEADER.size
     if esize < t.entry.size:
-        raise FramingError(f"{t.name}: entry blockLength {esize} < {t.entry.size}")
+        raise FramingError(f"{t.name} entry {esize} < {t.entry.size}")
     if off + n * esize > len(data):
         raise FramingError(f"{t.name}: {n} entries of {esize} bytes beyond the frame")
     unpack = t.entry.unpack_from
