@@ -8,7 +8,10 @@ Contract (docs/order-path.md §4, docs/gateway.md):
 * It talks to the engines through a `Core` (below): `MqCore` over mq/ streams in production,
   an in-process core in tests and in the one-process topology.
 * Authentication comes first: nothing is sent to the core for a connection until its
-  credentials pass (scrypt, in a thread, off the event loop).
+  credentials pass (scrypt, in a thread, off the event loop). A password scrypt accepted
+  before is recognised by a keyed fast hash without scrypt (accounts.VerifiedCache), so
+  someone else's wrong passwords cannot lock a user out; the scrypt checks are bounded
+  (in flight overall and per peer address, and a bounded FIFO queue before them).
 * A session's replay `[NextExpectedSeqNo, H]` is written before any live message of that
   session, and a RetransmitRequest's batch is its Retransmission and exactly its messages:
   live messages that arrive meanwhile wait in the connection's queue. A Logout is the last
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway import wire
-from gateway.accounts import Accounts, User
+from gateway.accounts import Accounts, User, VerifiedCache
 
 log = logging.getLogger("seqex.gateway")
 
@@ -157,7 +160,11 @@ class Config:
     retransmit_batch: int = 1000      # messages per Retransmission batch
     max_input_bytes: int = 256 * 1024  # unprocessed input per connection before reads pause
     max_output_bytes: int = 8 << 20   # unsent output per connection: beyond it, slow consumer
-    max_auth_pending: int = 64        # logons waiting for scrypt; more get LogonReject(6)
+    max_auth_pending: int = 64        # scrypt checks in flight (given to the worker threads)
+    max_auth_per_peer: int = 8        # ... of them from one peer address
+    max_auth_queued: int = 256        # logons queued for an scrypt slot; more: LogonReject(6)
+    max_auth_queued_per_peer: int = 64  # ... of them from one peer address
+    auth_timeout_s: float = 30.0      # a Logon's check not done within this: LogonReject(6)
     max_conns_per_user: int = 100     # logged-on (or logging-on) connections of one user
     max_queued: int = 100_000         # records per shard queued for the core before reads pause
     throttle_abuse_s: int = 10        # seconds in a row over the rate → Logout(4)
@@ -173,6 +180,10 @@ class Config:
             raise ValueError("heartbeat_ms must be 100..30000")
         if self.max_depth < 1 or self.max_connections < 1:
             raise ValueError("max_depth and max_connections must be positive")
+        if min(self.max_auth_pending, self.max_auth_per_peer, self.max_auth_queued_per_peer) < 1 \
+                or self.max_auth_queued < 0 or not self.auth_timeout_s > 0:
+            raise ValueError("max_auth_pending, max_auth_per_peer, max_auth_queued_per_peer "
+                             "and auth_timeout_s must be positive, max_auth_queued >= 0")
 
 
 # -- connection states --------------------------------------------------------------------------
@@ -185,6 +196,12 @@ CLOSED = 4
 
 def _logout(reason: int, text: str) -> bytes:
     return wire.encode(wire.LOGOUT, reason, wire.char_field(text, 32))
+
+
+def _credentials(lg) -> tuple[str, bytes]:
+    """A Logon's (username, password), NUL padding off."""
+    return (lg.Username.split(b"\0", 1)[0].decode("utf-8", "replace"),
+            lg.Password.split(b"\0", 1)[0])
 
 
 def _trading_date(ts_ns: int) -> int:
@@ -236,6 +253,12 @@ class Connection(asyncio.Protocol):
         self.state = NEW
         now = gw.clock()
         self.accepted_at = now
+        self.peer = ""             # the peer's address: the unit of the per-peer auth caps
+        self.logon_at = 0.0        # when the Logon arrived
+        self.auth: str | None = None  # the Logon's credential check: "queued", "running"
+        self.auth_name = ""        # the Logon's username
+        self.auth_tag = b""        # VerifiedCache tag of the Logon's (username, password)
+        self.auth_future = None    # the scrypt check in the worker pool
         self.last_recv = now
         self.last_sent = now
         self.reading = True
@@ -277,6 +300,8 @@ class Connection(asyncio.Protocol):
             self.state = CLOSING
             transport.abort()
             return
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -724,12 +749,18 @@ class Connection(asyncio.Protocol):
                 self.transport.abort()
             return
         if self.state in (NEW, LOGGING_ON):
-            if self.state == LOGGING_ON and self.logon_sent_at and \
-                    now - self.logon_sent_at > cfg.core_timeout_s:
-                self.gw.stats["core_timeouts"] += 1
-                self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "trading engine not answering")
-            elif now - self.accepted_at > cfg.logon_timeout_s + \
-                    (cfg.core_timeout_s if self.logon_sent_at else 0):
+            if self.state == LOGGING_ON and self.logon_sent_at:
+                if now - self.logon_sent_at > cfg.core_timeout_s:
+                    self.gw.stats["core_timeouts"] += 1
+                    self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "trading engine not answering")
+            elif self.auth is not None:
+                # The Logon arrived and waits for its credential check (queued or running):
+                # not "no logon"; bounded by auth_timeout_s from its arrival instead.
+                if now - self.logon_at > cfg.auth_timeout_s:
+                    self.gw.stats["auth_timeouts"] += 1
+                    self.gw.auth_abandon(self)
+                    self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
+            elif now - self.accepted_at > cfg.logon_timeout_s:
                 self.gw.stats["logon_timeouts"] += 1
                 self.logout(wire.LOGOUT_HEARTBEAT_TIMEOUT, "no logon")
             return
@@ -771,7 +802,11 @@ class Gateway:
         self.paused: set[Connection] = set()
         self.next_conn = 0
         self.test_req_ids = 0
-        self.auth_pending = 0
+        self.verified = VerifiedCache()   # passwords scrypt accepted (keyed fast hash)
+        self.auth_queue: deque[Connection] = deque()  # Logons waiting for an scrypt slot
+        self.auth_queued_by: dict[str, int] = {}      # peer → its Logons in auth_queue
+        self.auth_running = 0                          # scrypt checks in the pool
+        self.auth_running_by: dict[str, int] = {}     # peer → its checks in the pool
         self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-auth")
         self.server: asyncio.AbstractServer | None = None
         self.tasks: list[asyncio.Task] = []
@@ -779,6 +814,7 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stats = {k: 0 for k in (
             "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
+            "auth_cached", "auth_scrypt", "auth_busy", "auth_timeouts",
             "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
             "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
             "slow_consumers", "session_messages", "bad_payloads")}
@@ -841,8 +877,10 @@ class Gateway:
 
     def reload_accounts(self, accounts: Accounts) -> None:
         """Take a new accounts file: a logged-on user who is gone from it, or whose id or
-        accounts changed, is logged out (Logout 6); the next Logon checks the new file."""
+        accounts changed, is logged out (Logout 6); the next Logon checks the new file (the
+        verified passwords of users whose hash changed or who are gone are forgotten)."""
         self.accounts = accounts
+        self.verified.retain(accounts)
         for c in list(self.conns):
             if c.user is None or c.state >= CLOSING:
                 continue
@@ -860,6 +898,7 @@ class Gateway:
         of the event loop."""
         return {"role": "gateway", "index": self.cfg.index, "open_connections": len(self.conns),
                 "live_sessions": len(self.live), "pending_logons": len(self.pending),
+                "auth_queued": len(self.auth_queue), "auth_running": self.auth_running,
                 "queue_depth": [len(q) for q in self.queues],
                 "in_flight": [self.core.depth(s) for s in range(self.n_shards)],
                 **dict(self.stats)}
@@ -876,6 +915,7 @@ class Gateway:
         return conn
 
     def _forget(self, conn: Connection) -> None:
+        self.auth_abandon(conn)
         self.conns.discard(conn)
         self.paused.discard(conn)
         if self.pending.get(conn.conn_id) is conn:
@@ -895,33 +935,166 @@ class Gateway:
 
     # -- logon -------------------------------------------------------------------------------------
     def start_logon(self, conn: Connection, version: int) -> None:
+        """A Logon arrived. A password scrypt accepted before for this user (and the user's
+        hash as it is now) is recognised by its keyed fast hash at once, without scrypt and
+        without a slot; any other goes to scrypt: now if there is a slot, else into the
+        bounded FIFO queue, else LogonReject(6). Nothing about the session is looked at
+        before the credentials pass."""
         if version < wire.VERSION:
             conn.logon_reject(wire.LOGON_REJECT_UNSUPPORTED_VERSION, f"schema version {version}")
             return
         if self.closing:
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "gateway shutting down")
             return
-        if self.auth_pending >= self.cfg.max_auth_pending:
+        lg = conn.logon
+        name, password = _credentials(lg)
+        conn.logon_at = self.clock()
+        conn.auth_name = name
+        conn.auth_tag = self.verified.tag(name, password)
+        user = self.verified.lookup(self.accounts, name, conn.auth_tag)
+        if user is not None:
+            self.stats["auth_cached"] += 1
+            self._authenticated(conn, user)
+            return
+        cfg = self.cfg
+        peer = conn.peer
+        if self.auth_running < cfg.max_auth_pending and \
+                self.auth_running_by.get(peer, 0) < cfg.max_auth_per_peer:
+            # A slot for this peer: whatever is queued waits for a slot overall or for one
+            # of its own peer (_dispatch_auth leaves nothing else queued), so none is passed.
+            self._run_scrypt(conn)
+            return
+        if len(self.auth_queue) >= cfg.max_auth_queued or \
+                self.auth_queued_by.get(peer, 0) >= cfg.max_auth_queued_per_peer:
+            self.stats["auth_busy"] += 1
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
             return
-        conn._spawn(self._logon(conn))
+        conn.auth = "queued"
+        self.auth_queue.append(conn)
+        self.auth_queued_by[peer] = self.auth_queued_by.get(peer, 0) + 1
 
-    async def _logon(self, conn: Connection) -> None:
-        lg = conn.logon
-        name = lg.Username.split(b"\0", 1)[0].decode("utf-8", "replace")
-        password = lg.Password.split(b"\0", 1)[0]
-        self.auth_pending += 1
+    def _dispatch_auth(self) -> None:
+        """Give queued Logons to scrypt, first come first served, while there are slots; a
+        Logon whose peer has max_auth_per_peer checks in flight waits for one of those, and
+        the Logons behind it from other peers go first. A queued Logon whose password was
+        verified meanwhile (another connection of the same user) passes without scrypt."""
+        cfg = self.cfg
+        q = self.auth_queue
+        if not q:
+            return
+        keep: deque[Connection] = deque()
+        while q:
+            conn = q.popleft()
+            if conn.state != LOGGING_ON:  # closed meanwhile; _forget may not have run yet
+                self._unqueue(conn)
+                continue
+            user = self.verified.lookup(self.accounts, conn.auth_name, conn.auth_tag) \
+                if len(self.verified) else None
+            if user is not None:
+                self._unqueue(conn)
+                self.stats["auth_cached"] += 1
+                self._authenticated(conn, user)
+            elif self.auth_running < cfg.max_auth_pending and \
+                    self.auth_running_by.get(conn.peer, 0) < cfg.max_auth_per_peer:
+                self._unqueue(conn)
+                self._run_scrypt(conn)
+            elif self.auth_running >= cfg.max_auth_pending and not len(self.verified):
+                keep.append(conn)
+                break  # no slot and nothing to recognise: the rest waits as it is
+            else:
+                keep.append(conn)
+        keep.extend(q)
+        self.auth_queue = keep
+
+    def _unqueue(self, conn: Connection) -> None:
+        conn.auth = None
+        n = self.auth_queued_by.get(conn.peer, 0) - 1
+        if n > 0:
+            self.auth_queued_by[conn.peer] = n
+        else:
+            self.auth_queued_by.pop(conn.peer, None)
+
+    def _run_scrypt(self, conn: Connection) -> None:
+        """One scrypt check in the pool. Its slot is held until the thread is done with it
+        (or the check is cancelled before it started), whatever becomes of the connection:
+        scrypt's CPU is bounded by the slots, not by the connections still open."""
+        name, password = _credentials(conn.logon)
+        accounts = self.accounts
+        peer = conn.peer
+        self.auth_running += 1
+        self.auth_running_by[peer] = self.auth_running_by.get(peer, 0) + 1
+        self.stats["auth_scrypt"] += 1
+        conn.auth = "running"
+        loop = self.loop
+
+        def done(fut):
+            try:
+                loop.call_soon_threadsafe(self._scrypt_done, conn, peer, fut)
+            except RuntimeError:  # the loop is closed: the gateway is gone
+                pass
+
+        fut = self.auth_pool.submit(accounts.verify, name, password)
+        conn.auth_future = fut
+        fut.add_done_callback(done)
+
+    def _scrypt_done(self, conn: Connection, peer: str, fut) -> None:
+        self.auth_running -= 1
+        n = self.auth_running_by.get(peer, 0) - 1
+        if n > 0:
+            self.auth_running_by[peer] = n
+        else:
+            self.auth_running_by.pop(peer, None)
+        if conn.auth_future is fut:
+            conn.auth_future = None
+            conn.auth = None
         try:
-            user = await asyncio.get_running_loop().run_in_executor(
-                self.auth_pool, self.accounts.verify, name, password)
+            self._scrypt_result(conn, fut)
         finally:
-            self.auth_pending -= 1
+            self._dispatch_auth()
+
+    def _scrypt_result(self, conn: Connection, fut) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("conn %x: credential check failed: %r", conn.conn_id, exc)
+            if conn.state == LOGGING_ON:
+                conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "credential check failed")
+            return
+        user = fut.result()
+        if user is not None:
+            current = self.accounts.users.get(user.name)
+            if current is None or VerifiedCache._identity(current) != \
+                    VerifiedCache._identity(user):
+                # the accounts were reloaded with another password meanwhile: this one is stale
+                if conn.state == LOGGING_ON:
+                    conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "user changed: try again")
+                return
+            self.verified.remember(current, conn.auth_tag)
+            user = current
         if conn.state != LOGGING_ON:
             return
         if user is None:
             self.stats["auth_failures"] += 1
             conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS, "bad credentials")
             return
+        self._authenticated(conn, user)
+
+    def auth_abandon(self, conn: Connection) -> None:
+        """The connection no longer waits for its check (closed, or waited too long): out of
+        the queue; a check not yet started is cancelled (its slot comes back through the done
+        callback); a running one finishes and frees its slot then."""
+        if conn.auth == "queued":
+            try:
+                self.auth_queue.remove(conn)
+            except ValueError:
+                pass
+            self._unqueue(conn)
+        elif conn.auth == "running" and conn.auth_future is not None:
+            conn.auth_future.cancel()
+
+    def _authenticated(self, conn: Connection, user: User) -> None:
+        lg = conn.logon
         # Authenticated: only now is anything about the session looked at or sent.
         if not HEARTBEAT_MIN_MS <= lg.HeartbeatIntervalMs <= HEARTBEAT_MAX_MS:
             conn.logon_reject(wire.LOGON_REJECT_HEARTBEAT_RANGE, "heartbeat 100..30000 ms")
