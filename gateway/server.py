@@ -1291,7 +1291,9 @@ _REQUIRED = ("index", "listen", "accounts", "shards")
 _OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connections": int,
              "logon_timeout_s": (int, float), "core_timeout_s": (int, float),
              "max_retransmit": int, "max_conns_per_user": int,
-             "max_output_bytes": int, "max_input_bytes": int}
+             "max_output_bytes": int, "max_input_bytes": int,
+             "max_auth_pending": int, "max_auth_per_peer": int, "max_auth_queued": int,
+             "max_auth_queued_per_peer": int, "auth_timeout_s": (int, float)}
 
 
 def parse_settings(doc) -> Settings:

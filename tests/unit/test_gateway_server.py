@@ -931,3 +931,16 @@ def test_the_verified_password_is_forgotten_when_the_users_hash_changes():
         assert gw.stats["auth_scrypt"] == 4 and gw.stats["auth_cached"] == 2
         await gw.close()
     run(main())
+
+
+def test_the_credential_check_bounds_are_settings():
+    doc = {"index": 0, "listen": "127.0.0.1:9100", "accounts": "/tmp/a.json",
+           "shards": [{"in": "tcp://h:1", "pub": "tcp://h:2", "replicators": ["tcp://h:3"]}],
+           "max_auth_pending": 32, "max_auth_per_peer": 4, "max_auth_queued": 100,
+           "max_auth_queued_per_peer": 10, "auth_timeout_s": 12.5}
+    cfg = gs.parse_settings(doc).cfg
+    assert (cfg.max_auth_pending, cfg.max_auth_per_peer, cfg.max_auth_queued,
+            cfg.max_auth_queued_per_peer, cfg.auth_timeout_s) == (32, 4, 100, 10, 12.5)
+    for bad in ({"max_auth_per_peer": 0}, {"max_auth_queued": -1}, {"auth_timeout_s": 0}):
+        with pytest.raises(ValueError, match="max_auth|auth_timeout"):
+            gs.parse_settings(dict(doc, **bad))
