@@ -255,10 +255,7 @@ class Connection(asyncio.Protocol):
         self.accepted_at = now
         self.peer = ""             # the peer's address: the unit of the per-peer auth caps
         self.logon_at = 0.0        # when the Logon arrived
-        self.auth: str | None = None  # the Logon's credential check: "queued", "running"
-        self.auth_name = ""        # the Logon's username
-        self.auth_tag = b""        # VerifiedCache tag of the Logon's (username, password)
-        self.auth_future = None    # the scrypt check in the worker pool
+        self.auth_check: _Check | None = None  # the scrypt check the Logon waits for
         self.last_recv = now
         self.last_sent = now
         self.reading = True
@@ -753,7 +750,7 @@ class Connection(asyncio.Protocol):
                 if now - self.logon_sent_at > cfg.core_timeout_s:
                     self.gw.stats["core_timeouts"] += 1
                     self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "trading engine not answering")
-            elif self.auth is not None:
+            elif self.auth_check is not None:
                 # The Logon arrived and waits for its credential check (queued or running):
                 # not "no logon"; bounded by auth_timeout_s from its arrival instead.
                 if now - self.logon_at > cfg.auth_timeout_s:
@@ -780,6 +777,24 @@ class Connection(asyncio.Protocol):
             self.write(wire.encode(wire.TEST_REQUEST, self.test_req_id))
 
 
+class _Check:
+    """One scrypt check of a (username, password) and the connections whose Logon waits for
+    it: several when their Logons carry the same credentials (the same VerifiedCache tag),
+    since one answer is theirs all. It counts once against the caps, under the peer address
+    of the connection that made it."""
+
+    __slots__ = ("tag", "name", "password", "peer", "conns", "state", "future")
+
+    def __init__(self, tag: bytes, name: str, password: bytes, peer: str):
+        self.tag = tag
+        self.name = name
+        self.password = password
+        self.peer = peer
+        self.conns: list[Connection] = []
+        self.state = "queued"   # then "running" (given to the worker pool)
+        self.future = None
+
+
 class Gateway:
     """The server: accepts connections, authenticates, runs sessions against a Core."""
 
@@ -803,8 +818,9 @@ class Gateway:
         self.next_conn = 0
         self.test_req_ids = 0
         self.verified = VerifiedCache()   # passwords scrypt accepted (keyed fast hash)
-        self.auth_queue: deque[Connection] = deque()  # Logons waiting for an scrypt slot
-        self.auth_queued_by: dict[str, int] = {}      # peer → its Logons in auth_queue
+        self.auth_checks: dict[bytes, _Check] = {}   # tag → its check, queued or running
+        self.auth_queue: deque[_Check] = deque()      # checks waiting for an scrypt slot
+        self.auth_queued_by: dict[str, int] = {}      # peer → its checks in auth_queue
         self.auth_running = 0                          # scrypt checks in the pool
         self.auth_running_by: dict[str, int] = {}     # peer → its checks in the pool
         self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-auth")
@@ -814,7 +830,7 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stats = {k: 0 for k in (
             "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
-            "auth_cached", "auth_scrypt", "auth_busy", "auth_timeouts",
+            "auth_cached", "auth_scrypt", "auth_joined", "auth_busy", "auth_timeouts",
             "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
             "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
             "slow_consumers", "session_messages", "bad_payloads")}
@@ -946,152 +962,166 @@ class Gateway:
         if self.closing:
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "gateway shutting down")
             return
-        lg = conn.logon
-        name, password = _credentials(lg)
+        name, password = _credentials(conn.logon)
         conn.logon_at = self.clock()
-        conn.auth_name = name
-        conn.auth_tag = self.verified.tag(name, password)
-        user = self.verified.lookup(self.accounts, name, conn.auth_tag)
+        tag = self.verified.tag(name, password)
+        user = self.verified.lookup(self.accounts, name, tag)
         if user is not None:
             self.stats["auth_cached"] += 1
             self._authenticated(conn, user)
             return
+        check = self.auth_checks.get(tag)
+        if check is not None:
+            # the same credentials are being checked for another connection: its answer is
+            # this one's too (a user's many connections logging on at once cost one scrypt)
+            self.stats["auth_joined"] += 1
+            check.conns.append(conn)
+            conn.auth_check = check
+            return
         cfg = self.cfg
         peer = conn.peer
+        check = _Check(tag, name, password, peer)
         if self.auth_running < cfg.max_auth_pending and \
                 self.auth_running_by.get(peer, 0) < cfg.max_auth_per_peer:
             # A slot for this peer: whatever is queued waits for a slot overall or for one
             # of its own peer (_dispatch_auth leaves nothing else queued), so none is passed.
-            self._run_scrypt(conn)
+            self._attach(check, conn)
+            self._run_scrypt(check)
             return
         if len(self.auth_queue) >= cfg.max_auth_queued or \
                 self.auth_queued_by.get(peer, 0) >= cfg.max_auth_queued_per_peer:
             self.stats["auth_busy"] += 1
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
             return
-        conn.auth = "queued"
-        self.auth_queue.append(conn)
+        self._attach(check, conn)
+        self.auth_queue.append(check)
         self.auth_queued_by[peer] = self.auth_queued_by.get(peer, 0) + 1
 
+    def _attach(self, check: _Check, conn: Connection) -> None:
+        check.conns.append(conn)
+        conn.auth_check = check
+        self.auth_checks[check.tag] = check
+
     def _dispatch_auth(self) -> None:
-        """Give queued Logons to scrypt, first come first served, while there are slots; a
-        Logon whose peer has max_auth_per_peer checks in flight waits for one of those, and
-        the Logons behind it from other peers go first. A queued Logon whose password was
-        verified meanwhile (another connection of the same user) passes without scrypt."""
+        """Give queued checks to scrypt, first come first served, while there are slots; a
+        check whose peer has max_auth_per_peer checks in flight waits for one of those, and
+        the checks behind it from other peers go first."""
         cfg = self.cfg
         q = self.auth_queue
-        if not q:
-            return
-        keep: deque[Connection] = deque()
-        while q:
-            conn = q.popleft()
-            if conn.state != LOGGING_ON:  # closed meanwhile; _forget may not have run yet
-                self._unqueue(conn)
-                continue
-            user = self.verified.lookup(self.accounts, conn.auth_name, conn.auth_tag) \
-                if len(self.verified) else None
-            if user is not None:
-                self._unqueue(conn)
-                self.stats["auth_cached"] += 1
-                self._authenticated(conn, user)
-            elif self.auth_running < cfg.max_auth_pending and \
-                    self.auth_running_by.get(conn.peer, 0) < cfg.max_auth_per_peer:
-                self._unqueue(conn)
-                self._run_scrypt(conn)
-            elif self.auth_running >= cfg.max_auth_pending and not len(self.verified):
-                keep.append(conn)
-                break  # no slot and nothing to recognise: the rest waits as it is
+        keep: deque[_Check] = deque()
+        while q and self.auth_running < cfg.max_auth_pending:
+            check = q.popleft()
+            if self.auth_running_by.get(check.peer, 0) < cfg.max_auth_per_peer:
+                self._unqueue(check)
+                self._run_scrypt(check)
             else:
-                keep.append(conn)
-        keep.extend(q)
-        self.auth_queue = keep
+                keep.append(check)
+        if keep:
+            keep.extend(q)
+            self.auth_queue = keep
 
-    def _unqueue(self, conn: Connection) -> None:
-        conn.auth = None
-        n = self.auth_queued_by.get(conn.peer, 0) - 1
+    def _unqueue(self, check: _Check) -> None:
+        """`check` has left auth_queue (the caller took it out)."""
+        n = self.auth_queued_by.get(check.peer, 0) - 1
         if n > 0:
-            self.auth_queued_by[conn.peer] = n
+            self.auth_queued_by[check.peer] = n
         else:
-            self.auth_queued_by.pop(conn.peer, None)
+            self.auth_queued_by.pop(check.peer, None)
 
-    def _run_scrypt(self, conn: Connection) -> None:
+    def _run_scrypt(self, check: _Check) -> None:
         """One scrypt check in the pool. Its slot is held until the thread is done with it
-        (or the check is cancelled before it started), whatever becomes of the connection:
+        (or the check is cancelled before it started), whatever becomes of the connections:
         scrypt's CPU is bounded by the slots, not by the connections still open."""
-        name, password = _credentials(conn.logon)
-        accounts = self.accounts
-        peer = conn.peer
+        peer = check.peer
         self.auth_running += 1
         self.auth_running_by[peer] = self.auth_running_by.get(peer, 0) + 1
         self.stats["auth_scrypt"] += 1
-        conn.auth = "running"
+        check.state = "running"
         loop = self.loop
 
         def done(fut):
             try:
-                loop.call_soon_threadsafe(self._scrypt_done, conn, peer, fut)
+                loop.call_soon_threadsafe(self._scrypt_done, check, fut)
             except RuntimeError:  # the loop is closed: the gateway is gone
                 pass
 
-        fut = self.auth_pool.submit(accounts.verify, name, password)
-        conn.auth_future = fut
-        fut.add_done_callback(done)
+        check.future = self.auth_pool.submit(self.accounts.verify, check.name, check.password)
+        check.future.add_done_callback(done)
 
-    def _scrypt_done(self, conn: Connection, peer: str, fut) -> None:
+    def _scrypt_done(self, check: _Check, fut) -> None:
         self.auth_running -= 1
-        n = self.auth_running_by.get(peer, 0) - 1
+        n = self.auth_running_by.get(check.peer, 0) - 1
         if n > 0:
-            self.auth_running_by[peer] = n
+            self.auth_running_by[check.peer] = n
         else:
-            self.auth_running_by.pop(peer, None)
-        if conn.auth_future is fut:
-            conn.auth_future = None
-            conn.auth = None
+            self.auth_running_by.pop(check.peer, None)
         try:
-            self._scrypt_result(conn, fut)
+            if fut.cancelled():
+                self._answer(check, None, failed="busy: try again")
+                return
+            exc = fut.exception()
+            if exc is not None:
+                log.error("credential check of %r failed: %r", check.name, exc)
+                self._answer(check, None, failed="credential check failed")
+                return
+            user = fut.result()
+            if user is not None:
+                current = self.accounts.users.get(user.name)
+                if current is None or VerifiedCache._identity(current) != \
+                        VerifiedCache._identity(user):
+                    # the accounts were reloaded with another hash meanwhile: stale
+                    self._answer(check, None, failed="user changed: try again")
+                    return
+                self.verified.remember(current, check.tag)
+                user = current
+            self._answer(check, user)
         finally:
             self._dispatch_auth()
 
-    def _scrypt_result(self, conn: Connection, fut) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
-            log.error("conn %x: credential check failed: %r", conn.conn_id, exc)
-            if conn.state == LOGGING_ON:
-                conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "credential check failed")
-            return
-        user = fut.result()
-        if user is not None:
-            current = self.accounts.users.get(user.name)
-            if current is None or VerifiedCache._identity(current) != \
-                    VerifiedCache._identity(user):
-                # the accounts were reloaded with another password meanwhile: this one is stale
-                if conn.state == LOGGING_ON:
-                    conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "user changed: try again")
-                return
-            self.verified.remember(current, conn.auth_tag)
-            user = current
-        if conn.state != LOGGING_ON:
-            return
-        if user is None:
-            self.stats["auth_failures"] += 1
-            conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS, "bad credentials")
-            return
-        self._authenticated(conn, user)
+    def _answer(self, check: _Check, user: User | None, failed: str = "") -> None:
+        """The check is over: every connection still waiting for it gets its answer."""
+        if self.auth_checks.get(check.tag) is check:
+            del self.auth_checks[check.tag]
+        conns, check.conns = check.conns, []
+        for conn in conns:
+            conn.auth_check = None
+            if conn.state != LOGGING_ON:
+                continue
+            if failed:
+                conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, failed)
+            elif user is None:
+                self.stats["auth_failures"] += 1
+                conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS, "bad credentials")
+            else:
+                self._authenticated(conn, user)
 
     def auth_abandon(self, conn: Connection) -> None:
-        """The connection no longer waits for its check (closed, or waited too long): out of
-        the queue; a check not yet started is cancelled (its slot comes back through the done
-        callback); a running one finishes and frees its slot then."""
-        if conn.auth == "queued":
+        """The connection no longer waits for its check (closed, or waited too long). A
+        check no connection waits for any more leaves the queue, or is cancelled if the
+        pool has not started it (its slot comes back through the done callback); a running
+        one finishes and frees its slot then."""
+        check = conn.auth_check
+        if check is None:
+            return
+        conn.auth_check = None
+        try:
+            check.conns.remove(conn)
+        except ValueError:
+            pass
+        if check.conns:
+            return
+        if check.state == "queued":
             try:
-                self.auth_queue.remove(conn)
+                self.auth_queue.remove(check)
             except ValueError:
                 pass
-            self._unqueue(conn)
-        elif conn.auth == "running" and conn.auth_future is not None:
-            conn.auth_future.cancel()
+            else:
+                self._unqueue(check)
+            if self.auth_checks.get(check.tag) is check:
+                del self.auth_checks[check.tag]
+        elif check.future is not None and check.future.cancel():
+            if self.auth_checks.get(check.tag) is check:
+                del self.auth_checks[check.tag]
 
     def _authenticated(self, conn: Connection, user: User) -> None:
         lg = conn.logon

@@ -759,7 +759,8 @@ def test_wrong_password_flood_does_not_lock_out_a_user_who_logged_on_before():
     without scrypt while every check is held; a user never seen before waits in the queue
     and gets through once it drains; nothing of the flood reaches the core."""
     async def main():
-        accts = GatedAccounts(users())
+        new_user = make_user("carol", 11, "pw-carol", [6], n=1024)
+        accts = GatedAccounts(Accounts(dict(users().users, carol=new_user)))
         accts.gate.set()
         gw, core, port = await started(cfg=gs.Config(**AUTH_CFG), accts=accts)
         try:
@@ -769,7 +770,7 @@ def test_wrong_password_flood_does_not_lock_out_a_user_who_logged_on_before():
             accts.gate.clear()
             flood = [await Client.connect(port) for _ in range(12)]
             for n, f in enumerate(flood, 1):  # one at a time: which ones are refused is known
-                await f.logon(password="wrong", session=99)
+                await f.logon(password=f"wrong{n}", session=99)  # each its own check
                 await wait_for(lambda n=n: gw.auth_running + len(gw.auth_queue) +
                                gw.stats["auth_busy"] == n)
             # 2 checks in flight (the peer's cap), 6 queued (its bound), 4 refused at once
@@ -792,7 +793,7 @@ def test_wrong_password_flood_does_not_lock_out_a_user_who_logged_on_before():
             cfg = gw.cfg
             cfg.max_auth_pending = 3
             carol = await Client.connect(port, "127.0.0.3")
-            await carol.logon(user="bob", password="pw-bob", session=4)
+            await carol.logon(user="carol", password="pw-carol", session=4)
             await wait_for(lambda: len(gw.auth_queue) == 7)
             assert gw.auth_queue[-1].peer == "127.0.0.3"
             accts.gate.set()
@@ -826,10 +827,10 @@ def test_a_logon_waiting_for_its_check_is_not_told_no_logon():
             await running.logon(session=1)
             await wait_for(lambda: accts.started == 1)
             queued = await Client.connect(port)
-            await queued.logon(session=2)
+            await queued.logon(user="bob", password="pw-bob", session=2)
             idle = await Client.connect(port)  # sends nothing
             await wait_for(lambda: len(gw.auth_queue) == 1 and len(gw.conns) == 3)
-            by_auth = {c.auth: c for c in gw.conns}
+            by_auth = {c.auth_check.state if c.auth_check else None: c for c in gw.conns}
             assert set(by_auth) == {"running", "queued", None}
             conns = [by_auth["running"], by_auth["queued"], by_auth[None]]
             later = gw.clock() + 10.0  # past logon_timeout_s from accept, within auth_timeout_s
@@ -849,6 +850,9 @@ def test_a_logon_waiting_for_its_check_is_not_told_no_logon():
                 assert rej.Text.rstrip(b"\0") == b"busy: try again"
             assert gw.stats["auth_timeouts"] == 2 and gw.stats["logon_timeouts"] == 1
             await wait_for(lambda: not gw.auth_queue and not gw.auth_queued_by)
+            # the running check, started, cannot be cancelled: it stays (a Logon with the same
+            # credentials may still join it), the queued one is gone
+            assert [c.state for c in gw.auth_checks.values()] == ["running"]
             # the abandoned check still holds its slot until its thread is done with it
             assert gw.auth_running == 1
             accts.gate.set()
@@ -867,10 +871,10 @@ def test_a_closed_connection_frees_its_place_but_not_a_running_slot():
         gw, core, port = await started(cfg=gs.Config(max_auth_pending=1), accts=accts)
         try:
             a = await Client.connect(port)
-            await a.logon(password="wrong", session=1)
+            await a.logon(password="wrong1", session=1)
             await wait_for(lambda: accts.started == 1)
             b = await Client.connect(port)
-            await b.logon(password="wrong", session=2)
+            await b.logon(password="wrong2", session=2)
             await wait_for(lambda: len(gw.auth_queue) == 1)
             a.close()
             b.close()
@@ -889,21 +893,35 @@ def test_a_closed_connection_frees_its_place_but_not_a_running_slot():
     run(main())
 
 
-def test_queued_logons_of_a_user_just_verified_skip_scrypt():
-    """Many simultaneous Logons of one user with the right password: one scrypt check; the
-    others, queued behind it, are recognised once it passes."""
+def test_logons_with_the_same_credentials_share_one_check():
+    """Many simultaneous Logons with the same credentials (a user's sessions reconnecting
+    together, or one wrong password sent many times): one scrypt check answers them all, and
+    they take one place in the caps, so none is refused as busy while it runs."""
     async def main():
         accts = GatedAccounts(users())
-        gw, core, port = await started(cfg=gs.Config(max_auth_per_peer=1), accts=accts)
+        gw, core, port = await started(cfg=gs.Config(max_auth_pending=1, max_auth_queued=1),
+                                       accts=accts)
         try:
-            clients = [await Client.connect(port) for _ in range(5)]
-            for n, c in enumerate(clients, 1):
+            right = [await Client.connect(port) for _ in range(20)]
+            for n, c in enumerate(right, 1):
                 await c.logon(session=n)
-            await wait_for(lambda: accts.started == 1 and len(gw.auth_queue) == 4)
+            await wait_for(lambda: accts.started == 1 and gw.stats["auth_joined"] == 19)
+            wrong = [await Client.connect(port) for _ in range(20)]
+            for c in wrong:
+                await c.logon(user="bob", password="guess", session=1)
+            await wait_for(lambda: gw.stats["auth_joined"] == 19 + 19)
+            assert len(gw.auth_checks) == 2 and gw.auth_running == 1 and len(gw.auth_queue) == 1
+            # the queue is full: other credentials are refused, but not the ones joining
+            other = await Client.connect(port)
+            await other.logon(user="bob", password="pw-bob", session=2)
+            assert await rejected(other) == wire.LOGON_REJECT_NOT_OPEN
             accts.gate.set()
-            for n, c in enumerate(clients, 1):
+            for n, c in enumerate(right, 1):
                 assert (await c.expect(wire.LOGON_ACK)).SessionID == n
-            assert accts.started == 1 and gw.stats["auth_cached"] == 4
+            for c in wrong:
+                assert await rejected(c) == wire.LOGON_REJECT_BAD_CREDENTIALS
+            assert accts.started == 2 and gw.stats["auth_failures"] == 20
+            assert not gw.auth_checks and not gw.auth_queue and gw.auth_running == 0
             await gw.close()
         finally:
             accts.gate.set()
