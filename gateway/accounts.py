@@ -19,6 +19,11 @@ account and the range kept for system accounts, docs/liqengine.md §1), and, giv
 `Accounts.verify` compares in constant time and runs scrypt for unknown names too, so the time
 a Logon takes does not tell whether a name exists. It is slow on purpose (tens of ms): callers
 on an event loop run it in a thread.
+
+`VerifiedCache` remembers, in memory only, the passwords scrypt has accepted, as a keyed fast
+hash (HMAC-SHA256 under a random key of the process), so a user who logged on before is
+checked again in microseconds without scrypt: a flood of wrong passwords that fills the
+gateway's scrypt queue does not lock that user out (docs/security.md, "Client logon").
 """
 from __future__ import annotations
 
@@ -106,6 +111,59 @@ class Accounts:
 
     def to_json(self) -> dict:
         return {"users": {name: u.to_json() for name, u in sorted(self.users.items())}}
+
+
+class VerifiedCache:
+    """The (user, password) pairs scrypt accepted, as HMAC-SHA256(key, name NUL password) under
+    a key drawn per instance (never stored, never sent). One entry per user, bound to the
+    user's stored hash: an entry answers only while the accounts hold the same salt, scrypt
+    hash and parameters it was verified against, and `retain` drops the others when the file
+    is reloaded. At most one entry per user of the accounts file.
+
+    `tag` is one HMAC (microseconds); `lookup` a dict lookup and a constant-time comparison
+    (against a dummy when the name has no entry, so the shape of the work does not depend on
+    it). A miss means nothing: the caller runs scrypt as without the cache."""
+
+    def __init__(self):
+        self._key = secrets.token_bytes(32)
+        self._dummy = secrets.token_bytes(32)
+        self._entries: dict[str, tuple[tuple, bytes]] = {}  # name -> (hash identity, tag)
+
+    @staticmethod
+    def _identity(u: User) -> tuple:
+        return (u.salt, u.scrypt, u.n, u.r, u.p)
+
+    def tag(self, name: str, password) -> bytes:
+        msg = name.encode("utf-8", "replace") + b"\0" + _as_bytes(password)
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def lookup(self, accounts: Accounts, name: str, tag: bytes) -> User | None:
+        """The user if `tag` is that of a password scrypt accepted for the user's current hash."""
+        entry = self._entries.get(name)
+        u = accounts.users.get(name)
+        if entry is None or u is None or entry[0] != self._identity(u):
+            hmac.compare_digest(tag, self._dummy)
+            return None
+        return u if hmac.compare_digest(tag, entry[1]) else None
+
+    def remember(self, u: User, tag: bytes) -> None:
+        """scrypt accepted this tag's password for `u` (as it is now in the accounts)."""
+        self._entries[u.name] = (self._identity(u), tag)
+
+    def retain(self, accounts: Accounts) -> int:
+        """Drop the entries of users gone from `accounts` or whose hash changed; how many."""
+        gone = [name for name, (ident, _t) in self._entries.items()
+                if name not in accounts.users
+                or self._identity(accounts.users[name]) != ident]
+        for name in gone:
+            del self._entries[name]
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
 
 
 def _is_u32(v) -> bool:

@@ -8,7 +8,10 @@ Contract (docs/order-path.md §4, docs/gateway.md):
 * It talks to the engines through a `Core` (below): `MqCore` over mq/ streams in production,
   an in-process core in tests and in the one-process topology.
 * Authentication comes first: nothing is sent to the core for a connection until its
-  credentials pass (scrypt, in a thread, off the event loop).
+  credentials pass (scrypt, in a thread, off the event loop). A password scrypt accepted
+  before is recognised by a keyed fast hash without scrypt (accounts.VerifiedCache), so
+  someone else's wrong passwords cannot lock a user out; the scrypt checks are bounded
+  (in flight overall and per peer address, and a bounded FIFO queue before them).
 * A session's replay `[NextExpectedSeqNo, H]` is written before any live message of that
   session, and a RetransmitRequest's batch is its Retransmission and exactly its messages:
   live messages that arrive meanwhile wait in the connection's queue. A Logout is the last
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway import wire
-from gateway.accounts import Accounts, User
+from gateway.accounts import Accounts, User, VerifiedCache
 
 log = logging.getLogger("seqex.gateway")
 
@@ -157,7 +160,11 @@ class Config:
     retransmit_batch: int = 1000      # messages per Retransmission batch
     max_input_bytes: int = 256 * 1024  # unprocessed input per connection before reads pause
     max_output_bytes: int = 8 << 20   # unsent output per connection: beyond it, slow consumer
-    max_auth_pending: int = 64        # logons waiting for scrypt; more get LogonReject(6)
+    max_auth_pending: int = 64        # scrypt checks in flight (given to the worker threads)
+    max_auth_per_peer: int = 8        # ... of them from one peer address
+    max_auth_queued: int = 256        # logons queued for an scrypt slot; more: LogonReject(6)
+    max_auth_queued_per_peer: int = 64  # ... of them from one peer address
+    auth_timeout_s: float = 30.0      # a Logon's check not done within this: LogonReject(6)
     max_conns_per_user: int = 100     # logged-on (or logging-on) connections of one user
     max_queued: int = 100_000         # records per shard queued for the core before reads pause
     throttle_abuse_s: int = 10        # seconds in a row over the rate → Logout(4)
@@ -173,6 +180,10 @@ class Config:
             raise ValueError("heartbeat_ms must be 100..30000")
         if self.max_depth < 1 or self.max_connections < 1:
             raise ValueError("max_depth and max_connections must be positive")
+        if min(self.max_auth_pending, self.max_auth_per_peer, self.max_auth_queued_per_peer) < 1 \
+                or self.max_auth_queued < 0 or not self.auth_timeout_s > 0:
+            raise ValueError("max_auth_pending, max_auth_per_peer, max_auth_queued_per_peer "
+                             "and auth_timeout_s must be positive, max_auth_queued >= 0")
 
 
 # -- connection states --------------------------------------------------------------------------
@@ -185,6 +196,12 @@ CLOSED = 4
 
 def _logout(reason: int, text: str) -> bytes:
     return wire.encode(wire.LOGOUT, reason, wire.char_field(text, 32))
+
+
+def _credentials(lg) -> tuple[str, bytes]:
+    """A Logon's (username, password), NUL padding off."""
+    return (lg.Username.split(b"\0", 1)[0].decode("utf-8", "replace"),
+            lg.Password.split(b"\0", 1)[0])
 
 
 def _trading_date(ts_ns: int) -> int:
@@ -236,6 +253,9 @@ class Connection(asyncio.Protocol):
         self.state = NEW
         now = gw.clock()
         self.accepted_at = now
+        self.peer = ""             # the peer's address: the unit of the per-peer auth caps
+        self.logon_at = 0.0        # when the Logon arrived
+        self.auth_check: _Check | None = None  # the scrypt check the Logon waits for
         self.last_recv = now
         self.last_sent = now
         self.reading = True
@@ -277,6 +297,8 @@ class Connection(asyncio.Protocol):
             self.state = CLOSING
             transport.abort()
             return
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -724,12 +746,18 @@ class Connection(asyncio.Protocol):
                 self.transport.abort()
             return
         if self.state in (NEW, LOGGING_ON):
-            if self.state == LOGGING_ON and self.logon_sent_at and \
-                    now - self.logon_sent_at > cfg.core_timeout_s:
-                self.gw.stats["core_timeouts"] += 1
-                self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "trading engine not answering")
-            elif now - self.accepted_at > cfg.logon_timeout_s + \
-                    (cfg.core_timeout_s if self.logon_sent_at else 0):
+            if self.state == LOGGING_ON and self.logon_sent_at:
+                if now - self.logon_sent_at > cfg.core_timeout_s:
+                    self.gw.stats["core_timeouts"] += 1
+                    self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "trading engine not answering")
+            elif self.auth_check is not None:
+                # The Logon arrived and waits for its credential check (queued or running):
+                # not "no logon"; bounded by auth_timeout_s from its arrival instead.
+                if now - self.logon_at > cfg.auth_timeout_s:
+                    self.gw.stats["auth_timeouts"] += 1
+                    self.gw.auth_abandon(self)
+                    self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
+            elif now - self.accepted_at > cfg.logon_timeout_s:
                 self.gw.stats["logon_timeouts"] += 1
                 self.logout(wire.LOGOUT_HEARTBEAT_TIMEOUT, "no logon")
             return
@@ -747,6 +775,24 @@ class Connection(asyncio.Protocol):
             self.test_req_id = self.gw.test_req_ids
             self.test_sent_at = now
             self.write(wire.encode(wire.TEST_REQUEST, self.test_req_id))
+
+
+class _Check:
+    """One scrypt check of a (username, password) and the connections whose Logon waits for
+    it: several when their Logons carry the same credentials (the same VerifiedCache tag),
+    since one answer is theirs all. It counts once against the caps, under the peer address
+    of the connection that made it."""
+
+    __slots__ = ("tag", "name", "password", "peer", "conns", "state", "future")
+
+    def __init__(self, tag: bytes, name: str, password: bytes, peer: str):
+        self.tag = tag
+        self.name = name
+        self.password = password
+        self.peer = peer
+        self.conns: list[Connection] = []
+        self.state = "queued"   # then "running" (given to the worker pool)
+        self.future = None
 
 
 class Gateway:
@@ -771,7 +817,12 @@ class Gateway:
         self.paused: set[Connection] = set()
         self.next_conn = 0
         self.test_req_ids = 0
-        self.auth_pending = 0
+        self.verified = VerifiedCache()   # passwords scrypt accepted (keyed fast hash)
+        self.auth_checks: dict[bytes, _Check] = {}   # tag → its check, queued or running
+        self.auth_queue: deque[_Check] = deque()      # checks waiting for an scrypt slot
+        self.auth_queued_by: dict[str, int] = {}      # peer → its checks in auth_queue
+        self.auth_running = 0                          # scrypt checks in the pool
+        self.auth_running_by: dict[str, int] = {}     # peer → its checks in the pool
         self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-auth")
         self.server: asyncio.AbstractServer | None = None
         self.tasks: list[asyncio.Task] = []
@@ -779,6 +830,7 @@ class Gateway:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stats = {k: 0 for k in (
             "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
+            "auth_cached", "auth_scrypt", "auth_joined", "auth_busy", "auth_timeouts",
             "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
             "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
             "slow_consumers", "session_messages", "bad_payloads")}
@@ -841,8 +893,10 @@ class Gateway:
 
     def reload_accounts(self, accounts: Accounts) -> None:
         """Take a new accounts file: a logged-on user who is gone from it, or whose id or
-        accounts changed, is logged out (Logout 6); the next Logon checks the new file."""
+        accounts changed, is logged out (Logout 6); the next Logon checks the new file (the
+        verified passwords of users whose hash changed or who are gone are forgotten)."""
         self.accounts = accounts
+        self.verified.retain(accounts)
         for c in list(self.conns):
             if c.user is None or c.state >= CLOSING:
                 continue
@@ -860,6 +914,7 @@ class Gateway:
         of the event loop."""
         return {"role": "gateway", "index": self.cfg.index, "open_connections": len(self.conns),
                 "live_sessions": len(self.live), "pending_logons": len(self.pending),
+                "auth_queued": len(self.auth_queue), "auth_running": self.auth_running,
                 "queue_depth": [len(q) for q in self.queues],
                 "in_flight": [self.core.depth(s) for s in range(self.n_shards)],
                 **dict(self.stats)}
@@ -876,6 +931,7 @@ class Gateway:
         return conn
 
     def _forget(self, conn: Connection) -> None:
+        self.auth_abandon(conn)
         self.conns.discard(conn)
         self.paused.discard(conn)
         if self.pending.get(conn.conn_id) is conn:
@@ -895,33 +951,180 @@ class Gateway:
 
     # -- logon -------------------------------------------------------------------------------------
     def start_logon(self, conn: Connection, version: int) -> None:
+        """A Logon arrived. A password scrypt accepted before for this user (and the user's
+        hash as it is now) is recognised by its keyed fast hash at once, without scrypt and
+        without a slot; any other goes to scrypt: now if there is a slot, else into the
+        bounded FIFO queue, else LogonReject(6). Nothing about the session is looked at
+        before the credentials pass."""
         if version < wire.VERSION:
             conn.logon_reject(wire.LOGON_REJECT_UNSUPPORTED_VERSION, f"schema version {version}")
             return
         if self.closing:
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "gateway shutting down")
             return
-        if self.auth_pending >= self.cfg.max_auth_pending:
+        name, password = _credentials(conn.logon)
+        conn.logon_at = self.clock()
+        tag = self.verified.tag(name, password)
+        user = self.verified.lookup(self.accounts, name, tag)
+        if user is not None:
+            self.stats["auth_cached"] += 1
+            self._authenticated(conn, user)
+            return
+        check = self.auth_checks.get(tag)
+        if check is not None:
+            # the same credentials are being checked for another connection: its answer is
+            # this one's too (a user's many connections logging on at once cost one scrypt)
+            self.stats["auth_joined"] += 1
+            check.conns.append(conn)
+            conn.auth_check = check
+            return
+        cfg = self.cfg
+        peer = conn.peer
+        check = _Check(tag, name, password, peer)
+        if self.auth_running < cfg.max_auth_pending and \
+                self.auth_running_by.get(peer, 0) < cfg.max_auth_per_peer:
+            # A slot for this peer: whatever is queued waits for a slot overall or for one
+            # of its own peer (_dispatch_auth leaves nothing else queued), so none is passed.
+            self._attach(check, conn)
+            self._run_scrypt(check)
+            return
+        if len(self.auth_queue) >= cfg.max_auth_queued or \
+                self.auth_queued_by.get(peer, 0) >= cfg.max_auth_queued_per_peer:
+            self.stats["auth_busy"] += 1
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
             return
-        conn._spawn(self._logon(conn))
+        self._attach(check, conn)
+        self.auth_queue.append(check)
+        self.auth_queued_by[peer] = self.auth_queued_by.get(peer, 0) + 1
 
-    async def _logon(self, conn: Connection) -> None:
-        lg = conn.logon
-        name = lg.Username.split(b"\0", 1)[0].decode("utf-8", "replace")
-        password = lg.Password.split(b"\0", 1)[0]
-        self.auth_pending += 1
+    def _attach(self, check: _Check, conn: Connection) -> None:
+        check.conns.append(conn)
+        conn.auth_check = check
+        self.auth_checks[check.tag] = check
+
+    def _dispatch_auth(self) -> None:
+        """Give queued checks to scrypt, first come first served, while there are slots; a
+        check whose peer has max_auth_per_peer checks in flight waits for one of those, and
+        the checks behind it from other peers go first."""
+        cfg = self.cfg
+        q = self.auth_queue
+        keep: deque[_Check] = deque()
+        while q and self.auth_running < cfg.max_auth_pending:
+            check = q.popleft()
+            if self.auth_running_by.get(check.peer, 0) < cfg.max_auth_per_peer:
+                self._unqueue(check)
+                self._run_scrypt(check)
+            else:
+                keep.append(check)
+        if keep:
+            keep.extend(q)
+            self.auth_queue = keep
+
+    def _unqueue(self, check: _Check) -> None:
+        """`check` has left auth_queue (the caller took it out)."""
+        n = self.auth_queued_by.get(check.peer, 0) - 1
+        if n > 0:
+            self.auth_queued_by[check.peer] = n
+        else:
+            self.auth_queued_by.pop(check.peer, None)
+
+    def _run_scrypt(self, check: _Check) -> None:
+        """One scrypt check in the pool. Its slot is held until the thread is done with it
+        (or the check is cancelled before it started), whatever becomes of the connections:
+        scrypt's CPU is bounded by the slots, not by the connections still open."""
+        peer = check.peer
+        self.auth_running += 1
+        self.auth_running_by[peer] = self.auth_running_by.get(peer, 0) + 1
+        self.stats["auth_scrypt"] += 1
+        check.state = "running"
+        loop = self.loop
+
+        def done(fut):
+            try:
+                loop.call_soon_threadsafe(self._scrypt_done, check, fut)
+            except RuntimeError:  # the loop is closed: the gateway is gone
+                pass
+
+        check.future = self.auth_pool.submit(self.accounts.verify, check.name, check.password)
+        check.future.add_done_callback(done)
+
+    def _scrypt_done(self, check: _Check, fut) -> None:
+        self.auth_running -= 1
+        n = self.auth_running_by.get(check.peer, 0) - 1
+        if n > 0:
+            self.auth_running_by[check.peer] = n
+        else:
+            self.auth_running_by.pop(check.peer, None)
         try:
-            user = await asyncio.get_running_loop().run_in_executor(
-                self.auth_pool, self.accounts.verify, name, password)
+            if fut.cancelled():
+                self._answer(check, None, failed="busy: try again")
+                return
+            exc = fut.exception()
+            if exc is not None:
+                log.error("credential check of %r failed: %r", check.name, exc)
+                self._answer(check, None, failed="credential check failed")
+                return
+            user = fut.result()
+            if user is not None:
+                current = self.accounts.users.get(user.name)
+                if current is None or VerifiedCache._identity(current) != \
+                        VerifiedCache._identity(user):
+                    # the accounts were reloaded with another hash meanwhile: stale
+                    self._answer(check, None, failed="user changed: try again")
+                    return
+                self.verified.remember(current, check.tag)
+                user = current
+            self._answer(check, user)
         finally:
-            self.auth_pending -= 1
-        if conn.state != LOGGING_ON:
+            self._dispatch_auth()
+
+    def _answer(self, check: _Check, user: User | None, failed: str = "") -> None:
+        """The check is over: every connection still waiting for it gets its answer."""
+        if self.auth_checks.get(check.tag) is check:
+            del self.auth_checks[check.tag]
+        conns, check.conns = check.conns, []
+        for conn in conns:
+            conn.auth_check = None
+            if conn.state != LOGGING_ON:
+                continue
+            if failed:
+                conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, failed)
+            elif user is None:
+                self.stats["auth_failures"] += 1
+                conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS, "bad credentials")
+            else:
+                self._authenticated(conn, user)
+
+    def auth_abandon(self, conn: Connection) -> None:
+        """The connection no longer waits for its check (closed, or waited too long). A
+        check no connection waits for any more leaves the queue, or is cancelled if the
+        pool has not started it (its slot comes back through the done callback); a running
+        one finishes and frees its slot then."""
+        check = conn.auth_check
+        if check is None:
             return
-        if user is None:
-            self.stats["auth_failures"] += 1
-            conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS, "bad credentials")
+        conn.auth_check = None
+        try:
+            check.conns.remove(conn)
+        except ValueError:
+            pass
+        if check.conns:
             return
+        if check.state == "queued":
+            try:
+                self.auth_queue.remove(check)
+            except ValueError:
+                pass
+            else:
+                self._unqueue(check)
+            if self.auth_checks.get(check.tag) is check:
+                del self.auth_checks[check.tag]
+        elif check.future is not None and check.future.cancel():
+            if self.auth_checks.get(check.tag) is check:
+                del self.auth_checks[check.tag]
+
+    def _authenticated(self, conn: Connection, user: User) -> None:
+        lg = conn.logon
         # Authenticated: only now is anything about the session looked at or sent.
         if not HEARTBEAT_MIN_MS <= lg.HeartbeatIntervalMs <= HEARTBEAT_MAX_MS:
             conn.logon_reject(wire.LOGON_REJECT_HEARTBEAT_RANGE, "heartbeat 100..30000 ms")
@@ -1118,7 +1321,9 @@ _REQUIRED = ("index", "listen", "accounts", "shards")
 _OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connections": int,
              "logon_timeout_s": (int, float), "core_timeout_s": (int, float),
              "max_retransmit": int, "max_conns_per_user": int,
-             "max_output_bytes": int, "max_input_bytes": int}
+             "max_output_bytes": int, "max_input_bytes": int,
+             "max_auth_pending": int, "max_auth_per_peer": int, "max_auth_queued": int,
+             "max_auth_queued_per_peer": int, "auth_timeout_s": (int, float)}
 
 
 def parse_settings(doc) -> Settings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -39,8 +40,9 @@ class Client:
         self.r, self.w = reader, writer
 
     @classmethod
-    async def connect(cls, port):
-        r, w = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port, source="127.0.0.1"):
+        """source: the client's address (any 127.x.y.z is this host: another peer)."""
+        r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
         return cls(r, w)
 
     def send(self, tid, *fields, **kw):
@@ -690,3 +692,273 @@ def test_a_stalled_log_pauses_reading_not_memory():
         assert conn.reading and not gw.paused
         await gw.close()
     run(main())
+
+
+# -- the credential check: verified passwords, the scrypt slots and their queue ---------------
+
+class GatedAccounts(Accounts):
+    """Accounts whose scrypt check waits for `gate` (a threading.Event) in its worker thread:
+    the tests hold checks in flight as long as they need, without timing anything."""
+
+    def __init__(self, accts: Accounts):
+        super().__init__(accts.users)
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.started = 0   # checks a worker thread began
+
+    def verify(self, name, password):
+        with self.lock:
+            self.started += 1
+        self.gate.wait(DEADLINE_S)
+        return super().verify(name, password)
+
+
+AUTH_CFG = dict(max_auth_pending=4, max_auth_per_peer=2, max_auth_queued=16,
+                max_auth_queued_per_peer=6)
+
+
+async def rejected(c):
+    rej = await c.expect(wire.LOGON_REJECT)
+    assert await c.closed()
+    return rej.Reason
+
+
+async def logged_on(gw, port, session, user="alice", password="pw-alice", source="127.0.0.1"):
+    c = await Client.connect(port, source)
+    await c.logon(user=user, password=password, session=session)
+    ack = await c.expect(wire.LOGON_ACK)
+    assert ack.SessionID == session
+    return c
+
+
+def test_verified_cache_keys_the_password_to_the_users_hash():
+    from gateway.accounts import VerifiedCache
+    accts = users()
+    cache = VerifiedCache()
+    alice = accts.users["alice"]
+    tag = cache.tag("alice", b"pw-alice")
+    assert cache.lookup(accts, "alice", tag) is None  # nothing verified yet
+    cache.remember(alice, tag)
+    assert cache.lookup(accts, "alice", tag) is alice
+    assert cache.lookup(accts, "alice", cache.tag("alice", b"pw-alicf")) is None
+    assert cache.lookup(accts, "bob", cache.tag("bob", b"pw-alice")) is None
+    assert cache.lookup(accts, "mallory", cache.tag("mallory", b"x")) is None
+    assert VerifiedCache().tag("alice", b"pw-alice") != tag  # a key of its own per instance
+    # the same user with another password: the entry no longer answers, retain drops it
+    changed = Accounts({"alice": make_user("alice", 7, "pw-new", [4, 8], n=1024),
+                        "bob": accts.users["bob"]})
+    assert cache.lookup(changed, "alice", tag) is None
+    assert cache.retain(accts) == 0 and "alice" in cache
+    assert cache.retain(changed) == 1 and "alice" not in cache and len(cache) == 0
+
+
+def test_wrong_password_flood_does_not_lock_out_a_user_who_logged_on_before():
+    """More wrong-password Logons from one peer than every scrypt cap: the peer takes its
+    max_auth_per_peer slots and max_auth_queued_per_peer places in the queue, the rest get
+    LogonReject(6) at once (the queue's bound); a user who logged on before is recognised
+    without scrypt while every check is held; a user never seen before waits in the queue
+    and gets through once it drains; nothing of the flood reaches the core."""
+    async def main():
+        new_user = make_user("carol", 11, "pw-carol", [6], n=1024)
+        accts = GatedAccounts(Accounts(dict(users().users, carol=new_user)))
+        accts.gate.set()
+        gw, core, port = await started(cfg=gs.Config(**AUTH_CFG), accts=accts)
+        try:
+            c = await logged_on(gw, port, session=1)  # scrypt accepts: remembered
+            c.close()
+            assert accts.started == 1
+            accts.gate.clear()
+            flood = [await Client.connect(port) for _ in range(12)]
+            for n, f in enumerate(flood, 1):  # one at a time: which ones are refused is known
+                await f.logon(password=f"wrong{n}", session=99)  # each its own check
+                await wait_for(lambda n=n: gw.auth_running + len(gw.auth_queue) +
+                               gw.stats["auth_busy"] == n)
+            # 2 checks in flight (the peer's cap), 6 queued (its bound), 4 refused at once
+            for f in flood[8:]:
+                assert await rejected(f) == wire.LOGON_REJECT_NOT_OPEN
+            await wait_for(lambda: accts.started == 3 and len(gw.auth_queue) == 6)
+            assert gw.auth_running_by == {"127.0.0.1": 2} and gw.stats["auth_busy"] == 4
+            # alice again, every scrypt check held: accepted without one, without a slot
+            c = await logged_on(gw, port, session=2)
+            assert accts.started == 3 and gw.auth_running == 2 and gw.stats["auth_cached"] == 1
+            # bob, never seen, from the flood's peer: its queue is full, so reason 6
+            b = await Client.connect(port)
+            await b.logon(user="bob", password="pw-bob", session=3)
+            assert await rejected(b) == wire.LOGON_REJECT_NOT_OPEN
+            # from another peer bob goes straight to a slot of his own peer's, past the queue
+            b = await Client.connect(port, "127.0.0.2")
+            await b.logon(user="bob", password="pw-bob", session=3)
+            await wait_for(lambda: gw.auth_running_by.get("127.0.0.2") == 1)
+            # and a third peer's never-seen user waits in the queue once every slot is taken
+            cfg = gw.cfg
+            cfg.max_auth_pending = 3
+            carol = await Client.connect(port, "127.0.0.3")
+            await carol.logon(user="carol", password="pw-carol", session=4)
+            await wait_for(lambda: len(gw.auth_queue) == 7)
+            assert gw.auth_queue[-1].peer == "127.0.0.3"
+            accts.gate.set()
+            for f in flood[:8]:
+                assert await rejected(f) == wire.LOGON_REJECT_BAD_CREDENTIALS
+            assert (await b.expect(wire.LOGON_ACK)).SessionID == 3
+            assert (await carol.expect(wire.LOGON_ACK)).SessionID == 4
+            await wait_for(lambda: not gw.auth_queue and not gw.auth_running)
+            assert gw.stats["auth_failures"] == 8 and not gw.auth_running_by
+            assert not gw.auth_queued_by
+            # the flood reached nothing: the core saw only the three logons that passed
+            assert sorted(gs.SESSION_LOGON_S.unpack_from(p)[1] for _k, p in core.kinds(80)) == \
+                [1, 2, 3, 4]
+            await gw.close()
+        finally:
+            accts.gate.set()
+    run(main())
+
+
+def test_a_logon_waiting_for_its_check_is_not_told_no_logon():
+    """The no-logon timer (logon_timeout_s from accept) is for connections that sent no
+    Logon; a Logon queued or in scrypt is bounded by auth_timeout_s from its arrival instead,
+    and answered LogonReject(6) "busy: try again" past it (the timers are driven directly,
+    with a `now` past each bound)."""
+    async def main():
+        accts = GatedAccounts(users())
+        gw, core, port = await started(cfg=gs.Config(logon_timeout_s=5.0, auth_timeout_s=30.0,
+                                                     max_auth_per_peer=1), accts=accts)
+        try:
+            running = await Client.connect(port)
+            await running.logon(session=1)
+            await wait_for(lambda: accts.started == 1)
+            queued = await Client.connect(port)
+            await queued.logon(user="bob", password="pw-bob", session=2)
+            idle = await Client.connect(port)  # sends nothing
+            await wait_for(lambda: len(gw.auth_queue) == 1 and len(gw.conns) == 3)
+            by_auth = {c.auth_check.state if c.auth_check else None: c for c in gw.conns}
+            assert set(by_auth) == {"running", "queued", None}
+            conns = [by_auth["running"], by_auth["queued"], by_auth[None]]
+            later = gw.clock() + 10.0  # past logon_timeout_s from accept, within auth_timeout_s
+            for conn in conns:
+                conn.tick(later)
+            assert [c.state for c in conns[:2]] == [gs.LOGGING_ON, gs.LOGGING_ON]
+            logout = await idle.expect(wire.LOGOUT)
+            assert logout.Reason == wire.LOGOUT_HEARTBEAT_TIMEOUT
+            assert logout.Text.rstrip(b"\0") == b"no logon"
+            assert gw.stats["logon_timeouts"] == 1
+            much_later = gw.clock() + 31.0
+            for conn in conns[:2]:
+                conn.tick(much_later)
+            for c in (running, queued):
+                rej = await c.expect(wire.LOGON_REJECT)
+                assert rej.Reason == wire.LOGON_REJECT_NOT_OPEN
+                assert rej.Text.rstrip(b"\0") == b"busy: try again"
+            assert gw.stats["auth_timeouts"] == 2 and gw.stats["logon_timeouts"] == 1
+            await wait_for(lambda: not gw.auth_queue and not gw.auth_queued_by)
+            # the running check, started, cannot be cancelled: it stays (a Logon with the same
+            # credentials may still join it), the queued one is gone
+            assert [c.state for c in gw.auth_checks.values()] == ["running"]
+            # the abandoned check still holds its slot until its thread is done with it
+            assert gw.auth_running == 1
+            accts.gate.set()
+            await wait_for(lambda: gw.auth_running == 0 and not gw.conns)
+            assert accts.started == 1  # the queued one never ran
+            assert [k for k, _ in core.kinds()] == [82]
+            await gw.close()
+        finally:
+            accts.gate.set()
+    run(main())
+
+
+def test_a_closed_connection_frees_its_place_but_not_a_running_slot():
+    async def main():
+        accts = GatedAccounts(users())
+        gw, core, port = await started(cfg=gs.Config(max_auth_pending=1), accts=accts)
+        try:
+            a = await Client.connect(port)
+            await a.logon(password="wrong1", session=1)
+            await wait_for(lambda: accts.started == 1)
+            b = await Client.connect(port)
+            await b.logon(password="wrong2", session=2)
+            await wait_for(lambda: len(gw.auth_queue) == 1)
+            a.close()
+            b.close()
+            await wait_for(lambda: not gw.conns)
+            assert not gw.auth_queue and not gw.auth_queued_by
+            assert gw.auth_running == 1  # scrypt is still running in its thread
+            c = await Client.connect(port)
+            await c.logon(session=3)
+            await wait_for(lambda: len(gw.auth_queue) == 1)
+            accts.gate.set()
+            await c.expect(wire.LOGON_ACK)
+            assert accts.started == 2 and gw.auth_running == 0
+            await gw.close()
+        finally:
+            accts.gate.set()
+    run(main())
+
+
+def test_logons_with_the_same_credentials_share_one_check():
+    """Many simultaneous Logons with the same credentials (a user's sessions reconnecting
+    together, or one wrong password sent many times): one scrypt check answers them all, and
+    they take one place in the caps, so none is refused as busy while it runs."""
+    async def main():
+        accts = GatedAccounts(users())
+        gw, core, port = await started(cfg=gs.Config(max_auth_pending=1, max_auth_queued=1),
+                                       accts=accts)
+        try:
+            right = [await Client.connect(port) for _ in range(20)]
+            for n, c in enumerate(right, 1):
+                await c.logon(session=n)
+            await wait_for(lambda: accts.started == 1 and gw.stats["auth_joined"] == 19)
+            wrong = [await Client.connect(port) for _ in range(20)]
+            for c in wrong:
+                await c.logon(user="bob", password="guess", session=1)
+            await wait_for(lambda: gw.stats["auth_joined"] == 19 + 19)
+            assert len(gw.auth_checks) == 2 and gw.auth_running == 1 and len(gw.auth_queue) == 1
+            # the queue is full: other credentials are refused, but not the ones joining
+            other = await Client.connect(port)
+            await other.logon(user="bob", password="pw-bob", session=2)
+            assert await rejected(other) == wire.LOGON_REJECT_NOT_OPEN
+            accts.gate.set()
+            for n, c in enumerate(right, 1):
+                assert (await c.expect(wire.LOGON_ACK)).SessionID == n
+            for c in wrong:
+                assert await rejected(c) == wire.LOGON_REJECT_BAD_CREDENTIALS
+            assert accts.started == 2 and gw.stats["auth_failures"] == 20
+            assert not gw.auth_checks and not gw.auth_queue and gw.auth_running == 0
+            await gw.close()
+        finally:
+            accts.gate.set()
+    run(main())
+
+
+def test_the_verified_password_is_forgotten_when_the_users_hash_changes():
+    async def main():
+        accts = users()
+        gw, core, port = await started(accts=accts)
+        (await logged_on(gw, port, session=1)).close()
+        (await logged_on(gw, port, session=2, user="bob", password="pw-bob")).close()
+        (await logged_on(gw, port, session=3)).close()
+        assert gw.stats["auth_scrypt"] == 2 and gw.stats["auth_cached"] == 1
+        new = Accounts({"alice": make_user("alice", 7, "pw-new", [4, 8], n=1024),
+                        "bob": accts.users["bob"]})
+        gw.reload_accounts(new)
+        assert "alice" not in gw.verified and "bob" in gw.verified
+        c = await Client.connect(port)
+        await c.logon(session=4)  # the old password: to scrypt, refused
+        assert await rejected(c) == wire.LOGON_REJECT_BAD_CREDENTIALS
+        assert gw.stats["auth_scrypt"] == 3
+        (await logged_on(gw, port, session=5, password="pw-new")).close()
+        (await logged_on(gw, port, session=6, user="bob", password="pw-bob")).close()
+        assert gw.stats["auth_scrypt"] == 4 and gw.stats["auth_cached"] == 2
+        await gw.close()
+    run(main())
+
+
+def test_the_credential_check_bounds_are_settings():
+    doc = {"index": 0, "listen": "127.0.0.1:9100", "accounts": "/tmp/a.json",
+           "shards": [{"in": "tcp://h:1", "pub": "tcp://h:2", "replicators": ["tcp://h:3"]}],
+           "max_auth_pending": 32, "max_auth_per_peer": 4, "max_auth_queued": 100,
+           "max_auth_queued_per_peer": 10, "auth_timeout_s": 12.5}
+    cfg = gs.parse_settings(doc).cfg
+    assert (cfg.max_auth_pending, cfg.max_auth_per_peer, cfg.max_auth_queued,
+            cfg.max_auth_queued_per_peer, cfg.auth_timeout_s) == (32, 4, 100, 10, 12.5)
+    for bad in ({"max_auth_per_peer": 0}, {"max_auth_queued": -1}, {"auth_timeout_s": 0}):
+        with pytest.raises(ValueError, match="max_auth|auth_timeout"):
+            gs.parse_settings(dict(doc, **bad))
