@@ -57,7 +57,8 @@ COUNTERS = frozenset({
     "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
     "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
     "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
-    "slow_consumers", "session_messages", "bad_payloads",
+    "slow_consumers", "session_messages", "bad_payloads", "auth_cached", "auth_scrypt",
+    "auth_joined", "auth_busy", "auth_timeouts",
     # deploy/oracle.py
     "sent", "intervals"})
 
