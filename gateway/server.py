@@ -546,7 +546,7 @@ class Connection(asyncio.Protocol):
         t = wire.TEMPLATES.get(tid)
         size = t.size if t is not None else 8
         if frame.block_length < size:
-            self.protocol_error(f"template {tid}: blockLength {frame.block_length} < {size}")
+            self.protocol_error(f"template {tid} block {frame.block_length} < {size}")
             return
         block = frame.data[wire.PREFIX_SIZE:wire.PREFIX_SIZE + size]
         seqno = int.from_bytes(block[:8], "little")
@@ -1137,7 +1137,7 @@ class Gateway:
             return
         if sum(1 for c in self.conns if c.user is not None and c.user.user == user.user
                and c.state < CLOSING) >= self.cfg.max_conns_per_user:
-            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "too many connections of this user")
+            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "too many connections of the user")
             return
         conn.user = user
         conn.session_id = lg.SessionID
