@@ -597,3 +597,17 @@ def test_an_fok_that_cannot_fill_is_expired_and_a_refused_order_leaves_nothing()
     assert h.v.te.accounts[1].order_margin == 0 and not h.v.te.accounts[1].orders
     (er, *fills) = ers(h.nos(1, 9, 3, 93, qty=3, tif=b"4"))      # FOK buy 3: fills in full
     assert er[14] == b"0" and sorted((f[2], f[14]) for f in fills) == [(90, b"F"), (93, b"F")]
+
+
+def test_protocol_md_worked_example_is_accepted_and_rests():
+    """PROTOCOL.md §3's worked example, its block exactly as the page packs it (100 lots at
+    10.25, Buy Limit, TimeInForce '0' Day): a New, resting, then Expired at the day's end."""
+    h = Harness()
+    h.v.mark(1, 1025)                                    # 10.25 in ticks of 0.01
+    h.logon(1, 9)
+    block = struct.pack("<QQQqQIIcccB", 1, 0, 7, 1025000000, 100, 1, 0, b"1", b"2", b"0", 0)
+    (er,) = ers(h.send(1, 9, 100, block))
+    assert (er[2], er[6], er[7], er[10], er[14], er[15], er[18]) == (
+        7, 1025000000, 100, 100, b"0", b"0", b"0")
+    (er,) = ers(msgs(h.apply(c.KIND_TICK, b"", dt_ns=DAY_NS)))
+    assert (er[2], er[14], er[19]) == (7, b"C", 6)
