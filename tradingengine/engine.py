@@ -2665,7 +2665,7 @@ class TradingEngine:
         sess.clordids[coid] = None
         # every account the session may act on (those of this shard: it trades no other)
         n = 0
-        for account in sorted(set(sess.accounts) | {sess.default_account}):
+        for account in sorted(dict.fromkeys((sess.default_account, *sess.accounts))):
             acct = self.accounts.get(account) if self._mine(account) else None
             if acct is not None:
                 n += self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
