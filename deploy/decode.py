@@ -85,7 +85,9 @@ TE_REASONS = {te.REASON_CLIENT: "client", te.REASON_MASS_CANCEL: "mass_cancel",
               te.REASON_ADMIN: "admin", te.REASON_MATCH_LIMIT: "match_limit",
               te.REASON_REDUCE_ONLY: "reduce_only",
               te.REASON_LIQUIDATION: "liquidation",
-              te.REASON_DEAD_MANS_SWITCH: "dead_mans_switch"}
+              te.REASON_DEAD_MANS_SWITCH: "dead_mans_switch",
+              te.REASON_CANCEL_ON_DISCONNECT: "cancel_on_disconnect",
+              te.REASON_END_OF_DAY: "end_of_day"}
 EXEC_TYPES = {te.EXEC_NEW: "new", te.EXEC_CANCELED: "canceled", te.EXEC_REPLACED: "replaced",
               te.EXEC_REJECTED: "rejected", te.EXEC_EXPIRED: "expired", te.EXEC_TRADE: "trade",
               te.EXEC_PENDING_NEW: "pending_new", te.EXEC_TRIGGERED: "triggered"}

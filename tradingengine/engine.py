@@ -134,6 +134,7 @@ SWEEP_MASS_CANCELLED = 4  # [4, symbol, next CrossEngine id, last CrossEngine id
 SWEEP_REDUCE_ONLY = 5    # [5, symbol, account]
 SWEEP_DAY_END = 6        # [6, next index, [order ids of the Day orders at the day's end]]
 DAY_NS = 86_400 * 10**9  # a trading day: a UTC day of sequenced time (LogonAck's TradingDate)
+CE_UNKNOWN_ORDER = 3005  # the CrossEngine's reject of a command naming no order it holds
 
 _ER = EVENT_STRUCTS[EXEC_REPORT].pack
 _CE_CMD = EVENT_STRUCTS[CE_COMMAND].pack
@@ -1938,10 +1939,17 @@ class TradingEngine:
             else:
                 self._er(o, EXEC_REJECTED, 0, 0, 0, code, 0, STATUS_REJECTED)
             return
-        to = 2 if o.pending == PENDING_AMEND else 1
-        if o.pending == PENDING_AMEND:
+        # an amend, or a cancel; or an amend a cancel followed (the end of the day, a
+        # liquidation, a mass cancel): the CrossEngine refuses a cancel of an order it holds
+        # never, and one it does not hold only as unknown, so any other code is the amend's,
+        # and the cancel is still in flight
+        amend = o.pending == PENDING_AMEND or (o.pending == PENDING_CANCEL
+                                               and code != CE_UNKNOWN_ORDER)
+        to = 2 if amend else 1
+        if amend:
             self._fit_margin(acct, o)
-        o.pending = NO_PENDING
+        if o.pending != PENDING_CANCEL or not amend:
+            o.pending = NO_PENDING
         self._cancel_rejected(account, 0, o.client_order_id, code, to)
         if o.sess is not None or o.cxl is not None or o.rpl is not None:
             self._session_async_cancel_reject(o, to, code)
@@ -2066,7 +2074,10 @@ class TradingEngine:
         else:
             pos.sell_leaves += leaves - o.leaves
         o.price, o.leaves, o.qty = price, leaves, total
-        o.pending = NO_PENDING
+        if o.pending == PENDING_AMEND:
+            # a cancel sent after the amend (the end of the day, a liquidation, a mass
+            # cancel) is still in flight: it stays pending, with its reason
+            o.pending = NO_PENDING
         self._fit_margin(acct, o)
         self._er(o, EXEC_REPLACED)
 

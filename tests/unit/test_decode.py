@@ -242,3 +242,12 @@ def test_a_line_shows_money_in_the_settlement_currency_and_json_in_minor_units()
             "position_margin=0.00000001") in text, text
     assert "amount=-0.00000005 balance=0 kind=withdraw" in text, text
     assert "_minor" not in text
+
+
+def test_every_tradingengine_cancel_reason_has_a_word():
+    """A Day order's expiry (REASON_END_OF_DAY) and a cancel on disconnect decode by name,
+    not as invalid(11) / invalid(2)."""
+    from deploy import decode
+    from tradingengine import codec as te
+    reasons = {v for k, v in vars(te).items() if k.startswith("REASON_")}
+    assert reasons <= set(decode.TE_REASONS), reasons - set(decode.TE_REASONS)

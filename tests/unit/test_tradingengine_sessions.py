@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from tests.tradingvenue import SECOND, Venue, two_specs
+from tests.tradingvenue import _CE_NEW, SECOND, Venue, two_specs
 from tradingengine import codec as c
 from tradingengine.engine import TradingEngine
 from tradingengine.reference import interpreted
@@ -611,3 +611,54 @@ def test_protocol_md_worked_example_is_accepted_and_rests():
         7, 1025000000, 100, 100, b"0", b"0", b"0")
     (er,) = ers(msgs(h.apply(c.KIND_TICK, b"", dt_ns=DAY_NS)))
     assert (er[2], er[14], er[19]) == (7, b"C", 6)
+
+
+def _to_midnight(h):
+    """A Tick at the first ns of the next UTC day (the venue's results still waiting)."""
+    return h.apply(c.KIND_TICK, b"", dt_ns=DAY_NS - h.v.ts_ns % DAY_NS)
+
+
+def test_a_day_order_with_a_replace_in_flight_at_the_days_end_still_expires():
+    """The end of the day cancels a Day order whose replace the CrossEngine has not answered
+    yet: the replace's answer must not make the cancel in flight a client's (ExecType '4',
+    Reason 0); the order expires with Reason 6."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9)
+    ers(h.nos(1, 9, 1, 80, tif=b"0", qty=5))
+    h.v.auto = False
+    assert h.send(1, 9, 102, OCRR.pack(2, 0, 81, 80, NULL, 99 * E8, 8, 1, b"1", b"2", b"0",
+                                       0)) == []
+    _to_midnight(h)
+    out = []
+    while h.v.pending:
+        out += msgs(h.v.deliver(1))
+        h.v.te.check_invariants()
+    got = [(m[3][2], m[3][14], m[3][19], m[3][10]) for m in out if m[2] == 200]
+    assert got == [(81, b"5", 0, 8), (81, b"C", 6, 0)]
+    assert not h.v.te.orders and h.v.te.accounts[1].order_margin == 0
+
+
+def test_a_replace_refused_while_the_days_end_cancel_is_in_flight_is_a_replace_reject():
+    """The CrossEngine refuses the replace (a fill came first and left nothing to amend),
+    then cancels the rest for the end of the day: the session gets a replace reject for its
+    ClOrdID (not a cancel reject for ClOrdID 0), and the order expires with Reason 6."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9)
+    ers(h.nos(1, 9, 1, 80, tif=b"0", qty=5))
+    o = next(iter(h.v.te.orders.values()))
+    v = h.v
+    v.auto = False
+    v.ce_seq[1] += 1                      # another shard's seller takes 3 of it first
+    v.pending.append(c.ce_events(1, v.ces[1].apply(v.ce_seq[1], v.ts_ns, 32, _CE_NEW(
+        10**10, o.price, 3, 7, c.SELL, c.LIMIT, c.IOC, 0, 0))))
+    h.send(1, 9, 102, OCRR.pack(2, 0, 81, 80, NULL, 100 * E8, 3, 1, b"1", b"2", b"0", 0))
+    _to_midnight(h)
+    out = []
+    while v.pending:
+        out += msgs(v.deliver(1))
+        v.te.check_invariants()
+    assert [m[2] for m in out] == [200, 201, 200]
+    assert out[0][3][14] == b"F"
+    assert out[1][3][2:4] == (81, 80) and out[1][3][7] == b"2"          # the replace's
+    assert (out[2][3][14], out[2][3][19], out[2][3][10]) == (b"C", 6, 0)
+    assert not v.te.orders and v.te.accounts[1].order_margin == 0
