@@ -206,9 +206,11 @@ def worst_case_output() -> dict[str, int]:
     fills = CE_MAX_FILLS
     commands = {
         "cancel_all": MAX_OPEN_ORDERS * cancel_one,
+        # the answer to one record of this engine: one taker's fills, or the reports of the
+        # cancels and amends a record sent (its sweeps count them, ANSWER_RESERVE)
         "ce_events": max(fills * (2 * fill + 2 * size[DEFICIT_COVERED]) + 2 * er
                          + (fills + 1) * (size[POSITION] + size[ACCOUNT]),
-                         MAX_OPEN_ORDERS * er),
+                         OUTPUT_BUDGET + 2 * max(units.values()) + MAX_OPEN_ORDERS * er),
         "other": 2 * er + size[POSITION] + size[ACCOUNT] + size[TRANSFER],
         "adl": MAX_ADLS_PER_RECORD * (MAX_OPEN_ORDERS * cancel_one + size[ADL_APPLIED]
                                       + size[DEFICIT_COVERED] + size[POSITION]
@@ -218,6 +220,16 @@ def worst_case_output() -> dict[str, int]:
     return {"unit": unit, "command": max(commands.values()),
             "record": OUTPUT_BUDGET + unit + max(commands.values()) + unit}
 
+
+# What reporting the CrossEngine's answer to one cancel or amend costs, beyond the command: an
+# execution report and up to two session messages. The CrossEngine answers a whole record of
+# this engine with one record, so a sweep that cancels or amends counts the answer against
+# OUTPUT_BUDGET with the command (added to _size as it sends): the answer record is then
+# bounded as this record is (worst_case_output's "ce_events"), whatever the number of accounts
+# a session's cancel-on-disconnect or a liquidation cascade covers.
+ANSWER_RESERVE = (EVENT_STRUCTS[EXEC_REPORT].size + 2 * (EVENT_STRUCTS[SESSION_MESSAGE].size
+                                                        + P_BLOCK_SIZES[P_EXEC_REPORT])
+                  - EVENT_STRUCTS[CE_COMMAND].size - CE_CANCEL_S.size)
 
 # the margin left under MAX_PAYLOAD: an eighth (it was half before session messages doubled
 # the size of a fill's reports; docs/order-path.md notes it)
@@ -1039,12 +1051,14 @@ class TradingEngine:
         payload = _CE_CANCEL(0, o.order_id, o.account)
         self.route |= 1 << (o.symbol & 63)
         self._out.append(_CE_CMD(CE_COMMAND, o.symbol, CE_CANCEL, len(payload)) + payload)
+        self._size += ANSWER_RESERVE
 
     def _send_amend(self, o: Order, price: int, total_qty: int) -> None:
         o.pending = PENDING_AMEND
         payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
         self.route |= 1 << (o.symbol & 63)
         self._out.append(_CE_CMD(CE_COMMAND, o.symbol, CE_AMEND, len(payload)) + payload)
+        self._size += ANSWER_RESERVE
 
     def _drop(self, acct: Account, o: Order) -> None:
         """Forget a finished order and release what it still holds."""
@@ -2674,13 +2688,14 @@ class TradingEngine:
                        (self.ts_ns, coid, 0, symbol & 0xFFFFFFFF, mtype, 0x30, reject & 0xFF, 0))
             return
         sess.clordids[coid] = None
-        # every account the session may act on (those of this shard: it trades no other)
+        # The session's default account (the message names none). Not every account of the
+        # session: up to 64 accounts of 200 orders each would be 12,800 cancels in one record,
+        # and the CrossEngine's answer to them one record too large to report (engine doc).
+        acct = self.accounts.get(sess.default_account)
         n = 0
-        for account in sorted(dict.fromkeys((sess.default_account, *sess.accounts))):
-            acct = self.accounts.get(account) if self._mine(account) else None
-            if acct is not None:
-                n += self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
-                                         REASON_MASS_CANCEL)
+        if acct is not None:
+            n = self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
+                                    REASON_MASS_CANCEL)
         self._smsg(key, P_MASS_CANCEL_REPORT, (self.ts_ns, coid, n, asked, mtype, mtype, 0, 0))
 
 
