@@ -2587,7 +2587,6 @@ class TradingEngine:
     def _s_cancel(self, key: tuple, sess, block: bytes) -> None:
         _, _, coid, orig, order_id, symbol, side, _flags = _P_CANCEL(block)
         o = self._find_order(key, sess, orig, order_id)
-        gone = o is None                 # nothing live by that name: maybe done since
         if o is not None and (o.symbol != symbol or o.side != side):
             o = None                     # not the order named: unknown (FIX 102 reason 1)
         self._ctx = [key, P_CANCEL, coid, orig, order_id, 0, 0,
@@ -2602,8 +2601,7 @@ class TradingEngine:
                 return
             sess.clordids[coid] = None
             if o is None:
-                why = 2040 if gone and _done(sess, orig, order_id) else 2016
-                self._cancel_rejected(account, coid, orig, why, 1)
+                self._cancel_rejected(account, coid, orig, 2016, 1)
             elif o.pending == PENDING_CANCEL:
                 self._cancel_rejected(account, coid, orig, 2017, 1)
             else:
@@ -2619,7 +2617,6 @@ class TradingEngine:
         (_, _, coid, orig, order_id, price, qty, symbol, side, _ord_type, _tif,
          _flags) = _P_REPLACE(block)
         o = self._find_order(key, sess, orig, order_id)
-        gone = o is None                 # nothing live by that name: maybe done since
         if o is not None and (o.symbol != symbol or o.side != side):
             o = None                     # not the order named: unknown (FIX 102 reason 1)
         self._ctx = [key, P_REPLACE, coid, orig, order_id, 0, price,
@@ -2634,8 +2631,7 @@ class TradingEngine:
                 return
             sess.clordids[coid] = None
             if o is None:
-                why = 2040 if gone and _done(sess, orig, order_id) else 2016
-                self._cancel_rejected(account, coid, orig, why, 2)
+                self._cancel_rejected(account, coid, orig, 2016, 2)
                 return
             if o.pending:
                 self._cancel_rejected(account, coid, orig, 2017, 2)
@@ -2912,7 +2908,7 @@ ORD_REJ_REASON = {
 }
 # FIX 102 CxlRejReason of each code: 0 too late, 1 unknown order, 3 already pending,
 # 6 duplicate ClOrdID; any other: 99
-CXL_REJ_REASON = {2016: 1, 3005: 0, 2040: 0, 2017: 3, 2015: 6, 3009: 6}
+CXL_REJ_REASON = {2016: 1, 3005: 0, 2017: 3, 2015: 6, 3009: 6}
 # the session's cancel reason of an engine reason (ExecutionReport '4' / 'C'): PROTOCOL.md's
 # 0-5 as they are; the engine's own from 7 up; the CrossEngine's match limit (6 in the engine)
 # is 10, since PROTOCOL.md's 6 is the end of day
@@ -2925,14 +2921,6 @@ def fix_ord_rej_reason(code: int) -> int:
 
 def fix_cxl_rej_reason(code: int) -> int:
     return CXL_REJ_REASON.get(code, 99)
-
-
-def _done(sess, orig: int, order_id: int) -> bool:
-    """Whether a cancel or replace that finds no live order names, by OrigClOrdID alone, a
-    ClOrdID this session used: the order is done (filled, cancelled, expired or refused), so
-    the answer is too late (2040, CxlRejReason 0) rather than unknown (2016, reason 1)."""
-    return (order_id == P_NULL_ID or order_id == 0) and orig != P_NULL_ID \
-        and orig in sess.clordids
 
 
 def session_cancel_reason(reason: int) -> int:
