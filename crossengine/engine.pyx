@@ -162,6 +162,10 @@ cdef enum:
     C_IDS_EXHAUSTED = 3019
     C_NOT_OPERATOR = 3020
     SNAP_ORDER = 47
+    # Output room every _dispatch starts with (its callers reserve it): a resting order's
+    # OrderAccepted and LevelChanged (63 bytes), a cancel's OrderCancelled and LevelChanged (52)
+    # are written without a reserve of their own
+    DISPATCH_ROOM = 64
     PREFETCH_AHEAD = 16      # restore: orders ahead whose id-table slots are prefetched
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
@@ -1905,8 +1909,8 @@ cdef class CrossEngine:
         o.side = side
         o.flags = flags
         o.stp = stp
-        # OrderAccepted (as _ev_accepted writes it), and room for the LevelChanged after it
-        buf_reserve(&self.out, 41 + 22)
+        # OrderAccepted (as _ev_accepted writes it) and the LevelChanged after it: 63 bytes,
+        # within the DISPATCH_ROOM reserved before the command
         q = self.out.data + self.out.len
         q[0] = EV_ACCEPTED
         wr64(q + 1, o.order_id)
@@ -1945,7 +1949,7 @@ cdef class CrossEngine:
         self.by_account.slots[a].n += 1
         o.acct_slot = <int32_t>a
         self.n_live += 1
-        q = self.out.data + self.out.len        # reserved above
+        q = self.out.data + self.out.len        # (the room is DISPATCH_ROOM's)
         q[0] = EV_LEVEL
         q[1] = side
         wri64(q + 2, price)
@@ -1993,8 +1997,8 @@ cdef class CrossEngine:
             o = &self.orders[i]
         if cls < 0:
             raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
-        # OrderCancelled (as _ev_cancel writes it), and room for the LevelChanged after it
-        buf_reserve(&self.out, 30 + 22)
+        # OrderCancelled (as _ev_cancel writes it) and the LevelChanged after it: 52 bytes,
+        # within the DISPATCH_ROOM reserved before the command
         q = self.out.data + self.out.len
         q[0] = EV_CANCELLED
         wr64(q + 1, o.order_id)
@@ -2202,6 +2206,7 @@ cdef class CrossEngine:
                 self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
                                                     f"{size + tail} bytes)", "liq")
             if apply and t == LIQ_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
+                buf_reserve(&self.out, DISPATCH_ROOM)
                 self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
             off += size + tail
         return 0
@@ -2234,6 +2239,7 @@ cdef class CrossEngine:
                 self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
                                                     f"{size + tail} bytes)")
             if apply and t == TE_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
+                buf_reserve(&self.out, DISPATCH_ROOM)
                 self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
             off += size + tail
         return 0
@@ -2262,6 +2268,7 @@ cdef class CrossEngine:
         cdef Py_ssize_t n = payload.shape[0]
         cdef const unsigned char* p = &payload[0] if n else <const unsigned char*>b""
         self.out.len = 0
+        buf_reserve(&self.out, DISPATCH_ROOM)
         self._record(kind, p, n, source, seq)
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
@@ -2305,18 +2312,20 @@ cdef class CrossEngine:
         self.out.cap = cap
         buf = None
         try:
-            while off < n:
-                # (after scan_frame these never fail; they keep apply_scanned_frame's reads in
-                # the frame whatever it was given)
-                if n - off < HDR:
-                    raise FrameError(f"truncated record header at offset {off}")
+            # The loop's test is also the header's bounds check (a header cut short ends it,
+            # and the test after the loop raises). After scan_frame neither check fails; they
+            # keep apply_scanned_frame's reads in the frame whatever it was given.
+            while n - off >= HDR:
                 length = rd32(p + off + 34)
                 if <Py_ssize_t>length > n - off - HDR:
                     raise FrameError(f"record at offset {off} runs past the frame")
-                buf_reserve(&self.out, HDR)
+                # the header, and room for the events of a resting order or a cancel
+                # (DISPATCH_ROOM: they write them without a reserve of their own)
+                buf_reserve(&self.out, HDR + DISPATCH_ROOM)
                 start = self.out.len
-                memcpy(self.out.data + start, p + off, HDR)
-                self.out.len += HDR
+                # seq .. kind; the payload's length and the route are written after it
+                memcpy(self.out.data + start, p + off, 34)
+                self.out.len = start + HDR
                 self.route = 0
                 self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24),
                              rd64(p + off))
@@ -2327,6 +2336,8 @@ cdef class CrossEngine:
                 wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
                 wr64(self.out.data + start + ROUTE, self.route)
                 off += HDR + length
+            if off != n:
+                raise FrameError(f"truncated record header at offset {off}")
             # at most 4 bytes out per byte in ahead of time; a rarer frame grows instead
             self.out_per_in16 = min(self.out.len * 16 // n + 1, 64)
             _PyBytes_Resize(&self.out.owner, self.out.len)
