@@ -260,6 +260,16 @@ cdef inline void fifo_unlink(Order* orders, Order* o, Level* L) noexcept nogil:
     L.count -= 1
 
 
+@cython.overflowcheck(False)   # the difference wraps for the bytes below BUY by design
+cdef inline bint gtc_limit_shape(uint32_t shape) noexcept nogil:
+    """Whether bytes 28..31 of a NewOrder (side, order type, time in force, flags), read as one
+    little-endian word, are a GTC limit order of either side with flags of at most F_REDUCE |
+    F_POST: the flags byte's high six bits clear, and the other three bytes BUY or SELL (one
+    apart), LIMIT, GTC: one subtraction and one compare."""
+    return <uint32_t>((shape & ~(<uint32_t>(F_REDUCE | F_POST) << 24))
+                      - <uint32_t>(BUY | LIMIT << 8 | GTC << 16)) <= 1
+
+
 cdef inline int side_index(uint8_t side) noexcept nogil:
     return 0 if side == BUY else 1
 
@@ -1769,25 +1779,25 @@ cdef class CrossEngine:
         return 0
 
     cdef inline int _new_order(self, const unsigned char* p) except -1:
+        """A NewOrder; its level events too (the caller lists none after it)."""
         cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
         cdef int64_t price = rdi64(p + 8)
         cdef uint32_t account = rd32(p + 24)
-        cdef uint8_t side = p[28], ord_type = p[29], tif = p[30], flags = p[31], stp = p[32]
-        cdef bint market = ord_type == MARKET
+        cdef uint8_t side, ord_type, tif, flags, stp
+        cdef bint market
         cdef uint16_t code = 0
         cdef int32_t t, best_lv
         cdef int64_t a = -1
         cdef int opp
         cdef bint limited
         cdef uint64_t cslot = 0
-        cdef uint32_t shape = rd32(p + 28) & 0xFFFFFF     # side, ord type, tif
         table_room(&self.by_client)    # so that the probe below also places the insert
         # Checks 1 to 6 of the validation order (docs/crossengine.md) in one test for the
         # common order, a GTC limit order within bounds (post-only is allowed on it), then
         # checks 7 to 10 and the test whether it rests, in order; any other order takes them
-        # one by one, first failure first.
-        if (shape == (BUY | LIMIT << 8 | GTC << 16) or shape == (SELL | LIMIT << 8 | GTC << 16)) \
-                and flags <= (F_REDUCE | F_POST) and stp <= STP_DEC and not self.halted \
+        # one by one, first failure first. Its bytes are read where they are used: held in
+        # locals across the probes, they were spilled to the stack and read back.
+        if gtc_limit_shape(rd32(p + 28)) and p[32] <= STP_DEC and not self.halted \
                 and 0 < price <= self.max_price and self._on_tick(price) \
                 and self.min_qty <= qty <= self.max_qty:
             code = self._room_code(cl_id, account, &cslot)
@@ -1798,13 +1808,24 @@ cdef class CrossEngine:
                 else:
                     # The common case: a GTC limit order that does not reach the opposite
                     # best rests (post-only or not) and changes nothing but its own level.
-                    opp = 1 - side_index(side)
+                    opp = 1 - side_index(p[28])
                     if not side_reaches(&self.sides[opp], side_key(opp, price)):
-                        return self._rest(cl_id, price, qty, account, side, flags, stp, a,
-                                          cslot)
+                        return self._rest(p, a, cslot)
             if code:
                 return self._ev_rejected(cl_id, account, code, 0)
+            side = p[28]
+            ord_type = p[29]
+            tif = p[30]
+            flags = p[31]
+            stp = p[32]
+            market = False
         else:
+            side = p[28]
+            ord_type = p[29]
+            tif = p[30]
+            flags = p[31]
+            stp = p[32]
+            market = ord_type == MARKET
             if self.halted:
                 code = C_HALTED
             elif side != BUY and side != SELL:
@@ -1862,10 +1883,12 @@ cdef class CrossEngine:
             elif not market and tif == GTC:
                 self._book_link(t)
                 self._index_link(t, a)
-                return 0
+                return self._level_events()
             else:
                 self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_IOC)
         self._free_order(t)
+        if self.n_touched:
+            return self._level_events()
         return 0
 
     cdef inline uint16_t _room_code(self, uint64_t cl_id, uint32_t account,
@@ -1882,55 +1905,50 @@ cdef class CrossEngine:
             return C_IDS_EXHAUSTED
         return 0
 
-    cdef inline int _rest(self, uint64_t cl_id, int64_t price, uint64_t qty, uint32_t account,
-                          uint8_t side, uint8_t flags, uint8_t stp, int64_t a,
-                          uint64_t cslot) except -1:
-        """A new GTC limit order, checked, that crosses nothing: the same events and state as
-        the general path (OrderAccepted, then LevelChanged of its level), without its
-        detours: no matching, no touched list, each table probed once. cslot is the empty
-        client-map slot the in-use check stopped at (the map has not changed since); a is the
-        account's slot in the account map, or -1."""
+    cdef inline int _rest(self, const unsigned char* p, int64_t a, uint64_t cslot) except -1:
+        """A new GTC limit order (NewOrder bytes p), checked, that crosses nothing: the same
+        events and state as the general path (OrderAccepted, then LevelChanged of its level),
+        without its detours: no matching, no touched list, each table probed once. cslot is
+        the empty client-map slot the in-use check stopped at (the map has not changed since);
+        a is the account's slot in the account map, or -1. The state is changed first and the
+        events written last: a store through the output's bytes may alias anything, so every
+        field read after one is read again."""
         cdef int32_t t, lv, tail
+        cdef uint8_t side = p[28]
         cdef int s = side_index(side)
+        cdef int64_t price = rdi64(p + 8)
+        cdef uint32_t account = rd32(p + 24)
+        cdef uint64_t order_id, total
+        cdef uint32_t count
         cdef Order* o
+        cdef Level* L
         cdef unsigned char* q
         if self.free_order < 0:
             self._grow_orders(self.orders_cap * 2)
+        lv = self._find_level(s, price)
+        if lv < 0:
+            lv = self._new_level(s, price)
         t = self.free_order
         o = &self.orders[t]
         self.free_order = o.next
         self.order_counter += 1
+        order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
         o.price = price
-        o.leaves = qty
+        o.leaves = rd64(p + 16)
         o.filled = 0
-        o.order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
-        o.client_order_id = cl_id
+        o.order_id = order_id
+        o.client_order_id = rd64(p)
         o.account = account
         o.side = side
-        o.flags = flags
-        o.stp = stp
-        # OrderAccepted (as _ev_accepted writes it) and the LevelChanged after it: 63 bytes,
-        # within the DISPATCH_ROOM reserved before the command
-        q = self.out.data + self.out.len
-        q[0] = EV_ACCEPTED
-        wr64(q + 1, o.order_id)
-        wr64(q + 9, cl_id)
-        wr32(q + 17, account)
-        q[21] = side
-        q[22] = LIMIT
-        wri64(q + 23, price)
-        wr64(q + 31, qty)
-        q[39] = GTC
-        q[40] = flags
-        self.out.len += 41
-        self.route |= self._bit(account)
-        lv = self._find_level(s, price)
-        if lv < 0:
-            lv = self._new_level(s, price)
+        o.flags = p[31]
+        o.stp = p[32]
         self._append(t, lv)
+        L = &self.levels[lv]
+        total = L.total
+        count = L.count
         # the indexes, as _index_link enters them
         self._id_add(t)
-        table_put_at(&self.by_client, cslot, cl_id, account, t, 0)
+        table_put_at(&self.by_client, cslot, rd64(p), account, t, 0)
         if a >= 0 and self.by_account.slots[a].v1 >= 0:
             tail = self.by_account.slots[a].v2
             o.acct_prev = tail
@@ -1949,13 +1967,25 @@ cdef class CrossEngine:
         self.by_account.slots[a].n += 1
         o.acct_slot = <int32_t>a
         self.n_live += 1
-        q = self.out.data + self.out.len        # (the room is DISPATCH_ROOM's)
-        q[0] = EV_LEVEL
-        q[1] = side
-        wri64(q + 2, price)
-        wr64(q + 10, self.levels[lv].total)
-        wr32(q + 18, self.levels[lv].count)
-        self.out.len += 22
+        self.route |= self._bit(account)
+        # OrderAccepted (as _ev_accepted writes it) and the LevelChanged after it: 63 bytes,
+        # within the DISPATCH_ROOM reserved before the command
+        q = self.out.data + self.out.len
+        self.out.len += 41 + 22
+        q[0] = EV_ACCEPTED
+        wr64(q + 1, order_id)
+        memcpy(q + 9, p, 8)              # client order id
+        memcpy(q + 17, p + 24, 4)        # account
+        q[21] = side
+        q[22] = LIMIT
+        memcpy(q + 23, p + 8, 16)        # price, qty
+        q[39] = GTC
+        q[40] = p[31]                    # flags
+        q[41] = EV_LEVEL
+        q[42] = side
+        memcpy(q + 43, p + 8, 8)         # price
+        wr64(q + 51, total)
+        wr32(q + 59, count)
         return 0
 
     cdef inline int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
@@ -2120,14 +2150,16 @@ cdef class CrossEngine:
                        uint32_t source) except -1:
         self.command_no += 1
         self.n_touched = 0
+        # a new order lists its own level events, a cancel writes its one (neither leaves
+        # the touched list to the test at the end)
         if kind == K_NEW:
             if n != 33:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
-            self._new_order(p)
+            return self._new_order(p)
         elif kind == K_CANCEL:
             if n != 20:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
-            self._cancel(p)
+            return self._cancel(p)
         elif kind == K_AMEND:
             if n != 36:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
@@ -2153,7 +2185,7 @@ cdef class CrossEngine:
             return 0
         else:
             return self._ev_rejected(0, 0, C_MALFORMED, 0)
-        if self.n_touched:        # a resting order and a cancel write their own level events
+        if self.n_touched:
             return self._level_events()
         return 0
 
