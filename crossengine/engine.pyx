@@ -61,6 +61,13 @@ cdef extern from *:
     void prefetch_w "__builtin_prefetch"(const void* addr, int rw, int locality) noexcept nogil
 
 cdef extern from *:
+    # gcc's SLP vectorizer packs neighbouring stores of the hot path (an order's prev and
+    # next, a slot's two values) through an xmm register: movd, movd, punpckldq, movq for two
+    # stores. Off for this module, a resting order took ~11 instructions fewer, a cancel ~9.
+    """
+    #pragma GCC optimize ("no-tree-slp-vectorize")
+    """
+cdef extern from *:
     """
     #define CE_TICK_TOP ((int64_t)1 << 62)  /* asks: side tick = CE_TICK_TOP - price / tick */
     """
@@ -197,6 +204,8 @@ if _my_codes != _codec.REJECT_CODES:
 # a layout whose size differs from the codec's would shift every event after it
 _my_sizes = {EV_ACCEPTED: 41, EV_REJECTED: 23, EV_TRADE: 68, EV_CANCELLED: 30, EV_AMENDED: 46,
              EV_EXPIRED: 30, EV_LEVEL: 22, EV_HALTED: 1, EV_RESUMED: 1, EV_MASS: 24}
+if sizeof(Side) != 256:
+    raise ImportError("crossengine.engine: Side is not 256 bytes (engine.pxd pads it)")
 if _my_sizes != _codec.EVENT_SIZES:
     raise ImportError("crossengine.engine: event sizes differ from crossengine.codec")
 cdef uint8_t ev_size[256]            # this engine's event sizes by type (walked for routes)
@@ -1451,6 +1460,14 @@ cdef class CrossEngine:
             if t.slots[j].used:
                 self.orders[t.slots[j].v1].id_slot = <int32_t>j
 
+    cdef int64_t _account_new(self, uint32_t account, int32_t i) except -2:
+        """Enter an account not in the account map, its list the one order i: its slot."""
+        cdef int64_t a
+        table_add(&self.by_account, account, 0, i, i)
+        a = table_find1(&self.by_account, account)
+        self.by_account.slots[a].shard = self._shard(account)
+        return a
+
     cdef inline int _index_link(self, int32_t i, int64_t a) except -1:
         """Enter order i in the id maps and at the tail of its account's id-ordered list; a is
         the account's slot in the account map if the caller has it, else -1."""
@@ -1465,8 +1482,7 @@ cdef class CrossEngine:
             o.acct_prev = -1
             o.acct_next = -1
             if a < 0:
-                table_add(&self.by_account, o.account, 0, i, i)
-                a = table_find(&self.by_account, o.account, 0)
+                a = self._account_new(o.account, i)
             else:
                 self.by_account.slots[a].v1 = i
                 self.by_account.slots[a].v2 = i
@@ -1485,10 +1501,12 @@ cdef class CrossEngine:
         cdef Order* o = &self.orders[i]
         self._id_del(i)
         table_del(&self.by_client, o.client_order_id, o.account)
-        return self._account_unlink(i)
+        self._account_unlink(i)
+        return 0
 
-    cdef inline int _account_unlink(self, int32_t i) except -1:
-        """Take order i out of its account's id-ordered list (and count); one fewer live."""
+    cdef inline int64_t _account_unlink(self, int32_t i) except -1:
+        """Take order i out of its account's id-ordered list (and count); one fewer live. The
+        account's slot in the account map."""
         cdef Order* o = &self.orders[i]
         cdef int64_t a = o.acct_slot
         # the hint is in range (the map never shrinks) and right unless the map grew since
@@ -1506,7 +1524,7 @@ cdef class CrossEngine:
             self.by_account.slots[a].v2 = o.acct_prev
         self.by_account.slots[a].n -= 1
         self.n_live -= 1
-        return 0
+        return a
 
     cdef inline int _remove(self, int32_t i) except -1:
         self._book_unlink(i)
@@ -1803,14 +1821,17 @@ cdef class CrossEngine:
             code = self._room_code(cl_id, account, &cslot)
             if not code:
                 a = table_find1(&self.by_account, account)
-                if a >= 0 and self.by_account.slots[a].n >= self.max_account_orders:
-                    code = C_ACCOUNT_LIMIT
-                else:
-                    # The common case: a GTC limit order that does not reach the opposite
-                    # best rests (post-only or not) and changes nothing but its own level.
-                    opp = 1 - side_index(p[28])
-                    if not side_reaches(&self.sides[opp], side_key(opp, price)):
-                        return self._rest(p, a, cslot)
+                if a >= 0:
+                    if self.by_account.slots[a].n >= self.max_account_orders:
+                        code = C_ACCOUNT_LIMIT
+                    else:
+                        # The common case: a GTC limit order of an account the map holds
+                        # that does not reach the opposite best rests (post-only or not) and
+                        # changes nothing but its own level. (A new account's first order
+                        # takes the general path below, which enters the account.)
+                        opp = 1 - side_index(p[28])
+                        if not side_reaches(&self.sides[opp], side_key(opp, price)):
+                            return self._rest(p, a, cslot)
             if code:
                 return self._ev_rejected(cl_id, account, code, 0)
             side = p[28]
@@ -1910,7 +1931,8 @@ cdef class CrossEngine:
         events and state as the general path (OrderAccepted, then LevelChanged of its level),
         without its detours: no matching, no touched list, each table probed once. cslot is
         the empty client-map slot the in-use check stopped at (the map has not changed since);
-        a is the account's slot in the account map, or -1. The state is changed first and the
+        a is the account's slot in the account map (it holds the account: its list may be
+        empty, head and tail -1). The state is changed first and the
         events written last: a store through the output's bytes may alias anything, so every
         field read after one is read again."""
         cdef int32_t t, lv, tail
@@ -1922,6 +1944,7 @@ cdef class CrossEngine:
         cdef uint32_t count
         cdef Order* o
         cdef Level* L
+        cdef Slot* acct
         cdef unsigned char* q
         if self.free_order < 0:
             self._grow_orders(self.orders_cap * 2)
@@ -1949,25 +1972,19 @@ cdef class CrossEngine:
         # the indexes, as _index_link enters them
         self._id_add(t)
         table_put_at(&self.by_client, cslot, rd64(p), account, t, 0)
-        if a >= 0 and self.by_account.slots[a].v1 >= 0:
-            tail = self.by_account.slots[a].v2
-            o.acct_prev = tail
-            o.acct_next = -1
+        acct = &self.by_account.slots[a]
+        tail = acct.v2
+        o.acct_prev = tail
+        o.acct_next = -1
+        if tail >= 0:
             self.orders[tail].acct_next = t
-            self.by_account.slots[a].v2 = t
         else:
-            o.acct_prev = -1
-            o.acct_next = -1
-            if a < 0:
-                table_add(&self.by_account, account, 0, t, t)
-                a = table_find1(&self.by_account, account)
-            else:
-                self.by_account.slots[a].v1 = t
-                self.by_account.slots[a].v2 = t
-        self.by_account.slots[a].n += 1
+            acct.v1 = t
+        acct.v2 = t
+        acct.n += 1
         o.acct_slot = <int32_t>a
         self.n_live += 1
-        self.route |= self._bit(account)
+        self.route |= <uint64_t>1 << acct.shard
         # OrderAccepted (as _ev_accepted writes it) and the LevelChanged after it: 63 bytes,
         # within the DISPATCH_ROOM reserved before the command
         q = self.out.data + self.out.len
@@ -2002,10 +2019,10 @@ cdef class CrossEngine:
         return self.by_client.slots[s].v1 if s >= 0 else -1
 
     cdef inline int _cancel(self, const unsigned char* p) except -1:
-        cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8)
-        cdef uint32_t account = rd32(p + 16)
+        cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8), total
+        cdef uint32_t account = rd32(p + 16), count
         cdef int32_t i, lv
-        cdef int64_t cls
+        cdef int64_t cls, a
         cdef Order* o
         cdef Level* L
         cdef unsigned char* q
@@ -2027,9 +2044,25 @@ cdef class CrossEngine:
             o = &self.orders[i]
         if cls < 0:
             raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
+        # _remove without the touched list: its one level's event is written here. The state
+        # changes first and the events are written last (a store through the output's bytes
+        # may alias anything: a field read after one is read again).
+        lv = o.level
+        L = &self.levels[lv]
+        fifo_unlink(self.orders, o, L)
+        total = L.total                  # 0 and 0 when the level is gone
+        count = L.count
+        self._id_del(i)
+        table_del_at(&self.by_client, <uint64_t>cls)
+        a = self._account_unlink(i)
+        self._free_order(i)              # its fields stay until the slot is taken again
+        if count == 0:
+            self._drop_level(side_index(o.side), lv)
+        self.route |= <uint64_t>1 << self.by_account.slots[a].shard
         # OrderCancelled (as _ev_cancel writes it) and the LevelChanged after it: 52 bytes,
         # within the DISPATCH_ROOM reserved before the command
         q = self.out.data + self.out.len
+        self.out.len += 30 + 22
         q[0] = EV_CANCELLED
         wr64(q + 1, o.order_id)
         wr64(q + 9, o.client_order_id)
@@ -2039,20 +2072,8 @@ cdef class CrossEngine:
         q[30] = EV_LEVEL
         q[31] = o.side
         wri64(q + 32, o.price)
-        self.route |= self._bit(o.account)
-        # _remove without the touched list: its one level's event is written here
-        lv = o.level
-        L = &self.levels[lv]
-        fifo_unlink(self.orders, o, L)
-        self._id_del(i)
-        table_del_at(&self.by_client, <uint64_t>cls)
-        self._account_unlink(i)
-        self._free_order(i)
-        wr64(q + 40, L.total)            # 0 and 0 when the level is gone
-        wr32(q + 48, L.count)
-        self.out.len += 30 + 22
-        if L.count == 0:
-            self._drop_level(side_index(o.side), lv)
+        wr64(q + 40, total)
+        wr32(q + 48, count)
         return 0
 
     cdef int _amend(self, const unsigned char* p) except -1:
@@ -2205,19 +2226,28 @@ cdef class CrossEngine:
         return False
 
     cdef inline int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
-                     uint64_t seq) except -1:
+                     uint64_t seq, bint walks) except -1:
         """The events of one input record: a command, or (from a te or liq source) the
-        commands for this symbol that a TradingEngine or LiqEngine output payload carries. The
-        payload is walked once to check it and once to apply it, so a malformed one changes
-        nothing."""
-        if self.n_te | self.n_liq:
-            if self.n_te and self._is_te(source):
-                self._walk_te(p, n, source, seq, False)
-                return self._walk_te(p, n, source, seq, True)
-            if self.n_liq and self._is_liq(source):
-                self._walk_liq(p, n, source, seq, False)
-                return self._walk_liq(p, n, source, seq, True)
+        commands for this symbol that a TradingEngine or LiqEngine output payload carries.
+        walks: whether the engine has te or liq sources at all (its caller tests that once a
+        frame, not once a record)."""
+        if walks and self._walk(p, n, source, seq):
+            return 0
         return self._dispatch(kind, p, n, source)
+
+    cdef int _walk(self, const unsigned char* p, Py_ssize_t n, uint32_t source,
+                   uint64_t seq) except -1:
+        """1 if the record is from a te or liq source: its payload applied (walked once to
+        check it and once to apply it, so a malformed one changes nothing); else 0."""
+        if self.n_te and self._is_te(source):
+            self._walk_te(p, n, source, seq, False)
+            self._walk_te(p, n, source, seq, True)
+            return 1
+        if self.n_liq and self._is_liq(source):
+            self._walk_liq(p, n, source, seq, False)
+            self._walk_liq(p, n, source, seq, True)
+            return 1
+        return 0
 
     cdef int _walk_liq(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
                        bint apply) except -1:
@@ -2284,13 +2314,18 @@ cdef class CrossEngine:
                            f"engine and that {engine} disagree on the layout (a deployment "
                            f"mismatch)")
 
-    @cython.cdivision(True)
     cdef inline uint64_t _bit(self, uint32_t account) noexcept:
+        return <uint64_t>1 << self._shard(account)
+
+    cdef inline uint32_t _shard(self, uint32_t account) noexcept:
+        """The account's route bit: account % n_shards, or 63 (ROUTE_LIQ) for LIQ_ACCOUNT,
+        which belongs to no shard. (The account map keeps it per account, Slot.shard: a
+        resting order and a cancel, which hold the account's slot, read it there.)"""
         if account == LIQ_ACCOUNT:
-            return ROUTE_LIQ      # LIQ belongs to no shard: the LiqEngine's bit, not a shard's
+            return 63
         # unsigned, and n_shards >= 1 (checked at construction): no zero test needed
         # account % n_shards by two multiplies, not a division of ~25 cycles
-        return <uint64_t>1 << ce_fastmod_u32(account, self.shard_m, self.n_shards)
+        return ce_fastmod_u32(account, self.shard_m, self.n_shards)
 
     # -- the public face --------------------------------------------------------------------
     def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload,
@@ -2301,7 +2336,7 @@ cdef class CrossEngine:
         cdef const unsigned char* p = &payload[0] if n else <const unsigned char*>b""
         self.out.len = 0
         buf_reserve(&self.out, DISPATCH_ROOM)
-        self._record(kind, p, n, source, seq)
+        self._record(kind, p, n, source, seq, (self.n_te | self.n_liq) != 0)
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
     def apply_frame(self, const unsigned char[::1] frame):
@@ -2330,6 +2365,7 @@ cdef class CrossEngine:
         cdef Py_ssize_t off = 0, start, cap
         cdef uint32_t length
         cdef Buf keep = self.out
+        cdef bint walks = (self.n_te | self.n_liq) != 0
         # The output frame is written straight into the bytes object returned (no copy at the
         # end): sized as the last frame's output per input byte would want it, with a quarter
         # to spare (untouched pages cost nothing; the final resize gives them back), doubled
@@ -2360,7 +2396,7 @@ cdef class CrossEngine:
                 self.out.len = start + HDR
                 self.route = 0
                 self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24),
-                             rd64(p + off))
+                             rd64(p + off), walks)
                 if self.out.len - start - HDR > MAX_PAYLOAD:
                     raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} "
                                        f"from source {rd32(p + off + 24)} exceeds one record "
@@ -2663,6 +2699,7 @@ cdef class CrossEngine:
                     a = table_put_new(&eng.by_account, o.account, 0, i, i)
                     if a < 0:
                         raise RuntimeError("crossengine: restore sorted an account apart")
+                    eng.by_account.slots[a].shard = eng._shard(o.account)
                     o.acct_prev = -1
                 else:
                     if ids[k].order_id <= ids[k - 1].order_id:
@@ -2894,6 +2931,8 @@ cdef class CrossEngine:
                 i = self.orders[i].acct_next
             if n_acct != self.by_account.slots[slot].n:
                 raise RuntimeError("crossengine: an account's order count is wrong")
+            if self.by_account.slots[slot].shard != self._shard(<uint32_t>self.by_account.slots[slot].k1):
+                raise RuntimeError("crossengine: an account's route bit is wrong")
             if n_acct > self.max_account_orders:
                 raise RuntimeError("crossengine: an account rests more than max_account_orders")
             k += n_acct
