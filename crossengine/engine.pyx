@@ -1829,7 +1829,7 @@ cdef class CrossEngine:
                         # that does not reach the opposite best rests (post-only or not) and
                         # changes nothing but its own level. (A new account's first order
                         # takes the general path below, which enters the account.)
-                        opp = 1 - side_index(p[28])
+                        opp = SELL - p[28]      # the side is BUY or SELL here: no branch
                         if not side_reaches(&self.sides[opp], side_key(opp, price)):
                             return self._rest(p, a, cslot)
             if code:
@@ -1873,6 +1873,7 @@ cdef class CrossEngine:
                 code = self._room_code(cl_id, account, &cslot)
             if code:
                 return self._ev_rejected(cl_id, account, code, 0)
+        self._begin()
         if market:
             price = 0
         opp = 1 - side_index(side)
@@ -1936,16 +1937,20 @@ cdef class CrossEngine:
         events written last: a store through the output's bytes may alias anything, so every
         field read after one is read again."""
         cdef int32_t t, lv, tail
-        cdef uint8_t side = p[28]
-        cdef int s = side_index(side)
-        cdef int64_t price = rdi64(p + 8)
-        cdef uint32_t account = rd32(p + 24)
+        cdef uint8_t side
+        cdef int s
+        cdef int64_t price
+        cdef uint32_t account
         cdef uint64_t order_id, total
         cdef uint32_t count
         cdef Order* o
         cdef Level* L
         cdef Slot* acct
         cdef unsigned char* q
+        side = p[28]
+        s = side - BUY                       # side_index: BUY or SELL, checked
+        price = rdi64(p + 8)
+        account = rd32(p + 24)
         if self.free_order < 0:
             self._grow_orders(self.orders_cap * 2)
         lv = self._find_level(s, price)
@@ -2167,21 +2172,30 @@ cdef class CrossEngine:
             self.n_touched = 0
         return 0
 
-    cdef inline int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
-                       uint32_t source) except -1:
+    cdef inline void _begin(self) noexcept:
+        """A command that may touch levels starts here: a new command number for the levels'
+        marks, an empty touched list. (A resting order and a cancel touch none and skip it:
+        the marks of one command differ from every later command's all the same.)"""
         self.command_no += 1
         self.n_touched = 0
-        # a new order lists its own level events, a cancel writes its one (neither leaves
-        # the touched list to the test at the end)
+
+    cdef inline int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
+                              const unsigned char* h) except -1:
+        """Apply one command of the record whose header is h (its source is read there, by
+        the operator's commands only: an argument read before the call is a load and a
+        register held across every command)."""
+        # A new order starts the touched list itself if it takes the general path, and lists
+        # its own level events; a cancel writes its one level event and lists none.
         if kind == K_NEW:
             if n != 33:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
             return self._new_order(p)
-        elif kind == K_CANCEL:
+        if kind == K_CANCEL:
             if n != 20:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
             return self._cancel(p)
-        elif kind == K_AMEND:
+        self._begin()
+        if kind == K_AMEND:
             if n != 36:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
             self._amend(p)
@@ -2190,7 +2204,7 @@ cdef class CrossEngine:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
             self._cancel_all(rd32(p), p[4], False)
         elif (kind == K_MASS or kind == K_HALT or kind == K_RESUME) \
-                and source < OPERATOR_SOURCE_MIN:
+                and rd32(h + 24) < OPERATOR_SOURCE_MIN:
             # the operator's commands, from anyone else: refused before any other check
             return self._ev_rejected(0, 0, C_NOT_OPERATOR, 0)
         elif kind == K_MASS:
@@ -2225,35 +2239,38 @@ cdef class CrossEngine:
                 return True
         return False
 
-    cdef inline int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
-                     uint64_t seq, bint walks) except -1:
-        """The events of one input record: a command, or (from a te or liq source) the
-        commands for this symbol that a TradingEngine or LiqEngine output payload carries.
-        walks: whether the engine has te or liq sources at all (its caller tests that once a
-        frame, not once a record)."""
-        if walks and self._walk(p, n, source, seq):
+    cdef inline int _record(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
+                            bint walks) except -1:
+        """The events of one input record (header h, payload p[0:n]): a command, or (from a
+        te or liq source) the commands for this symbol that a TradingEngine or LiqEngine
+        output payload carries. walks: whether the engine has te or liq sources at all (its
+        caller tests that once a frame, not once a record)."""
+        if walks and self._walk(h, p, n):
             return 0
-        return self._dispatch(kind, p, n, source)
+        return self._dispatch(rd16(h + 32), p, n, h)
 
-    cdef int _walk(self, const unsigned char* p, Py_ssize_t n, uint32_t source,
-                   uint64_t seq) except -1:
+    cdef int _walk(self, const unsigned char* h, const unsigned char* p,
+                   Py_ssize_t n) except -1:
         """1 if the record is from a te or liq source: its payload applied (walked once to
         check it and once to apply it, so a malformed one changes nothing); else 0."""
+        cdef uint32_t source = rd32(h + 24)
         if self.n_te and self._is_te(source):
-            self._walk_te(p, n, source, seq, False)
-            self._walk_te(p, n, source, seq, True)
+            self._walk_te(h, p, n, False)
+            self._walk_te(h, p, n, True)
             return 1
         if self.n_liq and self._is_liq(source):
-            self._walk_liq(p, n, source, seq, False)
-            self._walk_liq(p, n, source, seq, True)
+            self._walk_liq(h, p, n, False)
+            self._walk_liq(h, p, n, True)
             return 1
         return 0
 
-    cdef int _walk_liq(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
-                       bint apply) except -1:
+    cdef int _walk_liq(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
+                  bint apply) except -1:
         """Walk a LiqEngine output payload event by event, checking every size against n;
         with `apply`, dispatch each CrossEngineCommand for this symbol."""
         cdef Py_ssize_t off = 0, size, tail
+        cdef uint32_t source = rd32(h + 24)
+        cdef uint64_t seq = rd64(h)
         cdef uint8_t t
         while off < n:
             t = p[off]
@@ -2269,15 +2286,17 @@ cdef class CrossEngine:
                                                     f"{size + tail} bytes)", "liq")
             if apply and t == LIQ_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
                 buf_reserve(&self.out, DISPATCH_ROOM)
-                self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
+                self._dispatch(rd16(p + off + 5), p + off + size, tail, h)
             off += size + tail
         return 0
 
-    cdef int _walk_te(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
-                      bint apply) except -1:
+    cdef int _walk_te(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
+                  bint apply) except -1:
         """Walk a TradingEngine output payload event by event, checking every size against n;
         with `apply`, dispatch each CrossEngineCommand for this symbol."""
         cdef Py_ssize_t off = 0, size, tail
+        cdef uint32_t source = rd32(h + 24)
+        cdef uint64_t seq = rd64(h)
         cdef uint8_t t
         cdef uint16_t template
         while off < n:
@@ -2302,7 +2321,7 @@ cdef class CrossEngine:
                                                     f"{size + tail} bytes)")
             if apply and t == TE_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
                 buf_reserve(&self.out, DISPATCH_ROOM)
-                self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
+                self._dispatch(rd16(p + off + 5), p + off + size, tail, h)
             off += size + tail
         return 0
 
@@ -2334,9 +2353,15 @@ cdef class CrossEngine:
         calls apply_frame, which takes each record's own source)."""
         cdef Py_ssize_t n = payload.shape[0]
         cdef const unsigned char* p = &payload[0] if n else <const unsigned char*>b""
+        cdef unsigned char h[HDR]          # the header the command would have in a frame
+        memset(h, 0, HDR)
+        wr64(h, seq)
+        wr64(h + 8, ts_ns)
+        wr32(h + 24, source)
+        wr16(h + 32, kind)
         self.out.len = 0
         buf_reserve(&self.out, DISPATCH_ROOM)
-        self._record(kind, p, n, source, seq, (self.n_te | self.n_liq) != 0)
+        self._record(h, p, n, (self.n_te | self.n_liq) != 0)
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
     def apply_frame(self, const unsigned char[::1] frame):
@@ -2365,6 +2390,8 @@ cdef class CrossEngine:
         cdef Py_ssize_t off = 0, start, cap
         cdef uint32_t length
         cdef Buf keep = self.out
+        cdef uint64_t route
+        cdef unsigned char* q
         cdef bint walks = (self.n_te | self.n_liq) != 0
         # The output frame is written straight into the bytes object returned (no copy at the
         # end): sized as the last frame's output per input byte would want it, with a quarter
@@ -2395,14 +2422,16 @@ cdef class CrossEngine:
                 memcpy(self.out.data + start, p + off, 34)
                 self.out.len = start + HDR
                 self.route = 0
-                self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24),
-                             rd64(p + off), walks)
+                self._record(p + off, p + off + HDR, length, walks)
                 if self.out.len - start - HDR > MAX_PAYLOAD:
                     raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} "
                                        f"from source {rd32(p + off + 24)} exceeds one record "
                                        f"({self.out.len - start - HDR} bytes)")
-                wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
-                wr64(self.out.data + start + ROUTE, self.route)
+                # (the route read before the stores: after one it would be read again)
+                route = self.route
+                q = self.out.data + start
+                wr64(q + ROUTE, route)
+                wr32(q + 34, <uint32_t>(self.out.len - start - HDR))
                 off += HDR + length
             if off != n:
                 raise FrameError(f"truncated record header at offset {off}")
