@@ -38,6 +38,9 @@ cdef struct Level:
     int32_t next_free        # free-list link
     int32_t rung             # its rung in its side's rung pool (while live)
     uint64_t mark            # command number that last listed it as touched
+    # to 64 bytes (engine.pyx checks): levels[lv] is then a shift, not a multiply by 48 (two
+    # instructions), in every level-map probe and FIFO append
+    char pad[16]
 
 
 cdef struct Slot:

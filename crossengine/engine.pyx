@@ -204,8 +204,9 @@ if _my_codes != _codec.REJECT_CODES:
 # a layout whose size differs from the codec's would shift every event after it
 _my_sizes = {EV_ACCEPTED: 41, EV_REJECTED: 23, EV_TRADE: 68, EV_CANCELLED: 30, EV_AMENDED: 46,
              EV_EXPIRED: 30, EV_LEVEL: 22, EV_HALTED: 1, EV_RESUMED: 1, EV_MASS: 24}
-if sizeof(Side) != 256:
-    raise ImportError("crossengine.engine: Side is not 256 bytes (engine.pxd pads it)")
+if sizeof(Side) != 256 or sizeof(Level) != 64:
+    raise ImportError("crossengine.engine: Side or Level is not 256 or 64 bytes (engine.pxd "
+                      "pads them)")
 if _my_sizes != _codec.EVENT_SIZES:
     raise ImportError("crossengine.engine: event sizes differ from crossengine.codec")
 cdef uint8_t ev_size[256]            # this engine's event sizes by type (walked for routes)
@@ -1801,20 +1802,15 @@ cdef class CrossEngine:
         cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
         cdef int64_t price = rdi64(p + 8)
         cdef uint32_t account = rd32(p + 24)
-        cdef uint8_t side, ord_type, tif, flags, stp
-        cdef bint market
         cdef uint16_t code = 0
-        cdef int32_t t, best_lv
         cdef int64_t a = -1
         cdef int opp
-        cdef bint limited
         cdef uint64_t cslot = 0
         table_room(&self.by_client)    # so that the probe below also places the insert
         # Checks 1 to 6 of the validation order (docs/crossengine.md) in one test for the
         # common order, a GTC limit order within bounds (post-only is allowed on it), then
         # checks 7 to 10 and the test whether it rests, in order; any other order takes them
-        # one by one, first failure first. Its bytes are read where they are used: held in
-        # locals across the probes, they were spilled to the stack and read back.
+        # one by one, first failure first, in _new_order_general.
         if gtc_limit_shape(rd32(p + 28)) and p[32] <= STP_DEC and not self.halted \
                 and 0 < price <= self.max_price and self._on_tick(price) \
                 and self.min_qty <= qty <= self.max_qty:
@@ -1828,25 +1824,31 @@ cdef class CrossEngine:
                         # The common case: a GTC limit order of an account the map holds
                         # that does not reach the opposite best rests (post-only or not) and
                         # changes nothing but its own level. (A new account's first order
-                        # takes the general path below, which enters the account.)
+                        # takes the general path, which enters the account.)
                         opp = SELL - p[28]      # the side is BUY or SELL here: no branch
                         if not side_reaches(&self.sides[opp], side_key(opp, price)):
                             return self._rest(p, a, cslot)
             if code:
                 return self._ev_rejected(cl_id, account, code, 0)
-            side = p[28]
-            ord_type = p[29]
-            tif = p[30]
-            flags = p[31]
-            stp = p[32]
-            market = False
-        else:
-            side = p[28]
-            ord_type = p[29]
-            tif = p[30]
-            flags = p[31]
-            stp = p[32]
-            market = ord_type == MARKET
+            return self._new_order_general(p, a, True)
+        return self._new_order_general(p, -1, False)
+
+    cdef int _new_order_general(self, const unsigned char* p, int64_t a, bint checked) except -1:
+        """A NewOrder that does not simply rest: checked, one that passed checks 1 to 10 in
+        _new_order's test (a: its account's slot, or -1), else one to check here, first
+        failure first. Out of line (two callers, not inline: gcc leaves it a call), so that
+        the hot loop it would be inlined into stays small."""
+        cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
+        cdef int64_t price = rdi64(p + 8)
+        cdef uint32_t account = rd32(p + 24)
+        cdef uint8_t side = p[28], ord_type = p[29], tif = p[30], flags = p[31], stp = p[32]
+        cdef bint market = ord_type == MARKET
+        cdef uint16_t code = 0
+        cdef int32_t t, best_lv
+        cdef int opp
+        cdef bint limited
+        cdef uint64_t cslot = 0
+        if not checked:
             if self.halted:
                 code = C_HALTED
             elif side != BUY and side != SELL:
@@ -1868,7 +1870,8 @@ cdef class CrossEngine:
             elif flags & F_POST and (market or tif != GTC):
                 code = C_TIF
             # checks 7 to 9 (check 10, the account's limit, counts only an order that may
-            # rest: a GTC limit order, which passes checks 1 to 6 only by the test above)
+            # rest: a GTC limit order, which passes checks 1 to 6 only by _new_order's test;
+            # the client map has room, table_room there)
             if not code:
                 code = self._room_code(cl_id, account, &cslot)
             if code:
@@ -2390,7 +2393,7 @@ cdef class CrossEngine:
         cdef Py_ssize_t off = 0, start, cap
         cdef uint32_t length
         cdef Buf keep = self.out
-        cdef uint64_t route
+        cdef Py_ssize_t plen
         cdef unsigned char* q
         cdef bint walks = (self.n_te | self.n_liq) != 0
         # The output frame is written straight into the bytes object returned (no copy at the
@@ -2423,15 +2426,15 @@ cdef class CrossEngine:
                 self.out.len = start + HDR
                 self.route = 0
                 self._record(p + off, p + off + HDR, length, walks)
-                if self.out.len - start - HDR > MAX_PAYLOAD:
+                plen = self.out.len - start - HDR
+                if plen > MAX_PAYLOAD:
                     raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} "
                                        f"from source {rd32(p + off + 24)} exceeds one record "
-                                       f"({self.out.len - start - HDR} bytes)")
-                # (the route read before the stores: after one it would be read again)
-                route = self.route
+                                       f"({plen} bytes)")
+                # (each field read once, before the stores: after one it would be read again)
                 q = self.out.data + start
-                wr64(q + ROUTE, route)
-                wr32(q + 34, <uint32_t>(self.out.len - start - HDR))
+                wr32(q + 34, <uint32_t>plen)
+                wr64(q + ROUTE, self.route)
                 off += HDR + length
             if off != n:
                 raise FrameError(f"truncated record header at offset {off}")
