@@ -2390,7 +2390,9 @@ cdef class CrossEngine:
         return self._apply_records(&frame[0], n)
 
     cdef object _apply_records(self, const unsigned char* p, Py_ssize_t n):
-        cdef Py_ssize_t off = 0, start, cap
+        cdef Py_ssize_t start, cap
+        cdef const unsigned char* r = p
+        cdef const unsigned char* end = p + n
         cdef uint32_t length
         cdef Buf keep = self.out
         cdef Py_ssize_t plen
@@ -2413,31 +2415,33 @@ cdef class CrossEngine:
             # The loop's test is also the header's bounds check (a header cut short ends it,
             # and the test after the loop raises). After scan_frame neither check fails; they
             # keep apply_scanned_frame's reads in the frame whatever it was given.
-            while n - off >= HDR:
-                length = rd32(p + off + 34)
-                if <Py_ssize_t>length > n - off - HDR:
-                    raise FrameError(f"record at offset {off} runs past the frame")
+            # The record walked by a pointer, its end the frame's: two registers across the
+            # record, where the frame, an offset, n and the length were four or five.
+            while end - r >= HDR:
+                length = rd32(r + 34)
+                if <Py_ssize_t>length > end - r - HDR:
+                    raise FrameError(f"record at offset {r - p} runs past the frame")
                 # the header, and room for the events of a resting order or a cancel
                 # (DISPATCH_ROOM: they write them without a reserve of their own)
                 buf_reserve(&self.out, HDR + DISPATCH_ROOM)
                 start = self.out.len
                 # seq .. kind; the payload's length and the route are written after it
-                memcpy(self.out.data + start, p + off, 34)
+                memcpy(self.out.data + start, r, 34)
                 self.out.len = start + HDR
                 self.route = 0
-                self._record(p + off, p + off + HDR, length, walks)
+                self._record(r, r + HDR, length, walks)
                 plen = self.out.len - start - HDR
                 if plen > MAX_PAYLOAD:
-                    raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} "
-                                       f"from source {rd32(p + off + 24)} exceeds one record "
+                    raise RuntimeError(f"crossengine: the output of record seq {rd64(r)} "
+                                       f"from source {rd32(r + 24)} exceeds one record "
                                        f"({plen} bytes)")
                 # (each field read once, before the stores: after one it would be read again)
                 q = self.out.data + start
                 wr32(q + 34, <uint32_t>plen)
                 wr64(q + ROUTE, self.route)
-                off += HDR + length
-            if off != n:
-                raise FrameError(f"truncated record header at offset {off}")
+                r += HDR + <Py_ssize_t>rd32(r + 34)     # its length read again, not held
+            if r != end:
+                raise FrameError(f"truncated record header at offset {r - p}")
             # at most 4 bytes out per byte in ahead of time; a rarer frame grows instead
             self.out_per_in16 = min(self.out.len * 16 // n + 1, 64)
             _PyBytes_Resize(&self.out.owner, self.out.len)
