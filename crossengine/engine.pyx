@@ -1936,24 +1936,21 @@ cdef class CrossEngine:
         without its detours: no matching, no touched list, each table probed once. cslot is
         the empty client-map slot the in-use check stopped at (the map has not changed since);
         a is the account's slot in the account map (it holds the account: its list may be
-        empty, head and tail -1). The state is changed first and the
-        events written last: a store through the output's bytes may alias anything, so every
-        field read after one is read again."""
+        empty, head and tail -1). The state is changed first and the events written last: a
+        store through the output's bytes may alias anything, so every field read after one is
+        read again. The order's bytes are read from p where they are used: held in locals
+        across the stretch, they were kept on the stack."""
         cdef int32_t t, lv, tail
-        cdef uint8_t side
         cdef int s
         cdef int64_t price
-        cdef uint32_t account
         cdef uint64_t order_id, total
         cdef uint32_t count
         cdef Order* o
         cdef Level* L
         cdef Slot* acct
         cdef unsigned char* q
-        side = p[28]
-        s = side - BUY                       # side_index: BUY or SELL, checked
+        s = p[28] - BUY                      # side_index: BUY or SELL, checked
         price = rdi64(p + 8)
-        account = rd32(p + 24)
         if self.free_order < 0:
             self._grow_orders(self.orders_cap * 2)
         lv = self._find_level(s, price)
@@ -1969,17 +1966,16 @@ cdef class CrossEngine:
         o.filled = 0
         o.order_id = order_id
         o.client_order_id = rd64(p)
-        o.account = account
-        o.side = side
-        o.flags = p[31]
-        o.stp = p[32]
+        o.account = rd32(p + 24)
+        o.side = p[28]
+        memcpy(&o.flags, p + 31, 2)      # flags, stp: side by side in both (engine.pxd)
         self._append(t, lv)
         L = &self.levels[lv]
         total = L.total
         count = L.count
         # the indexes, as _index_link enters them
         self._id_add(t)
-        table_put_at(&self.by_client, cslot, rd64(p), account, t, 0)
+        table_put_at(&self.by_client, cslot, rd64(p), rd32(p + 24), t, 0)
         acct = &self.by_account.slots[a]
         tail = acct.v2
         o.acct_prev = tail
@@ -2001,13 +1997,11 @@ cdef class CrossEngine:
         wr64(q + 1, order_id)
         memcpy(q + 9, p, 8)              # client order id
         memcpy(q + 17, p + 24, 4)        # account
-        q[21] = side
-        q[22] = LIMIT
+        memcpy(q + 21, p + 28, 2)        # side, order type (LIMIT: checked)
         memcpy(q + 23, p + 8, 16)        # price, qty
-        q[39] = GTC
-        q[40] = p[31]                    # flags
+        memcpy(q + 39, p + 30, 2)        # time in force (GTC: checked), flags
         q[41] = EV_LEVEL
-        q[42] = side
+        q[42] = p[28]
         memcpy(q + 43, p + 8, 8)         # price
         wr64(q + 51, total)
         wr32(q + 59, count)
@@ -2389,14 +2383,43 @@ cdef class CrossEngine:
             raise FrameError("empty frame")
         return self._apply_records(&frame[0], n)
 
+    cdef inline const unsigned char* _apply_record(self, const unsigned char* r,
+                                                   const unsigned char* end,
+                                                   const unsigned char* p,
+                                                   bint walks) except NULL:
+        """Apply the record at r (its header within the frame, which ends at end; p: the
+        frame, for the messages) and write its output record; the next record."""
+        cdef uint32_t length = rd32(r + 34)
+        cdef Py_ssize_t start, plen
+        cdef unsigned char* q
+        if <Py_ssize_t>length > end - r - HDR:
+            raise FrameError(f"record at offset {r - p} runs past the frame")
+        # the header, and room for the events of a resting order or a cancel
+        # (DISPATCH_ROOM: they write them without a reserve of their own)
+        buf_reserve(&self.out, HDR + DISPATCH_ROOM)
+        start = self.out.len
+        # seq .. kind; the payload's length and the route are written after it
+        memcpy(self.out.data + start, r, 34)
+        self.out.len = start + HDR
+        self.route = 0
+        self._record(r, r + HDR, length, walks)
+        plen = self.out.len - start - HDR
+        if plen > MAX_PAYLOAD:
+            raise RuntimeError(f"crossengine: the output of record seq {rd64(r)} "
+                               f"from source {rd32(r + 24)} exceeds one record "
+                               f"({plen} bytes)")
+        # (each field read once, before the stores: after one it would be read again)
+        q = self.out.data + start
+        wr32(q + 34, <uint32_t>plen)
+        wr64(q + ROUTE, self.route)
+        return r + HDR + <Py_ssize_t>rd32(r + 34)     # its length read again, not held
+
     cdef object _apply_records(self, const unsigned char* p, Py_ssize_t n):
-        cdef Py_ssize_t start, cap
+        cdef Py_ssize_t cap
         cdef const unsigned char* r = p
         cdef const unsigned char* end = p + n
         cdef uint32_t length
         cdef Buf keep = self.out
-        cdef Py_ssize_t plen
-        cdef unsigned char* q
         cdef bint walks = (self.n_te | self.n_liq) != 0
         # The output frame is written straight into the bytes object returned (no copy at the
         # end): sized as the last frame's output per input byte would want it, with a quarter
@@ -2416,30 +2439,15 @@ cdef class CrossEngine:
             # and the test after the loop raises). After scan_frame neither check fails; they
             # keep apply_scanned_frame's reads in the frame whatever it was given.
             # The record walked by a pointer, its end the frame's: two registers across the
-            # record, where the frame, an offset, n and the length were four or five.
-            while end - r >= HDR:
-                length = rd32(r + 34)
-                if <Py_ssize_t>length > end - r - HDR:
-                    raise FrameError(f"record at offset {r - p} runs past the frame")
-                # the header, and room for the events of a resting order or a cancel
-                # (DISPATCH_ROOM: they write them without a reserve of their own)
-                buf_reserve(&self.out, HDR + DISPATCH_ROOM)
-                start = self.out.len
-                # seq .. kind; the payload's length and the route are written after it
-                memcpy(self.out.data + start, r, 34)
-                self.out.len = start + HDR
-                self.route = 0
-                self._record(r, r + HDR, length, walks)
-                plen = self.out.len - start - HDR
-                if plen > MAX_PAYLOAD:
-                    raise RuntimeError(f"crossengine: the output of record seq {rd64(r)} "
-                                       f"from source {rd32(r + 24)} exceeds one record "
-                                       f"({plen} bytes)")
-                # (each field read once, before the stores: after one it would be read again)
-                q = self.out.data + start
-                wr32(q + 34, <uint32_t>plen)
-                wr64(q + ROUTE, self.route)
-                r += HDR + <Py_ssize_t>rd32(r + 34)     # its length read again, not held
+            # record, where the frame, an offset, n and the length were four or five. Two
+            # copies of the loop, one for an engine without te or liq sources (no test a
+            # record) and one with them.
+            if walks:
+                while end - r >= HDR:
+                    r = self._apply_record(r, end, p, True)
+            else:
+                while end - r >= HDR:
+                    r = self._apply_record(r, end, p, False)
             if r != end:
                 raise FrameError(f"truncated record header at offset {r - p}")
             # at most 4 bytes out per byte in ahead of time; a rarer frame grows instead
@@ -2967,7 +2975,8 @@ cdef class CrossEngine:
                 i = self.orders[i].acct_next
             if n_acct != self.by_account.slots[slot].n:
                 raise RuntimeError("crossengine: an account's order count is wrong")
-            if self.by_account.slots[slot].shard != self._shard(<uint32_t>self.by_account.slots[slot].k1):
+            if self.by_account.slots[slot].shard \
+                    != self._shard(<uint32_t>self.by_account.slots[slot].k1):
                 raise RuntimeError("crossengine: an account's route bit is wrong")
             if n_acct > self.max_account_orders:
                 raise RuntimeError("crossengine: an account rests more than max_account_orders")
