@@ -38,6 +38,9 @@ cdef struct Level:
     int32_t next_free        # free-list link
     int32_t rung             # its rung in its side's rung pool (while live)
     uint64_t mark            # command number that last listed it as touched
+    # to 64 bytes (engine.pyx checks): levels[lv] is then a shift, not a multiply by 48 (two
+    # instructions), in every level-map probe and FIFO append
+    char pad[16]
 
 
 cdef struct Slot:
@@ -47,6 +50,8 @@ cdef struct Slot:
     int32_t v2               # second value (account list tail)
     uint32_t n               # the account's resting orders (account map only; else 0)
     uint8_t used
+    uint8_t shard            # the account's route bit (account map only): account % n_shards,
+                             # 63 for LIQ_ACCOUNT; set when the account enters the map
 
 
 cdef struct Table:
@@ -134,3 +139,6 @@ cdef struct Side:
     int32_t n                # levels
     int32_t best             # the best level, -1 when the side is empty
     int64_t best_key         # side_key of the best level's price (valid when n > 0)
+    # to 256 bytes (engine.pyx checks): &sides[s] is then a shift, not a multiply by 224
+    # (four instructions), on every order's level lookup and crossing test
+    char pad[32]

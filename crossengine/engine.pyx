@@ -61,6 +61,13 @@ cdef extern from *:
     void prefetch_w "__builtin_prefetch"(const void* addr, int rw, int locality) noexcept nogil
 
 cdef extern from *:
+    # gcc's SLP vectorizer packs neighbouring stores of the hot path (an order's prev and
+    # next, a slot's two values) through an xmm register: movd, movd, punpckldq, movq for two
+    # stores. Off for this module, a resting order took ~11 instructions fewer, a cancel ~9.
+    """
+    #pragma GCC optimize ("no-tree-slp-vectorize")
+    """
+cdef extern from *:
     """
     #define CE_TICK_TOP ((int64_t)1 << 62)  /* asks: side tick = CE_TICK_TOP - price / tick */
     """
@@ -162,6 +169,10 @@ cdef enum:
     C_IDS_EXHAUSTED = 3019
     C_NOT_OPERATOR = 3020
     SNAP_ORDER = 47
+    # Output room every _dispatch starts with (its callers reserve it): a resting order's
+    # OrderAccepted and LevelChanged (63 bytes), a cancel's OrderCancelled and LevelChanged (52)
+    # are written without a reserve of their own
+    DISPATCH_ROOM = 64
     PREFETCH_AHEAD = 16      # restore: orders ahead whose id-table slots are prefetched
 
 # The compiled constants must be the codec's: a drift would be a silent protocol break.
@@ -193,6 +204,9 @@ if _my_codes != _codec.REJECT_CODES:
 # a layout whose size differs from the codec's would shift every event after it
 _my_sizes = {EV_ACCEPTED: 41, EV_REJECTED: 23, EV_TRADE: 68, EV_CANCELLED: 30, EV_AMENDED: 46,
              EV_EXPIRED: 30, EV_LEVEL: 22, EV_HALTED: 1, EV_RESUMED: 1, EV_MASS: 24}
+if sizeof(Side) != 256 or sizeof(Level) != 64:
+    raise ImportError("crossengine.engine: Side or Level is not 256 or 64 bytes (engine.pxd "
+                      "pads them)")
 if _my_sizes != _codec.EVENT_SIZES:
     raise ImportError("crossengine.engine: event sizes differ from crossengine.codec")
 cdef uint8_t ev_size[256]            # this engine's event sizes by type (walked for routes)
@@ -254,6 +268,16 @@ cdef inline void fifo_unlink(Order* orders, Order* o, Level* L) noexcept nogil:
         L.tail = o.prev
     L.total -= o.leaves
     L.count -= 1
+
+
+@cython.overflowcheck(False)   # the difference wraps for the bytes below BUY by design
+cdef inline bint gtc_limit_shape(uint32_t shape) noexcept nogil:
+    """Whether bytes 28..31 of a NewOrder (side, order type, time in force, flags), read as one
+    little-endian word, are a GTC limit order of either side with flags of at most F_REDUCE |
+    F_POST: the flags byte's high six bits clear, and the other three bytes BUY or SELL (one
+    apart), LIMIT, GTC: one subtraction and one compare."""
+    return <uint32_t>((shape & ~(<uint32_t>(F_REDUCE | F_POST) << 24))
+                      - <uint32_t>(BUY | LIMIT << 8 | GTC << 16)) <= 1
 
 
 cdef inline int side_index(uint8_t side) noexcept nogil:
@@ -1437,6 +1461,14 @@ cdef class CrossEngine:
             if t.slots[j].used:
                 self.orders[t.slots[j].v1].id_slot = <int32_t>j
 
+    cdef int64_t _account_new(self, uint32_t account, int32_t i) except -2:
+        """Enter an account not in the account map, its list the one order i: its slot."""
+        cdef int64_t a
+        table_add(&self.by_account, account, 0, i, i)
+        a = table_find1(&self.by_account, account)
+        self.by_account.slots[a].shard = self._shard(account)
+        return a
+
     cdef inline int _index_link(self, int32_t i, int64_t a) except -1:
         """Enter order i in the id maps and at the tail of its account's id-ordered list; a is
         the account's slot in the account map if the caller has it, else -1."""
@@ -1451,8 +1483,7 @@ cdef class CrossEngine:
             o.acct_prev = -1
             o.acct_next = -1
             if a < 0:
-                table_add(&self.by_account, o.account, 0, i, i)
-                a = table_find(&self.by_account, o.account, 0)
+                a = self._account_new(o.account, i)
             else:
                 self.by_account.slots[a].v1 = i
                 self.by_account.slots[a].v2 = i
@@ -1471,10 +1502,12 @@ cdef class CrossEngine:
         cdef Order* o = &self.orders[i]
         self._id_del(i)
         table_del(&self.by_client, o.client_order_id, o.account)
-        return self._account_unlink(i)
+        self._account_unlink(i)
+        return 0
 
-    cdef inline int _account_unlink(self, int32_t i) except -1:
-        """Take order i out of its account's id-ordered list (and count); one fewer live."""
+    cdef inline int64_t _account_unlink(self, int32_t i) except -1:
+        """Take order i out of its account's id-ordered list (and count); one fewer live. The
+        account's slot in the account map."""
         cdef Order* o = &self.orders[i]
         cdef int64_t a = o.acct_slot
         # the hint is in range (the map never shrinks) and right unless the map grew since
@@ -1492,7 +1525,7 @@ cdef class CrossEngine:
             self.by_account.slots[a].v2 = o.acct_prev
         self.by_account.slots[a].n -= 1
         self.n_live -= 1
-        return 0
+        return a
 
     cdef inline int _remove(self, int32_t i) except -1:
         self._book_unlink(i)
@@ -1765,6 +1798,46 @@ cdef class CrossEngine:
         return 0
 
     cdef inline int _new_order(self, const unsigned char* p) except -1:
+        """A NewOrder; its level events too (the caller lists none after it)."""
+        cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
+        cdef int64_t price = rdi64(p + 8)
+        cdef uint32_t account = rd32(p + 24)
+        cdef uint16_t code = 0
+        cdef int64_t a = -1
+        cdef int opp
+        cdef uint64_t cslot = 0
+        table_room(&self.by_client)    # so that the probe below also places the insert
+        # Checks 1 to 6 of the validation order (docs/crossengine.md) in one test for the
+        # common order, a GTC limit order within bounds (post-only is allowed on it), then
+        # checks 7 to 10 and the test whether it rests, in order; any other order takes them
+        # one by one, first failure first, in _new_order_general.
+        if gtc_limit_shape(rd32(p + 28)) and p[32] <= STP_DEC and not self.halted \
+                and 0 < price <= self.max_price and self._on_tick(price) \
+                and self.min_qty <= qty <= self.max_qty:
+            code = self._room_code(cl_id, account, &cslot)
+            if not code:
+                a = table_find1(&self.by_account, account)
+                if a >= 0:
+                    if self.by_account.slots[a].n >= self.max_account_orders:
+                        code = C_ACCOUNT_LIMIT
+                    else:
+                        # The common case: a GTC limit order of an account the map holds
+                        # that does not reach the opposite best rests (post-only or not) and
+                        # changes nothing but its own level. (A new account's first order
+                        # takes the general path, which enters the account.)
+                        opp = SELL - p[28]      # the side is BUY or SELL here: no branch
+                        if not side_reaches(&self.sides[opp], side_key(opp, price)):
+                            return self._rest(p, a, cslot)
+            if code:
+                return self._ev_rejected(cl_id, account, code, 0)
+            return self._new_order_general(p, a, True)
+        return self._new_order_general(p, -1, False)
+
+    cdef int _new_order_general(self, const unsigned char* p, int64_t a, bint checked) except -1:
+        """A NewOrder that does not simply rest: checked, one that passed checks 1 to 10 in
+        _new_order's test (a: its account's slot, or -1), else one to check here, first
+        failure first. Out of line (two callers, not inline: gcc leaves it a call), so that
+        the hot loop it would be inlined into stays small."""
         cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
         cdef int64_t price = rdi64(p + 8)
         cdef uint32_t account = rd32(p + 24)
@@ -1772,35 +1845,10 @@ cdef class CrossEngine:
         cdef bint market = ord_type == MARKET
         cdef uint16_t code = 0
         cdef int32_t t, best_lv
-        cdef int64_t a = -1
         cdef int opp
         cdef bint limited
         cdef uint64_t cslot = 0
-        cdef uint32_t shape = rd32(p + 28) & 0xFFFFFF     # side, ord type, tif
-        table_room(&self.by_client)    # so that the probe below also places the insert
-        # Checks 1 to 6 of the validation order (docs/crossengine.md) in one test for the
-        # common order, a GTC limit order within bounds (post-only is allowed on it), then
-        # checks 7 to 10 and the test whether it rests, in order; any other order takes them
-        # one by one, first failure first.
-        if (shape == (BUY | LIMIT << 8 | GTC << 16) or shape == (SELL | LIMIT << 8 | GTC << 16)) \
-                and flags <= (F_REDUCE | F_POST) and stp <= STP_DEC and not self.halted \
-                and 0 < price <= self.max_price and self._on_tick(price) \
-                and self.min_qty <= qty <= self.max_qty:
-            code = self._room_code(cl_id, account, &cslot)
-            if not code:
-                a = table_find1(&self.by_account, account)
-                if a >= 0 and self.by_account.slots[a].n >= self.max_account_orders:
-                    code = C_ACCOUNT_LIMIT
-                else:
-                    # The common case: a GTC limit order that does not reach the opposite
-                    # best rests (post-only or not) and changes nothing but its own level.
-                    opp = 1 - side_index(side)
-                    if not side_reaches(&self.sides[opp], side_key(opp, price)):
-                        return self._rest(cl_id, price, qty, account, side, flags, stp, a,
-                                          cslot)
-            if code:
-                return self._ev_rejected(cl_id, account, code, 0)
-        else:
+        if not checked:
             if self.halted:
                 code = C_HALTED
             elif side != BUY and side != SELL:
@@ -1822,11 +1870,13 @@ cdef class CrossEngine:
             elif flags & F_POST and (market or tif != GTC):
                 code = C_TIF
             # checks 7 to 9 (check 10, the account's limit, counts only an order that may
-            # rest: a GTC limit order, which passes checks 1 to 6 only by the test above)
+            # rest: a GTC limit order, which passes checks 1 to 6 only by _new_order's test;
+            # the client map has room, table_room there)
             if not code:
                 code = self._room_code(cl_id, account, &cslot)
             if code:
                 return self._ev_rejected(cl_id, account, code, 0)
+        self._begin()
         if market:
             price = 0
         opp = 1 - side_index(side)
@@ -1858,10 +1908,12 @@ cdef class CrossEngine:
             elif not market and tif == GTC:
                 self._book_link(t)
                 self._index_link(t, a)
-                return 0
+                return self._level_events()
             else:
                 self._ev_cancel(EV_EXPIRED, t, self.orders[t].leaves, R_IOC)
         self._free_order(t)
+        if self.n_touched:
+            return self._level_events()
         return 0
 
     cdef inline uint16_t _room_code(self, uint64_t cl_id, uint32_t account,
@@ -1878,80 +1930,81 @@ cdef class CrossEngine:
             return C_IDS_EXHAUSTED
         return 0
 
-    cdef inline int _rest(self, uint64_t cl_id, int64_t price, uint64_t qty, uint32_t account,
-                          uint8_t side, uint8_t flags, uint8_t stp, int64_t a,
-                          uint64_t cslot) except -1:
-        """A new GTC limit order, checked, that crosses nothing: the same events and state as
-        the general path (OrderAccepted, then LevelChanged of its level), without its
-        detours: no matching, no touched list, each table probed once. cslot is the empty
-        client-map slot the in-use check stopped at (the map has not changed since); a is the
-        account's slot in the account map, or -1."""
+    cdef inline int _rest(self, const unsigned char* p, int64_t a, uint64_t cslot) except -1:
+        """A new GTC limit order (NewOrder bytes p), checked, that crosses nothing: the same
+        events and state as the general path (OrderAccepted, then LevelChanged of its level),
+        without its detours: no matching, no touched list, each table probed once. cslot is
+        the empty client-map slot the in-use check stopped at (the map has not changed since);
+        a is the account's slot in the account map (it holds the account: its list may be
+        empty, head and tail -1). The state is changed first and the events written last: a
+        store through the output's bytes may alias anything, so every field read after one is
+        read again. The order's bytes are read from p where they are used: held in locals
+        across the stretch, they were kept on the stack."""
         cdef int32_t t, lv, tail
-        cdef int s = side_index(side)
+        cdef int s
+        cdef int64_t price
+        cdef uint64_t order_id, total
+        cdef uint32_t count
         cdef Order* o
+        cdef Level* L
+        cdef Slot* acct
         cdef unsigned char* q
+        s = p[28] - BUY                      # side_index: BUY or SELL, checked
+        price = rdi64(p + 8)
         if self.free_order < 0:
             self._grow_orders(self.orders_cap * 2)
+        lv = self._find_level(s, price)
+        if lv < 0:
+            lv = self._new_level(s, price)
         t = self.free_order
         o = &self.orders[t]
         self.free_order = o.next
         self.order_counter += 1
+        order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
         o.price = price
-        o.leaves = qty
+        o.leaves = rd64(p + 16)
         o.filled = 0
-        o.order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
-        o.client_order_id = cl_id
-        o.account = account
-        o.side = side
-        o.flags = flags
-        o.stp = stp
-        # OrderAccepted (as _ev_accepted writes it), and room for the LevelChanged after it
-        buf_reserve(&self.out, 41 + 22)
-        q = self.out.data + self.out.len
-        q[0] = EV_ACCEPTED
-        wr64(q + 1, o.order_id)
-        wr64(q + 9, cl_id)
-        wr32(q + 17, account)
-        q[21] = side
-        q[22] = LIMIT
-        wri64(q + 23, price)
-        wr64(q + 31, qty)
-        q[39] = GTC
-        q[40] = flags
-        self.out.len += 41
-        self.route |= self._bit(account)
-        lv = self._find_level(s, price)
-        if lv < 0:
-            lv = self._new_level(s, price)
+        o.order_id = order_id
+        o.client_order_id = rd64(p)
+        o.account = rd32(p + 24)
+        o.side = p[28]
+        memcpy(&o.flags, p + 31, 2)      # flags, stp: side by side in both (engine.pxd)
         self._append(t, lv)
+        L = &self.levels[lv]
+        total = L.total
+        count = L.count
         # the indexes, as _index_link enters them
         self._id_add(t)
-        table_put_at(&self.by_client, cslot, cl_id, account, t, 0)
-        if a >= 0 and self.by_account.slots[a].v1 >= 0:
-            tail = self.by_account.slots[a].v2
-            o.acct_prev = tail
-            o.acct_next = -1
+        table_put_at(&self.by_client, cslot, rd64(p), rd32(p + 24), t, 0)
+        acct = &self.by_account.slots[a]
+        tail = acct.v2
+        o.acct_prev = tail
+        o.acct_next = -1
+        if tail >= 0:
             self.orders[tail].acct_next = t
-            self.by_account.slots[a].v2 = t
         else:
-            o.acct_prev = -1
-            o.acct_next = -1
-            if a < 0:
-                table_add(&self.by_account, account, 0, t, t)
-                a = table_find1(&self.by_account, account)
-            else:
-                self.by_account.slots[a].v1 = t
-                self.by_account.slots[a].v2 = t
-        self.by_account.slots[a].n += 1
+            acct.v1 = t
+        acct.v2 = t
+        acct.n += 1
         o.acct_slot = <int32_t>a
         self.n_live += 1
-        q = self.out.data + self.out.len        # reserved above
-        q[0] = EV_LEVEL
-        q[1] = side
-        wri64(q + 2, price)
-        wr64(q + 10, self.levels[lv].total)
-        wr32(q + 18, self.levels[lv].count)
-        self.out.len += 22
+        self.route |= <uint64_t>1 << acct.shard
+        # OrderAccepted (as _ev_accepted writes it) and the LevelChanged after it: 63 bytes,
+        # within the DISPATCH_ROOM reserved before the command
+        q = self.out.data + self.out.len
+        self.out.len += 41 + 22
+        q[0] = EV_ACCEPTED
+        wr64(q + 1, order_id)
+        memcpy(q + 9, p, 8)              # client order id
+        memcpy(q + 17, p + 24, 4)        # account
+        memcpy(q + 21, p + 28, 2)        # side, order type (LIMIT: checked)
+        memcpy(q + 23, p + 8, 16)        # price, qty
+        memcpy(q + 39, p + 30, 2)        # time in force (GTC: checked), flags
+        q[41] = EV_LEVEL
+        q[42] = p[28]
+        memcpy(q + 43, p + 8, 8)         # price
+        wr64(q + 51, total)
+        wr32(q + 59, count)
         return 0
 
     cdef inline int32_t _find(self, uint64_t order_id, uint64_t cl_id, uint32_t account) noexcept:
@@ -1968,10 +2021,10 @@ cdef class CrossEngine:
         return self.by_client.slots[s].v1 if s >= 0 else -1
 
     cdef inline int _cancel(self, const unsigned char* p) except -1:
-        cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8)
-        cdef uint32_t account = rd32(p + 16)
+        cdef uint64_t order_id = rd64(p), cl_id = rd64(p + 8), total
+        cdef uint32_t account = rd32(p + 16), count
         cdef int32_t i, lv
-        cdef int64_t cls
+        cdef int64_t cls, a
         cdef Order* o
         cdef Level* L
         cdef unsigned char* q
@@ -1993,9 +2046,25 @@ cdef class CrossEngine:
             o = &self.orders[i]
         if cls < 0:
             raise RuntimeError(f"crossengine: index lost order id {o.order_id}")
-        # OrderCancelled (as _ev_cancel writes it), and room for the LevelChanged after it
-        buf_reserve(&self.out, 30 + 22)
+        # _remove without the touched list: its one level's event is written here. The state
+        # changes first and the events are written last (a store through the output's bytes
+        # may alias anything: a field read after one is read again).
+        lv = o.level
+        L = &self.levels[lv]
+        fifo_unlink(self.orders, o, L)
+        total = L.total                  # 0 and 0 when the level is gone
+        count = L.count
+        self._id_del(i)
+        table_del_at(&self.by_client, <uint64_t>cls)
+        a = self._account_unlink(i)
+        self._free_order(i)              # its fields stay until the slot is taken again
+        if count == 0:
+            self._drop_level(side_index(o.side), lv)
+        self.route |= <uint64_t>1 << self.by_account.slots[a].shard
+        # OrderCancelled (as _ev_cancel writes it) and the LevelChanged after it: 52 bytes,
+        # within the DISPATCH_ROOM reserved before the command
         q = self.out.data + self.out.len
+        self.out.len += 30 + 22
         q[0] = EV_CANCELLED
         wr64(q + 1, o.order_id)
         wr64(q + 9, o.client_order_id)
@@ -2005,20 +2074,8 @@ cdef class CrossEngine:
         q[30] = EV_LEVEL
         q[31] = o.side
         wri64(q + 32, o.price)
-        self.route |= self._bit(o.account)
-        # _remove without the touched list: its one level's event is written here
-        lv = o.level
-        L = &self.levels[lv]
-        fifo_unlink(self.orders, o, L)
-        self._id_del(i)
-        table_del_at(&self.by_client, <uint64_t>cls)
-        self._account_unlink(i)
-        self._free_order(i)
-        wr64(q + 40, L.total)            # 0 and 0 when the level is gone
-        wr32(q + 48, L.count)
-        self.out.len += 30 + 22
-        if L.count == 0:
-            self._drop_level(side_index(o.side), lv)
+        wr64(q + 40, total)
+        wr32(q + 48, count)
         return 0
 
     cdef int _amend(self, const unsigned char* p) except -1:
@@ -2112,19 +2169,30 @@ cdef class CrossEngine:
             self.n_touched = 0
         return 0
 
-    cdef inline int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
-                       uint32_t source) except -1:
+    cdef inline void _begin(self) noexcept:
+        """A command that may touch levels starts here: a new command number for the levels'
+        marks, an empty touched list. (A resting order and a cancel touch none and skip it:
+        the marks of one command differ from every later command's all the same.)"""
         self.command_no += 1
         self.n_touched = 0
+
+    cdef inline int _dispatch(self, uint16_t kind, const unsigned char* p, Py_ssize_t n,
+                              const unsigned char* h) except -1:
+        """Apply one command of the record whose header is h (its source is read there, by
+        the operator's commands only: an argument read before the call is a load and a
+        register held across every command)."""
+        # A new order starts the touched list itself if it takes the general path, and lists
+        # its own level events; a cancel writes its one level event and lists none.
         if kind == K_NEW:
             if n != 33:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
-            self._new_order(p)
-        elif kind == K_CANCEL:
+            return self._new_order(p)
+        if kind == K_CANCEL:
             if n != 20:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
-            self._cancel(p)
-        elif kind == K_AMEND:
+            return self._cancel(p)
+        self._begin()
+        if kind == K_AMEND:
             if n != 36:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
             self._amend(p)
@@ -2133,7 +2201,7 @@ cdef class CrossEngine:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
             self._cancel_all(rd32(p), p[4], False)
         elif (kind == K_MASS or kind == K_HALT or kind == K_RESUME) \
-                and source < OPERATOR_SOURCE_MIN:
+                and rd32(h + 24) < OPERATOR_SOURCE_MIN:
             # the operator's commands, from anyone else: refused before any other check
             return self._ev_rejected(0, 0, C_NOT_OPERATOR, 0)
         elif kind == K_MASS:
@@ -2149,7 +2217,7 @@ cdef class CrossEngine:
             return 0
         else:
             return self._ev_rejected(0, 0, C_MALFORMED, 0)
-        if self.n_touched:        # a resting order and a cancel write their own level events
+        if self.n_touched:
             return self._level_events()
         return 0
 
@@ -2168,26 +2236,38 @@ cdef class CrossEngine:
                 return True
         return False
 
-    cdef inline int _record(self, uint16_t kind, const unsigned char* p, Py_ssize_t n, uint32_t source,
-                     uint64_t seq) except -1:
-        """The events of one input record: a command, or (from a te or liq source) the
-        commands for this symbol that a TradingEngine or LiqEngine output payload carries. The
-        payload is walked once to check it and once to apply it, so a malformed one changes
-        nothing."""
-        if self.n_te | self.n_liq:
-            if self.n_te and self._is_te(source):
-                self._walk_te(p, n, source, seq, False)
-                return self._walk_te(p, n, source, seq, True)
-            if self.n_liq and self._is_liq(source):
-                self._walk_liq(p, n, source, seq, False)
-                return self._walk_liq(p, n, source, seq, True)
-        return self._dispatch(kind, p, n, source)
+    cdef inline int _record(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
+                            bint walks) except -1:
+        """The events of one input record (header h, payload p[0:n]): a command, or (from a
+        te or liq source) the commands for this symbol that a TradingEngine or LiqEngine
+        output payload carries. walks: whether the engine has te or liq sources at all (its
+        caller tests that once a frame, not once a record)."""
+        if walks and self._walk(h, p, n):
+            return 0
+        return self._dispatch(rd16(h + 32), p, n, h)
 
-    cdef int _walk_liq(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
-                       bint apply) except -1:
+    cdef int _walk(self, const unsigned char* h, const unsigned char* p,
+                   Py_ssize_t n) except -1:
+        """1 if the record is from a te or liq source: its payload applied (walked once to
+        check it and once to apply it, so a malformed one changes nothing); else 0."""
+        cdef uint32_t source = rd32(h + 24)
+        if self.n_te and self._is_te(source):
+            self._walk_te(h, p, n, False)
+            self._walk_te(h, p, n, True)
+            return 1
+        if self.n_liq and self._is_liq(source):
+            self._walk_liq(h, p, n, False)
+            self._walk_liq(h, p, n, True)
+            return 1
+        return 0
+
+    cdef int _walk_liq(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
+                  bint apply) except -1:
         """Walk a LiqEngine output payload event by event, checking every size against n;
         with `apply`, dispatch each CrossEngineCommand for this symbol."""
         cdef Py_ssize_t off = 0, size, tail
+        cdef uint32_t source = rd32(h + 24)
+        cdef uint64_t seq = rd64(h)
         cdef uint8_t t
         while off < n:
             t = p[off]
@@ -2202,15 +2282,18 @@ cdef class CrossEngine:
                 self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
                                                     f"{size + tail} bytes)", "liq")
             if apply and t == LIQ_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
-                self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
+                buf_reserve(&self.out, DISPATCH_ROOM)
+                self._dispatch(rd16(p + off + 5), p + off + size, tail, h)
             off += size + tail
         return 0
 
-    cdef int _walk_te(self, const unsigned char* p, Py_ssize_t n, uint32_t source, uint64_t seq,
-                      bint apply) except -1:
+    cdef int _walk_te(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
+                  bint apply) except -1:
         """Walk a TradingEngine output payload event by event, checking every size against n;
         with `apply`, dispatch each CrossEngineCommand for this symbol."""
         cdef Py_ssize_t off = 0, size, tail
+        cdef uint32_t source = rd32(h + 24)
+        cdef uint64_t seq = rd64(h)
         cdef uint8_t t
         cdef uint16_t template
         while off < n:
@@ -2234,7 +2317,8 @@ cdef class CrossEngine:
                 self._te_mismatch(seq, source, off, f"event type {t} truncated ({n - off} of "
                                                     f"{size + tail} bytes)")
             if apply and t == TE_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
-                self._dispatch(rd16(p + off + 5), p + off + size, tail, source)
+                buf_reserve(&self.out, DISPATCH_ROOM)
+                self._dispatch(rd16(p + off + 5), p + off + size, tail, h)
             off += size + tail
         return 0
 
@@ -2246,13 +2330,18 @@ cdef class CrossEngine:
                            f"engine and that {engine} disagree on the layout (a deployment "
                            f"mismatch)")
 
-    @cython.cdivision(True)
     cdef inline uint64_t _bit(self, uint32_t account) noexcept:
+        return <uint64_t>1 << self._shard(account)
+
+    cdef inline uint32_t _shard(self, uint32_t account) noexcept:
+        """The account's route bit: account % n_shards, or 63 (ROUTE_LIQ) for LIQ_ACCOUNT,
+        which belongs to no shard. (The account map keeps it per account, Slot.shard: a
+        resting order and a cancel, which hold the account's slot, read it there.)"""
         if account == LIQ_ACCOUNT:
-            return ROUTE_LIQ      # LIQ belongs to no shard: the LiqEngine's bit, not a shard's
+            return 63
         # unsigned, and n_shards >= 1 (checked at construction): no zero test needed
         # account % n_shards by two multiplies, not a division of ~25 cycles
-        return <uint64_t>1 << ce_fastmod_u32(account, self.shard_m, self.n_shards)
+        return ce_fastmod_u32(account, self.shard_m, self.n_shards)
 
     # -- the public face --------------------------------------------------------------------
     def apply(self, uint64_t seq, uint64_t ts_ns, uint16_t kind, const unsigned char[::1] payload,
@@ -2261,8 +2350,15 @@ cdef class CrossEngine:
         calls apply_frame, which takes each record's own source)."""
         cdef Py_ssize_t n = payload.shape[0]
         cdef const unsigned char* p = &payload[0] if n else <const unsigned char*>b""
+        cdef unsigned char h[HDR]          # the header the command would have in a frame
+        memset(h, 0, HDR)
+        wr64(h, seq)
+        wr64(h + 8, ts_ns)
+        wr32(h + 24, source)
+        wr16(h + 32, kind)
         self.out.len = 0
-        self._record(kind, p, n, source, seq)
+        buf_reserve(&self.out, DISPATCH_ROOM)
+        self._record(h, p, n, (self.n_te | self.n_liq) != 0)
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
     def apply_frame(self, const unsigned char[::1] frame):
@@ -2287,10 +2383,44 @@ cdef class CrossEngine:
             raise FrameError("empty frame")
         return self._apply_records(&frame[0], n)
 
+    cdef inline const unsigned char* _apply_record(self, const unsigned char* r,
+                                                   const unsigned char* end,
+                                                   const unsigned char* p,
+                                                   bint walks) except NULL:
+        """Apply the record at r (its header within the frame, which ends at end; p: the
+        frame, for the messages) and write its output record; the next record."""
+        cdef uint32_t length = rd32(r + 34)
+        cdef Py_ssize_t start, plen
+        cdef unsigned char* q
+        if <Py_ssize_t>length > end - r - HDR:
+            raise FrameError(f"record at offset {r - p} runs past the frame")
+        # the header, and room for the events of a resting order or a cancel
+        # (DISPATCH_ROOM: they write them without a reserve of their own)
+        buf_reserve(&self.out, HDR + DISPATCH_ROOM)
+        start = self.out.len
+        # seq .. kind; the payload's length and the route are written after it
+        memcpy(self.out.data + start, r, 34)
+        self.out.len = start + HDR
+        self.route = 0
+        self._record(r, r + HDR, length, walks)
+        plen = self.out.len - start - HDR
+        if plen > MAX_PAYLOAD:
+            raise RuntimeError(f"crossengine: the output of record seq {rd64(r)} "
+                               f"from source {rd32(r + 24)} exceeds one record "
+                               f"({plen} bytes)")
+        # (each field read once, before the stores: after one it would be read again)
+        q = self.out.data + start
+        wr32(q + 34, <uint32_t>plen)
+        wr64(q + ROUTE, self.route)
+        return r + HDR + <Py_ssize_t>rd32(r + 34)     # its length read again, not held
+
     cdef object _apply_records(self, const unsigned char* p, Py_ssize_t n):
-        cdef Py_ssize_t off = 0, start, cap
+        cdef Py_ssize_t cap
+        cdef const unsigned char* r = p
+        cdef const unsigned char* end = p + n
         cdef uint32_t length
         cdef Buf keep = self.out
+        cdef bint walks = (self.n_te | self.n_liq) != 0
         # The output frame is written straight into the bytes object returned (no copy at the
         # end): sized as the last frame's output per input byte would want it, with a quarter
         # to spare (untouched pages cost nothing; the final resize gives them back), doubled
@@ -2305,28 +2435,21 @@ cdef class CrossEngine:
         self.out.cap = cap
         buf = None
         try:
-            while off < n:
-                # (after scan_frame these never fail; they keep apply_scanned_frame's reads in
-                # the frame whatever it was given)
-                if n - off < HDR:
-                    raise FrameError(f"truncated record header at offset {off}")
-                length = rd32(p + off + 34)
-                if <Py_ssize_t>length > n - off - HDR:
-                    raise FrameError(f"record at offset {off} runs past the frame")
-                buf_reserve(&self.out, HDR)
-                start = self.out.len
-                memcpy(self.out.data + start, p + off, HDR)
-                self.out.len += HDR
-                self.route = 0
-                self._record(rd16(p + off + 32), p + off + HDR, length, rd32(p + off + 24),
-                             rd64(p + off))
-                if self.out.len - start - HDR > MAX_PAYLOAD:
-                    raise RuntimeError(f"crossengine: the output of record seq {rd64(p + off)} "
-                                       f"from source {rd32(p + off + 24)} exceeds one record "
-                                       f"({self.out.len - start - HDR} bytes)")
-                wr32(self.out.data + start + 34, <uint32_t>(self.out.len - start - HDR))
-                wr64(self.out.data + start + ROUTE, self.route)
-                off += HDR + length
+            # The loop's test is also the header's bounds check (a header cut short ends it,
+            # and the test after the loop raises). After scan_frame neither check fails; they
+            # keep apply_scanned_frame's reads in the frame whatever it was given.
+            # The record walked by a pointer, its end the frame's: two registers across the
+            # record, where the frame, an offset, n and the length were four or five. Two
+            # copies of the loop, one for an engine without te or liq sources (no test a
+            # record) and one with them.
+            if walks:
+                while end - r >= HDR:
+                    r = self._apply_record(r, end, p, True)
+            else:
+                while end - r >= HDR:
+                    r = self._apply_record(r, end, p, False)
+            if r != end:
+                raise FrameError(f"truncated record header at offset {r - p}")
             # at most 4 bytes out per byte in ahead of time; a rarer frame grows instead
             self.out_per_in16 = min(self.out.len * 16 // n + 1, 64)
             _PyBytes_Resize(&self.out.owner, self.out.len)
@@ -2620,6 +2743,7 @@ cdef class CrossEngine:
                     a = table_put_new(&eng.by_account, o.account, 0, i, i)
                     if a < 0:
                         raise RuntimeError("crossengine: restore sorted an account apart")
+                    eng.by_account.slots[a].shard = eng._shard(o.account)
                     o.acct_prev = -1
                 else:
                     if ids[k].order_id <= ids[k - 1].order_id:
@@ -2851,6 +2975,9 @@ cdef class CrossEngine:
                 i = self.orders[i].acct_next
             if n_acct != self.by_account.slots[slot].n:
                 raise RuntimeError("crossengine: an account's order count is wrong")
+            if self.by_account.slots[slot].shard \
+                    != self._shard(<uint32_t>self.by_account.slots[slot].k1):
+                raise RuntimeError("crossengine: an account's route bit is wrong")
             if n_acct > self.max_account_orders:
                 raise RuntimeError("crossengine: an account rests more than max_account_orders")
             k += n_acct
