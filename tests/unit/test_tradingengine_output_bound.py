@@ -16,13 +16,15 @@ from tradingengine import codec as c
 from tradingengine.engine import MAX_OPEN_ORDERS, OUTPUT_LIMIT
 
 
-def test_a_mass_cancel_of_a_64_account_session_fits_one_record():
+def full_session(cod: int = 0) -> tuple[Harness, int]:
+    """A session of user 1 over MAX_SESSION_ACCOUNTS accounts, each with MAX_OPEN_ORDERS
+    resting buys it entered; (the harness, the session's last SeqNo)."""
     h = Harness()
     h.v.check = False
     accounts = list(range(1, c.MAX_SESSION_ACCOUNTS + 1))
     for a in accounts[3:]:
         h.v.deposit(a, 10**12)
-    h.logon(1, 9, accounts=accounts)
+    h.logon(1, 9, accounts=accounts, cod=cod, cod_ms=1 if cod else 0)
     seq, coid = 1, 1000
     for a in accounts:
         for i in range(MAX_OPEN_ORDERS):
@@ -30,6 +32,11 @@ def test_a_mass_cancel_of_a_64_account_session_fits_one_record():
             h.send(1, 9, 100, NOS.pack(seq, 0, coid, 90 * E8 - i * 10**6, 1, 1, a, b"1", b"2",
                                        b"1", 0))
     assert len(h.v.te.orders) == len(accounts) * MAX_OPEN_ORDERS
+    return h, seq
+
+
+def test_a_mass_cancel_of_a_64_account_session_fits_one_record():
+    h, seq = full_session()
     v = h.v
     v.ts_ns += 1000
     v.seq += 1
@@ -53,19 +60,8 @@ def test_cancel_on_disconnect_of_a_64_account_session_answers_within_one_record(
     each record's cancels, and the record that reports the CrossEngine's answer to them, fit;
     every record's commands go to the CrossEngine (the answer's record goes on with the
     sweep too), until every order is cancelled."""
-    h = Harness()
+    h, _seq = full_session(cod=c.COD_ON_DISCONNECT)
     v = h.v
-    v.check = False
-    accounts = list(range(1, c.MAX_SESSION_ACCOUNTS + 1))
-    for a in accounts[3:]:
-        v.deposit(a, 10**12)
-    h.logon(1, 9, accounts=accounts, cod=c.COD_ON_DISCONNECT, cod_ms=1)
-    seq, coid = 1, 1000
-    for a in accounts:
-        for i in range(MAX_OPEN_ORDERS):
-            seq, coid = seq + 1, coid + 1
-            h.send(1, 9, 100, NOS.pack(seq, 0, coid, 90 * E8 - i * 10**6, 1, 1, a, b"1", b"2",
-                                       b"1", 0))
     v.apply(c.SESSION_END, c.session_end(1, 9, 7, c.END_DISCONNECT))
     worst = 0
     kind, payload = c.KIND_TICK, b""
