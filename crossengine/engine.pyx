@@ -1940,10 +1940,10 @@ cdef class CrossEngine:
         store through the output's bytes may alias anything, so every field read after one is
         read again. The order's bytes are read from p where they are used: held in locals
         across the stretch, they were kept on the stack."""
-        cdef int32_t t, lv, tail
+        cdef int32_t t, lv, tail, e
         cdef int s
         cdef int64_t price
-        cdef uint64_t order_id, total
+        cdef uint64_t order_id, total, k
         cdef uint32_t count
         cdef Order* o
         cdef Level* L
@@ -1969,12 +1969,30 @@ cdef class CrossEngine:
         o.account = rd32(p + 24)
         o.side = p[28]
         memcpy(&o.flags, p + 31, 2)      # flags, stp: side by side in both (engine.pxd)
-        self._append(t, lv)
+        # _append and _id_add written out on o (each would index the pool again: a store
+        # through o may alias the pool's pointer, so gcc reloads it)
         L = &self.levels[lv]
-        total = L.total
-        count = L.count
-        # the indexes, as _index_link enters them
-        self._id_add(t)
+        o.level = lv
+        tail = L.tail
+        o.prev = tail
+        o.next = -1
+        o.id_slot = -1                   # in the id ring (below)
+        o.live = 1
+        if tail >= 0:
+            self.orders[tail].next = t
+        else:
+            L.head = t
+        L.tail = t
+        total = L.total + rd64(p + 16)
+        L.total = total
+        count = L.count + 1
+        L.count = count
+        # the indexes, as _index_link enters them; the id ring as _id_add does
+        k = order_id & self.ring_mask
+        e = self.id_ring[k]
+        if e >= 0:
+            self._id_spill(e)
+        self.id_ring[k] = t
         table_put_at(&self.by_client, cslot, rd64(p), rd32(p + 24), t, 0)
         acct = &self.by_account.slots[a]
         tail = acct.v2
@@ -1996,8 +2014,9 @@ cdef class CrossEngine:
         q[0] = EV_ACCEPTED
         wr64(q + 1, order_id)
         memcpy(q + 9, p, 8)              # client order id
-        memcpy(q + 17, p + 24, 4)        # account
-        memcpy(q + 21, p + 28, 2)        # side, order type (LIMIT: checked)
+        # account, side, order type (LIMIT: checked): p's 24..29 are q's 17..22; the 8-byte
+        # copy's last two bytes are overwritten by price and qty (fewer, wider moves)
+        memcpy(q + 17, p + 24, 8)
         memcpy(q + 23, p + 8, 16)        # price, qty
         memcpy(q + 39, p + 30, 2)        # time in force (GTC: checked), flags
         q[41] = EV_LEVEL
