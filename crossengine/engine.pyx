@@ -1060,6 +1060,7 @@ cdef void populate(void* p, size_t n) noexcept:
 cdef class CrossEngine:
     """Pure: the same records give the same outputs and state_hash(). No clock, I/O or randomness."""
     cdef readonly uint32_t symbol_id
+    cdef uint64_t id_base            # symbol_id << 40: an order id's high bits
     cdef readonly int64_t tick_size
     cdef readonly uint64_t min_qty
     cdef readonly uint64_t max_qty
@@ -1144,6 +1145,7 @@ cdef class CrossEngine:
         self.max_fills = max_fills
         self.max_account_orders = max_account_orders
         self.symbol_id = symbol_id
+        self.id_base = <uint64_t>symbol_id << 40
         self.tick_size = tick_size
         self.min_qty = min_qty
         self.max_qty = max_qty
@@ -1627,7 +1629,7 @@ cdef class CrossEngine:
         p[6] = side
         p[7] = reason
         wr64(p + 8, count)
-        wr64(p + 16, (<uint64_t>self.symbol_id << 40) | self.order_counter)
+        wr64(p + 16, self.id_base | self.order_counter)
         self.out.len += 24
         self.route |= self.all_shards if scope == SCOPE_BOOK else self._bit(account)
         return 0
@@ -1886,7 +1888,7 @@ cdef class CrossEngine:
             return self._ev_rejected(cl_id, account, C_FOK, 0)
         self.order_counter += 1
         t = self._alloc_order()
-        self.orders[t].order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
+        self.orders[t].order_id = self.id_base | self.order_counter
         self.orders[t].client_order_id = cl_id
         self.orders[t].account = account
         self.orders[t].side = side
@@ -1960,7 +1962,7 @@ cdef class CrossEngine:
         o = &self.orders[t]
         self.free_order = o.next
         self.order_counter += 1
-        order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
+        order_id = self.id_base | self.order_counter
         o.price = price
         o.leaves = rd64(p + 16)
         o.filled = 0
