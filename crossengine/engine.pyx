@@ -1060,6 +1060,7 @@ cdef void populate(void* p, size_t n) noexcept:
 cdef class CrossEngine:
     """Pure: the same records give the same outputs and state_hash(). No clock, I/O or randomness."""
     cdef readonly uint32_t symbol_id
+    cdef uint64_t id_base            # symbol_id << 40: an order id's high bits
     cdef readonly int64_t tick_size
     cdef readonly uint64_t min_qty
     cdef readonly uint64_t max_qty
@@ -1144,6 +1145,7 @@ cdef class CrossEngine:
         self.max_fills = max_fills
         self.max_account_orders = max_account_orders
         self.symbol_id = symbol_id
+        self.id_base = <uint64_t>symbol_id << 40
         self.tick_size = tick_size
         self.min_qty = min_qty
         self.max_qty = max_qty
@@ -1627,7 +1629,7 @@ cdef class CrossEngine:
         p[6] = side
         p[7] = reason
         wr64(p + 8, count)
-        wr64(p + 16, (<uint64_t>self.symbol_id << 40) | self.order_counter)
+        wr64(p + 16, self.id_base | self.order_counter)
         self.out.len += 24
         self.route |= self.all_shards if scope == SCOPE_BOOK else self._bit(account)
         return 0
@@ -1886,7 +1888,7 @@ cdef class CrossEngine:
             return self._ev_rejected(cl_id, account, C_FOK, 0)
         self.order_counter += 1
         t = self._alloc_order()
-        self.orders[t].order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
+        self.orders[t].order_id = self.id_base | self.order_counter
         self.orders[t].client_order_id = cl_id
         self.orders[t].account = account
         self.orders[t].side = side
@@ -1940,10 +1942,10 @@ cdef class CrossEngine:
         store through the output's bytes may alias anything, so every field read after one is
         read again. The order's bytes are read from p where they are used: held in locals
         across the stretch, they were kept on the stack."""
-        cdef int32_t t, lv, tail
+        cdef int32_t t, lv, tail, e
         cdef int s
         cdef int64_t price
-        cdef uint64_t order_id, total
+        cdef uint64_t order_id, total, k
         cdef uint32_t count
         cdef Order* o
         cdef Level* L
@@ -1960,7 +1962,7 @@ cdef class CrossEngine:
         o = &self.orders[t]
         self.free_order = o.next
         self.order_counter += 1
-        order_id = (<uint64_t>self.symbol_id << 40) | self.order_counter
+        order_id = self.id_base | self.order_counter
         o.price = price
         o.leaves = rd64(p + 16)
         o.filled = 0
@@ -1969,12 +1971,30 @@ cdef class CrossEngine:
         o.account = rd32(p + 24)
         o.side = p[28]
         memcpy(&o.flags, p + 31, 2)      # flags, stp: side by side in both (engine.pxd)
-        self._append(t, lv)
+        # _append and _id_add written out on o (each would index the pool again: a store
+        # through o may alias the pool's pointer, so gcc reloads it)
         L = &self.levels[lv]
-        total = L.total
-        count = L.count
-        # the indexes, as _index_link enters them
-        self._id_add(t)
+        o.level = lv
+        tail = L.tail
+        o.prev = tail
+        o.next = -1
+        o.id_slot = -1                   # in the id ring (below)
+        o.live = 1
+        if tail >= 0:
+            self.orders[tail].next = t
+        else:
+            L.head = t
+        L.tail = t
+        total = L.total + rd64(p + 16)
+        L.total = total
+        count = L.count + 1
+        L.count = count
+        # the indexes, as _index_link enters them; the id ring as _id_add does
+        k = order_id & self.ring_mask
+        e = self.id_ring[k]
+        if e >= 0:
+            self._id_spill(e)
+        self.id_ring[k] = t
         table_put_at(&self.by_client, cslot, rd64(p), rd32(p + 24), t, 0)
         acct = &self.by_account.slots[a]
         tail = acct.v2
@@ -1996,8 +2016,9 @@ cdef class CrossEngine:
         q[0] = EV_ACCEPTED
         wr64(q + 1, order_id)
         memcpy(q + 9, p, 8)              # client order id
-        memcpy(q + 17, p + 24, 4)        # account
-        memcpy(q + 21, p + 28, 2)        # side, order type (LIMIT: checked)
+        # account, side, order type (LIMIT: checked): p's 24..29 are q's 17..22; the 8-byte
+        # copy's last two bytes are overwritten by price and qty (fewer, wider moves)
+        memcpy(q + 17, p + 24, 8)
         memcpy(q + 23, p + 8, 16)        # price, qty
         memcpy(q + 39, p + 30, 2)        # time in force (GTC: checked), flags
         q[41] = EV_LEVEL
