@@ -7,8 +7,17 @@ from __future__ import annotations
 from gateway import server as gs
 from gateway import wire
 from gateway.accounts import Accounts, make_user
-from tests.unit.test_gateway_server import (AUTH_CFG, Client, GatedAccounts, logged_on,
-                                            rejected, run, started, users, wait_for)
+from tests.unit.test_gateway_server import (
+    AUTH_CFG,
+    Client,
+    GatedAccounts,
+    logged_on,
+    rejected,
+    run,
+    started,
+    users,
+    wait_for,
+)
 
 
 def test_a_right_and_a_wrong_password_at_once_are_two_checks_and_two_answers():
