@@ -207,6 +207,7 @@ CE_MASS_CANCELLED = 10         # scope, account, side, reason, count, last order
 CE_SCOPE_ACCOUNT, CE_SCOPE_BOOK = 1, 2
 CE_MAX_FILLS = 1000            # the CrossEngine's MAX_FILLS_LIMIT: makers one taker meets
 CE_FOK_NOT_FILLABLE = 3007     # the CrossEngine's reject code of an FOK it cannot fill in full
+CE_UNKNOWN_ORDER = 3005        # its reject of a command naming no order it holds
 CE_EVENT_STRUCTS = {
     CE_ACCEPTED: struct.Struct("<BQQIBBqQBB"),
     CE_REJECTED: struct.Struct("<BQIHQ"),

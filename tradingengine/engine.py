@@ -58,7 +58,7 @@ from tradingengine.codec import (
     CANCEL, CANCEL_ALL, CANCEL_ALL_S, CANCEL_REJECTED, CANCEL_S, CE_ACCEPTED, CE_AMEND, CE_AMENDED,
     CE_AMEND_S, CE_CANCEL, CE_CANCELLED, CE_CANCEL_S, CE_COMMAND, CE_EVENTS, CE_EVENTS_S,
     CE_EVENT_STRUCTS, CE_EXPIRED, CE_FOK_NOT_FILLABLE, CE_MASS_CANCELLED, CE_MAX_FILLS,
-    CE_NEW_ORDER, CE_NEW_ORDER_S,
+    CE_NEW_ORDER, CE_NEW_ORDER_S, CE_UNKNOWN_ORDER,
     CE_REJECTED, CE_SCOPE_BOOK, CE_TRADE, CLIENT_MESSAGE, CLIENT_MESSAGE_S, CODES,
     COD_ON_DISCONNECT, COD_ON_DISCONNECT_OR_LOGOUT, COMMAND_STRUCTS, CROSS, DAY, DEAD_MANS_SWITCH,
     DEAD_MANS_SWITCH_FIRED, DEAD_MANS_SWITCH_S, DEFICIT_COVERED, DEPOSIT, END_DISCONNECT,
@@ -134,7 +134,6 @@ SWEEP_MASS_CANCELLED = 4  # [4, symbol, next CrossEngine id, last CrossEngine id
 SWEEP_REDUCE_ONLY = 5    # [5, symbol, account]
 SWEEP_DAY_END = 6        # [6, next index, [order ids of the Day orders at the day's end]]
 DAY_NS = 86_400 * 10**9  # a trading day: a UTC day of sequenced time (LogonAck's TradingDate)
-CE_UNKNOWN_ORDER = 3005  # the CrossEngine's reject of a command naming no order it holds
 
 _ER = EVENT_STRUCTS[EXEC_REPORT].pack
 _CE_CMD = EVENT_STRUCTS[CE_COMMAND].pack
@@ -1213,14 +1212,24 @@ class TradingEngine:
         for o in list(acct.orders.values()):
             if (symbol and o.symbol != symbol) or (side and o.side != side):
                 continue
-            if o.state == UNTRIGGERED:
-                self._drop(acct, o)
-                self._er(o, EXEC_CANCELED, 0, 0, 0, reason, 0, STATUS_CANCELED)
-                n += 1
-            elif o.pending != PENDING_CANCEL:
-                self._send_cancel(o, reason)
-                n += 1
+            n += self._end_order(acct, o, reason)
         return n
+
+    def _end_order(self, acct: Account, o: Order, reason: int) -> bool:
+        """Cancel one order for the engine's reason: an untriggered one at once (Expired for
+        the end of its day, else Canceled), a live one through the CrossEngine unless a cancel
+        is already on its way. Whether it did either."""
+        if o.state == UNTRIGGERED:
+            self._drop(acct, o)
+            if reason == REASON_END_OF_DAY:
+                self._er(o, EXEC_EXPIRED, 0, 0, 0, reason, 0, STATUS_EXPIRED)
+            else:
+                self._er(o, EXEC_CANCELED, 0, 0, 0, reason, 0, STATUS_CANCELED)
+            return True
+        if o.pending != PENDING_CANCEL:
+            self._send_cancel(o, reason)
+            return True
+        return False
 
     # -- account settings and transfers -------------------------------------------------------
 
@@ -2032,11 +2041,7 @@ class TradingEngine:
             if not self._may_go_on():
                 return False
             sw[1] += 1
-            if o.state == UNTRIGGERED:
-                self._drop(self.accounts[o.account], o)
-                self._er(o, EXEC_EXPIRED, 0, 0, 0, REASON_END_OF_DAY, 0, STATUS_EXPIRED)
-            else:
-                self._send_cancel(o, REASON_END_OF_DAY)
+            self._end_order(self.accounts[o.account], o, REASON_END_OF_DAY)
         return True
 
     def _sweep_reduce_only(self, sw: list) -> bool:
@@ -2434,14 +2439,8 @@ class TradingEngine:
             if acct is None:
                 continue
             for o in list(acct.orders.values()):
-                if o.sess != key:
-                    continue
-                if o.state == UNTRIGGERED:
-                    self._drop(acct, o)
-                    self._er(o, EXEC_CANCELED, 0, 0, 0, REASON_CANCEL_ON_DISCONNECT, 0,
-                             STATUS_CANCELED)
-                elif o.pending != PENDING_CANCEL:
-                    self._send_cancel(o, REASON_CANCEL_ON_DISCONNECT)
+                if o.sess == key:
+                    self._end_order(acct, o, REASON_CANCEL_ON_DISCONNECT)
         sess.cod_cursor = 0
         return True
 
