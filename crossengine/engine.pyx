@@ -1079,6 +1079,8 @@ cdef class CrossEngine:
     cdef uint64_t trade_id
     cdef uint64_t command_no
     cdef bint halted
+    cdef int64_t open_max_price         # max_price, or 0 while halted: _new_order's one bound
+                                        # test of a price also refuses the halted book's orders
     cdef Order* orders
     cdef int32_t orders_cap
     cdef int32_t free_order
@@ -1150,6 +1152,7 @@ cdef class CrossEngine:
         self.min_qty = min_qty
         self.max_qty = max_qty
         self.max_price = max_price
+        self.open_max_price = max_price
         self.max_orders = max_orders
         self.free_order = -1
         self.free_level = -1
@@ -1799,6 +1802,10 @@ cdef class CrossEngine:
             return C_NOT_ON_TICK
         return 0
 
+    cdef inline void _set_halted(self, bint halted) noexcept:
+        self.halted = halted
+        self.open_max_price = 0 if halted else self.max_price
+
     cdef inline int _new_order(self, const unsigned char* p) except -1:
         """A NewOrder; its level events too (the caller lists none after it)."""
         cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
@@ -1813,8 +1820,9 @@ cdef class CrossEngine:
         # common order, a GTC limit order within bounds (post-only is allowed on it), then
         # checks 7 to 10 and the test whether it rests, in order; any other order takes them
         # one by one, first failure first, in _new_order_general.
-        if gtc_limit_shape(rd32(p + 28)) and p[32] <= STP_DEC and not self.halted \
-                and 0 < price <= self.max_price and self._on_tick(price) \
+        # (open_max_price is 0 while halted: the bound test refuses every price then)
+        if gtc_limit_shape(rd32(p + 28)) and p[32] <= STP_DEC \
+                and 0 < price <= self.open_max_price and self._on_tick(price) \
                 and self.min_qty <= qty <= self.max_qty:
             code = self._room_code(cl_id, account, &cslot)
             if not code:
@@ -2232,7 +2240,7 @@ cdef class CrossEngine:
         elif kind == K_HALT or kind == K_RESUME:
             if n != 0:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
-            self.halted = kind == K_HALT
+            self._set_halted(kind == K_HALT)
             return self._ev_byte(EV_HALTED if kind == K_HALT else EV_RESUMED)
         elif kind == K_TICK:
             return 0
@@ -2633,7 +2641,7 @@ cdef class CrossEngine:
                                    max_account_orders, te_sources, n_shards, liq_sources)
         eng.order_counter = counter
         eng.trade_id = trade_id
-        eng.halted = bool(halted)
+        eng._set_halted(halted != 0)
         cdef Order* pool = <Order*>malloc(room * sizeof(Order))
         if pool == NULL:
             raise MemoryError()
