@@ -138,7 +138,8 @@ cdef struct Side:
     int32_t rc_rung[RC]
     int32_t n                # levels
     int32_t best             # the best level, -1 when the side is empty
-    int64_t best_key         # side_key of the best level's price (valid when n > 0)
+    int64_t best_key         # side_key of the best level's price; CE_KEY_NONE (INT64_MIN,
+                             # below every key) when the side is empty
     # to 256 bytes (engine.pyx checks): &sides[s] is then a shift, not a multiply by 224
     # (four instructions), on every order's level lookup and crossing test
     char pad[32]

@@ -70,8 +70,10 @@ cdef extern from *:
 cdef extern from *:
     """
     #define CE_TICK_TOP ((int64_t)1 << 62)  /* asks: side tick = CE_TICK_TOP - price / tick */
+    #define CE_KEY_NONE INT64_MIN            /* an empty side's best_key: below every key */
     """
     const int64_t CE_TICK_TOP
+    const int64_t CE_KEY_NONE
     int clzll "__builtin_clzll"(unsigned long long x) noexcept nogil
 
 cdef extern from *:
@@ -675,7 +677,7 @@ cdef int side_init(Side* sd) except -1:
         sd.rc_rung[r] = -1
     sd.n = 0
     sd.best = -1
-    sd.best_key = 0
+    sd.best_key = CE_KEY_NONE
     sd.grow_reads = 0
     return 0
 
@@ -690,6 +692,7 @@ cdef void side_free(Side* sd) noexcept:
     sd.rungs_cap = 0
     sd.n = 0
     sd.best = -1
+    sd.best_key = CE_KEY_NONE
 
 cdef inline int32_t side_best(Side* sd) noexcept nogil:
     """The best level, or -1."""
@@ -699,8 +702,8 @@ cdef inline bint side_reaches(Side* sd, int64_t key) noexcept nogil:
     """Whether the side's best key is at or past key: an order of the other side whose price
     has this key here (side_key) reaches the side's best, and would cross it. From the keys
     alone, no level read (a buy at p reaches the best ask q when -q >= -p, a sell the best
-    bid q when q >= p)."""
-    return sd.n != 0 and sd.best_key >= key
+    bid q when q >= p); an empty side's best_key is CE_KEY_NONE, below every key."""
+    return sd.best_key >= key
 
 # Both hashes are multiplicative with the tables' seeded multiplier (seed_hashes): prices are
 # the clients' choice. Unsigned arithmetic wraps by design.
@@ -1296,7 +1299,7 @@ cdef class CrossEngine:
         L.tick = <uint16_t>t
         L.linked = 1
         key = side_key(s, L.price)
-        if sd.n == 0 or key > sd.best_key:
+        if key > sd.best_key:        # CE_KEY_NONE when the side is empty
             sd.best = lv
             sd.best_key = key
         sd.n += 1
@@ -1338,6 +1341,7 @@ cdef class CrossEngine:
         if sd.best == lv:
             if sd.n == 0:
                 sd.best = -1
+                sd.best_key = CE_KEY_NONE
             else:
                 price = self._price_of(s, rung_top(&sd.rungs[tree_last(&sd.tree)]))
                 sd.best = side_find(sd, self.levels, price)
@@ -2929,7 +2933,7 @@ cdef class CrossEngine:
                 raise RuntimeError("crossengine: a side's level count is wrong")
             levels = self._level_list(s)
             best = levels[0] if levels else -1
-            if sd.best != best or (best >= 0 and sd.best_key != side_key(
+            if sd.best != best or sd.best_key != (CE_KEY_NONE if best < 0 else side_key(
                     s, self.levels[best].price)):
                 raise RuntimeError("crossengine: a side's best level is stale")
             for k in range(1, len(levels)):
