@@ -2270,14 +2270,15 @@ cdef class CrossEngine:
         return False
 
     cdef inline int _record(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
-                            bint walks) except -1:
+                            bint walks, uint16_t kind) except -1:
         """The events of one input record (header h, payload p[0:n]): a command, or (from a
         te or liq source) the commands for this symbol that a TradingEngine or LiqEngine
         output payload carries. walks: whether the engine has te or liq sources at all (its
-        caller tests that once a frame, not once a record)."""
+        caller tests that once a frame, not once a record); kind: the record's kind, read
+        from h by the caller."""
         if walks and self._walk(h, p, n):
             return 0
-        return self._dispatch(rd16(h + 32), p, n, h)
+        return self._dispatch(kind, p, n, h)
 
     cdef int _walk(self, const unsigned char* h, const unsigned char* p,
                    Py_ssize_t n) except -1:
@@ -2391,7 +2392,7 @@ cdef class CrossEngine:
         wr16(h + 32, kind)
         self.out.len = 0
         buf_reserve(&self.out, DISPATCH_ROOM)
-        self._record(h, p, n, (self.n_te | self.n_liq) != 0)
+        self._record(h, p, n, (self.n_te | self.n_liq) != 0, kind)
         return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
 
     def apply_frame(self, const unsigned char[::1] frame):
@@ -2416,6 +2417,11 @@ cdef class CrossEngine:
             raise FrameError("empty frame")
         return self._apply_records(&frame[0], n)
 
+    cdef int _grow_out(self, Py_ssize_t n) except -1:
+        """buf_grow of the output, out of line: called with self, the record loop holds no
+        pointer to self.out for it."""
+        return buf_grow(&self.out, n)
+
     cdef inline const unsigned char* _apply_record(self, const unsigned char* r,
                                                    const unsigned char* end,
                                                    const unsigned char* p,
@@ -2423,19 +2429,26 @@ cdef class CrossEngine:
         """Apply the record at r (its header within the frame, which ends at end; p: the
         frame, for the messages) and write its output record; the next record."""
         cdef uint32_t length = rd32(r + 34)
+        cdef uint16_t kind
         cdef Py_ssize_t start, plen
         cdef unsigned char* q
         if <Py_ssize_t>length > end - r - HDR:
             raise FrameError(f"record at offset {r - p} runs past the frame")
         # the header, and room for the events of a resting order or a cancel
         # (DISPATCH_ROOM: they write them without a reserve of their own)
-        buf_reserve(&self.out, HDR + DISPATCH_ROOM)
+        if self.out.len + (HDR + DISPATCH_ROOM) > self.out.cap:
+            self._grow_out(HDR + DISPATCH_ROOM)
         start = self.out.len
-        # seq .. kind; the payload's length and the route are written after it
-        memcpy(self.out.data + start, r, 34)
+        # seq .. epoch, then the kind: read once for the copy and the dispatch (after a store
+        # through the output's bytes it was read again); the payload's length and the route
+        # are written after the record
+        kind = rd16(r + 32)
+        q = self.out.data + start
+        memcpy(q, r, 32)
+        wr16(q + 32, kind)
         self.out.len = start + HDR
         self.route = 0
-        self._record(r, r + HDR, length, walks)
+        self._record(r, r + HDR, length, walks, kind)
         plen = self.out.len - start - HDR
         if plen > MAX_PAYLOAD:
             raise RuntimeError(f"crossengine: the output of record seq {rd64(r)} "
