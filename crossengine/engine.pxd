@@ -18,12 +18,14 @@ cdef struct Order:
     int32_t level            # index into the level pool
     int32_t prev             # FIFO neighbours within the level
     int32_t next             # (also the free-list link when not live)
-    int32_t acct_prev        # this account's live orders in order-id order (cancel all)
-    int32_t acct_next
-    int32_t acct_slot        # a hint: its account's slot in the account map when it was entered
-                             # (account entries stay; a grow moves them: checked on use)
+    # next, acct_next and id_slot side by side: a resting order sets all three to -1, two
+    # stores (8 and 4 bytes) where there were three
+    int32_t acct_next        # this account's live orders in order-id order (cancel all)
     int32_t id_slot          # its slot in the id map, exact: kept when a deletion's backward
                              # shift or a grow moves it
+    int32_t acct_prev
+    int32_t acct_slot        # a hint: its account's slot in the account map when it was entered
+                             # (account entries stay; a grow moves them: checked on use)
 
 
 cdef struct Level:

@@ -1990,6 +1990,7 @@ cdef class CrossEngine:
         tail = L.tail
         o.prev = tail
         o.next = -1
+        o.acct_next = -1
         o.id_slot = -1                   # in the id ring (below)
         o.live = 1
         if tail >= 0:
@@ -2011,7 +2012,6 @@ cdef class CrossEngine:
         acct = &self.by_account.slots[a]
         tail = acct.v2
         o.acct_prev = tail
-        o.acct_next = -1
         if tail >= 0:
             self.orders[tail].acct_next = t
         else:
