@@ -73,8 +73,10 @@ cdef struct Touched:
 
 cdef struct Buf:
     unsigned char* data      # owner's bytes while apply_frame writes its output frame, else malloc'd
-    Py_ssize_t len
-    Py_ssize_t cap
+    unsigned char* w         # where the next byte goes: data + the length written
+    unsigned char* end       # data + the capacity
+    unsigned char* rec       # the header of the output record being written (apply_frame), or
+                             # NULL; a grow moves it with the data
     PyObject* owner          # the bytes object data lives in (apply_frame), or NULL
 
 

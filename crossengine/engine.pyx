@@ -950,28 +950,31 @@ cdef inline int64_t walk_next(Side* sd, Walk* w) noexcept nogil:
 
 # -- output buffer ----------------------------------------------------------------------------
 cdef inline int buf_reserve(Buf* b, Py_ssize_t n) except -1:
-    if b.len + n <= b.cap:
+    if <size_t>b.w + <size_t>n <= <size_t>b.end:
         return 0
     return buf_grow(b, n)
 
 cdef int buf_grow(Buf* b, Py_ssize_t n) except -1:
     """Room for n more bytes: the malloc'd buffer by realloc, a frame's bytes object (owner)
     by _PyBytes_Resize."""
-    cdef Py_ssize_t cap
+    cdef Py_ssize_t cap = b.end - b.data, length = b.w - b.data
+    cdef Py_ssize_t rec = b.rec - b.data if b.rec != NULL else -1
     cdef unsigned char* data
-    cap = b.cap * 2 if b.cap else 4096
-    while cap < b.len + n:
+    cap = cap * 2 if cap else 4096
+    while cap < length + n:
         cap *= 2
     if b.owner != NULL:
         _PyBytes_Resize(&b.owner, cap)
-        b.data = <unsigned char*>PyBytes_AS_STRING(<object>b.owner)
-        b.cap = cap
-        return 0
-    data = <unsigned char*>realloc(b.data, cap)
-    if data == NULL:
-        raise MemoryError()
+        data = <unsigned char*>PyBytes_AS_STRING(<object>b.owner)
+    else:
+        data = <unsigned char*>realloc(b.data, cap)
+        if data == NULL:
+            raise MemoryError()
     b.data = data
-    b.cap = cap
+    b.w = data + length
+    b.end = data + cap
+    if rec >= 0:
+        b.rec = data + rec
     return 0
 
 
@@ -1546,19 +1549,19 @@ cdef class CrossEngine:
     cdef inline int _ev_rejected(self, uint64_t cl_id, uint32_t account, uint16_t code,
                           uint64_t order_id) except -1:
         buf_reserve(&self.out, 23)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         p[0] = EV_REJECTED
         wr64(p + 1, cl_id)
         wr32(p + 9, account)
         wr16(p + 13, code)
         wr64(p + 15, order_id)
-        self.out.len += 23
+        self.out.w = p + 23
         self.route |= self._bit(account)
         return 0
 
     cdef inline int _ev_accepted(self, int32_t i, uint8_t ord_type, uint64_t qty, uint8_t tif) except -1:
         buf_reserve(&self.out, 41)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         cdef Order* o = &self.orders[i]
         p[0] = EV_ACCEPTED
         wr64(p + 1, o.order_id)
@@ -1570,13 +1573,13 @@ cdef class CrossEngine:
         wr64(p + 31, qty)
         p[39] = tif
         p[40] = o.flags
-        self.out.len += 41
+        self.out.w = p + 41
         self.route |= self._bit(o.account)
         return 0
 
     cdef inline int _ev_cancel(self, uint8_t kind, int32_t i, uint64_t qty, uint8_t reason) except -1:
         buf_reserve(&self.out, 30)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         cdef Order* o = &self.orders[i]
         p[0] = kind
         wr64(p + 1, o.order_id)
@@ -1584,13 +1587,13 @@ cdef class CrossEngine:
         wr32(p + 17, o.account)
         wr64(p + 21, qty)
         p[29] = reason
-        self.out.len += 30
+        self.out.w = p + 30
         self.route |= self._bit(o.account)
         return 0
 
     cdef int _ev_amended(self, int32_t i, uint64_t total, uint8_t kept) except -1:
         buf_reserve(&self.out, 46)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         cdef Order* o = &self.orders[i]
         p[0] = EV_AMENDED
         wr64(p + 1, o.order_id)
@@ -1600,13 +1603,13 @@ cdef class CrossEngine:
         wr64(p + 29, o.leaves)
         wr64(p + 37, total)
         p[45] = kept
-        self.out.len += 46
+        self.out.w = p + 46
         self.route |= self._bit(o.account)
         return 0
 
     cdef inline int _ev_trade(self, int32_t m, int32_t t, uint64_t q) except -1:
         buf_reserve(&self.out, 68)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         cdef Order* mk = &self.orders[m]
         cdef Order* tk = &self.orders[t]
         p[0] = EV_TRADE
@@ -1622,14 +1625,14 @@ cdef class CrossEngine:
         wr64(p + 58, tk.leaves)
         p[66] = mk.flags
         p[67] = tk.flags
-        self.out.len += 68
+        self.out.w = p + 68
         self.route |= self._bit(mk.account) | self._bit(tk.account)
         return 0
 
     cdef int _ev_mass(self, uint8_t scope, uint32_t account, uint8_t side, uint8_t reason,
                       uint64_t count) except -1:
         buf_reserve(&self.out, 24)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         p[0] = EV_MASS
         p[1] = scope
         wr32(p + 2, account)
@@ -1637,14 +1640,14 @@ cdef class CrossEngine:
         p[7] = reason
         wr64(p + 8, count)
         wr64(p + 16, self.id_base | self.order_counter)
-        self.out.len += 24
+        self.out.w = p + 24
         self.route |= self.all_shards if scope == SCOPE_BOOK else self._bit(account)
         return 0
 
     cdef int _ev_byte(self, uint8_t kind) except -1:
         buf_reserve(&self.out, 1)
-        self.out.data[self.out.len] = kind
-        self.out.len += 1
+        self.out.w[0] = kind
+        self.out.w += 1
         self.route |= self.all_shards     # Halted, Resumed: book-wide
         return 0
 
@@ -1652,7 +1655,7 @@ cdef class CrossEngine:
         """LevelChanged of side and price: level lv's total and count, or 0 and 0 for lv < 0
         (the level is gone)."""
         buf_reserve(&self.out, 22)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         p[0] = EV_LEVEL
         p[1] = side
         wri64(p + 2, price)
@@ -1662,7 +1665,7 @@ cdef class CrossEngine:
         else:
             wr64(p + 10, 0)
             wr32(p + 18, 0)
-        self.out.len += 22
+        self.out.w = p + 22
         return 0
 
     cdef inline int _level_events(self) except -1:
@@ -1678,7 +1681,7 @@ cdef class CrossEngine:
             if not (self.levels[lv].count and self.levels[lv].price == self.touched[k].price
                     and self.levels[lv].side == self.touched[k].side):
                 lv = self._find_level(s, self.touched[k].price)
-            p = self.out.data + self.out.len
+            p = self.out.w
             p[0] = EV_LEVEL
             p[1] = self.touched[k].side
             wri64(p + 2, self.touched[k].price)
@@ -1688,7 +1691,7 @@ cdef class CrossEngine:
             else:
                 wr64(p + 10, 0)
                 wr32(p + 18, 0)
-            self.out.len += 22
+            self.out.w = p + 22
         self.n_touched = 0
         return 0
 
@@ -2023,8 +2026,8 @@ cdef class CrossEngine:
         self.route |= <uint64_t>1 << acct.shard
         # OrderAccepted (as _ev_accepted writes it) and the LevelChanged after it: 63 bytes,
         # within the DISPATCH_ROOM reserved before the command
-        q = self.out.data + self.out.len
-        self.out.len += 41 + 22
+        q = self.out.w
+        self.out.w = q + 41 + 22
         q[0] = EV_ACCEPTED
         wr64(q + 1, order_id)
         memcpy(q + 9, p, 8)              # client order id
@@ -2096,8 +2099,8 @@ cdef class CrossEngine:
         self.route |= <uint64_t>1 << self.by_account.slots[a].shard
         # OrderCancelled (as _ev_cancel writes it) and the LevelChanged after it: 52 bytes,
         # within the DISPATCH_ROOM reserved before the command
-        q = self.out.data + self.out.len
-        self.out.len += 30 + 22
+        q = self.out.w
+        self.out.w = q + 30 + 22
         q[0] = EV_CANCELLED
         wr64(q + 1, o.order_id)
         wr64(q + 9, o.client_order_id)
@@ -2390,10 +2393,10 @@ cdef class CrossEngine:
         wr64(h + 8, ts_ns)
         wr32(h + 24, source)
         wr16(h + 32, kind)
-        self.out.len = 0
+        self.out.w = self.out.data
         buf_reserve(&self.out, DISPATCH_ROOM)
         self._record(h, p, n, (self.n_te | self.n_liq) != 0, kind)
-        return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+        return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.w - self.out.data)
 
     def apply_frame(self, const unsigned char[::1] frame):
         """Apply every record of a sequenced frame; return the output frame: one record per
@@ -2430,32 +2433,32 @@ cdef class CrossEngine:
         frame, for the messages) and write its output record; the next record."""
         cdef uint32_t length = rd32(r + 34)
         cdef uint16_t kind
-        cdef Py_ssize_t start, plen
+        cdef Py_ssize_t plen
         cdef unsigned char* q
         if <Py_ssize_t>length > end - r - HDR:
             raise FrameError(f"record at offset {r - p} runs past the frame")
         # the header, and room for the events of a resting order or a cancel
         # (DISPATCH_ROOM: they write them without a reserve of their own)
-        if self.out.len + (HDR + DISPATCH_ROOM) > self.out.cap:
+        if <size_t>self.out.w + (HDR + DISPATCH_ROOM) > <size_t>self.out.end:
             self._grow_out(HDR + DISPATCH_ROOM)
-        start = self.out.len
+        q = self.out.w
+        self.out.rec = q                 # where the header is after the record (a grow moves it)
         # seq .. epoch, then the kind: read once for the copy and the dispatch (after a store
         # through the output's bytes it was read again); the payload's length and the route
         # are written after the record
         kind = rd16(r + 32)
-        q = self.out.data + start
         memcpy(q, r, 32)
         wr16(q + 32, kind)
-        self.out.len = start + HDR
+        self.out.w = q + HDR
         self.route = 0
         self._record(r, r + HDR, length, walks, kind)
-        plen = self.out.len - start - HDR
+        q = self.out.rec
+        plen = self.out.w - q - HDR
         if plen > MAX_PAYLOAD:
             raise RuntimeError(f"crossengine: the output of record seq {rd64(r)} "
                                f"from source {rd32(r + 24)} exceeds one record "
                                f"({plen} bytes)")
         # (each field read once, before the stores: after one it would be read again)
-        q = self.out.data + start
         wr32(q + 34, <uint32_t>plen)
         wr64(q + ROUTE, self.route)
         return r + HDR + <Py_ssize_t>rd32(r + 34)     # its length read again, not held
@@ -2477,8 +2480,9 @@ cdef class CrossEngine:
         Py_INCREF(buf)
         self.out.owner = <PyObject*>buf
         self.out.data = <unsigned char*>PyBytes_AS_STRING(buf)
-        self.out.len = 0
-        self.out.cap = cap
+        self.out.w = self.out.data
+        self.out.end = self.out.data + cap
+        self.out.rec = NULL
         buf = None
         try:
             # The loop's test is also the header's bounds check (a header cut short ends it,
@@ -2497,8 +2501,8 @@ cdef class CrossEngine:
             if r != end:
                 raise FrameError(f"truncated record header at offset {r - p}")
             # at most 4 bytes out per byte in ahead of time; a rarer frame grows instead
-            self.out_per_in16 = min(self.out.len * 16 // n + 1, 64)
-            _PyBytes_Resize(&self.out.owner, self.out.len)
+            self.out_per_in16 = min((self.out.w - self.out.data) * 16 // n + 1, 64)
+            _PyBytes_Resize(&self.out.owner, self.out.w - self.out.data)
             result = <object>self.out.owner
         finally:
             Py_XDECREF(self.out.owner)
