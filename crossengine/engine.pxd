@@ -62,7 +62,8 @@ cdef struct Table:
     uint64_t limit           # capacity / 2: at this many keys, one more grows it first
     int shift                # 64 - log2(capacity): a multiplicative hash's top bits index it
     uint64_t mul             # the odd multiplier, from the process's hash seed (seed_hashes)
-    uint64_t size
+    int64_t room             # keys it takes before one more grows it: limit less its keys
+                             # (table_size), so that the grow test is one compare with 0
 
 
 cdef struct Touched:

@@ -360,8 +360,12 @@ cdef int table_init(Table* t, uint64_t cap) except -1:
     while cap > 1:
         cap >>= 1
         t.shift -= 1
-    t.size = 0
+    t.room = <int64_t>t.limit
     return 0
+
+cdef inline uint64_t table_size(Table* t) noexcept nogil:
+    """The keys the table holds."""
+    return <uint64_t>(<int64_t>t.limit - t.room)
 
 cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
     cdef uint64_t i = slot_hash(t, k1, k2)
@@ -373,13 +377,14 @@ cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogi
 
 cdef int table_grow(Table* t) except -1:
     cdef Slot* old = t.slots
-    cdef uint64_t old_cap = t.mask + 1, i, j
+    cdef uint64_t old_cap = t.mask + 1, i, j, n = table_size(t)
     t.slots = <Slot*>calloc(old_cap * 2, sizeof(Slot))
     if t.slots == NULL:
         t.slots = old
         raise MemoryError()
     t.mask = old_cap * 2 - 1
     t.limit = old_cap
+    t.room = <int64_t>(old_cap - n)
     t.shift -= 1
     for i in range(old_cap):
         if old[i].used:
@@ -423,7 +428,7 @@ cdef inline uint64_t table_probe(Table* t, uint64_t k1, uint64_t k2) noexcept no
 
 cdef inline int table_room(Table* t) except -1:
     """Grow now if one more key would pass the load factor (table_add's test)."""
-    if t.size >= t.limit:
+    if t.room <= 0:
         table_grow(t)
     return 0
 
@@ -436,7 +441,7 @@ cdef inline void table_put_at(Table* t, uint64_t i, uint64_t k1, uint64_t k2, in
     t.slots[i].v2 = v2
     t.slots[i].n = 0
     t.slots[i].used = 1
-    t.size += 1
+    t.room -= 1
 
 cdef inline int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
     """Insert a key the caller knows is absent (no lookup first)."""
@@ -486,7 +491,7 @@ cdef inline void table_shift_out(Table* t, uint64_t i, Order* back) noexcept nog
             back[t.slots[i].v1].id_slot = <int32_t>i
         i = j
     t.slots[i].used = 0
-    t.size -= 1
+    t.room += 1
 
 
 # -- ordered keys: a two-level blocked array (blocks of up to LB keys, largest last) -----------
@@ -1455,7 +1460,7 @@ cdef class CrossEngine:
         in its id_slot."""
         cdef Table* t = &self.by_id
         cdef uint64_t j
-        if t.size >= t.limit:
+        if t.room <= 0:
             table_grow(t)
             self._id_rehint()
         j = key_hash(t, self.orders[i].order_id)
@@ -2815,8 +2820,9 @@ cdef class CrossEngine:
         finally:
             free(ids)
             free(snap_lv)
-        if eng.by_id.size != <uint64_t>n_orders or eng.by_client.size != <uint64_t>n_orders \
-                or eng.by_account.size != <uint64_t>accounts:
+        if table_size(&eng.by_id) != <uint64_t>n_orders \
+                or table_size(&eng.by_client) != <uint64_t>n_orders \
+                or table_size(&eng.by_account) != <uint64_t>accounts:
             raise RuntimeError("crossengine: restore built indexes that disagree with the book")
         if eng.by_id.mask + 1 != id_cap:
             eng._id_rehint()     # (sized for room above: it does not grow)
@@ -2845,7 +2851,7 @@ cdef class CrossEngine:
             for i in range(t.mask + 1):
                 run = run + 1 if t.slots[i].used else 0
                 longest = max(longest, run)
-            out[name] = (t.size, t.mask + 1, longest)
+            out[name] = (table_size(t), t.mask + 1, longest)
         run = 0
         for i in range(self.ring_mask + 1):
             run += self.id_ring[i] >= 0
@@ -3003,8 +3009,8 @@ cdef class CrossEngine:
                         or self.orders[i].order_id & self.ring_mask != ri:
                     raise RuntimeError("crossengine: the id ring holds a stale entry")
                 in_ring += 1
-        if seen != self.n_live or self.by_id.size + in_ring != <uint64_t>seen \
-                or self.by_client.size != <uint64_t>seen:
+        if seen != self.n_live or table_size(&self.by_id) + in_ring != <uint64_t>seen \
+                or table_size(&self.by_client) != <uint64_t>seen:
             raise RuntimeError("crossengine: live orders and indexes disagree")
         cdef uint64_t slot
         cdef uint32_t n_acct
