@@ -18,12 +18,14 @@ cdef struct Order:
     int32_t level            # index into the level pool
     int32_t prev             # FIFO neighbours within the level
     int32_t next             # (also the free-list link when not live)
-    int32_t acct_prev        # this account's live orders in order-id order (cancel all)
-    int32_t acct_next
-    int32_t acct_slot        # a hint: its account's slot in the account map when it was entered
-                             # (account entries stay; a grow moves them: checked on use)
+    # next, acct_next and id_slot side by side: a resting order sets all three to -1, two
+    # stores (8 and 4 bytes) where there were three
+    int32_t acct_next        # this account's live orders in order-id order (cancel all)
     int32_t id_slot          # its slot in the id map, exact: kept when a deletion's backward
                              # shift or a grow moves it
+    int32_t acct_prev
+    int32_t acct_slot        # a hint: its account's slot in the account map when it was entered
+                             # (account entries stay; a grow moves them: checked on use)
 
 
 cdef struct Level:
@@ -60,7 +62,8 @@ cdef struct Table:
     uint64_t limit           # capacity / 2: at this many keys, one more grows it first
     int shift                # 64 - log2(capacity): a multiplicative hash's top bits index it
     uint64_t mul             # the odd multiplier, from the process's hash seed (seed_hashes)
-    uint64_t size
+    int64_t room             # keys it takes before one more grows it: limit less its keys
+                             # (table_size), so that the grow test is one compare with 0
 
 
 cdef struct Touched:
@@ -71,8 +74,10 @@ cdef struct Touched:
 
 cdef struct Buf:
     unsigned char* data      # owner's bytes while apply_frame writes its output frame, else malloc'd
-    Py_ssize_t len
-    Py_ssize_t cap
+    unsigned char* w         # where the next byte goes: data + the length written
+    unsigned char* end       # data + the capacity
+    unsigned char* rec       # the header of the output record being written (apply_frame), or
+                             # NULL; a grow moves it with the data
     PyObject* owner          # the bytes object data lives in (apply_frame), or NULL
 
 
@@ -138,7 +143,8 @@ cdef struct Side:
     int32_t rc_rung[RC]
     int32_t n                # levels
     int32_t best             # the best level, -1 when the side is empty
-    int64_t best_key         # side_key of the best level's price (valid when n > 0)
+    int64_t best_key         # side_key of the best level's price; CE_KEY_NONE (INT64_MIN,
+                             # below every key) when the side is empty
     # to 256 bytes (engine.pyx checks): &sides[s] is then a shift, not a multiply by 224
     # (four instructions), on every order's level lookup and crossing test
     char pad[32]

@@ -70,8 +70,10 @@ cdef extern from *:
 cdef extern from *:
     """
     #define CE_TICK_TOP ((int64_t)1 << 62)  /* asks: side tick = CE_TICK_TOP - price / tick */
+    #define CE_KEY_NONE INT64_MIN            /* an empty side's best_key: below every key */
     """
     const int64_t CE_TICK_TOP
+    const int64_t CE_KEY_NONE
     int clzll "__builtin_clzll"(unsigned long long x) noexcept nogil
 
 cdef extern from *:
@@ -358,8 +360,12 @@ cdef int table_init(Table* t, uint64_t cap) except -1:
     while cap > 1:
         cap >>= 1
         t.shift -= 1
-    t.size = 0
+    t.room = <int64_t>t.limit
     return 0
+
+cdef inline uint64_t table_size(Table* t) noexcept nogil:
+    """The keys the table holds."""
+    return <uint64_t>(<int64_t>t.limit - t.room)
 
 cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogil:
     cdef uint64_t i = slot_hash(t, k1, k2)
@@ -371,13 +377,14 @@ cdef inline int64_t table_find(Table* t, uint64_t k1, uint64_t k2) noexcept nogi
 
 cdef int table_grow(Table* t) except -1:
     cdef Slot* old = t.slots
-    cdef uint64_t old_cap = t.mask + 1, i, j
+    cdef uint64_t old_cap = t.mask + 1, i, j, n = table_size(t)
     t.slots = <Slot*>calloc(old_cap * 2, sizeof(Slot))
     if t.slots == NULL:
         t.slots = old
         raise MemoryError()
     t.mask = old_cap * 2 - 1
     t.limit = old_cap
+    t.room = <int64_t>(old_cap - n)
     t.shift -= 1
     for i in range(old_cap):
         if old[i].used:
@@ -421,7 +428,7 @@ cdef inline uint64_t table_probe(Table* t, uint64_t k1, uint64_t k2) noexcept no
 
 cdef inline int table_room(Table* t) except -1:
     """Grow now if one more key would pass the load factor (table_add's test)."""
-    if t.size >= t.limit:
+    if t.room <= 0:
         table_grow(t)
     return 0
 
@@ -434,7 +441,7 @@ cdef inline void table_put_at(Table* t, uint64_t i, uint64_t k1, uint64_t k2, in
     t.slots[i].v2 = v2
     t.slots[i].n = 0
     t.slots[i].used = 1
-    t.size += 1
+    t.room -= 1
 
 cdef inline int table_add(Table* t, uint64_t k1, uint64_t k2, int32_t v1, int32_t v2) except -1:
     """Insert a key the caller knows is absent (no lookup first)."""
@@ -484,7 +491,7 @@ cdef inline void table_shift_out(Table* t, uint64_t i, Order* back) noexcept nog
             back[t.slots[i].v1].id_slot = <int32_t>i
         i = j
     t.slots[i].used = 0
-    t.size -= 1
+    t.room += 1
 
 
 # -- ordered keys: a two-level blocked array (blocks of up to LB keys, largest last) -----------
@@ -675,7 +682,7 @@ cdef int side_init(Side* sd) except -1:
         sd.rc_rung[r] = -1
     sd.n = 0
     sd.best = -1
-    sd.best_key = 0
+    sd.best_key = CE_KEY_NONE
     sd.grow_reads = 0
     return 0
 
@@ -690,6 +697,7 @@ cdef void side_free(Side* sd) noexcept:
     sd.rungs_cap = 0
     sd.n = 0
     sd.best = -1
+    sd.best_key = CE_KEY_NONE
 
 cdef inline int32_t side_best(Side* sd) noexcept nogil:
     """The best level, or -1."""
@@ -699,8 +707,8 @@ cdef inline bint side_reaches(Side* sd, int64_t key) noexcept nogil:
     """Whether the side's best key is at or past key: an order of the other side whose price
     has this key here (side_key) reaches the side's best, and would cross it. From the keys
     alone, no level read (a buy at p reaches the best ask q when -q >= -p, a sell the best
-    bid q when q >= p)."""
-    return sd.n != 0 and sd.best_key >= key
+    bid q when q >= p); an empty side's best_key is CE_KEY_NONE, below every key."""
+    return sd.best_key >= key
 
 # Both hashes are multiplicative with the tables' seeded multiplier (seed_hashes): prices are
 # the clients' choice. Unsigned arithmetic wraps by design.
@@ -947,28 +955,31 @@ cdef inline int64_t walk_next(Side* sd, Walk* w) noexcept nogil:
 
 # -- output buffer ----------------------------------------------------------------------------
 cdef inline int buf_reserve(Buf* b, Py_ssize_t n) except -1:
-    if b.len + n <= b.cap:
+    if <size_t>b.w + <size_t>n <= <size_t>b.end:
         return 0
     return buf_grow(b, n)
 
 cdef int buf_grow(Buf* b, Py_ssize_t n) except -1:
     """Room for n more bytes: the malloc'd buffer by realloc, a frame's bytes object (owner)
     by _PyBytes_Resize."""
-    cdef Py_ssize_t cap
+    cdef Py_ssize_t cap = b.end - b.data, length = b.w - b.data
+    cdef Py_ssize_t rec = b.rec - b.data if b.rec != NULL else -1
     cdef unsigned char* data
-    cap = b.cap * 2 if b.cap else 4096
-    while cap < b.len + n:
+    cap = cap * 2 if cap else 4096
+    while cap < length + n:
         cap *= 2
     if b.owner != NULL:
         _PyBytes_Resize(&b.owner, cap)
-        b.data = <unsigned char*>PyBytes_AS_STRING(<object>b.owner)
-        b.cap = cap
-        return 0
-    data = <unsigned char*>realloc(b.data, cap)
-    if data == NULL:
-        raise MemoryError()
+        data = <unsigned char*>PyBytes_AS_STRING(<object>b.owner)
+    else:
+        data = <unsigned char*>realloc(b.data, cap)
+        if data == NULL:
+            raise MemoryError()
     b.data = data
-    b.cap = cap
+    b.w = data + length
+    b.end = data + cap
+    if rec >= 0:
+        b.rec = data + rec
     return 0
 
 
@@ -1079,6 +1090,8 @@ cdef class CrossEngine:
     cdef uint64_t trade_id
     cdef uint64_t command_no
     cdef bint halted
+    cdef int64_t open_max_price         # max_price, or 0 while halted: _new_order's one bound
+                                        # test of a price also refuses the halted book's orders
     cdef Order* orders
     cdef int32_t orders_cap
     cdef int32_t free_order
@@ -1150,6 +1163,7 @@ cdef class CrossEngine:
         self.min_qty = min_qty
         self.max_qty = max_qty
         self.max_price = max_price
+        self.open_max_price = max_price
         self.max_orders = max_orders
         self.free_order = -1
         self.free_level = -1
@@ -1293,7 +1307,7 @@ cdef class CrossEngine:
         L.tick = <uint16_t>t
         L.linked = 1
         key = side_key(s, L.price)
-        if sd.n == 0 or key > sd.best_key:
+        if key > sd.best_key:        # CE_KEY_NONE when the side is empty
             sd.best = lv
             sd.best_key = key
         sd.n += 1
@@ -1335,6 +1349,7 @@ cdef class CrossEngine:
         if sd.best == lv:
             if sd.n == 0:
                 sd.best = -1
+                sd.best_key = CE_KEY_NONE
             else:
                 price = self._price_of(s, rung_top(&sd.rungs[tree_last(&sd.tree)]))
                 sd.best = side_find(sd, self.levels, price)
@@ -1445,7 +1460,7 @@ cdef class CrossEngine:
         in its id_slot."""
         cdef Table* t = &self.by_id
         cdef uint64_t j
-        if t.size >= t.limit:
+        if t.room <= 0:
             table_grow(t)
             self._id_rehint()
         j = key_hash(t, self.orders[i].order_id)
@@ -1539,19 +1554,19 @@ cdef class CrossEngine:
     cdef inline int _ev_rejected(self, uint64_t cl_id, uint32_t account, uint16_t code,
                           uint64_t order_id) except -1:
         buf_reserve(&self.out, 23)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         p[0] = EV_REJECTED
         wr64(p + 1, cl_id)
         wr32(p + 9, account)
         wr16(p + 13, code)
         wr64(p + 15, order_id)
-        self.out.len += 23
+        self.out.w = p + 23
         self.route |= self._bit(account)
         return 0
 
     cdef inline int _ev_accepted(self, int32_t i, uint8_t ord_type, uint64_t qty, uint8_t tif) except -1:
         buf_reserve(&self.out, 41)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         cdef Order* o = &self.orders[i]
         p[0] = EV_ACCEPTED
         wr64(p + 1, o.order_id)
@@ -1563,13 +1578,13 @@ cdef class CrossEngine:
         wr64(p + 31, qty)
         p[39] = tif
         p[40] = o.flags
-        self.out.len += 41
+        self.out.w = p + 41
         self.route |= self._bit(o.account)
         return 0
 
     cdef inline int _ev_cancel(self, uint8_t kind, int32_t i, uint64_t qty, uint8_t reason) except -1:
         buf_reserve(&self.out, 30)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         cdef Order* o = &self.orders[i]
         p[0] = kind
         wr64(p + 1, o.order_id)
@@ -1577,13 +1592,13 @@ cdef class CrossEngine:
         wr32(p + 17, o.account)
         wr64(p + 21, qty)
         p[29] = reason
-        self.out.len += 30
+        self.out.w = p + 30
         self.route |= self._bit(o.account)
         return 0
 
     cdef int _ev_amended(self, int32_t i, uint64_t total, uint8_t kept) except -1:
         buf_reserve(&self.out, 46)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         cdef Order* o = &self.orders[i]
         p[0] = EV_AMENDED
         wr64(p + 1, o.order_id)
@@ -1593,13 +1608,13 @@ cdef class CrossEngine:
         wr64(p + 29, o.leaves)
         wr64(p + 37, total)
         p[45] = kept
-        self.out.len += 46
+        self.out.w = p + 46
         self.route |= self._bit(o.account)
         return 0
 
     cdef inline int _ev_trade(self, int32_t m, int32_t t, uint64_t q) except -1:
         buf_reserve(&self.out, 68)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         cdef Order* mk = &self.orders[m]
         cdef Order* tk = &self.orders[t]
         p[0] = EV_TRADE
@@ -1615,14 +1630,14 @@ cdef class CrossEngine:
         wr64(p + 58, tk.leaves)
         p[66] = mk.flags
         p[67] = tk.flags
-        self.out.len += 68
+        self.out.w = p + 68
         self.route |= self._bit(mk.account) | self._bit(tk.account)
         return 0
 
     cdef int _ev_mass(self, uint8_t scope, uint32_t account, uint8_t side, uint8_t reason,
                       uint64_t count) except -1:
         buf_reserve(&self.out, 24)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         p[0] = EV_MASS
         p[1] = scope
         wr32(p + 2, account)
@@ -1630,14 +1645,14 @@ cdef class CrossEngine:
         p[7] = reason
         wr64(p + 8, count)
         wr64(p + 16, self.id_base | self.order_counter)
-        self.out.len += 24
+        self.out.w = p + 24
         self.route |= self.all_shards if scope == SCOPE_BOOK else self._bit(account)
         return 0
 
     cdef int _ev_byte(self, uint8_t kind) except -1:
         buf_reserve(&self.out, 1)
-        self.out.data[self.out.len] = kind
-        self.out.len += 1
+        self.out.w[0] = kind
+        self.out.w += 1
         self.route |= self.all_shards     # Halted, Resumed: book-wide
         return 0
 
@@ -1645,7 +1660,7 @@ cdef class CrossEngine:
         """LevelChanged of side and price: level lv's total and count, or 0 and 0 for lv < 0
         (the level is gone)."""
         buf_reserve(&self.out, 22)
-        cdef unsigned char* p = self.out.data + self.out.len
+        cdef unsigned char* p = self.out.w
         p[0] = EV_LEVEL
         p[1] = side
         wri64(p + 2, price)
@@ -1655,7 +1670,7 @@ cdef class CrossEngine:
         else:
             wr64(p + 10, 0)
             wr32(p + 18, 0)
-        self.out.len += 22
+        self.out.w = p + 22
         return 0
 
     cdef inline int _level_events(self) except -1:
@@ -1671,7 +1686,7 @@ cdef class CrossEngine:
             if not (self.levels[lv].count and self.levels[lv].price == self.touched[k].price
                     and self.levels[lv].side == self.touched[k].side):
                 lv = self._find_level(s, self.touched[k].price)
-            p = self.out.data + self.out.len
+            p = self.out.w
             p[0] = EV_LEVEL
             p[1] = self.touched[k].side
             wri64(p + 2, self.touched[k].price)
@@ -1681,7 +1696,7 @@ cdef class CrossEngine:
             else:
                 wr64(p + 10, 0)
                 wr32(p + 18, 0)
-            self.out.len += 22
+            self.out.w = p + 22
         self.n_touched = 0
         return 0
 
@@ -1799,6 +1814,10 @@ cdef class CrossEngine:
             return C_NOT_ON_TICK
         return 0
 
+    cdef inline void _set_halted(self, bint halted) noexcept:
+        self.halted = halted
+        self.open_max_price = 0 if halted else self.max_price
+
     cdef inline int _new_order(self, const unsigned char* p) except -1:
         """A NewOrder; its level events too (the caller lists none after it)."""
         cdef uint64_t cl_id = rd64(p), qty = rd64(p + 16)
@@ -1813,8 +1832,9 @@ cdef class CrossEngine:
         # common order, a GTC limit order within bounds (post-only is allowed on it), then
         # checks 7 to 10 and the test whether it rests, in order; any other order takes them
         # one by one, first failure first, in _new_order_general.
-        if gtc_limit_shape(rd32(p + 28)) and p[32] <= STP_DEC and not self.halted \
-                and 0 < price <= self.max_price and self._on_tick(price) \
+        # (open_max_price is 0 while halted: the bound test refuses every price then)
+        if gtc_limit_shape(rd32(p + 28)) and p[32] <= STP_DEC \
+                and 0 < price <= self.open_max_price and self._on_tick(price) \
                 and self.min_qty <= qty <= self.max_qty:
             code = self._room_code(cl_id, account, &cslot)
             if not code:
@@ -1978,6 +1998,7 @@ cdef class CrossEngine:
         tail = L.tail
         o.prev = tail
         o.next = -1
+        o.acct_next = -1
         o.id_slot = -1                   # in the id ring (below)
         o.live = 1
         if tail >= 0:
@@ -1999,7 +2020,6 @@ cdef class CrossEngine:
         acct = &self.by_account.slots[a]
         tail = acct.v2
         o.acct_prev = tail
-        o.acct_next = -1
         if tail >= 0:
             self.orders[tail].acct_next = t
         else:
@@ -2011,8 +2031,8 @@ cdef class CrossEngine:
         self.route |= <uint64_t>1 << acct.shard
         # OrderAccepted (as _ev_accepted writes it) and the LevelChanged after it: 63 bytes,
         # within the DISPATCH_ROOM reserved before the command
-        q = self.out.data + self.out.len
-        self.out.len += 41 + 22
+        q = self.out.w
+        self.out.w = q + 41 + 22
         q[0] = EV_ACCEPTED
         wr64(q + 1, order_id)
         memcpy(q + 9, p, 8)              # client order id
@@ -2084,8 +2104,8 @@ cdef class CrossEngine:
         self.route |= <uint64_t>1 << self.by_account.slots[a].shard
         # OrderCancelled (as _ev_cancel writes it) and the LevelChanged after it: 52 bytes,
         # within the DISPATCH_ROOM reserved before the command
-        q = self.out.data + self.out.len
-        self.out.len += 30 + 22
+        q = self.out.w
+        self.out.w = q + 30 + 22
         q[0] = EV_CANCELLED
         wr64(q + 1, o.order_id)
         wr64(q + 9, o.client_order_id)
@@ -2232,7 +2252,7 @@ cdef class CrossEngine:
         elif kind == K_HALT or kind == K_RESUME:
             if n != 0:
                 return self._ev_rejected(0, 0, C_MALFORMED, 0)
-            self.halted = kind == K_HALT
+            self._set_halted(kind == K_HALT)
             return self._ev_byte(EV_HALTED if kind == K_HALT else EV_RESUMED)
         elif kind == K_TICK:
             return 0
@@ -2258,14 +2278,15 @@ cdef class CrossEngine:
         return False
 
     cdef inline int _record(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
-                            bint walks) except -1:
+                            bint walks, uint16_t kind) except -1:
         """The events of one input record (header h, payload p[0:n]): a command, or (from a
         te or liq source) the commands for this symbol that a TradingEngine or LiqEngine
         output payload carries. walks: whether the engine has te or liq sources at all (its
-        caller tests that once a frame, not once a record)."""
+        caller tests that once a frame, not once a record); kind: the record's kind, read
+        from h by the caller."""
         if walks and self._walk(h, p, n):
             return 0
-        return self._dispatch(rd16(h + 32), p, n, h)
+        return self._dispatch(kind, p, n, h)
 
     cdef int _walk(self, const unsigned char* h, const unsigned char* p,
                    Py_ssize_t n) except -1:
@@ -2377,10 +2398,10 @@ cdef class CrossEngine:
         wr64(h + 8, ts_ns)
         wr32(h + 24, source)
         wr16(h + 32, kind)
-        self.out.len = 0
+        self.out.w = self.out.data
         buf_reserve(&self.out, DISPATCH_ROOM)
-        self._record(h, p, n, (self.n_te | self.n_liq) != 0)
-        return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.len)
+        self._record(h, p, n, (self.n_te | self.n_liq) != 0, kind)
+        return PyBytes_FromStringAndSize(<char*>self.out.data, self.out.w - self.out.data)
 
     def apply_frame(self, const unsigned char[::1] frame):
         """Apply every record of a sequenced frame; return the output frame: one record per
@@ -2404,6 +2425,11 @@ cdef class CrossEngine:
             raise FrameError("empty frame")
         return self._apply_records(&frame[0], n)
 
+    cdef int _grow_out(self, Py_ssize_t n) except -1:
+        """buf_grow of the output, out of line: called with self, the record loop holds no
+        pointer to self.out for it."""
+        return buf_grow(&self.out, n)
+
     cdef inline const unsigned char* _apply_record(self, const unsigned char* r,
                                                    const unsigned char* end,
                                                    const unsigned char* p,
@@ -2411,26 +2437,33 @@ cdef class CrossEngine:
         """Apply the record at r (its header within the frame, which ends at end; p: the
         frame, for the messages) and write its output record; the next record."""
         cdef uint32_t length = rd32(r + 34)
-        cdef Py_ssize_t start, plen
+        cdef uint16_t kind
+        cdef Py_ssize_t plen
         cdef unsigned char* q
         if <Py_ssize_t>length > end - r - HDR:
             raise FrameError(f"record at offset {r - p} runs past the frame")
         # the header, and room for the events of a resting order or a cancel
         # (DISPATCH_ROOM: they write them without a reserve of their own)
-        buf_reserve(&self.out, HDR + DISPATCH_ROOM)
-        start = self.out.len
-        # seq .. kind; the payload's length and the route are written after it
-        memcpy(self.out.data + start, r, 34)
-        self.out.len = start + HDR
+        if <size_t>self.out.w + (HDR + DISPATCH_ROOM) > <size_t>self.out.end:
+            self._grow_out(HDR + DISPATCH_ROOM)
+        q = self.out.w
+        self.out.rec = q                 # where the header is after the record (a grow moves it)
+        # seq .. epoch, then the kind: read once for the copy and the dispatch (after a store
+        # through the output's bytes it was read again); the payload's length and the route
+        # are written after the record
+        kind = rd16(r + 32)
+        memcpy(q, r, 32)
+        wr16(q + 32, kind)
+        self.out.w = q + HDR
         self.route = 0
-        self._record(r, r + HDR, length, walks)
-        plen = self.out.len - start - HDR
+        self._record(r, r + HDR, length, walks, kind)
+        q = self.out.rec
+        plen = self.out.w - q - HDR
         if plen > MAX_PAYLOAD:
             raise RuntimeError(f"crossengine: the output of record seq {rd64(r)} "
                                f"from source {rd32(r + 24)} exceeds one record "
                                f"({plen} bytes)")
         # (each field read once, before the stores: after one it would be read again)
-        q = self.out.data + start
         wr32(q + 34, <uint32_t>plen)
         wr64(q + ROUTE, self.route)
         return r + HDR + <Py_ssize_t>rd32(r + 34)     # its length read again, not held
@@ -2452,8 +2485,9 @@ cdef class CrossEngine:
         Py_INCREF(buf)
         self.out.owner = <PyObject*>buf
         self.out.data = <unsigned char*>PyBytes_AS_STRING(buf)
-        self.out.len = 0
-        self.out.cap = cap
+        self.out.w = self.out.data
+        self.out.end = self.out.data + cap
+        self.out.rec = NULL
         buf = None
         try:
             # The loop's test is also the header's bounds check (a header cut short ends it,
@@ -2472,8 +2506,8 @@ cdef class CrossEngine:
             if r != end:
                 raise FrameError(f"truncated record header at offset {r - p}")
             # at most 4 bytes out per byte in ahead of time; a rarer frame grows instead
-            self.out_per_in16 = min(self.out.len * 16 // n + 1, 64)
-            _PyBytes_Resize(&self.out.owner, self.out.len)
+            self.out_per_in16 = min((self.out.w - self.out.data) * 16 // n + 1, 64)
+            _PyBytes_Resize(&self.out.owner, self.out.w - self.out.data)
             result = <object>self.out.owner
         finally:
             Py_XDECREF(self.out.owner)
@@ -2633,7 +2667,7 @@ cdef class CrossEngine:
                                    max_account_orders, te_sources, n_shards, liq_sources)
         eng.order_counter = counter
         eng.trade_id = trade_id
-        eng.halted = bool(halted)
+        eng._set_halted(halted != 0)
         cdef Order* pool = <Order*>malloc(room * sizeof(Order))
         if pool == NULL:
             raise MemoryError()
@@ -2786,8 +2820,9 @@ cdef class CrossEngine:
         finally:
             free(ids)
             free(snap_lv)
-        if eng.by_id.size != <uint64_t>n_orders or eng.by_client.size != <uint64_t>n_orders \
-                or eng.by_account.size != <uint64_t>accounts:
+        if table_size(&eng.by_id) != <uint64_t>n_orders \
+                or table_size(&eng.by_client) != <uint64_t>n_orders \
+                or table_size(&eng.by_account) != <uint64_t>accounts:
             raise RuntimeError("crossengine: restore built indexes that disagree with the book")
         if eng.by_id.mask + 1 != id_cap:
             eng._id_rehint()     # (sized for room above: it does not grow)
@@ -2816,7 +2851,7 @@ cdef class CrossEngine:
             for i in range(t.mask + 1):
                 run = run + 1 if t.slots[i].used else 0
                 longest = max(longest, run)
-            out[name] = (t.size, t.mask + 1, longest)
+            out[name] = (table_size(t), t.mask + 1, longest)
         run = 0
         for i in range(self.ring_mask + 1):
             run += self.id_ring[i] >= 0
@@ -2921,7 +2956,7 @@ cdef class CrossEngine:
                 raise RuntimeError("crossengine: a side's level count is wrong")
             levels = self._level_list(s)
             best = levels[0] if levels else -1
-            if sd.best != best or (best >= 0 and sd.best_key != side_key(
+            if sd.best != best or sd.best_key != (CE_KEY_NONE if best < 0 else side_key(
                     s, self.levels[best].price)):
                 raise RuntimeError("crossengine: a side's best level is stale")
             for k in range(1, len(levels)):
@@ -2974,8 +3009,8 @@ cdef class CrossEngine:
                         or self.orders[i].order_id & self.ring_mask != ri:
                     raise RuntimeError("crossengine: the id ring holds a stale entry")
                 in_ring += 1
-        if seen != self.n_live or self.by_id.size + in_ring != <uint64_t>seen \
-                or self.by_client.size != <uint64_t>seen:
+        if seen != self.n_live or table_size(&self.by_id) + in_ring != <uint64_t>seen \
+                or table_size(&self.by_client) != <uint64_t>seen:
             raise RuntimeError("crossengine: live orders and indexes disagree")
         cdef uint64_t slot
         cdef uint32_t n_acct
