@@ -205,8 +205,10 @@ def worst_case_output() -> dict[str, int]:
     fills = CE_MAX_FILLS
     commands = {
         "cancel_all": MAX_OPEN_ORDERS * cancel_one,
-        # the answer to one record of this engine: one taker's fills, or the reports of the
-        # cancels and amends a record sent (its sweeps count them, ANSWER_RESERVE)
+        # the answer to one record of this engine: the fills of its takers, which share
+        # CE_MAX_FILLS (the CrossEngine's fill_cap: one record's takers together), or the
+        # reports of the cancels, amends and triggered orders a record sent (its sweeps count
+        # them, ANSWER_RESERVE and TAKER_RESERVE)
         "ce_events": max(fills * (2 * fill + 2 * size[DEFICIT_COVERED]) + 2 * er
                          + (fills + 1) * (size[POSITION] + size[ACCOUNT]),
                          OUTPUT_BUDGET + 2 * max(units.values()) + MAX_OPEN_ORDERS * er),
@@ -229,6 +231,13 @@ def worst_case_output() -> dict[str, int]:
 ANSWER_RESERVE = (EVENT_STRUCTS[EXEC_REPORT].size + 2 * (EVENT_STRUCTS[SESSION_MESSAGE].size
                                                         + P_BLOCK_SIZES[P_EXEC_REPORT])
                   - EVENT_STRUCTS[CE_COMMAND].size - CE_CANCEL_S.size)
+
+# What reporting the CrossEngine's answer to a triggered order costs beyond its command, fills
+# aside (they are bounded per record, CE_MAX_FILLS): its acceptance and its expiry, each an
+# execution report with up to two session messages. The trigger sweep counts it as it sends.
+TAKER_RESERVE = (2 * (EVENT_STRUCTS[EXEC_REPORT].size + 2 * (EVENT_STRUCTS[SESSION_MESSAGE].size
+                                                             + P_BLOCK_SIZES[P_EXEC_REPORT]))
+                 - EVENT_STRUCTS[CE_COMMAND].size - CE_NEW_ORDER_S.size)
 
 # the margin left under MAX_PAYLOAD: an eighth (it was half before session messages doubled
 # the size of a fill's reports; docs/order-path.md notes it)
@@ -1565,6 +1574,7 @@ class TradingEngine:
                 del waiting[o.order_id]
                 self._trig_remove(o)
                 o.state = PENDING_NEW
+                self._size += TAKER_RESERVE
         return True
 
     def _trig_key(self, o: Order) -> tuple:

@@ -81,3 +81,63 @@ def test_cancel_on_disconnect_of_a_64_account_session_answers_within_one_record(
             (c.KIND_TICK, b"")
     assert worst <= OUTPUT_LIMIT, f"{worst} bytes in one record"
     assert not v.te.orders        # every order cancelled, over as many records as it took
+
+
+def test_stops_fired_together_over_a_deep_book_answer_within_one_record():
+    """One mark fires many stop-market orders, each big enough to meet CE_MAX_FILLS makers of
+    a deep book of one-lot asks. They go out in one record, and the CrossEngine answers that
+    record with one record (in production: it walks the TradingEngine's payload): 8 takers
+    of 1,000 fills each were an answer of ~560 KB and a report of it of ~1.4 MB, over
+    MAX_PAYLOAD, which stops the shard at that record on every replica. The takers of one
+    record now share CE_MAX_FILLS (crossengine: fill_cap); the rest expires (reason 6)."""
+    from crossengine.engine import CrossEngine
+    from mq.record import MAX_PAYLOAD, decode, encode
+    from tests.tradingvenue import spec
+    from tradingengine.engine import CE_MAX_FILLS, TradingEngine
+
+    te_source, takers = 0x7300_0000, 8
+    s = spec(max_leverage_x100=10_000)
+    te = TradingEngine([s])
+    ce = CrossEngine(symbol_id=1, max_price=s.max_price, max_qty=s.max_qty,
+                     te_sources=[te_source])
+    state = {"seq": 0, "ts": 10**18, "ce_seq": 0, "worst": 0, "answer": 0}
+
+    def answer(raw: bytes) -> bytes:
+        """The CrossEngine's one output record for one TradingEngine record."""
+        if not any(ev[0] == c.CE_COMMAND for ev in c.decode_events(raw)):
+            return b""
+        state["ce_seq"] += 1
+        n = state["ce_seq"]
+        out = decode(ce.apply_frame(encode([(n, state["ts"], te_source, n, 1, 44, raw)])))
+        return out[0][6]
+
+    def apply(kind: int, payload: bytes) -> bytes:
+        state["seq"] += 1
+        state["ts"] += 1000
+        raw = te.apply(state["seq"], state["ts"], kind, payload)
+        state["worst"] = max(state["worst"], len(raw))
+        back = answer(raw)
+        if back:
+            state["answer"] = max(state["answer"], len(back))
+            apply(c.CE_EVENTS, c.ce_events(1, back))
+        return raw
+
+    apply(c.MARK_PRICE, c.mark_price(1, 10_000))
+    makers = takers * CE_MAX_FILLS // MAX_OPEN_ORDERS
+    for a in range(1, makers + 1):
+        apply(c.DEPOSIT, c.transfer(a, a, 10**15))
+        for i in range(MAX_OPEN_ORDERS):
+            apply(c.NEW_ORDER, c.new_order(i + 1, a, 1, c.SELL, 10_300 + i, 1))
+    for t in range(takers):
+        a = 10_000 + t
+        apply(c.DEPOSIT, c.transfer(a, a, 10**15))
+        apply(c.NEW_ORDER, c.new_order(1, a, 1, c.BUY, 0, CE_MAX_FILLS, ord_type=c.MARKET,
+                                       trigger_price=10_100, trigger_kind=c.TRIGGER_STOP))
+    assert len(te.orders) == makers * MAX_OPEN_ORDERS + takers
+    state["worst"] = 0
+    apply(c.MARK_PRICE, c.mark_price(1, 10_200))
+    assert state["worst"] <= OUTPUT_LIMIT and state["answer"] <= MAX_PAYLOAD
+    te.check_invariants()
+    bought = sum(te.accounts[10_000 + t].positions[1].size for t in range(takers))
+    assert bought == CE_MAX_FILLS            # one record's takers met 1,000 makers together
+    assert len(te.orders) == makers * MAX_OPEN_ORDERS - CE_MAX_FILLS
