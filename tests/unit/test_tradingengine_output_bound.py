@@ -11,6 +11,8 @@ A session with MAX_SESSION_ACCOUNTS = 64 accounts of MAX_OPEN_ORDERS = 200 order
 """
 from __future__ import annotations
 
+import pytest
+
 from tests.unit.test_tradingengine_sessions import E8, NOS, NULL, OMCR, Harness
 from tradingengine import codec as c
 from tradingengine.engine import MAX_OPEN_ORDERS, OUTPUT_LIMIT
@@ -141,3 +143,60 @@ def test_stops_fired_together_over_a_deep_book_answer_within_one_record():
     bought = sum(te.accounts[10_000 + t].positions[1].size for t in range(takers))
     assert bought == CE_MAX_FILLS            # one record's takers met 1,000 makers together
     assert len(te.orders) == makers * MAX_OPEN_ORDERS - CE_MAX_FILLS
+
+
+@pytest.mark.xfail(strict=True, reason="the takers of one record share CE_MAX_FILLS in the "
+                   "order the record lists them: a client's order after deferred trigger "
+                   "units expires whole (reason 6) with the book crossing it; "
+                   "docs/tradingengine.md, Not yet")
+def test_a_clients_order_behind_deferred_trigger_units_still_takes_the_book():
+    """A mark fires more stops than one record's OUTPUT_BUDGET: the trigger sweep resumes in
+    the next record, before that record's command. When that command is a client's crossing
+    order, it comes after the triggered orders in the record the CrossEngine walks; if they
+    used the record's CE_MAX_FILLS (a stop of 1,000 lots over a book of one-lot asks), the
+    client's order, and the one-lot stops after the big one, expire whole at the matching
+    limit (reason 6) with no fill, though the book still crosses them (found in review)."""
+    from crossengine.engine import CrossEngine
+    from mq.record import decode, encode
+    from tests.tradingvenue import spec
+    from tradingengine.engine import CE_MAX_FILLS, TradingEngine
+
+    te_source = 0x7300_0000
+    s = spec(max_leverage_x100=10_000)
+    te = TradingEngine([s])
+    ce = CrossEngine(symbol_id=1, max_price=s.max_price, max_qty=s.max_qty,
+                     te_sources=[te_source])
+    state = {"seq": 0, "ts": 10**18, "ce_seq": 0}
+
+    def apply(kind: int, payload: bytes, answer: bool = True) -> bytes:
+        state["seq"] += 1
+        state["ts"] += 1000
+        raw = te.apply(state["seq"], state["ts"], kind, payload)
+        if answer and any(ev[0] == c.CE_COMMAND for ev in c.decode_events(raw)):
+            state["ce_seq"] += 1
+            n = state["ce_seq"]
+            back = decode(ce.apply_frame(encode([(n, state["ts"], te_source, n, 1, 44,
+                                                  raw)])))[0][6]
+            apply(c.CE_EVENTS, c.ce_events(1, back))
+        return raw
+
+    apply(c.MARK_PRICE, c.mark_price(1, 10_000))
+    for a in range(1, 8 * CE_MAX_FILLS // MAX_OPEN_ORDERS + 2):
+        apply(c.DEPOSIT, c.transfer(a, a, 10**14))
+        for i in range(MAX_OPEN_ORDERS):
+            apply(c.NEW_ORDER, c.new_order(i + 1, a, 1, c.SELL, 10_300 + i, 1))
+    for t in range(400):
+        a = 10_000 + t
+        apply(c.DEPOSIT, c.transfer(a, a, 10**13))
+        apply(c.NEW_ORDER, c.new_order(1, a, 1, c.BUY, 0, CE_MAX_FILLS if t == 250 else 1,
+                                       ord_type=c.MARKET, trigger_price=10_100,
+                                       trigger_kind=c.TRIGGER_STOP))
+    client = 30_000
+    apply(c.DEPOSIT, c.transfer(client, client, 10**13))
+    # the mark's record: its answer comes back after the client's record (the sequencer
+    # interleaves them), which runs the rest of the trigger sweep before the client's order
+    apply(c.MARK_PRICE, c.mark_price(1, 10_200), answer=False)
+    assert te.sweeps, "the trigger sweep goes on in the next record"
+    apply(c.NEW_ORDER, c.new_order(1, client, 1, c.BUY, 10_400, 5))
+    pos = te.accounts[client].positions.get(1)
+    assert pos is not None and pos.size == 5
