@@ -91,7 +91,9 @@ def test_stops_fired_together_over_a_deep_book_answer_within_one_record():
     record with one record (in production: it walks the TradingEngine's payload): 8 takers
     of 1,000 fills each were an answer of ~560 KB and a report of it of ~1.4 MB, over
     MAX_PAYLOAD, which stops the shard at that record on every replica. The takers of one
-    record now share CE_MAX_FILLS (crossengine: fill_cap); the rest expires (reason 6)."""
+    record share CE_MAX_FILLS in the CrossEngine (fill_cap), and the trigger sweep sends a
+    taker only where the steps it may take are left: one stop of 1,000 lots a record here,
+    the sweep going on in the record of each answer, and every stop fills in full."""
     from crossengine.engine import CrossEngine
     from mq.record import MAX_PAYLOAD, decode, encode
     from tests.tradingvenue import spec
@@ -139,16 +141,12 @@ def test_stops_fired_together_over_a_deep_book_answer_within_one_record():
     state["worst"] = 0
     apply(c.MARK_PRICE, c.mark_price(1, 10_200))
     assert state["worst"] <= OUTPUT_LIMIT and state["answer"] <= MAX_PAYLOAD
+    assert not te.sweeps
     te.check_invariants()
-    bought = sum(te.accounts[10_000 + t].positions[1].size for t in range(takers))
-    assert bought == CE_MAX_FILLS            # one record's takers met 1,000 makers together
-    assert len(te.orders) == makers * MAX_OPEN_ORDERS - CE_MAX_FILLS
+    bought = [te.accounts[10_000 + t].positions[1].size for t in range(takers)]
+    assert bought == [CE_MAX_FILLS] * takers and not te.orders
 
 
-@pytest.mark.xfail(strict=True, reason="the takers of one record share CE_MAX_FILLS in the "
-                   "order the record lists them: a client's order after deferred trigger "
-                   "units expires whole (reason 6) with the book crossing it; "
-                   "docs/tradingengine.md, Not yet")
 def test_a_clients_order_behind_deferred_trigger_units_still_takes_the_book():
     """A mark fires more stops than one record's OUTPUT_BUDGET: the trigger sweep resumes in
     the next record, before that record's command. When that command is a client's crossing
