@@ -11,8 +11,6 @@ A session with MAX_SESSION_ACCOUNTS = 64 accounts of MAX_OPEN_ORDERS = 200 order
 """
 from __future__ import annotations
 
-import pytest
-
 from tests.unit.test_tradingengine_sessions import E8, NOS, NULL, OMCR, Harness
 from tradingengine import codec as c
 from tradingengine.engine import MAX_OPEN_ORDERS, OUTPUT_LIMIT
