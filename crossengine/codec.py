@@ -23,7 +23,8 @@ MassCancel: its one MassCancelled event says the whole book is gone).
 
 Bounds. Every output must fit one record (mq MAX_PAYLOAD) with room to spare, so one command
 does a bounded amount of work: a taker matches at most ``max_fills`` makers (the rest of it
-expires, reason 6), an account rests at most ``max_account_orders`` orders, and CancelAll /
+expires, reason 6), and so do all the takers of one TradingEngine or LiqEngine record together
+(its commands are answered by one output record), an account rests at most ``max_account_orders`` orders, and CancelAll /
 MassCancel answer with one MassCancelled event whatever they cancel. ``worst_case_sizes``
 gives the largest output of each command kind from these bounds; the check below proves at
 import that the largest fits MAX_PAYLOAD less the TradingEngine's 4-byte CE_EVENTS prefix,

@@ -29,9 +29,12 @@ output payload, walked with sizes mirrored from liqengine/codec.py (LIQ_EVENT_SI
 applied the same way (its CrossEngineCommand events for this symbol, in order; the same error
 on a payload it cannot walk).
 
-Bounded output: a taker meets at most ``max_fills`` makers, an account rests at most
-``max_account_orders`` orders, CancelAll and MassCancel answer with one event, and the order
-counter stops at 2**40 - 1; so every output fits one record (codec.worst_case_sizes).
+Bounded output: a taker meets at most ``max_fills`` makers, and the takers of one
+TradingEngine or LiqEngine record (many commands, one output record) at most ``max_fills``
+together (``fill_cap``: a taker that finds none of them left expires, reason 6, as one that
+used them up); an account rests at most ``max_account_orders`` orders, CancelAll and
+MassCancel answer with one event, and the order counter stops at 2**40 - 1; so every output
+fits one record (codec.worst_case_sizes).
 
 Hot path: a whole frame of records is applied in one call; orders live in a preallocated pool
 with a free list, price levels in a pool with FIFO links; each side finds a level by price in
@@ -1078,6 +1081,10 @@ cdef class CrossEngine:
     cdef readonly int64_t max_price
     cdef readonly uint64_t max_orders
     cdef readonly uint32_t max_fills            # matching steps one taker may take
+    # the matching steps the next taker may take: max_fills, except inside the walk of a
+    # TradingEngine or LiqEngine record, whose takers together take at most max_fills
+    cdef uint32_t fill_cap
+    cdef uint32_t record_steps          # matching steps taken in the record being walked
     cdef readonly uint32_t max_account_orders   # resting orders one account may have
     cdef readonly uint32_t n_shards     # TradingEngine shards, 1 .. 64: route bit account % this
     cdef uint64_t all_shards            # the route of a book-wide event: every shard's bit
@@ -1156,6 +1163,7 @@ cdef class CrossEngine:
         # a book-wide event concerns every shard and the LiqEngine
         self.all_shards = ((<uint64_t>1 << n_shards) - 1) | ROUTE_LIQ
         self.max_fills = max_fills
+        self.fill_cap = max_fills
         self.max_account_orders = max_account_orders
         self.symbol_id = symbol_id
         self.id_base = <uint64_t>symbol_id << 40
@@ -1721,8 +1729,8 @@ cdef class CrossEngine:
                 break
             i = self.levels[lv].head
             while i >= 0:
-                # matching would stop at max_fills makers: a FOK must fill within them
-                if steps >= self.max_fills:
+                # matching would stop at fill_cap makers: a FOK must fill within them
+                if steps >= self.fill_cap:
                     return False
                 steps += 1
                 if self.orders[i].account == account and stp != STP_NONE:
@@ -1738,7 +1746,8 @@ cdef class CrossEngine:
 
     cdef inline int _match(self, int32_t t, bint market) except -1:
         """Match order t (not in the book) against the opposite side. Returns 1 when it
-        stopped at max_fills makers with more of the book still crossing it, else 0."""
+        stopped at fill_cap makers (max_fills, or what a walked record's takers left of it)
+        with more of the book still crossing it, else 0. Counts its steps in record_steps."""
         cdef uint8_t side = self.orders[t].side
         cdef int opp = 1 - side_index(side)
         cdef Side* sd = &self.sides[opp]
@@ -1755,7 +1764,8 @@ cdef class CrossEngine:
                 break
             if not self._crosses(side, price, self.levels[lv].price, market):
                 break
-            if steps >= self.max_fills:
+            if steps >= self.fill_cap:
+                self.record_steps += steps
                 return 1
             steps += 1
             m = self.levels[lv].head
@@ -1797,6 +1807,7 @@ cdef class CrossEngine:
                 self._remove(m)
             else:
                 self._touch(lv)
+        self.record_steps += steps
         return 0
 
     # -- commands ---------------------------------------------------------------------------
@@ -2293,13 +2304,24 @@ cdef class CrossEngine:
         """1 if the record is from a te or liq source: its payload applied (walked once to
         check it and once to apply it, so a malformed one changes nothing); else 0."""
         cdef uint32_t source = rd32(h + 24)
+        # One output record answers the whole record, whatever the number of takers in it:
+        # they share max_fills matching steps (fill_cap), so that answer, and the
+        # TradingEngine's report of it, stay as bounded as one taker's (codec.py, Bounds).
         if self.n_te and self._is_te(source):
             self._walk_te(h, p, n, False)
-            self._walk_te(h, p, n, True)
+            self.record_steps = 0
+            try:
+                self._walk_te(h, p, n, True)
+            finally:
+                self.fill_cap = self.max_fills
             return 1
         if self.n_liq and self._is_liq(source):
             self._walk_liq(h, p, n, False)
-            self._walk_liq(h, p, n, True)
+            self.record_steps = 0
+            try:
+                self._walk_liq(h, p, n, True)
+            finally:
+                self.fill_cap = self.max_fills
             return 1
         return 0
 
@@ -2325,6 +2347,8 @@ cdef class CrossEngine:
                                                     f"{size + tail} bytes)", "liq")
             if apply and t == LIQ_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
                 buf_reserve(&self.out, DISPATCH_ROOM)
+                self.fill_cap = self.max_fills - self.record_steps \
+                    if self.record_steps < self.max_fills else 0
                 self._dispatch(rd16(p + off + 5), p + off + size, tail, h)
             off += size + tail
         return 0
@@ -2360,6 +2384,8 @@ cdef class CrossEngine:
                                                     f"{size + tail} bytes)")
             if apply and t == TE_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
                 buf_reserve(&self.out, DISPATCH_ROOM)
+                self.fill_cap = self.max_fills - self.record_steps \
+                    if self.record_steps < self.max_fills else 0
                 self._dispatch(rd16(p + off + 5), p + off + size, tail, h)
             off += size + tail
         return 0

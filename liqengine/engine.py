@@ -61,6 +61,8 @@ SCALE_BITS = 64
 
 _PACK = {k: s.pack for k, s in c.EVENT_STRUCTS.items()}
 _TE = {k: s.unpack_from for k, s in c.TE_EVENT_STRUCTS.items()}
+# the CrossEngine's reason for an IOC stopped at its matching limit (crossengine/codec.py)
+CE_REASON_MATCH_LIMIT = 6
 _CE = {k: s.unpack_from for k, s in c.CE_EVENT_STRUCTS.items()}
 _CODE = c.CODES
 _ADL_SIZE = c.EVENT_SIZES[c.ADL]
@@ -530,7 +532,8 @@ class LiqEngine:
                 if ev[3] == liq:
                     co = self._closeout_of_coid(ev[2])
                     if co is not None:
-                        self._order_gone(co)
+                        self._order_gone(co, kind == c.CE_EXPIRED
+                                         and ev[5] == CE_REASON_MATCH_LIMIT)
             elif kind == c.CE_REJECTED:
                 ev = _CE[kind](payload, off)
                 if ev[2] == liq:
@@ -652,10 +655,18 @@ class LiqEngine:
                 due.append(co)
         return due
 
-    def _order_gone(self, co: CloseOut) -> None:
+    def _order_gone(self, co: CloseOut, stopped: bool = False) -> None:
         """The close-out's live order left the book (cancelled, expired, rejected, or its
-        cancel was refused because it is gone): on to the next phase."""
+        cancel was refused because it is gone): on to the next phase. stopped: an IOC that
+        the CrossEngine stopped at its matching limit with the book still crossing it (it
+        met max_fills makers, or the other takers of its record used them up): the book is
+        not exhausted, so a fresh IOC goes at once, neither a hold nor ADL."""
         self._forget_order(co)
+        if stopped and co.phase == IOC_PHASE and co.qty:
+            self._release(co)
+            co.order_left = 0
+            self._send_ioc(co)
+            return
         if co.phase == LIMIT or co.phase == CANCELLING:
             co.deadline = 0
             if co.qty == 0:

@@ -54,8 +54,9 @@ def ce_trade(trade_id: int, maker_order: int, taker_order: int, maker_account: i
                        price, qty, aggressor, 0, 0, 0, 0)
 
 
-def ce_cancelled(order_id: int, coid: int, qty: int, kind: int = c.CE_CANCELLED) -> bytes:
-    return _CE[kind].pack(kind, order_id, coid, c.LIQ_ACCOUNT, qty, 0)
+def ce_cancelled(order_id: int, coid: int, qty: int, kind: int = c.CE_CANCELLED,
+                 reason: int = 0) -> bytes:
+    return _CE[kind].pack(kind, order_id, coid, c.LIQ_ACCOUNT, qty, reason)
 
 
 class LiqVenue:
@@ -199,9 +200,10 @@ class LiqVenue:
 
     # -- the CrossEngine's part for LIQ's orders --------------------------------------------------
 
-    def accept(self, coid: int, fills: tuple = ()) -> list:
+    def accept(self, coid: int, fills: tuple = (), reason: int = 0) -> list:
         """The CrossEngine takes order ``coid``: accepted, then it takes ``fills`` [(qty,
-        price)] as taker; an IOC's rest expires."""
+        price)] as taker; an IOC's rest expires (for ``reason``: 6 is the CrossEngine's
+        matching limit, with the book still crossing it)."""
         o = self.orders[coid]
         o["order_id"] = self.next_order_id
         self.next_order_id += 1
@@ -210,7 +212,7 @@ class LiqVenue:
             evs.append(self._trade(o, qty, price, taker=True))
         if o["tif"] == c.IOC:
             if o["qty"]:
-                evs.append(ce_cancelled(o["order_id"], coid, o["qty"], c.CE_EXPIRED))
+                evs.append(ce_cancelled(o["order_id"], coid, o["qty"], c.CE_EXPIRED, reason))
             del self.orders[coid]
         elif o["qty"] == 0:
             del self.orders[coid]

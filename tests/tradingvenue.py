@@ -12,11 +12,13 @@ from __future__ import annotations
 import random
 
 from crossengine.engine import CrossEngine
+from mq.record import decode, encode
 from mq.sources import OPERATOR_SOURCE
 from tradingengine import codec as c
 from tradingengine.engine import TradingEngine
 from tradingengine.margin import ContractSpec, Tier
 
+TE_SOURCE = 0x7300_0000     # the source of out.te.N's records in in.ce.SYM, | N (as deploy's)
 SECOND = 1_000_000_000
 HOUR = 3600 * SECOND
 TIMELESS_FUNDING_NS = 10 * 365 * 24 * HOUR   # boundaries in 2020 and 2030: none in a test
@@ -44,8 +46,10 @@ class Venue:
         self.shadows = [cls(specs, shard, n_shards, **kw) for cls in shadows]
         self.output_budget = output_budget
         self.set_budget(self.te)
+        # each CrossEngine takes this shard's records as a te_source, as in.ce.SYM does
         self.ces = {s.symbol: CrossEngine(symbol_id=s.symbol, max_price=s.max_price,
-                                          max_qty=s.max_qty) for s in specs}
+                                          max_qty=s.max_qty, te_sources=[TE_SOURCE | shard],
+                                          n_shards=n_shards) for s in specs}
         self.ce_seq = dict.fromkeys(self.ces, 0)
         self.seq = 0
         self.ts_ns = 1_700_000_000 * SECOND
@@ -80,12 +84,15 @@ class Venue:
         events = c.decode_events(raw)
         if self.check:
             self.te.check_invariants()
-        for ev in events:
-            if ev[0] == c.CE_COMMAND:
-                symbol, ce_kind, command = ev[1], ev[2], ev[4]
-                self.ce_seq[symbol] += 1
-                out = self.ces[symbol].apply(self.ce_seq[symbol], self.ts_ns, ce_kind, command)
-                self.pending.append(c.ce_events(symbol, out))
+        # As production: the record goes to the CrossEngine of each symbol it commands, which
+        # walks it (that symbol's commands, in order) and answers with one record.
+        symbols = dict.fromkeys(ev[1] for ev in events if ev[0] == c.CE_COMMAND)
+        for symbol in symbols:
+            self.ce_seq[symbol] += 1
+            n = self.ce_seq[symbol]
+            frame = encode([(n, self.ts_ns, TE_SOURCE | self.te.shard, n, 1, kind, raw)])
+            out = decode(self.ces[symbol].apply_frame(frame))[0][6]
+            self.pending.append(c.ce_events(symbol, out))
         if self.auto:
             events += self.deliver()
         self.route = route       # this record's route (not that of the results delivered)

@@ -26,6 +26,7 @@ cdef class TradingEngine:
     cdef public object shard, n_shards, next_order_id, fee_pool, dust, deposits, withdrawals
     cdef public object seq, ts_ns, _timer_next, transfer_floor, _transfer_queue
     cdef public object _size, _sized, _unit_done, output_budget
+    cdef public object _steps, _cmd_steps
     cdef public dict specs, accounts, marks, last_prices, funding_inputs, next_funding
     cdef public dict transfers, orders, ce_orders, conditional, holders, dms
     cdef public dict _touched, _handlers

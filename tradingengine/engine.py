@@ -205,8 +205,10 @@ def worst_case_output() -> dict[str, int]:
     fills = CE_MAX_FILLS
     commands = {
         "cancel_all": MAX_OPEN_ORDERS * cancel_one,
-        # the answer to one record of this engine: one taker's fills, or the reports of the
-        # cancels and amends a record sent (its sweeps count them, ANSWER_RESERVE)
+        # the answer to one record of this engine: the fills of its takers, which share
+        # CE_MAX_FILLS (the CrossEngine's fill_cap: one record's takers together), or the
+        # reports of the cancels, amends and triggered orders a record sent (its sweeps count
+        # them, ANSWER_RESERVE and TAKER_RESERVE)
         "ce_events": max(fills * (2 * fill + 2 * size[DEFICIT_COVERED]) + 2 * er
                          + (fills + 1) * (size[POSITION] + size[ACCOUNT]),
                          OUTPUT_BUDGET + 2 * max(units.values()) + MAX_OPEN_ORDERS * er),
@@ -229,6 +231,13 @@ def worst_case_output() -> dict[str, int]:
 ANSWER_RESERVE = (EVENT_STRUCTS[EXEC_REPORT].size + 2 * (EVENT_STRUCTS[SESSION_MESSAGE].size
                                                         + P_BLOCK_SIZES[P_EXEC_REPORT])
                   - EVENT_STRUCTS[CE_COMMAND].size - CE_CANCEL_S.size)
+
+# What reporting the CrossEngine's answer to a triggered order costs beyond its command, fills
+# aside (they are bounded per record, CE_MAX_FILLS): its acceptance and its expiry, each an
+# execution report with up to two session messages. The trigger sweep counts it as it sends.
+TAKER_RESERVE = (2 * (EVENT_STRUCTS[EXEC_REPORT].size + 2 * (EVENT_STRUCTS[SESSION_MESSAGE].size
+                                                             + P_BLOCK_SIZES[P_EXEC_REPORT]))
+                 - EVENT_STRUCTS[CE_COMMAND].size - CE_NEW_ORDER_S.size)
 
 # the margin left under MAX_PAYLOAD: an eighth (it was half before session messages doubled
 # the size of a fill's reports; docs/order-path.md notes it)
@@ -639,6 +648,12 @@ class TradingEngine:
         out = self._out = []
         self._size = self._sized = 0
         self._unit_done = False
+        # The takers of one record share the CrossEngine's CE_MAX_FILLS matching steps (its
+        # fill_cap): each taker sent counts the steps it may take (_steps), and a command that
+        # may take holds the whole of them until it has run (_cmd_steps), so that the trigger
+        # sweep never sends a taker that could find them used up (docs/tradingengine.md §11).
+        self._steps = 0
+        self._cmd_steps = CE_MAX_FILLS if self._may_take(kind, payload) else 0
         self.route = 0
         self._exec_n = 0
         if self.ts_ns >= self._timer_next and self._timer_next:
@@ -677,9 +692,21 @@ class TradingEngine:
                 self._session_handlers[kind](payload)
         else:
             self._reject_request(kind, _CODE["command_malformed"], 0, 0, 0)
+        self._cmd_steps = 0
         if self.sweeps:
             self._run_sweeps()
         return b"".join(out)
+
+    @staticmethod
+    def _may_take(kind: int, payload: bytes) -> bool:
+        """Whether the record's command may send an order that takes liquidity: a new order
+        or an amend, the engine's own or a session's (NewOrderSingle, OrderCancelReplace)."""
+        if kind == NEW_ORDER or kind == AMEND:
+            return True
+        if kind == CLIENT_MESSAGE and len(payload) >= CLIENT_MESSAGE_S.size:
+            template = CLIENT_MESSAGE_S.unpack_from(payload)[3]
+            return template == P_NEW_ORDER or template == P_REPLACE
+        return False
 
     def _source_allowed(self, kind: int, source: int) -> bool:
         """MarkPrice and FundingInputs only from the oracles (and the operator) when
@@ -1042,6 +1069,8 @@ class TradingEngine:
         self.route |= 1 << (symbol & 63)
         self._out.append(_CE_NEW_CMD(CE_COMMAND, symbol, CE_NEW_ORDER, _CE_NEW_SIZE, o.order_id, o.price, qty,
                                      acct.account_id, o.side, LIMIT, tif, flags & POST_ONLY, 0))
+        # a step fills at least a lot (no self-trade prevention is sent)
+        self._steps += qty if qty < CE_MAX_FILLS else CE_MAX_FILLS
         return 0
 
     def _send_cancel(self, o: Order, reason: int) -> None:
@@ -1053,6 +1082,9 @@ class TradingEngine:
         self._size += ANSWER_RESERVE
 
     def _send_amend(self, o: Order, price: int, total_qty: int) -> None:
+        if price != o.price:   # it may cross: a taker of the record
+            leaves = total_qty - o.cum
+            self._steps += leaves if leaves < CE_MAX_FILLS else CE_MAX_FILLS
         o.pending = PENDING_AMEND
         payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
         self.route |= 1 << (o.symbol & 63)
@@ -1550,10 +1582,17 @@ class TradingEngine:
     def _fire_triggered(self, sw: list, waiting: dict, fired: list) -> bool:
         symbol = sw[1]
         for order_id in fired:
+            o = waiting[order_id]
+            # a taker goes in this record only if the steps it may take are left to it (the
+            # record's first taker has them all)
+            taken = self._steps + self._cmd_steps
+            if taken and taken + (o.leaves if o.leaves < CE_MAX_FILLS else CE_MAX_FILLS) \
+                    > CE_MAX_FILLS:
+                sw[2] = order_id
+                return False
             if not self._may_go_on():
                 sw[2] = order_id
                 return False
-            o = waiting[order_id]
             acct = self.accounts[o.account]
             self._er(o, EXEC_TRIGGERED, 0, 0, 0, 0, 0, STATUS_NEW)
             # checked as a new order: still conditional, so its own leaves are not counted
@@ -1565,6 +1604,7 @@ class TradingEngine:
                 del waiting[o.order_id]
                 self._trig_remove(o)
                 o.state = PENDING_NEW
+                self._size += TAKER_RESERVE
         return True
 
     def _trig_key(self, o: Order) -> tuple:

@@ -837,3 +837,47 @@ def test_book_takes_any_int_depth_as_the_reference_does(eng):
         assert [p for p, _t, _n in eng.book(depth)["bids"]] == [100, 95, 90]
     with pytest.raises(ValueError, match="book depth"):
         eng.book(-(1 << 40))
+
+
+def test_the_takers_of_one_te_record_share_max_fills():
+    """A TradingEngine record carries many commands (a mark that fires many stops) and is
+    answered by one output record: its takers together meet at most max_fills makers, so the
+    answer stays as bounded as one taker's. Each taker stops where the shared count runs out
+    and its rest expires (reason 6); a FOK is fillable only within what is left; the next
+    record starts with max_fills again, and a record from any other source is one command."""
+    from mq.record import decode
+    maker = 7
+
+    def book(eng):
+        for i in range(12):
+            eng.apply(0, 0, c.NEW_ORDER, c.new_order(100 + i, c.SELL, 100 + i, 1, maker))
+
+    eng = CrossEngine(symbol_id=1, te_sources=[TE_SOURCE], max_fills=5)
+    book(eng)
+    takers = [c.new_order(1, c.BUY, 200, 3, 1, tif=c.IOC),     # 3 makers
+              c.new_order(2, c.BUY, 200, 4, 2, tif=c.IOC),     # 2 left: 2 fill, 2 expire
+              c.new_order(3, c.BUY, 200, 1, 3, tif=c.FOK),     # none left: not fillable
+              c.new_order(4, c.BUY, 200, 2, 4)]                # GTC: none left, all expire
+    payload = b"".join(ce_command(1, c.NEW_ORDER, t) for t in takers)
+    out = decode(eng.apply_frame(_frame([(TE_SOURCE, 44, payload)], seq=50)))
+    events = c.decode_events(out[0][6])
+    trades = [e for e in events if e[0] == c.EV_TRADE]
+    assert len(trades) == 5
+    expired = [(e[3], e[4], e[5]) for e in events if e[0] == c.EV_EXPIRED]
+    assert [(a, q, r) for a, q, r in expired if r == c.REASON_MATCH_LIMIT] == [
+        (2, 2, c.REASON_MATCH_LIMIT), (4, 2, c.REASON_MATCH_LIMIT)]
+    assert [c.REJECT_CODES[e[3]] for e in events if e[0] == c.EV_REJECTED] == [
+        "fok_not_fillable"]
+    assert len(eng.book()["asks"]) == 12 - 5 and eng.book()["bids"] == []
+    # the next record has all of max_fills again, and so does a command of another source
+    more = ce_command(1, c.NEW_ORDER, c.new_order(5, c.BUY, 200, 5, 5, tif=c.IOC))
+    out = decode(eng.apply_frame(_frame([(TE_SOURCE, 44, more)], seq=51)))
+    assert names(c.decode_events(out[0][6])).count("Trade") == 5
+    assert names(c.decode_events(eng.apply(0, 0, c.NEW_ORDER, c.new_order(
+        6, c.BUY, 200, 2, 6, tif=c.IOC)))).count("Trade") == 2
+    # the same takers as records of their own each get max_fills
+    alone = CrossEngine(symbol_id=1, te_sources=[TE_SOURCE], max_fills=5)
+    book(alone)
+    got = sum(names(c.decode_events(alone.apply(0, 0, c.NEW_ORDER, t))).count("Trade")
+              for t in takers)
+    assert got == 3 + 4 + 1 + 2

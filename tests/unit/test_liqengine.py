@@ -665,3 +665,34 @@ def test_a_snapshot_restored_with_the_configuration_takes_its_order_limits():
     assert LiqEngine.restore(old, [LiqSpec(2, 100, max_qty=4)]).specs[2].max_qty == 4
     with pytest.raises(ValueError, match="not the configured ones"):
         LiqEngine.restore(old, [LiqSpec(2, 10)])
+
+
+@pytest.mark.parametrize("fund", [10_000, 0])
+def test_an_ioc_stopped_at_the_matching_limit_goes_again_at_once(fund):
+    """The CrossEngine stops a taker at max_fills makers, and the takers of one LiqEngine
+    record at max_fills together (crossengine: fill_cap), with the book still crossing: its
+    rest expires with reason 6. That is no sign of an exhausted book: a fresh IOC for the
+    rest goes in the same record, neither a hold (with a fund) nor ADL (without one)."""
+    from crossengine.codec import REASON_MATCH_LIMIT
+    from liqengine.engine import CE_REASON_MATCH_LIMIT, IOC_PHASE
+    assert CE_REASON_MATCH_LIMIT == REASON_MATCH_LIMIT
+    v = venue()
+    if fund:
+        v.deposit(1, fund)
+    v.mark(2, 990)
+    v.position(21, 2, -20, 1100, balance=10**6)
+    v.hand_off(7, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    ioc = max(v.orders)
+    assert v.orders[ioc]["tif"] == c.IOC
+    events = v.accept(ioc, fills=[(2, 1000)], reason=CE_REASON_MATCH_LIMIT)
+    assert kinds(events, c.ADL) == []
+    cmds = [c.CE_NEW_ORDER_S.unpack(e[4]) for e in kinds(events, c.CE_COMMAND)]
+    assert [(x[2], x[6]) for x in cmds] == [(3, c.IOC)]
+    co = v.engine.closeouts[1]
+    assert co.phase == IOC_PHASE and co.qty == 3
+    # expired for any other reason (the book no longer crosses it): as before
+    events = v.accept(max(v.orders))
+    assert co.phase == HOLD if fund else kinds(events, c.ADL)

@@ -16,6 +16,7 @@ from tradingengine.engine import (
     MAX_OPEN_ORDERS,
     OUTPUT_BUDGET,
     OUTPUT_LIMIT,
+    TAKER_RESERVE,
     TRANSFER_ID_WINDOW_NS,
     TradingEngine,
     worst_case_output,
@@ -108,7 +109,8 @@ def _stops(te: TradingEngine, accounts: int, per_account: int) -> int:
 def test_a_mark_that_fires_thousands_of_stops_spreads_them_over_records():
     """60 accounts at 200 stops each: one mark fires 12,000 orders, 1.56 MB of reports and
     commands in one record before the output was bounded. Now the first record stops near
-    OUTPUT_BUDGET and the ticks that follow fire the rest, in order id order."""
+    OUTPUT_BUDGET (its output and what reporting the CrossEngine's answer to each order sent
+    will cost, TAKER_RESERVE) and the ticks that follow fire the rest, in order id order."""
     te = TradingEngine([spec(max_leverage_x100=10_000)])
     seq = _stops(te, 60, MAX_OPEN_ORDERS)
     ts = 10**18 + 10**12
@@ -121,9 +123,13 @@ def test_a_mark_that_fires_thousands_of_stops_spreads_them_over_records():
     fired = []
     for out in outs:
         fits(out)
-        assert OUTPUT_BUDGET <= len(out) or out is outs[-1]
-        fired += [e[6] for e in c.decode_events(out)
-                  if e[0] == c.EXEC_REPORT and e[1] == c.EXEC_TRIGGERED]
+        these = [e[6] for e in c.decode_events(out)
+                 if e[0] == c.EXEC_REPORT and e[1] == c.EXEC_TRIGGERED]
+        sent = [e for e in c.decode_events(out) if e[0] == c.CE_COMMAND]
+        assert len(sent) == len(these)
+        assert OUTPUT_BUDGET <= len(out) + TAKER_RESERVE * len(sent) or out is outs[-1]
+        assert len(out) + TAKER_RESERVE * (len(sent) - 1) < OUTPUT_BUDGET   # not beyond
+        fired += these
     assert len(fired) == 60 * MAX_OPEN_ORDERS and fired == sorted(fired)
     assert len(outs) > 1 and sum(len(o) for o in outs) > MAX_PAYLOAD
     te.check_invariants()

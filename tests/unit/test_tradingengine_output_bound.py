@@ -81,3 +81,118 @@ def test_cancel_on_disconnect_of_a_64_account_session_answers_within_one_record(
             (c.KIND_TICK, b"")
     assert worst <= OUTPUT_LIMIT, f"{worst} bytes in one record"
     assert not v.te.orders        # every order cancelled, over as many records as it took
+
+
+def test_stops_fired_together_over_a_deep_book_answer_within_one_record():
+    """One mark fires many stop-market orders, each big enough to meet CE_MAX_FILLS makers of
+    a deep book of one-lot asks. They go out in one record, and the CrossEngine answers that
+    record with one record (in production: it walks the TradingEngine's payload): 8 takers
+    of 1,000 fills each were an answer of ~560 KB and a report of it of ~1.4 MB, over
+    MAX_PAYLOAD, which stops the shard at that record on every replica. The takers of one
+    record share CE_MAX_FILLS in the CrossEngine (fill_cap), and the trigger sweep sends a
+    taker only where the steps it may take are left: one stop of 1,000 lots a record here,
+    the sweep going on in the record of each answer, and every stop fills in full."""
+    from crossengine.engine import CrossEngine
+    from mq.record import MAX_PAYLOAD, decode, encode
+    from tests.tradingvenue import spec
+    from tradingengine.engine import CE_MAX_FILLS, TradingEngine
+
+    te_source, takers = 0x7300_0000, 8
+    s = spec(max_leverage_x100=10_000)
+    te = TradingEngine([s])
+    ce = CrossEngine(symbol_id=1, max_price=s.max_price, max_qty=s.max_qty,
+                     te_sources=[te_source])
+    state = {"seq": 0, "ts": 10**18, "ce_seq": 0, "worst": 0, "answer": 0}
+
+    def answer(raw: bytes) -> bytes:
+        """The CrossEngine's one output record for one TradingEngine record."""
+        if not any(ev[0] == c.CE_COMMAND for ev in c.decode_events(raw)):
+            return b""
+        state["ce_seq"] += 1
+        n = state["ce_seq"]
+        out = decode(ce.apply_frame(encode([(n, state["ts"], te_source, n, 1, 44, raw)])))
+        return out[0][6]
+
+    def apply(kind: int, payload: bytes) -> bytes:
+        state["seq"] += 1
+        state["ts"] += 1000
+        raw = te.apply(state["seq"], state["ts"], kind, payload)
+        state["worst"] = max(state["worst"], len(raw))
+        back = answer(raw)
+        if back:
+            state["answer"] = max(state["answer"], len(back))
+            apply(c.CE_EVENTS, c.ce_events(1, back))
+        return raw
+
+    apply(c.MARK_PRICE, c.mark_price(1, 10_000))
+    makers = takers * CE_MAX_FILLS // MAX_OPEN_ORDERS
+    for a in range(1, makers + 1):
+        apply(c.DEPOSIT, c.transfer(a, a, 10**15))
+        for i in range(MAX_OPEN_ORDERS):
+            apply(c.NEW_ORDER, c.new_order(i + 1, a, 1, c.SELL, 10_300 + i, 1))
+    for t in range(takers):
+        a = 10_000 + t
+        apply(c.DEPOSIT, c.transfer(a, a, 10**15))
+        apply(c.NEW_ORDER, c.new_order(1, a, 1, c.BUY, 0, CE_MAX_FILLS, ord_type=c.MARKET,
+                                       trigger_price=10_100, trigger_kind=c.TRIGGER_STOP))
+    assert len(te.orders) == makers * MAX_OPEN_ORDERS + takers
+    state["worst"] = 0
+    apply(c.MARK_PRICE, c.mark_price(1, 10_200))
+    assert state["worst"] <= OUTPUT_LIMIT and state["answer"] <= MAX_PAYLOAD
+    assert not te.sweeps
+    te.check_invariants()
+    bought = [te.accounts[10_000 + t].positions[1].size for t in range(takers)]
+    assert bought == [CE_MAX_FILLS] * takers and not te.orders
+
+
+def test_a_clients_order_behind_deferred_trigger_units_still_takes_the_book():
+    """A mark fires more stops than one record's OUTPUT_BUDGET: the trigger sweep resumes in
+    the next record, before that record's command. When that command is a client's crossing
+    order, it comes after the triggered orders in the record the CrossEngine walks; if they
+    used the record's CE_MAX_FILLS (a stop of 1,000 lots over a book of one-lot asks), the
+    client's order, and the one-lot stops after the big one, expire whole at the matching
+    limit (reason 6) with no fill, though the book still crosses them (found in review)."""
+    from crossengine.engine import CrossEngine
+    from mq.record import decode, encode
+    from tests.tradingvenue import spec
+    from tradingengine.engine import CE_MAX_FILLS, TradingEngine
+
+    te_source = 0x7300_0000
+    s = spec(max_leverage_x100=10_000)
+    te = TradingEngine([s])
+    ce = CrossEngine(symbol_id=1, max_price=s.max_price, max_qty=s.max_qty,
+                     te_sources=[te_source])
+    state = {"seq": 0, "ts": 10**18, "ce_seq": 0}
+
+    def apply(kind: int, payload: bytes, answer: bool = True) -> bytes:
+        state["seq"] += 1
+        state["ts"] += 1000
+        raw = te.apply(state["seq"], state["ts"], kind, payload)
+        if answer and any(ev[0] == c.CE_COMMAND for ev in c.decode_events(raw)):
+            state["ce_seq"] += 1
+            n = state["ce_seq"]
+            back = decode(ce.apply_frame(encode([(n, state["ts"], te_source, n, 1, 44,
+                                                  raw)])))[0][6]
+            apply(c.CE_EVENTS, c.ce_events(1, back))
+        return raw
+
+    apply(c.MARK_PRICE, c.mark_price(1, 10_000))
+    for a in range(1, 8 * CE_MAX_FILLS // MAX_OPEN_ORDERS + 2):
+        apply(c.DEPOSIT, c.transfer(a, a, 10**14))
+        for i in range(MAX_OPEN_ORDERS):
+            apply(c.NEW_ORDER, c.new_order(i + 1, a, 1, c.SELL, 10_300 + i, 1))
+    for t in range(400):
+        a = 10_000 + t
+        apply(c.DEPOSIT, c.transfer(a, a, 10**13))
+        apply(c.NEW_ORDER, c.new_order(1, a, 1, c.BUY, 0, CE_MAX_FILLS if t == 250 else 1,
+                                       ord_type=c.MARKET, trigger_price=10_100,
+                                       trigger_kind=c.TRIGGER_STOP))
+    client = 30_000
+    apply(c.DEPOSIT, c.transfer(client, client, 10**13))
+    # the mark's record: its answer comes back after the client's record (the sequencer
+    # interleaves them), which runs the rest of the trigger sweep before the client's order
+    apply(c.MARK_PRICE, c.mark_price(1, 10_200), answer=False)
+    assert te.sweeps, "the trigger sweep goes on in the next record"
+    apply(c.NEW_ORDER, c.new_order(1, client, 1, c.BUY, 10_400, 5))
+    pos = te.accounts[client].positions.get(1)
+    assert pos is not None and pos.size == 5
