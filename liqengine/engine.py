@@ -53,6 +53,10 @@ SNAPSHOT_VERSIONS = (1, 2, 3)        # 1: before HOLD; 2: before orders were cut
 CLOSE_OUT_WINDOW_NS = 200_000_000      # a limit at the bankruptcy price rests this long
 INDICATOR_INTERVAL_NS = 1_000_000_000  # ADL indicators are recomputed at most this often
 OUTPUT_BUDGET = 256 << 10              # bytes after which a record defers ADL and indicators
+# The output (a quarter of the budget) after which a record defers the close-outs it sends to
+# the market: the cancel of a limit whose window ended, and every IOC (a window's end, a cancel
+# or a matching limit answered, a return from ADL): they go in the next record (docs/liqengine.md)
+COMMAND_SHARE = 4
 MAX_ADLS_PER_SHARD = 4                 # Adls for one shard in one record (the TradingEngine's
 #                                        MAX_ADLS_PER_RECORD: more stops it, docs/liqengine.md §5)
 MAX_MONEY = 1 << 62
@@ -239,6 +243,9 @@ class LiqEngine:
         self._by_coid: dict[int, int] = {}
         self._by_order: dict[int, int] = {}
         self._deadlines: deque = deque()
+        # IOCs deferred to the next record (deadline = the ts of the record that deferred them)
+        # and due close-outs a record left for the next: every entry is due, in (deadline, arm)
+        self._soon: deque = deque()
         self._holders: dict[int, dict[int, None]] = {s: {} for s in self.specs}
         self._acct_syms: dict[int, dict[int, None]] = {}
         # (symbol, side) -> the ranking keys in order, and each account's key: built when
@@ -255,7 +262,7 @@ class LiqEngine:
                 self._by_coid[co.coid] = co.cid
             if co.order_id:
                 self._by_order[co.order_id] = co.cid
-        for co in sorted(self.closeouts.values(), key=lambda co: co.arm):
+        for co in sorted(self.closeouts.values(), key=lambda co: (co.deadline, co.arm)):
             if co.deadline:
                 self._deadlines.append((co.deadline, co.arm, co.cid))
         for (account, symbol) in self.positions:
@@ -627,9 +634,21 @@ class LiqEngine:
         self._deadlines.append((deadline, co.arm, co.cid))
 
     def _fire_deadlines(self) -> None:
-        for co in self._due():
+        """The close-outs due, in (deadline, arm) order, while the output is under the command
+        budget (the first always goes); the rest stay due for the next record. Thousands of
+        windows end together after a cascade (a TradingEngine record hands off hundreds of
+        positions): at once, their cancels and IOCs were a record over MAX_PAYLOAD, here or in
+        the CrossEngine's answer to it."""
+        due = self._due()
+        budget = self.output_budget // COMMAND_SHARE
+        for i, co in enumerate(due):
+            if i and self._size >= budget:
+                self._defer_due(due[i:])
+                return
             co.deadline = 0
-            if co.phase == LIMIT:
+            if co.phase == IOC_PHASE:
+                self._send_ioc(co)          # an IOC a record deferred
+            elif co.phase == LIMIT:
                 co.phase = CANCELLING
                 self._emit(c.ce_cancel(co.symbol, co.order_id, co.coid))
                 self.route |= 1 << (co.symbol & 63)
@@ -643,14 +662,25 @@ class LiqEngine:
                 co.tried = {}
                 self._adl_again(co)
 
+    def _defer_due(self, rest: list[CloseOut]) -> None:
+        """Due close-outs a record did not fire: first in line for the next record."""
+        self._soon.extendleft((co.deadline, co.arm, co.cid) for co in reversed(rest))
+
     def _due(self) -> list[CloseOut]:
-        """The close-outs whose deadline has come, in the order their deadlines were armed."""
-        due = []
+        """The close-outs whose deadline has come, by deadline, then in the order their
+        deadlines were armed."""
+        entries = list(self._soon)
+        self._soon.clear()
         dq = self._deadlines
         ts = self.ts_ns
-        while dq and dq[0][0] <= ts:
-            deadline, arm, cid = dq.popleft()
-            co = self.closeouts.get(cid)
+        if dq and dq[0][0] <= ts:
+            while dq and dq[0][0] <= ts:
+                entries.append(dq.popleft())
+            entries.sort()
+        due = []
+        closeouts = self.closeouts
+        for deadline, arm, cid in entries:
+            co = closeouts.get(cid)
             if co is not None and co.arm == arm and co.deadline == deadline:
                 due.append(co)
         return due
@@ -690,6 +720,14 @@ class LiqEngine:
             self._to_adl(co, self.fund - self.reserved)   # the market cannot take it
             return
         co.phase = IOC_PHASE
+        if self._size and self._size >= self.output_budget // COMMAND_SHARE:
+            # over the command budget: the IOC goes first thing in the next record (a due
+            # close-out is the first thing a record does: it goes then, whatever the budget)
+            co.deadline = self.ts_ns or 1
+            co.arm = self.next_arm
+            self.next_arm += 1
+            self._soon.append((co.deadline, co.arm, co.cid))
+            return
         co.ioc_price = self._ioc_price(co)
         co.reserved = (co.bp - co.ioc_price) * co.side * co.qty * self.specs[co.symbol].value
         self.reserved += co.reserved

@@ -35,9 +35,13 @@ class ReferenceLiqEngine(LiqEngine):
     def _held_closeouts(self) -> list[CloseOut]:
         return [co for co in self.closeouts.values() if co.phase == HOLD]
 
+    def _defer_due(self, rest: list[CloseOut]) -> None:
+        pass                 # they keep their deadlines: the next scan finds them due
+
     def _due(self) -> list[CloseOut]:
         return sorted((co for co in self.closeouts.values()
-                       if co.deadline and co.deadline <= self.ts_ns), key=lambda co: co.arm)
+                       if co.deadline and co.deadline <= self.ts_ns),
+                      key=lambda co: (co.deadline, co.arm))
 
     def _account_symbols(self, account: int):
         return [s for (a, s) in self.positions if a == account]
