@@ -1081,10 +1081,6 @@ cdef class CrossEngine:
     cdef readonly int64_t max_price
     cdef readonly uint64_t max_orders
     cdef readonly uint32_t max_fills            # matching steps one taker may take
-    # the matching steps the next taker may take: max_fills, except inside the walk of a
-    # TradingEngine or LiqEngine record, whose takers together take at most max_fills
-    cdef uint32_t fill_cap
-    cdef uint32_t record_steps          # matching steps taken in the record being walked
     cdef readonly uint32_t max_account_orders   # resting orders one account may have
     cdef readonly uint32_t n_shards     # TradingEngine shards, 1 .. 64: route bit account % this
     cdef uint64_t all_shards            # the route of a book-wide event: every shard's bit
@@ -1120,6 +1116,13 @@ cdef class CrossEngine:
                                         # sixteenths (sizes the next output frame)
     cdef uint64_t route                 # the route of the record being applied, built as its
                                         # events are written (the shard bit of every account)
+    # the matching steps the next taker may take: max_fills, except inside the walk of a
+    # TradingEngine or LiqEngine record, whose takers together take at most max_fills
+    cdef uint32_t fill_cap
+    # matching steps taken so far: trade_id counts the trades, stp_steps the self-trade
+    # prevention steps (the walk of a record reads both before and after each command)
+    cdef uint64_t stp_steps
+    cdef uint64_t walk_steps0           # trade_id + stp_steps when the walk began
 
     def __cinit__(self, uint32_t symbol_id=1, int64_t tick_size=1, uint64_t min_qty=1,
                   uint64_t max_qty=1_000_000_000, int64_t max_price=1 << 62,
@@ -1747,7 +1750,7 @@ cdef class CrossEngine:
     cdef inline int _match(self, int32_t t, bint market) except -1:
         """Match order t (not in the book) against the opposite side. Returns 1 when it
         stopped at fill_cap makers (max_fills, or what a walked record's takers left of it)
-        with more of the book still crossing it, else 0. Counts its steps in record_steps."""
+        with more of the book still crossing it, else 0."""
         cdef uint8_t side = self.orders[t].side
         cdef int opp = 1 - side_index(side)
         cdef Side* sd = &self.sides[opp]
@@ -1765,11 +1768,11 @@ cdef class CrossEngine:
             if not self._crosses(side, price, self.levels[lv].price, market):
                 break
             if steps >= self.fill_cap:
-                self.record_steps += steps
                 return 1
             steps += 1
             m = self.levels[lv].head
             if stp != STP_NONE and self.orders[m].account == account:
+                self.stp_steps += 1
                 if stp == STP_NEWEST:
                     self._ev_cancel(EV_CANCELLED, t, self.orders[t].leaves, R_STP)
                     self.orders[t].leaves = 0
@@ -1807,7 +1810,6 @@ cdef class CrossEngine:
                 self._remove(m)
             else:
                 self._touch(lv)
-        self.record_steps += steps
         return 0
 
     # -- commands ---------------------------------------------------------------------------
@@ -2307,23 +2309,26 @@ cdef class CrossEngine:
         # One output record answers the whole record, whatever the number of takers in it:
         # they share max_fills matching steps (fill_cap), so that answer, and the
         # TradingEngine's report of it, stay as bounded as one taker's (codec.py, Bounds).
+        # (a walk that raises leaves fill_cap as it was: every public apply sets it again)
         if self.n_te and self._is_te(source):
             self._walk_te(h, p, n, False)
-            self.record_steps = 0
-            try:
-                self._walk_te(h, p, n, True)
-            finally:
-                self.fill_cap = self.max_fills
+            self.walk_steps0 = self.trade_id + self.stp_steps
+            self._walk_te(h, p, n, True)
+            self.fill_cap = self.max_fills
             return 1
         if self.n_liq and self._is_liq(source):
             self._walk_liq(h, p, n, False)
-            self.record_steps = 0
-            try:
-                self._walk_liq(h, p, n, True)
-            finally:
-                self.fill_cap = self.max_fills
+            self.walk_steps0 = self.trade_id + self.stp_steps
+            self._walk_liq(h, p, n, True)
+            self.fill_cap = self.max_fills
             return 1
         return 0
+
+    cdef void _walk_cap(self) noexcept:
+        """fill_cap for the next command of the record being walked: what its takers so far
+        left of max_fills."""
+        cdef uint64_t used = self.trade_id + self.stp_steps - self.walk_steps0
+        self.fill_cap = self.max_fills - <uint32_t>used if used < self.max_fills else 0
 
     cdef int _walk_liq(self, const unsigned char* h, const unsigned char* p, Py_ssize_t n,
                   bint apply) except -1:
@@ -2347,8 +2352,7 @@ cdef class CrossEngine:
                                                     f"{size + tail} bytes)", "liq")
             if apply and t == LIQ_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
                 buf_reserve(&self.out, DISPATCH_ROOM)
-                self.fill_cap = self.max_fills - self.record_steps \
-                    if self.record_steps < self.max_fills else 0
+                self._walk_cap()
                 self._dispatch(rd16(p + off + 5), p + off + size, tail, h)
             off += size + tail
         return 0
@@ -2384,8 +2388,7 @@ cdef class CrossEngine:
                                                     f"{size + tail} bytes)")
             if apply and t == TE_CE_COMMAND and rd32(p + off + 1) == self.symbol_id:
                 buf_reserve(&self.out, DISPATCH_ROOM)
-                self.fill_cap = self.max_fills - self.record_steps \
-                    if self.record_steps < self.max_fills else 0
+                self._walk_cap()
                 self._dispatch(rd16(p + off + 5), p + off + size, tail, h)
             off += size + tail
         return 0
@@ -2424,6 +2427,7 @@ cdef class CrossEngine:
         wr64(h + 8, ts_ns)
         wr32(h + 24, source)
         wr16(h + 32, kind)
+        self.fill_cap = self.max_fills
         self.out.w = self.out.data
         buf_reserve(&self.out, DISPATCH_ROOM)
         self._record(h, p, n, (self.n_te | self.n_liq) != 0, kind)
@@ -2438,6 +2442,7 @@ cdef class CrossEngine:
         cdef const unsigned char* p = &frame[0] if n else NULL
         cdef uint64_t first
         scan_frame(p, n, &first)
+        self.fill_cap = self.max_fills    # (a walk that raised in an earlier call left it)
         return self._apply_records(p, n)
 
     def apply_scanned_frame(self, const unsigned char[::1] frame):
@@ -2449,6 +2454,7 @@ cdef class CrossEngine:
         cdef Py_ssize_t n = frame.shape[0]
         if n == 0:
             raise FrameError("empty frame")
+        self.fill_cap = self.max_fills    # (a walk that raised in an earlier call left it)
         return self._apply_records(&frame[0], n)
 
     cdef int _grow_out(self, Py_ssize_t n) except -1:
