@@ -11,7 +11,10 @@ this process. Records carry 64-byte payloads (102 bytes with the record header).
   scheduled time into the payload; latency = delivery time - scheduled time, so queueing in
   the producer counts. The first 10% is warm-up and not counted. p50 / p99 / p99.9. The
   baseline is the same four hops (producer -> master -> replicator -> master -> subscriber)
-  relayed by raw pyzmq processes doing no work, with the same open-loop producer.
+  relayed by raw pyzmq processes doing no work, with the same open-loop producer. Each round
+  measures the log twice: the master fanning out after the replicator's ack (four hops), and
+  the replicator fanning out what it stored (`seqex replicator --pub`, policy `first`; three
+  hops, docs/log.md "Fan-out from the replicators"); the order flips each round.
 * Result hash: sha256 of the canonical (source, first, last) runs of producer records
   delivered, ticks left out; any loss, duplicate or reordering changes it.
 * CURVE cost: the raw PUSH -> PULL pair (1 and 256 records per message), the throughput run
@@ -417,17 +420,23 @@ def log_throughput(transport: str, replicas: int, durability: str, n: int,
             "hash": digest}
 
 
-def log_latency(transport: str, rate: int, seconds: float, curve: bool = False) -> dict:
+def log_latency(transport: str, rate: int, seconds: float, curve: bool = False,
+                fanout: bool = False) -> dict:
+    """fanout: the replicator publishes what it stored and the subscriber takes the records
+    from it (three hops: producer -> master -> replicator -> subscriber); otherwise from the
+    master after the replicator's ack (four hops)."""
     n = int(rate * seconds)
     prefix = struct.Struct("<QQ")
     with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
         cluster = LogCluster(root, "in.bench", replicators=1, policy="first", durability="os",
-                             endpoint=_endpoints(transport, root), **_secured(root, curve))
+                             endpoint=_endpoints(transport, root), **_secured(root, curve),
+                             **({"fanout": True} if fanout else {}))
         if curve:
             auth.configure(cluster.keys_dir, "operator")
         with cluster:
             cluster.start()
-            sub = Subscriber("in.bench", cluster.pub_addr, cluster.rep_addrs)
+            sub = Subscriber("in.bench", cluster.rep_pubs if fanout else cluster.pub_addr,
+                             cluster.rep_addrs)
             sub.poll(50)
             cluster.group.spawn("producer", [
                 *_producer_key(cluster),
@@ -511,13 +520,15 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
     redis_p99: dict[int, dict] = {}
     # ipc (one host) at 10k/s too, each transport against its own floor
     for transport, rate in (("tcp", 10_000), ("ipc", 10_000), ("tcp", 50_000)):
-        runs: dict[str, list] = {"raw": [], "log": [], "redis": [], "against": []}
+        runs: dict[str, list] = {"raw": [], "log": [], "fanout": [], "redis": [], "against": []}
         for i in range(a.repeat):
             runs["raw"].append(raw_hops_latency(rate, seconds, transport))
-            builds = ["log", "against"] if a.against else ["log"]
+            builds = ["log", "fanout"] + (["against"] if a.against else [])
             for key in builds if i % 2 == 0 else builds[::-1]:
-                runs[key].append(log_latency(transport, rate, seconds) if key == "log" else
-                                 log_latency_of(a.against, transport, rate, seconds))
+                runs[key].append(
+                    log_latency(transport, rate, seconds) if key == "log" else
+                    log_latency(transport, rate, seconds, fanout=True) if key == "fanout" else
+                    log_latency_of(a.against, transport, rate, seconds))
             if not why_not and transport == "tcp":
                 runs["redis"].append(redis_latency(rate, seconds))
         raw, r = pick(runs["raw"]), pick(runs["log"])
@@ -526,9 +537,14 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
               f"four-hop floor p50 {raw['p50_us']:.0f} p99 {raw['p99_us']:.0f} p99.9 "
               f"{raw['p999_us']:.0f} us; ratios p50 {r['p50_us'] / raw['p50_us']:.2f} "
               f"p99 {r['p99_us'] / raw['p99_us']:.2f}", flush=True)
+        f = pick(runs["fanout"])
+        print(f"[{transport}] the same, the replicator fanning out (3 hops) at {rate:,}/s: p50 "
+              f"{f['p50_us']:.0f} us  p99 {f['p99_us']:.0f} us  p99.9 {f['p999_us']:.0f} us  "
+              f"(hash {f['hash']}); ratios to the floor p50 {f['p50_us'] / raw['p50_us']:.2f} "
+              f"p99 {f['p99_us'] / raw['p99_us']:.2f}", flush=True)
         entry = {"transport": transport, "what": "latency", "rate": rate, **r, "raw_floor": raw,
                  "p50_ratio": r["p50_us"] / raw["p50_us"], "p99_ratio": r["p99_us"] / raw["p99_us"],
-                 "runs": {k: [x["p99_us"] for x in v] for k, v in runs.items() if v}}
+                 "fanout": f, "runs": {k: [x["p99_us"] for x in v] for k, v in runs.items() if v}}
         if runs["against"]:
             o = entry["against"] = pick(runs["against"])
             print(f"[{transport}] the build in {a.against} at {rate:,}/s: p50 {o['p50_us']:.0f} us"
@@ -539,8 +555,8 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
             rd = redis_p99[rate] = pick(runs["redis"])
             print(f"[tcp] Redis Streams (XADD -> XREAD BLOCK, AOF everysec) at {rate:,}/s: p50 "
                   f"{rd['p50_us']:.0f} us  p99 {rd['p99_us']:.0f} us  p99.9 {rd['p999_us']:.0f} us"
-                  f"  (hash {rd['hash']}); log p99 / Redis p99 {r['p99_us'] / rd['p99_us']:.2f}",
-                  flush=True)
+                  f"  (hash {rd['hash']}); log p99 / Redis p99 {r['p99_us'] / rd['p99_us']:.2f}"
+                  f", with the replicator fanning out {f['p99_us'] / rd['p99_us']:.2f}", flush=True)
             entry["redis"] = rd
         results.append(entry)
     if why_not:
