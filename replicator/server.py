@@ -432,6 +432,14 @@ class Replicator:
         if self.fresh:
             self._fan_out()
 
+    def _unpublish(self, stream: str, last: int) -> None:
+        """A TRUNCATE in the group dropped records above `last`: a frame of the group that
+        reaches past it is no longer stored as it came, and is not published (a subscriber
+        fills the seqs it held, if they stay, by replay)."""
+        topic = stream.encode() + b"\0"
+        self.fresh = [msg for msg in self.fresh
+                      if msg[0] != topic or scan(msg[1])[2] <= last]
+
     def _fan_out(self) -> None:
         """Publish the frames of the group just committed, in the order they were stored."""
         for msg in self.fresh:
@@ -476,6 +484,8 @@ class Replicator:
             else:
                 reply = self._truncate(child, log_, req)
             child.commit()
+            if kind == wire.TRUNCATE and self.fresh:
+                self._unpublish(req["stream"], log_.last)
         except BaseException:
             child.abort()
             log_._load(txn)

@@ -130,3 +130,18 @@ def test_fanout_must_be_a_boolean():
     body = wire.pack({"stream": "in.a", "epoch": 1, "fanout": 1})
     with pytest.raises(wire.WireError, match="fanout"):
         parse(wire.APPEND, [body, frame(1, 1)])
+
+
+def test_a_frame_truncated_later_in_its_group_is_not_published(fan):
+    # A new master's CLAIM and TRUNCATE in the same group as a former master's APPEND: the
+    # group commits without the frame, so it must not go out after the commit.
+    rep, sub = fan
+    rep.handle([append(1, 2)])
+    acks(rep)
+    published(sub)
+    claim = [b"n", wire.CLAIM, wire.pack({"stream": "in.a", "epoch": 2, "claimant": 7})]
+    truncate = [b"n", wire.TRUNCATE, wire.pack({"stream": "in.a", "epoch": 2, "after": 2})]
+    rep.handle([append(3, 2), append(1, 1, stream="in.b"), claim, truncate, append(3, 1, 2)])
+    assert [a.get("ok") for a in acks(rep)] == [True, True, True, True, True]
+    assert rep.store.find("in.a").last == 3
+    assert published(sub) == [(b"in.b\0", frame(1, 1)), (b"in.a\0", frame(3, 1, 2))]
