@@ -18,6 +18,7 @@ import zmq
 from mq import wire
 from mq.record import encode
 from replicator.server import Replicator, parse
+from replicator.store import PartialWrite
 
 
 def frame(first, n, epoch=1):
@@ -145,3 +146,32 @@ def test_a_frame_truncated_later_in_its_group_is_not_published(fan):
     assert [a.get("ok") for a in acks(rep)] == [True, True, True, True, True]
     assert rep.store.find("in.a").last == 3
     assert published(sub) == [(b"in.b\0", frame(1, 1)), (b"in.a\0", frame(3, 1, 2))]
+
+
+@pytest.mark.parametrize("failure", [
+    lmdb.DiskError("mdb_put: No space left on device"),   # a full disk mid-group
+    PartialWrite("a write failed halfway"),                # the group is dropped
+    lmdb.CorruptedError("damaged file"),                   # ends the turn (quarantine)
+])
+def test_a_group_dropped_by_a_failed_write_publishes_nothing_of_it(fan, monkeypatch, failure):
+    # The frames stored before the failing write were in the aborted transaction: they must
+    # not go out with a later group's commit.
+    rep, sub = fan
+    write = rep._write
+    calls = {"n": 0}
+
+    def failing(txn, kind, req):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise failure
+        return write(txn, kind, req)
+    monkeypatch.setattr(rep, "_write", failing)
+    try:
+        rep.handle([append(1, 3), append(4, 1)])
+    except lmdb.CorruptedError:
+        rep.store.forget()   # what the quarantine's reopening does to the memory of the logs
+    assert not [a for a in acks(rep) if a.get("ok")]
+    rep.disk_full_since = None
+    rep.handle([append(1, 1)])
+    assert acks(rep)[0]["ok"]
+    assert published(sub) == [(b"in.a\0", frame(1, 1))]
