@@ -11,7 +11,12 @@ this process. Records carry 64-byte payloads (102 bytes with the record header).
   scheduled time into the payload; latency = delivery time - scheduled time, so queueing in
   the producer counts. The first 10% is warm-up and not counted. p50 / p99 / p99.9. The
   baseline is the same four hops (producer -> master -> replicator -> master -> subscriber)
-  relayed by raw pyzmq processes doing no work, with the same open-loop producer.
+  relayed by raw pyzmq processes doing no work, with the same open-loop producer. Each round
+  measures the log twice: the master fanning out after the replicator's ack (four hops), and
+  the replicator fanning out what it stored (`seqex replicator --pub`, policy `first`; three
+  hops, docs/log.md "Fan-out from the replicators"); the order flips each round. The
+  fan-out is also given against a raw three-hop floor (the relay standing for the replicator
+  publishes), measured in the same rounds.
 * Result hash: sha256 of the canonical (source, first, last) runs of producer records
   delivered, ticks left out; any loss, duplicate or reordering changes it.
 * CURVE cost: the raw PUSH -> PULL pair (1 and 256 records per message), the throughput run
@@ -129,13 +134,20 @@ def _relay_a(pull_addr: str, b_addr: str, pub_addr: str) -> None:
             pub.send(dealer.recv())
 
 
-def _relay_b(addr: str) -> None:
-    """Raw stand-in for the replicator: echo."""
+def _relay_b(addr: str, pub_addr: str | None = None) -> None:
+    """Raw stand-in for the replicator: echo; with pub_addr, also publish (fan-out)."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.bind(addr)
+    pub = None
+    if pub_addr:
+        pub = ctx.socket(zmq.PUB)
+        pub.bind(pub_addr)
     while True:
-        router.send_multipart(router.recv_multipart())
+        msg = router.recv_multipart()
+        router.send_multipart(msg)
+        if pub is not None:
+            pub.send(msg[-1])
 
 
 def _open_loop_push(addr: str, n: int, rate: int) -> None:
@@ -153,21 +165,25 @@ def _open_loop_push(addr: str, n: int, rate: int) -> None:
     time.sleep(2)
 
 
-def raw_hops_latency(rate: int, seconds: float, transport: str = "tcp") -> dict:
+def raw_hops_latency(rate: int, seconds: float, transport: str = "tcp",
+                     hops: int = 4) -> dict:
     """The same four hops as the log (producer -> master -> replicator -> master ->
-    subscriber) with raw pyzmq and no work at all: the latency floor of this machine."""
+    subscriber) with raw pyzmq and no work at all: the latency floor of this machine. hops=3:
+    the relay standing for the replicator also publishes, and the subscriber listens to it
+    (the path of the replicators' fan-out)."""
     with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
-        return _raw_hops_latency(rate, seconds, _endpoints(transport, root))
+        return _raw_hops_latency(rate, seconds, _endpoints(transport, root), hops)
 
 
-def _raw_hops_latency(rate: int, seconds: float, endpoint) -> dict:
+def _raw_hops_latency(rate: int, seconds: float, endpoint, hops: int = 4) -> dict:
     n = int(rate * seconds)
-    a_in, b, pub = endpoint(), endpoint(), endpoint()
-    procs = [subprocess.Popen([sys.executable, __file__, "_relay_b", b]),
+    a_in, b, pub, b_pub = endpoint(), endpoint(), endpoint(), endpoint()
+    procs = [subprocess.Popen([sys.executable, __file__, "_relay_b", b,
+                               *([b_pub] if hops == 3 else [])]),
              subprocess.Popen([sys.executable, __file__, "_relay_a", a_in, b, pub])]
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(pub)
+    sub.connect(b_pub if hops == 3 else pub)
     time.sleep(0.3)
     procs.append(subprocess.Popen([sys.executable, __file__, "_push", "-", str(n), str(rate),
                                    a_in]))
@@ -417,17 +433,23 @@ def log_throughput(transport: str, replicas: int, durability: str, n: int,
             "hash": digest}
 
 
-def log_latency(transport: str, rate: int, seconds: float, curve: bool = False) -> dict:
+def log_latency(transport: str, rate: int, seconds: float, curve: bool = False,
+                fanout: bool = False) -> dict:
+    """fanout: the replicator publishes what it stored and the subscriber takes the records
+    from it (three hops: producer -> master -> replicator -> subscriber); otherwise from the
+    master after the replicator's ack (four hops)."""
     n = int(rate * seconds)
     prefix = struct.Struct("<QQ")
     with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
         cluster = LogCluster(root, "in.bench", replicators=1, policy="first", durability="os",
-                             endpoint=_endpoints(transport, root), **_secured(root, curve))
+                             endpoint=_endpoints(transport, root), **_secured(root, curve),
+                             **({"fanout": True} if fanout else {}))
         if curve:
             auth.configure(cluster.keys_dir, "operator")
         with cluster:
             cluster.start()
-            sub = Subscriber("in.bench", cluster.pub_addr, cluster.rep_addrs)
+            sub = Subscriber("in.bench", cluster.rep_pubs if fanout else cluster.pub_addr,
+                             cluster.rep_addrs)
             sub.poll(50)
             cluster.group.spawn("producer", [
                 *_producer_key(cluster),
@@ -511,13 +533,17 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
     redis_p99: dict[int, dict] = {}
     # ipc (one host) at 10k/s too, each transport against its own floor
     for transport, rate in (("tcp", 10_000), ("ipc", 10_000), ("tcp", 50_000)):
-        runs: dict[str, list] = {"raw": [], "log": [], "redis": [], "against": []}
+        runs: dict[str, list] = {"raw": [], "raw3": [], "log": [], "fanout": [], "redis": [],
+                                 "against": []}
         for i in range(a.repeat):
             runs["raw"].append(raw_hops_latency(rate, seconds, transport))
-            builds = ["log", "against"] if a.against else ["log"]
+            runs["raw3"].append(raw_hops_latency(rate, seconds, transport, hops=3))
+            builds = ["log", "fanout"] + (["against"] if a.against else [])
             for key in builds if i % 2 == 0 else builds[::-1]:
-                runs[key].append(log_latency(transport, rate, seconds) if key == "log" else
-                                 log_latency_of(a.against, transport, rate, seconds))
+                runs[key].append(
+                    log_latency(transport, rate, seconds) if key == "log" else
+                    log_latency(transport, rate, seconds, fanout=True) if key == "fanout" else
+                    log_latency_of(a.against, transport, rate, seconds))
             if not why_not and transport == "tcp":
                 runs["redis"].append(redis_latency(rate, seconds))
         raw, r = pick(runs["raw"]), pick(runs["log"])
@@ -526,9 +552,17 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
               f"four-hop floor p50 {raw['p50_us']:.0f} p99 {raw['p99_us']:.0f} p99.9 "
               f"{raw['p999_us']:.0f} us; ratios p50 {r['p50_us'] / raw['p50_us']:.2f} "
               f"p99 {r['p99_us'] / raw['p99_us']:.2f}", flush=True)
+        f, raw3 = pick(runs["fanout"]), pick(runs["raw3"])
+        print(f"[{transport}] the same, the replicator fanning out (3 hops) at {rate:,}/s: p50 "
+              f"{f['p50_us']:.0f} us  p99 {f['p99_us']:.0f} us  p99.9 {f['p999_us']:.0f} us  "
+              f"(hash {f['hash']}); ratios to the four-hop floor p50 "
+              f"{f['p50_us'] / raw['p50_us']:.2f} p99 {f['p99_us'] / raw['p99_us']:.2f}; raw "
+              f"three-hop floor p50 {raw3['p50_us']:.0f} p99 {raw3['p99_us']:.0f} us, ratios p50 "
+              f"{f['p50_us'] / raw3['p50_us']:.2f} p99 {f['p99_us'] / raw3['p99_us']:.2f}",
+              flush=True)
         entry = {"transport": transport, "what": "latency", "rate": rate, **r, "raw_floor": raw,
                  "p50_ratio": r["p50_us"] / raw["p50_us"], "p99_ratio": r["p99_us"] / raw["p99_us"],
-                 "runs": {k: [x["p99_us"] for x in v] for k, v in runs.items() if v}}
+                 "fanout": f, "raw3_floor": raw3, "runs": {k: [x["p99_us"] for x in v] for k, v in runs.items() if v}}
         if runs["against"]:
             o = entry["against"] = pick(runs["against"])
             print(f"[{transport}] the build in {a.against} at {rate:,}/s: p50 {o['p50_us']:.0f} us"
@@ -539,8 +573,8 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
             rd = redis_p99[rate] = pick(runs["redis"])
             print(f"[tcp] Redis Streams (XADD -> XREAD BLOCK, AOF everysec) at {rate:,}/s: p50 "
                   f"{rd['p50_us']:.0f} us  p99 {rd['p99_us']:.0f} us  p99.9 {rd['p999_us']:.0f} us"
-                  f"  (hash {rd['hash']}); log p99 / Redis p99 {r['p99_us'] / rd['p99_us']:.2f}",
-                  flush=True)
+                  f"  (hash {rd['hash']}); log p99 / Redis p99 {r['p99_us'] / rd['p99_us']:.2f}"
+                  f", with the replicator fanning out {f['p99_us'] / rd['p99_us']:.2f}", flush=True)
             entry["redis"] = rd
         results.append(entry)
     if why_not:
@@ -628,6 +662,6 @@ if __name__ == "__main__":
         gc.disable()
         print(json.dumps(log_latency(sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "_relay_b":
-        _relay_b(sys.argv[2])
+        _relay_b(*sys.argv[2:4])
     else:
         main()

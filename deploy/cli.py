@@ -84,7 +84,7 @@ def _pin() -> None:
 
 def cmd_replicator(a: argparse.Namespace) -> int:
     from replicator.server import main
-    main(a.data, a.bind, a.durability, a.peer)
+    main(a.data, a.bind, a.durability, a.peer, pub=a.pub)
     return 0
 
 
@@ -777,6 +777,9 @@ def parser() -> Parser:
     s.add_argument("--durability", choices=["os", "fsync"], default="os")
     s.add_argument("--peer", action="append", default=[], type=endpoint,
                    help="another replicator, for catch-up and comparison (repeat)")
+    s.add_argument("--pub", type=endpoint, default=None,
+                   help="also publish each committed record here, for streams whose policy "
+                        "one copy commits (`first`): subscribers skip a hop (docs/log.md)")
     s.set_defaults(fn=cmd_replicator)
 
     s = sub.add_parser("sequencer", help="run the sequencer master of one stream")

@@ -187,6 +187,7 @@ def for_log_cluster(cluster, keys_dir: str,
     for name, srcs in sorted((producers or {}).items()):
         peers[key(name)] = auth.Peer(name, sources=frozenset(srcs))
     servers = {a: key(f"replicator{i}") for i, a in enumerate(cluster.rep_addrs)}
+    servers.update({a: key(f"replicator{i}") for i, a in enumerate(cluster.rep_pubs)})
     servers[cluster.prod_addr] = servers[cluster.pub_addr] = key("sequencer")
     trust = auth.Trust(frozenset([key(OPERATOR)]), peers, servers)
     with open(os.path.join(keys_dir, auth.TRUST_FILE), "w", encoding="utf-8") as f:

@@ -14,7 +14,7 @@ class LogCluster:
                  policy: str = "quorum", durability: str = "os", tick_ms: int = 100,
                  endpoint=tcp, cpus: list[int] | None = None, peers: bool = True,
                  sequencer_args: list[str] | None = None, keys_dir: str | None = None,
-                 producers: dict[str, list[int]] | None = None):
+                 producers: dict[str, list[int]] | None = None, fanout: bool = False):
         """keys_dir: run every process with CURVE, keys and policy written there
         (deploy.keys.for_log_cluster; `producers` names the producer keys and their source
         ids); the caller takes an identity (mq.auth.configure(keys_dir, "operator")) before
@@ -27,6 +27,8 @@ class LogCluster:
         self.group = Group(os.path.join(root, "logs"))
         self._endpoint = endpoint
         self.rep_addrs = [endpoint() for _ in range(replicators)]
+        # fanout: each replicator also publishes what it stores (policy `first`, docs/log.md)
+        self.rep_pubs = [endpoint() for _ in range(replicators)] if fanout else []
         self.prod_addr = endpoint()
         self.pub_addr = endpoint()
         self.cpus = cpus
@@ -55,7 +57,8 @@ class LogCluster:
             self.replicators.append(self.group.spawn(
                 f"replicator{i}", [*self.key_args(f"replicator{i}"), "replicator",
                                    "--data", self.data_dir(i), "--bind", addr,
-                                   "--durability", self.durability, *peers],
+                                   "--durability", self.durability, *peers,
+                                   *(["--pub", self.rep_pubs[i]] if self.rep_pubs else [])],
                 cpu=self._cpu(i + 1)))
         for addr in self.rep_addrs:
             wait_until(lambda addr=addr: ping(addr), timeout_s, f"replicator {addr}")

@@ -646,6 +646,11 @@ class Master:
                           "last": last, "commit": commit}
                 if self.stamps_epochs:   # the records before `first` carry this log's epochs
                     fields["prev_epoch"] = replication.epoch_at(self.history, first - 1)
+                    if self.need == 1:
+                        # One replicator's copy commits a record of this master's epoch: the
+                        # replicator may publish it itself (docs/log.md, "Fan-out from the
+                        # replicators").
+                        fields["fanout"] = True
                 head = wire.pack(fields)
                 self.append_key, self.append_head = key, head
             if not self._try_send(link, [wire.APPEND, head, frame]):

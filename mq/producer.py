@@ -211,8 +211,8 @@ class Producer:
             if first <= self.sent_upto:  # resend from inside a batch
                 batch = batch[offset_of(batch, self.sent_upto + 1 - first):]
             try:
-                self.sock.send_multipart([wire.DATA, b"\x80", batch], zmq.NOBLOCK,
-                                         copy=len(batch) < 65536)
+                sockets.send_parts(self.sock, [wire.DATA, b"\x80", batch], sockets.NOBLOCK,
+                                   len(batch) < 65536)
             except zmq.Again:
                 return
             if self.sent_upto < self.acked_next:
@@ -232,12 +232,14 @@ class Producer:
         return acked
 
     def _receive(self, timeout_ms: int) -> None:
-        if self.sock.poll(timeout_ms):
+        # (mq.sockets' compiled poll, send and receive: the producer's turn runs once a
+        # record at low rates, as the master's does)
+        if zmq.zmq_poll([(self.sock, sockets.POLLIN)], timeout_ms):
             first = True
             while first or sockets.readable(self.sock):
                 first = False
                 try:
-                    msg = self.sock.recv_multipart(zmq.NOBLOCK)
+                    msg = sockets.recv_parts(self.sock, sockets.NOBLOCK)
                 except zmq.Again:
                     break
                 self._on_message(msg)

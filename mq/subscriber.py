@@ -29,8 +29,11 @@ SILENCE_PROBE_S = 1.0   # live feed silent this long (ten idle ticks): ask a rep
 
 
 class Subscriber:
-    def __init__(self, stream: str, pub_addr: str, replicators: list[str], next_seq: int = 1,
-                 rcvhwm: int = 100_000):
+    def __init__(self, stream: str, pub_addr: str | list[str], replicators: list[str],
+                 next_seq: int = 1, rcvhwm: int = 100_000):
+        """pub_addr: the master's publisher, or several publishers of the stream (the
+        replicators that fan out, docs/log.md): the live feed takes each seq from whichever
+        copy comes first and drops the others."""
         if next_seq < 1:
             raise ValueError("seqs start at 1")
         if not replicators:
@@ -42,8 +45,9 @@ class Subscriber:
         self.sub.setsockopt(zmq.RCVHWM, rcvhwm)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\0")
-        auth.secure_client(self.sub, pub_addr)
-        self.sub.connect(pub_addr)
+        for addr in [pub_addr] if isinstance(pub_addr, str) else pub_addr:
+            auth.secure_client(self.sub, addr)   # the server key applies to the next connect
+            self.sub.connect(addr)
         self.replicas: list[zmq.Socket] = []
         for addr in replicators:
             self.replicas.append(sockets.dealer(addr))

@@ -139,9 +139,13 @@ def parse(kind: bytes, parts: list[bytes]) -> dict[str, Any]:
             said = _uint(body, name, required=False)
             if said is not None and said != value:
                 raise wire.WireError(f"field {name!r} = {said} but the frame's is {value}")
+        fanout = body.get("fanout", False)
+        if type(fanout) is not bool:
+            raise wire.WireError("field 'fanout' must be a boolean")
         req.update(frame=parts[1], first=first, last=last, count=_count,
                    commit=_uint(body, "commit", required=False),
-                   prev_epoch=_uint(body, "prev_epoch", U32_MAX, required=False))
+                   prev_epoch=_uint(body, "prev_epoch", U32_MAX, required=False),
+                   fanout=fanout)
     elif kind == wire.COMMIT:
         req["commit"] = _uint(body, "commit")
     elif kind == wire.TRUNCATE:
@@ -180,7 +184,7 @@ def parse(kind: bytes, parts: list[bytes]) -> dict[str, Any]:
 class Replicator:
     def __init__(self, data_dir: str, bind: str, durability: str = "os",
                  map_size: int = 64 << 30, peers: list[str] | None = None,
-                 max_streams: int = 500, check: bool = True):
+                 max_streams: int = 500, check: bool = True, pub: str | None = None):
         self.data_dir = data_dir
         self.durability = durability
         self.map_size = map_size
@@ -189,7 +193,7 @@ class Replicator:
                       "refused": 0, "errors": 0, "caught_up_records": 0, "compared_records": 0,
                       "divergent_ranges": 0, "repaired_records": 0, "damaged_reads": 0,
                       "truncated_records": 0, "disk_full_refusals": 0, "quarantined": 0,
-                      "unauthorized": 0}
+                      "unauthorized": 0, "published_frames": 0}
         self.disk_full_since: float | None = None  # monotonic time writing began to fail
         self.write_retry_at = 0.0
         self.store = self._open_store(check)
@@ -198,6 +202,18 @@ class Replicator:
         self.running = True
         self.peers = Peers(self.store, peers or [], self.stats)
         self.peers.on_disk_full = self._disk_full
+        # Fan-out (docs/log.md, "Fan-out from the replicators"): the frames a master's APPEND
+        # lets this replicator publish, held until the group's transaction is committed.
+        self.pub: zmq.Socket | None = None
+        self.pub_endpoint = ""
+        self.fresh: list[list[bytes]] = []
+        if pub:
+            self.pub = zmq.Context.instance().socket(zmq.PUB)
+            self.pub.setsockopt(zmq.SNDHWM, 100_000)
+            self.pub.setsockopt(zmq.LINGER, 0)
+            auth.secure_server(self.pub)
+            self.pub.bind(pub)
+            self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.peers.register(self.poller)
@@ -288,6 +304,8 @@ class Replicator:
                 self._quarantine_now(exc)
         self.peers.close()
         self.sock.close(0)
+        if self.pub is not None:
+            self.pub.close(0)
         self.store.close()
 
     def _turn(self) -> None:
@@ -347,6 +365,7 @@ class Replicator:
                             raise
                         txn.abort()
                         txn, replies = None, []  # nothing of this transaction is acknowledged
+                        self.fresh.clear()       # nor published
                         self.store.forget()
                         self._disk_full(exc)
                         reply = self._refuse_full(kind, req)
@@ -356,6 +375,7 @@ class Replicator:
                         # the whole group is dropped, unacknowledged; the masters resend.
                         txn.abort()
                         txn, replies = None, []
+                        self.fresh.clear()
                         self.store.forget()
                         self.stats["errors"] += 1
                         log.error("%s; the group of writes with it is dropped", exc)
@@ -378,6 +398,7 @@ class Replicator:
         finally:
             if txn is not None:  # an error that ends the turn (a damaged file): write nothing
                 txn.abort()
+                self.fresh.clear()
 
     def _refusal(self, peer: str | None, kind: bytes, req: dict) -> dict | None:
         """The ERROR body for a message its sender's role does not allow, else None."""
@@ -400,6 +421,7 @@ class Replicator:
             if not is_write_failure(exc):
                 raise
             # Nothing was persisted: the acks are not sent, the masters resend.
+            self.fresh.clear()
             self.store.forget()
             self._disk_full(exc)
             return
@@ -407,6 +429,26 @@ class Replicator:
         if self.disk_full_since is not None:
             self._wrote()
         self._send(replies)
+        if self.fresh:
+            self._fan_out()
+
+    def _unpublish(self, stream: str, last: int) -> None:
+        """A TRUNCATE in the group dropped records above `last`: a frame of the group that
+        reaches past it is no longer stored as it came, and is not published (a subscriber
+        fills the seqs it held, if they stay, by replay)."""
+        topic = stream.encode() + b"\0"
+        self.fresh = [msg for msg in self.fresh
+                      if msg[0] != topic or scan(msg[1])[2] <= last]
+
+    def _fan_out(self) -> None:
+        """Publish the frames of the group just committed, in the order they were stored."""
+        for msg in self.fresh:
+            try:
+                sockets.send_parts(self.pub, msg, sockets.NOBLOCK)
+            except zmq.Again:
+                pass  # a PUB drops for a slow subscriber; the subscriber replays the gap
+        self.stats["published_frames"] += len(self.fresh)
+        self.fresh = []
 
     @staticmethod
     def _persist(txn: Any) -> None:
@@ -442,6 +484,8 @@ class Replicator:
             else:
                 reply = self._truncate(child, log_, req)
             child.commit()
+            if kind == wire.TRUNCATE and self.fresh:
+                self._unpublish(req["stream"], log_.last)
         except BaseException:
             child.abort()
             log_._load(txn)
@@ -466,6 +510,13 @@ class Replicator:
         result = log_.append(txn, req["epoch"], req["frame"], req["prev_epoch"],
                              (req["count"], req["first"], req["last"]))
         if result.ok:
+            # Published after the commit, if the master said one copy commits it (policy
+            # `first`), the frame lengthened this log and its records carry the master's own
+            # epoch (not a former master's records that it re-sends, which commit later).
+            if self.pub is not None and req["fanout"] and result.last > before \
+                    and int.from_bytes(req["frame"][28:32], "little") == req["epoch"]:
+                # (bytes 28..31: the first record's epoch; epochs never decrease along a log)
+                self.fresh.append([stream.encode() + b"\0", req["frame"]])
             if req["commit"] is not None:
                 log_.set_commit(txn, req["commit"])
         else:
@@ -549,12 +600,12 @@ class Replicator:
 
 
 def main(data_dir: str, bind: str, durability: str = "os", peers: list[str] | None = None,
-         max_streams: int = 500) -> None:
+         max_streams: int = 500, pub: str | None = None) -> None:
     noted = False
     while True:
         try:
             server = Replicator(data_dir, bind, durability, peers=peers,
-                                max_streams=max_streams)
+                                max_streams=max_streams, pub=pub)
             break
         except lmdb.Error as exc:
             if not is_write_failure(exc):
@@ -573,7 +624,8 @@ def main(data_dir: str, bind: str, durability: str = "os", peers: list[str] | No
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"replicator ready {server.bind}", flush=True)
+    print(f"replicator ready {server.bind}"
+          + (f" publishing on {server.pub_endpoint}" if server.pub else ""), flush=True)
     started = time.monotonic()
     server.serve()
     log.info("replicator stopped after %.1f s", time.monotonic() - started)

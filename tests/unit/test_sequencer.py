@@ -808,3 +808,29 @@ def test_the_claim_still_waits_for_a_replicator_that_answered_state():
     core.fake.advance(2 * SEC)
     core.recovery_step()
     assert core.recovery is None or core.recovery.phase == "tail"
+
+
+@pytest.mark.parametrize(("policy", "replicators", "fanout"), [
+    ("first", 2, True), ("first", 1, True), ("quorum", 1, True),
+    ("quorum", 3, False), ("quorum", 2, False), ("all", 2, False)])
+def test_an_append_says_fanout_only_where_one_copy_commits(policy, replicators, fanout):
+    """docs/log.md, "Fan-out from the replicators": a replicator may publish a record itself
+    only when its copy alone commits it."""
+    core = Core(replicators=replicators, policy=policy)
+    recover(core, [state()] * replicators)
+    core._emit_tick(core.fake.mono_ns)
+    sent = core.take(wire.APPEND)
+    assert len(sent) == replicators
+    assert all(body.get("fanout", False) is fanout for _i, body, _m in sent)
+
+
+def test_an_append_of_a_mirror_never_says_fanout():
+    """A mirror's records carry its engine's epochs, not the mirror master's: never fanned out
+    by the replicators, whatever the policy (mq.mirror.Mirror sets stamps_epochs False)."""
+    class MirrorLike(Core):
+        stamps_epochs = False
+    core = MirrorLike(replicators=2, policy="first")
+    recover(core, [state()] * 2)
+    core.sequence_turn([data(1, 1, 3)])
+    sent = core.take(wire.APPEND)
+    assert sent and not any("fanout" in body for _i, body, _m in sent)
