@@ -911,7 +911,9 @@ def parser() -> Parser:
 
     s = sub.add_parser("tail", help="follow a stream, decoded (exactly once; --out resumes)")
     s.add_argument("stream", type=stream_name)
-    s.add_argument("--pub", type=endpoint, help="default: from the running cluster")
+    s.add_argument("--pub", action="append", type=endpoint,
+                   help="default: from the running cluster; repeat to listen to the "
+                        "replicators' publishers (`replicator --pub`), first copy wins")
     s.add_argument("--replicator", action="append", type=endpoint,
                    help="default: the running cluster's replicators")
     s.add_argument("--from", dest="from_seq", type=SEQ, default=1)
