@@ -443,6 +443,8 @@ def log_latency(transport: str, rate: int, seconds: float, curve: bool = False,
     with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
         cluster = LogCluster(root, "in.bench", replicators=1, policy="first", durability="os",
                              endpoint=_endpoints(transport, root), **_secured(root, curve),
+                             # (no keyword at all without fanout: an --against checkout's
+                             # LogCluster may predate it)
                              **({"fanout": True} if fanout else {}))
         if curve:
             auth.configure(cluster.keys_dir, "operator")

@@ -765,11 +765,7 @@ class MasterShell:
         # Sends to a producer connection that is gone fail instead of vanishing: that is how
         # the master tells whether a source's owner is still alive.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, 100_000)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        auth.secure_server(self.pub)
-        self.pub.bind(pub_bind)
+        self.pub = sockets.publisher(pub_bind)
         self.producer_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         for link in self.links:

@@ -53,6 +53,15 @@ def records(frame: bytes | memoryview) -> list[Record]:
     return [Record(*r) for r in decode(frame)]
 
 
+_EPOCH_AT = 28   # the epoch's offset in a record header (RECORD_HEADER: Q Q Q I, then I)
+
+
+def first_epoch(frame: bytes) -> int:
+    """The epoch of a validated frame's first record: a master's frame holds one epoch, and
+    epochs never decrease along a log, so a frame that starts with the newest holds only it."""
+    return int.from_bytes(frame[_EPOCH_AT:_EPOCH_AT + 4], "little")
+
+
 def trim(frame: bytes, first: int, want_from: int, want_to: int | None = None) -> bytes:
     """The part of a validated frame starting at `first` that holds seqs want_from..want_to."""
     start = offset_of(frame, want_from - first) if want_from > first else 0
@@ -62,5 +71,5 @@ def trim(frame: bytes, first: int, want_from: int, want_to: int | None = None) -
 
 
 __all__ = ["HEADER_SIZE", "KIND_TICK", "MAX_FRAME", "MAX_PAYLOAD", "RECORD_HEADER", "FrameError",
-           "Record", "decode", "encode", "epoch_runs", "kinds_bitmap", "offset_of", "pack", "rebase", "records", "scan", "scan_producer",
+           "Record", "decode", "encode", "epoch_runs", "first_epoch", "kinds_bitmap", "offset_of", "pack", "rebase", "records", "scan", "scan_producer",
            "source_runs", "stamp", "tick", "trim"]

@@ -88,3 +88,14 @@ def router(bind: str, curve: auth.Identity | None = None) -> zmq.Socket:
     auth.secure_server(sock, curve)
     sock.bind(bind)
     return sock
+
+
+def publisher(bind: str) -> zmq.Socket:
+    """A stream's live feed (a master's, or a replicator's that fans out): a PUB bound to
+    bind; a subscriber that falls HWM behind loses frames and fills them by replay."""
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.LINGER, 0)
+    auth.secure_server(sock)
+    sock.bind(bind)
+    return sock

@@ -19,7 +19,7 @@ import time
 import zmq
 
 from mq import auth, sockets, wire
-from mq.record import FrameError, scan, trim
+from mq.record import FrameError, first_epoch, scan, trim
 
 log = logging.getLogger("seqex.subscriber")
 
@@ -150,7 +150,7 @@ class Subscriber:
                 log.error("%s: dropped a malformed live frame: %s", self.stream, exc)
                 continue
             self.stats["live_frames"] += 1
-            epoch = int.from_bytes(msg[1][28:32], "little")
+            epoch = first_epoch(msg[1])
             if epoch < self.live_epoch:
                 self.stats["fenced_frames"] += 1  # a stale master's: a newer one took over
                 continue

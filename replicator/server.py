@@ -53,7 +53,7 @@ import msgpack
 import zmq
 
 from mq import auth, sockets, wire
-from mq.record import MAX_FRAME, FrameError, scan
+from mq.record import MAX_FRAME, FrameError, first_epoch, scan
 from mq.replication import epoch_at
 from replicator import integrity
 from replicator.peers import Peers
@@ -203,16 +203,13 @@ class Replicator:
         self.peers = Peers(self.store, peers or [], self.stats)
         self.peers.on_disk_full = self._disk_full
         # Fan-out (docs/log.md, "Fan-out from the replicators"): the frames a master's APPEND
-        # lets this replicator publish, held until the group's transaction is committed.
+        # lets this replicator publish, held until the group's transaction is committed. Each
+        # transaction starts with none, so a group that was aborted publishes nothing.
         self.pub: zmq.Socket | None = None
         self.pub_endpoint = ""
         self.fresh: list[list[bytes]] = []
         if pub:
-            self.pub = zmq.Context.instance().socket(zmq.PUB)
-            self.pub.setsockopt(zmq.SNDHWM, 100_000)
-            self.pub.setsockopt(zmq.LINGER, 0)
-            auth.secure_server(self.pub)
-            self.pub.bind(pub)
+            self.pub = sockets.publisher(pub)
             self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -358,6 +355,7 @@ class Replicator:
                             self._send(replies)  # the answers to reads so far stand alone
                             replies = []
                         txn = self.store.write()
+                        self.fresh = []   # what this transaction may publish once committed
                     try:
                         reply = self._write(txn, kind, req)
                     except lmdb.Error as exc:
@@ -365,7 +363,6 @@ class Replicator:
                             raise
                         txn.abort()
                         txn, replies = None, []  # nothing of this transaction is acknowledged
-                        self.fresh.clear()       # nor published
                         self.store.forget()
                         self._disk_full(exc)
                         reply = self._refuse_full(kind, req)
@@ -375,7 +372,6 @@ class Replicator:
                         # the whole group is dropped, unacknowledged; the masters resend.
                         txn.abort()
                         txn, replies = None, []
-                        self.fresh.clear()
                         self.store.forget()
                         self.stats["errors"] += 1
                         log.error("%s; the group of writes with it is dropped", exc)
@@ -398,7 +394,6 @@ class Replicator:
         finally:
             if txn is not None:  # an error that ends the turn (a damaged file): write nothing
                 txn.abort()
-                self.fresh.clear()
 
     def _refusal(self, peer: str | None, kind: bytes, req: dict) -> dict | None:
         """The ERROR body for a message its sender's role does not allow, else None."""
@@ -421,7 +416,6 @@ class Replicator:
             if not is_write_failure(exc):
                 raise
             # Nothing was persisted: the acks are not sent, the masters resend.
-            self.fresh.clear()
             self.store.forget()
             self._disk_full(exc)
             return
@@ -514,8 +508,7 @@ class Replicator:
             # `first`), the frame lengthened this log and its records carry the master's own
             # epoch (not a former master's records that it re-sends, which commit later).
             if self.pub is not None and req["fanout"] and result.last > before \
-                    and int.from_bytes(req["frame"][28:32], "little") == req["epoch"]:
-                # (bytes 28..31: the first record's epoch; epochs never decrease along a log)
+                    and first_epoch(req["frame"]) == req["epoch"]:
                 self.fresh.append([stream.encode() + b"\0", req["frame"]])
             if req["commit"] is not None:
                 log_.set_commit(txn, req["commit"])

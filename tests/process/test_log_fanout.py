@@ -32,6 +32,18 @@ class Listener:
         self.frames: list[bytes] = []
         self.next_seq = 1
 
+    def finish(self, cluster: LogCluster, producer, timeout_s: float) -> tuple[int, dict]:
+        """Until the producer is done and everything committed is delivered; then drain the
+        cluster. Returns the last seq and the subscriber's stats."""
+        self.pump(lambda: producer.popen.poll() is not None, timeout_s, "the producer")
+        assert producer.wait(10) == 0, producer.log()
+        last = cluster.status()["last"]
+        self.pump(lambda: self.next_seq > last, timeout_s, f"seq {last}")
+        stats = dict(self.sub.stats)
+        self.sub.close()
+        cluster.drain()
+        return last, stats
+
     def pump(self, until, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while not until():
@@ -75,13 +87,7 @@ def test_replicators_fan_out_exactly_once_across_kills(tmp_path):
             listener.pump(lambda: listener.next_seq > kill_replicator_at + 500, 120,
                           "records with one replicator")
             cluster.restart_replicator(victim)
-            listener.pump(lambda: producer.popen.poll() is not None, 300, "the producer")
-            assert producer.wait(10) == 0, producer.log()
-            last = cluster.status()["last"]
-            listener.pump(lambda: listener.next_seq > last, 120, f"seq {last}")
-            stats = dict(listener.sub.stats)
-            listener.sub.close()
-            cluster.drain()
+            last, stats = listener.finish(cluster, producer, 300)
     finally:
         auth.reset()
     check_exactly_once(cluster, tmp, [1], count)
@@ -104,13 +110,7 @@ def test_under_quorum_the_replicators_publish_nothing(tmp_path):
             listener = Listener(cluster)
             producer = cluster.group.spawn("producer1", producer_args(cluster, tmp, 1, 500,
                                                                       1_000))
-            listener.pump(lambda: producer.popen.poll() is not None, 120, "the producer")
-            assert producer.wait(10) == 0, producer.log()
-            last = cluster.status()["last"]
-            listener.pump(lambda: listener.next_seq > last, 60, f"seq {last}")
-            stats = dict(listener.sub.stats)
-            listener.sub.close()
-            cluster.drain()
+            _last, stats = listener.finish(cluster, producer, 120)
     finally:
         auth.reset()
     check_exactly_once(cluster, tmp, [1], 500)

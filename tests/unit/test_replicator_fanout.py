@@ -19,6 +19,7 @@ from mq import wire
 from mq.record import encode
 from replicator.server import Replicator, parse
 from replicator.store import PartialWrite
+from tests.unit.test_replicator_server import full_disk_on_commit
 
 
 def frame(first, n, epoch=1):
@@ -111,13 +112,7 @@ def test_a_former_masters_records_resent_are_stored_but_not_published(fan):
 
 def test_a_failed_commit_publishes_nothing_and_later_commits_only_their_own(fan, monkeypatch):
     rep, sub = fan
-    full = {"on": True}
-
-    def persist(txn):
-        if full["on"]:
-            raise lmdb.DiskError("mdb_txn_commit: No space left on device")
-        txn.commit()
-    monkeypatch.setattr(rep, "_persist", persist)
+    full = full_disk_on_commit(rep, monkeypatch)
     rep.handle([append(1, 3), append(4, 1)])
     assert acks(rep) == [] and published(sub) == []
     full["on"] = False

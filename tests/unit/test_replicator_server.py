@@ -32,9 +32,9 @@ def answers(rep):
     return out
 
 
-def test_a_full_disk_refuses_writes_and_resumes_by_itself(rep, caplog, monkeypatch):
-    rep.handle([append("in.a", 1, 3)])
-    assert answers(rep)[0][1]["ok"]
+def full_disk_on_commit(rep, monkeypatch) -> dict:
+    """Make the replicator's commits fail as on a full disk while the returned {"on"} is
+    True."""
     full = {"on": True}
 
     def persist(txn):
@@ -42,6 +42,13 @@ def test_a_full_disk_refuses_writes_and_resumes_by_itself(rep, caplog, monkeypat
             raise lmdb.DiskError("mdb_txn_commit: No space left on device")
         txn.commit()
     monkeypatch.setattr(rep, "_persist", persist)
+    return full
+
+
+def test_a_full_disk_refuses_writes_and_resumes_by_itself(rep, caplog, monkeypatch):
+    rep.handle([append("in.a", 1, 3)])
+    assert answers(rep)[0][1]["ok"]
+    full = full_disk_on_commit(rep, monkeypatch)
     caplog.set_level(logging.ERROR, "seqex.replicator")
     rep.handle([append("in.a", 4, 2), append("in.new", 1, 1)])
     assert answers(rep) == []                          # nothing acknowledged
