@@ -124,6 +124,7 @@ GTC, IOC = ord("1"), ord("3")
 CE_ACCEPTED, CE_REJECTED, CE_TRADE, CE_CANCELLED = 1, 2, 3, 4
 CE_AMENDED, CE_EXPIRED, CE_LEVEL, CE_HALTED, CE_RESUMED, CE_MASS_CANCELLED = 5, 6, 7, 8, 9, 10
 CE_SCOPE_ACCOUNT, CE_SCOPE_BOOK = 1, 2
+CE_REASON_MATCH_LIMIT = 6   # an IOC's rest expired at the matching limit, the book still crossing
 CE_EVENT_STRUCTS = {
     CE_ACCEPTED: struct.Struct("<BQQIBBqQBB"),    # order_id, client_order_id, account, side,
                                                   # ord_type, price, qty, tif, flags

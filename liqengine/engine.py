@@ -65,8 +65,6 @@ SCALE_BITS = 64
 
 _PACK = {k: s.pack for k, s in c.EVENT_STRUCTS.items()}
 _TE = {k: s.unpack_from for k, s in c.TE_EVENT_STRUCTS.items()}
-# the CrossEngine's reason for an IOC stopped at its matching limit (crossengine/codec.py)
-CE_REASON_MATCH_LIMIT = 6
 _CE = {k: s.unpack_from for k, s in c.CE_EVENT_STRUCTS.items()}
 _CODE = c.CODES
 _ADL_SIZE = c.EVENT_SIZES[c.ADL]
@@ -540,7 +538,7 @@ class LiqEngine:
                     co = self._closeout_of_coid(ev[2])
                     if co is not None:
                         self._order_gone(co, kind == c.CE_EXPIRED
-                                         and ev[5] == CE_REASON_MATCH_LIMIT)
+                                         and ev[5] == c.CE_REASON_MATCH_LIMIT)
             elif kind == c.CE_REJECTED:
                 ev = _CE[kind](payload, off)
                 if ev[2] == liq:
@@ -627,11 +625,12 @@ class LiqEngine:
                                   co.order_left, tif))
         self.route |= 1 << (co.symbol & 63)
 
-    def _arm(self, co: CloseOut, deadline: int) -> None:
+    def _arm(self, co: CloseOut, deadline: int, soon: bool = False) -> None:
+        """Give the close-out a deadline; soon: one already due, first in the next record."""
         co.deadline = deadline
         co.arm = self.next_arm
         self.next_arm += 1
-        self._deadlines.append((deadline, co.arm, co.cid))
+        (self._soon if soon else self._deadlines).append((deadline, co.arm, co.cid))
 
     def _fire_deadlines(self) -> None:
         """The close-outs due, in (deadline, arm) order, while the output is under the command
@@ -723,10 +722,7 @@ class LiqEngine:
         if self._size and self._size >= self.output_budget // COMMAND_SHARE:
             # over the command budget: the IOC goes first thing in the next record (a due
             # close-out is the first thing a record does: it goes then, whatever the budget)
-            co.deadline = self.ts_ns or 1
-            co.arm = self.next_arm
-            self.next_arm += 1
-            self._soon.append((co.deadline, co.arm, co.cid))
+            self._arm(co, self.ts_ns or 1, soon=True)
             return
         co.ioc_price = self._ioc_price(co)
         co.reserved = (co.bp - co.ioc_price) * co.side * co.qty * self.specs[co.symbol].value

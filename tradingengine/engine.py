@@ -228,16 +228,14 @@ def worst_case_output() -> dict[str, int]:
 # OUTPUT_BUDGET with the command (added to _size as it sends): the answer record is then
 # bounded as this record is (worst_case_output's "ce_events"), whatever the number of accounts
 # a session's cancel-on-disconnect or a liquidation cascade covers.
-ANSWER_RESERVE = (EVENT_STRUCTS[EXEC_REPORT].size + 2 * (EVENT_STRUCTS[SESSION_MESSAGE].size
-                                                        + P_BLOCK_SIZES[P_EXEC_REPORT])
-                  - EVENT_STRUCTS[CE_COMMAND].size - CE_CANCEL_S.size)
+_REPORT_COST = (EVENT_STRUCTS[EXEC_REPORT].size
+                + 2 * (EVENT_STRUCTS[SESSION_MESSAGE].size + P_BLOCK_SIZES[P_EXEC_REPORT]))
+ANSWER_RESERVE = _REPORT_COST - EVENT_STRUCTS[CE_COMMAND].size - CE_CANCEL_S.size
 
 # What reporting the CrossEngine's answer to a triggered order costs beyond its command, fills
 # aside (they are bounded per record, CE_MAX_FILLS): its acceptance and its expiry, each an
 # execution report with up to two session messages. The trigger sweep counts it as it sends.
-TAKER_RESERVE = (2 * (EVENT_STRUCTS[EXEC_REPORT].size + 2 * (EVENT_STRUCTS[SESSION_MESSAGE].size
-                                                             + P_BLOCK_SIZES[P_EXEC_REPORT]))
-                 - EVENT_STRUCTS[CE_COMMAND].size - CE_NEW_ORDER_S.size)
+TAKER_RESERVE = 2 * _REPORT_COST - EVENT_STRUCTS[CE_COMMAND].size - CE_NEW_ORDER_S.size
 
 # the margin left under MAX_PAYLOAD: an eighth (it was half before session messages doubled
 # the size of a fill's reports; docs/order-path.md notes it)

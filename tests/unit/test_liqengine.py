@@ -674,7 +674,8 @@ def test_an_ioc_stopped_at_the_matching_limit_goes_again_at_once(fund):
     rest expires with reason 6. That is no sign of an exhausted book: a fresh IOC for the
     rest goes in the same record, neither a hold (with a fund) nor ADL (without one)."""
     from crossengine.codec import REASON_MATCH_LIMIT
-    from liqengine.engine import CE_REASON_MATCH_LIMIT, IOC_PHASE
+    from liqengine.codec import CE_REASON_MATCH_LIMIT
+    from liqengine.engine import IOC_PHASE
     assert CE_REASON_MATCH_LIMIT == REASON_MATCH_LIMIT
     v = venue()
     if fund:
