@@ -56,6 +56,7 @@ MAX_EPOCH = (1 << 32) - 1      # a record's epoch is a u32
 MAX_FRAME_BYTES = 4 << 20      # a sequenced frame is cut at this size
 MAX_INFLIGHT = 1 << 20         # records sent to one replicator and not yet acknowledged
 RESEND_AFTER_S = 1.0           # unacknowledged for this long: go back and resend
+FULL_PROBE_S = 0.05            # a replicator whose disk is full gets one frame this often
 PROBE_EVERY_S = 0.5            # an unknown replicator is claimed again this often
 ASK_EVERY_S = 0.02             # start-up questions are repeated this often until sent
 ASK_AGAIN_S = 1.0              # ... and a sent one this long after, until answered
@@ -89,6 +90,8 @@ class Link:
     behind: bool = False      # it lacks records that left the resend window (logged once)
     alarm_at: float = 0.0     # the next time a refusal that needs the operator is logged
     append_at: float = 0.0    # when the last APPEND went to it (it carried the commit point)
+    full: bool = False        # its disk was full at its last answer: one frame at a time
+    probe_at: float = 0.0     # ... the next of which goes no earlier than this
 
 
 class Window:
@@ -508,6 +511,7 @@ class Master:
                 {"stream": self.stream, "epoch": self.epoch, "after": agreed})])
         link.acked = link.sent = agreed
         link.known = True
+        link.full = False
         link.progress_at = self.mono()
         self.stats["reconciled"] += 1
         return agreed
@@ -575,9 +579,20 @@ class Master:
             if last > link.acked:
                 link.acked = last
                 link.progress_at = self.mono()
+            link.full = False
             return
         reason = body.get("reason")
-        if reason == "gap" and last >= link.acked:
+        if reason == "disk_full":
+            # It stored nothing of what was sent beyond what it acknowledged. Go back there,
+            # and until it takes a frame again send it one frame every FULL_PROBE_S: it
+            # resumes within that of having room, and a long outage costs no resends of the
+            # whole backlog.
+            link.sent = link.acked
+            link.progress_at = self.mono()
+            if not link.full:
+                link.full = True
+                link.probe_at = 0.0   # the first probe at once
+        elif reason == "gap" and last >= link.acked:
             # It lost what was in flight: resend from what it acknowledged (its own `last`
             # may end in records that are not this master's, so it is not taken on trust).
             link.sent = link.acked
@@ -624,6 +639,8 @@ class Master:
         """Send this replicator what it lacks, oldest first, within the in-flight limit."""
         top = self.next_seq - 1
         while link.known and link.sent < top and link.sent - link.acked < MAX_INFLIGHT:
+            if link.full and (link.sent > link.acked or self.mono() < link.probe_at):
+                return   # its disk is full: the next probe frame is not due
             piece = self.window.frame_from(link.sent + 1)
             if piece is None:
                 if not link.behind:
@@ -657,6 +674,8 @@ class Master:
                 return
             link.commit_sent = max(link.commit_sent, commit)
             link.append_at = now = self.mono()
+            if link.full:
+                link.probe_at = now + FULL_PROBE_S
             if link.sent == link.acked:
                 link.progress_at = now
             link.sent = last

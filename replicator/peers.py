@@ -112,6 +112,7 @@ class Peers:
         self.comparing: dict[str, dict[str, Any]] = {}
         self.repairing: dict[str, tuple[int, int, str, float]] = {}
         self.on_disk_full = lambda exc: log.error("%s", exc)
+        self.on_wrote = lambda: None   # a write went through (the disk has room)
 
     def reset(self, store: Store) -> None:
         """Start over with another store (the old file was quarantined)."""
@@ -206,6 +207,7 @@ class Peers:
             return result
 
         result = self.store.change(stream, append)
+        self.on_wrote()
         if result.ok:
             self.stats["caught_up_records"] += last - first + 1
             return

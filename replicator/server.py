@@ -79,6 +79,8 @@ MAX_REQ_CHARS = 64            # a REPLAY's `req` tag is echoed back; it stays sm
 MAX_KEEP_SOURCES = 4096       # sources a STATE may ask to be named whatever their age
 MAX_ERROR_CHARS = 1000
 DISK_RETRY_S = 1.0
+ROOM_CHECK_S = 0.01           # while refusing writes, statvfs this often: room back -> retry
+ROOM_MARGIN_BYTES = 1 << 20   # ... more room than when the write failed by this much
 FULL_BELOW_BYTES = 64 << 20   # a failed write with less room than this is reported as "disk full"
 WRITES = (wire.APPEND, wire.CLAIM, wire.TRUNCATE, wire.COMMIT)
 READS = (wire.REPLAY, wire.DIGEST, wire.STATE, wire.PING, wire.STOP)
@@ -196,12 +198,15 @@ class Replicator:
                       "unauthorized": 0, "published_frames": 0}
         self.disk_full_since: float | None = None  # monotonic time writing began to fail
         self.write_retry_at = 0.0
+        self.full_free = 0          # bytes free when the last write failed
+        self.room_check_at = 0.0
         self.store = self._open_store(check)
         self.sock = sockets.router(bind)
         self.bind = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.running = True
         self.peers = Peers(self.store, peers or [], self.stats)
         self.peers.on_disk_full = self._disk_full
+        self.peers.on_wrote = self._wrote
         # Fan-out (docs/log.md, "Fan-out from the replicators"): the frames a master's APPEND
         # lets this replicator publish, held until the group's transaction is committed. Each
         # transaction starts with none, so a group that was aborted publishes nothing.
@@ -262,9 +267,9 @@ class Replicator:
     def _disk_full(self, exc: Exception) -> None:
         """A write failed for lack of room: nothing of it was persisted or acknowledged."""
         now = time.monotonic()
+        self.full_free = free = self._free_bytes()
         if self.disk_full_since is None:
             self.disk_full_since = now
-            free = self._free_bytes()
             what = "disk full" if free < FULL_BELOW_BYTES or isinstance(exc, lmdb.DiskError) \
                 else "write failed"
             log.error("%s at %s: %d bytes free; writes are refused and not acknowledged (the "
@@ -275,10 +280,16 @@ class Replicator:
 
     def _refusing_writes(self) -> bool:
         """While the disk is full, refuse writes without trying, but let one batch try
-        every DISK_RETRY_S."""
+        every DISK_RETRY_S, and at once when the file system has room again (statvfs, every
+        ROOM_CHECK_S at most): a master probes a full replicator every 50 ms, so writing
+        resumes within about that of the room coming back."""
         if self.disk_full_since is None:
             return False
         now = time.monotonic()
+        if now >= self.room_check_at:
+            self.room_check_at = now + ROOM_CHECK_S
+            if self._free_bytes() > self.full_free + ROOM_MARGIN_BYTES:
+                self.write_retry_at = now
         if now >= self.write_retry_at:
             self.write_retry_at = now + DISK_RETRY_S
             return False
@@ -327,6 +338,7 @@ class Replicator:
         authenticated key of each message's sender (mq.auth), checked against its role
         before anything is written."""
         replies: list[list[bytes]] = []
+        group: list[tuple[bytes, bytes, dict]] = []   # the writes of the open transaction
         txn = None
         try:
             for i, msg in enumerate(batch):
@@ -335,7 +347,7 @@ class Replicator:
                 ident, kind = msg[0], msg[1]
                 write = kind in WRITES
                 if txn is not None and not write:
-                    self._commit(txn, replies)
+                    self._commit(txn, replies, group)
                     txn, replies = None, []
                 try:
                     req = parse(kind, msg[2:])
@@ -356,15 +368,18 @@ class Replicator:
                             replies = []
                         txn = self.store.write()
                         self.fresh = []   # what this transaction may publish once committed
+                        group = []
                     try:
                         reply = self._write(txn, kind, req)
+                        group.append((ident, kind, req))
                     except lmdb.Error as exc:
                         if not is_write_failure(exc):
                             raise
                         txn.abort()
-                        txn, replies = None, []  # nothing of this transaction is acknowledged
+                        txn = None   # nothing of this transaction is acknowledged
                         self.store.forget()
                         self._disk_full(exc)
+                        replies = self._refuse_group(group)
                         reply = self._refuse_full(kind, req)
                     except PartialWrite as exc:
                         # A write that failed halfway (never seen: StreamLog.append checks
@@ -387,7 +402,7 @@ class Replicator:
                     replies.append([ident, wire.ERROR,
                                     wire.pack({"error": str(exc)[:MAX_ERROR_CHARS]})])
             if txn is not None:
-                self._commit(txn, replies)
+                self._commit(txn, replies, group)
                 txn = None
             else:
                 self._send(replies)
@@ -408,16 +423,19 @@ class Replicator:
         auth.note_refusal(peer, reason, what)
         return auth.refused_body(reason, what)
 
-    def _commit(self, txn: Any, replies: list[list[bytes]]) -> None:
+    def _commit(self, txn: Any, replies: list[list[bytes]],
+                group: list[tuple[bytes, bytes, dict]]) -> None:
         try:
             self._persist(txn)
         except lmdb.Error as exc:
             txn.abort()  # LMDB has ended it already; this makes sure
             if not is_write_failure(exc):
                 raise
-            # Nothing was persisted: the acks are not sent, the masters resend.
+            # Nothing was persisted: no write of the group is acknowledged; each is refused
+            # as on a full disk, so that its master resends (probing) at once.
             self.store.forget()
             self._disk_full(exc)
+            self._send(self._refuse_group(group))
             return
         self.stats["commits"] += 1
         if self.disk_full_since is not None:
@@ -485,6 +503,11 @@ class Replicator:
             log_._load(txn)
             raise
         return reply
+
+    def _refuse_group(self, group: list[tuple[bytes, bytes, dict]]) -> list[list[bytes]]:
+        """The refusals of a group of writes whose transaction failed (after forget())."""
+        return [[ident, *reply] for ident, kind, req in group
+                if (reply := self._refuse_full(kind, req))]
 
     def _refuse_full(self, kind: bytes, req: dict, txn: Any = None) -> list[bytes] | None:
         self.stats["disk_full_refusals"] += 1

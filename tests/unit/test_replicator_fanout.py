@@ -114,7 +114,8 @@ def test_a_failed_commit_publishes_nothing_and_later_commits_only_their_own(fan,
     rep, sub = fan
     full = full_disk_on_commit(rep, monkeypatch)
     rep.handle([append(1, 3), append(4, 1)])
-    assert acks(rep) == [] and published(sub) == []
+    assert [(a["ok"], a["reason"]) for a in acks(rep)] == [(False, "disk_full")] * 2
+    assert published(sub) == []
     full["on"] = False
     rep.write_retry_at = 0.0
     rep.handle([append(1, 1)])

@@ -1,8 +1,9 @@
 """The replicator's handling of operating faults, driven in-process with injected failures.
 
-* A full disk: a failing commit persists and acknowledges nothing, leaves no stream or
-  in-memory state behind, is logged once, makes the next writes refused with "disk_full"
-  without trying, and writing resumes by itself once a retry succeeds.
+* A full disk: a failing commit persists and acknowledges nothing (each write of its group is
+  refused with "disk_full"), leaves no stream or in-memory state behind, is logged once, makes
+  the next writes refused with "disk_full" without trying, and writing resumes by itself once
+  a retry succeeds: every second, and at once when the file system has room again.
 * A damaged file found while serving (LMDB raises MDB_CORRUPTED): the file is quarantined
   and the replicator goes on, empty, instead of dying.
 """
@@ -49,10 +50,14 @@ def test_a_full_disk_refuses_writes_and_resumes_by_itself(rep, caplog, monkeypat
     rep.handle([append("in.a", 1, 3)])
     assert answers(rep)[0][1]["ok"]
     full = full_disk_on_commit(rep, monkeypatch)
+    monkeypatch.setattr(rep, "_free_bytes", lambda: 0)
     caplog.set_level(logging.ERROR, "seqex.replicator")
     rep.handle([append("in.a", 4, 2), append("in.new", 1, 1)])
-    assert answers(rep) == []                          # nothing acknowledged
+    # nothing acknowledged: each write of the group is refused, so its master probes at once
+    assert [(k, b["ok"], b["reason"], b["last"]) for k, b in answers(rep)] == [
+        (wire.APPENDED, False, "disk_full", 3), (wire.APPENDED, False, "disk_full", 0)]
     assert rep.store.find("in.a").last == 3 and rep.store.find("in.new") is None
+    rep.stats["disk_full_refusals"] = 0
     rep.handle([append("in.a", 4, 2)])                 # refused at once, not tried
     [(kind, body)] = answers(rep)
     assert (kind, body["ok"], body["reason"], body["last"]) == (wire.APPENDED, False,
@@ -67,6 +72,44 @@ def test_a_full_disk_refuses_writes_and_resumes_by_itself(rep, caplog, monkeypat
     [(kind, body)] = answers(rep)
     assert body["ok"] and body["last"] == 5
     assert rep.disk_full_since is None
+
+
+def test_writing_resumes_as_soon_as_the_file_system_has_room_again(rep, monkeypatch):
+    """Not only at the next retry second: a replicator that stays refusing for up to a second
+    after an operator freed space holds back every master that needs its ack (under quorum,
+    with one peer down, the whole stream)."""
+    rep.handle([append("in.a", 1, 3)])
+    answers(rep)
+    full = full_disk_on_commit(rep, monkeypatch)
+    free = {"bytes": 10 << 10}
+    monkeypatch.setattr(rep, "_free_bytes", lambda: free["bytes"])
+    rep.handle([append("in.a", 4, 2)])
+    assert answers(rep)[0][1]["reason"] == "disk_full"
+    full["on"] = False                                 # the write would go through now ...
+    rep.handle([append("in.a", 4, 2)])
+    assert answers(rep)[0][1]["reason"] == "disk_full"  # ... but is not tried: no more room
+    free["bytes"] = 2 << 30                            # room again, within the retry second
+    rep.room_check_at = 0.0
+    rep.handle([append("in.a", 4, 2)])
+    [(_kind, body)] = answers(rep)
+    assert body["ok"] and body["last"] == 5 and rep.disk_full_since is None
+
+
+def test_a_write_of_the_peers_catch_up_ends_the_refusals(rep, monkeypatch):
+    """Records fetched from a peer and stored show that the disk takes writes again: the
+    master's next APPEND is tried, not refused for the rest of the retry second."""
+    rep.handle([append("in.a", 1, 3)])
+    answers(rep)
+    full = full_disk_on_commit(rep, monkeypatch)
+    monkeypatch.setattr(rep, "_free_bytes", lambda: 0)
+    rep.handle([append("in.a", 4, 2)])
+    assert answers(rep)[0][1]["reason"] == "disk_full"
+    full["on"] = False
+    rep.peers._append_fetched(0, "in.a", frame(4, 2), {"prev_epoch": 1, "commit": 5})
+    assert rep.store.find("in.a").last == 5 and rep.disk_full_since is None
+    rep.handle([append("in.a", 6, 1)])
+    [(_kind, body)] = answers(rep)
+    assert body["ok"] and body["last"] == 6
 
 
 def test_corruption_found_while_serving_quarantines_the_file(rep, caplog):

@@ -834,3 +834,41 @@ def test_an_append_of_a_mirror_never_says_fanout():
     core.sequence_turn([data(1, 1, 3)])
     sent = core.take(wire.APPEND)
     assert sent and not any("fanout" in body for _i, body, _m in sent)
+
+
+def test_a_replicator_whose_disk_is_full_gets_one_frame_at_a_time_until_it_takes_one():
+    """A refusal for a full disk says the replicator stored nothing beyond what it acknowledged.
+    The master goes back there at once (not after RESEND_AFTER_S of silence: under quorum with
+    a peer down, the stream waits on it), and while the disk stays full sends it one frame
+    every FULL_PROBE_S, not the whole backlog each time; its first acknowledgement ends that."""
+    from mq.master import FULL_PROBE_S
+    core = Core()
+    recover(core, [state(epoch=4)] * 3)
+    ack_all(core)
+    full = core.links[2]
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    for _ in range(3):   # three frames in flight to each replicator
+        core.fake.advance(SEC // 100)
+        core._emit_tick(core.fake.mono_ns)
+    sent = [(i, b["first"]) for i, b, _m in core.take(wire.APPEND)]
+    assert [f for i, f in sent if i == 2] == [2, 3, 4]
+    core._on_reply(full, [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "last": 1, "epoch": core.epoch, "reason": "disk_full",
+         "seq": 0})])
+    assert full.sent == full.acked == 1
+    core._pump_all()
+    assert [b["first"] for i, b, _m in core.take(wire.APPEND) if i == 2] == [2]   # a probe
+    for _ in range(3):   # its refusals of the other two, then of the probe: nothing more yet
+        core._on_reply(full, [wire.APPENDED, wire.pack(
+            {"stream": STREAM, "ok": False, "last": 1, "epoch": core.epoch,
+             "reason": "disk_full", "seq": 0})])
+        core._pump_all()
+    assert [b for i, b, _m in core.take(wire.APPEND) if i == 2] == []
+    core.fake.advance(int(FULL_PROBE_S * 1e9))
+    core._pump_all()
+    assert [b["first"] for i, b, _m in core.take(wire.APPEND) if i == 2] == [2]
+    core._on_reply(full, [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": True, "last": 2, "epoch": core.epoch})])
+    core._pump_all()   # room again: the rest of the backlog at once
+    assert [b["first"] for i, b, _m in core.take(wire.APPEND) if i == 2] == [3, 4]
