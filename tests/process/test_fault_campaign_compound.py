@@ -6,14 +6,16 @@ quorum, the sequencer, the mirror, two hot and one warm CrossEngine replicas; re
 a tmpfs of its own), plus the replicas' snapshot directories on a second tmpfs. A seeded
 schedule of faults from the modes named in SEQEX_COMPOUND_MODES (comma-separated; all four
 unless set): every variant below once per round, in a seeded order; SEQEX_COMPOUND_FAULTS=N
-faults (one round unless set: 23 with all four modes):
+faults (one round unless set: 24 with all four modes):
 
 * ``compound``: two faults at once on different processes: a replicator SIGKILLed while the
   sequencer is SIGSTOPped; the mirror and a hot replica SIGKILLed together; both hot replicas
   SIGKILLed; the sequencer and a replicator SIGKILLed together; the mirror SIGSTOPped while a
   hot replica is SIGKILLed; and quorum lost: two replicators SIGKILLed, two SIGSTOPped, one
   SIGSTOPped while replicator 2's disk is full, or two SIGKILLed with the sequencer (which
-  restarts at once and must wait for a majority to claim an epoch from);
+  restarts at once and must wait for a majority to claim an epoch from); and replicator 2's
+  disk full for 2 .. 5 s, then another replicator SIGKILLed as soon as the room is back (the
+  stream then waits on replicator 2 catching up);
 * ``long``: faults of 5 .. 15 s: SIGSTOP of any process, disk full on replicator 2;
 * ``snapdisk``: the replicas' snapshot tmpfs full for 2 .. 15 s (sometimes with a SIGKILL of
   the warm or a hot replica in the middle). Only the warm replica writes snapshots (hot ones
@@ -83,13 +85,14 @@ VARIANTS = {
                  "kill both hot replicas", "kill sequencer and replicator",
                  "stop mirror, kill hot replica", "kill two replicators",
                  "stop two replicators", "kill sequencer and two replicators",
-                 "stop replicator, disk full replicator2"),
+                 "stop replicator, disk full replicator2",
+                 "disk full replicator2, then kill replicator"),
     "long": (*ROLES, "disk full"),
     "snapdisk": ("none", "warm", "hot"),
     "delay": ROLES,
 }
 SNAP_TMPFS_SIZE = "512m"
-# one round: every variant of every mode once (23 faults with all four modes)
+# one round: every variant of every mode once (24 faults with all four modes)
 FAULTS = int(os.environ.get("SEQEX_COMPOUND_FAULTS", "0")) or sum(
     len(VARIANTS[m]) for m in MODES if m in VARIANTS)
 GRACE_S = 0.5   # acks and frames in flight when a fault starts may still land
@@ -234,6 +237,19 @@ class Campaign:
             self.kill(rep)
             self.restart(rep)
             self.restart("sequencer")
+        elif kind == "disk full replicator2, then kill replicator":
+            # Replicator 2 behind after its disk was full, the room back, another replicator
+            # SIGKILLed at once: the stream now waits on replicator 2, which must take writes
+            # and catch up within a second or so, not a retry period or two later.
+            self.fill(self.disk)
+            time.sleep(rng.uniform(2.0, 5.0))
+            self.unfill(self.disk)
+            rep = rng.choice(["replicator0", "replicator1"])
+            self.kill(rep)
+            killed = time.monotonic()
+            time.sleep(rng.uniform(2.5, 4.0))
+            self.expect_moved(f, "intake", self.intake, killed + 1.5, time.monotonic(), True)
+            self.restart(rep)
         elif kind == "stop mirror, kill hot replica":
             hot = rng.choice(self.name_of("hot"))
             hold = rng.uniform(0.5, 3.0)
