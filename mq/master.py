@@ -582,7 +582,7 @@ class Master:
             link.full = False
             return
         reason = body.get("reason")
-        if reason == "disk_full":
+        if reason == "disk_full" and last >= link.acked:
             # It stored nothing of what was sent beyond what it acknowledged. Go back there,
             # and until it takes a frame again send it one frame every FULL_PROBE_S: it
             # resumes within that of having room, and a long outage costs no resends of the
@@ -597,9 +597,10 @@ class Master:
             # may end in records that are not this master's, so it is not taken on trust).
             link.sent = link.acked
             link.progress_at = self.mono()
-        elif reason in ("gap", "conflict", "committed"):
+        elif reason in ("gap", "conflict", "committed", "disk_full"):
             # Other bytes where this master writes (a tail kept from an older epoch, a TRUNCATE
-            # that was lost), or fewer records than it acknowledged: its acks stop counting
+            # that was lost), or fewer records than it acknowledged (a gap or a full disk below
+            # its ack: it lost records, e.g. its file was quarantined): its acks stop counting
             # until it is claimed and reconciled again, which starts at once.
             link.known = False
             self.probe_at = 0.0

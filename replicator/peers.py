@@ -207,8 +207,8 @@ class Peers:
             return result
 
         result = self.store.change(stream, append)
-        self.on_wrote()
         if result.ok:
+            self.on_wrote()
             self.stats["caught_up_records"] += last - first + 1
             return
         self.fetching.pop(stream, None)

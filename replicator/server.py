@@ -338,7 +338,8 @@ class Replicator:
         authenticated key of each message's sender (mq.auth), checked against its role
         before anything is written."""
         replies: list[list[bytes]] = []
-        group: list[tuple[bytes, bytes, dict]] = []   # the writes of the open transaction
+        # the writes of the open transaction: (ident, kind, request, index of its reply)
+        group: list[tuple[bytes, bytes, dict, int]] = []
         txn = None
         try:
             for i, msg in enumerate(batch):
@@ -357,7 +358,9 @@ class Replicator:
                     if not write:
                         replies.append([ident, *self._read(kind, req)])
                         continue
-                    if self.disk_full_since is not None and self._refusing_writes():
+                    # (a group once begun is tried whole: its failure answers every write)
+                    if txn is None and self.disk_full_since is not None \
+                            and self._refusing_writes():
                         reply = self._refuse_full(kind, req, txn)
                         if reply:
                             replies.append([ident, *reply])
@@ -371,7 +374,7 @@ class Replicator:
                         group = []
                     try:
                         reply = self._write(txn, kind, req)
-                        group.append((ident, kind, req))
+                        group.append((ident, kind, req, len(replies) if reply else -1))
                     except lmdb.Error as exc:
                         if not is_write_failure(exc):
                             raise
@@ -379,7 +382,7 @@ class Replicator:
                         txn = None   # nothing of this transaction is acknowledged
                         self.store.forget()
                         self._disk_full(exc)
-                        replies = self._refuse_group(group)
+                        replies = self._refuse_group(replies, group)
                         reply = self._refuse_full(kind, req)
                     except PartialWrite as exc:
                         # A write that failed halfway (never seen: StreamLog.append checks
@@ -424,7 +427,7 @@ class Replicator:
         return auth.refused_body(reason, what)
 
     def _commit(self, txn: Any, replies: list[list[bytes]],
-                group: list[tuple[bytes, bytes, dict]]) -> None:
+                group: list[tuple[bytes, bytes, dict, int]]) -> None:
         try:
             self._persist(txn)
         except lmdb.Error as exc:
@@ -435,7 +438,7 @@ class Replicator:
             # as on a full disk, so that its master resends (probing) at once.
             self.store.forget()
             self._disk_full(exc)
-            self._send(self._refuse_group(group))
+            self._send(self._refuse_group(replies, group))
             return
         self.stats["commits"] += 1
         if self.disk_full_since is not None:
@@ -504,10 +507,15 @@ class Replicator:
             raise
         return reply
 
-    def _refuse_group(self, group: list[tuple[bytes, bytes, dict]]) -> list[list[bytes]]:
-        """The refusals of a group of writes whose transaction failed (after forget())."""
-        return [[ident, *reply] for ident, kind, req in group
-                if (reply := self._refuse_full(kind, req))]
+    def _refuse_group(self, replies: list[list[bytes]],
+                      group: list[tuple[bytes, bytes, dict, int]]) -> list[list[bytes]]:
+        """The answers of a group whose transaction failed (after forget()), in order: each
+        write's answer replaced by its refusal, every other answer (an ERROR) kept."""
+        out = list(replies)
+        for ident, kind, req, at in group:
+            if at >= 0:
+                out[at] = [ident, *self._refuse_full(kind, req)]
+        return out
 
     def _refuse_full(self, kind: bytes, req: dict, txn: Any = None) -> list[bytes] | None:
         self.stats["disk_full_refusals"] += 1

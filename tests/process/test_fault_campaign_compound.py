@@ -14,8 +14,9 @@ faults (one round unless set: 24 with all four modes):
   hot replica is SIGKILLed; and quorum lost: two replicators SIGKILLed, two SIGSTOPped, one
   SIGSTOPped while replicator 2's disk is full, or two SIGKILLed with the sequencer (which
   restarts at once and must wait for a majority to claim an epoch from); and replicator 2's
-  disk full for 2 .. 5 s, then another replicator SIGKILLed as soon as the room is back (the
-  stream then waits on replicator 2 catching up);
+  disk full for 5 .. 10 s, then another replicator SIGKILLed 0.2 .. 0.8 s after the room is
+  back (the stream then waits on replicator 2 catching up; intake must move again within
+  1 .. 2 s of the kill);
 * ``long``: faults of 5 .. 15 s: SIGSTOP of any process, disk full on replicator 2;
 * ``snapdisk``: the replicas' snapshot tmpfs full for 2 .. 15 s (sometimes with a SIGKILL of
   the warm or a hot replica in the middle). Only the warm replica writes snapshots (hot ones
@@ -242,13 +243,14 @@ class Campaign:
             # SIGKILLed at once: the stream now waits on replicator 2, which must take writes
             # and catch up within a second or so, not a retry period or two later.
             self.fill(self.disk)
-            time.sleep(rng.uniform(2.0, 5.0))
+            time.sleep(rng.uniform(5.0, 10.0))
             self.unfill(self.disk)
+            time.sleep(rng.uniform(0.2, 0.8))
             rep = rng.choice(["replicator0", "replicator1"])
             self.kill(rep)
             killed = time.monotonic()
             time.sleep(rng.uniform(2.5, 4.0))
-            self.expect_moved(f, "intake", self.intake, killed + 1.5, time.monotonic(), True)
+            self.expect_moved(f, "intake", self.intake, killed + 1.0, killed + 2.0, True)
             self.restart(rep)
         elif kind == "stop mirror, kill hot replica":
             hot = rng.choice(self.name_of("hot"))

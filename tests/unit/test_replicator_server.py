@@ -23,12 +23,18 @@ def frame(first, n, epoch=1):
     return encode([(s, s, 1, s, epoch, 16, b"r") for s in range(first, first + n)])
 
 
-def append(stream, first, n):
-    return [b"peer", wire.APPEND, wire.pack({"stream": stream, "epoch": 1}), frame(first, n)]
+def append(stream, first, n, ident=b"peer"):
+    return [ident, wire.APPEND, wire.pack({"stream": stream, "epoch": 1}), frame(first, n)]
 
 
 def answers(rep):
     out = [(m[1], wire.unpack(m[2])) for m in rep.sent]
+    rep.sent.clear()
+    return out
+
+
+def answers_by_ident(rep):
+    out = [(m[0], m[1], wire.unpack(m[2])) for m in rep.sent]
     rep.sent.clear()
     return out
 
@@ -110,6 +116,128 @@ def test_a_write_of_the_peers_catch_up_ends_the_refusals(rep, monkeypatch):
     rep.handle([append("in.a", 6, 1)])
     [(_kind, body)] = answers(rep)
     assert body["ok"] and body["last"] == 6
+
+
+def test_every_write_of_a_failed_retry_group_is_answered(rep, monkeypatch):
+    """A retry batch is tried whole, and when its commit fails every write of it is refused:
+    a master that gets no answer waits a second before it probes again."""
+    rep.handle([append("in.a", 1, 1, b"m1"), append("in.b", 1, 1, b"m2")])
+    answers_by_ident(rep)
+    full_disk_on_commit(rep, monkeypatch)
+    monkeypatch.setattr(rep, "_free_bytes", lambda: 0)
+    rep.handle([append("in.a", 2, 1, b"m1")])
+    assert [b["reason"] for _i, _k, b in answers_by_ident(rep)] == ["disk_full"]
+    rep.write_retry_at = 0.0                     # the once-a-second retry is due
+    rep.handle([append("in.a", 2, 1, b"m1"), append("in.b", 2, 1, b"m2")])  # two probes
+    got = sorted((i, b["reason"]) for i, _k, b in answers_by_ident(rep))
+    assert got == [(b"m1", "disk_full"), (b"m2", "disk_full")], got
+
+
+def test_a_failed_group_drops_no_error_answer_of_its_own_messages(rep, monkeypatch):
+    """A failed group keeps its other answers: a malformed write in it is still answered
+    ERROR."""
+    rep.handle([append("in.a", 1, 1)])
+    answers_by_ident(rep)
+    full_disk_on_commit(rep, monkeypatch)
+    monkeypatch.setattr(rep, "_free_bytes", lambda: 0)
+    bad = [b"m2", wire.APPEND, wire.pack({"stream": "in.a", "epoch": 1}), b"\x00junk"]
+    rep.handle([append("in.a", 2, 1, b"m1"), bad])
+    kinds = [(i, k) for i, k, _b in answers_by_ident(rep)]
+    assert (b"m2", wire.ERROR) in kinds, kinds
+
+
+def test_a_write_failing_inside_the_group_refuses_the_whole_group(rep, monkeypatch):
+    """A write that fails inside the group (not at the commit): every write of the group is
+    refused, the earlier ones too, and the rest of the batch is refused without trying."""
+    rep.handle([append("in.a", 1, 1, b"m1"), append("in.b", 1, 1, b"m2")])
+    answers_by_ident(rep)
+    monkeypatch.setattr(rep, "_free_bytes", lambda: 0)
+    real = rep._write
+    calls = {"n": 0}
+
+    def write(txn, kind, req):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise lmdb.DiskError("mdb_put: No space left on device")
+        return real(txn, kind, req)
+    monkeypatch.setattr(rep, "_write", write)
+    rep.handle([append("in.a", 2, 1, b"m1"), append("in.b", 2, 1, b"m2"),
+                append("in.a", 3, 1, b"m1")])
+    got = [(i, b["ok"], b["reason"], b["last"]) for i, _k, b in answers_by_ident(rep)]
+    assert got == [(b"m1", False, "disk_full", 1), (b"m2", False, "disk_full", 1),
+                   (b"m1", False, "disk_full", 1)], got
+    assert rep.store.find("in.a").last == 1 and rep.store.find("in.b").last == 1
+
+
+def test_a_refused_catch_up_does_not_end_the_disk_full_state(rep, monkeypatch):
+    """A catch-up chunk refused (nothing written: an empty LMDB commit succeeds on a full disk)
+    does not end the disk-full state."""
+    rep.handle([append("in.a", 1, 3)])
+    answers_by_ident(rep)
+    full_disk_on_commit(rep, monkeypatch)
+    monkeypatch.setattr(rep, "_free_bytes", lambda: 0)
+    rep.handle([append("in.a", 4, 1)])
+    assert rep.disk_full_since is not None
+    sent = []
+
+    class Sock:
+        def send_multipart(self, msg, flags=0):
+            sent.append(msg)
+    rep.peers.socks = [Sock()]
+    rep.peers.addrs = ["tcp://peer"]
+    # a peer's chunk 4..4 whose predecessor is of another epoch here: refused, nothing written
+    rep.peers._append_fetched(0, "in.a", frame(4, 1), {"prev_epoch": 7, "commit": 4})
+    assert rep.store.find("in.a").last == 3 and sent and sent[-1][0] == wire.STATE
+    assert rep.disk_full_since is not None
+
+
+def test_room_is_measured_against_the_free_space_at_the_failure(rep, monkeypatch):
+    """A write that failed with plenty of room (an I/O error) is not retried every 10 ms."""
+    rep.handle([append("in.a", 1, 1)])
+    answers_by_ident(rep)
+    full = full_disk_on_commit(rep, monkeypatch)
+    monkeypatch.setattr(rep, "_free_bytes", lambda: 10 << 30)
+    rep.handle([append("in.a", 2, 1)])
+    answers_by_ident(rep)
+    full["on"] = False
+    rep.room_check_at = 0.0
+    rep.handle([append("in.a", 2, 1)])
+    [(_i, _k, body)] = answers_by_ident(rep)
+    assert body["reason"] == "disk_full" and rep.disk_full_since is not None
+
+
+def test_a_little_more_room_is_not_room_again(rep, monkeypatch):
+    """512 KiB more than at the failure is not tried."""
+    rep.handle([append("in.a", 1, 1)])
+    answers_by_ident(rep)
+    full = full_disk_on_commit(rep, monkeypatch)
+    free = {"b": 100 << 10}
+    monkeypatch.setattr(rep, "_free_bytes", lambda: free["b"])
+    rep.handle([append("in.a", 2, 1)])
+    answers_by_ident(rep)
+    full["on"] = False
+    free["b"] += 512 << 10
+    rep.room_check_at = 0.0
+    rep.handle([append("in.a", 2, 1)])
+    [(_i, _k, body)] = answers_by_ident(rep)
+    assert body["reason"] == "disk_full"
+
+
+def test_statvfs_at_most_every_room_check_interval(rep, monkeypatch):
+    """While refusing, statvfs is asked at most once every ROOM_CHECK_S."""
+    rep.handle([append("in.a", 1, 1)])
+    answers_by_ident(rep)
+    full_disk_on_commit(rep, monkeypatch)
+    calls = {"n": 0}
+
+    def free():
+        calls["n"] += 1
+        return 0
+    monkeypatch.setattr(rep, "_free_bytes", free)
+    rep.handle([append("in.a", 2, 1)])
+    calls["n"] = 0
+    rep.handle([append("in.a", 2, 1)] * 5)
+    assert calls["n"] <= 1
 
 
 def test_corruption_found_while_serving_quarantines_the_file(rep, caplog):

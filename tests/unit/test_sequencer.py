@@ -872,3 +872,102 @@ def test_a_replicator_whose_disk_is_full_gets_one_frame_at_a_time_until_it_takes
         {"stream": STREAM, "ok": True, "last": 2, "epoch": core.epoch})])
     core._pump_all()   # room again: the rest of the backlog at once
     assert [b["first"] for i, b, _m in core.take(wire.APPEND) if i == 2] == [3, 4]
+
+
+# -- a replicator's full disk ------------------------------------------------------------------
+
+def _full_reply(core, last):
+    return [wire.APPENDED, wire.pack({"stream": STREAM, "ok": False, "last": last,
+                                      "epoch": core.epoch, "reason": "disk_full", "seq": 0})]
+
+
+def _started():
+    core = Core()
+    recover(core, [state(epoch=4)] * 3)
+    ack_all(core)
+    core._emit_tick(core.fake.mono_ns)
+    ack_all(core)
+    return core
+
+
+def test_a_disk_full_refusal_below_what_was_acknowledged_stops_its_acks_counting():
+    """A refusal whose `last` is below what the replicator acknowledged says it lost
+    acknowledged records (its file was quarantined while serving, say, and the disk is still
+    full): its acks stop counting until it is reconciled, as for a gap below its ack, so a
+    record one replicator holds does not commit under quorum of three."""
+    core = _started()
+    core.fake.advance(SEC // 100)
+    core._emit_tick(core.fake.mono_ns)
+    sent = core.take(wire.APPEND)
+    top = core.next_seq - 1
+    r0, r1 = core.links[0], core.links[1]
+    for i, b, _m in sent:
+        if i == 0:
+            core._on_reply(r0, [wire.APPENDED, wire.pack(
+                {"stream": STREAM, "ok": True, "last": b["last"], "epoch": core.epoch})])
+    core._forward()
+    assert core.committed < top                    # one copy only: not committed
+    core._on_reply(r0, _full_reply(core, 0))       # it holds nothing now
+    for i, b, _m in sent:
+        if i == 1:
+            core._on_reply(r1, [wire.APPENDED, wire.pack(
+                {"stream": STREAM, "ok": True, "last": b["last"], "epoch": core.epoch})])
+    core._forward()
+    assert core.committed < top, "committed on r1's copy and r0's stale ack"
+
+
+def test_a_full_replicator_never_has_two_frames_in_flight():
+    """An unanswered probe is not followed by another: one frame in flight at most."""
+    from mq.master import FULL_PROBE_S
+    core = _started()
+    for _ in range(3):
+        core.fake.advance(SEC // 100)
+        core._emit_tick(core.fake.mono_ns)
+    core.take(wire.APPEND)
+    full = core.links[2]
+    core._on_reply(full, _full_reply(core, full.acked))
+    core._pump_all()
+    assert len([b for i, b, _m in core.take(wire.APPEND) if i == 2]) == 1
+    core.fake.advance(int(FULL_PROBE_S * 1e9) + 1)   # the probe is unanswered, not refused
+    core._pump_all()
+    assert [b for i, b, _m in core.take(wire.APPEND) if i == 2] == []
+
+
+def test_reconciling_a_full_replicator_ends_the_probing():
+    """A replicator reconciled again starts with a full window, not probing."""
+    core = _started()
+    for _ in range(3):
+        core.fake.advance(SEC // 100)
+        core._emit_tick(core.fake.mono_ns)
+    core.take(wire.APPEND)
+    full = core.links[2]
+    core._on_reply(full, _full_reply(core, full.acked))
+    assert full.full
+    core._on_reply(full, [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "last": full.acked, "epoch": core.epoch,
+         "reason": "conflict", "seq": full.acked})])
+    assert not full.known
+    core._on_reply(full, state(last=full.acked, epoch=core.epoch, commit=full.acked,
+                               history=[(core.epoch, 1)]))
+    assert full.known and not full.full
+
+
+def test_a_new_disk_full_episode_probes_at_once():
+    """A new episode of a full disk probes at once, not FULL_PROBE_S after the last probe."""
+    core = _started()
+    for _ in range(3):
+        core.fake.advance(SEC // 100)
+        core._emit_tick(core.fake.mono_ns)
+    core.take(wire.APPEND)
+    full = core.links[2]
+    core._on_reply(full, _full_reply(core, full.acked))
+    core._pump_all()
+    [(_i, probe, _m)] = [x for x in core.take(wire.APPEND) if x[0] == 2]
+    core._on_reply(full, [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": True, "last": probe["last"], "epoch": core.epoch})])
+    assert not full.full
+    core._pump_all()                                   # the rest goes at once ...
+    core.take(wire.APPEND)
+    core._on_reply(full, _full_reply(core, full.acked))  # ... and is refused within 50 ms
+    core._pump_all()
+    assert len([b for i, b, _m in core.take(wire.APPEND) if i == 2]) == 1
