@@ -836,44 +836,6 @@ def test_an_append_of_a_mirror_never_says_fanout():
     assert sent and not any("fanout" in body for _i, body, _m in sent)
 
 
-def test_a_replicator_whose_disk_is_full_gets_one_frame_at_a_time_until_it_takes_one():
-    """A refusal for a full disk says the replicator stored nothing beyond what it acknowledged.
-    The master goes back there at once (not after RESEND_AFTER_S of silence: under quorum with
-    a peer down, the stream waits on it), and while the disk stays full sends it one frame
-    every FULL_PROBE_S, not the whole backlog each time; its first acknowledgement ends that."""
-    from mq.master import FULL_PROBE_S
-    core = Core()
-    recover(core, [state(epoch=4)] * 3)
-    ack_all(core)
-    full = core.links[2]
-    core._emit_tick(core.fake.mono_ns)
-    ack_all(core)
-    for _ in range(3):   # three frames in flight to each replicator
-        core.fake.advance(SEC // 100)
-        core._emit_tick(core.fake.mono_ns)
-    sent = [(i, b["first"]) for i, b, _m in core.take(wire.APPEND)]
-    assert [f for i, f in sent if i == 2] == [2, 3, 4]
-    core._on_reply(full, [wire.APPENDED, wire.pack(
-        {"stream": STREAM, "ok": False, "last": 1, "epoch": core.epoch, "reason": "disk_full",
-         "seq": 0})])
-    assert full.sent == full.acked == 1
-    core._pump_all()
-    assert [b["first"] for i, b, _m in core.take(wire.APPEND) if i == 2] == [2]   # a probe
-    for _ in range(3):   # its refusals of the other two, then of the probe: nothing more yet
-        core._on_reply(full, [wire.APPENDED, wire.pack(
-            {"stream": STREAM, "ok": False, "last": 1, "epoch": core.epoch,
-             "reason": "disk_full", "seq": 0})])
-        core._pump_all()
-    assert [b for i, b, _m in core.take(wire.APPEND) if i == 2] == []
-    core.fake.advance(int(FULL_PROBE_S * 1e9))
-    core._pump_all()
-    assert [b["first"] for i, b, _m in core.take(wire.APPEND) if i == 2] == [2]
-    core._on_reply(full, [wire.APPENDED, wire.pack(
-        {"stream": STREAM, "ok": True, "last": 2, "epoch": core.epoch})])
-    core._pump_all()   # room again: the rest of the backlog at once
-    assert [b["first"] for i, b, _m in core.take(wire.APPEND) if i == 2] == [3, 4]
-
-
 # -- a replicator's full disk ------------------------------------------------------------------
 
 def _full_reply(core, last):
@@ -881,13 +843,51 @@ def _full_reply(core, last):
                                       "epoch": core.epoch, "reason": "disk_full", "seq": 0})]
 
 
-def _started():
+def _ok_reply(core, last):
+    return [wire.APPENDED, wire.pack({"stream": STREAM, "ok": True, "last": last,
+                                      "epoch": core.epoch})]
+
+
+def _in_flight(frames: int = 3):
+    """A master whose replicators acknowledged seq 1 and have `frames` frames in flight (seqs 2,
+    3, ...); the APPENDs sent, as (replicator, body)."""
     core = Core()
     recover(core, [state(epoch=4)] * 3)
-    ack_all(core)
     core._emit_tick(core.fake.mono_ns)
     ack_all(core)
-    return core
+    for _ in range(frames):
+        core.fake.advance(SEC // 100)
+        core._emit_tick(core.fake.mono_ns)
+    return core, [(i, b) for i, b, _m in core.take(wire.APPEND)]
+
+
+def _firsts_to(core, i: int) -> list[int]:
+    return [b["first"] for j, b, _m in core.take(wire.APPEND) if j == i]
+
+
+def test_a_replicator_whose_disk_is_full_gets_one_frame_at_a_time_until_it_takes_one():
+    """A refusal for a full disk says the replicator stored nothing beyond what it acknowledged.
+    The master goes back there at once (not after RESEND_AFTER_S of silence: under quorum with
+    a peer down, the stream waits on it), and while the disk stays full sends it one frame
+    every FULL_PROBE_S, not the whole backlog each time; its first acknowledgement ends that."""
+    from mq.master import FULL_PROBE_S
+    core, sent = _in_flight()
+    full = core.links[2]
+    assert [b["first"] for i, b in sent if i == 2] == [2, 3, 4]
+    core._on_reply(full, _full_reply(core, 1))
+    assert full.sent == full.acked == 1
+    core._pump_all()
+    assert _firsts_to(core, 2) == [2]   # a probe
+    for _ in range(3):   # its refusals of the other two, then of the probe: nothing more yet
+        core._on_reply(full, _full_reply(core, 1))
+        core._pump_all()
+    assert _firsts_to(core, 2) == []
+    core.fake.advance(int(FULL_PROBE_S * 1e9))
+    core._pump_all()
+    assert _firsts_to(core, 2) == [2]
+    core._on_reply(full, _ok_reply(core, 2))
+    core._pump_all()   # room again: the rest of the backlog at once
+    assert _firsts_to(core, 2) == [3, 4]
 
 
 def test_a_disk_full_refusal_below_what_was_acknowledged_stops_its_acks_counting():
@@ -895,23 +895,14 @@ def test_a_disk_full_refusal_below_what_was_acknowledged_stops_its_acks_counting
     acknowledged records (its file was quarantined while serving, say, and the disk is still
     full): its acks stop counting until it is reconciled, as for a gap below its ack, so a
     record one replicator holds does not commit under quorum of three."""
-    core = _started()
-    core.fake.advance(SEC // 100)
-    core._emit_tick(core.fake.mono_ns)
-    sent = core.take(wire.APPEND)
+    core, sent = _in_flight(1)
     top = core.next_seq - 1
     r0, r1 = core.links[0], core.links[1]
-    for i, b, _m in sent:
-        if i == 0:
-            core._on_reply(r0, [wire.APPENDED, wire.pack(
-                {"stream": STREAM, "ok": True, "last": b["last"], "epoch": core.epoch})])
+    core._on_reply(r0, _ok_reply(core, top))
     core._forward()
     assert core.committed < top                    # one copy only: not committed
     core._on_reply(r0, _full_reply(core, 0))       # it holds nothing now
-    for i, b, _m in sent:
-        if i == 1:
-            core._on_reply(r1, [wire.APPENDED, wire.pack(
-                {"stream": STREAM, "ok": True, "last": b["last"], "epoch": core.epoch})])
+    core._on_reply(r1, _ok_reply(core, top))
     core._forward()
     assert core.committed < top, "committed on r1's copy and r0's stale ack"
 
@@ -919,27 +910,19 @@ def test_a_disk_full_refusal_below_what_was_acknowledged_stops_its_acks_counting
 def test_a_full_replicator_never_has_two_frames_in_flight():
     """An unanswered probe is not followed by another: one frame in flight at most."""
     from mq.master import FULL_PROBE_S
-    core = _started()
-    for _ in range(3):
-        core.fake.advance(SEC // 100)
-        core._emit_tick(core.fake.mono_ns)
-    core.take(wire.APPEND)
+    core, _sent = _in_flight()
     full = core.links[2]
     core._on_reply(full, _full_reply(core, full.acked))
     core._pump_all()
-    assert len([b for i, b, _m in core.take(wire.APPEND) if i == 2]) == 1
+    assert len(_firsts_to(core, 2)) == 1
     core.fake.advance(int(FULL_PROBE_S * 1e9) + 1)   # the probe is unanswered, not refused
     core._pump_all()
-    assert [b for i, b, _m in core.take(wire.APPEND) if i == 2] == []
+    assert _firsts_to(core, 2) == []
 
 
 def test_reconciling_a_full_replicator_ends_the_probing():
     """A replicator reconciled again starts with a full window, not probing."""
-    core = _started()
-    for _ in range(3):
-        core.fake.advance(SEC // 100)
-        core._emit_tick(core.fake.mono_ns)
-    core.take(wire.APPEND)
+    core, _sent = _in_flight()
     full = core.links[2]
     core._on_reply(full, _full_reply(core, full.acked))
     assert full.full
@@ -954,20 +937,15 @@ def test_reconciling_a_full_replicator_ends_the_probing():
 
 def test_a_new_disk_full_episode_probes_at_once():
     """A new episode of a full disk probes at once, not FULL_PROBE_S after the last probe."""
-    core = _started()
-    for _ in range(3):
-        core.fake.advance(SEC // 100)
-        core._emit_tick(core.fake.mono_ns)
-    core.take(wire.APPEND)
+    core, _sent = _in_flight()
     full = core.links[2]
     core._on_reply(full, _full_reply(core, full.acked))
     core._pump_all()
-    [(_i, probe, _m)] = [x for x in core.take(wire.APPEND) if x[0] == 2]
-    core._on_reply(full, [wire.APPENDED, wire.pack(
-        {"stream": STREAM, "ok": True, "last": probe["last"], "epoch": core.epoch})])
+    [probe] = _firsts_to(core, 2)
+    core._on_reply(full, _ok_reply(core, probe))
     assert not full.full
     core._pump_all()                                   # the rest goes at once ...
     core.take(wire.APPEND)
     core._on_reply(full, _full_reply(core, full.acked))  # ... and is refused within 50 ms
     core._pump_all()
-    assert len([b for i, b, _m in core.take(wire.APPEND) if i == 2]) == 1
+    assert len(_firsts_to(core, 2)) == 1
