@@ -480,7 +480,8 @@ class SequencerCore(Master):
                 "uncommitted_bytes": self.pending_bytes,
                 "max_uncommitted_bytes": self.max_uncommitted_bytes,
                 "evicted_uncommitted": self.window.evicted_uncommitted,
-                "replicators": [{"addr": lk.addr, "acked": lk.acked, "known": lk.known}
+                "replicators": [{"addr": lk.addr, "acked": lk.acked, "sent": lk.sent,
+                                 "known": lk.known, "disk_full": lk.full}
                                 for lk in self.links],
                 "sources": len(self.next_ss), "source_floor": self.source_floor,
                 "refusals": auth.refusal_stats(), **self.stats}

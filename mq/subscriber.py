@@ -24,7 +24,8 @@ from mq.record import FrameError, first_epoch, scan, trim
 log = logging.getLogger("seqex.subscriber")
 
 REPLAY_CHUNK = 4 << 20
-REPLAY_TIMEOUT_S = 1.0
+REPLAY_TIMEOUT_S = 0.2       # a replicator silent this long: ask the next one ...
+REPLAY_TIMEOUT_MAX_S = 1.6   # ... doubling the wait at each one that is silent, up to this
 SILENCE_PROBE_S = 1.0   # live feed silent this long (ten idle ticks): ask a replicator
 
 
@@ -57,6 +58,7 @@ class Subscriber:
         self.held: tuple[int, int, bytes] | None = None  # live frame waiting for a gap fill
         self.req = 0
         self.inflight_at = 0.0      # when the outstanding replay request left
+        self.timeout_s = REPLAY_TIMEOUT_S   # how long it may go unanswered
         self.heard_at = time.monotonic()  # last live frame, or last probe
         self.live_epoch = 0         # highest master epoch seen on the live feed
         self.stats = {"live_frames": 0, "replayed_frames": 0, "gaps": 0, "bad_frames": 0,
@@ -83,21 +85,33 @@ class Subscriber:
             self._ask()
 
     def _replay_step(self, timeout_ms: int, out: list) -> None:
-        """One request/answer of replay; moves to live when caught up."""
-        sock = self.replicas[self.replica_i]
+        """One request/answer of replay; moves to live when caught up.
+
+        A replicator that does not answer (killed, frozen) is left after REPLAY_TIMEOUT_S
+        (or twice what the last answer took, if more) for the next, the wait doubling up to
+        REPLAY_TIMEOUT_MAX_S while none answers: a second of silence per dead replicator held
+        every replica's results back after a quorum was lost. An answer that comes late from
+        one left behind is still taken if it continues the stream (it starts at next_seq), so
+        a slow replicator's work is not wasted."""
         if not self.inflight_at:
             self._ask()
-        if not zmq.zmq_poll([(sock, sockets.POLLIN)], timeout_ms):
-            if time.monotonic() - self.inflight_at > REPLAY_TIMEOUT_S:
+        ready = zmq.zmq_poll([(sock, sockets.POLLIN) for sock in self.replicas], timeout_ms)
+        if not ready:
+            if time.monotonic() - self.inflight_at > self.timeout_s:
                 self.replica_i = (self.replica_i + 1) % len(self.replicas)
                 self.inflight_at = 0.0
+                self.timeout_s = min(2 * self.timeout_s, REPLAY_TIMEOUT_MAX_S)
             return
-        msg = sockets.recv_parts(sock)
+        msg = sockets.recv_parts(ready[0][0])
         if msg[0] != wire.RECORDS or len(msg) != 3:
             return
         body = wire.unpack(msg[1])
-        if body.get("req") != self.req:
-            return  # the answer to a request that timed out
+        if body.get("stream") != self.stream or body.get("from") != self.next_seq:
+            return  # an answer to a question this subscriber has moved past
+        if body.get("req") == self.req and self.inflight_at:
+            # twice what this answer took: a busy replicator is not asked twice a chunk
+            took = time.monotonic() - self.inflight_at
+            self.timeout_s = min(max(REPLAY_TIMEOUT_S, 2 * took), REPLAY_TIMEOUT_MAX_S)
         self.inflight_at = 0.0
         frame = msg[2]
         if frame:
