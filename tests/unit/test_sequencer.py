@@ -7,6 +7,8 @@ backpressure and the resend window, cheap duplicates, and source ownership.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 
 from mq import wire
 from mq.master import MAX_EPOCH, EpochExhausted, Window
@@ -326,6 +328,40 @@ def test_the_window_never_evicts_an_uncommitted_frame():
     window.add(11, 11, b"x" * 40, keep_from=11)
     assert window.lowest() == 6 and window.bytes <= 250
     assert window.evicted_uncommitted == 0
+
+
+@given(hst.lists(hst.tuples(hst.integers(1, 4), hst.integers(1, 3)), min_size=1, max_size=30),
+       hst.integers(0, 200), hst.integers(1, 4000))
+def test_a_run_from_the_window_is_the_records_from_seq_in_frames_of_one_epoch(sizes, at, cap):
+    """run_from joins whole frames after the one holding seq while they fit in max_bytes and
+    hold one epoch; its bytes are the window's records seq..last (what read() gives), never
+    less than the rest of the first frame, and the newest frame comes as it is."""
+    window, seq, epoch = Window(1 << 30), 1, 1
+    for n, epoch_step in sizes:
+        epoch += epoch_step == 3   # now and then a new epoch
+        window.add(seq, seq + n - 1, records(seq, seq + n - 1, epoch=epoch))
+        seq += n
+    top = seq - 1
+    start = 1 + at % top
+    first, last, frame = window.run_from(start, cap)
+    assert first == start and frame == window.read(start, last)[0]
+    assert scan(frame)[1:] == (start, last)
+    assert len({r[4] for r in decode(frame)}) == 1
+    held = window.frame_from(start)
+    assert last >= held[1]
+    if last > held[1]:
+        assert len(frame) <= cap
+    if last < top:   # it stopped for a reason: the next frame did not fit, or another epoch
+        _f, nxt_last, nxt = window.frame_from(last + 1)
+        assert len(frame) + len(nxt) > cap or decode(nxt)[0][4] != decode(frame)[0][4]
+
+
+def test_a_run_from_a_seq_that_left_the_window_is_none():
+    window = Window(100)
+    for seq in range(1, 11):
+        window.add(seq, seq, records(seq, seq))
+    assert window.lowest() > 1 and window.run_from(1, 1 << 20) is None
+    assert window.run_from(11, 1 << 20) is None
 
 
 def test_a_window_without_backpressure_still_has_a_memory_bound():
@@ -886,8 +922,8 @@ def test_a_replicator_whose_disk_is_full_gets_one_frame_at_a_time_until_it_takes
     core._pump_all()
     assert _firsts_to(core, 2) == [2]
     core._on_reply(full, _ok_reply(core, 2))
-    core._pump_all()   # room again: the rest of the backlog at once
-    assert _firsts_to(core, 2) == [3, 4]
+    core._pump_all()   # room again: the rest of the backlog at once, in one APPEND
+    assert [(b["first"], b["last"]) for i, b, _m in core.take(wire.APPEND) if i == 2] == [(3, 4)]
 
 
 def test_a_disk_full_refusal_below_what_was_acknowledged_stops_its_acks_counting():
