@@ -108,6 +108,8 @@ class Subscriber:
         body = wire.unpack(msg[1])
         if body.get("stream") != self.stream or body.get("from") != self.next_seq:
             return  # an answer to a question this subscriber has moved past
+        if body.get("req") != self.req and not msg[2]:
+            return  # a stale "nothing more": only the current request's may end a replay
         if body.get("req") == self.req and self.inflight_at:
             # twice what this answer took: a busy replicator is not asked twice a chunk
             took = time.monotonic() - self.inflight_at
@@ -132,7 +134,15 @@ class Subscriber:
             time.sleep(0.005)
 
     # -- live ---------------------------------------------------------------------------
+    def _drain_replicas(self) -> None:
+        """Live: an answer that came after the replay ended is read and dropped, so that no
+        socket of sockets() stays readable for a caller that waits on them."""
+        for sock in self.replicas:
+            while sockets.readable(sock):
+                sockets.recv_parts(sock)
+
     def _live_step(self, timeout_ms: int, out: list) -> None:
+        self._drain_replicas()
         if self.held is not None:
             first, last, frame = self.held
             self.held = None
@@ -212,6 +222,7 @@ class Subscriber:
         takes this stream as an upstream asks this each turn of its loop rather than calling
         poll(0) for nothing."""
         return self.replaying or self.held is not None or self.sub in events \
+            or any(sock in events for sock in self.replicas) \
             or now - self.heard_at > SILENCE_PROBE_S
 
     def sockets(self) -> list[zmq.Socket]:

@@ -349,12 +349,17 @@ class StreamLog:
             self.last = last
             self.ts_ns = ts
             return
-        # A master stamps every record of a frame (one turn of its loop) with one ts, so the
-        # frame's last ts is each source's last ts, the same on every replicator.
-        ts = int.from_bytes(frame[offset_of(frame, last - first) + 8:][:8], "little")
+        # Each source's ts is that of its own last record in the frame: a frame may join
+        # several turns of a master (a resend in runs, a peer's catch-up), so the table is the
+        # same however the log was cut into frames.
         for src, ss_first, ss_last, seq_first in source_runs(frame):
             seq_last = seq_first + (ss_last - ss_first)
-            txn.put(b"s" + U32.pack(src), SRC.pack(ss_last + 1, seq_last, ts), db=self.meta_db)
+            at = offset_of(frame, seq_last - first) + 8
+            src_ts = int.from_bytes(frame[at:at + 8], "little")
+            txn.put(b"s" + U32.pack(src), SRC.pack(ss_last + 1, seq_last, src_ts),
+                    db=self.meta_db)
+        at = offset_of(frame, last - first) + 8
+        ts = int.from_bytes(frame[at:at + 8], "little")
         for epoch, seq in epoch_runs(frame):
             if not self.history or self.history[-1][0] != epoch:
                 self.history.append((epoch, seq))

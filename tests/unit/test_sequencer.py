@@ -912,6 +912,8 @@ def test_a_replicator_whose_disk_is_full_gets_one_frame_at_a_time_until_it_takes
     assert [b["first"] for i, b in sent if i == 2] == [2, 3, 4]
     core._on_reply(full, _full_reply(core, 1))
     assert full.sent == full.acked == 1
+    assert core.status()["replicators"][2] == {"addr": "r2", "acked": 1, "sent": 1,
+                                               "known": True, "disk_full": True}
     core._pump_all()
     assert _firsts_to(core, 2) == [2]   # a probe
     for _ in range(3):   # its refusals of the other two, then of the probe: nothing more yet

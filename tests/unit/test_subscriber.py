@@ -130,3 +130,126 @@ def test_a_late_answer_that_continues_the_stream_is_taken(setup):
         assert sub.poll(0) == []
         slow.poll(1)
     assert sub.next_seq == 5
+
+
+def test_a_late_answer_that_comes_once_live_does_not_keep_a_socket_readable(setup):
+    """A replicator left behind answers once the subscriber is live: the answer is read and
+    dropped, not left in the socket, where every caller that waits on sockets() (a master's
+    upstream, the gateway's waiter) would wake for it turn after turn."""
+    sub, (a, b), clock = setup
+    sub.poll(0)
+    ident_a, req_a = asked(a)
+    clock.t += REPLAY_TIMEOUT_S + 0.001        # A is slow: 0.2 s is enough to leave it
+    sub.poll(0)
+    sub.poll(0)
+    ident_b, req_b = asked(b)
+    answer(b, ident_b, req_b, b"")             # B: nothing more -> live
+    for _ in range(10_000):
+        sub.poll(0)
+        if not sub.replaying:
+            break
+        b.poll(1)
+    assert not sub.replaying
+    answer(a, ident_a, req_a, b"")             # A's answer, 0.25 s after it was asked
+    assert sub.replicas[0].poll(10_000)        # it arrived
+    polled = [(s, zmq.POLLIN) for s in sub.sockets()]
+    spins = 0
+    for _ in range(50):                        # what a caller's loop does, turn after turn
+        events = dict(zmq.zmq_poll(polled, 0))
+        if not events:
+            break
+        spins += 1
+        if sub.due(events, clock.t):
+            sub.poll(0)
+    assert spins <= 1, f"woke {spins} turns in a row for a message nobody reads"
+
+
+def test_a_stale_empty_answer_does_not_end_the_silence_probe_replay(setup):
+    """A stale 'nothing more' (a replicator's answer to a request the subscriber left, still
+    from next_seq because the feed went silent) does not end the next replay (the silence
+    probe's): the probe's own answer, which holds records, is taken."""
+    sub, (a, b), clock = setup
+    sub.poll(0)
+    ident_a, req_a = asked(a)
+    clock.t += REPLAY_TIMEOUT_S + 0.001
+    sub.poll(0)
+    sub.poll(0)
+    ident_b, req_b = asked(b)
+    answer(b, ident_b, req_b, b"")              # nothing yet -> live at next_seq 1
+    for _ in range(10_000):
+        sub.poll(0)
+        if not sub.replaying:
+            break
+        b.poll(1)
+    assert not sub.replaying and sub.next_seq == 1
+    answer(a, ident_a, req_a, b"")              # A's late 'nothing yet', from 1
+    assert sub.replicas[0].poll(10_000)
+    clock.t += 1.1                              # the feed is silent: probe the replicators
+    sub.poll(0)
+    assert sub.replaying
+    out = []
+    got_b = None
+    for _ in range(10_000):
+        out += sub.poll(0)
+        got = asked(b, 0.001)
+        if got:
+            got_b = got
+            break
+    assert got_b, "the probe asks B"
+    answer(b, got_b[0], got_b[1], records(1, 5))  # B now holds 1..5
+    for _ in range(300):                          # 0.3 s of fake time, well under a probe
+        out += sub.poll(0)
+        if out:
+            break
+        clock.t += 0.001
+        b.poll(1)
+    assert [(first, last) for first, last, _ in out] == [(1, 5)], \
+        f"replaying={sub.replaying}: B's records wait for the next silence probe"
+
+
+def test_the_silence_probes_do_not_stay_one_answer_behind(setup):
+    """While the feed stays silent, records a replicator holds at a probe are delivered at
+    that probe, not a probe (a second) later: no probe takes the previous one's answer."""
+    sub, (a, b), clock = setup
+    sub.poll(0)
+    ident_a, req_a = asked(a)
+    clock.t += REPLAY_TIMEOUT_S + 0.001
+    sub.poll(0)
+    sub.poll(0)
+    ident_b, req_b = asked(b)
+    answer(b, ident_b, req_b, b"")
+    for _ in range(10_000):
+        sub.poll(0)
+        if not sub.replaying:
+            break
+        b.poll(1)
+    answer(a, ident_a, req_a, b"")              # the stale one, read by the next probe
+    assert sub.replicas[0].poll(10_000)
+    out = []
+    for probe in range(3):
+        clock.t += 1.1                          # silent: probe
+        sub.poll(0)
+        for _ in range(200):                    # the probe's replay, 0.2 s of fake time
+            out += sub.poll(0)
+            got = asked(b, 0.001)
+            if got:                             # B answers at once: records 1..5 from probe 1
+                answer(b, got[0], got[1], records(1, 5) if probe >= 1 else b"")
+            if out:
+                break
+            clock.t += 0.001
+        if out:
+            break
+    assert out and probe == 1, f"records held from probe 1 delivered at probe {probe}"
+
+
+def test_an_answer_for_another_stream_is_dropped(setup):
+    """An answer that names another stream is not taken, even from the seq wanted."""
+    sub, (a, _b), _clock = setup
+    sub.poll(0)
+    ident, req = asked(a)
+    a.send_multipart([ident, wire.RECORDS, wire.pack(
+        {"stream": "in.other", "from": req["from"], "req": req["req"]}), records(1, 2)])
+    for _ in range(50):
+        assert sub.poll(0) == []
+        a.poll(1)
+    assert sub.next_seq == 1 and sub.replaying
