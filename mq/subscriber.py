@@ -27,6 +27,7 @@ REPLAY_CHUNK = 4 << 20
 REPLAY_TIMEOUT_S = 0.2       # a replicator silent this long: ask the next one ...
 REPLAY_TIMEOUT_MAX_S = 1.6   # ... doubling the wait at each one that is silent, up to this
 SILENCE_PROBE_S = 1.0   # live feed silent this long (ten idle ticks): ask a replicator
+DRAIN_EVERY_S = 0.01    # live: replay answers that came late are read and dropped this often
 
 
 class Subscriber:
@@ -60,6 +61,7 @@ class Subscriber:
         self.inflight_at = 0.0      # when the outstanding replay request left
         self.timeout_s = REPLAY_TIMEOUT_S   # how long it may go unanswered
         self.heard_at = time.monotonic()  # last live frame, or last probe
+        self.drain_at = 0.0         # live: when late replay answers are next read and dropped
         self.live_epoch = 0         # highest master epoch seen on the live feed
         self.stats = {"live_frames": 0, "replayed_frames": 0, "gaps": 0, "bad_frames": 0,
                       "fenced_frames": 0}
@@ -136,7 +138,13 @@ class Subscriber:
     # -- live ---------------------------------------------------------------------------
     def _drain_replicas(self) -> None:
         """Live: an answer that came after the replay ended is read and dropped, so that no
-        socket of sockets() stays readable for a caller that waits on them."""
+        socket of sockets() stays readable for long for a caller that waits on them (it would
+        wake at once, turn after turn). Every DRAIN_EVERY_S: a look at each replicator's
+        socket costs microseconds, too much for every live step."""
+        now = time.monotonic()
+        if now < self.drain_at:
+            return
+        self.drain_at = now + DRAIN_EVERY_S
         for sock in self.replicas:
             while sockets.readable(sock):
                 sockets.recv_parts(sock)
