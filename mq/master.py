@@ -154,12 +154,10 @@ class Window:
         made (a replicator back from a full disk after 10 s at 800 frames/s took 8,000, and
         then as many again when its peers had meanwhile caught it up: ~1 s of overlaps to
         check before the frames it lacked). None if seq left the window."""
-        i = bisect.bisect_right(self.firsts, seq, lo=self.start) - 1
-        if i < self.start:
+        i = self._index(seq)
+        if i < 0:
             return None
         first, last, frame = self.frames[i]
-        if seq > last:
-            return None
         head = trim(frame, first, seq)
         frames = self.frames
         j = i + 1
@@ -177,14 +175,19 @@ class Window:
             j += 1
         return seq, last, head if len(parts) == 1 else b"".join(parts)
 
+    def _index(self, seq: int) -> int:
+        """The index of the frame holding seq, or -1 if seq left the window (or is beyond)."""
+        i = bisect.bisect_right(self.firsts, seq, lo=self.start) - 1
+        if i < self.start or seq > self.frames[i][1]:
+            return -1
+        return i
+
     def frame_from(self, seq: int) -> tuple[int, int, bytes] | None:
         """The records from seq to the end of the frame holding seq, or None if evicted."""
-        i = bisect.bisect_right(self.firsts, seq, lo=self.start) - 1
-        if i < self.start:
+        i = self._index(seq)
+        if i < 0:
             return None
         first, last, frame = self.frames[i]
-        if seq > last:
-            return None
         return seq, last, trim(frame, first, seq)
 
 

@@ -66,6 +66,17 @@ def answer(rep, ident, req: dict, frame: bytes) -> None:
         {"stream": STREAM, "from": req["from"], "req": req["req"]}), frame])
 
 
+def delivered(sub, rep, turns: int = 10_000) -> list:
+    """What the subscriber delivers once an answer of rep's arrives (empty if none within
+    turns of a millisecond's wall-clock wait)."""
+    for _ in range(turns):
+        out = sub.poll(0)
+        if out:
+            return out
+        rep.poll(1)   # let it arrive
+    return []
+
+
 def test_a_silent_replicator_is_left_for_the_next_after_the_replay_timeout(setup):
     sub, (a, b), clock = setup
     sub.poll(0)
@@ -96,13 +107,7 @@ def test_the_wait_doubles_while_no_replicator_answers_then_follows_the_answers(s
     ident, req = asked(b)
     clock.t += 0.3                        # it took 0.3 s to answer
     answer(b, ident, req, records(1, 3))
-    out = []
-    for _ in range(1000):
-        out = sub.poll(0)
-        if out:
-            break
-        b.poll(1)   # let it arrive
-    assert [(first, last) for first, last, _fr in out] == [(1, 3)]
+    assert [(first, last) for first, last, _fr in delivered(sub, b)] == [(1, 3)]
     assert sub.timeout_s == pytest.approx(0.6)   # twice what the last answer took
 
 
@@ -118,12 +123,7 @@ def test_a_late_answer_that_continues_the_stream_is_taken(setup):
     sub.poll(0)
     assert asked(other)
     answer(slow, ident, req, records(1, 4))
-    out = []
-    for _ in range(10_000):
-        out = sub.poll(0)
-        if out:
-            break
-        slow.poll(1)   # let it arrive
+    out = delivered(sub, slow)
     assert [(first, last) for first, last, _fr in out] == [(1, 4)] and sub.next_seq == 5
     answer(slow, ident, req, records(1, 4))
     for _ in range(20):
@@ -132,25 +132,32 @@ def test_a_late_answer_that_continues_the_stream_is_taken(setup):
     assert sub.next_seq == 5
 
 
-def test_a_late_answer_that_comes_once_live_does_not_keep_a_socket_readable(setup):
-    """A replicator left behind answers once the subscriber is live: the answer is read and
-    dropped, not left in the socket, where every caller that waits on sockets() (a master's
-    upstream, the gateway's waiter) would wake for it turn after turn."""
-    sub, (a, b), clock = setup
+def left_behind_then_live(sub, a, b, clock):
+    """The subscriber asks A, leaves it after REPLAY_TIMEOUT_S, B says "nothing more": live.
+    Returns A's request (ident, body), still unanswered."""
     sub.poll(0)
     ident_a, req_a = asked(a)
-    clock.t += REPLAY_TIMEOUT_S + 0.001        # A is slow: 0.2 s is enough to leave it
+    clock.t += REPLAY_TIMEOUT_S + 0.001
     sub.poll(0)
     sub.poll(0)
     ident_b, req_b = asked(b)
-    answer(b, ident_b, req_b, b"")             # B: nothing more -> live
+    answer(b, ident_b, req_b, b"")
     for _ in range(10_000):
         sub.poll(0)
         if not sub.replaying:
             break
         b.poll(1)
-    assert not sub.replaying
-    answer(a, ident_a, req_a, b"")             # A's answer, 0.25 s after it was asked
+    assert not sub.replaying and sub.next_seq == 1
+    return ident_a, req_a
+
+
+def test_a_late_answer_that_comes_once_live_does_not_keep_a_socket_readable(setup):
+    """A replicator left behind answers once the subscriber is live: the answer is read and
+    dropped, not left in the socket, where every caller that waits on sockets() (a master's
+    upstream, the gateway's waiter) would wake for it turn after turn."""
+    sub, (a, b), clock = setup
+    ident_a, req_a = left_behind_then_live(sub, a, b, clock)
+    answer(a, ident_a, req_a, b"")
     assert sub.replicas[0].poll(10_000)        # it arrived
     polled = [(s, zmq.POLLIN) for s in sub.sockets()]
     spins = 0
@@ -167,35 +174,22 @@ def test_a_late_answer_that_comes_once_live_does_not_keep_a_socket_readable(setu
 
 
 def test_a_stale_empty_answer_does_not_end_the_silence_probe_replay(setup):
-    """A stale 'nothing more' (a replicator's answer to a request the subscriber left, still
-    from next_seq because the feed went silent) does not end the next replay (the silence
-    probe's): the probe's own answer, which holds records, is taken."""
+    """A stale "nothing more" (a replicator's answer to a request the subscriber left, still
+    from next_seq because the feed is silent) that arrives during the next replay (the
+    silence probe's) does not end it: the probe's own answer, which holds records, is taken,
+    not left for the next probe a second later."""
     sub, (a, b), clock = setup
-    sub.poll(0)
-    ident_a, req_a = asked(a)
-    clock.t += REPLAY_TIMEOUT_S + 0.001
-    sub.poll(0)
-    sub.poll(0)
-    ident_b, req_b = asked(b)
-    answer(b, ident_b, req_b, b"")              # nothing yet -> live at next_seq 1
-    for _ in range(10_000):
-        sub.poll(0)
-        if not sub.replaying:
-            break
-        b.poll(1)
-    assert not sub.replaying and sub.next_seq == 1
-    answer(a, ident_a, req_a, b"")              # A's late 'nothing yet', from 1
-    assert sub.replicas[0].poll(10_000)
+    ident_a, req_a = left_behind_then_live(sub, a, b, clock)
     clock.t += 1.1                              # the feed is silent: probe the replicators
     sub.poll(0)
     assert sub.replaying
-    out = []
-    got_b = None
+    answer(a, ident_a, req_a, b"")              # A's late "nothing more", from 1, now
+    assert sub.replicas[0].poll(10_000)
+    out, got_b = [], None
     for _ in range(10_000):
         out += sub.poll(0)
-        got = asked(b, 0.001)
-        if got:
-            got_b = got
+        got_b = asked(b, 0.001)
+        if got_b:
             break
     assert got_b, "the probe asks B"
     answer(b, got_b[0], got_b[1], records(1, 5))  # B now holds 1..5
@@ -207,41 +201,6 @@ def test_a_stale_empty_answer_does_not_end_the_silence_probe_replay(setup):
         b.poll(1)
     assert [(first, last) for first, last, _ in out] == [(1, 5)], \
         f"replaying={sub.replaying}: B's records wait for the next silence probe"
-
-
-def test_the_silence_probes_do_not_stay_one_answer_behind(setup):
-    """While the feed stays silent, records a replicator holds at a probe are delivered at
-    that probe, not a probe (a second) later: no probe takes the previous one's answer."""
-    sub, (a, b), clock = setup
-    sub.poll(0)
-    ident_a, req_a = asked(a)
-    clock.t += REPLAY_TIMEOUT_S + 0.001
-    sub.poll(0)
-    sub.poll(0)
-    ident_b, req_b = asked(b)
-    answer(b, ident_b, req_b, b"")
-    for _ in range(10_000):
-        sub.poll(0)
-        if not sub.replaying:
-            break
-        b.poll(1)
-    answer(a, ident_a, req_a, b"")              # the stale one, read by the next probe
-    assert sub.replicas[0].poll(10_000)
-    out = []
-    for probe in range(3):
-        clock.t += 1.1                          # silent: probe
-        sub.poll(0)
-        for _ in range(200):                    # the probe's replay, 0.2 s of fake time
-            out += sub.poll(0)
-            got = asked(b, 0.001)
-            if got:                             # B answers at once: records 1..5 from probe 1
-                answer(b, got[0], got[1], records(1, 5) if probe >= 1 else b"")
-            if out:
-                break
-            clock.t += 0.001
-        if out:
-            break
-    assert out and probe == 1, f"records held from probe 1 delivered at probe {probe}"
 
 
 def test_an_answer_for_another_stream_is_dropped(setup):
