@@ -56,7 +56,7 @@ from hypothesis.stateful import (
 import replicator.peers as peers_module
 from mq import replication, wire
 from mq.master import SequencerStale
-from mq.record import HEADER_SIZE, FrameError, decode, pack, scan
+from mq.record import HEADER_SIZE, FrameError, decode, pack, scan, trim
 from mq.sequencer import SequencedClock, SequencerCore
 from replicator.peers import Peers
 from replicator.server import Replicator
@@ -701,8 +701,19 @@ def test_a_gap_answer_does_not_count_a_stale_tail_as_acknowledged():
             if entry[0] != "rep" or entry[2] != 2:
                 return False
             kind = entry[3][0]
-            return kind == wire.TRUNCATE or (
-                kind == wire.APPEND and wire.unpack(entry[3][1])["first"] < top)
+            if kind == wire.TRUNCATE:
+                return True
+            if kind != wire.APPEND:
+                return False
+            head = wire.unpack(entry[3][1])
+            if head["first"] >= top:
+                return False
+            if head["last"] < top:
+                return True
+            # the master resends in runs (Window.run_from): of the run 2..6, only 6 arrives
+            entry[3][2] = trim(entry[3][2], head["first"], top)
+            entry[3][1] = wire.pack({**head, "first": top})
+            return False
         _drive(model, m2, 8, drop)
         assert seen, "replicator 2 never answered"
         assert all(acked <= 1 for known, acked in seen if known), seen
