@@ -149,9 +149,9 @@ class Window:
 
     def run_from(self, seq: int, max_bytes: int) -> tuple[int, int, bytes] | None:
         """The records from seq on as one frame: the frame holding seq (from seq), joined with
-        the frames after it while the whole stays within max_bytes and of one epoch, so that a
-        replicator behind gets its backlog in a few APPENDs, not one per frame the master
-        made (a replicator back from a full disk after 10 s at 800 frames/s took 8,000, and
+        the frames after it while the whole stays within max_bytes (0: that frame alone) and
+        of one epoch, so that a replicator behind gets its backlog in a few APPENDs, not one
+        per frame the master made (a replicator back from a full disk after 10 s at 800 frames/s took 8,000, and
         then as many again when its peers had meanwhile caught it up: ~1 s of overlaps to
         check before the frames it lacked). None if seq left the window."""
         i = self._index(seq)
@@ -676,9 +676,8 @@ class Master:
         while link.known and link.sent < top and link.sent - link.acked < MAX_INFLIGHT:
             if link.full and (link.sent > link.acked or self.mono() < link.probe_at):
                 return   # its disk is full: the next probe frame is not due
-            # a full disk is probed with one frame; otherwise the backlog goes in runs
-            piece = self.window.frame_from(link.sent + 1) if link.full else \
-                self.window.run_from(link.sent + 1, RESEND_BYTES)
+            # the backlog goes in runs; a full disk is probed with one frame (a run of 0 bytes)
+            piece = self.window.run_from(link.sent + 1, 0 if link.full else RESEND_BYTES)
             if piece is None:
                 if not link.behind:
                     log.warning("%s: %s is behind the resend window (at %d, window from %d); "
