@@ -816,7 +816,7 @@ class MasterShell:
     def _open_sockets(self, producer_bind: str, pub_bind: str) -> None:
         self.topic = self.stream.encode() + b"\0"
         self.ctx = zmq.Context.instance()
-        self.router = sockets.router(producer_bind)
+        self.router = sockets.router(producer_bind, heartbeat_ms=sockets.HEARTBEAT_MS)
         # Sends to a producer connection that is gone fail instead of vanishing: that is how
         # the master tells whether a source's owner is still alive.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)

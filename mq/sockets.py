@@ -1,7 +1,18 @@
 """The ZeroMQ sockets of seqex, configured in one place (DESIGN.md §9 facts):
-ROUTERs hand a restarted peer's identity over; every socket to a peer that may die or freeze
-uses ZMQ heartbeats (200 ms / 1 s); nothing lingers on close. Every socket uses CURVE when
-the process has an identity (mq.auth.configure) or one is passed as ``curve``."""
+ROUTERs hand a restarted peer's identity over; nothing lingers on close. Every socket uses
+CURVE when the process has an identity (mq.auth.configure) or one is passed as ``curve``.
+
+Liveness (ZMTP heartbeats): a DEALER pings its server every HEARTBEAT_MS and drops the
+connection after HEARTBEAT_TIMEOUT_MS without traffic, so a client notices a frozen server in
+~1.2 s (DESIGN.md §9). A ROUTER pings each client every IDLE_HEARTBEAT_MS (timeout 5 of
+them) unless told otherwise: it only has to let go of a frozen client's connection in the end,
+and with both ends at 200 ms every connection cost 20 messages a second, each a wake-up of an
+I/O thread at both ends, on connections that are mostly idle. A master's producer ROUTER keeps
+200 ms: it hands a source over once the frozen connection holding it is dropped (docs/log.md,
+"Sequencer"). A DEALER whose requests have timeouts of their own (a subscriber's replay sockets,
+idle once it is live) pings every IDLE_HEARTBEAT_MS too. (A client's pings also carry a TTL,
+but a server arms it only when a ping is the last thing it received: a client frozen right
+after a request would keep its connection for good.)"""
 from __future__ import annotations
 
 import zmq
@@ -9,14 +20,19 @@ import zmq
 from mq import auth
 
 HWM = 100_000
+HEARTBEAT_MS = 200
+HEARTBEAT_TIMEOUT_MS = 1000
+IDLE_HEARTBEAT_MS = 1000
 
 
 def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
            routing_id: bytes | None = None, heartbeat: bool = True,
+           heartbeat_ms: int = HEARTBEAT_MS,
            curve: auth.Identity | None = None, server_key: bytes | None = None) -> zmq.Socket:
     """A DEALER connected to addr. immediate: sends fail (EAGAIN) while not connected,
-    instead of queueing for a peer that may never come back. curve / server_key: the client
-    identity and the server's public key (default: the process's, and the policy's for addr)."""
+    instead of queueing for a peer that may never come back. heartbeat_ms: the ping interval
+    (the timeout and the TTL are 5 of them). curve / server_key: the client identity and the
+    server's public key (default: the process's, and the policy's for addr)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
@@ -26,8 +42,9 @@ def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
     if heartbeat:
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 5)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, heartbeat_ms * 5)
     auth.secure_client(sock, addr, curve, server_key)
     sock.connect(addr)
     return sock
@@ -77,14 +94,16 @@ def readable(sock: zmq.Socket) -> bool:
     return bool(zmq.zmq_poll([(sock, POLLIN)], 0))
 
 
-def router(bind: str, curve: auth.Identity | None = None) -> zmq.Socket:
+def router(bind: str, curve: auth.Identity | None = None,
+           heartbeat_ms: int = IDLE_HEARTBEAT_MS) -> zmq.Socket:
+    """A ROUTER bound to bind, pinging each client every heartbeat_ms (timeout 5 of them)."""
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, HWM)
     sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 5)
     auth.secure_server(sock, curve)
     sock.bind(bind)
     return sock

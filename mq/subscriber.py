@@ -52,7 +52,7 @@ class Subscriber:
             self.sub.connect(addr)
         self.replicas: list[zmq.Socket] = []
         for addr in replicators:
-            self.replicas.append(sockets.dealer(addr))
+            self.replicas.append(sockets.dealer(addr, heartbeat_ms=sockets.IDLE_HEARTBEAT_MS))
         self.replica_i = 0
         self.replaying = True       # catching up from a replicator
         self.target: int | None = None  # replay must reach this seq (None: until the end)
