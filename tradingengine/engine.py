@@ -575,7 +575,8 @@ class TradingEngine:
         # configuration, not state: OUTPUT_BUDGET in production; tests set it low (0: one
         # sweep unit a record) to drive every sweep through its deferred path
         self.output_budget = OUTPUT_BUDGET
-        self.next_order_id = 1
+        # OrderIDs are unique across the venue: shard + 1, then every n_shards-th number
+        self.next_order_id = shard + 1
         self.fee_pool = 0
         self.dust = 0
         self.deposits = 0
@@ -967,7 +968,7 @@ class TradingEngine:
             if code:
                 self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
                 return
-            self.next_order_id += 1
+            self.next_order_id += self.n_shards
             o.state = UNTRIGGERED
             acct.orders[o.order_id] = o
             _index_client(acct, coid, o)
@@ -980,7 +981,7 @@ class TradingEngine:
         if code:
             self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
             return
-        self.next_order_id += 1
+        self.next_order_id += self.n_shards
         acct.orders[o.order_id] = o
         _index_client(acct, coid, o)
         self.orders[o.order_id] = o
@@ -2271,10 +2272,11 @@ class TradingEngine:
                          + _P[template](seq, *fields))
 
     def _exec_id(self) -> int:
-        """Unique per shard and deterministic: the record's seq and the report's rank in it."""
+        """Unique across the venue and deterministic: the record's seq and the report's rank
+        in it, times n_shards, plus the shard (one shard: the seq and the rank alone)."""
         n = self._exec_n
         self._exec_n = n + 1
-        return (self.seq << 20) | n
+        return ((self.seq << 20) | n) * self.n_shards + self.shard
 
     def _session_state(self, key: tuple, conn_id: int, sess, status: int) -> None:
         ne, ns = (sess.next_expected, sess.next_seq) if sess is not None else (0, 0)

@@ -39,11 +39,11 @@ def specs():
 class Harness:
     """A shard with its CrossEngines, and the sessions' messages as PROTOCOL.md decodes them."""
 
-    def __init__(self, engine=TradingEngine, shadows=()) -> None:
-        self.v = Venue(specs(), shard=0, n_shards=1, shadows=shadows, engine=engine)
-        self.v.deposit(1, 10**12)
-        self.v.deposit(2, 10**12)
-        self.v.deposit(3, 10**12)
+    def __init__(self, engine=TradingEngine, shadows=(), shard=0, n_shards=1,
+                 accounts=(1, 2, 3)) -> None:
+        self.v = Venue(specs(), shard=shard, n_shards=n_shards, shadows=shadows, engine=engine)
+        for account in accounts:
+            self.v.deposit(account, 10**12)
         self.v.mark(1, 10_000)
         self.v.mark(2, 50_000)
         self.seq: dict[tuple, int] = {}
@@ -124,6 +124,33 @@ def test_a_trade_reports_to_both_sessions_with_last_price_quantity_and_liquidity
     assert maker[0][5] != taker[0][5]                        # ExecIDs unique
     assert h.v.position(1).size == -3 and h.v.position(2).size == 3
     h.v.te.audit()
+
+
+def test_order_ids_and_exec_ids_are_unique_across_shards():
+    """Each shard numbers its orders and reports on its own, deterministically; a client that
+    trades on accounts of two shards (or compares notes with another) never sees one OrderID or
+    ExecID twice. OrderID: shard + 1 + k x n_shards; ExecID: (seq, rank) x n_shards + shard."""
+    order_ids, exec_ids = {}, {}
+    for shard in (0, 1):
+        a, b = 2 + shard, 4 + shard            # this shard's accounts (account % 2 == shard)
+        h = Harness(shard=shard, n_shards=2, accounts=(a, b))
+        h.logon(a, 5)
+        h.logon(b, 6)
+        ms = h.nos(a, 5, 1, 10, side=b"2", price=100 * E8, qty=5)
+        ms += h.nos(b, 6, 1, 20, side=b"1", price=101 * E8, qty=3)
+        ms += h.nos(b, 6, 2, 21, side=b"1", price=99 * E8, qty=1)
+        reports = ers(ms)
+        assert {er[14] for er in reports} == {b"0", b"F"}
+        order_ids[shard] = {er[4] for er in reports}
+        exec_ids[shard] = [er[5] for er in reports]
+        assert order_ids[shard] == {o.order_id for o in h.v.te.orders.values()} | {
+            er[4] for er in reports if er[15] == b"2"}
+        assert len(order_ids[shard]) == 3
+        assert all((oid - 1) % 2 == shard for oid in order_ids[shard])
+        assert len(set(exec_ids[shard])) == len(exec_ids[shard])
+        h.v.te.audit()
+    assert not order_ids[0] & order_ids[1]
+    assert not set(exec_ids[0]) & set(exec_ids[1])
 
 
 def test_client_seqno_rules_and_the_reconnect_walkthrough():
