@@ -108,6 +108,12 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
 
 SNAPSHOT_VERSION = 6          # 6 with liq_sources configured; 5 (the same bytes as before
 SNAPSHOT_VERSION_NO_LIQ = 5   # the LiqEngine) without
+# A shard of several (n_shards > 1) writes 8 / 7 instead: its OrderIDs are numbered across
+# the venue (shard + 1, then every n_shards-th), and a 6 / 5 of several shards, written when
+# each shard counted from 1, is refused (its replica replays instead of numbering otherwise
+# than a replay from seq 1 would). One shard numbers as it always did and keeps 6 / 5.
+SNAPSHOT_VERSION_SHARDED = 8
+SNAPSHOT_VERSION_SHARDED_NO_LIQ = 7
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
 MAX_SHARD_MONEY = MAX_MONEY >> 6   # a shard's deposits less withdrawals: 64 shards together
 #                                    stay below 2**62, so no balance, pool or fund leaves int64
@@ -2273,10 +2279,12 @@ class TradingEngine:
 
     def _exec_id(self) -> int:
         """Unique across the venue and deterministic: the record's seq and the report's rank
-        in it, times n_shards, plus the shard (one shard: the seq and the rank alone)."""
+        in it, times n_shards, plus the shard (one shard: the seq and the rank alone). Unique
+        while the shard's seq is below 2^44 / n_shards (2 shards: 8.8e12 records); past that
+        it wraps modulo 2^64 rather than halting the shard on a report it cannot encode."""
         n = self._exec_n
         self._exec_n = n + 1
-        return ((self.seq << 20) | n) * self.n_shards + self.shard
+        return (((self.seq << 20) | n) * self.n_shards + self.shard) & _U64_MAX
 
     def _session_state(self, key: tuple, conn_id: int, sess, status: int) -> None:
         ne, ns = (sess.next_expected, sess.next_seq) if sess is not None else (0, 0)
@@ -2817,7 +2825,7 @@ class TradingEngine:
                     [[s, *a.positions[s].row()] for s in sorted(a.positions)],
                     [a.orders[i].row() for i in sorted(a.orders)]]
         return [
-            SNAPSHOT_VERSION if self.liq_sources else SNAPSHOT_VERSION_NO_LIQ, self.shard, self.n_shards, self.seq, self.ts_ns,
+            self._snapshot_version(), self.shard, self.n_shards, self.seq, self.ts_ns,
             [_spec_row(s) for s in self.specs.values()],
             self.next_order_id, self.fee_pool, self.dust, self.deposits, self.withdrawals,
             sorted(self.marks.items()), sorted(self.last_prices.items()),
@@ -2840,6 +2848,11 @@ class TradingEngine:
     def state_hash(self) -> bytes:
         return hashlib.sha256(self.snapshot()).digest()
 
+    def _snapshot_version(self) -> int:
+        if self.n_shards > 1:
+            return SNAPSHOT_VERSION_SHARDED if self.liq_sources else SNAPSHOT_VERSION_SHARDED_NO_LIQ
+        return SNAPSHOT_VERSION if self.liq_sources else SNAPSHOT_VERSION_NO_LIQ
+
     @classmethod
     def restore(cls, data: bytes) -> TradingEngine:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
@@ -2850,10 +2863,16 @@ class TradingEngine:
                      *state[16:], []]
         if state[0] == 4:   # written before sources were configured and sessions existed
             state = [SNAPSHOT_VERSION_NO_LIQ, *state[1:], [None, None, None], [], []]
-        if state[0] == SNAPSHOT_VERSION_NO_LIQ:   # no liq_sources: 5 is 6 without them
-            state = [SNAPSHOT_VERSION, *state[1:20], [*state[20], None], *state[21:]]
-        if state[0] != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
+        if state[0] in (SNAPSHOT_VERSION_NO_LIQ, SNAPSHOT_VERSION_SHARDED_NO_LIQ):
+            # no liq_sources: 5 is 6 (and 7 is 8) without them
+            state = [state[0] + 1, *state[1:20], [*state[20], None], *state[21:]]
+        if state[0] == SNAPSHOT_VERSION and state[2] != 1:
+            raise ValueError(f"snapshot version {state[0]} of shard {state[1]} of {state[2]}: "
+                             f"written when each shard numbered its orders from 1; not "
+                             f"restored (the shard replays its log instead)")
+        if state[0] not in (SNAPSHOT_VERSION, SNAPSHOT_VERSION_SHARDED):
+            raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION} or "
+                             f"{SNAPSHOT_VERSION_SHARDED}")
         (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,
          withdrawals, marks, last_prices, funding_inputs, next_funding,
          (transfer_floor, transfers), accounts, clearing, liquidation, sweeps,

@@ -153,6 +153,36 @@ def test_order_ids_and_exec_ids_are_unique_across_shards():
     assert not set(exec_ids[0]) & set(exec_ids[1])
 
 
+def test_a_sharded_snapshot_numbers_on_as_a_replay_and_an_old_one_is_refused():
+    """A shard of two writes version 7 (8 with the LiqEngine) and, restored, numbers its next
+    order as the engine that wrote it would; a 5 / 6 of several shards (each shard counted
+    from 1 then) is refused, so that its replica replays; one shard keeps 5 / 6."""
+    import msgpack
+    h = Harness(shard=1, n_shards=2, accounts=(3, 5))
+    h.logon(3, 5)
+    h.nos(3, 5, 1, 10, side=b"2", price=100 * E8, qty=5)
+    h.nos(3, 5, 2, 11, side=b"2", price=101 * E8, qty=5)
+    data = h.v.te.snapshot()
+    state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    assert state[0] == 7 and state[6] == h.v.te.next_order_id == 6   # ids 2, 4: next 6
+    back = TradingEngine.restore(data)
+    assert back.next_order_id == 6 and back.state_hash() == h.v.te.state_hash()
+    old = msgpack.packb([5, *state[1:]], use_bin_type=True)
+    with pytest.raises(ValueError, match="numbered its orders from 1"):
+        TradingEngine.restore(old)
+    one = Harness()
+    assert msgpack.unpackb(one.v.te.snapshot(), raw=False, strict_map_key=False)[0] == 5
+    assert TradingEngine.restore(one.v.te.snapshot()).state_hash() == one.v.te.state_hash()
+
+
+def test_an_exec_id_past_its_range_wraps_rather_than_halting_the_shard():
+    h = Harness(shard=1, n_shards=2, accounts=(3, 5))
+    h.logon(3, 5)
+    h.v.seq = (1 << 44) // 2 + 5            # ((seq << 20) | rank) * 2 + 1 is past 2^64
+    (er,) = ers(h.nos(3, 5, 1, 10, side=b"2", price=100 * E8, qty=5))
+    assert er[14] == b"0" and 0 <= er[5] < 1 << 64
+
+
 def test_client_seqno_rules_and_the_reconnect_walkthrough():
     h = Harness()
     h.logon(1, 9, conn=1)
