@@ -20,7 +20,7 @@ def call(addr: str, kind: bytes, body: dict[str, Any] | None = None,
     refused (nothing listens at addr: the process is down) ends the wait at once with
     ConnectionRefusedError, instead of waiting out timeout_s for a process that is not there
     (a frozen or busy one, whose port is open, is still waited for)."""
-    sock = sockets.dealer(addr, heartbeat=False)
+    sock = sockets.dealer(addr, heartbeat_ms=0)
     monitor = sock.get_monitor_socket(zmq.EVENT_CONNECT_RETRIED) if refused_ends else None
     try:
         sock.send_multipart([kind, wire.pack(body or {})])
@@ -80,7 +80,7 @@ class Pinger:
         import zmq
         sock = self.socks.get(addr)
         if sock is None:
-            sock = self.socks[addr] = sockets.dealer(addr, sndhwm=1, heartbeat=False)
+            sock = self.socks[addr] = sockets.dealer(addr, sndhwm=1, heartbeat_ms=0)
         try:
             while sockets.readable(sock):     # late answers to earlier rounds
                 sock.recv_multipart(zmq.NOBLOCK)
@@ -114,7 +114,7 @@ def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 
 def replay(addr: str, stream: str, seq_from: int = 1, seq_to: int | None = None,
            timeout_s: float = 10.0) -> Iterator[bytes]:
     """Frames of stream seq_from..seq_to (None: to what the replicator holds now)."""
-    sock = sockets.dealer(addr, heartbeat=False)
+    sock = sockets.dealer(addr, heartbeat_ms=0)
     try:
         seq = seq_from
         while seq_to is None or seq <= seq_to:

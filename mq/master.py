@@ -151,9 +151,10 @@ class Window:
         """The records from seq on as one frame: the frame holding seq (from seq), joined with
         the frames after it while the whole stays within max_bytes (0: that frame alone) and
         of one epoch, so that a replicator behind gets its backlog in a few APPENDs, not one
-        per frame the master made (a replicator back from a full disk after 10 s at 800 frames/s took 8,000, and
-        then as many again when its peers had meanwhile caught it up: ~1 s of overlaps to
-        check before the frames it lacked). None if seq left the window."""
+        per frame the master made (a replicator back from a full disk after 10 s at 800
+        frames/s took 8,000, and then as many again when its peers had meanwhile caught it
+        up: ~1 s of overlaps to check before the frames it lacked). None if seq left the
+        window."""
         i = self._index(seq)
         if i < 0:
             return None

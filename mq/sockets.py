@@ -3,7 +3,7 @@ ROUTERs hand a restarted peer's identity over; nothing lingers on close. Every s
 CURVE when the process has an identity (mq.auth.configure) or one is passed as ``curve``.
 
 Liveness (ZMTP heartbeats): a DEALER pings its server every HEARTBEAT_MS and drops the
-connection after HEARTBEAT_TIMEOUT_MS without traffic, so a client notices a frozen server in
+connection after TIMEOUT_PINGS of them without traffic, so a client notices a frozen server in
 ~1.2 s (DESIGN.md §9). A ROUTER pings each client every IDLE_HEARTBEAT_MS (timeout 5 of
 them) unless told otherwise: it only has to let go of a frozen client's connection in the end,
 and with both ends at 200 ms every connection cost 20 messages a second, each a wake-up of an
@@ -21,18 +21,26 @@ from mq import auth
 
 HWM = 100_000
 HEARTBEAT_MS = 200
-HEARTBEAT_TIMEOUT_MS = 1000
 IDLE_HEARTBEAT_MS = 1000
+TIMEOUT_PINGS = 5        # a connection silent for this many ping intervals is dropped
+
+
+def _heartbeats(sock: zmq.Socket, ms: int, ttl: bool) -> None:
+    """Ping every ms, drop the connection after TIMEOUT_PINGS silent intervals; ttl: the
+    pings also ask the peer to drop it after as long."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms * TIMEOUT_PINGS)
+    if ttl:
+        sock.setsockopt(zmq.HEARTBEAT_TTL, ms * TIMEOUT_PINGS)
 
 
 def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
-           routing_id: bytes | None = None, heartbeat: bool = True,
-           heartbeat_ms: int = HEARTBEAT_MS,
+           routing_id: bytes | None = None, heartbeat_ms: int = HEARTBEAT_MS,
            curve: auth.Identity | None = None, server_key: bytes | None = None) -> zmq.Socket:
     """A DEALER connected to addr. immediate: sends fail (EAGAIN) while not connected,
     instead of queueing for a peer that may never come back. heartbeat_ms: the ping interval
-    (the timeout and the TTL are 5 of them). curve / server_key: the client identity and the
-    server's public key (default: the process's, and the policy's for addr)."""
+    (0: none). curve / server_key: the client identity and the server's public key (default:
+    the process's, and the policy's for addr)."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
@@ -41,10 +49,8 @@ def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    if heartbeat:
-        sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 5)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, heartbeat_ms * 5)
+    if heartbeat_ms:
+        _heartbeats(sock, heartbeat_ms, ttl=True)
     auth.secure_client(sock, addr, curve, server_key)
     sock.connect(addr)
     return sock
@@ -96,14 +102,13 @@ def readable(sock: zmq.Socket) -> bool:
 
 def router(bind: str, curve: auth.Identity | None = None,
            heartbeat_ms: int = IDLE_HEARTBEAT_MS) -> zmq.Socket:
-    """A ROUTER bound to bind, pinging each client every heartbeat_ms (timeout 5 of them)."""
+    """A ROUTER bound to bind, pinging each client every heartbeat_ms."""
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, HWM)
     sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 5)
+    _heartbeats(sock, heartbeat_ms, ttl=False)
     auth.secure_server(sock, curve)
     sock.bind(bind)
     return sock

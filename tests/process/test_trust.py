@@ -87,7 +87,7 @@ def identity(keys_dir: str, name: str) -> auth.Identity:
 
 def ask(addr: str, who: auth.Identity, parts: list[bytes], timeout_s: float = 5.0):
     """Send parts as `who`; the answer (kind, body), or None if nothing came back."""
-    sock = sockets.dealer(addr, curve=who, heartbeat=False)
+    sock = sockets.dealer(addr, curve=who, heartbeat_ms=0)
     try:
         sock.send_multipart(parts)
         if not sock.poll(int(timeout_s * 1000)):
@@ -341,7 +341,7 @@ def test_a_divergence_alarm_names_the_key_not_the_name_in_the_message(cluster):
     mirror = topo.by_name("mirror.BTCUSDT").control
     seq = ping(mirror)["committed"]
     frame = encode([(seq, 1, 7, 1, 1, c.NEW_ORDER, b"forged copy")])
-    sock = sockets.dealer(mirror, curve=identity(keys_dir, "ce.BTCUSDT.hot0"), heartbeat=False)
+    sock = sockets.dealer(mirror, curve=identity(keys_dir, "ce.BTCUSDT.hot0"), heartbeat_ms=0)
     sock.send_multipart([wire.DATA, wire.pack({"replica": "ce.BTCUSDT.hot1"}), frame])
     alarms = wait_until(lambda: ping(mirror)["alarms"], 30, "the divergence alarm")
     sock.close(0)

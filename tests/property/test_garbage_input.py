@@ -147,7 +147,7 @@ def garbage(rng: random.Random) -> tuple[list[bytes], str]:
 
 def run_campaign(addr: str, seed: int, count: int) -> dict:
     rng = random.Random(seed)
-    sock = sockets.dealer(addr, heartbeat=False)
+    sock = sockets.dealer(addr, heartbeat_ms=0)
     sock.setsockopt(zmq.RCVTIMEO, 30_000)
     tally = {Expect.ERROR: 0, Expect.ANSWER: 0}
     try:
@@ -212,7 +212,7 @@ def campaign(tmp_path, count: int) -> None:
 
 
 def call_frame(addr: str, body: dict) -> tuple[bytes, dict, list[bytes]]:
-    sock = sockets.dealer(addr, heartbeat=False)
+    sock = sockets.dealer(addr, heartbeat_ms=0)
     try:
         sock.send_multipart([wire.APPEND, wire.pack(body), good_frame()])
         assert sock.poll(10_000)
@@ -271,7 +271,7 @@ def master_garbage(rng: random.Random) -> list[bytes]:
 
 def master_campaign(addr: str, seed: int, count: int) -> None:
     rng = random.Random(seed)
-    sock = sockets.dealer(addr, heartbeat=False)
+    sock = sockets.dealer(addr, heartbeat_ms=0)
     try:
         for i in range(count):
             sock.send_multipart(master_garbage(rng))

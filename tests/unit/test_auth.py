@@ -190,8 +190,8 @@ def test_curve_admits_known_keys_and_names_them_on_every_message():
     trust.servers[addr] = server.public.decode()
     auth.configure_identity(server)
     router = sockets.router(addr)
-    known = sockets.dealer(addr, curve=client, heartbeat=False)
-    unknown = sockets.dealer(addr, curve=stranger, heartbeat=False)
+    known = sockets.dealer(addr, curve=client, heartbeat_ms=0)
+    unknown = sockets.dealer(addr, curve=stranger, heartbeat_ms=0)
     try:
         for k in range(3):
             known.send_multipart([b"PING", b"%d" % k])

@@ -79,8 +79,8 @@ def test_a_router_pings_slower_than_a_dealer():
         assert router.getsockopt(zmq.HEARTBEAT_IVL) == sockets.IDLE_HEARTBEAT_MS
         assert sockets.IDLE_HEARTBEAT_MS > sockets.HEARTBEAT_MS
         assert dealer.getsockopt(zmq.HEARTBEAT_IVL) == sockets.HEARTBEAT_MS
-        assert dealer.getsockopt(zmq.HEARTBEAT_TIMEOUT) == sockets.HEARTBEAT_TIMEOUT_MS
-        assert dealer.getsockopt(zmq.HEARTBEAT_TTL) == sockets.HEARTBEAT_TIMEOUT_MS
+        assert dealer.getsockopt(zmq.HEARTBEAT_TIMEOUT) == sockets.HEARTBEAT_MS * sockets.TIMEOUT_PINGS
+        assert dealer.getsockopt(zmq.HEARTBEAT_TTL) == sockets.HEARTBEAT_MS * sockets.TIMEOUT_PINGS
     finally:
         dealer.close(0)
         router.close(0)
@@ -147,6 +147,6 @@ def test_a_masters_producer_router_keeps_the_fast_pings():
     seq = Sequencer("in.x", ANY, ANY, ["tcp://127.0.0.1:3"])
     try:
         assert seq.router.getsockopt(zmq.HEARTBEAT_IVL) == sockets.HEARTBEAT_MS
-        assert seq.router.getsockopt(zmq.HEARTBEAT_TIMEOUT) == sockets.HEARTBEAT_TIMEOUT_MS
+        assert seq.router.getsockopt(zmq.HEARTBEAT_TIMEOUT) == sockets.HEARTBEAT_MS * sockets.TIMEOUT_PINGS
     finally:
         seq.close()
