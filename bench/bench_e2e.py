@@ -308,14 +308,34 @@ def marginal(per: dict[str, float], idle: dict[str, float], rate: int) -> dict[s
     return {k: v - idle.get(k, 0.0) / rate for k, v in per.items()}
 
 
-async def idle_cpu(snap, seconds: float) -> dict[str, float]:
-    """CPU-us per second of each kind with no orders flowing."""
+def context_switches(pids) -> int:
+    """Voluntary context switches so far of every thread of these processes: each is a
+    thread going to sleep to be woken again, so their rate counts the wake-ups."""
+    n = 0
+    for pid in pids:
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            n += int(line.split()[1])
+        except OSError:
+            continue   # gone since the listing
+    return n
+
+
+async def idle_cpu(snap, seconds: float) -> tuple[dict[str, float], float]:
+    """CPU-us per second of each kind with no orders flowing, and the cluster's wake-ups (its
+    threads' voluntary context switches) per second."""
     before = snap()
+    switches = context_switches(before)
     t0 = time.perf_counter()
     await asyncio.sleep(seconds)
     took = time.perf_counter() - t0
-    return {k: v / took for k, v in cpu_per_order(before, snap(), 1, 0.0).items()
-            if k != "client"}
+    after = snap()
+    woke = (context_switches(after) - switches) / took
+    return {k: v / took for k, v in cpu_per_order(before, after, 1, 0.0).items()
+            if k != "client"}, woke
 
 
 def n_of_kind(snap: dict) -> dict[str, int]:
@@ -578,10 +598,10 @@ async def bench(a) -> None:
         conns = await connect(cl.gateway_port, cl.users, a.conns, runs, False)
         # warm-up: a few pairs through every process
         await one_run(conns, runs, 200, 1.0, "warm-up", 60)
-        idle = await idle_cpu(snap, a.idle_s)
+        idle, woke = await idle_cpu(snap, a.idle_s)
         print(f"  idle (no orders, {a.idle_s:g} s): CPU {sum(idle.values()) / 1e4:.0f}% of one "
-              "core: " + ", ".join(f"{k} {v / 1e4:.1f}%" for k, v in
-                                   sorted(idle.items(), key=lambda x: -x[1])))
+              f"core, {woke:,.0f} wake-ups/s: " + ", ".join(
+                  f"{k} {v / 1e4:.1f}%" for k, v in sorted(idle.items(), key=lambda x: -x[1])))
         sustained = None
         for k, rate in enumerate(rates):
             d = await one_run(conns, runs, rate, a.seconds, "seqex", a.settle, snap)
