@@ -10,7 +10,7 @@ cdef class Session:
     cdef public object user, session_id, conn_id, bound, default_account, accounts
     cdef public object cod_mode, cod_timeout_ms, next_expected, next_seq, cod_deadline
     cdef public object cod_cursor
-    cdef public dict clordids
+    cdef public dict clordids, done
 
 cdef class Position:
     cdef public object size, cost, margin, extra, leverage_x100, mode, realised

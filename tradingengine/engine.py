@@ -106,14 +106,12 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
     raise ImportError("tradingengine.engine is not compiled: build it with `pip install -e .` "
                       "(or `python setup.py build_ext --inplace`)")
 
-SNAPSHOT_VERSION = 6          # 6 with liq_sources configured; 5 (the same bytes as before
-SNAPSHOT_VERSION_NO_LIQ = 5   # the LiqEngine) without
-# A shard of several (n_shards > 1) writes 8 / 7 instead: its OrderIDs are numbered across
-# the venue (shard + 1, then every n_shards-th), and a 6 / 5 of several shards, written when
-# each shard counted from 1, is refused (its replica replays instead of numbering otherwise
-# than a replay from seq 1 would). One shard numbers as it always did and keeps 6 / 5.
-SNAPSHOT_VERSION_SHARDED = 8
-SNAPSHOT_VERSION_SHARDED_NO_LIQ = 7
+SNAPSHOT_VERSION = 10         # 10 with liq_sources configured; 9 without
+SNAPSHOT_VERSION_NO_LIQ = 9
+# 9 / 10: a session keeps its finished orders (a cancel of one is "too late", not "unknown").
+# An older snapshot (5 / 6; 7 / 8 of several shards) in which a session has used a ClOrdID is
+# refused: its sessions' finished orders are not in it, so a replica restored from it would
+# answer such a cancel otherwise than one that replayed; its replica replays its log instead.
 MAX_MONEY = 1 << 62           # a balance or transfer beyond this is refused (int64 on the wire)
 MAX_SHARD_MONEY = MAX_MONEY >> 6   # a shard's deposits less withdrawals: 64 shards together
 #                                    stay below 2**62, so no balance, pool or fund leaves int64
@@ -317,7 +315,7 @@ class Session:
     cancel-on-disconnect settings, and the ClOrdIDs it has used."""
     __slots__ = ("user", "session_id", "conn_id", "bound", "default_account", "accounts",
                  "cod_mode", "cod_timeout_ms", "next_expected", "next_seq", "cod_deadline",
-                 "cod_cursor", "clordids")
+                 "cod_cursor", "clordids", "done")
 
     def __init__(self, user: int, session_id: int) -> None:
         self.user = user
@@ -332,22 +330,29 @@ class Session:
         self.next_seq = 1             # the server SeqNo of its next message
         self.cod_deadline = 0         # ts_ns at which cancel-on-disconnect fires (0: not armed)
         self.cod_cursor = 0           # the next of its accounts a firing one cancels in
-        self.clordids: dict[int, None] = {}
+        # every ClOrdID used; the current one of a finished order maps to its OrderID
+        self.clordids: dict[int, object] = {}
+        # the session's finished orders: OrderID -> (ClOrdID, OrdStatus, SecurityID, Side)
+        self.done: dict[int, tuple] = {}
 
     def row(self) -> list:
         return [self.user, self.session_id, self.conn_id, self.bound, self.default_account,
                 list(self.accounts), self.cod_mode, self.cod_timeout_ms,
                 # 2^64 (after SeqNo 2^64 - 1) does not fit msgpack: 0, which is never a value
                 self.next_expected if self.next_expected <= _U64_MAX else 0, self.next_seq,
-                self.cod_deadline, self.cod_cursor, sorted(self.clordids)]
+                self.cod_deadline, self.cod_cursor, sorted(self.clordids),
+                [[i, *self.done[i]] for i in sorted(self.done)]]
 
     @classmethod
     def from_row(cls, row: list) -> Session:
         s = cls(row[0], row[1])
         (s.conn_id, s.bound, s.default_account, s.accounts, s.cod_mode, s.cod_timeout_ms,
-         s.next_expected, s.next_seq, s.cod_deadline, s.cod_cursor, clordids) = row[2:]
+         s.next_expected, s.next_seq, s.cod_deadline, s.cod_cursor, clordids, done) = row[2:]
         s.accounts = list(s.accounts)
         s.clordids = dict.fromkeys(clordids)
+        for order_id, coid, status, symbol, side in done:
+            s.done[order_id] = (coid, status, symbol, side)
+            s.clordids[coid] = order_id
         if s.next_expected == 0:
             s.next_expected = _U64_MAX + 1
         return s
@@ -1162,6 +1167,19 @@ class TradingEngine:
             ctx = self._ctx
             self._session_cancel_reject(ctx[0], ctx[2], ctx[3], ctx[4], to,
                                         fix_cxl_rej_reason(code))
+
+    def _cancel_unknown(self, account: int, coid: int, orig: int, finished, to: int) -> None:
+        """Reject a session's cancel or replace that names no open order: too late (FIX 102
+        reason 0, with the OrderID and OrdStatus) if it names one of the session's finished
+        orders, else unknown (reason 1)."""
+        if finished is None:
+            self._cancel_rejected(account, coid, orig, 2016, to)
+            return
+        self._out.append(_PACK[CANCEL_REJECTED](CANCEL_REJECTED, account & 0xFFFFFFFF, coid,
+                                                  orig, 2040, to))
+        ctx = self._ctx
+        self._smsg(ctx[0], P_CANCEL_REJECT, (self.ts_ns, coid, orig, finished[0],
+                                              ctx[7] & 0xFFFFFFFF, finished[1], 48 + to, 0, 0))
 
     def _amend(self, payload: bytes) -> None:
         coid, orig, account, price, qty = AMEND_S.unpack(payload)
@@ -2330,6 +2348,11 @@ class TradingEngine:
                   o.tif, reason, liquidity, 0)
         if o.sess is not None:
             self._smsg(o.sess, P_EXEC_REPORT, fields)
+            if status == STATUS_FILLED or status == STATUS_CANCELED or status == STATUS_EXPIRED:
+                sess = self.sessions.get(o.sess)      # finished: a later cancel is too late
+                if sess is not None and o.client_order_id in sess.clordids:
+                    sess.clordids[o.client_order_id] = o.order_id
+                    sess.done[o.order_id] = (o.client_order_id, status, o.symbol, o.side)
         if extra is not None and extra != o.sess:
             self._smsg(extra, P_EXEC_REPORT, fields)
         if (o.cxl is not None or o.rpl is not None) and (o.leaves == 0
@@ -2648,7 +2671,8 @@ class TradingEngine:
                 return
             sess.clordids[coid] = None
             if o is None:
-                self._cancel_rejected(account, coid, orig, 2016, 1)
+                self._cancel_unknown(account, coid, orig, _finished(sess, orig, order_id,
+                                                                    symbol, side), 1)
             elif o.pending == PENDING_CANCEL:
                 self._cancel_rejected(account, coid, orig, 2017, 1)
             else:
@@ -2678,7 +2702,8 @@ class TradingEngine:
                 return
             sess.clordids[coid] = None
             if o is None:
-                self._cancel_rejected(account, coid, orig, 2016, 2)
+                self._cancel_unknown(account, coid, orig, _finished(sess, orig, order_id,
+                                                                    symbol, side), 2)
                 return
             if o.pending:
                 self._cancel_rejected(account, coid, orig, 2017, 2)
@@ -2849,8 +2874,6 @@ class TradingEngine:
         return hashlib.sha256(self.snapshot()).digest()
 
     def _snapshot_version(self) -> int:
-        if self.n_shards > 1:
-            return SNAPSHOT_VERSION_SHARDED if self.liq_sources else SNAPSHOT_VERSION_SHARDED_NO_LIQ
         return SNAPSHOT_VERSION if self.liq_sources else SNAPSHOT_VERSION_NO_LIQ
 
     @classmethod
@@ -2862,17 +2885,24 @@ class TradingEngine:
             state = [4, *state[1:15], [0, sorted([state[4], t] for t in state[15])],
                      *state[16:], []]
         if state[0] == 4:   # written before sources were configured and sessions existed
-            state = [SNAPSHOT_VERSION_NO_LIQ, *state[1:], [None, None, None], [], []]
-        if state[0] in (SNAPSHOT_VERSION_NO_LIQ, SNAPSHOT_VERSION_SHARDED_NO_LIQ):
-            # no liq_sources: 5 is 6 (and 7 is 8) without them
-            state = [state[0] + 1, *state[1:20], [*state[20], None], *state[21:]]
-        if state[0] == SNAPSHOT_VERSION and state[2] != 1:
+            state = [5, *state[1:], [None, None, None], [], []]
+        if state[0] in (5, 6) and state[2] != 1:
             raise ValueError(f"snapshot version {state[0]} of shard {state[1]} of {state[2]}: "
                              f"written when each shard numbered its orders from 1; not "
                              f"restored (the shard replays its log instead)")
-        if state[0] not in (SNAPSHOT_VERSION, SNAPSHOT_VERSION_SHARDED):
-            raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION} or "
-                             f"{SNAPSHOT_VERSION_SHARDED}")
+        if state[0] in (5, 6, 7, 8):
+            # before sessions kept their finished orders: exact only if no session has used
+            # a ClOrdID (so none can have finished an order)
+            if any(row[12] for row in state[21]):
+                raise ValueError(f"snapshot version {state[0]}: written before sessions kept "
+                                 f"their finished orders; not restored (the shard replays its "
+                                 f"log instead)")
+            state = [SNAPSHOT_VERSION_NO_LIQ if state[0] in (5, 7) else SNAPSHOT_VERSION,
+                     *state[1:21], [[*row, []] for row in state[21]], *state[22:]]
+        if state[0] == SNAPSHOT_VERSION_NO_LIQ:       # no liq_sources: 9 is 10 without them
+            state = [SNAPSHOT_VERSION, *state[1:20], [*state[20], None], *state[21:]]
+        if state[0] != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {state[0]} is not {SNAPSHOT_VERSION}")
         (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,
          withdrawals, marks, last_prices, funding_inputs, next_funding,
          (transfer_floor, transfers), accounts, clearing, liquidation, sweeps,
@@ -2966,7 +2996,7 @@ ORD_REJ_REASON = {
 }
 # FIX 102 CxlRejReason of each code: 0 too late, 1 unknown order, 3 already pending,
 # 6 duplicate ClOrdID; any other: 99
-CXL_REJ_REASON = {2016: 1, 3005: 0, 2017: 3, 2015: 6, 3009: 6}
+CXL_REJ_REASON = {2016: 1, 2040: 0, 3005: 0, 2017: 3, 2015: 6, 3009: 6}
 # the session's cancel reason of an engine reason (ExecutionReport '4' / 'C'): PROTOCOL.md's
 # 0-5 as they are; the engine's own from 7 up; the CrossEngine's match limit (6 in the engine)
 # is 10, since PROTOCOL.md's 6 is the end of day
@@ -2983,6 +3013,23 @@ def fix_cxl_rej_reason(code: int) -> int:
 
 def session_cancel_reason(reason: int) -> int:
     return _CANCEL_REASON.get(reason, reason) & 0xFF
+
+
+def _finished(sess, orig: int, order_id: int, symbol: int, side: int):
+    """(OrderID, OrdStatus) of the session's finished order that a cancel or replace names by
+    OrderID or else by its last ClOrdID, in the request's SecurityID and Side; or None."""
+    if order_id != P_NULL_ID and order_id != 0:
+        oid = order_id
+    elif orig != P_NULL_ID:
+        oid = sess.clordids.get(orig)
+        if oid is None:
+            return None
+    else:
+        return None
+    d = sess.done.get(oid)
+    if d is None or d[2] != symbol or d[3] != side:
+        return None
+    return oid, d[1]
 
 
 def _ord_status(o: Order) -> int:

@@ -198,12 +198,12 @@ def test_snapshots_keep_liq_sources_and_stay_unchanged_without_them():
     v = venue()
     adl_position(v)
     data = v.te.snapshot()
-    assert msgpack.unpackb(data, strict_map_key=False)[0] == 6
+    assert msgpack.unpackb(data, strict_map_key=False)[0] == 10
     restored = TradingEngine.restore(data)
     assert restored.liq_sources == [LIQ_SRC] and restored.state_hash() == v.te.state_hash()
     plain = venue(liq=False)
     state = msgpack.unpackb(plain.te.snapshot(), strict_map_key=False)
-    assert state[0] == 5 and len(state[20]) == 3
+    assert state[0] == 9 and len(state[20]) == 3
     assert TradingEngine.restore(plain.te.snapshot()).snapshot() == plain.te.snapshot()
 
 

@@ -154,9 +154,11 @@ def test_order_ids_and_exec_ids_are_unique_across_shards():
 
 
 def test_a_sharded_snapshot_numbers_on_as_a_replay_and_an_old_one_is_refused():
-    """A shard of two writes version 7 (8 with the LiqEngine) and, restored, numbers its next
-    order as the engine that wrote it would; a 5 / 6 of several shards (each shard counted
-    from 1 then) is refused, so that its replica replays; one shard keeps 5 / 6."""
+    """A shard of two, restored, numbers its next order as the engine that wrote the snapshot
+    would. Every engine writes version 9 (10 with the LiqEngine); an older one (5 / 6 of one
+    shard, 7 / 8 of several: written before sessions kept their finished orders, and a 5 / 6
+    of several shards before OrderIDs were numbered across the venue) is refused, so that its
+    replica replays its log."""
     import msgpack
     h = Harness(shard=1, n_shards=2, accounts=(3, 5))
     h.logon(3, 5)
@@ -164,14 +166,25 @@ def test_a_sharded_snapshot_numbers_on_as_a_replay_and_an_old_one_is_refused():
     h.nos(3, 5, 2, 11, side=b"2", price=101 * E8, qty=5)
     data = h.v.te.snapshot()
     state = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    assert state[0] == 7 and state[6] == h.v.te.next_order_id == 6   # ids 2, 4: next 6
+    assert state[0] == 9 and state[6] == h.v.te.next_order_id == 6   # ids 2, 4: next 6
     back = TradingEngine.restore(data)
     assert back.next_order_id == 6 and back.state_hash() == h.v.te.state_hash()
-    old = msgpack.packb([5, *state[1:]], use_bin_type=True)
-    with pytest.raises(ValueError, match="numbered its orders from 1"):
-        TradingEngine.restore(old)
+    sessions_before = [row[:13] for row in state[21]]         # as 5 / 6 / 7 / 8 wrote them
+    for version in (5, 6, 7, 8):
+        old = msgpack.packb([version, *state[1:21], sessions_before, *state[22:]],
+                            use_bin_type=True)
+        with pytest.raises(ValueError, match="numbered its orders from 1" if version < 7
+                           else "before sessions kept their finished orders"):
+            TradingEngine.restore(old)
+    # one without a ClOrdID used restores exactly (no session can have finished an order)
+    fresh = Harness(shard=1, n_shards=2, accounts=(3, 5))
+    fresh.logon(3, 5)
+    state = msgpack.unpackb(fresh.v.te.snapshot(), raw=False, strict_map_key=False)
+    old = msgpack.packb([7, *state[1:21], [row[:13] for row in state[21]], *state[22:]],
+                        use_bin_type=True)
+    assert TradingEngine.restore(old).state_hash() == fresh.v.te.state_hash()
     one = Harness()
-    assert msgpack.unpackb(one.v.te.snapshot(), raw=False, strict_map_key=False)[0] == 5
+    assert msgpack.unpackb(one.v.te.snapshot(), raw=False, strict_map_key=False)[0] == 9
     assert TradingEngine.restore(one.v.te.snapshot()).state_hash() == one.v.te.state_hash()
 
 
@@ -297,15 +310,53 @@ def test_field_errors_and_clordid_reuse_are_rejected_with_fix_reasons():
 def test_cancel_by_orig_clordid_or_order_id_and_cancel_rejects():
     h = Harness()
     h.logon(1, 9)
-    h.nos(1, 9, 1, 70)
+    ms70 = h.nos(1, 9, 1, 70)
     h.nos(1, 9, 2, 71)
     (er,) = ers(h.send(1, 9, 101, OCR.pack(3, 0, 72, 70, NULL, 1, b"1", 0)), b"4")
     assert er[2:4] == (72, 70) and er[15] == b"4" and er[19] == 0 and er[10] == 0
     oid = next(o.order_id for o in h.v.te.orders.values() if o.client_order_id == 71)
     (er,) = ers(h.send(1, 9, 101, OCR.pack(4, 0, 73, NULL, oid, 1, b"1", 0)), b"4")
     assert er[2:5] == (73, 71, oid)
-    (m,) = h.send(1, 9, 101, OCR.pack(5, 0, 74, 70, NULL, 1, b"1", 0))
-    assert m[2] == 201 and m[3][2:5] == (74, 70, NULL) and m[3][8] == 1    # unknown order
+    o70 = next(m[3][4] for m in ms70 if m[2] == 200)
+    (m,) = h.send(1, 9, 101, OCR.pack(5, 0, 74, 70, NULL, 1, b"1", 0))     # cancelled: too late
+    assert m[2] == 201 and m[3][2:5] == (74, 70, o70) and m[3][6:9] == (b"4", b"1", 0)
+    (m,) = h.send(1, 9, 101, OCR.pack(6, 0, 75, 69, NULL, 1, b"1", 0))     # never used
+    assert m[2] == 201 and m[3][2:5] == (75, 69, NULL) and m[3][6:9] == (b"8", b"1", 1)
+
+
+def test_a_cancel_or_replace_of_a_finished_order_is_too_late_and_names_it():
+    """FIX 102 reason 0 with the order's OrderID and final OrdStatus, by OrigClOrdID or by
+    OrderID, also after a snapshot and restore; one naming another SecurityID or Side, another
+    session's order by ClOrdID, or a ClOrdID never used is unknown (reason 1)."""
+    h = Harness()
+    h.logon(1, 9)
+    h.logon(2, 5)
+    ms = h.nos(1, 9, 1, 70, side=b"1", price=100 * E8, qty=5)
+    oid = ers(ms)[0][4]
+    ms = h.nos(2, 5, 1, 80, side=b"2", price=100 * E8, qty=5)         # fills 70 in full
+    assert [(m[1], m[3][2], m[3][14], m[3][15]) for m in ms] == [
+        (5, 80, b"0", b"0"), (9, 70, b"F", b"2"), (5, 80, b"F", b"2")]
+    assert oid not in h.v.te.orders
+    (m,) = h.send(1, 9, 101, OCR.pack(2, 0, 71, 70, NULL, 1, b"1", 0))
+    assert m[2] == 201 and m[3][2:9] == (71, 70, oid, 1, b"2", b"1", 0)
+    (m,) = h.send(1, 9, 101, OCR.pack(3, 0, 72, NULL, oid, 1, b"1", 0))
+    assert m[2] == 201 and m[3][2:9] == (72, NULL, oid, 1, b"2", b"1", 0)
+    (m,) = h.send(1, 9, 102, OCRR.pack(4, 0, 73, 70, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert m[2] == 201 and m[3][2:9] == (73, 70, oid, 1, b"2", b"2", 0)
+    # not the order's SecurityID or Side, or another session's ClOrdID: unknown
+    (m,) = h.send(1, 9, 101, OCR.pack(5, 0, 74, 70, NULL, 1, b"2", 0))
+    assert m[3][4:9] == (NULL, 1, b"8", b"1", 1)
+    (m,) = h.send(1, 9, 101, OCR.pack(6, 0, 75, 70, NULL, 2, b"1", 0))
+    assert m[3][4:9] == (NULL, 2, b"8", b"1", 1)
+    (m,) = h.send(1, 9, 101, OCR.pack(7, 0, 76, 80, NULL, 1, b"1", 0))
+    assert m[3][4:9] == (NULL, 1, b"8", b"1", 1)
+    # a restored engine answers as the one that wrote the snapshot
+    back = TradingEngine.restore(h.v.te.snapshot())
+    assert back.state_hash() == h.v.te.state_hash()
+    assert back.sessions[(1, 9)].done == {oid: (70, ord("2"), 1, ord("1"))}
+    h.v.te = back
+    (m,) = h.send(1, 9, 101, OCR.pack(8, 0, 77, 70, NULL, 1, b"1", 0))
+    assert m[2] == 201 and m[3][2:9] == (77, 70, oid, 1, b"2", b"1", 0)
 
 
 def test_replace_changes_the_total_qty_and_the_order_goes_by_the_new_clordid():
