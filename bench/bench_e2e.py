@@ -556,7 +556,8 @@ async def ramp_up(conns, runs, ramp, a, snap, idle) -> int | None:
         m = marginal(d["cpu"], idle, rate)
         ok = d["achieved"] >= 0.95 * rate and d["backlog"] <= rate * 0.5 and not d["rejects"]
         print(line(d) + ("  sustained" if ok else "  NOT sustained") +
-              f"; CPU us/order {sum(d['cpu'].values()):.0f}, above idle {sum(m.values()):.0f}")
+              f"; CPU us/order {sum(d['cpu'].values()):.0f}"
+              + (f", above idle {sum(m.values()):.0f}" if idle else ""))
         if not ok:
             break
         sustained = rate
@@ -598,10 +599,15 @@ async def bench(a) -> None:
         conns = await connect(cl.gateway_port, cl.users, a.conns, runs, False)
         # warm-up: a few pairs through every process
         await one_run(conns, runs, 200, 1.0, "warm-up", 60)
-        idle, woke = await idle_cpu(snap, a.idle_s)
-        print(f"  idle (no orders, {a.idle_s:g} s): CPU {sum(idle.values()) / 1e4:.0f}% of one "
-              f"core, {woke:,.0f} wake-ups/s: " + ", ".join(
-                  f"{k} {v / 1e4:.1f}%" for k, v in sorted(idle.items(), key=lambda x: -x[1])))
+        idle: dict[str, float] = {}
+        if a.idle_s > 0:
+            idle, woke = await idle_cpu(snap, a.idle_s)
+            print(f"  idle (no orders, {a.idle_s:g} s): CPU {sum(idle.values()) / 1e4:.0f}% of "
+                  f"one core, {woke:,.0f} wake-ups/s: " + ", ".join(
+                      f"{k} {v / 1e4:.1f}%" for k, v in sorted(idle.items(),
+                                                              key=lambda x: -x[1])))
+        else:
+            print("  idle: not measured (--idle-s 0); CPU above idle not given")
         sustained = None
         for k, rate in enumerate(rates):
             d = await one_run(conns, runs, rate, a.seconds, "seqex", a.settle, snap)
@@ -610,8 +616,9 @@ async def bench(a) -> None:
             d["cpu_marginal"] = m = marginal(d["cpu"], idle, d["rate"])
             print(f"    CPU us/order (total {sum(d['cpu'].values()):.0f}): " + ", ".join(
                 f"{k} {v:.0f}" for k, v in sorted(d["cpu"].items(), key=lambda x: -x[1])))
-            print(f"    above idle (total {sum(m.values()):.0f}): " + ", ".join(
-                f"{k} {v:.0f}" for k, v in sorted(m.items(), key=lambda x: -x[1])))
+            if idle:
+                print(f"    above idle (total {sum(m.values()):.0f}): " + ", ".join(
+                    f"{k} {v:.0f}" for k, v in sorted(m.items(), key=lambda x: -x[1])))
             if k == 0:   # the ramp after the first (low) rate, before the overload runs
                 sustained = await ramp_up(conns, runs, ramp, a, snap, idle)
         # the first (unloaded) run's fills: the overload runs shed at the gateway, by timing
@@ -642,12 +649,45 @@ async def bench(a) -> None:
             cl.stop()
         if a.hops and results:
             hops(results[0]["run"], cl)
+        if a.records and cl is not None:
+            records_per_message(cl)
         if not a.keep:
             import shutil
             shutil.rmtree(root, ignore_errors=True)
 
 
 GATEWAY0, TE_OUT, CE_OUT = 0x7200_0000, 0x7300_0000, 0x7000_0000   # docs/order-path.md §2
+
+
+def records_per_message(cl) -> None:
+    """Print each stream's records (empty ones apart) per client message, the gateway's records
+    in the in.te.* streams, over the whole run (warm-up and every rate): what one order costs
+    the log."""
+    from mq.record import decode
+    from replicator.store import Store
+    rep = next(p for p in cl.topo.procs if p.role == "replicator")
+    store = Store(rep.args[rep.args.index("--data") + 1])
+    counts = {}
+    for name in sorted(store.names()):
+        lg, seq, n, empty, client = store.find(name), 1, 0, 0, 0
+        while lg is not None:
+            frame = lg.read(seq, None, 4 << 20)
+            if not frame:
+                break
+            recs = decode(frame)
+            n += len(recs)
+            empty += sum(1 for r in recs if not r[6])
+            if name.startswith("in.te."):
+                client += sum(1 for r in recs if r[2] & 0xFF00_0000 == GATEWAY0)
+            seq = recs[-1][0] + 1
+        counts[name] = (n, empty, client)
+    messages = sum(c for _n, _e, c in counts.values())
+    print(f"  records per client message ({messages:,} client messages in in.te.*):")
+    total = 0.0
+    for name, (n, empty, _c) in counts.items():
+        total += n / max(1, messages)
+        print(f"    {name:<16} {n / max(1, messages):6.2f} ({n:,} records, {empty:,} empty)")
+    print(f"    {'all streams':<16} {total:6.2f}")
 
 
 def hops(run: Run, cl) -> None:
@@ -707,7 +747,8 @@ def main(argv=None) -> int:
     p.add_argument("--ramp", default="2000,3000,4000,5000,6000,8000,10000,15000,20000",
                    help="rates tried for the max sustained figure ('' for none)")
     p.add_argument("--ramp-s", type=float, default=8.0)
-    p.add_argument("--idle-s", type=float, default=5.0, help="the idle CPU measurement")
+    p.add_argument("--idle-s", type=float, default=5.0,
+                   help="the idle CPU measurement, seconds (0: none)")
     p.add_argument("--settle", type=float, default=120.0, help="max wait for a run to drain")
     p.add_argument("--conns", type=int, default=8)
     p.add_argument("--accounts", type=int, default=64,
@@ -717,6 +758,8 @@ def main(argv=None) -> int:
     p.add_argument("--insecure", action="store_true", help="no CURVE (seqex up --insecure)")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the data directory")
+    p.add_argument("--records", action="store_true",
+                   help="after the run: each stream's records per client message")
     p.add_argument("--hops", action="store_true",
                    help="after the run: where the first latency run's orders spent their time")
     a = p.parse_args(argv)
