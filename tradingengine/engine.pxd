@@ -10,7 +10,7 @@ cdef class Session:
     cdef public object user, session_id, conn_id, bound, default_account, accounts
     cdef public object cod_mode, cod_timeout_ms, next_expected, next_seq, cod_deadline
     cdef public object cod_cursor
-    cdef public dict clordids, done
+    cdef public dict clordids, done, finished
 
 cdef class Position:
     cdef public object size, cost, margin, extra, leverage_x100, mode, realised
@@ -36,7 +36,7 @@ cdef class TradingEngine:
     # read or written on every record: slots, not the instance __dict__
     cdef public object route, _ctx, _exec_n, duplicates_dropped, _audit_next
     cdef public object ce_sources, oracle_sources, gateway_sources, liq_sources
-    cdef public dict sessions, finalized, cod, user_sessions, _session_handlers
+    cdef public dict sessions, finalized, cod, user_sessions, _session_handlers, done_sess
     cdef public dict _ce_src, _liq_src, _oracle_src, _gateway_src
     cdef public dict _liq_long, _liq_short, _liq_keys, _liq_always, _liq_rate, _trig_index
     # the per-event helpers, C calls from the compiled engine (a def method is an attribute

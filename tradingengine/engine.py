@@ -315,7 +315,7 @@ class Session:
     cancel-on-disconnect settings, and the ClOrdIDs it has used."""
     __slots__ = ("user", "session_id", "conn_id", "bound", "default_account", "accounts",
                  "cod_mode", "cod_timeout_ms", "next_expected", "next_seq", "cod_deadline",
-                 "cod_cursor", "clordids", "done")
+                 "cod_cursor", "clordids", "done", "finished")
 
     def __init__(self, user: int, session_id: int) -> None:
         self.user = user
@@ -330,10 +330,12 @@ class Session:
         self.next_seq = 1             # the server SeqNo of its next message
         self.cod_deadline = 0         # ts_ns at which cancel-on-disconnect fires (0: not armed)
         self.cod_cursor = 0           # the next of its accounts a firing one cancels in
-        # every ClOrdID used; the current one of a finished order maps to its OrderID
-        self.clordids: dict[int, object] = {}
-        # the session's finished orders: OrderID -> (ClOrdID, OrdStatus, SecurityID, Side)
+        self.clordids: dict[int, None] = {}
+        # the orders it entered that are finished, in the order they finished: OrderID ->
+        # (last ClOrdID, OrdStatus, SecurityID, Side, Account)
         self.done: dict[int, tuple] = {}
+        # a ClOrdID -> the first of done to finish with it (derived from done)
+        self.finished: dict[int, int] = {}
 
     def row(self) -> list:
         return [self.user, self.session_id, self.conn_id, self.bound, self.default_account,
@@ -341,7 +343,7 @@ class Session:
                 # 2^64 (after SeqNo 2^64 - 1) does not fit msgpack: 0, which is never a value
                 self.next_expected if self.next_expected <= _U64_MAX else 0, self.next_seq,
                 self.cod_deadline, self.cod_cursor, sorted(self.clordids),
-                [[i, *self.done[i]] for i in sorted(self.done)]]
+                [[i, *d] for i, d in self.done.items()]]     # in the order they finished
 
     @classmethod
     def from_row(cls, row: list) -> Session:
@@ -350,9 +352,9 @@ class Session:
          s.next_expected, s.next_seq, s.cod_deadline, s.cod_cursor, clordids, done) = row[2:]
         s.accounts = list(s.accounts)
         s.clordids = dict.fromkeys(clordids)
-        for order_id, coid, status, symbol, side in done:
-            s.done[order_id] = (coid, status, symbol, side)
-            s.clordids[coid] = order_id
+        for order_id, coid, status, symbol, side, account in done:
+            s.done[order_id] = (coid, status, symbol, side, account)
+            s.finished.setdefault(coid, order_id)
         if s.next_expected == 0:
             s.next_expected = _U64_MAX + 1
         return s
@@ -555,6 +557,7 @@ class TradingEngine:
         # cancel-on-disconnects (derived)
         self.sessions: dict[tuple[int, int], Session] = {}
         self.finalized: dict[tuple[int, int], int] = {}
+        self.done_sess: dict[int, tuple[int, int]] = {}   # a finished order's session (derived)
         self.user_sessions: dict[int, int] = {}   # user -> open sessions (derived)
         self.cod: dict[tuple[int, int], int] = {}
         self.duplicates_dropped = 0   # a metric, not state: client messages dropped as repeats
@@ -1175,11 +1178,34 @@ class TradingEngine:
         if finished is None:
             self._cancel_rejected(account, coid, orig, 2016, to)
             return
-        self._out.append(_PACK[CANCEL_REJECTED](CANCEL_REJECTED, account & 0xFFFFFFFF, coid,
+        order_id, d = finished
+        self._out.append(_PACK[CANCEL_REJECTED](CANCEL_REJECTED, d[4] & 0xFFFFFFFF, coid,
                                                   orig, 2040, to))
         ctx = self._ctx
-        self._smsg(ctx[0], P_CANCEL_REJECT, (self.ts_ns, coid, orig, finished[0],
-                                              ctx[7] & 0xFFFFFFFF, finished[1], 48 + to, 0, 0))
+        self._smsg(ctx[0], P_CANCEL_REJECT, (self.ts_ns, coid, orig, order_id,
+                                              ctx[7] & 0xFFFFFFFF, d[1], 48 + to, 0, 0))
+
+    def _finished(self, sess, orig: int, order_id: int, symbol: int, side: int):
+        """(OrderID, its done entry) of the finished order that a session's cancel or replace
+        names, as _find_order names an open one: by OrderID, an order of the session user's
+        accounts entered by any live session; else by ClOrdID, the first order of this session
+        to finish with that ClOrdID. In the request's SecurityID and Side; or None."""
+        if order_id != P_NULL_ID and order_id != 0:
+            key = self.done_sess.get(order_id)
+            owner = self.sessions.get(key) if key is not None else None
+            d = owner.done.get(order_id) if owner is not None else None
+            if d is None or d[4] not in sess.accounts:
+                return None
+        elif orig != P_NULL_ID:
+            order_id = sess.finished.get(orig)
+            if order_id is None:
+                return None
+            d = sess.done[order_id]
+        else:
+            return None
+        if d[4] not in sess.accounts or d[2] != symbol or d[3] != side:
+            return None
+        return order_id, d
 
     def _amend(self, payload: bytes) -> None:
         coid, orig, account, price, qty = AMEND_S.unpack(payload)
@@ -2350,9 +2376,11 @@ class TradingEngine:
             self._smsg(o.sess, P_EXEC_REPORT, fields)
             if status == STATUS_FILLED or status == STATUS_CANCELED or status == STATUS_EXPIRED:
                 sess = self.sessions.get(o.sess)      # finished: a later cancel is too late
-                if sess is not None and o.client_order_id in sess.clordids:
-                    sess.clordids[o.client_order_id] = o.order_id
-                    sess.done[o.order_id] = (o.client_order_id, status, o.symbol, o.side)
+                if sess is not None:
+                    sess.done[o.order_id] = (o.client_order_id, status, o.symbol, o.side,
+                                             o.account)
+                    sess.finished.setdefault(o.client_order_id, o.order_id)
+                    self.done_sess[o.order_id] = o.sess
         if extra is not None and extra != o.sess:
             self._smsg(extra, P_EXEC_REPORT, fields)
         if (o.cxl is not None or o.rpl is not None) and (o.leaves == 0
@@ -2534,7 +2562,8 @@ class TradingEngine:
         self._drop_session(key)
 
     def _drop_session(self, key: tuple) -> None:
-        del self.sessions[key]
+        for order_id in self.sessions.pop(key).done:
+            del self.done_sess[order_id]
         _count_down(self.user_sessions, key[0])
 
     def _expire_finalized(self) -> None:
@@ -2671,8 +2700,8 @@ class TradingEngine:
                 return
             sess.clordids[coid] = None
             if o is None:
-                self._cancel_unknown(account, coid, orig, _finished(sess, orig, order_id,
-                                                                    symbol, side), 1)
+                self._cancel_unknown(account, coid, orig, self._finished(sess, orig, order_id,
+                                                                         symbol, side), 1)
             elif o.pending == PENDING_CANCEL:
                 self._cancel_rejected(account, coid, orig, 2017, 1)
             else:
@@ -2702,8 +2731,8 @@ class TradingEngine:
                 return
             sess.clordids[coid] = None
             if o is None:
-                self._cancel_unknown(account, coid, orig, _finished(sess, orig, order_id,
-                                                                    symbol, side), 2)
+                self._cancel_unknown(account, coid, orig, self._finished(sess, orig, order_id,
+                                                                         symbol, side), 2)
                 return
             if o.pending:
                 self._cancel_rejected(account, coid, orig, 2017, 2)
@@ -2819,6 +2848,18 @@ class TradingEngine:
         # pay their fee in another shard; over all shards it never does)
         if self.dust < 0:
             raise EngineHalted(f"dust {self.dust} below zero: a rounding favoured a trader")
+        n_done = 0
+        for key, sess in self.sessions.items():
+            n_done += len(sess.done)
+            first: dict[int, int] = {}
+            for order_id, d in sess.done.items():
+                if self.done_sess.get(order_id) != key or order_id in self.orders:
+                    raise EngineHalted(f"finished order {order_id} of session {key} drifted")
+                first.setdefault(d[0], order_id)
+            if first != sess.finished:
+                raise EngineHalted(f"the finished ClOrdIDs of session {key} drifted")
+        if n_done != len(self.done_sess):
+            raise EngineHalted("the finished orders' sessions drifted")
         for acct in self.accounts.values():
             if acct.balance < 0:
                 raise EngineHalted(f"account {acct.account_id} balance {acct.balance} < 0")
@@ -2915,6 +2956,8 @@ class TradingEngine:
             sess = Session.from_row(row)
             key = (sess.user, sess.session_id)
             eng.sessions[key] = sess
+            for order_id in sess.done:
+                eng.done_sess[order_id] = key
             eng.user_sessions[sess.user] = eng.user_sessions.get(sess.user, 0) + 1
             if sess.cod_deadline:
                 eng.cod[key] = sess.cod_deadline
@@ -3013,23 +3056,6 @@ def fix_cxl_rej_reason(code: int) -> int:
 
 def session_cancel_reason(reason: int) -> int:
     return _CANCEL_REASON.get(reason, reason) & 0xFF
-
-
-def _finished(sess, orig: int, order_id: int, symbol: int, side: int):
-    """(OrderID, OrdStatus) of the session's finished order that a cancel or replace names by
-    OrderID or else by its last ClOrdID, in the request's SecurityID and Side; or None."""
-    if order_id != P_NULL_ID and order_id != 0:
-        oid = order_id
-    elif orig != P_NULL_ID:
-        oid = sess.clordids.get(orig)
-        if oid is None:
-            return None
-    else:
-        return None
-    d = sess.done.get(oid)
-    if d is None or d[2] != symbol or d[3] != side:
-        return None
-    return oid, d[1]
 
 
 def _ord_status(o: Order) -> int:

@@ -353,10 +353,92 @@ def test_a_cancel_or_replace_of_a_finished_order_is_too_late_and_names_it():
     # a restored engine answers as the one that wrote the snapshot
     back = TradingEngine.restore(h.v.te.snapshot())
     assert back.state_hash() == h.v.te.state_hash()
-    assert back.sessions[(1, 9)].done == {oid: (70, ord("2"), 1, ord("1"))}
+    assert back.sessions[(1, 9)].done == {oid: (70, ord("2"), 1, ord("1"), 1)}
     h.v.te = back
     (m,) = h.send(1, 9, 101, OCR.pack(8, 0, 77, 70, NULL, 1, b"1", 0))
     assert m[2] == 201 and m[3][2:9] == (77, 70, oid, 1, b"2", b"1", 0)
+
+
+def _cancel_answer(h, user, sid, seqno, coid, orig, order_id):
+    """The OrderCancelReject a cancel gets: (OrderID, OrdStatus, CxlRejReason), and the
+    engine's own CancelRejected event's (account, code)."""
+    ev = h.apply(c.CLIENT_MESSAGE, c.client_message(user, sid, 101, OCR.pack(
+        seqno, 0, coid, orig, order_id, 1, b"1", 0)))
+    (m,) = [m for m in msgs(ev) if (m[0], m[1]) == (user, sid)]
+    assert m[2] == 201
+    (rej,) = [e for e in ev if e[0] == c.CANCEL_REJECTED]
+    return (m[3][4], m[3][6], m[3][8]), (rej[1], rej[4])
+
+
+def test_a_finished_order_replaced_by_another_session_is_too_late_and_restores_alike():
+    """Session A of a user enters X (ClOrdID 10) and Y (its ClOrdID 91); Y fills; session B of
+    the same user replaces X to B's own ClOrdID 91, then X fills. A's 91 still names Y (the
+    first of its orders to finish with it), X is too late by OrderID from either session and
+    by its last ClOrdID from A (whose order it is), and a restore from a snapshot taken at
+    any record answers as the engine that wrote it."""
+    def run(restore_at):
+        h = Harness(accounts=(1, 2, 3))
+        h.logon(1, 9, conn=1, accounts=[1, 3])                    # A
+        h.logon(1, 10, conn=2, accounts=[1, 3])                   # B, the same user
+        h.logon(2, 5, conn=3)
+        steps = [
+            lambda: h.nos(1, 9, 1, 10, side=b"1", price=99 * E8, qty=5, account=3),
+            lambda: h.nos(1, 9, 2, 91, side=b"1", price=100 * E8, qty=5),
+            lambda: h.nos(2, 5, 1, 500, side=b"2", price=100 * E8, qty=5),      # fills Y
+            lambda: h.send(1, 10, 102, OCRR.pack(1, 0, 91, 10, NULL, 99 * E8, 4, 1, b"1",
+                                                 b"2", b"1", 0)),
+            lambda: h.nos(2, 5, 2, 501, side=b"2", price=99 * E8, qty=4),       # fills X
+        ]
+        for n, step in enumerate(steps):
+            if n == restore_at:
+                h.v.te = TradingEngine.restore(h.v.te.snapshot())
+            step()
+        te = h.v.te
+        x, y = sorted(te.sessions[(1, 9)].done)
+        assert te.sessions[(1, 9)].done[x][:2] == (91, ord("2")) and not te.orders
+        answers = [
+            _cancel_answer(h, 1, 9, 3, 92, 91, NULL),      # A by 91: Y
+            _cancel_answer(h, 1, 9, 4, 93, NULL, x),       # A by X's OrderID
+            _cancel_answer(h, 1, 10, 2, 94, NULL, x),      # B by X's OrderID
+            _cancel_answer(h, 1, 10, 3, 95, 91, NULL),     # B by 91: another session's order
+            _cancel_answer(h, 1, 10, 4, 96, 10, NULL),     # B by X's first ClOrdID: never B's
+        ]
+        return answers, te.state_hash(), (x, y)
+
+    answers, digest, (x, y) = run(None)
+    assert answers == [((y, b"2", 0), (1, 2040)), ((x, b"2", 0), (3, 2040)),
+                       ((x, b"2", 0), (3, 2040)), ((NULL, b"8", 1), (1, 2016)),
+                       ((NULL, b"8", 1), (1, 2016))]
+    for at in range(1, 5):
+        assert run(at)[:2] == (answers, digest), at
+
+
+def test_a_finished_order_of_an_account_the_session_no_longer_has_is_unknown():
+    """As an open order would be: the session logged on again without the order's account."""
+    h = Harness(accounts=(1, 3))
+    h.logon(1, 9, conn=1, accounts=[1, 3])
+    h.nos(1, 9, 1, 70, account=3)
+    oid = next(iter(h.v.te.orders))
+    (er,) = ers(h.send(1, 9, 101, OCR.pack(2, 0, 71, 70, NULL, 1, b"1", 0)), b"4")
+    assert er[4] == oid
+    h.apply(c.SESSION_END, c.session_end(1, 9, 1, c.END_LOGOUT))
+    h.logon(1, 9, conn=2, accounts=[1])
+    assert h.v.te.sessions[(1, 9)].done == {oid: (70, ord("4"), 1, ord("1"), 3)}
+    assert _cancel_answer(h, 1, 9, 3, 72, 70, NULL) == ((NULL, b"8", 1), (1, 2016))
+    assert _cancel_answer(h, 1, 9, 4, 73, NULL, oid) == ((oid, b"8", 1), (1, 2016))
+
+
+def test_a_finalized_session_takes_its_finished_orders_with_it():
+    h = Harness()
+    h.logon(1, 9)
+    h.logon(2, 5)
+    oid = ers(h.nos(1, 9, 1, 70, side=b"1", price=100 * E8, qty=5))[0][4]
+    h.nos(2, 5, 1, 80, side=b"2", price=100 * E8, qty=5)
+    assert h.v.te.done_sess == {oid: (1, 9), oid + 1: (2, 5)}
+    h.apply(c.SESSION_END, c.session_end(1, 9, 7, c.END_FINALIZE))
+    assert (1, 9) not in h.v.te.sessions and h.v.te.done_sess == {oid + 1: (2, 5)}
+    h.logon(1, 11)                   # the order is forgotten with the session: unknown
+    assert _cancel_answer(h, 1, 11, 1, 71, NULL, oid) == ((oid, b"8", 1), (1, 2016))
 
 
 def test_replace_changes_the_total_qty_and_the_order_goes_by_the_new_clordid():
