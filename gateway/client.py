@@ -781,8 +781,11 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
             body = f"{r.exec_type}: {r.ord_status}"
         return f"{head} {body}{dup}"
     if isinstance(r, CancelReject):
-        return (f"{user}: {r.symbol} {r.response_to} of order {r.orig_cl_ord_id} refused "
-                f"({CXL_WORDS.get(r.reason, f'reason {r.reason}')}){dup}")
+        name = r.orig_cl_ord_id if r.orig_cl_ord_id is not None else f"id {r.order_id}"
+        why = CXL_WORDS.get(r.reason, f"reason {r.reason}")
+        if r.reason == 0 and r.ord_status in ("filled", "canceled", "expired"):
+            why += f": it is {r.ord_status}"
+        return f"{user}: {r.symbol} {r.response_to} of order {name} refused ({why}){dup}"
     if isinstance(r, MassCancelReport):
         what = r.symbol or "all symbols"
         if r.rejected:

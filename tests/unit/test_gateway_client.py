@@ -416,3 +416,16 @@ def test_an_unfillable_fill_or_kill_reads_as_killed_not_as_a_margin_limit():
     rej = sdk.ExecutionReport(exec_type="rejected", ord_status="rejected", **base)
     assert sdk.describe("alice", rej, inst).endswith("rejected (exceeds a limit (margin or "
                                                      "risk))")
+
+
+def test_a_cancel_reject_names_the_order_and_says_why_it_is_too_late():
+    base = dict(seq=9, transact_time_ns=0, cl_ord_id=12, symbol="BTCUSDT",
+                response_to="cancel", poss_dup=False)
+    late = sdk.CancelReject(orig_cl_ord_id=5, order_id=41, ord_status="filled", reason=0,
+                            **base)
+    assert sdk.describe("alice", late) == (
+        "alice: BTCUSDT cancel of order 5 refused (too late: it is filled)")
+    by_id = sdk.CancelReject(orig_cl_ord_id=None, order_id=41, ord_status="rejected",
+                             reason=1, **base)
+    assert sdk.describe("alice", by_id) == (
+        "alice: BTCUSDT cancel of order id 41 refused (unknown order)")
