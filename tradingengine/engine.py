@@ -125,6 +125,7 @@ CLEARING_ID = -1              # system accounts: never a u32, so never a client'
 LIQUIDATION_ID = -2
 FINALIZED_TTL_NS = 7 * 24 * 3600 * 10**9    # a finalized session id is remembered this long
 MAX_SESSION_CLORDIDS = 1_000_000            # ClOrdIDs a session may use; then BusinessReject 0
+MAX_SESSION_DONE = 100_000                  # finished orders a session keeps (its latest)
 MAX_USER_SESSIONS = 1000                    # open sessions of a user; then SessionState 4
 
 UNTRIGGERED, PENDING_NEW, OPEN = 0, 1, 2
@@ -334,7 +335,7 @@ class Session:
         # the orders it entered that are finished, in the order they finished: OrderID ->
         # (last ClOrdID, OrdStatus, SecurityID, Side, Account)
         self.done: dict[int, tuple] = {}
-        # a ClOrdID -> the first of done to finish with it (derived from done)
+        # a ClOrdID -> the last of done to finish with it (derived from done)
         self.finished: dict[int, int] = {}
 
     def row(self) -> list:
@@ -354,7 +355,7 @@ class Session:
         s.clordids = dict.fromkeys(clordids)
         for order_id, coid, status, symbol, side, account in done:
             s.done[order_id] = (coid, status, symbol, side, account)
-            s.finished.setdefault(coid, order_id)
+            s.finished[coid] = order_id
         if s.next_expected == 0:
             s.next_expected = _U64_MAX + 1
         return s
@@ -1171,6 +1172,21 @@ class TradingEngine:
             self._session_cancel_reject(ctx[0], ctx[2], ctx[3], ctx[4], to,
                                         fix_cxl_rej_reason(code))
 
+    def _keep_finished(self, sess, o: Order, status) -> None:
+        """The session that entered o keeps it, finished, among its latest MAX_SESSION_DONE."""
+        done = sess.done
+        done[o.order_id] = (o.client_order_id, status, o.symbol, o.side, o.account)
+        sess.finished[o.client_order_id] = o.order_id     # the last to finish names it
+        self.done_sess[o.order_id] = o.sess
+        if len(done) > MAX_SESSION_DONE:
+            # the oldest goes; if its ClOrdID names it, no later one has that ClOrdID (a
+            # later one would name it), so a restore, rebuilding the map from done, agrees
+            order_id = next(iter(done))
+            coid = done.pop(order_id)[0]
+            if sess.finished.get(coid) == order_id:
+                del sess.finished[coid]
+            del self.done_sess[order_id]
+
     def _cancel_unknown(self, account: int, coid: int, orig: int, finished, to: int) -> None:
         """Reject a session's cancel or replace that names no open order: too late (FIX 102
         reason 0, with the OrderID and OrdStatus) if it names one of the session's finished
@@ -1188,7 +1204,7 @@ class TradingEngine:
     def _finished(self, sess, orig: int, order_id: int, symbol: int, side: int):
         """(OrderID, its done entry) of the finished order that a session's cancel or replace
         names, as _find_order names an open one: by OrderID, an order of the session user's
-        accounts entered by any live session; else by ClOrdID, the first order of this session
+        accounts entered by any live session; else by ClOrdID, the last order of this session
         to finish with that ClOrdID. In the request's SecurityID and Side; or None."""
         if order_id != P_NULL_ID and order_id != 0:
             key = self.done_sess.get(order_id)
@@ -2377,10 +2393,7 @@ class TradingEngine:
             if status == STATUS_FILLED or status == STATUS_CANCELED or status == STATUS_EXPIRED:
                 sess = self.sessions.get(o.sess)      # finished: a later cancel is too late
                 if sess is not None:
-                    sess.done[o.order_id] = (o.client_order_id, status, o.symbol, o.side,
-                                             o.account)
-                    sess.finished.setdefault(o.client_order_id, o.order_id)
-                    self.done_sess[o.order_id] = o.sess
+                    self._keep_finished(sess, o, status)
         if extra is not None and extra != o.sess:
             self._smsg(extra, P_EXEC_REPORT, fields)
         if (o.cxl is not None or o.rpl is not None) and (o.leaves == 0
@@ -2851,12 +2864,12 @@ class TradingEngine:
         n_done = 0
         for key, sess in self.sessions.items():
             n_done += len(sess.done)
-            first: dict[int, int] = {}
+            last: dict[int, int] = {}
             for order_id, d in sess.done.items():
                 if self.done_sess.get(order_id) != key or order_id in self.orders:
                     raise EngineHalted(f"finished order {order_id} of session {key} drifted")
-                first.setdefault(d[0], order_id)
-            if first != sess.finished:
+                last[d[0]] = order_id
+            if last != sess.finished:
                 raise EngineHalted(f"the finished ClOrdIDs of session {key} drifted")
         if n_done != len(self.done_sess):
             raise EngineHalted("the finished orders' sessions drifted")

@@ -372,10 +372,10 @@ def _cancel_answer(h, user, sid, seqno, coid, orig, order_id):
 
 def test_a_finished_order_replaced_by_another_session_is_too_late_and_restores_alike():
     """Session A of a user enters X (ClOrdID 10) and Y (its ClOrdID 91); Y fills; session B of
-    the same user replaces X to B's own ClOrdID 91, then X fills. A's 91 still names Y (the
-    first of its orders to finish with it), X is too late by OrderID from either session and
-    by its last ClOrdID from A (whose order it is), and a restore from a snapshot taken at
-    any record answers as the engine that wrote it."""
+    the same user replaces X to B's own ClOrdID 91, then X fills. A's 91 names X now (the last
+    of its orders to finish with it, as 91 named X while X was open; Y is named by its
+    OrderID), X is too late by OrderID from either session, and a restore from a snapshot
+    taken at any record answers as the engine that wrote it."""
     def run(restore_at):
         h = Harness(accounts=(1, 2, 3))
         h.logon(1, 9, conn=1, accounts=[1, 3])                    # A
@@ -397,8 +397,8 @@ def test_a_finished_order_replaced_by_another_session_is_too_late_and_restores_a
         x, y = sorted(te.sessions[(1, 9)].done)
         assert te.sessions[(1, 9)].done[x][:2] == (91, ord("2")) and not te.orders
         answers = [
-            _cancel_answer(h, 1, 9, 3, 92, 91, NULL),      # A by 91: Y
-            _cancel_answer(h, 1, 9, 4, 93, NULL, x),       # A by X's OrderID
+            _cancel_answer(h, 1, 9, 3, 92, 91, NULL),      # A by 91: X
+            _cancel_answer(h, 1, 9, 4, 93, NULL, y),       # A by Y's OrderID
             _cancel_answer(h, 1, 10, 2, 94, NULL, x),      # B by X's OrderID
             _cancel_answer(h, 1, 10, 3, 95, 91, NULL),     # B by 91: another session's order
             _cancel_answer(h, 1, 10, 4, 96, 10, NULL),     # B by X's first ClOrdID: never B's
@@ -406,7 +406,7 @@ def test_a_finished_order_replaced_by_another_session_is_too_late_and_restores_a
         return answers, te.state_hash(), (x, y)
 
     answers, digest, (x, y) = run(None)
-    assert answers == [((y, b"2", 0), (1, 2040)), ((x, b"2", 0), (3, 2040)),
+    assert answers == [((x, b"2", 0), (3, 2040)), ((y, b"2", 0), (1, 2040)),
                        ((x, b"2", 0), (3, 2040)), ((NULL, b"8", 1), (1, 2016)),
                        ((NULL, b"8", 1), (1, 2016))]
     for at in range(1, 5):
@@ -426,6 +426,52 @@ def test_a_finished_order_of_an_account_the_session_no_longer_has_is_unknown():
     assert h.v.te.sessions[(1, 9)].done == {oid: (70, ord("4"), 1, ord("1"), 3)}
     assert _cancel_answer(h, 1, 9, 3, 72, 70, NULL) == ((NULL, b"8", 1), (1, 2016))
     assert _cancel_answer(h, 1, 9, 4, 73, NULL, oid) == ((oid, b"8", 1), (1, 2016))
+
+
+def test_a_session_keeps_its_latest_finished_orders_and_a_restore_agrees(monkeypatch):
+    """Past MAX_SESSION_DONE the oldest finished order goes (then unknown); a ClOrdID that two
+    finished orders share names the later one, and keeps naming it when the older one goes;
+    a restore at every record answers and hashes as the engine that wrote the snapshot."""
+    import tradingengine.engine as engine_module
+    monkeypatch.setattr(engine_module, "MAX_SESSION_DONE", 3)
+
+    def run(restore_at):
+        h = Harness(accounts=(1, 2))
+        h.logon(1, 9, conn=1)
+        h.logon(1, 10, conn=2)                # B, the same user
+        h.logon(2, 5, conn=3)
+        n = 0
+
+        def step(fn, *args, **kw):
+            nonlocal n
+            if n == restore_at:
+                h.v.te = TradingEngine.restore(h.v.te.snapshot())
+            n += 1
+            return fn(*args, **kw)
+        ids = []
+        for k in range(4):                    # A's 40..43, each filled in turn
+            ids.append(ers(step(h.nos, 1, 9, k + 1, 40 + k, qty=1))[0][4])
+            step(h.nos, 2, 5, k + 1, 80 + k, side=b"2", qty=1)
+        # B gives a new order of A's the ClOrdID 43 (not A's open one: 43 is finished)
+        step(h.nos, 1, 9, 5, 50, qty=1)
+        step(h.send, 1, 10, 102, OCRR.pack(1, 0, 43, 50, NULL, 100 * E8, 2, 1, b"1", b"2",
+                                           b"1", 0))
+        ids.append(ers(step(h.nos, 2, 5, 5, 90, side=b"2", qty=2), b"F")[0][4])
+        for k in range(2):                    # two more: A's older 43 goes, the later stays
+            ids.append(ers(step(h.nos, 1, 9, 6 + k, 44 + k, qty=1))[0][4])
+            step(h.nos, 2, 5, 6 + k, 91 + k, side=b"2", qty=1)
+        sess = h.v.te.sessions[(1, 9)]
+        h.v.te.check_invariants()
+        kept = list(sess.done)
+        answers = [_cancel_answer(h, 1, 9, 8 + j, 60 + j, orig, NULL)[0]
+                   for j, orig in enumerate((42, 43, 44, 45))]
+        return kept, answers, h.v.te.state_hash(), ids
+
+    kept, answers, digest, ids = run(None)
+    assert kept == [ids[4], ids[5], ids[6]]                 # the latest three
+    assert answers == [(NULL, b"8", 1), (ids[4], b"2", 0), (ids[5], b"2", 0), (ids[6], b"2", 0)]
+    for at in range(1, 15):
+        assert run(at)[:3] == (kept, answers, digest), at
 
 
 def test_a_finalized_session_takes_its_finished_orders_with_it():
