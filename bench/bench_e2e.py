@@ -659,28 +659,37 @@ async def bench(a) -> None:
 GATEWAY0, TE_OUT, CE_OUT = 0x7200_0000, 0x7300_0000, 0x7000_0000   # docs/order-path.md §2
 
 
+def first_replicator(cl):
+    """The store of the cluster's first replicator (read after the cluster stopped)."""
+    from replicator.store import Store
+    rep = next(p for p in cl.topo.procs if p.role == "replicator")
+    return Store(rep.args[rep.args.index("--data") + 1])
+
+
+def stream_records(store, name: str) -> list:
+    """Every record of stream name the store holds, decoded."""
+    from mq.record import decode
+    lg, out, seq = store.find(name), [], 1
+    while lg is not None:
+        frame = lg.read(seq, None, 4 << 20)
+        if not frame:
+            break
+        out += decode(frame)
+        seq = out[-1][0] + 1
+    return out
+
+
 def records_per_message(cl) -> None:
     """Print each stream's records (empty ones apart) per client message, the gateway's records
     in the in.te.* streams, over the whole run (warm-up and every rate): what one order costs
     the log."""
-    from mq.record import decode
-    from replicator.store import Store
-    rep = next(p for p in cl.topo.procs if p.role == "replicator")
-    store = Store(rep.args[rep.args.index("--data") + 1])
+    store = first_replicator(cl)
     counts = {}
     for name in sorted(store.names()):
-        lg, seq, n, empty, client = store.find(name), 1, 0, 0, 0
-        while lg is not None:
-            frame = lg.read(seq, None, 4 << 20)
-            if not frame:
-                break
-            recs = decode(frame)
-            n += len(recs)
-            empty += sum(1 for r in recs if not r[6])
-            if name.startswith("in.te."):
-                client += sum(1 for r in recs if r[2] & 0xFF00_0000 == GATEWAY0)
-            seq = recs[-1][0] + 1
-        counts[name] = (n, empty, client)
+        recs = stream_records(store, name)
+        client = sum(1 for r in recs if r[2] & 0xFF00_0000 == GATEWAY0) \
+            if name.startswith("in.te.") else 0
+        counts[name] = (len(recs), sum(1 for r in recs if not r[6]), client)
     messages = sum(c for _n, _e, c in counts.values())
     print(f"  records per client message ({messages:,} client messages in in.te.*):")
     total = 0.0
@@ -692,31 +701,18 @@ def records_per_message(cl) -> None:
 
 def hops(run: Run, cl) -> None:
     """Print where the run's orders spent their time (see --hops in the module docstring)."""
-    from mq.record import decode
-    from replicator.store import Store
-    rep = next(p for p in cl.topo.procs if p.role == "replicator")
-    store = Store(rep.args[rep.args.index("--data") + 1])
-
-    def records(name: str) -> list:
-        lg, out, seq = store.find(name), [], 1
-        while lg is not None:
-            frame = lg.read(seq, None, 4 << 20)
-            if not frame:
-                break
-            out += decode(frame)
-            seq = out[-1][0] + 1
-        return out
+    store = first_replicator(cl)
 
     n_shards = cl.topo.trading["n_shards"]
     sym = next(s for s in cl.topo.symbols.values() if s["symbol_id"] == SECURITY)
     order_at, answer_at = {}, {}        # cid -> (shard, seq, ts); (shard, in.ce seq) -> ts
     for n in range(n_shards):
-        for seq, ts, src, ss, _e, kind, pl, _r in records(f"in.te.{n}"):
+        for seq, ts, src, ss, _e, kind, pl, _r in stream_records(store, f"in.te.{n}"):
             if src == GATEWAY0 and kind == 83 and pl[13:15] == b"\x64\x00":   # NewOrderSingle
                 order_at[CLORDID.unpack_from(pl, 15 + 16)[0]] = (n, seq, ts)
             elif src == CE_OUT | SECURITY:
                 answer_at[(n, ss)] = ts
-    in_ce = {(r[2], r[3]): (r[0], r[1]) for r in records(sym["in"])}
+    in_ce = {(r[2], r[3]): (r[0], r[1]) for r in stream_records(store, sym["in"])}
     store.close()
     parts: list[list[int]] = [[], [], [], [], []]
     for cid, took in run.ack.items():

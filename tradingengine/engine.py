@@ -1164,13 +1164,15 @@ class TradingEngine:
         else:
             self._send_cancel(o, REASON_CLIENT)
 
-    def _cancel_rejected(self, account: int, coid: int, orig: int, code: int, to: int) -> None:
+    def _cancel_rejected(self, account: int, coid: int, orig: int, code: int, to: int,
+                         finished=None) -> None:
+        """finished: (OrderID, done entry) of the finished order refused as too late."""
         self._out.append(_PACK[CANCEL_REJECTED](CANCEL_REJECTED, account & 0xFFFFFFFF, coid,
                                                   orig, code, to))
         if self._ctx is not None:
             ctx = self._ctx
             self._session_cancel_reject(ctx[0], ctx[2], ctx[3], ctx[4], to,
-                                        fix_cxl_rej_reason(code))
+                                        fix_cxl_rej_reason(code), finished)
 
     def _keep_finished(self, sess, o: Order, status) -> None:
         """The session that entered o keeps it, finished, among its latest MAX_SESSION_DONE."""
@@ -1193,13 +1195,8 @@ class TradingEngine:
         orders, else unknown (reason 1)."""
         if finished is None:
             self._cancel_rejected(account, coid, orig, 2016, to)
-            return
-        order_id, d = finished
-        self._out.append(_PACK[CANCEL_REJECTED](CANCEL_REJECTED, d[4] & 0xFFFFFFFF, coid,
-                                                  orig, 2040, to))
-        ctx = self._ctx
-        self._smsg(ctx[0], P_CANCEL_REJECT, (self.ts_ns, coid, orig, order_id,
-                                              ctx[7] & 0xFFFFFFFF, d[1], 48 + to, 0, 0))
+        else:
+            self._cancel_rejected(finished[1][4], coid, orig, 2040, to, finished)
 
     def _finished(self, sess, orig: int, order_id: int, symbol: int, side: int):
         """(OrderID, its done entry) of the finished order that a session's cancel or replace
@@ -1210,7 +1207,7 @@ class TradingEngine:
             key = self.done_sess.get(order_id)
             owner = self.sessions.get(key) if key is not None else None
             d = owner.done.get(order_id) if owner is not None else None
-            if d is None or d[4] not in sess.accounts:
+            if d is None:
                 return None
         elif orig != P_NULL_ID:
             order_id = sess.finished.get(orig)
@@ -2419,15 +2416,20 @@ class TradingEngine:
             STATUS_REJECTED, side & 0xFF, ord_type & 0xFF, tif & 0xFF, reason, 0, 0))
 
     def _session_cancel_reject(self, key: tuple, coid: int, orig: int, order_id: int, to: int,
-                               reason: int) -> None:
-        """OrderCancelReject of the request being applied (self._ctx)."""
+                               reason: int, finished=None) -> None:
+        """OrderCancelReject of the request being applied (self._ctx): OrderID and OrdStatus
+        those of the order it found, open or finished (else the request's, Rejected)."""
         ctx = self._ctx
         o = ctx[8]
-        status = _ord_status(o) if o is not None and o.order_id in self.orders \
-            else STATUS_REJECTED
+        status = STATUS_REJECTED
+        if finished is not None:
+            order_id, status = finished[0], finished[1][1]
+        elif o is not None:
+            order_id = o.order_id
+            if order_id in self.orders:
+                status = _ord_status(o)
         self._smsg(key, P_CANCEL_REJECT, (
-            self.ts_ns, coid, orig, o.order_id if o is not None else order_id,
-            ctx[7] & 0xFFFFFFFF, status, 48 + to, reason, 0))
+            self.ts_ns, coid, orig, order_id, ctx[7] & 0xFFFFFFFF, status, 48 + to, reason, 0))
 
     def _session_async_cancel_reject(self, o: Order, to: int, code: int) -> None:
         """The CrossEngine refused a cancel or amend the engine had sent for ``o``."""
@@ -2904,7 +2906,7 @@ class TradingEngine:
                     [[s, *a.positions[s].row()] for s in sorted(a.positions)],
                     [a.orders[i].row() for i in sorted(a.orders)]]
         return [
-            self._snapshot_version(), self.shard, self.n_shards, self.seq, self.ts_ns,
+            SNAPSHOT_VERSION if self.liq_sources else SNAPSHOT_VERSION_NO_LIQ, self.shard, self.n_shards, self.seq, self.ts_ns,
             [_spec_row(s) for s in self.specs.values()],
             self.next_order_id, self.fee_pool, self.dust, self.deposits, self.withdrawals,
             sorted(self.marks.items()), sorted(self.last_prices.items()),
@@ -2926,9 +2928,6 @@ class TradingEngine:
 
     def state_hash(self) -> bytes:
         return hashlib.sha256(self.snapshot()).digest()
-
-    def _snapshot_version(self) -> int:
-        return SNAPSHOT_VERSION if self.liq_sources else SNAPSHOT_VERSION_NO_LIQ
 
     @classmethod
     def restore(cls, data: bytes) -> TradingEngine:
