@@ -443,3 +443,40 @@ def test_an_account_query_is_answered_from_the_engine_and_bad_ones_with_one_erro
             assert set(h._query(bad)) == {"error"}, bad
     finally:
         close(h)
+
+
+def test_a_tradingengine_snapshot_without_finished_orders_is_refused_and_the_log_replayed(
+        tmp_path):
+    """A version 5 TradingEngine snapshot in which a session has used a ClOrdID (written before
+    sessions kept their finished orders) is moved aside at start and the replica replays from
+    seq 1, with the real engine's restore; the same snapshot in version 9 is restored."""
+    import msgpack
+
+    from tests.unit.test_tradingengine_sessions import Harness
+    from tradingengine.engine import TradingEngine
+    h = Harness()
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 70)
+    state = msgpack.unpackb(h.v.te.snapshot(), raw=False, strict_map_key=False)
+    old = msgpack.packb([5, *state[1:21], [row[:13] for row in state[21]], *state[22:]],
+                        use_bin_type=True)
+    own = str(tmp_path / "own")
+
+    def start():
+        return ReplicaHost("r1", TradingEngine(list(h.v.te.specs.values())), TradingEngine.restore,
+                           "in.te.0", "tcp://127.0.0.1:9", ["tcp://127.0.0.1:9"],
+                           "tcp://127.0.0.1:*", role="warm", snapshot_dir=own,
+                           shared_snapshot_dir=str(tmp_path / "shared"))
+    path = write_snapshot(own, "in.te.0", 50, old, keep=3)
+    r = start()
+    try:
+        assert r.seq == 0 and r.sub.next_seq == 1 and r.stats["bad_snapshots"] == 1
+        assert os.path.exists(path + ".bad")
+    finally:
+        close(r)
+    write_snapshot(own, "in.te.0", 60, h.v.te.snapshot(), keep=3)
+    r = start()
+    try:
+        assert r.seq == 60 and r.engine.state_hash() == h.v.te.state_hash()
+    finally:
+        close(r)
