@@ -29,12 +29,12 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway import wire
-from gateway.accounts import Accounts, User, VerifiedCache
+from gateway.accounts import Accounts, User
+from gateway.auth import Authenticator, Check
 
 log = logging.getLogger("seqex.gateway")
 
@@ -53,6 +53,7 @@ CLIENT_MESSAGE_S = struct.Struct("<IQBH")    # user, session_id, gateway flags, 
 END_LOGOUT = 0
 END_DISCONNECT = 1
 END_FINALIZE = 2
+MAX_SEQ_JUMP = 0xFFFF_FFFF  # NotApplied.Count: the longest SeqNo gap the protocol can state
 GW_FLAG_THROTTLED = 0x01
 GW_FLAG_SHED = 0x02
 ACCOUNTS_WATCH_S = 1.0      # how often the gateway looks for a new accounts file
@@ -255,7 +256,7 @@ class Connection(asyncio.Protocol):
         self.accepted_at = now
         self.peer = ""             # the peer's address: the unit of the per-peer auth caps
         self.logon_at = 0.0        # when the Logon arrived
-        self.auth_check: _Check | None = None  # the scrypt check the Logon waits for
+        self.auth_check: Check | None = None  # the scrypt check the Logon waits for
         self.last_recv = now
         self.last_sent = now
         self.reading = True
@@ -281,6 +282,7 @@ class Connection(asyncio.Protocol):
         self.retransmitting = False
         self.retransmit_rejects = 0
         self.client_next = 1       # next client SeqNo known applied (Heartbeat)
+        self.client_sent = 1       # next client SeqNo once what was passed on is applied
         self.inflight: deque[tuple[int, int]] = deque()  # (core record index, client SeqNo)
         self.bucket = Bucket(0, now)  # the session's, from the LogonAck on (Gateway.buckets)
         self.closing_at = 0.0
@@ -550,6 +552,15 @@ class Connection(asyncio.Protocol):
             return
         block = frame.data[wire.PREFIX_SIZE:wire.PREFIX_SIZE + size]
         seqno = int.from_bytes(block[:8], "little")
+        if seqno >= self.client_sent:
+            # A jump NotApplied.Count (a u32) cannot carry, or a SeqNo after which nothing
+            # could be expected, is refused before it is applied: the session goes on after
+            # the Logout from the NextExpectedSeqNo its LogonAck then gives.
+            if seqno - self.client_sent > MAX_SEQ_JUMP or seqno == wire.U64_NULL:
+                self.protocol_error("SeqNo 2^64-1" if seqno == wire.U64_NULL
+                                    else "SeqNo jump over 2^32-1")
+                return
+            self.client_sent = seqno + 1
         flags = 0
         if not self._take_token():
             flags |= GW_FLAG_THROTTLED
@@ -630,7 +641,7 @@ class Connection(asyncio.Protocol):
             return
         lg = self.logon
         flags = wire.FLAG_NEW_SESSION if status == STATUS_NEW else 0
-        self.client_next = next_expected
+        self.client_next = self.client_sent = next_expected
         self.state = LIVE
         self.gw.stats["logons"] += 1
         self.gw.bind(self)
@@ -755,7 +766,7 @@ class Connection(asyncio.Protocol):
                 # not "no logon"; bounded by auth_timeout_s from its arrival instead.
                 if now - self.logon_at > cfg.auth_timeout_s:
                     self.gw.stats["auth_timeouts"] += 1
-                    self.gw.auth_abandon(self)
+                    self.gw.auth.abandon(self)
                     self.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
             elif now - self.accepted_at > cfg.logon_timeout_s:
                 self.gw.stats["logon_timeouts"] += 1
@@ -775,24 +786,6 @@ class Connection(asyncio.Protocol):
             self.test_req_id = self.gw.test_req_ids
             self.test_sent_at = now
             self.write(wire.encode(wire.TEST_REQUEST, self.test_req_id))
-
-
-class _Check:
-    """One scrypt check of a (username, password) and the connections whose Logon waits for
-    it: several when their Logons carry the same credentials (the same VerifiedCache tag),
-    since one answer is theirs all. It counts once against the caps, under the peer address
-    of the connection that made it."""
-
-    __slots__ = ("tag", "name", "password", "peer", "conns", "state", "future")
-
-    def __init__(self, tag: bytes, name: str, password: bytes, peer: str):
-        self.tag = tag
-        self.name = name
-        self.password = password
-        self.peer = peer
-        self.conns: list[Connection] = []
-        self.state = "queued"   # then "running" (given to the worker pool)
-        self.future = None
 
 
 class Gateway:
@@ -817,13 +810,6 @@ class Gateway:
         self.paused: set[Connection] = set()
         self.next_conn = 0
         self.test_req_ids = 0
-        self.verified = VerifiedCache()   # passwords scrypt accepted (keyed fast hash)
-        self.auth_checks: dict[bytes, _Check] = {}   # tag → its check, queued or running
-        self.auth_queue: deque[_Check] = deque()      # checks waiting for an scrypt slot
-        self.auth_queued_by: dict[str, int] = {}      # peer → its checks in auth_queue
-        self.auth_running = 0                          # scrypt checks in the pool
-        self.auth_running_by: dict[str, int] = {}     # peer → its checks in the pool
-        self.auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gw-auth")
         self.server: asyncio.AbstractServer | None = None
         self.tasks: list[asyncio.Task] = []
         self.closing = False
@@ -834,6 +820,10 @@ class Gateway:
             "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
             "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
             "slow_consumers", "session_messages", "bad_payloads")}
+        cfg = self.cfg
+        self.auth = Authenticator(lambda: self.accounts, self._auth_answer, self.stats,
+                                  cfg.max_auth_pending, cfg.max_auth_per_peer,
+                                  cfg.max_auth_queued, cfg.max_auth_queued_per_peer)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -889,14 +879,14 @@ class Gateway:
             except (asyncio.CancelledError, Exception):
                 pass
         self.tasks.clear()
-        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+        self.auth.close()
 
     def reload_accounts(self, accounts: Accounts) -> None:
         """Take a new accounts file: a logged-on user who is gone from it, or whose id or
         accounts changed, is logged out (Logout 6); the next Logon checks the new file (the
         verified passwords of users whose hash changed or who are gone are forgotten)."""
         self.accounts = accounts
-        self.verified.retain(accounts)
+        self.auth.retain(accounts)
         for c in list(self.conns):
             if c.user is None or c.state >= CLOSING:
                 continue
@@ -914,7 +904,7 @@ class Gateway:
         of the event loop."""
         return {"role": "gateway", "index": self.cfg.index, "open_connections": len(self.conns),
                 "live_sessions": len(self.live), "pending_logons": len(self.pending),
-                "auth_queued": len(self.auth_queue), "auth_running": self.auth_running,
+                "auth_queued": len(self.auth.queue), "auth_running": self.auth.running,
                 "queue_depth": [len(q) for q in self.queues],
                 "in_flight": [self.core.depth(s) for s in range(self.n_shards)],
                 **dict(self.stats)}
@@ -931,7 +921,7 @@ class Gateway:
         return conn
 
     def _forget(self, conn: Connection) -> None:
-        self.auth_abandon(conn)
+        self.auth.abandon(conn)
         self.conns.discard(conn)
         self.paused.discard(conn)
         if self.pending.get(conn.conn_id) is conn:
@@ -964,164 +954,19 @@ class Gateway:
             return
         name, password = _credentials(conn.logon)
         conn.logon_at = self.clock()
-        tag = self.verified.tag(name, password)
-        user = self.verified.lookup(self.accounts, name, tag)
-        if user is not None:
-            self.stats["auth_cached"] += 1
+        self.auth.start(conn, name, password)
+
+    def _auth_answer(self, conn: Connection, user: User | None, failed: str) -> None:
+        """The credential check's answer (gateway/auth.py)."""
+        if conn.state != LOGGING_ON:
+            return
+        if failed:
+            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, failed)
+        elif user is None:
+            self.stats["auth_failures"] += 1
+            conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS, "bad credentials")
+        else:
             self._authenticated(conn, user)
-            return
-        check = self.auth_checks.get(tag)
-        if check is not None:
-            # the same credentials are being checked for another connection: its answer is
-            # this one's too (a user's many connections logging on at once cost one scrypt)
-            self.stats["auth_joined"] += 1
-            check.conns.append(conn)
-            conn.auth_check = check
-            return
-        cfg = self.cfg
-        peer = conn.peer
-        check = _Check(tag, name, password, peer)
-        if self.auth_running < cfg.max_auth_pending and \
-                self.auth_running_by.get(peer, 0) < cfg.max_auth_per_peer:
-            # A slot for this peer: whatever is queued waits for a slot overall or for one
-            # of its own peer (_dispatch_auth leaves nothing else queued), so none is passed.
-            self._attach(check, conn)
-            self._run_scrypt(check)
-            return
-        if len(self.auth_queue) >= cfg.max_auth_queued or \
-                self.auth_queued_by.get(peer, 0) >= cfg.max_auth_queued_per_peer:
-            self.stats["auth_busy"] += 1
-            conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
-            return
-        self._attach(check, conn)
-        self.auth_queue.append(check)
-        self.auth_queued_by[peer] = self.auth_queued_by.get(peer, 0) + 1
-
-    def _attach(self, check: _Check, conn: Connection) -> None:
-        check.conns.append(conn)
-        conn.auth_check = check
-        self.auth_checks[check.tag] = check
-
-    def _dispatch_auth(self) -> None:
-        """Give queued checks to scrypt, first come first served, while there are slots; a
-        check whose peer has max_auth_per_peer checks in flight waits for one of those, and
-        the checks behind it from other peers go first."""
-        cfg = self.cfg
-        q = self.auth_queue
-        keep: deque[_Check] = deque()
-        while q and self.auth_running < cfg.max_auth_pending:
-            check = q.popleft()
-            if self.auth_running_by.get(check.peer, 0) < cfg.max_auth_per_peer:
-                self._unqueue(check)
-                self._run_scrypt(check)
-            else:
-                keep.append(check)
-        if keep:
-            keep.extend(q)
-            self.auth_queue = keep
-
-    def _unqueue(self, check: _Check) -> None:
-        """`check` has left auth_queue (the caller took it out)."""
-        n = self.auth_queued_by.get(check.peer, 0) - 1
-        if n > 0:
-            self.auth_queued_by[check.peer] = n
-        else:
-            self.auth_queued_by.pop(check.peer, None)
-
-    def _run_scrypt(self, check: _Check) -> None:
-        """One scrypt check in the pool. Its slot is held until the thread is done with it
-        (or the check is cancelled before it started), whatever becomes of the connections:
-        scrypt's CPU is bounded by the slots, not by the connections still open."""
-        peer = check.peer
-        self.auth_running += 1
-        self.auth_running_by[peer] = self.auth_running_by.get(peer, 0) + 1
-        self.stats["auth_scrypt"] += 1
-        check.state = "running"
-        loop = self.loop
-
-        def done(fut):
-            try:
-                loop.call_soon_threadsafe(self._scrypt_done, check, fut)
-            except RuntimeError:  # the loop is closed: the gateway is gone
-                pass
-
-        check.future = self.auth_pool.submit(self.accounts.verify, check.name, check.password)
-        check.future.add_done_callback(done)
-
-    def _scrypt_done(self, check: _Check, fut) -> None:
-        self.auth_running -= 1
-        n = self.auth_running_by.get(check.peer, 0) - 1
-        if n > 0:
-            self.auth_running_by[check.peer] = n
-        else:
-            self.auth_running_by.pop(check.peer, None)
-        try:
-            if fut.cancelled():
-                self._answer(check, None, failed="busy: try again")
-                return
-            exc = fut.exception()
-            if exc is not None:
-                log.error("credential check of %r failed: %r", check.name, exc)
-                self._answer(check, None, failed="credential check failed")
-                return
-            user = fut.result()
-            if user is not None:
-                current = self.accounts.users.get(user.name)
-                if current is None or VerifiedCache._identity(current) != \
-                        VerifiedCache._identity(user):
-                    # the accounts were reloaded with another hash meanwhile: stale
-                    self._answer(check, None, failed="user changed: try again")
-                    return
-                self.verified.remember(current, check.tag)
-                user = current
-            self._answer(check, user)
-        finally:
-            self._dispatch_auth()
-
-    def _answer(self, check: _Check, user: User | None, failed: str = "") -> None:
-        """The check is over: every connection still waiting for it gets its answer."""
-        if self.auth_checks.get(check.tag) is check:
-            del self.auth_checks[check.tag]
-        conns, check.conns = check.conns, []
-        for conn in conns:
-            conn.auth_check = None
-            if conn.state != LOGGING_ON:
-                continue
-            if failed:
-                conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, failed)
-            elif user is None:
-                self.stats["auth_failures"] += 1
-                conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS, "bad credentials")
-            else:
-                self._authenticated(conn, user)
-
-    def auth_abandon(self, conn: Connection) -> None:
-        """The connection no longer waits for its check (closed, or waited too long). A
-        check no connection waits for any more leaves the queue, or is cancelled if the
-        pool has not started it (its slot comes back through the done callback); a running
-        one finishes and frees its slot then."""
-        check = conn.auth_check
-        if check is None:
-            return
-        conn.auth_check = None
-        try:
-            check.conns.remove(conn)
-        except ValueError:
-            pass
-        if check.conns:
-            return
-        if check.state == "queued":
-            try:
-                self.auth_queue.remove(check)
-            except ValueError:
-                pass
-            else:
-                self._unqueue(check)
-            if self.auth_checks.get(check.tag) is check:
-                del self.auth_checks[check.tag]
-        elif check.future is not None and check.future.cancel():
-            if self.auth_checks.get(check.tag) is check:
-                del self.auth_checks[check.tag]
 
     def _authenticated(self, conn: Connection, user: User) -> None:
         lg = conn.logon

@@ -1,8 +1,10 @@
 """The binary market-data feed of PROTOCOL.md §6: encoding, and the TCP server.
 
 One connection: Logon (SessionID 0; with an accounts file configured, the Username and Password
-are checked as the gateway checks them: scrypt in a worker thread, LogonReject 1 "bad
-credentials" on a mismatch; without one, market data is public and any credentials pass) →
+are checked as the gateway checks them, by the same gateway/auth.py: a password verified
+before passes without scrypt, the scrypt checks are bounded overall and per peer address, and
+LogonReject 1 "bad credentials" answers a mismatch; without one, market data is public and any
+credentials pass) →
 LogonAck → one
 SecurityDefinition per instrument → the client's MarketDataRequests. A subscription ('1') is
 answered, inside the same event-loop step that registers it, by MarketDataSnapshot fragments
@@ -23,6 +25,7 @@ import os
 import time
 
 from gateway import wire
+from gateway.auth import Authenticator
 from gateway.marketdata.state import ASK, BID, DELETE, LEVELS_PER_MESSAGE, SymbolState, Update
 
 log = logging.getLogger("seqex.marketdata")
@@ -126,10 +129,15 @@ class FeedConnection(asyncio.Protocol):
         self.test_sent_at = 0.0
         self.closed = False
         self.awaiting_answer = False       # we sent Logout(6) and wait for the client's
+        self.peer = ""                     # the client's address (the scrypt slots per peer)
+        self.logon = None                  # the Logon whose credentials are being checked
+        self.auth_check = None             # the check it waits for (gateway/auth.py)
 
     # -- transport -------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         transport.set_write_buffer_limits(high=self.server.high_water,
                                            low=self.server.low_water)
         sock = transport.get_extra_info("socket")
@@ -144,9 +152,14 @@ class FeedConnection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(self.server.logon_timeout_s, self.logon_deadline)
 
     def logon_deadline(self) -> None:
-        if not self.closed and not self.logged_on:
-            self.server.stats["logon_timeouts"] += 1
-            self.logout(wire.LOGOUT_PROTOCOL_ERROR, "no logon in time", abort=True)
+        if self.closed or self.logged_on:
+            return
+        self.server.stats["logon_timeouts"] += 1
+        if self.auth_check is not None:   # the Logon came and waits for a credential check
+            self.server.auth.abandon(self)
+            self.reject(self.logon.SessionID, wire.LOGON_REJECT_NOT_OPEN, "busy: try again")
+        else:                             # as the gateway: Logout(1), no logon
+            self.logout(wire.LOGOUT_HEARTBEAT_TIMEOUT, "no logon", abort=True)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -270,17 +283,18 @@ class FeedConnection(asyncio.Protocol):
                 return
             self.on_frame(frame)
 
-    async def check_logon(self, logon, name: str, password: bytes) -> None:
-        accounts = self.server.current_accounts()
-        user = None if accounts is None else await asyncio.get_running_loop().run_in_executor(
-            None, accounts.verify, name, password)
-        if self.closed:
+    def auth_answer(self, user, failed: str) -> None:
+        """The credential check's answer (gateway/auth.py)."""
+        if self.closed or self.logged_on:
             return
-        if user is None:
+        if failed:
+            self.reject(self.logon.SessionID, wire.LOGON_REJECT_NOT_OPEN, failed)
+        elif user is None:
             self.server.stats["auth_failures"] += 1
-            return self.reject(logon.SessionID, wire.LOGON_REJECT_BAD_CREDENTIALS,
-                               "bad credentials")
-        self.logon_ok(logon)
+            self.reject(self.logon.SessionID, wire.LOGON_REJECT_BAD_CREDENTIALS,
+                        "bad credentials")
+        else:
+            self.logon_ok(self.logon)
 
     def on_frame(self, frame: wire.Frame) -> None:
         tid = frame.template_id
@@ -301,11 +315,10 @@ class FeedConnection(asyncio.Protocol):
             if self.logging_on:
                 return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon twice")
             self.logging_on = True
+            self.logon = m
             name = m.Username.split(b"\0", 1)[0].decode("utf-8", "replace")
             password = m.Password.split(b"\0", 1)[0]
-            task = asyncio.get_running_loop().create_task(self.check_logon(m, name, password))
-            self.server.tasks.add(task)
-            task.add_done_callback(self.server.tasks.discard)
+            self.server.auth.start(self, name, password)
             return
         if not self.logged_on:
             return self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon first")
@@ -331,7 +344,6 @@ class BinaryFeed:
         self.accounts_path = accounts_path      # None: public, any credentials log on
         self._accounts = None
         self._accounts_mtime = None
-        self.tasks: set[asyncio.Task] = set()
         self.conns: set[FeedConnection] = set()
         self.shutdown_grace_s = SHUTDOWN_GRACE_S
         self.by_symbol: dict[int, set[FeedConnection]] = {sid: set() for sid in instruments}
@@ -343,6 +355,9 @@ class BinaryFeed:
         self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0,
                       "auth_failures": 0, "logon_timeouts": 0, "snapshot_requests": 0,
                       "snapshot_frames": 0, "heartbeat_timeouts": 0}
+        self.auth = Authenticator(self.current_accounts,
+                                  lambda conn, user, failed: conn.auth_answer(user, failed),
+                                  self.stats, thread_name_prefix="md-auth")
 
     def current_accounts(self):
         """The accounts file, re-read when it changed (users added while the feed runs can log
@@ -353,6 +368,7 @@ class BinaryFeed:
             if mtime != self._accounts_mtime:
                 self._accounts = accounts.load(self.accounts_path)
                 self._accounts_mtime = mtime
+                self.auth.retain(self._accounts)
         except (OSError, ValueError) as exc:
             log.warning("market data: the accounts file %s: %s", self.accounts_path, exc)
             return None
@@ -383,8 +399,10 @@ class BinaryFeed:
         for c in waiting:
             if not c.transport.is_closing():
                 c.transport.abort()
+        self.auth.close()
 
     def drop(self, conn: FeedConnection) -> None:
+        self.auth.abandon(conn)
         self.conns.discard(conn)
         for sid in conn.subs:
             self.by_symbol[sid].discard(conn)

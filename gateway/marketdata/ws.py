@@ -257,7 +257,8 @@ class WsFeed:
                 try:
                     req = json.loads(msg)
                     method, params, rid = req["method"], req.get("params", []), req.get("id")
-                except (ValueError, KeyError, TypeError, AttributeError):
+                except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                    # (RecursionError: nesting deeper than the parser's stack, "[[[[...")
                     await conn.send(_dumps({"error": {"code": 2, "msg": "Invalid JSON"}}))
                     continue
                 if not isinstance(method, str) or not isinstance(params, list) or \

@@ -147,21 +147,29 @@ def test_a_bad_replace_is_rejected_and_nothing_breaks(cluster, bad):
     healthy(cluster)
 
 
-def test_seqno_max_does_not_wrap_or_break_the_shard(cluster):
+def test_seqno_max_is_refused_by_the_gateway_and_breaks_nothing(cluster):
+    """A SeqNo of 2^64 - 1 (nothing could be expected after it) and a jump past what
+    NotApplied's u32 Count states get Logout(2) before anything reaches the engine (the
+    engine's own guard: tests/unit/test_tradingengine_sessions.py); the session resumes with
+    nothing consumed, and a jump NotApplied can state is applied."""
     alice = logged_on(cluster, session=3)
     try:
         alice.send(*nos(U64, 1, 100 * E8, 1, 1, b"1", account=2))
-        msgs = alice.until(is_er(b"0", 1))
-        na = [m for m in msgs if m.template == 10]
-        assert na and na[0].fields[2] == 0xFFFFFFFF
-        alice.send(*nos(2, 2, 100 * E8, 1, 1, b"1", account=2))   # a duplicate now
+        r = reply(alice)
+        assert r.template == 4 and r.fields[0] == 2, r
     finally:
         alice.close()
-    # resume the session: the engine's SessionState must still encode
     cl = cluster.client()
     try:
         ack = cl.logon("alice", "pw-a", session=3)
-        assert ack.template == 2, ack
+        assert ack.template == 2 and ack.fields[1] == 1, ack   # NextExpectedSeqNo: 1
+        cl.send(*nos(1 + 0xFFFFFFFF, 1, 100 * E8, 1, 1, b"1", account=2))  # stated: applied
+        msgs = cl.until(is_er(b"0", 1))
+        na = [m for m in msgs if m.template == 10]
+        assert na and na[0].fields[1:3] == (1, 0xFFFFFFFF), na
+        cl.send(*nos(2 + 0xFFFFFFFF + 0x1_0000_0000, 2, 100 * E8, 1, 1, b"1", account=2))
+        r = reply(cl)
+        assert r.template == 4 and r.fields[0] == 2, r
     finally:
         cl.close()
     healthy(cluster)

@@ -32,7 +32,7 @@ def test_a_right_and_a_wrong_password_at_once_are_two_checks_and_two_answers():
             padded = await Client.connect(port)      # same bytes up to the NUL: the same
             await padded.logon(password="pw-alice\0zz", session=3)
             await wait_for(lambda: accts.started == 2 and gw.stats["auth_joined"] == 1)
-            assert len(gw.auth_checks) == 2
+            assert len(gw.auth.checks) == 2
             accts.gate.set()
             assert (await right.expect(wire.LOGON_ACK)).SessionID == 1
             assert (await padded.expect(wire.LOGON_ACK)).SessionID == 3
@@ -69,7 +69,7 @@ def test_a_reload_during_the_check_refuses_the_old_password_and_caches_nothing()
             accts.gate.set()
             rej = await c.expect(wire.LOGON_REJECT)
             assert rej.Reason == wire.LOGON_REJECT_NOT_OPEN
-            assert "alice" not in gw.verified and not core.kinds(80)
+            assert "alice" not in gw.auth.verified and not core.kinds(80)
             c = await Client.connect(port)
             await c.logon(session=2)                       # the old password again
             assert await rejected(c) == wire.LOGON_REJECT_BAD_CREDENTIALS
@@ -94,15 +94,15 @@ def test_connections_that_joined_a_check_and_closed_leave_nothing_behind():
                 await c.logon(password="guess", session=1)
             queued = await Client.connect(port)
             await queued.logon(user="bob", password="nope", session=1)
-            await wait_for(lambda: gw.stats["auth_joined"] == 5 and len(gw.auth_queue) == 1)
+            await wait_for(lambda: gw.stats["auth_joined"] == 5 and len(gw.auth.queue) == 1)
             for c in (first, *joined, queued):
                 c.close()
             await wait_for(lambda: not gw.conns)
-            assert not gw.auth_queue and not gw.auth_queued_by
-            assert [ch.conns for ch in gw.auth_checks.values()] == [[]]   # still running
+            assert not gw.auth.queue and not gw.auth.queued_by
+            assert [ch.conns for ch in gw.auth.checks.values()] == [[]]   # still running
             accts.gate.set()
-            await wait_for(lambda: not gw.auth_checks and gw.auth_running == 0)
-            assert not gw.auth_running_by and accts.started == 1 and not core.kinds(80)
+            await wait_for(lambda: not gw.auth.checks and gw.auth.running == 0)
+            assert not gw.auth.running_by and accts.started == 1 and not core.kinds(80)
             await gw.close()
         finally:
             accts.gate.set()

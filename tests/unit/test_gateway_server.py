@@ -241,6 +241,41 @@ def test_resume_replays_with_possdup_before_live():
     run(main())
 
 
+def test_a_seqno_jump_notapplied_cannot_state_is_refused_before_it_is_applied():
+    """NotApplied.Count is a u32: a SeqNo more than 2^32 - 1 past the next expected one (from
+    what was passed on, not only what is known applied), or 2^64 - 1 (nothing could be
+    expected after it), gets Logout(2) and reaches no engine; the session resumes from the
+    SeqNo its LogonAck gives."""
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon(session=5)
+        await c.expect(wire.LOGON_ACK)
+        c.nos(1, 101)
+        c.nos(2 + 0xFFFF_FFFF, 102)         # from 2: a gap of exactly 2^32 - 1, stated
+        assert (await c.expect(wire.EXECUTION_REPORT)).ClOrdID == 101
+        na = await c.expect(wire.NOT_APPLIED)
+        assert (na.FromSeqNo, na.Count) == (2, 0xFFFF_FFFF)
+        assert (await c.expect(wire.EXECUTION_REPORT)).ClOrdID == 102
+        c.nos(2 ** 64 - 1, 103)
+        lo = await c.expect(wire.LOGOUT)
+        assert lo.Reason == wire.LOGOUT_PROTOCOL_ERROR and lo.Text.startswith(b"SeqNo 2^64-1")
+        c.close()
+        await wait_for(lambda: core.sessions[(7, 5)]["conn"] is None)
+        c = await Client.connect(port)
+        await c.logon(session=5, next_expected=0, next_seq=2 ** 32 + 2)
+        ack = await c.expect(wire.LOGON_ACK)
+        assert ack.NextExpectedSeqNo == 2 ** 32 + 2
+        c.nos(2 ** 32 + 2 + 2 ** 32, 104)   # a gap of 2^32: refused
+        lo = await c.expect(wire.LOGOUT)
+        assert lo.Reason == wire.LOGOUT_PROTOCOL_ERROR and lo.Text.startswith(b"SeqNo jump")
+        head = gs.CLIENT_MESSAGE_S.size + 16     # a NewOrderSingle's ClOrdID
+        assert [struct.unpack_from("<Q", p, head)[0]
+                for _k, p in core.kinds(gs.KIND_CLIENT_MESSAGE)] == [101, 102]
+        await gw.close()
+    run(main())
+
+
 def test_live_messages_wait_for_the_logon_replay():
     """Messages the engine issues while the replay is being written come after it, in order."""
     async def main():
@@ -771,16 +806,16 @@ def test_wrong_password_flood_does_not_lock_out_a_user_who_logged_on_before():
             flood = [await Client.connect(port) for _ in range(12)]
             for n, f in enumerate(flood, 1):  # one at a time: which ones are refused is known
                 await f.logon(password=f"wrong{n}", session=99)  # each its own check
-                await wait_for(lambda n=n: gw.auth_running + len(gw.auth_queue) +
+                await wait_for(lambda n=n: gw.auth.running + len(gw.auth.queue) +
                                gw.stats["auth_busy"] == n)
             # 2 checks in flight (the peer's cap), 6 queued (its bound), 4 refused at once
             for f in flood[8:]:
                 assert await rejected(f) == wire.LOGON_REJECT_NOT_OPEN
-            await wait_for(lambda: accts.started == 3 and len(gw.auth_queue) == 6)
-            assert gw.auth_running_by == {"127.0.0.1": 2} and gw.stats["auth_busy"] == 4
+            await wait_for(lambda: accts.started == 3 and len(gw.auth.queue) == 6)
+            assert gw.auth.running_by == {"127.0.0.1": 2} and gw.stats["auth_busy"] == 4
             # alice again, every scrypt check held: accepted without one, without a slot
             c = await logged_on(gw, port, session=2)
-            assert accts.started == 3 and gw.auth_running == 2 and gw.stats["auth_cached"] == 1
+            assert accts.started == 3 and gw.auth.running == 2 and gw.stats["auth_cached"] == 1
             # bob, never seen, from the flood's peer: its queue is full, so reason 6
             b = await Client.connect(port)
             await b.logon(user="bob", password="pw-bob", session=3)
@@ -788,22 +823,21 @@ def test_wrong_password_flood_does_not_lock_out_a_user_who_logged_on_before():
             # from another peer bob goes straight to a slot of his own peer's, past the queue
             b = await Client.connect(port, "127.0.0.2")
             await b.logon(user="bob", password="pw-bob", session=3)
-            await wait_for(lambda: gw.auth_running_by.get("127.0.0.2") == 1)
+            await wait_for(lambda: gw.auth.running_by.get("127.0.0.2") == 1)
             # and a third peer's never-seen user waits in the queue once every slot is taken
-            cfg = gw.cfg
-            cfg.max_auth_pending = 3
+            gw.auth.max_pending = 3
             carol = await Client.connect(port, "127.0.0.3")
             await carol.logon(user="carol", password="pw-carol", session=4)
-            await wait_for(lambda: len(gw.auth_queue) == 7)
-            assert gw.auth_queue[-1].peer == "127.0.0.3"
+            await wait_for(lambda: len(gw.auth.queue) == 7)
+            assert gw.auth.queue[-1].peer == "127.0.0.3"
             accts.gate.set()
             for f in flood[:8]:
                 assert await rejected(f) == wire.LOGON_REJECT_BAD_CREDENTIALS
             assert (await b.expect(wire.LOGON_ACK)).SessionID == 3
             assert (await carol.expect(wire.LOGON_ACK)).SessionID == 4
-            await wait_for(lambda: not gw.auth_queue and not gw.auth_running)
-            assert gw.stats["auth_failures"] == 8 and not gw.auth_running_by
-            assert not gw.auth_queued_by
+            await wait_for(lambda: not gw.auth.queue and not gw.auth.running)
+            assert gw.stats["auth_failures"] == 8 and not gw.auth.running_by
+            assert not gw.auth.queued_by
             # the flood reached nothing: the core saw only the three logons that passed
             assert sorted(gs.SESSION_LOGON_S.unpack_from(p)[1] for _k, p in core.kinds(80)) == \
                 [1, 2, 3, 4]
@@ -829,7 +863,7 @@ def test_a_logon_waiting_for_its_check_is_not_told_no_logon():
             queued = await Client.connect(port)
             await queued.logon(user="bob", password="pw-bob", session=2)
             idle = await Client.connect(port)  # sends nothing
-            await wait_for(lambda: len(gw.auth_queue) == 1 and len(gw.conns) == 3)
+            await wait_for(lambda: len(gw.auth.queue) == 1 and len(gw.conns) == 3)
             by_auth = {c.auth_check.state if c.auth_check else None: c for c in gw.conns}
             assert set(by_auth) == {"running", "queued", None}
             conns = [by_auth["running"], by_auth["queued"], by_auth[None]]
@@ -849,14 +883,14 @@ def test_a_logon_waiting_for_its_check_is_not_told_no_logon():
                 assert rej.Reason == wire.LOGON_REJECT_NOT_OPEN
                 assert rej.Text.rstrip(b"\0") == b"busy: try again"
             assert gw.stats["auth_timeouts"] == 2 and gw.stats["logon_timeouts"] == 1
-            await wait_for(lambda: not gw.auth_queue and not gw.auth_queued_by)
+            await wait_for(lambda: not gw.auth.queue and not gw.auth.queued_by)
             # the running check, started, cannot be cancelled: it stays (a Logon with the same
             # credentials may still join it), the queued one is gone
-            assert [c.state for c in gw.auth_checks.values()] == ["running"]
+            assert [c.state for c in gw.auth.checks.values()] == ["running"]
             # the abandoned check still holds its slot until its thread is done with it
-            assert gw.auth_running == 1
+            assert gw.auth.running == 1
             accts.gate.set()
-            await wait_for(lambda: gw.auth_running == 0 and not gw.conns)
+            await wait_for(lambda: gw.auth.running == 0 and not gw.conns)
             assert accts.started == 1  # the queued one never ran
             assert [k for k, _ in core.kinds()] == [82]
             await gw.close()
@@ -875,18 +909,18 @@ def test_a_closed_connection_frees_its_place_but_not_a_running_slot():
             await wait_for(lambda: accts.started == 1)
             b = await Client.connect(port)
             await b.logon(password="wrong2", session=2)
-            await wait_for(lambda: len(gw.auth_queue) == 1)
+            await wait_for(lambda: len(gw.auth.queue) == 1)
             a.close()
             b.close()
             await wait_for(lambda: not gw.conns)
-            assert not gw.auth_queue and not gw.auth_queued_by
-            assert gw.auth_running == 1  # scrypt is still running in its thread
+            assert not gw.auth.queue and not gw.auth.queued_by
+            assert gw.auth.running == 1  # scrypt is still running in its thread
             c = await Client.connect(port)
             await c.logon(session=3)
-            await wait_for(lambda: len(gw.auth_queue) == 1)
+            await wait_for(lambda: len(gw.auth.queue) == 1)
             accts.gate.set()
             await c.expect(wire.LOGON_ACK)
-            assert accts.started == 2 and gw.auth_running == 0
+            assert accts.started == 2 and gw.auth.running == 0
             await gw.close()
         finally:
             accts.gate.set()
@@ -910,7 +944,7 @@ def test_logons_with_the_same_credentials_share_one_check():
             for c in wrong:
                 await c.logon(user="bob", password="guess", session=1)
             await wait_for(lambda: gw.stats["auth_joined"] == 19 + 19)
-            assert len(gw.auth_checks) == 2 and gw.auth_running == 1 and len(gw.auth_queue) == 1
+            assert len(gw.auth.checks) == 2 and gw.auth.running == 1 and len(gw.auth.queue) == 1
             # the queue is full: other credentials are refused, but not the ones joining
             other = await Client.connect(port)
             await other.logon(user="bob", password="pw-bob", session=2)
@@ -921,7 +955,7 @@ def test_logons_with_the_same_credentials_share_one_check():
             for c in wrong:
                 assert await rejected(c) == wire.LOGON_REJECT_BAD_CREDENTIALS
             assert accts.started == 2 and gw.stats["auth_failures"] == 20
-            assert not gw.auth_checks and not gw.auth_queue and gw.auth_running == 0
+            assert not gw.auth.checks and not gw.auth.queue and gw.auth.running == 0
             await gw.close()
         finally:
             accts.gate.set()
@@ -939,7 +973,7 @@ def test_the_verified_password_is_forgotten_when_the_users_hash_changes():
         new = Accounts({"alice": make_user("alice", 7, "pw-new", [4, 8], n=1024),
                         "bob": accts.users["bob"]})
         gw.reload_accounts(new)
-        assert "alice" not in gw.verified and "bob" in gw.verified
+        assert "alice" not in gw.auth.verified and "bob" in gw.auth.verified
         c = await Client.connect(port)
         await c.logon(session=4)  # the old password: to scrypt, refused
         assert await rejected(c) == wire.LOGON_REJECT_BAD_CREDENTIALS

@@ -100,6 +100,9 @@ def test_malformed_websocket_requests_get_an_error_and_the_connection_goes_on():
                 await ws.send(json.dumps(req))
                 got = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert "error" in got, (req, got)
+            await ws.send("[" * 100_000 + "]" * 100_000)   # deeper than the parser's stack
+            got = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert got["error"]["msg"] == "Invalid JSON"
             await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 9}))
             assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"result": [], "id": 9}
             await ws.close()
@@ -128,5 +131,5 @@ def test_a_connection_that_never_logs_on_is_closed():
         finally:
             await pub.close()
     data, timeouts = asyncio.run(run())
-    assert int.from_bytes(data[6:8], "little") == 4 and data[12] == 2   # Logout(2)
+    assert int.from_bytes(data[6:8], "little") == 4 and data[12] == 1   # Logout(1), as the gateway
     assert timeouts == 1

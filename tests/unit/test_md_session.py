@@ -146,3 +146,60 @@ def test_an_mdreqid_of_a_live_subscription_to_another_instrument_is_a_duplicate(
     rej, again, freed = asyncio.run(_with_feed(body))
     assert rej == (5, 2, 1)
     assert again == (5, 1) and freed == (5, 2)
+
+
+def test_a_wrong_password_flood_does_not_lock_a_verified_user_out_of_the_feed(tmp_path,
+                                                                              monkeypatch):
+    """docs/security.md "Client logon", on the feed as on the gateway (gateway/auth.py): a
+    password scrypt accepted before passes without scrypt; one address's wrong passwords hold
+    at most 8 checks and 64 places in the queue, the rest are refused at once (reason 6)."""
+    import threading
+
+    from gateway import accounts as acc
+    from gateway import wire
+    path = str(tmp_path / "accounts.json")
+    acc.add_user(path, "alice", "pw-alice", [2], n=1 << 10)
+    gate = threading.Event()
+    real = acc.Accounts.verify
+
+    def verify(self, name, password):
+        if password != b"pw-alice":
+            gate.wait(DEADLINE_S)            # every wrong password held in its scrypt check
+        return real(self, name, password)
+    monkeypatch.setattr(acc.Accounts, "verify", verify)
+
+    def logon_as(password: bytes) -> bytes:
+        return frame(1, "<QQQIHBB16s32s", 0, 0, 0, 1000, 0, 0, 0, b"alice", password)
+
+    async def until_reject(peer: Peer) -> int:
+        return (await peer.until(wire.LOGON_REJECT))[8]
+
+    async def body(p, pub):
+        feed = pub.binary
+        p.w.write(logon_as(b"pw-alice"))
+        await p.until(wire.LOGON_ACK)         # scrypt accepts: remembered
+        flood = []
+        for n in range(100):
+            r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+            w.write(logon_as(f"wrong{n}".encode()))
+            flood.append((Peer(r, w), w))
+        for _ in range(DEADLINE_S * 200):
+            if feed.stats["auth_busy"] == 28:
+                break
+            await asyncio.sleep(0.005)
+        assert (feed.auth.running, len(feed.auth.queue), feed.stats["auth_busy"]) == (8, 64, 28)
+        r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+        again = Peer(r, w)
+        w.write(logon_as(b"pw-alice"))       # every check held: accepted without one
+        await again.until(wire.LOGON_ACK)
+        assert feed.stats["auth_cached"] == 1 and feed.auth.running == 8
+        w.close()
+        gate.set()
+        reasons = [await until_reject(f) for f, _w in flood]
+        assert sorted(set(reasons)) == [wire.LOGON_REJECT_BAD_CREDENTIALS,
+                                        wire.LOGON_REJECT_NOT_OPEN]
+        assert reasons.count(wire.LOGON_REJECT_NOT_OPEN) == 28
+        assert feed.stats["auth_failures"] == 72
+        for _f, fw in flood:
+            fw.close()
+    asyncio.run(_with_feed(body, accounts_path=path))
