@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 
 import zmq
 
@@ -271,6 +272,8 @@ def register(parser: argparse.ArgumentParser, sub) -> None:
     s = sub.add_parser("keys", help="generate CURVE keys and the trust policy for a topology")
     s.add_argument("--topology", help="TOML file (default: one machine over loopback)")
     s.add_argument("--data", help="data directory (default: the topology's)")
+    s.add_argument("--base-port", type=int, help="the first port, as given to `seqex up` "
+                   "(default: the running cluster's in --data, else the topology's)")
     s.add_argument("--dir", help="keys directory (default: <data>/keys)")
     s.add_argument("--producer", action="append", default=[],
                    help="NAME=SRC[,SRC...]: a producer key allowed those source ids (repeat)")
@@ -309,22 +312,47 @@ def setup(args: argparse.Namespace) -> None:
         print(auth.INSECURE_WARNING, flush=True)
 
 
+def _refused(message: str) -> int:
+    """One line, exit status 2 (docs/operations.md: the input or the request was refused)."""
+    print(f"seqex keys: {message}", file=sys.stderr)
+    return 2
+
+
+def _servers(topo) -> list[str]:
+    return sorted(ep for spec in topo.procs for ep in server_endpoints(spec))
+
+
 def cmd_keys(a: argparse.Namespace) -> int:
-    from deploy import topology
-    topo = topology.load(a.topology, a.data)
+    from deploy import supervisor, topology
+    # A cluster up in the data directory: the policy is made for its plan (its ports): one
+    # for other ports would lock its tools and its restarted processes out.
+    data = a.data or topology.load(a.topology).data_dir
+    try:
+        running, _pid = supervisor.read_state(data)
+    except supervisor.NotUp:
+        running = None
+    if a.base_port is not None and not 1 <= a.base_port <= 65535:
+        return _refused(f"--base-port {a.base_port}: a port, 1 .. 65535")
+    if running is not None and a.topology is None and a.base_port is None:
+        topo = running
+    else:
+        topo = topology.load(a.topology, a.data, a.base_port)
+        if running is not None and _servers(topo) != _servers(running):
+            return _refused(f"seqex is up in {data} on other addresses than these "
+                            f"(leave out --topology and --base-port to use its own)")
     producers: dict[str, list[int]] = {}
     for spec in a.producer:
         name, _, srcs = spec.partition("=")
         try:
             producers[name] = [int(x) for x in srcs.split(",") if x]
         except ValueError:
-            raise SystemExit(f"seqex keys: --producer {spec!r}: NAME=SRC[,SRC...]") from None
+            return _refused(f"--producer {spec!r}: NAME=SRC[,SRC...]")
         if not name or not producers[name]:
-            raise SystemExit(f"seqex keys: --producer {spec!r}: NAME=SRC[,SRC...]")
+            return _refused(f"--producer {spec!r}: NAME=SRC[,SRC...]")
     try:
         keys_dir = generate(topo, a.dir, producers, a.rotate)
     except (ValueError, auth.KeyFileError) as exc:
-        raise SystemExit(f"seqex keys: {exc}") from None
+        return _refused(f"{exc}")
     print(f"keys for {len(topo.procs)} processes, the operator and {len(producers)} producers "
           f"in {keys_dir} (secret keys mode 0600); policy in "
           f"{os.path.join(keys_dir, auth.TRUST_FILE)}")

@@ -306,8 +306,10 @@ def secure_client(sock: zmq.Socket, addr: str, ident: Identity | None = None,
     if server_key is None:
         key = ident.trust.servers.get(addr)
         if key is None:
-            raise KeyFileError(f"the trust policy names no server key for {addr}; regenerate it "
-                            f"with `seqex keys` for this topology")
+            raise KeyFileError(f"the trust policy names no server key for {addr}: no server of "
+                               f"this topology is there, or the policy is for other ports "
+                               f"(`seqex keys --data DIR --base-port N` makes it for a "
+                               f"cluster started with --base-port N)")
         server_key = key.encode("ascii")
     sock.curve_secretkey = ident.secret
     sock.curve_publickey = ident.public

@@ -357,6 +357,34 @@ def test_keys_command_errors_are_one_line(tmp_path):
         assert run.returncode != 0 and err.startswith("seqex keys: ") and "\n" not in err, err
 
 
+def test_keys_for_a_running_cluster_names_its_own_ports(tmp_path):
+    """`seqex keys --data D` while a cluster started with --base-port runs in D makes the
+    policy for the cluster's ports (one for the default ports would lock its tools and its
+    restarted processes out); other ports than the cluster's are refused, exit status 2."""
+    import json
+    import subprocess
+    import sys
+    data = str(tmp_path)
+    running = topology.load(None, data, 24600)
+    state = json.loads(running.to_json())
+    state["supervisor"] = os.getpid()            # alive: the cluster is up
+    with open(os.path.join(data, "seqex.json"), "w") as f:
+        json.dump(state, f)
+
+    def seqex_keys(*args):
+        return subprocess.run([sys.executable, "-m", "deploy.cli", "keys", "--data", data,
+                               *args], capture_output=True, text=True, timeout=60)
+    assert seqex_keys().returncode == 0
+    with open(os.path.join(keys.keys_dir_of(data), auth.TRUST_FILE)) as f:
+        servers = json.load(f)["servers"]
+    assert "tcp://127.0.0.1:24600" in servers and "tcp://127.0.0.1:7100" not in servers
+    assert seqex_keys("--base-port", "24600").returncode == 0
+    run = seqex_keys("--base-port", "7100")
+    assert run.returncode == 2 and run.stderr.startswith("seqex keys: seqex is up in ")
+    with open(os.path.join(keys.keys_dir_of(data), auth.TRUST_FILE)) as f:
+        assert json.load(f)["servers"] == servers
+
+
 @pytest.mark.parametrize("what", ["trust", "dir"])
 def test_a_policy_that_others_may_write_is_refused(default, what):
     """Whoever may write trust.json (or replace it in its directory) names the operator."""
