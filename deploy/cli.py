@@ -180,7 +180,7 @@ def cmd_account(a: argparse.Namespace) -> int:
     out = trading.transfer(a.data, topo, account, amount, withdraw=a.op == "withdraw",
                            transfer_id=a.transfer_id, timeout_s=a.timeout)
     print(out.line())
-    return 0 if out.applied or out.repeat else 1
+    return 0 if out.applied or out.repeat else 2   # refused: docs/operations.md, exit statuses
 
 
 def cmd_oracle(a: argparse.Namespace) -> int:
@@ -263,7 +263,7 @@ def cmd_tail(a: argparse.Namespace) -> int:
     next_seq = a.from_seq
     out = None
     if a.out:
-        next_seq = _resume_point(a.out)
+        next_seq = _resume_point(a.out, a.from_seq)
         out = open(a.out, "a")
     if a.to is not None and next_seq > a.to:
         raise UsageError(f"--from {next_seq} is beyond --to {a.to}")
@@ -287,12 +287,14 @@ def cmd_tail(a: argparse.Namespace) -> int:
             if ahead and not frames and sub.next_seq == next_seq \
                     and time.monotonic() - started > a.wait:
                 raise UsageError(f"no seq {next_seq} of {a.stream} within {a.wait:g} s "
-                                 f"(the stream ended at {view.end()})")
+                                 f"(its last seq is {view.end()})")
             for _first, _last, frame in frames:
                 recs = decode(frame)
                 if a.to is not None:
                     recs = [r for r in recs if r[0] <= a.to]
                 if out:
+                    if a.count is not None:
+                        recs = recs[:a.count - printed]
                     out.write("".join(f"{r[0]} {r[2]} {r[3]} {r[5]}\n" for r in recs))
                     out.flush()
                     printed += len(recs)
@@ -398,10 +400,11 @@ class _StreamView:
         return True
 
 
-def _resume_point(path: str) -> int:
-    """1 + the seq of the last complete line; a torn last line is cut off."""
+def _resume_point(path: str, from_seq: int = 1) -> int:
+    """1 + the seq of the last complete line (a torn last line is cut off); `from_seq` for a
+    file with none yet."""
     if not os.path.exists(path):
-        return 1
+        return from_seq
     with open(path, "rb+") as f:
         data = f.read()
         end = data.rfind(b"\n") + 1
@@ -410,11 +413,12 @@ def _resume_point(path: str) -> int:
             # Check before cutting anything: a file of another format is left as it is.
             fields = lines[-1].split()
             if len(fields) != 4 or not all(x.isdigit() for x in fields) or int(fields[0]) < 1:
-                raise UsageError(f"{path}: its last line {lines[-1][:60]!r} is not "
+                last = lines[-1][:60].decode("utf-8", "replace")
+                raise UsageError(f"{path}: its last line {last!r} is not "
                                  "'seq source source_seq kind': not a file `seqex tail --out` "
                                  "wrote; give another --out")
         f.truncate(end)
-    return int(lines[-1].split()[0]) + 1 if lines else 1
+    return int(lines[-1].split()[0]) + 1 if lines else from_seq
 
 
 def cmd_up(a: argparse.Namespace) -> int:
@@ -690,7 +694,7 @@ def seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 0 < v <= 86_400:
-        raise argparse.ArgumentTypeError(f"{text} is out of range (0 .. 86400 s)")
+        raise argparse.ArgumentTypeError(f"{text}: a number of seconds above 0, at most 86400")
     return v
 
 

@@ -281,7 +281,7 @@ async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
             answered_at = time.monotonic()
             if getattr(r, "exec_type", "") == "rejected" or isinstance(
                     r, sdk.BusinessReject | sdk.CancelReject):
-                status = 1
+                status = 2   # refused, as every refusal (docs/operations.md, exit statuses)
     if mine is not None and answered_at is None:
         print(f"{a.user}: request [order {mine}] sent; no answer within {wait_s:g} s (it "
               f"stays in the session: the next `seqex client` shows it)", flush=True)

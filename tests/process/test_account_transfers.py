@@ -57,7 +57,7 @@ def test_deposits_and_withdrawals_go_through_the_log_once(tmp_path, capsys):
         assert account("deposit", "2", "1000.5", "--transfer-id", "7") == (
             0, "deposit 7 on account 2: transfer id answered before; nothing changed")
         assert account("withdraw", "2", "5000", "--transfer-id", "8") == (
-            1, "withdrawal 8 on account 2 refused: withdrawal_exceeds_available")
+            2, "withdrawal 8 on account 2 refused: withdrawal_exceeds_available")
         rc, out = account("withdraw", "2", "0.5")
         assert rc == 0 and out.endswith("done: balance 1,000.00 USDT")
 

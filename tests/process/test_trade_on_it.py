@@ -86,7 +86,7 @@ def test_trade_on_the_default_topology(tmp_path):
                          .returncode == 0 and o, 120, "alice's cancel after the restart")
         assert "[order 2, was 1] canceled (on request), 0.004 filled" in out.stdout, out.stdout
         out = client("--user", "alice", "cancel", "BTCUSDT", "1")      # again: too late
-        assert out.returncode == 1 and "alice: BTCUSDT cancel of order 1 refused (too late: " \
+        assert out.returncode == 2 and "alice: BTCUSDT cancel of order 1 refused (too late: " \
             "it is canceled)" in out.stdout, out.stdout
 
         down = seqex("down", "--data", data)

@@ -192,6 +192,18 @@ def test_a_tail_out_file_of_another_format_is_named(tmp_path, text):
     assert path.read_bytes() == b"1 5 1 16\n" + text   # left as it was
 
 
+def test_a_new_tail_out_file_starts_at_from_and_an_old_one_resumes(tmp_path):
+    """`tail --from 100 --out NEW` wrote from seq 1: a file with no line yet starts at --from;
+    one with lines resumes after its last, whatever --from says."""
+    path = tmp_path / "out.txt"
+    assert cli._resume_point(str(path), 100) == 100
+    path.write_bytes(b"")
+    assert cli._resume_point(str(path), 100) == 100
+    path.write_bytes(b"7 5 1 16\n8 5 2 16\n9 5")   # a torn last line is cut off
+    assert cli._resume_point(str(path), 100) == 9
+    assert path.read_bytes() == b"7 5 1 16\n8 5 2 16\n"
+
+
 def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_path):
     """replay --rebuild read from the first replicator of the topology, answering or not: with
     replicator0 frozen it failed after 10 s while replicator1 held the whole log."""
