@@ -423,11 +423,16 @@ def _resume_point(path: str, from_seq: int = 1) -> int:
 
 def cmd_up(a: argparse.Namespace) -> int:
     from deploy import keys, topology
-    from deploy.supervisor import Supervisor, lock_data_dir
+    from deploy.supervisor import Supervisor, SupervisorError, lock_data_dir, preflight
     topo = topology.load(a.topology, a.data, a.base_port)
     # The lock first: a second `up` (maybe of another topology) must not touch the keys of
     # a cluster running in this data directory.
     lock_fd = lock_data_dir(topo.data_dir)
+    try:
+        preflight(topo, a.host)   # the ports free: before keys or demo users are written
+    except SupervisorError:
+        os.close(lock_fd)
+        raise
     # CURVE keys (generated on first start when this machine runs the whole topology; several
     # hosts bring theirs from one `seqex keys`), docs/security.md; --insecure: benchmarks only
     one_host = len({p.host for p in topo.procs}) == 1   # keys made here cannot disagree

@@ -185,6 +185,25 @@ def port_in_use(endpoint: str) -> bool:
     return False
 
 
+def preflight(topo: Topology, host: str | None = None) -> None:
+    """Everything that can be checked before a process starts (and, by `seqex up`, before
+    anything is written to the data directory)."""
+    mine = [p for p in topo.procs if host is None or p.host == host]
+    if host is not None and not mine:
+        hosts = sorted({p.host for p in topo.procs})
+        raise SupervisorError(f"--host {host}: no process of the topology runs there "
+                              f"(hosts: {', '.join(hosts)})")
+    for spec in mine:
+        ends = [spec.control] + [spec.args[i + 1] for i, a in enumerate(spec.args)
+                                 if a in ("--pub", "--producers", "--inputs")]
+        for end in ends:
+            if port_in_use(end):
+                raise SupervisorError(
+                    f"{end} ({spec.name}) is already in use on this machine: another "
+                    "seqex (or an earlier run's processes) holds it; stop it or choose "
+                    "another --base-port")
+
+
 class Supervisor:
     def __init__(self, topo: Topology, host: str | None = None, max_restarts: int = 8,
                  backoff_base_s: float = 0.5, title: str = "seqex up",
@@ -213,20 +232,7 @@ class Supervisor:
         return [p for p in self.topo.procs if self.host is None or p.host == self.host]
 
     def preflight(self) -> None:
-        """Everything that can be checked before a process starts."""
-        if self.host is not None and not self.mine():
-            hosts = sorted({p.host for p in self.topo.procs})
-            raise SupervisorError(f"--host {self.host}: no process of the topology runs there "
-                                  f"(hosts: {', '.join(hosts)})")
-        for spec in self.mine():
-            ends = [spec.control] + [spec.args[i + 1] for i, a in enumerate(spec.args)
-                                     if a in ("--pub", "--producers", "--inputs")]
-            for end in ends:
-                if port_in_use(end):
-                    raise SupervisorError(
-                        f"{end} ({spec.name}) is already in use on this machine: another "
-                        "seqex (or an earlier run's processes) holds it; stop it or choose "
-                        "another --base-port")
+        preflight(self.topo, self.host)
 
     def up(self, ready_timeout_s: float = 60) -> None:
         if self.lock_fd is None:

@@ -174,7 +174,7 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
         ([*order, "--qty", "1", "--price", "100.25"], {}, "not a multiple of the tick 0.5"),
         ([*order, "--qty", "0.0005", "--price", "100"], {}, "not a multiple of the lot 0.001"),
         ([*order, "--qty", "1", "--price", "100", "--symbol", "NOPE"], {}, "unknown symbol"),
-        ([*order, "--qty", "1", "--price", "100", "--timeout", "0"], {}, "out of range"),
+        ([*order, "--qty", "1", "--price", "100", "--timeout", "0"], {}, "a number of seconds above 0"),
         (["submit", "--data", fake, "--side", "up", "--qty", "1", "--price", "1"], {},
          "invalid choice"),
         ([*order, "--qty", "1", "--price", "100"], {}, "does not answer"),
@@ -494,6 +494,10 @@ def test_a_second_up_on_a_running_data_dir_exits_2_and_leaves_the_first_intact(c
     line = one_line_error(seqex("up", "--data", other, "--base-port", str(port)))
     assert "is already in use on this machine" in line, line
     assert not os.path.exists(os.path.join(other, "seqex.json"))
+    # nothing written before the ports were checked: no keys, accounts or demo passwords
+    assert not os.path.exists(os.path.join(other, "keys"))
+    assert not os.path.exists(os.path.join(other, "accounts.json"))
+    assert not os.path.exists(os.path.join(other, "demo-users.json"))
     assert open(state).read() == before and up.alive
     status = seqex("status", "--data", data)
     assert status.returncode == 0 and "DOWN" not in status.stdout, status.stdout
