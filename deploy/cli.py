@@ -417,6 +417,10 @@ def _resume_point(path: str, from_seq: int = 1) -> int:
                 raise UsageError(f"{path}: its last line {last!r} is not "
                                  "'seq source source_seq kind': not a file `seqex tail --out` "
                                  "wrote; give another --out")
+        elif data and not re.fullmatch(rb"[0-9 ]*", data):
+            # no complete line, and not the start of one of tail's: not its file
+            raise UsageError(f"{path}: not a file `seqex tail --out` wrote (no line of "
+                             "'seq source source_seq kind'); give another --out")
         f.truncate(end)
     return int(lines[-1].split()[0]) + 1 if lines else from_seq
 
@@ -622,12 +626,19 @@ def cmd_audit(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _silent(addr: str, what: str, timeout_s: float) -> UsageError:
+    from mq import auth
+    why = "nothing seqex runs there, or it wants other keys than these" \
+        if auth.identity() is not None else \
+        "nothing seqex runs there, or it wants CURVE keys (--keys DIR, or --data of its cluster)"
+    return UsageError(f"{addr} did not answer {what} in {timeout_s:g} s: {why}")
+
+
 def cmd_ping(a: argparse.Namespace) -> int:
     from mq.control import ping
     stats = ping(a.addr, a.timeout)
     if stats is None:
-        raise UsageError(f"{a.addr} did not answer PING in {a.timeout:g} s: nothing seqex "
-                         "runs there?")
+        raise _silent(a.addr, "PING", a.timeout)
     print(json.dumps(stats, indent=2, sort_keys=True))
     return 0
 
@@ -638,8 +649,7 @@ def cmd_stop(a: argparse.Namespace) -> int:
     try:
         call(a.addr, wire.STOP, timeout_s=a.timeout)
     except TimeoutError:
-        raise UsageError(f"{a.addr} did not answer STOP in {a.timeout:g} s: nothing seqex "
-                         "runs there?") from None
+        raise _silent(a.addr, "STOP", a.timeout) from None
     return 0
 
 

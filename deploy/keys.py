@@ -328,7 +328,15 @@ def cmd_keys(a: argparse.Namespace) -> int:
     # for other ports would lock its tools and its restarted processes out.
     data = a.data or topology.load(a.topology).data_dir
     try:
-        running, _pid = supervisor.read_state(data)
+        # (not with its operator key: the policy being remade may be the damaged part)
+        running, _pid = supervisor.read_state(data, operator_key=False)
+    except supervisor.Damaged:
+        pid = supervisor.lock_holder(data)
+        if pid is not None:     # up, on ports its damaged state no longer says
+            return _refused(f"seqex is up in {data} (supervisor pid {pid}) and its "
+                            f"{supervisor.STATE_FILE} is damaged, so its ports are unknown: "
+                            f"restart it (`seqex down`, `seqex up`) before making its keys")
+        running = None
     except supervisor.NotUp:
         running = None
     if a.base_port is not None and not 1 <= a.base_port <= 65535:

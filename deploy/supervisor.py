@@ -432,8 +432,10 @@ def child_env(spec) -> dict[str, str]:
     return env
 
 
-def read_state(data_dir: str, check_alive: bool = True) -> tuple[Topology, int]:
-    """The running cluster's plan and supervisor pid; NotUp when there is none."""
+def read_state(data_dir: str, check_alive: bool = True,
+               operator_key: bool = True) -> tuple[Topology, int]:
+    """The running cluster's plan and supervisor pid; NotUp when there is none. With
+    `operator_key`, this process then reaches the cluster with its operator key."""
     path = os.path.join(os.path.abspath(data_dir), STATE_FILE)
     try:
         with open(path) as f:
@@ -454,8 +456,9 @@ def read_state(data_dir: str, check_alive: bool = True) -> tuple[Topology, int]:
     if check_alive and not _running(pid):
         raise NotUp(f"seqex is not up in {data_dir}: its supervisor (pid {pid}) is gone and "
                     f"{STATE_FILE} is stale; `seqex down --data {data_dir}` clears it")
-    from deploy.keys import use_operator_key
-    use_operator_key(topo)   # a secured cluster is reached with its operator key
+    if operator_key:
+        from deploy.keys import use_operator_key
+        use_operator_key(topo)   # a secured cluster is reached with its operator key
     return topo, pid
 
 

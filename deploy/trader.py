@@ -272,9 +272,9 @@ async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
             r = await c.next_report(timeout_s=left)
         except TimeoutError:
             break
-        except sdk.SessionError as exc:
+        except sdk.SessionError as exc:   # the gateway ended the session: a refusal
             print(f"{a.user}: {exc}", flush=True)
-            return 1
+            return 2
         print(sdk.describe(a.user, r, c.instruments), flush=True)
         if mine is not None and (getattr(r, "cl_ord_id", None) == mine
                                  or getattr(r, "ref_id", None) == mine):
@@ -285,6 +285,7 @@ async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
     if mine is not None and answered_at is None:
         print(f"{a.user}: request [order {mine}] sent; no answer within {wait_s:g} s (it "
               f"stays in the session: the next `seqex client` shows it)", flush=True)
+        return 2   # an outcome that did not come in time (docs/operations.md, exit statuses)
     return status
 
 

@@ -83,8 +83,8 @@ class Authenticator:
         """A Logon arrived: answer it at once if its password was verified before or there is
         no room for its check; else check it now if there is a slot, or queue it."""
         accounts = self.accounts()
-        if accounts is None:
-            self.answer(conn, None, "no accounts")
+        if accounts is None:          # unreadable now (being rewritten?): nothing to check
+            self.answer(conn, None, BUSY)
             return
         tag = self.verified.tag(name, password)
         user = self.verified.lookup(accounts, name, tag)
@@ -181,13 +181,18 @@ class Authenticator:
         """One scrypt check in the pool. Its slot is held until the thread is done with it
         (or the check is cancelled before it started), whatever becomes of the connections:
         scrypt's CPU is bounded by the slots, not by the connections still open."""
+        accounts = self.accounts()
+        if accounts is None:
+            # The accounts became unreadable while the check waited: it is answered now, and
+            # holds no slot (it would never give one back).
+            self._answer(check, None, failed=BUSY)
+            return
         peer = check.peer
         self.running += 1
         self.running_by[peer] = self.running_by.get(peer, 0) + 1
         self.stats["auth_scrypt"] += 1
         check.state = "running"
         loop = self.loop = asyncio.get_running_loop()
-        accounts = self.accounts()
 
         def done(fut):
             try:

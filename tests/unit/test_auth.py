@@ -383,6 +383,22 @@ def test_keys_for_a_running_cluster_names_its_own_ports(tmp_path):
     assert run.returncode == 2 and run.stderr.startswith("seqex keys: seqex is up in ")
     with open(os.path.join(keys.keys_dir_of(data), auth.TRUST_FILE)) as f:
         assert json.load(f)["servers"] == servers
+    # a damaged policy is remade for the running cluster (reading its state does not need it)
+    with open(os.path.join(keys.keys_dir_of(data), auth.TRUST_FILE), "w") as f:
+        f.write("{")
+    assert seqex_keys().returncode == 0
+    with open(os.path.join(keys.keys_dir_of(data), auth.TRUST_FILE)) as f:
+        assert json.load(f)["servers"] == servers
+    # a damaged state while a supervisor holds the directory: its ports unknown, refused
+    from deploy.supervisor import lock_data_dir
+    with open(os.path.join(data, "seqex.json"), "w") as f:
+        f.write("{")
+    fd = lock_data_dir(data)
+    try:
+        run = seqex_keys()
+        assert run.returncode == 2 and "its ports are unknown" in run.stderr, run.stderr
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("what", ["trust", "dir"])

@@ -202,6 +202,12 @@ def test_a_new_tail_out_file_starts_at_from_and_an_old_one_resumes(tmp_path):
     path.write_bytes(b"7 5 1 16\n8 5 2 16\n9 5")   # a torn last line is cut off
     assert cli._resume_point(str(path), 100) == 9
     assert path.read_bytes() == b"7 5 1 16\n8 5 2 16\n"
+    path.write_bytes(b"12 5")                         # a torn first line: cut off too
+    assert cli._resume_point(str(path), 100) == 100 and path.read_bytes() == b""
+    path.write_bytes(b"notes without a newline")      # another program's file: left alone
+    with pytest.raises(cli.UsageError, match="not a file `seqex tail --out` wrote"):
+        cli._resume_point(str(path), 100)
+    assert path.read_bytes() == b"notes without a newline"
 
 
 def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_path):
