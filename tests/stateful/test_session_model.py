@@ -7,7 +7,8 @@ ClOrdIDs, unknown templates, malformed frames, abrupt disconnects, logons with a
 on a bound session or beyond the server's NextSeqNo, RetransmitRequests in range, over the cap
 and while another one runs, Logons with cancel-on-disconnect, an order pipelined right behind
 the Logon, blocks of a newer schema version (longer, to be ignored past v1), and SeqNo jumps
-beyond what NotApplied.Count can say, up to 2^64 - 1.
+up to and beyond what NotApplied.Count can say, and 2^64 - 1 (the gateway refuses the last two
+with Logout(2), docs/gateway.md).
 
 The model is written from PROTOCOL.md §4 (and docs/gateway.md's limits), not from the code:
 per session (user, SessionID) it keeps nextExpected, the number H of server messages issued
@@ -513,6 +514,17 @@ class SessionFlow(RuleBasedStateMachine):
             msg = PREFIX.pack(length + extend, enc, block + extend, tid, schema, 2) + \
                 msg[12:] + b"\xee" * extend
         x.pc.send_raw(msg)
+        if seq >= s.next_expected and (seq == U64_MAX or seq - s.next_expected > U32_MAX):
+            # docs/gateway.md: a jump NotApplied's Count cannot state, or 2^64 - 1: Logout(2)
+            # before the engine sees it; nothing applied, nothing consumed
+            event(f"order entry: {mode} -> Logout(2)")
+            got = x.until_closed()
+            assert got and got[-1].template == 4 and got[-1].fields[0] == 2, got
+            assert [m.template for m in got[:-1]] == [], got
+            x.unsequenced = []
+            self.drop(x)
+            self.settle()
+            return
         event(f"order entry: {what} {mode}{' reused' if reused else ''} -> {mine[-1][:2]}")
         if seq < s.next_expected:              # a duplicate: dropped silently
             self.settle()
