@@ -518,12 +518,7 @@ class SessionFlow(RuleBasedStateMachine):
             # docs/gateway.md: a jump NotApplied's Count cannot state, or 2^64 - 1: Logout(2)
             # before the engine sees it; nothing applied, nothing consumed
             event(f"order entry: {mode} -> Logout(2)")
-            got = x.until_closed()
-            assert got and got[-1].template == 4 and got[-1].fields[0] == 2, got
-            assert [m.template for m in got[:-1]] == [], got
-            x.unsequenced = []
-            self.drop(x)
-            self.settle()
+            self.protocol_error(x)
             return
         event(f"order entry: {what} {mode}{' reused' if reused else ''} -> {mine[-1][:2]}")
         if seq < s.next_expected:              # a duplicate: dropped silently
@@ -650,6 +645,10 @@ class SessionFlow(RuleBasedStateMachine):
             length, block, body = 52, 40, raw[12:52]
         event(f"malformed: {how}")
         x.pc.send_raw(PREFIX.pack(length, enc, block, tid, schema, ver) + body)
+        self.protocol_error(x)
+
+    def protocol_error(self, x: Conn) -> None:
+        """The connection's answer is Logout(2) and nothing else, then its close."""
         got = x.until_closed()
         assert got and got[-1].template == 4 and got[-1].fields[0] == 2, got
         assert [m.template for m in got[:-1]] == [], got
