@@ -1088,6 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
         process_verb = verb.split()[-1] in PROCESS_VERBS
         if isinstance(exc, UsageError) or _one_of(
                 exc, "deploy.topology.TopologyError", "deploy.supervisor.SupervisorError",
+                "deploy.keys.KeysError",
                 "deploy.supervisor.NotUp", "deploy.client.ClientError"):
             return _fail(verb, str(exc))
         if _one_of(exc, "zmq.ZMQError"):

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 
 import zmq
 
@@ -312,10 +311,8 @@ def setup(args: argparse.Namespace) -> None:
         print(auth.INSECURE_WARNING, flush=True)
 
 
-def _refused(message: str) -> int:
-    """One line, exit status 2 (docs/operations.md: the input or the request was refused)."""
-    print(f"seqex keys: {message}", file=sys.stderr)
-    return 2
+class KeysError(Exception):
+    """`seqex keys` refused its input: one line, exit status 2 (deploy/cli.py main)."""
 
 
 def _servers(topo) -> list[str]:
@@ -333,20 +330,20 @@ def cmd_keys(a: argparse.Namespace) -> int:
     except supervisor.Damaged:
         pid = supervisor.lock_holder(data)
         if pid is not None:     # up, on ports its damaged state no longer says
-            return _refused(f"seqex is up in {data} (supervisor pid {pid}) and its "
+            raise KeysError(f"seqex is up in {data} (supervisor pid {pid}) and its "
                             f"{supervisor.STATE_FILE} is damaged, so its ports are unknown: "
-                            f"restart it (`seqex down`, `seqex up`) before making its keys")
+                            f"restart it (`seqex down`, `seqex up`) before making its keys") from None
         running = None
     except supervisor.NotUp:
         running = None
     if a.base_port is not None and not 1 <= a.base_port <= 65535:
-        return _refused(f"--base-port {a.base_port}: a port, 1 .. 65535")
+        raise KeysError(f"--base-port {a.base_port}: a port, 1 .. 65535")
     if running is not None and a.topology is None and a.base_port is None:
         topo = running
     else:
         topo = topology.load(a.topology, a.data, a.base_port)
         if running is not None and _servers(topo) != _servers(running):
-            return _refused(f"seqex is up in {data} on other addresses than these "
+            raise KeysError(f"seqex is up in {data} on other addresses than these "
                             f"(leave out --topology and --base-port to use its own)")
     producers: dict[str, list[int]] = {}
     for spec in a.producer:
@@ -354,13 +351,13 @@ def cmd_keys(a: argparse.Namespace) -> int:
         try:
             producers[name] = [int(x) for x in srcs.split(",") if x]
         except ValueError:
-            return _refused(f"--producer {spec!r}: NAME=SRC[,SRC...]")
+            raise KeysError(f"--producer {spec!r}: NAME=SRC[,SRC...]") from None
         if not name or not producers[name]:
-            return _refused(f"--producer {spec!r}: NAME=SRC[,SRC...]")
+            raise KeysError(f"--producer {spec!r}: NAME=SRC[,SRC...]")
     try:
         keys_dir = generate(topo, a.dir, producers, a.rotate)
     except (ValueError, auth.KeyFileError) as exc:
-        return _refused(f"{exc}")
+        raise KeysError(str(exc)) from None
     print(f"keys for {len(topo.procs)} processes, the operator and {len(producers)} producers "
           f"in {keys_dir} (secret keys mode 0600); policy in "
           f"{os.path.join(keys_dir, auth.TRUST_FILE)}")

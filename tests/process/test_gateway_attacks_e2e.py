@@ -4,11 +4,18 @@ limits of their types, another user's account, a broken frame) get their rejects
 exchange goes on: the same user trades on a new session, another user's orders cross."""
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import struct
+import time
+
 import pytest
 
 from deploy.procs import Group
 from mq.control import wait_until
 from tests.process.test_cli import seqex
+from tests.process.test_cluster import pids_of
 from tests.process.test_trade_on_it import free_block_below_ephemeral
 from tests.protoclient import ENCODING, PREFIX, ProtoClient, nos
 
@@ -16,6 +23,24 @@ pytest.importorskip("gateway.server", reason="the gateway process (branch gatewa
 
 U64 = (1 << 64) - 1
 E8 = 10**8
+
+
+def md_logon(password: str) -> bytes:
+    """PROTOCOL.md §6: the feed's Logon (SessionID 0), as alice."""
+    block = struct.pack("<QQQIHBB16s32s", 0, 0, 0, 1000, 0, 0, 0, b"alice", password.encode())
+    return PREFIX.pack(12 + len(block), ENCODING, len(block), 1, 1, 1) + block
+
+
+def feed_logon(host: str, port: int, password: str) -> int:
+    """The template of the feed's answer to alice's Logon (2 LogonAck, 3 LogonReject, 4)."""
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(md_logon(password))
+        head = b""
+        while len(head) < 12:
+            chunk = sock.recv(12 - len(head))
+            assert chunk, "the feed closed the connection"
+            head += chunk
+        return PREFIX.unpack(head)[3]
 
 
 def answer(cl):
@@ -76,4 +101,41 @@ def test_crafted_messages_do_not_stop_the_exchange(tmp_path):
                     timeout=120)
         assert out.returncode == 0 and "filled" in out.stdout and \
             out.stdout.rstrip().endswith("(taker), done"), out
+
+        # The binary market-data feed: 600 wrong-password Logons from one address, held open
+        # while orders trade, do not keep out a user who logged on to the feed before (they
+        # used to: every valid Logon waited behind the flood's scrypt checks until its logon
+        # timer ran out); gateway/auth.py, docs/security.md.
+        feed_host, _, feed_port = topo.marketdata["feed"].rpartition(":")
+        assert feed_logon(feed_host, int(feed_port), pw["alice"]) == 2       # LogonAck
+        flood = []
+        try:
+            for n in range(600):
+                sock = socket.create_connection((feed_host, int(feed_port)), timeout=30)
+                sock.sendall(md_logon(f"wrong{n}"))
+                flood.append(sock)
+            out = seqex("client", "--data", data, "--user", "alice", "buy", "BTCUSDT",
+                        "0.002", "@", "49000", timeout=120)
+            assert out.returncode == 0 and "accepted, resting" in out.stdout, out
+            t0 = time.monotonic()
+            assert feed_logon(feed_host, int(feed_port), pw["alice"]) == 2
+            assert time.monotonic() - t0 < 3, "alice's Logon waited behind the flood"
+        finally:
+            for sock in flood:
+                sock.close()
+
+        # `seqex keys` on this cluster (started with --base-port) makes its policy for the
+        # cluster's own ports: the tools still reach it, and a killed replica restarts with
+        # its keys (the policy of the default ports locked both out)
+        assert seqex("keys", "--data", data).returncode == 0
+        assert seqex("status", "--data", data).returncode == 0
+        warm = [p for p in pids_of(data) if "--key te0.warm0 " in
+                open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode()]
+        assert len(warm) == 1
+        os.kill(warm[0], signal.SIGKILL)
+        wait_until(lambda: "restarting te0.warm0" in up.log(), 60, "te0.warm0's restart")
+        wait_until(lambda: "te0.warm0" in (st := seqex("status", "--data", data)).stdout
+                   and st.returncode == 0 and "DOWN" not in st.stdout, 120,
+                   "every process up again after te0.warm0's restart")
+        assert "restarting in" not in up.log().split("restarting te0.warm0")[-1], up.log()
         assert up.alive, up.log()

@@ -248,9 +248,7 @@ def test_a_seqno_jump_notapplied_cannot_state_is_refused_before_it_is_applied():
     SeqNo its LogonAck gives."""
     async def main():
         gw, core, port = await started()
-        c = await Client.connect(port)
-        await c.logon(session=5)
-        await c.expect(wire.LOGON_ACK)
+        c = await logged_on(gw, port, session=5)
         c.nos(1, 101)
         c.nos(2 + 0xFFFF_FFFF, 102)         # from 2: a gap of exactly 2^32 - 1, stated
         assert (await c.expect(wire.EXECUTION_REPORT)).ClOrdID == 101
