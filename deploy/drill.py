@@ -14,7 +14,7 @@ Drills (``--target`` names another process of the same kind):
   the killed ones (they come back hot: the stream then has one hot replica more, and no warm
   one until the promoted replica is restarted);
 * ``kill-te``: the same for the TradingEngine replicas of a shard (default the shard of the
-  load's account, ``te<N>.hot*``; ``--target`` names any replica of another shard): the warm
+  load's accounts, ``te<N>.hot*``; ``--target`` names any replica of another shard): the warm
   TradingEngine is promoted and takes over;
 * ``kill-sequencer``: SIGKILL of the master of an in stream (default ``sequencer.<first
   symbol>``, the load's): the supervisor restarts it and it takes over with a new epoch (learn,
@@ -39,12 +39,20 @@ Drills (``--target`` names another process of the same kind):
   peers keep the quorum), then at its former size; it catches up from its peers by itself.
   ``detected_s`` is when it reports its disk full; ``restarted_s`` stays empty (no restart).
 
-The load: one client (deploy/client.py, its own source id) sends limit orders into
-``in.ce.<symbol>`` at ``--rate`` per second (default 200), a buy and then a sell that crosses
-it, so the book stays small and every pair trades; an order is *acknowledged* when its outcome
-is read from ``out.ce.<symbol>``. The drill runs the load for ``--before`` seconds, strikes,
-watches the target, keeps the load on until the target is back and ``--after`` seconds more,
-then waits for every outcome.
+The load: on a cluster that trades through a gateway (``[trading]``, the default topology),
+two SDK clients (gateway/client.py) log on as the drill's own users (``drill-gw-a``,
+``drill-gw-b``, funded accounts 3001 and 3001 + the shard count, both on one shard) and send
+pairs of crossing limit orders at the mark on the first symbol, ``--rate`` per second in all
+(default 200), through the gateway and the TradingEngine like any client's: risk-checked and
+margined, they trade with clients' orders at that price. An order is
+*acknowledged* when its first report (ExecutionReport, BusinessReject) arrives; it must be
+accepted or rejected exactly once in its shard's TradingEngine out stream. Without a gateway
+(a CrossEngine-only topology) one client (deploy/client.py, its own source id) sends the
+pairs straight into ``in.ce.<symbol>`` as account 1, and an order is acknowledged when its
+outcome is read from ``out.ce.<symbol>``; its orders are read back from the in stream by
+source seq. The drill runs the load for ``--before`` seconds, strikes, watches the target,
+keeps the load on until the target is back and ``--after`` seconds more, then waits for
+every outcome (the gateway load then mass-cancels what it left resting).
 
 The report (``--json``: the same, as one object):
 
@@ -56,10 +64,16 @@ The report (``--json``: the same, as one object):
   replicator holding every stream up to its master's commit point);
 * ``resumed_s``: from the strike until the first acknowledgement of an order sent after it;
   order latencies (send to outcome) before and after the strike, p50/p99/max;
-* orders sent, acknowledged, lost (sent and never in the in stream) and applied twice (in
-  the in stream more than once), read back from a replicator: both must be 0; of the lost,
-  those the sequencer never acknowledged (the load stops waiting 60 s after the drill: a
-  cluster that fell that far behind leaves them unsent);
+* orders sent, acknowledged, lost and applied twice, both of which must be 0: through the
+  gateway, lost is never answered and applied twice is accepted twice, and each order must
+  be accepted or rejected exactly once in its TradingEngine's out stream, read back from a
+  replicator (``in_te_out_stream``: missing, twice; one refused by a BusinessReject, throttled
+  or shed, is answered: ``business_rejects``), and every record of that out stream for the
+  load's symbol taken into its CrossEngine's in stream exactly once (``to_crossengine``:
+  the hop kill-sequencer and the CrossEngine drills strike); without a gateway, lost is sent and never
+  in the in stream and applied twice is in it more than once, and of the lost, those the
+  sequencer never acknowledged (the load stops waiting 60 s after the drill: a cluster that
+  fell that far behind leaves them unsent);
 * the state hash of every replica of every stream, asked (HASH) until the replicas of a
   stream answer at one seq: they must be equal; and the stream rebuilt from seq 1 to that
   seq on a fresh engine gives the same hash, and the TradingEngine's audit balances there
@@ -86,11 +100,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from deploy import topology as _topo
+
 DRILLS = ("kill-hot-ce", "kill-all-hot-ce", "kill-te", "kill-sequencer", "kill-replicator",
           "kill-gateway", "freeze", "disk-full")
 FULL_SLACK = 64 << 10  # disk-full: the tmpfs remounted at what it uses plus this
 AUDIT_EVERY = 100      # the global audit's books checked every this many records, and at the end
 GROUP_DRILLS = ("kill-all-hot-ce", "kill-te")   # every hot replica of a stream, then PROMOTE
+COUNT_AGAIN_S = 30.0   # a stream read back short is read again this long (replicators lag)
 
 
 class DrillError(Exception):
@@ -431,7 +448,8 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     if sym is None:
         raise DrillError("the cluster has no symbol to put a load on")
     s = topo.symbols[sym]
-    account = 1
+    gateway = gateway_of(topo)   # the load trades through it, else straight into in.ce.<sym>
+    account = GW_ACCOUNT_BASE if gateway is not None else 1
     n_shards = len((topo.trading or {}).get("shards") or [])
     default = {"kill-hot-ce": f"ce.{sym}.hot0", "kill-all-hot-ce": f"ce.{sym}.hot0",
                "kill-te": f"te{account % n_shards}.hot0" if n_shards else "te0.hot0",
@@ -506,17 +524,23 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     if mark:
         from decimal import Decimal
         price = str(Decimal(s["tick_size"]) * mark)
-    load = Load(data_dir, sym, rate, price, str(s.get("lot_size", "1")), account=account)
-    th = threading.Thread(target=load.run, name="drill-load", daemon=True)
-    th.start()
-    load.started.wait(30)
-    if load.error:
-        raise DrillError(f"the load could not start: {load.error}")
+    if gateway is not None:
+        load, th, acct = start_gateway_load(topo, gateway, sym, rate)
+        load_text = (f"{rate} orders/s on {sym} through {gateway.name} from "
+                     f"{', '.join(u for u, _p, _a in load.users)}")
+    else:
+        load = Load(data_dir, sym, rate, price, str(s.get("lot_size", "1")), account=account)
+        th = threading.Thread(target=load.run, name="drill-load", daemon=True)
+        th.start()
+        load.started.wait(30)
+        if load.error:
+            raise DrillError(f"the load could not start: {load.error}")
+        load_text = f"{rate} orders/s into {s['in']} as account {account} (no gateway)"
     time.sleep(before_s)
     report: dict = {"drill": name, "target": ", ".join(p.name for p in targets),
                     "targets": [p.name for p in targets], "role": spec.role if not warm
                     else "replica-hot", "stream": spec.stream, "pid": pid, "pids": pids,
-                    "rate_per_s": rate}
+                    "rate_per_s": rate, "load": load_text}
     old_epoch = None
     if name == "kill-sequencer":
         old_epoch = (probe(spec, timeout_s=2.0) or {}).get("epoch")
@@ -525,6 +549,8 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
             report["standby"] = partner.name
             report["standby_pid"] = partner_pid
     strike_wall, strike = time.time(), time.monotonic()
+    if gateway is not None:
+        load.strike = strike
     if name == "freeze":
         os.kill(pid, signal.SIGSTOP)
         report["action"] = f"SIGSTOP for {freeze_s:g} s, then SIGCONT"
@@ -580,7 +606,13 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                 if not continued and now - strike >= freeze_s:
                     os.kill(pid, signal.SIGCONT)
                     continued = True
-                if continued and detected is not None and _caught_up(topo, spec):
+                    thawed = time.monotonic()
+                # a gateway is back when it answers the load's clients again, not when it
+                # answers the supervisor's probe
+                if continued and detected is not None and _caught_up(topo, spec) and (
+                        spec.role != "gateway" or gateway is None or any(
+                            o.acked_at is not None and o.acked_at >= thawed
+                            for o in list(load.orders))):
                     recovered = time.monotonic() - strike
                     break
             else:
@@ -643,10 +675,39 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         report.setdefault("standby_again", False)
     time.sleep(after_s)
     load.stop.set()
-    th.join(90)
+    th.join(120)
     report.update(detected_s=_r(detected), restarted_s=_r(restarted), recovered_s=_r(recovered))
     if load.error:
         report["load_error"] = load.error
+    if gateway is not None:
+        orders, orders_ok = gateway_orders(topo, load, acct, strike, recovered)
+        report.update(orders)
+    else:
+        report.update(_raw_orders(topo, s["in"], load, strike))
+        o = report["orders"]
+        orders_ok = o["sent"] > 0 and o["acknowledged"] == o["sent"] and \
+            not o["lost"] and not o["applied_twice"]
+    report["hashes"] = replica_hashes(topo)
+    report["rebuild"] = rebuild_check(topo, report["hashes"])
+    for h in report["hashes"].values():
+        h.pop("answers", None)
+    report["audit"] = global_audit(topo)
+    report["ok"] = (report["audit"]["ok"] and "error" not in report.get("promoted", {})
+                    and orders_ok and recovered is not None and detected is not None
+                    and (partner is None or bool(report["took_over"]
+                                                 and report["standby_again"]))
+                    and all(h["equal"] for h in report["hashes"].values())
+                    and len(report["rebuild"]) == len(report["hashes"])
+                    and all(r["hash_equal"] and r.get("audit", "balanced") == "balanced"
+                            for r in report["rebuild"].values()))
+    return report
+
+
+def _raw_orders(topo, in_stream: str, load: Load, strike: float) -> dict:
+    """The raw load's orders (no gateway), once it has stopped: ``resumed_s``,
+    ``latency_ms`` and ``orders`` for the report, read back from the in stream by the load's
+    source id and source seqs."""
+    report: dict = {}
     tickets = list(load.tickets)
     acked = [t for t in tickets if t.outcome is not None]
     after = [t for t in acked if t.sent_at >= strike]
@@ -663,7 +724,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                    "max": _pct(lat_before, 1.0)},
         "after": {"p50": _pct(lat_after, 0.5), "p99": _pct(lat_after, 0.99),
                   "max": _pct(lat_after, 1.0)}}
-    counts = count_in_stream(topo, s["in"], load.source, load.start_seq + 1) if load.source else {}
+    counts = count_in_stream(topo, in_stream, load.source, load.start_seq + 1) if load.source else {}
     sent_ss = {t.source_seq for t in tickets}
     lost = sorted(ss for ss in sent_ss if counts.get(ss, 0) == 0)
     twice = sorted(ss for ss, n in counts.items() if n > 1)
@@ -678,28 +739,17 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         report["orders"]["lost_source_seqs"] = lost[:20]
     if twice:
         report["orders"]["twice_source_seqs"] = twice[:20]
-    report["hashes"] = replica_hashes(topo)
-    report["rebuild"] = rebuild_check(topo, report["hashes"])
-    for h in report["hashes"].values():
-        h.pop("answers", None)
-    report["audit"] = global_audit(topo)
-    report["ok"] = (report["audit"]["ok"] and "error" not in report.get("promoted", {})
-                    and not lost and not twice and len(acked) == len(tickets) and bool(tickets)
-                    and recovered is not None and detected is not None
-                    and (partner is None or bool(report["took_over"]
-                                                 and report["standby_again"]))
-                    and all(h["equal"] for h in report["hashes"].values())
-                    and len(report["rebuild"]) == len(report["hashes"])
-                    and all(r["hash_equal"] and r.get("audit", "balanced") == "balanced"
-                            for r in report["rebuild"].values()))
     return report
 
 
 def global_audit(topo) -> dict:
     """`seqex audit` (deploy/audit.py) of the cluster: every TradingEngine shard and the
     LiqEngine rebuilt from its log, audited every ``AUDIT_EVERY`` records and at the end, and
-    every engine's books added up against deposits minus withdrawals."""
+    every engine's books added up against deposits minus withdrawals. A topology without a
+    TradingEngine has no books: ``{"ok": True, "skipped": ...}``."""
     from deploy.audit import audit
+    if not (topo.trading or {}).get("shards"):
+        return {"ok": True, "skipped": "no TradingEngine in this topology"}
     try:
         r = audit(topo, every=AUDIT_EVERY)
     except Exception as exc:     # no replicator answers, no configuration: in the report
@@ -783,8 +833,18 @@ def describe(r: dict) -> str:
                  f"{lat['before']['p99']} max {lat['before']['max']}; after: p50 "
                  f"{lat['after']['p50']} p99 {lat['after']['p99']} max {lat['after']['max']}")
     o = r["orders"]
-    lines.append(f"  orders: sent {o['sent']}, acknowledged {o['acknowledged']}, lost "
-                 f"{o['lost']}, applied twice {o['applied_twice']}")
+    if r.get("load"):
+        lines.append(f"  load: {r['load']}")
+    line = (f"  orders: sent {o['sent']}, acknowledged {o['acknowledged']}, lost "
+            f"{o['lost']}, applied twice {o['applied_twice']}")
+    st = o.get("in_te_out_stream")
+    if st:
+        line += (f"; in {', '.join(st['streams'])}: missing {st['missing']}, twice "
+                 f"{st['twice']}")
+        if o.get("business_rejects"):
+            line += f"; refused by BusinessReject (throttled, shed): {o['business_rejects']}"
+    lines.append(line)
+    lines += _hop_lines(o)
     for stream, h in r["hashes"].items():
         verdict = "equal" if h["equal"] else ("DIFFER" if h["same_seq"] else
                                               "not compared (replicas at different seqs)")
@@ -800,7 +860,9 @@ def describe(r: dict) -> str:
         lines.append(f"  {stream}: {len(h['replicas'])} replicas at seq {h['seq']}: hashes "
                      f"{verdict}")
     a = r.get("audit") or {}
-    if "error" in a:
+    if "skipped" in a:
+        lines.append(f"  global audit: none ({a['skipped']})")
+    elif "error" in a:
         lines.append(f"  global audit: could not run: {a['error']}")
     elif a:
         from deploy.audit import usdt
@@ -813,6 +875,11 @@ def describe(r: dict) -> str:
         lines.append(f"  load: {r['load_error']}")
     lines.append("  OK" if r["ok"] else "  FAILED")
     return "\n".join(lines)
+
+
+def _hop_lines(o: dict) -> list[str]:
+    return [f"  {h['from']} -> {h['to']}: {h['records']} records, not taken {h['missing']}, "
+            f"taken twice {h['twice']}" for h in o.get("to_crossengine") or []]
 
 
 def record_outcome(data_dir: str, r: dict) -> None:
@@ -902,7 +969,7 @@ def gateway_users(topo, log=lambda _line: None) -> list[tuple[str, str, int]]:
         try:
             trading.create_user(topo, name, [account], pw, replace=True)   # the drill's own
         except trading.TradingError as exc:
-            raise DrillError(f"kill-gateway: cannot add the drill's user {name}: {exc}") from None
+            raise DrillError(f"cannot add the drill's user {name}: {exc}") from None
         users[name] = {"password": pw, "account": account, "funded": False}
         changed = True
     if changed:
@@ -916,7 +983,7 @@ def gateway_users(topo, log=lambda _line: None) -> list[tuple[str, str, int]]:
                                        trading.minor_units(GW_DEPOSIT),
                                        transfer_id=GW_TRANSFER_BASE + u["account"])
             except Exception as exc:    # one line: the drill cannot run
-                raise DrillError(f"kill-gateway: cannot fund {name}'s account "
+                raise DrillError(f"cannot fund the drill's user {name}'s account "
                                  f"{u['account']}: {type(exc).__name__}: {exc}") from None
             log(f"{name}: {out.line()}")
             u["funded"] = True
@@ -933,6 +1000,7 @@ class GwOrder:
     sent_at: float
     acked_at: float | None = None
     applied: int = 0       # ExecutionReports New/Rejected and BusinessRejects naming it
+    business_rejected: bool = False   # refused by a BusinessReject (throttled, shed, ...)
 
 
 @dataclass
@@ -1124,6 +1192,8 @@ class GatewayLoad:
         if isinstance(r, sdk.BusinessReject) or (isinstance(r, sdk.ExecutionReport) and
                                                  r.exec_type in GW_FIRST):
             o.applied += 1
+        if isinstance(r, sdk.BusinessReject):
+            o.business_rejected = True
 
     async def _tidy(self) -> None:
         """A mass cancel of the drill's symbol on each session (an order left resting when its
@@ -1198,6 +1268,137 @@ def count_exec_reports(topo, stream: str, accounts: set, first_seq: int) -> dict
     return _furthest(topo, stream, first_seq, count)[1]
 
 
+def _listen_of(gateway) -> tuple[str, int]:
+    """(host, port) a gateway's clients connect to."""
+    listen = gateway.extra.get("listen") or gateway.control
+    host, _, port = listen[len("tcp://"):].rpartition(":") if listen.startswith("tcp://") \
+        else listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def gateway_of(topo):
+    """The first gateway of a topology that trades through one, else None."""
+    if not (topo.trading or {}).get("gateway"):
+        return None
+    return next((p for p in topo.procs if p.role == "gateway"), None)
+
+
+def start_gateway_load(topo, gateway, sym: str, rate: int):
+    """The drill's users (created and funded once) trading ``sym`` through ``gateway`` at
+    ``rate`` orders/s from a thread of its own, logged on. (load, thread, {"out_streams",
+    "start"}): each of their shards' TradingEngine out stream and its last seq before the load,
+    for `gateway_orders`."""
+    t = topo.trading or {}
+    instruments = {i["symbol"]: (i["security_id"], i["tick"], i["lot"])
+                   for i in t["instruments"]}
+    users = gateway_users(topo)
+    import logging
+    logging.getLogger("seqex.client").setLevel(logging.WARNING)   # a line per resent order
+    logging.getLogger("asyncio").setLevel(logging.ERROR)  # writes into the killed connection
+    n = int(t.get("n_shards") or 1)
+    out_streams = {sh: t["shards"][sh]["out"] for sh in sorted({a % n for _u, _p, a in users})}
+    # in.ce.<sym>'s last seq before out.te's: every out.te record after its mark reaches
+    # in.ce.<sym> after that one's
+    ce_in = topo.symbols[sym]["in"]
+    ce_start = _stream_last(topo, ce_in)
+    start = {sh: _stream_last(topo, s) for sh, s in out_streams.items()}
+    host, port = _listen_of(gateway)
+    load = GatewayLoad(host, port, users, instruments, sym,
+                       str(topo.symbols[sym].get("lot_size", "1")),
+                       os.path.join(os.path.abspath(topo.data_dir), GW_STATE_DIR), rate, topo)
+    th = threading.Thread(target=load.run, name="drill-gateway-load", daemon=True)
+    th.start()
+    load.started.wait(60)
+    if load.error or not load.clients or len(load.sessions) < len(users):
+        load.stop.set()
+        th.join(30)
+        raise DrillError(f"the load could not start: {load.error or 'no logon in 60 s'}")
+    return load, th, {"out_streams": out_streams, "start": start, "ce_in": ce_in,
+                      "ce_start": ce_start,
+                      "ce_bit": 1 << (int(topo.symbols[sym]["symbol_id"]) % 64)}
+
+
+def gateway_orders(topo, load: GatewayLoad, acct: dict, strike: float,
+                   recovered: float | None) -> tuple[dict, bool]:
+    """The gateway load's orders, once it has stopped: ``resumed_s``, ``latency_ms`` and
+    ``orders`` for the report (each order answered once, and accepted or rejected exactly once
+    in its TradingEngine's out stream), and whether they pass."""
+    orders = list(load.orders)
+    acked = [o for o in orders if o.acked_at is not None]
+    after = [o for o in acked if o.sent_at >= strike]
+    r: dict = {"resumed_s": _r(min(o.acked_at for o in after) - strike) if after else None}
+    lat_b = [o.acked_at - o.sent_at for o in acked if o.sent_at < strike]
+    lat_a = [o.acked_at - o.sent_at for o in after]
+    r["latency_ms"] = {w: {"p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99), "max": _pct(xs, 1.0)}
+                       for w, xs in (("before", lat_b), ("after", lat_a))}
+    lost = [o for o in orders if o.acked_at is None]
+    twice = [o for o in orders if o.applied > 1]
+    accounts = {a for _u, _p, a in load.users}
+    # each order accepted or rejected in its TradingEngine's out stream once (one refused by
+    # a BusinessReject, throttled or shed, is not: the engine answered it so); the replicators
+    # learn of the newest commits a moment after the gateway passed them on, so count again
+    # until nothing is missing or 30 s have passed
+    ends = {sh: _stream_last(topo, s) for sh, s in acct["out_streams"].items()}
+    deadline = time.monotonic() + COUNT_AGAIN_S
+    while True:
+        in_stream: dict = {}
+        for sh, stream in acct["out_streams"].items():
+            in_stream.update(count_exec_reports(topo, stream, accounts, acct["start"][sh] + 1))
+        missing = [o for o in orders if not o.business_rejected and
+                   in_stream.get((o.account, o.cl_ord_id), 0) == 0]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    stream_twice = [o for o in orders if in_stream.get((o.account, o.cl_ord_id), 0) > 1]
+    # the hop the drills strike between the engines: every record of those out streams for
+    # the load's symbol taken into its CrossEngine's in stream exactly once
+    hops = [count_hop(topo, stream, acct["start"][sh], ends[sh], acct["ce_bit"],
+                      acct["ce_in"], acct["ce_start"], _topo.SRC_TE_OUT | sh)
+            for sh, stream in acct["out_streams"].items()]
+    o_r = r["orders"] = {
+        "sent": len(orders), "acknowledged": len(acked), "lost": len(lost),
+        "applied_twice": len(twice), "not_applied_reports": load.not_applied,
+        "in_te_out_stream": {"streams": sorted(acct["out_streams"].values()),
+                             "missing": len(missing), "twice": len(stream_twice)},
+        "business_rejects": sum(o.business_rejected for o in orders),
+        "to_crossengine": hops,
+        "resent_after_logon": sum(s.get("resent", 0) for s in load.sessions),
+        "sent_during_outage": sum(1 for o in orders if o.sent_at >= strike and (
+            recovered is None or o.sent_at < strike + recovered))}
+    if lost:
+        o_r["lost_cl_ord_ids"] = [(o.client, o.cl_ord_id) for o in lost[:20]]
+    if twice or stream_twice:
+        o_r["twice_cl_ord_ids"] = [(o.client, o.cl_ord_id) for o in (twice or stream_twice)[:20]]
+    ok = bool(orders) and not (lost or twice or missing or stream_twice or load.error) and \
+        all(not h["missing"] and not h["twice"] for h in hops)
+    return r, ok
+
+
+def count_hop(topo, out_stream: str, out_start: int, out_end: int, bit: int, in_stream: str,
+              in_start: int, source: int) -> dict:
+    """Records of ``out_stream`` in (out_start, out_end] whose route has ``bit``, against
+    their copies in ``in_stream`` after in_start (source ``source``, source seq = the out
+    record's seq): how many, how many not taken (counted again until none is missing or 30 s
+    have passed: the in stream may be a moment behind) and how many taken twice."""
+    def sent(rec, acc: dict) -> None:
+        if rec[0] <= out_end and len(rec) > 7 and rec[7] & bit:
+            acc[rec[0]] = 1
+
+    def taken(rec, acc: dict) -> None:
+        if rec[2] == source and out_start < rec[3] <= out_end:
+            acc[rec[3]] = acc.get(rec[3], 0) + 1
+    out_seqs = _furthest(topo, out_stream, out_start + 1, sent)[1]
+    deadline = time.monotonic() + COUNT_AGAIN_S
+    while True:
+        got = _furthest(topo, in_stream, in_start + 1, taken)[1]
+        missing = [ss for ss in out_seqs if ss not in got]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return {"from": out_stream, "to": in_stream, "records": len(out_seqs),
+            "missing": len(missing), "twice": sum(1 for n in got.values() if n > 1)}
+
+
 def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
                 before_s: float = 2.0, after_s: float = 2.0, frozen_after_s: float = 3.0,
                 timeout_s: float = 120.0) -> dict:
@@ -1217,37 +1418,16 @@ def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
     if spec.role != "gateway":
         raise DrillError(f"kill-gateway: {target} is not a gateway")
     pid = _pid_of(data_dir, target)
-    listen = spec.extra.get("listen") or spec.control
-    host, _, port = listen[len("tcp://"):].rpartition(":") if listen.startswith("tcp://") \
-        else listen.rpartition(":")
+    host, port = _listen_of(spec)
     sym = next(iter(topo.symbols), None)
     if sym is None:
         raise DrillError("the cluster has no symbol to put a load on")
-    instruments = {i["symbol"]: (i["security_id"], i["tick"], i["lot"])
-                   for i in t["instruments"]}
-    users = gateway_users(topo)
-    import logging
-    logging.getLogger("seqex.client").setLevel(logging.WARNING)   # a line per resent order
-    logging.getLogger("asyncio").setLevel(logging.ERROR)  # writes into the killed connection
-    n = int(t.get("n_shards") or 1)
-    shards = sorted({acct % n for _u, _p, acct in users})
-    out_streams = {sh: t["shards"][sh]["out"] for sh in shards}
-    start = {sh: _stream_last(topo, s) for sh, s in out_streams.items()}
-    load = GatewayLoad(host.strip("[]"), int(port), users, instruments, sym,
-                       str(topo.symbols[sym].get("lot_size", "1")),
-                       os.path.join(os.path.abspath(data_dir), GW_STATE_DIR), rate, topo)
-    th = threading.Thread(target=load.run, name="drill-gateway-load", daemon=True)
-    th.start()
-    load.started.wait(60)
-    if load.error or not load.clients or len(load.sessions) < len(users):
-        load.stop.set()
-        th.join(30)
-        raise DrillError(f"the load could not start: {load.error or 'no logon in 60 s'}")
+    load, th, acct = start_gateway_load(topo, spec, sym, rate)
     time.sleep(before_s)
     report: dict = {"drill": "kill-gateway", "target": target, "targets": [target],
                     "role": "gateway", "stream": "", "pid": pid, "pids": {target: pid},
                     "rate_per_s": rate, "gateway": f"{host}:{port}",
-                    "users": [u for u, _p, _a in users]}
+                    "users": [u for u, _p, _a in load.users]}
     strike_wall, strike = time.time(), time.monotonic()
     load.strike = strike
     os.kill(pid, signal.SIGKILL)
@@ -1273,7 +1453,7 @@ def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
                 new_pid = new
                 restarted = now - strike if began is None else \
                     min(now - strike, max(0.0, began - strike))
-        if len(load.relogged_at) == len(users) and restarted is not None:
+        if len(load.relogged_at) == len(load.users) and restarted is not None:
             recovered = max(load.relogged_at.values()) - strike
             break
         if load.error:
@@ -1290,39 +1470,8 @@ def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
         report["load_error"] = load.error
     if load.logouts:
         report["logouts"] = load.logouts[:10]
-    orders = list(load.orders)
-    acked = [o for o in orders if o.acked_at is not None]
-    after = [o for o in acked if o.sent_at >= strike]
-    report["resumed_s"] = _r(min(o.acked_at for o in after) - strike) if after else None
-    lat_b = [o.acked_at - o.sent_at for o in acked if o.sent_at < strike]
-    lat_a = [o.acked_at - o.sent_at for o in after]
-    report["latency_ms"] = {w: {"p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99),
-                                "max": _pct(xs, 1.0)}
-                            for w, xs in (("before", lat_b), ("after", lat_a))}
-    lost = [o for o in orders if o.acked_at is None]
-    twice = [o for o in orders if o.applied > 1]
-    # the TradingEngine's out stream: each order accepted or rejected there exactly once
-    accounts = {a for _u, _p, a in users}
-    in_stream: dict = {}
-    for sh, stream in out_streams.items():
-        in_stream.update(count_exec_reports(topo, stream, accounts, start[sh] + 1))
-    missing = [o for o in orders if in_stream.get((o.account, o.cl_ord_id), 0) == 0]
-    stream_twice = [o for o in orders if in_stream.get((o.account, o.cl_ord_id), 0) > 1]
-    report["orders"] = {"sent": len(orders), "acknowledged": len(acked), "lost": len(lost),
-                        "applied_twice": len(twice), "not_applied_reports": load.not_applied,
-                        "in_te_out_stream": {"streams": sorted(out_streams.values()),
-                                             "missing": len(missing),
-                                             "twice": len(stream_twice)},
-                        "resent_after_logon": sum(s.get("resent", 0) for s in load.sessions),
-                        "sent_during_outage": sum(
-                            1 for o in orders
-                            if o.sent_at >= strike and (recovered is None or
-                                                        o.sent_at < strike + recovered))}
-    if lost:
-        report["orders"]["lost_cl_ord_ids"] = [(o.client, o.cl_ord_id) for o in lost[:20]]
-    if twice or stream_twice:
-        report["orders"]["twice_cl_ord_ids"] = [(o.client, o.cl_ord_id)
-                                                for o in (twice or stream_twice)[:20]]
+    orders, orders_ok = gateway_orders(topo, load, acct, strike, recovered)
+    report.update(orders)
     report["sessions"] = [dict(s, same_session=s.get("session_id_after") == s["session_id"]
                                and s.get("new_session_after") is False)
                           for s in load.sessions]
@@ -1331,9 +1480,8 @@ def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
     for h in report["hashes"].values():
         h.pop("answers", None)
     report["audit"] = global_audit(topo)
-    report["ok"] = (report["audit"]["ok"] and not lost and not twice and not missing
-                    and not stream_twice and bool(orders) and not load.error
-                    and recovered is not None and report["detected_s"] is not None
+    report["ok"] = (report["audit"]["ok"] and orders_ok and recovered is not None
+                    and report["detected_s"] is not None
                     and report["resumed_s"] is not None
                     and all(s["same_session"] for s in report["sessions"])
                     and all(h["equal"] for h in report["hashes"].values())
@@ -1370,6 +1518,7 @@ def describe_gateway(r: dict) -> str:
                  f"was down), acknowledged {o['acknowledged']}, lost {o['lost']}, applied "
                  f"twice {o['applied_twice']}; in {', '.join(st['streams'])}: missing "
                  f"{st['missing']}, twice {st['twice']}")
+    lines += _hop_lines(o)
     rest = describe({**r, "drill": "kill-gateway", "hashes": r["hashes"],
                      "latency_ms": r["latency_ms"]}).splitlines()
     lines += [ln for ln in rest if ln.startswith(("  in.", "  global audit", "    "))]

@@ -4,20 +4,27 @@ reading the `--json` report: the fault was detected and the target recovered, se
 back from the in stream), every stream's replicas give one state hash at one seq, the stream
 rebuilt from seq 1 gives that hash too, and every TradingEngine shard's audit balances. The
 cluster is shared by the drills of this module (one `seqex up`, stopped at the end); a drill
-runs its own light load (200 orders/s into in.ce.BTCUSDT; kill-gateway's through the gateway,
-from two SDK clients). A bad drill name or target is one
-line, status 2, and strikes nothing."""
+runs its own light load (200 orders/s on BTCUSDT through the gateway, from two SDK clients as
+the drill's own users), which may run while clients trade: with the demo's robot trading at
+the same prices, the global audit balances. A bad drill name or target is one line, status 2,
+and strikes nothing."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
 from deploy.procs import Group, free_port_block
 from mq.control import wait_until
 from tests.process.test_cli import one_line_error, seqex
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +70,12 @@ def check(report: dict) -> None:
     o = report["orders"]
     assert o["sent"] > 100 and o["acknowledged"] == o["sent"], report
     assert o["lost"] == 0 and o["applied_twice"] == 0, report
+    # through the gateway: each order accepted or rejected once by its TradingEngine
+    assert o["in_te_out_stream"] == {"streams": ["out.te.1"], "missing": 0, "twice": 0}, o
+    # and every order the engine passed on reached the CrossEngine's in stream once
+    hop, = o["to_crossengine"]
+    assert (hop["from"], hop["to"]) == ("out.te.1", "in.ce.BTCUSDT"), hop
+    assert hop["records"] >= o["sent"] and hop["missing"] == hop["twice"] == 0, hop
     assert report["detected_s"] is not None and report["recovered_s"] is not None, report
     assert report["resumed_s"] is not None, report
     # every stream of the default topology: 2 in.ce, 2 in.te (3 replicas each), in.liq (2)
@@ -106,7 +119,7 @@ def test_drill_kill_all_hot_ce_promotes_the_warm_replica(cluster):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_drill_kill_te_promotes_the_warm_tradingengine(cluster):
-    # the load's account 1 is on shard 1 of 2: its trades go through te1
+    # the load's accounts (3001, 3003) are on shard 1 of 2: its orders go through te1
     r = drill(cluster, "kill-te")
     assert r["targets"] == ["te1.hot0", "te1.hot1"] and r["stream"] == "in.te.1", r
     p = r["promoted"]
@@ -177,10 +190,81 @@ def test_drill_kill_gateway_clients_resume_their_sessions(cluster):
     o = r["orders"]
     # orders sent while it was down waited in the outboxes and went out on the new logon
     assert o["sent_during_outage"] > 0 and o["resent_after_logon"] > 0, o
-    # every ClOrdID has its answer, and the TradingEngine applied each exactly once
-    assert o["in_te_out_stream"] == {"streams": ["out.te.1"], "missing": 0, "twice": 0}, o
     assert o["not_applied_reports"] == 0, o
     check(r)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_drill_while_clients_trade_keeps_every_book_balanced(cluster, tmp_path):
+    # the demo's robot trades BTCUSDT through the gateway around the mark; the drill's load
+    # trades at the mark through the gateway too, risk-checked like the robot's (each of its
+    # orders accepted or rejected by its TradingEngine: check()), so the two trade with each
+    # other and the books balance, during the drill and at rest
+    from crossengine import codec as ce
+    from deploy.drill import GW_ACCOUNT_BASE, _furthest
+    from deploy.supervisor import read_state
+    topo, _ = read_state(cluster)
+    start = _furthest(topo, "out.ce.BTCUSDT", 1, lambda rec, c: None)[0]
+    with open(tmp_path / "demo.log", "w") as log:
+        demo = subprocess.Popen([sys.executable, "-m", "deploy.cli", "demo", "--plain", "--data",
+                                 cluster, "--rate", "100", "--users", "4"], cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        def trading() -> bool:
+            text = (tmp_path / "demo.log").read_text()
+            return bool(re.search(r"trades/s [1-9]", text)) or demo.poll() is not None
+        wait_until(trading, 180, "the demo's robot trading")
+        assert demo.poll() is None, (tmp_path / "demo.log").read_text()
+        r = drill(cluster, "kill-hot-ce", "--after", "5")
+        check(r)
+        assert r["load"] == "200 orders/s on BTCUSDT through gateway0 from drill-gw-a, " \
+            "drill-gw-b", r["load"]
+        assert demo.poll() is None, (tmp_path / "demo.log").read_text()
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(60)
+    drill_accounts = {GW_ACCOUNT_BASE, GW_ACCOUNT_BASE + 2}
+
+    def count(rec, counts: dict) -> None:
+        try:
+            events = ce.decode_events(bytes(rec[6]))
+        except ValueError:
+            return
+        for ev in events:
+            if ev[0] == ce.EV_TRADE and len({ev[4], ev[5]} & drill_accounts) == 1:
+                counts["with_clients"] = counts.get("with_clients", 0) + 1
+    mixed = _furthest(topo, "out.ce.BTCUSDT", start + 1, count)[1]
+    # the drill's orders met the robot's: the audit above covered such trades
+    assert mixed.get("with_clients", 0) > 0, mixed
+    # at rest (no one trading), every engine's clearing positions net to zero per symbol:
+    # each trade has a TradingEngine on both sides
+    from deploy.audit import audit
+    deadline = time.monotonic() + 120
+    while (net := audit(topo, every=1000).clearing_net()) and time.monotonic() < deadline:
+        time.sleep(0.5)     # records still in flight: rebuild again
+    assert not net, f"clearing positions do not net to zero at rest: {net} (symbol: lots)"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_second_demo_run_opens_new_sessions_and_is_answered(cluster):
+    # the robot's SessionIDs came from its seed (default 1): a second `seqex demo` on the same
+    # cluster resumed the first run's sessions and sent SeqNos from 1 again, which the gateway
+    # drops as already applied, so its first orders (as many as the first run sent) went
+    # nowhere and nothing said so
+    final = re.compile(r"seqex demo: (\d+) orders sent, (\d+) acknowledged")
+    for run in range(2):
+        out = subprocess.run([sys.executable, "-m", "deploy.cli", "demo", "--plain", "--data",
+                              cluster, "--seconds", "10", "--rate", "60", "--users", "3"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": REPO})
+        assert out.returncode == 0, out.stdout + out.stderr
+        m = final.search(out.stdout)
+        assert m, out.stdout
+        sent, acked = int(m[1]), int(m[2])
+        assert sent > 200 and acked >= sent // 2, (run, out.stdout)
 
 
 @pytest.mark.slow
@@ -261,3 +345,60 @@ def test_the_market_data_publisher_serves_its_metrics(cluster):
     assert set(applied) == {"out.ce.BTCUSDT", "out.ce.ETHUSDT"}, applied
     for feed in ("binary", "websocket"):
         assert ("seqex_marketdata_clients", (("feed", feed), ("process", "marketdata0"))) in got
+
+
+CE_ONLY = """\
+[cluster]
+tick_ms = 100
+
+[[replicator]]
+name = "replicator0"
+
+[[replicator]]
+name = "replicator1"
+
+[[replicator]]
+name = "replicator2"
+
+[[symbol]]
+name = "BTCUSDT"
+symbol_id = 1
+tick_size = "0.5"
+lot_size = "0.001"
+mark_start = "50000"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_drill_on_a_cluster_without_an_order_path(tmp_path):
+    # a CrossEngine-only topology (no [trading]: no gateway, no TradingEngine): the load goes
+    # straight into in.ce.BTCUSDT, read back from the in stream by source seq; there are no
+    # books to audit, and the drill passes on what it can check
+    topo = tmp_path / "ce-only.toml"
+    topo.write_text(CE_ONLY)
+    data = str(tmp_path / "data")
+    with Group(str(tmp_path / "logs")) as group:
+        up = group.spawn("up", ["up", "--topology", str(topo), "--data", data, "--base-port",
+                                str(free_port_block(40)), "--ready-timeout", "180"])
+        wait_until(lambda: "seqex is up" in up.log() or not up.alive, 300, "seqex up")
+        assert up.alive, up.log()
+        try:
+            r = drill(data, "kill-hot-ce")
+            print(json.dumps({k: v for k, v in r.items() if k != "hashes"}))
+            assert r["load"] == "200 orders/s into in.ce.BTCUSDT as account 1 (no gateway)", r
+            o = r["orders"]
+            assert o["sent"] > 100 and o["acknowledged"] == o["sent"], o
+            assert o["lost"] == 0 and o["applied_twice"] == 0, o
+            assert set(r["hashes"]) == {"in.ce.BTCUSDT"} and r["hashes"]["in.ce.BTCUSDT"]["equal"]
+            assert r["rebuild"]["in.ce.BTCUSDT"]["hash_equal"], r["rebuild"]
+            assert r["audit"] == {"ok": True, "skipped": "no TradingEngine in this topology"}
+            assert r["ok"], r
+            text = seqex("drill", "freeze", "--freeze-s", "4", "--data", data, timeout=400)
+            assert text.returncode == 0, text.stdout + text.stderr
+            assert "global audit: none (no TradingEngine in this topology)" in text.stdout, \
+                text.stdout
+        finally:
+            out = seqex("down", "--data", data, timeout=120)
+            assert out.returncode == 0, out.stderr
+            up.wait(60)

@@ -3,6 +3,7 @@ counts as applied twice, and the report's text."""
 from __future__ import annotations
 
 import threading
+import time
 from decimal import Decimal
 
 from deploy import drill
@@ -62,3 +63,44 @@ def test_the_clients_watch_sees_the_disconnect_and_each_new_logon():
     load.clients[0].stats["logons"] = 2
     load._watch()
     assert list(load.relogged_at) == [0]
+
+
+def test_orders_refused_by_a_businessreject_are_not_missing_from_the_engine_stream(monkeypatch):
+    # under overload the gateway sheds orders and the TradingEngine answers them with a
+    # BusinessReject, not an ExecutionReport: such an order is answered, not missing from the
+    # out stream (a drill under the demo's load failed on 245 of them); an order accepted by
+    # its ExecutionReport but not in the stream is missing, and so is a record of out.te that
+    # never reached in.ce
+    load = _load()
+    load._report(0, _er(1, "new"))
+    load._report(0, _er(2, "new"))
+    load._report(1, sdk.BusinessReject(5, 0, 1, 1, 100, 0, "shed", False))
+    load._report(1, sdk.BusinessReject(6, 0, 2, 2, 100, 0, "throttled", False))
+    in_stream = {(3001, 1): 1}                     # (3001, 2) never made it
+    monkeypatch.setattr(drill, "_stream_last", lambda topo, s: 10)
+    monkeypatch.setattr(drill, "count_exec_reports", lambda *a: dict(in_stream))
+    hop = {"from": "out.te.1", "to": "in.ce.BTCUSDT", "records": 4, "missing": 0, "twice": 0}
+    monkeypatch.setattr(drill, "count_hop", lambda *a: dict(hop))
+    monkeypatch.setattr(drill, "COUNT_AGAIN_S", 1.0)
+    acct = {"out_streams": {1: "out.te.1"}, "start": {1: 0}, "ce_in": "in.ce.BTCUSDT",
+            "ce_start": 0, "ce_bit": 2}
+    t0 = time.monotonic()
+    r, ok = drill.gateway_orders(None, load, acct, 0.0, 1.0)
+    o = r["orders"]
+    assert (o["lost"], o["business_rejects"], o["in_te_out_stream"]["missing"]) == (0, 2, 1)
+    assert not ok and time.monotonic() - t0 >= 1.0     # counted again first
+    in_stream[(3001, 2)] = 1
+    r, ok = drill.gateway_orders(None, load, acct, 0.0, 1.0)
+    assert ok and r["orders"]["in_te_out_stream"]["missing"] == 0
+    assert "refused by BusinessReject (throttled, shed): 2" in _text(r)
+    hop["missing"] = 1
+    r, ok = drill.gateway_orders(None, load, acct, 0.0, 1.0)
+    assert not ok and "out.te.1 -> in.ce.BTCUSDT: 4 records, not taken 1" in _text(r)
+
+
+def _text(orders: dict) -> str:
+    r = {"drill": "kill-hot-ce", "action": "SIGKILL", "target": "x", "role": "replica-hot",
+         "stream": "in.ce.BTCUSDT", "pid": 1, "at": "now", "detected_s": 1.0,
+         "restarted_s": 1.0, "recovered_s": 1.0, "new_pids": {"x": 2}, "hashes": {},
+         "audit": {}, "ok": False, **orders}
+    return drill.describe(r)
