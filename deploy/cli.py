@@ -339,6 +339,8 @@ class _StreamView:
                     raise UsageError(self._unknown())
                 self.pub = pub
         self.by_id, self.units = by_id, units
+        self.n_shards = int((self.topo.trading or {}).get("n_shards") or 0) or None \
+            if self.topo is not None else None
         self.filters = {"kind": getattr(a, "kind", None), "account": getattr(a, "account", None),
                         "order": getattr(a, "order", None)}
 
@@ -393,7 +395,7 @@ class _StreamView:
         """Print one record if the filters keep it; whether it was printed."""
         if not self.a.ticks and self.decode.is_tick(rec):
             return False
-        d = self.decode.decode_record(self.a.stream, rec, self.by_id, self.units)
+        d = self.decode.decode_record(self.a.stream, rec, self.by_id, self.units, self.n_shards)
         if not self.decode.matches(d, **self.filters):
             return False
         print(json.dumps(d) if self.a.json else self.decode.line(d), flush=self.a.flush)

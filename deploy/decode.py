@@ -561,6 +561,53 @@ def upstream_of(source: int) -> tuple[str, int] | None:
     return None
 
 
+def source_name(source: int, by_id: dict[int, Units]) -> str:
+    """Who wrote a record, for a person: the out stream it was taken from, ``oracle0``,
+    ``gateway0``, ``operator``/``operator+N`` (the operator's range, mq/sources.py), else the
+    number (a client's own source id)."""
+    from mq.sources import OPERATOR_SOURCE, is_operator
+    up = upstream_of(source)
+    if up is not None:
+        kind, n = up
+        if kind == "out.ce":
+            return f"out.ce.{by_id[n].name}" if n in by_id else f"out.ce.{n}"
+        return f"out.te.{n}" if kind == "out.te" else "out.liq"
+    base, n = source & 0xFF00_0000, source & 0x00FF_FFFF
+    if base == _topo.SRC_ORACLE:
+        return f"oracle{n}"
+    if base == _topo.SRC_GATEWAY:
+        return f"gateway{n}"
+    if source == OPERATOR_SOURCE:
+        return "operator"
+    if is_operator(source):
+        return f"operator+{source - 0xFFFF_0000:#x}"
+    return str(source)
+
+
+def route_names(stream: str, route: int, by_id: dict[int, Units],
+                n_shards: int | None = None) -> list[str]:
+    """The streams an engine's output record in ``stream`` (out.*) is routed to
+    (docs/order-path.md §1-§2): out.ce.SYM sets bit N for in.te.N, out.te.N bit (symbol_id %
+    64) for in.ce.SYM (every symbol of that bit), and either sets bit 63 for in.liq; out.liq
+    sets bit N for in.te.N (N < the shard count, when known) and for in.ce.SYM of symbol_id % 64
+    == N alike. In bit order, in.liq last; a bit no stream answers to is ``bitN``."""
+    syms: dict[int, list[str]] = {}
+    for u in sorted(by_id.values(), key=lambda u: u.symbol_id):
+        syms.setdefault(u.symbol_id % 64, []).append(u.name)
+    names = []
+    for b in range(63):
+        if not route >> b & 1:
+            continue
+        shard = [f"in.te.{b}"] if n_shards is None or b < n_shards else []
+        ce_streams = [f"in.ce.{n}" for n in syms.get(b, [])]
+        got = shard if stream.startswith("out.ce.") else ce_streams \
+            if stream.startswith("out.te.") else shard + ce_streams
+        names += got or [f"bit{b}"]
+    if route & _topo.LIQ_ROUTE:
+        names.append("in.liq")
+    return names
+
+
 def _upstream(up: tuple[str, int], payload: bytes, by_id: dict[int, Units]
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The header fields and the events of a record taken from another engine's out stream."""
@@ -600,15 +647,22 @@ def te_events(payload: bytes, by_id: dict[int, Units]) -> list[dict[str, Any]]:
 
 
 def decode_record(stream: str, rec: tuple, by_id: dict[int, Units],
-                  stream_units: Units | None = None) -> dict[str, Any]:
+                  stream_units: Units | None = None,
+                  n_shards: int | None = None) -> dict[str, Any]:
     """One record (seq, ts_ns, source, source_seq, epoch, kind, payload[, route]) as a dict;
-    its route only when it has one (an engine's output record routed downstream).
-    stream_units: the symbol of a CrossEngine stream (in.ce.SYM / out.ce.SYM)."""
+    its route only when it has one (an engine's output record routed downstream; in an out
+    stream also the streams it goes to, ``routed_to``). stream_units: the symbol of a
+    CrossEngine stream (in.ce.SYM / out.ce.SYM); n_shards: the TradingEngine shards, if known."""
     seq, ts, src, ss, epoch, kind, payload = rec[:7]
     d: dict[str, Any] = {"seq": seq, "ts_ns": ts, "source": src, "source_seq": ss,
                          "epoch": epoch, "kind": kind}
     if len(rec) > 7 and rec[7]:
         d["route"] = rec[7]
+        if stream.startswith("out."):   # in an in stream: the route it was taken by
+            d["routed_to"] = route_names(stream, rec[7], by_id, n_shards)
+    name = source_name(src, by_id)
+    if name != str(src):            # a client's own source id stays a number
+        d["source_name"] = name
     units = stream_units or UNKNOWN
     # A record taken from another engine's out stream (an order from out.te.N into in.ce.SYM,
     # fills from out.ce.SYM into in.te.N, ...) is named by where it comes from: its kind is
@@ -700,12 +754,14 @@ def matches(d: dict[str, Any], kind: str | None = None, account: int | None = No
 
 def line(d: dict[str, Any]) -> str:
     """One record as one human line: seq, source, then the decoded fields."""
-    head = f"{d['seq']:>10} {d['source']:>6}:{d['source_seq']:<8}"
-    if d.get("route"):
-        head += f" route={d['route']:#x}"
+    src = d.get("source_name", d["source"])
+    head = f"{d['seq']:>10} {src:>6}:{d['source_seq']:<8}"
+    if d.get("routed_to"):
+        head += " to=" + ",".join(d["routed_to"])
     # the record header's keys, shown above; an event's own fields of those names (a
     # TransferApplied's kind) are shown with the event
-    header = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "route", "events"}
+    header = {"seq", "ts_ns", "source", "source_seq", "epoch", "kind", "route", "routed_to",
+              "source_name", "events"}
 
     def fields(x: dict, skip: set[str]) -> str:
         name = x.get("command") if "event" not in x else x["event"]
@@ -727,6 +783,8 @@ def _money(k: str, v: Any) -> str:
     currency, without the suffix (balance_minor=10000000000000 reads balance=100000)."""
     if k.endswith("_minor") and type(v) is int:
         return f"{k[:-len('_minor')]}={_fmt(Decimal(v) / MINOR_PER_UNIT)}"
+    if k.endswith("_x100") and type(v) is int:     # leverage in hundredths: 500 reads 5x
+        return f"{k[:-len('_x100')]}={_fmt(Decimal(v) / 100)}x"
     return f"{k}={_short(v)}"
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import socket
 import struct
 import time
@@ -100,6 +101,11 @@ class Session:
         self.live_ids: list[int] = []
 
 
+def new_session_id() -> int:
+    """A SessionID no earlier run used: 63 random bits, odd (never 0)."""
+    return secrets.randbits(63) | 1
+
+
 class Robot:
     def __init__(self, host: str, port: int, users: list[tuple[str, str, list[int]]],
                  symbols: list[Symbol], rate: int, seed: int = 1,
@@ -121,6 +127,9 @@ class Robot:
         self._tasks: list[asyncio.Task] = []
 
     # -- sessions -------------------------------------------------------------------------------
+    # Each logon opens a new session (its id from the system's randomness, not the flow's
+    # seed): a second run with the same --seed resumed the first run's sessions and sent
+    # SeqNos from 1 again, which the gateway drops as already applied (PROTOCOL.md §4.3).
     async def connect(self, deadline_s: float = 30.0) -> None:
         """Log every robot user on. A refusal for bad credentials or a gateway not yet open is
         retried until ``deadline_s``: a user just added reaches the gateway when it re-reads
@@ -145,7 +154,7 @@ class Robot:
         """(reader, writer) when logged on, else the LogonReject's reason (-1: a Logout)."""
         r, w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
         w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session_id = self.rng.getrandbits(63) | 1
+        session_id = new_session_id()
         w.write(wire.encode(wire.LOGON, session_id, 0, 1, 30_000, 0,
                             wire.COD_ON_DISCONNECT_OR_LOGOUT, 0, user.encode(), pw.encode()))
         while True:

@@ -148,13 +148,31 @@ def test_units_and_lines():
 
 
 def test_a_routed_record_shows_its_route_and_an_unrouted_one_none():
-    """A record with a route (an engine's output routed downstream) shows it, in hex in the
-    line; a route of 0 (every producer's record) is left out, as are 7-tuples."""
+    """A record with a route (an engine's output routed downstream) shows it: the mask in
+    the JSON, the streams it goes to in the line; a route of 0 (every producer's record) is
+    left out, as are 7-tuples."""
     payload = CrossEngine().apply(1, 0, ce.NEW_ORDER, ce.new_order(1, ce.SELL, 201, 5, 1))
     routed = d.decode_record("out.ce.BTCUSDT", rec(1, ce.NEW_ORDER, payload) + (0x6,), BY_ID,
                              UNITS)
-    assert routed["route"] == 6
-    assert " route=0x6 " in d.line(routed)
+    assert routed["route"] == 6 and routed["routed_to"] == ["in.te.1", "in.te.2"]
+    assert " to=in.te.1,in.te.2 " in d.line(routed) and "0x6" not in d.line(routed)
+    # out.te.N routes by symbol bit, bit 63 is the LiqEngine's; out.liq's bit N is in.te.N
+    # (of the shards there are) and the symbols whose id % 64 is N alike
+    assert d.route_names("out.te.0", 1 << 1 | 1 << 63, BY_ID) == ["in.ce.BTCUSDT", "in.liq"]
+    assert d.route_names("out.ce.BTCUSDT", 1 << 63, BY_ID) == ["in.liq"]
+    assert d.route_names("out.liq", 1 << 1, BY_ID) == ["in.te.1", "in.ce.BTCUSDT"]
+    eth, xrp = d.Units("ETHUSDT", 2), d.Units("XRPUSDT", 65)
+    three = {1: UNITS, 2: eth, 65: xrp}
+    assert d.route_names("out.liq", 1 << 2, three, n_shards=2) == ["in.ce.ETHUSDT"]
+    assert d.route_names("out.te.1", 1 << 1, three) == ["in.ce.BTCUSDT", "in.ce.XRPUSDT"]
+    assert d.route_names("out.ce.X", 1 << 2 | 1 << 10, three) == ["in.te.2", "in.te.10"]
+    assert d.route_names("out.te.1", 1 << 5, three) == ["bit5"]
+    # in an in stream a record's route is the one it was taken by: kept in the JSON, not
+    # shown as where it goes
+    taken = d.decode_record("in.te.1", rec(1, ce.NEW_ORDER, payload, src=0x7000_0001) + (0x2,),
+                            BY_ID, n_shards=2)
+    assert taken["route"] == 2 and "routed_to" not in taken
+    assert " to=" not in d.line(taken) and "route=" not in d.line(taken)
     for plain in (rec(1, ce.NEW_ORDER, payload) + (0,), rec(1, ce.NEW_ORDER, payload)):
         x = d.decode_record("out.ce.BTCUSDT", plain, BY_ID, UNITS)
         assert "route" not in x and "route" not in d.line(x)
@@ -251,3 +269,29 @@ def test_every_tradingengine_cancel_reason_has_a_word():
     from tradingengine import codec as te
     reasons = {v for k, v in vars(te).items() if k.startswith("REASON_")}
     assert reasons <= set(decode.TE_REASONS), reasons - set(decode.TE_REASONS)
+
+
+def test_sources_and_leverage_read_as_words():
+    """The line names who wrote a record (an engine's out stream, the oracle, a gateway, the
+    operator) instead of its source id, and a leverage in hundredths as a multiple: `seqex
+    replay` printed `1912602624:7 ... leverage_x100=500`."""
+    from deploy import topology as topo
+    from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
+    assert d.source_name(topo.SRC_CE_OUT | 1, BY_ID) == "out.ce.BTCUSDT"
+    assert d.source_name(topo.SRC_CE_OUT | 7, BY_ID) == "out.ce.7"
+    assert d.source_name(topo.SRC_TE_OUT | 1, BY_ID) == "out.te.1"
+    assert d.source_name(topo.SRC_LIQ_OUT, BY_ID) == "out.liq"
+    assert d.source_name(topo.SRC_ORACLE, BY_ID) == "oracle0"
+    assert d.source_name(topo.SRC_GATEWAY | 1, BY_ID) == "gateway1"
+    assert d.source_name(OPERATOR_SOURCE, BY_ID) == "operator"
+    assert d.source_name(OPERATOR_SOURCE_MIN + 0x105, BY_ID) == "operator+0x105"
+    assert d.source_name(42, BY_ID) == "42"
+    lev = rec(7, te.SET_LEVERAGE, te.COMMAND_STRUCTS[te.SET_LEVERAGE].pack(3, 1, 250),
+              src=topo.SRC_GATEWAY)
+    x = d.decode_record("in.te.1", lev, BY_ID)
+    assert x["leverage_x100"] == 250 and x["source_name"] == "gateway0"
+    line = d.line(x)
+    assert line.split()[1] == "gateway0:7" and "leverage=2.5x" in line, line
+    assert "x100" not in line
+    plain = d.decode_record("in.te.1", rec(7, te.SET_LEVERAGE, lev[6], src=42), BY_ID)
+    assert "source_name" not in plain and d.line(plain).split()[1] == "42:7"
