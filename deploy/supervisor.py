@@ -326,7 +326,11 @@ class Supervisor:
             due = self.due_at.get(name)
             if due is None:   # just found dead: decide when to try again
                 quick = now - self.started_at.get(name, 0.0) < STABLE_S
-                self.failures[name] = self.failures.get(name, 0) + 1 if quick else 1
+                # status 0 after a stable run is a clean stop (`seqex stop`, a drain), not a
+                # failure; one within STABLE_S of its start counts, so a loop still ends
+                stopped = proc.popen.returncode == 0 and not quick
+                self.failures[name] = 0 if stopped else \
+                    self.failures.get(name, 0) + 1 if quick else 1
                 if self.failures[name] > self.max_restarts:
                     why = (f"{name} died {self.failures[name]} times in a row, each within "
                            f"{STABLE_S:g} s of its start; giving up on it. Last words: "
@@ -338,9 +342,10 @@ class Supervisor:
                     continue
                 wait = backoff_s(self.failures[name], self.backoff_base_s)
                 self.due_at[name] = now + wait
+                why = "stopped" if stopped else \
+                    f"failure {self.failures[name]} of {self.max_restarts}"
                 print(f"  {name} {how_it_ended(proc.popen.returncode, last_line(proc.log_path))}"
-                      f"; restarting in {wait:g} s "
-                      f"(failure {self.failures[name]} of {self.max_restarts})", flush=True)
+                      f"; restarting in {wait:g} s ({why})", flush=True)
                 continue
             if now >= due:
                 del self.due_at[name]

@@ -188,3 +188,27 @@ def test_sighup_reaches_the_gateways_only(tmp_path, capsys):
     sup.forward_sighup()
     assert sent == {"gateway0": [signal_.SIGHUP]}
     assert "gateway0: re-reading the accounts file" in capsys.readouterr().out
+
+
+def test_a_clean_stop_after_a_stable_run_is_not_called_a_failure(tmp_path, monkeypatch, capsys):
+    # `seqex stop ADDR` drains a process and it exits 0: the supervisor restarts it and said
+    # "failure 1 of 8"; a status 0 within STABLE_S of its start still counts as one
+    topo = topology.load(data_dir=str(tmp_path))
+    sup = sv.Supervisor(topo, max_restarts=2)
+    proc = FakeProc(str(tmp_path / "none.log"))
+    proc.popen.returncode = 0
+    sup.procs = {"p": proc}
+    now = [0.0]
+    monkeypatch.setattr(sv.time, "monotonic", lambda: now[0])
+    sup.started_at["p"] = 0.0
+    now[0] = sv.STABLE_S + 1
+    proc.alive = False
+    sup.check()
+    out = capsys.readouterr().out
+    assert "exited with status 0" in out and "(stopped)" in out and "failure" not in out, out
+    now[0] = sup.due_at["p"]
+    sup.check()
+    assert proc.alive and proc.starts == 1
+    proc.alive = False                         # status 0 again, at once: a loop, counted
+    sup.check()
+    assert "(failure 1 of 2)" in capsys.readouterr().out
