@@ -841,9 +841,8 @@ def describe(r: dict) -> str:
     if st:
         line += (f"; in {', '.join(st['streams'])}: missing {st['missing']}, twice "
                  f"{st['twice']}")
-        if o.get("business_rejects"):
-            line += f"; refused by BusinessReject (throttled, shed): {o['business_rejects']}"
     lines.append(line)
+    lines += _answer_lines(o)
     lines += _hop_lines(o)
     for stream, h in r["hashes"].items():
         verdict = "equal" if h["equal"] else ("DIFFER" if h["same_seq"] else
@@ -875,6 +874,20 @@ def describe(r: dict) -> str:
         lines.append(f"  load: {r['load_error']}")
     lines.append("  OK" if r["ok"] else "  FAILED")
     return "\n".join(lines)
+
+
+def _answer_lines(o: dict) -> list[str]:
+    """What the gateway load's orders got: accepted, rejected (by reason), refused."""
+    if "accepted" not in o:
+        return []
+    why = ", ".join(f"{k} {v}" for k, v in o["rejected_by_reason"].items())
+    line = (f"  answers: accepted {o['accepted']} ({o['accepted_after_strike']} sent after the "
+            f"strike), rejected {o['rejected']}{f' ({why})' if why else ''}")
+    if o.get("business_rejects"):
+        line += f", refused by BusinessReject (throttled, shed) {o['business_rejects']}"
+    if o.get("sent_per_s") is not None:
+        line += f"; sent {o['sent_per_s']:.0f} orders/s"
+    return [line]
 
 
 def _hop_lines(o: dict) -> list[str]:
@@ -1001,6 +1014,8 @@ class GwOrder:
     acked_at: float | None = None
     applied: int = 0       # ExecutionReports New/Rejected and BusinessRejects naming it
     business_rejected: bool = False   # refused by a BusinessReject (throttled, shed, ...)
+    accepted: bool = False            # an ExecutionReport New
+    rejected: int | None = None       # an ExecutionReport Rejected: its OrdRejReason
 
 
 @dataclass
@@ -1194,6 +1209,10 @@ class GatewayLoad:
             o.applied += 1
         if isinstance(r, sdk.BusinessReject):
             o.business_rejected = True
+        elif isinstance(r, sdk.ExecutionReport) and r.exec_type == "new":
+            o.accepted = True
+        elif isinstance(r, sdk.ExecutionReport) and r.exec_type == "rejected":
+            o.rejected = r.reason
 
     async def _tidy(self) -> None:
         """A mass cancel of the drill's symbol on each session (an order left resting when its
@@ -1360,6 +1379,12 @@ def gateway_orders(topo, load: GatewayLoad, acct: dict, strike: float,
         "applied_twice": len(twice), "not_applied_reports": load.not_applied,
         "in_te_out_stream": {"streams": sorted(acct["out_streams"].values()),
                              "missing": len(missing), "twice": len(stream_twice)},
+        "sent_per_s": round(len(orders) / (orders[-1].sent_at - orders[0].sent_at), 1)
+        if len(orders) > 1 and orders[-1].sent_at - orders[0].sent_at >= 1.0 else None,
+        "accepted": sum(o.accepted for o in orders),
+        "accepted_after_strike": sum(o.accepted for o in orders if o.sent_at >= strike),
+        "rejected": sum(o.rejected is not None for o in orders),
+        "rejected_by_reason": _by_reason(o.rejected for o in orders if o.rejected is not None),
         "business_rejects": sum(o.business_rejected for o in orders),
         "to_crossengine": hops,
         "resent_after_logon": sum(s.get("resent", 0) for s in load.sessions),
@@ -1369,9 +1394,23 @@ def gateway_orders(topo, load: GatewayLoad, acct: dict, strike: float,
         o_r["lost_cl_ord_ids"] = [(o.client, o.cl_ord_id) for o in lost[:20]]
     if twice or stream_twice:
         o_r["twice_cl_ord_ids"] = [(o.client, o.cl_ord_id) for o in (twice or stream_twice)[:20]]
+    # service came back: an order sent after the strike was accepted, not only answered
     ok = bool(orders) and not (lost or twice or missing or stream_twice or load.error) and \
-        all(not h["missing"] and not h["twice"] for h in hops)
+        all(not h["missing"] and not h["twice"] for h in hops) and \
+        o_r["accepted_after_strike"] > 0
     return r, ok
+
+
+def _by_reason(reasons) -> dict[str, int]:
+    """{OrdRejReason in words: count} (PROTOCOL.md ExecutionReport.Reason when rejected)."""
+    from gateway import wire
+    names = {getattr(wire, k): k[len("ORD_REJ_"):].lower().replace("_", " ")
+             for k in dir(wire) if k.startswith("ORD_REJ_")}
+    out: dict[str, int] = {}
+    for x in reasons:
+        name = names.get(x, f"reason {x}")
+        out[name] = out.get(name, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def count_hop(topo, out_stream: str, out_start: int, out_end: int, bit: int, in_stream: str,
@@ -1518,7 +1557,7 @@ def describe_gateway(r: dict) -> str:
                  f"was down), acknowledged {o['acknowledged']}, lost {o['lost']}, applied "
                  f"twice {o['applied_twice']}; in {', '.join(st['streams'])}: missing "
                  f"{st['missing']}, twice {st['twice']}")
-    lines += _hop_lines(o)
+    lines += _answer_lines(o) + _hop_lines(o)
     rest = describe({**r, "drill": "kill-gateway", "hashes": r["hashes"],
                      "latency_ms": r["latency_ms"]}).splitlines()
     lines += [ln for ln in rest if ln.startswith(("  in.", "  global audit", "    "))]

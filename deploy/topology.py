@@ -357,7 +357,9 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
         if name in sym_names:
             ck.fail("symbol", i, "name", f"{name!r} is used twice")
         sym_names.add(name or "")
-        sid = ck.integer("symbol", i, s, "symbol_id", i + 1, 1, (1 << 32) - 1)
+        # a CrossEngine's order ids are symbol_id << 40 | n, and the engines' source ids
+        # carry it in their low 24 bits: 1 .. 2**24-1
+        sid = ck.integer("symbol", i, s, "symbol_id", i + 1, 1, (1 << 24) - 1)
         if sid in ids:
             ck.fail("symbol", i, "symbol_id", f"{sid} is used twice")
         ids.add(sid)
@@ -394,6 +396,9 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
             ck.fail("trading", None, "", "a [trading] table needs at least one [[symbol]]")
         for i, (s, sym) in enumerate(zip(syms, out["symbols"], strict=True)):
             sym["spec"] = _contract(ck, i, s, sym)
+            if t["liq"] and sym["symbol_id"] % 64 == 63:
+                ck.fail("symbol", i, "symbol_id", f"{sym['symbol_id']} routes by bit 63 "
+                        "(symbol_id % 64), which is the LiqEngine's: pick another id")
         if len(out["symbols"]) > 64 and not ck.problems:
             ck.fail("trading", None, "", "at most 64 symbols trade (one route bit each)")
     md = conf.get("marketdata")

@@ -2,6 +2,7 @@
 counts as applied twice, and the report's text."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from decimal import Decimal
@@ -92,7 +93,20 @@ def test_orders_refused_by_a_businessreject_are_not_missing_from_the_engine_stre
     in_stream[(3001, 2)] = 1
     r, ok = drill.gateway_orders(None, load, acct, 0.0, 1.0)
     assert ok and r["orders"]["in_te_out_stream"]["missing"] == 0
-    assert "refused by BusinessReject (throttled, shed): 2" in _text(r)
+    assert "accepted 2 (2 sent after the strike), rejected 0, refused by BusinessReject " \
+        "(throttled, shed) 2" in _text(r)
+    # an order rejected by the engine is answered and counted by its reason; a load of which
+    # nothing sent after the strike was accepted has not got service back
+    other = _load()
+    for ci, cl in ((0, 1), (0, 2), (1, 1)):
+        other._report(ci, _er(cl, "new"))
+    other._report(1, dataclasses.replace(_er(2, "rejected"), reason=3))
+    in_stream.update({(3003, 1): 1, (3003, 2): 1})
+    r, ok = drill.gateway_orders(None, other, acct, 0.0, 1.0)
+    assert ok and r["orders"]["rejected_by_reason"] == {"exceeds limit": 1}
+    assert (r["orders"]["accepted"], r["orders"]["rejected"]) == (3, 1)
+    r, ok = drill.gateway_orders(None, other, acct, 1.0, 2.0)   # a strike after every send
+    assert not ok and r["orders"]["accepted_after_strike"] == 0
     hop["missing"] = 1
     r, ok = drill.gateway_orders(None, load, acct, 0.0, 1.0)
     assert not ok and "out.te.1 -> in.ce.BTCUSDT: 4 records, not taken 1" in _text(r)

@@ -69,6 +69,13 @@ def test_a_topology_without_trading_plans_the_crossengine_only(tmp_path):
     (REP + '[[symbol]]\nsymbol_id = 3\n', "t.toml:3: symbol[0]: needs a name"),
     (REP + '[[symbol]]\nname = "X"\nsymbol_id = 0\n', "symbol[0].symbol_id: must be in 1 .."),
     (REP + '[[symbol]]\nname = "X"\nsymbol_id = 4294967296\n', "symbol[0].symbol_id"),
+    # the CrossEngine refuses 2**24 and up (order ids are symbol_id << 40 | n): it crashed
+    # every replica at start instead of one line here
+    (REP + '[[symbol]]\nname = "X"\nsymbol_id = 16777216\n',
+     "symbol[0].symbol_id: must be in 1 .. 16777215, got 16777216"),
+    # route bit symbol_id % 64 == 63 is the LiqEngine's
+    (REP + '[[symbol]]\nname = "X"\nsymbol_id = 127\nmark_start = "100"\n[trading]\n',
+     "symbol[0].symbol_id: 127 routes by bit 63 (symbol_id % 64), which is the LiqEngine's"),
     (REP + '[[symbol]]\nname = "X"\n[[symbol]]\nname = "X"\n', "symbol[1].name: 'X' is used"),
     (REP + '[[symbol]]\nname = "X"\n[[symbol]]\nname = "Y"\nsymbol_id = 1\n',
      "symbol[1].symbol_id: 1 is used twice"),
