@@ -339,8 +339,8 @@ class _StreamView:
                     raise UsageError(self._unknown())
                 self.pub = pub
         self.by_id, self.units = by_id, units
-        self.n_shards = int((self.topo.trading or {}).get("n_shards") or 0) or None \
-            if self.topo is not None else None
+        trading = (self.topo.trading if self.topo is not None else None) or {}
+        self.n_shards = trading.get("n_shards")      # None: no order path, or not known
         self.filters = {"kind": getattr(a, "kind", None), "account": getattr(a, "account", None),
                         "order": getattr(a, "order", None)}
 

@@ -565,7 +565,7 @@ def source_name(source: int, by_id: dict[int, Units]) -> str:
     """Who wrote a record, for a person: the out stream it was taken from, ``oracle0``,
     ``gateway0``, ``operator``/``operator+N`` (the operator's range, mq/sources.py), else the
     number (a client's own source id)."""
-    from mq.sources import OPERATOR_SOURCE, is_operator
+    from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN, is_operator
     up = upstream_of(source)
     if up is not None:
         kind, n = up
@@ -580,7 +580,7 @@ def source_name(source: int, by_id: dict[int, Units]) -> str:
     if source == OPERATOR_SOURCE:
         return "operator"
     if is_operator(source):
-        return f"operator+{source - 0xFFFF_0000:#x}"
+        return f"operator+{source - OPERATOR_SOURCE_MIN:#x}"
     return str(source)
 
 
@@ -593,13 +593,13 @@ def route_names(stream: str, route: int, by_id: dict[int, Units],
     == N alike. In bit order, in.liq last; a bit no stream answers to is ``bitN``."""
     syms: dict[int, list[str]] = {}
     for u in sorted(by_id.values(), key=lambda u: u.symbol_id):
-        syms.setdefault(u.symbol_id % 64, []).append(u.name)
+        syms.setdefault(_topo.symbol_route(u.symbol_id), []).append(u.name)
     names = []
     for b in range(63):
         if not route >> b & 1:
             continue
         shard = [f"in.te.{b}"] if n_shards is None or b < n_shards else []
-        ce_streams = [f"in.ce.{n}" for n in syms.get(b, [])]
+        ce_streams = [f"in.ce.{n}" for n in syms.get(1 << b, [])]
         got = shard if stream.startswith("out.ce.") else ce_streams \
             if stream.startswith("out.te.") else shard + ce_streams
         names += got or [f"bit{b}"]

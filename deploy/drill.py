@@ -404,12 +404,26 @@ def count_in_stream(topo, stream: str, source: int, first_seq: int) -> dict[int,
     def count(rec, counts: dict) -> None:
         if rec[2] == source:
             counts[rec[3]] = counts.get(rec[3], 0) + 1
-    deadline = time.monotonic() + 30.0
+    return _again(lambda: _furthest(topo, stream, first_seq, count),
+                  lambda best: best[0] >= committed)[1]
+
+
+def _again(read, complete, interval_s: float = 0.2):
+    """``read()`` until ``complete(result)`` or COUNT_AGAIN_S have passed; the last result. A
+    replicator serves what it knows is committed and learns of the newest commits a moment
+    after the master acknowledged them, so a stream read back at once may be short."""
+    deadline = time.monotonic() + COUNT_AGAIN_S
     while True:
-        best = _furthest(topo, stream, first_seq, count)
-        if best[0] >= committed or time.monotonic() > deadline:
-            return best[1]
-        time.sleep(0.2)
+        got = read()
+        if complete(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(interval_s)
+
+
+def _latency_ms(before: list[float], after: list[float]) -> dict:
+    """Order latencies (seconds) before and after the strike: p50, p99 and max in ms."""
+    return {w: {"p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99), "max": _pct(xs, 1.0)}
+            for w, xs in (("before", before), ("after", after))}
 
 
 def _furthest(topo, stream: str, first_seq: int, count) -> tuple[int, dict]:
@@ -719,11 +733,7 @@ def _raw_orders(topo, in_stream: str, load: Load, strike: float) -> dict:
                   if t.sent_at < strike and t.client_order_id in load.acked_at]
     lat_after = [load.acked_at[t.client_order_id] - t.sent_at for t in after
                  if t.client_order_id in load.acked_at]
-    report["latency_ms"] = {
-        "before": {"p50": _pct(lat_before, 0.5), "p99": _pct(lat_before, 0.99),
-                   "max": _pct(lat_before, 1.0)},
-        "after": {"p50": _pct(lat_after, 0.5), "p99": _pct(lat_after, 0.99),
-                  "max": _pct(lat_after, 1.0)}}
+    report["latency_ms"] = _latency_ms(lat_before, lat_after)
     counts = count_in_stream(topo, in_stream, load.source, load.start_seq + 1) if load.source else {}
     sent_ss = {t.source_seq for t in tickets}
     lost = sorted(ss for ss in sent_ss if counts.get(ss, 0) == 0)
@@ -1334,7 +1344,7 @@ def start_gateway_load(topo, gateway, sym: str, rate: int):
         raise DrillError(f"the load could not start: {load.error or 'no logon in 60 s'}")
     return load, th, {"out_streams": out_streams, "start": start, "ce_in": ce_in,
                       "ce_start": ce_start,
-                      "ce_bit": 1 << (int(topo.symbols[sym]["symbol_id"]) % 64)}
+                      "ce_bit": _topo.symbol_route(int(topo.symbols[sym]["symbol_id"]))}
 
 
 def gateway_orders(topo, load: GatewayLoad, acct: dict, strike: float,
@@ -1348,26 +1358,25 @@ def gateway_orders(topo, load: GatewayLoad, acct: dict, strike: float,
     r: dict = {"resumed_s": _r(min(o.acked_at for o in after) - strike) if after else None}
     lat_b = [o.acked_at - o.sent_at for o in acked if o.sent_at < strike]
     lat_a = [o.acked_at - o.sent_at for o in after]
-    r["latency_ms"] = {w: {"p50": _pct(xs, 0.5), "p99": _pct(xs, 0.99), "max": _pct(xs, 1.0)}
-                       for w, xs in (("before", lat_b), ("after", lat_a))}
+    r["latency_ms"] = _latency_ms(lat_b, lat_a)
     lost = [o for o in orders if o.acked_at is None]
     twice = [o for o in orders if o.applied > 1]
     accounts = {a for _u, _p, a in load.users}
     # each order accepted or rejected in its TradingEngine's out stream once (one refused by
-    # a BusinessReject, throttled or shed, is not: the engine answered it so); the replicators
-    # learn of the newest commits a moment after the gateway passed them on, so count again
-    # until nothing is missing or 30 s have passed
+    # a BusinessReject, throttled or shed, is not: the engine answered it so)
     ends = {sh: _stream_last(topo, s) for sh, s in acct["out_streams"].items()}
-    deadline = time.monotonic() + COUNT_AGAIN_S
-    while True:
-        in_stream: dict = {}
+
+    def read() -> dict:
+        got: dict = {}
         for sh, stream in acct["out_streams"].items():
-            in_stream.update(count_exec_reports(topo, stream, accounts, acct["start"][sh] + 1))
-        missing = [o for o in orders if not o.business_rejected and
-                   in_stream.get((o.account, o.cl_ord_id), 0) == 0]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+            got.update(count_exec_reports(topo, stream, accounts, acct["start"][sh] + 1))
+        return got
+
+    def unseen(got: dict) -> list:
+        return [o for o in orders if not o.business_rejected and
+                got.get((o.account, o.cl_ord_id), 0) == 0]
+    in_stream = _again(read, lambda got: not unseen(got), 0.5)
+    missing = unseen(in_stream)
     stream_twice = [o for o in orders if in_stream.get((o.account, o.cl_ord_id), 0) > 1]
     # the hop the drills strike between the engines: every record of those out streams for
     # the load's symbol taken into its CrossEngine's in stream exactly once
@@ -1427,13 +1436,9 @@ def count_hop(topo, out_stream: str, out_start: int, out_end: int, bit: int, in_
         if rec[2] == source and out_start < rec[3] <= out_end:
             acc[rec[3]] = acc.get(rec[3], 0) + 1
     out_seqs = _furthest(topo, out_stream, out_start + 1, sent)[1]
-    deadline = time.monotonic() + COUNT_AGAIN_S
-    while True:
-        got = _furthest(topo, in_stream, in_start + 1, taken)[1]
-        missing = [ss for ss in out_seqs if ss not in got]
-        if not missing or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    got = _again(lambda: _furthest(topo, in_stream, in_start + 1, taken)[1],
+                 lambda got: all(ss in got for ss in out_seqs), 0.5)
+    missing = [ss for ss in out_seqs if ss not in got]
     return {"from": out_stream, "to": in_stream, "records": len(out_seqs),
             "missing": len(missing), "twice": sum(1 for n in got.values() if n > 1)}
 

@@ -396,7 +396,7 @@ def validate(conf: dict, path: str = "the topology", text: str = "",
             ck.fail("trading", None, "", "a [trading] table needs at least one [[symbol]]")
         for i, (s, sym) in enumerate(zip(syms, out["symbols"], strict=True)):
             sym["spec"] = _contract(ck, i, s, sym)
-            if t["liq"] and sym["symbol_id"] % 64 == 63:
+            if t["liq"] and symbol_route(sym["symbol_id"]) == LIQ_ROUTE:
                 ck.fail("symbol", i, "symbol_id", f"{sym['symbol_id']} routes by bit 63 "
                         "(symbol_id % 64), which is the LiqEngine's: pick another id")
         if len(out["symbols"]) > 64 and not ck.problems:
@@ -444,6 +444,12 @@ SRC_TE_TO_LIQ = 0x7400_0000     # | N: out.te.N into in.liq (docs/liqengine.md �
 SRC_CE_TO_LIQ = 0x7500_0000     # | symbol_id: out.ce.SYM into in.liq
 SRC_LIQ_OUT = 0x7600_0000       # out.liq into every in.ce.SYM and in.te.N
 LIQ_ROUTE = 1 << 63             # route bit 63: a record that concerns the LiqEngine
+
+
+def symbol_route(symbol_id: int) -> int:
+    """The route bit of a symbol: out.te.N and out.liq records for it carry it, in.ce.SYM
+    takes them by it (docs/order-path.md §1-§2)."""
+    return 1 << (symbol_id % 64)
 
 
 def _scaled(v: str) -> Decimal:
@@ -790,7 +796,7 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
         for sh in shards:
             seq.args += ["--upstream", f"stream={sh['out']},source={SRC_TE_OUT | sh['shard']},"
                                        f"pub={sh['out_pub']},replicators={reps},"
-                                       f"route={1 << (s['symbol_id'] % 64):#x}"]
+                                       f"route={symbol_route(s['symbol_id']):#x}"]
         for p in topo.procs:
             if p.role.startswith("replica-") and p.stream == st["in"]:
                 i = p.args.index("--engine-config") + 1
@@ -875,7 +881,7 @@ def _plan_liq(conf: dict, topo: Topology, addr, rep_args: list[str], reps: str,
     for sym, st in topo.symbols.items():
         topo.by_name(f"sequencer.{sym}").args += [
             "--upstream", f"stream={out_stream},source={SRC_LIQ_OUT},pub={m_pub},"
-                          f"replicators={reps},route={1 << (st['symbol_id'] % 64):#x}"]
+                          f"replicators={reps},route={symbol_route(st['symbol_id']):#x}"]
     for sh in shards:
         topo.by_name(f"sequencer.te{sh['shard']}").args += [
             "--upstream", f"stream={out_stream},source={SRC_LIQ_OUT},pub={m_pub},"
