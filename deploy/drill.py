@@ -621,12 +621,12 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                     os.kill(pid, signal.SIGCONT)
                     continued = True
                     thawed = time.monotonic()
-                # a gateway is back when it answers the load's clients again, not when it
-                # answers the supervisor's probe
+                # a gateway is back when it answers an order sent after the strike, not when
+                # it answers the supervisor's probe
                 if continued and detected is not None and _caught_up(topo, spec) and (
                         spec.role != "gateway" or gateway is None or any(
-                            o.acked_at is not None and o.acked_at >= thawed
-                            for o in list(load.orders))):
+                            o.acked_at is not None and o.acked_at >= thawed and
+                            o.sent_at >= strike for o in list(load.orders))):
                     recovered = time.monotonic() - strike
                     break
             else:
