@@ -46,7 +46,7 @@ setup(
     package_data={"": ["*.pyi", "*.pxd", "*.toml"], "gateway.marketdata": ["page.html"]},
     ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES,
                           annotate=os.environ.get("SEQEX_ANNOTATE") == "1"),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=["pyzmq>=25", "msgpack>=1.0", "lmdb>=1.4", "uvloop>=0.19", "rich>=13",
                       "prometheus-client>=0.17", "websockets>=14"],
     # The tests build the checked flavour in place (setup.py build_ext), so the test extra

@@ -1183,8 +1183,7 @@ class GatewayLoad:
     async def _read(self, ci: int, c) -> None:
         """The client's reports as they come (without the SDK's per-report save: the drill's
         own process does not crash; its sessions are saved at the end)."""
-        import asyncio
-        import contextlib
+        from gateway.aio import wait_set
         while True:
             c.wakeup.clear()
             while c.queue:
@@ -1192,8 +1191,7 @@ class GatewayLoad:
             if c.error is not None:
                 self.error = self.error or f"client {self.users[ci][0]}: {c.error}"
                 return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(c.wakeup.wait(), 0.1)
+            await wait_set(c.wakeup, 0.1)
 
     def _report(self, ci: int, r) -> None:
         from gateway import client as sdk

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from gateway import wire
+from gateway.aio import wait_set
 
 log = logging.getLogger("seqex.client")
 
@@ -493,8 +494,7 @@ class Client:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError("no report")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), left)
+            await wait_set(self.wakeup, left)
         r = self.queue.popleft()
         if not isinstance(r, Logout):
             self.pending_seq = r.seq

@@ -93,10 +93,11 @@ class MqCore:
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
+            done, _ = await asyncio.wait([self.task], timeout=5.0)
+            if not done:   # a lost cancellation (gateway/aio.py): do not wait for ever
+                log.error("the socket loop did not end on cancel(); closing anyway")
+            elif not self.task.cancelled() and self.task.exception() is not None:
+                log.error("the socket loop failed: %r", self.task.exception())
             self.task = None
         self._flush()
         for p in self.producers:

@@ -14,6 +14,8 @@ import asyncio
 
 import zmq
 
+from gateway.aio import wait_set
+
 
 class SocketWaiter:
     def __init__(self, socks: list[zmq.Socket]):
@@ -40,10 +42,7 @@ class SocketWaiter:
             await asyncio.sleep(0)   # the caller's work comes next: let other tasks run first
             return
         self.wake.clear()
-        try:
-            await asyncio.wait_for(self.wake.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
+        await wait_set(self.wake, timeout_s)
 
     def close(self) -> None:
         for fd in self.fds:
