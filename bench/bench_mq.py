@@ -434,10 +434,11 @@ def log_throughput(transport: str, replicas: int, durability: str, n: int,
 
 
 def log_latency(transport: str, rate: int, seconds: float, curve: bool = False,
-                fanout: bool = False) -> dict:
+                fanout: bool = False, spin_us: int = 0) -> dict:
     """fanout: the replicator publishes what it stored and the subscriber takes the records
     from it (three hops: producer -> master -> replicator -> subscriber); otherwise from the
-    master after the replicator's ack (four hops)."""
+    master after the replicator's ack (four hops). spin_us: the master and the replicator
+    poll without sleeping for that long after each input (--spin-us)."""
     n = int(rate * seconds)
     prefix = struct.Struct("<QQ")
     with tempfile.TemporaryDirectory(prefix="seqex-bench-") as root:
@@ -445,7 +446,10 @@ def log_latency(transport: str, rate: int, seconds: float, curve: bool = False,
                              endpoint=_endpoints(transport, root), **_secured(root, curve),
                              # (no keyword at all without fanout: an --against checkout's
                              # LogCluster may predate it)
-                             **({"fanout": True} if fanout else {}))
+                             **({"fanout": True} if fanout else {}),
+                             **({"sequencer_args": ["--spin-us", str(spin_us)],
+                                 "replicator_args": ["--spin-us", str(spin_us)]}
+                                if spin_us else {}))
         if curve:
             auth.configure(cluster.keys_dir, "operator")
         with cluster:
@@ -536,14 +540,17 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
     # ipc (one host) at 10k/s too, each transport against its own floor
     for transport, rate in (("tcp", 10_000), ("ipc", 10_000), ("tcp", 50_000)):
         runs: dict[str, list] = {"raw": [], "raw3": [], "log": [], "fanout": [], "redis": [],
-                                 "against": []}
+                                 "against": [], "spin": []}
         for i in range(a.repeat):
             runs["raw"].append(raw_hops_latency(rate, seconds, transport))
             runs["raw3"].append(raw_hops_latency(rate, seconds, transport, hops=3))
-            builds = ["log", "fanout"] + (["against"] if a.against else [])
+            builds = ["log", "fanout"] + (["against"] if a.against else []) + \
+                (["spin"] if a.spin_us and (transport, rate) == ("tcp", 10_000) else [])
             for key in builds if i % 2 == 0 else builds[::-1]:
                 runs[key].append(
                     log_latency(transport, rate, seconds) if key == "log" else
+                    log_latency(transport, rate, seconds, spin_us=a.spin_us) if key == "spin"
+                    else
                     log_latency(transport, rate, seconds, fanout=True) if key == "fanout" else
                     log_latency_of(a.against, transport, rate, seconds))
             if not why_not and transport == "tcp":
@@ -571,6 +578,14 @@ def latency_section(a: argparse.Namespace, results: list, throughputs: dict) -> 
                   f"  p99 {o['p99_us']:.0f} us  p99.9 {o['p999_us']:.0f} us  (hash {o['hash']});"
                   f" this build / that one: p50 {r['p50_us'] / o['p50_us']:.2f} p99 "
                   f"{r['p99_us'] / o['p99_us']:.2f}", flush=True)
+        if runs["spin"]:
+            o = entry["spin"] = pick(runs["spin"])
+            print(f"[{transport}] the same, master and replicator spinning {a.spin_us} us after "
+                  f"each input, at {rate:,}/s: p50 {o['p50_us']:.0f} us  p99 {o['p99_us']:.0f} us"
+                  f"  p99.9 {o['p999_us']:.0f} us  (hash {o['hash']}); ratios to the four-hop "
+                  f"floor p50 {o['p50_us'] / raw['p50_us']:.2f} p99 "
+                  f"{o['p99_us'] / raw['p99_us']:.2f}; spinning / not p99 "
+                  f"{o['p99_us'] / r['p99_us']:.2f}", flush=True)
         if runs["redis"]:
             rd = redis_p99[rate] = pick(runs["redis"])
             print(f"[tcp] Redis Streams (XADD -> XREAD BLOCK, AOF everysec) at {rate:,}/s: p50 "
@@ -599,6 +614,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller runs, one transport")
     ap.add_argument("--repeat", type=int, default=1, help="median of this many runs")
+    ap.add_argument("--spin-us", type=int, default=0, metavar="US",
+                    help="also measure (tcp, 10k/s) the log with its master and replicator "
+                         "polling without sleeping for US after each input")
     ap.add_argument("--curve-only", action="store_true",
                     help="only the cost of CURVE (with and without, same run)")
     ap.add_argument("--latency-only", action="store_true",

@@ -82,9 +82,15 @@ def _pin() -> None:
             logging.warning("could not pin to cpu %s: %s", cpu, exc)
 
 
+def _spin_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--spin-us", type=int_range(0, 1_000_000), default=0, help=(
+        "after input, poll without sleeping for this many microseconds (a dedicated core; "
+        "default 0: sleep in the poll, docs/log.md)"))
+
+
 def cmd_replicator(a: argparse.Namespace) -> int:
     from replicator.server import main
-    main(a.data, a.bind, a.durability, a.peer, pub=a.pub)
+    main(a.data, a.bind, a.durability, a.peer, pub=a.pub, spin_us=a.spin_us)
     return 0
 
 
@@ -93,7 +99,7 @@ def cmd_sequencer(a: argparse.Namespace) -> int:
     main(a.stream, a.producers, a.pub, a.replicator, a.policy, a.tick_ms, a.upstream,
          window_bytes=a.window_bytes, max_uncommitted_bytes=a.max_uncommitted_bytes,
          max_step_ms=a.max_step_ms, source_retention_s=a.source_retention_s,
-         max_sources=a.max_sources)
+         max_sources=a.max_sources, spin_us=a.spin_us)
     return 0
 
 
@@ -801,6 +807,7 @@ def parser() -> Parser:
     s.add_argument("--pub", type=endpoint, default=None,
                    help="also publish each committed record here, for streams whose policy "
                         "one copy commits (`first`): subscribers skip a hop (docs/log.md)")
+    _spin_arg(s)
     s.set_defaults(fn=cmd_replicator)
 
     s = sub.add_parser("sequencer", help="run the sequencer master of one stream")
@@ -830,6 +837,7 @@ def parser() -> Parser:
     s.add_argument("--standby-lock", metavar="PATH", help=(
         "run as a hot standby: bind nothing until an exclusive lock on PATH is taken (waiting "
         "while another master of the stream holds it), then take over with a new epoch"))
+    _spin_arg(s)
     s.set_defaults(fn=cmd_sequencer)
 
     s = sub.add_parser("replica", help="run an engine replica (hot or warm) on its in stream")

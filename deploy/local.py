@@ -14,7 +14,8 @@ class LogCluster:
                  policy: str = "quorum", durability: str = "os", tick_ms: int = 100,
                  endpoint=tcp, cpus: list[int] | None = None, peers: bool = True,
                  sequencer_args: list[str] | None = None, keys_dir: str | None = None,
-                 producers: dict[str, list[int]] | None = None, fanout: bool = False):
+                 producers: dict[str, list[int]] | None = None, fanout: bool = False,
+                 replicator_args: list[str] | None = None):
         """keys_dir: run every process with CURVE, keys and policy written there
         (deploy.keys.for_log_cluster; `producers` names the producer keys and their source
         ids); the caller takes an identity (mq.auth.configure(keys_dir, "operator")) before
@@ -34,6 +35,7 @@ class LogCluster:
         self.cpus = cpus
         self.peers = peers
         self.sequencer_args = sequencer_args or []
+        self.replicator_args = replicator_args or []
         self.replicators: list[Proc] = []
         self.sequencer: Proc | None = None
         self.keys_dir = keys_dir
@@ -58,7 +60,8 @@ class LogCluster:
                 f"replicator{i}", [*self.key_args(f"replicator{i}"), "replicator",
                                    "--data", self.data_dir(i), "--bind", addr,
                                    "--durability", self.durability, *peers,
-                                   *(["--pub", self.rep_pubs[i]] if self.rep_pubs else [])],
+                                   *(["--pub", self.rep_pubs[i]] if self.rep_pubs else []),
+                                   *self.replicator_args],
                 cpu=self._cpu(i + 1)))
         for addr in self.rep_addrs:
             wait_until(lambda addr=addr: ping(addr), timeout_s, f"replicator {addr}")

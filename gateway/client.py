@@ -383,8 +383,9 @@ class Client:
                 await asyncio.wait_for(self._logout_seen.wait(), LOGOUT_ANSWER_S)
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            done, _ = await asyncio.wait([self._task], timeout=5.0)
+            if done and not self._task.cancelled() and self._task.exception() is not None:
+                log.info("connection loop: %r", self._task.exception())
         self._drop_connection()
 
     async def __aenter__(self) -> Client:
@@ -509,8 +510,8 @@ class Client:
         backoff = BACKOFF_FIRST_S
         while not self._closing:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self.connect_timeout_s)
+                async with asyncio.timeout(self.connect_timeout_s):  # keeps a cancel (aio.py)
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
             except (OSError, asyncio.TimeoutError) as exc:
                 log.info("connect %s:%d: %s; again in %.1f s", self.host, self.port, exc, backoff)
                 if not self.reconnect:

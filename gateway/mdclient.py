@@ -26,9 +26,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 
 from gateway import wire
+from gateway.aio import wait_set
 from gateway.marketdata.state import book_levels
 
 log = logging.getLogger("seqex.mdclient")
@@ -183,9 +185,14 @@ class MarketDataClient:
         self._ready.set()
 
     async def next_event(self, timeout_s: float | None = None):
+        """The next event; TimeoutError after timeout_s without one."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self.events:
             self._ready.clear()
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("no market data event")
+            await wait_set(self._ready, left)
         return self.events.popleft()
 
     def drain(self) -> list:

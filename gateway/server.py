@@ -1277,13 +1277,21 @@ def main(settings: Settings, accounts: Accounts,
             if watch.changed():
                 reload_accounts()
 
+    starting: list[asyncio.Task] = []   # the run while it starts: a SIGTERM ends it there
+
+    def on_stop():
+        stop.set()
+        for task in starting:
+            task.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop)
     loop.add_signal_handler(signal.SIGHUP, reload_accounts)
 
     async def run():
         try:
             await gw.start(settings.host, settings.port)
+            starting.clear()
             print(f"gateway {settings.cfg.index} listening on {settings.host}:{settings.port}",
                   flush=True)
             if on_start is not None:
@@ -1296,8 +1304,12 @@ def main(settings: Settings, accounts: Accounts,
         finally:
             await gw.close()
             await core.close()
+    task = loop.create_task(run())
+    starting.append(task)
     try:
-        loop.run_until_complete(run())
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:   # stopped before it listened (engines not answering?)
+        log.info("gateway %d: stopped while starting", settings.cfg.index)
     finally:
         loop.close()
     return 0

@@ -74,6 +74,11 @@ class SequencerStale(RuntimeError):
     """A replicator has seen a higher epoch: another master owns the stream."""
 
 
+class RecoveryStopped(RuntimeError):
+    """stop() (SIGTERM, SIGINT) came while the master was still taking over the stream: it
+    leaves as a crash at that point would, having sequenced nothing."""
+
+
 class EpochExhausted(RuntimeError):
     """The next epoch does not fit a record's u32 epoch: no master can take the stream over."""
 
@@ -268,6 +273,10 @@ class Master:
                  startup_grace_s: float = 2.0, mono: Callable[[], float] = time.monotonic):
         if policy not in self.policies:
             raise ValueError(f"ack policy must be one of {self.policies}, not {policy!r}")
+        # --spin-us: after input, poll without sleeping for this long (0: always sleep in the
+        # poll until input or a timer; docs/log.md "Levers weighed and not taken")
+        self.spin_ns = 0
+        self.active_ns = 0
         if not replicators and policy != "none":
             raise ValueError(f"ack policy {policy!r} needs at least one replicator")
         if max_uncommitted_bytes is None:
@@ -870,6 +879,8 @@ class MasterShell:
         adopt the best log, reconcile the others, read the tail the master needs)."""
         self.begin_recovery(deadline_s)
         while not self.recovery_step():
+            if self.drain_until:
+                raise RecoveryStopped(f"{self.stream}: stopped while taking over the stream")
             for sock, _ in self.poller.poll(20):
                 for link in self.links:
                     if sock is link.sock:
@@ -891,8 +902,12 @@ class MasterShell:
         wait_ms = (self.last_activity_ns + self.tick_interval_ns() - now_ns) // 1_000_000
         if wait_ms <= 0 and self.pending:
             wait_ms = 10  # a Tick is due but waits for the stream to commit
+        if self.spin_ns and now_ns - self.active_ns < self.spin_ns:
+            wait_ms = 0   # --spin-us: look again at once for a while after the last input
         self.events = events = dict(zmq.zmq_poll(self.poller.sockets,
                                                  min(max(wait_ms, 0), max_wait_ms)))
+        if events:
+            self.active_ns = now_ns
         if self.router in events:
             if self.drain_until:
                 self._answer_control_only()

@@ -62,6 +62,7 @@ from mq.master import (  # noqa: F401  (re-exported: mq.mirror and mq.replica im
     Link,
     Master,
     MasterShell,
+    RecoveryStopped,
     SequencerStale,
     Window,
 )
@@ -562,12 +563,14 @@ def main(stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
          policy: str = "first", tick_ms: int = 100, upstreams: list[str] | None = None,
          window_bytes: int = 256 << 20, max_uncommitted_bytes: int | None = None,
          max_step_ms: int = 1000, source_retention_s: int = SOURCE_RETENTION_NS // 10**9,
-         max_sources: int = MAX_SOURCES) -> None:
-    run(Sequencer(stream, producer_bind, pub_bind, replicators, policy, tick_ms,
-                  window_bytes=window_bytes, max_uncommitted_bytes=max_uncommitted_bytes,
-                  max_step_ms=max_step_ms, source_retention_ns=source_retention_s * 10**9,
-                  max_sources=max_sources,
-                  upstreams=[Upstream.parse(u) for u in upstreams or []]), "sequencer")
+         max_sources: int = MAX_SOURCES, spin_us: int = 0) -> None:
+    master = Sequencer(stream, producer_bind, pub_bind, replicators, policy, tick_ms,
+                       window_bytes=window_bytes, max_uncommitted_bytes=max_uncommitted_bytes,
+                       max_step_ms=max_step_ms, source_retention_ns=source_retention_s * 10**9,
+                       max_sources=max_sources,
+                       upstreams=[Upstream.parse(u) for u in upstreams or []])
+    master.spin_ns = spin_us * 1000
+    run(master, "sequencer")
 
 
 def run(master: Sequencer, role: str) -> None:
@@ -582,6 +585,10 @@ def run(master: Sequencer, role: str) -> None:
         print(f"{role} refused: {exc}", flush=True)
         master.close()
         raise SystemExit(EX_CONFIG) from None
+    except RecoveryStopped as exc:
+        log.warning("%s", exc)
+        master.close()
+        return
     print(f"{role} ready {master.producer_endpoint} {master.pub_endpoint} epoch {master.epoch}",
           flush=True)
     try:

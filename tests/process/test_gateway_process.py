@@ -17,7 +17,7 @@ import time
 from deploy.local import LogCluster
 from deploy.procs import free_port
 from gateway import accounts, wire
-from mq.control import replay
+from mq.control import replay, wait_until
 from mq.record import decode
 
 
@@ -83,6 +83,38 @@ def test_gateway_process(tmp_path):
             assert kinds[:2] == [(src, 82), (src, 80)], kinds
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
+def test_gateway_stopped_while_starting_exits(tmp_path):
+    """No engine applies its GatewayStart (nothing writes the output stream it reads), so the
+    gateway never listens; SIGTERM still ends it, with status 0, not after a SIGKILL."""
+    path = tmp_path / "accounts.json"
+    accounts.add_user(path, "alice", "pw", [3], n=1024)
+    with LogCluster(str(tmp_path / "log"), stream="in.te.0", replicators=1,
+                    tick_ms=20) as cluster:
+        cluster.start()
+        config = {"index": 2, "listen": f"127.0.0.1:{free_port()}", "accounts": str(path),
+                  "shards": [{"in": cluster.prod_addr, "pub": cluster.pub_addr,
+                              "replicators": cluster.rep_addrs, "out_stream": "out.te.0"}],
+                  "heartbeat_ms": 1000, "core_timeout_s": 1}
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "--insecure", "gateway",
+                                 "--config", json.dumps(config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONPATH": os.getcwd()})
+        try:
+            # its GatewayStart is in the log: the gateway is past connecting, waiting to start
+            wait_until(lambda: proc.poll() is not None or [
+                r for frame in replay(cluster.rep_addrs[0], "in.te.0", 1)
+                for r in decode(frame) if r[2] == 0x7200_0002], 120, "GatewayStart in the log")
+            assert proc.poll() is None, proc.stdout.read()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+            assert "listening on" not in proc.stdout.read()
         finally:
             if proc.poll() is None:
                 proc.kill()

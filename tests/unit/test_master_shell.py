@@ -126,3 +126,21 @@ def test_a_mirror_names_each_replica_by_its_own_data_head():
             [("replica-a", "replica-b")] * 2
     finally:
         m.close()
+
+
+def test_a_stop_while_taking_over_ends_the_recovery():
+    """SIGTERM (stop()) while no replicator answers: recover() returns at once rather than
+    trying until its deadline, and sequences nothing."""
+    import threading
+    import time
+
+    from mq.master import RecoveryStopped
+    seq = Sequencer("in.x", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", ["tcp://127.0.0.1:3"])
+    try:
+        threading.Timer(0.3, seq.stop).start()
+        t0 = time.monotonic()
+        with pytest.raises(RecoveryStopped):
+            seq.recover(deadline_s=60)
+        assert time.monotonic() - t0 < 10
+    finally:
+        seq.close()
