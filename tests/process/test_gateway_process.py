@@ -45,6 +45,18 @@ def logon(port, password):
     return s
 
 
+def start_gateway(cluster: LogCluster, accounts_path, port: int, out_stream: str):
+    """Gateway 2 on the cluster's stream in.te.0, reading out_stream for its answers."""
+    config = {"index": 2, "listen": f"127.0.0.1:{port}", "accounts": str(accounts_path),
+              "shards": [{"in": cluster.prod_addr, "pub": cluster.pub_addr,
+                          "replicators": cluster.rep_addrs, "out_stream": out_stream}],
+              "heartbeat_ms": 1000, "core_timeout_s": 1}
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", "--insecure", "gateway",
+                             "--config", json.dumps(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
 def test_gateway_process(tmp_path):
     path = tmp_path / "accounts.json"
     accounts.add_user(path, "alice", "pw", [3], n=1024)
@@ -52,14 +64,7 @@ def test_gateway_process(tmp_path):
                     tick_ms=20) as cluster:
         cluster.start()
         port = free_port()
-        config = {"index": 2, "listen": f"127.0.0.1:{port}", "accounts": str(path),
-                  "shards": [{"in": cluster.prod_addr, "pub": cluster.pub_addr,
-                              "replicators": cluster.rep_addrs, "out_stream": "in.te.0"}],
-                  "heartbeat_ms": 1000, "core_timeout_s": 1}
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "--insecure", "gateway",
-                                 "--config", json.dumps(config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONPATH": os.getcwd()})
+        proc = start_gateway(cluster, path, port, "in.te.0")
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -98,14 +103,7 @@ def test_gateway_stopped_while_starting_exits(tmp_path):
     with LogCluster(str(tmp_path / "log"), stream="in.te.0", replicators=1,
                     tick_ms=20) as cluster:
         cluster.start()
-        config = {"index": 2, "listen": f"127.0.0.1:{free_port()}", "accounts": str(path),
-                  "shards": [{"in": cluster.prod_addr, "pub": cluster.pub_addr,
-                              "replicators": cluster.rep_addrs, "out_stream": "out.te.0"}],
-                  "heartbeat_ms": 1000, "core_timeout_s": 1}
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "--insecure", "gateway",
-                                 "--config", json.dumps(config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONPATH": os.getcwd()})
+        proc = start_gateway(cluster, path, free_port(), "out.te.0")
         try:
             # its GatewayStart is in the log: the gateway is past connecting, waiting to start
             wait_until(lambda: proc.poll() is not None or [
