@@ -1281,8 +1281,8 @@ def main(settings: Settings, accounts: Accounts,
 
     def on_stop():
         stop.set()
-        for task in starting:
-            task.cancel()
+        while starting:          # once: a second signal must not cut the cleanup short
+            starting.pop().cancel()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)

@@ -906,8 +906,8 @@ class MasterShell:
             wait_ms = 0   # --spin-us: look again at once for a while after the last input
         self.events = events = dict(zmq.zmq_poll(self.poller.sockets,
                                                  min(max(wait_ms, 0), max_wait_ms)))
-        if events:
-            self.active_ns = now_ns
+        if events and self.spin_ns:
+            self.active_ns = time.monotonic_ns()   # the input came now, not at the poll's start
         if self.router in events:
             if self.drain_until:
                 self._answer_control_only()
