@@ -152,13 +152,15 @@ class Robot:
 
     async def _logon(self, user: str, pw: str):
         """(reader, writer) when logged on, else the LogonReject's reason (-1: a Logout)."""
-        r, w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10)
+        async with asyncio.timeout(10):   # keeps a cancellation (gateway/aio.py)
+            r, w = await asyncio.open_connection(self.host, self.port)
         w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session_id = new_session_id()
         w.write(wire.encode(wire.LOGON, session_id, 0, 1, 30_000, 0,
                             wire.COD_ON_DISCONNECT_OR_LOGOUT, 0, user.encode(), pw.encode()))
         while True:
-            head = await asyncio.wait_for(r.readexactly(12), 10)
+            async with asyncio.timeout(10):
+                head = await r.readexactly(12)
             length, _e, _b, tid = PREFIX.unpack_from(head)
             body = await r.readexactly(length - 12)
             if tid == wire.LOGON_ACK:

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from gateway import wire
-from gateway.aio import wait_set
+from gateway.aio import stop_task, wait_set
 
 log = logging.getLogger("seqex.client")
 
@@ -381,11 +381,7 @@ class Client:
                 self._write(wire.encode(wire.LOGOUT, wire.LOGOUT_NORMAL, b"bye"))
                 await asyncio.wait_for(self.writer.drain(), 1.0)
                 await asyncio.wait_for(self._logout_seen.wait(), LOGOUT_ANSWER_S)
-        if self._task is not None:
-            self._task.cancel()
-            done, _ = await asyncio.wait([self._task], timeout=5.0)
-            if done and not self._task.cancelled() and self._task.exception() is not None:
-                log.info("connection loop: %r", self._task.exception())
+        await stop_task(self._task, "the client's connection loop")
         self._drop_connection()
 
     async def __aenter__(self) -> Client:

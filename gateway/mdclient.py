@@ -30,7 +30,7 @@ import time
 from collections import deque
 
 from gateway import wire
-from gateway.aio import wait_set
+from gateway.aio import stop_task, wait_set
 from gateway.marketdata.state import book_levels
 
 log = logging.getLogger("seqex.mdclient")
@@ -156,10 +156,7 @@ class MarketDataClient:
             with contextlib.suppress(Exception):
                 self._writer.write(wire.encode(wire.LOGOUT, 0, wire.char_field("bye", 32)))
                 self._writer.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_task(self._task, "the market-data client's connection loop")
 
     async def subscribe(self, security_id: int | None) -> None:
         self.wanted[security_id] = next(self._ids)

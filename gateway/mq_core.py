@@ -28,6 +28,8 @@ from collections.abc import Callable
 
 import zmq
 
+from gateway.aio import stop_task
+
 log = logging.getLogger("seqex.gateway.mq")
 
 TIMER_S = 0.02       # nothing arrived for this long: run the timers (probes, timeouts)
@@ -91,14 +93,8 @@ class MqCore:
         self.task = loop.create_task(self._poll())
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            done, _ = await asyncio.wait([self.task], timeout=5.0)
-            if not done:   # a lost cancellation (gateway/aio.py): do not wait for ever
-                log.error("the socket loop did not end on cancel(); closing anyway")
-            elif not self.task.cancelled() and self.task.exception() is not None:
-                log.error("the socket loop failed: %r", self.task.exception())
-            self.task = None
+        await stop_task(self.task, "the gateway core's socket loop")
+        self.task = None
         self._flush()
         for p in self.producers:
             try:

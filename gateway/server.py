@@ -34,6 +34,7 @@ from typing import Protocol
 
 from gateway import wire
 from gateway.accounts import Accounts, User
+from gateway.aio import stop_task
 from gateway.auth import Authenticator, Check
 
 log = logging.getLogger("seqex.gateway")
@@ -872,12 +873,7 @@ class Gateway:
                 break
             await asyncio.sleep(0.005)
         for t in self.tasks:
-            t.cancel()
-        for t in self.tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+            await stop_task(t, "a gateway task")
         self.tasks.clear()
         self.auth.close()
 

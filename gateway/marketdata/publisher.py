@@ -16,12 +16,12 @@ Configuration (JSON, or a file holding it):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 from decimal import Decimal
 
+from gateway.aio import stop_task
 from gateway.config import json_object
 from gateway.marketdata.binary import BinaryFeed, Instrument, update_frames
 from gateway.marketdata.state import SymbolState, Update
@@ -151,9 +151,7 @@ class Publisher:
 
     async def close(self) -> None:
         for t in self.tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await stop_task(t, "a market-data publisher task")
         await self.binary.close()
         await self.ws.close()
         for _name, sub in self.subscribers:

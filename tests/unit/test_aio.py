@@ -76,3 +76,55 @@ def test_socket_waiter_loop_ends_on_cancel_as_a_message_arrives():
         a.close(0)
         b.close(0)
         ctx.term()
+
+
+def test_stop_task_ends_a_task_and_bounds_one_that_will_not_end(caplog):
+    from gateway.aio import stop_task
+
+    async def main():
+        async def forever():
+            await asyncio.sleep(3600)
+        t = asyncio.create_task(forever())
+        await asyncio.sleep(0)
+        await stop_task(t, "the sleeper")
+        assert t.cancelled()
+
+        swallow = [True]
+
+        async def stubborn():         # swallows every cancel while swallow[0]
+            while swallow[0]:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    pass
+        s = asyncio.create_task(stubborn())
+        await asyncio.sleep(0)
+        t0 = asyncio.get_running_loop().time()
+        await stop_task(s, "the stubborn one", timeout_s=0.1)
+        assert asyncio.get_running_loop().time() - t0 < 5
+        assert "the stubborn one did not end" in caplog.text
+        swallow[0] = False
+        s.cancel()
+        await asyncio.wait([s], timeout=2)
+        assert s.done()
+    asyncio.run(main())
+
+
+def test_stop_task_keeps_the_callers_own_cancellation():
+    from gateway.aio import stop_task
+
+    async def main():
+        async def slow_to_end():
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                await asyncio.sleep(0.2)   # cleans up for a while after its cancel
+        inner = asyncio.create_task(slow_to_end())
+        await asyncio.sleep(0)
+        closer = asyncio.create_task(stop_task(inner, "inner"))
+        await asyncio.sleep(0.01)
+        closer.cancel()                    # the caller's own cancel, while it waits
+        done, _ = await asyncio.wait([closer], timeout=2)
+        assert done == {closer} and closer.cancelled()
+        await asyncio.wait([inner], timeout=2)
+    asyncio.run(main())
