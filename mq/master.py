@@ -273,10 +273,7 @@ class Master:
                  startup_grace_s: float = 2.0, mono: Callable[[], float] = time.monotonic):
         if policy not in self.policies:
             raise ValueError(f"ack policy must be one of {self.policies}, not {policy!r}")
-        # --spin-us: after input, poll without sleeping for this long (0: always sleep in the
-        # poll until input or a timer; docs/log.md "Levers weighed and not taken")
-        self.spin_ns = 0
-        self.active_ns = 0
+        self.spin = sockets.Spin()   # --spin-us (mq/sockets.py); off by default
         if not replicators and policy != "none":
             raise ValueError(f"ack policy {policy!r} needs at least one replicator")
         if max_uncommitted_bytes is None:
@@ -902,12 +899,9 @@ class MasterShell:
         wait_ms = (self.last_activity_ns + self.tick_interval_ns() - now_ns) // 1_000_000
         if wait_ms <= 0 and self.pending:
             wait_ms = 10  # a Tick is due but waits for the stream to commit
-        if self.spin_ns and now_ns - self.active_ns < self.spin_ns:
-            wait_ms = 0   # --spin-us: look again at once for a while after the last input
-        self.events = events = dict(zmq.zmq_poll(self.poller.sockets,
-                                                 min(max(wait_ms, 0), max_wait_ms)))
-        if events and self.spin_ns:
-            self.active_ns = time.monotonic_ns()   # the input came now, not at the poll's start
+        self.events = events = dict(zmq.zmq_poll(
+            self.poller.sockets, self.spin.timeout_ms(min(max(wait_ms, 0), max_wait_ms))))
+        self.spin.polled(events)
         if self.router in events:
             if self.drain_until:
                 self._answer_control_only()

@@ -49,7 +49,7 @@ from typing import Any
 
 import zmq
 
-from mq import auth, wire
+from mq import auth, sockets, wire
 from mq.master import (  # noqa: F401  (re-exported: mq.mirror and mq.replica import them)
     MAX_DRAIN,
     MAX_FRAME_BYTES,
@@ -569,7 +569,7 @@ def main(stream: str, producer_bind: str, pub_bind: str, replicators: list[str],
                        max_step_ms=max_step_ms, source_retention_ns=source_retention_s * 10**9,
                        max_sources=max_sources,
                        upstreams=[Upstream.parse(u) for u in upstreams or []])
-    master.spin_ns = spin_us * 1000
+    master.spin = sockets.Spin(spin_us)
     run(master, "sequencer")
 
 

@@ -15,6 +15,8 @@ but a server arms it only when a ping is the last thing it received: a client fr
 after a request would keep its connection for good.)"""
 from __future__ import annotations
 
+import time
+
 import zmq
 
 from mq import auth
@@ -123,3 +125,25 @@ def publisher(bind: str) -> zmq.Socket:
     auth.secure_server(sock)
     sock.bind(bind)
     return sock
+
+
+class Spin:
+    """--spin-us: after input, a loop polls again at once (timeout 0) for spin_us before it
+    sleeps in its poll. Off (0) by default: docs/log.md "Levers weighed and not taken"."""
+
+    __slots__ = ("ns", "active_ns")
+
+    def __init__(self, spin_us: int = 0):
+        self.ns = spin_us * 1000
+        self.active_ns = 0
+
+    def timeout_ms(self, wait_ms: int) -> int:
+        """The poll's timeout: wait_ms, or 0 within the window after the last input."""
+        if self.ns and time.monotonic_ns() - self.active_ns < self.ns:
+            return 0
+        return wait_ms
+
+    def polled(self, events) -> None:
+        """After the poll: input came now (the window starts when it came)."""
+        if events and self.ns:
+            self.active_ns = time.monotonic_ns()

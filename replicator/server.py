@@ -217,8 +217,7 @@ class Replicator:
             self.pub = sockets.publisher(pub)
             self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.poller = zmq.Poller()
-        self.spin_ns = 0      # --spin-us (0: sleep in the poll until input or the timer)
-        self.active_ns = 0
+        self.spin = sockets.Spin()   # --spin-us (mq/sockets.py); off by default
         self.poller.register(self.sock, zmq.POLLIN)
         self.peers.register(self.poller)
 
@@ -319,14 +318,8 @@ class Replicator:
         self.store.close()
 
     def _turn(self) -> None:
-        timeout_ms = 200
-        if self.spin_ns:   # --spin-us: poll without sleeping for a while after the last input
-            now_ns = time.monotonic_ns()
-            if now_ns - self.active_ns < self.spin_ns:
-                timeout_ms = 0
-        events = dict(self.poller.poll(timeout_ms))
-        if events and self.spin_ns:
-            self.active_ns = time.monotonic_ns()
+        events = dict(self.poller.poll(self.spin.timeout_ms(200)))
+        self.spin.polled(events)
         if self.sock in events:
             batch, peers = [], []
             while len(batch) < MAX_BATCH and (not batch or sockets.readable(self.sock)):
@@ -639,7 +632,7 @@ def main(data_dir: str, bind: str, durability: str = "os", peers: list[str] | No
         try:
             server = Replicator(data_dir, bind, durability, peers=peers,
                                 max_streams=max_streams, pub=pub)
-            server.spin_ns = spin_us * 1000
+            server.spin = sockets.Spin(spin_us)
             break
         except lmdb.Error as exc:
             if not is_write_failure(exc):
