@@ -874,6 +874,8 @@ class MasterShell:
     def recover(self, deadline_s: float = 60.0) -> None:
         """Take over the stream (mq.master: learn, claim an epoch above every epoch seen,
         adopt the best log, reconcile the others, read the tail the master needs)."""
+        log.info("%s: taking over the stream from %d replicators", self.stream,
+                 len(self.links))
         self.begin_recovery(deadline_s)
         while not self.recovery_step():
             if self.drain_until:
