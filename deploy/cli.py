@@ -993,7 +993,8 @@ def parser() -> Parser:
     s.add_argument("--restart-backoff", type=seconds, default=0.5,
                    help="the first restart delay; it doubles per quick death, up to 30 s")
     s.add_argument("--ready-timeout", type=seconds, default=60.0,
-                   help="how long each process may take to answer at start")
+                   help="how long the processes starting together (a wave: replicators, "
+                   "masters, standbys, replicas, the rest) may go without one of them answering")
     s.set_defaults(fn=cmd_up)
 
     for verb, fn, text in (("down", cmd_down, "stop a running `seqex up`"),

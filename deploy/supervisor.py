@@ -2,9 +2,12 @@
 
 `up` takes the data directory's lock (``<data_dir>/seqex.lock``, an exclusive ``flock`` held
 for the supervisor's life), so a second `up` on the same directory exits at once with one line
-and touches nothing. It checks that this host's ports are free, starts every process in plan
-order (each waits for the ones before it to answer; one that exits or stays silent stops the
-start with its log's last line), writes ``<data_dir>/seqex.json`` atomically (the plan, with
+and touches nothing. It checks that this host's ports are free (waiting first, up to
+``EARLIER_RUN_WAIT_S``, for the processes of an earlier run of the directory whose supervisor
+was killed: they are on their way down), starts the processes in waves (``start_waves``: replicators, masters, standby
+masters, replicas, then gateways, oracles and publishers; a wave starts at once and waits
+until each of its processes answers; one that exits or stays silent stops the start with its
+log's last line), writes ``<data_dir>/seqex.json`` atomically (the plan, with
 the supervisor's pid), then checks its processes every half second.
 
 A process that died is started again and recovers by itself (a replicator from LMDB and its
@@ -31,8 +34,10 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from deploy.procs import Group, Proc
 from deploy.topology import Topology
@@ -45,6 +50,15 @@ HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
 FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
 STABLE_S = 30.0          # a process that ran this long has recovered: its backoff resets
 BACKOFF_CAP_S = 30.0
+EARLIER_RUN_WAIT_S = 30.0  # how long `up` waits for an earlier run's processes to end
+DATA_ENV = "SEQEX_DATA"  # in every supervised process's environment: its data directory
+
+# The order processes start in. A wave starts together once the one before it answers: a master
+# recovers from its replicators, a standby must find its master holding the lock, a replica
+# subscribes to its master, a gateway waits for its TradingEngines. Within a wave nothing
+# waits for anything else (ZeroMQ connects when the peer is there).
+START_WAVES = {"replicator": 0, "sequencer": 1, "mirror": 1, "replica-hot": 3,
+               "replica-warm": 3}
 
 
 class SupervisorError(Exception):
@@ -169,6 +183,58 @@ def write_atomically(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def start_waves(specs: list) -> list[list]:
+    """The processes grouped by START_WAVES (standby masters after the masters; any other role,
+    the gateway, oracle and market-data publisher, last), plan order kept within a wave."""
+    def wave(spec) -> int:
+        if spec.extra.get("standby_of"):
+            return 2
+        return START_WAVES.get(spec.role, 4)
+    waves: dict[int, list] = {}
+    for spec in specs:
+        waves.setdefault(wave(spec), []).append(spec)
+    return [waves[k] for k in sorted(waves)]
+
+
+def earlier_run(data_dir: str) -> list[int]:
+    """The live processes an earlier `up` of data_dir started (SEQEX_DATA in their environment).
+    Its supervisor is gone (this one holds the lock), so they got SIGTERM (SEQEX_PARENT) and are
+    on their way down, or they are stuck."""
+    tag = f"{DATA_ENV}={os.path.abspath(data_dir)}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if tag in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:   # gone, or another user's
+            continue
+    return [pid for pid in found if _running(pid)]
+
+
+def wait_for_earlier_run(data_dir: str, timeout_s: float = EARLIER_RUN_WAIT_S) -> None:
+    pids = earlier_run(data_dir)
+    if not pids:
+        return
+    print(f"waiting for {processes(len(pids))} of the last run in {data_dir} to stop (its "
+          "supervisor ended without stopping them)", flush=True)
+    deadline = time.monotonic() + timeout_s
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = [pid for pid in pids if _running(pid)]
+    if pids:
+        shown = " ".join(str(pid) for pid in pids[:8]) + (" ..." if len(pids) > 8 else "")
+        raise SupervisorError(f"{processes(len(pids))} of an earlier run in {data_dir} still "
+                              f"running after {timeout_s:g} s (pids {shown}); stop them "
+                              "(kill PID) and start again")
+
+
+def processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
 def port_in_use(endpoint: str) -> bool:
     """Whether a tcp://HOST:PORT endpoint of this machine is taken (False if not bindable
     here for another reason, e.g. another host's address)."""
@@ -188,6 +254,7 @@ def port_in_use(endpoint: str) -> bool:
 def preflight(topo: Topology, host: str | None = None) -> None:
     """Everything that can be checked before a process starts (and, by `seqex up`, before
     anything is written to the data directory)."""
+    wait_for_earlier_run(topo.data_dir)
     mine = [p for p in topo.procs if host is None or p.host == host]
     if host is not None and not mine:
         hosts = sorted({p.host for p in topo.procs})
@@ -249,15 +316,10 @@ class Supervisor:
         self.reload_accounts = False
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_accounts", True))
         try:
-            for spec in self.mine():
-                proc = self.group.spawn(spec.name, spec.args, cpu=spec.cpu,
-                                        env=child_env(spec))
-                self.procs[spec.name] = proc
-                self.started_at[spec.name] = time.monotonic()
-                self._wait_ready(spec, proc, ready_timeout_s)
+            for wave in start_waves(self.mine()):
+                self._start_wave(wave, ready_timeout_s)
                 if not self.running:
                     return
-                print(f"  started {spec.name:<22} {spec.role:<12} {spec.control}", flush=True)
             self._write_state()
             self.banner()
             if self.after_start is not None:   # beside the supervision, which goes on
@@ -304,16 +366,49 @@ class Supervisor:
                 proc.popen.send_signal(signal.SIGHUP)
                 print(f"  {spec.name}: re-reading the accounts file", flush=True)
 
-    def _wait_ready(self, spec, proc: Proc, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.running:
+    def _start_wave(self, wave: list, timeout_s: float) -> None:
+        """Start every process of one wave, then wait until each answers, each in a thread of
+        its own (a PING of a process not yet bound waits out its whole timeout). The wave fails
+        when one of its processes exits, or when none of those still silent has answered for
+        timeout_s since the wave started or its last process answered: a wave of n processes
+        sharing the cores gets as long as n started one after another did."""
+        for spec in wave:
+            proc = self.group.spawn(spec.name, spec.args, cpu=spec.cpu,
+                                    env=child_env(spec, self.topo.data_dir))
+            self.procs[spec.name] = proc
+            self.started_at[spec.name] = time.monotonic()
+        progress = [time.monotonic()]   # when the wave started, or one of it last answered
+        printing = threading.Lock()
+        failed: list[SupervisorError] = []
+
+        def ready(spec) -> None:
+            try:
+                self._wait_ready(spec, self.procs[spec.name], timeout_s, progress, failed)
+            except SupervisorError as exc:
+                failed.append(exc)
+                return
+            if self.running and not failed:
+                progress[0] = time.monotonic()
+                line = f"  started {spec.name:<22} {spec.role:<12} {spec.control}\n"
+                with printing:   # one whole line each
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+
+        with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+            list(pool.map(ready, wave))
+        if failed:
+            raise failed[0]
+
+    def _wait_ready(self, spec, proc: Proc, timeout_s: float, progress: list[float],
+                    failed: list) -> None:
+        while self.running and not failed:
             if probe(spec, timeout_s=0.5):
                 return
             if not proc.alive:
                 raise SupervisorError(f"{spec.name} exited with status {proc.popen.returncode} "
                                       f"while starting: {last_line(proc.log_path)} (log: "
                                       f"{proc.log_path})")
-            if time.monotonic() > deadline:
+            if time.monotonic() > progress[0] + timeout_s:
                 raise SupervisorError(f"{spec.name} did not answer on {spec.control} in "
                                       f"{timeout_s:g} s (log: {proc.log_path})")
 
@@ -428,10 +523,11 @@ class Supervisor:
         print("  seqex down (or Ctrl-C)               stop everything", flush=True)
 
 
-def child_env(spec) -> dict[str, str]:
+def child_env(spec, data_dir: str) -> dict[str, str]:
     """What a supervised process finds in its environment besides the supervisor's own: its
-    name in the topology, and where it serves its metrics (deploy/metrics.py)."""
-    env = {"SEQEX_PROCESS": spec.name}
+    name in the topology, its data directory (how a later `up` finds it, earlier_run), and
+    where it serves its metrics (deploy/metrics.py)."""
+    env = {"SEQEX_PROCESS": spec.name, DATA_ENV: os.path.abspath(data_dir)}
     if spec.extra.get("metrics"):
         env["SEQEX_METRICS"] = spec.extra["metrics"]
     return env

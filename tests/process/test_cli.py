@@ -649,3 +649,57 @@ def test_a_supervisors_children_end_with_it(tmp_path):
     finally:
         if alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.timeout(400)
+def test_up_again_after_its_supervisor_was_killed_waits_for_the_last_runs_processes(tmp_path):
+    """A SIGKILLed `seqex up` leaves its processes on their way down (SIGTERM from
+    SEQEX_PARENT); a second `seqex up` run at once found some of their ports still taken and
+    refused to start ("already in use"). It now waits for them. Here one of them is frozen
+    (SIGSTOP): the new `up` says it waits for that one process, and starts the cluster once it
+    has been let go and has ended."""
+    data = str(tmp_path / "data")
+    top = write(str(tmp_path / "topology.toml"), TOPOLOGY)
+    args = ["up", "--topology", top, "--data", data, "--base-port", str(free_block())]
+
+    def cmdline(pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:   # gone meanwhile
+            return " up --topology "
+
+    def cluster_pids() -> list[int]:   # the servers, not the `up`s
+        return [pid for pid in pids_of(data) if " up --topology " not in cmdline(pid)]
+
+    with Group(str(tmp_path / "logs")) as group:
+        first = group.spawn("up1", args)
+        wait_until(lambda: "seqex is up" in first.log() or not first.alive, 180, "seqex up")
+        assert first.alive, first.log()
+        frozen = next(pid for pid in cluster_pids()
+                      if f"--data {data}/replicator0 " in cmdline(pid))
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            first.kill()
+            second = group.spawn("up2", args)
+            wait_until(lambda: "waiting for 1 process of the last run" in second.log()
+                       or not second.alive, 60, "the second up to wait for the frozen process")
+            assert second.alive, second.log()
+            wait_until(lambda: cluster_pids() == [frozen], 60, "the rest of the last run to end")
+            assert "seqex is up" not in second.log()
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        wait_until(lambda: "seqex is up" in second.log() or not second.alive, 180,
+                   "the second up to start the cluster")
+        assert second.alive, second.log()
+        assert "in use" not in second.log(), second.log()
+        topo, _ = read_state(data)
+
+        def status_all_up():
+            st = seqex("status", "--data", data)
+            return st.returncode == 0 and "DOWN" not in st.stdout
+        wait_until(status_all_up, 120, "every process answering seqex status")
+        assert len(cluster_pids()) == len(topo.procs)
+        assert seqex("down", "--data", data).returncode == 0
+        second.wait(60)
+    assert pids_of(data) == [], "processes left behind after seqex down"

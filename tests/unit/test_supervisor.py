@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -212,3 +213,88 @@ def test_a_clean_stop_after_a_stable_run_is_not_called_a_failure(tmp_path, monke
     proc.alive = False                         # status 0 again, at once: a loop, counted
     sup.check()
     assert "(failure 1 of 2)" in capsys.readouterr().out
+
+
+def test_the_default_topology_starts_in_waves_each_after_what_it_needs():
+    """Replicators, then every master, then the standbys (so that each master holds its lock
+    first), then the replicas, then gateways, oracles and publishers; plan order within a
+    wave, and every process exactly once."""
+    topo = topology.load(None, "/tmp/unused", 7100)
+    waves = sv.start_waves(topo.procs)
+    roles = [{spec.role for spec in wave} for wave in waves]
+    assert roles == [{"replicator"}, {"sequencer", "mirror"}, {"sequencer", "mirror"},
+                     {"replica-hot", "replica-warm"}, {"gateway", "oracle", "marketdata"}]
+    assert all(not s.extra.get("standby_of") for s in waves[1])
+    assert all(s.extra.get("standby_of") for s in waves[2])
+    flat = [spec.name for wave in waves for spec in wave]
+    assert sorted(flat) == sorted(spec.name for spec in topo.procs)
+    order = {spec.name: i for i, spec in enumerate(topo.procs)}
+    for wave in waves:
+        assert [order[s.name] for s in wave] == sorted(order[s.name] for s in wave)
+
+
+class FakeGroup:
+    def __init__(self, log_path: str):
+        self.log_path = log_path
+        self.spawned: list[str] = []
+
+    def spawn(self, name, args, cpu=None, env=None):
+        self.spawned.append(name)
+        assert env[sv.DATA_ENV] and env["SEQEX_PROCESS"] == name
+        return FakeProc(self.log_path)
+
+
+def _wave_supervisor(tmp_path, monkeypatch, answers):
+    """A Supervisor over the default topology's replicas whose probe answers as answers(name,
+    elapsed_s) says; processes are fakes."""
+    topo = topology.load(data_dir=str(tmp_path))
+    sup = sv.Supervisor(topo)
+    log = tmp_path / "x.log"
+    log.write_text("boot\nValueError: bad snapshot\n")
+    sup.group = FakeGroup(str(log))
+    t0 = time.monotonic()
+    monkeypatch.setattr(sv, "probe", lambda spec, timeout_s=0.5: (
+        time.sleep(0.01), answers(sup, spec.name, time.monotonic() - t0))[1])
+    wave = [s for s in topo.procs if s.role.startswith("replica-")]
+    return sup, wave
+
+
+def test_a_wave_waits_for_each_of_its_processes_and_gives_each_answer_more_time(
+        tmp_path, monkeypatch, capsys):
+    """Processes answering 0.3 s apart with a 0.5 s timeout: the wave lasts longer than the
+    timeout, and succeeds, because each answer restarts the clock."""
+    names = []
+
+    def answers(sup, name, elapsed):
+        if name not in names and elapsed > 0.3 * (len(names) + 1):
+            order = [s.name for s in sup.topo.procs if s.role.startswith("replica-")]
+            if order[len(names)] == name:
+                names.append(name)
+        return {"state": "up"} if name in names else None
+    sup, wave = _wave_supervisor(tmp_path, monkeypatch, answers)
+    started = time.monotonic()
+    sup._start_wave(wave, timeout_s=0.5)
+    assert time.monotonic() - started > 0.3 * len(wave) > 0.5
+    assert sup.group.spawned == [s.name for s in wave] and names == sup.group.spawned
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in out] == names
+
+
+def test_a_wave_stops_at_once_when_one_of_it_exits_or_none_answers(tmp_path, monkeypatch):
+    sup, wave = _wave_supervisor(tmp_path, monkeypatch, lambda sup, name, elapsed: None)
+    victim = wave[2].name
+
+    def die_soon(sup, name, elapsed):
+        if name == victim and elapsed > 0.2:
+            sup.procs[name].alive = False
+        return None
+    monkeypatch.setattr(sv, "probe", lambda spec, timeout_s=0.5: (
+        time.sleep(0.01), die_soon(sup, spec.name, time.monotonic() - t0))[1])
+    t0 = time.monotonic()
+    with pytest.raises(sv.SupervisorError, match=rf"{victim} exited with status 2 while "
+                                                 r"starting: ValueError: bad snapshot"):
+        sup._start_wave(wave, timeout_s=60)
+    assert time.monotonic() - t0 < 10, "the wave went on waiting after one of it exited"
+    sup, wave = _wave_supervisor(tmp_path, monkeypatch, lambda sup, name, elapsed: None)
+    with pytest.raises(sv.SupervisorError, match=r"did not answer on tcp://.* in 0.3 s"):
+        sup._start_wave(wave, timeout_s=0.3)
