@@ -10,6 +10,9 @@ SecurityDefinition per instrument → the client's MarketDataRequests. A subscri
 answered, inside the same event-loop step that registers it, by MarketDataSnapshot fragments
 with LastRptSeq = K (the last flagged LastFragment), after which the connection gets RptSeq
 K+1, K+2, ... of that instrument: MarketDataIncremental and Trade messages, in RptSeq order.
+A subscription to one of the two (Streams 1 book, 2 trades) gets, for each message of the
+other, a MarketDataIncremental without entries at its RptSeq (`gap_filler`), so that its
+RptSeq has no gaps either.
 
 Slow consumers: the transport's write buffer has a high-water mark (`HIGH_WATER`). A
 subscriber above it is marked stale and its increments are not queued; when the buffer has
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 import time
 
 from gateway import wire
@@ -100,6 +104,18 @@ def update_frames(inst: Instrument, up: Update) -> list[tuple[int, bytes]]:
     if rpt != up.last_rpt + 1:
         raise AssertionError(f"RptSeq {rpt - 1} != {up.last_rpt} at seq {up.seq}")
     return out
+
+
+_TS_RPT = struct.Struct("<QQ")   # TransactTime, RptSeq: the first fields of 304 and 305 alike
+
+
+def gap_filler(sid: int, frame: bytes) -> bytes:
+    """What a subscription to one stream (Streams 1 or 2) gets for a message of the other: a
+    MarketDataIncremental without entries at that message's RptSeq. Its RptSeq stays gapless,
+    as §6's client rule (apply only last + 1, re-snapshot on a gap) needs, and it carries
+    nothing of the stream it left out."""
+    ts, rpt = _TS_RPT.unpack_from(frame, wire.PREFIX.size)
+    return wire.encode(wire.MARKET_DATA_INCREMENTAL, ts, rpt, sid, entries=[])
 
 
 class Sub:
@@ -457,6 +473,7 @@ class BinaryFeed:
         if not conns or not frames:
             return
         now = 0.0
+        fillers = None
         for conn in list(conns):
             sub = conn.subs[sid]
             if sub.stale:
@@ -469,10 +486,16 @@ class BinaryFeed:
                 continue
             streams = sub.streams
             write = conn.transport.write
-            for bit, f in frames:
-                if streams & bit:
+            if streams == STREAM_BOOK | STREAM_TRADES:
+                for _bit, f in frames:
                     write(f)
-                    self.stats["frames"] += 1
+                self.stats["frames"] += len(frames)
+                continue
+            if fillers is None:
+                fillers = [gap_filler(sid, f) for _bit, f in frames]
+            for (bit, f), filler in zip(frames, fillers, strict=True):
+                write(f if streams & bit else filler)
+            self.stats["frames"] += len(frames)
 
     def resnapshot(self, conn: FeedConnection) -> None:
         """The buffer drained: a stale subscription gets a fresh snapshot and goes on."""

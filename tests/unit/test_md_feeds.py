@@ -329,3 +329,72 @@ def test_the_binary_feeds_logon_checks_the_accounts_file_when_it_has_one(tmp_pat
     assert wire.MARKET_DATA_SNAPSHOT in ok            # the request behind the Logon answered
     bad = asyncio.run(logon("wrong"))
     assert bad == [wire.LOGON_REJECT]
+
+
+async def _one_stream_subscribers(n_records: int):
+    """Three binary subscribers (Streams 1 book, 2 trades, 3 both) while a CrossEngine flow
+    goes on: each one's RptSeq runs K+1, K+2, ... without a gap; the book-only one gets no
+    Trade, the trades-only one no book entry; where one left a message out it got an
+    Incremental without entries at that RptSeq, and otherwise exactly what the full one got."""
+    e = LocalEngine(seed=21, keep_books=False)
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    conns = {}
+    try:
+        for i in range(200):                                     # a book and some trades first
+            pub.apply("BTCUSDT", *e.step(T0 + i))
+        for streams in (1, 2, 3):
+            r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+            w.write(wire.encode(wire.LOGON, 0, 0, 0, 30_000, 0, 0, 0, b"x", b""))
+            w.write(wire.encode(wire.MARKET_DATA_REQUEST, streams, 1, b"1", 0, streams))
+            conns[streams] = (r, w)
+        while len(pub.binary.by_symbol[1]) < 3:
+            await asyncio.sleep(0.01)
+        for i in range(200, 200 + n_records):
+            pub.apply("BTCUSDT", *e.step(T0 + i))
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        last_rpt = pub.states[1].rpt_seq
+        got: dict[int, dict[int, object]] = {}
+        for streams, (r, w) in conns.items():
+            buf, frames, first = bytearray(), {}, None
+            while first is None or (frames and max(frames) < last_rpt) or \
+                    (not frames and first < last_rpt):
+                buf += await asyncio.wait_for(r.read(1 << 16), 20)
+                pos = 0
+                while True:
+                    f, end = wire.read_frame(buf, pos)
+                    if f is None:
+                        break
+                    pos = end
+                    m = wire.decode(f)
+                    if f.template_id == wire.MARKET_DATA_SNAPSHOT:
+                        first = m.LastRptSeq if first is None else first
+                    elif f.template_id in (wire.MARKET_DATA_INCREMENTAL, wire.TRADE):
+                        entries = wire.decode_entries(f) \
+                            if f.template_id == wire.MARKET_DATA_INCREMENTAL else []
+                        frames[m.RptSeq] = (f.template_id, m, tuple(entries))
+                del buf[:pos]
+            assert sorted(frames) == list(range(first + 1, last_rpt + 1)), \
+                f"Streams {streams}: RptSeq not gapless"
+            got[streams] = frames
+            w.close()
+        full = got[3]
+        kinds = {t for t, _, _ in full.values()}
+        assert kinds == {wire.MARKET_DATA_INCREMENTAL, wire.TRADE}, "the flow made no trades"
+        first = min(set(got[1]) & set(got[2]))
+        for rpt in range(first, last_rpt + 1):
+            t, m, entries = full[rpt]
+            for streams, wanted in ((1, wire.MARKET_DATA_INCREMENTAL), (2, wire.TRADE)):
+                t2, m2, entries2 = got[streams][rpt]
+                if t == wanted:
+                    assert (t2, m2, entries2) == (t, m, entries)
+                else:
+                    assert t2 == wire.MARKET_DATA_INCREMENTAL and entries2 == ()
+                    assert m2.TransactTime == m.TransactTime and m2.SecurityID == 1
+    finally:
+        await pub.close()
+
+
+def test_a_subscription_to_one_stream_sees_every_rptseq():
+    asyncio.run(_one_stream_subscribers(1500))
