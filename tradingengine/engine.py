@@ -2679,17 +2679,32 @@ class TradingEngine:
 
     def _find_order(self, key: tuple, sess, orig: int, order_id: int):
         """The order a cancel or replace names, by OrderID or else by OrigClOrdID, among the
-        session user's accounts (the session's own first)."""
+        session user's accounts. By OrigClOrdID: the session's own order that goes by it, or
+        whose replace in flight takes it; a ClOrdID this session has used and that names none
+        of its open orders names nothing (its order is finished, "too late"); only an id the
+        session never used may name another session's open order. Given both, they must name
+        one order (OrigClOrdID its ClOrdID, or its replace's in flight)."""
         if order_id != P_NULL_ID and order_id != 0:
             o = self.orders.get(order_id)
-            return o if o is not None and o.account in sess.accounts else None
+            if o is None or o.account not in sess.accounts:
+                return None
+            if orig != P_NULL_ID and orig != o.client_order_id and (
+                    o.rpl is None or o.rpl[0] != orig):
+                return None              # OrderID and OrigClOrdID name two orders
+            return o
         if orig == P_NULL_ID:
             return None
         for a in sess.accounts:
             acct = self.accounts.get(a)
-            o = acct.by_client.get((orig, key)) if acct is not None else None
+            if acct is None:
+                continue
+            o = acct.by_client.get((orig, key))
+            if o is None and acct.replacing:
+                o = acct.replacing.get((orig, key))
             if o is not None:
                 return o
+        if orig in sess.clordids:
+            return None
         for a in sess.accounts:      # another session's order by that ClOrdID (oldest first)
             acct = self.accounts.get(a)
             if acct is not None and acct.coid_n.get(orig):
@@ -2796,8 +2811,8 @@ class TradingEngine:
         if reject:
             if coid not in sess.clordids:
                 sess.clordids[coid] = None
-            self._smsg(key, P_MASS_CANCEL_REPORT,
-                       (self.ts_ns, coid, 0, symbol & 0xFFFFFFFF, mtype, 0x30, reject & 0xFF, 0))
+            self._smsg(key, P_MASS_CANCEL_REPORT,   # the SecurityID asked, echoed
+                       (self.ts_ns, coid, 0, asked & 0xFFFFFFFF, mtype, 0x30, reject & 0xFF, 0))
             return
         sess.clordids[coid] = None
         # The session's default account (the message names none). Not every account of the

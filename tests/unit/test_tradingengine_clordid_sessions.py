@@ -209,3 +209,69 @@ def _flow(seed: int, steps: int) -> None:
 @pytest.mark.parametrize("seed", range(20 if os.environ.get("SEQEX_SLOW") != "1" else 400))
 def test_random_flows_keep_one_open_order_per_key_and_restore_the_same_index(seed):
     _flow(seed, 150)
+
+
+def _open(te, clordid, sid):
+    """The open orders that go by clordid, entered by session (1, sid)."""
+    return [o for acct in te.accounts.values() for o in acct.orders.values()
+            if o.client_order_id == clordid and o.sess is not None and o.sess[1] == sid]
+
+
+def test_a_cancel_right_behind_the_sessions_own_replace_cancels_its_own_order():
+    """Session 9 replaces its order 1 to ClOrdID 5 and, before the replace is answered, cancels
+    OrigClOrdID 5. Session 10 of the same user has an open order of its own that goes by 5.
+    The cancel named session 9's order (the replace in flight took 5 at once); it cancelled
+    session 10's order instead (an adversarial client written from PROTOCOL.md found it)."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.nos(1, 10, 1, 5, price=90 * E8)
+    h.v.auto = False
+    h.send(1, 9, 102, OCRR.pack(2, 0, 5, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 9, 101, OCR.pack(3, 0, 6, 5, NULL, 1, b"1", 0))
+    (m,) = h.send(1, 9, 102, OCRR.pack(4, 0, 7, 5, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert m[2] == 201 and m[3][7:9] == (b"2", 3)          # replace of it: already pending
+    h.v.deliver()
+    h.v.auto = True
+    te = h.v.te
+    assert len(_open(te, 5, 10)) == 1, "session 10's order was cancelled"
+    assert _open(te, 5, 9) == [] and _open(te, 1, 9) == []
+    check_index(te)
+
+
+def test_a_cancel_of_the_sessions_finished_order_is_too_late_not_another_sessions():
+    """Session 9's order 1 is cancelled; session 10 has an open order 1 of its own. Session 9
+    cancelling OrigClOrdID 1 again is too late (reason 0); it cancelled session 10's order."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.nos(1, 10, 1, 1, price=90 * E8)
+    (er,) = ers(h.send(1, 9, 101, OCR.pack(2, 0, 2, 1, NULL, 1, b"1", 0)), b"4")
+    assert er[2:4] == (2, 1)
+    (m,) = h.send(1, 9, 101, OCR.pack(3, 0, 3, 1, NULL, 1, b"1", 0))
+    assert m[2] == 201 and m[3][6:9] == (b"4", b"1", 0)
+    assert len(_open(h.v.te, 1, 10)) == 1
+    # an id session 11 never used still finds another session's open order (the oldest)
+    h.logon(1, 11, conn=3)
+    ms = h.send(1, 11, 101, OCR.pack(1, 0, 9, 1, NULL, 1, b"1", 0))
+    (er,) = ers([m for m in ms if m[1] == 11], b"4")
+    assert er[2:4] == (9, 1) and _open(h.v.te, 1, 10) == []
+
+
+def test_orderid_and_origclordid_naming_two_orders_name_none():
+    """FIX: both given must name one order. The OrderID won, silently."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.nos(1, 9, 2, 2, price=99 * E8)
+    te = h.v.te
+    oid2 = _open(te, 2, 9)[0].order_id
+    (m,) = h.send(1, 9, 101, OCR.pack(3, 0, 3, 1, oid2, 1, b"1", 0))
+    assert m[2] == 201 and m[3][8] == 1                     # unknown order
+    (m,) = h.send(1, 9, 102, OCRR.pack(4, 0, 4, 1, oid2, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    assert m[2] == 201 and m[3][7:9] == (b"2", 1)
+    assert len(_open(te, 1, 9)) == 1 and len(_open(te, 2, 9)) == 1
+    (er,) = ers(h.send(1, 9, 101, OCR.pack(5, 0, 5, 2, oid2, 1, b"1", 0)), b"4")   # agree
+    assert er[2:5] == (5, 2, oid2)

@@ -888,3 +888,14 @@ def test_a_replace_refused_while_the_days_end_cancel_is_in_flight_is_a_replace_r
     assert out[1][3][2:4] == (81, 80) and out[1][3][7] == b"2"          # the replace's
     assert (out[2][3][14], out[2][3][19], out[2][3][10]) == (b"C", 6, 0)
     assert not v.te.orders and v.te.accounts[1].order_margin == 0
+
+
+def test_a_refused_mass_cancel_echoes_the_security_id_sent():
+    """MassCancelRequestType '7' with SecurityID 1 and a bad Side: the report echoes 1 (it said
+    0 for type '7')."""
+    h = Harness()
+    h.logon(1, 9)
+    (m,) = h.send(1, 9, 103, OMCR.pack(1, 0, 50, 1, b"7", b"5", 0))
+    assert m[2] == 202 and m[3][2:8] == (50, 0, 1, b"7", b"0", 99)
+    (m,) = h.send(1, 9, 103, OMCR.pack(2, 0, 51, 1, b"1", b"5", 0))
+    assert m[2] == 202 and m[3][2:8] == (51, 0, 1, b"1", b"0", 99)
