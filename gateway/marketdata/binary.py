@@ -66,13 +66,16 @@ class Instrument:
                            self.symbol_id, wire.char_field(self.symbol, 16), status)
 
 
-def snapshot_frames(inst: Instrument, st: SymbolState, md_req_id: int) -> list[bytes]:
+def snapshot_frames(inst: Instrument, st: SymbolState, md_req_id: int,
+                    book: bool = True) -> list[bytes]:
     """The book as MarketDataSnapshot fragments (bids best first, then offers best first);
-    an empty book is one fragment with no entries."""
+    an empty book is one fragment with no entries, and so is the snapshot of a subscription
+    to trades alone (``book`` False: its LastRptSeq is all it needs)."""
     tm = inst.tick_mantissa
     entries = [(p * tm, q, n, wire.MD_ENTRY_BID) for p, (q, n) in
-               sorted(st.bids.items(), reverse=True)]
-    entries += [(p * tm, q, n, wire.MD_ENTRY_OFFER) for p, (q, n) in sorted(st.asks.items())]
+               sorted(st.bids.items(), reverse=True)] if book else []
+    if book:
+        entries += [(p * tm, q, n, wire.MD_ENTRY_OFFER) for p, (q, n) in sorted(st.asks.items())]
     chunks = [entries[i:i + SNAPSHOT_PER_FRAME]
               for i in range(0, len(entries), SNAPSHOT_PER_FRAME)] or [[]]
     out = []
@@ -456,10 +459,13 @@ class BinaryFeed:
             self.stats["snapshot_requests"] += 1
         for sid in sids:
             if m.SubscriptionRequestType == wire.SUBSCRIPTION_UNSUBSCRIBE:
-                conn.subs.pop(sid, None)
-                self.by_symbol[sid].discard(conn)
+                sub = conn.subs.get(sid)
+                if sub is not None and sub.md_req_id == m.MDReqID:   # that request's only
+                    del conn.subs[sid]
+                    self.by_symbol[sid].discard(conn)
                 continue
-            frames = snapshot_frames(self.instruments[sid], self.states[sid], m.MDReqID)
+            frames = snapshot_frames(self.instruments[sid], self.states[sid], m.MDReqID,
+                                     book=bool(streams & STREAM_BOOK))
             self.stats["snapshot_frames"] += len(frames)
             for f in frames:
                 conn.write(f)
@@ -472,7 +478,7 @@ class BinaryFeed:
         conns = self.by_symbol[sid]
         if not conns or not frames:
             return
-        now = 0.0
+        now = time.monotonic()
         fillers = None
         for conn in list(conns):
             sub = conn.subs[sid]
@@ -482,10 +488,11 @@ class BinaryFeed:
             if conn.paused:
                 sub.stale = True
                 if not conn.stale_since:
-                    conn.stale_since = now = now or time.monotonic()
+                    conn.stale_since = now
                 continue
             streams = sub.streams
             write = conn.transport.write
+            conn.last_sent = now          # §4.8: no Heartbeat while the stream flows
             if streams == STREAM_BOOK | STREAM_TRADES:
                 for _bit, f in frames:
                     write(f)
@@ -505,7 +512,7 @@ class BinaryFeed:
                 sub.stale = False
                 self.stats["resnapshots"] += 1
                 frames = snapshot_frames(self.instruments[sid], self.states[sid],
-                                         sub.md_req_id)
+                                         sub.md_req_id, book=bool(sub.streams & STREAM_BOOK))
                 self.stats["snapshot_frames"] += len(frames)
                 for f in frames:
                     conn.write(f)

@@ -370,6 +370,8 @@ async def _one_stream_subscribers(n_records: int):
                     m = wire.decode(f)
                     if f.template_id == wire.MARKET_DATA_SNAPSHOT:
                         first = m.LastRptSeq if first is None else first
+                        # trades alone: the snapshot carries LastRptSeq and no book
+                        assert bool(wire.decode_entries(f)) == (streams != 2), streams
                     elif f.template_id in (wire.MARKET_DATA_INCREMENTAL, wire.TRADE):
                         entries = wire.decode_entries(f) \
                             if f.template_id == wire.MARKET_DATA_INCREMENTAL else []
@@ -398,3 +400,89 @@ async def _one_stream_subscribers(n_records: int):
 
 def test_a_subscription_to_one_stream_sees_every_rptseq():
     asyncio.run(_one_stream_subscribers(1500))
+
+
+async def _unsubscribe_another_request():
+    """MDReqID 7 and then 8 subscribe BTCUSDT on one connection (8 takes the subscription
+    over: a fresh snapshot); an unsubscribe of 7 names no live subscription and changes
+    nothing: 8's increments go on. It stopped them, silently."""
+    e = LocalEngine(seed=5, keep_books=False)
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+        w.write(wire.encode(wire.LOGON, 0, 0, 0, 30_000, 0, 0, 0, b"x", b""))
+        for req in (7, 8):
+            w.write(wire.encode(wire.MARKET_DATA_REQUEST, req, 1, b"1", 0, 3))
+        w.write(wire.encode(wire.MARKET_DATA_REQUEST, 7, 1, b"2", 0, 3))
+        buf, snaps, incs = bytearray(), [], 0
+        i = 0
+        deadline = asyncio.get_running_loop().time() + 20
+        while incs < 20:
+            assert asyncio.get_running_loop().time() < deadline, \
+                f"no increments after the unsubscribe of another MDReqID ({incs}, {snaps})"
+            if len(snaps) == 2:
+                for _ in range(20):
+                    i += 1
+                    pub.apply("BTCUSDT", *e.step(T0 + i))
+            try:
+                buf += await asyncio.wait_for(r.read(1 << 16), 0.05)
+            except TimeoutError:
+                pass
+            pos = 0
+            while True:
+                f, end = wire.read_frame(buf, pos)
+                if f is None:
+                    break
+                pos = end
+                if f.template_id == wire.MARKET_DATA_SNAPSHOT:
+                    snaps.append(wire.decode(f).MDReqID)
+                elif f.template_id in (wire.MARKET_DATA_INCREMENTAL, wire.TRADE):
+                    incs += 1
+            del buf[:pos]
+        assert snaps == [7, 8]
+        w.close()
+    finally:
+        await pub.close()
+
+
+def test_unsubscribing_another_mdreqid_leaves_the_live_subscription():
+    asyncio.run(_unsubscribe_another_request())
+
+
+async def _no_heartbeat_while_streaming():
+    """§4.8: a Heartbeat only after the interval with nothing sent. The publisher's increments
+    count as sent: a connection idle for 2 s that has just been sent an increment gets no
+    Heartbeat at the next tick (it got one every second while the stream flowed)."""
+    e = LocalEngine(seed=6, keep_books=False)
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+        w.write(wire.encode(wire.LOGON, 0, 0, 0, 30_000, 0, 0, 0, b"x", b""))
+        w.write(wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"1", 0, 3))
+        while not pub.binary.by_symbol[1]:
+            await asyncio.sleep(0.01)
+        conn, = pub.binary.by_symbol[1]
+        beats = []
+        write = conn.write
+        conn.write = lambda f: (beats.append(f) if f[6:8] == b"\x05\x00" else None, write(f))
+        pub.binary.tick()
+        assert beats == []                           # it just sent the snapshot
+        conn.last_sent -= 2.0                        # 2 s with nothing sent ...
+        i = 0
+        while not pub.binary.stats["frames"]:        # ... then an increment
+            i += 1
+            pub.apply("BTCUSDT", *e.step(T0 + i))
+        pub.binary.tick()
+        assert beats == [], "a Heartbeat right behind an increment"
+        conn.last_sent -= 2.0
+        pub.binary.tick()
+        assert len(beats) == 1                       # idle: the Heartbeat comes
+        w.close()
+    finally:
+        await pub.close()
+
+
+def test_no_heartbeat_while_the_stream_flows():
+    asyncio.run(_no_heartbeat_while_streaming())
