@@ -2745,7 +2745,7 @@ class TradingEngine:
 
     def _s_replace(self, key: tuple, sess, block: bytes) -> None:
         (_, _, coid, orig, order_id, price, qty, symbol, side, _ord_type, _tif,
-         _flags) = _P_REPLACE(block)
+         flags) = _P_REPLACE(block)
         o = self._find_order(key, sess, orig, order_id)
         if o is not None and (o.symbol != symbol or o.side != side):
             o = None                     # not the order named: unknown (FIX 102 reason 1)
@@ -2769,7 +2769,9 @@ class TradingEngine:
                 return
             tick = self.specs[o.symbol].tick
             code = ticks = 0
-            if price == P_NULL_PRICE:
+            if flags & P_FLAG_POST_ONLY and not o.flags & POST_ONLY:
+                code = 2041              # the CrossEngine keeps an order's own PostOnly only
+            elif price == P_NULL_PRICE:
                 pass                                     # unchanged
             elif price <= 0:
                 code = 2008

@@ -275,3 +275,20 @@ def test_orderid_and_origclordid_naming_two_orders_name_none():
     assert len(_open(te, 1, 9)) == 1 and len(_open(te, 2, 9)) == 1
     (er,) = ers(h.send(1, 9, 101, OCR.pack(5, 0, 5, 2, oid2, 1, b"1", 0)), b"4")   # agree
     assert er[2:5] == (5, 2, oid2)
+
+
+def test_a_replace_asking_post_only_of_an_order_entered_without_it_is_refused():
+    """Template 102's Flags bit1 (PostOnly): the CrossEngine keeps the PostOnly an order was
+    entered with, so a replace cannot add it; it was ignored, and a replace meant to rest
+    crossed and took. Refused now (OrderCancelReject 99); restating PostOnly on a post-only
+    order is a plain replace."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.nos(1, 9, 2, 2, price=90 * E8, flags=2)
+    (m,) = h.send(1, 9, 102, OCRR.pack(3, 0, 3, 1, NULL, 99 * E8, 5, 1, b"1", b"2", b"1", 2))
+    assert m[2] == 201 and m[3][7:9] == (b"2", 99)
+    assert len(_open(h.v.te, 1, 9)) == 1 and _open(h.v.te, 1, 9)[0].price == 100 * E8 // TICK
+    ms = h.send(1, 9, 102, OCRR.pack(4, 0, 4, 2, NULL, 91 * E8, 5, 1, b"1", b"2", b"1", 2))
+    (er,) = ers(ms, b"5")
+    assert er[2:4] == (4, 2)
