@@ -965,7 +965,8 @@ class TradingEngine:
             code = 2028
         elif flags & ~(REDUCE_ONLY | POST_ONLY):
             code = 2001
-        elif _clordid_taken(acct, coid, None if self._ctx is None else self._ctx[0]):
+        elif _clordid_taken(acct, coid, None if self._ctx is None else self._ctx[0]) or \
+                self._ctx is not None and self._replace_gives(coid, self._ctx[0]):
             code = 2015
         elif len(acct.orders) >= MAX_OPEN_ORDERS:
             code = 2027
@@ -1130,6 +1131,27 @@ class TradingEngine:
             _unindex_client(acct, key)
         self._rpl_done(o)
 
+    def _replace_gives(self, coid: int, key: tuple) -> bool:
+        """Whether a replace in flight (another session's, of an order of session key) is to
+        give an order on any account of the session the key (coid, key)."""
+        sess = self.sessions.get(key)
+        if sess is None:
+            return False
+        for a in sess.accounts:
+            acct = self.accounts.get(a)
+            if acct is not None and acct.replacing and (coid, key) in acct.replacing:
+                return True
+        return False
+
+    def _key_taken(self, coid: int, key: tuple, sess) -> bool:
+        """Whether an open order of session key, on any account of the session, goes by coid,
+        or a replace in flight is to give one that ClOrdID."""
+        for a in sess.accounts:
+            acct = self.accounts.get(a)
+            if acct is not None and _clordid_taken(acct, coid, key):
+                return True
+        return False
+
     def _rpl_done(self, o: Order) -> None:
         """The key o's session replace in flight was to give it is free again (the replace is
         answered, or the order gone): call before o.rpl is cleared (no replace: nothing)."""
@@ -1209,6 +1231,8 @@ class TradingEngine:
             d = owner.done.get(order_id) if owner is not None else None
             if d is None:
                 return None
+            if orig != P_NULL_ID and d[0] != orig:
+                return None              # OrderID and OrigClOrdID name two orders
         elif orig != P_NULL_ID:
             order_id = sess.finished.get(orig)
             if order_id is None:
@@ -2374,6 +2398,9 @@ class TradingEngine:
                 _unindex_client(acct, (orig, o.sess))
                 _index_client(acct, coid, o)
             o.client_order_id = coid
+            owner = self.sessions.get(o.sess) if o.sess is not None else None
+            if owner is not None:        # another session's replace: the id is the order's
+                owner.clordids[coid] = None   # session's now (no new order of it by that id)
         if exec_type == EXEC_REJECTED:
             reason = fix_ord_rej_reason(code)
         elif exec_type == EXEC_CANCELED or exec_type == EXEC_EXPIRED:
@@ -2680,10 +2707,11 @@ class TradingEngine:
     def _find_order(self, key: tuple, sess, orig: int, order_id: int):
         """The order a cancel or replace names, by OrderID or else by OrigClOrdID, among the
         session user's accounts. By OrigClOrdID: the session's own order that goes by it, or
-        whose replace in flight takes it; a ClOrdID this session has used and that names none
-        of its open orders names nothing (its order is finished, "too late"); only an id the
-        session never used may name another session's open order. Given both, they must name
-        one order (OrigClOrdID its ClOrdID, or its replace's in flight)."""
+        whose replace in flight takes it; else, if one of the session's finished orders went
+        by it, nothing (too late: never a sibling session's order that happens to share the
+        id); else another session's open order that goes by it (the oldest), such as one this
+        session's replace renamed. Given both, they must name one order (OrigClOrdID its
+        ClOrdID, or its replace's in flight)."""
         if order_id != P_NULL_ID and order_id != 0:
             o = self.orders.get(order_id)
             if o is None or o.account not in sess.accounts:
@@ -2703,15 +2731,17 @@ class TradingEngine:
                 o = acct.replacing.get((orig, key))
             if o is not None:
                 return o
-        if orig in sess.clordids:
+        if orig in sess.finished:        # this session's order by that id is done
             return None
-        for a in sess.accounts:      # another session's order by that ClOrdID (oldest first)
+        found = None                 # another session's order by that ClOrdID: the oldest
+        for a in sess.accounts:
             acct = self.accounts.get(a)
             if acct is not None and acct.coid_n.get(orig):
                 for o in acct.orders.values():
                     if o.client_order_id == orig:
-                        return o
-        return None
+                        if found is None or o.order_id < found.order_id:
+                            found = o
+        return found
 
     def _s_cancel(self, key: tuple, sess, block: bytes) -> None:
         _, _, coid, orig, order_id, symbol, side, _flags = _P_CANCEL(block)
@@ -2780,8 +2810,10 @@ class TradingEngine:
             else:
                 ticks = price // tick
             acct = self.accounts[o.account]
-            if not code and _clordid_taken(acct, coid, o.sess):
-                code = 2015
+            owner = self.sessions.get(o.sess) if o.sess is not None and o.sess != key else None
+            if not code and (_clordid_taken(acct, coid, o.sess) or owner is not None and
+                             self._key_taken(coid, o.sess, owner)):
+                code = 2015              # an open order of the order's session goes by it
             if code:
                 self._cancel_rejected(account, coid, orig, code, 2)
                 return

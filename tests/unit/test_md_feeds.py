@@ -32,6 +32,19 @@ def _as_json(book: dict) -> dict:
             for k, v in book.items()}
 
 
+def take_frames(buf: bytearray) -> list:
+    """The whole frames at the head of buf, taken out of it."""
+    out, pos = [], 0
+    while True:
+        f, end = wire.read_frame(buf, pos)
+        if f is None:
+            break
+        out.append(f)
+        pos = end
+    del buf[:pos]
+    return out
+
+
 class WsBook:
     """A WebSocket client's book, kept by the Binance rules from depth@ diffs."""
 
@@ -172,14 +185,7 @@ async def _slow_binary():
                 buf += s.recv(1 << 20)
             except BlockingIOError:
                 pass
-            pos = 0
-            while True:
-                f, end = wire.read_frame(buf, pos)
-                if f is None:
-                    break
-                md_frames.append(f)
-                pos = end
-            del buf[:pos]
+            md_frames += take_frames(buf)
             await asyncio.sleep(0.001)
         # every RptSeq continues from the last, except right after a snapshot
         last = None
@@ -361,12 +367,7 @@ async def _one_stream_subscribers(n_records: int):
             while first is None or (frames and max(frames) < last_rpt) or \
                     (not frames and first < last_rpt):
                 buf += await asyncio.wait_for(r.read(1 << 16), 20)
-                pos = 0
-                while True:
-                    f, end = wire.read_frame(buf, pos)
-                    if f is None:
-                        break
-                    pos = end
+                for f in take_frames(buf):
                     m = wire.decode(f)
                     if f.template_id == wire.MARKET_DATA_SNAPSHOT:
                         first = m.LastRptSeq if first is None else first
@@ -376,7 +377,6 @@ async def _one_stream_subscribers(n_records: int):
                         entries = wire.decode_entries(f) \
                             if f.template_id == wire.MARKET_DATA_INCREMENTAL else []
                         frames[m.RptSeq] = (f.template_id, m, tuple(entries))
-                del buf[:pos]
             assert sorted(frames) == list(range(first + 1, last_rpt + 1)), \
                 f"Streams {streams}: RptSeq not gapless"
             got[streams] = frames
@@ -429,17 +429,11 @@ async def _unsubscribe_another_request():
                 buf += await asyncio.wait_for(r.read(1 << 16), 0.05)
             except TimeoutError:
                 pass
-            pos = 0
-            while True:
-                f, end = wire.read_frame(buf, pos)
-                if f is None:
-                    break
-                pos = end
+            for f in take_frames(buf):
                 if f.template_id == wire.MARKET_DATA_SNAPSHOT:
                     snaps.append(wire.decode(f).MDReqID)
                 elif f.template_id in (wire.MARKET_DATA_INCREMENTAL, wire.TRADE):
                     incs += 1
-            del buf[:pos]
         assert snaps == [7, 8]
         w.close()
     finally:

@@ -292,3 +292,95 @@ def test_a_replace_asking_post_only_of_an_order_entered_without_it_is_refused():
     ms = h.send(1, 9, 102, OCRR.pack(4, 0, 4, 2, NULL, 91 * E8, 5, 1, b"1", b"2", b"1", 2))
     (er,) = ers(ms, b"5")
     assert er[2:4] == (4, 2)
+
+
+def _cxl(h, sid, seq, coid, orig, oid=NULL, user=1):
+    return h.send(user, sid, 101, OCR.pack(seq, 0, coid, orig, oid, 1, b"1", 0))
+
+
+def _rpl(h, sid, seq, coid, orig, price, oid=NULL, user=1):
+    return h.send(user, sid, 102, OCRR.pack(seq, 0, coid, orig, oid, price, 0, 1, b"1", b"2",
+                                            b"1", 0))
+
+
+def _rej(ms, sid):
+    """The OrderCancelReject to session sid: (CxlRejResponseTo, reason)."""
+    (m,) = [m for m in ms if m[1] == sid and m[2] == 201]
+    return m[3][7:9]
+
+
+def test_the_clordid_another_sessions_replace_gave_the_order_is_the_orders_sessions():
+    """Session 11 replaces session 9's order 1 to ClOrdID 7; it fills. Session 9 cancelling 7
+    (its order, racing the fill) is too late; it cancelled session 10's own open order 7,
+    because session 9 had never sent 7 itself (a reviewer found it)."""
+    h = Harness(shadows=(interpreted(),))
+    for sid, conn in ((9, 1), (10, 2), (11, 3)):
+        h.logon(1, sid, conn=conn)
+    h.logon(2, 20, conn=4)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.nos(1, 10, 1, 7, price=90 * E8)
+    ers(_rpl(h, 11, 1, 7, 1, 101 * E8), b"5")
+    h.nos(2, 20, 1, 1, side=b"2", price=101 * E8, account=2)
+    assert _open(h.v.te, 7, 9) == []                        # filled
+    assert _rej(_cxl(h, 9, 2, 2, 7), 9) == (b"1", 0)        # too late
+    assert len(_open(h.v.te, 7, 10)) == 1
+    check_index(h.v.te)
+
+
+def test_a_replace_cannot_give_an_order_a_clordid_of_another_open_order_of_its_session():
+    """ClOrdIDs are the session's: session 10 replacing session 9's order to an id an open
+    order of session 9 goes by on another account is a duplicate (reason 6), and session 9
+    cannot then enter a new order with the id another session's replace gave one of its
+    orders. Either gave session 9 two open orders that went by one ClOrdID, on two accounts."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1, accounts=[1, 3])
+    h.logon(1, 10, conn=2, accounts=[1, 3])
+    h.nos(1, 9, 1, 1, price=100 * E8, account=1)
+    h.nos(1, 9, 2, 5, price=99 * E8, account=3)
+    a = _open(h.v.te, 1, 9)[0].order_id
+    assert _rej(_rpl(h, 10, 1, 5, NULL, 98 * E8, oid=a), 10) == (b"2", 6)
+    ers(_rpl(h, 10, 2, 7, NULL, 98 * E8, oid=a), b"5")
+    (er,) = ers([m for m in h.nos(1, 9, 3, 7, price=97 * E8, account=3) if m[1] == 9], b"8")
+    assert er[19] == 6
+    te = h.v.te
+    keys = [(o.client_order_id, o.sess) for x in te.accounts.values() for o in x.orders.values()]
+    assert len(keys) == len(set(keys)) == 2
+    check_index(te)
+
+
+def test_an_orderid_of_a_finished_order_with_another_orders_clordid_names_none():
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    h.nos(1, 9, 2, 2, price=99 * E8)
+    x = _open(h.v.te, 1, 9)[0].order_id
+    ers(_cxl(h, 9, 3, 3, 1), b"4")
+    assert _rej(_cxl(h, 9, 4, 4, 2, oid=x), 9) == (b"1", 1)     # unknown, not too late
+    assert _rej(_cxl(h, 9, 5, 5, 1, oid=x), 9) == (b"1", 0)     # agree: too late
+    assert len(_open(h.v.te, 2, 9)) == 1
+
+
+def test_another_sessions_order_by_clordid_is_the_oldest_over_every_account():
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1, accounts=[1, 3])
+    h.logon(1, 10, conn=2, accounts=[1, 3])
+    h.logon(1, 11, conn=3, accounts=[1, 3])
+    h.nos(1, 9, 1, 4, price=100 * E8, account=3)                # the oldest, on account 3
+    h.nos(1, 10, 1, 4, price=99 * E8, account=1)
+    ms = _cxl(h, 11, 1, 1, 4)
+    (er,) = ers([m for m in ms if m[1] == 11], b"4")
+    assert er[13] == 3 and _open(h.v.te, 4, 9) == [] and len(_open(h.v.te, 4, 10)) == 1
+
+
+def test_a_session_names_by_clordid_the_order_its_replace_renamed():
+    """Session 10 replaces session 9's order (by OrderID) to ClOrdID 7, then cancels it by 7:
+    the order 7 names is session 9's, which session 10 gave that id (an earlier version of
+    the finished-order rule refused it as unknown)."""
+    h = Harness(shadows=(interpreted(),))
+    h.logon(1, 9, conn=1)
+    h.logon(1, 10, conn=2)
+    h.nos(1, 9, 1, 1, price=100 * E8)
+    a = _open(h.v.te, 1, 9)[0].order_id
+    ers(_rpl(h, 10, 1, 7, NULL, 99 * E8, oid=a), b"5")
+    (er,) = ers([m for m in _cxl(h, 10, 2, 8, 7) if m[1] == 10], b"4")
+    assert er[2:5] == (8, 7, a) and not h.v.te.orders
