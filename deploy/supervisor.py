@@ -50,7 +50,7 @@ HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
 FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
 STABLE_S = 30.0          # a process that ran this long has recovered: its backoff resets
 BACKOFF_CAP_S = 30.0
-EARLIER_RUN_WAIT_S = 30.0  # how long `up` waits for an earlier run's processes to end
+EARLIER_RUN_WAIT_S = 60.0  # how long `up` waits for an earlier run's processes to end
 DATA_ENV = "SEQEX_DATA"  # in every supervised process's environment: its data directory
 
 # The order processes start in. A wave starts together once the one before it answers: a master
