@@ -29,6 +29,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from deploy.supervisor import earlier_run  # noqa: E402
 
 # The child: `seqex up`, with one process per wave when asked (the baseline).
 CHILD = """
@@ -39,26 +42,6 @@ if sys.argv[1] == "one-by-one":
 from deploy.cli import main
 sys.exit(main(sys.argv[2:]))
 """
-
-
-def running(data: str) -> list[int]:
-    """The live processes whose environment names this data directory (supervisor.DATA_ENV)."""
-    tag = f"SEQEX_DATA={os.path.abspath(data)}".encode()
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if tag not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-        except OSError:
-            continue
-        out.append(int(pid))
-    return out
 
 
 def start(mode: str, data: str, port: int, log: str, timeout_s: float = 600
@@ -85,9 +68,9 @@ def start(mode: str, data: str, port: int, log: str, timeout_s: float = 600
 
 def gone(data: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
-    while running(data):
+    while earlier_run(data):
         if time.monotonic() > deadline:
-            for pid in running(data):
+            for pid in earlier_run(data):
                 os.kill(pid, signal.SIGKILL)
             raise SystemExit(f"processes of {data} still running {timeout_s:g} s after the crash")
         time.sleep(0.05)
@@ -109,7 +92,7 @@ def one_round(mode: str, port: int, names: list) -> tuple[float, float]:
         gone(data)
         return fresh, again
     finally:
-        for pid in running(data):
+        for pid in earlier_run(data):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
 
