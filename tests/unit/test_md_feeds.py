@@ -45,6 +45,16 @@ def take_frames(buf: bytearray) -> list:
     return out
 
 
+async def logged_on(pub, *requests: tuple[int, bytes, int]):
+    """A binary-feed connection logged on (a 30 s heartbeat), with MarketDataRequests (MDReqID,
+    SubscriptionRequestType, Streams) for BTCUSDT written behind the Logon."""
+    r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+    w.write(wire.encode(wire.LOGON, 0, 0, 0, 30_000, 0, 0, 0, b"x", b""))
+    for req, kind, streams in requests:
+        w.write(wire.encode(wire.MARKET_DATA_REQUEST, req, 1, kind, 0, streams))
+    return r, w
+
+
 class WsBook:
     """A WebSocket client's book, kept by the Binance rules from depth@ diffs."""
 
@@ -350,10 +360,7 @@ async def _one_stream_subscribers(n_records: int):
         for i in range(200):                                     # a book and some trades first
             pub.apply("BTCUSDT", *e.step(T0 + i))
         for streams in (1, 2, 3):
-            r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
-            w.write(wire.encode(wire.LOGON, 0, 0, 0, 30_000, 0, 0, 0, b"x", b""))
-            w.write(wire.encode(wire.MARKET_DATA_REQUEST, streams, 1, b"1", 0, streams))
-            conns[streams] = (r, w)
+            conns[streams] = await logged_on(pub, (streams, b"1", streams))
         while len(pub.binary.by_symbol[1]) < 3:
             await asyncio.sleep(0.01)
         for i in range(200, 200 + n_records):
@@ -410,11 +417,7 @@ async def _unsubscribe_another_request():
     pub = Publisher(CONF)
     await pub.start(follow=False)
     try:
-        r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
-        w.write(wire.encode(wire.LOGON, 0, 0, 0, 30_000, 0, 0, 0, b"x", b""))
-        for req in (7, 8):
-            w.write(wire.encode(wire.MARKET_DATA_REQUEST, req, 1, b"1", 0, 3))
-        w.write(wire.encode(wire.MARKET_DATA_REQUEST, 7, 1, b"2", 0, 3))
+        r, w = await logged_on(pub, (7, b"1", 3), (8, b"1", 3), (7, b"2", 3))
         buf, snaps, incs = bytearray(), [], 0
         i = 0
         deadline = asyncio.get_running_loop().time() + 20
@@ -452,9 +455,7 @@ async def _no_heartbeat_while_streaming():
     pub = Publisher(CONF)
     await pub.start(follow=False)
     try:
-        r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
-        w.write(wire.encode(wire.LOGON, 0, 0, 0, 30_000, 0, 0, 0, b"x", b""))
-        w.write(wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"1", 0, 3))
+        r, w = await logged_on(pub, (1, b"1", 3))
         while not pub.binary.by_symbol[1]:
             await asyncio.sleep(0.01)
         conn, = pub.binary.by_symbol[1]
