@@ -19,10 +19,10 @@ trade whose counterparty lives in another shard (so each shard balances on its o
 Bounded output. Every output must fit one record (mq MAX_PAYLOAD). A command's own work is
 bounded (an account holds at most MAX_OPEN_ORDERS orders; a CrossEngine record carries at most
 CE_MAX_FILLS matching steps). Work that fans out over a whole symbol or shard (triggered
-orders, the maintenance check, funding, a book-wide mass cancel, reduce-only cuts, expired
-dead-man's switches) runs as *sweeps*: a queue in the state, worked through unit by unit (one
-account or one order) while the record's output is under OUTPUT_BUDGET, and resumed at the
-next record where it stopped. At least one unit runs per record, so a sweep always ends.
+orders, the maintenance check, funding, a book-wide mass cancel, a session's mass cancel over
+its accounts, reduce-only cuts, expired dead-man's switches) runs as *sweeps*: a queue in
+the state, worked through unit by unit (one account or one order) while the record's output is
+under OUTPUT_BUDGET, and resumed at the next record where it stopped. At least one unit runs per record, so a sweep always ends.
 ``worst_case_output`` sums the bounds (session messages included); the module refuses to
 import if it exceeds OUTPUT_LIMIT, seven eighths of MAX_PAYLOAD.
 
@@ -138,6 +138,9 @@ SWEEP_FUNDING = 3        # [3, symbol, next entry, rate, mark, paid, received, [
 SWEEP_MASS_CANCELLED = 4  # [4, symbol, next CrossEngine id, last CrossEngine id, reason]
 SWEEP_REDUCE_ONLY = 5    # [5, symbol, account]
 SWEEP_DAY_END = 6        # [6, next index, [order ids of the Day orders at the day's end]]
+SWEEP_SESSION_MASS_CANCEL = 7  # [7, symbol (0 all), next index, user, session id, side (0
+                               #  both), ClOrdID, SecurityID asked, request type, cancelled so
+                               #  far, [the session's accounts but its default one]]
 DAY_NS = 86_400 * 10**9  # a trading day: a UTC day of sequenced time (LogonAck's TradingDate)
 
 _ER = EVENT_STRUCTS[EXEC_REPORT].pack
@@ -205,6 +208,9 @@ def worst_case_output() -> dict[str, int]:
         "funding": size[FUNDING] + size[DEFICIT_COVERED] + size[FUNDING_SETTLED],
         "trigger": er + max(er, cmd + CE_NEW_ORDER_S.size),
         "mass_cancelled": er,
+        # one account of a session's mass cancel, and the report after the last one
+        "session_mass_cancel": MAX_OPEN_ORDERS * cancel_one + size[SESSION_MESSAGE]
+        + P_BLOCK_SIZES[P_MASS_CANCEL_REPORT],
         "reduce_only": MAX_OPEN_ORDERS * (cmd + CE_AMEND_S.size),
     }
     fills = CE_MAX_FILLS
@@ -782,6 +788,8 @@ class TradingEngine:
                 done = self._sweep_reduce_only(sw)
             elif kind == SWEEP_DAY_END:
                 done = self._sweep_day_end(sw)
+            elif kind == SWEEP_SESSION_MASS_CANCEL:
+                done = self._sweep_session_mass_cancel(sw)
             else:
                 raise EngineHalted(f"unknown sweep {sw}")
             if not done:
@@ -2849,15 +2857,36 @@ class TradingEngine:
                        (self.ts_ns, coid, 0, asked & 0xFFFFFFFF, mtype, 0x30, reject & 0xFF, 0))
             return
         sess.clordids[coid] = None
-        # The session's default account (the message names none). Not every account of the
-        # session: up to 64 accounts of 200 orders each would be 12,800 cancels in one record,
-        # and the CrossEngine's answer to them one record too large to report (engine doc).
+        # Every account of the session (the message names none): the default account's orders
+        # in this record, the others' as a sweep, one account a unit within the output budget
+        # (64 accounts of 200 orders would be 12,800 cancels, and the CrossEngine's answer to
+        # them one record too large to report). The report follows the last account's cancels.
+        side = 0 if side == 0x30 else side
         acct = self.accounts.get(sess.default_account)
         n = 0
         if acct is not None:
-            n = self._cancel_orders(acct, symbol, 0 if side == 0x30 else side,
-                                    REASON_MASS_CANCEL)
+            n = self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
+        others = [a for a in sess.accounts if a != sess.default_account]
+        if others:
+            self.sweeps.append([SWEEP_SESSION_MASS_CANCEL, symbol, 0, key[0], key[1], side,
+                                coid, asked, mtype, n, others])
+            return
         self._smsg(key, P_MASS_CANCEL_REPORT, (self.ts_ns, coid, n, asked, mtype, mtype, 0, 0))
+
+    def _sweep_session_mass_cancel(self, sw: list) -> bool:
+        """The rest of a session's mass cancel: its other accounts, one a unit; then the
+        OrderMassCancelReport with the whole count (if the session is still there to take it)."""
+        _, symbol, cursor, user, sid, side, coid, asked, mtype, n, accounts = sw
+        for i in range(cursor, len(accounts)):
+            if not self._may_go_on():
+                sw[2], sw[9] = i, n
+                return False
+            acct = self.accounts.get(accounts[i])
+            if acct is not None:
+                n += self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
+        self._smsg((user, sid), P_MASS_CANCEL_REPORT,
+                   (self.ts_ns, coid, n, asked, mtype, mtype, 0, 0))
+        return True
 
 
     # -- the audit, snapshots and the state hash ----------------------------------------------

@@ -3,17 +3,19 @@ reports the CrossEngine's answer to it: the CrossEngine answers a whole TradingE
 with one output record (docs/order-path.md §2).
 
 A session with MAX_SESSION_ACCOUNTS = 64 accounts of MAX_OPEN_ORDERS = 200 orders each:
-* its OrderMassCancelRequest covers its default account (one account's 200 cancels); covering
-  all 64 would be 12,800 cancels in one record and about 2.75 MB to report their answer;
-* its cancel-on-disconnect runs as a sweep, one account a unit within OUTPUT_BUDGET, and the
-  budget counts each cancel with what reporting its answer costs (ANSWER_RESERVE): counting
-  only the 29-byte command let ~4,600 cancels into one record, whose answer took ~1.1 MB.
+* its OrderMassCancelRequest and its cancel-on-disconnect run as sweeps, one account a unit
+  within OUTPUT_BUDGET (all 64 in one record would be 12,800 cancels and about 2.75 MB to
+  report their answer), and the budget counts each cancel with what reporting its answer
+  costs (ANSWER_RESERVE): counting only the 29-byte command let ~4,600 cancels into one
+  record, whose answer took ~1.1 MB.
 """
 from __future__ import annotations
 
-from tests.unit.test_tradingengine_sessions import E8, NOS, NULL, OMCR, Harness
+from tests.unit.test_tradingengine_sessions import BLOCKS, E8, NOS, NULL, OMCR, Harness
 from tradingengine import codec as c
 from tradingengine.engine import MAX_OPEN_ORDERS, OUTPUT_LIMIT
+
+OMCR_REPORT = BLOCKS[202]
 
 
 def full_session(cod: int = 0) -> tuple[Harness, int]:
@@ -35,24 +37,38 @@ def full_session(cod: int = 0) -> tuple[Harness, int]:
     return h, seq
 
 
-def test_a_mass_cancel_of_a_64_account_session_fits_one_record():
+def test_a_mass_cancel_of_a_64_account_session_answers_within_one_record():
+    """Its mass cancel covers all 64 accounts as a sweep, one account a unit within
+    OUTPUT_BUDGET: each record's cancels, and the record that reports the CrossEngine's answer
+    to them, fit; the one report counts all 12,800 cancels and comes after the last of them."""
     h, seq = full_session()
     v = h.v
-    v.ts_ns += 1000
-    v.seq += 1
-    raw = v.te.apply(v.seq, v.ts_ns, c.CLIENT_MESSAGE, c.client_message(
-        1, 9, 103, OMCR.pack(seq + 1, 0, 99_999, NULL & 0xFFFFFFFF, b"7", b"0", 0)))
-    assert len(raw) <= OUTPUT_LIMIT
-    # production: the CrossEngine applies every command of the record, one output record
-    ce, out = v.ces[1], []
-    for ev in c.decode_events(raw):
-        if ev[0] == c.CE_COMMAND:
-            v.ce_seq[1] += 1
-            out.append(ce.apply(v.ce_seq[1], v.ts_ns, ev[2], ev[4]))
-    v.ts_ns += 1000
-    v.seq += 1
-    answer = v.te.apply(v.seq, v.ts_ns, c.CE_EVENTS, c.ce_events(1, b"".join(out)))
-    assert len(answer) <= OUTPUT_LIMIT, f"{len(answer)} bytes in one record"
+    kind, payload = c.CLIENT_MESSAGE, c.client_message(
+        1, 9, 103, OMCR.pack(seq + 1, 0, 99_999, NULL & 0xFFFFFFFF, b"7", b"0", 0))
+    worst, reports, records = 0, [], 0
+    for _ in range(400):
+        v.ts_ns += 10**7 if kind == c.KIND_TICK else 1000
+        v.seq += 1
+        raw = v.te.apply(v.seq, v.ts_ns, kind, payload)
+        records += 1
+        worst = max(worst, len(raw))
+        events = c.decode_events(raw)
+        reports += [e for e in events if e[0] == c.SESSION_MESSAGE and e[3] == 202]
+        # production: the CrossEngine applies every command of the record, one output record
+        out = []
+        for ev in events:
+            if ev[0] == c.CE_COMMAND:
+                v.ce_seq[1] += 1
+                out.append(v.ces[1].apply(v.ce_seq[1], v.ts_ns, ev[2], ev[4]))
+        if not out and not v.te.sweeps:
+            break
+        kind, payload = (c.CE_EVENTS, c.ce_events(1, b"".join(out))) if out else \
+            (c.KIND_TICK, b"")
+    assert worst <= OUTPUT_LIMIT, f"{worst} bytes in one record"
+    assert records > 2, "more than one record's budget of cancels"
+    (report,) = reports
+    assert OMCR_REPORT.unpack(report[4])[3] == c.MAX_SESSION_ACCOUNTS * MAX_OPEN_ORDERS
+    assert not v.te.orders
 
 
 def test_cancel_on_disconnect_of_a_64_account_session_answers_within_one_record():

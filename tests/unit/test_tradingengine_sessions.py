@@ -13,7 +13,7 @@ import pytest
 
 from tests.tradingvenue import _CE_NEW, SECOND, Venue, two_specs
 from tradingengine import codec as c
-from tradingengine.engine import TradingEngine
+from tradingengine.engine import PENDING_CANCEL, TradingEngine
 from tradingengine.reference import interpreted
 
 NOS = struct.Struct("<QQQqQIIcccB")
@@ -526,17 +526,58 @@ def test_mass_cancel_reports_and_cancels_each_order():
     assert not h.v.te.orders
 
 
-def test_mass_cancel_covers_the_sessions_default_account():
-    """OrderMassCancelRequest names no account: it cancels the session's default account's
-    orders (docs/tradingengine.md: every account of a session would not fit one record)."""
+def test_mass_cancel_covers_every_account_of_the_session():
+    """OrderMassCancelRequest names no account: '7' cancels the orders of every account of
+    the session (the default account's in the record, the others' as a sweep), '1' those of
+    one security; the report counts them all. It used to cover the default account only,
+    and an order entered with Account 3 stayed."""
     h = Harness()
     h.logon(1, 9, accounts=[1, 3])
     h.nos(1, 9, 1, 110)                      # the default account, 1
     h.nos(1, 9, 2, 111, account=3)
-    ms = h.send(1, 9, 103, OMCR.pack(3, 0, 113, NULL & 0xFFFFFFFF, b"7", b"0", 0))
-    assert [m[3][3] for m in ms if m[2] == 202] == [1]
-    assert [(e[2], e[13]) for e in ers(ms, b"4")] == [(110, 1)]
-    assert [o.client_order_id for o in h.v.te.orders.values()] == [111]
+    h.nos(1, 9, 3, 112, account=3, secid=2, price=500 * E8)
+    ms = h.send(1, 9, 103, OMCR.pack(4, 0, 113, 1, b"1", b"0", 0))
+    assert [(e[2], e[13]) for e in ers(ms, b"4")] == [(110, 1), (111, 3)]
+    assert [m[3][3:6] for m in ms if m[2] == 202] == [(2, 1, b"1")]
+    ms = h.send(1, 9, 103, OMCR.pack(5, 0, 114, NULL & 0xFFFFFFFF, b"7", b"0", 0))
+    assert [(e[2], e[13]) for e in ers(ms, b"4")] == [(112, 3)]
+    assert [m[3][3:5] for m in ms if m[2] == 202] == [(1, NULL & 0xFFFFFFFF)]
+    assert not h.v.te.orders and not h.v.te.sweeps
+
+
+def test_a_sessions_mass_cancel_goes_on_over_records_and_restores_alike():
+    """Over the output budget, a session's mass cancel goes on at the next records, one
+    account a unit, and its report (the whole count) comes with the last account's cancels;
+    the sweep is state: a replica restored while it runs has the same state hash."""
+    h = Harness()
+    h.logon(1, 9, accounts=[1, 2, 3])
+    h.nos(1, 9, 1, 110, account=2)
+    h.nos(1, 9, 2, 111, account=3)
+    v = h.v
+    te = v.te
+    te.output_budget = 1               # one account a record once anything is out
+
+    def record(kind, payload):
+        """One record of the shard alone (no CrossEngine answer): the session's messages."""
+        v.seq += 1
+        v.ts_ns += 1000
+        return msgs(c.decode_events(te.apply(v.seq, v.ts_ns, kind, payload)), 1, 9)
+
+    def mass(seq, coid, side):
+        return record(c.CLIENT_MESSAGE, c.client_message(
+            1, 9, 103, OMCR.pack(seq, 0, coid, NULL & 0xFFFFFFFF, b"7", side, 0)))
+
+    ms = mass(3, 113, b"2")
+    assert [m[3][2:4] for m in ms if m[2] == 202] == [(113, 0)]   # no sells: done at once
+    assert not te.sweeps
+    ms = mass(4, 114, b"0")            # account 1 has none; account 2's cancel goes out
+    assert not [m for m in ms if m[2] == 202] and te.sweeps
+    twin = TradingEngine.restore(te.snapshot())
+    assert twin.state_hash() == te.state_hash()
+    ms = record(c.KIND_TICK, b"")      # account 3's, and the report of both
+    assert [m[3][2:4] for m in ms if m[2] == 202] == [(114, 2)]
+    assert not te.sweeps
+    assert {o.pending for o in te.orders.values()} == {PENDING_CANCEL}
 
 
 def test_cancel_on_disconnect_fires_after_the_grace_in_sequenced_time():
