@@ -395,7 +395,8 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def deliver(self, frame: bytes) -> None:
-        """A live server message of this session (written after any running logon replay)."""
+        """A live server message of this session, or a Heartbeat answering a TestRequest:
+        written after any running replay, so that nothing interleaves with it (§4.5)."""
         if self.replaying:
             self.held.append(frame)
             if len(self.held) > self.cfg.max_retransmit * 10:
@@ -508,7 +509,7 @@ class Connection(asyncio.Protocol):
                 wire.decode(frame)
             elif tid == wire.TEST_REQUEST:
                 m = wire.decode(frame)
-                self.write(self._heartbeat(m.TestReqID))
+                self.deliver(self._heartbeat(m.TestReqID))   # after a running replay (§4.5)
             elif tid == wire.RETRANSMIT_REQUEST:
                 self._retransmit_request(wire.decode(frame))
             elif tid == wire.LOGOUT:
@@ -595,6 +596,7 @@ class Connection(asyncio.Protocol):
         self.write(answer)
         self.out_ended = True
         self.closing_at = self.gw.clock()
+        self.gw.unbind(self)    # the peer may Logon again from a new connection before it closes
 
     def _update_applied(self) -> None:
         if not self.inflight:
@@ -775,7 +777,7 @@ class Connection(asyncio.Protocol):
             return
         if self.state != LIVE:
             return
-        if now - self.last_sent >= cfg.heartbeat_ms / 1000:
+        if now - self.last_sent >= cfg.heartbeat_ms / 1000 and not self.replaying:
             self.write(self._heartbeat())
         silent = now - self.last_recv
         if self.test_req_id:
@@ -922,6 +924,13 @@ class Gateway:
         self.paused.discard(conn)
         if self.pending.get(conn.conn_id) is conn:
             del self.pending[conn.conn_id]
+        self.unbind(conn)
+
+    def unbind(self, conn: Connection) -> None:
+        """The session leaves the connection (§4.9: Logout unbinds the transport): it is no
+        longer live here, and its shard learns it (SessionEnd) so that a Logon from another
+        connection may resume it at once. At the connection's end, or as soon as we answered
+        its Logout, whichever comes first."""
         if conn.key is not None and self.live.get(conn.key) is conn:
             del self.live[conn.key]
         if conn.bound:

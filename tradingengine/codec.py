@@ -308,6 +308,7 @@ REJECT_CODES = {
     2039: "client_order_id_null",   # a session's ClOrdID of 2^64 - 1 (OrigClOrdID's null)
     2040: "order_done",             # a session's cancel or replace of its finished order
     2041: "post_only_not_addable",  # a replace asking PostOnly of an order entered without it
+    2042: "replace_changes_type",   # a replace whose OrdType or TimeInForce is not the order's
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 

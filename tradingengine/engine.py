@@ -2782,7 +2782,7 @@ class TradingEngine:
             self._ctx = None
 
     def _s_replace(self, key: tuple, sess, block: bytes) -> None:
-        (_, _, coid, orig, order_id, price, qty, symbol, side, _ord_type, _tif,
+        (_, _, coid, orig, order_id, price, qty, symbol, side, ord_type, tif,
          flags) = _P_REPLACE(block)
         o = self._find_order(key, sess, orig, order_id)
         if o is not None and (o.symbol != symbol or o.side != side):
@@ -2807,7 +2807,9 @@ class TradingEngine:
                 return
             tick = self.specs[o.symbol].tick
             code = ticks = 0
-            if flags & P_FLAG_POST_ONLY and not o.flags & POST_ONLY:
+            if ord_type != o.ord_type or tif != o.tif:
+                code = 2042              # an order keeps its OrdType and TimeInForce
+            elif flags & P_FLAG_POST_ONLY and not o.flags & POST_ONLY:
                 code = 2041              # the CrossEngine keeps an order's own PostOnly only
             elif price == P_NULL_PRICE:
                 pass                                     # unchanged

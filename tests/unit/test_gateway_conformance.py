@@ -240,6 +240,38 @@ def test_the_sdk_answers_a_logout_the_server_initiated(tmp_path):
     assert got is not None and got[0] == 4 and got[1][0] == 0
 
 
+def test_an_answered_logout_unbinds_the_session_before_the_client_closes():
+    """§4.9 "Logout unbinds the transport": once the server has answered the client's Logout,
+    a Logon of that session from another connection resumes it, even while the first
+    connection is still open (the client may close it late). It was refused LogonReject(2),
+    bound elsewhere, until the old socket closed."""
+    async def main():
+        core = FakeCore()
+        gw = gs.Gateway(core, users(), gs.Config(logout_grace_s=30.0))
+        _host, port = await gw.start()
+        try:
+            a = await Peer.connect(port)
+            a.logon(session_id=1)
+            await a.until(2)
+            a.w.write(frame(4, 0, b""))
+            assert (await a.until(4))[0] == 0                 # answered; a stays open
+            b = await Peer.connect(port)
+            b.logon(session_id=1)
+            got = await b.next()
+            assert got is not None and got[0] == 2, got      # LogonAck, not LogonReject(2)
+            assert len(gw.conns) == 2
+            ends = [gs.SESSION_END_S.unpack(p)[3] for _k, p in core.kinds(gs.KIND_SESSION_END)]
+            assert ends == [gs.END_LOGOUT]
+            a.w.close()
+            await wait_for(lambda: len(gw.conns) == 1)
+            ends = [gs.SESSION_END_S.unpack(p)[3] for _k, p in core.kinds(gs.KIND_SESSION_END)]
+            assert ends == [gs.END_LOGOUT]                    # the late close changes nothing
+            assert gw.live[(9, 1)] is next(iter(gw.conns))
+        finally:
+            await gw.close()
+    run(main())
+
+
 def test_a_clients_logout_5_finalizes_the_session():
     """§4.9 "Only reason 5 finalizes" (§3: Logout is 'both' ways; FIXP's FinishedSending may
     come from either side): the client's Logout(5) is answered Logout(5), the engine is told

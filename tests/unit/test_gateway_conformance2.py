@@ -77,8 +77,9 @@ class Peer:
         return frame(1, session_id, next_expected, next_seq, 30_000, cod_ms, cod, 0, b"alice",
                      b"pw-a")
 
-    async def next(self):
-        """(template, fields) of the next frame but Heartbeats, or None at EOF / reset."""
+    async def next(self, heartbeats: bool = False):
+        """(template, fields) of the next frame but Heartbeats (unless asked), or None at EOF
+        / reset."""
         while True:
             if len(self.buf) >= 12:
                 n, enc, _bl, tid, schema, _ver = PREFIX.unpack_from(self.buf)
@@ -86,7 +87,7 @@ class Peer:
                 if len(self.buf) >= n:
                     raw, self.buf = self.buf[:n], self.buf[n:]
                     fmt = BLOCKS.get(tid)
-                    if tid == 5:
+                    if tid == 5 and not heartbeats:
                         continue
                     return tid, struct.unpack_from(fmt, raw, 12) if fmt else ()
             try:
@@ -216,6 +217,36 @@ def test_a_logout_sent_behind_the_logon_is_answered_after_the_replay():
             assert got[1][1] == (1, n) and got[-1][1][0] == 0
             assert [seq_of(m) for m in got[2:-1]] == list(range(1, n + 1))
             assert all(possdup(m) for m in got[2:-1])
+        finally:
+            await gw.close()
+    run(main())
+
+
+def test_heartbeats_answering_test_requests_wait_for_the_logon_replay():
+    """§4.5: after LogonAck, the Retransmission and the replay, and "nothing interleaves". A
+    client that sends TestRequests right behind its Logon gets each Heartbeat (echoing its
+    TestReqID) after the replay: they were written at once, between LogonAck and the
+    Retransmission and inside the replay, which a client counting the frames after the
+    Retransmission misreads."""
+    async def main():
+        gw, _core, port = await venue()
+        try:
+            n, k = 600, 40                          # the replay goes out in batches of 256
+            await session_with(port, 6, n)
+            await wait_for(lambda: not gw.conns)
+            c = await Peer.connect(port)
+            c.w.write(c.logon_frame(6, next_expected=1)
+                      + b"".join(frame(6, 1000 + i) for i in range(k)))
+            got = []
+            while len([m for m in got if m[0] == 5 and m[1][0]]) < k:
+                m = await c.next(heartbeats=True)
+                assert m is not None
+                got.append(m)
+            tids = [m[0] for m in got if m[0] != 5 or m[1][0]]   # idle Heartbeats aside
+            assert tids == [2, 8] + [203] * n + [5] * k, tids
+            assert [m[1][0] for m in got if m[0] == 5 and m[1][0]] == \
+                list(range(1000, 1000 + k))
+            assert {m[1][1] for m in got if m[0] == 5} == {n + 1}   # NextSeqNo: H + 1
         finally:
             await gw.close()
     run(main())

@@ -500,6 +500,29 @@ def test_replace_changes_the_total_qty_and_the_order_goes_by_the_new_clordid():
     assert m[2] == 201 and m[3][7] == b"2"
 
 
+def test_a_replace_must_carry_the_orders_own_ord_type_and_time_in_force():
+    """A replace cannot change OrdType or TimeInForce (the CrossEngine amends price and
+    quantity only): another value, valid or not, is refused (OrderCancelReject 99, code 2042)
+    and the order stays as it was. Both used to be ignored, so a replace asking IOC of a GTC
+    order was "Replaced" and went on resting, and an invalid character passed."""
+    h = Harness()
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 80, qty=5, tif=b"0")                      # a Day order
+    seq, coid = 1, 80
+    for ot, tif in [(b"2", b"1"), (b"2", b"3"), (b"2", b"4"), (b"2", b"X"), (b"1", b"0"),
+                    (b"X", b"0"), (b"\0", b"\0")]:
+        seq, coid = seq + 1, coid + 1
+        ms = h.send(1, 9, 102, OCRR.pack(seq, 0, coid, 80, NULL, 99 * E8, 8, 1, b"1", ot, tif,
+                                         0))
+        assert [(m[2], m[3][2], m[3][8]) for m in ms] == [(201, coid, 99)], (ot, tif, ms)
+    (o,) = h.v.te.orders.values()
+    assert (o.price, o.qty, o.client_order_id) == (10_000, 5, 80)    # as entered
+    seq, coid = seq + 1, coid + 1
+    (er,) = ers(h.send(1, 9, 102, OCRR.pack(seq, 0, coid, 80, NULL, 99 * E8, 8, 1, b"1", b"2",
+                                            b"0", 0)), b"5")
+    assert er[2:4] == (coid, 80) and er[6:8] == (99 * E8, 8) and er[18] == b"0"
+
+
 def test_a_cancel_from_another_session_of_the_user_gets_its_own_copy():
     h = Harness()
     h.logon(1, 9, conn=1)
