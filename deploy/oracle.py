@@ -23,8 +23,14 @@ Contract:
   multiples of sequenced time).
 * The walk of a symbol starts at ``start_ticks`` and moves by a uniform step of at most
   ``step_ppm`` of the price (at least one tick) each interval, held inside
-  [start / 2, start * 2] and [1, max_ticks]. It is seeded (``seed`` and the symbol id), so a
-  restart with the same configuration replays the same path from its start.
+  [start / 2, start * 2] and [1, max_ticks]. It is seeded (``seed`` and the symbol id), so two
+  fresh starts with the same configuration walk the same path.
+* ``state`` (optional, a file path; the topology gives ``<data>/oracle0/walk.json``): after
+  every interval the walks' prices and step counts are written there (atomically), and a
+  restart resumes from them, on a path seeded by the step count, instead of going back to
+  ``start_ticks`` (which moved every mark by up to half its value at once, and could
+  liquidate accounts the walk had made safe). A missing file is a fresh start; an unreadable
+  one is logged and set aside.
 * ``funding_every`` (optional, intervals; 0 = never): a FundingInputs record (kind 74,
   ``<Iii`` symbol, premium index ppm, interest rate ppm) with a premium that follows the walk's
   distance from its start (clamped to +-0.5 %) and interest ``interest_ppm`` (default 100).
@@ -32,12 +38,13 @@ Contract:
 
 Configuration (JSON): {"index", "source", "control", "interval_ms", "seed", "step_ppm",
 "shards": [{"in", "producers"}], "symbols": [{"symbol", "symbol_id", "start_ticks",
-"max_ticks"}], "funding_every", "interest_ppm", "mark", "funding_interval_ms"}.
+"max_ticks"}], "funding_every", "interest_ppm", "mark", "funding_interval_ms", "state"}.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import signal
 import struct
@@ -90,16 +97,71 @@ class Walk:
         self.hi = min(max_ticks, start_ticks * 2)
         self.step_ppm = step_ppm
         self.price = start_ticks
+        self.steps = 0
+        self.seed = seed
         self.rng = random.Random(seed * 1_000_003 + symbol_id)
+
+    def resume(self, price: int, steps: int) -> None:
+        """Go on from a saved point: its price (held inside the bounds), on a path seeded by
+        the step count, so that a resumed walk does not repeat the steps it took before."""
+        self.price = min(self.hi, max(self.lo, price))
+        self.steps = steps
+        self.rng = random.Random(f"{self.seed}:{self.symbol_id}:{steps}")
 
     def step(self) -> int:
         size = max(1, self.price * self.step_ppm // 1_000_000) if self.step_ppm else 0
         self.price = min(self.hi, max(self.lo, self.price + self.rng.randint(-size, size)))
+        self.steps += 1
         return self.price
 
     def premium_ppm(self) -> int:
         p = (self.price - self.start) * 1_000_000 // self.start
         return max(-PREMIUM_CAP_PPM, min(PREMIUM_CAP_PPM, p))
+
+
+def save_state(path: str, intervals: int, walks: list[Walk]) -> None:
+    """The walks' prices and step counts, written to a temporary file and renamed over
+    ``path``, so that a crash leaves the old state or the new one."""
+    body = json.dumps({"version": 1, "intervals": intervals,
+                       "walks": {str(w.symbol_id): [w.price, w.steps] for w in walks}})
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(body)
+    os.replace(tmp, path)
+
+
+def load_state(path: str, walks: list[Walk]) -> int:
+    """Resume the walks saved in ``path`` (a symbol not in it starts afresh); the number of
+    intervals done, 0 for a fresh start. An unreadable file is set aside with a warning."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+        saved = state["walks"]
+        intervals = state["intervals"]
+        if state.get("version") != 1 or not isinstance(saved, dict) or type(intervals) is not int:
+            raise ValueError("not a walk state of version 1")
+        points = {}
+        for w in walks:
+            point = saved.get(str(w.symbol_id))
+            if point is not None:
+                price, steps = point
+                if type(price) is not int or type(steps) is not int or steps < 0:
+                    raise ValueError(f"symbol {w.symbol_id}: {point!r}")
+                points[w] = (price, steps)
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        aside = f"{path}.bad"
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = "(could not move it aside)"
+        log.warning("the walk state %s is unreadable (%s); moved to %s; starting the walk "
+                    "afresh", path, exc, aside)
+        return 0
+    for w, (price, steps) in points.items():
+        w.resume(price, steps)
+    return intervals
 
 
 def parse_config(text: str) -> dict:
@@ -137,6 +199,8 @@ def parse_config(text: str) -> dict:
         raise ConfigError(f"--config: interest_ppm must be in -{PREMIUM_CAP_PPM} .. "
                           f"{PREMIUM_CAP_PPM}, got {c['interest_ppm']}")
     need(c, "control", str)
+    if "state" in c:
+        need(c, "state", str)
     if not 0 < c["source"] < 0xFFFF_0000:
         raise ConfigError(f"--config: source {c['source']} is not a producer's source id")
     if not 10 <= c["interval_ms"] <= 3_600_000:
@@ -203,6 +267,10 @@ class Oracle:
         self.intervals = 0
         self.refused = 0
         self.started = time.monotonic()
+        self.state_path = conf.get("state")
+        if self.state_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.state_path)), exist_ok=True)
+            self.intervals = load_state(self.state_path, self.walks)
         self.last_marks = {w.symbol_id: w.price for w in self.walks}
 
     def status(self) -> dict:
@@ -224,6 +292,11 @@ class Oracle:
                     "interval_ms": self.funding_ms}
         records = marks(self.walks, fair)
         self.last_marks = {sid: m for sid, m in (MARK_PRICE_S.unpack(p) for _k, p in records)}
+        if self.state_path:
+            try:
+                save_state(self.state_path, self.intervals, self.walks)
+            except OSError as exc:   # a full disk: the marks go on; a restart starts afresh
+                log.warning("could not save the walk state in %s: %s", self.state_path, exc)
         every = self.conf["funding_every"]
         if every and self.intervals % every == 0:
             records += [(FUNDING_INPUTS, FUNDING_INPUTS_S.pack(
@@ -307,6 +380,10 @@ def main(config_text: str) -> None:
     print(f"oracle ready: {kind} of a SIMULATED index ({LABEL}, seed {conf['seed']}), not a "
           f"real feed: {names}, every {conf['interval_ms']} ms into "
           f"{', '.join(oracle.streams)} as source {conf['source']:#x}", flush=True)
+    if oracle.intervals:
+        at = ", ".join(f"{oracle.names[w.symbol_id]} at {w.price} ticks" for w in oracle.walks)
+        print(f"oracle: the walk resumed where it stood after {oracle.intervals} intervals "
+              f"({at})", flush=True)
     try:
         oracle.serve()
     finally:

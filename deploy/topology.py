@@ -830,6 +830,7 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
         oconf = {"index": 0, "source": SRC_ORACLE, "control": control,
                  "interval_ms": t["oracle_interval_ms"], "seed": t["oracle_seed"],
                  "step_ppm": t["oracle_step_ppm"],
+                 "state": os.path.join(root, "oracle0", "walk.json"),
                  "shards": [{"in": sh["in"], "producers": sh["producers"]} for sh in shards],
                  "symbols": [{"symbol": s["name"], "symbol_id": s["symbol_id"],
                               "start_ticks": s["spec"]["mark_start_ticks"],

@@ -74,6 +74,7 @@ MIRROR_SNDHWM = 1000       # output frames queued in the socket to the mirror, a
 RESEND_MIN_S = 0.5         # the mirror's answers stalled this long: rewind and resend ...
 RESEND_MAX_S = 8.0         # ... backing off (doubling, with jitter) up to this
 PROBE_S = 1.0              # the mirror silent this long: ask where it stands
+REGENERATE_S = 5.0         # outputs the mirror lacks, kept by no one this long: compute again
 MIRROR_ASK_S = 1.0         # a restarting hot replica asks the mirror how far it committed
 NOTE_EVERY_S = 5.0         # a lasting condition is logged at most this often
 MAX_QUERY_ACCOUNTS = 1000  # accounts in one QUERY (its answer stays a small message)
@@ -111,6 +112,7 @@ class ReplicaHost:
         self.data_head = wire.pack({"replica": self.name})   # the same on every DATA
         self.control = sockets.router(control_bind)
         self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.output_window_bytes = output_window_bytes
         self.outputs = Window(output_window_bytes)
         self.seq = 0                 # last input seq applied
         self.snap_seq = 0            # the seq of the last snapshot taken (written or not)
@@ -124,10 +126,13 @@ class ReplicaHost:
         self.running = True
         self.stats = {"applied": 0, "frames": 0, "snapshots": 0, "published_frames": 0,
                       "restored_from": 0, "bad_snapshots": 0, "resends": 0, "gaps_told": 0,
-                      "send_blocked": 0, "snapshot_failures": 0}
+                      "send_blocked": 0, "snapshot_failures": 0, "regenerated": 0}
         self.rate = 0.0
         self._pub, self._replicators = pub, replicators
         self.sub: Subscriber | None = None
+        # the engine's state before any input: what a replay from seq 1 starts from (a warm
+        # replica may be promoted to hot)
+        self._initial = engine.snapshot()
         self._load_snapshot()
         # delivery to the mirror (hot): outputs up to sent_upto were handed to the socket; the
         # mirror holds every seq up to mirror_has (its latest answer)
@@ -137,11 +142,15 @@ class ReplicaHost:
         self.resend_after = RESEND_MIN_S
         self.rewound, self.rewound_at = -1, 0.0
         self.lost_note_at = 0.0
+        self.lost_since = 0.0        # since when the mirror lacks outputs this host no longer keeps
+        self.regenerate_due = False
         if self.sub is None:
             self.sub = Subscriber(stream, pub, replicators, next_seq=self.seq + 1)
 
     # -- snapshots --------------------------------------------------------------------------
-    def _load_snapshot(self) -> None:
+    def _load_snapshot(self, limit: int | None = -1) -> None:
+        """Restore from the newest usable snapshot (at or below ``limit`` if it is given; -1:
+        what the mirror says it committed, for a hot replica), and subscribe from after it."""
         paths = []
         for d in (self.snapshot_dir, self.shared_dir):
             if d:
@@ -153,7 +162,8 @@ class ReplicaHost:
         # from no snapshot beyond what the mirror committed. (Both hot replicas killed
         # together, restarted from the warm replica's newest snapshot, which was newer than
         # the out stream: no replica could send the outputs in between, ever.)
-        limit = self._mirror_committed() if paths and self.role == "hot" else None
+        if limit == -1:
+            limit = self._mirror_committed() if paths and self.role == "hot" else None
         for path in sorted(set(paths), key=_snap_seq, reverse=True):
             if limit is not None and _snap_seq(path) > limit:
                 continue
@@ -255,6 +265,10 @@ class ReplicaHost:
         engine = self.engine                # (restored, if at all, before serve)
         apply = getattr(engine, "apply_scanned_frame", None) or engine.apply_frame
         while self.running:
+            if self.regenerate_due:
+                self._regenerate()
+                engine = self.engine
+                apply = getattr(engine, "apply_scanned_frame", None) or engine.apply_frame
             frames = self.sub.poll(50)
             for first, last, frame in frames:
                 if first != self.seq + 1:
@@ -317,6 +331,47 @@ class ReplicaHost:
                       "send them", self.name, self.sent_upto + 1,
                       f"{lowest}..{self.seq}" if lowest else "none")
         self.sent_upto = skip_to
+        if not self.lost_since:
+            self.lost_since = now
+
+    def _check_lost(self, now: float) -> None:
+        """Outputs the mirror lacks and this host no longer keeps: once another replica has
+        sent them (the mirror holds up to our oldest kept output), nothing is lost; if none
+        has for REGENERATE_S, compute them again (between two polls of the loop). That is
+        how a hot replica restored from a snapshot newer than the out stream (its mirror did
+        not answer when it started, frozen) brings the stream on, rather than stalling it
+        until an operator restarts or promotes a replica."""
+        lowest = self.outputs.lowest()
+        if self.mirror_has >= self.seq or lowest and self.mirror_has >= lowest - 1:
+            self.lost_since = 0.0
+        elif now - self.lost_since >= REGENERATE_S:
+            self.regenerate_due = True
+
+    def _regenerate(self) -> None:
+        """Rebuild the engine from the newest snapshot at or below what the mirror holds (or
+        from the state before any input), and apply the input again from there: the outputs
+        the mirror lacks are computed once more (the engine is deterministic) and sent. The
+        mirror takes each output once, whoever sends it."""
+        self.regenerate_due = False
+        self.lost_since = 0.0
+        limit = self.mirror_has
+        log.error("%s: the mirror has lacked outputs from seq %d for %.0f s and no replica "
+                  "sent them; rebuilding the engine from seq %d or below to compute them again",
+                  self.name, limit + 1, REGENERATE_S, limit)
+        self._drop_subscriber()
+        self.engine = self._restore(self._initial)
+        self.seq = self.snap_seq = 0
+        self._load_snapshot(limit)
+        if self.sub is None:
+            self.sub = Subscriber(self.stream, self._pub, self._replicators,
+                                  next_seq=self.seq + 1)
+        self.outputs = Window(self.output_window_bytes)
+        self.sent_upto = self.seq
+        self.mirror_has = max(self.mirror_has, self.seq)
+        now = time.monotonic()
+        self.progress_at = self.heard_at = now
+        self.resend_after = RESEND_MIN_S
+        self.stats["regenerated"] += 1
 
     def _from_mirror(self) -> None:
         """Take the mirror's answers: where the out stream stands, and whether it has a gap.
@@ -353,6 +408,8 @@ class ReplicaHost:
                 self._rewind(gap_at - 1, "the mirror reported a gap", now)
         elif self.mirror_has < self.sent_upto and now - self.progress_at > self.resend_after:
             self._rewind(self.mirror_has, "the mirror's answers stalled", now)
+        if self.lost_since:
+            self._check_lost(now)
         if now - self.heard_at > PROBE_S and now - self.probe_at > PROBE_S:
             self.probe_at = now
             try:

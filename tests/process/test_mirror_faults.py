@@ -26,7 +26,7 @@ from deploy.procs import tcp
 from mq import wire
 from mq.control import call, ping, wait_until
 from mq.producer import Producer
-from tests.process.test_replicas import commands, read_out, reference_outputs, start_replica
+from tests.process.test_replicas import commands, feed, read_out, reference_outputs, start_replica
 from tests.seed import CAMPAIGN_SEEDS
 
 SEED = int(os.environ.get("SEQEX_SEED", "20261122"))
@@ -151,6 +151,80 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, s
         print(f"mirror: held {status['held_frames']} frames, dropped {status['dropped_held']}, "
               f"gaps reported {status['gaps_reported']}; replicas: "
               + ", ".join(f"{n} resends {ping(controls[n])['resends']}" for n in live))
+        prod.close()
+
+
+@pytest.mark.timeout(300)
+def test_hot_replicas_restarted_while_the_mirror_is_frozen_compute_what_it_lacks_again(
+        tmp_path):
+    """The mirror is frozen (SIGSTOP) and both hot replicas are SIGKILLed; the load goes on
+    and the warm replica writes snapshots beyond the out stream's commit point; the hot
+    replicas are restarted while the mirror is still frozen. They cannot learn how far it
+    committed (it does not answer), restore from the newest snapshot, and hold none of the
+    outputs between. Once
+    the mirror is back, no replica sends them: the out stream stalled for good until an
+    operator restarted or promoted a replica. Now each hot replica rebuilds its engine from a
+    point the mirror holds (mq/replica.py REGENERATE_S) and computes them again: the out
+    stream becomes whole, byte for byte a fresh engine's outputs."""
+    tmp = str(tmp_path)
+    cmds = commands()[:6000]
+    with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
+        cluster.start()
+        mirror_in, mirror_pub, out_rep = tcp(), tcp(), tcp()
+        cluster.group.spawn("out-replicator", [
+            "replicator", "--data", os.path.join(tmp, "out-replicator"), "--bind", out_rep])
+        wait_until(lambda: ping(out_rep), 30, "the out stream's replicator")
+        mirror = cluster.group.spawn("mirror", [
+            "mirror", "--stream", "out.ce.T", "--inputs", mirror_in, "--pub", mirror_pub,
+            "--policy", "first", "--replicator", out_rep])
+        wait_until(lambda: ping(mirror_in), 30, "the mirror")
+        controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
+        procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
+                                  controls[n]) for n in controls}
+        for n, addr in controls.items():
+            wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
+        prod = Producer(1, cluster.prod_addr)
+        prod.connect()
+        feed(cluster, cmds, 2000, prod)
+        prod.flush(120)
+        first_last = cluster.status()["last"]
+        wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= first_last, 60,
+                   f"out.ce.T at {first_last}")
+        os.kill(mirror.popen.pid, signal.SIGSTOP)
+        try:
+            committed = first_last
+            for n in ("hotA", "hotB"):
+                procs[n].kill()
+            feed(cluster, cmds, len(cmds), prod)
+            prod.flush(120)
+            wait_until(lambda: (ping(controls["warm"]) or {}).get("snapshot_seq", 0)
+                       > committed + 1000, 60, "a warm snapshot beyond the out stream")
+            for n in ("hotA", "hotB"):
+                procs[n].start()
+            for n in ("hotA", "hotB"):
+                wait_until(lambda n=n: (ping(controls[n]) or {}).get("restored_from", 0)
+                           > committed + 1000, 60, f"{n} restored beyond the out stream")
+        finally:
+            os.kill(mirror.popen.pid, signal.SIGCONT)
+        cluster.drain()
+        last = ping(cluster.rep_addrs[0])["streams"]["in.ce.T"]["last"]
+        try:
+            wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= last, 120,
+                       f"out.ce.T to catch up with in.ce.T at {last}")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; the mirror: {ping(mirror_in)}; the replicas: "
+                                 f"{[ping(controls[n]) for n in ('hotA', 'hotB')]}") from None
+        assert sum(ping(controls[n])["regenerated"] for n in ("hotA", "hotB")) >= 1
+        for n in controls:
+            wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq") == last, 60,
+                       f"{n} at {last}")
+        hashes = {n: call(controls[n], wire.HASH)[1]["hash"] for n in controls}
+        assert len(set(hashes.values())) == 1, hashes
+        status = ping(mirror_in)
+        assert status["divergences"] == 0, status["alarms"]
+        got = read_out(mirror_pub, [out_rep], last)
+        assert [r[0] for r in got] == list(range(1, last + 1))  # no gap, no duplicate
+        assert [r[6] for r in got] == reference_outputs(cluster, last)
         prod.close()
 
 

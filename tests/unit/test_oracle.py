@@ -47,6 +47,56 @@ def test_marks_are_one_record_per_symbol():
     assert [codec.MARK_PRICE_S.unpack(p)[1] for _k, p in recs] == [w.price for w in walks]
 
 
+def test_a_restart_resumes_the_walk_where_it_stood(tmp_path):
+    """The walk's state (price and step count per symbol) is saved after every interval and a
+    restart resumes from it, not from start_ticks: a restarted oracle used to send the
+    walk's start again at once (BTCUSDT 50,684 -> 50,011 in one step) and repeat the path it
+    had walked. A missing file is a fresh start; an unreadable one is set aside."""
+    path = str(tmp_path / "walk.json")
+
+    def walks():
+        return [oracle.Walk(1, 100_000, 10**9, 5_000, 1), oracle.Walk(2, 60_000, 10**9, 5_000, 1)]
+    assert oracle.load_state(path, before := walks()) == 0      # no file: a fresh start
+    for _ in range(300):
+        for w in before:
+            w.step()
+    oracle.save_state(path, 300, before)
+    after = walks()
+    assert oracle.load_state(path, after) == 300
+    assert [(w.price, w.steps) for w in after] == [(w.price, w.steps) for w in before]
+    assert all(w.price != w.start for w in after)
+    for b, a in zip(before, after, strict=True):
+        size = max(1, b.price * 5_000 // 1_000_000)
+        first = a.step()
+        assert abs(first - b.price) <= size          # one step on from where it stood
+        fresh = walks()[before.index(b)]
+        assert [a.step() for _ in range(20)] != [fresh.step() for _ in range(20)]
+    (tmp_path / "walk.json").write_text("{not json")
+    again = walks()
+    assert oracle.load_state(path, again) == 0 and [w.price for w in again] == [100_000, 60_000]
+    assert (tmp_path / "walk.json.bad").exists() and not (tmp_path / "walk.json").exists()
+
+
+def test_the_oracle_saves_its_walk_every_interval_and_resumes_it(tmp_path):
+    """Oracle.tick saves the state given in its configuration; a new Oracle resumes it."""
+    conf = oracle.parse_config(json.dumps({
+        **GOOD, "control": "tcp://127.0.0.1:0", "state": str(tmp_path / "o" / "w.json"),
+        "step_ppm": 50_000}))
+    conf["shards"] = []                  # no streams: the marks go nowhere
+    first = oracle.Oracle(conf)
+    try:
+        for _ in range(5):
+            first.tick()
+        price = first.walks[0].price
+    finally:
+        first.close()
+    second = oracle.Oracle(conf)
+    try:
+        assert second.intervals == 5 and second.walks[0].price == price
+    finally:
+        second.close()
+
+
 GOOD = {"control": "tcp://127.0.0.1:1", "shards": [{"in": "in.te.0", "producers": "tcp://x:1"}],
         "symbols": [{"symbol_id": 1, "start_ticks": 100}]}
 
