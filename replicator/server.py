@@ -298,9 +298,13 @@ class Replicator:
 
     def _wrote(self) -> None:
         if self.disk_full_since is not None:
-            log.warning("disk at %s has room again (%d bytes free): writing resumed after "
-                        "%.1f s", self.data_dir, self._free_bytes(),
-                        time.monotonic() - self.disk_full_since)
+            free = self._free_bytes()
+            # a write may go through with the file system still full (LMDB reuses the pages
+            # its file already holds): say so, rather than that there is room
+            room = ("has room again" if free >= FULL_BELOW_BYTES else
+                    "took a write again, with the file system still nearly full")
+            log.warning("disk at %s %s (%d bytes free): writing resumed after %.1f s",
+                        self.data_dir, room, free, time.monotonic() - self.disk_full_since)
             self.disk_full_since = None
 
     # -- the loop -----------------------------------------------------------------------
