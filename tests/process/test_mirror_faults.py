@@ -35,6 +35,26 @@ SECONDS = 12
 FREEZE_S = 3.0
 
 
+def out_path(cluster: LogCluster, tmp: str) -> tuple:
+    """out.ce.T's replicator and mirror (policy first), and 2 hot + 1 warm replicas of
+    in.ce.T: (the out replicator's and the mirror's processes, the mirror's inputs and
+    publisher, the out replicator's address, the replicas' control addresses and processes)."""
+    mirror_in, mirror_pub, out_rep = tcp(), tcp(), tcp()
+    out_replicator = cluster.group.spawn("out-replicator", [
+        "replicator", "--data", os.path.join(tmp, "out-replicator"), "--bind", out_rep])
+    wait_until(lambda: ping(out_rep), 30, "the out stream's replicator")
+    mirror = cluster.group.spawn("mirror", [
+        "mirror", "--stream", "out.ce.T", "--inputs", mirror_in, "--pub", mirror_pub,
+        "--policy", "first", "--replicator", out_rep])
+    wait_until(lambda: ping(mirror_in), 30, "the mirror")
+    controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
+    procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
+                              controls[n]) for n in controls}
+    for n, addr in controls.items():
+        wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
+    return out_replicator, mirror, mirror_in, mirror_pub, out_rep, controls, procs
+
+
 def feed_open_loop(prod: Producer, cmds: list[tuple[int, bytes]], rate: int,
                    stop: threading.Event) -> None:
     """Submit cmds on a fixed schedule (command i due at start + i/rate), whatever is due as
@@ -70,19 +90,8 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, s
     cmds = (commands() * (RATE * SECONDS // 12_000 + 1))[:RATE * SECONDS]
     with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
         cluster.start()
-        mirror_in, mirror_pub, out_rep = tcp(), tcp(), tcp()
-        out_replicator = cluster.group.spawn("out-replicator", [
-            "replicator", "--data", os.path.join(tmp, "out-replicator"), "--bind", out_rep])
-        wait_until(lambda: ping(out_rep), 30, "the out stream's replicator")
-        mirror = cluster.group.spawn("mirror", [
-            "mirror", "--stream", "out.ce.T", "--inputs", mirror_in, "--pub", mirror_pub,
-            "--policy", "first", "--replicator", out_rep])
-        wait_until(lambda: ping(mirror_in), 30, "the mirror")
-        controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
-        procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
-                                  controls[n]) for n in controls}
-        for n, addr in controls.items():
-            wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
+        (out_replicator, mirror, mirror_in, mirror_pub, out_rep, controls,
+         procs) = out_path(cluster, tmp)
         if scenario == "one_hot":
             procs["hotB"].kill()
         prod = Producer(1, cluster.prod_addr)
@@ -161,8 +170,7 @@ def test_hot_replicas_restarted_while_the_mirror_is_frozen_compute_what_it_lacks
     and the warm replica writes snapshots beyond the out stream's commit point; the hot
     replicas are restarted while the mirror is still frozen. They cannot learn how far it
     committed (it does not answer), restore from the newest snapshot, and hold none of the
-    outputs between. Once
-    the mirror is back, no replica sends them: the out stream stalled for good until an
+    outputs between. Once the mirror is back, no replica sends them: the out stream stalled for good until an
     operator restarted or promoted a replica. Now each hot replica rebuilds its engine from a
     point the mirror holds (mq/replica.py REGENERATE_S) and computes them again: the out
     stream becomes whole, byte for byte a fresh engine's outputs."""
@@ -170,19 +178,8 @@ def test_hot_replicas_restarted_while_the_mirror_is_frozen_compute_what_it_lacks
     cmds = commands()[:6000]
     with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
         cluster.start()
-        mirror_in, mirror_pub, out_rep = tcp(), tcp(), tcp()
-        cluster.group.spawn("out-replicator", [
-            "replicator", "--data", os.path.join(tmp, "out-replicator"), "--bind", out_rep])
-        wait_until(lambda: ping(out_rep), 30, "the out stream's replicator")
-        mirror = cluster.group.spawn("mirror", [
-            "mirror", "--stream", "out.ce.T", "--inputs", mirror_in, "--pub", mirror_pub,
-            "--policy", "first", "--replicator", out_rep])
-        wait_until(lambda: ping(mirror_in), 30, "the mirror")
-        controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
-        procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
-                                  controls[n]) for n in controls}
-        for n, addr in controls.items():
-            wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
+        _out_replicator, mirror, mirror_in, mirror_pub, out_rep, controls, procs = \
+            out_path(cluster, tmp)
         prod = Producer(1, cluster.prod_addr)
         prod.connect()
         feed(cluster, cmds, 2000, prod)

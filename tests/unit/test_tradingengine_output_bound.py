@@ -18,6 +18,17 @@ from tradingengine.engine import MAX_OPEN_ORDERS, OUTPUT_LIMIT
 OMCR_REPORT = BLOCKS[202]
 
 
+def ce_answer(v, raw: bytes) -> list[bytes]:
+    """The CrossEngine's outputs for the commands of one TradingEngine record (in production
+    it applies every command of the record and answers with one output record)."""
+    out = []
+    for ev in c.decode_events(raw):
+        if ev[0] == c.CE_COMMAND:
+            v.ce_seq[1] += 1
+            out.append(v.ces[1].apply(v.ce_seq[1], v.ts_ns, ev[2], ev[4]))
+    return out
+
+
 def full_session(cod: int = 0) -> tuple[Harness, int]:
     """A session of user 1 over MAX_SESSION_ACCOUNTS accounts, each with MAX_OPEN_ORDERS
     resting buys it entered; (the harness, the session's last SeqNo)."""
@@ -52,14 +63,8 @@ def test_a_mass_cancel_of_a_64_account_session_answers_within_one_record():
         raw = v.te.apply(v.seq, v.ts_ns, kind, payload)
         records += 1
         worst = max(worst, len(raw))
-        events = c.decode_events(raw)
-        reports += [e for e in events if e[0] == c.SESSION_MESSAGE and e[3] == 202]
-        # production: the CrossEngine applies every command of the record, one output record
-        out = []
-        for ev in events:
-            if ev[0] == c.CE_COMMAND:
-                v.ce_seq[1] += 1
-                out.append(v.ces[1].apply(v.ce_seq[1], v.ts_ns, ev[2], ev[4]))
+        reports += [e for e in c.decode_events(raw) if e[0] == c.SESSION_MESSAGE and e[3] == 202]
+        out = ce_answer(v, raw)
         if not out and not v.te.sweeps:
             break
         kind, payload = (c.CE_EVENTS, c.ce_events(1, b"".join(out))) if out else \
@@ -86,11 +91,7 @@ def test_cancel_on_disconnect_of_a_64_account_session_answers_within_one_record(
         v.seq += 1
         raw = v.te.apply(v.seq, v.ts_ns, kind, payload)
         worst = max(worst, len(raw))
-        out = []
-        for ev in c.decode_events(raw):
-            if ev[0] == c.CE_COMMAND:
-                v.ce_seq[1] += 1
-                out.append(v.ces[1].apply(v.ce_seq[1], v.ts_ns, ev[2], ev[4]))
+        out = ce_answer(v, raw)
         if not out and not v.te.cod:
             break
         kind, payload = (c.CE_EVENTS, c.ce_events(1, b"".join(out))) if out else \
