@@ -127,6 +127,8 @@ def save_state(path: str, intervals: int, walks: list[Walk]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.write(body)
+        f.flush()
+        os.fsync(f.fileno())     # a host crash leaves the old state or the new, never none
     os.replace(tmp, path)
 
 

@@ -54,7 +54,9 @@ def register(sub) -> None:
     s.add_argument("--account", type=int, default=0, help="account (default: the user's "
                                                           "default account)")
     # no "day": the TradingEngine refuses TIF Day (unsupported, docs/tradingengine.md)
-    s.add_argument("--tif", default="gtc", choices=["gtc", "ioc", "fok"])
+    s.add_argument("--tif", choices=["gtc", "ioc", "fok", "day"],
+                   help="time in force of a new order (default gtc); an amend keeps the "
+                        "order's own")
     s.add_argument("--post-only", action="store_true")
     s.add_argument("--side", choices=["buy", "sell"], help="amend/cancel of an order not "
                                                            "entered from here")
@@ -224,9 +226,10 @@ async def _session(a, action: dict, host: str, port: int, instruments: dict, bas
             raise TraderError(str(exc)) from None
         act = a.action
         if act in ("buy", "sell"):
+            tif = a.tif or "gtc"
             mine = await c.new_order(action["symbol"], act, action["qty"], action["price"],
-                                     a.tif, a.account, a.post_only)
-            orders[str(mine)] = {"symbol": action["symbol"], "side": act}
+                                     tif, a.account, a.post_only)
+            orders[str(mine)] = {"symbol": action["symbol"], "side": act, "tif": tif}
             _save_orders(base, orders)
         elif act in ("amend", "cancel"):
             known = orders.get(str(action["order"]))
@@ -235,10 +238,12 @@ async def _session(a, action: dict, host: str, port: int, instruments: dict, bas
                 raise TraderError(f"order {action['order']} was not entered from here; give "
                                   f"--side buy|sell")
             if act == "amend":
+                # a replace carries the order's own time in force (it cannot change it)
+                tif = a.tif or (known or {}).get("tif") or "gtc"
                 mine = await c.amend(action["symbol"], action["order"], side, action["qty"],
-                                     action["price"], a.tif)
+                                     action["price"], tif)
                 # the amended order goes by the amend's ClOrdID from now on (FIX)
-                orders[str(mine)] = {"symbol": action["symbol"], "side": side}
+                orders[str(mine)] = {"symbol": action["symbol"], "side": side, "tif": tif}
                 _save_orders(base, orders)
             else:
                 mine = await c.cancel(action["symbol"], action["order"], side)

@@ -442,10 +442,14 @@ class Client:
 
     async def amend(self, symbol: str, orig_cl_ord_id: int, side: str, qty: object,
                     price: object, tif: str = "gtc", order_id: int | None = None) -> int:
-        """An OrderCancelReplaceRequest: new total quantity and price; returns its ClOrdID."""
+        """An OrderCancelReplaceRequest: new total quantity and price; returns its ClOrdID.
+        ``tif`` is the order's own time in force: a replace cannot change it (the engine
+        refuses another, OrderCancelReject 99)."""
         inst = self._instrument(symbol)
         s, lots, px = self._side(side), inst.lots(qty), inst.price_mantissa(price)
-        t = TIFS.get(str(tif).lower(), wire.TIF_GTC)
+        t = TIFS.get(str(tif).lower())
+        if t is None:
+            raise ValueError(f"time in force {tif!r}: gtc, ioc, fok or day")
         oid = wire.U64_NULL if order_id is None else order_id
         return self._send_sequenced(wire.ORDER_CANCEL_REPLACE_REQUEST, lambda seq, cl: wire.encode(
             wire.ORDER_CANCEL_REPLACE_REQUEST, seq, time.time_ns(), cl, orig_cl_ord_id, oid, px,

@@ -344,15 +344,19 @@ class ReplicaHost:
         lowest = self.outputs.lowest()
         if self.mirror_has >= self.seq or lowest and self.mirror_has >= lowest - 1:
             self.lost_since = 0.0
-        elif now - self.lost_since >= REGENERATE_S:
+        elif now - self.lost_since >= REGENERATE_S and now - self.heard_at <= 2 * PROBE_S:
+            # only while the mirror answers: a frozen one says nothing of what it holds, and
+            # computing the outputs again for it would repeat every REGENERATE_S
             self.regenerate_due = True
 
     def _regenerate(self) -> None:
         """Rebuild the engine from the newest snapshot at or below what the mirror holds (or
         from the state before any input), and apply the input again from there: the outputs
         the mirror lacks are computed once more (the engine is deterministic) and sent. The
-        mirror takes each output once, whoever sends it."""
+        mirror takes each output once, whoever sends it. If no snapshot that old is left (the
+        last ``keep`` are kept), that is a replay from seq 1."""
         self.regenerate_due = False
+        self.wait_snapshot()      # a write in flight finishes before the directory is read
         self.lost_since = 0.0
         limit = self.mirror_has
         log.error("%s: the mirror has lacked outputs from seq %d for %.0f s and no replica "
@@ -369,7 +373,7 @@ class ReplicaHost:
         self.sent_upto = self.seq
         self.mirror_has = max(self.mirror_has, self.seq)
         now = time.monotonic()
-        self.progress_at = self.heard_at = now
+        self.progress_at = now
         self.resend_after = RESEND_MIN_S
         self.stats["regenerated"] += 1
 

@@ -140,7 +140,8 @@ SWEEP_REDUCE_ONLY = 5    # [5, symbol, account]
 SWEEP_DAY_END = 6        # [6, next index, [order ids of the Day orders at the day's end]]
 SWEEP_SESSION_MASS_CANCEL = 7  # [7, symbol (0 all), next index, user, session id, side (0
                                #  both), ClOrdID, SecurityID asked, request type, cancelled so
-                               #  far, [the session's accounts but its default one]]
+                               #  far, [the session's accounts but its default one], the last
+                               #  order id at the request (later orders are not its own)]
 DAY_NS = 86_400 * 10**9  # a trading day: a UTC day of sequenced time (LogonAck's TradingDate)
 
 _ER = EVENT_STRUCTS[EXEC_REPORT].pack
@@ -1331,12 +1332,15 @@ class TradingEngine:
             return
         self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
 
-    def _cancel_orders(self, acct: Account, symbol: int, side: int, reason: int) -> int:
-        """Cancel the account's orders (in one symbol, on one side, when given); conditional
-        ones at once, live ones through the CrossEngine. Returns how many."""
+    def _cancel_orders(self, acct: Account, symbol: int, side: int, reason: int,
+                       upto: int = -1) -> int:
+        """Cancel the account's orders (in one symbol, on one side, when given; with order ids
+        up to ``upto``, when given); conditional ones at once, live ones through the
+        CrossEngine. Returns how many."""
         n = 0
         for o in list(acct.orders.values()):
-            if (symbol and o.symbol != symbol) or (side and o.side != side):
+            if (symbol and o.symbol != symbol) or (side and o.side != side) \
+                    or 0 <= upto < o.order_id:
                 continue
             n += self._end_order(acct, o, reason)
         return n
@@ -2869,23 +2873,23 @@ class TradingEngine:
         if acct is not None:
             n = self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
         others = [a for a in sess.accounts if a != sess.default_account]
-        if others:
+        if others:   # the orders there now: not those entered while the sweep runs
             self.sweeps.append([SWEEP_SESSION_MASS_CANCEL, symbol, 0, key[0], key[1], side,
-                                coid, asked, mtype, n, others])
+                                coid, asked, mtype, n, others, self.next_order_id - 1])
             return
         self._smsg(key, P_MASS_CANCEL_REPORT, (self.ts_ns, coid, n, asked, mtype, mtype, 0, 0))
 
     def _sweep_session_mass_cancel(self, sw: list) -> bool:
         """The rest of a session's mass cancel: its other accounts, one a unit; then the
         OrderMassCancelReport with the whole count (if the session is still there to take it)."""
-        _, symbol, cursor, user, sid, side, coid, asked, mtype, n, accounts = sw
+        _, symbol, cursor, user, sid, side, coid, asked, mtype, n, accounts, upto = sw
         for i in range(cursor, len(accounts)):
             if not self._may_go_on():
                 sw[2], sw[9] = i, n
                 return False
             acct = self.accounts.get(accounts[i])
             if acct is not None:
-                n += self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
+                n += self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL, upto)
         self._smsg((user, sid), P_MASS_CANCEL_REPORT,
                    (self.ts_ns, coid, n, asked, mtype, mtype, 0, 0))
         return True

@@ -29,6 +29,7 @@ class FakeServer:
         self.sessions: dict[int, dict] = {}
         self.logons: list[tuple[int, int, int]] = []     # (SessionID, NextExpected, NextSeqNo)
         self.received: list[tuple[int, int, int]] = []   # (SeqNo, ClOrdID, Flags) as they came
+        self.tifs: list[tuple[int, bytes]] = []  # (templateId, TimeInForce) of orders, replaces
         self.applied: list[int] = []                     # client SeqNos applied
         self.fills: set[int] = set()       # ClOrdIDs that also get a trade report
         self.hold: set[int] = set()        # server SeqNos journaled but not sent
@@ -105,7 +106,8 @@ class FakeServer:
                         await writer.drain()
                         writer.close()
                         return
-                    elif tid in (wire.NEW_ORDER_SINGLE, wire.ORDER_CANCEL_REQUEST):
+                    elif tid in (wire.NEW_ORDER_SINGLE, wire.ORDER_CANCEL_REQUEST,
+                                 wire.ORDER_CANCEL_REPLACE_REQUEST):
                         if not await self.on_client(sess, m, tid, writer):
                             writer.close()
                             return
@@ -116,6 +118,8 @@ class FakeServer:
 
     async def on_client(self, sess, m, tid, writer) -> bool:
         self.received.append((m.SeqNo, m.ClOrdID, m.Flags))
+        if tid != wire.ORDER_CANCEL_REQUEST:
+            self.tifs.append((tid, m.TimeInForce))
         if self.on_receive:
             self.on_receive(m.SeqNo, m.ClOrdID)
         if m.SeqNo in self.swallow:
@@ -138,7 +142,9 @@ class FakeServer:
                 j.append(self.er(len(j) + 1, m.ClOrdID, wire.EXEC_TYPE_TRADE, 4, 6, 4))
                 out.append(len(j))
         else:
-            j.append(self.er(len(j) + 1, m.ClOrdID, wire.EXEC_TYPE_CANCELED))
+            kind = (wire.EXEC_TYPE_REPLACED if tid == wire.ORDER_CANCEL_REPLACE_REQUEST
+                    else wire.EXEC_TYPE_CANCELED)
+            j.append(self.er(len(j) + 1, m.ClOrdID, kind, leaves=10))
             out.append(len(j))
         if m.SeqNo in self.apply_then_cut:
             self.apply_then_cut.discard(m.SeqNo)

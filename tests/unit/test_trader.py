@@ -87,15 +87,19 @@ def test_no_gateway_and_a_bad_address(tmp_path, capsys):
     assert "--gateway 'nohost': HOST:PORT" in capsys.readouterr().err
 
 
-def test_tif_day_is_not_offered(tmp_path, capsys):
-    """The TradingEngine refuses TIF Day (unsupported); `seqex client --tif day` offered it
-    and every such order came back rejected. It is refused at the command line instead."""
-    with pytest.raises(SystemExit) as exit_:
-        main(["client", "--user", "alice", "--tif", "day", "--data", str(tmp_path), "buy",
-              "BTCUSDT", "1", "@", "1"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --tif: invalid choice: 'day'" in err and err.count("\n") == 1
+def test_tif_day_is_offered_and_an_amend_keeps_the_orders_own(gateway, tmp_path, capsys):
+    """The TradingEngine takes Day orders (they expire at the end of the UTC day), so `seqex
+    client --tif day` is accepted. A replace must carry the order's own time in force (the
+    engine refuses another), so the client remembers it per order: an amend without --tif
+    sends the order's own, and the amended order keeps it (it sent GTC)."""
+    srv, gw = gateway
+    assert client(gw, tmp_path, "--tif", "day", "buy", "BTCUSDT", "0.010", "@", "50000") == 0
+    assert client(gw, tmp_path, "amend", "BTCUSDT", "1", "0.020", "@", "49990") == 0
+    assert client(gw, tmp_path, "amend", "BTCUSDT", "2", "0.030", "@", "49980") == 0
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "0.010", "@", "50000") == 0
+    assert client(gw, tmp_path, "amend", "BTCUSDT", "4", "0.020", "@", "49990") == 0
+    assert srv.tifs == [(100, b"0"), (102, b"0"), (102, b"0"), (100, b"1"), (102, b"1")]
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("text, want", [
