@@ -301,8 +301,8 @@ class Replicator:
             free = self._free_bytes()
             # a write may go through with the file system still full (LMDB reuses the pages
             # its file already holds): say so, rather than that there is room
-            room = ("has room again" if free >= FULL_BELOW_BYTES else
-                    "took a write again, with the file system still nearly full")
+            room = ("has room again" if free > self.full_free + ROOM_MARGIN_BYTES else
+                    "took a write again, with no more room than when writes failed")
             log.warning("disk at %s %s (%d bytes free): writing resumed after %.1f s",
                         self.data_dir, room, free, time.monotonic() - self.disk_full_since)
             self.disk_full_since = None
