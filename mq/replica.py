@@ -112,7 +112,6 @@ class ReplicaHost:
         self.data_head = wire.pack({"replica": self.name})   # the same on every DATA
         self.control = sockets.router(control_bind)
         self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.output_window_bytes = output_window_bytes
         self.outputs = Window(output_window_bytes)
         self.seq = 0                 # last input seq applied
         self.snap_seq = 0            # the seq of the last snapshot taken (written or not)
@@ -133,37 +132,37 @@ class ReplicaHost:
         # the engine's state before any input: what a replay from seq 1 starts from (a warm
         # replica may be promoted to hot)
         self._initial = engine.snapshot()
-        self._load_snapshot()
+        paths = self._snapshot_paths()
+        self._load_snapshot(paths, self._mirror_committed() if paths and role == "hot"
+                            else None)
         # delivery to the mirror (hot): outputs up to sent_upto were handed to the socket; the
         # mirror holds every seq up to mirror_has (its latest answer)
-        self.sent_upto = self.mirror_has = self.seq
-        now = time.monotonic()
-        self.progress_at = self.heard_at = self.probe_at = now
-        self.resend_after = RESEND_MIN_S
+        self.mirror_has = self.seq
+        self.heard_at = self.probe_at = time.monotonic()
         self.rewound, self.rewound_at = -1, 0.0
         self.lost_note_at = 0.0
-        self.lost_since = 0.0        # since when the mirror lacks outputs this host no longer keeps
         self.regenerate_due = False
-        if self.sub is None:
-            self.sub = Subscriber(stream, pub, replicators, next_seq=self.seq + 1)
+        self._deliver_from_seq()
 
     # -- snapshots --------------------------------------------------------------------------
-    def _load_snapshot(self, limit: int | None = -1) -> None:
-        """Restore from the newest usable snapshot (at or below ``limit`` if it is given; -1:
-        what the mirror says it committed, for a hot replica), and subscribe from after it."""
+    def _snapshot_paths(self) -> list[str]:
+        """The snapshot files of both directories (and away with the temporary file of a write
+        this process died in the middle of)."""
         paths = []
         for d in (self.snapshot_dir, self.shared_dir):
             if d:
                 paths += _snap_files(d, self.stream)
-        if self.snapshot_dir:   # a write this process died in the middle of
+        if self.snapshot_dir:
             for tmp in _snap_files(self.snapshot_dir, self.stream, ".snap.tmp"):
                 _remove(tmp)
-        # A hot replica must be able to send every output the out stream lacks: it restores
-        # from no snapshot beyond what the mirror committed. (Both hot replicas killed
-        # together, restarted from the warm replica's newest snapshot, which was newer than
-        # the out stream: no replica could send the outputs in between, ever.)
-        if limit == -1:
-            limit = self._mirror_committed() if paths and self.role == "hot" else None
+        return paths
+
+    def _load_snapshot(self, paths: list[str], limit: int | None) -> None:
+        """Restore from the newest usable snapshot of ``paths`` (at or below ``limit`` if it is
+        given), and subscribe from after it. A hot replica must be able to send every output
+        the out stream lacks, so it passes what the mirror committed as the limit. (Both hot
+        replicas killed together, restarted from the warm replica's newest snapshot, which was
+        newer than the out stream: no replica could send the outputs in between, ever.)"""
         for path in sorted(set(paths), key=_snap_seq, reverse=True):
             if limit is not None and _snap_seq(path) > limit:
                 continue
@@ -192,6 +191,17 @@ class ReplicaHost:
             return
         if paths:
             log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
+
+    def _deliver_from_seq(self) -> None:
+        """After a restore (or none): the input from seq + 1 if no subscriber asked for it yet,
+        and outputs sent from there; nothing lost yet."""
+        if self.sub is None:
+            self.sub = Subscriber(self.stream, self._pub, self._replicators,
+                                  next_seq=self.seq + 1)
+        self.sent_upto = self.seq
+        self.progress_at = time.monotonic()
+        self.resend_after = RESEND_MIN_S
+        self.lost_since = 0.0       # since when the mirror lacks outputs this host no longer keeps
 
     def _mirror_committed(self) -> int | None:
         """How far the out stream is committed (PING of the mirror), or None when the mirror
@@ -262,13 +272,14 @@ class ReplicaHost:
         log.info("%s: %s replica of %s from seq %d", self.name, self.role, self.stream,
                  self.seq + 1)
         window_start, window_n = time.monotonic(), 0
-        engine = self.engine                # (restored, if at all, before serve)
-        apply = getattr(engine, "apply_scanned_frame", None) or engine.apply_frame
+        apply = None
         while self.running:
             if self.regenerate_due:
                 self._regenerate()
-                engine = self.engine
-                apply = getattr(engine, "apply_scanned_frame", None) or engine.apply_frame
+                apply = None
+            if apply is None:               # the engine restored, if at all, before serve
+                apply = getattr(self.engine, "apply_scanned_frame", None) or \
+                    self.engine.apply_frame
             frames = self.sub.poll(50)
             for first, last, frame in frames:
                 if first != self.seq + 1:
@@ -357,7 +368,6 @@ class ReplicaHost:
         last ``keep`` are kept), that is a replay from seq 1."""
         self.regenerate_due = False
         self.wait_snapshot()      # a write in flight finishes before the directory is read
-        self.lost_since = 0.0
         limit = self.mirror_has
         log.error("%s: the mirror has lacked outputs from seq %d for %.0f s and no replica "
                   "sent them; rebuilding the engine from seq %d or below to compute them again",
@@ -365,16 +375,9 @@ class ReplicaHost:
         self._drop_subscriber()
         self.engine = self._restore(self._initial)
         self.seq = self.snap_seq = 0
-        self._load_snapshot(limit)
-        if self.sub is None:
-            self.sub = Subscriber(self.stream, self._pub, self._replicators,
-                                  next_seq=self.seq + 1)
-        self.outputs = Window(self.output_window_bytes)
-        self.sent_upto = self.seq
-        self.mirror_has = max(self.mirror_has, self.seq)
-        now = time.monotonic()
-        self.progress_at = now
-        self.resend_after = RESEND_MIN_S
+        self._load_snapshot(self._snapshot_paths(), limit)
+        self.outputs = Window(self.outputs.max_bytes)
+        self._deliver_from_seq()
         self.stats["regenerated"] += 1
 
     def _from_mirror(self) -> None:

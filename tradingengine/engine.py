@@ -22,7 +22,8 @@ CE_MAX_FILLS matching steps). Work that fans out over a whole symbol or shard (t
 orders, the maintenance check, funding, a book-wide mass cancel, a session's mass cancel over
 its accounts, reduce-only cuts, expired dead-man's switches) runs as *sweeps*: a queue in
 the state, worked through unit by unit (one account or one order) while the record's output is
-under OUTPUT_BUDGET, and resumed at the next record where it stopped. At least one unit runs per record, so a sweep always ends.
+under OUTPUT_BUDGET, and resumed at the next record where it stopped. At least one unit runs
+per record, so a sweep always ends.
 ``worst_case_output`` sums the bounds (session messages included); the module refuses to
 import if it exceeds OUTPUT_LIMIT, seven eighths of MAX_PAYLOAD.
 

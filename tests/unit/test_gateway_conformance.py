@@ -50,6 +50,16 @@ class Peer:
     async def connect(cls, port: int) -> Peer:
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
+    @classmethod
+    async def logged_out(cls, port: int, session_id: int) -> Peer:
+        """A connection that logged on, sent Logout(0) and got its answer Logout(0); open."""
+        peer = await cls.connect(port)
+        peer.logon(session_id=session_id)
+        await peer.until(2)
+        peer.w.write(frame(4, 0, b""))
+        assert (await peer.until(4))[0] == 0
+        return peer
+
     def logon(self, session_id: int = 1, hb_ms: int = 30_000) -> None:
         self.w.write(frame(1, session_id, 0, 1, hb_ms, 0, 0, 0, b"bob", b"pw-bob"))
 
@@ -250,11 +260,7 @@ def test_an_answered_logout_unbinds_the_session_before_the_client_closes():
         gw = gs.Gateway(core, users(), gs.Config(logout_grace_s=30.0))
         _host, port = await gw.start()
         try:
-            a = await Peer.connect(port)
-            a.logon(session_id=1)
-            await a.until(2)
-            a.w.write(frame(4, 0, b""))
-            assert (await a.until(4))[0] == 0                 # answered; a stays open
+            a = await Peer.logged_out(port, session_id=1)                 # answered; a stays open
             b = await Peer.connect(port)
             b.logon(session_id=1)
             got = await b.next()
@@ -282,11 +288,7 @@ def test_a_clients_logout_5_finalizes_the_session():
         gw = gs.Gateway(core, users(), gs.Config())
         _host, port = await gw.start()
         try:
-            a = await Peer.connect(port)
-            a.logon(session_id=1)
-            await a.until(2)
-            a.w.write(frame(4, 0, b""))
-            assert (await a.until(4))[0] == 0
+            a = await Peer.logged_out(port, session_id=1)
             a.w.close()
             await wait_for(lambda: not gw.conns)
             b = await Peer.connect(port)

@@ -29,6 +29,26 @@ def ce_answer(v, raw: bytes) -> list[bytes]:
     return out
 
 
+def until_settled(v, kind: int, payload: bytes, pending) -> tuple[int, int, list]:
+    """Apply the record, then each CrossEngine answer (or a Tick 10 ms on when there is none),
+    until no answer is due and ``pending()`` is empty: (the largest output of one record, the
+    records applied, every event they output)."""
+    worst, records, events = 0, 0, []
+    for _ in range(400):
+        v.ts_ns += 10**7 if kind == c.KIND_TICK else 1000
+        v.seq += 1
+        raw = v.te.apply(v.seq, v.ts_ns, kind, payload)
+        records += 1
+        worst = max(worst, len(raw))
+        events += c.decode_events(raw)
+        out = ce_answer(v, raw)
+        if not out and not pending():
+            break
+        kind, payload = (c.CE_EVENTS, c.ce_events(1, b"".join(out))) if out else \
+            (c.KIND_TICK, b"")
+    return worst, records, events
+
+
 def full_session(cod: int = 0) -> tuple[Harness, int]:
     """A session of user 1 over MAX_SESSION_ACCOUNTS accounts, each with MAX_OPEN_ORDERS
     resting buys it entered; (the harness, the session's last SeqNo)."""
@@ -54,21 +74,10 @@ def test_a_mass_cancel_of_a_64_account_session_answers_within_one_record():
     to them, fit; the one report counts all 12,800 cancels and comes after the last of them."""
     h, seq = full_session()
     v = h.v
-    kind, payload = c.CLIENT_MESSAGE, c.client_message(
-        1, 9, 103, OMCR.pack(seq + 1, 0, 99_999, NULL & 0xFFFFFFFF, b"7", b"0", 0))
-    worst, reports, records = 0, [], 0
-    for _ in range(400):
-        v.ts_ns += 10**7 if kind == c.KIND_TICK else 1000
-        v.seq += 1
-        raw = v.te.apply(v.seq, v.ts_ns, kind, payload)
-        records += 1
-        worst = max(worst, len(raw))
-        reports += [e for e in c.decode_events(raw) if e[0] == c.SESSION_MESSAGE and e[3] == 202]
-        out = ce_answer(v, raw)
-        if not out and not v.te.sweeps:
-            break
-        kind, payload = (c.CE_EVENTS, c.ce_events(1, b"".join(out))) if out else \
-            (c.KIND_TICK, b"")
+    worst, records, events = until_settled(v, c.CLIENT_MESSAGE, c.client_message(
+        1, 9, 103, OMCR.pack(seq + 1, 0, 99_999, NULL & 0xFFFFFFFF, b"7", b"0", 0)),
+        lambda: v.te.sweeps)
+    reports = [e for e in events if e[0] == c.SESSION_MESSAGE and e[3] == 202]
     assert worst <= OUTPUT_LIMIT, f"{worst} bytes in one record"
     assert records > 2, "more than one record's budget of cancels"
     (report,) = reports
@@ -84,18 +93,7 @@ def test_cancel_on_disconnect_of_a_64_account_session_answers_within_one_record(
     h, _seq = full_session(cod=c.COD_ON_DISCONNECT)
     v = h.v
     v.apply(c.SESSION_END, c.session_end(1, 9, 7, c.END_DISCONNECT))
-    worst = 0
-    kind, payload = c.KIND_TICK, b""
-    for _ in range(400):
-        v.ts_ns += 10**7 if kind == c.KIND_TICK else 1000
-        v.seq += 1
-        raw = v.te.apply(v.seq, v.ts_ns, kind, payload)
-        worst = max(worst, len(raw))
-        out = ce_answer(v, raw)
-        if not out and not v.te.cod:
-            break
-        kind, payload = (c.CE_EVENTS, c.ce_events(1, b"".join(out))) if out else \
-            (c.KIND_TICK, b"")
+    worst, _records, _events = until_settled(v, c.KIND_TICK, b"", lambda: v.te.cod)
     assert worst <= OUTPUT_LIMIT, f"{worst} bytes in one record"
     assert not v.te.orders        # every order cancelled, over as many records as it took
 
