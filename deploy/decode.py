@@ -147,7 +147,8 @@ REJECT_TEXT = {
     2021: "the margin is insufficient for this leverage",
     2022: "the margin mode cannot change while a position or orders are open",
     2023: "the amount is invalid",
-    2024: "the withdrawal exceeds the available balance",
+    2024: "the withdrawal exceeds the available balance, or would leave the account below "
+          "maintenance at the mark",
     2025: "isolated margin does not apply in cross mode",
     2026: "the isolated margin would fall below the requirement",
     2027: "too many open orders",

@@ -377,7 +377,8 @@ class Position:
         self.size = 0              # lots, > 0 long, < 0 short
         self.cost = 0              # signed entry value, minor units
         self.margin = 0            # held for the position: requirement + extra
-        self.extra = 0             # isolated margin added by the trader (>= 0)
+        self.extra = 0             # isolated margin added by the trader, less the funding
+                                   # the margin paid (>= minus the requirement)
         self.leverage_x100 = leverage_x100
         self.mode = CROSS
         self.realised = 0          # lifetime realised PnL (fees and funding apart)
@@ -918,6 +919,26 @@ class TradingEngine:
                 free += upnl
         return free
 
+    def _cross_headroom(self, acct: Account) -> int:
+        """How far the cross equity (the balance less what isolated positions and orders
+        hold, plus every cross position's unrealised PnL at its mark) stands above the
+        maintenance of the cross positions at their marks. Money that leaves the cross
+        balance (a withdrawal, a transfer to an isolated margin) must leave it above zero:
+        `available` counts position margins on the entry value, and after a short has
+        risen far enough, maintenance at the mark exceeds them."""
+        p: Position
+        need = 0
+        iso = 0
+        for sym, p in acct.positions.items():
+            if p.mode == ISOLATED:
+                iso += p.margin
+            elif p.size:
+                mark_or_entry = self.marks.get(sym) or abs(p.cost) // abs(p.size)
+                need += maintenance(p.size, mark_or_entry, self.specs[sym])
+        if not need:
+            return MAX_MONEY
+        return acct.balance - iso - acct.order_margin + self._cross_upnl(acct) - need
+
     def _cross_base(self, acct: Account, symbol: int, orders_excluded: int = 0) -> int:
         """The money behind a cross position in ``symbol``: the balance less what isolated
         positions and orders hold, plus the other cross positions' losses (not their gains)."""
@@ -932,7 +953,10 @@ class TradingEngine:
 
     def _set_margin(self, acct: Account, pos: Position, spec: ContractSpec) -> None:
         """Hold the requirement of the position at its leverage plus the isolated extra."""
-        new = position_margin(pos.size, pos.cost, spec, pos.leverage_x100) + pos.extra
+        need = position_margin(pos.size, pos.cost, spec, pos.leverage_x100)
+        if pos.extra < -need:
+            pos.extra = -need     # funding took the margin down to zero (never below)
+        new = need + pos.extra
         acct.position_margin += new - pos.margin
         pos.margin = new
         self._liq_dirty[acct.account_id] = None
@@ -1424,7 +1448,8 @@ class TradingEngine:
             code = 2025
         elif amount == 0:
             code = 2023
-        elif amount > 0 and amount > self._available(acct):
+        elif amount > 0 and (amount > self._available(acct)
+                             or amount >= self._cross_headroom(acct)):
             code = 2012
         elif amount < 0 and -amount > pos.extra:
             code = 2026
@@ -1493,7 +1518,7 @@ class TradingEngine:
             pass
         elif amount <= 0 or amount >= MAX_MONEY:
             code = 2023
-        elif amount > self._available(acct):
+        elif amount > self._available(acct) or amount >= self._cross_headroom(acct):
             code = 2024
         if code:
             self._reject_request(WITHDRAW, code, account, 0, transfer_id)
@@ -1645,11 +1670,26 @@ class TradingEngine:
         self._liq_dirty[acct.account_id] = None
         if acct.account_id < 0:
             return amount
-        if pos.mode == ISOLATED:   # isolated funding moves that position's margin
-            pos.extra = max(0, pos.extra - amount)
+        shortfall = 0
+        if pos.mode == ISOLATED:
+            # isolated funding moves that position's margin, never below zero: a payment
+            # comes out of the margin (its extra may go below zero, down to minus the
+            # requirement), and what the margin cannot pay is covered like a deficit, since
+            # the position can lose no more than its margin
+            floor = pos.extra - pos.margin            # minus the requirement
+            extra = pos.extra - amount
+            if extra < floor:
+                shortfall = floor - extra
+                extra = floor
+            pos.extra = extra
             self._set_margin(acct, pos, spec)
         self._out.append(_PACK[FUNDING](FUNDING, acct.account_id, symbol, rate, amount))
-        self._cover_deficit(acct)
+        acct.balance += shortfall
+        if acct.balance < 0:
+            shortfall -= acct.balance
+            acct.balance = 0
+        if shortfall:
+            self._cover(acct, shortfall)        # one DeficitCovered for both
         return amount
 
     def _trigger(self, symbol, by, price) -> None:
@@ -1919,6 +1959,12 @@ class TradingEngine:
         value = size * price * spec.value
         realised = value - pos.cost
         residue = base + realised
+        if residue < 0:
+            # the other cross positions' losses exceed what the account holds, and even the
+            # clamped price (one tick, or the highest) does not make this position pay them:
+            # it carries no money; what the account still owes stays with those positions and
+            # is covered when they are handed off (DeficitCovered), not paid out now
+            residue = 0
         acct.balance += realised - residue
         acct.liquidated += residue
         pos.realised += realised
@@ -1945,14 +1991,18 @@ class TradingEngine:
         if acct.balance < 0:
             deficit = -acct.balance
             acct.balance = 0
-            acct.covered += deficit
-            self._liq_dirty[acct.account_id] = None
-            payer = self.clearing if self.liq_sources else self.liquidation
-            payer.balance -= deficit
-            payer.covered -= deficit
-            self.route |= ROUTE_LIQ
-            self._out.append(_PACK[DEFICIT_COVERED](DEFICIT_COVERED, acct.account_id,
-                                                      deficit))
+            self._cover(acct, deficit)
+
+    def _cover(self, acct: Account, deficit: int) -> None:
+        """The liquidation account (clearing, with liq_sources) pays ``deficit``, which the
+        account's balance has already been given back."""
+        acct.covered += deficit
+        self._liq_dirty[acct.account_id] = None
+        payer = self.clearing if self.liq_sources else self.liquidation
+        payer.balance -= deficit
+        payer.covered -= deficit
+        self.route |= ROUTE_LIQ
+        self._out.append(_PACK[DEFICIT_COVERED](DEFICIT_COVERED, acct.account_id, deficit))
 
     # -- the LiqEngine's ADLs (docs/liqengine.md §5) ---------------------------------------------
 

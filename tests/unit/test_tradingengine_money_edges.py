@@ -1,0 +1,193 @@
+"""Where money could leak at the edges of the margin rules: a handoff whose clamped price does
+not cover the account's other cross losses, funding that an isolated margin cannot pay, and a
+withdrawal that passes the available-balance check while maintenance at the mark exceeds the
+margin held on the entry value (docs/tradingengine.md §6, §7).
+
+Each scenario runs the whole engine side (both TradingEngine shards, the CrossEngines and the
+LiqEngine, routed as the default topology, tests/liqcascade.py), and checks the books of every
+engine after it (deploy/audit.py).
+"""
+from __future__ import annotations
+
+from mq.record import decode
+from tests.liqcascade import SRC_ORACLE, RoutedVenue
+from tests.tradingvenue import HOUR, two_specs
+from tradingengine import codec as tc
+from tradingengine.margin import maintenance
+
+MM, TRADER, TAKER = 2, 11, 13        # the market maker on shard 0; the others on shard 1
+
+
+def events(stream, kinds, last=None) -> list[tuple]:
+    frames = stream.out if last is None else stream.out[-last:]
+    return [x for fr in frames for r in decode(fr) for x in tc.decode_events(r[6])
+            if x[0] in kinds]
+
+
+def check_record(v: RoutedVenue, st) -> None:
+    """After every record of every engine: its own audit, the fund never below zero, and the
+    books of all engines together equal to what was deposited."""
+    if st is v.liq or st in v.te:
+        st.engine.audit()
+    if st is v.liq:
+        assert st.engine.fund >= 0, f"fund {st.engine.fund} below zero at in.liq {st.seq}"
+    books = v.books()
+    assert sum(b.total() for b in books) == sum(b.deposits for b in books), \
+        f"money created or lost after {st.name} seq {st.seq}"
+
+
+def books_balance(v: RoutedVenue) -> None:
+    for st in v.te:
+        st.engine.check_invariants()
+    check_record(v, v.liq)
+
+
+def venue(fund: int) -> RoutedVenue:
+    v = RoutedVenue(two_specs(HOUR), n_shards=2, on_record=check_record)
+    v.fund_deposit(1, fund)
+    return v
+
+
+def deposit(v: RoutedVenue, account: int, amount: int, tid: int) -> None:
+    v.deposit(account, amount, tid)
+
+
+def test_a_handoff_never_carries_a_negative_residue_into_the_insurance_fund():
+    # The trader is short 10 of symbol 2 and has a stale bid for 5,000 of symbol 1 at twice a
+    # mark that walked down: filled there, its cross losses exceed its balance, so at the
+    # next mark of symbol 2 the short's bankruptcy price clamps at one tick, and even that
+    # does not pay them. The residue was base + realised < 0: the LiqEngine booked it as a
+    # fund change and halted (the fund below zero), or, with a fund big enough, paid it.
+    fund = 100_000_000
+    v = venue(fund)
+    deposit(v, MM, 10**15, 2)
+    deposit(v, TRADER, 10**9, 3)
+    deposit(v, TAKER, 10**12, 4)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.order(MM, 1, 2, tc.BUY, 50_000, 10)
+    v.order(TRADER, 2, 2, tc.SELL, 50_000, 10)
+    v.leverage(TRADER, 1, 5000)
+    v.order(TRADER, 3, 1, tc.BUY, 10_000, 5000)
+    v.run()
+    for p in range(9_500, 4_999, -500):
+        v.mark(1, p)
+        v.run()
+    v.order(TAKER, 4, 1, tc.SELL, 5_000, 5000)
+    v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    assert acct.positions[1].size == 5000
+    balance = acct.balance
+    v.mark(2, 50_000)
+    v.run()                                   # raised EngineHalted in the LiqEngine before
+    handoffs = events(v.te[1], (tc.LIQUIDATION,))
+    assert [(h[1], h[2], h[3], h[4]) for h in handoffs] == [(TRADER, 2, -10, 1)]
+    assert handoffs[0][6] == 0                # the residue: nothing behind the position
+    # the account gained what closing its short at one tick realises, nothing more: the
+    # losses of its long are its own until that is handed off in turn
+    assert acct.balance == balance + handoffs[0][5] - (-10 * 50_000 * te.specs[2].value)
+    assert v.liq.engine.fund == fund
+    books_balance(v)
+    v.mark(1, 5_000)                          # now the long goes, at its bankruptcy price
+    v.run()
+    assert acct.positions[1].size == 0 and acct.balance == 0
+    handoffs = events(v.te[1], (tc.LIQUIDATION,))
+    assert [(h[1], h[2], h[3]) for h in handoffs] == [(TRADER, 2, -10), (TRADER, 1, 5000)]
+    assert handoffs[1][6] >= 0
+    books_balance(v)
+
+
+def test_funding_of_an_isolated_position_comes_out_of_its_margin_never_below_zero():
+    v = venue(10**11)
+    deposit(v, MM, 10**15, 2)
+    deposit(v, TRADER, 11_000_000, 3)
+    v.mark(1, 10_000)
+    v.run()
+    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, 1))
+    v.leverage(TRADER, 1, 5000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 500)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 500)
+    v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    pos = acct.positions[1]
+    margin, balance = pos.margin, acct.balance
+    free = balance - margin
+    for st in v.te:
+        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 100_000, 0))
+    v.run()
+    v.ts_ns += HOUR + 1
+    v.tick(1000)
+    v.run()
+    paid = [e for e in events(v.te[1], (tc.FUNDING,)) if e[1] == TRADER]
+    assert len(paid) == 1
+    amount = paid[0][4]
+    assert 0 < amount < margin
+    # the margin paid it, the rest of the wallet did not: before, the margin stayed where it
+    # was and the balance beside it drained, interval after interval, into DeficitCovered
+    assert pos.margin == margin - amount
+    assert acct.balance - pos.margin == free
+    books_balance(v)
+    # two more intervals with no mark between them: the third payment is more than the margin
+    # left; the margin goes to zero and the fund pays the rest, not the trader's free balance
+    v.ts_ns += 2 * HOUR
+    v.tick(1000)
+    v.run()
+    paid = [e for e in events(v.te[1], (tc.FUNDING,)) if e[1] == TRADER]
+    assert len(paid) == 3
+    assert pos.margin == 0 and acct.balance == free
+    covered = [e for e in events(v.te[1], (tc.DEFICIT_COVERED,)) if e[1] == TRADER]
+    assert sum(e[2] for e in covered) == 3 * amount - margin
+    books_balance(v)
+    v.mark(1, 10_000)                         # at zero margin it is handed off at the next mark
+    v.run()
+    assert pos.size == 0 and acct.balance == free
+    books_balance(v)
+
+
+def test_a_withdrawal_leaves_the_cross_equity_above_maintenance_at_the_mark():
+    # A short at 50x whose mark doubled: its margin is held on the entry value, its
+    # maintenance is on the value at the mark, which is now the larger. A withdrawal of all
+    # that `available` shows was accepted and left the account to be handed off at the next
+    # mark.
+    v = venue(10**11)
+    deposit(v, MM, 10**15, 2)
+    deposit(v, TRADER, 10**12, 3)
+    v.mark(1, 10_000)
+    v.run()
+    v.leverage(TRADER, 1, 5000)
+    v.order(MM, 1, 1, tc.BUY, 10_000, 100)
+    v.order(TRADER, 2, 1, tc.SELL, 10_000, 100)
+    v.run()
+    for p in (10_400, 10_800, 11_300, 11_800, 12_400, 13_000, 14_000, 15_000, 16_000, 17_000,
+              18_000, 19_000, 20_000):
+        v.mark(1, p)
+        v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    pos = acct.positions[1]
+    spec = te.specs[1]
+
+    def equity() -> int:
+        return acct.balance + pos.size * te.marks[1] * spec.value - pos.cost
+
+    need = maintenance(pos.size, te.marks[1], spec)
+    available = te._available(acct)
+    headroom = equity() - need
+    assert 0 < headroom <= available          # the case: available is not the bound
+    for tid, amount, refused in ((90, available, True), (91, headroom, True),
+                                 (92, headroom - 1, False)):
+        v.operator_te(TRADER, tc.WITHDRAW, tc.transfer(tid, TRADER, amount))
+        v.run()
+        answer = events(v.te[1], (tc.REQUEST_REJECTED, tc.TRANSFER))[-1]
+        if refused:
+            assert answer[:3] == (tc.REQUEST_REJECTED, 2024, tc.WITHDRAW), answer
+        else:
+            assert answer[:4] == (tc.TRANSFER, tid, TRADER, amount), answer
+    assert equity() - need == 1
+    v.mark(1, 20_000)
+    v.run()
+    assert pos.size == -100                   # not handed off
+    books_balance(v)
