@@ -18,7 +18,11 @@ Slow consumers: the transport's write buffer has a high-water mark (`HIGH_WATER`
 subscriber above it is marked stale and its increments are not queued; when the buffer has
 drained below the low-water mark it gets a fresh snapshot of every instrument it follows
 (conflation by re-snapshot: the jump in RptSeq is announced by the snapshot, never silent).
-A connection that stays above the mark for `STALE_LIMIT_S` is sent Logout(7) and closed.
+A connection that stays above the mark for `STALE_LIMIT_S`, or asks for snapshots past
+`QUEUE_LIMIT` times the mark, is sent Logout(7) behind the whole frames already queued, and
+closed once they are written: a consumer that reads again within `SLOW_CLOSE_GRACE_S` gets
+every frame whole, then the Logout; one that does not is cut off then (its buffer is not
+kept for ever).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ log = logging.getLogger("seqex.marketdata")
 HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
+SLOW_CLOSE_GRACE_S = 10.0         # after a slow consumer's Logout(7): time to read it
 HEARTBEAT_MS = 1000
 HEARTBEAT_MIN_MS, HEARTBEAT_MAX_MS = 100, 30_000   # PROTOCOL.md §4.8: the Logon's interval
 LOGON_TIMEOUT_S = 10.0            # a connection must be logged on within this
@@ -147,6 +152,7 @@ class FeedConnection(asyncio.Protocol):
         self.test_req_id = 0               # TestRequest outstanding (0: none)
         self.test_sent_at = 0.0
         self.closed = False
+        self.lost = False                  # the transport is gone (connection_lost)
         self.awaiting_answer = False       # we sent Logout(6) and wait for the client's
         self.peer = ""                     # the client's address (the scrypt slots per peer)
         self.logon = None                  # the Logon whose credentials are being checked
@@ -182,6 +188,7 @@ class FeedConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        self.lost = True
         self.server.drop(self)
 
     def pause_writing(self) -> None:
@@ -208,6 +215,25 @@ class FeedConnection(asyncio.Protocol):
             self.transport.abort()
         else:
             self.transport.close()
+
+    def slow_logout(self) -> None:
+        """§6: a consumer that stays behind gets Logout(7). It goes behind what is queued
+        (whole frames: an abort would cut the stream inside one and drop the Logout with the
+        rest), then the transport closes once it has written it all; a consumer that still
+        does not read is cut off after SLOW_CLOSE_GRACE_S."""
+        if self.closed:
+            return
+        self.server.stats["slow_logouts"] += 1
+        self.transport.write(wire.encode(wire.LOGOUT, wire.LOGOUT_SLOW_CONSUMER,
+                                         wire.char_field("slow consumer", 32)))
+        self.closed = True
+        self.server.drop(self)
+        self.transport.close()
+        asyncio.get_running_loop().call_later(self.server.slow_close_grace_s, self._abort)
+
+    def _abort(self) -> None:
+        if not self.lost:
+            self.transport.abort()
 
     def answer_logout(self) -> None:
         """PROTOCOL.md §4.9: the client's Logout is answered, and the client, the initiator,
@@ -369,6 +395,7 @@ class BinaryFeed:
         self.server: asyncio.base_events.Server | None = None
         self.high_water, self.low_water = HIGH_WATER, LOW_WATER
         self.stale_limit_s = STALE_LIMIT_S
+        self.slow_close_grace_s = SLOW_CLOSE_GRACE_S
         self.logon_timeout_s = LOGON_TIMEOUT_S
         self.test_req_ids = 0
         self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0,
@@ -451,8 +478,7 @@ class BinaryFeed:
         if m.SubscriptionRequestType != wire.SUBSCRIPTION_UNSUBSCRIBE and \
                 conn.transport.get_write_buffer_size() > QUEUE_LIMIT * self.high_water:
             # snapshots asked for and never read: queueing more would grow without bound
-            self.stats["slow_logouts"] += 1
-            conn.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer", abort=True)
+            conn.slow_logout()
             return
         streams = m.Streams & 3 or 3
         if m.SubscriptionRequestType != wire.SUBSCRIPTION_UNSUBSCRIBE:
@@ -524,8 +550,7 @@ class BinaryFeed:
         now = time.monotonic()
         for conn in list(self.conns):
             if conn.stale_since and now - conn.stale_since > self.stale_limit_s:
-                self.stats["slow_logouts"] += 1
-                conn.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer", abort=True)
+                conn.slow_logout()
                 continue
             if not conn.logged_on or conn.closed:
                 continue

@@ -60,6 +60,49 @@ def test_snapshot_requests_that_are_never_read_do_not_grow_the_buffer_without_bo
     asyncio.run(run())
 
 
+def test_a_slow_consumer_that_reads_again_gets_whole_frames_then_logout_7():
+    """PROTOCOL.md §6: a subscriber that stays behind gets Logout(7). It used to be aborted
+    as soon as it was found out, which cut its stream inside a frame and dropped the Logout
+    queued behind it: a client reading again saw half a snapshot and a close. The Logout
+    now goes behind the whole frames queued, and the close waits for them to be written."""
+    async def run():
+        pub = await _publisher_with_book(3000)
+        pub.binary.high_water, pub.binary.low_water = 64 << 10, 16 << 10
+        pub.binary.slow_close_grace_s = 60.0
+        try:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", pub.feed_port))
+            r, w = await asyncio.open_connection(sock=sock)
+            w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"x", b"y"))
+            await r.readexactly(52)
+            req = wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"0", 0, 3)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while pub.binary.conns:                # asks until it is found out; reads nothing
+                assert loop.time() < deadline, "never found to be a slow consumer"
+                w.write(req * 20)
+                await w.drain()
+                await asyncio.sleep(0.01)
+            assert pub.binary.stats["slow_logouts"] == 1
+            data = await asyncio.wait_for(r.read(), 60)    # now it reads: to the end
+            frames, i = [], 0
+            while i < len(data):
+                assert len(data) - i >= 12, f"{len(data) - i} bytes of a frame header left"
+                n = int.from_bytes(data[i:i + 2], "little")
+                assert i + n <= len(data), f"a frame of {n} bytes cut at {len(data) - i}"
+                frames.append(data[i:i + n])
+                i += n
+            assert int.from_bytes(frames[-1][6:8], "little") == wire.LOGOUT
+            assert frames[-1][12] == wire.LOGOUT_SLOW_CONSUMER, frames[-1]
+            assert any(int.from_bytes(f[6:8], "little") == wire.MARKET_DATA_SNAPSHOT
+                       for f in frames[:-1])
+            w.close()
+        finally:
+            await pub.close()
+    asyncio.run(run())
+
+
 def _get(port: int, path: str):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
