@@ -54,7 +54,7 @@ COUNTERS = frozenset({
     "applied", "snapshots", "published_frames", "send_blocked", "gaps_told", "resends",
     "bad_snapshots", "snapshot_failures",
     # gateway/server.py
-    "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
+    "connections", "refused_connections", "evicted_connections", "logons", "logon_rejects", "auth_failures",
     "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
     "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
     "slow_consumers", "session_messages", "bad_payloads", "auth_cached", "auth_scrypt",

@@ -802,6 +802,10 @@ class Gateway:
         self.clock = clock
         self.n_shards = core.n_shards
         self.conns: set[Connection] = set()
+        # connections that have sent no Logon yet, oldest first: at the connection limit the
+        # oldest of them makes room for a new one (see _new_connection)
+        self.silent: dict[Connection, None] = {}
+        self.full_logged_at = -1e9
         self.pending: dict[int, Connection] = {}      # conn_id → connection waiting to log on
         self.live: dict[tuple[int, int], Connection] = {}  # (user, session_id) → connection
         self.journal: dict[tuple[int, int], list] = {}    # (user, session_id) → [(tid, block)]
@@ -818,8 +822,8 @@ class Gateway:
         self.closing = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stats = {k: 0 for k in (
-            "connections", "refused_connections", "logons", "logon_rejects", "auth_failures",
-            "auth_cached", "auth_scrypt", "auth_joined", "auth_busy", "auth_timeouts",
+            "connections", "refused_connections", "evicted_connections", "logons",
+            "logon_rejects", "auth_failures", "auth_cached", "auth_scrypt", "auth_joined", "auth_busy", "auth_timeouts",
             "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
             "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
             "slow_consumers", "session_messages", "bad_payloads")}
@@ -910,17 +914,41 @@ class Gateway:
     def _new_connection(self) -> Connection:
         self.next_conn += 1
         conn = Connection(self, self.cfg.index << CONN_ID_SHIFT | self.next_conn)
+        if len(self.conns) >= self.cfg.max_connections and self.silent and not self.closing:
+            # Full. The oldest connection that has not sent its Logon makes room: idle
+            # connections opened faster than the logon timeout expires them would otherwise
+            # hold every slot and lock every user out, known ones included. A client sends
+            # its Logon as soon as it connects; a flood must now open connections faster
+            # than the limit per Logon's round trip to keep one out.
+            old = next(iter(self.silent))
+            self.stats["evicted_connections"] += 1
+            self._full("the oldest connection that has not logged on closed for a new one")
+            self._forget(old)
+            old.refused = True   # (not yet made: closed as soon as it is)
+            old.abort()
         if len(self.conns) >= self.cfg.max_connections or self.closing:
             self.stats["refused_connections"] += 1
+            if not self.closing:
+                self._full("every connection is logged on: new ones refused")
             conn.refused = True  # closed as soon as it is made: no read, no allocation
             return conn
         self.stats["connections"] += 1
         self.conns.add(conn)
+        self.silent[conn] = None
         return conn
+
+    def _full(self, what: str) -> None:
+        now = self.clock()
+        if now - self.full_logged_at >= 10.0:     # one line per 10 s, however many
+            self.full_logged_at = now
+            log.warning("%d connections, the limit: %s (connections refused %d, closed for "
+                        "new ones %d so far)", len(self.conns), what,
+                        self.stats["refused_connections"], self.stats["evicted_connections"])
 
     def _forget(self, conn: Connection) -> None:
         self.auth.abandon(conn)
         self.conns.discard(conn)
+        self.silent.pop(conn, None)
         self.paused.discard(conn)
         if self.pending.get(conn.conn_id) is conn:
             del self.pending[conn.conn_id]
@@ -959,6 +987,7 @@ class Gateway:
             return
         name, password = _credentials(conn.logon)
         conn.logon_at = self.clock()
+        self.silent.pop(conn, None)
         self.auth.start(conn, name, password)
 
     def _auth_answer(self, conn: Connection, user: User | None, failed: str) -> None:

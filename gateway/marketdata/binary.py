@@ -42,6 +42,7 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 SLOW_CLOSE_GRACE_S = 10.0         # after a slow consumer's Logout(7): time to read it
+MAX_CONNECTIONS = 4096            # at the limit the oldest not logged on makes room, or refused
 HEARTBEAT_MS = 1000
 HEARTBEAT_MIN_MS, HEARTBEAT_MAX_MS = 100, 30_000   # PROTOCOL.md §4.8: the Logon's interval
 LOGON_TIMEOUT_S = 10.0            # a connection must be logged on within this
@@ -172,7 +173,12 @@ class FeedConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        if not self.server.admit(self):
+            self.closed = True
+            transport.abort()
+            return
         self.server.conns.add(self)
+        self.server.silent[self] = None
         # a connection that does not log on in time is closed (idle sockets are not free)
         asyncio.get_running_loop().call_later(self.server.logon_timeout_s, self.logon_deadline)
 
@@ -315,6 +321,7 @@ class FeedConnection(asyncio.Protocol):
             return self.reject(logon.SessionID, wire.LOGON_REJECT_HEARTBEAT_RANGE,
                                "heartbeat 100..30000 ms")
         self.logged_on = True
+        self.server.silent.pop(self, None)
         self.peer_hb_s = logon.HeartbeatIntervalMs / 1000
         self.last_recv = time.monotonic()
         now = time.time_ns()
@@ -390,6 +397,9 @@ class BinaryFeed:
         self._accounts = None
         self._accounts_mtime = None
         self.conns: set[FeedConnection] = set()
+        self.silent: dict[FeedConnection, None] = {}   # not logged on yet, oldest first
+        self.max_connections = MAX_CONNECTIONS
+        self.full_logged_at = -1e9
         self.shutdown_grace_s = SHUTDOWN_GRACE_S
         self.by_symbol: dict[int, set[FeedConnection]] = {sid: set() for sid in instruments}
         self.server: asyncio.base_events.Server | None = None
@@ -399,6 +409,7 @@ class BinaryFeed:
         self.logon_timeout_s = LOGON_TIMEOUT_S
         self.test_req_ids = 0
         self.stats = {"frames": 0, "resnapshots": 0, "slow_logouts": 0, "stale_skips": 0,
+                      "refused_connections": 0, "evicted_connections": 0,
                       "auth_failures": 0, "logon_timeouts": 0, "snapshot_requests": 0,
                       "snapshot_frames": 0, "heartbeat_timeouts": 0}
         self.auth = Authenticator(self.current_accounts,
@@ -447,9 +458,32 @@ class BinaryFeed:
                 c.transport.abort()
         self.auth.close()
 
+    def admit(self, conn: FeedConnection) -> bool:
+        """At the connection limit, the oldest connection not logged on yet is closed to make
+        room (idle sockets opened faster than the logon timeout expires them would otherwise
+        hold every descriptor); with none, the new connection is refused."""
+        if len(self.conns) < self.max_connections:
+            return True
+        now = time.monotonic()
+        if now - self.full_logged_at >= 10.0:
+            self.full_logged_at = now
+            log.warning("%d connections, the limit: %s", len(self.conns),
+                        "the oldest not logged on closes for a new one" if self.silent
+                        else "every connection is logged on: new ones refused")
+        if not self.silent:
+            self.stats["refused_connections"] += 1
+            return False
+        old = next(iter(self.silent))
+        self.stats["evicted_connections"] += 1
+        old.closed = True
+        self.drop(old)
+        old.transport.abort()
+        return True
+
     def drop(self, conn: FeedConnection) -> None:
         self.auth.abandon(conn)
         self.conns.discard(conn)
+        self.silent.pop(conn, None)
         for sid in conn.subs:
             self.by_symbol[sid].discard(conn)
         conn.subs.clear()

@@ -45,11 +45,16 @@ from websockets.http11 import Response
 from gateway.marketdata.state import ASK, BID, DELETE, INTERVALS, SymbolState, Update
 
 log = logging.getLogger("seqex.marketdata.ws")
+# the library logs every connection's open, response and close at INFO: unauthenticated
+# requests would grow the publisher's log without bound; its warnings and errors still show
+_conn_log = logging.getLogger("seqex.marketdata.ws.connections")
+_conn_log.setLevel(logging.WARNING)
 
 HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 MAX_STREAMS = 64
+MAX_CONNECTIONS = 4096            # WebSocket connections; at the limit see WsFeed._http
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
 CHANNELS = ("depth", "trades", "ticker", *(f"kline_{i}" for i in INTERVALS))
 
@@ -180,7 +185,11 @@ class WsFeed:
         self.conn_streams: dict = {}        # connection -> set of stream names
         self.stale: dict = {}               # connection -> monotonic time it fell behind
         self.server = None
+        self.max_connections = MAX_CONNECTIONS
+        self.evicting: set = set()          # closed to make room, their handlers not yet done
+        self.full_logged_at = -1e9
         self.stats = {"messages": 0, "dropped": 0, "resnapshots": 0, "slow_closes": 0,
+                      "refused_connections": 0, "evicted_connections": 0,
                       "snapshot_requests": 0, "http_requests": 0, "initial_messages": 0}
         with open(PAGE, encoding="utf-8") as f:
             self.page = f.read().encode()
@@ -188,7 +197,7 @@ class WsFeed:
     async def start(self, host: str, port: int) -> None:
         self.server = await serve(self._handler, host, port, process_request=self._http,
                                   compression=None, max_queue=64, ping_interval=20, backlog=1024,
-                                  write_limit=HIGH_WATER)
+                                  write_limit=HIGH_WATER, logger=_conn_log)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -205,6 +214,8 @@ class WsFeed:
     def _http(self, connection, request):
         url = urlsplit(request.path)
         if url.path in ("/ws", "/stream"):
+            if len(self.conn_streams) - len(self.evicting) >= self.max_connections:
+                return self._full()
             return None            # the WebSocket handshake
         self.stats["http_requests"] += 1
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -242,6 +253,26 @@ class WsFeed:
                 return self._json(400, {"code": -1120, "msg": "Invalid interval."})
             return self._json(200, v.klines(interval, limit))
         return self._json(404, {"code": -1, "msg": f"no such path {url.path}"})
+
+    def _full(self):
+        """At the connection limit (descriptors are finite: idle connections held open would
+        take every one, and the REST API and the binary feed with them), the oldest
+        connection that follows no stream is closed to make room; with none, 503."""
+        now = time.monotonic()
+        idle = next((c for c, names in self.conn_streams.items()
+                     if not names and c not in self.evicting), None)
+        if now - self.full_logged_at >= 10.0:
+            self.full_logged_at = now
+            log.warning("%d WebSocket connections, the limit: %s", len(self.conn_streams),
+                        "the oldest following no stream closes for a new one" if idle
+                        else "every one follows a stream: new ones refused (503)")
+        if idle is None:
+            self.stats["refused_connections"] += 1
+            return self._json(503, {"code": -1003, "msg": "too many connections"})
+        self.stats["evicted_connections"] += 1
+        self.evicting.add(idle)           # until its handler's cleanup
+        idle.transport.abort()
+        return None
 
     # -- WebSocket -------------------------------------------------------------------------
     async def _handler(self, conn) -> None:
@@ -290,6 +321,7 @@ class WsFeed:
         finally:
             for n in self.conn_streams.pop(conn, ()):
                 self.subs[n].discard(conn)
+            self.evicting.discard(conn)
             self.stale.pop(conn, None)
 
     def _subscribe(self, conn, names: list) -> str | None:

@@ -541,25 +541,37 @@ def test_connection_cap_and_idle_before_logon():
         gw, core, port = await started(cfg=gs.Config(max_connections=3, logon_timeout_s=1.0))
         held = [await Client.connect(port) for _ in range(3)]
         await wait_for(lambda: len(gw.conns) == 3)
-        extra = await Client.connect(port)
-        assert await extra.closed()
-        assert gw.stats["refused_connections"] == 1
+        # full of connections that sent nothing: a new one closes the oldest of them and logs
+        # on (idle connections reopened faster than the logon timeout expired them kept
+        # every user out; a flood of them locked the gateway)
+        c = await Client.connect(port)
+        assert await held[0].closed()
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        assert gw.stats["evicted_connections"] == 1 and gw.stats["refused_connections"] == 0
         # a slow sender that never completes a Logon: dripped bytes do not keep it alive
         logon = wire.encode(wire.LOGON, 1, 0, 1, 1000, 0, 0, 0, b"alice", b"pw-alice")
         try:
             for b in logon[:60]:  # 1.5 s of drip, past the 1 s allowed
-                held[0].raw(bytes([b]))
-                await held[0].w.drain()
+                held[1].raw(bytes([b]))
+                await held[1].w.drain()
                 await asyncio.sleep(0.025)
         except ConnectionError:
             pass
-        for h in held:
+        for h in held[1:]:
             assert await h.closed(timeout=5)
-        assert gw.stats["logon_timeouts"] == 3
-        assert [k for k, _ in core.kinds()] == [82]
-        c = await Client.connect(port)  # room again
-        await c.logon()
-        await c.expect(wire.LOGON_ACK)
+        assert gw.stats["logon_timeouts"] == 2
+        # every connection logged on: a new one is refused, none is closed for it
+        others = []
+        for session in (2, 3):
+            o = await Client.connect(port)
+            await o.logon(session=session)
+            await o.expect(wire.LOGON_ACK)
+            others.append(o)
+        extra = await Client.connect(port)
+        assert await extra.closed()
+        assert gw.stats["refused_connections"] == 1 and gw.stats["evicted_connections"] == 1
+        assert len(gw.live) == 3
         await gw.close()
     run(main())
 
@@ -674,7 +686,9 @@ def test_connection_flood_leaves_nothing_behind():
         for c in clients:
             assert await c.closed(timeout=5)
         await wait_for(lambda: not gw.conns)
-        assert gw.stats["refused_connections"] >= 90
+        # at the limit each new idle connection closed the oldest idle one
+        assert gw.stats["evicted_connections"] >= 90
+        assert gw.stats["connections"] == 100 and not gw.silent
         assert not gw.pending and not gw.live
         await gw.close()
     run(main())

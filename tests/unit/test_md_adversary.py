@@ -103,6 +103,65 @@ def test_a_slow_consumer_that_reads_again_gets_whole_frames_then_logout_7():
     asyncio.run(run())
 
 
+def test_idle_connections_at_the_limit_make_room_for_new_ones():
+    """Idle connections held open (no Logon on the feed, no stream on the WebSocket) took
+    every descriptor of the publisher: the REST API, the feed and the WebSocket all stopped
+    answering. At the limit the oldest idle one is closed for a new one; only when every
+    connection is in use is a new one refused."""
+    from websockets.exceptions import InvalidStatus
+
+    async def run():
+        pub = await _publisher_with_book(50)
+        pub.binary.max_connections = 3
+        pub.ws.max_connections = 3
+        loop = asyncio.get_running_loop()
+        try:
+            idle = [await asyncio.open_connection("127.0.0.1", pub.feed_port)
+                    for _ in range(3)]
+            while len(pub.binary.conns) < 3:
+                await asyncio.sleep(0.01)
+            users = []
+            for i in range(3):
+                r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+                w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"x", b"y"))
+                head = await asyncio.wait_for(r.readexactly(12), 10)
+                assert int.from_bytes(head[6:8], "little") == wire.LOGON_ACK
+                assert await asyncio.wait_for(idle[i][0].read(), 10) == b""   # closed for it
+                users.append((r, w))
+            assert pub.binary.stats["evicted_connections"] == 3
+            r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+            assert await asyncio.wait_for(r.read(), 10) == b""       # all in use: refused
+            assert pub.binary.stats["refused_connections"] == 1
+            for _r, uw in users:
+                uw.close()
+
+            url = f"ws://127.0.0.1:{pub.http_port}/ws"
+            quiet = [await connect(url) for _ in range(3)]
+            following = []
+            for i in range(3):
+                ws = await connect(url)
+                await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["trades@BTCUSDT"],
+                                          "id": 1}))
+                await asyncio.wait_for(ws.recv(), 10)
+                following.append(ws)
+                await asyncio.wait_for(quiet[i].wait_closed(), 10)
+            assert pub.ws.stats["evicted_connections"] == 3
+            try:
+                await connect(url)
+                raise AssertionError("a connection past the limit was taken")
+            except InvalidStatus as exc:
+                assert exc.response.status_code == 503
+            deadline = loop.time() + 10
+            while pub.ws.evicting:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            for ws in following:
+                await ws.close()
+        finally:
+            await pub.close()
+    asyncio.run(run())
+
+
 def _get(port: int, path: str):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
