@@ -207,7 +207,8 @@ def worst_case_output() -> dict[str, int]:
         + size[DEFICIT_COVERED] + size[POSITION] + size[ACCOUNT],
         "dead_mans_switch": MAX_OPEN_ORDERS * cancel_one + size[DEAD_MANS_SWITCH_FIRED],
         "cancel_on_disconnect": MAX_OPEN_ORDERS * cancel_one,   # one account of a session
-        "funding": size[FUNDING] + size[DEFICIT_COVERED] + size[FUNDING_SETTLED],
+        "funding": size[FUNDING] + size[DEFICIT_COVERED] + size[POSITION] + size[ACCOUNT]
+        + size[FUNDING_SETTLED],
         "trigger": er + max(er, cmd + CE_NEW_ORDER_S.size),
         "mass_cancelled": er,
         # one account of a session's mass cancel, and the report after the last one
@@ -1568,8 +1569,14 @@ class TradingEngine:
             interval = spec.funding_interval_ns
             self.next_funding[symbol] = (self.ts_ns // interval + 1) * interval
             self._reset_timer()
-        self._trigger(symbol, BY_MARK, price)
+        # liquidation first: a handoff cancels the account's conditional orders in the symbol
+        # at once, so a reduce-only stop that this mark also reaches is not sent to the
+        # CrossEngine to fill after the position it was to reduce is gone (it opened one,
+        # with no collateral behind it)
         self._check_maintenance(symbol, spec, price)
+        self._trigger(symbol, BY_MARK, price)
+        if symbol not in self.last_prices:
+            self._trigger(symbol, BY_LAST, price)   # the mark stands in until a trade
         if self.ts_ns >= self._audit_next:
             # The audit walks every account: at most once per AUDIT_INTERVAL_NS of sequenced
             # time on the mark path, so that a mark costs what it crosses (it also runs after
@@ -1671,7 +1678,16 @@ class TradingEngine:
         if acct.account_id < 0:
             return amount
         shortfall = 0
-        if pos.mode == ISOLATED:
+        if pos.mode == CROSS and amount > 0:
+            # a cross payment is the cross balance's: what it cannot pay is covered, never
+            # taken from the margins of isolated positions (which lose no more than their own)
+            iso = 0
+            for p in acct.positions.values():
+                if p.mode == ISOLATED:
+                    iso += p.margin
+            if acct.balance < iso:
+                shortfall = min(amount, iso - acct.balance)
+        elif pos.mode == ISOLATED:
             # isolated funding moves that position's margin, never below zero: a payment
             # comes out of the margin (its extra may go below zero, down to minus the
             # requirement), and what the margin cannot pay is covered like a deficit, since
@@ -1690,6 +1706,10 @@ class TradingEngine:
             acct.balance = 0
         if shortfall:
             self._cover(acct, shortfall)        # one DeficitCovered for both
+        # the balance moved: the position's liquidation and bankruptcy prices with it, and
+        # the LiqEngine ranks ADL by what AccountStatus last told it
+        self._position_status(acct, symbol)
+        self._account_status(acct)
         return amount
 
     def _trigger(self, symbol, by, price) -> None:

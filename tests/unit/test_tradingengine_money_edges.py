@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mq.record import decode
 from tests.liqcascade import SRC_ORACLE, RoutedVenue
-from tests.tradingvenue import HOUR, two_specs
+from tests.tradingvenue import HOUR, TIMELESS_FUNDING_NS, Venue, events_of, two_specs
 from tradingengine import codec as tc
 from tradingengine.margin import maintenance
 
@@ -191,3 +191,71 @@ def test_a_withdrawal_leaves_the_cross_equity_above_maintenance_at_the_mark():
     v.run()
     assert pos.size == -100                   # not handed off
     books_balance(v)
+
+
+# -- a second round of the campaign: conditional orders, funding's reports -------------------
+
+def test_a_reduce_only_stop_reached_by_the_mark_that_liquidates_does_not_open_a_position():
+    # The mark that reaches a short's reduce-only stop-loss also puts the short below
+    # maintenance. The trigger fired first and sent the stop to the CrossEngine; the handoff
+    # could not recall it, and it filled against the ask after the position was gone: a
+    # reduce-only order opened a long with nothing behind it.
+    v = Venue(two_specs(TIMELESS_FUNDING_NS))
+    v.deposit(1, 8_000_000)
+    v.deposit(2, 10**14)
+    v.mark(1, 10_000)
+    v.order(1, 2, tc.BUY, 10_000, 30)
+    v.order(2, 1, tc.SELL, 10_000, 30)
+    v.order(3, 1, tc.BUY, 0, 20, ord_type=tc.MARKET, tif=tc.IOC, flags=tc.FLAG_REDUCE_ONLY,
+            trigger_price=11_000, trigger_kind=tc.TRIGGER_STOP, trigger_by=tc.BY_MARK)
+    v.order(4, 2, tc.SELL, 13_000, 100)
+    events = v.mark(1, 13_000)
+    assert [(e[1], e[3]) for e in events_of(events, tc.LIQUIDATION)] == [(1, -30)]
+    assert v.position(1).size == 0
+    stop = [e for e in events_of(events, tc.EXEC_REPORT) if e[5] == 3]
+    assert stop and chr(stop[-1][1]) == "4", stop      # cancelled with the handoff
+    v.te.check_invariants()
+
+
+def test_a_stop_by_last_price_fires_on_the_mark_until_the_first_trade():
+    v = Venue(two_specs(TIMELESS_FUNDING_NS))
+    v.deposit(1, 10**12)
+    v.mark(2, 50_000)
+    v.order(7, 1, tc.SELL, 0, 5, symbol=2, ord_type=tc.MARKET, tif=tc.IOC,
+            trigger_price=49_000, trigger_kind=tc.TRIGGER_STOP, trigger_by=tc.BY_LAST)
+    assert not [e for e in events_of(v.mark(2, 49_500), tc.EXEC_REPORT)
+                if e[1] == tc.EXEC_TRIGGERED]
+    fired = [e for e in events_of(v.mark(2, 49_000), tc.EXEC_REPORT)
+             if e[1] == tc.EXEC_TRIGGERED]
+    assert [e[5] for e in fired] == [7]       # it waited for ever before
+
+
+def test_cross_funding_never_takes_an_isolated_margin_and_is_reported():
+    v = Venue(two_specs(HOUR))
+    v.deposit(1, 30_000_000)
+    v.deposit(2, 10**15)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.apply(tc.SET_MARGIN_MODE, tc.set_margin_mode(1, 2, tc.ISOLATED))
+    v.order(1, 2, tc.SELL, 50_000, 10, symbol=2)
+    v.order(2, 1, tc.BUY, 50_000, 10, symbol=2)       # isolated long of symbol 2
+    v.order(3, 2, tc.SELL, 10_000, 100, symbol=1)
+    v.order(4, 1, tc.BUY, 10_000, 100, symbol=1)      # cross long of symbol 1
+    acct = v.te.accounts[1]
+    iso = acct.positions[2]
+    for m in (10_500, 11_000, 12_000, 14_000, 17_000, 20_000, 30_000, 60_000, 120_000, 10**6):
+        v.mark(1, m)
+    cross = acct.balance - iso.margin
+    margin = iso.margin
+    v.apply(tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
+    events = v.apply(tc.KIND_TICK, b"", dt_ns=2 * HOUR)
+    paid = sum(e[4] for e in events_of(events, tc.FUNDING) if e[1] == 1 and e[2] == 1)
+    covered = sum(e[2] for e in events_of(events, tc.DEFICIT_COVERED) if e[1] == 1)
+    assert paid > cross
+    assert covered == paid - cross            # the cross part pays what it has, no more
+    assert iso.margin == margin and acct.balance == margin
+    # each payment is followed by the account's status: the LiqEngine ranks ADL by it
+    statuses = [e for e in events_of(events, tc.ACCOUNT) if e[1] == 1]
+    assert statuses and statuses[-1][2] == acct.balance
+    assert [e for e in events_of(events, tc.POSITION) if e[1] == 1 and e[2] == 1]
+    v.te.check_invariants()
