@@ -21,15 +21,18 @@ drained below the low-water mark it gets a fresh snapshot of every instrument it
 A connection that stays above the mark for `STALE_LIMIT_S`, or asks for snapshots past
 `QUEUE_LIMIT` times the mark, is sent Logout(7) behind the whole frames already queued, and
 closed once they are written: a consumer that reads again within `SLOW_CLOSE_GRACE_S` gets
-every frame whole, then the Logout; one that does not is cut off then (its buffer is not
-kept for ever).
+every frame whole, then the Logout, however slowly it reads; one that reads nothing for
+that long is cut off then (its buffer is not kept for ever). One user holds at most
+`MAX_CONNS_PER_USER` logged-on connections.
 """
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import struct
+import termios
 import time
 
 from gateway import wire
@@ -43,6 +46,7 @@ LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 SLOW_CLOSE_GRACE_S = 10.0         # after a slow consumer's Logout(7): time to read it
 MAX_CONNECTIONS = 4096            # at the limit the oldest not logged on makes room, or refused
+MAX_CONNS_PER_USER = 100          # logged-on connections of one user (LogonReject 6 beyond)
 HEARTBEAT_MS = 1000
 HEARTBEAT_MIN_MS, HEARTBEAT_MAX_MS = 100, 30_000   # PROTOCOL.md §4.8: the Logon's interval
 LOGON_TIMEOUT_S = 10.0            # a connection must be logged on within this
@@ -154,6 +158,8 @@ class FeedConnection(asyncio.Protocol):
         self.test_sent_at = 0.0
         self.closed = False
         self.lost = False                  # the transport is gone (connection_lost)
+        self.user_key = None               # the Username it logged on as (the per-user cap)
+        self.unsent = 0                    # after a slow consumer's Logout: bytes left
         self.awaiting_answer = False       # we sent Logout(6) and wait for the client's
         self.peer = ""                     # the client's address (the scrypt slots per peer)
         self.logon = None                  # the Logon whose credentials are being checked
@@ -235,11 +241,34 @@ class FeedConnection(asyncio.Protocol):
         self.closed = True
         self.server.drop(self)
         self.transport.close()
+        self.unsent = self._unsent()
         asyncio.get_running_loop().call_later(self.server.slow_close_grace_s, self._abort)
 
     def _abort(self) -> None:
-        if not self.lost:
-            self.transport.abort()
+        """Cut off a slow consumer that read nothing in the last grace period; one that is
+        still draining (slowly) gets another."""
+        if self.lost:
+            return
+        left = self._unsent()
+        if left < self.unsent:
+            self.unsent = left
+            asyncio.get_running_loop().call_later(self.server.slow_close_grace_s, self._abort)
+            return
+        self.transport.abort()
+
+    def _unsent(self) -> int:
+        """Bytes not yet taken by the peer: the transport's buffer and the kernel's send
+        queue (which the event loop refills only once much of it is free, so the transport's
+        alone does not move for seconds while a slow reader drains)."""
+        n = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ,
+                                                    b"\0\0\0\0"))[0]
+            except (OSError, ValueError):
+                pass
+        return n
 
     def answer_logout(self) -> None:
         """PROTOCOL.md §4.9: the client's Logout is answered, and the client, the initiator,
@@ -320,6 +349,13 @@ class FeedConnection(asyncio.Protocol):
         if not HEARTBEAT_MIN_MS <= logon.HeartbeatIntervalMs <= HEARTBEAT_MAX_MS:
             return self.reject(logon.SessionID, wire.LOGON_REJECT_HEARTBEAT_RANGE,
                                "heartbeat 100..30000 ms")
+        name = logon.Username.split(b"\0", 1)[0]
+        if self.server.user_conns.get(name, 0) >= self.server.max_conns_per_user:
+            # one user's connections would otherwise hold every slot of the feed
+            return self.reject(logon.SessionID, wire.LOGON_REJECT_NOT_OPEN,
+                               "too many connections of the user")
+        self.user_key = name
+        self.server.user_conns[name] = self.server.user_conns.get(name, 0) + 1
         self.logged_on = True
         self.server.silent.pop(self, None)
         self.peer_hb_s = logon.HeartbeatIntervalMs / 1000
@@ -398,6 +434,8 @@ class BinaryFeed:
         self._accounts_mtime = None
         self.conns: set[FeedConnection] = set()
         self.silent: dict[FeedConnection, None] = {}   # not logged on yet, oldest first
+        self.user_conns: dict[bytes, int] = {}         # Username -> logged-on connections
+        self.max_conns_per_user = MAX_CONNS_PER_USER
         self.max_connections = MAX_CONNECTIONS
         self.full_logged_at = -1e9
         self.shutdown_grace_s = SHUTDOWN_GRACE_S
@@ -484,6 +522,13 @@ class BinaryFeed:
         self.auth.abandon(conn)
         self.conns.discard(conn)
         self.silent.pop(conn, None)
+        if conn.user_key is not None:
+            n = self.user_conns.get(conn.user_key, 0) - 1
+            if n > 0:
+                self.user_conns[conn.user_key] = n
+            else:
+                self.user_conns.pop(conn.user_key, None)
+            conn.user_key = None
         for sid in conn.subs:
             self.by_symbol[sid].discard(conn)
         conn.subs.clear()

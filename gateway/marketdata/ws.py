@@ -55,6 +55,8 @@ LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 MAX_STREAMS = 64
 MAX_CONNECTIONS = 4096            # WebSocket connections; at the limit see WsFeed._http
+MAX_PER_ADDRESS = 1024            # of one peer address (the feed is public: no user to count)
+OPEN_TIMEOUT_S = 5.0              # a connection must finish its HTTP request in this
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
 CHANNELS = ("depth", "trades", "ticker", *(f"kline_{i}" for i in INTERVALS))
 
@@ -178,6 +180,11 @@ class Views:
         return out
 
 
+def _address(connection) -> str:
+    peer = connection.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
 class WsFeed:
     def __init__(self, views: dict[str, Views]):
         self.views = views
@@ -187,6 +194,8 @@ class WsFeed:
         self.server = None
         self.max_connections = MAX_CONNECTIONS
         self.evicting: set = set()          # closed to make room, their handlers not yet done
+        self.per_address: dict[str, int] = {}
+        self.max_per_address = MAX_PER_ADDRESS
         self.full_logged_at = -1e9
         self.stats = {"messages": 0, "dropped": 0, "resnapshots": 0, "slow_closes": 0,
                       "refused_connections": 0, "evicted_connections": 0,
@@ -197,7 +206,8 @@ class WsFeed:
     async def start(self, host: str, port: int) -> None:
         self.server = await serve(self._handler, host, port, process_request=self._http,
                                   compression=None, max_queue=64, ping_interval=20, backlog=1024,
-                                  write_limit=HIGH_WATER, logger=_conn_log)
+                                  write_limit=HIGH_WATER, logger=_conn_log,
+                                  open_timeout=OPEN_TIMEOUT_S)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -214,6 +224,11 @@ class WsFeed:
     def _http(self, connection, request):
         url = urlsplit(request.path)
         if url.path in ("/ws", "/stream"):
+            if self.per_address.get(_address(connection), 0) >= self.max_per_address:
+                # one host would otherwise hold every connection, following a stream each
+                self.stats["refused_connections"] += 1
+                return self._json(503, {"code": -1003, "msg": "too many connections from "
+                                                               "this address"})
             if len(self.conn_streams) - len(self.evicting) >= self.max_connections:
                 return self._full()
             return None            # the WebSocket handshake
@@ -277,6 +292,8 @@ class WsFeed:
     # -- WebSocket -------------------------------------------------------------------------
     async def _handler(self, conn) -> None:
         self.conn_streams[conn] = set()
+        address = _address(conn)
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         try:
             url = urlsplit(conn.request.path)
             names = parse_qs(url.query).get("streams", [""])[-1]
@@ -322,6 +339,11 @@ class WsFeed:
             for n in self.conn_streams.pop(conn, ()):
                 self.subs[n].discard(conn)
             self.evicting.discard(conn)
+            n = self.per_address.get(address, 0) - 1
+            if n > 0:
+                self.per_address[address] = n
+            else:
+                self.per_address.pop(address, None)
             self.stale.pop(conn, None)
 
     def _subscribe(self, conn, names: list) -> str | None:

@@ -162,6 +162,110 @@ def test_idle_connections_at_the_limit_make_room_for_new_ones():
     asyncio.run(run())
 
 
+def test_a_slow_consumer_that_reads_slowly_still_gets_the_logout():
+    """The grace after a slow consumer's Logout(7) was a fixed deadline: a client that read
+    again at once but slowly was cut inside a frame when it ran out. It is now renewed for as
+    long as the queued bytes drain."""
+    async def run():
+        pub = await _publisher_with_book(3000)
+        pub.binary.high_water, pub.binary.low_water = 64 << 10, 16 << 10
+        pub.binary.slow_close_grace_s = 0.25
+        try:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", pub.feed_port))
+            r, w = await asyncio.open_connection(sock=sock)
+            w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"x", b"y"))
+            await r.readexactly(52)
+            req = wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"0", 0, 3)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while pub.binary.conns:
+                assert loop.time() < deadline, "never found to be a slow consumer"
+                w.write(req * 20)
+                await w.drain()
+                await asyncio.sleep(0.01)
+            data = bytearray()
+            started = loop.time()
+            while True:                          # 64 KiB every 0.05 s: seconds, past the grace
+                chunk = await asyncio.wait_for(r.read(64 << 10), 60)
+                if not chunk:
+                    break
+                data += chunk
+                await asyncio.sleep(0.05)
+            assert loop.time() - started > 2 * pub.binary.slow_close_grace_s
+            i, last = 0, b""
+            while i < len(data):
+                n = int.from_bytes(data[i:i + 2], "little")
+                assert n >= 12 and i + n <= len(data), f"a frame cut at {len(data) - i} bytes"
+                last = bytes(data[i:i + n])
+                i += n
+            assert int.from_bytes(last[6:8], "little") == wire.LOGOUT
+            assert last[12] == wire.LOGOUT_SLOW_CONSUMER
+            w.close()
+        finally:
+            await pub.close()
+    asyncio.run(run())
+
+
+def test_one_user_or_one_address_cannot_hold_every_connection():
+    """Past the connection limit only idle connections make room: one feed user's logged-on
+    connections, or one host's WebSocket connections that each follow a stream, held every
+    slot. The feed takes at most max_conns_per_user connections of one user (LogonReject 6
+    beyond), the WebSocket at most max_per_address of one address (503 beyond)."""
+    from websockets.exceptions import InvalidStatus
+
+    async def logon(user: bytes):
+        r, w = await asyncio.open_connection("127.0.0.1", pub.feed_port)
+        w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, user, b"y"))
+        head = await asyncio.wait_for(r.readexactly(12), 10)
+        body = await asyncio.wait_for(r.readexactly(int.from_bytes(head[0:2], "little") - 12),
+                                      10)
+        return int.from_bytes(head[6:8], "little"), body, w
+
+    async def run():
+        global pub
+        pub = await _publisher_with_book(50)
+        pub.binary.max_conns_per_user = 2
+        pub.ws.max_per_address = 2
+        try:
+            held = [await logon(b"mallory") for _ in range(2)]
+            assert [t for t, _b, _w in held] == [wire.LOGON_ACK] * 2
+            t, body, _w = await logon(b"mallory")
+            assert t == wire.LOGON_REJECT and body[8] == wire.LOGON_REJECT_NOT_OPEN
+            t, _b, other = await logon(b"alice")           # another user gets in
+            assert t == wire.LOGON_ACK
+            held[0][2].close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while pub.binary.user_conns.get(b"mallory") != 1:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            t, _b, again = await logon(b"mallory")          # room again for that user
+            assert t == wire.LOGON_ACK
+
+            url = f"ws://127.0.0.1:{pub.http_port}/ws?streams=trades@BTCUSDT"
+            mine = [await connect(url) for _ in range(2)]
+            try:
+                await connect(url)
+                raise AssertionError("a third connection from one address was taken")
+            except InvalidStatus as exc:
+                assert exc.response.status_code == 503
+            await mine[0].close()
+            deadline = loop.time() + 10
+            while pub.ws.per_address.get("127.0.0.1") != 1:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.01)
+            mine[0] = await connect(url)
+            for ws in mine:
+                await ws.close()
+            for w in (held[1][2], other, again):
+                w.close()
+        finally:
+            await pub.close()
+    asyncio.run(run())
+
+
 def _get(port: int, path: str):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
