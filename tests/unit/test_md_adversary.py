@@ -60,6 +60,26 @@ def test_snapshot_requests_that_are_never_read_do_not_grow_the_buffer_without_bo
     asyncio.run(run())
 
 
+async def _found_slow(pub: Publisher):
+    """A feed client with a small receive buffer that asks for snapshots and reads nothing,
+    until the feed finds it a slow consumer (it leaves the feed's connections)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", pub.feed_port))
+    r, w = await asyncio.open_connection(sock=sock)
+    w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"x", b"y"))
+    await r.readexactly(52)
+    req = wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"0", 0, 3)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while pub.binary.conns:
+        assert loop.time() < deadline, "never found to be a slow consumer"
+        w.write(req * 20)
+        await w.drain()
+        await asyncio.sleep(0.01)
+    return r, w
+
+
 def test_a_slow_consumer_that_reads_again_gets_whole_frames_then_logout_7():
     """PROTOCOL.md §6: a subscriber that stays behind gets Logout(7). It used to be aborted
     as soon as it was found out, which cut its stream inside a frame and dropped the Logout
@@ -70,20 +90,7 @@ def test_a_slow_consumer_that_reads_again_gets_whole_frames_then_logout_7():
         pub.binary.high_water, pub.binary.low_water = 64 << 10, 16 << 10
         pub.binary.slow_close_grace_s = 60.0
         try:
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", pub.feed_port))
-            r, w = await asyncio.open_connection(sock=sock)
-            w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"x", b"y"))
-            await r.readexactly(52)
-            req = wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"0", 0, 3)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 60
-            while pub.binary.conns:                # asks until it is found out; reads nothing
-                assert loop.time() < deadline, "never found to be a slow consumer"
-                w.write(req * 20)
-                await w.drain()
-                await asyncio.sleep(0.01)
+            r, w = await _found_slow(pub)
             assert pub.binary.stats["slow_logouts"] == 1
             data = await asyncio.wait_for(r.read(), 60)    # now it reads: to the end
             frames, i = [], 0
@@ -171,20 +178,8 @@ def test_a_slow_consumer_that_reads_slowly_still_gets_the_logout():
         pub.binary.high_water, pub.binary.low_water = 64 << 10, 16 << 10
         pub.binary.slow_close_grace_s = 0.25
         try:
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", pub.feed_port))
-            r, w = await asyncio.open_connection(sock=sock)
-            w.write(wire.encode(wire.LOGON, 0, 0, 0, 1000, 0, 0, 0, b"x", b"y"))
-            await r.readexactly(52)
-            req = wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"0", 0, 3)
+            r, w = await _found_slow(pub)
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + 60
-            while pub.binary.conns:
-                assert loop.time() < deadline, "never found to be a slow consumer"
-                w.write(req * 20)
-                await w.drain()
-                await asyncio.sleep(0.01)
             data = bytearray()
             started = loop.time()
             while True:                          # 64 KiB every 0.05 s: seconds, past the grace
