@@ -920,6 +920,26 @@ class TradingEngine:
                 free += upnl
         return free
 
+    def _isolated_margin(self, acct: Account) -> int:
+        """What the account's isolated positions hold of its balance."""
+        pos: Position
+        iso = 0
+        for pos in acct.positions.values():
+            if pos.mode == ISOLATED:
+                iso += pos.margin
+        return iso
+
+    def _cross_maintenance(self, acct: Account) -> int:
+        """The maintenance of the account's cross positions, each at its mark (at its entry
+        price while its symbol has none)."""
+        p: Position
+        need = 0
+        for sym, p in acct.positions.items():
+            if p.size and p.mode == CROSS:
+                mark_or_entry = self.marks.get(sym) or abs(p.cost) // abs(p.size)
+                need += maintenance(p.size, mark_or_entry, self.specs[sym])
+        return need
+
     def _cross_headroom(self, acct: Account) -> int:
         """How far the cross equity (the balance less what isolated positions and orders
         hold, plus every cross position's unrealised PnL at its mark) stands above the
@@ -927,29 +947,17 @@ class TradingEngine:
         balance (a withdrawal, a transfer to an isolated margin) must leave it above zero:
         `available` counts position margins on the entry value, and after a short has
         risen far enough, maintenance at the mark exceeds them."""
-        p: Position
-        need = 0
-        iso = 0
-        for sym, p in acct.positions.items():
-            if p.mode == ISOLATED:
-                iso += p.margin
-            elif p.size:
-                mark_or_entry = self.marks.get(sym) or abs(p.cost) // abs(p.size)
-                need += maintenance(p.size, mark_or_entry, self.specs[sym])
+        need = self._cross_maintenance(acct)
         if not need:
             return MAX_MONEY
-        return acct.balance - iso - acct.order_margin + self._cross_upnl(acct) - need
+        return (acct.balance - self._isolated_margin(acct) - acct.order_margin
+                + self._cross_upnl(acct) - need)
 
     def _cross_base(self, acct: Account, symbol: int, orders_excluded: int = 0) -> int:
         """The money behind a cross position in ``symbol``: the balance less what isolated
         positions and orders hold, plus the other cross positions' losses (not their gains)."""
-        pos: Position
-        iso = 0
-        for pos in acct.positions.values():
-            if pos.mode == ISOLATED:
-                iso += pos.margin
         other = self._cross_upnl(acct, skip=symbol)
-        return (acct.balance - iso - (acct.order_margin - orders_excluded)
+        return (acct.balance - self._isolated_margin(acct) - (acct.order_margin - orders_excluded)
                 + (other if other < 0 else 0))
 
     def _set_margin(self, acct: Account, pos: Position, spec: ContractSpec) -> None:
@@ -1681,10 +1689,7 @@ class TradingEngine:
         if pos.mode == CROSS and amount > 0:
             # a cross payment is the cross balance's: what it cannot pay is covered, never
             # taken from the margins of isolated positions (which lose no more than their own)
-            iso = 0
-            for p in acct.positions.values():
-                if p.mode == ISOLATED:
-                    iso += p.margin
+            iso = self._isolated_margin(acct)
             if acct.balance < iso:
                 shortfall = min(amount, iso - acct.balance)
         elif pos.mode == ISOLATED:
@@ -1951,11 +1956,7 @@ class TradingEngine:
             self._cancel_orders(acct, symbol, 0, REASON_LIQUIDATION)
             self._hand_off(acct, symbol, pos, spec, pos.margin)
             return
-        need = 0
-        for sym, p in acct.positions.items():
-            if p.size and p.mode == CROSS:
-                mark_or_entry = self.marks.get(sym) or abs(p.cost) // abs(p.size)
-                need += maintenance(p.size, mark_or_entry, self.specs[sym])
+        need = self._cross_maintenance(acct)
         held = sum(o.margin for o in acct.orders.values() if o.symbol == symbol)
         base = self._cross_base(acct, symbol, orders_excluded=held)
         equity = base + pos.size * mark * spec.value - pos.cost
