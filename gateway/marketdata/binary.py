@@ -236,11 +236,7 @@ class FeedConnection(asyncio.Protocol):
         if self.closed:
             return
         self.server.stats["slow_logouts"] += 1
-        self.transport.write(wire.encode(wire.LOGOUT, wire.LOGOUT_SLOW_CONSUMER,
-                                         wire.char_field("slow consumer", 32)))
-        self.closed = True
-        self.server.drop(self)
-        self.transport.close()
+        self.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer")
         self.unsent = self._unsent()
         asyncio.get_running_loop().call_later(self.server.slow_close_grace_s, self._abort)
 
