@@ -84,7 +84,7 @@ def test_sigkill_of_the_hot_liqengine_mid_cascade(tmp_path):
         up = group.spawn("up", ["up", "--topology", top, "--data", data, "--base-port",
                                 str(free_port_block(60)), "--ready-timeout", "180"])
         try:
-            wait_until(lambda: "started liq.warm0" in up.log() or not up.alive, 400,
+            wait_until(lambda: "seqex is up" in up.log() or not up.alive, 400,
                        "seqex up", interval_s=0.5)
             assert up.alive, up.log()
             topo, _pid = read_state(data)
