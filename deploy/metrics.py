@@ -394,13 +394,70 @@ def serve(address: str, status_fn: Callable[[], dict | None], process: str, role
           stream: str = "", drills: str | None = None):
     """Serve /metrics on address (HOST:PORT) from a daemon thread; returns (server, thread).
     Only this process's families are served (its own registry: no Python runtime metrics)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     host, port = parse_address(address)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status_fn, process, role, stream))
     if drills:
         registry.register(DrillCollector(drills))
-    return start_http_server(port, addr=host, registry=registry)
+    return _start_server(host, port, registry)
+
+
+METRICS_MAX_OPEN = 8        # connections an exporter serves at once
+METRICS_TIMEOUT_S = 5.0     # a connection silent this long (mid-request) is closed
+
+
+def _start_server(host: str, port: int, registry):
+    """prometheus-client's WSGI server with bounds: it starts a thread per connection and
+    reads without a timeout, so idle connections to the metrics port (which lives inside every
+    engine process) would each hold a thread and a file descriptor for ever, until the process
+    cannot open a socket of its own. Here every read times out after METRICS_TIMEOUT_S, and at
+    METRICS_MAX_OPEN open connections the oldest is shut down to make room for the new one (a
+    scrape takes milliseconds; only a connection that sends nothing stays that long)."""
+    import socket
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client.exposition import (
+        ThreadingWSGIServer,
+        _get_best_family,
+        _SilentHandler,
+        make_wsgi_app,
+    )
+
+    class Handler(_SilentHandler):
+        timeout = METRICS_TIMEOUT_S   # StreamRequestHandler sets it on the socket
+
+    class Server(ThreadingWSGIServer):
+        evicted = 0
+        request_queue_size = 128   # listen backlog (socketserver's default is 5)
+
+        def __init__(self, *args, **kwargs) -> None:
+            self.open: dict[int, socket.socket] = {}   # by arrival, oldest first
+            self.lock = threading.Lock()
+            super().__init__(*args, **kwargs)
+
+        def process_request(self, request, client_address) -> None:
+            with self.lock:
+                while len(self.open) >= METRICS_MAX_OPEN:
+                    oldest = self.open.pop(next(iter(self.open)))
+                    self.evicted += 1
+                    try:   # its thread's read returns at once and the thread ends
+                        oldest.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                self.open[id(request)] = request
+            super().process_request(request, client_address)
+
+        def shutdown_request(self, request) -> None:
+            with self.lock:
+                self.open.pop(id(request), None)
+            super().shutdown_request(request)
+
+    Server.address_family, addr = _get_best_family(host, port)
+    httpd = make_server(addr, port, make_wsgi_app(registry), Server, handler_class=Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 def start_for_process(verb: str, args) -> bool:

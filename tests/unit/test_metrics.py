@@ -6,11 +6,13 @@ command lines with systemd's quoting."""
 import json
 import logging
 import shlex
+import threading
 
 import pytest
 
 from deploy import logjson, metrics, systemd, topology
 from deploy.procs import free_port, free_port_block
+from mq.control import wait_until
 
 SEQUENCER = {"role": "sequencer", "stream": "in.ce.BTCUSDT", "epoch": 3, "last": 120,
              "committed": 118, "uncommitted_bytes": 400, "sequenced": 120, "frames": 17,
@@ -272,3 +274,36 @@ def test_drill_outcomes_are_served_from_the_drills_file(tmp_path):
 def test_no_drills_file_is_no_drill_yet(tmp_path):
     fams = list(metrics.DrillCollector(str(tmp_path / "none.jsonl")).collect())
     assert [f.name for f in fams][0] == "seqex_drills" and not fams[0].samples
+
+
+def test_idle_connections_to_the_metrics_port_hold_no_thread_or_descriptor_for_long():
+    """Every engine process serves /metrics from its own threads: connections that send
+    nothing must not pile up threads and file descriptors in it (an attacker's, or a
+    half-open scraper's). At METRICS_MAX_OPEN the oldest is shut down; a scrape still works."""
+    import socket
+    port = free_port()
+    threads_before = threading.active_count()
+    server, _thread = metrics.serve(f"127.0.0.1:{port}", lambda: SEQUENCER, "seq0",
+                                    "sequencer", "in.ce.BTCUSDT")
+    idle = []
+    try:
+        for _ in range(100):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        got = metrics.scrape(f"127.0.0.1:{port}", timeout_s=5.0)
+        assert got[("seqex_stream_commit_seq", (("process", "seq0"),
+                                                ("stream", "in.ce.BTCUSDT")))] == 118
+        # the server's thread and at most METRICS_MAX_OPEN handlers
+        wait_until(lambda: threading.active_count() - threads_before
+                   <= 1 + metrics.METRICS_MAX_OPEN, 10, "the idle connections' threads to end")
+        closed = 0   # the ones shut down read end-of-file at once
+        for s in idle[:80]:
+            try:
+                closed += s.recv(1) == b""
+            except OSError:
+                closed += 1
+        assert closed == 80
+    finally:
+        for s in idle:
+            s.close()
+        server.shutdown()
+        server.server_close()
