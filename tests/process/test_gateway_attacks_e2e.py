@@ -1,7 +1,9 @@
 """A hostile client against `seqex up` (the default topology, real processes): crafted
 order-entry messages (a SeqNo of 2^64-1, an unknown template, prices and quantities at the
 limits of their types, another user's account, a broken frame) get their rejects, and the
-exchange goes on: the same user trades on a new session, another user's orders cross."""
+exchange goes on: the same user trades on a new session, another user's orders cross. Floods of
+wrong-password feed Logons and of idle connections (to the gateway and to a replica's metrics
+port) held open while clients trade keep no one out."""
 from __future__ import annotations
 
 import os
@@ -122,6 +124,39 @@ def test_crafted_messages_do_not_stop_the_exchange(tmp_path):
             assert time.monotonic() - t0 < 3, "alice's Logon waited behind the flood"
         finally:
             for sock in flood:
+                sock.close()
+
+        # Idle connections: 1,100 TCP connections to the gateway (its max_connections is
+        # 1,000) and 200 to the metrics port of a hot TradingEngine replica, none sending a
+        # byte, held open while alice trades: the gateway makes room for her, the replica
+        # keeps at most 8 handler threads and still answers scrapes (docs/security.md).
+        import json
+
+        from deploy import metrics
+        doc = json.loads(seqex("status", "--data", data, "--json").stdout)
+        hot = next(p for p in doc["processes"] if p["process"] == "te0.hot0")
+        m_host, _, m_port = hot["metrics"].rpartition(":")
+
+        def threads(pid: int) -> int:
+            with open(f"/proc/{pid}/status") as f:
+                return int(next(x for x in f if x.startswith("Threads:")).split()[1])
+
+        base_threads = threads(hot["pid"])
+        idle = []
+        try:
+            for _ in range(1_100):
+                idle.append(socket.create_connection((host, int(port)), timeout=30))
+            for _ in range(200):
+                idle.append(socket.create_connection((m_host, int(m_port)), timeout=30))
+            out = seqex("client", "--data", data, "--user", "alice", "buy", "BTCUSDT",
+                        "0.002", "@", "48000", timeout=120)
+            assert out.returncode == 0 and "accepted, resting" in out.stdout, out
+            got = metrics.scrape(hot["metrics"], timeout_s=10.0)
+            assert got[("seqex_up", (("process", "te0.hot0"), ("role", "replica")))] == 1
+            wait_until(lambda: threads(hot["pid"]) <= base_threads + metrics.METRICS_MAX_OPEN,
+                       30, "the replica's metrics threads back to at most 8 more")
+        finally:
+            for sock in idle:
                 sock.close()
 
         # `seqex keys` on this cluster (started with --base-port) makes its policy for the
