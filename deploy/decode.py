@@ -144,18 +144,21 @@ REJECT_TEXT = {
     2018: "the trigger is invalid",
     2019: "the trigger would fire at once",
     2020: "the leverage is out of range",
-    2021: "the margin is insufficient for this leverage",
+    2021: "the margin is insufficient for this leverage, or it would leave the isolated "
+          "position below maintenance at the mark",
     2022: "the margin mode cannot change while a position or orders are open",
     2023: "the amount is invalid",
     2024: "the withdrawal exceeds the available balance, or would leave the account below "
           "maintenance at the mark",
     2025: "isolated margin does not apply in cross mode",
-    2026: "the isolated margin would fall below the requirement",
+    2026: "the isolated margin would fall below the requirement, or leave the position "
+          "below maintenance at the mark",
     2027: "too many open orders",
     2028: "post-only applies to limit orders only",
     2029: "the amendment changes nothing",
     2030: "the account balance would exceed its limit",
     2031: "the transfer id is at or below ids that have expired",
+    2043: "the order would close the position beyond its bankruptcy price",
 }
 
 

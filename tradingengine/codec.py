@@ -309,6 +309,7 @@ REJECT_CODES = {
     2040: "order_done",             # a session's cancel or replace of its finished order
     2041: "post_only_not_addable",  # a replace asking PostOnly of an order entered without it
     2042: "replace_changes_type",   # a replace whose OrdType or TimeInForce is not the order's
+    2043: "price_beyond_bankruptcy",  # a closing order priced through its position's bankruptcy
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 

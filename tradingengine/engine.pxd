@@ -56,7 +56,7 @@ cdef class TradingEngine:
     cdef _rpl_done(self, Order o)
     cdef tuple _own_order(self, account, order_id)
     cdef _accepted(self, symbol, tuple ev)
-    cdef _fill(self, Account acct, Order o, symbol, spec, signed, price, maker)
+    cdef _fill(self, Account acct, Order o, symbol, spec, signed, price, ppm, maker)
     cdef _book(self, Account acct, symbol, signed, price, spec)
     cdef _exec_id(self)
     cdef _session_er(self, Order o, exec_type, status, last_px, last_qty, code, liquidity)

@@ -953,6 +953,16 @@ class TradingEngine:
         return (acct.balance - self._isolated_margin(acct) - acct.order_margin
                 + self._cross_upnl(acct) - need)
 
+    def _isolated_safe(self, pos: Position, spec: ContractSpec, margin: int) -> bool:
+        """Whether an isolated position holding ``margin`` stays above maintenance at the
+        mark: margin taken out of it (AdjustIsolatedMargin, a higher leverage) may not leave
+        it to the fund, whatever its requirement on the entry value says."""
+        mark = self.marks.get(spec.symbol)
+        if not pos.size or mark is None:
+            return True
+        return margin + pos.size * mark * spec.value - pos.cost > maintenance(pos.size, mark,
+                                                                              spec)
+
     def _cross_base(self, acct: Account, symbol: int, orders_excluded: int = 0) -> int:
         """The money behind a cross position in ``symbol``: the balance less what isolated
         positions and orders hold, plus the other cross positions' losses (not their gains)."""
@@ -1088,6 +1098,15 @@ class TradingEngine:
             reducible = size - same if size > 0 else 0
         qty = o.leaves
         flags = o.flags
+        if reducible > 0:
+            # the part that closes may not be priced beyond the position's bankruptcy price:
+            # the loss past it would be the fund's (a market order's protection price stops
+            # there instead)
+            _liq, bk = self._liq_bk(acct, symbol, pos)
+            if bk and ((o.price > bk) if buy else (o.price < bk)):
+                if o.ord_type != MARKET:
+                    return 2043
+                o.price = bk
         if flags & REDUCE_ONLY:
             if reducible <= 0:
                 return 2014
@@ -1326,6 +1345,19 @@ class TradingEngine:
             room = (pos.size if o.side == SELL else -pos.size) - ahead
             if new_qty - o.cum > room:
                 code = 2014
+        if not code and not o.flags & FLAG_REDUCE_ONLY and new_qty - o.cum > o.leaves:
+            # the risk limit, as for a new order: the position's worst case with the order
+            # grown, valued at the order's price or the mark, whichever is higher
+            pos = acct.positions[o.symbol]
+            mark = self.marks[o.symbol]
+            grown = new_qty - o.cum - o.leaves
+            worst = (pos.size + pos.buy_leaves + grown) if o.side == BUY \
+                else (pos.sell_leaves + grown - pos.size)
+            tier = spec.tier(worst * (new_price if new_price > mark else mark) * spec.value)
+            if tier is None or pos.leverage_x100 > tier.max_leverage_x100:
+                code = 2013
+        if not code and o.price != new_price and self._beyond_bankruptcy(acct, o, new_price):
+            code = 2043
         if not code and not o.flags & FLAG_REDUCE_ONLY:
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
             if need > o.margin:
@@ -1339,6 +1371,15 @@ class TradingEngine:
             self._cancel_rejected(account, coid, orig, code, 2)
             return
         self._send_amend(o, new_price, new_qty)
+
+    def _beyond_bankruptcy(self, acct: Account, o: Order, price: int) -> bool:
+        """Whether ``o`` at ``price`` would close (part of) its position beyond the
+        position's bankruptcy price (as _risk_and_send refuses for a new order)."""
+        pos = acct.positions[o.symbol]
+        if not pos.size or (pos.size > 0) == (o.side == BUY):
+            return False
+        _liq, bk = self._liq_bk(acct, o.symbol, pos)
+        return bool(bk) and ((price > bk) if o.side == BUY else (price < bk))
 
     def _order_cost(self, acct: Account, o: Order, price: int, leaves: int) -> int:
         """What ``o`` would reserve with ``leaves`` at ``price`` next to the position now (its
@@ -1422,10 +1463,27 @@ class TradingEngine:
             return
         before = pos.margin
         need = position_margin(pos.size, pos.cost, spec, lev) + pos.extra
-        if need > before and need - before > self._available(acct):
+        # the symbol's open orders are reserved at the new leverage too (never less than they
+        # hold): a fill at a lower leverage would otherwise give the position a margin the
+        # balance never held
+        old_lev = pos.leverage_x100
+        pos.leverage_x100 = lev
+        more = []
+        for o in acct.orders.values():
+            if o.symbol == symbol and o.state != UNTRIGGERED and not o.flags & REDUCE_ONLY:
+                m = self._order_cost(acct, o, o.price, o.leaves) - o.margin
+                if m > 0:
+                    more.append((o, m))
+        pos.leverage_x100 = old_lev
+        grow = (need - before if need > before else 0) + sum(m for _o, m in more)
+        if grow and grow > self._available(acct) or need < before and pos.mode == ISOLATED \
+                and not self._isolated_safe(pos, spec, need):
             self._reject_request(SET_LEVERAGE, 2021, account, symbol, lev)
             return
         pos.leverage_x100 = lev
+        for o, m in more:
+            o.margin += m
+            acct.order_margin += m
         self._set_margin(acct, pos, spec)
         self._position_status(acct, symbol)
         self._account_status(acct)
@@ -1460,7 +1518,8 @@ class TradingEngine:
         elif amount > 0 and (amount > self._available(acct)
                              or amount >= self._cross_headroom(acct)):
             code = 2012
-        elif amount < 0 and -amount > pos.extra:
+        elif amount < 0 and (-amount > pos.extra or not self._isolated_safe(
+                pos, self.specs[symbol], pos.margin + amount)):
             code = 2026
         if code:
             self._reject_request(ADJUST_MARGIN, code, account, symbol, amount & (2**64 - 1))
@@ -1686,13 +1745,15 @@ class TradingEngine:
         if acct.account_id < 0:
             return amount
         shortfall = 0
-        if pos.mode == CROSS and amount > 0:
+        if (pos.mode == CROSS or not pos.size) and amount > 0:
             # a cross payment is the cross balance's: what it cannot pay is covered, never
             # taken from the margins of isolated positions (which lose no more than their own)
             iso = self._isolated_margin(acct)
             if acct.balance < iso:
                 shortfall = min(amount, iso - acct.balance)
-        elif pos.mode == ISOLATED:
+        elif pos.mode == ISOLATED and pos.size:
+            # (closed since the boundary, before its turn: the balance it went back to pays
+            # or receives, as for a cross position)
             # isolated funding moves that position's margin, never below zero: a payment
             # comes out of the margin (its extra may go below zero, down to minus the
             # requirement), and what the margin cannot pay is covered like a deficit, since
@@ -2188,11 +2249,13 @@ class TradingEngine:
             self._session_async_cancel_reject(o, to, code)
 
     def _fit_margin(self, acct: Account, o: Order) -> None:
-        """After an amend, hold what the order needs now, never more than it held."""
+        """After an amend, hold what the order needs now: less than the amend held while in
+        flight when it went down, more when fills in between released the reservation of
+        the leaves before it (in proportion to the old leaves)."""
         if o.flags & FLAG_REDUCE_ONLY:
             need = 0
         else:
-            need = min(o.margin, self._order_cost(acct, o, o.price, o.leaves))
+            need = self._order_cost(acct, o, o.price, o.leaves)
         acct.order_margin += need - o.margin
         o.margin = need
         self._liq_dirty[acct.account_id] = None
@@ -2330,13 +2393,24 @@ class TradingEngine:
             o = ce_orders.get(ce_id)
             if o is not None and o.account != account:
                 o = None
-            self._fill(acct, o, symbol, spec, signed, price, maker)
+            if maker:
+                ppm = spec.maker_fee_ppm
+                # the LiqEngine's close-outs pay no taker fee: their makers earn no rebate,
+                # which only the taker's fee pays for (the venue's fee pools never go down)
+                if ppm < 0 and taker_acct >= RESERVED_ACCOUNT_MIN:
+                    ppm = 0
+            else:
+                ppm = spec.taker_fee_ppm
+            self._fill(acct, o, symbol, spec, signed, price, ppm, maker)
 
     def _fill(self, acct: Account, o: Order | None, symbol, spec: ContractSpec,
-              signed, price, maker) -> None:
+              signed, price, ppm, maker) -> None:
         """``o`` is None for a fill of an order this engine does not know."""
         qty = signed if signed > 0 else -signed
         pos: Position = self._position(acct, symbol)
+        before = pos.size
+        margin_before = pos.margin
+        release = 0
         if o is not None:
             if qty > o.leaves:
                 raise EngineHalted(f"order {o.order_id} filled {qty} with {o.leaves} left")
@@ -2351,18 +2425,67 @@ class TradingEngine:
             else:
                 pos.sell_leaves -= qty
         notional = qty * price * spec.value
-        paid = fee(notional, spec.maker_fee_ppm if maker else spec.taker_fee_ppm)
+        paid = fee(notional, ppm)
         acct.balance -= paid
         acct.fees_paid += paid
         self._liq_dirty[acct.account_id] = None
         self.fee_pool += paid
         self._book(acct, symbol, signed, price, spec)
+        after = pos.size
+        if pos.mode == ISOLATED:
+            # the lots this fill opened (beyond the position it closed)
+            opened = (after - (before if before > 0 else 0) if after > 0 else 0) \
+                if signed > 0 else ((before if before < 0 else 0) - after if after < 0 else 0)
+            if opened:
+                self._isolated_opened(acct, pos, spec, signed > 0, price, opened,
+                                      margin_before + release)
+        if before and (after < before if before > 0 else after > before):
+            self._refit_reducing(acct, symbol, SELL if before > 0 else BUY)
         if o is not None:
             self._er(o, EXEC_TRADE, price, qty, paid, 0, 1 if maker else 2)
             if o.leaves == 0:
                 self._drop(acct, o)
         self._cover_deficit(acct)
         self._touched[(acct.account_id, symbol)] = acct
+
+    def _isolated_opened(self, acct: Account, pos: Position, spec: ContractSpec, buy: bool,
+                         price: int, opened: int, backed: int) -> None:
+        """A fill opened (part of) an isolated position. A buy above the mark (a sell below
+        it) pays the difference at once: it goes into the margin, which its order reserved,
+        so the position does not open below its requirement at the mark. And the margin
+        holds no more than the account backs: what it gained beyond its order's reservation
+        (``backed`` less what it held) that the available balance cannot pay is cut from the
+        extra (a reservation made at another leverage, a mark moved since)."""
+        mark = self.marks.get(spec.symbol)
+        if mark is not None:
+            premium = (price - mark if buy else mark - price) * opened * spec.value
+            if premium > 0:
+                pos.extra += premium
+                self._set_margin(acct, pos, spec)
+        unbacked = pos.margin - backed
+        if unbacked > 0:
+            free = self._available(acct)
+            if free < 0:
+                pos.extra -= unbacked if unbacked < -free else -free
+                self._set_margin(acct, pos, spec)
+
+    def _refit_reducing(self, acct: Account, symbol: int, side: int) -> None:
+        """The position shrank: the orders that were to reduce it may now open, and reserve
+        what they open (an order reserves nothing for the part that reduces; the reservation
+        of a live order is otherwise never looked at again). The reservation only grows, even
+        past the available balance, which then stops withdrawals and new orders."""
+        pos: Position = acct.positions[symbol]
+        if not (pos.sell_leaves if side == SELL else pos.buy_leaves):
+            return
+        for o in acct.orders.values():
+            if o.symbol != symbol or o.side != side or o.state == UNTRIGGERED \
+                    or o.flags & REDUCE_ONLY or o.pending == PENDING_CANCEL or not o.leaves:
+                continue
+            more = self._order_cost(acct, o, o.price, o.leaves) - o.margin
+            if more > 0:
+                o.margin += more
+                acct.order_margin += more
+                self._liq_dirty[acct.account_id] = None
 
     def _book(self, acct: Account, symbol, signed, price,
               spec: ContractSpec) -> None:
@@ -3195,7 +3318,7 @@ class TradingEngine:
 # FIX 103 OrdRejReason of each reject code (PROTOCOL.md §3, ExecutionReport '8'); any other: 99
 ORD_REJ_REASON = {
     2004: 1, 3008: 2, 2010: 2,                      # unknown security; exchange closed
-    2011: 3, 2012: 3, 2013: 3, 2027: 3, 2030: 3,   # exceeds limit
+    2011: 3, 2012: 3, 2013: 3, 2027: 3, 2030: 3, 2043: 3,   # exceeds limit
     3016: 3, 3018: 3, 3007: 3,
     2016: 5, 3005: 5,                               # unknown order
     2015: 6, 3009: 6,                               # duplicate order (ClOrdID reuse)

@@ -355,10 +355,11 @@ def test_a_fill_of_an_order_the_engine_does_not_know_is_booked():
     v.te.audit()
 
 
-def test_a_loss_beyond_the_balance_is_covered_by_the_liquidation_account():
-    """Long 100 at 10,000 (10x) on 1.02 USDT; the mark falls 7% (still above maintenance) and
-    the account sells at 8,400, inside the band: the loss exceeds its balance. The balance
-    stops at zero, the liquidation account takes the deficit, and the books balance."""
+def test_a_closing_order_beyond_bankruptcy_is_refused_and_a_market_one_stops_there():
+    """Long 100 at 10,000 (10x) on 1.02 USDT; the mark falls 7% (still above maintenance). A
+    sell at 8,400, inside the band, would realise a loss beyond the balance: refused (2043),
+    as BitMEX and Phemex do. A market sell goes out with its protection price at the
+    bankruptcy price instead of the band's edge, so its loss stops at what the account has."""
     v = Venue([spec()])
     v.deposit(1, 102_000_000)
     v.deposit(2, 10**12)
@@ -366,13 +367,45 @@ def test_a_loss_beyond_the_balance_is_covered_by_the_liquidation_account():
     v.order(1, 2, c.SELL, 10_000, 100)
     v.order(1, 1, c.BUY, 10_000, 100)
     assert not events_of(v.mark(1, 9_300), c.LIQUIDATION)
+    (rej,) = events_of(v.order(5, 1, c.SELL, 8_400, 100), c.EXEC_REPORT)
+    assert rej[1] == c.EXEC_REJECTED and rej[-2] == c.CODES["price_beyond_bankruptcy"]
+    bk = v.te.view_accounts([1])[0]["positions"][0][5]
+    assert 8_400 < bk < 9_300
     v.order(2, 2, c.BUY, 8_400, 100)
-    out = v.order(2, 1, c.SELL, 8_400, 100)
+    out = v.order(6, 1, c.SELL, 0, 100, ord_type=c.MARKET, tif=c.IOC)
+    # the only bid is beyond bankruptcy: nothing fills, the order ends, the position stays
+    assert not [e for e in events_of(out, c.EXEC_REPORT) if e[1] == c.EXEC_TRADE]
+    assert v.position(1, 1).size == 100 and not v.te.accounts[1].orders
+    v.order(3, 2, c.BUY, 9_200, 100)
+    out = v.order(7, 1, c.SELL, 0, 100, ord_type=c.MARKET, tif=c.IOC)
+    fills = [e for e in events_of(out, c.EXEC_REPORT) if e[1] == c.EXEC_TRADE and e[3] == 1]
+    assert [e[11] for e in fills] == [9_200] and not events_of(out, c.DEFICIT_COVERED)
+    v.te.audit()
+
+
+def test_a_loss_beyond_the_balance_is_covered_by_the_liquidation_account():
+    """Long 100 at 10,000 (10x). With 3.02 USDT the account rests a sell at 8,400 (its
+    bankruptcy price is then near 7,000), then withdraws 2 USDT once the mark is back at 10,000: the
+    resting sell is now priced beyond the position's bankruptcy. A bid lifts it: the loss
+    exceeds the balance, the balance stops at zero, the liquidation account takes the
+    deficit, and the books balance."""
+    v = Venue([spec()])
+    v.deposit(1, 302_000_000)
+    v.deposit(2, 10**12)
+    v.mark(1, 10_000)
+    v.order(1, 2, c.SELL, 10_000, 100)
+    v.order(1, 1, c.BUY, 10_000, 100)
+    v.mark(1, 9_300)
+    v.order(5, 1, c.SELL, 8_400, 100)                # inside the band at this mark
+    assert v.te.accounts[1].orders
+    v.mark(1, 10_000)
+    v.apply(c.WITHDRAW, c.transfer(77, 1, 200_000_000))
+    assert v.te.accounts[1].balance < 102_000_000
+    out = v.order(2, 2, c.BUY, 8_400, 100)
     (covered,) = events_of(out, c.DEFICIT_COVERED)
-    balance = 102_000_000 - 600_000 - 160_000_000 - 504_000     # fees, the realised loss
-    assert covered[1:] == (1, -balance)
+    assert covered[1] == 1 and covered[2] > 0
     assert v.te.accounts[1].balance == 0
-    assert v.te.liquidation.balance == balance
+    assert v.te.liquidation.balance == -covered[2]
     v.te.audit()
 
 
