@@ -149,7 +149,7 @@ REJECT_TEXT = {
     2022: "the margin mode cannot change while a position or orders are open",
     2023: "the amount is invalid",
     2024: "the withdrawal exceeds the available balance, or would leave the account below "
-          "maintenance at the mark",
+          "maintenance at the mark or a resting closing order beyond its bankruptcy price",
     2025: "isolated margin does not apply in cross mode",
     2026: "the isolated margin would fall below the requirement, or leave the position "
           "below maintenance at the mark",

@@ -1098,10 +1098,10 @@ class TradingEngine:
             reducible = size - same if size > 0 else 0
         qty = o.leaves
         flags = o.flags
-        if reducible > 0:
-            # the part that closes may not be priced beyond the position's bankruptcy price:
-            # the loss past it would be the fund's (a market order's protection price stops
-            # there instead)
+        if size and (size > 0) != buy:
+            # an order against the position (the part that closes it, now or once the orders
+            # ahead of it are gone) may not be priced beyond its bankruptcy price: the loss
+            # past it would be the fund's (a market order's protection price stops there)
             _liq, bk = self._liq_bk(acct, symbol, pos)
             if bk and ((o.price > bk) if buy else (o.price < bk)):
                 if o.ord_type != MARKET:
@@ -1356,7 +1356,7 @@ class TradingEngine:
             tier = spec.tier(worst * (new_price if new_price > mark else mark) * spec.value)
             if tier is None or pos.leverage_x100 > tier.max_leverage_x100:
                 code = 2013
-        if not code and o.price != new_price and self._beyond_bankruptcy(acct, o, new_price):
+        if not code and self._beyond_bankruptcy(acct, o, new_price):
             code = 2043
         if not code and not o.flags & FLAG_REDUCE_ONLY:
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
@@ -1371,6 +1371,20 @@ class TradingEngine:
             self._cancel_rejected(account, coid, orig, code, 2)
             return
         self._send_amend(o, new_price, new_qty)
+
+    def _strands_closing_orders(self, acct: Account, amount: int) -> bool:
+        """Whether taking ``amount`` out of the cross balance would leave a live order
+        against a cross position priced beyond that position's bankruptcy price (which an
+        order is checked against only when it enters or is amended)."""
+        found = False
+        acct.balance -= amount
+        for o in acct.orders.values():
+            if o.state != UNTRIGGERED and acct.positions[o.symbol].mode == CROSS \
+                    and self._beyond_bankruptcy(acct, o, o.price):
+                found = True
+                break
+        acct.balance += amount
+        return found
 
     def _beyond_bankruptcy(self, acct: Account, o: Order, price: int) -> bool:
         """Whether ``o`` at ``price`` would close (part of) its position beyond the
@@ -1469,12 +1483,19 @@ class TradingEngine:
         old_lev = pos.leverage_x100
         pos.leverage_x100 = lev
         more = []
+        amending = False
         for o in acct.orders.values():
             if o.symbol == symbol and o.state != UNTRIGGERED and not o.flags & REDUCE_ONLY:
+                # an amend in flight holds a reservation for leaves this engine does not
+                # know yet: the leverage waits for its answer
+                amending = amending or o.pending == PENDING_AMEND
                 m = self._order_cost(acct, o, o.price, o.leaves) - o.margin
                 if m > 0:
                     more.append((o, m))
         pos.leverage_x100 = old_lev
+        if amending:
+            self._reject_request(SET_LEVERAGE, 2017, account, symbol, lev)
+            return
         grow = (need - before if need > before else 0) + sum(m for _o, m in more)
         if grow and grow > self._available(acct) or need < before and pos.mode == ISOLATED \
                 and not self._isolated_safe(pos, spec, need):
@@ -1516,7 +1537,8 @@ class TradingEngine:
         elif amount == 0:
             code = 2023
         elif amount > 0 and (amount > self._available(acct)
-                             or amount >= self._cross_headroom(acct)):
+                             or amount >= self._cross_headroom(acct)
+                             or self._strands_closing_orders(acct, amount)):
             code = 2012
         elif amount < 0 and (-amount > pos.extra or not self._isolated_safe(
                 pos, self.specs[symbol], pos.margin + amount)):
@@ -1586,7 +1608,8 @@ class TradingEngine:
             pass
         elif amount <= 0 or amount >= MAX_MONEY:
             code = 2023
-        elif amount > self._available(acct) or amount >= self._cross_headroom(acct):
+        elif amount > self._available(acct) or amount >= self._cross_headroom(acct) \
+                or self._strands_closing_orders(acct, amount):
             code = 2024
         if code:
             self._reject_request(WITHDRAW, code, account, 0, transfer_id)
@@ -1745,13 +1768,14 @@ class TradingEngine:
         if acct.account_id < 0:
             return amount
         shortfall = 0
-        if (pos.mode == CROSS or not pos.size) and amount > 0:
+        moved = pos.size != size     # closed or changed since the boundary, before its turn
+        if (pos.mode == CROSS or moved) and amount > 0:
             # a cross payment is the cross balance's: what it cannot pay is covered, never
             # taken from the margins of isolated positions (which lose no more than their own)
             iso = self._isolated_margin(acct)
             if acct.balance < iso:
                 shortfall = min(amount, iso - acct.balance)
-        elif pos.mode == ISOLATED and pos.size:
+        elif pos.mode == ISOLATED and not moved:
             # (closed since the boundary, before its turn: the balance it went back to pays
             # or receives, as for a cross position)
             # isolated funding moves that position's margin, never below zero: a payment
@@ -2018,7 +2042,9 @@ class TradingEngine:
             self._hand_off(acct, symbol, pos, spec, pos.margin)
             return
         need = self._cross_maintenance(acct)
-        held = sum(o.margin for o in acct.orders.values() if o.symbol == symbol)
+        # every order of the account holds cross money, whatever its symbol: all of them go
+        # before a position does
+        held = acct.order_margin
         base = self._cross_base(acct, symbol, orders_excluded=held)
         equity = base + pos.size * mark * spec.value - pos.cost
         other = self._cross_upnl(acct, skip=symbol)
@@ -2026,7 +2052,7 @@ class TradingEngine:
             equity += other    # gains elsewhere keep a cross account alive
         if equity - held > need:
             return
-        self._cancel_orders(acct, symbol, 0, REASON_LIQUIDATION)
+        self._cancel_orders(acct, 0, 0, REASON_LIQUIDATION)
         if equity > need:
             return               # the cancels release enough
         self._hand_off(acct, symbol, pos, spec, base)
@@ -2415,6 +2441,12 @@ class TradingEngine:
             if qty > o.leaves:
                 raise EngineHalted(f"order {o.order_id} filled {qty} with {o.leaves} left")
             release = o.margin if qty == o.leaves else o.margin * qty // o.leaves
+            if o.pending == PENDING_AMEND and release:
+                # o.margin holds the amend's reservation for leaves not known here yet: the
+                # lots filled release no more than they cost (the answer fits the rest)
+                own = self._order_cost(acct, o, o.price, qty)
+                if own < release:
+                    release = own
             o.margin -= release
             acct.order_margin -= release
             self._liq_dirty[acct.account_id] = None
@@ -2437,8 +2469,7 @@ class TradingEngine:
             opened = (after - (before if before > 0 else 0) if after > 0 else 0) \
                 if signed > 0 else ((before if before < 0 else 0) - after if after < 0 else 0)
             if opened:
-                self._isolated_opened(acct, pos, spec, signed > 0, price, opened,
-                                      margin_before + release)
+                self._isolated_opened(acct, pos, spec, signed > 0, price, opened, margin_before)
         if before and (after < before if before > 0 else after > before):
             self._refit_reducing(acct, symbol, SELL if before > 0 else BUY)
         if o is not None:
@@ -2449,25 +2480,25 @@ class TradingEngine:
         self._touched[(acct.account_id, symbol)] = acct
 
     def _isolated_opened(self, acct: Account, pos: Position, spec: ContractSpec, buy: bool,
-                         price: int, opened: int, backed: int) -> None:
+                         price: int, opened: int, margin_before: int) -> None:
         """A fill opened (part of) an isolated position. A buy above the mark (a sell below
         it) pays the difference at once: it goes into the margin, which its order reserved,
         so the position does not open below its requirement at the mark. And the margin
-        holds no more than the account backs: what it gained beyond its order's reservation
-        (``backed`` less what it held) that the available balance cannot pay is cut from the
-        extra (a reservation made at another leverage, a mark moved since)."""
+        holds no more than the account backs: when the balance no longer covers every
+        reservation and margin (the fee was paid, a mark moved since the order was reserved,
+        a reservation grew past the balance), what the fill added to the margin is cut from
+        the extra by as much."""
         mark = self.marks.get(spec.symbol)
         if mark is not None:
             premium = (price - mark if buy else mark - price) * opened * spec.value
             if premium > 0:
                 pos.extra += premium
                 self._set_margin(acct, pos, spec)
-        unbacked = pos.margin - backed
-        if unbacked > 0:
-            free = self._available(acct)
-            if free < 0:
-                pos.extra -= unbacked if unbacked < -free else -free
-                self._set_margin(acct, pos, spec)
+        short = acct.order_margin + acct.position_margin - acct.balance
+        grown = pos.margin - margin_before
+        if short > 0 and grown > 0:
+            pos.extra -= grown if grown < short else short
+            self._set_margin(acct, pos, spec)
 
     def _refit_reducing(self, acct: Account, symbol: int, side: int) -> None:
         """The position shrank: the orders that were to reduce it may now open, and reserve
@@ -2478,8 +2509,9 @@ class TradingEngine:
         if not (pos.sell_leaves if side == SELL else pos.buy_leaves):
             return
         for o in acct.orders.values():
+            # (an order whose cancel is in flight too: the cancel may lose the race to a fill)
             if o.symbol != symbol or o.side != side or o.state == UNTRIGGERED \
-                    or o.flags & REDUCE_ONLY or o.pending == PENDING_CANCEL or not o.leaves:
+                    or o.flags & REDUCE_ONLY or not o.leaves:
                 continue
             more = self._order_cost(acct, o, o.price, o.leaves) - o.margin
             if more > 0:

@@ -383,12 +383,11 @@ def test_a_closing_order_beyond_bankruptcy_is_refused_and_a_market_one_stops_the
     v.te.audit()
 
 
-def test_a_loss_beyond_the_balance_is_covered_by_the_liquidation_account():
+def test_a_withdrawal_may_not_leave_a_resting_close_beyond_bankruptcy():
     """Long 100 at 10,000 (10x). With 3.02 USDT the account rests a sell at 8,400 (its
-    bankruptcy price is then near 7,000), then withdraws 2 USDT once the mark is back at 10,000: the
-    resting sell is now priced beyond the position's bankruptcy. A bid lifts it: the loss
-    exceeds the balance, the balance stops at zero, the liquidation account takes the
-    deficit, and the books balance."""
+    bankruptcy price then near 7,000). Withdrawing 2 USDT would move the bankruptcy price to
+    about 9,000, beyond the resting sell, whose fill would then realise a loss beyond the
+    balance for the fund to cover: refused (2024). What leaves the sell where it is passes."""
     v = Venue([spec()])
     v.deposit(1, 302_000_000)
     v.deposit(2, 10**12)
@@ -399,13 +398,10 @@ def test_a_loss_beyond_the_balance_is_covered_by_the_liquidation_account():
     v.order(5, 1, c.SELL, 8_400, 100)                # inside the band at this mark
     assert v.te.accounts[1].orders
     v.mark(1, 10_000)
-    v.apply(c.WITHDRAW, c.transfer(77, 1, 200_000_000))
-    assert v.te.accounts[1].balance < 102_000_000
-    out = v.order(2, 2, c.BUY, 8_400, 100)
-    (covered,) = events_of(out, c.DEFICIT_COVERED)
-    assert covered[1] == 1 and covered[2] > 0
-    assert v.te.accounts[1].balance == 0
-    assert v.te.liquidation.balance == -covered[2]
+    (rej,) = events_of(v.apply(c.WITHDRAW, c.transfer(77, 1, 200_000_000)), c.REQUEST_REJECTED)
+    assert rej[1] == c.CODES["withdrawal_exceeds_available"]
+    v.apply(c.WITHDRAW, c.transfer(78, 1, 50_000_000))
+    assert v.te.accounts[1].balance < 302_000_000 - 50_000_000 + 1
     v.te.audit()
 
 

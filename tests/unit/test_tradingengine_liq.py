@@ -7,7 +7,7 @@ import struct
 import msgpack
 import pytest
 
-from tests.tradingvenue import Venue, events_of, spec
+from tests.tradingvenue import HOUR, Venue, events_of, spec, two_specs
 from tradingengine import codec as c
 from tradingengine.engine import MAX_ADLS_PER_RECORD, EngineHalted, TradingEngine
 from tradingengine.margin import Tier
@@ -67,23 +67,24 @@ def test_without_liq_sources_the_liquidation_account_still_takes_the_handoff():
 
 
 def test_a_deficit_is_covered_from_clearing_with_liq_sources():
-    """A resting sell at 8,400 placed with 3.02 USDT behind the long, then 2 USDT withdrawn:
-    lifted, it realises a loss beyond the balance (as in test_tradingengine.py), which
-    clearing covers when the shard works with the LiqEngine."""
-    v = Venue([spec()], liq_sources=[LIQ_SRC], shadows=(ReferenceEngine,))
-    v.deposit(1, 302_000_000)
-    v.deposit(2, 10**12)
+    """A cross long whose mark went up a hundredfold owes funding beyond its balance (three
+    intervals in one record): what the balance cannot pay is covered by clearing when the
+    shard works with the LiqEngine, not by the shard's liquidation account."""
+    v = Venue(two_specs(), liq_sources=[LIQ_SRC], shadows=(ReferenceEngine,))
+    v.deposit(1, 30_000_000)
+    v.deposit(2, 10**15)
     v.mark(1, 10_000)
-    v.order(1, 2, c.SELL, 10_000, 100)
-    v.order(1, 1, c.BUY, 10_000, 100)
-    v.mark(1, 9_300)
-    v.order(5, 1, c.SELL, 8_400, 100)
-    v.mark(1, 10_000)
-    v.apply(c.WITHDRAW, c.transfer(77, 1, 200_000_000))
-    out = v.order(2, 2, c.BUY, 8_400, 100)
-    (covered,) = events_of(out, c.DEFICIT_COVERED)
-    assert covered[1] == 1 and covered[2] > 0
-    assert v.te.clearing.balance == -covered[2] and v.te.liquidation.balance == 0
+    v.order(3, 2, c.SELL, 10_000, 100)
+    v.order(4, 1, c.BUY, 10_000, 100)
+    for m in (10_500, 11_000, 12_000, 14_000, 17_000, 20_000, 30_000, 60_000, 120_000, 10**6):
+        v.mark(1, m)
+    v.apply(c.FUNDING_INPUTS, c.funding_inputs(1, 7500, 0))
+    out = v.apply(c.KIND_TICK, b"", dt_ns=3 * HOUR)
+    covered = [e for e in events_of(out, c.DEFICIT_COVERED) if e[1] == 1]
+    assert covered and all(e[2] > 0 for e in covered)
+    assert v.te.accounts[1].balance == 0
+    assert v.te.clearing.balance == -sum(e[2] for e in covered)
+    assert v.te.liquidation.balance == 0
     v.te.audit()
 
 
