@@ -196,3 +196,29 @@ class RoutedVenue:
 
 
 __all__ = ["RoutedVenue", "Stream"]
+
+
+def te_events(stream: Stream, kinds, last=None) -> list[tuple]:
+    """The TradingEngine events of ``kinds`` in a stream's output (its ``last`` frames)."""
+    frames = stream.out if last is None else stream.out[-last:]
+    return [x for fr in frames for r in decode(fr) for x in tc.decode_events(r[6])
+            if x[0] in kinds]
+
+
+def check_books(v: RoutedVenue, st: Stream) -> None:
+    """After every record of every engine (``on_record``): its own audit, the fund never
+    below zero, and the books of all engines together equal to what was deposited."""
+    if st is v.liq or st in v.te:
+        st.engine.audit()
+    if st is v.liq:
+        assert st.engine.fund >= 0, f"fund {st.engine.fund} below zero at in.liq {st.seq}"
+    books = v.books()
+    assert sum(b.total() for b in books) == sum(b.deposits for b in books), \
+        f"money created or lost after {st.name} seq {st.seq}"
+
+
+def audited_venue(specs: list, fund: int) -> RoutedVenue:
+    """Two shards, every record checked (check_books), the insurance fund holding ``fund``."""
+    v = RoutedVenue(specs, n_shards=2, on_record=check_books)
+    v.fund_deposit(1, fund)
+    return v

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from mq.record import decode
-from tests.liqcascade import RoutedVenue
+from tests.liqcascade import RoutedVenue, audited_venue
+from tests.liqcascade import te_events as events
 from tests.tradingvenue import HOUR, two_specs
 from tradingengine import codec as tc
 from tradingengine.margin import maintenance
@@ -20,25 +20,8 @@ from tradingengine.margin import maintenance
 MM, TRADER, TAKER = 2, 11, 13        # the market maker on shard 0; the others on shard 1
 
 
-def events(stream, kinds) -> list[tuple]:
-    return [x for fr in stream.out for r in decode(fr) for x in tc.decode_events(r[6])
-            if x[0] in kinds]
-
-
-def check_record(v: RoutedVenue, st) -> None:
-    if st is v.liq or st in v.te:
-        st.engine.audit()
-    if st is v.liq:
-        assert st.engine.fund >= 0, f"fund {st.engine.fund} below zero at in.liq {st.seq}"
-    books = v.books()
-    assert sum(b.total() for b in books) == sum(b.deposits for b in books), \
-        f"money created or lost after {st.name} seq {st.seq}"
-
-
 def venue(fund: int) -> RoutedVenue:
-    v = RoutedVenue(two_specs(HOUR), n_shards=2, on_record=check_record)
-    v.fund_deposit(1, fund)
-    return v
+    return audited_venue(two_specs(HOUR), fund)
 
 
 def isolated_equity_over_maintenance(v: RoutedVenue, account: int, symbol: int) -> int:
@@ -49,13 +32,8 @@ def isolated_equity_over_maintenance(v: RoutedVenue, account: int, symbol: int) 
     return pos.margin + pos.size * mark * spec.value - pos.cost - maintenance(pos.size, mark, spec)
 
 
-def test_raising_leverage_of_an_isolated_position_in_loss_frees_margin_its_loss_needs():
-    # docs/tradingengine.md §6: an isolated position "can lose no more than that margin";
-    # SetLeverage only checks the available balance when the requirement RISES. Raising the
-    # leverage of an isolated long that is 75 USDT under water moves its margin (100.2 ->
-    # 10.2 USDT) back to the cross balance with no look at the unrealised loss; the trader
-    # withdraws it, and the next mark hands the position off at a bankruptcy price far above
-    # the mark: the insurance fund pays the loss the margin was there to cover.
+def isolated_long(leverage_x100: int) -> tuple[RoutedVenue, int]:
+    """TRADER isolated long 500 at 10,000 on 10 USDT, bought from MM; the fund at 10**11."""
     fund = 10**11
     v = venue(fund)
     v.deposit(MM, 10**15, 2)
@@ -63,10 +41,36 @@ def test_raising_leverage_of_an_isolated_position_in_loss_frees_margin_its_loss_
     v.mark(1, 10_000)
     v.run()
     v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
-    v.leverage(TRADER, 1, 500)                                  # 5x isolated
+    v.leverage(TRADER, 1, leverage_x100)
     v.order(MM, 1, 1, tc.SELL, 10_000, 500)
     v.order(TRADER, 2, 1, tc.BUY, 10_000, 500)
     v.run()
+    return v, fund
+
+
+def withdraw_all_then_mark(v: RoutedVenue, fund: int, mark: int) -> None:
+    """TRADER withdraws what is available, a bid waits at 8,000, the mark comes again: the
+    fund must not pay for the position."""
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    v.operator_te(TRADER, tc.WITHDRAW, tc.transfer(10, TRADER, te._available(acct) - 1))
+    v.order(MM, 5, 1, tc.BUY, 8_000, 10_000)
+    v.run()
+    v.mark(1, mark)
+    v.run()
+    for _ in range(5):
+        v.tick(300_000_000)
+    assert v.liq.engine.fund >= fund, f"the fund paid {fund - v.liq.engine.fund}"
+
+
+def test_raising_leverage_of_an_isolated_position_in_loss_frees_margin_its_loss_needs():
+    # docs/tradingengine.md §6: an isolated position "can lose no more than that margin";
+    # SetLeverage only checks the available balance when the requirement RISES. Raising the
+    # leverage of an isolated long that is 75 USDT under water moves its margin (100.2 ->
+    # 10.2 USDT) back to the cross balance with no look at the unrealised loss; the trader
+    # withdraws it, and the next mark hands the position off at a bankruptcy price far above
+    # the mark: the insurance fund pays the loss the margin was there to cover.
+    v, fund = isolated_long(500)                                # 5x isolated
     for p in (9_500, 9_000, 8_700, 8_500):
         v.mark(1, p)
         v.run()
@@ -76,16 +80,7 @@ def test_raising_leverage_of_an_isolated_position_in_loss_frees_margin_its_loss_
     refused = [e for e in events(v.te[1], (tc.REQUEST_REJECTED,)) if e[2] == tc.SET_LEVERAGE]
     assert refused or isolated_equity_over_maintenance(v, TRADER, 1) > 0, \
         "SetLeverage left the isolated position's equity below maintenance"
-    te = v.te[1].engine
-    acct = te.accounts[TRADER]
-    v.operator_te(TRADER, tc.WITHDRAW, tc.transfer(10, TRADER, te._available(acct) - 1))
-    v.order(MM, 5, 1, tc.BUY, 8_000, 10_000)
-    v.run()
-    v.mark(1, 8_500)
-    v.run()
-    for _ in range(5):
-        v.tick(300_000_000)
-    assert v.liq.engine.fund >= fund, f"the fund paid {fund - v.liq.engine.fund}"
+    withdraw_all_then_mark(v, fund, 8_500)
 
 
 def test_removing_isolated_margin_of_a_position_in_loss_leaves_it_below_maintenance():
@@ -93,17 +88,7 @@ def test_removing_isolated_margin_of_a_position_in_loss_leaves_it_below_maintena
     # requirement)": the requirement is on the entry value; the unrealised loss is not looked
     # at. An isolated long with 100 USDT added, 65 USDT under water, takes all 100 back; it is
     # handed off at the next mark at a bankruptcy price above the mark, and the fund pays.
-    fund = 10**11
-    v = venue(fund)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(TRADER, 10**9, 3)
-    v.mark(1, 10_000)
-    v.run()
-    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
-    v.leverage(TRADER, 1, 5000)
-    v.order(MM, 1, 1, tc.SELL, 10_000, 500)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 500)
-    v.run()
+    v, fund = isolated_long(5000)
     v.operator_te(TRADER, tc.ADJUST_MARGIN, tc.adjust_margin(TRADER, 1, 100_000_000))
     v.run()
     for p in (9_800, 9_500, 9_000, 8_700):
@@ -116,16 +101,7 @@ def test_removing_isolated_margin_of_a_position_in_loss_leaves_it_below_maintena
     refused = [e for e in events(v.te[1], (tc.REQUEST_REJECTED,)) if e[2] == tc.ADJUST_MARGIN]
     assert refused or isolated_equity_over_maintenance(v, TRADER, 1) > 0, \
         "AdjustIsolatedMargin left the isolated position's equity below maintenance"
-    te = v.te[1].engine
-    acct = te.accounts[TRADER]
-    v.operator_te(TRADER, tc.WITHDRAW, tc.transfer(10, TRADER, te._available(acct) - 1))
-    v.order(MM, 5, 1, tc.BUY, 8_000, 10_000)
-    v.run()
-    v.mark(1, 8_700)
-    v.run()
-    for _ in range(5):
-        v.tick(300_000_000)
-    assert v.liq.engine.fund >= fund, f"the fund paid {fund - v.liq.engine.fund}"
+    withdraw_all_then_mark(v, fund, 8_700)
 
 
 def test_a_reducing_order_that_reserved_nothing_opens_a_position_once_the_long_is_gone():
@@ -589,6 +565,21 @@ def test_funding_of_an_isolated_position_reduced_before_its_turn_is_paid_by_the_
     assert not covered, f"the fund covered {covered} of the funding of a solvent account"
 
 
+def isolated_buy_resting():
+    """One shard, CrossEngine results delivered by hand: TRADER (3 USDT, isolated, 50x) rests
+    a buy of 100 at 10,000 (client order id 1)."""
+    from tests.tradingvenue import Venue
+    v = Venue(two_specs(HOUR), auto=False)
+    v.deposit(MM, 10**15)
+    v.deposit(TRADER, 300_000_000)
+    v.mark(1, 10_000)
+    v.apply(tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
+    v.apply(tc.SET_LEVERAGE, tc.set_leverage(TRADER, 1, 5000))
+    v.order(1, TRADER, tc.BUY, 10_000, 100)
+    v.deliver()
+    return v
+
+
 def test_a_fill_during_an_amend_up_frees_the_reservation_for_withdrawal_and_the_fund_pays():
     # The previous round's fix (_fit_margin sets exactly what the order needs on Replaced)
     # leaves the window open: a fill that arrives while an amend up is in flight still
@@ -598,15 +589,8 @@ def test_a_fill_during_an_amend_up_frees_the_reservation_for_withdrawal_and_the_
     # (available -205 USDT), the fill opens an isolated long whose margin (204.9 USDT)
     # _isolated_opened takes as "backed" by the released reservation, and the handoff at the
     # next mark realises that margin from a balance of 5 USDT: the fund covers 199.8 USDT.
-    from tests.tradingvenue import Venue, events_of
-    v = Venue(two_specs(HOUR), auto=False)
-    v.deposit(MM, 10**15)
-    v.deposit(TRADER, 300_000_000)
-    v.mark(1, 10_000)
-    v.apply(tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
-    v.apply(tc.SET_LEVERAGE, tc.set_leverage(TRADER, 1, 5000))
-    v.order(1, TRADER, tc.BUY, 10_000, 100)
-    v.deliver()
+    from tests.tradingvenue import events_of
+    v = isolated_buy_resting()
     te = v.te
     acct = te.accounts[TRADER]
     v.order(2, MM, tc.SELL, 10_000, 99)                       # in.ce.1 gets it first ...
@@ -767,15 +751,8 @@ def test_lowering_leverage_while_an_amend_up_is_in_flight_gives_phantom_isolated
     # (available -9,705 USDT), unchecked. The fill gives the isolated long a 1x margin of
     # 10,000 USDT that _isolated_opened takes as backed by the released reservation: it is
     # never liquidated through a 40% fall, and its close covers 3,702 USDT from the fund.
-    from tests.tradingvenue import Venue, events_of
-    v = Venue(two_specs(HOUR), auto=False)
-    v.deposit(MM, 10**15)
-    v.deposit(TRADER, 300_000_000)
-    v.mark(1, 10_000)
-    v.apply(tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
-    v.apply(tc.SET_LEVERAGE, tc.set_leverage(TRADER, 1, 5000))
-    v.order(1, TRADER, tc.BUY, 10_000, 100)
-    v.deliver()
+    from tests.tradingvenue import events_of
+    v = isolated_buy_resting()
     te = v.te
     acct = te.accounts[TRADER]
     v.apply(tc.AMEND, tc.amend(2, 1, TRADER, qty=10_000))    # in flight ...

@@ -9,8 +9,8 @@ engine after it (deploy/audit.py).
 """
 from __future__ import annotations
 
-from mq.record import decode
-from tests.liqcascade import SRC_ORACLE, RoutedVenue
+from tests.liqcascade import SRC_ORACLE, RoutedVenue, audited_venue, check_books
+from tests.liqcascade import te_events as events
 from tests.tradingvenue import HOUR, TIMELESS_FUNDING_NS, Venue, events_of, two_specs
 from tradingengine import codec as tc
 from tradingengine.margin import maintenance
@@ -18,34 +18,14 @@ from tradingengine.margin import maintenance
 MM, TRADER, TAKER = 2, 11, 13        # the market maker on shard 0; the others on shard 1
 
 
-def events(stream, kinds, last=None) -> list[tuple]:
-    frames = stream.out if last is None else stream.out[-last:]
-    return [x for fr in frames for r in decode(fr) for x in tc.decode_events(r[6])
-            if x[0] in kinds]
-
-
-def check_record(v: RoutedVenue, st) -> None:
-    """After every record of every engine: its own audit, the fund never below zero, and the
-    books of all engines together equal to what was deposited."""
-    if st is v.liq or st in v.te:
-        st.engine.audit()
-    if st is v.liq:
-        assert st.engine.fund >= 0, f"fund {st.engine.fund} below zero at in.liq {st.seq}"
-    books = v.books()
-    assert sum(b.total() for b in books) == sum(b.deposits for b in books), \
-        f"money created or lost after {st.name} seq {st.seq}"
-
-
 def books_balance(v: RoutedVenue) -> None:
     for st in v.te:
         st.engine.check_invariants()
-    check_record(v, v.liq)
+    check_books(v, v.liq)
 
 
 def venue(fund: int) -> RoutedVenue:
-    v = RoutedVenue(two_specs(HOUR), n_shards=2, on_record=check_record)
-    v.fund_deposit(1, fund)
-    return v
+    return audited_venue(two_specs(HOUR), fund)
 
 
 def deposit(v: RoutedVenue, account: int, amount: int, tid: int) -> None:
