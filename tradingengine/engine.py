@@ -1102,7 +1102,7 @@ class TradingEngine:
             # an order against the position (the part that closes it, now or once the orders
             # ahead of it are gone) may not be priced beyond its bankruptcy price: the loss
             # past it would be the fund's (a market order's protection price stops there)
-            _liq, bk = self._liq_bk(acct, symbol, pos)
+            bk = self._bankruptcy(acct, symbol, pos)
             if bk and ((o.price > bk) if buy else (o.price < bk)):
                 if o.ord_type != MARKET:
                     return 2043
@@ -1356,7 +1356,8 @@ class TradingEngine:
             tier = spec.tier(worst * (new_price if new_price > mark else mark) * spec.value)
             if tier is None or pos.leverage_x100 > tier.max_leverage_x100:
                 code = 2013
-        if not code and self._beyond_bankruptcy(acct, o, new_price):
+        if not code and (new_price != o.price or new_qty - o.cum > o.leaves) \
+                and self._beyond_bankruptcy(acct, o, new_price):
             code = 2043
         if not code and not o.flags & FLAG_REDUCE_ONLY:
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
@@ -1386,14 +1387,51 @@ class TradingEngine:
         acct.balance += amount
         return found
 
+    def _strands_isolated(self, acct: Account, symbol: int, pos: Position, margin: int) -> bool:
+        """Whether an isolated position holding ``margin`` (less than now) would leave a live
+        order against it priced beyond its bankruptcy price."""
+        found = False
+        held = pos.margin
+        pos.margin = margin
+        for o in acct.orders.values():
+            if o.symbol == symbol and o.state != UNTRIGGERED \
+                    and self._beyond_bankruptcy(acct, o, o.price):
+                found = True
+                break
+        pos.margin = held
+        return found
+
+    def _owes_funding(self, account: int) -> bool:
+        """Whether a funding sweep in flight has yet to reach the account (it pays on its
+        size at the boundary, whatever it holds by its turn)."""
+        for sw in self.sweeps:
+            if sw[0] == SWEEP_FUNDING:
+                entries = sw[7]
+                for k in range(sw[2], len(entries)):
+                    if entries[k][0] == account:
+                        return True
+        return False
+
     def _beyond_bankruptcy(self, acct: Account, o: Order, price: int) -> bool:
         """Whether ``o`` at ``price`` would close (part of) its position beyond the
         position's bankruptcy price (as _risk_and_send refuses for a new order)."""
         pos = acct.positions[o.symbol]
         if not pos.size or (pos.size > 0) == (o.side == BUY):
             return False
-        _liq, bk = self._liq_bk(acct, o.symbol, pos)
+        bk = self._bankruptcy(acct, o.symbol, pos)
         return bool(bk) and ((price > bk) if o.side == BUY else (price < bk))
+
+    def _bankruptcy(self, acct: Account, symbol: int, pos: Position) -> int:
+        """The price beyond which closing the position would cost more than the account
+        has for it: an isolated position's margin; for a cross one the cross equity, the
+        other positions' gains included (a solvent account must be able to close a loser
+        that gains elsewhere keep alive, a stop-loss above all)."""
+        if pos.mode == ISOLATED:
+            base = pos.margin
+        else:
+            base = (acct.balance - self._isolated_margin(acct) - acct.order_margin
+                    + self._cross_upnl(acct, skip=symbol))
+        return bankruptcy_price(pos.size, pos.cost, base, self.specs[symbol])
 
     def _order_cost(self, acct: Account, o: Order, price: int, leaves: int) -> int:
         """What ``o`` would reserve with ``leaves`` at ``price`` next to the position now (its
@@ -1498,7 +1536,8 @@ class TradingEngine:
             return
         grow = (need - before if need > before else 0) + sum(m for _o, m in more)
         if grow and grow > self._available(acct) or need < before and pos.mode == ISOLATED \
-                and not self._isolated_safe(pos, spec, need):
+                and (not self._isolated_safe(pos, spec, need)
+                     or self._strands_isolated(acct, symbol, pos, need)):
             self._reject_request(SET_LEVERAGE, 2021, account, symbol, lev)
             return
         pos.leverage_x100 = lev
@@ -1541,7 +1580,8 @@ class TradingEngine:
                              or self._strands_closing_orders(acct, amount)):
             code = 2012
         elif amount < 0 and (-amount > pos.extra or not self._isolated_safe(
-                pos, self.specs[symbol], pos.margin + amount)):
+                pos, self.specs[symbol], pos.margin + amount)
+                or self._strands_isolated(acct, symbol, pos, pos.margin + amount)):
             code = 2026
         if code:
             self._reject_request(ADJUST_MARGIN, code, account, symbol, amount & (2**64 - 1))
@@ -1609,7 +1649,7 @@ class TradingEngine:
         elif amount <= 0 or amount >= MAX_MONEY:
             code = 2023
         elif amount > self._available(acct) or amount >= self._cross_headroom(acct) \
-                or self._strands_closing_orders(acct, amount):
+                or self._strands_closing_orders(acct, amount) or self._owes_funding(account):
             code = 2024
         if code:
             self._reject_request(WITHDRAW, code, account, 0, transfer_id)
