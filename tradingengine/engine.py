@@ -1808,7 +1808,9 @@ class TradingEngine:
         if acct.account_id < 0:
             return amount
         shortfall = 0
-        moved = pos.size != size     # closed or changed since the boundary, before its turn
+        # closed or changed since the boundary, before its turn: the balance its margin went
+        # back to pays or receives, as for a cross position
+        moved = pos.size != size
         if (pos.mode == CROSS or moved) and amount > 0:
             # a cross payment is the cross balance's: what it cannot pay is covered, never
             # taken from the margins of isolated positions (which lose no more than their own)
@@ -1816,8 +1818,6 @@ class TradingEngine:
             if acct.balance < iso:
                 shortfall = min(amount, iso - acct.balance)
         elif pos.mode == ISOLATED and not moved:
-            # (closed since the boundary, before its turn: the balance it went back to pays
-            # or receives, as for a cross position)
             # isolated funding moves that position's margin, never below zero: a payment
             # comes out of the margin (its extra may go below zero, down to minus the
             # requirement), and what the margin cannot pay is covered like a deficit, since
