@@ -1377,29 +1377,29 @@ class TradingEngine:
         """Whether taking ``amount`` out of the cross balance would leave a live order
         against a cross position priced beyond that position's bankruptcy price (which an
         order is checked against only when it enters or is amended)."""
-        found = False
         acct.balance -= amount
-        for o in acct.orders.values():
-            if o.state != UNTRIGGERED and acct.positions[o.symbol].mode == CROSS \
-                    and self._beyond_bankruptcy(acct, o, o.price):
-                found = True
-                break
+        found = self._stranded(acct, 0)
         acct.balance += amount
         return found
 
     def _strands_isolated(self, acct: Account, symbol: int, pos: Position, margin: int) -> bool:
         """Whether an isolated position holding ``margin`` (less than now) would leave a live
         order against it priced beyond its bankruptcy price."""
-        found = False
         held = pos.margin
         pos.margin = margin
-        for o in acct.orders.values():
-            if o.symbol == symbol and o.state != UNTRIGGERED \
-                    and self._beyond_bankruptcy(acct, o, o.price):
-                found = True
-                break
+        found = self._stranded(acct, symbol)
         pos.margin = held
         return found
+
+    def _stranded(self, acct: Account, symbol: int) -> bool:
+        """Whether a live order of ``symbol`` (0: of every cross position) is priced beyond
+        its position's bankruptcy price as the account stands now."""
+        for o in acct.orders.values():
+            if o.state != UNTRIGGERED and (o.symbol == symbol if symbol
+                                           else acct.positions[o.symbol].mode == CROSS) \
+                    and self._beyond_bankruptcy(acct, o, o.price):
+                return True
+        return False
 
     def _owes_funding(self, account: int) -> bool:
         """Whether a funding sweep in flight has yet to reach the account (it pays on its
