@@ -32,7 +32,7 @@ cdef class TradingEngine:
     cdef public dict _touched, _handlers
     cdef public list _out, sweeps
     cdef public Account clearing, liquidation
-    cdef public dict _liq_dirty
+    cdef public dict _liq_dirty, _sess_replacing
     # read or written on every record: slots, not the instance __dict__
     cdef public object route, _ctx, _exec_n, duplicates_dropped, _audit_next
     cdef public object ce_sources, oracle_sources, gateway_sources, liq_sources

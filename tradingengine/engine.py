@@ -571,6 +571,10 @@ class TradingEngine:
         self.done_sess: dict[int, tuple[int, int]] = {}   # a finished order's session (derived)
         self.user_sessions: dict[int, int] = {}   # user -> open sessions (derived)
         self.cod: dict[tuple[int, int], int] = {}
+        # replaces in flight by the session whose key each will give (derived: the entries of
+        # every account's `replacing`), so that a new order's ClOrdID check looks through the
+        # session's accounts only while one of them has a replace in flight
+        self._sess_replacing: dict[tuple[int, int], int] = {}
         self.duplicates_dropped = 0   # a metric, not state: client messages dropped as repeats
         self.route = 0                # the route of the last output (bit symbol % 64)
         self._ctx = None              # the session request being applied: [session, template,
@@ -1196,6 +1200,8 @@ class TradingEngine:
     def _replace_gives(self, coid: int, key: tuple) -> bool:
         """Whether a replace in flight (another session's, of an order of session key) is to
         give an order on any account of the session the key (coid, key)."""
+        if not self._sess_replacing.get(key):
+            return False
         sess = self.sessions.get(key)
         if sess is None:
             return False
@@ -1223,6 +1229,17 @@ class TradingEngine:
         key = (o.rpl[0], o.sess)
         if acct is not None and acct.replacing.get(key) is o:
             del acct.replacing[key]
+            self._replacing_less(o.sess)
+
+    def _replacing_more(self, sess) -> None:
+        self._sess_replacing[sess] = self._sess_replacing.get(sess, 0) + 1
+
+    def _replacing_less(self, sess) -> None:
+        n = self._sess_replacing[sess] - 1
+        if n:
+            self._sess_replacing[sess] = n
+        else:
+            del self._sess_replacing[sess]
 
     def _by_client(self, account: int, orig: int):
         """The account (or None) and its open order that goes by client order id orig for the
@@ -3105,6 +3122,7 @@ class TradingEngine:
                 o.rpl = None
             elif o.rpl is not None:
                 acct.replacing[coid, o.sess] = o
+                self._replacing_more(o.sess)
         finally:
             self._ctx = None
 
@@ -3226,6 +3244,12 @@ class TradingEngine:
                 raise EngineHalted(f"the finished ClOrdIDs of session {key} drifted")
         if n_done != len(self.done_sess):
             raise EngineHalted("the finished orders' sessions drifted")
+        replacing: dict[tuple[int, int], int] = {}
+        for acct in self.accounts.values():
+            for _coid, sess_key in acct.replacing:
+                replacing[sess_key] = replacing.get(sess_key, 0) + 1
+        if replacing != self._sess_replacing:
+            raise EngineHalted("the replaces in flight by session drifted")
         for acct in self.accounts.values():
             if acct.balance < 0:
                 raise EngineHalted(f"account {acct.account_id} balance {acct.balance} < 0")
@@ -3369,6 +3393,7 @@ class TradingEngine:
             _index_client(acct, o.client_order_id, o)
             if o.rpl is not None:
                 acct.replacing[o.rpl[0], o.sess] = o
+                self._replacing_more(o.sess)
             acct.order_margin += o.margin
             self.orders[o.order_id] = o
             if o.state == UNTRIGGERED:
