@@ -59,7 +59,8 @@ def _liqengine(config: dict) -> Made:
     from liqengine.engine import LiqEngine, LiqSpec
     _known_keys("liqengine", config, LIQ_KEYS)
     specs = [LiqSpec(s["symbol"], s["value"], s.get("max_price", 1_000_000_000),
-                     s.get("max_qty", 1_000_000_000), s.get("min_qty", 1))
+                     s.get("max_qty", 1_000_000_000), s.get("min_qty", 1),
+                     s.get("band_ppm", 0))
              for s in config.get("specs", [])]
     windows = {k: config[k] for k in ("close_out_window_ns", "indicator_interval_ns")
                if k in config}

@@ -48,8 +48,10 @@ from liqengine import codec as c
 from mq.record import decode, encode
 from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
 
-SNAPSHOT_VERSION = 3
-SNAPSHOT_VERSIONS = (1, 2, 3)        # 1: before HOLD; 2: before orders were cut to max_qty
+PPM = 1_000_000
+SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSIONS = (1, 2, 3, 4)     # 1: before HOLD; 2: before orders were cut to max_qty;
+#                                      3: before the specs kept band_ppm
 CLOSE_OUT_WINDOW_NS = 200_000_000      # a limit at the bankruptcy price rests this long
 INDICATOR_INTERVAL_NS = 1_000_000_000  # ADL indicators are recomputed at most this often
 OUTPUT_BUDGET = 256 << 10              # bytes after which a record defers ADL and indicators
@@ -82,6 +84,7 @@ class LiqSpec(NamedTuple):
     max_price: int = 1_000_000_000
     max_qty: int = 1_000_000_000   # the CrossEngine's largest order: bigger close-outs go in parts
     min_qty: int = 1               # its smallest: fewer lots cannot trade, they are deleveraged
+    band_ppm: int = 0              # an IOC's price stays within mark * (1 -/+ band) (0: no band)
 
 
 class CloseOut:
@@ -183,10 +186,13 @@ class LiqEngine:
             if s.symbol in self.specs:
                 raise ValueError("two contract specs share a symbol")
             spec = LiqSpec(s.symbol, s.value, getattr(s, "max_price", 1_000_000_000),
-                           getattr(s, "max_qty", 1_000_000_000), getattr(s, "min_qty", 1))
-            if spec.value <= 0 or spec.max_price <= 0 or not 0 < spec.min_qty <= spec.max_qty:
+                           getattr(s, "max_qty", 1_000_000_000), getattr(s, "min_qty", 1),
+                           getattr(s, "band_ppm", 0))
+            if spec.value <= 0 or spec.max_price <= 0 or not 0 < spec.min_qty <= spec.max_qty \
+                    or not 0 <= spec.band_ppm < PPM:
                 raise ValueError(f"contract spec of symbol {s.symbol}: value and max_price "
-                                 "must be above 0, and 0 < min_qty <= max_qty")
+                                 "must be above 0, 0 < min_qty <= max_qty and "
+                                 "0 <= band_ppm < 1,000,000")
             self.specs[s.symbol] = spec
         self.n_shards = n_shards
         self.te_sources = {int(k): int(v) for k, v in sorted((te_sources or {}).items())}
@@ -563,7 +569,8 @@ class LiqEngine:
         if co.phase == IOC_PHASE:
             # the reserve shrinks with the lots left: a fill lost at most what it reserved
             self.reserved -= co.reserved
-            co.reserved = (co.bp - co.ioc_price) * co.side * co.qty * self.specs[symbol].value
+            co.reserved = max(0, (co.bp - co.ioc_price) * co.side) * co.qty \
+                * self.specs[symbol].value
             self.reserved += co.reserved
         if co.qty == 0:
             # filled: the order left the book (a cancel already sent is refused, and ignored)
@@ -725,7 +732,9 @@ class LiqEngine:
             self._arm(co, self.ts_ns or 1, soon=True)
             return
         co.ioc_price = self._ioc_price(co)
-        co.reserved = (co.bp - co.ioc_price) * co.side * co.qty * self.specs[co.symbol].value
+        # (the band may put the price on the fund's side of bp: nothing to lose, no reserve)
+        co.reserved = max(0, (co.bp - co.ioc_price) * co.side) * co.qty \
+            * self.specs[co.symbol].value
         self.reserved += co.reserved
         self._send_order(co, c.IOC, co.ioc_price)
 
@@ -835,13 +844,20 @@ class LiqEngine:
         """The worst price whose loss against the bankruptcy price the free fund can pay:
         for LIQ long (selling) bp - free / (qty x value) rounded up, for LIQ short (buying)
         bp + free / (qty x value) rounded down; both round towards bp, so the fund stays
-        >= 0. Bounded by the price range of the contract."""
+        >= 0. Bounded by the price range of the contract, and by the symbol's price band
+        around its last mark, as a market order is: a bid far below the mark (an
+        accomplice's, on a thin book) is not the market, and the fund does not pay it the
+        difference. Lots the band leaves unfilled are held and deleveraged."""
         spec = self.specs[co.symbol]
         free = self.fund - self.reserved
         step = free // (co.qty * spec.value) if free > 0 else 0
+        mark = self.marks.get(co.symbol, 0)
+        band = mark * spec.band_ppm // PPM if spec.band_ppm and mark else -1
         if co.side > 0:
-            return max(1, co.bp - step)
-        return min(spec.max_price, co.bp + step)
+            price = max(1, co.bp - step)
+            return max(price, mark - band) if band >= 0 else price
+        price = min(spec.max_price, co.bp + step)
+        return min(price, mark + band) if band >= 0 else price
 
     def _release(self, co: CloseOut) -> None:
         self.reserved -= co.reserved
@@ -1138,7 +1154,7 @@ class LiqEngine:
 
     def _state(self) -> list:
         return [SNAPSHOT_VERSION, self.n_shards,
-                [[s.symbol, s.value, s.max_price, s.max_qty, s.min_qty]
+                [[s.symbol, s.value, s.max_price, s.max_qty, s.min_qty, s.band_ppm]
                  for s in self.specs.values()],
                 sorted(self.te_sources.items()), sorted(self.ce_sources.items()),
                 self.oracle_sources, self.close_out_window_ns, self.indicator_interval_ns,
@@ -1185,7 +1201,8 @@ class LiqEngine:
                     != (k.value, k.max_price) for k in kept):
                 raise ValueError("the snapshot's contract specs are not the configured ones")
             kept = [k._replace(max_qty=getattr(conf[k.symbol], "max_qty", k.max_qty),
-                               min_qty=getattr(conf[k.symbol], "min_qty", k.min_qty))
+                               min_qty=getattr(conf[k.symbol], "min_qty", k.min_qty),
+                               band_ppm=getattr(conf[k.symbol], "band_ppm", k.band_ppm))
                     for k in kept]
         eng = cls(kept, n_shards, dict(te_sources), dict(ce_sources),
                   oracle_sources, window, interval, budget)

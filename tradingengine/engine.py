@@ -645,6 +645,7 @@ class TradingEngine:
         self._sized = 0
         self._unit_done = False  # a sweep unit ran in this record
         self._touched: dict[tuple[int, int], Account] = {}   # APO status owed, in order
+        self._opened_at_loss: dict[tuple[int, int], Account] = {}   # within a record only
         self._handlers = {
             NEW_ORDER: self._new_order, CANCEL: self._cancel, AMEND: self._amend,
             CANCEL_ALL: self._cancel_all, SET_LEVERAGE: self._set_leverage,
@@ -1418,6 +1419,16 @@ class TradingEngine:
                 return True
         return False
 
+    def _cancel_stranded(self, acct: Account, symbol: int) -> None:
+        """Cancel the live orders of ``symbol`` (0: of every cross position) that are now
+        priced beyond their position's bankruptcy price (reason 8, as at maintenance)."""
+        for o in list(acct.orders.values()):
+            if o.state != UNTRIGGERED and o.pending != PENDING_CANCEL \
+                    and (o.symbol == symbol if symbol
+                         else acct.positions[o.symbol].mode == CROSS) \
+                    and self._beyond_bankruptcy(acct, o, o.price):
+                self._send_cancel(o, REASON_LIQUIDATION)
+
     def _owes_funding(self, account: int) -> bool:
         """Whether a funding sweep in flight has yet to reach the account (it pays on its
         size at the boundary, whatever it holds by its turn)."""
@@ -1853,6 +1864,10 @@ class TradingEngine:
             acct.balance = 0
         if shortfall:
             self._cover(acct, shortfall)        # one DeficitCovered for both
+        if amount > 0 and acct.orders:
+            # the money behind the position went down, its bankruptcy price towards the
+            # mark: a closing order now priced beyond it would make the fund pay the rest
+            self._cancel_stranded(acct, symbol if pos.mode == ISOLATED and not moved else 0)
         # the balance moved: the position's liquidation and bankruptcy prices with it, and
         # the LiqEngine ranks ADL by what AccountStatus last told it
         self._position_status(acct, symbol)
@@ -2113,6 +2128,12 @@ class TradingEngine:
         if equity > need:
             return               # the cancels release enough
         self._hand_off(acct, symbol, pos, spec, base)
+        # the handoff took the account's money but what the other cross positions' losses
+        # need: they are left at no more than zero equity, each checked now at its own mark
+        # (not at its symbol's next one, which the market may have run past)
+        for sym, other in list(acct.positions.items()):
+            if sym != symbol and other.size and other.mode == CROSS and sym in self.marks:
+                self._maintain(acct, sym, self.specs[sym], self.marks[sym])
 
     def _hand_off(self, acct: Account, symbol: int, pos: Position, spec: ContractSpec,
                   base: int) -> None:
@@ -2217,6 +2238,9 @@ class TradingEngine:
                 self._book(acct, symbol, closed, price, spec)
                 self._book(self.clearing, symbol, -closed, price, spec)
                 realised = pos.realised - before
+                # the orders that were to reduce it, cancelled above, may still fill on their
+                # way out: they reserve what they would now open
+                self._refit_reducing(acct, symbol, SELL if size > 0 else BUY)
         self.route |= ROUTE_LIQ
         self._out.append(_PACK[ADL_APPLIED](ADL_APPLIED, adl_id, account, symbol, closed,
                                               price, realised))
@@ -2265,6 +2289,13 @@ class TradingEngine:
             elif kind == CE_MASS_CANCELLED:
                 self._mass_cancelled(symbol, unpack(payload, off))
             off += _CE_SIZE(kind)
+        if self._opened_at_loss:
+            # an order reserves its loss against the mark when it is entered, and the mark
+            # may run past it while it rests: an account that opened at such a loss is
+            # handed off now if it is below maintenance, not at the symbol's next mark
+            opened, self._opened_at_loss = self._opened_at_loss, {}
+            for (_, sym), acct in opened.items():
+                self._maintain(acct, sym, self.specs[sym], self.marks[sym])
         # one position and account status per account the record touched, after its fills
         seen: dict[int, Account] = {}
         for (_, sym), acct in touched.items():
@@ -2336,7 +2367,14 @@ class TradingEngine:
         flight when it went down, more when fills in between released the reservation of
         the leaves before it (in proportion to the old leaves)."""
         if o.flags & FLAG_REDUCE_ONLY:
-            need = 0
+            # nothing while it reduces; the lots beyond the position (a cut of it still on its
+            # way) open if they fill, and reserve what they open
+            pos = acct.positions[o.symbol]
+            held = pos.size if o.side == SELL else -pos.size
+            opening = o.leaves - held if held > 0 else o.leaves
+            need = 0 if opening <= 0 else order_cost(
+                opening, o.price, o.side == BUY, self.marks[o.symbol], self.specs[o.symbol],
+                pos.leverage_x100)
         else:
             need = self._order_cost(acct, o, o.price, o.leaves)
         acct.order_margin += need - o.margin
@@ -2521,12 +2559,17 @@ class TradingEngine:
         self.fee_pool += paid
         self._book(acct, symbol, signed, price, spec)
         after = pos.size
-        if pos.mode == ISOLATED:
-            # the lots this fill opened (beyond the position it closed)
-            opened = (after - (before if before > 0 else 0) if after > 0 else 0) \
-                if signed > 0 else ((before if before < 0 else 0) - after if after < 0 else 0)
-            if opened:
+        # the lots this fill opened (beyond the position it closed)
+        opened = (after - (before if before > 0 else 0) if after > 0 else 0) \
+            if signed > 0 else ((before if before < 0 else 0) - after if after < 0 else 0)
+        if opened:
+            if pos.mode == ISOLATED:
                 self._isolated_opened(acct, pos, spec, signed > 0, price, opened, margin_before)
+            mark = self.marks.get(symbol)
+            if mark is not None and ((price > mark) if signed > 0 else (price < mark)):
+                # opened at a loss against the mark (a resting order the mark ran past): the
+                # account is checked against maintenance when the record's fills are booked
+                self._opened_at_loss[(acct.account_id, symbol)] = acct
         if before and (after < before if before > 0 else after > before):
             self._refit_reducing(acct, symbol, SELL if before > 0 else BUY)
         if o is not None:
@@ -2540,22 +2583,27 @@ class TradingEngine:
                          price: int, opened: int, margin_before: int) -> None:
         """A fill opened (part of) an isolated position. A buy above the mark (a sell below
         it) pays the difference at once: it goes into the margin, which its order reserved,
-        so the position does not open below its requirement at the mark. And the margin
-        holds no more than the account backs: when the balance no longer covers every
-        reservation and margin (the fee was paid, a mark moved since the order was reserved,
-        a reservation grew past the balance), what the fill added to the margin is cut from
-        the extra by as much."""
+        so the position does not open below its requirement at the mark. Positions come
+        before orders: when the balance no longer covers every reservation and margin (the
+        mark moved since the order was reserved), the account's other orders that hold
+        money are cancelled (reason 8), since what they hold is now the position's. Only
+        what the balance itself cannot cover (the fee was paid, a reservation grew past the
+        balance) is cut from what the fill added to the margin."""
         mark = self.marks.get(spec.symbol)
         if mark is not None:
             premium = (price - mark if buy else mark - price) * opened * spec.value
             if premium > 0:
                 pos.extra += premium
                 self._set_margin(acct, pos, spec)
-        short = acct.order_margin + acct.position_margin - acct.balance
+        short = acct.position_margin - acct.balance
         grown = pos.margin - margin_before
         if short > 0 and grown > 0:
             pos.extra -= grown if grown < short else short
             self._set_margin(acct, pos, spec)
+        if acct.order_margin and acct.order_margin + acct.position_margin > acct.balance:
+            for o in list(acct.orders.values()):
+                if o.margin and o.state != UNTRIGGERED and o.pending != PENDING_CANCEL:
+                    self._send_cancel(o, REASON_LIQUIDATION)
 
     def _refit_reducing(self, acct: Account, symbol: int, side: int) -> None:
         """The position shrank: the orders that were to reduce it may now open, and reserve
@@ -2566,9 +2614,10 @@ class TradingEngine:
         if not (pos.sell_leaves if side == SELL else pos.buy_leaves):
             return
         for o in acct.orders.values():
-            # (an order whose cancel is in flight too: the cancel may lose the race to a fill)
-            if o.symbol != symbol or o.side != side or o.state == UNTRIGGERED \
-                    or o.flags & REDUCE_ONLY or not o.leaves:
+            # (an order whose cancel is in flight too: the cancel may lose the race to a fill;
+            # a reduce-only one too: the cut that cancels or shrinks it is a record or more
+            # away, and until the CrossEngine has it, a fill of it opens like any other)
+            if o.symbol != symbol or o.side != side or o.state == UNTRIGGERED or not o.leaves:
                 continue
             more = self._order_cost(acct, o, o.price, o.leaves) - o.margin
             if more > 0:
@@ -2741,14 +2790,20 @@ class TradingEngine:
     def _session_cancel_reject(self, key: tuple, coid: int, orig: int, order_id: int, to: int,
                                reason: int, finished=None) -> None:
         """OrderCancelReject of the request being applied (self._ctx): OrderID and OrdStatus
-        those of the order it found, open or finished (else the request's, Rejected)."""
+        those of the order it found, open or finished (else the request's, Rejected). A
+        request that named the order by OrderID alone gets the order's ClOrdID as its
+        OrigClOrdID, as the answer of a cancel that the CrossEngine found too late does."""
         ctx = self._ctx
         o = ctx[8]
         status = STATUS_REJECTED
         if finished is not None:
             order_id, status = finished[0], finished[1][1]
+            if orig == P_NULL_ID:
+                orig = finished[1][0]
         elif o is not None:
             order_id = o.order_id
+            if orig == P_NULL_ID:
+                orig = o.client_order_id
             if order_id in self.orders:
                 status = _ord_status(o)
         self._smsg(key, P_CANCEL_REJECT, (

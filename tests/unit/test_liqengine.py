@@ -697,3 +697,39 @@ def test_an_ioc_stopped_at_the_matching_limit_goes_again_at_once(fund):
     # expired for any other reason (the book no longer crosses it): as before
     events = v.accept(max(v.orders))
     assert co.phase == HOLD if fund else kinds(events, c.ADL)
+
+
+@pytest.mark.parametrize("band_ppm, price", [(0, 1), (50_000, 950)])
+def test_an_ioc_stays_within_the_price_band_around_the_mark(band_ppm, price):
+    """The IOC goes at the worst price the free fund can pay for, and no further from the
+    mark than the symbol's band (docs/liqengine.md §6): LIQ long 5 at bp 1,000 with the mark
+    at 1,000 and a fund that could pay down to one tick sells at 950 with a 5% band. A price
+    on the fund's side of bp reserves nothing. The band is in the snapshot: a replica that
+    restores one without the configuration goes on with it."""
+    v = venue(specs=(LiqSpec(1, 1), LiqSpec(2, 100, band_ppm=band_ppm)))
+    v.deposit(1, 10**12)
+    v.mark(2, 1000)
+    v.position(21, 2, -20, 1100, balance=10**6)
+    v.hand_off(7, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    ioc = max(v.orders)
+    assert (v.orders[ioc]["tif"], v.orders[ioc]["price"]) == (c.IOC, price)
+    back = LiqEngine.restore(v.engine.snapshot())
+    assert back.specs[2].band_ppm == band_ppm
+    assert back.state_hash() == v.engine.state_hash()
+    co = v.engine.closeouts[1]
+    assert co.reserved == (1000 - price) * 5 * 100
+
+
+def test_a_version_3_snapshot_restores_with_the_configured_band():
+    import msgpack
+    e = LiqEngine([LiqSpec(2, 100, band_ppm=50_000)], 1)
+    state = msgpack.unpackb(e.snapshot(), raw=False)
+    assert state[0] == 4 and state[2] == [[2, 100, 1_000_000_000, 1_000_000_000, 1, 50_000]]
+    state[0] = 3
+    state[2] = [r[:5] for r in state[2]]
+    old = msgpack.packb(state)
+    assert LiqEngine.restore(old).specs[2].band_ppm == 0
+    assert LiqEngine.restore(old, [LiqSpec(2, 100, band_ppm=50_000)]).specs[2].band_ppm == 50_000

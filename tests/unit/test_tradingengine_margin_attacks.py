@@ -518,13 +518,11 @@ def test_an_isolated_fill_holds_no_more_margin_than_the_account_backs():
     v.order(MM, 1, 1, tc.SELL, 9_600, 1000)       # lifts the resting buy at its 10,000
     v.run()
     pos = acct.positions[1]
-    assert pos.size == 1000
-    # the premium took what the wallet had left (the extra), and no more
-    assert pos.extra > 0 and te._available(acct) == 0 and pos.margin <= acct.balance
-    for _ in range(3):
-        v.mark(1, 9_600)
-        v.run()
-    assert events(v.te[1], (tc.LIQUIDATION,)), "a position below maintenance at the mark"
+    # the premium took what the wallet had left, and no more: the margin never exceeded
+    # the balance; below maintenance at the mark, the long was handed off in the fill's
+    # record (round four), not at the next mark
+    assert pos.size == 0 and acct.position_margin == 0 and acct.balance >= 0
+    assert [e[1:4] for e in events(v.te[1], (tc.LIQUIDATION,))] == [(TRADER, 1, 1000)]
 
 
 # -- a second round, against the rules above ---------------------------------------------
@@ -1047,3 +1045,230 @@ def test_an_amend_that_only_cuts_the_quantity_of_a_closing_order_is_refused():
     v.run()
     refused = events(v.te[1], (tc.CANCEL_REJECTED,))
     assert not refused, f"a quantity cut was refused: {refused}"
+
+
+# -- round four: the close-out's price, funding, a handoff's other positions, reduce-only in
+# flight, an isolated premium behind other orders, a resting order the mark ran past --------
+
+
+def test_a_close_out_ioc_does_not_sell_into_a_bid_far_below_the_mark():
+    # docs/liqengine.md §6: the IOC goes at the worst price the free fund can pay for, and no
+    # further from the mark than the symbol's band. Without the band, the only bid (an
+    # accomplice's at half the mark) took the 1,000 lots and the fund paid it 4.755e8.
+    fund = 10**10
+    v = venue(fund)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(TAKER, 10**12, 4)
+    v.deposit(TRADER, 25_000_000, 3)
+    v.mark(1, 10_000)
+    v.run()
+    v.leverage(TRADER, 1, 5000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)               # cross long 1,000 at 50x
+    v.run()
+    v.order(TAKER, 3, 1, tc.BUY, 5_000, 1000)                 # the only bid: half the mark
+    v.run()
+    v.mark(1, 9_850)                                          # handed off near bankruptcy
+    v.run()
+    assert [e[1:3] for e in events(v.te[1], (tc.LIQUIDATION,))] == [(TRADER, 1)]
+    for _ in range(5):
+        v.tick(300_000_000)
+    band = 9_850 * v.te[1].engine.specs[1].band_ppm // 1_000_000
+    assert v.te[TAKER % 2].engine.accounts[TAKER].positions[1].size == 0
+    paid = fund - v.liq.engine.fund
+    assert paid <= 1000 * band * 100, f"the fund paid {paid}"   # (the rest: held, then ADL)
+
+
+def test_funding_cancels_a_close_that_its_payment_left_beyond_bankruptcy():
+    # A close resting at exactly the isolated long's bankruptcy price; 0.75% of funding out
+    # of the margin moves that price past it. Without the cancel an accomplice lifted it and
+    # the fund covered 2,902,000 (DeficitCovered).
+    from tests.liqcascade import SRC_ORACLE
+    fund = 10**11
+    v = venue(fund)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(TAKER, 10**12, 4)
+    v.deposit(TRADER, 25_000_000, 3)
+    v.mark(1, 10_000)
+    v.run()
+    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
+    v.leverage(TRADER, 1, 5000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)
+    v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    pos = acct.positions[1]
+    bk = te._bankruptcy(acct, 1, pos)
+    v.order(TRADER, 3, 1, tc.SELL, bk, 1000)                  # a close at the bankruptcy price
+    v.run()
+    assert [o.price for o in acct.orders.values()] == [bk]
+    for st in v.te:
+        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7_500, 7_500))
+    v.run()
+    v.tick(HOUR)
+    v.tick(1_000_000)
+    assert [e for e in events(v.te[1], (tc.FUNDING,)) if e[1] == TRADER]
+    assert not events(v.te[1], (tc.LIQUIDATION,))             # still above maintenance
+    assert te._bankruptcy(acct, 1, pos) > bk
+    assert not acct.orders, "the close beyond the moved bankruptcy price is cancelled"
+    v.order(TAKER, 4, 1, tc.BUY, bk, 1000)
+    v.run()
+    assert pos.size == 1000
+    assert not [e for e in events(v.te[1], (tc.DEFICIT_COVERED,)) if e[1] == TRADER]
+
+
+def test_a_cross_handoff_hands_off_the_other_losing_position_it_leaves_at_zero_equity():
+    # The handoff of symbol 2 takes the account's money but symbol 1's loss: symbol 1's long
+    # is left at zero equity, below maintenance. It used to stay the account's until symbol
+    # 1's next mark, and the move in between was the fund's (3,000,000 in the helper's run).
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(TRADER, 60_000_000, 3)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.leverage(TRADER, 1, 2500)
+    v.leverage(TRADER, 2, 2000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 500)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 500)
+    v.order(MM, 3, 2, tc.SELL, 50_000, 2000)
+    v.order(TRADER, 4, 2, tc.BUY, 50_000, 2000)
+    v.run()
+    v.mark(1, 9_960)
+    v.run()
+    assert not events(v.te[1], (tc.LIQUIDATION,))
+    for p in range(49_900, 45_000, -100):                     # symbol 2 falls to its handoff
+        v.mark(2, p)
+        v.run()
+        if events(v.te[1], (tc.LIQUIDATION,)):
+            break
+    handoffs = events(v.te[1], (tc.LIQUIDATION,))
+    assert [e[1:3] for e in handoffs] == [(TRADER, 2), (TRADER, 1)]
+    te = v.te[1].engine
+    assert all(p.size == 0 for p in te.accounts[TRADER].positions.values())
+
+
+def test_a_reduce_only_order_filled_on_its_way_out_after_the_close_is_backed():
+    # A reduce-only sell holds nothing; a market sell closes the long and the cut's cancel of
+    # the reduce-only sell is a record away; the trader withdraws what is available; a bid
+    # already on its way fills the reduce-only sell. It used to open a short of 1,000 behind
+    # the maker rebate alone: now it reserves what it would open once the long is gone.
+    from tests.tradingvenue import _CE_NEW, Venue
+    v = Venue(two_specs(HOUR), shard=0, n_shards=2, auto=False)
+    mm, trader, accomplice = 2, 4, 3
+    v.deposit(mm, 10**15)
+    v.deposit(trader, 300_000_000)
+    v.mark(1, 10_000)
+    v.order(1, mm, tc.SELL, 10_000, 1000)
+    v.order(2, trader, tc.BUY, 10_000, 1000)
+    v.deliver()
+    v.order(3, trader, tc.SELL, 10_000, 1000, flags=tc.FLAG_REDUCE_ONLY)
+    v.order(4, mm, tc.BUY, 9_990, 1000)
+    v.deliver()
+    te = v.te
+    acct = te.accounts[trader]
+    assert [o.margin for o in acct.orders.values() if o.client_order_id == 3] == [0]
+    v.order(5, trader, tc.SELL, 0, 1000, ord_type=tc.MARKET, tif=tc.IOC)
+    v.ce_seq[1] += 1                                          # the bid reaches in.ce.1 first
+    out = v.ces[1].apply(v.ce_seq[1], v.ts_ns, 32, _CE_NEW(777, 10_000, 1000, accomplice,
+                                                           tc.BUY, tc.LIMIT, tc.GTC, 0, 0))
+    v.pending.append(tc.ce_events(1, out))
+    v.deliver(1)                                              # the close: flat, the cut sent
+    assert acct.positions[1].size == 0
+    assert [o.margin > 0 for o in acct.orders.values() if o.client_order_id == 3] == [True]
+    v.apply(tc.WITHDRAW, tc.transfer(v.next_transfer_id(), trader, te._available(acct)))
+    v.deliver()                                               # the bid's fill, then the cut
+    pos = acct.positions[1]
+    mark = te.marks[1]
+    equity = acct.balance + pos.size * mark * te.specs[1].value - pos.cost
+    assert pos.size == -1000
+    assert equity > maintenance(pos.size, mark, te.specs[1])
+    te.check_invariants()
+
+
+def test_an_isolated_premium_comes_before_the_accounts_other_orders():
+    # An isolated sell rests while the mark rises 4.5%; an accomplice lifts it at its price.
+    # The premium went into the margin and straight out again because another order held the
+    # balance: the short opened at equity -3.4e6 and the fund paid 3,406,052. Now the premium
+    # stays and the other order, whose money it took, is cancelled.
+    fund = 10**11
+    v = venue(fund)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(TAKER, 10**12, 4)
+    v.deposit(TRADER, 100_000_000, 3)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
+    v.leverage(TRADER, 1, 5000)
+    v.order(TRADER, 1, 1, tc.SELL, 10_000, 200)
+    v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    free = te._available(acct)
+    v.leverage(TRADER, 2, 100)
+    v.order(TRADER, 2, 2, tc.BUY, 40_000, free // (40_000 * 7) - 5)   # the rest of the wallet
+    v.run()
+    assert te._available(acct) < 2_000_000
+    for p in (10_100, 10_200, 10_300, 10_400, 10_450):
+        v.mark(1, p)
+        v.run()
+    v.order(TAKER, 3, 1, tc.BUY, 10_000, 200)                 # 450 ticks below the mark
+    v.run()
+    pos = acct.positions[1]
+    assert pos.size == -200
+    assert isolated_equity_over_maintenance(v, TRADER, 1) > 0
+    assert not [o for o in acct.orders.values() if o.symbol == 2], "the other order goes"
+    assert acct.order_margin + acct.position_margin <= acct.balance
+    v.order(MM, 4, 1, tc.SELL, 10_450, 10_000)
+    v.mark(1, 10_450)
+    v.run()
+    for _ in range(5):
+        v.tick(300_000_000)
+    assert v.liq.engine.fund >= fund
+
+
+def _cross_sell_lifted_after_the_mark_rose() -> tuple[RoutedVenue, int]:
+    fund = 10**11
+    v = venue(fund)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(TAKER, 10**12, 4)
+    v.deposit(TRADER, 5_000_000, 3)                           # 0.05 USDT, cross
+    v.mark(1, 10_000)
+    v.run()
+    v.leverage(TRADER, 1, 5000)
+    v.order(TRADER, 1, 1, tc.SELL, 10_000, 200)               # opens a short: ~4.1e6 reserved
+    v.run()
+    for p in (10_100, 10_200, 10_300, 10_400, 10_450):
+        v.mark(1, p)
+        v.run()
+    v.order(MM, 3, 1, tc.SELL, 10_450, 10_000)                # asks for a close-out
+    v.order(TAKER, 2, 1, tc.BUY, 10_000, 200)                 # lifts it 450 below the mark
+    v.run()
+    return v, fund
+
+
+def test_an_account_that_opens_below_maintenance_at_the_mark_is_handed_off_in_that_record():
+    # The fill of a resting cross sell the mark ran past opens a short whose loss at the mark
+    # is more than the account holds: it is handed off in the record of the fill, not at
+    # the symbol's next mark.
+    v, _fund = _cross_sell_lifted_after_the_mark_rose()
+    te = v.te[1].engine
+    assert te.accounts[TRADER].positions[1].size == 0
+    assert [e[1:4] for e in events(v.te[1], (tc.LIQUIDATION,))] == [(TRADER, 1, -200)]
+    published = [e[3] for e in events(v.te[1], (tc.POSITION,)) if e[1:3] == (TRADER, 1)]
+    assert -200 not in published, "the short was never published as the account's"
+
+
+@pytest.mark.xfail(strict=True, reason="known limit: an opening order's reservation is not "
+                   "looked at again when the mark runs past its price")
+def test_a_resting_cross_sell_the_mark_ran_past_opens_bankrupt_and_the_fund_pays():
+    # An order reserves its loss against the mark when it is entered; while it rests the mark
+    # may run past it, and nothing cancels it: the fill at 10,000 with the mark at 10,450
+    # costs 9e6 against a balance of 0.05 USDT. The handoff comes in the same record now, but
+    # the fill's own loss is the fund's.
+    v, fund = _cross_sell_lifted_after_the_mark_rose()
+    for _ in range(5):
+        v.tick(300_000_000)
+    assert v.liq.engine.fund >= fund

@@ -34,10 +34,13 @@ def deposit(v: RoutedVenue, account: int, amount: int, tid: int) -> None:
 
 def test_a_handoff_never_carries_a_negative_residue_into_the_insurance_fund():
     # The trader is short 10 of symbol 2 and has a stale bid for 5,000 of symbol 1 at twice a
-    # mark that walked down: filled there, its cross losses exceed its balance, so at the
-    # next mark of symbol 2 the short's bankruptcy price clamps at one tick, and even that
-    # does not pay them. The residue was base + realised < 0: the LiqEngine booked it as a
-    # fund change and halted (the fund below zero), or, with a fund big enough, paid it.
+    # mark that walked down. Filled there, its cross losses exceeded its balance and the
+    # long stayed the account's until a mark: at symbol 2's next mark the short's bankruptcy
+    # price clamped at one tick and the residue was base + realised < 0, which the LiqEngine
+    # booked as a fund change and halted on (the fund below zero), or paid. A fill that
+    # opens at a loss against the mark is now checked in its own record (docs/tradingengine.md
+    # §6, "Between marks"): the long goes first, at its bankruptcy price, and the short it
+    # leaves at zero equity follows at once, each with a residue of zero or more.
     fund = 100_000_000
     v = venue(fund)
     deposit(v, MM, 10**15, 2)
@@ -58,24 +61,15 @@ def test_a_handoff_never_carries_a_negative_residue_into_the_insurance_fund():
     v.run()
     te = v.te[1].engine
     acct = te.accounts[TRADER]
-    assert acct.positions[1].size == 5000
-    balance = acct.balance
-    v.mark(2, 50_000)
-    v.run()                                   # raised EngineHalted in the LiqEngine before
     handoffs = events(v.te[1], (tc.LIQUIDATION,))
-    assert [(h[1], h[2], h[3], h[4]) for h in handoffs] == [(TRADER, 2, -10, 1)]
-    assert handoffs[0][6] == 0                # the residue: nothing behind the position
-    # the account gained what closing its short at one tick realises, nothing more: the
-    # losses of its long are its own until that is handed off in turn
-    assert acct.balance == balance + handoffs[0][5] - (-10 * 50_000 * te.specs[2].value)
-    assert v.liq.engine.fund == fund
+    assert [(h[1], h[2], h[3]) for h in handoffs] == [(TRADER, 1, 5000), (TRADER, 2, -10)]
+    assert all(h[6] >= 0 for h in handoffs)
+    assert all(p.size == 0 for p in acct.positions.values()) and acct.balance == 0
+    assert v.liq.engine.fund >= fund          # the residues came in; nothing paid out yet
     books_balance(v)
-    v.mark(1, 5_000)                          # now the long goes, at its bankruptcy price
+    v.mark(2, 50_000)
+    v.mark(1, 5_000)
     v.run()
-    assert acct.positions[1].size == 0 and acct.balance == 0
-    handoffs = events(v.te[1], (tc.LIQUIDATION,))
-    assert [(h[1], h[2], h[3]) for h in handoffs] == [(TRADER, 2, -10), (TRADER, 1, 5000)]
-    assert handoffs[1][6] >= 0
     books_balance(v)
 
 

@@ -339,8 +339,11 @@ def test_a_cancel_or_replace_of_a_finished_order_is_too_late_and_names_it():
     assert oid not in h.v.te.orders
     (m,) = h.send(1, 9, 101, OCR.pack(2, 0, 71, 70, NULL, 1, b"1", 0))
     assert m[2] == 201 and m[3][2:9] == (71, 70, oid, 1, b"2", b"1", 0)
+    # by OrderID alone: OrigClOrdID is the order's ClOrdID (FIX: the ClOrdID of the order
+    # that could not be cancelled), as when the fill was still in flight and the CrossEngine
+    # found the cancel too late; it used to be null here and 70 there
     (m,) = h.send(1, 9, 101, OCR.pack(3, 0, 72, NULL, oid, 1, b"1", 0))
-    assert m[2] == 201 and m[3][2:9] == (72, NULL, oid, 1, b"2", b"1", 0)
+    assert m[2] == 201 and m[3][2:9] == (72, 70, oid, 1, b"2", b"1", 0)
     (m,) = h.send(1, 9, 102, OCRR.pack(4, 0, 73, 70, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
     assert m[2] == 201 and m[3][2:9] == (73, 70, oid, 1, b"2", b"2", 0)
     # not the order's SecurityID or Side, or another session's ClOrdID: unknown
