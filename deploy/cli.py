@@ -667,8 +667,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from deploy import demo
     try:
         return demo.main(a.data, a.rate, a.users, a.seconds, a.plain, a.seed, a.base_port)
+    except BrokenPipeError:
+        raise                    # the reader went away (`| head`): main stops quietly
     except (demo.DemoError, ConnectionError, OSError) as exc:
-        raise UsageError(f"seqex demo: {exc}") from None
+        raise UsageError(str(exc)) from None
 
 
 # -- argument types: each refuses bad input with one line --------------------------------------
@@ -729,6 +731,10 @@ def stream_name(text: str) -> str:
 
 def decimal_arg(text: str) -> str:
     from decimal import Decimal, InvalidOperation
+
+    from gateway.client import plain_decimal
+    if not plain_decimal(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
     try:
         d = Decimal(text)
     except InvalidOperation:

@@ -168,6 +168,9 @@ def _decimal(name: str, v: object) -> Decimal:
     if isinstance(v, bool) or isinstance(v, float):
         raise ValueError(f"{name} must be an int, a str or a Decimal (not {type(v).__name__}: "
                          "floats are inexact)")
+    from gateway.client import plain_decimal
+    if isinstance(v, str) and not plain_decimal(v):
+        raise ValueError(f"{name} must be a number, got {v!r}")
     try:
         d = Decimal(str(v).strip()) if not isinstance(v, Decimal) else v
     except InvalidOperation:

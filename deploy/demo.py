@@ -330,7 +330,10 @@ def main(data: str, rate: int, users: int, seconds: float | None, plain: bool,
         pass
     finally:
         if proc is not None:
-            print("seqex demo: stopping the cluster it started ...", flush=True)
+            try:
+                print("seqex demo: stopping the cluster it started ...", flush=True)
+            except OSError:
+                pass             # stdout gone (`| head`): the cluster stops all the same
             stop_cluster(proc)
     # what the robot did, also when Ctrl-C (or SIGTERM, SIGHUP) ended it
     for robot in started:

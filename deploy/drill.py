@@ -882,8 +882,56 @@ def describe(r: dict) -> str:
             lines.append(f"    {e}")
     if r.get("load_error"):
         lines.append(f"  load: {r['load_error']}")
-    lines.append("  OK" if r["ok"] else "  FAILED")
+    lines.append(_verdict(r))
     return "\n".join(lines)
+
+
+def _verdict(r: dict) -> str:
+    """OK, or FAILED with what failed, in words (from the report's own figures)."""
+    if r.get("ok"):
+        return "  OK"
+    why = []
+    o = r.get("orders") or {}
+    if o:
+        if not o.get("sent"):
+            why.append("no order was sent")
+        if o.get("lost"):
+            why.append(f"{o['lost']} orders never answered")
+        if o.get("applied_twice"):
+            why.append(f"{o['applied_twice']} orders applied twice")
+        st = o.get("in_te_out_stream") or {}
+        if st.get("missing") or st.get("twice"):
+            why.append("orders missing or twice in the TradingEngine's out stream")
+        if any(h.get("missing") or h.get("twice") for h in o.get("to_crossengine") or []):
+            why.append("orders missing or twice on their way to the CrossEngine")
+        if "accepted_after_strike" in o and not o["accepted_after_strike"]:
+            rejected = ", ".join(f"{k} {v}" for k, v in (o.get("rejected_by_reason")
+                                                         or {}).items())
+            why.append("no order sent after the strike was accepted"
+                       + (f" (rejected: {rejected})" if rejected else ""))
+    for key, text in (("detected_s", "the fault was not detected"),
+                      ("recovered_s", "service did not come back"),
+                      ("resumed_s", "no order was answered after the strike")):
+        if key in r and r[key] is None:
+            why.append(text)
+    if "error" in (r.get("promoted") or {}):
+        why.append(f"the promotion failed: {r['promoted']['error']}")
+    if "took_over" in r and not (r.get("took_over") and r.get("standby_again", True)):
+        why.append("the standby did not take over, or none waits again")
+    if not all(s.get("same_session", True) for s in r.get("sessions") or []):
+        why.append("a client session did not resume")
+    if not all(h.get("equal", True) for h in (r.get("hashes") or {}).values()):
+        why.append("replica state hashes differ")
+    rb = r.get("rebuild") or {}
+    if len(rb) != len(r.get("hashes") or {}) or not all(
+            x.get("hash_equal") and x.get("audit", "balanced") == "balanced"
+            for x in rb.values()):
+        why.append("a rebuild from the log differs")
+    if not (r.get("audit") or {}).get("ok", True):
+        why.append("the global audit is unbalanced")
+    if r.get("load_error"):
+        why.append("the load failed")
+    return "  FAILED: " + ("; ".join(why) if why else "see the figures above")
 
 
 def _answer_lines(o: dict) -> list[str]:
@@ -1113,6 +1161,9 @@ class GatewayLoad:
         tasks = [asyncio.get_running_loop().create_task(marks())]
         tasks += [asyncio.get_running_loop().create_task(self._read(i, c))
                   for i, c in enumerate(self.clients)]
+        # what an earlier run left resting (its tidy lost to a fault) cancelled first, so that
+        # its orders do not fill the accounts' 200 open orders and refuse this run's
+        await self._tidy()
         self.started.set()
         interval = 1.0 / self.rate
         due = time.monotonic()
@@ -1567,5 +1618,5 @@ def describe_gateway(r: dict) -> str:
     for x in ("load_error",):
         if r.get(x):
             lines.append(f"  load: {r[x]}")
-    lines.append("  OK" if r["ok"] else "  FAILED")
+    lines.append(_verdict(r))
     return "\n".join(lines)

@@ -554,9 +554,12 @@ def read_state(data_dir: str, check_alive: bool = True,
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise Damaged(f"{path} is damaged ({exc}); `seqex down --data {data_dir}` removes "
                       "it") from None
-    if check_alive and not _running(pid):
-        raise NotUp(f"seqex is not up in {data_dir}: its supervisor (pid {pid}) is gone and "
-                    f"{STATE_FILE} is stale; `seqex down --data {data_dir}` clears it")
+    if check_alive and (not _running(pid) or lock_holder(data_dir) != pid):
+        # the supervisor that wrote the file holds the directory's lock for as long as it
+        # runs: a pid that does not is gone (and maybe reused) or the file was copied here
+        raise NotUp(f"seqex is not up in {data_dir}: its supervisor (pid {pid}) is gone or "
+                    f"does not hold {os.path.join(data_dir, LOCK_FILE)}, so {STATE_FILE} is "
+                    f"stale; `seqex down --data {data_dir}` clears it")
     if operator_key:
         from deploy.keys import use_operator_key
         use_operator_key(topo)   # a secured cluster is reached with its operator key
@@ -600,10 +603,16 @@ def down(data_dir: str, timeout_s: float = 60) -> int:
                 print(f"no supervisor holds {data_dir}; removed its damaged {STATE_FILE}")
                 return 0
             raise
-    if not _running(pid):
-        os.remove(state)
-        print(f"the supervisor (pid {pid}) was gone; removed its state file")
+    holder = lock_holder(data_dir)
+    if holder is None or not _running(holder):
+        # never signal a pid that does not hold this directory's lock: the state file may be
+        # stale (the supervisor gone, its pid reused by another program) or copied here
+        if os.path.exists(state):
+            os.remove(state)
+        print(f"the supervisor (pid {pid}) was gone: no process holds "
+              f"{os.path.join(data_dir, LOCK_FILE)}; removed its state file")
         return 0
+    pid = holder          # the directory's supervisor is the lock's, whatever the file says
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -35,9 +35,16 @@ from deploy.metrics import ENV as METRICS_ENV
 _BARE = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 
 
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def quote(arg: str) -> str:
     """One ExecStart= word: systemd expands % specifiers and $ variables, so both are doubled;
-    a word with anything else than plain characters is double-quoted, C-style."""
+    a word with anything else than plain characters is double-quoted, C-style. A control
+    character (a newline would start a directive of its own) is refused."""
+    if _CONTROL.search(arg):
+        raise ValueError(f"{arg!r}: a control character cannot go into a unit file")
     text = arg.replace("%", "%%").replace("$", "$$")
     if text and _BARE.fullmatch(text):
         return text
@@ -51,6 +58,10 @@ def command(seqex: list[str], args: list[str]) -> str:
 def units(topo, host: str, seqex: list[str], user: str | None = None,
           log_format: str = "json") -> dict[str, str]:
     """{file name: text} of the host's units and its target."""
+    if user is not None and not _USER.fullmatch(user):
+        raise ValueError(f"--user {user!r}: a user name (letters, digits, _ . -, at most 32)")
+    if _CONTROL.search(host):
+        raise ValueError(f"--host {host!r}: a control character cannot go into a unit file")
     mine = [p for p in topo.procs if p.host == host]
     if not mine:
         hosts = sorted({p.host for p in topo.procs})

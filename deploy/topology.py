@@ -161,9 +161,23 @@ class Topology:
 
     @classmethod
     def from_json(cls, text: str) -> Topology:
+        """The plan a state file holds; ValueError naming what is off when its shape is not a
+        plan's (a hand-edited or foreign file), so that no verb trips over it later."""
         d = json.loads(text)
+        for key, kind in (("data_dir", str), ("procs", list), ("symbols", dict)):
+            if not isinstance(d.get(key), kind):
+                raise ValueError(f"'{key}' is not a JSON {_JSON_NAMES[kind]}")
+        for key in ("trading", "marketdata"):
+            if d.get(key) is not None and not isinstance(d[key], dict):
+                raise ValueError(f"'{key}' is not a JSON object")
+        if not all(isinstance(p, dict) for p in d["procs"]) or not all(
+                isinstance(v, dict) for v in d["symbols"].values()):
+            raise ValueError("'procs' and 'symbols' must hold JSON objects")
         return cls(d["data_dir"], [ProcSpec(**p) for p in d["procs"]], d["symbols"],
                    d.get("trading"), d.get("marketdata"))
+
+
+_JSON_NAMES = {str: "string", list: "array", dict: "object"}
 
 
 # -- validation -------------------------------------------------------------------------------

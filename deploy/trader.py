@@ -313,11 +313,16 @@ def positions(a: argparse.Namespace) -> int:
     if not t:
         raise TraderError(f"the cluster in {a.data} has no TradingEngines")
     try:
-        user = acc.load(t["accounts"]).user(a.user)
+        users = acc.load(t["accounts"])
     except acc.AccountsError as exc:
         raise TraderError(str(exc)) from None
-    if user is None:
+    if users.user(a.user) is None:
         raise TraderError(f"no user {a.user!r} in {t['accounts']}")
+    # the same credentials as a logon: the view is read with the operator's key, but it is
+    # the user's, and shown only to whoever knows their password
+    user = users.verify(a.user, _password(a))
+    if user is None:
+        raise TraderError("logon refused: bad credentials")
     wanted = list(user.accounts)
     if a.account:
         if a.account not in wanted:

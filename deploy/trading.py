@@ -42,6 +42,9 @@ def minor_units(amount: object) -> int:
     """An amount of USDT (a decimal string, int or Decimal) in minor units (1e-8)."""
     if isinstance(amount, float | bool):
         raise TradingError(f"amount {amount!r}: give a decimal like \"1000.5\"")
+    from gateway.client import plain_decimal
+    if isinstance(amount, str) and not plain_decimal(amount):
+        raise TradingError(f"amount {amount!r} is not a number")
     try:
         d = Decimal(str(amount))
     except InvalidOperation:

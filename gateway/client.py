@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections import deque
@@ -133,9 +134,20 @@ def _off_grid(d: Decimal, step: Decimal) -> bool:
         return True
 
 
+_PLAIN_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def plain_decimal(text: str) -> bool:
+    """Whether text is a number written in ASCII digits (Decimal() also takes other scripts'
+    digits, full-width ones, and underscores: not what a person means by an amount)."""
+    return _PLAIN_DECIMAL.fullmatch(text.strip()) is not None
+
+
 def _decimal(name: str, v: object) -> Decimal:
     if isinstance(v, float) or isinstance(v, bool):
         raise ValueError(f"{name} {v!r}: give an int, str or Decimal, not a float")
+    if isinstance(v, str) and not plain_decimal(v):
+        raise ValueError(f"{name} {v!r} is not a number")
     try:
         d = Decimal(str(v))
     except InvalidOperation:

@@ -15,6 +15,7 @@ from deploy.cli import main
 from deploy.local import LogCluster
 from deploy.procs import tcp
 from mq.control import ping, wait_until
+from tests.fakeup import fake_up
 from tests.process.test_replicas import start_replica
 
 
@@ -42,10 +43,7 @@ def test_deposits_and_withdrawals_go_through_the_log_once(tmp_path, capsys):
         topo = topology.Topology(data, [], {}, {
             "shards": [shard], "n_shards": 1, "instruments": [], "demo_accounts": True,
             "accounts": os.path.join(data, "accounts.json")})
-        state = json.loads(topo.to_json())
-        state["supervisor"] = os.getpid()
-        with open(os.path.join(data, "seqex.json"), "w") as f:
-            json.dump(state, f)
+        fake_up(data, json.loads(topo.to_json()))
 
         def account(*args):
             rc = main(["--insecure", "account", *args, "--data", data])

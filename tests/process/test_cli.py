@@ -38,6 +38,7 @@ from deploy.supervisor import read_heartbeats, read_state
 from mq.control import ping, replay, wait_until
 from mq.record import decode
 from mq.sources import OPERATOR_SOURCE_MIN
+from tests.fakeup import fake_up
 from tests.process.test_cluster import free_block, pids_of, seqex  # noqa: F401 (others import it here)
 
 TOPOLOGY = """
@@ -90,9 +91,7 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
     fake = os.path.join(tmp, "fake")
     os.makedirs(fake)
     topo = topology.load(write(os.path.join(tmp, "t.toml"), TOPOLOGY), fake, free_block(12))
-    state = json.loads(topo.to_json())
-    state["supervisor"] = os.getpid()
-    write(os.path.join(fake, "seqex.json"), json.dumps(state))
+    fake_up(fake, json.loads(topo.to_json()))
     order = ["submit", "--data", fake, "--side", "buy"]
     tops = {name: write(os.path.join(tmp, f"{name}.toml"), text) for name, text in {
         "corrupt": "[cluster\nbase_port = 1\n",
@@ -357,7 +356,7 @@ def test_tail_finds_the_cluster_and_stops_exactly(cluster):
 
 CLIENT = """
 import json, sys
-from deploy.client import Client
+from tests.fakeup import fake_up
 data, n, account = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with Client(data) as c:
     tickets = []

@@ -15,6 +15,7 @@ from deploy import keys, topology
 from deploy.procs import tcp
 from mq import auth, sockets
 from mq.sources import OPERATOR_SOURCE, OPERATOR_SOURCE_MIN
+from tests.fakeup import fake_up
 
 
 @pytest.fixture(autouse=True)
@@ -366,10 +367,7 @@ def test_keys_for_a_running_cluster_names_its_own_ports(tmp_path):
     import sys
     data = str(tmp_path)
     running = topology.load(None, data, 24600)
-    state = json.loads(running.to_json())
-    state["supervisor"] = os.getpid()            # alive: the cluster is up
-    with open(os.path.join(data, "seqex.json"), "w") as f:
-        json.dump(state, f)
+    held = fake_up(data, json.loads(running.to_json()))     # alive: the cluster is up
 
     def seqex_keys(*args):
         return subprocess.run([sys.executable, "-m", "deploy.cli", "keys", "--data", data,
@@ -393,6 +391,7 @@ def test_keys_for_a_running_cluster_names_its_own_ports(tmp_path):
     from deploy.supervisor import lock_data_dir
     with open(os.path.join(data, "seqex.json"), "w") as f:
         f.write("{")
+    os.close(held)
     fd = lock_data_dir(data)
     try:
         run = seqex_keys()

@@ -8,6 +8,7 @@ import argparse
 import pytest
 
 from deploy import cli
+from tests.fakeup import fake_up
 
 
 @pytest.mark.parametrize("text", ["tcp://127.0.0.1:1", "tcp://127.0.0.1:65535", "tcp://*:7001",
@@ -214,7 +215,6 @@ def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_p
     """replay --rebuild read from the first replicator of the topology, answering or not: with
     replicator0 frozen it failed after 10 s while replicator1 held the whole log."""
     import json as json_
-    import os as os_
 
     from deploy import topology
     from mq import control
@@ -222,9 +222,7 @@ def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_p
     (tmp_path / "t.toml").write_text('[[replicator]]\nname = "replicator0"\n[[replicator]]\n'
                                      'name = "replicator1"\n[[symbol]]\nname = "BTCUSDT"\n')
     topo = topology.load(str(tmp_path / "t.toml"), str(tmp_path), 9100)
-    state = json_.loads(topo.to_json())
-    state["supervisor"] = os_.getpid()
-    (tmp_path / "seqex.json").write_text(json_.dumps(state))
+    fake_up(str(tmp_path), json_.loads(topo.to_json()))
     r0, r1 = topo.replicator_addrs()[:2]
     monkeypatch.setattr(control, "ping", lambda addr, timeout_s=1.0: None if addr == r0 else
                         {"streams": {"in.ce.BTCUSDT": {"commit": 0}}})
@@ -244,13 +242,10 @@ def _default_cluster_state(tmp_path):
     """seqex.json of the default topology (two symbols, two shards, the LiqEngine) as if a
     `seqex up` ran here: the cluster the README trades on."""
     import json as json_
-    import os as os_
 
     from deploy import topology
     topo = topology.load(None, str(tmp_path), 9100)
-    state = json_.loads(topo.to_json())
-    state["supervisor"] = os_.getpid()
-    (tmp_path / "seqex.json").write_text(json_.dumps(state))
+    fake_up(str(tmp_path), json_.loads(topo.to_json()))
     return topo
 
 
@@ -290,3 +285,19 @@ def test_deploy_for_a_host_the_topology_does_not_name_is_status_2(capsys, tmp_pa
     assert code == 2, err
     assert err.endswith("seqex deploy: --host nosuch: no process of the topology runs there "
                         "(hosts: local)\n") and err.count("\n") == 1 + err.count("WARNING")
+
+
+@pytest.mark.parametrize("extra", [["--user", "root\nExecStartPre=/bin/touch /tmp/x"],
+                                   ["--data", "d\nExecStartPre=/bin/true"]])
+def test_deploy_refuses_a_value_that_would_write_a_directive_of_its_own(capsys, tmp_path,
+                                                                       extra):
+    """A newline in --user (or any word of a unit) wrote `ExecStartPre=...` into every unit:
+    one line, status 2, and no unit written."""
+    out = tmp_path / "units"
+    extra = [str(tmp_path / x) if x.startswith("d\n") else x for x in extra]
+    args = ["--data", str(tmp_path)] if "--data" not in extra else []
+    code = cli.main(["--insecure", "deploy", "systemd", "--host", "local", *args, "--out",
+                     str(out), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 + err.count("WARNING"), err
+    assert not out.exists() or not any(out.iterdir())

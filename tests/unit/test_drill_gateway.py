@@ -118,3 +118,20 @@ def _text(orders: dict) -> str:
          "restarted_s": 1.0, "recovered_s": 1.0, "new_pids": {"x": 2}, "hashes": {},
          "audit": {}, "ok": False, **orders}
     return drill.describe(r)
+
+
+def test_a_failed_drill_says_what_failed():
+    """The report ended in a bare FAILED: a kill-sequencer run whose every order after the
+    strike was refused (the accounts full of an earlier run's orders) said nothing of it."""
+    from deploy.drill import _verdict
+    assert _verdict({"ok": True}) == "  OK"
+    r = {"ok": False, "audit": {"ok": True}, "hashes": {"in.te.0": {"equal": True}},
+         "rebuild": {"in.te.0": {"hash_equal": True}}, "recovered_s": 1.2, "detected_s": 0.1,
+         "orders": {"sent": 977, "lost": 0, "applied_twice": 0, "accepted_after_strike": 0,
+                    "rejected_by_reason": {"exceeds limit": 977}}}
+    assert _verdict(r) == ("  FAILED: no order sent after the strike was accepted (rejected: "
+                           "exceeds limit 977)")
+    r = {"ok": False, "audit": {"ok": False}, "hashes": {"a": {"equal": False}},
+         "rebuild": {}, "recovered_s": None}
+    assert _verdict(r) == ("  FAILED: service did not come back; replica state hashes differ; "
+                           "a rebuild from the log differs; the global audit is unbalanced")

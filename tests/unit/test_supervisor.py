@@ -128,14 +128,27 @@ def test_read_state_names_what_is_wrong(tmp_path):
     state = json.loads(topo.to_json())
     path = tmp_path / "seqex.json"
     path.write_text(json.dumps({**state, "supervisor": 2 ** 22 + 7}))   # no such pid
-    with pytest.raises(sv.NotUp, match="is gone and seqex.json is stale"):
+    with pytest.raises(sv.NotUp, match="is gone or does not hold .*seqex.json is stale"):
         sv.read_state(str(tmp_path))
     assert sv.read_state(str(tmp_path), check_alive=False)[1] == 2 ** 22 + 7
+    # a live pid that does not hold the directory's lock (a copied file, a reused pid) is
+    # not this directory's supervisor
     path.write_text(json.dumps({**state, "supervisor": os.getpid()}))
-    assert sv.read_state(str(tmp_path))[0].symbols == topo.symbols
+    with pytest.raises(sv.NotUp, match="does not hold"):
+        sv.read_state(str(tmp_path))
+    fd = sv.pid_lock(str(tmp_path / sv.LOCK_FILE), 0o644)
+    try:
+        assert sv.read_state(str(tmp_path))[0].symbols == topo.symbols
+    finally:
+        os.close(fd)
     path.write_text("{torn")
     with pytest.raises(sv.NotUp, match="is damaged"):
         sv.read_state(str(tmp_path))
+    # the right keys with the wrong types: damaged, not an error in a verb later
+    for bad in ({"symbols": []}, {"trading": "x"}, {"procs": {}}, {"data_dir": 3}):
+        path.write_text(json.dumps({**state, **bad, "supervisor": os.getpid()}))
+        with pytest.raises(sv.NotUp, match="is damaged"):
+            sv.read_state(str(tmp_path))
 
 
 def test_down_clears_a_stale_state_file(tmp_path, capsys):
@@ -144,6 +157,25 @@ def test_down_clears_a_stale_state_file(tmp_path, capsys):
                                                       "supervisor": 2 ** 22 + 7}))
     assert sv.down(str(tmp_path)) == 0
     assert not (tmp_path / "seqex.json").exists() and "was gone" in capsys.readouterr().out
+
+
+def test_down_never_signals_a_pid_that_does_not_hold_the_directory(tmp_path, capsys):
+    """A state file naming a live process that does not hold DIR/seqex.lock (copied from
+    another directory, or its pid reused): down removes the file and signals no one."""
+    import subprocess
+    import sys
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        topo = topology.load(data_dir=str(tmp_path))
+        (tmp_path / "seqex.json").write_text(json.dumps({**json.loads(topo.to_json()),
+                                                          "supervisor": other.pid}))
+        assert sv.down(str(tmp_path)) == 0
+        assert "was gone" in capsys.readouterr().out
+        assert not (tmp_path / "seqex.json").exists()
+        assert other.poll() is None, "down signalled a process that is not the supervisor"
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_down_stops_a_supervisor_that_is_still_starting(tmp_path, capsys):

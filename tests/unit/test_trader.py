@@ -139,7 +139,8 @@ def _fake_cluster(monkeypatch, answers):
     monkeypatch.setattr(supervisor, "read_state",
                         lambda data: (NS(trading=trading, procs=procs), 1))
     monkeypatch.setattr(acc, "load", lambda path: NS(
-        user=lambda name: NS(accounts=[2, 4]) if name == "alice" else None))
+        user=lambda name: NS(accounts=[2, 4]) if name == "alice" else None,
+        verify=lambda name, pw: NS(accounts=[2, 4]) if (name, pw) == ("alice", "pw") else None))
     by_addr = {p.control: p.name for p in procs}
 
     def call(addr, kind, body=None, timeout_s=2.0, refused_ends=False):
@@ -160,7 +161,8 @@ def test_positions_names_why_no_replica_answered(monkeypatch, tmp_path, capsys):
                                   "reason": "not_operator"}),
         "te0.warm0": ConnectionRefusedError("tcp://127.0.0.1:7001 refused the connection"),
         "te1.hot0": AssertionError("shard 1 holds none of alice's accounts")})
-    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 2
+    assert main(["client", "--user", "alice", "--password", "pw", "--data", str(tmp_path),
+                 "positions"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "no TradingEngine replica of in.te.0 answers" in err
@@ -181,13 +183,41 @@ def test_positions_prefers_a_replica_that_is_not_catching_up(monkeypatch, tmp_pa
     _fake_cluster(monkeypatch, {"te0.hot0": _answer(5, 100 * 10**8, True),
                                 "te0.warm0": _answer(900, 250 * 10**8, False),
                                 "te1.hot0": AssertionError("not asked")})
-    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 0
+    assert main(["client", "--user", "alice", "--password", "pw", "--data", str(tmp_path),
+                 "positions"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("alice: account 2: balance 250.00 USDT"), out
     _fake_cluster(monkeypatch, {"te0.hot0": _answer(5, 100 * 10**8, True),
                                 "te0.warm0": _answer(700, 200 * 10**8, True),
                                 "te1.hot0": AssertionError("not asked")})
-    assert main(["client", "--user", "alice", "--data", str(tmp_path), "positions"]) == 0
+    assert main(["client", "--user", "alice", "--password", "pw", "--data", str(tmp_path),
+                 "positions"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "catching up" in out[0] and "seq 700" in out[0], out
     assert out[1].startswith("alice: account 2: balance 200.00 USDT"), out
+
+
+def test_positions_needs_the_users_password(monkeypatch, tmp_path, capsys):
+    """positions shows a user's accounts only with their password, as a logon does."""
+    _fake_cluster(monkeypatch, {"te0.hot0": AssertionError("not asked"),
+                                "te0.warm0": AssertionError("not asked"),
+                                "te1.hot0": AssertionError("not asked")})
+    assert main(["client", "--user", "alice", "--password", "wrong", "--data", str(tmp_path),
+                 "positions"]) == 2
+    err = capsys.readouterr().err
+    assert "bad credentials" in err and err.count("\n") == 1, err
+
+
+def test_numbers_are_ascii_digits():
+    """Decimal() takes full-width digits and underscores: `account deposit 3 １０` deposited 10
+    and `1_000` 1,000. An amount, price or quantity is ASCII digits, one line otherwise."""
+    import pytest
+
+    from deploy.trading import TradingError, minor_units
+    from gateway.client import plain_decimal
+    assert [plain_decimal(x) for x in ("10", "1.5", ".5", "1e3", " 7 ")] == [True] * 5
+    assert not any(plain_decimal(x) for x in ("１０", "1_000", "inf", "nan", "", "0x10"))
+    assert minor_units("1.5") == 150_000_000
+    for bad in ("１０", "1_000"):
+        with pytest.raises(TradingError, match="is not a number"):
+            minor_units(bad)
