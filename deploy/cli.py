@@ -167,11 +167,19 @@ def cmd_account(a: argparse.Namespace) -> int:
             topo, pid = read_state(a.data)
         except NotUp:
             topo = topology.load(a.topology, a.data)
+        before = trading.user_accounts(topo, a.args[0]) if a.replace else []
         user, password = trading.create_user(topo, a.args[0], accounts, a.password,
                                              replace=a.replace)
         shown = "" if a.password else f", password {password} (shown once)"
         print(f"user {user.name} (id {user.user}): accounts "
               f"{', '.join(map(str, user.accounts))}{shown}; in {trading.accounts_path(topo)}")
+        dropped = [x for x in before if x not in user.accounts]
+        if dropped:
+            print(f"note: account{'s' if len(dropped) > 1 else ''} "
+                  f"{', '.join(map(str, dropped))} no longer {'are' if len(dropped) > 1 else 'is'} "
+                  f"{user.name}'s: the money, positions and open orders in them stay there, "
+                  f"reached by no one until a user is given them (`seqex account create NAME "
+                  f"--accounts {','.join(map(str, dropped))}`)")
         if pid:   # the running cluster's supervisor tells its gateways to re-read the file
             os.kill(pid, signal.SIGHUP)
             print("the running gateway re-reads the accounts file now")
@@ -655,9 +663,14 @@ def cmd_stop(a: argparse.Namespace) -> int:
     from mq import wire
     from mq.control import call
     try:
-        call(a.addr, wire.STOP, timeout_s=a.timeout)
+        kind, body, _ = call(a.addr, wire.STOP, timeout_s=a.timeout)
     except TimeoutError:
         raise _silent(a.addr, "STOP", a.timeout) from None
+    if kind != wire.PONG:
+        why = body.get("error", body) if isinstance(body, dict) else body
+        raise UsageError(f"{a.addr} refused STOP: {why}")
+    print(f"{a.addr}: stopping (it answered STOP; under `seqex up` its supervisor restarts "
+          "it)")
     return 0
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -503,24 +504,33 @@ class Supervisor:
             print(f"  {sym}: orders into {s['in']} at {s['producers']}, results on {s['out']} "
                   f"at {s['out_pub']}")
         t = self.topo.trading
+        # the hints name this data directory unless it is the default one (copied as they are
+        # printed, they must reach this cluster)
+        here = os.path.abspath(self.topo.data_dir)
+        d = "" if here == os.path.abspath("seqex-data") else f" --data {shlex.quote(here)}"
         if t and t.get("gateway"):
             print(f"  gateway: clients connect to {t['gateway']} (PROTOCOL.md); "
                   f"shards: {', '.join(sh['in'] for sh in t['shards'])}")
-            print("  seqex client --user alice buy BTCUSDT 0.01 @ 50000   trade (another "
+            print(f"  seqex client{d} --user alice buy BTCUSDT 0.01 @ 50000   trade (another "
                   "terminal)")
-            print("  seqex client --user bob watch                         reports as they "
-                  "come")
+            print(f"  seqex client{d} --user bob watch                         reports as "
+                  "they come")
         md = getattr(self.topo, "marketdata", None)
         if md:
             print(f"  market data: http://{md['http']}/ (page, WebSocket, REST); binary feed "
                   f"{md['feed']} (PROTOCOL.md §6)")
         if any(p.role == "oracle" for p in self.topo.procs):
             print("  mark prices: SIMULATED (a seeded random walk; oracle0), not a real feed")
-        print("  seqex status                         the process table")
-        print("  seqex submit --symbol BTCUSDT --side buy --price 100 --qty 5 --account 1")
-        print("  seqex replay in.ce.BTCUSDT --from 1  the log, decoded (--rebuild: state hash)")
-        print("  seqex tail out.ce.BTCUSDT            results as they come")
-        print("  seqex down (or Ctrl-C)               stop everything", flush=True)
+        print(f"  seqex status{d}                         the process table")
+        if not (t and t.get("gateway")):
+            # (a raw order goes straight into the CrossEngine's log, past every risk check:
+            # on a cluster that trades, it would rest in the clients' book)
+            print(f"  seqex submit{d} --symbol BTCUSDT --side buy --price 100 --qty 5 "
+                  "--account 1")
+        print(f"  seqex replay{d} in.ce.BTCUSDT --from 1  the log, decoded (--rebuild: state "
+              "hash)")
+        print(f"  seqex tail{d} out.ce.BTCUSDT            results as they come")
+        print(f"  seqex down{d} (or Ctrl-C)               stop everything", flush=True)
 
 
 def child_env(spec, data_dir: str) -> dict[str, str]:

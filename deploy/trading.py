@@ -98,6 +98,16 @@ def create_user(topo, name: str, accounts: list[int], password: str | None = Non
     return user, password
 
 
+def user_accounts(topo, name: str) -> list[int]:
+    """The accounts the accounts file gives user ``name`` now ([] when none, or no file)."""
+    from gateway import accounts as acc
+    try:
+        old = acc.load(accounts_path(topo)).user(name)
+    except (acc.AccountsError, OSError):
+        return []
+    return list(old.accounts) if old is not None else []
+
+
 def _operator_client(data_dir: str):
     """deploy/client.py's Client on an operator source id (the TradingEngine takes deposits
     and withdrawals only from those), locked like any client's: the tools' default one, else

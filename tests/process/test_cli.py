@@ -166,7 +166,7 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
         ([*order, "--qty", "1e30", "--price", "1"], {}, "out of range"),
         ([*order, "--qty", "1", "--price", "1e30"], {}, "out of range"),
         ([*order, "--qty", "abc", "--price", "1"], {}, "not a number"),
-        ([*order, "--qty", "1", "--price", "nan"], {}, "not a finite number"),
+        ([*order, "--qty", "1", "--price", "nan"], {}, "is not a number"),
         ([*order, "--qty", "1", "--price", "1", "--source", "0"], {}, "out of range"),
         ([*order, "--qty", "1", "--price", "1", "--client-order-id", "0"], {}, "out of range"),
         ([*order, "--qty", "1"], {}, "--price is required"),
@@ -356,7 +356,7 @@ def test_tail_finds_the_cluster_and_stops_exactly(cluster):
 
 CLIENT = """
 import json, sys
-from tests.fakeup import fake_up
+from deploy.client import Client
 data, n, account = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with Client(data) as c:
     tickets = []

@@ -93,7 +93,9 @@ def test_account_create_does_not_replace_a_user_unless_told(tmp_path, capsys):
                  "--replace", "--data", data]) == 0
     acc = accounts.load(str(tmp_path / "accounts.json"), n_shards=2)
     assert acc.verify("alice", "pw-b").accounts == (12,)
-    capsys.readouterr()
+    # what the replace took from her is said, with how to reach it again
+    out = capsys.readouterr().out
+    assert "note: accounts 2, 4 no longer are alice's" in out and "--accounts 2,4" in out, out
     assert main(["account", "create", "zed", "--accounts", "0", "--data", data]) == 2
     assert "account 0 cannot be a user's" in capsys.readouterr().err
     assert main(["account", "deposit", "0", "5", "--data", data]) == 2
