@@ -139,6 +139,7 @@ SWEEP_FUNDING = 3        # [3, symbol, next entry, rate, mark, paid, received, [
 SWEEP_MASS_CANCELLED = 4  # [4, symbol, next CrossEngine id, last CrossEngine id, reason]
 SWEEP_REDUCE_ONLY = 5    # [5, symbol, account]
 SWEEP_DAY_END = 6        # [6, next index, [order ids of the Day orders at the day's end]]
+SWEEP_CHECK = 8          # [8, symbol, account]: a fill left it short or at a loss
 SWEEP_SESSION_MASS_CANCEL = 7  # [7, symbol (0 all), next index, user, session id, side (0
                                #  both), ClOrdID, SecurityID asked, request type, cancelled so
                                #  far, [the session's accounts but its default one], the last
@@ -215,6 +216,10 @@ def worst_case_output() -> dict[str, int]:
         "session_mass_cancel": MAX_OPEN_ORDERS * cancel_one + size[SESSION_MESSAGE]
         + P_BLOCK_SIZES[P_MASS_CANCEL_REPORT],
         "reduce_only": MAX_OPEN_ORDERS * (cmd + CE_AMEND_S.size),
+        # an account a fill left short or at a loss: its orders cancelled once (the
+        # shortfall's, then the maintenance check's), and a handoff
+        "check": MAX_OPEN_ORDERS * cancel_one + size[LIQUIDATION] + size[DEFICIT_COVERED]
+        + size[POSITION] + size[ACCOUNT],
     }
     fills = CE_MAX_FILLS
     commands = {
@@ -645,7 +650,7 @@ class TradingEngine:
         self._sized = 0
         self._unit_done = False  # a sweep unit ran in this record
         self._touched: dict[tuple[int, int], Account] = {}   # APO status owed, in order
-        self._opened_at_loss: dict[tuple[int, int], Account] = {}   # within a record only
+        self._to_check: dict[tuple[int, int], None] = {}   # within a record only
         self._handlers = {
             NEW_ORDER: self._new_order, CANCEL: self._cancel, AMEND: self._amend,
             CANCEL_ALL: self._cancel_all, SET_LEVERAGE: self._set_leverage,
@@ -799,6 +804,8 @@ class TradingEngine:
                 done = self._sweep_day_end(sw)
             elif kind == SWEEP_SESSION_MASS_CANCEL:
                 done = self._sweep_session_mass_cancel(sw)
+            elif kind == SWEEP_CHECK:
+                done = self._sweep_check(sw)
             else:
                 raise EngineHalted(f"unknown sweep {sw}")
             if not done:
@@ -2131,7 +2138,10 @@ class TradingEngine:
         # the handoff took the account's money but what the other cross positions' losses
         # need: they are left at no more than zero equity, each checked now at its own mark
         # (not at its symbol's next one, which the market may have run past)
-        for sym, other in list(acct.positions.items()):
+        # (in symbol order: the order of the account's positions dict is not the same in a
+        # replica restored from a snapshot)
+        for sym in sorted(acct.positions):
+            other = acct.positions[sym]
             if sym != symbol and other.size and other.mode == CROSS and sym in self.marks:
                 self._maintain(acct, sym, self.specs[sym], self.marks[sym])
 
@@ -2289,13 +2299,15 @@ class TradingEngine:
             elif kind == CE_MASS_CANCELLED:
                 self._mass_cancelled(symbol, unpack(payload, off))
             off += _CE_SIZE(kind)
-        if self._opened_at_loss:
+        if self._to_check:
             # an order reserves its loss against the mark when it is entered, and the mark
-            # may run past it while it rests: an account that opened at such a loss is
-            # handed off now if it is below maintenance, not at the symbol's next mark
-            opened, self._opened_at_loss = self._opened_at_loss, {}
-            for (_, sym), acct in opened.items():
-                self._maintain(acct, sym, self.specs[sym], self.marks[sym])
+            # may run past it while it rests: an account that opened at such a loss (or whose
+            # reservations the fill left above its balance) is checked now, a sweep unit
+            # each (its cancels and handoffs bounded like the maintenance sweep's), not at
+            # the symbol's next mark
+            checks, self._to_check = self._to_check, {}
+            for account, sym in checks:
+                self._queue_unit(SWEEP_CHECK, sym, account)
         # one position and account status per account the record touched, after its fills
         seen: dict[int, Account] = {}
         for (_, sym), acct in touched.items():
@@ -2413,10 +2425,35 @@ class TradingEngine:
         return True
 
     def _queue_reduce_only(self, symbol: int, account: int) -> None:
+        self._queue_unit(SWEEP_REDUCE_ONLY, symbol, account)
+
+    def _queue_unit(self, kind: int, symbol: int, account: int) -> None:
+        """A one-account sweep unit, unless one of that kind for it is already queued."""
         for sw in self.sweeps:
-            if sw[0] == SWEEP_REDUCE_ONLY and sw[1] == symbol and sw[2] == account:
+            if sw[0] == kind and sw[1] == symbol and sw[2] == account:
                 return
-        self.sweeps.append([SWEEP_REDUCE_ONLY, symbol, account])
+        self.sweeps.append([kind, symbol, account])
+
+    def _sweep_check(self, sw: list) -> bool:
+        """One account a fill left short (its reservations and margins above its balance:
+        its newest orders that hold money are cancelled until they are not, reason 8) or
+        opened at a loss against the mark (below maintenance: handed off)."""
+        if not self._may_go_on():
+            return False
+        acct = self.accounts.get(sw[2])
+        if acct is not None:
+            short = acct.order_margin + acct.position_margin - acct.balance
+            if short > 0:
+                for o in sorted(acct.orders.values(), key=_order_id, reverse=True):
+                    if o.margin and o.state != UNTRIGGERED and o.pending != PENDING_CANCEL:
+                        self._send_cancel(o, REASON_LIQUIDATION)
+                        short -= o.margin
+                        if short <= 0:
+                            break
+            mark = self.marks.get(sw[1])
+            if mark is not None:
+                self._maintain(acct, sw[1], self.specs[sw[1]], mark)
+        return True
 
     def _day_end(self) -> None:
         """The day of sequenced time ended: every Day order of that day expires (a sweep, in
@@ -2565,11 +2602,12 @@ class TradingEngine:
         if opened:
             if pos.mode == ISOLATED:
                 self._isolated_opened(acct, pos, spec, signed > 0, price, opened, margin_before)
-            mark = self.marks.get(symbol)
+            mark = self.marks.get(symbol) if maker else None
             if mark is not None and ((price > mark) if signed > 0 else (price < mark)):
-                # opened at a loss against the mark (a resting order the mark ran past): the
+                # a resting order the mark ran past opened at a loss against it (a taker's
+                # loss against the mark was reserved when it was entered, a record ago): the
                 # account is checked against maintenance when the record's fills are booked
-                self._opened_at_loss[(acct.account_id, symbol)] = acct
+                self._to_check[(acct.account_id, symbol)] = None
         if before and (after < before if before > 0 else after > before):
             self._refit_reducing(acct, symbol, SELL if before > 0 else BUY)
         if o is not None:
@@ -2585,8 +2623,9 @@ class TradingEngine:
         it) pays the difference at once: it goes into the margin, which its order reserved,
         so the position does not open below its requirement at the mark. Positions come
         before orders: when the balance no longer covers every reservation and margin (the
-        mark moved since the order was reserved), the account's other orders that hold
-        money are cancelled (reason 8), since what they hold is now the position's. Only
+        mark moved since the order was reserved), the account is queued for a check
+        (SWEEP_CHECK, a sweep unit) that cancels its newest orders holding money until it
+        does, reason 8, since what they held is now the position's. Only
         what the balance itself cannot cover (the fee was paid, a reservation grew past the
         balance) is cut from what the fill added to the margin."""
         mark = self.marks.get(spec.symbol)
@@ -2601,9 +2640,7 @@ class TradingEngine:
             pos.extra -= grown if grown < short else short
             self._set_margin(acct, pos, spec)
         if acct.order_margin and acct.order_margin + acct.position_margin > acct.balance:
-            for o in list(acct.orders.values()):
-                if o.margin and o.state != UNTRIGGERED and o.pending != PENDING_CANCEL:
-                    self._send_cancel(o, REASON_LIQUIDATION)
+            self._to_check[(acct.account_id, spec.symbol)] = None
 
     def _refit_reducing(self, acct: Account, symbol: int, side: int) -> None:
         """The position shrank: the orders that were to reduce it may now open, and reserve
