@@ -569,8 +569,7 @@ class LiqEngine:
         if co.phase == IOC_PHASE:
             # the reserve shrinks with the lots left: a fill lost at most what it reserved
             self.reserved -= co.reserved
-            co.reserved = max(0, (co.bp - co.ioc_price) * co.side) * co.qty \
-                * self.specs[symbol].value
+            co.reserved = self._ioc_reserve(co)
             self.reserved += co.reserved
         if co.qty == 0:
             # filled: the order left the book (a cancel already sent is refused, and ignored)
@@ -732,9 +731,7 @@ class LiqEngine:
             self._arm(co, self.ts_ns or 1, soon=True)
             return
         co.ioc_price = self._ioc_price(co)
-        # (the band may put the price on the fund's side of bp: nothing to lose, no reserve)
-        co.reserved = max(0, (co.bp - co.ioc_price) * co.side) * co.qty \
-            * self.specs[co.symbol].value
+        co.reserved = self._ioc_reserve(co)
         self.reserved += co.reserved
         self._send_order(co, c.IOC, co.ioc_price)
 
@@ -858,6 +855,11 @@ class LiqEngine:
             return max(price, mark - band) if band >= 0 else price
         price = min(spec.max_price, co.bp + step)
         return min(price, mark + band) if band >= 0 else price
+
+    def _ioc_reserve(self, co: CloseOut) -> int:
+        """The most the live IOC can lose against bp on the lots left: |bp - price| x lots x
+        value, 0 when the band put its price on the fund's side of bp."""
+        return max(0, (co.bp - co.ioc_price) * co.side) * co.qty * self.specs[co.symbol].value
 
     def _release(self, co: CloseOut) -> None:
         self.reserved -= co.reserved

@@ -1416,24 +1416,21 @@ class TradingEngine:
         pos.margin = held
         return found
 
+    def _stranded_orders(self, acct: Account, symbol: int) -> list:
+        """The live orders of ``symbol`` (0: of every cross position) priced beyond their
+        position's bankruptcy price as the account stands now."""
+        return [o for o in acct.orders.values()
+                if o.state != UNTRIGGERED and (o.symbol == symbol if symbol
+                                               else acct.positions[o.symbol].mode == CROSS)
+                and self._beyond_bankruptcy(acct, o, o.price)]
+
     def _stranded(self, acct: Account, symbol: int) -> bool:
-        """Whether a live order of ``symbol`` (0: of every cross position) is priced beyond
-        its position's bankruptcy price as the account stands now."""
-        for o in acct.orders.values():
-            if o.state != UNTRIGGERED and (o.symbol == symbol if symbol
-                                           else acct.positions[o.symbol].mode == CROSS) \
-                    and self._beyond_bankruptcy(acct, o, o.price):
-                return True
-        return False
+        return bool(self._stranded_orders(acct, symbol))
 
     def _cancel_stranded(self, acct: Account, symbol: int) -> None:
-        """Cancel the live orders of ``symbol`` (0: of every cross position) that are now
-        priced beyond their position's bankruptcy price (reason 8, as at maintenance)."""
-        for o in list(acct.orders.values()):
-            if o.state != UNTRIGGERED and o.pending != PENDING_CANCEL \
-                    and (o.symbol == symbol if symbol
-                         else acct.positions[o.symbol].mode == CROSS) \
-                    and self._beyond_bankruptcy(acct, o, o.price):
+        """Cancel the orders _stranded_orders finds (reason 8, as at maintenance)."""
+        for o in self._stranded_orders(acct, symbol):
+            if o.pending != PENDING_CANCEL:
                 self._send_cancel(o, REASON_LIQUIDATION)
 
     def _owes_funding(self, account: int) -> bool:

@@ -667,6 +667,21 @@ def test_a_snapshot_restored_with_the_configuration_takes_its_order_limits():
         LiqEngine.restore(old, [LiqSpec(2, 10)])
 
 
+def _to_ioc(v: LiqVenue, fund: int, mark: int) -> int:
+    """LIQ takes over a long of 5 of symbol 2 at bp 1,000 (a short of 20 at 1,100 holds the
+    other side) with the mark at ``mark``; its limit's window ends and the cancel is
+    answered: the IOC goes. Its order id."""
+    if fund:
+        v.deposit(1, fund)
+    v.mark(2, mark)
+    v.position(21, 2, -20, 1100, balance=10**6)
+    v.hand_off(7, 2, 5, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    return max(v.orders)
+
+
 @pytest.mark.parametrize("fund", [10_000, 0])
 def test_an_ioc_stopped_at_the_matching_limit_goes_again_at_once(fund):
     """The CrossEngine stops a taker at max_fills makers, and the takers of one LiqEngine
@@ -678,15 +693,7 @@ def test_an_ioc_stopped_at_the_matching_limit_goes_again_at_once(fund):
     from liqengine.engine import IOC_PHASE
     assert CE_REASON_MATCH_LIMIT == REASON_MATCH_LIMIT
     v = venue()
-    if fund:
-        v.deposit(1, fund)
-    v.mark(2, 990)
-    v.position(21, 2, -20, 1100, balance=10**6)
-    v.hand_off(7, 2, 5, 1000)
-    v.accept(max(v.orders))
-    v.tick(WINDOW)
-    v.answer_cancel()
-    ioc = max(v.orders)
+    ioc = _to_ioc(v, fund, 990)
     assert v.orders[ioc]["tif"] == c.IOC
     events = v.accept(ioc, fills=[(2, 1000)], reason=CE_REASON_MATCH_LIMIT)
     assert kinds(events, c.ADL) == []
@@ -704,17 +711,10 @@ def test_an_ioc_stays_within_the_price_band_around_the_mark(band_ppm, price):
     """The IOC goes at the worst price the free fund can pay for, and no further from the
     mark than the symbol's band (docs/liqengine.md §6): LIQ long 5 at bp 1,000 with the mark
     at 1,000 and a fund that could pay down to one tick sells at 950 with a 5% band. A price
-    on the fund's side of bp reserves nothing. The band is in the snapshot: a replica that
+    the reserve is what it may lose against bp. The band is in the snapshot: a replica that
     restores one without the configuration goes on with it."""
     v = venue(specs=(LiqSpec(1, 1), LiqSpec(2, 100, band_ppm=band_ppm)))
-    v.deposit(1, 10**12)
-    v.mark(2, 1000)
-    v.position(21, 2, -20, 1100, balance=10**6)
-    v.hand_off(7, 2, 5, 1000)
-    v.accept(max(v.orders))
-    v.tick(WINDOW)
-    v.answer_cancel()
-    ioc = max(v.orders)
+    ioc = _to_ioc(v, 10**12, 1000)
     assert (v.orders[ioc]["tif"], v.orders[ioc]["price"]) == (c.IOC, price)
     back = LiqEngine.restore(v.engine.snapshot())
     assert back.specs[2].band_ppm == band_ppm
