@@ -296,13 +296,22 @@ async def run_demo(topo, rate: int, n_users: int, seconds: float | None, plain: 
     await robot.connect()
     dash = Dashboard(topo, robot, f"seqex demo: {len(users)} robot users, {rate} orders/s "
                                   f"offered, data in {topo.data_dir}")
-    view = asyncio.get_running_loop().create_task(dash.run_plain() if plain else dash.run())
+    loop = asyncio.get_running_loop()
+    view = loop.create_task(dash.run_plain() if plain else dash.run())
+    trading = loop.create_task(robot.run(seconds))
     try:
-        await robot.run(seconds)
+        await asyncio.wait({trading, view}, return_when=asyncio.FIRST_COMPLETED)
+        if view.done() and not view.cancelled() and view.exception() is not None:
+            # the dashboard's output is gone (`| head` closed the pipe, the terminal died):
+            # nobody watches, so the demo ends, and stops the cluster it started (main)
+            raise view.exception()
+        await trading
     finally:
         robot.running = False
         dash.stop.set()
-        await asyncio.gather(view, return_exceptions=True)
+        if not trading.done():
+            trading.cancel()
+        await asyncio.gather(view, trading, return_exceptions=True)
         await robot.close()
     return robot
 

@@ -498,6 +498,18 @@ def test_a_second_up_on_a_running_data_dir_exits_2_and_leaves_the_first_intact(c
     assert not os.path.exists(os.path.join(other, "keys"))
     assert not os.path.exists(os.path.join(other, "accounts.json"))
     assert not os.path.exists(os.path.join(other, "demo-users.json"))
+    # its state file copied into another directory names this supervisor, which does not
+    # hold that directory's lock: not up there, and `down` there signals no one (it used to
+    # SIGTERM the pid the file named, and stopped this cluster)
+    copied = os.path.join(os.path.dirname(data), "copied")
+    os.makedirs(copied)
+    with open(os.path.join(copied, "seqex.json"), "w") as f:
+        f.write(before)
+    line = one_line_error(seqex("status", "--data", copied))
+    assert "does not hold" in line, line
+    out = seqex("down", "--data", copied)
+    assert out.returncode == 0 and "was gone" in out.stdout, (out.stdout, out.stderr)
+    assert not os.path.exists(os.path.join(copied, "seqex.json"))
     assert open(state).read() == before and up.alive
     status = seqex("status", "--data", data)
     assert status.returncode == 0 and "DOWN" not in status.stdout, status.stdout
