@@ -13,6 +13,7 @@ Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscribe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -443,15 +444,28 @@ def _resume_point(path: str, from_seq: int = 1) -> int:
 
 def cmd_up(a: argparse.Namespace) -> int:
     from deploy import keys, topology
-    from deploy.supervisor import Supervisor, SupervisorError, lock_data_dir, preflight
+    from deploy.supervisor import (
+        LOCK_FILE,
+        Supervisor,
+        SupervisorError,
+        check_host,
+        lock_data_dir,
+        preflight,
+    )
     topo = topology.load(a.topology, a.data, a.base_port)
+    check_host(topo, a.host)      # a mistyped --host leaves nothing behind
     # The lock first: a second `up` (maybe of another topology) must not touch the keys of
     # a cluster running in this data directory.
+    fresh = not os.path.exists(topo.data_dir)
     lock_fd = lock_data_dir(topo.data_dir)
     try:
         preflight(topo, a.host)   # the ports free: before keys or demo users are written
     except SupervisorError:
         os.close(lock_fd)
+        if fresh:                 # nothing was started: leave no empty data directory
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(topo.data_dir, LOCK_FILE))
+                os.rmdir(topo.data_dir)
         raise
     # CURVE keys (generated on first start when this machine runs the whole topology; several
     # hosts bring theirs from one `seqex keys`), docs/security.md; --insecure: benchmarks only
@@ -575,11 +589,19 @@ def _rebuild(a: argparse.Namespace) -> int:
     from deploy.engines import ENGINES
     from mq.control import replay
     from mq.record import scan
-    engine = a.engine or {"in.ce.": "crossengine", "in.te.": "tradingengine"}.get(a.stream[:6])
+    topo = None
+    if not a.engine_config or not a.engine:
+        from deploy.supervisor import NotUp, read_state
+        try:
+            topo, _pid = read_state(a.data)
+        except NotUp as exc:
+            if not a.engine_config:
+                raise UsageError(f"--rebuild needs the engine's configuration: {exc}; or give "
+                                 "--engine-config") from None
+    engine = a.engine or _stream_engine(topo, a.stream)
     if engine not in ENGINES:
         raise UsageError(f"--rebuild: name the engine of {a.stream} with --engine "
                          f"({', '.join(sorted(ENGINES))})")
-    topo = None
     if a.engine_config:
         try:
             config = json.loads(a.engine_config)
@@ -588,12 +610,6 @@ def _rebuild(a: argparse.Namespace) -> int:
         if not isinstance(config, dict):
             raise UsageError("--engine-config must be a JSON object")
     else:
-        from deploy.supervisor import NotUp, read_state
-        try:
-            topo, _pid = read_state(a.data)
-        except NotUp as exc:
-            raise UsageError(f"--rebuild needs the engine's configuration: {exc}; or give "
-                             "--engine-config") from None
         config = _replica_config(topo, a.stream, engine)
         if config is None:
             raise UsageError(f"--rebuild: the cluster in {a.data} has no configuration for "
@@ -612,13 +628,32 @@ def _rebuild(a: argparse.Namespace) -> int:
             print(f"\r  rebuilt up to seq {last:,}", end="", file=sys.stderr)
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    result = {"stream": a.stream, "seq": last, "state_hash": eng.state_hash().hex(),
+    result = {"stream": a.stream, "engine": engine, "seq": last,
+              "state_hash": eng.state_hash().hex(),
               "seconds": round(time.monotonic() - started, 3)}
     if hasattr(eng, "audit"):
         eng.audit()     # raises with its report if the books do not balance
         result["audit"] = "balanced"
-    print(json.dumps(result))
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    books = "; its books balance (audit)" if "audit" in result else ""
+    print(f"{a.stream}: rebuilt a fresh {engine} from seq 1 to {last:,} in "
+          f"{result['seconds']:g} s: state hash {result['state_hash']}{books}")
     return 0
+
+
+def _stream_engine(topo, stream: str) -> str | None:
+    """The engine the cluster's replicas of `stream` run (their --engine), else the one the
+    default topology names the stream by."""
+    for p in topo.procs if topo is not None else ():
+        if p.role.startswith("replica-") and p.stream == stream and "--engine" in p.args:
+            return p.args[p.args.index("--engine") + 1]
+    if stream.startswith("in.ce."):
+        return "crossengine"
+    if stream.startswith("in.te."):
+        return "tradingengine"
+    return "liqengine" if stream == "in.liq" else None
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
@@ -655,8 +690,50 @@ def cmd_ping(a: argparse.Namespace) -> int:
     stats = ping(a.addr, a.timeout)
     if stats is None:
         raise _silent(a.addr, "PING", a.timeout)
-    print(json.dumps(stats, indent=2, sort_keys=True))
+    if a.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    role = stats.get("role", "server")
+    what = stats.get("stream") or stats.get("name") or ""
+    print(f"{a.addr}: {role}{' of ' + what if what else ''} answered")
+    for line in status_lines({k: v for k, v in stats.items() if k not in ("role", "stream")}):
+        print(line)
     return 0
+
+
+def status_lines(value, indent: str = "  ") -> list[str]:
+    """A process's PING answer as lines a person reads: one ``name: value`` per field, nested
+    tables indented, counts with thousands separators, nanosecond times as UTC."""
+    out: list[str] = []
+    for key, v in sorted(value.items(), key=lambda kv: str(kv[0])):
+        name = str(key).replace("_", " ")
+        if name.endswith(" ns") and type(v) is int and v > 10**17:   # a wall-clock time
+            name = {"ts": "time"}.get(name[:-3], name[:-3])
+        if isinstance(v, dict):
+            out.append(f"{indent}{name}:" + ("" if v else " none"))
+            out.extend(status_lines(v, indent + "  "))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            out.append(f"{indent}{name}:")
+            for x in v:
+                inner = status_lines(x, indent + "    ")
+                out.append(f"{indent}  - {inner[0].strip()}" if inner else f"{indent}  -")
+                out.extend(inner[1:])
+        else:
+            out.append(f"{indent}{name}: {_status_value(str(key), v)}")
+    return out
+
+
+def _status_value(key: str, v) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "yes", False: "no", None: "-"}[v]
+    if isinstance(v, int) and key.endswith("_ns") and v > 10**17:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v // 10**9)) + \
+            f".{v % 10**9 // 10**6:03d} UTC"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, list):
+        return ", ".join(_status_value(key, x) for x in v) or "none"
+    return str(v)
 
 
 def cmd_stop(a: argparse.Namespace) -> int:
@@ -945,7 +1022,8 @@ def parser() -> Parser:
     s.set_defaults(fn=cmd_produce)
 
     def view_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--json", action="store_true", help="one JSON object per record")
+        s.add_argument("--json", action="store_true", help="one JSON object per record (with "
+                       "--rebuild: the result as one JSON object)")
         s.add_argument("--ticks", action="store_true", help="show the idle Ticks too")
         s.add_argument("--kind", type=kind_filter, help="only records with this command or event "
                        "(e.g. NewOrder, Trade, OrderRejected; any case) or kind number")
@@ -979,7 +1057,8 @@ def parser() -> Parser:
                    help="default: the first replicator of the running cluster")
     s.add_argument("--rebuild", action="store_true",
                    help="rebuild the engine from the log and print its state hash")
-    s.add_argument("--engine", help="with --rebuild: the engine (default: by the stream's name)")
+    s.add_argument("--engine", help="with --rebuild: the engine (default: the one the "
+                                    "cluster's replicas of the stream run)")
     s.add_argument("--engine-config", type=json_object,
                    help="with --rebuild: JSON of the engine's parameters "
                    "(a TradingEngine's specs, shard and n_shards)")
@@ -998,6 +1077,8 @@ def parser() -> Parser:
     for verb, fn in (("ping", cmd_ping), ("stop", cmd_stop)):
         s = sub.add_parser(verb, help=f"{verb} a seqex server")
         s.add_argument("addr", type=endpoint)
+        if verb == "ping":
+            s.add_argument("--json", action="store_true", help="the answer as JSON")
         s.add_argument("--timeout", type=seconds, default=2.0)
         s.set_defaults(fn=fn)
 

@@ -252,16 +252,20 @@ def port_in_use(endpoint: str) -> bool:
     return False
 
 
+def check_host(topo: Topology, host: str | None) -> None:
+    """--host names a host of the topology (None: every host)."""
+    if host is not None and not any(p.host == host for p in topo.procs):
+        hosts = sorted({p.host for p in topo.procs})
+        raise SupervisorError(f"--host {host}: no process of the topology runs there "
+                              f"(hosts: {', '.join(hosts)})")
+
+
 def preflight(topo: Topology, host: str | None = None) -> None:
     """Everything that can be checked before a process starts (and, by `seqex up`, before
     anything is written to the data directory)."""
     wait_for_earlier_run(topo.data_dir)
-    mine = [p for p in topo.procs if host is None or p.host == host]
-    if host is not None and not mine:
-        hosts = sorted({p.host for p in topo.procs})
-        raise SupervisorError(f"--host {host}: no process of the topology runs there "
-                              f"(hosts: {', '.join(hosts)})")
-    for spec in mine:
+    check_host(topo, host)
+    for spec in (p for p in topo.procs if host is None or p.host == host):
         ends = [spec.control] + [spec.args[i + 1] for i, a in enumerate(spec.args)
                                  if a in ("--pub", "--producers", "--inputs")]
         for end in ends:

@@ -378,6 +378,7 @@ def positions(a: argparse.Namespace) -> int:
         print(f"{a.user}: account {account}: balance {_usdt(v['balance'])} USDT, available "
               f"{_usdt(v['available'])}, margin {_usdt(order_m + pos_m)} (orders "
               f"{_usdt(order_m)}, positions {_usdt(pos_m)})")
+        marks = dict(map(tuple, v.get("marks", [])))
         for sid, size, cost, margin, liq, _bk, realised, lev, mode in sorted(v["positions"]):
             if sid not in specs:
                 continue
@@ -392,8 +393,12 @@ def positions(a: argparse.Namespace) -> int:
             entry = Decimal(cost) / (Decimal(size) * value) * tick
             side = "long" if size > 0 else "short"
             liq_text = f", liquidation {liq * tick:,.2f}" if liq else ""
+            mark = marks.get(sid)
+            # unrealised PnL at the mark: what closing the whole position there would realise
+            upnl = "" if mark is None else (f", mark {mark * tick:,.2f}, unrealised PnL "
+                                            f"{_usdt(size * mark * value - cost)} USDT")
             print(f"{a.user}: account {account}: {sym} {side} {abs(size) * lot:f} @ "
-                  f"{entry:,.2f} entry, margin {_usdt(margin)} USDT{liq_text}, leverage "
+                  f"{entry:,.2f} entry{upnl}, margin {_usdt(margin)} USDT{liq_text}, leverage "
                   f"{Decimal(lev) / 100:g}x {'isolated' if mode else 'cross'}, realised PnL "
                   f"{_usdt(realised)} USDT")
     return 0

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from deploy import decode
 from tradingengine import codec as te
 
 MINOR = Decimal(10) ** 8
@@ -136,7 +137,9 @@ class TransferOutcome:
     def line(self) -> str:
         what = f"{self.kind} {self.transfer_id} on account {self.account}"
         if self.repeat:
-            return f"{what}: transfer id answered before; nothing changed"
+            return (f"{what}: nothing changed, the shard answered transfer id "
+                    f"{self.transfer_id} before (a retry of that transfer, which the first "
+                    f"answer settled; for a new one give another --transfer-id)")
         if not self.applied:
             return f"{what} refused: {self.reason}"
         return f"{what} done: balance {usdt(self.balance_minor or 0)} USDT"
@@ -197,7 +200,7 @@ def transfer(data_dir: str, topo, account: int, amount_minor: int, withdraw: boo
             return TransferOutcome(account, tid, name, True, balance_minor=e[4])
         if e[0] == te.REQUEST_REJECTED and e[5] == tid:
             return TransferOutcome(account, tid, name, False,
-                                   reason=te.REJECT_CODES.get(e[1], str(e[1])))
+                                   reason=decode.reject_text(e[1]))
     return TransferOutcome(account, tid, name, False, repeat=True)
 
 
@@ -217,8 +220,9 @@ def fund_deposit(data_dir: str, topo, amount_minor: int, transfer_id: int,
             return f"insurance fund deposit {transfer_id} done: fund {usdt(e[1])} USDT"
         if e[0] == lc.REJECTED:
             return (f"insurance fund deposit {transfer_id} refused: "
-                    f"{lc.REJECT_CODES.get(e[1], e[1])}")
-    return f"insurance fund deposit {transfer_id}: answered before; nothing changed"
+                    f"{decode.reject_text(e[1])}")
+    return (f"insurance fund deposit {transfer_id}: nothing changed, the LiqEngine answered "
+            f"this transfer id before")
 
 
 # -- the demo users of the default topology ----------------------------------------------------

@@ -53,9 +53,12 @@ def test_deposits_and_withdrawals_go_through_the_log_once(tmp_path, capsys):
         assert account("deposit", "2", "1000.5", "--transfer-id", "7") == (
             0, "deposit 7 on account 2 done: balance 1,000.50 USDT")
         assert account("deposit", "2", "1000.5", "--transfer-id", "7") == (
-            0, "deposit 7 on account 2: transfer id answered before; nothing changed")
-        assert account("withdraw", "2", "5000", "--transfer-id", "8") == (
-            2, "withdrawal 8 on account 2 refused: withdrawal_exceeds_available")
+            0, "deposit 7 on account 2: nothing changed, the shard answered transfer id 7 "
+               "before (a retry of that transfer, which the first answer settled; for a new "
+               "one give another --transfer-id)")
+        rc, out = account("withdraw", "2", "5000", "--transfer-id", "8")
+        assert (rc, out.split(",")[0]) == (
+            2, "withdrawal 8 on account 2 refused: the withdrawal exceeds the available balance")
         rc, out = account("withdraw", "2", "0.5")
         assert rc == 0 and out.endswith("done: balance 1,000.00 USDT")
 
@@ -71,5 +74,5 @@ def test_deposits_and_withdrawals_go_through_the_log_once(tmp_path, capsys):
         doc["deposited"] = False                           # as if it died before noting it
         trading._write_demo(data, doc)
         trading.demo_deposits(topo, lines.append)
-        assert len(lines) == 8 and all("answered before" in x for x in lines[4:])
+        assert len(lines) == 8 and all("answered transfer id" in x for x in lines[4:])
         cluster.stop()

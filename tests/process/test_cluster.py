@@ -106,7 +106,8 @@ def test_up_status_rebuild_down(tmp_path):
         assert "restarting" in up.log()
         assert samples, "no state hash was sampled"
         for seq, expected in samples:
-            out = seqex("replay", "in.ce.BTCUSDT", "--data", data, "--rebuild", "--to", str(seq))
+            out = seqex("replay", "in.ce.BTCUSDT", "--data", data, "--rebuild", "--json", "--to",
+                        str(seq))
             assert out.returncode == 0, out.stderr
             rebuilt = json.loads(out.stdout.strip().splitlines()[-1])
             assert (rebuilt["seq"], rebuilt["state_hash"]) == (seq, expected)

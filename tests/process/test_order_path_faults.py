@@ -313,7 +313,8 @@ def check_hashes(cl) -> None:
             wait_until(lambda ctl=ctl, last=last: (ping(ctl) or {}).get("seq", 0) >= last,
                        180, f"{name} to catch up")
             _k, h, _ = call(ctl, mqwire.HASH, timeout_s=10)
-            out = seqex("replay", stream, "--data", data, "--rebuild", "--to", str(h["seq"]))
+            out = seqex("replay", stream, "--data", data, "--rebuild", "--json", "--to",
+                        str(h["seq"]))
             assert out.returncode == 0, out.stderr
             rebuilt = json.loads(out.stdout.strip().splitlines()[-1])
             assert (rebuilt["seq"], rebuilt["state_hash"]) == (h["seq"], h["hash"]), name

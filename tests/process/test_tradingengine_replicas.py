@@ -52,7 +52,7 @@ def test_tradingengine_replica_recovers_after_sigkill(tmp_path):
         assert fresh.state_hash().hex() == state_hash
         fresh.audit()
         # the operator's rebuild from the log gives the same hash, and the books balance
-        rebuilt = seqex("replay", "in.te.0", "--rebuild", "--to", str(last), "--replicator",
+        rebuilt = seqex("replay", "in.te.0", "--rebuild", "--json", "--to", str(last), "--replicator",
                         cluster.rep_addrs[0], "--engine-config", config)
         assert rebuilt.returncode == 0, rebuilt.stderr
         answer = json.loads(rebuilt.stdout.strip().splitlines()[-1])

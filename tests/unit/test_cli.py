@@ -232,8 +232,8 @@ def test_rebuild_reads_from_a_replicator_that_answers(monkeypatch, capsys, tmp_p
         read_from.append(addr)
         return iter(())
     monkeypatch.setattr(control, "replay", replay)
-    assert cli.main(["--insecure", "replay", "in.ce.BTCUSDT", "--rebuild", "--data",
-                     str(tmp_path)]) == 0
+    assert cli.main(["--insecure", "replay", "in.ce.BTCUSDT", "--rebuild", "--json",
+                     "--data", str(tmp_path)]) == 0
     assert read_from == [r1]
     assert '"seq": 0' in capsys.readouterr().out
 
@@ -301,3 +301,44 @@ def test_deploy_refuses_a_value_that_would_write_a_directive_of_its_own(capsys, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 + err.count("WARNING"), err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_ping_prints_fields_a_person_reads(monkeypatch, capsys):
+    """`seqex ping` decodes the answer: names, separated counts, UTC times, nested tables
+    indented; --json keeps the raw answer for scripts."""
+    from mq import control
+    stats = {"role": "sequencer", "stream": "in.te.0", "epoch": 3, "committed": 1234567,
+             "ts_ns": 1_796_000_000_123_456_789, "uncommitted_bytes": 0,
+             "replicators": [{"addr": "tcp://127.0.0.1:7001", "acked": 1234567,
+                              "disk_full": False}],
+             "upstreams": {"out.ce.BTCUSDT": {"source": 9, "taken": 12}}, "refusals": {}}
+    monkeypatch.setattr(control, "ping", lambda addr, timeout_s=2.0: stats)
+    assert cli.main(["ping", "tcp://127.0.0.1:9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "tcp://127.0.0.1:9: sequencer of in.te.0 answered"
+    assert "  committed: 1,234,567" in out and "  epoch: 3" in out
+    assert "  time: 2026-11-30 00:53:20.123 UTC" in out
+    assert "  replicators:" in out and "    - acked: 1,234,567" in out
+    assert "      disk full: no" in out and "  refusals: none" in out
+    assert "  upstreams:" in out and "      taken: 12" in out
+    assert cli.main(["ping", "tcp://127.0.0.1:9", "--json"]) == 0
+    import json
+    assert json.loads(capsys.readouterr().out) == stats
+
+
+def test_up_with_a_host_not_in_the_topology_leaves_nothing(tmp_path, capsys):
+    data = tmp_path / "d"
+    assert cli.main(["up", "--data", str(data), "--host", "nosuch"]) == 2
+    assert "--host nosuch: no process of the topology runs there" in capsys.readouterr().err
+    assert not data.exists()
+
+
+def test_rebuild_takes_the_engine_the_replicas_of_the_stream_run():
+    from types import SimpleNamespace as NS
+    topo = NS(procs=[NS(role="replica-hot", stream="in.risk", args=["--engine", "liqengine"]),
+                     NS(role="gateway", stream="", args=[])])
+    assert cli._stream_engine(topo, "in.risk") == "liqengine"
+    assert cli._stream_engine(None, "in.liq") == "liqengine"
+    assert cli._stream_engine(None, "in.te.1") == "tradingengine"
+    assert cli._stream_engine(topo, "in.ce.BTCUSDT") == "crossengine"
+    assert cli._stream_engine(topo, "in.other") is None

@@ -121,7 +121,7 @@ def test_a_damaged_session_file_is_one_line_and_status_2(gateway, tmp_path, caps
     assert "internal error" not in err and err.count("\n") == 1
 
 
-def _fake_cluster(monkeypatch, answers):
+def _fake_cluster(monkeypatch, answers, instruments=None):
     """positions against a two-shard topology (alice: accounts 2 and 4, shard 0) whose
     replicas' QUERY answers are ``answers``: by replica name, a (kind, body) or an exception."""
     from types import SimpleNamespace as NS
@@ -133,7 +133,7 @@ def _fake_cluster(monkeypatch, answers):
              for i, (n, r, s) in enumerate([("te0.hot0", "hot", "in.te.0"),
                                             ("te0.warm0", "warm", "in.te.0"),
                                             ("te1.hot0", "hot", "in.te.1")])]
-    trading = {"accounts": "accounts.json", "n_shards": 2, "instruments": [],
+    trading = {"accounts": "accounts.json", "n_shards": 2, "instruments": instruments or [],
                "shards": [{"in": "in.te.0", "out": "out.te.0"},
                           {"in": "in.te.1", "out": "out.te.1"}]}
     monkeypatch.setattr(supervisor, "read_state",
@@ -195,6 +195,31 @@ def test_positions_prefers_a_replica_that_is_not_catching_up(monkeypatch, tmp_pa
     out = capsys.readouterr().out.splitlines()
     assert "catching up" in out[0] and "seq 700" in out[0], out
     assert out[1].startswith("alice: account 2: balance 200.00 USDT"), out
+
+
+def test_positions_show_the_mark_and_the_unrealised_pnl(monkeypatch, tmp_path, capsys):
+    """A position's line says where the mark is and what closing there would realise."""
+    from mq import wire
+    # BTCUSDT: tick 0.1, lot 0.001, so 10,000 minor units per tick per lot; long 30 lots
+    # (0.03 BTC) at 50,000.0 (500,000 ticks), mark 50,500.0: +15.00 USDT
+    row = [1, 30, 30 * 500_000 * 10_000, 150 * 10**8, 0, 0, 0, 1000, 0]
+    answer = (wire.PONG, {"seq": 9, "catching_up": False, "accounts": [
+        {"account": 2, "balance": 10**11, "available": 10**11, "order_margin": 0,
+         "position_margin": 150 * 10**8, "open_orders": 0, "positions": [row],
+         "marks": [[1, 505_000]]}]})
+    _fake_cluster(monkeypatch, {"te0.hot0": answer, "te0.warm0": AssertionError("not asked"),
+                                "te1.hot0": AssertionError("not asked")},
+                  instruments=[{"security_id": 1, "symbol": "BTCUSDT", "tick": "0.1",
+                                "lot": "0.001"}])
+    assert main(["client", "--user", "alice", "--password", "pw", "--data", str(tmp_path),
+                 "--account", "2", "positions"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "BTCUSDT long 0.030 @ 50,000.00 entry, mark 50,500.00, unrealised PnL 15.00 USDT" \
+        in out[1], out
+    row[1], row[2] = -30, -30 * 500_000 * 10_000                 # short: -15.00 USDT
+    assert main(["client", "--user", "alice", "--password", "pw", "--data", str(tmp_path),
+                 "--account", "2", "positions"]) == 0
+    assert "unrealised PnL -15.00 USDT" in capsys.readouterr().out
 
 
 def test_positions_needs_the_users_password(monkeypatch, tmp_path, capsys):
