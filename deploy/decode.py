@@ -159,6 +159,10 @@ REJECT_TEXT = {
     2030: "the account balance would exceed its limit",
     2031: "the transfer id is at or below ids that have expired",
     2043: "the order would close the position beyond its bankruptcy price",
+    2044: "the margin it would hold leaves a resting closing order beyond its position's "
+          "bankruptcy price (cancel or move that order first)",
+    2045: "the account's funding payment of this interval is still being settled: no margin "
+          "moves into an isolated position until it is; retry in a moment",
 }
 
 

@@ -310,6 +310,8 @@ REJECT_CODES = {
     2041: "post_only_not_addable",  # a replace asking PostOnly of an order entered without it
     2042: "replace_changes_type",   # a replace whose OrdType or TimeInForce is not the order's
     2043: "price_beyond_bankruptcy",  # a closing order priced through its position's bankruptcy
+    2044: "margin_strands_closing_order",  # the margin it holds moves a resting close beyond bk
+    2045: "funding_pending",  # the account's funding of the interval is not settled yet
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 

@@ -891,7 +891,10 @@ class TradingEngine:
                         "available": self._available(acct),
                         "order_margin": acct.order_margin,
                         "position_margin": acct.position_margin,
-                        "open_orders": len(acct.orders), "positions": rows})
+                        "open_orders": len(acct.orders), "positions": rows,
+                        # [symbol, mark price in ticks] of each position's symbol that has one
+                        "marks": [[row[0], self.marks[row[0]]] for row in rows
+                                  if row[0] in self.marks]})
         return out
 
     def _position_status(self, acct: Account, symbol) -> None:
@@ -1139,6 +1142,12 @@ class TradingEngine:
                 cost = order_cost(opening, o.price, buy, mark, spec, lev)
                 if cost > self._available(acct):
                     return 2012
+                if self._strands_cross_closes(acct, cost):
+                    return 2044
+                if pos.mode == ISOLATED and self.sweeps and self._owes_funding(acct.account_id):
+                    # the balance owes this interval's funding: it may not become the margin
+                    # of an isolated position (which a cross payment never takes from)
+                    return 2045
             else:
                 cost = 0
         o.margin = cost
@@ -1389,6 +1398,11 @@ class TradingEngine:
             if need > o.margin:
                 if need - o.margin > self._available(acct):
                     code = 2012
+                elif self._strands_cross_closes(acct, need - o.margin):
+                    code = 2044
+                elif acct.positions[o.symbol].mode == ISOLATED and self.sweeps \
+                        and self._owes_funding(account):
+                    code = 2045
                 else:   # hold the larger reservation until the CrossEngine answers
                     acct.order_margin += need - o.margin
                     o.margin = need
@@ -1406,6 +1420,20 @@ class TradingEngine:
         found = self._stranded(acct, 0)
         acct.balance += amount
         return found
+
+    def _strands_cross_closes(self, acct: Account, amount: int) -> bool:
+        """_strands_closing_orders for ``amount`` more held from the cross balance (an order's
+        reservation, margin moved into an isolated position): the cross bankruptcy prices
+        count what orders and isolated positions hold. The orders are looked at only when
+        some cross position has orders against it."""
+        pos: Position
+        if amount <= 0:
+            return False
+        for pos in acct.positions.values():
+            if pos.mode == CROSS and (pos.size > 0 and pos.sell_leaves
+                                      or pos.size < 0 and pos.buy_leaves):
+                return self._strands_closing_orders(acct, amount)
+        return False
 
     def _strands_isolated(self, acct: Account, symbol: int, pos: Position, margin: int) -> bool:
         """Whether an isolated position holding ``margin`` (less than now) would leave a live
@@ -1572,6 +1600,15 @@ class TradingEngine:
                      or self._strands_isolated(acct, symbol, pos, need)):
             self._reject_request(SET_LEVERAGE, 2021, account, symbol, lev)
             return
+        # what leaves the cross balance: the orders' larger reservations, and an isolated
+        # position's larger margin (a cross position's margin is the cross balance's still)
+        held = grow if pos.mode == ISOLATED else sum(m for _o, m in more)
+        if self._strands_cross_closes(acct, held):
+            self._reject_request(SET_LEVERAGE, 2044, account, symbol, lev)
+            return
+        if pos.mode == ISOLATED and need > before and self.sweeps and self._owes_funding(account):
+            self._reject_request(SET_LEVERAGE, 2045, account, symbol, lev)
+            return
         pos.leverage_x100 = lev
         for o, m in more:
             o.margin += m
@@ -1611,6 +1648,8 @@ class TradingEngine:
                              or amount >= self._cross_headroom(acct)
                              or self._strands_closing_orders(acct, amount)):
             code = 2012
+        elif amount > 0 and self.sweeps and self._owes_funding(account):
+            code = 2045
         elif amount < 0 and (-amount > pos.extra or not self._isolated_safe(
                 pos, self.specs[symbol], pos.margin + amount)
                 or self._strands_isolated(acct, symbol, pos, pos.margin + amount)):
@@ -3504,7 +3543,7 @@ class TradingEngine:
 # FIX 103 OrdRejReason of each reject code (PROTOCOL.md §3, ExecutionReport '8'); any other: 99
 ORD_REJ_REASON = {
     2004: 1, 3008: 2, 2010: 2,                      # unknown security; exchange closed
-    2011: 3, 2012: 3, 2013: 3, 2027: 3, 2030: 3, 2043: 3,   # exceeds limit
+    2011: 3, 2012: 3, 2013: 3, 2027: 3, 2030: 3, 2043: 3, 2044: 3,   # exceeds limit
     3016: 3, 3018: 3, 3007: 3,
     2016: 5, 3005: 5,                               # unknown order
     2015: 6, 3009: 6,                               # duplicate order (ClOrdID reuse)

@@ -444,6 +444,7 @@ def test_view_accounts_states_the_live_figures_the_events_would():
     assert (one["balance"], one["available"], one["order_margin"],
             one["position_margin"]) == tuple(status[2:6])
     assert one["positions"] == [list(pos[2:])] and pos[3] == 60
+    assert one["marks"] == [[pos[2], v.te.marks[pos[2]]]]   # for the unrealised PnL
     assert before != v.te.state_hash()
     h = v.te.state_hash()
     v.te.view_accounts([1, 2])
