@@ -200,10 +200,14 @@ def _logout(reason: int, text: str) -> bytes:
     return wire.encode(wire.LOGOUT, reason, wire.char_field(text, 32))
 
 
-def _credentials(lg) -> tuple[str, bytes]:
-    """A Logon's (username, password), NUL padding off."""
-    return (lg.Username.split(b"\0", 1)[0].decode("utf-8", "replace"),
-            lg.Password.split(b"\0", 1)[0])
+def _credentials(lg) -> tuple[str, bytes] | None:
+    """A Logon's (username, password), NUL padding off; None when a field is not its value
+    and NUL padding (§1: a char[N] is NUL-padded; bytes after the first NUL are not)."""
+    name, _, pad = lg.Username.partition(b"\0")
+    password, _, pad2 = lg.Password.partition(b"\0")
+    if pad.strip(b"\0") or pad2.strip(b"\0"):
+        return None
+    return name.decode("utf-8", "replace"), password
 
 
 def _trading_date(ts_ns: int) -> int:
@@ -509,7 +513,16 @@ class Connection(asyncio.Protocol):
                 wire.decode(frame)
             elif tid == wire.TEST_REQUEST:
                 m = wire.decode(frame)
-                self.deliver(self._heartbeat(m.TestReqID))   # after a running replay (§4.5)
+                if self._take_token():
+                    self.deliver(self._heartbeat(m.TestReqID))   # after a running replay (§4.5)
+                else:
+                    # an answer per request would let a client make the gateway write without
+                    # limit: over the rate, a TestRequest costs its token like any message and
+                    # is not answered (it has no SeqNo to consume or reject); persistent abuse
+                    # ends the session as for sequenced messages
+                    self.gw.stats["throttled"] += 1
+                    if self._abusing():
+                        self.logout(wire.LOGOUT_THROTTLE_ABUSE, "throttle abuse")
             elif tid == wire.RETRANSMIT_REQUEST:
                 self._retransmit_request(wire.decode(frame))
             elif tid == wire.LOGOUT:
@@ -523,8 +536,10 @@ class Connection(asyncio.Protocol):
                     answer = _logout(wire.LOGOUT_NORMAL, "logout")
                 self.state = CLOSING  # the initiator closes; the grace timer ends it otherwise
                 self.closing_at = self.gw.clock()
-                if self.replaying:
-                    self.logout_held = answer  # after the replay and what it held (§4.5)
+                if self.replaying or self.retransmitting:
+                    # after the replay and what it held (§4.5), or after the first batch of a
+                    # RetransmitRequest it follows, even one whose task has not started yet
+                    self.logout_held = answer
                 else:
                     self._answer_logout(answer)
             elif tid == wire.LOGON:
@@ -985,7 +1000,13 @@ class Gateway:
         if self.closing:
             conn.logon_reject(wire.LOGON_REJECT_NOT_OPEN, "gateway shutting down")
             return
-        name, password = _credentials(conn.logon)
+        creds = _credentials(conn.logon)
+        if creds is None:
+            self.stats["auth_failures"] += 1
+            conn.logon_reject(wire.LOGON_REJECT_BAD_CREDENTIALS,
+                              "credentials not NUL-padded")
+            return
+        name, password = creds
         conn.logon_at = self.clock()
         self.silent.pop(conn, None)
         self.auth.start(conn, name, password)

@@ -481,7 +481,9 @@ def test_one_user_cannot_take_every_connection(cluster):
 
 def test_a_client_that_never_reads_is_cut_off(cluster):
     """TestRequests answered into a socket nobody reads: the gateway's unsent output stays
-    bounded (max_output_bytes) and the connection is closed as a slow consumer."""
+    bounded (max_output_bytes) and the connection is closed as a slow consumer. (Over the
+    session's rate TestRequests are not answered: here the session's bucket is made large,
+    as for a user whose rate allows the flood.)"""
     import socket
     cluster.gw.cfg.max_output_bytes = 64 * 1024
     s = socket.socket()
@@ -491,6 +493,12 @@ def test_a_client_that_never_reads_is_cut_off(cluster):
     try:
         s.sendall(frame(1, 12, 0, 1, 30000, 0, 0, 0, b"alice", b"pw-a"))
         deadline = time.monotonic() + 30
+        from gateway.server import LIVE
+        while not any(c.state == LIVE for c in list(cluster.gw.conns)):
+            assert time.monotonic() < deadline, "no session"
+            time.sleep(0.01)
+        for c in list(cluster.gw.conns):
+            c.bucket.rate, c.bucket.tokens = 10**9, 1e9
         batch = frame(6, 1) * 20_000
         while cluster.gw.stats["slow_consumers"] == 0:
             assert time.monotonic() < deadline, cluster.gw.stats

@@ -29,8 +29,11 @@ def test_a_right_and_a_wrong_password_at_once_are_two_checks_and_two_answers():
             await right.logon(session=1)
             wrong = await Client.connect(port)
             await wrong.logon(password="pw-alicE", session=2)
-            padded = await Client.connect(port)      # same bytes up to the NUL: the same
-            await padded.logon(password="pw-alice\0zz", session=3)
+            padded = await Client.connect(port)      # the same password: joins its check
+            await padded.logon(password="pw-alice\0\0", session=3)
+            junk = await Client.connect(port)        # bytes after the NUL: not padding
+            await junk.logon(password="pw-alice\0zz", session=5)
+            assert await rejected(junk) == wire.LOGON_REJECT_BAD_CREDENTIALS
             await wait_for(lambda: accts.started == 2 and gw.stats["auth_joined"] == 1)
             assert len(gw.auth.checks) == 2
             accts.gate.set()

@@ -149,7 +149,11 @@ def test_start_sends_gateway_start_and_logon_binds_a_new_session():
 
 
 @pytest.mark.parametrize("user, password", [("alice", "wrong"), ("mallory", "pw-alice"),
-                                            ("alice", ""), ("\xff\xfe", "x")])
+                                            ("alice", ""), ("\xff\xfe", "x"),
+                                            # §1: char[N] is the value, then NUL padding:
+                                            # bytes after the first NUL are not padding
+                                            ("alice\x00zz", "pw-alice"),
+                                            ("alice", "pw-alice\x00zz")])
 def test_bad_credentials_reach_nothing(user, password):
     async def main():
         gw, core, port = await started()
@@ -387,6 +391,58 @@ def test_retransmit_rules():
         rejects = [m for tid, m in seen if tid == wire.RETRANSMIT_REJECT]
         assert [r.Reason for r in rejects] == [wire.RETRANSMIT_REJECT_IN_PROGRESS]
         assert [m.SeqNo for tid, m in seen if tid == wire.EXECUTION_REPORT] == list(range(1, 41))
+        await gw.close()
+    run(main())
+
+
+def test_a_logout_in_the_same_write_as_a_retransmit_request_comes_after_its_answer():
+    """§4.7: a RetransmitRequest is answered (Retransmission and its messages, or a reject);
+    a Logout read in the same TCP segment was answered at once, and the replay, whose task
+    had not started, then sent nothing: the answer depended on how the bytes were split."""
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        core.push(7, 1, 40)
+        for _ in range(40):
+            await c.expect(wire.EXECUTION_REPORT)
+        c.raw(wire.encode(wire.RETRANSMIT_REQUEST, 1, 40) + wire.encode(wire.LOGOUT, 0, b""))
+        rt = await c.expect(wire.RETRANSMISSION)
+        assert (rt.FromSeqNo, rt.Count) == (1, 40)
+        for seq in range(1, 41):
+            er = await c.expect(wire.EXECUTION_REPORT)
+            assert (er.SeqNo, er.Flags) == (seq, wire.FLAG_POSS_DUP)
+        assert (await c.expect(wire.LOGOUT)).Reason == wire.LOGOUT_NORMAL
+        await gw.close()
+    run(main())
+
+
+def test_test_requests_over_the_rate_are_not_answered_and_abuse_ends_the_session():
+    """§4.11: each TestRequest was answered by a Heartbeat whatever the rate: a client made
+    the gateway write one frame per frame it sent, without limit. Over the session's rate a
+    TestRequest costs its token and gets no answer; persistent abuse is Logout(4)."""
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(throttle_abuse_s=2))
+        c = await Client.connect(port)
+        await c.logon(user="bob", password="pw-bob")          # 2 messages a second
+        await c.expect(wire.LOGON_ACK)
+        c.raw(b"".join(wire.encode(wire.TEST_REQUEST, 100 + i) for i in range(10)))
+        await wait_for(lambda: gw.stats["throttled"] == 8)
+        answered = []
+        while len(answered) < 2:
+            tid, m, _ = await c.recv()
+            if tid == wire.HEARTBEAT and m.TestReqID:
+                answered.append(m.TestReqID)
+        assert answered == [100, 101]
+        for i in range(40):                                  # 10 a second, over the rate
+            c.send(wire.TEST_REQUEST, 200 + i)
+            await asyncio.sleep(0.1)
+            if gw.stats["logouts_sent"]:
+                break
+        lo = await c.until(lambda tid, m: tid == wire.LOGOUT)
+        assert lo.Reason == wire.LOGOUT_THROTTLE_ABUSE
+        assert await c.closed()
         await gw.close()
     run(main())
 
