@@ -1435,6 +1435,14 @@ class TradingEngine:
                 return self._strands_closing_orders(acct, amount)
         return False
 
+    def _cross_positions(self, acct: Account) -> int:
+        pos: Position
+        n = 0
+        for pos in acct.positions.values():
+            if pos.mode == CROSS and pos.size:
+                n += 1
+        return n
+
     def _strands_isolated(self, acct: Account, symbol: int, pos: Position, margin: int) -> bool:
         """Whether an isolated position holding ``margin`` (less than now) would leave a live
         order against it priced beyond its bankruptcy price."""
@@ -1446,11 +1454,29 @@ class TradingEngine:
 
     def _stranded_orders(self, acct: Account, symbol: int) -> list:
         """The live orders of ``symbol`` (0: of every cross position) priced beyond their
-        position's bankruptcy price as the account stands now."""
-        return [o for o in acct.orders.values()
-                if o.state != UNTRIGGERED and (o.symbol == symbol if symbol
-                                               else acct.positions[o.symbol].mode == CROSS)
-                and self._beyond_bankruptcy(acct, o, o.price)]
+        position's bankruptcy price as the account stands now (as _beyond_bankruptcy says
+        of each; each position's price computed once)."""
+        pos: Position
+        bks = {}
+        for sym, pos in acct.positions.items():
+            if (sym == symbol if symbol else pos.mode == CROSS) and (
+                    pos.size > 0 and pos.sell_leaves or pos.size < 0 and pos.buy_leaves):
+                bk = self._bankruptcy(acct, sym, pos)
+                if bk:
+                    bks[sym] = bk
+        if not bks:
+            return []
+        out = []
+        for o in acct.orders.values():
+            bk = bks.get(o.symbol)
+            if bk is None or o.state == UNTRIGGERED:
+                continue
+            if o.side == BUY:
+                if acct.positions[o.symbol].size < 0 and o.price > bk:
+                    out.append(o)
+            elif acct.positions[o.symbol].size > 0 and o.price < bk:
+                out.append(o)
+        return out
 
     def _stranded(self, acct: Account, symbol: int) -> bool:
         return bool(self._stranded_orders(acct, symbol))
@@ -2166,6 +2192,11 @@ class TradingEngine:
         if other > 0:
             equity += other    # gains elsewhere keep a cross account alive
         if equity - held > need:
+            if acct.orders and self._cross_positions(acct) > 1:
+                # several cross positions: this mark moved the bankruptcy prices of the
+                # others, and a close resting against one of them may now be beyond its own
+                # (its fill would realise a loss the balance does not hold)
+                self._cancel_stranded(acct, 0)
             return
         self._cancel_orders(acct, 0, 0, REASON_LIQUIDATION)
         if equity > need:

@@ -882,16 +882,16 @@ def test_raising_isolated_leverage_strands_a_closing_order_and_the_fund_pays():
     assert v.liq.engine.fund >= fund, f"the fund paid {fund - v.liq.engine.fund}"
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: a resting order against a cross position "
-                   "is not checked when another symbol's mark moves its bankruptcy price")
-def test_a_mark_move_elsewhere_strands_a_cross_closing_order_and_the_fund_pays():
+def test_a_mark_move_elsewhere_that_strands_a_cross_closing_order_cancels_it():
     # A cross short of symbol 1 rests a closing buy at 10,450 (5% over the mark), within
     # its bankruptcy price when entered (the cross base is 34.7 USDT: ~10,695). Symbol 2's
     # mark then falls: the loss of the cross long there lowers the base, and with it the
-    # short's bankruptcy price, to ~10,414; the account stays well above maintenance, and
-    # nothing looks at the resting buy again (the 2043 check runs at entry, amend and money
-    # leaving the balance only). The accomplice sells into it 36 ticks beyond bankruptcy:
-    # the trader's equity goes below zero, symbol 2 is handed off and the fund pays.
+    # short's bankruptcy price, to ~10,414; the account stays well above maintenance. Nothing
+    # looked at the resting buy again (the 2043 check ran at entry, amend and money leaving
+    # the balance only): the accomplice sold into it 36 ticks beyond bankruptcy, the trader's
+    # equity went below zero, symbol 2 was handed off and the fund paid. A cross account
+    # of several positions is checked at every mark of each; that check now cancels the
+    # closes the mark stranded (reason 8), here at 32,000.
     fund = 10**11
     v = venue(fund)
     v.deposit(MM, 10**15, 2)
@@ -910,11 +910,18 @@ def test_a_mark_move_elsewhere_strands_a_cross_closing_order_and_the_fund_pays()
     v.order(TRADER, 5, 1, tc.BUY, 10_450, 500)            # accepted: within bankruptcy
     v.run()
     assert [o.price for o in acct.orders.values()] == [10_450]
-    for p in (47_000, 44_000, 41_000, 38_000, 35_000, 32_000, 30_000):
+    for p in (47_000, 44_000, 41_000, 38_000, 35_000):
         v.mark(2, p)
         v.run()
+    assert [o.price for o in acct.orders.values()] == [10_450]       # bk 10,479: within
+    for p in (32_000, 30_000):
+        v.mark(2, p)
+        v.run()
+    assert not acct.orders                                # bk 10,437: cancelled, reason 8
+    assert [e[16] for e in events(v.te[1], (tc.EXEC_REPORT,))
+            if e[3] == TRADER and e[5] == 5 and e[1] == tc.EXEC_CANCELED] == [8]
     assert not events(v.te[1], (tc.LIQUIDATION,))         # healthy: equity ~20 USDT > ~5.5
-    v.order(MM, 6, 1, tc.SELL, 10_450, 500)               # the accomplice fills it
+    v.order(MM, 6, 1, tc.SELL, 10_450, 500)               # the accomplice's sell rests
     v.run()
     v.mark(2, 29_990)
     v.run()
@@ -1018,11 +1025,10 @@ def test_funding_of_an_isolated_position_reduced_mid_sweep_then_withdrawn_is_pai
     assert not covered, f"the fund covered {covered} of the trader's funding"
 
 
-def test_an_amend_that_only_cuts_the_quantity_of_a_closing_order_is_refused():
-    # The 2043 check now runs on every amend, the price unchanged too. A closing buy left
-    # beyond the bankruptcy price by a mark move elsewhere (as above) can no longer be cut
-    # down in size (500 -> 100 lots at the same price): a change that only lowers the risk
-    # is refused, while the full-size order stays live.
+def test_an_amend_that_only_cuts_the_quantity_of_a_closing_order_is_accepted():
+    # The 2043 check runs on an amend that moves the price or grows the order, not on one
+    # that only cuts it: a closing buy whose bankruptcy price a mark move elsewhere brought
+    # near (10,479 against its 10,450) is cut from 500 to 100 lots at the same price.
     fund = 10**11
     v = venue(fund)
     v.deposit(MM, 10**15, 2)
@@ -1038,13 +1044,15 @@ def test_an_amend_that_only_cuts_the_quantity_of_a_closing_order_is_refused():
     v.run()
     v.order(TRADER, 5, 1, tc.BUY, 10_450, 500)
     v.run()
-    for p in (47_000, 44_000, 41_000, 38_000, 35_000, 32_000, 30_000):
+    for p in (47_000, 44_000, 41_000, 38_000, 35_000):
         v.mark(2, p)
         v.run()
     v.operator_te(TRADER, tc.AMEND, tc.amend(6, 5, TRADER, price=0, qty=100))
     v.run()
     refused = events(v.te[1], (tc.CANCEL_REJECTED,))
     assert not refused, f"a quantity cut was refused: {refused}"
+    acct = v.te[1].engine.accounts[TRADER]
+    assert [(o.price, o.qty) for o in acct.orders.values()] == [(10_450, 100)]
 
 
 # -- round four: the close-out's price, funding, a handoff's other positions, reduce-only in
