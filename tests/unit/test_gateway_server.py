@@ -360,15 +360,21 @@ def test_logout_exchange():
     run(main())
 
 
+async def forty_reports(core, port) -> Client:
+    """alice logged on, with server messages 1..40 (ExecutionReports) received."""
+    c = await Client.connect(port)
+    await c.logon()
+    await c.expect(wire.LOGON_ACK)
+    core.push(7, 1, 40)
+    for _ in range(40):
+        await c.expect(wire.EXECUTION_REPORT)
+    return c
+
+
 def test_retransmit_rules():
     async def main():
         gw, core, port = await started(cfg=gs.Config(max_retransmit=50, retransmit_batch=1))
-        c = await Client.connect(port)
-        await c.logon()
-        await c.expect(wire.LOGON_ACK)
-        core.push(7, 1, 40)
-        for _ in range(40):
-            await c.expect(wire.EXECUTION_REPORT)
+        c = await forty_reports(core, port)
         c.send(wire.RETRANSMIT_REQUEST, 3, 2)
         for a in (3, 4):  # batches of one, each introduced by Retransmission
             rt = await c.expect(wire.RETRANSMISSION)
@@ -401,12 +407,7 @@ def test_a_logout_in_the_same_write_as_a_retransmit_request_comes_after_its_answ
     had not started, then sent nothing: the answer depended on how the bytes were split."""
     async def main():
         gw, core, port = await started()
-        c = await Client.connect(port)
-        await c.logon()
-        await c.expect(wire.LOGON_ACK)
-        core.push(7, 1, 40)
-        for _ in range(40):
-            await c.expect(wire.EXECUTION_REPORT)
+        c = await forty_reports(core, port)
         c.raw(wire.encode(wire.RETRANSMIT_REQUEST, 1, 40) + wire.encode(wire.LOGOUT, 0, b""))
         rt = await c.expect(wire.RETRANSMISSION)
         assert (rt.FromSeqNo, rt.Count) == (1, 40)

@@ -1087,13 +1087,11 @@ def test_a_close_out_ioc_does_not_sell_into_a_bid_far_below_the_mark():
     assert paid <= 1000 * band * 100, f"the fund paid {paid}"   # (the rest: held, then ADL)
 
 
-def test_funding_cancels_a_close_that_its_payment_left_beyond_bankruptcy():
-    # A close resting at exactly the isolated long's bankruptcy price; 0.75% of funding out
-    # of the margin moves that price past it. Without the cancel an accomplice lifted it and
-    # the fund covered 2,902,000 (DeficitCovered).
+def _isolated_long_with_its_close_at_bankruptcy_and_funding_due() -> tuple[RoutedVenue, int]:
+    """TRADER isolated long 1,000 of symbol 1 at 50x (25 USDT), a sell resting at exactly its
+    bankruptcy price, funding of 0.75% due at the next boundary; TAKER on shard 0."""
     from tests.liqcascade import SRC_ORACLE
-    fund = 10**11
-    v = venue(fund)
+    v = venue(10**11)
     v.deposit(MM, 10**15, 2)
     v.deposit(TAKER, 10**12, 4)
     v.deposit(TRADER, 25_000_000, 3)
@@ -1106,14 +1104,24 @@ def test_funding_cancels_a_close_that_its_payment_left_beyond_bankruptcy():
     v.run()
     te = v.te[1].engine
     acct = te.accounts[TRADER]
-    pos = acct.positions[1]
-    bk = te._bankruptcy(acct, 1, pos)
+    bk = te._bankruptcy(acct, 1, acct.positions[1])
     v.order(TRADER, 3, 1, tc.SELL, bk, 1000)                  # a close at the bankruptcy price
     v.run()
     assert [o.price for o in acct.orders.values()] == [bk]
     for st in v.te:
         v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7_500, 7_500))
     v.run()
+    return v, bk
+
+
+def test_funding_cancels_a_close_that_its_payment_left_beyond_bankruptcy():
+    # A close resting at exactly the isolated long's bankruptcy price; 0.75% of funding out
+    # of the margin moves that price past it. Without the cancel an accomplice lifted it and
+    # the fund covered 2,902,000 (DeficitCovered).
+    v, bk = _isolated_long_with_its_close_at_bankruptcy_and_funding_due()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    pos = acct.positions[1]
     v.tick(HOUR)
     v.tick(1_000_000)
     assert [e for e in events(v.te[1], (tc.FUNDING,)) if e[1] == TRADER]
@@ -1634,25 +1642,9 @@ def test_a_close_lifted_on_its_way_as_funding_cancels_it_leaves_the_fund_paying(
     # accomplice's IOC at the old bankruptcy price sequenced into in.te.0 just before the
     # Tick that pays funding on shard 1 reaches in.ce.1 ahead of the cancel and fills the
     # close beyond the moved price: the fund covers 2.9 USDT. docs/tradingengine.md §13.
-    from tests.liqcascade import SRC_ORACLE
-    v = venue(10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**12, 4)
-    v.deposit(TRADER, 25_000_000, 3)
-    v.mark(1, 10_000)
-    v.run()
-    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
-    v.leverage(TRADER, 1, 5000)
-    v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)
-    v.run()
+    v, bk = _isolated_long_with_its_close_at_bankruptcy_and_funding_due()
     te = v.te[1].engine
-    acct = te.accounts[TRADER]
-    bk = te._bankruptcy(acct, 1, acct.positions[1])
-    v.order(TRADER, 3, 1, tc.SELL, bk, 1000)
-    v.run()
-    for st in v.te:
-        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7_500, 7_500))
+    v.deposit(ACCOMPLICE, 10**12, 4)                      # on shard 0: its in.te is first
     v.run()
     v.ts_ns = te.next_funding[1]
     v.order(ACCOMPLICE, 4, 1, tc.BUY, bk, 1000, tif=tc.IOC)
