@@ -272,7 +272,7 @@ class Order:
     __slots__ = ("order_id", "account", "symbol", "client_order_id", "side", "ord_type", "tif",
                  "flags", "price", "qty", "leaves", "cum", "margin", "state", "pending",
                  "trigger_price", "trigger_kind", "trigger_by", "reason", "ce_id", "sess", "cxl",
-                 "rpl")
+                 "rpl", "amend_price")
 
     def __init__(self, order_id: int, account: int, symbol: int, client_order_id: int,
                  side: int, ord_type: int, tif: int, flags: int, price: int, qty: int) -> None:
@@ -299,6 +299,7 @@ class Order:
         self.sess = None                  # (user, session_id) that entered it, or None
         self.cxl = None                   # (ClOrdID, session key) of a session's pending cancel
         self.rpl = None                   # (ClOrdID, session key) of a session's pending replace
+        self.amend_price = 0              # the price of an amend in flight (0: none)
 
     def row(self) -> list:
         return [self.order_id, self.account, self.symbol, self.client_order_id, self.side,
@@ -307,7 +308,10 @@ class Order:
                 self.trigger_kind, self.trigger_by, self.reason, self.ce_id,
                 None if self.sess is None else list(self.sess),
                 None if self.cxl is None else [self.cxl[0], *self.cxl[1]],
-                None if self.rpl is None else [self.rpl[0], *self.rpl[1]]]
+                None if self.rpl is None else [self.rpl[0], *self.rpl[1]],
+                # an amend's price while it is in flight (a row of 23 without one: the
+                # snapshots of orders with no amend in flight are as before)
+                *([self.amend_price] if self.amend_price else [])]
 
     @classmethod
     def from_row(cls, row: list) -> Order:
@@ -319,6 +323,8 @@ class Order:
             o.sess = None if sess is None else (sess[0], sess[1])
             o.cxl = None if cxl is None else (cxl[0], (cxl[1], cxl[2]))
             o.rpl = None if rpl is None else (rpl[0], (rpl[1], rpl[2]))
+        if len(row) > 23:
+            o.amend_price = row[23]
         return o
 
 
@@ -1113,11 +1119,14 @@ class TradingEngine:
             reducible = size - same if size > 0 else 0
         qty = o.leaves
         flags = o.flags
-        if size and (size > 0) != buy:
+        against = size and (size > 0) != buy
+        owed = self._funding_owed(acct.account_id) if against and self.sweeps else 0
+        if against:
             # an order against the position (the part that closes it, now or once the orders
             # ahead of it are gone) may not be priced beyond its bankruptcy price: the loss
-            # past it would be the fund's (a market order's protection price stops there)
-            bk = self._bankruptcy(acct, symbol, pos)
+            # past it would be the fund's (a market order's protection price stops there);
+            # funding the account owes to a sweep in flight is not its money
+            bk = self._bankruptcy(acct, symbol, pos, owed)
             if bk and ((o.price > bk) if buy else (o.price < bk)):
                 if o.ord_type != MARKET:
                     return 2043
@@ -1142,9 +1151,19 @@ class TradingEngine:
                 cost = order_cost(opening, o.price, buy, mark, spec, lev)
                 if cost > self._available(acct):
                     return 2012
+                if against:
+                    # an order that closes and opens: what it reserves for the lots it
+                    # opens moves the bankruptcy price of the lots it closes
+                    bk = self._bankruptcy(acct, symbol, pos, owed + cost)
+                    if bk and ((o.price > bk) if buy else (o.price < bk)):
+                        if o.ord_type != MARKET:
+                            return 2043
+                        # nearer the mark: it reserves less, and bk moves back, not further
+                        o.price = bk
+                        cost = order_cost(opening, o.price, buy, mark, spec, lev)
                 if self._strands_cross_closes(acct, cost):
                     return 2044
-                if pos.mode == ISOLATED and self.sweeps and self._owes_funding(acct.account_id):
+                if pos.mode == ISOLATED and self.sweeps and self._funding_owed(acct.account_id):
                     # the balance owes this interval's funding: it may not become the margin
                     # of an isolated position (which a cross payment never takes from)
                     return 2045
@@ -1184,6 +1203,7 @@ class TradingEngine:
             leaves = total_qty - o.cum
             self._steps += leaves if leaves < CE_MAX_FILLS else CE_MAX_FILLS
         o.pending = PENDING_AMEND
+        o.amend_price = price   # it may fill at either price until the CrossEngine answers
         payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
         self.route |= 1 << (o.symbol & 63)
         self._out.append(_CE_CMD(CE_COMMAND, o.symbol, CE_AMEND, len(payload)) + payload)
@@ -1391,17 +1411,20 @@ class TradingEngine:
             if tier is None or pos.leverage_x100 > tier.max_leverage_x100:
                 code = 2013
         if not code and (new_price != o.price or new_qty - o.cum > o.leaves) \
-                and self._beyond_bankruptcy(acct, o, new_price):
+                and self._beyond_bankruptcy(acct, o, new_price,
+                                            self._funding_owed(account) if self.sweeps else 0):
             code = 2043
         if not code and not o.flags & FLAG_REDUCE_ONLY:
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
             if need > o.margin:
                 if need - o.margin > self._available(acct):
                     code = 2012
+                elif self._beyond_bankruptcy(acct, o, new_price, need - o.margin):
+                    code = 2043     # its own larger reservation moves its bankruptcy price
                 elif self._strands_cross_closes(acct, need - o.margin):
                     code = 2044
                 elif acct.positions[o.symbol].mode == ISOLATED and self.sweeps \
-                        and self._owes_funding(account):
+                        and self._funding_owed(account):
                     code = 2045
                 else:   # hold the larger reservation until the CrossEngine answers
                     acct.order_margin += need - o.margin
@@ -1433,6 +1456,15 @@ class TradingEngine:
             if pos.mode == CROSS and (pos.size > 0 and pos.sell_leaves
                                       or pos.size < 0 and pos.buy_leaves):
                 return self._strands_closing_orders(acct, amount)
+        return False
+
+    def _other_cross_closes(self, acct: Account, symbol: int) -> bool:
+        """Whether the account has orders against a cross position other than ``symbol``'s."""
+        pos: Position
+        for sym, pos in acct.positions.items():
+            if sym != symbol and pos.mode == CROSS and (pos.size > 0 and pos.sell_leaves
+                                                        or pos.size < 0 and pos.buy_leaves):
+                return True
         return False
 
     def _cross_positions(self, acct: Account) -> int:
@@ -1471,10 +1503,15 @@ class TradingEngine:
             bk = bks.get(o.symbol)
             if bk is None or o.state == UNTRIGGERED:
                 continue
+            # an amend in flight: it may still fill at its old price, or already at the new
+            price = o.price
+            if o.amend_price and ((o.amend_price > price) if o.side == BUY
+                                  else (o.amend_price < price)):
+                price = o.amend_price
             if o.side == BUY:
-                if acct.positions[o.symbol].size < 0 and o.price > bk:
+                if acct.positions[o.symbol].size < 0 and price > bk:
                     out.append(o)
-            elif acct.positions[o.symbol].size > 0 and o.price < bk:
+            elif acct.positions[o.symbol].size > 0 and price < bk:
                 out.append(o)
         return out
 
@@ -1487,35 +1524,42 @@ class TradingEngine:
             if o.pending != PENDING_CANCEL:
                 self._send_cancel(o, REASON_LIQUIDATION)
 
-    def _owes_funding(self, account: int) -> bool:
-        """Whether a funding sweep in flight has yet to reach the account (it pays on its
-        size at the boundary, whatever it holds by its turn)."""
+    def _funding_owed(self, account: int) -> int:
+        """What the account will pay when the funding sweeps in flight reach it (on its sizes
+        at their boundaries, whatever it holds by its turn; receipts not counted): 0 with
+        no sweep in flight."""
+        owed = 0
         for sw in self.sweeps:
             if sw[0] == SWEEP_FUNDING:
                 entries = sw[7]
+                value = self.specs[sw[1]].value
                 for k in range(sw[2], len(entries)):
                     if entries[k][0] == account:
-                        return True
-        return False
+                        amount = funding_payment(entries[k][1], sw[4], value, sw[3])
+                        if amount > 0:
+                            owed += amount
+        return owed
 
-    def _beyond_bankruptcy(self, acct: Account, o: Order, price: int) -> bool:
+    def _beyond_bankruptcy(self, acct: Account, o: Order, price: int, held: int = 0) -> bool:
         """Whether ``o`` at ``price`` would close (part of) its position beyond the
-        position's bankruptcy price (as _risk_and_send refuses for a new order)."""
+        position's bankruptcy price (as _risk_and_send refuses for a new order), with
+        ``held`` more held (_bankruptcy)."""
         pos = acct.positions[o.symbol]
         if not pos.size or (pos.size > 0) == (o.side == BUY):
             return False
-        bk = self._bankruptcy(acct, o.symbol, pos)
+        bk = self._bankruptcy(acct, o.symbol, pos, held)
         return bool(bk) and ((price > bk) if o.side == BUY else (price < bk))
 
-    def _bankruptcy(self, acct: Account, symbol: int, pos: Position) -> int:
+    def _bankruptcy(self, acct: Account, symbol: int, pos: Position, held: int = 0) -> int:
         """The price beyond which closing the position would cost more than the account
         has for it: an isolated position's margin; for a cross one the cross equity, the
         other positions' gains included (a solvent account must be able to close a loser
-        that gains elsewhere keep alive, a stop-loss above all)."""
+        that gains elsewhere keep alive, a stop-loss above all). ``held``: money about to
+        be held besides (an order's own reservation, funding owed to a sweep in flight)."""
         if pos.mode == ISOLATED:
-            base = pos.margin
+            base = pos.margin - held
         else:
-            base = (acct.balance - self._isolated_margin(acct) - acct.order_margin
+            base = (acct.balance - self._isolated_margin(acct) - acct.order_margin - held
                     + self._cross_upnl(acct, skip=symbol))
         return bankruptcy_price(pos.size, pos.cost, base, self.specs[symbol])
 
@@ -1632,7 +1676,7 @@ class TradingEngine:
         if self._strands_cross_closes(acct, held):
             self._reject_request(SET_LEVERAGE, 2044, account, symbol, lev)
             return
-        if pos.mode == ISOLATED and need > before and self.sweeps and self._owes_funding(account):
+        if pos.mode == ISOLATED and grow and self.sweeps and self._funding_owed(account):
             self._reject_request(SET_LEVERAGE, 2045, account, symbol, lev)
             return
         pos.leverage_x100 = lev
@@ -1674,7 +1718,7 @@ class TradingEngine:
                              or amount >= self._cross_headroom(acct)
                              or self._strands_closing_orders(acct, amount)):
             code = 2012
-        elif amount > 0 and self.sweeps and self._owes_funding(account):
+        elif amount > 0 and self.sweeps and self._funding_owed(account):
             code = 2045
         elif amount < 0 and (-amount > pos.extra or not self._isolated_safe(
                 pos, self.specs[symbol], pos.margin + amount)
@@ -1746,7 +1790,7 @@ class TradingEngine:
         elif amount <= 0 or amount >= MAX_MONEY:
             code = 2023
         elif amount > self._available(acct) or amount >= self._cross_headroom(acct) \
-                or self._strands_closing_orders(acct, amount) or self._owes_funding(account):
+                or self._strands_closing_orders(acct, amount) or self._funding_owed(account):
             code = 2024
         if code:
             self._reject_request(WITHDRAW, code, account, 0, transfer_id)
@@ -2434,6 +2478,7 @@ class TradingEngine:
                                                and code != CE_UNKNOWN_ORDER)
         to = 2 if amend else 1
         if amend:
+            o.amend_price = 0
             self._fit_margin(acct, o)
         if o.pending != PENDING_CANCEL or not amend:
             o.pending = NO_PENDING
@@ -2520,6 +2565,10 @@ class TradingEngine:
             mark = self.marks.get(sw[1])
             if mark is not None:
                 self._maintain(acct, sw[1], self.specs[sw[1]], mark)
+            if acct.orders:
+                # the fill's realised loss (or margin) moved the other positions' bankruptcy
+                # prices: the closes it left beyond theirs go (reason 8)
+                self._cancel_stranded(acct, 0)
         return True
 
     def _day_end(self) -> None:
@@ -2591,6 +2640,7 @@ class TradingEngine:
         else:
             pos.sell_leaves += leaves - o.leaves
         o.price, o.leaves, o.qty = price, leaves, total
+        o.amend_price = 0
         if o.pending == PENDING_AMEND:
             # a cancel sent after the amend (the end of the day, a liquidation, a mass
             # cancel) is still in flight: it stays pending, with its reason
@@ -2661,8 +2711,14 @@ class TradingEngine:
         acct.fees_paid += paid
         self._liq_dirty[acct.account_id] = None
         self.fee_pool += paid
+        realised = pos.realised
         self._book(acct, symbol, signed, price, spec)
         after = pos.size
+        if pos.realised < realised and pos.mode == CROSS and self._other_cross_closes(acct, symbol):
+            # a loss realised here lowers the cross base: the bankruptcy prices of the other
+            # cross positions move, and a close resting against one may now be beyond its own
+            # (cancelled by the check, when the record's fills are booked)
+            self._to_check[(acct.account_id, symbol)] = None
         # the lots this fill opened (beyond the position it closed)
         opened = (after - (before if before > 0 else 0) if after > 0 else 0) \
             if signed > 0 else ((before if before < 0 else 0) - after if after < 0 else 0)

@@ -1541,7 +1541,7 @@ def test_a_lower_isolated_leverage_that_moves_a_cross_close_beyond_bankruptcy_is
     assert v.liq.engine.fund >= 10**11
 
 
-def _funding_in_flight(isolated_leverage: int, isolated_qty: int = 0
+def _funding_in_flight(isolated_leverage: int, isolated_qty: int = 0, isolated_bid: int = 0
                        ) -> tuple[RoutedVenue, object]:
     """Six cross longs of symbol 1 (TRADER's among them, 200 USDT; and an isolated long of
     symbol 2 when asked) and a funding sweep that spans records (output budget 0); TRADER
@@ -1565,6 +1565,8 @@ def _funding_in_flight(isolated_leverage: int, isolated_qty: int = 0
     if isolated_qty:
         v.order(MM, 3, 2, tc.SELL, 50_000, isolated_qty)
         v.order(TRADER, 4, 2, tc.BUY, 50_000, isolated_qty)
+    if isolated_bid:
+        v.order(TRADER, 3, 2, tc.BUY, 50_000, isolated_bid)      # rests
     v.run()
     for st in v.te:
         v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
@@ -1577,7 +1579,7 @@ def _funding_in_flight(isolated_leverage: int, isolated_qty: int = 0
     v.order(TRADER, 6, 1, tc.SELL, 10_000, 1000)
     v.run()
     acct = te.accounts[TRADER]
-    assert acct.positions[1].size == 0 and te.sweeps and te._owes_funding(TRADER)
+    assert acct.positions[1].size == 0 and te.sweeps and te._funding_owed(TRADER) == 7_000_000
     return v, acct
 
 
@@ -1654,3 +1656,207 @@ def test_a_close_lifted_on_its_way_as_funding_cancels_it_leaves_the_fund_paying(
     for _ in range(3):
         v.tick(300_000_000)
     assert not [e for e in events(v.te[1], (tc.DEFICIT_COVERED,)) if e[1] == TRADER]
+
+
+# -- round seven: against round six's rules --------------------------------------------------
+
+
+def _cross_long_at_50x(balance: int, symbol2_lots: int = 0) -> tuple[RoutedVenue, object]:
+    """TRADER cross long 1,000 of symbol 1 at 50x (and symbol2_lots of symbol 2 at 20x); the
+    accomplice on shard 0."""
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(ACCOMPLICE, 10**12, 4)
+    v.deposit(TRADER, balance, 3)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.leverage(TRADER, 1, 5000)
+    v.leverage(TRADER, 2, 2000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)
+    if symbol2_lots:
+        v.order(MM, 3, 2, tc.SELL, 50_000, symbol2_lots)
+        v.order(TRADER, 4, 2, tc.BUY, 50_000, symbol2_lots)
+    v.run()
+    return v, v.te[1].engine.accounts[TRADER]
+
+
+def _fund_untouched(v: RoutedVenue) -> None:
+    for _ in range(5):
+        v.tick(300_000_000)
+    assert not [e for e in events(v.te[1], (tc.DEFICIT_COVERED,)) if e[1] == TRADER]
+    assert v.liq.engine.fund >= 10**11
+
+
+def test_an_amend_in_flight_counts_at_its_new_price():
+    # A close resting safely at 10,200 is amended down to the bankruptcy price (accepted);
+    # a withdrawal of everything available in the same batch was checked against the close at
+    # its old price: accepted, the amend landed beyond the moved bankruptcy price, the
+    # accomplice lifted it and the fund covered 8.41 USDT of money withdrawn. An order may
+    # fill at either price until the CrossEngine answers the amend: both count.
+    v, acct = _cross_long_at_50x(30_000_000)
+    te = v.te[1].engine
+    v.order(TRADER, 3, 1, tc.SELL, 10_200, 1000)
+    v.run()
+    bk = te._bankruptcy(acct, 1, acct.positions[1])
+    v.operator_te(TRADER, tc.AMEND, tc.amend(4, 3, TRADER, price=bk))
+    v.operator_te(TRADER, tc.WITHDRAW, tc.transfer(77, TRADER, te._available(acct)))
+    v.run()
+    assert _rejects(v, tc.WITHDRAW) == [2024]
+    assert [o.price for o in acct.orders.values()] == [bk]
+    v.order(ACCOMPLICE, 6, 1, tc.BUY, bk, 1000, tif=tc.IOC)
+    v.run()
+    _fund_untouched(v)
+
+
+@pytest.mark.parametrize("amend", [False, True])
+def test_an_order_that_closes_and_opens_is_checked_with_its_own_reservation(amend):
+    # A sell of 1,420 against a cross long of 1,000 (bankruptcy price 9,510) at 9,510 passed
+    # 2043 against the price before its own reservation: the 29 USDT it reserved for the 420
+    # lots it opens moved the price to 9,800, the accomplice lifted it, the short opened on
+    # nothing and the fund paid 19.9 USDT (6.9 when a resting sell was amended down to it).
+    from tradingengine.margin import order_cost
+    v, acct = _cross_long_at_50x(50_000_000)
+    te = v.te[1].engine
+    bk = te._bankruptcy(acct, 1, acct.positions[1])
+    q = 1
+    while order_cost(q + 1, bk, False, 10_000, te.specs[1], 5000) <= te._available(acct):
+        q += 1
+    if amend:
+        v.order(TRADER, 3, 1, tc.SELL, 10_400, 1000 + q)
+        v.run()
+        # resting, it holds what it reserves: the bound as it stands with it (9,602 here);
+        # amended down to it, it reserves more (the loss against the mark) and moves it again
+        bk = te._bankruptcy(acct, 1, acct.positions[1])
+        v.operator_te(TRADER, tc.AMEND, tc.amend(4, 3, TRADER, price=bk))
+        v.run()
+        assert [e[4] for e in events(v.te[1], (tc.CANCEL_REJECTED,)) if e[1] == TRADER] \
+            == [2043]
+    else:
+        v.order(TRADER, 3, 1, tc.SELL, bk, 1000 + q)
+        v.run()
+        assert [e[16] for e in events(v.te[1], (tc.EXEC_REPORT,))
+                if e[3] == TRADER and e[5] == 3] == [2043]
+    assert not te._stranded(acct, 0)
+    v.order(ACCOMPLICE, 8, 1, tc.BUY, bk, 1000 + q, tif=tc.IOC)
+    v.order(MM, 9, 1, tc.SELL, 10_000, 100_000)
+    v.run()
+    _fund_untouched(v)
+
+
+def test_a_loss_realised_on_one_cross_position_cancels_the_closes_it_strands_elsewhere():
+    # Cross longs of symbol 1 (close resting at its bankruptcy price) and symbol 2; symbol 2
+    # closed at 45,000 against a mark of 50,000 (within its own bound, reserving nothing):
+    # the realised loss moved symbol 1's bankruptcy price to 9,716, nothing looked at its
+    # close again (and with one cross position left, no mark does), and the fund covered
+    # 9.9 USDT. The record of the fill now checks the account (reason 8).
+    v, acct = _cross_long_at_50x(40_000_000, symbol2_lots=300)
+    te = v.te[1].engine
+    bk1 = te._bankruptcy(acct, 1, acct.positions[1])
+    v.order(TRADER, 5, 1, tc.SELL, bk1, 1000)
+    v.run()
+    p2 = max(te._bankruptcy(acct, 2, acct.positions[2]), 45_000)
+    v.order(TRADER, 6, 2, tc.SELL, p2, 300)
+    v.run()
+    assert len(acct.orders) == 2
+    v.order(ACCOMPLICE, 7, 2, tc.BUY, p2, 300, tif=tc.IOC)
+    v.run()
+    assert acct.positions[2].size == 0 and te._bankruptcy(acct, 1, acct.positions[1]) > bk1
+    assert not acct.orders, "the close left beyond its bankruptcy price is cancelled"
+    v.order(ACCOMPLICE, 8, 1, tc.BUY, bk1, 1000, tif=tc.IOC)
+    v.run()
+    assert acct.positions[1].size == 1000
+    _fund_untouched(v)
+
+
+def test_a_close_entered_while_funding_is_owed_counts_the_funding():
+    # After the boundary, before its turn in the sweep, the trader closed its cross long at
+    # its bankruptcy price into the accomplice's bid: at its turn it owed 7 USDT on a balance
+    # of 0.02 and the fund covered 6.98. Funding owed to a sweep in flight is not the
+    # account's money: the close is beyond the bound it leaves (2043).
+    from tests.liqcascade import SRC_ORACLE
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(ACCOMPLICE, 10**12, 4)
+    for i, a in enumerate((1, 3, 5, 7, 9)):
+        v.deposit(a, 10**10, 5 + i)
+    v.deposit(TRADER, 40_000_000, 20)
+    v.mark(1, 10_000)
+    v.run()
+    v.order(MM, 1, 1, tc.SELL, 10_000, 6000)
+    for a in (1, 3, 5, 7, 9, TRADER):
+        v.leverage(a, 1, 5000 if a == TRADER else 1000)
+        v.order(a, 2, 1, tc.BUY, 10_000, 1000)
+    v.run()
+    for st in v.te:
+        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
+    v.run()
+    for st in v.te:
+        st.engine.output_budget = 0
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    bk = te._bankruptcy(acct, 1, acct.positions[1])
+    v.ts_ns = te.next_funding[1] - 1
+    v.order(ACCOMPLICE, 6, 1, tc.BUY, bk, 1000)
+    v.run()
+    v.ts_ns += 1
+    v.order(TRADER, 7, 1, tc.SELL, bk, 1000)
+    v.run()
+    assert [e[16] for e in events(v.te[1], (tc.EXEC_REPORT,))
+            if e[3] == TRADER and e[5] == 7] == [2043]
+    assert te._funding_owed(TRADER) == 7_000_000
+    for _ in range(10):
+        v.tick(1000)
+    assert [e[4] for e in events(v.te[1], (tc.FUNDING,)) if e[1] == TRADER] == [7_000_000]
+    _fund_untouched(v)
+
+
+def test_a_higher_reservation_of_isolated_orders_waits_for_the_funding_owed():
+    # 2045 looked at the isolated position's margin only: with no position, SetLeverage 20x
+    # -> 1x grew a resting isolated bid's reservation from 9 to 199 USDT mid-sweep, the bid
+    # filled into an isolated margin and the fund covered the cross payment (6.1 USDT).
+    v, acct = _funding_in_flight(2000, isolated_bid=566)
+    held = acct.order_margin
+    v.leverage(TRADER, 2, 100)
+    v.run()
+    assert _rejects(v, tc.SET_LEVERAGE) == [2045]
+    assert acct.order_margin == held and acct.positions[2].leverage_x100 == 2000
+    v.order(ACCOMPLICE, 7, 2, tc.SELL, 50_000, 566, tif=tc.IOC)
+    v.run()
+    _settle_funding_and_withdraw_all(v, acct, 0)
+
+
+def test_an_account_that_receives_funding_is_not_held_back():
+    # 2045 refused every account the sweep had yet to reach, a receiver too (an isolated
+    # short receiving at a positive rate had an isolated bid refused). Only money owed counts.
+    from tests.liqcascade import SRC_ORACLE
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    for i, a in enumerate((1, 3, 5, 7, 9)):
+        v.deposit(a, 10**10, 5 + i)
+    v.deposit(TRADER, 10**10, 20)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.order(MM, 1, 1, tc.BUY, 10_000, 6000)
+    for a in (1, 3, 5, 7, 9, TRADER):
+        v.operator_te(a, tc.SET_MARGIN_MODE, tc.set_margin_mode(a, 1, tc.ISOLATED))
+        v.leverage(a, 1, 1000)
+        v.order(a, 2, 1, tc.SELL, 10_000, 1000)
+    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 2, tc.ISOLATED))
+    v.run()
+    for st in v.te:
+        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
+    v.run()
+    for st in v.te:
+        st.engine.output_budget = 0
+    te = v.te[1].engine
+    v.ts_ns = te.next_funding[1]
+    v.order(TRADER, 3, 2, tc.BUY, 49_000, 10)
+    v.run()
+    assert [o.client_order_id for o in te.accounts[TRADER].orders.values()] == [3]
+    assert te.sweeps and te._funding_owed(TRADER) == 0
+    for _ in range(10):
+        v.tick(1000)
+    assert [e[4] for e in events(v.te[1], (tc.FUNDING,)) if e[1] == TRADER] == [-7_000_000]
