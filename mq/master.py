@@ -543,8 +543,18 @@ class Master:
         """Bring a replicator's view in line with this master's log: the seq up to which it
         agrees; a divergent tail beyond it (never committed) is truncated. Returns that seq."""
         top = self.next_seq - 1
-        agreed = min(replication.common_prefix(st["history"], st["last"], self.history, top),
-                     st["last"])
+        if self.stamps_epochs:
+            agreed = min(replication.common_prefix(st["history"], st["last"], self.history, top),
+                         st["last"])
+        else:
+            # A mirror's records keep their engine's epochs, not this master's: its own
+            # history (the adopted log, then its epoch from its first seq) says nothing of
+            # theirs, and compared with a replicator's (its records' epochs) it found a
+            # divergent tail at its first seq in every replicator reconciled after a failover
+            # of the mirror: the TRUNCATE was refused (committed) and the replicator left out
+            # of the stream for good. The copies of one seq are the same bytes (the engine is
+            # deterministic; the replicators compare and repair them): it agrees to its end.
+            agreed = min(st["last"], top)
         if agreed < st["last"]:
             log.warning("%s: %s holds a divergent tail %d..%d; truncating it", self.stream,
                         link.addr, agreed + 1, st["last"])

@@ -872,6 +872,30 @@ def test_an_append_of_a_mirror_never_says_fanout():
     assert sent and not any("fanout" in body for _i, body, _m in sent)
 
 
+def test_a_mirror_takes_back_a_replicator_whose_records_carry_their_engines_epochs():
+    """A fault campaign: after a failover of out.te.0's mirror (epoch 2 from seq 101), a
+    replicator reconciled again (restarted, rebuilt from its peers, or after a gap) reported
+    the history of its records, which carry the engine's epochs ([(1, 1)] here, or the input
+    stream's later epochs). The mirror compared it with its own history, [(1, 1), (2, 101)],
+    found a divergent tail from 101, sent a TRUNCATE below the replicator's commit point
+    (refused: committed) and left it out of the stream for good."""
+    class MirrorLike(Core):
+        stamps_epochs = False
+    core = MirrorLike(replicators=3, policy="quorum")
+    recover(core, [state(last=100, epoch=1, commit=100, history=[(1, 1)])] * 3,
+            tail=records(1, 100))
+    assert core.epoch == 2 and core.history == [(1, 1), (2, 101)]
+    core.sequence_turn([data(1, 1, 50)])
+    ack_all(core)
+    assert core.committed == 150
+    core.take(wire.TRUNCATE)
+    link = core.links[2]
+    link.known = False                        # as after a gap: claimed and reconciled again
+    core._on_reply(link, state(last=150, epoch=2, commit=150, history=[(1, 1), (3, 120)]))
+    assert core.take(wire.TRUNCATE) == []
+    assert link.known and link.acked == 150
+
+
 # -- a replicator's full disk ------------------------------------------------------------------
 
 def _full_reply(core, last):
