@@ -30,7 +30,7 @@ cdef class TradingEngine:
     cdef public object _steps, _cmd_steps
     cdef public dict specs, accounts, marks, last_prices, funding_inputs, next_funding
     cdef public dict transfers, orders, ce_orders, conditional, holders, dms
-    cdef public dict _touched, _handlers, _to_check
+    cdef public dict _touched, _handlers, _to_check, _owed_index
     cdef public list _out, sweeps
     cdef public Account clearing, liquidation
     cdef public dict _liq_dirty, _sess_replacing

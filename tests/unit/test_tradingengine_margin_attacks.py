@@ -1860,3 +1860,233 @@ def test_an_account_that_receives_funding_is_not_held_back():
     for _ in range(10):
         v.tick(1000)
     assert [e[4] for e in events(v.te[1], (tc.FUNDING,)) if e[1] == TRADER] == [-7_000_000]
+
+
+# -- round eight: against round seven's rules ------------------------------------------------
+
+
+def test_a_fee_beyond_the_gain_of_a_close_cancels_the_closes_it_strands_elsewhere():
+    # Closing 20,000 lots of symbol 1 at their entry price realised nothing but paid a 10
+    # USDT fee: the cross base fell, symbol 2's close at its bankruptcy price was left beyond
+    # it (45,367 against 45,417) and the fund covered 5.4 USDT when it was lifted. The check
+    # of the record's fills runs when the balance falls, fee or loss.
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(ACCOMPLICE, 10**12, 4)
+    v.deposit(TRADER, 950_000_000, 3)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.leverage(TRADER, 1, 5000)
+    v.leverage(TRADER, 2, 2000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 20_000)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 20_000)
+    v.order(MM, 3, 2, tc.SELL, 50_000, 28_571)
+    v.order(TRADER, 4, 2, tc.BUY, 50_000, 28_571)
+    v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    bk2 = te._bankruptcy(acct, 2, acct.positions[2])
+    v.order(TRADER, 5, 2, tc.SELL, bk2, 28_571)
+    v.run()
+    v.order(MM, 6, 1, tc.BUY, 10_000, 20_000)
+    v.order(TRADER, 7, 1, tc.SELL, 10_000, 20_000, tif=tc.IOC)
+    v.run()
+    assert acct.positions[1].size == 0 and not acct.orders
+    v.order(ACCOMPLICE, 8, 2, tc.BUY, bk2, 28_571, tif=tc.IOC)
+    v.run()
+    _fund_untouched(v)
+
+
+def test_a_reduce_only_cut_during_the_traders_amend_keeps_the_amends_price():
+    # A reduce-only sell at 9,740 amended to 10,500 while a fill of another close cut it: the
+    # cut went as an amend at the old price, the CrossEngine applied both in turn and the
+    # order went back to 9,740 (the trader's amend undone), with a window in which the engine
+    # saw 10,500 and nothing in flight: a withdrawal of everything was accepted there and the
+    # fund paid 5.14 USDT. The cut now goes at the amend's price.
+    v, acct = _cross_long_at_50x(30_000_000)
+    v.order(TRADER, 3, 1, tc.SELL, 9_740, 1000, flags=tc.FLAG_REDUCE_ONLY)
+    v.order(TRADER, 4, 1, tc.SELL, 9_720, 10)
+    v.run()
+    v.order(ACCOMPLICE, 5, 1, tc.BUY, 9_720, 10, tif=tc.IOC)
+    v.operator_te(TRADER, tc.AMEND, tc.amend(6, 3, TRADER, price=10_500))
+    v.run()
+    assert [(o.price, o.leaves) for o in acct.orders.values()] == [(10_500, 990)]
+    assert [e[9] for e in events(v.te[1], (tc.EXEC_REPORT,))
+            if e[3] == TRADER and e[5] == 3 and e[1] == tc.EXEC_REPLACED] == [10_500, 10_500]
+
+
+def test_an_isolated_order_that_closes_and_opens_is_not_held_to_its_own_reservation():
+    # Round seven checked an order that closes and opens with its reservation taken out of
+    # the position's money: for an isolated position that is its margin, which the
+    # reservation (from the wallet) does not touch; a sell of 1,500 against an isolated long
+    # of 1,000 at 40 ticks inside its bankruptcy price was refused (2043) on a 9,979 USDT
+    # wallet while a sell of 1,000 at the same price was accepted.
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(TRADER, 10_000_000_000, 3)
+    v.mark(1, 10_000)
+    v.run()
+    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
+    v.leverage(TRADER, 1, 5000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)
+    v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    bk = te._bankruptcy(acct, 1, acct.positions[1])
+    v.order(TRADER, 4, 1, tc.SELL, bk + 40, 1500)
+    v.run()
+    assert [(o.price, o.leaves) for o in acct.orders.values()] == [(bk + 40, 1500)]
+
+
+def test_a_check_goes_ahead_of_a_funding_sweep_in_flight():
+    # The check of a record's fills was queued behind a funding sweep spanning records: the
+    # close it was to cancel stayed live for as long, and was lifted (the fund covered 9.9
+    # USDT). It goes ahead of every sweep but earlier checks now.
+    from tests.liqcascade import SRC_ORACLE
+    holders = tuple(range(13, 93, 2))
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(ACCOMPLICE, 10**12, 4)
+    for i, a in enumerate(holders):
+        v.deposit(a, 10**10, 100 + i)
+    v.deposit(TRADER, 40_000_000, 3)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.leverage(TRADER, 1, 5000)
+    v.leverage(TRADER, 2, 2000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 1000 + 10 * len(holders))
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)
+    for a in holders:
+        v.order(a, 2, 1, tc.BUY, 10_000, 10)
+    v.order(MM, 3, 2, tc.SELL, 50_000, 300)
+    v.order(TRADER, 4, 2, tc.BUY, 50_000, 300)
+    v.run()
+    for st in v.te:
+        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 1000, 0))
+    v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    for st in v.te:
+        st.engine.output_budget = 0
+    v.ts_ns = te.next_funding[1]
+    v.tick(1)
+    v.tick(1)
+    bk1 = te._bankruptcy(acct, 1, acct.positions[1])
+    v.order(TRADER, 5, 1, tc.SELL, bk1, 1000)
+    v.run()
+    p2 = max(te._bankruptcy(acct, 2, acct.positions[2]), 45_000)
+    v.order(TRADER, 6, 2, tc.SELL, p2, 300)
+    v.run()
+    assert te.sweeps and te.sweeps[0][0] == 3                   # funding, spanning records
+    v.order(ACCOMPLICE, 7, 2, tc.BUY, p2, 300, tif=tc.IOC)
+    v.run()
+    assert [sw[0] for sw in te.sweeps][:2] == [8, 3]            # the check first
+    v.tick(1)
+    assert not acct.orders, "the stranded close is cancelled at the next record"
+
+
+def test_an_adl_that_realises_a_loss_cancels_the_closes_it_strands_elsewhere():
+    # An ADL closed TRADER's short of symbol 2 at the victim's bankruptcy price, realising
+    # -21 USDT: symbol 1's close at its bankruptcy price was left beyond it and the fund (1
+    # USDT, so that ADL runs) covered 15.7 USDT when it was lifted. An ADL's loss queues the
+    # check as a fill's does.
+    from tests.liqcascade import check_books
+    from tradingengine.margin import liquidation_price
+    victim = 7
+    v = audited_venue(two_specs(HOUR), 1_000_000)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(ACCOMPLICE, 10**12, 4)
+    v.deposit(TRADER, 400_000_000, 3)
+    v.deposit(victim, 60_000_000, 5)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.leverage(TRADER, 1, 5000)
+    v.leverage(victim, 2, 2000)
+    v.leverage(TRADER, 2, 2000)
+    v.order(MM, 1, 1, tc.SELL, 10_000, 10_000)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, 10_000)
+    v.order(MM, 3, 2, tc.SELL, 50_000, 3000)
+    v.order(victim, 4, 2, tc.BUY, 50_000, 3000)
+    v.run()
+    te = v.te[1].engine
+    acct, vacct = te.accounts[TRADER], te.accounts[victim]
+    vpos = vacct.positions[2]
+    bkv = te._bankruptcy(vacct, 2, vpos)
+    v.mark(2, liquidation_price(vpos.size, vpos.cost, vacct.balance - vacct.order_margin,
+                                te.specs[2]) + 20)
+    v.run()
+    v.order(MM, 5, 2, tc.BUY, bkv - 1001, 3000)
+    v.order(TRADER, 6, 2, tc.SELL, bkv - 1001, 3000)
+    v.run()
+    state: dict = {}
+
+    def hook(v, st):                  # the close goes in at the bound of the mark's record
+        check_books(v, st)
+        if st is v.te[1] and not state and te.marks[2] == 46_210:
+            state["bk1"] = te._bankruptcy(acct, 1, acct.positions[1])
+            v.order(TRADER, 7, 1, tc.SELL, state["bk1"], 10_000)
+    v.on_record = hook
+    v.mark(2, 46_210)                 # the victim handed off; no bid: ADL of TRADER's short
+    v.run()
+    for _ in range(6):
+        v.tick(300_000_000)
+    (adl,) = [e for e in events(v.te[1], (tc.ADL_APPLIED,)) if e[2] == TRADER]
+    assert adl[6] < 0, "the ADL realised a loss"
+    assert not acct.orders, "the close it left beyond its bankruptcy price is cancelled"
+    v.order(ACCOMPLICE, 8, 1, tc.BUY, state["bk1"], 10_000, tif=tc.IOC)
+    v.run()
+    for _ in range(5):
+        v.tick(300_000_000)
+    assert not [e for e in events(v.te[1], (tc.DEFICIT_COVERED,)) if e[1] == TRADER]
+
+
+def test_an_amend_is_checked_with_the_funding_owed_and_its_larger_reservation_together():
+    # A sell of 1,100 against a cross long of 1,000, amended mid-sweep to a price inside the
+    # bound lowered by the 7 USDT of funding owed, and inside the bound lowered by its own
+    # larger reservation, but beyond the bound lowered by both: accepted, filled, and the
+    # fund paid 1.17 USDT. Both count together now (2043).
+    from tests.liqcascade import SRC_ORACLE
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(ACCOMPLICE, 10**12, 4)
+    for i, a in enumerate((1, 3, 5, 7, 9)):
+        v.deposit(a, 10**10, 5 + i)
+    v.deposit(TRADER, 50_000_000, 20)
+    v.mark(1, 10_000)
+    v.run()
+    v.order(MM, 1, 1, tc.SELL, 10_000, 6000)
+    for a in (1, 3, 5, 7, 9, TRADER):
+        v.leverage(a, 1, 5000 if a == TRADER else 1000)
+        v.order(a, 2, 1, tc.BUY, 10_000, 1000)
+    v.run()
+    te = v.te[1].engine
+    acct = te.accounts[TRADER]
+    v.order(TRADER, 3, 1, tc.SELL, 10_400, 1100)
+    v.run()
+    for st in v.te:
+        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
+    v.run()
+    for st in v.te:
+        st.engine.output_budget = 0
+    v.ts_ns = te.next_funding[1]
+    v.tick(1)
+    owed = te._funding_owed(TRADER)
+    (o,) = acct.orders.values()
+    pos = acct.positions[1]
+    price = None
+    for p in range(9_000, 10_400):
+        need = max(te._order_cost(acct, o, p, o.leaves) - o.margin, 0)
+        if (p >= te._bankruptcy(acct, 1, pos, owed) and p >= te._bankruptcy(acct, 1, pos, need)
+                and p < te._bankruptcy(acct, 1, pos, owed + need)
+                and need <= te._available(acct)):
+            price = p
+            break
+    assert owed == 7_000_000 and price is not None
+    v.operator_te(TRADER, tc.AMEND, tc.amend(4, 3, TRADER, price=price))
+    v.run()
+    assert [e[4] for e in events(v.te[1], (tc.CANCEL_REJECTED,)) if e[1] == TRADER] == [2043]
+    assert [x.price for x in acct.orders.values()] == [10_400]
