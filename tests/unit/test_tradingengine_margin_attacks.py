@@ -1430,16 +1430,23 @@ def test_a_premium_beyond_the_balance_cancels_only_the_orders_that_cover_it():
 ACCOMPLICE = 4                         # on shard 0, as MM
 
 
-def _cross_long_with_its_close_at_bankruptcy() -> tuple[RoutedVenue, int]:
-    """TRADER (30 USDT) cross long 1,000 of symbol 1 at 50x, a sell resting at exactly its
-    cross bankruptcy price; symbol 2 at 20x, nothing there yet."""
+def _funded(balance: int) -> RoutedVenue:
+    """The market maker, the accomplice (shard 0) and TRADER (``balance``) funded; marks of
+    10,000 and 50,000."""
     v = venue(10**11)
     v.deposit(MM, 10**15, 2)
     v.deposit(ACCOMPLICE, 10**12, 4)
-    v.deposit(TRADER, 30_000_000, 3)
+    v.deposit(TRADER, balance, 3)
     v.mark(1, 10_000)
     v.mark(2, 50_000)
     v.run()
+    return v
+
+
+def _cross_long_with_its_close_at_bankruptcy() -> tuple[RoutedVenue, int]:
+    """TRADER (30 USDT) cross long 1,000 of symbol 1 at 50x, a sell resting at exactly its
+    cross bankruptcy price; symbol 2 at 20x, nothing there yet."""
+    v = _funded(30_000_000)
     v.leverage(TRADER, 1, 5000)
     v.leverage(TRADER, 2, 2000)
     v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
@@ -1506,13 +1513,7 @@ def test_a_lower_isolated_leverage_that_moves_a_cross_close_beyond_bankruptcy_is
     # cross close's bankruptcy price from 9,728 to 9,798; after the close was lifted, the
     # balance held less than the isolated margin, and the isolated long sold at the band's
     # edge left the fund 1.13 USDT to pay. Refused now (2044).
-    v = venue(10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**12, 4)
-    v.deposit(TRADER, 30_000_000, 3)
-    v.mark(1, 10_000)
-    v.mark(2, 50_000)
-    v.run()
+    v = _funded(30_000_000)
     v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 2, tc.ISOLATED))
     v.leverage(TRADER, 2, 2000)
     v.leverage(TRADER, 1, 5000)
@@ -1541,38 +1542,51 @@ def test_a_lower_isolated_leverage_that_moves_a_cross_close_beyond_bankruptcy_is
     assert v.liq.engine.fund >= 10**11
 
 
+def _six_cross_longs(balance: int, leverage: int = 1000, setup=None) -> RoutedVenue:
+    """Five holders and TRADER (``balance``, at ``leverage``) cross long 1,000 of symbol 1,
+    the accomplice on shard 0; ``setup(v)`` before the funding inputs of 0.75% are given;
+    the output budget at 0, so that a funding sweep spans records."""
+    from tests.liqcascade import SRC_ORACLE
+    v = venue(10**11)
+    v.deposit(MM, 10**15, 2)
+    v.deposit(ACCOMPLICE, 10**12, 4)
+    for i, a in enumerate((1, 3, 5, 7, 9)):
+        v.deposit(a, 10**10, 5 + i)
+    v.deposit(TRADER, balance, 20)
+    v.mark(1, 10_000)
+    v.mark(2, 50_000)
+    v.run()
+    v.order(MM, 1, 1, tc.SELL, 10_000, 6000)
+    for a in (1, 3, 5, 7, 9, TRADER):
+        v.leverage(a, 1, leverage if a == TRADER else 1000)
+        v.order(a, 2, 1, tc.BUY, 10_000, 1000)
+    v.run()
+    if setup is not None:
+        setup(v)
+        v.run()
+    for st in v.te:
+        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
+    v.run()
+    for st in v.te:
+        st.engine.output_budget = 0
+    return v
+
+
 def _funding_in_flight(isolated_leverage: int, isolated_qty: int = 0, isolated_bid: int = 0
                        ) -> tuple[RoutedVenue, object]:
     """Six cross longs of symbol 1 (TRADER's among them, 200 USDT; and an isolated long of
     symbol 2 when asked) and a funding sweep that spans records (output budget 0); TRADER
     closes its cross long after the boundary, before its turn: it still owes the interval's
     7 USDT."""
-    from tests.liqcascade import SRC_ORACLE
-    v = venue(10**11)
-    v.deposit(MM, 10**15, 2)
-    for i, a in enumerate((1, 3, 5, 7, 9)):
-        v.deposit(a, 10**10, 5 + i)
-    v.deposit(TRADER, 200_000_000, 20)
-    v.mark(1, 10_000)
-    v.mark(2, 50_000)
-    v.run()
-    v.order(MM, 1, 1, tc.SELL, 10_000, 6000)
-    for a in (1, 3, 5, 7, 9, TRADER):
-        v.leverage(a, 1, 1000)
-        v.order(a, 2, 1, tc.BUY, 10_000, 1000)
-    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 2, tc.ISOLATED))
-    v.leverage(TRADER, 2, isolated_leverage)
-    if isolated_qty:
-        v.order(MM, 3, 2, tc.SELL, 50_000, isolated_qty)
-        v.order(TRADER, 4, 2, tc.BUY, 50_000, isolated_qty)
-    if isolated_bid:
-        v.order(TRADER, 3, 2, tc.BUY, 50_000, isolated_bid)      # rests
-    v.run()
-    for st in v.te:
-        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
-    v.run()
-    for st in v.te:
-        st.engine.output_budget = 0
+    def setup(v):
+        v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 2, tc.ISOLATED))
+        v.leverage(TRADER, 2, isolated_leverage)
+        if isolated_qty:
+            v.order(MM, 3, 2, tc.SELL, 50_000, isolated_qty)
+            v.order(TRADER, 4, 2, tc.BUY, 50_000, isolated_qty)
+        if isolated_bid:
+            v.order(TRADER, 3, 2, tc.BUY, 50_000, isolated_bid)      # rests
+    v = _six_cross_longs(200_000_000, setup=setup)
     te = v.te[1].engine
     v.ts_ns = te.next_funding[1]
     v.order(MM, 5, 1, tc.BUY, 10_000, 1000)
@@ -1775,25 +1789,7 @@ def test_a_close_entered_while_funding_is_owed_counts_the_funding():
     # its bankruptcy price into the accomplice's bid: at its turn it owed 7 USDT on a balance
     # of 0.02 and the fund covered 6.98. Funding owed to a sweep in flight is not the
     # account's money: the close is beyond the bound it leaves (2043).
-    from tests.liqcascade import SRC_ORACLE
-    v = venue(10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**12, 4)
-    for i, a in enumerate((1, 3, 5, 7, 9)):
-        v.deposit(a, 10**10, 5 + i)
-    v.deposit(TRADER, 40_000_000, 20)
-    v.mark(1, 10_000)
-    v.run()
-    v.order(MM, 1, 1, tc.SELL, 10_000, 6000)
-    for a in (1, 3, 5, 7, 9, TRADER):
-        v.leverage(a, 1, 5000 if a == TRADER else 1000)
-        v.order(a, 2, 1, tc.BUY, 10_000, 1000)
-    v.run()
-    for st in v.te:
-        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
-    v.run()
-    for st in v.te:
-        st.engine.output_budget = 0
+    v = _six_cross_longs(40_000_000, leverage=5000)
     te = v.te[1].engine
     acct = te.accounts[TRADER]
     bk = te._bankruptcy(acct, 1, acct.positions[1])
@@ -1870,13 +1866,7 @@ def test_a_fee_beyond_the_gain_of_a_close_cancels_the_closes_it_strands_elsewher
     # USDT fee: the cross base fell, symbol 2's close at its bankruptcy price was left beyond
     # it (45,367 against 45,417) and the fund covered 5.4 USDT when it was lifted. The check
     # of the record's fills runs when the balance falls, fee or loss.
-    v = venue(10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**12, 4)
-    v.deposit(TRADER, 950_000_000, 3)
-    v.mark(1, 10_000)
-    v.mark(2, 50_000)
-    v.run()
+    v = _funded(950_000_000)
     v.leverage(TRADER, 1, 5000)
     v.leverage(TRADER, 2, 2000)
     v.order(MM, 1, 1, tc.SELL, 10_000, 20_000)
@@ -2049,29 +2039,10 @@ def test_an_amend_is_checked_with_the_funding_owed_and_its_larger_reservation_to
     # bound lowered by the 7 USDT of funding owed, and inside the bound lowered by its own
     # larger reservation, but beyond the bound lowered by both: accepted, filled, and the
     # fund paid 1.17 USDT. Both count together now (2043).
-    from tests.liqcascade import SRC_ORACLE
-    v = venue(10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**12, 4)
-    for i, a in enumerate((1, 3, 5, 7, 9)):
-        v.deposit(a, 10**10, 5 + i)
-    v.deposit(TRADER, 50_000_000, 20)
-    v.mark(1, 10_000)
-    v.run()
-    v.order(MM, 1, 1, tc.SELL, 10_000, 6000)
-    for a in (1, 3, 5, 7, 9, TRADER):
-        v.leverage(a, 1, 5000 if a == TRADER else 1000)
-        v.order(a, 2, 1, tc.BUY, 10_000, 1000)
-    v.run()
+    v = _six_cross_longs(50_000_000, leverage=5000,
+                         setup=lambda v: v.order(TRADER, 3, 1, tc.SELL, 10_400, 1100))
     te = v.te[1].engine
     acct = te.accounts[TRADER]
-    v.order(TRADER, 3, 1, tc.SELL, 10_400, 1100)
-    v.run()
-    for st in v.te:
-        v.put(st, SRC_ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 7500, 0))
-    v.run()
-    for st in v.te:
-        st.engine.output_budget = 0
     v.ts_ns = te.next_funding[1]
     v.tick(1)
     owed = te._funding_owed(TRADER)
