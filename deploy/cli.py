@@ -573,12 +573,16 @@ def _replica_config(topo, stream: str, engine: str) -> dict | None:
     sym = topo.symbol_of_stream(stream)
     if sym is not None and engine == "crossengine":
         return sym["engine"]
-    for p in topo.procs:
-        if p.role.startswith("replica-") and p.stream == stream and "--engine" in p.args \
-                and p.args[p.args.index("--engine") + 1] == engine \
-                and "--engine-config" in p.args:
-            return json.loads(p.args[p.args.index("--engine-config") + 1])
+    for args in _replica_args(topo, stream):
+        if args[args.index("--engine") + 1] == engine and "--engine-config" in args:
+            return json.loads(args[args.index("--engine-config") + 1])
     return None
+
+
+def _replica_args(topo, stream: str) -> list[list[str]]:
+    """The command lines of the cluster's engine replicas of ``stream``."""
+    return [p.args for p in (topo.procs if topo is not None else ())
+            if p.role.startswith("replica-") and p.stream == stream and "--engine" in p.args]
 
 
 def _rebuild(a: argparse.Namespace) -> int:
@@ -646,9 +650,9 @@ def _rebuild(a: argparse.Namespace) -> int:
 def _stream_engine(topo, stream: str) -> str | None:
     """The engine the cluster's replicas of `stream` run (their --engine), else the one the
     default topology names the stream by."""
-    for p in topo.procs if topo is not None else ():
-        if p.role.startswith("replica-") and p.stream == stream and "--engine" in p.args:
-            return p.args[p.args.index("--engine") + 1]
+    replicas = _replica_args(topo, stream)
+    if replicas:
+        return replicas[0][replicas[0].index("--engine") + 1]
     if stream.startswith("in.ce."):
         return "crossengine"
     if stream.startswith("in.te."):

@@ -1129,7 +1129,7 @@ class TradingEngine:
         qty = o.leaves
         flags = o.flags
         against = size and (size > 0) != buy
-        owed = self._funding_owed(acct.account_id) if against and self.sweeps else 0
+        owed = self._funding_owed(acct.account_id) if self.sweeps else 0
         if against:
             # an order against the position (the part that closes it, now or once the orders
             # ahead of it are gone) may not be priced beyond its bankruptcy price: the loss
@@ -1173,7 +1173,7 @@ class TradingEngine:
                         cost = order_cost(opening, o.price, buy, mark, spec, lev)
                 if self._strands_cross_closes(acct, cost):
                     return 2044
-                if pos.mode == ISOLATED and self.sweeps and self._funding_owed(acct.account_id):
+                if pos.mode == ISOLATED and owed:
                     # the balance owes this interval's funding: it may not become the margin
                     # of an isolated position (which a cross payment never takes from)
                     return 2045
@@ -1420,9 +1420,10 @@ class TradingEngine:
             tier = spec.tier(worst * (new_price if new_price > mark else mark) * spec.value)
             if tier is None or pos.leverage_x100 > tier.max_leverage_x100:
                 code = 2013
+        # funding owed to a sweep in flight is not the account's money (0 with none in flight)
+        owed = self._funding_owed(account) if self.sweeps and not code else 0
         if not code and (new_price != o.price or new_qty - o.cum > o.leaves) \
-                and self._beyond_bankruptcy(acct, o, new_price,
-                                            self._funding_owed(account) if self.sweeps else 0):
+                and self._beyond_bankruptcy(acct, o, new_price, owed):
             code = 2043
         if not code and not o.flags & FLAG_REDUCE_ONLY:
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
@@ -1430,13 +1431,11 @@ class TradingEngine:
                 if need - o.margin > self._available(acct):
                     code = 2012
                 elif acct.positions[o.symbol].mode == CROSS and self._beyond_bankruptcy(
-                        acct, o, new_price, need - o.margin
-                        + (self._funding_owed(account) if self.sweeps else 0)):
+                        acct, o, new_price, need - o.margin + owed):
                     code = 2043     # its own larger reservation moves its bankruptcy price
                 elif self._strands_cross_closes(acct, need - o.margin):
                     code = 2044
-                elif acct.positions[o.symbol].mode == ISOLATED and self.sweeps \
-                        and self._funding_owed(account):
+                elif acct.positions[o.symbol].mode == ISOLATED and owed:
                     code = 2045
                 else:   # hold the larger reservation until the CrossEngine answers
                     acct.order_margin += need - o.margin
@@ -1461,17 +1460,11 @@ class TradingEngine:
         reservation, margin moved into an isolated position): the cross bankruptcy prices
         count what orders and isolated positions hold. The orders are looked at only when
         some cross position has orders against it."""
-        pos: Position
-        if amount <= 0:
-            return False
-        for pos in acct.positions.values():
-            if pos.mode == CROSS and (pos.size > 0 and pos.sell_leaves
-                                      or pos.size < 0 and pos.buy_leaves):
-                return self._strands_closing_orders(acct, amount)
-        return False
+        return amount > 0 and self._cross_closes(acct) and \
+            self._strands_closing_orders(acct, amount)
 
-    def _other_cross_closes(self, acct: Account, symbol: int) -> bool:
-        """Whether the account has orders against a cross position other than ``symbol``'s."""
+    def _cross_closes(self, acct: Account, symbol: int = 0) -> bool:
+        """Whether the account has orders against a cross position (other than ``symbol``'s)."""
         pos: Position
         for sym, pos in acct.positions.items():
             if sym != symbol and pos.mode == CROSS and (pos.size > 0 and pos.sell_leaves
@@ -2386,7 +2379,7 @@ class TradingEngine:
                 # the orders that were to reduce it, cancelled above, may still fill on their
                 # way out: they reserve what they would now open
                 self._refit_reducing(acct, symbol, SELL if size > 0 else BUY)
-                if realised < 0 and pos.mode == CROSS and self._other_cross_closes(acct, symbol):
+                if realised < 0 and pos.mode == CROSS and self._cross_closes(acct, symbol):
                     # the loss moved the other cross positions' bankruptcy prices (as a fill's)
                     self._queue_unit(SWEEP_CHECK, symbol, account)
         self.route |= ROUTE_LIQ
@@ -2751,7 +2744,7 @@ class TradingEngine:
         self._book(acct, symbol, signed, price, spec)
         after = pos.size
         if pos.realised - realised < paid and pos.mode == CROSS \
-                and self._other_cross_closes(acct, symbol):
+                and self._cross_closes(acct, symbol):
             # a loss realised here, or a fee beyond the gain, lowers the cross base: the
             # bankruptcy prices of the other cross positions move, and a close resting
             # against one may now be beyond its own (cancelled by the check, when the
