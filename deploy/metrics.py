@@ -514,7 +514,7 @@ def scrape(address: str, timeout_s: float = 2.0) -> dict[tuple[str, tuple], floa
 def status_doc(topo, given_up: dict[str, str] | None = None,
                beats: dict[str, dict] | None = None, frozen_after_s: float = 3.0) -> dict:
     """The cluster as JSON: every process's plan, state, last answer and status."""
-    from deploy.supervisor import _running, frozen_advice, master_state, probe
+    from deploy.supervisor import master_state, probe, silent_state
     given_up = given_up or {}
     beats = beats or {}
     out = []
@@ -540,7 +540,6 @@ def status_doc(topo, given_up: dict[str, str] | None = None,
         st = answers.get(spec.name)
         beat = beats.get(spec.name) or {}
         pid = beat.get("pid") if isinstance(beat.get("pid"), int) else None
-        at = beat.get("answered_at") if isinstance(beat.get("answered_at"), float) else None
         entry: dict[str, Any] = {
             "process": spec.name, "role": spec.role, "host": spec.host, "stream": spec.stream,
             "control": spec.control, "metrics": spec.extra.get("metrics"), "pid": pid}
@@ -549,15 +548,7 @@ def status_doc(topo, given_up: dict[str, str] | None = None,
         elif st is not None:
             entry.update(state="up", answered_s_ago=0.0, status=st)
         else:
-            silent = round(time.time() - at, 3) if at else None
-            if spec.name in given_up:
-                state, why = "GAVE UP", given_up[spec.name]
-            elif pid and _running(pid) and (silent is None or silent > frozen_after_s):
-                state, why = "FROZEN", frozen_advice(spec.name, pid, silent or 0.0)
-            elif pid and _running(pid):
-                state, why = "not answering", None
-            else:
-                state, why = "DOWN", None
+            state, silent, why = silent_state(spec.name, beat, given_up, frozen_after_s)
             entry.update(state=state, answered_s_ago=silent, status=None)
             if why:
                 entry["advice"] = why

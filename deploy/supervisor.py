@@ -47,6 +47,7 @@ from mq.control import Pinger, ping
 STATE_FILE = "seqex.json"
 LOCK_FILE = "seqex.lock"
 HEARTBEAT_FILE = "heartbeats.json"
+STARTING_MAX_S = 900.0     # longer than the replicator's integrity check may take (600 s)
 HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
 FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
 STABLE_S = 30.0          # a process that ran this long has recovered: its backoff resets
@@ -478,16 +479,20 @@ class Supervisor:
             for name, proc in list(self.procs.items()):
                 pid = proc.popen.pid if proc.popen else 0
                 # A process's silence counts from when it is first watched, or restarted.
-                beat = beats.setdefault(name, {"pid": pid, "answered_at": time.time()})
+                # "answered": whether this pid has answered since it started (a process
+                # that has not yet is STARTING, not FROZEN: silent_state)
+                beat = beats.setdefault(name, {"pid": pid, "answered_at": time.time(),
+                                               "started_at": time.time(), "answered": False})
                 if beat["pid"] != pid:
-                    beat.update(pid=pid, answered_at=time.time())
+                    beat.update(pid=pid, answered_at=time.time(), started_at=time.time(),
+                                answered=False)
                 # A standby waiting for its lock binds nothing: alive and waiting is its answer.
                 if proc.alive and (waiting_standby(specs[name], pid) and not
                                    stopped_by_signal(pid)
                                    or probe(specs[name], timeout_s=0.5, pinger=pinger)
                                    is not None):
-                    beat["answered_at"] = time.time()
-                    beat["standby"] = waiting_standby(specs[name], pid)
+                    beat.update(answered_at=time.time(), answered=True,
+                                standby=waiting_standby(specs[name], pid))
             if not self.running:
                 return
             try:
@@ -707,6 +712,35 @@ def frozen_advice(name: str, pid: int, silent_s: float) -> str:
             f"`kill -KILL {pid}` and the supervisor restarts it")
 
 
+def silent_state(name: str, beat: dict, given_up: dict[str, str],
+                 frozen_after_s: float) -> tuple[str, float | None, str | None]:
+    """The state of a process that did not answer a probe just now, from the supervisor's
+    heartbeat of it: (state, seconds since its last answer or None, the operator's next
+    step or None). States: GAVE UP (the supervisor said so); STARTING (its pid lives, is not
+    stopped, and has not answered since it started, less than STARTING_MAX_S ago: a
+    replicator checks its whole LMDB file before it binds and answers, which on a large file
+    or a busy machine takes minutes, and killing it only starts that over);
+    FROZEN (its pid lives and has been silent for longer than frozen_after_s); "not
+    answering" (silent for less); DOWN (no live pid)."""
+    pid = beat.get("pid") if isinstance(beat.get("pid"), int) else 0
+    at = beat.get("answered_at") if isinstance(beat.get("answered_at"), float) else None
+    silent = round(time.time() - at, 3) if at else None
+    if name in given_up:
+        return "GAVE UP", silent, given_up[name]
+    if not (pid and _running(pid)):
+        return "DOWN", silent, None
+    started = beat.get("started_at") if isinstance(beat.get("started_at"), float) else None
+    if beat.get("answered") is False and started is not None and not stopped_by_signal(pid) \
+            and time.time() - started < STARTING_MAX_S:
+        return "STARTING", silent, (
+            f"{name} is STARTING: pid {pid} has not answered since it started "
+            f"{time.time() - started:.0f} s ago (a replicator checks its whole file before it "
+            f"answers; see its log); it is not frozen")
+    if silent is None or silent > frozen_after_s:
+        return "FROZEN", silent, frozen_advice(name, pid, silent or 0.0)
+    return "not answering", silent, None
+
+
 def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
                 beats: dict[str, dict] | None = None, frozen: list[str] | None = None,
                 frozen_after_s: float = FROZEN_AFTER_S) -> list[list[str]]:
@@ -727,20 +761,14 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
             continue
         st = probe(spec) if master is None else None
         if st is None:
-            pid = beat.get("pid") if isinstance(beat.get("pid"), int) else 0
-            at = beat.get("answered_at") if isinstance(beat.get("answered_at"), float) else 0.0
-            silent_s = time.time() - at if at else None
+            state, silent_s, advice = silent_state(spec.name, beat, given_up, frozen_after_s)
             age = f"{silent_s:.1f} s ago" if silent_s is not None else "-"
-            if spec.name in given_up:
+            if state == "GAVE UP":
                 state = "GAVE UP (see the supervisor's output)"
-            elif pid and _running(pid) and (silent_s is None or silent_s > frozen_after_s):
-                state = f"FROZEN (pid {pid})"
+            elif state in ("FROZEN", "STARTING"):
+                state = f"{state} (pid {pid})"
                 if frozen is not None:
-                    frozen.append(frozen_advice(spec.name, pid, silent_s or 0.0))
-            elif pid and _running(pid):
-                state = "not answering"
-            else:
-                state = "DOWN"
+                    frozen.append(advice)
             rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", age,
                          state])
             continue

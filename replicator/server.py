@@ -226,7 +226,15 @@ class Replicator:
         """Open the LMDB file; a damaged one (found by the integrity check in a child
         process, or by LMDB on opening) is quarantined, and the store starts empty."""
         if check:
+            size = _file_size(os.path.join(self.data_dir, "data.mdb"))
+            if size:
+                log.info("checking the integrity of %s (%d MB) before serving", self.data_dir,
+                         size >> 20)
+            began = time.monotonic()
             usable, detail = integrity.check(self.data_dir)
+            if size:
+                log.info("integrity check of %s done in %.1f s", self.data_dir,
+                         time.monotonic() - began)
             if not usable:
                 self._quarantine(detail)
             elif detail:
@@ -660,3 +668,10 @@ def main(data_dir: str, bind: str, durability: str = "os", peers: list[str] | No
     started = time.monotonic()
     server.serve()
     log.info("replicator stopped after %.1f s", time.monotonic() - started)
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0

@@ -221,6 +221,38 @@ def test_status_json_of_a_cluster_whose_processes_do_not_answer(tmp_path):
     json.dumps(doc)   # all of it is JSON
 
 
+def test_a_process_that_has_not_answered_since_it_started_is_starting_not_frozen(tmp_path):
+    """A replicator checks its LMDB file and catches up from its peers before it answers its
+    first PING, which takes minutes on a large file or a busy machine. Until it has answered
+    once (and for at most STARTING_MAX_S), `seqex status` calls it STARTING, without the advice
+    to kill it (which would only start the check over); a pid that answered once and went
+    silent, or one stopped by a signal, is FROZEN as before."""
+    import os
+    import time
+
+    from deploy import supervisor
+    topo = topology.load(None, str(tmp_path), free_port_block(64))
+    now = time.time()
+    me = os.getpid()
+    beats = {"replicator0": {"pid": me, "answered_at": now - 40.0, "started_at": now - 40.0,
+                             "answered": False},
+             "replicator1": {"pid": me, "answered_at": now - 40.0, "started_at": now - 400.0,
+                             "answered": True},
+             "replicator2": {"pid": me, "answered_at": now - 2000.0,
+                             "started_at": now - 2000.0, "answered": False}}
+    by = {p["process"]: p for p in metrics.status_doc(topo, {}, beats, 3.0)["processes"]}
+    assert by["replicator0"]["state"] == "STARTING", by["replicator0"]
+    assert "not frozen" in by["replicator0"]["advice"] and "kill" not in \
+        by["replicator0"]["advice"]
+    assert by["replicator1"]["state"] == "FROZEN" and "kill -KILL" in by["replicator1"]["advice"]
+    assert by["replicator2"]["state"] == "FROZEN"   # beyond STARTING_MAX_S
+    advice: list[str] = []
+    rows = {r[0]: r for r in supervisor.status_rows(topo, {}, beats, advice, 3.0)[1:]}
+    assert rows["replicator0"][-1] == f"STARTING (pid {me})"
+    assert rows["replicator1"][-1] == f"FROZEN (pid {me})"
+    assert any(a.startswith("replicator0 is STARTING: pid") for a in advice), advice
+
+
 def test_the_three_host_topology_spreads_replicators_and_gives_each_host_its_units(tmp_path):
     """deploy/topologies/three-hosts.toml: one replicator per host (quorum survives any one
     host), every process bound to its host's loopback address, and a unit per process."""
