@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -264,6 +265,71 @@ def test_restarted_mirror_gets_what_it_lacks_at_idle_from_a_lone_hot_replica(tmp
         status = ping(mirror_in)
         assert status["divergences"] == 0 and status["held_now"] == 0
         assert ping(control)["resends"] >= 1
+        prod.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_replicator_restarted_after_a_mirror_failover_is_taken_back(tmp_path):
+    """A fault campaign found this: after a failover of a mirror (its successor claims a new
+    epoch), the out stream's replicator, killed and restarted with its file intact, reported
+    the history of its records, which carry the engine's epochs, not the mirror's. The mirror
+    saw a divergent tail where its own epoch began, sent a TRUNCATE below the replicator's
+    commit point (refused: committed) and left the replicator out for good; with one
+    replicator (policy first) the out stream never committed again. It must catch up with
+    the in stream and equal a fresh engine's outputs."""
+    tmp = str(tmp_path)
+    cmds = commands()[:6000]
+    with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
+        cluster.start()
+        (out_replicator, mirror, mirror_in, mirror_pub, out_rep, controls,
+         procs) = out_path(cluster, tmp)
+        prod = Producer(1, cluster.prod_addr)
+        prod.connect()
+
+        def caught_up(what: str) -> int:
+            prod.flush(120)
+            last = cluster.status()["last"]
+            try:
+                wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= last, 90,
+                           f"out.ce.T to commit {last} ({what})")
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}; the mirror: {ping(mirror_in)}") from None
+            return last
+
+        feed(cluster, cmds, 2000, prod)
+        caught_up("before the faults")
+        epoch = ping(mirror_in)["epoch"]
+        mirror.kill()
+        mirror.start()
+        wait_until(lambda: ping(mirror_in), 60, "the restarted mirror")
+        assert ping(mirror_in)["epoch"] > epoch    # the successor's own epoch
+        feed(cluster, cmds, 4000, prod)
+        caught_up("records of the mirror's new epoch committed")
+        # The replicator's file as it is now (records of the mirror's new epoch, committed),
+        # kept aside; more is committed; then it comes back with that older file: fewer
+        # records than it acknowledged, so the mirror reconciles it (as after a rebuild
+        # from its peers that has not caught up yet)
+        data = os.path.join(tmp, "out-replicator")
+        out_replicator.kill()
+        shutil.copytree(data, data + ".kept")
+        out_replicator.start()
+        wait_until(lambda: ping(out_rep), 60, "the restarted replicator")
+        feed(cluster, cmds, 5000, prod)
+        caught_up("more committed")
+        reconciled = ping(mirror_in)["reconciled"]
+        out_replicator.kill()
+        shutil.rmtree(data)
+        os.rename(data + ".kept", data)
+        out_replicator.start()
+        wait_until(lambda: ping(out_rep), 60, "the replicator with its older file")
+        feed(cluster, cmds, 6000, prod)
+        last = caught_up("after the replicator's restart")
+        status = ping(mirror_in)
+        assert status["reconciled"] > reconciled, status
+        assert status["divergences"] == 0, status["alarms"]
+        got = [r for r in read_out(mirror_pub, [out_rep], last) if r[0] <= last]
+        assert [r[0] for r in got] == list(range(1, last + 1))
+        assert [r[6] for r in got] == reference_outputs(cluster, last)
         prod.close()
 
 
