@@ -654,10 +654,11 @@ class Master:
             # its ack: it lost records, e.g. its file was quarantined): its acks stop counting
             # until it is claimed and reconciled again, which starts at once.
             link.known = False
-            self.probe_at = 0.0
             if reason == "committed":
                 # It refuses to truncate below its commit point: its committed log differs
-                # from this master's, which no reconciliation can settle.
+                # from this master's, which no reconciliation can settle. It is claimed
+                # again at the next probe (every PROBE_EVERY_S), not at once: that ran claim,
+                # reconcile, TRUNCATE, refusal round the loop at full speed.
                 now = self.mono()
                 if now >= link.alarm_at:
                     link.alarm_at = now + 10.0
@@ -666,6 +667,7 @@ class Master:
                               "move its data directory aside and start it empty, so that its "
                               "peers rebuild it", self.stream, link.addr, body.get("seq"))
                 return
+            self.probe_at = 0.0
             log.warning("%s: %s refused seq %s (%s); reconciling it", self.stream,
                         link.addr, body.get("seq", last), reason)
 
