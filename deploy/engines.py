@@ -28,7 +28,7 @@ def _crossengine(config: dict) -> Made:
 
 
 TE_KEYS = frozenset({"specs", "shard", "n_shards", "ce_sources", "oracle_sources",
-                     "gateway_sources", "liq_sources"})
+                     "gateway_sources", "liq_sources", "self_trade"})
 
 
 LIQ_KEYS = frozenset({"specs", "n_shards", "te_sources", "ce_sources", "oracle_sources",
@@ -51,7 +51,8 @@ def _tradingengine(config: dict) -> Made:
                            ce_sources=config.get("ce_sources"),
                            oracle_sources=config.get("oracle_sources"),
                            gateway_sources=config.get("gateway_sources"),
-                           liq_sources=config.get("liq_sources"))
+                           liq_sources=config.get("liq_sources"),
+                           self_trade=config.get("self_trade", 0))
     return engine, TradingEngine.restore
 
 

@@ -92,6 +92,8 @@ gateway = true               # the client gateway (PROTOCOL.md over TCP)
 demo_accounts = true         # users alice and bob with deposits, created on first start
 liq = true                   # the LiqEngine: in.liq / out.liq, 1 hot + 1 warm replica
 insurance_fund = "50000"     # USDT deposited into the insurance fund on first start
+self_trade = "allow"         # an order meeting its own account's resting order: "allow" (it
+                             # trades), "cancel_newest", "cancel_oldest" or "cancel_both"
 
 [marketdata]                 # the publisher of out.ce.*: binary feed, WebSocket, HTTP, page
 """
@@ -444,7 +446,11 @@ SPEC_KEYS = {"max_leverage", "tiers", "maker_fee_ppm", "taker_fee_ppm", "funding
              "funding_cap_ppm", "band_ppm", "max_price", "mark_start"}
 TRADING_KEYS = {"shards", "hot", "warm", "in_policy", "out_policy", "snapshot_every", "host",
                 "oracle", "oracle_interval_ms", "oracle_seed", "oracle_step_ppm", "gateway",
-                "max_depth", "demo_accounts", "liq", "liq_hot", "liq_warm", "insurance_fund"}
+                "max_depth", "demo_accounts", "liq", "liq_hot", "liq_warm", "insurance_fund",
+                "self_trade"}
+# [trading] self_trade: what the CrossEngine does when an order would trade with a resting order
+# of its own account (its STP modes, docs/crossengine.md; docs/tradingengine.md §4)
+SELF_TRADE = {"allow": 0, "cancel_newest": 1, "cancel_oldest": 2, "cancel_both": 3}
 # Risk tiers by default (limits in the quote currency): 100x to 1M, 50x to 10M, 20x to 100M.
 DEFAULT_TIERS = [{"limit": "1000000", "mmr_ppm": 5_000, "max_leverage": 100},
                  {"limit": "10000000", "mmr_ppm": 10_000, "max_leverage": 50},
@@ -589,6 +595,8 @@ def _trading(ck: _Checker, t: dict, hosts: dict) -> dict:
         # route bit 63 belongs to the LiqEngine, so at most 63 shards (docs/liqengine.md §1)
         "shards": ck.integer("trading", None, t, "shards", 2, 1, 63),
         "liq": liq,
+        "self_trade": SELF_TRADE[ck.choice("trading", None, t, "self_trade", "allow",
+                                           tuple(SELF_TRADE))],
         "liq_hot": ck.integer("trading", None, t, "liq_hot", 1, 1, 16),
         "liq_warm": ck.integer("trading", None, t, "liq_warm", 1, 0, 16),
         "insurance_fund": int(fund_minor),
@@ -792,7 +800,8 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
                                   f"pub={st['out_pub']},replicators={reps},route={1 << n:#x}"]
         engine = {"specs": engine_specs, "shard": n, "n_shards": n_shards,
                   "ce_sources": ce_sources, "oracle_sources": oracle_sources,
-                  "gateway_sources": gateway_sources, **liq_sources}
+                  "gateway_sources": gateway_sources, **liq_sources,
+                  **({"self_trade": t["self_trade"]} if t["self_trade"] else {})}
         prod, pub, _m_in, m_pub, core_i = _engine_streams(
             topo.procs, addr, tag=f"te{n}", replica=f"te{n}", engine_name="tradingengine",
             engine=engine, host=host, in_stream=in_stream, out_stream=out_stream,

@@ -58,13 +58,13 @@ class Stream:
 
 class RoutedVenue:
     def __init__(self, specs: list, n_shards: int = 2, window_ns: int = 200_000_000,
-                 on_record=None) -> None:
+                 on_record=None, self_trade: int = 0) -> None:
         self.specs = {s.symbol: s for s in specs}
         self.n_shards = n_shards
         ce_sources = {SRC_CE_OUT | s.symbol: s.symbol for s in specs}
         self.te = [Stream(f"in.te.{n}", TradingEngine(
             specs, n, n_shards, ce_sources=ce_sources, oracle_sources=[SRC_ORACLE],
-            gateway_sources=[SRC_GATEWAY], liq_sources=[SRC_LIQ_OUT]))
+            gateway_sources=[SRC_GATEWAY], liq_sources=[SRC_LIQ_OUT], self_trade=self_trade))
             for n in range(n_shards)]
         self.ce = {s.symbol: Stream(f"in.ce.{s.symbol}", CrossEngine(
             symbol_id=s.symbol, max_price=s.max_price, max_qty=s.max_qty,

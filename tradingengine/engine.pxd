@@ -36,7 +36,7 @@ cdef class TradingEngine:
     cdef public dict _liq_dirty, _sess_replacing
     # read or written on every record: slots, not the instance __dict__
     cdef public object route, _ctx, _exec_n, duplicates_dropped, _audit_next
-    cdef public object ce_sources, oracle_sources, gateway_sources, liq_sources
+    cdef public object ce_sources, oracle_sources, gateway_sources, liq_sources, stp
     cdef public dict sessions, finalized, cod, user_sessions, _session_handlers, done_sess
     cdef public dict _ce_src, _liq_src, _oracle_src, _gateway_src
     cdef public dict _liq_long, _liq_short, _liq_keys, _liq_always, _liq_rate, _trig_index
@@ -54,6 +54,7 @@ cdef class TradingEngine:
     cdef _cross_upnl(self, Account acct, skip=*)
     cdef _set_margin(self, Account acct, Position pos, spec)
     cdef _drop(self, Account acct, Order o)
+    cdef _taker_steps(self, qty)
     cdef _rpl_done(self, Order o)
     cdef tuple _own_order(self, account, order_id)
     cdef _accepted(self, symbol, tuple ev)

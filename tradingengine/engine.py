@@ -107,6 +107,7 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
     raise ImportError("tradingengine.engine is not compiled: build it with `pip install -e .` "
                       "(or `python setup.py build_ext --inplace`)")
 
+SELF_TRADE_MODES = (0, 1, 2, 3)   # the CrossEngine's STP modes this engine sends
 SNAPSHOT_VERSION = 10         # 10 with liq_sources configured; 9 without
 SNAPSHOT_VERSION_NO_LIQ = 9
 # 9 / 10: a session keeps its finished orders (a cancel of one is "too late", not "unknown").
@@ -547,7 +548,8 @@ class TradingEngine:
 
     def __init__(self, specs: list[ContractSpec], shard: int = 0, n_shards: int = 1,
                  ce_sources: dict | None = None, oracle_sources: list | None = None,
-                 gateway_sources: list | None = None, liq_sources: list | None = None) -> None:
+                 gateway_sources: list | None = None, liq_sources: list | None = None,
+                 self_trade: int = 0) -> None:
         if not 0 <= shard < n_shards:
             raise ValueError(f"shard {shard} not in 0 .. {n_shards - 1}")
         self.shard = shard
@@ -570,6 +572,13 @@ class TradingEngine:
         # the LiqEngine (handoffs and deficits go to clearing); None or empty: as before
         self.liq_sources = sorted(_int(x) for x in liq_sources) if liq_sources else None
         self._liq_src = dict.fromkeys(self.liq_sources or ())
+        # self-trade prevention, the CrossEngine's STP mode on every order this shard sends
+        # (docs/tradingengine.md §4): 0 allow, 1 cancel newest, 2 cancel oldest, 3 cancel both
+        if type(self_trade) is not int or self_trade not in SELF_TRADE_MODES:
+            raise ValueError(f"self_trade must be one of {', '.join(map(str, SELF_TRADE_MODES))}"
+                             f" (allow, cancel newest, cancel oldest, cancel both), got "
+                             f"{self_trade!r}")
+        self.stp = self_trade
         if any(x in self._ce_src or x in self._oracle_src or x in self._gateway_src
                for x in self._liq_src):
             raise ValueError("liq_sources names a source that is also a CrossEngine, oracle or "
@@ -1195,10 +1204,16 @@ class TradingEngine:
             tif = IOC if o.ord_type == MARKET else GTC
         self.route |= 1 << (symbol & 63)
         self._out.append(_CE_NEW_CMD(CE_COMMAND, symbol, CE_NEW_ORDER, _CE_NEW_SIZE, o.order_id, o.price, qty,
-                                     acct.account_id, o.side, LIMIT, tif, flags & POST_ONLY, 0))
-        # a step fills at least a lot (no self-trade prevention is sent)
-        self._steps += qty if qty < CE_MAX_FILLS else CE_MAX_FILLS
+                                     acct.account_id, o.side, LIMIT, tif, flags & POST_ONLY,
+                                     self.stp))
+        self._steps += self._taker_steps(qty)
         return 0
+
+    def _taker_steps(self, qty):
+        """The CrossEngine's matching steps a taker of qty lots may take: a step fills at
+        least a lot, and a self-trade step of modes 1 and 3 ends the taker; in mode 2 (cancel
+        oldest) each of the account's own makers it meets is a step that fills nothing."""
+        return CE_MAX_FILLS if qty >= CE_MAX_FILLS or self.stp == 2 else qty
 
     def _send_cancel(self, o: Order, reason: int) -> None:
         o.pending = PENDING_CANCEL
@@ -1210,8 +1225,7 @@ class TradingEngine:
 
     def _send_amend(self, o: Order, price: int, total_qty: int) -> None:
         if price != o.price:   # it may cross: a taker of the record
-            leaves = total_qty - o.cum
-            self._steps += leaves if leaves < CE_MAX_FILLS else CE_MAX_FILLS
+            self._steps += self._taker_steps(total_qty - o.cum)
         o.pending = PENDING_AMEND
         o.amend_price = price   # it may fill at either price until the CrossEngine answers
         payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
@@ -2037,8 +2051,7 @@ class TradingEngine:
             # a taker goes in this record only if the steps it may take are left to it (the
             # record's first taker has them all)
             taken = self._steps + self._cmd_steps
-            if taken and taken + (o.leaves if o.leaves < CE_MAX_FILLS else CE_MAX_FILLS) \
-                    > CE_MAX_FILLS:
+            if taken and taken + self._taker_steps(o.leaves) > CE_MAX_FILLS:
                 sw[2] = order_id
                 return False
             if not self._may_go_on():
@@ -3529,7 +3542,8 @@ class TradingEngine:
                     [[s, *a.positions[s].row()] for s in sorted(a.positions)],
                     [a.orders[i].row() for i in sorted(a.orders)]]
         return [
-            SNAPSHOT_VERSION if self.liq_sources else SNAPSHOT_VERSION_NO_LIQ, self.shard, self.n_shards, self.seq, self.ts_ns,
+            SNAPSHOT_VERSION if self.liq_sources or self.stp else SNAPSHOT_VERSION_NO_LIQ,
+            self.shard, self.n_shards, self.seq, self.ts_ns,
             [_spec_row(s) for s in self.specs.values()],
             self.next_order_id, self.fee_pool, self.dust, self.deposits, self.withdrawals,
             sorted(self.marks.items()), sorted(self.last_prices.items()),
@@ -3541,7 +3555,8 @@ class TradingEngine:
             [list(sw) for sw in self.sweeps],
             [None if self.ce_sources is None else sorted(self.ce_sources.items()),
              self.oracle_sources, self.gateway_sources]
-            + ([self.liq_sources] if self.liq_sources else []),
+            + ([self.liq_sources] if self.liq_sources or self.stp else [])
+            + ([self.stp] if self.stp else []),   # (a shard that allows self-trades: as before)
             [self.sessions[k].row() for k in sorted(self.sessions)],
             [[u, s, ts] for (u, s), ts in self.finalized.items()],
         ]
@@ -3582,11 +3597,12 @@ class TradingEngine:
         (_, shard, n_shards, seq, ts_ns, specs, next_order_id, fee_pool, dust, deposits,
          withdrawals, marks, last_prices, funding_inputs, next_funding,
          (transfer_floor, transfers), accounts, clearing, liquidation, sweeps,
-         (ce_sources, oracle_sources, gateway_sources, liq_sources), sessions, finalized) = state
+         sources, sessions, finalized) = state
+        ce_sources, oracle_sources, gateway_sources, liq_sources = sources[:4]
         eng = cls([_spec_from_row(r) for r in specs], shard, n_shards,
                   ce_sources=None if ce_sources is None else dict(ce_sources),
                   oracle_sources=oracle_sources, gateway_sources=gateway_sources,
-                  liq_sources=liq_sources)
+                  liq_sources=liq_sources, self_trade=sources[4] if len(sources) > 4 else 0)
         for row in sessions:
             sess = Session.from_row(row)
             key = (sess.user, sess.session_id)
