@@ -1150,10 +1150,15 @@ class TradingEngine:
                     return 2043
                 o.price = bk
         if flags & REDUCE_ONLY:
-            if reducible <= 0:
+            # what it may reduce: the position less the other reduce-only orders on its side
+            # (the orders _cut_reduce_only keeps within the position), not less every order
+            # on its side: a take-profit limit resting beside it left a reduce-only stop-loss
+            # refused when it fired
+            room = self._ro_room(acct, o, pos)
+            if room <= 0:
                 return 2014
-            if qty > reducible:
-                o.qty = o.leaves = qty = reducible     # cut to what it can reduce
+            if qty > room:
+                o.qty = o.leaves = qty = room     # cut to what it can reduce
             cost = 0
         else:
             opening = qty - reducible if reducible > 0 else qty
@@ -1208,6 +1213,20 @@ class TradingEngine:
                                      self.stp))
         self._steps += self._taker_steps(qty)
         return 0
+
+    def _ro_room(self, acct: Account, o: Order, pos: Position) -> int:
+        """What the reduce-only order ``o`` may reduce: its position, less the leaves of the
+        account's other live reduce-only orders on its side (those _cut_reduce_only keeps)."""
+        room = pos.size if o.side == SELL else -pos.size
+        if room <= 0 or not pos.reduce_only:
+            return room
+        x: Order
+        for x in acct.orders.values():
+            if x is not o and x.symbol == o.symbol and x.side == o.side \
+                    and x.flags & REDUCE_ONLY and x.state != UNTRIGGERED \
+                    and x.pending != PENDING_CANCEL:
+                room -= x.leaves
+        return room
 
     def _taker_steps(self, qty):
         """The CrossEngine's matching steps a taker of qty lots may take: a step fills at
@@ -1418,10 +1437,7 @@ class TradingEngine:
                 code = 2011
         if not code and o.flags & FLAG_REDUCE_ONLY and new_qty - o.cum > o.leaves:
             # a reduce-only order may grow only into what the position still lets it reduce
-            pos = acct.positions[o.symbol]
-            ahead = (pos.sell_leaves if o.side == SELL else pos.buy_leaves) - o.leaves
-            room = (pos.size if o.side == SELL else -pos.size) - ahead
-            if new_qty - o.cum > room:
+            if new_qty - o.cum > self._ro_room(acct, o, acct.positions[o.symbol]):
                 code = 2014
         if not code and not o.flags & FLAG_REDUCE_ONLY and new_qty - o.cum > o.leaves:
             # the risk limit, as for a new order: the position's worst case with the order
@@ -1543,10 +1559,10 @@ class TradingEngine:
             if o.pending != PENDING_CANCEL:
                 self._send_cancel(o, REASON_LIQUIDATION)
 
-    def _funding_owed(self, account: int) -> int:
+    def _funding_owed(self, account: int, symbol: int = 0) -> int:
         """What the account will pay when the funding sweeps in flight reach it (on its sizes
-        at their boundaries, whatever it holds by its turn; receipts not counted): 0 with
-        no sweep in flight. Each sweep's entries are indexed by account once (derived, not
+        at their boundaries, whatever it holds by its turn; receipts not counted), of
+        ``symbol``'s sweeps only if given: 0 with no sweep in flight. Each sweep's entries are indexed by account once (derived, not
         in the snapshot): a walk over them cost 12 ms per call at 200,000 holders."""
         owed = 0
         cache = self._owed_index
@@ -1554,6 +1570,8 @@ class TradingEngine:
         for sw in self.sweeps:
             if sw[0] == SWEEP_FUNDING:
                 live.append(id(sw))
+                if symbol and sw[1] != symbol:
+                    continue
                 got = cache.get(id(sw))
                 if got is None or got[0] is not sw:
                     index = {}
@@ -1586,13 +1604,17 @@ class TradingEngine:
         has for it: an isolated position's margin; for a cross one the cross equity, the
         other positions' gains included (a solvent account must be able to close a loser
         that gains elsewhere keep alive, a stop-loss above all). ``held``: money about to
-        be held besides (an order's own reservation, funding owed to a sweep in flight)."""
+        be held besides (an order's own reservation, funding owed to a sweep in flight): for
+        an isolated position only the funding it owes itself counts, since a cross payment
+        never comes out of an isolated margin. Rounded against the trader (a long's up, a
+        short's down), as for the handoff: rounded to the nearest tick, a close half a tick
+        beyond the exact price passed and the fund paid the rest."""
         if pos.mode == ISOLATED:
-            base = pos.margin - held
+            base = pos.margin - (self._funding_owed(acct.account_id, symbol) if held else 0)
         else:
             base = (acct.balance - self._isolated_margin(acct) - acct.order_margin - held
                     + self._cross_upnl(acct, skip=symbol))
-        return bankruptcy_price(pos.size, pos.cost, base, self.specs[symbol])
+        return bankruptcy_price(pos.size, pos.cost, base, self.specs[symbol], True)
 
     def _order_cost(self, acct: Account, o: Order, price: int, leaves: int) -> int:
         """What ``o`` would reserve with ``leaves`` at ``price`` next to the position now (its
@@ -1668,8 +1690,21 @@ class TradingEngine:
         spec = self.specs[symbol]
         pos = self._position(acct, symbol)
         mark = self.marks.get(symbol, 0)
-        exposure = max(abs(pos.size), pos.buy_leaves + pos.size, pos.sell_leaves - pos.size)
-        tier = spec.tier(exposure * mark * spec.value)
+        # the risk limit as a new order meets it: each side's worst position valued at the
+        # highest of its orders' prices and the mark (valued at the mark alone, an order
+        # refused at 50x for its price's tier rested at 25x and went on at 50x)
+        hi_buy = hi_sell = mark
+        o: Order
+        for o in acct.orders.values():
+            if o.symbol == symbol and o.state != UNTRIGGERED:
+                p = o.amend_price if o.amend_price > o.price else o.price
+                if o.side == BUY:
+                    hi_buy = p if p > hi_buy else hi_buy
+                else:
+                    hi_sell = p if p > hi_sell else hi_sell
+        worst = max(abs(pos.size) * mark, (pos.buy_leaves + pos.size) * hi_buy,
+                    (pos.sell_leaves - pos.size) * hi_sell)
+        tier = spec.tier(worst * spec.value)
         if not X100 <= lev <= spec.max_leverage_x100 or tier is None \
                 or lev > tier.max_leverage_x100:
             self._reject_request(SET_LEVERAGE, 2020, account, symbol, lev)
@@ -1971,7 +2006,15 @@ class TradingEngine:
         has taken in and paid out so far is in flight in the sweep (the audit counts it)
         until it ends."""
         pos = acct.positions[symbol]
-        amount = funding_payment(size, mark, spec.value, rate)
+        if acct is self.clearing:
+            # the mirror of the other shards' accounts: rounded toward zero whichever way it
+            # goes, so that the shards' clearing accounts, each the others' mirror, sum to
+            # zero (rounded as a client's, a payer's ceiling in one shard against a
+            # receiver's floor in the other, they drifted by a unit an interval)
+            exact = size * mark * spec.value * rate
+            amount = exact // PPM if exact >= 0 else -(-exact // PPM)
+        else:
+            amount = funding_payment(size, mark, spec.value, rate)
         if amount == 0:
             return 0
         acct.balance -= amount
@@ -2002,6 +2045,15 @@ class TradingEngine:
             pos.extra = extra
             self._set_margin(acct, pos, spec)
         self._out.append(_PACK[FUNDING](FUNDING, acct.account_id, symbol, rate, amount))
+        if shortfall:
+            # what the margin or the cross balance cannot pay comes out of the unrealised gain
+            # of the position it is for (and, for a cross payment, of the account's other
+            # cross positions): realised at the mark, its entry moving against it by as much;
+            # only what no gain pays is covered. (Covered, a position in profit kept its gain
+            # and the insurance fund paid its funding interval after interval: its margin,
+            # at zero, plus its gain stayed above maintenance, so it was never handed off.)
+            shortfall = self._funding_from_gains(acct, symbol, shortfall,
+                                                 pos.mode == ISOLATED and not moved)
         acct.balance += shortfall
         if acct.balance < 0:
             shortfall -= acct.balance
@@ -2017,6 +2069,36 @@ class TradingEngine:
         self._position_status(acct, symbol)
         self._account_status(acct)
         return amount
+
+    def _funding_from_gains(self, acct: Account, symbol: int, shortfall: int,
+                            isolated: bool) -> int:
+        """Pay up to ``shortfall`` of funding out of unrealised gains at the marks: of the
+        isolated position ``symbol`` alone (``isolated``), else of the account's cross
+        positions, ``symbol``'s first. A gain taken is realised (the position's cost moves by
+        it, its realised PnL takes it, and the balance with it). Returns what is left."""
+        pos: Position
+        for sym in ([symbol] if isolated else [symbol, *sorted(acct.positions)]):
+            pos = acct.positions.get(sym)
+            if pos is None or not pos.size or (not isolated and pos.mode != CROSS):
+                continue
+            spec = self.specs[sym]
+            gain = pos.size * self.marks.get(sym, 0) * spec.value - pos.cost
+            if gain <= 0:
+                continue
+            take = gain if gain < shortfall else shortfall
+            held = pos.margin
+            pos.cost += take
+            pos.realised += take
+            acct.balance += take
+            if pos.mode == ISOLATED:   # its margin stays what it was (the requirement moved)
+                pos.extra = held - position_margin(pos.size, pos.cost, spec, pos.leverage_x100)
+            self._set_margin(acct, pos, spec)
+            if sym != symbol:
+                self._position_status(acct, sym)
+            shortfall -= take
+            if not shortfall:
+                break
+        return shortfall
 
     def _trigger(self, symbol, by, price) -> None:
         """Fire the conditional orders that ``price`` reaches: a sweep, in order id order,

@@ -67,17 +67,17 @@ def test_without_liq_sources_the_liquidation_account_still_takes_the_handoff():
 
 
 def test_a_deficit_is_covered_from_clearing_with_liq_sources():
-    """A cross long whose mark went up a hundredfold owes funding beyond its balance (three
-    intervals in one record): what the balance cannot pay is covered by clearing when the
-    shard works with the LiqEngine, not by the shard's liquidation account."""
+    """A cross long at 50x with no gain (the mark at its entry) owes funding beyond its
+    balance (three intervals in one record): what the balance cannot pay (and no gain can) is
+    covered by clearing when the shard works with the LiqEngine, not by the shard's
+    liquidation account."""
     v = Venue(two_specs(), liq_sources=[LIQ_SRC], shadows=(ReferenceEngine,))
     v.deposit(1, 30_000_000)
     v.deposit(2, 10**15)
     v.mark(1, 10_000)
-    v.order(3, 2, c.SELL, 10_000, 100)
-    v.order(4, 1, c.BUY, 10_000, 100)
-    for m in (10_500, 11_000, 12_000, 14_000, 17_000, 20_000, 30_000, 60_000, 120_000, 10**6):
-        v.mark(1, m)
+    v.apply(c.SET_LEVERAGE, c.set_leverage(1, 1, 5000))
+    v.order(3, 2, c.SELL, 10_000, 1400)
+    v.order(4, 1, c.BUY, 10_000, 1400)
     v.apply(c.FUNDING_INPUTS, c.funding_inputs(1, 7500, 0))
     out = v.apply(c.KIND_TICK, b"", dt_ns=3 * HOUR)
     covered = [e for e in events_of(out, c.DEFICIT_COVERED) if e[1] == 1]

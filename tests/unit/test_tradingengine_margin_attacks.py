@@ -1443,15 +1443,20 @@ def _funded(balance: int) -> RoutedVenue:
     return v
 
 
-def _cross_long_with_its_close_at_bankruptcy() -> tuple[RoutedVenue, int]:
+def _cross_long_with_its_close_at_bankruptcy(bid_first: bool = False
+                                             ) -> tuple[RoutedVenue, int]:
     """TRADER (30 USDT) cross long 1,000 of symbol 1 at 50x, a sell resting at exactly its
-    cross bankruptcy price; symbol 2 at 20x, nothing there yet."""
+    cross bankruptcy price; symbol 2 at 20x, nothing there yet (``bid_first``: a bid of one
+    lot at 55,000, ClOrdID 4, entered before the close, so the close's price counts it)."""
     v = _funded(30_000_000)
     v.leverage(TRADER, 1, 5000)
     v.leverage(TRADER, 2, 2000)
     v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
     v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)
     v.run()
+    if bid_first:
+        v.order(TRADER, 4, 2, tc.BUY, 55_000, 1)
+        v.run()
     te = v.te[1].engine
     acct = te.accounts[TRADER]
     bk = te._bankruptcy(acct, 1, acct.positions[1])
@@ -1486,13 +1491,11 @@ def test_an_order_whose_margin_moves_a_resting_close_beyond_bankruptcy_is_refuse
     # under 8.49 of reservation), then filled the bid: a long on no money, handed off at
     # 54,499 with the mark at 50,000, and the fund paid 4.84 USDT. Withdrawals and isolated
     # margin were refused this; new orders and amends now are (2044).
-    v, bk = _cross_long_with_its_close_at_bankruptcy()
+    v, bk = _cross_long_with_its_close_at_bankruptcy(bid_first=amend)
     te = v.te[1].engine
     acct = te.accounts[TRADER]
     qty = te._available(acct) // 58_000                # at the band's edge: all of it
     if amend:
-        v.order(TRADER, 4, 2, tc.BUY, 55_000, 1)
-        v.run()
         v.operator_te(TRADER, tc.AMEND, tc.amend(9, 4, TRADER, qty=qty))
         v.run()
         (rej,) = [e for e in events(v.te[1], (tc.CANCEL_REJECTED,)) if e[1] == TRADER]
