@@ -448,6 +448,7 @@ def cmd_up(a: argparse.Namespace) -> int:
         LOCK_FILE,
         Supervisor,
         SupervisorError,
+        check_engine_configs,
         check_host,
         lock_data_dir,
         preflight,
@@ -460,6 +461,7 @@ def cmd_up(a: argparse.Namespace) -> int:
     lock_fd = lock_data_dir(topo.data_dir)
     try:
         preflight(topo, a.host)   # the ports free: before keys or demo users are written
+        check_engine_configs(topo)
     except SupervisorError:
         os.close(lock_fd)
         if fresh:                 # nothing was started: leave no empty data directory

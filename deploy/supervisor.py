@@ -45,6 +45,7 @@ from deploy.topology import Topology
 from mq.control import Pinger, ping
 
 STATE_FILE = "seqex.json"
+ENGINES_FILE = "engines.json"   # the engine configuration the logs were written under
 LOCK_FILE = "seqex.lock"
 HEARTBEAT_FILE = "heartbeats.json"
 STARTING_MAX_S = 900.0     # longer than the replicator's integrity check may take (600 s)
@@ -259,6 +260,61 @@ def check_host(topo: Topology, host: str | None) -> None:
         hosts = sorted({p.host for p in topo.procs})
         raise SupervisorError(f"--host {host}: no process of the topology runs there "
                               f"(hosts: {', '.join(hosts)})")
+
+
+def engine_configs(topo: Topology) -> dict[str, dict]:
+    """stream -> {"engine", "config"}: what the replicas of each engine stream run (their
+    --engine and --engine-config)."""
+    out: dict[str, dict] = {}
+    for p in topo.procs:
+        if "--engine-config" in p.args and "--engine" in p.args:
+            out[p.stream] = {"engine": p.args[p.args.index("--engine") + 1],
+                             "config": json.loads(p.args[p.args.index("--engine-config") + 1])}
+    return out
+
+
+def check_engine_configs(topo: Topology) -> None:
+    """An engine's configuration (contract specs, fees, sources, self-trade prevention) is
+    part of its state: its snapshots hold it, so a replica restored from one runs the rules
+    the log was written under, and a replica replaying the log from seq 1 runs the
+    topology's. `up` on a data directory whose logs were written under another configuration
+    would let the replicas of one stream diverge (the mirror keeps whichever answers first):
+    it is refused, naming the stream and the keys that differ. The first start records the
+    configuration in ENGINES_FILE; a stream new to the topology is added to it."""
+    path = os.path.join(topo.data_dir, ENGINES_FILE)
+    now = engine_configs(topo)
+    before: dict = {}
+    try:
+        with open(path) as f:
+            before = json.load(f)
+        if not isinstance(before, dict):
+            raise ValueError("not an object")
+    except FileNotFoundError:
+        before = {}
+    except (OSError, ValueError) as exc:
+        raise SupervisorError(f"{path} cannot be read ({exc}): it records the engine "
+                              f"configuration this venue's logs were written under") from None
+    for stream in sorted(set(before) & set(now)):
+        was, wants = before[stream], now[stream]
+        if was == wants:
+            continue
+        old = {"engine": was.get("engine"), **(was.get("config") or {})}
+        new = {"engine": wants["engine"], **wants["config"]}
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        shown = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys)
+        raise SupervisorError(
+            f"{stream}: the topology changes the configuration its log was written under "
+            f"({shown}); it is part of the engine's state, so replicas restored from snapshots "
+            f"and replicas replaying the log would run different rules. Set it back, or start "
+            f"a new venue in another --data directory")
+    if now.keys() - before.keys():
+        os.makedirs(topo.data_dir, exist_ok=True)
+        write_atomically(path, json.dumps({**before, **now}, sort_keys=True))
+
+
+def _short(v) -> str:
+    text = "(none)" if v is None else json.dumps(v, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def preflight(topo: Topology, host: str | None = None) -> None:

@@ -107,6 +107,7 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
     raise ImportError("tradingengine.engine is not compiled: build it with `pip install -e .` "
                       "(or `python setup.py build_ext --inplace`)")
 
+OWED_ALL, OWED_CROSS, OWED_OWN = 0, 1, 2   # _funding_owed: which part of what is owed
 SELF_TRADE_MODES = (0, 1, 2, 3)   # the CrossEngine's STP modes this engine sends
 SNAPSHOT_VERSION = 10         # 10 with liq_sources configured; 9 without
 SNAPSHOT_VERSION_NO_LIQ = 9
@@ -1138,7 +1139,7 @@ class TradingEngine:
         qty = o.leaves
         flags = o.flags
         against = size and (size > 0) != buy
-        owed = self._funding_owed(acct.account_id) if self.sweeps else 0
+        owed = self._owed_against(acct, symbol, pos) if against else 0
         if against:
             # an order against the position (the part that closes it, now or once the orders
             # ahead of it are gone) may not be priced beyond its bankruptcy price: the loss
@@ -1159,40 +1160,42 @@ class TradingEngine:
                 return 2014
             if qty > room:
                 o.qty = o.leaves = qty = room     # cut to what it can reduce
-            cost = 0
-        else:
-            opening = qty - reducible if reducible > 0 else qty
-            if opening > 0:
-                worst = (size + same + qty) if buy else (same + qty - size)
-                exposure = worst * (o.price if o.price > mark else mark) * spec.value
-                tier = spec.tiers[0]
-                if exposure > tier.limit:
-                    tier = spec.tier(exposure)
-                lev = pos.leverage_x100
-                if tier is None or lev > tier.max_leverage_x100:
-                    return 2013
-                cost = order_cost(opening, o.price, buy, mark, spec, lev)
-                if cost > self._available(acct):
-                    return 2012
-                if against and pos.mode == CROSS:
-                    # an order that closes and opens: what it reserves for the lots it
-                    # opens (from the cross balance) moves the bankruptcy price of the cross
-                    # lots it closes (an isolated position's margin is its own)
-                    bk = self._bankruptcy(acct, symbol, pos, owed + cost)
-                    if bk and ((o.price > bk) if buy else (o.price < bk)):
-                        if o.ord_type != MARKET:
-                            return 2043
-                        # nearer the mark: it reserves less, and bk moves back, not further
-                        o.price = bk
-                        cost = order_cost(opening, o.price, buy, mark, spec, lev)
-                if self._strands_cross_closes(acct, cost):
-                    return 2044
-                if pos.mode == ISOLATED and owed:
-                    # the balance owes this interval's funding: it may not become the margin
-                    # of an isolated position (which a cross payment never takes from)
-                    return 2045
-            else:
-                cost = 0
+        # what it opens if the orders ahead of it on its side fill first, reserved (a
+        # reduce-only order's too: the cut that cancels it is a record away when they fill,
+        # and a fill in between opens like any other; reserving nothing, a reduce-only close
+        # beside a plain one opened a short on no money, lifted with it)
+        opening = qty - reducible if reducible > 0 else qty
+        cost = 0
+        if opening > 0:
+            worst = (size + same + qty) if buy else (same + qty - size)
+            exposure = worst * (o.price if o.price > mark else mark) * spec.value
+            tier = spec.tiers[0]
+            if exposure > tier.limit:
+                tier = spec.tier(exposure)
+            lev = pos.leverage_x100
+            if tier is None or lev > tier.max_leverage_x100:
+                return 2013
+            cost = order_cost(opening, o.price, buy, mark, spec, lev)
+            if cost > self._available(acct):
+                return 2012
+            if against and pos.mode == CROSS:
+                # an order that closes and opens: what it reserves for the lots it
+                # opens (from the cross balance) moves the bankruptcy price of the cross
+                # lots it closes (an isolated position's margin is its own)
+                bk = self._bankruptcy(acct, symbol, pos, owed + cost)
+                if bk and ((o.price > bk) if buy else (o.price < bk)):
+                    if o.ord_type != MARKET:
+                        return 2043
+                    # nearer the mark: it reserves less, and bk moves back, not further
+                    o.price = bk
+                    cost = order_cost(opening, o.price, buy, mark, spec, lev)
+            if self._strands_cross_closes(acct, cost):
+                return 2044
+            if pos.mode == ISOLATED and self.sweeps and \
+                    self._funding_owed(acct.account_id, 0, OWED_CROSS):
+                # the balance owes this interval's funding: it may not become the margin
+                # of an isolated position (which a cross payment never takes from)
+                return 2045
         o.margin = cost
         acct.order_margin += cost
         self._liq_dirty[acct.account_id] = None
@@ -1439,7 +1442,7 @@ class TradingEngine:
             # a reduce-only order may grow only into what the position still lets it reduce
             if new_qty - o.cum > self._ro_room(acct, o, acct.positions[o.symbol]):
                 code = 2014
-        if not code and not o.flags & FLAG_REDUCE_ONLY and new_qty - o.cum > o.leaves:
+        if not code and new_qty - o.cum > o.leaves:
             # the risk limit, as for a new order: the position's worst case with the order
             # grown, valued at the order's price or the mark, whichever is higher
             pos = acct.positions[o.symbol]
@@ -1451,11 +1454,11 @@ class TradingEngine:
             if tier is None or pos.leverage_x100 > tier.max_leverage_x100:
                 code = 2013
         # funding owed to a sweep in flight is not the account's money (0 with none in flight)
-        owed = self._funding_owed(account) if self.sweeps and not code else 0
+        owed = self._owed_against(acct, o.symbol, acct.positions[o.symbol]) if not code else 0
         if not code and (new_price != o.price or new_qty - o.cum > o.leaves) \
                 and self._beyond_bankruptcy(acct, o, new_price, owed):
             code = 2043
-        if not code and not o.flags & FLAG_REDUCE_ONLY:
+        if not code:   # (a reduce-only order's too: what it opens if those ahead fill first)
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
             if need > o.margin:
                 if need - o.margin > self._available(acct):
@@ -1465,7 +1468,8 @@ class TradingEngine:
                     code = 2043     # its own larger reservation moves its bankruptcy price
                 elif self._strands_cross_closes(acct, need - o.margin):
                     code = 2044
-                elif acct.positions[o.symbol].mode == ISOLATED and owed:
+                elif acct.positions[o.symbol].mode == ISOLATED and self.sweeps and \
+                        self._funding_owed(account, 0, OWED_CROSS):
                     code = 2045
                 else:   # hold the larger reservation until the CrossEngine answers
                     acct.order_margin += need - o.margin
@@ -1559,12 +1563,16 @@ class TradingEngine:
             if o.pending != PENDING_CANCEL:
                 self._send_cancel(o, REASON_LIQUIDATION)
 
-    def _funding_owed(self, account: int, symbol: int = 0) -> int:
+    def _funding_owed(self, account: int, symbol: int = 0, part: int = OWED_ALL) -> int:
         """What the account will pay when the funding sweeps in flight reach it (on its sizes
-        at their boundaries, whatever it holds by its turn; receipts not counted), of
-        ``symbol``'s sweeps only if given: 0 with no sweep in flight. Each sweep's entries are indexed by account once (derived, not
-        in the snapshot): a walk over them cost 12 ms per call at 200,000 holders."""
+        at their boundaries, whatever it holds by its turn; receipts not counted): of
+        ``symbol``'s sweeps only if given; ``part`` OWED_CROSS: only what its cross balance
+        will pay, OWED_OWN: only what isolated positions pay out of their own margins
+        (_own_margin_pays); 0 with no sweep in flight. Each sweep's entries are indexed by account once
+        (derived, not in the snapshot): a walk over them cost 12 ms per call at 200,000
+        holders."""
         owed = 0
+        positions = self.accounts[account].positions if part else None
         cache = self._owed_index
         live = []
         for sw in self.sweeps:
@@ -1581,6 +1589,13 @@ class TradingEngine:
                     got = cache[id(sw)] = (sw, index)
                 k = got[1].get(account)
                 if k is not None and k >= sw[2]:
+                    if positions is not None:
+                        pos = positions.get(sw[1])
+                        if part == OWED_CROSS:
+                            if pos is not None and _own_margin_pays(pos, sw[7][k][1]):
+                                continue
+                        elif pos is None or pos.mode != ISOLATED or not pos.size:
+                            continue   # OWED_OWN: what an open isolated position may pay
                     amount = funding_payment(sw[7][k][1], sw[4], self.specs[sw[1]].value, sw[3])
                     if amount > 0:
                         owed += amount
@@ -1588,6 +1603,18 @@ class TradingEngine:
             for key in [key for key in cache if key not in live]:
                 del cache[key]
         return owed
+
+    def _owed_against(self, acct: Account, symbol: int, pos: Position) -> int:
+        """The funding owed to sweeps in flight that counts against ``pos``: what it owes out
+        of its own margin if it is isolated and pays so (_own_margin_pays), else what the
+        cross balance owes. A cross payment never comes out of an isolated margin, nor an
+        isolated one out of the cross balance: counted the other way round, an honest close
+        at the mark was refused."""
+        if not self.sweeps:
+            return 0
+        if pos.mode == ISOLATED:
+            return self._funding_owed(acct.account_id, symbol, OWED_OWN)
+        return self._funding_owed(acct.account_id, 0, OWED_CROSS)
 
     def _beyond_bankruptcy(self, acct: Account, o: Order, price: int, held: int = 0) -> bool:
         """Whether ``o`` at ``price`` would close (part of) its position beyond the
@@ -1604,13 +1631,13 @@ class TradingEngine:
         has for it: an isolated position's margin; for a cross one the cross equity, the
         other positions' gains included (a solvent account must be able to close a loser
         that gains elsewhere keep alive, a stop-loss above all). ``held``: money about to
-        be held besides (an order's own reservation, funding owed to a sweep in flight): for
-        an isolated position only the funding it owes itself counts, since a cross payment
-        never comes out of an isolated margin. Rounded against the trader (a long's up, a
+        be held besides (an order's own reservation, funding owed to a sweep in flight: for
+        an isolated position the funding it owes itself, for a cross one what the cross
+        balance owes, _owed_against). Rounded against the trader (a long's up, a
         short's down), as for the handoff: rounded to the nearest tick, a close half a tick
         beyond the exact price passed and the fund paid the rest."""
         if pos.mode == ISOLATED:
-            base = pos.margin - (self._funding_owed(acct.account_id, symbol) if held else 0)
+            base = pos.margin - held
         else:
             base = (acct.balance - self._isolated_margin(acct) - acct.order_margin - held
                     + self._cross_upnl(acct, skip=symbol))
@@ -1719,7 +1746,7 @@ class TradingEngine:
         more = []
         amending = False
         for o in acct.orders.values():
-            if o.symbol == symbol and o.state != UNTRIGGERED and not o.flags & REDUCE_ONLY:
+            if o.symbol == symbol and o.state != UNTRIGGERED:
                 # an amend in flight holds a reservation for leaves this engine does not
                 # know yet: the leverage waits for its answer
                 amending = amending or o.pending == PENDING_AMEND
@@ -2023,16 +2050,28 @@ class TradingEngine:
         if acct.account_id < 0:
             return amount
         shortfall = 0
-        # closed or changed since the boundary, before its turn: the balance its margin went
-        # back to pays or receives, as for a cross position
-        moved = pos.size != size
-        if (pos.mode == CROSS or moved) and amount > 0:
+        # An isolated position pays out of its own margin. Changed after the boundary, before
+        # its turn: one that grew still does (charged to the cross balance, the fund covered
+        # the payment while its margin held plenty); one that closed or shrank pays out of
+        # the balance its margin went back to, as a cross position does, and a shrunk one then
+        # out of the margin it kept (its wallet emptied before the boundary, the fund covered
+        # what the margin held)
+        own = _own_margin_pays(pos, size)
+        kept = False      # a shrunk isolated position's own margin paid part of it
+        if not own and amount > 0:
             # a cross payment is the cross balance's: what it cannot pay is covered, never
-            # taken from the margins of isolated positions (which lose no more than their own)
+            # taken from the margins of other isolated positions (which lose no more than
+            # their own)
             iso = self._isolated_margin(acct)
             if acct.balance < iso:
                 shortfall = min(amount, iso - acct.balance)
-        elif pos.mode == ISOLATED and not moved:
+                if pos.mode == ISOLATED and pos.size and pos.margin > 0:
+                    take = shortfall if shortfall < pos.margin else pos.margin
+                    pos.extra -= take
+                    self._set_margin(acct, pos, spec)
+                    shortfall -= take
+                    kept = True
+        elif own:
             # isolated funding moves that position's margin, never below zero: a payment
             # comes out of the margin (its extra may go below zero, down to minus the
             # requirement), and what the margin cannot pay is covered like a deficit, since
@@ -2052,8 +2091,7 @@ class TradingEngine:
             # only what no gain pays is covered. (Covered, a position in profit kept its gain
             # and the insurance fund paid its funding interval after interval: its margin,
             # at zero, plus its gain stayed above maintenance, so it was never handed off.)
-            shortfall = self._funding_from_gains(acct, symbol, shortfall,
-                                                 pos.mode == ISOLATED and not moved)
+            shortfall = self._funding_from_gains(acct, symbol, shortfall, own or kept)
         acct.balance += shortfall
         if acct.balance < 0:
             shortfall -= acct.balance
@@ -2063,7 +2101,9 @@ class TradingEngine:
         if amount > 0 and acct.orders:
             # the money behind the position went down, its bankruptcy price towards the
             # mark: a closing order now priced beyond it would make the fund pay the rest
-            self._cancel_stranded(acct, symbol if pos.mode == ISOLATED and not moved else 0)
+            self._cancel_stranded(acct, symbol if own else 0)
+            if kept:
+                self._cancel_stranded(acct, symbol)
         # the balance moved: the position's liquidation and bankruptcy prices with it, and
         # the LiqEngine ranks ADL by what AccountStatus last told it
         self._position_status(acct, symbol)
@@ -2604,18 +2644,10 @@ class TradingEngine:
     def _fit_margin(self, acct: Account, o: Order) -> None:
         """After an amend, hold what the order needs now: less than the amend held while in
         flight when it went down, more when fills in between released the reservation of
-        the leaves before it (in proportion to the old leaves)."""
-        if o.flags & FLAG_REDUCE_ONLY:
-            # nothing while it reduces; the lots beyond the position (a cut of it still on its
-            # way) open if they fill, and reserve what they open
-            pos = acct.positions[o.symbol]
-            held = pos.size if o.side == SELL else -pos.size
-            opening = o.leaves - held if held > 0 else o.leaves
-            need = 0 if opening <= 0 else order_cost(
-                opening, o.price, o.side == BUY, self.marks[o.symbol], self.specs[o.symbol],
-                pos.leverage_x100)
-        else:
-            need = self._order_cost(acct, o, o.price, o.leaves)
+        the leaves before it (in proportion to the old leaves). A reduce-only order too holds
+        what it opens if the orders ahead of it on its side fill first (a cut of it is a
+        record away when they do)."""
+        need = self._order_cost(acct, o, o.price, o.leaves)
         acct.order_margin += need - o.margin
         o.margin = need
         self._liq_dirty[acct.account_id] = None
@@ -3802,6 +3834,14 @@ def _int(x) -> int:
     """A source id or symbol from a configuration: an int, or a string ("0x7000_0001" or
     decimal, as JSON object keys must be strings)."""
     return int(x, 0) if isinstance(x, str) else int(x)
+
+
+def _own_margin_pays(pos: Position, boundary_size: int) -> bool:
+    """Whether the funding of ``pos`` on ``boundary_size`` is paid out of its own margin first:
+    an isolated position still open on the same side, no smaller than at the boundary (one
+    that closed or shrank pays out of the cross balance first, where its margin went)."""
+    size = pos.size
+    return pos.mode == ISOLATED and (size >= boundary_size > 0 or size <= boundary_size < 0)
 
 
 def _ledger(a: Account) -> int:

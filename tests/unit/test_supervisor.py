@@ -13,6 +13,7 @@ import pytest
 
 from deploy import supervisor as sv
 from deploy import topology
+from deploy.procs import free_port_block
 
 
 def test_backoff_doubles_from_the_base_up_to_the_cap():
@@ -330,3 +331,40 @@ def test_a_wave_stops_at_once_when_one_of_it_exits_or_none_answers(tmp_path, mon
     sup, wave = _wave_supervisor(tmp_path, monkeypatch, lambda sup, name, elapsed: None)
     with pytest.raises(sv.SupervisorError, match=r"did not answer on tcp://.* in 0.3 s"):
         sup._start_wave(wave, timeout_s=0.3)
+
+
+def test_up_refuses_a_data_directory_whose_logs_were_written_under_another_engine_config(
+        tmp_path):
+    """An engine's configuration is part of its state (its snapshots hold it): with the
+    topology's self_trade changed on a venue's data directory, replicas restored from
+    snapshots kept the old mode and one replaying the log ran the new one, and the mirror
+    reported divergences (a live-cluster check). `seqex up` records each engine stream's
+    configuration at its first start and refuses a change, in one line, before it starts or
+    writes anything; a stream new to the topology is recorded."""
+    import subprocess
+    import sys
+    data = str(tmp_path / "data")
+    base = free_port_block(80)
+    sv.check_engine_configs(topology.load(None, data, base))
+    recorded = json.loads((tmp_path / "data" / sv.ENGINES_FILE).read_text())
+    assert recorded["in.te.0"]["engine"] == "tradingengine" and "in.ce.BTCUSDT" in recorded
+    sv.check_engine_configs(topology.load(None, data, base + 1000))   # ports are not state
+    conf = tmp_path / "t.toml"
+    conf.write_text(topology.DEFAULT.replace('self_trade = "allow"',
+                                             'self_trade = "cancel_oldest"'))
+    with pytest.raises(sv.SupervisorError, match=r"in\.te\.0: .*self_trade: \(none\) -> 2"):
+        sv.check_engine_configs(topology.load(str(conf), data, base))
+    before = sorted(os.listdir(data))
+    out = subprocess.run([sys.executable, "-m", "deploy.cli", "up", "--topology", str(conf),
+                          "--data", data, "--base-port", str(base)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Set it back" in lines[0] and "Traceback" not in out.stderr, out
+    # no keys, no processes, nothing written (but the lock every `up` takes first)
+    assert sorted(set(os.listdir(data)) - {"seqex.lock"}) == before
+    # a stream the first start did not have is added
+    del recorded["in.liq"]
+    (tmp_path / "data" / sv.ENGINES_FILE).write_text(json.dumps(recorded))
+    sv.check_engine_configs(topology.load(None, data, base))
+    assert "in.liq" in json.loads((tmp_path / "data" / sv.ENGINES_FILE).read_text())
