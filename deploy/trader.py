@@ -41,13 +41,23 @@ class TraderError(ValueError):
     """Bad input or an unusable setup: one line, exit status 2."""
 
 
+def _host_port(text: str) -> str:
+    """--gateway's value, checked whatever the verb (positions, which reads a replica, took
+    any text without a word)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: HOST:PORT")
+    return text
+
+
 def register(sub) -> None:
     s = sub.add_parser("client", help="trade through the gateway: buy, sell, amend, cancel, "
                                       "watch")
     s.add_argument("--user", required=True, help="a user of the accounts file (demo: alice, "
                                                  "bob)")
     s.add_argument("--password", help="default: $SEQEX_PASSWORD, else the demo password")
-    s.add_argument("--gateway", help="HOST:PORT (default: the running cluster's)")
+    s.add_argument("--gateway", type=_host_port,
+                   help="HOST:PORT (default: the running cluster's)")
     s.add_argument("--data", default="seqex-data")
     s.add_argument("--wait", type=float, default=None,
                    help="seconds to wait for reports (default 5; watch: until Ctrl-C)")

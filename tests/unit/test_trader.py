@@ -82,9 +82,15 @@ def test_wrong_password_and_no_password(gateway, tmp_path, capsys, monkeypatch):
 def test_no_gateway_and_a_bad_address(tmp_path, capsys):
     assert main(["client", "--user", "a", "--data", str(tmp_path), "watch"]) == 2
     assert "seqex is not up" in capsys.readouterr().err
-    assert main(["client", "--user", "a", "--gateway", "nohost", "--password", "x",
-                 "--data", str(tmp_path), "watch"]) == 2
-    assert "--gateway 'nohost': HOST:PORT" in capsys.readouterr().err
+    # checked whatever the verb: positions reads a replica, and took any text without a word
+    for verb in ("watch", "positions"):
+        for bad in ("nohost", "127.0.0.1:99999"):
+            with pytest.raises(SystemExit) as exit_:   # argparse's: one line, status 2
+                main(["client", "--user", "a", "--gateway", bad, "--password", "x",
+                      "--data", str(tmp_path), verb])
+            assert exit_.value.code == 2
+            err = capsys.readouterr().err
+            assert f"--gateway: '{bad}': HOST:PORT" in err and err.count("\n") == 1, err
 
 
 def test_tif_day_is_offered_and_an_amend_keeps_the_orders_own(gateway, tmp_path, capsys):
