@@ -1722,13 +1722,13 @@ class TradingEngine:
         # refused at 50x for its price's tier rested at 25x and went on at 50x)
         hi_buy = hi_sell = mark
         o: Order
-        for o in acct.orders.values():
-            if o.symbol == symbol and o.state != UNTRIGGERED:
-                p = o.amend_price if o.amend_price > o.price else o.price
-                if o.side == BUY:
-                    hi_buy = p if p > hi_buy else hi_buy
-                else:
-                    hi_sell = p if p > hi_sell else hi_sell
+        live = [o for o in acct.orders.values() if o.symbol == symbol and o.state != UNTRIGGERED]
+        for o in live:
+            p = o.amend_price if o.amend_price > o.price else o.price
+            if o.side == BUY:
+                hi_buy = p if p > hi_buy else hi_buy
+            else:
+                hi_sell = p if p > hi_sell else hi_sell
         worst = max(abs(pos.size) * mark, (pos.buy_leaves + pos.size) * hi_buy,
                     (pos.sell_leaves - pos.size) * hi_sell)
         tier = spec.tier(worst * spec.value)
@@ -1745,14 +1745,13 @@ class TradingEngine:
         pos.leverage_x100 = lev
         more = []
         amending = False
-        for o in acct.orders.values():
-            if o.symbol == symbol and o.state != UNTRIGGERED:
-                # an amend in flight holds a reservation for leaves this engine does not
-                # know yet: the leverage waits for its answer
-                amending = amending or o.pending == PENDING_AMEND
-                m = self._order_cost(acct, o, o.price, o.leaves) - o.margin
-                if m > 0:
-                    more.append((o, m))
+        for o in live:
+            # an amend in flight holds a reservation for leaves this engine does not know
+            # yet: the leverage waits for its answer
+            amending = amending or o.pending == PENDING_AMEND
+            m = self._order_cost(acct, o, o.price, o.leaves) - o.margin
+            if m > 0:
+                more.append((o, m))
         pos.leverage_x100 = old_lev
         if amending:
             self._reject_request(SET_LEVERAGE, 2017, account, symbol, lev)
@@ -2033,15 +2032,9 @@ class TradingEngine:
         has taken in and paid out so far is in flight in the sweep (the audit counts it)
         until it ends."""
         pos = acct.positions[symbol]
-        if acct is self.clearing:
-            # the mirror of the other shards' accounts: rounded toward zero whichever way it
-            # goes, so that the shards' clearing accounts, each the others' mirror, sum to
-            # zero (rounded as a client's, a payer's ceiling in one shard against a
-            # receiver's floor in the other, they drifted by a unit an interval)
-            exact = size * mark * spec.value * rate
-            amount = exact // PPM if exact >= 0 else -(-exact // PPM)
-        else:
-            amount = funding_payment(size, mark, spec.value, rate)
+        # the clearing account, the mirror of the other shards' accounts, rounds toward zero
+        # (margin.funding_payment)
+        amount = funding_payment(size, mark, spec.value, rate, acct is self.clearing)
         if amount == 0:
             return 0
         acct.balance -= amount

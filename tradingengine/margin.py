@@ -236,8 +236,16 @@ def funding_rate(premium_ppm: int, interest_ppm: int, cap_ppm: int) -> int:
     return min(max(f, -cap_ppm), cap_ppm)
 
 
-def funding_payment(size: int, mark: int, value: int, rate_ppm: int) -> int:
+def funding_payment(size: int, mark: int, value: int, rate_ppm: int,
+                    toward_zero: bool = False) -> int:
     """What a position pays (> 0) or receives (< 0) at rate F: size * mark * value * F / 1e6,
     rounded against the trader (a payer pays the ceiling, a receiver gets the floor), so the
-    residue is never negative; it goes to the dust account."""
-    return div_ceil(size * mark * value * rate_ppm, PPM)
+    residue is never negative; it goes to the dust account. ``toward_zero``: a clearing
+    account's, the mirror of other shards' accounts, rounded toward zero whichever way it
+    goes, so that the shards' clearing accounts sum to zero (rounded as a client's, a payer's
+    ceiling in one shard against a receiver's floor in the other, they drifted by a unit an
+    interval)."""
+    exact = size * mark * value * rate_ppm
+    if toward_zero:
+        return exact // PPM if exact >= 0 else -(-exact // PPM)
+    return div_ceil(exact, PPM)

@@ -32,18 +32,22 @@ def isolated_equity_over_maintenance(v: RoutedVenue, account: int, symbol: int) 
     return pos.margin + pos.size * mark * spec.value - pos.cost - maintenance(pos.size, mark, spec)
 
 
-def isolated_long(leverage_x100: int) -> tuple[RoutedVenue, int]:
-    """TRADER isolated long 500 at 10,000 on 10 USDT, bought from MM; the fund at 10**11."""
+def isolated_long(leverage_x100: int, qty: int = 500, deposit: int = 10**9,
+                  taker: bool = False) -> tuple[RoutedVenue, int]:
+    """TRADER (``deposit``: 10 USDT) isolated long ``qty`` at 10,000, bought from MM; the fund
+    at 10**11 (``taker``: TAKER on shard 0 with 10,000 USDT)."""
     fund = 10**11
     v = venue(fund)
     v.deposit(MM, 10**15, 2)
-    v.deposit(TRADER, 10**9, 3)
+    if taker:
+        v.deposit(TAKER, 10**12, 4)
+    v.deposit(TRADER, deposit, 3)
     v.mark(1, 10_000)
     v.run()
     v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
     v.leverage(TRADER, 1, leverage_x100)
-    v.order(MM, 1, 1, tc.SELL, 10_000, 500)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 500)
+    v.order(MM, 1, 1, tc.SELL, 10_000, qty)
+    v.order(TRADER, 2, 1, tc.BUY, 10_000, qty)
     v.run()
     return v, fund
 
@@ -1091,17 +1095,7 @@ def _isolated_long_with_its_close_at_bankruptcy_and_funding_due() -> tuple[Route
     """TRADER isolated long 1,000 of symbol 1 at 50x (25 USDT), a sell resting at exactly its
     bankruptcy price, funding of 0.75% due at the next boundary; TAKER on shard 0."""
     from tests.liqcascade import SRC_ORACLE
-    v = venue(10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(TAKER, 10**12, 4)
-    v.deposit(TRADER, 25_000_000, 3)
-    v.mark(1, 10_000)
-    v.run()
-    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
-    v.leverage(TRADER, 1, 5000)
-    v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)
-    v.run()
+    v, _fund = isolated_long(5000, 1000, 25_000_000, taker=True)
     te = v.te[1].engine
     acct = te.accounts[TRADER]
     bk = te._bankruptcy(acct, 1, acct.positions[1])
@@ -1915,16 +1909,7 @@ def test_an_isolated_order_that_closes_and_opens_is_not_held_to_its_own_reservat
     # reservation (from the wallet) does not touch; a sell of 1,500 against an isolated long
     # of 1,000 at 40 ticks inside its bankruptcy price was refused (2043) on a 9,979 USDT
     # wallet while a sell of 1,000 at the same price was accepted.
-    v = venue(10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(TRADER, 10_000_000_000, 3)
-    v.mark(1, 10_000)
-    v.run()
-    v.operator_te(TRADER, tc.SET_MARGIN_MODE, tc.set_margin_mode(TRADER, 1, tc.ISOLATED))
-    v.leverage(TRADER, 1, 5000)
-    v.order(MM, 1, 1, tc.SELL, 10_000, 1000)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 1000)
-    v.run()
+    v, _fund = isolated_long(5000, 1000, 10_000_000_000)
     te = v.te[1].engine
     acct = te.accounts[TRADER]
     bk = te._bankruptcy(acct, 1, acct.positions[1])
