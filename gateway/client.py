@@ -782,7 +782,9 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
             body = (f"filled {_num(r.last_qty)} @ {_num(r.last_px, tick)} "
                     f"({r.liquidity or '?'}), {left}")
         elif r.exec_type == "new":
-            body = "accepted, resting" if r.leaves_qty and r.ord_type == "limit" else "accepted"
+            # An IOC or FOK never rests: whatever does not fill at once is expired.
+            rests = r.leaves_qty and r.ord_type == "limit" and r.tif in ("gtc", "day")
+            body = "accepted, resting" if rests else "accepted"
         elif r.exec_type == "rejected":
             body = f"rejected ({REJECT_WORDS.get(r.reason, f'reason {r.reason}')})"
         elif r.exec_type in ("canceled", "expired"):

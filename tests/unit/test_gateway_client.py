@@ -402,6 +402,13 @@ def test_an_amend_is_told_with_the_orders_old_and_new_id():
                                  leaves_qty=Decimal("0.004"), **base)
     assert sdk.describe("bob", market, inst) == (
         "bob: BTCUSDT buy 0.004 @ market [order 4] accepted")
+    for tif, said in (("ioc", "accepted"), ("fok", "accepted"), ("day", "accepted, resting")):
+        limit = sdk.ExecutionReport(cl_ord_id=5, orig_cl_ord_id=None, exec_type="new",
+                                    ord_type="limit", price=Decimal("50000"),
+                                    qty=Decimal("0.004"), leaves_qty=Decimal("0.004"),
+                                    **dict(base, tif=tif))
+        assert sdk.describe("bob", limit, inst) == (
+            f"bob: BTCUSDT buy 0.004 @ 50000.00 [order 5] {said}"), tif
 
 
 def test_an_unfillable_fill_or_kill_reads_as_killed_not_as_a_margin_limit():
