@@ -8,7 +8,7 @@ Cluster verbs: ``up``, ``down``, ``status``, ``submit`` (one order and its outco
 deploy/drill.py), ``deploy systemd`` (a host's units, deploy/systemd.py).
 Client verbs: ``produce`` (load generator / feeder), ``tail`` (durable subscriber),
 ``replay`` (any range of a stream, decoded), ``ping``, ``stop``.
-``demo``: a local log cluster on loopback with live figures (the main job for now).
+``demo``: the default cluster with a robot trading through the gateway and a live dashboard.
 """
 from __future__ import annotations
 
