@@ -274,7 +274,7 @@ class Order:
     __slots__ = ("order_id", "account", "symbol", "client_order_id", "side", "ord_type", "tif",
                  "flags", "price", "qty", "leaves", "cum", "margin", "state", "pending",
                  "trigger_price", "trigger_kind", "trigger_by", "reason", "ce_id", "sess", "cxl",
-                 "rpl", "amend_price")
+                 "rpl", "amend_price", "amend_grow")
 
     def __init__(self, order_id: int, account: int, symbol: int, client_order_id: int,
                  side: int, ord_type: int, tif: int, flags: int, price: int, qty: int) -> None:
@@ -302,6 +302,10 @@ class Order:
         self.cxl = None                   # (ClOrdID, session key) of a session's pending cancel
         self.rpl = None                   # (ClOrdID, session key) of a session's pending replace
         self.amend_price = 0              # the price of an amend in flight (0: none)
+        # the lots by which an amend in flight grows the leaves: counted in the position's
+        # leaves on its side from the moment it is sent (the orders checked after it would
+        # otherwise see the old leaves ahead of them)
+        self.amend_grow = 0
 
     def row(self) -> list:
         return [self.order_id, self.account, self.symbol, self.client_order_id, self.side,
@@ -312,8 +316,10 @@ class Order:
                 None if self.cxl is None else [self.cxl[0], *self.cxl[1]],
                 None if self.rpl is None else [self.rpl[0], *self.rpl[1]],
                 # an amend's price while it is in flight (a row of 23 without one: the
-                # snapshots of orders with no amend in flight are as before)
-                *([self.amend_price] if self.amend_price else [])]
+                # snapshots of orders with no amend in flight are as before), and the lots by
+                # which it grows the leaves when it does
+                *([self.amend_price, self.amend_grow] if self.amend_grow
+                  else [self.amend_price] if self.amend_price else [])]
 
     @classmethod
     def from_row(cls, row: list) -> Order:
@@ -327,6 +333,8 @@ class Order:
             o.rpl = None if rpl is None else (rpl[0], (rpl[1], rpl[2]))
         if len(row) > 23:
             o.amend_price = row[23]
+        if len(row) > 24:
+            o.amend_grow = row[24]
         return o
 
 
@@ -960,6 +968,15 @@ class TradingEngine:
                 free += upnl
         return free
 
+    def _spendable(self, acct: Account) -> int:
+        """_available less the funding its cross balance owes to sweeps in flight: not its
+        money (a withdrawal of it is refused, 2024); spent on an order's margin, the payment
+        at its turn left the new position below zero, and the fund paid the rest."""
+        free = self._available(acct)
+        if self.sweeps:
+            free -= self._funding_owed(acct.account_id, 0, OWED_CROSS)
+        return free
+
     def _isolated_margin(self, acct: Account) -> int:
         """What the account's isolated positions hold of its balance."""
         pos: Position
@@ -1176,7 +1193,12 @@ class TradingEngine:
             if tier is None or lev > tier.max_leverage_x100:
                 return 2013
             cost = order_cost(opening, o.price, buy, mark, spec, lev)
-            if cost > self._available(acct):
+            if pos.mode == ISOLATED and self.sweeps and \
+                    self._funding_owed(acct.account_id, 0, OWED_CROSS):
+                # the balance owes this interval's funding: it may not become the margin
+                # of an isolated position (which a cross payment never takes from)
+                return 2045
+            if cost > self._spendable(acct):
                 return 2012
             if against and pos.mode == CROSS:
                 # an order that closes and opens: what it reserves for the lots it
@@ -1191,11 +1213,6 @@ class TradingEngine:
                     cost = order_cost(opening, o.price, buy, mark, spec, lev)
             if self._strands_cross_closes(acct, cost):
                 return 2044
-            if pos.mode == ISOLATED and self.sweeps and \
-                    self._funding_owed(acct.account_id, 0, OWED_CROSS):
-                # the balance owes this interval's funding: it may not become the margin
-                # of an isolated position (which a cross payment never takes from)
-                return 2045
         o.margin = cost
         acct.order_margin += cost
         self._liq_dirty[acct.account_id] = None
@@ -1228,7 +1245,7 @@ class TradingEngine:
             if x is not o and x.symbol == o.symbol and x.side == o.side \
                     and x.flags & REDUCE_ONLY and x.state != UNTRIGGERED \
                     and x.pending != PENDING_CANCEL:
-                room -= x.leaves
+                room -= x.leaves + x.amend_grow
         return room
 
     def _taker_steps(self, qty):
@@ -1250,6 +1267,17 @@ class TradingEngine:
             self._steps += self._taker_steps(total_qty - o.cum)
         o.pending = PENDING_AMEND
         o.amend_price = price   # it may fill at either price until the CrossEngine answers
+        grow = total_qty - o.cum - o.leaves
+        if grow > o.amend_grow:
+            # the larger leaves count on the side until the answer: a close entered while
+            # another grew by amend saw the old leaves ahead of it, reserved nothing, and
+            # opened a short on no money when one IOC lifted both
+            pos = self.accounts[o.account].positions[o.symbol]
+            if o.side == BUY:
+                pos.buy_leaves += grow - o.amend_grow
+            else:
+                pos.sell_leaves += grow - o.amend_grow
+            o.amend_grow = grow
         payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
         self.route |= 1 << (o.symbol & 63)
         self._out.append(_CE_CMD(CE_COMMAND, o.symbol, CE_AMEND, len(payload)) + payload)
@@ -1263,9 +1291,10 @@ class TradingEngine:
         if o.state != UNTRIGGERED:
             pos: Position = acct.positions[o.symbol]
             if o.side == BUY:
-                pos.buy_leaves -= o.leaves
+                pos.buy_leaves -= o.leaves + o.amend_grow
             else:
-                pos.sell_leaves -= o.leaves
+                pos.sell_leaves -= o.leaves + o.amend_grow
+            o.amend_grow = 0
             if o.flags & FLAG_REDUCE_ONLY:
                 pos.reduce_only -= 1
             if o.ce_id:
@@ -1461,16 +1490,16 @@ class TradingEngine:
         if not code:   # (a reduce-only order's too: what it opens if those ahead fill first)
             need = self._order_cost(acct, o, new_price, new_qty - o.cum)
             if need > o.margin:
-                if need - o.margin > self._available(acct):
+                if acct.positions[o.symbol].mode == ISOLATED and self.sweeps and \
+                        self._funding_owed(account, 0, OWED_CROSS):
+                    code = 2045
+                elif need - o.margin > self._spendable(acct):
                     code = 2012
                 elif acct.positions[o.symbol].mode == CROSS and self._beyond_bankruptcy(
                         acct, o, new_price, need - o.margin + owed):
                     code = 2043     # its own larger reservation moves its bankruptcy price
                 elif self._strands_cross_closes(acct, need - o.margin):
                     code = 2044
-                elif acct.positions[o.symbol].mode == ISOLATED and self.sweeps and \
-                        self._funding_owed(account, 0, OWED_CROSS):
-                    code = 2045
                 else:   # hold the larger reservation until the CrossEngine answers
                     acct.order_margin += need - o.margin
                     o.margin = need
@@ -1650,10 +1679,10 @@ class TradingEngine:
         spec = self.specs[o.symbol]
         buy = o.side == BUY
         if buy:
-            ahead = pos.buy_leaves - o.leaves
+            ahead = pos.buy_leaves - o.leaves - o.amend_grow
             reducible = -pos.size - ahead if pos.size < 0 else 0
         else:
-            ahead = pos.sell_leaves - o.leaves
+            ahead = pos.sell_leaves - o.leaves - o.amend_grow
             reducible = pos.size - ahead if pos.size > 0 else 0
         opening = leaves - reducible if reducible > 0 else leaves
         return order_cost(opening, price, buy, self.marks[o.symbol], spec, pos.leverage_x100)
@@ -1732,8 +1761,10 @@ class TradingEngine:
         worst = max(abs(pos.size) * mark, (pos.buy_leaves + pos.size) * hi_buy,
                     (pos.sell_leaves - pos.size) * hi_sell)
         tier = spec.tier(worst * spec.value)
-        if not X100 <= lev <= spec.max_leverage_x100 or tier is None \
-                or lev > tier.max_leverage_x100:
+        # (a leverage no higher than the current one lowers the risk: never refused for the
+        # risk limit, which the orders met at entry each at its own price)
+        if not X100 <= lev <= spec.max_leverage_x100 or lev > pos.leverage_x100 and (
+                tier is None or lev > tier.max_leverage_x100):
             self._reject_request(SET_LEVERAGE, 2020, account, symbol, lev)
             return
         before = pos.margin
@@ -1757,7 +1788,10 @@ class TradingEngine:
             self._reject_request(SET_LEVERAGE, 2017, account, symbol, lev)
             return
         grow = (need - before if need > before else 0) + sum(m for _o, m in more)
-        if grow and grow > self._available(acct) or need < before and pos.mode == ISOLATED \
+        if pos.mode == ISOLATED and grow and self.sweeps and self._funding_owed(account):
+            self._reject_request(SET_LEVERAGE, 2045, account, symbol, lev)
+            return
+        if grow and grow > self._spendable(acct) or need < before and pos.mode == ISOLATED \
                 and (not self._isolated_safe(pos, spec, need)
                      or self._strands_isolated(acct, symbol, pos, need)):
             self._reject_request(SET_LEVERAGE, 2021, account, symbol, lev)
@@ -1767,9 +1801,6 @@ class TradingEngine:
         held = grow if pos.mode == ISOLATED else sum(m for _o, m in more)
         if self._strands_cross_closes(acct, held):
             self._reject_request(SET_LEVERAGE, 2044, account, symbol, lev)
-            return
-        if pos.mode == ISOLATED and grow and self.sweeps and self._funding_owed(account):
-            self._reject_request(SET_LEVERAGE, 2045, account, symbol, lev)
             return
         pos.leverage_x100 = lev
         for o, m in more:
@@ -2058,11 +2089,14 @@ class TradingEngine:
             iso = self._isolated_margin(acct)
             if acct.balance < iso:
                 shortfall = min(amount, iso - acct.balance)
-                if pos.mode == ISOLATED and pos.size and pos.margin > 0:
+                if pos.mode == ISOLATED and pos.size:
+                    # (at zero margin too: what is left comes out of its own gain, not the
+                    # fund's pocket while the position holds a gain)
                     take = shortfall if shortfall < pos.margin else pos.margin
-                    pos.extra -= take
-                    self._set_margin(acct, pos, spec)
-                    shortfall -= take
+                    if take:
+                        pos.extra -= take
+                        self._set_margin(acct, pos, spec)
+                        shortfall -= take
                     kept = True
         elif own:
             # isolated funding moves that position's margin, never below zero: a payment
@@ -2203,13 +2237,21 @@ class TradingEngine:
 
     def _check_maintenance(self, symbol: int, spec: ContractSpec, mark: int) -> None:
         """Check every holder of ``symbol`` at the new mark: a sweep. One still going for
-        this symbol (at an older mark) starts over at the end of the queue."""
+        this symbol (at an older mark) starts over at the end of the queue, but ahead of the
+        symbol's trigger sweeps: the maintenance check comes before the triggers of a mark
+        (§6), or a reduce-only stop an older mark reached went to the CrossEngine ahead of
+        its account's handoff, and its fill opened a position on nothing."""
         sweeps = self.sweeps
         for i, sw in enumerate(sweeps):
             if sw[0] == SWEEP_MAINTENANCE and sw[1] == symbol:
                 del sweeps[i]
                 break
-        sweeps.append([SWEEP_MAINTENANCE, symbol, -1])
+        at = len(sweeps)
+        for i, sw in enumerate(sweeps):
+            if sw[0] == SWEEP_TRIGGER and sw[1] == symbol:
+                at = i
+                break
+        sweeps.insert(at, [SWEEP_MAINTENANCE, symbol, -1])
 
     def _sweep_maintenance(self, sw: list) -> bool:
         """The maintenance sweep through the liquidation-trigger index: only the holders whose
@@ -2627,6 +2669,13 @@ class TradingEngine:
         to = 2 if amend else 1
         if amend:
             o.amend_price = 0
+            if o.amend_grow:
+                pos = acct.positions[symbol]
+                if o.side == BUY:
+                    pos.buy_leaves -= o.amend_grow
+                else:
+                    pos.sell_leaves -= o.amend_grow
+                o.amend_grow = 0
             self._fit_margin(acct, o)
         if o.pending != PENDING_CANCEL or not amend:
             o.pending = NO_PENDING
@@ -2785,11 +2834,17 @@ class TradingEngine:
             return
         pos = acct.positions[symbol]
         if o.side == BUY:
-            pos.buy_leaves += leaves - o.leaves
+            pos.buy_leaves += leaves - o.leaves - o.amend_grow
         else:
-            pos.sell_leaves += leaves - o.leaves
+            pos.sell_leaves += leaves - o.leaves - o.amend_grow
+        grew = o.amend_grow
         o.price, o.leaves, o.qty = price, leaves, total
         o.amend_price = 0
+        o.amend_grow = 0
+        if grew and o.flags & FLAG_REDUCE_ONLY:
+            # the position may have shrunk while the amend was on its way (a cut then
+            # looked at the leaves before it): cut again now that they are known
+            self._queue_reduce_only(symbol, account)
         if o.pending == PENDING_AMEND:
             # a cancel sent after the amend (the end of the day, a liquidation, a mass
             # cancel) is still in flight: it stays pending, with its reason
@@ -3628,8 +3683,9 @@ class TradingEngine:
             for sym, pos in acct.positions.items():
                 live = [o for o in acct.orders.values()
                         if o.symbol == sym and o.state != UNTRIGGERED]
-                if pos.buy_leaves != sum(o.leaves for o in live if o.side == BUY) \
-                        or pos.sell_leaves != sum(o.leaves for o in live if o.side == SELL):
+                if pos.buy_leaves != sum(o.leaves + o.amend_grow for o in live if o.side == BUY) \
+                        or pos.sell_leaves != sum(o.leaves + o.amend_grow for o in live
+                                                  if o.side == SELL):
                     raise EngineHalted(f"account {acct.account_id} symbol {sym}: leaves drifted")
                 if pos.reduce_only != sum(1 for o in live if o.flags & FLAG_REDUCE_ONLY):
                     raise EngineHalted(f"account {acct.account_id} symbol {sym}: reduce-only "
@@ -3773,9 +3829,9 @@ class TradingEngine:
             else:
                 pos = acct.positions[o.symbol]
                 if o.side == BUY:
-                    pos.buy_leaves += o.leaves
+                    pos.buy_leaves += o.leaves + o.amend_grow
                 else:
-                    pos.sell_leaves += o.leaves
+                    pos.sell_leaves += o.leaves + o.amend_grow
                 if o.flags & FLAG_REDUCE_ONLY:
                     pos.reduce_only += 1
                 if o.ce_id:
