@@ -1699,16 +1699,26 @@ class TradingEngine:
         self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
 
     def _cancel_orders(self, acct: Account, symbol: int, side: int, reason: int,
-                       upto: int = -1) -> int:
+                       upto: int = -1, requester: tuple | None = None) -> int:
         """Cancel the account's orders (in one symbol, on one side, when given; with order ids
         up to ``upto``, when given); conditional ones at once, live ones through the
-        CrossEngine. Returns how many."""
+        CrossEngine. Returns how many. A session's mass cancel names itself as
+        ``requester``: each order another session entered sends its report there too
+        (PROTOCOL.md 202: each cancelled order gets its own ExecutionReport), as a single
+        cancel of another session's order does."""
         n = 0
         for o in list(acct.orders.values()):
             if (symbol and o.symbol != symbol) or (side and o.side != side) \
                     or 0 <= upto < o.order_id:
                 continue
-            n += self._end_order(acct, o, reason)
+            copy = requester is not None and o.sess != requester and o.cxl is None \
+                and o.pending != PENDING_CANCEL
+            if copy:
+                o.cxl = (P_NULL_ID, requester)     # a copy of the report, no request's id
+            if self._end_order(acct, o, reason):
+                n += 1
+            elif copy:
+                o.cxl = None
         return n
 
     def _end_order(self, acct: Account, o: Order, reason: int) -> bool:
@@ -3101,6 +3111,8 @@ class TradingEngine:
         coid, orig, extra = o.client_order_id, P_NULL_ID, None
         if exec_type == EXEC_CANCELED and o.cxl is not None:
             coid, orig, extra = o.cxl[0], o.client_order_id, o.cxl[1]
+            if coid == P_NULL_ID:        # a mass cancel's copy: the report is the order's
+                coid, orig = o.client_order_id, P_NULL_ID
             o.cxl = None
         elif exec_type == EXEC_REPLACED and o.rpl is not None:
             coid, orig, extra = o.rpl[0], o.client_order_id, o.rpl[1]
@@ -3138,7 +3150,7 @@ class TradingEngine:
             # the order is done while a session's cancel or replace of it is in flight: that
             # request can only fail (the CrossEngine's answer will find no order): too late
             for req, to in ((o.cxl, 1), (o.rpl, 2)):
-                if req is not None:
+                if req is not None and req[0] != P_NULL_ID:   # (not a mass cancel's copy)
                     late = (self.ts_ns, req[0], o.client_order_id, o.order_id, o.symbol,
                             status, 48 + to, 0, 0)
                     self._smsg(req[1], P_CANCEL_REJECT, late)
@@ -3180,6 +3192,8 @@ class TradingEngine:
     def _session_async_cancel_reject(self, o: Order, to: int, code: int) -> None:
         """The CrossEngine refused a cancel or amend the engine had sent for ``o``."""
         req = o.cxl if to == 1 else o.rpl
+        if req is not None and req[0] == P_NULL_ID:
+            req = None                   # a mass cancel's copy: refused as an engine's cancel
         if to == 1:
             o.cxl = None
         else:
@@ -3579,7 +3593,7 @@ class TradingEngine:
         acct = self.accounts.get(sess.default_account)
         n = 0
         if acct is not None:
-            n = self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
+            n = self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL, -1, key)
         others = [a for a in sess.accounts if a != sess.default_account]
         if others:   # the orders there now: not those entered while the sweep runs
             self.sweeps.append([SWEEP_SESSION_MASS_CANCEL, symbol, 0, key[0], key[1], side,
@@ -3597,7 +3611,8 @@ class TradingEngine:
                 return False
             acct = self.accounts.get(accounts[i])
             if acct is not None:
-                n += self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL, upto)
+                n += self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL, upto,
+                                         (user, sid))
         self._smsg((user, sid), P_MASS_CANCEL_REPORT,
                    (self.ts_ns, coid, n, asked, mtype, mtype, 0, 0))
         return True

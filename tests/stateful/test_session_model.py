@@ -503,6 +503,8 @@ class SessionFlow(RuleBasedStateMachine):
                 if t.open:
                     issued[id(t)] = [("ER", "canceled", 1)] * len(t.open)
                     total += len(t.open)
+                    if t is not s:   # each cancelled order's report reaches the requester too
+                        mine += [("ER", "canceled", 1)] * len(t.open)
             mine.append(("MassCancelReport", total, b"7"))
         else:
             block = struct.pack("<QQQ", seq, now, coid)

@@ -973,3 +973,24 @@ def test_a_refused_mass_cancel_echoes_the_security_id_sent():
     assert m[2] == 202 and m[3][2:8] == (50, 0, 1, b"7", b"0", 99)
     (m,) = h.send(1, 9, 103, OMCR.pack(2, 0, 51, 1, b"1", b"5", 0))
     assert m[2] == 202 and m[3][2:8] == (51, 0, 1, b"1", b"0", 99)
+
+
+def test_a_mass_cancel_reports_each_order_to_the_requester_too():
+    """A user's two sessions: A's mass cancel cancels B's order too (the user's accounts),
+    and TotalAffectedOrders counts it: its ExecutionReport went to B only, so A counted two
+    and saw one. Each cancelled order's report reaches the requester (PROTOCOL.md 202), as
+    a single cancel of another session's order does; B still gets its own."""
+    h = Harness()
+    h.logon(1, 9, conn=7)
+    h.logon(1, 10, conn=8)
+    h.nos(1, 9, 1, 101)
+    h.nos(1, 10, 1, 201)
+    ms = h.send(1, 9, 103, OMCR.pack(2, 0, 300, NULL & 0xFFFFFFFF, b"7", b"0", 0))
+    (rpt,) = [m[3] for m in ms if m[2] == 202]
+    to_a = [(m[3][2], m[3][3], m[3][19]) for m in ms
+            if (m[0], m[1], m[2]) == (1, 9, 200) and m[3][14] == b"4"]
+    to_b = [(m[3][2], m[3][3]) for m in ms
+            if (m[0], m[1], m[2]) == (1, 10, 200) and m[3][14] == b"4"]
+    assert rpt[3] == 2 and sorted(to_a) == [(101, NULL, 1), (201, NULL, 1)], (rpt, to_a)
+    assert to_b == [(201, NULL)]
+    assert not h.v.te.orders
