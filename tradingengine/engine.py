@@ -2246,22 +2246,18 @@ class TradingEngine:
     # -- maintenance and liquidation -------------------------------------------------------
 
     def _check_maintenance(self, symbol: int, spec: ContractSpec, mark: int) -> None:
-        """Check every holder of ``symbol`` at the new mark: a sweep. One still going for
-        this symbol (at an older mark) starts over at the end of the queue, but ahead of the
-        symbol's trigger sweeps: the maintenance check comes before the triggers of a mark
-        (§6), or a reduce-only stop an older mark reached went to the CrossEngine ahead of
-        its account's handoff, and its fill opened a position on nothing."""
+        """Check every holder of ``symbol`` at the new mark: a sweep at the end of the queue.
+        One still going for this symbol goes on where it is, at the new mark (each unit reads
+        the mark): the maintenance check comes before the triggers of a mark (§6), and moved
+        behind them, a reduce-only stop an older mark reached went to the CrossEngine ahead of
+        its account's handoff and its fill opened a position on nothing; the new sweep checks
+        the holders it had passed. One not started yet checks everyone at the mark it finds:
+        no other is queued (at most two a symbol, so marks never starve the sweeps behind)."""
         sweeps = self.sweeps
-        for i, sw in enumerate(sweeps):
-            if sw[0] == SWEEP_MAINTENANCE and sw[1] == symbol:
-                del sweeps[i]
-                break
-        at = len(sweeps)
-        for i, sw in enumerate(sweeps):
-            if sw[0] == SWEEP_TRIGGER and sw[1] == symbol:
-                at = i
-                break
-        sweeps.insert(at, [SWEEP_MAINTENANCE, symbol, -1])
+        for sw in sweeps:
+            if sw[0] == SWEEP_MAINTENANCE and sw[1] == symbol and sw[2] < 0:
+                return
+        sweeps.append([SWEEP_MAINTENANCE, symbol, -1])
 
     def _sweep_maintenance(self, sw: list) -> bool:
         """The maintenance sweep through the liquidation-trigger index: only the holders whose
@@ -2687,6 +2683,8 @@ class TradingEngine:
                     pos.sell_leaves -= o.amend_grow
                 o.amend_grow = 0
             self._fit_margin(acct, o)
+            if o.flags & FLAG_REDUCE_ONLY:
+                self._queue_reduce_only(symbol, account)   # a cut that waited for it
         if o.pending != PENDING_CANCEL or not amend:
             o.pending = NO_PENDING
         self._cancel_rejected(account, 0, o.client_order_id, code, to)
@@ -2847,13 +2845,12 @@ class TradingEngine:
             pos.buy_leaves += leaves - o.leaves - o.amend_grow
         else:
             pos.sell_leaves += leaves - o.leaves - o.amend_grow
-        grew = o.amend_grow
         o.price, o.leaves, o.qty = price, leaves, total
         o.amend_price = 0
         o.amend_grow = 0
-        if grew and o.flags & FLAG_REDUCE_ONLY:
-            # the position may have shrunk while the amend was on its way (a cut then
-            # looked at the leaves before it): cut again now that they are known
+        if o.flags & FLAG_REDUCE_ONLY:
+            # a cut waits for an amend's answer (_cut_reduce_only): now that the leaves are
+            # known, the position may have shrunk meanwhile
             self._queue_reduce_only(symbol, account)
         if o.pending == PENDING_AMEND:
             # a cancel sent after the amend (the end of the day, a liquidation, a mass
@@ -3048,11 +3045,20 @@ class TradingEngine:
         if not ro:
             return
         total = 0
+        amending = False
         for o in ro:
             if size == 0 or o.side != reducing_side:
                 self._send_cancel(o, REASON_REDUCE_ONLY)
             else:
                 total += o.leaves
+                amending = amending or o.pending == PENDING_AMEND
+        if amending:
+            # an amend of one of them is in flight: the cut waits for its answer (_amended
+            # and an amend's reject queue it again). Worked out from the leaves before the
+            # amend, a cut behind a trader's amend down took the order back up, by lots
+            # counted nowhere; and with two amends in flight the cut's answer was taken for
+            # the trader's next one. Meanwhile each order holds what it would open.
+            return
         excess = total - room
         for o in sorted(ro, key=_order_id, reverse=True):
             if excess <= 0:
@@ -3063,9 +3069,7 @@ class TradingEngine:
                 excess -= o.leaves
                 self._send_cancel(o, REASON_REDUCE_ONLY)
             else:
-                # an amend of the trader's in flight: the cut goes at its price (at the old
-                # one, the CrossEngine, applying both in turn, put the order back there)
-                self._send_amend(o, o.amend_price or o.price, o.cum + o.leaves - excess)
+                self._send_amend(o, o.price, o.cum + o.leaves - excess)
                 excess = 0
 
     # -- sessions (PROTOCOL.md §4; docs/order-path.md §3) ----------------------------------------

@@ -37,8 +37,8 @@ class ReferenceEngine(TradingEngine):
         acct.position_margin = sum(p.margin for p in acct.positions.values())
         for sym, pos in acct.positions.items():
             live = [o for o in acct.orders.values() if o.symbol == sym and o.state != UNTRIGGERED]
-            pos.buy_leaves = sum(o.leaves for o in live if o.side == c.BUY)
-            pos.sell_leaves = sum(o.leaves for o in live if o.side == c.SELL)
+            pos.buy_leaves = sum(o.leaves + o.amend_grow for o in live if o.side == c.BUY)
+            pos.sell_leaves = sum(o.leaves + o.amend_grow for o in live if o.side == c.SELL)
             pos.reduce_only = sum(1 for o in live if o.flags & c.FLAG_REDUCE_ONLY)
 
     def _available(self, acct: Account) -> int:
