@@ -45,6 +45,7 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 256 << 10
 STALE_LIMIT_S = 5.0
 SLOW_CLOSE_GRACE_S = 10.0         # after a slow consumer's Logout(7): time to read it
+LINGER_S = 10.0                   # after our Logout or LogonReject: time for the peer to close
 MAX_CONNECTIONS = 4096            # at the limit the oldest not logged on makes room, or refused
 MAX_CONNS_PER_USER = 100          # logged-on connections of one user (LogonReject 6 beyond)
 HEARTBEAT_MS = 1000
@@ -217,7 +218,8 @@ class FeedConnection(asyncio.Protocol):
             self.transport.write(frame)
             self.last_sent = time.monotonic()
 
-    def logout(self, reason: int, text: str, abort: bool = False) -> None:
+    def logout(self, reason: int, text: str, abort: bool = False,
+               linger_s: float | None = LINGER_S) -> None:
         if self.closed:
             return
         self.transport.write(wire.encode(wire.LOGOUT, reason, wire.char_field(text, 32)))
@@ -226,7 +228,24 @@ class FeedConnection(asyncio.Protocol):
         if abort:    # a consumer that does not read would hold the close forever
             self.transport.abort()
         else:
-            self.transport.close()
+            self._close_after_writes(linger_s)
+
+    def _close_after_writes(self, linger_s: float | None) -> None:
+        """Close once what is queued is written, without a reset: a half-close (FIN behind
+        the frames), then the peer's input read and dropped until it closes too (or
+        ``linger_s`` passes). Closed with input unread, the socket made the kernel send a
+        reset, which throws away whatever the peer had not read yet: an independent client
+        that went on heartbeating lost hundreds of frames, one cut in two, and the Logout."""
+        t = self.transport
+        if not t.can_write_eof():
+            t.close()
+            return
+        t.write_eof()
+        if linger_s is not None:
+            asyncio.get_running_loop().call_later(linger_s, self._cut_off)
+
+    def eof_received(self):
+        return None                       # the peer closed: so do we (after our writes)
 
     def slow_logout(self) -> None:
         """§6: a consumer that stays behind gets Logout(7). It goes behind what is queued
@@ -236,7 +255,7 @@ class FeedConnection(asyncio.Protocol):
         if self.closed:
             return
         self.server.stats["slow_logouts"] += 1
-        self.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer")
+        self.logout(wire.LOGOUT_SLOW_CONSUMER, "slow consumer", linger_s=None)
         self.unsent = self._unsent()
         asyncio.get_running_loop().call_later(self.server.slow_close_grace_s, self._abort)
 
@@ -337,7 +356,7 @@ class FeedConnection(asyncio.Protocol):
         self.write(wire.encode(wire.LOGON_REJECT, session_id, reason, wire.char_field(text, 32)))
         self.closed = True
         self.server.drop(self)
-        self.transport.close()
+        self._close_after_writes(LINGER_S)
 
     def logon_ok(self, logon) -> None:
         """The Logon passed: its heartbeat interval is checked (§4.8, LogonReject 4), then

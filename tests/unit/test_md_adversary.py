@@ -110,6 +110,39 @@ def test_a_slow_consumer_that_reads_again_gets_whole_frames_then_logout_7():
     asyncio.run(run())
 
 
+def test_a_slow_consumer_that_goes_on_sending_still_gets_whole_frames_then_logout_7():
+    """As above, but the client goes on sending (heartbeats, as §4.8 asks) before it reads
+    again. The feed closed the socket with those bytes unread: the kernel then sends a reset,
+    which throws away what the client had not read yet (an independent client saw ECONNRESET
+    after 240-300 frames, a frame cut, no Logout). The feed now half-closes behind the
+    queued frames and reads (and drops) the client's input until the client closes."""
+    async def run():
+        pub = await _publisher_with_book(3000)
+        pub.binary.high_water, pub.binary.low_water = 64 << 10, 16 << 10
+        pub.binary.slow_close_grace_s = 60.0
+        try:
+            r, w = await _found_slow(pub)
+            hb = wire.encode(wire.HEARTBEAT, 0, 0, 0)
+            for _ in range(20):
+                w.write(hb)
+                await w.drain()
+                await asyncio.sleep(0.02)
+            data = await asyncio.wait_for(r.read(), 60)
+            frames, i = [], 0
+            while i < len(data):
+                assert len(data) - i >= 12, f"{len(data) - i} bytes of a frame header left"
+                n = int.from_bytes(data[i:i + 2], "little")
+                assert i + n <= len(data), f"a frame of {n} bytes cut at {len(data) - i}"
+                frames.append(data[i:i + n])
+                i += n
+            assert int.from_bytes(frames[-1][6:8], "little") == wire.LOGOUT
+            assert frames[-1][12] == wire.LOGOUT_SLOW_CONSUMER, frames[-1]
+            w.close()
+        finally:
+            await pub.close()
+    asyncio.run(run())
+
+
 def test_idle_connections_at_the_limit_make_room_for_new_ones():
     """Idle connections held open (no Logon on the feed, no stream on the WebSocket) took
     every descriptor of the publisher: the REST API, the feed and the WebSocket all stopped
