@@ -80,6 +80,20 @@ async def _found_slow(pub: Publisher):
     return r, w
 
 
+def _ends_with_logout_7(data: bytes) -> list[bytes]:
+    """The frames of what a slow consumer read to the end: whole, the last a Logout(7)."""
+    frames, i = [], 0
+    while i < len(data):
+        assert len(data) - i >= 12, f"{len(data) - i} bytes of a frame header left"
+        n = int.from_bytes(data[i:i + 2], "little")
+        assert i + n <= len(data), f"a frame of {n} bytes cut at {len(data) - i}"
+        frames.append(data[i:i + n])
+        i += n
+    assert int.from_bytes(frames[-1][6:8], "little") == wire.LOGOUT
+    assert frames[-1][12] == wire.LOGOUT_SLOW_CONSUMER, frames[-1]
+    return frames
+
+
 def test_a_slow_consumer_that_reads_again_gets_whole_frames_then_logout_7():
     """PROTOCOL.md §6: a subscriber that stays behind gets Logout(7). It used to be aborted
     as soon as it was found out, which cut its stream inside a frame and dropped the Logout
@@ -93,15 +107,7 @@ def test_a_slow_consumer_that_reads_again_gets_whole_frames_then_logout_7():
             r, w = await _found_slow(pub)
             assert pub.binary.stats["slow_logouts"] == 1
             data = await asyncio.wait_for(r.read(), 60)    # now it reads: to the end
-            frames, i = [], 0
-            while i < len(data):
-                assert len(data) - i >= 12, f"{len(data) - i} bytes of a frame header left"
-                n = int.from_bytes(data[i:i + 2], "little")
-                assert i + n <= len(data), f"a frame of {n} bytes cut at {len(data) - i}"
-                frames.append(data[i:i + n])
-                i += n
-            assert int.from_bytes(frames[-1][6:8], "little") == wire.LOGOUT
-            assert frames[-1][12] == wire.LOGOUT_SLOW_CONSUMER, frames[-1]
+            frames = _ends_with_logout_7(data)
             assert any(int.from_bytes(f[6:8], "little") == wire.MARKET_DATA_SNAPSHOT
                        for f in frames[:-1])
             w.close()
@@ -128,15 +134,7 @@ def test_a_slow_consumer_that_goes_on_sending_still_gets_whole_frames_then_logou
                 await w.drain()
                 await asyncio.sleep(0.02)
             data = await asyncio.wait_for(r.read(), 60)
-            frames, i = [], 0
-            while i < len(data):
-                assert len(data) - i >= 12, f"{len(data) - i} bytes of a frame header left"
-                n = int.from_bytes(data[i:i + 2], "little")
-                assert i + n <= len(data), f"a frame of {n} bytes cut at {len(data) - i}"
-                frames.append(data[i:i + n])
-                i += n
-            assert int.from_bytes(frames[-1][6:8], "little") == wire.LOGOUT
-            assert frames[-1][12] == wire.LOGOUT_SLOW_CONSUMER, frames[-1]
+            _ends_with_logout_7(data)
             w.close()
         finally:
             await pub.close()
@@ -222,14 +220,7 @@ def test_a_slow_consumer_that_reads_slowly_still_gets_the_logout():
                 data += chunk
                 await asyncio.sleep(0.05)
             assert loop.time() - started > 2 * pub.binary.slow_close_grace_s
-            i, last = 0, b""
-            while i < len(data):
-                n = int.from_bytes(data[i:i + 2], "little")
-                assert n >= 12 and i + n <= len(data), f"a frame cut at {len(data) - i} bytes"
-                last = bytes(data[i:i + n])
-                i += n
-            assert int.from_bytes(last[6:8], "little") == wire.LOGOUT
-            assert last[12] == wire.LOGOUT_SLOW_CONSUMER
+            _ends_with_logout_7(bytes(data))
             w.close()
         finally:
             await pub.close()

@@ -70,17 +70,9 @@ def test_a_close_entered_while_another_close_grows_by_amend_reserves_what_it_ope
     assert lost <= 0 and not covered, f"the fund lost {lost}, covered {covered}"
 
 
-def test_a_position_closed_before_its_turn_cannot_spend_the_funding_it_owes():
-    """A 50x long of 150,000 lots (1,500 USDT) on 32 USDT owes 10.5 USDT to a funding sweep
-    that spans records. Before the sweep reaches it, the trader closes the long at the mark
-    (its margin goes back to the cross balance, which now owes the 10.5 USDT) and spends
-    all its available balance on a 50x buy at the band's edge, 5% over the mark, from an
-    accomplice: the order's check counts no funding owed. At its turn the balance pays, the
-    new long's equity is -1.39 USDT, it is handed off above the mark and the insurance fund
-    pays 1.39 USDT of the funding. A withdrawal of the same money would have been refused
-    (2024); the order should be held to the available balance less what the cross balance
-    owes, as the close's 2043 check is."""
-    fund = 10**11
+def _far_long_behind_holders(fund: int, mode: int):
+    """A 50x long of Q lots for FAR on 32 USDT (cross or isolated), behind the AHEAD holders
+    in a funding sweep of symbol 1, the mark at 10,000."""
     v = audited_venue(two_specs(HOUR), fund)
     v.deposit(MM, 10**15, 2)
     v.deposit(ACCOMPLICE, 10**13, 3)
@@ -92,9 +84,26 @@ def test_a_position_closed_before_its_turn_cannot_spend_the_funding_it_owes():
     v.order(MM, 1, 1, tc.SELL, 10_000, Q + 1000 * len(AHEAD))
     for a in AHEAD:
         v.order(a, 2, 1, tc.BUY, 10_000, 1000)
+    if mode == tc.ISOLATED:
+        v.operator_te(FAR, tc.SET_MARGIN_MODE, tc.set_margin_mode(FAR, 1, tc.ISOLATED))
     v.leverage(FAR, 1, 5000)
     v.order(FAR, 2, 1, tc.BUY, 10_000, Q)
     v.run()
+    return v
+
+
+def test_a_position_closed_before_its_turn_cannot_spend_the_funding_it_owes():
+    """A 50x long of 150,000 lots (1,500 USDT) on 32 USDT owes 10.5 USDT to a funding sweep
+    that spans records. Before the sweep reaches it, the trader closes the long at the mark
+    (its margin goes back to the cross balance, which now owes the 10.5 USDT) and spends
+    all its available balance on a 50x buy at the band's edge, 5% over the mark, from an
+    accomplice: the order's check counts no funding owed. At its turn the balance pays, the
+    new long's equity is -1.39 USDT, it is handed off above the mark and the insurance fund
+    pays 1.39 USDT of the funding. A withdrawal of the same money would have been refused
+    (2024); the order should be held to the available balance less what the cross balance
+    owes, as the close's 2043 check is."""
+    fund = 10**11
+    v = _far_long_behind_holders(fund, tc.CROSS)
     te = v.te[1].engine
     acct = te.accounts[FAR]
     assert acct.positions[1].size == Q
@@ -144,21 +153,7 @@ def test_a_shrunk_isolated_position_at_zero_margin_pays_out_of_its_gain():
     found no balance, skipped the kept margin (zero) and, with it, the position's gain
     (57 USDT): the fund covered 10.16 of the 10.92 USDT."""
     fund = 10**11
-    v = audited_venue(two_specs(HOUR), fund)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**13, 3)
-    for i, a in enumerate(AHEAD):
-        v.deposit(a, 10**10, 10 + i)
-    v.deposit(FAR, 3_200_000_000, 99)
-    v.mark(1, 10_000)
-    v.run()
-    v.order(MM, 1, 1, tc.SELL, 10_000, Q + 1000 * len(AHEAD))
-    for a in AHEAD:
-        v.order(a, 2, 1, tc.BUY, 10_000, 1000)
-    v.operator_te(FAR, tc.SET_MARGIN_MODE, tc.set_margin_mode(FAR, 1, tc.ISOLATED))
-    v.leverage(FAR, 1, 5000)
-    v.order(FAR, 2, 1, tc.BUY, 10_000, Q)
-    v.run()
+    v = _far_long_behind_holders(fund, tc.ISOLATED)
     te = v.te[1].engine
     acct = te.accounts[FAR]
     pos = acct.positions[1]
