@@ -140,6 +140,20 @@ class RoutedVenue:
                 raise AssertionError(f"no quiescence after {limit} records")
         return n
 
+    def step_until(self, cond) -> None:
+        """Apply queued records one at a time until ``cond()`` holds, or nothing is queued
+        (a race a test builds may go otherwise once its bug is fixed)."""
+        while self.queue:
+            self._apply(*self.queue.popleft())
+            if cond():
+                return
+
+    def next_in_te(self, account: int, kind: int, payload: bytes) -> None:
+        """An operator record that the account's in.te sequences next, ahead of what is
+        queued (for races between a shard's requests and the CrossEngine's answers)."""
+        self.queue.appendleft((self.te[account % self.n_shards], OPERATOR_SOURCE, kind,
+                               payload, 0))
+
     # -- inputs ----------------------------------------------------------------------------------
 
     def tick(self, dt_ns: int = 10_000_000) -> int:

@@ -1801,7 +1801,12 @@ class TradingEngine:
         if pos.mode == ISOLATED and grow and self.sweeps and self._funding_owed(account):
             self._reject_request(SET_LEVERAGE, 2045, account, symbol, lev)
             return
-        if grow and grow > self._spendable(acct) or need < before and pos.mode == ISOLATED \
+        # (an isolated margin that grows takes money out of the cross equity, which must stay
+        # above the cross positions' maintenance, as for AdjustIsolatedMargin: lowering an
+        # isolated leverage left a cross short 2.54 USDT below it, handed off at the mark)
+        if grow and grow > self._spendable(acct) or need > before and pos.mode == ISOLATED \
+                and need - before >= self._cross_headroom(acct) \
+                or need < before and pos.mode == ISOLATED \
                 and (not self._isolated_safe(pos, spec, need)
                      or self._strands_isolated(acct, symbol, pos, need)):
             self._reject_request(SET_LEVERAGE, 2021, account, symbol, lev)
@@ -2217,6 +2222,16 @@ class TradingEngine:
                 sw[2] = order_id
                 return False
             acct = self.accounts[o.account]
+            mark = self.marks.get(symbol)
+            if mark is not None:
+                # the account's maintenance at the mark now comes first (§6): a sweep of an
+                # older mark's triggers may run after a newer mark put the account below
+                # maintenance, before the maintenance sweep reaches it (a reduce-only stop
+                # went out ahead of its handoff and opened a short on nothing); a handoff
+                # cancels the order here
+                self._maintain(acct, symbol, self.specs[symbol], mark)
+                if waiting.get(order_id) is not o:
+                    continue
             self._er(o, EXEC_TRIGGERED, 0, 0, 0, 0, 0, STATUS_NEW)
             # checked as a new order: still conditional, so its own leaves are not counted
             code = self._risk_and_send(acct, o, self.specs[symbol])
@@ -3045,25 +3060,25 @@ class TradingEngine:
         if not ro:
             return
         total = 0
-        amending = False
         for o in ro:
             if size == 0 or o.side != reducing_side:
                 self._send_cancel(o, REASON_REDUCE_ONLY)
             else:
-                total += o.leaves
-                amending = amending or o.pending == PENDING_AMEND
-        if amending:
-            # an amend of one of them is in flight: the cut waits for its answer (_amended
-            # and an amend's reject queue it again). Worked out from the leaves before the
-            # amend, a cut behind a trader's amend down took the order back up, by lots
-            # counted nowhere; and with two amends in flight the cut's answer was taken for
-            # the trader's next one. Meanwhile each order holds what it would open.
-            return
+                # an amend in flight counts at the larger of its leaves before and after it
+                total += o.leaves + o.amend_grow
         excess = total - room
         for o in sorted(ro, key=_order_id, reverse=True):
             if excess <= 0:
                 break
             if o.pending == PENDING_CANCEL or size == 0 or o.side != reducing_side:
+                continue
+            if o.pending == PENDING_AMEND:
+                # its cut waits for its answer (_amended and an amend's reject queue the cut
+                # again): worked out from the leaves before the amend, a cut behind a
+                # trader's amend down took the order back up by lots counted nowhere, and with
+                # two amends in flight the cut's answer was taken for the trader's next one.
+                # The others are cut meanwhile, so amends kept in flight in turn do not put
+                # the cut off for ever; each order holds what it would open.
                 continue
             if o.leaves <= excess:
                 excess -= o.leaves

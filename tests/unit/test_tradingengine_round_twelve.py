@@ -7,7 +7,6 @@ cut's answer was taken for the trader's next amend, releasing its growth while i
 on its way. A cut now waits for the answer. Each test failed on the code before."""
 from __future__ import annotations
 
-from mq.sources import OPERATOR_SOURCE
 from tests.liqcascade import audited_venue
 from tests.liqcascade import te_events as events
 from tests.tradingvenue import HOUR, two_specs
@@ -98,20 +97,6 @@ def test_a_reduce_only_cut_never_leaves_the_order_larger_than_the_trader_asked()
     assert b.leaves <= 10, f"the trader amended the order to 10; it rests with {b.leaves}"
 
 
-def _step_until(v, cond) -> None:
-    """Apply queued records one at a time until ``cond`` holds (or nothing is queued: the
-    race may go otherwise once it is fixed)."""
-    while v.queue:
-        v._apply(*v.queue.popleft())
-        if cond():
-            return
-
-
-def _next_in_te(v, kind: int, payload: bytes) -> None:
-    """An operator record that in.te.1 sequences next, ahead of what is queued."""
-    v.queue.appendleft((v.te[1], OPERATOR_SOURCE, kind, payload, 0))
-
-
 def _setup(deposit: int, q: int, r: int, leverage_x100: int | None):
     v = audited_venue(two_specs(HOUR), 10**11)
     v.deposit(MM, 10**15, 2)
@@ -144,10 +129,10 @@ def _race(v, b, new_price: int, grown_total: int) -> None:
     R's room: the cut is still in flight."""
     v.order(ACCOMPLICE, 6, 1, tc.BUY, 10_000, 1, tif=tc.IOC)
     v.operator_te(TRADER, tc.AMEND, tc.amend(7, 5, TRADER, new_price, 0))
-    _step_until(v, lambda: b.price == new_price and b.pending == 0)
-    _next_in_te(v, tc.AMEND, tc.amend(9, 5, TRADER, 0, grown_total))
-    _next_in_te(v, tc.CANCEL, tc.cancel(8, 4, TRADER))
-    _step_until(v, lambda: b.pending == PENDING_AMEND)
+    v.step_until(lambda: b.price == new_price and b.pending == 0)
+    v.next_in_te(TRADER, tc.AMEND, tc.amend(9, 5, TRADER, 0, grown_total))
+    v.next_in_te(TRADER, tc.CANCEL, tc.cancel(8, 4, TRADER))
+    v.step_until(lambda: b.pending == PENDING_AMEND)
 
 
 def test_a_close_beside_an_amend_whose_growth_the_cuts_answer_released_reserves_it():
@@ -163,12 +148,12 @@ def test_a_close_beside_an_amend_whose_growth_the_cuts_answer_released_reserves_
     v, te, acct, b = _setup(3_200_000_000 + extra, q, r, 5000)
     pos = acct.positions[1]
     _race(v, b, 9_800, q - 1)
-    _step_until(v, lambda: b.leaves == q - r - 1)   # the cut's answer
-    _next_in_te(v, tc.WITHDRAW, tc.transfer(50, TRADER, extra))
-    _step_until(v, lambda: acct.balance < extra)
-    _step_until(v, lambda: 4 not in [o.client_order_id for o in acct.orders.values()])
+    v.step_until(lambda: b.leaves == q - r - 1)   # the cut's answer
+    v.next_in_te(TRADER, tc.WITHDRAW, tc.transfer(50, TRADER, extra))
+    v.step_until(lambda: acct.balance < extra)
+    v.step_until(lambda: 4 not in [o.client_order_id for o in acct.orders.values()])
     bk = te._bankruptcy(acct, 1, pos)
-    _next_in_te(v, tc.NEW_ORDER, tc.new_order(10, TRADER, 1, tc.SELL, bk, r))
+    v.next_in_te(TRADER, tc.NEW_ORDER, tc.new_order(10, TRADER, 1, tc.SELL, bk, r))
     v.run()
     v.order(ACCOMPLICE, 11, 1, tc.BUY, 9_800, 2 * q, tif=tc.IOC)
     v.order(MM, 12, 1, tc.SELL, 10_000, 2 * q)
