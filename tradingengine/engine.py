@@ -274,7 +274,7 @@ class Order:
     __slots__ = ("order_id", "account", "symbol", "client_order_id", "side", "ord_type", "tif",
                  "flags", "price", "qty", "leaves", "cum", "margin", "state", "pending",
                  "trigger_price", "trigger_kind", "trigger_by", "reason", "ce_id", "sess", "cxl",
-                 "rpl", "amend_price", "amend_grow")
+                 "rpl", "amend_price", "amend_grow", "amend_qty")
 
     def __init__(self, order_id: int, account: int, symbol: int, client_order_id: int,
                  side: int, ord_type: int, tif: int, flags: int, price: int, qty: int) -> None:
@@ -306,6 +306,7 @@ class Order:
         # leaves on its side from the moment it is sent (the orders checked after it would
         # otherwise see the old leaves ahead of them)
         self.amend_grow = 0
+        self.amend_qty = 0                # the total qty of the amend in flight (0: none)
 
     def row(self) -> list:
         return [self.order_id, self.account, self.symbol, self.client_order_id, self.side,
@@ -318,8 +319,8 @@ class Order:
                 # an amend's price while it is in flight (a row of 23 without one: the
                 # snapshots of orders with no amend in flight are as before), and the lots by
                 # which it grows the leaves when it does
-                *([self.amend_price, self.amend_grow] if self.amend_grow
-                  else [self.amend_price] if self.amend_price else [])]
+                *([self.amend_price, self.amend_grow, self.amend_qty] if self.amend_price
+                  else [])]
 
     @classmethod
     def from_row(cls, row: list) -> Order:
@@ -335,6 +336,8 @@ class Order:
             o.amend_price = row[23]
         if len(row) > 24:
             o.amend_grow = row[24]
+        if len(row) > 25:
+            o.amend_qty = row[25]
         return o
 
 
@@ -1267,6 +1270,7 @@ class TradingEngine:
             self._steps += self._taker_steps(total_qty - o.cum)
         o.pending = PENDING_AMEND
         o.amend_price = price   # it may fill at either price until the CrossEngine answers
+        o.amend_qty = total_qty
         grow = total_qty - o.cum - o.leaves
         if grow > o.amend_grow:
             # the larger leaves count on the side until the answer: a close entered while
@@ -1294,7 +1298,7 @@ class TradingEngine:
                 pos.buy_leaves -= o.leaves + o.amend_grow
             else:
                 pos.sell_leaves -= o.leaves + o.amend_grow
-            o.amend_grow = 0
+            o.amend_grow = o.amend_qty = 0
             if o.flags & FLAG_REDUCE_ONLY:
                 pos.reduce_only -= 1
             if o.ce_id:
@@ -2211,7 +2215,9 @@ class TradingEngine:
     def _fire_triggered(self, sw: list, waiting: dict, fired: list) -> bool:
         symbol = sw[1]
         for order_id in fired:
-            o = waiting[order_id]
+            o = waiting.get(order_id)
+            if o is None:
+                continue      # cancelled in this sweep (a handoff of its account, below)
             # a taker goes in this record only if the steps it may take are left to it (the
             # record's first taker has them all)
             taken = self._steps + self._cmd_steps
@@ -2231,7 +2237,7 @@ class TradingEngine:
                 # cancels the order here
                 self._maintain(acct, symbol, self.specs[symbol], mark)
                 if waiting.get(order_id) is not o:
-                    continue
+                    continue      # (and the account's other orders fired here with it)
             self._er(o, EXEC_TRIGGERED, 0, 0, 0, 0, 0, STATUS_NEW)
             # checked as a new order: still conditional, so its own leaves are not counted
             code = self._risk_and_send(acct, o, self.specs[symbol])
@@ -2690,6 +2696,7 @@ class TradingEngine:
         to = 2 if amend else 1
         if amend:
             o.amend_price = 0
+            o.amend_qty = 0
             if o.amend_grow:
                 pos = acct.positions[symbol]
                 if o.side == BUY:
@@ -2862,7 +2869,7 @@ class TradingEngine:
             pos.sell_leaves += leaves - o.leaves - o.amend_grow
         o.price, o.leaves, o.qty = price, leaves, total
         o.amend_price = 0
-        o.amend_grow = 0
+        o.amend_grow = o.amend_qty = 0
         if o.flags & FLAG_REDUCE_ONLY:
             # a cut waits for an amend's answer (_cut_reduce_only): now that the leaves are
             # known, the position may have shrunk meanwhile
@@ -3063,8 +3070,13 @@ class TradingEngine:
         for o in ro:
             if size == 0 or o.side != reducing_side:
                 self._send_cancel(o, REASON_REDUCE_ONLY)
+            elif o.pending == PENDING_AMEND and o.amend_qty:
+                # an amend in flight counts at the leaves it asks for (a cut's own amend down
+                # counted at the leaves before it was cut twice: the older orders went too);
+                # refused, its answer queues the cut again
+                after = o.amend_qty - o.cum
+                total += after if after > 0 else 0
             else:
-                # an amend in flight counts at the larger of its leaves before and after it
                 total += o.leaves + o.amend_grow
         excess = total - room
         for o in sorted(ro, key=_order_id, reverse=True):
