@@ -22,6 +22,7 @@ for alice and bob (``<data>/demo-users.json``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import time
@@ -226,14 +227,26 @@ async def _session(a, action: dict, host: str, port: int, instruments: dict, bas
         raise TraderError(str(exc)) from None
     orders = _orders(base)
     mine: int | None = None
+    # a refusal worth another try (the gateway not open: its TradingEngine did not answer in
+    # time, as while a shard fails over; the session still bound to a connection going away)
+    # is tried again until --wait is over, as the SDK does when it reconnects by itself
+    retry = tuple(f"logon refused: {why}" for why in sdk.RETRY_REJECTS.values())
+    until = time.monotonic() + (a.wait if a.wait is not None else 5.0)
     try:
-        try:
-            await c.connect()
-        except ConnectionError:
-            raise TraderError(f"the gateway at {host}:{port} does not answer (`seqex status`)") \
-                from None
-        except sdk.SessionError as exc:
-            raise TraderError(str(exc)) from None
+        while True:
+            try:
+                await c.connect()
+                break
+            except ConnectionError:
+                raise TraderError(f"the gateway at {host}:{port} does not answer "
+                                  f"(`seqex status`)") from None
+            except sdk.SessionError as exc:
+                if not str(exc).startswith(retry) or time.monotonic() >= until:
+                    raise TraderError(str(exc)) from None
+            await c.close(logout=False)
+            await asyncio.sleep(min(0.5, max(0.0, until - time.monotonic())))
+            c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
+                           reconnect=False, connect_timeout_s=15.0)
         act = a.action
         if act in ("buy", "sell"):
             tif = a.tif or "gtc"

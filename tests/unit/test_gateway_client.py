@@ -41,6 +41,7 @@ class FakeServer:
         self.test_requests = 0
         self.writers: list[asyncio.StreamWriter] = []
         self.logon_delay_s = 0.0           # the logon goes through the log: it takes time
+        self.not_open = 0                  # so many logons refused "not open" (6) first
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
@@ -80,6 +81,13 @@ class FakeServer:
                     m = wire.decode(frame)
                     tid = frame.template_id
                     if tid == wire.LOGON:
+                        if self.not_open:
+                            self.not_open -= 1
+                            writer.write(wire.encode(wire.LOGON_REJECT, m.SessionID, 6,
+                                                     b"trading engine not answering"))
+                            await writer.drain()
+                            writer.close()
+                            return
                         if wire.text(m.Password) != self.password:
                             writer.write(wire.encode(wire.LOGON_REJECT, m.SessionID, 1, b"bad credentials"))
                             await writer.drain()

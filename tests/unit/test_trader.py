@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -252,3 +253,22 @@ def test_numbers_are_ascii_digits():
     for bad in ("１０", "1_000"):
         with pytest.raises(TradingError, match="is not a number"):
             minor_units(bad)
+
+
+def test_a_gateway_not_open_yet_is_waited_for(gateway, tmp_path, capsys):
+    """LogonReject 6 (the gateway is not open: its TradingEngine did not answer in time, a
+    shard failing over) is worth another try: `seqex client` gave up at once, whatever
+    --wait said, while the SDK retries it. It logs on again until the wait is over."""
+    srv, gw = gateway
+    srv.not_open = 2
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "0.010", "@", "50000") == 0
+    out = capsys.readouterr().out
+    assert "[order 1] accepted" in out, out
+    srv.not_open = 1000
+    started = time.monotonic()
+    assert main(["client", "--user", "alice", "--gateway", gw, "--data", str(tmp_path),
+                 "--wait", "1", "--password", "pw", "cancel", "BTCUSDT", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "the gateway is not open" in err and len(err.strip().splitlines()) == 1, err
+    assert time.monotonic() - started >= 1
+
