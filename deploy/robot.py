@@ -20,6 +20,7 @@ at the wall clock in nanoseconds, so a restarted robot never reuses one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import secrets
 import socket
@@ -63,6 +64,7 @@ class Stats:
     rejected: int = 0
     trades: int = 0
     cancels: int = 0
+    relogons: int = 0          # sessions logged on again after the gateway went away
     reasons: dict[str, int] = field(default_factory=dict)
     recent: deque = field(default_factory=lambda: deque(maxlen=200_000))   # (t, kind, ns)
     trades_tape: deque = field(default_factory=lambda: deque(maxlen=50))    # (t, sym, side, px, qty)
@@ -96,6 +98,7 @@ class Session:
     def __init__(self, user: str, accounts: list[int], reader, writer):
         self.user, self.accounts = user, accounts
         self.r, self.w = reader, writer
+        self.up = True                     # logged on (False while it logs on again)
         self.seq = 0
         self.live: dict[int, Live] = {}
         self.live_ids: list[int] = []
@@ -149,6 +152,28 @@ class Robot:
             s = Session(user, accounts, r, w)
             self.sessions.append(s)
             self._tasks.append(asyncio.get_running_loop().create_task(self._read(s)))
+
+    async def _log_on_again(self, s: Session) -> bool:
+        """A new session for ``s``'s user, retried every half second while the robot runs."""
+        s.up = False
+        with contextlib.suppress(Exception):
+            s.w.close()
+        pw = next(p for user, p, _accounts in self.users if user == s.user)
+        while self.running:
+            try:
+                got = await self._logon(s.user, pw)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                got = None
+            if isinstance(got, tuple):
+                s.r, s.w = got
+                s.seq = 0
+                s.live.clear()
+                s.live_ids.clear()
+                s.up = True
+                self.stats.relogons += 1
+                return True
+            await asyncio.sleep(0.5)
+        return False
 
     async def _logon(self, user: str, pw: str):
         """(reader, writer) when logged on, else the LogonReject's reason (-1: a Logout)."""
@@ -236,6 +261,9 @@ class Robot:
             while i < due:
                 s = self.sessions[i % len(self.sessions)]
                 sched = start + i * 1_000_000_000 // self.rate
+                if not s.up:               # logging on again: its turn goes unused
+                    i += 1
+                    continue
                 out.setdefault(s, []).append(self._order(s, sched))
                 self.stats.sent += 1
                 self.stats.note("sent")
@@ -258,9 +286,17 @@ class Robot:
             except (OSError, asyncio.IncompleteReadError):
                 chunk = b""
             if not chunk:
-                if self.running:
-                    self.errors.append(f"{s.user}: the gateway closed the connection")
-                return
+                if not self.running:
+                    return
+                # the gateway went away (a restart, a failover drill): log on again, as a new
+                # session (cancel-on-disconnect took the old one's orders); writing on into
+                # the dead socket only filled the log with asyncio's warnings
+                self.errors.append(f"{s.user}: the gateway closed the connection; "
+                                   f"logging on again")
+                if not await self._log_on_again(s):
+                    return
+                buf = b""
+                continue
             now = clock()
             buf += chunk
             pos, end = 0, len(buf)
