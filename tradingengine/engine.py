@@ -1248,7 +1248,13 @@ class TradingEngine:
             if x is not o and x.symbol == o.symbol and x.side == o.side \
                     and x.flags & REDUCE_ONLY and x.state != UNTRIGGERED \
                     and x.pending != PENDING_CANCEL:
-                room -= x.leaves + x.amend_grow
+                # an amend down in flight counts at the leaves it asks for (a reduce-only
+                # stop-loss firing beside a take-profit being amended down was refused), an
+                # amend up at its larger leaves (its growth is not room until refused)
+                after = x.amend_qty - x.cum if x.pending == PENDING_AMEND and x.amend_qty \
+                    else x.leaves
+                room -= (0 if after < 0 else after) if after < x.leaves \
+                    else x.leaves + x.amend_grow
         return room
 
     def _taker_steps(self, qty):
@@ -3071,13 +3077,14 @@ class TradingEngine:
             if size == 0 or o.side != reducing_side:
                 self._send_cancel(o, REASON_REDUCE_ONLY)
             elif o.pending == PENDING_AMEND and o.amend_qty:
-                # an amend in flight counts at the leaves it asks for (a cut's own amend down
-                # counted at the leaves before it was cut twice: the older orders went too);
-                # refused, its answer queues the cut again
+                # an amend in flight counts at the smaller of its leaves before and after it,
+                # and its answer queues the cut again: counted at the leaves before it, a cut's
+                # own amend down was cut twice (older orders went too); counted at those after
+                # it, an amend up the CrossEngine then refused had an older order cut for it
                 after = o.amend_qty - o.cum
-                total += after if after > 0 else 0
+                total += 0 if after < 0 else after if after < o.leaves else o.leaves
             else:
-                total += o.leaves + o.amend_grow
+                total += o.leaves
         excess = total - room
         for o in sorted(ro, key=_order_id, reverse=True):
             if excess <= 0:
