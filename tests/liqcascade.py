@@ -236,3 +236,24 @@ def audited_venue(specs: list, fund: int) -> RoutedVenue:
     v = RoutedVenue(specs, n_shards=2, on_record=check_books)
     v.fund_deposit(1, fund)
     return v
+
+
+def trader_long(trader: int, qty: int, mm: int = 2, accomplice: int = 4):
+    """An audited venue (tradingvenue.two_specs, hourly funding; a fund of 100,000 USDT) where
+    ``trader`` (100,000 USDT) is long ``qty`` lots of symbol 1 bought from ``mm`` at the mark,
+    10,000, and ``accomplice`` has money to lift the trader's orders: (venue, the trader's
+    engine, its account, its position)."""
+    from tests.tradingvenue import HOUR, two_specs
+    v = audited_venue(two_specs(HOUR), 10**11)
+    v.deposit(mm, 10**15, 2)
+    v.deposit(accomplice, 10**13, 4)
+    v.deposit(trader, 10**11, 3)
+    v.mark(1, 10_000)
+    v.run()
+    v.order(mm, 1, 1, tc.SELL, 10_000, qty)
+    v.order(trader, 2, 1, tc.BUY, 10_000, qty)
+    v.run()
+    te = v.te[trader % v.n_shards].engine
+    acct = te.accounts[trader]
+    return v, te, acct, acct.positions[1]
+

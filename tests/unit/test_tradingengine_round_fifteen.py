@@ -4,7 +4,7 @@ after every record): how a reduce-only order with an amend in flight counts, in 
 in the room of the others. Each test failed on the code before its fix."""
 from __future__ import annotations
 
-from tests.liqcascade import audited_venue, te_events
+from tests.liqcascade import audited_venue, te_events, trader_long
 from tests.tradingvenue import HOUR, two_specs
 from tradingengine import codec as tc
 from tradingengine.engine import PENDING_AMEND
@@ -13,20 +13,13 @@ MM, ACCOMPLICE, TRADER = 2, 4, 11
 
 
 def test_a_cut_beside_a_refused_amend_up_leaves_no_lots_cut_for_nothing():
-    v = audited_venue(two_specs(HOUR), 10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**13, 4)
-    v.deposit(TRADER, 10**11, 3)
-    v.mark(1, 10_000)
-    v.run()
-    v.order(MM, 1, 1, tc.SELL, 10_000, 100)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 100)
-    v.run()
+    """Long 100; reduce-only sells A 30 (older) and B 50 (newer, post-only), a plain sell of
+    10. B is amended to 70 at a price that takes a bid (the CrossEngine refuses it) while the
+    plain sell is lifted (long 90). The cut counted B at 70 and cut A to 20 for it; after the
+    refusal 70 lots of reduce-only sells stood against a long of 90 (80 were due)."""
+    v, te, acct, pos = trader_long(TRADER, 100)
     v.order(MM, 9, 1, tc.BUY, 9_990, 5)          # a bid the post-only amend would take
     v.run()
-    te = v.te[1].engine
-    acct = te.accounts[TRADER]
-    pos = acct.positions[1]
     assert pos.size == 100
     v.order(TRADER, 3, 1, tc.SELL, 10_200, 30, flags=tc.FLAG_REDUCE_ONLY)          # A, older
     v.run()

@@ -3,7 +3,7 @@ thirteen's rules, driven as before (tests/liqcascade.py; every engine's audit an
 conservation after every record). Each test failed on the code before its fix."""
 from __future__ import annotations
 
-from tests.liqcascade import audited_venue
+from tests.liqcascade import audited_venue, trader_long
 from tests.liqcascade import te_events as events
 from tests.tradingvenue import HOUR, two_specs
 from tradingengine import codec as tc
@@ -69,18 +69,7 @@ def test_a_cut_beside_an_amend_down_in_flight_cuts_no_more_than_the_excess():
     leaves + amend_grow, its leaves BEFORE the amend, even when that amend is the cut's own
     amend down (already deducted from the excess by the cut that sent it): each cut that
     follows before its answer cuts the same lots again out of the other orders."""
-    v = audited_venue(two_specs(HOUR), 10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**13, 4)
-    v.deposit(TRADER, 10**11, 3)
-    v.mark(1, 10_000)
-    v.run()
-    v.order(MM, 1, 1, tc.SELL, 10_000, 100)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 100)
-    v.run()
-    te = v.te[1].engine
-    acct = te.accounts[TRADER]
-    pos = acct.positions[1]
+    v, te, acct, pos = trader_long(TRADER, 100)
     v.order(TRADER, 3, 1, tc.SELL, 10_200, 60, flags=tc.FLAG_REDUCE_ONLY)
     v.run()
     v.order(TRADER, 4, 1, tc.SELL, 10_300, 40, flags=tc.FLAG_REDUCE_ONLY)
@@ -113,18 +102,7 @@ def test_two_fills_in_a_row_do_not_cut_the_cuts_own_amend_twice():
     A 30 against a long of 49, 19 lots cut for nothing (A 29 + X 20 were due), and the older X
     cancelled for lots the first cut had already taken off A (engine._cut_reduce_only,
     `total += o.leaves + o.amend_grow` for the cut's own amend down)."""
-    v = audited_venue(two_specs(HOUR), 10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**13, 4)
-    v.deposit(TRADER, 10**11, 3)
-    v.mark(1, 10_000)
-    v.run()
-    v.order(MM, 1, 1, tc.SELL, 10_000, 100)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 100)
-    v.run()
-    te = v.te[1].engine
-    acct = te.accounts[TRADER]
-    pos = acct.positions[1]
+    v, te, acct, pos = trader_long(TRADER, 100)
     v.order(TRADER, 3, 1, tc.SELL, 10_400, 20, flags=tc.FLAG_REDUCE_ONLY)
     v.run()
     v.order(TRADER, 4, 1, tc.SELL, 10_200, 60, flags=tc.FLAG_REDUCE_ONLY)

@@ -3,7 +3,7 @@ twelve's rules, driven as before (tests/liqcascade.py; every engine's audit and 
 conservation after every record). Each test failed on the code before its fix."""
 from __future__ import annotations
 
-from tests.liqcascade import audited_venue
+from tests.liqcascade import audited_venue, trader_long
 from tests.liqcascade import te_events as events
 from tests.tradingvenue import HOUR, two_specs
 from tradingengine import codec as tc
@@ -74,18 +74,7 @@ def test_two_reduce_only_orders_amended_in_turn_are_never_cut():
     each order holds what it would open (engine._cut_reduce_only returns while any
     reducing-side reduce-only order is PENDING_AMEND; only _amended / an amend's reject queue
     it again, and by then the trader's next amend is in flight)."""
-    v = audited_venue(two_specs(HOUR), 10**11)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(ACCOMPLICE, 10**13, 4)
-    v.deposit(TRADER, 10**11, 3)
-    v.mark(1, 10_000)
-    v.run()
-    v.order(MM, 1, 1, tc.SELL, 10_000, 100)
-    v.order(TRADER, 2, 1, tc.BUY, 10_000, 100)
-    v.run()
-    te = v.te[1].engine
-    acct = te.accounts[TRADER]
-    pos = acct.positions[1]
+    v, te, acct, pos = trader_long(TRADER, 100)
     v.order(TRADER, 3, 1, tc.SELL, 10_200, 60, flags=tc.FLAG_REDUCE_ONLY)
     v.run()
     v.order(TRADER, 4, 1, tc.SELL, 10_300, 40, flags=tc.FLAG_REDUCE_ONLY)
