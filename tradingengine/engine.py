@@ -1248,13 +1248,17 @@ class TradingEngine:
             if x is not o and x.symbol == o.symbol and x.side == o.side \
                     and x.flags & REDUCE_ONLY and x.state != UNTRIGGERED \
                     and x.pending != PENDING_CANCEL:
-                # an amend down in flight counts at the leaves it asks for (a reduce-only
-                # stop-loss firing beside a take-profit being amended down was refused), an
-                # amend up at its larger leaves (its growth is not room until refused)
+                # an amend down in flight that the CrossEngine cannot refuse counts at the
+                # leaves it asks for (a reduce-only stop-loss firing beside a take-profit being
+                # amended down was refused); one it may refuse (below what has filled, or a
+                # post-only order's new price, which may take) counts at the leaves it has (so
+                # counted, a refused amend let a second close open a short), an amend up at
+                # its larger leaves (its growth is not room until refused)
                 after = x.amend_qty - x.cum if x.pending == PENDING_AMEND and x.amend_qty \
                     else x.leaves
-                room -= (0 if after < 0 else after) if after < x.leaves \
-                    else x.leaves + x.amend_grow
+                if after <= 0 or x.flags & POST_ONLY and x.amend_price != x.price:
+                    after = x.leaves
+                room -= after if after < x.leaves else x.leaves + x.amend_grow
         return room
 
     def _taker_steps(self, qty):
