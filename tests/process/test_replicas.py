@@ -64,6 +64,11 @@ def reference_outputs(cluster: LogCluster, last: int, eng: object = None,
     """Outputs of a fresh engine (a CrossEngine unless given) applying the in stream's log:
     payloads, or (payload, route) pairs."""
     eng = eng if eng is not None else CrossEngine()
+    # a replicator serves committed records, and learns the commit point from the master a
+    # moment after the fan-out (the next APPEND, or a COMMIT once the stream is idle): on a
+    # busy machine the reference read the in stream before its last records were committed
+    wait_until(lambda: any(True for _ in replay(cluster.rep_addrs[0], cluster.stream, last,
+                                                 last)), 60, f"{cluster.stream} committed to {last}")
     out = []
     for frame in replay(cluster.rep_addrs[0], cluster.stream, 1, last):
         out.extend((r[6], r[7]) if routes else r[6] for r in decode(eng.apply_frame(frame)))
