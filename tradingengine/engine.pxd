@@ -5,7 +5,7 @@ cdef class Order:
     cdef public object order_id, account, symbol, client_order_id, side, ord_type, tif, flags
     cdef public object price, qty, leaves, cum, margin, state, pending
     cdef public object trigger_price, trigger_kind, trigger_by, reason, ce_id, sess, cxl, rpl
-    cdef public object amend_price, amend_grow, amend_qty
+    cdef public object amend_price, amend_qty
 
 cdef class Session:
     cdef public object user, session_id, conn_id, bound, default_account, accounts

@@ -274,7 +274,7 @@ class Order:
     __slots__ = ("order_id", "account", "symbol", "client_order_id", "side", "ord_type", "tif",
                  "flags", "price", "qty", "leaves", "cum", "margin", "state", "pending",
                  "trigger_price", "trigger_kind", "trigger_by", "reason", "ce_id", "sess", "cxl",
-                 "rpl", "amend_price", "amend_grow", "amend_qty")
+                 "rpl", "amend_price", "amend_qty")
 
     def __init__(self, order_id: int, account: int, symbol: int, client_order_id: int,
                  side: int, ord_type: int, tif: int, flags: int, price: int, qty: int) -> None:
@@ -302,11 +302,25 @@ class Order:
         self.cxl = None                   # (ClOrdID, session key) of a session's pending cancel
         self.rpl = None                   # (ClOrdID, session key) of a session's pending replace
         self.amend_price = 0              # the price of an amend in flight (0: none)
-        # the lots by which an amend in flight grows the leaves: counted in the position's
-        # leaves on its side from the moment it is sent (the orders checked after it would
-        # otherwise see the old leaves ahead of them)
-        self.amend_grow = 0
-        self.amend_qty = 0                # the total qty of the amend in flight (0: none)
+        self.amend_qty = 0                # the total qty of an amend in flight (0: none)
+
+    @property
+    def amend_leaves(self) -> int:
+        """The leaves the order has once the amend in flight is applied (its leaves now with
+        none; 0 for one at or below what has filled, which the CrossEngine refuses). Fills in
+        between take as many lots off both."""
+        if not self.amend_qty:
+            return self.leaves
+        after = self.amend_qty - self.cum
+        return after if after > 0 else 0
+
+    @property
+    def amend_grow(self) -> int:
+        """The lots by which the amend in flight grows the leaves: counted in the position's
+        leaves on its side from the moment it is sent (the orders checked after it would
+        otherwise see the old leaves ahead of them)."""
+        grow = self.amend_leaves - self.leaves
+        return grow if grow > 0 else 0
 
     def row(self) -> list:
         return [self.order_id, self.account, self.symbol, self.client_order_id, self.side,
@@ -318,7 +332,7 @@ class Order:
                 None if self.rpl is None else [self.rpl[0], *self.rpl[1]],
                 # an amend's price while it is in flight (a row of 23 without one: the
                 # snapshots of orders with no amend in flight are as before), and the lots by
-                # which it grows the leaves when it does
+                # which it grows the leaves (derived, kept for the format) and its total qty
                 *([self.amend_price, self.amend_grow, self.amend_qty] if self.amend_price
                   else [])]
 
@@ -334,8 +348,6 @@ class Order:
             o.rpl = None if rpl is None else (rpl[0], (rpl[1], rpl[2]))
         if len(row) > 23:
             o.amend_price = row[23]
-        if len(row) > 24:
-            o.amend_grow = row[24]
         if len(row) > 25:
             o.amend_qty = row[25]
         return o
@@ -1254,11 +1266,11 @@ class TradingEngine:
                 # post-only order's new price, which may take) counts at the leaves it has (so
                 # counted, a refused amend let a second close open a short), an amend up at
                 # its larger leaves (its growth is not room until refused)
-                after = x.amend_qty - x.cum if x.pending == PENDING_AMEND and x.amend_qty \
-                    else x.leaves
-                if after <= 0 or x.flags & POST_ONLY and x.amend_price != x.price:
+                after = x.amend_leaves
+                if after < x.leaves and (after == 0 or x.flags & POST_ONLY
+                                         and x.amend_price != x.price):
                     after = x.leaves
-                room -= after if after < x.leaves else x.leaves + x.amend_grow
+                room -= after
         return room
 
     def _taker_steps(self, qty):
@@ -1280,18 +1292,18 @@ class TradingEngine:
             self._steps += self._taker_steps(total_qty - o.cum)
         o.pending = PENDING_AMEND
         o.amend_price = price   # it may fill at either price until the CrossEngine answers
+        before = o.amend_grow
         o.amend_qty = total_qty
-        grow = total_qty - o.cum - o.leaves
-        if grow > o.amend_grow:
+        grow = o.amend_grow - before
+        if grow:
             # the larger leaves count on the side until the answer: a close entered while
             # another grew by amend saw the old leaves ahead of it, reserved nothing, and
             # opened a short on no money when one IOC lifted both
             pos = self.accounts[o.account].positions[o.symbol]
             if o.side == BUY:
-                pos.buy_leaves += grow - o.amend_grow
+                pos.buy_leaves += grow
             else:
-                pos.sell_leaves += grow - o.amend_grow
-            o.amend_grow = grow
+                pos.sell_leaves += grow
         payload = _CE_AMEND(0, o.order_id, o.account, price, total_qty)
         self.route |= 1 << (o.symbol & 63)
         self._out.append(_CE_CMD(CE_COMMAND, o.symbol, CE_AMEND, len(payload)) + payload)
@@ -1308,7 +1320,7 @@ class TradingEngine:
                 pos.buy_leaves -= o.leaves + o.amend_grow
             else:
                 pos.sell_leaves -= o.leaves + o.amend_grow
-            o.amend_grow = o.amend_qty = 0
+            o.amend_qty = 0
             if o.flags & FLAG_REDUCE_ONLY:
                 pos.reduce_only -= 1
             if o.ce_id:
@@ -2706,14 +2718,14 @@ class TradingEngine:
         to = 2 if amend else 1
         if amend:
             o.amend_price = 0
+            grow = o.amend_grow
             o.amend_qty = 0
-            if o.amend_grow:
+            if grow:
                 pos = acct.positions[symbol]
                 if o.side == BUY:
-                    pos.buy_leaves -= o.amend_grow
+                    pos.buy_leaves -= grow
                 else:
-                    pos.sell_leaves -= o.amend_grow
-                o.amend_grow = 0
+                    pos.sell_leaves -= grow
             self._fit_margin(acct, o)
             if o.flags & FLAG_REDUCE_ONLY:
                 self._queue_reduce_only(symbol, account)   # a cut that waited for it
@@ -2879,7 +2891,7 @@ class TradingEngine:
             pos.sell_leaves += leaves - o.leaves - o.amend_grow
         o.price, o.leaves, o.qty = price, leaves, total
         o.amend_price = 0
-        o.amend_grow = o.amend_qty = 0
+        o.amend_qty = 0
         if o.flags & FLAG_REDUCE_ONLY:
             # a cut waits for an amend's answer (_cut_reduce_only): now that the leaves are
             # known, the position may have shrunk meanwhile
@@ -3080,15 +3092,13 @@ class TradingEngine:
         for o in ro:
             if size == 0 or o.side != reducing_side:
                 self._send_cancel(o, REASON_REDUCE_ONLY)
-            elif o.pending == PENDING_AMEND and o.amend_qty:
+            else:
                 # an amend in flight counts at the smaller of its leaves before and after it,
                 # and its answer queues the cut again: counted at the leaves before it, a cut's
                 # own amend down was cut twice (older orders went too); counted at those after
                 # it, an amend up the CrossEngine then refused had an older order cut for it
-                after = o.amend_qty - o.cum
-                total += 0 if after < 0 else after if after < o.leaves else o.leaves
-            else:
-                total += o.leaves
+                after = o.amend_leaves
+                total += after if after < o.leaves else o.leaves
         excess = total - room
         for o in sorted(ro, key=_order_id, reverse=True):
             if excess <= 0:
