@@ -113,6 +113,15 @@ def run_replicas(cluster: LogCluster, tmp: str, out_stream: str, cmds: list[tupl
     feed(cluster, cmds, kill_at, prod)
     prod.flush(120)
     if scenario == "restart_hot":
+        # the restart must have a snapshot to come back from (hot replicas restore from the
+        # warm replica's), with the out stream committed past it: a restore never goes beyond
+        # what the mirror holds. On a loaded machine the warm replica could still be behind
+        # its first snapshot when hotA was killed, and hotA then replayed from seq 1.
+        wait_until(lambda: (ping(controls["warm"]) or {}).get("snapshot_seq", 0) > 0, 120,
+                   "the warm replica's first snapshot")
+        snap = ping(controls["warm"])["snapshot_seq"]
+        wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= snap, 120,
+                   f"the out stream committed to {snap}")
         procs["hotA"].kill()
         feed(cluster, cmds, len(cmds) * 3 // 4, prod)
         procs["hotA"].start()
