@@ -296,6 +296,7 @@ class Connection(asyncio.Protocol):
         self.out: list[bytes] = []  # frames of this turn of the loop, not yet written
         self.out_bytes = 0
         self.flush_soon = False
+        self.lingering = False     # half-closed: our FIN sent, the peer's input dropped
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport):
@@ -316,6 +317,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.state = CLOSED
+        if self.lingering:
+            self.lingering = False
+            self.gw.lingering -= 1
         self.can_write.set()
         for t in self.tasks:
             t.cancel()
@@ -394,9 +398,35 @@ class Connection(asyncio.Protocol):
             t.close()
 
     def _close_transport(self) -> None:
+        """Close once what is queued is written, without a reset: a half-close (FIN behind the
+        last frame), then the peer's input read and dropped until it closes too, for at most
+        logout_grace_s. Closed with input unread, the socket made the kernel answer the
+        peer's next bytes with a reset, which throws away what the peer had not read yet: a
+        client that went on sending lost the Logout that said why. The connection stops
+        counting at once (the connection cap, the user's, the session's binding); only its
+        socket lingers, and no more than max_connections of them (past that: closed)."""
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None or t.is_closing() or self.state == CLOSED:
+            return
+        gw = self.gw
+        if self.lingering:
+            return
+        if not t.can_write_eof() or gw.lingering >= self.cfg.max_connections:
+            t.close()
+            return
+        self.state = CLOSING
+        self.lingering = True
+        self.awaiting_logout = False
+        gw.lingering += 1
+        gw._forget(self)
+        t.write_eof()
+        gw.loop.call_later(self.cfg.logout_grace_s, self._cut_off)
+
+    def _cut_off(self) -> None:
+        """A peer that did not close within the grace period after our half-close."""
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.abort()
 
     def deliver(self, frame: bytes) -> None:
         """A live server message of this session, or a Heartbeat answering a TestRequest:
@@ -831,6 +861,7 @@ class Gateway:
         self.core_sent = [0] * self.n_shards  # records handed to core.send and returned
         self.paused: set[Connection] = set()
         self.next_conn = 0
+        self.lingering = 0          # half-closed connections whose peer has not closed yet
         self.test_req_ids = 0
         self.server: asyncio.AbstractServer | None = None
         self.tasks: list[asyncio.Task] = []

@@ -180,6 +180,14 @@ class FakeTransport:
 
     abort = close
 
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        """The half-close after a Logout: this peer closes at once in answer."""
+        self.eof = True
+        self.close()
+
     def get_extra_info(self, name, default=None):
         return default
 

@@ -579,6 +579,38 @@ def test_framing_errors_logout_2_and_close(name):
     run(main())
 
 
+@pytest.mark.parametrize("before_logon", [False, True])
+def test_a_client_that_sends_on_still_reads_the_logout(before_logon):
+    """The Logout (or LogonReject) is the last frame, then a half-close: the client's input is
+    read and dropped until it closes. Closed with input unread, the socket made the kernel
+    answer the client's next bytes with a reset, and a client that went on sending lost the
+    Logout still unread in its buffer: it saw a reset, not why."""
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        if before_logon:
+            c.raw(wire.encode(wire.LOGON, 1, 0, 1, 1000, 0, 0, 0, b"alice", b"wrong"))
+            want = wire.LOGON_REJECT
+        else:
+            await c.logon()
+            await c.expect(wire.LOGON_ACK)
+            c.raw(BAD_FRAMES["http"])
+            want = wire.LOGOUT
+        for i in range(40):     # goes on sending, reading nothing, for 0.4 s
+            c.raw(wire.encode(wire.HEARTBEAT, 0, 2 + i, 1) * 4)
+            try:
+                await c.w.drain()
+            except ConnectionError:
+                break
+            await asyncio.sleep(0.01)
+        await c.expect(want)
+        assert await c.closed()
+        c.w.close()
+        await wait_for(lambda: not gw.conns)
+        await gw.close()
+    run(main())
+
+
 @pytest.mark.parametrize("first", [wire.encode(wire.HEARTBEAT, 0, 1, 1),
                                    wire.encode(wire.MARKET_DATA_REQUEST, 1, 1, b"1", 0, 1),
                                    b"\x00" * 12])
