@@ -319,7 +319,7 @@ class Connection(asyncio.Protocol):
         self.state = CLOSED
         if self.lingering:
             self.lingering = False
-            self.gw.lingering -= 1
+            self.gw.lingering.discard(self)
         self.can_write.set()
         for t in self.tasks:
             t.cancel()
@@ -412,13 +412,13 @@ class Connection(asyncio.Protocol):
         gw = self.gw
         if self.lingering:
             return
-        if not t.can_write_eof() or gw.lingering >= self.cfg.max_connections:
+        if not t.can_write_eof() or len(gw.lingering) >= self.cfg.max_connections:
             t.close()
             return
         self.state = CLOSING
         self.lingering = True
         self.awaiting_logout = False
-        gw.lingering += 1
+        gw.lingering.add(self)
         gw._forget(self)
         t.write_eof()
         gw.loop.call_later(self.cfg.logout_grace_s, self._cut_off)
@@ -861,7 +861,7 @@ class Gateway:
         self.core_sent = [0] * self.n_shards  # records handed to core.send and returned
         self.paused: set[Connection] = set()
         self.next_conn = 0
-        self.lingering = 0          # half-closed connections whose peer has not closed yet
+        self.lingering: set[Connection] = set()  # half-closed, the peer not closed yet
         self.test_req_ids = 0
         self.server: asyncio.AbstractServer | None = None
         self.tasks: list[asyncio.Task] = []
@@ -918,7 +918,7 @@ class Gateway:
         end = loop.time() + self.cfg.shutdown_grace_s
         while self.conns and loop.time() < end:
             await asyncio.sleep(0.005)
-        for c in list(self.conns):
+        for c in list(self.conns) + list(self.lingering):
             c.abort()
         for _ in range(200):
             if not any(self.queues) and not self.conns:
