@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from deploy.procs import Group, Proc, tcp
-from mq.control import ping, wait_until
+from mq.control import ping, stats, wait_until
 from replicator.store import Store
 
 
@@ -88,7 +88,12 @@ class LogCluster:
         wait_until(lambda: ping(self.rep_addrs[i]), timeout_s, f"replicator {i}")
 
     def status(self) -> dict:
+        """The sequencer's PING answer, {} if it does not answer within a second."""
         return ping(self.prod_addr) or {}
+
+    def stats(self, timeout_s: float = 30.0) -> dict:
+        """The sequencer's PING answer, asked again until it answers (mq.control.stats)."""
+        return stats(self.prod_addr, timeout_s)
 
     def drain(self, timeout_s: float = 60) -> None:
         """Stop the sequencer once every replicator holds all it sequenced."""

@@ -67,6 +67,13 @@ def ping(addr: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
     return body if kind == wire.PONG else None
 
 
+def stats(addr: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """ping(), asked again until the server answers (TimeoutError after ``timeout_s``): for a
+    figure read once, where one answer slower than ping's second (a busy machine) must not
+    read as None."""
+    return wait_until(lambda: ping(addr), timeout_s, f"{addr} to answer a PING")
+
+
 class Pinger:
     """ping() over one kept DEALER per endpoint (one thread's: the supervisor's heartbeats),
     not a new connection, CURVE handshake and ZAP check per PING. An answer that arrives after

@@ -16,7 +16,7 @@ import zmq
 from deploy.local import LogCluster
 from deploy.procs import Group, tcp
 from mq import wire
-from mq.control import ping, replay, wait_until
+from mq.control import ping, replay, stats, wait_until
 from mq.producer import Producer
 from mq.record import decode, encode, pack
 from replicator.store import U64, Store
@@ -120,8 +120,8 @@ def test_one_bad_field_gets_an_error_and_the_replicator_carries_on(tmp_path):
                 [wire.DIGEST, wire.pack({"stream": "in.a", "from": 1, "to": float("inf")})]]
         for reply in _answers(addr, bad):
             assert reply[0] == wire.ERROR and wire.unpack(reply[1])["error"], reply
-        stats = ping(addr)
-        assert stats["streams"] == {} and stats["errors"] == len(bad)
+        st = stats(addr)
+        assert st["streams"] == {} and st["errors"] == len(bad)
         top = [[wire.CLAIM, wire.pack({"stream": "in.e", "epoch": (1 << 32) - 1})]]
         (reply,) = _answers(addr, top)
         assert reply[0] == wire.STATE and wire.unpack(reply[1])["ok"]
@@ -147,7 +147,7 @@ def test_reads_of_unknown_streams_create_nothing_and_the_stream_limit_holds(tmp_
         answers = _answers(addr, reads)
         assert all(a[0] != wire.ERROR for a in answers)
         assert all(wire.unpack(a[1])["last"] == 0 for a in answers if a[0] == wire.STATE)
-        assert ping(addr)["streams"] == {}
+        assert stats(addr)["streams"] == {}
         claims = [[wire.CLAIM, wire.pack({"stream": f"in.s{i}", "epoch": 1})] for i in range(500)]
         assert all(a[0] == wire.STATE for a in _answers(addr, claims))
         (one_more,) = _answers(addr, [[wire.CLAIM, wire.pack({"stream": "in.s500", "epoch": 1})]])
@@ -155,7 +155,7 @@ def test_reads_of_unknown_streams_create_nothing_and_the_stream_limit_holds(tmp_
         proc.stop()
         proc.start()
         wait_until(lambda: ping(addr), 60, "the restarted replicator")
-        assert len(ping(addr)["streams"]) == 500
+        assert len(stats(addr)["streams"]) == 500
         frame = encode([(1, 1, 1, 1, 1, 16, b"x")])
         answers = _answers(addr, [
             [wire.CLAIM, wire.pack({"stream": "in.s501", "epoch": 1})],
@@ -185,14 +185,14 @@ def test_a_persisted_epoch_out_of_range_is_refused_without_a_crash_loop(tmp_path
         # With a peer (absent here), so that the peer loop walks the streams too.
         proc, addr = _replicator(tmp_path, group, extra=["--peer", tcp()])
         started = time.monotonic()
-        stats = ping(addr)
-        assert stats["damaged_streams"] == ["in.bad"] and list(stats["streams"]) == ["in.good"]
+        st = stats(addr)
+        assert st["damaged_streams"] == ["in.bad"] and list(st["streams"]) == ["in.good"]
         bad, good = _answers(addr, [[wire.STATE, wire.pack({"stream": "in.bad"})],
                                     [wire.STATE, wire.pack({"stream": "in.good"})]])
         assert bad[0] == wire.ERROR and "--reset-epoch in.bad" in wire.unpack(bad[1])["error"]
         assert good[0] == wire.STATE and wire.unpack(good[1])["last"] == 1
         assert "does not fit in 32 bits" in proc.log()
-        wait_until(lambda: ping(addr)["commits"] >= 0 and time.monotonic() > started + 2.5, 10,
+        wait_until(lambda: stats(addr)["commits"] >= 0 and time.monotonic() > started + 2.5, 10,
                    "two peer rounds")
         assert proc.alive, proc.log()[-3000:]
     finally:

@@ -71,10 +71,10 @@ def test_master_killed_under_load_is_replaced_without_loss(tmp_path):
         producers = [cluster.group.spawn(f"producer{s}", producer_args(cluster, tmp, s, COUNT,
                                                                        5_000)) for s in (1, 2, 3)]
         wait_until(lambda: cluster.status().get("last", 0) >= kill_at, 120, f"seq {kill_at}")
-        old_epoch = cluster.status()["epoch"]
+        old_epoch = cluster.stats()["epoch"]
         cluster.sequencer.kill()
         cluster.start_sequencer()
-        assert cluster.status()["epoch"] > old_epoch
+        assert cluster.stats()["epoch"] > old_epoch
         for p in producers:
             assert p.wait(300) == 0, p.log()
         cluster.drain()
@@ -92,12 +92,12 @@ def test_a_thawed_old_master_has_every_write_refused(tmp_path):
         producers = [cluster.group.spawn(f"producer{s}", producer_args(cluster, tmp, s, COUNT,
                                                                        5_000)) for s in (1, 2)]
         wait_until(lambda: cluster.status().get("last", 0) >= COUNT // 2, 120, "traffic")
-        old_epoch = cluster.status()["epoch"]
+        old_epoch = cluster.stats()["epoch"]
         old.popen.send_signal(signal.SIGSTOP)  # frozen, not dead: it still believes it leads
         for p in producers:
             p.kill()
         cluster.start_sequencer(new_endpoints=True, name="standby")
-        new_epoch = cluster.status()["epoch"]
+        new_epoch = cluster.stats()["epoch"]
         assert new_epoch > old_epoch
         producers = [cluster.group.spawn(f"producer{s}-again", producer_args(
             cluster, tmp, s, COUNT, 20_000) + ["--resend-from", "1"]) for s in (1, 2)]

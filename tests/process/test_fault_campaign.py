@@ -40,7 +40,7 @@ import pytest
 from deploy.local import LogCluster
 from deploy.procs import tcp
 from mq import wire
-from mq.control import call, ping, wait_until
+from mq.control import call, ping, stats, wait_until
 from mq.producer import Producer
 from mq.record import KIND_TICK, decode
 from mq.sources import OPERATOR_SOURCE
@@ -328,7 +328,7 @@ def check_after(cluster: LogCluster, feeder: Feeder, controls: dict[str, str],
                 mirror_in: str, mirror_pub: str) -> None:
     """Nothing acknowledged lost or duplicated; replicators byte-identical; hashes agree."""
     cluster.drain()
-    last = ping(cluster.rep_addrs[0])["streams"]["in.ce.T"]["commit"]
+    last = stats(cluster.rep_addrs[0])["streams"]["in.ce.T"]["commit"]
     wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= last, 300,
                f"out.ce.T to reach {last}")
     for addr in cluster.rep_addrs:
@@ -340,7 +340,7 @@ def check_after(cluster: LogCluster, feeder: Feeder, controls: dict[str, str],
         wait_until(lambda addr=addr: (ping(addr) or {}).get("seq") == last, 300, f"{n} at {last}")
     hashes = {n: call(addr, wire.HASH)[1]["hash"] for n, addr in controls.items()}
     assert len(set(hashes.values())) == 1, hashes
-    status = ping(mirror_in)
+    status = stats(mirror_in)
     assert status["divergences"] == 0, status["alarms"]
     got = read_out(mirror_pub, cluster.rep_addrs, last)
     assert [r[0] for r in got] == list(range(1, last + 1)), "out.ce.T has a gap or a duplicate"

@@ -81,11 +81,15 @@ def test_gateway_process(tmp_path):
             tid, m = recv_frame(s)  # core_timeout_s: nothing answers SessionLogon
             assert (tid, m.Reason) == (wire.LOGON_REJECT, wire.LOGON_REJECT_NOT_OPEN)
             s.close()
-            records = [r for frame in replay(cluster.rep_addrs[0], "in.te.0", 1)
-                       for r in decode(frame)]
-            kinds = [(r[2], r[5]) for r in records if r[5] != 1]
             src = 0x7200_0002
-            assert kinds[:2] == [(src, 82), (src, 80)], kinds
+
+            def kinds():
+                return [(r[2], r[5]) for frame in replay(cluster.rep_addrs[0], "in.te.0", 1)
+                        for r in decode(frame) if r[5] != 1]
+            # the LogonReject goes out after core_timeout_s whether or not the SessionLogon is
+            # committed yet: a replay serves committed records only
+            wait_until(lambda: kinds()[:2] == [(src, 82), (src, 80)], 30,
+                       f"GatewayStart and SessionLogon in the log (so far {kinds()[:4]})")
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:

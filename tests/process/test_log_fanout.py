@@ -26,7 +26,7 @@ import zmq
 
 from deploy.local import LogCluster
 from mq import auth
-from mq.control import ping
+from mq.control import ping, stats
 from mq.record import HEADER_SIZE, decode, scan
 from mq.subscriber import Subscriber
 from tests.process.test_failover import check_exactly_once
@@ -49,7 +49,7 @@ class Listener:
         cluster. Returns the last seq and the subscriber's stats."""
         self.pump(lambda: producer.popen.poll() is not None, timeout_s, "the producer")
         assert producer.wait(10) == 0, producer.log()
-        last = cluster.status()["last"]
+        last = cluster.stats()["last"]
         self.pump(lambda: self.next_seq > last, timeout_s, f"seq {last}")
         stats = dict(self.sub.stats)
         self.sub.close()
@@ -166,12 +166,12 @@ def test_a_replicator_on_a_full_disk_publishes_only_what_it_stored(tmp_path, tmp
                  "replicator 1 to hold everything")
             cluster.drain()   # the master stops, and with it the idle ticks
             take(lambda: not raw.poll(500), 30, "the feed to go quiet")
-            stats = ping(cluster.rep_addrs[1])
+            st = stats(cluster.rep_addrs[1])
         finally:
             raw.close(0)
         cluster.stop()
     # (the raw socket may miss the first frames, published before its subscription arrived)
-    assert stats["disk_full_refusals"] > 3 and stats["published_frames"] >= len(frames)
+    assert st["disk_full_refusals"] > 3 and st["published_frames"] >= len(frames)
     log = cluster.read_logs()[1][1]
     offsets = {}          # seq -> (offset, length) of each record in replicator 1's log
     pos = 0

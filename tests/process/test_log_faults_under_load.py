@@ -42,7 +42,7 @@ import pytest
 from deploy.local import LogCluster
 from deploy.procs import tcp
 from mq import wire
-from mq.control import ping, wait_until
+from mq.control import ping, stats, wait_until
 from mq.master import TAIL_RECORDS
 from mq.producer import Producer
 from mq.record import decode
@@ -292,7 +292,7 @@ def _race(cluster: LogCluster, tmp: str, subs: Subscribers, prods: dict, rnd: in
         return None
     survivor = wait_until(one_left, 90, "one master left serving")
     loser = "B" if survivor == "A" else "A"
-    print(f"round {rnd}: master {survivor} serves epoch {ping(addrs[survivor])['epoch']}; "
+    print(f"round {rnd}: master {survivor} serves epoch {stats(addrs[survivor])['epoch']}; "
           f"master {loser} exited {masters[loser].popen.returncode}")
     return masters, addrs, survivor
 
@@ -555,7 +555,7 @@ def test_a_rotten_copy_where_the_new_master_reads_its_tail(tmp_path):
             # it moved on at the damaged copy's error, not after waiting on it
             assert re.search(rf"{re.escape(cluster.rep_addrs[best])} did not serve the tail "
                              r"from \d+ \(an error\)", master_log), master_log[-3000:]
-            assert ping(cluster.rep_addrs[best])["damaged_reads"] >= 1
+            assert stats(cluster.rep_addrs[best])["damaged_reads"] >= 1
             assert "damaged frames in" in rotten.log(), "the damage was not reported"
             # Its peers back: the rotten frame is repaired from them.
             rotten.kill()

@@ -44,7 +44,7 @@ def test_a_master_recovers_a_log_of_100000_sources(tmp_path):
     with LogCluster(tmp, replicators=1, policy="first") as cluster:
         fill(cluster.data_dir(0), cluster.stream)
         cluster.start(timeout_s=120)
-        st = cluster.status()
+        st = cluster.stats()
         print(f"recovered {SOURCES} sources: remembers {st['sources']}, floor "
               f"{st['source_floor']}")
         assert st["sources"] <= MAX_SOURCES + 1           # and the Ticks' source 0
@@ -63,7 +63,7 @@ def test_a_master_recovers_a_log_of_100000_sources(tmp_path):
         assert new.next_ss == 2                            # the floor
         for p in (old, recent, new):
             p.close()
-        last = cluster.status()["committed"]
+        last = cluster.stats()["committed"]
         cluster.drain()
         cluster.stop()
     [(top, data)] = cluster.read_logs()

@@ -25,7 +25,7 @@ import pytest
 from deploy.local import LogCluster
 from deploy.procs import tcp
 from mq import wire
-from mq.control import call, ping, wait_until
+from mq.control import call, ping, stats, wait_until
 from mq.producer import Producer
 from tests.process.test_replicas import commands, feed, read_out, reference_outputs, start_replica
 from tests.seed import CAMPAIGN_SEEDS
@@ -103,12 +103,12 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, s
         feeder.start()
         try:
             time.sleep(freeze_at_s)
-            before = ping(mirror_in)["last"]
+            before = stats(mirror_in)["last"]
             frozen = out_replicator if scenario == "uncommitted" else mirror
             os.kill(frozen.popen.pid, signal.SIGSTOP)
             time.sleep(FREEZE_S)
             if scenario == "uncommitted":
-                status = ping(mirror_in)
+                status = stats(mirror_in)
                 print(f"mirror took up to {status['last']}, committed {status['committed']}")
             mirror.kill()   # SIGKILL reaches a stopped process
             if scenario == "uncommitted":
@@ -116,7 +116,7 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, s
             mirror.start()
             wait_until(lambda: ping(mirror_in), 60, "the restarted mirror")
             restarted = time.monotonic()
-            target = cluster.status()["last"]
+            target = cluster.stats()["last"]
             print(f"mirror frozen at out seq {before}; restarted at "
                   f"{restarted - started:.1f} s, in.ce.T then at {target}")
             if scenario == "promote_warm":
@@ -137,7 +137,7 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, s
         prod.flush(120)
         # Stop the in stream (no more ticks); then the out stream must reach its end.
         cluster.drain()
-        last = ping(cluster.rep_addrs[0])["streams"]["in.ce.T"]["last"]
+        last = stats(cluster.rep_addrs[0])["streams"]["in.ce.T"]["last"]
         t0 = time.monotonic()
         try:
             wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= last, 120,
@@ -151,7 +151,7 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, s
                        f"{n} at {last}")
         hashes = {n: call(controls[n], wire.HASH)[1]["hash"] for n in live}
         assert len(set(hashes.values())) == 1, hashes
-        status = ping(mirror_in)
+        status = stats(mirror_in)
         assert status["divergences"] == 0, status["alarms"]
         if scenario == "uncommitted":   # it said it was behind, from where, and when it healed
             assert "behind for" in mirror.log() and "caught up" in mirror.log(), mirror.log()
@@ -160,7 +160,7 @@ def test_out_stream_heals_after_mirror_freeze_and_sigkill_under_load(tmp_path, s
         assert [r[6] for r in got] == reference_outputs(cluster, last)
         print(f"mirror: held {status['held_frames']} frames, dropped {status['dropped_held']}, "
               f"gaps reported {status['gaps_reported']}; replicas: "
-              + ", ".join(f"{n} resends {ping(controls[n])['resends']}" for n in live))
+              + ", ".join(f"{n} resends {stats(controls[n])['resends']}" for n in live))
         prod.close()
 
 
@@ -185,7 +185,7 @@ def test_hot_replicas_restarted_while_the_mirror_is_frozen_compute_what_it_lacks
         prod.connect()
         feed(cluster, cmds, 2000, prod)
         prod.flush(120)
-        first_last = cluster.status()["last"]
+        first_last = cluster.stats()["last"]
         wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= first_last, 60,
                    f"out.ce.T at {first_last}")
         os.kill(mirror.popen.pid, signal.SIGSTOP)
@@ -205,20 +205,20 @@ def test_hot_replicas_restarted_while_the_mirror_is_frozen_compute_what_it_lacks
         finally:
             os.kill(mirror.popen.pid, signal.SIGCONT)
         cluster.drain()
-        last = ping(cluster.rep_addrs[0])["streams"]["in.ce.T"]["last"]
+        last = stats(cluster.rep_addrs[0])["streams"]["in.ce.T"]["last"]
         try:
             wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= last, 120,
                        f"out.ce.T to catch up with in.ce.T at {last}")
         except TimeoutError as exc:
             raise AssertionError(f"{exc}; the mirror: {ping(mirror_in)}; the replicas: "
                                  f"{[ping(controls[n]) for n in ('hotA', 'hotB')]}") from None
-        assert sum(ping(controls[n])["regenerated"] for n in ("hotA", "hotB")) >= 1
+        assert sum(stats(controls[n])["regenerated"] for n in ("hotA", "hotB")) >= 1
         for n in controls:
             wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq") == last, 60,
                        f"{n} at {last}")
         hashes = {n: call(controls[n], wire.HASH)[1]["hash"] for n in controls}
         assert len(set(hashes.values())) == 1, hashes
-        status = ping(mirror_in)
+        status = stats(mirror_in)
         assert status["divergences"] == 0, status["alarms"]
         got = read_out(mirror_pub, [out_rep], last)
         assert [r[0] for r in got] == list(range(1, last + 1))  # no gap, no duplicate
@@ -250,7 +250,7 @@ def test_restarted_mirror_gets_what_it_lacks_at_idle_from_a_lone_hot_replica(tmp
         for i in range(0, len(cmds), 200):
             prod.submit_many(cmds[i:i + 200])
         prod.flush(120)
-        last = cluster.status()["last"]
+        last = cluster.stats()["last"]
         wait_until(lambda: (ping(mirror_in) or {}).get("last") == last, 60,
                    f"the out stream at {last}")
         mirror.kill()
@@ -262,9 +262,9 @@ def test_restarted_mirror_gets_what_it_lacks_at_idle_from_a_lone_hot_replica(tmp
         except TimeoutError as exc:
             raise AssertionError(f"{exc}; the mirror: {ping(mirror_in)}; "
                                  f"the replica: {ping(control)}") from None
-        status = ping(mirror_in)
+        status = stats(mirror_in)
         assert status["divergences"] == 0 and status["held_now"] == 0
-        assert ping(control)["resends"] >= 1
+        assert stats(control)["resends"] >= 1
         prod.close()
 
 
@@ -288,7 +288,7 @@ def test_a_replicator_restarted_after_a_mirror_failover_is_taken_back(tmp_path):
 
         def caught_up(what: str) -> int:
             prod.flush(120)
-            last = cluster.status()["last"]
+            last = cluster.stats()["last"]
             try:
                 wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= last, 90,
                            f"out.ce.T to commit {last} ({what})")
@@ -298,11 +298,11 @@ def test_a_replicator_restarted_after_a_mirror_failover_is_taken_back(tmp_path):
 
         feed(cluster, cmds, 2000, prod)
         caught_up("before the faults")
-        epoch = ping(mirror_in)["epoch"]
+        epoch = stats(mirror_in)["epoch"]
         mirror.kill()
         mirror.start()
         wait_until(lambda: ping(mirror_in), 60, "the restarted mirror")
-        assert ping(mirror_in)["epoch"] > epoch    # the successor's own epoch
+        assert stats(mirror_in)["epoch"] > epoch    # the successor's own epoch
         feed(cluster, cmds, 4000, prod)
         caught_up("records of the mirror's new epoch committed")
         # The replicator's file as it is now (records of the mirror's new epoch, committed),
@@ -316,7 +316,7 @@ def test_a_replicator_restarted_after_a_mirror_failover_is_taken_back(tmp_path):
         wait_until(lambda: ping(out_rep), 60, "the restarted replicator")
         feed(cluster, cmds, 5000, prod)
         caught_up("more committed")
-        reconciled = ping(mirror_in)["reconciled"]
+        reconciled = stats(mirror_in)["reconciled"]
         out_replicator.kill()
         shutil.rmtree(data)
         os.rename(data + ".kept", data)
@@ -324,7 +324,7 @@ def test_a_replicator_restarted_after_a_mirror_failover_is_taken_back(tmp_path):
         wait_until(lambda: ping(out_rep), 60, "the replicator with its older file")
         feed(cluster, cmds, 6000, prod)
         last = caught_up("after the replicator's restart")
-        status = ping(mirror_in)
+        status = stats(mirror_in)
         assert status["reconciled"] > reconciled, status
         assert status["divergences"] == 0, status["alarms"]
         got = [r for r in read_out(mirror_pub, [out_rep], last) if r[0] <= last]

@@ -25,9 +25,9 @@ import pytest
 
 from deploy.procs import Group
 from mq import wire as mqwire
-from mq.control import call, ping, replay, wait_until
+from mq.control import call, ping, replay, stats, wait_until
 from mq.record import decode
-from tests.process.test_cli import seqex
+from tests.process.test_cli import seqex, wait_committed
 from tests.process.test_cluster import pids_of
 from tests.process.test_trade_on_it import free_block_below_ephemeral
 from tests.protoclient import NULL_ID, ProtoClient, frame
@@ -307,12 +307,15 @@ def check_hashes(cl) -> None:
     engines = [(sh["in"], sh["producers"], f"te{sh['shard']}") for sh in topo.trading["shards"]]
     engines += [(st["in"], st["producers"], f"ce.{sym}") for sym, st in topo.symbols.items()]
     for stream, producers, prefix in engines:
-        last = ping(producers)["last"]
+        last = stats(producers)["last"]
         for name in (f"{prefix}.hot0", f"{prefix}.hot1"):
             ctl = topo.by_name(name).control
             wait_until(lambda ctl=ctl, last=last: (ping(ctl) or {}).get("seq", 0) >= last,
                        180, f"{name} to catch up")
             _k, h, _ = call(ctl, mqwire.HASH, timeout_s=10)
+            # (the replica may stand on a tick its replicators do not know committed yet: the
+            # rebuild reads committed records only)
+            wait_committed(data, stream, h["seq"])
             out = seqex("replay", stream, "--data", data, "--rebuild", "--json", "--to",
                         str(h["seq"]))
             assert out.returncode == 0, out.stderr

@@ -22,7 +22,7 @@ from crossengine.engine import CrossEngine
 from deploy.local import LogCluster
 from deploy.procs import tcp
 from mq import wire
-from mq.control import call, ping, replay, wait_until
+from mq.control import call, ping, replay, stats, wait_until
 from mq.producer import Producer
 from mq.record import decode
 from mq.sources import OPERATOR_SOURCE
@@ -59,16 +59,22 @@ def feed(cluster: LogCluster, cmds: list[tuple[int, bytes]], upto: int, prod: Pr
         i = j
 
 
+def wait_servable(rep: str, stream: str, last: int) -> None:
+    """Until the replicator serves ``last`` of ``stream``: it serves committed records, and
+    learns the commit point from the master a moment after the fan-out (the next APPEND, or a
+    COMMIT once the stream is idle)."""
+    wait_until(lambda: any(True for _ in replay(rep, stream, last, last)), 60,
+               f"{stream} committed to {last}")
+
+
 def reference_outputs(cluster: LogCluster, last: int, eng: object = None,
                       routes: bool = False) -> list:
     """Outputs of a fresh engine (a CrossEngine unless given) applying the in stream's log:
     payloads, or (payload, route) pairs."""
     eng = eng if eng is not None else CrossEngine()
-    # a replicator serves committed records, and learns the commit point from the master a
-    # moment after the fan-out (the next APPEND, or a COMMIT once the stream is idle): on a
-    # busy machine the reference read the in stream before its last records were committed
-    wait_until(lambda: any(True for _ in replay(cluster.rep_addrs[0], cluster.stream, last,
-                                                 last)), 60, f"{cluster.stream} committed to {last}")
+    # (on a busy machine the reference read the in stream before its last records were
+    # committed)
+    wait_servable(cluster.rep_addrs[0], cluster.stream, last)
     out = []
     for frame in replay(cluster.rep_addrs[0], cluster.stream, 1, last):
         out.extend((r[6], r[7]) if routes else r[6] for r in decode(eng.apply_frame(frame)))
@@ -119,7 +125,7 @@ def run_replicas(cluster: LogCluster, tmp: str, out_stream: str, cmds: list[tupl
         # its first snapshot when hotA was killed, and hotA then replayed from seq 1.
         wait_until(lambda: (ping(controls["warm"]) or {}).get("snapshot_seq", 0) > 0, 120,
                    "the warm replica's first snapshot")
-        snap = ping(controls["warm"])["snapshot_seq"]
+        snap = stats(controls["warm"])["snapshot_seq"]
         wait_until(lambda: (ping(mirror_in) or {}).get("committed", 0) >= snap, 120,
                    f"the out stream committed to {snap}")
         procs["hotA"].kill()
@@ -134,21 +140,21 @@ def run_replicas(cluster: LogCluster, tmp: str, out_stream: str, cmds: list[tupl
         assert answer.get("role") == "hot", answer
     feed(cluster, cmds, len(cmds), prod)
     prod.flush(120)
-    last = cluster.status()["last"]
+    last = cluster.stats()["last"]
     live = [n for n in controls if procs[n].alive]
     for n in live:
         wait_until(lambda n=n: (ping(controls[n]) or {}).get("seq", 0) >= last, 120,
                    f"{n} to apply up to {last}")
     cluster.drain()
-    last = max(ping(controls[n])["seq"] for n in live)
+    last = max(stats(controls[n])["seq"] for n in live)
     for n in live:
-        wait_until(lambda n=n: ping(controls[n])["seq"] == last, 60, f"{n} at {last}")
+        wait_until(lambda n=n: stats(controls[n])["seq"] == last, 60, f"{n} at {last}")
     hashes = {n: call(controls[n], wire.HASH)[1] for n in live}
     assert len({h["hash"] for h in hashes.values()}) == 1, hashes
     if scenario == "restart_hot":
-        assert ping(controls["hotA"])["restored_from"] > 0  # from a snapshot, then replay
+        assert stats(controls["hotA"])["restored_from"] > 0  # from a snapshot, then replay
     got = read_out(mirror_pub, cluster.rep_addrs, last, stream=out_stream)
-    status = ping(mirror_in)
+    status = stats(mirror_in)
     assert status["divergences"] == 0, status["alarms"]
     assert [r[0] for r in got] == list(range(1, last + 1))  # no gap, no duplicate
     return last, next(iter(hashes.values()))["hash"], got
@@ -168,6 +174,7 @@ def test_crossengine_replicas_on_the_log(tmp_path, scenario):
         want = reference_outputs(cluster, last, CrossEngine(n_shards=4), routes=True)
         assert len({route for _p, route in want}) >= 10, "too few routes exercised"
         assert [(r[6], r[7]) for r in got] == want
+        wait_servable(cluster.rep_addrs[0], "out.ce.T", last)
         replayed = [(r[6], r[7]) for f in replay(cluster.rep_addrs[0], "out.ce.T", 1, last)
                     for r in decode(f)]
         assert replayed == want

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from deploy.local import LogCluster
-from mq.control import ping, wait_until
+from mq.control import ping, stats, wait_until
 from mq.record import decode, encode
 from replicator.store import Store
 from tests.process.test_log_processes import producer_args
@@ -38,7 +38,7 @@ def test_restarted_replicator_catches_up_from_its_peer(tmp_path):
         cluster.restart_replicator(1)
         wait_until(lambda: stream_last(cluster.rep_addrs[1], cluster.stream) == top, 60,
                    f"replicator 1 to catch up to {top}")
-        assert ping(cluster.rep_addrs[1])["caught_up_records"] >= 30_000
+        assert stats(cluster.rep_addrs[1])["caught_up_records"] >= 30_000
         cluster.stop()
     logs = cluster.read_logs()
     assert logs[0] == logs[1]
@@ -65,7 +65,7 @@ def test_damaged_frame_is_repaired_from_peers(tmp_path):
             txn.put(key, bytes(value), db=log.log_db)
         store.close()
         cluster.restart_replicator(0)
-        wait_until(lambda: ping(cluster.rep_addrs[0])["repaired_records"] > 0, 60,
+        wait_until(lambda: stats(cluster.rep_addrs[0])["repaired_records"] > 0, 60,
                    "the damaged range to be repaired")
         cluster.stop()
     logs = cluster.read_logs()
@@ -102,7 +102,7 @@ def test_catch_up_over_a_stale_tail(tmp_path):
         cluster.restart_replicator(1)   # only its peer can bring it up now
         wait_until(lambda: stream_last(cluster.rep_addrs[1], cluster.stream) == top, 60,
                    f"replicator 1 to catch up to {top}")
-        assert ping(cluster.rep_addrs[1])["truncated_records"] == 50
+        assert stats(cluster.rep_addrs[1])["truncated_records"] == 50
         cluster.stop()
     logs = cluster.read_logs()
     assert logs[0] == logs[1]

@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from deploy.local import LogCluster
-from mq.control import ping, replay, wait_until
+from mq.control import ping, replay, stats, wait_until
 from tests.process.test_log_processes import producer_args
 
 
@@ -66,11 +66,17 @@ def test_replicator_on_a_full_disk_refuses_without_crashing_and_resumes(tmp_path
         # It refuses and does not acknowledge: under `all` nothing more commits.
         wait_until(lambda: (ping(cluster.rep_addrs[1]) or {}).get("disk_full_refusals", 0) > 3,
                    60, "writes to be refused")
-        assert stream_last(cluster.rep_addrs[1], cluster.stream) == held
+        # Once every DISK_RETRY_S one batch is tried, and may go through on a full disk (LMDB
+        # reuses its file's pages): then it says so, and a later failure logs "disk full" again.
+        now = stream_last(cluster.rep_addrs[1], cluster.stream)
+        log = rep.log()
+        resumed = log.count("writing resumed")
+        if not resumed:
+            assert now == held
         assert producer.alive, "every record was acknowledged while a replicator was full"
         assert rep.alive and rep.popen.pid == pid, rep.log()[-3000:]
-        log = rep.log()
-        assert log.count("disk full at") == 1, log[-3000:]
+        assert log.count("disk full at") in (resumed, resumed + 1) and \
+            log.count("disk full at") >= 1, log[-3000:]
         assert "bytes free" in log and "Traceback" not in log
         os.unlink(ballast)   # room again: it resumes by itself
         assert producer.wait(300) == 0, producer.log()
@@ -78,8 +84,8 @@ def test_replicator_on_a_full_disk_refuses_without_crashing_and_resumes(tmp_path
         top = stream_last(cluster.rep_addrs[0], cluster.stream)
         wait_until(lambda: stream_last(cluster.rep_addrs[1], cluster.stream) == top, 120,
                    "replicator 1 to hold everything")
-        stats = ping(cluster.rep_addrs[1])
-        assert not stats["disk_full"]
+        st = stats(cluster.rep_addrs[1])
+        assert not st["disk_full"]
         assert "has room again" in rep.log()
         assert rep.alive and rep.popen.pid == pid
         cluster.stop()
@@ -131,9 +137,9 @@ def test_corrupt_lmdb_file_is_quarantined_and_rebuilt_from_the_peer(tmp_path):
         cluster.restart_replicator(0)
         wait_until(lambda: stream_last(cluster.rep_addrs[0], cluster.stream) == top, 120,
                    f"replicator 0 to rebuild {top} records from its peer")
-        stats = ping(cluster.rep_addrs[0])
-        assert stats.get("quarantined") == 1, "the damaged file was not quarantined"
-        assert stats["caught_up_records"] == top
+        st = stats(cluster.rep_addrs[0])
+        assert st.get("quarantined") == 1, "the damaged file was not quarantined"
+        assert st["caught_up_records"] == top
         served = [b"".join(replay(addr, cluster.stream, 1, top)) for addr in cluster.rep_addrs]
         assert served[0] == served[1], "replicator 0 serves other bytes than its peer"
         log = cluster.replicators[0].log()

@@ -23,7 +23,7 @@ import pytest
 from deploy.local import LogCluster
 from deploy.procs import tcp
 from mq import sockets, wire
-from mq.control import ping, replay, wait_until
+from mq.control import ping, replay, stats, wait_until
 from mq.master import MAX_EPOCH
 from mq.producer import Producer
 from mq.record import decode, encode
@@ -81,12 +81,12 @@ def test_a_conflict_at_the_sequencer_heals_under_policy_all(tmp_path):
         victim.kill()
         # It comes back with an older epoch's tail that reaches beyond what the master wrote.
         shutil.rmtree(cluster.data_dir(1))
-        top = cluster.status()["last"]
+        top = cluster.stats()["last"]
         make_store(cluster.data_dir(1), extra_to=top + 2_000)
         submit(prod, 500)
         cluster.restart_replicator(1)
         prod.flush(60)  # under "all", nothing commits until replicator 1 is reconciled
-        status = cluster.status()
+        status = cluster.stats()
         assert status["reconciled"] >= 3, status
         assert "conflict" in cluster.sequencer.log()
         cluster.drain()
@@ -111,12 +111,12 @@ def test_an_outage_longer_than_the_window_pushes_back_and_resumes(tmp_path):
         cluster.replicators[1].kill()
         total = 1_000 + 3 * window // 1040
         submit(prod, total - 1_000, batch=20, payload=1000)
-        wait_until(lambda: prod.poll(50) is not None and cluster.status()["busy"] > 0, 60,
+        wait_until(lambda: prod.poll(50) is not None and cluster.stats()["busy"] > 0, 60,
                    "the master to push back")
-        committed = cluster.status()["committed"]
+        committed = cluster.stats()["committed"]
         for _ in range(20):  # the bound holds while the producer keeps pushing
             prod.poll(50)
-            status = cluster.status()
+            status = cluster.stats()
             assert status["uncommitted_bytes"] <= bound + (4 << 20)
             assert status["committed"] == committed
         assert prod.unacked > (total - 1_000) // 2, "records were acknowledged during the outage"
@@ -151,7 +151,7 @@ def test_a_second_live_producer_of_a_source_is_refused_with_source_clash(tmp_pat
         assert "source 5" in body["error"]
         first.close(0)
         wait_until(lambda: hello(second)[0] == wire.WELCOME, 30, "the source to be free")
-        assert cluster.status()["clashes"] >= 1
+        assert cluster.stats()["clashes"] >= 1
         second.close(0)
 
 
@@ -171,8 +171,8 @@ def test_a_master_refuses_an_epoch_beyond_u32_with_the_next_step(tmp_path):
             "--policy", "first", "--replicator", rep])
         assert seq.wait(60) == EX_CONFIG
         assert "Next step" in seq.log() and "OverflowError" not in seq.log()
-        stats = ping(rep)
-        assert stats["streams"][STREAM]["epoch"] == MAX_EPOCH  # nothing beyond it was claimed
+        st = stats(rep)
+        assert st["streams"][STREAM]["epoch"] == MAX_EPOCH  # nothing beyond it was claimed
     assert os.path.exists(cluster.data_dir(0))
 
 
@@ -191,7 +191,7 @@ def test_an_empty_replicator_does_not_make_a_new_master_read_the_whole_log(tmp_p
         def commits():
             return {(ping(a) or {}).get("streams", {}).get(STREAM, {}).get("commit")
                     for a in cluster.rep_addrs}
-        top = cluster.status()["committed"]
+        top = cluster.stats()["committed"]
         wait_until(lambda: min(commits() - {None} or {0}) >= top, 30,
                    "the replicators to learn the commit point")
         log_bytes = 0
@@ -201,10 +201,10 @@ def test_an_empty_replicator_does_not_make_a_new_master_read_the_whole_log(tmp_p
         cluster.replicators[2].kill()
         shutil.rmtree(cluster.data_dir(2))
         cluster.restart_replicator(2)
-        before = sum(ping(a)["replayed_bytes"] for a in cluster.rep_addrs)
+        before = sum(stats(a)["replayed_bytes"] for a in cluster.rep_addrs)
         cluster.start_sequencer()
-        assert cluster.status()["last"] > count
-        read = sum(ping(a)["replayed_bytes"] for a in cluster.rep_addrs) - before
+        assert cluster.stats()["last"] > count
+        read = sum(stats(a)["replayed_bytes"] for a in cluster.rep_addrs) - before
         print(f"the new master read {read} of {log_bytes} bytes")
         # before the fix: the whole log, because replicator 2 agreed up to seq 0
         assert read < log_bytes // 2, (read, log_bytes)

@@ -64,7 +64,7 @@ def test_the_standby_takes_over_a_killed_master_with_nothing_lost(tmp_path):
         assert standby.alive and waiting_standby(spec, standby.popen.pid)
         assert not waiting_standby(spec, master.popen.pid)
         assert master_lock_holder(lock) == master.popen.pid
-        old_epoch = cluster.status()["epoch"]
+        old_epoch = cluster.stats()["epoch"]
         producers = [cluster.group.spawn(f"producer{s}", producer_args(cluster, tmp, s, COUNT,
                                                                        4_000)) for s in (1, 2)]
         wait_until(lambda: cluster.status().get("last", 0) >= COUNT // 2, 180, "traffic")

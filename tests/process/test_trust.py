@@ -21,7 +21,7 @@ from crossengine import codec as c
 from deploy import keys, topology
 from deploy.procs import Group, tcp
 from mq import auth, sockets, wire
-from mq.control import call, ping, wait_until
+from mq.control import call, ping, stats, wait_until
 from mq.producer import Producer
 from mq.record import decode, encode
 from mq.sources import OPERATOR_SOURCE
@@ -129,9 +129,9 @@ def test_forged_append_is_refused_and_nothing_written(cluster):
         _k, body, parts = call(addr, wire.REPLAY, {"stream": STREAM, "from": 1,
                                                    "uncommitted": True})
         assert all(r[2] != ATTACKER_SOURCE for r in decode(parts[0])), "a forged record is stored"
-    stats = ping(replicators(topo)[0])
-    assert stats["unauthorized"] >= 1
-    assert any("not_master" in reasons for reasons in stats["refusals"].values())
+    answer = stats(replicators(topo)[0])
+    assert answer["unauthorized"] >= 1
+    assert any("not_master" in reasons for reasons in answer["refusals"].values())
 
 
 def test_claim_from_a_non_master_is_refused(cluster):
@@ -146,14 +146,14 @@ def test_claim_from_a_non_master_is_refused(cluster):
         assert state(addr)["epoch"] == before["epoch"]
     # the sequencer was not fenced: it still sequences
     seq = topo.by_name("sequencer.BTCUSDT").control
-    last = ping(seq)["last"]
-    wait_until(lambda: ping(seq)["committed"] > last, 30, "the sequencer to go on")
+    last = stats(seq)["last"]
+    wait_until(lambda: stats(seq)["committed"] > last, 30, "the sequencer to go on")
 
 
 def test_forged_data_to_the_mirror_is_refused(cluster):
     topo, keys_dir = cluster
     mirror = topo.by_name("mirror.BTCUSDT").control
-    before = ping(mirror)
+    before = stats(mirror)
     nxt = before["last"] + 1
     frame = encode([(s, 1, 0, s, 1, 1, b"forged") for s in range(nxt, nxt + 1000)])
     # the sequencer's key is known, but it feeds no mirror; the operator is no replica either
@@ -162,7 +162,7 @@ def test_forged_data_to_the_mirror_is_refused(cluster):
                      [wire.DATA, wire.pack({"replica": "ce.BTCUSDT.hot0"}), frame])
         assert answer is not None and answer[0] == wire.ERROR and \
             answer[1]["reason"] == "not_replica", answer
-    after = ping(mirror)
+    after = stats(mirror)
     assert after["accepted"] - before["accepted"] <= after["last"] - before["last"]
     assert after["divergences"] == 0 and after["alarms"] == []
 
@@ -195,7 +195,7 @@ def test_promote_from_a_non_operator_is_refused(cluster):
     answer = ask(warm, identity(keys_dir, "ce.BTCUSDT.hot0"), [wire.PROMOTE, wire.pack({})])
     assert answer is not None and answer[0] == wire.ERROR and \
         answer[1]["reason"] == "not_operator", answer
-    assert ping(warm)["replica_role"] == "warm"
+    assert stats(warm)["replica_role"] == "warm"
 
 
 def _sequenced_sources(topo) -> set[int]:
@@ -267,7 +267,7 @@ def test_fresh_keys_without_end_do_not_grow_the_refusals_without_bound(cluster):
         trust = auth.Trust.load(keys_dir)
 
         def strangers() -> dict:
-            refusals = ping(addr)["refusals"]
+            refusals = stats(addr)["refusals"]
             return {k: v for k, v in refusals.items() if not trust.known(k)}
 
         wait_until(lambda: sum(v.get("unknown_key", 0) for v in strangers().values()) >= n,
@@ -295,8 +295,8 @@ def test_the_operator_and_registered_producers_are_served(cluster):
         auth.configure_identity(identity(keys_dir, "operator"))
     seq = runs[-1][2]
     mirror = topo.by_name("mirror.BTCUSDT").control
-    wait_until(lambda: ping(mirror)["committed"] >= seq, 60, "the order's output")
-    assert ping(mirror)["divergences"] == 0
+    wait_until(lambda: stats(mirror)["committed"] >= seq, 60, "the order's output")
+    assert stats(mirror)["divergences"] == 0
 
 
 def test_halt_from_a_client_source_is_sequenced_but_refused_by_the_engine(cluster):
@@ -339,10 +339,10 @@ def test_a_divergence_alarm_names_the_key_not_the_name_in_the_message(cluster):
     (Runs last: it leaves a divergence alarm behind.)"""
     topo, keys_dir = cluster
     mirror = topo.by_name("mirror.BTCUSDT").control
-    seq = ping(mirror)["committed"]
+    seq = stats(mirror)["committed"]
     frame = encode([(seq, 1, 7, 1, 1, c.NEW_ORDER, b"forged copy")])
     sock = sockets.dealer(mirror, curve=identity(keys_dir, "ce.BTCUSDT.hot0"), heartbeat_ms=0)
     sock.send_multipart([wire.DATA, wire.pack({"replica": "ce.BTCUSDT.hot1"}), frame])
-    alarms = wait_until(lambda: ping(mirror)["alarms"], 30, "the divergence alarm")
+    alarms = wait_until(lambda: stats(mirror)["alarms"], 30, "the divergence alarm")
     sock.close(0)
     assert alarms[-1]["seq"] == seq and alarms[-1]["divergent"] == "ce.BTCUSDT.hot0", alarms
