@@ -2580,7 +2580,7 @@ class TradingEngine:
         no fee), and say what was done in AdlApplied (qty 0: nothing)."""
         acct: Account = self.accounts.get(account)
         spec = self.specs.get(symbol)
-        closed = realised = 0
+        closed = realised = released = 0
         if acct is not None and spec is not None:
             self._cancel_orders(acct, symbol, 0, REASON_LIQUIDATION)
             pos: Position = acct.positions.get(symbol)
@@ -2591,10 +2591,11 @@ class TradingEngine:
                 closed = want if want < held else held
                 if qty < 0:
                     closed = -closed
-                before = pos.realised
+                before, margin = pos.realised, pos.margin
                 self._book(acct, symbol, closed, price, spec)
                 self._book(self.clearing, symbol, -closed, price, spec)
                 realised = pos.realised - before
+                released = margin - pos.margin
                 # the orders that were to reduce it, cancelled above, may still fill on their
                 # way out: they reserve what they would now open
                 self._refit_reducing(acct, symbol, SELL if size > 0 else BUY)
@@ -2605,9 +2606,44 @@ class TradingEngine:
         self._out.append(_PACK[ADL_APPLIED](ADL_APPLIED, adl_id, account, symbol, closed,
                                               price, realised))
         if closed:
+            if realised < 0:
+                shortfall = self._adl_shortfall(acct, symbol, pos, spec, -realised, released)
+                if shortfall:
+                    acct.balance += shortfall
+                    self._cover(acct, shortfall)
             self._cover_deficit(acct)
             self._position_status(acct, symbol)
             self._account_status(acct)
+
+    def _adl_shortfall(self, acct: Account, symbol: int, pos: Position, spec: ContractSpec,
+                       loss: int, released: int) -> int:
+        """What of an ADL's ``loss`` (at the bankruptcy price of the position handed off,
+        after a gap worse than the mark) the account cannot bear, to be covered: as for a
+        funding payment (§7), an isolated position loses no more than its margin (the lots'
+        ``released``, then what the rest keeps) and its own gain; a cross loss the cross
+        balance cannot pay comes out of the cross positions' gains at the marks, never out of
+        an isolated margin. Booked in full on the balance, it took an isolated position 60 USDT
+        past its margin, out of the cross balance, and left cross closes beyond their
+        bankruptcy prices; covered at once, the fund paid while the account kept a cross gain."""
+        if pos.mode == ISOLATED:
+            if loss <= released:
+                return 0
+            shortfall = loss - released
+            take = shortfall if shortfall < pos.margin else pos.margin
+            if take:
+                pos.extra -= take
+                self._set_margin(acct, pos, spec)
+                shortfall -= take
+            # the balance already lost it all: what the margin kept goes back to the cross
+            # part as the margin shrinks, and what the gain pays is realised into it
+            return self._funding_from_gains(acct, symbol, shortfall, True) if shortfall else 0
+        iso = self._isolated_margin(acct)
+        if acct.balance >= iso:
+            return 0
+        shortfall = iso - acct.balance
+        if shortfall > loss:
+            shortfall = loss
+        return self._funding_from_gains(acct, symbol, shortfall, False)
 
     # -- CrossEngine results -------------------------------------------------------------------
 
@@ -3588,8 +3624,11 @@ class TradingEngine:
                 code = 2042              # an order keeps its OrdType and TimeInForce
             elif flags & P_FLAG_POST_ONLY and not o.flags & POST_ONLY:
                 code = 2041              # the CrossEngine keeps an order's own PostOnly only
+            elif qty == 0:
+                code = 2009              # OrderQty is the new total quantity (FIX semantics)
             elif price == P_NULL_PRICE:
-                pass                                     # unchanged
+                if o.ord_type != MARKET:
+                    code = 2008          # a limit order's replace carries its price
             elif price <= 0:
                 code = 2008
             elif price % tick:

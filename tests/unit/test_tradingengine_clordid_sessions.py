@@ -298,9 +298,10 @@ def _cxl(h, sid, seq, coid, orig, oid=NULL, user=1):
     return h.send(user, sid, 101, OCR.pack(seq, 0, coid, orig, oid, 1, b"1", 0))
 
 
-def _rpl(h, sid, seq, coid, orig, price, oid=NULL, user=1):
-    return h.send(user, sid, 102, OCRR.pack(seq, 0, coid, orig, oid, price, 0, 1, b"1", b"2",
-                                            b"1", 0))
+def _rpl(h, sid, seq, coid, orig, price, oid=NULL, user=1, qty=5):
+    """A replace to ``price``, the quantity kept (the orders here are entered at 5)."""
+    return h.send(user, sid, 102, OCRR.pack(seq, 0, coid, orig, oid, price, qty, 1, b"1",
+                                            b"2", b"1", 0))
 
 
 def _rej(ms, sid):

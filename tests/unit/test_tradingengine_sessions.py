@@ -526,6 +526,22 @@ def test_a_replace_must_carry_the_orders_own_ord_type_and_time_in_force():
     assert er[2:4] == (coid, 80) and er[6:8] == (99 * E8, 8) and er[18] == b"0"
 
 
+def test_a_replace_names_its_new_quantity_and_price():
+    """OrderQty is the new total quantity (PROTOCOL.md §3, FIX semantics) and a limit order's
+    replace carries its price: a quantity of 0 or a null price is refused (OrderCancelReject
+    99, codes 2009 and 2008) and the order stays as it was. Both were read as "unchanged", so
+    a client that sent them by mistake had its order replaced."""
+    h = Harness()
+    h.logon(1, 9)
+    h.nos(1, 9, 1, 80, qty=5)
+    for seq, coid, price, qty in [(2, 81, 99 * E8, 0), (3, 82, NULL_PX, 8), (4, 83, NULL_PX, 0)]:
+        ms = h.send(1, 9, 102, OCRR.pack(seq, 0, coid, 80, NULL, price, qty, 1, b"1", b"2",
+                                         b"1", 0))
+        assert [(m[2], m[3][2], m[3][8]) for m in ms] == [(201, coid, 99)], (price, qty, ms)
+    (o,) = h.v.te.orders.values()
+    assert (o.price, o.qty, o.client_order_id) == (10_000, 5, 80)    # as entered
+
+
 def test_a_cancel_from_another_session_of_the_user_gets_its_own_copy():
     h = Harness()
     h.logon(1, 9, conn=1)
