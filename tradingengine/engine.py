@@ -2607,7 +2607,7 @@ class TradingEngine:
                                               price, realised))
         if closed:
             if realised < 0:
-                shortfall = self._adl_shortfall(acct, symbol, pos, spec, -realised, released)
+                shortfall = self._adl_shortfall(acct, symbol, pos, -realised, released)
                 if shortfall:
                     acct.balance += shortfall
                     self._cover(acct, shortfall)
@@ -2615,28 +2615,22 @@ class TradingEngine:
             self._position_status(acct, symbol)
             self._account_status(acct)
 
-    def _adl_shortfall(self, acct: Account, symbol: int, pos: Position, spec: ContractSpec,
-                       loss: int, released: int) -> int:
+    def _adl_shortfall(self, acct: Account, symbol: int, pos: Position, loss: int,
+                       released: int) -> int:
         """What of an ADL's ``loss`` (at the bankruptcy price of the position handed off,
-        after a gap worse than the mark) the account cannot bear, to be covered: as for a
-        funding payment (§7), an isolated position loses no more than its margin (the lots'
-        ``released``, then what the rest keeps) and its own gain; a cross loss the cross
-        balance cannot pay comes out of the cross positions' gains at the marks, never out of
-        an isolated margin. Booked in full on the balance, it took an isolated position 60 USDT
-        past its margin, out of the cross balance, and left cross closes beyond their
-        bankruptcy prices; covered at once, the fund paid while the account kept a cross gain."""
+        after a gap worse than the mark) the account cannot bear, to be covered. On an
+        isolated position the lots closed lose no more than the margin they held
+        (``released``): the rest of the position keeps its margin, so its bankruptcy price
+        does not move under a close of it already on its way (taken from that margin, the
+        rest sat at the mark and a close in flight filled beyond it: the fund paid 14.73
+        USDT). A cross loss the cross balance cannot pay (the balance left below the isolated
+        margins) comes out of the cross positions' gains at the marks, which moves no cross
+        bankruptcy price (balance and cost move together), never out of an isolated margin.
+        Booked whole on the balance, an isolated ADL took 60 USDT past its margin out of the
+        cross balance and left cross closes beyond their bankruptcy prices; covered at once,
+        the fund paid while the account kept a cross gain."""
         if pos.mode == ISOLATED:
-            if loss <= released:
-                return 0
-            shortfall = loss - released
-            take = shortfall if shortfall < pos.margin else pos.margin
-            if take:
-                pos.extra -= take
-                self._set_margin(acct, pos, spec)
-                shortfall -= take
-            # the balance already lost it all: what the margin kept goes back to the cross
-            # part as the margin shrinks, and what the gain pays is realised into it
-            return self._funding_from_gains(acct, symbol, shortfall, True) if shortfall else 0
+            return loss - released if loss > released else 0
         iso = self._isolated_margin(acct)
         if acct.balance >= iso:
             return 0
