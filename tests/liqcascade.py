@@ -238,18 +238,24 @@ def audited_venue(specs: list, fund: int) -> RoutedVenue:
     return v
 
 
-def trader_long(trader: int, qty: int, mm: int = 2, accomplice: int = 4):
+def trader_long(trader: int, qty: int, mm: int = 2, accomplice: int = 4, fund: int = 10**11,
+                deposit: int = 10**11, leverage_x100: int = 0, mark2: int = 0):
     """An audited venue (tradingvenue.two_specs, hourly funding; a fund of 100,000 USDT) where
     ``trader`` (100,000 USDT) is long ``qty`` lots of symbol 1 bought from ``mm`` at the mark,
-    10,000, and ``accomplice`` has money to lift the trader's orders: (venue, the trader's
-    engine, its account, its position)."""
+    10,000 (at ``leverage_x100`` if given; symbol 2 marked at ``mark2`` if given), and
+    ``accomplice`` has money to lift the trader's orders: (venue, the trader's engine, its
+    account, its position)."""
     from tests.tradingvenue import HOUR, two_specs
-    v = audited_venue(two_specs(HOUR), 10**11)
+    v = audited_venue(two_specs(HOUR), fund)
     v.deposit(mm, 10**15, 2)
     v.deposit(accomplice, 10**13, 4)
-    v.deposit(trader, 10**11, 3)
+    v.deposit(trader, deposit, 3)
     v.mark(1, 10_000)
+    if mark2:
+        v.mark(2, mark2)
     v.run()
+    if leverage_x100:
+        v.leverage(trader, 1, leverage_x100)
     v.order(mm, 1, 1, tc.SELL, 10_000, qty)
     v.order(trader, 2, 1, tc.BUY, 10_000, qty)
     v.run()

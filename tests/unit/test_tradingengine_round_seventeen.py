@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from liqengine import codec as lc
 from mq.sources import OPERATOR_SOURCE
-from tests.liqcascade import SRC_LIQ_OUT, audited_venue, te_events
-from tests.tradingvenue import HOUR, two_specs
+from tests.liqcascade import SRC_LIQ_OUT, te_events, trader_long
 from tradingengine import codec as tc
 
 MM, LONG, V = 2, 3, 5
@@ -23,18 +22,9 @@ Q2 = 285_714           # a 20x cross long of symbol 2 at 50,000
 
 def gapped(fund: int, deposit: int, qty: int):
     """LONG's 50x long of ``qty`` at 10,000 (deposit), and the fund; then the caller gaps."""
-    v = audited_venue(two_specs(HOUR), fund)
-    v.deposit(MM, 10**15, 2)
-    v.deposit(LONG, deposit, 3)
-    v.mark(1, 10_000)
-    v.mark(2, 50_000)
-    v.run()
-    v.leverage(LONG, 1, 5000)
-    v.order(MM, 1, 1, tc.SELL, 10_000, qty)
-    v.order(LONG, 2, 1, tc.BUY, 10_000, qty)
-    v.run()
-    te = v.te[1].engine
-    assert te.accounts[LONG].positions[1].size == qty
+    v, te, _acct, pos = trader_long(LONG, qty, MM, fund=fund, deposit=deposit,
+                                    leverage_x100=5000, mark2=50_000)
+    assert pos.size == qty
     return v, te
 
 
