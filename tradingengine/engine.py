@@ -2189,8 +2189,11 @@ class TradingEngine:
             pos = acct.positions.get(sym)
             if pos is None or not pos.size or (not isolated and pos.mode != CROSS):
                 continue
+            mark = self.marks.get(sym, 0)
+            if not mark:
+                continue          # (no mark, no gain to speak of; valued at 0, a short's was all)
             spec = self.specs[sym]
-            gain = pos.size * self.marks.get(sym, 0) * spec.value - pos.cost
+            gain = pos.size * mark * spec.value - pos.cost
             if gain <= 0:
                 continue
             take = gain if gain < shortfall else shortfall
@@ -2581,7 +2584,14 @@ class TradingEngine:
         acct: Account = self.accounts.get(account)
         spec = self.specs.get(symbol)
         closed = realised = released = 0
+        racing = False
         if acct is not None and spec is not None:
+            # a live order of the symbol is cancelled through the CrossEngine, a record later:
+            # a fill of it may be on its way
+            for o in acct.orders.values():
+                if o.symbol == symbol and o.state != UNTRIGGERED:
+                    racing = True
+                    break
             self._cancel_orders(acct, symbol, 0, REASON_LIQUIDATION)
             pos: Position = acct.positions.get(symbol)
             size = pos.size if pos is not None else 0
@@ -2599,15 +2609,20 @@ class TradingEngine:
                 # the orders that were to reduce it, cancelled above, may still fill on their
                 # way out: they reserve what they would now open
                 self._refit_reducing(acct, symbol, SELL if size > 0 else BUY)
-                if realised < 0 and pos.mode == CROSS and self._cross_closes(acct, symbol):
-                    # the loss moved the other cross positions' bankruptcy prices (as a fill's)
+                if realised < 0 and pos.mode == CROSS and (
+                        acct.orders or self._cross_closes(acct, symbol)):
+                    # the loss moved the other cross positions' bankruptcy prices (as a fill's),
+                    # and, at a price worse than the mark, took money the account's orders
+                    # reserve (an opening order left reserving more than the balance filled
+                    # unbacked: the fund paid 19.65 USDT)
                     self._queue_unit(SWEEP_CHECK, symbol, account)
         self.route |= ROUTE_LIQ
         self._out.append(_PACK[ADL_APPLIED](ADL_APPLIED, adl_id, account, symbol, closed,
                                               price, realised))
         if closed:
             if realised < 0:
-                shortfall = self._adl_shortfall(acct, symbol, pos, -realised, released)
+                shortfall = self._adl_shortfall(acct, symbol, pos, -realised, released,
+                                                racing)
                 if shortfall:
                     acct.balance += shortfall
                     self._cover(acct, shortfall)
@@ -2616,7 +2631,7 @@ class TradingEngine:
             self._account_status(acct)
 
     def _adl_shortfall(self, acct: Account, symbol: int, pos: Position, loss: int,
-                       released: int) -> int:
+                       released: int, racing: bool) -> int:
         """What of an ADL's ``loss`` (at the bankruptcy price of the position handed off,
         after a gap worse than the mark) the account cannot bear, to be covered. On an
         isolated position the lots closed lose no more than the margin they held
@@ -2628,9 +2643,16 @@ class TradingEngine:
         bankruptcy price (balance and cost move together), never out of an isolated margin.
         Booked whole on the balance, an isolated ADL took 60 USDT past its margin out of the
         cross balance and left cross closes beyond their bankruptcy prices; covered at once,
-        the fund paid while the account kept a cross gain."""
+        the fund paid while the account kept a cross gain. With no order of the symbol
+        ``racing`` (none was live: nothing can fill beyond a moved bankruptcy price), the rest
+        of an isolated position pays first out of its own gain at the mark, as for funding
+        (covered, the fund paid 60.54 USDT while the rest kept a 30 USDT gain)."""
         if pos.mode == ISOLATED:
-            return loss - released if loss > released else 0
+            if loss <= released:
+                return 0
+            if racing:
+                return loss - released
+            return self._funding_from_gains(acct, symbol, loss - released, True)
         iso = self._isolated_margin(acct)
         if acct.balance >= iso:
             return 0

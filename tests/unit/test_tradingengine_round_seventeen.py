@@ -1,5 +1,5 @@
 """Round seventeen of the economic campaign (docs/tradingengine.md §6, docs/liqengine.md §6),
-and round eighteen against its first rule, driven as before (tests/liqcascade.py; every engine's audit and money conservation after every
+and rounds eighteen and nineteen against its rules, driven as before (tests/liqcascade.py; every engine's audit and money conservation after every
 record): what an ADL's loss may take. An ADL closes a position at the bankruptcy price of the
 one handed off; after a gap that price is worse than the mark for the account it reaches.
 Each test failed on the code before its fix.
@@ -183,3 +183,54 @@ def test_an_isolated_adl_leaves_the_rest_of_the_position_its_margin():
         raced = sum(e[2] for e in te_events(v.te[1], (tc.DEFICIT_COVERED,)) if e[1] == V)
         assert raced == covered == 79 * USDT - margin // 2, (close, raced, covered)
         assert v.liq.engine.fund_debt <= base.liq.engine.fund_debt, close
+
+
+def test_a_cross_adl_loss_checks_the_accounts_reservations():
+    """Round nineteen: V (80 USDT) is cross short 100,000 of symbol 1 at 9,000 and has an
+    opening buy of symbol 2 resting (51.36 USDT reserved). The ADL at 9,790 took 79 USDT and
+    left the reservation above the balance (0.55 USDT) with no check queued: the order then
+    filled, a 1,000 USDT long on 0.35 USDT, handed off after a 2% move: the fund paid 19.65
+    USDT."""
+    v, te = gapped(1, 22 * USDT, 100_000)
+    v.mark(1, 9_000)
+    v.run()
+    v.deposit(V, 80 * USDT, 5)
+    v.run()
+    v.leverage(V, 1, 5000)
+    v.leverage(V, 2, 2000)
+    v.order(MM, 3, 1, tc.BUY, 9_000, 100_000)
+    v.run()
+    v.order(V, 4, 1, tc.SELL, 9_000, 100_000)       # cross short
+    v.run()
+    v.order(V, 5, 2, tc.BUY, 50_000, Q2)            # an opening buy of symbol 2
+    v.run()
+    acct = te.accounts[V]
+    assert acct.order_margin > 50 * USDT
+    until_adl(v, (9_000, 50_000))
+    assert [e for e in te_events(v.te[1], (tc.ADL_APPLIED,)) if e[2] == V][0][6] == -79 * USDT
+    assert not acct.orders and acct.order_margin == 0, "the reservation outlived its money"
+    v.order(MM, 6, 2, tc.SELL, 50_000, Q2, tif=tc.IOC)
+    v.run()
+    assert acct.positions[2].size == 0
+
+
+def test_an_isolated_adl_with_no_close_on_its_way_takes_the_rests_gain_first():
+    """Round nineteen: V's isolated short of 200,000 at 9,000 (36.92 USDT of margin); the mark
+    is at 8,700 when the ADL closes 100,000 at 9,790 (79 USDT of loss, 18.46 released). The
+    fund covered 60.54 USDT while the rest kept a 30 USDT gain at the mark, which V then
+    realised (10.21 USDT up on its deposit). With no order of the symbol on its way (nothing
+    can fill beyond a moved bankruptcy price) the rest's gain pays first, as for funding."""
+    v, te = gapped(1, 22 * USDT, 100_000)
+    v.mark(1, 9_000)
+    v.run()
+    isolated_short(v, 200_000, 40 * USDT)
+    acct = te.accounts[V]
+    pos = acct.positions[1]
+    released = pos.margin // 2
+    v.mark(1, 8_700)
+    v.run()
+    until_adl(v, (8_700,))
+    assert pos.size == -100_000
+    covered = sum(c[2] for c in te_events(v.te[1], (tc.DEFICIT_COVERED,)) if c[1] == V)
+    assert covered == 79 * USDT - released - 30 * USDT
+    assert pos.size * 8_700 * 100 - pos.cost == 0       # the rest's gain paid
