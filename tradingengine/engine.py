@@ -2160,12 +2160,7 @@ class TradingEngine:
             # and the insurance fund paid its funding interval after interval: its margin,
             # at zero, plus its gain stayed above maintenance, so it was never handed off.)
             shortfall = self._funding_from_gains(acct, symbol, shortfall, own or kept)
-        acct.balance += shortfall
-        if acct.balance < 0:
-            shortfall -= acct.balance
-            acct.balance = 0
-        if shortfall:
-            self._cover(acct, shortfall)        # one DeficitCovered for both
+        self._cover_shortfall(acct, shortfall)
         if amount > 0 and acct.orders:
             # the money behind the position went down, its bankruptcy price towards the
             # mark: a closing order now priced beyond it would make the fund pay the rest
@@ -2539,6 +2534,17 @@ class TradingEngine:
             acct.balance = 0
             self._cover(acct, deficit)
 
+    def _cover_shortfall(self, acct: Account, shortfall: int) -> None:
+        """Cover ``shortfall`` (what the account cannot bear of a payment or a loss already
+        taken from its balance: given back to it) and any deficit the balance still shows:
+        one DeficitCovered for both."""
+        acct.balance += shortfall
+        if acct.balance < 0:
+            shortfall -= acct.balance
+            acct.balance = 0
+        if shortfall:
+            self._cover(acct, shortfall)
+
     def _cover(self, acct: Account, deficit: int) -> None:
         """The liquidation account (clearing, with liq_sources) pays ``deficit``, which the
         account's balance has already been given back."""
@@ -2620,13 +2626,8 @@ class TradingEngine:
         self._out.append(_PACK[ADL_APPLIED](ADL_APPLIED, adl_id, account, symbol, closed,
                                               price, realised))
         if closed:
-            if realised < 0:
-                shortfall = self._adl_shortfall(acct, symbol, pos, -realised, released,
-                                                racing)
-                if shortfall:
-                    acct.balance += shortfall
-                    self._cover(acct, shortfall)
-            self._cover_deficit(acct)
+            self._cover_shortfall(acct, self._adl_shortfall(
+                acct, symbol, pos, -realised, released, racing) if realised < 0 else 0)
             self._position_status(acct, symbol)
             self._account_status(acct)
 

@@ -19,7 +19,7 @@ from mq.producer import Producer
 from mq.record import decode
 from mq.sources import OPERATOR_SOURCE
 from tests.process.test_log_processes import producer_args
-from tests.process.test_replicas import commands, feed, read_out, start_replica
+from tests.process.test_replicas import commands, feed, read_out, start_replica, wait_servable
 
 SEED = int(os.environ.get("SEQEX_SEED", "20261122"))
 COUNT = 15_000
@@ -48,11 +48,8 @@ def test_upstream_taken_exactly_once_across_sigkill(tmp_path):
             down.start_sequencer()
             for p in producers:
                 assert p.wait(300) == 0, p.log()
-            # a replay serves committed records only, and a replicator learns the commit point
-            # a moment after the producers' acks: short, the read would name an older last16
-            top = up.stats()["committed"]
-            wait_until(lambda: (ping(up.rep_addrs[0]) or {}).get("streams", {}).get(
-                "in.up", {}).get("commit", 0) >= top, 60, f"in.up committed to {top}")
+            # (read short, the replay would name an older last16)
+            wait_servable(up.rep_addrs[0], "in.up", up.stats()["committed"])
             up.drain()
             last16 = max(r[0] for f in replay(up.rep_addrs[0], "in.up") for r in decode(f)
                          if r[5] == 16)
