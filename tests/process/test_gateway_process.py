@@ -5,6 +5,7 @@ LogonReject(1) at once; a right one reaches the log as a SessionLogon record and
 engine to answer, LogonReject(6); SIGTERM ends the process with status 0."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from deploy.local import LogCluster
 from deploy.procs import free_port
@@ -43,6 +45,34 @@ def logon(port, password):
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     s.sendall(wire.encode(wire.LOGON, 5, 0, 1, 1000, 0, 0, 0, b"alice", password))
     return s
+
+
+def refused_while_sending(port: int):
+    """An asyncio client: a Logon with a wrong password, then up to 1.5 s of Heartbeats without
+    reading, then what it reads. The gateway half-closes after its LogonReject and drops the
+    input; closed with input unread, its socket answered the Heartbeats with a reset, the
+    client's transport failed on its next write and the LogonReject it held was lost."""
+    async def client():
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(wire.encode(wire.LOGON, 5, 0, 1, 1000, 0, 0, 0, b"alice", b"wrong"))
+        try:
+            for i in range(150):
+                w.write(wire.encode(wire.HEARTBEAT, 0, 2 + i, 1) * 4)
+                await w.drain()
+                await asyncio.sleep(0.01)
+        except ConnectionError:
+            pass
+        try:
+            head = await asyncio.wait_for(r.readexactly(4), 30)
+            body = await asyncio.wait_for(
+                r.readexactly(struct.unpack_from("<H", head)[0] - 4), 30)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            return repr(exc)
+        finally:
+            w.close()
+        frame, _ = wire.read_frame(head + body, 0)
+        return frame.template_id, wire.decode(frame).Reason
+    return asyncio.run(client())
 
 
 def start_gateway(cluster: LogCluster, accounts_path, port: int, out_stream: str):
@@ -77,6 +107,10 @@ def test_gateway_process(tmp_path):
             tid, m = recv_frame(s)
             assert (tid, m.Reason) == (wire.LOGON_REJECT, wire.LOGON_REJECT_BAD_CREDENTIALS)
             s.close()
+            # six such clients at once, each still sending after its refusal
+            with ThreadPoolExecutor(6) as pool:
+                got = list(pool.map(refused_while_sending, [port] * 6))
+            assert got == [(wire.LOGON_REJECT, wire.LOGON_REJECT_BAD_CREDENTIALS)] * 6, got
             s = logon(port, b"pw")
             tid, m = recv_frame(s)  # core_timeout_s: nothing answers SessionLogon
             assert (tid, m.Reason) == (wire.LOGON_REJECT, wire.LOGON_REJECT_NOT_OPEN)
