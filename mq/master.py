@@ -784,16 +784,21 @@ class Master:
             _first, _last, frame, acks = self.pending.popleft()
             self.pending_bytes -= len(frame)
             self._publish(frame)
-            for ident, src, nxt, runs in acks:
+            for ident, src, nxt, runs, dups in acks:
                 self.durable_ss[src] = max(self.durable_ss.get(src, 1), nxt)
                 entry = acks_by.get((ident, src))
                 if entry is None:
-                    acks_by[(ident, src)] = [nxt, list(runs)]
+                    entry = acks_by[(ident, src)] = [nxt, list(runs), []]
                 else:   # extended in place: a frame of many batches is not quadratic
                     entry[0] = max(entry[0], nxt)
                     entry[1].extend(runs)
-        for (ident, src), (nxt, runs) in acks_by.items():
-            self._reply(ident, wire.ACK, {"src": src, "next": nxt, "runs": runs})
+                if dups:
+                    entry[2].append(dups)
+        for (ident, src), (nxt, runs, dups) in acks_by.items():
+            body = {"src": src, "next": nxt, "runs": runs}
+            if dups:
+                body["dups"] = dups
+            self._reply(ident, wire.ACK, body)
 
     def _note_commit(self, now: float) -> None:
         """A COMMIT to each replicator that was not told the commit point (at most once in

@@ -47,6 +47,7 @@ from mq.record import MAX_FRAME, FrameError, encode, offset_of, pack, scan_produ
 
 RESEND_MAX_S = 8.0          # the longest wait between two stall probes
 RESULTS_KEPT = 1 << 16      # acknowledged runs remembered for seqs()
+ASK_GIVE_UP_S = 30.0        # asking a master that never answers with dups (an older build)
 
 
 class Refused(ValueError):
@@ -100,6 +101,8 @@ class Producer:
         self.known: list[tuple[int, int, int]] = []   # runs named by ACKs, not yet reported
         self.asking, self.asked_at = 0, 0.0   # a committed source_seq whose seq was asked for
         self.asked_upto = 0   # the end of the outbox when it was asked: what the ask resent
+        self.ask_began = 0.0
+        self.answered: list[tuple[int, int]] = []   # dups the master answered while asked
         self.stats = {"sent_batches": 0, "resent_batches": 0, "refused": 0, "errors": 0,
                       "stall_probes": 0, "blocked_s": 0.0, "unknown_seqs": 0,
                       "seq_queries": 0}
@@ -273,7 +276,7 @@ class Producer:
         if body.get("src") != self.source:
             return
         if kind == wire.ACK:
-            self._on_ack(body["next"], body.get("runs") or [])
+            self._on_ack(body["next"], body.get("runs") or [], body.get("dups") or [])
         elif kind in (wire.WELCOME, wire.REFUSE):
             nxt = body["next"]
             if kind == wire.WELCOME and self.next_ss is None:   # the answer to connect()
@@ -314,17 +317,28 @@ class Producer:
                 self.rewound, self.rewound_at = to, now
             self.progress_at = now
 
-    def _on_ack(self, nxt: int, runs: list) -> None:
+    def _on_ack(self, nxt: int, runs: list, dups: list = ()) -> None:
         """Every source_seq below nxt is committed; runs name the seqs the master knows.
         Report each source_seq once, in order, with its seq. A committed record whose seq no
         ACK named yet (an ACK of later records passed it: the master committed it without
         answering, as a new master does with the tail it adopted) stays unacknowledged here
         and is sent again at once: the master answers the duplicate with its seq. Only when
-        the master, asked, still names none is it reported with None (it forgot)."""
+        the master's answer to the duplicate (its ``dups``) covers a record and names no seq
+        for it is it reported with None (the master forgot)."""
         now = time.monotonic()
         if runs:
             self.known = sorted([r for r in self.known if r[1] > self.reported]
                                 + [tuple(r) for r in runs if r[1] > self.reported])
+        if dups:
+            merged: list[tuple[int, int]] = []
+            for a, b in sorted(self.answered + [(d[0], d[1]) for d in dups]):
+                if b <= self.reported:
+                    continue
+                if merged and a <= merged[-1][1] + 1:   # contiguous answers: one range
+                    merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+                else:
+                    merged.append((a, b))
+            self.answered = merged
         known, i = self.known, 0
         while self.reported + 1 < nxt:
             u = self.reported + 1
@@ -336,18 +350,29 @@ class Producer:
                 a, b, seq = known[i]
                 self._report(u, min(b, nxt - 1), seq + (u - a))
                 continue
+            later = [r[0] - 1 for r in known[i:i + 1]]   # the next run the master named
+            told = [b for a, b in self.answered if a <= u <= b]
+            if told:
+                # The master answered the duplicate of u and named no seq: it forgot them.
+                self._report(u, min([nxt - 1, told[0]] + later), None)
+                continue
             if self.asking == u and now - self.asked_at > self.resend_after_s:
-                # The master was asked (the outbox resent from u) and named no seq for u:
-                # it forgot them. Only the records that the ask resent are reported so;
-                # records queued since (a replayed outbox) are asked for in turn, and the
-                # master names those it remembers. Records never queued here (an earlier
-                # incarnation's) cannot be asked for: they are reported at once, as before.
-                later = [r[0] for r in self.known if r[0] > u]
+                if u <= self.asked_upto and now - self.ask_began < ASK_GIVE_UP_S:
+                    # Asked, and not answered yet (a master behind on its input, or an ask
+                    # lost to a failover): ask again. Answered or not, the seqs stay exact:
+                    # only a master's own answer reports a record as None.
+                    self.asked_at = now
+                    self.sent_upto = min(self.sent_upto, u - 1)
+                    self.stats["seq_queries"] += 1
+                    break
+                # Records never queued here when asked (an earlier incarnation's, beyond a
+                # replayed outbox) cannot be asked for, nor those a master that names no
+                # dups never answers: reported as None, and only as far as the ask went.
                 upto = [self.asked_upto] if self.asked_upto >= u else []
-                self._report(u, min([nxt - 1] + upto + [a - 1 for a in later]), None)
+                self._report(u, min([nxt - 1] + upto + later), None)
                 continue
             if self.asking != u:
-                self.asking, self.asked_at = u, now
+                self.asking, self.asked_at, self.ask_began = u, now, now
                 self.asked_upto = (self.next_ss or 1) - 1
                 self.sent_upto = min(self.sent_upto, u - 1)   # ask: resend from u
                 self.stats["seq_queries"] += 1

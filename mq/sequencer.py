@@ -331,9 +331,15 @@ class SequencerCore(Master):
             durable = self.durable_ss.get(src, 1)
             key = (ident, src)
             prior = coalesced.get(key)
-            runs = prior[1]["runs"] if prior and prior[0] == wire.ACK else []
-            runs.extend(self.recent[src].known(ss_first, min(ss_last, durable - 1)))
-            coalesced[key] = (wire.ACK, {"src": src, "next": durable, "runs": runs})
+            body = prior[1] if prior and prior[0] == wire.ACK else {"runs": [], "dups": []}
+            body.update(src=src, next=durable)
+            hi = min(ss_last, durable - 1)
+            body["runs"].extend(self.recent[src].known(ss_first, hi))
+            if ss_first <= hi:
+                # what this answer covers: a source_seq in dups but in no run is one whose
+                # seq this master does not know (the producer reports it as None at once)
+                body["dups"].append([ss_first, hi])
+            coalesced[key] = (wire.ACK, body)
             return b""
         if ss_first > expected or self.busy(unframed):
             # A gap (resend from `next`), or backpressure: nothing of it is sequenced, and
@@ -354,7 +360,7 @@ class SequencerCore(Master):
         self.recent[src].append(expected, ss_last, seq_first)
         runs = self.recent[src].known(ss_first, expected - 1) if skip else []
         runs.append([expected, ss_last, seq_first])
-        acks.append((ident, src, ss_last + 1, runs))
+        acks.append((ident, src, ss_last + 1, runs, [ss_first, expected - 1] if skip else None))
         self.stats["sequenced"] += count - skip
         self.stats["duplicates"] += skip
         return piece

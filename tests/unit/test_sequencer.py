@@ -422,6 +422,29 @@ def test_a_resent_outbox_gets_one_ack_a_turn():
     assert len(acks) == 1 and acks[0]["next"] == 2001
     covered = sum(b - a + 1 for a, b, _s in acks[0]["runs"])
     assert covered == 2000
+    assert acks[0]["dups"] == [[1 + 4 * k, 4 + 4 * k] for k in range(500)]   # what it answers
+
+
+def test_the_answer_to_a_duplicate_says_what_it_covers_known_or_not():
+    """A duplicate whose seqs the master no longer remembers is answered with ``dups`` and
+    no run: the producer reports it as None on that answer, not on a timer. A batch that is
+    partly a duplicate names the duplicate part in its commit's ACK."""
+    from mq import master as master_mod
+    core = Core()
+    recover(core, [state()] * 3)
+    core.sequence_turn([data(1, 1, 4)])
+    ack_all(core)
+    core.recent[1] = master_mod.RecentRuns()   # forgotten (as when older than RECENT_RUNS)
+    core.replies.clear()
+    core.sequence_turn([data(1, 1, 4)])
+    (_i, kind, body), = core.replies
+    assert kind == wire.ACK and body["runs"] == [] and body["dups"] == [[1, 4]]
+    core.replies.clear()
+    core.sequence_turn([data(1, 3, 4)])        # 3..4 again, 5..6 new
+    ack_all(core)
+    acks = [b for _i, kind, b in core.replies if kind == wire.ACK]
+    assert acks[-1]["next"] == 7 and acks[-1]["dups"] == [[3, 4]]
+    assert acks[-1]["runs"][-1][:2] == [5, 6]
 
 
 def test_recent_runs_are_found_without_walking_every_run():
