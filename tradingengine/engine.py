@@ -1118,8 +1118,12 @@ class TradingEngine:
             self._trig_add(o)
             self._er(o, EXEC_NEW)
             return
+        fresh = symbol not in acct.positions
         code = self._risk_and_send(acct, o, spec)
         if code:
+            if fresh:
+                # the position row made for the check goes: a refused order changes nothing
+                acct.positions.pop(symbol, None)
             self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
             return
         self.next_order_id += self.n_shards
@@ -1214,6 +1218,12 @@ class TradingEngine:
                 # of an isolated position (which a cross payment never takes from)
                 return 2045
             if cost > self._spendable(acct):
+                return 2012
+            if pos.mode == ISOLATED and cost >= self._cross_headroom(acct):
+                # filled, the reservation becomes an isolated margin: money that leaves the
+                # cross equity, which must stay above the cross positions' maintenance at
+                # their marks, as for a withdrawal (2024) or AdjustIsolatedMargin (accepted,
+                # the fill left a cross short 4.57 USDT below it, handed off at the mark)
                 return 2012
             if against and pos.mode == CROSS:
                 # an order that closes and opens: what it reserves for the lots it
@@ -1722,6 +1732,9 @@ class TradingEngine:
         if symbol and symbol not in self.specs:
             self._reject_request(CANCEL_ALL, 2004, account, symbol, coid)
             return
+        if side and side != BUY and side != SELL:
+            self._reject_request(CANCEL_ALL, 2005, account, symbol, coid)
+            return
         self._cancel_orders(acct, symbol, side, REASON_MASS_CANCEL)
 
     def _cancel_orders(self, acct: Account, symbol: int, side: int, reason: int,
@@ -1779,6 +1792,14 @@ class TradingEngine:
         acct = self._settings_target(SET_LEVERAGE, account, symbol)
         if acct is None:
             return
+        # a position row made for the request goes again when it is refused: a refused
+        # request changes nothing, the state hash included
+        fresh = symbol not in acct.positions
+        if not self._leverage_set(acct, account, symbol, lev) and fresh:
+            del acct.positions[symbol]
+
+    def _leverage_set(self, acct: Account, account: int, symbol: int, lev: int) -> bool:
+        """SetLeverage's checks and change; False when refused (answered)."""
         spec = self.specs[symbol]
         pos = self._position(acct, symbol)
         mark = self.marks.get(symbol, 0)
@@ -1802,7 +1823,7 @@ class TradingEngine:
         if not X100 <= lev <= spec.max_leverage_x100 or lev > pos.leverage_x100 and (
                 tier is None or lev > tier.max_leverage_x100):
             self._reject_request(SET_LEVERAGE, 2020, account, symbol, lev)
-            return
+            return False
         before = pos.margin
         need = position_margin(pos.size, pos.cost, spec, lev) + pos.extra
         # the symbol's open orders are reserved at the new leverage too (never less than they
@@ -1815,18 +1836,18 @@ class TradingEngine:
         for o in live:
             # an amend in flight holds a reservation for leaves this engine does not know
             # yet: the leverage waits for its answer
-            amending = amending or o.pending == PENDING_AMEND
+            amending = amending or o.amend_qty != 0   # (a cancel may follow it)
             m = self._order_cost(acct, o, o.price, o.leaves) - o.margin
             if m > 0:
                 more.append((o, m))
         pos.leverage_x100 = old_lev
         if amending:
             self._reject_request(SET_LEVERAGE, 2017, account, symbol, lev)
-            return
+            return False
         grow = (need - before if need > before else 0) + sum(m for _o, m in more)
         if pos.mode == ISOLATED and grow and self.sweeps and self._funding_owed(account):
             self._reject_request(SET_LEVERAGE, 2045, account, symbol, lev)
-            return
+            return False
         # (an isolated margin that grows takes money out of the cross equity, which must stay
         # above the cross positions' maintenance, as for AdjustIsolatedMargin: lowering an
         # isolated leverage left a cross short 2.54 USDT below it, handed off at the mark)
@@ -1836,13 +1857,13 @@ class TradingEngine:
                 and (not self._isolated_safe(pos, spec, need)
                      or self._strands_isolated(acct, symbol, pos, need)):
             self._reject_request(SET_LEVERAGE, 2021, account, symbol, lev)
-            return
+            return False
         # what leaves the cross balance: the orders' larger reservations, and an isolated
         # position's larger margin (a cross position's margin is the cross balance's still)
         held = grow if pos.mode == ISOLATED else sum(m for _o, m in more)
         if self._strands_cross_closes(acct, held):
             self._reject_request(SET_LEVERAGE, 2044, account, symbol, lev)
-            return
+            return False
         pos.leverage_x100 = lev
         for o, m in more:
             o.margin += m
@@ -1850,6 +1871,7 @@ class TradingEngine:
         self._set_margin(acct, pos, spec)
         self._position_status(acct, symbol)
         self._account_status(acct)
+        return True
 
     def _set_margin_mode(self, payload: bytes) -> None:
         account, symbol, mode = SET_MARGIN_MODE_S.unpack(payload)
@@ -1859,8 +1881,11 @@ class TradingEngine:
         if mode not in (CROSS, ISOLATED):
             self._reject_request(SET_MARGIN_MODE, 2001, account, symbol, mode)
             return
+        fresh = symbol not in acct.positions
         pos = self._position(acct, symbol)
         if pos.size or any(o.symbol == symbol for o in acct.orders.values()):
+            if fresh:
+                del acct.positions[symbol]   # a refused request changes nothing
             self._reject_request(SET_MARGIN_MODE, 2022, account, symbol, mode)
             return
         pos.mode = mode
@@ -2260,8 +2285,11 @@ class TradingEngine:
                     continue      # (and the account's other orders fired here with it)
             self._er(o, EXEC_TRIGGERED, 0, 0, 0, 0, 0, STATUS_NEW)
             # checked as a new order: still conditional, so its own leaves are not counted
+            fresh = symbol not in acct.positions
             code = self._risk_and_send(acct, o, self.specs[symbol])
             if code:
+                if fresh:
+                    acct.positions.pop(symbol, None)   # made for the check
                 self._drop(acct, o)
                 self._er(o, EXEC_REJECTED, 0, 0, 0, code, 0, STATUS_REJECTED)
             else:
@@ -2998,9 +3026,13 @@ class TradingEngine:
             if qty > o.leaves:
                 raise EngineHalted(f"order {o.order_id} filled {qty} with {o.leaves} left")
             release = o.margin if qty == o.leaves else o.margin * qty // o.leaves
-            if o.pending == PENDING_AMEND and release:
+            if o.amend_qty and release:
                 # o.margin holds the amend's reservation for leaves not known here yet: the
-                # lots filled release no more than they cost (the answer fits the rest)
+                # lots filled release no more than they cost (the answer fits the rest). A
+                # cancel sent behind the amend changes nothing: the amend is still in flight
+                # (keyed on the pending state, a fill then released the amend's reservation
+                # in proportion to the old leaves, it was withdrawn, and the amended leaves
+                # filled on nothing: the fund paid 1.57 USDT)
                 own = self._order_cost(acct, o, o.price, qty)
                 if own < release:
                     release = own
@@ -3035,11 +3067,13 @@ class TradingEngine:
         if opened:
             if pos.mode == ISOLATED:
                 self._isolated_opened(acct, pos, spec, signed > 0, price, opened, margin_before)
-            mark = self.marks.get(symbol) if maker else None
+            mark = self.marks.get(symbol)
             if mark is not None and ((price > mark) if signed > 0 else (price < mark)):
-                # a resting order the mark ran past opened at a loss against it (a taker's
-                # loss against the mark was reserved when it was entered, a record ago): the
-                # account is checked against maintenance when the record's fills are booked
+                # a resting order the mark ran past opened at a loss against it: the account
+                # is checked against maintenance when the record's fills are booked. A taker
+                # too: its loss was reserved against the mark of its entry, and a mark that
+                # came between its entry and its fill left it below maintenance until the
+                # symbol's next mark (equity -4.1 USDT, no handoff)
                 self._to_check[(acct.account_id, symbol)] = None
         if before and (after < before if before > 0 else after > before):
             self._refit_reducing(acct, symbol, SELL if before > 0 else BUY)
