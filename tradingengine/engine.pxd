@@ -10,7 +10,7 @@ cdef class Order:
 cdef class Session:
     cdef public object user, session_id, conn_id, bound, default_account, accounts
     cdef public object cod_mode, cod_timeout_ms, next_expected, next_seq, cod_deadline
-    cdef public object cod_cursor
+    cdef public object cod_cursor, held
     cdef public dict clordids, done, finished
 
 cdef class Position:
@@ -38,6 +38,7 @@ cdef class TradingEngine:
     cdef public object route, _ctx, _exec_n, duplicates_dropped, _audit_next
     cdef public object ce_sources, oracle_sources, gateway_sources, liq_sources, stp
     cdef public dict sessions, finalized, cod, user_sessions, _session_handlers, done_sess
+    cdef public dict held
     cdef public dict _ce_src, _liq_src, _oracle_src, _gateway_src
     cdef public dict _liq_long, _liq_short, _liq_keys, _liq_always, _liq_rate, _trig_index
     # the per-event helpers, C calls from the compiled engine (a def method is an attribute

@@ -109,6 +109,7 @@ if __name__ == "tradingengine.engine" and not _COMPILED:
 
 OWED_ALL, OWED_CROSS, OWED_OWN = 0, 1, 2   # _funding_owed: which part of what is owed
 SELF_TRADE_MODES = (0, 1, 2, 3)   # the CrossEngine's STP modes this engine sends
+LOGON_HOLD_NS = 2_000_000_000   # the longest a resume's SessionState waits for answers (§9)
 SNAPSHOT_VERSION = 10         # 10 with liq_sources configured; 9 without
 SNAPSHOT_VERSION_NO_LIQ = 9
 # 9 / 10: a session keeps its finished orders (a cancel of one is "too late", not "unknown").
@@ -361,7 +362,7 @@ class Session:
     cancel-on-disconnect settings, and the ClOrdIDs it has used."""
     __slots__ = ("user", "session_id", "conn_id", "bound", "default_account", "accounts",
                  "cod_mode", "cod_timeout_ms", "next_expected", "next_seq", "cod_deadline",
-                 "cod_cursor", "clordids", "done", "finished")
+                 "cod_cursor", "clordids", "done", "finished", "held")
 
     def __init__(self, user: int, session_id: int) -> None:
         self.user = user
@@ -382,20 +383,28 @@ class Session:
         self.done: dict[int, tuple] = {}
         # a ClOrdID -> the last of done to finish with it (derived from done)
         self.finished: dict[int, int] = {}
+        # a resume's SessionState held until its orders in flight are answered (§9):
+        # [conn_id, status, ts_ns held from], or None
+        self.held = None
 
     def row(self) -> list:
-        return [self.user, self.session_id, self.conn_id, self.bound, self.default_account,
-                list(self.accounts), self.cod_mode, self.cod_timeout_ms,
-                # 2^64 (after SeqNo 2^64 - 1) does not fit msgpack: 0, which is never a value
-                self.next_expected if self.next_expected <= _U64_MAX else 0, self.next_seq,
-                self.cod_deadline, self.cod_cursor, sorted(self.clordids),
-                [[i, *d] for i, d in self.done.items()]]     # in the order they finished
+        row = [self.user, self.session_id, self.conn_id, self.bound, self.default_account,
+               list(self.accounts), self.cod_mode, self.cod_timeout_ms,
+               # 2^64 (after SeqNo 2^64 - 1) does not fit msgpack: 0, which is never a value
+               self.next_expected if self.next_expected <= _U64_MAX else 0, self.next_seq,
+               self.cod_deadline, self.cod_cursor, sorted(self.clordids),
+               [[i, *d] for i, d in self.done.items()]]     # in the order they finished
+        if self.held is not None:
+            row.append(list(self.held))   # (absent otherwise: older snapshots read the same)
+        return row
 
     @classmethod
     def from_row(cls, row: list) -> Session:
         s = cls(row[0], row[1])
         (s.conn_id, s.bound, s.default_account, s.accounts, s.cod_mode, s.cod_timeout_ms,
-         s.next_expected, s.next_seq, s.cod_deadline, s.cod_cursor, clordids, done) = row[2:]
+         s.next_expected, s.next_seq, s.cod_deadline, s.cod_cursor, clordids, done) = row[2:14]
+        if len(row) > 14:
+            s.held = list(row[14])
         s.accounts = list(s.accounts)
         s.clordids = dict.fromkeys(clordids)
         for order_id, coid, status, symbol, side, account in done:
@@ -615,6 +624,7 @@ class TradingEngine:
         self.done_sess: dict[int, tuple[int, int]] = {}   # a finished order's session (derived)
         self.user_sessions: dict[int, int] = {}   # user -> open sessions (derived)
         self.cod: dict[tuple[int, int], int] = {}
+        self.held: dict[tuple[int, int], None] = {}   # sessions whose SessionState is held
         # replaces in flight by the session whose key each will give (derived: the entries of
         # every account's `replacing`), so that a new order's ClOrdID check looks through the
         # session's accounts only while one of them has a replace in flight
@@ -770,6 +780,8 @@ class TradingEngine:
         self._cmd_steps = 0
         if self.sweeps:
             self._run_sweeps()
+        if self.held and (kind == KIND_TICK or kind == CE_EVENTS or source in self._ce_src):
+            self._release_held()
         return b"".join(out)
 
     @staticmethod
@@ -3396,7 +3408,51 @@ class TradingEngine:
             sess.cod_deadline = sess.cod_cursor = 0
             del self.cod[key]
             self._reset_timer()
+        if sess.held is not None:
+            sess.held = None           # an earlier connection's logon, never answered
+            del self.held[key]
+        if status == SESSION_RESUMED and self._awaiting(key, sess):
+            # PROTOCOL.md §4: what LogonAck counts as applied has its answer in the replay.
+            # An order the session entered is applied when it is sequenced here, but its
+            # ExecutionReport New (a cancel's Canceled, a replace's Replaced) comes with the
+            # CrossEngine's answer: the SessionState, which the LogonAck and the replay's end
+            # come from, waits for those answers (at most LOGON_HOLD_NS)
+            sess.held = [conn_id, status, self.ts_ns]
+            self.held[key] = None
+            return
         self._session_state(key, conn_id, sess, status)
+
+    def _awaiting(self, key: tuple, sess) -> bool:
+        """Whether an order of the session's accounts waits for the CrossEngine's answer to
+        a request of the session: a new order's, a cancel's or a replace's."""
+        o: Order
+        for a in sess.accounts:
+            acct = self.accounts.get(a)
+            if acct is None:
+                continue
+            for o in acct.orders.values():
+                if o.sess == key and o.state == PENDING_NEW \
+                        or o.cxl is not None and o.cxl[1] == key \
+                        or o.rpl is not None and o.rpl[1] == key:
+                    return True
+        return False
+
+    def _release_held(self) -> None:
+        """Send each held SessionState whose session's requests are all answered, or that
+        waited LOGON_HOLD_NS (a CrossEngine that does not answer); drop the ones whose
+        connection has gone."""
+        for key in sorted(self.held):
+            sess = self.sessions.get(key)
+            if sess is None or sess.held is None:
+                del self.held[key]
+                continue
+            conn_id, status, since = sess.held
+            gone = not sess.bound or sess.conn_id != conn_id
+            if gone or self.ts_ns - since >= LOGON_HOLD_NS or not self._awaiting(key, sess):
+                sess.held = None
+                del self.held[key]
+                if not gone:
+                    self._session_state(key, conn_id, sess, status)
 
     def _session_end(self, payload: bytes) -> None:
         if len(payload) != SESSION_END_S.size:
@@ -3411,6 +3467,9 @@ class TradingEngine:
             return
         if sess.bound and sess.conn_id == conn_id:
             sess.bound = False
+            if sess.held is not None:      # its logon, held, has no connection to answer
+                sess.held = None
+                del self.held[key]
             self._arm_cod(key, sess, END_LOGOUT if reason == END_FINALIZE else reason)
         if reason == END_FINALIZE:
             self._finalize(key, sess)
@@ -3462,6 +3521,9 @@ class TradingEngine:
         now: no Logon can come back to disarm it. While its cancels outrun one record's output
         budget, the session stays (unbound, finalized: it takes no message and sends none) and
         its timer, due at once, goes on at the next record; it is dropped when they are done."""
+        if sess.held is not None:          # a logon held: answered by the finalization
+            sess.held = None
+            del self.held[key]
         self._session_state(key, sess.conn_id, sess, SESSION_FINALIZED)
         self._expire_finalized()
         self.finalized[key] = self.ts_ns
@@ -3932,6 +3994,8 @@ class TradingEngine:
             eng.user_sessions[sess.user] = eng.user_sessions.get(sess.user, 0) + 1
             if sess.cod_deadline:
                 eng.cod[key] = sess.cod_deadline
+            if sess.held is not None:
+                eng.held[key] = None
         for u, s, ts in finalized:
             eng.finalized[(u, s)] = ts
         eng.seq, eng.ts_ns, eng.next_order_id = seq, ts_ns, next_order_id
