@@ -217,12 +217,31 @@ def cmd_produce(a: argparse.Namespace) -> int:
     --batch go out as fast as the --window of unacknowledged records allows."""
     import struct
 
-    from mq.producer import Producer
+    from deploy.client import _Producer
+    from mq.control import ping
     prefix = struct.Struct(SRC_PAYLOAD)
+    # A server that wants CURVE keys this process lacks never completes the handshake, and
+    # a producer's first HELLO would wait for it forever: ask it a PING first, as `ping` does.
+    if ping(a.sequencer, a.timeout) is None:
+        raise _silent(a.sequencer, "PING", a.timeout)
     # --resend-from: a producer restarted with a persisted outbox resends it unchanged
     # from that number; the sequencer drops what it already holds.
-    prod = Producer(a.source, a.sequencer, max_inflight=a.window, next_ss=a.resend_from)
-    prod.connect(a.timeout)
+    prod = _Producer(a.source, a.sequencer, max_inflight=a.window, next_ss=a.resend_from)
+    try:
+        return _produce(a, prod, prefix)
+    finally:
+        prod.close()
+
+
+def _produce(a: argparse.Namespace, prod, prefix) -> int:
+    try:
+        prod.connect(a.timeout)
+    except TimeoutError:
+        raise _silent(a.sequencer, "HELLO (no WELCOME)", a.timeout) from None
+    if prod.errors:   # the sequencer refused the source: its reason, not a silence
+        err = prod.errors[0]
+        raise UsageError(f"the sequencer at {a.sequencer} refused source {a.source}: "
+                         f"{err.get('error') or err}")
     acks = open(a.acks, "a") if a.acks else None
     pad = b"\0" * max(0, a.payload_bytes - prefix.size)
     first_ss = prod.next_ss

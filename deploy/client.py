@@ -44,6 +44,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+import zmq
+
 from crossengine import codec
 from deploy import decode
 from deploy.supervisor import read_state
@@ -214,6 +216,16 @@ class _Producer(Producer):
                 self.errors.append(body)
             return
         super()._on_message(msg)
+
+    def _hello(self) -> None:
+        # Never block: to a server whose CURVE handshake fails (other keys, or none) the
+        # socket has no peer, and a blocking send would wait forever, past any timeout.
+        self.hello_at = time.monotonic()
+        try:
+            self.sock.send_multipart([wire.HELLO, wire.pack({"src": self.source})],
+                                     zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def connect(self, timeout_s: float = 30.0, clash_grace_s: float = 2.0) -> None:
         """As Producer.connect, but a refusal ends it. A source clash is retried for

@@ -342,3 +342,67 @@ def test_rebuild_takes_the_engine_the_replicas_of_the_stream_run():
     assert cli._stream_engine(None, "in.te.1") == "tradingengine"
     assert cli._stream_engine(topo, "in.ce.BTCUSDT") == "crossengine"
     assert cli._stream_engine(topo, "in.other") is None
+
+
+def _main_within(argv: list[str], seconds: float) -> int:
+    """cli.main(argv) in a thread; fails the test when it has not returned in `seconds` (a
+    hang would otherwise hang the suite)."""
+    import threading
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(cli.main(argv)), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert result, f"seqex {argv} still runs after {seconds} s"
+    return result[0]
+
+
+def test_produce_to_a_server_that_never_completes_the_handshake_stops_at_timeout(capsys):
+    """A sequencer that wants CURVE keys this tool lacks never completes the ZeroMQ handshake
+    (here: a TCP listener that says nothing). `produce` hung for good in its first HELLO;
+    it must fail after --timeout with one line, as `ping` does."""
+    import socket
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        addr = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        code = _main_within(["--insecure", "produce", "--sequencer", addr, "--source", "5",
+                             "--count", "1", "--timeout", "1"], 15)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"seqex produce: {addr} did not answer") and "CURVE keys" in err
+
+
+def test_produce_says_the_sequencer_refused_its_source(capsys):
+    """A sequencer that refuses the source (not registered to this key) answers HELLO with
+    an ERROR: `produce` printed 'no WELCOME' after its timeout; it must give the reason."""
+    import threading
+
+    import zmq
+
+    from mq import auth, wire
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            if not router.poll(50):
+                continue
+            ident, kind, _body = router.recv_multipart()
+            if kind == wire.PING:
+                router.send_multipart([ident, wire.PONG, wire.pack({"role": "sequencer"})])
+            elif kind == wire.HELLO:
+                router.send_multipart([ident, wire.ERROR, wire.pack(auth.refused_body(
+                    "source_not_registered", "in.demo: source 5"))])
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        code = _main_within(["--insecure", "produce", "--sequencer", f"tcp://127.0.0.1:{port}",
+                             "--source", "5", "--count", "1", "--timeout", "3"], 15)
+    finally:
+        stop.set()
+        server.join()
+        router.close(0)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "refused source 5" in err and "source_not_registered" in err, err
