@@ -192,8 +192,18 @@ def cmd_account(a: argparse.Namespace) -> int:
         raise UsageError(f"account {a.args[0]!r}: a number in 1 .. 2**32-1")
     amount = trading.minor_units(a.args[1])
     topo, _pid = read_state(a.data)
-    out = trading.transfer(a.data, topo, account, amount, withdraw=a.op == "withdraw",
-                           transfer_id=a.transfer_id, timeout_s=a.timeout)
+    # The id is chosen here, so that an interrupted transfer can name it: the retry with it
+    # is safe (the engine applies one transfer id once), a retry with a new one is not.
+    tid = a.transfer_id if a.transfer_id is not None else time.time_ns() // 1000
+    try:
+        out = trading.transfer(a.data, topo, account, amount, withdraw=a.op == "withdraw",
+                               transfer_id=tid, timeout_s=a.timeout)
+    except KeyboardInterrupt:
+        print(f"seqex account {a.op}: interrupted: the {a.op} of {a.args[1]} USDT to account "
+              f"{account} (transfer id {tid}) may have been sent; its outcome is unknown. "
+              f"`seqex account {a.op} {account} {a.args[1]} --transfer-id {tid}` again is "
+              "safe: the same transfer id never moves money twice", file=sys.stderr)
+        return 130
     print(out.line())
     return 0 if out.applied or out.repeat else 2   # refused: docs/operations.md, exit statuses
 

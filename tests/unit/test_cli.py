@@ -406,3 +406,24 @@ def test_produce_says_the_sequencer_refused_its_source(capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "refused source 5" in err and "source_not_registered" in err, err
+
+
+@pytest.mark.parametrize("op", ["deposit", "withdraw"])
+def test_an_interrupted_transfer_names_its_id_and_the_safe_retry(monkeypatch, capsys, op):
+    """Ctrl-C while a transfer waits for its outcome: it may be applied already. The command
+    printed nothing (status 130) and its default id came from the clock, so no retry was
+    safe. It must name the transfer id and the retry with it (idempotent)."""
+    from deploy import supervisor, trading
+    monkeypatch.setattr(supervisor, "read_state", lambda data: (object(), None))
+    sent: list[int] = []
+
+    def interrupted(_data, _topo, _account, _amount, withdraw=False, transfer_id=None,
+                    timeout_s=15.0):
+        sent.append(transfer_id)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trading, "transfer", interrupted)
+    assert cli.main(["--insecure", "account", op, "2", "100"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and sent and sent[0] is not None, err
+    assert f"transfer id {sent[0]}" in err and "outcome is unknown" in err
+    assert f"`seqex account {op} 2 100 --transfer-id {sent[0]}` again is safe" in err
