@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -79,8 +80,11 @@ def register(sub) -> None:
 
 def _price(words: list[str], what: str) -> str | None:
     """[] -> None (market); ["@", "100"], ["100"], ["@100"] -> "100"."""
-    text = " ".join(words).replace("@", " ").split()
+    joined = " ".join(words)
+    text = joined.replace("@", " ").split()
     if not text:
+        if "@" in joined:   # `buy BTCUSDT 0.01 @`: a price was meant, not a market order
+            raise TraderError(f"{what}: expected PRICE after @")
         return None
     if len(text) > 1:
         raise TraderError(f"{what}: expected QTY [@ PRICE], got extra words {' '.join(text[1:])!r}")
@@ -192,11 +196,27 @@ def run(a: argparse.Namespace) -> int:
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     base = os.path.join(state_dir, a.user)
     lock = _lock(base + ".lock")
+    sent: dict = {}   # the request this invocation sent, once it is in the session's outbox
     try:
         import asyncio
-        return asyncio.run(_session(a, action, host, port, instruments, base, password))
+        return asyncio.run(_session(a, action, host, port, instruments, base, password, sent))
+    except KeyboardInterrupt:
+        print(f"seqex client: interrupted: {_interrupted(a, action, sent)}", file=sys.stderr)
+        return 130
     finally:
         os.close(lock)
+
+
+def _interrupted(a: argparse.Namespace, action: dict, sent: dict) -> str:
+    """What an interrupted invocation leaves behind, and how to look at it."""
+    if "cl_ord_id" not in sent:
+        return "nothing was sent"
+    what = f"{a.action} {action.get('symbol') or 'all symbols'}"
+    if "qty" in action:
+        what += f" {action['qty']}" + (f" @ {action['price']}" if action["price"] else "")
+    return (f"{what} [order {sent['cl_ord_id']}] (its ClOrdID) was sent; its outcome is "
+            f"unknown. It stays in the session: `seqex client --user {a.user} watch` shows its "
+            "reports; do not send it again before you have looked")
 
 
 def _orders(base: str) -> dict:
@@ -218,7 +238,7 @@ def _save_orders(base: str, orders: dict) -> None:
 
 
 async def _session(a, action: dict, host: str, port: int, instruments: dict, base: str,
-                   password: str) -> int:
+                   password: str, sent: dict | None = None) -> int:
     from gateway import client as sdk
     try:
         c = sdk.Client(host, port, a.user, password, base + ".session.json", instruments,
@@ -272,6 +292,8 @@ async def _session(a, action: dict, host: str, port: int, instruments: dict, bas
                 mine = await c.cancel(action["symbol"], action["order"], side)
         elif act == "cancel-all":
             mine = await c.mass_cancel(action["symbol"])
+        if mine is not None and sent is not None:
+            sent["cl_ord_id"] = mine
         return await _print_reports(a, c, mine)
     except ValueError as exc:   # a quantity or price off the contract's grid
         raise TraderError(str(exc)) from None

@@ -272,3 +272,30 @@ def test_a_gateway_not_open_yet_is_waited_for(gateway, tmp_path, capsys):
     assert "the gateway is not open" in err and len(err.strip().splitlines()) == 1, err
     assert time.monotonic() - started >= 1
 
+
+
+def test_a_dangling_at_is_refused_not_sent_as_a_market_order(gateway, tmp_path, capsys):
+    """`buy BTCUSDT 0.01 @` meant a price; it went out as a market order. Refused now."""
+    srv, gw = gateway
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "0.01", "@") == 2
+    err = capsys.readouterr().err
+    assert err == ("seqex client: buy SYMBOL QTY [@ PRICE]: expected PRICE after @\n")
+    assert srv.received == []
+
+
+def test_an_interrupted_order_names_its_clordid_and_how_to_look(gateway, tmp_path, capsys,
+                                                                monkeypatch):
+    """Ctrl-C after the order left: the command printed nothing (status 130), though the
+    order may trade. It must say which order was sent and how to see its outcome."""
+    from deploy import trader
+    _srv, gw = gateway
+
+    async def interrupted(*_a):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trader, "_print_reports", interrupted)
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "0.010", "@", "50000") == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("seqex client: interrupted: buy BTCUSDT 0.010 @ 50000 [order 1] "
+                          "(its ClOrdID) was sent; its outcome is unknown"), err
+    assert "`seqex client --user alice watch` shows its reports" in err
