@@ -453,7 +453,11 @@ def _furthest(topo, stream: str, first_seq: int, count) -> tuple[int, dict]:
 
 def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         before_s: float = 2.0, after_s: float = 2.0, freeze_s: float = 5.0,
-        frozen_after_s: float = 3.0, timeout_s: float = 120.0, full_s: float = 3.0) -> dict:
+        frozen_after_s: float = 3.0, timeout_s: float = 120.0, full_s: float = 3.0,
+        done: list[str] | None = None) -> dict:
+    """The drill; ``done`` (when given) collects, as it happens, what was done to the
+    cluster, for the line an interrupted drill prints (cmd_drill)."""
+    done = [] if done is None else done
     from deploy.supervisor import probe, read_state
     if name not in DRILLS:
         raise DrillError(f"no drill {name!r} (drills: {', '.join(DRILLS)})")
@@ -567,6 +571,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         load.strike = strike
     if name == "freeze":
         os.kill(pid, signal.SIGSTOP)
+        done.append(f"{target} (pid {pid}) frozen (SIGSTOP)")
         report["action"] = f"SIGSTOP for {freeze_s:g} s, then SIGCONT"
     elif name == "disk-full":
         # a tmpfs cannot shrink below what it holds: under load the replicator may write more
@@ -574,6 +579,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         for attempt in range(6):
             try:
                 _remount(disk, _tmpfs_used(disk) + (FULL_SLACK << attempt))
+                done.append(f"{target}'s data directory {disk} made full")
                 break
             except DrillError:
                 if attempt == 5:
@@ -583,6 +589,8 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     else:
         for p in targets:
             os.kill(pids[p.name], signal.SIGKILL)
+            done.append(f"{p.name} (pid {pids[p.name]}) killed (SIGKILL; its supervisor "
+                        "restarts it)")
         report["action"] = "SIGKILL"
     report["at_unix"] = round(strike_wall, 6)
     report["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(strike_wall)) + \
@@ -612,6 +620,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                 if not continued and (detected is not None and now - strike - detected >=
                                       full_s or now - strike >= timeout_s / 2):
                     _remount(disk, disk_size)
+                    done.append(f"{disk} given back its size ({disk_size >> 20} MiB)")
                     continued = True
                 if continued and st and not st.get("disk_full") and _caught_up(topo, spec):
                     recovered = time.monotonic() - strike
@@ -619,6 +628,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
             elif name == "freeze":
                 if not continued and now - strike >= freeze_s:
                     os.kill(pid, signal.SIGCONT)
+                    done.append(f"{target} resumed (SIGCONT)")
                     continued = True
                     thawed = time.monotonic()
                 # a gateway is back when it answers an order sent after the strike, not when
@@ -678,8 +688,10 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
     finally:
         if name == "freeze" and not continued:
             os.kill(pid, signal.SIGCONT)
+            done.append(f"{target} resumed (SIGCONT)")
         if name == "disk-full" and not continued:
             _remount(disk, disk_size)
+            done.append(f"{disk} given back its size ({disk_size >> 20} MiB)")
     if name not in ("freeze", "disk-full"):
         report["new_pid"] = new_pids.get(targets[0].name)
         report["new_pids"] = new_pids
@@ -969,16 +981,23 @@ def record_outcome(data_dir: str, r: dict) -> None:
 
 
 def cmd_drill(a: argparse.Namespace) -> int:
+    done: list[str] = []   # what the drill did to the cluster, as it happened
     try:
         if a.name == "kill-gateway":
             report = run_gateway(a.data, a.target, a.rate, a.before, a.after, a.frozen_after,
-                                 a.timeout)
+                                 a.timeout, done=done)
         else:
             report = run(a.data, a.name, a.target, a.rate, a.before, a.after, a.freeze_s,
-                         a.frozen_after, a.timeout, a.full_s)
+                         a.frozen_after, a.timeout, a.full_s, done=done)
     except DrillError as exc:
         print(f"seqex drill: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        what = "; ".join(done) if done else "nothing was done to the target yet"
+        print(f"seqex drill: interrupted ({a.name}): {what}; the drill's load stopped, its "
+              "orders may rest in the book; no report. `seqex status` shows the cluster",
+              file=sys.stderr)
+        return 130
     record_outcome(a.data, report)
     text = describe_gateway(report) if a.name == "kill-gateway" else describe(report)
     print(json.dumps(report, indent=1) if a.json else text, flush=True)
@@ -1494,9 +1513,11 @@ def count_hop(topo, out_stream: str, out_start: int, out_end: int, bit: int, in_
 
 def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
                 before_s: float = 2.0, after_s: float = 2.0, frozen_after_s: float = 3.0,
-                timeout_s: float = 120.0) -> dict:
+                timeout_s: float = 120.0, done: list[str] | None = None) -> dict:
     """``kill-gateway``: SIGKILL of a gateway (default ``gateway0``) under a load through it;
-    the supervisor restarts it and the clients resume their sessions (docs/operations.md)."""
+    the supervisor restarts it and the clients resume their sessions (docs/operations.md).
+    ``done``: as run()'s."""
+    done = [] if done is None else done
     from deploy.supervisor import read_state
     topo, supervisor = read_state(data_dir)
     t = topo.trading or {}
@@ -1524,6 +1545,7 @@ def run_gateway(data_dir: str, target: str | None = None, rate: int = 200,
     strike_wall, strike = time.time(), time.monotonic()
     load.strike = strike
     os.kill(pid, signal.SIGKILL)
+    done.append(f"{target} (pid {pid}) killed (SIGKILL; its supervisor restarts it)")
     report["action"] = "SIGKILL"
     report["at_unix"] = round(strike_wall, 6)
     report["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(strike_wall)) + \

@@ -427,3 +427,19 @@ def test_an_interrupted_transfer_names_its_id_and_the_safe_retry(monkeypatch, ca
     assert err.count("\n") == 1 and sent and sent[0] is not None, err
     assert f"transfer id {sent[0]}" in err and "outcome is unknown" in err
     assert f"`seqex account {op} 2 100 --transfer-id {sent[0]}` again is safe" in err
+
+
+def test_an_interrupted_drill_says_what_it_did_to_the_cluster(monkeypatch, capsys):
+    """Ctrl-C mid-drill printed nothing (status 130): the operator could not tell whether the
+    frozen process was resumed. It must say what was done, undone included."""
+    from deploy import drill
+
+    def interrupted(*_a, done, **_kw):
+        done += ["ce.BTCUSDT.hot1 (pid 42) frozen (SIGSTOP)", "ce.BTCUSDT.hot1 resumed (SIGCONT)"]
+        raise KeyboardInterrupt
+    monkeypatch.setattr(drill, "run", interrupted)
+    assert cli.main(["--insecure", "drill", "freeze"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("seqex drill: interrupted (freeze): ce.BTCUSDT.hot1 (pid 42) frozen "
+                          "(SIGSTOP); ce.BTCUSDT.hot1 resumed (SIGCONT)"), err
