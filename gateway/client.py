@@ -816,7 +816,11 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
 
 
 REJECT_WORDS = {0: "exchange option", 1: "unknown symbol", 2: "exchange closed",
-                3: "exceeds a limit (margin or risk)", 5: "unknown order",
+                # 3 stands for many engine codes (docs/gateway.md): the band, margin, risk
+                # limits, a full book; the ExecutionReport carries no more, so say them all
+                3: "exceeds a limit: price outside the band around the mark, margin, a risk "
+                   "limit, or the book or account full; the reject does not say which",
+                5: "unknown order",
                 6: "duplicate order id", 11: "unsupported", 13: "incorrect quantity",
                 18: "price not on the tick", 99: "other"}
 CANCEL_WORDS = {0: "on request", 1: "mass cancel", 2: "cancel on disconnect",

@@ -435,8 +435,11 @@ def test_an_unfillable_fill_or_kill_reads_as_killed_not_as_a_margin_limit():
         "alice: BTCUSDT buy 0.001 @ 40000.00 [order 5] expired (IOC/FOK: not filled at once), "
         "0 filled")
     rej = sdk.ExecutionReport(exec_type="rejected", ord_status="rejected", **base)
-    assert sdk.describe("alice", rej, inst).endswith("rejected (exceeds a limit (margin or "
-                                                     "risk))")
+    # OrdRejReason 3 is the price band as much as margin (the engine's 2011 and 2012): the
+    # words said only 'margin or risk', so a post-only order outside the band read as margin
+    assert sdk.describe("alice", rej, inst).endswith(
+        "rejected (exceeds a limit: price outside the band around the mark, margin, a risk "
+        "limit, or the book or account full; the reject does not say which)")
 
 
 def test_a_cancel_reject_names_the_order_and_says_why_it_is_too_late():
