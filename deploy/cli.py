@@ -472,7 +472,20 @@ def _resume_point(path: str, from_seq: int = 1) -> int:
 
 
 def cmd_up(a: argparse.Namespace) -> int:
-    from deploy import keys, topology
+    from deploy import topology
+    topo = topology.load(a.topology, a.data, a.base_port)
+    # `seqex up | head -2`: the reader going away must not take the cluster down. The
+    # supervisor's lines go on into its log file instead.
+    stdout = sys.stdout
+    sys.stdout = _StdoutOrLog(stdout, os.path.join(topo.data_dir, "logs", "seqex-up.log"))
+    try:
+        return _up(a, topo)
+    finally:
+        sys.stdout = stdout
+
+
+def _up(a: argparse.Namespace, topo) -> int:
+    from deploy import keys
     from deploy.supervisor import (
         LOCK_FILE,
         Supervisor,
@@ -482,7 +495,6 @@ def cmd_up(a: argparse.Namespace) -> int:
         lock_data_dir,
         preflight,
     )
-    topo = topology.load(a.topology, a.data, a.base_port)
     check_host(topo, a.host)      # a mistyped --host leaves nothing behind
     # The lock first: a second `up` (maybe of another topology) must not touch the keys of
     # a cluster running in this data directory.
@@ -518,6 +530,45 @@ def cmd_up(a: argparse.Namespace) -> int:
                title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}",
                after_start=after, lock_fd=lock_fd).up(a.ready_timeout)
     return 0
+
+
+class _StdoutOrLog:
+    """stdout until its reader goes away (EPIPE), then the file at ``path`` (appended,
+    created with its directory): a supervisor keeps supervising when nobody reads it."""
+
+    def __init__(self, out, path: str):
+        self.out, self.path, self.file = out, path, None
+
+    def write(self, text: str) -> int:
+        if self.file is None:
+            try:
+                return self.out.write(text)
+            except BrokenPipeError:
+                self._switch()
+        self.file.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.file is None:
+            try:
+                self.out.flush()
+                return
+            except BrokenPipeError:
+                self._switch()
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return self.file is None and self.out.isatty()
+
+    def _switch(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.file = open(self.path, "a", buffering=1)
+        self.file.write(f"seqex up: its standard output was closed at "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; "
+                        "its lines go on here\n")
+        # what is left in the pipe's buffer, and Python's last flush at exit, go nowhere
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
 
 
 def cmd_down(a: argparse.Namespace) -> int:

@@ -443,3 +443,28 @@ def test_an_interrupted_drill_says_what_it_did_to_the_cluster(monkeypatch, capsy
     assert err.count("\n") == 1, err
     assert err.startswith("seqex drill: interrupted (freeze): ce.BTCUSDT.hot1 (pid 42) frozen "
                           "(SIGSTOP); ce.BTCUSDT.hot1 resumed (SIGCONT)"), err
+
+
+def test_up_keeps_supervising_when_its_reader_goes_away(monkeypatch, tmp_path):
+    """`seqex up | head -2`: the supervisor's next line hit a broken pipe, which stopped the
+    whole cluster and exited 0 without a word. It must go on, its lines into its log file."""
+    import io
+    import os
+    import sys
+
+    from deploy import supervisor
+    r, w = os.pipe()
+    os.close(r)   # the reader is gone
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(os.fdopen(w, "wb"), write_through=True))
+    lines: list[int] = []
+
+    def up(self, ready_timeout_s=60):
+        for i in range(3):
+            print(f"line {i}", flush=True)
+            lines.append(i)
+    monkeypatch.setattr(supervisor.Supervisor, "up", up)
+    data = tmp_path / "d"
+    assert cli.main(["up", "--data", str(data), "--base-port", "27400"]) == 0
+    assert lines == [0, 1, 2]
+    log = (data / "logs" / "seqex-up.log").read_text()
+    assert "standard output was closed" in log and "line 2" in log
