@@ -27,6 +27,7 @@ from typing import Any
 
 from crossengine import codec as ce
 from deploy import topology as _topo
+from gateway import wire as gw
 from liqengine import codec as liq
 from tradingengine import codec as te
 
@@ -480,16 +481,62 @@ def session_command(kind: int, payload: bytes, by_id: dict[int, Units]) -> dict[
     return out
 
 
-# PROTOCOL.md fields that are one ASCII character (FIX enums) and 1e-8 price mantissas
-P_CHARS = {"side", "ord_type", "tif", "exec_type", "ord_status", "request_type", "response",
-           "response_to"}
+# PROTOCOL.md's 1e-8 price mantissas and quantities in lots
 P_PRICES = {"price_e8", "last_price_e8"}
 P_QTYS = {"qty", "last_qty", "leaves", "cum_qty"}
 
 
+# PROTOCOL.md's FIX enums (gateway/wire.py holds their characters) by field: their names
+P_ENUMS: dict[str, dict[bytes, str]] = {
+    "side": {gw.SIDE_BUY: "buy", gw.SIDE_SELL: "sell", gw.SIDE_BOTH: "both"},
+    "ord_type": {gw.ORD_TYPE_MARKET: "market", gw.ORD_TYPE_LIMIT: "limit"},
+    "tif": {gw.TIF_DAY: "day", gw.TIF_GTC: "gtc", gw.TIF_IOC: "ioc", gw.TIF_FOK: "fok"},
+    "exec_type": {gw.EXEC_TYPE_NEW: "new", gw.EXEC_TYPE_CANCELED: "canceled",
+                  gw.EXEC_TYPE_REPLACED: "replaced", gw.EXEC_TYPE_REJECTED: "rejected",
+                  gw.EXEC_TYPE_EXPIRED: "expired", gw.EXEC_TYPE_TRADE: "trade",
+                  gw.EXEC_TYPE_STATUS: "status"},
+    "ord_status": {gw.ORD_STATUS_NEW: "new", gw.ORD_STATUS_PARTIALLY_FILLED: "partially_filled",
+                   gw.ORD_STATUS_FILLED: "filled", gw.ORD_STATUS_CANCELED: "canceled",
+                   gw.ORD_STATUS_REJECTED: "rejected", gw.ORD_STATUS_EXPIRED: "expired"},
+    "response_to": {gw.CXL_REJ_RESPONSE_TO_CANCEL: "cancel",
+                    gw.CXL_REJ_RESPONSE_TO_REPLACE: "amend"},
+    "request_type": {gw.MASS_CANCEL_ONE_SECURITY: "one_security", gw.MASS_CANCEL_ALL: "all"},
+    "response": {gw.MASS_CANCEL_RESPONSE_REJECTED: "rejected",
+                 gw.MASS_CANCEL_ONE_SECURITY: "one_security", gw.MASS_CANCEL_ALL: "all"},
+}
+# ExecutionReport.Reason: FIX 103 OrdRejReason of a reject, the project's cancel reason of a
+# cancel or an expiry (PROTOCOL.md §3)
+P_REJECT_REASONS = {gw.ORD_REJ_EXCHANGE_OPTION: "exchange_option",
+                    gw.ORD_REJ_UNKNOWN_SECURITY: "unknown_security",
+                    gw.ORD_REJ_EXCHANGE_CLOSED: "exchange_closed",
+                    gw.ORD_REJ_EXCEEDS_LIMIT: "exceeds_limit",
+                    gw.ORD_REJ_UNKNOWN_ORDER: "unknown_order",
+                    gw.ORD_REJ_DUPLICATE_ORDER: "duplicate_order",
+                    gw.ORD_REJ_UNSUPPORTED: "unsupported",
+                    gw.ORD_REJ_INCORRECT_QUANTITY: "incorrect_quantity",
+                    gw.ORD_REJ_INVALID_PRICE_INCREMENT: "invalid_price_increment",
+                    gw.ORD_REJ_OTHER: "other"}
+P_CANCEL_REASONS = {gw.CANCEL_REASON_CLIENT: "client", gw.CANCEL_REASON_MASS_CANCEL: "mass_cancel",
+                    gw.CANCEL_REASON_CANCEL_ON_DISCONNECT: "cancel_on_disconnect",
+                    gw.CANCEL_REASON_IOC_FOK_REMAINDER: "ioc_fok_remainder",
+                    gw.CANCEL_REASON_SELF_TRADE: "self_trade_prevention",
+                    gw.CANCEL_REASON_ADMIN: "operator", gw.CANCEL_REASON_END_OF_DAY: "end_of_day"}
+P_TIMES = {"transact_time", "sending_time"}
+P_IDS = {"orig_client_order_id", "order_id", "client_order_id"}   # u64, null: not given
+P_U32 = {"symbol", "security_id", "account"}                       # u32, null: not given
+
+
+def utc_iso(ns: int) -> str:
+    """A wall-clock time in ns as ISO 8601 UTC with microseconds."""
+    import time
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + \
+        f".{ns % 10**9 // 1000:06d}Z"
+
+
 def _session_block(template: int, block: bytes, by_id: dict[int, Units]) -> dict[str, Any]:
-    """A PROTOCOL.md root block as the TradingEngine keeps it: enums as their FIX characters,
-    prices in the quote currency (the wire's 1e-8 mantissa; null as None), quantities in the
+    """A PROTOCOL.md root block as the TradingEngine keeps it, as a person reads it: enums by
+    name, null sentinels as None (not shown), times in ISO 8601 UTC, the SecurityID as its
+    symbol, prices in the quote currency (the wire's 1e-8 mantissa), quantities in the
     contract's units when the SecurityID is known."""
     msg, block_names = SESSION_BLOCKS[template]
     d = dict(zip(block_names.split(), te.P_STRUCTS[template].unpack(block), strict=True))
@@ -498,14 +545,33 @@ def _session_block(template: int, block: bytes, by_id: dict[int, Units]) -> dict
     for k, v in d.items():
         if isinstance(v, bytes):
             out[k] = v.rstrip(b"\0").decode("ascii", "replace")
-        elif k in P_CHARS:
-            out[k] = chr(v) if 32 < v < 127 else v
+        elif k in P_ENUMS:
+            char = bytes([v]) if 0 <= v < 256 else b""
+            out[k] = P_ENUMS[k].get(char, chr(v) if 32 < v < 127 else v)
         elif k in P_PRICES:
             out[k[:-3]] = None if v == te.P_NULL_PRICE else _fmt(Decimal(v) / te.P_PRICE_SCALE)
         elif k in P_QTYS and units is not None:
             out[k] = units.qty(v)
+        elif k in P_TIMES:
+            out[k] = utc_iso(v) if v > 0 else None
+        elif k in P_IDS:
+            out[k] = None if v == te.P_NULL_ID else v
+        elif k in P_U32:
+            out[k] = None if v == te.P_NULL_SECURITY else v
+            if k != "account" and v in by_id:
+                out[k] = by_id[v].name
+        elif k == "liquidity":
+            out[k] = LIQUIDITY.get(v, v)
         else:
             out[k] = v
+    if msg == "ExecutionReport":
+        exec_type = out.get("exec_type")
+        table = P_REJECT_REASONS if exec_type == "rejected" else \
+            P_CANCEL_REASONS if exec_type in ("canceled", "expired") else None
+        if table is None:
+            out.pop("reason", None)   # no meaning outside a reject, a cancel or an expiry
+        else:
+            out["reason"] = table.get(out["reason"], out["reason"])
     return out
 
 
@@ -773,9 +839,14 @@ def line(d: dict[str, Any]) -> str:
 
     def fields(x: dict, skip: set[str]) -> str:
         name = x.get("command") if "event" not in x else x["event"]
+        command = x.get("command") if "event" in x else None
+        if isinstance(command, dict):   # a CrossEngineCommand: its command, not its size
+            skip = skip | {"ce_kind", "length"}
         rest = " ".join(_money(k, v) for k, v in x.items()
                         if k not in skip and k not in ("command", "event", "text")
                         and v not in (None, []))
+        if isinstance(command, dict):
+            rest += f" command={{{fields(command, set())}}}"
         return f"{name} {rest}".rstrip()
 
     parts = [fields(d, header)]

@@ -226,7 +226,7 @@ def test_the_order_path_between_engines_is_decoded_not_hex():
         1, 99, te.P_NEW_ORDER, nos), topo.SRC_GATEWAY), by_id)
     assert r["message"]["name"] == "NewOrderSingle"
     assert (r["message"]["price"], r["message"]["qty"], r["message"]["side"]) == \
-        ("50000", "0.01", "1")
+        ("50000", "0.01", "buy")
     # the LiqEngine's streams, and out.liq into in.ce.SYM
     r = d.decode_record("in.liq", rec(9, liq.MARK_PRICE, liq.mark_price(1, 100_002),
                                       topo.SRC_ORACLE), by_id)
@@ -295,3 +295,49 @@ def test_sources_and_leverage_read_as_words():
     assert "x100" not in line
     plain = d.decode_record("in.te.1", rec(7, te.SET_LEVERAGE, lev[6], src=42), BY_ID)
     assert "source_name" not in plain and d.line(plain).split()[1] == "42:7"
+
+
+def test_a_session_message_reads_in_names_units_and_utc_not_wire_values():
+    """The ExecutionReport a SessionMessage carries was printed as it lies on the wire: FIX
+    characters as numbers (side=1 exec_type=0 ...), null sentinels as 18446744073709551615
+    and 4294967295, the time in ns. Names, nothing for a null, ISO time, contract units."""
+    null64, null32 = te.P_NULL_ID, te.P_NULL_SECURITY
+    block = te.P_STRUCTS[te.P_EXEC_REPORT].pack(
+        3, 1_796_000_000_123_456_789, 7, null64, null64, 11, 5_000_000_000_000, 10,
+        te.P_NULL_PRICE, 0, 0, 0, null32, 2, ord("8"), ord("8"), ord("1"), ord("2"), ord("1"),
+        13, 0, 0)
+    body = te.EVENT_STRUCTS[te.SESSION_MESSAGE].pack(te.SESSION_MESSAGE, 1, 2,
+                                                     te.P_EXEC_REPORT) + block
+    x = d.decode_record("out.te.0", rec(2, te.NEW_ORDER, body), BY_ID)
+    m = x["events"][0]["message"]
+    assert (m["side"], m["exec_type"], m["ord_status"], m["ord_type"], m["tif"]) == \
+        ("buy", "rejected", "rejected", "limit", "gtc")
+    assert m["reason"] == "incorrect_quantity" and m["liquidity"] == "none"
+    assert m["order_id"] is None and m["orig_client_order_id"] is None and m["symbol"] is None
+    assert m["transact_time"] == "2026-11-30T00:53:20.123456Z"
+    assert m["price"] == "50000" and "last_price" in m and m["last_price"] is None
+    text = d.line(x)
+    for raw in ("18446744073709551615", "4294967295", "1796000000123456789", "side=1",
+                "exec_type=8"):
+        assert raw not in text, text
+    # with the SecurityID known: the symbol's name, quantities in the contract's units
+    block = te.P_STRUCTS[te.P_EXEC_REPORT].pack(
+        4, 1, 8, null64, 30, 12, 5_000_000_000_000, 10, 5_000_000_000_000, 10, 0, 10, 1, 2,
+        ord("F"), ord("2"), ord("2"), ord("2"), ord("3"), 0, 2, 0)
+    body = te.EVENT_STRUCTS[te.SESSION_MESSAGE].pack(te.SESSION_MESSAGE, 1, 2,
+                                                     te.P_EXEC_REPORT) + block
+    m = d.decode_record("out.te.0", rec(3, te.NEW_ORDER, body), BY_ID)["events"][0]["message"]
+    assert (m["symbol"], m["qty"], m["side"], m["exec_type"], m["ord_status"], m["tif"]) == \
+        ("BTCUSDT", "0.01", "sell", "trade", "filled", "ioc")
+    assert m["liquidity"] == "taker" and "reason" not in m
+
+
+def test_a_crossengine_command_line_shows_its_order_not_its_length():
+    """`CrossEngineCommand symbol=BTCUSDT ce_kind=NewOrder length=33` hid the order: the
+    line must show its side, price and quantity in contract units."""
+    cmd = ce.new_order(1, ce.BUY, 100_000, 10, 3)
+    body = te.EVENT_STRUCTS[te.CE_COMMAND].pack(te.CE_COMMAND, 1, ce.NEW_ORDER, len(cmd)) + cmd
+    text = d.line(d.decode_record("out.te.0", rec(2, te.NEW_ORDER, body), BY_ID))
+    assert "length=" not in text, text
+    assert "command={NewOrder" in text and "side=buy" in text and "price=50000" in text
+    assert "qty=0.01" in text, text
