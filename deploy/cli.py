@@ -782,9 +782,47 @@ def cmd_ping(a: argparse.Namespace) -> int:
     role = stats.get("role", "server")
     what = stats.get("stream") or stats.get("name") or ""
     print(f"{a.addr}: {role}{' of ' + what if what else ''} answered")
-    for line in status_lines({k: v for k, v in stats.items() if k not in ("role", "stream")}):
+    shown = _named(stats, a.data)
+    for line in status_lines({k: v for k, v in shown.items() if k not in ("role", "stream")}):
         print(line)
     return 0
+
+
+def _named(stats: dict, data_dir: str) -> dict:
+    """A PING answer with names for a person: a peer's CURVE key as its name in the trust
+    policy (the operator, a process, a producer), a source id as its writer, and an oracle's
+    prices (ticks) in the quote currency when the cluster in data_dir knows the tick sizes."""
+    from deploy import decode
+    from mq import auth
+    out = dict(stats)
+    topo = None
+    with contextlib.suppress(Exception):   # names are a help: without them, the numbers
+        from deploy.supervisor import read_state
+        topo, _pid = read_state(data_dir, operator_key=False)
+    by_id = decode.units_of(topo.symbols) if topo is not None else {}
+    by_name = {u.name: u for u in by_id.values()}
+    ident = auth.identity()
+    if isinstance(out.get("refusals"), dict) and out["refusals"]:
+        def peer(key: str) -> str:
+            name = ident.trust.name(key) if ident is not None else "unknown"
+            if name == "unknown" or key == auth.OTHER_KEYS:
+                return key if key == auth.OTHER_KEYS else f"a key the policy does not know ({key})"
+            return name
+        out["refusals"] = {peer(str(k)): v for k, v in out["refusals"].items()}
+    if type(out.get("source")) is int:
+        name = decode.source_name(out["source"], by_id)
+        if name != str(out["source"]):
+            out["source"] = f"{name} ({out['source']})"
+    if out.get("role") == "oracle":
+        for key in ("index", "marks"):
+            prices = out.get(key)
+            if not isinstance(prices, dict):
+                continue
+            if prices and all(sym in by_name for sym in prices):
+                out[key] = {sym: by_name[sym].price(t) for sym, t in prices.items()}
+            else:   # the tick sizes are the cluster's: say what the numbers are
+                out[f"{key} in ticks (give --data of the cluster for prices)"] = out.pop(key)
+    return out
 
 
 def status_lines(value, indent: str = "  ") -> list[str]:
@@ -1163,6 +1201,8 @@ def parser() -> Parser:
     for verb, fn in (("ping", cmd_ping), ("stop", cmd_stop)):
         s = sub.add_parser(verb, help=f"{verb} a seqex server")
         s.add_argument("addr", type=endpoint)
+        s.add_argument("--data", default="seqex-data", help="the cluster's data directory: "
+                       "its keys (when --keys is not given) and, for ping, names and units")
         if verb == "ping":
             s.add_argument("--json", action="store_true", help="the answer as JSON")
         s.add_argument("--timeout", type=seconds, default=2.0)

@@ -468,3 +468,37 @@ def test_up_keeps_supervising_when_its_reader_goes_away(monkeypatch, tmp_path):
     assert lines == [0, 1, 2]
     log = (data / "logs" / "seqex-up.log").read_text()
     assert "standard output was closed" in log and "line 2" in log
+
+
+def test_ping_names_peers_and_sources_and_prices_an_oracle(monkeypatch, capsys, tmp_path):
+    """ping printed an oracle's marks in ticks (BTCUSDT: 100,815), its source as a number
+    and a sequencer's refusals under raw Z85 CURVE keys. With the cluster's --data (which
+    ping refused: 'unrecognized arguments') it names them and gives prices; without, it says
+    the numbers are ticks."""
+    from types import SimpleNamespace as NS
+
+    from deploy import decode, topology
+    from mq import auth, control
+    topo = _default_cluster_state(tmp_path)
+    price = decode.units_of(topo.symbols)[topo.symbols["BTCUSDT"]["symbol_id"]].price(100_815)
+    oracle = {"role": "oracle", "source": topology.SRC_ORACLE, "marks": {"BTCUSDT": 100_815},
+              "index": {"BTCUSDT": 100_800}}
+    monkeypatch.setattr(control, "ping", lambda addr, timeout_s=2.0: oracle)
+    assert cli.main(["--insecure", "ping", "--data", str(tmp_path), "tcp://127.0.0.1:9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"    BTCUSDT: {price}" in out and price != "100815", out
+    assert f"  source: oracle0 ({topology.SRC_ORACLE})" in out, out
+    assert cli.main(["--insecure", "ping", "--data", str(tmp_path / "none"),
+                     "tcp://127.0.0.1:9"]) == 0
+    out = capsys.readouterr().out
+    assert "marks in ticks (give --data of the cluster for prices):" in out, out
+    key, stranger = "K" * 40, "S" * 40
+    sequencer = {"role": "sequencer", "refusals": {key: {"source_not_registered": 3},
+                                                   stranger: {"not_operator": 1}}}
+    monkeypatch.setattr(control, "ping", lambda addr, timeout_s=2.0: sequencer)
+    trust = auth.Trust(frozenset(), {key: auth.Peer("feeder1", sources=frozenset({5}))})
+    monkeypatch.setattr(auth, "identity", lambda: NS(trust=trust))
+    assert cli.main(["--insecure", "ping", "tcp://127.0.0.1:9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "    feeder1:" in out and f"    {key}:" not in out, out
+    assert f"    a key the policy does not know ({stranger}):" in out, out
