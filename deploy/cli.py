@@ -630,7 +630,17 @@ def cmd_replay(a: argparse.Namespace) -> int:
     from mq.control import replay
     from mq.record import decode, scan
     if a.rebuild:
+        if a.from_seq is not None and a.from_seq != 1:
+            raise UsageError(f"--rebuild applies the stream from seq 1 to a fresh engine; "
+                             f"--from {a.from_seq} would give another state (leave it out; "
+                             "--to stops earlier)")
         return _rebuild(a)
+    given = [o for o, v in (("--engine", a.engine), ("--engine-config", a.engine_config))
+             if v is not None]
+    if given:
+        raise UsageError(f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} only "
+                         "with --rebuild (without it, nothing would use them)")
+    a.from_seq = a.from_seq or 1
     if a.to is not None and a.from_seq > a.to:
         raise UsageError(f"--from {a.from_seq} is beyond --to {a.to}")
     view = _StreamView(a, need_pub=False)
@@ -639,13 +649,25 @@ def cmd_replay(a: argparse.Namespace) -> int:
         raise UsageError(f"--from {a.from_seq} is beyond the end of {a.stream} (the last "
                          f"committed seq is {end})")
     progress = sys.stderr.isatty() and not sys.stdout.isatty()
+    seen = shown = ticks = 0
     for frame in replay(view.replicators[0], a.stream, a.from_seq, a.to):
         if progress:  # output goes to a file or pipe: show how far it got
             print(f"\r  replayed up to seq {scan(frame)[2]:,}", end="", file=sys.stderr)
         for rec in decode(frame):
-            view.show(rec)
+            seen += 1
+            ticks += view.decode.is_tick(rec)
+            shown += view.show(rec)
     if progress:
         print(file=sys.stderr)
+    if seen and not shown:   # say why nothing was printed, not nothing
+        filters = [f"--{k} {v}" for k, v in view.filters.items() if v is not None]
+        what = f"{seen:,} record{'s' if seen > 1 else ''}"
+        if ticks == seen and not a.ticks:
+            print(f"{what}, all Ticks (show them with --ticks)", file=sys.stderr)
+        else:
+            print(f"{what}, none matches {' '.join(filters) or 'the filters'}"
+                  f"{'' if a.ticks or not ticks else f' ({ticks:,} Ticks: --ticks shows them)'}",
+                  file=sys.stderr)
     return 0
 
 
@@ -684,6 +706,9 @@ def _rebuild(a: argparse.Namespace) -> int:
             if not a.engine_config:
                 raise UsageError(f"--rebuild needs the engine's configuration: {exc}; or give "
                                  "--engine-config") from None
+    if a.engine is not None and a.engine not in ENGINES:
+        raise UsageError(f"--engine {a.engine!r}: no such engine (the engines: "
+                         f"{', '.join(sorted(ENGINES))})")
     engine = a.engine or _stream_engine(topo, a.stream)
     if engine not in ENGINES:
         raise UsageError(f"--rebuild: name the engine of {a.stream} with --engine "
@@ -1186,7 +1211,8 @@ def parser() -> Parser:
     s.add_argument("--engine-config", type=json_object,
                    help="with --rebuild: JSON of the engine's parameters "
                    "(a TradingEngine's specs, shard and n_shards)")
-    s.add_argument("--from", dest="from_seq", type=SEQ, default=1)
+    s.add_argument("--from", dest="from_seq", type=SEQ, default=None,
+                   help="the first seq shown (default 1; --rebuild always starts at 1)")
     s.add_argument("--to", type=SEQ)
     view_args(s)
     s.set_defaults(fn=cmd_replay)

@@ -502,3 +502,65 @@ def test_ping_names_peers_and_sources_and_prices_an_oracle(monkeypatch, capsys, 
     out = capsys.readouterr().out.splitlines()
     assert "    feeder1:" in out and f"    {key}:" not in out, out
     assert f"    a key the policy does not know ({stranger}):" in out, out
+
+
+def _replay_cluster(monkeypatch, tmp_path, records: list[tuple[int, int]]):
+    """A running CrossEngine-only cluster (its state file) whose replicator holds
+    in.ce.BTCUSDT as `records` ((seq, kind), payloads empty); what replay asked is returned."""
+    import json as json_
+
+    from deploy import topology
+    from mq import control
+    from mq.record import encode
+    (tmp_path / "t.toml").write_text('[[replicator]]\nname = "replicator0"\n[[symbol]]\n'
+                                     'name = "BTCUSDT"\n')
+    topo = topology.load(str(tmp_path / "t.toml"), str(tmp_path), 9100)
+    fake_up(str(tmp_path), json_.loads(topo.to_json()))
+    monkeypatch.setattr(control, "ping", lambda addr, timeout_s=1.0:
+                        {"streams": {"in.ce.BTCUSDT": {"commit": len(records)}}})
+    asked: list[tuple] = []
+
+    def replay(addr, stream, first, last=None, **_kw):
+        asked.append((first, last))
+        return iter([encode([(seq, 1_000 + seq, 0, seq, 1, kind, b"")
+                             for seq, kind in records])])
+    monkeypatch.setattr(control, "replay", replay)
+    return asked
+
+
+def test_a_replay_of_ticks_alone_says_so(monkeypatch, capsys, tmp_path):
+    """`replay --from 1 --to 12` over 12 Ticks printed nothing at all, status 0, as if the
+    stream were empty. It must say what it read and how to see it."""
+    _replay_cluster(monkeypatch, tmp_path, [(s, 1) for s in range(1, 13)])
+    argv = ["--insecure", "replay", "in.ce.BTCUSDT", "--data", str(tmp_path)]
+    assert cli.main([*argv, "--from", "1", "--to", "12"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err == "12 records, all Ticks (show them with --ticks)\n"
+
+
+
+def test_a_replay_that_its_filters_empty_says_so(monkeypatch, capsys, tmp_path):
+    from crossengine import codec as ce
+    _replay_cluster(monkeypatch, tmp_path, [(1, ce.HALT), *((s, 1) for s in range(2, 13))])
+    assert cli.main(["--insecure", "replay", "in.ce.BTCUSDT", "--data", str(tmp_path),
+                     "--account", "7"]) == 0
+    assert capsys.readouterr().err == ("12 records, none matches --account 7 (11 Ticks: "
+                                       "--ticks shows them)\n")
+
+
+def test_rebuild_refuses_options_it_would_ignore(monkeypatch, capsys, tmp_path):
+    """--rebuild --from 100 rebuilt from 1 without a word; --engine bogus was answered 'name
+    the engine with --engine' though it was given; --engine-config without --rebuild was
+    ignored. Each is one line, status 2, naming what is wrong."""
+    asked = _replay_cluster(monkeypatch, tmp_path, [(1, 1)])
+    argv = ["--insecure", "replay", "in.ce.BTCUSDT", "--data", str(tmp_path)]
+    for extra, want in [
+            (["--rebuild", "--from", "100"], "--rebuild applies the stream from seq 1"),
+            (["--rebuild", "--engine", "bogus"], "--engine 'bogus': no such engine (the "
+             "engines: crossengine, liqengine, tradingengine)"),
+            (["--engine-config", "{}"], "--engine-config goes only with --rebuild")]:
+        assert cli.main(argv + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"seqex replay: {want}") and err.count("\n") == 1, err
+    assert asked == []
+    assert cli.main([*argv, "--rebuild", "--from", "1"]) == 0   # seq 1 is where it starts
