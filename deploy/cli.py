@@ -168,6 +168,10 @@ def cmd_account(a: argparse.Namespace) -> int:
             topo, pid = read_state(a.data)
         except NotUp:
             topo = topology.load(a.topology, a.data)
+        where = os.path.dirname(os.path.abspath(trading.accounts_path(topo)))
+        if not os.path.isdir(where):   # (the file is written through a temporary one)
+            raise UsageError(f"the directory of the accounts file, {where}, does not exist: "
+                             f"give --data of a cluster (`seqex up --data DIR` makes one)")
         before = trading.user_accounts(topo, a.args[0]) if a.replace else []
         user, password = trading.create_user(topo, a.args[0], accounts, a.password,
                                              replace=a.replace)
@@ -1323,8 +1327,10 @@ def main(argv: list[str] | None = None) -> int:
         level = _log_level()
         logging.basicConfig(level=level,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        args = parser().parse_args(argv)
+        p = parser()
+        args = p.parse_args(argv)
         verb = f"seqex {args.verb}"
+        _check_text(p, args)
         from deploy import keys
         try:
             keys.setup(args)
@@ -1368,6 +1374,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{verb}: internal error: {type(exc).__name__}: {exc} (SEQEX_LOG=debug shows "
               "the traceback)", file=sys.stderr)
         return 1
+
+
+def _check_text(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every text argument is valid UTF-8: a byte string that is not (Python keeps its bytes
+    as surrogates) failed later, deep in an encode, with a message that named no argument,
+    and `up` left its lock behind. One line now, naming the argument."""
+    actions = list(p._actions)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            actions += action.choices[args.verb]._actions
+    names = {a.dest: (a.option_strings[0] if a.option_strings else a.metavar or a.dest.upper())
+             for a in actions}
+    if args.verb == "account":   # its positionals by what they are
+        names["args"] = "NAME" if args.op == "create" else "ACCOUNT or AMOUNT"
+    for dest, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = "" if dest == "password" else " " + repr(
+                    text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+                raise UsageError(f"{names.get(dest, dest)}{shown}: not valid UTF-8 text "
+                                 "(check the terminal's or the script's encoding)") from None
 
 
 def _fail(verb: str, message: str) -> int:

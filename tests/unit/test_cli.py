@@ -564,3 +564,31 @@ def test_rebuild_refuses_options_it_would_ignore(monkeypatch, capsys, tmp_path):
         assert err.startswith(f"seqex replay: {want}") and err.count("\n") == 1, err
     assert asked == []
     assert cli.main([*argv, "--rebuild", "--from", "1"]) == 0   # seq 1 is where it starts
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["client", "--user", "al\udcffice", "watch"], "--user 'al\ufffdice'"),
+    (["client", "--user", "alice", "--password", "p\udcff", "watch"], "--password:"),
+    (["account", "create", "\udcff\udcfe", "--accounts", "9"], "NAME '\ufffd\ufffd'"),
+    (["up", "--data", "d\udcff", "--base-port", "27500"], "--data 'd\ufffd'")])
+def test_an_argument_that_is_not_utf8_is_named(monkeypatch, capsys, tmp_path, argv, name):
+    """A byte string that is not UTF-8 failed deep in an encode: "'utf-8' codec can't encode
+    characters ... surrogates not allowed", naming no argument (and `up` left its lock
+    behind). One line now that names the argument (and never echoes a password)."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--insecure", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"seqex {argv[0]}: {name}") and "not valid UTF-8" in err, err
+    assert err.count("\n") == 1 and "p\ufffd" not in err
+    assert list(tmp_path.iterdir()) == []   # nothing left behind (no lock, no data dir)
+
+
+def test_account_create_names_a_data_directory_that_does_not_exist(capsys, tmp_path):
+    """It printed 'No such file or directory: DIR/accounts.json.tmp.PID.RANDOM', the name of
+    an internal temporary file."""
+    missing = tmp_path / "nonexistent"
+    assert cli.main(["--insecure", "account", "create", "zed", "--accounts", "9",
+                     "--data", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"seqex account: the directory of the accounts file, {missing}, "
+                          "does not exist") and ".tmp" not in err, err
