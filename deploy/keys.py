@@ -148,11 +148,26 @@ def check_producers(topo, producers: dict[str, list[int]]) -> None:
                                  f"may not own one source id")
 
 
+def known_producers(topo, keys_dir: str) -> dict[str, list[int]]:
+    """The producers the keys directory's trust.json names ({name: source ids}): the peers
+    that are neither a process of the topology nor the operator. {} without a policy."""
+    try:
+        trust = auth.Trust.load(keys_dir)
+    except auth.KeyFileError:
+        return {}
+    processes = {key_name(p) for p in topo.procs} | {OPERATOR}
+    return {p.name: sorted(p.sources) for p in trust.peers.values()
+            if p.name not in processes and p.sources}
+
+
 def generate(topo, keys_dir: str | None = None, producers: dict[str, list[int]] | None = None,
              rotate: list[str] | None = None) -> str:
-    """Keys for every process, the operator and the producers; then trust.json."""
+    """Keys for every process, the operator and the producers; then trust.json. The
+    producers the policy has already stay (a --rotate or a new producer dropped them);
+    ``producers`` adds to them, or gives one of them other source ids."""
     keys_dir = keys_dir or keys_dir_of(topo.data_dir)
-    check_producers(topo, producers or {})
+    producers = {**known_producers(topo, keys_dir), **(producers or {})}
+    check_producers(topo, producers)
     os.makedirs(keys_dir, mode=0o755, exist_ok=True)
     names = list(dict.fromkeys(key_name(p) for p in topo.procs)) + [OPERATOR] \
         + sorted(producers or {})
@@ -354,11 +369,17 @@ def cmd_keys(a: argparse.Namespace) -> int:
             raise KeysError(f"--producer {spec!r}: NAME=SRC[,SRC...]") from None
         if not name or not producers[name]:
             raise KeysError(f"--producer {spec!r}: NAME=SRC[,SRC...]")
+    kept = known_producers(topo, a.dir or keys_dir_of(topo.data_dir))
     try:
         keys_dir = generate(topo, a.dir, producers, a.rotate)
     except (ValueError, auth.KeyFileError) as exc:
         raise KeysError(str(exc)) from None
-    print(f"keys for {len(topo.procs)} processes, the operator and {len(producers)} producers "
+    every = sorted({*kept, *producers})
+    print(f"keys for {len(topo.procs)} processes, the operator and {len(every)} producer"
+          f"{'' if len(every) == 1 else 's'}{': ' + ', '.join(every) if every else ''} "
           f"in {keys_dir} (secret keys mode 0600); policy in "
           f"{os.path.join(keys_dir, auth.TRUST_FILE)}")
+    for name in dict.fromkeys(a.rotate):
+        print(f"rotated: {name} has a new keypair ({auth.public_path(keys_dir, name)}); "
+              "restart what uses it, and give it to who holds the old one")
     return 0

@@ -486,3 +486,24 @@ def test_the_harness_says_insecure_explicitly():
         assert harness_args([verb]) == [verb]
     assert harness_args(["--insecure", "mirror"]) == ["--insecure", "mirror"]
     assert harness_args([]) == []
+
+
+def test_rotating_a_key_keeps_the_producers_and_says_what_it_rotated(tmp_path, capsys):
+    """`seqex keys --producer p1=5`, then `seqex keys --rotate replicator0`: the second
+    dropped p1 from trust.json without a word (its producer was locked out). It must keep
+    every producer the policy has, and say which key it rotated."""
+    from deploy.cli import main
+    data = str(tmp_path / "K")
+    assert main(["keys", "--data", data, "--producer", "p1=5"]) == 0
+    keys_dir = keys.keys_dir_of(data)
+    p1 = auth.load_public(keys_dir, "p1").decode()
+    capsys.readouterr()
+    assert main(["keys", "--data", data, "--rotate", "replicator0"]) == 0
+    out = capsys.readouterr().out
+    trust = auth.Trust.load(keys_dir)
+    assert trust.peers[p1].name == "p1" and trust.peers[p1].sources == {5}
+    assert "1 producer: p1" in out and "rotated: replicator0 has a new keypair" in out, out
+    assert main(["keys", "--data", data, "--rotate", "p1"]) == 0   # a kept producer rotates
+    trust = auth.Trust.load(keys_dir)
+    assert p1 not in trust.peers
+    assert trust.peers[auth.load_public(keys_dir, "p1").decode()].sources == {5}
