@@ -308,6 +308,7 @@ async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
     deadline = None if wait_s is None else time.monotonic() + wait_s
     settle_s = 0.5               # after our order's first report, its fills follow at once
     answered_at = None
+    accepted = None   # our order's New report, printed once it is known whether it rests
     status = 0
     if watch:
         print(f"{a.user}: watching session {c.session_id} (Ctrl-C ends)", flush=True)
@@ -323,15 +324,27 @@ async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
         except TimeoutError:
             break
         except sdk.SessionError as exc:   # the gateway ended the session: a refusal
+            if accepted is not None:
+                print(sdk.describe(a.user, accepted, c.instruments), flush=True)
             print(f"{a.user}: {exc}", flush=True)
             return 2
-        print(sdk.describe(a.user, r, c.instruments), flush=True)
-        if mine is not None and (getattr(r, "cl_ord_id", None) == mine
-                                 or getattr(r, "ref_id", None) == mine):
+        ours = mine is not None and (getattr(r, "cl_ord_id", None) == mine
+                                     or getattr(r, "ref_id", None) == mine)
+        if accepted is not None and ours:
+            # the order's next report came at once: it did not rest as it was accepted
+            print(sdk.describe(a.user, accepted, c.instruments, resting=False), flush=True)
+            accepted = None
+        if ours and not watch and getattr(r, "exec_type", "") == "new":
+            accepted = r   # resting or not: the next moments tell (a fill follows at once)
+        else:
+            print(sdk.describe(a.user, r, c.instruments), flush=True)
+        if ours:
             answered_at = time.monotonic()
             if getattr(r, "exec_type", "") == "rejected" or isinstance(
                     r, sdk.BusinessReject | sdk.CancelReject):
                 status = 2   # refused, as every refusal (docs/operations.md, exit statuses)
+    if accepted is not None:   # nothing followed the order's acceptance: it rests
+        print(sdk.describe(a.user, accepted, c.instruments), flush=True)
     if mine is not None and answered_at is None:
         print(f"{a.user}: request [order {mine}] sent; no answer within {wait_s:g} s (it "
               f"stays in the session: the next `seqex client` shows it)", flush=True)

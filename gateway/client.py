@@ -762,9 +762,12 @@ def _num(d: Decimal | None, step: Decimal | None = None) -> str:
     return f"{d.normalize():f}"
 
 
-def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = None) -> str:
+def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = None,
+             resting: bool | None = None) -> str:
     """One line a person reads: "alice: BTCUSDT buy 10 @ 50000.00 filled 4 @ 49999.50
-    (taker), 6 left"."""
+    (taker), 6 left". ``resting``: whether an accepted order rests, when the caller knows
+    (no trade report followed it); None: a GTC or Day limit order with quantity left is
+    said to rest, though a fill may follow at once."""
     inst = (instruments or {}).get(getattr(r, "symbol", None) or "")
     tick = inst.tick if inst else None
     # A replayed report (PossDup) reaches the caller only if it had not processed it: for a
@@ -784,7 +787,7 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
         elif r.exec_type == "new":
             # An IOC or FOK never rests: whatever does not fill at once is expired.
             rests = r.leaves_qty and r.ord_type == "limit" and r.tif in ("gtc", "day")
-            body = "accepted, resting" if rests else "accepted"
+            body = "accepted, resting" if rests and resting is not False else "accepted"
         elif r.exec_type == "rejected":
             body = f"rejected ({REJECT_WORDS.get(r.reason, f'reason {r.reason}')})"
         elif r.exec_type in ("canceled", "expired"):

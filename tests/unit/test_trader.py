@@ -39,7 +39,8 @@ def test_a_buy_prints_its_reports_and_the_next_invocation_resumes(gateway, tmp_p
     srv.fills = {1}
     assert client(gw, tmp_path, "buy", "BTCUSDT", "0.010", "@", "50000") == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ["alice: BTCUSDT buy 0.01 @ 50000.00 [order 1] accepted, resting",
+    # it traded at once: not 'accepted, resting' (what it left rests: '0.006 left')
+    assert out == ["alice: BTCUSDT buy 0.01 @ 50000.00 [order 1] accepted",
                    "alice: BTCUSDT buy 0.01 @ 50000.00 [order 1] filled 0.004 @ 49999.50 "
                    "(taker), 0.006 left"]
     assert client(gw, tmp_path, "cancel", "BTCUSDT", "1") == 0
@@ -299,3 +300,18 @@ def test_an_interrupted_order_names_its_clordid_and_how_to_look(gateway, tmp_pat
     assert err.startswith("seqex client: interrupted: buy BTCUSDT 0.010 @ 50000 [order 1] "
                           "(its ClOrdID) was sent; its outcome is unknown"), err
     assert "`seqex client --user alice watch` shows its reports" in err
+
+
+def test_only_an_order_that_rests_is_said_to_rest(gateway, tmp_path, capsys):
+    """An order that traded at once was printed 'accepted, resting' (its New report came
+    first). 'resting' is said only when no trade followed the acceptance."""
+    srv, gw = gateway
+    srv.fills = set()
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "0.010", "@", "50000") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "alice: BTCUSDT buy 0.01 @ 50000.00 [order 1] accepted, resting"]
+    srv.fills = {2}
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "0.010", "@", "50000") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "alice: BTCUSDT buy 0.01 @ 50000.00 [order 2] accepted", out
+    assert "resting" not in "".join(out)
