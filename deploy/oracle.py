@@ -311,6 +311,10 @@ class Oracle:
                     log.info("%s not reachable yet; its marks of this interval are skipped",
                              stream)
                     continue
+                except Refused as exc:   # not this oracle's source: said, not a crash
+                    self.refused += 1
+                    log.warning("%s refused the oracle's source: %s", stream, exc)
+                    continue
             try:
                 prod.submit_many(records, block_s=0.0)
                 self.sent += len(records)

@@ -152,7 +152,7 @@ def _operator_record(data_dir: str, streams: dict, kind: int, payload: bytes, wh
     the out stream has none there: a record the engine answered before)."""
     from deploy.client import ClientError
     from mq.control import ping, replay
-    from mq.producer import Producer
+    from mq.producer import Producer, Refused
     from mq.record import decode
     with _operator_client(data_dir) as client:   # a locked operator source id
         if ping(streams["producers"], timeout_s=min(5.0, timeout_s)) is None:
@@ -160,7 +160,11 @@ def _operator_record(data_dir: str, streams: dict, kind: int, payload: bytes, wh
                               f"{streams['producers']} (`seqex status`)")
         prod = Producer(client.source, streams["producers"])
         try:
-            prod.connect(timeout_s)
+            try:
+                prod.connect(timeout_s)
+            except Refused as exc:
+                raise ClientError(f"the sequencer of {streams['in']} refused the operator's "
+                                  f"source {client.source}: {exc}") from None
             first, last = prod.submit(kind, [payload])
             seq = prod.seqs(first, last, timeout_s)[0]
         finally:

@@ -115,6 +115,10 @@ class Producer:
                 raise TimeoutError(f"no WELCOME from {self.addr}")
             self._hello()
             self._receive(200)
+            if self.refusals:
+                # the master refused the source (not registered for this peer, a version it
+                # cannot read): asking again every 200 ms until the timeout changes nothing
+                raise self.refusals.popleft()
 
     def _hello(self) -> None:
         self.hello_at = time.monotonic()

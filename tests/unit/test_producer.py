@@ -9,6 +9,7 @@ seqs() is an idempotent wait: a retry after its timeout submits nothing again.
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -70,6 +71,23 @@ def connected(master: Master, **kw) -> Producer:
     prod._receive(5000)
     assert prod.next_ss == 1
     return prod
+
+
+def test_connect_stops_at_the_masters_refusal(master):
+    """A master that answers HELLO with ERROR (the source is not this peer's) refuses it for
+    good: connect() raises its reason at once, instead of asking again every 200 ms until
+    its timeout (and the master counting a refusal each time)."""
+    prod = Producer(SRC, master.addr)
+    t = threading.Thread(target=lambda: (master.recv(), master.send(
+        wire.ERROR, {"src": SRC, "error": "source_not_registered"})))
+    t.start()
+    start = time.monotonic()
+    with pytest.raises(Refused, match="source_not_registered"):
+        prod.connect(timeout_s=10)
+    assert time.monotonic() - start < 5
+    t.join()
+    assert [m for m in master.drain() if m[0] == wire.HELLO] == []
+    prod.close()
 
 
 def test_an_error_answer_is_raised_with_its_reason(master):
