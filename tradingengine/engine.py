@@ -446,6 +446,13 @@ def _count_down(counts: dict, key) -> None:
         del counts[key]
 
 
+def _waits(o, key: tuple) -> bool:
+    """Whether order o waits for the CrossEngine's answer to a request of session key."""
+    return (o.sess == key and o.state == PENDING_NEW
+            or o.cxl is not None and o.cxl[1] == key
+            or o.rpl is not None and o.rpl[1] == key)
+
+
 def _index_client(acct, coid: int, o) -> None:
     """Enter live order o under (coid, its session) and count the ClOrdID."""
     acct.by_client[coid, o.sess] = o
@@ -780,8 +787,8 @@ class TradingEngine:
         self._cmd_steps = 0
         if self.sweeps:
             self._run_sweeps()
-        if self.held and (kind == KIND_TICK or kind == CE_EVENTS or source in self._ce_src):
-            self._release_held()
+        if self.held:
+            self._release_held(kind == KIND_TICK or kind == CE_EVENTS or source in self._ce_src)
         return b"".join(out)
 
     @staticmethod
@@ -1231,11 +1238,14 @@ class TradingEngine:
                 return 2045
             if cost > self._spendable(acct):
                 return 2012
-            if pos.mode == ISOLATED and cost >= self._cross_headroom(acct):
+            if pos.mode == ISOLATED and not flags & REDUCE_ONLY \
+                    and cost >= self._cross_headroom(acct):
                 # filled, the reservation becomes an isolated margin: money that leaves the
                 # cross equity, which must stay above the cross positions' maintenance at
                 # their marks, as for a withdrawal (2024) or AdjustIsolatedMargin (accepted,
-                # the fill left a cross short 4.57 USDT below it, handed off at the mark)
+                # the fill left a cross short 4.57 USDT below it, handed off at the mark). A
+                # reduce-only order opens nothing (it is cut instead): its stop-loss was
+                # refused as it fired
                 return 2012
             if against and pos.mode == CROSS:
                 # an order that closes and opens: what it reserves for the lots it
@@ -3411,48 +3421,64 @@ class TradingEngine:
         if sess.held is not None:
             sess.held = None           # an earlier connection's logon, never answered
             del self.held[key]
-        if status == SESSION_RESUMED and self._awaiting(key, sess):
-            # PROTOCOL.md §4: what LogonAck counts as applied has its answer in the replay.
-            # An order the session entered is applied when it is sequenced here, but its
-            # ExecutionReport New (a cancel's Canceled, a replace's Replaced) comes with the
-            # CrossEngine's answer: the SessionState, which the LogonAck and the replay's end
-            # come from, waits for those answers (at most LOGON_HOLD_NS)
-            sess.held = [conn_id, status, self.ts_ns]
-            self.held[key] = None
-            return
+        if status == SESSION_RESUMED:
+            waiting = self._awaiting(key, sess)
+            if waiting:
+                # PROTOCOL.md §4: what LogonAck counts as applied has its answer in the
+                # replay. An order the session entered is applied when it is sequenced here,
+                # but its ExecutionReport New (a cancel's Canceled, a replace's Replaced)
+                # comes with the CrossEngine's answer: the SessionState, which the LogonAck
+                # and the replay's end come from, waits for those answers (LOGON_HOLD_NS at
+                # most), the orders that wait named, so that each check looks at them alone
+                sess.held = [conn_id, status, self.ts_ns, sess.next_expected, waiting]
+                self.held[key] = None
+                return
         self._session_state(key, conn_id, sess, status)
 
-    def _awaiting(self, key: tuple, sess) -> bool:
-        """Whether an order of the session's accounts waits for the CrossEngine's answer to
-        a request of the session: a new order's, a cancel's or a replace's."""
+    def _awaiting(self, key: tuple, sess) -> list:
+        """The ids of the orders of the session's accounts that wait for the CrossEngine's
+        answer to a request of the session: a new order's, a cancel's or a replace's."""
         o: Order
+        out = []
         for a in sess.accounts:
             acct = self.accounts.get(a)
             if acct is None:
                 continue
             for o in acct.orders.values():
-                if o.sess == key and o.state == PENDING_NEW \
-                        or o.cxl is not None and o.cxl[1] == key \
-                        or o.rpl is not None and o.rpl[1] == key:
-                    return True
-        return False
+                if _waits(o, key):
+                    out.append(o.order_id)
+        return out
 
-    def _release_held(self) -> None:
-        """Send each held SessionState whose session's requests are all answered, or that
-        waited LOGON_HOLD_NS (a CrossEngine that does not answer); drop the ones whose
+    def _release_held(self, answers: bool) -> None:
+        """Send each held SessionState whose session's requests are all answered (looked at
+        on the records that carry the CrossEngines' answers, and on Ticks), or that waited
+        LOGON_HOLD_NS (on any record: a busy stream has no Ticks); drop the ones whose
         connection has gone."""
         for key in sorted(self.held):
             sess = self.sessions.get(key)
             if sess is None or sess.held is None:
                 del self.held[key]
                 continue
-            conn_id, status, since = sess.held
+            conn_id, status, since, expected, waiting = sess.held
             gone = not sess.bound or sess.conn_id != conn_id
-            if gone or self.ts_ns - since >= LOGON_HOLD_NS or not self._awaiting(key, sess):
-                sess.held = None
-                del self.held[key]
-                if not gone:
-                    self._session_state(key, conn_id, sess, status)
+            if not gone and self.ts_ns - since < LOGON_HOLD_NS:
+                if not answers:
+                    continue
+                if sess.next_expected != expected:
+                    # a message of the session applied while held: look at every order again
+                    waiting = self._awaiting(key, sess)
+                    sess.held[3] = sess.next_expected
+                else:
+                    orders = self.orders
+                    waiting = [i for i in waiting
+                               if i in orders and _waits(orders[i], key)]
+                sess.held[4] = waiting
+                if waiting:
+                    continue
+            sess.held = None
+            del self.held[key]
+            if not gone:
+                self._session_state(key, conn_id, sess, status)
 
     def _session_end(self, payload: bytes) -> None:
         if len(payload) != SESSION_END_S.size:

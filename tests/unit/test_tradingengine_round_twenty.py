@@ -164,6 +164,48 @@ def test_an_isolated_order_may_not_take_the_cross_maintenance():
     assert not events_of(v.mark(1, 11_500), c.LIQUIDATION)
 
 
+def test_an_isolated_reduce_only_close_opens_nothing_and_is_not_held_to_the_cross():
+    """The check above (an adversary's review of this round): a reduce-only close behind a
+    plain close resting ahead of it reserves as if it opened, but it is cut rather than open,
+    so its reservation never becomes isolated margin. With thin cross headroom it was refused
+    (2012), and a reduce-only stop-loss was refused as it fired."""
+    s1 = spec(1, value=100, max_leverage_x100=9_000, maker_fee_ppm=-100, taker_fee_ppm=500,
+              funding_interval_ns=HOUR, band_ppm=50_000, tiers=(Tier(10**13, 10_000, 0, 9_000),))
+    s2 = spec(2, value=100, max_leverage_x100=5_000, maker_fee_ppm=-100, taker_fee_ppm=500,
+              funding_interval_ns=HOUR, band_ppm=50_000, tiers=(Tier(10**13, 10_000, 0, 5_000),))
+    v = Venue([s1, s2], shadows=(ReferenceEngine, interpreted()))
+    te = v.te
+    v.mark(1, 10_000)
+    v.mark(2, 10_000)
+    v.deposit(MM, 10**14)
+    v.deposit(T, 60 * USDT)
+    v.apply(c.SET_LEVERAGE, c.set_leverage(T, 1, 9_000))
+    v.apply(c.SET_MARGIN_MODE, c.set_margin_mode(T, 2, c.ISOLATED))
+    v.apply(c.SET_LEVERAGE, c.set_leverage(T, 2, 1_000))
+    v.order(1, MM, c.SELL, 10_000, 500, symbol=2)
+    v.order(2, T, c.BUY, 10_000, 500, symbol=2, tif=c.IOC)       # an isolated long of 500
+    v.order(3, MM, c.BUY, 10_000, 10_000)
+    v.order(4, T, c.SELL, 10_000, 10_000)                        # a cross short of 10,000
+    acct = te.accounts[T]
+    mark = 10_000
+    while te._cross_headroom(acct) >= USDT // 3:                  # the short loses: thin room
+        mark += 50 if te._cross_headroom(acct) > 5 * USDT else 5
+        v.mark(1, mark)
+    assert 0 < te._cross_headroom(acct) and v.position(T, 1).size == -10_000
+
+    def refused(ev):
+        return [e[16] for e in events_of(ev, c.EXEC_REPORT) if e[1] == c.EXEC_REJECTED]
+
+    assert refused(v.order(12, T, c.SELL, 10_100, 500, symbol=2)) == []   # a take-profit
+    assert refused(v.order(13, T, c.SELL, 9_700, 200, symbol=2,
+                           flags=c.FLAG_REDUCE_ONLY)) == []
+    assert refused(v.order(14, T, c.SELL, 9_600, 300, symbol=2, flags=c.FLAG_REDUCE_ONLY,
+                           trigger_price=9_800, trigger_kind=c.TRIGGER_STOP)) == []
+    assert refused(v.mark(2, 9_790)) == []                       # the stop-loss fires
+    # an order that opens on the isolated symbol is still held to the cross maintenance
+    assert refused(v.order(15, T, c.BUY, 9_790, 2_000, symbol=2)) == [2012]
+
+
 def test_a_taker_filled_after_a_mark_gap_is_checked_in_the_fills_record():
     """A taker reserves its loss against the mark of its entry; a mark between its entry and
     its fill left the position at equity -4.105 USDT, open until the symbol's next mark."""
