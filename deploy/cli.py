@@ -205,11 +205,20 @@ def cmd_account(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"seqex account {a.op}: interrupted: the {a.op} of {a.args[1]} USDT to account "
               f"{account} (transfer id {tid}) may have been sent; its outcome is unknown. "
-              f"`seqex account {a.op} {account} {a.args[1]} --transfer-id {tid}` again is "
+              f"`seqex account {a.op} {account} {a.args[1]} --transfer-id {tid}"
+              f"{data_option(a)}` again is "
               "safe: the same transfer id never moves money twice", file=sys.stderr)
         return 130
     print(out.line())
     return 0 if out.applied or out.repeat else 2   # refused: docs/operations.md, exit statuses
+
+
+def data_option(a: argparse.Namespace) -> str:
+    """` --data DIR` as the operator gave it, for a command line an answer suggests (the
+    suggestion run as printed must reach the same cluster)."""
+    import shlex
+    data = getattr(a, "data", None)
+    return f" --data {shlex.quote(data)}" if data else ""
 
 
 def cmd_oracle(a: argparse.Namespace) -> int:
@@ -701,6 +710,11 @@ def _rebuild(a: argparse.Namespace) -> int:
     from deploy.engines import ENGINES
     from mq.control import replay
     from mq.record import scan
+    if a.stream.startswith("out."):
+        # an out stream is an engine's output, not its input: applied to an engine it read
+        # as truncated commands and ended in an internal error
+        raise UsageError(f"--rebuild applies an engine's input stream; {a.stream} is an "
+                         f"engine's output (rebuild its in.{a.stream[4:]} instead)")
     topo = None
     if not a.engine_config or not a.engine:
         from deploy.supervisor import NotUp, read_state

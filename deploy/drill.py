@@ -566,44 +566,48 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         if partner is not None:
             report["standby"] = partner.name
             report["standby_pid"] = partner_pid
-    strike_wall, strike = time.time(), time.monotonic()
-    if gateway is not None:
-        load.strike = strike
-    if name == "freeze":
-        os.kill(pid, signal.SIGSTOP)
-        done.append(f"{target} (pid {pid}) frozen (SIGSTOP)")
-        report["action"] = f"SIGSTOP for {freeze_s:g} s, then SIGCONT"
-    elif name == "disk-full":
-        # a tmpfs cannot shrink below what it holds: under load the replicator may write more
-        # than the slack between the reading and the remount, so read again with more slack
-        for attempt in range(6):
-            try:
-                _remount(disk, _tmpfs_used(disk) + (FULL_SLACK << attempt))
-                done.append(f"{target}'s data directory {disk} made full")
-                break
-            except DrillError:
-                if attempt == 5:
-                    raise
-        report["action"] = (f"its data directory {disk} full (tmpfs remounted at the size it "
-                            f"uses) for {full_s:g} s once it says so, then {disk_size >> 20} MiB")
-    else:
-        for p in targets:
-            os.kill(pids[p.name], signal.SIGKILL)
-            done.append(f"{p.name} (pid {pids[p.name]}) killed (SIGKILL; its supervisor "
-                        "restarts it)")
-        report["action"] = "SIGKILL"
-    report["at_unix"] = round(strike_wall, 6)
-    report["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(strike_wall)) + \
-        f".{int(strike_wall * 1e6) % 1_000_000:06d}Z"
-    if warm is not None:
-        report["promoted"] = _promote(warm, strike)
-        report["action"] += f" of every hot replica, then PROMOTE of {warm.name}"
-    detected = restarted = recovered = None
-    seen_down: set = set()
-    new_pids: dict = {}
     continued = False
-    deadline = strike + timeout_s
+    # from the strike on, the undo (SIGCONT, the disk given back) runs whatever happens,
+    # a Ctrl-C included: one between the SIGSTOP and the watch left the replica frozen
     try:
+        strike_wall, strike = time.time(), time.monotonic()
+        if gateway is not None:
+            load.strike = strike
+        if name == "freeze":
+            os.kill(pid, signal.SIGSTOP)
+            done.append(f"{target} (pid {pid}) frozen (SIGSTOP)")
+            report["action"] = f"SIGSTOP for {freeze_s:g} s, then SIGCONT"
+        elif name == "disk-full":
+            # a tmpfs cannot shrink below what it holds: under load the replicator may write
+            # more than the slack between the reading and the remount, so read again with more
+            # slack
+            for attempt in range(6):
+                try:
+                    _remount(disk, _tmpfs_used(disk) + (FULL_SLACK << attempt))
+                    done.append(f"{target}'s data directory {disk} made full")
+                    break
+                except DrillError:
+                    if attempt == 5:
+                        raise
+            report["action"] = (f"its data directory {disk} full (tmpfs remounted at the size "
+                                f"it uses) for {full_s:g} s once it says so, then "
+                                f"{disk_size >> 20} MiB")
+        else:
+            for p in targets:
+                os.kill(pids[p.name], signal.SIGKILL)
+                done.append(f"{p.name} (pid {pids[p.name]}) killed (SIGKILL; its supervisor "
+                            "restarts it)")
+            report["action"] = "SIGKILL"
+        report["at_unix"] = round(strike_wall, 6)
+        report["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(strike_wall)) + \
+            f".{int(strike_wall * 1e6) % 1_000_000:06d}Z"
+        if warm is not None:
+            report["promoted"] = _promote(warm, strike)
+            report["action"] += f" of every hot replica, then PROMOTE of {warm.name}"
+        detected = restarted = recovered = None
+        seen_down: set = set()
+        new_pids: dict = {}
+        deadline = strike + timeout_s
         while time.monotonic() < deadline:
             now = time.monotonic()
             if detected is None and name != "disk-full":
@@ -686,12 +690,22 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                     break
             time.sleep(0.05)
     finally:
-        if name == "freeze" and not continued:
-            os.kill(pid, signal.SIGCONT)
-            done.append(f"{target} resumed (SIGCONT)")
-        if name == "disk-full" and not continued:
-            _remount(disk, disk_size)
-            done.append(f"{disk} given back its size ({disk_size >> 20} MiB)")
+        # a second Ctrl-C must not cut the undo short (it once left the summary without the
+        # resume): SIGINT waits until the target is given back
+        try:
+            held = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:   # not the main thread: nothing to hold
+            held = None
+        try:
+            if name == "freeze" and not continued:
+                os.kill(pid, signal.SIGCONT)
+                done.append(f"{target} resumed (SIGCONT)")
+            if name == "disk-full" and not continued:
+                _remount(disk, disk_size)
+                done.append(f"{disk} given back its size ({disk_size >> 20} MiB)")
+        finally:
+            if held is not None:
+                signal.signal(signal.SIGINT, held)
     if name not in ("freeze", "disk-full"):
         report["new_pid"] = new_pids.get(targets[0].name)
         report["new_pids"] = new_pids
@@ -993,10 +1007,11 @@ def cmd_drill(a: argparse.Namespace) -> int:
         print(f"seqex drill: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        from deploy import cli
         what = "; ".join(done) if done else "nothing was done to the target yet"
         print(f"seqex drill: interrupted ({a.name}): {what}; the drill's load stopped, its "
-              "orders may rest in the book; no report. `seqex status` shows the cluster",
-              file=sys.stderr)
+              f"orders may rest in the book; no report. `seqex status{cli.data_option(a)}` "
+              "shows the cluster", file=sys.stderr)
         return 130
     record_outcome(a.data, report)
     text = describe_gateway(report) if a.name == "kill-gateway" else describe(report)

@@ -214,9 +214,10 @@ def _interrupted(a: argparse.Namespace, action: dict, sent: dict) -> str:
     what = f"{a.action} {action.get('symbol') or 'all symbols'}"
     if "qty" in action:
         what += f" {action['qty']}" + (f" @ {action['price']}" if action["price"] else "")
+    from deploy.cli import data_option
     return (f"{what} [order {sent['cl_ord_id']}] (its ClOrdID) was sent; its outcome is "
-            f"unknown. It stays in the session: `seqex client --user {a.user} watch` shows its "
-            "reports; do not send it again before you have looked")
+            f"unknown. It stays in the session: `seqex client{data_option(a)} --user {a.user} "
+            "watch` shows its reports; do not send it again before you have looked")
 
 
 def _orders(base: str) -> dict:

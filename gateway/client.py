@@ -818,7 +818,10 @@ def describe(user: str, r: Report, instruments: dict[str, Instrument] | None = N
     return f"{user}: logged out by the gateway (reason {r.reason}{': ' + r.text if r.text else ''})"
 
 
-REJECT_WORDS = {0: "exchange option", 1: "unknown symbol", 2: "exchange closed",
+REJECT_WORDS = {0: "an order option refused it: post-only that would have traded at once, "
+                   "reduce-only that would increase the position, or a stop that would fire "
+                   "at once",
+                1: "unknown symbol", 2: "exchange closed",
                 # 3 stands for many engine codes (docs/gateway.md): the band, margin, risk
                 # limits, a full book; the ExecutionReport carries no more, so say them all
                 3: "exceeds a limit: price outside the band around the mark, margin, a risk "

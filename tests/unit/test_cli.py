@@ -426,7 +426,9 @@ def test_an_interrupted_transfer_names_its_id_and_the_safe_retry(monkeypatch, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and sent and sent[0] is not None, err
     assert f"transfer id {sent[0]}" in err and "outcome is unknown" in err
-    assert f"`seqex account {op} 2 100 --transfer-id {sent[0]}` again is safe" in err
+    # the retry as printed reaches the same cluster: its --data is in it
+    assert f"`seqex account {op} 2 100 --transfer-id {sent[0]} --data seqex-data` again is " \
+           "safe" in err
 
 
 def test_an_interrupted_drill_says_what_it_did_to_the_cluster(monkeypatch, capsys):
@@ -564,6 +566,16 @@ def test_rebuild_refuses_options_it_would_ignore(monkeypatch, capsys, tmp_path):
         assert err.startswith(f"seqex replay: {want}") and err.count("\n") == 1, err
     assert asked == []
     assert cli.main([*argv, "--rebuild", "--from", "1"]) == 0   # seq 1 is where it starts
+    capsys.readouterr()
+    # an out stream is an engine's output: rebuilt with the crossengine it ended in an
+    # internal error (truncated commands)
+    out = ["--insecure", "replay", "out.ce.BTCUSDT", "--data", str(tmp_path), "--rebuild",
+           "--engine", "crossengine"]
+    assert cli.main(out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqex replay: --rebuild applies an engine's input stream; "
+                          "out.ce.BTCUSDT is an engine's output (rebuild its in.ce.BTCUSDT "
+                          "instead)") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("argv, name", [

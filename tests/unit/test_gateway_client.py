@@ -440,6 +440,13 @@ def test_an_unfillable_fill_or_kill_reads_as_killed_not_as_a_margin_limit():
     assert sdk.describe("alice", rej, inst).endswith(
         "rejected (exceeds a limit: price outside the band around the mark, margin, a risk "
         "limit, or the book or account full; the reject does not say which)")
+    # OrdRejReason 0 (a post-only that would take, a reduce-only that would increase, a stop
+    # that would fire at once) read as 'exchange option'
+    post = sdk.ExecutionReport(exec_type="rejected", ord_status="rejected",
+                               **{**base, "reason": 0})
+    assert sdk.describe("alice", post, inst).endswith(
+        "rejected (an order option refused it: post-only that would have traded at once, "
+        "reduce-only that would increase the position, or a stop that would fire at once)")
 
 
 def test_a_cancel_reject_names_the_order_and_says_why_it_is_too_late():

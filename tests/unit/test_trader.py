@@ -299,7 +299,8 @@ def test_an_interrupted_order_names_its_clordid_and_how_to_look(gateway, tmp_pat
     assert err.count("\n") == 1, err
     assert err.startswith("seqex client: interrupted: buy BTCUSDT 0.010 @ 50000 [order 1] "
                           "(its ClOrdID) was sent; its outcome is unknown"), err
-    assert "`seqex client --user alice watch` shows its reports" in err
+    # the look, as printed, reaches the same cluster: its --data is in it
+    assert f"`seqex client --data {tmp_path} --user alice watch` shows its reports" in err
 
 
 def test_only_an_order_that_rests_is_said_to_rest(gateway, tmp_path, capsys):
