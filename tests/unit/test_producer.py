@@ -156,6 +156,18 @@ def test_stall_probes_back_off_with_jitter(master, monkeypatch):
     prod.close()
 
 
+def polled_empty(prod: Producer, between=None) -> list:
+    """Poll until the outbox is empty (5 s at most), calling ``between`` after each poll;
+    the runs acknowledged meanwhile."""
+    got: list = []
+    deadline = time.monotonic() + 5
+    while prod.outbox and time.monotonic() < deadline:
+        got += prod.poll(20)
+        if between is not None:
+            between()
+    return got
+
+
 def resent_from(master: Master, prod: Producer, got: list) -> int:
     """Poll until the producer sends DATA again; the first source_seq it sends."""
     deadline = time.monotonic() + 5
@@ -190,9 +202,7 @@ def test_after_a_failover_the_real_seqs_are_learnt_each_once(master):
     # Asked, the master answers the duplicates 25..30 and names no seq: it forgot them.
     # Reported once, as None, at once.
     master.send(wire.ACK, {"src": SRC, "next": 31, "runs": [], "dups": [[25, 30]]})
-    deadline = time.monotonic() + 5
-    while prod.outbox and time.monotonic() < deadline:
-        got += prod.poll(20)
+    got += polled_empty(prod)
     got += prod.poll(50)
     assert got == [(11, 20, 110), (21, 24, 120), (25, 30, None)]
     assert prod.seqs(9, 12) == [108, 109, 110, 111]
@@ -229,9 +239,7 @@ def test_an_earlier_incarnations_records_are_not_reported_or_asked_for(master):
     assert [m[1][1] for m in master.drain() if m[0] == wire.DATA] == [6]
     master.send(wire.ACK, {"src": SRC, "next": 8, "runs": [[6, 7, 40]]})
     got = []
-    deadline = time.monotonic() + 5
-    while prod.outbox and time.monotonic() < deadline:
-        got += prod.poll(20)
+    got += polled_empty(prod)
     assert got == [(6, 7, 40)] and prod.stats["seq_queries"] == 0
     assert [m for m in master.drain() if m[0] == wire.DATA] == []
     prod.close()
@@ -263,9 +271,7 @@ def test_asking_for_seqs_survives_refusals_and_repeated_welcomes(master):
         master.welcome(21, 21)
         assert resent_from(master, prod, got) == 11
     master.send(wire.ACK, {"src": SRC, "next": 21, "runs": [[11, 20, 300]]})
-    deadline = time.monotonic() + 5
-    while prod.outbox and time.monotonic() < deadline:
-        got += prod.poll(20)
+    got += polled_empty(prod)
     assert got == [(1, 10, 100), (11, 20, 300)]
     prod.close()
 
@@ -314,9 +320,7 @@ def test_a_replaying_producer_reports_none_only_for_what_the_master_was_asked(ma
     prod.submit(16, [b"r"] * 20)                           # 21..40
     master.drain()
     master.send(wire.ACK, {"src": SRC, "next": 41, "runs": [[11, 40, 511]]})
-    deadline = time.monotonic() + 5
-    while prod.outbox and time.monotonic() < deadline:
-        got += prod.poll(20)
+    got += polled_empty(prod)
     assert got == [(1, 10, None), (11, 40, 511)], got
     assert not prod.outbox and prod.unacked == 0
     prod.close()
@@ -345,9 +349,7 @@ def test_a_slow_answer_to_an_ask_is_waited_for_not_taken_as_forgotten(master, mo
     assert got == [(1, 20, 100)], got
     master.send(wire.ACK, {"src": SRC, "next": 36, "runs": [[21, 30, 130]],
                            "dups": [[21, 30]]})
-    deadline = time.monotonic() + 5
-    while prod.outbox and time.monotonic() < deadline:
-        got += prod.poll(20)
+    got += polled_empty(prod)
     assert got == [(1, 20, 100), (21, 35, 130)] or got == [(1, 20, 100), (21, 30, 130),
                                                           (31, 35, 140)], got
     assert prod.stats["unknown_seqs"] == 0
@@ -356,9 +358,7 @@ def test_a_slow_answer_to_an_ask_is_waited_for_not_taken_as_forgotten(master, mo
     prod.submit(16, [b"r"] * 10)                           # 36..45
     master.drain()
     master.send(wire.ACK, {"src": SRC, "next": 46, "runs": [[36, 40, 150]]})
-    deadline = time.monotonic() + 5
-    while prod.outbox and time.monotonic() < deadline:
-        got += prod.poll(20)
-        master.send(wire.ACK, {"src": SRC, "next": 46, "runs": []})
+    got += polled_empty(prod, lambda: master.send(wire.ACK, {"src": SRC, "next": 46,
+                                                             "runs": []}))
     assert got[-2:] == [(36, 40, 150), (41, 45, None)], got
     prod.close()

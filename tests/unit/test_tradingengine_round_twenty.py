@@ -119,24 +119,31 @@ def test_set_leverage_waits_for_an_amend_a_cancel_followed():
     assert v.position(T).leverage_x100 == 5_000
 
 
-def test_an_isolated_order_may_not_take_the_cross_maintenance():
-    """Filled, an isolated order's reservation becomes the position's margin: money out of the
-    cross equity. A withdrawal of the same amount is refused (2024); the order was accepted,
-    and the fill left the cross short 4.57 USDT below maintenance, handed off at an unchanged
-    mark."""
+def cross_and_isolated(deposit: int, isolated_leverage_x100: int) -> Venue:
+    """Symbol 1 cross at up to 90x, symbol 2 isolated (T's leverage given), both marked at
+    10,000; MM's deep pockets, T's deposit."""
     s1 = spec(1, value=100, max_leverage_x100=9_000, maker_fee_ppm=-100, taker_fee_ppm=500,
               funding_interval_ns=HOUR, band_ppm=50_000, tiers=(Tier(10**13, 10_000, 0, 9_000),))
     s2 = spec(2, value=100, max_leverage_x100=5_000, maker_fee_ppm=-100, taker_fee_ppm=500,
               funding_interval_ns=HOUR, band_ppm=50_000, tiers=(Tier(10**13, 10_000, 0, 5_000),))
     v = Venue([s1, s2], shadows=(ReferenceEngine, interpreted()))
-    te = v.te
     v.mark(1, 10_000)
     v.mark(2, 10_000)
     v.deposit(MM, 10**14)
-    v.deposit(T, 40 * USDT)
+    v.deposit(T, deposit)
     v.apply(c.SET_LEVERAGE, c.set_leverage(T, 1, 9_000))
     v.apply(c.SET_MARGIN_MODE, c.set_margin_mode(T, 2, c.ISOLATED))
-    v.apply(c.SET_LEVERAGE, c.set_leverage(T, 2, 5_000))
+    v.apply(c.SET_LEVERAGE, c.set_leverage(T, 2, isolated_leverage_x100))
+    return v
+
+
+def test_an_isolated_order_may_not_take_the_cross_maintenance():
+    """Filled, an isolated order's reservation becomes the position's margin: money out of the
+    cross equity. A withdrawal of the same amount is refused (2024); the order was accepted,
+    and the fill left the cross short 4.57 USDT below maintenance, handed off at an unchanged
+    mark."""
+    v = cross_and_isolated(40 * USDT, 5_000)
+    te = v.te
     v.order(1, MM, c.BUY, 10_000, 10_000)
     v.order(2, T, c.SELL, 10_000, 10_000)            # a cross short of 1,000 USDT at 90x
     v.mark(1, 11_500)                                # it loses 150 USDT, still covered
@@ -169,19 +176,8 @@ def test_an_isolated_reduce_only_close_opens_nothing_and_is_not_held_to_the_cros
     plain close resting ahead of it reserves as if it opened, but it is cut rather than open,
     so its reservation never becomes isolated margin. With thin cross headroom it was refused
     (2012), and a reduce-only stop-loss was refused as it fired."""
-    s1 = spec(1, value=100, max_leverage_x100=9_000, maker_fee_ppm=-100, taker_fee_ppm=500,
-              funding_interval_ns=HOUR, band_ppm=50_000, tiers=(Tier(10**13, 10_000, 0, 9_000),))
-    s2 = spec(2, value=100, max_leverage_x100=5_000, maker_fee_ppm=-100, taker_fee_ppm=500,
-              funding_interval_ns=HOUR, band_ppm=50_000, tiers=(Tier(10**13, 10_000, 0, 5_000),))
-    v = Venue([s1, s2], shadows=(ReferenceEngine, interpreted()))
+    v = cross_and_isolated(60 * USDT, 1_000)
     te = v.te
-    v.mark(1, 10_000)
-    v.mark(2, 10_000)
-    v.deposit(MM, 10**14)
-    v.deposit(T, 60 * USDT)
-    v.apply(c.SET_LEVERAGE, c.set_leverage(T, 1, 9_000))
-    v.apply(c.SET_MARGIN_MODE, c.set_margin_mode(T, 2, c.ISOLATED))
-    v.apply(c.SET_LEVERAGE, c.set_leverage(T, 2, 1_000))
     v.order(1, MM, c.SELL, 10_000, 500, symbol=2)
     v.order(2, T, c.BUY, 10_000, 500, symbol=2, tif=c.IOC)       # an isolated long of 500
     v.order(3, MM, c.BUY, 10_000, 10_000)
