@@ -201,6 +201,8 @@ def run(a: argparse.Namespace) -> int:
         import asyncio
         return asyncio.run(_session(a, action, host, port, instruments, base, password, sent))
     except KeyboardInterrupt:
+        if a.action == "watch":
+            return 0   # Ctrl-C is how a watch ends (it says so when it starts)
         print(f"seqex client: interrupted: {_interrupted(a, action, sent)}", file=sys.stderr)
         return 130
     finally:
@@ -313,37 +315,45 @@ async def _print_reports(a, c: sdk.Client, mine: int | None) -> int:
     status = 0
     if watch:
         print(f"{a.user}: watching session {c.session_id} (Ctrl-C ends)", flush=True)
-    while True:
-        now = time.monotonic()
-        ends = [t for t in (deadline, None if answered_at is None else answered_at + settle_s)
-                if t is not None]
-        left = min(ends) - now if ends else None
-        if left is not None and left <= 0:
-            break
-        try:
-            r = await c.next_report(timeout_s=left)
-        except TimeoutError:
-            break
-        except sdk.SessionError as exc:   # the gateway ended the session: a refusal
-            if accepted is not None:
-                print(sdk.describe(a.user, accepted, c.instruments), flush=True)
-            print(f"{a.user}: {exc}", flush=True)
-            return 2
-        ours = mine is not None and (getattr(r, "cl_ord_id", None) == mine
-                                     or getattr(r, "ref_id", None) == mine)
-        if accepted is not None and ours:
-            # the order's next report came at once: it did not rest as it was accepted
+    try:
+        while True:
+            now = time.monotonic()
+            ends = [t for t in (deadline, None if answered_at is None else answered_at + settle_s)
+                    if t is not None]
+            left = min(ends) - now if ends else None
+            if left is not None and left <= 0:
+                break
+            try:
+                r = await c.next_report(timeout_s=left)
+            except TimeoutError:
+                break
+            except sdk.SessionError as exc:   # the gateway ended the session: a refusal
+                if accepted is not None:
+                    print(sdk.describe(a.user, accepted, c.instruments), flush=True)
+                print(f"{a.user}: {exc}", flush=True)
+                return 2
+            ours = mine is not None and (getattr(r, "cl_ord_id", None) == mine
+                                         or getattr(r, "ref_id", None) == mine)
+            if accepted is not None and ours:
+                # the order's next report came at once: it did not rest as it was accepted
+                print(sdk.describe(a.user, accepted, c.instruments, resting=False), flush=True)
+                accepted = None
+            if ours and not watch and getattr(r, "exec_type", "") == "new":
+                accepted = r   # resting or not: the next moments tell (a fill follows at once)
+            else:
+                print(sdk.describe(a.user, r, c.instruments), flush=True)
+            if ours:
+                answered_at = time.monotonic()
+                if getattr(r, "exec_type", "") == "rejected" or isinstance(
+                        r, sdk.BusinessReject | sdk.CancelReject):
+                    status = 2   # refused, as every refusal (docs/operations.md, exit statuses)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # the SDK counts a report handled once the next is asked for: the acceptance held
+        # back (to tell whether it rests) is printed before the interrupt ends it, or an
+        # interrupted invocation lost it for good (the next one starts after it)
+        if accepted is not None:   # (whether it rests is not known yet)
             print(sdk.describe(a.user, accepted, c.instruments, resting=False), flush=True)
-            accepted = None
-        if ours and not watch and getattr(r, "exec_type", "") == "new":
-            accepted = r   # resting or not: the next moments tell (a fill follows at once)
-        else:
-            print(sdk.describe(a.user, r, c.instruments), flush=True)
-        if ours:
-            answered_at = time.monotonic()
-            if getattr(r, "exec_type", "") == "rejected" or isinstance(
-                    r, sdk.BusinessReject | sdk.CancelReject):
-                status = 2   # refused, as every refusal (docs/operations.md, exit statuses)
+        raise
     if accepted is not None:   # nothing followed the order's acceptance: it rests
         print(sdk.describe(a.user, accepted, c.instruments), flush=True)
     if mine is not None and answered_at is None:

@@ -316,3 +316,40 @@ def test_only_an_order_that_rests_is_said_to_rest(gateway, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "alice: BTCUSDT buy 0.01 @ 50000.00 [order 2] accepted", out
     assert "resting" not in "".join(out)
+
+
+def test_an_interrupt_after_the_acceptance_still_prints_it(gateway, tmp_path, capsys,
+                                                            monkeypatch):
+    """The acceptance is held back a moment (to tell whether it rests), and the SDK counts a
+    report handled once the next is asked for: a Ctrl-C in that moment lost it for good (the
+    session file said it was seen; the next invocation starts after it)."""
+    from gateway import client as sdk
+    srv, gw = gateway
+    srv.fills = set()
+    real = sdk.Client.next_report
+    calls = []
+
+    async def next_report(self, timeout_s=None):
+        calls.append(timeout_s)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return await real(self, timeout_s)
+    monkeypatch.setattr(sdk.Client, "next_report", next_report)
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "0.010", "@", "50000") == 130
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["alice: BTCUSDT buy 0.01 @ 50000.00 [order 1] accepted"], out
+    assert "interrupted" in err
+
+
+def test_ctrl_c_ends_a_watch_as_it_says(gateway, tmp_path, capsys, monkeypatch):
+    """`client watch` says "(Ctrl-C ends)"; ending it so printed "interrupted: nothing was
+    sent" and exited 130, as if something had gone wrong."""
+    from gateway import client as sdk
+    _srv, gw = gateway
+
+    async def next_report(self, timeout_s=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sdk.Client, "next_report", next_report)
+    assert client(gw, tmp_path, "watch") == 0
+    out, err = capsys.readouterr()
+    assert "(Ctrl-C ends)" in out and err == "", err
