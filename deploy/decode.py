@@ -303,7 +303,8 @@ LIQ_COMMANDS = {
     liq.FUND_DEPOSIT: ("transfer_id amount_minor", "im"),
 }
 FUND_REASONS = {liq.FUND_DEPOSIT_REASON: "deposit", liq.FUND_RESIDUE: "residue",
-                liq.FUND_CLOSE_OUT: "close_out", liq.FUND_DEFICIT: "deficit"}
+                liq.FUND_CLOSE_OUT: "close_out", liq.FUND_DEFICIT: "deficit",
+                liq.FUND_FUNDING: "funding"}
 LIQ_EVENTS = {
     liq.CE_COMMAND: ("symbol ce_kind length", "yii"),
     liq.ADL: ("adl_id account symbol qty price", "iiyzP"),

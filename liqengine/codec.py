@@ -68,6 +68,7 @@ EVENT_NAMES = {CE_COMMAND: "CrossEngineCommand", ADL: "Adl", TAKEOVER: "Takeover
                FUND_CHANGED: "FundChanged", ADL_INDICATOR: "AdlIndicator",
                REJECTED: "Rejected", LIQ_POSITION: "LiqPosition"}
 FUND_DEPOSIT_REASON, FUND_RESIDUE, FUND_CLOSE_OUT, FUND_DEFICIT = 1, 2, 3, 4
+FUND_FUNDING = 5          # a shard's clearing paid (or received) funding: the fund's
 
 # -- reject codes: 4xxx, named as sentences, never reused ---------------------------------------
 REJECT_CODES = {
@@ -88,6 +89,8 @@ TE_ACCOUNT = 4            # <BIqqqq account, balance, available, order margin, p
 TE_POSITION = 5           # <BIIqqqqqqIB account, symbol, size, cost, margin, liquidation price,
                           #   bankruptcy price, realised, leverage x100, mode
 TE_LIQUIDATION = 8        # <BIIqqqq account, symbol, size, bankruptcy price, cost at it, residue
+TE_FUNDING = 7            # <BIIiq account, symbol, rate ppm, amount (> 0 paid); LIQ_ACCOUNT:
+                          #   the shard's clearing account's, the fund's to book
 TE_DEFICIT_COVERED = 10   # <BIq account, amount
 TE_SESSION_MESSAGE = 14   # <BIQH + the PROTOCOL.md root block of templateId
 TE_ADL_APPLIED = 15       # <BQIIqqq adl id, account, symbol, qty closed (signed), price, realised

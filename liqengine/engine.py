@@ -411,9 +411,13 @@ class LiqEngine:
                 self._takeover(shard, _TE[kind](payload, off))
             elif kind == c.TE_DEFICIT_COVERED:
                 ev = _TE[kind](payload, off)
-                self._deficit(ev[2])
+                self._deficit(ev[2], c.FUND_DEFICIT)
             elif kind == c.TE_ADL_APPLIED:
                 self._adl_applied(_TE[kind](payload, off))
+            elif kind == c.TE_FUNDING:
+                ev = _TE[kind](payload, off)
+                if ev[1] == c.LIQ_ACCOUNT:
+                    self._clearing_funding(ev[4])
 
     def _position_status(self, account: int, symbol: int, size: int, cost: int) -> None:
         if symbol not in self.specs or account >= c.RESERVED_ACCOUNT_MIN:
@@ -474,9 +478,10 @@ class LiqEngine:
         self._send_order(co, c.GTC, bp)
         self._arm(co, self.ts_ns + self.close_out_window_ns)
 
-    def _deficit(self, amount: int) -> None:
+    def _deficit(self, amount: int, reason: int) -> None:
         """TE event 10: the fund pays a client's deficit; what the free fund cannot pay
-        becomes the fund's debt (the fund never goes below zero)."""
+        becomes the fund's debt (the fund never goes below zero). (And a clearing account's
+        funding payment, under its own reason.)"""
         if amount <= 0:
             raise EngineHalted(f"DeficitCovered of {amount}")
         self.clearing_balance += amount
@@ -486,7 +491,20 @@ class LiqEngine:
         self.fund_debt += amount - paid
         if paid:
             self.fund -= paid
-            self._emit(_PACK[c.FUND_CHANGED](c.FUND_CHANGED, self.fund, -paid, c.FUND_DEFICIT))
+            self._emit(_PACK[c.FUND_CHANGED](c.FUND_CHANGED, self.fund, -paid, reason))
+
+    def _clearing_funding(self, amount: int) -> None:
+        """TE event 7 for LIQ_ACCOUNT: a shard's clearing account paid (> 0) or received
+        funding at a boundary, on the lots LIQ took over from it and the mirror legs of
+        trades between shards (which net across shards to rounding). The fund is its other
+        side: it pays what clearing paid (what the free fund cannot pay becomes its debt, as
+        for a deficit) and takes what clearing received. The LiqEngine's clearing books the
+        mirror, so that funding nets across engines."""
+        if amount > 0:
+            self._deficit(amount, c.FUND_FUNDING)
+        elif amount < 0:
+            self.clearing_balance += amount
+            self._fund_change(-amount, c.FUND_FUNDING)
 
     def _adl_applied(self, ev: tuple) -> None:
         _, adl_id, account, symbol, qty, price, _realised = ev

@@ -66,7 +66,7 @@ from tradingengine.codec import (
     END_FINALIZE, END_LOGOUT, EVENT_STRUCTS, EXEC_CANCELED, EXEC_EXPIRED, EXEC_NEW, EXEC_REJECTED,
     EXEC_REPLACED, EXEC_REPORT, EXEC_TRADE, EXEC_TRIGGERED, FLAG_POST_ONLY, FLAG_REDUCE_ONLY, FOK,
     FUNDING, FUNDING_INPUTS, FUNDING_INPUTS_S, FUNDING_SETTLED, GATEWAY_START, GATEWAY_START_S,
-    GTC, GW_SHED, GW_THROTTLED, IOC, ISOLATED, KIND_TICK, LIMIT, LIQUIDATION, LIQ_ADL, LIQ_ADL_S,
+    GTC, GW_SHED, GW_THROTTLED, IOC, ISOLATED, KIND_TICK, LIMIT, LIQUIDATION, LIQ_ACCOUNT, LIQ_ADL, LIQ_ADL_S,
     LIQ_CE_COMMAND, LIQ_EVENT_SIZES, MARKET, MARK_PRICE, MARK_PRICE_S, MAX_SESSION_ACCOUNTS,
     NEW_ORDER, NEW_ORDER_S, POSITION, P_BLOCK_SIZES, P_BUSINESS_REJECT, P_CANCEL, P_CANCEL_REJECT,
     P_EXEC_REPORT, P_FLAG_POST_ONLY, P_MASS_CANCEL, P_MASS_CANCEL_REPORT, P_NEW_ORDER,
@@ -2160,6 +2160,14 @@ class TradingEngine:
         acct.funding_paid += amount
         self._liq_dirty[acct.account_id] = None
         if acct.account_id < 0:
+            if acct is self.clearing and self.liq_sources:
+                # With a LiqEngine, clearing holds the lots LIQ took over from this shard
+                # (besides the mirror legs of other shards' trades): its funding is the
+                # fund's. The LiqEngine books the same amount against the fund (its clearing
+                # the other side), so that funding nets across engines: booked by no one,
+                # held lots were paid 0.4365 USDT an interval that nobody paid.
+                self.route |= ROUTE_LIQ
+                self._out.append(_PACK[FUNDING](FUNDING, LIQ_ACCOUNT, symbol, rate, amount))
             return amount
         shortfall = 0
         # An isolated position pays out of its own margin. Changed after the boundary, before
