@@ -30,6 +30,7 @@ from tradingengine import codec as te
 
 MINOR = Decimal(10) ** 8
 DEMO_FILE = "demo-users.json"
+FUND_FILE = "insurance-fund.json"   # the topology's insurance fund was deposited on first start
 DEMO_USERS = {"alice": [2, 4], "bob": [3, 5]}
 DEMO_DEPOSIT = "100000"
 MAX_AMOUNT = (1 << 62) - 1
@@ -301,8 +302,22 @@ def demo_deposits(topo, log=print) -> None:
             out = transfer(topo.data_dir, topo, account, minor_units(DEMO_DEPOSIT),
                            transfer_id=tid)
             log(f"  demo: {name}: {out.line()}")
-    fund = (t.get("liq") or {}).get("insurance_fund", 0)
-    if fund:
-        log(f"  demo: {fund_deposit(topo.data_dir, topo, fund, transfer_id=1)}")
     doc["deposited"] = True
     _write_demo(topo.data_dir, doc)
+
+
+def first_start_deposits(topo, log=print) -> None:
+    """What `seqex up` deposits on a cluster's first start: the insurance fund the topology
+    names (`[trading] insurance_fund`, demo accounts or not: it was deposited only with them,
+    and a cluster without them started with an empty fund), then the demo users' accounts."""
+    t = getattr(topo, "trading", None) or {}
+    fund = (t.get("liq") or {}).get("insurance_fund", 0)
+    marker = os.path.join(os.path.abspath(topo.data_dir), FUND_FILE)
+    if fund and not os.path.exists(marker):
+        # transfer id 1: a repeat (a start that died before the marker) changes nothing
+        log(f"  {fund_deposit(topo.data_dir, topo, fund, transfer_id=1)}")
+        tmp = marker + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"deposited": fund}, f)
+        os.replace(tmp, marker)
+    demo_deposits(topo, log)

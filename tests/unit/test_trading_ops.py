@@ -101,3 +101,30 @@ def test_account_create_does_not_replace_a_user_unless_told(tmp_path, capsys):
     assert main(["account", "deposit", "0", "5", "--data", data]) == 2
     err = capsys.readouterr().err
     assert err == "seqex account: account '0': a number in 1 .. 2**32-1\n", err
+
+
+def test_the_insurance_fund_is_deposited_on_first_start_without_demo_accounts(
+        tmp_path, monkeypatch):
+    """`[trading] insurance_fund` says it is deposited on first start; it was deposited only
+    with the demo accounts, and a cluster without them took its first handoff on an empty fund.
+    Once, whatever the demo accounts (transfer id 1: a repeat after a start that died before
+    it was noted changes nothing)."""
+    from types import SimpleNamespace
+    calls = []
+
+    def fund_deposit(data_dir, topo, amount, transfer_id):
+        calls.append((amount, transfer_id))
+        return f"insurance fund deposit {transfer_id} done: fund 50,000.00 USDT"
+    monkeypatch.setattr(trading, "fund_deposit", fund_deposit)
+    topo = SimpleNamespace(data_dir=str(tmp_path),
+                           trading={"demo_accounts": False,
+                                    "liq": {"insurance_fund": 5_000_000_000_000}})
+    lines: list[str] = []
+    trading.first_start_deposits(topo, lines.append)
+    trading.first_start_deposits(topo, lines.append)             # noted: not again
+    assert calls == [(5_000_000_000_000, 1)]
+    assert lines == ["  insurance fund deposit 1 done: fund 50,000.00 USDT"]
+    topo.trading["liq"]["insurance_fund"] = 0                    # none named: none made
+    trading.first_start_deposits(SimpleNamespace(data_dir=str(tmp_path / "x"),
+                                                 trading=topo.trading), lines.append)
+    assert len(calls) == 1
