@@ -54,10 +54,12 @@ class Refused(ValueError):
     """The master (or, ahead of it, the producer's own check) will not take these records.
     ``reason`` says why; ``ss_first``/``ss_last`` name the records when they are known."""
 
-    def __init__(self, reason: str, ss_first: int | None = None, ss_last: int | None = None):
+    def __init__(self, reason: str, ss_first: int | None = None, ss_last: int | None = None,
+                 code: str | None = None):
         where = f" (source_seqs {ss_first}..{ss_last})" if ss_first is not None else ""
         super().__init__(f"refused{where}: {reason}")
         self.reason, self.ss_first, self.ss_last = reason, ss_first, ss_last
+        self.code = code   # the master's reason code, when it gave one ("source_clash")
 
 
 class Backpressure(RuntimeError):
@@ -115,10 +117,14 @@ class Producer:
                 raise TimeoutError(f"no WELCOME from {self.addr}")
             self._hello()
             self._receive(200)
-            if self.refusals:
+            for r in list(self.refusals):
                 # the master refused the source (not registered for this peer, a version it
-                # cannot read): asking again every 200 ms until the timeout changes nothing
-                raise self.refusals.popleft()
+                # cannot read): asking again every 200 ms until the timeout changes nothing.
+                # A source_clash passes (another connection still holds the source, as a
+                # producer just gone does until the master drops it): asked again, as before
+                if r.code != "source_clash":
+                    self.refusals.remove(r)
+                    raise r
 
     def _hello(self) -> None:
         self.hello_at = time.monotonic()
@@ -274,8 +280,10 @@ class Producer:
             # The master could not take something this producer sent. Its own checks make
             # this a version mismatch or a bug: say so to the caller, with the reason.
             self.stats["errors"] += 1
+            reason = body.get("reason")
             self.refusals.append(Refused(f"the master at {self.addr} answered ERROR: "
-                                         f"{str(body.get('error'))[:500]}"))
+                                         f"{str(body.get('error'))[:500]}",
+                                         code=reason if isinstance(reason, str) else None))
             return
         if body.get("src") != self.source:
             return

@@ -103,11 +103,11 @@ def test_a_frozen_producers_source_is_handed_to_its_replacement_within_seconds(t
                     try:
                         replacement.connect(60)
                         break
-                    except Refused as exc:   # connect() raises the master's refusal at once
+                    except Refused as exc:   # (a refusal other than a clash is raised)
                         clashes.append(str(exc))
                         assert time.monotonic() - start < 60, "the source was never handed over"
                 took = time.monotonic() - start
-                clashes += [str(r) for r in replacement.refusals]
+                clashes += [str(r) for r in replacement.refusals]   # connect() passed these
                 replacement.refusals.clear()
                 first = replacement.next_ss
                 ss_first, ss_last = replacement.submit(1, [b"after the hand-over"])

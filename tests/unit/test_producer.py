@@ -88,6 +88,21 @@ def test_connect_stops_at_the_masters_refusal(master):
     t.join()
     assert [m for m in master.drain() if m[0] == wire.HELLO] == []
     prod.close()
+    # a source_clash passes: the other connection may be one going away; asked again
+    prod = Producer(SRC, master.addr)
+
+    def clash_then_welcome():
+        master.recv()
+        master.send(wire.ERROR, {"src": SRC, "reason": "source_clash",
+                                 "error": "source 7 is in use by another live producer"})
+        master.recv()
+        master.welcome(3, 3)
+    t = threading.Thread(target=clash_then_welcome)
+    t.start()
+    prod.connect(timeout_s=10)
+    t.join()
+    assert prod.next_ss == 3 and [r.code for r in prod.refusals] == ["source_clash"]
+    prod.close()
 
 
 def test_an_error_answer_is_raised_with_its_reason(master):
