@@ -27,6 +27,7 @@ from typing import Any
 
 from crossengine import codec as ce
 from deploy import topology as _topo
+from gateway import client as sdk
 from gateway import wire as gw
 from liqengine import codec as liq
 from tradingengine import codec as te
@@ -489,13 +490,10 @@ P_QTYS = {"qty", "last_qty", "leaves", "cum_qty"}
 
 # PROTOCOL.md's FIX enums (gateway/wire.py holds their characters) by field: their names
 P_ENUMS: dict[str, dict[bytes, str]] = {
-    "side": {gw.SIDE_BUY: "buy", gw.SIDE_SELL: "sell", gw.SIDE_BOTH: "both"},
+    "side": sdk.SIDE_NAMES,          # the SDK's names (gateway/client.py), one table each
     "ord_type": {gw.ORD_TYPE_MARKET: "market", gw.ORD_TYPE_LIMIT: "limit"},
-    "tif": {gw.TIF_DAY: "day", gw.TIF_GTC: "gtc", gw.TIF_IOC: "ioc", gw.TIF_FOK: "fok"},
-    "exec_type": {gw.EXEC_TYPE_NEW: "new", gw.EXEC_TYPE_CANCELED: "canceled",
-                  gw.EXEC_TYPE_REPLACED: "replaced", gw.EXEC_TYPE_REJECTED: "rejected",
-                  gw.EXEC_TYPE_EXPIRED: "expired", gw.EXEC_TYPE_TRADE: "trade",
-                  gw.EXEC_TYPE_STATUS: "status"},
+    "tif": sdk.TIF_NAMES,
+    "exec_type": sdk.EXEC_TYPES,
     "ord_status": {gw.ORD_STATUS_NEW: "new", gw.ORD_STATUS_PARTIALLY_FILLED: "partially_filled",
                    gw.ORD_STATUS_FILLED: "filled", gw.ORD_STATUS_CANCELED: "canceled",
                    gw.ORD_STATUS_REJECTED: "rejected", gw.ORD_STATUS_EXPIRED: "expired"},

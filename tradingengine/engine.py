@@ -446,6 +446,11 @@ def _count_down(counts: dict, key) -> None:
         del counts[key]
 
 
+def _new_position(spec) -> Position:
+    """A flat position row at the contract's default leverage."""
+    return Position(min(DEFAULT_LEVERAGE_X100, spec.tiers[0].max_leverage_x100))
+
+
 def _waits(o, key: tuple) -> bool:
     """Whether order o waits for the CrossEngine's answer to a request of session key."""
     return (o.sess == key and o.state == PENDING_NEW
@@ -897,9 +902,7 @@ class TradingEngine:
     def _position(self, acct: Account, symbol) -> Position:
         pos: Position = acct.positions.get(symbol)
         if pos is None:
-            spec = self.specs[symbol]
-            pos = acct.positions[symbol] = Position(min(DEFAULT_LEVERAGE_X100,
-                                                        spec.tiers[0].max_leverage_x100))
+            pos = acct.positions[symbol] = _new_position(self.specs[symbol])
         return pos
 
     def _reject_request(self, kind: int, code: int, account: int, symbol: int, ref: int) -> None:
@@ -1137,12 +1140,8 @@ class TradingEngine:
             self._trig_add(o)
             self._er(o, EXEC_NEW)
             return
-        fresh = symbol not in acct.positions
         code = self._risk_and_send(acct, o, spec)
         if code:
-            if fresh:
-                # the position row made for the check goes: a refused order changes nothing
-                acct.positions.pop(symbol, None)
             self._reject_order(coid, account, symbol, side, ord_type, price, qty, code)
             return
         self.next_order_id += self.n_shards
@@ -1182,8 +1181,11 @@ class TradingEngine:
         elif (o.price > mark + band) if buy else (o.price < mark - band):
             return 2011
         pos: Position = acct.positions.get(symbol)
-        if pos is None:
-            pos = self._position(acct, symbol)
+        fresh = pos is None
+        if fresh:
+            # made for the check, kept only when the order goes: a refused order changes
+            # nothing (an empty row stayed in the snapshot and the state hash)
+            pos = _new_position(spec)
         size = pos.size
         if buy:
             same = pos.buy_leaves
@@ -1260,6 +1262,8 @@ class TradingEngine:
                     cost = order_cost(opening, o.price, buy, mark, spec, lev)
             if self._strands_cross_closes(acct, cost):
                 return 2044
+        if fresh:
+            acct.positions[symbol] = pos
         o.margin = cost
         acct.order_margin += cost
         self._liq_dirty[acct.account_id] = None
@@ -2315,11 +2319,8 @@ class TradingEngine:
                     continue      # (and the account's other orders fired here with it)
             self._er(o, EXEC_TRIGGERED, 0, 0, 0, 0, 0, STATUS_NEW)
             # checked as a new order: still conditional, so its own leaves are not counted
-            fresh = symbol not in acct.positions
             code = self._risk_and_send(acct, o, self.specs[symbol])
             if code:
-                if fresh:
-                    acct.positions.pop(symbol, None)   # made for the check
                 self._drop(acct, o)
                 self._er(o, EXEC_REJECTED, 0, 0, 0, code, 0, STATUS_REJECTED)
             else:
