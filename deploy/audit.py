@@ -13,9 +13,11 @@ Across engines, each engine's clearing account is the mirror of the others' trad
     users' wallets + unrealised PnL + fee pools + insurance fund + clearing
         == deposits - withdrawals (+ the fund's deposits)
 
-to the minor unit, and the clearing positions of all engines net to zero per symbol once every
-engine has applied every record that concerns it (a cluster at rest); a cluster under load
-shows the records still in flight as a clearing difference, which the report names as such.
+to the minor unit. Once every engine has applied every record that concerns it (a cluster at
+rest), the clearing positions of all engines net to zero per symbol and their clearing money to
+zero (``Report.at_rest``): each trade, funding payment and takeover between engines has its two
+sides booked. A cluster under load shows the records still in flight as a clearing difference,
+which the report names as such; one that stays at rest is money made or lost between engines.
 """
 from __future__ import annotations
 
@@ -142,12 +144,24 @@ class Report:
         return {s: n for s, n in sorted(net.items()) if n}
 
     @property
+    def clearing_money(self) -> int:
+        """Every engine's clearing account together (at the same marks): 0 at rest."""
+        return sum(e.clearing for e in self.engines)
+
+    @property
+    def at_rest(self) -> bool:
+        """Nothing between engines is in flight, or lost: the clearing positions net to zero
+        per symbol and the clearing money to zero."""
+        return not self.clearing_net() and self.clearing_money == 0
+
+    @property
     def ok(self) -> bool:
         return not any(e.error for e in self.engines) and self.total == self.expected
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "total": self.total, "expected": self.expected,
                 "clearing_net": {str(k): v for k, v in self.clearing_net().items()},
+                "clearing_money": self.clearing_money, "at_rest": self.at_rest,
                 "seconds": round(self.seconds, 3),
                 "engines": [{"name": e.name, "stream": e.stream, "seq": e.seq,
                              "records": e.records, "deposits": e.deposits,
@@ -208,6 +222,10 @@ def render(r: Report) -> list[str]:
     if net:
         lines.append(f"  clearing positions between engines do not net to zero (records in "
                      f"flight, or a lost one): {net} (symbol: lots)")
+    elif r.clearing_money:
+        lines.append(f"  clearing money between engines does not sum to zero though their "
+                     f"positions net: {usdt(r.clearing_money)} USDT (records in flight, or "
+                     f"money made or lost between engines)")
     if r.ok:
         lines.append("  balanced: the sum equals deposits minus withdrawals to the minor unit")
     elif r.total != r.expected:

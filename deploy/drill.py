@@ -792,7 +792,8 @@ def global_audit(topo) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     d = r.to_dict()
     return {"ok": d["ok"], "total": d["total"], "expected": d["expected"],
-            "clearing_net": d["clearing_net"], "seconds": d["seconds"],
+            "clearing_net": d["clearing_net"], "clearing_money": d["clearing_money"],
+            "at_rest": d["at_rest"], "seconds": d["seconds"],
             "records": sum(e["records"] for e in d["engines"]),
             "errors": [f"{e['name']}: {e['error']}" for e in d["engines"] if e["error"]]}
 

@@ -448,8 +448,8 @@ def test_power_loss_of_the_whole_machine_while_clients_trade(tmp_path):
             a = global_audit(topo)
             assert a["ok"] and a["total"] == a["expected"] and not a["errors"], a
             from deploy.audit import audit
-            wait_until(lambda: not audit(topo, every=1000).clearing_net(), 120,
-                       "the clearing positions to net to zero at rest")
+            wait_until(lambda: audit(topo, every=1000).at_rest, 120,
+                       "the clearing positions and money to net to zero at rest")
             timings["checks"] = time.monotonic() - t0
             log2 = up2.log()
             assert "gave up" not in log2.lower(), log2[-3000:]

@@ -239,13 +239,14 @@ def test_a_drill_while_clients_trade_keeps_every_book_balanced(cluster, tmp_path
     mixed = _furthest(topo, "out.ce.BTCUSDT", start + 1, count)[1]
     # the drill's orders met the robot's: the audit above covered such trades
     assert mixed.get("with_clients", 0) > 0, mixed
-    # at rest (no one trading), every engine's clearing positions net to zero per symbol:
-    # each trade has a TradingEngine on both sides
+    # at rest (no one trading), every engine's clearing positions net to zero per symbol and
+    # their clearing money to zero: each trade has a TradingEngine on both sides
     from deploy.audit import audit
     deadline = time.monotonic() + 120
-    while (net := audit(topo, every=1000).clearing_net()) and time.monotonic() < deadline:
+    while not (r := audit(topo, every=1000)).at_rest and time.monotonic() < deadline:
         time.sleep(0.5)     # records still in flight: rebuild again
-    assert not net, f"clearing positions do not net to zero at rest: {net} (symbol: lots)"
+    assert r.at_rest, f"clearing between engines not at rest: positions {r.clearing_net()} " \
+        f"(symbol: lots), money {r.clearing_money}"
 
 
 @pytest.mark.slow

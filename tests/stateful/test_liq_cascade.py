@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crossengine import codec as cc
+from deploy.audit import Report
 from liqengine import codec as lc
 from mq.record import decode
 from tests.liqcascade import RoutedVenue
@@ -52,13 +53,9 @@ def _check_record(v: RoutedVenue, st) -> None:
 
 
 def _at_rest(v: RoutedVenue) -> None:
-    books = v.books()
-    net: dict[int, int] = {}
-    for b in books:
-        for sym, n in b.clearing_positions.items():
-            net[sym] = net.get(sym, 0) + n
-    assert not {s: n for s, n in net.items() if n}, f"clearing does not net to zero: {net}"
-    assert sum(b.clearing for b in books) == 0, [(b.name, b.clearing) for b in books]
+    r = Report(v.books(), 0.0)      # what `seqex audit` checks at rest
+    assert r.at_rest, f"clearing does not net to zero: {r.clearing_net()} (lots), " \
+        f"{[(b.name, b.clearing) for b in r.engines]} (money)"
 
 
 def cascade(n_longs: int, fund: int, ladder: int, crash_to: int, seed: int,

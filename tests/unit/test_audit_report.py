@@ -70,6 +70,23 @@ def test_clearing_in_flight_is_named_as_such():
     assert "clearing positions between engines do not net to zero" in text and "{1: " in text
 
 
+def test_clearing_money_that_does_not_net_is_named_when_the_positions_do():
+    """At rest the clearing accounts' money sums to zero as their positions do: a payment
+    between engines booked on one side only (funding with no one on the other side, as the
+    twenty-first economic campaign found) shows with positions that net."""
+    v = _venue()
+    r = _report(v)
+    assert r.at_rest and r.clearing_money == 0 and r.to_dict()["at_rest"]
+    v.te[0].engine.clearing.balance += 43_650_000        # paid by no engine
+    r = _report(v)
+    assert not r.clearing_net() and r.clearing_money == 43_650_000 and not r.at_rest
+    text = "\n".join(audit.render(r))
+    assert "clearing money between engines does not sum to zero though their positions " \
+           "net: 0.4365 USDT" in text
+    d = r.to_dict()
+    assert d["clearing_money"] == 43_650_000 and not d["at_rest"]
+
+
 def test_a_shards_books_count_the_funding_in_flight_of_a_deferred_sweep():
     """A funding sweep spread over records holds what it took in and has not paid out; the
     shard's books in `seqex audit` count it, so they sum to deposits at every record."""
