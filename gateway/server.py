@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import socket
 import struct
 import time
@@ -437,6 +438,21 @@ class Connection(asyncio.Protocol):
                 self.slow_consumer()
             return
         self.write(frame)
+
+    def peer_gone(self) -> bool:
+        """The peer closed or reset the connection though the loop has not read that yet (its
+        reading paused, or the event later in the same turn): a poll of the socket for a
+        hang-up or an error, without reading anything."""
+        t = self.transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is None or self.state == CLOSED:
+            return True
+        try:
+            p = select.poll()
+            p.register(sock.fileno(), select.POLLRDHUP)
+            return bool(p.poll(0))
+        except (OSError, ValueError):
+            return True
 
     def abort(self) -> None:
         self.out.clear()
@@ -1076,6 +1092,13 @@ class Gateway:
         conn.shard = user.accounts[0] % self.n_shards
         conn.client_hb_s = lg.HeartbeatIntervalMs / 1000
         conn.logon_sent_at = self.clock()
+        old = self.live.get(conn.key)
+        if old is not None and old is not conn and old.peer_gone():
+            # The client reconnected at once after a reset or a close of the connection that
+            # holds the session, and we have not read that end yet: end it now, so that its
+            # SessionEnd goes to the engine before this SessionLogon (else: "bound elsewhere")
+            self.unbind(old)
+            old.abort()
         conn.bound = True  # from here on the engine may bind it: SessionEnd on close
         self.pending[conn.conn_id] = conn
         payload = SESSION_LOGON_S.pack(user.user, lg.SessionID, conn.conn_id,

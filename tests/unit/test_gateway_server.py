@@ -1097,3 +1097,34 @@ def test_the_credential_check_bounds_are_settings():
     for bad in ({"max_auth_per_peer": 0}, {"max_auth_queued": -1}, {"auth_timeout_s": 0}):
         with pytest.raises(ValueError, match="max_auth|auth_timeout"):
             gs.parse_settings(dict(doc, **bad))
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_logon_right_after_the_old_connection_ended_resumes(reset):
+    """A client whose connection was reset (or closed) logs on again at once. Had the gateway
+    not read that end yet (its reading paused, or the new connection's events first in the
+    turn), the engine saw the new SessionLogon before the old SessionEnd and refused it as
+    bound elsewhere (LogonReject 2): an independent client got that in 6 of 10 tries against a
+    cluster. The gateway now looks at the old socket and ends it first."""
+    async def main():
+        gw, core, port = await started()
+        a = await Client.connect(port)
+        await a.logon(session=5)
+        await a.expect(wire.LOGON_ACK)
+        a.nos(1, 11)
+        await a.expect(wire.EXECUTION_REPORT)
+        old = gw.live[(7, 5)]
+        old.transport.pause_reading()        # the gateway does not read its end
+        if reset:
+            a.w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                    struct.pack("ii", 1, 0))
+        a.w.transport.abort() if reset else a.w.close()
+        b = await Client.connect(port)
+        await b.logon(session=5, next_expected=2, next_seq=2)
+        ack = await b.expect(wire.LOGON_ACK)
+        assert (ack.NextExpectedSeqNo, ack.NextSeqNo) == (2, 2)
+        assert len(core.kinds(81)) == 1 and gw.live[(7, 5)] is not old   # its SessionEnd
+        b.nos(2, 12)
+        assert (await b.expect(wire.EXECUTION_REPORT)).ClOrdID == 12
+        await gw.close()
+    run(main())
