@@ -690,22 +690,17 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                     break
             time.sleep(0.05)
     finally:
-        # a second Ctrl-C must not cut the undo short (it once left the summary without the
-        # resume): SIGINT waits until the target is given back
-        try:
-            held = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        except ValueError:   # not the main thread: nothing to hold
-            held = None
-        try:
+        def undo() -> None:
+            nonlocal continued
             if name == "freeze" and not continued:
                 os.kill(pid, signal.SIGCONT)
+                continued = True
                 done.append(f"{target} resumed (SIGCONT)")
             if name == "disk-full" and not continued:
                 _remount(disk, disk_size)
+                continued = True
                 done.append(f"{disk} given back its size ({disk_size >> 20} MiB)")
-        finally:
-            if held is not None:
-                signal.signal(signal.SIGINT, held)
+        undo_surely(undo)
     if name not in ("freeze", "disk-full"):
         report["new_pid"] = new_pids.get(targets[0].name)
         report["new_pids"] = new_pids
@@ -995,7 +990,60 @@ def record_outcome(data_dir: str, r: dict) -> None:
         pass
 
 
+def undo_surely(undo) -> None:
+    """Run ``undo`` (give the target back) to its end whatever interrupts it: a
+    KeyboardInterrupt inside it (an interrupt that came as the drill was ending) runs it again,
+    and is raised once it is done. ``undo`` does each step once, however often it is called."""
+    interrupted = False
+    while True:
+        try:
+            undo()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+class Interrupts:
+    """While a drill runs: the first SIGINT, SIGTERM or SIGHUP interrupts it (as a
+    KeyboardInterrupt, so that its undo runs: the strike is undone, the load stopped) and any
+    later one is noted and dropped, so that nothing cuts the undo or the line that says what
+    was done short. Without it a SIGTERM (a CI job's timeout, `kill`) or a SIGHUP (the
+    operator's terminal gone) ended the drill at once with its target frozen, and a second
+    Ctrl-C between the first and the undo could skip the SIGCONT."""
+    WATCHED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.saved: dict = {}
+
+    def __enter__(self) -> Interrupts:
+        for sig in self.WATCHED:
+            self.saved[sig] = signal.signal(sig, self._on)
+        return self
+
+    def _on(self, signum, _frame) -> None:
+        if self.first is None:
+            self.first = signum
+            raise KeyboardInterrupt
+
+    def __exit__(self, *_exc) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number, as a shell reports a process ended by it."""
+        return 128 + (self.first or signal.SIGINT)
+
+
 def cmd_drill(a: argparse.Namespace) -> int:
+    with Interrupts() as interrupts:
+        return _drill(a, interrupts)
+
+
+def _drill(a: argparse.Namespace, interrupts: Interrupts) -> int:
     done: list[str] = []   # what the drill did to the cluster, as it happened
     try:
         if a.name == "kill-gateway":
@@ -1010,10 +1058,14 @@ def cmd_drill(a: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         from deploy import cli
         what = "; ".join(done) if done else "nothing was done to the target yet"
-        print(f"seqex drill: interrupted ({a.name}): {what}; the drill's load stopped, its "
-              f"orders may rest in the book; no report. `seqex status{cli.data_option(a)}` "
-              "shows the cluster", file=sys.stderr)
-        return 130
+        by = signal.Signals(interrupts.first or signal.SIGINT).name
+        try:
+            print(f"seqex drill: interrupted by {by} ({a.name}): {what}; the drill's load "
+                  f"stopped, its orders may rest in the book; no report. `seqex status"
+                  f"{cli.data_option(a)}` shows the cluster", file=sys.stderr, flush=True)
+        except OSError:      # SIGHUP: the terminal is gone
+            pass
+        return interrupts.exit_status
     record_outcome(a.data, report)
     text = describe_gateway(report) if a.name == "kill-gateway" else describe(report)
     print(json.dumps(report, indent=1) if a.json else text, flush=True)

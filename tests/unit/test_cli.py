@@ -443,8 +443,41 @@ def test_an_interrupted_drill_says_what_it_did_to_the_cluster(monkeypatch, capsy
     assert cli.main(["--insecure", "drill", "freeze"]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert err.startswith("seqex drill: interrupted (freeze): ce.BTCUSDT.hot1 (pid 42) frozen "
-                          "(SIGSTOP); ce.BTCUSDT.hot1 resumed (SIGCONT)"), err
+    assert err.startswith("seqex drill: interrupted by SIGINT (freeze): ce.BTCUSDT.hot1 (pid 42) "
+                          "frozen (SIGSTOP); ce.BTCUSDT.hot1 resumed (SIGCONT)"), err
+
+
+def test_a_drills_undo_runs_to_its_end_through_a_second_interrupt():
+    """A freeze drill's undo interrupted (a Ctrl-C as the drill was ending, or one the signal
+    handler let through) runs again to its end, once per step, then the interrupt goes on up;
+    during a drill only the first SIGINT, SIGTERM or SIGHUP interrupts it."""
+    import os
+    import signal
+
+    from deploy import drill
+    steps, hits = [], [0]
+
+    def undo():
+        hits[0] += 1
+        if hits[0] == 1:
+            raise KeyboardInterrupt       # before its step
+        if not steps:
+            steps.append("SIGCONT")
+    with pytest.raises(KeyboardInterrupt):
+        drill.undo_surely(undo)
+    assert steps == ["SIGCONT"] and hits[0] == 2
+    before = [signal.getsignal(s) for s in drill.Interrupts.WATCHED]
+    with drill.Interrupts() as it:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+        os.kill(os.getpid(), signal.SIGINT)      # a later one: dropped
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(1000):
+            pass
+        assert it.first == signal.SIGTERM and it.exit_status == 143
+    assert [signal.getsignal(s) for s in drill.Interrupts.WATCHED] == before
 
 
 def test_up_keeps_supervising_when_its_reader_goes_away(monkeypatch, tmp_path):
