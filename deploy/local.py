@@ -96,10 +96,11 @@ class LogCluster:
         return stats(self.prod_addr, timeout_s)
 
     def drain(self, timeout_s: float = 60) -> None:
-        """Stop the sequencer once every replicator holds all it sequenced."""
+        """Stop the sequencer once every replicator holds all it sequenced. (A master just
+        restarted answers once it has recovered, which on a busy machine took over 5 s.)"""
         from mq import wire
         from mq.control import call
-        call(self.prod_addr, wire.STOP, timeout_s=5)
+        call(self.prod_addr, wire.STOP, timeout_s=timeout_s)
         self.sequencer.wait(timeout_s)
 
     def stop(self) -> None:
