@@ -125,6 +125,7 @@ class MarketDataClient:
                  password: str = ""):
         self.host, self.port = host, port
         self.reconnect = reconnect
+        self.retry_after_s = 0.05      # the wait before a reconnect
         self.user = user
         self.password = password           # the feed checks them when it has accounts
         self.books: dict[int, LocalBook] = {}
@@ -230,7 +231,8 @@ class MarketDataClient:
             self._push(("disconnected", why))
             if not self.reconnect:
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(self.retry_after_s)
+            self.retry_after_s = 0.05
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         async for frame in wire.frames(reader):
@@ -272,11 +274,15 @@ class MarketDataClient:
         elif tid == wire.MARKET_DATA_REQUEST_REJECT:
             self._push(("reject", wire.decode(frame)))
         elif tid == wire.LOGON_REJECT:
-            # final (bad credentials): no reconnect loop against a refusal
+            m = wire.decode(frame)
             self.stats["logon_rejects"] = self.stats.get("logon_rejects", 0) + 1
-            self.reconnect = False
-            self.closed = True
-            self._push(("logon_reject", wire.decode(frame)))
+            if m.Reason != wire.LOGON_REJECT_NOT_OPEN:
+                # final (bad credentials): no reconnect loop against a refusal
+                self.reconnect = False
+                self.closed = True
+            else:   # not now (a publisher catching up, the feed full): the reconnect waits
+                self.retry_after_s = 0.5
+            self._push(("logon_reject", m))
         elif tid == wire.LOGOUT:
             self.stats["logouts"] += 1
             self._push(("logout", wire.decode(frame)))

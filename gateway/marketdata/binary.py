@@ -34,6 +34,7 @@ import os
 import struct
 import termios
 import time
+from collections.abc import Callable
 
 from gateway import wire
 from gateway.auth import Authenticator
@@ -364,6 +365,11 @@ class FeedConnection(asyncio.Protocol):
         if not HEARTBEAT_MIN_MS <= logon.HeartbeatIntervalMs <= HEARTBEAT_MAX_MS:
             return self.reject(logon.SessionID, wire.LOGON_REJECT_HEARTBEAT_RANGE,
                                "heartbeat 100..30000 ms")
+        if not self.server.ready():
+            # a publisher just started replays its streams first: its books and RptSeqs are
+            # not yet where they were, and a snapshot now would go back in time
+            return self.reject(logon.SessionID, wire.LOGON_REJECT_NOT_OPEN,
+                               "catching up: try again")
         name = logon.Username.split(b"\0", 1)[0]
         if self.server.user_conns.get(name, 0) >= self.server.max_conns_per_user:
             # one user's connections would otherwise hold every slot of the feed
@@ -458,6 +464,7 @@ class BinaryFeed:
         self.server: asyncio.base_events.Server | None = None
         self.high_water, self.low_water = HIGH_WATER, LOW_WATER
         self.stale_limit_s = STALE_LIMIT_S
+        self.ready: Callable[[], bool] = lambda: True   # the publisher: caught up with its streams
         self.slow_close_grace_s = SLOW_CLOSE_GRACE_S
         self.logon_timeout_s = LOGON_TIMEOUT_S
         self.test_req_ids = 0

@@ -88,6 +88,9 @@ class Publisher:
         self.tasks: list[asyncio.Task] = []
         self.caught_up = asyncio.Event()
         self.seen: dict[str, int] = {}      # symbol -> highest seq known in its out stream
+        # the feeds listen from the start (the supervisor's probe is answered) but serve no
+        # book before the replay is done: a Logon gets LogonReject(6), HTTP 503
+        self.binary.ready = self.ws.ready = self.caught_up.is_set
 
     def apply(self, symbol: str, seq: int, ts_ns: int, payload: bytes) -> Update:
         sid = self.ids[symbol]

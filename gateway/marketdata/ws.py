@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -197,6 +198,7 @@ class WsFeed:
         self.per_address: dict[str, int] = {}
         self.max_per_address = MAX_PER_ADDRESS
         self.full_logged_at = -1e9
+        self.ready: Callable[[], bool] = lambda: True   # the publisher: caught up with its streams
         self.stats = {"messages": 0, "dropped": 0, "resnapshots": 0, "slow_closes": 0,
                       "refused_connections": 0, "evicted_connections": 0,
                       "snapshot_requests": 0, "http_requests": 0, "initial_messages": 0}
@@ -223,6 +225,10 @@ class WsFeed:
 
     def _http(self, connection, request):
         url = urlsplit(request.path)
+        if not self.ready() and url.path not in ("/", "/index.html"):
+            # a publisher just started replays its streams first: an empty or an old book
+            # (its update ids gone back) would be served until it is caught up
+            return self._json(503, {"code": -1003, "msg": "catching up: try again"})
         if url.path in ("/ws", "/stream"):
             if self.per_address.get(_address(connection), 0) >= self.max_per_address:
                 # one host would otherwise hold every connection, following a stream each
