@@ -1,5 +1,5 @@
 """Adversarial faults on a running default cluster (`seqex up`, real processes on 127.0.0.1;
-slow: SEQEX_SLOW=1 -m slow). One cluster for the module, at a base port from 27000 up.
+slow: SEQEX_SLOW=1 -m slow). One cluster for the module, at a free block of ports.
 
 1. A master that answers a producer slowly: the in.te.0 master is SIGSTOPped for 3 s while an
    operator Producer streams deposits into it (mq.producer.Producer, docs/log.md "Producer"),
@@ -25,18 +25,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from deploy.procs import Group
 from mq.control import ping, replay, stats, wait_until
 from mq.record import decode
 from tests.process.test_cli import seqex
-from tests.process.test_cluster import pids_of
 
 pytest.importorskip("gateway.server", reason="the gateway process")
 
@@ -45,60 +42,16 @@ from tests.process.test_order_path_faults import (  # noqa: E402
     SYMBOLS,
     Session,
     check_sessions,
+    default_cluster,
     journal,
 )
 from tests.protoclient import ProtoClient  # noqa: E402
 
-PORTS = 64   # the default topology's ports and its metrics ports after them
-
-
-def free_base(start: int = 27000, stop: int = 32768 - PORTS) -> int:
-    """The first base from `start` (in steps of 100) whose PORTS ports are all free now."""
-    for base in range(start, stop, 100):
-        socks = []
-        try:
-            for p in range(base, base + PORTS):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports from 27000")
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fault4")
-    data = str(tmp / "data")
-    with Group(str(tmp / "logs")) as group:
-        up = group.spawn("up", ["up", "--data", data, "--base-port", str(free_base()),
-                                "--ready-timeout", "240"])
-        try:
-            wait_until(lambda: up.log().count("done: balance") >= 4 or not up.alive, 400,
-                       "seqex up and the demo deposits")
-            assert up.alive, up.log()
-            topo, _pid = read_state(data)
-            with open(os.path.join(data, "demo-users.json")) as f:
-                users = json.load(f)["passwords"]
-            host, port = topo.trading["gateway"].rsplit(":", 1)
-            yield {"data": data, "topo": topo, "up": up, "gw": (host, int(port)),
-                   "users": users}
-        finally:
-            for pid in pids_of(data):      # nothing of ours stays stopped, whatever failed
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except OSError:
-                    pass
-            seqex("down", "--data", data, timeout=180)
-            try:
-                up.wait(120)
-            except Exception:
-                pass
-    wait_until(lambda: pids_of(data) == [], 60, "every process of the cluster to end")
+    with default_cluster(tmp_path_factory.mktemp("fault4")) as c:
+        yield c
 
 
 @pytest.fixture
@@ -253,54 +206,6 @@ HOLD_S, CORE_TIMEOUT_S = 2.0, 10.0
 _clordids = iter(range(5_000_000 + int(time.time()) % 100_000 * 1000, 1 << 62, 100))
 
 
-class TimedSession(Session):
-    """Session whose connect() records each Logon attempt's answer and how long it took."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.attempts: list[tuple[int, tuple, float]] = []
-        self.on_logon_sent = None     # called once, after the next Logon is sent
-
-    def connect(self, deadline_s: float = 180, on_resend=None) -> tuple:
-        end = time.monotonic() + deadline_s
-        while True:
-            t0 = time.monotonic()
-            try:
-                c = ProtoClient(*self.cl["gw"], timeout=60)
-                c.send(1, self.sid, self.last_seen + 1, self.next_seq,
-                       10_000, 0, 0, 0, self.user.encode(), self.pw.encode())
-                hook, self.on_logon_sent = self.on_logon_sent, None
-                if hook:
-                    hook()
-                m = c.recv(skip=(5, 6))
-                self.attempts.append((m.template, m.fields, time.monotonic() - t0))
-                if m.template == 2:
-                    break
-                c.close()
-                assert m.template == 3 and m.fields[1] in (2, 6), m
-            except (OSError, ConnectionError, TimeoutError) as exc:
-                self.attempts.append((-1, (repr(exc),), time.monotonic() - t0))
-            assert time.monotonic() < end, "no LogonAck"
-            time.sleep(0.2)
-        self.c = c
-        self.acks.append(m.fields)
-        next_expected, next_server = m.fields[1], m.fields[2]
-        if self.last_seen + 1 < next_server:
-            r = c.recv(skip=(5, 6))
-            assert r.template == 8 and r.fields == (self.last_seen + 1,
-                                                    next_server - 1 - self.last_seen), r
-            for _ in range(r.fields[1]):
-                self._take(c.recv(skip=(5, 6)), replayed=True)
-        for seq in sorted(self.outbox):
-            if seq < next_expected:
-                del self.outbox[seq]
-        for seq in sorted(self.outbox):
-            t, fields = self.outbox[seq]
-            c.send(t, *fields[:-1], fields[-1] | 1)
-            self.resends += 1
-        return m.fields
-
-
 def te_caught_up(cl, shard: int = 0) -> None:
     """in.te.N moved on (its Ticks) and te<N>.hot0 applied it up to there: whatever the
     gateway forwarded a moment before is applied."""
@@ -324,7 +229,7 @@ def test_a_resume_held_by_a_silent_crossengine_is_answered_and_reports_come_once
     unanswered while held, and a second one resumes (the hold goes with the first)."""
     data = cl["data"]
     sid = (int(time.time() * 1000) & ((1 << 40) - 1)) << 8 | 1
-    s = TimedSession(cl, "alice", sid, 2)
+    s = Session(cl, "alice", sid, 2)
     ack = s.connect()
     assert ack[7] & 8, ack          # a new session
     tick, mark = SYMBOLS[1]
@@ -475,6 +380,29 @@ def test_an_interrupted_freeze_drill_thaws_its_target(cl, target, how, tmp_path)
     assert "Traceback" not in cl["up"].log()
 
 
+def interrupted_freeze(data: str, target: str, interrupt) -> tuple:
+    """`seqex drill freeze` of target, ``interrupt(drill)`` once the target is stopped:
+    (the drill's process, its stderr, the target's state afterwards); the target is sent
+    SIGCONT whatever happened."""
+    pid = one_pid(data, target)
+    drill = subprocess.Popen([sys.executable, "-m", "deploy.cli", "drill", "freeze",
+                              "--data", data, "--target", target, "--freeze-s", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: proc_state(pid) == "T" or drill.poll() is not None, 120,
+                   f"the drill to stop {target}")
+        if drill.poll() is not None:
+            raise RuntimeError(f"the drill ended before its strike: {drill.communicate()}")
+        interrupt(drill)
+        _out, err = drill.communicate(timeout=120)
+        return drill, err, proc_state(pid)
+    finally:
+        if drill.poll() is None:
+            drill.kill()
+            drill.wait(30)
+        os.kill(pid, signal.SIGCONT)
+
+
 class LeftFrozen(RuntimeError):
     """A drill's target left stopped (apart from the lost line, an AssertionError)."""
 
@@ -488,26 +416,12 @@ def test_a_second_ctrl_c_soon_after_the_first_keeps_the_drills_line(cl, tmp_path
     target = "ce.BTCUSDT.hot1"
     missing = []
     for i in range(6):
-        pid = one_pid(data, target)
-        drill = subprocess.Popen([sys.executable, "-m", "deploy.cli", "drill", "freeze",
-                                  "--data", data, "--target", target, "--freeze-s", "60"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_until(lambda p=pid, d=drill: proc_state(p) == "T" or d.poll() is not None,
-                       120, f"the drill to stop {target}")
-            if drill.poll() is not None:
-                raise RuntimeError(f"the drill ended before its strike: {drill.communicate()}")
+        def twice(drill):
             drill.send_signal(signal.SIGINT)
             t = time.monotonic()
             wait_until(lambda t=t: time.monotonic() - t >= 0.01, 1, "10 ms", interval_s=0.001)
             drill.send_signal(signal.SIGINT)
-            _out, err = drill.communicate(timeout=120)
-            state = proc_state(pid)
-        finally:
-            if drill.poll() is None:
-                drill.kill()
-                drill.wait(30)
-            os.kill(pid, signal.SIGCONT)
+        drill, err, state = interrupted_freeze(data, target, twice)
         if state == "T" or drill.returncode != 130:
             raise LeftFrozen(f"run {i}: exit {drill.returncode}, target state {state}: {err}")
         if f"{target} resumed (SIGCONT)" not in err:
@@ -531,16 +445,10 @@ def test_ctrl_c_mashed_during_a_freeze_drill_never_leaves_the_target_stopped(cl)
     target = "ce.BTCUSDT.hot1"
     runs = []
     for _i in range(BURSTS):
-        pid = one_pid(data, target)
-        drill = subprocess.Popen([sys.executable, "-m", "deploy.cli", "drill", "freeze",
-                                  "--data", data, "--target", target, "--freeze-s", "60"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         sent = 0
-        try:
-            wait_until(lambda p=pid, d=drill: proc_state(p) == "T" or d.poll() is not None,
-                       120, f"the drill to stop {target}")
-            if drill.poll() is not None:
-                raise RuntimeError(f"the drill ended before its strike: {drill.communicate()}")
+
+        def burst(drill):
+            nonlocal sent
             t = time.monotonic()
             while time.monotonic() - t < 0.5 and drill.poll() is None:
                 try:
@@ -548,13 +456,7 @@ def test_ctrl_c_mashed_during_a_freeze_drill_never_leaves_the_target_stopped(cl)
                     sent += 1
                 except ProcessLookupError:
                     break
-            _out, err = drill.communicate(timeout=120)
-            state = proc_state(pid)
-        finally:
-            if drill.poll() is None:
-                drill.kill()
-                drill.wait(30)
-            os.kill(pid, signal.SIGCONT)
+        drill, err, state = interrupted_freeze(data, target, burst)
         runs.append((sent, drill.returncode, state))
         if state == "T":
             break

@@ -15,6 +15,7 @@ gateway max_depth), driven by tests/protoclient.py (a client written from PROTOC
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -45,17 +46,20 @@ SYMBOLS = {1: (50_000_000, 100_000), 2: (5_000_000, 60_000)}
 MAX_DEPTH = 6
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("faults")
+@contextlib.contextmanager
+def default_cluster(tmp, topology: str | None = None):
+    """`seqex up` of the default topology (or `topology`, a TOML text) in tmp, until the demo
+    deposits are done: {"data", "topo", "up", "gw": (host, port), "users": {name: password}};
+    `seqex down` afterwards, every process of it ended."""
     data = str(tmp / "data")
-    topo_file = tmp / "topology.toml"
-    text = DEFAULT.replace("[trading]\n", f"[trading]\nmax_depth = {MAX_DEPTH}\n", 1)
-    topo_file.write_text(text)
+    args = ["up", "--data", data]
+    if topology is not None:
+        topo_file = tmp / "topology.toml"
+        topo_file.write_text(topology)
+        args += ["--topology", str(topo_file)]
     with Group(str(tmp / "logs")) as group:
-        up = group.spawn("up", ["up", "--topology", str(topo_file), "--data", data,
-                                "--base-port", str(free_block_below_ephemeral()),
-                                "--ready-timeout", "240"])
+        up = group.spawn("up", args + ["--base-port", str(free_block_below_ephemeral()),
+                                       "--ready-timeout", "240"])
         try:
             wait_until(lambda: up.log().count("done: balance") >= 4 or not up.alive, 400,
                        "seqex up and the demo deposits")
@@ -67,12 +71,24 @@ def cluster(tmp_path_factory):
             yield {"data": data, "topo": topo, "up": up, "gw": (host, int(port)),
                    "users": users}
         finally:
-            seqex("down", "--data", data)
+            for pid in pids_of(data):      # nothing of ours stays stopped, whatever failed
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except OSError:
+                    pass
+            seqex("down", "--data", data, timeout=180)
             try:
                 up.wait(120)
             except Exception:
                 pass
-    assert pids_of(data) == [], "processes left behind"
+    wait_until(lambda: pids_of(data) == [], 60, "every process of the cluster to end")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    text = DEFAULT.replace("[trading]\n", f"[trading]\nmax_depth = {MAX_DEPTH}\n", 1)
+    with default_cluster(tmp_path_factory.mktemp("faults"), text) as c:
+        yield c
 
 
 @pytest.fixture
@@ -103,22 +119,29 @@ class Session:
         self.acks: list[tuple] = []
         self.reconnects = 0
         self.resends = 0
+        self.attempts: list[tuple[int, tuple, float]] = []   # each Logon's answer, its time
+        self.on_logon_sent = None     # called once, after the next Logon is sent
 
     # -- transport ------------------------------------------------------------------------
     def connect(self, deadline_s: float = 180, on_resend=None) -> tuple:
         end = time.monotonic() + deadline_s
         while True:
+            t0 = time.monotonic()
             try:
-                c = ProtoClient(*self.cl["gw"], timeout=30)
+                c = ProtoClient(*self.cl["gw"], timeout=60)
                 c.send(1, self.sid, self.last_seen + 1, self.next_seq,
                        10_000, 0, 0, 0, self.user.encode(), self.pw.encode())
+                hook, self.on_logon_sent = self.on_logon_sent, None
+                if hook:
+                    hook()
                 m = c.recv(skip=(5, 6))
+                self.attempts.append((m.template, m.fields, time.monotonic() - t0))
                 if m.template == 2:
                     break
                 c.close()
                 assert m.template == 3 and m.fields[1] in (2, 6), m
-            except (OSError, ConnectionError, TimeoutError):
-                pass
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                self.attempts.append((-1, (repr(exc),), time.monotonic() - t0))
             assert time.monotonic() < end, "no LogonAck"
             time.sleep(0.2)
         self.c = c

@@ -215,17 +215,21 @@ def test_a_slow_binary_consumer_is_resnapshotted():
     asyncio.run(_slow_binary())
 
 
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET to the publisher's HTTP port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
 async def _http_errors():
     pub = Publisher(CONF)
     await pub.start(follow=False)
     try:
         def get(path):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{pub.http_port}{path}",
-                                            timeout=5) as r:
-                    return r.status, r.read()
-            except urllib.error.HTTPError as exc:
-                return exc.code, exc.read()
+            return http_get(pub.http_port, path)
         code, body = await asyncio.to_thread(get, "/api/v1/depth?symbol=NOPE")
         assert code == 400 and b"Invalid symbol" in body
         code, body = await asyncio.to_thread(get, "/")
@@ -489,12 +493,7 @@ async def _catching_up():
     pub.caught_up.clear()          # as a publisher just restarted, replaying its streams
     try:
         def get(path):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{pub.http_port}{path}",
-                                            timeout=5) as r:
-                    return r.status, r.read()
-            except urllib.error.HTTPError as exc:
-                return exc.code, exc.read()
+            return http_get(pub.http_port, path)
         code, body = await asyncio.to_thread(get, "/api/v1/depth?symbol=BTCUSDT")
         assert code == 503 and json.loads(body) == {"code": -1003,
                                                     "msg": "catching up: try again"}
