@@ -26,12 +26,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import time
 from collections import deque
 
 from gateway import wire
 from gateway.aio import stop_task, wait_set
 from gateway.marketdata.state import book_levels
+
+RETRY_MAX_S = 10.0     # the longest wait before a reconnect after a LogonReject(6)
 
 log = logging.getLogger("seqex.mdclient")
 
@@ -126,6 +129,7 @@ class MarketDataClient:
         self.host, self.port = host, port
         self.reconnect = reconnect
         self.retry_after_s = 0.05      # the wait before a reconnect
+        self.refusals = 0              # LogonReject(6) in a row
         self.user = user
         self.password = password           # the feed checks them when it has accounts
         self.books: dict[int, LocalBook] = {}
@@ -273,6 +277,8 @@ class MarketDataClient:
             self._push(("definition", m))
         elif tid == wire.MARKET_DATA_REQUEST_REJECT:
             self._push(("reject", wire.decode(frame)))
+        elif tid == wire.LOGON_ACK:
+            self.refusals = 0
         elif tid == wire.LOGON_REJECT:
             m = wire.decode(frame)
             self.stats["logon_rejects"] = self.stats.get("logon_rejects", 0) + 1
@@ -280,8 +286,13 @@ class MarketDataClient:
                 # final (bad credentials): no reconnect loop against a refusal
                 self.reconnect = False
                 self.closed = True
-            else:   # not now (a publisher catching up, the feed full): the reconnect waits
-                self.retry_after_s = 0.5
+            else:
+                # not now (a publisher catching up, the feed or the user's connections full):
+                # the reconnect waits, twice as long after each refusal in a row (at most
+                # RETRY_MAX_S), with jitter, so that many clients do not come back together
+                self.refusals += 1
+                self.retry_after_s = min(RETRY_MAX_S, 0.25 * 2 ** self.refusals) * \
+                    random.uniform(0.5, 1.0)
             self._push(("logon_reject", m))
         elif tid == wire.LOGOUT:
             self.stats["logouts"] += 1

@@ -23,10 +23,13 @@ Contract (docs/order-path.md §4, docs/gateway.md):
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import select
 import socket
 import struct
+import sys
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
@@ -440,9 +443,11 @@ class Connection(asyncio.Protocol):
         self.write(frame)
 
     def peer_gone(self) -> bool:
-        """The peer closed or reset the connection though the loop has not read that yet (its
-        reading paused, or the event later in the same turn): a poll of the socket for a
-        hang-up or an error, without reading anything."""
+        """The peer reset the connection, or closed it with nothing left unread, though the
+        loop has not read that yet (its reading paused, or the event later in the same turn):
+        a poll of the socket for a hang-up or an error, without reading anything. A close
+        behind input not read yet is not gone: that input (a Logout(5), an order) is read
+        first, as the loop reads it."""
         t = self.transport
         sock = t.get_extra_info("socket") if t is not None else None
         if sock is None or self.state == CLOSED:
@@ -450,7 +455,13 @@ class Connection(asyncio.Protocol):
         try:
             p = select.poll()
             p.register(sock.fileno(), select.POLLRDHUP)
-            return bool(p.poll(0))
+            events = p.poll(0)
+            if not events:
+                return False
+            if events[0][1] & (select.POLLERR | select.POLLHUP):
+                return True                 # reset: what it sent is not ours to read
+            unread = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            return int.from_bytes(unread, sys.byteorder) == 0
         except (OSError, ValueError):
             return True
 

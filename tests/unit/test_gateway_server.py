@@ -1128,3 +1128,40 @@ def test_a_logon_right_after_the_old_connection_ended_resumes(reset):
         assert (await b.expect(wire.EXECUTION_REPORT)).ClOrdID == 12
         await gw.close()
     run(main())
+
+
+def test_a_close_behind_unread_input_is_read_before_the_session_moves():
+    """A connection closed behind input the gateway has not read (an order, a Logout(5)) is
+    not ended by a Logon elsewhere: that input would be lost with it. The new Logon is refused
+    (bound elsewhere) until the loop has read the input and the close; then it resumes with the
+    order counted as applied."""
+    async def main():
+        gw, core, port = await started()
+        a = await Client.connect(port)
+        await a.logon(session=6)
+        await a.expect(wire.LOGON_ACK)
+        old = gw.live[(7, 6)]
+        old.transport.pause_reading()
+        a.nos(1, 21)                         # not read by the gateway yet
+        await a.w.drain()
+        a.w.close()
+        await wait_for(lambda: old.peer_gone() is False and _rdhup(old))
+        b = await Client.connect(port)
+        await b.logon(session=6, next_expected=1, next_seq=1)
+        assert (await b.expect(wire.LOGON_REJECT)).Reason == wire.LOGON_REJECT_SESSION_BOUND
+        old.transport.resume_reading()       # the loop reads the order, then the close
+        await wait_for(lambda: core.sessions[(7, 6)]["conn"] is None)
+        c = await Client.connect(port)
+        await c.logon(session=6, next_expected=1, next_seq=2)
+        ack = await c.expect(wire.LOGON_ACK)
+        assert ack.NextExpectedSeqNo == 2            # the order was applied
+        await gw.close()
+    run(main())
+
+
+def _rdhup(conn) -> bool:
+    """The peer's FIN has arrived at the connection's socket."""
+    import select
+    p = select.poll()
+    p.register(conn.transport.get_extra_info("socket").fileno(), select.POLLRDHUP)
+    return bool(p.poll(0))

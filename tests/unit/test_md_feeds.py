@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect
 
-from gateway import wire
+from gateway import mdclient, wire
 from gateway.marketdata.publisher import Publisher
 from gateway.mdclient import MarketDataClient
 from tests.mdload import LocalEngine
@@ -525,6 +525,14 @@ async def _catching_up():
         while ev[0] != "logon_reject":
             ev = await md.next_event(5)
         assert ev[1].Reason == wire.LOGON_REJECT_NOT_OPEN and md.reconnect
+        # refused again and again (a user's connections full): each wait longer, at most
+        # RETRY_MAX_S, so that a client does not loop at a fixed short interval
+        waits = []
+        for _ in range(3):
+            while (ev := await md.next_event(5))[0] != "logon_reject":
+                pass
+            waits.append(md.retry_after_s)
+        assert md.refusals == 4 and 2.0 <= waits[-1] <= mdclient.RETRY_MAX_S, waits
         pub.caught_up.set()
         while ev[0] != "book":
             ev = await md.next_event(10)
