@@ -316,8 +316,5 @@ def first_start_deposits(topo, log=print) -> None:
     if fund and not os.path.exists(marker):
         # transfer id 1: a repeat (a start that died before the marker) changes nothing
         log(f"  {fund_deposit(topo.data_dir, topo, fund, transfer_id=1)}")
-        tmp = marker + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"deposited": fund}, f)
-        os.replace(tmp, marker)
+        write_private_json(marker, {"deposited": fund})
     demo_deposits(topo, log)
