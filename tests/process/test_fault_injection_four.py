@@ -25,8 +25,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -45,7 +48,7 @@ from tests.process.test_order_path_faults import (  # noqa: E402
     default_cluster,
     journal,
 )
-from tests.protoclient import ProtoClient  # noqa: E402
+from tests.protoclient import ProtoClient, nos  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +294,54 @@ def test_a_resume_held_by_a_silent_crossengine_is_answered_and_reports_come_once
         assert ack[2] == 4 and not any(s.got[q][0][2] for q in range(4, 9)), (ack, s.got)
     s.close()
     assert "Traceback" not in cl["up"].log()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_client_reset_and_back_at_once_resumes_its_session_under_load(cl):
+    """A client sends an order, resets its connection (SO_LINGER 0) and logs on again at once,
+    twelve times, while bob streams orders: each Logon resumes (LogonAck). The gateway had not
+    read the reset yet and sequenced the new SessionLogon before the old SessionEnd: the
+    engine refused it as bound elsewhere (LogonReject 2) in 6 of 10 tries."""
+    tick, mark = SYMBOLS[1]
+    stop = threading.Event()
+
+    def load():
+        bob = ProtoClient(*cl["gw"], timeout=60)
+        bob.logon("bob", cl["users"]["bob"], (int(time.time() * 1000) & ((1 << 40) - 1)) << 8 | 2)
+        seq = 1
+        while not stop.is_set():
+            bob.send(*nos(seq, 10**9 + seq, (mark + 1500 + seq % 50) * tick, 1, 1, b"2"))
+            seq += 1
+            stop.wait(0.005)
+        bob.close()
+    th = threading.Thread(target=load, daemon=True)
+    th.start()
+    sid = (int(time.time() * 1000) & ((1 << 40) - 1)) << 8 | 3
+    answers, sent = [], 0
+    try:
+        c = ProtoClient(*cl["gw"], timeout=60)
+        assert c.logon("alice", cl["users"]["alice"], sid).template == 2
+        for k in range(12):
+            sent += 1
+            order = nos(sent, next(_clordids), (mark - 1500 - k) * tick, 1, 1, b"1")
+            c.send(*order)
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()                                    # a reset
+            c = ProtoClient(*cl["gw"], timeout=60)
+            m = c.logon("alice", cl["users"]["alice"], sid, next_expected=0, next_seq=sent + 1)
+            answers.append(m.template if m.template == 2 else (m.template, m.fields))
+            if m.template != 2:
+                break
+            applied = m.fields[1] - 1                    # LogonAck.NextExpectedSeqNo - 1
+            if applied < sent:                           # the reset took the order: resend
+                c.send(*order[:-1], 1)                   # unchanged, the resend flag set
+        c.close()
+    finally:
+        stop.set()
+        th.join(30)
+    print(f"\n12 resets and immediate Logons under load: {answers}")
+    assert answers == [2] * 12, answers
 
 
 # -- 3. an operator drill interrupted while its target is frozen -----------------------------

@@ -108,6 +108,24 @@ async def _ws_follow(url: str, samples: list, stop: asyncio.Event, stats: dict) 
             await asyncio.sleep(0.1)
 
 
+async def _rest_follow(url: str, ids: list, stop: asyncio.Event) -> None:
+    """REST depth polled every 5 ms: the lastUpdateId of each answer (the publisher down or
+    catching up answers nothing or 503)."""
+    import urllib.request
+
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return json.loads(r.read())["lastUpdateId"]
+        except (OSError, ValueError):
+            return None
+    while not stop.is_set():
+        got = await asyncio.to_thread(get)
+        if got is not None:
+            ids.append(got)
+        await asyncio.sleep(0.005)
+
+
 async def _traffic(topo, sym, md_conf, group_kill) -> tuple:
     feed_host, _, feed_port = md_conf["feed"].rpartition(":")
     from deploy.trading import demo_passwords
@@ -120,6 +138,11 @@ async def _traffic(topo, sym, md_conf, group_kill) -> tuple:
     stop = asyncio.Event()
     ws_task = asyncio.create_task(_ws_follow(
         f"ws://{md_conf['http']}/stream?streams=depth@BTCUSDT", ws_samples, stop, ws_stats))
+    rest_ids: list = []
+    ws_stats["rest"] = rest_ids
+    rest_task = asyncio.create_task(_rest_follow(
+        f"http://{md_conf['http']}/api/v1/depth?symbol=BTCUSDT&limit=5", rest_ids, stop))
+    ws_stats["rest_task"] = rest_task
     bin_samples: list = []
     prod = Producer(SOURCE, sym["producers"])
     prod.connect()
@@ -199,6 +222,7 @@ def test_books_equal_the_engine_across_a_publisher_kill(tmp_path):
                     bins.append((ev[1].rpt_seq, ev[1].levels()))
             stop.set()
             await ws_task
+            await ws_stats.pop("rest_task")
             stats = dict(md.stats)
             await md.close()
             # a sample taken between two messages of one record (a Trade, then the levels)
@@ -226,5 +250,11 @@ def test_books_equal_the_engine_across_a_publisher_kill(tmp_path):
         for u, book in wss:
             assert book == _as_json(books[u]), f"WebSocket at update id {u}"
         assert bins[-1][1] == _as_wire(engine.book())
+        # across the restart no client was served an older book than it had seen: a publisher
+        # catching up served an empty book at update id 0, then the replayed history
+        rest = ws_stats["rest"]
+        assert rest and all(a <= b for a, b in zip(rest, rest[1:], strict=False)), rest
+        assert all(a[0] <= b[0] for a, b in zip(wss, wss[1:], strict=False)), \
+            [u for u, _b in wss]
         print(f"{len(bins)} binary and {len(wss)} WebSocket samples equal the engine's book; "
               f"publisher killed once; {md_stats}")
