@@ -735,7 +735,37 @@ def probe(spec, timeout_s: float = 0.5, pinger: Pinger | None = None) -> dict | 
         return None
     if head[2:4] != wire.PREFIX.pack(0, wire.ENCODING_TYPE, 0, 0, 0, 0)[2:4]:
         return None
+    if spec.role == "marketdata" and spec.extra.get("http"):
+        # Its binary port answers before the publisher has replayed its streams, while it
+        # refuses every client (LogonReject 6, HTTP 503): its web port says which.
+        return {"state": marketdata_state(spec.extra["http"], timeout_s)}
     return {"state": "accepting clients"}
+
+
+def marketdata_state(http: str, timeout_s: float = 0.5) -> str:
+    """What the market-data publisher at http (tcp://host:port) does with clients, from
+    GET /api/v1/exchangeInfo: 200 "accepting clients", 503 "catching up" (it refuses them
+    until its streams are replayed), anything else or no answer says so."""
+    host, _, port = http[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as s:
+            s.sendall(b"GET /api/v1/exchangeInfo HTTP/1.1\r\nHost: " + host.encode()
+                      + b"\r\nConnection: close\r\n\r\n")
+            line = b""
+            while b"\r\n" not in line and len(line) < 256:
+                more = s.recv(256)
+                if not more:
+                    break
+                line += more
+    except OSError:
+        return "accepting binary clients; its web port does not answer"
+    code = line.split(b"\r\n", 1)[0].split(b" ")[1:2]
+    if code == [b"200"]:
+        return "accepting clients"
+    if code == [b"503"]:
+        return "catching up: refusing clients until its streams are replayed"
+    answer = (code or [b"?"])[0].decode("ascii", "replace")[:8]
+    return f"accepting binary clients; its web port answers {answer}"
 
 
 def read_heartbeats(data_dir: str) -> dict[str, dict]:

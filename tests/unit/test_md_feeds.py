@@ -548,3 +548,31 @@ def test_a_publisher_catching_up_serves_no_book():
     the replayed history, for about a second after a SIGKILL. Until caught up: HTTP 503 and
     LogonReject(6)."""
     asyncio.run(_catching_up())
+
+
+async def _status_says_catching_up():
+    from types import SimpleNamespace
+
+    from deploy.supervisor import probe
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    try:
+        spec = SimpleNamespace(role="marketdata", control=f"tcp://127.0.0.1:{pub.feed_port}",
+                               extra={"probe": "tcp", "http": f"tcp://127.0.0.1:{pub.http_port}"})
+        st = await asyncio.to_thread(probe, spec, 5.0)
+        assert st == {"state": "accepting clients"}, st
+        pub.caught_up.clear()          # restarted, replaying its streams: refusing everyone
+        st = await asyncio.to_thread(probe, spec, 5.0)
+        assert st["state"].startswith("catching up"), st
+        spec.extra["http"] = "tcp://127.0.0.1:1"     # a web port that does not answer
+        st = await asyncio.to_thread(probe, spec, 5.0)
+        assert "web port does not answer" in st["state"], st
+    finally:
+        await pub.close()
+
+
+def test_seqex_status_says_when_the_publisher_is_catching_up():
+    """`seqex status` (deploy.supervisor.probe) showed "accepting clients" for a publisher
+    that refused every client while it replayed its streams (its binary port answers the
+    probe's Heartbeat either way); its web port says which."""
+    asyncio.run(_status_says_catching_up())
