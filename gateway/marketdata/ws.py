@@ -59,6 +59,7 @@ MAX_CONNECTIONS = 4096            # WebSocket connections; at the limit see WsFe
 MAX_PER_ADDRESS = 1024            # of one peer address (the feed is public: no user to count)
 OPEN_TIMEOUT_S = 5.0              # a connection must finish its HTTP request in this
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
+ENDPOINTS = ("depth", "trades", "ticker/24hr", "klines")     # under /api/v1/, with a symbol
 CHANNELS = ("depth", "trades", "ticker", *(f"kline_{i}" for i in INTERVALS))
 
 
@@ -217,11 +218,11 @@ class WsFeed:
             await self.server.wait_closed()
 
     # -- HTTP ------------------------------------------------------------------------------
-    def _json(self, status: int, obj) -> Response:
+    def _json(self, status: int, obj, extra: list[tuple[str, str]] = ()) -> Response:
         body = _dumps(obj).encode()
         return Response(status, HTTPStatus(status).phrase, Headers(
             [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-             ("Cache-Control", "no-store"), ("Access-Control-Allow-Origin", "*")]), body)
+             ("Cache-Control", "no-store"), ("Access-Control-Allow-Origin", "*"), *extra]), body)
 
     def _http(self, connection, request):
         url = urlsplit(request.path)
@@ -239,7 +240,15 @@ class WsFeed:
                 return self._full()
             return None            # the WebSocket handshake
         self.stats["http_requests"] += 1
-        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if getattr(request, "method", "GET") != "GET":
+            # read-only: a POST or a DELETE is not a GET under another name
+            return self._json(405, {"code": -1, "msg": f"{request.method} is not allowed: "
+                                                        "GET only"}, [("Allow", "GET")])
+        params = parse_qs(url.query, keep_blank_values=True)
+        if any(len(v) > 1 for v in params.values()):
+            return self._json(400, {"code": -1101, "msg": "Duplicate values for a parameter "
+                                                          "detected."})
+        q = {k: v[0] for k, v in params.items()}
         if url.path in ("/", "/index.html"):
             return Response(200, "OK", Headers(
                 [("Content-Type", "text/html; charset=utf-8"),
@@ -249,7 +258,8 @@ class WsFeed:
             return self._json(200, {"symbols": [
                 {"symbol": s, "tickSize": str(v.s.tick), "lotSize": str(v.s.lot)}
                 for s, v in self.views.items()]})
-        if not url.path.startswith("/api/v1/"):
+        what = url.path[len("/api/v1/"):]
+        if not url.path.startswith("/api/v1/") or what not in ENDPOINTS:
             return self._json(404, {"code": -1, "msg": f"no such path {url.path}"})
         v = self.views.get(q.get("symbol", ""))
         if v is None:
@@ -260,7 +270,6 @@ class WsFeed:
             return self._json(400, {"code": -1100, "msg": "limit must be an integer"})
         if limit < 0:
             return self._json(400, {"code": -1100, "msg": "limit must not be negative"})
-        what = url.path[len("/api/v1/"):]
         if what == "depth":
             self.stats["snapshot_requests"] += 1
             return self._json(200, v.depth(limit))
@@ -273,7 +282,7 @@ class WsFeed:
             if interval not in INTERVALS:
                 return self._json(400, {"code": -1120, "msg": "Invalid interval."})
             return self._json(200, v.klines(interval, limit))
-        return self._json(404, {"code": -1, "msg": f"no such path {url.path}"})
+        raise AssertionError(what)   # ENDPOINTS names every branch above
 
     def _full(self):
         """At the connection limit (descriptors are finite: idle connections held open would

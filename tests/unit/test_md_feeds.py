@@ -236,6 +236,27 @@ async def _http_errors():
         assert code == 200 and b"<canvas" in body
         code, body = await asyncio.to_thread(get, "/api/v1/klines?symbol=BTCUSDT&interval=7m")
         assert code == 400
+        # an unknown path is 404 whatever its symbol (it was 400 "Invalid symbol" without one)
+        for path in ("/api/v1/nope?symbol=BTCUSDT", "/api/v1/nope", "/api/v2/depth"):
+            code, body = await asyncio.to_thread(get, path)
+            assert code == 404 and b"no such path" in body, (path, code, body)
+        # a parameter given twice is refused, not read as its last value
+        code, body = await asyncio.to_thread(get, "/api/v1/depth?symbol=BTCUSDT&symbol=NOPE")
+        assert code == 400 and json.loads(body)["code"] == -1101, body
+        code, body = await asyncio.to_thread(get, "/api/v1/depth?symbol=BTCUSDT&limit=")
+        assert code == 400, body
+        # read-only: other methods are 405 (a POST was answered as a GET)
+        for method in ("POST", "DELETE", "PUT"):
+            def raw(method=method):
+                with socket.create_connection(("127.0.0.1", pub.http_port), timeout=5) as c:
+                    c.sendall(f"{method} /api/v1/depth?symbol=BTCUSDT HTTP/1.1\r\nHost: x\r\n"
+                              "Content-Length: 0\r\n\r\n".encode())
+                    answer = b""
+                    while b"\r\n\r\n" not in answer:
+                        answer += c.recv(4096) or b"\r\n\r\n"
+                    return answer
+            head = await asyncio.to_thread(raw)
+            assert head.startswith(b"HTTP/1.1 405 ") and b"Allow: GET" in head, head
         ws = await connect(f"ws://127.0.0.1:{pub.http_port}/ws")
         await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["trades@BTCUSDT"],
                                   "id": 7}))
