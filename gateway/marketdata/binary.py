@@ -564,7 +564,10 @@ class BinaryFeed:
             reject = wire.MD_REJECT_UNSUPPORTED_DEPTH
         elif m.SubscriptionRequestType not in (wire.SUBSCRIPTION_SNAPSHOT,
                                                wire.SUBSCRIPTION_SNAPSHOT_UPDATES,
-                                               wire.SUBSCRIPTION_UNSUBSCRIBE):
+                                               wire.SUBSCRIPTION_UNSUBSCRIBE) \
+                or m.Streams & ~(STREAM_BOOK | STREAM_TRADES):
+            # a Streams bit the page does not define is not read as "both" (FIX 281 has no
+            # closer reason than 4)
             reject = wire.MD_REJECT_UNSUPPORTED_SUBSCRIPTION
         elif m.SubscriptionRequestType != wire.SUBSCRIPTION_UNSUBSCRIBE and any(
                 sub.md_req_id == m.MDReqID and sid not in sids

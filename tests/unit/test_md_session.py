@@ -28,8 +28,8 @@ def logon(session_id: int = 0, hb_ms: int = 1000, version: int = 1) -> bytes:
                  version=version)
 
 
-def md_request(md_req_id: int, security_id: int, kind: bytes = b"1") -> bytes:
-    return frame(300, "<QIcBB", md_req_id, security_id, kind, 0, 3)
+def md_request(md_req_id: int, security_id: int, kind: bytes = b"1", streams: int = 3) -> bytes:
+    return frame(300, "<QIcBB", md_req_id, security_id, kind, 0, streams)
 
 
 class Peer:
@@ -203,3 +203,22 @@ def test_a_wrong_password_flood_does_not_lock_a_verified_user_out_of_the_feed(tm
         for _f, fw in flood:
             fw.close()
     asyncio.run(_with_feed(body, accounts_path=path))
+
+
+def test_a_streams_bit_the_page_does_not_define_is_rejected():
+    """§3 MarketDataRequest Streams: bit0 book, bit1 trades. Streams 4 (or 7) was taken as
+    both; it is MarketDataRequestReject 4 (unsupported subscription), and the connection
+    stays usable: Streams 2 then subscribes trades alone."""
+    async def body(p, _pub):
+        p.w.write(logon(hb_ms=30_000))
+        await p.until(2)
+        rejects = []
+        for md_req_id, streams in ((6, 4), (7, 7), (8, 0x80)):
+            p.w.write(md_request(md_req_id, 1, streams=streams))
+            rejects.append(struct.unpack("<QIB", await p.until(301)))
+        p.w.write(md_request(9, 1, streams=2))
+        snap = struct.unpack_from("<QQQIB", await p.until(303))[2:4]
+        return rejects, snap
+    rejects, snap = asyncio.run(_with_feed(body))
+    assert rejects == [(6, 1, 4), (7, 1, 4), (8, 1, 4)]
+    assert snap == (9, 1)
