@@ -821,6 +821,15 @@ def cmd_ping(a: argparse.Namespace) -> int:
     from mq.control import ping
     stats = ping(a.addr, a.timeout)
     if stats is None:
+        if a.addr.startswith("tcp://") and (proto := _protocol_port(a.addr, a.timeout)):
+            # the gateway's and the market-data feed's ports speak PROTOCOL.md, not PING
+            if a.json:
+                print(json.dumps({"protocol": "PROTOCOL.md", "answered": True,
+                                  "process": proto}, indent=2, sort_keys=True))
+            else:
+                print(f"{a.addr}: {proto} answered a Heartbeat (a PROTOCOL.md port has no "
+                      "PING; `seqex status` shows the process)")
+            return 0
         raise _silent(a.addr, "PING", a.timeout)
     if a.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
@@ -832,6 +841,18 @@ def cmd_ping(a: argparse.Namespace) -> int:
     for line in status_lines({k: v for k, v in shown.items() if k not in ("role", "stream")}):
         print(line)
     return 0
+
+
+def _protocol_port(addr: str, timeout_s: float) -> str | None:
+    """What answers a PROTOCOL.md Heartbeat at addr with a frame, as the supervisor probes
+    the gateway (deploy.supervisor.probe), or None."""
+    from types import SimpleNamespace
+
+    from deploy.supervisor import probe
+    if probe(SimpleNamespace(role="", control=addr, extra={"probe": "tcp"}),
+             timeout_s=timeout_s) is None:
+        return None
+    return "a PROTOCOL.md port (the client gateway or the market-data feed)"
 
 
 def _named(stats: dict, data_dir: str) -> dict:

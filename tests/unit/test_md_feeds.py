@@ -597,3 +597,23 @@ def test_seqex_status_says_when_the_publisher_is_catching_up():
     that refused every client while it replayed its streams (its binary port answers the
     probe's Heartbeat either way); its web port says which."""
     asyncio.run(_status_says_catching_up())
+
+
+async def _ping_a_feed(capsys):
+    from deploy import cli
+    pub = Publisher(CONF)
+    await pub.start(follow=False)
+    try:
+        rc = await asyncio.to_thread(
+            cli.main, ["--insecure", "ping", f"tcp://127.0.0.1:{pub.feed_port}", "--timeout", "1"])
+        return rc, capsys.readouterr()
+    finally:
+        await pub.close()
+
+
+def test_seqex_ping_of_a_protocol_port_says_what_answered(capsys):
+    """`seqex ping` of the market-data feed's (or the gateway's) port: PROTOCOL.md, no PING.
+    It said "did not answer PING" and exited 2, as if nothing ran there."""
+    rc, out = asyncio.run(_ping_a_feed(capsys))
+    assert rc == 0, out
+    assert "PROTOCOL.md port" in out.out and "answered a Heartbeat" in out.out, out
