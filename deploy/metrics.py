@@ -514,7 +514,7 @@ def scrape(address: str, timeout_s: float = 2.0) -> dict[tuple[str, tuple], floa
 def status_doc(topo, given_up: dict[str, str] | None = None,
                beats: dict[str, dict] | None = None, frozen_after_s: float = 3.0) -> dict:
     """The cluster as JSON: every process's plan, state, last answer and status."""
-    from deploy.supervisor import master_state, probe, silent_state
+    from deploy.supervisor import frozen_standby_advice, master_state, probe, silent_state
     given_up = given_up or {}
     beats = beats or {}
     out = []
@@ -543,8 +543,13 @@ def status_doc(topo, given_up: dict[str, str] | None = None,
         entry: dict[str, Any] = {
             "process": spec.name, "role": spec.role, "host": spec.host, "stream": spec.stream,
             "control": spec.control, "metrics": spec.extra.get("metrics"), "pid": pid}
-        if master_state(spec, pid) == "standby":
-            entry.update(state="standby", answered_s_ago=0.0, status=None)
+        master = master_state(spec, pid)
+        if master == "standby":
+            # it binds nothing and answers no PING: its live, running pid is its answer
+            entry.update(state="standby", answered_s_ago=None, status=None)
+        elif master == "frozen standby":
+            entry.update(state="FROZEN", answered_s_ago=None, status=None,
+                         advice=frozen_standby_advice(spec.name, pid))
         elif st is not None:
             entry.update(state="up", answered_s_ago=0.0, status=st)
         else:

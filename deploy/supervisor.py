@@ -842,8 +842,15 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
         pid = beat.get("pid") if isinstance(beat.get("pid"), int) else 0
         master = master_state(spec, pid)
         if master == "standby":
-            rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", "now",
+            # (it binds nothing and answers no PING: its live, running pid is its answer)
+            rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", "-",
                          f"standby (pid {pid}, waiting for the lock)"])
+            continue
+        if master == "frozen standby":
+            rows.append([spec.name, spec.role, _core(spec), spec.stream, "-", "-", "-", "-",
+                         f"FROZEN standby (pid {pid})"])
+            if frozen is not None:
+                frozen.append(frozen_standby_advice(spec.name, pid))
             continue
         st = probe(spec) if master is None else None
         if st is None:
@@ -884,14 +891,24 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
 
 def master_state(spec, pid: int | None) -> str | None:
     """For a process of a master with a standby (--standby-lock), whose pid the heartbeats
-    name: "standby" while it waits for the lock, "down" when that pid is dead (its control
+    name: "standby" while it waits for the lock ("frozen standby" while it waits stopped by a
+    signal, SIGSTOP), "down" when that pid is dead (its control
     endpoint may answer, but for the other process, which took over); None otherwise (probe
     it: it is the master, or not a master with a standby, or its pid is unknown)."""
     if standby_lock_of(spec) is None or not pid:
         return None
     if not _running(pid):
         return "down"
-    return "standby" if waiting_standby(spec, pid) else None
+    if not waiting_standby(spec, pid):
+        return None
+    # a stopped standby cannot take the lock when its master dies: the stream would wait
+    # for the supervisor to restart the master
+    return "frozen standby" if stopped_by_signal(pid) else "standby"
+
+
+def frozen_standby_advice(name: str, pid: int) -> str:
+    return (f"{name} is FROZEN: the standby (pid {pid}) is stopped by a signal and would not "
+            f"take over if its master died; `kill -CONT {pid}` resumes it")
 
 
 def _core(spec) -> str:

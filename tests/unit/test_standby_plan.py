@@ -2,6 +2,7 @@
 process per sequencer and mirror, on one lock per stream; ``[cluster] standby = false`` gives
 none; a bad value is refused with one line."""
 import os
+import signal
 
 import pytest
 
@@ -124,6 +125,26 @@ def test_the_lock_names_its_holder_and_a_live_pid_without_it_is_a_standby(tmp_pa
         pair = topology.Topology(topo.data_dir, [primary, standby], topo.symbols)
         rows = supervisor.status_rows(pair, {}, beats)
         assert any(r[0] == standby.name and r[-1].startswith("standby (pid") for r in rows)
+        # A standby stopped by a signal (SIGSTOP) cannot take the lock if its master dies:
+        # FROZEN, with the operator's next step (it was "standby", answered "now").
+        os.kill(waiter.pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 20
+            while not supervisor.stopped_by_signal(waiter.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert supervisor.master_state(standby, waiter.pid) == "frozen standby"
+            beats[standby.name] = {"pid": waiter.pid, "answered_at": time.time()}
+            doc = metrics.status_doc(topo, {}, beats, 3.0)
+            st = {p["process"]: p for p in doc["processes"]}[standby.name]
+            assert st["state"] == "FROZEN" and f"kill -CONT {waiter.pid}" in st["advice"], st
+            assert doc["standby"] == 0 and doc["up"] == 0     # (the primary is no server)
+            advice: list[str] = []
+            rows = supervisor.status_rows(pair, {}, beats, advice)
+            assert any(r[0] == standby.name and r[-1] == f"FROZEN standby (pid {waiter.pid})"
+                       for r in rows), rows
+            assert advice and "would not take over" in advice[0], advice
+        finally:
+            os.kill(waiter.pid, signal.SIGCONT)
         holder.kill()
         holder.wait()
         assert waiter.stdout.readline().strip() == "took"
