@@ -325,9 +325,14 @@ def cmd_tail(a: argparse.Namespace) -> int:
     if a.to is not None and next_seq > a.to:
         raise UsageError(f"--from {next_seq} is beyond --to {a.to}")
     # A durable subscriber (--out) is a machine's: it waits for its stream without a word,
-    # through replicator restarts. A person's tail checks the stream first.
-    end = None if a.out else view.end()
+    # through replicator restarts (none answering now is no error). A person's tail, and a
+    # resume point the stream has not reached, are checked against the stream first.
+    end = view.end(none_answering_ok=bool(a.out))
     ahead = end is not None and next_seq > end + 1
+    if ahead and a.out and next_seq != a.from_seq:
+        raise UsageError(f"{a.out} has taken {a.stream} up to seq {next_seq - 1}, but the "
+                         f"stream holds seqs up to {end}: the file is another stream's or "
+                         "another cluster's; give another --out")
     if ahead:
         # Following a stream that has not reached --from yet: say so, and wait a bounded time.
         print(f"seqex tail: {a.stream} holds seqs up to {end}; waiting up to {a.wait:g} s for "
@@ -406,9 +411,10 @@ class _StreamView:
         return (f"unknown stream {self.a.stream!r}: the cluster in {self.a.data} has "
                 f"{', '.join(names)}")
 
-    def end(self) -> int | None:
+    def end(self, none_answering_ok: bool = False) -> int | None:
         """The highest committed seq any replicator holds, or None when the stream is one
-        they do not store (not replicated). UsageError for a stream nobody knows."""
+        they do not store (not replicated), or (none_answering_ok) when no replicator
+        answers. UsageError for a stream nobody knows."""
         from mq.control import ping
         known = self.topo is not None and self.a.stream in self.topo.stream_pubs()
         ends, answered = [], 0
@@ -423,6 +429,8 @@ class _StreamView:
             if s is not None:
                 ends.append(int(s.get("commit") or 0))
         if not answered:
+            if none_answering_ok:
+                return None
             raise UsageError(f"no replicator answers ({', '.join(self.replicators)}): is the "
                              "cluster up? (`seqex status`)")
         if ends:

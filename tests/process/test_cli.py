@@ -352,6 +352,25 @@ def test_tail_finds_the_cluster_and_stops_exactly(cluster):
     assert "is beyond the end of in.ce.BTCUSDT" in line, line
     line = one_line_error(seqex("tail", "out.ce.NOPE", "--data", data))
     assert "unknown stream 'out.ce.NOPE'" in line and "in.ce.BTCUSDT" in line, line
+    # A durable tail (--out) whose file has taken seqs the stream does not hold (another
+    # stream's file, another cluster's) said nothing and waited for good.
+    out_file = os.path.join(data, "..", "tail-out.txt")
+    with open(out_file, "w") as f:
+        f.write(f"{end + 10**6} 0 1 1\n")
+    line = one_line_error(seqex("tail", "in.ce.BTCUSDT", "--data", data, "--out", out_file,
+                                "--count", "1"))
+    assert f"has taken in.ce.BTCUSDT up to seq {end + 10**6}" in line and \
+        "holds seqs up to" in line, line
+    # within the stream it resumes as before: the next seq, once
+    with open(out_file, "w") as f:
+        f.write("2 0 1 1\n")
+    out = seqex("tail", "in.ce.BTCUSDT", "--data", data, "--out", out_file, "--count", "1")
+    assert out.returncode == 0, out.stderr
+    with open(out_file) as f:
+        assert [x.split()[0] for x in f.read().splitlines()] == ["2", "3"]
+    # an unknown stream with --out is refused at once, as without it
+    line = one_line_error(seqex("tail", "out.ce.NOPE", "--data", data, "--out", out_file))
+    assert "unknown stream 'out.ce.NOPE'" in line, line
 
 
 CLIENT = """
