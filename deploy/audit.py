@@ -127,6 +127,7 @@ def rebuild(engine_name: str, config: dict, replicator: str, stream: str, upto: 
 class Report:
     engines: list[EngineBooks]
     seconds: float
+    units: dict = field(default_factory=dict)   # symbol id -> deploy.decode.Units (names, lots)
 
     @property
     def expected(self) -> int:
@@ -193,7 +194,8 @@ def audit(topo, every: int = 1, progress=None) -> Report:
             liq_books(eng, name, stream, marks)
         b.records, b.error = n, error
         books.append(b)
-    return Report(books, time.monotonic() - started)
+    from deploy.decode import units_of
+    return Report(books, time.monotonic() - started, units_of(topo.symbols))
 
 
 def usdt(minor: int) -> str:
@@ -220,8 +222,15 @@ def render(r: Report) -> list[str]:
         lines.append(f"  {label:<38} {usdt(v):>24} USDT")
     net = r.clearing_net()
     if net:
-        lines.append(f"  clearing positions between engines do not net to zero (records in "
-                     f"flight, or a lost one): {net} (symbol: lots)")
+        def size(sym: int, lots: int) -> str:
+            u = r.units.get(sym)
+            if u is None:
+                return f"symbol {sym} {lots:+,} lots"
+            return f"{u.name} {'+' if lots > 0 else '-'}{u.qty(abs(lots))}"
+        lines.append("  clearing positions between engines do not net to zero: "
+                     + ", ".join(size(sym, n) for sym, n in net.items())
+                     + " (records in flight, a lost one, or orders put straight into a "
+                     "CrossEngine: `seqex submit --bypass-risk`)")
     elif r.clearing_money:
         lines.append(f"  clearing money between engines does not sum to zero though their "
                      f"positions net: {usdt(r.clearing_money)} USDT (records in flight, or "

@@ -626,6 +626,14 @@ def cmd_submit(a: argparse.Namespace) -> int:
     if not a.market and a.price is None:
         raise UsageError("--price is required for a limit order (or give --market)")
     with Client(a.data, a.source) as client:
+        if getattr(client.topo, "trading", None) and not a.bypass_risk:
+            # Its orders come from the TradingEngines: one put straight into in.ce is on no
+            # account's books, and its fills against users' orders leave the engines'
+            # clearing positions apart (`seqex audit` names them).
+            raise UsageError(
+                f"this cluster trades through its TradingEngines: an order put straight into "
+                f"in.ce.{a.symbol} has no margin check and is on no account's books; trade "
+                "with `seqex client`, or give --bypass-risk to send it anyway")
         tif = a.tif or ("ioc" if a.market else "gtc")
         try:
             outcome = client.submit(a.symbol, a.side, a.qty, a.price, a.account, a.market,
@@ -1332,6 +1340,9 @@ def parser() -> Parser:
                    help="producer source id (default: a free one, locked for this client)")
     s.add_argument("--timeout", type=seconds, default=10.0,
                    help="how long to wait for the outcome")
+    s.add_argument("--bypass-risk", action="store_true",
+                   help="on a cluster with TradingEngines, send it all the same (drills, "
+                        "tests): no margin check, on no account's books")
     s.set_defaults(fn=cmd_submit)
 
     s = sub.add_parser("demo", help="the default cluster, a trading robot and a live dashboard")

@@ -93,6 +93,10 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
     topo = topology.load(write(os.path.join(tmp, "t.toml"), TOPOLOGY), fake, free_block(12))
     fake_up(fake, json.loads(topo.to_json()))
     order = ["submit", "--data", fake, "--side", "buy"]
+    # the default topology: its CrossEngines take orders from its TradingEngines
+    trading = os.path.join(tmp, "trading")
+    os.makedirs(trading)
+    fake_up(trading, json.loads(topology.load(None, trading, free_block(64)).to_json()))
     tops = {name: write(os.path.join(tmp, f"{name}.toml"), text) for name, text in {
         "corrupt": "[cluster\nbase_port = 1\n",
         "port_type": '[cluster]\nbase_port = "abc"\n[[replicator]]\nname = "r0"\n',
@@ -175,6 +179,8 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
         ([*order, "--qty", "0.0005", "--price", "100"], {}, "not a multiple of the lot 0.001"),
         ([*order, "--qty", "1", "--price", "100", "--symbol", "NOPE"], {}, "unknown symbol"),
         ([*order, "--qty", "1", "--price", "100", "--timeout", "0"], {}, "a number of seconds above 0"),
+        (["submit", "--data", trading, "--side", "buy", "--qty", "0.001", "--price", "100"], {},
+         "trades through its TradingEngines"),
         (["submit", "--data", fake, "--side", "up", "--qty", "1", "--price", "1"], {},
          "invalid choice"),
         ([*order, "--qty", "1", "--price", "100"], {}, "does not answer"),

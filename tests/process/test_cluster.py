@@ -92,7 +92,7 @@ def test_up_status_rebuild_down(tmp_path):
                 assert len(victim) == 1
                 os.kill(victim[0], signal.SIGKILL)
         sub_ = seqex("submit", "--data", data, "--side", "buy", "--price", "1000", "--qty", "2",
-                     "--account", "3")
+                     "--account", "3", "--bypass-risk")
         # The flow may leave the symbol halted: then the order is sequenced and rejected
         # (status 2, the outcome on stderr); either way the outcome names its seq.
         outcome = sub_.stdout + sub_.stderr

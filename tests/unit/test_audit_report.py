@@ -66,8 +66,17 @@ def test_a_doctored_account_is_named_with_its_engine_and_seq():
 def test_clearing_in_flight_is_named_as_such():
     v = _venue()
     v.te[0].engine.clearing.positions[1].size += 1   # as if a trade had not reached shard 0
-    text = "\n".join(audit.render(_report(v)))
-    assert "clearing positions between engines do not net to zero" in text and "{1: " in text
+    r = _report(v)
+    text = "\n".join(audit.render(r))
+    assert "clearing positions between engines do not net to zero: symbol 1 +1 lots" in text
+    # with the cluster's contracts: the symbol's name and the size in its units (it printed
+    # a raw dict of ids and lots, "{1: 1} (symbol: lots)")
+    from decimal import Decimal
+
+    from deploy.decode import Units
+    r.units = {1: Units("BTCUSDT", 1, Decimal("0.5"), Decimal("0.001"))}
+    text = "\n".join(audit.render(r))
+    assert "do not net to zero: BTCUSDT +0.001 (records in flight" in text, text
 
 
 def test_clearing_money_that_does_not_net_is_named_when_the_positions_do():
