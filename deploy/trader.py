@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -129,14 +129,22 @@ def _order(text: str) -> int:
     return int(text)
 
 
-def _setup(a: argparse.Namespace) -> tuple[str, int, dict, str]:
-    """(host, port, instruments, state directory)."""
+def _setup(a: argparse.Namespace) -> tuple[str, int, dict, str, dict]:
+    """(host, port, instruments, state directory, limits): limits, from the running
+    cluster's contracts, is {symbol: (largest price, largest quantity)} in contract units
+    ({} when the cluster's topology is not at hand)."""
     from deploy import topology
     from deploy.supervisor import NotUp, read_state
     trading = None
+    limits: dict = {}
     try:
         topo, _pid = read_state(a.data)
         trading = topo.trading
+        for name, st in (topo.symbols or {}).items():
+            spec = st.get("spec") if isinstance(st, dict) else None
+            if isinstance(spec, dict) and {"max_price", "max_qty"} <= spec.keys():
+                limits[name] = (spec["max_price"] * Decimal(str(st["tick_size"])),
+                                spec["max_qty"] * Decimal(str(st["lot_size"])))
     except NotUp:
         if not a.gateway:
             raise
@@ -153,18 +161,44 @@ def _setup(a: argparse.Namespace) -> tuple[str, int, dict, str]:
         raise TraderError(f"--gateway {addr!r}: HOST:PORT")
     instruments = {i["symbol"]: (i["security_id"], i["tick"], i["lot"])
                    for i in trading["instruments"]}
-    return host, int(port), instruments, os.path.join(os.path.abspath(a.data), "clients")
+    return host, int(port), instruments, os.path.join(os.path.abspath(a.data), "clients"), limits
+
+
+def _within_limits(action: dict, limits: dict) -> None:
+    """An order beyond its contract's largest price or quantity is refused here, in words
+    (the engine's ExecutionReport can only say "other" or "incorrect quantity")."""
+    lim = limits.get(action.get("symbol"))
+    if lim is None:
+        return
+    max_price, max_qty = lim
+    for key, top, what in (("price", max_price, "price"), ("qty", max_qty, "quantity")):
+        text = action.get(key)
+        if text is None:
+            continue
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            continue       # the SDK says what is wrong with it
+        if value.is_finite() and value > top:
+            raise TraderError(f"{action['symbol']}: {what} {text} is above the contract's "
+                              f"largest, {top.normalize():f}")
 
 
 def _password(a: argparse.Namespace) -> str:
-    if a.password:
+    if a.password is not None:
+        if not a.password:   # (it fell back to the demo password, and logged on)
+            raise TraderError("--password is empty")
         return a.password
     if os.environ.get("SEQEX_PASSWORD"):
         return os.environ["SEQEX_PASSWORD"]
-    from deploy.trading import demo_passwords
+    from deploy.trading import demo_passwords, demo_path
     pw = demo_passwords(a.data).get(a.user)
     if pw is None:
-        raise TraderError(f"no password for {a.user}: give --password or set SEQEX_PASSWORD")
+        path = demo_path(a.data)
+        where = (f"{path} holds none for {a.user} (or is damaged)" if os.path.exists(path)
+                 else f"{a.user} is no demo user of the cluster in {a.data}")
+        raise TraderError(f"no password for {a.user}: {where}; give --password or set "
+                          "SEQEX_PASSWORD")
     return pw
 
 
@@ -187,11 +221,12 @@ def run(a: argparse.Namespace) -> int:
     action = parse_action(a)
     if a.action == "positions":
         return positions(a)
-    host, port, instruments, state_dir = _setup(a)
+    host, port, instruments, state_dir, limits = _setup(a)
     if "symbol" in action and action["symbol"] is not None \
             and action["symbol"] not in instruments:
         raise TraderError(f"unknown symbol {action['symbol']} (this cluster trades "
                           f"{', '.join(sorted(instruments))})")
+    _within_limits(action, limits)
     password = _password(a)
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
     base = os.path.join(state_dir, a.user)

@@ -31,7 +31,7 @@ def gateway():
 def client(gw, tmp_path, *words, password="pw"):
     args = ["client", "--user", "alice", "--gateway", gw, "--data", str(tmp_path),
             "--wait", "5", *words]
-    return main(args + (["--password", password] if password else []))
+    return main(args + (["--password", password] if password is not None else []))
 
 
 def test_a_buy_prints_its_reports_and_the_next_invocation_resumes(gateway, tmp_path, capsys):
@@ -78,7 +78,20 @@ def test_wrong_password_and_no_password(gateway, tmp_path, capsys, monkeypatch):
     assert "logon refused: bad credentials" in err and err.count("bad credentials") == 1, err
     monkeypatch.delenv("SEQEX_PASSWORD", raising=False)
     assert client(gw, tmp_path, "watch", password=None) == 2
-    assert "no password for alice" in capsys.readouterr().err
+    assert "no password for alice: alice is no demo user" in capsys.readouterr().err
+    # a damaged demo file is named as such (it was "no password", as if missing)
+    from deploy.trading import demo_path
+    for text in ("{not json", "[]", '{"passwords": {"alice": 5}}'):
+        with open(demo_path(str(tmp_path)), "w") as f:
+            f.write(text)
+        assert client(gw, tmp_path, "watch", password=None) == 2
+        err = capsys.readouterr().err
+        assert "holds none for alice (or is damaged)" in err and err.count("\n") == 1, err
+    # an empty --password is refused, not replaced by the demo password
+    with open(demo_path(str(tmp_path)), "w") as f:
+        f.write('{"passwords": {"alice": "pw"}}')
+    assert client(gw, tmp_path, "watch", password="") == 2
+    assert "--password is empty" in capsys.readouterr().err
 
 
 def test_no_gateway_and_a_bad_address(tmp_path, capsys):
@@ -353,3 +366,27 @@ def test_ctrl_c_ends_a_watch_as_it_says(gateway, tmp_path, capsys, monkeypatch):
     assert client(gw, tmp_path, "watch") == 0
     out, err = capsys.readouterr()
     assert "(Ctrl-C ends)" in out and err == "", err
+
+
+@pytest.mark.parametrize("words, want", [
+    (["sell", "BTCUSDT", "0.01", "@", "400000000"],
+     "BTCUSDT: price 400000000 is above the contract's largest, 46116860"),
+    (["buy", "BTCUSDT", "100000", "@", "50000"],
+     "BTCUSDT: quantity 100000 is above the contract's largest, 1000"),
+])
+def test_beyond_the_contracts_largest_price_or_quantity_is_refused_in_words(
+        gateway, tmp_path, capsys, monkeypatch, words, want):
+    """The engine can only answer such an order "rejected (other)" (its price_invalid has no
+    FIX OrdRejReason) or "incorrect quantity": with the running cluster's contracts at hand,
+    the client refuses it before sending, and says which limit."""
+    from deploy import supervisor, topology
+    srv, gw = gateway
+    topo = topology.load()
+    monkeypatch.setattr(supervisor, "read_state", lambda *_a, **_k: (topo, 1))
+    assert client(gw, tmp_path, *words) == 2
+    err = capsys.readouterr().err
+    assert want in err and len(err.strip().splitlines()) == 1, err
+    assert srv.received == []
+    # within the limits: sent as before
+    assert client(gw, tmp_path, "buy", "BTCUSDT", "1000", "@", "46116860") == 0
+    assert len(srv.received) == 1
