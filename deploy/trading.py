@@ -62,8 +62,10 @@ def minor_units(amount: object) -> int:
 
 
 def usdt(minor: int) -> str:
+    """Minor units as USDT for a person: two decimals, or every one it has beyond them, with
+    thousands separators either way (100,001.005)."""
     return f"{Decimal(minor) / MINOR:,.2f}" if minor % 10**6 == 0 else \
-        f"{(Decimal(minor) / MINOR).normalize():f}"
+        f"{(Decimal(minor) / MINOR).normalize():,f}"
 
 
 def _trading(topo) -> dict:

@@ -119,3 +119,14 @@ def test_a_shards_books_count_the_funding_in_flight_of_a_deferred_sweep():
         in_flight += any(sw[5] != sw[6] for sw in v.te.sweeps)
         v.apply(c.KIND_TICK, b"")
     assert in_flight, "no record left funding in flight: the test proves nothing"
+
+
+def test_amounts_keep_their_thousands_separators_with_sub_cent_digits():
+    """`seqex account` and `audit` printed 100001.005 next to 50,000.00: an amount with digits
+    beyond the cent lost its separators."""
+    from deploy.trading import usdt
+    assert usdt(5_000_000_000_000) == "50,000.00"
+    assert usdt(10_000_100_500_000) == "100,001.005"
+    assert usdt(2_040_249_789_410_227) == "20,402,497.89410227"
+    assert audit.usdt(-10_000_100_500_000) == "-100,001.005"
+    assert usdt(1_000) == "0.00001"
