@@ -834,8 +834,16 @@ def _silent(addr: str, what: str, timeout_s: float) -> UsageError:
 
 
 def cmd_ping(a: argparse.Namespace) -> int:
+    from mq import auth
     from mq.control import ping
-    stats = ping(a.addr, a.timeout)
+    try:
+        stats = ping(a.addr, a.timeout)
+    except auth.KeyFileError:
+        # the trust policy names no ZeroMQ server there: the gateway's and the market-data
+        # feed's ports are in the topology but have no CURVE key
+        if not (a.addr.startswith("tcp://") and _protocol_port(a.addr, a.timeout)):
+            raise
+        stats = None
     if stats is None:
         if a.addr.startswith("tcp://") and (proto := _protocol_port(a.addr, a.timeout)):
             # the gateway's and the market-data feed's ports speak PROTOCOL.md, not PING
@@ -1421,6 +1429,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(verb, f"ZeroMQ: {exc}")
         if isinstance(exc, TimeoutError):
             return _fail(verb, str(exc) or "timed out")
+        if isinstance(exc, FileExistsError) and exc.filename \
+                and not os.path.isdir(exc.filename):
+            # os.makedirs of a directory whose name a file holds: "File exists" misleads
+            return _fail(verb, f"{exc.filename} is a file, not a directory")
         if isinstance(exc, OSError):
             return _fail(verb, f"{exc.strerror or exc}"
                                f"{f': {exc.filename}' if exc.filename else ''}")

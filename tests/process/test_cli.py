@@ -113,6 +113,7 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
         "symname": '[[replicator]]\nname = "r0"\n[[symbol]]\nname = "X.Y"\n',
     }.items()}
     up = ["up", "--data", os.path.join(tmp, "updata"), "--topology"]
+    a_file = write(os.path.join(tmp, "a-file"), "not a directory\n")
     return [
         # addresses
         (["stop", dead, "--timeout", "0.5"], {}, "did not answer STOP"),
@@ -206,6 +207,10 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
         # the rest
         (["produce", "--sequencer", dead, "--source", "0", "--count", "1"], {}, "out of range"),
         (["demo", "--rate", "0"], {}, "out of range"),
+        # a data directory whose name a file holds (it said "File exists")
+        (["up", "--data", a_file, "--base-port", str(free_block(12))], {},
+         "is a file, not a directory"),
+        (["keys", "--dir", a_file], {}, "is a file, not a directory"),
         (["bogus"], {}, "invalid choice"),
         ([], {}, "required"),
     ]

@@ -599,21 +599,31 @@ def test_seqex_status_says_when_the_publisher_is_catching_up():
     asyncio.run(_status_says_catching_up())
 
 
-async def _ping_a_feed(capsys):
+async def _ping_a_feed(capsys, keys: list[str]):
     from deploy import cli
     pub = Publisher(CONF)
     await pub.start(follow=False)
     try:
         rc = await asyncio.to_thread(
-            cli.main, ["--insecure", "ping", f"tcp://127.0.0.1:{pub.feed_port}", "--timeout", "1"])
+            cli.main, [*keys, "ping", f"tcp://127.0.0.1:{pub.feed_port}", "--timeout", "1"])
         return rc, capsys.readouterr()
     finally:
         await pub.close()
 
 
-def test_seqex_ping_of_a_protocol_port_says_what_answered(capsys):
+def test_seqex_ping_of_a_protocol_port_says_what_answered(capsys, tmp_path):
     """`seqex ping` of the market-data feed's (or the gateway's) port: PROTOCOL.md, no PING.
-    It said "did not answer PING" and exited 2, as if nothing ran there."""
-    rc, out = asyncio.run(_ping_a_feed(capsys))
-    assert rc == 0, out
-    assert "PROTOCOL.md port" in out.out and "answered a Heartbeat" in out.out, out
+    It said "did not answer PING" and exited 2, as if nothing ran there; with the cluster's
+    keys, "no server of this topology is there" (the trust policy names no ZeroMQ server on
+    such a port)."""
+    from deploy import cli
+    from mq import auth
+    assert cli.main(["keys", "--dir", str(tmp_path / "keys")]) == 0
+    try:
+        for keys in (["--insecure"], ["--keys", str(tmp_path / "keys"), "--key", "operator"]):
+            capsys.readouterr()
+            rc, out = asyncio.run(_ping_a_feed(capsys, keys))
+            assert rc == 0, (keys, out)
+            assert "PROTOCOL.md port" in out.out and "answered a Heartbeat" in out.out, out
+    finally:
+        auth.reset()
