@@ -245,8 +245,15 @@ def cmd_produce(a: argparse.Namespace) -> int:
     prefix = struct.Struct(SRC_PAYLOAD)
     # A server that wants CURVE keys this process lacks never completes the handshake, and
     # a producer's first HELLO would wait for it forever: ask it a PING first, as `ping` does.
-    if ping(a.sequencer, a.timeout) is None:
-        raise _silent(a.sequencer, "PING", a.timeout)
+    first = min(a.timeout, 3.0)
+    if ping(a.sequencer, first) is None:
+        if a.timeout <= first:
+            raise _silent(a.sequencer, "PING", a.timeout)
+        # say what it waits for (the default --timeout is minutes: a silence looked hung)
+        print(f"seqex produce: no answer from the sequencer at {a.sequencer} yet; waiting up "
+              f"to {a.timeout:g} s (--timeout)", file=sys.stderr, flush=True)
+        if ping(a.sequencer, a.timeout - first) is None:
+            raise _silent(a.sequencer, "PING", a.timeout)
     # --resend-from: a producer restarted with a persisted outbox resends it unchanged
     # from that number; the sequencer drops what it already holds.
     prod = _Producer(a.source, a.sequencer, max_inflight=a.window, next_ss=a.resend_from)

@@ -60,8 +60,12 @@ def start_cluster(data: str, timeout_s: float = 180.0,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DemoError(f"`seqex up` ended with status {proc.returncode}; see "
-                            f"{os.path.join(data, 'up.log')}")
+            # its last line says why (a port in use, a second `up`): this run's only
+            with open(os.path.join(data, "up.log"), "rb") as f:
+                lines = f.read().decode("utf-8", "replace").strip().splitlines()
+            why = f": {lines[-1].strip()}" if lines else ""
+            raise DemoError(f"`seqex up` ended with status {proc.returncode}{why} (see "
+                            f"{os.path.join(data, 'up.log')})")
         with open(os.path.join(data, "up.log"), "rb") as f:
             if b"seqex is up" in f.read():
                 topo = _running_topology(data)

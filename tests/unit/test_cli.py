@@ -637,3 +637,28 @@ def test_account_create_names_a_data_directory_that_does_not_exist(capsys, tmp_p
     err = capsys.readouterr().err
     assert err.startswith(f"seqex account: the directory of the accounts file, {missing}, "
                           "does not exist") and ".tmp" not in err, err
+
+
+def test_the_demo_says_why_its_cluster_did_not_start(tmp_path):
+    """`seqex demo` whose `seqex up` ended at once (a port in use, a base port too high) said
+    only "`seqex up` ended with status 2; see up.log": its one line now carries the reason."""
+    from deploy import demo
+    with pytest.raises(demo.DemoError) as err:
+        demo.start_cluster(str(tmp_path / "data"), timeout_s=120, base_port=65530)
+    assert "ended with status 2: seqex up: " in str(err.value) and \
+        "runs past 65535" in str(err.value), err.value
+
+
+def test_produce_says_what_it_waits_for(monkeypatch, capsys):
+    """`seqex produce` against a silent sequencer printed nothing for its whole --timeout
+    (120 s by default): after a few seconds it now says what it waits for."""
+    from mq import control
+    asked = []
+    monkeypatch.setattr(control, "ping", lambda addr, t: asked.append(t))
+    assert cli.main(["--insecure", "produce", "--sequencer", "tcp://127.0.0.1:9", "--source",
+                     "1", "--count", "1", "--timeout", "60"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert asked == [3.0, 57.0], asked
+    assert err[0] == ("seqex produce: no answer from the sequencer at tcp://127.0.0.1:9 yet; "
+                      "waiting up to 60 s (--timeout)"), err
+    assert "did not answer PING in 60 s" in err[1] and len(err) == 2, err
