@@ -767,6 +767,10 @@ def _rebuild(a: argparse.Namespace) -> int:
     else:
         config = _replica_config(topo, a.stream, engine)
         if config is None:
+            runs = _stream_engine(topo, a.stream)
+            if runs in ENGINES and runs != engine:
+                raise UsageError(f"--rebuild: {a.stream} is a {runs}'s stream, not a "
+                                 f"{engine}'s (leave --engine out, or give --engine {runs})")
             raise UsageError(f"--rebuild: the cluster in {a.data} has no configuration for "
                              f"{a.stream}; give --engine-config")
     try:

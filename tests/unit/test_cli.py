@@ -662,3 +662,18 @@ def test_produce_says_what_it_waits_for(monkeypatch, capsys):
     assert err[0] == ("seqex produce: no answer from the sequencer at tcp://127.0.0.1:9 yet; "
                       "waiting up to 60 s (--timeout)"), err
     assert "did not answer PING in 60 s" in err[1] and len(err) == 2, err
+
+
+def test_rebuild_with_another_engine_than_the_streams_names_the_streams(capsys, tmp_path):
+    """`replay in.te.0 --rebuild --engine crossengine` said "the cluster has no configuration
+    for in.te.0", as if the cluster lacked something: the stream is a TradingEngine's."""
+    import json as json_
+
+    from deploy import topology
+    topo = topology.load(None, str(tmp_path), 9100)
+    fake_up(str(tmp_path), json_.loads(topo.to_json()))
+    assert cli.main(["--insecure", "replay", "in.te.0", "--rebuild", "--engine", "crossengine",
+                     "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("seqex replay: --rebuild: in.te.0 is a tradingengine's stream, not a "
+                   "crossengine's (leave --engine out, or give --engine tradingengine)\n"), err
