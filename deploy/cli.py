@@ -557,10 +557,11 @@ def _up(a: argparse.Namespace, topo) -> int:
     elif topo.trading and (topo.trading.get("liq") or {}).get("insurance_fund") and any(
             p.stream == "in.liq" and a.host in (None, p.host) for p in topo.procs):
         after = trading.first_start_deposits   # the insurance fund, demo accounts or not
-    Supervisor(topo, a.host, max_restarts=a.max_restarts, backoff_base_s=a.restart_backoff,
-               title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}",
-               after_start=after, lock_fd=lock_fd).up(a.ready_timeout)
-    return 0
+    sup = Supervisor(topo, a.host, max_restarts=a.max_restarts,
+                     backoff_base_s=a.restart_backoff, after_start=after, lock_fd=lock_fd,
+                     title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}")
+    sup.up(a.ready_timeout)
+    return sup.exit_status()
 
 
 class _StdoutOrLog:

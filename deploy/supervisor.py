@@ -372,8 +372,14 @@ class Supervisor:
             os.close(self.lock_fd)
             raise
         print(self.title, flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
-        signal.signal(signal.SIGINT, lambda *_: setattr(self, "running", False))
+
+        def stop(signum: int, _frame) -> None:
+            self.running = False
+            self.stopped_by = self.stopped_by or signum
+        self.stopped_by = 0      # the signal that stopped it
+        self.came_up = False
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
         # SIGHUP (`seqex account create` sends it): the gateways re-read the accounts file.
         self.reload_accounts = False
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_accounts", True))
@@ -384,6 +390,7 @@ class Supervisor:
                     return
             self._write_state()
             self.banner()
+            self.came_up = True
             if self.after_start is not None:   # beside the supervision, which goes on
                 threading.Thread(target=self._after_start, daemon=True).start()
             threading.Thread(target=self._heartbeats, daemon=True).start()
@@ -402,7 +409,14 @@ class Supervisor:
                 if os.path.exists(path):
                     os.remove(path)
             os.close(self.lock_fd)
-            print("stopped.", flush=True)
+            print("stopped." if self.came_up or not self.stopped_by else
+                  f"stopped before the cluster was up ({signal.Signals(self.stopped_by).name})",
+                  flush=True)
+
+    def exit_status(self) -> int:
+        """0 for a cluster that came up and was stopped (Ctrl-C is how it stops); 128 + the
+        signal for one stopped while it was starting, which did not do what was asked."""
+        return 128 + self.stopped_by if self.stopped_by and not self.came_up else 0
 
     def stop_standbys(self) -> None:
         """First the standby masters waiting for their locks: stopping a master must not hand

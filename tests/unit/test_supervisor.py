@@ -368,3 +368,34 @@ def test_up_refuses_a_data_directory_whose_logs_were_written_under_another_engin
     (tmp_path / "data" / sv.ENGINES_FILE).write_text(json.dumps(recorded))
     sv.check_engine_configs(topology.load(None, data, base))
     assert "in.liq" in json.loads((tmp_path / "data" / sv.ENGINES_FILE).read_text())
+
+
+def test_up_stopped_while_starting_exits_128_plus_the_signal(tmp_path, monkeypatch, capsys):
+    """Ctrl-C of `seqex up` before the cluster was up printed "stopped." and exited 0, as a
+    stop of a running cluster does: it did not do what was asked. Now 130 (143 for SIGTERM)
+    after a line that says so; a stop once it is up is still 0."""
+    import signal
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for signum, want in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+            topo = topology.load(data_dir=str(tmp_path / str(signum)))
+            sup = sv.Supervisor(topo)
+            monkeypatch.setattr(sup, "preflight", lambda: None)
+            monkeypatch.setattr(sup, "_start_wave",
+                                lambda _wave, _t, s=signum: os.kill(os.getpid(), s))
+            sup.up(1)
+            assert sup.exit_status() == want
+            out = capsys.readouterr().out
+            assert f"stopped before the cluster was up ({signal.Signals(signum).name})" in out
+        # up, then Ctrl-C: how it stops, 0
+        topo = topology.load(data_dir=str(tmp_path / "up"))
+        sup = sv.Supervisor(topo)
+        monkeypatch.setattr(sup, "preflight", lambda: None)
+        monkeypatch.setattr(sup, "_start_wave", lambda _wave, _t: None)
+        monkeypatch.setattr(sup, "banner", lambda: None)
+        monkeypatch.setattr(sup, "check", lambda: os.kill(os.getpid(), signal.SIGINT))
+        sup.up(1)
+        assert sup.exit_status() == 0 and capsys.readouterr().out.endswith("stopped.\n")
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
