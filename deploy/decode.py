@@ -850,6 +850,10 @@ def line(d: dict[str, Any]) -> str:
 
     parts = [fields(d, header)]
     parts += [fields(e, set()) for e in d.get("events", [])]
+    if "events" in d and not d["events"] and d.get("command") != "Tick":
+        # an output record that answers its input with nothing (a mark that moved no one):
+        # the command's name alone read as if its fields were lost
+        parts.append("no events")
     return f"{head} " + " | ".join(parts)
 
 

@@ -341,3 +341,13 @@ def test_a_crossengine_command_line_shows_its_order_not_its_length():
     assert "length=" not in text, text
     assert "command={NewOrder" in text and "side=buy" in text and "price=50000" in text
     assert "qty=0.01" in text, text
+
+
+def test_an_output_record_with_no_events_says_so():
+    """`seqex replay out.te.N` showed a MarkPrice that moved no one as "MarkPrice" alone, as if
+    its fields were lost: an output record keeps its input's kind, not its payload."""
+    x = d.decode_record("out.te.0", rec(5, te.MARK_PRICE, b""), BY_ID)
+    assert x["command"] == "MarkPrice" and x["events"] == []
+    assert d.line(x).endswith("MarkPrice | no events"), d.line(x)
+    tick = d.decode_record("out.te.0", rec(6, d.KIND_TICK, b""), BY_ID)
+    assert d.line(tick).endswith("Tick"), d.line(tick)
