@@ -634,7 +634,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
     if not a.market and a.price is None:
         raise UsageError("--price is required for a limit order (or give --market)")
     with Client(a.data, a.source) as client:
-        if getattr(client.topo, "trading", None) and not a.bypass_risk:
+        if getattr(getattr(client, "topo", None), "trading", None) and not a.bypass_risk:
             # Its orders come from the TradingEngines: one put straight into in.ce is on no
             # account's books, and its fills against users' orders leave the engines'
             # clearing positions apart (`seqex audit` names them).

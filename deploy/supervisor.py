@@ -352,6 +352,8 @@ class Supervisor:
         self.due_at: dict[str, float] = {}       # when a dead process may start again
         self.gave_up: dict[str, str] = {}        # process -> why
         self.lock_fd = lock_fd    # the data directory's lock, if the caller took it
+        self.stopped_by = 0       # the signal that stopped `up` (SIGINT, SIGTERM), if one did
+        self.came_up = False      # every process started and answered (the banner printed)
         self.title = title
         # Run once every process answers (the demo users' deposits); its failure is reported,
         # and the cluster keeps running.
@@ -376,8 +378,6 @@ class Supervisor:
         def stop(signum: int, _frame) -> None:
             self.running = False
             self.stopped_by = self.stopped_by or signum
-        self.stopped_by = 0      # the signal that stopped it
-        self.came_up = False
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         # SIGHUP (`seqex account create` sends it): the gateways re-read the accounts file.
