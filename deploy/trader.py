@@ -220,6 +220,10 @@ def run(a: argparse.Namespace) -> int:
         raise TraderError(f"--wait {a.wait}: seconds in 0 .. 86400")
     action = parse_action(a)
     if a.action == "positions":
+        if a.gateway:
+            # (it printed the balances as if the gateway named had answered them)
+            print(f"seqex client: positions come from the TradingEngine replicas of the cluster "
+                  f"in {a.data}, not from a gateway: --gateway is not used", file=sys.stderr)
         return positions(a)
     host, port, instruments, state_dir, limits = _setup(a)
     if "symbol" in action and action["symbol"] is not None \

@@ -241,6 +241,12 @@ def test_positions_show_the_mark_and_the_unrealised_pnl(monkeypatch, tmp_path, c
     assert main(["client", "--user", "alice", "--password", "pw", "--data", str(tmp_path),
                  "--account", "2", "positions"]) == 0
     assert "unrealised PnL -15.00 USDT" in capsys.readouterr().out
+    # --gateway does not say where positions come from: it says so (it was taken in silence)
+    assert main(["client", "--user", "alice", "--password", "pw", "--data", str(tmp_path),
+                 "--account", "2", "--gateway", "127.0.0.1:1", "positions"]) == 0
+    out = capsys.readouterr()
+    assert "unrealised PnL -15.00 USDT" in out.out
+    assert "--gateway is not used" in out.err and out.err.count("\n") == 1, out.err
 
 
 def test_positions_needs_the_users_password(monkeypatch, tmp_path, capsys):
