@@ -57,6 +57,10 @@ GATEWAY_START_S = struct.Struct("<I")        # gateway index
 CLIENT_MESSAGE_S = struct.Struct("<IQBH")    # user, session_id, gateway flags, templateId
 END_LOGOUT = 0
 END_DISCONNECT = 1
+# A client's Logout with one of these reasons ends a link it found broken: SessionEnd 1
+BROKEN_LINK_LOGOUTS = frozenset({wire.LOGOUT_HEARTBEAT_TIMEOUT, wire.LOGOUT_PROTOCOL_ERROR,
+                                 wire.LOGOUT_RETRANSMIT_VIOLATION, wire.LOGOUT_THROTTLE_ABUSE,
+                                 wire.LOGOUT_SLOW_CONSUMER})
 END_FINALIZE = 2
 MAX_SEQ_JUMP = 0xFFFF_FFFF  # NotApplied.Count: the longest SeqNo gap the protocol can state
 GW_FLAG_THROTTLED = 0x01
@@ -588,6 +592,12 @@ class Connection(asyncio.Protocol):
                     # FinishedSending): the session ends for good; the answer says so.
                     self.end_reason = END_FINALIZE
                     answer = _logout(wire.LOGOUT_END_OF_SESSION, "session finalized")
+                elif wire.decode(frame).Reason in BROKEN_LINK_LOGOUTS:
+                    # the client ends a link it found broken (no heartbeat from us, a bad
+                    # frame, ...), as §4.8 has it end one on a timeout: not an orderly logout
+                    # but the disconnect that cancel-on-disconnect mode 2 is for (§4.10)
+                    self.end_reason = END_DISCONNECT
+                    answer = _logout(wire.LOGOUT_NORMAL, "logout")
                 else:
                     self.end_reason = END_LOGOUT
                     answer = _logout(wire.LOGOUT_NORMAL, "logout")

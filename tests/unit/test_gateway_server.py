@@ -356,6 +356,24 @@ def test_logout_exchange():
         c.send(wire.LOGOUT, 0, b"")
         await c.expect(wire.LOGOUT)
         assert await c.closed()
+        # A client's Logout(1) "heartbeat timeout" (the gateway looked dead to it, §4.8) was an
+        # orderly logout (SessionEnd 0): cancel-on-disconnect mode 2 never acted when the
+        # client was the side that found the link dead. It is a disconnect (SessionEnd 1);
+        # so are 2, 3, 4 and 7; 0 and 6 stay orderly.
+        for session, reason, want in ((3, wire.LOGOUT_HEARTBEAT_TIMEOUT, gs.END_DISCONNECT),
+                                      (4, wire.LOGOUT_PROTOCOL_ERROR, gs.END_DISCONNECT),
+                                      (5, wire.LOGOUT_SLOW_CONSUMER, gs.END_DISCONNECT),
+                                      (6, wire.LOGOUT_ADMIN, gs.END_LOGOUT)):
+            n = len(core.kinds(81))
+            c = await Client.connect(port)
+            await c.logon(session=session)
+            await c.expect(wire.LOGON_ACK)
+            c.send(wire.LOGOUT, reason, b"heartbeat timeout")
+            await c.expect(wire.LOGOUT)
+            c.close()
+            await wait_for(lambda n=n: len(core.kinds(81)) > n)
+            end = gs.SESSION_END_S.unpack(core.kinds(81)[n][1])
+            assert (end[1], end[3]) == (session, want), (reason, end)
         await gw.close()
     run(main())
 
