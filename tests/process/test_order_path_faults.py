@@ -566,3 +566,62 @@ def test_cancel_on_disconnect_fired_by_a_tick_reaches_the_crossengine(cl):
             return len(accepted) == 3 and set(accepted) <= gone
         return False
     wait_until(cancelled, 120, "the CrossEngine to cancel the disconnected client's orders")
+
+
+def test_a_clients_heartbeat_timeout_logout_fires_cancel_on_disconnect_mode_2(cl):
+    """Cancel-on-disconnect mode 2 ("unexpected disconnect only") and a gateway that goes
+    silent (SIGSTOP): the client gives up on it as PROTOCOL.md §4.8 says, Logout(1)
+    "heartbeat timeout" and close. The gateway, let go, read that Logout as an orderly one
+    (SessionEnd 0) and the orders stayed on the book; it is the disconnect mode 2 is for.
+    Another session streams orders before and after the freeze."""
+    from crossengine import codec as ce
+    data = cl["data"]
+    tick_m = SYMBOLS[1][0]
+    levels = [96_300, 96_301]                         # levels nobody else uses
+    c = ProtoClient(*cl["gw"], timeout=30)
+    c.send(1, next(_sids), 1, 1, 10_000, 500, 2, 0, b"alice",
+           password(cl, "alice").encode())            # CoD on unexpected disconnect, 500 ms
+    assert c.recv(skip=(5, 6)).template == 2
+    for seq, ticks in enumerate(levels, 1):
+        c.send(100, seq, time.time_ns(), next(_clordids), ticks * tick_m, 1, 1, 2, b"1", b"2",
+               b"1", 0)
+        m = c.recv(skip=(5, 6))
+        assert m.template == 200 and m.raw[12 + 104] == ord("0"), m    # ExecType New
+    load = Session(cl, "bob", next(_sids), 3)
+    load.connect()
+    for k in range(20):                               # sells far above the book
+        load.nos(next(_clordids), 1, b"2", (101_000 + k) * tick_m, 1)
+    gw = [p for p in pids_of(data) if "gateway --config" in
+          open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode()]
+    assert len(gw) == 1
+    os.kill(gw[0], signal.SIGSTOP)
+    try:
+        c.send(4, 1, b"heartbeat timeout")             # the client's Logout(1), then close
+        c.close()
+    finally:
+        os.kill(gw[0], signal.SIGCONT)
+    for k in range(20):
+        load.nos(next(_clordids), 1, b"2", (101_020 + k) * tick_m, 1)
+    out_ce = cl["topo"].symbols["BTCUSDT"]["out"]
+
+    def cancelled() -> bool:
+        accepted, gone = {}, set()
+        for rep in cl["topo"].replicator_addrs():
+            try:
+                frames = list(replay(rep, out_ce, 1, timeout_s=20))
+            except TimeoutError:
+                continue
+            for f in frames:
+                for r in decode(f):
+                    for ev in ce.decode_events(bytes(r[6])):
+                        if ev[0] == ce.EV_ACCEPTED and ev[3] == 2 and ev[6] in levels:
+                            accepted[ev[1]] = ev[6]
+                        elif ev[0] == ce.EV_CANCELLED:
+                            gone.add(ev[1])
+            return len(accepted) == 2 and set(accepted) <= gone
+        return False
+    wait_until(cancelled, 120, "cancel-on-disconnect (mode 2) to cancel the orders of the "
+                               "client that logged out on a heartbeat timeout")
+    wait_until(lambda: load.drain() and len(load.answered()) == 40, 120,
+               "every order of the other session answered")
+    load.close()
