@@ -334,12 +334,22 @@ def cmd_tail(a: argparse.Namespace) -> int:
     # A durable subscriber (--out) is a machine's: it waits for its stream without a word,
     # through replicator restarts (none answering now is no error). A person's tail, and a
     # resume point the stream has not reached, are checked against the stream first.
-    end = view.end(none_answering_ok=bool(a.out))
+    if a.out:
+        if view.topo is not None and a.stream not in view.topo.stream_pubs():
+            raise UsageError(view._unknown())
+        # A file that has taken seqs no replicator holds is another stream's or another
+        # cluster's. Only with every replicator answering, by the highest seq any of them
+        # stores (the commit point they know lags the live feed): a master that stopped
+        # appending, or one replicator behind, is no reason to refuse.
+        held = view.held_end() if next_seq != a.from_seq else None
+        if held is not None and next_seq > held + 1:
+            raise UsageError(f"{a.out} has taken {a.stream} up to seq {next_seq - 1}, but no "
+                             f"replicator holds a seq above {held}: the file is another "
+                             "stream's or another cluster's; give another --out")
+        end = None
+    else:
+        end = view.end()
     ahead = end is not None and next_seq > end + 1
-    if ahead and a.out and next_seq != a.from_seq:
-        raise UsageError(f"{a.out} has taken {a.stream} up to seq {next_seq - 1}, but the "
-                         f"stream holds seqs up to {end}: the file is another stream's or "
-                         "another cluster's; give another --out")
     if ahead:
         # Following a stream that has not reached --from yet: say so, and wait a bounded time.
         print(f"seqex tail: {a.stream} holds seqs up to {end}; waiting up to {a.wait:g} s for "
@@ -418,10 +428,22 @@ class _StreamView:
         return (f"unknown stream {self.a.stream!r}: the cluster in {self.a.data} has "
                 f"{', '.join(names)}")
 
-    def end(self, none_answering_ok: bool = False) -> int | None:
+    def held_end(self) -> int | None:
+        """The highest seq any replicator stores of the stream, when every replicator
+        answers and knows it; else None (not known for sure)."""
+        from mq.control import ping
+        lasts = []
+        for addr in list(self.replicators):
+            st = ping(addr, timeout_s=2.0)
+            s = (st or {}).get("streams", {}).get(self.a.stream)
+            if s is None:
+                return None
+            lasts.append(int(s.get("last") or 0))
+        return max(lasts) if lasts else None
+
+    def end(self) -> int | None:
         """The highest committed seq any replicator holds, or None when the stream is one
-        they do not store (not replicated), or (none_answering_ok) when no replicator
-        answers. UsageError for a stream nobody knows."""
+        they do not store (not replicated). UsageError for a stream nobody knows."""
         from mq.control import ping
         known = self.topo is not None and self.a.stream in self.topo.stream_pubs()
         ends, answered = [], 0
@@ -436,8 +458,6 @@ class _StreamView:
             if s is not None:
                 ends.append(int(s.get("commit") or 0))
         if not answered:
-            if none_answering_ok:
-                return None
             raise UsageError(f"no replicator answers ({', '.join(self.replicators)}): is the "
                              "cluster up? (`seqex status`)")
         if ends:
