@@ -240,11 +240,25 @@ class WsFeed:
                 return self._full()
             return None            # the WebSocket handshake
         self.stats["http_requests"] += 1
-        if getattr(request, "method", "GET") != "GET":
+        method = getattr(request, "method", "GET")
+        if method == "OPTIONS":     # a browser's CORS preflight: what a page elsewhere may ask
+            return Response(204, "No Content", Headers(
+                [("Access-Control-Allow-Origin", "*"),
+                 ("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
+                 ("Access-Control-Allow-Headers", "*"), ("Access-Control-Max-Age", "600"),
+                 ("Content-Length", "0")]), b"")
+        if method not in ("GET", "HEAD"):
             # read-only: a POST or a DELETE is not a GET under another name
-            return self._json(405, {"code": -1, "msg": f"{request.method} is not allowed: "
-                                                        "GET only"}, [("Allow", "GET")])
-        params = parse_qs(url.query, keep_blank_values=True)
+            return self._json(405, {"code": -1, "msg": f"{method} is not allowed: GET only"},
+                              [("Allow", "GET, HEAD, OPTIONS")])
+        response = self._get(url)
+        if method == "HEAD":        # the GET's headers (its Content-Length too), no body
+            return Response(response.status_code, response.reason_phrase, response.headers,
+                            b"")
+        return response
+
+    def _get(self, url) -> Response:
+        params = parse_qs(url.query)      # (a blank value is as if not given)
         if any(len(v) > 1 for v in params.values()):
             return self._json(400, {"code": -1101, "msg": "Duplicate values for a parameter "
                                                           "detected."})

@@ -243,20 +243,30 @@ async def _http_errors():
         # a parameter given twice is refused, not read as its last value
         code, body = await asyncio.to_thread(get, "/api/v1/depth?symbol=BTCUSDT&symbol=NOPE")
         assert code == 400 and json.loads(body)["code"] == -1101, body
-        code, body = await asyncio.to_thread(get, "/api/v1/depth?symbol=BTCUSDT&limit=")
-        assert code == 400, body
+        # a blank value is as if not given (the default limit; the symbol given once)
+        for path in ("/api/v1/depth?symbol=BTCUSDT&limit=", "/api/v1/depth?symbol=&symbol=BTCUSDT"):
+            code, body = await asyncio.to_thread(get, path)
+            assert code == 200 and json.loads(body)["lastUpdateId"] == 0, (path, body)
+
+        def raw(method):
+            with socket.create_connection(("127.0.0.1", pub.http_port), timeout=5) as c:
+                c.sendall(f"{method} /api/v1/depth?symbol=BTCUSDT HTTP/1.1\r\nHost: x\r\n"
+                          "Content-Length: 0\r\n\r\n".encode())
+                answer = b""
+                while chunk := c.recv(4096):      # the server closes after its answer
+                    answer += chunk
+                return answer
         # read-only: other methods are 405 (a POST was answered as a GET)
         for method in ("POST", "DELETE", "PUT"):
-            def raw(method=method):
-                with socket.create_connection(("127.0.0.1", pub.http_port), timeout=5) as c:
-                    c.sendall(f"{method} /api/v1/depth?symbol=BTCUSDT HTTP/1.1\r\nHost: x\r\n"
-                              "Content-Length: 0\r\n\r\n".encode())
-                    answer = b""
-                    while b"\r\n\r\n" not in answer:
-                        answer += c.recv(4096) or b"\r\n\r\n"
-                    return answer
-            head = await asyncio.to_thread(raw)
-            assert head.startswith(b"HTTP/1.1 405 ") and b"Allow: GET" in head, head
+            head = await asyncio.to_thread(raw, method)
+            assert head.startswith(b"HTTP/1.1 405 ") and b"Allow: GET, HEAD, OPTIONS" in head, head
+        # HEAD: the GET's headers, no body; OPTIONS: a CORS preflight's answer
+        head = await asyncio.to_thread(raw, "HEAD")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n") and \
+            b"Content-Length: 38" in head, head
+        pre = await asyncio.to_thread(raw, "OPTIONS")
+        assert pre.startswith(b"HTTP/1.1 204 ") and \
+            b"Access-Control-Allow-Methods: GET, HEAD, OPTIONS" in pre, pre
         ws = await connect(f"ws://127.0.0.1:{pub.http_port}/ws")
         await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["trades@BTCUSDT"],
                                   "id": 7}))
