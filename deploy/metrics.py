@@ -528,7 +528,7 @@ def status_doc(topo, given_up: dict[str, str] | None = None,
         # a master's standby waiting for its lock binds nothing; a dead master's control
         # endpoint answers for its standby, which took over
         if master_state(spec, pid_of(spec)) is None:
-            answers[spec.name] = probe(spec)
+            answers[spec.name] = probe(spec, web=True)
 
     for spec in topo.procs:   # in parallel: a cluster with frozen processes answers in 0.5 s
         t = threading.Thread(target=ask, args=(spec,), daemon=True)

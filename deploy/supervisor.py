@@ -725,7 +725,8 @@ def _running(pid: int) -> bool:
         return False
 
 
-def probe(spec, timeout_s: float = 0.5, pinger: Pinger | None = None) -> dict | None:
+def probe(spec, timeout_s: float = 0.5, pinger: Pinger | None = None,
+          web: bool = False) -> dict | None:
     """A process's status: PING on its control endpoint (over ``pinger``'s kept connection
     when given). The gateway, whose only port speaks PROTOCOL.md, is sent a Heartbeat before
     any Logon and must answer with a PROTOCOL.md frame (its Logout(2) "logon first"): a
@@ -749,9 +750,11 @@ def probe(spec, timeout_s: float = 0.5, pinger: Pinger | None = None) -> dict | 
         return None
     if head[2:4] != wire.PREFIX.pack(0, wire.ENCODING_TYPE, 0, 0, 0, 0)[2:4]:
         return None
-    if spec.role == "marketdata" and spec.extra.get("http"):
+    if web and spec.role == "marketdata" and spec.extra.get("http"):
         # Its binary port answers before the publisher has replayed its streams, while it
-        # refuses every client (LogonReject 6, HTTP 503): its web port says which.
+        # refuses every client (LogonReject 6, HTTP 503): its web port says which. (Asked
+        # for `seqex status`, not by the supervisor's heartbeats: a GET every second would
+        # be most of the publisher's REST requests.)
         return {"state": marketdata_state(spec.extra["http"], timeout_s)}
     return {"state": "accepting clients"}
 
@@ -866,7 +869,7 @@ def status_rows(topo: Topology, given_up: dict[str, str] | None = None,
             if frozen is not None:
                 frozen.append(frozen_standby_advice(spec.name, pid))
             continue
-        st = probe(spec) if master is None else None
+        st = probe(spec, web=True) if master is None else None
         if st is None:
             state, silent_s, advice = silent_state(spec.name, beat, given_up, frozen_after_s)
             age = f"{silent_s:.1f} s ago" if silent_s is not None else "-"

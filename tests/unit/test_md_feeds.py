@@ -590,13 +590,17 @@ async def _status_says_catching_up():
     try:
         spec = SimpleNamespace(role="marketdata", control=f"tcp://127.0.0.1:{pub.feed_port}",
                                extra={"probe": "tcp", "http": f"tcp://127.0.0.1:{pub.http_port}"})
-        st = await asyncio.to_thread(probe, spec, 5.0)
+        st = await asyncio.to_thread(probe, spec, 5.0, None, True)
         assert st == {"state": "accepting clients"}, st
         pub.caught_up.clear()          # restarted, replaying its streams: refusing everyone
-        st = await asyncio.to_thread(probe, spec, 5.0)
+        st = await asyncio.to_thread(probe, spec, 5.0, None, True)
         assert st["state"].startswith("catching up"), st
+        # the supervisor's heartbeats probe the feed port alone: no GET every second
+        requests = pub.ws.stats["http_requests"]
+        assert await asyncio.to_thread(probe, spec, 5.0) == {"state": "accepting clients"}
+        assert pub.ws.stats["http_requests"] == requests
         spec.extra["http"] = "tcp://127.0.0.1:1"     # a web port that does not answer
-        st = await asyncio.to_thread(probe, spec, 5.0)
+        st = await asyncio.to_thread(probe, spec, 5.0, None, True)
         assert "web port does not answer" in st["state"], st
     finally:
         await pub.close()
