@@ -504,8 +504,10 @@ class Connection(asyncio.Protocol):
                 pos = end
                 if frame.template_id == wire.LOGOUT:
                     # an answered Logout is an orderly end, not an unexpected disconnect
-                    # (§4.10: cancel-on-disconnect mode 2 leaves the orders, mode 1 acts)
-                    if self.end_reason == END_DISCONNECT:
+                    # (§4.10: cancel-on-disconnect mode 2 leaves the orders, mode 1 acts),
+                    # unless the answer is the client's own end of a link it found broken
+                    if self.end_reason == END_DISCONNECT and \
+                            wire.decode(frame).Reason not in BROKEN_LINK_LOGOUTS:
                         self.end_reason = END_LOGOUT
                     del buf[:]
                     self._close_transport()

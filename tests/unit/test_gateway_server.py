@@ -753,6 +753,27 @@ def test_close_logs_everyone_out():
     run(main())
 
 
+def test_a_logout_answer_that_ends_a_broken_link_stays_a_disconnect():
+    """The gateway's Logout(6) (shutting down) answered by a client's Logout(1), which crossed
+    it: the client ends a link it found broken, a disconnect (SessionEnd 1) as when its
+    Logout(1) comes first; an answer Logout(0) is the orderly end (SessionEnd 0)."""
+    async def main():
+        ends = []
+        for session, answer in ((21, wire.LOGOUT_HEARTBEAT_TIMEOUT), (22, wire.LOGOUT_NORMAL)):
+            gw, core, port = await started()
+            c = await Client.connect(port)
+            await c.logon(session=session)
+            await c.expect(wire.LOGON_ACK)
+            closing = asyncio.ensure_future(gw.close())
+            assert (await c.expect(wire.LOGOUT)).Reason == wire.LOGOUT_ADMIN
+            c.send(wire.LOGOUT, answer, b"")
+            await closing
+            await wait_for(lambda core=core: core.kinds(81))
+            ends.append(gs.SESSION_END_S.unpack(core.kinds(81)[-1][1])[3])
+        assert ends == [gs.END_DISCONNECT, gs.END_LOGOUT], ends
+    run(main())
+
+
 def test_session_events_walks_other_events():
     from tests.gateway_fakes import ACCOUNT_EVENT
     st = gs.SESSION_STATE_S.pack(13, 1, 2, 3, 4, 5, 1)
