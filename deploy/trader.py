@@ -189,14 +189,22 @@ def _password(a: argparse.Namespace) -> str:
         if not a.password:   # (it fell back to the demo password, and logged on)
             raise TraderError("--password is empty")
         return a.password
-    if os.environ.get("SEQEX_PASSWORD"):
+    if "SEQEX_PASSWORD" in os.environ:
+        if not os.environ["SEQEX_PASSWORD"]:
+            raise TraderError("SEQEX_PASSWORD is empty (unset it for the demo password)")
         return os.environ["SEQEX_PASSWORD"]
     from deploy.trading import demo_passwords, demo_path
-    pw = demo_passwords(a.data).get(a.user)
+    passwords = demo_passwords(a.data)
+    pw = passwords.get(a.user)
     if pw is None:
         path = demo_path(a.data)
-        where = (f"{path} holds none for {a.user} (or is damaged)" if os.path.exists(path)
-                 else f"{a.user} is no demo user of the cluster in {a.data}")
+        if not os.path.exists(path):
+            where = f"{a.user} is no demo user of the cluster in {a.data}"
+        elif passwords:
+            where = (f"{a.user} is no demo user (the demo users: "
+                     f"{', '.join(sorted(passwords))})")
+        else:
+            where = f"{path} is damaged"
         raise TraderError(f"no password for {a.user}: {where}; give --password or set "
                           "SEQEX_PASSWORD")
     return pw

@@ -86,12 +86,18 @@ def test_wrong_password_and_no_password(gateway, tmp_path, capsys, monkeypatch):
             f.write(text)
         assert client(gw, tmp_path, "watch", password=None) == 2
         err = capsys.readouterr().err
-        assert "holds none for alice (or is damaged)" in err and err.count("\n") == 1, err
-    # an empty --password is refused, not replaced by the demo password
+        assert "demo-users.json is damaged" in err and err.count("\n") == 1, err
     with open(demo_path(str(tmp_path)), "w") as f:
-        f.write('{"passwords": {"alice": "pw"}}')
+        f.write('{"passwords": {"alice": "pw", "bob": "pw-b"}}')
+    assert main(["client", "--user", "mallory", "--gateway", gw, "--data", str(tmp_path),
+                 "watch"]) == 2
+    assert "mallory is no demo user (the demo users: alice, bob)" in capsys.readouterr().err
+    # an empty --password or SEQEX_PASSWORD is refused, not replaced by the demo password
     assert client(gw, tmp_path, "watch", password="") == 2
     assert "--password is empty" in capsys.readouterr().err
+    monkeypatch.setenv("SEQEX_PASSWORD", "")
+    assert client(gw, tmp_path, "watch", password=None) == 2
+    assert "SEQEX_PASSWORD is empty" in capsys.readouterr().err
 
 
 def test_no_gateway_and_a_bad_address(tmp_path, capsys):
