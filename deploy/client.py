@@ -1,4 +1,8 @@
-"""The Python client of a running cluster (until the gateway exists): orders in, outcomes out.
+"""The CrossEngine's Python client: orders straight into in.ce.SYMBOL, outcomes out of
+out.ce.SYMBOL. On a cluster with TradingEngines such an order has no margin check and is on no
+account's books (its fills against users' orders leave the engines' clearing apart); trade
+there through the gateway (gateway.client.Client). `seqex submit` refuses it there unless
+--bypass-risk.
 
     from deploy.client import Client
     with Client("seqex-data") as client:          # the data directory of `seqex up`
