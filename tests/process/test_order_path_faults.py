@@ -533,7 +533,6 @@ def test_cancel_on_disconnect_fired_by_a_tick_reaches_the_crossengine(cl):
     upstream filter once dropped every kind-1 record as a Tick, and the resting orders of a
     disconnected client stayed in the book). Three sessions, so that at least one deadline
     falls on a Tick rather than on a mark price."""
-    from crossengine import codec as ce
     price_ticks = [96_400 + i for i in range(3)]       # levels nobody else uses
     tick_m = SYMBOLS[1][0]
     for ticks in price_ticks:
@@ -546,26 +545,30 @@ def test_cancel_on_disconnect_fired_by_a_tick_reaches_the_crossengine(cl):
         m = c.recv(skip=(5, 6))
         assert m.template == 200 and m.raw[12 + 104] == ord("0"), m    # ExecType New
         c.close()                                                        # disconnect
-    topo = cl["topo"]
-    out_ce = topo.symbols["BTCUSDT"]["out"]
+    wait_until(lambda: alices_orders_cancelled(cl, price_ticks), 120,
+               "the CrossEngine to cancel the disconnected client's orders")
 
-    def cancelled() -> bool:
-        accepted, gone = {}, set()
-        for rep in topo.replicator_addrs():
-            try:
-                frames = list(replay(rep, out_ce, 1, timeout_s=20))
-            except TimeoutError:
-                continue
-            for f in frames:
-                for r in decode(f):
-                    for ev in ce.decode_events(bytes(r[6])):
-                        if ev[0] == ce.EV_ACCEPTED and ev[3] == 2 and ev[6] in price_ticks:
-                            accepted[ev[1]] = ev[6]
-                        elif ev[0] == ce.EV_CANCELLED:
-                            gone.add(ev[1])
-            return len(accepted) == 3 and set(accepted) <= gone
-        return False
-    wait_until(cancelled, 120, "the CrossEngine to cancel the disconnected client's orders")
+
+def alices_orders_cancelled(cl, levels: list[int]) -> bool:
+    """Whether out.ce.BTCUSDT holds an acceptance of an order of account 2 at each of
+    `levels` (ticks, one order each) and a cancel of every one of them."""
+    from crossengine import codec as ce
+    out_ce = cl["topo"].symbols["BTCUSDT"]["out"]
+    accepted, gone = {}, set()
+    for rep in cl["topo"].replicator_addrs():
+        try:
+            frames = list(replay(rep, out_ce, 1, timeout_s=20))
+        except TimeoutError:
+            continue
+        for f in frames:
+            for r in decode(f):
+                for ev in ce.decode_events(bytes(r[6])):
+                    if ev[0] == ce.EV_ACCEPTED and ev[3] == 2 and ev[6] in levels:
+                        accepted[ev[1]] = ev[6]
+                    elif ev[0] == ce.EV_CANCELLED:
+                        gone.add(ev[1])
+        return len(accepted) == len(levels) and set(accepted) <= gone
+    return False
 
 
 def test_a_clients_heartbeat_timeout_logout_fires_cancel_on_disconnect_mode_2(cl):
@@ -574,7 +577,6 @@ def test_a_clients_heartbeat_timeout_logout_fires_cancel_on_disconnect_mode_2(cl
     "heartbeat timeout" and close. The gateway, let go, read that Logout as an orderly one
     (SessionEnd 0) and the orders stayed on the book; it is the disconnect mode 2 is for.
     Another session streams orders before and after the freeze."""
-    from crossengine import codec as ce
     data = cl["data"]
     tick_m = SYMBOLS[1][0]
     levels = [96_300, 96_301]                         # levels nobody else uses
@@ -602,26 +604,9 @@ def test_a_clients_heartbeat_timeout_logout_fires_cancel_on_disconnect_mode_2(cl
         os.kill(gw[0], signal.SIGCONT)
     for k in range(20):
         load.nos(next(_clordids), 1, b"2", (101_020 + k) * tick_m, 1)
-    out_ce = cl["topo"].symbols["BTCUSDT"]["out"]
-
-    def cancelled() -> bool:
-        accepted, gone = {}, set()
-        for rep in cl["topo"].replicator_addrs():
-            try:
-                frames = list(replay(rep, out_ce, 1, timeout_s=20))
-            except TimeoutError:
-                continue
-            for f in frames:
-                for r in decode(f):
-                    for ev in ce.decode_events(bytes(r[6])):
-                        if ev[0] == ce.EV_ACCEPTED and ev[3] == 2 and ev[6] in levels:
-                            accepted[ev[1]] = ev[6]
-                        elif ev[0] == ce.EV_CANCELLED:
-                            gone.add(ev[1])
-            return len(accepted) == 2 and set(accepted) <= gone
-        return False
-    wait_until(cancelled, 120, "cancel-on-disconnect (mode 2) to cancel the orders of the "
-                               "client that logged out on a heartbeat timeout")
+    wait_until(lambda: alices_orders_cancelled(cl, levels), 120,
+               "cancel-on-disconnect (mode 2) to cancel the orders of the client that logged "
+               "out on a heartbeat timeout")
     wait_until(lambda: load.drain() and len(load.answered()) == 40, 120,
                "every order of the other session answered")
     load.close()
