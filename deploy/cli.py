@@ -868,14 +868,13 @@ def _silent(addr: str, what: str, timeout_s: float) -> UsageError:
 def cmd_ping(a: argparse.Namespace) -> int:
     from mq import auth
     from mq.control import ping
+    no_key = None
     try:
         stats = ping(a.addr, a.timeout)
-    except auth.KeyFileError:
+    except auth.KeyFileError as exc:
         # the trust policy names no ZeroMQ server there: the gateway's and the market-data
         # feed's ports are in the topology but have no CURVE key
-        if not (a.addr.startswith("tcp://") and _protocol_port(a.addr, a.timeout)):
-            raise
-        stats = None
+        stats, no_key = None, exc
     if stats is None:
         if a.addr.startswith("tcp://") and (proto := _protocol_port(a.addr, a.timeout)):
             # the gateway's and the market-data feed's ports speak PROTOCOL.md, not PING
@@ -886,6 +885,8 @@ def cmd_ping(a: argparse.Namespace) -> int:
                 print(f"{a.addr}: {proto} answered a Heartbeat (a PROTOCOL.md port has no "
                       "PING; `seqex status` shows the process)")
             return 0
+        if no_key is not None:
+            raise no_key
         raise _silent(a.addr, "PING", a.timeout)
     if a.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
@@ -901,12 +902,9 @@ def cmd_ping(a: argparse.Namespace) -> int:
 
 def _protocol_port(addr: str, timeout_s: float) -> str | None:
     """What answers a PROTOCOL.md Heartbeat at addr with a frame, as the supervisor probes
-    the gateway (deploy.supervisor.probe), or None."""
-    from types import SimpleNamespace
-
-    from deploy.supervisor import probe
-    if probe(SimpleNamespace(role="", control=addr, extra={"probe": "tcp"}),
-             timeout_s=timeout_s) is None:
+    the gateway (deploy.supervisor.speaks_protocol), or None."""
+    from deploy.supervisor import speaks_protocol
+    if not speaks_protocol(addr, timeout_s):
         return None
     return "a PROTOCOL.md port (the client gateway or the market-data feed)"
 

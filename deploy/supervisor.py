@@ -735,20 +735,7 @@ def probe(spec, timeout_s: float = 0.5, pinger: Pinger | None = None,
         if pinger is not None:
             return pinger.ping(spec.control, timeout_s)
         return ping(spec.control, timeout_s=timeout_s)
-    from gateway import wire
-    host, _, port = spec.control[len("tcp://"):].rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as s:
-            s.sendall(wire.encode(wire.HEARTBEAT, 0, 1, 1))
-            head = b""
-            while len(head) < 4:
-                more = s.recv(4 - len(head))
-                if not more:
-                    return None
-                head += more
-    except OSError:
-        return None
-    if head[2:4] != wire.PREFIX.pack(0, wire.ENCODING_TYPE, 0, 0, 0, 0)[2:4]:
+    if not speaks_protocol(spec.control, timeout_s):
         return None
     if web and spec.role == "marketdata" and spec.extra.get("http"):
         # Its binary port answers before the publisher has replayed its streams, while it
@@ -757,6 +744,26 @@ def probe(spec, timeout_s: float = 0.5, pinger: Pinger | None = None,
         # be most of the publisher's REST requests.)
         return {"state": marketdata_state(spec.extra["http"], timeout_s)}
     return {"state": "accepting clients"}
+
+
+def speaks_protocol(addr: str, timeout_s: float = 0.5) -> bool:
+    """Whether addr (tcp://host:port) answers a PROTOCOL.md Heartbeat sent before any Logon
+    with a PROTOCOL.md frame (the gateway's and the market-data feed's Logout(2) "logon
+    first"): a connection alone could be another program's port."""
+    from gateway import wire
+    host, _, port = addr[len("tcp://"):].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as s:
+            s.sendall(wire.encode(wire.HEARTBEAT, 0, 1, 1))
+            head = b""
+            while len(head) < 4:
+                more = s.recv(4 - len(head))
+                if not more:
+                    return False
+                head += more
+    except (OSError, ValueError):
+        return False
+    return head[2:4] == wire.PREFIX.pack(0, wire.ENCODING_TYPE, 0, 0, 0, 0)[2:4]
 
 
 def marketdata_state(http: str, timeout_s: float = 0.5) -> str:

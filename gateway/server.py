@@ -589,19 +589,18 @@ class Connection(asyncio.Protocol):
             elif tid == wire.RETRANSMIT_REQUEST:
                 self._retransmit_request(wire.decode(frame))
             elif tid == wire.LOGOUT:
-                if wire.decode(frame).Reason == wire.LOGOUT_END_OF_SESSION:
+                reason = wire.decode(frame).Reason
+                if reason == wire.LOGOUT_END_OF_SESSION:
                     # §4.9 "Only reason 5 finalizes", from either side (FIXP's
                     # FinishedSending): the session ends for good; the answer says so.
                     self.end_reason = END_FINALIZE
                     answer = _logout(wire.LOGOUT_END_OF_SESSION, "session finalized")
-                elif wire.decode(frame).Reason in BROKEN_LINK_LOGOUTS:
-                    # the client ends a link it found broken (no heartbeat from us, a bad
-                    # frame, ...), as §4.8 has it end one on a timeout: not an orderly logout
-                    # but the disconnect that cancel-on-disconnect mode 2 is for (§4.10)
-                    self.end_reason = END_DISCONNECT
-                    answer = _logout(wire.LOGOUT_NORMAL, "logout")
                 else:
-                    self.end_reason = END_LOGOUT
+                    # a client that ends a link it found broken (no heartbeat from us, a bad
+                    # frame, ...), as §4.8 has it end one on a timeout, has not logged out in
+                    # order: that is the disconnect cancel-on-disconnect mode 2 is for (§4.10)
+                    self.end_reason = END_DISCONNECT if reason in BROKEN_LINK_LOGOUTS \
+                        else END_LOGOUT
                     answer = _logout(wire.LOGOUT_NORMAL, "logout")
                 self.state = CLOSING  # the initiator closes; the grace timer ends it otherwise
                 self.closing_at = self.gw.clock()
