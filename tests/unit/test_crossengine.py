@@ -227,6 +227,22 @@ def test_sweep_stops_at_max_fills_and_the_rest_expires():
         assert names(new(eng, 42, c.BUY, 210, 3, tif=c.FOK)).count("Trade") == 3
 
 
+@pytest.mark.parametrize("engine", ENGINES, ids=["engine", "reference"])
+def test_a_price_only_amend_of_an_order_stp_cut_below_min_qty_is_accepted(engine):
+    """Self-trade prevention's decrement (mode 4) cuts the order's total, not only its leaves:
+    5 lots become 2 with min_qty 3. A price-only amend (qty 0: same) sends no total, so the
+    bounds do not apply to it; an amend that sends a total below min_qty is still refused."""
+    eng = engine(tick_size=1, min_qty=3, max_qty=1000, max_price=100_000)
+    new(eng, 1, c.BUY, 100, 5, acct=7)
+    ev = new(eng, 2, c.SELL, 100, 3, acct=7, stp=c.STP_DECREMENT)
+    assert [(e[1], e[4]) for e in ev if e[0] == c.EV_CANCELLED] == [(ID | 1, 3), (ID | 2, 3)]
+    ev = run(eng, c.AMEND, c.amend(client_order_id=1, account=7, price=99))
+    assert ev[0][0] == c.EV_AMENDED, names(ev)
+    assert ev[0][5:7] == (2, 2)   # leaves 2 of a total of 2, now at 99
+    assert rejected_code(run(eng, c.AMEND, c.amend(client_order_id=1, account=7, price=98,
+                                                   qty=2))) == "qty_below_min"
+
+
 def test_amend_that_sweeps_past_max_fills_expires():
     for cls in ENGINES:
         eng = cls(max_fills=2)
