@@ -20,8 +20,8 @@ balance and positions (the other engines' side of every leg, so the books balanc
 
 Close-out of one takeover (docs/liqengine.md §6, §8): LIMIT (a GTC limit at the bankruptcy
 price) → after ``close_out_window_ns`` of sequenced time, CANCELLING (a cancel sent) → IOC (an
-IOC at the worst price the free fund can pay for) → HOLD while the free fund (fund - reserves)
-is above zero (the fund takes the rest over, reserving its exposure at mark, and a window later
+IOC at the worst price the free fund can pay for) → HOLD while the free fund (fund - debt -
+reserves) is above zero (the fund takes the rest over, reserving its exposure at mark, and a window later
 sends a fresh IOC) → ADL once the fund is exhausted (the rest, at the bankruptcy price, to the
 opposite side ranked by score; held close-outs newest first when a mark or a new hold takes
 the reserves past the fund) → done when nothing is left. Each phase that ends with its order
@@ -386,7 +386,7 @@ class LiqEngine:
             self._reject(_CODE["amount_invalid"], c.FUND_DEPOSIT, transfer_id)
         elif transfer_id in self.transfers:
             self._reject(_CODE["transfer_id_in_use"], c.FUND_DEPOSIT, transfer_id)
-        elif amount < 0 and -amount > self.fund - self.reserved:
+        elif amount < 0 and -amount > self._free():
             self._reject(_CODE["fund_insufficient"], c.FUND_DEPOSIT, transfer_id)
         else:
             self.transfers[transfer_id] = None
@@ -473,7 +473,7 @@ class LiqEngine:
         if residue:
             self._fund_change(residue, c.FUND_RESIDUE)
         if co.qty < spec.min_qty:
-            self._to_adl(co, self.fund - self.reserved)   # the market cannot take it
+            self._to_adl(co, self._free())   # the market cannot take it
             return
         self._send_order(co, c.GTC, bp)
         self._arm(co, self.ts_ns + self.close_out_window_ns)
@@ -600,7 +600,7 @@ class LiqEngine:
             if co.qty < self.specs[symbol].min_qty:
                 self._release(co)
                 co.deadline = 0
-                self._to_adl(co, self.fund - self.reserved)
+                self._to_adl(co, self._free())
             elif co.phase == LIMIT:
                 self._send_order(co, c.GTC, co.bp)
             elif co.phase == IOC_PHASE:
@@ -729,8 +729,9 @@ class LiqEngine:
         elif co.phase == IOC_PHASE:
             self._release(co)
             co.order_left = 0
-            free = self.fund - self.reserved
-            if co.qty and (free > 0 or self.fund > 0 and self.reserved > self._held_reserved):
+            free = self._free()
+            if co.qty and (free > 0 or self.fund - self.fund_debt > 0
+                           and self.reserved > self._held_reserved):
                 # the fund is not exhausted: free money, or money reserved by live IOCs that
                 # may well not need it. The fund holds the rest a window.
                 self._hold(co)
@@ -740,7 +741,7 @@ class LiqEngine:
     def _send_ioc(self, co: CloseOut) -> None:
         if co.qty < self.specs[co.symbol].min_qty:
             co.deadline = 0
-            self._to_adl(co, self.fund - self.reserved)   # the market cannot take it
+            self._to_adl(co, self._free())   # the market cannot take it
             return
         co.phase = IOC_PHASE
         if self._size and self._size >= self.output_budget // COMMAND_SHARE:
@@ -784,18 +785,25 @@ class LiqEngine:
                 return
             if co.reserved == 0:
                 continue
-            free = self.fund - self.reserved
+            free = self._free()
             self._unhold(co)
             co.deadline = 0
             self._to_adl(co, free)
 
+    def _free(self) -> int:
+        """The free fund: the fund less its debt and its reserves. A debt is owed before
+        anything the fund holds is covered: a fund that owes more than its free money holds
+        nothing (the held lots' funding and losses would only grow a debt no one pays)."""
+        return self.fund - self.fund_debt - self.reserved
+
     def _over(self) -> bool:
-        """The held exposure does not fit the fund: the reserves exceed it, and either no live
-        IOC reserves part of it (its outcome could only lower the fund) or the held reserves
-        alone exceed it."""
-        if self.reserved <= self.fund:
+        """The held exposure does not fit the fund (net of its debt): the reserves exceed it,
+        and either no live IOC reserves part of it (its outcome could only lower the fund) or
+        the held reserves alone exceed it."""
+        net = self.fund - self.fund_debt
+        if self.reserved <= net:
             return False
-        return self.reserved == self._held_reserved or self._held_reserved > self.fund
+        return self.reserved == self._held_reserved or self._held_reserved > net
 
     def _exposure(self, co: CloseOut) -> int:
         """max(0, (bp - mark) x side x lots x value) at the symbol's last mark (none: 0)."""
@@ -807,7 +815,7 @@ class LiqEngine:
         """May the close-out be deleveraged now? Only if the fund cannot hold it: the free
         fund (fund - reserves) is at or below zero, or below the close-out's exposure at
         mark; or the market cannot take its lots at all (fewer than min_qty)."""
-        free = self.fund - self.reserved
+        free = self._free()
         return free <= 0 or free < self._exposure(co) \
             or co.qty < self.specs[co.symbol].min_qty
 
@@ -832,7 +840,7 @@ class LiqEngine:
             self._back_to_market(co)
             return
         self.adl_queue[co.cid] = None
-        self.last_adl_entries.append((co.cid, self.fund - self.reserved, self._exposure(co),
+        self.last_adl_entries.append((co.cid, self._free(), self._exposure(co),
                                       co.qty))
 
     def _held_closeouts(self) -> list[CloseOut]:
@@ -864,7 +872,7 @@ class LiqEngine:
         accomplice's, on a thin book) is not the market, and the fund does not pay it the
         difference. Lots the band leaves unfilled are held and deleveraged."""
         spec = self.specs[co.symbol]
-        free = self.fund - self.reserved
+        free = self._free()
         step = free // (co.qty * spec.value) if free > 0 else 0
         mark = self.marks.get(co.symbol, 0)
         band = mark * spec.band_ppm // PPM if spec.band_ppm and mark else -1

@@ -451,13 +451,42 @@ def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
     v.mark(2, 1010)
     assert v.engine.reserved == 4_000
     assert kinds(v.deposit(2, -6_001), c.REJECTED)[0][1] == c.CODES["fund_insufficient"]
-    v.te(0, te_deficit(4, 7_000))
-    assert v.engine.fund == 4_000 and v.engine.fund_debt == 1_000
+    v.te(0, te_deficit(4, 3_000))
+    assert v.engine.fund == 7_000 and v.engine.fund_debt == 0
     assert v.engine.closeouts[1].phase == HOLD        # the fund still covers what it holds
     v.mark(2, 990)
-    assert v.engine.reserved == 0 and v.engine.fund == 3_000 and v.engine.fund_debt == 0
+    assert v.engine.reserved == 0 and v.engine.fund == 7_000
     cmds = kinds(v.tick(WINDOW), c.CE_COMMAND)
-    assert c.CE_NEW_ORDER_S.unpack(cmds[0][4])[1] == 1000 + 3_000 // 400
+    assert c.CE_NEW_ORDER_S.unpack(cmds[0][4])[1] == 1000 + 7_000 // 400
+
+
+def test_a_fund_in_debt_holds_nothing_it_has_to_reserve_for():
+    """The same held short at mark 1010 (4,000 reserved of a fund of 10,000), then a client's
+    deficit of 7,000: the free 6,000 pays, 1,000 becomes the fund's debt. The fund then owes
+    more than its free money: the debt comes first, the held close-out goes to ADL (its reserve
+    released repays the debt: fund 3,000, debt 0), and since 3,000 cannot cover its 4,000 of
+    exposure, its lots go to the long in line at bankruptcy. Before, the fund held on while
+    in debt, and a held position's funding grew that debt every interval with no ADL (an
+    adversary's cluster ended with a fund of 59 USDT owing 233)."""
+    v = venue()
+    v.deposit(1, 10_000)
+    v.mark(2, 1000)
+    v.position(21, 2, 20, 900, balance=10**6)
+    v.hand_off(7, 2, -4, 1000)
+    v.accept(max(v.orders))
+    v.tick(WINDOW)
+    v.answer_cancel()
+    v.accept(max(v.orders))
+    assert v.engine.closeouts[1].phase == HOLD
+    v.mark(2, 1010)
+    assert v.engine.reserved == 4_000
+    events = v.te(0, te_deficit(4, 7_000))
+    assert kinds(events, c.FUND_CHANGED) == [(4, 4_000, -6_000, c.FUND_DEFICIT),
+                                             (4, 3_000, -1_000, c.FUND_DEFICIT)]
+    assert v.engine.fund == 3_000 and v.engine.fund_debt == 0 and v.engine.reserved == 0
+    assert [(a[2], a[4], a[5]) for a in kinds(events, c.ADL)] == [(21, -4, 1000)]
+    v.apply_adl(max(v.adls))
+    assert v.engine.closeouts == {} and v.engine.fund == 3_000
 
 
 # -- ADL only once the fund is exhausted, whatever the order of events (review findings) ----------
