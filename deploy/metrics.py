@@ -31,8 +31,10 @@ answering``), the age of its last answer, and its whole PING answer.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -429,6 +431,8 @@ def _start_server(host: str, port: int, registry):
 
     class Server(ThreadingWSGIServer):
         evicted = 0
+        failed = 0        # connections that ended in an error (handle_error)
+        report_at = 0.0   # the next time one that is not a socket error may be logged
         request_queue_size = 128   # listen backlog (socketserver's default is 5)
 
         def __init__(self, *args, **kwargs) -> None:
@@ -452,6 +456,23 @@ def _start_server(host: str, port: int, registry):
             with self.lock:
                 self.open.pop(id(request), None)
             super().shutdown_request(request)
+
+        def handle_error(self, request, client_address) -> None:
+            """socketserver prints a traceback to stderr (the process's log) for every failed
+            connection: anyone who can reach the port could grow the log without bound with
+            half-open connections. A connection that timed out, reset or was shut down here
+            is closed and counted; anything else is one log line a minute."""
+            exc = sys.exc_info()[1]
+            self.failed += 1
+            if isinstance(exc, OSError):
+                return
+            now = time.monotonic()
+            if now >= self.report_at:
+                self.report_at = now + 60.0
+                logging.getLogger("seqex.metrics").warning(
+                    "a metrics request from %s failed (%s: %s); %d failed connections so far",
+                    client_address[0] if client_address else "?", type(exc).__name__, exc,
+                    self.failed)
 
     Server.address_family, addr = _get_best_family(host, port)
     httpd = make_server(addr, port, make_wsgi_app(registry), Server, handler_class=Handler)
@@ -480,7 +501,6 @@ def start_for_process(verb: str, args) -> bool:
 
 
 def start_exporter(address: str, status: Callable[[], dict | None], verb: str, args) -> bool:
-    import logging
     process = os.environ.get(ENV_PROCESS) or getattr(args, "name", None) \
         or getattr(args, "key", None) or verb
     try:

@@ -339,3 +339,38 @@ def test_idle_connections_to_the_metrics_port_hold_no_thread_or_descriptor_for_l
             s.close()
         server.shutdown()
         server.server_close()
+
+
+def test_connections_that_time_out_on_the_metrics_port_write_no_traceback(monkeypatch, capfd):
+    """socketserver printed a traceback into the process's log for every connection that
+    timed out mid-request: half-open connections grew an engine's log without bound. They are
+    now closed and counted, silently; a scrape still works."""
+    import socket
+    monkeypatch.setattr(metrics, "METRICS_TIMEOUT_S", 0.2)
+    port = free_port()
+    server, _thread = metrics.serve(f"127.0.0.1:{port}", lambda: SEQUENCER, "seq0",
+                                    "sequencer", "in.ce.BTCUSDT")
+    half = []
+    try:
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /metr")      # a request line that never ends
+            half.append(s)
+        def closed(sock) -> bool:   # the server closes a connection whose read timed out
+            sock.settimeout(0.05)
+            try:
+                return sock.recv(1) == b""
+            except TimeoutError:
+                return False
+            except OSError:
+                return True
+        wait_until(lambda: all(closed(s) for s in half), 20,
+                   "the half-open connections to time out")
+        assert metrics.scrape(f"127.0.0.1:{port}", timeout_s=5.0)
+    finally:
+        for s in half:
+            s.close()
+        server.shutdown()
+        server.server_close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err
