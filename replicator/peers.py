@@ -285,6 +285,18 @@ class Peers:
         if b < a:
             self.compare_from[stream] = 1 if log_.commit else a  # wrap around
             return
+        # The range starts and ends at this replicator's frame boundaries, so that a damaged
+        # frame always lies inside one compared range, which the repair replaces whole (a
+        # peer's catch-up stores frames of many thousands of records: with a fixed window
+        # their damage was never repaired). A frame from `a` past the commit point waits.
+        a = log_.frame_extent(a)[0]
+        start, end = log_.frame_extent(b)
+        if end <= log_.commit:
+            b = end
+        elif start > a:
+            b = start - 1
+        else:
+            return
         self.comparing[stream] = {"from": a, "to": b, "at": now, "answers": {}}
         self._ask_all([wire.DIGEST, wire.pack({"stream": stream, "from": a, "to": b})])
 

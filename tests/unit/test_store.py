@@ -286,3 +286,44 @@ def test_empty_streams_left_by_reads_are_removed_at_open(tmp_path):
     for i in range(3):
         assert s.append(f"new{i}", 1, frame(1, 1)).ok
     s.close()
+
+
+def test_a_frame_of_many_interleaved_source_runs_keeps_the_same_source_table(tmp_path,
+                                                                            monkeypatch):
+    """A peer's catch-up stores frames of thousands of records from interleaved sources (ticks,
+    producers, upstream sources): the source table after one such frame must be the one that
+    appending its records one at a time gives (each source's next source_seq, its last seq
+    and the ts of its last record), and the log's ts that of the frame's last record. The
+    append walks the frame once: it walked it from the start for every run (records walked
+    grew with runs x records; a replicator catching up froze for minutes)."""
+    import random
+
+    from replicator import store as store_mod
+    walked = [0]
+    real_offset_of = store_mod.offset_of
+
+    def counting_offset_of(buf, index):
+        walked[0] += index
+        return real_offset_of(buf, index)
+    monkeypatch.setattr(store_mod, "offset_of", counting_offset_of)
+    rnd = random.Random(7)
+    ss = {1: 1, 2: 1, 3: 1, 4: 1}
+    recs = []
+    for seq in range(1, 3001):
+        src = rnd.choice((1, 1, 2, 3, 4))
+        recs.append((seq, 10_000 + 3 * seq + rnd.randrange(3), src, ss[src], 1, 16,
+                     bytes(rnd.randrange(40)), 0))
+        ss[src] += rnd.choice((1, 1, 1, 2))    # a source_seq skipped starts a new run
+    whole = Store(str(tmp_path / "whole"), "os", map_size=1 << 26)
+    one_by_one = Store(str(tmp_path / "one"), "os", map_size=1 << 26)
+    try:
+        assert whole.append("s", 1, encode(recs)).ok
+        assert walked[0] <= len(recs)
+        for rec in recs:
+            assert one_by_one.append("s", 1, encode([rec])).ok
+        a, b = whole.stream("s"), one_by_one.stream("s")
+        assert a.sources() == b.sources() and len(a.sources()) == 4
+        assert (a.last, a.ts_ns) == (b.last, b.ts_ns) == (3000, recs[-1][1])
+    finally:
+        whole.close()
+        one_by_one.close()
