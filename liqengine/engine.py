@@ -237,7 +237,7 @@ class LiqEngine:
         self._size = 0
         self._touched: dict[int, None] = {}
         # read-only diagnostics of the last record (not state): each close-out that entered
-        # ADL phase in it, with the free fund (fund - reserves), its exposure at mark and its
+        # ADL phase in it, with the free fund (fund - debt - reserves), its exposure at mark and its
         # lots at that moment (what _exhausted_for decides on)
         self.last_adl_entries: list[tuple[int, int, int, int]] = []
         self._init_indexes()
@@ -791,19 +791,23 @@ class LiqEngine:
             self._to_adl(co, free)
 
     def _free(self) -> int:
-        """The free fund: the fund less its debt and its reserves. A debt is owed before
-        anything the fund holds is covered: a fund that owes more than its free money holds
-        nothing (the held lots' funding and losses would only grow a debt no one pays)."""
+        """The free fund: the fund less its debt and its reserves. What the fund decides to
+        take on (a hold at the end of an IOC, an IOC's price, whether a close-out in ADL goes
+        back to the market) counts the debt first: a fund that owes more than its free money
+        holds nothing new, so a held close-out goes to ADL at the end of its next IOC instead
+        of holding on while its funding grows a debt no one pays. (A debt does not exhaust
+        the fund at once, _over: at a funding boundary the shards' payments and receipts
+        come in separate records, and a debt that the next record repays is no reason to
+        deleverage anyone.)"""
         return self.fund - self.fund_debt - self.reserved
 
     def _over(self) -> bool:
-        """The held exposure does not fit the fund (net of its debt): the reserves exceed it,
-        and either no live IOC reserves part of it (its outcome could only lower the fund) or
-        the held reserves alone exceed it."""
-        net = self.fund - self.fund_debt
-        if self.reserved <= net:
+        """The held exposure does not fit the fund: the reserves exceed it, and either no live
+        IOC reserves part of it (its outcome could only lower the fund) or the held reserves
+        alone exceed it."""
+        if self.reserved <= self.fund:
             return False
-        return self.reserved == self._held_reserved or self._held_reserved > net
+        return self.reserved == self._held_reserved or self._held_reserved > self.fund
 
     def _exposure(self, co: CloseOut) -> int:
         """max(0, (bp - mark) x side x lots x value) at the symbol's last mark (none: 0)."""
@@ -813,7 +817,7 @@ class LiqEngine:
 
     def _exhausted_for(self, co: CloseOut) -> bool:
         """May the close-out be deleveraged now? Only if the fund cannot hold it: the free
-        fund (fund - reserves) is at or below zero, or below the close-out's exposure at
+        fund (fund - debt - reserves) is at or below zero, or below the close-out's exposure at
         mark; or the market cannot take its lots at all (fewer than min_qty)."""
         free = self._free()
         return free <= 0 or free < self._exposure(co) \

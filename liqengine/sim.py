@@ -118,10 +118,10 @@ class LiqVenue:
         """ADL only once the fund cannot hold the close-out: at the end of every record that
         sends an Adl (Adls go out last, after every credit of the record), its close-out's
         exposure at mark, max(0, (bp - mark) x side x lots x value), is above the free fund
-        (fund - reserves), or the free fund is at or below zero, or its lots are fewer than the
+        (fund - debt - reserves), or the free fund is at or below zero, or its lots are fewer than the
         contract's min_qty (the market cannot take them)."""
         e = self.engine
-        free = e.fund - e.reserved
+        free = e.fund - e.fund_debt - e.reserved
         for ev in events:
             if ev[0] != c.ADL:
                 continue

@@ -460,15 +460,9 @@ def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
     assert c.CE_NEW_ORDER_S.unpack(cmds[0][4])[1] == 1000 + 7_000 // 400
 
 
-def test_a_fund_in_debt_holds_nothing_it_has_to_reserve_for():
-    """The same held short at mark 1010 (4,000 reserved of a fund of 10,000), then a client's
-    deficit of 7,000: the free 6,000 pays, 1,000 becomes the fund's debt. The fund then owes
-    more than its free money: the debt comes first, the held close-out goes to ADL (its reserve
-    released repays the debt: fund 3,000, debt 0), and since 3,000 cannot cover its 4,000 of
-    exposure, its lots go to the long in line at bankruptcy. Before, the fund held on while
-    in debt, and a held position's funding grew that debt every interval with no ADL (an
-    adversary's cluster ended with a fund of 59 USDT owing 233)."""
-    v = venue()
+def held_short_at_1010(v: LiqVenue) -> None:
+    """LIQ holds a short of 4 at bankruptcy 1000 (value 100), mark 1010: 4,000 of a fund of
+    10,000 reserved; account 21's long of 20 is first in line for ADL."""
     v.deposit(1, 10_000)
     v.mark(2, 1000)
     v.position(21, 2, 20, 900, balance=10**6)
@@ -480,13 +474,47 @@ def test_a_fund_in_debt_holds_nothing_it_has_to_reserve_for():
     assert v.engine.closeouts[1].phase == HOLD
     v.mark(2, 1010)
     assert v.engine.reserved == 4_000
-    events = v.te(0, te_deficit(4, 7_000))
-    assert kinds(events, c.FUND_CHANGED) == [(4, 4_000, -6_000, c.FUND_DEFICIT),
-                                             (4, 3_000, -1_000, c.FUND_DEFICIT)]
-    assert v.engine.fund == 3_000 and v.engine.fund_debt == 0 and v.engine.reserved == 0
+
+
+def test_a_fund_in_debt_holds_nothing_new():
+    """A client's deficit of 12,000: the free 6,000 pays, 6,000 becomes the fund's debt, the
+    held 4,000 stays reserved. At the end of the hold's window the reserve is released and
+    repays 4,000 of the debt; the IOC goes at bankruptcy (the fund, net of its debt, has
+    nothing to pay beyond it) and finds no one, and the fund, owing 2,000 with nothing, does
+    not hold the lots again: they go to the long in line at bankruptcy. Before, the debt was
+    not counted: the IOC went at the worst price the reserve could pay, the fund held the lots
+    again, and the debt stayed for good, while the held lots' funding grew it every interval
+    (an adversary's cluster ended with a fund of 59 USDT owing 233)."""
+    v = venue()
+    held_short_at_1010(v)
+    v.te(0, te_deficit(4, 12_000))
+    assert (v.engine.fund, v.engine.fund_debt) == (4_000, 6_000)
+    assert v.engine.closeouts[1].phase == HOLD
+    cmds = kinds(v.tick(WINDOW), c.CE_COMMAND)
+    assert c.CE_NEW_ORDER_S.unpack(cmds[0][4])[1] == 1000           # the IOC at bankruptcy
+    assert (v.engine.fund, v.engine.fund_debt) == (0, 2_000)
+    events = v.accept(max(v.orders))
     assert [(a[2], a[4], a[5]) for a in kinds(events, c.ADL)] == [(21, -4, 1000)]
     v.apply_adl(max(v.adls))
-    assert v.engine.closeouts == {} and v.engine.fund == 3_000
+    assert v.engine.closeouts == {} and v.engine.fund_debt == 2_000
+
+
+def test_a_debt_the_next_record_repays_deleverages_no_one():
+    """At a funding boundary the shards' clearing legs pay and receive LIQ's funding in
+    separate records: shard 0 pays 7,000 (the free 6,000, and 1,000 of debt), shard 1 receives
+    7,000 one record later. The held close-out stays held throughout: a debt does not
+    exhaust the fund at once, only what the fund decides next (reviewed: exhausting it at once
+    sent an Adl to a profitable long at every boundary whose paying shard came first)."""
+    v = venue()
+    held_short_at_1010(v)
+
+    def funding(amount):
+        return c.TE_EVENT_STRUCTS[7].pack(7, c.LIQ_ACCOUNT, 1, 100, amount)
+    events = v.te(0, funding(7_000))
+    assert kinds(events, c.ADL) == [] and v.engine.fund_debt == 1_000
+    events = v.te(1, funding(-7_000))
+    assert kinds(events, c.ADL) == [] and v.engine.fund_debt == 0
+    assert v.engine.closeouts[1].phase == HOLD and v.engine.fund == 10_000
 
 
 # -- ADL only once the fund is exhausted, whatever the order of events (review findings) ----------
