@@ -110,7 +110,8 @@ class Peers:
         self.fetching: dict[str, tuple[int, float]] = {}  # stream -> (peer, asked at)
         self.compare_from: dict[str, int] = defaultdict(lambda: 1)
         self.comparing: dict[str, dict[str, Any]] = {}
-        self.repairing: dict[str, tuple[int, int, str, float]] = {}
+        # stream -> [from, to, agreed digest, asked at, peer, the parts received so far]
+        self.repairing: dict[str, list] = {}
         self.on_disk_full = lambda exc: log.error("%s", exc)
         self.on_wrote = lambda: None   # a write went through (the disk has room)
 
@@ -153,7 +154,7 @@ class Peers:
         for stream, (_peer, asked) in list(self.fetching.items()):
             if now - asked > REQUEST_TIMEOUT_S:
                 del self.fetching[stream]
-        for stream, (_a, _b, _want, asked) in list(self.repairing.items()):
+        for stream, (_a, _b, _want, asked, _peer, _parts) in list(self.repairing.items()):
             if now - asked > REQUEST_TIMEOUT_S:
                 del self.repairing[stream]
         if not self.socks or now < self.check_at:
@@ -288,13 +289,15 @@ class Peers:
         # The range starts and ends at this replicator's frame boundaries, so that a damaged
         # frame always lies inside one compared range, which the repair replaces whole (a
         # peer's catch-up stores frames of many thousands of records: with a fixed window
-        # their damage was never repaired). A frame from `a` past the commit point waits.
+        # their damage was never repaired). It ends before the frame that holds its last
+        # record, unless that frame starts it: then it is that frame (up to 16 MiB, fetched
+        # in parts if a peer sends less). A frame from `a` past the commit point waits.
         a = log_.frame_extent(a)[0]
         start, end = log_.frame_extent(b)
-        if end <= log_.commit:
-            b = end
-        elif start > a:
+        if end != b and start > a:
             b = start - 1
+        elif end <= log_.commit:
+            b = end
         else:
             return
         self.comparing[stream] = {"from": a, "to": b, "at": now, "answers": {}}
@@ -335,22 +338,41 @@ class Peers:
             peer_i = next(i for i, d in pending["answers"].items() if d == best)
             log.error("%s: records %d..%d differ from the peers' (%s); repairing from %s",
                       stream, a, b, "damaged here" if damaged else "outvoted", self.addrs[peer_i])
-            self.repairing[stream] = (a, b, best, time.monotonic())
-            self._send(peer_i, [wire.REPLAY, wire.pack(
-                {"stream": stream, "from": a, "to": b, "max_bytes": 1 << 30, "req": "repair"})])
+            self.repairing[stream] = [a, b, best, time.monotonic(), peer_i, []]
+            self._ask_repair(stream, peer_i, a, b)
         else:
             self.stats["divergent_ranges"] += 1
             log.error("%s: records %d..%d differ from a peer and nothing says which is right",
                       stream, a, b)
             self.compare_from[stream] = b + 1
 
-    def _apply_repair(self, stream: str, frame: bytes) -> None:
-        job = self.repairing.pop(stream, None)
-        if job is None:
+    def _ask_repair(self, stream: str, peer: int, a: int, b: int) -> None:
+        self._send(peer, [wire.REPLAY, wire.pack(
+            {"stream": stream, "from": a, "to": b, "max_bytes": 1 << 30, "req": "repair"})])
+
+    def _apply_repair(self, peer: int, stream: str, frame: bytes) -> None:
+        """A part of the repair's range from the peer asked: the next part is asked until the
+        range is whole (a peer sends at most 16 MiB an answer), then the whole range is
+        checked against the agreed digest and replaces this replicator's copy."""
+        job = self.repairing.get(stream)
+        if job is None or job[4] != peer:
             return
-        a, b, want, _at = job
+        a, b, want, _at, _peer, parts = job
         _n, first, last = scan(frame)
-        if (first, last) != (a, b) or digest(frame) != want:
+        upto = scan(parts[-1])[2] if parts else a - 1
+        if first != upto + 1 or last > b:
+            del self.repairing[stream]
+            log.error("%s: the repair answer %d..%d is not the next part of %d..%d", stream,
+                      first, last, a, b)
+            return
+        parts.append(frame)
+        if last < b:
+            job[3] = time.monotonic()
+            self._ask_repair(stream, peer, last + 1, b)
+            return
+        del self.repairing[stream]
+        frame = b"".join(parts)
+        if digest(frame) != want:
             log.error("%s: the repair bytes for %d..%d do not match the agreed digest", stream,
                       a, b)
             return
@@ -373,7 +395,7 @@ class Peers:
             if body.get("req") == "fetch":
                 self._append_fetched(peer, stream, msg[2], body)
             elif body.get("req") == "repair" and msg[2]:
-                self._apply_repair(stream, msg[2])
+                self._apply_repair(peer, stream, msg[2])
         elif msg[0] == wire.STATE:
             self._on_state(peer, stream, body)
         elif msg[0] == wire.DIGEST:

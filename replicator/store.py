@@ -545,15 +545,23 @@ class StreamLog:
         self._rebuild_history(txn, first, last)
 
     def _rebuild_history(self, txn: lmdb.Transaction, first: int, last: int) -> None:
-        """Recompute the epoch history over seqs first..last + 1, whose bytes were replaced:
-        the history must describe the records held, or log matching reasons on a fiction."""
+        """Recompute the epoch history over seqs first..last, whose bytes were replaced, and
+        where the run of seq last + 1 starts: the history must describe the records held, or
+        log matching reasons on a fiction. The record after the range is not read (its frame
+        may be damaged too, and is repaired by a range of its own): its epoch is the one the
+        history held for it, since its bytes did not change."""
         before = [h for h in self.history if h[1] < first]
         after = [h for h in self.history if h[1] > last + 1]
         prev = before[-1][0] if before else None
         middle = []
-        for epoch, seq in epoch_runs(self.read(first, min(last + 1, self.last), txn=txn)):
+        for epoch, seq in epoch_runs(self.read(first, last, txn=txn)):
             if epoch != prev:
                 middle.append((epoch, seq))
+                prev = epoch
+        if last < self.last:
+            epoch = epoch_at(self.history, last + 1)
+            if epoch != prev:
+                middle.append((epoch, last + 1))
                 prev = epoch
         if after and after[0][0] == prev:
             after = after[1:]

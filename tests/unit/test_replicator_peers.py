@@ -160,32 +160,42 @@ def test_an_empty_replicator_learns_its_streams_from_a_peer(pair):
     assert held(me) == held(peer)
 
 
-def test_a_damaged_frame_across_a_comparison_window_boundary_is_repaired(pair):
+@pytest.mark.parametrize("damaged", [(8_001,), (1_001, 2_001), (7_001, 8_001)])
+def test_damaged_frames_across_a_comparison_window_boundary_are_repaired(pair, monkeypatch,
+                                                                         damaged):
     """A peer's catch-up stores one frame of many thousands of records (here 8,001..16,000,
     across the 10,000-record comparison window's end). Damaged on disk, it was found by the
     comparison and then refused by the repair for good ("reaches out of the repaired range"),
-    since no window covered it whole. Windows now end at this replicator's frame boundaries."""
+    since no window covered it whole. Windows now end at this replicator's frame boundaries,
+    before a frame that would take them past their size; the repair fetches a range in parts
+    when a peer sends less than all of it (its answers are capped: 16 MiB, here 40 KB); and two
+    damaged frames next to each other are both repaired (the repair read the record after its
+    range to rebuild the epoch history, and failed on the next damaged frame, for good)."""
+    from replicator import server
     from replicator.peers import COMPARE_RECORDS
     from replicator.store import U64
+    monkeypatch.setattr(server, "MAX_REPLAY_BYTES", 40_000)
     me, peer = pair
     for first in range(1, 8_001, 1_000):
         me.store.append(STREAM, 1, frame(first, 1_000, epoch=1))
     me.store.append(STREAM, 1, frame(8_001, 8_000, epoch=1))    # one frame, as a catch-up's
-    peer.store.append(STREAM, 1, frame(1, 16_000, epoch=1))
+    for first in range(1, 16_001, 500):
+        peer.store.append(STREAM, 1, frame(first, 500, epoch=1))
     for rep in (me, peer):
         rep.store.change(STREAM, lambda lg, txn: lg.set_commit(txn, 16_000))
     assert 8_001 <= COMPARE_RECORDS < 16_000
     good = held(peer)
     log_ = me.store.find(STREAM)
     with me.store.env.begin(write=True) as txn:
-        value = bytearray(txn.get(U64.pack(8_001), db=log_.log_db))
-        value[len(value) // 2] ^= 0xFF   # the CRC no longer matches
-        txn.put(U64.pack(8_001), bytes(value), db=log_.log_db)
+        for key in damaged:
+            value = bytearray(txn.get(U64.pack(key), db=log_.log_db))
+            value[len(value) // 2] ^= 0xFF   # the CRC no longer matches
+            txn.put(U64.pack(key), bytes(value), db=log_.log_db)
     relay = Relay(me, peer)
     for _ in range(4):   # a comparison a second: enough rounds to pass the whole log
         me.peers._start_compare(STREAM, 1e9)
         relay.run()
-    assert me.stats["repaired_records"] >= 8_000
+    assert me.stats["repaired_records"] >= 1_000 * len(damaged)
     assert held(me) == good
 
 
