@@ -429,6 +429,12 @@ def _start_server(host: str, port: int, registry):
     class Handler(_SilentHandler):
         timeout = METRICS_TIMEOUT_S   # StreamRequestHandler sets it on the socket
 
+        def parse_request(self) -> bool:
+            ok = super().parse_request()
+            if ok:   # a whole request: a scrape being answered, evicted last
+                self.server.answering(self.request)
+            return ok
+
     class Server(ThreadingWSGIServer):
         evicted = 0
         failed = 0        # connections that ended in an error (handle_error)
@@ -437,13 +443,24 @@ def _start_server(host: str, port: int, registry):
 
         def __init__(self, *args, **kwargs) -> None:
             self.open: dict[int, socket.socket] = {}   # by arrival, oldest first
+            self.busy: set[int] = set()   # those that sent a whole request
             self.lock = threading.Lock()
             super().__init__(*args, **kwargs)
+
+        def answering(self, request) -> None:
+            with self.lock:
+                self.busy.add(id(request))
 
         def process_request(self, request, client_address) -> None:
             with self.lock:
                 while len(self.open) >= METRICS_MAX_OPEN:
-                    oldest = self.open.pop(next(iter(self.open)))
+                    # the oldest that has not sent a whole request yet (an idle or slow
+                    # connection's), else the oldest: a flood of idle connections does not
+                    # cut off the scrapes being answered
+                    key = next((k for k in self.open if k not in self.busy),
+                               next(iter(self.open)))
+                    oldest = self.open.pop(key)
+                    self.busy.discard(key)
                     self.evicted += 1
                     try:   # its thread's read returns at once and the thread ends
                         oldest.shutdown(socket.SHUT_RDWR)
@@ -455,6 +472,7 @@ def _start_server(host: str, port: int, registry):
         def shutdown_request(self, request) -> None:
             with self.lock:
                 self.open.pop(id(request), None)
+                self.busy.discard(id(request))
             super().shutdown_request(request)
 
         def handle_error(self, request, client_address) -> None:

@@ -374,3 +374,42 @@ def test_connections_that_time_out_on_the_metrics_port_write_no_traceback(monkey
         server.server_close()
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception occurred" not in err
+
+
+def test_a_flood_of_idle_connections_does_not_cut_off_a_scrape_being_answered():
+    """At METRICS_MAX_OPEN open connections the exporter shuts one down for each new one. It
+    shut the oldest, so a flood of idle connections cut off the scrapes being answered (9 of
+    20 failed in a review's flood). It now shuts the oldest that has not sent a whole request."""
+    import socket
+    started, release = threading.Event(), threading.Event()
+
+    def slow_status():   # the scrape's request is parsed: hold it until the flood is in
+        started.set()
+        release.wait(10)
+        return SEQUENCER
+    port = free_port()
+    server, _thread = metrics.serve(f"127.0.0.1:{port}", slow_status, "seq0", "sequencer",
+                                    "in.ce.BTCUSDT")
+    idle, got = [], []
+    try:
+        for _ in range(metrics.METRICS_MAX_OPEN - 1):   # older than the scrape
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        wait_until(lambda: len(server.open) == metrics.METRICS_MAX_OPEN - 1, 10, "them open")
+        scrape = threading.Thread(target=lambda: got.append(
+            metrics.scrape(f"127.0.0.1:{port}", timeout_s=20)))
+        scrape.start()
+        assert started.wait(10)
+        for _ in range(3 * metrics.METRICS_MAX_OPEN):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        wait_until(lambda: server.evicted >= 3 * metrics.METRICS_MAX_OPEN, 10,
+                   "the flood's evictions")
+        release.set()
+        scrape.join(20)
+        assert got and got[0][("seqex_stream_commit_seq", (("process", "seq0"),
+                                                           ("stream", "in.ce.BTCUSDT")))] == 118
+    finally:
+        release.set()
+        for s in idle:
+            s.close()
+        server.shutdown()
+        server.server_close()
