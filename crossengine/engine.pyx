@@ -2151,11 +2151,11 @@ cdef class CrossEngine:
         new_total = qty if qty else total
         code = self._price_code(new_price)
         if not code:
-            # The bounds apply to a total the amend sends; "same" (0) keeps the order's own,
-            # which self-trade prevention's decrement may have cut below min_qty.
-            if qty and new_total > self.max_qty:
+            # The bounds apply to a new total; the order's own ("same": 0, or sent again)
+            # may be below min_qty, cut by self-trade prevention's decrement.
+            if new_total != total and new_total > self.max_qty:
                 code = C_QTY_MAX
-            elif qty and new_total < self.min_qty:
+            elif new_total != total and new_total < self.min_qty:
                 code = C_QTY_MIN
             elif new_total <= self.orders[i].filled:
                 code = C_AMEND_FILLED

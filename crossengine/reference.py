@@ -340,9 +340,9 @@ class ReferenceEngine:
         new_total = qty or total
         code = self._price_ok(new_price)
         if not code:
-            if qty and new_total > self.max_qty:
+            if new_total != total and new_total > self.max_qty:
                 code = c.CODES["qty_above_max"]
-            elif qty and new_total < self.min_qty:
+            elif new_total != total and new_total < self.min_qty:
                 code = c.CODES["qty_below_min"]
             elif new_total <= o.filled:
                 code = c.CODES["amend_qty_not_above_filled"]

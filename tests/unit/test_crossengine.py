@@ -231,7 +231,7 @@ def test_sweep_stops_at_max_fills_and_the_rest_expires():
 def test_a_price_only_amend_of_an_order_stp_cut_below_min_qty_is_accepted(engine):
     """Self-trade prevention's decrement (mode 4) cuts the order's total, not only its leaves:
     5 lots become 2 with min_qty 3. A price-only amend (qty 0: same) sends no total, so the
-    bounds do not apply to it; an amend that sends a total below min_qty is still refused."""
+    bounds apply to a new total only; an amend to another total below min_qty is refused."""
     eng = engine(tick_size=1, min_qty=3, max_qty=1000, max_price=100_000)
     new(eng, 1, c.BUY, 100, 5, acct=7)
     ev = new(eng, 2, c.SELL, 100, 3, acct=7, stp=c.STP_DECREMENT)
@@ -239,8 +239,10 @@ def test_a_price_only_amend_of_an_order_stp_cut_below_min_qty_is_accepted(engine
     ev = run(eng, c.AMEND, c.amend(client_order_id=1, account=7, price=99))
     assert ev[0][0] == c.EV_AMENDED, names(ev)
     assert ev[0][5:7] == (2, 2)   # leaves 2 of a total of 2, now at 99
-    assert rejected_code(run(eng, c.AMEND, c.amend(client_order_id=1, account=7, price=98,
-                                                   qty=2))) == "qty_below_min"
+    ev = run(eng, c.AMEND, c.amend(client_order_id=1, account=7, price=98, qty=2))
+    assert ev[0][0] == c.EV_AMENDED, names(ev)   # the same total, sent: the same answer
+    assert rejected_code(run(eng, c.AMEND, c.amend(client_order_id=1, account=7, price=97,
+                                                   qty=1))) == "qty_below_min"
 
 
 def test_amend_that_sweeps_past_max_fills_expires():
