@@ -432,11 +432,10 @@ def test_snapshot_of_another_version_is_refused():
         LiqEngine.restore(msgpack.packb(state))
 
 
-def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
-    """LIQ short 4 lots at bankruptcy 1000 (value 100), held at mark 1000: no exposure. The mark
-    rises to 1010: (1000 - 1010) x -1 x 4 x 100 = 4,000 reserved; at 990 nothing. A withdrawal
-    or a deficit takes the free fund only, never the held reserve."""
-    v = venue()
+def held_short(v: LiqVenue) -> tuple:
+    """LIQ takes over a short of 4 at bankruptcy 1000 (value 100) at mark 1000, with a fund of
+    10,000 and account 21's long of 20 first in line for ADL; its limit and its IOC find no
+    one, and the fund holds the lots. Returns the IOC's side and price."""
     v.deposit(1, 10_000)
     v.mark(2, 1000)
     v.position(21, 2, 20, 900, balance=10**6)
@@ -445,8 +444,17 @@ def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
     v.tick(WINDOW)
     v.answer_cancel()
     ioc = max(v.orders)
-    assert v.orders[ioc]["side"] == c.BUY and v.orders[ioc]["price"] == 1025
+    side_price = v.orders[ioc]["side"], v.orders[ioc]["price"]
     assert kinds(v.accept(ioc), c.ADL) == []
+    return side_price
+
+
+def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
+    """LIQ short 4 lots at bankruptcy 1000 (value 100), held at mark 1000: no exposure. The mark
+    rises to 1010: (1000 - 1010) x -1 x 4 x 100 = 4,000 reserved; at 990 nothing. A withdrawal
+    or a deficit takes the free fund only, never the held reserve."""
+    v = venue()
+    assert held_short(v) == (c.BUY, 1025)
     assert v.engine.closeouts[1].phase == HOLD and v.engine.reserved == 0
     v.mark(2, 1010)
     assert v.engine.reserved == 4_000
@@ -461,16 +469,8 @@ def test_a_held_short_reserves_its_exposure_above_bankruptcy_and_protects_it():
 
 
 def held_short_at_1010(v: LiqVenue) -> None:
-    """LIQ holds a short of 4 at bankruptcy 1000 (value 100), mark 1010: 4,000 of a fund of
-    10,000 reserved; account 21's long of 20 is first in line for ADL."""
-    v.deposit(1, 10_000)
-    v.mark(2, 1000)
-    v.position(21, 2, 20, 900, balance=10**6)
-    v.hand_off(7, 2, -4, 1000)
-    v.accept(max(v.orders))
-    v.tick(WINDOW)
-    v.answer_cancel()
-    v.accept(max(v.orders))
+    """held_short, then mark 1010: 4,000 of the fund of 10,000 reserved."""
+    held_short(v)
     assert v.engine.closeouts[1].phase == HOLD
     v.mark(2, 1010)
     assert v.engine.reserved == 4_000
