@@ -20,7 +20,7 @@ cdef class Position:
 cdef class Account:
     cdef public object account_id, balance, order_margin, position_margin
     cdef public object transferred, fees_paid, funding_paid, liquidated, covered
-    cdef public dict positions, orders, by_client, replacing, coid_n
+    cdef public dict positions, orders, by_client, replacing
     cdef public object dms_timeout_ms, dms_deadline
 
 cdef class TradingEngine:

@@ -459,14 +459,12 @@ def _waits(o, key: tuple) -> bool:
 
 
 def _index_client(acct, coid: int, o) -> None:
-    """Enter live order o under (coid, its session) and count the ClOrdID."""
+    """Enter live order o under (coid, its session)."""
     acct.by_client[coid, o.sess] = o
-    acct.coid_n[coid] = acct.coid_n.get(coid, 0) + 1
 
 
 def _unindex_client(acct, key: tuple) -> None:
     del acct.by_client[key]
-    _count_down(acct.coid_n, key[0])
 
 
 def _clordid_taken(acct, coid: int, sess) -> bool:
@@ -480,7 +478,7 @@ class Account:
     balance == transferred - fees_paid - funding_paid - liquidated + covered + realised PnL
     of its positions, which lets a failed audit name the accounts whose books are off."""
     __slots__ = ("account_id", "balance", "order_margin", "position_margin", "positions",
-                 "orders", "by_client", "replacing", "coid_n", "dms_timeout_ms", "dms_deadline",
+                 "orders", "by_client", "replacing", "dms_timeout_ms", "dms_deadline",
                  "transferred",
                  "fees_paid", "funding_paid", "liquidated", "covered")
 
@@ -507,9 +505,6 @@ class Account:
         # replace by one would share the key with the replaced order). Derived from the orders'
         # rpl; the replacing order by key.
         self.replacing: dict[tuple, Order] = {}
-        # how many live orders go by each ClOrdID, whatever their session (derived): a cancel
-        # by another session's ClOrdID looks through the orders only when one does
-        self.coid_n: dict[int, int] = {}
         self.dms_timeout_ms = 0
         self.dms_deadline = 0                   # ts_ns at which every order is cancelled
 
@@ -3676,11 +3671,12 @@ class TradingEngine:
     def _find_order(self, key: tuple, sess, orig: int, order_id: int):
         """The order a cancel or replace names, by OrderID or else by OrigClOrdID, among the
         session user's accounts. By OrigClOrdID: the session's own order that goes by it, or
-        whose replace in flight takes it; else, if one of the session's finished orders went
-        by it, nothing (too late: never a sibling session's order that happens to share the
-        id); else another session's open order that goes by it (the oldest), such as one this
-        session's replace renamed. Given both, they must name one order (OrigClOrdID its
-        ClOrdID, or its replace's in flight)."""
+        whose replace in flight takes it; nothing else (PROTOCOL.md §4.3: ClOrdIDs are the
+        session's; another session's order is named by its OrderID). Another session's order
+        that happens to share the id is never found: sessions of one user number their
+        ClOrdIDs alike (the SDK starts each at 1), and a cancel of an id whose own order was
+        refused cancelled a sibling strategy's order. Given both, they must name one order
+        (OrigClOrdID its ClOrdID, or its replace's in flight)."""
         if order_id != P_NULL_ID and order_id != 0:
             o = self.orders.get(order_id)
             if o is None or o.account not in sess.accounts:
@@ -3700,17 +3696,7 @@ class TradingEngine:
                 o = acct.replacing.get((orig, key))
             if o is not None:
                 return o
-        if orig in sess.finished:        # this session's order by that id is done
-            return None
-        found = None                 # another session's order by that ClOrdID: the oldest
-        for a in sess.accounts:
-            acct = self.accounts.get(a)
-            if acct is not None and acct.coid_n.get(orig):
-                for o in acct.orders.values():
-                    if o.client_order_id == orig:
-                        if found is None or o.order_id < found.order_id:
-                            found = o
-        return found
+        return None
 
     def _s_cancel(self, key: tuple, sess, block: bytes) -> None:
         _, _, coid, orig, order_id, symbol, side, _flags = _P_CANCEL(block)

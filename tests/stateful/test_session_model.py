@@ -466,14 +466,18 @@ class SessionFlow(RuleBasedStateMachine):
                 order = Order(coid, sym, side, MARK[sym] - d if side == b"1" else MARK[sym] + d,
                               qty)
         elif what in ("cancel", "replace"):
-            # an order of this session, of another session of the user, or none
+            # an order of this session, of another session of the user, or none; by its
+            # ClOrdID, which names only the session's own orders (PROTOCOL.md §4.3): another
+            # session's order so named is unknown
             mine_open = [(t, coid_) for t in self.user_sessions(x.user)
                          for coid_ in sorted(t.open)]
             if mine_open and data.draw(st.integers(0, 3)):
                 owner, target = data.draw(st.sampled_from(mine_open))
             else:
                 owner, target = s, self.fresh_id() + 10**9                  # unknown order
-            o = owner.open.get(target)
+            o = owner.open.get(target) if owner is s else None
+            if owner is not s:
+                event("order entry: another session's ClOrdID")
             sym = o.symbol if o else 1
             side = o.side if o else b"1"
             if what == "cancel":
@@ -490,12 +494,9 @@ class SessionFlow(RuleBasedStateMachine):
                 mine.append(("CancelReject", 6))
             elif o is None:
                 mine.append(("CancelReject", 1))
-            else:    # the entering session's report, and a copy to this one if another
-                report = ("ER", "canceled", 0) if what == "cancel" else ("ER", "replaced", coid)
-                mine.append(report)
-                if owner is not s:
-                    issued[id(owner)] = [report]
-                    event("order entry: another session's order")
+            else:
+                mine.append(("ER", "canceled", 0) if what == "cancel" else
+                            ("ER", "replaced", coid))
         elif what == "mass":
             msg = frame(103, seq, now, coid, 0xFFFF_FFFF, b"7", b"0", flags)
             total = 0

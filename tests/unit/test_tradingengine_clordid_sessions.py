@@ -26,12 +26,18 @@ def check_index(te):
         for o in acct.orders.values():
             assert acct.by_client.get((o.client_order_id, o.sess)) is o
         assert len(acct.by_client) == len(acct.orders)
-        counts: dict = {}
-        for o in acct.orders.values():
-            counts[o.client_order_id] = counts.get(o.client_order_id, 0) + 1
-        assert acct.coid_n == counts            # the ClOrdID counts the fallback looks at
         pending = {(o.rpl[0], o.sess): o for o in acct.orders.values() if o.rpl is not None}
         assert getattr(acct, "replacing", pending) == pending
+
+
+def oid_of(h, clordid, sid):
+    """The OrderID of the open order that goes by clordid, entered by session (1, sid) (None:
+    without a session): another session names it so (PROTOCOL.md §4.3: ClOrdIDs are the
+    session's own)."""
+    (o,) = [o for acct in h.v.te.accounts.values() for o in acct.orders.values()
+            if o.client_order_id == clordid
+            and (o.sess[1] if o.sess is not None else None) == sid]
+    return o.order_id
 
 
 def test_a_new_order_racing_another_sessions_replace_to_its_clordid_does_not_share_it():
@@ -45,7 +51,8 @@ def test_a_new_order_racing_another_sessions_replace_to_its_clordid_does_not_sha
     h.logon(1, 10, conn=2)
     h.nos(1, 9, 1, 1, price=100 * E8)
     h.v.auto = False
-    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, NULL, oid_of(h, 1, 9), 99 * E8, 8, 1, b"1", b"2",
+                                 b"1", 0))
     ms = h.nos(1, 9, 2, 7, price=98 * E8)
     assert [er[19] for er in ers(ms, b"8")] == [6]     # the ClOrdID is taken (reason 6)
     h.v.deliver()
@@ -68,8 +75,10 @@ def test_two_sessions_replacing_orders_to_one_clordid_at_once_do_not_share_it():
     h.nos(1, 9, 1, 1, price=100 * E8)
     h.nos(1, 9, 2, 2, price=101 * E8)
     h.v.auto = False
-    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
-    (m,) = h.send(1, 11, 102, OCRR.pack(1, 0, 7, 2, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, NULL, oid_of(h, 1, 9), 99 * E8, 8, 1, b"1", b"2",
+                                 b"1", 0))
+    (m,) = h.send(1, 11, 102, OCRR.pack(1, 0, 7, NULL, oid_of(h, 2, 9), 98 * E8, 8, 1, b"1",
+                                        b"2", b"1", 0))
     assert m[2] == 201 and m[3][8] == 6                 # OrderCancelReject, duplicate
     h.v.deliver()
     h.v.auto = True
@@ -91,7 +100,8 @@ def test_the_key_a_replace_takes_is_free_again_once_it_is_answered_or_the_order_
     h.nos(1, 9, 2, 2, price=100 * E8, qty=5)
     h.v.auto = False
     h.nos(2, 20, 1, 1, side=b"2", price=100 * E8, qty=5)     # fills order 1 (first in time)
-    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 1, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, NULL, oid_of(h, 1, 9), 99 * E8, 8, 1, b"1", b"2",
+                                 b"1", 0))
     assert h.v.te.accounts[1].replacing                          # 7 is taken meanwhile
     (m,) = h.send(1, 9, 102, OCRR.pack(3, 0, 7, 2, NULL, 98 * E8, 8, 1, b"1", b"2", b"1", 0))
     assert m[2] == 201 and m[3][8] == 6
@@ -105,7 +115,8 @@ def test_the_key_a_replace_takes_is_free_again_once_it_is_answered_or_the_order_
     check_index(te)
     assert not te.accounts[1].replacing
     h.logon(1, 11, conn=4)
-    ms = h.send(1, 11, 102, OCRR.pack(1, 0, 7, 2, NULL, 97 * E8, 8, 1, b"1", b"2", b"1", 0))
+    ms = h.send(1, 11, 102, OCRR.pack(1, 0, 7, NULL, oid_of(h, 2, 9), 97 * E8, 8, 1, b"1",
+                                      b"2", b"1", 0))
     assert [er[2:4] for er in ers(ms, b"5")] == [(7, 2)] * 2    # to session 11 and to S
     assert te.accounts[1].by_client[7, (1, 9)].price * TICK == 97 * E8
     check_index(te)
@@ -121,7 +132,8 @@ def test_a_raw_new_order_racing_a_sessions_replace_of_a_raw_order_to_its_clordid
     h.logon(1, 10, conn=2)
     h.v.order(5, 1, c.BUY, 100 * E8 // TICK, 5)
     h.v.auto = False
-    h.send(1, 10, 102, OCRR.pack(1, 0, 7, 5, NULL, 99 * E8, 8, 1, b"1", b"2", b"1", 0))
+    h.send(1, 10, 102, OCRR.pack(1, 0, 7, NULL, oid_of(h, 5, None), 99 * E8, 8, 1, b"1", b"2",
+                                 b"1", 0))
     ev = h.v.order(7, 1, c.BUY, 98 * E8 // TICK, 5)
     rej = [e for e in ev if e[0] == c.EXEC_REPORT]
     assert len(rej) == 1 and rej[0][16] == 2015 and len(h.v.te.orders) == 1, ev
@@ -253,11 +265,14 @@ def test_a_cancel_of_the_sessions_finished_order_is_too_late_not_another_session
     (m,) = h.send(1, 9, 101, OCR.pack(3, 0, 3, 1, NULL, 1, b"1", 0))
     assert m[2] == 201 and m[3][6:9] == (b"4", b"1", 0)
     assert len(_open(h.v.te, 1, 10)) == 1
-    # an id session 11 never used still finds another session's open order (the oldest)
+    # an id session 11 never used names none of its orders: unknown (reason 1), never another
+    # session's order that goes by it; by its OrderID session 11 cancels it
     h.logon(1, 11, conn=3)
-    ms = h.send(1, 11, 101, OCR.pack(1, 0, 9, 1, NULL, 1, b"1", 0))
+    assert _rej(h.send(1, 11, 101, OCR.pack(1, 0, 9, 1, NULL, 1, b"1", 0)), 11) == (b"1", 1)
+    assert len(_open(h.v.te, 1, 10)) == 1
+    ms = h.send(1, 11, 101, OCR.pack(2, 0, 10, NULL, oid_of(h, 1, 10), 1, b"1", 0))
     (er,) = ers([m for m in ms if m[1] == 11], b"4")
-    assert er[2:4] == (9, 1) and _open(h.v.te, 1, 10) == []
+    assert er[2:4] == (10, 1) and _open(h.v.te, 1, 10) == []
 
 
 def test_orderid_and_origclordid_naming_two_orders_name_none():
@@ -320,7 +335,7 @@ def test_the_clordid_another_sessions_replace_gave_the_order_is_the_orders_sessi
     h.logon(2, 20, conn=4)
     h.nos(1, 9, 1, 1, price=100 * E8)
     h.nos(1, 10, 1, 7, price=90 * E8)
-    ers(_rpl(h, 11, 1, 7, 1, 101 * E8), b"5")
+    ers(_rpl(h, 11, 1, 7, NULL, 101 * E8, oid=oid_of(h, 1, 9)), b"5")
     h.nos(2, 20, 1, 1, side=b"2", price=101 * E8, account=2)
     assert _open(h.v.te, 7, 9) == []                        # filled
     assert _rej(_cxl(h, 9, 2, 2, 7), 9) == (b"1", 0)        # too late
@@ -361,27 +376,32 @@ def test_an_orderid_of_a_finished_order_with_another_orders_clordid_names_none()
     assert len(_open(h.v.te, 2, 9)) == 1
 
 
-def test_another_sessions_order_by_clordid_is_the_oldest_over_every_account():
+def test_another_sessions_order_is_never_named_by_its_clordid():
+    """Sessions of one user number their ClOrdIDs alike (the SDK starts each at 1): a cancel or
+    replace by a ClOrdID that names none of the session's own orders is unknown (reason 1),
+    whatever other sessions' orders go by it. It took the oldest of them: a session whose own
+    order 4 had been refused cancelled a sibling strategy's order 4 (an overload round found
+    6 of 3,680 requests answered so, under shedding)."""
     h = Harness(shadows=(interpreted(),))
     h.logon(1, 9, conn=1, accounts=[1, 3])
     h.logon(1, 10, conn=2, accounts=[1, 3])
     h.logon(1, 11, conn=3, accounts=[1, 3])
-    h.nos(1, 9, 1, 4, price=100 * E8, account=3)                # the oldest, on account 3
+    h.nos(1, 9, 1, 4, price=100 * E8, account=3)
     h.nos(1, 10, 1, 4, price=99 * E8, account=1)
-    ms = _cxl(h, 11, 1, 1, 4)
-    (er,) = ers([m for m in ms if m[1] == 11], b"4")
-    assert er[13] == 3 and _open(h.v.te, 4, 9) == [] and len(_open(h.v.te, 4, 10)) == 1
+    assert _rej(_cxl(h, 11, 1, 1, 4), 11) == (b"1", 1)
+    assert _rej(_rpl(h, 11, 2, 2, 4, 98 * E8), 11) == (b"2", 1)
+    assert len(_open(h.v.te, 4, 9)) == len(_open(h.v.te, 4, 10)) == 1
 
 
-def test_a_session_names_by_clordid_the_order_its_replace_renamed():
-    """Session 10 replaces session 9's order (by OrderID) to ClOrdID 7, then cancels it by 7:
-    the order 7 names is session 9's, which session 10 gave that id (an earlier version of
-    the finished-order rule refused it as unknown)."""
+def test_an_order_another_sessions_replace_renamed_goes_by_its_own_sessions_clordid():
+    """Session 10 replaces session 9's order (by OrderID) to ClOrdID 7: the order goes by 7 of
+    session 9, its own. Session 10 names it by its OrderID (by 7: unknown), session 9 by 7."""
     h = Harness(shadows=(interpreted(),))
     h.logon(1, 9, conn=1)
     h.logon(1, 10, conn=2)
     h.nos(1, 9, 1, 1, price=100 * E8)
     a = _open(h.v.te, 1, 9)[0].order_id
     ers(_rpl(h, 10, 1, 7, NULL, 99 * E8, oid=a), b"5")
-    (er,) = ers([m for m in _cxl(h, 10, 2, 8, 7) if m[1] == 10], b"4")
-    assert er[2:5] == (8, 7, a) and not h.v.te.orders
+    assert _rej(_cxl(h, 10, 2, 8, 7), 10) == (b"1", 1)
+    (er,) = ers([m for m in _cxl(h, 10, 3, 9, NULL, oid=a) if m[1] == 10], b"4")
+    assert er[2:5] == (9, 7, a) and not h.v.te.orders

@@ -467,6 +467,13 @@ def _cancel_answer(h, user, sid, seqno, coid, orig, order_id):
     return (m[3][4], m[3][6], m[3][8]), (rej[1], rej[4])
 
 
+def _oid(h, clordid):
+    """The OrderID of the open order that goes by clordid (one of them here): how another
+    session names it (PROTOCOL.md §4.3: ClOrdIDs are the session's)."""
+    (o,) = [o for o in h.v.te.orders.values() if o.client_order_id == clordid]
+    return o.order_id
+
+
 def test_a_finished_order_replaced_by_another_session_is_too_late_and_restores_alike():
     """Session A of a user enters X (ClOrdID 10) and Y (its ClOrdID 91); Y fills; session B of
     the same user replaces X to B's own ClOrdID 91, then X fills. A's 91 names X now (the last
@@ -482,8 +489,8 @@ def test_a_finished_order_replaced_by_another_session_is_too_late_and_restores_a
             lambda: h.nos(1, 9, 1, 10, side=b"1", price=99 * E8, qty=5, account=3),
             lambda: h.nos(1, 9, 2, 91, side=b"1", price=100 * E8, qty=5),
             lambda: h.nos(2, 5, 1, 500, side=b"2", price=100 * E8, qty=5),      # fills Y
-            lambda: h.send(1, 10, 102, OCRR.pack(1, 0, 91, 10, NULL, 99 * E8, 4, 1, b"1",
-                                                 b"2", b"1", 0)),
+            lambda: h.send(1, 10, 102, OCRR.pack(1, 0, 91, NULL, _oid(h, 10), 99 * E8, 4, 1,
+                                                 b"1", b"2", b"1", 0)),
             lambda: h.nos(2, 5, 2, 501, side=b"2", price=99 * E8, qty=4),       # fills X
         ]
         for n, step in enumerate(steps):
@@ -551,8 +558,8 @@ def test_a_session_keeps_its_latest_finished_orders_and_a_restore_agrees(monkeyp
             step(h.nos, 2, 5, k + 1, 80 + k, side=b"2", qty=1)
         # B gives a new order of A's the ClOrdID 43 (not A's open one: 43 is finished)
         step(h.nos, 1, 9, 5, 50, qty=1)
-        step(h.send, 1, 10, 102, OCRR.pack(1, 0, 43, 50, NULL, 100 * E8, 2, 1, b"1", b"2",
-                                           b"1", 0))
+        step(h.send, 1, 10, 102, OCRR.pack(1, 0, 43, NULL, _oid(h, 50), 100 * E8, 2, 1, b"1",
+                                           b"2", b"1", 0))
         ids.append(ers(step(h.nos, 2, 5, 5, 90, side=b"2", qty=2), b"F")[0][4])
         for k in range(2):                    # two more: A's older 43 goes, the later stays
             ids.append(ers(step(h.nos, 1, 9, 6 + k, 44 + k, qty=1))[0][4])
@@ -641,9 +648,10 @@ def test_a_cancel_from_another_session_of_the_user_gets_its_own_copy():
     h.logon(1, 9, conn=1)
     h.logon(1, 10, conn=2)
     h.nos(1, 9, 1, 90)
-    ms = h.send(1, 10, 101, OCR.pack(1, 0, 91, 90, NULL, 1, b"1", 0))
+    assert h.send(1, 10, 101, OCR.pack(1, 0, 91, 90, NULL, 1, b"1", 0))[0][3][8] == 1  # unknown
+    ms = h.send(1, 10, 101, OCR.pack(2, 0, 92, NULL, _oid(h, 90), 1, b"1", 0))
     assert {(m[0], m[1]) for m in ms if m[2] == 200} == {(1, 9), (1, 10)}
-    assert [m[3][0] for m in ms if m[1] == 10] == [1]
+    assert [m[3][0] for m in ms if m[1] == 10] == [2]   # its server SeqNo: after the reject
 
 
 def test_mass_cancel_reports_and_cancels_each_order():
@@ -851,7 +859,7 @@ def test_a_session_cancelling_an_order_entered_without_a_session_gets_the_report
     h = Harness()
     h.logon(1, 9)
     h.v.order(500, 1, c.BUY, 10_000, 2)              # the operator's order of account 1
-    ms = h.send(1, 9, 101, OCR.pack(1, 0, 501, 500, NULL, 1, b"1", 0))
+    ms = h.send(1, 9, 101, OCR.pack(1, 0, 501, NULL, _oid(h, 500), 1, b"1", 0))
     (er,) = ers(ms, b"4")
     assert er[2:4] == (501, 500) and er[0] == 1
 
