@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
@@ -98,6 +99,19 @@ def _history(value: Any) -> list[tuple[int, int]]:
     return out
 
 
+@dataclass
+class _Repair:
+    """A repair in progress: records first..last from the peer, whose digest the comparison
+    agreed on (want), fetched in parts (a peer's answer holds at most 16 MiB) up to upto."""
+    first: int
+    last: int
+    want: str
+    peer: int
+    asked: float
+    upto: int
+    parts: list[bytes] = field(default_factory=list)
+
+
 class Peers:
     def __init__(self, store: Store, addrs: list[str], stats: dict):
         self.store = store
@@ -110,8 +124,7 @@ class Peers:
         self.fetching: dict[str, tuple[int, float]] = {}  # stream -> (peer, asked at)
         self.compare_from: dict[str, int] = defaultdict(lambda: 1)
         self.comparing: dict[str, dict[str, Any]] = {}
-        # stream -> [from, to, agreed digest, asked at, peer, the parts received so far]
-        self.repairing: dict[str, list] = {}
+        self.repairing: dict[str, _Repair] = {}
         self.on_disk_full = lambda exc: log.error("%s", exc)
         self.on_wrote = lambda: None   # a write went through (the disk has room)
 
@@ -154,8 +167,8 @@ class Peers:
         for stream, (_peer, asked) in list(self.fetching.items()):
             if now - asked > REQUEST_TIMEOUT_S:
                 del self.fetching[stream]
-        for stream, (_a, _b, _want, asked, _peer, _parts) in list(self.repairing.items()):
-            if now - asked > REQUEST_TIMEOUT_S:
+        for stream, job in list(self.repairing.items()):
+            if now - job.asked > REQUEST_TIMEOUT_S:
                 del self.repairing[stream]
         if not self.socks or now < self.check_at:
             return
@@ -338,7 +351,7 @@ class Peers:
             peer_i = next(i for i, d in pending["answers"].items() if d == best)
             log.error("%s: records %d..%d differ from the peers' (%s); repairing from %s",
                       stream, a, b, "damaged here" if damaged else "outvoted", self.addrs[peer_i])
-            self.repairing[stream] = [a, b, best, time.monotonic(), peer_i, []]
+            self.repairing[stream] = _Repair(a, b, best, peer_i, time.monotonic(), a - 1)
             self._ask_repair(stream, peer_i, a, b)
         else:
             self.stats["divergent_ranges"] += 1
@@ -355,24 +368,24 @@ class Peers:
         range is whole (a peer sends at most 16 MiB an answer), then the whole range is
         checked against the agreed digest and replaces this replicator's copy."""
         job = self.repairing.get(stream)
-        if job is None or job[4] != peer:
+        if job is None or job.peer != peer:
             return
-        a, b, want, _at, _peer, parts = job
+        a, b = job.first, job.last
         _n, first, last = scan(frame)
-        upto = scan(parts[-1])[2] if parts else a - 1
-        if first != upto + 1 or last > b:
+        if first != job.upto + 1 or last > b:
             del self.repairing[stream]
             log.error("%s: the repair answer %d..%d is not the next part of %d..%d", stream,
                       first, last, a, b)
             return
-        parts.append(frame)
+        job.parts.append(frame)
+        job.upto = last
         if last < b:
-            job[3] = time.monotonic()
+            job.asked = time.monotonic()
             self._ask_repair(stream, peer, last + 1, b)
             return
         del self.repairing[stream]
-        frame = b"".join(parts)
-        if digest(frame) != want:
+        frame = b"".join(job.parts)
+        if digest(frame) != job.want:
             log.error("%s: the repair bytes for %d..%d do not match the agreed digest", stream,
                       a, b)
             return

@@ -542,19 +542,21 @@ class StreamLog:
         pieces.append((first, frame))
         for start, piece in sorted(pieces):
             txn.put(U64.pack(start), _sealed(piece), db=self.log_db)
-        self._rebuild_history(txn, first, last)
+        self._rebuild_history(txn, first, last, frame)
 
-    def _rebuild_history(self, txn: lmdb.Transaction, first: int, last: int) -> None:
+    def _rebuild_history(self, txn: lmdb.Transaction, first: int, last: int,
+                         frame: bytes) -> None:
         """Recompute the epoch history over seqs first..last, whose bytes were replaced, and
         where the run of seq last + 1 starts: the history must describe the records held, or
         log matching reasons on a fiction. The record after the range is not read (its frame
         may be damaged too, and is repaired by a range of its own): its epoch is the one the
-        history held for it, since its bytes did not change."""
+        history held for it, since its bytes did not change. ``frame``: the records written
+        (first..last), not read back."""
         before = [h for h in self.history if h[1] < first]
         after = [h for h in self.history if h[1] > last + 1]
         prev = before[-1][0] if before else None
         middle = []
-        for epoch, seq in epoch_runs(self.read(first, last, txn=txn)):
+        for epoch, seq in epoch_runs(frame):
             if epoch != prev:
                 middle.append((epoch, seq))
                 prev = epoch
