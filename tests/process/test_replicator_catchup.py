@@ -15,7 +15,7 @@ import pytest
 from deploy.local import LogCluster
 from mq.control import ping, stats, wait_until
 from mq.record import decode, encode
-from replicator.store import Store
+from replicator.store import U64, Store
 from tests.process.test_log_processes import producer_args
 
 
@@ -107,3 +107,48 @@ def test_catch_up_over_a_stale_tail(tmp_path):
     logs = cluster.read_logs()
     assert logs[0] == logs[1]
     assert not any(r[2] == 77 for r in decode(logs[1][1])), "a stale record survived"
+
+
+@pytest.mark.timeout(600)
+def test_a_damaged_catch_up_frame_is_repaired_under_load(tmp_path):
+    """A replicator that was down catches up from its peers in frames of tens of thousands of
+    records (one LMDB value each). One of them, across the 10,000-record comparison window, is
+    damaged on disk while the replicator is stopped; restarted while a producer writes, the
+    replicator repairs it from its peers. Before, the comparison found it every second and the
+    repair refused it for good ("reaches out of the repaired range")."""
+    tmp = str(tmp_path)
+    with LogCluster(tmp, replicators=3, policy="quorum") as cluster:
+        cluster.start()
+        cluster.replicators[2].kill()
+        producer = cluster.group.spawn("producer1", producer_args(cluster, tmp, 1, 30_000, 0))
+        assert producer.wait(120) == 0, producer.log()
+        top = stream_last(cluster.rep_addrs[0], cluster.stream)
+        cluster.restart_replicator(2)
+        wait_until(lambda: stream_last(cluster.rep_addrs[2], cluster.stream) >= top, 120,
+                   f"replicator 2 to catch up to {top}")
+        cluster.replicators[2].stop()
+        store = Store(cluster.data_dir(2), map_size=1 << 30)
+        log = store.stream(cluster.stream)
+        with store.env.begin(write=True) as txn:
+            cur = txn.cursor(db=log.log_db)
+            if not cur.set_range(U64.pack(10_001)):
+                assert cur.last()                   # the last frame holds 10,001
+            elif U64.unpack(cur.key())[0] != 10_001:
+                assert cur.prev()
+            key, value = cur.key(), bytearray(cur.value())
+            end = U64.unpack(cur.key())[0] - 1 if cur.next() else log.last
+            assert U64.unpack(key)[0] < 10_001 < end, "no catch-up frame across 10,001"
+            value[len(value) // 2] ^= 0xFF   # the CRC no longer matches
+            txn.put(key, bytes(value), db=log.log_db)
+        store.close()
+        load = cluster.group.spawn("producer2", producer_args(cluster, tmp, 2, 20_000, 2_000))
+        cluster.restart_replicator(2)
+        wait_until(lambda: stats(cluster.rep_addrs[2])["repaired_records"] > 0, 120,
+                   "the damaged catch-up frame to be repaired")
+        assert load.wait(120) == 0, load.log()
+        cluster.drain()
+        wait_until(lambda: len({stream_last(a, cluster.stream) for a in cluster.rep_addrs}) == 1,
+                   60, "equal replicators")
+        cluster.stop()
+    logs = cluster.read_logs()
+    assert logs[0] == logs[1] == logs[2]
