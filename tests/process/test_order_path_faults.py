@@ -610,3 +610,35 @@ def test_a_clients_heartbeat_timeout_logout_fires_cancel_on_disconnect_mode_2(cl
     wait_until(lambda: load.drain() and len(load.answered()) == 40, 120,
                "every order of the other session answered")
     load.close()
+
+
+def test_a_cancel_by_a_clordid_another_session_uses_is_unknown_under_load(cl):
+    """Two sessions of one user number their ClOrdIDs alike (the SDK starts each at 1). Session
+    B, amid a burst of its own orders, cancels by a ClOrdID it never used, which session A's
+    resting order goes by: the cancel names none of B's orders (OrderCancelReject reason 1) and
+    A's order rests on. Before, the engine fell through to A's order and cancelled it."""
+    a, b = (Session(cl, "alice", next(_sids), 2) for _ in range(2))
+    a.connect()
+    b.connect()
+    tick, mark = SYMBOLS[1]
+    x = next(_clordids)
+    a.nos(x, 1, b"1", (mark - 800) * tick, 1)
+    check_sessions(cl, [a])
+    cancel_id = None
+    for k in range(40):
+        b.nos(next(_clordids), 1, b"1", (mark - 801) * tick, 1)
+        if k == 20:
+            cancel_id = next(_clordids)
+            b.cancel(cancel_id, x, 1, b"1")
+    check_sessions(cl, [a, b])
+    (reject,) = [raw for _q, raw in b.messages() if int.from_bytes(raw[6:8], "little") == 201
+                 and int.from_bytes(raw[12 + 16:12 + 24], "little") == cancel_id]
+    assert reject[12 + 46] == 1, reject[12 + 46]          # unknown order
+    assert not [raw for _q, raw in a.messages() if int.from_bytes(raw[6:8], "little") == 200
+                and raw[12 + 104] == ord("4")], "session A's order was cancelled"
+    a.send(103, next(_clordids), 0xFFFF_FFFF, b"7", b"0", 0)   # both sessions' orders go
+    wait_until(lambda: a.drain(0.05) and any(int.from_bytes(raw[6:8], "little") == 202
+                                             for _q, raw in a.messages()), 60,
+               "the mass cancel's report")
+    for s in (a, b):
+        s.close()
