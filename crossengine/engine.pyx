@@ -27,7 +27,9 @@ raises RuntimeError naming the record's seq and source, before any command of it
 LiqEngine inputs (docs/liqengine.md §2): a record from one of ``liq_sources`` is a LiqEngine
 output payload, walked with sizes mirrored from liqengine/codec.py (LIQ_EVENT_SIZES) and
 applied the same way (its CrossEngineCommand events for this symbol, in order; the same error
-on a payload it cannot walk).
+on a payload it cannot walk). With te or liq sources, any other record but a Tick is obeyed
+only from an operator source: from another it is refused (source_not_operator) and changes
+nothing, since no risk check stands behind it.
 
 Bounded output: a taker meets at most ``max_fills`` makers, and the takers of one
 TradingEngine or LiqEngine record (many commands, one output record) at most ``max_fills``
@@ -2299,8 +2301,17 @@ cdef class CrossEngine:
         output payload carries. walks: whether the engine has te or liq sources at all (its
         caller tests that once a frame, not once a record); kind: the record's kind, read
         from h by the caller."""
-        if walks and self._walk(h, p, n):
-            return 0
+        if walks:
+            if self._walk(h, p, n):
+                return 0
+            if kind != K_TICK and rd32(h + 24) < OPERATOR_SOURCE_MIN:
+                # In a cluster (te or liq sources) an order reaches the book only through a
+                # TradingEngine or the LiqEngine, which checked its risk: a command put
+                # straight into in.ce.SYM is the operator's (`seqex submit --bypass-risk`),
+                # from any other source it is refused and changes nothing. (A producer key
+                # may append to any in stream with its source ids: the gateway's or the
+                # oracle's key could place an order on any account's name, with no margin.)
+                return self._ev_rejected(0, 0, C_NOT_OPERATOR, 0)
         return self._dispatch(kind, p, n, h)
 
     cdef int _walk(self, const unsigned char* h, const unsigned char* p,

@@ -276,9 +276,12 @@ class Client:
                                  f"(0 is the sequencer's), got {source!r}")
         lock_dir = os.path.join(self.data_dir, "clients")
         os.makedirs(lock_dir, exist_ok=True)
-        # With CURVE on, only the operator writes in.ce directly (mq/auth.py): a client of this
-        # kind then takes a source id of the operator's range.
-        first = AUTO_SOURCE_FIRST if auth.insecure() else OPERATOR_SOURCE_MIN
+        # With CURVE on, only the operator writes in.ce directly (mq/auth.py), and on a
+        # cluster with TradingEngines the CrossEngine obeys a direct command only from an
+        # operator source (docs/security.md): a client of this kind then takes a source id of
+        # the operator's range.
+        first = (AUTO_SOURCE_FIRST if auth.insecure() and not getattr(self.topo, "trading", None)
+                 else OPERATOR_SOURCE_MIN)
         candidates = [source] if source is not None else range(first, MAX_SOURCE)
         for n in candidates:
             fd = os.open(os.path.join(lock_dir, f"source-{n}.lock"), os.O_RDWR | os.O_CREAT,

@@ -771,6 +771,13 @@ class TradingEngine:
             elif (kind == DEPOSIT or kind == WITHDRAW) and source < OPERATOR_SOURCE_MIN:
                 transfer_id, account, _amount = TRANSFER_S.unpack(payload)
                 self._reject_request(kind, _CODE["source_not_operator"], account, 0, transfer_id)
+            elif ((NEW_ORDER <= kind <= ADJUST_MARGIN or kind == DEAD_MANS_SWITCH)
+                  and self.gateway_sources is not None and source < OPERATOR_SOURCE_MIN):
+                # With a gateway, a client's orders come as its session's messages: an
+                # account's own commands put straight into in.te.N are the operator's (a
+                # producer key may append to any in stream with its source ids: the oracle's
+                # could trade, set leverage or cancel on any account's name)
+                self._reject_request(kind, _CODE["source_not_allowed"], 0, 0, 0)
             elif kind >= MARK_PRICE and not self._source_allowed(kind, source):
                 self._reject_request(kind, _CODE["source_not_allowed"], 0,
                                      CE_EVENTS_S.unpack_from(payload)[0], 0)

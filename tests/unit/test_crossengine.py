@@ -8,6 +8,8 @@ import pytest
 from crossengine import codec as c
 from crossengine.engine import CrossEngine
 from crossengine.reference import ReferenceEngine
+from mq.record import decode
+from mq.sources import OPERATOR_SOURCE_MIN
 
 ENGINES = [CrossEngine, ReferenceEngine]
 ID = 1 << 40  # order ids of symbol 1 are 1 << 40 | n
@@ -726,17 +728,35 @@ def test_a_te_record_with_no_command_for_this_symbol_has_an_empty_output():
     assert eng.state_hash() == before
 
 
-def test_a_te_source_is_not_the_operator_and_other_sources_send_commands():
+def test_a_te_source_is_not_the_operator_and_only_the_operator_sends_commands_directly():
+    """With te sources the engine is in a cluster: an order reaches the book through a
+    TradingEngine (which checked its risk) or from the operator. The same command from any
+    other source (the gateway's or the oracle's key could append it to in.ce.SYM) is refused
+    and changes nothing; on the engine before, it rested on the account's name."""
     eng = CrossEngine(symbol_id=1, te_sources=[TE_SOURCE])
     events = c.decode_events(eng.apply(1, 0, 0, ce_command(1, c.HALT, b""), TE_SOURCE))
     assert rejected_code(events) == "source_not_operator"
-    # the same bytes from a source not in te_sources are a command of the record's kind
     order = c.new_order(1, c.BUY, 100, 5, 1)
-    assert names(c.decode_events(eng.apply(2, 0, c.NEW_ORDER, order, 0x7300_0002))) == [
+    before = eng.state_hash()
+    for kind, payload in ((c.NEW_ORDER, order), (c.CANCEL, c.cancel(0, 1, 1)),
+                          (c.AMEND, c.amend(0, 1, 1, 100, 5)), (c.CANCEL_ALL, c.cancel_all(1))):
+        for source in (0x7300_0002, 0x7200_0000, 0x7100_0000, 0, OPERATOR_SOURCE_MIN - 1):
+            events = c.decode_events(eng.apply(2, 0, kind, payload, source))
+            assert rejected_code(events) == "source_not_operator", (kind, source)
+    framed = decode(eng.apply_frame(_frame([(0x7200_0000, c.NEW_ORDER, order)], seq=3)))
+    assert rejected_code(c.decode_events(framed[0][6])) == "source_not_operator"
+    assert eng.state_hash() == before and len(eng) == 0
+    # a Tick from anyone is nothing; the operator's order rests
+    assert eng.apply(4, 0, c.KIND_TICK, b"", 0x7200_0000) == b""
+    assert names(c.decode_events(eng.apply(5, 0, c.NEW_ORDER, order, OPERATOR_SOURCE_MIN))) == [
         "OrderAccepted", "LevelChanged"]
     wrapped = ce_command(1, c.NEW_ORDER, order)
-    assert rejected_code(c.decode_events(eng.apply(3, 0, c.NEW_ORDER, wrapped, 0x7300_0002))) \
+    assert rejected_code(c.decode_events(eng.apply(6, 0, c.NEW_ORDER, wrapped))) \
         == "command_malformed"
+    # without te or liq sources (one engine on its own stream) any source's command applies
+    alone = CrossEngine(symbol_id=1)
+    assert names(c.decode_events(alone.apply(1, 0, c.NEW_ORDER, order, 0x7200_0000))) == [
+        "OrderAccepted", "LevelChanged"]
 
 
 @pytest.mark.parametrize("payload, what", [

@@ -115,3 +115,43 @@ def test_deploy_passes_the_source_keys_from_a_json_configuration():
     te, restore = make("tradingengine", config)
     assert te.ce_sources == {CE_1: 1, CE_2: 2} and te.oracle_sources == [ORACLE]
     assert restore(te.snapshot()).gateway_sources == [0x7200_0000]
+
+
+def test_an_accounts_own_commands_only_from_the_operator_when_clients_come_through_a_gateway():
+    """With gateway_sources, a client's orders arrive as its session's messages: NewOrder,
+    Cancel, Amend, CancelAll, SetLeverage, SetMarginMode, AdjustMargin and DeadMansSwitch put
+    straight into in.te.N are the operator's. From the oracle, a gateway or any other source
+    they are refused and change nothing (on the engine before, the oracle's key set an
+    account's leverage and sent an order on its name)."""
+    te = _engine()
+    te.apply_frame(_frame([(OPERATOR_SOURCE, tc.DEPOSIT, tc.transfer(1, 2, 10**10)),
+                           (ORACLE, tc.MARK_PRICE, tc.mark_price(1, 10_000))]))
+    twin = _engine()     # the same records, then Ticks where te is refused
+    twin.apply_frame(_frame([(OPERATOR_SOURCE, tc.DEPOSIT, tc.transfer(1, 2, 10**10)),
+                             (ORACLE, tc.MARK_PRICE, tc.mark_price(1, 10_000))]))
+    commands = [(tc.NEW_ORDER, tc.new_order(7, 2, 1, tc.BUY, 10_000, 5)),
+                (tc.CANCEL, tc.cancel(8, 7, 2)), (tc.AMEND, tc.amend(9, 7, 2, 10_001, 5)),
+                (tc.CANCEL_ALL, tc.cancel_all(10, 2)),
+                (tc.SET_LEVERAGE, tc.set_leverage(2, 1, 200)),
+                (tc.SET_MARGIN_MODE, tc.set_margin_mode(2, 1, tc.ISOLATED)),
+                (tc.ADJUST_MARGIN, tc.adjust_margin(2, 1, 100)),
+                (tc.DEAD_MANS_SWITCH, tc.dead_mans_switch(2, 60_000))]
+    seq = 3
+    for kind, payload in commands:
+        for source in (ORACLE, CLIENT, 0x7200_0000, CE_1 + 5, 0x1234):
+            ev = tc.decode_events(te.apply(seq, seq * 1000, kind, payload, source))
+            twin.apply(seq, seq * 1000, tc.KIND_TICK, b"")
+            seq += 1
+            want = (tc.REQUEST_REJECTED, tc.CODES["source_not_allowed"], kind)
+            assert [e[:3] for e in ev] == [want], (kind, source)
+    assert te.state_hash() == twin.state_hash()
+    assert te.accounts[2].positions.get(1) is None or not te.accounts[2].positions[1].size
+    # the operator's order goes on to the CrossEngine
+    ev = tc.decode_events(te.apply(seq, seq * 1000, *commands[0], OPERATOR_SOURCE))
+    assert [e for e in ev if e[0] == tc.CE_COMMAND]
+    # one engine with no gateway configured takes them from any source, as before
+    alone = TradingEngine(two_specs(), shard=0, n_shards=2)
+    alone.apply(1, 1000, tc.DEPOSIT, tc.transfer(1, 2, 10**10))
+    ev = tc.decode_events(alone.apply(2, 2000, tc.SET_LEVERAGE, tc.set_leverage(2, 1, 200),
+                                      ORACLE))
+    assert not [e for e in ev if e[0] == tc.REQUEST_REJECTED]
