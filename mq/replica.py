@@ -21,15 +21,20 @@
   the only writer of the shared directory). In every role only the serialization runs on the
   loop; hashing, writing and fsync run on a background thread. A file is written atomically
   (temporary file, fsync, rename) as ``<stream>-<seq>.snap``: magic and version, seq, SHA-256
-  of the state, length, state. The last ``keep`` are kept. A write that fails (disk full) is
+  of the state, length, then (version 2) the stream's name and a digest of the record at seq
+  as the log holds it, then the state. The last ``keep`` are kept. A write that fails (disk full) is
   logged and counted (``snapshot_failures``, ``snapshot_error``) and the replica goes on;
   PING's ``snapshot_seq`` and ``snapshot_age_s`` name the newest snapshot on disk.
 * Start-up: the newest snapshot that passes every check (magic, version, seq equal to the
-  file name's, length equal to what the file holds, checksum, and a restore that succeeds),
-  from its own directory or a shared one; a file that fails is moved aside (``.bad``) with
-  one log line and the next older one is tried, then a full replay. Then the input from that
-  seq + 1, asked of the replicators before the restore begins, so that their first answer
-  arrives while the engine is rebuilt. Nothing is missed or repeated.
+  file name's, length equal to what the file holds, checksum, this stream's name, and a
+  restore that succeeds), from its own directory or a shared one; a file that fails is moved
+  aside (``.bad``) with one log line and the next older one is tried, then a full replay.
+  Then the input from that seq (asked of the replicators before the restore begins, so that
+  their first answer arrives while the engine is rebuilt): the record at seq itself must be
+  the one the snapshot was taken after (its digest), or the snapshot is another log's (a file
+  copied from another stream or venue, or restored from a backup of another cluster) and is
+  moved aside like a damaged one, before anything is applied on top of it. Nothing is missed
+  or repeated.
 * Promotion: a warm replica becomes hot on PROMOTE, without a restart. It asks the mirror how
   far the out stream is committed, and sends its kept outputs from there on.
 * A control ROUTER answers PING (role, seq, lag, rates), HASH (seq and state hash), PROMOTE
@@ -60,6 +65,7 @@ import zmq
 
 from mq import auth, sockets, wire
 from mq.control import call
+from mq.record import HEADER_SIZE, RECORD_HEADER, offset_of, trim
 from mq.sequencer import Window
 from mq.subscriber import Subscriber
 
@@ -67,7 +73,25 @@ log = logging.getLogger("seqex.replica")
 
 SNAP_HEADER = struct.Struct("<8sQ32sQ")   # magic+version, seq, sha256(state), len(state)
 SNAP_MAGIC = b"SQXSNAP"                   # then one version byte
-SNAP_VERSION = b"1"
+SNAP_VERSION = b"2"
+SNAP_VERSION_1 = b"1"                     # no identity: still read, not verified against the log
+# version 2, after the header: the stream's name (u16 length, bytes), then the digest of the
+# record at seq (header and payload, as the log holds it): which log the state was taken from
+SNAP_NAME = struct.Struct("<H")
+RECORD_DIGEST_SIZE = 16
+MAX_STREAM_NAME = 255
+
+
+def record_digest(record: bytes | memoryview) -> bytes:
+    """The digest a snapshot keeps of the record at its seq (its header and payload)."""
+    return hashlib.blake2b(record, digest_size=RECORD_DIGEST_SIZE).digest()
+
+
+def last_record(first: int, last: int, frame: bytes) -> bytes:
+    """The bytes of record ``last`` of a validated frame that starts at ``first``."""
+    start = offset_of(frame, last - first)
+    length = RECORD_HEADER.unpack_from(frame, start)[6]
+    return bytes(frame[start:start + HEADER_SIZE + length])
 
 MAX_SEND_BYTES = 4 << 20   # outputs sent to the mirror per turn of the loop
 MIRROR_SNDHWM = 1000       # output frames queued in the socket to the mirror, at most
@@ -129,6 +153,10 @@ class ReplicaHost:
         self.rate = 0.0
         self._pub, self._replicators = pub, replicators
         self.sub: Subscriber | None = None
+        # (seq, digest, path) of the snapshot restored from, until the log's record at seq is
+        # seen to match it; the record of the last seq applied, for the next snapshot
+        self.verify: tuple[int, bytes, str] | None = None
+        self.last_frame: tuple[int, int, bytes] | None = None
         # the engine's state before any input: what a replay from seq 1 starts from (a warm
         # replica may be promoted to hot)
         self._initial = engine.snapshot()
@@ -167,16 +195,19 @@ class ReplicaHost:
             if limit is not None and _snap_seq(path) > limit:
                 continue
             try:
-                seq, data = check_snapshot(path)
+                seq, data, record = check_snapshot_record(path, self.stream)
             except FileNotFoundError:
                 continue    # rotated away by its writer since the listing
             except Exception as exc:  # a damaged file
                 self._unusable(path, exc)
                 continue
-            # Ask for the records after it before restoring: the replicator's first answer
-            # comes in (zmq's I/O thread) while the engine is rebuilt.
+            # Ask for the records from it on before restoring: the replicator's first answer
+            # comes in (zmq's I/O thread) while the engine is rebuilt. With the digest of the
+            # record at seq, that record first: the log's own must match before anything is
+            # applied on top of the state (serve), or the snapshot is another log's.
             self._drop_subscriber()
-            self.sub = Subscriber(self.stream, self._pub, self._replicators, next_seq=seq + 1)
+            self.sub = Subscriber(self.stream, self._pub, self._replicators,
+                                  next_seq=seq if record is not None else seq + 1)
             self.sub.request()
             try:
                 engine = self._restore(data)
@@ -187,7 +218,10 @@ class ReplicaHost:
             self.engine = engine
             self.seq = self.snap_seq = self.written_seq = seq
             self.stats["restored_from"] = seq
-            log.info("%s: restored from %s (seq %d)", self.name, path, seq)
+            self.verify = (seq, record, path) if record is not None else None
+            log.info("%s: restored from %s (seq %d)%s", self.name, path, seq,
+                     "" if record is not None else
+                     "; a version 1 file, not verified against the log")
             return
         if paths:
             log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
@@ -229,6 +263,30 @@ class ReplicaHost:
                   self.name, path, type(exc).__name__, exc,
                   f"moved to {aside}" if aside else "could not move it aside")
 
+    def _verified(self, first: int, last: int, frame: bytes) -> bool:
+        """Whether the first frame after a restore starts with the record the snapshot was
+        taken after. If not, the snapshot is moved aside and the engine starts again from
+        the next older one (or seq 0), before anything was applied on top of it."""
+        seq, digest, path = self.verify
+        if first == seq and record_digest(last_record(first, first, frame)) == digest:
+            self.verify = None
+            return True
+        why = (f"the log's record at seq {seq} is not the one the snapshot was taken after: "
+               "the state of another log (another stream's or another cluster's)"
+               if first == seq else f"the log answered from seq {first}, not {seq}")
+        self._unusable(path, SnapshotError(why))
+        self.verify = None
+        self._drop_subscriber()
+        self.engine = self._restore(self._initial)
+        self.seq = self.snap_seq = self.written_seq = 0
+        self.stats["restored_from"] = 0
+        self._load_snapshot(self._snapshot_paths(),
+                            self._mirror_committed() if self.mirror is not None else None)
+        self.outputs = Window(self.outputs.max_bytes)
+        self.mirror_has = min(self.mirror_has, self.seq)
+        self._deliver_from_seq()
+        return False
+
     def _drop_subscriber(self) -> None:
         if self.sub is not None:
             self.sub.close()
@@ -243,14 +301,17 @@ class ReplicaHost:
         if not due or (self._writer is not None and self._writer.is_alive()):
             return   # the previous snapshot is still being written: take this one later
         state = self.engine.snapshot()   # the only part that must run between two applies
-        self._writer = threading.Thread(target=self._write, args=(self.seq, state),
+        record = bytes(RECORD_DIGEST_SIZE)
+        if self.last_frame is not None and self.last_frame[1] == self.seq:
+            record = record_digest(last_record(*self.last_frame))
+        self._writer = threading.Thread(target=self._write, args=(self.seq, state, record),
                                         name="snapshot-writer", daemon=True)
         self._writer.start()
         self.snap_seq, self.snap_at = self.seq, time.monotonic()
 
-    def _write(self, seq: int, state: bytes) -> None:
+    def _write(self, seq: int, state: bytes, record: bytes) -> None:
         try:
-            write_snapshot(self.snapshot_dir, self.stream, seq, state, self.keep)
+            write_snapshot(self.snapshot_dir, self.stream, seq, state, self.keep, record)
             self.stats["snapshots"] += 1
             self.written_seq, self.written_at = seq, time.monotonic()
             if self.snapshot_error is not None:
@@ -282,9 +343,17 @@ class ReplicaHost:
                     self.engine.apply_frame
             frames = self.sub.poll(50)
             for first, last, frame in frames:
+                if self.verify is not None:
+                    if not self._verified(first, last, frame):
+                        apply = None      # restarted from an older snapshot, or seq 0
+                        break
+                    if last == first:
+                        continue
+                    frame, first = trim(frame, first, first + 1), first + 1
                 if first != self.seq + 1:
                     raise RuntimeError(f"{self.name}: input jumped from {self.seq} to {first}")
                 out = apply(frame)
+                self.last_frame = (first, last, frame)
                 self.seq = last
                 self.head = max(self.head, last)
                 self.outputs.add(first, last, out)
@@ -567,16 +636,22 @@ def _snap_seq(path: str) -> int:
         return -1
 
 
-def write_snapshot(directory: str, stream: str, seq: int, state: bytes, keep: int) -> str:
+def write_snapshot(directory: str, stream: str, seq: int, state: bytes, keep: int,
+                   record: bytes = bytes(RECORD_DIGEST_SIZE)) -> str:
     """Write atomically: a reader sees the old file set or the new one, never half a file.
-    A failed write leaves no temporary file behind."""
+    A failed write leaves no temporary file behind. ``record``: record_digest() of the record
+    at seq (all zeros: not known, and then not verified at restore)."""
+    name = stream.encode()
+    if len(name) > MAX_STREAM_NAME or len(record) != RECORD_DIGEST_SIZE:
+        raise ValueError("a stream name of at most 255 bytes and a 16-byte record digest")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{stream}-{seq:020d}.snap")
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
             f.write(SNAP_HEADER.pack(SNAP_MAGIC + SNAP_VERSION, seq,
-                                     hashlib.sha256(state).digest(), len(state)))
+                                     hashlib.sha256(state).digest(), len(state))
+                    + SNAP_NAME.pack(len(name)) + name + record)
             f.write(state)
             f.flush()
             os.fsync(f.fileno())
@@ -595,10 +670,19 @@ def write_snapshot(directory: str, stream: str, seq: int, state: bytes, keep: in
     return path
 
 
-def check_snapshot(path: str) -> tuple[int, bytes]:
-    """(seq, state) of a whole, intact snapshot file. Every header field is checked before it
-    is trusted (the length against the file's size before anything is allocated); raises
-    SnapshotError naming the first check that fails, or OSError if the file cannot be read."""
+def check_snapshot(path: str, stream: str | None = None) -> tuple[int, bytes]:
+    """(seq, state) of a whole, intact snapshot file (of ``stream``, if it is given). Every
+    header field is checked before it is trusted (the length against the file's size before
+    anything is allocated); raises SnapshotError naming the first check that fails, or OSError
+    if the file cannot be read."""
+    seq, state, _record = check_snapshot_record(path, stream)
+    return seq, state
+
+
+def check_snapshot_record(path: str, stream: str | None = None) -> tuple[int, bytes,
+                                                                          bytes | None]:
+    """check_snapshot, and the digest of the record at seq that the file names (None for a
+    version 1 file or an unknown record: nothing to verify against the log)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(SNAP_HEADER.size)
@@ -607,15 +691,33 @@ def check_snapshot(path: str) -> tuple[int, bytes]:
         magic, seq, digest, length = SNAP_HEADER.unpack(head)
         if magic[:7] != SNAP_MAGIC:
             raise SnapshotError(f"not a snapshot (magic {magic!r})")
-        if magic[7:] != SNAP_VERSION:
+        if magic[7:] not in (SNAP_VERSION, SNAP_VERSION_1):
             raise SnapshotError(f"snapshot format version {magic[7:]!r}, this host reads "
-                                f"{SNAP_VERSION!r}")
+                                f"{SNAP_VERSION_1!r} and {SNAP_VERSION!r}")
         named = _snap_seq(path)
         if named >= 0 and seq != named:
             raise SnapshotError(f"header says seq {seq}, the file name {named}")
-        if length != size - SNAP_HEADER.size:
+        record = None
+        head_size = SNAP_HEADER.size
+        if magic[7:] == SNAP_VERSION:
+            n = f.read(SNAP_NAME.size)
+            if len(n) != SNAP_NAME.size:
+                raise SnapshotError(f"{size} bytes: shorter than its header")
+            (name_len,) = SNAP_NAME.unpack(n)
+            if name_len > MAX_STREAM_NAME:
+                raise SnapshotError(f"a stream name of {name_len} bytes")
+            ident = f.read(name_len + RECORD_DIGEST_SIZE)
+            if len(ident) != name_len + RECORD_DIGEST_SIZE:
+                raise SnapshotError(f"{size} bytes: shorter than its header")
+            name = ident[:name_len].decode("utf-8", "replace")
+            if stream is not None and name != stream:
+                raise SnapshotError(f"a snapshot of {name!r}, not of {stream!r}")
+            if ident[name_len:] != bytes(RECORD_DIGEST_SIZE):
+                record = ident[name_len:]
+            head_size += SNAP_NAME.size + name_len + RECORD_DIGEST_SIZE
+        if length != size - head_size:
             raise SnapshotError(f"header says {length} bytes of state, the file holds "
-                                f"{size - SNAP_HEADER.size}")
+                                f"{size - head_size}")
         # One read into the bytes object returned (a buffered file reads a large request
         # straight into its result): no zero-filled buffer, no copy of it, no helper thread.
         # Reading into a buffer while a thread hashed the chunks overlapped the two, but the
@@ -626,7 +728,7 @@ def check_snapshot(path: str) -> tuple[int, bytes]:
         raise SnapshotError(f"read {len(state)} of {length} bytes of state")
     if hashlib.sha256(state).digest() != digest:
         raise SnapshotError("checksum mismatch")
-    return seq, state
+    return seq, state, record
 
 
 def read_snapshot(path: str) -> tuple[int, bytes] | None:
@@ -668,4 +770,5 @@ def main(a: Any, made: tuple[Any, Callable[[bytes], Any]]) -> None:
     host.serve()
 
 
-__all__ = ["ReplicaHost", "SnapshotError", "check_snapshot", "read_snapshot", "write_snapshot"]
+__all__ = ["ReplicaHost", "SnapshotError", "check_snapshot", "check_snapshot_record", "last_record",
+           "read_snapshot", "record_digest", "write_snapshot"]

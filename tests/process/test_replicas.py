@@ -178,3 +178,58 @@ def test_crossengine_replicas_on_the_log(tmp_path, scenario):
         replayed = [(r[6], r[7]) for f in replay(cluster.rep_addrs[0], "out.ce.T", 1, last)
                     for r in decode(f)]
         assert replayed == want
+
+
+@pytest.mark.timeout(600)
+def test_a_snapshot_of_another_log_is_refused_at_restart(tmp_path):
+    """A snapshot of this stream taken on another cluster (restored from a backup, or copied
+    from another venue's disk) names the right stream and passes every check of the file; the
+    replica restored from it and ran on from a state its log never produced. Now the record at
+    the snapshot's seq must match the log's: the warm replica moves the file aside, restores
+    from its own older snapshot, and ends with the hash of a fresh replay of its log."""
+    from mq.replica import last_record, record_digest, write_snapshot
+    tmp = str(tmp_path)
+    cmds = commands()
+    other = [(r[5], r[6]) for f in flow(COMMANDS, seed=SEED + 1) for r in decode(f)]
+    with LogCluster(tmp, stream="in.ce.T", replicators=1, policy="first") as cluster:
+        cluster.start()
+        control = tcp()
+        warm = start_replica(cluster, "warm", "warm", "", tmp, control)
+        wait_until(lambda: ping(control), 30, "the warm replica")
+        prod = Producer(OPERATOR_SOURCE, cluster.prod_addr)
+        prod.connect()
+        feed(cluster, cmds, COMMANDS // 2, prod)
+        prod.flush(120)
+        wait_until(lambda: (ping(control) or {}).get("snapshot_seq", 0) > 0, 120,
+                   "the warm replica's first snapshot")
+        own = stats(control)["snapshot_seq"]
+        last = cluster.stats()["last"]
+        # the other cluster's engine at the same seq, newer than the warm replica's own
+        at = last
+        assert at > own
+        from mq.record import encode
+        eng = CrossEngine()
+        frame = encode([(i + 1, 1000 + i, OPERATOR_SOURCE, i + 1, 1, k, p)
+                        for i, (k, p) in enumerate(other[:at])])
+        eng.apply_frame(frame)
+        snap_dir = os.path.join(tmp, "snap", "warm")
+        path = write_snapshot(snap_dir, "in.ce.T", at, eng.snapshot(), keep=3,
+                              record=record_digest(last_record(1, at, frame)))
+        warm.kill()
+        warm.start()
+        wait_until(lambda: ping(control), 60, "the restarted warm replica")
+        feed(cluster, cmds, COMMANDS, prod)
+        prod.flush(120)
+        last = cluster.stats()["last"]
+        wait_until(lambda: (ping(control) or {}).get("seq", 0) >= last, 120,
+                   f"the warm replica at {last}")
+        assert os.path.exists(path + ".bad") and not os.path.exists(path)
+        assert "another log" in warm.log()
+        assert stats(control)["bad_snapshots"] == 1
+        _k, h, _ = call(control, wire.HASH)     # (idle Ticks may follow the last command)
+        assert h["seq"] >= last
+        wait_servable(cluster.rep_addrs[0], cluster.stream, h["seq"])
+        fresh = CrossEngine()
+        for f in replay(cluster.rep_addrs[0], cluster.stream, 1, h["seq"]):
+            fresh.apply_frame(f)
+        assert h["hash"] == fresh.state_hash().hex(), h

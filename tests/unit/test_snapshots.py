@@ -272,10 +272,11 @@ def test_a_damaged_byte_anywhere_in_the_state_fails_the_checksum(tmp_path, flip)
         seq, got = check_snapshot(path)
         assert (seq, got) == (7, state) and type(got) is bytes
         return
+    start = SNAP_HEADER.size + 2 + len(b"in.ce.X") + 16   # after the name and record digest
     with open(path, "r+b") as f:
-        f.seek(SNAP_HEADER.size + flip)
+        f.seek(start + flip)
         byte = f.read(1)
-        f.seek(SNAP_HEADER.size + flip)
+        f.seek(start + flip)
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(SnapshotError, match="checksum"):
         check_snapshot(path)
@@ -480,3 +481,138 @@ def test_a_tradingengine_snapshot_without_finished_orders_is_refused_and_the_log
         assert r.seq == 60 and r.engine.state_hash() == h.v.te.state_hash()
     finally:
         close(r)
+
+
+def _log_frame(first: int, n: int, salt: bytes = b"") -> bytes:
+    from mq.record import encode
+    return encode([(first + i, 1000 + first + i, 7, first + i, 1, 64, b"r%d" % (first + i) + salt)
+                   for i in range(n)])
+
+
+def test_a_snapshot_names_its_stream_and_another_streams_is_refused(tmp_path, caplog):
+    """A file of another stream under this stream's name (copied in by hand, or a shared
+    directory mixed up) was restored: an ETHUSDT book ran in the BTCUSDT engine. Now the
+    header names the stream, and such a file is moved aside like a damaged one."""
+    own = str(tmp_path / "own")
+    write_snapshot(own, "in.ce.X", 100, b"state-100", keep=5)
+    other = write_snapshot(own, "in.ce.Y", 300, b"state-of-Y", keep=5)
+    mine = os.path.join(own, f"in.ce.X-{300:020d}.snap")
+    os.rename(other, mine)
+    with pytest.raises(SnapshotError, match="'in.ce.Y', not of 'in.ce.X'"):
+        check_snapshot(mine, "in.ce.X")
+    assert check_snapshot(mine) == (300, b"state-of-Y")    # intact, of its own stream
+    with caplog.at_level(logging.INFO, logger="seqex.replica"):
+        h = host(tmp_path)
+    try:
+        assert h.seq == 100 and h.engine.state == b"state-100"
+        assert os.path.exists(mine + ".bad") and h.stats["bad_snapshots"] == 1
+    finally:
+        close(h)
+
+
+def test_a_restore_is_verified_against_the_logs_record_at_its_seq(tmp_path, caplog):
+    """A snapshot of this stream from another cluster (or restored from another venue's
+    backup) named the right stream and passed every check; the replica ran on from a state
+    the log never produced, ahead of the log and showing lag 0. The snapshot keeps a digest of
+    the record at its seq; the replica asks for the input from that seq, and before applying
+    anything the log's record there must match, or the file is moved aside and the next older
+    one (or seq 0) is used."""
+    from mq.replica import check_snapshot_record, last_record, record_digest
+    own = str(tmp_path / "own")
+    ours = _log_frame(91, 20)                                  # seqs 91 .. 110
+    rec100 = record_digest(last_record(91, 100, ours))
+    write_snapshot(own, "in.ce.X", 100, b"state-100", keep=5, record=rec100)
+    theirs = _log_frame(191, 20, b"elsewhere")                 # another log's 191 .. 210
+    foreign = write_snapshot(own, "in.ce.X", 200, b"state-200-elsewhere", keep=5,
+                             record=record_digest(last_record(191, 200, theirs)))
+    assert check_snapshot_record(foreign, "in.ce.X")[2] is not None
+    with caplog.at_level(logging.INFO, logger="seqex.replica"):
+        h = host(tmp_path)
+    try:
+        assert h.seq == 200 and h.sub.next_seq == 200       # asks for the record at 200 too
+        ours_200 = _log_frame(200, 3)                        # this log's 200 .. 202
+        assert not h._verified(200, 202, ours_200)
+        assert os.path.exists(foreign + ".bad") and h.stats["bad_snapshots"] == 1
+        assert "another log" in caplog.text
+        # back on the older snapshot, which this log's record at 100 matches
+        assert h.seq == 100 and h.engine.state == b"state-100" and h.sub.next_seq == 100
+        assert h.verify is not None and h._verified(100, 110, trim_from(ours, 91, 100))
+        assert h.verify is None and h.seq == 100
+    finally:
+        close(h)
+
+
+def trim_from(frame: bytes, first: int, want: int) -> bytes:
+    from mq.record import trim
+    return trim(frame, first, want)
+
+
+def test_the_serve_loop_applies_nothing_on_a_snapshot_the_log_does_not_match(tmp_path):
+    """serve(): the first frame after a restore starts at the snapshot's seq; on a match that
+    record is dropped and the rest applied; on a mismatch nothing is applied."""
+    from mq.replica import last_record, record_digest
+    own = str(tmp_path / "own")
+    ours = _log_frame(1, 10)
+    write_snapshot(own, "in.ce.X", 5, b"state-5", keep=5,
+                   record=record_digest(last_record(1, 5, ours)))
+
+    class Applying(Fake):
+        applied: list = []
+
+        def apply_frame(self, frame):
+            from mq.record import decode
+            Applying.applied += [r[0] for r in decode(frame)]
+            return frame
+
+        @classmethod
+        def restore(cls, data):
+            return cls(data)
+
+    h = ReplicaHost("r1", Applying(), Applying.restore, "in.ce.X", "tcp://127.0.0.1:9",
+                    ["tcp://127.0.0.1:9"], "tcp://127.0.0.1:*", role="warm",
+                    snapshot_dir=own)
+    sent = [(5, 10, trim_from(ours, 1, 5))]
+
+    def poll(_ms):
+        if sent:
+            return [sent.pop()]
+        h.running = False
+        return []
+    try:
+        h.sub.poll = poll
+        h.serve()
+        assert Applying.applied == [6, 7, 8, 9, 10] and h.seq == 10 and h.verify is None
+    finally:
+        h.control.close(0)
+
+
+def test_a_snapshot_keeps_the_digest_of_the_record_it_was_taken_after(tmp_path):
+    from mq.replica import check_snapshot_record, last_record, record_digest
+    h = host(tmp_path, role="warm", snapshot_every=10)
+    try:
+        frame = _log_frame(21, 5)
+        h.last_frame, h.seq = (21, 25, frame), 25
+        h._maybe_snapshot()
+        h.wait_snapshot()
+        (name,) = snaps(tmp_path)
+        seq, state, record = check_snapshot_record(str(tmp_path / "own" / name), "in.ce.X")
+        assert (seq, state) == (25, b"fresh")
+        assert record == record_digest(last_record(21, 25, frame))
+    finally:
+        close(h)
+
+
+def test_a_version_1_file_is_still_restored_unverified(tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    state = b"state-42"
+    import hashlib
+    path = own / f"in.ce.X-{42:020d}.snap"
+    path.write_bytes(SNAP_HEADER.pack(b"SQXSNAP1", 42, hashlib.sha256(state).digest(),
+                                      len(state)) + state)
+    assert check_snapshot(str(path), "in.ce.X") == (42, state)
+    h = host(tmp_path)
+    try:
+        assert h.seq == 42 and h.sub.next_seq == 43 and h.verify is None
+    finally:
+        close(h)
