@@ -588,8 +588,8 @@ class Supervisor:
         here = os.path.abspath(self.topo.data_dir)
         d = "" if here == os.path.abspath("seqex-data") else f" --data {shlex.quote(here)}"
         if t and t.get("gateway"):
-            print(f"  gateway: clients connect to {t['gateway']} (PROTOCOL.md); "
-                  f"shards: {', '.join(sh['in'] for sh in t['shards'])}")
+            print(f"  gateway: clients connect to {' or '.join(t.get('gateways', [t['gateway']]))}"
+                  f" (PROTOCOL.md); shards: {', '.join(sh['in'] for sh in t['shards'])}")
             print(f"  seqex client{d} --user alice buy BTCUSDT 0.01 @ 50000   trade (another "
                   "terminal)")
             print(f"  seqex client{d} --user bob watch                         reports as "

@@ -88,7 +88,7 @@ warm = 1
 oracle = "simulated"         # a seeded random walk of the mark price (no real feed): "off" for none
 oracle_interval_ms = 1000
 oracle_seed = 1
-gateway = true               # the client gateway (PROTOCOL.md over TCP)
+gateway = true               # the client gateway (PROTOCOL.md over TCP); a number: that many
 demo_accounts = true         # users alice and bob with deposits, created on first start
 liq = true                   # the LiqEngine: in.liq / out.liq, 1 hot + 1 warm replica
 insurance_fund = "50000"     # USDT deposited into the insurance fund on first start
@@ -459,6 +459,7 @@ MINOR = Decimal(10) ** 8        # minor units (and PROTOCOL.md mantissas) per un
 SRC_CE_OUT = 0x7000_0000        # | symbol_id: out.ce.SYM into in.te.N
 SRC_ORACLE = 0x7100_0000        # | i: mark-price oracle i into every in.te.N
 SRC_GATEWAY = 0x7200_0000       # | g: gateway g into every in.te.N
+MAX_GATEWAYS = 16
 SRC_TE_OUT = 0x7300_0000        # | N: out.te.N into every in.ce.SYM
 SRC_TE_TO_LIQ = 0x7400_0000     # | N: out.te.N into in.liq (docs/liqengine.md §2)
 SRC_CE_TO_LIQ = 0x7500_0000     # | symbol_id: out.ce.SYM into in.liq
@@ -571,9 +572,12 @@ def _contract(ck: _Checker, i: int, s: dict, sym: dict) -> dict:
 def _trading(ck: _Checker, t: dict, hosts: dict) -> dict:
     ck.known("trading", None, t, TRADING_KEYS)
     gateway = t.get("gateway", True)
-    if not isinstance(gateway, bool):
-        ck.fail("trading", None, "gateway", f"must be true or false, got {gateway!r}")
-        gateway = True
+    if isinstance(gateway, bool):
+        gateway = int(gateway)
+    elif not isinstance(gateway, int) or not 0 <= gateway <= MAX_GATEWAYS:
+        ck.fail("trading", None, "gateway", f"must be true, false or a number of gateways "
+                f"0 .. {MAX_GATEWAYS}, got {gateway!r}")
+        gateway = 1
     demo = t.get("demo_accounts", False)
     if not isinstance(demo, bool):
         ck.fail("trading", None, "demo_accounts", f"must be true or false, got {demo!r}")
@@ -787,7 +791,7 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
     engine_specs = [{k: v for k, v in sp.items() if k != "mark_start_ticks"} for sp in specs]
     ce_sources = {str(SRC_CE_OUT | s["symbol_id"]): s["symbol_id"] for s in conf["symbols"]}
     oracle_sources = [SRC_ORACLE] if t["oracle"] != "off" else []
-    gateway_sources = [SRC_GATEWAY] if t["gateway"] else []
+    gateway_sources = [SRC_GATEWAY | g for g in range(t["gateway"])]
     # the LiqEngine's out stream feeds every shard and CrossEngine (docs/liqengine.md §2)
     liq_sources = {"liq_sources": [SRC_LIQ_OUT]} if t["liq"] else {}
     te_sources = [SRC_TE_OUT | n for n in range(n_shards)]
@@ -828,13 +832,15 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
     instruments = [{"symbol": s["name"], "security_id": s["symbol_id"],
                     "tick": s["tick_size"], "lot": s["lot_size"]} for s in conf["symbols"]]
     trading: dict = {"shards": shards, "n_shards": n_shards, "instruments": instruments}
-    if t["gateway"]:
+    gateways = []
+    for g in range(t["gateway"]):
         # The gateway's configuration as `seqex gateway --config` takes it (gateway/server.py
         # parse_settings): shard N is in.te.N's producer endpoint and out.te.N's feed; its
         # source id is 0x7200_0000 | index. It has no ZeroMQ control endpoint: the supervisor
-        # checks it by connecting to its client port.
+        # checks it by connecting to its client port. Every gateway serves every session (the
+        # sessions' state is the TradingEngines'): a client may log on at any of them.
         listen = addr(host)
-        gconf = {"index": 0, "listen": listen[len("tcp://"):],
+        gconf = {"index": g, "listen": listen[len("tcp://"):],
                  "accounts": os.path.join(root, "accounts.json"),
                  "shards": [{"in": sh["producers"], "pub": sh["out_pub"],
                              "replicators": sh["replicators"]} for sh in shards],
@@ -842,12 +848,15 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
                             "tick": s["tick_size"], "lot": s["lot_size"]}
                            for s in conf["symbols"]],
                  "max_depth": t["max_depth"]}
-        topo.procs.append(ProcSpec("gateway0", "gateway", host,
+        topo.procs.append(ProcSpec(f"gateway{g}", "gateway", host,
                                    ["gateway", "--config", json.dumps(gconf)], listen,
-                                   extra={"sources": [SRC_GATEWAY], "listen": listen,
+                                   extra={"sources": [SRC_GATEWAY | g], "listen": listen,
                                           "probe": "tcp"}))
-        trading["gateway"] = listen[len("tcp://"):]
+        gateways.append(listen[len("tcp://"):])
         trading["accounts"] = gconf["accounts"]
+    if gateways:
+        trading["gateway"] = gateways[0]      # where a client goes unless told otherwise
+        trading["gateways"] = gateways
     if t["oracle"] != "off":
         control = addr(host)
         oconf = {"index": 0, "source": SRC_ORACLE, "control": control,

@@ -37,6 +37,7 @@ BACKPRESSURE_SLEEP_S = 0.01
 MAX_BATCH = 1024      # records per producer batch (each well under 1 kB)
 MAX_QUEUED = 65536    # records per shard waiting for the producer's outbox
 CONNECT_TIMEOUT_S = 60.0
+CLASH_NOTE_S = 10.0        # a source held by another connection: noted this often
 
 
 def gateway_source(index: int) -> int:
@@ -78,9 +79,21 @@ class MqCore:
         for n, sh in enumerate(self.shards):
             p = Producer(self.source, sh["in"])
             deadline = loop.time() + CONNECT_TIMEOUT_S
+            noted = 0.0
             while p.next_ss is None:  # WELCOME: where this source stands
+                clash = any(r.code == "source_clash" for r in p.refusals)
                 if loop.time() > deadline:
-                    raise TimeoutError(f"in.te.{n}: no answer from the sequencer at {sh['in']}")
+                    raise TimeoutError(
+                        f"in.te.{n}: the sequencer at {sh['in']} "
+                        + (f"says source {self.source:#x} (gateway {self.source & 0xFFFF}) is "
+                           "held by another connection: is another gateway with this index "
+                           "running?" if clash else "does not answer"))
+                if clash and loop.time() - noted >= CLASH_NOTE_S:
+                    noted = loop.time()
+                    log.warning("in.te.%d: source %#x is held by another connection (another "
+                                "gateway with index %d, or one that just stopped); waiting "
+                                "up to %.0f s more", n, self.source, self.source & 0xFFFF,
+                                deadline - loop.time())
                 try:
                     p.connect(timeout_s=0.01)
                 except TimeoutError:

@@ -1385,6 +1385,7 @@ def main(settings: Settings, accounts: Accounts,
 
     from gateway import accounts as accounts_mod
     from gateway.mq_core import MqCore
+    from mq.producer import Refused
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
@@ -1441,6 +1442,11 @@ def main(settings: Settings, accounts: Accounts,
         loop.run_until_complete(task)
     except asyncio.CancelledError:   # stopped before it listened (engines not answering?)
         log.info("gateway %d: stopped while starting", settings.cfg.index)
+    except (Refused, TimeoutError) as exc:   # the log will not take this gateway's records
+        hint = ("; the trust policy and the topology must give gateway "
+                f"{settings.cfg.index} its source id" if isinstance(exc, Refused) else "")
+        print(f"seqex gateway: {exc}{hint}", file=sys.stderr, flush=True)
+        return 2
     finally:
         loop.close()
     return 0

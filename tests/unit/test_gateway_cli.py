@@ -84,3 +84,27 @@ def test_cli_bad_accounts_is_one_line(capsys, tmp_path):
 def test_cli_gateway_needs_keys_or_insecure(capsys, tmp_path):
     rc, err = _run(capsys, "gateway", "--config", json.dumps(good(tmp_path)))
     assert rc == 2 and len(err) == 1 and "--insecure" in err[0]
+
+
+@pytest.mark.parametrize("exc, words", [
+    ("refused", "source_not_registered; the trust policy and the topology must give gateway 1"),
+    ("timeout", "held by another connection"),
+])
+def test_a_log_that_will_not_take_the_gateway_is_one_line_and_status_2(capsys, tmp_path,
+                                                                        monkeypatch, exc, words):
+    """A gateway whose source id the sequencer refuses (an index the policy does not know), or
+    that another gateway of the same index holds, ends with one line on stderr and status 2
+    (a second gateway started by hand printed a 24-line traceback)."""
+    from gateway import mq_core
+    from mq.producer import Refused
+
+    async def start(self):
+        if exc == "refused":
+            raise Refused("refused: in.te.0: source 1912602625: source_not_registered")
+        raise TimeoutError("in.te.0: the sequencer at tcp://x says source 0x72000001 "
+                           "(gateway 1) is held by another connection")
+    monkeypatch.setattr(mq_core.MqCore, "start", start)
+    settings = gs.parse_settings(good(tmp_path))
+    assert gs.main(settings, accounts.load(settings.accounts, 1)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err, err

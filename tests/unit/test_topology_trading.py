@@ -199,7 +199,8 @@ def error(tmp_path, text):
     ("", "shards = 0\n", "trading.shards: must be in 1 .. 63, got 0"),
     ("", "shards = 65\n", "trading.shards: must be in 1 .. 63"),
     ("", "oracle = \"real\"\n", "trading.oracle: must be one of 'simulated', 'off'"),
-    ("", "gateway = 1\n", "trading.gateway: must be true or false"),
+    ("", "gateway = 17\n", "trading.gateway: must be true, false or a number of gateways"),
+    ("", "gateway = \"2\"\n", "trading.gateway: must be true, false or a number of gateways"),
     ("", "shard = 2\n", "trading.shard: unknown key"),
     ("max_leverage = 0\n", "", "symbol[0].max_leverage: must be in 1 .. 10000"),
     ("taker_fee_ppm = -1\n", "", "symbol[0].taker_fee_ppm: must be in 0 .. 1000000"),
@@ -326,3 +327,31 @@ def test_every_engine_replica_runs_with_the_whole_configuration_it_is_given():
             make(name, {**config, "liq_source": [1]})
     assert ("tradingengine", "liq_sources") in seen and ("crossengine", "liq_sources") in seen
     assert ("liqengine", "te_sources") in seen
+
+
+def test_gateway_n_plans_n_gateways_each_with_its_own_source_and_port(tmp_path):
+    """`gateway = 2`: gateway0 and gateway1, indexes 0 and 1, each on its own port, each key
+    allowed its own source id only; every shard takes session records from both. (There was
+    room for one: a second gateway started by hand was refused by the log and the engines.)"""
+    server = pytest.importorskip("gateway.server")
+    path = tmp_path / "t.toml"
+    path.write_text(topology.DEFAULT.replace("gateway = true", "gateway = 2"))
+    topo = topology.load(str(path), data_dir=str(tmp_path / "d"))
+    gws = [topo.by_name(f"gateway{g}") for g in range(2)]
+    confs = [server.parse_settings(json.loads(g.args[2])) for g in gws]
+    assert [c.cfg.index for c in confs] == [0, 1]
+    assert len({(c.host, c.port) for c in confs}) == 2
+    assert topo.trading["gateways"] == [g.control[len("tcp://"):] for g in gws]
+    assert topo.trading["gateway"] == topo.trading["gateways"][0]
+    tes = [p for p in topo.procs if p.role.startswith("replica-") and p.name.startswith("te")]
+    assert len(tes) == 6
+    for p in tes:
+        conf = json.loads(p.args[p.args.index("--engine-config") + 1])
+        assert conf["gateway_sources"] == [0x7200_0000, 0x7200_0001]
+    trust = keys.policy(topo, keys.generate(topo))
+    by_name = {p.name: p for p in trust.peers.values()}
+    assert by_name["gateway0"].sources == frozenset([0x7200_0000])
+    assert by_name["gateway1"].sources == frozenset([0x7200_0001])
+    path.write_text(topology.DEFAULT.replace("gateway = true", "gateway = false"))
+    topo = topology.load(str(path))
+    assert not [p for p in topo.procs if p.role == "gateway"] and "gateway" not in topo.trading

@@ -1,0 +1,97 @@
+"""Two gateways on one cluster (`[trading] gateway = 2`), as real processes: a session's state
+is the TradingEngine's, so a client may log on at either gateway and resume there.
+
+* A session bound at gateway0 is refused at gateway1 (LogonReject 2, bound elsewhere), and its
+  connection at gateway0 goes on.
+* Dropped at gateway0 with requests unread, it resumes at gateway1: LogonAck's numbers,
+  Retransmission + PossDup replay, a resend of what was not applied.
+* gateway0 SIGKILLed while the session trades at gateway1: nothing of it is disturbed.
+
+Afterwards every request was answered and applied once, every server SeqNo received exactly once
+(replays only with PossDup, equal byte for byte to the out.te.N journal), and every hot replica's
+state hash equals a rebuild from the log. (Before, the topology had room for one gateway only: a
+second one started by hand died with a traceback, its source id unknown to the policy and the
+engines.)
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from deploy.topology import DEFAULT
+from mq.control import wait_until
+from tests.process.test_cluster import pids_of
+from tests.process.test_order_path_faults import (
+    SYMBOLS,
+    Session,
+    _clordids,
+    _sids,
+    check_hashes,
+    check_sessions,
+    default_cluster,
+    journal,
+)
+from tests.protoclient import ProtoClient
+
+pytest.importorskip("gateway.server", reason="the gateway process")
+
+
+def gateway_pid(data: str, index: int) -> int:
+    def cmdline(pid: int) -> str:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    pids = [p for p in pids_of(data)
+            if "gateway --config" in cmdline(p) and f'"index": {index},' in cmdline(p)]
+    assert len(pids) == 1, (index, pids)
+    return pids[0]
+
+
+@pytest.mark.timeout(900)
+def test_a_session_moves_between_two_gateways_and_survives_one(tmp_path):
+    text = DEFAULT.replace("gateway = true", "gateway = 2", 1)
+    assert text != DEFAULT
+    with default_cluster(tmp_path, text) as c:
+        gws = [tuple(g.rsplit(":", 1)) for g in c["topo"].trading["gateways"]]
+        assert len(gws) == 2
+        at = [{**c, "gw": (h, int(p))} for h, p in gws]
+        tick, mark = SYMBOLS[1]
+        s = Session(at[0], "alice", next(_sids), 2)
+        ack = s.connect()
+        assert ack[1:3] == (1, 1), ack
+        for k in range(5):
+            s.nos(next(_clordids), 1, b"1", (mark - 1000 - k) * tick, 1)
+        wait_until(lambda: s.drain(0.1) and s.last_seen >= 5, 120, "five acks at gateway0")
+
+        # bound at gateway0: refused at gateway1, and gateway0's connection goes on
+        other = ProtoClient(*at[1]["gw"], timeout=60)
+        other.send(1, s.sid, s.last_seen + 1, s.next_seq, 10_000, 0, 0, 0, b"alice",
+                   s.pw.encode())
+        m = other.recv(skip=(5, 6))
+        assert m.template == 3 and m.fields[1] == 2, m
+        other.close()
+        s.nos(next(_clordids), 1, b"1", (mark - 1010) * tick, 1)
+        wait_until(lambda: s.drain(0.1) and s.last_seen >= 6, 120, "an ack at gateway0")
+
+        # dropped at gateway0 with requests unread: resumes at gateway1
+        for k in range(5):
+            s.nos(next(_clordids), 1, b"1", (mark - 1020 - k) * tick, 1)
+        s.c.close()
+        s.c = None
+        s.cl = at[1]
+        seen = s.last_seen
+        wait_until(lambda: len(journal(c).get(s.sid, {})) >= 11, 120, "the five applied")
+        ack = s.connect()
+        assert ack[1] == 12 and ack[2] == 12, ack
+        assert s.last_seen == 11 and all(r[0][0] for q, r in s.got.items() if q > seen)
+
+        # gateway0 killed while the session trades at gateway1
+        os.kill(gateway_pid(c["data"], 0), signal.SIGKILL)
+        for k in range(10):
+            s.nos(next(_clordids), 1, b"1", (mark - 1040 - k) * tick, 1)
+        wait_until(lambda: s.drain(0.1) and s.last_seen >= 21, 120, "ten acks at gateway1")
+        assert s.reconnects == 0
+        check_sessions(at[1], [s])
+        check_hashes(c)
+        s.close()
