@@ -54,6 +54,6 @@ setup(
     extras_require={"bench": ["redis>=5", "hiredis>=2"],
                     "test": ["pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100",
                              "cython>=3.0", "setuptools>=65", "wheel"]},
-    entry_points={"console_scripts": ["seqex = deploy.cli:main"]},
+    entry_points={"console_scripts": ["seqex = deploy.entry:main"]},
     zip_safe=False,
 )

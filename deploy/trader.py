@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
@@ -241,7 +242,8 @@ def run(a: argparse.Namespace) -> int:
     _within_limits(action, limits)
     password = _password(a)
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    base = os.path.join(state_dir, a.user)
+    # (a name is a file name here: quoted, so that no name reaches outside state_dir)
+    base = os.path.join(state_dir, urllib.parse.quote(a.user, safe="@+"))
     lock = _lock(base + ".lock")
     sent: dict = {}   # the request this invocation sent, once it is in the session's outbox
     try:

@@ -86,6 +86,9 @@ def create_user(topo, name: str, accounts: list[int], password: str | None = Non
     them) away from whoever logs on with the old password, so it is never a side effect of a
     mistyped name."""
     from gateway import accounts as acc
+    if password == "":
+        raise TradingError("an empty password: give one, or leave --password out for a "
+                           "random one")
     password = password or secrets.token_urlsafe(12)
     path = accounts_path(topo)
     try:

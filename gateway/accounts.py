@@ -332,6 +332,18 @@ def write(path, accounts: Accounts) -> None:
         os.close(dfd)
 
 
+def check_new_name(name) -> None:
+    """A name a new user may take: 1..16 of letters, digits and ``. _ - @ +``, not starting
+    with a dot or a dash. (A file written before may hold other names, and still loads: the
+    Logon's char[16] takes any bytes but NUL.) Tools keep files under a user's name, and a
+    name like ``../evil`` or ``a/b`` took them outside their directory."""
+    _check_name(name)
+    if not all(ch.isascii() and (ch.isalnum() or ch in "._-@+") for ch in name) \
+            or name[0] in ".-":
+        raise AccountsError(f"user name {name!r} may hold only letters, digits and . _ - @ + "
+                            "(not starting with . or -)")
+
+
 def make_user(name: str, user_id: int, password, accounts, default_account=None,
               max_msgs_per_sec: int = DEFAULT_MAX_MSGS_PER_SEC, n: int = SCRYPT_N,
               r: int = SCRYPT_R, p: int = SCRYPT_P) -> User:
@@ -364,6 +376,8 @@ def add_user(path, name: str, password, accounts, default_account=None,
             raise
         current = Accounts({})
     old = current.users.get(name)
+    if old is None:
+        check_new_name(name)
     if user_id is None:
         user_id = old.user if old else max(current.by_id, default=0) + 1
     u = make_user(name, user_id, password, accounts, default_account, max_msgs_per_sec, n, r, p)

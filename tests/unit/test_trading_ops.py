@@ -128,3 +128,54 @@ def test_the_insurance_fund_is_deposited_on_first_start_without_demo_accounts(
     trading.first_start_deposits(SimpleNamespace(data_dir=str(tmp_path / "x"),
                                                  trading=topo.trading), lines.append)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["a/b", "../evil", "..", ".hidden", "ca rol", "x\ty",
+                                  "é"])
+def test_a_new_users_name_is_refused_if_it_could_leave_a_directory(tmp_path, capsys, name):
+    """`seqex account create '../evil'` succeeded, and `seqex client --user ../evil` then
+    wrote its session and order files outside data/clients/ (and 'a/b' could not be used at
+    all). A new name holds letters, digits and . _ - @ + only, not starting with . or -."""
+    assert main(["account", "create", name, "--accounts", "6", "--password", "pw12",
+                 "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "may hold only letters, digits" in err and err.count("\n") == 1, err
+    assert not os.path.exists(tmp_path / "accounts.json")
+
+
+def test_an_empty_password_is_refused_not_replaced_by_a_random_one(tmp_path, capsys):
+    assert main(["account", "create", "carol", "--accounts", "6", "--password", "",
+                 "--data", str(tmp_path)]) == 2
+    assert "an empty password" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "accounts.json")
+
+
+def test_an_older_files_user_name_still_loads_and_the_client_keeps_its_files_inside(tmp_path):
+    """A name from a file written before the rule loads (the Logon takes any bytes), and the
+    client's files for it are named inside its directory."""
+    import urllib.parse
+    user = accounts.make_user("../old", 1, "pw", [6], n=1024)
+    path = tmp_path / "accounts.json"
+    accounts.write(str(path), accounts.Accounts({"../old": user}))
+    assert accounts.load(str(path)).user("../old") is not None
+    accounts.add_user(str(path), "../old", "pw2", [6], n=1024)     # replaced: it exists
+    with pytest.raises(accounts.AccountsError, match="not starting with"):
+        accounts.add_user(str(path), "-x", "pw", [8], n=1024)
+    base = os.path.join(str(tmp_path / "clients"), urllib.parse.quote("../old", safe="@+"))
+    assert os.path.dirname(os.path.abspath(base)) == str(tmp_path / "clients")
+
+
+def test_a_ctrl_c_while_the_command_loads_ends_with_status_130_not_a_traceback(monkeypatch):
+    import builtins
+    import sys
+
+    from deploy import entry
+    real = builtins.__import__
+
+    def interrupted(name, *a, **kw):
+        if name == "deploy.cli":
+            raise KeyboardInterrupt
+        return real(name, *a, **kw)
+    monkeypatch.delitem(sys.modules, "deploy.cli")
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert entry.main() == 130
