@@ -169,6 +169,12 @@ def generate(topo, keys_dir: str | None = None, producers: dict[str, list[int]] 
     producers = {**known_producers(topo, keys_dir), **(producers or {})}
     check_producers(topo, producers)
     os.makedirs(keys_dir, mode=0o755, exist_ok=True)
+    try:
+        # every process and tool refuses such a directory at use: refused here, before
+        # secret keys are written into it
+        auth.check_owned(keys_dir)
+    except auth.KeyFileError as exc:
+        raise KeysError(f"{exc}; no keys were written") from None
     names = list(dict.fromkeys(key_name(p) for p in topo.procs)) + [OPERATOR] \
         + sorted(producers or {})
     for name in rotate or []:

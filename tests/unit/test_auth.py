@@ -507,3 +507,17 @@ def test_rotating_a_key_keeps_the_producers_and_says_what_it_rotated(tmp_path, c
     trust = auth.Trust.load(keys_dir)
     assert p1 not in trust.peers
     assert trust.peers[auth.load_public(keys_dir, "p1").decode()].sources == {5}
+
+
+def test_seqex_keys_refuses_a_directory_others_may_write_before_writing_a_key(tmp_path,
+                                                                               capsys):
+    """`seqex keys --dir D` with D mode 0777 wrote every secret key into it and said nothing;
+    every process then refused the directory at use. Now it is refused at once."""
+    from deploy.cli import main
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    assert main(["keys", "--data", str(tmp_path / "d"), "--dir", str(shared)]) == 2
+    err = capsys.readouterr().err
+    assert "writable by others" in err and "no keys were written" in err, err
+    assert os.listdir(shared) == []
