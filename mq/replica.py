@@ -591,6 +591,8 @@ class ReplicaHost:
                 "rate": round(self.rate), "snapshot_seq": self.written_seq,
                 "snapshot_age_s": round(time.monotonic() - self.written_at, 3),
                 "snapshot_error": self.snapshot_error,
+                # restored, waiting for the log's record at this seq to verify the snapshot
+                "verifying": self.verify[0] if self.verify is not None else 0,
                 "sent_upto": self.sent_upto, "mirror_has": self.mirror_has,
                 "refusals": auth.refusal_stats(), **self.stats}
 

@@ -530,6 +530,7 @@ def test_a_restore_is_verified_against_the_logs_record_at_its_seq(tmp_path, capl
         h = host(tmp_path)
     try:
         assert h.seq == 200 and h.sub.next_seq == 200       # asks for the record at 200 too
+        assert h.status()["verifying"] == 200
         ours_200 = _log_frame(200, 3)                        # this log's 200 .. 202
         assert not h._verified(200, 202, ours_200)
         assert os.path.exists(foreign + ".bad") and h.stats["bad_snapshots"] == 1
@@ -537,7 +538,7 @@ def test_a_restore_is_verified_against_the_logs_record_at_its_seq(tmp_path, capl
         # back on the older snapshot, which this log's record at 100 matches
         assert h.seq == 100 and h.engine.state == b"state-100" and h.sub.next_seq == 100
         assert h.verify is not None and h._verified(100, 110, trim_from(ours, 91, 100))
-        assert h.verify is None and h.seq == 100
+        assert h.verify is None and h.seq == 100 and h.status()["verifying"] == 0
     finally:
         close(h)
 
