@@ -100,6 +100,7 @@ RESEND_MAX_S = 8.0         # ... backing off (doubling, with jitter) up to this
 PROBE_S = 1.0              # the mirror silent this long: ask where it stands
 REGENERATE_S = 5.0         # outputs the mirror lacks, kept by no one this long: compute again
 MIRROR_ASK_S = 1.0         # a restarting hot replica asks the mirror how far it committed
+LOG_END_ASK_S = 1.0        # a restarting replica asks each replicator where the log ends
 NOTE_EVERY_S = 5.0         # a lasting condition is logged at most this often
 MAX_QUERY_ACCOUNTS = 1000  # accounts in one QUERY (its answer stays a small message)
 
@@ -149,7 +150,8 @@ class ReplicaHost:
         self.running = True
         self.stats = {"applied": 0, "frames": 0, "snapshots": 0, "published_frames": 0,
                       "restored_from": 0, "bad_snapshots": 0, "resends": 0, "gaps_told": 0,
-                      "send_blocked": 0, "snapshot_failures": 0, "regenerated": 0}
+                      "send_blocked": 0, "snapshot_failures": 0, "regenerated": 0,
+                      "unverifiable_snapshots": 0}
         self.rate = 0.0
         self._pub, self._replicators = pub, replicators
         self.sub: Subscriber | None = None
@@ -191,23 +193,34 @@ class ReplicaHost:
         the out stream lacks, so it passes what the mirror committed as the limit. (Both hot
         replicas killed together, restarted from the warm replica's newest snapshot, which was
         newer than the out stream: no replica could send the outputs in between, ever.)"""
+        end = self._log_end() if paths else None
         for path in sorted(set(paths), key=_snap_seq, reverse=True):
             if limit is not None and _snap_seq(path) > limit:
                 continue
             try:
                 seq, data, record = check_snapshot_record(path, self.stream)
+                if end is not None and seq > end:
+                    raise SnapshotError(f"seq {seq} is beyond the log's end ({end}): the state "
+                                        "of another log")
             except FileNotFoundError:
                 continue    # rotated away by its writer since the listing
             except Exception as exc:  # a damaged file
                 self._unusable(path, exc)
+                continue
+            if record is None:
+                # Nothing ties it to this log (a version 1 file, or no record digest): its
+                # state would be applied on unchecked, and the next snapshot, taken after a
+                # record of this log, would carry the foreign state as a verified one.
+                self.stats["unverifiable_snapshots"] += 1
+                log.warning("%s: snapshot %s names no record of the log (a version 1 file, or "
+                            "no record digest): not restored from", self.name, path)
                 continue
             # Ask for the records from it on before restoring: the replicator's first answer
             # comes in (zmq's I/O thread) while the engine is rebuilt. With the digest of the
             # record at seq, that record first: the log's own must match before anything is
             # applied on top of the state (serve), or the snapshot is another log's.
             self._drop_subscriber()
-            self.sub = Subscriber(self.stream, self._pub, self._replicators,
-                                  next_seq=seq if record is not None else seq + 1)
+            self.sub = Subscriber(self.stream, self._pub, self._replicators, next_seq=seq)
             self.sub.request()
             try:
                 engine = self._restore(data)
@@ -218,13 +231,27 @@ class ReplicaHost:
             self.engine = engine
             self.seq = self.snap_seq = self.written_seq = seq
             self.stats["restored_from"] = seq
-            self.verify = (seq, record, path) if record is not None else None
-            log.info("%s: restored from %s (seq %d)%s", self.name, path, seq,
-                     "" if record is not None else
-                     "; a version 1 file, not verified against the log")
+            self.verify = (seq, record, path)
+            log.info("%s: restored from %s (seq %d); the log's record at %d is checked before "
+                     "the next is applied", self.name, path, seq, seq)
             return
         if paths:
             log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
+
+    def _log_end(self) -> int | None:
+        """The highest seq any replicator holds of the stream (STATE), or None if none
+        answers within LOG_END_ASK_S: a snapshot beyond it is another log's."""
+        end = None
+        for addr in self._replicators:
+            try:
+                kind, body, _ = call(addr, wire.STATE, {"stream": self.stream},
+                                     timeout_s=LOG_END_ASK_S, refused_ends=True)
+            except (TimeoutError, ConnectionRefusedError, wire.WireError):
+                continue
+            last = body.get("last") if kind == wire.STATE else None
+            if type(last) is int:
+                end = last if end is None else max(end, last)
+        return end
 
     def _deliver_from_seq(self) -> None:
         """After a restore (or none): the input from seq + 1 if no subscriber asked for it yet,

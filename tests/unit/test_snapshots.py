@@ -17,8 +17,16 @@ from mq.replica import (
     SnapshotError,
     check_snapshot,
     read_snapshot,
-    write_snapshot,
 )
+from mq.replica import write_snapshot as _write_snapshot
+
+REC = b"\x01" * 16   # the record digest these files name: a restore asks the log from its seq
+
+
+def write_snapshot(*args, **kw) -> str:
+    """mq.replica.write_snapshot with a record digest (a file with none is not restored)."""
+    kw.setdefault("record", REC)
+    return _write_snapshot(*args, **kw)
 
 
 def test_round_trip_and_keep_last_k(tmp_path):
@@ -122,7 +130,7 @@ def test_start_up_skips_damaged_snapshots_newest_first_and_moves_them_aside(tmp_
         assert h.seq == 100 and h.engine.state == b"state-100"
         # the input is asked for from the restored seq on (the subscriber made for the
         # unrestorable snapshot at 200 was dropped with it)
-        assert h.sub.next_seq == 101
+        assert h.sub.next_seq == 100   # the record at 100 first, to check
         assert h.stats["bad_snapshots"] == 3
         for path in (bad_len, bad_restore, truncated):
             assert not os.path.exists(path) and os.path.exists(path + ".bad")
@@ -358,7 +366,7 @@ def test_a_hot_replica_restores_from_a_snapshot_no_newer_than_what_the_mirror_co
                     snapshot_dir=str(tmp_path / "own"), shared_snapshot_dir=shared)
     try:
         assert h.seq == 200 and h.engine.state == b"state-200"
-        assert h.sub.next_seq == 201
+        assert h.sub.next_seq == 200   # the record at 200 first, to check
         assert h.stats["bad_snapshots"] == 0   # the newer one is skipped, not moved aside
         assert os.path.exists(os.path.join(shared, "in.ce.X-00000000000000000300.snap"))
     finally:
@@ -603,17 +611,63 @@ def test_a_snapshot_keeps_the_digest_of_the_record_it_was_taken_after(tmp_path):
         close(h)
 
 
-def test_a_version_1_file_is_still_restored_unverified(tmp_path):
+def test_a_file_that_names_no_record_of_the_log_is_not_restored(tmp_path, caplog):
+    """A version 1 file (or one with a zero record digest) was restored unverified, and the
+    replica's next snapshot, taken after a record of this log, carried the foreign state as a
+    verified one: the hot replicas restored from it and published a state no rebuild gives.
+    Such a file is now passed over (left in place: the rotation removes it)."""
+    import hashlib
     own = tmp_path / "own"
     own.mkdir()
     state = b"state-42"
-    import hashlib
-    path = own / f"in.ce.X-{42:020d}.snap"
-    path.write_bytes(SNAP_HEADER.pack(b"SQXSNAP1", 42, hashlib.sha256(state).digest(),
-                                      len(state)) + state)
-    assert check_snapshot(str(path), "in.ce.X") == (42, state)
-    h = host(tmp_path)
+    v1 = own / f"in.ce.X-{42:020d}.snap"
+    v1.write_bytes(SNAP_HEADER.pack(b"SQXSNAP1", 42, hashlib.sha256(state).digest(),
+                                    len(state)) + state)
+    assert check_snapshot(str(v1), "in.ce.X") == (42, state)
+    zero = _write_snapshot(str(own), "in.ce.X", 50, b"state-50", keep=5)
+    write_snapshot(str(own), "in.ce.X", 30, b"state-30", keep=5)
+    with caplog.at_level(logging.INFO, logger="seqex.replica"):
+        h = host(tmp_path)
     try:
-        assert h.seq == 42 and h.sub.next_seq == 43 and h.verify is None
+        assert h.seq == 30 and h.engine.state == b"state-30" and h.sub.next_seq == 30
+        assert h.stats["unverifiable_snapshots"] == 2 and h.stats["bad_snapshots"] == 0
+        assert os.path.exists(v1) and os.path.exists(zero)
+        assert caplog.text.count("names no record of the log") == 2
     finally:
+        close(h)
+
+
+def test_a_snapshot_beyond_the_logs_end_is_refused_at_start(tmp_path):
+    """A snapshot at seq 10,000,000 of a log at ~5,400 (another log's): the warm replica
+    waited for a record that would not come for hours, applying nothing, PROMOTE refused,
+    status showing lag 0. Now a restarting replica asks the replicators where the log ends
+    (STATE) and refuses a snapshot beyond it."""
+    import threading
+
+    import zmq
+
+    from mq import sockets, wire
+    fake = sockets.router("tcp://127.0.0.1:*")
+    addr = fake.getsockopt_string(zmq.LAST_ENDPOINT)
+    asked = []
+
+    def answer():
+        if fake.poll(10_000):
+            ident, kind, body = fake.recv_multipart()
+            asked.append((kind, wire.unpack(body)))
+            fake.send_multipart([ident, wire.STATE, wire.pack({"last": 150, "commit": 150})])
+    t = threading.Thread(target=answer)
+    t.start()
+    own = str(tmp_path / "own")
+    far = write_snapshot(own, "in.ce.X", 10_000_000, b"far", keep=5)
+    write_snapshot(own, "in.ce.X", 100, b"state-100", keep=5)
+    h = ReplicaHost("r1", Fake(), Fake.restore, "in.ce.X", "tcp://127.0.0.1:9", [addr],
+                    "tcp://127.0.0.1:*", role="warm", snapshot_dir=own)
+    try:
+        t.join(15)
+        assert asked == [(wire.STATE, {"stream": "in.ce.X"})]
+        assert h.seq == 100 and h.engine.state == b"state-100"
+        assert os.path.exists(far + ".bad") and h.stats["bad_snapshots"] == 1
+    finally:
+        fake.close(0)
         close(h)
