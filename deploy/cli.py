@@ -653,8 +653,16 @@ def cmd_submit(a: argparse.Namespace) -> int:
         raise UsageError("a market order takes no --price")
     if not a.market and a.price is None:
         raise UsageError("--price is required for a limit order (or give --market)")
+    from mq.sources import OPERATOR_SOURCE_MIN, is_operator
     with Client(a.data, a.source) as client:
-        if getattr(getattr(client, "topo", None), "trading", None) and not a.bypass_risk:
+        trades = getattr(getattr(client, "topo", None), "trading", None)
+        if trades and a.bypass_risk and not is_operator(client.source):
+            # (such a CrossEngine obeys a direct order only from the operator; its refusal
+            # names no order, so the client could not tell it apart from another's record)
+            raise UsageError(f"--source {client.source}: on a cluster with TradingEngines the "
+                             f"CrossEngine takes a direct order only from an operator source "
+                             f"({OPERATOR_SOURCE_MIN} and up); leave --source out")
+        if trades and not a.bypass_risk:
             # Its orders come from the TradingEngines: one put straight into in.ce is on no
             # account's books, and its fills against users' orders leave the engines'
             # clearing positions apart (`seqex audit` names them).

@@ -98,6 +98,12 @@ def test_up_status_rebuild_down(tmp_path):
         outcome = sub_.stdout + sub_.stderr
         assert sub_.returncode in (0, 2) and "at seq" in outcome, outcome
         submitted = int(outcome.split("at seq")[1].split()[0])
+        # from a client's source the CrossEngine would refuse it (source_not_operator): said
+        # before anything is sent, not as "another producer uses source 77"
+        other = seqex("submit", "--data", data, "--side", "buy", "--price", "1000", "--qty",
+                      "2", "--account", "3", "--bypass-risk", "--source", "77")
+        assert other.returncode == 2 and "only from an operator source" in other.stderr, \
+            other.stderr
         last = wait_until(lambda: ping(sym["producers"]), 10, "the sequencer")["last"]
         assert 0 < submitted <= last
         hot1 = topo.by_name("ce.BTCUSDT.hot1").control
