@@ -510,6 +510,8 @@ class Supervisor:
                     self.gave_up[name] = why
                     print(f"  {why}", flush=True)
                     self._write_state()
+                    if self.topo.by_name(name).role == "gateway":
+                        self._release_gateway(name)
                     continue
                 wait = backoff_s(self.failures[name], self.backoff_base_s)
                 self.due_at[name] = now + wait
@@ -524,6 +526,26 @@ class Supervisor:
                 print(f"  restarting {name} (restart {self.restarts[name]})", flush=True)
                 self.started_at[name] = now
                 proc.start()
+
+    def _release_gateway(self, name: str) -> None:
+        """A gateway given up on: its sessions are released (deploy.trading.release_gateway),
+        on a thread, so that the round goes on. Bound to its connections, they could log on at
+        no other gateway and their cancel-on-disconnect never fired."""
+        args = self.topo.by_name(name).args
+        g = json.loads(args[args.index("--config") + 1])["index"]
+
+        def release() -> None:
+            from deploy import trading
+            try:
+                streams = trading.release_gateway(self.topo.data_dir, self.topo, g)
+            except Exception as exc:  # the shards do not answer: said, and left to the operator
+                print(f"  {name}'s sessions not released ({type(exc).__name__}: {exc}); "
+                      f"they stay bound to it until it starts again", flush=True)
+                return
+            print(f"  {name}'s sessions released (GatewayStart({g}) from the operator into "
+                  f"{', '.join(streams)}): they end as disconnects, may log on at another "
+                  "gateway, and their cancel-on-disconnect runs", flush=True)
+        threading.Thread(target=release, name=f"release-{name}", daemon=True).start()
 
     @property
     def state_path(self) -> str:

@@ -47,7 +47,7 @@ MAX_DEPTH = 6
 
 
 @contextlib.contextmanager
-def default_cluster(tmp, topology: str | None = None):
+def default_cluster(tmp, topology: str | None = None, extra: tuple[str, ...] = ()):
     """`seqex up` of the default topology (or `topology`, a TOML text) in tmp, until the demo
     deposits are done: {"data", "topo", "up", "gw": (host, port), "users": {name: password}};
     `seqex down` afterwards, every process of it ended."""
@@ -59,7 +59,7 @@ def default_cluster(tmp, topology: str | None = None):
         args += ["--topology", str(topo_file)]
     with Group(str(tmp / "logs")) as group:
         up = group.spawn("up", args + ["--base-port", str(free_block_below_ephemeral()),
-                                       "--ready-timeout", "240"])
+                                       "--ready-timeout", "240", *extra])
         try:
             wait_until(lambda: up.log().count("done: balance") >= 4 or not up.alive, 400,
                        "seqex up and the demo deposits")
