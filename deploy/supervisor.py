@@ -536,15 +536,32 @@ class Supervisor:
 
         def release() -> None:
             from deploy import trading
-            try:
-                streams = trading.release_gateway(self.topo.data_dir, self.topo, g)
-            except Exception as exc:  # the shards do not answer: said, and left to the operator
-                print(f"  {name}'s sessions not released ({type(exc).__name__}: {exc}); "
-                      f"they stay bound to it until it starts again", flush=True)
+            shards = [sh["in"] for sh in self.topo.trading["shards"]]
+            done: list[str] = []
+            wait = 1.0
+            # until every shard took it, while the gateway stays given up on (a shard whose
+            # sequencer is away when it is given up on is tried again, backing off)
+            while self.running and name in self.gave_up:
+                if wait > 1.0 and probe(self.topo.by_name(name)) is not None:
+                    # started again by hand meanwhile: its own GatewayStart ended the sessions,
+                    # and a late one from here would end the ones it has bound since
+                    print(f"  {name} answers again: its sessions were released by its own "
+                          f"start; not sending GatewayStart({g}) to the rest", flush=True)
+                    return
+                try:
+                    trading.release_gateway(self.topo.data_dir, self.topo, g, done=done)
+                except Exception as exc:  # a shard does not answer: said, and tried again
+                    print(f"  {name}'s sessions not yet released in "
+                          f"{', '.join(s for s in shards if s not in done)} "
+                          f"({type(exc).__name__}: {exc}); trying again in {wait:g} s"
+                          + (f" (released in {', '.join(done)})" if done else ""), flush=True)
+                    time.sleep(wait)
+                    wait = min(wait * 2, 30.0)
+                    continue
+                print(f"  {name}'s sessions released (GatewayStart({g}) from the operator into "
+                      f"{', '.join(shards)}): they end as disconnects, may log on at another "
+                      "gateway, and their cancel-on-disconnect runs", flush=True)
                 return
-            print(f"  {name}'s sessions released (GatewayStart({g}) from the operator into "
-                  f"{', '.join(streams)}): they end as disconnects, may log on at another "
-                  "gateway, and their cancel-on-disconnect runs", flush=True)
         threading.Thread(target=release, name=f"release-{name}", daemon=True).start()
 
     @property

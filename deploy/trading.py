@@ -193,16 +193,20 @@ def _operator_record(data_dir: str, streams: dict, kind: int, payload: bytes, wh
                        f"{timeout_s:g} s (`seqex status`)")
 
 
-def release_gateway(data_dir: str, topo, g: int, timeout_s: float = 30.0) -> list[str]:
-    """GatewayStart(g) into every in.te.N from the operator, for a gateway that is not coming
-    back (the supervisor gave up on it): every session still bound to one of its connections
-    ends as a disconnect, as when the gateway itself starts again. The engines hear of a lost
-    connection only from the gateway that held it: until then those sessions were refused at
-    every other gateway (LogonReject 2) and their cancel-on-disconnect never fired. Returns
-    the streams done; raises what _operator_record raises."""
+def release_gateway(data_dir: str, topo, g: int, timeout_s: float = 30.0,
+                    done: list[str] | None = None) -> list[str]:
+    """GatewayStart(g) into every in.te.N not yet in ``done`` from the operator, for a gateway
+    that is not coming back (the supervisor gave up on it): every session still bound to one
+    of its connections ends as a disconnect, as when the gateway itself starts again. The
+    engines hear of a lost connection only from the gateway that held it: until then those
+    sessions were refused at every other gateway (LogonReject 2) and their cancel-on-disconnect
+    never fired. Each stream is appended to ``done`` (returned) as it is done; a shard that
+    does not answer raises what _operator_record raises, ``done`` holding the earlier ones."""
     from tradingengine import codec as tc
-    done = []
+    done = [] if done is None else done
     for sh in _trading(topo)["shards"]:
+        if sh["in"] in done:
+            continue
         _operator_record(data_dir, sh, tc.GATEWAY_START, tc.gateway_start(g),
                          f"release of gateway {g}", timeout_s)
         done.append(sh["in"])

@@ -378,6 +378,11 @@ def add_user(path, name: str, password, accounts, default_account=None,
     old = current.users.get(name)
     if old is None:
         check_new_name(name)
+    for a in accounts:
+        owner = next((n for n, u in sorted(current.users.items())
+                      if n != name and a in u.accounts), None)
+        if owner is not None:
+            raise AccountsError(f"account {a} is {owner!r}'s (an account belongs to one user)")
     if user_id is None:
         user_id = old.user if old else max(current.by_id, default=0) + 1
     u = make_user(name, user_id, password, accounts, default_account, max_msgs_per_sec, n, r, p)

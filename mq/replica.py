@@ -239,19 +239,22 @@ class ReplicaHost:
             log.warning("%s: no usable snapshot; replaying %s from seq 1", self.name, self.stream)
 
     def _log_end(self) -> int | None:
-        """The highest seq any replicator holds of the stream (STATE), or None if none
-        answers within LOG_END_ASK_S: a snapshot beyond it is another log's."""
-        end = None
+        """The highest seq the replicators hold of the stream (STATE): a snapshot beyond it is
+        another log's. None unless every replicator answers within LOG_END_ASK_S: one that
+        lags (frozen, or catching up after a wipe) while the others are away would put the end
+        below a good snapshot (which the check of its record at seq still covers)."""
+        end = 0
         for addr in self._replicators:
             try:
                 kind, body, _ = call(addr, wire.STATE, {"stream": self.stream},
                                      timeout_s=LOG_END_ASK_S, refused_ends=True)
             except (TimeoutError, ConnectionRefusedError, wire.WireError):
-                continue
+                return None
             last = body.get("last") if kind == wire.STATE else None
-            if type(last) is int:
-                end = last if end is None else max(end, last)
-        return end
+            if type(last) is not int:
+                return None
+            end = max(end, last)
+        return end if self._replicators else None
 
     def _deliver_from_seq(self) -> None:
         """After a restore (or none): the input from seq + 1 if no subscriber asked for it yet,

@@ -407,7 +407,7 @@ def test_an_account_belongs_to_one_user(tmp_path):
     from gateway import accounts as acc
     path = tmp_path / "accounts.json"
     acc.add_user(path, "alice", "pw-a", [2, 4], n_shards=2, n=1024)
-    with pytest.raises(acc.AccountsError, match="account 2 is also 'alice'"):
+    with pytest.raises(acc.AccountsError, match="account 2 is 'alice''s"):
         acc.add_user(path, "mallory", "pw-m", [2], n_shards=2, n=1024)
     assert set(acc.load(path, 2).users) == {"alice"}
 

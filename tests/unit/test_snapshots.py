@@ -671,3 +671,38 @@ def test_a_snapshot_beyond_the_logs_end_is_refused_at_start(tmp_path):
     finally:
         fake.close(0)
         close(h)
+
+
+def test_a_good_snapshot_is_kept_when_only_a_lagging_replicator_answers(tmp_path):
+    """The only replicator that answered STATE was frozen behind the others (which were away):
+    the end it gave was below a good snapshot, which was moved aside as "another log's". The
+    end is now taken only when every replicator answers; else the check of the record at the
+    snapshot's seq decides."""
+    import threading
+
+    import zmq
+
+    from mq import sockets, wire
+    fake = sockets.router("tcp://127.0.0.1:*")
+    addr = fake.getsockopt_string(zmq.LAST_ENDPOINT)
+    away = sockets.router("tcp://127.0.0.1:*")         # bound, never answers: frozen
+    frozen = away.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def answer():
+        if fake.poll(10_000):
+            ident, _kind, _body = fake.recv_multipart()
+            fake.send_multipart([ident, wire.STATE, wire.pack({"last": 150, "commit": 150})])
+    t = threading.Thread(target=answer)
+    t.start()
+    own = str(tmp_path / "own")
+    good = write_snapshot(own, "in.ce.X", 200, b"state-200", keep=5)
+    h = ReplicaHost("r1", Fake(), Fake.restore, "in.ce.X", "tcp://127.0.0.1:9",
+                    [addr, frozen], "tcp://127.0.0.1:*", role="warm", snapshot_dir=own)
+    try:
+        t.join(15)
+        assert h.seq == 200 and h.verify is not None and os.path.exists(good)
+        assert h.stats["bad_snapshots"] == 0
+    finally:
+        fake.close(0)
+        away.close(0)
+        close(h)

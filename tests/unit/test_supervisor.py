@@ -399,3 +399,69 @@ def test_up_stopped_while_starting_exits_128_plus_the_signal(tmp_path, monkeypat
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+
+
+def test_a_gateway_given_up_on_is_released_in_every_shard_even_one_away_at_first(monkeypatch,
+                                                                                  capsys):
+    """The release of a given-up gateway's sessions (GatewayStart from the operator) was tried
+    once: a shard whose sequencer was away at that moment never got it, and its sessions stayed
+    bound to the dead gateway (the message said "not released", hiding that the other shard
+    had it). Now every shard not yet done is tried again, backing off, until all are."""
+    import threading
+    import types
+
+    from deploy import supervisor as sv
+    from deploy import topology as tp
+    from deploy import trading
+    topo = tp.load(data_dir="/nonexistent")
+    calls: list[list[str]] = []
+    finished = threading.Event()
+
+    def release(data_dir, topo_, g, timeout_s=30.0, done=None):
+        calls.append(list(done))
+        for sh in topo_.trading["shards"]:
+            if sh["in"] in done:
+                continue
+            if sh["in"] == "in.te.1" and len(calls) < 3:
+                raise TimeoutError("the sequencer of in.te.1 does not answer")
+            done.append(sh["in"])
+        finished.set()
+        return done
+    monkeypatch.setattr(trading, "release_gateway", release)
+    monkeypatch.setattr(sv, "probe", lambda spec, *a, **k: None)
+    monkeypatch.setattr(sv.time, "sleep", lambda s: None)
+    sup = types.SimpleNamespace(topo=topo, running=True, gave_up={"gateway0": "died"})
+    sv.Supervisor._release_gateway(sup, "gateway0")
+    assert finished.wait(10)
+    deadline = time.monotonic() + 10
+    out = ""
+    while "sessions released" not in out and time.monotonic() < deadline:
+        out += capsys.readouterr().out
+        time.sleep(0.01)
+    assert calls == [[], ["in.te.0"], ["in.te.0"]]          # in.te.0 once, in.te.1 again
+    assert out.count("not yet released in in.te.1") == 2 and "(released in in.te.0)" in out
+    assert "gateway0's sessions released" in out
+
+
+def test_a_release_stops_when_the_gateway_answers_again(monkeypatch, capsys):
+    import types
+
+    from deploy import supervisor as sv
+    from deploy import topology as tp
+    from deploy import trading
+    topo = tp.load(data_dir="/nonexistent")
+    calls = []
+
+    def release(data_dir, topo_, g, timeout_s=30.0, done=None):
+        calls.append(g)
+        raise TimeoutError("away")
+    monkeypatch.setattr(trading, "release_gateway", release)
+    monkeypatch.setattr(sv, "probe", lambda spec, *a, **k: {"role": "gateway"})
+    monkeypatch.setattr(sv.time, "sleep", lambda s: None)
+    sup = types.SimpleNamespace(topo=topo, running=True, gave_up={"gateway0": "died"})
+    t0 = time.monotonic()
+    sv.Supervisor._release_gateway(sup, "gateway0")
+    while "answers again" not in capsys.readouterr().out:
+        assert time.monotonic() - t0 < 10
+        time.sleep(0.01)
+    assert calls == [0]

@@ -32,7 +32,7 @@ def test_account_create_writes_the_accounts_file(tmp_path, capsys):
     assert "user carol (id 1): accounts 6, 8; in" in capsys.readouterr().out
     acc = accounts.load(str(tmp_path / "accounts.json"), n_shards=2)
     assert acc.verify("carol", "pw12").accounts == (6, 8)
-    assert main(["account", "create", "dave", "--accounts", "6,7", "--data",
+    assert main(["account", "create", "dave", "--accounts", "10,11", "--data",
                  str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "all of a user's accounts must be in one shard" in err and "Traceback" not in err
@@ -88,7 +88,7 @@ def test_account_create_does_not_replace_a_user_unless_told(tmp_path, capsys):
     acc = accounts.load(str(tmp_path / "accounts.json"), n_shards=2)
     assert acc.verify("alice", "pw-a").accounts == (2, 4)
     assert main(["account", "create", "eve", "--accounts", "2", "--data", data]) == 2
-    assert "account 2 is also 'alice''s" in capsys.readouterr().err
+    assert "account 2 is 'alice''s" in capsys.readouterr().err
     assert main(["account", "create", "alice", "--accounts", "12", "--password", "pw-b",
                  "--replace", "--data", data]) == 0
     acc = accounts.load(str(tmp_path / "accounts.json"), n_shards=2)
@@ -179,3 +179,13 @@ def test_a_ctrl_c_while_the_command_loads_ends_with_status_130_not_a_traceback(m
     monkeypatch.delitem(sys.modules, "deploy.cli")
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert entry.main() == 130
+
+
+def test_an_account_of_another_user_is_named_with_its_owner(tmp_path, capsys):
+    assert main(["account", "create", "ab", "--accounts", "6", "--password", "pw12",
+                 "--data", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["account", "create", "@", "--accounts", "6", "--password", "pw12",
+                 "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "account 6 is 'ab''s" in err, err      # was "user 'ab': account 6 is also '@''s"
