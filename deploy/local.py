@@ -95,12 +95,19 @@ class LogCluster:
         """The sequencer's PING answer, asked again until it answers (mq.control.stats)."""
         return stats(self.prod_addr, timeout_s)
 
-    def drain(self, timeout_s: float = 60) -> None:
+    def drain(self, timeout_s: float = 180) -> None:
         """Stop the sequencer once every replicator holds all it sequenced. (A master just
-        restarted answers once it has recovered, which on a busy machine took over 5 s.)"""
+        restarted answers once it has recovered, which on a busy machine took over 5 s; a
+        replicator restarted under load may take a minute to catch up before it holds all.)"""
         from mq import wire
         from mq.control import call
-        call(self.prod_addr, wire.STOP, timeout_s=timeout_s)
+        try:
+            call(self.prod_addr, wire.STOP, timeout_s=timeout_s)
+        except TimeoutError as exc:
+            tail = self.sequencer.log().strip().splitlines()[-3:]
+            raise TimeoutError(f"{exc}; the sequencer is "
+                               f"{'alive' if self.sequencer.alive else 'dead'}, its log ends: "
+                               + " | ".join(tail)) from None
         self.sequencer.wait(timeout_s)
 
     def stop(self) -> None:

@@ -202,9 +202,14 @@ def test_a_snapshot_of_another_log_is_refused_at_restart(tmp_path):
         prod.flush(120)
         wait_until(lambda: (ping(control) or {}).get("snapshot_seq", 0) > 0, 120,
                    "the warm replica's first snapshot")
-        own = stats(control)["snapshot_seq"]
+        warm.kill()         # (alive, it could write a newer snapshot of its own meanwhile)
+        snap_dir = os.path.join(tmp, "snap", "warm")
+        own = max(int(n.rsplit("-", 1)[1].split(".")[0]) for n in os.listdir(snap_dir)
+                  if n.endswith(".snap"))
+        feed(cluster, cmds, COMMANDS // 2 + 100, prod)      # the log goes on past it
+        prod.flush(120)
         last = cluster.stats()["last"]
-        # the other cluster's engine at the same seq, newer than the warm replica's own
+        # the other cluster's engine at a seq of this log, newer than the replica's own
         at = last
         assert at > own
         from mq.record import encode
@@ -212,10 +217,8 @@ def test_a_snapshot_of_another_log_is_refused_at_restart(tmp_path):
         frame = encode([(i + 1, 1000 + i, OPERATOR_SOURCE, i + 1, 1, k, p)
                         for i, (k, p) in enumerate(other[:at])])
         eng.apply_frame(frame)
-        snap_dir = os.path.join(tmp, "snap", "warm")
         path = write_snapshot(snap_dir, "in.ce.T", at, eng.snapshot(), keep=3,
                               record=record_digest(last_record(1, at, frame)))
-        warm.kill()
         warm.start()
         wait_until(lambda: ping(control), 60, "the restarted warm replica")
         feed(cluster, cmds, COMMANDS, prod)
