@@ -74,7 +74,7 @@ log = logging.getLogger("seqex.replica")
 SNAP_HEADER = struct.Struct("<8sQ32sQ")   # magic+version, seq, sha256(state), len(state)
 SNAP_MAGIC = b"SQXSNAP"                   # then one version byte
 SNAP_VERSION = b"2"
-SNAP_VERSION_1 = b"1"                     # no identity: still read, not verified against the log
+SNAP_VERSION_1 = b"1"                     # no identity: read, never restored from
 # version 2, after the header: the stream's name (u16 length, bytes), then the digest of the
 # record at seq (header and payload, as the log holds it): which log the state was taken from
 SNAP_NAME = struct.Struct("<H")
@@ -306,15 +306,9 @@ class ReplicaHost:
                if first == seq else f"the log answered from seq {first}, not {seq}")
         self._unusable(path, SnapshotError(why))
         self.verify = None
-        self._drop_subscriber()
-        self.engine = self._restore(self._initial)
-        self.seq = self.snap_seq = self.written_seq = 0
-        self.stats["restored_from"] = 0
-        self._load_snapshot(self._snapshot_paths(),
-                            self._mirror_committed() if self.mirror is not None else None)
-        self.outputs = Window(self.outputs.max_bytes)
+        self.written_seq = self.stats["restored_from"] = 0
+        self._rebuild(self._mirror_committed() if self.mirror is not None else None)
         self.mirror_has = min(self.mirror_has, self.seq)
-        self._deliver_from_seq()
         return False
 
     def _drop_subscriber(self) -> None:
@@ -471,13 +465,18 @@ class ReplicaHost:
         log.error("%s: the mirror has lacked outputs from seq %d for %.0f s and no replica "
                   "sent them; rebuilding the engine from seq %d or below to compute them again",
                   self.name, limit + 1, REGENERATE_S, limit)
+        self._rebuild(limit)
+        self.stats["regenerated"] += 1
+
+    def _rebuild(self, limit: int | None) -> None:
+        """The engine again from the newest usable snapshot at or below ``limit`` (or from the
+        state before any input), the outputs kept from there, the input asked for from it."""
         self._drop_subscriber()
         self.engine = self._restore(self._initial)
         self.seq = self.snap_seq = 0
         self._load_snapshot(self._snapshot_paths(), limit)
         self.outputs = Window(self.outputs.max_bytes)
         self._deliver_from_seq()
-        self.stats["regenerated"] += 1
 
     def _from_mirror(self) -> None:
         """Take the mirror's answers: where the out stream stands, and whether it has a gap.

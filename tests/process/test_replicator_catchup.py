@@ -24,20 +24,30 @@ def stream_last(addr: str, stream: str) -> int:
     return stats.get("streams", {}).get(stream, {}).get("last", -1)
 
 
+def down_while_written(cluster: LogCluster, tmp: str, victim: int, drain: bool = False) -> int:
+    """Replicator ``victim`` killed, a producer writes 30,000 records (then the sequencer is
+    drained, with ``drain``), the replicator restarted: the top of replicator 0, once the
+    restarted one has caught up to it."""
+    cluster.replicators[victim].kill()
+    producer = cluster.group.spawn("producer1", producer_args(cluster, tmp, 1, 30_000, 0))
+    assert producer.wait(120) == 0, producer.log()
+    if drain:
+        cluster.drain()
+    top = stream_last(cluster.rep_addrs[0], cluster.stream)
+    cluster.restart_replicator(victim)
+    wait_until(lambda: stream_last(cluster.rep_addrs[victim], cluster.stream) >= top, 120,
+               f"replicator {victim} to catch up to {top}")
+    return top
+
+
 @pytest.mark.timeout(600)
 def test_restarted_replicator_catches_up_from_its_peer(tmp_path):
     tmp = str(tmp_path)
     with LogCluster(tmp, replicators=2, policy="first") as cluster:
         cluster.start()
-        cluster.replicators[1].kill()
-        producer = cluster.group.spawn("producer1", producer_args(cluster, tmp, 1, 30_000, 0))
-        assert producer.wait(120) == 0, producer.log()
-        cluster.drain()  # no master any more: only the peer can bring replicator 1 up
-        top = stream_last(cluster.rep_addrs[0], cluster.stream)
+        # no master any more (drained): only the peer can bring replicator 1 up
+        top = down_while_written(cluster, tmp, 1, drain=True)
         assert top > 30_000
-        cluster.restart_replicator(1)
-        wait_until(lambda: stream_last(cluster.rep_addrs[1], cluster.stream) == top, 60,
-                   f"replicator 1 to catch up to {top}")
         assert stats(cluster.rep_addrs[1])["caught_up_records"] >= 30_000
         cluster.stop()
     logs = cluster.read_logs()
@@ -119,13 +129,7 @@ def test_a_damaged_catch_up_frame_is_repaired_under_load(tmp_path):
     tmp = str(tmp_path)
     with LogCluster(tmp, replicators=3, policy="quorum") as cluster:
         cluster.start()
-        cluster.replicators[2].kill()
-        producer = cluster.group.spawn("producer1", producer_args(cluster, tmp, 1, 30_000, 0))
-        assert producer.wait(120) == 0, producer.log()
-        top = stream_last(cluster.rep_addrs[0], cluster.stream)
-        cluster.restart_replicator(2)
-        wait_until(lambda: stream_last(cluster.rep_addrs[2], cluster.stream) >= top, 120,
-                   f"replicator 2 to catch up to {top}")
+        down_while_written(cluster, tmp, 2)
         cluster.replicators[2].stop()
         store = Store(cluster.data_dir(2), map_size=1 << 30)
         log = store.stream(cluster.stream)
