@@ -60,7 +60,8 @@ COUNTERS = frozenset({
     "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
     "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
     "slow_consumers", "session_messages", "bad_payloads", "auth_cached", "auth_scrypt",
-    "auth_joined", "auth_busy", "auth_timeouts",
+    "auth_joined", "auth_busy", "auth_timeouts", "probes", "journal_reads",
+    "journal_read_failures",
     # deploy/oracle.py
     "sent", "intervals"})
 

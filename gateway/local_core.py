@@ -62,6 +62,7 @@ class LocalCore:
         self.ce_seq = dict.fromkeys(self.ces, 0)
         self.ts_ns = 0
         self._subscribers: list[Callable[[int, int, int, bytes], None]] = []
+        self.out_log: list[list[bytes]] = [[] for _ in range(n_shards)]  # out.te.N's payloads
         self._queue: deque = deque()
         self._running = False
 
@@ -83,6 +84,11 @@ class LocalCore:
     def subscribe(self, callback: Callable[[int, int, int, bytes], None]) -> None:
         """callback(shard, out_seq, ts_ns, payload) for every out.te.N record, in order."""
         self._subscribers.append(callback)
+
+    async def fetch(self, shard: int, seqs: list[int]) -> dict[int, bytes]:
+        """Records of out.te.N read back (the gateway's journal holds only the newest)."""
+        log = self.out_log[shard]
+        return {s: log[s - 1] for s in seqs if 1 <= s <= len(log)}
 
     def tick(self, ts_ns: int | None = None) -> None:
         """A Tick into every shard at ``ts_ns`` (default: the clock): timers fire."""
@@ -145,6 +151,7 @@ class LocalCore:
             for ev in tc.decode_events(out):
                 if ev[0] == tc.CE_COMMAND and ev[1] in self.ces:
                     self._queue.append(("ce", ev[1], TE_SOURCE | n, ev[2], ev[4]))
+        self.out_log[n].append(out)
         for cb in self._subscribers:
             cb(n, seq, self.ts_ns, out)
 

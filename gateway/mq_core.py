@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import zmq
@@ -71,6 +72,14 @@ class MqCore:
 
     def subscribe(self, callback: Callable[[int, int, int, bytes], None]) -> None:
         self.callbacks.append(callback)
+
+    async def fetch(self, shard: int, seqs: list[int]) -> dict[int, bytes]:
+        """The payloads of these out.te.N records, read back from its replicators (in a worker
+        thread: a replay is blocking REQ/REP), each run of nearby seqs in one REPLAY."""
+        sh = self.shards[shard]
+        return await asyncio.get_running_loop().run_in_executor(
+            None, read_back, list(sh["replicators"]), sh.get("out_stream", f"out.te.{shard}"),
+            sorted(seqs))
 
     async def start(self) -> None:
         from mq.producer import Producer
@@ -195,3 +204,48 @@ class MqCore:
                         except Exception:  # a bug in the consumer; the stream goes on
                             log.exception("out.te.%d seq %d: callback failed", n, seq)
         return busy
+
+
+READ_BACK_GAP = 64         # seqs this close together are read in one REPLAY
+READ_BACK_TIMEOUT_S = 5.0  # for one REPLAY's answer, and for a record not yet served
+
+
+def read_back(replicators: list[str], stream: str, seqs: list[int]) -> dict[int, bytes]:
+    """{seq: payload} of the records ``seqs`` (ascending) of a stream, from the first
+    replicator that serves them. A replicator serves what it knows committed, and learns the
+    commit point a moment after the fan-out: a record just seen may not be served yet, so the
+    missing ones are asked for again until READ_BACK_TIMEOUT_S. Raises the last error if no
+    replicator answers; what is still missing then is absent from the result."""
+    from mq.control import replay
+    from mq.record import decode
+    want = set(seqs)
+    got: dict[int, bytes] = {}
+    deadline = time.monotonic() + READ_BACK_TIMEOUT_S
+    while True:
+        runs: list[list[int]] = []
+        for s in sorted(want - got.keys()):
+            if runs and s - runs[-1][1] <= READ_BACK_GAP:
+                runs[-1][1] = s
+            else:
+                runs.append([s, s])
+        if not runs:
+            return got
+        for lo, hi in runs:
+            error: Exception | None = None
+            for rep in replicators:
+                try:
+                    for frame in replay(rep, stream, lo, hi, timeout_s=READ_BACK_TIMEOUT_S):
+                        for r in decode(frame):
+                            if r[0] in want:
+                                got[r[0]] = r[6]
+                    error = None
+                    if all(s in got for s in range(lo, hi + 1) if s in want):
+                        break
+                except (TimeoutError, RuntimeError, ValueError) as exc:
+                    error = exc
+            if error is not None:
+                raise error
+        if time.monotonic() > deadline:
+            return got
+        if len(got) < len(want):
+            time.sleep(0.02)

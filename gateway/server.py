@@ -31,6 +31,7 @@ import struct
 import sys
 import termios
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,10 @@ class Core(Protocol):
     def subscribe(self, callback: Callable[[int, int, int, bytes], None]) -> None:
         """callback(shard, out_seq, ts_ns, payload) for every out.te.N record from seq 1."""
 
+    async def fetch(self, shard: int, seqs: list[int]) -> dict[int, bytes]:
+        """The payloads of these out.te.<shard> records (each one the callback saw), read back
+        from the log: for the session messages the journal no longer holds in memory."""
+
 
 # -- reading the TradingEngine's output -------------------------------------------------------
 
@@ -168,6 +173,8 @@ class Config:
     core_timeout_s: float = 10.0      # the SessionState must come back within this
     max_retransmit: int = 10_000      # RetransmitRequest.Count cap
     retransmit_batch: int = 1000      # messages per Retransmission batch
+    journal_cache_bytes: int = 128 << 20  # the newest session messages kept in memory; the
+    #                                   older ones are read back from out.te.N when replayed
     max_input_bytes: int = 256 * 1024  # unprocessed input per connection before reads pause
     max_output_bytes: int = 8 << 20   # unsent output per connection: beyond it, slow consumer
     max_auth_pending: int = 64        # scrypt checks in flight (given to the worker threads)
@@ -188,6 +195,8 @@ class Config:
             raise ValueError("index must be 0..65535")
         if not HEARTBEAT_MIN_MS <= self.heartbeat_ms <= HEARTBEAT_MAX_MS:
             raise ValueError("heartbeat_ms must be 100..30000")
+        if self.journal_cache_bytes < 0:
+            raise ValueError("journal_cache_bytes must be >= 0")
         if self.max_depth < 1 or self.max_connections < 1:
             raise ValueError("max_depth and max_connections must be positive")
         if min(self.max_auth_pending, self.max_auth_per_peer, self.max_auth_queued_per_peer) < 1 \
@@ -624,6 +633,12 @@ class Connection(asyncio.Protocol):
             self.gw.start_logon(self, frame.version)
         elif tid in wire.MARKET_DATA_TEMPLATES:
             self.protocol_error("market data not on this port")
+        elif tid == wire.HEARTBEAT:
+            # a Heartbeat as a connection's first frame is the supervisor's liveness probe
+            # (deploy/supervisor.py speaks_protocol): answered as any early frame, counted
+            # apart, so that protocol_errors counts clients' mistakes only
+            self.gw.stats["probes"] += 1
+            self.logout(wire.LOGOUT_PROTOCOL_ERROR, "logon first")
         else:
             self.protocol_error("logon first")
 
@@ -765,12 +780,16 @@ class Connection(asyncio.Protocol):
             self._answer_logout(answer)
 
     async def _write_journal(self, first: int, last: int) -> None:
-        journal = self.gw.journal.get(self.key, [])
         seq = first
         while seq <= last and self.state != CLOSED and not self.out_ended:
             stop = min(last, seq + 255)
-            for s in range(seq, stop + 1):
-                entry = journal[s - 1] if s - 1 < len(journal) else None
+            entries = await self.gw.journal_entries(self.key, seq, stop)
+            if entries is None:   # the log did not answer: the client asks again later
+                self.logout(wire.LOGOUT_ADMIN, "replay unavailable: the log did not answer")
+                return
+            if self.state == CLOSED or self.out_ended:
+                return
+            for entry in entries:
                 if entry is not None:
                     self.write(wire.frame_from_block(entry[0], entry[1], wire.FLAG_POSS_DUP))
             seq = stop + 1
@@ -874,6 +893,23 @@ class Connection(asyncio.Protocol):
             self.write(wire.encode(wire.TEST_REQUEST, self.test_req_id))
 
 
+
+HELD_OVERHEAD = 120   # bytes of Python objects around each message held in memory
+
+
+class Journal:
+    """One session's server messages: for each SeqNo the seq of the out.te.N record that
+    carries it (0: none seen), and the newest messages themselves (Gateway._hold). The log is
+    the journal; memory holds an index of it, 8 bytes a message, and a bounded cache."""
+
+    __slots__ = ("shard", "locs", "blocks")
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.locs = array("q")
+        self.blocks: dict[int, tuple[int, bytes]] = {}
+
+
 class Gateway:
     """The server: accepts connections, authenticates, runs sessions against a Core."""
 
@@ -891,7 +927,9 @@ class Gateway:
         self.full_logged_at = -1e9
         self.pending: dict[int, Connection] = {}      # conn_id → connection waiting to log on
         self.live: dict[tuple[int, int], Connection] = {}  # (user, session_id) → connection
-        self.journal: dict[tuple[int, int], list] = {}    # (user, session_id) → [(tid, block)]
+        self.journal: dict[tuple[int, int], Journal] = {}  # (user, session_id) → its messages
+        self.cached: deque = deque()  # (key, SeqNo, bytes) of the messages held, oldest first
+        self.cached_bytes = 0
         self.buckets: dict[tuple[int, int], Bucket] = {}  # (user, session_id) → its throttle
         self.queues = [deque() for _ in range(self.n_shards)]
         self.queued_event = [asyncio.Event() for _ in range(self.n_shards)]
@@ -910,7 +948,8 @@ class Gateway:
             "logon_rejects", "auth_failures", "auth_cached", "auth_scrypt", "auth_joined", "auth_busy", "auth_timeouts",
             "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
             "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
-            "slow_consumers", "session_messages", "bad_payloads")}
+            "slow_consumers", "session_messages", "bad_payloads", "journal_reads",
+            "journal_read_failures", "probes")}
         cfg = self.cfg
         self.auth = Authenticator(lambda: self.accounts, self._auth_answer, self.stats,
                                   cfg.max_auth_pending, cfg.max_auth_per_peer,
@@ -990,6 +1029,7 @@ class Gateway:
         of the event loop."""
         return {"role": "gateway", "index": self.cfg.index, "open_connections": len(self.conns),
                 "live_sessions": len(self.live), "pending_logons": len(self.pending),
+                "journal_sessions": len(self.journal), "journal_held_bytes": self.cached_bytes,
                 "auth_queued": len(self.auth.queue), "auth_running": self.auth.running,
                 "queue_depth": [len(q) for q in self.queues],
                 "in_flight": [self.core.depth(s) for s in range(self.n_shards)],
@@ -1156,17 +1196,19 @@ class Gateway:
                 key = (user, sid)
                 journal = self.journal.get(key)
                 if journal is None:
-                    journal = self.journal[key] = []
+                    journal = self.journal[key] = Journal(shard)
+                locs = journal.locs
                 seq = int.from_bytes(block[:8], "little")
-                if seq == len(journal) + 1:
-                    journal.append((tid, block))
-                elif seq > len(journal):
-                    log.error("session %s: server SeqNo %d after %d", key, seq, len(journal))
-                    journal.extend([None] * (seq - len(journal) - 1))
-                    journal.append((tid, block))
+                if seq == len(locs) + 1:
+                    locs.append(out_seq)
+                elif seq > len(locs):
+                    log.error("session %s: server SeqNo %d after %d", key, seq, len(locs))
+                    locs.extend([0] * (seq - len(locs) - 1))
+                    locs.append(out_seq)
                 else:
                     log.error("session %s: server SeqNo %d again", key, seq)
-                    journal[seq - 1] = (tid, block)
+                    locs[seq - 1] = out_seq
+                self._hold(key, journal, seq, tid, block)
                 self.stats["session_messages"] += 1
                 conn = self.live.get(key)
                 if conn is not None:
@@ -1198,7 +1240,59 @@ class Gateway:
         return b
 
     def next_server_seq(self, key) -> int:
-        return len(self.journal.get(key, ())) + 1
+        j = self.journal.get(key)
+        return 1 if j is None else len(j.locs) + 1
+
+    def _hold(self, key: tuple[int, int], journal: Journal, seq: int, tid: int,
+              block: bytes) -> None:
+        """Keep a message in memory; beyond journal_cache_bytes the oldest held ones go (the
+        log still has them)."""
+        journal.blocks[seq] = (tid, block)
+        size = len(block) + HELD_OVERHEAD
+        self.cached.append((key, seq, size))
+        self.cached_bytes += size
+        budget = self.cfg.journal_cache_bytes
+        while self.cached_bytes > budget and self.cached:
+            k, s, n = self.cached.popleft()
+            self.cached_bytes -= n
+            j = self.journal.get(k)
+            if j is not None:
+                j.blocks.pop(s, None)
+
+    async def journal_entries(self, key: tuple[int, int], first: int,
+                              last: int) -> list | None:
+        """(template, block) of the session's server messages first..last (None where the
+        engine sent none), the ones no longer held read back from out.te.N; None if the log
+        did not answer."""
+        j = self.journal.get(key)
+        if j is None:
+            return [None] * (last - first + 1)
+        blocks, locs = j.blocks, j.locs
+        out = [blocks.get(s) for s in range(first, last + 1)]
+        want = {locs[s - 1] for s in range(first, min(last, len(locs)) + 1)
+                if out[s - first] is None and locs[s - 1]}
+        if not want:
+            return out
+        self.stats["journal_reads"] += 1
+        try:
+            payloads = await self.core.fetch(j.shard, sorted(want))
+        except Exception as exc:   # (every replicator down or silent)
+            self.stats["journal_read_failures"] += 1
+            log.error("session %s: messages %d..%d not read back from out.te.%d: %s", key,
+                      first, last, j.shard, exc)
+            return None
+        for out_seq in sorted(want):
+            payload = payloads.get(out_seq)
+            if payload is None:
+                self.stats["journal_read_failures"] += 1
+                log.error("session %s: out.te.%d seq %d not read back", key, j.shard, out_seq)
+                return None
+            for ev in session_events(payload):
+                if ev[0] != EV_SESSION_STATE and (ev[1], ev[2]) == key:
+                    s = int.from_bytes(ev[4][:8], "little")
+                    if first <= s <= last and out[s - first] is None:
+                        out[s - first] = (ev[3], ev[4])
+        return out
 
     # -- records to the core -----------------------------------------------------------------------
     def enqueue(self, shard: int, kind: int, payload: bytes) -> int:

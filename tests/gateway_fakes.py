@@ -21,6 +21,8 @@ class FakeCore:
         self.callbacks = []
         self.pending = [deque() for _ in range(n_shards)]
         self.out_seq = [0] * n_shards
+        self.out_log: list[list[bytes]] = [[] for _ in range(n_shards)]  # what emit() sent
+        self.fetch_fails = False     # True: fetch() raises (every replicator down)
         self.sessions: dict[tuple[int, int], dict] = {}
         self.hold = False            # True: records wait (depth grows) until release()
         self.extra_depth = 0         # added to depth(): pretend the shard is behind
@@ -49,6 +51,12 @@ class FakeCore:
     def subscribe(self, callback):
         self.callbacks.append(callback)
 
+    async def fetch(self, shard, seqs):
+        if self.fetch_fails:
+            raise TimeoutError("no replicator answered")
+        log = self.out_log[shard]
+        return {s: log[s - 1] for s in seqs if 1 <= s <= len(log)}
+
     # -- control ------------------------------------------------------------------------------
     def release(self):
         self.hold = False
@@ -60,6 +68,7 @@ class FakeCore:
 
     def emit(self, shard, payload):
         self.out_seq[shard] += 1
+        self.out_log[shard].append(bytes(payload))
         self.ts_ns += 1000
         for cb in self.callbacks:
             cb(shard, self.out_seq[shard], self.ts_ns, payload)

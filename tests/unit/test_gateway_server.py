@@ -419,6 +419,51 @@ def test_retransmit_rules():
     run(main())
 
 
+def test_the_journal_holds_the_newest_messages_and_reads_the_rest_back_from_the_log():
+    """Memory holds an index of every server message (8 bytes each) and at most
+    journal_cache_bytes of the messages themselves; a replay of older ones reads them back
+    from out.te.N, byte for byte what was sent live. A log that does not answer ends the
+    connection with a Logout instead of a replay with holes; the next connection gets it."""
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(journal_cache_bytes=2000))
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        for _ in range(4):    # four out.te records of ten messages
+            core.push(7, 1, 10)
+        for _ in range(40):
+            await c.expect(wire.EXECUTION_REPORT)
+        live = {}
+        c.send(wire.RETRANSMIT_REQUEST, 1, 40)
+        assert (await c.expect(wire.RETRANSMISSION)).Count == 40
+        for s in range(1, 41):
+            er = await c.expect(wire.EXECUTION_REPORT)
+            assert (er.SeqNo, er.Flags) == (s, wire.FLAG_POSS_DUP)
+            live[s] = er
+        held = gw.journal[(7, 1)].blocks
+        assert 0 < len(held) < 40 and max(held) == 40 and gw.cached_bytes <= 2000
+        assert gw.stats["journal_reads"] >= 1 and gw.stats["journal_read_failures"] == 0
+        assert sum(len(j.blocks) for j in gw.journal.values()) == len(held)
+        # the log silent: the replay ends in a Logout, nothing with a hole goes out
+        core.fetch_fails = True
+        c.send(wire.RETRANSMIT_REQUEST, 1, 5)
+        assert (await c.expect(wire.RETRANSMISSION)).Count == 5
+        lo = await c.expect(wire.LOGOUT)
+        assert lo.Reason == wire.LOGOUT_ADMIN and b"log" in lo.Text
+        assert gw.stats["journal_read_failures"] == 1
+        core.fetch_fails = False
+        c = await Client.connect(port)
+        await c.logon(next_expected=1)
+        ack = await c.expect(wire.LOGON_ACK)
+        assert ack.NextSeqNo == 41
+        assert (await c.expect(wire.RETRANSMISSION)).Count == 40
+        got = [await c.expect(wire.EXECUTION_REPORT) for _ in range(40)]
+        assert [g.SeqNo for g in got] == list(range(1, 41))
+        assert got == [live[s] for s in range(1, 41)]
+        await gw.close()
+    run(main())
+
+
 def test_a_logout_in_the_same_write_as_a_retransmit_request_comes_after_its_answer():
     """§4.7: a RetransmitRequest is answered (Retransmission and its messages, or a reject);
     a Logout read in the same TCP segment was answered at once, and the replay, whose task
@@ -577,6 +622,28 @@ BAD_FRAMES = {
     "response template": wire.encode(203, *([0] * 7), b""),
     "http": b"GET / HTTP/1.1\r\n\r\n",
 }
+
+
+def test_the_supervisors_probe_is_answered_and_not_counted_as_a_protocol_error():
+    """The supervisor sends a Heartbeat before any Logon once a second (speaks_protocol): it
+    gets Logout(2) "logon first" as any early frame does, counted as a probe; any other early
+    frame is a client's protocol error."""
+    from deploy.supervisor import speaks_protocol
+
+    async def main():
+        gw, _core, port = await started()
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            assert await loop.run_in_executor(None, speaks_protocol, f"tcp://127.0.0.1:{port}",
+                                              2.0)
+        assert (gw.stats["probes"], gw.stats["protocol_errors"]) == (3, 0)
+        c = await Client.connect(port)
+        c.send(wire.TEST_REQUEST, 4242)
+        lo = await c.expect(wire.LOGOUT)
+        assert (lo.Reason, wire.text(lo.Text)) == (wire.LOGOUT_PROTOCOL_ERROR, "logon first")
+        assert (gw.stats["probes"], gw.stats["protocol_errors"]) == (3, 1)
+        await gw.close()
+    run(main())
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FRAMES))
