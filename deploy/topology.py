@@ -446,7 +446,7 @@ SPEC_KEYS = {"max_leverage", "tiers", "maker_fee_ppm", "taker_fee_ppm", "funding
              "funding_cap_ppm", "band_ppm", "max_price", "mark_start"}
 TRADING_KEYS = {"shards", "hot", "warm", "in_policy", "out_policy", "snapshot_every", "host",
                 "oracle", "oracle_interval_ms", "oracle_seed", "oracle_step_ppm", "gateway",
-                "max_depth", "demo_accounts", "liq", "liq_hot", "liq_warm", "insurance_fund",
+                "max_depth", "journal_cache_bytes", "demo_accounts", "liq", "liq_hot", "liq_warm", "insurance_fund",
                 "self_trade"}
 # [trading] self_trade: what the CrossEngine does when an order would trade with a resting order
 # of its own account (its STP modes, docs/crossengine.md; docs/tradingengine.md §4)
@@ -619,6 +619,8 @@ def _trading(ck: _Checker, t: dict, hosts: dict) -> dict:
         "oracle_step_ppm": ck.integer("trading", None, t, "oracle_step_ppm", 500, 0, 100_000),
         "gateway": gateway,
         "max_depth": ck.integer("trading", None, t, "max_depth", 10_000, 1, 1 << 30),
+        "journal_cache_bytes": ck.integer("trading", None, t, "journal_cache_bytes", 128 << 20,
+                                          0, 1 << 40),
         "demo_accounts": demo}
 
 
@@ -847,7 +849,7 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
                  "specs": [{"symbol_id": s["symbol_id"], "name": s["name"],
                             "tick": s["tick_size"], "lot": s["lot_size"]}
                            for s in conf["symbols"]],
-                 "max_depth": t["max_depth"]}
+                 "max_depth": t["max_depth"], "journal_cache_bytes": t["journal_cache_bytes"]}
         topo.procs.append(ProcSpec(f"gateway{g}", "gateway", host,
                                    ["gateway", "--config", json.dumps(gconf)], listen,
                                    extra={"sources": [SRC_GATEWAY | g], "listen": listen,

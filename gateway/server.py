@@ -1393,7 +1393,8 @@ _OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connecti
              "max_retransmit": int, "max_conns_per_user": int,
              "max_output_bytes": int, "max_input_bytes": int,
              "max_auth_pending": int, "max_auth_per_peer": int, "max_auth_queued": int,
-             "max_auth_queued_per_peer": int, "auth_timeout_s": (int, float)}
+             "max_auth_queued_per_peer": int, "auth_timeout_s": (int, float),
+             "journal_cache_bytes": int}
 
 
 def parse_settings(doc) -> Settings:

@@ -86,7 +86,10 @@ def default_cluster(tmp, topology: str | None = None, extra: tuple[str, ...] = (
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    text = DEFAULT.replace("[trading]\n", f"[trading]\nmax_depth = {MAX_DEPTH}\n", 1)
+    # journal_cache_bytes 0: every replay here (the walkthrough's, a restarted gateway's) reads
+    # the session messages back from the replicators (docs/gateway.md, the journal's memory)
+    text = DEFAULT.replace("[trading]\n", f"[trading]\nmax_depth = {MAX_DEPTH}\n"
+                           "journal_cache_bytes = 0\n", 1)
     with default_cluster(tmp_path_factory.mktemp("faults"), text) as c:
         yield c
 
