@@ -84,6 +84,10 @@ def test_readme_test_command_passes_in_a_fresh_venv(tmp_path):
     command = readme_command("Run the tests")
     run = subprocess.run(["bash", "-c", command], cwd=tree, env=env, capture_output=True,
                          text=True)
-    tail = run.stdout[-6000:] + run.stderr[-3000:]
+    # what failed, in full (the last lines alone cut a failure's own message off)
+    failures = re.search(r"^=+ (?:FAILURES|ERRORS) =+$.*?(?=^=+ short test summary)",
+                         run.stdout, re.M | re.S)
+    tail = (failures.group(0)[-20000:] if failures else "") + run.stdout[-6000:] + \
+        run.stderr[-3000:]
     assert run.returncode == 0, tail
     assert re.search(r"\d+ passed", run.stdout) and " failed" not in run.stdout.splitlines()[-1], tail
