@@ -9,9 +9,11 @@
 Contract (PROTOCOL.md §5, the client's obligations):
 
 * **Persistence.** The session state (SessionID, the next own SeqNo, the unacknowledged outbox,
-  the last processed server SeqNo, the next ClOrdID) lives in one JSON file, written atomically
-  (temporary file, fsync, rename) *before* each send. A new Client object on the same file (a
-  restarted process) resumes the session: it logs on with those values.
+  the last processed server SeqNo, the next ClOrdID) lives in a JSON snapshot (written
+  atomically: temporary file, fsync, rename) and an append-only log beside it (`<file>.log`),
+  one line and one fsync per change, the message's line *before* it is sent (SessionState). A
+  new Client object on the same file (a restarted process) resumes the session: it logs on
+  with those values.
 * **Logon = resume.** Logon(SessionID, NextExpectedSeqNo = last processed + 1, NextSeqNo).
   LogonAck.NextExpectedSeqNo says which own messages were applied: the outbox drops them and
   resends the rest unchanged, same SeqNo and ClOrdID, with the PossResend flag (Flags bit0).
@@ -37,6 +39,7 @@ Contract (PROTOCOL.md §5, the client's obligations):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -248,7 +251,17 @@ def _id(v: int) -> int | None:
 # -- persisted session state ------------------------------------------------------------------
 
 class SessionState:
-    """What PROTOCOL.md §5 says a client persists, in one JSON file written atomically."""
+    """What PROTOCOL.md §5 says a client persists: a JSON snapshot written atomically
+    (temporary file, fsync, rename) and, beside it, an append-only log (``<path>.log``, one
+    JSON array a line) of what changed since: a message put in the outbox, the outbox applied
+    below a SeqNo, a server SeqNo processed. Each change is one short line and one fsync, not a
+    rewrite of the whole outbox (which made every send cost the outbox's size: a client that
+    fell behind slowed down further). The log is folded into a new snapshot once it is
+    COMPACT_LINES long and four times the outbox. Reading applies the log to the snapshot; each
+    line is idempotent, so a crash between a new snapshot and the log's truncation changes
+    nothing, and a torn last line (a crash mid-write) is ignored."""
+
+    COMPACT_LINES = 4096
 
     def __init__(self, path: str, user: str | None = None):
         self.path = path
@@ -259,6 +272,10 @@ class SessionState:
         self.next_cl_ord_id = 1
         self.outbox: list[tuple[int, int, bytes]] = []   # (SeqNo, templateId, root block)
         self.created = False
+        self.sync = True            # fsync each change (False: the page cache is trusted)
+        self.log_path = path + ".log"
+        self._log_fd: int | None = None
+        self._log_lines = 0
 
     @classmethod
     def load(cls, path: str, user: str | None = None) -> SessionState:
@@ -267,6 +284,8 @@ class SessionState:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
         except FileNotFoundError:
+            # (a log left beside a file moved away belongs to that old session: the new
+            # session's first snapshot empties it)
             st.session_id = secrets.randbits(63) | 1
             st.created = True
             return st
@@ -284,6 +303,7 @@ class SessionState:
             st.last_seen = _field(d, "last_seen", 0, wire.U64_NULL - 1)
             st.next_cl_ord_id = _field(d, "next_cl_ord_id", 1)
             st.outbox = [_outbox_entry(e, st.next_seq) for e in d["outbox"]]
+            st._read_log()
         except KeyError as exc:
             raise SessionError(f"session file {path} is damaged (no {exc.args[0]}); move it "
                                f"away to start a new session") from None
@@ -292,7 +312,43 @@ class SessionState:
                                f"start a new session") from None
         return st
 
+    def _read_log(self) -> None:
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().split(b"\n")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ValueError(f"its log {self.log_path} cannot be read: {exc}") from None
+        for i, line in enumerate(lines):
+            if not line:
+                continue
+            try:
+                e = json.loads(line)
+                self._apply(e)
+            except (ValueError, TypeError, IndexError, KeyError):
+                if i == len(lines) - 1:     # torn by a crash mid-write: never acted on
+                    break
+                raise ValueError(f"line {i + 1} of {self.log_path} is damaged") from None
+            self._log_lines += 1
+
+    def _apply(self, e: list) -> None:
+        op = e[0]
+        if op == "o":      # [o, SeqNo, templateId, block hex, next ClOrdID]
+            seq = _int(e[1], 1)
+            if seq >= self.next_seq:
+                self.outbox.append(_outbox_entry(e[1:4], seq + 1))
+                self.next_seq = seq + 1
+                self.next_cl_ord_id = max(self.next_cl_ord_id, _int(e[4], 1))
+        elif op == "a":    # [a, NextExpectedSeqNo]: the outbox applied below it
+            self.applied_below(_int(e[1], 0))
+        elif op == "s":    # [s, server SeqNo processed]
+            self.last_seen = max(self.last_seen, _int(e[1], 0, wire.U64_NULL - 1))
+        else:
+            raise ValueError(f"unknown entry {op!r}")
+
     def save(self) -> None:
+        """A new snapshot of everything, then the log emptied."""
         d = {"user": self.user, "session_id": self.session_id, "next_seq": self.next_seq,
              "last_seen": self.last_seen, "next_cl_ord_id": self.next_cl_ord_id,
              "outbox": [[s, t, b.hex()] for s, t, b in self.outbox]}
@@ -300,16 +356,70 @@ class SessionState:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, json.dumps(d).encode())
-            os.fsync(fd)
+            if self.sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+        if self._log_fd is not None or self._log_lines or os.path.exists(self.log_path):
+            os.ftruncate(self._log(), 0)
+            self._log_lines = 0
+
+    def _log(self) -> int:
+        if self._log_fd is None:
+            self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                   0o600)
+        return self._log_fd
+
+    def _note(self, entry: list) -> None:
+        if not os.path.exists(self.path):
+            self.save()   # the first change of a new session: its snapshot first
+            return
+        fd = self._log()
+        os.write(fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        if self.sync:
+            os.fsync(fd)
+        self._log_lines += 1
+        if self._log_lines >= self.COMPACT_LINES and \
+                self._log_lines >= 4 * len(self.outbox):
+            self.save()
+
+    def note_sent(self) -> None:
+        """The last message appended to the outbox (persist before it leaves, §5)."""
+        seq, tid, block = self.outbox[-1]
+        self._note(["o", seq, tid, block.hex(), self.next_cl_ord_id])
+
+    def note_applied(self, next_expected: int) -> None:
+        self._note(["a", next_expected])
+
+    def note_seen(self) -> None:
+        self._note(["s", self.last_seen])
+
+    def close(self) -> None:
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
 
     def applied_below(self, next_expected: int) -> bool:
-        """Drop the outbox's messages the server applied (SeqNo < next_expected)."""
-        before = len(self.outbox)
-        self.outbox = [m for m in self.outbox if m[0] >= next_expected]
-        return len(self.outbox) != before
+        """Drop the outbox's messages the server applied (SeqNo < next_expected); the outbox
+        is in SeqNo order."""
+        box = self.outbox
+        i = 0
+        while i < len(box) and box[i][0] < next_expected:
+            i += 1
+        if i:
+            del box[:i]
+        return i > 0
+
+
+def _int(v, low: int, high: int = wire.U64_NULL) -> int:
+    if type(v) is not int or not low <= v <= high:
+        raise ValueError(f"{v!r} is not an integer in {low}..{high}")
+    return v
+
+
+def _outbox_cl(entry: tuple[int, int, bytes]) -> int:
+    return int.from_bytes(entry[2][16:24], "little")
 
 
 def _field(d: dict, name: str, low: int, high: int = wire.U64_NULL) -> int:
@@ -395,6 +505,7 @@ class Client:
                 await asyncio.wait_for(self._logout_seen.wait(), LOGOUT_ANSWER_S)
         await stop_task(self._task, "the client's connection loop")
         self._drop_connection()
+        self.state.close()
 
     async def __aenter__(self) -> Client:
         return await self.connect()
@@ -430,7 +541,7 @@ class Client:
         self.state.next_seq += 1
         self.state.next_cl_ord_id += 1
         self.state.outbox.append((seq, template, bytes(block)))
-        self.state.save()        # persisted before it leaves (PROTOCOL.md §5)
+        self.state.note_sent()   # persisted before it leaves (PROTOCOL.md §5)
         if self.logged_on.is_set() and self.writer is not None:
             self._write(frame)
         return cl
@@ -492,7 +603,7 @@ class Client:
         """The report last handed out is handled: persist its server SeqNo."""
         if self.pending_seq is not None and self.pending_seq > self.state.last_seen:
             self.state.last_seen = self.pending_seq
-            self.state.save()
+            self.state.note_seen()
         self.pending_seq = None
 
     async def next_report(self, timeout_s: float | None = None) -> Report:
@@ -652,7 +763,7 @@ class Client:
             return False
         elif tid == wire.HEARTBEAT:
             if self.state.applied_below(m.NextExpectedSeqNo):
-                self.state.save()
+                self.state.note_applied(m.NextExpectedSeqNo)
         elif tid == wire.TEST_REQUEST:
             self._write(wire.encode(wire.HEARTBEAT, m.TestReqID, self.state.next_seq,
                                     self.received_upto + 1))
@@ -709,10 +820,12 @@ class Client:
             applied = report.ref_seq
         else:
             cl = getattr(report, "cl_ord_id", None)
-            applied = next((s for s, t, b in self.state.outbox
-                            if int.from_bytes(b[16:24], "little") == cl), None)
+            box = self.state.outbox
+            # ClOrdIDs go up with SeqNos in the outbox (both assigned at each send)
+            i = bisect.bisect_left(box, cl, key=_outbox_cl) if cl is not None else len(box)
+            applied = box[i][0] if i < len(box) and _outbox_cl(box[i]) == cl else None
         if applied is not None and self.state.applied_below(applied + 1):
-            self.state.save()
+            self.state.note_applied(applied + 1)
 
     def _report(self, tid: int, m) -> Report:
         dup = bool(getattr(m, "Flags", 0) & wire.FLAG_POSS_DUP)

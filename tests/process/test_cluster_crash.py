@@ -47,7 +47,7 @@ from tests.seed import SEED
 
 pytest.importorskip("gateway.server", reason="the gateway process")
 
-from deploy.drill import _quick_save, global_audit, rebuild_check, replica_hashes  # noqa: E402
+from deploy.drill import global_audit, rebuild_check, replica_hashes  # noqa: E402
 from deploy.supervisor import earlier_run, read_state  # noqa: E402
 from gateway import client as sdk  # noqa: E402
 from gateway import wire as gwire  # noqa: E402
@@ -139,7 +139,7 @@ class App:
             # minus the fsync (deploy/drill.py): the page cache survives this crash (the
             # clients' machine keeps running), and an fsync per message on 2 busy cores
             # would hold the event loop more than the rate leaves it
-            c.state.save = _quick_save(c.state)
+            c.state.sync = False
             try:
                 await c.connect()
                 break

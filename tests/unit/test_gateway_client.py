@@ -8,7 +8,7 @@ final LogonReject, and Decimal prices and quantities converted with the instrume
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 from decimal import Decimal
 
 import pytest
@@ -262,8 +262,9 @@ def test_the_session_survives_a_client_restart_through_its_file(tmp_path):
         seen_in_file = []
 
         def on_receive(seq, cl):
-            d = json.loads(path.read_text())
-            seen_in_file.append(seq in [s for s, _t, _b in d["outbox"]] or seq < d["next_seq"])
+            # what a restarted process would read: the snapshot and its log
+            d = sdk.SessionState.load(str(path))
+            seen_in_file.append(seq in [s for s, _t, _b in d.outbox] or seq < d.next_seq)
         srv.on_receive = on_receive
         a = make(port, path, reconnect=False)
         await a.connect()
@@ -276,9 +277,9 @@ def test_the_session_survives_a_client_restart_through_its_file(tmp_path):
         with pytest.raises(sdk.SessionError):
             await a.next_report(timeout_s=10)      # connection gone, no reconnect
         await a.close(logout=False)
-        d = json.loads(path.read_text())
-        assert (d["session_id"], d["next_seq"], d["last_seen"]) == (sid, 3, 1)
-        assert [s for s, _t, _b in d["outbox"]] == [2]
+        d = sdk.SessionState.load(str(path))
+        assert (d.session_id, d.next_seq, d.last_seen) == (sid, 3, 1)
+        assert [s for s, _t, _b in d.outbox] == [2]
 
         b = make(port, path)                       # "the restarted process"
         await b.connect()
@@ -293,6 +294,71 @@ def test_the_session_survives_a_client_restart_through_its_file(tmp_path):
         await b.close()
         await srv.stop()
     run(main())
+
+
+def _nos_block(seq: int, cl: int) -> bytes:
+    return wire.encode(wire.NEW_ORDER_SINGLE, seq, 0, cl, 100_000_000, 1, 1, 1, b"1", b"2",
+                       b"1", 0)[wire.PREFIX_SIZE:]
+
+
+def test_the_session_file_is_a_snapshot_and_an_append_only_log(tmp_path):
+    """Each change is one line of <file>.log (no rewrite of the outbox per send); reading
+    applies the log to the snapshot, idempotently; a torn last line is ignored and a damaged
+    one before it refuses the file; the log is folded into a snapshot once long enough; a file
+    moved away starts a new session whatever its old log says."""
+    path = str(tmp_path / "s.json")
+    st = sdk.SessionState.load(path, "alice")
+    assert st.created
+    for i in range(1, 6):
+        st.next_seq, st.next_cl_ord_id = i + 1, i + 1
+        st.outbox.append((i, wire.NEW_ORDER_SINGLE, _nos_block(i, i)))
+        st.note_sent()
+    snapshot = open(path, "rb").read()
+    st.applied_below(3)
+    st.note_applied(3)
+    st.last_seen = 7
+    st.note_seen()
+    assert open(path, "rb").read() == snapshot          # not rewritten
+    assert len(open(st.log_path, "rb").read().splitlines()) == 6
+    st.close()
+
+    def read():
+        r = sdk.SessionState.load(path, "alice")
+        return (r.session_id, r.next_seq, r.next_cl_ord_id, r.last_seen,
+                [e[0] for e in r.outbox])
+    want = (st.session_id, 6, 6, 7, [3, 4, 5])
+    assert read() == want
+    log = open(st.log_path, "rb").read()
+    with open(st.log_path, "ab") as f:                   # a crash mid-write
+        f.write(b'["o",6,100,"0a')
+    assert read() == want
+    with open(st.log_path, "wb") as f:                   # the log twice: nothing changes
+        f.write(log + log)
+    assert read() == want
+    with open(st.log_path, "wb") as f:
+        f.write(b"[nonsense\n" + log)
+    with pytest.raises(sdk.SessionError, match="damaged"):
+        sdk.SessionState.load(path, "alice")
+    with open(st.log_path, "wb") as f:
+        f.write(log)
+    # folded into a snapshot when long: the file alone then says it all
+    r = sdk.SessionState.load(path, "alice")
+    r.COMPACT_LINES = 8
+    for _ in range(8):
+        r.last_seen += 1
+        r.note_seen()
+    r.close()
+    # (6 lines read + 6 more reach 8 and 4 x the outbox's 3: folded; then 2 lines)
+    assert open(r.log_path, "rb").read() == b'["s",14]\n["s",15]\n'
+    assert read() == (st.session_id, 6, 6, 15, [3, 4, 5])
+    # moved away: a new session; its first snapshot empties the stale log
+    os.rename(path, path + ".old")
+    n = sdk.SessionState.load(path, "alice")
+    assert n.created and n.outbox == [] and n.session_id != st.session_id
+    n.last_seen = 1
+    n.note_seen()
+    n.close()
+    assert sdk.SessionState.load(path, "alice").session_id == n.session_id
 
 
 def test_heartbeats_both_ways_and_a_test_request_is_answered(tmp_path):
