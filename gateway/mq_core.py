@@ -69,17 +69,20 @@ class MqCore:
         self.flush_soon = False
         self.task: asyncio.Task | None = None
         self.stats = {"records_out": 0, "records_in": 0, "backpressure_waits": 0}
+        self.read_order: dict[int, list[str]] = {}  # per shard, its replicators, best first
 
     def subscribe(self, callback: Callable[[int, int, int, bytes], None]) -> None:
         self.callbacks.append(callback)
 
     async def fetch(self, shard: int, seqs: list[int]) -> dict[int, bytes]:
         """The payloads of these out.te.N records, read back from its replicators (in a worker
-        thread: a replay is blocking REQ/REP), each run of nearby seqs in one REPLAY."""
+        thread: a replay is blocking REQ/REP), each run of nearby seqs in one REPLAY; the
+        replicator that answered last is asked first (one frozen replicator cost every read
+        its whole timeout)."""
         sh = self.shards[shard]
+        reps = self.read_order.setdefault(shard, list(sh["replicators"]))
         return await asyncio.get_running_loop().run_in_executor(
-            None, read_back, list(sh["replicators"]), sh.get("out_stream", f"out.te.{shard}"),
-            sorted(seqs))
+            None, read_back, reps, sh.get("out_stream", f"out.te.{shard}"), sorted(seqs))
 
     async def start(self) -> None:
         from mq.producer import Producer
@@ -207,15 +210,19 @@ class MqCore:
 
 
 READ_BACK_GAP = 64         # seqs this close together are read in one REPLAY
-READ_BACK_TIMEOUT_S = 5.0  # for one REPLAY's answer, and for a record not yet served
+READ_BACK_TIMEOUT_S = 5.0  # for the whole read: every replicator tried, a record not yet served
+READ_BACK_TRY_S = 1.5      # for one replicator's answer to one REPLAY
 
 
 def read_back(replicators: list[str], stream: str, seqs: list[int]) -> dict[int, bytes]:
-    """{seq: payload} of the records ``seqs`` (ascending) of a stream, from the first
-    replicator that serves them. A replicator serves what it knows committed, and learns the
-    commit point a moment after the fan-out: a record just seen may not be served yet, so the
-    missing ones are asked for again until READ_BACK_TIMEOUT_S. Raises the last error if no
-    replicator answers; what is still missing then is absent from the result."""
+    """{seq: payload} of the records ``seqs`` (ascending) of a stream, within
+    READ_BACK_TIMEOUT_S. Each REPLAY goes to the first of ``replicators``; one that fails or is
+    silent for READ_BACK_TRY_S goes to the end of that list (the caller's: the order is kept
+    for the next read) and the next is asked. A replicator serves what it knows committed,
+    and learns the commit point a moment after the fan-out: a record just seen may not be
+    served yet, so the missing ones are asked for again. Raises the last error if no replicator
+    answered in time; otherwise what is still missing at the deadline is absent from the
+    result."""
     from mq.control import replay
     from mq.record import decode
     want = set(seqs)
@@ -232,18 +239,27 @@ def read_back(replicators: list[str], stream: str, seqs: list[int]) -> dict[int,
             return got
         for lo, hi in runs:
             error: Exception | None = None
-            for rep in replicators:
+            answered = False
+            for rep in list(replicators):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 try:
-                    for frame in replay(rep, stream, lo, hi, timeout_s=READ_BACK_TIMEOUT_S):
+                    for frame in replay(rep, stream, lo, hi,
+                                        timeout_s=min(READ_BACK_TRY_S, left)):
                         for r in decode(frame):
                             if r[0] in want:
                                 got[r[0]] = r[6]
-                    error = None
-                    if all(s in got for s in range(lo, hi + 1) if s in want):
-                        break
+                    answered = True
                 except (TimeoutError, RuntimeError, ValueError) as exc:
                     error = exc
-            if error is not None:
+                    if rep in replicators:        # asked last from now on
+                        replicators.remove(rep)
+                        replicators.append(rep)
+                    continue
+                if all(s in got for s in want if lo <= s <= hi):
+                    break     # (else one behind the others: the next may hold them)
+            if not answered and error is not None:
                 raise error
         if time.monotonic() > deadline:
             return got

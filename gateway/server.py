@@ -785,7 +785,7 @@ class Connection(asyncio.Protocol):
             stop = min(last, seq + 255)
             entries = await self.gw.journal_entries(self.key, seq, stop)
             if entries is None:   # the log did not answer: the client asks again later
-                self.logout(wire.LOGOUT_ADMIN, "replay unavailable: the log did not answer")
+                self.logout(wire.LOGOUT_ADMIN, "replay unavailable: log silent")
                 return
             if self.state == CLOSED or self.out_ended:
                 return
