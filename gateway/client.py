@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -320,17 +321,27 @@ class SessionState:
             return
         except OSError as exc:
             raise ValueError(f"its log {self.log_path} cannot be read: {exc}") from None
+        good = 0          # bytes of whole lines read
         for i, line in enumerate(lines):
+            last = i == len(lines) - 1      # (after the final newline: b"" if whole)
             if not line:
+                good += 0 if last else 1
                 continue
             try:
+                if last:
+                    raise ValueError("no newline")
                 e = json.loads(line)
                 self._apply(e)
             except (ValueError, TypeError, IndexError, KeyError):
-                if i == len(lines) - 1:     # torn by a crash mid-write: never acted on
+                if last:     # torn by a crash or a full disk mid-write: never acted on
                     break
                 raise ValueError(f"line {i + 1} of {self.log_path} is damaged") from None
             self._log_lines += 1
+            good += len(line) + 1
+        if good < sum(len(x) + 1 for x in lines) - 1:
+            # cut the torn tail off now: a line appended after it would merge with it
+            with open(self.log_path, "r+b") as f:
+                f.truncate(good)
 
     def _apply(self, e: list) -> None:
         op = e[0]
@@ -353,13 +364,19 @@ class SessionState:
              "last_seen": self.last_seen, "next_cl_ord_id": self.next_cl_ord_id,
              "outbox": [[s, t, b.hex()] for s, t, b in self.outbox]}
         tmp = f"{self.path}.{os.getpid()}.tmp"
+        data = json.dumps(d).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps(d).encode())
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, f"{tmp}: short write (disk full?)")
             if self.sync:
                 os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise             # (the snapshot before it stays whole)
+        os.close(fd)
         os.replace(tmp, self.path)
         if self._log_fd is not None or self._log_lines or os.path.exists(self.log_path):
             os.ftruncate(self._log(), 0)
@@ -376,9 +393,17 @@ class SessionState:
             self.save()   # the first change of a new session: its snapshot first
             return
         fd = self._log()
-        os.write(fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
-        if self.sync:
-            os.fsync(fd)
+        data = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, f"{self.log_path}: short write (disk full?)")
+            if self.sync:
+                os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)    # no torn line stays behind
+            raise
         self._log_lines += 1
         if self._log_lines >= self.COMPACT_LINES and \
                 self._log_lines >= 4 * len(self.outbox):
@@ -541,7 +566,14 @@ class Client:
         self.state.next_seq += 1
         self.state.next_cl_ord_id += 1
         self.state.outbox.append((seq, template, bytes(block)))
-        self.state.note_sent()   # persisted before it leaves (PROTOCOL.md §5)
+        try:
+            self.state.note_sent()   # persisted before it leaves (PROTOCOL.md §5)
+        except OSError:
+            # not persisted, so not sent either: as if never asked (the caller sees the error)
+            self.state.outbox.pop()
+            self.state.next_seq -= 1
+            self.state.next_cl_ord_id -= 1
+            raise
         if self.logged_on.is_set() and self.writer is not None:
             self._write(frame)
         return cl
@@ -739,7 +771,7 @@ class Client:
             return None
         m = wire.decode(frame)
         if tid == wire.LOGON_ACK:
-            self._on_logon_ack(m)
+            return self._on_logon_ack(m)
         elif tid == wire.LOGON_REJECT:
             text = wire.text(m.Text)
             if m.Reason in RETRY_REJECTS and self.reconnect:
@@ -776,12 +808,19 @@ class Client:
             self._on_sequenced(tid, m)
         return None
 
-    def _on_logon_ack(self, m) -> None:
+    def _on_logon_ack(self, m) -> bool | None:
         self.logon_ack = m
         self.stats["logons"] += 1
         self.server_hb_ms = max(100, m.HeartbeatIntervalMs)
         self.new_session = bool(m.Flags & wire.FLAG_NEW_SESSION)
         st = self.state
+        if m.NextExpectedSeqNo > st.next_seq:
+            # the server applied SeqNos this file never sent: it is an older copy (restored,
+            # or lines lost); numbers from it would be dropped as duplicates or reuse ClOrdIDs
+            self._fail(f"the session file {st.path} is behind the server (it has applied up "
+                       f"to SeqNo {m.NextExpectedSeqNo - 1}, the file's next is "
+                       f"{st.next_seq}): move it away to start a new session")
+            return True
         before = len(st.outbox)
         st.applied_below(m.NextExpectedSeqNo)
         self.stats["dropped_from_outbox"] += before - len(st.outbox)

@@ -361,6 +361,73 @@ def test_the_session_file_is_a_snapshot_and_an_append_only_log(tmp_path):
     assert sdk.SessionState.load(path, "alice").session_id == n.session_id
 
 
+def test_a_torn_log_line_is_cut_off_and_a_full_disk_leaves_no_torn_line(tmp_path,
+                                                                        monkeypatch):
+    """A crash (or a full disk) mid-write leaves a torn last line: reading cuts it off, so the
+    next line does not merge with it and the file stays readable. A write the disk takes only
+    part of raises, leaves the log as it was, and the message is not sent nor kept in the
+    outbox (a retry of the caller's would have placed it twice)."""
+    path = str(tmp_path / "s.json")
+    st = sdk.SessionState.load(path, "alice")
+    for i in range(1, 4):
+        st.next_seq, st.next_cl_ord_id = i + 1, i + 1
+        st.outbox.append((i, wire.NEW_ORDER_SINGLE, _nos_block(i, i)))
+        st.note_sent()
+    st.close()
+    whole = open(st.log_path, "rb").read()
+    with open(st.log_path, "wb") as f:
+        f.write(whole[:-20])                                  # the third line torn
+    r = sdk.SessionState.load(path, "alice")
+    assert [e[0] for e in r.outbox] == [1, 2] and r.next_seq == 3
+    assert open(st.log_path, "rb").read() == whole[:whole.rindex(b"\n", 0, -1) + 1]
+    r.next_seq, r.next_cl_ord_id = 4, 4
+    r.outbox.append((3, wire.NEW_ORDER_SINGLE, _nos_block(3, 3)))
+    r.note_sent()
+    r.close()
+    assert [e[0] for e in sdk.SessionState.load(path, "alice").outbox] == [1, 2, 3]
+
+    c = make(1, path)                                       # (never connected)
+    real = os.write
+    monkeypatch.setattr(sdk.os, "write", lambda fd, b: real(fd, b[:10]))
+    size = os.path.getsize(st.log_path)
+    with pytest.raises(OSError):
+        c._send_sequenced(wire.NEW_ORDER_SINGLE, lambda seq, cl: wire.encode(
+            wire.NEW_ORDER_SINGLE, seq, 0, cl, 100_000_000, 1, 1, 1, b"1", b"2", b"1", 0))
+    monkeypatch.setattr(sdk.os, "write", real)
+    assert os.path.getsize(st.log_path) == size
+    assert (c.state.next_seq, c.state.next_cl_ord_id, [e[0] for e in c.state.outbox]) == \
+        (4, 4, [1, 2, 3])
+    c.state.close()
+    assert [e[0] for e in sdk.SessionState.load(path, "alice").outbox] == [1, 2, 3]
+
+
+def test_a_session_file_behind_the_server_is_final(tmp_path):
+    """LogonAck says the server applied SeqNos the file never sent (an older copy of it): the
+    client stops with a SessionError instead of reusing those SeqNos and ClOrdIDs, which the
+    server would drop as duplicates without a word."""
+    async def main():
+        srv = FakeServer()
+        port = await srv.start()
+        path = tmp_path / "s.json"
+        a = make(port, path)
+        await a.connect()
+        for _ in range(3):
+            await a.new_order("BTCUSDT", "buy", "0.002", "49999.5")
+        for _ in range(3):
+            await a.next_report(timeout_s=10)
+        await a.close()
+        st = sdk.SessionState.load(str(path), "alice")
+        st.next_seq = st.next_cl_ord_id = 2                 # the file rolled back
+        st.outbox = []
+        st.save()
+        b = make(port, path, reconnect=False)
+        with pytest.raises(sdk.SessionError, match="behind the server"):
+            await b.connect()
+        await b.close(logout=False)
+        await srv.stop()
+    run(main())
+
+
 def test_heartbeats_both_ways_and_a_test_request_is_answered(tmp_path):
     async def main():
         srv = FakeServer(hb_ms=200)
