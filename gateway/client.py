@@ -42,6 +42,7 @@ import asyncio
 import bisect
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -443,6 +444,20 @@ def _int(v, low: int, high: int = wire.U64_NULL) -> int:
     return v
 
 
+def lock_session(path: str) -> int:
+    """An exclusive lock on the session (``<path>.lock``, a POSIX lock: held by this process
+    until the returned fd is closed, or the process ends). Two processes on one session file
+    both sent under the same SeqNos and ClOrdIDs and appended to one log."""
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SessionError(f"session file {path} is in use by another process (one process "
+                           f"per session: two would send under the same numbers)") from None
+    return fd
+
+
 def _outbox_cl(entry: tuple[int, int, bytes]) -> int:
     return int.from_bytes(entry[2][16:24], "little")
 
@@ -481,7 +496,12 @@ class Client:
         self.cod, self.cod_timeout_ms = cancel_on_disconnect, cod_timeout_ms
         self.reconnect = reconnect
         self.connect_timeout_s = connect_timeout_s
-        self.state = SessionState.load(state_path, username)
+        self._lock_fd: int | None = lock_session(state_path)
+        try:
+            self.state = SessionState.load(state_path, username)
+        except BaseException:
+            self._unlock()
+            raise
         self.state.user = username
         self.received_upto = self.state.last_seen   # highest server SeqNo received
         self.queue: deque[Report] = deque()
@@ -531,6 +551,12 @@ class Client:
         await stop_task(self._task, "the client's connection loop")
         self._drop_connection()
         self.state.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def __aenter__(self) -> Client:
         return await self.connect()

@@ -428,6 +428,31 @@ def test_a_session_file_behind_the_server_is_final(tmp_path):
     run(main())
 
 
+def test_a_session_file_in_use_by_another_process_is_refused(tmp_path):
+    """One process per session: a second process's Client on the same file is refused with a
+    SessionError (both sent under the same SeqNos and ClOrdIDs); once the first closes its
+    Client, the file is free."""
+    import subprocess
+    import sys
+    path = str(tmp_path / "s.json")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
+         "from gateway import client as c; c.lock_session(sys.argv[1]); print('held', "
+         "flush=True); time.sleep(60)", path,
+         os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(sdk.SessionError, match="in use by another process"):
+            make(1, path)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    c = make(1, path)                        # the holder gone: free again
+    run(c.close(logout=False))
+
+
 def test_heartbeats_both_ways_and_a_test_request_is_answered(tmp_path):
     async def main():
         srv = FakeServer(hb_ms=200)
