@@ -368,10 +368,7 @@ class SessionState:
         data = json.dumps(d).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, f"{tmp}: short write (disk full?)")
-            if self.sync:
-                os.fsync(fd)
+            _write_whole(fd, data, tmp, self.sync)
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -397,10 +394,7 @@ class SessionState:
         data = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
         size = os.fstat(fd).st_size
         try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, f"{self.log_path}: short write (disk full?)")
-            if self.sync:
-                os.fsync(fd)
+            _write_whole(fd, data, self.log_path, self.sync)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)    # no torn line stays behind
@@ -442,6 +436,14 @@ def _int(v, low: int, high: int = wire.U64_NULL) -> int:
     if type(v) is not int or not low <= v <= high:
         raise ValueError(f"{v!r} is not an integer in {low}..{high}")
     return v
+
+
+def _write_whole(fd: int, data: bytes, name: str, sync: bool) -> None:
+    """All of data at fd, then fsync (with sync); OSError if the disk took only part of it."""
+    if os.write(fd, data) != len(data):
+        raise OSError(errno.ENOSPC, f"{name}: short write (disk full?)")
+    if sync:
+        os.fsync(fd)
 
 
 def lock_session(path: str) -> int:
