@@ -173,3 +173,23 @@ def _last_line_seq(path: str) -> int:
         return 0
     start = data.rfind(b"\n", 0, end) + 1
     return int(data[start:end].split()[0])
+
+
+def test_drain_starts_a_master_libzmq_aborted_again_and_no_other(tmp_path):
+    """libzmq 4.3.5 aborts a process (LIBZMQ_ABORT) when a ZMTP heartbeat timer fires on a
+    connection whose input it had stopped; the supervisor of `seqex up` restarts it. The test
+    clusters have no supervisor: drain() starts such a master once, as it would, and stops it;
+    a master dead for any other reason is an error that names what its log says."""
+    from deploy.local import LIBZMQ_ABORT
+    for reason in (LIBZMQ_ABORT + " (src/stream_engine_base.cpp:310)", "something else"):
+        with LogCluster(str(tmp_path / str(len(reason))), replicators=1) as cluster:
+            cluster.start()
+            cluster.sequencer.kill()
+            with open(cluster.sequencer.log_path, "a") as f:
+                f.write(reason + "\n")
+            if reason.startswith(LIBZMQ_ABORT):
+                cluster.drain(60)
+                assert cluster.sequencer.popen.returncode == 0
+            else:
+                with pytest.raises(TimeoutError, match="dead, its log ends: .*something else"):
+                    cluster.drain(5)
