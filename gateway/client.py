@@ -278,6 +278,7 @@ class SessionState:
         self.log_path = path + ".log"
         self._log_fd: int | None = None
         self._log_lines = 0
+        self._saved = False         # the snapshot is on disk (the log applies to it)
 
     @classmethod
     def load(cls, path: str, user: str | None = None) -> SessionState:
@@ -305,6 +306,7 @@ class SessionState:
             st.last_seen = _field(d, "last_seen", 0, wire.U64_NULL - 1)
             st.next_cl_ord_id = _field(d, "next_cl_ord_id", 1)
             st.outbox = [_outbox_entry(e, st.next_seq) for e in d["outbox"]]
+            st._saved = True
             st._read_log()
         except KeyError as exc:
             raise SessionError(f"session file {path} is damaged (no {exc.args[0]}); move it "
@@ -317,11 +319,12 @@ class SessionState:
     def _read_log(self) -> None:
         try:
             with open(self.log_path, "rb") as f:
-                lines = f.read().split(b"\n")
+                data = f.read()
         except FileNotFoundError:
             return
         except OSError as exc:
             raise ValueError(f"its log {self.log_path} cannot be read: {exc}") from None
+        lines = data.split(b"\n")
         good = 0          # bytes of whole lines read
         for i, line in enumerate(lines):
             last = i == len(lines) - 1      # (after the final newline: b"" if whole)
@@ -339,7 +342,7 @@ class SessionState:
                 raise ValueError(f"line {i + 1} of {self.log_path} is damaged") from None
             self._log_lines += 1
             good += len(line) + 1
-        if good < sum(len(x) + 1 for x in lines) - 1:
+        if good < len(data):
             # cut the torn tail off now: a line appended after it would merge with it
             with open(self.log_path, "r+b") as f:
                 f.truncate(good)
@@ -376,6 +379,7 @@ class SessionState:
             raise             # (the snapshot before it stays whole)
         os.close(fd)
         os.replace(tmp, self.path)
+        self._saved = True
         if self._log_fd is not None or self._log_lines or os.path.exists(self.log_path):
             os.ftruncate(self._log(), 0)
             self._log_lines = 0
@@ -387,7 +391,7 @@ class SessionState:
         return self._log_fd
 
     def _note(self, entry: list) -> None:
-        if not os.path.exists(self.path):
+        if not self._saved:
             self.save()   # the first change of a new session: its snapshot first
             return
         fd = self._log()
