@@ -9,10 +9,6 @@ from deploy.procs import Group, Proc, tcp
 from mq.control import ping, stats, wait_until
 from replicator.store import Store
 
-# libzmq 4.3.5's abort when a ZMTP heartbeat timer calls out_event on an engine that met an
-# error while its input was stopped (stream_engine_base.cpp timer_event; docs/log.md)
-LIBZMQ_ABORT = "Assertion failed: !_io_error"
-
 
 class LogCluster:
     def __init__(self, root: str, stream: str = "in.test", replicators: int = 2,
@@ -104,14 +100,10 @@ class LogCluster:
         """Stop the sequencer once every replicator holds all it sequenced. (A master just
         restarted answers once it has recovered, which on a busy machine took over 5 s; a
         replicator restarted under load may take a minute to catch up before it holds all.)
-
-        A master that libzmq 4.3.5 aborted (LIBZMQ_ABORT: a ZMTP heartbeat timer fired on a
-        connection whose input it had stopped) is started again once, as the supervisor of
-        `seqex up` would, and asked again; any other death is an error."""
+        A master that died is an error that names the end of its log."""
         from mq import wire
         from mq.control import call
         end = time.monotonic() + timeout_s
-        restarted = False
         while True:
             try:
                 call(self.prod_addr, wire.STOP,
@@ -121,12 +113,6 @@ class LogCluster:
                 seq = self.sequencer
                 if not seq.alive and seq.popen.returncode == 0:
                     break     # it answered a STOP no one waited for any more, and stopped
-                if not seq.alive and not restarted and LIBZMQ_ABORT in seq.log():
-                    restarted = True
-                    print(f"LogCluster.drain: the sequencer aborted in libzmq ("
-                          f"{LIBZMQ_ABORT}); started again", flush=True)
-                    self.start_sequencer(max(60.0, end - time.monotonic()))
-                    continue
                 if seq.alive and time.monotonic() < end:
                     continue
                 tail = seq.log().strip().splitlines()[-3:]

@@ -261,7 +261,8 @@ class Oracle:
         self.funding_ms = {s["symbol_id"]: s.get("funding_interval_ms",
                                                  conf["funding_interval_ms"])
                            for s in conf["symbols"]}
-        self.producers = [Producer(conf["source"], sh["producers"]) for sh in conf["shards"]]
+        self.producers = [Producer(conf["source"], sh["producers"], keep_results=0)
+                          for sh in conf["shards"]]
         self.streams = [sh["in"] for sh in conf["shards"]]
         self.control = sockets.router(conf["control"])
         self.running = True

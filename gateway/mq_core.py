@@ -89,7 +89,7 @@ class MqCore:
         from mq.subscriber import Subscriber
         loop = asyncio.get_running_loop()
         for n, sh in enumerate(self.shards):
-            p = Producer(self.source, sh["in"])
+            p = Producer(self.source, sh["in"], keep_results=0)   # it polls
             deadline = loop.time() + CONNECT_TIMEOUT_S
             noted = 0.0
             while p.next_ss is None:  # WELCOME: where this source stands

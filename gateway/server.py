@@ -879,6 +879,10 @@ class Connection(asyncio.Protocol):
             return
         if self.state != LIVE:
             return
+        # What the shard applied is let go of here, not only when a Heartbeat is due: a
+        # connection sent a report every second gets no Heartbeat, and `inflight` kept one
+        # entry per client message for the connection's life.
+        self._update_applied()
         if now - self.last_sent >= cfg.heartbeat_ms / 1000 and not self.replaying:
             self.write(self._heartbeat())
         silent = now - self.last_recv

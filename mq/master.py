@@ -97,7 +97,11 @@ class Link:
     alarm_at: float = 0.0     # the next time a refusal that needs the operator is logged
     append_at: float = 0.0    # when the last APPEND went to it (it carried the commit point)
     full: bool = False        # its disk was full at its last answer: one frame at a time
+    stalled: bool = False     # unanswered for RESEND_AFTER_S: one frame at a time until it answers
     probe_at: float = 0.0     # ... the next of which goes no earlier than this
+
+
+FRAME_OVERHEAD = 200           # bytes the window spends on a frame besides its own (Window)
 
 
 class Window:
@@ -107,7 +111,12 @@ class Window:
     first uncommitted seq, so the window exceeds max_bytes only by uncommitted frames, which
     the sequencer's backpressure bounds well below it. A master without backpressure (a mirror)
     still has its memory bounded: beyond twice max_bytes the oldest frame goes even when
-    uncommitted, and is counted in ``evicted_uncommitted``."""
+    uncommitted, and is counted in ``evicted_uncommitted``.
+
+    A frame counts its bytes plus FRAME_OVERHEAD, what the window spends on it besides (its
+    tuple, its ints, the bytes object's header, three list slots): with small frames (a
+    replica's outputs, a few hundred bytes) that is as much again, and the bound held by the
+    payload alone let a replica's memory reach 1.3-2x max_bytes."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -123,13 +132,13 @@ class Window:
         self.firsts.append(first)
         self.frames.append((first, last, frame))
         self.tags.append(tag)
-        self.bytes += len(frame)
+        self.bytes += len(frame) + FRAME_OVERHEAD
         while self.bytes > self.max_bytes and self.start < len(self.frames) - 1:
             if keep_from is not None and self.frames[self.start][1] >= keep_from:
                 if self.bytes <= 2 * self.max_bytes:
                     break  # an uncommitted frame stays until it commits
                 self.evicted_uncommitted += 1
-            self.bytes -= len(self.frames[self.start][2])
+            self.bytes -= len(self.frames[self.start][2]) + FRAME_OVERHEAD
             self.start += 1
         if self.start > 4096 and self.start * 2 > len(self.frames):
             del self.firsts[:self.start], self.frames[:self.start], self.tags[:self.start]
@@ -562,7 +571,7 @@ class Master:
                 {"stream": self.stream, "epoch": self.epoch, "after": agreed})])
         link.acked = link.sent = agreed
         link.known = True
-        link.full = False
+        link.full = link.stalled = False
         link.progress_at = self.mono()
         self.stats["reconciled"] += 1
         return agreed
@@ -624,6 +633,7 @@ class Master:
                                  f"{epoch} > {self.epoch}; this master is fenced")
         if not link.known:
             return  # not reconciled yet: what it says does not count
+        link.stalled = False   # it answers
         if body.get("ok") is True:
             # It can hold nothing of this master's beyond what was sent to it.
             last = min(last, link.sent)
@@ -684,8 +694,14 @@ class Master:
         top = self.next_seq - 1
         for link in self.links:
             if link.sent > link.acked and now - link.progress_at > RESEND_AFTER_S:
-                link.sent = link.acked  # acknowledgements stalled: go back and resend
+                # Acknowledgements stalled: go back and resend, one frame at a time until it
+                # answers. What was sent may only be queued in a replicator that is not
+                # reading (its disk stalled): resending all of it every RESEND_AFTER_S would
+                # queue the backlog there again each time (sockets take no receive
+                # high-water mark, mq/sockets.py).
+                link.sent = link.acked
                 link.progress_at = now
+                link.stalled = True
             if link.known and link.sent < top:   # (what _pump checks first)
                 self._pump(link)
 
@@ -695,8 +711,11 @@ class Master:
         while link.known and link.sent < top and link.sent - link.acked < MAX_INFLIGHT:
             if link.full and (link.sent > link.acked or self.mono() < link.probe_at):
                 return   # its disk is full: the next probe frame is not due
+            if link.stalled and link.sent > link.acked:
+                return   # the probe frame is not answered yet
             # the backlog goes in runs; a full disk is probed with one frame (a run of 0 bytes)
-            piece = self.window.run_from(link.sent + 1, 0 if link.full else RESEND_BYTES)
+            piece = self.window.run_from(link.sent + 1,
+                                         0 if link.full or link.stalled else RESEND_BYTES)
             if piece is None:
                 if not link.behind:
                     log.warning("%s: %s is behind the resend window (at %d, window from %d); "

@@ -71,7 +71,9 @@ class Producer:
     def __init__(self, source: int, addr: str, max_inflight: int = 1 << 20,
                  resend_after_s: float = 1.0, next_ss: int | None = None,
                  max_outbox: int = 1 << 20, max_outbox_bytes: int = 256 << 20,
-                 block_s: float = 10.0):
+                 block_s: float = 10.0, keep_results: int = RESULTS_KEPT):
+        """keep_results: acknowledged runs remembered for seqs(); 0 for a caller that takes
+        them from poll() only (a long-running one would otherwise hold RESULTS_KEPT runs)."""
         if not 0 < source < 1 << 32:
             raise ValueError("source must be in 1 .. 2**32-1 (0 is the sequencer's)")
         if max_outbox < 1 or max_outbox_bytes < 1:
@@ -99,7 +101,7 @@ class Producer:
         self.epoch = 0
         self.ready: list[tuple[int, int, int | None]] = []   # acknowledged, not yet returned
         self.refusals: deque[Refused] = deque(maxlen=64)      # master ERRORs not yet raised
-        self.results: deque[tuple[int, int, int | None]] = deque(maxlen=RESULTS_KEPT)
+        self.results: deque[tuple[int, int, int | None]] = deque(maxlen=keep_results)
         self.known: list[tuple[int, int, int]] = []   # runs named by ACKs, not yet reported
         self.asking, self.asked_at = 0, 0.0   # a committed source_seq whose seq was asked for
         self.asked_upto = 0   # the end of the outbox when it was asked: what the ask resent
@@ -441,6 +443,8 @@ class Producer:
         seqs here need not poll: the runs poll would return are dropped past RESULTS_KEPT."""
         if self.next_ss is None or not 0 < first <= last < self.next_ss:
             raise ValueError(f"source_seqs {first}..{last} were not submitted here")
+        if not self.results.maxlen:
+            raise ValueError("this producer keeps no results (keep_results=0): use poll()")
         deadline = time.monotonic() + timeout_s
         while self.acked_next <= last:
             if time.monotonic() > deadline:

@@ -12,7 +12,17 @@ I/O thread at both ends, on connections that are mostly idle. A master's produce
 "Sequencer"). A DEALER whose requests have timeouts of their own (a subscriber's replay sockets,
 idle once it is live) pings every IDLE_HEARTBEAT_MS too. (A client's pings also carry a TTL,
 but a server arms it only when a ping is the last thing it received: a client frozen right
-after a request would keep its connection for good.)"""
+after a request would keep its connection for good.)
+
+No receive high-water mark on a socket with heartbeats (RCVHWM 0). libzmq 4.3.5 aborts the
+process (``Assertion failed: !_io_error``, stream_engine_base.cpp) when a connection whose
+input it stopped at the high-water mark (the process was not reading) meets an error (the peer
+closed, a reset) and a heartbeat is then due: the ping timer writes to the errored connection
+without looking. With no high-water mark the input never stops. What bounds a socket's inbound
+queue instead is the protocol on it: a producer sends at most its in-flight window and resends
+only when the master answers; a master sends a replicator at most MAX_INFLIGHT records and,
+when it stalls, one frame at a time until it answers (mq/master.py); every other socket carries
+requests and their answers (docs/log.md, "A libzmq abort under load")."""
 from __future__ import annotations
 
 import time
@@ -46,7 +56,7 @@ def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
-    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, 0 if heartbeat_ms else HWM)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if routing_id is not None:
@@ -108,7 +118,7 @@ def router(bind: str, curve: auth.Identity | None = None,
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, 0)      # it pings: see the module's docstring
     sock.setsockopt(zmq.SNDHWM, HWM)
     _heartbeats(sock, heartbeat_ms, ttl=False)
     auth.secure_server(sock, curve)

@@ -175,21 +175,13 @@ def _last_line_seq(path: str) -> int:
     return int(data[start:end].split()[0])
 
 
-def test_drain_starts_a_master_libzmq_aborted_again_and_no_other(tmp_path):
-    """libzmq 4.3.5 aborts a process (LIBZMQ_ABORT) when a ZMTP heartbeat timer fires on a
-    connection whose input it had stopped; the supervisor of `seqex up` restarts it. The test
-    clusters have no supervisor: drain() starts such a master once, as it would, and stops it;
-    a master dead for any other reason is an error that names what its log says."""
-    from deploy.local import LIBZMQ_ABORT
-    for reason in (LIBZMQ_ABORT + " (src/stream_engine_base.cpp:310)", "something else"):
-        with LogCluster(str(tmp_path / str(len(reason))), replicators=1) as cluster:
-            cluster.start()
-            cluster.sequencer.kill()
-            with open(cluster.sequencer.log_path, "a") as f:
-                f.write(reason + "\n")
-            if reason.startswith(LIBZMQ_ABORT):
-                cluster.drain(60)
-                assert cluster.sequencer.popen.returncode == 0
-            else:
-                with pytest.raises(TimeoutError, match="dead, its log ends: .*something else"):
-                    cluster.drain(5)
+def test_drain_of_a_dead_master_is_an_error_that_names_its_log(tmp_path):
+    """drain() does not wait out its whole timeout on a master that died: the error names what
+    its log ends with."""
+    with LogCluster(str(tmp_path), replicators=1) as cluster:
+        cluster.start()
+        cluster.sequencer.kill()
+        with open(cluster.sequencer.log_path, "a") as f:
+            f.write("something else\n")
+        with pytest.raises(TimeoutError, match="dead, its log ends: .*something else"):
+            cluster.drain(5)

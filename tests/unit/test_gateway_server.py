@@ -1271,3 +1271,25 @@ def _rdhup(conn) -> bool:
     p = select.poll()
     p.register(conn.transport.get_extra_info("socket").fileno(), select.POLLRDHUP)
     return bool(p.poll(0))
+
+
+def test_a_busy_connection_forgets_its_applied_messages_without_heartbeats():
+    """The gateway remembers each client message it passed on until the shard applied it (so
+    that a Heartbeat can say NextExpectedSeqNo). A connection that gets a report every second
+    is never sent a Heartbeat: that memory must still be let go of on the timer, not only
+    when a Heartbeat is due (it grew one entry per order for the connection's life)."""
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        for i in range(1, 51):
+            c.nos(i, i)
+            await c.expect(wire.EXECUTION_REPORT)
+        conn = next(iter(gw.conns))
+        await wait_for(lambda: gw.applied_index(0) >= gw.enqueued[0])
+        assert len(conn.inflight) == 50
+        conn.tick(conn.last_sent)       # no Heartbeat is due
+        assert not conn.inflight and conn.client_next == 51
+        await gw.close()
+    run(main())

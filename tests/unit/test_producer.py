@@ -377,3 +377,20 @@ def test_a_slow_answer_to_an_ask_is_waited_for_not_taken_as_forgotten(master, mo
                                                              "runs": []}))
     assert got[-2:] == [(36, 40, 150), (41, 45, None)], got
     prod.close()
+
+
+def test_a_producer_that_keeps_no_results_reports_by_poll_only(master):
+    """keep_results=0 (the gateway, the mark-price source: they poll and run for days): the
+    acknowledged runs go to poll() and nowhere else, and seqs() says it cannot answer."""
+    prod = connected(master, keep_results=0)
+    prod.submit(16, [b"r"] * 10)
+    master.drain()
+    master.send(wire.ACK, {"src": SRC, "next": 11, "runs": [[1, 10, 500]]})
+    deadline = time.monotonic() + 10
+    got = []
+    while not got and time.monotonic() < deadline:
+        got = prod.poll(50)
+    assert got == [(1, 10, 500)] and len(prod.results) == 0
+    with pytest.raises(ValueError, match="keeps no results"):
+        prod.seqs(1, 10, 0.1)
+    prod.close()

@@ -31,22 +31,19 @@ def test_a_replicator_behind_across_an_epoch_change_stores_the_log_and_fans_out_
     core.fake.advance(2 * SEC)               # r2 never acknowledged: resend from what it acked
     core._pump_all()
     sent = [(b, m[2]) for i, b, m in core.take(wire.APPEND) if i == 2]
-    assert sent and sent[0][0]["first"] == 1
-
-    assert len(sent) < 7, [(b["first"], b["last"]) for b, _f in sent]   # runs, not frames
+    assert len(sent) == 1 and sent[0][0]["first"] == 1   # one frame until it answers
     store = Store(str(tmp_path / "lmdb"), "os", map_size=1 << 26)
     published = []
-    for body, frame in sent:
-        def app(lg, txn, body=body, frame=frame):
-            before = lg.last
-            r = lg.append(txn, body["epoch"], frame, body.get("prev_epoch"))
-            if r.ok and body.get("fanout") and r.last > before \
-                    and first_epoch(frame) == body["epoch"]:
-                published.append(frame)
-            if r.ok and body.get("commit") is not None:
-                lg.set_commit(txn, body["commit"])
-            return r
-        assert store.change(STREAM, app).ok, body
+    done = []
+    while sent:                              # it answers each APPEND: the rest follows
+        _apply(store, sent, published)
+        done += sent
+        core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+            {"stream": STREAM, "ok": True, "last": store.find(STREAM).last,
+             "epoch": core.epoch})])
+        core._pump_all()
+        sent = [(b, m[2]) for i, b, m in core.take(wire.APPEND) if i == 2]
+    assert len(done) < 7, [(b["first"], b["last"]) for b, _f in done]   # runs, not frames
     lg = store.find(STREAM)
     held = decode(lg.read(1))
     assert [r[0] for r in held] == list(range(1, core.next_seq))
@@ -61,6 +58,21 @@ def test_a_replicator_behind_across_an_epoch_change_stores_the_log_and_fans_out_
     for f in published:
         assert scan(f)[1] >= 6
     store.close()
+
+
+def _apply(store, sent, published) -> None:
+    """Append each APPEND to the store as the replicator does, fanning out by its rule."""
+    for body, frame in sent:
+        def app(lg, txn, body=body, frame=frame):
+            before = lg.last
+            r = lg.append(txn, body["epoch"], frame, body.get("prev_epoch"))
+            if r.ok and body.get("fanout") and r.last > before \
+                    and first_epoch(frame) == body["epoch"]:
+                published.append(frame)
+            if r.ok and body.get("commit") is not None:
+                lg.set_commit(txn, body["commit"])
+            return r
+        assert store.change(STREAM, app).ok, body
 
 
 def test_a_run_and_the_frames_it_joins_leave_the_same_source_table(tmp_path):
@@ -82,8 +94,13 @@ def test_a_run_and_the_frames_it_joins_leave_the_same_source_table(tmp_path):
                 {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
     core._forward()
     core.fake.advance(2 * SEC)
-    core._pump_all()                                    # r2 silent: resent as a run
+    core._pump_all()        # r2 silent: one frame, then (once it answers) the rest as a run
     runs = [(b, m[2]) for i, b, m in core.take(wire.APPEND) if i == 2]
+    assert len(runs) == 1
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": True, "last": runs[0][0]["last"], "epoch": core.epoch})])
+    core._pump_all()
+    runs += [(b, m[2]) for i, b, m in core.take(wire.APPEND) if i == 2]
     assert len(runs) < len(per_link[0])
     tables = []
     for name, appends in (("frames", per_link[0]), ("runs", runs)):

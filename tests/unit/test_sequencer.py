@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as hst
 
 from mq import wire
-from mq.master import MAX_EPOCH, EpochExhausted, Window
+from mq.master import FRAME_OVERHEAD, MAX_EPOCH, EpochExhausted, Window
 from mq.record import decode, encode, pack, scan
 from mq.sequencer import SequencedClock, SequencerCore, Upstream
 
@@ -321,12 +321,13 @@ def test_the_uncommitted_tail_is_read_however_long():
 # -- backpressure and the window ----------------------------------------------------------------
 
 def test_the_window_never_evicts_an_uncommitted_frame():
-    window = Window(250)
+    unit = 40 + FRAME_OVERHEAD     # what a frame of 40 bytes counts
+    window = Window(6 * unit + unit // 4)
     for seq in range(1, 11):
         window.add(seq, seq, b"x" * 40, keep_from=3)
     assert window.lowest() == 3 and window.frame_from(3) is not None
     window.add(11, 11, b"x" * 40, keep_from=11)
-    assert window.lowest() == 6 and window.bytes <= 250
+    assert window.lowest() == 6 and window.bytes <= window.max_bytes
     assert window.evicted_uncommitted == 0
 
 
@@ -366,10 +367,10 @@ def test_a_run_from_a_seq_that_left_the_window_is_none():
 
 def test_a_window_without_backpressure_still_has_a_memory_bound():
     """A master that does not push back (a mirror) keeps at most twice the window."""
-    window = Window(100)
+    window = Window(2 * (40 + FRAME_OVERHEAD))
     for seq in range(1, 21):
         window.add(seq, seq, b"x" * 40, keep_from=1)
-    assert window.bytes <= 200 and window.evicted_uncommitted > 0
+    assert window.bytes <= 2 * window.max_bytes and window.evicted_uncommitted > 0
 
 
 def test_backpressure_refuses_new_batches_once_the_uncommitted_bound_is_reached():
@@ -1055,3 +1056,48 @@ def test_a_new_disk_full_episode_probes_at_once():
     core._on_reply(full, _full_reply(core, full.acked))  # ... and is refused within 50 ms
     core._pump_all()
     assert len(_firsts_to(core, 2)) == 1
+
+
+def test_a_stalled_replicator_is_resent_one_frame_at_a_time_until_it_answers():
+    """A replicator that stops answering (its disk stalled: its socket queues what it is sent,
+    with no receive high-water mark) is not sent its whole backlog again every RESEND_AFTER_S,
+    which would queue it there once more each time: after the stall the master resends one
+    frame and waits for an answer; the answer brings the rest."""
+    from mq.master import RESEND_AFTER_S
+    core = Core(replicators=3, policy="quorum")
+    recover(core, [state(), state(), state()])
+
+    def turn(answering=(0, 1)):
+        nonlocal ss
+        core.fake.advance(SEC // 100)
+        core.sequence_turn([data(7, ss, 1)])
+        ss += 1
+        for i, body, _m in core.take(wire.APPEND):
+            if i in answering:
+                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
+                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
+            else:
+                to_2.append((body["first"], body["last"]))
+        core._forward()
+
+    ss, to_2 = 1, []
+    for _ in range(20):
+        turn()
+    first_sent = len(to_2)
+    assert first_sent == 20 and core.links[2].acked == 0
+    to_2.clear()
+    for _ in range(int(RESEND_AFTER_S * 100) * 4):     # four stall periods, a frame each turn
+        turn()
+    # Until the first stall new frames go on (within MAX_INFLIGHT); from then on only probes.
+    after = to_2[to_2.index((1, 1)):]
+    resent = [r for r in after if r[0] == 1]
+    assert 3 <= len(resent) <= 5        # one probe per stall period ...
+    assert len(after) == len(resent)     # ... and nothing else: the backlog is not sent again
+    assert core.links[2].stalled
+    # It answers the probe: the rest follows in runs, and it catches up.
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": True, "last": resent[-1][1], "epoch": core.epoch})])
+    to_2.clear()
+    turn(answering=(0, 1, 2))
+    assert not core.links[2].stalled
+    assert core.links[2].acked == core.next_seq - 1
