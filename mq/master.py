@@ -89,7 +89,8 @@ class Link:
     addr: str
     sock: Any = None          # the shell's socket (None in the model)
     acked: int = 0            # highest contiguous seq it acknowledged
-    sent: int = 0             # highest seq sent to it
+    sent: int = 0             # highest seq sent to it (rewound to resend)
+    sent_hi: int = 0          # highest seq sent to it since it was reconciled (not rewound)
     known: bool = False       # claimed and reconciled by this master; its acks count
     progress_at: float = 0.0  # when its acks last moved (or a resend began)
     commit_sent: int = 0      # the commit point it was last told
@@ -569,7 +570,7 @@ class Master:
                         link.addr, agreed + 1, st["last"])
             self._try_send(link, [wire.TRUNCATE, wire.pack(
                 {"stream": self.stream, "epoch": self.epoch, "after": agreed})])
-        link.acked = link.sent = agreed
+        link.acked = link.sent = link.sent_hi = agreed
         link.known = True
         link.full = link.stalled = False
         link.progress_at = self.mono()
@@ -635,11 +636,15 @@ class Master:
             return  # not reconciled yet: what it says does not count
         link.stalled = False   # it answers
         if body.get("ok") is True:
-            # It can hold nothing of this master's beyond what was sent to it.
-            last = min(last, link.sent)
+            # It can hold nothing of this master's beyond what was sent to it, counting what
+            # went before a rewind for a stall: that may have been queued there, and is
+            # acknowledged now; it is not sent again.
+            last = min(last, link.sent_hi)
             if last > link.acked:
                 link.acked = last
                 link.progress_at = self.mono()
+                if link.sent < last:
+                    link.sent = last
             link.full = False
             return
         reason = body.get("reason")
@@ -648,7 +653,7 @@ class Master:
             # and until it takes a frame again send it one frame every FULL_PROBE_S: it
             # resumes within that of having room, and a long outage costs no resends of the
             # whole backlog.
-            link.sent = link.acked
+            link.sent = link.sent_hi = link.acked
             link.progress_at = self.mono()
             if not link.full:
                 link.full = True
@@ -656,7 +661,7 @@ class Master:
         elif reason == "gap" and last >= link.acked:
             # It lost what was in flight: resend from what it acknowledged (its own `last`
             # may end in records that are not this master's, so it is not taken on trust).
-            link.sent = link.acked
+            link.sent = link.sent_hi = link.acked
             link.progress_at = self.mono()
         elif reason in ("gap", "conflict", "committed", "disk_full"):
             # Other bytes where this master writes (a tail kept from an older epoch, a TRUNCATE
@@ -694,16 +699,25 @@ class Master:
         top = self.next_seq - 1
         for link in self.links:
             if link.sent > link.acked and now - link.progress_at > RESEND_AFTER_S:
-                # Acknowledgements stalled: go back and resend, one frame at a time until it
-                # answers. What was sent may only be queued in a replicator that is not
-                # reading (its disk stalled): resending all of it every RESEND_AFTER_S would
-                # queue the backlog there again each time (sockets take no receive
-                # high-water mark, mq/sockets.py).
-                link.sent = link.acked
-                link.progress_at = now
-                link.stalled = True
+                self._stalled(link, now)
             if link.known and link.sent < top:   # (what _pump checks first)
                 self._pump(link)
+
+    def _stalled(self, link: Link, now: float) -> None:
+        """Acknowledgements stalled for RESEND_AFTER_S. What was sent may be lost (a dropped
+        connection) or only queued in a replicator that is not reading (its disk stalled).
+        Resending all of it, as this did, queued the backlog there again each time (sockets
+        take no receive high-water mark, mq/sockets.py). So it is probed with the newest
+        record sent, and nothing else goes until it answers: queued, the rest is answered
+        before the probe and the probe is a duplicate; lost, the probe leaves a gap, which the
+        replicator answers with "gap", and the master resends from what it acknowledged."""
+        link.progress_at = now
+        probe = None if link.full or not link.known else self.window.read(link.sent, link.sent)
+        if probe is None:
+            link.sent = link.acked   # a full disk's probes, or the record left the window
+            return
+        link.stalled = True
+        self._append(link, link.sent, link.sent, probe[0])
 
     def _pump(self, link: Link) -> None:
         """Send this replicator what it lacks, oldest first, within the in-flight limit."""
@@ -712,10 +726,9 @@ class Master:
             if link.full and (link.sent > link.acked or self.mono() < link.probe_at):
                 return   # its disk is full: the next probe frame is not due
             if link.stalled and link.sent > link.acked:
-                return   # the probe frame is not answered yet
+                return   # the stall's probe is not answered yet
             # the backlog goes in runs; a full disk is probed with one frame (a run of 0 bytes)
-            piece = self.window.run_from(link.sent + 1,
-                                         0 if link.full or link.stalled else RESEND_BYTES)
+            piece = self.window.run_from(link.sent + 1, 0 if link.full else RESEND_BYTES)
             if piece is None:
                 if not link.behind:
                     log.warning("%s: %s is behind the resend window (at %d, window from %d); "
@@ -726,33 +739,42 @@ class Master:
                 return
             link.behind = False
             first, last, frame = piece
-            # A replicator takes min(commit, its last) as committed: name no seq beyond this
-            # frame, which the APPEND checks (it may hold a stale tail beyond it).
-            commit = min(self.committed, last)
-            key = (self.epoch, first, last, commit)
-            if key == self.append_key:   # the same frame to the next replicator: same header
-                head = self.append_head
-            else:
-                fields = {"stream": self.stream, "epoch": self.epoch, "first": first,
-                          "last": last, "commit": commit}
-                if self.stamps_epochs:   # the records before `first` carry this log's epochs
-                    fields["prev_epoch"] = replication.epoch_at(self.history, first - 1)
-                    if self.need == 1:
-                        # One replicator's copy commits a record of this master's epoch: the
-                        # replicator may publish it itself (docs/log.md, "Fan-out from the
-                        # replicators").
-                        fields["fanout"] = True
-                head = wire.pack(fields)
-                self.append_key, self.append_head = key, head
-            if not self._try_send(link, [wire.APPEND, head, frame]):
+            if not self._append(link, first, last, frame):
                 return
-            link.commit_sent = max(link.commit_sent, commit)
-            link.append_at = now = self.mono()
+            now = link.append_at
             if link.full:
                 link.probe_at = now + FULL_PROBE_S
             if link.sent == link.acked:
                 link.progress_at = now
             link.sent = last
+            if last > link.sent_hi:
+                link.sent_hi = last
+
+    def _append(self, link: Link, first: int, last: int, frame: bytes) -> bool:
+        """Send one APPEND of records first..last; False if the socket would not take it."""
+        # A replicator takes min(commit, its last) as committed: name no seq beyond this
+        # frame, which the APPEND checks (it may hold a stale tail beyond it).
+        commit = min(self.committed, last)
+        key = (self.epoch, first, last, commit)
+        if key == self.append_key:   # the same frame to the next replicator: same header
+            head = self.append_head
+        else:
+            fields = {"stream": self.stream, "epoch": self.epoch, "first": first,
+                      "last": last, "commit": commit}
+            if self.stamps_epochs:   # the records before `first` carry this log's epochs
+                fields["prev_epoch"] = replication.epoch_at(self.history, first - 1)
+                if self.need == 1:
+                    # One replicator's copy commits a record of this master's epoch: the
+                    # replicator may publish it itself (docs/log.md, "Fan-out from the
+                    # replicators").
+                    fields["fanout"] = True
+            head = wire.pack(fields)
+            self.append_key, self.append_head = key, head
+        if not self._try_send(link, [wire.APPEND, head, frame]):
+            return False
+        link.commit_sent = max(link.commit_sent, commit)
+        link.append_at = self.mono()
+        return True
 
     # -- committing and forwarding ------------------------------------------------------------
     def _commit_frame(self, first: int, parts: list[bytes], acks: list, tag: str = "") -> None:

@@ -21,7 +21,7 @@ closed, a reset) and a heartbeat is then due: the ping timer writes to the error
 without looking. With no high-water mark the input never stops. What bounds a socket's inbound
 queue instead is the protocol on it: a producer sends at most its in-flight window and resends
 only when the master answers; a master sends a replicator at most MAX_INFLIGHT records and,
-when it stalls, one frame at a time until it answers (mq/master.py); every other socket carries
+when it stalls, one record until it answers (mq/master.py); every other socket carries
 requests and their answers (docs/log.md, "A libzmq abort under load")."""
 from __future__ import annotations
 

@@ -29,9 +29,9 @@ def test_a_replicator_behind_across_an_epoch_change_stores_the_log_and_fans_out_
                 {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
     core._forward()
     core.fake.advance(2 * SEC)               # r2 never acknowledged: resend from what it acked
-    core._pump_all()
+    _probe_and_gap(core)
     sent = [(b, m[2]) for i, b, m in core.take(wire.APPEND) if i == 2]
-    assert len(sent) == 1 and sent[0][0]["first"] == 1   # one frame until it answers
+    assert sent and sent[0][0]["first"] == 1
     store = Store(str(tmp_path / "lmdb"), "os", map_size=1 << 26)
     published = []
     done = []
@@ -58,6 +58,17 @@ def test_a_replicator_behind_across_an_epoch_change_stores_the_log_and_fans_out_
     for f in published:
         assert scan(f)[1] >= 6
     store.close()
+
+
+def _probe_and_gap(core) -> None:
+    """r2, empty, stalled: the master probes it with the newest record it sent, which leaves
+    a gap there; it answers "gap", and the master resends from what it acknowledged."""
+    core._pump_all()
+    probe = [b for i, b, _m in core.take(wire.APPEND) if i == 2]
+    assert len(probe) == 1 and probe[0]["first"] == probe[0]["last"] == core.links[2].sent
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "reason": "gap", "last": 0, "epoch": core.epoch})])
+    core._pump_all()
 
 
 def _apply(store, sent, published) -> None:
@@ -94,13 +105,8 @@ def test_a_run_and_the_frames_it_joins_leave_the_same_source_table(tmp_path):
                 {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
     core._forward()
     core.fake.advance(2 * SEC)
-    core._pump_all()        # r2 silent: one frame, then (once it answers) the rest as a run
+    _probe_and_gap(core)    # r2 lost them: resent as a run
     runs = [(b, m[2]) for i, b, m in core.take(wire.APPEND) if i == 2]
-    assert len(runs) == 1
-    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
-        {"stream": STREAM, "ok": True, "last": runs[0][0]["last"], "epoch": core.epoch})])
-    core._pump_all()
-    runs += [(b, m[2]) for i, b, m in core.take(wire.APPEND) if i == 2]
     assert len(runs) < len(per_link[0])
     tables = []
     for name, appends in (("frames", per_link[0]), ("runs", runs)):

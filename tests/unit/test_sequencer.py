@@ -1058,14 +1058,15 @@ def test_a_new_disk_full_episode_probes_at_once():
     assert len(_firsts_to(core, 2)) == 1
 
 
-def test_a_stalled_replicator_is_resent_one_frame_at_a_time_until_it_answers():
+def test_a_stalled_replicator_is_probed_with_one_record_not_sent_its_backlog_again():
     """A replicator that stops answering (its disk stalled: its socket queues what it is sent,
     with no receive high-water mark) is not sent its whole backlog again every RESEND_AFTER_S,
-    which would queue it there once more each time: after the stall the master resends one
-    frame and waits for an answer; the answer brings the rest."""
+    which would queue it there once more each time: each stall sends it the newest record it
+    was sent, and nothing else, until it answers."""
     from mq.master import RESEND_AFTER_S
     core = Core(replicators=3, policy="quorum")
     recover(core, [state(), state(), state()])
+    ss, to_2 = 1, []
 
     def turn(answering=(0, 1)):
         nonlocal ss
@@ -1073,31 +1074,95 @@ def test_a_stalled_replicator_is_resent_one_frame_at_a_time_until_it_answers():
         core.sequence_turn([data(7, ss, 1)])
         ss += 1
         for i, body, _m in core.take(wire.APPEND):
+            if i == 2:
+                to_2.append((body["first"], body["last"]))
             if i in answering:
+                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
+                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
+        core._forward()
+
+    for _ in range(20):
+        turn()
+    assert len(to_2) == 20 and core.links[2].acked == 0
+    to_2.clear()
+    for _ in range(int(RESEND_AFTER_S * 100) * 4):     # four stall periods, a frame each turn
+        turn()
+    # Until the first stall new frames go on (within MAX_INFLIGHT); from then on only probes,
+    # each the newest record sent.
+    newest = core.links[2].sent
+    after = to_2[to_2.index((newest, newest)):]
+    assert 3 <= len(after) <= 5 and set(after) == {(newest, newest)}
+    assert core.links[2].stalled
+    # It answers: what was made meanwhile follows, nothing it was sent before goes again.
+    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": True, "last": newest, "epoch": core.epoch})])
+    to_2.clear()
+    turn(answering=(0, 1, 2))
+    assert not core.links[2].stalled and min(f for f, _l in to_2) == newest + 1
+    assert core.links[2].acked == core.next_seq - 1
+
+
+def test_a_replicator_that_lost_what_it_was_sent_answers_the_probe_with_a_gap_and_gets_it_again():
+    """The stall's probe (the newest record sent) leaves a gap at a replicator that lost the
+    records before it (a dropped connection): it answers "gap", and the master resends from
+    what it acknowledged."""
+    from mq.master import RESEND_AFTER_S
+    core = Core(replicators=3, policy="quorum")
+    recover(core, [state(), state(), state()])
+    for ss in range(1, 11):
+        core.fake.advance(SEC // 100)
+        core.sequence_turn([data(7, ss, 1)])
+        ack_all(core)
+    for ss in range(11, 21):                        # r2 loses these
+        core.fake.advance(SEC // 100)
+        core.sequence_turn([data(7, ss, 1)])
+        for i, body, _m in core.take(wire.APPEND):
+            if i != 2:
+                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
+                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
+        core._forward()
+    link = core.links[2]
+    held = link.acked
+    core.fake.advance(int((RESEND_AFTER_S + 0.1) * SEC))
+    core._pump_all()
+    probe = [(b["first"], b["last"]) for i, b, _m in core.take(wire.APPEND) if i == 2]
+    assert probe == [(link.sent, link.sent)] and link.sent > held + 1
+    core._on_reply(link, [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": False, "reason": "gap", "last": held, "epoch": core.epoch})])
+    core._pump_all()
+    resent = [(b["first"], b["last"]) for i, b, _m in core.take(wire.APPEND) if i == 2]
+    assert resent and resent[0][0] == held + 1 and resent[-1][1] == core.next_seq - 1
+
+
+def test_a_slow_replicator_answering_what_it_was_sent_before_a_stall_is_not_sent_it_again():
+    """A disk slower than RESEND_AFTER_S per sync: the master probes for a stall, then the
+    answers to what it sent before arrive (it was queued there, not lost). They count, and
+    what they cover is not sent again: only what follows is (before, the master went back to
+    what was acknowledged and sent the whole backlog once more, each stall)."""
+    from mq.master import RESEND_AFTER_S
+    core = Core(replicators=3, policy="quorum")
+    recover(core, [state(), state(), state()])
+    ss, to_2 = 1, []
+    for _ in range(int(RESEND_AFTER_S * 100) + 20):      # past one stall period
+        core.fake.advance(SEC // 100)
+        core.sequence_turn([data(7, ss, 1)])
+        ss += 1
+        for i, body, _m in core.take(wire.APPEND):
+            if i != 2:
                 core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
                     {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
             else:
                 to_2.append((body["first"], body["last"]))
         core._forward()
-
-    ss, to_2 = 1, []
-    for _ in range(20):
-        turn()
-    first_sent = len(to_2)
-    assert first_sent == 20 and core.links[2].acked == 0
+    link = core.links[2]
+    assert link.stalled
+    before = link.sent
     to_2.clear()
-    for _ in range(int(RESEND_AFTER_S * 100) * 4):     # four stall periods, a frame each turn
-        turn()
-    # Until the first stall new frames go on (within MAX_INFLIGHT); from then on only probes.
-    after = to_2[to_2.index((1, 1)):]
-    resent = [r for r in after if r[0] == 1]
-    assert 3 <= len(resent) <= 5        # one probe per stall period ...
-    assert len(after) == len(resent)     # ... and nothing else: the backlog is not sent again
-    assert core.links[2].stalled
-    # It answers the probe: the rest follows in runs, and it catches up.
-    core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
-        {"stream": STREAM, "ok": True, "last": resent[-1][1], "epoch": core.epoch})])
-    to_2.clear()
-    turn(answering=(0, 1, 2))
-    assert not core.links[2].stalled
-    assert core.links[2].acked == core.next_seq - 1
+    # the answer to the last frame sent before the stall arrives (the probe's comes later)
+    core._on_reply(link, [wire.APPENDED, wire.pack(
+        {"stream": STREAM, "ok": True, "last": before, "epoch": core.epoch})])
+    assert link.acked == before and not link.stalled
+    core._pump_all()
+    for _i, body, _m in (m for m in core.take(wire.APPEND) if m[0] == 2):
+        to_2.append((body["first"], body["last"]))
+    assert to_2 and min(f for f, _l in to_2) == before + 1      # only what it lacks
