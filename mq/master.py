@@ -56,7 +56,8 @@ MAX_EPOCH = (1 << 32) - 1      # a record's epoch is a u32
 MAX_FRAME_BYTES = 4 << 20      # a sequenced frame is cut at this size
 MAX_INFLIGHT = 1 << 20         # records sent to one replicator and not yet acknowledged
 RESEND_BYTES = 1 << 20         # a replicator behind gets its backlog in frames of this size
-RESEND_AFTER_S = 1.0           # unacknowledged for this long: go back and resend
+RESEND_AFTER_S = 1.0           # unacknowledged for this long: probe it (Master._stalled)
+STALL_PROBE_S = 0.1            # ... and again this often until it answers
 FULL_PROBE_S = 0.05            # a replicator whose disk is full gets one frame this often
 PROBE_EVERY_S = 0.5            # an unknown replicator is claimed again this often
 ASK_EVERY_S = 0.02             # start-up questions are repeated this often until sent
@@ -698,7 +699,8 @@ class Master:
                     self._claim(link, self.epoch)
         top = self.next_seq - 1
         for link in self.links:
-            if link.sent > link.acked and now - link.progress_at > RESEND_AFTER_S:
+            if link.sent > link.acked and now - link.progress_at > (
+                    STALL_PROBE_S if link.stalled else RESEND_AFTER_S):
                 self._stalled(link, now)
             if link.known and link.sent < top:   # (what _pump checks first)
                 self._pump(link)
@@ -710,14 +712,21 @@ class Master:
         take no receive high-water mark, mq/sockets.py). So it is probed with the newest
         record sent, and nothing else goes until it answers: queued, the rest is answered
         before the probe and the probe is a duplicate; lost, the probe leaves a gap, which the
-        replicator answers with "gap", and the master resends from what it acknowledged."""
-        link.progress_at = now
+        replicator answers with "gap", and the master resends from what it acknowledged.
+
+        Until it answers, the probe goes again every STALL_PROBE_S: a probe sent on a
+        connection that then dropped (a frozen replicator's, after its heartbeats stopped) is
+        lost, and one the socket would not take (not connected) was never sent; waiting
+        RESEND_AFTER_S for each made a replicator thawed after a 3-5 s freeze take up to 5.7 s
+        to catch up. A probe is one record, so ten a second queue next to nothing."""
         probe = None if link.full or not link.known else self.window.read(link.sent, link.sent)
         if probe is None:
+            link.progress_at = now
             link.sent = link.acked   # a full disk's probes, or the record left the window
             return
         link.stalled = True
-        self._append(link, link.sent, link.sent, probe[0])
+        if self._append(link, link.sent, link.sent, probe[0]):
+            link.progress_at = now   # (not sent: tried again on the next turn)
 
     def _pump(self, link: Link) -> None:
         """Send this replicator what it lacks, oldest first, within the in-flight limit."""

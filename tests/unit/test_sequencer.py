@@ -1091,7 +1091,9 @@ def test_a_stalled_replicator_is_probed_with_one_record_not_sent_its_backlog_aga
     # each the newest record sent.
     newest = core.links[2].sent
     after = to_2[to_2.index((newest, newest)):]
-    assert 3 <= len(after) <= 5 and set(after) == {(newest, newest)}
+    assert set(after) == {(newest, newest)}
+    # a probe each STALL_PROBE_S once stalled (3 s of the 4 here): one record, ten a second
+    assert 20 <= len(after) <= 40
     assert core.links[2].stalled
     # It answers: what was made meanwhile follows, nothing it was sent before goes again.
     core._on_reply(core.links[2], [wire.APPENDED, wire.pack(
@@ -1166,3 +1168,31 @@ def test_a_slow_replicator_answering_what_it_was_sent_before_a_stall_is_not_sent
     for _i, body, _m in (m for m in core.take(wire.APPEND) if m[0] == 2):
         to_2.append((body["first"], body["last"]))
     assert to_2 and min(f for f, _l in to_2) == before + 1      # only what it lacks
+
+
+def test_a_probe_the_socket_would_not_take_is_tried_again_on_the_next_turn():
+    """A stalled replicator that is not connected (the socket refuses the probe) is probed
+    again at the next turn, not after another stall period: once it is back, it hears the
+    probe at once."""
+    from mq.master import RESEND_AFTER_S
+    core = Core(replicators=3, policy="quorum")
+    recover(core, [state(), state(), state()])
+    for ss in range(1, 6):
+        core.fake.advance(SEC // 100)
+        core.sequence_turn([data(7, ss, 1)])
+        for i, body, _m in core.take(wire.APPEND):
+            if i != 2:
+                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
+                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
+        core._forward()
+    link = core.links[2]
+    sent_ok = Core._try_send
+    core._try_send = lambda lk, msg: lk is not link and sent_ok(core, lk, msg)
+    core.fake.advance(int((RESEND_AFTER_S + 0.1) * SEC))
+    core._pump_all()                       # the probe is refused: not sent
+    assert link.stalled and not [m for m in core.take(wire.APPEND) if m[0] == 2]
+    core._try_send = lambda lk, msg: sent_ok(core, lk, msg)
+    core.fake.advance(SEC // 1000)         # the next turn, a millisecond later
+    core._pump_all()
+    probe = [(b["first"], b["last"]) for i, b, _m in core.take(wire.APPEND) if i == 2]
+    assert probe == [(link.sent, link.sent)]
