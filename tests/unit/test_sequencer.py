@@ -1115,14 +1115,7 @@ def test_a_replicator_that_lost_what_it_was_sent_answers_the_probe_with_a_gap_an
         core.fake.advance(SEC // 100)
         core.sequence_turn([data(7, ss, 1)])
         ack_all(core)
-    for ss in range(11, 21):                        # r2 loses these
-        core.fake.advance(SEC // 100)
-        core.sequence_turn([data(7, ss, 1)])
-        for i, body, _m in core.take(wire.APPEND):
-            if i != 2:
-                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
-                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
-        core._forward()
+    _r2_silent(core, 11, 20)                        # r2 loses these
     link = core.links[2]
     held = link.acked
     core.fake.advance(int((RESEND_AFTER_S + 0.1) * SEC))
@@ -1177,14 +1170,7 @@ def test_a_probe_the_socket_would_not_take_is_tried_again_on_the_next_turn():
     from mq.master import RESEND_AFTER_S
     core = Core(replicators=3, policy="quorum")
     recover(core, [state(), state(), state()])
-    for ss in range(1, 6):
-        core.fake.advance(SEC // 100)
-        core.sequence_turn([data(7, ss, 1)])
-        for i, body, _m in core.take(wire.APPEND):
-            if i != 2:
-                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
-                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
-        core._forward()
+    _r2_silent(core, 1, 5)
     link = core.links[2]
     sent_ok = Core._try_send
     core._try_send = lambda lk, msg: lk is not link and sent_ok(core, lk, msg)
@@ -1196,3 +1182,16 @@ def test_a_probe_the_socket_would_not_take_is_tried_again_on_the_next_turn():
     core._pump_all()
     probe = [(b["first"], b["last"]) for i, b, _m in core.take(wire.APPEND) if i == 2]
     assert probe == [(link.sent, link.sent)]
+
+
+def _r2_silent(core: Core, first: int, last: int) -> None:
+    """Source seqs first..last sequenced a turn each, 10 ms apart; r0 and r1 answer, r2 does
+    not (what it is sent is lost or queued)."""
+    for ss in range(first, last + 1):
+        core.fake.advance(SEC // 100)
+        core.sequence_turn([data(7, ss, 1)])
+        for i, body, _m in core.take(wire.APPEND):
+            if i != 2:
+                core._on_reply(core.links[i], [wire.APPENDED, wire.pack(
+                    {"stream": STREAM, "ok": True, "last": body["last"], "epoch": core.epoch})])
+        core._forward()
