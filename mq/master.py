@@ -90,8 +90,7 @@ class Link:
     addr: str
     sock: Any = None          # the shell's socket (None in the model)
     acked: int = 0            # highest contiguous seq it acknowledged
-    sent: int = 0             # highest seq sent to it (rewound to resend)
-    sent_hi: int = 0          # highest seq sent to it since it was reconciled (not rewound)
+    sent: int = 0             # highest seq sent to it (rewound when it lost what followed)
     known: bool = False       # claimed and reconciled by this master; its acks count
     progress_at: float = 0.0  # when its acks last moved (or a resend began)
     commit_sent: int = 0      # the commit point it was last told
@@ -99,7 +98,7 @@ class Link:
     alarm_at: float = 0.0     # the next time a refusal that needs the operator is logged
     append_at: float = 0.0    # when the last APPEND went to it (it carried the commit point)
     full: bool = False        # its disk was full at its last answer: one frame at a time
-    stalled: bool = False     # unanswered for RESEND_AFTER_S: one frame at a time until it answers
+    stalled: bool = False     # unanswered for RESEND_AFTER_S: probed until it answers (_stalled)
     probe_at: float = 0.0     # ... the next of which goes no earlier than this
 
 
@@ -571,7 +570,7 @@ class Master:
                         link.addr, agreed + 1, st["last"])
             self._try_send(link, [wire.TRUNCATE, wire.pack(
                 {"stream": self.stream, "epoch": self.epoch, "after": agreed})])
-        link.acked = link.sent = link.sent_hi = agreed
+        link.acked = link.sent = agreed
         link.known = True
         link.full = link.stalled = False
         link.progress_at = self.mono()
@@ -637,15 +636,13 @@ class Master:
             return  # not reconciled yet: what it says does not count
         link.stalled = False   # it answers
         if body.get("ok") is True:
-            # It can hold nothing of this master's beyond what was sent to it, counting what
-            # went before a rewind for a stall: that may have been queued there, and is
-            # acknowledged now; it is not sent again.
-            last = min(last, link.sent_hi)
+            # It can hold nothing of this master's beyond what was sent to it. (A stall does
+            # not rewind `sent`: what went before it and was only queued there is answered
+            # now, and is not sent again.)
+            last = min(last, link.sent)
             if last > link.acked:
                 link.acked = last
                 link.progress_at = self.mono()
-                if link.sent < last:
-                    link.sent = last
             link.full = False
             return
         reason = body.get("reason")
@@ -654,7 +651,7 @@ class Master:
             # and until it takes a frame again send it one frame every FULL_PROBE_S: it
             # resumes within that of having room, and a long outage costs no resends of the
             # whole backlog.
-            link.sent = link.sent_hi = link.acked
+            link.sent = link.acked
             link.progress_at = self.mono()
             if not link.full:
                 link.full = True
@@ -662,7 +659,7 @@ class Master:
         elif reason == "gap" and last >= link.acked:
             # It lost what was in flight: resend from what it acknowledged (its own `last`
             # may end in records that are not this master's, so it is not taken on trust).
-            link.sent = link.sent_hi = link.acked
+            link.sent = link.acked
             link.progress_at = self.mono()
         elif reason in ("gap", "conflict", "committed", "disk_full"):
             # Other bytes where this master writes (a tail kept from an older epoch, a TRUNCATE
@@ -756,8 +753,6 @@ class Master:
             if link.sent == link.acked:
                 link.progress_at = now
             link.sent = last
-            if last > link.sent_hi:
-                link.sent_hi = last
 
     def _append(self, link: Link, first: int, last: int, frame: bytes) -> bool:
         """Send one APPEND of records first..last; False if the socket would not take it."""

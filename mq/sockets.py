@@ -38,8 +38,12 @@ TIMEOUT_PINGS = 5        # a connection silent for this many ping intervals is d
 
 
 def _heartbeats(sock: zmq.Socket, ms: int, ttl: bool) -> None:
-    """Ping every ms, drop the connection after TIMEOUT_PINGS silent intervals; ttl: the
-    pings also ask the peer to drop it after as long."""
+    """Ping every ms (0: no pings, the receive high-water mark stays), drop the connection
+    after TIMEOUT_PINGS silent intervals; ttl: the pings also ask the peer to drop it after as
+    long. A socket that pings takes no receive high-water mark (the module's docstring)."""
+    if not ms:
+        return
+    sock.setsockopt(zmq.RCVHWM, 0)
     sock.setsockopt(zmq.HEARTBEAT_IVL, ms)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms * TIMEOUT_PINGS)
     if ttl:
@@ -56,13 +60,12 @@ def dealer(addr: str, *, immediate: bool = False, sndhwm: int = HWM,
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, sndhwm)
-    sock.setsockopt(zmq.RCVHWM, 0 if heartbeat_ms else HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
     if immediate:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     if routing_id is not None:
         sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    if heartbeat_ms:
-        _heartbeats(sock, heartbeat_ms, ttl=True)
+    _heartbeats(sock, heartbeat_ms, ttl=True)
     auth.secure_client(sock, addr, curve, server_key)
     sock.connect(addr)
     return sock
@@ -118,7 +121,7 @@ def router(bind: str, curve: auth.Identity | None = None,
     sock = zmq.Context.instance().socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)      # it pings: see the module's docstring
+    sock.setsockopt(zmq.RCVHWM, HWM)
     sock.setsockopt(zmq.SNDHWM, HWM)
     _heartbeats(sock, heartbeat_ms, ttl=False)
     auth.secure_server(sock, curve)
