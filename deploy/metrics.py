@@ -51,7 +51,7 @@ COUNTERS = frozenset({
     "held_frames", "gaps_reported", "copies_compared", "divergences",
     # replicator/server.py
     "appended_records", "commits", "replayed_bytes", "quarantined", "damaged_reads", "errors",
-    "disk_full_refusals",
+    "disk_full_refusals", "duplicate_records",
     # mq/replica.py
     "applied", "snapshots", "published_frames", "send_blocked", "gaps_told", "resends",
     "bad_snapshots", "snapshot_failures",

@@ -195,7 +195,7 @@ class Replicator:
                       "refused": 0, "errors": 0, "caught_up_records": 0, "compared_records": 0,
                       "divergent_ranges": 0, "repaired_records": 0, "damaged_reads": 0,
                       "truncated_records": 0, "disk_full_refusals": 0, "quarantined": 0,
-                      "unauthorized": 0, "published_frames": 0}
+                      "unauthorized": 0, "published_frames": 0, "duplicate_records": 0}
         self.disk_full_since: float | None = None  # monotonic time writing began to fail
         self.write_retry_at = 0.0
         self.full_free = 0          # bytes free when the last write failed
@@ -557,6 +557,9 @@ class Replicator:
                 self.fresh.append([stream.encode() + b"\0", req["frame"]])
             if req["commit"] is not None:
                 log_.set_commit(txn, req["commit"])
+            # records it already held: a master's resends (what the log's metrics show of
+            # a backlog sent twice)
+            self.stats["duplicate_records"] += max(0, min(req["last"], before) - req["first"] + 1)
         else:
             self.stats["refused"] += 1
             if result.reason == "conflict":
