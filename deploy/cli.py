@@ -1228,8 +1228,8 @@ def parser() -> Parser:
     s = sub.add_parser("gateway", help="run the order-entry gateway (PROTOCOL.md over TCP)")
     s.add_argument("--config", required=True,
                    help="JSON object, or a file holding one: index, listen, accounts, shards, "
-                        "specs, max_depth, heartbeat_ms, max_connections, journal_cache_bytes "
-                        "(docs/gateway.md)")
+                        "specs, max_depth, heartbeat_ms, max_connections, journal_cache_bytes, "
+                        "index_file (docs/gateway.md)")
     s.set_defaults(fn=cmd_gateway)
     s = sub.add_parser("marketdata", help="run the market-data publisher (binary feed, "
                                           "WebSocket, page)")

@@ -61,7 +61,7 @@ COUNTERS = frozenset({
     "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
     "slow_consumers", "session_messages", "bad_payloads", "auth_cached", "auth_scrypt",
     "auth_joined", "auth_busy", "auth_timeouts", "probes", "journal_reads",
-    "journal_read_failures",
+    "journal_read_failures", "index_writes", "index_write_failures",
     # deploy/oracle.py
     "sent", "intervals"})
 

@@ -849,7 +849,8 @@ def _plan_trading(conf: dict, topo: Topology, addr, rep_addrs: list[str], cores:
                  "specs": [{"symbol_id": s["symbol_id"], "name": s["name"],
                             "tick": s["tick_size"], "lot": s["lot_size"]}
                            for s in conf["symbols"]],
-                 "max_depth": t["max_depth"], "journal_cache_bytes": t["journal_cache_bytes"]}
+                 "max_depth": t["max_depth"], "journal_cache_bytes": t["journal_cache_bytes"],
+                 "index_file": os.path.join(root, f"gateway{g}", "journal.index")}
         topo.procs.append(ProcSpec(f"gateway{g}", "gateway", host,
                                    ["gateway", "--config", json.dumps(gconf)], listen,
                                    extra={"sources": [SRC_GATEWAY | g], "listen": listen,

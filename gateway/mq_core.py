@@ -3,8 +3,9 @@
 Per shard N:
 * a Producer into `in.te.N` with source id `0x7200_0000 | g` (docs/order-path.md §2): every
   record the gateway sends, exactly once, in send order;
-* a Subscriber of `out.te.N` from seq 1, replaying from the replicators and then live: every
-  output record, in order, handed to the callback (the session journal is rebuilt from it).
+* a Subscriber of `out.te.N` from seq 1 (or from where the gateway's index file left off,
+  resume_at), replaying from the replicators and then live: every output record, in order,
+  handed to the callback (the session journal is rebuilt from it).
 
 depth(N) is the number of records this gateway submitted to `in.te.N` that it has not yet seen
 applied in `out.te.N`. An output record carries its input record's source and source_seq in
@@ -70,6 +71,7 @@ class MqCore:
         self.task: asyncio.Task | None = None
         self.stats = {"records_out": 0, "records_in": 0, "backpressure_waits": 0}
         self.read_order: dict[int, list[str]] = {}  # per shard, its replicators, best first
+        self.next_seqs = [1] * self.n_shards     # where each out.te.N subscription starts
 
     def subscribe(self, callback: Callable[[int, int, int, bytes], None]) -> None:
         self.callbacks.append(callback)
@@ -83,6 +85,19 @@ class MqCore:
         reps = self.read_order.setdefault(shard, list(sh["replicators"]))
         return await asyncio.get_running_loop().run_in_executor(
             None, read_back, reps, sh.get("out_stream", f"out.te.{shard}"), sorted(seqs))
+
+    def resume_at(self, shard: int, next_seq: int) -> None:
+        """Before start(): out.te.<shard> is read from next_seq (the gateway's index file
+        covers the records before it)."""
+        self.next_seqs[shard] = next_seq
+
+    async def stamp(self, shard: int, seq: int) -> int | None:
+        """The ts_ns of out.te.<shard> record seq, None if no replicator holds it; raises if
+        none answers."""
+        sh = self.shards[shard]
+        return await asyncio.get_running_loop().run_in_executor(
+            None, stamp_of, list(sh["replicators"]), sh.get("out_stream", f"out.te.{shard}"),
+            seq)
 
     async def start(self) -> None:
         from mq.producer import Producer
@@ -114,7 +129,8 @@ class MqCore:
             self.first_ss[n] = p.next_ss
             self.submitted[n] = self.seen[n] = p.next_ss - 1
             self.subscribers.append(Subscriber(sh.get("out_stream", f"out.te.{n}"), sh["pub"],
-                                               list(sh["replicators"]), next_seq=1))
+                                               list(sh["replicators"]),
+                                               next_seq=self.next_seqs[n]))
         self.task = loop.create_task(self._poll())
 
     async def close(self) -> None:
@@ -207,6 +223,38 @@ class MqCore:
                         except Exception:  # a bug in the consumer; the stream goes on
                             log.exception("out.te.%d seq %d: callback failed", n, seq)
         return busy
+
+
+STAMP_TRY_S = 2.0   # for one replicator's answer to stamp_of
+STAMP_WAIT_S = 3.0  # how long stamp_of asks again while no replicator serves the record yet
+
+
+def stamp_of(replicators: list[str], stream: str, seq: int) -> int | None:
+    """The ts_ns of record seq of a stream, from the first replicator that serves it. A
+    replicator serves what it knows committed and learns the commit point a moment after the
+    fan-out, so a record just seen may not be served yet: asked again for STAMP_WAIT_S. None
+    if the replicators answered all that time and none served it; the last error if none
+    answered."""
+    from mq.control import replay
+    from mq.record import decode
+    deadline = time.monotonic() + STAMP_WAIT_S
+    while True:
+        error: Exception | None = None
+        answered = False
+        for rep in replicators:
+            try:
+                for frame in replay(rep, stream, seq, seq, timeout_s=STAMP_TRY_S):
+                    for r in decode(frame):
+                        if r[0] == seq:
+                            return r[1]
+                answered = True
+            except (TimeoutError, RuntimeError, ValueError) as exc:
+                error = exc
+        if not answered and error is not None:
+            raise error
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
 
 
 READ_BACK_GAP = 64         # seqs this close together are read in one REPLAY

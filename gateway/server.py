@@ -3,8 +3,9 @@
 Contract (docs/order-path.md §4, docs/gateway.md):
 * The gateway keeps no state that matters. Every session decision (duplicates, SeqNos, binding,
   cancel-on-disconnect) is the TradingEngine's; the gateway authenticates, frames, throttles,
-  sheds, and answers replays from an index of the engines' output streams (`out.te.N`, read
-  from seq 1), which are the session journals.
+  sheds, and answers replays from an index of the engines' output streams (`out.te.N`), which
+  are the session journals; a checkpoint of the index on disk (gateway/index.py) lets a start
+  read only the records after it, once the log confirms the file.
 * It talks to the engines through a `Core` (below): `MqCore` over mq/ streams in production,
   an in-process core in tests and in the one-process topology.
 * Authentication comes first: nothing is sent to the core for a connection until its
@@ -41,6 +42,7 @@ from gateway import wire
 from gateway.accounts import Accounts, User
 from gateway.aio import stop_task
 from gateway.auth import Authenticator, Check
+from gateway.index import IndexFile
 
 log = logging.getLogger("seqex.gateway")
 
@@ -110,6 +112,12 @@ class Core(Protocol):
     async def fetch(self, shard: int, seqs: list[int]) -> dict[int, bytes]:
         """The payloads of these out.te.<shard> records (each one the callback saw), read back
         from the log: for the session messages the journal no longer holds in memory."""
+
+    # For a gateway with an index file (Config.index_file) the core also has:
+    #   async def stamp(shard, seq) -> int | None: the ts_ns of out.te.<shard> record seq,
+    #       None if the log does not hold it (raises if the log does not answer);
+    #   def resume_at(shard, next_seq): before start(), the callback's first record of the
+    #       shard is next_seq instead of 1.
 
 
 # -- reading the TradingEngine's output -------------------------------------------------------
@@ -189,12 +197,17 @@ class Config:
     logout_grace_s: float = 2.0       # wait for the peer's Logout answer / close
     shutdown_grace_s: float = 0.5     # at shutdown: wait this long for the Logout(6) answers
     tick_s: float = 0.025             # timer resolution (heartbeats, timeouts)
+    index_file: str = ""              # the journal index's checkpoint (gateway/index.py); ""
+    #                                   none: a start reads every out.te.N from seq 1
+    index_interval_s: float = 1.0     # what changed is appended to it this often
 
     def __post_init__(self):
         if not 0 <= self.index < 1 << 16:
             raise ValueError("index must be 0..65535")
         if not HEARTBEAT_MIN_MS <= self.heartbeat_ms <= HEARTBEAT_MAX_MS:
             raise ValueError("heartbeat_ms must be 100..30000")
+        if not self.index_interval_s > 0:
+            raise ValueError("index_interval_s must be positive")
         if self.journal_cache_bytes < 0:
             raise ValueError("journal_cache_bytes must be >= 0")
         if self.max_depth < 1 or self.max_connections < 1:
@@ -953,7 +966,15 @@ class Gateway:
             "logouts_sent", "protocol_errors", "client_messages", "throttled", "shed",
             "retransmit_rejects", "heartbeat_timeouts", "logon_timeouts", "core_timeouts",
             "slow_consumers", "session_messages", "bad_payloads", "journal_reads",
-            "journal_read_failures", "probes")}
+            "journal_read_failures", "probes", "index_writes", "index_write_failures")}
+        # the journal index on disk (Config.index_file): the last out.te.N record applied to
+        # the index per shard (seq, ts_ns), what changed since the last chunk written (each
+        # session's first SeqNo not written; finalized sessions), the covered seqs written
+        self.index: IndexFile | None = None
+        self.covered: list[tuple[int, int]] = [(0, 0)] * self.n_shards
+        self.index_dirty: dict[tuple[int, int], int] = {}
+        self.index_drops: list[tuple[int, int]] = []
+        self.index_written: list[tuple[int, int]] = list(self.covered)
         cfg = self.cfg
         self.auth = Authenticator(lambda: self.accounts, self._auth_answer, self.stats,
                                   cfg.max_auth_pending, cfg.max_auth_per_peer,
@@ -964,6 +985,8 @@ class Gateway:
         """Subscribe, start the core, send GatewayStart(g) to every shard and wait until each
         applied it (so every earlier session event is indexed), then listen."""
         self.loop = loop = asyncio.get_running_loop()
+        if self.cfg.index_file:
+            await self._open_index()
         self.core.subscribe(self._on_record)
         await self.core.start()
         for shard in range(self.n_shards):
@@ -1009,6 +1032,77 @@ class Gateway:
             await stop_task(t, "a gateway task")
         self.tasks.clear()
         self.auth.close()
+        if self.index is not None:
+            self._checkpoint()
+            self.index.close()
+
+    # -- the journal index on disk (gateway/index.py) ----------------------------------------------
+    async def _open_index(self) -> None:
+        """Take the index file's sessions if the log confirms it (each shard's covered seq
+        holds the record stamped as the file says), and read each shard from the record
+        after it; else start from seq 1 with an empty file."""
+        from gateway import index as gindex
+        path, n = self.cfg.index_file, self.n_shards
+        loaded = gindex.load(path, n)
+        if loaded.damaged:
+            log.warning("gateway %d: index %s: stopped reading at %s; the log is read from "
+                        "where the chunks before it end", self.cfg.index, path, loaded.damaged)
+        usable = any(seq for seq, _ts in loaded.covered)
+        for shard, (seq, ts) in enumerate(loaded.covered):
+            if not usable or not seq:
+                continue
+            try:
+                have = await self.core.stamp(shard, seq)
+            except Exception as exc:   # (no replicator answered)
+                log.warning("gateway %d: index %s not used: out.te.%d seq %d could not be "
+                            "read (%s); reading every out.te.N from seq 1", self.cfg.index,
+                            path, shard, seq, exc)
+                usable = False
+                continue
+            if have != ts:
+                log.warning("gateway %d: index %s not used: it covers out.te.%d to seq %d "
+                            "stamped %d, the log %s; reading every out.te.N from seq 1",
+                            self.cfg.index, path, shard, seq, ts,
+                            "does not hold that seq" if have is None else f"stamps it {have}")
+                usable = False
+        f = gindex.IndexFile(path, n)
+        if usable:
+            for key, (shard, locs) in loaded.sessions.items():
+                j = self.journal[key] = Journal(shard)
+                j.locs = locs
+            self.covered = list(loaded.covered)
+            for shard, (seq, _ts) in enumerate(self.covered):
+                self.core.resume_at(shard, seq + 1)
+            log.info("gateway %d: index %s: %d sessions, %d server messages; reading "
+                     "out.te from %s", self.cfg.index, path, len(self.journal),
+                     sum(len(j.locs) for j in self.journal.values()),
+                     ", ".join(f"{n_}: seq {s + 1}" for n_, (s, _t) in enumerate(self.covered)))
+            if loaded.valid_bytes > 2 * loaded.needed_bytes() + gindex.COMPACT_SLACK:
+                f.rewrite(self.covered, {k: (j.shard, j.locs) for k, j in self.journal.items()})
+            else:
+                f.open_for_append(loaded.valid_bytes)
+        else:
+            f.rewrite(self.covered, {})
+        self.index = f
+        self.index_written = list(self.covered)
+
+    def _checkpoint(self) -> None:
+        """Append what changed in the index since the last chunk (nothing if nothing did)."""
+        from gateway.index import chunk
+        if self.covered == self.index_written and not self.index_dirty and \
+                not self.index_drops:
+            return
+        journal = self.journal
+        sets = [(k, journal[k].shard, journal[k].locs, first)
+                for k, first in self.index_dirty.items() if k in journal]
+        covered = list(self.covered)
+        if self.index.append(chunk(self.n_shards, covered, self.index_drops, sets)):
+            self.stats["index_writes"] += 1
+            self.index_dirty.clear()
+            self.index_drops.clear()
+            self.index_written = covered
+        else:
+            self.stats["index_write_failures"] += 1
 
     def reload_accounts(self, accounts: Accounts) -> None:
         """Take a new accounts file: a logged-on user who is gone from it, or whose id or
@@ -1034,6 +1128,7 @@ class Gateway:
         return {"role": "gateway", "index": self.cfg.index, "open_connections": len(self.conns),
                 "live_sessions": len(self.live), "pending_logons": len(self.pending),
                 "journal_sessions": len(self.journal), "journal_held_bytes": self.cached_bytes,
+                "index_bytes": self.index.size if self.index is not None else 0,
                 "auth_queued": len(self.auth.queue), "auth_running": self.auth.running,
                 "queue_depth": [len(q) for q in self.queues],
                 "in_flight": [self.core.depth(s) for s in range(self.n_shards)],
@@ -1182,6 +1277,7 @@ class Gateway:
 
     # -- the engines' output -----------------------------------------------------------------------
     def _on_record(self, shard: int, out_seq: int, ts_ns: int, payload: bytes) -> None:
+        self.covered[shard] = (out_seq, ts_ns)
         try:
             events = session_events(payload)
         except ValueError as exc:
@@ -1203,6 +1299,10 @@ class Gateway:
                     journal = self.journal[key] = Journal(shard)
                 locs = journal.locs
                 seq = int.from_bytes(block[:8], "little")
+                if self.index is not None:
+                    first = min(seq, len(locs) + 1)
+                    if self.index_dirty.get(key, first) >= first:
+                        self.index_dirty[key] = first
                 if seq == len(locs) + 1:
                     locs.append(out_seq)
                 elif seq > len(locs):
@@ -1228,7 +1328,9 @@ class Gateway:
         if conn is not None and conn.conn_id == conn_id:
             conn.bound = False  # nothing left to end
             conn.logout(wire.LOGOUT_END_OF_SESSION, "end of session", wait=True)
-        self.journal.pop(key, None)
+        if self.journal.pop(key, None) is not None and self.index is not None:
+            self.index_dirty.pop(key, None)
+            self.index_drops.append(key)
 
     def session_bucket(self, key: tuple[int, int], rate: int) -> Bucket:
         """The session's throttle as its last connection left it (a new one if it has none,
@@ -1345,9 +1447,16 @@ class Gateway:
             c._process()
 
     async def _ticker(self) -> None:
+        index_due = self.clock() + self.cfg.index_interval_s
         while True:
             await asyncio.sleep(self.cfg.tick_s)
             now = self.clock()
+            if self.index is not None and now >= index_due:
+                index_due = now + self.cfg.index_interval_s
+                try:
+                    self._checkpoint()
+                except Exception:  # a bug: the index stays in memory, the gateway goes on
+                    log.exception("gateway %d: index checkpoint failed", self.cfg.index)
             for c in list(self.conns):
                 try:
                     c.tick(now)
@@ -1398,7 +1507,8 @@ _OPTIONAL = {"specs": list, "max_depth": int, "heartbeat_ms": int, "max_connecti
              "max_output_bytes": int, "max_input_bytes": int,
              "max_auth_pending": int, "max_auth_per_peer": int, "max_auth_queued": int,
              "max_auth_queued_per_peer": int, "auth_timeout_s": (int, float),
-             "journal_cache_bytes": int}
+             "journal_cache_bytes": int, "index_file": str,
+             "index_interval_s": (int, float)}
 
 
 def parse_settings(doc) -> Settings:

@@ -22,6 +22,9 @@ class FakeCore:
         self.pending = [deque() for _ in range(n_shards)]
         self.out_seq = [0] * n_shards
         self.out_log: list[list[bytes]] = [[] for _ in range(n_shards)]  # what emit() sent
+        self.out_ts: list[list[int]] = [[] for _ in range(n_shards)]     # ... its stamps
+        self.resumed = [1] * n_shards  # resume_at(): where a gateway's index file left off
+        self.replay_history = False    # True: start() hands the callbacks out.te from resumed
         self.fetch_fails = False     # True: fetch() raises (every replicator down)
         self.sessions: dict[tuple[int, int], dict] = {}
         self.hold = False            # True: records wait (depth grows) until release()
@@ -33,6 +36,12 @@ class FakeCore:
     # -- Core ---------------------------------------------------------------------------------
     async def start(self):
         self.started = True
+        if self.replay_history:      # a restarted gateway reads the log from where it left off
+            for shard in range(self.n_shards):
+                for seq in range(self.resumed[shard], len(self.out_log[shard]) + 1):
+                    for cb in self.callbacks:
+                        cb(shard, seq, self.out_ts[shard][seq - 1],
+                           self.out_log[shard][seq - 1])
 
     async def close(self):
         self.closed = True
@@ -57,6 +66,15 @@ class FakeCore:
         log = self.out_log[shard]
         return {s: log[s - 1] for s in seqs if 1 <= s <= len(log)}
 
+    async def stamp(self, shard, seq):
+        if self.fetch_fails:
+            raise TimeoutError("no replicator answered")
+        ts = self.out_ts[shard]
+        return ts[seq - 1] if 1 <= seq <= len(ts) else None
+
+    def resume_at(self, shard, next_seq):
+        self.resumed[shard] = next_seq
+
     # -- control ------------------------------------------------------------------------------
     def release(self):
         self.hold = False
@@ -70,6 +88,7 @@ class FakeCore:
         self.out_seq[shard] += 1
         self.out_log[shard].append(bytes(payload))
         self.ts_ns += 1000
+        self.out_ts[shard].append(self.ts_ns)
         for cb in self.callbacks:
             cb(shard, self.out_seq[shard], self.ts_ns, payload)
 

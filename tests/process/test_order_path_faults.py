@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import time
 
@@ -410,6 +411,14 @@ def run_flow(cl, kill: str | None, steps: int, seed: int, n_sessions: int = 4) -
         check_sessions(cl, sessions)
         if "gateway" in kills:
             assert all(s.reconnects >= 1 for s in sessions)
+            # the restarted gateway took its index file and read out.te.N only after it
+            # (gateway/index.py); the sessions' replays above came from that index
+            with open(os.path.join(cl["data"], "logs", "gateway0.log")) as f:
+                took = re.findall(r"index \S+: (\d+) sessions, \d+ server messages; reading "
+                                  r"out.te from 0: seq (\d+), 1: seq (\d+)", f.read())
+            assert took and int(took[-1][1]) > 1 and int(took[-1][2]) > 1, took
+            print(f"the restarted gateway's index: {took[-1][0]} sessions, out.te.0 from seq "
+                  f"{took[-1][1]}, out.te.1 from seq {took[-1][2]}")
         fills = sum(1 for s in sessions for _q, raw in s.messages()
                     if int.from_bytes(raw[6:8], "little") == 200 and raw[12 + 104] == ord("F"))
         assert fills > 0, "the flow never crossed"

@@ -114,8 +114,9 @@ def test_the_gateway_and_the_oracle_get_their_configuration_and_sources():
     g = json.loads(gw.args[2])
     # exactly the keys `seqex gateway --config` takes (gateway/server.py parse_settings)
     assert set(g) == {"index", "listen", "accounts", "shards", "specs", "max_depth",
-                      "journal_cache_bytes"}
+                      "journal_cache_bytes", "index_file"}
     assert g["journal_cache_bytes"] == 128 << 20
+    assert g["index_file"] == f"{topo.data_dir}/gateway0/journal.index"
     assert g["index"] == 0 and "tcp://" + g["listen"] == gw.control == gw.extra["listen"]
     assert gw.extra == {"sources": [0x7200_0000], "listen": gw.control, "probe": "tcp",
                         "metrics": gw.extra["metrics"]}   # deploy/metrics.py
