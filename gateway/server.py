@@ -69,6 +69,7 @@ MAX_SEQ_JUMP = 0xFFFF_FFFF  # NotApplied.Count: the longest SeqNo gap the protoc
 GW_FLAG_THROTTLED = 0x01
 GW_FLAG_SHED = 0x02
 ACCOUNTS_WATCH_S = 1.0      # how often the gateway looks for a new accounts file
+ANSWER_WAIT_S = 1.0         # a Logout's answer waits at most this for its SessionEnd applied
 
 EV_SESSION_STATE = 13
 EV_SESSION_MESSAGE = 14
@@ -313,6 +314,11 @@ class Connection(asyncio.Protocol):
         self.replaying = False     # a replay is being written: live messages wait in `held`
         self.held: deque[bytes] = deque()
         self.logout_held: bytes | None = None  # our answer to a Logout, after the replay
+        # our answer to a Logout, once the shard applied the SessionEnd it caused (index of
+        # that record in Gateway.enqueue's count), or at ANSWER_WAIT_S
+        self.logout_answer: bytes | None = None
+        self.answer_after = 0
+        self.answer_wait_from = 0.0
         self.out_ended = False     # a Logout went out: it is the last frame we send (§4.9)
         self.retransmitting = False
         self.retransmit_rejects = 0
@@ -704,10 +710,31 @@ class Connection(asyncio.Protocol):
                            self.client_next)
 
     def _answer_logout(self, answer: bytes) -> None:
+        """Unbind the session (its SessionEnd goes to the shard), and answer once the shard
+        has applied that: a client that logs on again at another gateway the moment it has
+        the answer is then sequenced after the SessionEnd, and its session is free (it got
+        LogonReject 2, "bound elsewhere", when the new Logon overtook the SessionEnd)."""
+        self.out_ended = True     # the answer is the last frame; nothing else goes before it
+        self.gw.unbind(self)
+        self.logout_answer = answer
+        self.answer_after = self.gw.enqueued[self.shard]
+        self.answer_wait_from = self.gw.clock()
+        self.gw.answers_waiting[self] = None
+        self.answer_if_applied(self.answer_wait_from)
+
+    def answer_if_applied(self, now: float) -> None:
+        if self.logout_answer is None:
+            self.gw.answers_waiting.pop(self, None)
+            return
+        if self.gw.applied_index(self.shard) < self.answer_after and \
+                now - self.answer_wait_from < ANSWER_WAIT_S and self.state != CLOSED:
+            return
+        answer, self.logout_answer = self.logout_answer, None
+        self.gw.answers_waiting.pop(self, None)
+        self.out_ended = False
         self.write(answer)
         self.out_ended = True
-        self.closing_at = self.gw.clock()
-        self.gw.unbind(self)    # the peer may Logon again from a new connection before it closes
+        self.closing_at = now
 
     def _update_applied(self) -> None:
         if not self.inflight:
@@ -871,6 +898,9 @@ class Connection(asyncio.Protocol):
     def tick(self, now: float) -> None:
         cfg = self.cfg
         if self.state == CLOSING:
+            if self.logout_answer is not None:
+                self.answer_if_applied(now)      # (the grace period starts with the answer)
+                return
             if now - self.closing_at > cfg.logout_grace_s and self.transport:
                 self.transport.abort()
             return
@@ -975,6 +1005,8 @@ class Gateway:
         self.index_dirty: dict[tuple[int, int], int] = {}
         self.index_drops: list[tuple[int, int]] = []
         self.index_written: list[tuple[int, int]] = list(self.covered)
+        # connections whose Logout answer waits for their SessionEnd to be applied
+        self.answers_waiting: dict[Connection, None] = {}
         cfg = self.cfg
         self.auth = Authenticator(lambda: self.accounts, self._auth_answer, self.stats,
                                   cfg.max_auth_pending, cfg.max_auth_per_peer,
@@ -1278,6 +1310,10 @@ class Gateway:
     # -- the engines' output -----------------------------------------------------------------------
     def _on_record(self, shard: int, out_seq: int, ts_ns: int, payload: bytes) -> None:
         self.covered[shard] = (out_seq, ts_ns)
+        if self.answers_waiting:
+            now = self.clock()
+            for c in list(self.answers_waiting):
+                c.answer_if_applied(now)
         try:
             events = session_events(payload)
         except ValueError as exc:

@@ -5,6 +5,8 @@ is the TradingEngine's, so a client may log on at either gateway and resume ther
   connection at gateway0 goes on.
 * Dropped at gateway0 with requests unread, it resumes at gateway1: LogonAck's numbers,
   Retransmission + PossDup replay, a resend of what was not applied.
+* Logged out at one gateway and on at the other as soon as the Logout's answer is in, ten
+  times: every Logon taken at once.
 * gateway0 SIGKILLed while the session trades at gateway1: nothing of it is disturbed.
 
 Afterwards every request was answered and applied once, every server SeqNo received exactly once
@@ -85,6 +87,22 @@ def test_a_session_moves_between_two_gateways_and_survives_one(tmp_path):
         ack = s.connect()
         assert ack[1] == 12 and ack[2] == 12, ack
         assert s.last_seen == 11 and all(r[0][0] for q, r in s.got.items() if q > seen)
+
+        # logged out at one gateway, on again at the other the moment the answer is in: the
+        # answer waits for the SessionEnd to be applied, so the Logon finds the session free
+        # (it was refused "bound elsewhere" now and then when it overtook the SessionEnd)
+        for k in range(10):
+            s.drain(0.05)
+            s.c.send(4, 0, b"")
+            for m in s.c.until(lambda m: m.template == 4, timeout=30):
+                if m.template in (10, 200, 201, 202, 203):
+                    s._take(m)
+            s.c.close()
+            s.c = None
+            s.cl = at[k % 2]                 # gateway0, gateway1, gateway0, ...
+            n = len(s.attempts)
+            s.connect()
+            assert s.attempts[n][0] == 2, s.attempts[n:]
 
         # gateway0 killed while the session trades at gateway1
         os.kill(gateway_pid(c["data"], 0), signal.SIGKILL)

@@ -378,6 +378,41 @@ def test_logout_exchange():
     run(main())
 
 
+def test_a_logout_is_answered_once_the_shard_applied_its_session_end():
+    """The answer to a client's Logout comes after the shard applied the SessionEnd, so a
+    Logon the client then sends at another gateway is sequenced after it and finds the
+    session free (it could overtake the SessionEnd and get LogonReject 2). A shard that
+    does not apply it within ANSWER_WAIT_S does not hold the answer longer."""
+    async def main():
+        gw, core, port = await started()
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        core.hold = True                     # the shard applies nothing for now
+        c.send(wire.LOGOUT, 0, b"bye")
+        await wait_for(lambda: core.kinds(81))   # the SessionEnd went to the shard
+        await asyncio.sleep(0.3)
+        assert c.r._buffer == b"" and core.sessions[(7, 1)]["conn"] is not None
+        core.release()
+        lo = await c.expect(wire.LOGOUT)
+        assert lo.Reason == wire.LOGOUT_NORMAL and core.sessions[(7, 1)]["conn"] is None
+        assert not gw.answers_waiting
+        # a shard that stays silent: the answer goes at ANSWER_WAIT_S all the same
+        c = await Client.connect(port)
+        await c.logon(session=2)
+        await c.expect(wire.LOGON_ACK)
+        core.hold = True
+        t0 = asyncio.get_running_loop().time()
+        c.send(wire.LOGOUT, 0, b"")
+        await c.expect(wire.LOGOUT, timeout=5.0)
+        waited = asyncio.get_running_loop().time() - t0
+        assert gs.ANSWER_WAIT_S * 0.9 <= waited < gs.ANSWER_WAIT_S + 2.0, waited
+        assert await c.closed()
+        core.release()
+        await gw.close()
+    run(main())
+
+
 async def forty_reports(core, port) -> Client:
     """alice logged on, with server messages 1..40 (ExecutionReports) received."""
     c = await Client.connect(port)
