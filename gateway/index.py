@@ -86,8 +86,14 @@ def load(path: str, n_shards: int) -> Loaded:
         f = open(path, "rb")
     except FileNotFoundError:
         return out
-    with f:
-        _read_chunks(f, os.fstat(f.fileno()).st_size, n_shards, out)
+    except OSError as exc:               # a directory in its place, no permission, ...
+        out.damaged = f"a file that cannot be read ({exc})"
+        return out
+    try:
+        with f:
+            _read_chunks(f, os.fstat(f.fileno()).st_size, n_shards, out)
+    except OSError as exc:               # an I/O error part way
+        out.damaged = f"a read error ({exc})"
     return out
 
 

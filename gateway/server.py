@@ -108,7 +108,8 @@ class Core(Protocol):
         """Records this gateway sent to the shard that the shard has not yet applied."""
 
     def subscribe(self, callback: Callable[[int, int, int, bytes], None]) -> None:
-        """callback(shard, out_seq, ts_ns, payload) for every out.te.N record from seq 1."""
+        """callback(shard, out_seq, ts_ns, payload) for every out.te.N record from seq 1
+        (or from resume_at's seq, below)."""
 
     async def fetch(self, shard: int, seqs: list[int]) -> dict[int, bytes]:
         """The payloads of these out.te.<shard> records (each one the callback saw), read back
@@ -1098,6 +1099,20 @@ class Gateway:
                             "does not hold that seq" if have is None else f"stamps it {have}")
                 usable = False
         f = gindex.IndexFile(path, n)
+        try:
+            self._take_index(f, loaded, usable)
+        except OSError as exc:   # a full disk, a directory in its place, no permission, ...
+            f.close()
+            self.index = None
+            log.error("gateway %d: index %s cannot be written (%s): running without it (a "
+                      "restart reads more of the log)", self.cfg.index, path, exc)
+            return
+        self.index = f
+        self.index_written = list(self.covered)
+
+    def _take_index(self, f, loaded, usable: bool) -> None:
+        from gateway import index as gindex
+        path = self.cfg.index_file
         if usable:
             for key, (shard, locs) in loaded.sessions.items():
                 j = self.journal[key] = Journal(shard)
@@ -1115,8 +1130,6 @@ class Gateway:
                 f.open_for_append(loaded.valid_bytes)
         else:
             f.rewrite(self.covered, {})
-        self.index = f
-        self.index_written = list(self.covered)
 
     def _checkpoint(self) -> None:
         """Append what changed in the index since the last chunk (nothing if nothing did)."""

@@ -263,3 +263,21 @@ def test_settings_take_the_index_file():
     cfg = gs.parse_settings(doc).cfg
     assert (cfg.index_file, cfg.index_interval_s) == ("/x/journal.index", 0.5)
     asyncio.run(asyncio.sleep(0))
+
+
+def test_an_index_path_that_cannot_be_written_leaves_the_gateway_running_without_it():
+    """A directory where the file should be (or a full disk at start): the gateway says so,
+    reads from seq 1 and serves; it only has no checkpoint this run."""
+    async def main(path):
+        os.makedirs(path)
+        gw, core, port = await started(cfg=gs.Config(index_file=path, index_interval_s=0.05))
+        assert gw.index is None and core.resumed == [1]
+        c = await Client.connect(port)
+        await c.logon()
+        await c.expect(wire.LOGON_ACK)
+        core.push(7, 1, 3)
+        for _ in range(3):
+            await c.expect(wire.EXECUTION_REPORT)
+        await gw.close()
+    tmp = _tmp()
+    run(main(os.path.join(tmp, "journal.index")))
