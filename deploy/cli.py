@@ -579,6 +579,7 @@ def _up(a: argparse.Namespace, topo) -> int:
         after = trading.first_start_deposits   # the insurance fund, demo accounts or not
     sup = Supervisor(topo, a.host, max_restarts=a.max_restarts,
                      backoff_base_s=a.restart_backoff, after_start=after, lock_fd=lock_fd,
+                     gateway_watchdog_s=a.gateway_watchdog,
                      title=f"seqex up: {a.topology or 'the default topology (one machine, loopback)'}")
     sup.up(a.ready_timeout)
     return sup.exit_status()
@@ -1066,6 +1067,17 @@ def seconds(text: str) -> float:
     return v
 
 
+def seconds_or_zero(text: str) -> float:
+    """seconds, or 0 (off)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= v <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text}: 0 (off) or a number of seconds up to 86400")
+    return v
+
+
 def stream_name(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a stream name like in.ce.BTCUSDT")
@@ -1352,6 +1364,9 @@ def parser() -> Parser:
     s.add_argument("--ready-timeout", type=seconds, default=60.0,
                    help="how long the processes starting together (a wave: replicators, "
                    "masters, standbys, replicas, the rest) may go without one of them answering")
+    s.add_argument("--gateway-watchdog", type=seconds_or_zero, default=10.0, metavar="SECONDS",
+                   help="a gateway silent this long (frozen) is killed and started again, so "
+                   "that its sessions are released (0: never; default 10)")
     s.set_defaults(fn=cmd_up)
 
     for verb, fn, text in (("down", cmd_down, "stop a running `seqex up`"),

@@ -237,6 +237,16 @@ def _child_running(supervisor: int, spec, exclude: frozenset = frozenset()) -> i
     return None
 
 
+def _resume(target: str, pid: int) -> str:
+    """SIGCONT to a frozen process; it may be gone (the supervisor kills a gateway frozen
+    longer than its --gateway-watchdog, and starts it again)."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        return f"{target} (pid {pid}) was gone before the SIGCONT (killed by the supervisor?)"
+    return f"{target} resumed (SIGCONT)"
+
+
 def _state(topo, data_dir: str, name: str, frozen_after_s: float) -> str:
     from deploy.metrics import status_doc
     sub = type(topo)(topo.data_dir, [topo.by_name(name)], topo.symbols, topo.trading)
@@ -631,8 +641,7 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                     break
             elif name == "freeze":
                 if not continued and now - strike >= freeze_s:
-                    os.kill(pid, signal.SIGCONT)
-                    done.append(f"{target} resumed (SIGCONT)")
+                    done.append(_resume(target, pid))
                     continued = True
                     thawed = time.monotonic()
                 # a gateway is back when it answers an order sent after the strike, not when
@@ -693,9 +702,8 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
         def undo() -> None:
             nonlocal continued
             if name == "freeze" and not continued:
-                os.kill(pid, signal.SIGCONT)
                 continued = True
-                done.append(f"{target} resumed (SIGCONT)")
+                done.append(_resume(target, pid))
             if name == "disk-full" and not continued:
                 _remount(disk, disk_size)
                 continued = True

@@ -51,6 +51,7 @@ HEARTBEAT_FILE = "heartbeats.json"
 STARTING_MAX_S = 900.0     # longer than the replicator's integrity check may take (600 s)
 HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
 FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
+GATEWAY_WATCHDOG_S = 10.0  # a gateway that answered once and then not for this long is killed
 STABLE_S = 30.0          # a process that ran this long has recovered: its backoff resets
 BACKOFF_CAP_S = 30.0
 EARLIER_RUN_WAIT_S = 60.0  # how long `up` waits for an earlier run's processes to end
@@ -336,7 +337,8 @@ def preflight(topo: Topology, host: str | None = None) -> None:
 class Supervisor:
     def __init__(self, topo: Topology, host: str | None = None, max_restarts: int = 8,
                  backoff_base_s: float = 0.5, title: str = "seqex up",
-                 after_start=None, lock_fd: int | None = None):
+                 after_start=None, lock_fd: int | None = None,
+                 gateway_watchdog_s: float = GATEWAY_WATCHDOG_S):
         self.topo = topo
         self.host = host
         # Children end with the supervisor, however it ends (a SIGKILL included).
@@ -346,6 +348,11 @@ class Supervisor:
         self.running = True
         self.max_restarts = max_restarts
         self.backoff_base_s = backoff_base_s
+        # A frozen gateway (SIGSTOP, a livelock) keeps its sessions bound to connections that
+        # are gone, and their cancel-on-disconnect never fires: killed, it is started again and
+        # its GatewayStart releases them. 0: never.
+        self.gateway_watchdog_s = gateway_watchdog_s
+        self.watchdog_killed: dict[str, int] = {}   # gateway -> the pid the watchdog killed
         self.restarts: dict[str, int] = {}       # total restarts per process
         self.failures: dict[str, int] = {}       # quick deaths in a row
         self.started_at: dict[str, float] = {}
@@ -582,6 +589,7 @@ class Supervisor:
 
     def _heartbeat_rounds(self, pinger: Pinger) -> None:
         beats: dict[str, dict] = {}
+        heard: dict[str, float] = {}   # time.monotonic() of each one's last answer
         specs = {s.name: s for s in self.mine()}
         while self.running:
             round_at = time.monotonic()
@@ -595,6 +603,7 @@ class Supervisor:
                 if beat["pid"] != pid:
                     beat.update(pid=pid, answered_at=time.time(), started_at=time.time(),
                                 answered=False)
+                    heard.pop(name, None)
                 # A standby waiting for its lock binds nothing: alive and waiting is its answer.
                 if proc.alive and (waiting_standby(specs[name], pid) and not
                                    stopped_by_signal(pid)
@@ -602,6 +611,9 @@ class Supervisor:
                                    is not None):
                     beat.update(answered_at=time.time(), answered=True,
                                 standby=waiting_standby(specs[name], pid))
+                    heard[name] = time.monotonic()
+                elif proc.alive and name in heard and specs[name].role == "gateway":
+                    self._watchdog(name, beat, time.monotonic() - heard[name])
             if not self.running:
                 return
             try:
@@ -609,6 +621,21 @@ class Supervisor:
             except OSError:
                 pass   # the data directory is going away with the supervisor
             time.sleep(max(0.0, HEARTBEAT_EVERY_S - (time.monotonic() - round_at)))
+
+    def _watchdog(self, name: str, beat: dict, silent: float) -> None:
+        """A gateway that answered since it started and has been silent for
+        gateway_watchdog_s is killed (once); check() starts it again."""
+        if not self.gateway_watchdog_s or silent < self.gateway_watchdog_s or \
+                self.watchdog_killed.get(name) == beat["pid"]:
+            return
+        self.watchdog_killed[name] = beat["pid"]
+        print(f"  {name} (pid {beat['pid']}) has not answered for {silent:.0f} s: killing it, so "
+              "that its start releases its sessions (they end as disconnects and their "
+              "cancel-on-disconnect runs)", flush=True)
+        try:
+            os.kill(beat["pid"], signal.SIGKILL)
+        except OSError:
+            pass
 
     def _write_state(self) -> None:
         d = json.loads(self.topo.to_json())
