@@ -47,6 +47,10 @@ COMPACT_SLACK = 16 << 20             # rewritten at start when over 2 x needed +
 Key = tuple[int, int]
 
 
+def _is_int(v) -> bool:
+    return type(v) is int and -(1 << 64) < v < 1 << 64
+
+
 def _locs_bytes(locs: array, first: int) -> bytes:
     part = locs[first - 1:]
     if sys.byteorder != "little":
@@ -119,28 +123,43 @@ def _read_chunks(f, size: int, n_shards: int, out: Loaded) -> None:
             break
         try:
             version, shards, covered, drops, sets = msgpack.unpackb(body, use_list=True)
-            if version != VERSION:
-                out.damaged = f"version {version} (this gateway reads {VERSION})"
+            if not _is_int(version) or version != VERSION:
+                out.damaged = f"version {version!r} (this gateway reads {VERSION})"
                 break
-            if shards != n_shards:
-                out.damaged = f"written for {shards} shards, not {n_shards}"
+            if not _is_int(shards) or shards != n_shards:
+                out.damaged = f"written for {shards!r} shards, not {n_shards}"
                 out.covered = [(0, 0)] * n_shards
                 out.sessions.clear()
                 out.valid_bytes = out.chunks = 0
                 return
-            cov = [(int(s), int(t)) for s, t in covered]
-            if len(cov) != n_shards or any(s < 0 for s, _t in cov):
+            cov = [(s, t) for s, t in covered]
+            if len(cov) != n_shards or not all(_is_int(s) and _is_int(t) and 0 <= s < 1 << 63
+                                               for s, t in cov):
                 raise ValueError("covered does not name every shard")
-            drops = [(int(u), int(s)) for u, s in drops]
+            drops = [(u, s) for u, s in drops]
+            if not all(_is_int(u) and _is_int(s) for u, s in drops):
+                raise ValueError("a dropped session that is not (user, session_id)")
+            sessions = out.sessions
+            gone = set(drops)
+            named: set = set()
             for user, sid, shard, first, raw in sets:
-                if not (type(user) is int and type(sid) is int and type(shard) is int and 0 <= shard < n_shards and type(first) is int
-                        and first >= 1 and isinstance(raw, bytes) and len(raw) % 8 == 0):
+                if not (_is_int(user) and _is_int(sid) and _is_int(shard) and _is_int(first)
+                        and 0 <= shard < n_shards and isinstance(raw, bytes)
+                        and len(raw) % 8 == 0):
                     raise ValueError("a session entry out of range")
+                # a chunk replaces a session's locations from the first SeqNo it did not write
+                # before: never beyond the end of what the chunks before it hold
+                have = None if (user, sid) in gone else sessions.get((user, sid))
+                held = len(have[1]) if have is not None and have[0] == shard else 0
+                if not 1 <= first <= held + 1:
+                    raise ValueError(f"a session entry from SeqNo {first} after {held}")
+                if (user, sid) in named:
+                    raise ValueError("a session named twice")
+                named.add((user, sid))
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             out.damaged = f"a chunk that does not parse at byte {pos} ({exc})"
             break
         # the whole chunk checked: applied in place (a copy per chunk would be quadratic)
-        sessions = out.sessions
         for key in drops:
             sessions.pop(key, None)
         for user, sid, shard, first, raw in sets:
@@ -149,8 +168,6 @@ def _read_chunks(f, size: int, n_shards: int, out: Loaded) -> None:
             if have is None or have[0] != shard:
                 have = sessions[key] = (shard, array("q"))
             locs = have[1]
-            if len(locs) < first - 1:
-                locs.extend(array("q", bytes(8 * (first - 1 - len(locs)))))
             del locs[first - 1:]
             locs.extend(_locs_from(raw))
         out.covered = cov

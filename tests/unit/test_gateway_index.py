@@ -281,3 +281,36 @@ def test_an_index_path_that_cannot_be_written_leaves_the_gateway_running_without
         await gw.close()
     tmp = _tmp()
     run(main(os.path.join(tmp, "journal.index")))
+
+
+def test_a_chunk_that_passes_its_crc_but_says_nonsense_is_damage():
+    """A body msgpack reads and the CRC matches, with values no gateway writes: floats and
+    booleans for numbers, a session's locations starting far beyond what the file holds (it
+    would be zero-padded to gigabytes), a session named twice. Each stops the reading there,
+    never an exception out of load() and never a large allocation."""
+    import zlib
+
+    import msgpack
+    tmp = _tmp()
+    path = os.path.join(tmp, "journal.index")
+    good = gindex.chunk(1, [(3, 30)], [], [((1, 1), 0, __import__("array").array("q", [1, 2]),
+                                            1)])
+    bodies = [
+        [1, 1, [[3, 30]], [[float("inf"), 0]], []],
+        [1, 1, [[float("inf"), 5]], [], []],
+        [1, 1, [[3, 30]], [], [[1, 1, 0, 2**62, b""]]],
+        [1, 1, [[3, 30]], [], [[1, 1, 0, 10**9, b"\0" * 8]]],
+        [1, 1, [[3, 30]], [], [[1, 1, 0, 4, b""]]],            # beyond 2 held, +1
+        [True, 1, [[3, 30]], [], []],
+        [1, 1, [[True, 30]], [], []],
+        [1, 1, [[3, 30]], [["12", 1]], []],
+        [1, 1, [[3, 30]], [], [[1, 1, 0, 1, b""], [1, 1, 0, 3, b"\0" * 8]]],
+        [1, 1, [[-1, 30]], [], []],
+    ]
+    for body in bodies:
+        data = msgpack.packb(body, use_bin_type=True)
+        with open(path, "wb") as f:
+            f.write(good + gindex.HEAD.pack(gindex.MAGIC, len(data), zlib.crc32(data)) + data)
+        loaded = gindex.load(path, 1)
+        assert loaded.chunks == 1 and loaded.covered == [(3, 30)], body
+        assert list(loaded.sessions[(1, 1)][1]) == [1, 2] and loaded.damaged, body
