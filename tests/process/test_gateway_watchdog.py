@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from deploy.metrics import scrape
 from mq.control import wait_until
 from tests.process.test_order_path_faults import (
     SYMBOLS,
@@ -55,3 +56,11 @@ def test_a_frozen_gateway_is_killed_and_its_sessions_cancel_on_disconnect(tmp_pa
         assert raw[6:8] == (200).to_bytes(2, "little") and raw[12 + 104:12 + 105] == b"4"
         assert possdup and replayed and raw[12 + 109] == 2   # reason 2: cancel on disconnect
         s.close()
+        # the new gateway's metrics: its index file (docs/gateway.md, the index on disk)
+        gw = c["topo"].by_name("gateway0")
+        wait_until(lambda: scrape(gw.extra["metrics"]).get(
+            ("seqex_gateway_index_writes_total", (("process", "gateway0"),)), 0) >= 1, 60,
+            "a checkpoint of the new gateway's index")
+        got = scrape(gw.extra["metrics"])
+        assert got[("seqex_gateway_index_bytes", (("process", "gateway0"),))] > 0, got
+        assert got[("seqex_gateway_index_write_failures_total", (("process", "gateway0"),))] == 0
