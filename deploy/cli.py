@@ -1067,14 +1067,15 @@ def seconds(text: str) -> float:
     return v
 
 
-def seconds_or_zero(text: str) -> float:
-    """seconds, or 0 (off)."""
+def watchdog_seconds(text: str) -> float:
+    """0 (off), or seconds from 2 (two of the supervisor's rounds) up to a day."""
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= v <= 86_400:
-        raise argparse.ArgumentTypeError(f"{text}: 0 (off) or a number of seconds up to 86400")
+    if not (v == 0 or 2 <= v <= 86_400):
+        raise argparse.ArgumentTypeError(f"{text}: 0 (off) or a number of seconds from 2 to "
+                                         "86400")
     return v
 
 
@@ -1364,9 +1365,9 @@ def parser() -> Parser:
     s.add_argument("--ready-timeout", type=seconds, default=60.0,
                    help="how long the processes starting together (a wave: replicators, "
                    "masters, standbys, replicas, the rest) may go without one of them answering")
-    s.add_argument("--gateway-watchdog", type=seconds_or_zero, default=10.0, metavar="SECONDS",
-                   help="a gateway silent this long (frozen) is killed and started again, so "
-                   "that its sessions are released (0: never; default 10)")
+    s.add_argument("--gateway-watchdog", type=watchdog_seconds, default=10.0, metavar="SECONDS",
+                   help="a gateway stopped by a signal (SIGSTOP) this long is killed and started "
+                   "again, so that its sessions are released (0: never; default 10)")
     s.set_defaults(fn=cmd_up)
 
     for verb, fn, text in (("down", cmd_down, "stop a running `seqex up`"),

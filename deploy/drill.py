@@ -237,6 +237,12 @@ def _child_running(supervisor: int, spec, exclude: frozenset = frozenset()) -> i
     return None
 
 
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    from deploy.supervisor import pid_state
+    return pid_state(pid) not in ("", "Z", "X")
+
+
 def _resume(target: str, pid: int) -> str:
     """SIGCONT to a frozen process; it may be gone (the supervisor kills a gateway frozen
     longer than its --gateway-watchdog, and starts it again)."""
@@ -640,6 +646,13 @@ def run(data_dir: str, name: str, target: str | None = None, rate: int = 200,
                     recovered = time.monotonic() - strike
                     break
             elif name == "freeze":
+                if not continued and not _alive(pid):
+                    # the supervisor killed it (a gateway stopped past --gateway-watchdog)
+                    # and starts it again: recovered is measured to the new process
+                    report["killed_by_supervisor_s"] = _r(now - strike)
+                    done.append(f"{target} (pid {pid}) killed by the supervisor while stopped")
+                    continued = True
+                    thawed = time.monotonic()
                 if not continued and now - strike >= freeze_s:
                     done.append(_resume(target, pid))
                     continued = True
@@ -866,6 +879,10 @@ def describe(r: dict) -> str:
         lines.append(f"  master epoch {r['epoch_before']} before, {r.get('epoch_after')} after "
                      + ("(the standby's takeover)" if "standby" in r
                         else "(the restarted master's takeover)"))
+    if r.get("killed_by_supervisor_s") is not None:
+        lines.append(f"  killed by the supervisor while stopped (its --gateway-watchdog): "
+                     f"{s(r['killed_by_supervisor_s'])}; started again, and recovered is "
+                     "measured to the new process")
     lines.append(f"  recovered (answers, caught up): {s(r['recovered_s'])}")
     lines.append(f"  service: first order acknowledged after the fault: {s(r['resumed_s'])}")
     lat = r["latency_ms"]

@@ -51,7 +51,8 @@ HEARTBEAT_FILE = "heartbeats.json"
 STARTING_MAX_S = 900.0     # longer than the replicator's integrity check may take (600 s)
 HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
 FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
-GATEWAY_WATCHDOG_S = 10.0  # a gateway that answered once and then not for this long is killed
+GATEWAY_WATCHDOG_S = 10.0  # a gateway stopped by a signal (state T) this long is killed
+GATEWAY_WATCHDOG_MIN_S = 2.0
 STABLE_S = 30.0          # a process that ran this long has recovered: its backoff resets
 BACKOFF_CAP_S = 30.0
 EARLIER_RUN_WAIT_S = 60.0  # how long `up` waits for an earlier run's processes to end
@@ -348,10 +349,13 @@ class Supervisor:
         self.running = True
         self.max_restarts = max_restarts
         self.backoff_base_s = backoff_base_s
-        # A frozen gateway (SIGSTOP, a livelock) keeps its sessions bound to connections that
-        # are gone, and their cancel-on-disconnect never fires: killed, it is started again and
-        # its GatewayStart releases them. 0: never.
+        # A stopped gateway (SIGSTOP) keeps its sessions bound to connections that are gone,
+        # and their cancel-on-disconnect never fires: killed, it is started again and its
+        # GatewayStart releases them. 0: never. Only a process stopped by a signal the whole
+        # time: a gateway that is busy, or full and refusing connections, misses the probe
+        # too, and must not be killed for it.
         self.gateway_watchdog_s = gateway_watchdog_s
+        self.stopped_since: dict[str, tuple[int, float]] = {}  # gateway -> (pid, monotonic)
         self.watchdog_killed: dict[str, int] = {}   # gateway -> the pid the watchdog killed
         self.restarts: dict[str, int] = {}       # total restarts per process
         self.failures: dict[str, int] = {}       # quick deaths in a row
@@ -589,7 +593,6 @@ class Supervisor:
 
     def _heartbeat_rounds(self, pinger: Pinger) -> None:
         beats: dict[str, dict] = {}
-        heard: dict[str, float] = {}   # time.monotonic() of each one's last answer
         specs = {s.name: s for s in self.mine()}
         while self.running:
             round_at = time.monotonic()
@@ -603,7 +606,6 @@ class Supervisor:
                 if beat["pid"] != pid:
                     beat.update(pid=pid, answered_at=time.time(), started_at=time.time(),
                                 answered=False)
-                    heard.pop(name, None)
                 # A standby waiting for its lock binds nothing: alive and waiting is its answer.
                 if proc.alive and (waiting_standby(specs[name], pid) and not
                                    stopped_by_signal(pid)
@@ -611,9 +613,8 @@ class Supervisor:
                                    is not None):
                     beat.update(answered_at=time.time(), answered=True,
                                 standby=waiting_standby(specs[name], pid))
-                    heard[name] = time.monotonic()
-                elif proc.alive and name in heard and specs[name].role == "gateway":
-                    self._watchdog(name, beat, time.monotonic() - heard[name])
+                if specs[name].role == "gateway":
+                    self._watchdog(name, pid if proc.alive else 0)
             if not self.running:
                 return
             try:
@@ -622,18 +623,26 @@ class Supervisor:
                 pass   # the data directory is going away with the supervisor
             time.sleep(max(0.0, HEARTBEAT_EVERY_S - (time.monotonic() - round_at)))
 
-    def _watchdog(self, name: str, beat: dict, silent: float) -> None:
-        """A gateway that answered since it started and has been silent for
+    def _watchdog(self, name: str, pid: int) -> None:
+        """A gateway found stopped by a signal (SIGSTOP) in every round for
         gateway_watchdog_s is killed (once); check() starts it again."""
-        if not self.gateway_watchdog_s or silent < self.gateway_watchdog_s or \
-                self.watchdog_killed.get(name) == beat["pid"]:
+        if not self.gateway_watchdog_s or not pid or pid_state(pid) != "T":
+            # (not "t": a debugger's stop is the operator's, not a fault)
+            self.stopped_since.pop(name, None)
             return
-        self.watchdog_killed[name] = beat["pid"]
-        print(f"  {name} (pid {beat['pid']}) has not answered for {silent:.0f} s: killing it, so "
-              "that its start releases its sessions (they end as disconnects and their "
-              "cancel-on-disconnect runs)", flush=True)
+        since = self.stopped_since.get(name)
+        now = time.monotonic()
+        if since is None or since[0] != pid:
+            self.stopped_since[name] = (pid, now)
+            return
+        if now - since[1] < self.gateway_watchdog_s or self.watchdog_killed.get(name) == pid:
+            return
+        self.watchdog_killed[name] = pid
+        print(f"  {name} (pid {pid}) has been stopped (SIGSTOP) for {now - since[1]:.0f} s: "
+              "killing it, so that its start releases its sessions (they end as disconnects "
+              "and their cancel-on-disconnect runs)", flush=True)
         try:
-            os.kill(beat["pid"], signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
 
@@ -876,6 +885,15 @@ def stopped_by_signal(pid: int) -> bool:
                        for line in f)
     except OSError:
         return False
+
+
+def pid_state(pid: int) -> str:
+    """The process's state letter in /proc (R, S, D, T, t, Z, ...); "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def frozen_advice(name: str, pid: int, silent_s: float) -> str:

@@ -465,3 +465,56 @@ def test_a_release_stops_when_the_gateway_answers_again(monkeypatch, capsys):
         assert time.monotonic() - t0 < 10
         time.sleep(0.01)
     assert calls == [0]
+
+
+def test_the_gateway_watchdog_kills_only_a_process_stopped_the_whole_period():
+    """A gateway stopped by a signal (SIGSTOP) in every round for gateway_watchdog_s is killed
+    once; a busy process (running, or full and refusing connections: the supervisor's probe
+    fails for it too) never is, and a stop that ends starts the count again."""
+    import signal
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from deploy.supervisor import Supervisor, pid_state
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        sup = SimpleNamespace(gateway_watchdog_s=0.3, stopped_since={}, watchdog_killed={})
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            Supervisor._watchdog(sup, "gateway0", busy.pid)
+            Supervisor._watchdog(sup, "gateway1", idle.pid)
+            time.sleep(0.05)
+        assert busy.poll() is None and idle.poll() is None and not sup.watchdog_killed
+        os.kill(idle.pid, signal.SIGSTOP)
+        for _ in range(200):
+            if pid_state(idle.pid) == "T":
+                break
+            time.sleep(0.01)
+        Supervisor._watchdog(sup, "gateway1", idle.pid)
+        time.sleep(0.1)
+        os.kill(idle.pid, signal.SIGCONT)           # stopped briefly: the count starts over
+        time.sleep(0.05)
+        Supervisor._watchdog(sup, "gateway1", idle.pid)
+        assert "gateway1" not in sup.stopped_since
+        os.kill(idle.pid, signal.SIGSTOP)
+        end = time.monotonic() + 10
+        while idle.poll() is None and time.monotonic() < end:
+            Supervisor._watchdog(sup, "gateway1", idle.pid)
+            time.sleep(0.05)
+        assert idle.returncode == -signal.SIGKILL and sup.watchdog_killed == {"gateway1": idle.pid}
+        sup.gateway_watchdog_s = 0                  # off
+        stopped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        os.kill(stopped.pid, signal.SIGSTOP)
+        for _ in range(20):
+            Supervisor._watchdog(sup, "gateway2", stopped.pid)
+            time.sleep(0.05)
+        assert stopped.poll() is None
+        stopped.kill()
+        stopped.wait()
+    finally:
+        for p in (busy, idle):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
