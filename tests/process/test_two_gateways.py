@@ -127,28 +127,39 @@ def test_a_gateway_given_up_on_releases_its_sessions_to_the_others(tmp_path):
     with default_cluster(tmp_path, text, ("--max-restarts", "0")) as c:
         gws = [tuple(g.rsplit(":", 1)) for g in c["topo"].trading["gateways"]]
         at = [{**c, "gw": (h, int(p))} for h, p in gws]
-        tick, mark = SYMBOLS[1]
-        sid = next(_sids)
-        pw = c["users"]["alice"].encode()
-        first = ProtoClient(*at[0]["gw"], timeout=60)
-        first.send(1, sid, 1, 1, 10_000, 500, 2, 0, b"alice", pw)   # cancel on disconnect
-        m = first.recv(skip=(5, 6))
-        assert m.template == 2, m
-        first.send(100, 1, 0, next(_clordids), (mark - 1500) * tick, 1, 1, 2, b"1", b"2",
-                   b"1", 0)
-        m = first.recv(skip=(5, 6))
-        assert m.template == 200 and m.raw[12 + 104:12 + 105] == b"0", m   # New
+        first, sid = a_cod_session_with_a_resting_order(at[0])
         os.kill(gateway_pid(c["data"], 0), signal.SIGKILL)
         wait_until(lambda: "gateway0's sessions released" in c["up"].log(), 180,
                    "the supervisor to give up on gateway0 and release its sessions")
-        # (a Logon within the 500 ms grace would disarm it, as PROTOCOL.md §4.10 says)
-        wait_until(lambda: len(journal(c).get(sid, {})) >= 2, 120, "the cancel on disconnect")
-        s = Session(at[1], "alice", sid, 2)
-        s.last_seen, s.next_seq = 1, 2
-        ack = s.connect(deadline_s=90)
-        assert ack[2] == 3, ack                       # the cancel: server SeqNo 2
-        (possdup, raw, replayed), = s.got[2]
-        assert raw[6:8] == (200).to_bytes(2, "little") and raw[12 + 104:12 + 105] == b"4"
-        assert possdup and replayed and raw[12 + 109] == 2   # reason 2: cancel on disconnect
         first.close()
-        s.close()
+        resumes_with_the_cancel(at[1], sid)
+
+
+def a_cod_session_with_a_resting_order(cl) -> tuple[ProtoClient, int]:
+    """alice's new session with cancel-on-disconnect (any disconnect, 500 ms) and one resting
+    buy, acknowledged: (its connection, its session id)."""
+    tick, mark = SYMBOLS[1]
+    sid = next(_sids)
+    c = ProtoClient(*cl["gw"], timeout=60)
+    c.send(1, sid, 1, 1, 10_000, 500, 2, 0, b"alice", cl["users"]["alice"].encode())
+    m = c.recv(skip=(5, 6))
+    assert m.template == 2, m
+    c.send(100, 1, 0, next(_clordids), (mark - 1500) * tick, 1, 1, 2, b"1", b"2", b"1", 0)
+    m = c.recv(skip=(5, 6))
+    assert m.template == 200 and m.raw[12 + 104:12 + 105] == b"0", m   # New
+    return c, sid
+
+
+def resumes_with_the_cancel(cl, sid: int) -> None:
+    """The session's cancel-on-disconnect cancelled its order (server SeqNo 2, reason 2), and
+    the session resumes at cl's gateway with the cancel replayed (PossDup)."""
+    # (a Logon within the 500 ms grace would disarm it, as PROTOCOL.md §4.10 says)
+    wait_until(lambda: len(journal(cl).get(sid, {})) >= 2, 120, "the cancel on disconnect")
+    s = Session(cl, "alice", sid, 2)
+    s.last_seen, s.next_seq = 1, 2
+    ack = s.connect(deadline_s=90)
+    assert ack[2] == 3, ack                       # the cancel: server SeqNo 2
+    (possdup, raw, replayed), = s.got[2]
+    assert raw[6:8] == (200).to_bytes(2, "little") and raw[12 + 104:12 + 105] == b"4"
+    assert possdup and replayed and raw[12 + 109] == 2   # reason 2: cancel on disconnect
+    s.close()

@@ -16,7 +16,7 @@ from gateway import index as gindex
 from gateway import server as gs
 from gateway import wire
 from tests.gateway_fakes import FakeCore
-from tests.unit.test_gateway_server import Client, run, started, users, wait_for
+from tests.unit.test_gateway_server import Client, forty_reports, run, started, users, wait_for
 
 
 def _locs(gw) -> dict:
@@ -152,12 +152,7 @@ def test_the_file_at_any_crash_point_plus_the_log_after_it_is_the_whole_index(st
     for step in steps:
         if step == "checkpoint":
             if n_checkpoints == refuse:
-                real = os.pwrite
-                os.pwrite = _refuse
-                try:
-                    gw._checkpoint()
-                finally:
-                    os.pwrite = real
+                _checkpoint_on_a_full_disk(gw)
             else:
                 gw._checkpoint()
             n_checkpoints += 1
@@ -205,6 +200,15 @@ def _refuse(*_a):
     raise OSError(28, "No space left on device")
 
 
+def _checkpoint_on_a_full_disk(gw) -> None:
+    real = os.pwrite
+    os.pwrite = _refuse
+    try:
+        gw._checkpoint()
+    finally:
+        os.pwrite = real
+
+
 def test_a_write_the_disk_refuses_leaves_the_file_as_it_was_and_goes_next_time():
     tmp = _tmp()
     path = os.path.join(tmp, "journal.index")
@@ -213,12 +217,7 @@ def test_a_write_the_disk_refuses_leaves_the_file_as_it_was_and_goes_next_time()
     gw.index.rewrite(gw.covered, {})
     gw._on_record(0, 1, 10, _message(1, 1, 1))
     size = os.path.getsize(path)
-    real = os.pwrite
-    os.pwrite = _refuse
-    try:
-        gw._checkpoint()
-    finally:
-        os.pwrite = real
+    _checkpoint_on_a_full_disk(gw)
     assert os.path.getsize(path) == size and gw.stats["index_write_failures"] == 1
     assert gindex.load(path, 1).covered == [(0, 0)]
     gw._on_record(0, 2, 20, _message(1, 1, 2))
@@ -272,12 +271,7 @@ def test_an_index_path_that_cannot_be_written_leaves_the_gateway_running_without
         os.makedirs(path)
         gw, core, port = await started(cfg=gs.Config(index_file=path, index_interval_s=0.05))
         assert gw.index is None and core.resumed == [1]
-        c = await Client.connect(port)
-        await c.logon()
-        await c.expect(wire.LOGON_ACK)
-        core.push(7, 1, 3)
-        for _ in range(3):
-            await c.expect(wire.EXECUTION_REPORT)
+        await forty_reports(core, port, n=3)
         await gw.close()
     tmp = _tmp()
     run(main(os.path.join(tmp, "journal.index")))

@@ -413,13 +413,13 @@ def test_a_logout_is_answered_once_the_shard_applied_its_session_end():
     run(main())
 
 
-async def forty_reports(core, port) -> Client:
-    """alice logged on, with server messages 1..40 (ExecutionReports) received."""
+async def forty_reports(core, port, n: int = 40) -> Client:
+    """alice logged on, with server messages 1..n (ExecutionReports) received."""
     c = await Client.connect(port)
     await c.logon()
     await c.expect(wire.LOGON_ACK)
-    core.push(7, 1, 40)
-    for _ in range(40):
+    core.push(7, 1, n)
+    for _ in range(n):
         await c.expect(wire.EXECUTION_REPORT)
     return c
 
