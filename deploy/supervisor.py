@@ -511,7 +511,10 @@ class Supervisor:
                 # status 0 after a stable run is a clean stop (`seqex stop`, a drain), not a
                 # failure; one within STABLE_S of its start counts, so a loop still ends
                 stopped = proc.popen.returncode == 0 and not quick
-                self.failures[name] = 0 if stopped else \
+                # the gateway watchdog's own kill is not the process failing: a gateway
+                # stopped again after each start must not be given up on for it
+                watchdog = self.watchdog_killed.get(name) == proc.popen.pid
+                self.failures[name] = 0 if stopped or watchdog else \
                     self.failures.get(name, 0) + 1 if quick else 1
                 if self.failures[name] > self.max_restarts:
                     why = (f"{name} died {self.failures[name]} times in a row, each within "
@@ -526,8 +529,8 @@ class Supervisor:
                     continue
                 wait = backoff_s(self.failures[name], self.backoff_base_s)
                 self.due_at[name] = now + wait
-                why = "stopped" if stopped else \
-                    f"failure {self.failures[name]} of {self.max_restarts}"
+                why = "stopped" if stopped else "the gateway watchdog's kill" if watchdog \
+                    else f"failure {self.failures[name]} of {self.max_restarts}"
                 print(f"  {name} {how_it_ended(proc.popen.returncode, last_line(proc.log_path))}"
                       f"; restarting in {wait:g} s ({why})", flush=True)
                 continue

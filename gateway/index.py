@@ -156,6 +156,10 @@ def _read_chunks(f, size: int, n_shards: int, out: Loaded) -> None:
                 if (user, sid) in named:
                     raise ValueError("a session named twice")
                 named.add((user, sid))
+                # every location is an out.te seq the chunk covers (0: none seen)
+                locs = _locs_from(raw)
+                if locs and (min(locs) < 0 or max(locs) > cov[shard][0]):
+                    raise ValueError(f"a location outside out.te.{shard} 0..{cov[shard][0]}")
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             out.damaged = f"a chunk that does not parse at byte {pos} ({exc})"
             break
@@ -212,11 +216,18 @@ class IndexFile:
         tmp = self.path + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            try:
+                os.unlink(tmp)     # (a full disk: nothing half-written stays behind)
+            except OSError:
+                pass
+            raise
         self.close()
         self.open_for_append(len(data))
 

@@ -300,6 +300,9 @@ def test_a_chunk_that_passes_its_crc_but_says_nonsense_is_damage():
         [1, 1, [[3, 30]], [["12", 1]], []],
         [1, 1, [[3, 30]], [], [[1, 1, 0, 1, b""], [1, 1, 0, 3, b"\0" * 8]]],
         [1, 1, [[-1, 30]], [], []],
+        [1, 1, [[3, 30]], [], [[1, 1, 0, 1, struct.pack("<3q", 1 << 62, -1, 0)]]],
+        [1, 1, [[3, 30]], [], [[1, 1, 0, 3, struct.pack("<q", 4)]]],   # beyond covered 3
+        [1, 1, [[3, 30]], [], [[1, 1, 0, 3, struct.pack("<q", -1)]]],
     ]
     for body in bodies:
         data = msgpack.packb(body, use_bin_type=True)

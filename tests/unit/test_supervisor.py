@@ -60,6 +60,7 @@ class FakeProc:
 
         class P:
             returncode = 2
+            pid = 0
         self.popen = P()
 
     def start(self) -> None:
@@ -246,6 +247,36 @@ def test_a_clean_stop_after_a_stable_run_is_not_called_a_failure(tmp_path, monke
     proc.alive = False                         # status 0 again, at once: a loop, counted
     sup.check()
     assert "(failure 1 of 2)" in capsys.readouterr().out
+
+
+def test_the_gateway_watchdogs_kills_never_make_the_supervisor_give_up(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A gateway stopped again right after each start is killed by the watchdog each time,
+    within STABLE_S of its start: those kills are not quick deaths, so the supervisor never
+    gives up on it (and its sessions are released at each start); a real crash still counts."""
+    topo = topology.load(data_dir=str(tmp_path))
+    sup = sv.Supervisor(topo, max_restarts=2)
+    proc = FakeProc(str(tmp_path / "none.log"))
+    proc.popen.returncode = -9
+    proc.popen.pid = 4242
+    sup.procs = {"gateway0": proc}
+    now = [0.0]
+    monkeypatch.setattr(sv.time, "monotonic", lambda: now[0])
+    for _ in range(5):
+        sup.started_at["gateway0"] = now[0]
+        now[0] += 5.0
+        sup.watchdog_killed["gateway0"] = proc.popen.pid
+        proc.alive = False
+        sup.check()
+        assert sup.failures["gateway0"] == 0 and "gateway0" not in sup.gave_up
+        now[0] = sup.due_at["gateway0"]
+        sup.check()
+        assert proc.alive
+    assert "(the gateway watchdog's kill)" in capsys.readouterr().out
+    sup.watchdog_killed.clear()
+    proc.alive = False                                  # a crash of its own: counted
+    sup.check()
+    assert sup.failures["gateway0"] == 1
 
 
 def test_the_default_topology_starts_in_waves_each_after_what_it_needs():
