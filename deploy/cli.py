@@ -1068,14 +1068,16 @@ def seconds(text: str) -> float:
 
 
 def watchdog_seconds(text: str) -> float:
-    """0 (off), or seconds from 2 (two of the supervisor's rounds) up to a day."""
+    """0 (off), or seconds from GATEWAY_WATCHDOG_MIN_S (two of the supervisor's rounds) up
+    to a day."""
+    from deploy.supervisor import GATEWAY_WATCHDOG_MIN_S
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (v == 0 or 2 <= v <= 86_400):
-        raise argparse.ArgumentTypeError(f"{text}: 0 (off) or a number of seconds from 2 to "
-                                         "86400")
+    if not (v == 0 or GATEWAY_WATCHDOG_MIN_S <= v <= 86_400):
+        raise argparse.ArgumentTypeError(f"{text}: 0 (off) or a number of seconds from "
+                                         f"{GATEWAY_WATCHDOG_MIN_S:g} to 86400")
     return v
 
 

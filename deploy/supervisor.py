@@ -52,7 +52,7 @@ STARTING_MAX_S = 900.0     # longer than the replicator's integrity check may ta
 HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
 FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
 GATEWAY_WATCHDOG_S = 10.0  # a gateway stopped by a signal (state T) this long is killed
-GATEWAY_WATCHDOG_MIN_S = 2.0
+GATEWAY_WATCHDOG_MIN_S = 2.0  # two heartbeat rounds: --gateway-watchdog's least (0: off)
 STABLE_S = 30.0          # a process that ran this long has recovered: its backoff resets
 BACKOFF_CAP_S = 30.0
 EARLIER_RUN_WAIT_S = 60.0  # how long `up` waits for an earlier run's processes to end
@@ -882,12 +882,7 @@ def read_heartbeats(data_dir: str) -> dict[str, dict]:
 
 def stopped_by_signal(pid: int) -> bool:
     """Whether the process is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("State:") and line.split()[1] in ("T", "t")
-                       for line in f)
-    except OSError:
-        return False
+    return pid_state(pid) in ("T", "t")
 
 
 def pid_state(pid: int) -> str:

@@ -142,6 +142,7 @@ def _read_chunks(f, size: int, n_shards: int, out: Loaded) -> None:
             sessions = out.sessions
             gone = set(drops)
             named: set = set()
+            parsed = []                 # (key, shard, first, locations), each checked
             for user, sid, shard, first, raw in sets:
                 if not (_is_int(user) and _is_int(sid) and _is_int(shard) and _is_int(first)
                         and 0 <= shard < n_shards and isinstance(raw, bytes)
@@ -160,20 +161,20 @@ def _read_chunks(f, size: int, n_shards: int, out: Loaded) -> None:
                 locs = _locs_from(raw)
                 if locs and (min(locs) < 0 or max(locs) > cov[shard][0]):
                     raise ValueError(f"a location outside out.te.{shard} 0..{cov[shard][0]}")
+                parsed.append(((user, sid), shard, first, locs))
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             out.damaged = f"a chunk that does not parse at byte {pos} ({exc})"
             break
         # the whole chunk checked: applied in place (a copy per chunk would be quadratic)
         for key in drops:
             sessions.pop(key, None)
-        for user, sid, shard, first, raw in sets:
-            key = (user, sid)
-            have = sessions.get(key)
-            if have is None or have[0] != shard:
-                have = sessions[key] = (shard, array("q"))
-            locs = have[1]
+        for key, shard, first, new in parsed:
+            if first == 1:              # (checked: a new session, or one moved, starts at 1)
+                sessions[key] = (shard, new)
+                continue
+            locs = sessions[key][1]
             del locs[first - 1:]
-            locs.extend(_locs_from(raw))
+            locs.extend(new)
         out.covered = cov
         pos += HEAD.size + length
         out.valid_bytes = pos
@@ -198,7 +199,7 @@ class IndexFile:
         self.n_shards = n_shards
         self.fd = -1
         self.size = 0
-        self.writes = self.failures = 0
+        self.failures = 0
 
     def open_for_append(self, valid_bytes: int) -> None:
         """Append after the file's valid chunks (a damaged tail is cut off)."""
@@ -246,7 +247,6 @@ class IndexFile:
                           "memory, a restart reads more of the log", self.path, exc)
             return False
         self.size += len(data)
-        self.writes += 1
         return True
 
     def close(self) -> None:

@@ -95,9 +95,10 @@ class MqCore:
         """The ts_ns of out.te.<shard> record seq, None if no replicator holds it; raises if
         none answers."""
         sh = self.shards[shard]
-        return await asyncio.get_running_loop().run_in_executor(
-            None, stamp_of, list(sh["replicators"]), sh.get("out_stream", f"out.te.{shard}"),
-            seq)
+        got = await asyncio.get_running_loop().run_in_executor(
+            None, read_back, list(sh["replicators"]), sh.get("out_stream", f"out.te.{shard}"),
+            [seq], True)
+        return got.get(seq)
 
     async def start(self) -> None:
         from mq.producer import Producer
@@ -225,45 +226,15 @@ class MqCore:
         return busy
 
 
-STAMP_TRY_S = 2.0   # for one replicator's answer to stamp_of
-STAMP_WAIT_S = 3.0  # how long stamp_of asks again while no replicator serves the record yet
-
-
-def stamp_of(replicators: list[str], stream: str, seq: int) -> int | None:
-    """The ts_ns of record seq of a stream, from the first replicator that serves it. A
-    replicator serves what it knows committed and learns the commit point a moment after the
-    fan-out, so a record just seen may not be served yet: asked again for STAMP_WAIT_S. None
-    if the replicators answered all that time and none served it; the last error if none
-    answered."""
-    from mq.control import replay
-    from mq.record import decode
-    deadline = time.monotonic() + STAMP_WAIT_S
-    while True:
-        error: Exception | None = None
-        answered = False
-        for rep in replicators:
-            try:
-                for frame in replay(rep, stream, seq, seq, timeout_s=STAMP_TRY_S):
-                    for r in decode(frame):
-                        if r[0] == seq:
-                            return r[1]
-                answered = True
-            except (TimeoutError, RuntimeError, ValueError) as exc:
-                error = exc
-        if not answered and error is not None:
-            raise error
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
-
-
 READ_BACK_GAP = 64         # seqs this close together are read in one REPLAY
 READ_BACK_TIMEOUT_S = 5.0  # for the whole read: every replicator tried, a record not yet served
 READ_BACK_TRY_S = 1.5      # for one replicator's answer to one REPLAY
 
 
-def read_back(replicators: list[str], stream: str, seqs: list[int]) -> dict[int, bytes]:
-    """{seq: payload} of the records ``seqs`` (ascending) of a stream, within
+def read_back(replicators: list[str], stream: str, seqs: list[int],
+              stamps: bool = False) -> dict[int, bytes]:
+    """{seq: payload} (with stamps: {seq: ts_ns}) of the records ``seqs`` (ascending) of a
+    stream, within
     READ_BACK_TIMEOUT_S. Each REPLAY goes to the first of ``replicators``; one that fails or is
     silent for READ_BACK_TRY_S goes to the end of that list (the caller's: the order is kept
     for the next read) and the next is asked. A replicator serves what it knows committed,
@@ -297,7 +268,7 @@ def read_back(replicators: list[str], stream: str, seqs: list[int]) -> dict[int,
                                         timeout_s=min(READ_BACK_TRY_S, left)):
                         for r in decode(frame):
                             if r[0] in want:
-                                got[r[0]] = r[6]
+                                got[r[0]] = r[1] if stamps else r[6]
                     answered = True
                 except (TimeoutError, RuntimeError, ValueError) as exc:
                     error = exc

@@ -38,11 +38,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway import index as gindex
 from gateway import wire
 from gateway.accounts import Accounts, User
 from gateway.aio import stop_task
 from gateway.auth import Authenticator, Check
-from gateway.index import IndexFile
 
 log = logging.getLogger("seqex.gateway")
 
@@ -1001,13 +1001,15 @@ class Gateway:
         # the journal index on disk (Config.index_file): the last out.te.N record applied to
         # the index per shard (seq, ts_ns), what changed since the last chunk written (each
         # session's first SeqNo not written; finalized sessions), the covered seqs written
-        self.index: IndexFile | None = None
+        self.index: gindex.IndexFile | None = None
         self.covered: list[tuple[int, int]] = [(0, 0)] * self.n_shards
         self.index_dirty: dict[tuple[int, int], int] = {}
         self.index_drops: list[tuple[int, int]] = []
         self.index_written: list[tuple[int, int]] = list(self.covered)
-        # connections whose Logout answer waits for their SessionEnd to be applied
+        # connections whose Logout answer waits for their SessionEnd to be applied, looked at
+        # once a turn of the loop in which out.te records came (answers_soon)
         self.answers_waiting: dict[Connection, None] = {}
+        self.answers_soon = False
         cfg = self.cfg
         self.auth = Authenticator(lambda: self.accounts, self._auth_answer, self.stats,
                                   cfg.max_auth_pending, cfg.max_auth_per_peer,
@@ -1074,7 +1076,6 @@ class Gateway:
         """Take the index file's sessions if the log confirms it (each shard's covered seq
         holds the record stamped as the file says), and read each shard from the record
         after it; else start from seq 1 with an empty file."""
-        from gateway import index as gindex
         path, n = self.cfg.index_file, self.n_shards
         loaded = gindex.load(path, n)
         if loaded.damaged:
@@ -1111,7 +1112,6 @@ class Gateway:
         self.index_written = list(self.covered)
 
     def _take_index(self, f, loaded, usable: bool) -> None:
-        from gateway import index as gindex
         path = self.cfg.index_file
         if usable:
             for key, (shard, locs) in loaded.sessions.items():
@@ -1133,7 +1133,6 @@ class Gateway:
 
     def _checkpoint(self) -> None:
         """Append what changed in the index since the last chunk (nothing if nothing did)."""
-        from gateway.index import chunk
         if self.covered == self.index_written and not self.index_dirty and \
                 not self.index_drops:
             return
@@ -1141,7 +1140,7 @@ class Gateway:
         sets = [(k, journal[k].shard, journal[k].locs, first)
                 for k, first in self.index_dirty.items() if k in journal]
         covered = list(self.covered)
-        if self.index.append(chunk(self.n_shards, covered, self.index_drops, sets)):
+        if self.index.append(gindex.chunk(self.n_shards, covered, self.index_drops, sets)):
             self.stats["index_writes"] += 1
             self.index_dirty.clear()
             self.index_drops.clear()
@@ -1323,10 +1322,9 @@ class Gateway:
     # -- the engines' output -----------------------------------------------------------------------
     def _on_record(self, shard: int, out_seq: int, ts_ns: int, payload: bytes) -> None:
         self.covered[shard] = (out_seq, ts_ns)
-        if self.answers_waiting:
-            now = self.clock()
-            for c in list(self.answers_waiting):
-                c.answer_if_applied(now)
+        if self.answers_waiting and not self.answers_soon:
+            self.answers_soon = True
+            self.loop.call_soon(self._answer_waiting)
         try:
             events = session_events(payload)
         except ValueError as exc:
@@ -1380,6 +1378,13 @@ class Gateway:
         if self.journal.pop(key, None) is not None and self.index is not None:
             self.index_dirty.pop(key, None)
             self.index_drops.append(key)
+
+    def _answer_waiting(self) -> None:
+        """The Logout answers whose SessionEnd the records of this turn showed applied."""
+        self.answers_soon = False
+        now = self.clock()
+        for c in list(self.answers_waiting):
+            c.answer_if_applied(now)
 
     def session_bucket(self, key: tuple[int, int], rate: int) -> Bucket:
         """The session's throttle as its last connection left it (a new one if it has none,
