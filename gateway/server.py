@@ -313,6 +313,7 @@ class Connection(asyncio.Protocol):
         self.test_req_id = 0       # TestRequest outstanding (0: none)
         self.test_sent_at = 0.0
         self.replaying = False     # a replay is being written: live messages wait in `held`
+        self.awaiting_log = False  # a replay waits for messages read back from the log
         self.held: deque[bytes] = deque()
         self.logout_held: bytes | None = None  # our answer to a Logout, after the replay
         # our answer to a Logout, once the shard applied the SessionEnd it caused (index of
@@ -802,8 +803,7 @@ class Connection(asyncio.Protocol):
         """Logon replay: Retransmission(first, count), the messages with PossDup, then the
         live messages that arrived meanwhile; nothing of this session interleaves."""
         try:
-            self.write(wire.encode(wire.RETRANSMISSION, first, last - first + 1))
-            await self._write_journal(first, last)
+            await self._write_journal(first, last, header=True)
             await self._write_held()
         finally:
             self.replaying = False
@@ -820,16 +820,29 @@ class Connection(asyncio.Protocol):
             answer, self.logout_held = self.logout_held, None
             self._answer_logout(answer)
 
-    async def _write_journal(self, first: int, last: int) -> None:
+    async def _write_journal(self, first: int, last: int, header: bool) -> None:
+        """Messages first..last with PossDup; with ``header``, Retransmission(first, count)
+        before them, written once the first of them are read, so that Heartbeats sent while
+        that read waits on the log come before it. A read back from the log waits up to
+        READ_BACK_TIMEOUT_S (replicators frozen or gone): meanwhile `awaiting_log` lets tick()
+        send Heartbeats as §4.8 asks, or a client waiting for its replay would see a silent
+        server and log out."""
         seq = first
         while seq <= last and self.state != CLOSED and not self.out_ended:
             stop = min(last, seq + 255)
-            entries = await self.gw.journal_entries(self.key, seq, stop)
+            self.awaiting_log = True
+            try:
+                entries = await self.gw.journal_entries(self.key, seq, stop)
+            finally:
+                self.awaiting_log = False
             if entries is None:   # the log did not answer: the client asks again later
                 self.logout(wire.LOGOUT_ADMIN, "replay unavailable: log silent")
                 return
             if self.state == CLOSED or self.out_ended:
                 return
+            if header:
+                self.write(wire.encode(wire.RETRANSMISSION, first, last - first + 1))
+                header = False
             for entry in entries:
                 if entry is not None:
                     self.write(wire.frame_from_block(entry[0], entry[1], wire.FLAG_POSS_DUP))
@@ -874,8 +887,7 @@ class Connection(asyncio.Protocol):
                     return
                 b = min(last, a + step - 1)
                 self.replaying = mine = True
-                self.write(wire.encode(wire.RETRANSMISSION, a, b - a + 1))
-                await self._write_journal(a, b)
+                await self._write_journal(a, b, header=True)
                 await self._write_held()
                 self.replaying = mine = False
                 await asyncio.sleep(0)
@@ -927,7 +939,8 @@ class Connection(asyncio.Protocol):
         # connection sent a report every second gets no Heartbeat, and `inflight` kept one
         # entry per client message for the connection's life.
         self._update_applied()
-        if now - self.last_sent >= cfg.heartbeat_ms / 1000 and not self.replaying:
+        if now - self.last_sent >= cfg.heartbeat_ms / 1000 and (
+                self.awaiting_log or not self.replaying):
             self.write(self._heartbeat())
         silent = now - self.last_recv
         if self.test_req_id:

@@ -26,6 +26,7 @@ class FakeCore:
         self.resumed = [1] * n_shards  # resume_at(): where a gateway's index file left off
         self.replay_history = False    # True: start() hands the callbacks out.te from resumed
         self.fetch_fails = False     # True: fetch() raises (every replicator down)
+        self.fetch_delay_s = 0.0     # each fetch() waits this long (replicators frozen)
         self.sessions: dict[tuple[int, int], dict] = {}
         self.hold = False            # True: records wait (depth grows) until release()
         self.extra_depth = 0         # added to depth(): pretend the shard is behind
@@ -61,6 +62,8 @@ class FakeCore:
         self.callbacks.append(callback)
 
     async def fetch(self, shard, seqs):
+        if self.fetch_delay_s:
+            await asyncio.sleep(self.fetch_delay_s)
         if self.fetch_fails:
             raise TimeoutError("no replicator answered")
         log = self.out_log[shard]

@@ -479,10 +479,10 @@ def test_the_journal_holds_the_newest_messages_and_reads_the_rest_back_from_the_
         assert 0 < len(held) < 40 and max(held) == 40 and gw.cached_bytes <= 2000
         assert gw.stats["journal_reads"] >= 1 and gw.stats["journal_read_failures"] == 0
         assert sum(len(j.blocks) for j in gw.journal.values()) == len(held)
-        # the log silent: the replay ends in a Logout, nothing with a hole goes out
+        # the log silent: the replay ends in a Logout, nothing with a hole goes out (not
+        # even the Retransmission: it is written once its first messages are read)
         core.fetch_fails = True
         c.send(wire.RETRANSMIT_REQUEST, 1, 5)
-        assert (await c.expect(wire.RETRANSMISSION)).Count == 5
         lo = await c.expect(wire.LOGOUT)
         assert lo.Reason == wire.LOGOUT_ADMIN and b"log" in lo.Text
         assert gw.stats["journal_read_failures"] == 1
@@ -1326,5 +1326,53 @@ def test_a_busy_connection_forgets_its_applied_messages_without_heartbeats():
         assert len(conn.inflight) == 50
         conn.tick(conn.last_sent)       # no Heartbeat is due
         assert not conn.inflight and conn.client_next == 51
+        await gw.close()
+    run(main())
+
+
+def test_a_replay_waiting_on_the_log_keeps_heartbeating():
+    """§4.8: the server sends a Heartbeat whenever it has sent nothing for its interval. A
+    replay whose messages are read back from the log can wait seconds (replicators frozen:
+    one whole try each); the server was silent meanwhile, and a client following §4.8 sent
+    TestRequest after 1.5 intervals, whose answer waited behind the replay, and logged out
+    after 2.5. Now Heartbeats go while the read waits, before the Retransmission that
+    introduces the messages (its first messages are read before it is written)."""
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(heartbeat_ms=500, journal_cache_bytes=500))
+        c = await Client.connect(port)
+        await c.logon(hb_ms=30000)      # (the client's own interval: it sends nothing)
+        await c.expect(wire.LOGON_ACK)
+        for _ in range(3):
+            core.push(7, 1, 10)
+        live = [await c.expect(wire.EXECUTION_REPORT) for _ in range(30)]
+        c.close()
+        core.fetch_delay_s = 1.6    # each read back: more than 1.5 of the server's intervals
+        loop = asyncio.get_running_loop()
+        for request in ("logon", "retransmit"):
+            c = await Client.connect(port)
+            await c.logon(hb_ms=30000, next_expected=1 if request == "logon" else 0)
+            await c.expect(wire.LOGON_ACK)
+            if request == "retransmit":
+                c.send(wire.RETRANSMIT_REQUEST, 1, 30)
+            frames, last, gap = [], loop.time(), 0.0
+            while len([f for f in frames if f[0] == wire.EXECUTION_REPORT]) < 30:
+                got = await c.recv(timeout=10)
+                assert got is not None, (request, frames)
+                tid, m, _ = got
+                now = loop.time()
+                gap, last = max(gap, now - last), now
+                frames.append((tid, m))
+            tids = [t for t, _ in frames]
+            assert tids[0] == wire.HEARTBEAT, tids          # sent while the first read waited
+            start = tids.index(wire.RETRANSMISSION)
+            assert set(tids[:start]) == {wire.HEARTBEAT}
+            assert frames[start][1].Count == 30
+            reports = [m for t, m in frames if t == wire.EXECUTION_REPORT]
+            assert [r.SeqNo for r in reports] == list(range(1, 31))
+            assert all(r.Flags == wire.FLAG_POSS_DUP for r in reports)
+            assert [r._replace(Flags=0) for r in reports] == [r._replace(Flags=0) for r in live]
+            assert gap < 0.75 * 1.5, f"silent for {gap:.2f} s while the replay read the log"
+            assert gw.stats["journal_reads"] >= 1 and gw.stats["heartbeat_timeouts"] == 0
+            c.close()
         await gw.close()
     run(main())
