@@ -355,6 +355,12 @@ class Order:
 
 
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _to_i64(value: int) -> int:
+    """A derived figure as an int64 event field carries it: at the edge when beyond."""
+    return _I64_MIN if value < _I64_MIN else _I64_MAX if value > _I64_MAX else value
 
 
 class Session:
@@ -941,8 +947,11 @@ class TradingEngine:
 
     def _account_status(self, acct: Account) -> None:
         self.route |= ROUTE_LIQ
+        # `available` is derived (balance and margins are state, each below MAX_MONEY): a
+        # position valued at a mark far from its entry can put it beyond int64, where the
+        # event stops at the edge instead of stopping the shard (docs/tradingengine.md §13)
         self._out.append(_PACK[ACCOUNT](ACCOUNT, acct.account_id, acct.balance,
-                                          self._available(acct), acct.order_margin,
+                                          _to_i64(self._available(acct)), acct.order_margin,
                                           acct.position_margin))
 
     def view_accounts(self, account_ids) -> list:
@@ -960,7 +969,7 @@ class TradingEngine:
                 rows.append([symbol, pos.size, pos.cost, pos.margin, liq, bk, pos.realised,
                              pos.leverage_x100, pos.mode])
             out.append({"account": account_id, "balance": acct.balance,
-                        "available": self._available(acct),
+                        "available": _to_i64(self._available(acct)),   # (as the event)
                         "order_margin": acct.order_margin,
                         "position_margin": acct.position_margin,
                         "open_orders": len(acct.orders), "positions": rows,
