@@ -942,6 +942,12 @@ class Connection(asyncio.Protocol):
         if now - self.last_sent >= cfg.heartbeat_ms / 1000 and (
                 self.awaiting_log or not self.replaying):
             self.write(self._heartbeat())
+        if not self.reading:
+            # not read by our choice (its shard's queue is full, or its input is bounded):
+            # what it sends waits in the socket, so its silence is ours, not the client's;
+            # it counts again from when reading resumes
+            self.last_recv = now
+            self.test_req_id = 0
         silent = now - self.last_recv
         if self.test_req_id:
             if now - self.test_sent_at > self.client_hb_s:

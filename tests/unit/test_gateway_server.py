@@ -971,6 +971,46 @@ def test_a_stalled_log_pauses_reading_not_memory():
     run(main())
 
 
+def test_a_connection_not_read_because_the_log_stalls_is_not_silent():
+    """The gateway stops reading a connection while its shard's queue is full (above); the
+    client's Heartbeats then wait in the socket, and the gateway judged it silent on input it
+    had chosen not to read: TestRequest after 1.5 of the client's intervals, Logout(1) after
+    2.5, the session unbound, while the client heartbeated every 0.2 s (an adversary's
+    spec-only client, during another client's IOC flood). Its silence counts only while it
+    is read."""
+    async def main():
+        gw, core, port = await started(cfg=gs.Config(max_queued=10))
+        c = await Client.connect(port)
+        await c.logon(hb_ms=400)
+        await c.expect(wire.LOGON_ACK)
+        core.gate = asyncio.Event()
+        for i in range(1, 31):
+            c.nos(i, i)
+        conn = next(iter(gw.conns))
+        await wait_for(lambda: not conn.reading)
+        seen = []
+
+        async def reader():
+            while True:
+                got = await c.recv(timeout=10)
+                if got is None:
+                    return
+                seen.append(got[0])
+        task = asyncio.create_task(reader())
+        for _ in range(10):                     # 2 s: five of the client's intervals
+            c.send(wire.HEARTBEAT, 0, 31, 1)
+            await asyncio.sleep(0.2)
+        assert wire.LOGOUT not in seen and wire.TEST_REQUEST not in seen, seen
+        assert gw.stats["heartbeat_timeouts"] == 0
+        assert not conn.reading and conn in gw.paused
+        core.gate.set()
+        await wait_for(lambda: seen.count(wire.EXECUTION_REPORT) == 30)
+        assert conn.state == gs.LIVE
+        task.cancel()
+        await gw.close()
+    run(main())
+
+
 # -- the credential check: verified passwords, the scrypt slots and their queue ---------------
 
 class GatedAccounts(Accounts):
