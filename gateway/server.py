@@ -952,6 +952,9 @@ class Connection(asyncio.Protocol):
         if self.test_req_id:
             if now - self.test_sent_at > self.client_hb_s:
                 self.gw.stats["heartbeat_timeouts"] += 1
+                log.warning("conn %x (%s, session %s): nothing received for %.1f s, TestRequest "
+                            "unanswered: Logout(1)", self.conn_id, self.peer, self.key,
+                            now - self.last_recv)
                 self.logout(wire.LOGOUT_HEARTBEAT_TIMEOUT, "heartbeat timeout")
         elif silent > 1.5 * self.client_hb_s:
             self.gw.test_req_ids += 1
