@@ -165,6 +165,8 @@ REJECT_TEXT = {
           "bankruptcy price (cancel or move that order first)",
     2045: "the account's funding payment of this interval is still being settled: no margin "
           "moves into an isolated position until it is; retry in a moment",
+    2046: "a funding premium index or interest rate beyond +/-100% (1,000,000 ppm): the "
+          "source is broken; the inputs stay as they were",
 }
 
 

@@ -312,6 +312,7 @@ REJECT_CODES = {
     2043: "price_beyond_bankruptcy",  # a closing order priced through its position's bankruptcy
     2044: "margin_strands_closing_order",  # the margin it holds moves a resting close beyond bk
     2045: "funding_pending",  # the account's funding of the interval is not settled yet
+    2046: "funding_inputs_invalid",  # a premium index or interest rate beyond +/-100%
 }
 CODES = {name: code for code, name in REJECT_CODES.items()}
 

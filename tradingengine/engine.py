@@ -2053,6 +2053,11 @@ class TradingEngine:
         if symbol not in self.specs:
             self._reject_request(FUNDING_INPUTS, 2004, 0, symbol, 0)
             return
+        if not -PPM <= premium <= PPM or not -PPM <= interest <= PPM:
+            # a premium or rate beyond 100% an interval is a broken source, not a market: the
+            # cap would hide it; refused, the inputs stay as they were
+            self._reject_request(FUNDING_INPUTS, 2046, 0, symbol, 0)
+            return
         self.funding_inputs[symbol] = (premium, interest)
 
     def _mark(self, payload: bytes) -> None:

@@ -58,6 +58,20 @@ def test_the_oracle_and_the_operator_move_the_mark_price_and_funding_inputs():
     assert te.funding_inputs == {2: (6, 6)}
 
 
+def test_funding_inputs_beyond_a_hundred_percent_are_refused_and_change_nothing():
+    te = _engine()
+    te.apply_frame(_frame([(ORACLE, tc.FUNDING_INPUTS, tc.funding_inputs(1, 100, -20))]))
+    for premium, interest in ((1_000_001, 0), (0, -1_000_001), (-(1 << 31), (1 << 31) - 1)):
+        out = te.apply(te.seq + 1, te.ts_ns + 1000, tc.FUNDING_INPUTS,
+                       tc.funding_inputs(1, premium, interest), ORACLE)
+        rejected = [e for e in tc.decode_events(out) if e[0] == tc.REQUEST_REJECTED]
+        assert [e[1] for e in rejected] == [2046], tc.decode_events(out)
+        assert te.funding_inputs == {1: (100, -20)}
+    te.apply(te.seq + 1, te.ts_ns + 1000, tc.FUNDING_INPUTS,
+             tc.funding_inputs(1, 1_000_000, -1_000_000), ORACLE)   # the edges are taken
+    assert te.funding_inputs == {1: (1_000_000, -1_000_000)}
+
+
 def test_a_crossengine_source_record_is_that_symbols_output_whatever_its_kind():
     from crossengine import codec as cc
     te = _engine()
