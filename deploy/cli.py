@@ -629,6 +629,11 @@ def cmd_down(a: argparse.Namespace) -> int:
     return down(a.data)
 
 
+def cmd_restart(a: argparse.Namespace) -> int:
+    from deploy.supervisor import restart_request
+    return restart_request(a.data, a.names, timeout_s=a.timeout)
+
+
 def cmd_status(a: argparse.Namespace) -> int:
     from deploy.supervisor import gave_up, print_table, read_heartbeats, read_state, status_rows
     topo, _pid = read_state(a.data)
@@ -1382,6 +1387,14 @@ def parser() -> Parser:
             s.add_argument("--json", action="store_true",
                            help="one JSON object: every process's plan, state and status")
         s.set_defaults(fn=fn)
+    s = sub.add_parser("restart", help="start a process again: one the supervisor gave up on, "
+                                       "or a running one (stopped first)")
+    s.add_argument("names", nargs="+", metavar="NAME", help="process names, as `seqex status` "
+                                                           "lists them")
+    s.add_argument("--data", default="seqex-data")
+    s.add_argument("--timeout", type=seconds, default=60.0,
+                   help="how long to wait for each to answer (default 60 s)")
+    s.set_defaults(fn=cmd_restart)
 
     from deploy import systemd
     systemd.register(sub)   # `seqex deploy systemd --host NAME` (docs/operations.md)

@@ -48,6 +48,7 @@ STATE_FILE = "seqex.json"
 ENGINES_FILE = "engines.json"   # the engine configuration the logs were written under
 LOCK_FILE = "seqex.lock"
 HEARTBEAT_FILE = "heartbeats.json"
+RESTART_DIR = "restart.d"  # `seqex restart` leaves its requests here; the supervisor takes them
 STARTING_MAX_S = 900.0     # longer than the replicator's integrity check may take (600 s)
 HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
 FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
@@ -410,6 +411,7 @@ class Supervisor:
                 if self.reload_accounts:
                     self.reload_accounts = False
                     self.forward_sighup()
+                self.take_restart_requests()
                 self.check()
         finally:
             print("stopping...", flush=True)
@@ -499,6 +501,57 @@ class Supervisor:
                 raise SupervisorError(f"{spec.name} did not answer on {spec.control} in "
                                       f"{timeout_s:g} s (log: {proc.log_path})")
 
+    @property
+    def restart_dir(self) -> str:
+        return os.path.join(self.topo.data_dir, RESTART_DIR)
+
+    def take_restart_requests(self) -> None:
+        """`seqex restart NAME...` (restart_request): each request file is taken once, in the
+        order written, and removed; a name this supervisor does not run is said and skipped."""
+        try:
+            files = sorted(f for f in os.listdir(self.restart_dir) if f.endswith(".json"))
+        except OSError:
+            return
+        for f in files:
+            path = os.path.join(self.restart_dir, f)
+            try:
+                with open(path) as fh:
+                    names = json.load(fh)["names"]
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise ValueError("names: a list of process names")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                print(f"  a restart request {f} not taken: {exc}", flush=True)
+                names = []
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+            for name in names:
+                if name in self.procs:
+                    self.restart(name)
+                else:
+                    print(f"  restart of {name} asked: no such process here", flush=True)
+
+    def restart(self, name: str) -> None:
+        """The operator's restart: a process given up on, or waiting out its backoff, starts
+        now with its count of quick deaths at zero; a running one is stopped (SIGTERM) and
+        started again, not counted as a failure (a master's standby takes its stream over
+        meanwhile, as in a drill)."""
+        proc = self.procs[name]
+        was = "given up on" if self.gave_up.pop(name, None) is not None else \
+            "waiting to restart" if name in self.due_at else "running" if proc.alive else "down"
+        self.failures[name] = 0
+        self.due_at.pop(name, None)
+        if proc.alive:
+            proc.stop()
+        now = time.monotonic()
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.started_at[name] = now
+        print(f"  restarting {name} ({was}; asked by the operator, restart "
+              f"{self.restarts[name]})", flush=True)
+        proc.start()
+        self._write_state()
+
     def check(self) -> None:
         """One round: restart what died, with backoff; give up on what keeps dying."""
         now = time.monotonic()
@@ -520,7 +573,7 @@ class Supervisor:
                     why = (f"{name} died {self.failures[name]} times in a row, each within "
                            f"{STABLE_S:g} s of its start; giving up on it. Last words: "
                            f"{last_line(proc.log_path)} (log: {proc.log_path}). Fix the cause, "
-                           f"then `seqex down` and `seqex up` again")
+                           f"then `seqex restart {name}`")
                     self.gave_up[name] = why
                     print(f"  {why}", flush=True)
                     self._write_state()
@@ -731,6 +784,53 @@ def read_state(data_dir: str, check_alive: bool = True,
         from deploy.keys import use_operator_key
         use_operator_key(topo)   # a secured cluster is reached with its operator key
     return topo, pid
+
+
+def restart_request(data_dir: str, names: list[str], timeout_s: float = 60.0,
+                    taken_within_s: float = 10.0) -> int:
+    """`seqex restart NAME...`: hand the names to the running supervisor (a request file it
+    takes within a round), then wait until each answers as a new process; prints one line
+    each. 0 when all answer within timeout_s, else 1."""
+    topo, pid = read_state(data_dir)
+    known = {s.name for s in topo.procs}
+    for name in names:
+        if name not in known:
+            raise SupervisorError(f"no process named {name!r} in this cluster; `seqex status "
+                                  f"--data {data_dir}` lists them")
+    before = read_heartbeats(data_dir)
+    folder = os.path.join(os.path.abspath(data_dir), RESTART_DIR)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{time.time_ns():020d}-{os.getpid()}.json")
+    write_atomically(path, json.dumps({"names": names}))
+    deadline = time.monotonic() + taken_within_s
+    while os.path.exists(path):
+        if time.monotonic() > deadline:
+            os.remove(path)
+            raise SupervisorError(f"the supervisor (pid {pid}) did not take the request in "
+                                  f"{taken_within_s:g} s (is it stopped? `seqex status`)")
+        time.sleep(0.1)
+    deadline = time.monotonic() + timeout_s
+    waiting = {n: (before.get(n) or {}).get("pid") for n in names}
+    status = 0
+    while waiting:
+        beats = read_heartbeats(data_dir)
+        for name, old_pid in list(waiting.items()):
+            b = beats.get(name) or {}
+            if b.get("pid") and b.get("pid") != old_pid and b.get("answered"):
+                role = "standby, waiting for its stream" if b.get("standby") else "answering"
+                print(f"{name}: restarted (pid {b['pid']}), {role}")
+                del waiting[name]
+        if waiting and time.monotonic() > deadline:
+            for name in waiting:
+                spec = topo.by_name(name)
+                print(f"{name}: not answering {timeout_s:g} s after its restart (log: "
+                      f"{os.path.join(topo.data_dir, 'logs', spec.name + '.log')}; "
+                      "`seqex status`)")
+            status = 1
+            break
+        if waiting:
+            time.sleep(0.2)
+    return status
 
 
 def gave_up(data_dir: str) -> dict[str, str]:

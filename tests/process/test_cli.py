@@ -34,6 +34,7 @@ import pytest
 
 from deploy import topology
 from deploy.procs import Group, free_port
+from deploy.supervisor import gave_up as sv_gave_up
 from deploy.supervisor import read_heartbeats, read_state
 from mq.control import ping, replay, stats, wait_until
 from mq.record import decode
@@ -144,6 +145,8 @@ def bad_input_cases(tmp: str) -> list[tuple[list[str], dict, str]]:
         (["status", "--data", missing], {"SEQEX_LOG": "debug"}, "not up"),
         (["status", "--data", missing], {"SEQEX_LOG": "loud"}, "SEQEX_LOG must be"),
         (["status", "--data", missing], {}, "not up"),
+        (["restart", "gateway0", "--data", missing], {}, "not up"),
+        (["restart", "--data", missing], {}, "required"),
         (["down", "--data", missing], {}, "not up"),
         (["audit", "--data", missing], {}, "not up"),
         (["audit", "--data", fake], {}, "has no order path to audit"),
@@ -238,7 +241,8 @@ def test_every_verb_refuses_bad_input_with_one_line_and_status_2(tmp_path):
     assert not failures, "\n".join(failures)
     verbs = {next((a for a in c[0] if not a.startswith("--")), "") for c in cases}
     assert verbs >= {"replicator", "sequencer", "replica", "mirror", "tail", "replay", "ping",
-                     "stop", "up", "down", "status", "submit", "produce", "demo", "audit"}
+                     "stop", "up", "down", "status", "submit", "produce", "demo", "audit",
+                     "restart"}
 
 
 # -- one cluster --------------------------------------------------------------------------------
@@ -623,9 +627,9 @@ def test_status_shows_a_frozen_replicator_and_its_recovery(cluster):
 
 @pytest.mark.timeout(300)
 def test_a_process_that_keeps_dying_is_backed_off_then_given_up(cluster):
-    """Runs last: it leaves hot1 down. Its control port is taken by a stranger, so every
-    restart dies at once (address in use); the supervisor waits 0.1 s, then 0.2 s, then gives
-    up with the reason, and `seqex status` shows it."""
+    """Runs last. Its control port is taken by a stranger, so every restart dies at once
+    (address in use); the supervisor waits 0.1 s, then 0.2 s, then gives up with the reason,
+    and `seqex status` shows it; `seqex restart` then brings it back."""
     data, up = cluster
     topo, _pid = read_state(data)
     spec = topo.by_name("ce.BTCUSDT.hot1")
@@ -658,6 +662,31 @@ def test_a_process_that_keeps_dying_is_backed_off_then_given_up(cluster):
         assert up.alive and ping(topo.by_name("ce.BTCUSDT.hot0").control)
     finally:
         stranger.close()
+    # The cause gone (the port free), `seqex restart` starts it again without a `down`/`up`
+    # (an adversary's campaign: a warm replica given up on cost a whole outage to revive),
+    # and it catches up with the stream.
+    line = one_line_error(seqex("restart", "ce.BTCUSDT.hot9", "--data", data))
+    assert "no process named 'ce.BTCUSDT.hot9'" in line, line
+    out = seqex("restart", "ce.BTCUSDT.hot1", "--data", data, "--timeout", "120")
+    assert out.returncode == 0, out.stdout + out.stderr
+    new_pid = pids_of(data, spec.name)
+    assert len(new_pid) == 1 and new_pid[0] != victim[0]
+    assert f"ce.BTCUSDT.hot1: restarted (pid {new_pid[0]}), answering" in out.stdout, out.stdout
+    assert "restarting ce.BTCUSDT.hot1 (given up on; asked by the operator" in up.log()
+    status = seqex("status", "--data", data)
+    assert not any("GAVE UP" in x for x in status.stdout.splitlines()), status.stdout
+    assert read_state(data)[0] and "ce.BTCUSDT.hot1" not in sv_gave_up(data)
+    hot0 = ping(topo.by_name("ce.BTCUSDT.hot0").control)
+    wait_until(lambda: (ping(spec.control) or {}).get("seq", -1) >= hot0["seq"], 60,
+               "the restarted replica to catch up")
+    # a running process: stopped (SIGTERM) and started again, not counted as a failure
+    before = pids_of(data, "ce.BTCUSDT.hot0")
+    out = seqex("restart", "ce.BTCUSDT.hot0", "--data", data, "--timeout", "120")
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = pids_of(data, "ce.BTCUSDT.hot0")
+    assert len(after) == 1 and after != before, (before, after)
+    assert "restarting ce.BTCUSDT.hot0 (running; asked by the operator" in up.log()
+    assert "failure" not in up.log().split("restarting ce.BTCUSDT.hot0 (running")[1]
 
 
 def wait_committed(data: str, stream: str, seq: int) -> None:

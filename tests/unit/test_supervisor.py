@@ -67,6 +67,10 @@ class FakeProc:
         self.starts += 1
         self.alive = True
 
+    def stop(self) -> None:
+        self.stops = getattr(self, "stops", 0) + 1
+        self.alive = False
+
 
 def test_restarts_back_off_and_give_up_with_the_reason(tmp_path, monkeypatch, capsys):
     topo = topology.load(data_dir=str(tmp_path))
@@ -549,3 +553,43 @@ def test_the_gateway_watchdog_kills_only_a_process_stopped_the_whole_period():
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_restart_requests_revive_a_process_given_up_on_and_restart_a_running_one(
+        tmp_path, monkeypatch, capsys):
+    """`seqex restart` leaves a request file; the supervisor takes each once, in order: a
+    process given up on starts at once with its quick deaths at zero (and is no longer given
+    up on in the state file), a running one is stopped and started, not counted as a failure;
+    a name it does not run, or a damaged file, is said and skipped."""
+    topo = topology.load(data_dir=str(tmp_path))
+    sup = sv.Supervisor(topo, max_restarts=1)
+    dead, live = FakeProc(str(tmp_path / "a.log")), FakeProc(str(tmp_path / "b.log"))
+    sup.procs = {"ce.BTCUSDT.hot1": dead, "te0.warm0": live}
+    now = [0.0]
+    monkeypatch.setattr(sv.time, "monotonic", lambda: now[0])
+    for _ in range(2):                            # two quick deaths: given up on
+        sup.started_at["ce.BTCUSDT.hot1"] = now[0]
+        dead.alive = False
+        sup.check()
+        now[0] = sup.due_at.get("ce.BTCUSDT.hot1", now[0])
+        sup.check()
+    assert "ce.BTCUSDT.hot1" in sup.gave_up and not dead.alive and dead.starts == 1
+    folder = tmp_path / sv.RESTART_DIR
+    folder.mkdir()
+    (folder / "1.json").write_text(json.dumps({"names": ["ce.BTCUSDT.hot1", "nobody"]}))
+    (folder / "2.json").write_text("{not json")
+    (folder / "3.json").write_text(json.dumps({"names": ["te0.warm0"]}))
+    sup.take_restart_requests()
+    assert os.listdir(folder) == []
+    assert dead.alive and dead.starts == 2 and "ce.BTCUSDT.hot1" not in sup.gave_up
+    assert sup.failures["ce.BTCUSDT.hot1"] == 0
+    assert live.stops == 1 and live.alive and live.starts == 1
+    state = json.loads(open(tmp_path / "seqex.json").read())
+    assert state["gave_up"] == {}
+    out = capsys.readouterr().out
+    assert "restarting ce.BTCUSDT.hot1 (given up on; asked by the operator" in out
+    assert "restarting te0.warm0 (running; asked by the operator" in out
+    assert "restart of nobody asked: no such process here" in out
+    assert "a restart request 2.json not taken" in out
+    sup.take_restart_requests()                   # taken once: nothing more happens
+    assert dead.starts == 2 and live.starts == 1
