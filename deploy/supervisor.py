@@ -706,6 +706,7 @@ class Supervisor:
         d = json.loads(self.topo.to_json())
         d["supervisor"] = os.getpid()
         d["gave_up"] = self.gave_up
+        d["host"] = self.host     # the host whose processes this supervisor runs (None: all)
         write_atomically(self.state_path, json.dumps(d, indent=1))
 
     def banner(self) -> None:
@@ -792,11 +793,19 @@ def restart_request(data_dir: str, names: list[str], timeout_s: float = 60.0,
     takes within a round), then wait until each answers as a new process; prints one line
     each. 0 when all answer within timeout_s, else 1."""
     topo, pid = read_state(data_dir)
-    known = {s.name for s in topo.procs}
+    try:
+        with open(os.path.join(os.path.abspath(data_dir), STATE_FILE)) as f:
+            host = json.load(f).get("host")
+    except (OSError, ValueError, AttributeError):
+        host = None
     for name in names:
-        if name not in known:
+        spec = next((s for s in topo.procs if s.name == name), None)
+        if spec is None:
             raise SupervisorError(f"no process named {name!r} in this cluster; `seqex status "
                                   f"--data {data_dir}` lists them")
+        if host is not None and spec.host != host:
+            raise SupervisorError(f"{name} runs on host {spec.host}, not under this supervisor "
+                                  f"(host {host}): run `seqex restart` there")
     before = read_heartbeats(data_dir)
     folder = os.path.join(os.path.abspath(data_dir), RESTART_DIR)
     os.makedirs(folder, exist_ok=True)
@@ -807,7 +816,8 @@ def restart_request(data_dir: str, names: list[str], timeout_s: float = 60.0,
         if time.monotonic() > deadline:
             os.remove(path)
             raise SupervisorError(f"the supervisor (pid {pid}) did not take the request in "
-                                  f"{taken_within_s:g} s (is it stopped? `seqex status`)")
+                                  f"{taken_within_s:g} s (still starting, or stopped? "
+                                  "`seqex status`)")
         time.sleep(0.1)
     deadline = time.monotonic() + timeout_s
     waiting = {n: (before.get(n) or {}).get("pid") for n in names}
