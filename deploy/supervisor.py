@@ -35,6 +35,7 @@ import os
 import shlex
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -49,6 +50,7 @@ ENGINES_FILE = "engines.json"   # the engine configuration the logs were written
 LOCK_FILE = "seqex.lock"
 HEARTBEAT_FILE = "heartbeats.json"
 RESTART_DIR = "restart.d"  # `seqex restart` leaves its requests here; the supervisor takes them
+RESTART_REQUEST_MAX = 65536   # bytes: a request names processes, no more
 STARTING_MAX_S = 900.0     # longer than the replicator's integrity check may take (600 s)
 HEARTBEAT_EVERY_S = 1.0  # the supervisor PINGs every process this often
 FROZEN_AFTER_S = 3.0     # alive, and silent for longer than this: FROZEN
@@ -363,6 +365,8 @@ class Supervisor:
         self.started_at: dict[str, float] = {}
         self.due_at: dict[str, float] = {}       # when a dead process may start again
         self.gave_up: dict[str, str] = {}        # process -> why
+        self.restarting: set[str] = set()        # being restarted by the operator (restart)
+        self.state_lock = threading.Lock()       # _write_state from the restart threads too
         self.lock_fd = lock_fd    # the data directory's lock, if the caller took it
         self.stopped_by = 0       # the signal that stopped `up` (SIGINT, SIGTERM), if one did
         self.came_up = False      # every process started and answered (the banner printed)
@@ -386,6 +390,7 @@ class Supervisor:
             os.close(self.lock_fd)
             raise
         print(self.title, flush=True)
+        self.clear_restart_requests()
 
         def stop(signum: int, _frame) -> None:
             self.running = False
@@ -507,7 +512,10 @@ class Supervisor:
 
     def take_restart_requests(self) -> None:
         """`seqex restart NAME...` (restart_request): each request file is taken once, in the
-        order written, and removed; a name this supervisor does not run is said and skipped."""
+        order written, and removed; a name this supervisor does not run is said and skipped.
+        Only regular files of at most RESTART_REQUEST_MAX bytes, opened without blocking: the
+        directory is writable by whoever runs the cluster, and a FIFO put there blocked the
+        supervision, a deeply nested one stopped it (RecursionError), at every start again."""
         try:
             files = sorted(f for f in os.listdir(self.restart_dir) if f.endswith(".json"))
         except OSError:
@@ -515,48 +523,87 @@ class Supervisor:
         for f in files:
             path = os.path.join(self.restart_dir, f)
             try:
-                with open(path) as fh:
-                    names = json.load(fh)["names"]
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue                      # not a request (a directory, a FIFO, a link)
+            names: list = []
+            try:
+                if st.st_size > RESTART_REQUEST_MAX:
+                    raise ValueError(f"{st.st_size} bytes, more than a request holds")
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as fh:
+                    got = json.loads(fh.read(RESTART_REQUEST_MAX + 1))
+                names = got["names"]
                 if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                     raise ValueError("names: a list of process names")
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                print(f"  a restart request {f} not taken: {exc}", flush=True)
+            except Exception as exc:   # whatever is in the file, supervision goes on
+                print(f"  a restart request {f} not taken: {type(exc).__name__}: "
+                      f"{str(exc)[:200]}", flush=True)
                 names = []
             try:
                 os.remove(path)
             except OSError:
                 pass
-            for name in names:
-                if name in self.procs:
+            for name in dict.fromkeys(names):
+                if name in self.restarting:
+                    print(f"  restart of {name} asked: it is being restarted", flush=True)
+                elif name in self.procs:
                     self.restart(name)
                 else:
                     print(f"  restart of {name} asked: no such process here", flush=True)
 
+    def clear_restart_requests(self) -> None:
+        """At start: requests left by an earlier run (a client killed after writing one) are
+        not this run's to carry out."""
+        try:
+            for f in os.listdir(self.restart_dir):
+                path = os.path.join(self.restart_dir, f)
+                if f.endswith(".json") and stat.S_ISREG(os.lstat(path).st_mode):
+                    os.remove(path)
+        except OSError:
+            pass
+
     def restart(self, name: str) -> None:
         """The operator's restart: a process given up on, or waiting out its backoff, starts
-        now with its count of quick deaths at zero; a running one is stopped (SIGTERM) and
-        started again, not counted as a failure (a master's standby takes its stream over
-        meanwhile, as in a drill)."""
+        now with its count of quick deaths at zero; a running one is stopped (SIGTERM; one
+        stopped by a signal, SIGKILL) and started again, not counted as a failure (a master's
+        standby takes its stream over meanwhile, as in a drill). On a thread of its own, so
+        that a process slow to stop does not hold up the supervision of the rest; check()
+        leaves a process being restarted alone."""
         proc = self.procs[name]
         was = "given up on" if self.gave_up.pop(name, None) is not None else \
             "waiting to restart" if name in self.due_at else "running" if proc.alive else "down"
         self.failures[name] = 0
         self.due_at.pop(name, None)
-        if proc.alive:
-            proc.stop()
-        now = time.monotonic()
-        self.restarts[name] = self.restarts.get(name, 0) + 1
-        self.started_at[name] = now
-        print(f"  restarting {name} ({was}; asked by the operator, restart "
-              f"{self.restarts[name]})", flush=True)
-        proc.start()
-        self._write_state()
+        self.restarting.add(name)
+
+        def run() -> None:
+            try:
+                if proc.alive:
+                    if stopped_by_signal(proc.popen.pid):
+                        proc.kill()          # stopped, it cannot act on SIGTERM
+                    else:
+                        proc.stop()
+                if not self.running:
+                    return
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self.started_at[name] = time.monotonic()
+                print(f"  restarting {name} ({was}; asked by the operator, restart "
+                      f"{self.restarts[name]})", flush=True)
+                proc.start()
+                self._write_state()
+            finally:
+                self.restarting.discard(name)
+        threading.Thread(target=run, name=f"restart-{name}", daemon=True).start()
 
     def check(self) -> None:
         """One round: restart what died, with backoff; give up on what keeps dying."""
         now = time.monotonic()
         for name, proc in self.procs.items():
-            if not self.running or name in self.gave_up or proc.alive:
+            if not self.running or name in self.gave_up or proc.alive \
+                    or name in self.restarting:
                 continue
             due = self.due_at.get(name)
             if due is None:   # just found dead: decide when to try again
@@ -703,6 +750,10 @@ class Supervisor:
             pass
 
     def _write_state(self) -> None:
+        with self.state_lock:
+            self._write_state_locked()
+
+    def _write_state_locked(self) -> None:
         d = json.loads(self.topo.to_json())
         d["supervisor"] = os.getpid()
         d["gave_up"] = self.gave_up
@@ -806,6 +857,7 @@ def restart_request(data_dir: str, names: list[str], timeout_s: float = 60.0,
         if host is not None and spec.host != host:
             raise SupervisorError(f"{name} runs on host {spec.host}, not under this supervisor "
                                   f"(host {host}): run `seqex restart` there")
+    names = list(dict.fromkeys(names))       # a name twice is one restart
     before = read_heartbeats(data_dir)
     folder = os.path.join(os.path.abspath(data_dir), RESTART_DIR)
     os.makedirs(folder, exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 
@@ -579,8 +580,16 @@ def test_restart_requests_revive_a_process_given_up_on_and_restart_a_running_one
     (folder / "1.json").write_text(json.dumps({"names": ["ce.BTCUSDT.hot1", "nobody"]}))
     (folder / "2.json").write_text("{not json")
     (folder / "3.json").write_text(json.dumps({"names": ["te0.warm0"]}))
+    (folder / "4.json").mkdir()                  # not a request: left alone, said nothing
+    os.mkfifo(folder / "5.json")                 # blocked the supervision when opened
+    (folder / "6.json").write_text("[" * 30_000 + "]" * 30_000)   # a RecursionError
+    (folder / "7.json").write_text(json.dumps({"names": ["x" * 70_000]}))   # too big
     sup.take_restart_requests()
-    assert os.listdir(folder) == []
+    deadline = time.time() + 10
+    while sup.restarting and time.time() < deadline:
+        time.sleep(0.01)
+    assert not sup.restarting
+    assert sorted(os.listdir(folder)) == ["4.json", "5.json"]
     assert dead.alive and dead.starts == 2 and "ce.BTCUSDT.hot1" not in sup.gave_up
     assert sup.failures["ce.BTCUSDT.hot1"] == 0
     assert live.stops == 1 and live.alive and live.starts == 1
@@ -591,5 +600,72 @@ def test_restart_requests_revive_a_process_given_up_on_and_restart_a_running_one
     assert "restarting te0.warm0 (running; asked by the operator" in out
     assert "restart of nobody asked: no such process here" in out
     assert "a restart request 2.json not taken" in out
+    assert "a restart request 6.json not taken: RecursionError" in out
+    assert "a restart request 7.json not taken: ValueError" in out
+    assert "4.json" not in out and "5.json" not in out
     sup.take_restart_requests()                   # taken once: nothing more happens
     assert dead.starts == 2 and live.starts == 1
+
+
+class SleepProc:
+    """A real child (sleep), stopped as deploy.procs.Proc stops one: SIGTERM, then 10 s."""
+
+    def __init__(self):
+        self.popen = None
+        self.starts = 0
+        self.log_path = os.devnull
+
+    def start(self):
+        import subprocess
+        self.popen = subprocess.Popen(["sleep", "100"])
+        self.starts += 1
+
+    @property
+    def alive(self):
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self):
+        if self.alive:
+            self.popen.kill()
+            self.popen.wait()
+
+    def stop(self, timeout_s=10.0):
+        import subprocess
+        if self.alive:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def test_a_restart_of_a_stopped_process_kills_it_and_holds_up_no_round(tmp_path):
+    """A process stopped by a signal cannot act on SIGTERM: the restart waited 10 s for it, per
+    name, inside the supervision round, which restarted nothing else meanwhile (an adversary).
+    Now it is killed at once, on a thread of its own, and check() leaves it alone."""
+    topo = topology.load(data_dir=str(tmp_path))
+    sup = sv.Supervisor(topo)
+    procs = {n: SleepProc() for n in ("te0.warm0", "te1.warm0")}
+    for p in procs.values():
+        p.start()
+    sup.procs = dict(procs)
+    try:
+        for p in procs.values():
+            os.kill(p.popen.pid, signal.SIGSTOP)
+            while sv.pid_state(p.popen.pid) != "T":
+                time.sleep(0.01)
+        old = {n: p.popen.pid for n, p in procs.items()}
+        t0 = time.monotonic()
+        for n in procs:
+            sup.restart(n)
+        took = time.monotonic() - t0
+        sup.check()                                # while they restart: no second start
+        deadline = time.monotonic() + 10
+        while sup.restarting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert took < 1.0 and time.monotonic() - t0 < 5.0
+        assert all(p.alive and p.starts == 2 and p.popen.pid != old[n]
+                   for n, p in procs.items())
+    finally:
+        for p in procs.values():
+            p.kill()

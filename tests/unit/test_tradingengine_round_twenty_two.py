@@ -6,8 +6,10 @@ nothing bounds what positions add up to. A contract the spec accepts (value 1,00
 more than int64 holds. The short account's AccountStatus (its `available`, a derived figure)
 stopped the shard with a struct.error; it now stops at int64's edge and the shard goes on
 (the first two tests). The LiqEngine's takeovers of three such accounts cost more than int64 in
-its own state, and it still stops on that record: a strict xfail, which a bound on open
-interest would turn into a pass (the xfail then fails, so that this file is updated).
+its own state, and it still stops on that record; and the winning side's realised PnL and
+balance (state too: a loser's deficit is the fund's, so the shard's deposits do not bound a
+winner's gains) pass int64 and stop the shard. Both are strict xfails, which a bound on open
+interest would turn into passes (the xfail then fails, so that this file is updated).
 """
 import struct
 
@@ -129,3 +131,35 @@ def test_takeovers_worth_more_than_int64_do_not_crash_the_liqengine():
         size, cost, realised = v.liq.engine.liq[1]
         raise AssertionError(f"LiqEngine crashed: struct.error {exc}; LIQ size {size} cost "
                              f"{cost} (int64 max {(1 << 63) - 1})") from None
+
+
+@KNOWN
+def test_a_winners_realised_pnl_beyond_int64_does_not_crash_the_shard():
+    """The other side of the far mark (an adversary): the long of 2.6e7 lots bought at 1e8
+    sells it at 1e9 to fresh buyers, 1e6 lots at a time; its realised PnL (state, not a
+    derived figure) passes int64 on the 11th sale and the Position event stops the shard."""
+    s = spec(1, value=1000, max_leverage_x100=100_000, tiers=(Tier(4 * 10**18, 500, 0, 100_000),),
+             max_price=10**9, max_qty=10**6)
+    v = Venue([s], check=False)
+    for a in (3, 9):
+        v.deposit(a, 6 * 10**15)
+        v.apply(c.SET_LEVERAGE, c.set_leverage(a, 1, 100_000))
+    v.mark(1, 100_000_000)
+    for i in range(26):
+        v.order(10 + i, 3, c.SELL, 100_000_000, 1_000_000)
+        v.order(100 + i, 9, c.BUY, 100_000_000, 1_000_000)
+    for price in range(200_000_000, 1_000_000_001, 100_000_000):
+        v.mark(1, price)
+    coid = 200
+    try:
+        for buyer in range(1_000, 1_005):      # (the shard's deposits stay below 2^56)
+            v.deposit(buyer, 7 * 10**15)
+            v.apply(c.SET_LEVERAGE, c.set_leverage(buyer, 1, 100_000))
+            for _ in range(3):
+                coid += 2
+                v.order(coid, buyer, c.BUY, 1_000_000_000, 1_000_000)
+                v.order(coid + 1, 9, c.SELL, 1_000_000_000, 1_000_000)
+    except struct.error as exc:
+        raise AssertionError(f"shard crashed: struct.error {exc}; realised "
+                             f"{v.position(9).realised}, balance "
+                             f"{v.te.accounts[9].balance}") from None
