@@ -365,7 +365,9 @@ class Supervisor:
         self.started_at: dict[str, float] = {}
         self.due_at: dict[str, float] = {}       # when a dead process may start again
         self.gave_up: dict[str, str] = {}        # process -> why
-        self.restarting: set[str] = set()        # being restarted by the operator (restart)
+        self.restarting: set[str] = set()        # being stopped for the operator (restart)
+        self.operator_asked: dict[str, str] = {}  # restart asked: what the process was
+        self.requests_noted: set[str] = set()    # request files not taken, said once
         self.state_lock = threading.Lock()       # _write_state from the restart threads too
         self.lock_fd = lock_fd    # the data directory's lock, if the caller took it
         self.stopped_by = 0       # the signal that stopped `up` (SIGINT, SIGTERM), if one did
@@ -516,10 +518,7 @@ class Supervisor:
         Only regular files of at most RESTART_REQUEST_MAX bytes, opened without blocking: the
         directory is writable by whoever runs the cluster, and a FIFO put there blocked the
         supervision, a deeply nested one stopped it (RecursionError), at every start again."""
-        try:
-            files = sorted(f for f in os.listdir(self.restart_dir) if f.endswith(".json"))
-        except OSError:
-            return
+        files = self._request_files()
         for f in files:
             path = os.path.join(self.restart_dir, f)
             try:
@@ -527,14 +526,27 @@ class Supervisor:
             except OSError:
                 continue
             if not stat.S_ISREG(st.st_mode):
-                continue                      # not a request (a directory, a FIFO, a link)
+                self._note_request(f, "not a regular file")   # a directory, a FIFO, a link
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            except OSError as exc:
+                self._note_request(f, f"cannot be read ({exc.strerror})")
+                continue
+            try:
+                os.remove(path)       # taken once: one that stays would be acted on each round
+            except OSError as exc:
+                os.close(fd)
+                self._note_request(f, f"cannot be removed ({exc.strerror})")
+                continue
             names: list = []
             try:
-                if st.st_size > RESTART_REQUEST_MAX:
-                    raise ValueError(f"{st.st_size} bytes, more than a request holds")
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
                 with os.fdopen(fd, "rb") as fh:
-                    got = json.loads(fh.read(RESTART_REQUEST_MAX + 1))
+                    data = fh.read(RESTART_REQUEST_MAX + 1)
+                if len(data) > RESTART_REQUEST_MAX:
+                    raise ValueError(f"more than {RESTART_REQUEST_MAX} bytes, more than a "
+                                     "request holds")
+                got = json.loads(data)
                 names = got["names"]
                 if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                     raise ValueError("names: a list of process names")
@@ -542,10 +554,6 @@ class Supervisor:
                 print(f"  a restart request {f} not taken: {type(exc).__name__}: "
                       f"{str(exc)[:200]}", flush=True)
                 names = []
-            try:
-                os.remove(path)
-            except OSError:
-                pass
             for name in dict.fromkeys(names):
                 if name in self.restarting:
                     print(f"  restart of {name} asked: it is being restarted", flush=True)
@@ -554,49 +562,68 @@ class Supervisor:
                 else:
                     print(f"  restart of {name} asked: no such process here", flush=True)
 
+    def _request_files(self) -> list[str]:
+        """The request files' names, oldest first; none unless restart.d is a directory of its
+        own (not a link: the requests taken are removed, and a link to another directory
+        had its .json files removed)."""
+        try:
+            if not stat.S_ISDIR(os.lstat(self.restart_dir).st_mode):
+                self._note_request(RESTART_DIR, "not a directory (a link or a file): no "
+                                                "request is taken from it")
+                return []
+            return sorted(f for f in os.listdir(self.restart_dir) if f.endswith(".json"))
+        except OSError:
+            return []
+
+    def _note_request(self, f: str, why: str) -> None:
+        if f not in self.requests_noted:
+            self.requests_noted.add(f)
+            print(f"  a restart request {f} not taken: {why}", flush=True)
+
     def clear_restart_requests(self) -> None:
         """At start: requests left by an earlier run (a client killed after writing one) are
         not this run's to carry out."""
-        try:
-            for f in os.listdir(self.restart_dir):
-                path = os.path.join(self.restart_dir, f)
-                if f.endswith(".json") and stat.S_ISREG(os.lstat(path).st_mode):
+        for f in self._request_files():
+            path = os.path.join(self.restart_dir, f)
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
                     os.remove(path)
-        except OSError:
-            pass
+            except OSError:
+                pass
 
     def restart(self, name: str) -> None:
         """The operator's restart: a process given up on, or waiting out its backoff, starts
         now with its count of quick deaths at zero; a running one is stopped (SIGTERM; one
         stopped by a signal, SIGKILL) and started again, not counted as a failure (a master's
-        standby takes its stream over meanwhile, as in a drill). On a thread of its own, so
-        that a process slow to stop does not hold up the supervision of the rest; check()
-        leaves a process being restarted alone."""
+        standby takes its stream over meanwhile, as in a drill). The stop runs on a thread of
+        its own, so that a process slow to stop does not hold up the supervision of the rest;
+        the start is check()'s, on this thread: a child asks for SIGTERM when the thread
+        that started it ends (PR_SET_PDEATHSIG is per thread), and children started from a
+        short-lived thread died of it a second later (an adversary's mass restart)."""
         proc = self.procs[name]
-        was = "given up on" if self.gave_up.pop(name, None) is not None else \
-            "waiting to restart" if name in self.due_at else "running" if proc.alive else "down"
+        gave_up = self.gave_up.pop(name, None) is not None
+        was = "given up on" if gave_up else "waiting to restart" if name in self.due_at \
+            else "running" if proc.alive else "down"
         self.failures[name] = 0
         self.due_at.pop(name, None)
+        self.operator_asked[name] = was
+        if gave_up:
+            self._write_state()
+        if not proc.alive:
+            self.due_at[name] = time.monotonic()      # check() starts it this round
+            return
         self.restarting.add(name)
 
-        def run() -> None:
+        def stop() -> None:
             try:
-                if proc.alive:
-                    if stopped_by_signal(proc.popen.pid):
-                        proc.kill()          # stopped, it cannot act on SIGTERM
-                    else:
-                        proc.stop()
-                if not self.running:
-                    return
-                self.restarts[name] = self.restarts.get(name, 0) + 1
-                self.started_at[name] = time.monotonic()
-                print(f"  restarting {name} ({was}; asked by the operator, restart "
-                      f"{self.restarts[name]})", flush=True)
-                proc.start()
-                self._write_state()
+                if stopped_by_signal(proc.popen.pid):
+                    proc.kill()              # stopped, it cannot act on SIGTERM
+                else:
+                    proc.stop()
+                self.due_at[name] = time.monotonic()
             finally:
                 self.restarting.discard(name)
-        threading.Thread(target=run, name=f"restart-{name}", daemon=True).start()
+        threading.Thread(target=stop, name=f"restart-{name}", daemon=True).start()
 
     def check(self) -> None:
         """One round: restart what died, with backoff; give up on what keeps dying."""
@@ -637,7 +664,10 @@ class Supervisor:
             if now >= due:
                 del self.due_at[name]
                 self.restarts[name] = self.restarts.get(name, 0) + 1
-                print(f"  restarting {name} (restart {self.restarts[name]})", flush=True)
+                asked = self.operator_asked.pop(name, None)
+                print(f"  restarting {name} (" + (f"{asked}; asked by the operator, "
+                                                  if asked else "")
+                      + f"restart {self.restarts[name]})", flush=True)
                 self.started_at[name] = now
                 proc.start()
 
@@ -875,6 +905,9 @@ def restart_request(data_dir: str, names: list[str], timeout_s: float = 60.0,
     waiting = {n: (before.get(n) or {}).get("pid") for n in names}
     status = 0
     while waiting:
+        if not _running(pid):
+            raise SupervisorError(f"the supervisor (pid {pid}) stopped before "
+                                  f"{', '.join(waiting)} answered")
         beats = read_heartbeats(data_dir)
         for name, old_pid in list(waiting.items()):
             b = beats.get(name) or {}

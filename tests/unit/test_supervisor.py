@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -580,16 +581,25 @@ def test_restart_requests_revive_a_process_given_up_on_and_restart_a_running_one
     (folder / "1.json").write_text(json.dumps({"names": ["ce.BTCUSDT.hot1", "nobody"]}))
     (folder / "2.json").write_text("{not json")
     (folder / "3.json").write_text(json.dumps({"names": ["te0.warm0"]}))
-    (folder / "4.json").mkdir()                  # not a request: left alone, said nothing
+    (folder / "4.json").mkdir()                  # not a request: left alone, said once
     os.mkfifo(folder / "5.json")                 # blocked the supervision when opened
     (folder / "6.json").write_text("[" * 30_000 + "]" * 30_000)   # a RecursionError
     (folder / "7.json").write_text(json.dumps({"names": ["x" * 70_000]}))   # too big
+    (folder / "8.json").write_text(json.dumps({"names": ["te0.warm0"]}))    # not removable
+    remove = os.remove
+
+    def refuse(path, *a, **kw):
+        if str(path).endswith("8.json"):
+            raise PermissionError(1, "Operation not permitted")
+        return remove(path, *a, **kw)
+    monkeypatch.setattr(sv.os, "remove", refuse)
     sup.take_restart_requests()
     deadline = time.time() + 10
     while sup.restarting and time.time() < deadline:
         time.sleep(0.01)
     assert not sup.restarting
-    assert sorted(os.listdir(folder)) == ["4.json", "5.json"]
+    sup.check()                                   # the starts are the round's, on its thread
+    assert sorted(os.listdir(folder)) == ["4.json", "5.json", "8.json"]
     assert dead.alive and dead.starts == 2 and "ce.BTCUSDT.hot1" not in sup.gave_up
     assert sup.failures["ce.BTCUSDT.hot1"] == 0
     assert live.stops == 1 and live.alive and live.starts == 1
@@ -602,9 +612,31 @@ def test_restart_requests_revive_a_process_given_up_on_and_restart_a_running_one
     assert "a restart request 2.json not taken" in out
     assert "a restart request 6.json not taken: RecursionError" in out
     assert "a restart request 7.json not taken: ValueError" in out
-    assert "4.json" not in out and "5.json" not in out
-    sup.take_restart_requests()                   # taken once: nothing more happens
-    assert dead.starts == 2 and live.starts == 1
+    assert "a restart request 4.json not taken: not a regular file" in out
+    assert "a restart request 5.json not taken: not a regular file" in out
+    assert "a restart request 8.json not taken: cannot be removed" in out
+    for _ in range(3):                            # taken once: nothing more happens, and
+        sup.take_restart_requests()               # what is not taken is said once
+        sup.check()
+    assert dead.starts == 2 and live.starts == 1 and live.stops == 1
+    assert capsys.readouterr().out == ""
+
+
+def test_a_restart_directory_that_is_a_link_is_not_read(tmp_path, capsys):
+    """Taken requests are removed: restart.d linked to another directory had that directory's
+    .json files removed (an adversary pointed it at one holding config.json)."""
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"names": ["te0.warm0"]}))
+    data = tmp_path / "data"
+    data.mkdir()
+    os.symlink(other, data / sv.RESTART_DIR)
+    sup = sv.Supervisor(topology.load(data_dir=str(data)))
+    sup.procs = {"te0.warm0": FakeProc(str(tmp_path / "x.log"))}
+    sup.clear_restart_requests()
+    sup.take_restart_requests()
+    assert os.listdir(other) == ["config.json"] and sup.procs["te0.warm0"].starts == 0
+    assert "restart.d not taken: not a directory" in capsys.readouterr().out
 
 
 class SleepProc:
@@ -617,6 +649,9 @@ class SleepProc:
 
     def start(self):
         import subprocess
+        # a child of a thread gets its parent-death signal when that thread ends
+        # (PR_SET_PDEATHSIG, deploy/procs.py): children start on the supervisor's own thread
+        assert threading.current_thread() is threading.main_thread()
         self.popen = subprocess.Popen(["sleep", "100"])
         self.starts += 1
 
@@ -642,7 +677,9 @@ class SleepProc:
 def test_a_restart_of_a_stopped_process_kills_it_and_holds_up_no_round(tmp_path):
     """A process stopped by a signal cannot act on SIGTERM: the restart waited 10 s for it, per
     name, inside the supervision round, which restarted nothing else meanwhile (an adversary).
-    Now it is killed at once, on a thread of its own, and check() leaves it alone."""
+    Now it is killed at once, on a thread of its own, and the round starts it again on the
+    supervisor's thread (started on that short-lived thread, children died of SIGTERM when it
+    ended: PR_SET_PDEATHSIG belongs to the thread)."""
     topo = topology.load(data_dir=str(tmp_path))
     sup = sv.Supervisor(topo)
     procs = {n: SleepProc() for n in ("te0.warm0", "te1.warm0")}
@@ -659,10 +696,10 @@ def test_a_restart_of_a_stopped_process_kills_it_and_holds_up_no_round(tmp_path)
         for n in procs:
             sup.restart(n)
         took = time.monotonic() - t0
-        sup.check()                                # while they restart: no second start
         deadline = time.monotonic() + 10
         while sup.restarting and time.monotonic() < deadline:
             time.sleep(0.01)
+        sup.check()                                # then the round starts them
         assert took < 1.0 and time.monotonic() - t0 < 5.0
         assert all(p.alive and p.starts == 2 and p.popen.pid != old[n]
                    for n, p in procs.items())
