@@ -51,8 +51,23 @@ def out_path(cluster: LogCluster, tmp: str) -> tuple:
     controls = {n: tcp() for n in ("hotA", "hotB", "warm")}
     procs = {n: start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in, tmp,
                               controls[n]) for n in controls}
-    for n, addr in controls.items():
-        wait_until(lambda addr=addr: ping(addr), 30, f"replica {n}")
+    for n in controls:
+        for attempt in range(3):
+            # A control port from tcp() lies in the kernel's ephemeral range, where an
+            # outgoing connection of another process can take it before the replica binds
+            # it (a CI run saw a replica not answer for 30 s): one that exited is started
+            # again on another port, its last words printed.
+            proc = procs[n]
+            wait_until(lambda addr=controls[n], proc=proc: ping(addr) or not proc.alive, 90,
+                       f"replica {n}")
+            if proc.alive:
+                break
+            print(f"replica {n} exited at its start ({proc.popen.returncode}): "
+                  f"{proc.log().strip().splitlines()[-1:]}; starting it on another port")
+            assert attempt < 2, f"replica {n} exited at each of 3 starts"
+            controls[n] = tcp()
+            procs[n] = start_replica(cluster, n, "warm" if n == "warm" else "hot", mirror_in,
+                                     tmp, controls[n])
     return out_replicator, mirror, mirror_in, mirror_pub, out_rep, controls, procs
 
 
