@@ -780,15 +780,12 @@ class Supervisor:
             pass
 
     def _write_state(self) -> None:
-        with self.state_lock:
-            self._write_state_locked()
-
-    def _write_state_locked(self) -> None:
         d = json.loads(self.topo.to_json())
         d["supervisor"] = os.getpid()
         d["gave_up"] = self.gave_up
         d["host"] = self.host     # the host whose processes this supervisor runs (None: all)
-        write_atomically(self.state_path, json.dumps(d, indent=1))
+        with self.state_lock:     # (a restart's thread writes it too)
+            write_atomically(self.state_path, json.dumps(d, indent=1))
 
     def banner(self) -> None:
         print(f"seqex is up: {len(self.procs)} processes, data and logs in {self.topo.data_dir}")
@@ -874,11 +871,7 @@ def restart_request(data_dir: str, names: list[str], timeout_s: float = 60.0,
     takes within a round), then wait until each answers as a new process; prints one line
     each. 0 when all answer within timeout_s, else 1."""
     topo, pid = read_state(data_dir)
-    try:
-        with open(os.path.join(os.path.abspath(data_dir), STATE_FILE)) as f:
-            host = json.load(f).get("host")
-    except (OSError, ValueError, AttributeError):
-        host = None
+    host = state_field(data_dir, "host", None)
     for name in names:
         spec = next((s for s in topo.procs if s.name == name), None)
         if spec is None:
@@ -928,12 +921,17 @@ def restart_request(data_dir: str, names: list[str], timeout_s: float = 60.0,
     return status
 
 
-def gave_up(data_dir: str) -> dict[str, str]:
+def state_field(data_dir: str, key: str, default):
+    """One field of the supervisor's state file; default if it cannot be read."""
     try:
         with open(os.path.join(os.path.abspath(data_dir), STATE_FILE)) as f:
-            return json.load(f).get("gave_up", {})
-    except (OSError, ValueError):
-        return {}
+            return json.load(f).get(key, default)
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
+def gave_up(data_dir: str) -> dict[str, str]:
+    return state_field(data_dir, "gave_up", {})
 
 
 def lock_holder(data_dir: str) -> int | None:

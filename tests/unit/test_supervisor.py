@@ -15,7 +15,7 @@ import pytest
 
 from deploy import supervisor as sv
 from deploy import topology
-from deploy.procs import free_port_block
+from deploy.procs import Proc, free_port_block
 
 
 def test_backoff_doubles_from_the_base_up_to_the_cap():
@@ -639,8 +639,8 @@ def test_a_restart_directory_that_is_a_link_is_not_read(tmp_path, capsys):
     assert "restart.d not taken: not a directory" in capsys.readouterr().out
 
 
-class SleepProc:
-    """A real child (sleep), stopped as deploy.procs.Proc stops one: SIGTERM, then 10 s."""
+class SleepProc(Proc):
+    """A real child (sleep), stopped and killed as deploy.procs.Proc does."""
 
     def __init__(self):
         self.popen = None
@@ -654,24 +654,6 @@ class SleepProc:
         assert threading.current_thread() is threading.main_thread()
         self.popen = subprocess.Popen(["sleep", "100"])
         self.starts += 1
-
-    @property
-    def alive(self):
-        return self.popen is not None and self.popen.poll() is None
-
-    def kill(self):
-        if self.alive:
-            self.popen.kill()
-            self.popen.wait()
-
-    def stop(self, timeout_s=10.0):
-        import subprocess
-        if self.alive:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def test_a_restart_of_a_stopped_process_kills_it_and_holds_up_no_round(tmp_path):
